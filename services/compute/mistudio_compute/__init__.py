@@ -1,0 +1,1 @@
+"""miStudio Export: the compute service."""
