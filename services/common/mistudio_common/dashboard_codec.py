@@ -1,0 +1,241 @@
+"""Conversions of the dashboard model: dataclasses <-> protobuf, canonical JSON and hashes.
+
+The one place these mappings live, so compute (producer), store (cache) and export (consumer)
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as pb
+
+from mistudio_common import dashboard as d
+
+_SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
+_SCALE_FROM_PB = {v: k for k, v in _SCALE_TO_PB.items()}
+_METRIC_TO_PB = {
+    d.TokenRankMetric.SUM: pb.TOKEN_RANK_METRIC_SUM,
+    d.TokenRankMetric.COUNT: pb.TOKEN_RANK_METRIC_COUNT,
+    d.TokenRankMetric.MEAN: pb.TOKEN_RANK_METRIC_MEAN,
+}
+_METRIC_FROM_PB = {v: k for k, v in _METRIC_TO_PB.items()}
+
+
+def _example_to_pb(e: d.ActivationExample) -> pb.ActivationExample:
+    return pb.ActivationExample(
+        tokens=e.tokens,
+        token_ids=e.token_ids,
+        values=e.values,
+        max_value=e.max_value,
+        max_token_index=e.max_token_index,
+        source=pb.SourceRef(dataset=e.source.dataset, row=e.source.row, offset=e.source.offset),
+    )
+
+
+def _example_from_pb(m: pb.ActivationExample) -> d.ActivationExample:
+    return d.ActivationExample(
+        tokens=list(m.tokens),
+        token_ids=list(m.token_ids),
+        values=list(m.values),
+        max_value=m.max_value,
+        max_token_index=m.max_token_index,
+        source=d.SourceRef(dataset=m.source.dataset, row=m.source.row, offset=m.source.offset),
+    )
+
+
+def _histogram_to_pb(h: d.Histogram) -> pb.Histogram:
+    return pb.Histogram(
+        bin_edges=h.bin_edges,
+        counts=h.counts,
+        scale=_SCALE_TO_PB[h.scale],
+        total_count=h.total_count,
+        nonzero_count=h.nonzero_count,
+    )
+
+
+def _histogram_from_pb(m: pb.Histogram) -> d.Histogram:
+    return d.Histogram(
+        bin_edges=list(m.bin_edges),
+        counts=list(m.counts),
+        scale=_SCALE_FROM_PB.get(m.scale, d.BinScale.LINEAR),
+        total_count=m.total_count,
+        nonzero_count=m.nonzero_count,
+    )
+
+
+def _logit_to_pb(e: d.LogitEntry) -> pb.LogitEntry:
+    return pb.LogitEntry(token=e.token, token_id=e.token_id, value=e.value, rank=e.rank)
+
+
+def _logit_from_pb(m: pb.LogitEntry) -> d.LogitEntry:
+    return d.LogitEntry(token=m.token, token_id=m.token_id, value=m.value, rank=m.rank)
+
+
+def _stats_to_pb(s: d.FeatureStatistics) -> pb.FeatureStatistics:
+    return pb.FeatureStatistics(
+        activation_frequency=s.activation_frequency,
+        max_activation=s.max_activation,
+        mean_activation=s.mean_activation,
+        std_activation=s.std_activation,
+        l0_contribution=s.l0_contribution,
+        dead_feature=s.dead_feature,
+        quantiles=[pb.Quantile(level=k, value=v) for k, v in sorted(s.quantiles.items())],
+        quantile_relative_error=s.quantile_relative_error,
+        token_count=s.token_count,
+        nonzero_count=s.nonzero_count,
+    )
+
+
+def _stats_from_pb(m: pb.FeatureStatistics) -> d.FeatureStatistics:
+    return d.FeatureStatistics(
+        activation_frequency=m.activation_frequency,
+        max_activation=m.max_activation,
+        mean_activation=m.mean_activation,
+        std_activation=m.std_activation,
+        l0_contribution=m.l0_contribution,
+        dead_feature=m.dead_feature,
+        quantiles={q.level: q.value for q in m.quantiles},
+        quantile_relative_error=m.quantile_relative_error,
+        token_count=m.token_count,
+        nonzero_count=m.nonzero_count,
+    )
+
+
+def _token_to_pb(t: d.TokenAggregate) -> pb.TokenAggregate:
+    return pb.TokenAggregate(
+        token=t.token,
+        token_id=t.token_id,
+        total_activation=t.total_activation,
+        count=t.count,
+        mean_activation=t.mean_activation,
+        max_activation=t.max_activation,
+    )
+
+
+def _token_from_pb(m: pb.TokenAggregate) -> d.TokenAggregate:
+    return d.TokenAggregate(
+        token=m.token,
+        token_id=m.token_id,
+        total_activation=m.total_activation,
+        count=m.count,
+        mean_activation=m.mean_activation,
+        max_activation=m.max_activation,
+    )
+
+
+def dashboard_to_pb(x: d.FeatureDashboard) -> pb.FeatureDashboard:
+    return pb.FeatureDashboard(
+        feature_index=x.feature_index,
+        top_examples=[_example_to_pb(e) for e in x.top_examples],
+        quantile_groups=[
+            pb.QuantileGroup(
+                bin_min=g.bin_min,
+                bin_max=g.bin_max,
+                bin_contains=g.bin_contains,
+                examples=[_example_to_pb(e) for e in g.examples],
+            )
+            for g in x.quantile_groups
+        ],
+        top_positive_logits=[_logit_to_pb(e) for e in x.top_positive_logits],
+        top_negative_logits=[_logit_to_pb(e) for e in x.top_negative_logits],
+        activation_histogram=_histogram_to_pb(x.activation_histogram),
+        logit_histogram=_histogram_to_pb(x.logit_histogram),
+        statistics=_stats_to_pb(x.statistics),
+        top_tokens=[_token_to_pb(t) for t in x.top_tokens],
+        top_tokens_metric=_METRIC_TO_PB[x.top_tokens_metric],
+    )
+
+
+def dashboard_from_pb(m: pb.FeatureDashboard) -> d.FeatureDashboard:
+    return d.FeatureDashboard(
+        feature_index=m.feature_index,
+        top_examples=[_example_from_pb(e) for e in m.top_examples],
+        quantile_groups=[
+            d.QuantileGroup(
+                bin_min=g.bin_min,
+                bin_max=g.bin_max,
+                bin_contains=g.bin_contains,
+                examples=[_example_from_pb(e) for e in g.examples],
+            )
+            for g in m.quantile_groups
+        ],
+        top_positive_logits=[_logit_from_pb(e) for e in m.top_positive_logits],
+        top_negative_logits=[_logit_from_pb(e) for e in m.top_negative_logits],
+        activation_histogram=_histogram_from_pb(m.activation_histogram),
+        logit_histogram=_histogram_from_pb(m.logit_histogram),
+        statistics=_stats_from_pb(m.statistics),
+        top_tokens=[_token_from_pb(t) for t in m.top_tokens],
+        top_tokens_metric=_METRIC_FROM_PB.get(m.top_tokens_metric, d.TokenRankMetric.SUM),
+    )
+
+
+def params_to_pb(p: d.DashboardParams) -> pb.DashboardParams:
+    return pb.DashboardParams(
+        n_top_examples=p.n_top_examples,
+        n_quantile_groups=p.n_quantile_groups,
+        examples_per_quantile_group=p.examples_per_quantile_group,
+        context_left=p.context_left,
+        context_right=p.context_right,
+        logit_k=p.logit_k,
+        histogram_bins=p.histogram_bins,
+        histogram_scale=_SCALE_TO_PB[p.histogram_scale],
+        logit_histogram_bins=p.logit_histogram_bins,
+        token_rank_metric=_METRIC_TO_PB[p.token_rank_metric],
+        n_top_tokens=p.n_top_tokens,
+        aggregate_all_tokens=p.aggregate_all_tokens,
+        token_source_fingerprint=p.token_source_fingerprint,
+        computation_version=p.computation_version,
+    )
+
+
+def params_from_pb(m: pb.DashboardParams) -> d.DashboardParams:
+    """Unset (zero) fields take the defaults, so a client may send only what it changes."""
+    defaults = d.DashboardParams()
+    return d.DashboardParams(
+        n_top_examples=m.n_top_examples or defaults.n_top_examples,
+        n_quantile_groups=m.n_quantile_groups or defaults.n_quantile_groups,
+        examples_per_quantile_group=m.examples_per_quantile_group
+        or defaults.examples_per_quantile_group,
+        context_left=m.context_left or defaults.context_left,
+        context_right=m.context_right or defaults.context_right,
+        logit_k=m.logit_k or defaults.logit_k,
+        histogram_bins=m.histogram_bins or defaults.histogram_bins,
+        histogram_scale=_SCALE_FROM_PB.get(m.histogram_scale, defaults.histogram_scale),
+        logit_histogram_bins=m.logit_histogram_bins or defaults.logit_histogram_bins,
+        token_rank_metric=_METRIC_FROM_PB.get(m.token_rank_metric, defaults.token_rank_metric),
+        n_top_tokens=m.n_top_tokens or defaults.n_top_tokens,
+        aggregate_all_tokens=m.aggregate_all_tokens,
+        token_source_fingerprint=m.token_source_fingerprint,
+        computation_version=m.computation_version or defaults.computation_version,
+    )
+
+
+def params_key(p: d.DashboardParams) -> str:
+    """Cache key: SHA-256 of the parameters' canonical JSON."""
+    canonical = {
+        k: (v.value if isinstance(v, d.BinScale | d.TokenRankMetric) else v)
+        for k, v in sorted(vars_of(p).items())
+    }
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def vars_of(p: d.DashboardParams) -> dict[str, Any]:
+    return {name: getattr(p, name) for name in p.__dataclass_fields__}
+
+
+def dashboard_to_json(m: pb.FeatureDashboard) -> dict[str, Any]:
+    """JSON form for storage (JSONB on PostgreSQL); round-trips through dashboard_from_json."""
+    return json_format.MessageToDict(m, preserving_proto_field_name=True)
+
+
+def dashboard_from_json(data: dict[str, Any]) -> pb.FeatureDashboard:
+    return json_format.ParseDict(data, pb.FeatureDashboard())
+
+
+def content_hash(m: pb.FeatureDashboard) -> str:
+    """SHA-256 of the deterministic wire form: equal content, equal hash."""
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()

@@ -1,0 +1,179 @@
+"""The one place where domain errors become gRPC statuses, and back.
+
+Servicer methods are wrapped with :func:`handle_errors`, which also covers errors raised while a
+server-streaming handler is iterating (an interceptor alone would miss those). Clients turn a
+failed call back into the domain error with :func:`error_from_rpc`, so a store error reaching
+the export service keeps its code, field and fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from mistudio_common.errors import (
+    AlreadyExists,
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    MistudioError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "mistudio"
+_CODES: dict[type[MistudioError], int] = {
+    InvalidArgument: code_pb2.INVALID_ARGUMENT,
+    NotFound: code_pb2.NOT_FOUND,
+    AlreadyExists: code_pb2.ALREADY_EXISTS,
+    FailedPrecondition: code_pb2.FAILED_PRECONDITION,
+    ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
+    Cancelled: code_pb2.CANCELLED,
+    Unavailable: code_pb2.UNAVAILABLE,
+}
+_CLASSES_BY_CODE = {code: cls for cls, code in _CODES.items()}
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def status_from_error(error: BaseException) -> status_pb2.Status:
+    """A google.rpc.Status with the standard detail for the error's class plus an ErrorInfo."""
+    if not isinstance(error, MistudioError):
+        return status_pb2.Status(
+            code=code_pb2.INTERNAL, message=f"internal error: {type(error).__name__}: {error}"
+        )
+    code = next((c for cls, c in _CODES.items() if isinstance(error, cls)), code_pb2.UNKNOWN)
+    details = [
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=type(error).__name__,
+                domain=ERROR_DOMAIN,
+                metadata={"field": error.field, "fix": error.fix},
+            )
+        )
+    ]
+    if isinstance(error, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=error.field, description=str(error)
+        )
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    elif isinstance(error, NotFound):
+        details.append(
+            _pack(
+                error_details_pb2.ResourceInfo(
+                    resource_type=error.resource_type,
+                    resource_name=error.resource_name,
+                    description=str(error),
+                )
+            )
+        )
+    elif isinstance(error, FailedPrecondition):
+        violations = [
+            error_details_pb2.PreconditionFailure.Violation(
+                type="MISSING", subject=subject, description=description
+            )
+            for subject, description in error.violations
+        ]
+        details.append(_pack(error_details_pb2.PreconditionFailure(violations=violations)))
+    elif isinstance(error, Unavailable | ResourceExhausted):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.seconds = 1
+        details.append(_pack(retry))
+    message = str(error)
+    return status_pb2.Status(code=code, message=message, details=details)
+
+
+def error_from_status(status: status_pb2.Status) -> MistudioError:
+    """Rebuilds the domain error a peer raised (or a generic one for foreign statuses)."""
+    field, fix = "", ""
+    violations: list[tuple[str, str]] = []
+    resource_type = resource_name = ""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            field, fix = info.metadata.get("field", ""), info.metadata.get("fix", "")
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            violations = [(v.subject, v.description) for v in failure.violations]
+        elif detail.Is(error_details_pb2.ResourceInfo.DESCRIPTOR):
+            info_r = error_details_pb2.ResourceInfo()
+            detail.Unpack(info_r)
+            resource_type, resource_name = info_r.resource_type, info_r.resource_name
+    message = status.message
+    suffix = f" (fix: {fix})"
+    if fix and message.endswith(suffix):
+        message = message[: -len(suffix)]
+    cls = _CLASSES_BY_CODE.get(status.code)
+    if cls is NotFound:
+        return NotFound(
+            message, resource_type=resource_type, resource_name=resource_name or field, fix=fix
+        )
+    if cls is FailedPrecondition:
+        return FailedPrecondition(message, violations=violations, field=field, fix=fix)
+    if cls is None:
+        return Unavailable(f"peer failed with code {status.code}: {message}", fix=fix)
+    return cls(message, field=field, fix=fix)
+
+
+def error_from_rpc(error: grpc.RpcError) -> MistudioError:
+    """Client side: the domain error behind a failed call."""
+    call = cast(grpc.Call, error)
+    status = rpc_status.from_call(call)
+    if status is None:
+        code = call.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(
+                f"peer unavailable: {call.details()}",
+                fix="check that the service is running and its address is right",
+            )
+        status = status_pb2.Status(code=code.value[0], message=call.details() or "")
+    return error_from_status(status)
+
+
+def _abort(context: grpc.ServicerContext, error: BaseException) -> None:
+    if not isinstance(error, MistudioError):
+        log.exception("unhandled error in RPC", exc_info=error)
+    context.abort_with_status(rpc_status.to_status(status_from_error(error)))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(method: F) -> F:
+    """Maps domain errors raised by a servicer method (unary or streaming) to statuses."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as error:
+                _abort(context, error)
+
+        return cast(F, stream_wrapper)
+
+    @functools.wraps(method)
+    def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as error:
+            _abort(context, error)
+
+    return cast(F, unary_wrapper)
