@@ -1,0 +1,237 @@
+"""Progress of long-running jobs: one shared shape, tracked outside RPC handlers.
+
+A job's worker reports (stage, items done, items total) to a :class:`ProgressTracker`, which
+keeps per-stage timings and turns them into ``mistudio.common.v1.Progress`` snapshots with a
+monotonic sequence number. A :class:`JobChannel` fans snapshots out to any number of watchers;
+a watcher that disconnects never affects the job, and a new one first gets the latest snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from google.rpc import status_pb2
+from mistudio.common.v1 import progress_pb2 as pb
+
+TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
+
+
+@dataclass
+class _StageClock:
+    stage: int
+    state: int = pb.JOB_STATE_QUEUED
+    done: int = 0
+    total: int = 0
+    unit: str = ""
+    started: float | None = None
+    finished: float | None = None
+    elapsed_before: float = 0.0
+    """Seconds spent in this stage before a restart (restored from a checkpoint)."""
+
+
+@dataclass
+class ProgressTracker:
+    """Tracks one job's stages; ``snapshot()`` renders the current Progress message."""
+
+    job_id: str
+    stages: Sequence[int]
+    stage_weights: Sequence[float] | None = None
+    first_sequence: int = 0
+    clock: Callable[[], float] = time.monotonic
+    _clocks: list[_StageClock] = field(init=False)
+    _current: int = field(init=False, default=0)
+    _sequence: int = field(init=False)
+    _state: int = field(init=False, default=pb.JOB_STATE_QUEUED)
+    _message: str = field(init=False, default="")
+    _error: status_pb2.Status | None = field(init=False, default=None)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._clocks = [_StageClock(stage=s) for s in self.stages]
+        self._sequence = self.first_sequence
+        weights = self.stage_weights or [1.0] * len(self.stages)
+        total = sum(weights) or 1.0
+        self._weights = [w / total for w in weights]
+
+    def restore(self, snapshot: pb.Progress) -> None:
+        """Continues a job after a restart: sequence numbers and finished stages carry over."""
+        with self._lock:
+            self._sequence = max(self._sequence, snapshot.sequence)
+            by_stage = {s.stage: s for s in snapshot.stages}
+            for clock in self._clocks:
+                previous = by_stage.get(clock.stage)
+                if previous is None:
+                    continue
+                clock.elapsed_before = previous.elapsed_seconds
+                if previous.state == pb.JOB_STATE_SUCCEEDED:
+                    clock.state, clock.done, clock.total = (
+                        pb.JOB_STATE_SUCCEEDED,
+                        previous.items_done,
+                        previous.items_total,
+                    )
+                    clock.unit = previous.unit
+
+    def _index(self, stage: int) -> int:
+        for index, clock in enumerate(self._clocks):
+            if clock.stage == stage:
+                return index
+        raise ValueError(f"stage {stage} is not one of this job's stages")
+
+    def update(
+        self, stage: int, done: int, total: int, unit: str = "", message: str = ""
+    ) -> pb.Progress:
+        """Records that ``stage`` has done ``done`` of ``total`` items; earlier stages finish."""
+        with self._lock:
+            now = self.clock()
+            index = self._index(stage)
+            for earlier in self._clocks[:index]:
+                if earlier.state != pb.JOB_STATE_SUCCEEDED:
+                    earlier.state = pb.JOB_STATE_SUCCEEDED
+                    earlier.finished = earlier.finished or now
+                    earlier.done = max(earlier.done, earlier.total)
+            clock = self._clocks[index]
+            if clock.started is None:
+                clock.started = now
+            clock.state = pb.JOB_STATE_RUNNING
+            clock.done, clock.total = done, total
+            clock.unit = unit or clock.unit
+            self._current = index
+            self._state = pb.JOB_STATE_RUNNING
+            if message:
+                self._message = message
+            return self._render(now)
+
+    def finish_stage(self, stage: int) -> pb.Progress:
+        with self._lock:
+            now = self.clock()
+            clock = self._clocks[self._index(stage)]
+            clock.started = clock.started if clock.started is not None else now
+            clock.finished = now
+            clock.state = pb.JOB_STATE_SUCCEEDED
+            clock.done = max(clock.done, clock.total)
+            return self._render(now)
+
+    def set_state(
+        self, state: int, message: str = "", error: status_pb2.Status | None = None
+    ) -> pb.Progress:
+        with self._lock:
+            now = self.clock()
+            self._state = state
+            if message:
+                self._message = message
+            self._error = error
+            if state == pb.JOB_STATE_SUCCEEDED:
+                for clock in self._clocks:
+                    clock.state = pb.JOB_STATE_SUCCEEDED
+                    clock.finished = clock.finished or now
+                    clock.done = max(clock.done, clock.total)
+            elif state in TERMINAL_STATES or state == pb.JOB_STATE_PAUSED:
+                for clock in self._clocks:
+                    if clock.state == pb.JOB_STATE_RUNNING:
+                        clock.state = state
+                        clock.finished = now
+            return self._render(now)
+
+    def snapshot(self) -> pb.Progress:
+        with self._lock:
+            return self._render(self.clock())
+
+    def _elapsed(self, clock: _StageClock, now: float) -> float:
+        if clock.started is None:
+            return clock.elapsed_before
+        return clock.elapsed_before + ((clock.finished or now) - clock.started)
+
+    def _stage_fraction(self, clock: _StageClock) -> float:
+        if clock.state == pb.JOB_STATE_SUCCEEDED:
+            return 1.0
+        return min(1.0, clock.done / clock.total) if clock.total > 0 else 0.0
+
+    def _render(self, now: float) -> pb.Progress:
+        self._sequence += 1
+        stages = []
+        for clock in self._clocks:
+            fraction = self._stage_fraction(clock)
+            elapsed = self._elapsed(clock, now)
+            eta = elapsed / fraction * (1.0 - fraction) if 0.0 < fraction < 1.0 else -1.0
+            stages.append(
+                pb.StageProgress(
+                    stage=clock.stage,
+                    state=clock.state,
+                    items_done=clock.done,
+                    items_total=clock.total,
+                    unit=clock.unit,
+                    elapsed_seconds=elapsed,
+                    eta_seconds=0.0 if fraction >= 1.0 else eta,
+                )
+            )
+        overall = sum(
+            w * self._stage_fraction(c) for w, c in zip(self._weights, self._clocks, strict=True)
+        )
+        elapsed_total = sum(self._elapsed(c, now) for c in self._clocks)
+        eta_total = elapsed_total / overall * (1.0 - overall) if 0.0 < overall < 1.0 else -1.0
+        current = self._clocks[self._current]
+        return pb.Progress(
+            job_id=self.job_id,
+            sequence=self._sequence,
+            state=self._state,
+            stage=current.stage,
+            stage_index=self._current,
+            stage_count=len(self._clocks),
+            items_done=current.done,
+            items_total=current.total,
+            unit=current.unit,
+            fraction=1.0 if self._state == pb.JOB_STATE_SUCCEEDED else overall,
+            elapsed_seconds=elapsed_total,
+            eta_seconds=0.0 if self._state in TERMINAL_STATES else eta_total,
+            message=self._message,
+            stages=stages,
+            error=self._error,
+        )
+
+
+M = TypeVar("M")
+
+
+class JobChannel(Generic[M]):
+    """Latest-value broadcast of one job's stream messages to any number of watchers.
+
+    Watchers get the current message first, then each newer one (intermediate updates may be
+    coalesced when a watcher is slow), and the stream ends after a terminal message.
+    """
+
+    def __init__(self, initial: M, is_terminal: Callable[[M], bool]) -> None:
+        self._latest = initial
+        self._version = 0
+        self._is_terminal = is_terminal
+        self._condition = threading.Condition()
+
+    def publish(self, message: M) -> None:
+        with self._condition:
+            self._latest = message
+            self._version += 1
+            self._condition.notify_all()
+
+    @property
+    def latest(self) -> M:
+        with self._condition:
+            return self._latest
+
+    def watch(
+        self, still_wanted: Callable[[], bool] = lambda: True, poll_seconds: float = 0.5
+    ) -> Iterator[M]:
+        """Yields messages until a terminal one, or until ``still_wanted()`` turns false."""
+        seen = -1
+        while True:
+            with self._condition:
+                while self._version == seen:
+                    self._condition.wait(timeout=poll_seconds)
+                    if self._version == seen and not still_wanted():
+                        return
+                seen, message = self._version, self._latest
+            yield message
+            if self._is_terminal(message):
+                return

@@ -1,0 +1,88 @@
+"""The shared progress shape: snapshots, stage timings, sequence numbers, watchers."""
+
+from __future__ import annotations
+
+import threading
+
+from mistudio.common.v1 import progress_pb2 as pb
+from mistudio_common.progress import JobChannel, ProgressTracker
+
+STAGES = [pb.STAGE_ACTIVATION_PASS, pb.STAGE_LOGIT_LENS]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sequence_numbers_increase_with_every_snapshot() -> None:
+    tracker = ProgressTracker("job", STAGES)
+    sequences = [tracker.snapshot().sequence for _ in range(3)]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+
+
+def test_moving_to_a_later_stage_finishes_the_earlier_ones() -> None:
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 50, 100, unit="tokens")
+    clock.now = 10.0
+    progress = tracker.update(pb.STAGE_LOGIT_LENS, 1, 4, unit="features")
+    assert progress.stage == pb.STAGE_LOGIT_LENS and progress.stage_index == 1
+    assert progress.stages[0].state == pb.JOB_STATE_SUCCEEDED
+    assert progress.stages[0].items_done == 100
+    assert progress.stages[0].elapsed_seconds == 10.0
+    assert progress.fraction == 0.5 + 0.5 * 0.25
+
+
+def test_eta_follows_the_measured_rate() -> None:
+    clock = FakeClock()
+    tracker = ProgressTracker("job", [pb.STAGE_ACTIVATION_PASS], clock=clock)
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 0, 100)
+    clock.now = 5.0
+    progress = tracker.update(pb.STAGE_ACTIVATION_PASS, 25, 100)
+    assert progress.eta_seconds == 15.0
+    assert progress.stages[0].eta_seconds == 15.0
+
+
+def test_restore_continues_sequence_and_keeps_finished_stages() -> None:
+    first = ProgressTracker("job", STAGES)
+    first.update(pb.STAGE_LOGIT_LENS, 2, 4)
+    before = first.snapshot()
+    second = ProgressTracker("job", STAGES)
+    second.restore(before)
+    after = second.snapshot()
+    assert after.sequence > before.sequence
+    assert after.stages[0].state == pb.JOB_STATE_SUCCEEDED
+
+
+def test_success_reports_full_fraction_and_no_eta() -> None:
+    tracker = ProgressTracker("job", STAGES)
+    progress = tracker.set_state(pb.JOB_STATE_SUCCEEDED)
+    assert progress.fraction == 1.0 and progress.eta_seconds == 0.0
+    assert all(s.state == pb.JOB_STATE_SUCCEEDED for s in progress.stages)
+
+
+def test_watcher_gets_snapshot_first_and_ends_after_terminal_message() -> None:
+    channel: JobChannel[int] = JobChannel(0, is_terminal=lambda m: m >= 3)
+    received: list[int] = []
+    watcher = threading.Thread(target=lambda: received.extend(channel.watch()))
+    watcher.start()
+    for value in (1, 2, 3):
+        channel.publish(value)
+    watcher.join(timeout=5)
+    assert not watcher.is_alive()
+    assert received[0] in (0, 1, 2, 3) and received[-1] == 3
+    assert received == sorted(received)
+
+
+def test_watcher_that_is_no_longer_wanted_stops_without_affecting_the_job() -> None:
+    channel: JobChannel[int] = JobChannel(0, is_terminal=lambda m: False)
+    wanted = iter([True, False])
+    stream = channel.watch(still_wanted=lambda: next(wanted, False), poll_seconds=0.01)
+    assert next(stream) == 0
+    assert list(stream) == []
+    channel.publish(5)
+    assert channel.latest == 5
