@@ -1,1 +1,1 @@
-"""Code shared by the compute, store and export services: errors, server bootstrap, progress, the dashboard model."""
+"""Code shared by the three services: errors, server bootstrap, progress, dashboard model."""

@@ -12,18 +12,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 from google.rpc import status_pb2
 from mistudio.common.v1 import progress_pb2 as pb
+
+StageId: TypeAlias = pb.Stage.ValueType
+JobStateId: TypeAlias = pb.JobState.ValueType
 
 TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 
 
 @dataclass
 class _StageClock:
-    stage: int
-    state: int = pb.JOB_STATE_QUEUED
+    stage: StageId
+    state: JobStateId = pb.JOB_STATE_QUEUED
     done: int = 0
     total: int = 0
     unit: str = ""
@@ -38,14 +41,14 @@ class ProgressTracker:
     """Tracks one job's stages; ``snapshot()`` renders the current Progress message."""
 
     job_id: str
-    stages: Sequence[int]
+    stages: Sequence[StageId]
     stage_weights: Sequence[float] | None = None
     first_sequence: int = 0
     clock: Callable[[], float] = time.monotonic
     _clocks: list[_StageClock] = field(init=False)
     _current: int = field(init=False, default=0)
     _sequence: int = field(init=False)
-    _state: int = field(init=False, default=pb.JOB_STATE_QUEUED)
+    _state: JobStateId = field(init=False, default=pb.JOB_STATE_QUEUED)
     _message: str = field(init=False, default="")
     _error: status_pb2.Status | None = field(init=False, default=None)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -75,14 +78,14 @@ class ProgressTracker:
                     )
                     clock.unit = previous.unit
 
-    def _index(self, stage: int) -> int:
+    def _index(self, stage: StageId) -> int:
         for index, clock in enumerate(self._clocks):
             if clock.stage == stage:
                 return index
         raise ValueError(f"stage {stage} is not one of this job's stages")
 
     def update(
-        self, stage: int, done: int, total: int, unit: str = "", message: str = ""
+        self, stage: StageId, done: int, total: int, unit: str = "", message: str = ""
     ) -> pb.Progress:
         """Records that ``stage`` has done ``done`` of ``total`` items; earlier stages finish."""
         with self._lock:
@@ -105,7 +108,7 @@ class ProgressTracker:
                 self._message = message
             return self._render(now)
 
-    def finish_stage(self, stage: int) -> pb.Progress:
+    def finish_stage(self, stage: StageId) -> pb.Progress:
         with self._lock:
             now = self.clock()
             clock = self._clocks[self._index(stage)]
@@ -116,7 +119,7 @@ class ProgressTracker:
             return self._render(now)
 
     def set_state(
-        self, state: int, message: str = "", error: status_pb2.Status | None = None
+        self, state: JobStateId, message: str = "", error: status_pb2.Status | None = None
     ) -> pb.Progress:
         with self._lock:
             now = self.clock()
