@@ -1,0 +1,27 @@
+"""Compute service settings, read from MISTUDIO_COMPUTE_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ComputeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MISTUDIO_COMPUTE_", frozen=True)
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; 0.0.0.0 inside a container."""
+    port: int = 50052
+    """gRPC port; 0 picks a free one."""
+    store_address: str = "127.0.0.1:50051"
+    """Where the store service listens; computed dashboards are cached there."""
+    data_dir: Path = Path("data")
+    """Checkpoints of running computations live under data_dir/compute."""
+    device: str = "auto"
+    """Default device: auto (GPU when present), cpu, cuda, cuda:N."""
+    default_batch_rows: int = 32
+    """Token rows per forward pass when a request gives none; halved on out-of-memory."""
+    checkpoint_every_batches: int = 50
+    """How often a running computation saves its resumable state."""
+    log_level: str = "INFO"

@@ -1,0 +1,29 @@
+"""Export service settings, read from MISTUDIO_EXPORT_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ExportSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MISTUDIO_EXPORT_", frozen=True)
+
+    host: str = "127.0.0.1"
+    """Interface to listen on; 0.0.0.0 inside a container."""
+    port: int = 50053
+    """gRPC port; 0 picks a free one."""
+    store_address: str = "127.0.0.1:50051"
+    """Where the store service listens (SAEs, cache, job records)."""
+    compute_address: str = "127.0.0.1:50052"
+    """Where the compute service listens (all tensor work)."""
+    data_dir: Path = Path("data")
+    """Staging folders of running exports live under data_dir/export."""
+    object_store_url: str = ""
+    """file:///path (default: data_dir/archives) or s3://bucket?endpoint=host:9000&secure=false."""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    default_owner: str = "local"
+    """Owner recorded for jobs whose request names none."""
+    log_level: str = "INFO"
