@@ -11,7 +11,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +41,8 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+    """Run after the server has stopped: close database pools, flush files."""
 
     @property
     def address(self) -> str:
@@ -49,6 +51,8 @@ class RunningServer:
     def stop(self, grace_seconds: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_seconds).wait()
+        for callback in self.on_stop:
+            callback()
 
 
 def create_server(
