@@ -1,0 +1,364 @@
+"""Neuronpedia's database-row export, the layout its importer reads (format B).
+
+    {modelId}/{layer}-{sourceSet}/
+        model.jsonl  sourceset.jsonl  source.jsonl  release.jsonl
+        features/batch-N.jsonl.gz  activations/batch-N.jsonl.gz  explanations/batch-N.jsonl.gz
+
+Each line is one row of table Neuron, Activation or Explanation, keyed by the exact column names.
+The importer takes its column list from the first line of a file, so every line carries the same
+keys (``*_COLUMNS`` below) and NOT NULL columns are never null. Batch N holds the features whose
+index lies in [N*batch_size, (N+1)*batch_size), as in Neuronpedia's own dump.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from mistudio_common.dashboard import ActivationExample, FeatureDashboard, Histogram
+from mistudio_common.errors import InvalidArgument
+
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.output import FormatOutput
+from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+
+DEFAULT_BATCH_SIZE = 1024
+GZIP_LEVEL = 5
+TOP_GROUP_BIN = -1.0
+"""binMin and binContains of the 'top activations' section, as SAEDashboard writes them."""
+
+NEURON_COLUMNS = (
+    "modelId", "layer", "index", "sourceSetName", "creatorId", "createdAt", "maxActApprox",
+    "hasVector", "vector", "vectorLabel", "vectorDefaultSteerStrength", "hookName",
+    "topkCosSimIndices", "topkCosSimValues",
+    "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+    "correlated_neurons_indices", "correlated_neurons_pearson", "correlated_neurons_l1",
+    "correlated_features_indices", "correlated_features_pearson", "correlated_features_l1",
+    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
+    "freq_hist_data_bar_heights", "freq_hist_data_bar_values",
+    "logits_hist_data_bar_heights", "logits_hist_data_bar_values", "decoder_weights_dist",
+)  # fmt: skip
+ACTIVATION_COLUMNS = (
+    "id", "modelId", "layer", "index", "tokens", "values", "maxValue", "maxValueTokenIndex",
+    "minValue", "creatorId", "createdAt", "dataSource", "dataIndex",
+    "dfaValues", "dfaTargetIndex", "dfaMaxValue", "lossValues", "logitContributions",
+    "binMin", "binMax", "binContains", "qualifyingTokenIndex", "zIndices", "zValues",
+)  # fmt: skip
+EXPLANATION_COLUMNS = (
+    "id", "modelId", "layer", "index", "description", "authorId", "typeName",
+    "explanationModelName", "createdAt",
+)  # fmt: skip
+
+NOT_NULL = {
+    "Neuron": ("modelId", "layer", "index", "frac_nonzero"),
+    "Activation": (
+        "id", "modelId", "layer", "index", "maxValue", "maxValueTokenIndex", "minValue",
+        "creatorId",
+    ),
+    "Explanation": ("id", "modelId", "layer", "index", "description", "authorId"),
+}  # fmt: skip
+"""NOT NULL columns a row must fill (frac_nonzero has a default, but the importer's explicit
+column list turns a missing value into NULL)."""
+
+KNOWN_EXPLANATION_TYPES = frozenset(
+    {
+        "oai_token-act-pair",
+        "oai_attention-head",
+        "np_max-act-logits",
+        "np_max-act",
+        "np_acts-logits-general",
+        "python-code",
+        "eleuther_acts_top20",
+    }
+)
+"""ExplanationType names Neuronpedia's config is known to hold; others break the foreign key."""
+
+
+def bin_centres(edges: list[float]) -> list[float]:
+    """Neuronpedia plots histogram bars at bin centres: n values for n+1 edges."""
+    return [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+
+
+def _hist_columns(h: Histogram) -> tuple[list[float], list[int]]:
+    if len(h.bin_edges) != len(h.counts) + 1:
+        return [], []
+    return bin_centres(list(h.bin_edges)), list(h.counts)
+
+
+def _all_examples(d: FeatureDashboard) -> Iterator[ActivationExample]:
+    yield from d.top_examples
+    for g in d.quantile_groups:
+        yield from g.examples
+
+
+def max_act_approx(d: FeatureDashboard) -> float:
+    """Largest activation among the stored examples, as Neuronpedia's converters compute it."""
+    return max((max(e.values) for e in _all_examples(d) if e.values), default=0.0)
+
+
+def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
+    freq_values, freq_heights = _hist_columns(d.activation_histogram)
+    logit_values, logit_heights = _hist_columns(d.logit_histogram)
+    pos = sorted(d.top_positive_logits, key=lambda e: e.rank)
+    neg = sorted(d.top_negative_logits, key=lambda e: e.rank)
+    row: dict[str, Any] = {column: [] for column in NEURON_COLUMNS}
+    row.update(
+        modelId=naming.model_id,
+        layer=naming.source_id,
+        index=str(d.feature_index),
+        sourceSetName=naming.source_set,
+        creatorId=naming.creator_id,
+        createdAt=info.created_at,
+        maxActApprox=max_act_approx(d),
+        hasVector=False,
+        vectorLabel=None,
+        vectorDefaultSteerStrength=10,
+        hookName=None,
+        neg_str=[e.token for e in neg],
+        neg_values=[e.value for e in neg],
+        pos_str=[e.token for e in pos],
+        pos_values=[e.value for e in pos],
+        frac_nonzero=d.statistics.activation_frequency,
+        freq_hist_data_bar_heights=freq_heights,
+        freq_hist_data_bar_values=freq_values,
+        logits_hist_data_bar_heights=logit_heights,
+        logits_hist_data_bar_values=logit_values,
+    )
+    return row
+
+
+def activation_id(naming: NeuronpediaNaming, feature_index: int, section: str, n: int) -> str:
+    """Deterministic cuid-like id: re-exporting the same feature gives the same ids."""
+    return jsonio.stable_id(naming.neuronpedia_id, feature_index, section, n)
+
+
+def _activation_row(
+    e: ActivationExample,
+    row_id: str,
+    bins: tuple[float, float, float],
+    d: FeatureDashboard,
+    info: SaeInfo,
+    naming: NeuronpediaNaming,
+) -> dict[str, Any]:
+    top = max(e.values)
+    return {
+        "id": row_id,
+        "modelId": naming.model_id,
+        "layer": naming.source_id,
+        "index": str(d.feature_index),
+        "tokens": list(e.tokens),
+        "values": list(e.values),
+        "maxValue": top,
+        "maxValueTokenIndex": e.values.index(top),
+        "minValue": min(e.values),
+        "creatorId": naming.creator_id,
+        "createdAt": info.created_at,
+        "dataSource": e.source.dataset or None,
+        "dataIndex": str(e.source.row),
+        "dfaValues": [],
+        "dfaTargetIndex": None,
+        "dfaMaxValue": None,
+        "lossValues": [],
+        "logitContributions": None,
+        "binMin": bins[0],
+        "binMax": bins[1],
+        "binContains": bins[2],
+        "qualifyingTokenIndex": e.max_token_index,
+        "zIndices": None,
+        "zValues": [],
+    }
+
+
+def activation_rows(
+    d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming
+) -> list[dict[str, Any]]:
+    """Top examples as the -1/max/-1 section, then each quantile group as its own section."""
+    rows = []
+    top_max = max((max(e.values) for e in d.top_examples if e.values), default=0.0)
+    top_bins = (TOP_GROUP_BIN, top_max, TOP_GROUP_BIN)
+    for n, e in enumerate(ex for ex in d.top_examples if ex.values):
+        row_id = activation_id(naming, d.feature_index, "top", n)
+        rows.append(_activation_row(e, row_id, top_bins, d, info, naming))
+    for g_i, g in enumerate(d.quantile_groups):
+        bins = (g.bin_min, g.bin_max, g.bin_contains)
+        for n, e in enumerate(ex for ex in g.examples if ex.values):
+            row_id = activation_id(naming, d.feature_index, f"q{g_i}", n)
+            rows.append(_activation_row(e, row_id, bins, d, info, naming))
+    return rows
+
+
+def explanation_row(r: ExplanationRecord, naming: NeuronpediaNaming) -> dict[str, Any]:
+    """Scores are not carried: Neuronpedia keeps them in a table its importer does not read."""
+    return {
+        "id": r.id or jsonio.stable_id(naming.neuronpedia_id, "explanation", *_expl_key(r)),
+        "modelId": naming.model_id,
+        "layer": naming.source_id,
+        "index": str(r.feature_index),
+        "description": r.description,
+        "authorId": naming.creator_id,
+        "typeName": r.method,
+        "explanationModelName": r.explainer_model,
+        "createdAt": r.created_at,
+    }
+
+
+def _expl_key(r: ExplanationRecord) -> tuple[str, ...]:
+    return (str(r.feature_index), r.method, r.explainer_model, r.description, r.created_at)
+
+
+def model_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
+    return {
+        "id": naming.model_id,
+        "displayName": naming.model_id,
+        "displayNameShort": naming.model_id,
+        "creatorId": naming.creator_id,
+        "tlensId": naming.model_id,
+        "dimension": info.d_in,
+        "visibility": naming.visibility,
+        "instruct": naming.model_id.endswith("-it"),
+        "inferenceEnabled": False,
+        "layers": naming.model_layers,
+        "neuronsPerLayer": 0,
+        "owner": naming.model_owner or naming.creator_name,
+        "website": None,
+        "createdAt": info.created_at,
+        "updatedAt": info.created_at,
+    }
+
+
+def source_set_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
+    return {
+        "modelId": naming.model_id,
+        "name": naming.source_set,
+        "description": naming.source_set_description,
+        "type": "",
+        "creatorName": naming.creator_name,
+        "creatorId": naming.creator_id,
+        "urls": [naming.url] if naming.url else [],
+        "visibility": naming.visibility,
+        "releaseName": naming.release_id,
+        "hasDashboards": True,
+        "createdAt": info.created_at,
+    }
+
+
+def source_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
+    return {
+        "id": naming.source_id,
+        "modelId": naming.model_id,
+        "setName": naming.source_set,
+        "creatorId": naming.creator_id,
+        "visibility": naming.visibility,
+        "hasDashboards": True,
+        "hfRepoId": naming.hf_repo or None,
+        "hfFolderId": naming.hf_folder or None,
+        "num_prompts": info.n_prompts,
+        "num_tokens_in_prompt": info.n_tokens_in_prompt,
+        "dataset": info.prompts_dataset,
+        "notes": None,
+        "createdAt": info.created_at,
+    }
+
+
+def release_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
+    return {
+        "name": naming.release_id,
+        "description": naming.release_title,
+        "descriptionShort": naming.release_title,
+        "creatorName": naming.creator_name,
+        "creatorNameShort": naming.creator_name,
+        "creatorId": naming.creator_id,
+        "urls": [naming.url] if naming.url else [],
+        "visibility": naming.visibility,
+        "createdAt": info.created_at,
+    }
+
+
+def source_dir(root: Path, naming: NeuronpediaNaming) -> Path:
+    return root / naming.model_id / naming.source_id
+
+
+class _BatchWriter:
+    """Collects one batch of rows per stream and writes it when the next batch begins."""
+
+    def __init__(self, directory: Path, batch_size: int) -> None:
+        self.directory = directory
+        self.batch_size = batch_size
+        self.current: int | None = None
+        self.flushed: set[int] = set()
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.files: list[Path] = []
+
+    def add(self, stream: str, feature_index: int, rows: list[dict[str, Any]]) -> None:
+        batch = feature_index // self.batch_size
+        if batch != self.current:
+            if batch in self.flushed:
+                raise InvalidArgument(
+                    f"feature {feature_index} arrived after its batch {batch} was written",
+                    field="dashboards",
+                    fix="pass dashboards in ascending feature_index order",
+                )
+            self.flush()
+            self.current = batch
+        self.rows.setdefault(stream, []).extend(rows)
+
+    def flush(self) -> None:
+        if self.current is None:
+            return
+        for stream, rows in sorted(self.rows.items()):
+            if rows:
+                path = self.directory / stream / f"batch-{self.current}.jsonl.gz"
+                data = jsonio.dumps_lines(rows, where=f"{stream}/batch-{self.current}")
+                jsonio.write_document(path, data, gzip_level=GZIP_LEVEL)
+                self.files.append(path)
+        self.flushed.add(self.current)
+        self.current = None
+        self.rows = {}
+
+
+def write_importer_export(
+    root: Path,
+    info: SaeInfo,
+    naming: NeuronpediaNaming,
+    dashboards: Iterable[FeatureDashboard],
+    explanations: Iterable[ExplanationRecord] = (),
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> FormatOutput:
+    """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order."""
+    info.validate()
+    naming.validate()
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size={batch_size}", field="batch_size", fix="use >= 1")
+    out = source_dir(root, naming)
+    files = []
+    for name, row in (
+        ("release.jsonl", release_row(info, naming)),
+        ("model.jsonl", model_row(info, naming)),
+        ("sourceset.jsonl", source_set_row(info, naming)),
+        ("source.jsonl", source_row(info, naming)),
+    ):
+        jsonio.write_document(out / name, jsonio.dumps_lines([row], where=name))
+        files.append(out / name)
+    by_feature: dict[int, list[ExplanationRecord]] = {}
+    for r in explanations:
+        by_feature.setdefault(r.feature_index, []).append(r)
+    writer = _BatchWriter(out, batch_size)
+    n = 0
+    for d in dashboards:
+        writer.add("features", d.feature_index, [neuron_row(d, info, naming)])
+        writer.add("activations", d.feature_index, activation_rows(d, info, naming))
+        records = sorted(by_feature.pop(d.feature_index, []), key=_expl_key)
+        writer.add("explanations", d.feature_index, [explanation_row(r, naming) for r in records])
+        n += 1
+        if progress is not None:
+            progress(n)
+    writer.flush()
+    notes = tuple(
+        f"explanation for feature {i} dropped: no dashboard for it (Neuronpedia needs the feature)"
+        for i in sorted(by_feature)
+    )
+    return FormatOutput(root=out, files=tuple(files + writer.files), n_features=n, notes=notes)

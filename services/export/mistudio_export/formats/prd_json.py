@@ -1,0 +1,227 @@
+"""The PRD layout (FR-2.1): metadata.json, features/{i}.json[.gz], explanations/explanations.json.
+
+Feature files carry the PRD fields (FR-2.2, Appendix A) and everything else a dashboard holds:
+quantile groups, the logit histogram, token ids, example sources, full statistics and the
+top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.schema.json``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from mistudio_common.dashboard import (
+    ActivationExample,
+    FeatureDashboard,
+    Histogram,
+    LogitEntry,
+    QuantileGroup,
+    TokenAggregate,
+)
+from mistudio_common.errors import InvalidArgument
+
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.output import FormatOutput
+from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+
+FORMAT_NAME = "mistudio-prd-json"
+METADATA_FILE = "metadata.json"
+FEATURES_DIR = "features"
+EXPLANATIONS_FILE = "explanations/explanations.json"
+
+
+def feature_file_name(feature_index: int, *, compressed: bool = False) -> str:
+    return f"{FEATURES_DIR}/{feature_index}.json" + (".gz" if compressed else "")
+
+
+def metadata_document(
+    info: SaeInfo, naming: NeuronpediaNaming, *, n_features: int, compressed: bool
+) -> dict[str, Any]:
+    """FR-2.3 fields, plus what a reader needs to find and check the feature files."""
+    return {
+        "format": FORMAT_NAME,
+        "model_id": info.model_id,
+        "sae_id": info.sae_id,
+        "neuronpedia_id": naming.neuronpedia_id,
+        "hook_point": info.hook_point,
+        "layer": info.layer,
+        "d_sae": info.d_sae,
+        "d_model": info.d_in,
+        "d_in": info.d_in,
+        "architecture": info.architecture,
+        "training_dataset": info.training_dataset,
+        "n_training_tokens": info.n_training_tokens,
+        "l0": info.l0,
+        "explained_variance": info.explained_variance,
+        "created_at": info.created_at,
+        "miStudio_version": info.mistudio_version,
+        "export_version": info.export_version,
+        "dashboard_dataset": info.prompts_dataset,
+        "n_prompts": info.n_prompts,
+        "n_tokens_in_prompt": info.n_tokens_in_prompt,
+        "prepend_bos": info.prepend_bos,
+        "n_features": n_features,
+        "feature_file_suffix": ".json.gz" if compressed else ".json",
+    }
+
+
+def _example(e: ActivationExample) -> dict[str, Any]:
+    return {
+        "tokens": list(e.tokens),
+        "token_ids": list(e.token_ids),
+        "values": list(e.values),
+        "max_value": e.max_value,
+        "max_token_index": e.max_token_index,
+        "source": {"dataset": e.source.dataset, "row": e.source.row, "offset": e.source.offset},
+    }
+
+
+def _group(g: QuantileGroup) -> dict[str, Any]:
+    return {
+        "bin_min": g.bin_min,
+        "bin_max": g.bin_max,
+        "bin_contains": g.bin_contains,
+        "examples": [_example(e) for e in g.examples],
+    }
+
+
+def _logit(e: LogitEntry) -> dict[str, Any]:
+    return {"token": e.token, "token_id": e.token_id, "value": e.value, "rank": e.rank}
+
+
+def _histogram(h: Histogram) -> dict[str, Any]:
+    return {
+        "bin_edges": list(h.bin_edges),
+        "counts": list(h.counts),
+        "scale": h.scale.value,
+        "total_count": h.total_count,
+        "nonzero_count": h.nonzero_count,
+    }
+
+
+def _token(t: TokenAggregate) -> dict[str, Any]:
+    return {
+        "token": t.token,
+        "token_id": t.token_id,
+        "total_activation": t.total_activation,
+        "count": t.count,
+        "mean_activation": t.mean_activation,
+        "max_activation": t.max_activation,
+    }
+
+
+def feature_document(d: FeatureDashboard) -> dict[str, Any]:
+    """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2."""
+    s = d.statistics
+    return {
+        "feature_index": d.feature_index,
+        "activations": [_example(e) for e in d.top_examples],
+        "quantile_groups": [_group(g) for g in d.quantile_groups],
+        "logits": {
+            "top_positive": [_logit(e) for e in d.top_positive_logits],
+            "top_negative": [_logit(e) for e in d.top_negative_logits],
+        },
+        "histogram": _histogram(d.activation_histogram),
+        "logit_histogram": _histogram(d.logit_histogram),
+        "statistics": {
+            "activation_frequency": s.activation_frequency,
+            "max_activation": s.max_activation,
+            "mean_activation": s.mean_activation,
+            "std_activation": s.std_activation,
+            "l0_contribution": s.l0_contribution,
+            "dead_feature": s.dead_feature,
+            "quantiles": [{"level": k, "value": v} for k, v in sorted(s.quantiles.items())],
+            "quantile_relative_error": s.quantile_relative_error,
+            "token_count": s.token_count,
+            "nonzero_count": s.nonzero_count,
+        },
+        "top_tokens": [_token(t) for t in d.top_tokens],
+        "top_tokens_metric": d.top_tokens_metric.value,
+    }
+
+
+def explanation_id(record: ExplanationRecord, neuronpedia_id: str) -> str:
+    """The record's own id, or one derived from its content (stable across exports)."""
+    return record.id or jsonio.stable_id(
+        neuronpedia_id,
+        record.feature_index,
+        record.method,
+        record.explainer_model,
+        record.description,
+        record.created_at,
+    )
+
+
+def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str, str]:
+    return (r.created_at, r.method, r.explainer_model, r.description, r.id)
+
+
+def explanations_document(
+    records: Iterable[ExplanationRecord], naming: NeuronpediaNaming, export_version: str
+) -> dict[str, Any]:
+    """FR-5.1: per feature, all its explanations, in a stable order whatever the input order."""
+    by_feature: dict[int, list[ExplanationRecord]] = defaultdict(list)
+    for r in records:
+        by_feature[r.feature_index].append(r)
+    features = [
+        {
+            "feature_index": index,
+            "explanations": [
+                {
+                    "id": explanation_id(r, naming.neuronpedia_id),
+                    "description": r.description,
+                    "method": r.method,
+                    "model": r.explainer_model,
+                    "score": r.score,
+                    "created_at": r.created_at,
+                }
+                for r in sorted(by_feature[index], key=_explanation_sort_key)
+            ],
+        }
+        for index in sorted(by_feature)
+    ]
+    return {"export_version": export_version, "features": features}
+
+
+def write_prd_export(
+    out_dir: Path,
+    info: SaeInfo,
+    naming: NeuronpediaNaming,
+    dashboards: Iterable[FeatureDashboard],
+    explanations: Iterable[ExplanationRecord] = (),
+    *,
+    compress_features: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> FormatOutput:
+    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each."""
+    info.validate()
+    naming.validate()
+    files: list[Path] = []
+    seen: set[int] = set()
+    for d in dashboards:
+        if d.feature_index in seen:
+            raise _duplicate(d.feature_index)
+        seen.add(d.feature_index)
+        path = out_dir / feature_file_name(d.feature_index, compressed=compress_features)
+        data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
+        jsonio.write_document(path, data)
+        files.append(path)
+        if progress is not None:
+            progress(len(seen))
+    expl = explanations_document(explanations, naming, info.export_version)
+    jsonio.write_document(out_dir / EXPLANATIONS_FILE, jsonio.dumps(expl, where="explanations"))
+    files.append(out_dir / EXPLANATIONS_FILE)
+    meta = metadata_document(info, naming, n_features=len(seen), compressed=compress_features)
+    jsonio.write_document(out_dir / METADATA_FILE, jsonio.dumps(meta, where="metadata"))
+    files.append(out_dir / METADATA_FILE)
+    return FormatOutput(root=out_dir, files=tuple(files), n_features=len(seen))
+
+
+def _duplicate(index: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"feature {index} appears twice in the dashboards",
+        field="dashboards",
+        fix="pass each feature once",
+    )

@@ -1,0 +1,141 @@
+"""SAEDashboard's ``batch-N.json`` (format A), what ``neuronpedia-runner`` writes.
+
+Neuronpedia's converter and its ``/manual-dashboard`` page read this shape, so every feature key
+SAEDashboard writes is present; panels miStudio does not compute (neuron alignment, correlated
+neurons and features, decoder weight distribution, steering vector) are empty lists. Float lists
+and bin bounds are rounded to 5 decimals as SAEDashboard does; ``frac_nonzero`` is not, so a
+sparse feature (density < 5e-6) does not read as dead. Schema: ``schemas/sd_batch.schema.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from mistudio_common.dashboard import ActivationExample, FeatureDashboard
+from mistudio_common.errors import InvalidArgument
+
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.neuronpedia_importer import TOP_GROUP_BIN, bin_centres
+from mistudio_export.formats.output import FormatOutput
+from mistudio_export.records import NeuronpediaNaming, SaeInfo
+
+DEFAULT_FEATURES_PER_BATCH = 128
+DECIMALS = 5
+
+FEATURE_KEYS = (
+    "feature_index",
+    "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+    "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
+    "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson",
+    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
+    "freq_hist_data_bar_values", "freq_hist_data_bar_heights",
+    "logits_hist_data_bar_heights", "logits_hist_data_bar_values",
+    "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist",
+    "activations", "vector",
+)  # fmt: skip
+ACTIVATION_KEYS = (
+    "bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index",
+    "dfa_values", "dfa_maxValue", "dfa_targetIndex",
+)  # fmt: skip
+BATCH_KEYS = ("model_id", "layer", "sae_set", "sae_id_suffix", "features")
+
+
+def _r(xs: Iterable[float]) -> list[float]:
+    return [round(x, DECIMALS) for x in xs]
+
+
+def _activation(e: ActivationExample, bins: tuple[float, float, float]) -> dict[str, Any]:
+    return {
+        "bin_min": round(bins[0], DECIMALS),
+        "bin_max": round(bins[1], DECIMALS),
+        "bin_contains": round(bins[2], DECIMALS),
+        "tokens": list(e.tokens),
+        "values": _r(e.values),
+        "qualifying_token_index": e.max_token_index,
+        "dfa_values": [],
+        "dfa_maxValue": 0,
+        "dfa_targetIndex": -1,
+    }
+
+
+def _activations(d: FeatureDashboard) -> list[dict[str, Any]]:
+    top_max = max((max(e.values) for e in d.top_examples if e.values), default=0.0)
+    out = [_activation(e, (TOP_GROUP_BIN, top_max, TOP_GROUP_BIN)) for e in d.top_examples]
+    for g in d.quantile_groups:
+        out += [_activation(e, (g.bin_min, g.bin_max, g.bin_contains)) for e in g.examples]
+    return [a for a in out if a["values"]]
+
+
+def feature_entry(d: FeatureDashboard, info: SaeInfo) -> dict[str, Any]:
+    """One element of a batch's ``features`` list."""
+    pos = sorted(d.top_positive_logits, key=lambda e: e.rank)
+    neg = sorted(d.top_negative_logits, key=lambda e: e.rank)
+    act, logit = d.activation_histogram, d.logit_histogram
+    entry: dict[str, Any] = {key: [] for key in FEATURE_KEYS}
+    entry.update(
+        feature_index=d.feature_index,
+        neg_str=[e.token for e in neg],
+        neg_values=_r(e.value for e in neg),
+        pos_str=[e.token for e in pos],
+        pos_values=_r(e.value for e in pos),
+        frac_nonzero=d.statistics.activation_frequency,
+        n_prompts_total=info.n_prompts,
+        n_tokens_in_prompt=info.n_tokens_in_prompt,
+        dataset=info.prompts_dataset,
+        activations=_activations(d),
+    )
+    if len(act.bin_edges) == len(act.counts) + 1:
+        entry["freq_hist_data_bar_values"] = _r(bin_centres(list(act.bin_edges)))
+        entry["freq_hist_data_bar_heights"] = list(act.counts)
+    if len(logit.bin_edges) == len(logit.counts) + 1:
+        entry["logits_hist_data_bar_values"] = _r(bin_centres(list(logit.bin_edges)))
+        entry["logits_hist_data_bar_heights"] = list(logit.counts)
+    return entry
+
+
+def batch_document(naming: NeuronpediaNaming, features: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "model_id": naming.model_id,
+        "layer": naming.layer,
+        "sae_set": naming.source_set,
+        "sae_id_suffix": naming.source_suffix or None,
+        "features": features,
+    }
+
+
+def _chunks(items: Iterable[FeatureDashboard], size: int) -> Iterator[list[FeatureDashboard]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def write_saedashboard_batches(
+    out_dir: Path,
+    info: SaeInfo,
+    naming: NeuronpediaNaming,
+    dashboards: Iterable[FeatureDashboard],
+    *,
+    features_per_batch: int = DEFAULT_FEATURES_PER_BATCH,
+    progress: Callable[[int], None] | None = None,
+) -> FormatOutput:
+    """Write ``out_dir/batch-N.json``, N = 0, 1, …, in the order the dashboards arrive."""
+    info.validate()
+    naming.validate()
+    if features_per_batch < 1:
+        raise InvalidArgument(
+            f"features_per_batch={features_per_batch}", field="features_per_batch", fix="use >= 1"
+        )
+    files = []
+    n = 0
+    for batch, chunk in enumerate(_chunks(dashboards, features_per_batch)):
+        doc = batch_document(naming, [feature_entry(d, info) for d in chunk])
+        path = out_dir / f"batch-{batch}.json"
+        jsonio.write_document(path, jsonio.dumps(doc, where=f"batch-{batch}.json"))
+        files.append(path)
+        n += len(chunk)
+        if progress is not None:
+            progress(n)
+    return FormatOutput(root=out_dir, files=tuple(files), n_features=n)

@@ -1,0 +1,198 @@
+"""Request bodies for Neuronpedia's self-serve ``POST /api/feature/upload-batch``.
+
+The route accepts at most 128 features per call; per feature at most 20 top and 20 bottom
+logits, at least one activation with 1..1024 tokens, a density in [0, 1] and explanations of
+1..512 characters whose method and model already exist on Neuronpedia. It takes no histograms.
+Anything cut to fit (long examples, long explanations, features without examples) is listed in
+``manifest.json`` notes. The top-level body keys (``modelId``, ``source``, ``features``) are
+inferred from the client library, not read from the route. Schemas: ``schemas/upload_*.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mistudio_common.dashboard import ActivationExample, FeatureDashboard
+from mistudio_common.errors import InvalidArgument
+
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.output import FormatOutput
+from mistudio_export.records import ExplanationRecord, NeuronpediaNaming
+
+ENDPOINT = "feature/upload-batch"
+MANIFEST_FILE = "manifest.json"
+MAX_FEATURES_PER_REQUEST = 128
+MAX_LOGITS = 20
+MAX_TOKENS_PER_EXAMPLE = 1024
+MAX_EXPLANATION_CHARS = 512
+MAX_FEATURE_INDEX = 10_000_000
+
+
+def payload_file_name(n: int) -> str:
+    return f"upload-batch-{n}.json"
+
+
+def truncate_around(
+    tokens: list[str], values: list[float], centre: int, limit: int
+) -> tuple[list[str], list[float], int]:
+    """Keep ``limit`` positions around ``centre``; returns the kept tokens, values and start."""
+    if len(tokens) <= limit:
+        return tokens, values, 0
+    start = min(max(0, centre - limit // 2), len(tokens) - limit)
+    return tokens[start : start + limit], values[start : start + limit], start
+
+
+@dataclass
+class _Notes:
+    lines: list[str] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+
+
+def _example(
+    e: ActivationExample, q: tuple[float, float, float], index: int, notes: _Notes
+) -> dict[str, Any]:
+    centre = e.values.index(max(e.values))
+    tokens, values, start = truncate_around(
+        list(e.tokens), list(e.values), centre, MAX_TOKENS_PER_EXAMPLE
+    )
+    if len(tokens) < len(e.tokens):
+        notes.lines.append(
+            f"feature {index}: an example of {len(e.tokens)} tokens was cut to positions "
+            f"{start}..{start + len(tokens) - 1} around its max token "
+            f"(the API takes {MAX_TOKENS_PER_EXAMPLE})"
+        )
+    return {
+        "tokens": tokens,
+        "values": values,
+        "quantileMin": q[0],
+        "quantileMax": q[1],
+        "quantileFraction": min(max(q[2], 0.0), 1.0),
+    }
+
+
+def _top_section(d: FeatureDashboard) -> tuple[float, float, float]:
+    """The API has no -1 'top' marker, so the top section is described by its own range.
+
+    Its fraction is that of the feature's non-zero activations at or above the lowest top
+    example's maximum: each top example stands for one of the k largest activations.
+    """
+    maxima = [max(e.values) for e in d.top_examples if e.values]
+    nonzero = d.statistics.nonzero_count
+    fraction = len(maxima) / nonzero if nonzero else 0.0
+    return min(maxima, default=0.0), max(maxima, default=0.0), fraction
+
+
+def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -> list[Any]:
+    out = []
+    for r in records:
+        text = r.description.strip()
+        if not text:
+            notes.lines.append(f"feature {index}: an empty explanation was left out")
+            continue
+        if len(text) > MAX_EXPLANATION_CHARS:
+            notes.lines.append(
+                f"feature {index}: an explanation of {len(text)} characters was cut to "
+                f"{MAX_EXPLANATION_CHARS}"
+            )
+            text = text[: MAX_EXPLANATION_CHARS - 1].rstrip() + "…"
+        out.append({"text": text, "methodName": r.method, "modelName": r.explainer_model})
+    return out
+
+
+def feature_payload(
+    d: FeatureDashboard, records: list[ExplanationRecord], notes: _Notes
+) -> dict[str, Any] | None:
+    """One feature of an upload body, or None (noted) when the API could not take it."""
+    i = d.feature_index
+    if i > MAX_FEATURE_INDEX:
+        notes.lines.append(f"feature {i}: index above the API's {MAX_FEATURE_INDEX}, skipped")
+        notes.skipped.append(i)
+        return None
+    top = _top_section(d)
+    acts = [_example(e, top, i, notes) for e in d.top_examples if e.values]
+    for g in d.quantile_groups:
+        q = (g.bin_min, g.bin_max, g.bin_contains)
+        acts += [_example(e, q, i, notes) for e in g.examples if e.values]
+    if not acts:
+        notes.lines.append(f"feature {i}: no activation examples (dead feature?), skipped")
+        notes.skipped.append(i)
+        return None
+    pos = sorted(d.top_positive_logits, key=lambda e: e.rank)[:MAX_LOGITS]
+    neg = sorted(d.top_negative_logits, key=lambda e: e.rank)[:MAX_LOGITS]
+    return {
+        "index": i,
+        "density": min(max(d.statistics.activation_frequency, 0.0), 1.0),
+        "topLogits": [{"token": e.token, "value": e.value} for e in pos],
+        "bottomLogits": [{"token": e.token, "value": e.value} for e in neg],
+        "activations": acts,
+        "explanations": _explanations(records, i, notes),
+    }
+
+
+def upload_body(naming: NeuronpediaNaming, features: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"modelId": naming.model_id, "source": naming.source_id, "features": features}
+
+
+def write_upload_payloads(
+    out_dir: Path,
+    naming: NeuronpediaNaming,
+    dashboards: Iterable[FeatureDashboard],
+    explanations: Iterable[ExplanationRecord] = (),
+    *,
+    features_per_request: int = MAX_FEATURES_PER_REQUEST,
+) -> FormatOutput:
+    """Write ``upload-batch-N.json`` request bodies and a manifest naming them in order."""
+    naming.validate()
+    if not 1 <= features_per_request <= MAX_FEATURES_PER_REQUEST:
+        raise InvalidArgument(
+            f"features_per_request={features_per_request}",
+            field="features_per_request",
+            fix=f"use 1..{MAX_FEATURES_PER_REQUEST}, the API's limit",
+        )
+    by_feature: dict[int, list[ExplanationRecord]] = {}
+    for r in explanations:
+        by_feature.setdefault(r.feature_index, []).append(r)
+    notes = _Notes()
+    pending: list[dict[str, Any]] = []
+    files: list[Path] = []
+    n_features = 0
+
+    def flush() -> None:
+        path = out_dir / payload_file_name(len(files))
+        body = upload_body(naming, pending)
+        jsonio.write_document(path, jsonio.dumps(body, where=path.name))
+        files.append(path)
+        pending.clear()
+
+    for d in dashboards:
+        records = sorted(
+            by_feature.get(d.feature_index, []), key=lambda r: (r.created_at, r.description)
+        )
+        payload = feature_payload(d, records, notes)
+        if payload is None:
+            continue
+        pending.append(payload)
+        n_features += 1
+        if len(pending) == features_per_request:
+            flush()
+    if pending:
+        flush()
+    manifest = {
+        "endpoint": ENDPOINT,
+        "modelId": naming.model_id,
+        "source": naming.source_id,
+        "files": [p.name for p in files],
+        "n_features": n_features,
+        "skipped_features": notes.skipped,
+        "notes": notes.lines,
+    }
+    jsonio.write_document(out_dir / MANIFEST_FILE, jsonio.dumps(manifest, where=MANIFEST_FILE))
+    return FormatOutput(
+        root=out_dir,
+        files=(*files, out_dir / MANIFEST_FILE),
+        n_features=n_features,
+        notes=tuple(notes.lines),
+    )
