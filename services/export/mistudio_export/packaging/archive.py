@@ -1,0 +1,225 @@
+"""A staging folder -> one ZIP, byte-identical for identical folders, and its verification.
+
+Determinism is what lets a user (or a cache) tell "same export" from "changed export" by the
+archive's hash alone, so nothing from the exporting machine leaks in: entries are in a fixed
+order, every timestamp is 1980-01-01 00:00:00 (ZIP's epoch), permissions are 0644, and no
+extra fields (no Unix uid/gid or high-resolution times) are written. A file over 4 GiB still
+gets the ZIP64 extra field the format requires. Deflate output depends on the zlib build, so
+"identical" holds for one environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from mistudio_common.errors import InvalidArgument, MistudioError
+
+from mistudio_export.packaging.manifest import (
+    ARCHIVE_FORMAT_VERSION,
+    CHUNK_SIZE,
+    MANIFEST_NAME,
+    Manifest,
+    sha256_file,
+    staged_files,
+    write_manifest,
+)
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o100644
+"""Regular file, rw-r--r--: what an unzipped export should look like regardless of umask."""
+_UNIX = 3
+
+ArchiveProgress = Callable[[int, int], None]
+"""Called with (bytes processed, bytes total); each file counts twice: hashed, then packed."""
+
+
+class Compression(StrEnum):
+    STORED = "stored"
+    DEFLATED = "deflated"
+
+
+_ZIP_METHOD = {Compression.STORED: zipfile.ZIP_STORED, Compression.DEFLATED: zipfile.ZIP_DEFLATED}
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    path: Path
+    size: int
+    sha256: str
+    manifest: Manifest
+
+
+def build_archive(
+    staging_dir: Path,
+    zip_path: Path,
+    *,
+    compression: Compression = Compression.DEFLATED,
+    progress: ArchiveProgress | None = None,
+) -> ArchiveResult:
+    """Writes manifest.json into the folder, then zips it (manifest first, rest by path).
+
+    The ZIP is written under a temporary name and renamed at the end, so ``zip_path`` is either
+    absent or complete; raising from ``progress`` (e.g. Cancelled) leaves nothing behind.
+    """
+    staging_dir, zip_path = Path(staging_dir), Path(zip_path)
+    if zip_path.absolute().is_relative_to(staging_dir.absolute()):
+        raise InvalidArgument(
+            f"archive path {zip_path} is inside the folder being archived",
+            field="zip_path",
+            fix="write the archive next to the staging folder, not into it",
+        )
+    sizes = sum((staging_dir / rel).stat().st_size for rel in staged_files(staging_dir))
+    counter = _Counter(progress, 2 * sizes)
+    manifest = write_manifest(staging_dir, counter.add)
+    counter.total = 2 * manifest.total_size  # the folder may have changed since the estimate
+    partial = zip_path.with_name(zip_path.name + ".partial")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(partial, "wb") as raw, zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
+            names = [MANIFEST_NAME, *(f.path for f in manifest.files)]
+            for name in names:
+                _add_file(zf, staging_dir / name, name, _ZIP_METHOD[compression], counter)
+        os.replace(partial, zip_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        raise
+    return ArchiveResult(
+        path=zip_path,
+        size=zip_path.stat().st_size,
+        sha256=sha256_file(zip_path),
+        manifest=manifest,
+    )
+
+
+class _Counter:
+    def __init__(self, progress: ArchiveProgress | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, max(self.total, self.done))
+
+
+def _add_file(zf: zipfile.ZipFile, src: Path, name: str, method: int, counter: _Counter) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = method
+    info.create_system = _UNIX
+    info.external_attr = FILE_MODE << 16
+    info.extra = b""
+    info.file_size = src.stat().st_size  # decides ZIP64 up front, as the format needs
+    with open(src, "rb") as f, zf.open(info, "w") as dst:
+        while chunk := f.read(CHUNK_SIZE):
+            dst.write(chunk)
+            if name != MANIFEST_NAME:
+                counter.add(len(chunk))
+
+
+@dataclass(frozen=True)
+class CorruptFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What differs between an archive and its manifest; ``ok`` when nothing does."""
+
+    checked: int = 0
+    missing: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    corrupt: tuple[CorruptFile, ...] = ()
+    unreadable: str = ""
+    """Why the archive or its manifest could not be read at all ("" when they could)."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.corrupt or self.unreadable)
+
+    def lines(self) -> list[str]:
+        if self.unreadable:
+            return [f"unreadable: {self.unreadable}"]
+        return (
+            [f"{self.checked} file(s) match the manifest"]
+            + [f"missing: {p}" for p in self.missing]
+            + [f"extra (not in manifest): {p}" for p in self.extra]
+            + [f"corrupt: {c.path}: {c.reason}" for c in self.corrupt]
+        )
+
+
+def verify_archive(zip_path: Path) -> VerifyReport:
+    """Re-hashes every file in the ZIP (streamed) against the manifest it carries."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            return _verify(zf)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return VerifyReport(unreadable=f"{zip_path} is not a readable ZIP archive: {exc}")
+
+
+def _verify(zf: zipfile.ZipFile) -> VerifyReport:
+    names = [n for n in zf.namelist() if not n.endswith("/")]
+    if MANIFEST_NAME not in names:
+        return VerifyReport(unreadable=f"no {MANIFEST_NAME} at the archive root")
+    try:
+        manifest = Manifest.from_json(zf.read(MANIFEST_NAME))
+    except (MistudioError, zipfile.BadZipFile, zlib.error) as exc:
+        return VerifyReport(unreadable=str(exc))
+    if manifest.archive_format_version > ARCHIVE_FORMAT_VERSION:
+        return VerifyReport(
+            unreadable=f"archive format {manifest.archive_format_version} is newer than "
+            f"this reader ({ARCHIVE_FORMAT_VERSION}); update miStudio"
+        )
+    corrupt = [
+        CorruptFile(n, f"appears {names.count(n)} times")
+        for n in sorted(set(names))
+        if names.count(n) > 1
+    ]
+    corrupt += [CorruptFile(n, "unsafe path") for n in sorted(set(names)) if not _safe(n)]
+    listed = {f.path for f in manifest.files}
+    missing = sorted(listed - set(names))
+    extra = sorted(set(names) - listed - {MANIFEST_NAME})
+    checked = 0
+    for entry in manifest.files:
+        if entry.path in missing:
+            continue
+        reason = _check_entry(zf, entry.path, entry.size, entry.sha256)
+        if reason:
+            corrupt.append(CorruptFile(entry.path, reason))
+        else:
+            checked += 1
+    return VerifyReport(
+        checked=checked, missing=tuple(missing), extra=tuple(extra), corrupt=tuple(corrupt)
+    )
+
+
+def _check_entry(zf: zipfile.ZipFile, name: str, size: int, sha256: str) -> str:
+    digest = hashlib.sha256()
+    actual = 0
+    try:
+        with zf.open(name) as f:
+            while chunk := f.read(CHUNK_SIZE):
+                digest.update(chunk)
+                actual += len(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        return f"unreadable ({exc})"
+    if actual != size:
+        return f"{actual} bytes, manifest says {size}"
+    if digest.hexdigest() != sha256:
+        return "SHA-256 differs from the manifest"
+    return ""
+
+
+def _safe(name: str) -> bool:
+    parts = name.split("/")
+    return not name.startswith("/") and "\\" not in name and ".." not in parts

@@ -1,0 +1,108 @@
+"""What each output format is for and the limits its consumer documents, for the archive README.
+
+The limits are the ones read from Neuronpedia's and SAELens's code (see
+``/work/shared/reference``); they live here as prose because they tell a person what to expect
+when uploading, while the format writers enforce the same numbers in code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FormatKind(StrEnum):
+    NEURONPEDIA_UPLOAD = "neuronpedia-upload"
+    NEURONPEDIA_IMPORT = "neuronpedia-import"
+    SAEDASHBOARD = "saedashboard"
+    PRD_JSON = "prd-json"
+    SAELENS = "saelens"
+
+
+@dataclass(frozen=True)
+class FormatNote:
+    title: str
+    default_folder: str
+    """Relative to the archive root; "/" is the root itself."""
+    summary: str
+    limits: tuple[str, ...]
+
+
+MAX_FEATURES_PER_CALL = 128
+MAX_LOGITS = 20
+MAX_TOKENS_PER_EXAMPLE = 1024
+MAX_EXPLANATION_CHARS = 512
+MAX_SOURCE_SET_DESCRIPTION = 128
+
+NOTES: dict[FormatKind, FormatNote] = {
+    FormatKind.NEURONPEDIA_UPLOAD: FormatNote(
+        title="Neuronpedia upload-API payloads",
+        default_folder="upload-payloads",
+        summary="Request bodies for Neuronpedia's `POST /api/feature/upload-batch`, one file "
+        "per call, each `{modelId, source, features}`.",
+        limits=(
+            f"at most {MAX_FEATURES_PER_CALL} features per call (one file = one call)",
+            "feature `index`: an integer from 0 to 10,000,000",
+            f"`topLogits` / `bottomLogits`: at most {MAX_LOGITS} entries each",
+            "`activations`: at least one per feature; each example has 1 to "
+            f"{MAX_TOKENS_PER_EXAMPLE} tokens and exactly as many values",
+            "`density`: a fraction in [0, 1]",
+            f"explanations: 1 to {MAX_EXPLANATION_CHARS} characters; their method and model "
+            "must already exist on Neuronpedia",
+            "not accepted by this API: activation histograms, logit histograms, neuron "
+            "alignment, correlations, DFA, vectors (those come only through route 2)",
+            "only the account that created the source set can upload into it",
+        ),
+    ),
+    FormatKind.NEURONPEDIA_IMPORT: FormatNote(
+        title="Neuronpedia importer layout",
+        default_folder="neuronpedia-importer",
+        summary="The layout Neuronpedia's own importer reads: `{modelId}/{layer}-{sourceSet}/` "
+        "with `model.jsonl`, `sourceset.jsonl`, `source.jsonl`, `release.jsonl` and gzipped "
+        "JSONL rows in `features/`, `activations/` and `explanations/` "
+        "(`batch-N.jsonl.gz`). It carries the full dashboard: histograms and logit tables.",
+        limits=(
+            "keys are the database column names exactly (camelCase and snake_case mixed); "
+            "every line of a file has the same keys",
+            "the importer reads only Neuronpedia's own bucket, so only its maintainers can "
+            "load this folder (route 2)",
+            "`creatorId` / `authorId` must be existing Neuronpedia users and explanation "
+            "types must exist there; the maintainers may rewrite these ids",
+            "the importer lists at most 1,000 batch files per folder",
+        ),
+    ),
+    FormatKind.SAEDASHBOARD: FormatNote(
+        title="SAEDashboard batches",
+        default_folder="saedashboard",
+        summary="`batch-N.json` files in the shape SAEDashboard's `neuronpedia-runner` writes, "
+        "for Neuronpedia's `convert-saedashboard-to-neuronpedia-export.py`.",
+        limits=(
+            f"{MAX_FEATURES_PER_CALL} features per batch file, the runner's default",
+            "one feature object can be pasted into `/manual-dashboard` on a Neuronpedia "
+            "instance to preview its dashboard",
+        ),
+    ),
+    FormatKind.PRD_JSON: FormatNote(
+        title="miStudio JSON",
+        default_folder="/",
+        summary="`metadata.json`, `features/<index>.json` and `explanations/explanations.json`: "
+        "one readable file per feature, for inspection and your own tools.",
+        limits=(
+            "Neuronpedia does not read this layout; use routes 1 or 2 to publish",
+            "fields with no Neuronpedia column (statistics, top tokens) appear only here",
+        ),
+    ),
+    FormatKind.SAELENS: FormatNote(
+        title="SAELens checkpoint",
+        default_folder="saelens",
+        summary="`cfg.json` + `sae_weights.safetensors` (+ `sparsity.safetensors`), loadable "
+        "with `SAE.load_from_disk` and, once on HuggingFace, `SAE.from_pretrained`.",
+        limits=(
+            "needs sae-lens 6.x, which requires transformer-lens < 4",
+            "`from_pretrained` loads as float32 unless you pass `dtype=`; the cfg's dtype is "
+            "overridden",
+            "the Neuronpedia link is stored in `cfg.json` as `metadata.neuronpedia_id`; a "
+            "`pretrained_saes.yaml` entry alone does not reach a v6 SAE's metadata",
+        ),
+    ),
+}

@@ -1,0 +1,141 @@
+"""manifest.json: the path, size and SHA-256 of every file an archive carries.
+
+It is written into the staging folder before zipping, so the archive carries its own checklist:
+anyone can tell a complete, untouched download from a truncated or edited one, with or without
+miStudio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mistudio_common.errors import InvalidArgument, NotFound
+
+ARCHIVE_FORMAT_VERSION = 1
+"""Bumped when the archive layout or the manifest's shape changes incompatibly."""
+MANIFEST_NAME = "manifest.json"
+CHUNK_SIZE = 1024 * 1024
+
+BytesCallback = Callable[[int], None]
+"""Called with the byte count of each chunk processed."""
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    """'/'-separated, relative to the archive root."""
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    files: tuple[ManifestEntry, ...]
+    archive_format_version: int = ARCHIVE_FORMAT_VERSION
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> bytes:
+        """Canonical bytes: sorted keys, files in path order, so equal folders give equal bytes."""
+        body = {
+            "archive_format_version": self.archive_format_version,
+            "files": [
+                {"path": f.path, "sha256": f.sha256, "size": f.size}
+                for f in sorted(self.files, key=lambda f: f.path)
+            ],
+        }
+        return (json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        try:
+            body = json.loads(data)
+            files = tuple(_entry(item) for item in body["files"])
+            version = body["archive_format_version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(
+                f"{MANIFEST_NAME} is not a valid manifest: {exc}",
+                field=MANIFEST_NAME,
+                fix="rebuild the archive; the manifest must not be edited by hand",
+            ) from None
+        if not isinstance(version, int):
+            raise InvalidArgument(f"archive_format_version {version!r} is not an integer")
+        return cls(files=files, archive_format_version=version)
+
+
+def _entry(item: dict[str, Any]) -> ManifestEntry:
+    path, size, digest = item["path"], item["size"], item["sha256"]
+    if not isinstance(path, str) or not isinstance(size, int) or not isinstance(digest, str):
+        raise TypeError(f"entry {item!r} needs a string path, an integer size and a sha256")
+    return ManifestEntry(path=path, size=size, sha256=digest)
+
+
+def sha256_file(path: Path, on_bytes: BytesCallback | None = None) -> str:
+    """Hashes in chunks, so a multi-gigabyte weight file never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            digest.update(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return digest.hexdigest()
+
+
+def staged_files(staging_dir: Path) -> list[str]:
+    """Every regular file under the folder, sorted, except the root manifest itself.
+
+    Symlinks are refused rather than followed: an archive must contain what the folder holds,
+    not whatever a link happens to point at on the exporting machine.
+    """
+    root = Path(staging_dir)
+    if not root.is_dir():
+        raise NotFound(
+            f"staging folder {root} does not exist",
+            resource_type="folder",
+            resource_name=str(root),
+            fix="write the export's files into the staging folder first",
+        )
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            full = Path(folder) / name
+            mode = full.lstat().st_mode
+            rel = full.relative_to(root).as_posix()
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode) or "\\" in rel:
+                raise InvalidArgument(
+                    f"{rel} in the staging folder is not a plain file with a portable name",
+                    field=rel,
+                    fix="replace links and special files by regular files; avoid '\\' in names",
+                )
+            if rel != MANIFEST_NAME:
+                found.append(rel)
+    return sorted(found)
+
+
+def build_manifest(staging_dir: Path, on_bytes: BytesCallback | None = None) -> Manifest:
+    root = Path(staging_dir)
+    entries = []
+    for rel in staged_files(root):
+        path = root / rel
+        entries.append(
+            ManifestEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path, on_bytes))
+        )
+    return Manifest(files=tuple(entries))
+
+
+def write_manifest(staging_dir: Path, on_bytes: BytesCallback | None = None) -> Manifest:
+    """Hashes the folder and writes ``manifest.json`` at its root (replacing an old one)."""
+    manifest = build_manifest(staging_dir, on_bytes)
+    (Path(staging_dir) / MANIFEST_NAME).write_bytes(manifest.to_json())
+    return manifest

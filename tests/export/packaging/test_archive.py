@@ -1,0 +1,124 @@
+"""build_archive: a deterministic ZIP that carries its own manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+from mistudio_common.errors import Cancelled, InvalidArgument
+from mistudio_export.packaging import (
+    ARCHIVE_FORMAT_VERSION,
+    MANIFEST_NAME,
+    Compression,
+    build_archive,
+    verify_archive,
+)
+
+from .conftest import FILES, make_staging
+
+
+def test_same_folder_gives_byte_identical_archives(staging: Path, tmp_path: Path) -> None:
+    first = build_archive(staging, tmp_path / "one.zip")
+    second = build_archive(staging, tmp_path / "two.zip")
+
+    assert first.path.read_bytes() == second.path.read_bytes()
+    assert first.sha256 == second.sha256
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_file_order_times_and_permissions_of_the_folder_do_not_matter(
+    tmp_path: Path, compression: Compression
+) -> None:
+    a = make_staging(tmp_path / "a")
+    b = make_staging(tmp_path / "b", names=list(reversed(FILES)))
+    for i, path in enumerate(sorted(p for p in b.rglob("*") if p.is_file())):
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+        path.chmod(0o600 if i % 2 else 0o755)
+
+    one = build_archive(a, tmp_path / "a.zip", compression=compression)
+    two = build_archive(b, tmp_path / "b.zip", compression=compression)
+
+    assert one.path.read_bytes() == two.path.read_bytes()
+
+
+def test_entries_are_manifest_first_then_sorted_with_fixed_metadata(
+    staging: Path, tmp_path: Path
+) -> None:
+    result = build_archive(staging, tmp_path / "a.zip")
+
+    with zipfile.ZipFile(result.path) as zf:
+        infos = zf.infolist()
+    names = [i.filename for i in infos]
+    assert names == [MANIFEST_NAME, *sorted(FILES)]
+    for info in infos:
+        assert info.date_time == (1980, 1, 1, 0, 0, 0)
+        assert info.external_attr >> 16 == 0o100644
+        assert info.extra == b""
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+
+
+def test_stored_archives_do_not_compress(staging: Path, tmp_path: Path) -> None:
+    result = build_archive(staging, tmp_path / "a.zip", compression=Compression.STORED)
+
+    with zipfile.ZipFile(result.path) as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+
+
+def test_archive_contents_match_the_folder(staging: Path, tmp_path: Path) -> None:
+    result = build_archive(staging, tmp_path / "a.zip")
+
+    with zipfile.ZipFile(result.path) as zf:
+        for name, data in FILES.items():
+            assert zf.read(name) == data
+
+
+def test_manifest_lists_every_file_with_size_and_sha256(staging: Path, tmp_path: Path) -> None:
+    result = build_archive(staging, tmp_path / "a.zip")
+
+    with zipfile.ZipFile(result.path) as zf:
+        manifest = json.loads(zf.read(MANIFEST_NAME))
+    assert manifest["archive_format_version"] == ARCHIVE_FORMAT_VERSION
+    assert [f["path"] for f in manifest["files"]] == sorted(FILES)
+    weights = next(f for f in manifest["files"] if f["path"].endswith(".safetensors"))
+    assert weights["size"] == len(FILES["saelens/sae_weights.safetensors"])
+    assert len(weights["sha256"]) == 64
+    assert (staging / MANIFEST_NAME).read_bytes() == result.manifest.to_json()
+
+
+def test_a_fresh_archive_verifies(staging: Path, tmp_path: Path) -> None:
+    report = verify_archive(build_archive(staging, tmp_path / "a.zip").path)
+
+    assert report.ok
+    assert report.checked == len(FILES)
+
+
+def test_progress_reaches_the_total_and_a_cancel_leaves_no_archive(
+    staging: Path, tmp_path: Path
+) -> None:
+    seen: list[tuple[int, int]] = []
+    build_archive(staging, tmp_path / "a.zip", progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] == 2 * sum(len(d) for d in FILES.values())
+
+    def cancel_while_zipping(done: int, total: int) -> None:
+        if done > total // 2 + 1024:
+            raise Cancelled("export cancelled")
+
+    with pytest.raises(Cancelled):
+        build_archive(staging, tmp_path / "b.zip", progress=cancel_while_zipping)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["a.zip"]
+
+
+def test_an_archive_inside_the_staging_folder_is_refused(staging: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        build_archive(staging, staging / "export.zip")
+
+
+def test_a_symlink_in_the_staging_folder_is_refused(staging: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("not part of the export")
+    (staging / "link.txt").symlink_to(tmp_path / "secret.txt")
+
+    with pytest.raises(InvalidArgument):
+        build_archive(staging, tmp_path / "a.zip")
