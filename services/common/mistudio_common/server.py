@@ -41,8 +41,9 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
-    on_stop: list[Callable[[], None]] = field(default_factory=list)
-    """Run after the server has stopped: close database pools, flush files."""
+    on_stop: list[Callable[[], None]] = field(default_factory=list, kw_only=True)
+    """Run after the server has stopped: close database pools, flush files (keyword-only, so
+    subclasses may still add fields without defaults)."""
 
     @property
     def address(self) -> str:
