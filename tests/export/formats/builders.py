@@ -62,10 +62,10 @@ def logit_histogram() -> Histogram:
     return Histogram([-1.0, 0.0, 1.0], [300, 212], BinScale.LINEAR, 512, 512)
 
 
-def dashboard(index: int = 0, *, dead: bool = False, n_top: int = 3) -> FeatureDashboard:
+def dashboard(index: int = 0, *, dead: bool = False, n_top: int = 10) -> FeatureDashboard:
     """A live feature with ``n_top`` top examples and two quantile groups, or a dead one."""
     peak = 3.5 + index
-    top = [] if dead else [example(peak - k * 0.5, row=k) for k in range(n_top)]
+    top = [] if dead else [example(peak - k * 0.25, row=k) for k in range(n_top)]
     groups = (
         []
         if dead

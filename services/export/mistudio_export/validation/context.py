@@ -1,0 +1,166 @@
+"""Where checks report to: one session per validation run, one context per file.
+
+A check reports a problem with an optional ``repair``. When fixing, the repair runs at once (so
+later checks see the repaired document), is recorded as a Change, and marks the file for
+rewriting; otherwise the problem is recorded, flagged as fixable when a repair exists.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mistudio_export.formats import jsonio
+from mistudio_export.validation.report import PROBLEM_CLASSES, Change, Problem, Severity
+
+Repair = Callable[[], str]
+"""Performs the repair in place and describes it."""
+
+
+@dataclass
+class Session:
+    root: Path
+    fix: bool
+    problems: list[Problem] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    files_checked: int = 0
+
+    def context(self, path: Path, *, reading: bool = True) -> FileContext:
+        """A context for problems of ``path``; ``reading`` counts it as a checked file."""
+        self.files_checked += reading
+        return FileContext(self, relative(self.root, path))
+
+
+def relative(root: Path, path: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+@dataclass
+class FileContext:
+    session: Session
+    file: str
+    line: int | None = None
+    dirty: bool = False
+    unparsed: dict[int, str] = field(default_factory=dict)
+    """Lines that are not JSON, kept verbatim so that a repaired file loses nothing."""
+    _reported: set[tuple[int | None, str]] = field(default_factory=set)
+
+    def report(
+        self,
+        code: str,
+        pointer: str,
+        message: str,
+        *,
+        severity: Severity | None = None,
+        repair: Repair | None = None,
+    ) -> None:
+        self._reported.add((self.line, pointer))
+        if self.session.fix and repair is not None:
+            description = repair()
+            self.session.changes.append(Change(code, self.file, pointer, description, self.line))
+            self.dirty = True
+            return
+        cls = PROBLEM_CLASSES[code]
+        self.session.problems.append(
+            Problem(
+                severity or cls.severity,
+                code,
+                self.file,
+                pointer,
+                message,
+                self.line,
+                fixable=repair is not None,
+            )
+        )
+
+    def mark_reported(self, pointer: str) -> None:
+        """Keep later checks (the schema) from reporting ``pointer`` again."""
+        self._reported.add((self.line, pointer))
+
+    def already_reported(self, pointer: str) -> bool:
+        return (self.line, pointer) in self._reported
+
+
+def read_text(ctx: FileContext, path: Path) -> str | None:
+    """The file as text (gunzipped); invalid UTF-8 is reported and decoded with U+FFFD."""
+    try:
+        data = jsonio.read_bytes(path)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        ctx.report("FILE_UNREADABLE", "", f"{type(e).__name__}: {e}")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        ctx.report(
+            "INVALID_UTF8",
+            "",
+            f"invalid UTF-8 at byte {e.start}: {data[e.start : e.start + 4]!r}",
+            repair=lambda: "decoded invalid UTF-8 bytes as U+FFFD",
+        )
+        return data.decode("utf-8", "replace")
+
+
+_INVALID = object()
+
+
+def parse(ctx: FileContext, text: str) -> Any:
+    """Parse JSON, accepting NaN/Infinity and lone surrogates so that checks can name them."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        ctx.report("INVALID_JSON", "", f"line {e.lineno} column {e.colno}: {e.msg}")
+        return _INVALID
+
+
+def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
+    """(context, document); the document is None when the file could not be read or parsed."""
+    ctx = session.context(path)
+    text = read_text(ctx, path)
+    if text is None:
+        return ctx, None
+    doc = parse(ctx, text)
+    return ctx, None if doc is _INVALID else doc
+
+
+def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int, Any]]]:
+    """(context, [(line number, row)]) of a JSON Lines file; unparseable lines are reported."""
+    ctx = session.context(path)
+    text = read_text(ctx, path)
+    rows: list[tuple[int, Any]] = []
+    for n, line in enumerate((text or "").split("\n"), start=1):
+        if line.strip():
+            ctx.line = n
+            row = parse(ctx, line)
+            if row is _INVALID:
+                ctx.unparsed[n] = line
+            else:
+                rows.append((n, row))
+    ctx.line = None
+    return ctx, rows
+
+
+def save_document(ctx: FileContext, path: Path, doc: Any) -> None:
+    if ctx.dirty:
+        jsonio.write_document(path, jsonio.dumps_plain(doc))
+
+
+def save_rows(ctx: FileContext, path: Path, rows: list[tuple[int, Any]]) -> None:
+    if ctx.dirty:
+        lines = {n: jsonio.dumps_plain(row) for n, row in rows}
+        lines.update({n: text.encode("utf-8", "replace") for n, text in ctx.unparsed.items()})
+        data = b"".join(lines[n] + b"\n" for n in sorted(lines))
+        jsonio.write_document(path, data, gzip_level=5)

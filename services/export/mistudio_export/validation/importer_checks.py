@@ -1,0 +1,339 @@
+"""Checks of Neuronpedia's importer layout: {modelId}/{sourceId}/ with metadata and row files.
+
+Besides each row's schema, the importer's own mechanics are checked: the column list comes from
+a file's first line (same keys on every line, NOT NULL columns filled), unknown keys vanish,
+rows need their Neuron (foreign keys), and model/sourceset/source rows go through Prisma, which
+rejects unknown fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mistudio_export.formats.neuronpedia_importer import KNOWN_EXPLANATION_TYPES, NOT_NULL
+from mistudio_export.formats.schemas import load_schema
+from mistudio_export.records import PUBLIC_ACTIVATION_USER_IDS, parse_source_id
+from mistudio_export.validation.checks import (
+    check_edges,
+    check_example,
+    close,
+    numbers,
+    same_length,
+)
+from mistudio_export.validation.context import (
+    FileContext,
+    Repair,
+    Session,
+    load_rows,
+    save_rows,
+)
+from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.report import Severity
+from mistudio_export.validation.scan import scan
+from mistudio_export.validation.schema_check import check_schema
+
+METADATA_FILES = {
+    "model.jsonl": "np_model",
+    "sourceset.jsonl": "np_source_set",
+    "source.jsonl": "np_source",
+    "release.jsonl": "np_release",
+}
+REQUIRED_METADATA = ("model.jsonl", "sourceset.jsonl", "source.jsonl")
+STREAMS = {"features": "Neuron", "activations": "Activation", "explanations": "Explanation"}
+_SCHEMAS = {"Neuron": "np_neuron", "Activation": "np_activation", "Explanation": "np_explanation"}
+BATCH_FILE = re.compile(r"^batch-(\d+)\.jsonl\.gz$")
+S3_LIST_LIMIT = 1000
+_SCALAR_DEFAULTS = {"hasVector": False, "vectorDefaultSteerStrength": 10, "scoreV1": 0.0}
+
+
+def is_importer_dir(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in METADATA_FILES) or any(
+        any((directory / stream).glob("*.jsonl*")) for stream in STREAMS
+    )
+
+
+@dataclass
+class _Source:
+    model_id: str
+    source_id: str
+    neuron_indices: set[str] = field(default_factory=set)
+    activation_max: dict[str, float] = field(default_factory=dict)
+    referenced: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Index -> first (file, line) of an activation or explanation row that names it."""
+    ids: set[str] = field(default_factory=set)
+
+
+def validate_importer(session: Session, directory: Path) -> None:
+    src = _Source(model_id=directory.parent.name, source_id=directory.name)
+    folder = session.context(directory, reading=False)
+    check_names(
+        folder, src.model_id, src.source_id, model_where="{modelId}", source_where="{sourceId}"
+    )
+    for name, schema in METADATA_FILES.items():
+        _metadata_file(session, directory / name, schema, src)
+    for stream in ("activations", "explanations", "features"):
+        for path in _stream_files(session, directory / stream):
+            _rows_file(session, path, STREAMS[stream], src)
+    for index, (file, line) in sorted(src.referenced.items()):
+        if index not in src.neuron_indices:
+            ctx = FileContext(session, file, line=line)
+            ctx.report("ORPHAN_ROW", "/index", f"feature {index} has no row in features/")
+
+
+def _stream_files(session: Session, directory: Path) -> list[Path]:
+    paths = sorted(directory.glob("*")) if directory.is_dir() else []
+    if len(paths) > S3_LIST_LIMIT:
+        session.context(directory, reading=False).report(
+            "INCONSISTENT",
+            "",
+            f"{len(paths)} files; the importer lists only the first {S3_LIST_LIMIT}",
+            severity=Severity.ERROR,
+        )
+    kept: dict[int, Path] = {}
+    for path in paths:
+        m = BATCH_FILE.match(path.name)
+        if m is None:
+            session.context(path, reading=False).report(
+                "UNEXPECTED_FILE", "", "the importer reads batch-N.jsonl.gz files"
+            )
+        else:
+            kept[int(m.group(1))] = path
+    return [kept[n] for n in sorted(kept)]
+
+
+def _metadata_file(session: Session, path: Path, schema: str, src: _Source) -> None:
+    if not path.is_file():
+        if path.name in REQUIRED_METADATA:
+            session.context(path, reading=False).report(
+                "MISSING_FILE", "", f"{path.name} is needed to create the {schema[3:]} row"
+            )
+        return
+    ctx, rows = load_rows(session, path)
+    columns = set(load_schema(schema)["properties"])
+    for n, row in rows:
+        ctx.line = n
+        scan(ctx, row)
+        check_schema(ctx, row, schema)
+        if isinstance(row, dict):
+            for key in sorted(set(row) - columns):
+                ctx.report(
+                    "UNKNOWN_COLUMN",
+                    f"/{key}",
+                    f"{key!r} is not a field; Prisma's create rejects the row",
+                    severity=Severity.ERROR,
+                )
+            _metadata_identity(ctx, path.name, row, src)
+    ctx.line = None
+    if len(rows) > 1:
+        ctx.report("INCONSISTENT", "", f"{len(rows)} rows; one is expected")
+    save_rows(ctx, path, rows)
+
+
+def _metadata_identity(ctx: FileContext, name: str, row: dict[str, Any], src: _Source) -> None:
+    parsed = parse_source_id(src.source_id)
+    expected: dict[str, str | None] = {}
+    if name == "model.jsonl":
+        expected = {"id": src.model_id}
+    elif name == "sourceset.jsonl":
+        expected = {"modelId": src.model_id, "name": parsed[1] if parsed else None}
+    elif name == "source.jsonl":
+        expected = {
+            "id": src.source_id,
+            "modelId": src.model_id,
+            "setName": parsed[1] if parsed else None,
+        }
+    for key, want in expected.items():
+        if want is not None and key in row and row[key] != want:
+            ctx.report(
+                "IDENTITY_MISMATCH", f"/{key}", f"{key}={row[key]!r}, the folder says {want!r}"
+            )
+
+
+class _RowChecker:
+    """Checks shared by every line of one row file, remembering what it reported once."""
+
+    def __init__(self, ctx: FileContext, table: str, src: _Source) -> None:
+        self.ctx, self.table, self.src = ctx, table, src
+        self.columns = set(load_schema(_SCHEMAS[table])["properties"]) | {"zIndices"}
+        self.first: dict[str, Any] | None = None
+        self.once: set[tuple[str, str]] = set()
+
+    def report_once(self, code: str, pointer: str, message: str, key: str) -> None:
+        if (code, key) not in self.once:
+            self.once.add((code, key))
+            self.ctx.report(code, pointer, message + " (reported once per file)")
+
+    def check(self, row: Any) -> str | None:
+        """Common checks; returns the row's index as text when it is usable."""
+        scan(self.ctx, row)
+        if not isinstance(row, dict):
+            check_schema(self.ctx, row, _SCHEMAS[self.table])
+            return None
+        if self.first is None:
+            self.first = row
+        for key in NOT_NULL[self.table]:
+            if row.get(key) is None:
+                value = _computed(self.table, row, key)
+                self.ctx.report(
+                    "NOT_NULL_MISSING",
+                    f"/{key}",
+                    f"NOT NULL column {key} is missing or null",
+                    repair=None if value is _NO_DEFAULT else _setter(row, key, value, "computed"),
+                )
+        self._key_set(row)
+        check_schema(self.ctx, row, _SCHEMAS[self.table])
+        for key in sorted(set(row) - self.columns):
+            self.report_once(
+                "UNKNOWN_COLUMN", f"/{key}", f"{key!r} is not a {self.table} column", key
+            )
+        for key, want in (("modelId", self.src.model_id), ("layer", self.src.source_id)):
+            if key in row and row[key] != want:
+                self.report_once(
+                    "IDENTITY_MISMATCH",
+                    f"/{key}",
+                    f"{key}={row[key]!r} in folder {self.src.model_id}/{self.src.source_id}",
+                    f"{key}={row[key]}",
+                )
+        index = row.get("index")
+        if isinstance(index, int) and not isinstance(index, bool):
+            return str(index)
+        return index if isinstance(index, str) and index.isdigit() else None
+
+    def _key_set(self, row: dict[str, Any]) -> None:
+        assert self.first is not None
+        for key in sorted(set(self.first) - set(row)):
+            if self.ctx.already_reported(f"/{key}"):
+                continue
+            default = self._default(key)
+            fixable = key not in NOT_NULL[self.table] and default is not _NO_DEFAULT
+            self.ctx.report(
+                "KEY_SET_MISMATCH",
+                f"/{key}",
+                f"{key!r} is on line 1 but missing here; the importer would insert NULL",
+                repair=_setter(row, key, default, "added") if fixable else None,
+            )
+        for key in sorted(set(row) - set(self.first)):
+            self.ctx.report(
+                "KEY_SET_MISMATCH",
+                f"/{key}",
+                f"{key!r} is not on line 1, so the importer drops it",
+                severity=Severity.WARNING,
+            )
+
+    def _default(self, key: str) -> Any:
+        if key in _SCALAR_DEFAULTS:
+            return _SCALAR_DEFAULTS[key]
+        if key == "createdAt" and self.first is not None:
+            return self.first.get("createdAt")
+        spec = load_schema(_SCHEMAS[self.table])["properties"].get(key, {})
+        types = spec.get("type", [])
+        types = types if isinstance(types, list) else [types]
+        if "array" in types:
+            return []
+        return None if "null" in types else _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
+def _setter(row: dict[str, Any], key: str, value: Any, verb: str) -> Repair:
+    def repair() -> str:
+        row[key] = value
+        return f"{verb} {key}={value!r}"
+
+    return repair
+
+
+def _computed(table: str, row: dict[str, Any], key: str) -> Any:
+    """Value of a NOT NULL Activation column derivable from ``values``, else _NO_DEFAULT."""
+    values = numbers(row.get("values"))
+    if table != "Activation" or not values:
+        return _NO_DEFAULT
+    if key == "maxValue":
+        return max(values)
+    if key == "minValue":
+        return min(values)
+    if key == "maxValueTokenIndex":
+        return values.index(max(values))
+    return _NO_DEFAULT
+
+
+def _rows_file(session: Session, path: Path, table: str, src: _Source) -> None:
+    ctx, rows = load_rows(session, path)
+    checker = _RowChecker(ctx, table, src)
+    for n, row in rows:
+        ctx.line = n
+        index = checker.check(row)
+        if index is None or not isinstance(row, dict):
+            continue
+        if table == "Neuron":
+            _neuron(ctx, row, index, src)
+        elif table == "Activation":
+            _activation(ctx, checker, row, index, src)
+        else:
+            src.referenced.setdefault(index, (ctx.file, n))
+            type_name = row.get("typeName")
+            if isinstance(type_name, str) and type_name not in KNOWN_EXPLANATION_TYPES:
+                checker.report_once(
+                    "UNKNOWN_EXPLANATION_TYPE",
+                    "/typeName",
+                    f"typeName {type_name!r} must exist in Neuronpedia's ExplanationType table",
+                    type_name,
+                )
+    ctx.line = None
+    save_rows(ctx, path, rows)
+
+
+def _activation(
+    ctx: FileContext, checker: _RowChecker, row: dict[str, Any], index: str, src: _Source
+) -> None:
+    src.referenced.setdefault(index, (ctx.file, ctx.line or 0))
+    top = check_example(
+        ctx, row, [], max_key="maxValue", index_key="maxValueTokenIndex", min_key="minValue"
+    )
+    if top is not None:
+        src.activation_max[index] = max(top, src.activation_max.get(index, top))
+    row_id = row.get("id")
+    if isinstance(row_id, str):
+        if row_id in src.ids:
+            ctx.report("DUPLICATE_ID", "/id", f"id {row_id!r} already used")
+        src.ids.add(row_id)
+    creator = row.get("creatorId")
+    if isinstance(creator, str) and creator not in PUBLIC_ACTIVATION_USER_IDS:
+        checker.report_once(
+            "HIDDEN_ACTIVATIONS",
+            "/creatorId",
+            f"creatorId {creator!r} is not a public-activation user",
+            creator,
+        )
+    lo, hi = row.get("binMin"), row.get("binMax")
+    if isinstance(lo, int | float) and isinstance(hi, int | float) and lo != -1 and lo > hi:
+        ctx.report("INCONSISTENT", "/binMin", f"binMin {lo} > binMax {hi}")
+
+
+def _neuron(ctx: FileContext, row: dict[str, Any], index: str, src: _Source) -> None:
+    if index in src.neuron_indices:
+        ctx.report("DUPLICATE_FEATURE", "/index", f"feature {index} has another Neuron row")
+    src.neuron_indices.add(index)
+    for prefix in ("pos", "neg"):
+        same_length(ctx, row, [], f"{prefix}_str", f"{prefix}_values")
+    for hist in ("freq_hist_data_bar", "logits_hist_data_bar"):
+        same_length(ctx, row, [], f"{hist}_values", f"{hist}_heights")
+        check_edges(ctx, row.get(f"{hist}_values"), f"/{hist}_values", strict=True)
+    stored, actual = row.get("maxActApprox"), src.activation_max.get(index)
+    if actual is None or not isinstance(stored, int | float) or close(stored, actual):
+        return
+
+    def repair() -> str:
+        row["maxActApprox"] = actual
+        return f"maxActApprox {stored} -> {actual}"
+
+    ctx.report(
+        "MAX_VALUE_MISMATCH",
+        "/maxActApprox",
+        f"maxActApprox={stored} but its activations reach {actual}",
+        repair=repair,
+    )

@@ -1,0 +1,237 @@
+"""Checks of the PRD layout: metadata.json, features/{i}.json[.gz], explanations.json."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+from mistudio_export.formats import prd_json
+from mistudio_export.formats.upload_payloads import MAX_EXPLANATION_CHARS
+from mistudio_export.validation.checks import (
+    check_example,
+    check_histogram,
+    close,
+    get_dict,
+    get_list,
+    get_number,
+    numbers,
+)
+from mistudio_export.validation.context import (
+    FileContext,
+    Session,
+    load_document,
+    save_document,
+)
+from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.report import Severity
+from mistudio_export.validation.scan import scan
+from mistudio_export.validation.schema_check import check_schema
+
+FEATURE_FILE = re.compile(r"^(\d+)\.json(\.gz)?$")
+PRD_MIN_EXAMPLES = 10
+
+
+def validate_prd(session: Session, directory: Path) -> None:
+    meta = _metadata(session, directory)
+    indices = _features(session, directory, meta)
+    path = directory / prd_json.EXPLANATIONS_FILE
+    if path.is_file():
+        _explanations(session, path, indices)
+
+
+def _metadata(session: Session, directory: Path) -> dict[str, Any] | None:
+    path = directory / prd_json.METADATA_FILE
+    if not path.is_file():
+        ctx = session.context(path, reading=False)
+        ctx.report("MISSING_FILE", "", "metadata.json is missing (PRD FR-2.3)")
+        return None
+    ctx, doc = load_document(session, path)
+    if doc is None:
+        return None
+    scan(ctx, doc)
+    check_schema(ctx, doc, "prd_metadata")
+    if isinstance(doc, dict) and isinstance(doc.get("neuronpedia_id"), str):
+        model, _, source = doc["neuronpedia_id"].partition("/")
+        layer = doc.get("layer") if isinstance(doc.get("layer"), int) else None
+        check_names(
+            ctx, model, source, model_where="/neuronpedia_id", source_where="/neuronpedia_id",
+            layer=layer,
+        )  # fmt: skip
+        if doc.get("model_id") not in (None, model):
+            ctx.report(
+                "INCONSISTENT",
+                "/neuronpedia_id",
+                f"model {model!r} differs from model_id {doc.get('model_id')!r}",
+            )
+    save_document(ctx, path, doc)
+    return doc if isinstance(doc, dict) else None
+
+
+def _feature_files(session: Session, directory: Path) -> dict[int, list[Path]]:
+    found: dict[int, list[Path]] = {}
+    for path in sorted((directory / prd_json.FEATURES_DIR).glob("*")):
+        m = FEATURE_FILE.match(path.name)
+        if m is None:
+            session.context(path, reading=False).report(
+                "UNEXPECTED_FILE", "", "feature files are named {feature_index}.json[.gz]"
+            )
+            continue
+        found.setdefault(int(m.group(1)), []).append(path)
+    return found
+
+
+def _features(session: Session, directory: Path, meta: dict[str, Any] | None) -> set[int]:
+    files = _feature_files(session, directory)
+    suffix = meta.get("feature_file_suffix") if meta else None
+    for index in sorted(files):
+        paths = files[index]
+        for path in paths[1:]:
+            session.context(path, reading=False).report(
+                "DUPLICATE_FEATURE", "", f"feature {index} also in {paths[0].name}"
+            )
+        path = paths[0]
+        ctx, doc = load_document(session, path)
+        if suffix and not path.name.endswith(str(suffix)):
+            ctx.report("INCONSISTENT", "", f"metadata says feature files end in {suffix}")
+        if doc is not None:
+            check_feature(ctx, doc, index)
+            save_document(ctx, path, doc)
+    n_meta = meta.get("n_features") if meta else None
+    if isinstance(n_meta, int) and n_meta != len(files):
+        ctx = session.context(directory / prd_json.METADATA_FILE, reading=False)
+        ctx.report("COUNT_MISMATCH", "/n_features", f"n_features={n_meta} but {len(files)} files")
+    return set(files)
+
+
+def check_feature(ctx: FileContext, doc: Any, expected_index: int) -> None:
+    """All checks of one PRD feature document, repairing in place when fixing."""
+    scan(ctx, doc)
+    check_schema(ctx, doc, "prd_feature")
+    if not isinstance(doc, dict):
+        return
+    index = doc.get("feature_index")
+    if isinstance(index, int) and index != expected_index:
+        ctx.report(
+            "INDEX_FILE_MISMATCH",
+            "/feature_index",
+            f"feature_index={index} in the file of feature {expected_index}",
+        )
+    acts = get_list(doc, "activations")
+    top = [
+        check_example(ctx, ex, ["activations", k], max_key="max_value", index_key="max_token_index")
+        for k, ex in enumerate(acts)
+    ]
+    grouped = _groups(ctx, doc.get("quantile_groups"))
+    stats = get_dict(doc, "statistics")
+    _statistics(ctx, stats, acts, [m for m in top if m is not None], grouped)
+    hist_total = check_histogram(
+        ctx, doc.get("histogram"), ["histogram"], total_key="nonzero_count"
+    )
+    nonzero = stats.get("nonzero_count")
+    if hist_total is not None and isinstance(nonzero, int) and hist_total != nonzero:
+        ctx.report(
+            "HISTOGRAM_TOTAL_MISMATCH",
+            "/histogram/counts",
+            f"counts sum to {hist_total}, statistics.nonzero_count={nonzero}",
+            severity=Severity.WARNING,
+        )
+    check_histogram(
+        ctx, doc.get("logit_histogram"), ["logit_histogram"], total_key="total_count",
+        severity=Severity.WARNING,
+    )  # fmt: skip
+    _logit_order(ctx, doc.get("logits"))
+
+
+def _groups(ctx: FileContext, groups: Any) -> list[float]:
+    maxima: list[float] = []
+    for g_i, g in enumerate(groups if isinstance(groups, list) else []):
+        lo, hi = get_number(g, "bin_min"), get_number(g, "bin_max")
+        if lo is not None and hi is not None and lo > hi:
+            ctx.report("INCONSISTENT", f"/quantile_groups/{g_i}", f"bin_min {lo} > bin_max {hi}")
+        for k, ex in enumerate(get_list(g, "examples")):
+            base = ["quantile_groups", g_i, "examples", k]
+            m = check_example(ctx, ex, base, max_key="max_value", index_key="max_token_index")
+            if m is None:
+                continue
+            maxima.append(m)
+            if lo is not None and hi is not None and not lo - 1e-5 <= m <= hi + 1e-5:
+                ctx.report(
+                    "INCONSISTENT",
+                    f"/quantile_groups/{g_i}/examples/{k}",
+                    f"example max {m} outside its bin [{lo}, {hi}]",
+                )
+    return maxima
+
+
+def _statistics(
+    ctx: FileContext, stats: dict[str, Any], acts: list[Any], top: list[float], grouped: list[float]
+) -> None:
+    dead = stats.get("dead_feature") is True
+    n_examples = len(top) + len(grouped)
+    if not acts and not dead:
+        ctx.report("EMPTY_ARRAY", "/activations", "a live feature (dead_feature false) has none")
+    elif not dead and n_examples < PRD_MIN_EXAMPLES:
+        ctx.report("FEW_EXAMPLES", "/activations", f"{n_examples} examples, PRD minimum 10")
+    freq = stats.get("activation_frequency")
+    if dead and (acts or (isinstance(freq, int | float) and freq > 0)):
+        ctx.report("INCONSISTENT", "/statistics/dead_feature", "dead, yet it has activations")
+    smax = get_number(stats, "max_activation")
+    if smax is None or not (top or grouped):
+        return
+    highest = max(top + grouped)
+    if highest > smax and not close(highest, smax):
+
+        def repair() -> str:
+            stats["max_activation"] = highest
+            return f"max_activation {smax} -> {highest}"
+
+        ctx.report(
+            "STATS_MAX_MISMATCH",
+            "/statistics/max_activation",
+            f"an example reaches {highest}, above max_activation={smax}",
+            repair=repair,
+        )
+    elif top and not close(max(top), smax):
+        ctx.report(
+            "STATS_MAX_MISMATCH",
+            "/statistics/max_activation",
+            f"strongest example {max(top)} is below max_activation={smax}",
+            severity=Severity.WARNING,
+        )
+
+
+def _logit_order(ctx: FileContext, logits: Any) -> None:
+    for key, sign in (("top_positive", -1), ("top_negative", 1)):
+        values = numbers([e.get("value") for e in get_list(logits, key) if isinstance(e, dict)])
+        if values and any(sign * (b - a) < 0 for a, b in itertools.pairwise(values)):
+            ctx.report("INCONSISTENT", f"/logits/{key}", f"{key} is not sorted by value")
+
+
+def _explanations(session: Session, path: Path, indices: set[int]) -> None:
+    ctx, doc = load_document(session, path)
+    if doc is None:
+        return
+    scan(ctx, doc)
+    check_schema(ctx, doc, "prd_explanations")
+    seen: set[int] = set()
+    for k, entry in enumerate(get_list(doc, "features")):
+        index = entry.get("feature_index") if isinstance(entry, dict) else None
+        if not isinstance(index, int):
+            continue
+        if index in seen:
+            ctx.report("DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} listed twice")
+        seen.add(index)
+        if indices and index not in indices:
+            ctx.report("ORPHAN_ROW", f"/features/{k}", f"no feature file for feature {index}")
+        for j, e in enumerate(get_list(entry, "explanations")):
+            text = e.get("description") if isinstance(e, dict) else None
+            if isinstance(text, str) and len(text) > MAX_EXPLANATION_CHARS:
+                ctx.report(
+                    "LIMIT_EXCEEDED",
+                    f"/features/{k}/explanations/{j}/description",
+                    f"{len(text)} characters; the upload payload cuts it to 512",
+                    severity=Severity.INFO,
+                )
+    save_document(ctx, path, doc)

@@ -1,0 +1,82 @@
+"""Checks of SAEDashboard batch files (format A): batch-N.json with a features list."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mistudio_export.validation.checks import check_edges, check_example, get_list, same_length
+from mistudio_export.validation.context import FileContext, Session, load_document, save_document
+from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.scan import scan
+from mistudio_export.validation.schema_check import check_schema
+
+BATCH_FILE = re.compile(r"^batch-(\d+)\.json$")
+
+
+def is_saedashboard_dir(directory: Path) -> bool:
+    return any(BATCH_FILE.match(p.name) for p in directory.glob("batch-*.json"))
+
+
+def validate_saedashboard(session: Session, directory: Path) -> None:
+    seen: dict[int, str] = {}
+    batches = {
+        int(m.group(1)): p
+        for p in directory.glob("batch-*.json")
+        if (m := BATCH_FILE.match(p.name))
+    }
+    for n in sorted(batches):
+        path = batches[n]
+        ctx, doc = load_document(session, path)
+        if doc is None:
+            continue
+        scan(ctx, doc)
+        check_schema(ctx, doc, "sd_batch")
+        if isinstance(doc, dict):
+            _names(ctx, doc)
+            for k, feature in enumerate(get_list(doc, "features")):
+                if isinstance(feature, dict):
+                    _feature(ctx, feature, k, seen)
+        save_document(ctx, path, doc)
+
+
+def _names(ctx: FileContext, doc: dict[str, Any]) -> None:
+    model, layer, sae_set = doc.get("model_id"), doc.get("layer"), doc.get("sae_set")
+    if isinstance(model, str) and isinstance(layer, int) and isinstance(sae_set, str):
+        check_names(
+            ctx, model, f"{layer}-{sae_set}", model_where="/model_id", source_where="/sae_set"
+        )
+
+
+def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: dict[int, str]) -> None:
+    base: list[Any] = ["features", k]
+    index = f.get("feature_index")
+    if isinstance(index, int):
+        if index in seen:
+            ctx.report(
+                "DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {seen[index]}"
+            )
+        seen.setdefault(index, ctx.file)
+    for prefix in ("pos", "neg"):
+        same_length(ctx, f, base, f"{prefix}_str", f"{prefix}_values")
+    for hist in ("freq_hist_data_bar", "logits_hist_data_bar"):
+        same_length(ctx, f, base, f"{hist}_values", f"{hist}_heights")
+        check_edges(ctx, f.get(f"{hist}_values"), f"/features/{k}/{hist}_values", strict=True)
+    acts = get_list(f, "activations")
+    density = f.get("frac_nonzero")
+    if not acts and isinstance(density, int | float) and density > 0:
+        ctx.report("EMPTY_ARRAY", f"/features/{k}/activations", f"density {density} but none")
+    for j, a in enumerate(acts):
+        if check_example(ctx, a, [*base, "activations", j]) is None:
+            continue
+        q = a.get("qualifying_token_index")
+        if isinstance(q, int) and not 0 <= q < len(a["values"]):
+            ctx.report(
+                "SCHEMA_VIOLATION",
+                f"/features/{k}/activations/{j}/qualifying_token_index",
+                f"{q} is outside the {len(a['values'])} positions",
+            )
+        lo, hi = a.get("bin_min"), a.get("bin_max")
+        if isinstance(lo, int | float) and isinstance(hi, int | float) and lo != -1 and lo > hi:
+            ctx.report("INCONSISTENT", f"/features/{k}/activations/{j}", f"bin_min {lo} > {hi}")

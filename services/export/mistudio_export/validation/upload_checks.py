@@ -1,0 +1,162 @@
+"""Checks of upload payloads: manifest.json and upload-batch-N.json request bodies.
+
+Auto-fix trims what exceeds the API's per-feature limits (logits, explanation length, tokens per
+example); a body with too many features must be rewritten by the payload writer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from mistudio_export.formats.upload_payloads import (
+    MANIFEST_FILE,
+    MAX_EXPLANATION_CHARS,
+    MAX_LOGITS,
+    MAX_TOKENS_PER_EXAMPLE,
+    truncate_around,
+)
+from mistudio_export.validation.checks import check_example, get_list, get_number, numbers
+from mistudio_export.validation.context import FileContext, Session, load_document, save_document
+from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.scan import scan
+from mistudio_export.validation.schema_check import check_schema
+
+PAYLOAD_FILE = re.compile(r"^upload-batch-(\d+)\.json$")
+
+
+def is_upload_dir(directory: Path) -> bool:
+    return (directory / MANIFEST_FILE).is_file() or any(directory.glob("upload-batch-*.json"))
+
+
+def validate_upload(session: Session, directory: Path) -> None:
+    manifest = _manifest(session, directory)
+    payloads = {
+        int(m.group(1)): p
+        for p in directory.glob("upload-batch-*.json")
+        if (m := PAYLOAD_FILE.match(p.name))
+    }
+    listed = manifest.get("files") if isinstance(manifest.get("files"), list) else None
+    if listed is not None:
+        for name in listed:
+            if isinstance(name, str) and not (directory / name).is_file():
+                session.context(directory / name, reading=False).report(
+                    "MISSING_FILE", "", "listed in manifest.json but missing"
+                )
+    seen: dict[int, str] = {}
+    for n in sorted(payloads):
+        path = payloads[n]
+        if listed is not None and path.name not in listed:
+            session.context(path, reading=False).report(
+                "UNEXPECTED_FILE", "", "not listed in manifest.json, so it would not be sent"
+            )
+        ctx, doc = load_document(session, path)
+        if doc is not None:
+            _payload(ctx, doc, manifest, seen)
+            save_document(ctx, path, doc)
+
+
+def _manifest(session: Session, directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        session.context(path, reading=False).report(
+            "MISSING_FILE", "", "manifest.json says which payloads to send, in order"
+        )
+        return {}
+    ctx, doc = load_document(session, path)
+    if doc is None:
+        return {}
+    scan(ctx, doc)
+    check_schema(ctx, doc, "upload_manifest")
+    if isinstance(doc, dict) and isinstance(doc.get("modelId"), str):
+        source = doc.get("source")
+        if isinstance(source, str):
+            check_names(ctx, doc["modelId"], source, model_where="/modelId", source_where="/source")
+    save_document(ctx, path, doc)
+    return doc if isinstance(doc, dict) else {}
+
+
+def _payload(ctx: FileContext, doc: Any, manifest: dict[str, Any], seen: dict[int, str]) -> None:
+    scan(ctx, doc)
+    if isinstance(doc, dict):
+        for key in ("modelId", "source"):
+            if key in manifest and key in doc and doc[key] != manifest[key]:
+                ctx.report(
+                    "IDENTITY_MISMATCH", f"/{key}", f"{doc[key]!r}, manifest says {manifest[key]!r}"
+                )
+        for k, feature in enumerate(get_list(doc, "features")):
+            if isinstance(feature, dict):
+                _feature(ctx, feature, k, seen)
+    check_schema(ctx, doc, "upload_batch", limits=True)
+
+
+def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: dict[int, str]) -> None:
+    index = f.get("index")
+    if isinstance(index, int):
+        if index in seen:
+            ctx.report(
+                "DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {seen[index]}"
+            )
+        seen.setdefault(index, ctx.file)
+    for key in ("topLogits", "bottomLogits"):
+        entries = f.get(key)
+        if isinstance(entries, list) and len(entries) > MAX_LOGITS:
+            ctx.report(
+                "LIMIT_EXCEEDED",
+                f"/features/{k}/{key}",
+                f"{len(entries)} items; at most {MAX_LOGITS} allowed",
+                repair=_trim(f, key),
+            )
+    for j, e in enumerate(get_list(f, "explanations")):
+        text = e.get("text") if isinstance(e, dict) else None
+        if isinstance(text, str) and len(text) > MAX_EXPLANATION_CHARS:
+            ctx.report(
+                "LIMIT_EXCEEDED",
+                f"/features/{k}/explanations/{j}/text",
+                f"{len(text)} characters; at most {MAX_EXPLANATION_CHARS} allowed",
+                repair=_shorten(e),
+            )
+    for j, a in enumerate(get_list(f, "activations")):
+        base = ["features", k, "activations", j]
+        if check_example(ctx, a, base) is not None:
+            _example_limits(ctx, a, f"/features/{k}/activations/{j}")
+
+
+def _example_limits(ctx: FileContext, a: dict[str, Any], where: str) -> None:
+    values = numbers(a.get("values")) or []
+    if len(values) > MAX_TOKENS_PER_EXAMPLE:
+
+        def repair() -> str:
+            centre = values.index(max(values))
+            a["tokens"], a["values"], start = truncate_around(
+                a["tokens"], values, centre, MAX_TOKENS_PER_EXAMPLE
+            )
+            return f"kept positions {start}..{start + MAX_TOKENS_PER_EXAMPLE - 1} around the max"
+
+        ctx.report(
+            "LIMIT_EXCEEDED",
+            f"{where}/tokens",
+            f"{len(values)} tokens; at most {MAX_TOKENS_PER_EXAMPLE} allowed",
+            repair=repair,
+        )
+        ctx.mark_reported(f"{where}/values")
+    lo, hi = get_number(a, "quantileMin"), get_number(a, "quantileMax")
+    if lo is not None and hi is not None and lo > hi:
+        ctx.report("INCONSISTENT", where, f"quantileMin {lo} > quantileMax {hi}")
+
+
+def _trim(f: dict[str, Any], key: str) -> Any:
+    def repair() -> str:
+        f[key] = f[key][:MAX_LOGITS]
+        return f"kept the first {MAX_LOGITS} {key}"
+
+    return repair
+
+
+def _shorten(e: dict[str, Any]) -> Any:
+    def repair() -> str:
+        e["text"] = e["text"][: MAX_EXPLANATION_CHARS - 1].rstrip() + "…"
+        return f"cut the explanation to {MAX_EXPLANATION_CHARS} characters"
+
+    return repair
