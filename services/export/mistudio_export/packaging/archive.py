@@ -3,9 +3,9 @@
 Determinism is what lets a user (or a cache) tell "same export" from "changed export" by the
 archive's hash alone, so nothing from the exporting machine leaks in: entries are in a fixed
 order, every timestamp is 1980-01-01 00:00:00 (ZIP's epoch), permissions are 0644, and no
-extra fields (no Unix uid/gid or high-resolution times) are written. A file over 4 GiB still
-gets the ZIP64 extra field the format requires. Deflate output depends on the zlib build, so
-"identical" holds for one environment.
+extra fields (no Unix uid/gid or high-resolution times) are written. A file of about 2 GiB or
+more still gets the ZIP64 extra field the format requires. Deflate output depends on the zlib
+build, so "identical" holds for one environment.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import os
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -76,17 +77,17 @@ def build_archive(
             field="zip_path",
             fix="write the archive next to the staging folder, not into it",
         )
-    sizes = sum((staging_dir / rel).stat().st_size for rel in staged_files(staging_dir))
-    counter = _Counter(progress, 2 * sizes)
-    manifest = write_manifest(staging_dir, counter.add)
-    counter.total = 2 * manifest.total_size  # the folder may have changed since the estimate
+    files = staged_files(staging_dir)
+    counter = _Counter(progress, 2 * sum(size for _, size in files))
+    manifest = write_manifest(staging_dir, counter.add, files)
     partial = zip_path.with_name(zip_path.name + ".partial")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(partial, "wb") as raw, zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
-            names = [MANIFEST_NAME, *(f.path for f in manifest.files)]
-            for name in names:
-                _add_file(zf, staging_dir / name, name, _ZIP_METHOD[compression], counter)
+            method = _ZIP_METHOD[compression]
+            _add_file(zf, staging_dir, MANIFEST_NAME, method, None)
+            for entry in manifest.files:
+                _add_file(zf, staging_dir, entry.path, method, counter)
         os.replace(partial, zip_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -112,17 +113,20 @@ class _Counter:
             self.progress(self.done, max(self.total, self.done))
 
 
-def _add_file(zf: zipfile.ZipFile, src: Path, name: str, method: int, counter: _Counter) -> None:
+def _add_file(
+    zf: zipfile.ZipFile, root: Path, name: str, method: int, counter: _Counter | None
+) -> None:
+    src = os.path.join(root, name)
     info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
     info.compress_type = method
     info.create_system = _UNIX
     info.external_attr = FILE_MODE << 16
     info.extra = b""
-    info.file_size = src.stat().st_size  # decides ZIP64 up front, as the format needs
+    info.file_size = os.path.getsize(src)  # decides ZIP64 up front, as the format needs
     with open(src, "rb") as f, zf.open(info, "w") as dst:
         while chunk := f.read(CHUNK_SIZE):
             dst.write(chunk)
-            if name != MANIFEST_NAME:
+            if counter is not None:
                 counter.add(len(chunk))
 
 
@@ -180,15 +184,12 @@ def _verify(zf: zipfile.ZipFile) -> VerifyReport:
             unreadable=f"archive format {manifest.archive_format_version} is newer than "
             f"this reader ({ARCHIVE_FORMAT_VERSION}); update miStudio"
         )
-    corrupt = [
-        CorruptFile(n, f"appears {names.count(n)} times")
-        for n in sorted(set(names))
-        if names.count(n) > 1
-    ]
-    corrupt += [CorruptFile(n, "unsafe path") for n in sorted(set(names)) if not _safe(n)]
+    counts = Counter(names)
+    corrupt = [CorruptFile(n, f"appears {k} times") for n, k in sorted(counts.items()) if k > 1]
+    corrupt += [CorruptFile(n, "unsafe path") for n in sorted(counts) if not _safe(n)]
     listed = {f.path for f in manifest.files}
-    missing = sorted(listed - set(names))
-    extra = sorted(set(names) - listed - {MANIFEST_NAME})
+    missing = listed - counts.keys()
+    extra = counts.keys() - listed - {MANIFEST_NAME}
     checked = 0
     for entry in manifest.files:
         if entry.path in missing:
@@ -199,7 +200,10 @@ def _verify(zf: zipfile.ZipFile) -> VerifyReport:
         else:
             checked += 1
     return VerifyReport(
-        checked=checked, missing=tuple(missing), extra=tuple(extra), corrupt=tuple(corrupt)
+        checked=checked,
+        missing=tuple(sorted(missing)),
+        extra=tuple(sorted(extra)),
+        corrupt=tuple(corrupt),
     )
 
 

@@ -90,8 +90,8 @@ def sha256_file(path: Path, on_bytes: BytesCallback | None = None) -> str:
     return digest.hexdigest()
 
 
-def staged_files(staging_dir: Path) -> list[str]:
-    """Every regular file under the folder, sorted, except the root manifest itself.
+def staged_files(staging_dir: Path) -> list[tuple[str, int]]:
+    """(path, size) of every regular file under the folder, sorted, except the root manifest.
 
     Symlinks are refused rather than followed: an archive must contain what the folder holds,
     not whatever a link happens to point at on the exporting machine.
@@ -104,38 +104,47 @@ def staged_files(staging_dir: Path) -> list[str]:
             resource_name=str(root),
             fix="write the export's files into the staging folder first",
         )
-    found: list[str] = []
+    found: list[tuple[str, int]] = []
+    base = len(str(root)) + 1
     for folder, dirs, files in os.walk(root):
-        for name in sorted(dirs + files):
-            full = Path(folder) / name
-            mode = full.lstat().st_mode
-            rel = full.relative_to(root).as_posix()
-            if stat.S_ISDIR(mode):
+        for name in dirs + files:
+            full = os.path.join(folder, name)
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
                 continue
-            if not stat.S_ISREG(mode) or "\\" in rel:
+            rel = full[base:].replace(os.sep, "/")
+            if not stat.S_ISREG(st.st_mode) or "\\" in rel:
                 raise InvalidArgument(
                     f"{rel} in the staging folder is not a plain file with a portable name",
                     field=rel,
                     fix="replace links and special files by regular files; avoid '\\' in names",
                 )
             if rel != MANIFEST_NAME:
-                found.append(rel)
+                found.append((rel, st.st_size))
     return sorted(found)
 
 
-def build_manifest(staging_dir: Path, on_bytes: BytesCallback | None = None) -> Manifest:
+def build_manifest(
+    staging_dir: Path,
+    on_bytes: BytesCallback | None = None,
+    files: list[tuple[str, int]] | None = None,
+) -> Manifest:
+    """Hashes ``files`` (from :func:`staged_files`; listed afresh when None)."""
     root = Path(staging_dir)
-    entries = []
-    for rel in staged_files(root):
-        path = root / rel
-        entries.append(
-            ManifestEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path, on_bytes))
-        )
+    listed = staged_files(root) if files is None else files
+    entries = [
+        ManifestEntry(path=rel, size=size, sha256=sha256_file(root / rel, on_bytes))
+        for rel, size in listed
+    ]
     return Manifest(files=tuple(entries))
 
 
-def write_manifest(staging_dir: Path, on_bytes: BytesCallback | None = None) -> Manifest:
+def write_manifest(
+    staging_dir: Path,
+    on_bytes: BytesCallback | None = None,
+    files: list[tuple[str, int]] | None = None,
+) -> Manifest:
     """Hashes the folder and writes ``manifest.json`` at its root (replacing an old one)."""
-    manifest = build_manifest(staging_dir, on_bytes)
+    manifest = build_manifest(staging_dir, on_bytes, files)
     (Path(staging_dir) / MANIFEST_NAME).write_bytes(manifest.to_json())
     return manifest
