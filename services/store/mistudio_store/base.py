@@ -1,0 +1,66 @@
+"""What every part of the repository shares: sessions, page requests and the SAE lookup."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mistudio_common.errors import NotFound
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mistudio_store import validation
+from mistudio_store.db.engine import SessionFactories
+from mistudio_store.db.models import SaeRow
+from mistudio_store.pagination import PageRequest, page_request
+
+
+class RepositoryBase:
+    def __init__(
+        self,
+        sessions: SessionFactories,
+        *,
+        default_page_size: int = 100,
+        max_page_size: int = 1000,
+        dashboard_batch: int = 64,
+    ) -> None:
+        self._sessions = sessions
+        self._default_page_size = default_page_size
+        self._max_page_size = max_page_size
+        self._dashboard_batch = dashboard_batch
+
+    def close(self) -> None:
+        """Closes the connection pool (the server calls it on stop)."""
+        self._sessions.engine.dispose()
+
+    def _page(
+        self, page_size: int, page_token: str, scope: str, key_types: Sequence[type]
+    ) -> PageRequest:
+        return page_request(
+            page_size,
+            page_token,
+            scope=scope,
+            key_types=key_types,
+            default=self._default_page_size,
+            maximum=self._max_page_size,
+        )
+
+    @staticmethod
+    def _find_sae(session: Session, sae_id: str) -> SaeRow | None:
+        return session.scalars(select(SaeRow).where(SaeRow.sae_id == sae_id)).one_or_none()
+
+    def _sae(self, session: Session, sae_id: str, field: str = "sae_id") -> SaeRow:
+        """The SAE row; InvalidArgument for a malformed id, NotFound for an unknown one."""
+        validation.sae_id(sae_id, field)
+        row = self._find_sae(session, sae_id)
+        if row is None:
+            raise sae_not_found(sae_id)
+        return row
+
+
+def sae_not_found(sae_id: str) -> NotFound:
+    return NotFound(
+        f"no SAE with id {sae_id!r}",
+        resource_type="mistudio.store.v1.Sae",
+        resource_name=sae_id,
+        fix="create it with CreateSae, or list stored SAEs with ListSaes",
+    )

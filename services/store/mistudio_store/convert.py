@@ -1,0 +1,181 @@
+"""Rows <-> protobuf messages: enum names, JSON documents and UTC timestamps.
+
+Enums are stored by their short lowercase name ("jumprelu", "running") so the tables read
+well in psql; JSON columns hold ProtoJSON, which round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from mistudio.common.v1 import progress_pb2
+from mistudio.store.v1 import store_service_pb2 as pb
+
+from mistudio_store.db.models import ExplanationRow, ExportJobRow, FeatureRow, SaeRow
+
+M = TypeVar("M", bound=Message)
+
+
+def utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone; everything we store is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(utc(value))
+    return message
+
+
+def from_timestamp(message: Message, field: str) -> datetime | None:
+    if not message.HasField(field):
+        return None
+    return getattr(message, field).ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def enum_name(enum: Any, value: int) -> str:
+    """ARCHITECTURE_JUMPRELU -> "jumprelu" (prefix = the enum's zero value less UNSPECIFIED)."""
+    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
+def enum_value(enum: Any, name: str) -> int:
+    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
+    return int(enum.Value(prefix + name.upper()))
+
+
+def struct(data: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if data is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(data)
+    return message
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def from_json(data: dict[str, Any] | None, message: M) -> M | None:
+    return None if data is None else json_format.ParseDict(data, message)
+
+
+def sae_to_pb(row: SaeRow) -> pb.Sae:
+    return pb.Sae(
+        sae_id=row.sae_id,
+        model_id=row.model_id,
+        hook_point=row.hook_point,
+        d_in=row.d_in,
+        d_sae=row.d_sae,
+        architecture=enum_value(pb.Architecture, row.architecture),  # type: ignore[arg-type]
+        weights_uri=row.weights_uri,
+        training_dataset=row.training_dataset,
+        n_training_tokens=row.n_training_tokens,
+        l0=row.l0,
+        explained_variance=row.explained_variance,
+        neuronpedia_model_id=row.neuronpedia_model_id,
+        neuronpedia_source_set=row.neuronpedia_source_set,
+        config=struct(row.config),
+        created_at=timestamp(row.created_at),
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def sae_row(sae: pb.Sae, at: datetime) -> SaeRow:
+    return SaeRow(
+        sae_id=sae.sae_id,
+        model_id=sae.model_id,
+        hook_point=sae.hook_point,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        architecture=enum_name(pb.Architecture, sae.architecture),
+        weights_uri=sae.weights_uri,
+        training_dataset=sae.training_dataset,
+        n_training_tokens=sae.n_training_tokens,
+        l0=sae.l0,
+        explained_variance=sae.explained_variance,
+        neuronpedia_model_id=sae.neuronpedia_model_id,
+        neuronpedia_source_set=sae.neuronpedia_source_set,
+        config=to_json(sae.config),
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def feature_to_pb(row: FeatureRow) -> pb.Feature:
+    return pb.Feature(
+        feature_index=row.feature_index,
+        label=row.label,
+        category=row.category,
+        activation_frequency=row.activation_frequency,
+        max_activation=row.max_activation,
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def feature_values(sae_pk: int, feature: pb.Feature, at: datetime) -> dict[str, Any]:
+    return {
+        "sae_pk": sae_pk,
+        "feature_index": feature.feature_index,
+        "label": feature.label,
+        "category": feature.category,
+        "activation_frequency": feature.activation_frequency,
+        "max_activation": feature.max_activation,
+        "updated_at": at,
+    }
+
+
+def explanation_to_pb(row: ExplanationRow) -> pb.Explanation:
+    return pb.Explanation(
+        explanation_id=str(row.id),
+        feature_index=row.feature_index,
+        description=row.description,
+        method=row.method,
+        explainer_model=row.explainer_model,
+        score=row.score,
+        created_at=timestamp(row.created_at),
+    )
+
+
+def job_to_pb(row: ExportJobRow, sae_id: str) -> pb.ExportJob:
+    return pb.ExportJob(
+        job_id=row.job_id,
+        sae_id=sae_id,
+        owner=row.owner,
+        request_id=row.request_id or "",
+        config=struct(row.config),
+        state=enum_value(progress_pb2.JobState, row.state),  # type: ignore[arg-type]
+        progress=from_json(row.progress, progress_pb2.Progress()),
+        output_uri=row.output_uri,
+        output_size_bytes=row.output_size_bytes,
+        feature_count=row.feature_count,
+        error_message=row.error_message,
+        error_details=struct(row.error_details),
+        checkpoint=struct(row.checkpoint),
+        created_at=timestamp(row.created_at),
+        started_at=timestamp(row.started_at),
+        finished_at=timestamp(row.finished_at),
+        updated_at=timestamp(row.updated_at),
+    )
+
+
+def job_column_value(job: pb.ExportJob, field: str) -> Any:
+    """The column value for one mutable ExportJob field (None where the message leaves it unset)."""
+    if field == "state":
+        return enum_name(progress_pb2.JobState, job.state)
+    if field in ("config", "error_details", "checkpoint", "progress"):
+        if not job.HasField(field):  # type: ignore[arg-type]
+            return {} if field == "config" else None
+        return to_json(getattr(job, field))
+    if field in ("started_at", "finished_at"):
+        return from_timestamp(job, field)
+    return getattr(job, field)

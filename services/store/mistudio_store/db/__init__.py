@@ -1,0 +1,1 @@
+"""Database adapter: ORM models, engine setup and migrations."""

@@ -1,0 +1,177 @@
+"""Export job records: idempotent create, masked updates, newest-first listing.
+
+The store only keeps the record; the export service runs the job and writes its state,
+progress and checkpoint here, so a restarted export service can find and resume its jobs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from mistudio.common.v1 import progress_pb2
+from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio_common.errors import AlreadyExists, FailedPrecondition, NotFound
+from mistudio_common.progress import TERMINAL_STATES
+from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mistudio_store import convert, validation
+from mistudio_store.base import RepositoryBase
+from mistudio_store.db.models import ExportJobRow, SaeRow
+from mistudio_store.db.statements import before
+from mistudio_store.pagination import Page, scope_of
+
+
+class ExportJobs(RepositoryBase):
+    def create_export_job(self, job: pb.ExportJob) -> tuple[pb.ExportJob, bool]:
+        """Stores a new job; returns (job, created). created is False when a job with the same
+        (sae_id, request_id) exists already: that job is returned instead (a retried start)."""
+        if job.job_id:
+            validation.job_id(job.job_id, "job.job_id")
+        if job.state:
+            validation.job_states([job.state], "job.state")
+        try:
+            with self._sessions.write.begin() as session:
+                sae = self._sae(session, job.sae_id, "job.sae_id")
+                existing = self._by_request(session, sae.id, job.request_id)
+                if existing is not None:
+                    return convert.job_to_pb(existing, sae.sae_id), False
+                if job.job_id and session.get(ExportJobRow, job.job_id) is not None:
+                    raise _duplicate_job(job.job_id)
+                row = _new_row(job, sae.id)
+                session.add(row)
+                session.flush()
+                return convert.job_to_pb(row, sae.sae_id), True
+        except IntegrityError as error:  # lost a race with an identical create
+            with self._sessions.read() as session:
+                sae = self._sae(session, job.sae_id, "job.sae_id")
+                existing = self._by_request(session, sae.id, job.request_id)
+                if existing is None:
+                    raise _duplicate_job(job.job_id) from error
+                return convert.job_to_pb(existing, sae.sae_id), False
+
+    def get_export_job(self, job_id: str) -> pb.ExportJob:
+        validation.job_id(job_id)
+        with self._sessions.read() as session:
+            row, sae_id = _job(session, job_id)
+            return convert.job_to_pb(row, sae_id)
+
+    def update_export_job(self, job: pb.ExportJob, update_mask: Sequence[str]) -> pb.ExportJob:
+        """Writes only the masked fields. A job in a terminal state cannot change state."""
+        validation.job_id(job.job_id, "job.job_id")
+        paths = validation.update_mask(update_mask)
+        if "state" in paths:
+            validation.job_states([job.state], "job.state")
+        with self._sessions.write.begin() as session:
+            row, sae_id = _job(session, job.job_id, for_update=True)
+            current = convert.enum_value(progress_pb2.JobState, row.state)
+            if "state" in paths and current in TERMINAL_STATES and job.state != current:
+                raise FailedPrecondition(
+                    f"job {job.job_id} is {row.state} and cannot become "
+                    f"{convert.enum_name(progress_pb2.JobState, job.state)}",
+                    violations=[("job.state", f"the job already finished ({row.state})")],
+                    field="job.state",
+                    fix="start a new job (with a new request_id) to run the export again",
+                )
+            for path in paths:
+                setattr(row, path, convert.job_column_value(job, path))
+            if "progress" in paths:
+                stage = job.progress.stage if job.HasField("progress") else 0
+                row.stage = convert.enum_name(progress_pb2.Stage, stage)
+            row.updated_at = convert.now()
+            session.flush()
+            return convert.job_to_pb(row, sae_id)
+
+    def list_export_jobs(
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        sae_id: str = "",
+        owner: str = "",
+        states: Sequence[int] = (),
+    ) -> Page[pb.ExportJob]:
+        """Newest first; an empty filter matches everything."""
+        if sae_id:
+            validation.sae_id(sae_id)
+        validation.job_states(states)
+        wanted = sorted({convert.enum_name(progress_pb2.JobState, s) for s in states})
+        scope = scope_of("jobs", sae_id, owner, wanted)
+        page = self._page(page_size, page_token, scope, (datetime, str))
+        order = (ExportJobRow.created_at, ExportJobRow.job_id)
+        query: Select[ExportJobRow, str] = select(ExportJobRow, SaeRow.sae_id).join(SaeRow)
+        if sae_id:
+            query = query.where(SaeRow.sae_id == sae_id)
+        if owner:
+            query = query.where(ExportJobRow.owner == owner)
+        if wanted:
+            query = query.where(ExportJobRow.state.in_(wanted))
+        if page.after:
+            query = query.where(before(order, page.after))
+        query = query.order_by(*(c.desc() for c in order)).limit(page.limit)
+        with self._sessions.read() as session:
+            rows, token = page.finish(
+                session.execute(query).all(),
+                lambda r: [convert.utc(r[0].created_at), r[0].job_id],
+            )
+            return Page([convert.job_to_pb(row, sid) for row, sid in rows], token)
+
+    @staticmethod
+    def _by_request(session: Session, sae_pk: int, request_id: str) -> ExportJobRow | None:
+        if not request_id:
+            return None
+        query = select(ExportJobRow).where(
+            ExportJobRow.sae_pk == sae_pk, ExportJobRow.request_id == request_id
+        )
+        return session.scalars(query).one_or_none()
+
+
+def _new_row(job: pb.ExportJob, sae_pk: int) -> ExportJobRow:
+    at = convert.now()
+    state = job.state or progress_pb2.JOB_STATE_QUEUED
+    return ExportJobRow(
+        job_id=job.job_id or uuid.uuid4().hex,
+        sae_pk=sae_pk,
+        owner=job.owner,
+        request_id=job.request_id or None,
+        config=convert.job_column_value(job, "config"),
+        state=convert.enum_name(progress_pb2.JobState, state),
+        stage=convert.enum_name(progress_pb2.Stage, job.progress.stage),
+        progress=convert.job_column_value(job, "progress"),
+        output_uri=job.output_uri,
+        output_size_bytes=job.output_size_bytes,
+        feature_count=job.feature_count,
+        error_message=job.error_message,
+        error_details=convert.job_column_value(job, "error_details"),
+        checkpoint=convert.job_column_value(job, "checkpoint"),
+        created_at=at,
+        started_at=convert.from_timestamp(job, "started_at"),
+        finished_at=convert.from_timestamp(job, "finished_at"),
+        updated_at=at,
+    )
+
+
+def _job(session: Session, job_id: str, for_update: bool = False) -> tuple[ExportJobRow, str]:
+    query = select(ExportJobRow, SaeRow.sae_id).join(SaeRow).where(ExportJobRow.job_id == job_id)
+    if for_update:
+        query = query.with_for_update(of=ExportJobRow)
+    found = session.execute(query).one_or_none()
+    if found is None:
+        raise NotFound(
+            f"no export job with id {job_id!r}",
+            resource_type="mistudio.store.v1.ExportJob",
+            resource_name=job_id,
+            fix="list jobs with ListExportJobs",
+        )
+    return found
+
+
+def _duplicate_job(job_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"an export job with id {job_id!r} already exists",
+        field="job.job_id",
+        fix="leave job_id empty to have the store assign one, or reuse the request_id",
+    )

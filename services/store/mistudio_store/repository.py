@@ -1,0 +1,191 @@
+"""Every store operation, in protobuf terms, over SQLAlchemy sessions.
+
+Both the gRPC servicer and in-process callers use this class; it validates what it is given,
+raises the shared domain errors (never grpc ones), and keeps each call in one transaction.
+The dashboard cache (``dashboards.py``) and export jobs (``jobs.py``) are mixed into the same
+class, so callers see one object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio_common.errors import AlreadyExists, InvalidArgument
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from mistudio_store import convert, validation
+from mistudio_store.base import sae_not_found
+from mistudio_store.dashboards import DashboardCache
+from mistudio_store.db.models import ExplanationRow, FeatureRow, SaeRow
+from mistudio_store.db.statements import after, upsert
+from mistudio_store.jobs import ExportJobs
+from mistudio_store.pagination import Page, scope_of
+
+
+class StoreRepository(DashboardCache, ExportJobs):
+    """SAEs, features, explanations, cached dashboards and export jobs."""
+
+    # SAEs
+
+    def create_sae(self, sae: pb.Sae) -> pb.Sae:
+        validation.sae(sae)
+        row = convert.sae_row(sae, convert.now())
+        duplicate = AlreadyExists(
+            f"an SAE with id {sae.sae_id!r} already exists",
+            field="sae.sae_id",
+            fix="pick another sae_id, or delete the stored SAE first",
+        )
+        try:
+            with self._sessions.write.begin() as session:
+                if self._find_sae(session, sae.sae_id) is not None:
+                    raise duplicate
+                session.add(row)
+        except IntegrityError as error:  # a concurrent create won the race
+            raise duplicate from error
+        return convert.sae_to_pb(row)
+
+    def get_sae(self, sae_id: str) -> pb.Sae:
+        with self._sessions.read() as session:
+            return convert.sae_to_pb(self._sae(session, sae_id))
+
+    def list_saes(self, page_size: int = 0, page_token: str = "") -> Page[pb.Sae]:
+        """In sae_id order."""
+        page = self._page(page_size, page_token, scope_of("saes"), (str,))
+        query = select(SaeRow).order_by(SaeRow.sae_id).limit(page.limit)
+        if page.after:
+            query = query.where(SaeRow.sae_id > page.after[0])
+        with self._sessions.read() as session:
+            rows, token = page.finish(session.scalars(query).all(), lambda r: [r.sae_id])
+            return Page([convert.sae_to_pb(r) for r in rows], token)
+
+    def delete_sae(self, sae_id: str) -> None:
+        """Deletes the SAE; the foreign keys cascade to everything stored for it."""
+        validation.sae_id(sae_id)
+        with self._sessions.write.begin() as session:
+            result = session.execute(delete(SaeRow).where(SaeRow.sae_id == sae_id))
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise sae_not_found(sae_id)
+
+    # Features
+
+    def upsert_features(self, sae_id: str, features: Sequence[pb.Feature]) -> int:
+        """Writes the listed features in one batch; other features of the SAE are untouched."""
+        at = convert.now()
+        with self._sessions.write.begin() as session:
+            sae = self._sae(session, sae_id)
+            validation.features(features, sae.d_sae)
+            upsert(
+                session,
+                FeatureRow,
+                [convert.feature_values(sae.id, f, at) for f in features],
+                key=["sae_pk", "feature_index"],
+                update=[
+                    "label",
+                    "category",
+                    "activation_frequency",
+                    "max_activation",
+                    "updated_at",
+                ],
+            )
+        return len(features)
+
+    def list_features(
+        self,
+        sae_id: str,
+        page_size: int = 0,
+        page_token: str = "",
+        feature_filter: pb.FeatureFilter | None = None,
+    ) -> Page[pb.Feature]:
+        """In feature_index order; every given filter must match."""
+        f = feature_filter or pb.FeatureFilter()
+        _check_index_range(f)
+        scope = scope_of("features", sae_id, f.SerializeToString(deterministic=True))
+        page = self._page(page_size, page_token, scope, (int,))
+        with self._sessions.read() as session:
+            sae = self._sae(session, sae_id)
+            query = select(FeatureRow).where(FeatureRow.sae_pk == sae.id)
+            if f.index_start:
+                query = query.where(FeatureRow.feature_index >= f.index_start)
+            if f.index_end:
+                query = query.where(FeatureRow.feature_index < f.index_end)
+            if f.labeled_only:
+                query = query.where(FeatureRow.label != "")
+            if f.label_contains:
+                query = query.where(FeatureRow.label.icontains(f.label_contains, autoescape=True))
+            if f.category:
+                query = query.where(FeatureRow.category == f.category)
+            if page.after:
+                query = query.where(FeatureRow.feature_index > page.after[0])
+            query = query.order_by(FeatureRow.feature_index).limit(page.limit)
+            rows, token = page.finish(session.scalars(query).all(), lambda r: [r.feature_index])
+            return Page([convert.feature_to_pb(r) for r in rows], token)
+
+    # Explanations
+
+    def add_explanations(
+        self, sae_id: str, explanations: Sequence[pb.Explanation]
+    ) -> list[pb.Explanation]:
+        """Adds the explanations (kept alongside earlier ones); returns them with ids."""
+        at = convert.now()
+        with self._sessions.write.begin() as session:
+            sae = self._sae(session, sae_id)
+            validation.explanations(explanations, sae.d_sae)
+            rows = [
+                ExplanationRow(
+                    sae_pk=sae.id,
+                    feature_index=e.feature_index,
+                    description=e.description,
+                    method=e.method,
+                    explainer_model=e.explainer_model,
+                    score=e.score,
+                    created_at=at,
+                )
+                for e in explanations
+            ]
+            session.add_all(rows)
+            session.flush()
+            return [convert.explanation_to_pb(r) for r in rows]
+
+    def list_explanations(
+        self,
+        sae_id: str,
+        page_size: int = 0,
+        page_token: str = "",
+        feature_indices: Sequence[int] = (),
+    ) -> Page[pb.Explanation]:
+        """Ordered by (feature_index, created_at, id); only ``feature_indices`` when given."""
+        wanted = sorted(set(feature_indices))
+        scope = scope_of("explanations", sae_id, wanted)
+        page = self._page(page_size, page_token, scope, (int, datetime, int))
+        order = (ExplanationRow.feature_index, ExplanationRow.created_at, ExplanationRow.id)
+        with self._sessions.read() as session:
+            sae = self._sae(session, sae_id)
+            validation.feature_indices(
+                feature_indices, sae.d_sae, "feature_indices[{i}]", unique=False
+            )
+            query = select(ExplanationRow).where(ExplanationRow.sae_pk == sae.id)
+            if wanted:
+                query = query.where(ExplanationRow.feature_index.in_(wanted))
+            if page.after:
+                query = query.where(after(order, page.after))
+            query = query.order_by(*order).limit(page.limit)
+            rows, token = page.finish(
+                session.scalars(query).all(), lambda r: [r.feature_index, r.created_at, r.id]
+            )
+            return Page([convert.explanation_to_pb(r) for r in rows], token)
+
+
+def _check_index_range(f: pb.FeatureFilter) -> None:
+    if f.index_start < 0:
+        raise InvalidArgument(
+            f"index_start is {f.index_start}", field="filter.index_start", fix="give >= 0"
+        )
+    if f.index_end and f.index_end <= f.index_start:
+        raise InvalidArgument(
+            f"index_end {f.index_end} is not above index_start {f.index_start}",
+            field="filter.index_end",
+            fix="give index_end > index_start, or 0 for no upper bound",
+        )

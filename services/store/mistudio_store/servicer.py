@@ -1,0 +1,161 @@
+"""gRPC adapter of the store: unpack the request, call the repository, pack the response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeAlias
+
+import grpc
+from mistudio.common.v1 import dashboard_pb2
+from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio.store.v1 import store_service_pb2_grpc
+from mistudio_common.errors import InvalidArgument
+from mistudio_common.grpc_errors import handle_errors
+
+from mistudio_store.repository import StoreRepository
+
+Context: TypeAlias = grpc.ServicerContext
+
+
+class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
+    def __init__(self, repository: StoreRepository) -> None:
+        self._repo = repository
+
+    @handle_errors
+    def CreateSae(self, request: pb.CreateSaeRequest, context: Context) -> pb.CreateSaeResponse:
+        return pb.CreateSaeResponse(sae=self._repo.create_sae(request.sae))
+
+    @handle_errors
+    def GetSae(self, request: pb.GetSaeRequest, context: Context) -> pb.GetSaeResponse:
+        return pb.GetSaeResponse(sae=self._repo.get_sae(request.sae_id))
+
+    @handle_errors
+    def ListSaes(self, request: pb.ListSaesRequest, context: Context) -> pb.ListSaesResponse:
+        page = self._repo.list_saes(request.page_size, request.page_token)
+        return pb.ListSaesResponse(saes=page.items, next_page_token=page.next_page_token)
+
+    @handle_errors
+    def DeleteSae(self, request: pb.DeleteSaeRequest, context: Context) -> pb.DeleteSaeResponse:
+        self._repo.delete_sae(request.sae_id)
+        return pb.DeleteSaeResponse()
+
+    @handle_errors
+    def UpsertFeatures(
+        self, request: pb.UpsertFeaturesRequest, context: Context
+    ) -> pb.UpsertFeaturesResponse:
+        count = self._repo.upsert_features(request.sae_id, request.features)
+        return pb.UpsertFeaturesResponse(upserted_count=count)
+
+    @handle_errors
+    def ListFeatures(
+        self, request: pb.ListFeaturesRequest, context: Context
+    ) -> pb.ListFeaturesResponse:
+        page = self._repo.list_features(
+            request.sae_id, request.page_size, request.page_token, request.filter
+        )
+        return pb.ListFeaturesResponse(features=page.items, next_page_token=page.next_page_token)
+
+    @handle_errors
+    def AddExplanations(
+        self, request: pb.AddExplanationsRequest, context: Context
+    ) -> pb.AddExplanationsResponse:
+        added = self._repo.add_explanations(request.sae_id, request.explanations)
+        return pb.AddExplanationsResponse(explanations=added)
+
+    @handle_errors
+    def ListExplanations(
+        self, request: pb.ListExplanationsRequest, context: Context
+    ) -> pb.ListExplanationsResponse:
+        page = self._repo.list_explanations(
+            request.sae_id, request.page_size, request.page_token, request.feature_indices
+        )
+        return pb.ListExplanationsResponse(
+            explanations=page.items, next_page_token=page.next_page_token
+        )
+
+    @handle_errors
+    def PutDashboards(  # type: ignore[override]
+        self, request_iterator: Iterable[pb.PutDashboardsRequest], context: Context
+    ) -> pb.PutDashboardsResponse:
+        """Each message is written (and committed) as it arrives; a broken stream keeps them."""
+        written, key = 0, ""
+        for sae_id, params, dashboards in _dashboard_batches(request_iterator):
+            count, key = self._repo.put_dashboards(sae_id, params, dashboards)
+            written += count
+        return pb.PutDashboardsResponse(written_count=written, params_key=key)
+
+    @handle_errors
+    def GetDashboards(
+        self, request: pb.GetDashboardsRequest, context: Context
+    ) -> Iterator[pb.GetDashboardsResponse]:
+        batches = self._repo.get_dashboards(request.sae_id, request.params, request.feature_indices)
+        for batch in batches:
+            yield pb.GetDashboardsResponse(dashboards=batch.dashboards, missing=batch.missing)
+
+    @handle_errors
+    def ListCachedDashboards(
+        self, request: pb.ListCachedDashboardsRequest, context: Context
+    ) -> pb.ListCachedDashboardsResponse:
+        page = self._repo.list_cached_dashboards(
+            request.sae_id, request.params, request.page_size, request.page_token
+        )
+        return pb.ListCachedDashboardsResponse(
+            dashboards=page.items, next_page_token=page.next_page_token
+        )
+
+    @handle_errors
+    def CreateExportJob(
+        self, request: pb.CreateExportJobRequest, context: Context
+    ) -> pb.CreateExportJobResponse:
+        job, created = self._repo.create_export_job(request.job)
+        return pb.CreateExportJobResponse(job=job, created=created)
+
+    @handle_errors
+    def GetExportJob(
+        self, request: pb.GetExportJobRequest, context: Context
+    ) -> pb.GetExportJobResponse:
+        return pb.GetExportJobResponse(job=self._repo.get_export_job(request.job_id))
+
+    @handle_errors
+    def UpdateExportJob(
+        self, request: pb.UpdateExportJobRequest, context: Context
+    ) -> pb.UpdateExportJobResponse:
+        job = self._repo.update_export_job(request.job, request.update_mask)
+        return pb.UpdateExportJobResponse(job=job)
+
+    @handle_errors
+    def ListExportJobs(
+        self, request: pb.ListExportJobsRequest, context: Context
+    ) -> pb.ListExportJobsResponse:
+        page = self._repo.list_export_jobs(
+            request.page_size,
+            request.page_token,
+            sae_id=request.sae_id,
+            owner=request.owner,
+            states=request.states,
+        )
+        return pb.ListExportJobsResponse(jobs=page.items, next_page_token=page.next_page_token)
+
+
+def _dashboard_batches(
+    requests: Iterable[pb.PutDashboardsRequest],
+) -> Iterator[tuple[str, dashboard_pb2.DashboardParams, list[dashboard_pb2.FeatureDashboard]]]:
+    """(sae_id, params, dashboards) per message. Later messages may leave sae_id and params
+    unset to inherit the first message's; naming different ones is an error."""
+    first: pb.PutDashboardsRequest | None = None
+    for request in requests:
+        if first is None:
+            first = request
+        elif request.sae_id and request.sae_id != first.sae_id:
+            raise InvalidArgument(
+                f"sae_id {request.sae_id!r} differs from the stream's first {first.sae_id!r}",
+                field="sae_id",
+                fix="send one PutDashboards stream per SAE and parameter set",
+            )
+        elif request.HasField("params") and request.params != first.params:
+            raise InvalidArgument(
+                "params differ from the stream's first message",
+                field="params",
+                fix="send one PutDashboards stream per SAE and parameter set",
+            )
+        yield first.sae_id, first.params, list(request.dashboards)
