@@ -162,15 +162,17 @@ class S3ObjectStore:
         if length == 0:  # minio reads length=0 as "to the end"
             self.stat(key)
             return ChunkStream(iter(()), lambda: None)
-        try:
-            with self._translated(key):
+        with self._translated(key):
+            try:
                 response = self._client.get_object(self.bucket, key, offset, length or 0)
-        except InvalidArgument:
-            # S3 answers 416 for offset == size, which this interface treats as an empty read.
-            size = self.stat(key).size
-            if offset == size:
-                return ChunkStream(iter(()), lambda: None)
-            raise range_past_end(key, offset, size) from None
+            except S3Error as exc:
+                if exc.code != "InvalidRange":
+                    raise
+                # S3 answers 416 for offset == size; this interface reads that as empty.
+                size = self.stat(key).size
+                if offset == size:
+                    return ChunkStream(iter(()), lambda: None)
+                raise range_past_end(key, offset, size) from None
 
         def close() -> None:
             response.close()
@@ -263,7 +265,7 @@ class S3ObjectStore:
                 fix="set MISTUDIO_EXPORT_S3_ACCESS_KEY and MISTUDIO_EXPORT_S3_SECRET_KEY to a key "
                 f"with read/write access to bucket {self.bucket!r}",
             )
-        if code in _BAD_NAME or code == "InvalidRange":
+        if code in _BAD_NAME:
             return InvalidArgument(
                 f"object store rejected {key or self.bucket!r}: {code}: {exc.message}",
                 field="key",
