@@ -54,14 +54,16 @@ def _float_array(values: list[Any], decimals: int | None) -> np.ndarray | None:
     if decimals is not None:
         arr = np.round(arr.astype(np.float64), decimals)
     else:
-        arr = arr.astype(np.float32)
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32)
     return np.ascontiguousarray(arr + arr.dtype.type(0.0))  # +0.0 turns -0.0 into 0.0
 
 
 def _scalar(value: float, decimals: int | None) -> Any:
     if decimals is not None:
         return round(value, decimals) + 0.0
-    return np.float32(value) + np.float32(0.0)  # float32 overflow gives inf, caught by caller
+    with np.errstate(over="ignore"):  # float32 overflow gives inf, which the caller rejects
+        return np.float32(value) + np.float32(0.0)
 
 
 def prepare(obj: Any, *, decimals: int | None = None, where: str = "document") -> Any:

@@ -1,0 +1,211 @@
+import json
+from pathlib import Path
+
+import pytest
+from mistudio_common.errors import InvalidArgument
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.neuronpedia_importer import (
+    NOT_NULL,
+    activation_rows,
+    bin_centres,
+    neuron_row,
+    write_importer_export,
+)
+from mistudio_export.formats.schemas import load_schema
+from mistudio_export.validation import validate_export
+
+from tests.export.formats.builders import dashboard, explanation, naming, sae_info
+
+# Key sets of the format-B lines in reference/neuronpedia-format.md §5, plus createdAt
+# ("omitted here but present in real output"); the explanation line without the optional embedding.
+REFERENCE_NEURON_KEYS = {
+    "modelId", "layer", "index", "creatorId", "maxActApprox", "hasVector", "vector", "vectorLabel",
+    "vectorDefaultSteerStrength", "hookName", "topkCosSimIndices", "topkCosSimValues",
+    "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+    "correlated_neurons_indices", "correlated_neurons_pearson", "correlated_neurons_l1",
+    "correlated_features_indices", "correlated_features_pearson", "correlated_features_l1",
+    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
+    "freq_hist_data_bar_heights", "freq_hist_data_bar_values", "logits_hist_data_bar_heights",
+    "logits_hist_data_bar_values", "decoder_weights_dist", "sourceSetName", "createdAt",
+}  # fmt: skip
+REFERENCE_ACTIVATION_KEYS = {
+    "id", "tokens", "index", "layer", "modelId", "maxValue", "maxValueTokenIndex", "minValue",
+    "values", "creatorId", "dataSource", "dataIndex", "dfaValues", "dfaTargetIndex", "dfaMaxValue",
+    "lossValues", "logitContributions", "binMin", "binMax", "binContains", "qualifyingTokenIndex",
+    "zIndices", "zValues", "createdAt",
+}  # fmt: skip
+REFERENCE_EXPLANATION_KEYS = {
+    "id", "modelId", "layer", "index", "description", "authorId", "typeName",
+    "explanationModelName", "createdAt",
+}  # fmt: skip
+
+
+def _write(root: Path, dashboards=None, explanations=(), **kwargs):
+    dashboards = dashboards if dashboards is not None else [dashboard(0), dashboard(1)]
+    return write_importer_export(root, sae_info(), naming(), dashboards, explanations, **kwargs)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in jsonio.read_bytes(path).decode().splitlines()]
+
+
+SOURCE = Path("gpt2-small/6-mistudio-res-16k")
+
+
+def test_layout_is_model_and_source_folders_with_gzipped_batches(tmp_path):
+    _write(tmp_path, explanations=[explanation(0)])
+    names = sorted(p.relative_to(tmp_path / SOURCE).as_posix() for p in tmp_path.rglob("*.*"))
+    assert names == [
+        "activations/batch-0.jsonl.gz",
+        "explanations/batch-0.jsonl.gz",
+        "features/batch-0.jsonl.gz",
+        "model.jsonl",
+        "release.jsonl",
+        "source.jsonl",
+        "sourceset.jsonl",
+    ]
+
+
+def test_neuron_row_keys_match_the_reference():
+    assert set(neuron_row(dashboard(0), sae_info(), naming())) == REFERENCE_NEURON_KEYS
+
+
+def test_activation_row_keys_match_the_reference():
+    rows = activation_rows(dashboard(0), sae_info(), naming())
+    assert {frozenset(r) for r in rows} == {frozenset(REFERENCE_ACTIVATION_KEYS)}
+
+
+def test_explanation_row_keys_match_the_reference(tmp_path):
+    _write(tmp_path, explanations=[explanation(0)])
+    (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    assert set(row) == REFERENCE_EXPLANATION_KEYS
+    assert row["typeName"] == "np_max-act-logits" and row["explanationModelName"] == "gpt-4o-mini"
+    assert row["authorId"] == "clkht01d40000jv08hvalcvly"
+
+
+@pytest.mark.parametrize(
+    ("stream", "table"),
+    [("features", "Neuron"), ("activations", "Activation"), ("explanations", "Explanation")],
+)
+def test_every_line_has_the_same_keys_and_filled_not_null_columns(tmp_path, stream, table):
+    _write(tmp_path, [dashboard(0), dashboard(1, dead=True)], [explanation(0), explanation(1)])
+    rows = _rows(tmp_path / SOURCE / stream / "batch-0.jsonl.gz")
+    assert len({frozenset(r) for r in rows}) == 1
+    for row in rows:
+        assert all(row[column] is not None for column in NOT_NULL[table])
+
+
+def test_rows_carry_model_id_source_id_and_index_as_text():
+    row = neuron_row(dashboard(5), sae_info(), naming())
+    assert (row["modelId"], row["layer"], row["index"]) == ("gpt2-small", "6-mistudio-res-16k", "5")
+
+
+def test_histograms_are_written_as_bin_centres():
+    row = neuron_row(dashboard(0), sae_info(), naming())
+    assert row["freq_hist_data_bar_values"] == bin_centres([0.1, 0.5, 1.0, 2.0, 4.0])
+    assert row["freq_hist_data_bar_values"] == [0.3, 0.75, 1.5, 3.0]
+    assert row["freq_hist_data_bar_heights"] == [5, 3, 2, 1]
+    assert row["logits_hist_data_bar_values"] == [-0.5, 0.5]
+
+
+def test_density_logits_and_max_act_approx_come_from_the_dashboard():
+    row = neuron_row(dashboard(0), sae_info(), naming())
+    assert row["frac_nonzero"] == 0.011
+    assert row["pos_str"] == ["fast", "swift"] and row["neg_values"] == [-2.875, -2.5]
+    assert row["maxActApprox"] == 3.5
+
+
+def test_top_examples_form_the_minus_one_max_minus_one_section():
+    rows = activation_rows(dashboard(0), sae_info(), naming())
+    top = rows[:10]
+    assert {(r["binMin"], r["binMax"], r["binContains"]) for r in top} == {(-1.0, 3.5, -1.0)}
+
+
+def test_quantile_groups_keep_their_bin_values():
+    rows = activation_rows(dashboard(0), sae_info(), naming())
+    assert [(r["binMin"], r["binMax"], r["binContains"]) for r in rows[10:]] == [
+        (1.0, 2.0, 0.2),
+        (1.0, 2.0, 0.2),
+        (0.0, 1.0, 0.8),
+    ]
+
+
+def test_activation_max_min_and_index_are_computed_from_values():
+    row = activation_rows(dashboard(0), sae_info(), naming())[0]
+    assert (row["maxValue"], row["maxValueTokenIndex"], row["minValue"]) == (3.5, 2, 0.0)
+    assert row["qualifyingTokenIndex"] == 2
+    assert row["creatorId"] == "clkht01d40000jv08hvalcvly"
+
+
+def test_activation_ids_are_short_unique_and_stable():
+    first = [r["id"] for r in activation_rows(dashboard(0), sae_info(), naming())]
+    again = [r["id"] for r in activation_rows(dashboard(0), sae_info(), naming())]
+    assert first == again
+    assert len(set(first)) == len(first)
+    assert all(len(i) <= 25 and i.startswith("c") for i in first)
+
+
+def test_batches_hold_features_by_index_range(tmp_path):
+    _write(tmp_path, [dashboard(0), dashboard(1), dashboard(2), dashboard(5)], batch_size=2)
+    features = tmp_path / SOURCE / "features"
+    assert sorted(p.name for p in features.iterdir()) == [
+        "batch-0.jsonl.gz",
+        "batch-1.jsonl.gz",
+        "batch-2.jsonl.gz",
+    ]
+    assert [r["index"] for r in _rows(features / "batch-2.jsonl.gz")] == ["5"]
+
+
+def test_default_batch_holds_1024_features(tmp_path):
+    _write(tmp_path, [dashboard(1023, dead=True), dashboard(1024, dead=True)])
+    features = tmp_path / SOURCE / "features"
+    assert [r["index"] for r in _rows(features / "batch-0.jsonl.gz")] == ["1023"]
+    assert [r["index"] for r in _rows(features / "batch-1.jsonl.gz")] == ["1024"]
+
+
+def test_dashboards_out_of_batch_order_are_refused(tmp_path):
+    with pytest.raises(InvalidArgument) as err:
+        _write(tmp_path, [dashboard(0), dashboard(3), dashboard(1)], batch_size=2)
+    assert "ascending" in err.value.fix
+
+
+def test_metadata_rows_use_only_prisma_fields(tmp_path):
+    _write(tmp_path)
+    for name, schema in [
+        ("model.jsonl", "np_model"),
+        ("sourceset.jsonl", "np_source_set"),
+        ("source.jsonl", "np_source"),
+        ("release.jsonl", "np_release"),
+    ]:
+        (row,) = _rows(tmp_path / SOURCE / name)
+        assert set(row) <= set(load_schema(schema)["properties"]), name
+
+
+def test_source_row_records_the_dashboard_sampling(tmp_path):
+    _write(tmp_path)
+    (row,) = _rows(tmp_path / SOURCE / "source.jsonl")
+    assert (row["id"], row["setName"]) == ("6-mistudio-res-16k", "mistudio-res-16k")
+    assert (row["num_prompts"], row["num_tokens_in_prompt"]) == (64, 128)
+    assert row["dataset"] == "roneneldan/TinyStories"
+
+
+def test_same_input_gives_byte_identical_files(tmp_path):
+    _write(tmp_path / "one", explanations=[explanation(0), explanation(1)])
+    _write(tmp_path / "two", explanations=[explanation(1), explanation(0)])
+    for path in (tmp_path / "one").rglob("*.*"):
+        assert (
+            path.read_bytes()
+            == (tmp_path / "two" / path.relative_to(tmp_path / "one")).read_bytes()
+        )
+
+
+def test_explanation_without_dashboard_is_noted(tmp_path):
+    out = _write(tmp_path, [dashboard(0)], [explanation(9)])
+    assert out.notes and "feature 9" in out.notes[0]
+
+
+def test_written_importer_export_validates_clean(tmp_path):
+    _write(tmp_path, [dashboard(0), dashboard(1, dead=True)], [explanation(0)])
+    report = validate_export(tmp_path)
+    assert report.problems == [], report.summary()
+    assert report.components == ["neuronpedia-importer: gpt2-small/6-mistudio-res-16k"]

@@ -1,0 +1,92 @@
+import json
+
+from mistudio_export.formats.saedashboard_batch import feature_entry, write_saedashboard_batches
+from mistudio_export.validation import validate_export
+
+from tests.export.formats.builders import dashboard, naming, sae_info
+
+# reference/neuronpedia-format.md §4a: the keys neuronpedia-runner writes.
+REFERENCE_FEATURE_KEYS = {
+    "feature_index", "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+    "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson",
+    "correlated_features_indices", "correlated_features_l1", "correlated_features_pearson",
+    "neg_str", "neg_values", "pos_str", "pos_values", "frac_nonzero",
+    "freq_hist_data_bar_values", "freq_hist_data_bar_heights", "logits_hist_data_bar_heights",
+    "logits_hist_data_bar_values", "n_prompts_total", "n_tokens_in_prompt", "dataset",
+    "decoder_weights_dist", "activations", "vector",
+}  # fmt: skip
+REFERENCE_ACTIVATION_KEYS = {
+    "bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index",
+    "dfa_values", "dfa_maxValue", "dfa_targetIndex",
+}  # fmt: skip
+
+
+def _write(tmp_path, dashboards, **kwargs):
+    return write_saedashboard_batches(tmp_path, sae_info(), naming(), dashboards, **kwargs)
+
+
+def test_batch_file_holds_model_layer_set_and_features(tmp_path):
+    _write(tmp_path, [dashboard(0)])
+    doc = json.loads((tmp_path / "batch-0.json").read_text())
+    assert set(doc) == {"model_id", "layer", "sae_set", "sae_id_suffix", "features"}
+    assert (doc["model_id"], doc["layer"], doc["sae_set"]) == ("gpt2-small", 6, "mistudio-res-16k")
+
+
+def test_feature_has_every_reference_key():
+    assert set(feature_entry(dashboard(0), sae_info())) == REFERENCE_FEATURE_KEYS
+
+
+def test_activation_has_every_reference_key():
+    for activation in feature_entry(dashboard(0), sae_info())["activations"]:
+        assert set(activation) == REFERENCE_ACTIVATION_KEYS
+
+
+def test_panels_without_data_are_empty_lists():
+    entry = feature_entry(dashboard(0), sae_info())
+    for key in ("neuron_alignment_indices", "correlated_neurons_pearson", "decoder_weights_dist"):
+        assert entry[key] == []
+
+
+def test_top_group_uses_minus_one_bounds_and_groups_their_bins():
+    acts = feature_entry(dashboard(0), sae_info())["activations"]
+    assert (acts[0]["bin_min"], acts[0]["bin_max"], acts[0]["bin_contains"]) == (-1, 3.5, -1)
+    assert (acts[-1]["bin_min"], acts[-1]["bin_max"], acts[-1]["bin_contains"]) == (0, 1, 0.8)
+    assert acts[0]["qualifying_token_index"] == 2
+
+
+def test_float_lists_are_rounded_to_five_decimals(tmp_path):
+    d = dashboard(0)
+    d.top_examples[0].values[1] = 0.123456789
+    d.top_positive_logits[0].value = 3.1415926
+    _write(tmp_path, [d])
+    feature = json.loads((tmp_path / "batch-0.json").read_text())["features"][0]
+    assert feature["activations"][0]["values"][1] == 0.12346
+    assert feature["pos_values"][0] == 3.14159
+
+
+def test_sampling_facts_are_repeated_per_feature():
+    entry = feature_entry(dashboard(0), sae_info())
+    assert (entry["n_prompts_total"], entry["n_tokens_in_prompt"]) == (64, 128)
+    assert entry["dataset"] == "roneneldan/TinyStories"
+
+
+def test_features_are_split_into_batches_of_the_given_size(tmp_path):
+    out = _write(tmp_path, [dashboard(i) for i in range(5)], features_per_batch=2)
+    assert [p.name for p in out.files] == ["batch-0.json", "batch-1.json", "batch-2.json"]
+    last = json.loads((tmp_path / "batch-2.json").read_text())
+    assert [f["feature_index"] for f in last["features"]] == [4]
+
+
+def test_same_input_gives_byte_identical_files(tmp_path):
+    _write(tmp_path / "one", [dashboard(0), dashboard(1, dead=True)])
+    _write(tmp_path / "two", [dashboard(0), dashboard(1, dead=True)])
+    assert (tmp_path / "one/batch-0.json").read_bytes() == (
+        tmp_path / "two/batch-0.json"
+    ).read_bytes()
+
+
+def test_written_batches_validate_clean(tmp_path):
+    _write(tmp_path, [dashboard(0), dashboard(1, dead=True)])
+    report = validate_export(tmp_path)
+    assert report.problems == [], report.summary()
+    assert report.components == ["saedashboard: ."]
