@@ -1,0 +1,240 @@
+"""Tokenizer adapters and readable token strings for dashboards.
+
+A dashboard shows one string per token, so a token must never vanish: SentencePiece's "▁" becomes a
+space, GPT-2's byte-level pieces ("Ġ", "Ċ") become the characters they encode, and byte tokens
+("<0xE2>", or byte-level pieces holding part of a character) are decoded as UTF-8 across the run
+they form. The rule for bytes is:
+
+* a complete UTF-8 character is shown on the token that holds its last byte (the one at which the
+  model has seen the whole character);
+* a token left with nothing to show (it holds only the first bytes of a character completed by a
+  later token) shows its bytes as ``<0xHH>``;
+* bytes that are not valid UTF-8 are shown as ``<0xHH>`` too, never dropped and never raising.
+
+Special tokens (``<s>``, ``<|endoftext|>``) keep their names.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, Protocol
+
+
+class PieceStyle(enum.Enum):
+    """How a tokenizer spells token bytes in its piece strings."""
+
+    SENTENCEPIECE = "sentencepiece"  # "▁" is a space, "<0xHH>" is a raw byte
+    BYTE_LEVEL = "byte_level"  # GPT-2: every byte is mapped to a printable character
+    PLAIN = "plain"  # pieces are the text itself
+
+
+class TokenizerAdapter(Protocol):
+    """What the compute service needs from a tokenizer, whatever library is behind it."""
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def bos_id(self) -> int | None: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def pad_id(self) -> int | None: ...
+    @property
+    def piece_style(self) -> PieceStyle: ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without any BOS/EOS."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def piece(self, token_id: int) -> str:
+        """The tokenizer's own string for one id (e.g. "▁the", "Ġthe", "<0x0A>")."""
+        ...
+
+    def is_special(self, token_id: int) -> bool:
+        """True for control/unknown tokens whose name is shown instead of their bytes."""
+        ...
+
+
+class HfTokenizer:
+    """Adapter for a Hugging Face tokenizer (what TransformerLens hub models carry)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tok = tokenizer
+        self._special = frozenset(int(i) for i in tokenizer.all_special_ids)
+        self._style = _detect_hf_style(tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tok)
+
+    @property
+    def bos_id(self) -> int | None:
+        return _optional_id(self._tok.bos_token_id)
+
+    @property
+    def eos_id(self) -> int | None:
+        return _optional_id(self._tok.eos_token_id)
+
+    @property
+    def pad_id(self) -> int | None:
+        return _optional_id(self._tok.pad_token_id)
+
+    @property
+    def piece_style(self) -> PieceStyle:
+        return self._style
+
+    @property
+    def hf_tokenizer(self) -> Any:
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(ids)))
+
+    def piece(self, token_id: int) -> str:
+        piece = self._tok.convert_ids_to_tokens(int(token_id))
+        return piece if isinstance(piece, str) else ""
+
+    def is_special(self, token_id: int) -> bool:
+        return int(token_id) in self._special
+
+
+def _optional_id(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _detect_hf_style(tokenizer: Any) -> PieceStyle:
+    """Reads the fast tokenizer's decoder; falls back to looking at the vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        decoder = json.loads(backend.to_str()).get("decoder") or {}
+        kinds = {decoder.get("type")} | {d.get("type") for d in decoder.get("decoders") or []}
+        if "ByteLevel" in kinds:
+            return PieceStyle.BYTE_LEVEL
+        if "ByteFallback" in kinds or "Metaspace" in kinds:
+            return PieceStyle.SENTENCEPIECE
+    pieces = tokenizer.get_vocab().keys()
+    if any(p.startswith("Ġ") for p in pieces):
+        return PieceStyle.BYTE_LEVEL
+    if any(p.startswith("▁") for p in pieces):
+        return PieceStyle.SENTENCEPIECE
+    return PieceStyle.PLAIN
+
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+@cache
+def _byte_level_decoder() -> dict[str, int]:
+    """GPT-2's printable-character -> byte table (the inverse of its ``bytes_to_unicode``)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def piece_bytes(piece: str, style: PieceStyle) -> bytes:
+    """The bytes a (non-special) piece stands for."""
+    if style is PieceStyle.SENTENCEPIECE:
+        match = _BYTE_PIECE.match(piece)
+        if match:
+            return bytes([int(match.group(1), 16)])
+        return piece.replace("▁", " ").encode("utf-8")
+    if style is PieceStyle.BYTE_LEVEL:
+        table = _byte_level_decoder()
+        if all(c in table for c in piece):
+            return bytes(table[c] for c in piece)
+    return piece.encode("utf-8")
+
+
+def byte_escape(data: bytes) -> str:
+    return "".join(f"<0x{b:02X}>" for b in data)
+
+
+def display_tokens(tokenizer: TokenizerAdapter, ids: Sequence[int]) -> list[str]:
+    """One readable string per id, decoding byte runs across neighbouring tokens (module doc)."""
+    texts = [""] * len(ids)
+    run: list[tuple[int, bytes]] = []  # (position, bytes) of consecutive non-special tokens
+    for pos, token_id in enumerate(ids):
+        if _is_special(tokenizer, int(token_id)):
+            _decode_run(run, texts)
+            run = []
+            texts[pos] = _special_name(tokenizer, int(token_id))
+        else:
+            run.append((pos, piece_bytes(tokenizer.piece(int(token_id)), tokenizer.piece_style)))
+    _decode_run(run, texts)
+    return texts
+
+
+def display_token(tokenizer: TokenizerAdapter, token_id: int) -> str:
+    """A single token shown on its own (logit tables): partial characters become ``<0xHH>``."""
+    return display_tokens(tokenizer, [token_id])[0]
+
+
+def vocab_display_strings(tokenizer: TokenizerAdapter) -> list[str]:
+    """``display_token`` for every id, in id order."""
+    return [display_token(tokenizer, i) for i in range(tokenizer.vocab_size)]
+
+
+def _special_name(tokenizer: TokenizerAdapter, token_id: int) -> str:
+    """The name of a special token; ids the tokenizer lacks (padded vocabularies) as <id:N>."""
+    if 0 <= token_id < tokenizer.vocab_size:
+        return tokenizer.piece(token_id) or f"<id:{token_id}>"
+    return f"<id:{token_id}>"
+
+
+def _is_special(tokenizer: TokenizerAdapter, token_id: int) -> bool:
+    return not 0 <= token_id < tokenizer.vocab_size or tokenizer.is_special(token_id)
+
+
+def _decode_run(run: list[tuple[int, bytes]], texts: list[str]) -> None:
+    """Fills ``texts`` for one run of byte-carrying tokens."""
+    data = b"".join(b for _, b in run)
+    owner = [pos for pos, chunk in run for _ in chunk]  # [n_bytes] -> token position
+    i = 0
+    while i < len(data):
+        n = _utf8_length(data[i])
+        char = _decode_strict(data[i : i + n]) if n and i + n <= len(data) else None
+        if char is None:
+            texts[owner[i]] += byte_escape(data[i : i + 1])
+            i += 1
+        else:
+            texts[owner[i + n - 1]] += char
+            i += n
+    for pos, chunk in run:
+        if not texts[pos]:
+            texts[pos] = byte_escape(chunk)
+
+
+def _utf8_length(lead: int) -> int:
+    """Length of the UTF-8 sequence a lead byte starts, 0 when it cannot start one."""
+    if lead < 0x80:
+        return 1
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 0
+
+
+def _decode_strict(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
