@@ -24,4 +24,8 @@ class ComputeSettings(BaseSettings):
     """Token rows per forward pass when a request gives none; halved on out-of-memory."""
     checkpoint_every_batches: int = 50
     """How often a running computation saves its resumable state."""
+    max_workers: int = 32
+    """Threads serving RPCs; each open progress stream holds one."""
+    default_token_features_per_second: float = 2.0e7
+    """Throughput EstimateComputation assumes before this service has measured its own."""
     log_level: str = "INFO"

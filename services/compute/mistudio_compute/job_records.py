@@ -1,0 +1,121 @@
+"""What survives a restart of the compute service: each job's request, last progress message
+and checkpoint folder, and the throughput measured on this machine.
+
+Layout under ``data_dir/compute``::
+
+    jobs/<job_id>/request.binpb    the ComputeDashboardsRequest that started the job
+    jobs/<job_id>/progress.binpb   the last ComputeProgress published (sequence numbers resume here)
+    jobs/<job_id>/checkpoint/      the computation's own resumable state
+    rates.json                     measured token·features per second
+
+Every file is replaced atomically so a crash never leaves half a message behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from google.protobuf.message import DecodeError
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+
+log = logging.getLogger(__name__)
+
+_REQUEST = "request.binpb"
+_PROGRESS = "progress.binpb"
+_CHECKPOINT = "checkpoint"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    job_id: str
+    request: cpb.ComputeDashboardsRequest
+    progress: cpb.ComputeProgress | None
+
+
+class JobRecords:
+    """Per-job files under ``root`` (``data_dir/compute/jobs``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def save_request(self, job_id: str, request: cpb.ComputeDashboardsRequest) -> None:
+        folder = self._dir(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(folder / _REQUEST, request.SerializeToString(deterministic=True))
+
+    def save_progress(self, job_id: str, message: cpb.ComputeProgress) -> None:
+        _write_atomically(self._dir(job_id) / _PROGRESS, message.SerializeToString())
+
+    def checkpoint_dir(self, job_id: str) -> Path:
+        return self._dir(job_id) / _CHECKPOINT
+
+    def drop_checkpoint(self, job_id: str) -> None:
+        """A finished job cannot resume, so its checkpoint is only disk use."""
+        shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
+
+    def load_all(self) -> Iterator[StoredJob]:
+        """Every job with a readable request; unreadable folders are logged and skipped."""
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                request = cpb.ComputeDashboardsRequest.FromString((folder / _REQUEST).read_bytes())
+                progress_path = folder / _PROGRESS
+                progress = (
+                    cpb.ComputeProgress.FromString(progress_path.read_bytes())
+                    if progress_path.exists()
+                    else None
+                )
+            except (OSError, DecodeError) as error:
+                log.warning(
+                    "skipping unreadable job folder",
+                    extra={"path": str(folder), "error": str(error)},
+                )
+                continue
+            yield StoredJob(folder.name, request, progress)
+
+
+@dataclass
+class RateBook:
+    """Token·features per second measured by finished runs, for EstimateComputation."""
+
+    path: Path
+    default_rate: float
+
+    def measured(self) -> float | None:
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        rate = data.get("token_features_per_second")
+        return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+
+    def record(self, tokens: int, features: int, seconds: float) -> None:
+        """Keeps an exponential average so one odd run does not dominate."""
+        if tokens <= 0 or features <= 0 or seconds <= 0:
+            return
+        rate = tokens * features / seconds
+        previous = self.measured()
+        blended = rate if previous is None else 0.5 * previous + 0.5 * rate
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.path, orjson.dumps({"token_features_per_second": blended}))
+
+    def estimate(self, tokens: int, features: int) -> tuple[float, str]:
+        """(seconds, "measured" | "default"): cost is linear in tokens × features."""
+        measured = self.measured()
+        rate = measured if measured is not None else self.default_rate
+        return tokens * max(features, 1) / rate, "measured" if measured is not None else "default"
