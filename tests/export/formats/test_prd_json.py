@@ -131,7 +131,7 @@ def test_duplicate_feature_is_refused(tmp_path):
 
 
 def test_progress_reports_features_written(tmp_path):
-    seen = []
+    seen: list[int] = []
     _write(tmp_path, progress=seen.append)
     assert seen == [1, 2]
 
