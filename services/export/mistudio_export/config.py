@@ -27,3 +27,13 @@ class ExportSettings(BaseSettings):
     default_owner: str = "local"
     """Owner recorded for jobs whose request names none."""
     log_level: str = "INFO"
+    max_workers: int = 16
+    """Threads serving RPCs (long-lived watch streams hold one each)."""
+    max_concurrent_jobs: int = 2
+    """Exports running at once; further ones wait QUEUED."""
+    features_per_batch: int = 128
+    """Features per generated batch file and per checkpoint (SAEDashboard's default)."""
+    progress_persist_seconds: float = 2.0
+    """How often a running job's progress snapshot is written to the store between checkpoints."""
+    control_wait_seconds: float = 30.0
+    """How long Pause/CancelExport wait for the job to reach its next checkpoint."""

@@ -1,0 +1,212 @@
+"""The export service's clients of its peers: the store (records, cache, jobs) and compute.
+
+Every failed call becomes the peer's domain error (``error_from_rpc``), so an unknown SAE in the
+store reaches an export client as NOT_FOUND with the store's resource details, and the
+orchestration code never sees grpc.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
+
+import grpc
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common.grpc_errors import error_from_rpc
+from mistudio_common.server import insecure_channel
+
+T = TypeVar("T")
+
+UNARY_TIMEOUT_SECONDS = 60.0
+PAGE_SIZE = 1000
+FETCH_BATCH = 256
+"""Features per GetDashboards call: bounds the dashboards held in memory at once."""
+
+
+def _call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from error
+
+
+def _stream(iterator_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
+    try:
+        yield from iterator_factory()
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from error
+
+
+def _pages(fetch: Callable[[str], tuple[Sequence[T], str]]) -> Iterator[T]:
+    token = ""
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
+
+
+class StoreClient:
+    """Typed wrapper over StoreService for the calls the export service makes."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = insecure_channel(address)
+        self._stub = sgrpc.StoreServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def get_sae(self, sae_id: str) -> spb.Sae:
+        request = spb.GetSaeRequest(sae_id=sae_id)
+        return _call(lambda: self._stub.GetSae(request, timeout=UNARY_TIMEOUT_SECONDS)).sae
+
+    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
+        """Every feature record matching the filter, in index order."""
+
+        def fetch(token: str) -> tuple[Sequence[spb.Feature], str]:
+            request = spb.ListFeaturesRequest(
+                sae_id=sae_id, page_size=PAGE_SIZE, page_token=token, filter=feature_filter
+            )
+            page = _call(lambda: self._stub.ListFeatures(request, timeout=UNARY_TIMEOUT_SECONDS))
+            return page.features, page.next_page_token
+
+        return _pages(fetch)
+
+    def explanations(self, sae_id: str, indices: Sequence[int] = ()) -> Iterator[spb.Explanation]:
+        """Explanations of the listed features (all when empty), ordered as the store keeps them."""
+
+        def fetch(token: str) -> tuple[Sequence[spb.Explanation], str]:
+            request = spb.ListExplanationsRequest(
+                sae_id=sae_id, page_size=PAGE_SIZE, page_token=token, feature_indices=indices
+            )
+            page = _call(
+                lambda: self._stub.ListExplanations(request, timeout=UNARY_TIMEOUT_SECONDS)
+            )
+            return page.explanations, page.next_page_token
+
+        return _pages(fetch)
+
+    def cached_hashes(self, sae_id: str, params: dpb.DashboardParams) -> dict[int, str]:
+        """Feature index -> content hash of every dashboard cached under ``params``."""
+
+        def fetch(token: str) -> tuple[Sequence[spb.CachedDashboard], str]:
+            request = spb.ListCachedDashboardsRequest(
+                sae_id=sae_id, params=params, page_size=PAGE_SIZE, page_token=token
+            )
+            page = _call(
+                lambda: self._stub.ListCachedDashboards(request, timeout=UNARY_TIMEOUT_SECONDS)
+            )
+            return page.dashboards, page.next_page_token
+
+        return {d.feature_index: d.content_hash for d in _pages(fetch)}
+
+    def dashboards(
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+    ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
+        """Cached dashboards of ``indices`` (at most a few hundred), and the missing indices."""
+        request = spb.GetDashboardsRequest(sae_id=sae_id, params=params, feature_indices=indices)
+        found: list[dpb.FeatureDashboard] = []
+        missing: list[int] = []
+        for message in _stream(lambda: self._stub.GetDashboards(request)):
+            found.extend(message.dashboards)
+            missing.extend(message.missing)
+        return found, missing
+
+    def create_job(self, job: spb.ExportJob) -> tuple[spb.ExportJob, bool]:
+        request = spb.CreateExportJobRequest(job=job)
+        response = _call(lambda: self._stub.CreateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS))
+        return response.job, response.created
+
+    def get_job(self, job_id: str) -> spb.ExportJob:
+        request = spb.GetExportJobRequest(job_id=job_id)
+        return _call(lambda: self._stub.GetExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
+
+    def update_job(self, job: spb.ExportJob, fields: Iterable[str]) -> spb.ExportJob:
+        request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
+        return _call(lambda: self._stub.UpdateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
+
+    def list_jobs(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        sae_id: str = "",
+        owner: str = "",
+        states: Sequence[ppb.JobState.ValueType] = (),
+    ) -> spb.ListExportJobsResponse:
+        request = spb.ListExportJobsRequest(
+            page_size=page_size, page_token=page_token, sae_id=sae_id, owner=owner, states=states
+        )
+        return _call(lambda: self._stub.ListExportJobs(request, timeout=UNARY_TIMEOUT_SECONDS))
+
+    def all_jobs(
+        self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()
+    ) -> Iterator[spb.ExportJob]:
+        def fetch(token: str) -> tuple[Sequence[spb.ExportJob], str]:
+            page = self.list_jobs(
+                page_size=PAGE_SIZE, page_token=token, sae_id=sae_id, states=states
+            )
+            return page.jobs, page.next_page_token
+
+        return _pages(fetch)
+
+
+class ComputeClient:
+    """Typed wrapper over ComputeService: dashboards, estimates and SAELens files."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = insecure_channel(address)
+        self._stub = cgrpc.ComputeServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> ComputeStream:
+        """Starts (or re-attaches to) a computation; iterate the result for its progress."""
+        return ComputeStream(self._stub.ComputeDashboards(request))
+
+    def cancel_computation(self, job_id: str) -> None:
+        request = cpb.CancelComputationRequest(job_id=job_id)
+        _call(lambda: self._stub.CancelComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
+
+    def validate_sae(self, sae_id: str) -> cpb.ValidateSaeResponse:
+        request = cpb.ValidateSaeRequest(sae=cpb.SaeReference(sae_id=sae_id))
+        return _call(lambda: self._stub.ValidateSae(request, timeout=UNARY_TIMEOUT_SECONDS))
+
+    def estimate(
+        self, sae_id: str, tokens: tpb.TokenSource, feature_count: int
+    ) -> cpb.EstimateComputationResponse:
+        request = cpb.EstimateComputationRequest(
+            sae=cpb.SaeReference(sae_id=sae_id), tokens=tokens, feature_count=feature_count
+        )
+        return _call(lambda: self._stub.EstimateComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
+
+    def saelens_files(
+        self, sae_id: str, neuronpedia_id: str, frequencies: Sequence[float]
+    ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
+        request = cpb.ExportSaeLensFilesRequest(
+            sae=cpb.SaeReference(sae_id=sae_id),
+            neuronpedia_id=neuronpedia_id,
+            feature_frequencies=frequencies,
+        )
+        return _stream(lambda: self._stub.ExportSaeLensFiles(request))
+
+
+class ComputeStream:
+    """A computation's progress stream that can be abandoned (pause, shutdown) without error."""
+
+    def __init__(self, call: grpc.Future) -> None:
+        self._call = call
+
+    def __iter__(self) -> Iterator[cpb.ComputeProgress]:
+        return _stream(lambda: iter(self._call))  # type: ignore[arg-type]
+
+    def detach(self) -> None:
+        """Stops listening; the computation itself keeps running in the compute service."""
+        self._call.cancel()

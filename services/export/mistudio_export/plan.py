@@ -1,0 +1,354 @@
+"""From an export request to a checked plan: every option validated, every default resolved.
+
+A bad option is an ``InvalidArgument`` naming it as the request spells it
+(``config.dashboard.logit_k``); an SAE that lacks what the export needs is a
+``FailedPrecondition`` listing each missing piece and how to get it. Nothing here talks to a
+peer service: the caller passes the SAE record (and, for a delta export, the base job).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common import dashboard_codec
+from mistudio_common.dashboard import COMPUTATION_VERSION
+from mistudio_common.errors import FailedPrecondition, InvalidArgument
+
+from mistudio_export.records import NeuronpediaNaming
+
+NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
+SAELENS = epb.EXPORT_FORMAT_SAELENS
+_FORMAT_NAMES = {NEURONPEDIA: "neuronpedia", SAELENS: "saelens"}
+
+RECORDED_TOKENS_KEY = "token_source"
+"""Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
+
+# (field, low, high) for dashboard options: the PRD's bounds (examples 20-100, logit K 10-50,
+# bins 20-100) and the compute service's for the rest; 0 means "use the default".
+_DASHBOARD_BOUNDS = (
+    ("n_top_examples", 20, 100),
+    ("logit_k", 10, 50),
+    ("histogram_bins", 20, 100),
+    ("logit_histogram_bins", 10, 200),
+    ("n_quantile_groups", 1, 20),
+    ("examples_per_quantile_group", 1, 50),
+    ("context_left", 1, 256),
+    ("context_right", 1, 256),
+    ("n_top_tokens", 1, 200),
+)
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_LAYER = re.compile(r"^blocks\.(\d+)\.")
+_HOOK_KIND_SHORT = {"resid": "res", "mlp": "mlp", "attn": "att"}
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What one export will do, with every default filled in."""
+
+    sae: spb.Sae
+    owner: str
+    formats: frozenset[int]
+    selection: epb.FeatureSelection
+    params: dpb.DashboardParams
+    """Dashboard parameters without the token-source fingerprint (compute fills that in)."""
+    tokens: tpb.TokenSource | None
+    compression: epb.Compression
+    delta_base_job_id: str
+    merge_with_base: bool
+    auto_fix: bool
+    naming: NeuronpediaNaming
+    device: str
+    batch_size: int
+
+    @property
+    def neuronpedia(self) -> bool:
+        return NEURONPEDIA in self.formats
+
+    @property
+    def saelens(self) -> bool:
+        return SAELENS in self.formats
+
+    @property
+    def created_at(self) -> str:
+        """The SAE's creation time, never the clock: equal input gives a byte-identical archive."""
+        if self.sae.HasField("created_at"):
+            return self.sae.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
+        return "1970-01-01T00:00:00Z"
+
+    @property
+    def stages(self) -> tuple[ppb.Stage.ValueType, ...]:
+        """The stages this export runs, in order (PRD §7.2)."""
+        compute = (
+            (
+                ppb.STAGE_ACTIVATION_PASS,
+                ppb.STAGE_LOADING_EXAMPLES,
+                ppb.STAGE_LOGIT_LENS,
+                ppb.STAGE_HISTOGRAMS,
+                ppb.STAGE_TOKEN_AGGREGATION,
+                ppb.STAGE_CACHING,
+            )
+            if self.neuronpedia
+            else ()
+        )
+        return (
+            ppb.STAGE_VALIDATING,
+            *compute,
+            ppb.STAGE_GENERATING_FILES,
+            ppb.STAGE_VALIDATING_OUTPUT,
+            ppb.STAGE_CREATING_ARCHIVE,
+        )
+
+
+def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:
+    """Checks every option of ``config`` against ``sae``; InvalidArgument names the first."""
+    formats = _formats(config)
+    _check_selection(config.selection, sae.d_sae)
+    params = dashboard_params(config.dashboard)
+    tokens = token_source(config.tokens, sae)
+    if config.merge_with_base and not config.delta_base_job_id:
+        raise InvalidArgument(
+            "merge_with_base needs a delta export",
+            field="config.merge_with_base",
+            fix="set config.delta_base_job_id to the earlier export to merge with",
+        )
+    if not _DEVICE.match(config.device or "auto"):
+        raise InvalidArgument(
+            f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N",
+            field="config.device",
+            fix="use 'auto' (GPU when present), 'cpu' or 'cuda'",
+        )
+    if config.batch_size < 0:
+        raise InvalidArgument(
+            f"batch_size {config.batch_size} is negative",
+            field="config.batch_size",
+            fix="use 0 for the compute service's default, or a positive row count",
+        )
+    naming = _naming(sae, config.naming, owner)
+    if NEURONPEDIA in formats:
+        problems = naming.problems()
+        if problems:
+            first = problems[0]
+            raise InvalidArgument(first.message, field=f"config.{first.field}", fix=first.fix)
+    return ExportPlan(
+        sae=sae,
+        owner=owner,
+        formats=formats,
+        selection=config.selection,
+        params=params,
+        tokens=tokens,
+        compression=config.compression,
+        delta_base_job_id=config.delta_base_job_id,
+        merge_with_base=config.merge_with_base,
+        auto_fix=config.auto_fix,
+        naming=naming,
+        device=config.device or "auto",
+        batch_size=config.batch_size,
+    )
+
+
+def check_preconditions(plan: ExportPlan, compute_problems: list[tuple[str, str]]) -> None:
+    """Raises FailedPrecondition listing everything the SAE lacks for this export."""
+    missing: list[tuple[str, str]] = []
+    if not plan.sae.weights_uri:
+        missing.append(
+            (
+                "weights_uri",
+                "the SAE record names no weights file: register the SAE again with weights_uri "
+                "set to its SAELens folder or safetensors file",
+            )
+        )
+    if plan.neuronpedia and plan.tokens is None:
+        missing.append(
+            (
+                "tokens",
+                "no token source was given and none is recorded for this SAE: pass "
+                "config.tokens (a token_file or text files), or record one in the SAE's config "
+                f"under '{RECORDED_TOKENS_KEY}'",
+            )
+        )
+    if plan.sae.d_sae <= 0 or plan.sae.d_in <= 0:
+        missing.append(
+            ("d_sae", "the SAE record has no d_sae/d_in: register it with the W_dec shape")
+        )
+    missing += compute_problems
+    if missing:
+        names = ", ".join(subject for subject, _ in missing)
+        raise FailedPrecondition(
+            f"SAE {plan.sae.sae_id!r} cannot be exported: missing {names}",
+            violations=missing,
+            field=missing[0][0],
+            fix=missing[0][1],
+        )
+
+
+def config_to_struct_dict(config: epb.ExportConfig) -> dict[str, object]:
+    """The JSON form under which the store keeps a job's configuration."""
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def config_from_struct_dict(data: dict[str, object]) -> epb.ExportConfig:
+    return json_format.ParseDict(data, epb.ExportConfig(), ignore_unknown_fields=True)
+
+
+def _formats(config: epb.ExportConfig) -> frozenset[int]:
+    if not config.formats:
+        return frozenset({NEURONPEDIA, SAELENS})
+    for index, value in enumerate(config.formats):
+        if value not in _FORMAT_NAMES:
+            raise InvalidArgument(
+                f"format {value} at position {index} is not a known export format",
+                field="config.formats",
+                fix="use EXPORT_FORMAT_NEURONPEDIA, EXPORT_FORMAT_SAELENS or both",
+            )
+    return frozenset(config.formats)
+
+
+def _check_selection(selection: epb.FeatureSelection, d_sae: int) -> None:
+    which = selection.WhichOneof("base")
+    if which == "range":
+        start, end = selection.range.start, selection.range.end
+        if not 0 <= start < end <= d_sae:
+            raise InvalidArgument(
+                f"feature range [{start}, {end}) is not inside [0, {d_sae})",
+                field="config.selection.range",
+                fix=f"use 0 <= start < end <= d_sae ({d_sae})",
+            )
+    elif which == "list":
+        if not selection.list.indices:
+            raise InvalidArgument(
+                "the feature list is empty",
+                field="config.selection.list.indices",
+                fix="list at least one feature index, or select all",
+            )
+        bad = [i for i in selection.list.indices if not 0 <= i < d_sae]
+        if bad:
+            raise InvalidArgument(
+                f"feature indices {bad[:5]} are outside [0, {d_sae})",
+                field="config.selection.list.indices",
+                fix=f"use indices between 0 and {d_sae - 1}",
+            )
+    for name in ("min_frequency", "max_frequency"):
+        value = getattr(selection, name)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise InvalidArgument(
+                f"{name} {value} is not a fraction in [0, 1]",
+                field=f"config.selection.{name}",
+                fix="give activation frequencies as fractions of tokens, e.g. 0.001",
+            )
+    if selection.max_frequency and selection.max_frequency < selection.min_frequency:
+        raise InvalidArgument(
+            f"max_frequency {selection.max_frequency} is below min_frequency "
+            f"{selection.min_frequency}",
+            field="config.selection.max_frequency",
+            fix="use max_frequency >= min_frequency, or 0 for no upper bound",
+        )
+    threshold = selection.min_max_activation
+    if not (math.isfinite(threshold) and threshold >= 0.0):
+        raise InvalidArgument(
+            f"min_max_activation {threshold} is not a non-negative number",
+            field="config.selection.min_max_activation",
+            fix="use 0 for no threshold, or the smallest max activation to keep",
+        )
+
+
+def dashboard_params(
+    given: dpb.DashboardParams, field: str = "config.dashboard"
+) -> dpb.DashboardParams:
+    """The parameters with defaults filled in, after checking the bounds the PRD sets."""
+    for name, low, high in _DASHBOARD_BOUNDS:
+        value = getattr(given, name)
+        if value != 0 and not low <= value <= high:
+            raise InvalidArgument(
+                f"{name} {value} is outside {low}..{high}",
+                field=f"{field}.{name}",
+                fix=f"choose {name} between {low} and {high}, or 0 for the default",
+            )
+    if given.histogram_scale not in dpb.BinScale.values():
+        raise InvalidArgument(
+            f"histogram_scale {given.histogram_scale} is unknown",
+            field=f"{field}.histogram_scale",
+            fix="use BIN_SCALE_LOG or BIN_SCALE_LINEAR",
+        )
+    if given.token_rank_metric not in dpb.TokenRankMetric.values():
+        raise InvalidArgument(
+            f"token_rank_metric {given.token_rank_metric} is unknown",
+            field=f"{field}.token_rank_metric",
+            fix="use TOKEN_RANK_METRIC_SUM, _COUNT or _MEAN",
+        )
+    params = dashboard_codec.params_to_pb(dashboard_codec.params_from_pb(given))
+    params.token_source_fingerprint = ""
+    params.computation_version = COMPUTATION_VERSION
+    return params
+
+
+def token_source(
+    given: tpb.TokenSource, sae: spb.Sae, field: str = "config.tokens"
+) -> tpb.TokenSource | None:
+    """The token source given, else the one recorded with the SAE, else None."""
+    if given.WhichOneof("source"):
+        tokens = given
+    else:
+        recorded = sae.config.fields.get(RECORDED_TOKENS_KEY) if sae.HasField("config") else None
+        if recorded is None:
+            return None
+        tokens = json_format.ParseDict(
+            json_format.MessageToDict(recorded), tpb.TokenSource(), ignore_unknown_fields=True
+        )
+        field = f"sae.config.{RECORDED_TOKENS_KEY}"
+        if not tokens.WhichOneof("source"):
+            return None
+    if tokens.WhichOneof("source") == "text" and not tokens.text.paths:
+        raise InvalidArgument(
+            "the text token source lists no files",
+            field=f"{field}.text.paths",
+            fix="list at least one plain-text file",
+        )
+    if tokens.context_size < 0 or tokens.max_tokens < 0:
+        raise InvalidArgument(
+            "context_size and max_tokens must not be negative",
+            field=f"{field}.{'context_size' if tokens.context_size < 0 else 'max_tokens'}",
+            fix="use 0 for the default, or a positive number",
+        )
+    return tokens
+
+
+def layer_of(hook_point: str) -> int:
+    match = _LAYER.match(hook_point)
+    return int(match.group(1)) if match else 0
+
+
+def _width_name(d_sae: int) -> str:
+    return f"{d_sae // 1024}k" if d_sae >= 1024 and d_sae % 1024 == 0 else str(d_sae)
+
+
+def _default_source_set(sae: spb.Sae) -> str:
+    hook = sae.hook_point.rsplit(".", 1)[-1].removeprefix("hook_")
+    kind = next((short for key, short in _HOOK_KIND_SHORT.items() if hook.startswith(key)), "")
+    if not kind:
+        kind = "att" if hook in ("z", "q", "k", "v") else "res"
+    return f"mistudio-{kind}-{_width_name(sae.d_sae)}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "export"
+
+
+def _naming(sae: spb.Sae, given: epb.NeuronpediaNaming, owner: str) -> NeuronpediaNaming:
+    return NeuronpediaNaming(
+        model_id=given.model_id or sae.neuronpedia_model_id or sae.model_id.lower(),
+        source_set=given.source_set or sae.neuronpedia_source_set or _default_source_set(sae),
+        layer=layer_of(sae.hook_point),
+        creator_name=given.creator_name or owner or "miStudio",
+        release_id=given.release_id or _slug(f"mistudio-{sae.sae_id}"),
+        release_title=given.release_title or f"miStudio export of {sae.sae_id}",
+        hf_repo=given.hf_repo_id,
+        hf_folder=sae.hook_point,
+    )

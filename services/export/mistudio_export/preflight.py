@@ -1,0 +1,87 @@
+"""The checks an export passes before a job exists: the SAE record, the options, the peers.
+
+Errors here reach the client at creation (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION);
+anything later arrives in the job's progress stream instead.
+"""
+
+from __future__ import annotations
+
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MistudioError,
+    NotFound,
+    Unavailable,
+)
+
+from mistudio_export import views
+from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
+from mistudio_export.token_facts import token_facts
+
+
+class Planner:
+    """Builds plans from store records and asks compute whether the SAE can be loaded."""
+
+    def __init__(self, store: StoreClient, compute: ComputeClient) -> None:
+        self._store = store
+        self._compute = compute
+
+    def plan(self, sae_id: str, config: epb.ExportConfig, owner: str) -> ExportPlan:
+        if not sae_id:
+            raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
+        sae = self._store.get_sae(sae_id)
+        return build_plan(sae, config, owner)
+
+    def check(self, plan: ExportPlan) -> list[str]:
+        """Raises FailedPrecondition listing what the SAE lacks; returns compute's warnings."""
+        if plan.delta_base_job_id:
+            self.base_job(plan)
+        problems: list[tuple[str, str]] = []
+        warnings: list[str] = []
+        if plan.sae.weights_uri:
+            try:
+                warnings += self._compute.validate_sae(plan.sae.sae_id).warnings
+            except Unavailable:
+                raise
+            except MistudioError as error:
+                problems.append((error.field or "weights_uri", str(error)))
+        if plan.neuronpedia and plan.tokens is not None:
+            try:
+                token_facts(plan.tokens)
+            except FailedPrecondition as error:
+                problems += error.violations
+        check_preconditions(plan, problems)
+        return warnings
+
+    def base_job(self, plan: ExportPlan) -> spb.ExportJob:
+        """The finished export a delta export compares against."""
+        field = "config.delta_base_job_id"
+        try:
+            base = self._store.get_job(plan.delta_base_job_id)
+        except NotFound:
+            raise NotFound(
+                f"delta base export {plan.delta_base_job_id!r} does not exist",
+                resource_type="export job",
+                resource_name=field,
+                fix="pass the job_id of an earlier finished export of this SAE",
+            ) from None
+        problems = []
+        if base.sae_id != plan.sae.sae_id:
+            problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))
+        if base.state != ppb.JOB_STATE_SUCCEEDED:
+            problems.append((field, "the base export has not succeeded: finish or redo it first"))
+        base_formats = views.config_of(base).formats
+        if base_formats and NEURONPEDIA not in base_formats:
+            problems.append((field, "the base export has no Neuronpedia dashboards to compare"))
+        if problems:
+            raise FailedPrecondition(
+                f"export {plan.delta_base_job_id!r} cannot be the base of a delta export",
+                violations=problems,
+                field=field,
+                fix=problems[0][1],
+            )
+        return base

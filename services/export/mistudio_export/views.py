@@ -1,0 +1,88 @@
+"""How a stored export job is shown to clients, and how its JSON parts are read back.
+
+The store keeps the configuration and the resume state as JSON (``google.protobuf.Struct``);
+the finished job's full result lives in the checkpoint under ``result``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.progress import TERMINAL_STATES
+
+RESULT_KEY = "result"
+
+
+def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(data)
+    return message
+
+
+def dict_of(message: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(message)
+
+
+def config_of(job: spb.ExportJob) -> epb.ExportConfig:
+    return json_format.ParseDict(
+        dict_of(job.config), epb.ExportConfig(), ignore_unknown_fields=True
+    )
+
+
+def config_struct(config: epb.ExportConfig) -> struct_pb2.Struct:
+    return struct_of(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def result_of(job: spb.ExportJob) -> epb.ExportResult | None:
+    data = dict_of(job.checkpoint).get(RESULT_KEY) if job.HasField("checkpoint") else None
+    if not data:
+        return None
+    return json_format.ParseDict(data, epb.ExportResult(), ignore_unknown_fields=True)
+
+
+def result_json(result: epb.ExportResult) -> dict[str, Any]:
+    return json_format.MessageToDict(result, preserving_proto_field_name=True)
+
+
+def progress_of(job: spb.ExportJob) -> ppb.Progress:
+    """The stored snapshot, with the record's state (the snapshot may lag a state change)."""
+    progress = ppb.Progress()
+    progress.CopyFrom(job.progress)
+    progress.job_id = job.job_id
+    progress.state = job.state
+    return progress
+
+
+def message_of(job: spb.ExportJob) -> epb.ExportProgress:
+    message = epb.ExportProgress(progress=progress_of(job))
+    result = result_of(job) if job.state == ppb.JOB_STATE_SUCCEEDED else None
+    if result is not None:
+        message.result.CopyFrom(result)
+    return message
+
+
+def view_of(job: spb.ExportJob, live: epb.ExportProgress | None = None) -> epb.ExportJobView:
+    """The client's view of a job; ``live`` is the in-memory progress of a job running here."""
+    view = epb.ExportJobView(
+        job_id=job.job_id,
+        sae_id=job.sae_id,
+        owner=job.owner,
+        config=config_of(job),
+    )
+    message = live if live is not None else message_of(job)
+    view.progress.CopyFrom(message.progress)
+    if message.HasField("result"):
+        view.result.CopyFrom(message.result)
+    if job.HasField("created_at"):
+        view.created_at.CopyFrom(job.created_at)
+    if job.HasField("finished_at"):
+        view.finished_at.CopyFrom(job.finished_at)
+    return view
+
+
+def is_terminal(message: epb.ExportProgress) -> bool:
+    return message.progress.state in TERMINAL_STATES
