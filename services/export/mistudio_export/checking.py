@@ -1,0 +1,161 @@
+"""VALIDATING_OUTPUT, and ValidateArchive: the validator's report as the API's summary.
+
+During an export the staged files are validated (and repaired when auto-fix is on) before they
+are packed. A finished archive can be validated again later; with auto-fix its repairs are
+packed into a new archive that replaces the old one under the same key.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import json_format
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import FailedPrecondition
+
+from mistudio_export import views
+from mistudio_export.clients import StoreClient
+from mistudio_export.downloads import finished_job
+from mistudio_export.generate import FOLDERS
+from mistudio_export.object_store import ObjectStore
+from mistudio_export.packaging import MANIFEST_NAME, Compression, FormatKind, build_archive
+from mistudio_export.runtime import JobRuntime
+from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
+
+CHECKPOINT_KEY = "validation"
+SAELENS_REQUIRED = ("cfg.json", "sae_weights.safetensors")
+DEFAULT_MAX_PROBLEMS = 1000
+_SEVERITY = {Severity.ERROR: epb.SEVERITY_ERROR, Severity.WARNING: epb.SEVERITY_WARNING}
+
+
+def summary_of(report: ValidationReport) -> epb.ValidationSummary:
+    counts = Counter(p.code for p in report.problems if p.severity in _SEVERITY)
+    return epb.ValidationSummary(
+        valid=report.ok,
+        files_checked=report.files_checked,
+        error_count=report.count(Severity.ERROR),
+        warning_count=report.count(Severity.WARNING),
+        classes=[
+            epb.ProblemClass(code=code, count=n, suggested_fix=PROBLEM_CLASSES[code].fix)
+            for code, n in sorted(counts.items())
+        ],
+        fixes_applied=[
+            f"{c.file}{':' + str(c.line) if c.line else ''} {c.pointer}: {c.description}"
+            for c in report.changes
+        ],
+    )
+
+
+def problems_of(report: ValidationReport, limit: int) -> list[epb.ValidationProblem]:
+    return [
+        epb.ValidationProblem(
+            severity=_SEVERITY[p.severity],
+            code=p.code,
+            file=p.file,
+            pointer=p.pointer,
+            message=p.message + (f" (line {p.line})" if p.line else ""),
+        )
+        for p in [p for p in report.problems if p.severity in _SEVERITY][:limit]
+    ]
+
+
+def validate_output(
+    job: JobRuntime, root: Path, kinds: Sequence[FormatKind], auto_fix: bool
+) -> epb.ValidationSummary:
+    """Validates the staged files once; a job that failed validation fails with the report."""
+    saved = job.checkpoint.get(CHECKPOINT_KEY)
+    if saved:
+        return json_format.ParseDict(saved, epb.ValidationSummary())
+    job.report(ppb.STAGE_VALIDATING_OUTPUT, 0, 1, "folders", "validating the generated files")
+    if any(kind is not FormatKind.SAELENS for kind in kinds):
+        summary = summary_of(validate_export(root, fix=auto_fix))
+    else:
+        summary = epb.ValidationSummary(valid=True)
+    if FormatKind.SAELENS in kinds:
+        _check_saelens(root / FOLDERS[FormatKind.SAELENS], summary)
+    report_ok = summary.valid
+    if not report_ok:
+        raise FailedPrecondition(
+            f"the generated files fail validation: {summary.error_count} errors "
+            f"({', '.join(c.code for c in summary.classes)})",
+            violations=[(c.code, f"{c.count}x; {c.suggested_fix}") for c in summary.classes],
+            field="config.auto_fix",
+            fix="export again with config.auto_fix=true to repair what can be repaired",
+        )
+    job.finish_stage(ppb.STAGE_VALIDATING_OUTPUT)
+    job.save(**{CHECKPOINT_KEY: json_format.MessageToDict(summary)})
+    return summary
+
+
+def _check_saelens(folder: Path, summary: epb.ValidationSummary) -> None:
+    """SAELens loads a folder only with both files; the weights themselves come from compute."""
+    summary.files_checked += len(SAELENS_REQUIRED)
+    missing = [name for name in SAELENS_REQUIRED if not (folder / name).is_file()]
+    if missing:
+        summary.valid = False
+        summary.error_count += len(missing)
+        summary.classes.append(
+            epb.ProblemClass(
+                code="MISSING_FILE",
+                count=len(missing),
+                suggested_fix=f"saelens/{', '.join(missing)} missing: resume the export",
+            )
+        )
+
+
+class ArchiveValidator:
+    """ValidateArchive: re-checks a finished export's archive, optionally repairing it."""
+
+    def __init__(self, store: StoreClient, objects: ObjectStore) -> None:
+        self._store = store
+        self._objects = objects
+
+    def validate(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
+        job = finished_job(self._store, request.job_id)
+        limit = request.max_problems or DEFAULT_MAX_PROBLEMS
+        with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
+            folder = Path(scratch) / "archive"
+            archive = Path(scratch) / "archive.zip"
+            with self._objects.get_range(job.output_uri) as chunks, open(archive, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            with zipfile.ZipFile(archive) as zf:
+                compression = _compression_of(zf)
+                zf.extractall(folder)
+            report = validate_export(folder, fix=request.auto_fix)
+            summary = summary_of(report)
+            if report.changes:
+                self._republish(job, folder, Path(scratch) / "fixed.zip", compression, summary)
+        return epb.ValidateArchiveResponse(summary=summary, problems=problems_of(report, limit))
+
+    def _republish(
+        self,
+        job: spb.ExportJob,
+        folder: Path,
+        path: Path,
+        compression: Compression,
+        summary: epb.ValidationSummary,
+    ) -> None:
+        (folder / MANIFEST_NAME).unlink(missing_ok=True)
+        fixed = build_archive(folder, path, compression=compression)
+        self._objects.put_file(job.output_uri, fixed.path)
+        result = views.result_of(job) or epb.ExportResult(output_uri=job.output_uri)
+        result.size_bytes = fixed.size
+        result.archive_sha256 = fixed.sha256
+        result.validation.CopyFrom(summary)
+        checkpoint = views.dict_of(job.checkpoint) if job.HasField("checkpoint") else {}
+        checkpoint[views.RESULT_KEY] = views.result_json(result)
+        record = spb.ExportJob(job_id=job.job_id, output_size_bytes=fixed.size)
+        record.checkpoint.CopyFrom(views.struct_of(checkpoint))
+        self._store.update_job(record, ["output_size_bytes", "checkpoint"])
+
+
+def _compression_of(zf: zipfile.ZipFile) -> Compression:
+    deflated = any(info.compress_type == zipfile.ZIP_DEFLATED for info in zf.infolist())
+    return Compression.DEFLATED if deflated else Compression.STORED

@@ -1,0 +1,151 @@
+"""Reading the selected features' dashboards from the cache into the job's staging folder.
+
+Features are read in batches in index order; each batch is filtered by the statistic filters,
+hashed, written to ``staging/work/dashboards/chunk-N.bin`` and checkpointed, so a resumed job
+continues with the next batch. Every later step reads the staged copy, never the store again.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import FailedPrecondition
+
+from mistudio_export.clients import StoreClient
+from mistudio_export.delta import HASHES_KEY, EarlierExport, feature_hash, hashes_from_json
+from mistudio_export.formats import jsonio
+from mistudio_export.runtime import JobRuntime
+from mistudio_export.selection import StatisticFilter
+
+CHECKPOINT_KEY = "collect"
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What the staged dashboards hold."""
+
+    hashes: dict[int, str]
+    """Content hash of every exported feature, by index."""
+    skipped_unchanged: int
+    """Features a delta export left out because they did not change."""
+
+
+def chunks(indices: Sequence[int], size: int) -> list[list[int]]:
+    return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
+
+
+def dashboards_dir(staging: Path) -> Path:
+    return staging / "work" / "dashboards"
+
+
+def collect(
+    job: JobRuntime,
+    store: StoreClient,
+    params: dpb.DashboardParams,
+    candidates: Sequence[int],
+    keep: StatisticFilter,
+    delta_base: EarlierExport | None,
+    batch_size: int,
+) -> Collected:
+    """Stages the dashboards of every selected feature; resumes after the last saved batch."""
+    state = dict(job.checkpoint.get(CHECKPOINT_KEY) or {})
+    hashes = hashes_from_json(job.checkpoint.get(HASHES_KEY))
+    done, skipped = int(state.get("chunks_done", 0)), int(state.get("skipped_unchanged", 0))
+    batches = chunks(candidates, batch_size)
+    folder = dashboards_dir(job.staging)
+    if done and not all((folder / _chunk_name(n)).exists() for n in range(done)):
+        done, skipped, hashes = 0, 0, {}  # the staging folder was lost: start this step over
+    total = len(candidates)
+    job.report(ppb.STAGE_GENERATING_FILES, sum(map(len, batches[:done])), total, "features")
+    for n in range(done, len(batches)):
+        batch = batches[n]
+        kept, batch_hashes, unchanged = _read_batch(job, store, params, batch, keep, delta_base)
+        _write_chunk(folder / _chunk_name(n), kept)
+        hashes.update(batch_hashes)
+        skipped += unchanged
+        job.report(
+            ppb.STAGE_GENERATING_FILES,
+            sum(map(len, batches[: n + 1])),
+            total,
+            "features",
+            f"read dashboards of batch {n + 1}/{len(batches)}",
+        )
+        state = {"chunks_done": n + 1, "skipped_unchanged": skipped}
+        job.save(**{CHECKPOINT_KEY: state, HASHES_KEY: {str(i): h for i, h in hashes.items()}})
+    return Collected(hashes=hashes, skipped_unchanged=skipped)
+
+
+def _read_batch(
+    job: JobRuntime,
+    store: StoreClient,
+    params: dpb.DashboardParams,
+    batch: list[int],
+    keep: StatisticFilter,
+    delta_base: EarlierExport | None,
+) -> tuple[list[dpb.FeatureDashboard], dict[int, str], int]:
+    sae_id = job.plan.sae.sae_id
+    found, missing = store.dashboards(sae_id, params, batch)
+    if missing:
+        raise FailedPrecondition(
+            f"{len(missing)} dashboards are missing from the cache after computing, e.g. "
+            f"feature {missing[0]}",
+            violations=[("dashboards", f"no cached dashboard for features {missing[:10]}")],
+            fix="resume the export: the missing dashboards are computed again",
+        )
+    records = {
+        f.feature_index: f
+        for f in store.features(
+            sae_id, spb.FeatureFilter(index_start=batch[0], index_end=batch[-1] + 1)
+        )
+    }
+    explanations: dict[int, list[spb.Explanation]] = defaultdict(list)
+    for e in store.explanations(sae_id, batch):
+        explanations[e.feature_index].append(e)
+    kept: list[dpb.FeatureDashboard] = []
+    hashes: dict[int, str] = {}
+    unchanged = 0
+    for dashboard in sorted(found, key=lambda d: d.feature_index):
+        index = dashboard.feature_index
+        if not keep.keeps(dashboard):
+            continue
+        content = feature_hash(dashboard, records.get(index), explanations[index])
+        if delta_base is not None and delta_base.unchanged(index, content):
+            unchanged += 1
+            continue
+        kept.append(dashboard)
+        hashes[index] = content
+    return kept, hashes, unchanged
+
+
+def _chunk_name(n: int) -> str:
+    return f"chunk-{n:06d}.bin"
+
+
+def _write_chunk(path: Path, dashboards: list[dpb.FeatureDashboard]) -> None:
+    data = bytearray()
+    for dashboard in dashboards:
+        raw = dashboard.SerializeToString(deterministic=True)
+        data += _LENGTH.pack(len(raw)) + raw
+    jsonio.write_atomic(path, bytes(data))
+
+
+def staged_dashboards(staging: Path) -> Iterator[dpb.FeatureDashboard]:
+    """Every staged dashboard, in index order."""
+    for path in sorted(dashboards_dir(staging).glob("chunk-*.bin")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = _LENGTH.unpack_from(data, offset)
+            offset += _LENGTH.size
+            dashboard = dpb.FeatureDashboard()
+            dashboard.ParseFromString(data[offset : offset + length])
+            offset += length
+            yield dashboard

@@ -1,0 +1,143 @@
+"""Dashboard data for an export, asked of the compute service and relayed as export progress.
+
+Cached dashboards for the same parameters are reused (``reuse_cached``), never recomputed. The
+computation lives in the compute service: if this service restarts, the job re-attaches to it
+by its request id; a pause or cancel stops it, and a resumed export starts a new attempt that
+reuses whatever reached the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.errors import Cancelled, MistudioError, Unavailable
+from mistudio_common.grpc_errors import error_from_status
+
+from mistudio_export.clients import ComputeClient
+from mistudio_export.runtime import Interruption, JobInterrupted, JobRuntime
+
+log = logging.getLogger(__name__)
+
+COMPUTE_STAGES = (
+    ppb.STAGE_ACTIVATION_PASS,
+    ppb.STAGE_LOADING_EXAMPLES,
+    ppb.STAGE_LOGIT_LENS,
+    ppb.STAGE_HISTOGRAMS,
+    ppb.STAGE_TOKEN_AGGREGATION,
+    ppb.STAGE_CACHING,
+)
+CHECKPOINT_KEY = "compute"
+
+
+def compute_request(
+    job: JobRuntime, indices: list[int], *, all_features: bool, attempt: int
+) -> cpb.ComputeDashboardsRequest:
+    plan = job.plan
+    request = cpb.ComputeDashboardsRequest(
+        request_id=f"{job.job_id}/dashboards/{attempt}",
+        sae=cpb.SaeReference(sae_id=plan.sae.sae_id),
+        feature_indices=[] if all_features else indices,
+        params=plan.params,
+        batch_size=plan.batch_size,
+        device=plan.device,
+        reuse_cached=True,
+    )
+    if plan.tokens is not None:
+        request.tokens.CopyFrom(plan.tokens)
+    return request
+
+
+def ensure_dashboards(
+    job: JobRuntime, compute: ComputeClient, indices: list[int], *, all_features: bool
+) -> dict[str, Any]:
+    """Runs (or re-attaches to) the computation of ``indices``; returns its checkpointed summary."""
+    state: dict[str, Any] = dict(job.checkpoint.get(CHECKPOINT_KEY) or {})
+    if state.get("done"):
+        return state
+    attempt = int(state.get("attempt", 0))
+    request = compute_request(job, indices, all_features=all_features, attempt=attempt)
+    try:
+        last = _follow(job, compute, request)
+    except JobInterrupted as stop:
+        if stop.reason is not Interruption.SHUTDOWN:
+            job.checkpoint[CHECKPOINT_KEY] = {**state, "attempt": attempt + 1}
+        raise
+    result = last.result
+    state = {
+        "done": True,
+        "attempt": attempt,
+        "features_computed": int(result.features_computed),
+        "features_reused": int(result.features_reused),
+        "tokens_processed": int(result.tokens_processed),
+        "device": result.device,
+    }
+    for stage in COMPUTE_STAGES:
+        if stage in job.plan.stages:
+            job.finish_stage(stage)
+    job.save(**{CHECKPOINT_KEY: state})
+    return state
+
+
+def _follow(
+    job: JobRuntime, compute: ComputeClient, request: cpb.ComputeDashboardsRequest
+) -> cpb.ComputeProgress:
+    stream = compute.compute_dashboards(request)
+    compute_job = [""]
+
+    def interrupt() -> None:
+        if job.control.reason in (Interruption.PAUSE, Interruption.CANCEL) and compute_job[0]:
+            try:
+                compute.cancel_computation(compute_job[0])
+            except MistudioError as error:
+                log.warning("could not cancel computation %s: %s", compute_job[0], error)
+        stream.detach()
+
+    last: cpb.ComputeProgress | None = None
+    with job.control.on_interrupt(interrupt):
+        try:
+            for message in stream:
+                last = message
+                if not compute_job[0] and message.progress.job_id:
+                    compute_job[0] = message.progress.job_id
+                    if job.control.reason is not None:
+                        interrupt()
+                _relay(job, message.progress)
+                if message.progress.state in (
+                    ppb.JOB_STATE_SUCCEEDED,
+                    ppb.JOB_STATE_FAILED,
+                    ppb.JOB_STATE_CANCELLED,
+                ):
+                    break
+        except Cancelled:
+            job.check()
+            raise
+    job.check()
+    if last is None:
+        raise Unavailable(
+            "the compute service closed the progress stream without a message",
+            fix="check the compute service's logs, then resume the export",
+        )
+    state = last.progress.state
+    if state == ppb.JOB_STATE_SUCCEEDED:
+        return last
+    if state == ppb.JOB_STATE_FAILED and last.progress.HasField("error"):
+        raise error_from_status(last.progress.error)
+    raise Unavailable(
+        f"the dashboard computation ended in state {ppb.JobState.Name(state)}",
+        fix="resume the export to start the computation again",
+    )
+
+
+def _relay(job: JobRuntime, progress: ppb.Progress) -> None:
+    """Shows the compute job's current stage as the same stage of the export."""
+    if progress.stage in job.plan.stages:
+        job.report(
+            progress.stage,
+            progress.items_done,
+            progress.items_total,
+            progress.unit,
+            progress.message,
+        )

@@ -1,0 +1,89 @@
+"""Content hashes of exported features, and what an earlier export lets a new one skip.
+
+A feature's hash covers everything the archive says about it: its dashboard (by the cache's
+canonical content hash), its label and category, and its explanations. A finished export keeps
+the hash of every feature it wrote; a delta export keeps only the features whose hash changed,
+and any export copies the files of unchanged features from an earlier archive written with the
+same rendering options instead of regenerating them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common import dashboard_codec
+
+from mistudio_export import views
+from mistudio_export.plan import ExportPlan
+from mistudio_export.records import EXPORT_FORMAT_VERSION
+
+HASHES_KEY = "feature_hashes"
+RENDER_KEY = "render_key"
+
+
+def feature_hash(
+    dashboard: dpb.FeatureDashboard,
+    record: spb.Feature | None,
+    explanations: Iterable[spb.Explanation],
+) -> str:
+    """SHA-256 over the dashboard's content hash, the label, category and explanations."""
+    digest = hashlib.sha256(dashboard_codec.content_hash(dashboard).encode())
+    if record is not None:
+        digest.update(f"\x1flabel={record.label}\x1fcategory={record.category}".encode())
+    lines = sorted(
+        f"{e.explanation_id}\x1e{e.description}\x1e{e.method}\x1e{e.explainer_model}\x1e{e.score!r}"
+        for e in explanations
+    )
+    for line in lines:
+        digest.update(b"\x1f" + line.encode())
+    return digest.hexdigest()
+
+
+def render_key(plan: ExportPlan) -> str:
+    """Identifies everything besides a feature's content that shapes its files' bytes."""
+    parts = [
+        EXPORT_FORMAT_VERSION,
+        plan.sae.sae_id,
+        dashboard_codec.params_key(dashboard_codec.params_from_pb(plan.params)),
+        f"gzip={plan.compression.gzip_json}",
+        plan.naming.neuronpedia_id,
+    ]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class EarlierExport:
+    """A finished export whose files (and hashes) a new export may reuse."""
+
+    job_id: str
+    output_uri: str
+    render_key: str
+    hashes: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, job: spb.ExportJob) -> EarlierExport:
+        checkpoint = views.dict_of(job.checkpoint) if job.HasField("checkpoint") else {}
+        return cls(
+            job_id=job.job_id,
+            output_uri=job.output_uri,
+            render_key=str(checkpoint.get(RENDER_KEY, "")),
+            hashes=hashes_from_json(checkpoint.get(HASHES_KEY)),
+        )
+
+    def unchanged(self, index: int, content_hash: str) -> bool:
+        return self.hashes.get(index) == content_hash
+
+
+def hashes_to_json(hashes: Mapping[int, str]) -> dict[str, str]:
+    return {str(index): value for index, value in sorted(hashes.items())}
+
+
+def hashes_from_json(data: Any) -> dict[int, str]:
+    if not isinstance(data, Mapping):
+        return {}
+    return {int(index): str(value) for index, value in data.items()}

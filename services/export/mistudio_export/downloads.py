@@ -1,0 +1,78 @@
+"""Getting a finished archive out: a presigned link, or the bytes streamed from an offset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from google.protobuf import timestamp_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import FailedPrecondition, InvalidArgument
+
+from mistudio_export.clients import StoreClient
+from mistudio_export.object_store import ObjectStore
+
+DEFAULT_EXPIRY_SECONDS = 3600
+MIN_EXPIRY_SECONDS = 60
+MAX_EXPIRY_SECONDS = 604800
+CHUNK_BYTES = 1024 * 1024
+
+
+def require_job_id(job_id: str) -> str:
+    if not job_id:
+        raise InvalidArgument("job_id is empty", field="job_id", fix="pass an export's job_id")
+    return job_id
+
+
+def finished_job(store: StoreClient, job_id: str) -> spb.ExportJob:
+    """The job, which must have succeeded and published an archive."""
+    job = store.get_job(require_job_id(job_id))
+    if job.state != ppb.JOB_STATE_SUCCEEDED or not job.output_uri:
+        state = ppb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+        raise FailedPrecondition(
+            f"export {job_id} is {state}; it has no archive yet",
+            violations=[("job_id", "wait for the export to succeed (WatchExport)")],
+            field="job_id",
+            fix="wait for the export to succeed, or resume it if it failed",
+        )
+    return job
+
+
+def download_url(
+    store: StoreClient, objects: ObjectStore, request: epb.GetDownloadUrlRequest
+) -> epb.GetDownloadUrlResponse:
+    expiry = request.expiry_seconds or DEFAULT_EXPIRY_SECONDS
+    if not MIN_EXPIRY_SECONDS <= expiry <= MAX_EXPIRY_SECONDS:
+        raise InvalidArgument(
+            f"expiry_seconds {expiry} is outside {MIN_EXPIRY_SECONDS}..{MAX_EXPIRY_SECONDS}",
+            field="expiry_seconds",
+            fix="choose between one minute and seven days, or 0 for one hour",
+        )
+    job = finished_job(store, request.job_id)
+    link = objects.presigned_get_url(job.output_uri, expiry)
+    expires_at = timestamp_pb2.Timestamp()
+    expires_at.FromDatetime(link.expires_at)
+    return epb.GetDownloadUrlResponse(url=link.url, expires_at=expires_at)
+
+
+def download_chunks(
+    store: StoreClient, objects: ObjectStore, request: epb.DownloadExportRequest
+) -> Iterator[epb.DownloadExportResponse]:
+    """The archive from ``offset`` on, in chunks that each say where they start."""
+    job = finished_job(store, request.job_id)
+    total = objects.stat(job.output_uri).size
+    if not 0 <= request.offset <= total:
+        raise InvalidArgument(
+            f"offset {request.offset} is outside the archive's {total} bytes",
+            field="offset",
+            fix=f"resume from an offset between 0 and {total}",
+        )
+    offset = request.offset
+    if offset == total:
+        yield epb.DownloadExportResponse(chunk=b"", offset=offset, total_size=total)
+        return
+    with objects.get_range(job.output_uri, offset, chunk_size=CHUNK_BYTES) as chunks:
+        for chunk in chunks:
+            yield epb.DownloadExportResponse(chunk=chunk, offset=offset, total_size=total)
+            offset += len(chunk)

@@ -1,0 +1,132 @@
+"""How long an export will take and how large its archive will be, from measured rates.
+
+Computation time comes from the compute service's own measured rates (EstimateComputation);
+file generation time and bytes per feature come from the exports this service has finished,
+which record their measurements in their checkpoint. Without any finished export the defaults
+below are used, and the estimate says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+
+from mistudio_export import views
+from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.plan import ExportPlan
+from mistudio_export.preflight import Planner
+from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.token_facts import filled_params, token_facts
+
+MEASURED_KEY = "measured"
+DEFAULT_BYTES_PER_FEATURE = 60_000.0
+"""Archive bytes per feature for all Neuronpedia formats (SAEDashboard alone writes ~88 KB of
+JSON per feature with full contexts; our contexts are shorter and the ZIP deflates)."""
+DEFAULT_SECONDS_PER_FEATURE = 0.02
+"""Generating, validating and packing all Neuronpedia formats, per feature, on two CPU cores."""
+_AFTER_COMPUTE = (
+    ppb.STAGE_GENERATING_FILES,
+    ppb.STAGE_VALIDATING_OUTPUT,
+    ppb.STAGE_CREATING_ARCHIVE,
+)
+
+
+@dataclass(frozen=True)
+class Rates:
+    bytes_per_feature: float
+    seconds_per_feature: float
+    measured: bool
+
+
+def measurement(progress: ppb.Progress, neuronpedia_bytes: int, features: int) -> dict[str, Any]:
+    """What a finished export records for later estimates."""
+    seconds = sum(s.elapsed_seconds for s in progress.stages if s.stage in _AFTER_COMPUTE)
+    return {"features": features, "neuronpedia_bytes": neuronpedia_bytes, "seconds": seconds}
+
+
+def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
+    """Median rates over finished exports that measured some features."""
+    per_byte: list[float] = []
+    per_second: list[float] = []
+    for job in jobs:
+        data = (
+            views.dict_of(job.checkpoint).get(MEASURED_KEY) if job.HasField("checkpoint") else None
+        )
+        if not isinstance(data, dict) or not data.get("features"):
+            continue
+        features = float(data["features"])
+        per_byte.append(float(data.get("neuronpedia_bytes", 0.0)) / features)
+        per_second.append(float(data.get("seconds", 0.0)) / features)
+    if not per_byte:
+        return Rates(DEFAULT_BYTES_PER_FEATURE, DEFAULT_SECONDS_PER_FEATURE, measured=False)
+    return Rates(statistics.median(per_byte), statistics.median(per_second), measured=True)
+
+
+def saelens_bytes(sae: spb.Sae) -> int:
+    """Weights (W_enc, W_dec, b_enc, b_dec and a threshold at most) plus sparsity, in fp32."""
+    return 4 * (2 * sae.d_in * sae.d_sae + 3 * sae.d_sae + sae.d_in) + 4096
+
+
+class ExportEstimator:
+    """ValidateExport: every check of StartExport, plus an estimate of time and size."""
+
+    def __init__(self, store: StoreClient, compute: ComputeClient, planner: Planner) -> None:
+        self._store = store
+        self._compute = compute
+        self._planner = planner
+
+    def validate(
+        self, request: epb.ValidateExportRequest, owner: str
+    ) -> epb.ValidateExportResponse:
+        plan = self._planner.plan(request.sae_id, request.config, owner)
+        warnings = self._planner.check(plan)
+        rates = rates_from(
+            self._store.list_jobs(page_size=50, states=[ppb.JOB_STATE_SUCCEEDED]).jobs
+        )
+        estimate = epb.ExportEstimate()
+        if plan.neuronpedia:
+            warnings += self._dashboards(plan, estimate)
+        features = estimate.feature_count
+        estimate.estimated_seconds += features * rates.seconds_per_feature
+        estimate.estimated_size_bytes = int(features * rates.bytes_per_feature)
+        if plan.saelens:
+            estimate.estimated_size_bytes += saelens_bytes(plan.sae)
+        if not rates.measured:
+            warnings.append(
+                "no export has been measured yet: file generation and size use default rates"
+            )
+        return epb.ValidateExportResponse(estimate=estimate, warnings=warnings)
+
+    def _dashboards(self, plan: ExportPlan, estimate: epb.ExportEstimate) -> list[str]:
+        assert plan.tokens is not None  # check() made sure
+        sae_id = plan.sae.sae_id
+        candidates = candidate_indices(
+            plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
+        )
+        params = filled_params(plan.params, token_facts(plan.tokens))
+        cached = self._store.cached_hashes(sae_id, params)
+        estimate.feature_count = len(candidates)
+        estimate.features_cached = sum(1 for i in candidates if i in cached)
+        estimate.features_to_compute = len(candidates) - estimate.features_cached
+        warnings = []
+        if not candidates:
+            warnings.append("the feature selection matches no feature: the export would fail")
+        if statistic_filter(plan.selection).active:
+            warnings.append(
+                "activation-frequency and max-activation filters apply after computing: "
+                "feature_count is an upper bound"
+            )
+        if estimate.features_to_compute:
+            answer = self._compute.estimate(sae_id, plan.tokens, estimate.features_to_compute)
+            estimate.estimated_seconds = answer.estimated_seconds
+            warnings.append(
+                f"{estimate.features_to_compute} features have no cached dashboard and will be "
+                f"computed during the export (compute rate: {answer.rate_source})"
+            )
+        return warnings

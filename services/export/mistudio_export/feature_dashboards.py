@@ -1,0 +1,97 @@
+"""One feature's dashboard (PRD FR-4.3): from the cache, or computed on demand and cached."""
+
+from __future__ import annotations
+
+import uuid
+
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from mistudio_common.grpc_errors import error_from_status
+from mistudio_common.progress import TERMINAL_STATES
+
+from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.plan import RECORDED_TOKENS_KEY, dashboard_params, token_source
+from mistudio_export.token_facts import filled_params, token_facts
+
+
+class FeatureDashboards:
+    def __init__(self, store: StoreClient, compute: ComputeClient) -> None:
+        self._store = store
+        self._compute = compute
+
+    def get(self, request: epb.GetFeatureDashboardRequest) -> epb.GetFeatureDashboardResponse:
+        if not request.sae_id:
+            raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
+        sae = self._store.get_sae(request.sae_id)
+        index = request.feature_index
+        if not 0 <= index < sae.d_sae:
+            raise InvalidArgument(
+                f"feature_index {index} is outside [0, {sae.d_sae})",
+                field="feature_index",
+                fix=f"use an index between 0 and {sae.d_sae - 1}",
+            )
+        params = dashboard_params(request.params, "params")
+        tokens = token_source(request.tokens, sae, "tokens")
+        if tokens is None:
+            raise FailedPrecondition(
+                "no token source was given and none is recorded for this SAE",
+                violations=[
+                    (
+                        "tokens",
+                        "pass tokens (a token_file), or record one in the SAE's config under "
+                        f"'{RECORDED_TOKENS_KEY}'",
+                    )
+                ],
+                field="tokens",
+            )
+        cached_under = filled_params(params, token_facts(tokens, "tokens"))
+        found, _ = self._store.dashboards(sae.sae_id, cached_under, [index])
+        if found:
+            return epb.GetFeatureDashboardResponse(dashboard=found[0], from_cache=True)
+        if not request.compute_if_missing:
+            raise NotFound(
+                f"feature {index} of {sae.sae_id} has no cached dashboard for these parameters",
+                resource_type="dashboard",
+                resource_name=f"{sae.sae_id}/{index}",
+                fix="set compute_if_missing to compute it (it is cached afterwards)",
+            )
+        self._compute_one(sae.sae_id, index, params, tokens)
+        found, _ = self._store.dashboards(sae.sae_id, cached_under, [index])
+        if not found:
+            raise Unavailable(
+                f"the computed dashboard of feature {index} did not reach the cache",
+                fix="retry; if it persists, check the compute service's logs",
+            )
+        return epb.GetFeatureDashboardResponse(dashboard=found[0], from_cache=False)
+
+    def _compute_one(
+        self,
+        sae_id: str,
+        index: int,
+        params: dpb.DashboardParams,
+        tokens: tpb.TokenSource,
+    ) -> None:
+        compute_request = cpb.ComputeDashboardsRequest(
+            request_id=f"dashboard/{sae_id}/{index}/{uuid.uuid4().hex}",
+            sae=cpb.SaeReference(sae_id=sae_id),
+            tokens=tokens,
+            feature_indices=[index],
+            params=params,
+            reuse_cached=True,
+        )
+        last = None
+        for message in self._compute.compute_dashboards(compute_request):
+            last = message
+            if message.progress.state in TERMINAL_STATES:
+                break
+        if last is None or last.progress.state != ppb.JOB_STATE_SUCCEEDED:
+            if last is not None and last.progress.HasField("error"):
+                raise error_from_status(last.progress.error)
+            raise Unavailable(
+                f"computing the dashboard of feature {index} did not finish",
+                fix="retry; if it persists, check the compute service's logs",
+            )

@@ -1,0 +1,249 @@
+"""Writing every requested format from the staged dashboards into the archive folder.
+
+Layout of ``staging/out`` (the future archive root): the PRD layout at the root (metadata.json,
+features/, explanations/), then one folder per other format: ``neuronpedia-importer/``,
+``saedashboard/``, ``upload-payloads/``, ``saelens/``. Each format is one checkpoint; the PRD
+feature files of features unchanged since an earlier archive with the same rendering options
+are copied from it rather than regenerated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard import FeatureDashboard
+from mistudio_common.dashboard_codec import dashboard_from_pb
+
+from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.collect import staged_dashboards
+from mistudio_export.formats import jsonio, prd_json
+from mistudio_export.formats.neuronpedia_importer import write_importer_export
+from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
+from mistudio_export.formats.upload_payloads import write_upload_payloads
+from mistudio_export.packaging import FormatKind, IncludedFormat
+from mistudio_export.records import ExplanationRecord, SaeInfo
+from mistudio_export.runtime import JobRuntime
+
+CHECKPOINT_KEY = "formats_done"
+ROOT = "/"
+"""IncludedFormat folder meaning the archive root (where the PRD layout lives)."""
+FOLDERS = {
+    FormatKind.PRD_JSON: ROOT,
+    FormatKind.NEURONPEDIA_IMPORT: "neuronpedia-importer",
+    FormatKind.SAEDASHBOARD: "saedashboard",
+    FormatKind.NEURONPEDIA_UPLOAD: "upload-payloads",
+    FormatKind.SAELENS: "saelens",
+}
+NEURONPEDIA_KINDS = (
+    FormatKind.PRD_JSON,
+    FormatKind.NEURONPEDIA_IMPORT,
+    FormatKind.SAEDASHBOARD,
+    FormatKind.NEURONPEDIA_UPLOAD,
+)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """An earlier archive (downloaded) and the hashes of the features it holds."""
+
+    archive: Path
+    hashes: dict[int, str]
+
+
+@dataclass
+class Inputs:
+    """What every format writer reads."""
+
+    info: SaeInfo
+    hashes: dict[int, str]
+    explanations: list[ExplanationRecord]
+    reuse: Reuse | None
+    saelens_frequencies: list[float]
+    pretrained_yaml: str
+
+
+def output_dir(staging: Path) -> Path:
+    return staging / "out"
+
+
+def included_formats(kinds: Sequence[FormatKind]) -> tuple[IncludedFormat, ...]:
+    return tuple(IncludedFormat(kind, FOLDERS[kind]) for kind in kinds)
+
+
+def write_formats(
+    job: JobRuntime,
+    kinds: Sequence[FormatKind],
+    inputs: Inputs,
+    compute: ComputeClient,
+    features_per_batch: int,
+) -> int:
+    """Writes each format not yet checkpointed; returns how many PRD files were copied."""
+    done = [str(k) for k in job.checkpoint.get(CHECKPOINT_KEY) or []]
+    out = output_dir(job.staging)
+    n_features = len(inputs.hashes)
+    unchanged = int(job.checkpoint.get("features_unchanged", 0))
+    for position, kind in enumerate(kinds):
+        if kind.value in done:
+            continue
+        folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
+        progress = _progress(job, position, len(kinds), n_features, kind)
+        if kind is FormatKind.PRD_JSON:
+            unchanged = _write_prd(job, out, inputs, progress)
+        elif kind is FormatKind.SAELENS:
+            _clear(folder)
+            _write_saelens(job, folder, inputs, compute)
+        else:
+            _clear(folder)
+            _write_other(job, kind, folder, inputs, features_per_batch, progress)
+        done.append(kind.value)
+        job.save(**{CHECKPOINT_KEY: done, "features_unchanged": unchanged})
+    return unchanged
+
+
+def _progress(
+    job: JobRuntime, position: int, n_kinds: int, n_features: int, kind: FormatKind
+) -> Callable[[int], None]:
+    total = max(1, n_kinds * n_features)
+
+    def report(n: int) -> None:
+        if n % 32 == 0 or n == n_features:
+            job.report(
+                ppb.STAGE_GENERATING_FILES,
+                position * n_features + n,
+                total,
+                "features",
+                f"writing {kind.value}",
+            )
+            job.check()
+
+    return report
+
+
+def _dashboards(staging: Path) -> Iterator[FeatureDashboard]:
+    for dashboard in staged_dashboards(staging):
+        yield dashboard_from_pb(dashboard)
+
+
+def _clear(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _write_prd(job: JobRuntime, out: Path, inputs: Inputs, progress: Callable[[int], None]) -> int:
+    compressed = job.plan.compression.gzip_json
+    shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
+    copied = written = 0
+    with ExitStack() as stack:
+        earlier = None
+        if inputs.reuse is not None:
+            earlier = stack.enter_context(zipfile.ZipFile(inputs.reuse.archive))
+        names = set(earlier.namelist()) if earlier is not None else set()
+        for d in _dashboards(job.staging):
+            name = prd_json.feature_file_name(d.feature_index, compressed=compressed)
+            same = inputs.reuse is not None and inputs.reuse.hashes.get(
+                d.feature_index
+            ) == inputs.hashes.get(d.feature_index)
+            if earlier is not None and same and name in names:
+                jsonio.write_atomic(out / name, earlier.read(name))
+                copied += 1
+            else:
+                data = jsonio.dumps(
+                    prd_json.feature_document(d), where=f"feature {d.feature_index}"
+                )
+                jsonio.write_document(out / name, data)
+            written += 1
+            progress(written)
+    naming, info = job.plan.naming, inputs.info
+    explanations = prd_json.explanations_document(inputs.explanations, naming, info.export_version)
+    path = out / prd_json.EXPLANATIONS_FILE
+    jsonio.write_document(path, jsonio.dumps(explanations, where="explanations"))
+    meta = prd_json.metadata_document(info, naming, n_features=written, compressed=compressed)
+    jsonio.write_document(out / prd_json.METADATA_FILE, jsonio.dumps(meta, where="metadata"))
+    return copied
+
+
+def _write_other(
+    job: JobRuntime,
+    kind: FormatKind,
+    folder: Path,
+    inputs: Inputs,
+    features_per_batch: int,
+    progress: Callable[[int], None],
+) -> None:
+    naming, info = job.plan.naming, inputs.info
+    dashboards = _dashboards(job.staging)
+    if kind is FormatKind.NEURONPEDIA_IMPORT:
+        write_importer_export(
+            folder, info, naming, dashboards, inputs.explanations, progress=progress
+        )
+    elif kind is FormatKind.SAEDASHBOARD:
+        write_saedashboard_batches(
+            folder,
+            info,
+            naming,
+            dashboards,
+            features_per_batch=features_per_batch,
+            progress=progress,
+        )
+    else:
+        write_upload_payloads(folder, naming, dashboards, inputs.explanations)
+
+
+def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: ComputeClient) -> None:
+    plan = job.plan
+    files: dict[str, bytearray] = {}
+    chunks = compute.saelens_files(
+        plan.sae.sae_id, plan.naming.neuronpedia_id, inputs.saelens_frequencies
+    )
+    for chunk in chunks:
+        files.setdefault(chunk.file_name, bytearray()).extend(chunk.chunk)
+        if chunk.last_chunk:
+            jsonio.write_atomic(folder / chunk.file_name, bytes(files.pop(chunk.file_name)))
+            job.check()
+    (folder / "pretrained_saes.yaml").write_text(inputs.pretrained_yaml, encoding="utf-8")
+
+
+def explanation_records(
+    store: StoreClient, sae_id: str, indices: Sequence[int]
+) -> list[ExplanationRecord]:
+    """The store's explanations of ``indices`` as the formats take them."""
+    if not indices:
+        return []
+    wanted = set(indices)
+    return [
+        _explanation(e)
+        for e in store.explanations(sae_id, list(indices))
+        if e.feature_index in wanted
+    ]
+
+
+def _explanation(e: spb.Explanation) -> ExplanationRecord:
+    created = (
+        e.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if e.HasField("created_at") else ""
+    )
+    return ExplanationRecord(
+        feature_index=e.feature_index,
+        description=e.description,
+        method=e.method,
+        explainer_model=e.explainer_model,
+        score=e.score,
+        created_at=created,
+        id=e.explanation_id,
+    )
+
+
+def saelens_frequencies(store: StoreClient, sae_id: str, d_sae: int) -> list[float]:
+    """Every feature's activation frequency when the store has all of them; else empty."""
+    frequencies = {
+        f.feature_index: f.activation_frequency for f in store.features(sae_id, spb.FeatureFilter())
+    }
+    if len(frequencies) != d_sae or set(frequencies) != set(range(d_sae)):
+        return []
+    return [frequencies[i] for i in range(d_sae)]

@@ -1,0 +1,243 @@
+"""One export from start to finish: the stages of PRD §7.2, each resumable from its checkpoint.
+
+VALIDATING (the selection and the base export), the compute stages (dashboards computed on
+demand, cached ones reused), GENERATING_FILES (dashboards staged, every format written),
+VALIDATING_OUTPUT (schema and semantic checks, optional auto-fix), CREATING_ARCHIVE (README,
+prefill.json, manifest, deterministic ZIP, then one atomic publish to the object store).
+Everything before the publish happens in the job's private staging folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import FailedPrecondition, MistudioError
+
+from mistudio_export import checking, computing, delta
+from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.collect import Collected, collect
+from mistudio_export.config import ExportSettings
+from mistudio_export.estimate import MEASURED_KEY, measurement
+from mistudio_export.generate import (
+    NEURONPEDIA_KINDS,
+    Inputs,
+    Reuse,
+    explanation_records,
+    output_dir,
+    saelens_frequencies,
+    write_formats,
+)
+from mistudio_export.object_store import ObjectStore
+from mistudio_export.packaging import FormatKind
+from mistudio_export.plan import ExportPlan
+from mistudio_export.preflight import Planner
+from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
+from mistudio_export.records import SaeInfo
+from mistudio_export.runtime import JobRuntime
+from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.token_facts import filled_params, token_facts
+
+log = logging.getLogger(__name__)
+
+_ARCHITECTURES = {
+    spb.ARCHITECTURE_STANDARD: "standard",
+    spb.ARCHITECTURE_JUMPRELU: "jumprelu",
+    spb.ARCHITECTURE_TOPK: "topk",
+    spb.ARCHITECTURE_GATED: "gated",
+}
+
+
+def mistudio_version() -> str:
+    try:
+        return metadata.version("mistudio-export")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class ExportPipeline:
+    """Runs the stages of one export job against the store, compute and the object store."""
+
+    def __init__(
+        self,
+        settings: ExportSettings,
+        store: StoreClient,
+        compute: ComputeClient,
+        planner: Planner,
+        objects: ObjectStore,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._compute = compute
+        self._planner = planner
+        self._objects = objects
+
+    def run(self, job: JobRuntime) -> epb.ExportResult:
+        plan = job.plan
+        job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
+        base = self._planner.base_job(plan) if plan.delta_base_job_id else None
+        kinds = [*(NEURONPEDIA_KINDS if plan.neuronpedia else ()), *self._saelens(plan)]
+        collected, computed = Collected({}, 0), {}
+        if plan.neuronpedia:
+            candidates = self._candidates(plan)
+            everything = len(candidates) == plan.sae.d_sae
+            computed = computing.ensure_dashboards(
+                job, self._compute, candidates, all_features=everything
+            )
+            assert plan.tokens is not None  # checked before the job was created
+            params = filled_params(plan.params, token_facts(plan.tokens))
+            only_changed = (
+                delta.EarlierExport.of(base) if base and not plan.merge_with_base else None
+            )
+            collected = collect(
+                job,
+                self._store,
+                params,
+                candidates,
+                statistic_filter(plan.selection),
+                only_changed,
+                self._settings.features_per_batch,
+            )
+            if not collected.hashes and only_changed is None:
+                raise FailedPrecondition(
+                    "no selected feature passes the activation-frequency and max-activation "
+                    "filters",
+                    violations=[
+                        ("config.selection", "widen min/max_frequency or lower min_max_activation")
+                    ],
+                    field="config.selection",
+                )
+        job.finish_stage(ppb.STAGE_VALIDATING)
+        inputs = self._inputs(job, collected, base)
+        copied = write_formats(job, kinds, inputs, self._compute, self._settings.features_per_batch)
+        job.finish_stage(ppb.STAGE_GENERATING_FILES)
+        summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
+        n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
+        facts = archive_facts(
+            plan, inputs.info, kinds, n_features, summary, len(inputs.explanations)
+        )
+        published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
+        hashes = dict(collected.hashes)
+        if base is not None and not plan.merge_with_base:
+            hashes = {**delta.EarlierExport.of(base).hashes, **hashes}
+        neuronpedia_bytes = published.size if plan.neuronpedia else 0
+        job.checkpoint.update(
+            {
+                delta.HASHES_KEY: delta.hashes_to_json(hashes),
+                delta.RENDER_KEY: delta.render_key(plan),
+                MEASURED_KEY: measurement(
+                    job.tracker.snapshot(), neuronpedia_bytes, len(collected.hashes)
+                ),
+            }
+        )
+        shutil.rmtree(job.staging / "work", ignore_errors=True)
+        return epb.ExportResult(
+            output_uri=published.key,
+            size_bytes=published.size,
+            feature_count=n_features,
+            features_computed=int(computed.get("features_computed", 0)),
+            features_reused=int(computed.get("features_reused", 0)),
+            features_unchanged=collected.skipped_unchanged + copied,
+            archive_sha256=published.sha256,
+            validation=summary,
+            files=published.files,
+        )
+
+    def _saelens(self, plan: ExportPlan) -> tuple[FormatKind, ...]:
+        return (FormatKind.SAELENS,) if plan.saelens else ()
+
+    def _candidates(self, plan: ExportPlan) -> list[int]:
+        sae_id = plan.sae.sae_id
+        candidates = candidate_indices(
+            plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
+        )
+        if not candidates:
+            raise FailedPrecondition(
+                "the feature selection matches no feature",
+                violations=[("config.selection", "no feature record matches the label filters")],
+                field="config.selection",
+                fix="label features first, or loosen labeled_only / label_contains / category",
+            )
+        return candidates
+
+    def _inputs(self, job: JobRuntime, collected: Collected, base: spb.ExportJob | None) -> Inputs:
+        plan = job.plan
+        indices = sorted(collected.hashes)
+        info = self._sae_info(job)
+        kinds_saelens = plan.saelens
+        return Inputs(
+            info=info,
+            hashes=collected.hashes,
+            explanations=explanation_records(self._store, plan.sae.sae_id, indices),
+            reuse=self._reuse(job, base) if plan.neuronpedia else None,
+            saelens_frequencies=(
+                saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
+                if kinds_saelens
+                else []
+            ),
+            pretrained_yaml=pretrained_yaml(plan, info) if kinds_saelens else "",
+        )
+
+    def _sae_info(self, job: JobRuntime) -> SaeInfo:
+        plan, sae = job.plan, job.plan.sae
+        tokens = plan.tokens
+        facts = token_facts(tokens) if plan.neuronpedia and tokens is not None else None
+        return SaeInfo(
+            model_id=plan.naming.model_id,
+            sae_id=sae.sae_id,
+            hook_point=sae.hook_point,
+            layer=plan.naming.layer,
+            d_sae=sae.d_sae,
+            d_in=sae.d_in,
+            architecture=_ARCHITECTURES.get(sae.architecture, "standard"),
+            training_dataset=sae.training_dataset,
+            n_training_tokens=sae.n_training_tokens,
+            l0=sae.l0,
+            explained_variance=sae.explained_variance,
+            created_at=plan.created_at,
+            mistudio_version=mistudio_version(),
+            n_prompts=facts.n_rows if facts is not None else 0,
+            n_tokens_in_prompt=facts.context_size if facts is not None else 0,
+            prepend_bos=bool(tokens.prepend_bos) if tokens is not None else False,
+            dashboard_dataset=tokens.dataset_name if tokens is not None else "",
+        )
+
+    def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:
+        """The newest finished archive rendered like this one, downloaded for copying."""
+        key = delta.render_key(job.plan)
+        earlier = [base] if base is not None else self._finished_exports(job)
+        for record in earlier:
+            candidate = delta.EarlierExport.of(record)
+            if candidate.render_key != key or not candidate.hashes or not record.output_uri:
+                continue
+            path = job.staging / "work" / "earlier.zip"
+            try:
+                _download(self._objects, record.output_uri, path)
+            except MistudioError as error:
+                log.warning("earlier archive %s unreadable: %s", record.output_uri, error)
+                continue
+            return Reuse(archive=path, hashes=dict(candidate.hashes))
+        return None
+
+    def _finished_exports(self, job: JobRuntime) -> list[spb.ExportJob]:
+        page = self._store.list_jobs(
+            page_size=20, sae_id=job.plan.sae.sae_id, states=[ppb.JOB_STATE_SUCCEEDED]
+        )
+        return [j for j in page.jobs if j.job_id != job.job_id]
+
+    def _archive_key(self, job: JobRuntime) -> str:
+        return f"exports/{job.job_id}/{job.plan.sae.sae_id}.zip"
+
+
+def _download(objects: ObjectStore, key: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with objects.get_range(key) as chunks, open(partial, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    partial.replace(path)

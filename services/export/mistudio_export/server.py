@@ -1,0 +1,85 @@
+"""Builds the export gRPC server: clients of store and compute, the object store, the jobs.
+
+Tests call :func:`build_export_server` on port 0; ``__main__`` calls it with the configured
+address and serves until a signal. Building it resumes the jobs a previous run left RUNNING.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.server import RunningServer, ServiceRegistration, create_server
+
+from mistudio_export.checking import ArchiveValidator
+from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.config import ExportSettings
+from mistudio_export.estimate import ExportEstimator
+from mistudio_export.feature_dashboards import FeatureDashboards
+from mistudio_export.jobs import ExportJobManager
+from mistudio_export.object_store import ObjectStore, object_store_from_url
+from mistudio_export.pipeline import ExportPipeline
+from mistudio_export.preflight import Planner
+from mistudio_export.servicer import ExportServicer
+
+SERVICE_NAME = "mistudio.export.v1.ExportService"
+
+
+@dataclass
+class ExportServer(RunningServer):
+    """A running export server; stopping it first parks its jobs at a checkpoint."""
+
+    manager: ExportJobManager
+    store: StoreClient
+    compute: ComputeClient
+    objects: ObjectStore
+
+    def stop(self, grace_seconds: float = 5.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.manager.shutdown()
+        super().stop(grace_seconds)
+
+
+def object_store_for(settings: ExportSettings) -> ObjectStore:
+    return object_store_from_url(
+        settings.object_store_url,
+        settings.s3_access_key,
+        settings.s3_secret_key,
+        default_root=(settings.data_dir / "archives").resolve(),
+    )
+
+
+def build_export_server(settings: ExportSettings) -> ExportServer:
+    """Starts the server on settings.host:settings.port and resumes unfinished jobs."""
+    store = StoreClient(settings.store_address)
+    compute = ComputeClient(settings.compute_address)
+    objects = object_store_for(settings)
+    planner = Planner(store, compute)
+    pipeline = ExportPipeline(settings, store, compute, planner, objects)
+    manager = ExportJobManager(settings, store, planner, pipeline)
+    servicer = ExportServicer(
+        manager,
+        ExportEstimator(store, compute, planner),
+        ArchiveValidator(store, objects),
+        FeatureDashboards(store, compute),
+        store,
+        objects,
+        settings.default_owner,
+    )
+    registration = ServiceRegistration(
+        SERVICE_NAME, lambda server: egrpc.add_ExportServiceServicer_to_server(servicer, server)
+    )
+    running = create_server(
+        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+    )
+    manager.resume_unfinished()
+    return ExportServer(
+        server=running.server,
+        port=running.port,
+        health=running.health,
+        manager=manager,
+        store=store,
+        compute=compute,
+        objects=objects,
+        on_stop=[store.close, compute.close],
+    )
