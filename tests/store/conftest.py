@@ -1,18 +1,18 @@
 """Store fixtures: each test gets an empty, migrated database on SQLite and on PostgreSQL.
 
-Migrations run once per session: SQLite tests get a copy of a migrated file, PostgreSQL tests
-share one migrated database that is truncated before each test (creating and dropping a
-database per test would cost about a second each). PostgreSQL tests skip when the server is
+Migrations run once per session and backend, and one server per backend serves the session;
+each test empties the tables first (creating a database and a server per test would cost
+several times the tests themselves). PostgreSQL tests skip when the server is
 unreachable, except under CI=true, where they fail: CI must not go green without them.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -83,39 +83,36 @@ def _migrated(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def pg_shared(pg_databases: PgDatabases) -> Iterator[tuple[str, Engine]]:
-    """The migrated database PostgreSQL tests share, and an engine to reset it."""
-    url = pg_databases.create()
-    _migrated(url)
-    engine = create_engine(url, poolclass=NullPool)
-    yield url, engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "store.db"
-    _migrated(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database at the current schema head."""
+@pytest.fixture(scope="session")
+def shared_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Engine]]:
+    """The migrated database the tests of one backend share, and an engine to empty it."""
     if backend == "sqlite":
-        template: Path = request.getfixturevalue("sqlite_template")
-        shutil.copy(template, tmp_path / "store.db")
-        return f"sqlite:///{tmp_path / 'store.db'}"
-    url, engine = request.getfixturevalue("pg_shared")
+        url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'store.db'}"
+    else:
+        url = request.getfixturevalue("pg_databases").create()
+    _migrated(url)
+    engine = (
+        create_store_engine(url) if backend == "sqlite" else create_engine(url, poolclass=NullPool)
+    )
+    yield url, engine
+    engine.dispose()
+
+
+@pytest.fixture
+def database_url(shared_database: tuple[str, Engine]) -> str:
+    """The shared database, emptied: every test starts from a blank, migrated store."""
+    url, engine = shared_database
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(STORE_TABLES)} RESTART IDENTITY CASCADE"))
-    return str(url)
+        for table in STORE_TABLES:  # children first; DELETE beats TRUNCATE on tiny tables
+            connection.execute(text(f"DELETE FROM {table}"))
+    return url
 
 
 @pytest.fixture
@@ -127,23 +124,25 @@ def empty_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: P
     return databases.create()
 
 
-def settings_for(database_url: str, **overrides: object) -> StoreSettings:
+def settings_for(database_url: str, **overrides: Any) -> StoreSettings:
     return StoreSettings(database_url=database_url, host="127.0.0.1", port=0, **overrides)
 
 
-@pytest.fixture
-def server(database_url: str) -> Iterator[RunningServer]:
-    running = build_store_server(settings_for(database_url, max_page_size=50))
+@pytest.fixture(scope="session")
+def server(shared_database: tuple[str, Engine]) -> Iterator[RunningServer]:
+    """One server per backend for the whole session (tests are isolated by database_url)."""
+    running = build_store_server(settings_for(shared_database[0], max_page_size=50))
     yield running
     running.stop(grace_seconds=0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def channel(server: RunningServer) -> Iterator[grpc.Channel]:
     with insecure_channel(server.address) as channel:
         yield channel
 
 
 @pytest.fixture
-def stub(channel: grpc.Channel) -> store_service_pb2_grpc.StoreServiceStub:
+def stub(channel: grpc.Channel, database_url: str) -> store_service_pb2_grpc.StoreServiceStub:
+    """A client of the shared server, on an emptied database."""
     return store_service_pb2_grpc.StoreServiceStub(channel)

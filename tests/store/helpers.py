@@ -65,6 +65,12 @@ def make_dashboard(feature_index: int, scale: float = 1.0) -> dpb.FeatureDashboa
     )
 
 
+def small_dashboard(feature_index: int, scale: float = 1.0) -> dpb.FeatureDashboard:
+    """The cheapest dashboard whose content depends on ``scale`` (for bulk tests)."""
+    statistics = dpb.FeatureStatistics(max_activation=scale, token_count=40)
+    return dpb.FeatureDashboard(feature_index=feature_index, statistics=statistics)
+
+
 def status_of(error: grpc.RpcError) -> status_pb2.Status:
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None, "the error carries no google.rpc.Status details"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,8 +30,14 @@ def create_store_engine(url: str, pool_size: int = 10) -> Engine:
     ``pool_size`` bounds the open connections; give it the number of RPC threads, since a call
     holds at most one connection at a time.
     """
+    json_options: dict[str, Any] = {
+        "json_serializer": lambda value: orjson.dumps(value).decode(),
+        "json_deserializer": orjson.loads,
+    }
     if not is_sqlite(url):
-        return create_engine(url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True)
+        return create_engine(
+            url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True, **json_options
+        )
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +46,7 @@ def create_store_engine(url: str, pool_size: int = 10) -> Engine:
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
         pool_size=pool_size,
         max_overflow=0,
+        **json_options,
     )
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin)

@@ -1,0 +1,182 @@
+"""Export job records over gRPC: idempotent create, masked updates, newest-first listing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
+
+from tests.store.helpers import bad_request_fields, make_sae, resource_info, status_of
+
+
+@pytest.fixture
+def sae_id(stub: StoreServiceStub) -> str:
+    stub.CreateSae(pb.CreateSaeRequest(sae=make_sae("jobs")))
+    return "jobs"
+
+
+def create(stub: StoreServiceStub, **fields: object) -> pb.CreateExportJobResponse:
+    return stub.CreateExportJob(pb.CreateExportJobRequest(job=pb.ExportJob(**fields)))  # type: ignore[arg-type]
+
+
+def test_create_assigns_an_id_and_starts_queued(stub: StoreServiceStub, sae_id: str) -> None:
+    config = struct_pb2.Struct()
+    config.update({"formats": ["neuronpedia", "saelens"], "n_features": 64})
+    response = create(stub, sae_id=sae_id, owner="alice", request_id="req-1", config=config)
+    job = response.job
+    assert response.created
+    assert job.job_id and job.state == ppb.JOB_STATE_QUEUED
+    assert (job.sae_id, job.owner, job.request_id, job.config) == (sae_id, "alice", "req-1", config)
+    assert stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id)).job == job
+
+
+def test_create_is_idempotent_on_sae_and_request_id(stub: StoreServiceStub, sae_id: str) -> None:
+    first = create(stub, sae_id=sae_id, request_id="same")
+    again = create(stub, sae_id=sae_id, request_id="same", owner="someone-else")
+    assert first.created and not again.created
+    assert again.job == first.job
+    other = create(stub, sae_id=sae_id, request_id="different")
+    assert other.created and other.job.job_id != first.job.job_id
+    without_key = [create(stub, sae_id=sae_id).job.job_id for _ in range(2)]
+    assert without_key[0] != without_key[1]
+
+
+def test_client_chosen_job_id_must_be_unique(stub: StoreServiceStub, sae_id: str) -> None:
+    create(stub, sae_id=sae_id, job_id="export-1")
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, job_id="export-1")
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_update_writes_only_the_masked_fields(stub: StoreServiceStub, sae_id: str) -> None:
+    job = create(stub, sae_id=sae_id, owner="alice", output_uri="keep").job
+    progress = ppb.Progress(
+        job_id=job.job_id,
+        sequence=7,
+        state=ppb.JOB_STATE_RUNNING,
+        stage=ppb.STAGE_LOGIT_LENS,
+        fraction=0.4,
+        stages=[ppb.StageProgress(stage=ppb.STAGE_LOGIT_LENS, items_done=3)],
+    )
+    checkpoint = struct_pb2.Struct()
+    checkpoint.update({"stage": "logit_lens", "features_done": 3})
+    change = pb.ExportJob(
+        job_id=job.job_id,
+        state=ppb.JOB_STATE_RUNNING,
+        progress=progress,
+        checkpoint=checkpoint,
+        owner="mallory",
+        output_uri="overwritten?",
+    )
+    change.started_at.GetCurrentTime()
+    updated = stub.UpdateExportJob(
+        pb.UpdateExportJobRequest(
+            job=change, update_mask=["state", "progress", "checkpoint", "started_at"]
+        )
+    ).job
+    assert updated.state == ppb.JOB_STATE_RUNNING
+    assert updated.progress == progress and updated.checkpoint == checkpoint
+    assert updated.started_at == change.started_at
+    assert (updated.owner, updated.output_uri) == ("alice", "keep")
+    assert updated.updated_at.ToDatetime() >= job.updated_at.ToDatetime()
+    assert stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id)).job == updated
+
+
+def test_a_failed_job_keeps_its_structured_error(stub: StoreServiceStub, sae_id: str) -> None:
+    job = create(stub, sae_id=sae_id).job
+    details = struct_pb2.Struct()
+    details.update({"code": 8, "message": "out of memory", "details": []})
+    change = pb.ExportJob(
+        job_id=job.job_id,
+        state=ppb.JOB_STATE_FAILED,
+        error_message="out of memory",
+        error_details=details,
+    )
+    change.finished_at.GetCurrentTime()
+    mask = ["state", "error_message", "error_details", "finished_at"]
+    failed = stub.UpdateExportJob(pb.UpdateExportJobRequest(job=change, update_mask=mask)).job
+    assert (failed.state, failed.error_message, failed.error_details) == (
+        ppb.JOB_STATE_FAILED,
+        "out of memory",
+        details,
+    )
+
+
+def test_a_finished_job_cannot_change_state(stub: StoreServiceStub, sae_id: str) -> None:
+    job = create(stub, sae_id=sae_id).job
+    done = pb.ExportJob(job_id=job.job_id, state=ppb.JOB_STATE_SUCCEEDED)
+    stub.UpdateExportJob(pb.UpdateExportJobRequest(job=done, update_mask=["state"]))
+    again = pb.ExportJob(job_id=job.job_id, state=ppb.JOB_STATE_RUNNING)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UpdateExportJob(pb.UpdateExportJobRequest(job=again, update_mask=["state"]))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    failure = error_details_pb2.PreconditionFailure()
+    assert any(
+        d.Unpack(failure) for d in status_of(caught.value).details if d.Is(failure.DESCRIPTOR)
+    )
+    assert failure.violations[0].subject == "job.state"
+
+
+@pytest.mark.parametrize(
+    ("mask", "field"),
+    [([], "update_mask"), (["sae_id"], "update_mask"), (["colour"], "update_mask")],
+)
+def test_bad_update_mask_is_invalid_argument(
+    stub: StoreServiceStub, sae_id: str, mask: list[str], field: str
+) -> None:
+    job = create(stub, sae_id=sae_id).job
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UpdateExportJob(pb.UpdateExportJobRequest(job=job, update_mask=mask))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == [field]
+
+
+def test_unknown_job_and_unknown_sae_are_not_found(stub: StoreServiceStub, sae_id: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetExportJob(pb.GetExportJobRequest(job_id="missing"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    info = resource_info(caught.value)
+    assert (info.resource_type, info.resource_name) == ("mistudio.store.v1.ExportJob", "missing")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UpdateExportJob(
+            pb.UpdateExportJobRequest(job=pb.ExportJob(job_id="missing"), update_mask=["owner"])
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id="ghost")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert resource_info(caught.value).resource_name == "ghost"
+
+
+def test_list_is_newest_first_with_filters_and_pages(stub: StoreServiceStub, sae_id: str) -> None:
+    stub.CreateSae(pb.CreateSaeRequest(sae=make_sae("other")))
+    ids = [create(stub, sae_id=sae_id, owner=f"o{i % 2}").job.job_id for i in range(5)]
+    create(stub, sae_id="other", owner="o0")
+    running = pb.ExportJob(job_id=ids[1], state=ppb.JOB_STATE_RUNNING)
+    stub.UpdateExportJob(pb.UpdateExportJobRequest(job=running, update_mask=["state"]))
+
+    def listed(**filters: object) -> list[str]:
+        request = pb.ListExportJobsRequest(page_size=2, **filters)  # type: ignore[arg-type]
+        found: list[str] = []
+        while True:
+            page = stub.ListExportJobs(request)
+            found += [j.job_id for j in page.jobs]
+            if not page.next_page_token:
+                return found
+            request.page_token = page.next_page_token
+
+    assert listed(sae_id=sae_id) == ids[::-1]
+    assert len(listed()) == 6
+    assert listed(sae_id=sae_id, owner="o0") == [ids[4], ids[2], ids[0]]
+    assert listed(states=[ppb.JOB_STATE_RUNNING]) == [ids[1]]
+    assert listed(states=[ppb.JOB_STATE_QUEUED], owner="o1") == [ids[3]]
+
+
+def test_unspecified_state_filter_is_invalid_argument(stub: StoreServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListExportJobs(pb.ListExportJobsRequest(states=[ppb.JOB_STATE_UNSPECIFIED]))
+    assert bad_request_fields(caught.value) == ["states[0]"]

@@ -1,0 +1,92 @@
+"""The repository on its own, without gRPC: what in-process callers rely on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio_common.errors import AlreadyExists, InvalidArgument, NotFound
+from mistudio_store.db.models import DashboardRow
+from mistudio_store.repository import StoreRepository
+from mistudio_store.server import build_repository
+from sqlalchemy import select
+
+from tests.store.conftest import settings_for
+from tests.store.helpers import make_sae, small_dashboard
+
+
+@pytest.fixture
+def repo(database_url: str) -> Iterator[StoreRepository]:
+    repository = build_repository(settings_for(database_url, max_page_size=50))
+    yield repository
+    repository.close()
+
+
+def test_repository_round_trips_an_sae_and_raises_domain_errors(repo: StoreRepository) -> None:
+    created = repo.create_sae(make_sae("unit"))
+    assert repo.get_sae("unit") == created
+    with pytest.raises(AlreadyExists) as duplicate:
+        repo.create_sae(make_sae("unit"))
+    assert duplicate.value.field == "sae.sae_id"
+    with pytest.raises(NotFound) as missing:
+        repo.get_sae("nope")
+    assert (missing.value.resource_type, missing.value.resource_name) == (
+        "mistudio.store.v1.Sae",
+        "nope",
+    )
+    with pytest.raises(InvalidArgument) as malformed:
+        repo.get_sae("Not An Id")
+    assert malformed.value.field == "sae_id"
+
+
+def test_list_pages_end_without_an_empty_page(repo: StoreRepository) -> None:
+    for i in range(4):
+        repo.create_sae(make_sae(f"s{i}"))
+    first = repo.list_saes(page_size=2)
+    second = repo.list_saes(page_size=2, page_token=first.next_page_token)
+    assert [s.sae_id for s in first.items + second.items] == ["s0", "s1", "s2", "s3"]
+    assert second.next_page_token == ""
+
+
+def test_rewriting_a_range_leaves_other_rows_untouched(repo: StoreRepository) -> None:
+    repo.create_sae(make_sae("inc", d_sae=8192))
+    params = dpb.DashboardParams()
+    repo.put_dashboards("inc", params, [small_dashboard(i) for i in range(4990, 6010)])
+    before = _updated_at(repo)
+
+    repo.put_dashboards("inc", params, [small_dashboard(i, 2.0) for i in range(5000, 6000)])
+    # Rewriting with identical content is skipped too (the content hash did not change).
+    repo.put_dashboards("inc", params, [small_dashboard(4990)])
+
+    after = _updated_at(repo)
+    changed = {i for i in after if after[i] != before[i]}
+    assert changed == set(range(5000, 6000))
+
+
+def _updated_at(repo: StoreRepository) -> dict[int, object]:
+    with repo._sessions.read() as session:
+        rows = session.execute(select(DashboardRow.feature_index, DashboardRow.updated_at))
+        return dict(rows.all())
+
+
+def test_concurrent_writers_neither_fail_nor_lose_updates(repo: StoreRepository) -> None:
+    """SQLite included: write transactions take the lock up front instead of failing midway."""
+    repo.create_sae(make_sae("busy", d_sae=4096))
+    job, _ = repo.create_export_job(pb.ExportJob(sae_id="busy"))
+
+    def work(worker: int) -> None:
+        for step in range(10):
+            features = [pb.Feature(feature_index=worker * 100 + step, label=f"w{worker}")]
+            repo.upsert_features("busy", features)
+            progress = ppb.Progress(job_id=job.job_id, sequence=worker * 100 + step)
+            repo.update_export_job(pb.ExportJob(job_id=job.job_id, progress=progress), ["progress"])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(work, range(4)))
+
+    assert len(repo.list_features("busy", page_size=50).items) == 40
+    assert repo.get_export_job(job.job_id).progress.job_id == job.job_id
