@@ -180,3 +180,12 @@ def test_unspecified_state_filter_is_invalid_argument(stub: StoreServiceStub) ->
     with pytest.raises(grpc.RpcError) as caught:
         stub.ListExportJobs(pb.ListExportJobsRequest(states=[ppb.JOB_STATE_UNSPECIFIED]))
     assert bad_request_fields(caught.value) == ["states[0]"]
+
+
+def test_overlong_request_id_is_invalid_argument_not_a_database_error(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, request_id="r" * 129)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == ["job.request_id"]

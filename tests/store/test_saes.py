@@ -40,6 +40,7 @@ def test_duplicate_sae_id_is_already_exists(stub: StoreServiceStub) -> None:
         ({"model_id": " "}, "sae.model_id"),
         ({"architecture": pb.ARCHITECTURE_UNSPECIFIED}, "sae.architecture"),
         ({"l0": float("nan")}, "sae.l0"),
+        ({"neuronpedia_source_set": "x" * 257}, "sae.neuronpedia_source_set"),
     ],
 )
 def test_malformed_sae_is_invalid_argument_naming_the_field(

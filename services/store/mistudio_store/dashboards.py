@@ -67,6 +67,7 @@ class DashboardCache(RepositoryBase):
     ) -> tuple[int, str]:
         """Writes one batch; returns (dashboards written, params key)."""
         resolved = ResolvedParams.of(params)
+        validation.max_length(resolved.computation_version, 64, "params.computation_version")
         at = convert.now()
         with self._sessions.write.begin() as session:
             sae = self._sae(session, sae_id)

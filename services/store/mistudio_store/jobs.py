@@ -33,6 +33,8 @@ class ExportJobs(RepositoryBase):
             validation.job_id(job.job_id, "job.job_id")
         if job.state:
             validation.job_states([job.state], "job.state")
+        validation.max_length(job.owner, 128, "job.owner")
+        validation.max_length(job.request_id, 128, "job.request_id")
         try:
             with self._sessions.write.begin() as session:
                 sae = self._sae(session, job.sae_id, "job.sae_id")
@@ -65,6 +67,7 @@ class ExportJobs(RepositoryBase):
         paths = validation.update_mask(update_mask)
         if "state" in paths:
             validation.job_states([job.state], "job.state")
+        validation.max_length(job.owner, 128, "job.owner")
         with self._sessions.write.begin() as session:
             row, sae_id = _job(session, job.job_id, for_update=True)
             current = convert.enum_value(progress_pb2.JobState, row.state)

@@ -173,7 +173,8 @@ class StoreRepository(DashboardCache, ExportJobs):
                 query = query.where(after(order, page.after))
             query = query.order_by(*order).limit(page.limit)
             rows, token = page.finish(
-                session.scalars(query).all(), lambda r: [r.feature_index, r.created_at, r.id]
+                session.scalars(query).all(),
+                lambda r: [r.feature_index, convert.utc(r.created_at), r.id],
             )
             return Page([convert.explanation_to_pb(r) for r in rows], token)
 

@@ -74,7 +74,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         )
 
     @handle_errors
-    def PutDashboards(  # type: ignore[override]
+    def PutDashboards(
         self, request_iterator: Iterable[pb.PutDashboardsRequest], context: Context
     ) -> pb.PutDashboardsResponse:
         """Each message is written (and committed) as it arrives; a broken stream keeps them."""

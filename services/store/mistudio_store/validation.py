@@ -60,6 +60,9 @@ def sae(message: pb.Sae, field: str = "sae") -> None:
         raise InvalidArgument(
             "model_id is empty", field=f"{field}.model_id", fix="name the model, e.g. 'gpt2-small'"
         )
+    max_length(message.model_id, 512, f"{field}.model_id")
+    max_length(message.neuronpedia_model_id, 256, f"{field}.neuronpedia_model_id")
+    max_length(message.neuronpedia_source_set, 256, f"{field}.neuronpedia_source_set")
     if not HOOK_POINT_PATTERN.fullmatch(message.hook_point):
         raise InvalidArgument(
             f"hook_point {message.hook_point!r} is empty or contains whitespace",
@@ -85,6 +88,14 @@ def sae(message: pb.Sae, field: str = "sae") -> None:
         )
     finite(message.l0, f"{field}.l0", minimum=0.0)
     finite(message.explained_variance, f"{field}.explained_variance")
+
+
+def max_length(value: str, limit: int, field: str) -> None:
+    """Column widths: PostgreSQL enforces them, so the request is checked before it gets there."""
+    if len(value) > limit:
+        raise InvalidArgument(
+            f"{field} is {len(value)} characters long", field=field, fix=f"keep it to {limit}"
+        )
 
 
 def finite(value: float, field: str, minimum: float | None = None) -> None:
@@ -118,6 +129,7 @@ def features(items: Sequence[pb.Feature], d_sae: int) -> None:
     )
     for i, feature in enumerate(items):
         finite(feature.max_activation, f"features[{i}].max_activation")
+        max_length(feature.category, 128, f"features[{i}].category")
         if not 0.0 <= feature.activation_frequency <= 1.0:
             raise InvalidArgument(
                 f"activation_frequency {feature.activation_frequency} is outside [0, 1]",
@@ -137,6 +149,8 @@ def explanations(items: Sequence[pb.Explanation], d_sae: int) -> None:
                 fix="give the explanation text",
             )
         finite(explanation.score, f"explanations[{i}].score")
+        max_length(explanation.method, 128, f"explanations[{i}].method")
+        max_length(explanation.explainer_model, 128, f"explanations[{i}].explainer_model")
 
 
 def update_mask(paths: Sequence[str]) -> list[str]:
