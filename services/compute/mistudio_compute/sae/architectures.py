@@ -1,0 +1,224 @@
+"""SAE architectures: one small class each, sharing the ``Sae`` interface.
+
+The encode rules are SAELens's (verified against ``SAE.load_from_disk`` in the tests):
+``x_c = norm_in(x) - b_dec * apply_b_dec_to_input``, then
+
+* standard: ``relu(x_c @ W_enc + b_enc)``
+* jumprelu: ``pre = x_c @ W_enc + b_enc; relu(pre) * (pre > threshold)`` (strict, unshifted)
+* topk: keep the k largest raw pre-activations per row, ReLU them, zero the rest
+* gated: ``(x_c @ W_enc + b_gate > 0) * relu(x_c @ W_enc * exp(r_mag) + b_mag)`` (no b_enc)
+
+and decode is ``norm_out(f @ W_dec + b_dec)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+import torch
+from mistudio_common.errors import AlreadyExists, InvalidArgument
+
+from mistudio_compute.sae.config import SaeConfig
+
+_LN_EPS = 1e-5  # SAELens's run-time layer norm epsilon
+
+
+class Sae:
+    """An SAE ready to encode: config plus weights under SAELens's tensor names.
+
+    Weights are plain tensors (no autograd): this service only runs inference. ``W_dec`` rows are
+    in hook space, so they can be mapped to the residual stream for a logit lens.
+    """
+
+    architecture: ClassVar[str] = ""
+    tensor_names: ClassVar[tuple[str, ...]] = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+    def __init__(self, cfg: SaeConfig, weights: Mapping[str, torch.Tensor]) -> None:
+        self.cfg = cfg
+        self.weights = {name: weights[name] for name in self.tensor_names}
+
+    @classmethod
+    def tensor_shapes(cls, cfg: SaeConfig) -> dict[str, tuple[int, ...]]:
+        """Expected shape of every tensor in ``tensor_names``."""
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        known = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+        return {name: known.get(name, (d_sae,)) for name in cls.tensor_names}
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def hook_name(self) -> str | None:
+        return self.cfg.hook_name
+
+    @property
+    def model_name(self) -> str | None:
+        return self.cfg.model_name
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The config dict the SAE was loaded with."""
+        return self.cfg.raw
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        return self.weights["W_enc"]  # [d_in, d_sae]
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.weights["W_dec"]  # [d_sae, d_in]
+
+    @property
+    def b_dec(self) -> torch.Tensor:
+        return self.weights["b_dec"]  # [d_in]
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    def to(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Self:
+        """Moves the weights in place and returns the SAE."""
+        self.weights = {n: w.to(device=device, dtype=dtype) for n, w in self.weights.items()}
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors SAELens stores for this architecture, by their SAELens names."""
+        return dict(self.weights)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations [..., d_sae] of hook activations ``x`` [..., d_in]."""
+        x_c = self._normalize_in(x.to(self.device, self.dtype))
+        if self.cfg.apply_b_dec_to_input:
+            x_c = x_c - self.b_dec
+        return self._activate(x_c)
+
+    @torch.inference_mode()
+    def decode(self, features: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction [..., d_in] of ``features`` [..., d_sae].
+
+        SAEs with a per-row run-time normalisation (constant_norm_rescale, layer_norm) need the
+        original input ``x`` to map the reconstruction back to hook space.
+        """
+        out = self._decode_linear(features.to(self.device, self.dtype)) + self.b_dec
+        return self._normalize_out(out, x)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x), x)
+
+    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.W_dec
+
+    def _normalize_in(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.cfg.normalize_activations
+        if mode == "constant_norm_rescale":
+            return x * (self.d_in**0.5 / x.norm(dim=-1, keepdim=True))
+        if mode == "layer_norm":
+            centred = x - x.mean(dim=-1, keepdim=True)
+            return centred / (centred.std(dim=-1, keepdim=True) + _LN_EPS)
+        return x  # "none"; expected_average_only_in is folded into the weights at load time
+
+    def _normalize_out(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        mode = self.cfg.normalize_activations
+        if mode not in ("constant_norm_rescale", "layer_norm"):
+            return out
+        if x is None:
+            raise ValueError(f"decode of a {mode} SAE needs the original input x")
+        x = x.to(self.device, self.dtype)
+        if mode == "constant_norm_rescale":
+            return out * (x.norm(dim=-1, keepdim=True) / self.d_in**0.5)
+        mu = x.mean(dim=-1, keepdim=True)
+        return out * (x - mu).std(dim=-1, keepdim=True) + mu
+
+
+class StandardSae(Sae):
+    architecture = "standard"
+
+    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x_c @ self.W_enc + self.weights["b_enc"])
+
+
+class JumpReluSae(Sae):
+    architecture = "jumprelu"
+    tensor_names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
+        pre = x_c @ self.W_enc + self.weights["b_enc"]  # [..., d_sae]
+        return torch.relu(pre) * (pre > self.weights["threshold"])
+
+
+class TopKSae(Sae):
+    architecture = "topk"
+
+    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
+        pre = x_c @ self.W_enc + self.weights["b_enc"]  # [..., d_sae]
+        if self.cfg.rescale_acts_by_decoder_norm:
+            pre = pre * self.W_dec.norm(dim=-1)
+        assert self.cfg.k is not None  # guaranteed by parse_sae_config
+        values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
+
+    def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
+        if self.cfg.rescale_acts_by_decoder_norm:
+            features = features / self.W_dec.norm(dim=-1)
+        return features @ self.W_dec
+
+
+class GatedSae(Sae):
+    architecture = "gated"
+    tensor_names = ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec")
+
+    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
+        pre = x_c @ self.W_enc  # [..., d_sae], shared by the gate and the magnitude path
+        gate = pre + self.weights["b_gate"] > 0
+        magnitude = torch.relu(pre * self.weights["r_mag"].exp() + self.weights["b_mag"])
+        return gate * magnitude
+
+
+_REGISTRY: dict[str, type[Sae]] = {}
+
+
+def register_architecture(name: str, cls: type[Sae]) -> None:
+    """Makes ``cls`` the implementation of architecture ``name``; a name is registered once."""
+    if name in _REGISTRY:
+        raise AlreadyExists(
+            f"SAE architecture {name!r} is already registered ({_REGISTRY[name].__name__})",
+            field="architecture",
+            fix="register the new class under another name",
+        )
+    _REGISTRY[name] = cls
+
+
+def architecture_class(name: str) -> type[Sae]:
+    """The class for ``name``; unknown names are an InvalidArgument listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InvalidArgument(
+            f"unknown SAE architecture {name!r}",
+            field="architecture",
+            fix=f"use one of {', '.join(known_architectures())}",
+        ) from None
+
+
+def known_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+for _cls in (StandardSae, JumpReluSae, TopKSae, GatedSae):
+    register_architecture(_cls.architecture, _cls)
