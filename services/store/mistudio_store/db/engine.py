@@ -76,7 +76,3 @@ class SessionFactories:
         self.read: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         write_engine = engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
         self.write: sessionmaker[Session] = sessionmaker(write_engine, expire_on_commit=False)
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
