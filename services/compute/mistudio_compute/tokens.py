@@ -1,0 +1,409 @@
+"""The tokens a dashboard computation reads, with where every row came from.
+
+Two sources, mirroring ``mistudio.common.v1.TokenSource``:
+
+* a token file (``.npy``, or ``.safetensors`` holding a ``"tokens"`` tensor) of int [rows, width];
+  rows longer than ``context_size`` are cut to it (their first ``context_size`` tokens). A sibling
+  ``<file>.provenance.json`` may say where rows came from (schema in ``read_provenance``);
+* plain-text files, where each non-empty line is one document. Documents are tokenized
+  separately and concatenated into one stream, separated by BOS when ``prepend_bos`` (SAELens's
+  default separator), then cut into rows of ``context_size`` tokens, each starting with BOS when
+  ``prepend_bos``. A row's provenance is the file, line and token offset of its first token.
+
+The fingerprint (sha256 of the int32 little-endian token bytes, the context size and the BOS
+flag) identifies the dataset in caches and results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mistudio_common.dashboard import SourceRef
+from mistudio_common.errors import InvalidArgument
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
+
+from mistudio_compute.token_text import TokenizerAdapter
+
+FILE_FIELD = "tokens.token_file"
+TEXT_FIELD = "tokens.text.paths"
+DEFAULT_CONTEXT_SIZE = 128
+PROVENANCE_SUFFIX = ".provenance.json"
+_Int32 = np.ndarray[Any, np.dtype[np.int32]]
+_Int64 = np.ndarray[Any, np.dtype[np.int64]]
+
+
+@dataclass(frozen=True)
+class TokenDataset:
+    """Rows of token ids and, per row, the source, original row and offset it came from."""
+
+    tokens: _Int32  # [rows, context]
+    dataset_name: str
+    prepend_bos: bool
+    sources: tuple[str, ...]
+    row_source: _Int32  # [rows], index into sources
+    row_origin: _Int64  # [rows], row (or text line) in the source
+    row_offset: _Int64  # [rows], token offset of the row's first token in that source row
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = self.tokens.shape[0]
+        if any(len(a) != n for a in (self.row_source, self.row_origin, self.row_offset)):
+            raise InvalidArgument(
+                f"provenance describes a different number of rows than the {n} token rows",
+                field=FILE_FIELD,
+                fix="give one provenance entry per row",
+            )
+        object.__setattr__(self, "fingerprint", fingerprint(self.tokens, self.prepend_bos))
+
+    @classmethod
+    def from_array(
+        cls,
+        tokens: np.ndarray[Any, Any],
+        dataset_name: str,
+        prepend_bos: bool = False,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> TokenDataset:
+        """Rows as given; without provenance, row i of ``dataset_name`` at offset 0."""
+        array = np.ascontiguousarray(tokens, dtype=np.int32)
+        n = array.shape[0]
+        if provenance is None:
+            return cls(
+                array,
+                dataset_name,
+                prepend_bos,
+                (dataset_name,),
+                np.zeros(n, np.int32),
+                np.arange(n, dtype=np.int64),
+                np.zeros(n, np.int64),
+            )
+        return cls(array, dataset_name, prepend_bos, *_provenance_arrays(provenance, n))
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def context_size(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.size)
+
+    def source_ref(self, row: int, position: int = 0) -> SourceRef:
+        """Where token ``position`` of ``row`` came from."""
+        return SourceRef(
+            dataset=self.sources[int(self.row_source[row])],
+            row=int(self.row_origin[row]),
+            offset=int(self.row_offset[row]) + position,
+        )
+
+    def check_vocab(self, d_vocab: int) -> None:
+        """Every id must index the model's vocabulary."""
+        if self.n_tokens and (int(self.tokens.min()) < 0 or int(self.tokens.max()) >= d_vocab):
+            raise InvalidArgument(
+                f"token ids range over {int(self.tokens.min())}..{int(self.tokens.max())} but the "
+                f"model's vocabulary has {d_vocab} ids",
+                field=FILE_FIELD,
+                fix="tokenize the dataset with the model's own tokenizer",
+            )
+
+    def iter_batches(
+        self, batch_rows: int, start_row: int = 0
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row index, LongTensor [batch, context]) for consecutive batches of rows."""
+        if batch_rows <= 0:
+            raise InvalidArgument(
+                f"batch size {batch_rows} must be positive", field="batch_size", fix="use >= 1"
+            )
+        for row in range(start_row, self.n_rows, batch_rows):
+            batch = self.tokens[row : row + batch_rows]
+            yield row, torch.from_numpy(batch.astype(np.int64))  # [batch, context]
+
+
+def fingerprint(tokens: np.ndarray[Any, Any], prepend_bos: bool) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes())
+    digest.update(f"|context={tokens.shape[1]}|prepend_bos={int(prepend_bos)}".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSourceSpec:
+    """``mistudio.common.v1.TokenSource`` as plain values (exactly one of the two sources)."""
+
+    token_file: str = ""
+    text_paths: Sequence[str] = ()
+    dataset_name: str = ""
+    context_size: int = 0
+    prepend_bos: bool = False
+    max_tokens: int = 0
+
+
+def load_token_source(
+    spec: TokenSourceSpec, tokenizer: TokenizerAdapter | None = None, d_vocab: int | None = None
+) -> TokenDataset:
+    """Builds the dataset a request describes and checks it against the vocabulary if given."""
+    if bool(spec.token_file) == bool(spec.text_paths):
+        raise InvalidArgument(
+            "give either a token file or text files",
+            field="tokens",
+            fix="set exactly one of tokens.token_file and tokens.text",
+        )
+    if spec.token_file:
+        dataset = load_token_file(
+            spec.token_file,
+            dataset_name=spec.dataset_name,
+            context_size=spec.context_size,
+            prepend_bos=spec.prepend_bos,
+            max_tokens=spec.max_tokens,
+        )
+    else:
+        if tokenizer is None:
+            raise InvalidArgument(
+                "text needs the model's tokenizer, and this model has none",
+                field=TEXT_FIELD,
+                fix="pass a pre-tokenized token_file instead",
+            )
+        dataset = tokenize_text_files(
+            spec.text_paths,
+            tokenizer,
+            dataset_name=spec.dataset_name,
+            context_size=spec.context_size or DEFAULT_CONTEXT_SIZE,
+            prepend_bos=spec.prepend_bos,
+            max_tokens=spec.max_tokens,
+        )
+    if d_vocab is not None:
+        dataset.check_vocab(d_vocab)
+    return dataset
+
+
+def load_token_file(
+    path: str | Path,
+    *,
+    dataset_name: str = "",
+    context_size: int = 0,
+    prepend_bos: bool = False,
+    max_tokens: int = 0,
+) -> TokenDataset:
+    """Reads a token file (module doc); ``prepend_bos`` records whether its rows start with BOS."""
+    file = Path(path)
+    array = _read_token_array(file)
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        raise InvalidArgument(
+            f"{file} holds an array of shape {list(array.shape)}; "
+            "expected a non-empty [rows, context]",
+            field=FILE_FIELD,
+            fix="save the tokens as a 2-D integer array, one row per context window",
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        raise InvalidArgument(
+            f"{file} holds {array.dtype} values; token ids must be integers",
+            field=FILE_FIELD,
+            fix="save the token ids as int32 or int64",
+        )
+    if np.issubdtype(array.dtype, np.signedinteger) and array.size and int(array.min()) < 0:
+        raise InvalidArgument(
+            f"{file} holds negative token ids", field=FILE_FIELD, fix="remove padding markers"
+        )
+    if array.max(initial=0) > np.iinfo(np.int32).max:
+        raise InvalidArgument(
+            f"{file} holds ids beyond int32", field=FILE_FIELD, fix="check the tokenization"
+        )
+    width = array.shape[1]
+    context = context_size or width
+    if context > width:
+        raise InvalidArgument(
+            f"context_size {context} exceeds the file's rows of {width} tokens",
+            field="tokens.context_size",
+            fix=f"use a context_size of at most {width}, or 0 for the file's width",
+        )
+    name = dataset_name or file.stem
+    provenance = read_provenance(file)
+    dataset = TokenDataset.from_array(array[:, :context], name, prepend_bos, provenance)
+    return _limit_rows(dataset, max_tokens)
+
+
+def _read_token_array(file: Path) -> np.ndarray[Any, Any]:
+    if not file.is_file():
+        raise InvalidArgument(
+            f"token file {str(file)!r} does not exist",
+            field=FILE_FIELD,
+            fix="pass the path of a .npy or .safetensors token file readable by the service",
+        )
+    try:
+        if file.suffix == ".npy":
+            return np.load(file, allow_pickle=False)  # type: ignore[no-any-return]
+        if file.suffix == ".safetensors":
+            tensors = load_file(str(file))
+            if "tokens" not in tensors:
+                raise InvalidArgument(
+                    f"{file} has no 'tokens' tensor (it has {sorted(tensors)})",
+                    field=FILE_FIELD,
+                    fix='store the ids under the name "tokens"',
+                )
+            return tensors["tokens"]
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise InvalidArgument(
+            f"cannot read token file {file}: {exc}",
+            field=FILE_FIELD,
+            fix="pass a valid .npy or .safetensors file",
+        ) from exc
+    raise InvalidArgument(
+        f"token file {file} is neither .npy nor .safetensors",
+        field=FILE_FIELD,
+        fix="save the tokens with numpy.save or safetensors",
+    )
+
+
+def provenance_path(token_file: Path) -> Path:
+    return token_file.with_name(token_file.name + PROVENANCE_SUFFIX)
+
+
+def read_provenance(token_file: Path) -> dict[str, Any] | None:
+    """``<file>.provenance.json``: ``{"sources": [names], "source_index": [per row],
+    "row": [per row], "offset": [per row]}``, or None when absent."""
+    path = provenance_path(token_file)
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(
+            f"cannot read {path}: {exc}", field=FILE_FIELD, fix="write valid JSON or remove it"
+        ) from exc
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def write_token_file(dataset: TokenDataset, path: str | Path) -> Path:
+    """Saves tokens as .npy with their provenance next to them (the inverse of load)."""
+    file = Path(path)
+    np.save(file, dataset.tokens)
+    provenance = {
+        "dataset_name": dataset.dataset_name,
+        "sources": list(dataset.sources),
+        "source_index": dataset.row_source.tolist(),
+        "row": dataset.row_origin.tolist(),
+        "offset": dataset.row_offset.tolist(),
+    }
+    provenance_path(file).write_text(json.dumps(provenance), encoding="utf-8")
+    return file
+
+
+def _provenance_arrays(
+    provenance: Mapping[str, Any], n_rows: int
+) -> tuple[tuple[str, ...], _Int32, _Int64, _Int64]:
+    try:
+        sources = tuple(str(s) for s in provenance["sources"])
+        index = np.asarray(provenance["source_index"], dtype=np.int32)
+        origin = np.asarray(provenance["row"], dtype=np.int64)
+        offset = np.asarray(provenance["offset"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgument(
+            f"provenance lacks or mangles {exc}",
+            field=FILE_FIELD,
+            fix='write "sources", "source_index", "row" and "offset" lists',
+        ) from exc
+    lengths = {len(index), len(origin), len(offset)}
+    if lengths != {n_rows} or (n_rows and not 0 <= index.min() <= index.max() < len(sources)):
+        raise InvalidArgument(
+            f"provenance does not describe the {n_rows} token rows",
+            field=FILE_FIELD,
+            fix="give one source_index/row/offset entry per row, indexing into sources",
+        )
+    return sources, index, origin, offset
+
+
+def tokenize_text_files(
+    paths: Sequence[str | Path],
+    tokenizer: TokenizerAdapter,
+    *,
+    dataset_name: str = "",
+    context_size: int = DEFAULT_CONTEXT_SIZE,
+    prepend_bos: bool = True,
+    max_tokens: int = 0,
+) -> TokenDataset:
+    """Rows of ``context_size`` tokens from text files, one document per line (module doc)."""
+    bos = tokenizer.bos_id if prepend_bos else None
+    if prepend_bos and bos is None:
+        raise InvalidArgument(
+            "prepend_bos is set but the tokenizer has no BOS token",
+            field="tokens.prepend_bos",
+            fix="set prepend_bos to false",
+        )
+    body = context_size - (1 if prepend_bos else 0)  # tokens per row after the BOS
+    if body < 1:
+        raise InvalidArgument(
+            f"context_size {context_size} leaves no room for text",
+            field="tokens.context_size",
+            fix="use a context_size of at least 2",
+        )
+    max_rows = max(1, max_tokens // context_size) if max_tokens > 0 else None
+    files = [Path(p) for p in paths]
+    stream: list[int] = []
+    docs: list[tuple[int, int, int, int]] = []  # (stream start, source, line, separator length)
+    for source, file in enumerate(files):
+        for line_no, line in enumerate(_read_text(file).splitlines()):
+            if max_rows is not None and len(stream) >= max_rows * body:
+                break
+            if not line.strip():
+                continue
+            separator = [bos] if bos is not None and stream else []
+            docs.append((len(stream), source, line_no, len(separator)))
+            stream += separator + tokenizer.encode(line)
+    n_rows = len(stream) // body if max_rows is None else min(max_rows, len(stream) // body)
+    if n_rows == 0:
+        raise InvalidArgument(
+            f"the text holds {len(stream)} tokens, fewer than one row of {context_size}",
+            field=TEXT_FIELD,
+            fix="add text or lower context_size",
+        )
+    rows = np.asarray(stream[: n_rows * body], dtype=np.int32).reshape(n_rows, body)
+    if bos is not None:
+        rows = np.concatenate([np.full((n_rows, 1), bos, np.int32), rows], axis=1)
+    starts = np.asarray([d[0] for d in docs], dtype=np.int64)
+    row_doc = np.searchsorted(starts, np.arange(n_rows) * body, side="right") - 1  # [rows]
+    row_offset = np.arange(n_rows) * body - starts[row_doc] - [docs[d][3] for d in row_doc]
+    return TokenDataset(
+        rows,
+        dataset_name or (files[0].stem if len(files) == 1 else "text"),
+        prepend_bos,
+        tuple(f.name for f in files),
+        np.asarray([docs[d][1] for d in row_doc], dtype=np.int32),
+        np.asarray([docs[d][2] for d in row_doc], dtype=np.int64),
+        np.maximum(row_offset, 0).astype(np.int64),
+    )
+
+
+def _read_text(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read text file {str(file)!r}: {exc.strerror or exc}",
+            field=TEXT_FIELD,
+            fix="pass paths of UTF-8 text files readable by the service",
+        ) from exc
+
+
+def _limit_rows(dataset: TokenDataset, max_tokens: int) -> TokenDataset:
+    """Keeps whole rows up to ``max_tokens`` (at least one); 0 keeps all."""
+    if max_tokens <= 0 or max_tokens >= dataset.n_tokens:
+        return dataset
+    rows = max(1, max_tokens // dataset.context_size)
+    return TokenDataset(
+        dataset.tokens[:rows],
+        dataset.dataset_name,
+        dataset.prepend_bos,
+        dataset.sources,
+        dataset.row_source[:rows],
+        dataset.row_origin[:rows],
+        dataset.row_offset[:rows],
+    )
