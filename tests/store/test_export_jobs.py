@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
+from google.protobuf import any_pb2, struct_pb2
+from google.rpc import error_details_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
@@ -106,7 +106,28 @@ def test_a_failed_job_keeps_its_structured_error(stub: StoreServiceStub, sae_id:
     )
 
 
-def test_a_finished_job_cannot_change_state(stub: StoreServiceStub, sae_id: str) -> None:
+def test_progress_with_a_status_and_packed_details_round_trips(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job = create(stub, sae_id=sae_id).job
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="ResourceExhausted", domain="mistudio"))
+    error = status_pb2.Status(code=8, message="out of memory", details=[info])
+    progress = ppb.Progress(job_id=job.job_id, state=ppb.JOB_STATE_FAILED, error=error)
+    change = pb.ExportJob(job_id=job.job_id, state=ppb.JOB_STATE_FAILED, progress=progress)
+    request = pb.UpdateExportJobRequest(job=change, update_mask=["state", "progress"])
+    assert stub.UpdateExportJob(request).job.progress == progress
+
+
+def test_a_failed_job_may_resume(stub: StoreServiceStub, sae_id: str) -> None:
+    job = create(stub, sae_id=sae_id).job
+    for state in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_RUNNING):
+        change = pb.ExportJob(job_id=job.job_id, state=state)
+        updated = stub.UpdateExportJob(pb.UpdateExportJobRequest(job=change, update_mask=["state"]))
+    assert updated.job.state == ppb.JOB_STATE_RUNNING
+
+
+def test_a_succeeded_job_cannot_change_state(stub: StoreServiceStub, sae_id: str) -> None:
     job = create(stub, sae_id=sae_id).job
     done = pb.ExportJob(job_id=job.job_id, state=ppb.JOB_STATE_SUCCEEDED)
     stub.UpdateExportJob(pb.UpdateExportJobRequest(job=done, update_mask=["state"]))

@@ -13,7 +13,6 @@ from datetime import datetime
 from mistudio.common.v1 import progress_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import AlreadyExists, FailedPrecondition, NotFound
-from mistudio_common.progress import TERMINAL_STATES
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -23,6 +22,9 @@ from mistudio_store.base import RepositoryBase
 from mistudio_store.db.models import ExportJobRow, SaeRow
 from mistudio_store.db.statements import before
 from mistudio_store.pagination import Page, scope_of
+
+FINAL_STATES = frozenset({progress_pb2.JOB_STATE_SUCCEEDED, progress_pb2.JOB_STATE_CANCELLED})
+"""States a job never leaves. FAILED is not one: a failed export may resume from its checkpoint."""
 
 
 class ExportJobs(RepositoryBase):
@@ -62,7 +64,7 @@ class ExportJobs(RepositoryBase):
             return convert.job_to_pb(row, sae_id)
 
     def update_export_job(self, job: pb.ExportJob, update_mask: Sequence[str]) -> pb.ExportJob:
-        """Writes only the masked fields. A job in a terminal state cannot change state."""
+        """Writes only the masked fields. A succeeded or cancelled job cannot change state."""
         validation.job_id(job.job_id, "job.job_id")
         paths = validation.update_mask(update_mask)
         if "state" in paths:
@@ -71,7 +73,7 @@ class ExportJobs(RepositoryBase):
         with self._sessions.write.begin() as session:
             row, sae_id = _job(session, job.job_id, for_update=True)
             current = convert.enum_value(progress_pb2.JobState, row.state)
-            if "state" in paths and current in TERMINAL_STATES and job.state != current:
+            if "state" in paths and current in FINAL_STATES and job.state != current:
                 raise FailedPrecondition(
                     f"job {job.job_id} is {row.state} and cannot become "
                     f"{convert.enum_name(progress_pb2.JobState, job.state)}",
