@@ -78,3 +78,19 @@ def test_folded_norm_scaling_factor_is_written_as_sae_lens_reads_it(
     sae = build_sae(cfg | {"norm_scaling_factor": 1.7}, sae_weights("jumprelu", seed=13))
     folder = write_saelens_folder(sae, tmp_path / "out")
     _assert_same(sae, folder, x)
+
+
+def test_hook_z_sae_is_written_for_sae_lens_reshaping(tmp_path: Path, x: torch.Tensor) -> None:
+    """A legacy hook_z config reads flattened heads; SAELens gets reshape_activations=hook_z."""
+    cfg = sae_config("standard", layout="legacy", hook_name="blocks.0.attn.hook_z")
+    sae = build_sae(cfg, sae_weights("standard", seed=14))
+    folder = write_saelens_folder(sae, tmp_path / "out")
+    theirs = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
+    assert theirs.cfg.reshape_activations == "hook_z"
+    heads = x.reshape(24, 4, 8)  # [N, n_heads, d_head], as TransformerLens's hook_z gives it
+    with torch.no_grad():
+        their_features = theirs.encode(heads)
+        their_recon = theirs.decode(their_features)
+    torch.testing.assert_close(sae.encode(x), their_features, atol=2e-5, rtol=1e-5)
+    recon = sae.decode(sae.encode(x)).reshape(24, 4, 8)
+    torch.testing.assert_close(recon, their_recon, atol=2e-5, rtol=1e-5)

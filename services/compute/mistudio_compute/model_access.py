@@ -297,10 +297,10 @@ def unembed_directions(
             field="hook_point",
             fix="use resid_pre/resid_post/mlp_out/attn.hook_z, or disable logit tables",
         )
-    if point.kind is not HookKind.ATTN_Z:
-        return decoder_rows
     W_O = loaded.model.blocks[point.layer].attn.W_O  # [n_heads, d_head, d_model]
-    rows = decoder_rows.to(W_O.device, W_O.dtype)
+    rows = decoder_rows.to(W_O.device, W_O.dtype)  # on the model, ready for W_U
+    if point.kind is not HookKind.ATTN_Z:
+        return rows
     if head_index is not None:
         return rows @ W_O[head_index]  # [n, d_model]
     n_heads, d_head, _ = W_O.shape
