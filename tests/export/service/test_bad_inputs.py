@@ -1,0 +1,165 @@
+"""Bad requests fail at creation with a status that names the option or lists what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_service_pb2 as epb
+
+from tests.export.service.errors import details
+from tests.export.service.stack import (
+    Stack,
+    export_config,
+    recorded_tokens,
+    register_sae,
+    run_to_end,
+)
+
+
+def start_error(stack: Stack, sae_id: str, config: epb.ExportConfig) -> dict[str, Any]:
+    request = epb.StartExportRequest(sae_id=sae_id, config=config)
+    with pytest.raises(grpc.RpcError) as caught:
+        run_to_end(stack.exports.StartExport(request))
+    return details(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "option"),
+    [
+        (epb.ExportConfig(dashboard=dpb.DashboardParams(logit_k=5)), "config.dashboard.logit_k"),
+        (
+            epb.ExportConfig(dashboard=dpb.DashboardParams(n_top_examples=101)),
+            "config.dashboard.n_top_examples",
+        ),
+        (
+            epb.ExportConfig(dashboard=dpb.DashboardParams(histogram_bins=10)),
+            "config.dashboard.histogram_bins",
+        ),
+        (
+            epb.ExportConfig(selection=epb.FeatureSelection(range=epb.IndexRange(start=4, end=99))),
+            "config.selection.range",
+        ),
+        (
+            epb.ExportConfig(selection=epb.FeatureSelection(list=epb.FeatureList(indices=[1, 32]))),
+            "config.selection.list.indices",
+        ),
+        (
+            epb.ExportConfig(selection=epb.FeatureSelection(min_frequency=0.5, max_frequency=0.1)),
+            "config.selection.max_frequency",
+        ),
+        (epb.ExportConfig(formats=[7]), "config.formats"),  # type: ignore[list-item]
+        (epb.ExportConfig(merge_with_base=True), "config.merge_with_base"),
+        (epb.ExportConfig(device="tpu"), "config.device"),
+        (
+            epb.ExportConfig(naming=epb.NeuronpediaNaming(model_id="Bad Model")),
+            "config.naming.model_id",
+        ),
+    ],
+)
+def test_invalid_option_is_named(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource, config: epb.ExportConfig, option: str
+) -> None:
+    config.tokens.CopyFrom(tokens)
+    found = start_error(stack, sae_id, config)
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == [option]
+
+
+def test_sae_without_weights_or_tokens_lists_both(stack: Stack) -> None:
+    register_sae(stack, "no-data-sae", "")
+    found = start_error(stack, "no-data-sae", epb.ExportConfig())
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    subjects = [subject for subject, _ in found["precondition"]]
+    assert subjects == ["weights_uri", "tokens"]
+    assert all(description for _, description in found["precondition"])
+
+
+def test_missing_weights_file_is_a_failed_precondition(
+    stack: Stack, tokens: tpb.TokenSource, tmp_path: Path
+) -> None:
+    register_sae(stack, "gone-sae", str(tmp_path / "nowhere"))
+    found = start_error(stack, "gone-sae", export_config(tokens))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert len(found["precondition"]) == 1
+
+
+def test_missing_token_file_names_the_option(stack: Stack, sae_id: str, tmp_path: Path) -> None:
+    tokens = tpb.TokenSource(token_file=str(tmp_path / "missing.npy"))
+    found = start_error(stack, sae_id, export_config(tokens))
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.token_file"]
+
+
+def test_unknown_sae_is_not_found(stack: Stack, tokens: tpb.TokenSource) -> None:
+    found = start_error(stack, "no-such-sae", export_config(tokens))
+    assert found["code"] == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_delta_base_is_not_found(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    found = start_error(stack, sae_id, export_config(tokens, delta_base_job_id="nope"))
+    assert found["code"] == grpc.StatusCode.NOT_FOUND
+    assert found["resource"] == "config.delta_base_job_id"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.GetExport(epb.GetExportRequest(job_id="no-such-job")),
+        lambda s: s.CancelExport(epb.CancelExportRequest(job_id="no-such-job")),
+        lambda s: s.PauseExport(epb.PauseExportRequest(job_id="no-such-job")),
+        lambda s: s.ResumeExport(epb.ResumeExportRequest(job_id="no-such-job")),
+        lambda s: s.GetDownloadUrl(epb.GetDownloadUrlRequest(job_id="no-such-job")),
+        lambda s: next(s.WatchExport(epb.WatchExportRequest(job_id="no-such-job"))),
+        lambda s: next(s.DownloadExport(epb.DownloadExportRequest(job_id="no-such-job"))),
+    ],
+)
+def test_unknown_job_is_not_found(stack: Stack, call: Any) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(stack.exports)
+    assert details(caught.value)["code"] == grpc.StatusCode.NOT_FOUND
+
+
+def test_empty_job_id_is_invalid(stack: Stack) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetExport(epb.GetExportRequest())
+    found = details(caught.value)
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["job_id"]
+
+
+def test_validate_export_checks_without_exporting(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.ValidateExport(
+            epb.ValidateExportRequest(
+                sae_id=sae_id,
+                config=export_config(tokens, dashboard=dpb.DashboardParams(histogram_bins=500)),
+            )
+        )
+    assert details(caught.value)["fields"] == ["config.dashboard.histogram_bins"]
+    jobs = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs
+    assert not jobs
+
+
+def test_recorded_token_source_is_used_when_none_is_given(
+    stack: Stack, sae_folder: Path, tokens: tpb.TokenSource
+) -> None:
+    register_sae(stack, "recorded-sae", str(sae_folder), config=recorded_tokens(tokens))
+    response = stack.exports.ValidateExport(
+        epb.ValidateExportRequest(sae_id="recorded-sae", config=epb.ExportConfig())
+    )
+    estimate = response.estimate
+    assert estimate.feature_count == 32
+    assert estimate.features_to_compute == 32
+    assert estimate.features_cached == 0
+    assert estimate.estimated_seconds > 0
+    assert estimate.estimated_size_bytes > 0
+    assert any("default rates" in w for w in response.warnings)
