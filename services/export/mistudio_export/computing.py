@@ -61,8 +61,11 @@ def ensure_dashboards(
     request = compute_request(job, indices, all_features=all_features, attempt=attempt)
     try:
         last = _follow(job, compute, request)
-    except JobInterrupted as stop:
-        if stop.reason is not Interruption.SHUTDOWN:
+    except (JobInterrupted, MistudioError) as stop:
+        # A computation that was paused, cancelled or failed cannot be re-attached: the next
+        # run starts a new attempt (which reuses whatever reached the cache). After a shutdown
+        # the computation goes on in the compute service and the next run re-attaches to it.
+        if not (isinstance(stop, JobInterrupted) and stop.reason is Interruption.SHUTDOWN):
             job.checkpoint[CHECKPOINT_KEY] = {**state, "attempt": attempt + 1}
         raise
     result = last.result

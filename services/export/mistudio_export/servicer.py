@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.errors import Unavailable
 from mistudio_common.grpc_errors import handle_errors
 
+from mistudio_export import views
 from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import download_chunks, download_url, require_job_id
@@ -47,13 +49,24 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self, request: epb.StartExportRequest, context: grpc.ServicerContext
     ) -> Iterator[epb.ExportProgress]:
         job_id = self._manager.start(request)
-        yield from self._manager.watch(job_id, context.is_active)
+        yield from self._watch(job_id, context)
 
     @handle_errors
     def WatchExport(
         self, request: epb.WatchExportRequest, context: grpc.ServicerContext
     ) -> Iterator[epb.ExportProgress]:
-        yield from self._manager.watch(require_job_id(request.job_id), context.is_active)
+        yield from self._watch(require_job_id(request.job_id), context)
+
+    def _watch(self, job_id: str, context: grpc.ServicerContext) -> Iterator[epb.ExportProgress]:
+        last = None
+        for message in self._manager.watch(job_id, context.is_active):
+            last = message
+            yield message
+        if context.is_active() and (last is None or not views.is_terminal(last)):
+            raise Unavailable(
+                "the export service is stopping; the job continues when it restarts",
+                fix="reattach with WatchExport once the service is back",
+            )
 
     @handle_errors
     def GetExport(
