@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -398,12 +398,10 @@ def _limit_rows(dataset: TokenDataset, max_tokens: int) -> TokenDataset:
     if max_tokens <= 0 or max_tokens >= dataset.n_tokens:
         return dataset
     rows = max(1, max_tokens // dataset.context_size)
-    return TokenDataset(
-        dataset.tokens[:rows],
-        dataset.dataset_name,
-        dataset.prepend_bos,
-        dataset.sources,
-        dataset.row_source[:rows],
-        dataset.row_origin[:rows],
-        dataset.row_offset[:rows],
+    return replace(
+        dataset,
+        tokens=dataset.tokens[:rows],
+        row_source=dataset.row_source[:rows],
+        row_origin=dataset.row_origin[:rows],
+        row_offset=dataset.row_offset[:rows],
     )
