@@ -44,12 +44,20 @@ def _fail(where: str, path: list[str | int], value: object) -> NonFiniteValue:
     )
 
 
-def _float_array(values: list[Any], decimals: int | None) -> np.ndarray | None:
+def _scalar_list(values: list[Any], decimals: int | None) -> Any:
+    """A list of scalars in one numpy pass: floats converted, ints and strings passed through.
+
+    Returns None for lists numpy cannot type uniformly (mixed or nested), which are walked.
+    """
     try:
         arr = np.asarray(values)
     except (ValueError, OverflowError):
         return None
-    if arr.dtype.kind != "f" or arr.ndim != 1:
+    if arr.ndim != 1:
+        return None
+    if arr.dtype.kind in "iuU":
+        return values
+    if arr.dtype.kind != "f":
         return None
     if decimals is not None:
         arr = np.round(arr.astype(np.float64), decimals)
@@ -84,20 +92,33 @@ def _prepare(obj: Any, decimals: int | None, where: str, path: list[str | int]) 
     if isinstance(obj, Mapping):
         return {k: _prepare(v, decimals, where, [*path, k]) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        if obj and isinstance(obj[0], int | float | np.number) and not isinstance(obj[0], bool):
-            arr = _float_array(list(obj), decimals)
-            if arr is not None:
-                bad = np.flatnonzero(~np.isfinite(arr))
+        if (
+            obj
+            and isinstance(obj[0], int | float | str | np.number)
+            and not isinstance(obj[0], bool)
+        ):
+            done = _scalar_list(list(obj), decimals)
+            if isinstance(done, np.ndarray):
+                bad = np.flatnonzero(~np.isfinite(done))
                 if bad.size:
-                    raise _fail(where, [*path, int(bad[0])], arr[bad[0]])
-                return arr
+                    raise _fail(where, [*path, int(bad[0])], done[bad[0]])
+                return done
+            if done is not None:
+                return done
         return [_prepare(v, decimals, where, [*path, i]) for i, v in enumerate(obj)]
     return obj
 
 
 def dumps(obj: Any, *, decimals: int | None = None, where: str = "document") -> bytes:
     """Canonical compact JSON bytes (no trailing newline)."""
-    return orjson.dumps(prepare(obj, decimals=decimals, where=where), option=_OPTIONS)
+    try:
+        return orjson.dumps(prepare(obj, decimals=decimals, where=where), option=_OPTIONS)
+    except orjson.JSONEncodeError as e:
+        raise InvalidArgument(
+            f"{where}: {e}",
+            field=where,
+            fix="token strings must be valid Unicode; decode bytes with the tokenizer",
+        ) from e
 
 
 def dumps_lines(

@@ -36,14 +36,17 @@ def get_number(obj: Any, key: str) -> float | None:
     return value
 
 
+_NUMBER_TYPES = frozenset({int, float})
+
+
 def numbers(value: Any) -> list[float] | None:
     """The list if it holds only finite numbers, else None (the schema or scan reports why)."""
-    if not isinstance(value, list):
+    if not isinstance(value, list) or not _NUMBER_TYPES.issuperset(map(type, value)):
         return None
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            return None
-    return value
+    try:
+        return value if math.isfinite(sum(value)) else None
+    except OverflowError:
+        return None
 
 
 def same_length(ctx: FileContext, obj: dict[str, Any], base: list[Any], *keys: str) -> bool:

@@ -38,11 +38,28 @@ def scan(ctx: FileContext, doc: Any, base: tuple[str | int, ...] = ()) -> None:
     _walk(ctx, doc, list(base))
 
 
+_NUMBERS = frozenset({int, float})
+_STRINGS = frozenset({str})
+
+
+def _clean_list(node: list[Any]) -> bool:
+    """Quick pass over a list of plain numbers or strings: True when nothing needs a look."""
+    kinds = set(map(type, node))
+    if kinds <= _NUMBERS:
+        try:
+            return math.isfinite(sum(node))
+        except OverflowError:
+            return False
+    return kinds <= _STRINGS and _SUSPECT.search(" ".join(node)) is None
+
+
 def _walk(ctx: FileContext, node: Any, path: list[str | int]) -> None:
     items: Any
     if isinstance(node, dict):
         items = node.items()
     elif isinstance(node, list):
+        if _clean_list(node):
+            return
         items = enumerate(node)
     else:
         return
