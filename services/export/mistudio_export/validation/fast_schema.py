@@ -62,7 +62,9 @@ def _bound(op: Callable[[Any, Any], bool]) -> Callable[[Any, dict[str, Any]], Ch
     return build
 
 
-def _length(op: Callable[[int, int], bool], kind: type) -> Callable[[Any, dict[str, Any]], Check]:
+def _length(
+    op: Callable[[int, int], bool], kind: type[list[Any]] | type[str]
+) -> Callable[[Any, dict[str, Any]], Check]:
     def build(limit: Any, _: dict[str, Any]) -> Check:
         return lambda x: not isinstance(x, kind) or op(len(x), limit)
 
