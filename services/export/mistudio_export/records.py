@@ -13,6 +13,8 @@ from datetime import datetime
 
 from mistudio_common.errors import InvalidArgument
 
+from mistudio_export.formats.jsonio import stable_id
+
 EXPORT_FORMAT_VERSION = "1.0"
 
 PUBLIC_BOT_USER_ID = "clkht01d40000jv08hvalcvly"
@@ -274,3 +276,15 @@ class ExplanationRecord:
     created_at: str
     id: str = ""
     """Stable id from the store; empty means one is derived from the content."""
+
+    def resolved_id(self, neuronpedia_id: str) -> str:
+        """``id``, or a cuid-like id derived from the content: equal in every format and export."""
+        return self.id or stable_id(
+            neuronpedia_id,
+            "explanation",
+            self.feature_index,
+            self.method,
+            self.explainer_model,
+            self.description,
+            self.created_at,
+        )

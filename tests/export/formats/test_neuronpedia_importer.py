@@ -11,6 +11,7 @@ from mistudio_export.formats.neuronpedia_importer import (
     neuron_row,
     write_importer_export,
 )
+from mistudio_export.formats.prd_json import explanation_id
 from mistudio_export.formats.schemas import load_schema
 from mistudio_export.validation import validate_export
 
@@ -209,3 +210,18 @@ def test_written_importer_export_validates_clean(tmp_path):
     report = validate_export(tmp_path)
     assert report.problems == [], report.summary()
     assert report.components == ["neuronpedia-importer: gpt2-small/6-mistudio-res-16k"]
+
+
+def test_recomputed_example_gets_a_new_activation_id():
+    before = activation_rows(dashboard(0), sae_info(), naming())[0]["id"]
+    changed = dashboard(0)
+    changed.top_examples[0].source.row = 999
+    assert activation_rows(changed, sae_info(), naming())[0]["id"] != before
+
+
+def test_explanation_ids_are_the_same_as_in_the_prd_layout(tmp_path):
+    record = explanation(0)
+    _write(tmp_path, explanations=[record])
+    (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    assert row["id"] == explanation_id(record, "gpt2-small/6-mistudio-res-16k")
+    assert len(row["id"]) == 25

@@ -129,9 +129,14 @@ def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) ->
     return row
 
 
-def activation_id(naming: NeuronpediaNaming, feature_index: int, section: str, n: int) -> str:
-    """Deterministic cuid-like id: re-exporting the same feature gives the same ids."""
-    return jsonio.stable_id(naming.neuronpedia_id, feature_index, section, n)
+def activation_id(
+    naming: NeuronpediaNaming, feature_index: int, section: str, n: int, e: ActivationExample
+) -> str:
+    """Deterministic cuid-like id from the example's place and origin: re-exporting the same
+    feature gives the same ids, while a recomputed example gets a new one (the importer
+    skips rows whose id exists)."""
+    origin = (e.source.dataset, e.source.row, e.source.offset, len(e.values))
+    return jsonio.stable_id(naming.neuronpedia_id, feature_index, section, n, *origin)
 
 
 def _activation_row(
@@ -179,12 +184,12 @@ def activation_rows(
     top_max = max((max(e.values) for e in d.top_examples if e.values), default=0.0)
     top_bins = (TOP_GROUP_BIN, top_max, TOP_GROUP_BIN)
     for n, e in enumerate(ex for ex in d.top_examples if ex.values):
-        row_id = activation_id(naming, d.feature_index, "top", n)
+        row_id = activation_id(naming, d.feature_index, "top", n, e)
         rows.append(_activation_row(e, row_id, top_bins, d, info, naming))
     for g_i, g in enumerate(d.quantile_groups):
         bins = (g.bin_min, g.bin_max, g.bin_contains)
         for n, e in enumerate(ex for ex in g.examples if ex.values):
-            row_id = activation_id(naming, d.feature_index, f"q{g_i}", n)
+            row_id = activation_id(naming, d.feature_index, f"q{g_i}", n, e)
             rows.append(_activation_row(e, row_id, bins, d, info, naming))
     return rows
 
@@ -192,7 +197,7 @@ def activation_rows(
 def explanation_row(r: ExplanationRecord, naming: NeuronpediaNaming) -> dict[str, Any]:
     """Scores are not carried: Neuronpedia keeps them in a table its importer does not read."""
     return {
-        "id": r.id or jsonio.stable_id(naming.neuronpedia_id, "explanation", *_expl_key(r)),
+        "id": r.resolved_id(naming.neuronpedia_id),
         "modelId": naming.model_id,
         "layer": naming.source_id,
         "index": str(r.feature_index),

@@ -143,15 +143,8 @@ def feature_document(d: FeatureDashboard) -> dict[str, Any]:
 
 
 def explanation_id(record: ExplanationRecord, neuronpedia_id: str) -> str:
-    """The record's own id, or one derived from its content (stable across exports)."""
-    return record.id or jsonio.stable_id(
-        neuronpedia_id,
-        record.feature_index,
-        record.method,
-        record.explainer_model,
-        record.description,
-        record.created_at,
-    )
+    """The record's own id, or one derived from its content (the importer rows use the same)."""
+    return record.resolved_id(neuronpedia_id)
 
 
 def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str, str]:
