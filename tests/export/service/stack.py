@@ -187,8 +187,13 @@ def label_features(stack: Stack, sae_id: str, labels: dict[int, tuple[str, str]]
     ]
     stack.records.UpsertFeatures(spb.UpsertFeaturesRequest(sae_id=sae_id, features=features))
     explanations = [
-        spb.Explanation(feature_index=i, description=f"fires on {lab}", method="human")
-        for i, (lab, _) in labels.items()
+        spb.Explanation(
+            feature_index=i,
+            description=f"fires on {label}",
+            method="oai_token-act-pair",
+            explainer_model="gpt-4o-mini",
+        )
+        for i, (label, _) in labels.items()
     ]
     stack.records.AddExplanations(
         spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
