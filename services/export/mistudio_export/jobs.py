@@ -249,16 +249,15 @@ class ExportJobManager:
             return
         entry.tracker = tracker
         entry.control = JobControl(self._shutdown)
-        resumed = bool(entry.checkpoint)
         entry.thread = threading.Thread(
             target=self._work,
-            args=(entry, stored, plan, resumed),
+            args=(entry, stored, plan),
             name=f"export-{stored.job_id[:8]}",
             daemon=True,
         )
         entry.thread.start()
 
-    def _work(self, entry: _Entry, stored: spb.ExportJob, plan: ExportPlan, resumed: bool) -> None:
+    def _work(self, entry: _Entry, stored: spb.ExportJob, plan: ExportPlan) -> None:
         assert entry.control is not None and entry.tracker is not None
         control, tracker = entry.control, entry.tracker
         acquired = False
@@ -275,7 +274,6 @@ class ExportJobManager:
                 control=control,
                 publish=lambda progress: self._publish(entry, progress),
                 persist=lambda: self._persist(entry, ppb.JOB_STATE_RUNNING),
-                resumed=resumed,
             )
             self._publish(entry, tracker.set_state(ppb.JOB_STATE_RUNNING))
             fields = ["started_at"] if not stored.HasField("started_at") else []

@@ -11,7 +11,7 @@ import enum
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,6 @@ class JobRuntime:
     control: JobControl
     publish: Callable[[ppb.Progress], None]
     persist: Callable[[], None]
-    resumed: bool = False
-    notes: list[str] = field(default_factory=list)
 
     def report(
         self, stage: StageId, done: int, total: int, unit: str = "", message: str = ""
