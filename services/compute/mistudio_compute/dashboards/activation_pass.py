@@ -1,0 +1,125 @@
+"""The streaming pass: model forward to the hook, SAE encode, fold the batch into the state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mistudio_common.errors import FailedPrecondition
+
+from mistudio_compute.dashboards.batching import for_each_batch
+from mistudio_compute.dashboards.checkpoint import Cursor, load_checkpoint, save_checkpoint
+from mistudio_compute.dashboards.inputs import (
+    CancelCheck,
+    DashboardInputs,
+    ProgressCallback,
+    Stage,
+)
+from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
+from mistudio_compute.dashboards.state import PassState, StateConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpointing:
+    """Write the state to ``path`` every ``every_batches`` batches; resume from it if present."""
+
+    path: Path
+    every_batches: int = 50
+
+
+@dataclass(slots=True)
+class PassResult:
+    state: PassState
+    batch_size: int
+    """The batch size the pass ended with (smaller than asked after out-of-memory)."""
+
+
+def encode_rows(inputs: DashboardInputs, tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [B, T] -> feature activations [B*T, d_sae] on the encoder's device."""
+    with torch.no_grad():
+        x = inputs.reader.activations(tokens)  # [B, T, d_in]
+        return inputs.encoder.encode(x.reshape(-1, x.shape[-1]))  # [B*T, d_sae]
+
+
+def read_rows(tokens: np.ndarray, rows: np.ndarray | slice, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(tokens[rows]).astype(np.int64)).to(device)
+
+
+def run_activation_pass(
+    inputs: DashboardInputs,
+    config: StateConfig,
+    features: torch.Tensor,
+    *,
+    rows: range | None = None,
+    batch_size: int = 32,
+    checkpoint: Checkpointing | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> PassResult:
+    """One pass over ``rows`` (default: all) of the token source for ``features`` [F]."""
+    tokens = inputs.source.tokens
+    rows = range(tokens.shape[0]) if rows is None else rows
+    validate_tokens(tokens, rows)
+    validate_batch_size(batch_size)
+    device = inputs.encoder.device
+    seq_len = tokens.shape[1]
+    every_feature = len(features) == inputs.encoder.d_sae
+    features = features.to(device)
+
+    state, next_row = PassState.empty(config, features, seq_len, device), rows.start
+    if checkpoint is not None and checkpoint.path.exists():
+        state, cursor = load_checkpoint(checkpoint.path, device)
+        _check_resumable(state, cursor, config, features, seq_len, rows, checkpoint.path)
+        next_row, batch_size = cursor.next_row, cursor.batch_size
+
+    def step(i: int, j: int) -> None:
+        batch = read_rows(tokens, slice(i, j), device)  # [B, T]
+        acts = encode_rows(inputs, batch)  # [B*T, d_sae]
+        state.update(acts if every_feature else acts.index_select(1, features), batch, i)
+
+    batches = 0
+
+    def after(j: int, size: int) -> None:
+        nonlocal batches
+        batches += 1
+        if checkpoint is not None and (batches % checkpoint.every_batches == 0 or j == rows.stop):
+            save_checkpoint(checkpoint.path, state, Cursor(j, rows.start, rows.stop, size))
+
+    final = for_each_batch(
+        next_row,
+        rows.stop,
+        batch_size,
+        step,
+        stage=Stage.ACTIVATION_PASS,
+        progress=progress,
+        cancel=cancel,
+        after=after,
+        items_per_index=seq_len,
+        origin=rows.start,
+    )
+    return PassResult(state, final)
+
+
+def _check_resumable(
+    state: PassState,
+    cursor: Cursor,
+    config: StateConfig,
+    features: torch.Tensor,
+    seq_len: int,
+    rows: range,
+    path: Path,
+) -> None:
+    same = (
+        state.config == config
+        and state.seq_len == seq_len
+        and torch.equal(state.features, features)
+        and (cursor.start_row, cursor.stop_row) == (rows.start, rows.stop)
+    )
+    if not same:
+        raise FailedPrecondition(
+            f"checkpoint {path} belongs to a pass with other features, rows or parameters",
+            field="checkpoint",
+            fix="delete the checkpoint or resume with the job's original request",
+        )

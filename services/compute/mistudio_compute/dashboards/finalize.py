@@ -1,0 +1,209 @@
+"""From a finished pass state to FeatureDashboard objects, yielded in feature chunks.
+
+Vectorised work (quantiles, histogram edges, logit lens) runs per chunk; the per-feature loop
+only builds output objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mistudio_common.dashboard import (
+    QUANTILE_LEVELS,
+    ActivationExample,
+    BinScale,
+    DashboardParams,
+    FeatureDashboard,
+    FeatureStatistics,
+    Histogram,
+    LogitEntry,
+    QuantileGroup,
+    SourceRef,
+    TokenAggregate,
+)
+
+from mistudio_compute.dashboards import grid as G
+from mistudio_compute.dashboards.batching import check_cancelled
+from mistudio_compute.dashboards.examples import ExamplePlan, load_windows, plan_examples
+from mistudio_compute.dashboards.inputs import (
+    CancelCheck,
+    DashboardInputs,
+    ProgressCallback,
+    Stage,
+)
+from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
+from mistudio_compute.dashboards.state import PassState
+from mistudio_compute.dashboards.token_aggregation import per_token, rank_tokens
+
+
+def finalize_dashboards(
+    state: PassState,
+    inputs: DashboardInputs,
+    params: DashboardParams,
+    *,
+    batch_size: int = 32,
+    chunk_size: int = 256,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> Iterator[list[FeatureDashboard]]:
+    """Second pass over the example rows, then dashboards ``chunk_size`` features at a time."""
+    plan = plan_examples(state, params.n_quantile_groups, params.examples_per_quantile_group)
+    windows = load_windows(
+        inputs, state, plan, params.context_left, params.context_right,
+        batch_size=batch_size, progress=progress, cancel=cancel,
+    )  # fmt: skip
+    if state.tokens is not None:
+        state.tokens.compact()
+    builder = _Builder(state, inputs, params, plan, windows)
+    n = len(state.features)
+    for lo in range(0, n, chunk_size):
+        check_cancelled(cancel)
+        yield builder.chunk(lo, min(n, lo + chunk_size), progress)
+
+
+@dataclass(slots=True)
+class _Builder:
+    state: PassState
+    inputs: DashboardInputs
+    params: DashboardParams
+    plan: ExamplePlan
+    windows: torch.Tensor  # [F, E, W]
+
+    def chunk(self, lo: int, hi: int, progress: ProgressCallback | None) -> list[FeatureDashboard]:
+        s, p, n = self.state, self.params, len(self.state.features)
+        grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
+        q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
+        inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
+                                                   p.histogram_scale), vmin, vmax)  # fmt: skip
+        hists = G.binned(grid, hist, vmin, vmax, inner)
+        stats = self._statistics(lo, hi, q.cpu(), q_err.cpu())
+        _report(progress, Stage.HISTOGRAMS, hi, n)
+        lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
+                          p.logit_histogram_bins)  # fmt: skip
+        _report(progress, Stage.LOGIT_LENS, hi, n)
+        out = []
+        for i, f in enumerate(range(lo, hi)):
+            top, groups = self._examples(f)
+            edges, counts = hists[i]
+            out.append(
+                FeatureDashboard(
+                    feature_index=int(s.features[f]),
+                    top_examples=top,
+                    quantile_groups=groups,
+                    top_positive_logits=self._logits(lens.pos_ids[i], lens.pos_values[i]),
+                    top_negative_logits=self._logits(lens.neg_ids[i], lens.neg_values[i]),
+                    activation_histogram=Histogram(
+                        bin_edges=edges,
+                        counts=counts,
+                        scale=p.histogram_scale,
+                        total_count=s.token_count,
+                        nonzero_count=stats[i].nonzero_count,
+                    ),
+                    logit_histogram=_logit_histogram(lens, i),
+                    statistics=stats[i],
+                    top_tokens=self._top_tokens(f, top, groups),
+                    top_tokens_metric=p.token_rank_metric,
+                )
+            )
+        _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
+        return out
+
+    def _statistics(
+        self, lo: int, hi: int, q: torch.Tensor, q_err: torch.Tensor
+    ) -> list[FeatureStatistics]:
+        s, out = self.state, []
+        tc = s.token_count
+        cols = (s.count[lo:hi], s.total[lo:hi], s.total_sq[lo:hi], s.vmax[lo:hi])
+        for i, (cnt, tot, sq, mx) in enumerate(zip(*(c.tolist() for c in cols), strict=True)):
+            mean = tot / cnt if cnt else 0.0
+            std = math.sqrt(max(sq / cnt - mean * mean, 0.0)) if cnt else 0.0
+            freq = cnt / tc if tc else 0.0
+            out.append(
+                FeatureStatistics(
+                    activation_frequency=freq,
+                    max_activation=float(mx),
+                    mean_activation=mean,
+                    std_activation=std,
+                    l0_contribution=freq,
+                    dead_feature=cnt == 0,
+                    quantiles=dict(zip(QUANTILE_LEVELS, q[i].tolist(), strict=True)) if cnt else {},
+                    quantile_relative_error=float(q_err[i]),
+                    token_count=tc,
+                    nonzero_count=cnt,
+                )
+            )
+        return out
+
+    def _examples(self, f: int) -> tuple[list[ActivationExample], list[QuantileGroup]]:
+        plan, n_top, per = self.plan, self.plan.n_top, self.plan.per_group
+        pos = plan.positions[f].tolist()
+        top = [self._example(f, e) for e in range(n_top) if pos[e] >= 0]
+        edges, counts = plan.groups[f]
+        nnz, groups = sum(counts), []
+        for g in reversed(range(len(counts))):
+            slots = range(n_top + g * per, n_top + (g + 1) * per)
+            examples = [self._example(f, e) for e in slots if e < len(pos) and pos[e] >= 0]
+            examples.sort(key=lambda x: (-x.max_value, x.source.row, x.source.offset))
+            groups.append(QuantileGroup(edges[g], edges[g + 1], counts[g] / nnz, examples))
+        return top, groups
+
+    def _example(self, f: int, slot: int) -> ActivationExample:
+        p, t_len = self.params, self.state.seq_len
+        row, t = divmod(int(self.plan.positions[f, slot]), t_len)
+        a, b = max(0, t - p.context_left), min(t_len, t + p.context_right + 1)
+        ids = self.inputs.source.tokens[row, a:b].astype(np.int64).tolist()
+        first = a - (t - p.context_left)
+        values = self.windows[f, slot, first : first + (b - a)].tolist()
+        ds_row, offset = self.inputs.source.provenance(row)
+        return ActivationExample(
+            tokens=self.inputs.token_text.window(ids),
+            token_ids=ids,
+            values=values,
+            max_value=values[t - a],
+            max_token_index=t - a,
+            source=SourceRef(self.inputs.source.dataset, ds_row, offset + a),
+        )
+
+    def _logits(self, ids: torch.Tensor, values: torch.Tensor) -> list[LogitEntry]:
+        text = self.inputs.token_text
+        return [
+            LogitEntry(token=text.token(i), token_id=i, value=v, rank=r + 1)
+            for r, (i, v) in enumerate(zip(ids.tolist(), values.tolist(), strict=True))
+        ]
+
+    def _top_tokens(
+        self, f: int, top: list[ActivationExample], groups: list[QuantileGroup]
+    ) -> list[TokenAggregate]:
+        p, text = self.params, self.inputs.token_text
+        if self.state.tokens is not None:
+            ids, totals, counts, maxima = (x.cpu().numpy() for x in self.state.tokens.rows(f))
+        else:
+            seen: dict[tuple[int, int], tuple[int, float]] = {}
+            for ex in [*top, *(x for g in groups for x in g.examples)]:
+                for k, (i, v) in enumerate(zip(ex.token_ids, ex.values, strict=True)):
+                    if v > 0:
+                        seen[(ex.source.row, ex.source.offset + k)] = (i, v)
+            pairs = np.array(list(seen.values()), dtype=np.float64).reshape(-1, 2)
+            ids, totals, counts, maxima = per_token(pairs[:, 0].astype(np.int64), pairs[:, 1])
+        return rank_tokens(ids, totals, counts, maxima, text.token, p.token_rank_metric,
+                           p.n_top_tokens)  # fmt: skip
+
+
+def _logit_histogram(lens: LogitLens, i: int) -> Histogram:
+    counts = lens.hist_counts[i].tolist()
+    return Histogram(
+        bin_edges=lens.hist_edges[i].tolist(),
+        counts=counts,
+        scale=BinScale.LINEAR,
+        total_count=sum(counts),
+        nonzero_count=int(lens.nonzero[i]),
+    )
+
+
+def _report(progress: ProgressCallback | None, stage: Stage, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total, "")

@@ -1,0 +1,127 @@
+"""What the dashboard computation needs from the outside world, as small Protocols.
+
+The service glue satisfies these with the real model, SAE and tokenizer; tests satisfy them with
+a tiny HookedTransformer and hand-written encoders. Nothing here knows about gRPC or databases.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class ActivationReader(Protocol):
+    """The model forward, stopped at the hook the SAE reads."""
+
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] int64 -> hook activations [B, T, d_in]."""
+        ...
+
+
+class FeatureEncoder(Protocol):
+    """Any SAE architecture: hook activations in, feature activations out."""
+
+    @property
+    def d_sae(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pass runs; the per-feature state lives here too."""
+        ...
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, d_in] -> feature activations [N, d_sae]."""
+        ...
+
+
+class LogitLensSource(Protocol):
+    """Decoder directions in the residual space the unembedding reads."""
+
+    def directions(self, features: torch.Tensor) -> torch.Tensor:
+        """features [C] int64 -> decoder directions in model space [C, d_model]."""
+        ...
+
+    @property
+    def unembedding(self) -> torch.Tensor:
+        """W_U [d_model, d_vocab]."""
+        ...
+
+
+class TokenText(Protocol):
+    """Display strings for token ids, and which ids are special."""
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """BOS/EOS/PAD ids: never an example's max token, excluded from statistics."""
+        ...
+
+    def window(self, ids: Sequence[int]) -> list[str]:
+        """Display strings for one context window (decoding may depend on neighbours)."""
+        ...
+
+    def token(self, token_id: int) -> str:
+        """Display string for one token on its own (logit lens, token tables)."""
+        ...
+
+
+class TokenSource(Protocol):
+    """The token rows to stream over, and where each row came from."""
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Integer array [rows, T]; may be a memmap."""
+        ...
+
+    @property
+    def dataset(self) -> str: ...
+
+    def provenance(self, row: int) -> tuple[int, int]:
+        """(row in the dataset, offset of this row's first token in that dataset row)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayTokenSource:
+    """A TokenSource over an in-memory array whose rows are dataset rows starting at offset 0."""
+
+    tokens: np.ndarray
+    dataset: str = ""
+
+    def provenance(self, row: int) -> tuple[int, int]:
+        return row, 0
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardInputs:
+    """Everything the computation reads, bundled so entry points take one argument."""
+
+    reader: ActivationReader
+    encoder: FeatureEncoder
+    logit_lens: LogitLensSource
+    token_text: TokenText
+    source: TokenSource
+
+
+class Stage(enum.Enum):
+    """Progress stages; names match ``mistudio.common.v1.Stage`` (``STAGE_`` + name)."""
+
+    ACTIVATION_PASS = "activation_pass"
+    LOADING_EXAMPLES = "loading_examples"
+    LOGIT_LENS = "logit_lens"
+    HISTOGRAMS = "histograms"
+    TOKEN_AGGREGATION = "token_aggregation"
+
+
+ProgressCallback = Callable[[Stage, int, int, str], None]
+"""(stage, items done, items total, message); messages report e.g. a halved batch size."""
+
+
+class CancelCheck(Protocol):
+    """Anything with ``is_set()``, e.g. ``threading.Event``."""
+
+    def is_set(self) -> bool: ...

@@ -1,0 +1,116 @@
+"""Integer keys that make every selection exact, deterministic and mergeable.
+
+A token position is global: ``row * T + t`` (< 2**32). Ranking by (value desc, position asc) is
+one int64 comparison on ``value_bits << 32 | (2**32 - 1 - position)`` because the bit pattern of a
+non-negative float32 orders like the float. Uniform sampling is bottom-k on
+``priority << 32 | position`` where the priority is a hash of (feature, position), so a sample
+does not depend on batch order or on how the pass was split. All hash arithmetic stays below
+2**63, so it is the same on every device and in numpy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAX_POSITIONS = 1 << 32
+"""Global positions must fit in 32 bits (4.29e9 tokens per pass)."""
+M32 = 0xFFFFFFFF
+EMPTY_TOP = -1
+"""Fill for an unused top-example slot (every real key is > 0)."""
+EMPTY_SAMPLE = (1 << 63) - 1
+"""Fill for an unused sample slot (every real key is smaller)."""
+_MIX = 0x45D9F3B
+_SEED_SAMPLE = 0x2545F491
+_SEED_WINDOW_A = 0x1B873593
+_SEED_WINDOW_B = 0x6A09E667
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (Mueller) on int64 tensors holding values in [0, 2**32)."""
+    x = (((x >> 16) ^ x) * _MIX) & M32
+    x = (((x >> 16) ^ x) * _MIX) & M32
+    return (x >> 16) ^ x
+
+
+def top_key(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rank key for positive float32 values at global positions: larger is better."""
+    bits = values.contiguous().view(torch.int32).to(torch.int64)
+    return (bits << 32) | (M32 - positions)
+
+
+def top_value(keys: torch.Tensor) -> torch.Tensor:
+    """float32 values of top keys (0 for empty slots)."""
+    bits = (keys.clamp(min=0) >> 32).to(torch.int32)
+    return bits.view(torch.float32)
+
+
+def top_position(keys: torch.Tensor) -> torch.Tensor:
+    """Global positions of top keys (-1 for empty slots)."""
+    return torch.where(keys >= 0, M32 - (keys & M32), -1)
+
+
+def sample_key(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Bottom-k key: a hash priority of (SAE feature index, global position), then position."""
+    h = mix32(features ^ _SEED_SAMPLE)
+    h = mix32(h ^ (positions & M32))
+    h = mix32(h ^ (positions >> 32))
+    return ((h >> 1) << 32) | positions
+
+
+def sample_position(keys: torch.Tensor) -> torch.Tensor:
+    """Global positions of sample keys (-1 for empty slots)."""
+    return torch.where(keys != EMPTY_SAMPLE, keys & M32, -1)
+
+
+def window_hash(tokens: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """63-bit hash of every position's context window [B, T] (ids outside the row count as -1).
+
+    Equal hashes mean equal displayed windows (same tokens, max token at the same index).
+    """
+    b, t = tokens.shape
+    padded = torch.nn.functional.pad(tokens + 1, (left, right), value=0)  # [B, T + L + R]
+    h_a = torch.full((b, t), _SEED_WINDOW_A, dtype=torch.int64, device=tokens.device)
+    h_b = torch.full((b, t), _SEED_WINDOW_B, dtype=torch.int64, device=tokens.device)
+    for w in range(left + right + 1):
+        ids = padded[:, w : w + t] & M32
+        h_a = mix32(h_a ^ ids)
+        h_b = mix32(h_b ^ mix32(ids ^ _SEED_WINDOW_B))
+    return ((h_a >> 1) << 32) | h_b
+
+
+def segment_top(
+    seg: torch.Tensor, keys: torch.Tensor, n_seg: int, k: int, *, largest: bool, fill: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-segment top-k of a flat list: seg [M] in [0, n_seg), keys [M] unique per segment.
+
+    Returns keys [n_seg, k] (padded with ``fill``) and list indices [n_seg, k] (-1 for padding),
+    each row sorted best first.
+    """
+    order = keys.argsort(descending=largest, stable=True)
+    order = order[seg[order].argsort(stable=True)]  # grouped by segment, best first inside
+    seg_sorted = seg[order]
+    counts = torch.bincount(seg, minlength=n_seg)
+    starts = counts.cumsum(0) - counts
+    rank = torch.arange(len(order), device=keys.device) - starts[seg_sorted]
+    keep = rank < k
+    out_keys = torch.full((n_seg, k), fill, dtype=torch.int64, device=keys.device)
+    out_idx = torch.full((n_seg, k), -1, dtype=torch.int64, device=keys.device)
+    out_keys[seg_sorted[keep], rank[keep]] = keys[order[keep]]
+    out_idx[seg_sorted[keep], rank[keep]] = order[keep]
+    return out_keys, out_idx
+
+
+def drop_duplicate_windows(
+    keys: torch.Tensor, hashes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """keys [F, M] (larger is better, unique per row or EMPTY_TOP): keep the best key per hash.
+
+    Returns (keys, hashes) sorted best first, every worse duplicate's key set to EMPTY_TOP.
+    """
+    keys, order = keys.sort(dim=1, descending=True)
+    hashes = hashes.gather(1, order)
+    sorted_hashes, by_hash = hashes.sort(dim=1, stable=True)  # best first within equal hashes
+    dup_sorted = torch.zeros_like(sorted_hashes, dtype=torch.bool)
+    dup_sorted[:, 1:] = sorted_hashes[:, 1:] == sorted_hashes[:, :-1]
+    dup = torch.zeros_like(dup_sorted).scatter_(1, by_hash, dup_sorted)
+    return keys.masked_fill(dup, EMPTY_TOP), hashes

@@ -1,0 +1,61 @@
+"""Which tokens a feature fires on: totals per token string, ranked.
+
+Tokens are grouped by their display string (ids that display alike are one row, shown with the
+lowest such id). By default the rows cover the distinct positions of the feature's shown
+examples where it is active; with ``aggregate_all_tokens`` they cover every active position of
+the pass (``TokenTotals``). Ties in the ranking go to the lower token id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from mistudio_common.dashboard import TokenAggregate, TokenRankMetric
+
+
+def per_token(
+    ids: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, totals, counts, maxima) per distinct id of active (id, value) pairs."""
+    uniq, inv = np.unique(ids, return_inverse=True)
+    totals = np.bincount(inv, weights=values.astype(np.float64), minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+    maxima = np.zeros(len(uniq), dtype=np.float64)
+    np.maximum.at(maxima, inv, values.astype(np.float64))
+    return uniq, totals, counts, maxima
+
+
+def rank_tokens(
+    ids: np.ndarray,
+    totals: np.ndarray,
+    counts: np.ndarray,
+    maxima: np.ndarray,
+    token_string: Callable[[int], str],
+    metric: TokenRankMetric,
+    n_top: int,
+) -> list[TokenAggregate]:
+    rows: dict[str, list[float]] = {}  # string -> [lowest id, total, count, max]
+    for i, tot, cnt, mx in zip(ids.tolist(), totals.tolist(), counts.tolist(), maxima.tolist(),
+                               strict=True):  # fmt: skip
+        row = rows.setdefault(token_string(i), [i, 0.0, 0, 0.0])
+        row[0], row[1], row[2], row[3] = min(row[0], i), row[1] + tot, row[2] + cnt, max(row[3], mx)
+    out = [
+        TokenAggregate(
+            token=s,
+            token_id=int(r[0]),
+            total_activation=float(r[1]),
+            count=int(r[2]),
+            mean_activation=float(r[1]) / int(r[2]),
+            max_activation=float(r[3]),
+        )
+        for s, r in rows.items()
+        if r[2] > 0
+    ]
+    key: Callable[[TokenAggregate], float] = {
+        TokenRankMetric.SUM: lambda a: a.total_activation,
+        TokenRankMetric.COUNT: lambda a: float(a.count),
+        TokenRankMetric.MEAN: lambda a: a.mean_activation,
+    }[metric]
+    out.sort(key=lambda a: (-key(a), a.token_id))
+    return out[:n_top]
