@@ -125,7 +125,7 @@ def make_sae(model, tokens: np.ndarray, kind: str, d_sae: int = 96, seed: int = 
     sae = cls(w_dec.T.clone(), torch.zeros(d_sae), w_dec)
     with torch.no_grad():
         x = HookReader(model).activations(torch.from_numpy(tokens))  # [rows, T, d_model]
-    target = x[20, 10]  # feature 1 points at one token of an unduplicated row
+    target = x[20, 10]  # feature 1 peaks at a single token of an unduplicated row
     sae.w_enc[:, 1] = target / target.norm()
     pre = sae.pre(x.reshape(-1, D_MODEL))[~np.isin(tokens, list(SPECIAL)).reshape(-1)]
     density = torch.linspace(0.02, 0.08, d_sae)

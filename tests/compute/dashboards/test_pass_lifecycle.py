@@ -1,0 +1,203 @@
+"""Split, merge, checkpoint, resume, out-of-memory, cancellation and progress of the pass."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from mistudio_common.dashboard import DashboardParams, FeatureDashboard
+from mistudio_common.errors import Cancelled, FailedPrecondition, ResourceExhausted
+from mistudio_compute.dashboards import (
+    Checkpointing,
+    Stage,
+    compute_dashboards,
+    finalize_dashboards,
+    run_activation_pass,
+    state_config,
+)
+from mistudio_compute.dashboards.keys import sample_position, top_position
+
+from tests.compute.dashboards import tiny
+
+PARAMS = DashboardParams(
+    n_top_examples=20,
+    n_quantile_groups=3,
+    examples_per_quantile_group=2,
+    context_left=3,
+    context_right=2,
+    histogram_bins=20,
+    aggregate_all_tokens=True,
+)
+BATCH = 8
+
+
+FLOAT_SUMS = {"total", "total_sq", "tokens.total"}
+
+
+def without_moments(d: FeatureDashboard) -> FeatureDashboard:
+    stats = replace(d.statistics, mean_activation=0.0, std_activation=0.0)
+    tokens = [replace(t, total_activation=0.0, mean_activation=0.0) for t in d.top_tokens]
+    return replace(d, statistics=stats, top_tokens=tokens)
+
+
+def flatten(chunks) -> list[FeatureDashboard]:
+    return [d for chunk in chunks for d in chunk]
+
+
+@pytest.fixture(scope="module")
+def inputs(model, relu_sae, tokens):
+    return tiny.make_inputs(model, relu_sae, tokens)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs) -> list[FeatureDashboard]:
+    return flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH))
+
+
+class FlakyReader:
+    """Raises a real CUDA out-of-memory error for batches above ``max_rows``."""
+
+    def __init__(self, reader, max_rows: int) -> None:
+        self.reader, self.max_rows, self.calls = reader, max_rows, 0
+
+    def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if tokens.shape[0] > self.max_rows:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.reader.activations(tokens)
+
+
+def test_two_halves_merged_equal_one_pass(inputs, reference) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+    features = torch.arange(inputs.encoder.d_sae)
+    first = run_activation_pass(inputs, config, features, rows=range(0, 24), batch_size=BATCH)
+    second = run_activation_pass(inputs, config, features, rows=range(24, 64), batch_size=BATCH)
+    whole = run_activation_pass(inputs, config, features, batch_size=BATCH)
+    merged = second.state.merge(first.state)  # order does not matter either
+    for name, tensor in whole.state.tensors().items():
+        if name in FLOAT_SUMS:  # float64 addition is associative only up to rounding
+            torch.testing.assert_close(merged.tensors()[name], tensor, rtol=1e-12, atol=0)
+        else:
+            assert torch.equal(merged.tensors()[name], tensor), name
+    assert merged.token_count == whole.state.token_count
+    got = flatten(finalize_dashboards(merged, inputs, PARAMS, batch_size=BATCH))
+    assert [without_moments(d) for d in got] == [without_moments(d) for d in reference]
+    for a, b in zip(got, reference, strict=True):
+        assert a.statistics.mean_activation == pytest.approx(
+            b.statistics.mean_activation, rel=1e-12
+        )
+        assert a.statistics.std_activation == pytest.approx(b.statistics.std_activation, rel=1e-9)
+        for x, y in zip(a.top_tokens, b.top_tokens, strict=True):
+            assert x.total_activation == pytest.approx(y.total_activation, rel=1e-12)
+
+
+def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: Path) -> None:
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def stop_after_three_batches(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is Stage.ACTIVATION_PASS:
+            seen.append(done)
+            if len(seen) == 3:
+                cancel.set()
+
+    with pytest.raises(Cancelled):
+        flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
+                                   progress=stop_after_three_batches, cancel=cancel))  # fmt: skip
+    assert checkpoint.path.exists()
+    resumed: list[int] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is Stage.ACTIVATION_PASS:
+            resumed.append(done)
+
+    again = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
+                                       progress=record))  # fmt: skip
+    assert again == reference
+    t = tiny.N_CTX
+    assert resumed[0] == 4 * BATCH * t  # started after the third batch's checkpoint
+    assert resumed[-1] == tiny.ROWS * t
+
+
+def test_checkpoint_of_another_job_is_refused(inputs, tmp_path: Path) -> None:
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+    config = state_config(PARAMS, tiny.SPECIAL)
+    run_activation_pass(inputs, config, torch.arange(10), rows=range(0, 8), checkpoint=checkpoint)
+    with pytest.raises(FailedPrecondition) as err:
+        run_activation_pass(inputs, config, torch.arange(12), rows=range(0, 8),
+                            checkpoint=checkpoint)  # fmt: skip
+    assert err.value.field == "checkpoint"
+
+
+def test_out_of_memory_halves_the_batch_and_carries_on(inputs, reference) -> None:
+    flaky = replace(inputs, reader=FlakyReader(inputs.reader, max_rows=BATCH))
+    messages: list[str] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        if message:
+            messages.append(message)
+
+    got = flatten(compute_dashboards(flaky, PARAMS, batch_size=4 * BATCH, progress=record))
+    assert messages == [
+        "out of memory: batch size halved to 16",
+        "out of memory: batch size halved to 8",
+    ]
+    assert got == reference
+
+
+def test_out_of_memory_with_one_row_is_resource_exhausted(inputs) -> None:
+    flaky = replace(inputs, reader=FlakyReader(inputs.reader, max_rows=0))
+    with pytest.raises(ResourceExhausted):
+        flatten(compute_dashboards(flaky, PARAMS, batch_size=2))
+
+
+def test_cancellation_stops_between_batches(inputs) -> None:
+    counting = FlakyReader(inputs.reader, max_rows=10**6)
+    cancel = threading.Event()
+
+    def cancel_after_first(stage: Stage, done: int, total: int, message: str) -> None:
+        cancel.set()
+
+    dashboards = compute_dashboards(replace(inputs, reader=counting), PARAMS, batch_size=BATCH,
+                                    progress=cancel_after_first, cancel=cancel)  # fmt: skip
+    with pytest.raises(Cancelled):
+        next(dashboards)
+    assert counting.calls == 1
+
+
+def test_progress_covers_every_stage_and_ends_complete(inputs) -> None:
+    events: list[tuple[Stage, int, int]] = []
+    flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, chunk_size=40,
+                               progress=lambda s, d, t, m: events.append((s, d, t))))  # fmt: skip
+    last = {stage: (done, total) for stage, done, total in events}
+    n = inputs.encoder.d_sae
+    assert last[Stage.ACTIVATION_PASS] == (tiny.ROWS * tiny.N_CTX,) * 2
+    assert last[Stage.LOADING_EXAMPLES][0] == last[Stage.LOADING_EXAMPLES][1] > 0
+    for stage in (Stage.LOGIT_LENS, Stage.HISTOGRAMS, Stage.TOKEN_AGGREGATION):
+        assert last[stage] == (n, n)
+    assert [d for s, d, _ in events if s is Stage.LOGIT_LENS] == [40, 80, 96]
+
+
+def test_dashboards_come_in_chunks_in_feature_order(inputs, reference) -> None:
+    chunks = list(compute_dashboards(inputs, PARAMS, batch_size=BATCH, chunk_size=25))
+    assert [len(c) for c in chunks] == [25, 25, 25, 21]
+    assert flatten(chunks) == reference
+
+
+def test_a_feature_subset_equals_the_same_features_of_a_full_run(inputs, reference) -> None:
+    subset = [70, 3, 1, 0, 41]
+    got = flatten(compute_dashboards(inputs, PARAMS, features=subset, batch_size=BATCH))
+    assert got == [reference[f] for f in sorted(subset)]
+
+
+def test_positions_are_global_across_row_ranges(inputs) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+    part = run_activation_pass(inputs, config, torch.arange(5), rows=range(40, 48), batch_size=3)
+    positions = sample_position(part.state.sample_keys).flatten().tolist()
+    positions += top_position(part.state.top_keys).flatten().tolist()
+    rows = {p // tiny.N_CTX for p in positions if p >= 0}
+    assert rows and rows <= set(range(40, 48))
