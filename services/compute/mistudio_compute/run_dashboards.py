@@ -1,0 +1,119 @@
+"""Runs the streaming dashboard computation for one prepared job and reports back to it.
+
+The computation (``mistudio_compute.dashboards``) reports progress per batch and per chunk of
+features; this module turns that into the job's stage sequence, hands every finalised chunk to
+the job (which caches it in the store) and measures what the ComputeResult reports.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
+
+from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
+from mistudio_compute.dashboards import (
+    Checkpointing,
+    Stage,
+    finalize_dashboards,
+    run_activation_pass,
+    state_config,
+    validate_features,
+    validate_params,
+)
+from mistudio_compute.jobs import RunHooks, RunStats
+
+if TYPE_CHECKING:
+    from mistudio_compute.planning import PreparedDashboards
+
+CHECKPOINT_FILE = "pass.safetensors"
+CHUNK_FEATURES = 256
+"""Features finalised (and written to the store) together."""
+
+_PASS_STAGES = {
+    Stage.ACTIVATION_PASS: (ppb.STAGE_ACTIVATION_PASS, "tokens"),
+    Stage.LOADING_EXAMPLES: (ppb.STAGE_LOADING_EXAMPLES, "rows"),
+}
+_FINAL_STAGES = (ppb.STAGE_LOGIT_LENS, ppb.STAGE_HISTOGRAMS, ppb.STAGE_TOKEN_AGGREGATION)
+
+
+class StageReporter:
+    """Maps the computation's progress onto the job's sequential stages.
+
+    Finalisation runs logit lens, histograms and token aggregation together, chunk by chunk;
+    the job shows that as LOGIT_LENS counting finished features, then the other two closing,
+    so stages never go backwards.
+    """
+
+    def __init__(self, hooks: RunHooks) -> None:
+        self._report = hooks.progress
+        self._finalised = 0
+
+    def __call__(self, stage: Stage, done: int, total: int, message: str) -> None:
+        if stage in _PASS_STAGES:
+            proto_stage, unit = _PASS_STAGES[stage]
+            self._report(proto_stage, done, total, unit, message)
+        elif stage is Stage.TOKEN_AGGREGATION:  # the last step of a chunk: features are final
+            self._finalised = done
+            if done < total:
+                self._report(ppb.STAGE_LOGIT_LENS, done, total, "features", message)
+            else:
+                for proto_stage in _FINAL_STAGES:
+                    self._report(proto_stage, done, total, "features", message)
+
+
+def run_dashboards(
+    prepared: PreparedDashboards, features: Sequence[int], hooks: RunHooks
+) -> RunStats:
+    """Pass, then finalisation chunk by chunk; raises Cancelled when ``hooks.interrupt`` is set."""
+    params = params_from_pb(prepared.params)
+    validate_params(params)
+    dataset = prepared.dataset
+    inputs = dashboard_inputs(
+        prepared.model,
+        prepared.resolved.sae,
+        prepared.resolved.hook_point,
+        DatasetTokens(dataset),
+        prepared.model_lock,
+    )
+    device = inputs.encoder.device
+    reporter = StageReporter(hooks)
+    passed = run_activation_pass(
+        inputs,
+        state_config(params, inputs.token_text.special_ids),
+        validate_features(features, inputs.encoder.d_sae),
+        batch_size=prepared.batch_rows,
+        checkpoint=Checkpointing(
+            hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
+        ),
+        progress=reporter,
+        cancel=hooks.interrupt,
+    )
+    chunks = finalize_dashboards(
+        passed.state,
+        inputs,
+        params,
+        batch_size=passed.batch_size,
+        chunk_size=CHUNK_FEATURES,
+        progress=reporter,
+        cancel=hooks.interrupt,
+    )
+    for chunk in chunks:
+        hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
+    return RunStats(
+        tokens_processed=dataset.n_tokens,
+        final_batch_size=passed.batch_size,
+        device=str(device),
+        peak_memory_mb=_peak_memory_mb(device),
+    )
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA; the process's peak resident set on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
