@@ -1,0 +1,203 @@
+"""From a request to a computation ready to run: SAE, model, hook, tokens and parameters,
+each checked so that a bad request fails with INVALID_ARGUMENT before any job exists.
+
+Loaded models are cached by (reference, device): loading is the slow part of a small job, and
+jobs on one cached model take turns through a per-model lock (hooks are per-call).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common import dashboard as d
+from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
+from mistudio_common.errors import InvalidArgument
+
+from mistudio_compute.config import ComputeSettings
+from mistudio_compute.dashboards.params import validate_params
+from mistudio_compute.hooks import HookKind, hook_name
+from mistudio_compute.jobs import RunHooks, RunStats
+from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.sae import check_against_model
+from mistudio_compute.sae_source import ResolvedSae, resolve_sae
+from mistudio_compute.store_client import StoreClient
+from mistudio_compute.tokens import TokenDataset, TokenSourceSpec, load_token_source
+
+ModelLoader = Callable[[str, str], LoadedModel]
+"""(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
+
+
+@dataclass(frozen=True)
+class PreparedDashboards:
+    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
+
+    sae_id: str
+    params: dpb.DashboardParams
+    feature_indices: Sequence[int]
+    resolved: ResolvedSae
+    model: LoadedModel
+    model_lock: threading.Lock
+    dataset: TokenDataset
+    batch_rows: int
+    checkpoint_every_batches: int
+
+    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
+        from mistudio_compute.run_dashboards import run_dashboards
+
+        return run_dashboards(self, features, hooks)
+
+
+class Planner:
+    """Resolves references and validates requests; shared by the servicer and the job manager."""
+
+    def __init__(
+        self,
+        settings: ComputeSettings,
+        store: StoreClient,
+        model_loader: ModelLoader | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._load = model_loader or load_model
+        self._models: dict[tuple[str, str], tuple[LoadedModel, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    def model(self, model_id: str, device: str = "") -> tuple[LoadedModel, threading.Lock]:
+        key = (model_id, device or self._settings.device)
+        with self._lock:  # one load per model, even when two requests race for it
+            if key not in self._models:
+                self._models[key] = (self._load(*key), threading.Lock())
+            return self._models[key]
+
+    def resolve_sae(
+        self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
+    ) -> ResolvedSae:
+        return resolve_sae(ref, self._store, hook_point, model_id)
+
+    def validate(
+        self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
+    ) -> cpb.ValidateSaeResponse:
+        resolved = self.resolve_sae(ref, hook_point, model_id)
+        model, _ = self.model(_require_model(resolved))
+        check = check_against_model(resolved.sae, model, resolved.hook_point)
+        return cpb.ValidateSaeResponse(
+            architecture=resolved.sae.cfg.architecture,
+            d_in=resolved.sae.d_in,
+            d_sae=resolved.sae.d_sae,
+            hook_point=check.hook_point,
+            model_id=resolved.model_id,
+            hook_width=check.hook_width,
+            d_vocab=model.d_vocab,
+            warnings=check.warnings,
+        )
+
+    def resolve_hook_point(
+        self, model_id: str, layer: int, kind: cpb.HookKind.ValueType
+    ) -> cpb.ResolveHookPointResponse:
+        if kind == cpb.HOOK_KIND_UNSPECIFIED:
+            raise InvalidArgument(
+                "no hook kind given", field="kind", fix="set kind, e.g. HOOK_KIND_RESID_POST"
+            )
+        hook_kind = HookKind(cpb.HookKind.Name(kind).removeprefix("HOOK_KIND_").lower())
+        model, _ = self.model(model_id)
+        name = hook_name(layer, hook_kind, model.n_layers)
+        return cpb.ResolveHookPointResponse(
+            hook_point=name, width=model.hook_width(name), n_layers=model.n_layers
+        )
+
+    def count_tokens(self, ref: cpb.SaeReference, tokens: tpb.TokenSource) -> tuple[int, int]:
+        """(tokens the source yields, the SAE's d_sae), for EstimateComputation."""
+        resolved = self.resolve_sae(ref)
+        model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
+        tokenizer = model.tokenizer if model is not None else None
+        dataset = load_token_source(_token_spec(tokens), tokenizer)
+        return dataset.n_tokens, resolved.sae.d_sae
+
+    def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
+        """Every check a request can fail before it runs, in the order a user would fix them."""
+        params = params_from_pb(request.params)
+        check_params(params)
+        if request.batch_size < 0:
+            raise InvalidArgument(
+                f"batch_size {request.batch_size} is negative",
+                field="batch_size",
+                fix="use 0 for the default or a positive number of rows",
+            )
+        resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
+        features = _features(request.feature_indices, resolved.sae.d_sae)
+        model, lock = self.model(_require_model(resolved), request.device)
+        check = check_against_model(resolved.sae, model, resolved.hook_point)
+        dataset = load_token_source(_token_spec(request.tokens), model.tokenizer, model.d_vocab)
+        if dataset.context_size > model.cfg.n_ctx:
+            raise InvalidArgument(
+                f"rows of {dataset.context_size} tokens exceed the model's context of "
+                f"{model.cfg.n_ctx}",
+                field="tokens.context_size",
+                fix=f"use a context_size of at most {model.cfg.n_ctx}",
+            )
+        params = d.DashboardParams(
+            **{**_fields(params), "token_source_fingerprint": dataset.fingerprint}
+        )
+        return PreparedDashboards(
+            sae_id=resolved.sae_id,
+            params=params_to_pb(params),
+            feature_indices=features,
+            resolved=ResolvedSae(resolved.sae, resolved.sae_id, model.ref, check.hook_point),
+            model=model,
+            model_lock=lock,
+            dataset=dataset,
+            batch_rows=request.batch_size or self._settings.default_batch_rows,
+            checkpoint_every_batches=self._settings.checkpoint_every_batches,
+        )
+
+
+def check_params(params: d.DashboardParams) -> None:
+    """The computation's own range checks, with the field named as the request spells it."""
+    try:
+        validate_params(params)
+    except InvalidArgument as error:
+        raise InvalidArgument(error.message, field=f"params.{error.field}", fix=error.fix) from None
+
+
+def _fields(params: d.DashboardParams) -> dict[str, Any]:
+    return {name: getattr(params, name) for name in params.__dataclass_fields__}
+
+
+def _require_model(resolved: ResolvedSae) -> str:
+    if not resolved.model_id:
+        raise InvalidArgument(
+            "neither the request nor the SAE names a model",
+            field="model_id",
+            fix="set model_id in the request (or model_name in the SAE's cfg.json)",
+        )
+    return resolved.model_id
+
+
+def _features(indices: Sequence[int], d_sae: int) -> list[int]:
+    if not indices:
+        return list(range(d_sae))
+    bad = [i for i in indices if not 0 <= i < d_sae]
+    if bad:
+        raise InvalidArgument(
+            f"feature indices {bad[:5]} are outside 0..{d_sae - 1}",
+            field="feature_indices",
+            fix=f"list features in 0..{d_sae - 1}, or none for all",
+        )
+    return sorted(set(indices))
+
+
+def _token_spec(source: tpb.TokenSource) -> TokenSourceSpec:
+    return TokenSourceSpec(
+        token_file=source.token_file,
+        text_paths=tuple(source.text.paths),
+        dataset_name=source.dataset_name,
+        context_size=source.context_size,
+        prepend_bos=source.prepend_bos,
+        max_tokens=source.max_tokens,
+    )

@@ -1,0 +1,97 @@
+"""Where a request's SAE comes from: a record in the store, or files named in the request.
+
+Either way the result is a loaded :class:`~mistudio_compute.sae.Sae` plus the model and hook it
+reads, with request overrides applied (override > store record > the SAE's own config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import InvalidArgument
+
+from mistudio_compute.sae import Sae, load_sae
+from mistudio_compute.sae.loading import CONFIG_FILE
+from mistudio_compute.store_client import StoreClient
+
+_ARCHITECTURES = {
+    spb.ARCHITECTURE_STANDARD: "standard",
+    spb.ARCHITECTURE_JUMPRELU: "jumprelu",
+    spb.ARCHITECTURE_TOPK: "topk",
+    spb.ARCHITECTURE_GATED: "gated",
+}
+
+
+@dataclass(frozen=True)
+class ResolvedSae:
+    sae: Sae
+    sae_id: str
+    """The store's id; empty for an SAE given as files."""
+    model_id: str
+    hook_point: str
+
+
+def resolve_sae(
+    ref: cpb.SaeReference, store: StoreClient, hook_override: str = "", model_override: str = ""
+) -> ResolvedSae:
+    """Loads the referenced SAE (weights checked for shape and finiteness on the way)."""
+    which = ref.WhichOneof("reference")
+    if which == "sae_id":
+        record = store.get_sae(ref.sae_id)
+        sae = _load_registered(record)
+        model_id = model_override or record.model_id or sae.model_name or ""
+        hook = hook_override or record.hook_point or sae.hook_name or ""
+        return ResolvedSae(sae, record.sae_id, model_id, hook)
+    if which == "files":
+        if not ref.files.path:
+            raise InvalidArgument(
+                "no SAE path given", field="sae.files.path", fix="name a SAELens folder or file"
+            )
+        config = json_format.MessageToDict(ref.files.config) if ref.files.HasField("config") else {}
+        sae = load_sae(ref.files.path, _ints(config) or None)
+        model_id = model_override or ref.files.model_id or sae.model_name or ""
+        return ResolvedSae(sae, "", model_id, hook_override or sae.hook_name or "")
+    raise InvalidArgument(
+        "no SAE given", field="sae", fix="set sae.sae_id or sae.files in the request"
+    )
+
+
+def _load_registered(record: spb.Sae) -> Sae:
+    """A registered folder keeps its cfg.json; a bare file is described by the record."""
+    config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
+    uri = Path(record.weights_uri.removeprefix("file://"))
+    has_cfg = (
+        (uri / CONFIG_FILE).is_file() if uri.is_dir() else (uri.parent / CONFIG_FILE).is_file()
+    )
+    if not has_cfg:
+        described: dict[str, Any] = {
+            "architecture": _ARCHITECTURES.get(record.architecture, "standard"),
+            "d_in": record.d_in,
+            "d_sae": record.d_sae,
+            "hook_name": record.hook_point or None,
+            "model_name": record.model_id or None,
+        }
+        config = {**described, **config}
+    if not record.weights_uri:
+        raise InvalidArgument(
+            f"SAE {record.sae_id!r} has no weights_uri in the store",
+            field="weights_uri",
+            fix="register the SAE with the path of its SAELens folder or safetensors file",
+        )
+    return load_sae(uri, config or None)
+
+
+def _ints(value: Any) -> Any:
+    """Struct numbers arrive as floats; SAE configs expect integers where they are whole."""
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
