@@ -5,6 +5,7 @@ Layout under ``data_dir/compute``::
 
     jobs/<job_id>/request.binpb    the ComputeDashboardsRequest that started the job
     jobs/<job_id>/progress.binpb   the last ComputeProgress published (sequence numbers resume here)
+    jobs/<job_id>/plan.json        which features the job computes and how many it reused
     jobs/<job_id>/checkpoint/      the computation's own resumable state
     rates.json                     measured token·features per second
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 _REQUEST = "request.binpb"
 _PROGRESS = "progress.binpb"
 _CHECKPOINT = "checkpoint"
+_PLAN = "plan.json"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -61,6 +63,17 @@ class JobRecords:
 
     def save_progress(self, job_id: str, message: cpb.ComputeProgress) -> None:
         _write_atomically(self._dir(job_id) / _PROGRESS, message.SerializeToString())
+
+    def save_plan(self, job_id: str, todo: list[int], reused: int) -> None:
+        data = orjson.dumps({"features": todo, "reused": reused})
+        _write_atomically(self._dir(job_id) / _PLAN, data)
+
+    def load_plan(self, job_id: str) -> tuple[list[int], int] | None:
+        try:
+            data = orjson.loads((self._dir(job_id) / _PLAN).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return [int(f) for f in data["features"]], int(data["reused"])
 
     def checkpoint_dir(self, job_id: str) -> Path:
         return self._dir(job_id) / _CHECKPOINT
