@@ -1,0 +1,84 @@
+"""The ComputeService gRPC adapter: translates messages and delegates.
+
+Long computations live in :class:`~mistudio_compute.jobs.ComputeJobManager`; progress streams
+only watch a job, so a client that disconnects leaves it running. Errors are mapped to statuses
+by ``handle_errors``, also when raised while a stream is being iterated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio_common.grpc_errors import handle_errors
+
+from mistudio_compute.jobs import ComputeJobManager
+from mistudio_compute.planning import Planner
+from mistudio_compute.saelens_export import saelens_chunks
+
+
+class ComputeServicer(cgrpc.ComputeServiceServicer):
+    def __init__(self, manager: ComputeJobManager, planner: Planner) -> None:
+        self._manager = manager
+        self._planner = planner
+
+    @handle_errors
+    def ComputeDashboards(
+        self, request: cpb.ComputeDashboardsRequest, context: grpc.ServicerContext
+    ) -> Iterator[cpb.ComputeProgress]:
+        job = self._manager.start(request)
+        yield from job.channel.watch(still_wanted=context.is_active)
+
+    @handle_errors
+    def WatchComputation(
+        self, request: cpb.WatchComputationRequest, context: grpc.ServicerContext
+    ) -> Iterator[cpb.ComputeProgress]:
+        job = self._manager.get(request.job_id)
+        yield from job.channel.watch(still_wanted=context.is_active)
+
+    @handle_errors
+    def GetComputation(
+        self, request: cpb.GetComputationRequest, context: grpc.ServicerContext
+    ) -> cpb.GetComputationResponse:
+        job = self._manager.get(request.job_id)
+        return cpb.GetComputationResponse(computation=job.channel.latest)
+
+    @handle_errors
+    def CancelComputation(
+        self, request: cpb.CancelComputationRequest, context: grpc.ServicerContext
+    ) -> cpb.CancelComputationResponse:
+        return cpb.CancelComputationResponse(state=self._manager.cancel(request.job_id))
+
+    @handle_errors
+    def ValidateSae(
+        self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
+    ) -> cpb.ValidateSaeResponse:
+        return self._planner.validate(request.sae, request.hook_point, request.model_id)
+
+    @handle_errors
+    def ResolveHookPoint(
+        self, request: cpb.ResolveHookPointRequest, context: grpc.ServicerContext
+    ) -> cpb.ResolveHookPointResponse:
+        return self._planner.resolve_hook_point(request.model_id, request.layer, request.kind)
+
+    @handle_errors
+    def EstimateComputation(
+        self, request: cpb.EstimateComputationRequest, context: grpc.ServicerContext
+    ) -> cpb.EstimateComputationResponse:
+        tokens, d_sae = self._planner.count_tokens(request.sae, request.tokens)
+        features = request.feature_count or d_sae
+        seconds, source = self._manager.rates.estimate(tokens, features)
+        return cpb.EstimateComputationResponse(
+            estimated_seconds=seconds, estimated_tokens=tokens, rate_source=source
+        )
+
+    @handle_errors
+    def ExportSaeLensFiles(
+        self, request: cpb.ExportSaeLensFilesRequest, context: grpc.ServicerContext
+    ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
+        resolved = self._planner.resolve_sae(request.sae)
+        frequencies = list(request.feature_frequencies)
+        for name, chunk, last in saelens_chunks(resolved, request.neuronpedia_id, frequencies):
+            yield cpb.ExportSaeLensFilesResponse(file_name=name, chunk=chunk, last_chunk=last)
