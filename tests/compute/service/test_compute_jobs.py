@@ -1,0 +1,161 @@
+"""Dashboard computations as jobs: streaming, caching, idempotency, reattach, cancel, restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from google.rpc import code_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_compute.tokens import load_token_file
+
+from tests.compute.service.conftest import (
+    CONTEXT,
+    D_SAE,
+    ROWS,
+    ComputeHarness,
+    compute_request,
+    write_tokens,
+)
+
+LONG_ROWS = 96
+"""Enough rows, at 2 rows per batch, for a job that is still running when the test acts."""
+
+
+def until_running(stream: Iterable[cpb.ComputeProgress]) -> Iterator[cpb.ComputeProgress]:
+    """Messages up to the first one that shows the activation pass under way."""
+    for message in stream:
+        yield message
+        p = message.progress
+        if p.stage == ppb.STAGE_ACTIVATION_PASS and p.items_done > 0:
+            return
+    raise AssertionError("the job ended before the activation pass was under way")
+
+
+def long_request(tmp_path: Path, sae_id: str, request_id: str) -> cpb.ComputeDashboardsRequest:
+    tokens = write_tokens(tmp_path / "long.npy", rows=LONG_ROWS, seed=1)
+    return compute_request(sae_id, tokens, request_id, batch_size=2)
+
+
+def test_compute_streams_a_snapshot_then_stages_then_the_result(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path
+) -> None:
+    messages = list(compute.ComputeDashboards(compute_request(registered_sae, token_file)))
+    first, last = messages[0].progress, messages[-1]
+    assert first.job_id and first.stage_count == 7
+    assert first.state in (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING)
+    assert [s.stage for s in last.progress.stages] == list(range(1, 8))  # VALIDATING..CACHING
+    assert all(s.state == ppb.JOB_STATE_SUCCEEDED for s in last.progress.stages)
+    assert last.progress.stages[1].items_done == ROWS * CONTEXT  # the pass counts tokens
+    sequences = [m.progress.sequence for m in messages]
+    assert sequences == sorted(set(sequences))
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED and last.progress.fraction == 1.0
+    assert last.result.features_computed == D_SAE and last.result.features_reused == 0
+    assert last.result.tokens_processed == ROWS * CONTEXT
+    assert last.result.params_key and last.result.device == "cpu"
+
+
+def test_dashboards_land_in_the_store_and_a_second_run_reuses_them(
+    compute: cgrpc.ComputeServiceStub,
+    store_stub: sgrpc.StoreServiceStub,
+    registered_sae: str,
+    token_file: Path,
+) -> None:
+    first = list(compute.ComputeDashboards(compute_request(registered_sae, token_file)))[-1]
+    features = store_stub.ListFeatures(
+        spb.ListFeaturesRequest(sae_id=registered_sae, page_size=100)
+    )
+    assert len(features.features) == D_SAE
+    assert any(f.activation_frequency > 0 for f in features.features)
+    again = compute_request(registered_sae, token_file, "req-2", reuse_cached=True)
+    second = list(compute.ComputeDashboards(again))[-1]
+    assert second.progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert second.result.features_reused == D_SAE and second.result.features_computed == 0
+    assert second.result.params_key == first.result.params_key
+    params = again.params
+    params.token_source_fingerprint = load_token_file(token_file, prepend_bos=True).fingerprint
+    listed = store_stub.ListCachedDashboards(
+        spb.ListCachedDashboardsRequest(sae_id=registered_sae, params=params, page_size=1000)
+    )
+    assert sorted(d.feature_index for d in listed.dashboards) == list(range(D_SAE))
+
+
+def test_the_same_request_id_returns_the_same_job(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path
+) -> None:
+    request = compute_request(registered_sae, token_file, "same-id")
+    first = list(compute.ComputeDashboards(request))
+    second = list(compute.ComputeDashboards(request))
+    assert first[-1].progress.job_id == second[0].progress.job_id
+    assert len(second) == 1 and second[0].result == first[-1].result
+
+
+def test_watch_reattaches_to_a_running_job(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    stream = compute.ComputeDashboards(long_request(tmp_path, registered_sae, "watch"))
+    seen = list(until_running(stream))
+    stream.cancel()  # the client goes away; the job must not
+    job_id = seen[0].progress.job_id
+    watched = list(compute.WatchComputation(cpb.WatchComputationRequest(job_id=job_id)))
+    assert watched[0].progress.sequence >= seen[-1].progress.sequence  # a snapshot comes first
+    assert watched[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert watched[-1].result.tokens_processed == LONG_ROWS * CONTEXT
+    got = compute.GetComputation(cpb.GetComputationRequest(job_id=job_id))
+    assert got.computation.progress.state == ppb.JOB_STATE_SUCCEEDED
+
+
+def test_cancel_stops_the_job_promptly_with_cancelled(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    stream = compute.ComputeDashboards(long_request(tmp_path, registered_sae, "cancel"))
+    seen = list(until_running(stream))
+    job_id = seen[0].progress.job_id
+    reply = compute.CancelComputation(cpb.CancelComputationRequest(job_id=job_id), timeout=10)
+    assert reply.state == ppb.JOB_STATE_CANCELLED
+    last = list(stream)[-1]
+    assert last.progress.state == ppb.JOB_STATE_CANCELLED
+    assert last.progress.error.code == code_pb2.CANCELLED
+    assert last.progress.items_done < last.progress.items_total or (
+        last.progress.stage == ppb.STAGE_ACTIVATION_PASS
+    )
+
+
+def test_a_restarted_service_resumes_the_job_from_its_checkpoint(
+    harness: ComputeHarness, compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    stream = compute.ComputeDashboards(long_request(tmp_path, registered_sae, "restart"))
+    seen = list(until_running(stream))
+    job_id = seen[0].progress.job_id
+    checkpoint = Path(harness.settings.data_dir) / "compute" / "jobs" / job_id / "checkpoint"
+    for message in stream:  # keep going until a checkpoint is on disk
+        if checkpoint.exists() and any(checkpoint.iterdir()):
+            seen.append(message)
+            break
+    harness.stop()
+    restarted = harness.start()
+    watched = list(restarted.WatchComputation(cpb.WatchComputationRequest(job_id=job_id)))
+    assert watched[0].progress.sequence > seen[-1].progress.sequence
+    assert watched[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    passes = [m.progress for m in watched if m.progress.stage == ppb.STAGE_ACTIVATION_PASS]
+    assert passes and passes[0].items_done > 0, "the pass restarted from zero"
+    assert watched[-1].result.features_computed == D_SAE
+
+
+def test_a_failed_store_write_ends_the_job_failed_with_a_status(
+    compute: cgrpc.ComputeServiceStub,
+    store_stub: sgrpc.StoreServiceStub,
+    registered_sae: str,
+    tmp_path: Path,
+) -> None:
+    stream = compute.ComputeDashboards(long_request(tmp_path, registered_sae, "fail"))
+    list(until_running(stream))
+    store_stub.DeleteSae(spb.DeleteSaeRequest(sae_id=registered_sae))
+    last = list(stream)[-1]
+    assert last.progress.state == ppb.JOB_STATE_FAILED
+    assert last.progress.error.code == code_pb2.NOT_FOUND
+    assert isinstance(last, cpb.ComputeProgress) and not last.HasField("result")
