@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,7 +98,8 @@ def test_params_out_of_range_are_invalid_arguments_naming_the_field(
     inputs, field: str, value: int
 ) -> None:
     with pytest.raises(InvalidArgument) as err:
-        compute_dashboards(inputs, replace(PARAMS, **{field: value}))
+        overrides: dict[str, Any] = {field: value}
+        compute_dashboards(inputs, replace(PARAMS, **overrides))
     assert err.value.field == field
     assert str(value) in err.value.message
 

@@ -36,8 +36,9 @@ class FineGrid:
 
     @property
     def relative_error(self) -> float:
-        """Quantile error bound for values inside the grid range."""
-        return math.sqrt(10 ** (1 / self.per_decade)) - 1
+        """Quantile error bound for values inside the grid range (float32 edges included)."""
+        e = self.edges().double()
+        return float((e[1:] / e[:-1]).max().sqrt()) - 1
 
     def edges(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """float32 edges E [G + 1], strictly increasing."""
@@ -91,7 +92,7 @@ def quantiles(
     est = m_lo + frac * (m_hi - m_lo)
     err = torch.maximum((z_lo / a_lo).sqrt() - 1, (z_hi / a_hi).sqrt() - 1).amax(1)
     alive = n[:, 0] > 0
-    return est * alive[:, None], torch.where(alive, err, 0.0)
+    return torch.where(alive[:, None], est, 0.0), torch.where(alive, err, 0.0)
 
 
 def snap_to_grid(
