@@ -7,6 +7,7 @@ from pathlib import Path
 
 from google.rpc import code_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
@@ -159,3 +160,18 @@ def test_a_failed_store_write_ends_the_job_failed_with_a_status(
     assert last.progress.state == ppb.JOB_STATE_FAILED
     assert last.progress.error.code == code_pb2.NOT_FOUND
     assert isinstance(last, cpb.ComputeProgress) and not last.HasField("result")
+
+
+def test_estimates_use_the_rate_measured_by_finished_runs(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path
+) -> None:
+    list(compute.ComputeDashboards(compute_request(registered_sae, token_file)))
+    estimate = compute.EstimateComputation(
+        cpb.EstimateComputationRequest(
+            sae=cpb.SaeReference(sae_id=registered_sae),
+            tokens=tpb.TokenSource(token_file=str(token_file)),
+            feature_count=D_SAE,
+        )
+    )
+    assert estimate.rate_source == "measured"
+    assert 0 < estimate.estimated_seconds < 60
