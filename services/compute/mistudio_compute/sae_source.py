@@ -63,6 +63,12 @@ def resolve_sae(
 
 def _load_registered(record: spb.Sae) -> Sae:
     """A registered folder keeps its cfg.json; a bare file is described by the record."""
+    if not record.weights_uri:
+        raise InvalidArgument(
+            f"SAE {record.sae_id!r} has no weights_uri in the store",
+            field="weights_uri",
+            fix="register the SAE with the path of its SAELens folder or safetensors file",
+        )
     config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
     uri = Path(record.weights_uri.removeprefix("file://"))
     has_cfg = (
@@ -77,13 +83,19 @@ def _load_registered(record: spb.Sae) -> Sae:
             "model_name": record.model_id or None,
         }
         config = {**described, **config}
-    if not record.weights_uri:
-        raise InvalidArgument(
-            f"SAE {record.sae_id!r} has no weights_uri in the store",
-            field="weights_uri",
-            fix="register the SAE with the path of its SAELens folder or safetensors file",
-        )
-    return load_sae(uri, config or None)
+    sae = load_sae(uri, config or None)
+    for name, registered, loaded in (
+        ("d_in", record.d_in, sae.d_in),
+        ("d_sae", record.d_sae, sae.d_sae),
+    ):
+        if registered and registered != loaded:
+            raise InvalidArgument(
+                f"SAE {record.sae_id!r} is registered with {name} {registered} but its weights "
+                f"have {name} {loaded}",
+                field=name,
+                fix="re-register the SAE with the shape of its weights",
+            )
+    return sae
 
 
 def _ints(value: Any) -> Any:
