@@ -21,16 +21,28 @@ from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
-from mistudio_export.downloads import finished_job
+from mistudio_export.downloads import fetch_to_file, finished_job
 from mistudio_export.generate import FOLDERS
 from mistudio_export.object_store import ObjectStore
-from mistudio_export.packaging import MANIFEST_NAME, Compression, FormatKind, build_archive
+from mistudio_export.packaging import (
+    MANIFEST_NAME,
+    PREFILL_NAME,
+    README_NAME,
+    Compression,
+    FormatKind,
+    VerifyReport,
+    build_archive,
+    verify_archive,
+)
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
 
 CHECKPOINT_KEY = "validation"
 SAELENS_REQUIRED = ("cfg.json", "sae_weights.safetensors")
 DEFAULT_MAX_PROBLEMS = 1000
+MAX_FIX_LINES = 100
+PACKAGING_FILES = (README_NAME, PREFILL_NAME, MANIFEST_NAME)
+"""Archive files that belong to no export format; validated through the manifest instead."""
 _SEVERITY = {Severity.ERROR: epb.SEVERITY_ERROR, Severity.WARNING: epb.SEVERITY_WARNING}
 
 
@@ -45,11 +57,19 @@ def summary_of(report: ValidationReport) -> epb.ValidationSummary:
             epb.ProblemClass(code=code, count=n, suggested_fix=PROBLEM_CLASSES[code].fix)
             for code, n in sorted(counts.items())
         ],
-        fixes_applied=[
-            f"{c.file}{':' + str(c.line) if c.line else ''} {c.pointer}: {c.description}"
-            for c in report.changes
-        ],
+        fixes_applied=_fix_lines(report),
     )
+
+
+def _fix_lines(report: ValidationReport) -> list[str]:
+    """One line per repair, at most MAX_FIX_LINES (the classes above count them all)."""
+    lines = [
+        f"{c.file}{':' + str(c.line) if c.line else ''} {c.pointer}: {c.description}"
+        for c in report.changes[:MAX_FIX_LINES]
+    ]
+    if len(report.changes) > MAX_FIX_LINES:
+        lines.append(f"... and {len(report.changes) - MAX_FIX_LINES} more repairs")
+    return lines
 
 
 def problems_of(report: ValidationReport, limit: int) -> list[epb.ValidationProblem]:
@@ -120,19 +140,22 @@ class ArchiveValidator:
         job = finished_job(self._store, request.job_id)
         limit = request.max_problems or DEFAULT_MAX_PROBLEMS
         with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
-            folder = Path(scratch) / "archive"
-            archive = Path(scratch) / "archive.zip"
-            with self._objects.get_range(job.output_uri) as chunks, open(archive, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
+            folder, aside = Path(scratch) / "archive", Path(scratch) / "packaging"
+            archive = fetch_to_file(self._objects, job.output_uri, Path(scratch) / "archive.zip")
+            integrity = verify_archive(archive)
             with zipfile.ZipFile(archive) as zf:
                 compression = _compression_of(zf)
                 zf.extractall(folder)
+            _move(folder, aside, PACKAGING_FILES)
             report = validate_export(folder, fix=request.auto_fix)
             summary = summary_of(report)
+            if (folder / FOLDERS[FormatKind.SAELENS]).is_dir():
+                _check_saelens(folder / FOLDERS[FormatKind.SAELENS], summary)
+            problems = problems_of(report, limit) + _integrity(integrity, summary)
             if report.changes:
+                _move(aside, folder, (README_NAME, PREFILL_NAME))
                 self._republish(job, folder, Path(scratch) / "fixed.zip", compression, summary)
-        return epb.ValidateArchiveResponse(summary=summary, problems=problems_of(report, limit))
+        return epb.ValidateArchiveResponse(summary=summary, problems=problems[:limit])
 
     def _republish(
         self,
@@ -154,6 +177,44 @@ class ArchiveValidator:
         record = spb.ExportJob(job_id=job.job_id, output_size_bytes=fixed.size)
         record.checkpoint.CopyFrom(views.struct_of(checkpoint))
         self._store.update_job(record, ["output_size_bytes", "checkpoint"])
+
+
+def _move(source: Path, target: Path, names: Sequence[str]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_file():
+            (source / name).replace(target / name)
+
+
+def _integrity(report: VerifyReport, summary: epb.ValidationSummary) -> list[epb.ValidationProblem]:
+    """The archive against its manifest, as validation problems (added to the summary)."""
+    found = [
+        *(("FILE_UNREADABLE", MANIFEST_NAME, report.unreadable) for _ in [1] if report.unreadable),
+        *(("MISSING_FILE", path, "listed in the manifest, absent") for path in report.missing),
+        *(("FILE_UNREADABLE", c.path, c.reason) for c in report.corrupt),
+    ]
+    problems = [
+        epb.ValidationProblem(severity=epb.SEVERITY_ERROR, code=code, file=file, message=text)
+        for code, file, text in found
+    ]
+    problems += [
+        epb.ValidationProblem(
+            severity=epb.SEVERITY_WARNING,
+            code="UNEXPECTED_FILE",
+            file=path,
+            message="not listed in the manifest",
+        )
+        for path in report.extra
+    ]
+    counts = Counter(p.code for p in problems)
+    for code, n in sorted(counts.items()):
+        summary.classes.append(
+            epb.ProblemClass(code=code, count=n, suggested_fix=PROBLEM_CLASSES[code].fix)
+        )
+    summary.error_count += len(found)
+    summary.warning_count += len(report.extra)
+    summary.valid = summary.valid and not found
+    return problems
 
 
 def _compression_of(zf: zipfile.ZipFile) -> Compression:

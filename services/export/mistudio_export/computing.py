@@ -30,6 +30,14 @@ COMPUTE_STAGES = (
     ppb.STAGE_CACHING,
 )
 CHECKPOINT_KEY = "compute"
+_STAGE_NOTES = {
+    ppb.STAGE_ACTIVATION_PASS: "activation pass over the tokens",
+    ppb.STAGE_LOADING_EXAMPLES: "loading activation examples",
+    ppb.STAGE_LOGIT_LENS: "logit lens",
+    ppb.STAGE_HISTOGRAMS: "histograms",
+    ppb.STAGE_TOKEN_AGGREGATION: "aggregating tokens",
+    ppb.STAGE_CACHING: "caching dashboard data",
+}
 
 
 def compute_request(
@@ -136,11 +144,7 @@ def _follow(
 
 def _relay(job: JobRuntime, progress: ppb.Progress) -> None:
     """Shows the compute job's current stage as the same stage of the export."""
-    if progress.stage in job.plan.stages:
-        job.report(
-            progress.stage,
-            progress.items_done,
-            progress.items_total,
-            progress.unit,
-            progress.message,
-        )
+    p = progress
+    if p.stage in job.plan.stages:
+        note = p.message or f"computing dashboards: {_STAGE_NOTES.get(p.stage, 'checking')}"
+        job.report(p.stage, p.items_done, p.items_total, p.unit, note)

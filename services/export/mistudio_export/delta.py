@@ -51,6 +51,7 @@ def render_key(plan: ExportPlan) -> str:
         plan.sae.sae_id,
         dashboard_codec.params_key(dashboard_codec.params_from_pb(plan.params)),
         f"gzip={plan.compression.gzip_json}",
+        f"auto_fix={plan.auto_fix}",
         plan.naming.neuronpedia_id,
     ]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()

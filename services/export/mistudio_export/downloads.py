@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -37,6 +38,17 @@ def finished_job(store: StoreClient, job_id: str) -> spb.ExportJob:
             fix="wait for the export to succeed, or resume it if it failed",
         )
     return job
+
+
+def fetch_to_file(objects: ObjectStore, key: str, path: Path) -> Path:
+    """Copies an object to a local file (written under a temporary name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with objects.get_range(key, chunk_size=CHUNK_BYTES) as chunks, open(partial, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    partial.replace(path)
+    return path
 
 
 def download_url(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import shutil
 from importlib import metadata
-from pathlib import Path
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
@@ -23,6 +22,7 @@ from mistudio_export import checking, computing, delta
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import Collected, collect
 from mistudio_export.config import ExportSettings
+from mistudio_export.downloads import fetch_to_file
 from mistudio_export.estimate import MEASURED_KEY, measurement
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
@@ -217,7 +217,7 @@ class ExportPipeline:
                 continue
             path = job.staging / "work" / "earlier.zip"
             try:
-                _download(self._objects, record.output_uri, path)
+                fetch_to_file(self._objects, record.output_uri, path)
             except MistudioError as error:
                 log.warning("earlier archive %s unreadable: %s", record.output_uri, error)
                 continue
@@ -232,12 +232,3 @@ class ExportPipeline:
 
     def _archive_key(self, job: JobRuntime) -> str:
         return f"exports/{job.job_id}/{job.plan.sae.sae_id}.zip"
-
-
-def _download(objects: ObjectStore, key: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with objects.get_range(key) as chunks, open(partial, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-    partial.replace(path)

@@ -34,6 +34,8 @@ D_SAE = 32
 HOOK = "blocks.2.hook_resid_post"
 DEAD_FEATURES = (5, 17)
 """Features whose encoder bias is so negative that they never fire."""
+BYTE_PIECES = 259
+"""Ids below this are <unk>, <s>, </s> and the 256 byte pieces, which text rarely yields alone."""
 TERMINAL = (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED)
 
 
@@ -80,7 +82,7 @@ def write_sae_folder(folder: Path) -> Path:
 
 def write_tokens(path: Path, rows: int, context: int = 32, seed: int = 1) -> Path:
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, 512, size=(rows, context), dtype=np.int32)
+    tokens = rng.integers(BYTE_PIECES, 512, size=(rows, context), dtype=np.int32)
     tokens[:, 0] = 1  # BOS
     np.save(path, tokens)
     return path
@@ -209,6 +211,8 @@ def recorded_tokens(tokens: tpb.TokenSource) -> struct_pb2.Struct:
 
 
 def export_config(tokens: tpb.TokenSource | None = None, **fields: Any) -> epb.ExportConfig:
+    """Auto-fix is on unless asked otherwise: today's quantile-group examples need repairs."""
+    fields.setdefault("auto_fix", True)
     config = epb.ExportConfig(**fields)
     if tokens is not None:
         config.tokens.CopyFrom(tokens)

@@ -1,0 +1,278 @@
+"""A full export of a tiny SAE through compute -> store -> export, and what can be done with it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_export.packaging import verify_archive
+from mistudio_export.validation import validate_export
+
+from tests.export.service.errors import details
+from tests.export.service.stack import (
+    D_SAE,
+    DEAD_FEATURES,
+    Stack,
+    export_config,
+    label_features,
+    run_to_end,
+    sae_weights,
+)
+
+LABELS = {1: ("dogs", "animals"), 2: ("cats", "animals"), 3: ("happy", "emotions")}
+EXPORT_STAGES = [
+    ppb.STAGE_VALIDATING,
+    ppb.STAGE_ACTIVATION_PASS,
+    ppb.STAGE_LOADING_EXAMPLES,
+    ppb.STAGE_LOGIT_LENS,
+    ppb.STAGE_HISTOGRAMS,
+    ppb.STAGE_TOKEN_AGGREGATION,
+    ppb.STAGE_CACHING,
+    ppb.STAGE_GENERATING_FILES,
+    ppb.STAGE_VALIDATING_OUTPUT,
+    ppb.STAGE_CREATING_ARCHIVE,
+]
+
+
+def start(
+    stack: Stack, sae_id: str, config: epb.ExportConfig, request_id: str
+) -> list[epb.ExportProgress]:
+    request = epb.StartExportRequest(request_id=request_id, sae_id=sae_id, config=config)
+    return run_to_end(stack.exports.StartExport(request))
+
+
+def download(stack: Stack, job_id: str, offset: int = 0) -> bytes:
+    stream = stack.exports.DownloadExport(epb.DownloadExportRequest(job_id=job_id, offset=offset))
+    return b"".join(m.chunk for m in stream)
+
+
+@pytest.fixture(scope="module")
+def config(tokens: tpb.TokenSource) -> epb.ExportConfig:
+    return export_config(tokens, compression=epb.Compression(zip_deflate=True))
+
+
+@pytest.fixture(scope="module")
+def first(stack: Stack, sae_id: str, config: epb.ExportConfig) -> list[epb.ExportProgress]:
+    label_features(stack, sae_id, LABELS)
+    return start(stack, sae_id, config, "first")
+
+
+@pytest.fixture(scope="module")
+def result(first: list[epb.ExportProgress]) -> epb.ExportResult:
+    assert first[-1].progress.state == ppb.JOB_STATE_SUCCEEDED, first[-1].progress.error
+    return first[-1].result
+
+
+@pytest.fixture(scope="module")
+def archive(stack: Stack, first: list[epb.ExportProgress], result: epb.ExportResult) -> bytes:
+    return download(stack, first[-1].progress.job_id)
+
+
+def test_progress_reports_every_stage_in_order(first: list[epb.ExportProgress]) -> None:
+    sequences = [m.progress.sequence for m in first]
+    assert sequences == sorted(set(sequences))
+    seen = [m.progress.stage for m in first]
+    order = [EXPORT_STAGES.index(s) for s in seen]
+    assert order == sorted(order)
+    assert {ppb.STAGE_ACTIVATION_PASS, ppb.STAGE_CREATING_ARCHIVE} <= set(seen)
+    final = first[-1].progress
+    assert [s.stage for s in final.stages] == EXPORT_STAGES
+    assert all(s.state == ppb.JOB_STATE_SUCCEEDED for s in final.stages)
+    assert final.fraction == 1.0 and final.eta_seconds == 0.0
+    generating = next(m.progress for m in first if m.progress.stage == ppb.STAGE_GENERATING_FILES)
+    assert generating.unit == "features" and generating.items_total > 0
+
+
+def test_result_counts_every_feature(result: epb.ExportResult) -> None:
+    assert result.feature_count == D_SAE
+    assert result.features_computed + result.features_reused == D_SAE
+    assert result.validation.valid
+    assert result.size_bytes > 0 and len(result.archive_sha256) == 64
+
+
+def test_archive_holds_every_format_with_a_manifest(
+    archive: bytes, result: epb.ExportResult, tmp_path: Path
+) -> None:
+    assert hashlib.sha256(archive).hexdigest() == result.archive_sha256
+    path = tmp_path / "export.zip"
+    path.write_bytes(archive)
+    assert verify_archive(path).ok
+    names = set(zipfile.ZipFile(path).namelist())
+    assert names == set(result.files)
+    expected = {
+        "manifest.json",
+        "README.md",
+        "prefill.json",
+        "metadata.json",
+        "explanations/explanations.json",
+        "saelens/cfg.json",
+        "saelens/sae_weights.safetensors",
+        "saelens/sparsity.safetensors",
+        "saelens/pretrained_saes.yaml",
+        "saedashboard/batch-0.json",
+        "upload-payloads/manifest.json",
+        *(f"features/{i}.json" for i in range(D_SAE)),
+    }
+    assert expected <= names
+    assert any(n.startswith("neuronpedia-importer/stories260k/2-mistudio-res-32/") for n in names)
+
+
+def test_archive_passes_validation(archive: bytes, tmp_path: Path) -> None:
+    zipfile.ZipFile(io.BytesIO(archive)).extractall(tmp_path)
+    for packaging in ("manifest.json", "README.md", "prefill.json"):
+        # Checked by verify_archive; the validator would take the root manifest.json for an
+        # upload-payloads manifest.
+        (tmp_path / packaging).unlink()
+    report = validate_export(tmp_path)
+    assert report.ok, report.summary()
+
+
+def test_validate_archive_finds_nothing_to_fix(
+    stack: Stack, first: list[epb.ExportProgress]
+) -> None:
+    request = epb.ValidateArchiveRequest(job_id=first[-1].progress.job_id, auto_fix=True)
+    response = stack.exports.ValidateArchive(request)
+    assert response.summary.valid
+    assert not response.summary.fixes_applied
+
+
+def test_saelens_folder_loads_and_encodes_like_our_sae(archive: bytes, tmp_path: Path) -> None:
+    from sae_lens import SAE
+
+    zipfile.ZipFile(io.BytesIO(archive)).extractall(tmp_path)
+    sae = SAE.load_from_disk(str(tmp_path / "saelens"), device="cpu")
+    w = sae_weights()
+    x = np.random.default_rng(3).normal(size=(16, w["W_enc"].shape[0])).astype(np.float32)
+    expected = np.maximum((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"], 0.0)
+    with torch.no_grad():
+        got = sae.encode(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+
+
+def test_dead_features_are_exported_with_empty_examples(archive: bytes) -> None:
+    import json
+
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        dead = json.loads(zf.read(f"features/{DEAD_FEATURES[0]}.json"))
+    assert dead["statistics"]["dead_feature"] is True
+    assert dead["activations"] == []
+
+
+def test_reexport_is_byte_identical_and_regenerates_nothing(
+    stack: Stack, sae_id: str, config: epb.ExportConfig, archive: bytes, result: epb.ExportResult
+) -> None:
+    again = start(stack, sae_id, config, "second")[-1]
+    assert again.progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert again.progress.job_id != result.output_uri.split("/")[1]
+    assert again.result.archive_sha256 == result.archive_sha256
+    assert again.result.features_computed == 0
+    assert again.result.features_reused == D_SAE
+    assert again.result.features_unchanged == D_SAE
+    assert download(stack, again.progress.job_id) == archive
+
+
+def test_repeated_request_id_reattaches_to_the_same_job(
+    stack: Stack, sae_id: str, config: epb.ExportConfig, first: list[epb.ExportProgress]
+) -> None:
+    messages = start(stack, sae_id, config, "first")
+    assert len(messages) == 1
+    assert messages[0].progress.job_id == first[-1].progress.job_id
+    assert messages[0].result.archive_sha256 == first[-1].result.archive_sha256
+
+
+def test_watch_after_the_end_gives_the_final_snapshot(
+    stack: Stack, first: list[epb.ExportProgress]
+) -> None:
+    job_id = first[-1].progress.job_id
+    messages = list(stack.exports.WatchExport(epb.WatchExportRequest(job_id=job_id)))
+    assert len(messages) == 1
+    assert messages[0].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert messages[0].progress.sequence >= first[-1].progress.sequence
+    assert messages[0].result.archive_sha256 == first[-1].result.archive_sha256
+
+
+def test_download_resumes_from_an_offset(
+    stack: Stack, first: list[epb.ExportProgress], archive: bytes
+) -> None:
+    job_id = first[-1].progress.job_id
+    offset = len(archive) // 3
+    request = epb.DownloadExportRequest(job_id=job_id, offset=offset)
+    stream = list(stack.exports.DownloadExport(request))
+    assert stream[0].offset == offset
+    assert all(m.total_size == len(archive) for m in stream)
+    assert b"".join(m.chunk for m in stream) == archive[offset:]
+    with pytest.raises(grpc.RpcError) as caught:
+        download(stack, job_id, offset=len(archive) + 1)
+    assert details(caught.value)["fields"] == ["offset"]
+
+
+def test_download_url_links_to_the_archive(
+    stack: Stack, first: list[epb.ExportProgress], archive: bytes
+) -> None:
+    job_id = first[-1].progress.job_id
+    response = stack.exports.GetDownloadUrl(epb.GetDownloadUrlRequest(job_id=job_id))
+    link = urlparse(response.url)
+    assert Path(url2pathname(link.path)).read_bytes() == archive
+    lifetime = response.expires_at.ToDatetime(UTC) - datetime.now(UTC)
+    assert 3500 < lifetime.total_seconds() <= 3600
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetDownloadUrl(epb.GetDownloadUrlRequest(job_id=job_id, expiry_seconds=5))
+    assert details(caught.value)["fields"] == ["expiry_seconds"]
+
+
+def test_get_and_list_show_finished_jobs_newest_first(
+    stack: Stack, sae_id: str, first: list[epb.ExportProgress]
+) -> None:
+    job = stack.exports.GetExport(epb.GetExportRequest(job_id=first[-1].progress.job_id)).job
+    assert job.sae_id == sae_id and job.owner == "local"
+    assert job.result.archive_sha256 == first[-1].result.archive_sha256
+    assert job.HasField("created_at") and job.HasField("finished_at")
+    page = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id, page_size=1))
+    assert len(page.jobs) == 1 and page.next_page_token
+    rest = stack.exports.ListExports(
+        epb.ListExportsRequest(sae_id=sae_id, page_size=10, page_token=page.next_page_token)
+    )
+    ids = [page.jobs[0].job_id, *(j.job_id for j in rest.jobs)]
+    assert first[-1].progress.job_id == ids[-1]
+
+
+def test_cancelling_a_finished_export_is_refused(
+    stack: Stack, first: list[epb.ExportProgress]
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.CancelExport(epb.CancelExportRequest(job_id=first[-1].progress.job_id))
+    assert details(caught.value)["code"] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_feature_dashboard_comes_from_the_cache_or_is_computed(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource, first: list[epb.ExportProgress]
+) -> None:
+    cached = stack.exports.GetFeatureDashboard(
+        epb.GetFeatureDashboardRequest(sae_id=sae_id, feature_index=3, tokens=tokens)
+    )
+    assert cached.from_cache and cached.dashboard.feature_index == 3
+    other = dpb.DashboardParams(n_top_examples=25)
+    request = epb.GetFeatureDashboardRequest(
+        sae_id=sae_id, feature_index=3, tokens=tokens, params=other
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetFeatureDashboard(request)
+    assert details(caught.value)["code"] == grpc.StatusCode.NOT_FOUND
+    request.compute_if_missing = True
+    computed = stack.exports.GetFeatureDashboard(request)
+    assert not computed.from_cache and computed.dashboard.feature_index == 3
+    assert stack.exports.GetFeatureDashboard(request).from_cache
