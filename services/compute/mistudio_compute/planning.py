@@ -24,6 +24,7 @@ from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.run_dashboards import run_dashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
@@ -48,8 +49,6 @@ class PreparedDashboards:
     checkpoint_every_batches: int
 
     def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
-        from mistudio_compute.run_dashboards import run_dashboards
-
         return run_dashboards(self, features, hooks)
 
 
