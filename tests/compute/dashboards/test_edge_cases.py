@@ -122,3 +122,16 @@ def test_token_array_must_be_two_dimensional_integers(inputs, tokens) -> None:
         with pytest.raises(InvalidArgument) as err:
             next(compute_dashboards(broken, PARAMS))
         assert err.value.field == "tokens"
+
+
+@pytest.mark.parametrize("n_groups", [0, 1])
+def test_zero_or_one_quantile_group(inputs, n_groups: int) -> None:
+    for d in dashboards(inputs, features=[0, 1, 5], n_quantile_groups=n_groups):
+        if n_groups == 0 or d.statistics.dead_feature:
+            assert d.quantile_groups == []
+            continue
+        (group,) = d.quantile_groups
+        assert group.bin_contains == 1.0
+        assert group.bin_min == min(d.activation_histogram.bin_edges)
+        assert group.bin_max == d.statistics.max_activation
+        assert 1 <= len(group.examples) <= PARAMS.examples_per_quantile_group

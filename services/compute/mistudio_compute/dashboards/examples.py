@@ -49,6 +49,8 @@ def plan_examples(state: PassState, n_groups: int, per_group: int) -> ExamplePla
     top_val = K.top_value(state.top_keys)
     inner = _group_edges(state, n_groups)  # [F, n_groups - 1] grid indices or -1
     groups = G.binned(state.config.grid, state.hist, state.vmin, state.vmax, inner)
+    if n_groups == 0:
+        groups = [([], [])] * len(groups)
     q_pos, q_val = _choose_quantile_examples(state, inner, n_groups, per_group)
     return ExamplePlan(
         positions=torch.cat([top_pos, q_pos], 1),

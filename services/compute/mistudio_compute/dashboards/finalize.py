@@ -58,7 +58,7 @@ def finalize_dashboards(
     )  # fmt: skip
     if state.tokens is not None:
         state.tokens.compact()
-    builder = _Builder(state, inputs, params, plan, windows)
+    builder = _Builder(state, inputs, params, plan, plan.positions.cpu().numpy(), windows.numpy())
     n = len(state.features)
     for lo in range(0, n, chunk_size):
         check_cancelled(cancel)
@@ -71,7 +71,8 @@ class _Builder:
     inputs: DashboardInputs
     params: DashboardParams
     plan: ExamplePlan
-    windows: torch.Tensor  # [F, E, W]
+    positions: np.ndarray  # [F, E] int64 global positions of the chosen examples, -1 empty
+    windows: np.ndarray  # [F, E, W] float32 activations around them
 
     def chunk(self, lo: int, hi: int, progress: ProgressCallback | None) -> list[FeatureDashboard]:
         s, p, n = self.state, self.params, len(self.state.features)
@@ -105,7 +106,7 @@ class _Builder:
                     ),
                     logit_histogram=_logit_histogram(lens, i),
                     statistics=stats[i],
-                    top_tokens=self._top_tokens(f, top, groups),
+                    top_tokens=self._top_tokens(f),
                     top_tokens_metric=p.token_rank_metric,
                 )
             )
@@ -140,20 +141,20 @@ class _Builder:
 
     def _examples(self, f: int) -> tuple[list[ActivationExample], list[QuantileGroup]]:
         plan, n_top, per = self.plan, self.plan.n_top, self.plan.per_group
-        pos = plan.positions[f].tolist()
-        top = [self._example(f, e) for e in range(n_top) if pos[e] >= 0]
+        pos = self.positions[f].tolist()
+        top = [self._example(f, e, pos[e]) for e in range(n_top) if pos[e] >= 0]
         edges, counts = plan.groups[f]
         nnz, groups = sum(counts), []
         for g in reversed(range(len(counts))):
             slots = range(n_top + g * per, n_top + (g + 1) * per)
-            examples = [self._example(f, e) for e in slots if e < len(pos) and pos[e] >= 0]
+            examples = [self._example(f, e, pos[e]) for e in slots if pos[e] >= 0]
             examples.sort(key=lambda x: (-x.max_value, x.source.row, x.source.offset))
             groups.append(QuantileGroup(edges[g], edges[g + 1], counts[g] / nnz, examples))
         return top, groups
 
-    def _example(self, f: int, slot: int) -> ActivationExample:
+    def _example(self, f: int, slot: int, position: int) -> ActivationExample:
         p, t_len = self.params, self.state.seq_len
-        row, t = divmod(int(self.plan.positions[f, slot]), t_len)
+        row, t = divmod(position, t_len)
         a, b = max(0, t - p.context_left), min(t_len, t + p.context_right + 1)
         ids = self.inputs.source.tokens[row, a:b].astype(np.int64).tolist()
         first = a - (t - p.context_left)
@@ -175,20 +176,20 @@ class _Builder:
             for r, (i, v) in enumerate(zip(ids.tolist(), values.tolist(), strict=True))
         ]
 
-    def _top_tokens(
-        self, f: int, top: list[ActivationExample], groups: list[QuantileGroup]
-    ) -> list[TokenAggregate]:
+    def _top_tokens(self, f: int) -> list[TokenAggregate]:
         p, text = self.params, self.inputs.token_text
         if self.state.tokens is not None:
             ids, totals, counts, maxima = (x.cpu().numpy() for x in self.state.tokens.rows(f))
-        else:
-            seen: dict[tuple[int, int], tuple[int, float]] = {}
-            for ex in [*top, *(x for g in groups for x in g.examples)]:
-                for k, (i, v) in enumerate(zip(ex.token_ids, ex.values, strict=True)):
-                    if v > 0:
-                        seen[(ex.source.row, ex.source.offset + k)] = (i, v)
-            pairs = np.array(list(seen.values()), dtype=np.float64).reshape(-1, 2)
-            ids, totals, counts, maxima = per_token(pairs[:, 0].astype(np.int64), pairs[:, 1])
+        else:  # the distinct active positions inside the feature's example windows
+            t_len, chosen = self.state.seq_len, self.positions[f] >= 0
+            centres, values = self.positions[f][chosen], self.windows[f][chosen]  # [e], [e, W]
+            t = centres % t_len
+            tt = t[:, None] + np.arange(-p.context_left, p.context_right + 1)  # [e, W]
+            keep = (tt >= 0) & (tt < t_len) & (values > 0)
+            where = (centres - t)[:, None] + tt  # global positions [e, W]
+            uniq, first = np.unique(where[keep], return_index=True)
+            tokens = self.inputs.source.tokens[uniq // t_len, uniq % t_len].astype(np.int64)
+            ids, totals, counts, maxima = per_token(tokens, values[keep][first])
         return rank_tokens(ids, totals, counts, maxima, text.token, p.token_rank_metric,
                            p.n_top_tokens)  # fmt: skip
 
