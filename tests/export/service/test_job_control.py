@@ -1,0 +1,116 @@
+"""Cancel, pause/resume and a restart of the export service in the middle of a job."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import grpc
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_export.server import build_export_server
+
+from tests.export.service.errors import details
+from tests.export.service.stack import (
+    Stack,
+    export_config,
+    run_to_end,
+    token_source,
+    wait_for,
+    write_tokens,
+)
+
+SLOW_ROWS = 384
+"""Enough token rows that the activation pass lasts a few seconds on two CPU cores."""
+
+
+@pytest.fixture(scope="module")
+def slow_tokens(workdir: Path) -> tpb.TokenSource:
+    return token_source(write_tokens(workdir / "slow-tokens.npy", rows=SLOW_ROWS, seed=7))
+
+
+def slow_config(tokens: tpb.TokenSource, n_top_examples: int) -> epb.ExportConfig:
+    """Parameters no other test uses, so the dashboards are computed, not taken from the cache."""
+    return export_config(
+        tokens,
+        # Linear bins: log-scale bin centres collapse when SAEDashboard batches round them.
+        dashboard=dpb.DashboardParams(
+            n_top_examples=n_top_examples, histogram_scale=dpb.BIN_SCALE_LINEAR
+        ),
+        batch_size=4,
+        device="cpu",
+    )
+
+
+def computing(message: epb.ExportProgress) -> bool:
+    return message.progress.stage == ppb.STAGE_ACTIVATION_PASS
+
+
+def stored_state(stack: Stack, job_id: str) -> int:
+    return stack.records.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job.state
+
+
+def test_cancel_stops_the_job_and_leaves_nothing_behind(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 21))
+    stream = stack.exports.StartExport(request)
+    job_id = wait_for(stream, computing).progress.job_id
+    view = stack.exports.CancelExport(epb.CancelExportRequest(job_id=job_id)).job
+    assert view.progress.state == ppb.JOB_STATE_CANCELLED
+    last = run_to_end(stream)[-1]
+    assert last.progress.state == ppb.JOB_STATE_CANCELLED
+    assert last.progress.error.code == grpc.StatusCode.CANCELLED.value[0]
+    assert stored_state(stack, job_id) == ppb.JOB_STATE_CANCELLED
+    assert not (stack.data_dir / "export" / job_id).exists()
+    assert not (stack.data_dir / "archives" / "exports" / job_id).exists()
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetDownloadUrl(epb.GetDownloadUrlRequest(job_id=job_id))
+    assert details(caught.value)["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.ResumeExport(epb.ResumeExportRequest(job_id=job_id))
+    assert details(caught.value)["code"] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_paused_job_resumes_and_finishes(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 22))
+    stream = stack.exports.StartExport(request)
+    job_id = wait_for(stream, computing).progress.job_id
+    paused = stack.exports.PauseExport(epb.PauseExportRequest(job_id=job_id)).job
+    assert paused.progress.state == ppb.JOB_STATE_PAUSED
+    assert stored_state(stack, job_id) == ppb.JOB_STATE_PAUSED
+    seen = wait_for(stream, lambda m: m.progress.state == ppb.JOB_STATE_PAUSED)
+    stack.exports.ResumeExport(epb.ResumeExportRequest(job_id=job_id))
+    rest = run_to_end(stream)
+    assert rest[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert rest[0].progress.sequence > seen.progress.sequence
+    assert rest[-1].result.feature_count == 32
+
+
+def test_restarted_service_resumes_a_running_job(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 23))
+    stream = stack.exports.StartExport(request)
+    before = wait_for(stream, computing)
+    job_id = before.progress.job_id
+    stack.export.stop(grace_seconds=1.0)
+    assert stored_state(stack, job_id) == ppb.JOB_STATE_RUNNING
+    with pytest.raises(grpc.RpcError):
+        run_to_end(stream)
+    stack.export = build_export_server(stack.settings())
+    messages = run_to_end(stack.exports.WatchExport(epb.WatchExportRequest(job_id=job_id)))
+    assert messages[0].progress.sequence > before.progress.sequence
+    last = messages[-1]
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
+    archive = b"".join(
+        m.chunk for m in stack.exports.DownloadExport(epb.DownloadExportRequest(job_id=job_id))
+    )
+    assert zipfile.ZipFile(io.BytesIO(archive)).testzip() is None
