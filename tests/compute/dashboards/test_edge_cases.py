@@ -135,3 +135,21 @@ def test_zero_or_one_quantile_group(inputs, n_groups: int) -> None:
         assert group.bin_min == min(d.activation_histogram.bin_edges)
         assert group.bin_max == d.statistics.max_activation
         assert 1 <= len(group.examples) <= PARAMS.examples_per_quantile_group
+
+
+class WrongWidth:
+    """An encoder that claims more features than it returns."""
+
+    def __init__(self, sae: tiny.ReluSAE) -> None:
+        self.sae = sae
+        self.d_sae = sae.d_sae + 1
+        self.device = sae.device
+
+    def encode(self, x):
+        return self.sae.encode(x)
+
+
+def test_an_encoder_of_the_wrong_width_is_refused(inputs) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        next(compute_dashboards(replace(inputs, encoder=WrongWidth(inputs.encoder)), PARAMS))
+    assert err.value.field == "sae"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mistudio_common.errors import FailedPrecondition
+from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
 from mistudio_compute.dashboards.batching import for_each_batch
 from mistudio_compute.dashboards.checkpoint import Cursor, load_checkpoint, save_checkpoint
@@ -40,7 +40,22 @@ def encode_rows(inputs: DashboardInputs, tokens: torch.Tensor) -> torch.Tensor:
     """tokens [B, T] -> feature activations [B*T, d_sae] on the encoder's device."""
     with torch.no_grad():
         x = inputs.reader.activations(tokens)  # [B, T, d_in]
-        return inputs.encoder.encode(x.reshape(-1, x.shape[-1]))  # [B*T, d_sae]
+        if x.dim() != 3 or x.shape[:2] != tokens.shape:
+            raise InvalidArgument(
+                f"hook activations have shape {tuple(x.shape)} for tokens "
+                f"{tuple(tokens.shape)}, expected [B, T, d_in]",
+                field="hook_point",
+                fix="read a residual-stream-like hook with one vector per token",
+            )
+        z = inputs.encoder.encode(x.reshape(-1, x.shape[-1]))  # [B*T, d_sae]
+    if z.shape != (x.shape[0] * x.shape[1], inputs.encoder.d_sae):
+        raise InvalidArgument(
+            f"the SAE encoded {tuple(x.shape)} activations to {tuple(z.shape)}, expected "
+            f"[{x.shape[0] * x.shape[1]}, {inputs.encoder.d_sae}]",
+            field="sae",
+            fix="check that the SAE's d_in matches the hook and d_sae its feature count",
+        )
+    return z
 
 
 def read_rows(tokens: np.ndarray, rows: np.ndarray | slice, device: torch.device) -> torch.Tensor:
