@@ -104,17 +104,16 @@ class PassState:
         p = _where(_is_peak(f, n, val, t, cfg.window))  # [P] peaks
         group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
 
-        new_top = self._batch_top(f[p], K.top_key(val[p], pos[p]), win[n[p]], group)
-        top = _merge_top((self.top_keys, self.top_hash), new_top, cfg.n_top)
-        new_sample = self._batch_sample(f, K.sample_key(self.features[f], pos), val, win[n])
-        sample = _merge_sample(
-            (self.sample_keys, self.sample_values, self.sample_hash), new_sample, cfg.n_sample
-        )
+        top = self._fold_top(f[p], K.top_key(val[p], pos[p]), win[n[p]], group)
+        sample = self._fold_sample(f, K.sample_key(self.features[f], pos), val, win[n])
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
 
-        # commit: from here on only in-place folds into already-allocated tensors
-        self.top_keys, self.top_hash = top
-        self.sample_keys, self.sample_values, self.sample_hash = sample
+        # commit: from here on only in-place writes into already-allocated tensors
+        rows, keys, hashes = top
+        self.top_keys[rows], self.top_hash[rows] = keys, hashes
+        rows, keys, values, hashes = sample
+        self.sample_keys[rows], self.sample_values[rows] = keys, values
+        self.sample_hash[rows] = hashes
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket))
         self.count += torch.bincount(f, minlength=n_feat)
         self.total.index_add_(0, f, val.double())
@@ -125,32 +124,34 @@ class PassState:
         if self.tokens is not None:
             self.tokens.add(f, tokens.reshape(-1)[n], val)
 
-    def _batch_top(
+    def _fold_top(
         self, f: torch.Tensor, key: torch.Tensor, win: torch.Tensor, group: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This batch's best peaks per feature ([F, n_top] keys and window hashes), keeping
-        the best of each ``group`` (= feature and window)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """New top rows for the features this batch's peaks change: (rows [R], keys and window
+        hashes [R, n_top]). Keeps the best peak of each ``group`` (= feature and window)."""
         i = _where(key > self.top_keys[:, -1][f])  # could beat the current n_top-th best
         f, key, win, group = f[i], key[i], win[i], group[i]
         _, group = torch.unique(group, return_inverse=True)
         best = torch.full_like(key, K.EMPTY_TOP).scatter_reduce_(0, group, key, "amax")
         i = _where(key == best[group])
-        f, key, win = f[i], key[i], win[i]
-        out_keys, idx = K.segment_top(
-            f, key, len(self.features), self.config.n_top, largest=True, fill=K.EMPTY_TOP
-        )
-        return out_keys, _gather(win, idx, 0)
+        rows, seg = torch.unique(f[i], return_inverse=True)
+        keys, idx = K.segment_top(seg, key[i], len(rows), self.config.n_top, largest=True,
+                                  fill=K.EMPTY_TOP)  # fmt: skip
+        old = (self.top_keys[rows], self.top_hash[rows])
+        return rows, *_merge_top(old, (keys, _gather(win[i], idx, 0)), self.config.n_top)
 
-    def _batch_sample(
+    def _fold_sample(
         self, f: torch.Tensor, key: torch.Tensor, val: torch.Tensor, win: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This batch's bottom-k sample per feature: keys, values, window hashes [F, n_sample]."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """New sample rows for the features this batch changes: (rows [R], keys, values and
+        window hashes [R, n_sample])."""
         i = _where(key < self.sample_keys[:, -1][f])  # could enter the current sample
-        f, key, val, win = f[i], key[i], val[i], win[i]
-        out_keys, idx = K.segment_top(
-            f, key, len(self.features), self.config.n_sample, largest=False, fill=K.EMPTY_SAMPLE
-        )
-        return out_keys, _gather(val, idx, 0.0), _gather(win, idx, 0)
+        rows, seg = torch.unique(f[i], return_inverse=True)
+        keys, idx = K.segment_top(seg, key[i], len(rows), self.config.n_sample, largest=False,
+                                  fill=K.EMPTY_SAMPLE)  # fmt: skip
+        new = (keys, _gather(val[i], idx, 0.0), _gather(win[i], idx, 0))
+        old = (self.sample_keys[rows], self.sample_values[rows], self.sample_hash[rows])
+        return rows, *_merge_sample(old, new, self.config.n_sample)
 
     def merge(self, other: PassState) -> PassState:
         """The state of a pass over both parts' rows (rows must not overlap)."""
