@@ -23,7 +23,7 @@ from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import Collected, collect
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
-from mistudio_export.estimate import MEASURED_KEY, measurement
+from mistudio_export.estimate import MEASURED_KEY, measurement, saelens_bytes
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
     Inputs,
@@ -125,7 +125,8 @@ class ExportPipeline:
         hashes = dict(collected.hashes)
         if base is not None and not plan.merge_with_base:
             hashes = {**delta.EarlierExport.of(base).hashes, **hashes}
-        neuronpedia_bytes = published.size if plan.neuronpedia else 0
+        saelens_part = saelens_bytes(plan.sae) if plan.saelens else 0
+        neuronpedia_bytes = max(0, published.size - saelens_part) if plan.neuronpedia else 0
         job.checkpoint.update(
             {
                 delta.HASHES_KEY: delta.hashes_to_json(hashes),

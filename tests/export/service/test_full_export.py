@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -164,8 +165,6 @@ def test_saelens_folder_loads_and_encodes_like_our_sae(archive: bytes, tmp_path:
 
 
 def test_dead_features_are_exported_with_empty_examples(archive: bytes) -> None:
-    import json
-
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
         dead = json.loads(zf.read(f"features/{DEAD_FEATURES[0]}.json"))
     assert dead["statistics"]["dead_feature"] is True
@@ -276,3 +275,47 @@ def test_feature_dashboard_comes_from_the_cache_or_is_computed(
     computed = stack.exports.GetFeatureDashboard(request)
     assert not computed.from_cache and computed.dashboard.feature_index == 3
     assert stack.exports.GetFeatureDashboard(request).from_cache
+
+
+def test_validate_export_estimates_from_the_cache_and_measured_rates(
+    stack: Stack, sae_id: str, config: epb.ExportConfig, result: epb.ExportResult
+) -> None:
+    response = stack.exports.ValidateExport(epb.ValidateExportRequest(sae_id=sae_id, config=config))
+    estimate = response.estimate
+    assert estimate.feature_count == D_SAE
+    assert (estimate.features_cached, estimate.features_to_compute) == (D_SAE, 0)
+    assert not any("default rates" in w for w in response.warnings)
+    assert 0.5 < estimate.estimated_size_bytes / result.size_bytes < 2.0
+    assert estimate.estimated_seconds > 0
+
+
+def test_gzip_json_and_stored_zip(stack: Stack, sae_id: str, tokens: tpb.TokenSource) -> None:
+    config = export_config(
+        tokens,
+        formats=[epb.EXPORT_FORMAT_NEURONPEDIA],
+        compression=epb.Compression(gzip_json=True, zip_deflate=False),
+    )
+    last = start(stack, sae_id, config, "gzip")[-1]
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
+    with zipfile.ZipFile(io.BytesIO(download(stack, last.progress.job_id))) as zf:
+        names = set(zf.namelist())
+        assert {f"features/{i}.json.gz" for i in range(D_SAE)} <= names
+        assert not any(n.startswith("saelens/") for n in names)
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in zf.infolist())
+        assert json.loads(zf.read("metadata.json"))["feature_file_suffix"] == ".json.gz"
+
+
+def test_saelens_only_export_needs_no_dashboards(stack: Stack, sae_id: str) -> None:
+    config = export_config(formats=[epb.EXPORT_FORMAT_SAELENS])
+    messages = start(stack, sae_id, config, "saelens-only")
+    last = messages[-1]
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
+    assert [s.stage for s in last.progress.stages] == [
+        ppb.STAGE_VALIDATING,
+        ppb.STAGE_GENERATING_FILES,
+        ppb.STAGE_VALIDATING_OUTPUT,
+        ppb.STAGE_CREATING_ARCHIVE,
+    ]
+    assert last.result.feature_count == D_SAE
+    top_level = {name.split("/")[0] for name in last.result.files}
+    assert top_level == {"manifest.json", "README.md", "prefill.json", "saelens"}
