@@ -27,8 +27,9 @@ from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
 
 from mistudio_compute.config import ComputeSettings
+from mistudio_compute.dashboard_sink import DashboardSink
 from mistudio_compute.job_records import JobRecords, RateBook
-from mistudio_compute.store_client import FeatureStats, StoreClient
+from mistudio_compute.store_client import StoreClient
 
 log = logging.getLogger(__name__)
 
@@ -116,35 +117,6 @@ class ComputeJob:
     @property
     def state(self) -> ppb.JobState.ValueType:
         return self.channel.latest.progress.state
-
-
-class _DashboardSink:
-    """Buffers finalised dashboards and writes them to the store in batches."""
-
-    def __init__(self, store: StoreClient, sae_id: str, params: dpb.DashboardParams) -> None:
-        self._store, self._sae_id, self._params = store, sae_id, params
-        self._pending: list[dpb.FeatureDashboard] = []
-        self.written = 0
-        self.stats: dict[int, FeatureStats] = {}
-
-    def add(self, dashboards: Sequence[dpb.FeatureDashboard], batch_size: int = 64) -> None:
-        for dashboard in dashboards:
-            s = dashboard.statistics
-            self.stats[dashboard.feature_index] = FeatureStats(
-                dashboard.feature_index, s.activation_frequency, s.max_activation
-            )
-        if self._sae_id:
-            self._pending.extend(dashboards)
-            if len(self._pending) >= batch_size:
-                self.flush()
-
-    def flush(self) -> None:
-        if self._pending:
-            self.written += self._store.put_dashboards(self._sae_id, self._params, self._pending)
-            self._pending = []
-        if self._sae_id and self.stats:
-            self._store.upsert_features(self._sae_id, list(self.stats.values()))
-            self.stats = {}
 
 
 class ComputeJobManager:
@@ -290,10 +262,10 @@ class ComputeJobManager:
 
     def _run(self, job: ComputeJob, prepared: PreparedComputation) -> None:
         started = time.monotonic()
+        sink = DashboardSink(self._store, prepared.sae_id, prepared.params)
         try:
             self._publish(job, job.tracker.update(ppb.STAGE_VALIDATING, 1, 1, "checks"))
             todo, reused = self._plan(job, prepared)
-            sink = _DashboardSink(self._store, prepared.sae_id, prepared.params)
             hooks = RunHooks(
                 progress=self._progress_reporter(job),
                 interrupt=job.interrupt,
@@ -303,15 +275,15 @@ class ComputeJobManager:
             stats = prepared.run(todo, hooks) if todo else None
             caching = job.tracker.update(ppb.STAGE_CACHING, sink.written, len(todo), "features")
             self._publish(job, caching)
-            sink.flush()
+            sink.close()
             self._succeed(job, prepared, todo, reused, stats, time.monotonic() - started)
         except Exception as error:
+            sink.abort()
             if job.interrupt.is_set() and not job.cancel_requested.is_set():
                 self._pause(job)
             elif job.interrupt.is_set():
-                self._finish_with_error(
-                    job, ppb.JOB_STATE_CANCELLED, Cancelled("cancelled by a client")
-                )
+                cancelled = Cancelled("cancelled by a client")
+                self._finish_with_error(job, ppb.JOB_STATE_CANCELLED, cancelled)
             else:
                 log.exception("computation failed", extra={"job_id": job.job_id})
                 self._finish_with_error(job, ppb.JOB_STATE_FAILED, error)

@@ -45,8 +45,8 @@ class StageReporter:
     """Maps the computation's progress onto the job's sequential stages.
 
     Finalisation runs logit lens, histograms and token aggregation together, chunk by chunk;
-    the job shows that as LOGIT_LENS counting finished features, then the other two closing,
-    so stages never go backwards.
+    the job shows that as LOGIT_LENS counting finished features (from the first chunk's start),
+    then the other two closing, so stages never go backwards.
     """
 
     def __init__(self, hooks: RunHooks) -> None:
@@ -57,13 +57,14 @@ class StageReporter:
         if stage in _PASS_STAGES:
             proto_stage, unit = _PASS_STAGES[stage]
             self._report(proto_stage, done, total, unit, message)
-        elif stage is Stage.TOKEN_AGGREGATION:  # the last step of a chunk: features are final
-            self._finalised = done
-            if done < total:
-                self._report(ppb.STAGE_LOGIT_LENS, done, total, "features", message)
+        else:
+            if stage is Stage.TOKEN_AGGREGATION:  # the last step of a chunk: its features are final
+                self._finalised = done
+            if self._finalised < total:
+                self._report(ppb.STAGE_LOGIT_LENS, self._finalised, total, "features", message)
             else:
                 for proto_stage in _FINAL_STAGES:
-                    self._report(proto_stage, done, total, "features", message)
+                    self._report(proto_stage, total, total, "features", message)
 
 
 def run_dashboards(

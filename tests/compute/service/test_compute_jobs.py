@@ -23,7 +23,7 @@ from tests.compute.service.conftest import (
     write_tokens,
 )
 
-LONG_ROWS = 96
+LONG_ROWS = 64
 """Enough rows, at 2 rows per batch, for a job that is still running when the test acts."""
 
 

@@ -1,0 +1,90 @@
+"""Writes a job's finalised dashboards to the store while the next chunk is being computed.
+
+A single writer thread drains a short queue, so store round trips overlap with tensor work and
+at most ``max_pending`` batches wait in memory. A failed write is raised in the job thread at
+its next ``add`` or at ``close``, which also waits until everything is written.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+
+from mistudio.common.v1 import dashboard_pb2 as dpb
+
+from mistudio_compute.store_client import FeatureStats, StoreClient
+
+_STOP: list[dpb.FeatureDashboard] = []
+
+
+class DashboardSink:
+    """Batches dashboards for one (SAE, params) and caches them with their feature stats."""
+
+    def __init__(
+        self,
+        store: StoreClient,
+        sae_id: str,
+        params: dpb.DashboardParams,
+        batch_size: int = 64,
+        max_pending: int = 2,
+    ) -> None:
+        self._store, self._sae_id, self._params = store, sae_id, params
+        self._batch_size = batch_size
+        self._pending: list[dpb.FeatureDashboard] = []
+        self._queue: queue.Queue[list[dpb.FeatureDashboard]] = queue.Queue(max_pending)
+        self._error: BaseException | None = None
+        self.written = 0
+        self._writer = threading.Thread(target=self._drain, name="dashboard-sink", daemon=True)
+        if sae_id:  # an SAE given as files has no store record to cache under
+            self._writer.start()
+
+    def add(self, dashboards: Sequence[dpb.FeatureDashboard]) -> None:
+        self._raise_if_failed()
+        if not self._sae_id:
+            return
+        self._pending.extend(dashboards)
+        if len(self._pending) >= self._batch_size:
+            self._queue.put(self._pending)
+            self._pending = []
+
+    def close(self) -> None:
+        """Writes what is left and waits for the writer; raises the first failed write."""
+        if self._writer.is_alive():
+            if self._pending:
+                self._queue.put(self._pending)
+                self._pending = []
+            self._queue.put(_STOP)
+            self._writer.join()
+        self._raise_if_failed()
+
+    def abort(self) -> None:
+        """Stops the writer without writing what is still pending (the job did not finish)."""
+        self._pending = []
+        if self._writer.is_alive():
+            self._error = self._error or _Aborted()
+            self._queue.put(_STOP)
+            self._writer.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None and not isinstance(self._error, _Aborted):
+            raise self._error
+
+    def _drain(self) -> None:
+        while (batch := self._queue.get()) is not _STOP:
+            if self._error is not None:
+                continue  # keep draining so that producers never block on a full queue
+            try:
+                self.written += self._store.put_dashboards(self._sae_id, self._params, batch)
+                self._store.upsert_features(self._sae_id, [_stats(d) for d in batch])
+            except Exception as error:
+                self._error = error
+
+
+class _Aborted(Exception):
+    pass
+
+
+def _stats(dashboard: dpb.FeatureDashboard) -> FeatureStats:
+    s = dashboard.statistics
+    return FeatureStats(dashboard.feature_index, s.activation_frequency, s.max_activation)
