@@ -65,17 +65,18 @@ def sample_position(keys: torch.Tensor) -> torch.Tensor:
 def window_hash(tokens: torch.Tensor, left: int, right: int) -> torch.Tensor:
     """63-bit hash of every position's context window [B, T] (ids outside the row count as -1).
 
-    Equal hashes mean equal displayed windows (same tokens, max token at the same index).
+    Equal windows (same tokens, max token at the same index) hash equally; two lanes of summed
+    position-salted 32-bit hashes make a collision between different windows ~2**-63 likely.
     """
-    b, t = tokens.shape
+    w = left + right + 1
     padded = torch.nn.functional.pad(tokens + 1, (left, right), value=0)  # [B, T + L + R]
-    h_a = torch.full((b, t), _SEED_WINDOW_A, dtype=torch.int64, device=tokens.device)
-    h_b = torch.full((b, t), _SEED_WINDOW_B, dtype=torch.int64, device=tokens.device)
-    for w in range(left + right + 1):
-        ids = padded[:, w : w + t] & M32
-        h_a = mix32(h_a ^ ids)
-        h_b = mix32(h_b ^ mix32(ids ^ _SEED_WINDOW_B))
-    return ((h_a >> 1) << 32) | h_b
+    ids = padded.unfold(1, w, 1)  # [B, T, W]
+    offsets = torch.arange(w, device=tokens.device)
+    lanes = []
+    for seed in (_SEED_WINDOW_A, _SEED_WINDOW_B):
+        salt = mix32(offsets ^ seed)  # [W]
+        lanes.append(mix32(mix32(ids ^ salt).sum(-1) & M32))  # [B, T]
+    return ((lanes[0] >> 1) << 32) | lanes[1]
 
 
 def segment_top(
