@@ -16,18 +16,33 @@ from moto.server import ThreadedMotoServer
 from tests.export.service.stack import Stack, export_config, run_to_end, start_stack
 
 
+class Moto:
+    """A moto S3 server on a loopback port that can go away and come back on the same port."""
+
+    def __init__(self) -> None:
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, self.port = self.server.get_host_and_port()
+        self.endpoint = f"{host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"{host}:{port}"
+def moto() -> Iterator[Moto]:
+    server = Moto()
+    yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def stack(workdir: Path, s3_endpoint: str) -> Iterator[Stack]:
-    url = f"s3://exports?endpoint={s3_endpoint}&secure=false&region=us-east-1"
+def stack(workdir: Path, moto: Moto) -> Iterator[Stack]:
+    url = f"s3://exports?endpoint={moto.endpoint}&secure=false&region=us-east-1"
     running = start_stack(workdir / "data", url, ("test-access", "test-secret"))
     yield running
     running.stop()
@@ -51,3 +66,26 @@ def test_archive_is_published_to_s3_and_fetched_by_presigned_url(
         m.chunk for m in stack.exports.DownloadExport(epb.DownloadExportRequest(job_id=job_id))
     )
     assert streamed == fetched
+
+
+def test_failed_publish_is_resumed_from_its_checkpoint(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource, moto: Moto
+) -> None:
+    moto.stop()
+    try:
+        request = epb.StartExportRequest(sae_id=sae_id, config=export_config(tokens))
+        failed = run_to_end(stack.exports.StartExport(request))[-1]
+    finally:
+        moto.restart()
+    job_id = failed.progress.job_id
+    assert failed.progress.state == ppb.JOB_STATE_FAILED
+    assert failed.progress.stage == ppb.STAGE_CREATING_ARCHIVE
+    assert "ResumeExport" in failed.progress.error.message
+    assert (stack.data_dir / "export" / job_id).is_dir()  # staged files kept for the resume
+    stack.exports.ResumeExport(epb.ResumeExportRequest(job_id=job_id))
+    messages = run_to_end(stack.exports.WatchExport(epb.WatchExportRequest(job_id=job_id)))
+    last = messages[-1]
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
+    stages = {m.progress.stage for m in messages}
+    assert ppb.STAGE_ACTIVATION_PASS not in stages  # computed and generated files were kept
+    assert not (stack.data_dir / "export" / job_id).exists()
