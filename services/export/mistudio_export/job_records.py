@@ -1,0 +1,217 @@
+"""How a job's life reaches its watchers and its record in the store.
+
+Every state change is written to the store first and then published, so a watcher that sees a
+state can always read the same state back with GetExport. Progress between checkpoints is
+persisted at most every few seconds; sequence numbers stay monotonic across restarts because a
+restarted tracker skips ahead by more than the messages that can go unpersisted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+from google.rpc import code_pb2, status_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import MistudioError
+from mistudio_common.grpc_errors import status_from_error
+from mistudio_common.progress import JobChannel, ProgressTracker
+
+from mistudio_export import views
+from mistudio_export.clients import StoreClient
+from mistudio_export.plan import ExportPlan
+from mistudio_export.runtime import JobControl
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_GAP = 1000
+"""Progress is persisted at least every SEQUENCE_GAP // 10 messages; a restart skips this far
+ahead so sequence numbers keep increasing even for messages published but never persisted."""
+
+_STAGE_WEIGHTS = {
+    ppb.STAGE_VALIDATING: 1.0,
+    ppb.STAGE_ACTIVATION_PASS: 10.0,
+    ppb.STAGE_LOADING_EXAMPLES: 3.0,
+    ppb.STAGE_LOGIT_LENS: 2.0,
+    ppb.STAGE_HISTOGRAMS: 2.0,
+    ppb.STAGE_TOKEN_AGGREGATION: 2.0,
+    ppb.STAGE_GENERATING_FILES: 5.0,
+    ppb.STAGE_VALIDATING_OUTPUT: 2.0,
+    ppb.STAGE_CREATING_ARCHIVE: 2.0,
+}
+
+
+def new_tracker(job_id: str, plan: ExportPlan, stored: ppb.Progress | None) -> ProgressTracker:
+    stages = plan.stages
+    first = stored.sequence + SEQUENCE_GAP if stored is not None and stored.sequence else 0
+    tracker = ProgressTracker(
+        job_id, stages, [_STAGE_WEIGHTS.get(s, 1.0) for s in stages], first_sequence=first
+    )
+    if stored is not None and stored.stages:
+        tracker.restore(stored)
+    return tracker
+
+
+@dataclass
+class JobEntry:
+    """What this process holds for one job it has seen."""
+
+    job_id: str
+    channel: JobChannel[epb.ExportProgress]
+    staging: Path
+    tracker: ProgressTracker | None = None
+    control: JobControl | None = None
+    thread: threading.Thread | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    persisted_at: float = 0.0
+    unpersisted: int = 0
+
+    @classmethod
+    def of(cls, stored: spb.ExportJob, staging: Path) -> JobEntry:
+        checkpoint = views.dict_of(stored.checkpoint) if stored.HasField("checkpoint") else {}
+        channel = JobChannel(views.message_of(stored), views.is_terminal)
+        return cls(stored.job_id, channel, staging, checkpoint=checkpoint)
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class JobRecorder:
+    """Writes a job's progress and state changes to the store and to its watchers."""
+
+    def __init__(self, store: StoreClient, persist_seconds: float) -> None:
+        self._store = store
+        self._persist_seconds = persist_seconds
+
+    def publish(self, entry: JobEntry, progress: ppb.Progress) -> None:
+        """Sends progress to watchers; persists it every few seconds (or 100 messages)."""
+        entry.channel.publish(epb.ExportProgress(progress=progress))
+        entry.unpersisted += 1
+        due = time.monotonic() - entry.persisted_at >= self._persist_seconds
+        if due or entry.unpersisted >= SEQUENCE_GAP // 10:
+            self.persist(entry, progress.state or ppb.JOB_STATE_RUNNING)
+
+    def persist(
+        self,
+        entry: JobEntry,
+        state: ppb.JobState.ValueType,
+        *,
+        extra: list[str] | None = None,
+        record: spb.ExportJob | None = None,
+    ) -> None:
+        """Writes state, progress (the record's, else the latest) and checkpoint."""
+        job = record or spb.ExportJob()
+        job.job_id = entry.job_id
+        job.state = state
+        if not job.HasField("progress"):
+            job.progress.CopyFrom(entry.channel.latest.progress)
+        job.checkpoint.CopyFrom(views.struct_of(entry.checkpoint))
+        fields = ["state", "progress", "checkpoint", *(extra or [])]
+        if "started_at" in fields:
+            job.started_at.CopyFrom(_now())
+        if "finished_at" in fields:
+            job.finished_at.CopyFrom(_now())
+        self._store.update_job(job, fields)
+        entry.persisted_at = time.monotonic()
+        entry.unpersisted = 0
+
+    def running(self, entry: JobEntry, first_start: bool) -> None:
+        assert entry.tracker is not None
+        self.publish(entry, entry.tracker.set_state(ppb.JOB_STATE_RUNNING))
+        self.persist(entry, ppb.JOB_STATE_RUNNING, extra=["started_at"] if first_start else [])
+
+    def succeeded(self, entry: JobEntry, result: epb.ExportResult) -> None:
+        assert entry.tracker is not None
+        entry.checkpoint[views.RESULT_KEY] = views.result_json(result)
+        progress = entry.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, "export finished")
+        record = spb.ExportJob(
+            output_uri=result.output_uri,
+            output_size_bytes=result.size_bytes,
+            feature_count=result.feature_count,
+            progress=progress,
+        )
+        extra = ["output_uri", "output_size_bytes", "feature_count", "finished_at"]
+        self.persist(entry, ppb.JOB_STATE_SUCCEEDED, extra=extra, record=record)
+        shutil.rmtree(entry.staging, ignore_errors=True)
+        entry.channel.publish(epb.ExportProgress(progress=progress, result=result))
+
+    def parked(self, entry: JobEntry) -> None:
+        """A shutdown stopped the worker: the job stays RUNNING for the next start."""
+        try:
+            self.persist(entry, ppb.JOB_STATE_RUNNING)
+        except MistudioError:
+            log.warning("could not persist progress at shutdown", extra={"job_id": entry.job_id})
+
+    def paused(self, entry: JobEntry, stored: spb.ExportJob, note: str) -> None:
+        progress = _next_progress(entry, stored, ppb.JOB_STATE_PAUSED, note)
+        self.persist(entry, ppb.JOB_STATE_PAUSED, record=spb.ExportJob(progress=progress))
+        entry.channel.publish(epb.ExportProgress(progress=progress))
+
+    def cancelled(self, entry: JobEntry, stored: spb.ExportJob) -> None:
+        """Removes everything staged; nothing was published, so nothing is left."""
+        shutil.rmtree(entry.staging, ignore_errors=True)
+        entry.checkpoint.clear()
+        error = status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled by request")
+        self._finished(entry, stored, ppb.JOB_STATE_CANCELLED, error, spb.ExportJob())
+
+    def failed(self, entry: JobEntry, stored: spb.ExportJob, error: BaseException) -> None:
+        """Records the error with its remediation; checkpoint and staging stay for a resume."""
+        if not isinstance(error, MistudioError):
+            log.exception("export failed", exc_info=error, extra={"job_id": entry.job_id})
+        status = status_from_error(error)
+        status.message += " (the job keeps its checkpoint: ResumeExport retries from there)"
+        record = spb.ExportJob(error_message=status.message)
+        record.error_details.update(json_format.MessageToDict(status))
+        self._finished(entry, stored, ppb.JOB_STATE_FAILED, status, record)
+
+    def _finished(
+        self,
+        entry: JobEntry,
+        stored: spb.ExportJob,
+        state: ppb.JobState.ValueType,
+        error: status_pb2.Status,
+        record: spb.ExportJob,
+    ) -> None:
+        progress = _next_progress(entry, stored, state, error.message, error)
+        record.progress.CopyFrom(progress)
+        extra = ["finished_at"]
+        if record.error_message:
+            extra += ["error_message", "error_details"]
+        try:
+            self.persist(entry, state, extra=extra, record=record)
+        except MistudioError:
+            log.exception("could not record the job's end", extra={"job_id": entry.job_id})
+        entry.channel.publish(epb.ExportProgress(progress=progress))
+
+
+def _next_progress(
+    entry: JobEntry,
+    stored: spb.ExportJob,
+    state: ppb.JobState.ValueType,
+    note: str,
+    error: status_pb2.Status | None = None,
+) -> ppb.Progress:
+    """The job's progress in ``state``: from its tracker, or from the record when none runs."""
+    if entry.tracker is not None:
+        return entry.tracker.set_state(state, note, error)
+    progress = views.progress_of(stored)
+    progress.sequence += SEQUENCE_GAP
+    progress.state, progress.message = state, note
+    if error is not None:
+        progress.error.CopyFrom(error)
+    return progress
