@@ -201,3 +201,12 @@ def test_positions_are_global_across_row_ranges(inputs) -> None:
     positions += top_position(part.state.top_keys).flatten().tolist()
     rows = {p // tiny.N_CTX for p in positions if p >= 0}
     assert rows and rows <= set(range(40, 48))
+
+
+def test_state_size_does_not_grow_with_the_number_of_tokens(inputs) -> None:
+    config = state_config(replace(PARAMS, aggregate_all_tokens=False), tiny.SPECIAL)
+    features = torch.arange(inputs.encoder.d_sae)
+    small = run_activation_pass(inputs, config, features, rows=range(0, 8), batch_size=BATCH)
+    large = run_activation_pass(inputs, config, features, batch_size=BATCH)
+    shapes = {k: v.shape for k, v in small.state.tensors().items()}
+    assert shapes == {k: v.shape for k, v in large.state.tensors().items()}

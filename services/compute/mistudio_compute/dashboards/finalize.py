@@ -87,12 +87,12 @@ class _Builder:
                           p.logit_histogram_bins)  # fmt: skip
         _report(progress, Stage.LOGIT_LENS, hi, n)
         out = []
-        for i, f in enumerate(range(lo, hi)):
+        for i, (f, index) in enumerate(zip(range(lo, hi), s.features[lo:hi].tolist(), strict=True)):
             top, groups = self._examples(f)
             edges, counts = hists[i]
             out.append(
                 FeatureDashboard(
-                    feature_index=int(s.features[f]),
+                    feature_index=index,
                     top_examples=top,
                     quantile_groups=groups,
                     top_positive_logits=self._logits(lens.pos_ids[i], lens.pos_values[i]),

@@ -15,6 +15,7 @@ default 128 buckets per decade, larger only when the quantile falls in the under
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -42,16 +43,18 @@ class FineGrid:
 
     def edges(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """float32 edges E [G + 1], strictly increasing."""
-        n = (self.hi_exp - self.lo_exp) * self.per_decade
-        exps = self.lo_exp + torch.arange(n + 1, dtype=torch.float64) / self.per_decade
-        return (10.0**exps).to(torch.float32).to(device)
+        return _edges(self.lo_exp, self.hi_exp, self.per_decade).to(device)
 
     def bucket(self, values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         """Bucket index in [0, G + 1] of each positive float32 value."""
         return torch.bucketize(values, edges, right=True)
 
-    def as_dict(self) -> dict[str, int]:
-        return {"lo_exp": self.lo_exp, "hi_exp": self.hi_exp, "per_decade": self.per_decade}
+
+@functools.cache
+def _edges(lo_exp: int, hi_exp: int, per_decade: int) -> torch.Tensor:
+    n = (hi_exp - lo_exp) * per_decade
+    exps = lo_exp + torch.arange(n + 1, dtype=torch.float64) / per_decade
+    return (10.0**exps).to(torch.float32)
 
 
 def _bucket_bounds(
