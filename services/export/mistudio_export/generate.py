@@ -94,6 +94,7 @@ def write_formats(
             continue
         folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
         progress = _progress(job, position, len(kinds), n_features, kind)
+        progress(0)
         if kind is FormatKind.PRD_JSON:
             unchanged = _write_prd(job, out, inputs, progress)
         elif kind is FormatKind.SAELENS:

@@ -112,7 +112,6 @@ class ExportPipeline:
                     ],
                     field="config.selection",
                 )
-        job.finish_stage(ppb.STAGE_VALIDATING)
         inputs = self._inputs(job, collected, base)
         copied = write_formats(job, kinds, inputs, self._compute, self._settings.features_per_batch)
         job.finish_stage(ppb.STAGE_GENERATING_FILES)
@@ -170,7 +169,6 @@ class ExportPipeline:
         plan = job.plan
         indices = sorted(collected.hashes)
         info = self._sae_info(job)
-        kinds_saelens = plan.saelens
         return Inputs(
             info=info,
             hashes=collected.hashes,
@@ -178,10 +176,10 @@ class ExportPipeline:
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
                 saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
-                if kinds_saelens
+                if plan.saelens
                 else []
             ),
-            pretrained_yaml=pretrained_yaml(plan, info) if kinds_saelens else "",
+            pretrained_yaml=pretrained_yaml(plan, info) if plan.saelens else "",
         )
 
     def _sae_info(self, job: JobRuntime) -> SaeInfo:
