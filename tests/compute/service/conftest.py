@@ -19,6 +19,7 @@ from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.server import RunningServer, insecure_channel
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.planning import ModelLoader
 from mistudio_compute.server import ComputeServer, build_compute_server
 from mistudio_store.config import StoreSettings
 from mistudio_store.server import build_store_server
@@ -38,7 +39,9 @@ def tiny() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def model_loader(tiny: LoadedModel):  # type: ignore[no-untyped-def]
+def model_loader(tiny: LoadedModel) -> ModelLoader:
+    """Serves the tiny model under its name; any other reference loads for real."""
+
     def load(ref: str, device: str) -> LoadedModel:
         return tiny if ref == TINY_MODEL else load_model(ref, device)
 
@@ -63,12 +66,12 @@ class ComputeHarness:
     """Builds (and rebuilds, for restart tests) the compute server on one data folder."""
 
     settings: ComputeSettings
-    loader: object
+    loader: ModelLoader
     server: ComputeServer | None = None
     channel: grpc.Channel | None = None
 
     def start(self) -> cgrpc.ComputeServiceStub:
-        self.server = build_compute_server(self.settings, model_loader=self.loader)  # type: ignore[arg-type]
+        self.server = build_compute_server(self.settings, model_loader=self.loader)
         self.channel = insecure_channel(self.server.address)
         return cgrpc.ComputeServiceStub(self.channel)
 
@@ -81,7 +84,9 @@ class ComputeHarness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, store: RunningServer, model_loader: object) -> Iterator[ComputeHarness]:
+def harness(
+    tmp_path: Path, store: RunningServer, model_loader: ModelLoader
+) -> Iterator[ComputeHarness]:
     settings = ComputeSettings(
         port=0,
         store_address=store.address,
