@@ -27,8 +27,7 @@ DEFAULT_MODEL_DIR = Path("../shared/data/stories260k")
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or torch.get_num_threads())  # --show runs outside the build
     started = time.perf_counter()
     assets = ensure_demo_assets(
         args.cache_dir,
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         seed=args.seed,
         hook_name=args.hook,
+        threads=args.threads,
         progress=lambda msg: print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True),
     )
     print(f"built: {', '.join(assets.built) or 'nothing (all cached)'}")
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hook", default=DEFAULT_HOOK)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch default)")
     parser.add_argument("--show", type=int, default=0, help="print N features' top contexts")
     return parser
 
