@@ -19,7 +19,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, MistudioError
-from mistudio_common.progress import ProgressTracker
+from mistudio_common.progress import TERMINAL_STATES, ProgressTracker
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -85,6 +85,8 @@ class ExportJobManager:
     ) -> Iterator[epb.ExportProgress]:
         """The job's progress stream: a snapshot first, then updates until a terminal state."""
         stored = self._store.get_job(job_id)
+        if stored.state in TERMINAL_STATES:
+            return iter([views.message_of(stored)])
         entry = self._entry(stored)
 
         def wanted() -> bool:
@@ -96,8 +98,12 @@ class ExportJobManager:
         stored = self._store.get_job(job_id)
         with self._lock:
             entry = self._entries.get(job_id)
+        # A running job's progress here is fresher than the (throttled) record; a finished
+        # job's record is final and may have changed since (ValidateArchive repairs).
         live = entry.channel.latest if entry is not None else None
-        if live is not None and live.progress.sequence < stored.progress.sequence:
+        if live is not None and (
+            stored.state in TERMINAL_STATES or live.progress.sequence < stored.progress.sequence
+        ):
             live = None
         return views.view_of(stored, live)
 

@@ -19,7 +19,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio_export.packaging import verify_archive
+from mistudio_export.packaging import build_archive, verify_archive
 from mistudio_export.validation import validate_export
 
 from tests.export.service.errors import details
@@ -324,3 +324,33 @@ def test_saelens_only_export_needs_no_dashboards(stack: Stack, sae_id: str) -> N
     assert last.result.feature_count == D_SAE
     top_level = {name.split("/")[0] for name in last.result.files}
     assert top_level == {"manifest.json", "README.md", "prefill.json", "saelens"}
+
+
+def test_validate_archive_reports_and_repairs_a_damaged_archive(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource, tmp_path: Path
+) -> None:
+    config = export_config(tokens, formats=[epb.EXPORT_FORMAT_NEURONPEDIA])
+    done = start(stack, sae_id, config, "to-damage")[-1]
+    job_id = done.progress.job_id
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(io.BytesIO(download(stack, job_id))).extractall(folder)
+    feature = json.loads((folder / "features/3.json").read_text())
+    feature["activations"][0]["max_value"] += 1.0
+    (folder / "features/3.json").write_text(json.dumps(feature))
+    (folder / "manifest.json").unlink()
+    build_archive(folder, stack.data_dir / "archives" / done.result.output_uri)
+
+    request = epb.ValidateArchiveRequest(job_id=job_id)
+    found = stack.exports.ValidateArchive(request)
+    assert not found.summary.valid
+    errors = [p for p in found.problems if p.severity == epb.SEVERITY_ERROR]
+    assert [(p.code, p.file, p.pointer) for p in errors] == [
+        ("MAX_VALUE_MISMATCH", "features/3.json", "/activations/0/max_value")
+    ]
+    request.auto_fix = True
+    fixed = stack.exports.ValidateArchive(request)
+    assert fixed.summary.valid and len(fixed.summary.fixes_applied) == 1
+    repaired = download(stack, job_id)
+    job = stack.exports.GetExport(epb.GetExportRequest(job_id=job_id)).job
+    assert job.result.archive_sha256 == hashlib.sha256(repaired).hexdigest()
+    assert stack.exports.ValidateArchive(epb.ValidateArchiveRequest(job_id=job_id)).summary.valid
