@@ -42,7 +42,7 @@ from mistudio_compute.training.explanations import (
 )
 from mistudio_compute.training.sae_trainer import TrainConfig, evaluate, train_sae
 
-SAE_FORMAT = 1
+SAE_FORMAT = 2
 EXPLANATIONS_FORMAT = 1
 DEFAULT_HOOK = "blocks.2.hook_resid_post"
 """The middle of stories260K's five blocks: token-and-word features with the best fit we found."""
