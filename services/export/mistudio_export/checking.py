@@ -62,7 +62,7 @@ def summary_of(report: ValidationReport) -> epb.ValidationSummary:
 
 
 def _fix_lines(report: ValidationReport) -> list[str]:
-    """One line per repair, at most MAX_FIX_LINES (the classes above count them all)."""
+    """One line per repair, at most MAX_FIX_LINES; a last line says how many more there were."""
     lines = [
         f"{c.file}{':' + str(c.line) if c.line else ''} {c.pointer}: {c.description}"
         for c in report.changes[:MAX_FIX_LINES]

@@ -141,17 +141,17 @@ def _write_prd(job: JobRuntime, out: Path, inputs: Inputs, progress: Callable[[i
     compressed = job.plan.compression.gzip_json
     shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
     copied = written = 0
+    earlier_hashes = inputs.reuse.hashes if inputs.reuse is not None else {}
     with ExitStack() as stack:
         earlier = None
         if inputs.reuse is not None:
             earlier = stack.enter_context(zipfile.ZipFile(inputs.reuse.archive))
         names = set(earlier.namelist()) if earlier is not None else set()
         for d in _dashboards(job.staging):
-            name = prd_json.feature_file_name(d.feature_index, compressed=compressed)
-            same = inputs.reuse is not None and inputs.reuse.hashes.get(
-                d.feature_index
-            ) == inputs.hashes.get(d.feature_index)
-            if earlier is not None and same and name in names:
+            index = d.feature_index
+            name = prd_json.feature_file_name(index, compressed=compressed)
+            unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
+            if earlier is not None and unchanged and name in names:
                 jsonio.write_atomic(out / name, earlier.read(name))
                 copied += 1
             else:
