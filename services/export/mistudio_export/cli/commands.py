@@ -1,0 +1,354 @@
+"""What each `mistudio-export` command does; all of it through the services' gRPC contracts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
+from mistudio_common.grpc_errors import error_from_rpc
+
+from mistudio_export.cli.connection import Services, connect
+from mistudio_export.cli.options import export_config
+from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
+from mistudio_export.packaging import (
+    MANIFEST_NAME,
+    PREFILL_NAME,
+    README_NAME,
+    build_archive,
+    verify_archive,
+)
+from mistudio_export.validation import ValidationReport, validate_export
+
+ARCHITECTURES = {
+    "standard": spb.ARCHITECTURE_STANDARD,
+    "jumprelu": spb.ARCHITECTURE_JUMPRELU,
+    "topk": spb.ARCHITECTURE_TOPK,
+    "gated": spb.ARCHITECTURE_GATED,
+}
+TRAINING_INFO_FILE = "training.json"
+"""Optional sidecar in or beside an SAE folder: dataset, training tokens, l0, explained variance."""
+
+
+def _call(fn: Any, request: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(request, **kwargs)
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from None
+
+
+def sae_id_for(path: Path) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", path.resolve().name.lower()).strip("-") or "sae"
+
+
+def register_local_sae(services: Services, path: Path, args: argparse.Namespace) -> str:
+    """Registers a SAELens folder (or safetensors file) in the store; returns its sae_id."""
+    store, compute = services.require_store_and_compute()
+    if not path.exists():
+        raise InvalidArgument(
+            f"SAE path {path} does not exist",
+            field="SAE",
+            fix="give a SAELens folder (cfg.json + sae_weights.safetensors) or a registered SAE id",
+        )
+    info: cpb.ValidateSaeResponse = _call(
+        compute.ValidateSae,
+        cpb.ValidateSaeRequest(
+            sae=cpb.SaeReference(files=cpb.SaeFiles(path=str(path.resolve()), model_id=args.model)),
+            hook_point=args.hook,
+            model_id=args.model,
+        ),
+    )
+    sae_id = args.sae_id or sae_id_for(path)
+    sae = spb.Sae(
+        sae_id=sae_id,
+        model_id=info.model_id,
+        hook_point=info.hook_point,
+        d_in=info.d_in,
+        d_sae=info.d_sae,
+        architecture=ARCHITECTURES.get(info.architecture, spb.ARCHITECTURE_UNSPECIFIED),
+        weights_uri=str(path.resolve()),
+        neuronpedia_source_set=args.source_set,
+    )
+    _fill_training_info(sae, path)
+    try:
+        _call(store.CreateSae, spb.CreateSaeRequest(sae=sae))
+        created = True
+    except AlreadyExists:
+        created = False
+        existing = _call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae
+        if existing.weights_uri != sae.weights_uri:
+            raise InvalidArgument(
+                f"SAE id {sae_id!r} is already registered for {existing.weights_uri}",
+                field="--sae-id",
+                fix="choose another --sae-id",
+            ) from None
+    if args.explanations and created:
+        _add_explanations(services, sae_id, Path(args.explanations))
+    return sae_id
+
+
+def _fill_training_info(sae: spb.Sae, path: Path) -> None:
+    folder = path if path.is_dir() else path.parent
+    cfg_path = folder / "cfg.json"
+    if cfg_path.exists():
+        cfg = json.loads(cfg_path.read_text())
+        metadata = cfg.get("metadata") or cfg
+        sae.training_dataset = str(metadata.get("dataset_path") or "")
+    for info_path in (folder / TRAINING_INFO_FILE, folder.parent / TRAINING_INFO_FILE):
+        if not info_path.exists():
+            continue
+        info = json.loads(info_path.read_text())
+        sae.training_dataset = str(
+            info.get("training_dataset") or info.get("dataset_path") or sae.training_dataset
+        )
+        sae.n_training_tokens = int(info.get("n_training_tokens", 0))
+        metrics = info.get("metrics", info)
+        sae.l0 = float(metrics.get("l0", 0.0))
+        sae.explained_variance = float(metrics.get("explained_variance", 0.0))
+        return
+
+
+def _add_explanations(services: Services, sae_id: str, path: Path) -> None:
+    store, _ = services.require_store_and_compute()
+    try:
+        rows = json.loads(path.read_text())
+        explanations = [json_format.ParseDict(row, spb.Explanation()) for row in rows]
+    except (OSError, ValueError, json_format.ParseError) as error:
+        raise InvalidArgument(
+            f"cannot read explanations from {path}: {error}",
+            field="--explanations",
+            fix='give a JSON list of {"feature_index", "description", "method", ...} objects',
+        ) from None
+    _call(
+        store.AddExplanations, spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        target = Path(args.sae)
+        looks_like_path = target.exists() or "/" in args.sae or args.sae.endswith(".safetensors")
+        sae_id = register_local_sae(services, target, args) if looks_like_path else args.sae
+        request = epb.StartExportRequest(
+            request_id=args.request_id or str(uuid.uuid4()),
+            sae_id=sae_id,
+            owner=args.owner,
+            config=export_config(args),
+        )
+        result = run_export(services, request)
+        print_result(result)
+        if args.output:
+            download(services, result.job_id, Path(args.output))
+        return 0
+
+
+class ExportOutcome:
+    def __init__(self, job_id: str, last: epb.ExportProgress) -> None:
+        self.job_id = job_id
+        self.last = last
+
+
+def run_export(services: Services, request: epb.StartExportRequest) -> ExportOutcome:
+    """Starts an export and follows its stream; Ctrl-C cancels the job, then re-raises."""
+    stream = services.export.StartExport(request)
+    job_id = ""
+
+    def remember(messages: Any) -> Any:
+        nonlocal job_id
+        for message in messages:
+            job_id = message.progress.job_id
+            yield message
+
+    try:
+        last = follow(remember(stream))
+    except KeyboardInterrupt:
+        stream.cancel()
+        if job_id:
+            print(f"\ncancelling export {job_id}…", file=sys.stderr)
+            _call(services.export.CancelExport, epb.CancelExportRequest(job_id=job_id), timeout=30)
+        raise
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from None
+    if last is None:
+        raise Cancelled("the export stream ended without a message", fix="run `status` on the job")
+    if last.progress.error.code:
+        status = last.progress.error
+        raise _job_error(job_id, status.message)
+    return ExportOutcome(job_id, last)
+
+
+def _job_error(job_id: str, message: str) -> MistudioError:
+    return MistudioError(
+        f"export {job_id} ended: {message}",
+        fix=f"see `mistudio-export status {job_id}`; fix the cause and run again",
+    )
+
+
+def print_result(outcome: ExportOutcome) -> None:
+    result = outcome.last.result
+    validation = result.validation
+    print(f"\nExport {outcome.job_id} complete")
+    print(f"  archive:    {result.output_uri}")
+    print(f"  size:       {result.size_bytes / 1e6:.1f} MB ({result.archive_sha256[:16]}…)")
+    print(
+        f"  features:   {result.feature_count} "
+        f"(computed {result.features_computed}, reused from cache {result.features_reused}, "
+        f"unchanged {result.features_unchanged})"
+    )
+    print(f"  time:       {format_seconds(outcome.last.progress.elapsed_seconds)}")
+    for line in summarize_stages(outcome.last.progress):
+        print(line)
+    verdict = "valid" if validation.valid else "INVALID"
+    print(
+        f"  validation: {verdict}: {validation.files_checked} files, "
+        f"{validation.error_count} errors, {validation.warning_count} warnings"
+    )
+    for problem in validation.classes:
+        print(f"    - {problem.code} ×{problem.count}: {problem.suggested_fix}")
+    for fix in validation.fixes_applied:
+        print(f"    fixed: {fix}")
+    top = [f for f in result.files if f.count("/") <= 1][:12]
+    if top:
+        print("  contains:   " + ", ".join(top) + (" …" if len(result.files) > len(top) else ""))
+    print("\nNext steps: read README.md inside the archive — it walks through Neuronpedia's upload")
+    print("API (upload-payloads/), the maintainers' bulk import, and the HuggingFace upload.")
+
+
+def download(services: Services, job_id: str, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    offset = partial.stat().st_size if partial.exists() else 0
+    try:
+        with partial.open("ab") as sink:
+            for chunk in services.export.DownloadExport(
+                epb.DownloadExportRequest(job_id=job_id, offset=offset)
+            ):
+                sink.write(chunk.chunk)
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from None
+    partial.replace(destination)
+    print(f"downloaded {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        job = _call(services.export.GetExport, epb.GetExportRequest(job_id=args.job_id)).job
+        print_job(job, verbose=True)
+        return 0
+
+
+def print_job(job: epb.ExportJobView, verbose: bool = False) -> None:
+    progress = job.progress
+    print(
+        f"{job.job_id}  {state_label(progress.state):<9}  {progress.fraction * 100:5.1f}%  "
+        f"sae={job.sae_id}  owner={job.owner}"
+    )
+    if not verbose:
+        return
+    for line in summarize_stages(progress):
+        print(line)
+    if progress.error.message:
+        print(f"  error: {progress.error.message}")
+    if job.result.output_uri:
+        print(f"  archive: {job.result.output_uri} ({job.result.size_bytes / 1e6:.1f} MB)")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        token = ""
+        while True:
+            page = _call(
+                services.export.ListExports,
+                epb.ListExportsRequest(
+                    page_size=100, page_token=token, sae_id=args.sae_id, owner=args.owner
+                ),
+            )
+            for job in page.jobs:
+                print_job(job)
+            token = page.next_page_token
+            if not token:
+                return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        job = _call(services.export.CancelExport, epb.CancelExportRequest(job_id=args.job_id)).job
+        print_job(job)
+        return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        if args.url:
+            response = _call(
+                services.export.GetDownloadUrl,
+                epb.GetDownloadUrlRequest(job_id=args.job_id, expiry_seconds=args.expiry),
+            )
+            print(response.url)
+            print(f"expires at {response.expires_at.ToJsonString()}", file=sys.stderr)
+            return 0
+        download(services, args.job_id, Path(args.output or f"{args.job_id}.zip"))
+        return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validates locally (no services needed); a repaired zip is written beside the original."""
+    path = Path(args.path)
+    if not path.exists():
+        raise InvalidArgument(
+            f"{path} does not exist", field="path", fix="give an export .zip or an export folder"
+        )
+    if path.is_dir():
+        report = validate_export(path, fix=args.auto_fix)
+        integrity_lines: list[str] = []
+    else:
+        report, integrity_lines = _validate_zip(path, args.auto_fix)
+    print(report.summary())
+    for line in integrity_lines:
+        print(f"archive integrity: {line}")
+    for change in report.changes[:50]:
+        print(f"fixed: {change.file} {change.pointer}: {change.description}")
+    if args.json:
+        Path(args.json).write_bytes(report.to_json())
+        print(f"full report written to {args.json}")
+    return 0 if report.ok and not integrity_lines else 1
+
+
+def _validate_zip(path: Path, auto_fix: bool) -> tuple[ValidationReport, list[str]]:
+    with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
+        folder, aside = Path(scratch) / "archive", Path(scratch) / "packaging"
+        integrity = verify_archive(path)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(folder)
+        except zipfile.BadZipFile as error:
+            raise InvalidArgument(
+                f"{path} is not a readable ZIP archive: {error}",
+                field="path",
+                fix="download the archive again (`mistudio-export download JOB_ID`)",
+            ) from None
+        aside.mkdir()
+        for name in (README_NAME, PREFILL_NAME, MANIFEST_NAME):
+            if (folder / name).is_file():
+                (folder / name).replace(aside / name)
+        report = validate_export(folder, fix=auto_fix)
+        if auto_fix and report.changes:
+            for name in (README_NAME, PREFILL_NAME):
+                if (aside / name).is_file():
+                    (aside / name).replace(folder / name)
+            fixed = path.with_name(path.stem + ".fixed.zip")
+            build_archive(folder, fixed)
+            print(f"repaired archive written to {fixed}")
+    return report, [] if integrity.ok else integrity.lines()

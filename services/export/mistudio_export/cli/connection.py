@@ -1,0 +1,100 @@
+"""How the CLI reaches the services: given addresses, or an in-process stack on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common.errors import InvalidArgument
+from mistudio_common.server import insecure_channel
+
+from mistudio_export.local_stack import LocalStack, start_local_stack
+
+
+@dataclass
+class Services:
+    export: egrpc.ExportServiceStub
+    store: sgrpc.StoreServiceStub | None
+    compute: cgrpc.ComputeServiceStub | None
+    stack: LocalStack | None
+
+    def require_store_and_compute(self) -> tuple[sgrpc.StoreServiceStub, cgrpc.ComputeServiceStub]:
+        if self.store is None or self.compute is None:
+            raise InvalidArgument(
+                "registering a local SAE folder needs the store and compute services",
+                field="--store-address",
+                fix="pass --store-address and --compute-address (or MISTUDIO_STORE_ADDRESS and "
+                "MISTUDIO_COMPUTE_ADDRESS), or run without --export-address to use a local stack",
+            )
+        return self.store, self.compute
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("services (default: start them in-process)")
+    group.add_argument(
+        "--export-address",
+        default=os.environ.get("MISTUDIO_EXPORT_ADDRESS", ""),
+        metavar="HOST:PORT",
+        help="a running export service (env MISTUDIO_EXPORT_ADDRESS)",
+    )
+    group.add_argument(
+        "--store-address", default=os.environ.get("MISTUDIO_STORE_ADDRESS", ""), metavar="HOST:PORT"
+    )
+    group.add_argument(
+        "--compute-address",
+        default=os.environ.get("MISTUDIO_COMPUTE_ADDRESS", ""),
+        metavar="HOST:PORT",
+    )
+    group.add_argument(
+        "--data-dir",
+        default=os.environ.get("MISTUDIO_DATA_DIR", "data"),
+        help="data folder of the in-process stack: SQLite store, archives (default: ./data)",
+    )
+
+
+@contextmanager
+def connect(args: argparse.Namespace) -> Iterator[Services]:
+    if args.export_address:
+        channels: list[grpc.Channel] = []
+
+        def channel(address: str) -> grpc.Channel:
+            channels.append(insecure_channel(address))
+            return channels[-1]
+
+        try:
+            yield Services(
+                export=egrpc.ExportServiceStub(channel(args.export_address)),
+                store=sgrpc.StoreServiceStub(channel(args.store_address))
+                if args.store_address
+                else None,
+                compute=cgrpc.ComputeServiceStub(channel(args.compute_address))
+                if args.compute_address
+                else None,
+                stack=None,
+            )
+        finally:
+            for opened in channels:
+                opened.close()
+        return
+    device = getattr(args, "device", "auto")
+    with start_local_stack(Path(args.data_dir), device=device) as stack:
+        addresses = stack.addresses
+        with (
+            insecure_channel(addresses["export"]) as export_channel,
+            insecure_channel(addresses["store"]) as store_channel,
+            insecure_channel(addresses["compute"]) as compute_channel,
+        ):
+            yield Services(
+                export=egrpc.ExportServiceStub(export_channel),
+                store=sgrpc.StoreServiceStub(store_channel),
+                compute=cgrpc.ComputeServiceStub(compute_channel),
+                stack=stack,
+            )

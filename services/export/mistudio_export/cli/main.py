@@ -1,0 +1,170 @@
+"""`mistudio-export`: export SAEs to Neuronpedia and SAELens from a terminal or a script.
+
+Errors print as one line with the fix (a traceback only with --debug); Ctrl-C cancels a
+running export cleanly and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+from mistudio_common.errors import MistudioError
+from mistudio_common.grpc_errors import error_from_rpc
+
+from mistudio_export.cli import commands
+from mistudio_export.cli.connection import add_connection_options
+from mistudio_export.cli.options import add_export_options
+
+EPILOG_RUN = """examples:
+  mistudio-export run ./my-sae --model gpt2-small --text corpus.txt
+  mistudio-export run ./my-sae --tokens tokens.npy --features 0:1000 --examples 50 --logit-k 20
+  mistudio-export run my-registered-sae --format saelens --output my-sae.zip
+  mistudio-export run ./my-sae --tokens tokens.npy --delta-from 3f2c… --merge
+  mistudio-export run my-registered-sae --labeled-only --export-address host:50053
+"""
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    add_connection_options(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mistudio-export",
+        description="Turn a trained SAE into Neuronpedia dashboards, a SAELens folder and a "
+        "validated archive.",
+        epilog="Run `mistudio-export COMMAND --help` for each command's options and examples.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help_text: str, handler: Callable[[argparse.Namespace], int], epilog: str = ""
+    ) -> argparse.ArgumentParser:
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub_parser.set_defaults(handler=handler)
+        _add_common(sub_parser)
+        return sub_parser
+
+    run = command(
+        "run", "export a local SAE folder or a registered SAE", commands.cmd_run, EPILOG_RUN
+    )
+    run.add_argument("sae", metavar="SAE", help="SAELens folder, safetensors file, or SAE id")
+    run.add_argument("--model", default="", help="TransformerLens name or llama2c:<bin>?tokenizer=")
+    run.add_argument("--hook", default="", help="hook point, e.g. blocks.2.hook_resid_post")
+    run.add_argument("--sae-id", default="", help="id to register a local folder under")
+    run.add_argument("--explanations", default="", metavar="JSON", help="explanations to add")
+    run.add_argument("--owner", default="", help="recorded on the job")
+    run.add_argument("--request-id", default="", help="idempotency key (default: random)")
+    run.add_argument("--output", default="", metavar="ZIP", help="also download the archive here")
+    add_export_options(run)
+
+    validate = command(
+        "validate",
+        "validate an export archive or folder; exit 1 when it has errors",
+        commands.cmd_validate,
+        "examples:\n  mistudio-export validate export.zip\n"
+        "  mistudio-export validate ./export-folder --auto-fix --json report.json",
+    )
+    validate.add_argument("path", help="a .zip archive or an export folder")
+    validate.add_argument("--auto-fix", action="store_true", help="repair common problems")
+    validate.add_argument("--json", default="", metavar="FILE", help="write the full report")
+
+    status = command("status", "show one export job", commands.cmd_status)
+    status.add_argument("job_id")
+
+    listing = command("list", "list export jobs, newest first", commands.cmd_list)
+    listing.add_argument("--sae-id", default="")
+    listing.add_argument("--owner", default="")
+
+    cancel = command("cancel", "cancel an export job", commands.cmd_cancel)
+    cancel.add_argument("job_id")
+
+    download = command(
+        "download",
+        "download a finished export (or print a presigned URL)",
+        commands.cmd_download,
+        "examples:\n  mistudio-export download 3f2c… --output sae.zip\n"
+        "  mistudio-export download 3f2c… --url --expiry 86400",
+    )
+    download.add_argument("job_id")
+    download.add_argument("--output", default="", metavar="ZIP")
+    download.add_argument("--url", action="store_true", help="print a presigned URL instead")
+    download.add_argument("--expiry", type=int, default=3600, help="URL lifetime in seconds")
+
+    serve = command(
+        "serve",
+        "start store, compute and export in this process on embedded defaults",
+        cmd_serve,
+        "example:\n  mistudio-export serve --data-dir ./data   # then point the backend at :50053",
+    )
+    serve.add_argument("--store-port", type=int, default=50051)
+    serve.add_argument("--compute-port", type=int, default=50052)
+    serve.add_argument("--export-port", type=int, default=50053)
+    serve.add_argument("--device", default="auto")
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mistudio_export.local_stack import start_local_stack
+
+    stack = start_local_stack(
+        Path(args.data_dir),
+        store_port=args.store_port,
+        compute_port=args.compute_port,
+        export_port=args.export_port,
+        device=args.device,
+    )
+    for name, address in stack.addresses.items():
+        print(f"{name:<8} {address}")
+    print(f"data in {stack.data_dir}; Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping…", file=sys.stderr)
+    finally:
+        stack.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (MistudioError, grpc.RpcError) as raw:
+        error = error_from_rpc(raw) if isinstance(raw, grpc.RpcError) else raw
+        if args.debug:
+            traceback.print_exc()
+        where = f" [{error.field}]" if error.field else ""
+        print(f"error{where}: {error.message}", file=sys.stderr)
+        if error.fix:
+            print(f"  fix: {error.fix}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

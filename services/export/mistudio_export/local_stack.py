@@ -1,0 +1,96 @@
+"""All three services in one process on loopback, on embedded defaults.
+
+This is what `mistudio-export serve`, the demo and a CLI call without `--export-address` run:
+SQLite and a local archive folder under one data folder, CPU or the local GPU, ephemeral ports
+unless fixed ones are asked for. The services still talk to each other over real gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mistudio_common.server import RunningServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalStack:
+    store: RunningServer
+    compute: RunningServer
+    export: RunningServer
+    data_dir: Path
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {
+            "store": self.store.address,
+            "compute": self.compute.address,
+            "export": self.export.address,
+        }
+
+    def stop(self) -> None:
+        """Stops the export service first so its running jobs checkpoint before peers go."""
+        for server in (self.export, self.compute, self.store):
+            server.stop(grace_seconds=2.0)
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def start_local_stack(
+    data_dir: Path,
+    *,
+    store_port: int = 0,
+    compute_port: int = 0,
+    export_port: int = 0,
+    device: str = "auto",
+    database_url: str = "",
+) -> LocalStack:
+    """Starts store, compute and export on 127.0.0.1, wired to each other."""
+    from mistudio_compute.config import ComputeSettings
+    from mistudio_compute.server import build_compute_server
+    from mistudio_store.config import StoreSettings
+    from mistudio_store.server import build_store_server
+
+    from mistudio_export.config import ExportSettings
+    from mistudio_export.server import build_export_server
+
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store_settings = (
+        StoreSettings(data_dir=data_dir, port=store_port, database_url=database_url)
+        if database_url
+        else StoreSettings(data_dir=data_dir, port=store_port)
+    )
+    store = build_store_server(store_settings)
+    try:
+        compute = build_compute_server(
+            ComputeSettings(
+                port=compute_port, store_address=store.address, data_dir=data_dir, device=device
+            )
+        )
+    except BaseException:
+        store.stop(0)
+        raise
+    try:
+        export = build_export_server(
+            ExportSettings(
+                port=export_port,
+                store_address=store.address,
+                compute_address=compute.address,
+                data_dir=data_dir,
+            )
+        )
+    except BaseException:
+        compute.stop(0)
+        store.stop(0)
+        raise
+    stack = LocalStack(store=store, compute=compute, export=export, data_dir=data_dir)
+    log.info("local stack up", extra=stack.addresses)
+    return stack
