@@ -15,6 +15,7 @@ TransformerLens lazily (through ``model_access``), so SAE-only tests do not pay 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,7 +27,12 @@ from safetensors.numpy import save_file
 if TYPE_CHECKING:
     from mistudio_compute.model_access import LoadedModel
 
-STORIES_DIR = Path("/work/shared/data/stories260k")
+STORIES_DIR = Path(
+    os.environ.get(
+        "MISTUDIO_DEMO_MODEL_DIR",
+        Path(__file__).resolve().parents[3] / "shared" / "data" / "stories260k",
+    )
+)
 STORIES_MODEL = STORIES_DIR / "stories260K.bin"
 STORIES_TOKENIZER = STORIES_DIR / "tok512.bin"
 STORIES_REF = f"llama2c:{STORIES_MODEL}?tokenizer={STORIES_TOKENIZER}"

@@ -1,4 +1,4 @@
-"""The real stories260K llama2.c checkpoint and tokenizer, read from /work/shared (never copied)."""
+"""The real stories260K llama2.c checkpoint and tokenizer, read from ../shared beside the repository (never copied)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ reads is real: SQLite through the store service, the model through the compute s
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,12 @@ from mistudio_export.config import ExportSettings
 from mistudio_export.server import ExportServer, build_export_server
 from safetensors.numpy import save_file
 
-STORIES_DIR = Path("/work/shared/data/stories260k")
+STORIES_DIR = Path(
+    os.environ.get(
+        "MISTUDIO_DEMO_MODEL_DIR",
+        Path(__file__).resolve().parents[4] / "shared" / "data" / "stories260k",
+    )
+)
 STORIES_REF = f"llama2c:{STORIES_DIR / 'stories260K.bin'}?tokenizer={STORIES_DIR / 'tok512.bin'}"
 D_IN = 64
 D_SAE = 32
@@ -211,8 +217,7 @@ def recorded_tokens(tokens: tpb.TokenSource) -> struct_pb2.Struct:
 
 
 def export_config(tokens: tpb.TokenSource | None = None, **fields: Any) -> epb.ExportConfig:
-    """Auto-fix is on unless asked otherwise: today's quantile-group examples need repairs."""
-    fields.setdefault("auto_fix", True)
+    """Auto-fix stays off unless asked for, so every export proves it validates as written."""
     config = epb.ExportConfig(**fields)
     if tokens is not None:
         config.tokens.CopyFrom(tokens)

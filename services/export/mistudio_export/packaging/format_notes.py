@@ -1,7 +1,7 @@
 """What each output format is for and the limits its consumer documents, for the archive README.
 
 The limits are the ones read from Neuronpedia's and SAELens's code (see
-``/work/shared/reference``); they live here as prose because they tell a person what to expect
+``shared/reference``); they live here as prose because they tell a person what to expect
 when uploading, while the format writers enforce the same numbers in code.
 """
 
