@@ -69,14 +69,16 @@ def window(tokens: np.ndarray, v: np.ndarray, pos: int, left: int, right: int) -
     t_len = tokens.shape[1]
     row, t = divmod(pos, t_len)
     a, b = max(0, t - left), min(t_len, t + right + 1)
+    values = [float(x) for x in v[row, a:b]]
+    peak = values.index(max(values))  # the window's maximum, wherever the qualifying token is
     return RefExample(
         position=pos,
         row=row,
         start=a,
         token_ids=tokens[row, a:b].tolist(),
-        values=[float(x) for x in v[row, a:b]],
-        max_value=float(v[row, t]),
-        max_token_index=t - a,
+        values=values,
+        max_value=values[peak],
+        max_token_index=peak,
     )
 
 

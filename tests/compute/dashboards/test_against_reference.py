@@ -46,8 +46,11 @@ def check_example(got: ActivationExample, want: ref.RefExample, t_len: int) -> N
     assert got.token_ids == want.token_ids
     assert got.tokens == tiny.TinyText().window(want.token_ids)
     assert got.max_token_index == want.max_token_index
-    assert got.max_value == want.max_value  # pass-1 value, bit for bit
+    assert got.max_value == max(got.values) == got.values[got.max_token_index]
+    assert got.max_value == pytest.approx(want.max_value, abs=VALUE_TOL)
     np.testing.assert_allclose(got.values, want.values, atol=VALUE_TOL)
+    centre = want.position % t_len - want.start
+    assert got.values[centre] == float(want.values[centre])  # qualifying token: pass-1 value
 
 
 def check_feature(
@@ -104,7 +107,8 @@ def check_feature(
             assert len(g.examples) == len(picked)
             for got_ex, want_ex in zip(g.examples, picked, strict=True):
                 check_example(got_ex, want_ex, tokens.shape[1])
-                assert g.bin_min <= got_ex.max_value <= g.bin_max
+                sampled = got_ex.values[want_ex.position % tokens.shape[1] - want_ex.start]
+                assert g.bin_min <= sampled <= g.bin_max and sampled <= got_ex.max_value
 
     # logit lens
     k = params.logit_k

@@ -224,3 +224,25 @@ def test_bad_neuronpedia_id_breaks_naming_rules(tmp_path):
     root = prd_export(tmp_path)
     edit_json(root / "metadata.json", lambda d: d.__setitem__("neuronpedia_id", "gpt2-small/res"))
     assert "NAMING" in validate_export(root).codes()
+
+
+def _set_window(group, values):
+    def mutate(d):
+        ex = d["quantile_groups"][group]["examples"][0]
+        ex["values"] = values
+        ex["max_value"], ex["max_token_index"] = max(values), values.index(max(values))
+
+    return mutate
+
+
+def test_quantile_example_whose_window_peaks_above_its_bin_is_fine(tmp_path):
+    root = prd_export(tmp_path)  # group 1 is [0, 1]: the sampled 0.5 is in it, the peak 1.75 not
+    edit_json(root / FEATURE, _set_window(1, [0.0, 0.25, 0.1, 1.75, 0.5, 0.0]))
+    assert validate_export(root).problems == []
+
+
+def test_quantile_example_with_no_value_in_its_bin_is_inconsistent(tmp_path):
+    root = prd_export(tmp_path)  # group 0 is [1, 2]
+    edit_json(root / FEATURE, _set_window(0, [0.0, 0.25, 0.1, 0.5, 0.125, 0.0]))
+    (problem,) = validate_export(root).problems
+    assert (problem.code, problem.pointer) == ("INCONSISTENT", "/quantile_groups/0/examples/0")

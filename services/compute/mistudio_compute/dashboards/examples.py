@@ -3,9 +3,10 @@
 Quantile groups split a feature's positive activations at its quantiles (levels k / n), with
 inner edges snapped to the fine grid so ``bin_contains`` is exact; each group's examples are
 taken from the pass's uniform sample in priority order, skipping any whose window overlaps
-(same row, within context_left + context_right) or equals one already taken. An example's
-``max_token_index``/``max_value`` name the token that qualified it: for a top example the
-window's maximum, for a quantile example the sampled token (so it lies inside its bin).
+(same row, within context_left + context_right) or equals one already taken. The token that
+qualified an example (a top example's peak, a quantile example's sampled token) is its window's
+centre; ``max_token_index``/``max_value`` always name the window's own maximum, which for a
+quantile example may lie above its bin.
 
 The second pass re-reads only the rows holding chosen examples. Window values are recomputed
 there, except the qualifying token, which keeps the pass-1 value so ranking, bins and

@@ -159,13 +159,14 @@ class _Builder:
         ids = self.inputs.source.tokens[row, a:b].astype(np.int64).tolist()
         first = a - (t - p.context_left)
         values = self.windows[f, slot, first : first + (b - a)].tolist()
+        peak = values.index(max(values))  # the window's own maximum, not the qualifying token
         ds_row, offset = self.inputs.source.provenance(row)
         return ActivationExample(
             tokens=self.inputs.token_text.window(ids),
             token_ids=ids,
             values=values,
-            max_value=values[t - a],
-            max_token_index=t - a,
+            max_value=values[peak],
+            max_token_index=peak,
             source=SourceRef(self.inputs.source.dataset, ds_row, offset + a),
         )
 
