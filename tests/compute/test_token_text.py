@@ -115,3 +115,19 @@ def test_piece_bytes_per_style() -> None:
     assert piece_bytes("Ġthe", PieceStyle.BYTE_LEVEL) == b" the"
     assert piece_bytes("âĤ¬", PieceStyle.BYTE_LEVEL) == "€".encode()
     assert piece_bytes("plain", PieceStyle.PLAIN) == b"plain"
+
+
+def test_control_bytes_are_shown_escaped_but_tab_and_newline_stay(
+    sp: SentencePieceTokenizer,
+) -> None:
+    byte = {b: sp.processor.piece_to_id(f"<0x{b:02X}>") for b in range(256)}
+    ids = [byte[0x1A], byte[0x00], byte[0x09], byte[0x0A], byte[0x7F], byte[0xC2], byte[0x85]]
+    texts = display_tokens(sp, ids)
+    assert texts == ["<0x1A>", "<0x00>", "\t", "\n", "<0x7F>", "<0xC2>", "<0x85>"]
+    assert display_token(sp, byte[0x1A]) == "<0x1A>"
+
+
+def test_no_vocabulary_string_needs_the_validators_repair(sp: SentencePieceTokenizer) -> None:
+    from mistudio_common.token_display import escape_controls
+
+    assert all(escape_controls(s) == s for s in vocab_display_strings(sp))

@@ -9,7 +9,9 @@ they form. The rule for bytes is:
   model has seen the whole character);
 * a token left with nothing to show (it holds only the first bytes of a character completed by a
   later token) shows its bytes as ``<0xHH>``;
-* bytes that are not valid UTF-8 are shown as ``<0xHH>`` too, never dropped and never raising.
+* bytes that are not valid UTF-8 are shown as ``<0xHH>`` too, never dropped and never raising;
+* so are control characters other than tab, newline and carriage return (``<0x1A>``), which would
+  not display and which the export validator flags (``mistudio_common.token_display``).
 
 Special tokens (``<s>``, ``<|endoftext|>``) keep their names.
 """
@@ -22,6 +24,8 @@ import re
 from collections.abc import Sequence
 from functools import cache
 from typing import Any, Protocol
+
+from mistudio_common.token_display import CONTROL_CHARACTERS, byte_escape
 
 
 class PieceStyle(enum.Enum):
@@ -161,10 +165,6 @@ def piece_bytes(piece: str, style: PieceStyle) -> bytes:
     return piece.encode("utf-8")
 
 
-def byte_escape(data: bytes) -> str:
-    return "".join(f"<0x{b:02X}>" for b in data)
-
-
 def display_tokens(tokenizer: TokenizerAdapter, ids: Sequence[int]) -> list[str]:
     """One readable string per id, decoding byte runs across neighbouring tokens (module doc)."""
     texts = [""] * len(ids)
@@ -212,6 +212,10 @@ def _decode_run(run: list[tuple[int, bytes]], texts: list[str]) -> None:
         if char is None:
             texts[owner[i]] += byte_escape(data[i : i + 1])
             i += 1
+        elif CONTROL_CHARACTERS.match(char):  # readable bytes, each on the token holding it
+            for k in range(i, i + n):
+                texts[owner[k]] += byte_escape(data[k : k + 1])
+            i += n
         else:
             texts[owner[i + n - 1]] += char
             i += n

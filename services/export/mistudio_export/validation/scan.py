@@ -6,19 +6,20 @@ import math
 import re
 from typing import Any
 
+from mistudio_common.token_display import CONTROL_CHARACTERS, escape_controls
+
 from mistudio_export.formats.jsonio import pointer
 from mistudio_export.validation.context import FileContext
 from mistudio_export.validation.report import Severity
 
 _SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL = CONTROL_CHARACTERS
 
 
 def clean_text(text: str) -> str:
     """Lone surrogates become U+FFFD; control characters their byte form, e.g. <0x07>."""
-    text = _SURROGATE.sub("\ufffd", text)
-    return _CONTROL.sub(lambda m: f"<0x{ord(m.group()):02X}>", text)
+    return escape_controls(_SURROGATE.sub("\ufffd", text))
 
 
 def _describe(text: str) -> tuple[Severity, str, bool]:
