@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -337,13 +338,22 @@ def _default_source_set(sae: spb.Sae) -> str:
     return f"mistudio-{kind}-{_width_name(sae.d_sae)}"
 
 
+def _default_model_id(model_ref: str) -> str:
+    """A Neuronpedia model id from a model reference: local files give their stem."""
+    name = model_ref.split("?", 1)[0]
+    if ":" in name:
+        name = Path(name.split(":", 1)[1]).stem
+    slug = re.sub(r"[^a-z0-9.-]+", "-", name.lower()).strip("-.")
+    return slug[:32].rstrip("-.") or "model"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "export"
 
 
 def _naming(sae: spb.Sae, given: epb.NeuronpediaNaming, owner: str) -> NeuronpediaNaming:
     return NeuronpediaNaming(
-        model_id=given.model_id or sae.neuronpedia_model_id or sae.model_id.lower(),
+        model_id=given.model_id or sae.neuronpedia_model_id or _default_model_id(sae.model_id),
         source_set=given.source_set or sae.neuronpedia_source_set or _default_source_set(sae),
         layer=layer_of(sae.hook_point),
         creator_name=given.creator_name or owner or "miStudio",
