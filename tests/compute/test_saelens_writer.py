@@ -156,3 +156,20 @@ def test_pretrained_saes_yaml_entry_has_the_registry_fields() -> None:
             )
         ],
     )
+
+
+@pytest.mark.parametrize(
+    ("model_id", "written"),
+    [
+        ("llama2c:/abs/models/stories260K.bin?tokenizer=/abs/models/tok512.bin", "stories260K"),
+        ("llama2c:/abs/models/stories15M.bin", "stories15M"),
+        ("gpt2-small", "gpt2-small"),
+    ],
+)
+def test_exported_cfg_names_the_model_portably(model_id: str, written: str) -> None:
+    from mistudio_compute.sae_source import ResolvedSae
+    from mistudio_compute.saelens_export import saelens_chunks
+
+    resolved = ResolvedSae(tiny_sae(), "", model_id, "blocks.0.hook_resid_post")
+    chunks = [c for name, c, _ in saelens_chunks(resolved, "", []) if name == "cfg.json"]
+    assert json.loads(b"".join(chunks))["metadata"]["model_name"] == written

@@ -158,6 +158,14 @@ def parse_llama2c_ref(ref: str) -> tuple[Path, Path]:
     return model_path, tokenizer_path
 
 
+def portable_model_name(ref: str) -> str:
+    """The model's name outside this machine (files we publish): a llama2c checkpoint's stem
+    ("stories260K"), never its local path; TransformerLens names are already portable."""
+    if ref.startswith(LLAMA2C_PREFIX):
+        return parse_llama2c_ref(ref)[0].stem
+    return ref
+
+
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:
     """A randomly initialised HookedTransformer (TransformerLens's deprecation notice muted)."""
     with warnings.catch_warnings():

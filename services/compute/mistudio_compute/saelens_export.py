@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from mistudio_compute.model_access import portable_model_name
 from mistudio_compute.sae.loading import CONFIG_FILE, SPARSITY_FILE, WEIGHTS_FILE
 from mistudio_compute.sae.saelens_writer import SaeLensMetadata, saelens_files
 from mistudio_compute.sae_source import ResolvedSae
@@ -24,8 +25,9 @@ def saelens_chunks(
     chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[tuple[str, bytes, bool]]:
     """(file name, chunk, last chunk of that file) for cfg.json, weights and sparsity."""
+    model = resolved.model_id or resolved.sae.cfg.model_name or ""
     meta = SaeLensMetadata(
-        model_name=resolved.model_id or None,
+        model_name=portable_model_name(model) or None,
         hook_name=resolved.hook_point or None,
         neuronpedia_id=neuronpedia_id or None,
     )

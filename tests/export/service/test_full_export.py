@@ -167,6 +167,7 @@ def test_saelens_folder_loads_and_encodes_like_our_sae(archive: bytes, tmp_path:
         got = sae.encode(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post"
+    assert sae.cfg.metadata.model_name == "stories260K"  # never the local llama2c path
 
 
 def test_dead_features_are_exported_with_empty_examples(archive: bytes) -> None:
