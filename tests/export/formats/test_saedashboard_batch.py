@@ -90,3 +90,16 @@ def test_written_batches_validate_clean(tmp_path):
     report = validate_export(tmp_path)
     assert report.problems == [], report.summary()
     assert report.components == ["saedashboard: ."]
+
+
+def test_small_log_scale_bin_centres_stay_distinct_and_validate(tmp_path):
+    d = dashboard(0)
+    edges = [1e-7 * 10 ** (i / 2) for i in range(11)]  # log-scale, 1e-7 .. 1e-2
+    d.activation_histogram.bin_edges, d.activation_histogram.counts = edges, [1] * 10
+    d.activation_histogram.total_count = d.activation_histogram.nonzero_count = 10
+    _write(tmp_path, [d])
+    centres = json.loads((tmp_path / "batch-0.json").read_text())["features"][0][
+        "freq_hist_data_bar_values"
+    ]
+    assert len(set(centres)) == 10 and centres == sorted(centres)
+    assert [p.code for p in validate_export(tmp_path).problems] == []

@@ -4,7 +4,9 @@ Neuronpedia's converter and its ``/manual-dashboard`` page read this shape, so e
 SAEDashboard writes is present; panels miStudio does not compute (neuron alignment, correlated
 neurons and features, decoder weight distribution, steering vector) are empty lists. Float lists
 and bin bounds are rounded to 5 decimals as SAEDashboard does; ``frac_nonzero`` is not, so a
-sparse feature (density < 5e-6) does not read as dead. Schema: ``schemas/sd_batch.schema.json``.
+sparse feature (density < 5e-6) does not read as dead, and histogram bin centres keep as many
+more decimals as they need to stay distinct (a log-scale histogram's smallest bins).
+Schema: ``schemas/sd_batch.schema.json``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ BATCH_KEYS = ("model_id", "layer", "sae_set", "sae_id_suffix", "features")
 
 def _r(xs: Iterable[float]) -> list[float]:
     return [round(x, DECIMALS) for x in xs]
+
+
+def _r_apart(xs: list[float]) -> list[float]:
+    """Rounded like ``_r`` with the fewest extra decimals that keep distinct values distinct."""
+    for decimals in range(DECIMALS, 18):
+        out = [round(x, decimals) for x in xs]
+        if len(set(out)) == len(set(xs)):
+            return out
+    return list(xs)
 
 
 def _activation(e: ActivationExample, bins: tuple[float, float, float]) -> dict[str, Any]:
@@ -88,10 +99,10 @@ def feature_entry(d: FeatureDashboard, info: SaeInfo) -> dict[str, Any]:
         activations=_activations(d),
     )
     if len(act.bin_edges) == len(act.counts) + 1:
-        entry["freq_hist_data_bar_values"] = _r(bin_centres(list(act.bin_edges)))
+        entry["freq_hist_data_bar_values"] = _r_apart(bin_centres(list(act.bin_edges)))
         entry["freq_hist_data_bar_heights"] = list(act.counts)
     if len(logit.bin_edges) == len(logit.counts) + 1:
-        entry["logits_hist_data_bar_values"] = _r(bin_centres(list(logit.bin_edges)))
+        entry["logits_hist_data_bar_values"] = _r_apart(bin_centres(list(logit.bin_edges)))
         entry["logits_hist_data_bar_heights"] = list(logit.counts)
     return entry
 
