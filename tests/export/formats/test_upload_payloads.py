@@ -110,3 +110,11 @@ def test_written_payloads_validate_clean(tmp_path):
     report = validate_export(tmp_path)
     assert report.problems == [], report.summary()
     assert report.components == ["upload-payloads: ."]
+
+
+def test_human_explanation_has_no_model_name_and_validates(tmp_path):
+    human = explanation(0, "fires on speed", method="human", explainer_model="")
+    _write(tmp_path, [dashboard(0)], [human])
+    (expl,) = _body(tmp_path)["features"][0]["explanations"]
+    assert expl == {"text": "fires on speed", "methodName": "human"}
+    assert validate_export(tmp_path).problems == []

@@ -2,7 +2,8 @@
 
 The route accepts at most 128 features per call; per feature at most 20 top and 20 bottom
 logits, at least one activation with 1..1024 tokens, a density in [0, 1] and explanations of
-1..512 characters whose method and model already exist on Neuronpedia. It takes no histograms.
+1..512 characters whose method and model (when there is one; a human explanation has none)
+already exist on Neuronpedia. It takes no histograms.
 Anything cut to fit (long examples, long explanations, features without examples) is listed in
 ``manifest.json`` notes. The top-level body keys (``modelId``, ``source``, ``features``) are
 inferred from the client library, not read from the route. Schemas: ``schemas/upload_*.json``.
@@ -98,7 +99,10 @@ def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -
                 f"{MAX_EXPLANATION_CHARS}"
             )
             text = text[: MAX_EXPLANATION_CHARS - 1].rstrip() + "…"
-        out.append({"text": text, "methodName": r.method, "modelName": r.explainer_model})
+        entry = {"text": text, "methodName": r.method}
+        if r.explainer_model:  # a human explanation has no model: left out, as Neuronpedia's null
+            entry["modelName"] = r.explainer_model
+        out.append(entry)
     return out
 
 
