@@ -26,8 +26,6 @@ from mistudio_export.generate import FOLDERS
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.packaging import (
     MANIFEST_NAME,
-    PREFILL_NAME,
-    README_NAME,
     Compression,
     FormatKind,
     VerifyReport,
@@ -41,8 +39,6 @@ CHECKPOINT_KEY = "validation"
 SAELENS_REQUIRED = ("cfg.json", "sae_weights.safetensors")
 DEFAULT_MAX_PROBLEMS = 1000
 MAX_FIX_LINES = 100
-PACKAGING_FILES = (README_NAME, PREFILL_NAME, MANIFEST_NAME)
-"""Archive files that belong to no export format; validated through the manifest instead."""
 _SEVERITY = {Severity.ERROR: epb.SEVERITY_ERROR, Severity.WARNING: epb.SEVERITY_WARNING}
 
 
@@ -140,20 +136,18 @@ class ArchiveValidator:
         job = finished_job(self._store, request.job_id)
         limit = request.max_problems or DEFAULT_MAX_PROBLEMS
         with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
-            folder, aside = Path(scratch) / "archive", Path(scratch) / "packaging"
+            folder = Path(scratch) / "archive"
             archive = fetch_to_file(self._objects, job.output_uri, Path(scratch) / "archive.zip")
             integrity = verify_archive(archive)
             with zipfile.ZipFile(archive) as zf:
                 compression = _compression_of(zf)
                 zf.extractall(folder)
-            _move(folder, aside, PACKAGING_FILES)
             report = validate_export(folder, fix=request.auto_fix)
             summary = summary_of(report)
             if (folder / FOLDERS[FormatKind.SAELENS]).is_dir():
                 _check_saelens(folder / FOLDERS[FormatKind.SAELENS], summary)
             problems = problems_of(report, limit) + _integrity(integrity, summary)
             if report.changes:
-                _move(aside, folder, (README_NAME, PREFILL_NAME))
                 self._republish(job, folder, Path(scratch) / "fixed.zip", compression, summary)
         return epb.ValidateArchiveResponse(summary=summary, problems=problems[:limit])
 
@@ -177,13 +171,6 @@ class ArchiveValidator:
         record = spb.ExportJob(job_id=job.job_id, output_size_bytes=fixed.size)
         record.checkpoint.CopyFrom(views.struct_of(checkpoint))
         self._store.update_job(record, ["output_size_bytes", "checkpoint"])
-
-
-def _move(source: Path, target: Path, names: Sequence[str]) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        if (source / name).is_file():
-            (source / name).replace(target / name)
 
 
 def _integrity(report: VerifyReport, summary: epb.ValidationSummary) -> list[epb.ValidationProblem]:

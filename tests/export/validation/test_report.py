@@ -41,6 +41,30 @@ def test_every_format_together_validates_clean(tmp_path):
     assert report.files_checked == sum(p.is_file() for p in tmp_path.rglob("*")) == 14
 
 
+def test_archive_root_packaging_files_are_recognised_not_taken_for_upload_payloads(tmp_path):
+    from mistudio_export.packaging import PREFILL_NAME, README_NAME
+    from mistudio_export.packaging.manifest import write_manifest
+
+    prd_export(tmp_path / "prd")
+    upload_export(tmp_path / "upload-payloads")
+    (tmp_path / README_NAME).write_text("# export\n")
+    (tmp_path / PREFILL_NAME).write_text("{}\n")
+    write_manifest(tmp_path)
+    report = validate_export(tmp_path)
+    assert report.ok and report.problems == []
+    assert report.components == ["packaging: .", "prd: prd", "upload-payloads: upload-payloads"]
+
+
+def test_packaging_manifest_listing_a_missing_file_is_reported(tmp_path):
+    from mistudio_export.packaging.manifest import write_manifest
+
+    prd_export(tmp_path / "prd")
+    write_manifest(tmp_path)
+    (tmp_path / "prd" / "features" / "1.json").unlink()
+    problems = [(p.code, p.file) for p in validate_export(tmp_path).problems]
+    assert ("MISSING_FILE", "manifest.json") in problems
+
+
 def test_report_json_lists_problems_with_severity_code_file_and_pointer(tmp_path):
     data = json.loads(validate_export(_broken(tmp_path)).to_json())
     assert data["ok"] is False

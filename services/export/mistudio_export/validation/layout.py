@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mistudio_export.formats import prd_json
 from mistudio_export.validation.importer_checks import is_importer_dir
+from mistudio_export.validation.packaging_checks import is_packaging_dir
 from mistudio_export.validation.saedashboard_checks import is_saedashboard_dir
 from mistudio_export.validation.upload_checks import is_upload_dir
 
@@ -16,6 +17,7 @@ PRD = "prd"
 IMPORTER = "neuronpedia-importer"
 SAEDASHBOARD = "saedashboard"
 UPLOAD = "upload-payloads"
+PACKAGING = "packaging"
 
 _PRD_FEATURE = re.compile(r"^\d+\.json(\.gz)?$")
 
@@ -40,6 +42,7 @@ _DETECTORS = (
     (IMPORTER, is_importer_dir),
     (SAEDASHBOARD, is_saedashboard_dir),
     (UPLOAD, is_upload_dir),
+    (PACKAGING, is_packaging_dir),
 )
 
 

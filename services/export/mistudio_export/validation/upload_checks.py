@@ -20,6 +20,7 @@ from mistudio_export.formats.upload_payloads import (
 from mistudio_export.validation.checks import check_example, get_list, get_number, numbers
 from mistudio_export.validation.context import FileContext, Session, load_document, save_document
 from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.packaging_checks import is_packaging_manifest
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
 
@@ -27,7 +28,10 @@ PAYLOAD_FILE = re.compile(r"^upload-batch-(\d+)\.json$")
 
 
 def is_upload_dir(directory: Path) -> bool:
-    return (directory / MANIFEST_FILE).is_file() or any(directory.glob("upload-batch-*.json"))
+    manifest = directory / MANIFEST_FILE
+    if any(directory.glob("upload-batch-*.json")):
+        return True
+    return manifest.is_file() and not is_packaging_manifest(manifest)
 
 
 def validate_upload(session: Session, directory: Path) -> None:

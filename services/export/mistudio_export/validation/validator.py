@@ -10,6 +10,7 @@ from mistudio_common.errors import NotFound
 from mistudio_export.validation import layout
 from mistudio_export.validation.context import Session, relative
 from mistudio_export.validation.importer_checks import validate_importer
+from mistudio_export.validation.packaging_checks import validate_packaging
 from mistudio_export.validation.prd_checks import validate_prd
 from mistudio_export.validation.report import ValidationReport
 from mistudio_export.validation.saedashboard_checks import validate_saedashboard
@@ -20,6 +21,7 @@ _CHECKERS: dict[str, Callable[[Session, Path], None]] = {
     layout.IMPORTER: validate_importer,
     layout.SAEDASHBOARD: validate_saedashboard,
     layout.UPLOAD: validate_upload,
+    layout.PACKAGING: validate_packaging,
 }
 
 
