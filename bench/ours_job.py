@@ -1,0 +1,142 @@
+"""OUR side of one bench run: a full export (every format, ZIP archive) on the local stack.
+
+Run as a subprocess by ``run.py`` so its peak RSS is its own. Writes ``--out`` (JSON): wall time,
+per-stage elapsed seconds from the export's progress stream, archive size, and per feature what the
+agreement check needs (top example max values, top positive logit token ids, frequency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.inputs import HOOK
+
+DONE_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
+
+
+def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+    from mistudio.common.v1 import dashboard_pb2 as dpb
+    from mistudio.common.v1 import progress_pb2 as ppb
+    from mistudio.common.v1 import tokens_pb2 as tpb
+    from mistudio.export.v1 import export_service_pb2 as epb
+    from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+    from mistudio.store.v1 import store_service_pb2 as spb
+    from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+    from mistudio_common.server import insecure_channel
+    from mistudio_export.local_stack import start_local_stack
+
+    cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))
+    started = time.perf_counter()
+    with start_local_stack(data_dir, device=args.device) as stack:
+        store = sgrpc.StoreServiceStub(insecure_channel(stack.store.address))
+        exports = egrpc.ExportServiceStub(insecure_channel(stack.export.address))
+        sae = spb.Sae(
+            sae_id="bench",
+            model_id=args.model_ref,
+            hook_point=HOOK,
+            d_in=cfg["d_in"],
+            d_sae=cfg["d_sae"],
+            architecture=spb.ARCHITECTURE_STANDARD,
+            weights_uri=str(Path(args.sae).resolve()),
+            training_dataset="local/bench-random",
+            neuronpedia_model_id="stories260k",
+            neuronpedia_source_set=f"bench-res-{cfg['d_sae']}",
+        )
+        store.CreateSae(spb.CreateSaeRequest(sae=sae))
+        config = epb.ExportConfig(
+            formats=[epb.EXPORT_FORMAT_NEURONPEDIA, epb.EXPORT_FORMAT_SAELENS],
+            dashboard=dpb.DashboardParams(
+                n_top_examples=args.n_examples,
+                n_quantile_groups=5,
+                examples_per_quantile_group=5,
+                logit_k=args.logit_k,
+                histogram_bins=args.bins,
+            ),
+            tokens=tpb.TokenSource(
+                token_file=str(Path(args.tokens).resolve()),
+                dataset_name="bench-random",
+                context_size=args.context,
+                prepend_bos=True,
+            ),
+            compression=epb.Compression(zip_deflate=True),
+            auto_fix=True,
+            device=args.device,
+        )
+        request = epb.StartExportRequest(request_id="bench", sae_id="bench", config=config)
+        last = None
+        for message in exports.StartExport(request):
+            last = message
+            if ppb.JobState.Name(message.progress.state) in DONE_STATES:
+                break
+        assert last is not None
+        state = ppb.JobState.Name(last.progress.state)
+        if state != "JOB_STATE_SUCCEEDED":
+            print(last.progress, file=sys.stderr)
+            raise SystemExit(f"export ended {state}: {last.progress.error}")
+        job_done = time.perf_counter()
+        stages = {
+            ppb.Stage.Name(s.stage).removeprefix("STAGE_").lower(): s.elapsed_seconds
+            for s in last.progress.stages
+        }
+        download = epb.DownloadExportRequest(job_id=last.progress.job_id)
+        archive = b"".join(m.chunk for m in exports.DownloadExport(download))
+    return {
+        "job_wall_s": job_done - started,
+        "stages_s": stages,
+        "archive_bytes": len(archive),
+        "n_files": len(last.result.files),
+        "features": feature_facts(archive),
+    }
+
+
+def feature_facts(archive: bytes) -> dict[str, dict[str, Any]]:
+    """Per feature: sorted top example max values, top positive logit ids, frequency."""
+    facts: dict[str, dict[str, Any]] = {}
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        for name in zf.namelist():
+            if not (name.startswith("features/") and name.endswith(".json")):
+                continue
+            doc = json.loads(zf.read(name))
+            facts[str(doc["feature_index"])] = {
+                "max_values": sorted((a["max_value"] for a in doc["activations"]), reverse=True),
+                "pos_ids": [e["token_id"] for e in doc["logits"]["top_positive"]],
+                "pos_values": [e["value"] for e in doc["logits"]["top_positive"]],
+                "frequency": doc["statistics"]["activation_frequency"],
+            }
+    return facts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-ref", required=True)
+    parser.add_argument("--sae", required=True)
+    parser.add_argument("--tokens", required=True)
+    parser.add_argument("--context", type=int, required=True)
+    parser.add_argument("--n-examples", type=int, default=20)
+    parser.add_argument("--logit-k", type=int, default=10)
+    parser.add_argument("--bins", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--keep-data", default="", help="data folder to keep (default: a temp one)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
+        data = Path(args.keep_data) if args.keep_data else Path(tmp) / "data"
+        result = run_export(args, data)
+    result["wall_s"] = time.perf_counter() - started
+    Path(args.out).write_text(json.dumps(result), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""THEIR side of one bench run: SAEDashboard's real NeuronpediaRunner, offline.
+
+Runs in bench/.venv-saedashboard (sae-dashboard from PyPI), self-contained: it imports nothing from
+this repository. Three hub-touching steps are replaced by local objects: the model (stories260K's
+llama2.c file read with numpy into a HookedSAETransformer), the activation store (none) and token
+sampling (our token file). Everything else is ``NeuronpediaRunner.run()`` as published.
+Writes ``--out`` (JSON): run seconds and per feature what the agreement check needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sae_dashboard.neuronpedia.neuronpedia_runner import NeuronpediaRunner
+from sae_dashboard.neuronpedia.neuronpedia_runner_config import NeuronpediaRunnerConfig
+from sae_lens import HookedSAETransformer
+from transformer_lens import HookedTransformerConfig
+
+
+def read_llama2c(path: Path) -> tuple[dict[str, int], dict[str, np.ndarray[Any, Any]]]:
+    """The legacy (v0) llama2.c checkpoint: 7 int32 then fp32 weights, shared embedding."""
+    raw = path.read_bytes()
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = np.frombuffer(raw[:28], np.int32)
+    head = dim // n_heads
+    floats = np.frombuffer(raw[28:], np.float32)
+    shapes = {
+        "emb": (vocab, dim),
+        "rms_att": (n_layers, dim),
+        "wq": (n_layers, dim, dim),
+        "wk": (n_layers, n_kv * head, dim),
+        "wv": (n_layers, n_kv * head, dim),
+        "wo": (n_layers, dim, dim),
+        "rms_ffn": (n_layers, dim),
+        "w1": (n_layers, hidden, dim),
+        "w2": (n_layers, dim, hidden),
+        "w3": (n_layers, hidden, dim),
+        "rms_final": (dim,),
+    }
+    weights, at = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        weights[name] = floats[at : at + size].reshape(shape).copy()
+        at += size
+    config = dict(dim=dim, hidden=hidden, n_layers=n_layers, n_heads=n_heads, n_kv=n_kv)
+    return {k: int(v) for k, v in (config | {"vocab": vocab, "seq_len": seq_len}).items()}, weights
+
+
+def stories_model(model_dir: Path) -> HookedSAETransformer:
+    c, w = read_llama2c(model_dir / "stories260K.bin")
+    head = c["dim"] // c["n_heads"]
+    cfg = HookedTransformerConfig(
+        n_layers=c["n_layers"], d_model=c["dim"], d_head=head, n_heads=c["n_heads"],
+        n_key_value_heads=c["n_kv"], d_mlp=c["hidden"], d_vocab=c["vocab"], n_ctx=c["seq_len"],
+        act_fn="silu", gated_mlp=True, normalization_type="RMS", eps=1e-5, final_rms=True,
+        positional_embedding_type="rotary", rotary_dim=head, rotary_adjacent_pairs=True,
+        model_name="stories260k", device="cpu",
+    )  # fmt: skip
+    model = HookedSAETransformer(cfg)
+    t = torch.from_numpy
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    state["embed.W_E"] = t(w["emb"])
+    state["unembed.W_U"] = t(w["emb"].T.copy())
+    state["ln_final.w"] = t(w["rms_final"])
+    for i in range(c["n_layers"]):
+        b = f"blocks.{i}."
+        state[b + "ln1.w"], state[b + "ln2.w"] = t(w["rms_att"][i]), t(w["rms_ffn"][i])
+        state[b + "attn.W_Q"] = t(w["wq"][i].reshape(c["n_heads"], head, -1).transpose(0, 2, 1))
+        state[b + "attn._W_K"] = t(w["wk"][i].reshape(c["n_kv"], head, -1).transpose(0, 2, 1))
+        state[b + "attn._W_V"] = t(w["wv"][i].reshape(c["n_kv"], head, -1).transpose(0, 2, 1))
+        state[b + "attn.W_O"] = t(w["wo"][i].T.reshape(c["n_heads"], head, -1))
+        state[b + "mlp.W_gate"], state[b + "mlp.W_in"] = t(w["w1"][i].T), t(w["w3"][i].T)
+        state[b + "mlp.W_out"] = t(w["w2"][i].T)
+    model.load_state_dict({k: v.contiguous().float() for k, v in state.items()}, strict=False)
+    model.tokenizer = PieceVocab(model_dir / "tok512.bin")  # type: ignore[assignment]
+    return model
+
+
+class PieceVocab:
+    """What the runner reads from a tokenizer: ``vocab`` and the special ids."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 2
+    padding_side = "right"
+
+    def __init__(self, path: Path) -> None:
+        raw, at, self.vocab = path.read_bytes(), 4, {}
+        for i in range(int(np.frombuffer(raw[4:8], np.int32)[0] * 0) or 512):
+            length = int(np.frombuffer(raw[at + 4 : at + 8], np.int32)[0])
+            piece = raw[at + 8 : at + 8 + length].decode("utf-8", "replace")
+            self.vocab.setdefault(piece if piece not in self.vocab else f"{piece}#{i}", i)
+            at += 8 + length
+
+
+class OfflineRunner(NeuronpediaRunner):
+    """NeuronpediaRunner with its model, activation store and token sampling made local."""
+
+    model_dir: Path
+    token_file: Path
+
+    def _extract_model_info(self) -> None:
+        meta = json.loads((Path(self.cfg.sae_path) / "cfg.json").read_text())["metadata"]
+        for key, value in meta.items():  # this SAELens reads them from the top level only
+            setattr(self.sae.cfg.metadata, key, value)
+        self.model_id = self.cfg.model_id = "stories260k"
+        self.hook_name = meta["hook_name"]
+        self.layer = self.cfg.layer = int(self.hook_name.split(".")[1])
+
+    def _initialize_model(self) -> None:
+        self.model = stories_model(self.model_dir)
+
+    def _setup_activation_store(self) -> None:
+        self.activations_store = None
+        self.cached_activations_dir = Path(self.cfg.outputs_dir) / "cached_activations"
+
+    def get_tokens(self) -> torch.Tensor:
+        return torch.from_numpy(np.load(self.token_file).astype(np.int64))
+
+
+def feature_facts(outputs: Path, vocab: dict[int, str]) -> dict[str, dict[str, Any]]:
+    ids = {s: i for i, s in vocab.items()}
+    facts = {}
+    for batch in sorted(outputs.rglob("batch-*.json")):
+        for f in json.loads(batch.read_text())["features"]:
+            top = [a for a in f["activations"] if a["bin_min"] == -1]
+            facts[str(f["feature_index"])] = {
+                "max_values": sorted((max(a["values"]) for a in top), reverse=True),
+                "pos_ids": [ids.get(s, -1) for s in f["pos_str"]],
+                "pos_values": f["pos_values"],
+                "frequency": f["frac_nonzero"],
+            }
+    return facts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--sae", required=True)
+    parser.add_argument("--tokens", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--n-examples", type=int, default=20)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    n_rows, context = np.load(args.tokens, mmap_mode="r").shape
+    OfflineRunner.model_dir, OfflineRunner.token_file = Path(args.model_dir), Path(args.tokens)
+    cfg = NeuronpediaRunnerConfig(
+        sae_set="bench", sae_path=str(Path(args.sae).resolve()), from_local_sae=True,
+        outputs_dir=str(Path(args.work) / "outputs"), n_prompts_total=int(n_rows),
+        n_tokens_in_prompt=int(context), top_acts_group_size=args.n_examples,
+        huggingface_dataset_path="local/bench-random", model_dtype="float32", sae_dtype="float32",
+        model_device="cpu", sae_device="cpu", activation_store_device="cpu", shuffle_tokens=False,
+    )  # fmt: skip
+    runner = OfflineRunner(cfg)
+    run_started = time.perf_counter()
+    runner.run()
+    run_s = time.perf_counter() - run_started
+    facts = feature_facts(Path(args.work) / "outputs", runner.vocab_dict)
+    result = {"run_s": run_s, "wall_s": time.perf_counter() - started, "features": facts}
+    Path(args.out).write_text(json.dumps(result), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
