@@ -250,6 +250,7 @@ def _message_to_dict(m: Message) -> dict[str, Any]:
                 else _message_to_dict(value)
             )
         elif field.type == FieldDescriptor.TYPE_ENUM:
+            assert field.enum_type is not None
             names = field.enum_type.values_by_number
             out[field.name] = (
                 [names[v].name for v in value] if _is_repeated(field) else names[value].name

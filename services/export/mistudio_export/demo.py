@@ -160,8 +160,7 @@ def _report_speed(data_dir: Path, seconds: float, outcome: commands.ExportOutcom
     print(f"\nDemo finished in {seconds:.0f} s.", end=" ")
     if len(runs) > 1:
         first = runs[0]["seconds"]
-        speedup = first / max(seconds, 1e-9)
-        print(f"The first run took {first:.0f} s: this one was {speedup:.1f}x faster.")
+        print(f"The first run took {first:.0f} s ({first / max(seconds, 1e-9):.1f}x this one).")
     else:
         print("Run `make demo` again: it reuses the cached assets and dashboards.")
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import uuid
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -155,9 +156,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 class ExportOutcome:
-    def __init__(self, job_id: str, last: epb.ExportProgress) -> None:
+    def __init__(self, job_id: str, last: epb.ExportProgress, location: str = "") -> None:
         self.job_id = job_id
         self.last = last
+        self.location = location
+        """Where a person can fetch the archive: a file:// path or a presigned URL."""
 
 
 def run_export(services: Services, request: epb.StartExportRequest) -> ExportOutcome:
@@ -186,7 +189,11 @@ def run_export(services: Services, request: epb.StartExportRequest) -> ExportOut
     if last.progress.error.code:
         status = last.progress.error
         raise _job_error(job_id, status.message)
-    return ExportOutcome(job_id, last)
+    link = _call(
+        services.export.GetDownloadUrl,
+        epb.GetDownloadUrlRequest(job_id=job_id, expiry_seconds=7 * 24 * 3600),
+    )
+    return ExportOutcome(job_id, last, link.url)
 
 
 def _job_error(job_id: str, message: str) -> MistudioError:
@@ -200,7 +207,7 @@ def print_result(outcome: ExportOutcome) -> None:
     result = outcome.last.result
     validation = result.validation
     print(f"\nExport {outcome.job_id} complete")
-    print(f"  archive:    {result.output_uri}")
+    print(f"  archive:    {outcome.location or result.output_uri}")
     print(f"  size:       {result.size_bytes / 1e6:.1f} MB ({result.archive_sha256[:16]}…)")
     print(
         f"  features:   {result.feature_count} "
@@ -219,9 +226,14 @@ def print_result(outcome: ExportOutcome) -> None:
         print(f"    - {problem.code} ×{problem.count}: {problem.suggested_fix}")
     for fix in validation.fixes_applied:
         print(f"    fixed: {fix}")
-    top = [f for f in result.files if f.count("/") <= 1][:12]
-    if top:
-        print("  contains:   " + ", ".join(top) + (" …" if len(result.files) > len(top) else ""))
+    if result.files:
+        groups = Counter(
+            name.split("/", 1)[0] + ("/" if "/" in name else "") for name in result.files
+        )
+        print(
+            "  contains:   "
+            + ", ".join(f"{name} ({n})" if n > 1 else name for name, n in sorted(groups.items()))
+        )
     print("\nNext steps: read README.md inside the archive — it walks through Neuronpedia's upload")
     print("API (upload-payloads/), the maintainers' bulk import, and the HuggingFace upload.")
 
