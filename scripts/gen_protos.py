@@ -32,7 +32,9 @@ def main() -> int:
     if not version.startswith(REQUIRED_GRPCIO_TOOLS):
         print(f"grpcio-tools {version} found; the stubs are pinned to {REQUIRED_GRPCIO_TOOLS}x")
         return 1
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "mistudio").rglob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "mistudio").rglob("*.proto")
+    )
     if (OUT / "mistudio").exists():
         shutil.rmtree(OUT / "mistudio")
     OUT.mkdir(parents=True, exist_ok=True)

@@ -143,7 +143,7 @@ def test_ctrl_c_cancels_the_running_export_cleanly(
         seen += line
     assert "Activation pass" in seen, seen
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)
     assert process.returncode == 130, seen + err
     assert "Traceback" not in err
     job_id = re.search(r"cancelling export (\S+?)…", err)
