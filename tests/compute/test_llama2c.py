@@ -1,4 +1,4 @@
-"""The real stories260K checkpoint and tokenizer, read from ../shared beside the repo (never copied)."""
+"""The real stories260K checkpoint and tokenizer, read from ../shared (never copied)."""
 
 from __future__ import annotations
 
