@@ -37,7 +37,7 @@ class BenchInputs:
 
     @property
     def model_ref(self) -> str:
-        return f"llama2c:{self.model_dir / 'stories260K.bin'}?tokenizer={self.model_dir / 'tok512.bin'}"
+        return f"llama2c:{self.model_dir / 'stories260K.bin'}?tokenizer={self.model_dir / 'tok512.bin'}"  # noqa: E501
 
     @property
     def n_tokens(self) -> int:

@@ -1,0 +1,256 @@
+"""`make bench`: ours vs SAEDashboard's NeuronpediaRunner on the same inputs, alternately.
+
+Default (about 25-40 min on the shared 2-core CPU): stories260K, blocks.2.hook_resid_post, random
+calibrated SAEs (see inputs.py), 2048 x 128 tokens, d_sae 4096, 2 pairs, then a scaling series for
+ours only (tokens x2 x4, d_sae x2 x4; --no-scaling skips it). ``--smoke``: 64 x 128 tokens, d_sae
+64, one pair, about 2 min. Writes bench/results/latest.json and latest.md and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.inputs import HOOK, HOOK_LAYER, REPO, BenchInputs, prepare
+from bench.measure import agreement, flops_per_token, matmul_gflops
+
+BENCH = REPO / "bench"
+THEIR_VENV = BENCH / ".venv-saedashboard"
+THEIR_PY = THEIR_VENV / "bin" / "python"
+THEIR_PINS = ["sae-dashboard==0.8.0", "pyarrow<19", "numpy<2"]
+
+
+def ensure_their_venv() -> str:
+    """Creates bench/.venv-saedashboard once; returns '' when usable, else why not."""
+    probe = [str(THEIR_PY), "-c", "import sae_dashboard, transformer_lens, sae_lens"]
+    if THEIR_PY.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return ""
+    steps = [
+        [sys.executable, "-m", "venv", str(THEIR_VENV)],
+        [str(THEIR_PY), "-m", "pip", "install", "-q", "torch==2.13.0"],
+        [str(THEIR_PY), "-m", "pip", "install", "-q", *THEIR_PINS],
+        [str(THEIR_PY), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"],
+    ]
+    for step in steps:
+        if subprocess.run(step).returncode != 0 and "uninstall" not in step:
+            return f"installing SAEDashboard failed at: {' '.join(step)}"
+    return "" if subprocess.run(probe).returncode == 0 else "sae_dashboard does not import"
+
+
+def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
+    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS MB) of that process alone."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    rss_file = cwd / "rss.txt"
+    started = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/time", "-o", str(rss_file), "-f", "%M", *cmd],
+        cwd=cwd, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[1]} failed:\n{done.stderr[-3000:]}")
+    return wall, int(rss_file.read_text().split()[-1]) / 1024
+
+
+def run_ours(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    out = work / "ours.json"
+    cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model_ref]
+    cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
+    cmd += ["--context", str(inputs.context), "--n-examples", str(args.n_examples)]
+    cmd += ["--logit-k", str(args.logit_k), "--bins", str(args.bins), "--device", args.device]
+    for attempt in range(2):  # the export's validation sometimes fails (see the report)
+        try:
+            wall, rss = timed([*cmd, "--out", str(out)], work, args.threads)
+            break
+        except RuntimeError as failed:
+            if attempt:
+                raise
+            print(f"ours failed once, retrying: {str(failed)[-300:]}", file=sys.stderr)
+    return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
+
+
+def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    out = work / "theirs.json"
+    cmd = [str(THEIR_PY), str(BENCH / "saedashboard_job.py"), "--model-dir", str(inputs.model_dir)]
+    cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
+    cmd += ["--work", str(work), "--n-examples", str(args.n_examples), "--out", str(out)]
+    wall, rss = timed(cmd, work, args.threads)
+    return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
+
+
+def summary(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k != "features"}
+
+
+def compare(args: argparse.Namespace, scratch: Path, their_problem: str) -> dict[str, Any]:
+    inputs = prepare(scratch / "inputs", args.rows, args.context, args.d_sae, args.fire_rate)
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    for pair in range(args.pairs):
+        for side, runner, runs in (("ours", run_ours, ours), ("theirs", run_theirs, theirs)):
+            if side == "theirs" and their_problem:
+                continue
+            work = Path(tempfile.mkdtemp(prefix=f"{side}-{pair}-", dir=scratch))
+            runs.append(runner(inputs, args, work))
+            print(f"pair {pair} {side}: {runs[-1]['wall_s']:.1f}s {runs[-1]['peak_rss_mb']:.0f}MB")
+    return {"inputs": inputs, "ours": ours, "theirs": theirs}
+
+
+def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -> dict[str, Any]:
+    flops = flops_per_token(HOOK_LAYER, inputs.d_sae, inputs.context)
+    stages = {
+        k: statistics.median(r["stages_s"].get(k, 0.0) for r in ours) for k in ours[0]["stages_s"]
+    }
+    fractions = {
+        k: (flops * inputs.n_tokens / s / 1e9) / gflops if s > 0 else None
+        for k, s in stages.items()
+    }
+    return {"flops_per_token": flops, "stages_s": stages, "fraction_of_matmul_rate": fractions}
+
+
+def scaling(args: argparse.Namespace, scratch: Path) -> list[dict[str, Any]]:
+    rows = []
+    for mult_rows, mult_sae in ((2, 1), (4, 1), (1, 2), (1, 4)):
+        size = prepare(
+            scratch / "inputs",
+            args.rows * mult_rows,
+            args.context,
+            args.d_sae * mult_sae,
+            args.fire_rate,
+        )
+        work = Path(tempfile.mkdtemp(prefix="scale-", dir=scratch))
+        run = run_ours(size, args, work)
+        rows.append({"n_tokens": size.n_tokens, "d_sae": size.d_sae} | summary(run))
+        print(f"scaling {size.n_tokens} tokens x {size.d_sae}: {run['wall_s']:.1f}s")
+    return rows
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float | None:
+    return statistics.median(r[key] for r in runs) if runs else None
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], their_problem: str) -> dict[str, Any]:
+    inputs: BenchInputs = result["inputs"]
+    ours, theirs = result["ours"], result["theirs"]
+    gflops = matmul_gflops(threads=args.threads)
+    ow, tw = median(ours, "wall_s"), median(theirs, "wall_s")
+    orss, trss = median(ours, "peak_rss_mb"), median(theirs, "peak_rss_mb")
+    tp = throughput(ours, inputs, gflops)
+    return {
+        "mode": "smoke" if args.smoke else "default",
+        "model": f"stories260K ({HOOK})",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads, {args.device}",  # noqa: E501
+        "n_tokens": inputs.n_tokens,
+        "d_sae": inputs.d_sae,
+        "sae": f"random standard SAE, b_enc calibrated to fire on {args.fire_rate:.0%} of tokens",
+        "params": {"n_examples": args.n_examples, "logit_k": args.logit_k, "bins": args.bins},
+        "ours_wall_s": ow,
+        "saedashboard_wall_s": tw,
+        "ratio_wall": tw / ow if tw and ow else None,
+        "ours_peak_rss_mb": orss,
+        "saedashboard_peak_rss_mb": trss,
+        "ratio_peak_rss": trss / orss if trss and orss else None,
+        "saedashboard": their_problem or "ran (sae-dashboard 0.8.0 NeuronpediaRunner)",
+        "matmul_gflops": gflops,
+        "activation_pass_fraction_of_matmul_rate": tp["fraction_of_matmul_rate"].get(
+            "activation_pass"
+        ),
+        "throughput": tp,
+        "agreement": agreement(ours[-1]["features"], theirs[-1]["features"], args.logit_k)
+        if theirs
+        else None,
+        "runs": {"ours": [summary(r) for r in ours], "saedashboard": [summary(r) for r in theirs]},
+        "scaling": result.get("scaling", []),
+    }
+
+
+def markdown(out: dict[str, Any]) -> str:
+    lines = [
+        f"# Bench ({out['mode']}): {out['model']}, {out['n_tokens']} tokens, d_sae {out['d_sae']}",
+        "",
+        f"Machine: {out['machine']}; SAEDashboard: {out['saedashboard']}.",
+        "",
+        "| | ours | SAEDashboard | theirs / ours |",
+        "|---|---|---|---|",
+        f"| wall s (median) | {fmt(out['ours_wall_s'])} | {fmt(out['saedashboard_wall_s'])} | {fmt(out['ratio_wall'])} |",  # noqa: E501
+        f"| peak RSS MB | {fmt(out['ours_peak_rss_mb'])} | {fmt(out['saedashboard_peak_rss_mb'])} | {fmt(out['ratio_peak_rss'])} |",  # noqa: E501
+        "",
+        f"matmul {fmt(out['matmul_gflops'])} GFLOP/s; stage seconds and fraction of that rate:",
+        "",
+    ]
+    tp = out["throughput"]
+    lines += [
+        f"- {k}: {fmt(s)} s, {fmt(tp['fraction_of_matmul_rate'][k], 4)}"
+        for k, s in tp["stages_s"].items()
+    ]
+    lines += ["", "Agreement:", "", "```", json.dumps(out["agreement"], indent=1), "```", ""]
+    lines += ["Scaling (ours):", ""] + [
+        f"- {r['n_tokens']} tokens x {r['d_sae']}: {fmt(r['wall_s'])} s, {fmt(r['peak_rss_mb'])} MB"
+        for r in out["scaling"]
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    return (
+        "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    )
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--ours-only", action="store_true", help="skip SAEDashboard")
+    parser.add_argument("--rows", type=int, default=2048, help="token rows (x --context)")
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--fire-rate", type=float, default=0.01)
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--n-examples", type=int, default=20)
+    parser.add_argument("--logit-k", type=int, default=10)
+    parser.add_argument("--bins", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser.add_argument("--results", default=str(BENCH / "results"))
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.d_sae, args.pairs, args.no_scaling, args.fire_rate = 64, 64, 1, True, 0.05
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    if args.dry_run:
+        print(json.dumps(vars(args)))
+        return {}
+    their_problem = "skipped (--ours-only)" if args.ours_only else ensure_their_venv()
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mistudio-bench-") as tmp:
+        scratch = Path(tmp)
+        result = compare(args, scratch, their_problem)
+        if not args.no_scaling:
+            result["scaling"] = scaling(args, scratch)
+        out = report(args, result, their_problem)
+    (results / "latest.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    (results / "latest.md").write_text(markdown(out), encoding="utf-8")
+    print(markdown(out).split("matmul")[0])
+    return out
+
+
+if __name__ == "__main__":
+    main()

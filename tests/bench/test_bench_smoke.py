@@ -1,0 +1,28 @@
+"""`make bench-smoke`'s OUR side (no SAEDashboard venv in tests) writes a sane report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.run import main
+
+KEYS = {
+    "ours_wall_s", "saedashboard_wall_s", "ratio_wall", "ours_peak_rss_mb",
+    "saedashboard_peak_rss_mb", "ratio_peak_rss", "matmul_gflops",
+    "activation_pass_fraction_of_matmul_rate", "d_sae", "n_tokens", "model", "machine", "agreement",
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> None:
+    main(["--smoke", "--ours-only", "--results", str(tmp_path)])
+    out = json.loads((tmp_path / "latest.json").read_text())
+    assert set(out) >= KEYS
+    assert out["ours_wall_s"] > 0 and out["ours_peak_rss_mb"] > 50
+    assert out["matmul_gflops"] > 0.1
+    assert 0 < out["activation_pass_fraction_of_matmul_rate"] < 1
+    assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
+    assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
