@@ -322,6 +322,7 @@ class ComputeJobManager:
             final_batch_size=stats.final_batch_size if stats else 0,
             peak_memory_mb=stats.peak_memory_mb if stats else 0.0,
             device=stats.device if stats else "",
+            params=prepared.params,
         )
         if stats is not None:
             self.rates.record(tokens, len(todo), seconds)

@@ -35,6 +35,15 @@ ModelLoader = Callable[[str, str], LoadedModel]
 
 
 @dataclass(frozen=True)
+class TokenPlan:
+    """What EstimateComputation reports: the token source and the filled parameters."""
+
+    dataset: TokenDataset
+    params: dpb.DashboardParams
+    d_sae: int
+
+
+@dataclass(frozen=True)
 class PreparedDashboards:
     """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
 
@@ -110,13 +119,17 @@ class Planner:
             hook_point=name, width=model.hook_width(name), n_layers=model.n_layers
         )
 
-    def count_tokens(self, ref: cpb.SaeReference, tokens: tpb.TokenSource) -> tuple[int, int]:
-        """(tokens the source yields, the SAE's d_sae), for EstimateComputation."""
+    def token_plan(
+        self, ref: cpb.SaeReference, tokens: tpb.TokenSource, request_params: dpb.DashboardParams
+    ) -> TokenPlan:
+        """The token source and parameters a computation would use, for EstimateComputation."""
+        params = params_from_pb(request_params)
+        check_params(params)
         resolved = self.resolve_sae(ref)
         model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens), tokenizer)
-        return dataset.n_tokens, resolved.sae.d_sae
+        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
@@ -140,12 +153,9 @@ class Planner:
                 field="tokens.context_size",
                 fix=f"use a context_size of at most {model.cfg.n_ctx}",
             )
-        params = d.DashboardParams(
-            **{**_fields(params), "token_source_fingerprint": dataset.fingerprint}
-        )
         return PreparedDashboards(
             sae_id=resolved.sae_id,
-            params=params_to_pb(params),
+            params=_filled(params, dataset),
             feature_indices=features,
             resolved=ResolvedSae(resolved.sae, resolved.sae_id, model.ref, check.hook_point),
             model=model,
@@ -166,6 +176,12 @@ def check_params(params: d.DashboardParams) -> None:
 
 def _fields(params: d.DashboardParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in params.__dataclass_fields__}
+
+
+def _filled(params: d.DashboardParams, dataset: TokenDataset) -> dpb.DashboardParams:
+    """``params`` as the dashboards are cached under: with the token source's fingerprint."""
+    fields = {**_fields(params), "token_source_fingerprint": dataset.fingerprint}
+    return params_to_pb(d.DashboardParams(**fields))
 
 
 def _require_model(resolved: ResolvedSae) -> str:

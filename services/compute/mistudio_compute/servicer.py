@@ -67,11 +67,16 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def EstimateComputation(
         self, request: cpb.EstimateComputationRequest, context: grpc.ServicerContext
     ) -> cpb.EstimateComputationResponse:
-        tokens, d_sae = self._planner.count_tokens(request.sae, request.tokens)
-        features = request.feature_count or d_sae
-        seconds, source = self._manager.rates.estimate(tokens, features)
+        plan = self._planner.token_plan(request.sae, request.tokens, request.params)
+        tokens = plan.dataset.n_tokens
+        seconds, source = self._manager.rates.estimate(tokens, request.feature_count or plan.d_sae)
         return cpb.EstimateComputationResponse(
-            estimated_seconds=seconds, estimated_tokens=tokens, rate_source=source
+            estimated_seconds=seconds,
+            estimated_tokens=tokens,
+            rate_source=source,
+            params=plan.params,
+            n_rows=plan.dataset.n_rows,
+            context_size=plan.dataset.context_size,
         )
 
     @handle_errors

@@ -180,10 +180,17 @@ class ComputeClient:
         return _call(lambda: self._stub.ValidateSae(request, timeout=UNARY_TIMEOUT_SECONDS))
 
     def estimate(
-        self, sae_id: str, tokens: tpb.TokenSource, feature_count: int
+        self,
+        sae_id: str,
+        tokens: tpb.TokenSource,
+        feature_count: int,
+        params: dpb.DashboardParams | None = None,
     ) -> cpb.EstimateComputationResponse:
         request = cpb.EstimateComputationRequest(
-            sae=cpb.SaeReference(sae_id=sae_id), tokens=tokens, feature_count=feature_count
+            sae=cpb.SaeReference(sae_id=sae_id),
+            tokens=tokens,
+            feature_count=feature_count,
+            params=params,
         )
         return _call(lambda: self._stub.EstimateComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
 

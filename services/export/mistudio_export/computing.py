@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common.errors import Cancelled, MistudioError, Unavailable
@@ -84,6 +86,7 @@ def ensure_dashboards(
         "features_reused": int(result.features_reused),
         "tokens_processed": int(result.tokens_processed),
         "device": result.device,
+        "params": json_format.MessageToDict(result.params),
     }
     for stage in COMPUTE_STAGES:
         if stage in job.plan.stages:
@@ -148,3 +151,9 @@ def _relay(job: JobRuntime, progress: ppb.Progress) -> None:
     if p.stage in job.plan.stages:
         note = p.message or f"computing dashboards: {_STAGE_NOTES.get(p.stage, 'checking')}"
         job.report(p.stage, p.items_done, p.items_total, p.unit, note)
+
+
+def computed_params(state: dict[str, Any]) -> dpb.DashboardParams | None:
+    """The params the dashboards were cached under, as ComputeResult reported them."""
+    saved = state.get("params")
+    return json_format.ParseDict(saved, dpb.DashboardParams()) if saved else None

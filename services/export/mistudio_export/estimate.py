@@ -22,7 +22,7 @@ from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.selection import candidate_indices, statistic_filter
-from mistudio_export.token_facts import filled_params, token_facts
+from mistudio_export.token_facts import token_facts
 
 MEASURED_KEY = "measured"
 DEFAULT_BYTES_PER_FEATURE = 60_000.0
@@ -109,7 +109,7 @@ class ExportEstimator:
         candidates = candidate_indices(
             plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
         )
-        params = filled_params(plan.params, token_facts(plan.tokens))
+        params = token_facts(self._compute, sae_id, plan.tokens, plan.params).params
         cached = self._store.cached_hashes(sae_id, params)
         estimate.feature_count = len(candidates)
         estimate.features_cached = sum(1 for i in candidates if i in cached)

@@ -15,7 +15,7 @@ from mistudio_common.progress import TERMINAL_STATES
 
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.plan import RECORDED_TOKENS_KEY, dashboard_params, token_source
-from mistudio_export.token_facts import filled_params, token_facts
+from mistudio_export.token_facts import token_facts
 
 
 class FeatureDashboards:
@@ -48,7 +48,7 @@ class FeatureDashboards:
                 ],
                 field="tokens",
             )
-        cached_under = filled_params(params, token_facts(tokens, "tokens"))
+        cached_under = token_facts(self._compute, sae.sae_id, tokens, params, "tokens").params
         found, _ = self._store.dashboards(sae.sae_id, cached_under, [index])
         if found:
             return epb.GetFeatureDashboardResponse(dashboard=found[0], from_cache=True)

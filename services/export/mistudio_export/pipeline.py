@@ -14,6 +14,7 @@ import shutil
 from importlib import metadata
 
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, MistudioError
@@ -41,7 +42,7 @@ from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_
 from mistudio_export.records import SaeInfo
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import candidate_indices, statistic_filter
-from mistudio_export.token_facts import filled_params, token_facts
+from mistudio_export.token_facts import TokenFacts, token_facts
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class ExportPipeline:
                 job, self._compute, candidates, all_features=everything
             )
             assert plan.tokens is not None  # checked before the job was created
-            params = filled_params(plan.params, token_facts(plan.tokens))
+            params = computing.computed_params(computed) or self._facts(plan, plan.tokens).params
             only_changed = (
                 delta.EarlierExport.of(base) if base and not plan.merge_with_base else None
             )
@@ -182,10 +183,13 @@ class ExportPipeline:
             pretrained_yaml=pretrained_yaml(plan, info) if plan.saelens else "",
         )
 
+    def _facts(self, plan: ExportPlan, tokens: tpb.TokenSource) -> TokenFacts:
+        return token_facts(self._compute, plan.sae.sae_id, tokens, plan.params)
+
     def _sae_info(self, job: JobRuntime) -> SaeInfo:
         plan, sae = job.plan, job.plan.sae
         tokens = plan.tokens
-        facts = token_facts(tokens) if plan.neuronpedia and tokens is not None else None
+        facts = self._facts(plan, tokens) if plan.neuronpedia and tokens is not None else None
         return SaeInfo(
             model_id=plan.naming.model_id,
             sae_id=sae.sae_id,

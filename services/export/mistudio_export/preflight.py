@@ -49,9 +49,9 @@ class Planner:
                 raise
             except MistudioError as error:
                 problems.append((error.field or "weights_uri", str(error)))
-        if plan.neuronpedia and plan.tokens is not None:
+        if plan.neuronpedia and plan.tokens is not None and plan.sae.weights_uri and not problems:
             try:
-                token_facts(plan.tokens)
+                token_facts(self._compute, plan.sae.sae_id, plan.tokens, plan.params)
             except FailedPrecondition as error:
                 problems += error.violations
         check_preconditions(plan, problems)

@@ -355,3 +355,21 @@ def test_validate_archive_reports_and_repairs_a_damaged_archive(
     job = stack.exports.GetExport(epb.GetExportRequest(job_id=job_id)).job
     assert job.result.archive_sha256 == hashlib.sha256(repaired).hexdigest()
     assert stack.exports.ValidateArchive(epb.ValidateArchiveRequest(job_id=job_id)).summary.valid
+
+
+def test_export_from_a_text_token_source(stack: Stack, sae_id: str, tmp_path: Path) -> None:
+    text = tmp_path / "stories.txt"
+    lines = [
+        f"Once upon a time a little dog named Max found {n} red balls in the park."
+        for n in range(40)
+    ]
+    text.write_text("\n".join(lines) + "\n")
+    tokens = tpb.TokenSource(
+        text=tpb.TextFiles(paths=[str(text)]), dataset_name="stories-text", context_size=32
+    )
+    messages = start(stack, sae_id, export_config(tokens), "from-text")
+    assert messages[-1].progress.state == ppb.JOB_STATE_SUCCEEDED, messages[-1].progress.error
+    assert messages[-1].result.validation.valid
+    with zipfile.ZipFile(io.BytesIO(download(stack, messages[-1].progress.job_id))) as zf:
+        feature = json.loads(zf.read("features/0.json"))
+    assert {e["source"]["dataset"] for e in feature["activations"]} == {"stories-text"}

@@ -28,15 +28,15 @@ from mistudio.common.v1 import progress_pb2 as mistudio_dot_common_dot_v1_dot_pr
 from mistudio.common.v1 import tokens_pb2 as mistudio_dot_common_dot_v1_dot_tokens__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)mistudio/compute/v1/compute_service.proto\x12\x13mistudio.compute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\"mistudio/common/v1/dashboard.proto\x1a!mistudio/common/v1/progress.proto\x1a\x1fmistudio/common/v1/tokens.proto\"]\n\x0cSaeReference\x12\x10\n\x06sae_id\x18\x01 \x01(\tH\x00\x12.\n\x05\x66iles\x18\x02 \x01(\x0b\x32\x1d.mistudio.compute.v1.SaeFilesH\x00\x42\x0b\n\treference\"S\n\x08SaeFiles\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08model_id\x18\x03 \x01(\t\"\xbd\x02\n\x18\x43omputeDashboardsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x03sae\x18\x02 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12/\n\x06tokens\x18\x03 \x01(\x0b\x32\x1f.mistudio.common.v1.TokenSource\x12\x17\n\x0f\x66\x65\x61ture_indices\x18\x04 \x03(\x03\x12\x33\n\x06params\x18\x05 \x01(\x0b\x32#.mistudio.common.v1.DashboardParams\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x14\n\x0creuse_cached\x18\x08 \x01(\x08\x12\x12\n\nhook_point\x18\t \x01(\t\x12\x10\n\x08model_id\x18\n \x01(\t\"\xce\x01\n\rComputeResult\x12\x19\n\x11\x66\x65\x61tures_computed\x18\x01 \x01(\x03\x12\x17\n\x0f\x66\x65\x61tures_reused\x18\x02 \x01(\x03\x12\x12\n\nparams_key\x18\x03 \x01(\t\x12\x18\n\x10tokens_processed\x18\x04 \x01(\x03\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\x12\x18\n\x10\x66inal_batch_size\x18\x06 \x01(\x05\x12\x16\n\x0epeak_memory_mb\x18\x07 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\"u\n\x0f\x43omputeProgress\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.mistudio.common.v1.Progress\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32\".mistudio.compute.v1.ComputeResult\")\n\x17WatchComputationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x15GetComputationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"S\n\x16GetComputationResponse\x12\x39\n\x0b\x63omputation\x18\x01 \x01(\x0b\x32$.mistudio.compute.v1.ComputeProgress\"*\n\x18\x43\x61ncelComputationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"H\n\x19\x43\x61ncelComputationResponse\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.mistudio.common.v1.JobState\"j\n\x12ValidateSaeRequest\x12.\n\x03sae\x18\x01 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12\x12\n\nhook_point\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\"\xa5\x01\n\x13ValidateSaeResponse\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x0c\n\x04\x64_in\x18\x02 \x01(\x05\x12\r\n\x05\x64_sae\x18\x03 \x01(\x05\x12\x12\n\nhook_point\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x12\n\nhook_width\x18\x06 \x01(\x05\x12\x0f\n\x07\x64_vocab\x18\x07 \x01(\x05\x12\x10\n\x08warnings\x18\x08 \x03(\t\"g\n\x17ResolveHookPointRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\x05\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.mistudio.compute.v1.HookKind\"O\n\x18ResolveHookPointResponse\x12\x12\n\nhook_point\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08n_layers\x18\x03 \x01(\x05\"\x94\x01\n\x1a\x45stimateComputationRequest\x12.\n\x03sae\x18\x01 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12/\n\x06tokens\x18\x02 \x01(\x0b\x32\x1f.mistudio.common.v1.TokenSource\x12\x15\n\rfeature_count\x18\x03 \x01(\x03\"g\n\x1b\x45stimateComputationResponse\x12\x19\n\x11\x65stimated_seconds\x18\x01 \x01(\x01\x12\x18\n\x10\x65stimated_tokens\x18\x02 \x01(\x03\x12\x13\n\x0brate_source\x18\x03 \x01(\t\"\x80\x01\n\x19\x45xportSaeLensFilesRequest\x12.\n\x03sae\x18\x01 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12\x16\n\x0eneuronpedia_id\x18\x02 \x01(\t\x12\x1b\n\x13\x66\x65\x61ture_frequencies\x18\x03 \x03(\x01\"R\n\x1a\x45xportSaeLensFilesResponse\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x12\n\nlast_chunk\x18\x03 \x01(\x08*\xc7\x01\n\x08HookKind\x12\x19\n\x15HOOK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13HOOK_KIND_RESID_PRE\x10\x01\x12\x18\n\x14HOOK_KIND_RESID_POST\x10\x02\x12\x15\n\x11HOOK_KIND_MLP_OUT\x10\x03\x12\x14\n\x10HOOK_KIND_ATTN_Z\x10\x04\x12\x14\n\x10HOOK_KIND_ATTN_Q\x10\x05\x12\x14\n\x10HOOK_KIND_ATTN_K\x10\x06\x12\x14\n\x10HOOK_KIND_ATTN_V\x10\x07\x32\x8b\x07\n\x0e\x43omputeService\x12j\n\x11\x43omputeDashboards\x12-.mistudio.compute.v1.ComputeDashboardsRequest\x1a$.mistudio.compute.v1.ComputeProgress0\x01\x12h\n\x10WatchComputation\x12,.mistudio.compute.v1.WatchComputationRequest\x1a$.mistudio.compute.v1.ComputeProgress0\x01\x12i\n\x0eGetComputation\x12*.mistudio.compute.v1.GetComputationRequest\x1a+.mistudio.compute.v1.GetComputationResponse\x12r\n\x11\x43\x61ncelComputation\x12-.mistudio.compute.v1.CancelComputationRequest\x1a..mistudio.compute.v1.CancelComputationResponse\x12`\n\x0bValidateSae\x12\'.mistudio.compute.v1.ValidateSaeRequest\x1a(.mistudio.compute.v1.ValidateSaeResponse\x12o\n\x10ResolveHookPoint\x12,.mistudio.compute.v1.ResolveHookPointRequest\x1a-.mistudio.compute.v1.ResolveHookPointResponse\x12x\n\x13\x45stimateComputation\x12/.mistudio.compute.v1.EstimateComputationRequest\x1a\x30.mistudio.compute.v1.EstimateComputationResponse\x12w\n\x12\x45xportSaeLensFiles\x12..mistudio.compute.v1.ExportSaeLensFilesRequest\x1a/.mistudio.compute.v1.ExportSaeLensFilesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)mistudio/compute/v1/compute_service.proto\x12\x13mistudio.compute.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\"mistudio/common/v1/dashboard.proto\x1a!mistudio/common/v1/progress.proto\x1a\x1fmistudio/common/v1/tokens.proto\"]\n\x0cSaeReference\x12\x10\n\x06sae_id\x18\x01 \x01(\tH\x00\x12.\n\x05\x66iles\x18\x02 \x01(\x0b\x32\x1d.mistudio.compute.v1.SaeFilesH\x00\x42\x0b\n\treference\"S\n\x08SaeFiles\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08model_id\x18\x03 \x01(\t\"\xbd\x02\n\x18\x43omputeDashboardsRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\x03sae\x18\x02 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12/\n\x06tokens\x18\x03 \x01(\x0b\x32\x1f.mistudio.common.v1.TokenSource\x12\x17\n\x0f\x66\x65\x61ture_indices\x18\x04 \x03(\x03\x12\x33\n\x06params\x18\x05 \x01(\x0b\x32#.mistudio.common.v1.DashboardParams\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x14\n\x0creuse_cached\x18\x08 \x01(\x08\x12\x12\n\nhook_point\x18\t \x01(\t\x12\x10\n\x08model_id\x18\n \x01(\t\"\x83\x02\n\rComputeResult\x12\x19\n\x11\x66\x65\x61tures_computed\x18\x01 \x01(\x03\x12\x17\n\x0f\x66\x65\x61tures_reused\x18\x02 \x01(\x03\x12\x12\n\nparams_key\x18\x03 \x01(\t\x12\x18\n\x10tokens_processed\x18\x04 \x01(\x03\x12\x19\n\x11tokens_per_second\x18\x05 \x01(\x01\x12\x18\n\x10\x66inal_batch_size\x18\x06 \x01(\x05\x12\x16\n\x0epeak_memory_mb\x18\x07 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x33\n\x06params\x18\t \x01(\x0b\x32#.mistudio.common.v1.DashboardParams\"u\n\x0f\x43omputeProgress\x12.\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.mistudio.common.v1.Progress\x12\x32\n\x06result\x18\x02 \x01(\x0b\x32\".mistudio.compute.v1.ComputeResult\")\n\x17WatchComputationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x15GetComputationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"S\n\x16GetComputationResponse\x12\x39\n\x0b\x63omputation\x18\x01 \x01(\x0b\x32$.mistudio.compute.v1.ComputeProgress\"*\n\x18\x43\x61ncelComputationRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"H\n\x19\x43\x61ncelComputationResponse\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.mistudio.common.v1.JobState\"j\n\x12ValidateSaeRequest\x12.\n\x03sae\x18\x01 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12\x12\n\nhook_point\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\"\xa5\x01\n\x13ValidateSaeResponse\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x0c\n\x04\x64_in\x18\x02 \x01(\x05\x12\r\n\x05\x64_sae\x18\x03 \x01(\x05\x12\x12\n\nhook_point\x18\x04 \x01(\t\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x12\n\nhook_width\x18\x06 \x01(\x05\x12\x0f\n\x07\x64_vocab\x18\x07 \x01(\x05\x12\x10\n\x08warnings\x18\x08 \x03(\t\"g\n\x17ResolveHookPointRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\x05\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.mistudio.compute.v1.HookKind\"O\n\x18ResolveHookPointResponse\x12\x12\n\nhook_point\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08n_layers\x18\x03 \x01(\x05\"\xc9\x01\n\x1a\x45stimateComputationRequest\x12.\n\x03sae\x18\x01 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12/\n\x06tokens\x18\x02 \x01(\x0b\x32\x1f.mistudio.common.v1.TokenSource\x12\x15\n\rfeature_count\x18\x03 \x01(\x03\x12\x33\n\x06params\x18\x04 \x01(\x0b\x32#.mistudio.common.v1.DashboardParams\"\xc2\x01\n\x1b\x45stimateComputationResponse\x12\x19\n\x11\x65stimated_seconds\x18\x01 \x01(\x01\x12\x18\n\x10\x65stimated_tokens\x18\x02 \x01(\x03\x12\x13\n\x0brate_source\x18\x03 \x01(\t\x12\x33\n\x06params\x18\x04 \x01(\x0b\x32#.mistudio.common.v1.DashboardParams\x12\x0e\n\x06n_rows\x18\x05 \x01(\x03\x12\x14\n\x0c\x63ontext_size\x18\x06 \x01(\x05\"\x80\x01\n\x19\x45xportSaeLensFilesRequest\x12.\n\x03sae\x18\x01 \x01(\x0b\x32!.mistudio.compute.v1.SaeReference\x12\x16\n\x0eneuronpedia_id\x18\x02 \x01(\t\x12\x1b\n\x13\x66\x65\x61ture_frequencies\x18\x03 \x03(\x01\"R\n\x1a\x45xportSaeLensFilesResponse\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\x12\x12\n\nlast_chunk\x18\x03 \x01(\x08*\xc7\x01\n\x08HookKind\x12\x19\n\x15HOOK_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13HOOK_KIND_RESID_PRE\x10\x01\x12\x18\n\x14HOOK_KIND_RESID_POST\x10\x02\x12\x15\n\x11HOOK_KIND_MLP_OUT\x10\x03\x12\x14\n\x10HOOK_KIND_ATTN_Z\x10\x04\x12\x14\n\x10HOOK_KIND_ATTN_Q\x10\x05\x12\x14\n\x10HOOK_KIND_ATTN_K\x10\x06\x12\x14\n\x10HOOK_KIND_ATTN_V\x10\x07\x32\x8b\x07\n\x0e\x43omputeService\x12j\n\x11\x43omputeDashboards\x12-.mistudio.compute.v1.ComputeDashboardsRequest\x1a$.mistudio.compute.v1.ComputeProgress0\x01\x12h\n\x10WatchComputation\x12,.mistudio.compute.v1.WatchComputationRequest\x1a$.mistudio.compute.v1.ComputeProgress0\x01\x12i\n\x0eGetComputation\x12*.mistudio.compute.v1.GetComputationRequest\x1a+.mistudio.compute.v1.GetComputationResponse\x12r\n\x11\x43\x61ncelComputation\x12-.mistudio.compute.v1.CancelComputationRequest\x1a..mistudio.compute.v1.CancelComputationResponse\x12`\n\x0bValidateSae\x12\'.mistudio.compute.v1.ValidateSaeRequest\x1a(.mistudio.compute.v1.ValidateSaeResponse\x12o\n\x10ResolveHookPoint\x12,.mistudio.compute.v1.ResolveHookPointRequest\x1a-.mistudio.compute.v1.ResolveHookPointResponse\x12x\n\x13\x45stimateComputation\x12/.mistudio.compute.v1.EstimateComputationRequest\x1a\x30.mistudio.compute.v1.EstimateComputationResponse\x12w\n\x12\x45xportSaeLensFiles\x12..mistudio.compute.v1.ExportSaeLensFilesRequest\x1a/.mistudio.compute.v1.ExportSaeLensFilesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mistudio.compute.v1.compute_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HOOKKIND']._serialized_start=2249
-  _globals['_HOOKKIND']._serialized_end=2448
+  _globals['_HOOKKIND']._serialized_start=2447
+  _globals['_HOOKKIND']._serialized_end=2646
   _globals['_SAEREFERENCE']._serialized_start=200
   _globals['_SAEREFERENCE']._serialized_end=293
   _globals['_SAEFILES']._serialized_start=295
@@ -44,35 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPUTEDASHBOARDSREQUEST']._serialized_start=381
   _globals['_COMPUTEDASHBOARDSREQUEST']._serialized_end=698
   _globals['_COMPUTERESULT']._serialized_start=701
-  _globals['_COMPUTERESULT']._serialized_end=907
-  _globals['_COMPUTEPROGRESS']._serialized_start=909
-  _globals['_COMPUTEPROGRESS']._serialized_end=1026
-  _globals['_WATCHCOMPUTATIONREQUEST']._serialized_start=1028
-  _globals['_WATCHCOMPUTATIONREQUEST']._serialized_end=1069
-  _globals['_GETCOMPUTATIONREQUEST']._serialized_start=1071
-  _globals['_GETCOMPUTATIONREQUEST']._serialized_end=1110
-  _globals['_GETCOMPUTATIONRESPONSE']._serialized_start=1112
-  _globals['_GETCOMPUTATIONRESPONSE']._serialized_end=1195
-  _globals['_CANCELCOMPUTATIONREQUEST']._serialized_start=1197
-  _globals['_CANCELCOMPUTATIONREQUEST']._serialized_end=1239
-  _globals['_CANCELCOMPUTATIONRESPONSE']._serialized_start=1241
-  _globals['_CANCELCOMPUTATIONRESPONSE']._serialized_end=1313
-  _globals['_VALIDATESAEREQUEST']._serialized_start=1315
-  _globals['_VALIDATESAEREQUEST']._serialized_end=1421
-  _globals['_VALIDATESAERESPONSE']._serialized_start=1424
-  _globals['_VALIDATESAERESPONSE']._serialized_end=1589
-  _globals['_RESOLVEHOOKPOINTREQUEST']._serialized_start=1591
-  _globals['_RESOLVEHOOKPOINTREQUEST']._serialized_end=1694
-  _globals['_RESOLVEHOOKPOINTRESPONSE']._serialized_start=1696
-  _globals['_RESOLVEHOOKPOINTRESPONSE']._serialized_end=1775
-  _globals['_ESTIMATECOMPUTATIONREQUEST']._serialized_start=1778
-  _globals['_ESTIMATECOMPUTATIONREQUEST']._serialized_end=1926
-  _globals['_ESTIMATECOMPUTATIONRESPONSE']._serialized_start=1928
-  _globals['_ESTIMATECOMPUTATIONRESPONSE']._serialized_end=2031
-  _globals['_EXPORTSAELENSFILESREQUEST']._serialized_start=2034
-  _globals['_EXPORTSAELENSFILESREQUEST']._serialized_end=2162
-  _globals['_EXPORTSAELENSFILESRESPONSE']._serialized_start=2164
-  _globals['_EXPORTSAELENSFILESRESPONSE']._serialized_end=2246
-  _globals['_COMPUTESERVICE']._serialized_start=2451
-  _globals['_COMPUTESERVICE']._serialized_end=3358
+  _globals['_COMPUTERESULT']._serialized_end=960
+  _globals['_COMPUTEPROGRESS']._serialized_start=962
+  _globals['_COMPUTEPROGRESS']._serialized_end=1079
+  _globals['_WATCHCOMPUTATIONREQUEST']._serialized_start=1081
+  _globals['_WATCHCOMPUTATIONREQUEST']._serialized_end=1122
+  _globals['_GETCOMPUTATIONREQUEST']._serialized_start=1124
+  _globals['_GETCOMPUTATIONREQUEST']._serialized_end=1163
+  _globals['_GETCOMPUTATIONRESPONSE']._serialized_start=1165
+  _globals['_GETCOMPUTATIONRESPONSE']._serialized_end=1248
+  _globals['_CANCELCOMPUTATIONREQUEST']._serialized_start=1250
+  _globals['_CANCELCOMPUTATIONREQUEST']._serialized_end=1292
+  _globals['_CANCELCOMPUTATIONRESPONSE']._serialized_start=1294
+  _globals['_CANCELCOMPUTATIONRESPONSE']._serialized_end=1366
+  _globals['_VALIDATESAEREQUEST']._serialized_start=1368
+  _globals['_VALIDATESAEREQUEST']._serialized_end=1474
+  _globals['_VALIDATESAERESPONSE']._serialized_start=1477
+  _globals['_VALIDATESAERESPONSE']._serialized_end=1642
+  _globals['_RESOLVEHOOKPOINTREQUEST']._serialized_start=1644
+  _globals['_RESOLVEHOOKPOINTREQUEST']._serialized_end=1747
+  _globals['_RESOLVEHOOKPOINTRESPONSE']._serialized_start=1749
+  _globals['_RESOLVEHOOKPOINTRESPONSE']._serialized_end=1828
+  _globals['_ESTIMATECOMPUTATIONREQUEST']._serialized_start=1831
+  _globals['_ESTIMATECOMPUTATIONREQUEST']._serialized_end=2032
+  _globals['_ESTIMATECOMPUTATIONRESPONSE']._serialized_start=2035
+  _globals['_ESTIMATECOMPUTATIONRESPONSE']._serialized_end=2229
+  _globals['_EXPORTSAELENSFILESREQUEST']._serialized_start=2232
+  _globals['_EXPORTSAELENSFILESREQUEST']._serialized_end=2360
+  _globals['_EXPORTSAELENSFILESRESPONSE']._serialized_start=2362
+  _globals['_EXPORTSAELENSFILESRESPONSE']._serialized_end=2444
+  _globals['_COMPUTESERVICE']._serialized_start=2649
+  _globals['_COMPUTESERVICE']._serialized_end=3556
 # @@protoc_insertion_point(module_scope)

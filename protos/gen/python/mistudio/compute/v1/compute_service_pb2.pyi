@@ -179,6 +179,7 @@ class ComputeResult(_message.Message):
     FINAL_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     PEAK_MEMORY_MB_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     features_computed: _builtins.int
     features_reused: _builtins.int
     params_key: _builtins.str
@@ -187,6 +188,12 @@ class ComputeResult(_message.Message):
     final_batch_size: _builtins.int
     peak_memory_mb: _builtins.float
     device: _builtins.str
+    @_builtins.property
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """The parameters the dashboards were computed with, defaults and token_source_fingerprint
+        filled in: what the stored dashboards are keyed by.
+        """
+
     def __init__(
         self,
         *,
@@ -198,10 +205,11 @@ class ComputeResult(_message.Message):
         final_batch_size: _builtins.int = ...,
         peak_memory_mb: _builtins.float = ...,
         device: _builtins.str = ...,
+        params: _dashboard_pb2.DashboardParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "features_computed", b"features_computed", "features_reused", b"features_reused", "final_batch_size", b"final_batch_size", "params_key", b"params_key", "peak_memory_mb", b"peak_memory_mb", "tokens_per_second", b"tokens_per_second", "tokens_processed", b"tokens_processed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "features_computed", b"features_computed", "features_reused", b"features_reused", "final_batch_size", b"final_batch_size", "params", b"params", "params_key", b"params_key", "peak_memory_mb", b"peak_memory_mb", "tokens_per_second", b"tokens_per_second", "tokens_processed", b"tokens_processed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,21 +465,27 @@ class EstimateComputationRequest(_message.Message):
     SAE_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     FEATURE_COUNT_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
     feature_count: _builtins.int
     @_builtins.property
     def sae(self) -> Global___SaeReference: ...
     @_builtins.property
     def tokens(self) -> _tokens_pb2.TokenSource: ...
+    @_builtins.property
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """As in ComputeDashboardsRequest; unset fields take their defaults."""
+
     def __init__(
         self,
         *,
         sae: Global___SaeReference | None = ...,
         tokens: _tokens_pb2.TokenSource | None = ...,
         feature_count: _builtins.int = ...,
+        params: _dashboard_pb2.DashboardParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_count", b"feature_count", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_count", b"feature_count", "params", b"params", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -484,20 +498,33 @@ class EstimateComputationResponse(_message.Message):
     ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
     ESTIMATED_TOKENS_FIELD_NUMBER: _builtins.int
     RATE_SOURCE_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    N_ROWS_FIELD_NUMBER: _builtins.int
+    CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
     estimated_tokens: _builtins.int
     rate_source: _builtins.str
     """"measured" when from this service's own recent runs, "default" otherwise."""
+    n_rows: _builtins.int
+    """The token source's shape: rows of context_size tokens."""
+    context_size: _builtins.int
+    @_builtins.property
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """The parameters a computation would use, defaults and token_source_fingerprint filled in."""
+
     def __init__(
         self,
         *,
         estimated_seconds: _builtins.float = ...,
         estimated_tokens: _builtins.int = ...,
         rate_source: _builtins.str = ...,
+        params: _dashboard_pb2.DashboardParams | None = ...,
+        n_rows: _builtins.int = ...,
+        context_size: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "rate_source", b"rate_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_rows", b"n_rows", "params", b"params", "rate_source", b"rate_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
