@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-COMPUTATION_VERSION = "1"
+COMPUTATION_VERSION = "2"
 """Bumped whenever a change to the computation would change its output for equal inputs."""
 
 QUANTILE_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95, 0.99)

@@ -24,13 +24,7 @@ from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_export.cli.connection import Services, connect
 from mistudio_export.cli.options import export_config
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
-from mistudio_export.packaging import (
-    MANIFEST_NAME,
-    PREFILL_NAME,
-    README_NAME,
-    build_archive,
-    verify_archive,
-)
+from mistudio_export.packaging import MANIFEST_NAME, build_archive, verify_archive
 from mistudio_export.validation import ValidationReport, validate_export
 
 ARCHITECTURES = {
@@ -340,7 +334,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _validate_zip(path: Path, auto_fix: bool) -> tuple[ValidationReport, list[str]]:
     with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
-        folder, aside = Path(scratch) / "archive", Path(scratch) / "packaging"
+        folder = Path(scratch) / "archive"
         integrity = verify_archive(path)
         try:
             with zipfile.ZipFile(path) as zf:
@@ -351,15 +345,9 @@ def _validate_zip(path: Path, auto_fix: bool) -> tuple[ValidationReport, list[st
                 field="path",
                 fix="download the archive again (`mistudio-export download JOB_ID`)",
             ) from None
-        aside.mkdir()
-        for name in (README_NAME, PREFILL_NAME, MANIFEST_NAME):
-            if (folder / name).is_file():
-                (folder / name).replace(aside / name)
         report = validate_export(folder, fix=auto_fix)
         if auto_fix and report.changes:
-            for name in (README_NAME, PREFILL_NAME):
-                if (aside / name).is_file():
-                    (aside / name).replace(folder / name)
+            (folder / MANIFEST_NAME).unlink(missing_ok=True)
             fixed = path.with_name(path.stem + ".fixed.zip")
             build_archive(folder, fixed)
             print(f"repaired archive written to {fixed}")
