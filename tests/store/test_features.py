@@ -202,3 +202,31 @@ def test_empty_explanation_is_invalid_argument(stub: StoreServiceStub, sae_id: s
         stub.AddExplanations(pb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations))
     assert bad_request_fields(caught.value) == ["explanations[1].description"]
     assert not stub.ListExplanations(pb.ListExplanationsRequest(sae_id=sae_id)).explanations
+
+
+def test_upsert_with_update_mask_keeps_the_unmasked_fields(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    labeled = [pb.Feature(feature_index=i, label=f"f{i}", category="c") for i in range(3)]
+    stub.UpsertFeatures(pb.UpsertFeaturesRequest(sae_id=sae_id, features=labeled))
+    stats = [
+        pb.Feature(feature_index=i, activation_frequency=0.5, max_activation=2.0) for i in (1, 2, 7)
+    ]
+    mask = ["activation_frequency", "max_activation"]
+    stub.UpsertFeatures(pb.UpsertFeaturesRequest(sae_id=sae_id, features=stats, update_mask=mask))
+    got = {f.feature_index: f for f in _all_features(stub, pb.ListFeaturesRequest(sae_id=sae_id))}
+    assert [(got[i].label, got[i].category) for i in (0, 1, 2, 7)] == [
+        ("f0", "c"), ("f1", "c"), ("f2", "c"), ("", "")
+    ]  # fmt: skip
+    assert [got[i].activation_frequency for i in (0, 1, 2, 7)] == [0.0, 0.5, 0.5, 0.5]
+    assert got[1].max_activation == 2.0
+
+
+def test_upsert_with_an_unknown_mask_field_is_invalid(stub: StoreServiceStub, sae_id: str) -> None:
+    request = pb.UpsertFeaturesRequest(
+        sae_id=sae_id, features=[pb.Feature(feature_index=0)], update_mask=["labels"]
+    )
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.UpsertFeatures(request)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert bad_request_fields(failed.value) == ["update_mask"]

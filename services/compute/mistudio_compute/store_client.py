@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 _TIMEOUT_SECONDS = 60.0
 _PAGE_SIZE = 1000
+STATS_FIELDS = ("activation_frequency", "max_activation")
+"""What a computation writes to the store's features; labels belong to people."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +97,10 @@ class StoreClient:
         return response.written_count
 
     def upsert_features(self, sae_id: str, stats: Sequence[FeatureStats]) -> int:
-        """Records activation stats; labels and categories already stored are kept, because
-        the store's upsert writes every column of the rows it is given."""
-        if not stats:
-            return 0
-        indices = [s.feature_index for s in stats]
-        kept = self._labels(sae_id, min(indices), max(indices) + 1)
+        """Records activation stats only: labels and categories already stored are kept."""
         features = [
             spb.Feature(
                 feature_index=s.feature_index,
-                label=kept.get(s.feature_index, ("", ""))[0],
-                category=kept.get(s.feature_index, ("", ""))[1],
                 activation_frequency=s.activation_frequency,
                 max_activation=s.max_activation,
             )
@@ -113,33 +108,11 @@ class StoreClient:
         ]
         total = 0
         for batch in _batched(features, _PAGE_SIZE):
-            request = spb.UpsertFeaturesRequest(sae_id=sae_id, features=batch)
+            request = spb.UpsertFeaturesRequest(
+                sae_id=sae_id, features=batch, update_mask=STATS_FIELDS
+            )
             try:
                 total += self._stub.UpsertFeatures(request, timeout=_TIMEOUT_SECONDS).upserted_count
             except grpc.RpcError as error:
                 raise error_from_rpc(error) from error
         return total
-
-    def _labels(self, sae_id: str, start: int, end: int) -> dict[int, tuple[str, str]]:
-        """(label, category) of the labeled features in [start, end)."""
-        kept: dict[int, tuple[str, str]] = {}
-        token = ""
-        while True:
-            request = spb.ListFeaturesRequest(
-                sae_id=sae_id,
-                page_size=_PAGE_SIZE,
-                page_token=token,
-                filter=spb.FeatureFilter(index_start=start, index_end=end),
-            )
-            try:
-                page = self._stub.ListFeatures(request, timeout=_TIMEOUT_SECONDS)
-            except grpc.RpcError as error:
-                raise error_from_rpc(error) from error
-            kept.update(
-                (f.feature_index, (f.label, f.category))
-                for f in page.features
-                if f.label or f.category
-            )
-            token = page.next_page_token
-            if not token:
-                return kept

@@ -71,8 +71,14 @@ class StoreRepository(DashboardCache, ExportJobs):
 
     # Features
 
-    def upsert_features(self, sae_id: str, features: Sequence[pb.Feature]) -> int:
-        """Writes the listed features in one batch; other features of the SAE are untouched."""
+    def upsert_features(
+        self, sae_id: str, features: Sequence[pb.Feature], update_mask: Sequence[str] = ()
+    ) -> int:
+        """Writes the listed features in one batch; other features of the SAE are untouched.
+
+        Existing rows get only the fields named in ``update_mask`` (all when empty); new rows
+        get every field."""
+        columns = validation.feature_update_mask(update_mask)
         at = convert.now()
         with self._sessions.write.begin() as session:
             sae = self._sae(session, sae_id)
@@ -82,13 +88,7 @@ class StoreRepository(DashboardCache, ExportJobs):
                 FeatureRow,
                 [convert.feature_values(sae.id, f, at) for f in features],
                 key=["sae_pk", "feature_index"],
-                update=[
-                    "label",
-                    "category",
-                    "activation_frequency",
-                    "max_activation",
-                    "updated_at",
-                ],
+                update=[*columns, "updated_at"],
             )
         return len(features)
 

@@ -43,7 +43,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def UpsertFeatures(
         self, request: pb.UpsertFeaturesRequest, context: Context
     ) -> pb.UpsertFeaturesResponse:
-        count = self._repo.upsert_features(request.sae_id, request.features)
+        count = self._repo.upsert_features(request.sae_id, request.features, request.update_mask)
         return pb.UpsertFeaturesResponse(upserted_count=count)
 
     @handle_errors

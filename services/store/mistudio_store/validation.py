@@ -153,6 +153,22 @@ def explanations(items: Sequence[pb.Explanation], d_sae: int) -> None:
         max_length(explanation.explainer_model, 128, f"explanations[{i}].explainer_model")
 
 
+FEATURE_FIELDS = ("label", "category", "activation_frequency", "max_activation")
+"""The Feature fields UpsertFeatures writes; its update_mask names a subset."""
+
+
+def feature_update_mask(paths: Sequence[str]) -> list[str]:
+    """The columns an upsert overwrites on existing rows: all of them for an empty mask."""
+    for path in paths:
+        if path not in FEATURE_FIELDS:
+            raise InvalidArgument(
+                f"update_mask names unknown field {path!r}",
+                field="update_mask",
+                fix=f"use Feature field names from {list(FEATURE_FIELDS)}, or none for all",
+            )
+    return list(dict.fromkeys(paths)) or list(FEATURE_FIELDS)
+
+
 def update_mask(paths: Sequence[str]) -> list[str]:
     if not paths:
         raise InvalidArgument(

@@ -19,6 +19,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.packaging import build_archive, verify_archive
 from mistudio_export.validation import validate_export
 
@@ -373,3 +374,12 @@ def test_export_from_a_text_token_source(stack: Stack, sae_id: str, tmp_path: Pa
     with zipfile.ZipFile(io.BytesIO(download(stack, messages[-1].progress.job_id))) as zf:
         feature = json.loads(zf.read("features/0.json"))
     assert {e["source"]["dataset"] for e in feature["activations"]} == {"stories-text"}
+
+
+def test_computing_keeps_the_labels_and_records_the_stats(
+    stack: Stack, sae_id: str, result: epb.ExportResult
+) -> None:
+    request = spb.ListFeaturesRequest(sae_id=sae_id, page_size=D_SAE)
+    features = {f.feature_index: f for f in stack.records.ListFeatures(request).features}
+    assert {i: (f.label, f.category) for i, f in features.items() if f.label} == LABELS
+    assert features[1].max_activation > 0 and features[1].activation_frequency > 0
