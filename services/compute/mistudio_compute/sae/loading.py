@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from mistudio_compute.sae.architectures import Sae, architecture_class
 from mistudio_compute.sae.config import SaeConfig, parse_sae_config
+from mistudio_compute.sae.hub import local_path
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -40,10 +41,11 @@ def load_sae(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Sae:
-    """Loads a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``) or a ``.safetensors``
-    file. Keys in ``config`` override those of a ``cfg.json`` found next to the weights; a bare
-    file without a sibling ``cfg.json`` needs ``config``."""
-    weights_path, cfg_path = _locate(Path(path))
+    """Loads a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), a ``.safetensors``
+    file, or a hub location (``hf://``, ``saelens://``; see ``sae.hub``). Keys in ``config``
+    override those of a ``cfg.json`` found next to the weights; a bare file without a sibling
+    ``cfg.json`` needs ``config``."""
+    weights_path, cfg_path = _locate(local_path(path))
     cfg: dict[str, Any] = _read_json(cfg_path) if cfg_path is not None else {}
     cfg.update(config or {})
     if not cfg:

@@ -48,10 +48,17 @@ def sae_id_for(path: Path) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", path.resolve().name.lower()).strip("-") or "sae"
 
 
-def register_local_sae(services: Services, path: Path, args: argparse.Namespace) -> str:
-    """Registers a SAELens folder (or safetensors file) in the store; returns its sae_id."""
+HUB_PREFIXES = ("hf://", "saelens://")
+"""SAE locations the compute service downloads from the HuggingFace hub (sae/hub.py)."""
+
+
+def register_local_sae(services: Services, path: Path | str, args: argparse.Namespace) -> str:
+    """Registers a SAELens folder, safetensors file or hub location; returns its sae_id."""
     store, compute = services.require_store_and_compute()
-    if not path.exists():
+    on_hub = str(path).startswith(HUB_PREFIXES)
+    location = str(path) if on_hub else str(Path(path).resolve())
+    path = Path(str(path).split("://", 1)[-1].rstrip("/")) if on_hub else Path(path)
+    if not on_hub and not path.exists():
         raise InvalidArgument(
             f"SAE path {path} does not exist",
             field="SAE",
@@ -60,7 +67,7 @@ def register_local_sae(services: Services, path: Path, args: argparse.Namespace)
     info: cpb.ValidateSaeResponse = _call(
         compute.ValidateSae,
         cpb.ValidateSaeRequest(
-            sae=cpb.SaeReference(files=cpb.SaeFiles(path=str(path.resolve()), model_id=args.model)),
+            sae=cpb.SaeReference(files=cpb.SaeFiles(path=location, model_id=args.model)),
             hook_point=args.hook,
             model_id=args.model,
         ),
@@ -73,10 +80,11 @@ def register_local_sae(services: Services, path: Path, args: argparse.Namespace)
         d_in=info.d_in,
         d_sae=info.d_sae,
         architecture=ARCHITECTURES.get(info.architecture, spb.ARCHITECTURE_UNSPECIFIED),
-        weights_uri=str(path.resolve()),
+        weights_uri=location,
         neuronpedia_source_set=args.source_set,
     )
-    _fill_training_info(sae, path)
+    if not on_hub:
+        _fill_training_info(sae, path)
     try:
         _call(store.CreateSae, spb.CreateSaeRequest(sae=sae))
         created = True
@@ -133,8 +141,10 @@ def _add_explanations(services: Services, sae_id: str, path: Path) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     with connect(args) as services:
-        target = Path(args.sae)
-        looks_like_path = target.exists() or "/" in args.sae or args.sae.endswith(".safetensors")
+        target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
+        looks_like_path = (
+            "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
+        )
         sae_id = register_local_sae(services, target, args) if looks_like_path else args.sae
         request = epb.StartExportRequest(
             request_id=args.request_id or str(uuid.uuid4()),
