@@ -220,12 +220,12 @@ def params_key(p: d.DashboardParams) -> str:
     """Cache key: SHA-256 of the parameters' canonical JSON."""
     canonical = {
         k: (v.value if isinstance(v, d.BinScale | d.TokenRankMetric) else v)
-        for k, v in sorted(vars_of(p).items())
+        for k, v in sorted(_fields_of(p).items())
     }
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def vars_of(p: d.DashboardParams) -> dict[str, Any]:
+def _fields_of(p: d.DashboardParams) -> dict[str, Any]:
     return {name: getattr(p, name) for name in p.__dataclass_fields__}
 
 
