@@ -6,44 +6,30 @@ the service resumes them when it starts again with the same store and data direc
 
 from __future__ import annotations
 
-import argparse
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 
-from mistudio_common.logging_setup import configure_logging
-from mistudio_common.server import serve_until_signal
+from mistudio_common.service_cli import Flag, parse_settings, run_service
 
 from mistudio_export.config import ExportSettings
 from mistudio_export.server import build_export_server
 
-log = logging.getLogger("mistudio_export")
+FLAGS = (
+    Flag("--store", "store_address", "store service address"),
+    Flag("--compute", "compute_address", "compute service address"),
+    Flag("--data-dir", "data_dir", "staging folder root"),
+    Flag("--object-store-url", "object_store_url", "file:///path or s3://bucket?endpoint=…"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    defaults = ExportSettings()
-    parser = argparse.ArgumentParser(prog="mistudio-export-service", description=__doc__)
-    parser.add_argument("--host", default=defaults.host, help="interface to listen on")
-    parser.add_argument("--port", type=int, default=defaults.port, help="gRPC port (0: any)")
-    parser.add_argument("--store", default=defaults.store_address, help="store service address")
-    parser.add_argument(
-        "--compute", default=defaults.compute_address, help="compute service address"
+    settings = parse_settings(
+        ExportSettings,
+        prog="mistudio-export-service",
+        description=__doc__,
+        flags=FLAGS,
+        argv=argv,
     )
-    parser.add_argument("--data-dir", default=str(defaults.data_dir), help="staging folder root")
-    args = parser.parse_args(argv)
-    settings = defaults.model_copy(
-        update={
-            "host": args.host,
-            "port": args.port,
-            "store_address": args.store,
-            "compute_address": args.compute,
-            "data_dir": Path(args.data_dir),
-        }
-    )
-    configure_logging("export", settings.log_level)
-    running = build_export_server(settings)
-    log.info("export service ready", extra={"port": running.port, "store": args.store})
-    serve_until_signal(running)
+    run_service("export", settings, build_export_server, store=settings.store_address)
 
 
 if __name__ == "__main__":
