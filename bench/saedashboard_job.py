@@ -63,7 +63,9 @@ def stories_model(model_dir: Path) -> HookedSAETransformer:
     )  # fmt: skip
     model = HookedSAETransformer(cfg)
     t = torch.from_numpy
-    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    # Zero the parameters only (llama has no biases): the buffers (causal mask, rotary tables,
+    # IGNORE) must stay as built, or attention sees the future and rotary is lost.
+    state = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
     state["embed.W_E"] = t(w["emb"])
     state["unembed.W_U"] = t(w["emb"].T.copy())
     state["ln_final.w"] = t(w["rms_final"])
