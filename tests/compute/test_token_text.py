@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from mistudio_compute.llama2c import SentencePieceTokenizer, sentencepiece_bpe_model
 from mistudio_compute.token_text import (
     HfTokenizer,
     PieceStyle,
+    TokenDisplay,
     display_token,
     display_tokens,
     piece_bytes,
@@ -131,3 +133,16 @@ def test_no_vocabulary_string_needs_the_validators_repair(sp: SentencePieceToken
     from mistudio_common.token_display import escape_controls
 
     assert all(escape_controls(s) == s for s in vocab_display_strings(sp))
+
+
+@pytest.mark.parametrize("name", ["sp", "gpt2_style"])
+def test_cached_display_equals_decoding_the_whole_window(name: str, request) -> None:
+    tok = request.getfixturevalue(name)
+    rng = np.random.default_rng(0)
+    display = TokenDisplay(tok)
+    text = tok.encode("the café ☃ 😀 €\n")
+    for a in range(len(text)):  # every slice cuts some character's bytes apart
+        assert display.window(text[a:]) == display_tokens(tok, text[a:])
+    for _ in range(300):
+        ids = rng.integers(-1, tok.vocab_size + 2, size=int(rng.integers(1, 12))).tolist()
+        assert display.window(ids) == display_tokens(tok, ids), ids

@@ -24,7 +24,7 @@ from mistudio_compute.model_access import (
     unembedding_matrix,
 )
 from mistudio_compute.sae import Sae
-from mistudio_compute.token_text import TokenizerAdapter, display_token, display_tokens
+from mistudio_compute.token_text import TokenDisplay, TokenizerAdapter
 from mistudio_compute.tokens import TokenDataset
 
 
@@ -89,7 +89,7 @@ class TokenizerText:
     """TokenText: readable strings that never drop a byte (``token_text`` module)."""
 
     def __init__(self, tokenizer: TokenizerAdapter, model: LoadedModel) -> None:
-        self._tokenizer = tokenizer
+        self._display = TokenDisplay(tokenizer)
         ids = (model.bos_token_id, model.eos_token_id, model.pad_token_id)
         self._special = frozenset(i for i in ids if i is not None)
         self._vocab: dict[int, str] = {}
@@ -99,12 +99,12 @@ class TokenizerText:
         return self._special
 
     def window(self, ids: Sequence[int]) -> list[str]:
-        return display_tokens(self._tokenizer, ids)
+        return self._display.window(ids)
 
     def token(self, token_id: int) -> str:
         cached = self._vocab.get(token_id)
         if cached is None:
-            cached = self._vocab[token_id] = display_token(self._tokenizer, token_id)
+            cached = self._vocab[token_id] = self._display.window([token_id])[0]
         return cached
 
 

@@ -190,6 +190,46 @@ def vocab_display_strings(tokenizer: TokenizerAdapter) -> list[str]:
     return [display_token(tokenizer, i) for i in range(tokenizer.vocab_size)]
 
 
+class TokenDisplay:
+    """``display_tokens`` for one tokenizer, fast enough for hundreds of thousands of windows.
+
+    A token whose bytes are whole UTF-8 characters shows the same string whatever its neighbours:
+    a character begun by earlier bytes could only end on a continuation byte, which such a token
+    never starts with. Those strings are cached per id; only runs of the other tokens (partial
+    characters, invalid bytes) are decoded together, exactly as ``display_tokens`` does.
+    """
+
+    def __init__(self, tokenizer: TokenizerAdapter) -> None:
+        self._tokenizer = tokenizer
+        self._known: dict[int, tuple[str | None, bytes]] = {}  # id -> (own string or None, bytes)
+
+    def window(self, ids: Sequence[int]) -> list[str]:
+        known = [self._lookup(int(i)) for i in ids]
+        texts = ["" if text is None else text for text, _ in known]
+        run: list[tuple[int, bytes]] = []
+        for pos, (text, chunk) in enumerate(known):
+            if text is None:
+                run.append((pos, chunk))
+            elif run:
+                _decode_run(run, texts)
+                run = []
+        _decode_run(run, texts)
+        return texts
+
+    def _lookup(self, token_id: int) -> tuple[str | None, bytes]:
+        found = self._known.get(token_id)
+        if found is None:
+            tok = self._tokenizer
+            if _is_special(tok, token_id):
+                found = (_special_name(tok, token_id), b"")
+            else:
+                chunk = piece_bytes(tok.piece(token_id), tok.piece_style)
+                alone = _decode_strict(chunk) is not None
+                found = (display_tokens(tok, [token_id])[0] if alone else None, chunk)
+            self._known[token_id] = found
+        return found
+
+
 def _special_name(tokenizer: TokenizerAdapter, token_id: int) -> str:
     """The name of a special token; ids the tokenizer lacks (padded vocabularies) as <id:N>."""
     if 0 <= token_id < tokenizer.vocab_size:
