@@ -7,6 +7,7 @@ Layout under ``data_dir/compute``::
     jobs/<job_id>/progress.binpb   the last ComputeProgress published (sequence numbers resume here)
     jobs/<job_id>/plan.json        which features the job computes and how many it reused
     jobs/<job_id>/checkpoint/      the computation's own resumable state
+    jobs/<job_id>/paused           present while a client has the job paused (no auto-resume)
     rates.json                     measured token·features per second
 
 Every file is replaced atomically so a crash never leaves half a message behind.
@@ -31,6 +32,7 @@ _REQUEST = "request.binpb"
 _PROGRESS = "progress.binpb"
 _CHECKPOINT = "checkpoint"
 _PLAN = "plan.json"
+_PAUSED = "paused"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -44,6 +46,7 @@ class StoredJob:
     job_id: str
     request: cpb.ComputeDashboardsRequest
     progress: cpb.ComputeProgress | None
+    paused_by_client: bool = False
 
 
 class JobRecords:
@@ -78,6 +81,14 @@ class JobRecords:
     def checkpoint_dir(self, job_id: str) -> Path:
         return self._dir(job_id) / _CHECKPOINT
 
+    def mark_paused(self, job_id: str, paused: bool) -> None:
+        """A client-paused job waits for its resume, even across restarts of the service."""
+        marker = self._dir(job_id) / _PAUSED
+        if paused:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
     def drop_checkpoint(self, job_id: str) -> None:
         """A finished job cannot resume, so its checkpoint is only disk use."""
         shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
@@ -99,7 +110,7 @@ class JobRecords:
                     extra={"path": str(folder), "error": str(error)},
                 )
                 continue
-            yield StoredJob(folder.name, request, progress)
+            yield StoredJob(folder.name, request, progress, (folder / _PAUSED).exists())
 
 
 @dataclass

@@ -3,7 +3,8 @@
 A job runs in its own thread; clients watch it through a :class:`JobChannel` and may disconnect
 and reattach at will. Each job keeps its request, last progress message and checkpoint on disk
 (:mod:`mistudio_compute.job_records`), so a job interrupted by a restart resumes from its
-checkpoint with sequence numbers that keep increasing.
+checkpoint with sequence numbers that keep increasing. A client may pause a job: it stops at a
+batch boundary, keeps its checkpoint, and resumes when the same request_id is started again.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ STAGES: tuple[StageId, ...] = (
 # The pass over the tokens dominates; the weights make `fraction` track wall time roughly.
 STAGE_WEIGHTS = (0.02, 0.6, 0.08, 0.1, 0.08, 0.07, 0.05)
 _PROGRESS_INTERVAL_SECONDS = 0.1
+_CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,12 @@ class ComputeJob:
     channel: JobChannel[cpb.ComputeProgress]
     interrupt: threading.Event = field(default_factory=threading.Event)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    pause_requested: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
 
     @property
     def state(self) -> ppb.JobState.ValueType:
@@ -136,7 +143,8 @@ class ComputeJobManager:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, request: cpb.ComputeDashboardsRequest) -> ComputeJob:
-        """Starts a job, or returns the existing one for a repeated request_id."""
+        """Starts a job, or returns the existing one for a repeated request_id (resuming it
+        when it is paused)."""
         if not request.request_id:
             request = _with_request_id(request, uuid.uuid4().hex)
         job_id = job_id_for(request.request_id)
@@ -149,6 +157,8 @@ class ComputeJobManager:
         with gate:  # two concurrent starts with one id must not both prepare and run
             existing = self._jobs.get(job_id)
             if existing is not None:
+                if existing.state == ppb.JOB_STATE_PAUSED and not existing.running:
+                    self._resume_paused(existing)
                 return existing
             prepared = self._preparer.prepare(request)
             self._records.save_request(job_id, request)
@@ -168,10 +178,25 @@ class ComputeJobManager:
         return job
 
     def cancel(self, job_id: str, wait_seconds: float = 5.0) -> ppb.JobState.ValueType:
-        """Asks the job to stop at its next batch boundary and waits briefly for it."""
+        """Asks the job to stop at its next batch boundary and waits briefly for it; a paused
+        job is cancelled at once. Either way its checkpoint is discarded."""
         job = self.get(job_id)
         if job.state not in TERMINAL_STATES:
             job.cancel_requested.set()
+            job.interrupt.set()
+            if job.thread is not None:
+                job.thread.join(wait_seconds)
+            if job.state == ppb.JOB_STATE_PAUSED and not job.running:
+                self._records.mark_paused(job.job_id, False)
+                cancelled = Cancelled("cancelled by a client while paused")
+                self._finish_with_error(job, ppb.JOB_STATE_CANCELLED, cancelled)
+        return job.state
+
+    def pause(self, job_id: str, wait_seconds: float = 5.0) -> ppb.JobState.ValueType:
+        """Asks the job to stop at its next batch boundary, keeping its checkpoint."""
+        job = self.get(job_id)
+        if job.state not in TERMINAL_STATES and job.state != ppb.JOB_STATE_PAUSED:
+            job.pause_requested.set()
             job.interrupt.set()
             if job.thread is not None:
                 job.thread.join(wait_seconds)
@@ -182,6 +207,10 @@ class ComputeJobManager:
         for stored in self._records.load_all():
             job = self._new_job(stored.job_id, stored.request, stored.progress)
             if stored.progress is not None and _is_terminal(stored.progress):
+                continue
+            if stored.paused_by_client:
+                paused = job.tracker.set_state(ppb.JOB_STATE_PAUSED, _CLIENT_PAUSE_NOTE)
+                self._publish(job, paused)
                 continue
             log.info("resuming computation", extra={"job_id": stored.job_id})
             self._publish(
@@ -229,6 +258,16 @@ class ComputeJobManager:
         )
         job.thread = thread
         thread.start()
+
+    def _resume_paused(self, job: ComputeJob) -> None:
+        for event in (job.interrupt, job.pause_requested, job.cancel_requested):
+            event.clear()
+        self._records.mark_paused(job.job_id, False)
+        self._publish(job, job.tracker.set_state(ppb.JOB_STATE_RUNNING, "resuming after pause"))
+        job.thread = threading.Thread(
+            target=self._resume, args=(job,), name=f"compute-{job.job_id}", daemon=True
+        )
+        job.thread.start()
 
     def _resume(self, job: ComputeJob) -> None:
         """Prepares a stored request again (model, SAE, tokens) and runs it from its checkpoint."""
@@ -332,10 +371,13 @@ class ComputeJobManager:
         log.info("computation finished", extra={"job_id": job.job_id, "result": str(result)})
 
     def _pause(self, job: ComputeJob) -> None:
-        """Service shutdown: the job stays resumable (non-terminal) on disk."""
-        self._publish(
-            job, job.tracker.set_state(ppb.JOB_STATE_PAUSED, "service stopping; resumes on restart")
-        )
+        """A client's pause or a service shutdown: the job stays resumable on disk."""
+        if job.pause_requested.is_set():
+            self._records.mark_paused(job.job_id, True)
+            note = _CLIENT_PAUSE_NOTE
+        else:
+            note = "service stopping; resumes on restart"
+        self._publish(job, job.tracker.set_state(ppb.JOB_STATE_PAUSED, note))
 
     def _finish_with_error(
         self, job: ComputeJob, state: ppb.JobState.ValueType, error: BaseException

@@ -52,6 +52,12 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         return cpb.CancelComputationResponse(state=self._manager.cancel(request.job_id))
 
     @handle_errors
+    def PauseComputation(
+        self, request: cpb.PauseComputationRequest, context: grpc.ServicerContext
+    ) -> cpb.PauseComputationResponse:
+        return cpb.PauseComputationResponse(state=self._manager.pause(request.job_id))
+
+    @handle_errors
     def ValidateSae(
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:

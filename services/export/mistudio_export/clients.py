@@ -175,6 +175,12 @@ class ComputeClient:
         request = cpb.CancelComputationRequest(job_id=job_id)
         _call(lambda: self._stub.CancelComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
 
+    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
+        """Pauses a computation, keeping its checkpoint; returns the state it reached."""
+        request = cpb.PauseComputationRequest(job_id=job_id)
+        reply = _call(lambda: self._stub.PauseComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
+        return reply.state
+
     def validate_sae(self, sae_id: str) -> cpb.ValidateSaeResponse:
         request = cpb.ValidateSaeRequest(sae=cpb.SaeReference(sae_id=sae_id))
         return _call(lambda: self._stub.ValidateSae(request, timeout=UNARY_TIMEOUT_SECONDS))

@@ -2,13 +2,15 @@
 
 Cached dashboards for the same parameters are reused (``reuse_cached``), never recomputed. The
 computation lives in the compute service: if this service restarts, the job re-attaches to it
-by its request id; a pause or cancel stops it, and a resumed export starts a new attempt that
-reuses whatever reached the cache.
+by its request id. A pause pauses the computation too, keeping its checkpoint, and the resumed
+export re-attaches to it by the same request id, which resumes it where it stopped. A cancel or
+failure ends it; the next run starts a new attempt that reuses whatever reached the cache.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
@@ -32,6 +34,7 @@ COMPUTE_STAGES = (
     ppb.STAGE_CACHING,
 )
 CHECKPOINT_KEY = "compute"
+PAUSED_JOB_KEY = "paused_job"
 _STAGE_NOTES = {
     ppb.STAGE_ACTIVATION_PASS: "activation pass over the tokens",
     ppb.STAGE_LOADING_EXAMPLES: "loading activation examples",
@@ -69,14 +72,19 @@ def ensure_dashboards(
         return state
     attempt = int(state.get("attempt", 0))
     request = compute_request(job, indices, all_features=all_features, attempt=attempt)
+    followed = _Followed()
     try:
-        last = _follow(job, compute, request)
+        last = _follow(job, compute, request, followed)
     except (JobInterrupted, MistudioError) as stop:
-        # A computation that was paused, cancelled or failed cannot be re-attached: the next
-        # run starts a new attempt (which reuses whatever reached the cache). After a shutdown
-        # the computation goes on in the compute service and the next run re-attaches to it.
-        if not (isinstance(stop, JobInterrupted) and stop.reason is Interruption.SHUTDOWN):
-            job.checkpoint[CHECKPOINT_KEY] = {**state, "attempt": attempt + 1}
+        # After a shutdown the computation goes on in the compute service, and after a pause it
+        # waits there with its checkpoint: the next run re-attaches to the same attempt. A
+        # computation that was cancelled or failed cannot be re-attached: the next run starts a
+        # new attempt (which reuses whatever reached the cache).
+        reason = stop.reason if isinstance(stop, JobInterrupted) else None
+        if reason is Interruption.PAUSE and followed.resumable:
+            job.checkpoint[CHECKPOINT_KEY] = {"attempt": attempt, PAUSED_JOB_KEY: followed.job_id}
+        elif reason is not Interruption.SHUTDOWN:
+            job.checkpoint[CHECKPOINT_KEY] = {"attempt": attempt + 1}
         raise
     result = last.result
     state = {
@@ -95,18 +103,43 @@ def ensure_dashboards(
     return state
 
 
+def release_paused(compute: ComputeClient, checkpoint: dict[str, Any]) -> None:
+    """Cancels the computation a paused export left waiting, when that export is cancelled."""
+    paused = (checkpoint.get(CHECKPOINT_KEY) or {}).get(PAUSED_JOB_KEY)
+    if paused:
+        try:
+            compute.cancel_computation(str(paused))
+        except MistudioError as error:
+            log.warning("could not cancel paused computation %s: %s", paused, error)
+
+
+@dataclass
+class _Followed:
+    """What ``_follow`` learned about the computation it followed."""
+
+    job_id: str = ""
+    resumable: bool = False
+    """Paused (or pausing, or already finished) on our pause: the same request_id picks it up."""
+
+
 def _follow(
-    job: JobRuntime, compute: ComputeClient, request: cpb.ComputeDashboardsRequest
+    job: JobRuntime,
+    compute: ComputeClient,
+    request: cpb.ComputeDashboardsRequest,
+    followed: _Followed,
 ) -> cpb.ComputeProgress:
     stream = compute.compute_dashboards(request)
-    compute_job = [""]
 
     def interrupt() -> None:
-        if job.control.reason in (Interruption.PAUSE, Interruption.CANCEL) and compute_job[0]:
-            try:
-                compute.cancel_computation(compute_job[0])
-            except MistudioError as error:
-                log.warning("could not cancel computation %s: %s", compute_job[0], error)
+        reason = job.control.reason
+        try:
+            if followed.job_id and reason is Interruption.PAUSE:
+                state = compute.pause_computation(followed.job_id)
+                followed.resumable = state not in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED)
+            elif followed.job_id and reason is Interruption.CANCEL:
+                compute.cancel_computation(followed.job_id)
+        except MistudioError as error:
+            log.warning("could not %s computation %s: %s", reason, followed.job_id, error)
         stream.detach()
 
     last: cpb.ComputeProgress | None = None
@@ -114,8 +147,8 @@ def _follow(
         try:
             for message in stream:
                 last = message
-                if not compute_job[0] and message.progress.job_id:
-                    compute_job[0] = message.progress.job_id
+                if not followed.job_id and message.progress.job_id:
+                    followed.job_id = message.progress.job_id
                     if job.control.reason is not None:
                         interrupt()
                 _relay(job, message.progress)

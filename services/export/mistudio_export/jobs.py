@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 class Pipeline(Protocol):
     def run(self, job: JobRuntime) -> epb.ExportResult: ...
+
+    def release(self, checkpoint: dict[str, Any]) -> None: ...
 
 
 class Planner(Protocol):
@@ -131,6 +133,7 @@ class ExportJobManager:
         if stored.state != ppb.JOB_STATE_CANCELLED:
             entry = self._entry(stored)
             if not self._interrupt(entry, Interruption.CANCEL):
+                self._pipeline.release(entry.checkpoint)
                 self._records.cancelled(entry, stored)
         return self.view(job_id)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from importlib import metadata
+from typing import Any
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -77,6 +78,10 @@ class ExportPipeline:
         self._compute = compute
         self._planner = planner
         self._objects = objects
+
+    def release(self, checkpoint: dict[str, Any]) -> None:
+        """Frees what a paused job holds in other services, when it is cancelled."""
+        computing.release_paused(self._compute, checkpoint)
 
     def run(self, job: JobRuntime) -> epb.ExportResult:
         plan = job.plan

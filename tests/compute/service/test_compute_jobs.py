@@ -24,6 +24,7 @@ from tests.compute.service.conftest import (
 )
 
 LONG_ROWS = 64
+BATCH_ROWS = 2
 """Enough rows, at 2 rows per batch, for a job that is still running when the test acts."""
 
 
@@ -37,9 +38,17 @@ def until_running(stream: Iterable[cpb.ComputeProgress]) -> Iterator[cpb.Compute
     raise AssertionError("the job ended before the activation pass was under way")
 
 
+def assert_pass_not_restarted(resumed: list[cpb.ComputeProgress]) -> None:
+    """The resumed job's activation pass goes on from its checkpoint, or (when the job got
+    past the pass before it stopped) does not run again at all."""
+    passes = [m.progress for m in resumed if m.progress.stage == ppb.STAGE_ACTIVATION_PASS]
+    one_batch_from_zero = BATCH_ROWS * CONTEXT
+    assert all(p.items_done > one_batch_from_zero for p in passes[:1]), "the pass restarted"
+
+
 def long_request(tmp_path: Path, sae_id: str, request_id: str) -> cpb.ComputeDashboardsRequest:
     tokens = write_tokens(tmp_path / "long.npy", rows=LONG_ROWS, seed=1)
-    return compute_request(sae_id, tokens, request_id, batch_size=2)
+    return compute_request(sae_id, tokens, request_id, batch_size=BATCH_ROWS)
 
 
 def test_compute_streams_a_snapshot_then_stages_then_the_result(
@@ -142,8 +151,7 @@ def test_a_restarted_service_resumes_the_job_from_its_checkpoint(
     watched = list(restarted.WatchComputation(cpb.WatchComputationRequest(job_id=job_id)))
     assert watched[0].progress.sequence > seen[-1].progress.sequence
     assert watched[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
-    passes = [m.progress for m in watched if m.progress.stage == ppb.STAGE_ACTIVATION_PASS]
-    assert passes and passes[0].items_done > 0, "the pass restarted from zero"
+    assert_pass_not_restarted(watched)
     assert watched[-1].result.features_computed == D_SAE
 
 
@@ -175,3 +183,65 @@ def test_estimates_use_the_rate_measured_by_finished_runs(
     )
     assert estimate.rate_source == "measured"
     assert 0 < estimate.estimated_seconds < 60
+
+
+def pause_with_a_checkpoint(
+    harness: ComputeHarness,
+    compute: cgrpc.ComputeServiceStub,
+    request: cpb.ComputeDashboardsRequest,
+) -> tuple[str, Path, int]:
+    """Starts ``request``, pauses it once a checkpoint is on disk; returns (job id, checkpoint
+    folder, tokens done when paused)."""
+    stream = compute.ComputeDashboards(request)
+    seen = list(until_running(stream))
+    job_id = seen[0].progress.job_id
+    checkpoint = Path(harness.settings.data_dir) / "compute" / "jobs" / job_id / "checkpoint"
+    for message in stream:
+        seen.append(message)
+        if checkpoint.exists() and any(checkpoint.iterdir()):
+            break
+    reply = compute.PauseComputation(cpb.PauseComputationRequest(job_id=job_id), timeout=10)
+    assert reply.state == ppb.JOB_STATE_PAUSED
+    stream.cancel()
+    got = compute.GetComputation(cpb.GetComputationRequest(job_id=job_id))
+    assert got.computation.progress.state == ppb.JOB_STATE_PAUSED
+    assert "paused by a client" in got.computation.progress.message
+    return job_id, checkpoint, seen[-1].progress.items_done
+
+
+def test_a_paused_job_keeps_its_checkpoint_and_its_request_id_resumes_it(
+    harness: ComputeHarness, compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    request = long_request(tmp_path, registered_sae, "pause")
+    job_id, checkpoint, _ = pause_with_a_checkpoint(harness, compute, request)
+    assert any(checkpoint.iterdir())
+    resumed = list(compute.ComputeDashboards(request))
+    assert {m.progress.job_id for m in resumed} == {job_id}
+    assert_pass_not_restarted(resumed)
+    assert resumed[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert resumed[-1].result.features_computed == D_SAE
+
+
+def test_a_paused_job_stays_paused_across_a_restart(
+    harness: ComputeHarness, compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    request = long_request(tmp_path, registered_sae, "pause-restart")
+    job_id, _, _ = pause_with_a_checkpoint(harness, compute, request)
+    harness.stop()
+    restarted = harness.start()
+    got = restarted.GetComputation(cpb.GetComputationRequest(job_id=job_id))
+    assert got.computation.progress.state == ppb.JOB_STATE_PAUSED
+    last = list(restarted.ComputeDashboards(request))[-1]
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED
+
+
+def test_cancelling_a_paused_job_ends_it_and_drops_its_checkpoint(
+    harness: ComputeHarness, compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    request = long_request(tmp_path, registered_sae, "pause-cancel")
+    job_id, checkpoint, _ = pause_with_a_checkpoint(harness, compute, request)
+    reply = compute.CancelComputation(cpb.CancelComputationRequest(job_id=job_id), timeout=10)
+    assert reply.state == ppb.JOB_STATE_CANCELLED
+    assert not checkpoint.exists()
+    again = list(compute.ComputeDashboards(request))
+    assert len(again) == 1 and again[0].progress.state == ppb.JOB_STATE_CANCELLED

@@ -11,8 +11,11 @@ import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.server import insecure_channel
 from mistudio_export.server import build_export_server
 
 from tests.export.service.errors import details
@@ -92,6 +95,45 @@ def test_paused_job_resumes_and_finishes(
     assert rest[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
     assert rest[0].progress.sequence > seen.progress.sequence
     assert rest[-1].result.feature_count == 32
+
+
+def paused_computation(stack: Stack, job_id: str) -> tuple[str, int]:
+    """The compute job a paused export left waiting, and its state in the compute service."""
+    checkpoint = stack.records.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job.checkpoint
+    compute_job = checkpoint.fields["compute"].struct_value.fields["paused_job"].string_value
+    compute = cgrpc.ComputeServiceStub(insecure_channel(stack.compute.address))
+    got = compute.GetComputation(cpb.GetComputationRequest(job_id=compute_job))
+    return compute_job, got.computation.progress.state
+
+
+def test_pausing_an_export_pauses_its_computation_and_resuming_continues_it(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 24))
+    stream = stack.exports.StartExport(request)
+    job_id = wait_for(stream, computing).progress.job_id
+    stack.exports.PauseExport(epb.PauseExportRequest(job_id=job_id))
+    compute_job, state = paused_computation(stack, job_id)
+    assert state == ppb.JOB_STATE_PAUSED
+    stack.exports.ResumeExport(epb.ResumeExportRequest(job_id=job_id))
+    assert run_to_end(stream)[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    compute = cgrpc.ComputeServiceStub(insecure_channel(stack.compute.address))
+    resumed = compute.GetComputation(cpb.GetComputationRequest(job_id=compute_job))
+    assert resumed.computation.progress.state == ppb.JOB_STATE_SUCCEEDED  # the same computation
+
+
+def test_cancelling_a_paused_export_cancels_its_waiting_computation(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 25))
+    stream = stack.exports.StartExport(request)
+    job_id = wait_for(stream, computing).progress.job_id
+    stack.exports.PauseExport(epb.PauseExportRequest(job_id=job_id))
+    compute_job, _ = paused_computation(stack, job_id)
+    stack.exports.CancelExport(epb.CancelExportRequest(job_id=job_id))
+    compute = cgrpc.ComputeServiceStub(insecure_channel(stack.compute.address))
+    got = compute.GetComputation(cpb.GetComputationRequest(job_id=compute_job))
+    assert got.computation.progress.state == ppb.JOB_STATE_CANCELLED
 
 
 def test_restarted_service_resumes_a_running_job(

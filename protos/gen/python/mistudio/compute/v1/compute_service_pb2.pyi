@@ -338,6 +338,45 @@ class CancelComputationResponse(_message.Message):
 Global___CancelComputationResponse: _TypeAlias = CancelComputationResponse  # noqa: Y015
 
 @_typing.final
+class PauseComputationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseComputationRequest: _TypeAlias = PauseComputationRequest  # noqa: Y015
+
+@_typing.final
+class PauseComputationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    state: _progress_pb2.JobState.ValueType
+    """PAUSED, or the terminal state the computation reached before it could pause."""
+    def __init__(
+        self,
+        *,
+        state: _progress_pb2.JobState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseComputationResponse: _TypeAlias = PauseComputationResponse  # noqa: Y015
+
+@_typing.final
 class ValidateSaeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

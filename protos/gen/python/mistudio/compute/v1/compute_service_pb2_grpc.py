@@ -62,6 +62,11 @@ class ComputeServiceStub:
                 request_serializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.CancelComputationRequest.SerializeToString,
                 response_deserializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.CancelComputationResponse.FromString,
                 _registered_method=True)
+        self.PauseComputation = channel.unary_unary(
+                '/mistudio.compute.v1.ComputeService/PauseComputation',
+                request_serializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.PauseComputationRequest.SerializeToString,
+                response_deserializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.PauseComputationResponse.FromString,
+                _registered_method=True)
         self.ValidateSae = channel.unary_unary(
                 '/mistudio.compute.v1.ComputeService/ValidateSae',
                 request_serializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.ValidateSaeRequest.SerializeToString,
@@ -118,7 +123,16 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelComputation(self, request, context):
-        """Stops a running computation at the next batch boundary.
+        """Stops a running computation at the next batch boundary and discards its checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseComputation(self, request, context):
+        """Stops a running computation at the next batch boundary and keeps it PAUSED with its
+        checkpoint; ComputeDashboards with the same request_id resumes it from there. A paused
+        computation stays paused across restarts of the service until resumed or cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +189,11 @@ def add_ComputeServiceServicer_to_server(servicer, server):
                     servicer.CancelComputation,
                     request_deserializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.CancelComputationRequest.FromString,
                     response_serializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.CancelComputationResponse.SerializeToString,
+            ),
+            'PauseComputation': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseComputation,
+                    request_deserializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.PauseComputationRequest.FromString,
+                    response_serializer=mistudio_dot_compute_dot_v1_dot_compute__service__pb2.PauseComputationResponse.SerializeToString,
             ),
             'ValidateSae': grpc.unary_unary_rpc_method_handler(
                     servicer.ValidateSae,
@@ -313,6 +332,33 @@ class ComputeService:
             '/mistudio.compute.v1.ComputeService/CancelComputation',
             mistudio_dot_compute_dot_v1_dot_compute__service__pb2.CancelComputationRequest.SerializeToString,
             mistudio_dot_compute_dot_v1_dot_compute__service__pb2.CancelComputationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseComputation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.compute.v1.ComputeService/PauseComputation',
+            mistudio_dot_compute_dot_v1_dot_compute__service__pb2.PauseComputationRequest.SerializeToString,
+            mistudio_dot_compute_dot_v1_dot_compute__service__pb2.PauseComputationResponse.FromString,
             options,
             channel_credentials,
             insecure,

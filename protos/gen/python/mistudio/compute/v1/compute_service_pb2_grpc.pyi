@@ -50,7 +50,12 @@ class ComputeServiceStub:
     """Re-attaches to a computation's progress stream."""
     GetComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetComputationRequest, _compute_service_pb2.GetComputationResponse]
     CancelComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CancelComputationRequest, _compute_service_pb2.CancelComputationResponse]
-    """Stops a running computation at the next batch boundary."""
+    """Stops a running computation at the next batch boundary and discards its checkpoint."""
+    PauseComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PauseComputationRequest, _compute_service_pb2.PauseComputationResponse]
+    """Stops a running computation at the next batch boundary and keeps it PAUSED with its
+    checkpoint; ComputeDashboards with the same request_id resumes it from there. A paused
+    computation stays paused across restarts of the service until resumed or cancelled.
+    """
     ValidateSae: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ValidateSaeRequest, _compute_service_pb2.ValidateSaeResponse]
     """Loads and checks an SAE against its model and hook without computing anything."""
     ResolveHookPoint: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.ResolveHookPointRequest, _compute_service_pb2.ResolveHookPointResponse]
@@ -84,7 +89,12 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     """Re-attaches to a computation's progress stream."""
     GetComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetComputationRequest, _compute_service_pb2.GetComputationResponse]  # type: ignore[assignment]
     CancelComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CancelComputationRequest, _compute_service_pb2.CancelComputationResponse]  # type: ignore[assignment]
-    """Stops a running computation at the next batch boundary."""
+    """Stops a running computation at the next batch boundary and discards its checkpoint."""
+    PauseComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PauseComputationRequest, _compute_service_pb2.PauseComputationResponse]  # type: ignore[assignment]
+    """Stops a running computation at the next batch boundary and keeps it PAUSED with its
+    checkpoint; ComputeDashboards with the same request_id resumes it from there. A paused
+    computation stays paused across restarts of the service until resumed or cancelled.
+    """
     ValidateSae: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ValidateSaeRequest, _compute_service_pb2.ValidateSaeResponse]  # type: ignore[assignment]
     """Loads and checks an SAE against its model and hook without computing anything."""
     ResolveHookPoint: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.ResolveHookPointRequest, _compute_service_pb2.ResolveHookPointResponse]  # type: ignore[assignment]
@@ -139,7 +149,18 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.CancelComputationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.CancelComputationResponse, _abc.Awaitable[_compute_service_pb2.CancelComputationResponse]]:
-        """Stops a running computation at the next batch boundary."""
+        """Stops a running computation at the next batch boundary and discards its checkpoint."""
+
+    @_abc_1.abstractmethod
+    def PauseComputation(
+        self,
+        request: _compute_service_pb2.PauseComputationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compute_service_pb2.PauseComputationResponse, _abc.Awaitable[_compute_service_pb2.PauseComputationResponse]]:
+        """Stops a running computation at the next batch boundary and keeps it PAUSED with its
+        checkpoint; ComputeDashboards with the same request_id resumes it from there. A paused
+        computation stays paused across restarts of the service until resumed or cancelled.
+        """
 
     @_abc_1.abstractmethod
     def ValidateSae(
