@@ -80,3 +80,20 @@ def test_stable_id_is_cuid_shaped_and_deterministic():
 
 def test_dumps_lines_writes_one_object_per_line():
     assert jsonio.dumps_lines([{"a": 1}, {"a": 2}]) == b'{"a":1}\n{"a":2}\n'
+
+
+def test_numpy_arrays_are_written_like_the_lists_they_hold():
+    values = [0.1, -0.0, 2.5, 1e-8]
+    as_list = jsonio.dumps({"v": values, "ids": [3, 4]})
+    as_arrays = jsonio.dumps({"v": np.array(values, np.float32), "ids": np.array([3, 4])})
+    assert as_arrays == as_list == b'{"ids":[3,4],"v":[0.1,0.0,2.5,1e-8]}'
+
+
+def test_non_finite_value_in_a_numpy_array_is_named():
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        jsonio.dumps({"a": {"values": np.array([1.0, 2.0, np.inf], np.float32)}})
+    assert err.value.field == "/a/values/2"
+
+
+def test_mixed_lists_are_converted_item_by_item():
+    assert jsonio.dumps([1, 0.5, None, "x", True, [2.5]]) == b'[1,0.5,null,"x",true,[2.5]]'

@@ -44,69 +44,113 @@ def _fail(where: str, path: list[str | int], value: object) -> NonFiniteValue:
     )
 
 
-def _scalar_list(values: list[Any], decimals: int | None) -> Any:
-    """A list of scalars in one numpy pass: floats converted, ints and strings passed through.
-
-    Returns None for lists numpy cannot type uniformly (mixed or nested), which are walked.
-    """
-    try:
-        arr = np.asarray(values)
-    except (ValueError, OverflowError):
-        return None
-    if arr.ndim != 1:
-        return None
-    if arr.dtype.kind in "iuU":
-        return values
-    if arr.dtype.kind != "f":
-        return None
-    if decimals is not None:
-        arr = np.round(arr.astype(np.float64), decimals)
-    else:
-        with np.errstate(over="ignore"):
-            arr = arr.astype(np.float32)
-    return np.ascontiguousarray(arr + arr.dtype.type(0.0))  # +0.0 turns -0.0 into 0.0
+_F32_OVERFLOW = 2.0**128 - 2.0**103
+"""Magnitudes from here on round to float32 infinity."""
+_FLOAT_TYPES = frozenset({float, int})
+_PASS_THROUGH = (frozenset({str}), frozenset({int}))
 
 
-def _scalar(value: float, decimals: int | None) -> Any:
+class _NotFinite(Exception):
+    """Raised by the fast conversion; the slow walk then finds where the value sits."""
+
+
+def _written_finite(value: float, decimals: int | None) -> bool:
+    if decimals is None:
+        return abs(value) < _F32_OVERFLOW  # False for NaN too
+    return math.isfinite(value)
+
+
+def _float(value: float, decimals: int | None) -> Any:
+    if not _written_finite(value, decimals):
+        raise _NotFinite
     if decimals is not None:
         return round(value, decimals) + 0.0
-    with np.errstate(over="ignore"):  # float32 overflow gives inf, which the caller rejects
-        return np.float32(value) + np.float32(0.0)
+    return np.float32(value + 0.0)  # + 0.0 turns -0.0 into 0.0
+
+
+def _float_array(arr: np.ndarray[Any, Any], decimals: int | None) -> np.ndarray[Any, Any]:
+    if decimals is not None:
+        if not np.isfinite(arr).all():
+            raise _NotFinite
+        out = np.round(arr.astype(np.float64), decimals)
+    else:
+        narrow = arr.dtype.itemsize <= 4  # nothing to overflow; the limit itself would
+        if not (np.isfinite(arr) if narrow else np.abs(arr) < _F32_OVERFLOW).all():
+            raise _NotFinite
+        out = arr.astype(np.float32)
+    return np.ascontiguousarray(out + out.dtype.type(0.0))
+
+
+def _array(arr: np.ndarray[Any, Any], decimals: int | None) -> Any:
+    if arr.dtype.kind == "f":
+        return _float_array(arr, decimals)
+    if arr.dtype.kind in "iu":
+        return np.ascontiguousarray(arr)
+    return _convert(arr.tolist(), decimals)
+
+
+def _list(values: list[Any] | tuple[Any, ...], decimals: int | None) -> Any:
+    """Lists of one scalar type go through numpy (floats) or pass as they are (str, int)."""
+    kinds = frozenset(map(type, values))
+    if kinds in _PASS_THROUGH:
+        return values
+    if kinds <= _FLOAT_TYPES and values:
+        return _float_array(np.array(values, dtype=np.float64), decimals)
+    return [_convert(v, decimals) for v in values]
+
+
+def _convert(obj: Any, decimals: int | None) -> Any:
+    kind = type(obj)
+    if kind is dict:
+        return {k: _convert(v, decimals) for k, v in obj.items()}
+    if kind is float:
+        return _float(obj, decimals)
+    if kind is list or kind is tuple:
+        return _list(obj, decimals)
+    if kind is str or kind is int or kind is bool or obj is None:
+        return obj
+    if kind is np.ndarray:
+        return _array(obj, decimals)
+    if isinstance(obj, np.floating):
+        return _float(float(obj), decimals)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Mapping):
+        return {k: _convert(v, decimals) for k, v in obj.items()}
+    return obj
+
+
+def _non_finite_at(obj: Any, decimals: int | None, path: list[str | int]) -> Any:
+    """(path, value) of the first value that would not be written finite, else None."""
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if isinstance(obj, float | np.floating):
+        return None if _written_finite(float(obj), decimals) else (path, obj)
+    items: Iterable[tuple[str | int, Any]]
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _non_finite_at(value, decimals, [*path, key])
+        if found is not None:
+            return found
+    return None
 
 
 def prepare(obj: Any, *, decimals: int | None = None, where: str = "document") -> Any:
-    """Copy of ``obj`` ready for orjson: floats in their written precision, NaN/Inf rejected."""
-    return _prepare(obj, decimals, where, [])
+    """Copy of ``obj`` ready for orjson: floats in their written precision, NaN/Inf rejected.
 
-
-def _prepare(obj: Any, decimals: int | None, where: str, path: list[str | int]) -> Any:
-    if isinstance(obj, float | np.floating):
-        written = _scalar(float(obj), decimals)
-        if not math.isfinite(written):
-            raise _fail(where, path, obj)
-        return written
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.ndarray):
-        obj = obj.tolist()
-    if isinstance(obj, Mapping):
-        return {k: _prepare(v, decimals, where, [*path, k]) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        if (
-            obj
-            and isinstance(obj[0], int | float | str | np.number)
-            and not isinstance(obj[0], bool)
-        ):
-            done = _scalar_list(list(obj), decimals)
-            if isinstance(done, np.ndarray):
-                bad = np.flatnonzero(~np.isfinite(done))
-                if bad.size:
-                    raise _fail(where, [*path, int(bad[0])], done[bad[0]])
-                return done
-            if done is not None:
-                return done
-        return [_prepare(v, decimals, where, [*path, i]) for i, v in enumerate(obj)]
-    return obj
+    Lists of numbers become numpy arrays, checked in one vectorised pass; only when a check
+    fails is the document walked again to name where the value sits.
+    """
+    try:
+        return _convert(obj, decimals)
+    except _NotFinite:
+        path, value = _non_finite_at(obj, decimals, [])
+        raise _fail(where, path, value) from None
 
 
 def dumps(obj: Any, *, decimals: int | None = None, where: str = "document") -> bytes:
