@@ -98,7 +98,6 @@ def run_dashboards(
         passed.state,
         inputs,
         params,
-        batch_size=passed.batch_size,
         chunk_size=CHUNK_FEATURES,
         progress=reporter,
         cancel=hooks.interrupt,

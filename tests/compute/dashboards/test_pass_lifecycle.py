@@ -83,7 +83,7 @@ def test_two_halves_merged_equal_one_pass(inputs, reference) -> None:
         else:
             assert torch.equal(merged.tensors()[name], tensor), name
     assert merged.token_count == whole.state.token_count
-    got = flatten(finalize_dashboards(merged, inputs, PARAMS, batch_size=BATCH))
+    got = flatten(finalize_dashboards(merged, inputs, PARAMS))
     assert [without_moments(d) for d in got] == [without_moments(d) for d in reference]
     for a, b in zip(got, reference, strict=True):
         assert a.statistics.mean_activation == pytest.approx(
@@ -167,6 +167,13 @@ def test_cancellation_stops_between_batches(inputs) -> None:
     with pytest.raises(Cancelled):
         next(dashboards)
     assert counting.calls == 1
+
+
+def test_examples_need_no_second_model_pass(inputs, reference) -> None:
+    counting = FlakyReader(inputs.reader, max_rows=10**6)
+    got = flatten(compute_dashboards(replace(inputs, reader=counting), PARAMS, batch_size=BATCH))
+    assert got == reference
+    assert counting.calls == -(-tiny.ROWS // BATCH)  # one forward per pass batch, no more
 
 
 def test_progress_covers_every_stage_and_ends_complete(inputs) -> None:

@@ -28,7 +28,7 @@ from mistudio_common.dashboard import (
 
 from mistudio_compute.dashboards import grid as G
 from mistudio_compute.dashboards.batching import check_cancelled
-from mistudio_compute.dashboards.examples import ExamplePlan, load_windows, plan_examples
+from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
     DashboardInputs,
@@ -45,20 +45,19 @@ def finalize_dashboards(
     inputs: DashboardInputs,
     params: DashboardParams,
     *,
-    batch_size: int = 32,
     chunk_size: int = 256,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Iterator[list[FeatureDashboard]]:
-    """Second pass over the example rows, then dashboards ``chunk_size`` features at a time."""
+    """Choose the examples (their windows come with the state), then dashboards ``chunk_size``
+    features at a time."""
     plan = plan_examples(state, params.n_quantile_groups, params.examples_per_quantile_group)
-    windows = load_windows(
-        inputs, state, plan, params.context_left, params.context_right,
-        batch_size=batch_size, progress=progress, cancel=cancel,
-    )  # fmt: skip
+    rows = example_rows(plan, state.seq_len)
+    _report(progress, Stage.LOADING_EXAMPLES, rows, rows)
     if state.tokens is not None:
         state.tokens.compact()
-    builder = _Builder(state, inputs, params, plan, plan.positions.cpu().numpy(), windows.numpy())
+    positions, windows = plan.positions.cpu().numpy(), plan.windows.cpu().numpy()
+    builder = _Builder(state, inputs, params, plan, positions, windows)
     n = len(state.features)
     for lo in range(0, n, chunk_size):
         check_cancelled(cancel)

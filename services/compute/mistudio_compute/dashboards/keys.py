@@ -101,17 +101,12 @@ def segment_top(
     return out_keys, out_idx
 
 
-def drop_duplicate_windows(
-    keys: torch.Tensor, hashes: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """keys [F, M] (larger is better, unique per row or EMPTY_TOP): keep the best key per hash.
-
-    Returns (keys, hashes) sorted best first, every worse duplicate's key set to EMPTY_TOP.
-    """
-    keys, order = keys.sort(dim=1, descending=True)
-    hashes = hashes.gather(1, order)
-    sorted_hashes, by_hash = hashes.sort(dim=1, stable=True)  # best first within equal hashes
+def drop_duplicate_windows(keys: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:
+    """keys [F, M] (larger is better, unique per row or EMPTY_TOP), in place of each key whose
+    window hash a better key of its row shares: EMPTY_TOP. Columns keep their order."""
+    order = keys.argsort(dim=1, descending=True)
+    sorted_hashes, by_hash = hashes.gather(1, order).sort(dim=1, stable=True)  # best first
     dup_sorted = torch.zeros_like(sorted_hashes, dtype=torch.bool)
     dup_sorted[:, 1:] = sorted_hashes[:, 1:] == sorted_hashes[:, :-1]
-    dup = torch.zeros_like(dup_sorted).scatter_(1, by_hash, dup_sorted)
-    return keys.masked_fill(dup, EMPTY_TOP), hashes
+    dup = torch.zeros_like(dup_sorted).scatter_(1, order.gather(1, by_hash), dup_sorted)
+    return keys.masked_fill(dup, EMPTY_TOP)

@@ -41,8 +41,7 @@ def compute_dashboards(
             batch_size=batch_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
         )  # fmt: skip
         yield from finalize_dashboards(
-            result.state, inputs, params,
-            batch_size=result.batch_size, chunk_size=chunk_size, progress=progress, cancel=cancel,
-        )  # fmt: skip
+            result.state, inputs, params, chunk_size=chunk_size, progress=progress, cancel=cancel
+        )
 
     return run()

@@ -9,10 +9,15 @@ Top examples are the best (value desc, position asc) *peaks*: positions whose va
 largest of their row within ±(context_left + context_right) — so no two examples' windows
 overlap — with at most one example per distinct context window (by a 63-bit window hash).
 Both rules are local to a row and a window, so streaming top-k stays exact and mergeable.
+
+Every kept top or sample entry carries its context window's values (that feature's activation at
+positions -context_left ... +context_right of its row; 0 outside the row, at special tokens and
+where not positive), captured from the batch it came from, so examples need no second pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -39,6 +44,11 @@ class StateConfig:
         """Two peaks closer than this share a context window."""
         return self.context_left + self.context_right
 
+    @property
+    def width(self) -> int:
+        """Positions in one context window."""
+        return self.context_left + 1 + self.context_right
+
 
 @dataclass(slots=True)
 class PassState:
@@ -54,9 +64,11 @@ class PassState:
     hist: torch.Tensor  # [F, n_buckets] int64 fine-grid counts
     top_keys: torch.Tensor  # [F, n_top] int64 best first (keys.top_key), EMPTY_TOP padded
     top_hash: torch.Tensor  # [F, n_top] int64 window hashes
+    top_windows: torch.Tensor  # [F, n_top, width] float32 window values
     sample_keys: torch.Tensor  # [F, n_sample] int64 smallest first (keys.sample_key)
     sample_values: torch.Tensor  # [F, n_sample] float32
     sample_hash: torch.Tensor  # [F, n_sample] int64
+    sample_windows: torch.Tensor  # [F, n_sample, width] float32
     tokens: TokenTotals | None
 
     @classmethod
@@ -81,9 +93,11 @@ class PassState:
             hist=full((n, config.grid.n_buckets), 0, torch.int64),
             top_keys=full((n, config.n_top), K.EMPTY_TOP, torch.int64),
             top_hash=full((n, config.n_top), 0, torch.int64),
+            top_windows=full((n, config.n_top, config.width), 0, torch.float32),
             sample_keys=full((n, config.n_sample), K.EMPTY_SAMPLE, torch.int64),
             sample_values=full((n, config.n_sample), 0, torch.float32),
             sample_hash=full((n, config.n_sample), 0, torch.int64),
+            sample_windows=full((n, config.n_sample, config.width), 0, torch.float32),
             tokens=TokenTotals.empty(device) if config.track_tokens else None,
         )
 
@@ -93,9 +107,10 @@ class PassState:
         out-of-memory error leaves it as it was."""
         cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
+        special = special.view(-1)  # [N]
         flat = acts.reshape(-1).nonzero().squeeze(1)  # [A'] non-zero (position, feature)
         n, f, val = flat // n_feat, flat % n_feat, acts.reshape(-1)[flat].float()
-        sel = _where((val > 0) & ~special.view(-1)[n])  # active: positive, not special
+        sel = _where((val > 0) & ~special[n])  # active: positive, not special
         sel = sel[(f[sel] * (b * t) + n[sel]).argsort()]  # by feature, then position
         f, n, val = f[sel], n[sel], val[sel]  # [A]
         pos = first_row * t + n  # [A] global positions
@@ -104,16 +119,19 @@ class PassState:
         p = _where(_is_peak(f, n, val, t, cfg.window))  # [P] peaks
         group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
 
-        top = self._fold_top(f[p], K.top_key(val[p], pos[p]), win[n[p]], group)
-        sample = self._fold_sample(f, K.sample_key(self.features[f], pos), val, win[n])
+        def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
+            return _window_values(acts, special, t, cfg.context_left, cfg.context_right, f[i], n[i])
+
+        top = self._fold_top(p, K.top_key(val[p], pos[p]), win[n[p]], group, f, windows)
+        sample = self._fold_sample(K.sample_key(self.features[f], pos), val, win[n], f, windows)
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
 
         # commit: from here on only in-place writes into already-allocated tensors
-        rows, keys, hashes = top
-        self.top_keys[rows], self.top_hash[rows] = keys, hashes
-        rows, keys, values, hashes = sample
+        rows, keys, hashes, wins = top
+        self.top_keys[rows], self.top_hash[rows], self.top_windows[rows] = keys, hashes, wins
+        rows, keys, values, hashes, wins = sample
         self.sample_keys[rows], self.sample_values[rows] = keys, values
-        self.sample_hash[rows] = hashes
+        self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket))
         self.count += torch.bincount(f, minlength=n_feat)
         self.total.index_add_(0, f, val.double())
@@ -125,44 +143,66 @@ class PassState:
             self.tokens.add(f, tokens.reshape(-1)[n], val)
 
     def _fold_top(
-        self, f: torch.Tensor, key: torch.Tensor, win: torch.Tensor, group: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        a: torch.Tensor,
+        key: torch.Tensor,
+        win: torch.Tensor,
+        group: torch.Tensor,
+        f: torch.Tensor,
+        windows: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
         """New top rows for the features this batch's peaks change: (rows [R], keys and window
-        hashes [R, n_top]). Keeps the best peak of each ``group`` (= feature and window)."""
-        i = _where(key > self.top_keys[:, -1][f])  # could beat the current n_top-th best
-        f, key, win, group = f[i], key[i], win[i], group[i]
+        hashes [R, n_top], windows [R, n_top, width]). ``a`` [P] indexes the peaks among the
+        active entries (features ``f[a]``); keeps the best peak of each ``group`` (= feature
+        and window)."""
+        k = self.config.n_top
+        i = _where(key > self.top_keys[:, -1][f[a]])  # could beat the current n_top-th best
+        a, key, win, group = a[i], key[i], win[i], group[i]
         _, group = torch.unique(group, return_inverse=True)
         best = torch.full_like(key, K.EMPTY_TOP).scatter_reduce_(0, group, key, "amax")
         i = _where(key == best[group])
-        rows, seg = torch.unique(f[i], return_inverse=True)
-        keys, idx = K.segment_top(seg, key[i], len(rows), self.config.n_top, largest=True,
-                                  fill=K.EMPTY_TOP)  # fmt: skip
-        old = (self.top_keys[rows], self.top_hash[rows])
-        return rows, *_merge_top(old, (keys, _gather(win[i], idx, 0)), self.config.n_top)
+        a, key, win = a[i], key[i], win[i]
+        rows, seg = torch.unique(f[a], return_inverse=True)
+        new, idx = K.segment_top(seg, key, len(rows), k, largest=True, fill=K.EMPTY_TOP)
+        hashes = torch.cat([self.top_hash[rows], _gather(win, idx, 0)], 1)  # [R, 2k]
+        keys, pick = _merge_top(torch.cat([self.top_keys[rows], new], 1), hashes, k)
+        empty = keys == K.EMPTY_TOP
+        wins = _fold_windows(self.top_windows[rows], pick, _gather(a, idx, -1), empty, windows)
+        return rows, keys, _take(hashes, pick, empty), wins
 
     def _fold_sample(
-        self, f: torch.Tensor, key: torch.Tensor, val: torch.Tensor, win: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self,
+        key: torch.Tensor,
+        val: torch.Tensor,
+        win: torch.Tensor,
+        f: torch.Tensor,
+        windows: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
         """New sample rows for the features this batch changes: (rows [R], keys, values and
-        window hashes [R, n_sample])."""
-        i = _where(key < self.sample_keys[:, -1][f])  # could enter the current sample
-        rows, seg = torch.unique(f[i], return_inverse=True)
-        keys, idx = K.segment_top(seg, key[i], len(rows), self.config.n_sample, largest=False,
-                                  fill=K.EMPTY_SAMPLE)  # fmt: skip
-        new = (keys, _gather(val[i], idx, 0.0), _gather(win[i], idx, 0))
-        old = (self.sample_keys[rows], self.sample_values[rows], self.sample_hash[rows])
-        return rows, *_merge_sample(old, new, self.config.n_sample)
+        window hashes [R, n_sample], windows [R, n_sample, width])."""
+        k = self.config.n_sample
+        a = _where(key < self.sample_keys[:, -1][f])  # could enter the current sample
+        rows, seg = torch.unique(f[a], return_inverse=True)
+        new, idx = K.segment_top(seg, key[a], len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
+        keys, pick = torch.cat([self.sample_keys[rows], new], 1).topk(k, dim=1, largest=False)
+        empty = keys == K.EMPTY_SAMPLE
+        values = torch.cat([self.sample_values[rows], _gather(val[a], idx, 0.0)], 1)
+        hashes = torch.cat([self.sample_hash[rows], _gather(win[a], idx, 0)], 1)
+        wins = _fold_windows(self.sample_windows[rows], pick, _gather(a, idx, -1), empty, windows)
+        return rows, keys, _take(values, pick, empty), _take(hashes, pick, empty), wins
 
     def merge(self, other: PassState) -> PassState:
         """The state of a pass over both parts' rows (rows must not overlap)."""
         _check_compatible(self, other)
-        top = _merge_top((self.top_keys, self.top_hash), (other.top_keys, other.top_hash),
-                         self.config.n_top)  # fmt: skip
-        sample = _merge_sample(
-            (self.sample_keys, self.sample_values, self.sample_hash),
-            (other.sample_keys, other.sample_values, other.sample_hash),
-            self.config.n_sample,
-        )
+        cfg = self.config
+
+        def both(name: str) -> torch.Tensor:
+            return torch.cat([getattr(self, name), getattr(other, name)], 1)
+
+        top_keys, pick = _merge_top(both("top_keys"), both("top_hash"), cfg.n_top)
+        top_empty = top_keys == K.EMPTY_TOP
+        sample_keys, s_pick = both("sample_keys").topk(cfg.n_sample, dim=1, largest=False)
+        s_empty = sample_keys == K.EMPTY_SAMPLE
         tokens = None
         if self.tokens is not None and other.tokens is not None:
             tokens = self.tokens.merge(other.tokens)
@@ -175,11 +215,13 @@ class PassState:
             vmin=torch.minimum(self.vmin, other.vmin),
             vmax=torch.maximum(self.vmax, other.vmax),
             hist=self.hist + other.hist,
-            top_keys=top[0],
-            top_hash=top[1],
-            sample_keys=sample[0],
-            sample_values=sample[1],
-            sample_hash=sample[2],
+            top_keys=top_keys,
+            top_hash=_take(both("top_hash"), pick, top_empty),
+            top_windows=_take(both("top_windows"), pick, top_empty),
+            sample_keys=sample_keys,
+            sample_values=_take(both("sample_values"), s_pick, s_empty),
+            sample_hash=_take(both("sample_hash"), s_pick, s_empty),
+            sample_windows=_take(both("sample_windows"), s_pick, s_empty),
             tokens=tokens,
         )
 
@@ -234,24 +276,55 @@ def _is_peak(f: torch.Tensor, n: torch.Tensor, val: torch.Tensor, t: int, w: int
 
 
 def _merge_top(
-    a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], k: int
+    keys: torch.Tensor, hashes: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    keys, hashes = K.drop_duplicate_windows(torch.cat([a[0], b[0]], 1), torch.cat([a[1], b[1]], 1))
-    keys, idx = keys.topk(k, dim=1)
-    return keys, hashes.gather(1, idx).masked_fill_(keys == K.EMPTY_TOP, 0)
+    """Best k keys [R, k] of keys [R, M] keeping one per window hash, and their columns [R, k]."""
+    keys, pick = K.drop_duplicate_windows(keys, hashes).topk(k, dim=1)
+    return keys, pick
 
 
-def _merge_sample(
-    a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...], k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    keys, values, hashes = (torch.cat([x, y], 1) for x, y in zip(a, b, strict=True))
-    keys, idx = keys.topk(k, dim=1, largest=False)
-    empty = keys == K.EMPTY_SAMPLE
-    return (
-        keys,
-        values.gather(1, idx).masked_fill_(empty, 0),
-        hashes.gather(1, idx).masked_fill_(empty, 0),
-    )
+def _take(x: torch.Tensor, pick: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    """x [R, M] or [R, M, W] at columns pick [R, k]; 0 in ``empty`` [R, k] slots."""
+    if x.dim() == 3:
+        out = x.gather(1, pick[..., None].expand(-1, -1, x.shape[2]))
+        return out.masked_fill_(empty[..., None], 0)
+    return x.gather(1, pick).masked_fill_(empty, 0)
+
+
+def _fold_windows(
+    old: torch.Tensor,
+    pick: torch.Tensor,
+    new: torch.Tensor,
+    empty: torch.Tensor,
+    windows: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Windows [R, k, width] after a fold that kept columns pick [R, k] of [old | new]: old
+    windows [R, k, width] are copied, new entries (active-entry indices new [R, k], -1 for
+    padding) are read from the batch, so only the entries that enter the state are read."""
+    k = old.shape[1]
+    out = _take(old, pick.clamp(max=k - 1), empty | (pick >= k))
+    entry = torch.where(empty | (pick < k), -1, new.gather(1, (pick - k).clamp(min=0)))
+    r, c = (entry >= 0).nonzero().unbind(1)
+    out[r, c] = windows(entry[r, c])
+    return out
+
+
+def _window_values(
+    acts: torch.Tensor,
+    special: torch.Tensor,
+    t: int,
+    left: int,
+    right: int,
+    f: torch.Tensor,
+    n: torch.Tensor,
+) -> torch.Tensor:
+    """Feature f [X]'s values [X, left + 1 + right] around batch positions n [X] of acts [N, F]:
+    0 outside the row, at special [N] positions and where not positive."""
+    offsets = torch.arange(-left, right + 1, device=n.device)  # [W]
+    col = (n % t)[:, None] + offsets  # [X, W] position in the row
+    at = (n[:, None] + offsets).clamp(0, len(special) - 1)  # [X, W] batch position
+    v = acts[at, f[:, None]].float()
+    return v.masked_fill_(~(v > 0) | special[at] | (col < 0) | (col >= t), 0.0)
 
 
 def _check_compatible(a: PassState, b: PassState) -> None:
