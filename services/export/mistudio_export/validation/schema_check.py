@@ -7,9 +7,8 @@ from typing import Any
 from jsonschema import ValidationError
 
 from mistudio_export.formats.jsonio import pointer
-from mistudio_export.formats.schemas import schema_validator
+from mistudio_export.formats.schemas import is_valid, schema_validator
 from mistudio_export.validation.context import FileContext
-from mistudio_export.validation.fast_schema import surely_valid
 
 _LIMITS = {"maxItems", "maxLength", "maximum"}
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
@@ -59,7 +58,7 @@ def check_schema(
 
     ``limits``: report maxItems/maxLength/maximum as LIMIT_EXCEEDED (upload API limits).
     """
-    if surely_valid(schema, doc):
+    if is_valid(schema, doc):
         return True
     errors = list(schema_validator(schema).iter_errors(doc))
     for err in errors:
