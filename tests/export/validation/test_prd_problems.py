@@ -1,6 +1,8 @@
 import gzip
 import math
 
+import orjson
+import pytest
 from mistudio_export.validation import Severity, validate_export
 
 from tests.export.validation.files import edit_json, prd_export, read_json, replace_bytes
@@ -140,6 +142,16 @@ def test_control_character_in_a_token_is_shown_as_its_byte(tmp_path):
     assert (problem.code, problem.severity) == ("TOKEN_ENCODING", Severity.WARNING)
     validate_export(root, fix=True)
     assert read_json(root / FEATURE)["logits"]["top_positive"][0]["token"] == "a<0x07>"
+
+
+@pytest.mark.parametrize("token", ["a\x08", "a\x0c", "a\x00", "a\x7f", "a\x9f", "a\ufffd"])
+def test_suspect_characters_are_found_however_the_writer_wrote_them(tmp_path, token):
+    root = prd_export(tmp_path)
+    doc = read_json(root / FEATURE)
+    doc["activations"][0]["tokens"][1] = token
+    (root / FEATURE).write_bytes(orjson.dumps(doc))  # raw UTF-8, \b \f and \u0000 escapes
+    (problem,) = validate_export(root).problems
+    assert (problem.code, problem.pointer) == ("TOKEN_ENCODING", "/activations/0/tokens/1")
 
 
 def test_newline_and_tab_tokens_are_fine(tmp_path):

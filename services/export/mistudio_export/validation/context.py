@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,10 @@ from mistudio_export.validation.report import PROBLEM_CLASSES, Change, Problem, 
 
 Repair = Callable[[], str]
 """Performs the repair in place and describes it."""
+SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
+"""Characters the text checks report: controls, lone surrogates, U+FFFD."""
+_MAYBE_SUSPECT = re.compile(SUSPECT.pattern + r"|\\[ubf]")
+"""A suspect character as it is, or a JSON escape that may decode to one."""
 
 
 @dataclass
@@ -53,6 +58,11 @@ class FileContext:
     dirty: bool = False
     unparsed: dict[int, str] = field(default_factory=dict)
     """Lines that are not JSON, kept verbatim so that a repaired file loses nothing."""
+    lenient: bool = False
+    """Some of the text parsed only with NaN, Infinity or lone surrogates allowed."""
+    text_clean: bool = False
+    """The document(s) came from text that is strict JSON (so every number is finite) holding
+    no suspect character or escape: a scan would find nothing."""
     _reported: set[tuple[int | None, str]] = field(default_factory=set)
 
     def report(
@@ -118,7 +128,7 @@ def parse(ctx: FileContext, text: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        pass
+        ctx.lenient = True
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -133,7 +143,12 @@ def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
     if text is None:
         return ctx, None
     doc = parse(ctx, text)
+    _mark_clean(ctx, text)
     return ctx, None if doc is _INVALID else doc
+
+
+def _mark_clean(ctx: FileContext, text: str) -> None:
+    ctx.text_clean = not ctx.lenient and _MAYBE_SUSPECT.search(text) is None
 
 
 def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int, Any]]]:
@@ -150,6 +165,7 @@ def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int
             else:
                 rows.append((n, row))
     ctx.line = None
+    _mark_clean(ctx, text or "")
     return ctx, rows
 
 

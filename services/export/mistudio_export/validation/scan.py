@@ -9,10 +9,10 @@ from typing import Any
 from mistudio_common.token_display import CONTROL_CHARACTERS, escape_controls
 
 from mistudio_export.formats.jsonio import pointer
+from mistudio_export.validation.context import SUSPECT as _SUSPECT
 from mistudio_export.validation.context import FileContext
 from mistudio_export.validation.report import Severity
 
-_SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = CONTROL_CHARACTERS
 
@@ -35,8 +35,12 @@ def _describe(text: str) -> tuple[Severity, str, bool]:
 
 
 def scan(ctx: FileContext, doc: Any, base: tuple[str | int, ...] = ()) -> None:
-    """Report every non-finite number and badly encoded string in ``doc``; repair in place."""
-    _walk(ctx, doc, list(base))
+    """Report every non-finite number and badly encoded string in ``doc``; repair in place.
+
+    Skipped when the file's text already showed there is nothing to find (``text_clean``).
+    """
+    if not ctx.text_clean:
+        _walk(ctx, doc, list(base))
 
 
 _NUMBERS = frozenset({int, float})
