@@ -23,7 +23,7 @@ import json
 import re
 from collections.abc import Sequence
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from mistudio_common.token_display import CONTROL_CHARACTERS, byte_escape
 
@@ -201,33 +201,49 @@ class TokenDisplay:
 
     def __init__(self, tokenizer: TokenizerAdapter) -> None:
         self._tokenizer = tokenizer
-        self._known: dict[int, tuple[str | None, bytes]] = {}  # id -> (own string or None, bytes)
+        self._alone: dict[int, str] = {}  # id -> its string, whatever the neighbours
+        self._partial: dict[int, bytes] = {}  # id -> its bytes, decoded with its neighbours
 
     def window(self, ids: Sequence[int]) -> list[str]:
-        known = [self._lookup(int(i)) for i in ids]
-        texts = ["" if text is None else text for text, _ in known]
-        run: list[tuple[int, bytes]] = []
-        for pos, (text, chunk) in enumerate(known):
-            if text is None:
-                run.append((pos, chunk))
-            elif run:
-                _decode_run(run, texts)
-                run = []
-        _decode_run(run, texts)
-        return texts
+        texts = [self._alone.get(i) for i in ids]
+        if None in texts:
+            self._fill(ids, texts)
+        return cast(list[str], texts)
 
-    def _lookup(self, token_id: int) -> tuple[str | None, bytes]:
-        found = self._known.get(token_id)
-        if found is None:
+    def _fill(self, ids: Sequence[int], texts: list[str | None]) -> None:
+        """Fills the None entries: ids not seen yet, and runs of partial characters."""
+        decoded = cast(list[str], texts)  # run positions are set to "" before decoding
+        run: list[tuple[int, bytes]] = []
+        for pos, token_id in enumerate(ids):
+            if texts[pos] is None:
+                chunk = self._learn(int(token_id))
+                if chunk is not None:
+                    run.append((pos, chunk))
+                    texts[pos] = ""
+                    continue
+                texts[pos] = self._alone[int(token_id)]
+            if run:
+                _decode_run(run, decoded)
+                run = []
+        if run:
+            _decode_run(run, decoded)
+
+    def _learn(self, token_id: int) -> bytes | None:
+        """The id's bytes when they are partial characters, else None (its string is cached)."""
+        if token_id in self._alone:
+            return None
+        chunk = self._partial.get(token_id)
+        if chunk is None:
             tok = self._tokenizer
             if _is_special(tok, token_id):
-                found = (_special_name(tok, token_id), b"")
-            else:
-                chunk = piece_bytes(tok.piece(token_id), tok.piece_style)
-                alone = _decode_strict(chunk) is not None
-                found = (display_tokens(tok, [token_id])[0] if alone else None, chunk)
-            self._known[token_id] = found
-        return found
+                self._alone[token_id] = _special_name(tok, token_id)
+                return None
+            chunk = piece_bytes(tok.piece(token_id), tok.piece_style)
+            if _decode_strict(chunk) is not None:
+                self._alone[token_id] = display_tokens(tok, [token_id])[0]
+                return None
+            self._partial[token_id] = chunk
+        return chunk
 
 
 def _special_name(tokenizer: TokenizerAdapter, token_id: int) -> str:
