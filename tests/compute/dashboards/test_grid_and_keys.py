@@ -131,3 +131,17 @@ def test_segment_top_matches_a_sort_per_segment() -> None:
         want = sorted(keys[seg == s].tolist(), reverse=True)[:5]
         assert got[s].tolist() == want + [-1] * (5 - len(want))
         assert keys[idx[s][idx[s] >= 0]].tolist() == want
+
+
+@pytest.mark.parametrize("w", [0, 1, 3, 8])
+def test_peaks_match_the_dense_reference_with_many_ties(w: int) -> None:
+    from mistudio_compute.dashboards.state import _is_peak
+
+    rng = np.random.default_rng(w)
+    t, n_rows, n_feat = 12, 5, 4
+    v = rng.integers(0, 4, size=(n_feat, n_rows, t)).astype(np.float32)  # 0 = inactive
+    f, row, col = np.nonzero(v)  # sorted by (feature, row, position)
+    got = _is_peak(torch.from_numpy(f), torch.from_numpy(row * t + col),
+                   torch.from_numpy(v[f, row, col]), t, n_rows * t, w)  # fmt: skip
+    want = [ref.is_peak(v[a, b], c, w) for a, b, c in zip(f, row, col, strict=True)]
+    assert got.tolist() == want

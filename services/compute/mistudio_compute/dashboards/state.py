@@ -116,7 +116,7 @@ class PassState:
         pos = first_row * t + n  # [A] global positions
         win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
         _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
-        p = _where(_is_peak(f, n, val, t, cfg.window))  # [P] peaks
+        p = _where(_is_peak(f, n, val, t, b * t, cfg.window))  # [P] peaks
         group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
 
         def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
@@ -261,18 +261,35 @@ def _gather(x: torch.Tensor, idx: torch.Tensor, fill: float) -> torch.Tensor:
     return torch.where(idx >= 0, x[idx.clamp(min=0)], fill)
 
 
-def _is_peak(f: torch.Tensor, n: torch.Tensor, val: torch.Tensor, t: int, w: int) -> torch.Tensor:
-    """For active entries [A] sorted by (feature, position): is each its row's maximum within
-    ±w positions (earliest wins ties)? Inactive neighbours are 0 and never win, and active ones
-    within ±w positions are within w places in the list, so w shifted comparisons suffice."""
-    peak = torch.ones_like(val, dtype=torch.bool)
-    row = n // t
-    for d in range(1, min(w, len(val) - 1) + 1):
-        i, j = slice(0, -d), slice(d, None)  # entry i and the entry d places later
-        close = (f[i] == f[j]) & (row[i] == row[j]) & (n[j] - n[i] <= w)
-        peak[:-d] &= ~(close & (val[j] > val[i]))
-        peak[d:] &= ~(close & (val[i] >= val[j]))
-    return peak
+def _is_peak(
+    f: torch.Tensor, n: torch.Tensor, val: torch.Tensor, t: int, n_pos: int, w: int
+) -> torch.Tensor:
+    """For active entries [A] sorted by (feature, position), positions n < n_pos: is each its
+    row's maximum within ±w positions (earliest wins ties)? Inactive neighbours are 0 and never
+    win. Each entry's neighbours are a contiguous slice of the list (found by binary search),
+    whose maximum a sparse table of power-of-two range maxima answers in two lookups."""
+    if w == 0 or len(val) < 2:
+        return torch.ones_like(val, dtype=torch.bool)
+    key = f * n_pos + n  # [A] sorted
+    start = n - n % t  # [A] first position of the entry's row
+    lo = torch.searchsorted(key, key - torch.minimum(n - start, torch.full_like(n, w)))
+    hi = torch.searchsorted(key, key + (start + t - 1 - n).clamp(max=w), right=True) - 1
+    i = torch.arange(len(val), device=val.device)
+    table = [val]  # table[l][j] = max(val[j : j + 2**l]) (clipped at the end)
+    while 2 ** len(table) <= w:
+        prev, half = table[-1], 2 ** (len(table) - 1)
+        table.append(torch.maximum(prev, prev[(i + half).clamp(max=len(val) - 1)]))
+    levels = torch.stack(table).view(-1)  # [L * A]
+    log2 = torch.tensor([0, *(m.bit_length() - 1 for m in range(1, w + 1))], device=val.device)
+
+    def range_max(first: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """max(val[first : first + length]) per entry, -1 where length is 0."""
+        lv = log2[length]
+        a = levels[lv * len(val) + first.clamp(max=len(val) - 1)]
+        b = levels[lv * len(val) + (first + length - (1 << lv)).clamp(min=0)]
+        return torch.where(length > 0, torch.maximum(a, b), -1.0)
+
+    return (range_max(lo, i - lo) < val) & (range_max(i + 1, hi - i) <= val)
 
 
 def _merge_top(
