@@ -4,7 +4,10 @@ Tokens are seeded random ids from stories260K's text pieces (BOS in column 0), s
 instant and reproducible. The SAE is a SAELens ``standard`` SAE with a unit-norm random decoder,
 ``W_enc = W_dec.T`` and ``b_enc`` set per feature to minus the ``1 - fire_rate`` quantile of its
 pre-activation on real hook activations, so each feature fires on about ``fire_rate`` of tokens
-(a random SAE with ``b_enc = 0`` fires on half of them, which no trained SAE does).
+(a random SAE with ``b_enc = 0`` fires on half of them, which no trained SAE does). Calibration
+rows are drawn apart from the bench tokens: ``b_enc`` is minus a quantile of the calibration
+tokens' own projections, so on those tokens a pre-activation can sit within float32 noise of 0,
+where each side's summation order decides whether it fires.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ TEXT_PIECES = 259
 """Ids below this are <unk>, <s>, </s> and byte pieces; random text draws from the rest."""
 BOS = 1
 CALIBRATION_ROWS = 256
+CALIBRATION_SEED = 2
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ def prepare(
     models = model_dir()
     token_file = write_tokens(work / f"tokens-{rows}x{context}.npy", rows, context)
     inputs = BenchInputs(models, token_file, work / f"sae-{d_sae}", d_sae, rows, context)
-    tokens = np.load(token_file)
+    calibration = work / f"calibration-{CALIBRATION_ROWS}x{context}.npy"
+    tokens = np.load(write_tokens(calibration, CALIBRATION_ROWS, context, seed=CALIBRATION_SEED))
     write_sae(inputs.sae_folder, inputs.model_ref, tokens, d_sae, fire_rate)
     return inputs
