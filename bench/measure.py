@@ -32,37 +32,104 @@ def flops_per_token(hook_layer: int, d_sae: int, context: int) -> float:
     return (hook_layer + 1) * per_block + 2 * d * d_sae
 
 
-def agreement(ours: dict[str, Any], theirs: dict[str, Any], logit_k: int) -> dict[str, Any]:
-    """Per quantity: share of features agreeing and the largest difference."""
+ROUNDING = 5e-4 + 1e-5
+"""SAEDashboard rounds logit values to 3 decimals; 1e-5 more for float32 noise."""
+VALUE_ROUNDING = 5.5e-4 + 1e-5
+"""Its example values are rounded twice, to 4 decimals (sequence data) then to 3 (converter)."""
+DENSITY_QUANTUM = 5e-6 + 1e-9
+"""Its frequency is parsed back from a ``{:.3%}`` title: a multiple of 1e-5."""
+
+
+Check = tuple[bool, float, int]
+"""(agrees, largest absolute difference, values compared) for one feature."""
+
+
+def agreement(
+    ours: dict[str, Any], theirs: dict[str, Any], logit_k: int, n_tokens: int
+) -> dict[str, Any]:
+    """Per quantity that both sides define the same way: share of features agreeing within the
+    rounding SAEDashboard applies, the largest difference and how many values were compared
+    (see each ``note`` for what exactly is compared)."""
     common = sorted(set(ours) & set(theirs), key=int)
-    top_diff, pos_same, freq_diff = [], [], []
+    checks: dict[str, list[Check]] = {k: [] for k in _NOTES}
     for i in common:
         a, b = ours[i], theirs[i]
-        n = min(len(a["max_values"]), len(b["max_values"]))
-        if n:
-            top_diff.append(
-                float(np.max(np.abs(np.subtract(a["max_values"][:n], b["max_values"][:n]))))
-            )
-        pos_same.append(set(a["pos_ids"][:logit_k]) == set(b["pos_ids"][:logit_k]))
-        freq_diff.append(abs(a["frequency"] - b["frequency"]))
+        top = (a["max_activation"], b["max_activation"])
+        checks["max_activation"].append(_within(*top, VALUE_ROUNDING))
+        checks["top_example_prompt_maxima"].append(_prompt_maxima(a, b))
+        checks["top_example_values_above_their_kth"].append(_values_above_kth(a, b))
+        for sign in ("pos", "neg"):
+            checks[f"logit_lens_{sign}_ids"].append(_same_ids(a, b, sign, logit_k))
+            checks[f"logit_lens_{sign}_values"].append(_logit_values(a, b, sign, logit_k))
+        freq = a["nonzero_count"] / n_tokens
+        checks["activation_frequency"].append(_within(freq, b["frequency"], DENSITY_QUANTUM))
+    out: dict[str, Any] = {"n_features_compared": len(common)}
+    for name, note in _NOTES.items():
+        rows = checks[name]
+        out[name] = {
+            "fraction_agreeing": float(np.mean([ok for ok, _, _ in rows])) if rows else None,
+            "max_abs_diff": max((d for _, d, _ in rows), default=None),
+            "n_values_compared": sum(n for _, _, n in rows),
+            "note": note,
+        }
+    return out
 
-    def share(flags: list[bool]) -> float:
-        return float(np.mean(flags)) if flags else float("nan")
 
-    return {
-        "n_features_compared": len(common),
-        "top_example_max_values": {
-            "fraction_agreeing_1e-2": share([d <= 1e-2 for d in top_diff]),
-            "max_abs_diff": max(top_diff, default=float("nan")),
-            "note": "theirs rounded to 3 decimals; ours full fp32",
-        },
-        "logit_lens_top_tokens": {
-            "fraction_same_set": share(pos_same),
-            "note": "decoder rows are unit-norm, so folding W_dec norms changes nothing here",
-        },
-        "activation_frequency": {
-            "fraction_agreeing_1e-3": share([d <= 1e-3 for d in freq_diff]),
-            "max_abs_diff": max(freq_diff, default=float("nan")),
-            "note": "theirs excludes BOS/EOS/PAD tokens and is quantised to 1e-5",
-        },
-    }
+_NOTES = {
+    "max_activation": "the feature's largest activation (both: top-1 example value), within "
+    "SAEDashboard's rounding (4 then 3 decimals)",
+    "top_example_prompt_maxima": "theirs: distinct max(values) of its top examples (each "
+    "example is a whole prompt) above its k-th token value; ours: top example (peak) values. "
+    "Every prompt maximum is a peak, so each must appear among ours; ties at the k-th value "
+    "are left out",
+    "top_example_values_above_their_kth": "ours' peak values above theirs' k-th token value "
+    "must be among theirs' top-k token values (theirs takes plain top-k over all positions, "
+    "adjacent tokens of one prompt allowed; ours takes peaks with non-overlapping windows, so "
+    "below that value the lists differ by definition)",
+    "logit_lens_pos_ids": "top-k positive logit token ids, as sets",
+    "logit_lens_pos_values": "top-k positive logit values by token id, within theirs' "
+    "3-decimal rounding (both: W_dec row @ W_U, no ln_final)",
+    "logit_lens_neg_ids": "top-k negative logit token ids, as sets",
+    "logit_lens_neg_values": "top-k negative logit values by token id, within rounding",
+    "activation_frequency": "active non-BOS/EOS/PAD tokens over ALL tokens (theirs' "
+    "denominator counts special tokens; ours' exported frequency divides by the non-special "
+    "count, so here ours is nonzero_count / n_tokens), within theirs' 1e-5 quantisation. A "
+    "pre-activation within float32 noise of 0 may still fire on one side only (the two sum in "
+    "different orders); one such token moves a frequency by 1 / n_tokens",
+}
+
+
+def _within(a: float, b: float, tol: float) -> Check:
+    diff = abs(a - b)
+    return diff <= tol, diff, 1
+
+
+def _contained(values: list[float], candidates: list[float], tol: float) -> Check:
+    """Is every value within ``tol`` of some candidate?"""
+    diff = max((min(abs(v - c) for c in candidates) for v in values), default=0.0)
+    return diff <= tol, diff, len(values)
+
+
+def _prompt_maxima(a: dict[str, Any], b: dict[str, Any]) -> Check:
+    kth = min(b["top_values"], default=0.0)
+    maxima = [m for m in b["prompt_maxima"] if m > kth + 2 * VALUE_ROUNDING]
+    return _contained(maxima, a["top_values"], VALUE_ROUNDING)
+
+
+def _values_above_kth(a: dict[str, Any], b: dict[str, Any]) -> Check:
+    kth = min(b["top_values"], default=0.0)
+    mine = [v for v in a["top_values"] if v > kth + 2 * VALUE_ROUNDING]
+    return _contained(mine, b["top_values"], VALUE_ROUNDING)
+
+
+def _same_ids(a: dict[str, Any], b: dict[str, Any], sign: str, k: int) -> Check:
+    same = set(a[f"{sign}_ids"][:k]) == set(b[f"{sign}_ids"][:k])
+    return same, 0.0 if same else 1.0, 1
+
+
+def _logit_values(a: dict[str, Any], b: dict[str, Any], sign: str, k: int) -> Check:
+    theirs = dict(zip(b[f"{sign}_ids"][:k], b[f"{sign}_values"][:k], strict=True))
+    pairs = zip(a[f"{sign}_ids"][:k], a[f"{sign}_values"][:k], strict=True)
+    diffs = [abs(v - theirs[t]) for t, v in pairs if t in theirs]
+    diff = max(diffs, default=0.0)
+    return diff <= ROUNDING, diff, len(diffs)

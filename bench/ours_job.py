@@ -101,18 +101,24 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def feature_facts(archive: bytes) -> dict[str, dict[str, Any]]:
-    """Per feature: sorted top example max values, top positive logit ids, frequency."""
+    """Per feature what ``measure.agreement`` compares (the keys match saedashboard_job's)."""
     facts: dict[str, dict[str, Any]] = {}
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
         for name in zf.namelist():
             if not (name.startswith("features/") and name.endswith(".json")):
                 continue
             doc = json.loads(zf.read(name))
+            top = sorted((a["max_value"] for a in doc["activations"]), reverse=True)
+            logits, stats = doc["logits"], doc["statistics"]
             facts[str(doc["feature_index"])] = {
-                "max_values": sorted((a["max_value"] for a in doc["activations"]), reverse=True),
-                "pos_ids": [e["token_id"] for e in doc["logits"]["top_positive"]],
-                "pos_values": [e["value"] for e in doc["logits"]["top_positive"]],
-                "frequency": doc["statistics"]["activation_frequency"],
+                "top_values": top,  # each top example's peak (= its window's maximum)
+                "max_activation": top[0] if top else 0.0,
+                "pos_ids": [e["token_id"] for e in logits["top_positive"]],
+                "pos_values": [e["value"] for e in logits["top_positive"]],
+                "neg_ids": [e["token_id"] for e in logits["top_negative"]],
+                "neg_values": [e["value"] for e in logits["top_negative"]],
+                "frequency": stats["activation_frequency"],  # over non-special tokens
+                "nonzero_count": stats["nonzero_count"],
             }
     return facts
 

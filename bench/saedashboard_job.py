@@ -83,6 +83,19 @@ def stories_model(model_dir: Path) -> HookedSAETransformer:
     return model
 
 
+STORY_IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376]
+"""``<s>Once upon a time, there was a little`` in tok512 ids."""
+
+
+def check_model(model: HookedSAETransformer) -> None:
+    """Stops the run unless the model gives the reference next pieces (``▁g`` 0.64, ``▁b`` 0.28,
+    from the stories260k data README): a mis-built model silently skews every comparison."""
+    with torch.inference_mode():
+        top = model(torch.tensor([STORY_IDS]))[0, -1].softmax(-1).topk(2)
+    if top.indices.tolist() != [298, 268] or abs(float(top.values[0]) - 0.640) > 0.005:
+        raise SystemExit(f"stories260K built wrong: next pieces {top} (expected 298 0.64, 268)")
+
+
 class PieceVocab:
     """What the runner reads from a tokenizer: ``vocab`` and the special ids."""
 
@@ -114,6 +127,7 @@ class OfflineRunner(NeuronpediaRunner):
 
     def _initialize_model(self) -> None:
         self.model = stories_model(self.model_dir)
+        check_model(self.model)
 
     def _setup_activation_store(self) -> None:
         self.activations_store = None
@@ -124,16 +138,22 @@ class OfflineRunner(NeuronpediaRunner):
 
 
 def feature_facts(outputs: Path, vocab: dict[int, str]) -> dict[str, dict[str, Any]]:
+    """Per feature what ``measure.agreement`` compares (the keys match ours_job's)."""
     ids = {s: i for i, s in vocab.items()}
     facts = {}
     for batch in sorted(outputs.rglob("batch-*.json")):
         for f in json.loads(batch.read_text())["features"]:
             top = [a for a in f["activations"] if a["bin_min"] == -1]
+            values = sorted((a["values"][a["qualifying_token_index"]] for a in top), reverse=True)
             facts[str(f["feature_index"])] = {
-                "max_values": sorted((max(a["values"]) for a in top), reverse=True),
+                "top_values": values,  # the k largest token values, any positions
+                "prompt_maxima": sorted({max(a["values"]) for a in top}, reverse=True),
+                "max_activation": values[0] if values else 0.0,
                 "pos_ids": [ids.get(s, -1) for s in f["pos_str"]],
                 "pos_values": f["pos_values"],
-                "frequency": f["frac_nonzero"],
+                "neg_ids": [ids.get(s, -1) for s in f["neg_str"]],
+                "neg_values": f["neg_values"],
+                "frequency": f["frac_nonzero"],  # nonzero non-special over all tokens
             }
     return facts
 
