@@ -1,9 +1,14 @@
 """`make bench`: ours vs SAEDashboard's NeuronpediaRunner on the same inputs, alternately.
 
-Default (about 25-40 min on the shared 2-core CPU): stories260K, blocks.2.hook_resid_post, random
-calibrated SAEs (see inputs.py), 2048 x 128 tokens, d_sae 4096, 2 pairs, then a scaling series for
-ours only (tokens x2 x4, d_sae x2 x4; --no-scaling skips it). ``--smoke``: 64 x 128 tokens, d_sae
-64, one pair, about 2 min. Writes bench/results/latest.json and latest.md and prints a table.
+Default: stories260K, blocks.2.hook_resid_post, random calibrated SAEs (see inputs.py), 2048 x 128
+= 262,144 tokens, d_sae 4096 and 16384 (``--d-sae`` takes one or several), one ours/theirs pair
+per size (``--pairs``). Not timed end to end: scaling the 65k-token run (ours 372 s,
+SAEDashboard 170 s at d_sae 4096 on the shared 2-core CPU) linearly in tokens and features gives
+hours. ``--scaling`` adds a series for ours only around the first size (tokens x2 x4, d_sae
+x2 x4). ``--smoke``: 64 x 128 tokens, d_sae 64, one pair, under a minute once SAEDashboard's
+venv exists. Writes
+bench/results/latest.json (one entry per size under ``sizes``; the top-level figures are the
+largest size's) and latest.md, and prints a table.
 """
 
 from __future__ import annotations
@@ -94,17 +99,21 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != "features"}
 
 
-def compare(args: argparse.Namespace, scratch: Path, their_problem: str) -> dict[str, Any]:
-    inputs = prepare(scratch / "inputs", args.rows, args.context, args.d_sae, args.fire_rate)
+def compare(
+    args: argparse.Namespace, scratch: Path, d_sae: int, their_problem: str
+) -> dict[str, Any]:
+    """``--pairs`` ours/theirs pairs on one size, the two sides alternating within a pair."""
+    inputs = prepare(scratch / "inputs", args.rows, args.context, d_sae, args.fire_rate)
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     for pair in range(args.pairs):
         for side, runner, runs in (("ours", run_ours, ours), ("theirs", run_theirs, theirs)):
             if side == "theirs" and their_problem:
                 continue
-            work = Path(tempfile.mkdtemp(prefix=f"{side}-{pair}-", dir=scratch))
+            work = Path(tempfile.mkdtemp(prefix=f"{side}-{d_sae}-{pair}-", dir=scratch))
             runs.append(runner(inputs, args, work))
-            print(f"pair {pair} {side}: {runs[-1]['wall_s']:.1f}s {runs[-1]['peak_rss_mb']:.0f}MB")
+            wall, rss = runs[-1]["wall_s"], runs[-1]["peak_rss_mb"]
+            print(f"d_sae {d_sae} pair {pair} {side}: {wall:.1f}s {rss:.0f}MB")
     return {"inputs": inputs, "ours": ours, "theirs": theirs}
 
 
@@ -121,13 +130,13 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
 
 
 def scaling(args: argparse.Namespace, scratch: Path) -> list[dict[str, Any]]:
-    rows = []
+    rows, d_sae = [], args.d_sae[0]
     for mult_rows, mult_sae in ((2, 1), (4, 1), (1, 2), (1, 4)):
         size = prepare(
             scratch / "inputs",
             args.rows * mult_rows,
             args.context,
-            args.d_sae * mult_sae,
+            d_sae * mult_sae,
             args.fire_rate,
         )
         work = Path(tempfile.mkdtemp(prefix="scale-", dir=scratch))
@@ -141,65 +150,93 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(r[key] for r in runs) if runs else None
 
 
-def report(args: argparse.Namespace, result: dict[str, Any], their_problem: str) -> dict[str, Any]:
+def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float) -> dict[str, Any]:
+    """One size's figures: medians over its pairs, agreement of its last pair."""
     inputs: BenchInputs = result["inputs"]
     ours, theirs = result["ours"], result["theirs"]
-    gflops = matmul_gflops(threads=args.threads)
     ow, tw = median(ours, "wall_s"), median(theirs, "wall_s")
     orss, trss = median(ours, "peak_rss_mb"), median(theirs, "peak_rss_mb")
     tp = throughput(ours, inputs, gflops)
     return {
-        "mode": "smoke" if args.smoke else "default",
-        "model": f"stories260K ({HOOK})",
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads, {args.device}",  # noqa: E501
-        "n_tokens": inputs.n_tokens,
         "d_sae": inputs.d_sae,
-        "sae": f"random standard SAE, b_enc calibrated to fire on {args.fire_rate:.0%} of tokens",
-        "params": {"n_examples": args.n_examples, "logit_k": args.logit_k, "bins": args.bins},
+        "n_tokens": inputs.n_tokens,
         "ours_wall_s": ow,
         "saedashboard_wall_s": tw,
         "ratio_wall": tw / ow if tw and ow else None,
         "ours_peak_rss_mb": orss,
         "saedashboard_peak_rss_mb": trss,
         "ratio_peak_rss": trss / orss if trss and orss else None,
-        "saedashboard": their_problem or "ran (sae-dashboard 0.8.0 NeuronpediaRunner)",
-        "matmul_gflops": gflops,
         "activation_pass_fraction_of_matmul_rate": tp["fraction_of_matmul_rate"].get(
             "activation_pass"
         ),
         "throughput": tp,
-        "agreement": agreement(ours[-1]["features"], theirs[-1]["features"], args.logit_k)
+        "agreement": agreement(
+            ours[-1]["features"], theirs[-1]["features"], args.logit_k, inputs.n_tokens
+        )
         if theirs
         else None,
         "runs": {"ours": [summary(r) for r in ours], "saedashboard": [summary(r) for r in theirs]},
-        "scaling": result.get("scaling", []),
+    }
+
+
+def report(
+    args: argparse.Namespace, results: list[dict[str, Any]], scaled: list[dict[str, Any]],
+    their_problem: str,
+) -> dict[str, Any]:  # fmt: skip
+    gflops = matmul_gflops(threads=args.threads)
+    sizes = [size_report(r, args, gflops) for r in results]
+    largest = max(sizes, key=lambda s: (s["d_sae"], s["n_tokens"]))
+    top = {k: v for k, v in largest.items() if k != "runs"}
+    return {
+        "mode": "smoke" if args.smoke else "default",
+        "model": f"stories260K ({HOOK})",
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads, {args.device}",  # noqa: E501
+        "sae": f"random standard SAE, b_enc calibrated to fire on {args.fire_rate:.0%} of tokens",
+        "params": {"n_examples": args.n_examples, "logit_k": args.logit_k, "bins": args.bins},
+        "pairs": args.pairs,
+        "saedashboard": their_problem or "ran (sae-dashboard 0.8.0 NeuronpediaRunner)",
+        "matmul_gflops": gflops,
+        "top_level_size": f"the figures beside this key are the largest size's (d_sae "
+        f"{largest['d_sae']}, {largest['n_tokens']} tokens); every size is in sizes",
+        **top,
+        "sizes": sizes,
+        "scaling": scaled,
     }
 
 
 def markdown(out: dict[str, Any]) -> str:
     lines = [
-        f"# Bench ({out['mode']}): {out['model']}, {out['n_tokens']} tokens, d_sae {out['d_sae']}",
+        f"# Bench ({out['mode']}): {out['model']}, d_sae "
+        + ", ".join(str(s["d_sae"]) for s in out["sizes"]),
         "",
-        f"Machine: {out['machine']}; SAEDashboard: {out['saedashboard']}.",
+        f"Machine: {out['machine']}; SAEDashboard: {out['saedashboard']}; "
+        f"{out['pairs']} pair(s) per size; matmul {fmt(out['matmul_gflops'])} GFLOP/s.",
         "",
-        "| | ours | SAEDashboard | theirs / ours |",
-        "|---|---|---|---|",
-        f"| wall s (median) | {fmt(out['ours_wall_s'])} | {fmt(out['saedashboard_wall_s'])} | {fmt(out['ratio_wall'])} |",  # noqa: E501
-        f"| peak RSS MB | {fmt(out['ours_peak_rss_mb'])} | {fmt(out['saedashboard_peak_rss_mb'])} | {fmt(out['ratio_peak_rss'])} |",  # noqa: E501
-        "",
-        f"matmul {fmt(out['matmul_gflops'])} GFLOP/s; stage seconds and fraction of that rate:",
-        "",
+        "| d_sae | tokens | ours wall s | SAEDashboard wall s | theirs / ours | ours RSS MB "
+        "| SAEDashboard RSS MB | theirs / ours |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    tp = out["throughput"]
     lines += [
-        f"- {k}: {fmt(s)} s, {fmt(tp['fraction_of_matmul_rate'][k], 4)}"
-        for k, s in tp["stages_s"].items()
+        f"| {s['d_sae']} | {s['n_tokens']} | {fmt(s['ours_wall_s'])} | "
+        f"{fmt(s['saedashboard_wall_s'])} | {fmt(s['ratio_wall'])} | "
+        f"{fmt(s['ours_peak_rss_mb'])} | {fmt(s['saedashboard_peak_rss_mb'])} | "
+        f"{fmt(s['ratio_peak_rss'])} |"
+        for s in out["sizes"]
     ]
-    lines += ["", "Agreement:", "", "```", json.dumps(out["agreement"], indent=1), "```", ""]
-    lines += ["Scaling (ours):", ""] + [
-        f"- {r['n_tokens']} tokens x {r['d_sae']}: {fmt(r['wall_s'])} s, {fmt(r['peak_rss_mb'])} MB"
-        for r in out["scaling"]
-    ]
+    for s in out["sizes"]:
+        tp = s["throughput"]
+        lines += ["", f"## d_sae {s['d_sae']}", "", "Stage s, fraction of the matmul rate:", ""]
+        lines += [
+            f"- {k}: {fmt(sec)} s, {fmt(tp['fraction_of_matmul_rate'][k], 4)}"
+            for k, sec in tp["stages_s"].items()
+        ]
+        lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
+    if out["scaling"]:
+        lines += ["", "Scaling (ours):", ""] + [
+            f"- {r['n_tokens']} tokens x {r['d_sae']}: {fmt(r['wall_s'])} s, "
+            f"{fmt(r['peak_rss_mb'])} MB"
+            for r in out["scaling"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -215,20 +252,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ours-only", action="store_true", help="skip SAEDashboard")
     parser.add_argument("--rows", type=int, default=2048, help="token rows (x --context)")
     parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--d-sae", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--fire-rate", type=float, default=0.01)
-    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=1, help="ours/theirs pairs per size")
     parser.add_argument("--n-examples", type=int, default=20)
     parser.add_argument("--logit-k", type=int, default=10)
     parser.add_argument("--bins", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--scaling", action="store_true", help="add the ours-only series")
+    parser.add_argument("--no-scaling", action="store_true", help="the default (kept for old uses)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--results", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
     if args.smoke:
-        args.rows, args.d_sae, args.pairs, args.no_scaling, args.fire_rate = 64, 64, 1, True, 0.05
+        args.rows, args.d_sae, args.pairs, args.scaling, args.fire_rate = 64, [64], 1, False, 0.05
     return args
 
 
@@ -242,13 +280,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mistudio-bench-") as tmp:
         scratch = Path(tmp)
-        result = compare(args, scratch, their_problem)
-        if not args.no_scaling:
-            result["scaling"] = scaling(args, scratch)
-        out = report(args, result, their_problem)
+        sizes = [compare(args, scratch, d_sae, their_problem) for d_sae in args.d_sae]
+        scaled = scaling(args, scratch) if args.scaling and not args.no_scaling else []
+        out = report(args, sizes, scaled, their_problem)
     (results / "latest.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     (results / "latest.md").write_text(markdown(out), encoding="utf-8")
-    print(markdown(out).split("matmul")[0])
+    print(markdown(out).split("\n## ")[0])
     return out
 
 

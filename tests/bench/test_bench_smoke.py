@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import main
+from bench.run import main, parse
 
 KEYS = {
     "ours_wall_s", "saedashboard_wall_s", "ratio_wall", "ours_peak_rss_mb",
@@ -25,4 +25,12 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert out["matmul_gflops"] > 0.1
     assert 0 < out["activation_pass_fraction_of_matmul_rate"] < 1
     assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
+    assert [s["d_sae"] for s in out["sizes"]] == [64]
     assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
+
+
+def test_default_run_is_two_sizes_over_262k_tokens_one_pair_each() -> None:
+    args = parse([])
+    assert args.d_sae == [4096, 16384] and args.rows * args.context == 262_144
+    assert args.pairs == 1 and not args.scaling
+    assert parse(["--d-sae", "512", "--pairs", "2"]).d_sae == [512]
