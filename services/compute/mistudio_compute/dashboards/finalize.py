@@ -64,6 +64,17 @@ def finalize_dashboards(
         yield builder.chunk(lo, min(n, lo + chunk_size), progress)
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """One example's window, cut to its row: token ids and values from ``start``."""
+
+    row: int
+    start: int
+    ids: list[int]
+    values: list[float]
+    peak: int
+
+
 @dataclass(slots=True)
 class _Builder:
     state: PassState
@@ -85,9 +96,10 @@ class _Builder:
         lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
                           p.logit_histogram_bins)  # fmt: skip
         _report(progress, Stage.LOGIT_LENS, hi, n)
+        windows = self._windows(lo, hi)
         out = []
         for i, (f, index) in enumerate(zip(range(lo, hi), s.features[lo:hi].tolist(), strict=True)):
-            top, groups = self._examples(f)
+            top, groups = self._examples(f, windows[i])
             edges, counts = hists[i]
             out.append(
                 FeatureDashboard(
@@ -138,35 +150,51 @@ class _Builder:
             )
         return out
 
-    def _examples(self, f: int) -> tuple[list[ActivationExample], list[QuantileGroup]]:
+    def _windows(self, lo: int, hi: int) -> list[list[_Window | None]]:
+        """Every chosen example window of features lo..hi (array work done once per chunk):
+        [feature][slot], None for an empty slot."""
+        p, t_len, tokens = self.params, self.state.seq_len, self.inputs.source.tokens
+        pos = self.positions[lo:hi]  # [C, E]
+        row, t = pos // t_len, pos % t_len
+        start = np.maximum(t - p.context_left, 0)  # first shown position of the row
+        first = start - (t - p.context_left)  # its index in the full window
+        length = np.minimum(t + p.context_right + 1, t_len) - start
+        tt = (t[..., None] + np.arange(-p.context_left, p.context_right + 1)).clip(0, t_len - 1)
+        ids = tokens[row.clip(min=0)[..., None], tt].astype(np.int64)  # [C, E, W]
+        windows = self.windows[lo:hi]  # [C, E, W], 0 outside the row
+        peak = windows.argmax(2) - first  # the window's own maximum, not the qualifying token
+        cols = (pos, row, start, first, length, peak, ids, windows)
+        return [
+            [
+                None if at < 0 else _Window(r, a, ids_[j : j + m], vals[j : j + m], pk)
+                for at, r, a, j, m, pk, ids_, vals in zip(*cols_f, strict=True)
+            ]
+            for cols_f in zip(*(c.tolist() for c in cols), strict=True)
+        ]
+
+    def _examples(
+        self, f: int, windows: list[_Window | None]
+    ) -> tuple[list[ActivationExample], list[QuantileGroup]]:
         plan, n_top, per = self.plan, self.plan.n_top, self.plan.per_group
-        pos = self.positions[f].tolist()
-        top = [self._example(f, e, pos[e]) for e in range(n_top) if pos[e] >= 0]
+        top = [self._example(w) for w in windows[:n_top] if w is not None]
         edges, counts = plan.groups[f]
         nnz, groups = sum(counts), []
         for g in reversed(range(len(counts))):
-            slots = range(n_top + g * per, n_top + (g + 1) * per)
-            examples = [self._example(f, e, pos[e]) for e in slots if pos[e] >= 0]
+            slots = windows[n_top + g * per : n_top + (g + 1) * per]
+            examples = [self._example(w) for w in slots if w is not None]
             examples.sort(key=lambda x: (-x.max_value, x.source.row, x.source.offset))
             groups.append(QuantileGroup(edges[g], edges[g + 1], counts[g] / nnz, examples))
         return top, groups
 
-    def _example(self, f: int, slot: int, position: int) -> ActivationExample:
-        p, t_len = self.params, self.state.seq_len
-        row, t = divmod(position, t_len)
-        a, b = max(0, t - p.context_left), min(t_len, t + p.context_right + 1)
-        ids = self.inputs.source.tokens[row, a:b].astype(np.int64).tolist()
-        first = a - (t - p.context_left)
-        values = self.windows[f, slot, first : first + (b - a)].tolist()
-        peak = values.index(max(values))  # the window's own maximum, not the qualifying token
-        ds_row, offset = self.inputs.source.provenance(row)
+    def _example(self, w: _Window) -> ActivationExample:
+        ds_row, offset = self.inputs.source.provenance(w.row)
         return ActivationExample(
-            tokens=self.inputs.token_text.window(ids),
-            token_ids=ids,
-            values=values,
-            max_value=values[peak],
-            max_token_index=peak,
-            source=SourceRef(self.inputs.source.dataset, ds_row, offset + a),
+            tokens=self.inputs.token_text.window(w.ids),
+            token_ids=w.ids,
+            values=w.values,
+            max_value=w.values[w.peak],
+            max_token_index=w.peak,
+            source=SourceRef(self.inputs.source.dataset, ds_row, offset + w.start),
         )
 
     def _logits(self, ids: torch.Tensor, values: torch.Tensor) -> list[LogitEntry]:

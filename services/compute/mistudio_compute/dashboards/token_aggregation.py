@@ -40,7 +40,14 @@ def rank_tokens(
                                strict=True):  # fmt: skip
         row = rows.setdefault(token_string(i), [i, 0.0, 0, 0.0])
         row[0], row[1], row[2], row[3] = min(row[0], i), row[1] + tot, row[2] + cnt, max(row[3], mx)
-    out = [
+    key: Callable[[list[float]], float] = {
+        TokenRankMetric.SUM: lambda r: float(r[1]),
+        TokenRankMetric.COUNT: lambda r: float(r[2]),
+        TokenRankMetric.MEAN: lambda r: float(r[1]) / int(r[2]),
+    }[metric]
+    ranked = sorted(((s, r) for s, r in rows.items() if r[2] > 0),
+                    key=lambda sr: (-key(sr[1]), sr[1][0]))  # fmt: skip
+    return [
         TokenAggregate(
             token=s,
             token_id=int(r[0]),
@@ -49,13 +56,5 @@ def rank_tokens(
             mean_activation=float(r[1]) / int(r[2]),
             max_activation=float(r[3]),
         )
-        for s, r in rows.items()
-        if r[2] > 0
+        for s, r in ranked[:n_top]  # objects only for the rows shown
     ]
-    key: Callable[[TokenAggregate], float] = {
-        TokenRankMetric.SUM: lambda a: a.total_activation,
-        TokenRankMetric.COUNT: lambda a: float(a.count),
-        TokenRankMetric.MEAN: lambda a: a.mean_activation,
-    }[metric]
-    out.sort(key=lambda a: (-key(a), a.token_id))
-    return out[:n_top]
