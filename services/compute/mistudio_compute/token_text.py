@@ -205,7 +205,7 @@ class TokenDisplay:
         self._partial: dict[int, bytes] = {}  # id -> its bytes, decoded with its neighbours
 
     def window(self, ids: Sequence[int]) -> list[str]:
-        texts = [self._alone.get(i) for i in ids]
+        texts = list(map(self._alone.get, ids))
         if None in texts:
             self._fill(ids, texts)
         return cast(list[str], texts)
