@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -64,8 +65,7 @@ def finalize_dashboards(
         yield builder.chunk(lo, min(n, lo + chunk_size), progress)
 
 
-@dataclass(frozen=True, slots=True)
-class _Window:
+class _Window(NamedTuple):
     """One example's window, cut to its row: token ids and values from ``start``."""
 
     row: int
