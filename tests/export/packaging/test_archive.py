@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import zipfile
@@ -122,3 +123,17 @@ def test_a_symlink_in_the_staging_folder_is_refused(staging: Path, tmp_path: Pat
 
     with pytest.raises(InvalidArgument):
         build_archive(staging, tmp_path / "a.zip")
+
+
+def test_gzip_files_are_stored_and_json_is_deflated(staging: Path, tmp_path: Path) -> None:
+    rows = staging / "neuronpedia-importer" / "features" / "batch-0.jsonl.gz"
+    rows.parent.mkdir(parents=True)
+    rows.write_bytes(gzip.compress(b'{"index": "0"}\n' * 100, mtime=0))
+    archive = build_archive(staging, tmp_path / "out.zip")
+
+    with zipfile.ZipFile(archive.path) as zf:
+        methods = {i.filename: i.compress_type for i in zf.infolist()}
+        assert zf.read("neuronpedia-importer/features/batch-0.jsonl.gz") == rows.read_bytes()
+    assert methods["neuronpedia-importer/features/batch-0.jsonl.gz"] == zipfile.ZIP_STORED
+    assert methods["prefill.json"] == zipfile.ZIP_DEFLATED
+    assert verify_archive(archive.path).ok
