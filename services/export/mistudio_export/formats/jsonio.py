@@ -218,4 +218,5 @@ def content_hash(obj: Any, *, decimals: int | None = None) -> str:
 def stable_id(*parts: str | int, length: int = 25) -> str:
     """Cuid-shaped id ('c' + lowercase base32) derived from ``parts``; stable across runs."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return ("c" + base64.b32encode(digest).decode().lower().rstrip("="))[:length]
+    whole_groups = -(-(length - 1) // 8) * 5  # 5 bytes make 8 characters, whatever follows
+    return ("c" + base64.b32encode(digest[:whole_groups]).decode().lower().rstrip("="))[:length]

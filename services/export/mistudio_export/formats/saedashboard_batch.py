@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mistudio_common.dashboard import ActivationExample, FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
@@ -45,8 +46,8 @@ ACTIVATION_KEYS = (
 BATCH_KEYS = ("model_id", "layer", "sae_set", "sae_id_suffix", "features")
 
 
-def _r(xs: Iterable[float]) -> list[float]:
-    return [round(x, DECIMALS) for x in xs]
+def _r(xs: Iterable[float]) -> np.ndarray[Any, Any]:
+    return np.round(np.fromiter(xs, np.float64), DECIMALS)
 
 
 def _r_apart(xs: list[float]) -> list[float]:
@@ -77,7 +78,7 @@ def _activations(d: FeatureDashboard) -> list[dict[str, Any]]:
     out = [_activation(e, (TOP_GROUP_BIN, top_max, TOP_GROUP_BIN)) for e in d.top_examples]
     for g in d.quantile_groups:
         out += [_activation(e, (g.bin_min, g.bin_max, g.bin_contains)) for e in g.examples]
-    return [a for a in out if a["values"]]
+    return [a for a in out if len(a["values"])]
 
 
 def feature_entry(d: FeatureDashboard, info: SaeInfo) -> dict[str, Any]:
