@@ -7,6 +7,7 @@ packed into a new archive that replaces the old one under the same key.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import zipfile
 from collections import Counter
@@ -90,7 +91,7 @@ def validate_output(
         return json_format.ParseDict(saved, epb.ValidationSummary())
     job.report(ppb.STAGE_VALIDATING_OUTPUT, 0, 1, "folders", "validating the generated files")
     if any(kind is not FormatKind.SAELENS for kind in kinds):
-        summary = summary_of(validate_export(root, fix=auto_fix))
+        summary = summary_of(validate_export(root, fix=auto_fix, processes=os.cpu_count() or 1))
     else:
         summary = epb.ValidationSummary(valid=True)
     if FormatKind.SAELENS in kinds:
