@@ -48,6 +48,8 @@ _F32_OVERFLOW = 2.0**128 - 2.0**103
 """Magnitudes from here on round to float32 infinity."""
 _FLOAT_TYPES = frozenset({float, int})
 _PASS_THROUGH = (frozenset({str}), frozenset({int}))
+_LEAVES = frozenset({str, int, bool, type(None)})
+"""Written as they are; checked inline, which spares a call per value."""
 
 
 class _NotFinite(Exception):
@@ -96,18 +98,18 @@ def _list(values: list[Any] | tuple[Any, ...], decimals: int | None) -> Any:
         return values
     if kinds <= _FLOAT_TYPES and values:
         return _float_array(np.array(values, dtype=np.float64), decimals)
-    return [_convert(v, decimals) for v in values]
+    return [v if type(v) in _LEAVES else _convert(v, decimals) for v in values]
 
 
 def _convert(obj: Any, decimals: int | None) -> Any:
     kind = type(obj)
     if kind is dict:
-        return {k: _convert(v, decimals) for k, v in obj.items()}
+        return {k: v if type(v) in _LEAVES else _convert(v, decimals) for k, v in obj.items()}
     if kind is float:
         return _float(obj, decimals)
     if kind is list or kind is tuple:
         return _list(obj, decimals)
-    if kind is str or kind is int or kind is bool or obj is None:
+    if kind in _LEAVES:
         return obj
     if kind is np.ndarray:
         return _array(obj, decimals)
