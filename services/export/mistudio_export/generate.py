@@ -4,16 +4,20 @@ Layout of ``staging/out`` (the future archive root): the PRD layout at the root 
 features/, explanations/), then one folder per other format: ``neuronpedia-importer/``,
 ``saedashboard/``, ``upload-payloads/``, ``saelens/``. Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
-are copied from it rather than regenerated.
+are copied from it rather than regenerated. On a large export a second (spawned) process writes
+the SAEDashboard batches and upload payloads meanwhile, so both CPU cores are used.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -28,7 +32,7 @@ from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.packaging import FormatKind, IncludedFormat
-from mistudio_export.records import ExplanationRecord, SaeInfo
+from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
 
 CHECKPOINT_KEY = "formats_done"
@@ -47,6 +51,10 @@ NEURONPEDIA_KINDS = (
     FormatKind.SAEDASHBOARD,
     FormatKind.NEURONPEDIA_UPLOAD,
 )
+ASIDE_KINDS = (FormatKind.SAEDASHBOARD, FormatKind.NEURONPEDIA_UPLOAD)
+"""Written by a second process while this one writes the PRD layout and the importer rows."""
+PARALLEL_MIN_FEATURES = 512
+"""Below this many features a second process costs more to start than it saves."""
 
 
 @dataclass(frozen=True)
@@ -89,23 +97,62 @@ def write_formats(
     out = output_dir(job.staging)
     n_features = len(inputs.hashes)
     unchanged = int(job.checkpoint.get("features_unchanged", 0))
-    for position, kind in enumerate(kinds):
-        if kind.value in done:
-            continue
-        folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
-        progress = _progress(job, position, len(kinds), n_features, kind)
-        progress(0)
-        if kind is FormatKind.PRD_JSON:
-            unchanged = _write_prd(job, out, inputs, progress)
-        elif kind is FormatKind.SAELENS:
-            _clear(folder)
-            _write_saelens(job, folder, inputs, compute)
-        else:
-            _clear(folder)
-            _write_other(job, kind, folder, inputs, features_per_batch, progress)
-        done.append(kind.value)
-        job.save(**{CHECKPOINT_KEY: done, "features_unchanged": unchanged})
+    aside = _aside([k for k in kinds if k.value not in done], n_features)
+    with ExitStack() as stack:
+        side = None
+        if aside:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
+            args = (job.staging, aside, job.plan.naming, inputs, features_per_batch)
+            side = pool.apply_async(_write_aside, args)  # the pool's exit kills it if we fail
+        for position, kind in enumerate(kinds):
+            if kind.value in done:
+                continue
+            folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
+            progress = _progress(job, position, len(kinds), n_features, kind)
+            progress(0)
+            if side is not None and kind in aside:
+                _wait(job, side)
+                progress(n_features)
+            elif kind is FormatKind.PRD_JSON:
+                unchanged = _write_prd(job, out, inputs, progress)
+            elif kind is FormatKind.SAELENS:
+                _clear(folder)
+                _write_saelens(job, folder, inputs, compute)
+            else:
+                _clear(folder)
+                naming = job.plan.naming
+                _write_other(job.staging, kind, naming, inputs, features_per_batch, progress)
+            done.append(kind.value)
+            job.save(**{CHECKPOINT_KEY: done, "features_unchanged": unchanged})
     return unchanged
+
+
+def _aside(pending: list[FormatKind], n_features: int) -> tuple[FormatKind, ...]:
+    """The pending formats a second process writes; none when this one would sit idle."""
+    aside = tuple(k for k in pending if k in ASIDE_KINDS)
+    if n_features < PARALLEL_MIN_FEATURES or (os.cpu_count() or 1) < 2:
+        return ()
+    return aside if len(aside) < len(pending) else ()
+
+
+def _wait(job: JobRuntime, side: AsyncResult[None]) -> None:
+    """Waits for the second process, still answering cancel and pause; re-raises its error."""
+    while not side.ready():
+        job.check()
+        side.wait(0.5)
+    side.get()
+
+
+def _write_aside(
+    staging: Path,
+    kinds: Sequence[FormatKind],
+    naming: NeuronpediaNaming,
+    inputs: Inputs,
+    features_per_batch: int,
+) -> None:
+    for kind in kinds:
+        _clear(output_dir(staging) / FOLDERS[kind])
+        _write_other(staging, kind, naming, inputs, features_per_batch, None)
 
 
 def _progress(
@@ -171,15 +218,15 @@ def _write_prd(job: JobRuntime, out: Path, inputs: Inputs, progress: Callable[[i
 
 
 def _write_other(
-    job: JobRuntime,
+    staging: Path,
     kind: FormatKind,
-    folder: Path,
+    naming: NeuronpediaNaming,
     inputs: Inputs,
     features_per_batch: int,
-    progress: Callable[[int], None],
+    progress: Callable[[int], None] | None,
 ) -> None:
-    naming, info = job.plan.naming, inputs.info
-    dashboards = _dashboards(job.staging)
+    folder, info = output_dir(staging) / FOLDERS[kind], inputs.info
+    dashboards = _dashboards(staging)
     if kind is FormatKind.NEURONPEDIA_IMPORT:
         write_importer_export(
             folder, info, naming, dashboards, inputs.explanations, progress=progress

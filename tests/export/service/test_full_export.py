@@ -20,8 +20,9 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_export import generate
 from mistudio_export.packaging import build_archive, verify_archive
-from mistudio_export.validation import validate_export
+from mistudio_export.validation import validate_export, validator
 
 from tests.export.service.errors import details
 from tests.export.service.stack import (
@@ -188,6 +189,20 @@ def test_reexport_is_byte_identical_and_regenerates_nothing(
     assert again.result.features_computed == 0
     assert again.result.features_reused == D_SAE
     assert again.result.features_unchanged == D_SAE
+    assert download(stack, again.progress.job_id) == archive
+
+
+def test_formats_written_and_checked_side_by_side_give_the_same_archive(
+    stack: Stack,
+    sae_id: str,
+    config: epb.ExportConfig,
+    archive: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(generate, "PARALLEL_MIN_FEATURES", 0)
+    monkeypatch.setattr(validator, "PARALLEL_MIN_BYTES", 0)
+    again = start(stack, sae_id, config, "side-by-side")[-1]
+    assert again.progress.state == ppb.JOB_STATE_SUCCEEDED, again.progress.error
     assert download(stack, again.progress.job_id) == archive
 
 
