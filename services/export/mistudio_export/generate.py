@@ -31,6 +31,7 @@ from mistudio_export.formats import jsonio, prd_json
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
+from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -99,6 +100,7 @@ def write_formats(
     unchanged = int(job.checkpoint.get("features_unchanged", 0))
     aside = _aside([k for k in kinds if k.value not in done], n_features)
     with ExitStack() as stack:
+        stack.enter_context(collector_paused())
         side = None
         if aside:
             pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
@@ -150,9 +152,10 @@ def _write_aside(
     inputs: Inputs,
     features_per_batch: int,
 ) -> None:
-    for kind in kinds:
-        _clear(output_dir(staging) / FOLDERS[kind])
-        _write_other(staging, kind, naming, inputs, features_per_batch, None)
+    with collector_paused():
+        for kind in kinds:
+            _clear(output_dir(staging) / FOLDERS[kind])
+            _write_other(staging, kind, naming, inputs, features_per_batch, None)
 
 
 def _progress(

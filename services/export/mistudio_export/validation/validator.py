@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mistudio_common.errors import NotFound
 
+from mistudio_export.gc_pause import collector_paused
 from mistudio_export.validation import layout
 from mistudio_export.validation.context import Session, relative
 from mistudio_export.validation.importer_checks import validate_importer
@@ -78,7 +79,8 @@ def _check_all(
 
 def _check_component(root: Path, fix: bool, component: layout.Component) -> Session:
     session = Session(root=root, fix=fix)
-    _CHECKERS[component.kind](session, component.path)
+    with collector_paused():
+        _CHECKERS[component.kind](session, component.path)
     return session
 
 
