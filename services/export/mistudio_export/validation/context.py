@@ -25,8 +25,8 @@ Repair = Callable[[], str]
 """Performs the repair in place and describes it."""
 SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 """Characters the text checks report: controls, lone surrogates, U+FFFD."""
-_MAYBE_SUSPECT = re.compile(SUSPECT.pattern + r"|\\[ubf]")
-"""A suspect character as it is, or a JSON escape that may decode to one."""
+_SUSPECT_ESCAPE = re.compile(r"\\[ubf]")
+"""A JSON escape that may decode to a suspect character (searched apart: twice as fast)."""
 
 
 @dataclass
@@ -148,7 +148,9 @@ def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
 
 
 def _mark_clean(ctx: FileContext, text: str) -> None:
-    ctx.text_clean = not ctx.lenient and _MAYBE_SUSPECT.search(text) is None
+    ctx.text_clean = (
+        not ctx.lenient and SUSPECT.search(text) is None and _SUSPECT_ESCAPE.search(text) is None
+    )
 
 
 def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int, Any]]]:
