@@ -4,12 +4,14 @@ Layout of ``staging/out`` (the future archive root): the PRD layout at the root 
 features/, explanations/), then one folder per other format: ``neuronpedia-importer/``,
 ``saedashboard/``, ``upload-payloads/``, ``saelens/``. Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
-are copied from it rather than regenerated. On a large export a second (spawned) process writes
+are copied from it rather than regenerated. The importer rows are written in the same read of
+the staged dashboards as the PRD files. On a large export a second (spawned) process writes
 the SAEDashboard batches and upload payloads meanwhile, so both CPU cores are used.
 """
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import shutil
@@ -116,7 +118,10 @@ def write_formats(
                 _wait(job, side)
                 progress(n_features)
             elif kind is FormatKind.PRD_JSON:
-                unchanged = _write_prd(job, out, inputs, progress)
+                importer = FormatKind.NEURONPEDIA_IMPORT
+                along = importer.value not in done and importer in kinds and importer not in aside
+                unchanged = _write_prd(job, out, inputs, progress, with_importer=along)
+                done += [importer.value] if along else []
             elif kind is FormatKind.SAELENS:
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
@@ -187,7 +192,18 @@ def _clear(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
-def _write_prd(job: JobRuntime, out: Path, inputs: Inputs, progress: Callable[[int], None]) -> int:
+def _write_prd(
+    job: JobRuntime,
+    out: Path,
+    inputs: Inputs,
+    progress: Callable[[int], None],
+    *,
+    with_importer: bool = False,
+) -> int:
+    """Writes the PRD layout; returns how many feature files were copied from an earlier archive.
+
+    ``with_importer``: the importer rows are written in the same read of the staged dashboards.
+    """
     compressed = job.plan.compression.gzip_json
     shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
     copied = written = 0
@@ -197,20 +213,32 @@ def _write_prd(job: JobRuntime, out: Path, inputs: Inputs, progress: Callable[[i
         if inputs.reuse is not None:
             earlier = stack.enter_context(zipfile.ZipFile(inputs.reuse.archive))
         names = set(earlier.namelist()) if earlier is not None else set()
-        for d in _dashboards(job.staging):
-            index = d.feature_index
-            name = prd_json.feature_file_name(index, compressed=compressed)
-            unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
-            if earlier is not None and unchanged and name in names:
-                jsonio.write_atomic(out / name, earlier.read(name))
-                copied += 1
-            else:
-                data = jsonio.dumps(
-                    prd_json.feature_document(d), where=f"feature {d.feature_index}"
-                )
-                jsonio.write_document(out / name, data)
-            written += 1
-            progress(written)
+
+        def passing() -> Iterator[FeatureDashboard]:
+            nonlocal copied, written
+            for d in _dashboards(job.staging):
+                index = d.feature_index
+                name = prd_json.feature_file_name(index, compressed=compressed)
+                unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
+                if earlier is not None and unchanged and name in names:
+                    jsonio.write_atomic(out / name, earlier.read(name))
+                    copied += 1
+                else:
+                    data = jsonio.dumps(
+                        prd_json.feature_document(d), where=f"feature {d.feature_index}"
+                    )
+                    jsonio.write_document(out / name, data)
+                written += 1
+                progress(written)
+                yield d
+
+        if with_importer:
+            importer = FormatKind.NEURONPEDIA_IMPORT
+            _clear(out / FOLDERS[importer])
+            naming = job.plan.naming  # the batch size (0) is SAEDashboard's only
+            _write_other(job.staging, importer, naming, inputs, 0, None, passing())
+        else:
+            collections.deque(passing(), maxlen=0)
     naming, info = job.plan.naming, inputs.info
     explanations = prd_json.explanations_document(inputs.explanations, naming, info.export_version)
     path = out / prd_json.EXPLANATIONS_FILE
@@ -227,9 +255,10 @@ def _write_other(
     inputs: Inputs,
     features_per_batch: int,
     progress: Callable[[int], None] | None,
+    dashboards: Iterator[FeatureDashboard] | None = None,
 ) -> None:
     folder, info = output_dir(staging) / FOLDERS[kind], inputs.info
-    dashboards = _dashboards(staging)
+    dashboards = _dashboards(staging) if dashboards is None else dashboards
     if kind is FormatKind.NEURONPEDIA_IMPORT:
         write_importer_export(
             folder, info, naming, dashboards, inputs.explanations, progress=progress
