@@ -19,13 +19,15 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from multiprocessing.pool import AsyncResult
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb
+from mistudio_common.errors import Unavailable
 
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import staged_dashboards
@@ -105,9 +107,9 @@ def write_formats(
         stack.enter_context(collector_paused())
         side = None
         if aside:
-            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(1))
-            args = (job.staging, aside, job.plan.naming, inputs, features_per_batch)
-            side = pool.apply_async(_write_aside, args)  # the pool's exit kills it if we fail
+            side = _start_aside(
+                stack, (job.staging, aside, job.plan.naming, inputs, features_per_batch)
+            )
         for position, kind in enumerate(kinds):
             if kind.value in done:
                 continue
@@ -142,25 +144,69 @@ def _aside(pending: list[FormatKind], n_features: int) -> tuple[FormatKind, ...]
     return aside if len(aside) < len(pending) else ()
 
 
-def _wait(job: JobRuntime, side: AsyncResult[None]) -> None:
+@dataclass
+class _Aside:
+    process: multiprocessing.process.BaseProcess
+    outcome: Connection
+    """Receives None when the formats are written, else the error that stopped the process."""
+    finished: bool = False
+
+
+def _start_aside(stack: ExitStack, args: tuple[Any, ...]) -> _Aside:
+    """Starts the second process; leaving ``stack`` kills it if it is still running."""
+    # spawn, not fork: this process runs gRPC threads, which fork would copy mid-call
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_write_aside, args=(send, *args), daemon=True)
+    process.start()
+    send.close()
+    stack.callback(_stop, process)
+    return _Aside(process, receive)
+
+
+def _stop(process: multiprocessing.process.BaseProcess) -> None:
+    if process.is_alive():
+        process.terminate()
+    process.join()
+
+
+def _wait(job: JobRuntime, side: _Aside) -> None:
     """Waits for the second process, still answering cancel and pause; re-raises its error."""
-    while not side.ready():
+    if side.finished:
+        return
+    while not side.outcome.poll(0.5):
         job.check()
-        side.wait(0.5)
-    side.get()
+    try:
+        error = side.outcome.recv()
+    except EOFError:  # it died without a word: killed, or out of memory
+        side.process.join()
+        raise Unavailable(
+            f"the process writing the SAEDashboard and upload files exited "
+            f"(code {side.process.exitcode}) without finishing",
+            fix="resume the export; if it happens again, check the memory available",
+        ) from None
+    if error is not None:
+        raise error
+    side.finished = True
 
 
 def _write_aside(
+    outcome: Connection,
     staging: Path,
     kinds: Sequence[FormatKind],
     naming: NeuronpediaNaming,
     inputs: Inputs,
     features_per_batch: int,
 ) -> None:
-    with collector_paused():
-        for kind in kinds:
-            _clear(output_dir(staging) / FOLDERS[kind])
-            _write_other(staging, kind, naming, inputs, features_per_batch, None)
+    try:
+        with collector_paused():
+            for kind in kinds:
+                _clear(output_dir(staging) / FOLDERS[kind])
+                _write_other(staging, kind, naming, inputs, features_per_batch, None)
+    except Exception as error:
+        outcome.send(error)
+    else:
+        outcome.send(None)
 
 
 def _progress(
