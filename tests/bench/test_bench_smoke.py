@@ -29,8 +29,9 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
 
 
-def test_default_run_is_two_sizes_over_262k_tokens_one_pair_each() -> None:
+def test_default_run_is_two_sizes_over_262k_tokens_one_pair_each_plus_scaling() -> None:
     args = parse([])
     assert args.d_sae == [4096, 16384] and args.rows * args.context == 262_144
-    assert args.pairs == 1 and not args.scaling
+    assert args.pairs == 1 and not args.no_scaling
+    assert parse(["--smoke"]).no_scaling
     assert parse(["--d-sae", "512", "--pairs", "2"]).d_sae == [512]
