@@ -37,6 +37,21 @@ def test_moving_to_a_later_stage_finishes_the_earlier_ones() -> None:
     assert progress.fraction == 0.5 + 0.5 * 0.25
 
 
+def test_finishing_a_stage_that_already_ended_keeps_its_time() -> None:
+    """A relaying job (the export following the computation) finishes every stage it relayed
+    at the end; a stage that ended earlier must not absorb the later stages' time."""
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 50, 100)
+    clock.now = 10.0
+    tracker.update(pb.STAGE_LOGIT_LENS, 1, 4)
+    clock.now = 25.0
+    tracker.finish_stage(pb.STAGE_ACTIVATION_PASS)
+    progress = tracker.finish_stage(pb.STAGE_LOGIT_LENS)
+    assert [s.elapsed_seconds for s in progress.stages] == [10.0, 15.0]
+    assert progress.elapsed_seconds == 25.0
+
+
 def test_eta_follows_the_measured_rate() -> None:
     clock = FakeClock()
     tracker = ProgressTracker("job", [pb.STAGE_ACTIVATION_PASS], clock=clock)

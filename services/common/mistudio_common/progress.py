@@ -109,11 +109,12 @@ class ProgressTracker:
             return self._render(now)
 
     def finish_stage(self, stage: StageId) -> pb.Progress:
+        """Marks ``stage`` done; one that a later stage already finished keeps its end time."""
         with self._lock:
             now = self.clock()
             clock = self._clocks[self._index(stage)]
             clock.started = clock.started if clock.started is not None else now
-            clock.finished = now
+            clock.finished = clock.finished or now
             clock.state = pb.JOB_STATE_SUCCEEDED
             clock.done = max(clock.done, clock.total)
             return self._render(now)
