@@ -123,6 +123,30 @@ def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: P
     assert resumed[-1] == tiny.ROWS * t
 
 
+def test_an_interrupted_pass_checkpoints_where_it_stopped(inputs, reference, tmp_path) -> None:
+    """Periodic checkpoints are rare (every 50 batches by default); a pause loses no batch."""
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1000)
+    cancel = threading.Event()
+
+    def stop_after_three_batches(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is Stage.ACTIVATION_PASS and done == 3 * BATCH * tiny.N_CTX:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
+                                   progress=stop_after_three_batches, cancel=cancel))  # fmt: skip
+    resumed: list[int] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is Stage.ACTIVATION_PASS:
+            resumed.append(done)
+
+    again = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
+                                       progress=record))  # fmt: skip
+    assert resumed[0] == 4 * BATCH * tiny.N_CTX  # the fourth batch is the first one run again
+    assert again == reference
+
+
 def test_checkpoint_of_another_job_is_refused(inputs, tmp_path: Path) -> None:
     checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
     config = state_config(PARAMS, tiny.SPECIAL)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mistudio_common.errors import FailedPrecondition, InvalidArgument
+from mistudio_common.errors import Cancelled, FailedPrecondition, InvalidArgument
 
 from mistudio_compute.dashboards.batching import for_each_batch
 from mistudio_compute.dashboards.checkpoint import Cursor, load_checkpoint, save_checkpoint
@@ -95,25 +95,35 @@ def run_activation_pass(
         state.update(acts if every_feature else acts.index_select(1, features), batch, i)
 
     batches = 0
+    unsaved: Cursor | None = None  # the last folded batch, while no checkpoint holds it
 
     def after(j: int, size: int) -> None:
-        nonlocal batches
+        nonlocal batches, unsaved
         batches += 1
+        unsaved = Cursor(j, rows.start, rows.stop, size)
         if checkpoint is not None and (batches % checkpoint.every_batches == 0 or j == rows.stop):
-            save_checkpoint(checkpoint.path, state, Cursor(j, rows.start, rows.stop, size))
+            save_checkpoint(checkpoint.path, state, unsaved)
+            unsaved = None
 
-    final = for_each_batch(
-        next_row,
-        rows.stop,
-        batch_size,
-        step,
-        stage=Stage.ACTIVATION_PASS,
-        progress=progress,
-        cancel=cancel,
-        after=after,
-        items_per_index=seq_len,
-        origin=rows.start,
-    )
+    try:
+        final = for_each_batch(
+            next_row,
+            rows.stop,
+            batch_size,
+            step,
+            stage=Stage.ACTIVATION_PASS,
+            progress=progress,
+            cancel=cancel,
+            after=after,
+            items_per_index=seq_len,
+            origin=rows.start,
+        )
+    except Cancelled:
+        # A pause or a shutdown resumes here rather than at the last periodic checkpoint (a
+        # cancelled job's checkpoint is dropped by its owner).
+        if checkpoint is not None and unsaved is not None:
+            save_checkpoint(checkpoint.path, state, unsaved)
+        raise
     return PassResult(state, final)
 
 
