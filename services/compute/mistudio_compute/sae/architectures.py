@@ -121,6 +121,12 @@ class Sae:
     def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _encode_affine(self, x_c: torch.Tensor, bias: str) -> torch.Tensor:
+        """``x_c @ W_enc + weights[bias]`` as one fused matmul (addmm): half the time of a
+        matmul followed by a separate broadcast add over the [N, d_sae] result."""
+        flat = torch.addmm(self.weights[bias], x_c.reshape(-1, x_c.shape[-1]), self.W_enc)
+        return flat.view(*x_c.shape[:-1], flat.shape[-1])
+
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.W_dec
 
@@ -150,7 +156,7 @@ class StandardSae(Sae):
     architecture = "standard"
 
     def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x_c @ self.W_enc + self.weights["b_enc"])
+        return self._encode_affine(x_c, "b_enc").relu_()
 
 
 class JumpReluSae(Sae):
@@ -158,15 +164,16 @@ class JumpReluSae(Sae):
     tensor_names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
     def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        pre = x_c @ self.W_enc + self.weights["b_enc"]  # [..., d_sae]
-        return torch.relu(pre) * (pre > self.weights["threshold"])
+        pre = self._encode_affine(x_c, "b_enc")  # [..., d_sae]
+        above = pre > self.weights["threshold"]
+        return pre.relu_().mul_(above)
 
 
 class TopKSae(Sae):
     architecture = "topk"
 
     def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        pre = x_c @ self.W_enc + self.weights["b_enc"]  # [..., d_sae]
+        pre = self._encode_affine(x_c, "b_enc")  # [..., d_sae]
         if self.cfg.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
         assert self.cfg.k is not None  # guaranteed by parse_sae_config
