@@ -7,27 +7,38 @@ from typing import Any
 
 import numpy as np
 
-STORIES = {"d_model": 64, "d_mlp": 172, "n_kv": 4, "n_heads": 8}
 
-
-def matmul_gflops(n: int = 1024, threads: int = 0, seconds: float = 1.0) -> float:
-    """fp32 torch.matmul rate of an n x n product on the current thread count."""
+def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -> float:
+    """fp32 torch.matmul rate of a square product on ``device`` (n = 1024 on a CPU, 8192 on a
+    GPU, sizes each saturates) at the current thread count."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    on_gpu = device.startswith("cuda")
+    n = 8192 if on_gpu else 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def sync() -> None:
+        if on_gpu:
+            torch.cuda.synchronize()
+
     torch.matmul(a, b)
+    sync()
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         torch.matmul(a, b)
         runs += 1
+        sync()
     return 2 * n**3 * runs / (time.perf_counter() - started) / 1e9
 
 
-def flops_per_token(hook_layer: int, d_sae: int, context: int) -> float:
-    """Forward FLOPs up to and including block ``hook_layer`` of stories260K, plus SAE encode."""
-    d, f, kv = STORIES["d_model"], STORIES["d_mlp"], STORIES["n_kv"] * 8
+def flops_per_token(dims: dict[str, int], hook_layer: int, d_sae: int, context: int) -> float:
+    """Forward FLOPs of a llama-style model (``BenchModel.dims``) up to and including block
+    ``hook_layer``, plus the SAE encode; attention scores and mixing counted over the full
+    context."""
+    d, f = dims["d_model"], dims["d_mlp"]
+    kv = dims["n_kv"] * (d // dims["n_heads"])
     per_block = 2 * (d * d + 2 * d * kv + d * d) + 2 * 3 * d * f + 2 * 2 * context * d
     return (hook_layer + 1) * per_block + 2 * d * d_sae
 

@@ -20,8 +20,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.inputs import HOOK
-
 DONE_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
@@ -44,13 +42,13 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         sae = spb.Sae(
             sae_id="bench",
             model_id=args.model_ref,
-            hook_point=HOOK,
+            hook_point=cfg["metadata"]["hook_name"],
             d_in=cfg["d_in"],
             d_sae=cfg["d_sae"],
             architecture=spb.ARCHITECTURE_STANDARD,
             weights_uri=str(Path(args.sae).resolve()),
             training_dataset="local/bench-random",
-            neuronpedia_model_id="stories260k",
+            neuronpedia_model_id=cfg["metadata"]["model_name"],
             neuronpedia_source_set=f"bench-res-{cfg['d_sae']}",
         )
         store.CreateSae(spb.CreateSaeRequest(sae=sae))

@@ -28,7 +28,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.inputs import HOOK, HOOK_LAYER, REPO, BenchInputs, prepare
+from bench.inputs import MODELS, REPO, BenchInputs, BenchModel, bench_model, prepare
 from bench.measure import agreement, flops_per_token, matmul_gflops
 
 BENCH = REPO / "bench"
@@ -71,7 +71,7 @@ def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
 
 def run_ours(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out = work / "ours.json"
-    cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model_ref]
+    cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model.model_ref]
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
     cmd += ["--context", str(inputs.context), "--n-examples", str(args.n_examples)]
     cmd += ["--logit-k", str(args.logit_k), "--bins", str(args.bins), "--device", args.device]
@@ -81,7 +81,10 @@ def run_ours(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[
 
 def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out = work / "theirs.json"
-    cmd = [str(THEIR_PY), str(BENCH / "saedashboard_job.py"), "--model-dir", str(inputs.model_dir)]
+    model = inputs.model
+    cmd = [str(THEIR_PY), str(BENCH / "saedashboard_job.py"), "--model", str(model.checkpoint)]
+    cmd += ["--tokenizer", str(model.tokenizer), "--device", args.device]
+    cmd += ["--check-reference"] if model.has_reference else []
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
     cmd += ["--work", str(work), "--n-examples", str(args.n_examples), "--out", str(out)]
     wall, rss = timed(cmd, work, args.threads)
@@ -93,10 +96,10 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare(
-    args: argparse.Namespace, scratch: Path, d_sae: int, their_problem: str
+    args: argparse.Namespace, scratch: Path, model: BenchModel, d_sae: int, their_problem: str
 ) -> dict[str, Any]:
     """``--pairs`` ours/theirs pairs on one size, the two sides alternating within a pair."""
-    inputs = prepare(scratch / "inputs", args.rows, args.context, d_sae, args.fire_rate)
+    inputs = prepare(scratch / "inputs", model, args.rows, args.context, d_sae, args.fire_rate)
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     for pair in range(args.pairs):
@@ -111,7 +114,8 @@ def compare(
 
 
 def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -> dict[str, Any]:
-    flops = flops_per_token(HOOK_LAYER, inputs.d_sae, inputs.context)
+    model = inputs.model
+    flops = flops_per_token(model.dims(), model.hook_layer, inputs.d_sae, inputs.context)
     stages = {
         k: statistics.median(r["stages_s"].get(k, 0.0) for r in ours) for k in ours[0]["stages_s"]
     }
@@ -123,7 +127,7 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
 
 
 def scaling(
-    args: argparse.Namespace, scratch: Path, measured: list[dict[str, Any]]
+    args: argparse.Namespace, scratch: Path, model: BenchModel, measured: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Ours alone around the first size: x1, tokens x2 x4, d_sae x2 x4; a point already measured
     by the comparison (x1, and d_sae x4 in the default run) reuses that run."""
@@ -133,7 +137,9 @@ def scaling(
         size = (args.rows * mult_rows, d_sae * mult_sae)
         run = done.get(size)
         if run is None:
-            inputs = prepare(scratch / "inputs", size[0], args.context, size[1], args.fire_rate)
+            inputs = prepare(
+                scratch / "inputs", model, size[0], args.context, size[1], args.fire_rate
+            )
             run = run_ours(inputs, args, Path(tempfile.mkdtemp(prefix="scale-", dir=scratch)))
             print(f"scaling {size[0]} rows x {size[1]}: {run['wall_s']:.1f}s")
         point = {"n_tokens": size[0] * args.context, "d_sae": size[1]}
@@ -175,16 +181,16 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
 
 
 def report(
-    args: argparse.Namespace, results: list[dict[str, Any]], scaled: list[dict[str, Any]],
-    their_problem: str,
+    args: argparse.Namespace, model: BenchModel, results: list[dict[str, Any]],
+    scaled: list[dict[str, Any]], their_problem: str,
 ) -> dict[str, Any]:  # fmt: skip
-    gflops = matmul_gflops(threads=args.threads)
+    gflops = matmul_gflops(threads=args.threads, device=args.device)
     sizes = [size_report(r, args, gflops) for r in results]
     largest = max(sizes, key=lambda s: (s["d_sae"], s["n_tokens"]))
     top = {k: v for k, v in largest.items() if k != "runs"}
     return {
         "mode": "smoke" if args.smoke else "default",
-        "model": f"stories260K ({HOOK})",
+        "model": f"{model.name} ({model.hook})",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads, {args.device}",  # noqa: E501
         "sae": f"random standard SAE, b_enc calibrated to fire on {args.fire_rate:.0%} of tokens",
         "params": {"n_examples": args.n_examples, "logit_k": args.logit_k, "bins": args.bins},
@@ -256,6 +262,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ours-only", action="store_true", help="skip SAEDashboard")
     parser.add_argument("--rows", type=int, default=2048, help="token rows (x --context)")
     parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--model", choices=MODELS, default=MODELS[0], help="see bench/inputs.py")
     parser.add_argument("--d-sae", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--fire-rate", type=float, default=0.01)
     parser.add_argument("--pairs", type=int, default=1, help="ours/theirs pairs per size")
@@ -283,9 +290,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mistudio-bench-") as tmp:
         scratch = Path(tmp)
-        sizes = [compare(args, scratch, d_sae, their_problem) for d_sae in args.d_sae]
-        scaled = [] if args.no_scaling else scaling(args, scratch, sizes)
-        out = report(args, sizes, scaled, their_problem)
+        model = bench_model(args.model, scratch / "inputs")
+        sizes = [compare(args, scratch, model, d_sae, their_problem) for d_sae in args.d_sae]
+        scaled = [] if args.no_scaling else scaling(args, scratch, model, sizes)
+        out = report(args, model, sizes, scaled, their_problem)
     (results / "latest.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     (results / "latest.md").write_text(markdown(out), encoding="utf-8")
     print(markdown(out).split("\n## ")[0])

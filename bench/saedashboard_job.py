@@ -1,9 +1,10 @@
 """THEIR side of one bench run: SAEDashboard's real NeuronpediaRunner, offline.
 
 Runs in bench/.venv-saedashboard (sae-dashboard from PyPI), self-contained: it imports nothing from
-this repository. Three hub-touching steps are replaced by local objects: the model (stories260K's
-llama2.c file read with numpy into a HookedSAETransformer), the activation store (none) and token
-sampling (our token file). Everything else is ``NeuronpediaRunner.run()`` as published.
+this repository. Three hub-touching steps are replaced by local objects: the model (a llama2.c
+file, stories260K or the GPU profile's random one, read with numpy into a HookedSAETransformer),
+the activation store (none) and token sampling (our token file). Everything else is
+``NeuronpediaRunner.run()`` as published.
 Writes ``--out`` (JSON): run seconds and per feature what the agreement check needs.
 """
 
@@ -51,15 +52,15 @@ def read_llama2c(path: Path) -> tuple[dict[str, int], dict[str, np.ndarray[Any, 
     return {k: int(v) for k, v in (config | {"vocab": vocab, "seq_len": seq_len}).items()}, weights
 
 
-def stories_model(model_dir: Path) -> HookedSAETransformer:
-    c, w = read_llama2c(model_dir / "stories260K.bin")
+def llama2c_model(checkpoint: Path, tokenizer: Path, device: str) -> HookedSAETransformer:
+    c, w = read_llama2c(checkpoint)
     head = c["dim"] // c["n_heads"]
     cfg = HookedTransformerConfig(
         n_layers=c["n_layers"], d_model=c["dim"], d_head=head, n_heads=c["n_heads"],
         n_key_value_heads=c["n_kv"], d_mlp=c["hidden"], d_vocab=c["vocab"], n_ctx=c["seq_len"],
         act_fn="silu", gated_mlp=True, normalization_type="RMS", eps=1e-5, final_rms=True,
         positional_embedding_type="rotary", rotary_dim=head, rotary_adjacent_pairs=True,
-        model_name="stories260k", device="cpu",
+        model_name=checkpoint.stem, device=device,
     )  # fmt: skip
     model = HookedSAETransformer(cfg)
     t = torch.from_numpy
@@ -79,7 +80,7 @@ def stories_model(model_dir: Path) -> HookedSAETransformer:
         state[b + "mlp.W_gate"], state[b + "mlp.W_in"] = t(w["w1"][i].T), t(w["w3"][i].T)
         state[b + "mlp.W_out"] = t(w["w2"][i].T)
     model.load_state_dict({k: v.contiguous().float() for k, v in state.items()}, strict=False)
-    model.tokenizer = PieceVocab(model_dir / "tok512.bin")  # type: ignore[assignment]
+    model.tokenizer = PieceVocab(tokenizer)  # type: ignore[assignment]
     return model
 
 
@@ -91,7 +92,7 @@ def check_model(model: HookedSAETransformer) -> None:
     """Stops the run unless the model gives the reference next pieces (``▁g`` 0.64, ``▁b`` 0.28,
     from the stories260k data README): a mis-built model silently skews every comparison."""
     with torch.inference_mode():
-        top = model(torch.tensor([STORY_IDS]))[0, -1].softmax(-1).topk(2)
+        top = model(torch.tensor([STORY_IDS], device=model.cfg.device))[0, -1].softmax(-1).topk(2)
     if top.indices.tolist() != [298, 268] or abs(float(top.values[0]) - 0.640) > 0.005:
         raise SystemExit(f"stories260K built wrong: next pieces {top} (expected 298 0.64, 268)")
 
@@ -114,20 +115,24 @@ class PieceVocab:
 class OfflineRunner(NeuronpediaRunner):
     """NeuronpediaRunner with its model, activation store and token sampling made local."""
 
-    model_dir: Path
+    checkpoint: Path
+    tokenizer: Path
+    device: str
+    check_reference: bool
     token_file: Path
 
     def _extract_model_info(self) -> None:
         meta = json.loads((Path(self.cfg.sae_path) / "cfg.json").read_text())["metadata"]
         for key, value in meta.items():  # this SAELens reads them from the top level only
             setattr(self.sae.cfg.metadata, key, value)
-        self.model_id = self.cfg.model_id = "stories260k"
+        self.model_id = self.cfg.model_id = meta["model_name"]
         self.hook_name = meta["hook_name"]
         self.layer = self.cfg.layer = int(self.hook_name.split(".")[1])
 
     def _initialize_model(self) -> None:
-        self.model = stories_model(self.model_dir)
-        check_model(self.model)
+        self.model = llama2c_model(self.checkpoint, self.tokenizer, self.device)
+        if self.check_reference:
+            check_model(self.model)
 
     def _setup_activation_store(self) -> None:
         self.activations_store = None
@@ -160,7 +165,10 @@ def feature_facts(outputs: Path, vocab: dict[int, str]) -> dict[str, dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--model", required=True, help="legacy llama2.c checkpoint")
+    parser.add_argument("--tokenizer", required=True, help="llama2.c tokenizer export")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--check-reference", action="store_true", help="stories260K only")
     parser.add_argument("--sae", required=True)
     parser.add_argument("--tokens", required=True)
     parser.add_argument("--work", required=True)
@@ -169,13 +177,16 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     n_rows, context = np.load(args.tokens, mmap_mode="r").shape
-    OfflineRunner.model_dir, OfflineRunner.token_file = Path(args.model_dir), Path(args.tokens)
+    OfflineRunner.checkpoint, OfflineRunner.tokenizer = Path(args.model), Path(args.tokenizer)
+    OfflineRunner.device, OfflineRunner.check_reference = args.device, args.check_reference
+    OfflineRunner.token_file = Path(args.tokens)
     cfg = NeuronpediaRunnerConfig(
         sae_set="bench", sae_path=str(Path(args.sae).resolve()), from_local_sae=True,
         outputs_dir=str(Path(args.work) / "outputs"), n_prompts_total=int(n_rows),
         n_tokens_in_prompt=int(context), top_acts_group_size=args.n_examples,
         huggingface_dataset_path="local/bench-random", model_dtype="float32", sae_dtype="float32",
-        model_device="cpu", sae_device="cpu", activation_store_device="cpu", shuffle_tokens=False,
+        model_device=args.device, sae_device=args.device, activation_store_device=args.device,
+        shuffle_tokens=False,
     )  # fmt: skip
     runner = OfflineRunner(cfg)
     run_started = time.perf_counter()
