@@ -38,9 +38,12 @@ def for_each_batch(
 
     An out-of-memory error inside ``step`` halves the batch and retries the same slice (``step``
     must leave no trace when it fails). Progress counts from ``origin`` (default ``start``) so
-    a resumed pass reports the whole range. Returns the final batch size.
+    a resumed pass reports the whole range, starting with where it resumes. Returns the final
+    batch size.
     """
     base = start if origin is None else origin
+    if progress is not None:  # the stage starts now, not when its first batch is done
+        progress(stage, (start - base) * items_per_index, (stop - base) * items_per_index, "")
     i = start
     while i < stop:
         check_cancelled(cancel)
