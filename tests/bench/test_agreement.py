@@ -99,7 +99,19 @@ def test_a_missing_prompt_maximum_is_reported(grid: Grid) -> None:
 
 def test_a_different_logit_token_is_reported(grid: Grid) -> None:
     ours, theirs = ours_facts(grid), theirs_facts(grid)
-    ours["neg_ids"] = [7, 1, 4]
+    ours["neg_ids"] = [7, 4, 3]  # token 4 at -1.2 instead of 1: far from their k-th, -1.0
     out = agreement({"0": ours}, {"0": theirs}, logit_k=3, n_tokens=grid.size)
     assert out["logit_lens_neg_ids"]["fraction_agreeing"] == 0.0
+    assert out["logit_lens_neg_ids"]["max_abs_diff"] == pytest.approx(0.2)
+    assert out["logit_lens_neg_ids"]["disagreeing_features"] == [0]
     assert out["logit_lens_pos_ids"]["fraction_agreeing"] == 1.0
+    assert out["logit_lens_pos_ids"]["disagreeing_features"] == []
+
+
+def test_a_tie_at_the_kth_logit_is_not_a_disagreement(grid: Grid) -> None:
+    ours, theirs = ours_facts(grid), theirs_facts(grid)
+    ours["neg_ids"] = [7, 1, 4]  # token 4 instead of 3, both at the k-th value -1.0
+    ours["neg_values"][2] = -1.0002  # and within theirs' rounding of it
+    out = agreement({"0": ours}, {"0": theirs}, logit_k=3, n_tokens=grid.size)
+    assert out["logit_lens_neg_ids"]["fraction_agreeing"] == 1.0
+    assert out["logit_lens_neg_ids"]["max_abs_diff"] == pytest.approx(2e-4)
