@@ -1,12 +1,11 @@
 """`make bench`: ours vs SAEDashboard's NeuronpediaRunner on the same inputs, alternately.
 
 Default: stories260K, blocks.2.hook_resid_post, random calibrated SAEs (see inputs.py), 2048 x 128
-= 262,144 tokens, d_sae 4096 and 16384 (``--d-sae`` takes one or several), one ours/theirs pair
-per size (``--pairs``). Not timed end to end: scaling the 65k-token run (ours 372 s,
-SAEDashboard 170 s at d_sae 4096 on the shared 2-core CPU) linearly in tokens and features gives
-hours. ``--scaling`` adds a series for ours only around the first size (tokens x2 x4, d_sae
-x2 x4). ``--smoke``: 64 x 128 tokens, d_sae 64, one pair, under a minute once SAEDashboard's
-venv exists. Writes
+= 262,144 tokens, d_sae 4096 and 16384 (``--d-sae`` takes one or several), two ours/theirs pairs
+per size (``--pairs``), then the scaling series for ours alone around the first size (tokens x2
+x4, d_sae x2 x4; ``--no-scaling`` skips it): about 40 minutes on the 2-core CPU machine.
+``--smoke``: 64 x 128 tokens, d_sae 64, one pair, under a minute once SAEDashboard's venv exists.
+``--model gpt2-small-random`` swaps in a GPT-2-small-sized model (see gpu.sh). Writes
 bench/results/latest.json (one entry per size under ``sizes``; the top-level figures are the
 largest size's) and latest.md, and prints a table.
 """
@@ -151,6 +150,12 @@ def median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(r[key] for r in runs) if runs else None
 
 
+def pair_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: str) -> float | None:
+    """Median over pairs of theirs ÷ ours: each pair ran back to back, under the same load."""
+    ratios = [t[key] / o[key] for o, t in zip(ours, theirs, strict=False) if o[key] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
 def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float) -> dict[str, Any]:
     """One size's figures: medians over its pairs, agreement of its last pair."""
     inputs: BenchInputs = result["inputs"]
@@ -163,10 +168,10 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
         "n_tokens": inputs.n_tokens,
         "ours_wall_s": ow,
         "saedashboard_wall_s": tw,
-        "ratio_wall": tw / ow if tw and ow else None,
+        "ratio_wall": pair_ratio(ours, theirs, "wall_s"),
         "ours_peak_rss_mb": orss,
         "saedashboard_peak_rss_mb": trss,
-        "ratio_peak_rss": trss / orss if trss and orss else None,
+        "ratio_peak_rss": pair_ratio(ours, theirs, "peak_rss_mb"),
         "activation_pass_fraction_of_matmul_rate": tp["fraction_of_matmul_rate"].get(
             "activation_pass"
         ),
@@ -265,7 +270,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", choices=MODELS, default=MODELS[0], help="see bench/inputs.py")
     parser.add_argument("--d-sae", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--fire-rate", type=float, default=0.01)
-    parser.add_argument("--pairs", type=int, default=1, help="ours/theirs pairs per size")
+    parser.add_argument("--pairs", type=int, default=2, help="ours/theirs pairs per size")
     parser.add_argument("--n-examples", type=int, default=20)
     parser.add_argument("--logit-k", type=int, default=10)
     parser.add_argument("--bins", type=int, default=50)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import main, parse
+from bench.run import main, pair_ratio, parse
 
 KEYS = {
     "ours_wall_s", "saedashboard_wall_s", "ratio_wall", "ours_peak_rss_mb",
@@ -29,9 +29,17 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
 
 
-def test_default_run_is_two_sizes_over_262k_tokens_one_pair_each_plus_scaling() -> None:
+def test_default_run_is_two_sizes_over_262k_tokens_two_pairs_each_plus_scaling() -> None:
     args = parse([])
     assert args.d_sae == [4096, 16384] and args.rows * args.context == 262_144
-    assert args.pairs == 1 and not args.no_scaling
+    assert args.pairs == 2 and not args.no_scaling
     assert parse(["--smoke"]).no_scaling
     assert parse(["--d-sae", "512", "--pairs", "2"]).d_sae == [512]
+
+
+def test_ratios_are_the_median_of_per_pair_ratios() -> None:
+    ours = [{"wall_s": 10.0}, {"wall_s": 20.0}, {"wall_s": 10.0}]
+    theirs = [{"wall_s": 30.0}, {"wall_s": 20.0}, {"wall_s": 50.0}]
+    assert pair_ratio(ours, theirs, "wall_s") == 3.0  # of 3, 1 and 5; medians' ratio is 3 too
+    assert pair_ratio(ours[:2], theirs[:2], "wall_s") == 2.0  # of 3 and 1, not 25 / 15
+    assert pair_ratio(ours, [], "wall_s") is None
