@@ -52,6 +52,17 @@ def test_finishing_a_stage_that_already_ended_keeps_its_time() -> None:
     assert progress.elapsed_seconds == 25.0
 
 
+def test_a_stage_skipped_over_and_finished_later_took_no_time() -> None:
+    clock = FakeClock()
+    tracker = ProgressTracker("job", [pb.STAGE_ACTIVATION_PASS, *STAGES[1:], pb.STAGE_CACHING])
+    clock.now = 3.0
+    tracker.update(pb.STAGE_CACHING, 1, 1)  # the relayed stream jumped past LOGIT_LENS
+    clock.now = 9.0
+    progress = tracker.finish_stage(pb.STAGE_LOGIT_LENS)
+    assert progress.stages[1].elapsed_seconds == 0.0
+    assert progress.stages[1].state == pb.JOB_STATE_SUCCEEDED
+
+
 def test_eta_follows_the_measured_rate() -> None:
     clock = FakeClock()
     tracker = ProgressTracker("job", [pb.STAGE_ACTIVATION_PASS], clock=clock)

@@ -113,8 +113,8 @@ class ProgressTracker:
         with self._lock:
             now = self.clock()
             clock = self._clocks[self._index(stage)]
-            clock.started = clock.started if clock.started is not None else now
             clock.finished = clock.finished or now
+            clock.started = clock.started if clock.started is not None else clock.finished
             clock.state = pb.JOB_STATE_SUCCEEDED
             clock.done = max(clock.done, clock.total)
             return self._render(now)
