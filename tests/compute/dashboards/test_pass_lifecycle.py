@@ -94,17 +94,20 @@ def test_two_halves_merged_equal_one_pass(inputs, reference) -> None:
             assert x.total_activation == pytest.approx(y.total_activation, rel=1e-12)
 
 
-def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: Path) -> None:
-    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+def stop_after_three_batches_then_resume(
+    inputs, checkpoint: Checkpointing
+) -> tuple[list[FeatureDashboard], list[int]]:
+    """Cancels the computation once the pass has folded three batches, then runs it again;
+    returns the second run's dashboards and its pass progress counts."""
     cancel = threading.Event()
 
-    def stop_after_three_batches(stage: Stage, done: int, total: int, message: str) -> None:
+    def stop(stage: Stage, done: int, total: int, message: str) -> None:
         if stage is Stage.ACTIVATION_PASS and done == 3 * BATCH * tiny.N_CTX:
             cancel.set()
 
     with pytest.raises(Cancelled):
         flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
-                                   progress=stop_after_three_batches, cancel=cancel))  # fmt: skip
+                                   progress=stop, cancel=cancel))  # fmt: skip
     assert checkpoint.path.exists()
     resumed: list[int] = []
 
@@ -114,6 +117,12 @@ def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: P
 
     again = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
                                        progress=record))  # fmt: skip
+    return again, resumed
+
+
+def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: Path) -> None:
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+    again, resumed = stop_after_three_batches_then_resume(inputs, checkpoint)
     assert again == reference
     t = tiny.N_CTX
     assert resumed[:2] == [3 * BATCH * t, 4 * BATCH * t]  # resumed after the third batch
@@ -123,23 +132,7 @@ def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: P
 def test_an_interrupted_pass_checkpoints_where_it_stopped(inputs, reference, tmp_path) -> None:
     """Periodic checkpoints are rare (every 50 batches by default); a pause loses no batch."""
     checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1000)
-    cancel = threading.Event()
-
-    def stop_after_three_batches(stage: Stage, done: int, total: int, message: str) -> None:
-        if stage is Stage.ACTIVATION_PASS and done == 3 * BATCH * tiny.N_CTX:
-            cancel.set()
-
-    with pytest.raises(Cancelled):
-        flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
-                                   progress=stop_after_three_batches, cancel=cancel))  # fmt: skip
-    resumed: list[int] = []
-
-    def record(stage: Stage, done: int, total: int, message: str) -> None:
-        if stage is Stage.ACTIVATION_PASS:
-            resumed.append(done)
-
-    again = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
-                                       progress=record))  # fmt: skip
+    again, resumed = stop_after_three_batches_then_resume(inputs, checkpoint)
     assert resumed[:2] == [3 * BATCH * tiny.N_CTX, 4 * BATCH * tiny.N_CTX]  # no batch run twice
     assert again == reference
 
