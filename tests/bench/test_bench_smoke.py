@@ -24,6 +24,13 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert out["ours_wall_s"] > 0 and out["ours_peak_rss_mb"] > 50
     assert out["matmul_gflops"] > 0.1
     assert 0 < out["activation_pass_fraction_of_matmul_rate"] < 1
+    stages = out["throughput"]["stages_s"]
+    assert set(stages) == {
+        "activation_pass", "finalisation", "caching", "serialization", "validation", "archive",
+        "whole_export",
+    }  # fmt: skip
+    assert all(s >= 0 for s in stages.values())
+    assert sum(stages.values()) - stages["whole_export"] <= stages["whole_export"]
     assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
     assert [s["d_sae"] for s in out["sizes"]] == [64]
     assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
