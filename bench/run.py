@@ -163,6 +163,18 @@ def scaling(
     return rows
 
 
+def source_commit() -> str:
+    """The measured code's commit, marked ``+changes`` when the tree differs from it."""
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "services", "bench", ":!bench/results")
+    return commit + ("+changes" if dirty else "")
+
+
 def median(runs: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(r[key] for r in runs) if runs else None
 
@@ -212,6 +224,7 @@ def report(
     top = {k: v for k, v in largest.items() if k != "runs"}
     return {
         "mode": "smoke" if args.smoke else "default",
+        "commit": source_commit(),
         "model": f"{model.name} ({model.hook})",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {args.threads} threads, {args.device}",  # noqa: E501
         "sae": f"random standard SAE, b_enc calibrated to fire on {args.fire_rate:.0%} of tokens",
@@ -232,7 +245,7 @@ def markdown(out: dict[str, Any]) -> str:
         f"# Bench ({out['mode']}): {out['model']}, d_sae "
         + ", ".join(str(s["d_sae"]) for s in out["sizes"]),
         "",
-        f"Machine: {out['machine']}; SAEDashboard: {out['saedashboard']}; "
+        f"Commit {out['commit']}. Machine: {out['machine']}; SAEDashboard: {out['saedashboard']}; "
         f"{out['pairs']} pair(s) per size; matmul {fmt(out['matmul_gflops'])} GFLOP/s.",
         "",
         "| d_sae | tokens | ours wall s | SAEDashboard wall s | theirs / ours | ours RSS MB "
