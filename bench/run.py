@@ -171,7 +171,8 @@ def source_commit() -> str:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "services", "bench", ":!bench/results")
+    paths = ("services", "bench", ":!bench/results")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
     return commit + ("+changes" if dirty else "")
 
 
