@@ -1,12 +1,16 @@
 """Reading the selected features' dashboards from the cache into the job's staging folder.
 
 Features are read in batches in index order; each batch is filtered by the statistic filters,
-hashed, written to ``staging/work/dashboards/chunk-N.bin`` and checkpointed, so a resumed job
-continues with the next batch. Every later step reads the staged copy, never the store again.
+hashed, written to ``staging/work/dashboards/chunk-N.bin`` (its hashes beside it, in
+``chunk-N.hashes.json``) and checkpointed, so a resumed job continues with the next batch. The
+checkpoint holds only the batch count: with a hash per feature in it, every save rewrote all
+hashes so far, quadratic in the feature count. Every later step reads the staged copy, never
+the store again.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -19,7 +23,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.clients import StoreClient
-from mistudio_export.delta import HASHES_KEY, EarlierExport, feature_hash, hashes_from_json
+from mistudio_export.delta import EarlierExport, feature_hash, hashes_from_json, hashes_to_json
 from mistudio_export.formats import jsonio
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
@@ -57,18 +61,20 @@ def collect(
 ) -> Collected:
     """Stages the dashboards of every selected feature; resumes after the last saved batch."""
     state = dict(job.checkpoint.get(CHECKPOINT_KEY) or {})
-    hashes = hashes_from_json(job.checkpoint.get(HASHES_KEY))
     done, skipped = int(state.get("chunks_done", 0)), int(state.get("skipped_unchanged", 0))
     batches = chunks(candidates, batch_size)
     folder = dashboards_dir(job.staging)
-    if done and not all((folder / _chunk_name(n)).exists() for n in range(done)):
+    staged = [folder / _chunk_name(n) for n in range(done)]
+    if all(p.exists() and _hashes_path(p).exists() for p in staged):
+        hashes = {i: h for p in staged for i, h in _read_hashes(p).items()}
+    else:
         done, skipped, hashes = 0, 0, {}  # the staging folder was lost: start this step over
     total = len(candidates)
     job.report(ppb.STAGE_GENERATING_FILES, sum(map(len, batches[:done])), total, "features")
     for n in range(done, len(batches)):
         batch = batches[n]
         kept, batch_hashes, unchanged = _read_batch(job, store, params, batch, keep, delta_base)
-        _write_chunk(folder / _chunk_name(n), kept)
+        _write_chunk(folder / _chunk_name(n), kept, batch_hashes)
         hashes.update(batch_hashes)
         skipped += unchanged
         job.report(
@@ -79,7 +85,7 @@ def collect(
             f"read dashboards of batch {n + 1}/{len(batches)}",
         )
         state = {"chunks_done": n + 1, "skipped_unchanged": skipped}
-        job.save(**{CHECKPOINT_KEY: state, HASHES_KEY: {str(i): h for i, h in hashes.items()}})
+        job.save(**{CHECKPOINT_KEY: state})
     return Collected(hashes=hashes, skipped_unchanged=skipped)
 
 
@@ -129,7 +135,19 @@ def _chunk_name(n: int) -> str:
     return f"chunk-{n:06d}.bin"
 
 
-def _write_chunk(path: Path, dashboards: list[dpb.FeatureDashboard]) -> None:
+def _hashes_path(chunk: Path) -> Path:
+    return chunk.with_suffix(".hashes.json")
+
+
+def _read_hashes(chunk: Path) -> dict[int, str]:
+    return hashes_from_json(json.loads(_hashes_path(chunk).read_bytes()))
+
+
+def _write_chunk(
+    path: Path, dashboards: list[dpb.FeatureDashboard], hashes: dict[int, str]
+) -> None:
+    """The hashes first: a chunk counts as staged once both files exist."""
+    jsonio.write_atomic(_hashes_path(path), json.dumps(hashes_to_json(hashes)).encode())
     data = bytearray()
     for dashboard in dashboards:
         raw = dashboard.SerializeToString(deterministic=True)
