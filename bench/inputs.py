@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ GPT2_SMALL_SIZE = {
     "dim": 768, "hidden": 2048, "n_layers": 12, "n_heads": 12, "n_kv": 12, "vocab": 512,
     "seq_len": 1024,
 }  # fmt: skip
-_LLAMA2C_HEADER = struct.Struct("<7i")
 
 
 @dataclass(frozen=True)
@@ -62,10 +60,11 @@ class BenchModel:
         return f"llama2c:{self.checkpoint}?tokenizer={self.tokenizer}"
 
     def dims(self) -> dict[str, int]:
-        with self.checkpoint.open("rb") as f:
-            dim, hidden, layers, heads, kv, vocab, _ = _LLAMA2C_HEADER.unpack(f.read(28))
-        return {"d_model": dim, "d_mlp": hidden, "n_layers": layers, "n_heads": heads,
-                "n_kv": kv, "d_vocab": abs(vocab)}  # fmt: skip
+        from mistudio_compute.llama2c import read_llama2c_config
+
+        c = read_llama2c_config(self.checkpoint)
+        return {"d_model": c.dim, "d_mlp": c.hidden_dim, "n_layers": c.n_layers,
+                "n_heads": c.n_heads, "n_kv": c.n_kv_heads, "d_vocab": c.vocab_size}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -108,6 +107,8 @@ def write_random_llama2c(
 ) -> Path:  # fmt: skip
     """A legacy llama2.c checkpoint (shared classifier) with N(0, 0.02) matrices, unit norms and
     llama2.c's rotary tables, written once (to a temporary name, then renamed)."""
+    from mistudio_compute.llama2c import HEADER
+
     if path.exists():
         return path
     rng = np.random.default_rng(seed)
@@ -127,7 +128,7 @@ def write_random_llama2c(
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     with partial.open("wb") as f:
-        f.write(_LLAMA2C_HEADER.pack(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len))
+        f.write(HEADER.pack(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len))
         for part in parts:
             f.write(part.tobytes())
     partial.rename(path)

@@ -26,7 +26,9 @@ from sentencepiece import sentencepiece_model_pb2
 from mistudio_compute.token_text import PieceStyle
 
 MODEL_FIELD = "model_id"
-_HEADER = struct.Struct("<7i")
+HEADER = struct.Struct("<7i")
+"""dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: separate classifier),
+seq_len."""
 _VERSIONED_MAGIC = 0x616B3432  # "ak42": llama2.c exports of version >= 1
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 _Array = np.ndarray[Any, np.dtype[np.float32]]
@@ -56,24 +58,23 @@ class Llama2cCheckpoint:
     """llama2.c names and layouts, stacked over layers: ``wq`` is [n_layers, dim, dim] (out, in)."""
 
 
+def read_llama2c_config(path: str | Path) -> Llama2cConfig:
+    """The header of a legacy llama2.c ``.bin`` alone (28 bytes, not the weights)."""
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(HEADER.size)
+    except OSError as exc:
+        raise _bad_checkpoint(path, f"cannot read it: {exc.strerror or exc}") from exc
+    return _parse_header(head, path)
+
+
 def read_llama2c_checkpoint(path: str | Path) -> Llama2cCheckpoint:
     """Reads a legacy llama2.c ``.bin``; a wrong size or a newer export is an InvalidArgument."""
     data = _read_file(Path(path), "model checkpoint")
-    if len(data) < _HEADER.size:
-        raise _bad_checkpoint(path, "the file is shorter than the 28-byte header")
-    if struct.unpack_from("<I", data)[0] == _VERSIONED_MAGIC:
-        raise InvalidArgument(
-            f"{path} is a versioned llama2.c export; only the legacy (version 0) format is read",
-            field=MODEL_FIELD,
-            fix="re-export the model with llama2.c's export.py --version 0",
-        )
-    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = _HEADER.unpack_from(data)
-    if min(dim, hidden, n_layers, n_heads, n_kv, seq_len) <= 0 or dim % n_heads:
-        raise _bad_checkpoint(path, f"implausible header {(dim, hidden, n_layers, n_heads, n_kv)}")
-    cfg = Llama2cConfig(dim, hidden, n_layers, n_heads, n_kv, abs(vocab), seq_len, vocab > 0)
+    cfg = _parse_header(data, path)
     shapes = _weight_shapes(cfg)
     expected = sum(int(np.prod(s)) for s in shapes.values())
-    floats = np.frombuffer(data, dtype="<f4", offset=_HEADER.size)
+    floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
     if floats.size != expected:
         raise _bad_checkpoint(path, f"expected {expected} fp32 weights, found {floats.size}")
     weights: dict[str, _Array] = {}
@@ -83,6 +84,21 @@ def read_llama2c_checkpoint(path: str | Path) -> Llama2cCheckpoint:
         weights[name] = floats[offset : offset + count].reshape(shape).astype(np.float32)
         offset += count
     return Llama2cCheckpoint(cfg, weights)
+
+
+def _parse_header(data: bytes, path: str | Path) -> Llama2cConfig:
+    if len(data) < HEADER.size:
+        raise _bad_checkpoint(path, "the file is shorter than the 28-byte header")
+    if struct.unpack_from("<I", data)[0] == _VERSIONED_MAGIC:
+        raise InvalidArgument(
+            f"{path} is a versioned llama2.c export; only the legacy (version 0) format is read",
+            field=MODEL_FIELD,
+            fix="re-export the model with llama2.c's export.py --version 0",
+        )
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = HEADER.unpack_from(data)
+    if min(dim, hidden, n_layers, n_heads, n_kv, seq_len) <= 0 or dim % n_heads:
+        raise _bad_checkpoint(path, f"implausible header {(dim, hidden, n_layers, n_heads, n_kv)}")
+    return Llama2cConfig(dim, hidden, n_layers, n_heads, n_kv, abs(vocab), seq_len, vocab > 0)
 
 
 def _weight_shapes(cfg: Llama2cConfig) -> dict[str, tuple[int, ...]]:

@@ -10,13 +10,13 @@ the store again.
 
 from __future__ import annotations
 
-import json
 import struct
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
@@ -140,14 +140,14 @@ def _hashes_path(chunk: Path) -> Path:
 
 
 def _read_hashes(chunk: Path) -> dict[int, str]:
-    return hashes_from_json(json.loads(_hashes_path(chunk).read_bytes()))
+    return hashes_from_json(orjson.loads(_hashes_path(chunk).read_bytes()))
 
 
 def _write_chunk(
     path: Path, dashboards: list[dpb.FeatureDashboard], hashes: dict[int, str]
 ) -> None:
     """The hashes first: a chunk counts as staged once both files exist."""
-    jsonio.write_atomic(_hashes_path(path), json.dumps(hashes_to_json(hashes)).encode())
+    jsonio.write_atomic(_hashes_path(path), jsonio.dumps_plain(hashes_to_json(hashes)))
     data = bytearray()
     for dashboard in dashboards:
         raw = dashboard.SerializeToString(deterministic=True)
