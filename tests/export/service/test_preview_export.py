@@ -40,7 +40,8 @@ def archive(stack: Stack, finished: epb.ExportProgress) -> zipfile.ZipFile:
 
 def test_archive_carries_the_viewer_and_its_data(archive: zipfile.ZipFile) -> None:
     names = set(archive.namelist())
-    assert VIEWER_FILES | {f"{PREVIEW_DIR}/data/index.js", f"{PREVIEW_DIR}/data/chunk-0.js"} <= names
+    data = {f"{PREVIEW_DIR}/data/index.js", f"{PREVIEW_DIR}/data/chunk-0.js"}
+    assert VIEWER_FILES | data <= names
     index = archive.read(f"{PREVIEW_DIR}/data/index.js").decode()
     listing = json.loads(index.removeprefix("miStudioPreview.loadIndex(").removesuffix(");\n"))
     assert [row[0] for row in listing["features"]] == list(range(D_SAE))
@@ -65,9 +66,7 @@ def test_archive_readme_points_at_the_viewer(archive: zipfile.ZipFile) -> None:
     assert "preview/index.html" in archive.read("README.md").decode()
 
 
-def test_with_preview_without_the_neuronpedia_format_is_refused(
-    stack: Stack, sae_id: str
-) -> None:
+def test_with_preview_without_the_neuronpedia_format_is_refused(stack: Stack, sae_id: str) -> None:
     config = export_config(formats=[epb.EXPORT_FORMAT_SAELENS], with_preview=True)
     request = epb.StartExportRequest(request_id="preview-saelens", sae_id=sae_id, config=config)
     with pytest.raises(grpc.RpcError) as raised:

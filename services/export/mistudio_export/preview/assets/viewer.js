@@ -1,6 +1,6 @@
 // miStudio dashboard preview: a feature list over data/index.js and, per feature, a dashboard
-// read from data/chunk-N.js. Data arrive through <script> tags (fetch() of local files is
-// blocked under file://). Every string from the data goes through textContent, never innerHTML.
+// read from data/chunk-N.js. Data arrive through <script> tags (browsers refuse to fetch local
+// files under file://). Every string from the data goes through textContent, never innerHTML.
 "use strict";
 
 (function () {
