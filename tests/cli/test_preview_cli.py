@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mistudio_export.cli.main import main
+from mistudio_export.cli.main import build_parser, main
+from mistudio_export.cli.options import export_config
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.packaging import build_archive
 
@@ -89,3 +90,9 @@ def test_help_shows_the_examples_and_defaults(capsys: pytest.CaptureFixture[str]
     text = capsys.readouterr().out
     assert "ARCHIVE|JOB" in text and "--serve" in text and "examples:" in text
     assert "default: ./NAME-preview" in text and "default: a free port" in text
+
+
+def test_run_with_preview_asks_the_export_for_the_viewer() -> None:
+    args = build_parser().parse_args(["run", "./my-sae", "--with-preview"])
+    assert export_config(args).with_preview
+    assert not export_config(build_parser().parse_args(["run", "./my-sae"])).with_preview

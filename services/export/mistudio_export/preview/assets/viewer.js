@@ -280,13 +280,12 @@
   }
 
   function histogram(h, kind) {
-    const width = 420;
-    const height = 120;
+    const width = 400;
+    const height = 140;
     const pad = { left: 6, right: 6, top: 8, bottom: 20 };
     const chart = svg("svg", {
       class: "chart " + kind,
       viewBox: "0 0 " + width + " " + height,
-      preserveAspectRatio: "none",
       "data-chart": kind,
       role: "img",
     });
