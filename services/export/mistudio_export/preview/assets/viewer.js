@@ -201,8 +201,8 @@
         el(
           "div",
           { class: "pair" },
-          el("div", {}, el("h3", {}, "Top negative logits"), logitTable(f.logits.top_negative, "negative")),
-          el("div", {}, el("h3", {}, "Top positive logits"), logitTable(f.logits.top_positive, "positive"))
+          el("div", {}, el("h3", {}, "Negative logits"), logitTable(f.logits.top_negative, "negative")),
+          el("div", {}, el("h3", {}, "Positive logits"), logitTable(f.logits.top_positive, "positive"))
         )
       ),
       el("h3", {}, "Top activations"),
