@@ -237,3 +237,14 @@ def test_a_16k_feature_viewer_opens_a_feature_in_under_a_second(
         "chunk-250.js",
     ]
     screenshot()
+
+
+@pytest.mark.slow
+def test_a_long_list_renders_a_page_at_a_time(
+    chromium: webdriver.Chrome, large_viewer: Path
+) -> None:
+    open_viewer(chromium, large_viewer, feature=0)
+    assert listed(chromium) == list(range(200))
+    assert chromium.find_element(By.ID, "count").text == f"{LARGE} features"
+    chromium.find_element(By.ID, "more").click()
+    assert len(listed(chromium)) == 400

@@ -186,6 +186,7 @@
 
   function dashboard(f) {
     const s = f.statistics || {};
+    const logits = f.logits || {};
     const m = state.metadata;
     const parts = [
       el("h2", {}, "Feature " + f.feature_index),
@@ -201,8 +202,8 @@
         el(
           "div",
           { class: "pair" },
-          el("div", {}, el("h3", {}, "Negative logits"), logitTable(f.logits.top_negative, "negative")),
-          el("div", {}, el("h3", {}, "Positive logits"), logitTable(f.logits.top_positive, "positive"))
+          el("div", {}, el("h3", {}, "Negative logits"), logitTable(logits.top_negative || [], "negative")),
+          el("div", {}, el("h3", {}, "Positive logits"), logitTable(logits.top_positive || [], "positive"))
         )
       ),
       el("h3", {}, "Top activations"),
