@@ -248,3 +248,14 @@ def test_a_long_list_renders_a_page_at_a_time(
     assert chromium.find_element(By.ID, "count").text == f"{LARGE} features"
     chromium.find_element(By.ID, "more").click()
     assert len(listed(chromium)) == 400
+
+
+def test_keys_step_through_the_listed_features(chromium: webdriver.Chrome, viewer: Path) -> None:
+    open_viewer(chromium, viewer, feature=0)
+    Select(chromium.find_element(By.ID, "sort")).select_by_value("max-desc")  # 4, 3, 2, 0, 1
+    body = chromium.find_element(By.TAG_NAME, "body")
+    body.click()
+    ActionChains(chromium).send_keys("j").perform()
+    wait_for_feature(chromium, 1)
+    ActionChains(chromium).send_keys("k").send_keys("k").perform()
+    wait_for_feature(chromium, 2)

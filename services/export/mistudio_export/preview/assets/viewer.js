@@ -421,6 +421,18 @@
     tip.hidden = false;
   }
 
+  // ---- keys: j / k (or arrows, outside the search box) step through the listed features -----
+
+  function step(event) {
+    if (event.target.tagName === "INPUT" || event.target.tagName === "SELECT") return;
+    const offset = { j: 1, ArrowDown: 1, k: -1, ArrowUp: -1 }[event.key];
+    if (!offset || !state.shown.length) return;
+    event.preventDefault();
+    const at = state.shown.findIndex((row) => row.index === state.current);
+    const next = state.shown[Math.min(Math.max(at + offset, 0), state.shown.length - 1)];
+    location.hash = "feature=" + next.index;
+  }
+
   // ---- wiring ----------------------------------------------------------------------------
 
   function fromHash() {
@@ -450,6 +462,7 @@
     pane.addEventListener("mouseover", showTooltip);
     pane.addEventListener("mouseleave", () => (document.getElementById("tooltip").hidden = true));
     window.addEventListener("hashchange", fromHash);
+    document.addEventListener("keydown", step);
     refreshList();
     if (location.hash) fromHash();
     else if (state.rows.length) location.hash = "feature=" + state.shown[0].index;
