@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+BUF_STAMP := tools/buf/node_modules/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup protos protos-check lint typecheck test test-fast demo serve bench bench-smoke check clean
+.PHONY: setup buf protos protos-check protos-lint lint typecheck test test-fast demo serve bench bench-smoke check clean
 
 setup: $(STAMP)
 
@@ -24,6 +25,17 @@ protos-check: protos
 	git diff --exit-code -- protos/gen || (echo "generated stubs are stale: run 'make protos' and commit"; exit 1)
 	test -z "$$(git status --porcelain -- protos/gen)" || (git status --porcelain -- protos/gen; echo "untracked generated stubs: run 'make protos' and commit"; exit 1)
 
+# buf (the proto linter) is the npm package pinned in tools/buf/package-lock.json.
+buf: $(BUF_STAMP)
+
+$(BUF_STAMP): tools/buf/package.json tools/buf/package-lock.json
+	cd tools/buf && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# buf lint with protos/buf.yaml (STANDARD + comment rules), imports resolved offline.
+protos-lint: setup buf
+	$(PY) scripts/lint_protos.py
+
 lint: setup
 	$(VENV)/bin/ruff check services tests scripts bench
 	$(VENV)/bin/ruff format --check services tests scripts bench
@@ -31,7 +43,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy services scripts
 
-test: setup protos-check lint typecheck
+test: setup protos-check protos-lint lint typecheck
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -27,23 +27,29 @@ def googleapis_proto_root() -> Path:
     return Path(google.rpc.__path__[0]).parent.parent
 
 
+def proto_files(root: Path = PROTO_ROOT) -> list[str]:
+    """The contract files, relative to ``root`` (the import root protoc and buf see)."""
+    return sorted(str(p.relative_to(root)) for p in (root / "mistudio").rglob("*.proto"))
+
+
+def include_args(root: Path = PROTO_ROOT) -> list[str]:
+    """protoc ``-I`` flags: our protos, then googleapis and the well-known types, all offline."""
+    well_known = resources.files("grpc_tools") / "_proto"
+    return [f"-I{root}", f"-I{googleapis_proto_root()}", f"-I{well_known}"]
+
+
 def main() -> int:
     version = getattr(grpc_tools, "__version__", None) or _installed_version("grpcio-tools")
     if not version.startswith(REQUIRED_GRPCIO_TOOLS):
         print(f"grpcio-tools {version} found; the stubs are pinned to {REQUIRED_GRPCIO_TOOLS}x")
         return 1
-    protos = sorted(
-        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "mistudio").rglob("*.proto")
-    )
+    protos = proto_files()
     if (OUT / "mistudio").exists():
         shutil.rmtree(OUT / "mistudio")
     OUT.mkdir(parents=True, exist_ok=True)
-    well_known = str(resources.files("grpc_tools") / "_proto")
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{googleapis_proto_root()}",
-        f"-I{well_known}",
+        *include_args(),
         f"--python_out={OUT}",
         f"--grpc_python_out={OUT}",
         f"--mypy_out={OUT}",
