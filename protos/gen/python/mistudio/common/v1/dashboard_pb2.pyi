@@ -26,14 +26,21 @@ class _BinScale:
 class _BinScaleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BinScale.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BIN_SCALE_UNSPECIFIED: _BinScale.ValueType  # 0
+    """Not set: DashboardParams takes its default, BIN_SCALE_LOG."""
     BIN_SCALE_LOG: _BinScale.ValueType  # 1
+    """Edges evenly spaced in log(value): resolves the many small activations of a sparse feature."""
     BIN_SCALE_LINEAR: _BinScale.ValueType  # 2
+    """Edges evenly spaced in value (logit histograms always use this)."""
 
-class BinScale(_BinScale, metaclass=_BinScaleEnumTypeWrapper): ...
+class BinScale(_BinScale, metaclass=_BinScaleEnumTypeWrapper):
+    """How histogram bin edges are spaced between the smallest and largest value."""
 
 BIN_SCALE_UNSPECIFIED: BinScale.ValueType  # 0
+"""Not set: DashboardParams takes its default, BIN_SCALE_LOG."""
 BIN_SCALE_LOG: BinScale.ValueType  # 1
+"""Edges evenly spaced in log(value): resolves the many small activations of a sparse feature."""
 BIN_SCALE_LINEAR: BinScale.ValueType  # 2
+"""Edges evenly spaced in value (logit histograms always use this)."""
 Global___BinScale: _TypeAlias = BinScale  # noqa: Y015
 
 class _TokenRankMetric:
@@ -43,16 +50,25 @@ class _TokenRankMetric:
 class _TokenRankMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TokenRankMetric.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TOKEN_RANK_METRIC_UNSPECIFIED: _TokenRankMetric.ValueType  # 0
+    """Not set: DashboardParams takes its default, TOKEN_RANK_METRIC_SUM."""
     TOKEN_RANK_METRIC_SUM: _TokenRankMetric.ValueType  # 1
+    """By the sum of the feature's activations on the token."""
     TOKEN_RANK_METRIC_COUNT: _TokenRankMetric.ValueType  # 2
+    """By how often the feature is active on the token."""
     TOKEN_RANK_METRIC_MEAN: _TokenRankMetric.ValueType  # 3
+    """By the mean activation on the token where active."""
 
-class TokenRankMetric(_TokenRankMetric, metaclass=_TokenRankMetricEnumTypeWrapper): ...
+class TokenRankMetric(_TokenRankMetric, metaclass=_TokenRankMetricEnumTypeWrapper):
+    """How the top-token table is ordered (DashboardParams.token_rank_metric)."""
 
 TOKEN_RANK_METRIC_UNSPECIFIED: TokenRankMetric.ValueType  # 0
+"""Not set: DashboardParams takes its default, TOKEN_RANK_METRIC_SUM."""
 TOKEN_RANK_METRIC_SUM: TokenRankMetric.ValueType  # 1
+"""By the sum of the feature's activations on the token."""
 TOKEN_RANK_METRIC_COUNT: TokenRankMetric.ValueType  # 2
+"""By how often the feature is active on the token."""
 TOKEN_RANK_METRIC_MEAN: TokenRankMetric.ValueType  # 3
+"""By the mean activation on the token where active."""
 Global___TokenRankMetric: _TypeAlias = TokenRankMetric  # noqa: Y015
 
 @_typing.final
@@ -102,6 +118,7 @@ class ActivationExample(_message.Message):
     MAX_TOKEN_INDEX_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     max_value: _builtins.float
+    """The largest of values (the window's own maximum)."""
     max_token_index: _builtins.int
     """Index into tokens of max_value."""
     @_builtins.property
@@ -109,13 +126,17 @@ class ActivationExample(_message.Message):
         """Readable token strings (byte-level pieces decoded; invalid UTF-8 shown as U+FFFD)."""
 
     @_builtins.property
-    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Vocabulary ids of the tokens; same length as tokens."""
+
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Activation of the feature at each token; same length as tokens."""
 
     @_builtins.property
-    def source(self) -> Global___SourceRef: ...
+    def source(self) -> Global___SourceRef:
+        """The dataset row and offset the window was cut from."""
+
     def __init__(
         self,
         *,
@@ -145,11 +166,17 @@ class QuantileGroup(_message.Message):
     BIN_CONTAINS_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
     bin_min: _builtins.float
+    """Smallest activation in the bin (inclusive)."""
     bin_max: _builtins.float
+    """Largest activation in the bin (inclusive)."""
     bin_contains: _builtins.float
     """Fraction of the feature's non-zero activations that lie in [bin_min, bin_max]."""
     @_builtins.property
-    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationExample]: ...
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationExample]:
+        """Examples around tokens sampled from the bin, highest max_value first; at most
+        DashboardParams.examples_per_quantile_group, fewer when the bin is sparse.
+        """
+
     def __init__(
         self,
         *,
@@ -168,6 +195,10 @@ Global___QuantileGroup: _TypeAlias = QuantileGroup  # noqa: Y015
 
 @_typing.final
 class Histogram(_message.Message):
+    """A histogram with explicit edges; bins are [a, b) except the last, which is [a, b]. Empty
+    (no edges, no counts) for a dead feature.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BIN_EDGES_FIELD_NUMBER: _builtins.int
@@ -176,6 +207,7 @@ class Histogram(_message.Message):
     TOTAL_COUNT_FIELD_NUMBER: _builtins.int
     NONZERO_COUNT_FIELD_NUMBER: _builtins.int
     scale: Global___BinScale.ValueType
+    """How the edges are spaced."""
     total_count: _builtins.int
     """Every value considered (tokens for activations, vocabulary entries for logits)."""
     nonzero_count: _builtins.int
@@ -185,7 +217,11 @@ class Histogram(_message.Message):
         """len(counts) + 1 edges, increasing."""
 
     @_builtins.property
-    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Values per bin. Bins may be fewer than requested: edges are snapped to a fixed fine grid
+        so that cached histograms merge exactly, and coinciding edges collapse.
+        """
+
     def __init__(
         self,
         *,
@@ -205,6 +241,10 @@ Global___Histogram: _TypeAlias = Histogram  # noqa: Y015
 
 @_typing.final
 class LogitEntry(_message.Message):
+    """One vocabulary entry of the logit lens: how much the feature's decoder direction, read
+    through the unembedding, raises (positive) or lowers (negative) that token's logit.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -212,8 +252,11 @@ class LogitEntry(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
     token: _builtins.str
+    """The token's readable string."""
     token_id: _builtins.int
+    """The token's vocabulary id."""
     value: _builtins.float
+    """W_dec[feature] · W_U[:, token_id], in logit units."""
     rank: _builtins.int
     """1-based; ties broken by the lower token id."""
     def __init__(
@@ -234,6 +277,8 @@ Global___LogitEntry: _TypeAlias = LogitEntry  # noqa: Y015
 
 @_typing.final
 class Quantile(_message.Message):
+    """One quantile of the feature's non-zero activations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEVEL_FIELD_NUMBER: _builtins.int
@@ -241,6 +286,7 @@ class Quantile(_message.Message):
     level: _builtins.float
     """In (0, 1), e.g. 0.25."""
     value: _builtins.float
+    """The activation at that level."""
     def __init__(
         self,
         *,
@@ -257,6 +303,8 @@ Global___Quantile: _TypeAlias = Quantile  # noqa: Y015
 
 @_typing.final
 class FeatureStatistics(_message.Message):
+    """Summary statistics of one feature over every token the computation read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTIVATION_FREQUENCY_FIELD_NUMBER: _builtins.int
@@ -272,19 +320,26 @@ class FeatureStatistics(_message.Message):
     activation_frequency: _builtins.float
     """Fraction of (non-special) tokens on which the feature is non-zero."""
     max_activation: _builtins.float
+    """Largest activation seen; 0 for a dead feature."""
     mean_activation: _builtins.float
     """Mean and standard deviation over the tokens where the feature is non-zero."""
     std_activation: _builtins.float
+    """See mean_activation."""
     l0_contribution: _builtins.float
     """The feature's share of the mean L0 (equals activation_frequency for one feature)."""
     dead_feature: _builtins.bool
+    """True when the feature never fired on the tokens read (nonzero_count is 0)."""
     quantile_relative_error: _builtins.float
     """Upper bound on |estimate - exact| / exact for every quantile."""
     token_count: _builtins.int
+    """Tokens considered (special tokens such as BOS excluded)."""
     nonzero_count: _builtins.int
+    """Tokens on which the feature is non-zero."""
     @_builtins.property
     def quantiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Quantile]:
-        """Quantiles of the non-zero activations; see quantile_relative_error."""
+        """Quantiles of the non-zero activations; see quantile_relative_error. Levels 0.25, 0.5,
+        0.75, 0.95, 0.99; empty for a dead feature.
+        """
 
     def __init__(
         self,
@@ -310,6 +365,10 @@ Global___FeatureStatistics: _TypeAlias = FeatureStatistics  # noqa: Y015
 
 @_typing.final
 class TokenAggregate(_message.Message):
+    """One row of the top-token table: a token string the feature fires on, with totals over the
+    positions where it is active. Ids that display alike are one row, shown with the lowest id.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -319,11 +378,17 @@ class TokenAggregate(_message.Message):
     MEAN_ACTIVATION_FIELD_NUMBER: _builtins.int
     MAX_ACTIVATION_FIELD_NUMBER: _builtins.int
     token: _builtins.str
+    """The token's readable string."""
     token_id: _builtins.int
+    """The lowest vocabulary id with this string."""
     total_activation: _builtins.float
+    """Sum of the feature's activations on the token."""
     count: _builtins.int
+    """Active positions on the token."""
     mean_activation: _builtins.float
+    """total_activation / count."""
     max_activation: _builtins.float
+    """Largest activation on the token."""
     def __init__(
         self,
         *,
@@ -344,6 +409,8 @@ Global___TokenAggregate: _TypeAlias = TokenAggregate  # noqa: Y015
 
 @_typing.final
 class FeatureDashboard(_message.Message):
+    """One feature's complete dashboard data (PRD §5): examples, logit lens, histograms, statistics."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURE_INDEX_FIELD_NUMBER: _builtins.int
@@ -357,23 +424,45 @@ class FeatureDashboard(_message.Message):
     TOP_TOKENS_FIELD_NUMBER: _builtins.int
     TOP_TOKENS_METRIC_FIELD_NUMBER: _builtins.int
     feature_index: _builtins.int
+    """0-based index of the feature in the SAE (the row of W_dec)."""
     top_tokens_metric: Global___TokenRankMetric.ValueType
+    """The order of top_tokens."""
     @_builtins.property
-    def top_examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationExample]: ...
+    def top_examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationExample]:
+        """The DashboardParams.n_top_examples highest-activating examples, highest first; fewer when
+        the feature fires on fewer distinct positions.
+        """
+
     @_builtins.property
-    def quantile_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileGroup]: ...
+    def quantile_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileGroup]:
+        """DashboardParams.n_quantile_groups groups, the highest activations first."""
+
     @_builtins.property
-    def top_positive_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]: ...
+    def top_positive_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]:
+        """The DashboardParams.logit_k tokens whose logits the feature raises most, rank 1 first."""
+
     @_builtins.property
-    def top_negative_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]: ...
+    def top_negative_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]:
+        """The DashboardParams.logit_k tokens whose logits the feature lowers most, rank 1 first."""
+
     @_builtins.property
-    def activation_histogram(self) -> Global___Histogram: ...
+    def activation_histogram(self) -> Global___Histogram:
+        """Distribution of the feature's non-zero activations (DashboardParams.histogram_bins bins)."""
+
     @_builtins.property
-    def logit_histogram(self) -> Global___Histogram: ...
+    def logit_histogram(self) -> Global___Histogram:
+        """Distribution of the logit-lens values over the whole vocabulary (linear bins,
+        DashboardParams.logit_histogram_bins).
+        """
+
     @_builtins.property
-    def statistics(self) -> Global___FeatureStatistics: ...
+    def statistics(self) -> Global___FeatureStatistics:
+        """Frequency, maximum, mean, quantiles."""
+
     @_builtins.property
-    def top_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenAggregate]: ...
+    def top_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenAggregate]:
+        """Up to DashboardParams.n_top_tokens tokens, ordered by top_tokens_metric."""
+
     def __init__(
         self,
         *,
@@ -400,6 +489,12 @@ Global___FeatureDashboard: _TypeAlias = FeatureDashboard  # noqa: Y015
 class DashboardParams(_message.Message):
     """The computation parameters that make a cached dashboard reusable: two dashboards computed
     with equal parameters (and equal computation_version) are interchangeable.
+
+    Every numeric field left at 0 and every enum left UNSPECIFIED takes its default, so a client
+    sends only what it changes. Defaults are the field defaults of
+    mistudio_common.dashboard.DashboardParams, bounds (inclusive) the table in
+    mistudio_common.dashboard_options; a value outside its bounds is INVALID_ARGUMENT naming the
+    field.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -419,25 +514,39 @@ class DashboardParams(_message.Message):
     TOKEN_SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     COMPUTATION_VERSION_FIELD_NUMBER: _builtins.int
     n_top_examples: _builtins.int
-    """20-100."""
+    """Top-activating examples per feature. Default 20; 20-100."""
     n_quantile_groups: _builtins.int
+    """Quantile bins of the non-zero activations to sample examples from. Default 5; 1-20."""
     examples_per_quantile_group: _builtins.int
+    """Examples sampled from each quantile bin. Default 5; 1-50."""
     context_left: _builtins.int
-    """Tokens shown left and right of the max token."""
+    """Tokens shown left of the max token. Default 16; 1-256."""
     context_right: _builtins.int
+    """Tokens shown right of the max token. Default 8; 1-256."""
     logit_k: _builtins.int
-    """10-50."""
+    """Top positive and top negative logits listed (each). Default 10; 10-50."""
     histogram_bins: _builtins.int
-    """20-100."""
+    """Bins of the activation histogram. Default 50; 20-100."""
     histogram_scale: Global___BinScale.ValueType
+    """Spacing of the activation histogram's bins. Default BIN_SCALE_LOG."""
     logit_histogram_bins: _builtins.int
+    """Bins of the logit histogram (always linear). Default 50; 10-200."""
     token_rank_metric: Global___TokenRankMetric.ValueType
+    """Order of the top-token table. Default TOKEN_RANK_METRIC_SUM."""
     n_top_tokens: _builtins.int
+    """Rows of the top-token table. Default 20; 1-200."""
     aggregate_all_tokens: _builtins.bool
-    """Aggregate tokens over every activating token of the pass, not only the examples."""
+    """Aggregate tokens over every activating token of the pass, not only the examples.
+    Default false.
+    """
     token_source_fingerprint: _builtins.str
-    """Fingerprint of the token source (content hash, context size, BOS setting)."""
+    """Fingerprint of the token source (content hash, context size, BOS setting). Set by the
+    compute service; clients leave it empty.
+    """
     computation_version: _builtins.str
+    """Version of the computation that produced the dashboards (bumped whenever its output for
+    equal inputs changes). Set by the services; clients leave it empty.
+    """
     def __init__(
         self,
         *,

@@ -27,6 +27,7 @@ class _Stage:
 class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     STAGE_UNSPECIFIED: _Stage.ValueType  # 0
+    """Not yet in a stage (a queued job)."""
     STAGE_VALIDATING: _Stage.ValueType  # 1
     """Checking the SAE, the model, the hook and the configuration."""
     STAGE_ACTIVATION_PASS: _Stage.ValueType  # 2
@@ -54,6 +55,7 @@ class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
     """
 
 STAGE_UNSPECIFIED: Stage.ValueType  # 0
+"""Not yet in a stage (a queued job)."""
 STAGE_VALIDATING: Stage.ValueType  # 1
 """Checking the SAE, the model, the hook and the configuration."""
 STAGE_ACTIVATION_PASS: Stage.ValueType  # 2
@@ -83,23 +85,37 @@ class _JobState:
 class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    """Never sent by the services; as a filter it matches nothing."""
     JOB_STATE_QUEUED: _JobState.ValueType  # 1
+    """Accepted, waiting for a worker."""
     JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    """Working; progress messages follow."""
     JOB_STATE_PAUSED: _JobState.ValueType  # 3
+    """Stopped at a checkpoint by a pause request; resuming continues from there."""
     JOB_STATE_SUCCEEDED: _JobState.ValueType  # 4
+    """Terminal: finished, result available."""
     JOB_STATE_FAILED: _JobState.ValueType  # 5
+    """Terminal: stopped by an error (Progress.error says which)."""
     JOB_STATE_CANCELLED: _JobState.ValueType  # 6
+    """Terminal: stopped by a cancel request; nothing half-written stays visible."""
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """Where a job is in its life."""
 
 JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+"""Never sent by the services; as a filter it matches nothing."""
 JOB_STATE_QUEUED: JobState.ValueType  # 1
+"""Accepted, waiting for a worker."""
 JOB_STATE_RUNNING: JobState.ValueType  # 2
+"""Working; progress messages follow."""
 JOB_STATE_PAUSED: JobState.ValueType  # 3
+"""Stopped at a checkpoint by a pause request; resuming continues from there."""
 JOB_STATE_SUCCEEDED: JobState.ValueType  # 4
+"""Terminal: finished, result available."""
 JOB_STATE_FAILED: JobState.ValueType  # 5
+"""Terminal: stopped by an error (Progress.error says which)."""
 JOB_STATE_CANCELLED: JobState.ValueType  # 6
+"""Terminal: stopped by a cancel request; nothing half-written stays visible."""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
@@ -116,12 +132,17 @@ class StageProgress(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     stage: Global___Stage.ValueType
+    """The stage this row describes."""
     state: Global___JobState.ValueType
+    """QUEUED (not reached yet), RUNNING, SUCCEEDED, or the job's terminal state."""
     items_done: _builtins.int
+    """Work done in this stage, in `unit`s."""
     items_total: _builtins.int
+    """Work the stage has in all, in `unit`s; 0 when not known yet."""
     unit: _builtins.str
     """What the items are: "tokens", "features", "files", "bytes"."""
     elapsed_seconds: _builtins.float
+    """Wall-clock seconds spent in the stage so far."""
     eta_seconds: _builtins.float
     """Negative when no estimate is possible yet."""
     def __init__(
@@ -168,27 +189,37 @@ class Progress(_message.Message):
     STAGES_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job this stream belongs to (an export or a compute job id)."""
     sequence: _builtins.int
     """Strictly increasing per job, also across service restarts, so a client that reattaches
     can tell new messages from ones it has seen.
     """
     state: Global___JobState.ValueType
+    """The job's state now."""
     stage: Global___Stage.ValueType
+    """The stage running now (the last one reached, once the job is terminal)."""
     stage_index: _builtins.int
     """0-based position of `stage` among the stages this job runs, and how many it runs."""
     stage_count: _builtins.int
+    """See stage_index."""
     items_done: _builtins.int
+    """Work done in the current stage, in `unit`s."""
     items_total: _builtins.int
+    """Work the current stage has in all, in `unit`s; 0 when not known yet."""
     unit: _builtins.str
+    """What the current stage's items are: "tokens", "features", "files", "bytes"."""
     fraction: _builtins.float
     """Overall completion in [0, 1]."""
     elapsed_seconds: _builtins.float
+    """Seconds the job has spent running: the sum over its stages, kept across restarts."""
     eta_seconds: _builtins.float
     """Negative when no estimate is possible yet."""
     message: _builtins.str
     """A short human-readable note ("batch size halved to 16 after out-of-memory")."""
     @_builtins.property
-    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageProgress]: ...
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageProgress]:
+        """One row per stage the job runs, in order."""
+
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """Set when state is FAILED or CANCELLED."""

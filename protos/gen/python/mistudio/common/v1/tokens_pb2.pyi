@@ -41,12 +41,14 @@ class TokenSource(_message.Message):
     context_size: _builtins.int
     """Tokens per row; rows from token_file are cut to it. 0 means the file's width or 128."""
     prepend_bos: _builtins.bool
-    """Put the tokenizer's BOS at the start of every row built from text."""
+    """Put the tokenizer's BOS at the start of every row built from text (and between its
+    documents). Part of the token-source fingerprint, so it changes the cache key.
+    """
     max_tokens: _builtins.int
-    """Stop after this many tokens; 0 reads them all."""
+    """Stop after this many tokens (whole rows, at least one); 0 reads them all."""
     @_builtins.property
     def text(self) -> Global___TextFiles:
-        """Plain-text files (one document per line, or the whole file as one document)."""
+        """Plain-text files, one document per non-empty line."""
 
     def __init__(
         self,
@@ -70,11 +72,15 @@ Global___TokenSource: _TypeAlias = TokenSource  # noqa: Y015
 
 @_typing.final
 class TextFiles(_message.Message):
+    """Plain-text input for TokenSource, tokenized by the SAE's model's tokenizer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATHS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths of UTF-8 text files as the compute service sees them; at least one."""
+
     def __init__(
         self,
         *,

@@ -30,24 +30,41 @@ class _HookKind:
 class _HookKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HookKind.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     HOOK_KIND_UNSPECIFIED: _HookKind.ValueType  # 0
+    """Not set: rejected with INVALID_ARGUMENT."""
     HOOK_KIND_RESID_PRE: _HookKind.ValueType  # 1
+    """The residual stream entering the block: blocks.{L}.hook_resid_pre."""
     HOOK_KIND_RESID_POST: _HookKind.ValueType  # 2
+    """The residual stream leaving the block: blocks.{L}.hook_resid_post."""
     HOOK_KIND_MLP_OUT: _HookKind.ValueType  # 3
+    """The MLP's output: blocks.{L}.hook_mlp_out."""
     HOOK_KIND_ATTN_Z: _HookKind.ValueType  # 4
+    """Attention heads' outputs before the output projection: blocks.{L}.attn.hook_z."""
     HOOK_KIND_ATTN_Q: _HookKind.ValueType  # 5
+    """Attention queries: blocks.{L}.attn.hook_q."""
     HOOK_KIND_ATTN_K: _HookKind.ValueType  # 6
+    """Attention keys: blocks.{L}.attn.hook_k."""
     HOOK_KIND_ATTN_V: _HookKind.ValueType  # 7
+    """Attention values: blocks.{L}.attn.hook_v."""
 
-class HookKind(_HookKind, metaclass=_HookKindEnumTypeWrapper): ...
+class HookKind(_HookKind, metaclass=_HookKindEnumTypeWrapper):
+    """Which activation of a transformer block an SAE reads; names follow TransformerLens."""
 
 HOOK_KIND_UNSPECIFIED: HookKind.ValueType  # 0
+"""Not set: rejected with INVALID_ARGUMENT."""
 HOOK_KIND_RESID_PRE: HookKind.ValueType  # 1
+"""The residual stream entering the block: blocks.{L}.hook_resid_pre."""
 HOOK_KIND_RESID_POST: HookKind.ValueType  # 2
+"""The residual stream leaving the block: blocks.{L}.hook_resid_post."""
 HOOK_KIND_MLP_OUT: HookKind.ValueType  # 3
+"""The MLP's output: blocks.{L}.hook_mlp_out."""
 HOOK_KIND_ATTN_Z: HookKind.ValueType  # 4
+"""Attention heads' outputs before the output projection: blocks.{L}.attn.hook_z."""
 HOOK_KIND_ATTN_Q: HookKind.ValueType  # 5
+"""Attention queries: blocks.{L}.attn.hook_q."""
 HOOK_KIND_ATTN_K: HookKind.ValueType  # 6
+"""Attention keys: blocks.{L}.attn.hook_k."""
 HOOK_KIND_ATTN_V: HookKind.ValueType  # 7
+"""Attention values: blocks.{L}.attn.hook_v."""
 Global___HookKind: _TypeAlias = HookKind  # noqa: Y015
 
 @_typing.final
@@ -61,7 +78,9 @@ class SaeReference(_message.Message):
     sae_id: _builtins.str
     """An SAE registered in the store service."""
     @_builtins.property
-    def files(self) -> Global___SaeFiles: ...
+    def files(self) -> Global___SaeFiles:
+        """Weights on a path the compute service can read (under its input roots)."""
+
     def __init__(
         self,
         *,
@@ -90,10 +109,15 @@ class SaeFiles(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
     path: _builtins.str
+    """A SAELens folder (cfg.json + sae_weights.safetensors) or a .safetensors file."""
     model_id: _builtins.str
     """TransformerLens model name or local model reference."""
     @_builtins.property
-    def config(self) -> _struct_pb2.Struct: ...
+    def config(self) -> _struct_pb2.Struct:
+        """SAELens cfg.json keys describing the weights; needed for a bare safetensors file (a
+        SAELens folder brings its own cfg.json).
+        """
+
     def __init__(
         self,
         *,
@@ -111,6 +135,8 @@ Global___SaeFiles: _TypeAlias = SaeFiles  # noqa: Y015
 
 @_typing.final
 class ComputeDashboardsRequest(_message.Message):
+    """Starts a dashboard computation for some or all features of an SAE."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -126,25 +152,33 @@ class ComputeDashboardsRequest(_message.Message):
     request_id: _builtins.str
     """Client-chosen idempotency key; a retried start with the same key returns the same job."""
     batch_size: _builtins.int
-    """Rows per forward pass; 0 picks a default. Halved automatically on out-of-memory."""
+    """Rows per forward pass; 0 picks the service's default (ComputeSettings.default_batch_rows,
+    32). Halved automatically on out-of-memory.
+    """
     device: _builtins.str
-    """"auto" (GPU when present), "cpu", "cuda", "cuda:1"."""
+    """"auto" (GPU when present), "cpu", "cuda", "cuda:1"; empty means "auto"."""
     reuse_cached: _builtins.bool
     """Reuse dashboards already cached for the same parameters instead of recomputing them."""
     hook_point: _builtins.str
-    """Overrides the SAE's hook point (TransformerLens name)."""
+    """Overrides the SAE's hook point (TransformerLens name); empty keeps the SAE's."""
     model_id: _builtins.str
-    """Overrides the SAE's model."""
+    """Overrides the SAE's model; empty keeps the SAE's."""
     @_builtins.property
-    def sae(self) -> Global___SaeReference: ...
+    def sae(self) -> Global___SaeReference:
+        """The SAE whose features to compute."""
+
     @_builtins.property
-    def tokens(self) -> _tokens_pb2.TokenSource: ...
+    def tokens(self) -> _tokens_pb2.TokenSource:
+        """The tokens to run through the model; required."""
+
     @_builtins.property
     def feature_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Features to compute; empty means every feature."""
 
     @_builtins.property
-    def params(self) -> _dashboard_pb2.DashboardParams: ...
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """What to compute; unset fields take the defaults stated on DashboardParams."""
+
     def __init__(
         self,
         *,
@@ -169,6 +203,8 @@ Global___ComputeDashboardsRequest: _TypeAlias = ComputeDashboardsRequest  # noqa
 
 @_typing.final
 class ComputeResult(_message.Message):
+    """What a successful computation did."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURES_COMPUTED_FIELD_NUMBER: _builtins.int
@@ -181,13 +217,21 @@ class ComputeResult(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     features_computed: _builtins.int
+    """Features whose dashboards were computed and written to the store."""
     features_reused: _builtins.int
+    """Features whose cached dashboards were reused (reuse_cached)."""
     params_key: _builtins.str
+    """The store's cache key of the dashboards: SHA-256 of the filled-in params."""
     tokens_processed: _builtins.int
+    """Tokens run through the model and the SAE."""
     tokens_per_second: _builtins.float
+    """Throughput of the activation pass."""
     final_batch_size: _builtins.int
+    """Rows per forward pass at the end (lower than requested after out-of-memory halving)."""
     peak_memory_mb: _builtins.float
+    """Peak memory in MiB: accelerator memory on CUDA, the process's resident set on CPU."""
     device: _builtins.str
+    """The device that ran it, e.g. "cpu", "cuda:0"."""
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters the dashboards were computed with, defaults and token_source_fingerprint
@@ -217,12 +261,16 @@ Global___ComputeResult: _TypeAlias = ComputeResult  # noqa: Y015
 
 @_typing.final
 class ComputeProgress(_message.Message):
+    """One message of a computation's progress stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def progress(self) -> _progress_pb2.Progress: ...
+    def progress(self) -> _progress_pb2.Progress:
+        """Where the computation stands."""
+
     @_builtins.property
     def result(self) -> Global___ComputeResult:
         """Set in the last message of a successful computation."""
@@ -243,10 +291,13 @@ Global___ComputeProgress: _TypeAlias = ComputeProgress  # noqa: Y015
 
 @_typing.final
 class WatchComputationRequest(_message.Message):
+    """Re-attaches to a computation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job id from the computation's Progress.job_id."""
     def __init__(
         self,
         *,
@@ -262,10 +313,13 @@ Global___WatchComputationRequest: _TypeAlias = WatchComputationRequest  # noqa: 
 
 @_typing.final
 class GetComputationRequest(_message.Message):
+    """Reads a computation's state."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job id from the computation's Progress.job_id."""
     def __init__(
         self,
         *,
@@ -281,11 +335,15 @@ Global___GetComputationRequest: _TypeAlias = GetComputationRequest  # noqa: Y015
 
 @_typing.final
 class GetComputationResponse(_message.Message):
+    """The computation as it stands."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COMPUTATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def computation(self) -> Global___ComputeProgress: ...
+    def computation(self) -> Global___ComputeProgress:
+        """Latest progress snapshot; result set once it succeeded."""
+
     def __init__(
         self,
         *,
@@ -301,10 +359,13 @@ Global___GetComputationResponse: _TypeAlias = GetComputationResponse  # noqa: Y0
 
 @_typing.final
 class CancelComputationRequest(_message.Message):
+    """Cancels a computation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job id from the computation's Progress.job_id."""
     def __init__(
         self,
         *,
@@ -320,10 +381,15 @@ Global___CancelComputationRequest: _TypeAlias = CancelComputationRequest  # noqa
 
 @_typing.final
 class CancelComputationResponse(_message.Message):
+    """The outcome of a cancel request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
     state: _progress_pb2.JobState.ValueType
+    """The state after a short wait: CANCELLED; RUNNING when the current batch has not ended
+    yet (the stream's last message confirms); or the terminal state reached first.
+    """
     def __init__(
         self,
         *,
@@ -339,10 +405,13 @@ Global___CancelComputationResponse: _TypeAlias = CancelComputationResponse  # no
 
 @_typing.final
 class PauseComputationRequest(_message.Message):
+    """Pauses a computation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job id from the computation's Progress.job_id."""
     def __init__(
         self,
         *,
@@ -358,6 +427,8 @@ Global___PauseComputationRequest: _TypeAlias = PauseComputationRequest  # noqa: 
 
 @_typing.final
 class PauseComputationResponse(_message.Message):
+    """The outcome of a pause request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATE_FIELD_NUMBER: _builtins.int
@@ -378,15 +449,21 @@ Global___PauseComputationResponse: _TypeAlias = PauseComputationResponse  # noqa
 
 @_typing.final
 class ValidateSaeRequest(_message.Message):
+    """Checks an SAE against its model and hook."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_FIELD_NUMBER: _builtins.int
     HOOK_POINT_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
     hook_point: _builtins.str
+    """Overrides the SAE's hook point; empty keeps the SAE's."""
     model_id: _builtins.str
+    """Overrides the SAE's model; empty keeps the SAE's."""
     @_builtins.property
-    def sae(self) -> Global___SaeReference: ...
+    def sae(self) -> Global___SaeReference:
+        """The SAE to check."""
+
     def __init__(
         self,
         *,
@@ -404,6 +481,8 @@ Global___ValidateSaeRequest: _TypeAlias = ValidateSaeRequest  # noqa: Y015
 
 @_typing.final
 class ValidateSaeResponse(_message.Message):
+    """What the check found; a failed check is an error status instead."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ARCHITECTURE_FIELD_NUMBER: _builtins.int
@@ -415,13 +494,19 @@ class ValidateSaeResponse(_message.Message):
     D_VOCAB_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     architecture: _builtins.str
+    """SAELens architecture name: "standard", "jumprelu", "topk" or "gated"."""
     d_in: _builtins.int
+    """Input width of the SAE (rows of W_enc)."""
     d_sae: _builtins.int
+    """Number of features (rows of W_dec)."""
     hook_point: _builtins.str
+    """The hook point checked (TransformerLens name)."""
     model_id: _builtins.str
+    """The model checked."""
     hook_width: _builtins.int
     """The model's width at the hook, which must equal d_in."""
     d_vocab: _builtins.int
+    """Size of the model's vocabulary (columns of the unembedding)."""
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Non-fatal notes, e.g. "decoder rows are not unit-norm"."""
@@ -448,14 +533,19 @@ Global___ValidateSaeResponse: _TypeAlias = ValidateSaeResponse  # noqa: Y015
 
 @_typing.final
 class ResolveHookPointRequest(_message.Message):
+    """Names a hook of a model by layer and kind."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     LAYER_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
+    """TransformerLens model name or local model reference."""
     layer: _builtins.int
+    """0-based block index; must be below the model's n_layers."""
     kind: Global___HookKind.ValueType
+    """Which activation of the block."""
     def __init__(
         self,
         *,
@@ -473,15 +563,19 @@ Global___ResolveHookPointRequest: _TypeAlias = ResolveHookPointRequest  # noqa: 
 
 @_typing.final
 class ResolveHookPointResponse(_message.Message):
+    """The TransformerLens hook a layer and kind name."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HOOK_POINT_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     N_LAYERS_FIELD_NUMBER: _builtins.int
     hook_point: _builtins.str
+    """E.g. "blocks.2.hook_resid_post"."""
     width: _builtins.int
     """Width of the activation an SAE on this hook reads (d_model, or n_heads * d_head)."""
     n_layers: _builtins.int
+    """Number of blocks in the model."""
     def __init__(
         self,
         *,
@@ -499,6 +593,8 @@ Global___ResolveHookPointResponse: _TypeAlias = ResolveHookPointResponse  # noqa
 
 @_typing.final
 class EstimateComputationRequest(_message.Message):
+    """Asks how long a computation would take; nothing is computed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_FIELD_NUMBER: _builtins.int
@@ -506,10 +602,15 @@ class EstimateComputationRequest(_message.Message):
     FEATURE_COUNT_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     feature_count: _builtins.int
+    """Features it would compute; 0 means every feature of the SAE."""
     @_builtins.property
-    def sae(self) -> Global___SaeReference: ...
+    def sae(self) -> Global___SaeReference:
+        """The SAE the computation would use."""
+
     @_builtins.property
-    def tokens(self) -> _tokens_pb2.TokenSource: ...
+    def tokens(self) -> _tokens_pb2.TokenSource:
+        """The tokens it would read."""
+
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """As in ComputeDashboardsRequest; unset fields take their defaults."""
@@ -532,6 +633,8 @@ Global___EstimateComputationRequest: _TypeAlias = EstimateComputationRequest  # 
 
 @_typing.final
 class EstimateComputationResponse(_message.Message):
+    """The estimate; rates come from this service's recent runs when it has any."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
@@ -541,12 +644,15 @@ class EstimateComputationResponse(_message.Message):
     N_ROWS_FIELD_NUMBER: _builtins.int
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
+    """Predicted wall-clock seconds."""
     estimated_tokens: _builtins.int
+    """Tokens the activation pass would read."""
     rate_source: _builtins.str
     """"measured" when from this service's own recent runs, "default" otherwise."""
     n_rows: _builtins.int
     """The token source's shape: rows of context_size tokens."""
     context_size: _builtins.int
+    """See n_rows."""
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters a computation would use, defaults and token_source_fingerprint filled in."""
@@ -571,6 +677,8 @@ Global___EstimateComputationResponse: _TypeAlias = EstimateComputationResponse  
 
 @_typing.final
 class ExportSaeLensFilesRequest(_message.Message):
+    """Asks for an SAE's weights in SAELens's folder layout."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_FIELD_NUMBER: _builtins.int
@@ -579,7 +687,9 @@ class ExportSaeLensFilesRequest(_message.Message):
     neuronpedia_id: _builtins.str
     """Neuronpedia id written into cfg.json metadata, e.g. "stories260k/2-mistudio-res-512"."""
     @_builtins.property
-    def sae(self) -> Global___SaeReference: ...
+    def sae(self) -> Global___SaeReference:
+        """The SAE to convert."""
+
     @_builtins.property
     def feature_frequencies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Per-feature activation frequency for sparsity.safetensors; omitted when empty."""
@@ -601,6 +711,8 @@ Global___ExportSaeLensFilesRequest: _TypeAlias = ExportSaeLensFilesRequest  # no
 
 @_typing.final
 class ExportSaeLensFilesResponse(_message.Message):
+    """One chunk of one file of the SAELens folder; files follow each other, chunks in order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FILE_NAME_FIELD_NUMBER: _builtins.int
@@ -609,6 +721,7 @@ class ExportSaeLensFilesResponse(_message.Message):
     file_name: _builtins.str
     """File name inside the SAELens folder."""
     chunk: _builtins.bytes
+    """The next bytes of the file."""
     last_chunk: _builtins.bool
     """True on the last chunk of a file."""
     def __init__(

@@ -117,7 +117,9 @@ class ComputeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetComputation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The computation's latest progress snapshot (and result, once it succeeded), without
+        streaming.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -49,6 +49,9 @@ class ComputeServiceStub:
     WatchComputation: _grpc.UnaryStreamMultiCallable[_compute_service_pb2.WatchComputationRequest, _compute_service_pb2.ComputeProgress]
     """Re-attaches to a computation's progress stream."""
     GetComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.GetComputationRequest, _compute_service_pb2.GetComputationResponse]
+    """The computation's latest progress snapshot (and result, once it succeeded), without
+    streaming.
+    """
     CancelComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CancelComputationRequest, _compute_service_pb2.CancelComputationResponse]
     """Stops a running computation at the next batch boundary and discards its checkpoint."""
     PauseComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PauseComputationRequest, _compute_service_pb2.PauseComputationResponse]
@@ -88,6 +91,9 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     WatchComputation: _aio.UnaryStreamMultiCallable[_compute_service_pb2.WatchComputationRequest, _compute_service_pb2.ComputeProgress]  # type: ignore[assignment]
     """Re-attaches to a computation's progress stream."""
     GetComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.GetComputationRequest, _compute_service_pb2.GetComputationResponse]  # type: ignore[assignment]
+    """The computation's latest progress snapshot (and result, once it succeeded), without
+    streaming.
+    """
     CancelComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CancelComputationRequest, _compute_service_pb2.CancelComputationResponse]  # type: ignore[assignment]
     """Stops a running computation at the next batch boundary and discards its checkpoint."""
     PauseComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PauseComputationRequest, _compute_service_pb2.PauseComputationResponse]  # type: ignore[assignment]
@@ -141,7 +147,10 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _compute_service_pb2.GetComputationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_compute_service_pb2.GetComputationResponse, _abc.Awaitable[_compute_service_pb2.GetComputationResponse]]: ...
+    ) -> _typing.Union[_compute_service_pb2.GetComputationResponse, _abc.Awaitable[_compute_service_pb2.GetComputationResponse]]:
+        """The computation's latest progress snapshot (and result, once it succeeded), without
+        streaming.
+        """
 
     @_abc_1.abstractmethod
     def CancelComputation(

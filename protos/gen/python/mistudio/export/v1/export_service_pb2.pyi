@@ -30,6 +30,7 @@ class _ExportFormat:
 class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFormat.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EXPORT_FORMAT_UNSPECIFIED: _ExportFormat.ValueType  # 0
+    """Rejected in ExportConfig.formats (an empty list means every format)."""
     EXPORT_FORMAT_NEURONPEDIA: _ExportFormat.ValueType  # 1
     """Every Neuronpedia format: the PRD layout, the importer layout, SAEDashboard batches and
     the upload-API payloads.
@@ -39,9 +40,11 @@ class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFo
     pretrained_saes.yaml entry.
     """
 
-class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper): ...
+class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
+    """What an export writes into its archive."""
 
 EXPORT_FORMAT_UNSPECIFIED: ExportFormat.ValueType  # 0
+"""Rejected in ExportConfig.formats (an empty list means every format)."""
 EXPORT_FORMAT_NEURONPEDIA: ExportFormat.ValueType  # 1
 """Every Neuronpedia format: the PRD layout, the importer layout, SAEDashboard batches and
 the upload-API payloads.
@@ -59,14 +62,21 @@ class _Severity:
 class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Severity.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SEVERITY_UNSPECIFIED: _Severity.ValueType  # 0
+    """Never sent."""
     SEVERITY_ERROR: _Severity.ValueType  # 1
+    """The archive is invalid: an importer would reject or misread it."""
     SEVERITY_WARNING: _Severity.ValueType  # 2
+    """Worth a look; the archive stays valid."""
 
-class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper): ...
+class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper):
+    """How bad a validation problem is."""
 
 SEVERITY_UNSPECIFIED: Severity.ValueType  # 0
+"""Never sent."""
 SEVERITY_ERROR: Severity.ValueType  # 1
+"""The archive is invalid: an importer would reject or misread it."""
 SEVERITY_WARNING: Severity.ValueType  # 2
+"""Worth a look; the archive stays valid."""
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
 @_typing.final
@@ -85,18 +95,29 @@ class FeatureSelection(_message.Message):
     MAX_FREQUENCY_FIELD_NUMBER: _builtins.int
     MIN_MAX_ACTIVATION_FIELD_NUMBER: _builtins.int
     all: _builtins.bool
+    """Every feature of the SAE."""
     labeled_only: _builtins.bool
+    """Only features with a non-empty label in the store."""
     label_contains: _builtins.str
     """Case-insensitive substring of the feature label."""
     category: _builtins.str
+    """Only features with exactly this category; empty means any."""
     min_frequency: _builtins.float
-    """Activation-frequency range; 0 for max_frequency means no upper bound."""
+    """Activation-frequency range in [0, 1] (fraction of tokens); 0 for max_frequency means no
+    upper bound.
+    """
     max_frequency: _builtins.float
+    """See min_frequency; at least min_frequency when set."""
     min_max_activation: _builtins.float
+    """Only features whose max activation is at least this; 0 means no threshold."""
     @_builtins.property
-    def range(self) -> Global___IndexRange: ...
+    def range(self) -> Global___IndexRange:
+        """A contiguous range of feature indices, inside [0, d_sae)."""
+
     @_builtins.property
-    def list(self) -> Global___FeatureList: ...
+    def list(self) -> Global___FeatureList:
+        """Explicit feature indices, each inside [0, d_sae)."""
+
     def __init__(
         self,
         *,
@@ -129,7 +150,9 @@ class IndexRange(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
     start: _builtins.int
+    """First index, inclusive."""
     end: _builtins.int
+    """Last index, exclusive; greater than start."""
     def __init__(
         self,
         *,
@@ -146,11 +169,15 @@ Global___IndexRange: _TypeAlias = IndexRange  # noqa: Y015
 
 @_typing.final
 class FeatureList(_message.Message):
+    """An explicit set of features."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDICES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """0-based feature indices; order and repeats do not matter."""
+
     def __init__(
         self,
         *,
@@ -166,6 +193,8 @@ Global___FeatureList: _TypeAlias = FeatureList  # noqa: Y015
 
 @_typing.final
 class Compression(_message.Message):
+    """How the archive is compressed; both off by default."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GZIP_JSON_FIELD_NUMBER: _builtins.int
@@ -201,11 +230,21 @@ class NeuronpediaNaming(_message.Message):
     RELEASE_TITLE_FIELD_NUMBER: _builtins.int
     HF_REPO_ID_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
+    """Neuronpedia model id; default: the SAE's neuronpedia_model_id, else derived from its
+    model (a local file's stem, lowercased).
+    """
     source_set: _builtins.str
+    """Neuronpedia source-set name; default: the SAE's neuronpedia_source_set, else
+    "mistudio-{res|mlp|att}-{width}" from its hook and d_sae (e.g. "mistudio-res-16k").
+    """
     creator_name: _builtins.str
+    """Creator shown on Neuronpedia; default: the job's owner, else "miStudio"."""
     release_id: _builtins.str
+    """Release id; default "mistudio-{sae_id}" (non-alphanumerics become '-')."""
     release_title: _builtins.str
+    """Release title; default "miStudio export of {sae_id}"."""
     hf_repo_id: _builtins.str
+    """Hugging Face repository of the SAELens weights, recorded in the release; empty for none."""
     def __init__(
         self,
         *,
@@ -226,6 +265,10 @@ Global___NeuronpediaNaming: _TypeAlias = NeuronpediaNaming  # noqa: Y015
 
 @_typing.final
 class ExportConfig(_message.Message):
+    """Everything an export does; every field is optional and defaults are filled in by the
+    service (the job's view shows the configuration as given).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FORMATS_FIELD_NUMBER: _builtins.int
@@ -247,16 +290,23 @@ class ExportConfig(_message.Message):
     auto_fix: _builtins.bool
     """Repair common validation problems and report what changed."""
     device: _builtins.str
-    """Compute device for on-demand computation: "auto", "cpu", "cuda"."""
+    """Compute device for on-demand computation: "auto", "cpu", "cuda" or "cuda:N"; empty means
+    "auto".
+    """
     batch_size: _builtins.int
+    """Rows per forward pass for on-demand computation; 0 lets the compute service choose."""
     with_preview: _builtins.bool
     """Also write the static dashboard viewer into the archive (preview/index.html, opens from
     file://); needs the neuronpedia format.
     """
     @_builtins.property
-    def formats(self) -> _containers.RepeatedScalarFieldContainer[Global___ExportFormat.ValueType]: ...
+    def formats(self) -> _containers.RepeatedScalarFieldContainer[Global___ExportFormat.ValueType]:
+        """What to write; empty means every format."""
+
     @_builtins.property
-    def selection(self) -> Global___FeatureSelection: ...
+    def selection(self) -> Global___FeatureSelection:
+        """Which features; unset means every feature."""
+
     @_builtins.property
     def dashboard(self) -> _dashboard_pb2.DashboardParams:
         """Examples per feature, logit K, histogram bins and scale, token ranking; the
@@ -264,11 +314,19 @@ class ExportConfig(_message.Message):
         """
 
     @_builtins.property
-    def tokens(self) -> _tokens_pb2.TokenSource: ...
+    def tokens(self) -> _tokens_pb2.TokenSource:
+        """The tokens to compute dashboards from; unset means the token source recorded with the SAE.
+        Needed only when features have no cached dashboards.
+        """
+
     @_builtins.property
-    def compression(self) -> Global___Compression: ...
+    def compression(self) -> Global___Compression:
+        """Archive compression; unset means none."""
+
     @_builtins.property
-    def naming(self) -> Global___NeuronpediaNaming: ...
+    def naming(self) -> Global___NeuronpediaNaming:
+        """Neuronpedia names; each unset field takes its default (see NeuronpediaNaming)."""
+
     def __init__(
         self,
         *,
@@ -295,6 +353,8 @@ Global___ExportConfig: _TypeAlias = ExportConfig  # noqa: Y015
 
 @_typing.final
 class StartExportRequest(_message.Message):
+    """Starts an export of one registered SAE."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
@@ -304,9 +364,13 @@ class StartExportRequest(_message.Message):
     request_id: _builtins.str
     """Client-chosen idempotency key; a retried start with the same key returns the same job."""
     sae_id: _builtins.str
+    """The SAE to export, as registered in the store."""
     owner: _builtins.str
+    """Who the job belongs to; recorded on the job and used to filter ListExports."""
     @_builtins.property
-    def config(self) -> Global___ExportConfig: ...
+    def config(self) -> Global___ExportConfig:
+        """What to export; unset means every default."""
+
     def __init__(
         self,
         *,
@@ -325,6 +389,8 @@ Global___StartExportRequest: _TypeAlias = StartExportRequest  # noqa: Y015
 
 @_typing.final
 class ExportResult(_message.Message):
+    """What a finished export produced."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OUTPUT_URI_FIELD_NUMBER: _builtins.int
@@ -337,16 +403,27 @@ class ExportResult(_message.Message):
     VALIDATION_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     output_uri: _builtins.str
+    """Object-store key of the archive (GetDownloadUrl and DownloadExport fetch it)."""
     size_bytes: _builtins.int
+    """Size of the archive in bytes."""
     feature_count: _builtins.int
+    """Features in the archive."""
     features_computed: _builtins.int
+    """Features whose dashboards the compute service computed for this export."""
     features_reused: _builtins.int
+    """Features whose cached dashboards were reused."""
     features_unchanged: _builtins.int
+    """Features a delta export skipped (or copied from its base) because nothing changed."""
     archive_sha256: _builtins.str
+    """SHA-256 of the archive, hex."""
     @_builtins.property
-    def validation(self) -> Global___ValidationSummary: ...
+    def validation(self) -> Global___ValidationSummary:
+        """The output validation's summary (problems are listed by ValidateArchive)."""
+
     @_builtins.property
-    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths of the files inside the archive."""
+
     def __init__(
         self,
         *,
@@ -370,12 +447,16 @@ Global___ExportResult: _TypeAlias = ExportResult  # noqa: Y015
 
 @_typing.final
 class ExportProgress(_message.Message):
+    """One message of an export's progress stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROGRESS_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def progress(self) -> _progress_pb2.Progress: ...
+    def progress(self) -> _progress_pb2.Progress:
+        """Where the export stands."""
+
     @_builtins.property
     def result(self) -> Global___ExportResult:
         """Set in the last message of a successful export."""
@@ -396,6 +477,8 @@ Global___ExportProgress: _TypeAlias = ExportProgress  # noqa: Y015
 
 @_typing.final
 class ExportJobView(_message.Message):
+    """An export job as clients see it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -407,18 +490,31 @@ class ExportJobView(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """Assigned by the service at start."""
     sae_id: _builtins.str
+    """The SAE being exported."""
     owner: _builtins.str
+    """Who started the job."""
     @_builtins.property
-    def config(self) -> Global___ExportConfig: ...
+    def config(self) -> Global___ExportConfig:
+        """The configuration as given at start."""
+
     @_builtins.property
-    def progress(self) -> _progress_pb2.Progress: ...
+    def progress(self) -> _progress_pb2.Progress:
+        """Latest progress snapshot (state, stage, fraction, error)."""
+
     @_builtins.property
-    def result(self) -> Global___ExportResult: ...
+    def result(self) -> Global___ExportResult:
+        """Set once the job succeeded."""
+
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job was accepted."""
+
     @_builtins.property
-    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job reached a terminal state; unset before."""
+
     def __init__(
         self,
         *,
@@ -441,10 +537,13 @@ Global___ExportJobView: _TypeAlias = ExportJobView  # noqa: Y015
 
 @_typing.final
 class WatchExportRequest(_message.Message):
+    """Re-attaches to an export."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job id from StartExport's progress."""
     def __init__(
         self,
         *,
@@ -460,10 +559,13 @@ Global___WatchExportRequest: _TypeAlias = WatchExportRequest  # noqa: Y015
 
 @_typing.final
 class GetExportRequest(_message.Message):
+    """Reads one export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job id from StartExport's progress."""
     def __init__(
         self,
         *,
@@ -479,11 +581,15 @@ Global___GetExportRequest: _TypeAlias = GetExportRequest  # noqa: Y015
 
 @_typing.final
 class GetExportResponse(_message.Message):
+    """The job asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJobView: ...
+    def job(self) -> Global___ExportJobView:
+        """The job with its latest progress and, once finished, its result."""
+
     def __init__(
         self,
         *,
@@ -499,6 +605,8 @@ Global___GetExportResponse: _TypeAlias = GetExportResponse  # noqa: Y015
 
 @_typing.final
 class ListExportsRequest(_message.Message):
+    """Lists export jobs, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -506,9 +614,13 @@ class ListExportsRequest(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Jobs per page: 0 means 100; at most 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     sae_id: _builtins.str
+    """Only jobs of this SAE; empty means any."""
     owner: _builtins.str
+    """Only jobs of this owner; empty means any."""
     def __init__(
         self,
         *,
@@ -527,13 +639,18 @@ Global___ListExportsRequest: _TypeAlias = ListExportsRequest  # noqa: Y015
 
 @_typing.final
 class ListExportsResponse(_message.Message):
+    """One page of export jobs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
-    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportJobView]: ...
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportJobView]:
+        """The jobs, newest first."""
+
     def __init__(
         self,
         *,
@@ -550,10 +667,13 @@ Global___ListExportsResponse: _TypeAlias = ListExportsResponse  # noqa: Y015
 
 @_typing.final
 class CancelExportRequest(_message.Message):
+    """Cancels an export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job to cancel."""
     def __init__(
         self,
         *,
@@ -569,11 +689,17 @@ Global___CancelExportRequest: _TypeAlias = CancelExportRequest  # noqa: Y015
 
 @_typing.final
 class CancelExportResponse(_message.Message):
+    """The job after the cancel request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJobView: ...
+    def job(self) -> Global___ExportJobView:
+        """The job as it stands; a running job turns CANCELLED at its next checkpoint (the progress
+        stream's last message). A succeeded job cannot be cancelled (FAILED_PRECONDITION).
+        """
+
     def __init__(
         self,
         *,
@@ -589,10 +715,13 @@ Global___CancelExportResponse: _TypeAlias = CancelExportResponse  # noqa: Y015
 
 @_typing.final
 class PauseExportRequest(_message.Message):
+    """Pauses an export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job to pause."""
     def __init__(
         self,
         *,
@@ -608,11 +737,15 @@ Global___PauseExportRequest: _TypeAlias = PauseExportRequest  # noqa: Y015
 
 @_typing.final
 class PauseExportResponse(_message.Message):
+    """The job after the pause request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJobView: ...
+    def job(self) -> Global___ExportJobView:
+        """The job as it stands; a running job turns PAUSED at its next checkpoint."""
+
     def __init__(
         self,
         *,
@@ -628,10 +761,13 @@ Global___PauseExportResponse: _TypeAlias = PauseExportResponse  # noqa: Y015
 
 @_typing.final
 class ResumeExportRequest(_message.Message):
+    """Resumes a paused export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The paused or failed job to resume."""
     def __init__(
         self,
         *,
@@ -647,11 +783,15 @@ Global___ResumeExportRequest: _TypeAlias = ResumeExportRequest  # noqa: Y015
 
 @_typing.final
 class ResumeExportResponse(_message.Message):
+    """The job after the resume request."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJobView: ...
+    def job(self) -> Global___ExportJobView:
+        """The job, queued or running again."""
+
     def __init__(
         self,
         *,
@@ -667,13 +807,18 @@ Global___ResumeExportResponse: _TypeAlias = ResumeExportResponse  # noqa: Y015
 
 @_typing.final
 class ValidateExportRequest(_message.Message):
+    """Checks an export without starting it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE to export."""
     @_builtins.property
-    def config(self) -> Global___ExportConfig: ...
+    def config(self) -> Global___ExportConfig:
+        """The configuration StartExport would get."""
+
     def __init__(
         self,
         *,
@@ -690,6 +835,8 @@ Global___ValidateExportRequest: _TypeAlias = ValidateExportRequest  # noqa: Y015
 
 @_typing.final
 class ExportEstimate(_message.Message):
+    """What an export would cost, predicted from the cache and measured rates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATED_SECONDS_FIELD_NUMBER: _builtins.int
@@ -698,10 +845,15 @@ class ExportEstimate(_message.Message):
     FEATURES_TO_COMPUTE_FIELD_NUMBER: _builtins.int
     FEATURES_CACHED_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
+    """Predicted wall-clock seconds."""
     estimated_size_bytes: _builtins.int
+    """Predicted archive size in bytes."""
     feature_count: _builtins.int
+    """Features the export would contain."""
     features_to_compute: _builtins.int
+    """Features without cached dashboards, to be computed."""
     features_cached: _builtins.int
+    """Features whose cached dashboards would be reused."""
     def __init__(
         self,
         *,
@@ -721,14 +873,20 @@ Global___ExportEstimate: _TypeAlias = ExportEstimate  # noqa: Y015
 
 @_typing.final
 class ValidateExportResponse(_message.Message):
+    """The outcome of a check that passed; a failed check is an error status instead."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ESTIMATE_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def estimate(self) -> Global___ExportEstimate: ...
+    def estimate(self) -> Global___ExportEstimate:
+        """Predicted time, size and work."""
+
     @_builtins.property
-    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Non-fatal notes, e.g. a selection that matches no feature."""
+
     def __init__(
         self,
         *,
@@ -745,6 +903,8 @@ Global___ValidateExportResponse: _TypeAlias = ValidateExportResponse  # noqa: Y0
 
 @_typing.final
 class ValidationProblem(_message.Message):
+    """One problem found in an archive."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEVERITY_FIELD_NUMBER: _builtins.int
@@ -753,12 +913,15 @@ class ValidationProblem(_message.Message):
     POINTER_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     severity: Global___Severity.ValueType
+    """Error or warning."""
     code: _builtins.str
     """Problem class, e.g. "nan_value", "missing_field", "max_value_mismatch"."""
     file: _builtins.str
     """Archive path of the file, and a JSON pointer inside it."""
     pointer: _builtins.str
+    """See file; empty when the problem concerns the whole file."""
     message: _builtins.str
+    """What is wrong, for a human."""
     def __init__(
         self,
         *,
@@ -778,6 +941,8 @@ Global___ValidationProblem: _TypeAlias = ValidationProblem  # noqa: Y015
 
 @_typing.final
 class ValidationSummary(_message.Message):
+    """The outcome of validating an archive."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALID_FIELD_NUMBER: _builtins.int
@@ -787,9 +952,13 @@ class ValidationSummary(_message.Message):
     CLASSES_FIELD_NUMBER: _builtins.int
     FIXES_APPLIED_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
+    """True when there is no error (warnings allowed)."""
     files_checked: _builtins.int
+    """Files of the archive that were checked."""
     error_count: _builtins.int
+    """Problems of severity ERROR."""
     warning_count: _builtins.int
+    """Problems of severity WARNING."""
     @_builtins.property
     def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProblemClass]:
         """Per problem class: how many, and the suggested fix."""
@@ -818,14 +987,19 @@ Global___ValidationSummary: _TypeAlias = ValidationSummary  # noqa: Y015
 
 @_typing.final
 class ProblemClass(_message.Message):
+    """All problems of one class."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     SUGGESTED_FIX_FIELD_NUMBER: _builtins.int
     code: _builtins.str
+    """The class, as in ValidationProblem.code."""
     count: _builtins.int
+    """How many problems of this class."""
     suggested_fix: _builtins.str
+    """How to fix them, for a human."""
     def __init__(
         self,
         *,
@@ -843,13 +1017,19 @@ Global___ProblemClass: _TypeAlias = ProblemClass  # noqa: Y015
 
 @_typing.final
 class ValidateArchiveRequest(_message.Message):
+    """Validates a finished export's archive."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     AUTO_FIX_FIELD_NUMBER: _builtins.int
     MAX_PROBLEMS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """A succeeded export job."""
     auto_fix: _builtins.bool
+    """Repair what can be repaired and replace the archive under the same output_uri (the job's
+    size and SHA-256 follow); summary.fixes_applied lists the repairs.
+    """
     max_problems: _builtins.int
     """At most this many problems listed (the summary counts all); 0 means 1000."""
     def __init__(
@@ -869,14 +1049,20 @@ Global___ValidateArchiveRequest: _TypeAlias = ValidateArchiveRequest  # noqa: Y0
 
 @_typing.final
 class ValidateArchiveResponse(_message.Message):
+    """The validation's findings."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUMMARY_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def summary(self) -> Global___ValidationSummary: ...
+    def summary(self) -> Global___ValidationSummary:
+        """Counts over every problem."""
+
     @_builtins.property
-    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationProblem]: ...
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationProblem]:
+        """The problems, at most max_problems."""
+
     def __init__(
         self,
         *,
@@ -893,11 +1079,14 @@ Global___ValidateArchiveResponse: _TypeAlias = ValidateArchiveResponse  # noqa: 
 
 @_typing.final
 class GetDownloadUrlRequest(_message.Message):
+    """Asks for a presigned download URL."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     EXPIRY_SECONDS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """A succeeded export job."""
     expiry_seconds: _builtins.int
     """60 to 604800; 0 means one hour."""
     def __init__(
@@ -916,13 +1105,18 @@ Global___GetDownloadUrlRequest: _TypeAlias = GetDownloadUrlRequest  # noqa: Y015
 
 @_typing.final
 class GetDownloadUrlResponse(_message.Message):
+    """A URL anyone holding it can GET the archive from until it expires."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     URL_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     url: _builtins.str
+    """Presigned object-store URL of the archive."""
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the URL stops working."""
+
     def __init__(
         self,
         *,
@@ -939,11 +1133,14 @@ Global___GetDownloadUrlResponse: _TypeAlias = GetDownloadUrlResponse  # noqa: Y0
 
 @_typing.final
 class DownloadExportRequest(_message.Message):
+    """Streams a finished archive."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """A succeeded export job."""
     offset: _builtins.int
     """Resume a broken download from this byte."""
     def __init__(
@@ -962,14 +1159,19 @@ Global___DownloadExportRequest: _TypeAlias = DownloadExportRequest  # noqa: Y015
 
 @_typing.final
 class DownloadExportResponse(_message.Message):
+    """One chunk of the archive; chunks arrive in order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHUNK_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """The next bytes of the archive (up to 1 MiB)."""
     offset: _builtins.int
+    """Byte position of chunk in the archive."""
     total_size: _builtins.int
+    """Size of the whole archive in bytes."""
     def __init__(
         self,
         *,
@@ -987,6 +1189,8 @@ Global___DownloadExportResponse: _TypeAlias = DownloadExportResponse  # noqa: Y0
 
 @_typing.final
 class GetFeatureDashboardRequest(_message.Message):
+    """Asks for one feature's dashboard."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
@@ -995,13 +1199,23 @@ class GetFeatureDashboardRequest(_message.Message):
     TOKENS_FIELD_NUMBER: _builtins.int
     COMPUTE_IF_MISSING_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE, as registered in the store."""
     feature_index: _builtins.int
+    """0-based feature index, inside [0, d_sae)."""
     compute_if_missing: _builtins.bool
     """Compute through the compute service when nothing is cached (otherwise NOT_FOUND)."""
     @_builtins.property
-    def params(self) -> _dashboard_pb2.DashboardParams: ...
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """The parameters of the cached dashboard to read; unset fields take the defaults stated on
+        DashboardParams.
+        """
+
     @_builtins.property
-    def tokens(self) -> _tokens_pb2.TokenSource: ...
+    def tokens(self) -> _tokens_pb2.TokenSource:
+        """The token source the dashboard was (or is to be) computed from; unset means the one
+        recorded with the SAE.
+        """
+
     def __init__(
         self,
         *,
@@ -1021,13 +1235,18 @@ Global___GetFeatureDashboardRequest: _TypeAlias = GetFeatureDashboardRequest  # 
 
 @_typing.final
 class GetFeatureDashboardResponse(_message.Message):
+    """The dashboard asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DASHBOARD_FIELD_NUMBER: _builtins.int
     FROM_CACHE_FIELD_NUMBER: _builtins.int
     from_cache: _builtins.bool
+    """True when read from the store's cache, false when computed for this request."""
     @_builtins.property
-    def dashboard(self) -> _dashboard_pb2.FeatureDashboard: ...
+    def dashboard(self) -> _dashboard_pb2.FeatureDashboard:
+        """The feature's dashboard data."""
+
     def __init__(
         self,
         *,

@@ -132,7 +132,8 @@ class ExportServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetExport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The job as it stands: configuration, latest progress and, once finished, its result.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -159,7 +160,8 @@ class ExportServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeExport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Continues a paused (or failed) job from its last checkpoint; WatchExport follows it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -47,6 +47,7 @@ class ExportServiceStub:
     WatchExport: _grpc.UnaryStreamMultiCallable[_export_service_pb2.WatchExportRequest, _export_service_pb2.ExportProgress]
     """Re-attaches to an export's progress stream: the first message is a snapshot."""
     GetExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.GetExportRequest, _export_service_pb2.GetExportResponse]
+    """The job as it stands: configuration, latest progress and, once finished, its result."""
     ListExports: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ListExportsRequest, _export_service_pb2.ListExportsResponse]
     """Paginated, newest first."""
     CancelExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.CancelExportRequest, _export_service_pb2.CancelExportResponse]
@@ -54,6 +55,7 @@ class ExportServiceStub:
     PauseExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.PauseExportRequest, _export_service_pb2.PauseExportResponse]
     """Pauses a running job at its next checkpoint; ResumeExport continues from there."""
     ResumeExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ResumeExportRequest, _export_service_pb2.ResumeExportResponse]
+    """Continues a paused (or failed) job from its last checkpoint; WatchExport follows it."""
     ValidateExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ValidateExportRequest, _export_service_pb2.ValidateExportResponse]
     """Checks an SAE and a configuration without exporting, and estimates time and size."""
     ValidateArchive: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ValidateArchiveRequest, _export_service_pb2.ValidateArchiveResponse]
@@ -84,6 +86,7 @@ class ExportServiceAsyncStub(ExportServiceStub):
     WatchExport: _aio.UnaryStreamMultiCallable[_export_service_pb2.WatchExportRequest, _export_service_pb2.ExportProgress]  # type: ignore[assignment]
     """Re-attaches to an export's progress stream: the first message is a snapshot."""
     GetExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.GetExportRequest, _export_service_pb2.GetExportResponse]  # type: ignore[assignment]
+    """The job as it stands: configuration, latest progress and, once finished, its result."""
     ListExports: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ListExportsRequest, _export_service_pb2.ListExportsResponse]  # type: ignore[assignment]
     """Paginated, newest first."""
     CancelExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.CancelExportRequest, _export_service_pb2.CancelExportResponse]  # type: ignore[assignment]
@@ -91,6 +94,7 @@ class ExportServiceAsyncStub(ExportServiceStub):
     PauseExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.PauseExportRequest, _export_service_pb2.PauseExportResponse]  # type: ignore[assignment]
     """Pauses a running job at its next checkpoint; ResumeExport continues from there."""
     ResumeExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ResumeExportRequest, _export_service_pb2.ResumeExportResponse]  # type: ignore[assignment]
+    """Continues a paused (or failed) job from its last checkpoint; WatchExport follows it."""
     ValidateExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ValidateExportRequest, _export_service_pb2.ValidateExportResponse]  # type: ignore[assignment]
     """Checks an SAE and a configuration without exporting, and estimates time and size."""
     ValidateArchive: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ValidateArchiveRequest, _export_service_pb2.ValidateArchiveResponse]  # type: ignore[assignment]
@@ -135,7 +139,8 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _export_service_pb2.GetExportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_export_service_pb2.GetExportResponse, _abc.Awaitable[_export_service_pb2.GetExportResponse]]: ...
+    ) -> _typing.Union[_export_service_pb2.GetExportResponse, _abc.Awaitable[_export_service_pb2.GetExportResponse]]:
+        """The job as it stands: configuration, latest progress and, once finished, its result."""
 
     @_abc_1.abstractmethod
     def ListExports(
@@ -166,7 +171,8 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _export_service_pb2.ResumeExportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_export_service_pb2.ResumeExportResponse, _abc.Awaitable[_export_service_pb2.ResumeExportResponse]]: ...
+    ) -> _typing.Union[_export_service_pb2.ResumeExportResponse, _abc.Awaitable[_export_service_pb2.ResumeExportResponse]]:
+        """Continues a paused (or failed) job from its last checkpoint; WatchExport follows it."""
 
     @_abc_1.abstractmethod
     def ValidateExport(

@@ -30,22 +30,35 @@ class _Architecture:
 class _ArchitectureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Architecture.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ARCHITECTURE_UNSPECIFIED: _Architecture.ValueType  # 0
+    """Not set: rejected by CreateSae."""
     ARCHITECTURE_STANDARD: _Architecture.ValueType  # 1
+    """ReLU encoder (SAELens "standard")."""
     ARCHITECTURE_JUMPRELU: _Architecture.ValueType  # 2
+    """JumpReLU: per-feature thresholds (SAELens "jumprelu")."""
     ARCHITECTURE_TOPK: _Architecture.ValueType  # 3
+    """Keeps the k largest pre-activations per token (SAELens "topk"; k in config)."""
     ARCHITECTURE_GATED: _Architecture.ValueType  # 4
+    """Gated encoder: separate gate and magnitude paths (SAELens "gated")."""
 
-class Architecture(_Architecture, metaclass=_ArchitectureEnumTypeWrapper): ...
+class Architecture(_Architecture, metaclass=_ArchitectureEnumTypeWrapper):
+    """The SAE's encoder, named as SAELens names its architectures."""
 
 ARCHITECTURE_UNSPECIFIED: Architecture.ValueType  # 0
+"""Not set: rejected by CreateSae."""
 ARCHITECTURE_STANDARD: Architecture.ValueType  # 1
+"""ReLU encoder (SAELens "standard")."""
 ARCHITECTURE_JUMPRELU: Architecture.ValueType  # 2
+"""JumpReLU: per-feature thresholds (SAELens "jumprelu")."""
 ARCHITECTURE_TOPK: Architecture.ValueType  # 3
+"""Keeps the k largest pre-activations per token (SAELens "topk"; k in config)."""
 ARCHITECTURE_GATED: Architecture.ValueType  # 4
+"""Gated encoder: separate gate and magnitude paths (SAELens "gated")."""
 Global___Architecture: _TypeAlias = Architecture  # noqa: Y015
 
 @_typing.final
 class Sae(_message.Message):
+    """A registered sparse autoencoder: where its weights are, what it reads, how it was trained."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
@@ -71,25 +84,39 @@ class Sae(_message.Message):
     hook_point: _builtins.str
     """TransformerLens hook name, e.g. "blocks.2.hook_resid_post"."""
     d_in: _builtins.int
+    """Input width (the activation's size at hook_point); > 0."""
     d_sae: _builtins.int
+    """Number of features; > 0."""
     architecture: Global___Architecture.ValueType
+    """Encoder architecture; required."""
     weights_uri: _builtins.str
     """Folder holding cfg.json + sae_weights.safetensors (SAELens layout), or a safetensors file."""
     training_dataset: _builtins.str
+    """Name of the dataset the SAE was trained on (informational, written to SAELens metadata)."""
     n_training_tokens: _builtins.int
+    """Tokens seen in training; >= 0, 0 when unknown."""
     l0: _builtins.float
+    """Mean number of active features per token in training evaluation; >= 0."""
     explained_variance: _builtins.float
+    """Fraction of the activation's variance the reconstruction explains (typically 0-1)."""
     neuronpedia_model_id: _builtins.str
-    """The Neuronpedia naming: model id, source-set name (e.g. "mistudio-res-512")."""
+    """The Neuronpedia naming: model id, source-set name (e.g. "mistudio-res-512"). Empty means
+    the export derives one (see NeuronpediaNaming in mistudio.export.v1).
+    """
     neuronpedia_source_set: _builtins.str
+    """See neuronpedia_model_id."""
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """Anything else from the SAE's config (activation normalisation, k, context size, …)."""
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """Set by the store when the SAE is created."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Set by the store on every change."""
+
     def __init__(
         self,
         *,
@@ -120,6 +147,8 @@ Global___Sae: _TypeAlias = Sae  # noqa: Y015
 
 @_typing.final
 class Feature(_message.Message):
+    """The stored record of one feature: its label and summary statistics."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURE_INDEX_FIELD_NUMBER: _builtins.int
@@ -129,13 +158,19 @@ class Feature(_message.Message):
     MAX_ACTIVATION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     feature_index: _builtins.int
+    """0-based index in the SAE, inside [0, d_sae)."""
     label: _builtins.str
     """Short human label ("dog names"); empty when unlabeled."""
     category: _builtins.str
+    """Free-form grouping ("syntax", "animals"); empty when none."""
     activation_frequency: _builtins.float
+    """Fraction of tokens on which the feature is non-zero, in [0, 1]."""
     max_activation: _builtins.float
+    """Largest activation seen."""
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """Set by the store on every write."""
+
     def __init__(
         self,
         *,
@@ -156,6 +191,8 @@ Global___Feature: _TypeAlias = Feature  # noqa: Y015
 
 @_typing.final
 class Explanation(_message.Message):
+    """A natural-language description of a feature; a feature may have several."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPLANATION_ID_FIELD_NUMBER: _builtins.int
@@ -168,14 +205,19 @@ class Explanation(_message.Message):
     explanation_id: _builtins.str
     """Assigned by the store."""
     feature_index: _builtins.int
+    """The feature it describes."""
     description: _builtins.str
+    """The explanation text."""
     method: _builtins.str
     """How it was made, e.g. "oai_token-act-pair", "np_max-act-logits", "human"."""
     explainer_model: _builtins.str
     """The explainer model, e.g. "gpt-4o-mini"; empty for a human."""
     score: _builtins.float
+    """The method's quality score (e.g. a simulation correlation); finite, scale depends on method."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the explanation was added; set by the store."""
+
     def __init__(
         self,
         *,
@@ -197,11 +239,15 @@ Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
 @_typing.final
 class CreateSaeRequest(_message.Message):
+    """Registers an SAE."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def sae(self) -> Global___Sae: ...
+    def sae(self) -> Global___Sae:
+        """The SAE; sae_id, model_id, hook_point, d_in, d_sae and architecture are required."""
+
     def __init__(
         self,
         *,
@@ -217,11 +263,15 @@ Global___CreateSaeRequest: _TypeAlias = CreateSaeRequest  # noqa: Y015
 
 @_typing.final
 class CreateSaeResponse(_message.Message):
+    """The SAE as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def sae(self) -> Global___Sae: ...
+    def sae(self) -> Global___Sae:
+        """With created_at and updated_at set."""
+
     def __init__(
         self,
         *,
@@ -237,10 +287,13 @@ Global___CreateSaeResponse: _TypeAlias = CreateSaeResponse  # noqa: Y015
 
 @_typing.final
 class GetSaeRequest(_message.Message):
+    """Reads one SAE."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE's id."""
     def __init__(
         self,
         *,
@@ -256,11 +309,15 @@ Global___GetSaeRequest: _TypeAlias = GetSaeRequest  # noqa: Y015
 
 @_typing.final
 class GetSaeResponse(_message.Message):
+    """The SAE asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def sae(self) -> Global___Sae: ...
+    def sae(self) -> Global___Sae:
+        """The stored record."""
+
     def __init__(
         self,
         *,
@@ -276,12 +333,16 @@ Global___GetSaeResponse: _TypeAlias = GetSaeResponse  # noqa: Y015
 
 @_typing.final
 class ListSaesRequest(_message.Message):
+    """Lists SAEs in sae_id order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """SAEs per page: 0 means 100; at most 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     def __init__(
         self,
         *,
@@ -298,13 +359,18 @@ Global___ListSaesRequest: _TypeAlias = ListSaesRequest  # noqa: Y015
 
 @_typing.final
 class ListSaesResponse(_message.Message):
+    """One page of SAEs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
-    def saes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sae]: ...
+    def saes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sae]:
+        """The SAEs, in sae_id order."""
+
     def __init__(
         self,
         *,
@@ -321,10 +387,13 @@ Global___ListSaesResponse: _TypeAlias = ListSaesResponse  # noqa: Y015
 
 @_typing.final
 class DeleteSaeRequest(_message.Message):
+    """Deletes an SAE and everything stored for it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE's id."""
     def __init__(
         self,
         *,
@@ -340,6 +409,8 @@ Global___DeleteSaeRequest: _TypeAlias = DeleteSaeRequest  # noqa: Y015
 
 @_typing.final
 class DeleteSaeResponse(_message.Message):
+    """Empty: the SAE is gone."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -355,14 +426,19 @@ Global___DeleteSaeResponse: _TypeAlias = DeleteSaeResponse  # noqa: Y015
 
 @_typing.final
 class UpsertFeaturesRequest(_message.Message):
+    """Writes a batch of features of one SAE."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE the features belong to."""
     @_builtins.property
-    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]: ...
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]:
+        """The features, each with feature_index inside [0, d_sae)."""
+
     @_builtins.property
     def update_mask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Feature fields to overwrite on features already stored ("label", "category",
@@ -386,10 +462,13 @@ Global___UpsertFeaturesRequest: _TypeAlias = UpsertFeaturesRequest  # noqa: Y015
 
 @_typing.final
 class UpsertFeaturesResponse(_message.Message):
+    """The outcome of a feature write."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     UPSERTED_COUNT_FIELD_NUMBER: _builtins.int
     upserted_count: _builtins.int
+    """Features created or updated."""
     def __init__(
         self,
         *,
@@ -405,6 +484,8 @@ Global___UpsertFeaturesResponse: _TypeAlias = UpsertFeaturesResponse  # noqa: Y0
 
 @_typing.final
 class ListFeaturesRequest(_message.Message):
+    """Lists an SAE's features in feature_index order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
@@ -412,8 +493,11 @@ class ListFeaturesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE whose features to list."""
     page_size: _builtins.int
+    """Features per page: 0 means 100; at most 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     @_builtins.property
     def filter(self) -> Global___FeatureFilter:
         """Optional filters; all given filters must match."""
@@ -436,6 +520,8 @@ Global___ListFeaturesRequest: _TypeAlias = ListFeaturesRequest  # noqa: Y015
 
 @_typing.final
 class FeatureFilter(_message.Message):
+    """Narrows ListFeatures; unset fields do not filter."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_START_FIELD_NUMBER: _builtins.int
@@ -446,10 +532,13 @@ class FeatureFilter(_message.Message):
     index_start: _builtins.int
     """Half-open [index_start, index_end); index_end 0 means no upper bound."""
     index_end: _builtins.int
+    """See index_start."""
     labeled_only: _builtins.bool
+    """Only features with a non-empty label."""
     label_contains: _builtins.str
     """Case-insensitive substring of the label."""
     category: _builtins.str
+    """Only features with exactly this category."""
     def __init__(
         self,
         *,
@@ -469,13 +558,18 @@ Global___FeatureFilter: _TypeAlias = FeatureFilter  # noqa: Y015
 
 @_typing.final
 class ListFeaturesResponse(_message.Message):
+    """One page of features."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
-    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]: ...
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]:
+        """The features, in feature_index order."""
+
     def __init__(
         self,
         *,
@@ -492,13 +586,18 @@ Global___ListFeaturesResponse: _TypeAlias = ListFeaturesResponse  # noqa: Y015
 
 @_typing.final
 class AddExplanationsRequest(_message.Message):
+    """Adds explanations to features of one SAE."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     EXPLANATIONS_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE the features belong to."""
     @_builtins.property
-    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]: ...
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]:
+        """The explanations; explanation_id is assigned by the store."""
+
     def __init__(
         self,
         *,
@@ -515,11 +614,15 @@ Global___AddExplanationsRequest: _TypeAlias = AddExplanationsRequest  # noqa: Y0
 
 @_typing.final
 class AddExplanationsResponse(_message.Message):
+    """The explanations as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPLANATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]: ...
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]:
+        """With explanation_id and created_at set."""
+
     def __init__(
         self,
         *,
@@ -535,6 +638,8 @@ Global___AddExplanationsResponse: _TypeAlias = AddExplanationsResponse  # noqa: 
 
 @_typing.final
 class ListExplanationsRequest(_message.Message):
+    """Lists an SAE's explanations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
@@ -542,8 +647,11 @@ class ListExplanationsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FEATURE_INDICES_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE whose explanations to list."""
     page_size: _builtins.int
+    """Explanations per page: 0 means 100; at most 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     @_builtins.property
     def feature_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Only these features when non-empty."""
@@ -566,13 +674,18 @@ Global___ListExplanationsRequest: _TypeAlias = ListExplanationsRequest  # noqa: 
 
 @_typing.final
 class ListExplanationsResponse(_message.Message):
+    """One page of explanations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPLANATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
-    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]: ...
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]:
+        """Ordered by (feature_index, created_at, id)."""
+
     def __init__(
         self,
         *,
@@ -589,16 +702,23 @@ Global___ListExplanationsResponse: _TypeAlias = ListExplanationsResponse  # noqa
 
 @_typing.final
 class PutDashboardsRequest(_message.Message):
+    """One batch of dashboards to cache."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     DASHBOARDS_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE the dashboards belong to."""
     @_builtins.property
-    def params(self) -> _dashboard_pb2.DashboardParams: ...
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """The parameters they were computed with, defaults and fingerprint filled in: the cache key."""
+
     @_builtins.property
-    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[_dashboard_pb2.FeatureDashboard]: ...
+    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[_dashboard_pb2.FeatureDashboard]:
+        """The dashboards; a feature already cached under the same key is replaced."""
+
     def __init__(
         self,
         *,
@@ -616,11 +736,14 @@ Global___PutDashboardsRequest: _TypeAlias = PutDashboardsRequest  # noqa: Y015
 
 @_typing.final
 class PutDashboardsResponse(_message.Message):
+    """The outcome of a dashboard upload."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WRITTEN_COUNT_FIELD_NUMBER: _builtins.int
     PARAMS_KEY_FIELD_NUMBER: _builtins.int
     written_count: _builtins.int
+    """Dashboards written over the whole stream."""
     params_key: _builtins.str
     """The key the store filed the dashboards under (hash of params)."""
     def __init__(
@@ -639,16 +762,23 @@ Global___PutDashboardsResponse: _TypeAlias = PutDashboardsResponse  # noqa: Y015
 
 @_typing.final
 class GetDashboardsRequest(_message.Message):
+    """Reads cached dashboards."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     FEATURE_INDICES_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE the dashboards belong to."""
     @_builtins.property
-    def params(self) -> _dashboard_pb2.DashboardParams: ...
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """The parameters the dashboards were cached under (as in PutDashboardsRequest)."""
+
     @_builtins.property
-    def feature_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def feature_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The features wanted."""
+
     def __init__(
         self,
         *,
@@ -666,12 +796,16 @@ Global___GetDashboardsRequest: _TypeAlias = GetDashboardsRequest  # noqa: Y015
 
 @_typing.final
 class GetDashboardsResponse(_message.Message):
+    """One batch of cached dashboards."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DASHBOARDS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[_dashboard_pb2.FeatureDashboard]: ...
+    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[_dashboard_pb2.FeatureDashboard]:
+        """Dashboards found, in feature_index order."""
+
     @_builtins.property
     def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Requested features with no cached dashboard (sent in the last message)."""
@@ -692,6 +826,8 @@ Global___GetDashboardsResponse: _TypeAlias = GetDashboardsResponse  # noqa: Y015
 
 @_typing.final
 class ListCachedDashboardsRequest(_message.Message):
+    """Lists which features have a cached dashboard under a parameter key."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
@@ -699,10 +835,15 @@ class ListCachedDashboardsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
+    """The SAE the dashboards belong to."""
     page_size: _builtins.int
+    """Entries per page: 0 means 100; at most 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     @_builtins.property
-    def params(self) -> _dashboard_pb2.DashboardParams: ...
+    def params(self) -> _dashboard_pb2.DashboardParams:
+        """The parameters the dashboards were cached under (as in PutDashboardsRequest)."""
+
     def __init__(
         self,
         *,
@@ -721,11 +862,14 @@ Global___ListCachedDashboardsRequest: _TypeAlias = ListCachedDashboardsRequest  
 
 @_typing.final
 class CachedDashboard(_message.Message):
+    """One cached dashboard, without its content."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURE_INDEX_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     feature_index: _builtins.int
+    """The feature it belongs to."""
     content_hash: _builtins.str
     """SHA-256 of the dashboard's canonical serialisation."""
     def __init__(
@@ -744,13 +888,18 @@ Global___CachedDashboard: _TypeAlias = CachedDashboard  # noqa: Y015
 
 @_typing.final
 class ListCachedDashboardsResponse(_message.Message):
+    """One page of cached dashboards."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DASHBOARDS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
-    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[Global___CachedDashboard]: ...
+    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[Global___CachedDashboard]:
+        """In feature_index order."""
+
     def __init__(
         self,
         *,
@@ -767,6 +916,10 @@ Global___ListCachedDashboardsResponse: _TypeAlias = ListCachedDashboardsResponse
 
 @_typing.final
 class ExportJob(_message.Message):
+    """The stored record of an export job, written by the export service (clients read it through
+    ExportService, which presents it as ExportJobView).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
@@ -787,16 +940,23 @@ class ExportJob(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """Unique id; chosen by the export service, or by the store when created without one."""
     sae_id: _builtins.str
+    """The SAE being exported."""
     owner: _builtins.str
+    """Who started the job."""
     request_id: _builtins.str
     """Idempotency key of the start request."""
     state: _progress_pb2.JobState.ValueType
+    """The job's state; equals progress.state."""
     output_uri: _builtins.str
     """Object-store key of the finished archive."""
     output_size_bytes: _builtins.int
+    """Size of the finished archive in bytes."""
     feature_count: _builtins.int
+    """Features in the export."""
     error_message: _builtins.str
+    """Why the job failed, for a human; empty otherwise."""
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """The export configuration, as the export service's ExportConfig in JSON form."""
@@ -814,13 +974,21 @@ class ExportJob(_message.Message):
         """Opaque resume state (stage reached, features done), written at each checkpoint."""
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job was recorded."""
+
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When it first started running; unset while queued."""
+
     @_builtins.property
-    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it reached a terminal state; unset before."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the record last changed."""
+
     def __init__(
         self,
         *,
@@ -852,11 +1020,15 @@ Global___ExportJob: _TypeAlias = ExportJob  # noqa: Y015
 
 @_typing.final
 class CreateExportJobRequest(_message.Message):
+    """Records a new export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJob: ...
+    def job(self) -> Global___ExportJob:
+        """The job; sae_id is required, job_id is assigned when empty."""
+
     def __init__(
         self,
         *,
@@ -872,6 +1044,8 @@ Global___CreateExportJobRequest: _TypeAlias = CreateExportJobRequest  # noqa: Y0
 
 @_typing.final
 class CreateExportJobResponse(_message.Message):
+    """The job as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
@@ -879,7 +1053,9 @@ class CreateExportJobResponse(_message.Message):
     created: _builtins.bool
     """False when a job with the same (sae_id, request_id) already existed and was returned."""
     @_builtins.property
-    def job(self) -> Global___ExportJob: ...
+    def job(self) -> Global___ExportJob:
+        """The new job, or the existing one with the same (sae_id, request_id)."""
+
     def __init__(
         self,
         *,
@@ -896,10 +1072,13 @@ Global___CreateExportJobResponse: _TypeAlias = CreateExportJobResponse  # noqa: 
 
 @_typing.final
 class GetExportJobRequest(_message.Message):
+    """Reads one export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
+    """The job's id."""
     def __init__(
         self,
         *,
@@ -915,11 +1094,15 @@ Global___GetExportJobRequest: _TypeAlias = GetExportJobRequest  # noqa: Y015
 
 @_typing.final
 class GetExportJobResponse(_message.Message):
+    """The job asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJob: ...
+    def job(self) -> Global___ExportJob:
+        """The stored record."""
+
     def __init__(
         self,
         *,
@@ -935,12 +1118,16 @@ Global___GetExportJobResponse: _TypeAlias = GetExportJobResponse  # noqa: Y015
 
 @_typing.final
 class UpdateExportJobRequest(_message.Message):
+    """Writes some fields of an export job."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJob: ...
+    def job(self) -> Global___ExportJob:
+        """job_id names the job; the fields named in update_mask carry the new values."""
+
     @_builtins.property
     def update_mask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Field names of ExportJob to write, e.g. ["state", "progress"]."""
@@ -961,11 +1148,15 @@ Global___UpdateExportJobRequest: _TypeAlias = UpdateExportJobRequest  # noqa: Y0
 
 @_typing.final
 class UpdateExportJobResponse(_message.Message):
+    """The job after the update."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def job(self) -> Global___ExportJob: ...
+    def job(self) -> Global___ExportJob:
+        """The whole stored record."""
+
     def __init__(
         self,
         *,
@@ -981,6 +1172,8 @@ Global___UpdateExportJobResponse: _TypeAlias = UpdateExportJobResponse  # noqa: 
 
 @_typing.final
 class ListExportJobsRequest(_message.Message):
+    """Lists export jobs, newest first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -989,9 +1182,13 @@ class ListExportJobsRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """Jobs per page: 0 means 100; at most 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
     sae_id: _builtins.str
+    """Only jobs of this SAE; empty means any."""
     owner: _builtins.str
+    """Only jobs of this owner; empty means any."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_progress_pb2.JobState.ValueType]:
         """Only jobs in these states when non-empty."""
@@ -1015,13 +1212,18 @@ Global___ListExportJobsRequest: _TypeAlias = ListExportJobsRequest  # noqa: Y015
 
 @_typing.final
 class ListExportJobsResponse(_message.Message):
+    """One page of export jobs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
-    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportJob]: ...
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportJob]:
+        """The jobs, newest first."""
+
     def __init__(
         self,
         *,

@@ -129,19 +129,21 @@ class StoreServiceServicer:
     """
 
     def CreateSae(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Registers an SAE under a client-chosen id; ALREADY_EXISTS when the id is taken.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSae(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One SAE record by id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSaes(self, request, context):
-        """Paginated: page_size at most 1000.
+        """Paginated, in sae_id order: page_size at most 1000.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,13 +208,15 @@ class StoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateExportJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Records a new export job; idempotent per (sae_id, request_id).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetExportJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One export job record by id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

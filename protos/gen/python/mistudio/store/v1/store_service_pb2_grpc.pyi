@@ -41,9 +41,11 @@ class StoreServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> StoreServiceAsyncStub: ...
     CreateSae: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.CreateSaeRequest, _store_service_pb2.CreateSaeResponse]
+    """Registers an SAE under a client-chosen id; ALREADY_EXISTS when the id is taken."""
     GetSae: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.GetSaeRequest, _store_service_pb2.GetSaeResponse]
+    """One SAE record by id."""
     ListSaes: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListSaesRequest, _store_service_pb2.ListSaesResponse]
-    """Paginated: page_size at most 1000."""
+    """Paginated, in sae_id order: page_size at most 1000."""
     DeleteSae: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.DeleteSaeRequest, _store_service_pb2.DeleteSaeResponse]
     """Removes the SAE and everything stored for it (features, explanations, cache, jobs)."""
     UpsertFeatures: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.UpsertFeaturesRequest, _store_service_pb2.UpsertFeaturesResponse]
@@ -65,7 +67,9 @@ class StoreServiceStub:
     ListCachedDashboards: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListCachedDashboardsRequest, _store_service_pb2.ListCachedDashboardsResponse]
     """Which features have a cached dashboard for a parameter key, with their content hashes."""
     CreateExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.CreateExportJobRequest, _store_service_pb2.CreateExportJobResponse]
+    """Records a new export job; idempotent per (sae_id, request_id)."""
     GetExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.GetExportJobRequest, _store_service_pb2.GetExportJobResponse]
+    """One export job record by id."""
     UpdateExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.UpdateExportJobRequest, _store_service_pb2.UpdateExportJobResponse]
     """Only the fields named in update_mask are written."""
     ListExportJobs: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]
@@ -84,9 +88,11 @@ class StoreServiceAsyncStub(StoreServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSae: _aio.UnaryUnaryMultiCallable[_store_service_pb2.CreateSaeRequest, _store_service_pb2.CreateSaeResponse]  # type: ignore[assignment]
+    """Registers an SAE under a client-chosen id; ALREADY_EXISTS when the id is taken."""
     GetSae: _aio.UnaryUnaryMultiCallable[_store_service_pb2.GetSaeRequest, _store_service_pb2.GetSaeResponse]  # type: ignore[assignment]
+    """One SAE record by id."""
     ListSaes: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListSaesRequest, _store_service_pb2.ListSaesResponse]  # type: ignore[assignment]
-    """Paginated: page_size at most 1000."""
+    """Paginated, in sae_id order: page_size at most 1000."""
     DeleteSae: _aio.UnaryUnaryMultiCallable[_store_service_pb2.DeleteSaeRequest, _store_service_pb2.DeleteSaeResponse]  # type: ignore[assignment]
     """Removes the SAE and everything stored for it (features, explanations, cache, jobs)."""
     UpsertFeatures: _aio.UnaryUnaryMultiCallable[_store_service_pb2.UpsertFeaturesRequest, _store_service_pb2.UpsertFeaturesResponse]  # type: ignore[assignment]
@@ -108,7 +114,9 @@ class StoreServiceAsyncStub(StoreServiceStub):
     ListCachedDashboards: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListCachedDashboardsRequest, _store_service_pb2.ListCachedDashboardsResponse]  # type: ignore[assignment]
     """Which features have a cached dashboard for a parameter key, with their content hashes."""
     CreateExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.CreateExportJobRequest, _store_service_pb2.CreateExportJobResponse]  # type: ignore[assignment]
+    """Records a new export job; idempotent per (sae_id, request_id)."""
     GetExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.GetExportJobRequest, _store_service_pb2.GetExportJobResponse]  # type: ignore[assignment]
+    """One export job record by id."""
     UpdateExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.UpdateExportJobRequest, _store_service_pb2.UpdateExportJobResponse]  # type: ignore[assignment]
     """Only the fields named in update_mask are written."""
     ListExportJobs: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]  # type: ignore[assignment]
@@ -129,14 +137,16 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _store_service_pb2.CreateSaeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_store_service_pb2.CreateSaeResponse, _abc.Awaitable[_store_service_pb2.CreateSaeResponse]]: ...
+    ) -> _typing.Union[_store_service_pb2.CreateSaeResponse, _abc.Awaitable[_store_service_pb2.CreateSaeResponse]]:
+        """Registers an SAE under a client-chosen id; ALREADY_EXISTS when the id is taken."""
 
     @_abc_1.abstractmethod
     def GetSae(
         self,
         request: _store_service_pb2.GetSaeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_store_service_pb2.GetSaeResponse, _abc.Awaitable[_store_service_pb2.GetSaeResponse]]: ...
+    ) -> _typing.Union[_store_service_pb2.GetSaeResponse, _abc.Awaitable[_store_service_pb2.GetSaeResponse]]:
+        """One SAE record by id."""
 
     @_abc_1.abstractmethod
     def ListSaes(
@@ -144,7 +154,7 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _store_service_pb2.ListSaesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.ListSaesResponse, _abc.Awaitable[_store_service_pb2.ListSaesResponse]]:
-        """Paginated: page_size at most 1000."""
+        """Paginated, in sae_id order: page_size at most 1000."""
 
     @_abc_1.abstractmethod
     def DeleteSae(
@@ -219,14 +229,16 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _store_service_pb2.CreateExportJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_store_service_pb2.CreateExportJobResponse, _abc.Awaitable[_store_service_pb2.CreateExportJobResponse]]: ...
+    ) -> _typing.Union[_store_service_pb2.CreateExportJobResponse, _abc.Awaitable[_store_service_pb2.CreateExportJobResponse]]:
+        """Records a new export job; idempotent per (sae_id, request_id)."""
 
     @_abc_1.abstractmethod
     def GetExportJob(
         self,
         request: _store_service_pb2.GetExportJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_store_service_pb2.GetExportJobResponse, _abc.Awaitable[_store_service_pb2.GetExportJobResponse]]: ...
+    ) -> _typing.Union[_store_service_pb2.GetExportJobResponse, _abc.Awaitable[_store_service_pb2.GetExportJobResponse]]:
+        """One export job record by id."""
 
     @_abc_1.abstractmethod
     def UpdateExportJob(
