@@ -224,7 +224,9 @@ def params_from_pb(m: pb.DashboardParams) -> d.DashboardParams:
         aggregate_all_tokens=m.aggregate_all_tokens,
         token_source_fingerprint=m.token_source_fingerprint,
         computation_version=m.computation_version or defaults.computation_version,
-        omitted=frozenset(COMPONENT_FROM_PB[c] for c in m.omitted_components if c in COMPONENT_FROM_PB),
+        omitted=frozenset(
+            COMPONENT_FROM_PB[c] for c in m.omitted_components if c in COMPONENT_FROM_PB
+        ),
     )
 
 

@@ -114,8 +114,12 @@ class _Builder:
                     feature_index=index,
                     top_examples=top,
                     quantile_groups=groups,
-                    top_positive_logits=self._logits(lens.pos_ids[i], lens.pos_values[i]) if lens else [],
-                    top_negative_logits=self._logits(lens.neg_ids[i], lens.neg_values[i]) if lens else [],
+                    top_positive_logits=self._logits(lens.pos_ids[i], lens.pos_values[i])
+                    if lens
+                    else [],
+                    top_negative_logits=self._logits(lens.neg_ids[i], lens.neg_values[i])
+                    if lens
+                    else [],
                     activation_histogram=Histogram(
                         bin_edges=edges,
                         counts=counts,
