@@ -18,7 +18,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.dashboard_options import prepend_bos
+from mistudio_common.dashboard_options import Component, prepend_bos
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export import checking, computing, delta
@@ -179,7 +179,11 @@ class ExportPipeline:
         return Inputs(
             info=info,
             hashes=collected.hashes,
-            explanations=explanation_records(self._store, plan.sae.sae_id, indices),
+            explanations=(
+                explanation_records(self._store, plan.sae.sae_id, indices)
+                if Component.EXPLANATIONS not in plan.omitted
+                else []
+            ),
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
                 saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
