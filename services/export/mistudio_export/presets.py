@@ -43,7 +43,12 @@ def _omit(*components: Component) -> list[dpb.DashboardComponent.ValueType]:
     return [COMPONENT_TO_PB[c] for c in components]
 
 
-_MAXIMA = {name: high for name, (_, high) in PARAM_BOUNDS.items()}
+def _maxima() -> dpb.DashboardParams:
+    params = dpb.DashboardParams(aggregate_all_tokens=True)
+    for name, (_, high) in PARAM_BOUNDS.items():
+        setattr(params, name, high)
+    return params
+
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -89,7 +94,7 @@ PRESETS: dict[str, Preset] = {
             title="Everything at the maxima",
             description="Every part at its largest setting, tokens ranked over every "
             "activation, over the whole token source: the largest and slowest export.",
-            dashboard=dpb.DashboardParams(**_MAXIMA, aggregate_all_tokens=True),
+            dashboard=_maxima(),
             max_tokens=0,
         ),
     )

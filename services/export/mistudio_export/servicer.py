@@ -127,3 +127,9 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self, request: epb.GetFeatureDashboardRequest, context: grpc.ServicerContext
     ) -> epb.GetFeatureDashboardResponse:
         return self._dashboards.get(request)
+
+    @handle_errors
+    def ListPresets(
+        self, request: epb.ListPresetsRequest, context: grpc.ServicerContext
+    ) -> epb.ListPresetsResponse:
+        return self._estimator.list_presets(request, self._default_owner)
