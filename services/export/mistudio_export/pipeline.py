@@ -218,6 +218,7 @@ class ExportPipeline:
             n_tokens_in_prompt=facts.context_size if facts is not None else 0,
             prepend_bos=prepend_bos(tokens) if tokens is not None else False,
             dashboard_dataset=tokens.dataset_name if tokens is not None else "",
+            omitted_components=tuple(sorted(c.value for c in plan.omitted)),
         )
 
     def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:

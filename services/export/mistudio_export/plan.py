@@ -108,6 +108,13 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
         omitted |= {Component.LOGIT_LENS}
         params.omitted_components.append(dpb.DASHBOARD_COMPONENT_LOGIT_LENS)
         notes = (logit_lens_note(sae.hook_point),)
+    if NEURONPEDIA in formats and {Component.TOP_EXAMPLES, Component.QUANTILE_EXAMPLES} <= omitted:
+        raise InvalidArgument(
+            "top and quantile examples are both left out, but Neuronpedia needs at least one "
+            "example per live feature",
+            field="config.dashboard.omitted_components",
+            fix="keep top or quantile examples, or export only the SAELens format",
+        )
     tokens = token_source(config.tokens, sae)
     if tokens is not None:
         tokens = with_token_budget(tokens, config.preset)
