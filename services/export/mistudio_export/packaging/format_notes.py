@@ -124,8 +124,9 @@ LEFT_OUT: dict[Component, str] = {
     "histogram.",
     Component.ACTIVATION_HISTOGRAM: "**Activation histogram** not computed: "
     "`histogram` has no bins in `features/*.json` and the importer columns "
-    "`freq_hist_data_bar_heights`/`freq_hist_data_bar_values` are empty arrays, so Neuronpedia's page shows the density "
-    "(`frac_nonzero`, still computed) without its histogram.",
+    "`freq_hist_data_bar_heights`/`freq_hist_data_bar_values` are empty arrays, so "
+    "Neuronpedia's page shows the density (`frac_nonzero`, still computed) without its "
+    "histogram.",
     Component.TOKEN_AGGREGATION: "**Token aggregation** not computed: `top_tokens` is empty in "
     "`features/*.json` (no Neuronpedia format carries it).",
     Component.EXPLANATIONS: "**Explanations** left out: `explanations/` files hold no "
