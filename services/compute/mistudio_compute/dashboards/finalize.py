@@ -92,7 +92,7 @@ class _Builder:
         grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
         q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
         stats = self._statistics(lo, hi, q.cpu(), q_err.cpu())
-        hists: list[tuple[list[float], list[int]]] = [([], [])] * (hi - lo)
+        hists: list[tuple[list[float], list[int]]] = [([], []) for _ in range(lo, hi)]
         if p.includes(Component.ACTIVATION_HISTOGRAM):
             inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
                                                        p.histogram_scale), vmin, vmax)  # fmt: skip
@@ -114,12 +114,8 @@ class _Builder:
                     feature_index=index,
                     top_examples=top,
                     quantile_groups=groups,
-                    top_positive_logits=self._logits(lens.pos_ids[i], lens.pos_values[i])
-                    if lens
-                    else [],
-                    top_negative_logits=self._logits(lens.neg_ids[i], lens.neg_values[i])
-                    if lens
-                    else [],
+                    top_positive_logits=self._logits(lens, i, positive=True),
+                    top_negative_logits=self._logits(lens, i, positive=False),
                     activation_histogram=Histogram(
                         bin_edges=edges,
                         counts=counts,
@@ -210,11 +206,17 @@ class _Builder:
             source=SourceRef(self.inputs.source.dataset, ds_row, offset + w.start),
         )
 
-    def _logits(self, ids: torch.Tensor, values: torch.Tensor) -> list[LogitEntry]:
+    def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[LogitEntry]:
+        """Feature i's top (or bottom) logits; none when the logit lens is left out."""
+        if lens is None:
+            return []
+        ids, values = (
+            (lens.pos_ids, lens.pos_values) if positive else (lens.neg_ids, lens.neg_values)
+        )
         text = self.inputs.token_text
         return [
-            LogitEntry(token=text.token(i), token_id=i, value=v, rank=r + 1)
-            for r, (i, v) in enumerate(zip(ids.tolist(), values.tolist(), strict=True))
+            LogitEntry(token=text.token(t), token_id=t, value=v, rank=r + 1)
+            for r, (t, v) in enumerate(zip(ids[i].tolist(), values[i].tolist(), strict=True))
         ]
 
     def _top_tokens(self, f: int) -> list[TokenAggregate]:
