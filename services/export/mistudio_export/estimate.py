@@ -120,7 +120,7 @@ class ExportEstimator:
         self, request: epb.ValidateExportRequest, owner: str
     ) -> epb.ValidateExportResponse:
         plan = self._planner.plan(request.sae_id, request.config, owner)
-        warnings = self._planner.check(plan)
+        warnings = [*plan.notes, *self._planner.check(plan)]
         rates = rates_from(
             self._store.list_jobs(page_size=50, states=[ppb.JOB_STATE_SUCCEEDED]).jobs
         )

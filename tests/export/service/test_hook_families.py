@@ -56,6 +56,9 @@ def test_sae_on_each_hook_family_exports_end_to_end(
     stack: Stack, workdir: Path, tokens: tpb.TokenSource, hook: str
 ) -> None:
     sae_id = register(stack, workdir, hook)
+    check = epb.ValidateExportRequest(sae_id=sae_id, config=export_config(tokens))
+    warned = logit_lens_note(hook) in stack.exports.ValidateExport(check).warnings
+    assert warned == (hook in NO_LENS)
     request = epb.StartExportRequest(request_id=hook, sae_id=sae_id, config=export_config(tokens))
     last = run_to_end(stack.exports.StartExport(request))[-1]
     assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
