@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
+from mistudio_common.auth import load_credentials
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
 from mistudio_compute.config import ComputeSettings
@@ -39,7 +40,8 @@ def build_compute_server(
 
     ``model_loader`` replaces ``model_access.load_model`` (tests serve tiny in-memory models).
     """
-    store = StoreClient(settings.store_address)
+    credentials = load_credentials(settings)
+    store = StoreClient(settings.store_address, credentials.peer)
     planner = Planner(settings, store, model_loader)
     manager = ComputeJobManager(settings, planner, store)
     servicer = ComputeServicer(manager, planner)
@@ -50,7 +52,10 @@ def build_compute_server(
         ),
     )
     running = create_server(
-        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+        f"{settings.host}:{settings.port}",
+        [registration],
+        credentials,
+        max_workers=settings.max_workers,
     )
     manager.resume_unfinished()
     return ComputeServer(
