@@ -197,7 +197,7 @@ def check_bind(host: str, credentials: Credentials, host_setting: str = "host") 
             fix="set auth_tokens / auth_token_file or tls_cert_file + tls_key_file + tls_ca_file "
             "(see README 'Security'), or listen on 127.0.0.1",
         )
-    log.warning(
+    log.info(  # INFO: the CLI's in-process stack runs this way for every local user
         "no credentials configured: serving loopback only, every caller is the local user",
         extra={"host": host},
     )

@@ -66,7 +66,6 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         FeatureDashboards(store, compute),
         store,
         objects,
-        settings.default_owner,
     )
     registration = ServiceRegistration(
         SERVICE_NAME, lambda server: egrpc.add_ExportServiceServicer_to_server(servicer, server)
