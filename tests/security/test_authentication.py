@@ -19,8 +19,8 @@ from mistudio_common.server import RunningServer, open_channel
 from mistudio_store.config import StoreSettings
 from mistudio_store.server import build_store_server
 
+from scripts.make_deploy_secrets import Authority
 from tests.security.conftest import SecureStack, token_of, write_token_file
-from tests.security.pki import TestCa
 
 
 def test_every_service_refuses_a_caller_without_credentials(secure_stack: SecureStack) -> None:
@@ -101,12 +101,12 @@ def test_a_malformed_token_file_names_the_line(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
-    return TestCa(tmp_path_factory.mktemp("pki"))
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
-def mtls_store(ca: TestCa, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def mtls_store(ca: Authority, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A store that accepts only client certificates signed by ``ca`` (no tokens)."""
     folder = tmp_path_factory.mktemp("mtls-store")
     identities = folder / "identities.txt"
@@ -127,7 +127,7 @@ def mtls_store(ca: TestCa, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     server.stop(0)
 
 
-def client(ca: TestCa, store: RunningServer, common_name: str | None) -> sgrpc.StoreServiceStub:
+def client(ca: Authority, store: RunningServer, common_name: str | None) -> sgrpc.StoreServiceStub:
     issued = ca.issue(common_name) if common_name else None
     peer = PeerCredentials(
         ca=ca.cert.read_bytes(),
@@ -137,7 +137,7 @@ def client(ca: TestCa, store: RunningServer, common_name: str | None) -> sgrpc.S
     return sgrpc.StoreServiceStub(open_channel(f"localhost:{store.port}", peer))
 
 
-def test_mtls_client_certificate_is_the_identity(ca: TestCa, mtls_store: RunningServer) -> None:
+def test_mtls_client_certificate_is_the_identity(ca: Authority, mtls_store: RunningServer) -> None:
     export = client(ca, mtls_store, "export")
     created = export.CreateSae(
         spb.CreateSaeRequest(
@@ -154,16 +154,18 @@ def test_mtls_client_certificate_is_the_identity(ca: TestCa, mtls_store: Running
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_mtls_refuses_a_client_without_a_certificate(ca: TestCa, mtls_store: RunningServer) -> None:
+def test_mtls_refuses_a_client_without_a_certificate(
+    ca: Authority, mtls_store: RunningServer
+) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         client(ca, mtls_store, None).ListSaes(spb.ListSaesRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mtls_refuses_a_certificate_from_another_ca(
-    ca: TestCa, mtls_store: RunningServer, tmp_path: Path
+    ca: Authority, mtls_store: RunningServer, tmp_path: Path
 ) -> None:
-    stranger = TestCa(tmp_path / "other", name="someone else's CA").issue("export")
+    stranger = Authority(tmp_path / "other", name="someone else's CA").issue("export")
     peer = PeerCredentials(
         ca=ca.cert.read_bytes(), cert=stranger.cert.read_bytes(), key=stranger.key.read_bytes()
     )
@@ -174,9 +176,9 @@ def test_mtls_refuses_a_certificate_from_another_ca(
 
 
 def test_tls_with_tokens_accepts_a_token_without_a_client_certificate(
-    ca: TestCa, tmp_path: Path
+    ca: Authority, tmp_path: Path
 ) -> None:
-    server_cert = ca.issue("store")
+    server_cert = ca.issue("store-with-tokens")
     server = build_store_server(
         StoreSettings(
             data_dir=tmp_path,
