@@ -97,6 +97,16 @@ def test_a_malformed_token_file_names_the_line(tmp_path: Path) -> None:
     assert "line 2" in caught.value.message and "superuser" in caught.value.message
 
 
+def test_tls_that_authenticates_nobody_is_refused(tmp_path: Path) -> None:
+    issued = Authority(tmp_path / "pki").issue("store")
+    settings = StoreSettings(
+        data_dir=tmp_path, port=0, tls_cert_file=issued.cert, tls_key_file=issued.key
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        build_store_server(settings)
+    assert caught.value.field == "tls_ca_file"
+
+
 # -- mutual TLS ------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from sqlalchemy import text
@@ -212,3 +213,36 @@ def test_store_internal_reads_refuse_a_user(
         lambda: mallory.ListExportJobs(spb.ListExportJobsRequest()),
     ):
         assert rpc_error(call).code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_compute_runs_computations_only_for_services(secure_stack: SecureStack) -> None:
+    compute = secure_stack.computation("mallory")
+    for call in (
+        lambda: compute.GetComputation(cpb.GetComputationRequest(job_id="any")),
+        lambda: compute.CancelComputation(cpb.CancelComputationRequest(job_id="any")),
+        lambda: compute.ComputeDashboards(cpb.ComputeDashboardsRequest()),
+    ):
+        error = rpc_error(call)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "mallory" in error.details()
+
+
+def test_another_users_export_as_delta_base_reads_as_missing(
+    secure_stack: SecureStack, alice_export: AliceExport, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.export.service.stack import write_sae_folder
+
+    folder = write_sae_folder(tmp_path_factory.mktemp("mallory") / "sae")
+    mallory_sae = "mallory-sae"
+    secure_stack.records("mallory").CreateSae(
+        spb.CreateSaeRequest(sae=sae_message(mallory_sae, str(folder)))
+    )
+    exports = secure_stack.exports("mallory")
+
+    def validate(base: str) -> grpc.RpcError:
+        config = export_config(delta_base_job_id=base)
+        request = epb.ValidateExportRequest(sae_id=mallory_sae, config=config)
+        return rpc_error(lambda: exports.ValidateExport(request))
+
+    unknown, hidden = validate(UNKNOWN_JOB), validate(alice_export.job_id)
+    assert_hidden(hidden, unknown, alice_export.job_id)

@@ -82,7 +82,8 @@ class Credentials:
 
     @property
     def configured(self) -> bool:
-        return bool(self.tokens) or self.tls is not None
+        """Whether anyone can authenticate: by token, or by a certificate the CA signed."""
+        return bool(self.tokens) or (self.tls is not None and self.tls.client_ca is not None)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,12 @@ def load_credentials(settings: SecuritySettings) -> Credentials:
             fix="set both (the certificate and its private key) or neither",
         )
     ca = _read(settings.tls_ca_file, "tls_ca_file") if settings.tls_ca_file else None
+    if cert is not None and ca is None and not tokens:
+        raise InvalidArgument(
+            "TLS is configured but no caller could authenticate: no tokens and no client CA",
+            field="tls_ca_file",
+            fix="set tls_ca_file (mutual TLS) or auth_tokens / auth_token_file",
+        )
     service_token = settings.service_token
     if settings.service_token_file:
         service_token = _read(settings.service_token_file, "service_token_file").decode().strip()

@@ -19,6 +19,13 @@ from mistudio_compute.servicer import ComputeServicer
 from mistudio_compute.store_client import StoreClient
 
 SERVICE_NAME = compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"].full_name
+USER_METHODS = frozenset({"ValidateSae", "ResolveHookPoint"})
+"""What a user may call directly (the CLI checks an SAE folder before registering it); the
+computations themselves are started, watched and controlled only by the export service."""
+SERVICE_ONLY_METHODS = (
+    frozenset(compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"].methods_by_name)
+    - USER_METHODS
+)
 
 
 @dataclass
@@ -50,6 +57,7 @@ def build_compute_server(
         lambda server: compute_service_pb2_grpc.add_ComputeServiceServicer_to_server(
             servicer, server
         ),
+        service_only=SERVICE_ONLY_METHODS,
     )
     running = create_server(
         f"{settings.host}:{settings.port}",

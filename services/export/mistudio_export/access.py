@@ -51,6 +51,14 @@ class Access:
             raise job_not_found(job_id)
         return job
 
+    def hides_job(self, job_id: str, caller: Identity) -> bool:
+        """Whether the job exists but belongs to someone the caller may not see."""
+        try:
+            job = self._records.get_job(job_id)
+        except NotFound:
+            return False
+        return not can_see(job.owner, caller)
+
     def sae(self, sae_id: str, caller: Identity) -> spb.Sae:
         """The SAE, when the caller may use it; NOT_FOUND otherwise."""
         sae = self._records.get_sae(sae_id)

@@ -28,6 +28,7 @@ from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager
 from mistudio_export.object_store import ObjectStore
+from mistudio_export.preflight import missing_delta_base
 
 
 class ExportServicer(egrpc.ExportServiceServicer):
@@ -54,8 +55,9 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _check_export(self, sae_id: str, config: epb.ExportConfig, caller: Identity) -> None:
         self._access.sae(sae_id, caller)
-        if config.delta_base_job_id:
-            self._access.job(config.delta_base_job_id, caller)
+        base = config.delta_base_job_id
+        if base and self._access.hides_job(base, caller):
+            raise missing_delta_base(base)  # what the planner says of a base that does not exist
 
     @handle_errors
     def StartExport(
