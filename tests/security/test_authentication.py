@@ -89,6 +89,23 @@ def test_with_credentials_a_non_loopback_bind_is_allowed(tmp_path: Path) -> None
     server.stop(0)
 
 
+def test_inline_auth_tokens_setting_defines_identities(tmp_path: Path) -> None:
+    server = build_store_server(
+        StoreSettings(data_dir=tmp_path, port=0, auth_tokens="carol:admin:tok-c, dan:user:tok-d")
+    )
+    try:
+        with open_channel(server.address, PeerCredentials(token="tok-c")) as channel:
+            assert sgrpc.StoreServiceStub(channel).ListSaes(spb.ListSaesRequest()).saes == []
+        with (
+            open_channel(server.address, PeerCredentials()) as channel,
+            pytest.raises(grpc.RpcError) as caught,
+        ):
+            sgrpc.StoreServiceStub(channel).ListSaes(spb.ListSaesRequest())
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(0)
+
+
 def test_a_malformed_token_file_names_the_line(tmp_path: Path) -> None:
     token_file = tmp_path / "tokens.txt"
     token_file.write_text("alice user tok-a\nbob superuser tok-b\n", encoding="utf-8")

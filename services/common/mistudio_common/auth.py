@@ -196,6 +196,11 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, credentials: Credentials, host_setting: str = "host") -> None:
     """Refuses to serve other hosts without credentials; says so when serving loopback open."""
     if credentials.configured:
+        if credentials.tls is None and not is_loopback(host):
+            log.warning(
+                "tokens are accepted over plaintext on a non-loopback interface",
+                extra={"host": host, "fix": "set tls_cert_file, tls_key_file and tls_ca_file"},
+            )
         return
     if not is_loopback(host):
         raise InvalidArgument(
