@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from mistudio_common.errors import InvalidArgument, PermissionDenied, Unauthenticated
@@ -60,11 +61,11 @@ class SecuritySettings(BaseSettings):
     """PEM private key of tls_cert_file."""
     tls_ca_file: Path | None = None
     """PEM CA that signs client certificates (mTLS) and the peers' server certificates."""
-    auth_tokens: str = ""
+    auth_tokens: SecretStr = SecretStr("")
     """Identities as comma-separated name:role:token entries (role: user, admin or service)."""
     auth_token_file: Path | None = None
     """Identities, one per line: name role token ('-' for a certificate-only identity)."""
-    service_token: str = ""
+    service_token: SecretStr = SecretStr("")
     """The token this service presents to its peers (a service identity in their tables)."""
     service_token_file: Path | None = None
     """A file holding service_token (e.g. a container secret)."""
@@ -156,7 +157,7 @@ def load_credentials(settings: SecuritySettings) -> Credentials:
         if settings.auth_token_file
         else []
     )
-    pairs = parse_identities(settings.auth_tokens, lines)
+    pairs = parse_identities(settings.auth_tokens.get_secret_value(), lines)
     tokens = {token: identity for identity, token in pairs if token and token != "-"}
     cert = _read(settings.tls_cert_file, "tls_cert_file") if settings.tls_cert_file else None
     key = _read(settings.tls_key_file, "tls_key_file") if settings.tls_key_file else None
@@ -173,7 +174,7 @@ def load_credentials(settings: SecuritySettings) -> Credentials:
             field="tls_ca_file",
             fix="set tls_ca_file (mutual TLS) or auth_tokens / auth_token_file",
         )
-    service_token = settings.service_token
+    service_token = settings.service_token.get_secret_value()
     if settings.service_token_file:
         service_token = _read(settings.service_token_file, "service_token_file").decode().strip()
     return Credentials(
