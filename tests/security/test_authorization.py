@@ -8,17 +8,19 @@ refuse users and leave the database untouched.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from sqlalchemy import text
 
-from tests.export.service.stack import export_config
+from tests.export.service.stack import export_config, token_source, wait_for, write_tokens
 from tests.security.conftest import AliceExport, SecureStack, sae_message
 
 UNKNOWN_JOB = "0" * 32
@@ -246,3 +248,25 @@ def test_another_users_export_as_delta_base_reads_as_missing(
 
     unknown, hidden = validate(UNKNOWN_JOB), validate(alice_export.job_id)
     assert_hidden(hidden, unknown, alice_export.job_id)
+
+
+def test_mallory_cannot_cancel_or_pause_alices_running_job(
+    secure_stack: SecureStack, alice_export: AliceExport, tmp_path: Path
+) -> None:
+    rows = token_source(write_tokens(tmp_path / "tokens.npy", rows=384, seed=7))
+    config = export_config(rows, device="cpu", batch_size=4, dashboard=dpb.DashboardParams(
+        n_top_examples=23, histogram_scale=dpb.BIN_SCALE_LINEAR))  # fmt: skip
+    alice = secure_stack.exports("alice")
+    stream = alice.StartExport(epb.StartExportRequest(sae_id=alice_export.sae_id, config=config))
+    job_id = wait_for(
+        stream, lambda m: m.progress.stage == ppb.STAGE_ACTIVATION_PASS
+    ).progress.job_id
+    mallory = secure_stack.exports("mallory")
+    try:
+        for call in (JOB_CALLS["CancelExport"], JOB_CALLS["PauseExport"]):
+            assert rpc_error(lambda c=call: c(mallory, job_id)).code() == grpc.StatusCode.NOT_FOUND
+        state = alice.GetExport(epb.GetExportRequest(job_id=job_id)).job.progress.state
+        assert state == ppb.JOB_STATE_RUNNING
+    finally:
+        alice.CancelExport(epb.CancelExportRequest(job_id=job_id))
+        stream.cancel()
