@@ -161,4 +161,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def ListPresets(
         self, request: epb.ListPresetsRequest, context: grpc.ServicerContext
     ) -> epb.ListPresetsResponse:
-        return self._estimator.list_presets(request, self._default_owner)
+        caller = current_caller()
+        if request.sae_id:
+            self._access.sae(request.sae_id, caller)
+        return self._estimator.list_presets(request, owner_for("", caller))
