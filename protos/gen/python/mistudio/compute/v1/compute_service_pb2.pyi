@@ -45,6 +45,12 @@ class _HookKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HookKind.Val
     """Attention keys: blocks.{L}.attn.hook_k."""
     HOOK_KIND_ATTN_V: _HookKind.ValueType  # 7
     """Attention values: blocks.{L}.attn.hook_v."""
+    HOOK_KIND_RESID_MID: _HookKind.ValueType  # 8
+    """The residual stream between attention and MLP: blocks.{L}.hook_resid_mid."""
+    HOOK_KIND_MLP_POST: _HookKind.ValueType  # 9
+    """The MLP's hidden activations after the nonlinearity (width d_mlp): blocks.{L}.mlp.hook_post."""
+    HOOK_KIND_ATTN_OUT: _HookKind.ValueType  # 10
+    """The attention block's output after the output projection: blocks.{L}.hook_attn_out."""
 
 class HookKind(_HookKind, metaclass=_HookKindEnumTypeWrapper):
     """Which activation of a transformer block an SAE reads; names follow TransformerLens."""
@@ -65,6 +71,12 @@ HOOK_KIND_ATTN_K: HookKind.ValueType  # 6
 """Attention keys: blocks.{L}.attn.hook_k."""
 HOOK_KIND_ATTN_V: HookKind.ValueType  # 7
 """Attention values: blocks.{L}.attn.hook_v."""
+HOOK_KIND_RESID_MID: HookKind.ValueType  # 8
+"""The residual stream between attention and MLP: blocks.{L}.hook_resid_mid."""
+HOOK_KIND_MLP_POST: HookKind.ValueType  # 9
+"""The MLP's hidden activations after the nonlinearity (width d_mlp): blocks.{L}.mlp.hook_post."""
+HOOK_KIND_ATTN_OUT: HookKind.ValueType  # 10
+"""The attention block's output after the output projection: blocks.{L}.hook_attn_out."""
 Global___HookKind: _TypeAlias = HookKind  # noqa: Y015
 
 @_typing.final
