@@ -314,7 +314,8 @@ class ExportConfig(_message.Message):
 
     @_builtins.property
     def dashboard(self) -> _dashboard_pb2.DashboardParams:
-        """Examples per feature, logit K, histogram bins and scale, token ranking; the
+        """Examples per feature, logit K, histogram bins and scale, token ranking; unset fields take
+        the preset's values, else the defaults stated on DashboardParams. The
         token_source_fingerprint and computation_version fields are filled by the service.
         """
 
