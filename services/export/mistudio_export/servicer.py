@@ -156,3 +156,12 @@ class ExportServicer(egrpc.ExportServiceServicer):
     ) -> epb.GetFeatureDashboardResponse:
         self._access.sae(request.sae_id, current_caller())
         return self._dashboards.get(request)
+
+    @handle_errors
+    def ListPresets(
+        self, request: epb.ListPresetsRequest, context: grpc.ServicerContext
+    ) -> epb.ListPresetsResponse:
+        caller = current_caller()
+        if request.sae_id:
+            self._access.sae(request.sae_id, caller)
+        return self._estimator.list_presets(request, owner_for("", caller))

@@ -68,6 +68,8 @@ class ExportServiceStub:
     """The finished archive streamed in chunks, for clients that cannot reach the object store."""
     GetFeatureDashboard: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.GetFeatureDashboardRequest, _export_service_pb2.GetFeatureDashboardResponse]
     """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
+    ListPresets: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ListPresetsRequest, _export_service_pb2.ListPresetsResponse]
+    """The named presets of dashboard options, each with its estimate when an SAE is given."""
 
 @_typing.type_check_only
 class ExportServiceAsyncStub(ExportServiceStub):
@@ -109,6 +111,8 @@ class ExportServiceAsyncStub(ExportServiceStub):
     """The finished archive streamed in chunks, for clients that cannot reach the object store."""
     GetFeatureDashboard: _aio.UnaryUnaryMultiCallable[_export_service_pb2.GetFeatureDashboardRequest, _export_service_pb2.GetFeatureDashboardResponse]  # type: ignore[assignment]
     """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
+    ListPresets: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ListPresetsRequest, _export_service_pb2.ListPresetsResponse]  # type: ignore[assignment]
+    """The named presets of dashboard options, each with its estimate when an SAE is given."""
 
 class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
     """The export service turns a registered SAE into a validated archive: Neuronpedia dashboards
@@ -219,5 +223,13 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_export_service_pb2.GetFeatureDashboardResponse, _abc.Awaitable[_export_service_pb2.GetFeatureDashboardResponse]]:
         """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
+
+    @_abc_1.abstractmethod
+    def ListPresets(
+        self,
+        request: _export_service_pb2.ListPresetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_service_pb2.ListPresetsResponse, _abc.Awaitable[_export_service_pb2.ListPresetsResponse]]:
+        """The named presets of dashboard options, each with its estimate when an SAE is given."""
 
 def add_ExportServiceServicer_to_server(servicer: ExportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
