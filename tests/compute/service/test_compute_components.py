@@ -9,6 +9,8 @@ import grpc
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 
 from tests.compute.service.conftest import compute_request
@@ -41,3 +43,23 @@ def test_unknown_component_is_refused_before_any_job(
         list(compute.ComputeDashboards(request))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a dashboard component" in (err.value.details() or "")
+
+
+def test_estimate_shrinks_with_the_parts_left_out(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path
+) -> None:
+    def seconds(*omitted: int) -> float:
+        request = cpb.EstimateComputationRequest(
+            sae=cpb.SaeReference(sae_id=registered_sae),
+            tokens=tpb.TokenSource(token_file=str(token_file)),
+            params=dpb.DashboardParams(omitted_components=omitted),
+        )
+        return compute.EstimateComputation(request).estimated_seconds
+
+    full = seconds()
+    lens_off = seconds(dpb.DASHBOARD_COMPONENT_LOGIT_LENS)
+    assert 0 < lens_off < full
+    assert (
+        seconds(dpb.DASHBOARD_COMPONENT_LOGIT_LENS, dpb.DASHBOARD_COMPONENT_TOKEN_AGGREGATION)
+        < lens_off
+    )
