@@ -311,6 +311,9 @@ class StartExportRequest(_message.Message):
     """Client-chosen idempotency key; a retried start with the same key returns the same job."""
     sae_id: _builtins.str
     owner: _builtins.str
+    """The job belongs to the authenticated caller. Empty or the caller's own name; only an
+    admin or service identity may name another owner (PERMISSION_DENIED otherwise).
+    """
     @_builtins.property
     def config(self) -> Global___ExportConfig: ...
     def __init__(
@@ -415,6 +418,7 @@ class ExportJobView(_message.Message):
     job_id: _builtins.str
     sae_id: _builtins.str
     owner: _builtins.str
+    """The identity that started the job."""
     @_builtins.property
     def config(self) -> Global___ExportConfig: ...
     @_builtins.property
@@ -515,6 +519,9 @@ class ListExportsRequest(_message.Message):
     page_token: _builtins.str
     sae_id: _builtins.str
     owner: _builtins.str
+    """A user always lists its own jobs (naming another owner is PERMISSION_DENIED); admins and
+    services list everyone's, or one owner's when set.
+    """
     def __init__(
         self,
         *,

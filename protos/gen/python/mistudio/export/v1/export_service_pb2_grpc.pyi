@@ -36,6 +36,10 @@ class ExportServiceStub:
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     @_typing.overload
@@ -78,6 +82,10 @@ class ExportServiceAsyncStub(ExportServiceStub):
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -116,6 +124,10 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     @_abc_1.abstractmethod
