@@ -361,7 +361,6 @@ def _explanation(e: spb.Explanation) -> ExplanationRecord:
         explainer_model=e.explainer_model,
         score=e.score,
         created_at=created,
-        id=e.explanation_id,
     )
 
 

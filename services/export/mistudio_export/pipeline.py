@@ -211,8 +211,9 @@ class ExportPipeline:
             mistudio_version=mistudio_version(),
             n_prompts=facts.n_rows if facts is not None else 0,
             n_tokens_in_prompt=facts.context_size if facts is not None else 0,
-            prepend_bos=bool(tokens.prepend_bos) if tokens is not None else False,
+            prepend_bos=facts.prepend_bos if facts is not None else False,
             dashboard_dataset=tokens.dataset_name if tokens is not None else "",
+            model_layers=facts.n_layers if facts is not None else 0,
         )
 
     def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:

@@ -24,6 +24,8 @@ PUBLIC_ACTIVATION_USER_IDS = frozenset({"cljj57d3c000076ei38vwnv35", PUBLIC_BOT_
 """Activations by other creators are hidden by Neuronpedia's default feature page."""
 
 VISIBILITIES = ("PUBLIC", "UNLISTED", "PRIVATE")
+DEFAULT_VISIBILITY = "UNLISTED"
+"""Until someone has looked at the dashboards on Neuronpedia."""
 
 _MODEL_ID = re.compile(r"^[a-z][a-z0-9.-]*[a-z0-9]$|^[a-z]$")
 _SOURCE_SET = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z0-9]$")
@@ -62,9 +64,12 @@ class SaeInfo:
     """Prompts the dashboards were computed over."""
     n_tokens_in_prompt: int
     prepend_bos: bool
+    """Whether every prompt row begins with BOS, as the compute service read the token source."""
     dashboard_dataset: str = ""
     """Dataset the dashboard prompts came from; empty means the training dataset."""
     export_version: str = EXPORT_FORMAT_VERSION
+    model_layers: int = 0
+    """Blocks of the model (Neuronpedia's Model.layers); 0 when compute was not asked."""
 
     @property
     def prompts_dataset(self) -> str:
@@ -124,9 +129,7 @@ class NeuronpediaNaming:
     creator_id: str = PUBLIC_BOT_USER_ID
     url: str = ""
     model_owner: str = ""
-    model_layers: int = 0
-    """Blocks in the model; 0 when unknown (only used if Neuronpedia lacks the model)."""
-    visibility: str = "UNLISTED"
+    visibility: str = DEFAULT_VISIBILITY
 
     @property
     def source_id(self) -> str:
@@ -270,21 +273,25 @@ class ExplanationRecord:
     feature_index: int
     description: str
     method: str
-    """How it was produced, e.g. 'miStudio_llm_labeling'; Neuronpedia calls this the type."""
+    """How it was produced, e.g. 'np_max-act-logits'; Neuronpedia calls this the type."""
     explainer_model: str
+    """The model that wrote it; empty for a human or heuristic label (Neuronpedia's NULL)."""
     score: float | None
+    """None when the label was never scored (not 0.0)."""
     created_at: str
-    id: str = ""
-    """Stable id from the store; empty means one is derived from the content."""
 
-    def resolved_id(self, neuronpedia_id: str) -> str:
-        """``id``, or a cuid-like id derived from the content: equal in every format and export."""
-        return self.id or stable_id(
+    def export_id(self, neuronpedia_id: str) -> str:
+        """Cuid-shaped id from the feature's Neuronpedia id and the label's content.
+
+        Equal in every format and every export, so a re-export is idempotent under Neuronpedia's
+        ``ON CONFLICT DO NOTHING``; distinct across SAEs and stores (never a store's row number,
+        which two stores both start at 1).
+        """
+        return stable_id(
             neuronpedia_id,
             "explanation",
             self.feature_index,
             self.method,
             self.explainer_model,
             self.description,
-            self.created_at,
         )

@@ -11,7 +11,6 @@ from mistudio_export.formats.neuronpedia_importer import (
     neuron_row,
     write_importer_export,
 )
-from mistudio_export.formats.prd_json import explanation_id
 from mistudio_export.formats.schemas import load_schema
 from mistudio_export.validation import validate_export
 
@@ -223,5 +222,5 @@ def test_explanation_ids_are_the_same_as_in_the_prd_layout(tmp_path):
     record = explanation(0)
     _write(tmp_path, explanations=[record])
     (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
-    assert row["id"] == explanation_id(record, "gpt2-small/6-mistudio-res-16k")
+    assert row["id"] == record.export_id("gpt2-small/6-mistudio-res-16k")
     assert len(row["id"]) == 25

@@ -3,11 +3,21 @@
     {modelId}/{layer}-{sourceSet}/
         model.jsonl  sourceset.jsonl  source.jsonl  release.jsonl
         features/batch-N.jsonl.gz  activations/batch-N.jsonl.gz  explanations/batch-N.jsonl.gz
+        explanations-pending/batch-N.jsonl.gz
 
 Each line is one row of table Neuron, Activation or Explanation, keyed by the exact column names.
 The importer takes its column list from the first line of a file, so every line carries the same
 keys (``*_COLUMNS`` below) and NOT NULL columns are never null. Batch N holds the features whose
 index lies in [N*batch_size, (N+1)*batch_size), as in Neuronpedia's own dump.
+
+Neuronpedia inserts each file with ``ON CONFLICT DO NOTHING`` (apps/webapp/lib/db/import.ts), so
+row ids are derived from content (a re-export is idempotent, two SAEs never collide), and an
+explanation row must name an existing ExplanationType and ExplanationModelType (or NULL) or the
+whole file fails its foreign keys. Explanations whose type or explainer model Neuronpedia lacks
+therefore go to ``explanations-pending/``, a folder its importer does not read; the archive README
+says what to ask the maintainers to add. Values the importer would otherwise leave out follow
+Neuronpedia's converter (utils/neuronpedia-utils/.../convert-saedashboard-to-neuronpedia-export.py):
+``hookName``, ``dfaMaxValue`` 0 / ``dfaTargetIndex`` -1.
 """
 
 from __future__ import annotations
@@ -73,7 +83,30 @@ KNOWN_EXPLANATION_TYPES = frozenset(
         "eleuther_acts_top20",
     }
 )
-"""ExplanationType names Neuronpedia's config is known to hold; others break the foreign key."""
+"""ExplanationType names Neuronpedia's config holds (VALID_EXPLAINER_TYPE_NAMES of its
+utils/neuronpedia-utils batch-autointerp.py, plus eleuther_acts_top20 of its explanation/generate
+route); others break the foreign key."""
+KNOWN_EXPLAINER_MODELS = frozenset(
+    {
+        "gpt-4o-mini",
+        "gpt-4.1-nano",
+        "gpt-5-nano-2025-08-07",
+        "gpt-5-mini-2025-08-07",
+        "gpt-5-nano",
+        "gemini-2.0-flash",
+        "gemini-2.0-flash-lite",
+        "gemini-2.5-flash",
+        "gemini-2.5-flash-lite",
+        "openai/gpt-oss-120b",
+        "google/gemini-2.5-flash-lite",
+    }
+)
+"""ExplanationModelType names Neuronpedia's config holds (VALID_EXPLAINER_MODEL_NAMES of
+batch-autointerp.py); others break the foreign key, NULL (no model) does not."""
+PENDING_EXPLANATIONS = "explanations-pending"
+"""Explanations Neuronpedia cannot take yet: its importer reads only ``explanations/``."""
+MODEL_LAYERS = range(1, 128)
+"""Model.layers Neuronpedia's model API accepts (apps/webapp/app/api/model/new/route.tsx)."""
 
 
 def bin_centres(edges: list[float]) -> list[float]:
@@ -114,8 +147,10 @@ def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) ->
         maxActApprox=max_act_approx(d),
         hasVector=False,
         vectorLabel=None,
-        vectorDefaultSteerStrength=10,
-        hookName=None,
+        # The converter, seeing SAEDashboard's "vector" key, names the hook and sets the steer
+        # strength to maxActApprox; equal rows whichever way a feature reaches Neuronpedia.
+        vectorDefaultSteerStrength=max_act_approx(d),
+        hookName=info.hook_point,
         neg_str=[e.token for e in neg],
         neg_values=[e.value for e in neg],
         pos_str=[e.token for e in pos],
@@ -163,14 +198,14 @@ def _activation_row(
         "dataSource": e.source.dataset or None,
         "dataIndex": str(e.source.row),
         "dfaValues": [],
-        "dfaTargetIndex": None,
-        "dfaMaxValue": None,
+        "dfaTargetIndex": -1,
+        "dfaMaxValue": 0,
         "lossValues": [],
         "logitContributions": None,
         "binMin": bins[0],
         "binMax": bins[1],
         "binContains": bins[2],
-        "qualifyingTokenIndex": e.max_token_index,
+        "qualifyingTokenIndex": e.qualifying_token_index,
         "zIndices": None,
         "zValues": [],
     }
@@ -194,23 +229,55 @@ def activation_rows(
     return rows
 
 
-def explanation_row(r: ExplanationRecord, naming: NeuronpediaNaming) -> dict[str, Any]:
-    """Scores are not carried: Neuronpedia keeps them in a table its importer does not read."""
+def neuronpedia_type(method: str) -> str | None:
+    """The ExplanationType a method is on Neuronpedia: None for no method (a human label, which
+    Neuronpedia stores with a NULL type), the lowercased name when Neuronpedia has it (its upload
+    API lowercases too), else the method unchanged (not importable yet)."""
+    if not method:
+        return None
+    lowered = method.strip().lower()
+    return lowered if lowered in KNOWN_EXPLANATION_TYPES else method
+
+
+def importable(r: ExplanationRecord) -> bool:
+    """Whether Neuronpedia's foreign keys take the explanation as it is."""
+    type_name = neuronpedia_type(r.method)
+    return (type_name is None or type_name in KNOWN_EXPLANATION_TYPES) and (
+        not r.explainer_model or r.explainer_model in KNOWN_EXPLAINER_MODELS
+    )
+
+
+def explanation_row(
+    r: ExplanationRecord, info: SaeInfo, naming: NeuronpediaNaming
+) -> dict[str, Any]:
+    """Scores are not carried: Neuronpedia keeps them in a table its importer does not read.
+    createdAt is NOT NULL there, so an undated label takes the export's time."""
     return {
-        "id": r.resolved_id(naming.neuronpedia_id),
+        "id": r.export_id(naming.neuronpedia_id),
         "modelId": naming.model_id,
         "layer": naming.source_id,
         "index": str(r.feature_index),
         "description": r.description,
         "authorId": naming.creator_id,
-        "typeName": r.method,
-        "explanationModelName": r.explainer_model,
-        "createdAt": r.created_at,
+        "typeName": neuronpedia_type(r.method),
+        "explanationModelName": r.explainer_model or None,
+        "createdAt": r.created_at or info.created_at,
     }
 
 
 def _expl_key(r: ExplanationRecord) -> tuple[str, ...]:
     return (str(r.feature_index), r.method, r.explainer_model, r.description, r.created_at)
+
+
+def missing_on_neuronpedia(records: Iterable[ExplanationRecord]) -> tuple[list[str], list[str]]:
+    """Explanation types and explainer models the maintainers would have to add, sorted."""
+    types, models = set(), set()
+    for r in records:
+        if r.method and neuronpedia_type(r.method) not in KNOWN_EXPLANATION_TYPES:
+            types.add(r.method)
+        if r.explainer_model and r.explainer_model not in KNOWN_EXPLAINER_MODELS:
+            models.add(r.explainer_model)
+    return sorted(types), sorted(models)
 
 
 def model_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
@@ -224,7 +291,7 @@ def model_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
         "visibility": naming.visibility,
         "instruct": naming.model_id.endswith("-it"),
         "inferenceEnabled": False,
-        "layers": naming.model_layers,
+        "layers": info.model_layers,
         "neuronsPerLayer": 0,
         "owner": naming.model_owner or naming.creator_name,
         "website": None,
@@ -336,6 +403,13 @@ def write_importer_export(
     """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order."""
     info.validate()
     naming.validate()
+    if info.model_layers not in MODEL_LAYERS or naming.layer >= info.model_layers:
+        raise InvalidArgument(
+            f"the model has {info.model_layers} layers; Neuronpedia needs 1..127, above the "
+            f"SAE's layer {naming.layer}",
+            field="sae_info.model_layers",
+            fix="pass the model's block count (the compute service reports it as n_layers)",
+        )
     if batch_size < 1:
         raise InvalidArgument(f"batch_size={batch_size}", field="batch_size", fix="use >= 1")
     out = source_dir(root, naming)
@@ -357,7 +431,11 @@ def write_importer_export(
         writer.add("features", d.feature_index, [neuron_row(d, info, naming)])
         writer.add("activations", d.feature_index, activation_rows(d, info, naming))
         records = sorted(by_feature.pop(d.feature_index, []), key=_expl_key)
-        writer.add("explanations", d.feature_index, [explanation_row(r, naming) for r in records])
+        for stream, kept in (
+            ("explanations", [r for r in records if importable(r)]),
+            (PENDING_EXPLANATIONS, [r for r in records if not importable(r)]),
+        ):
+            writer.add(stream, d.feature_index, [explanation_row(r, info, naming) for r in kept])
         n += 1
         if progress is not None:
             progress(n)

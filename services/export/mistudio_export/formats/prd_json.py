@@ -142,13 +142,8 @@ def feature_document(d: FeatureDashboard) -> dict[str, Any]:
     }
 
 
-def explanation_id(record: ExplanationRecord, neuronpedia_id: str) -> str:
-    """The record's own id, or one derived from its content (the importer rows use the same)."""
-    return record.resolved_id(neuronpedia_id)
-
-
-def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str, str]:
-    return (r.created_at, r.method, r.explainer_model, r.description, r.id)
+def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str]:
+    return (r.created_at, r.method, r.explainer_model, r.description)
 
 
 def explanations_document(
@@ -163,7 +158,7 @@ def explanations_document(
             "feature_index": index,
             "explanations": [
                 {
-                    "id": explanation_id(r, naming.neuronpedia_id),
+                    "id": r.export_id(naming.neuronpedia_id),
                     "description": r.description,
                     "method": r.method,
                     "model": r.explainer_model,
