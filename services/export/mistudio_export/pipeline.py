@@ -123,9 +123,7 @@ class ExportPipeline:
         job.finish_stage(ppb.STAGE_GENERATING_FILES)
         summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
-        facts = archive_facts(
-            plan, inputs.info, kinds, n_features, summary, len(inputs.explanations)
-        )
+        facts = archive_facts(plan, inputs.info, kinds, n_features, summary, inputs.explanations)
         published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
         hashes = dict(collected.hashes)
         if base is not None and not plan.merge_with_base:

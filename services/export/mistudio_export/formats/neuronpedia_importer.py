@@ -103,6 +103,30 @@ KNOWN_EXPLAINER_MODELS = frozenset(
 )
 """ExplanationModelType names Neuronpedia's config holds (VALID_EXPLAINER_MODEL_NAMES of
 batch-autointerp.py); others break the foreign key, NULL (no model) does not."""
+CONVERTER_DIFFERENCES: dict[str, tuple[bool, str]] = {
+    "Neuron.index": (False, "text, as the column stores it (the converter writes an int)"),
+    "Activation.index": (False, "text, as the column stores it (the converter writes an int)"),
+    "Neuron.sourceSetName": (False, "names the source set (the converter leaves it null)"),
+    "Neuron.createdAt": (False, "the export's time, so re-exports are byte-identical"),
+    "Activation.createdAt": (False, "the export's time, so re-exports are byte-identical"),
+    "Activation.id": (False, "derived from the example, so a re-export keeps its ids"),
+    "Activation.dataSource": (False, "the dataset the example came from (converter: null)"),
+    "Activation.dataIndex": (False, "the document (text line, story) it came from (null)"),
+    "Activation.values": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.maxValue": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.minValue": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.binMin": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.binMax": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.binContains": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.maxActApprox": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.vectorDefaultSteerStrength": (True, "maxActApprox, in the same precision"),
+    "Neuron.pos_values": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.neg_values": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.freq_hist_data_bar_values": (True, "exact bin centres, not rounded"),
+    "Neuron.logits_hist_data_bar_values": (True, "exact bin centres, not rounded"),
+}
+"""Where a row differs from what Neuronpedia's converter makes of our ``saedashboard/`` batches:
+column -> (only in rounding, why). Listed in the archive README; every other column is equal."""
 PENDING_EXPLANATIONS = "explanations-pending"
 """Explanations Neuronpedia cannot take yet: its importer reads only ``explanations/``."""
 MODEL_LAYERS = range(1, 128)
@@ -207,7 +231,7 @@ def _activation_row(
         "binContains": bins[2],
         "qualifyingTokenIndex": e.qualifying_token_index,
         "zIndices": None,
-        "zValues": [],
+        "zValues": None,
     }
 
 

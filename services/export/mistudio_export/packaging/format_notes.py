@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mistudio_export.formats.neuronpedia_importer import CONVERTER_DIFFERENCES
+
 
 class FormatKind(StrEnum):
     NEURONPEDIA_UPLOAD = "neuronpedia-upload"
@@ -66,9 +68,19 @@ NOTES: dict[FormatKind, FormatNote] = {
             "every line of a file has the same keys",
             "the importer reads only Neuronpedia's own bucket, so only its maintainers can "
             "load this folder (route 2)",
-            "`creatorId` / `authorId` must be existing Neuronpedia users and explanation "
-            "types must exist there; the maintainers may rewrite these ids",
+            "`creatorId` / `authorId` must be existing Neuronpedia users; the maintainers may "
+            "rewrite these ids",
+            "an explanation's type and explainer model must exist in Neuronpedia's config (or "
+            "be null), or the whole file fails; explanations whose type or model it lacks are "
+            "in `explanations-pending/`, which its importer does not read (see route 2)",
+            "ids are derived from the model, source, feature and content: importing again, or "
+            "another SAE's export, never drops or overwrites a row",
             "the importer lists at most 1,000 batch files per folder",
+            "compared with what Neuronpedia's converter makes of the `saedashboard/` batches, "
+            "only these columns differ: "
+            + "; ".join(
+                f"`{column}` ({why})" for column, (_, why) in CONVERTER_DIFFERENCES.items()
+            ),
         ),
     ),
     FormatKind.SAEDASHBOARD: FormatNote(

@@ -92,7 +92,7 @@ _CLASSES = (
                  "map it to a Neuronpedia type (e.g. np_max-act-logits) or move the rows to "
                  "explanations-pending/ and ask Neuronpedia's maintainers to add it"),
     ProblemClass("EMPTY_MODEL_NAME", _E, "explanationModelName '' breaks the foreign key",
-                 "write null where no model wrote the explanation"),
+                 "write null where no model wrote the explanation; auto-fix does", True),
     ProblemClass("HIDDEN_ACTIVATIONS", _W, "Activations by a creator Neuronpedia does not show",
                  "use the public bot user clkht01d40000jv08hvalcvly as creatorId"),
     ProblemClass("COUNT_MISMATCH", _E, "Metadata count differs from the files present",
