@@ -78,6 +78,18 @@ def test_provenance_file_round_trips(tmp_path: Path) -> None:
     assert loaded.fingerprint == data.fingerprint
 
 
+def test_written_text_rows_keep_their_bos_flag_and_document_breaks(
+    tmp_path: Path, tok: SentencePieceTokenizer
+) -> None:
+    (tmp_path / "a.txt").write_text("\n".join(LINES))
+    data = tokenize_text_files([tmp_path / "a.txt"], tok, context_size=7)
+    loaded = load_token_file(write_token_file(data, tmp_path / "a.npy"))  # flag not passed
+    assert loaded.prepend_bos and loaded.fingerprint == data.fingerprint
+    assert [loaded.locate(r, p) for r in range(data.n_rows) for p in range(7)] == [
+        data.locate(r, p) for r in range(data.n_rows) for p in range(7)
+    ]
+
+
 def test_provenance_must_describe_every_row(tmp_path: Path) -> None:
     np.save(tmp_path / "t.npy", _tokens(3))
     bad = {"sources": ["a"], "source_index": [0, 0], "row": [0, 1], "offset": [0, 0]}
