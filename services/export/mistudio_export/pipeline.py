@@ -31,6 +31,7 @@ from mistudio_export.generate import (
     Inputs,
     Reuse,
     explanation_records,
+    feature_labels,
     output_dir,
     saelens_frequencies,
     write_formats,
@@ -177,6 +178,7 @@ class ExportPipeline:
             info=info,
             hashes=collected.hashes,
             explanations=explanation_records(self._store, plan.sae.sae_id, indices),
+            labels=feature_labels(self._store, plan.sae.sae_id, indices),
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
                 saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)

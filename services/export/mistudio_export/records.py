@@ -295,3 +295,31 @@ class ExplanationRecord:
             self.explainer_model,
             self.description,
         )
+
+
+LABEL_METHOD = "mistudio_label"
+"""The method of a feature's label exported as an explanation (PRD FR-5.1)."""
+HUMAN_METHODS = frozenset({"", "human", LABEL_METHOD})
+"""Methods of explanations no model wrote: Neuronpedia stores them with a NULL type."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureLabel:
+    """A feature's label and category as the store keeps them."""
+
+    feature_index: int
+    label: str
+    category: str
+    updated_at: str
+    """ISO-8601; when the label was last written."""
+
+    def as_explanation(self) -> ExplanationRecord:
+        """PRD FR-5.1 exports labels as explanations: no model, no score."""
+        return ExplanationRecord(
+            feature_index=self.feature_index,
+            description=self.label,
+            method=LABEL_METHOD,
+            explainer_model="",
+            score=None,
+            created_at=self.updated_at,
+        )

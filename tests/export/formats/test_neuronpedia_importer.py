@@ -12,6 +12,7 @@ from mistudio_export.formats.neuronpedia_importer import (
     write_importer_export,
 )
 from mistudio_export.formats.schemas import load_schema
+from mistudio_export.records import FeatureLabel
 from mistudio_export.validation import validate_export
 
 from tests.export.formats.builders import dashboard, explanation, naming, sae_info
@@ -284,3 +285,13 @@ def test_unknown_model_layer_count_is_refused(tmp_path):
     with pytest.raises(InvalidArgument) as err:
         write_importer_export(tmp_path, sae_info(model_layers=0), naming(), [dashboard(0)])
     assert err.value.field == "sae_info.model_layers"
+
+
+def test_a_label_becomes_an_explanation_of_no_type_and_no_model(tmp_path):
+    label = FeatureLabel(0, "dogs", "animals", "2025-02-01T00:00:00Z").as_explanation()
+    _write(tmp_path, explanations=[label])
+    (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    assert (row["description"], row["typeName"], row["explanationModelName"]) == (
+        "dogs", None, None,
+    )  # fmt: skip
+    assert row["createdAt"] == "2025-02-01T00:00:00Z"

@@ -32,7 +32,7 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.output import FormatOutput
-from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.records import HUMAN_METHODS, ExplanationRecord, NeuronpediaNaming, SaeInfo
 
 DEFAULT_BATCH_SIZE = 1024
 GZIP_LEVEL = 5
@@ -254,12 +254,12 @@ def activation_rows(
 
 
 def neuronpedia_type(method: str) -> str | None:
-    """The ExplanationType a method is on Neuronpedia: None for no method (a human label, which
-    Neuronpedia stores with a NULL type), the lowercased name when Neuronpedia has it (its upload
-    API lowercases too), else the method unchanged (not importable yet)."""
-    if not method:
-        return None
+    """The ExplanationType a method is on Neuronpedia: None for a label or a human's explanation
+    (Neuronpedia stores those with a NULL type), the lowercased name when Neuronpedia has it (its
+    upload API lowercases too), else the method unchanged (not importable yet)."""
     lowered = method.strip().lower()
+    if lowered in HUMAN_METHODS:
+        return None
     return lowered if lowered in KNOWN_EXPLANATION_TYPES else method
 
 
@@ -297,7 +297,8 @@ def missing_on_neuronpedia(records: Iterable[ExplanationRecord]) -> tuple[list[s
     """Explanation types and explainer models the maintainers would have to add, sorted."""
     types, models = set(), set()
     for r in records:
-        if r.method and neuronpedia_type(r.method) not in KNOWN_EXPLANATION_TYPES:
+        type_name = neuronpedia_type(r.method)
+        if type_name is not None and type_name not in KNOWN_EXPLANATION_TYPES:
             types.add(r.method)
         if r.explainer_model and r.explainer_model not in KNOWN_EXPLAINER_MODELS:
             models.add(r.explainer_model)
