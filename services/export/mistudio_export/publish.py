@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 
-from mistudio_export.formats.neuronpedia_importer import missing_on_neuronpedia
+from mistudio_export.formats.neuronpedia_explanations import missing_on_neuronpedia
 from mistudio_export.generate import included_formats, output_dir
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.packaging import (

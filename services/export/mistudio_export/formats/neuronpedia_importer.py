@@ -31,8 +31,13 @@ from mistudio_common.dashboard import ActivationExample, FeatureDashboard, Histo
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.neuronpedia_explanations import (
+    PENDING_EXPLANATIONS,
+    importable,
+    neuronpedia_type,
+)
 from mistudio_export.formats.output import FormatOutput
-from mistudio_export.records import HUMAN_METHODS, ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 
 DEFAULT_BATCH_SIZE = 1024
 GZIP_LEVEL = 5
@@ -72,37 +77,6 @@ NOT_NULL = {
 """NOT NULL columns a row must fill (frac_nonzero has a default, but the importer's explicit
 column list turns a missing value into NULL)."""
 
-KNOWN_EXPLANATION_TYPES = frozenset(
-    {
-        "oai_token-act-pair",
-        "oai_attention-head",
-        "np_max-act-logits",
-        "np_max-act",
-        "np_acts-logits-general",
-        "python-code",
-        "eleuther_acts_top20",
-    }
-)
-"""ExplanationType names Neuronpedia's config holds (VALID_EXPLAINER_TYPE_NAMES of its
-utils/neuronpedia-utils batch-autointerp.py, plus eleuther_acts_top20 of its explanation/generate
-route); others break the foreign key."""
-KNOWN_EXPLAINER_MODELS = frozenset(
-    {
-        "gpt-4o-mini",
-        "gpt-4.1-nano",
-        "gpt-5-nano-2025-08-07",
-        "gpt-5-mini-2025-08-07",
-        "gpt-5-nano",
-        "gemini-2.0-flash",
-        "gemini-2.0-flash-lite",
-        "gemini-2.5-flash",
-        "gemini-2.5-flash-lite",
-        "openai/gpt-oss-120b",
-        "google/gemini-2.5-flash-lite",
-    }
-)
-"""ExplanationModelType names Neuronpedia's config holds (VALID_EXPLAINER_MODEL_NAMES of
-batch-autointerp.py); others break the foreign key, NULL (no model) does not."""
 CONVERTER_DIFFERENCES: dict[str, tuple[bool, str]] = {
     "Neuron.index": (False, "text, as the column stores it (the converter writes an int)"),
     "Activation.index": (False, "text, as the column stores it (the converter writes an int)"),
@@ -127,8 +101,6 @@ CONVERTER_DIFFERENCES: dict[str, tuple[bool, str]] = {
 }
 """Where a row differs from what Neuronpedia's converter makes of our ``saedashboard/`` batches:
 column -> (only in rounding, why). Listed in the archive README; every other column is equal."""
-PENDING_EXPLANATIONS = "explanations-pending"
-"""Explanations Neuronpedia cannot take yet: its importer reads only ``explanations/``."""
 MODEL_LAYERS = range(1, 128)
 """Model.layers Neuronpedia's model API accepts (apps/webapp/app/api/model/new/route.tsx)."""
 
@@ -253,24 +225,6 @@ def activation_rows(
     return rows
 
 
-def neuronpedia_type(method: str) -> str | None:
-    """The ExplanationType a method is on Neuronpedia: None for a label or a human's explanation
-    (Neuronpedia stores those with a NULL type), the lowercased name when Neuronpedia has it (its
-    upload API lowercases too), else the method unchanged (not importable yet)."""
-    lowered = method.strip().lower()
-    if lowered in HUMAN_METHODS:
-        return None
-    return lowered if lowered in KNOWN_EXPLANATION_TYPES else method
-
-
-def importable(r: ExplanationRecord) -> bool:
-    """Whether Neuronpedia's foreign keys take the explanation as it is."""
-    type_name = neuronpedia_type(r.method)
-    return (type_name is None or type_name in KNOWN_EXPLANATION_TYPES) and (
-        not r.explainer_model or r.explainer_model in KNOWN_EXPLAINER_MODELS
-    )
-
-
 def explanation_row(
     r: ExplanationRecord, info: SaeInfo, naming: NeuronpediaNaming
 ) -> dict[str, Any]:
@@ -291,18 +245,6 @@ def explanation_row(
 
 def _expl_key(r: ExplanationRecord) -> tuple[str, ...]:
     return (str(r.feature_index), r.method, r.explainer_model, r.description, r.created_at)
-
-
-def missing_on_neuronpedia(records: Iterable[ExplanationRecord]) -> tuple[list[str], list[str]]:
-    """Explanation types and explainer models the maintainers would have to add, sorted."""
-    types, models = set(), set()
-    for r in records:
-        type_name = neuronpedia_type(r.method)
-        if type_name is not None and type_name not in KNOWN_EXPLANATION_TYPES:
-            types.add(r.method)
-        if r.explainer_model and r.explainer_model not in KNOWN_EXPLAINER_MODELS:
-            models.add(r.explainer_model)
-    return sorted(types), sorted(models)
 
 
 def model_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:

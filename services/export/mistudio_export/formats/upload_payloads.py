@@ -25,7 +25,7 @@ from mistudio_common.dashboard import ActivationExample, FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
-from mistudio_export.formats.neuronpedia_importer import importable, neuronpedia_type
+from mistudio_export.formats.neuronpedia_explanations import importable, neuronpedia_type
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mistudio_export.formats.neuronpedia_importer import (
+from mistudio_export.formats.neuronpedia_explanations import (
     KNOWN_EXPLAINER_MODELS,
     KNOWN_EXPLANATION_TYPES,
-    NOT_NULL,
     PENDING_EXPLANATIONS,
 )
+from mistudio_export.formats.neuronpedia_importer import NOT_NULL
 from mistudio_export.formats.schemas import load_schema
 from mistudio_export.records import PUBLIC_ACTIVATION_USER_IDS, parse_source_id
 from mistudio_export.validation.checks import (
