@@ -41,7 +41,8 @@ NOTES: dict[FormatKind, FormatNote] = {
         title="Neuronpedia upload-API payloads",
         default_folder="upload-payloads",
         summary="Request bodies for Neuronpedia's `POST /api/feature/upload-batch`, one file "
-        "per call, each `{modelId, source, features}`.",
+        "per call, each `{modelId, source, features}` (the keys of the route's schema in "
+        "`apps/webapp/app/api/feature/upload-batch/route.tsx`).",
         limits=(
             f"at most {MAX_FEATURES_PER_CALL} features per call (one file = one call)",
             "feature `index`: an integer from 0 to 10,000,000",
@@ -50,7 +51,8 @@ NOTES: dict[FormatKind, FormatNote] = {
             f"{MAX_TOKENS_PER_EXAMPLE} tokens and exactly as many values",
             "`density`: a fraction in [0, 1]",
             f"explanations: 1 to {MAX_EXPLANATION_CHARS} characters; their method and model "
-            "must already exist on Neuronpedia",
+            "must already exist on Neuronpedia, or the route rejects the whole call, so "
+            "explanations whose type or model it lacks are left out (see manifest.json notes)",
             "not accepted by this API: activation histograms, logit histograms, neuron "
             "alignment, correlations, DFA, vectors (those come only through route 2)",
             "only the account that created the source set can upload into it",
