@@ -154,9 +154,9 @@ def test_both_saes_keep_their_explanations(
         found = conn.execute(
             text('SELECT layer, "typeName", "explanationModelName" FROM "Explanation"')
         ).all()
-    assert len(found) == 2 * len(LABELS)
+    assert len(found) == 2 * 2 * len(LABELS)  # per SAE: an explanation and a label per feature
     assert {layer for layer, _, _ in found} == {"2-mistudio-res-32", "2-mistudio-res-b"}
-    assert {(t, m) for _, t, m in found} == {("oai_token-act-pair", "gpt-4o-mini")}
+    assert {(t, m) for _, t, m in found} == {("oai_token-act-pair", "gpt-4o-mini"), (None, None)}
 
 
 def test_explanations_neuronpedia_lacks_wait_in_their_own_folder(sources: list[Path]) -> None:
