@@ -73,6 +73,12 @@ class DocBreaks:
             np.asarray(origin, dtype=np.int64)[keep],
         )
 
+    def ordered(self) -> DocBreaks:
+        """Sorted by (row, position), as ``TokenDataset.locate`` searches them."""
+        order = np.lexsort((self.position, self.row))
+        return DocBreaks(self.row[order], self.position[order], self.source[order],
+                         self.origin[order])  # fmt: skip
+
     def rows_below(self, n_rows: int) -> DocBreaks:
         keep = self.row < n_rows
         return DocBreaks(self.row[keep], self.position[keep], self.source[keep], self.origin[keep])
@@ -395,7 +401,7 @@ def _provenance_arrays(
             field=FILE_FIELD,
             fix='give "breaks" as equal-length "row", "position", "source_index", "origin" lists',
         )
-    return sources, index, origin, offset, breaks
+    return sources, index, origin, offset, breaks.ordered()
 
 
 def tokenize_text_files(
