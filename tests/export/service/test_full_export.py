@@ -146,6 +146,7 @@ def test_archive_passes_validation(archive: bytes, tmp_path: Path) -> None:
         (tmp_path / packaging).unlink()
     report = validate_export(tmp_path)
     assert report.ok, report.summary()
+    assert not [p for p in report.problems if "outside its bin" in p.message]  # sampled tokens
 
 
 def test_validate_archive_finds_nothing_to_fix(

@@ -191,3 +191,12 @@ def test_unparseable_line_is_kept_when_other_lines_are_repaired(tmp_path):
     assert [c.code for c in report.changes] == ["MIN_VALUE_MISMATCH"]
     assert "INVALID_JSON" in report.codes()
     assert gzip.decompress(path.read_bytes()).decode().splitlines()[2] == '{"id": "broken'
+
+
+def test_quantile_row_naming_a_token_outside_its_bin_is_reported(tmp_path):
+    importer_export(tmp_path)
+    # row 11 is the first quantile example (bin 1.0..2.0); token 0 has 0.0
+    edit_rows(tmp_path / ACTS, lambda rows: rows[10].__setitem__("qualifyingTokenIndex", 0))
+    problem = _only(validate_export(tmp_path))
+    assert (problem.code, problem.severity, problem.line) == ("INCONSISTENT", Severity.WARNING, 11)
+    assert "outside its bin" in problem.message

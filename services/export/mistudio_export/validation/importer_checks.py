@@ -26,6 +26,7 @@ from mistudio_export.validation.checks import (
     check_example,
     close,
     numbers,
+    qualifying_outside_bin,
     same_length,
 )
 from mistudio_export.validation.context import (
@@ -342,6 +343,9 @@ def _activation(
     lo, hi = row.get("binMin"), row.get("binMax")
     if isinstance(lo, int | float) and isinstance(hi, int | float) and lo != -1 and lo > hi:
         ctx.report("INCONSISTENT", "/binMin", f"binMin {lo} > binMax {hi}")
+    outside = qualifying_outside_bin(row, ("qualifyingTokenIndex", "binMin", "binMax"))
+    if outside is not None:
+        checker.report_once("INCONSISTENT", "/qualifyingTokenIndex", outside, "qualifying")
 
 
 def _neuron(ctx: FileContext, row: dict[str, Any], index: str, src: _Source) -> None:
