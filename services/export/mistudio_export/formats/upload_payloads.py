@@ -10,8 +10,11 @@ Anything cut to fit (long examples, long explanations, features without examples
 ``modelId``, ``source``, ``features[]`` of ``index``, ``density``, ``topLogits``/``bottomLogits``
 ``{token, value}``, ``explanations`` ``{text, methodName, modelName}``, ``activations``
 ``{tokens, values, quantileMin, quantileMax, quantileFraction}``). It rejects the whole call when
-one ``methodName``/``modelName`` is not in Neuronpedia's config, so such explanations are left
-out (and noted); a label has neither. Schemas: ``schemas/upload_*.json``.
+one ``methodName`` is not in Neuronpedia's config, so such explanations are left out (and
+noted); a label has no method. No ``modelName`` is sent: the route passes it to its
+database insert under that name, but the column is ``explanationModelName``, so Prisma would
+refuse the insert and the whole call would fail; the explainer model reaches Neuronpedia through
+the importer layout. Schemas: ``schemas/upload_*.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from mistudio_common.dashboard import ActivationExample, FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
-from mistudio_export.formats.neuronpedia_explanations import importable, neuronpedia_type
+from mistudio_export.formats.neuronpedia_explanations import (
+    KNOWN_EXPLANATION_TYPES,
+    neuronpedia_type,
+)
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming
 
@@ -105,18 +111,16 @@ def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -
                 f"{MAX_EXPLANATION_CHARS}"
             )
             text = text[: MAX_EXPLANATION_CHARS - 1].rstrip() + "…"
-        if not importable(r):
+        type_name = neuronpedia_type(r.method)
+        if type_name is not None and type_name not in KNOWN_EXPLANATION_TYPES:
             notes.lines.append(
-                f"feature {index}: explanation left out: Neuronpedia has no type {r.method!r} or "
-                f"model {r.explainer_model!r}, and the route would reject the whole call"
+                f"feature {index}: explanation left out: Neuronpedia has no type {r.method!r}, "
+                "and the route would reject the whole call"
             )
             continue
         entry = {"text": text}
-        type_name = neuronpedia_type(r.method)
-        if type_name is not None:  # a label or a human's explanation: no method, no model
+        if type_name is not None:  # a label or a human's explanation has no method
             entry["methodName"] = type_name
-        if r.explainer_model:
-            entry["modelName"] = r.explainer_model
         out.append(entry)
     return out
 

@@ -51,9 +51,10 @@ NOTES: dict[FormatKind, FormatNote] = {
             "`activations`: at least one per feature; each example has 1 to "
             f"{MAX_TOKENS_PER_EXAMPLE} tokens and exactly as many values",
             "`density`: a fraction in [0, 1]",
-            f"explanations: 1 to {MAX_EXPLANATION_CHARS} characters; their method and model "
-            "must already exist on Neuronpedia, or the route rejects the whole call, so "
-            "explanations whose type or model it lacks are left out (see manifest.json notes)",
+            f"explanations: 1 to {MAX_EXPLANATION_CHARS} characters; their method must already "
+            "exist on Neuronpedia, or the route rejects the whole call, so explanations of "
+            "other types are left out (see manifest.json notes); no explainer model is sent "
+            "(the route would store it under a key its database lacks and fail the call)",
             "not accepted by this API: activation histograms, logit histograms, neuron "
             "alignment, correlations, DFA, vectors (those come only through route 2)",
             "only the account that created the source set can upload into it",
