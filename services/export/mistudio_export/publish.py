@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.dashboard_options import Component
 
 from mistudio_export.formats.neuronpedia_explanations import missing_on_neuronpedia
 from mistudio_export.generate import included_formats, output_dir
@@ -24,6 +25,7 @@ from mistudio_export.packaging import (
     pretrained_saes_entry,
     write_archive_docs,
 )
+from mistudio_export.packaging.format_notes import LEFT_OUT
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import ExplanationRecord, SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -62,6 +64,7 @@ def archive_facts(
         n_explanations=len(explanations),
         pending_types=tuple(pending_types) if plan.neuronpedia else (),
         pending_models=tuple(pending_models) if plan.neuronpedia else (),
+        left_out=left_out_lines(plan),
         dataset=info.prompts_dataset,
         n_prompts=info.n_prompts,
         n_tokens_in_prompt=info.n_tokens_in_prompt,
@@ -73,6 +76,13 @@ def archive_facts(
         hf_path=naming.hf_folder,
         created_at=info.created_at,
     )
+
+
+def left_out_lines(plan: ExportPlan) -> tuple[str, ...]:
+    """The README's statement of every part left out, with the plan's own reasons first."""
+    if not plan.neuronpedia:
+        return ()
+    return (*plan.notes, *(LEFT_OUT[c] for c in Component if c in plan.omitted))
 
 
 def summary_lines(summary: epb.ValidationSummary) -> list[str]:

@@ -67,6 +67,8 @@ class SaeInfo:
     """Whether every prompt row begins with BOS, as the compute service read the token source."""
     dashboard_dataset: str = ""
     """Dataset the dashboard prompts came from; empty means the training dataset."""
+    omitted_components: tuple[str, ...] = ()
+    """Dashboard parts left out (``dashboard_options.Component`` values), sorted."""
     export_version: str = EXPORT_FORMAT_VERSION
     model_layers: int = 0
     """Blocks of the model (Neuronpedia's Model.layers); 0 when compute was not asked."""

@@ -201,7 +201,7 @@ def test_estimate_without_runs_uses_the_default_rate(
     reply = compute.EstimateComputation(request)
     assert reply.estimated_tokens == 48 * 16
     assert reply.rate_source == "default" and reply.estimated_seconds > 0
-    assert (reply.n_layers, reply.prepend_bos) == (2, False)  # the tiny model's two blocks
+    assert (reply.n_layers, reply.prepend_bos) == (2, True)  # two blocks; BOS by default
 
 
 def test_estimate_reports_the_bos_its_token_file_records(
@@ -209,8 +209,9 @@ def test_estimate_reports_the_bos_its_token_file_records(
 ) -> None:
     dataset = TokenDataset.from_array(np.ones((4, 16), np.int32), "rows", prepend_bos=True)
     path = write_token_file(dataset, tmp_path / "rows.npy")  # its provenance says BOS
+    tokens = tpb.TokenSource(token_file=str(path), prepend_bos=False)  # the request says none
     request = cpb.EstimateComputationRequest(
-        sae=cpb.SaeReference(sae_id=registered_sae), tokens=tpb.TokenSource(token_file=str(path))
+        sae=cpb.SaeReference(sae_id=registered_sae), tokens=tokens
     )
     assert compute.EstimateComputation(request).prepend_bos
 
