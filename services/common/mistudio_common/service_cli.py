@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic_settings import BaseSettings
 
 from mistudio_common.logging_setup import configure_logging
-from mistudio_common.server import RunningServer, serve_until_signal
+from mistudio_common.server import PortInUse, RunningServer, serve_until_signal
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -71,7 +71,11 @@ def run_service(
 ) -> None:
     """Starts the service ``build`` makes from ``settings`` and serves until SIGTERM/SIGINT."""
     configure_logging(name, getattr(settings, "log_level", "INFO"))
-    running = build(settings)
+    try:
+        running = build(settings)
+    except PortInUse as error:
+        logging.getLogger(f"mistudio_{name}").error(str(error))
+        raise SystemExit(1) from error
     logging.getLogger(f"mistudio_{name}").info(
         f"{name} service ready", extra={"port": running.port, **log_fields}
     )
