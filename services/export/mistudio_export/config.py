@@ -28,7 +28,10 @@ class ExportSettings(BaseSettings):
     """Owner recorded for jobs whose request names none."""
     log_level: str = "INFO"
     max_workers: int = 16
-    """Threads serving RPCs (long-lived watch streams hold one each)."""
+    """Threads doing the blocking work behind RPCs (store reads, validation); progress streams
+    hold none."""
+    max_watchers: int = 1000
+    """Open StartExport/WatchExport streams served at once; one more gets RESOURCE_EXHAUSTED."""
     max_concurrent_jobs: int = 2
     """Exports running at once; further ones wait QUEUED."""
     features_per_batch: int = 128

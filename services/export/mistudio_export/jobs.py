@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,7 +18,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, MistudioError
-from mistudio_common.progress import TERMINAL_STATES, ProgressTracker
+from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -82,19 +81,17 @@ class ExportJobManager:
             self._launch(stored, plan, tracker)
         return str(stored.job_id)
 
-    def watch(
-        self, job_id: str, still_wanted: Callable[[], bool] = lambda: True
-    ) -> Iterator[epb.ExportProgress]:
-        """The job's progress stream: a snapshot first, then updates until a terminal state."""
+    def channel(self, job_id: str) -> JobChannel[epb.ExportProgress]:
+        """The job's progress channel: its latest message first, then updates until a
+        terminal state (a finished job's channel holds just its final message)."""
         stored = self._store.get_job(job_id)
         if stored.state in TERMINAL_STATES:
-            return iter([views.message_of(stored)])
-        entry = self._entry(stored)
+            return JobChannel(views.message_of(stored), views.is_terminal)
+        return self._entry(stored).channel
 
-        def wanted() -> bool:
-            return still_wanted() and not self._shutdown.is_set()
-
-        return entry.channel.watch(wanted)
+    @property
+    def stopping(self) -> bool:
+        return self._shutdown.is_set()
 
     def view(self, job_id: str) -> epb.ExportJobView:
         stored = self._store.get_job(job_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
-from mistudio_common.server import RunningServer, ServiceRegistration, create_server
+from mistudio_common.server import RunningServer, ServiceRegistration, create_aio_server
 
 from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import ComputeClient, StoreClient
@@ -65,12 +65,16 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         store,
         objects,
         settings.default_owner,
+        settings.max_watchers,
     )
     registration = ServiceRegistration(
         SERVICE_NAME, lambda server: egrpc.add_ExportServiceServicer_to_server(servicer, server)
     )
-    running = create_server(
-        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+    running, _ = create_aio_server(
+        f"{settings.host}:{settings.port}",
+        [registration],
+        executor_workers=settings.max_workers,
+        name="export-grpc",
     )
     manager.resume_unfinished()
     return ExportServer(

@@ -1,18 +1,22 @@
-"""The ExportService gRPC adapter: translates messages and delegates.
+"""The ExportService gRPC adapter (grpc.aio): translates messages and delegates.
 
 Jobs live in :class:`~mistudio_export.jobs.ExportJobManager`, outside any RPC: a progress stream
-only watches a job, so a client that disconnects leaves it running. Errors are mapped to
-statuses by ``handle_errors``, also when raised while a stream is being iterated.
+only watches a job, so a client that disconnects leaves it running. Handlers run on the event
+loop and hand blocking domain work to the loop's thread pool; a watch stream awaits its job's
+channel, so open watchers hold no thread and cannot starve health checks or unary calls. Errors
+are mapped to statuses by ``handle_errors``, also when raised while a stream is being iterated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
-from mistudio_common.errors import Unavailable
+from mistudio_common.errors import ResourceExhausted, Unavailable
 from mistudio_common.grpc_errors import handle_errors
 
 from mistudio_export import views
@@ -23,6 +27,9 @@ from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager
 from mistudio_export.object_store import ObjectStore
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+T = TypeVar("T")
 
 
 class ExportServicer(egrpc.ExportServiceServicer):
@@ -35,6 +42,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         store: StoreClient,
         objects: ObjectStore,
         default_owner: str,
+        max_watchers: int,
     ) -> None:
         self._manager = manager
         self._estimator = estimator
@@ -43,87 +51,117 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self._store = store
         self._objects = objects
         self._default_owner = default_owner
+        self._max_watchers = max_watchers
+        self._watchers = 0
 
     @handle_errors
-    def StartExport(
-        self, request: epb.StartExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[epb.ExportProgress]:
-        job_id = self._manager.start(request)
-        yield from self._watch(job_id, context)
-
-    @handle_errors
-    def WatchExport(
-        self, request: epb.WatchExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[epb.ExportProgress]:
-        yield from self._watch(require_job_id(request.job_id), context)
-
-    def _watch(self, job_id: str, context: grpc.ServicerContext) -> Iterator[epb.ExportProgress]:
-        last = None
-        for message in self._manager.watch(job_id, context.is_active):
-            last = message
+    async def StartExport(
+        self, request: epb.StartExportRequest, context: Context
+    ) -> AsyncIterator[epb.ExportProgress]:
+        job_id = await asyncio.to_thread(self._manager.start, request)
+        async for message in self._watch(job_id):
             yield message
-        if context.is_active() and (last is None or not views.is_terminal(last)):
+
+    @handle_errors
+    async def WatchExport(
+        self, request: epb.WatchExportRequest, context: Context
+    ) -> AsyncIterator[epb.ExportProgress]:
+        async for message in self._watch(require_job_id(request.job_id)):
+            yield message
+
+    async def _watch(self, job_id: str) -> AsyncIterator[epb.ExportProgress]:
+        if self._watchers >= self._max_watchers:
+            raise ResourceExhausted(
+                f"the export service already serves {self._watchers} progress streams, its "
+                "limit (MISTUDIO_EXPORT_MAX_WATCHERS)",
+                fix="retry later, poll with GetExport, or raise the limit",
+            )
+        self._watchers += 1  # only the event loop's thread counts, so no lock is needed
+        try:
+            channel = await asyncio.to_thread(self._manager.channel, job_id)
+            last = None
+            async for message in channel.watch_async(lambda: not self._manager.stopping):
+                last = message
+                yield message
+        finally:
+            self._watchers -= 1
+        if last is None or not views.is_terminal(last):
             raise Unavailable(
                 "the export service is stopping; the job continues when it restarts",
                 fix="reattach with WatchExport once the service is back",
             )
 
     @handle_errors
-    def GetExport(
-        self, request: epb.GetExportRequest, context: grpc.ServicerContext
+    async def GetExport(
+        self, request: epb.GetExportRequest, context: Context
     ) -> epb.GetExportResponse:
-        return epb.GetExportResponse(job=self._manager.view(require_job_id(request.job_id)))
+        job = await asyncio.to_thread(self._manager.view, require_job_id(request.job_id))
+        return epb.GetExportResponse(job=job)
 
     @handle_errors
-    def ListExports(
-        self, request: epb.ListExportsRequest, context: grpc.ServicerContext
+    async def ListExports(
+        self, request: epb.ListExportsRequest, context: Context
     ) -> epb.ListExportsResponse:
-        return self._manager.list_jobs(request)
+        return await asyncio.to_thread(self._manager.list_jobs, request)
 
     @handle_errors
-    def CancelExport(
-        self, request: epb.CancelExportRequest, context: grpc.ServicerContext
+    async def CancelExport(
+        self, request: epb.CancelExportRequest, context: Context
     ) -> epb.CancelExportResponse:
-        return epb.CancelExportResponse(job=self._manager.cancel(require_job_id(request.job_id)))
+        job = await asyncio.to_thread(self._manager.cancel, require_job_id(request.job_id))
+        return epb.CancelExportResponse(job=job)
 
     @handle_errors
-    def PauseExport(
-        self, request: epb.PauseExportRequest, context: grpc.ServicerContext
+    async def PauseExport(
+        self, request: epb.PauseExportRequest, context: Context
     ) -> epb.PauseExportResponse:
-        return epb.PauseExportResponse(job=self._manager.pause(require_job_id(request.job_id)))
+        job = await asyncio.to_thread(self._manager.pause, require_job_id(request.job_id))
+        return epb.PauseExportResponse(job=job)
 
     @handle_errors
-    def ResumeExport(
-        self, request: epb.ResumeExportRequest, context: grpc.ServicerContext
+    async def ResumeExport(
+        self, request: epb.ResumeExportRequest, context: Context
     ) -> epb.ResumeExportResponse:
-        return epb.ResumeExportResponse(job=self._manager.resume(require_job_id(request.job_id)))
+        job = await asyncio.to_thread(self._manager.resume, require_job_id(request.job_id))
+        return epb.ResumeExportResponse(job=job)
 
     @handle_errors
-    def ValidateExport(
-        self, request: epb.ValidateExportRequest, context: grpc.ServicerContext
+    async def ValidateExport(
+        self, request: epb.ValidateExportRequest, context: Context
     ) -> epb.ValidateExportResponse:
-        return self._estimator.validate(request, self._default_owner)
+        return await asyncio.to_thread(self._estimator.validate, request, self._default_owner)
 
     @handle_errors
-    def ValidateArchive(
-        self, request: epb.ValidateArchiveRequest, context: grpc.ServicerContext
+    async def ValidateArchive(
+        self, request: epb.ValidateArchiveRequest, context: Context
     ) -> epb.ValidateArchiveResponse:
-        return self._archives.validate(request)
+        return await asyncio.to_thread(self._archives.validate, request)
 
     @handle_errors
-    def GetDownloadUrl(
-        self, request: epb.GetDownloadUrlRequest, context: grpc.ServicerContext
+    async def GetDownloadUrl(
+        self, request: epb.GetDownloadUrlRequest, context: Context
     ) -> epb.GetDownloadUrlResponse:
-        return download_url(self._store, self._objects, request)
+        return await asyncio.to_thread(download_url, self._store, self._objects, request)
 
     @handle_errors
-    def DownloadExport(
-        self, request: epb.DownloadExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[epb.DownloadExportResponse]:
-        yield from download_chunks(self._store, self._objects, request)
+    async def DownloadExport(
+        self, request: epb.DownloadExportRequest, context: Context
+    ) -> AsyncIterator[epb.DownloadExportResponse]:
+        async for chunk in _in_threads(
+            lambda: download_chunks(self._store, self._objects, request)
+        ):
+            yield chunk
 
     @handle_errors
-    def GetFeatureDashboard(
-        self, request: epb.GetFeatureDashboardRequest, context: grpc.ServicerContext
+    async def GetFeatureDashboard(
+        self, request: epb.GetFeatureDashboardRequest, context: Context
     ) -> epb.GetFeatureDashboardResponse:
-        return self._dashboards.get(request)
+        return await asyncio.to_thread(self._dashboards.get, request)
+
+
+async def _in_threads(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Iterates a blocking generator on the thread pool, one item per hop."""
+    iterator = await asyncio.to_thread(make)
+    done = object()
+    while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield item  # type: ignore[misc]
