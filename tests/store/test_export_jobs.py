@@ -35,14 +35,39 @@ def test_create_assigns_an_id_and_starts_queued(stub: StoreServiceStub, sae_id: 
 
 
 def test_create_is_idempotent_on_sae_and_request_id(stub: StoreServiceStub, sae_id: str) -> None:
-    first = create(stub, sae_id=sae_id, request_id="same")
-    again = create(stub, sae_id=sae_id, request_id="same", owner="someone-else")
+    first = create(stub, sae_id=sae_id, request_id="same", owner="alice")
+    again = create(stub, sae_id=sae_id, request_id="same", owner="alice")
     assert first.created and not again.created
     assert again.job == first.job
     other = create(stub, sae_id=sae_id, request_id="different")
     assert other.created and other.job.job_id != first.job.job_id
     without_key = [create(stub, sae_id=sae_id).job.job_id for _ in range(2)]
     assert without_key[0] != without_key[1]
+
+
+def test_reused_request_id_from_another_owner_is_already_exists(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    create(stub, sae_id=sae_id, request_id="mine", owner="alice")
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, request_id="mine", owner="mallory")
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "differing fields: job.owner" in (caught.value.details() or "")
+
+
+def test_reused_request_id_with_another_config_names_the_differing_fields(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    config = struct_pb2.Struct()
+    config.update({"dashboard": {"n_top_examples": 20, "context": 8}, "formats": ["saelens"]})
+    create(stub, sae_id=sae_id, request_id="cfg", owner="alice", config=config)
+    changed = struct_pb2.Struct()
+    changed.update({"dashboard": {"n_top_examples": 30, "context": 8}, "formats": ["saelens"]})
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, request_id="cfg", owner="alice", config=changed)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    message = caught.value.details() or ""
+    assert "differing fields: job.config.dashboard.n_top_examples (fix:" in message
 
 
 def test_client_chosen_job_id_must_be_unique(stub: StoreServiceStub, sae_id: str) -> None:
