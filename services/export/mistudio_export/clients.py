@@ -181,8 +181,12 @@ class ComputeClient:
         reply = _call(lambda: self._stub.PauseComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
         return reply.state
 
-    def validate_sae(self, sae_id: str) -> cpb.ValidateSaeResponse:
-        request = cpb.ValidateSaeRequest(sae=cpb.SaeReference(sae_id=sae_id))
+    def validate_sae(
+        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+    ) -> cpb.ValidateSaeResponse:
+        request = cpb.ValidateSaeRequest(
+            sae=cpb.SaeReference(sae_id=sae_id), tokens=tokens, device=device
+        )
         return _call(lambda: self._stub.ValidateSae(request, timeout=UNARY_TIMEOUT_SECONDS))
 
     def estimate(

@@ -42,7 +42,7 @@ from mistudio_export.preflight import Planner
 from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
 from mistudio_export.records import SaeInfo
 from mistudio_export.runtime import JobRuntime
-from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.selection import require_candidates, statistic_filter
 from mistudio_export.token_facts import TokenFacts, token_facts
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,9 @@ class ExportPipeline:
 
     def _candidates(self, plan: ExportPlan) -> list[int]:
         sae_id = plan.sae.sae_id
-        candidates = candidate_indices(
+        return require_candidates(
             plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
         )
-        if not candidates:
-            raise FailedPrecondition(
-                "the feature selection matches no feature",
-                violations=[("config.selection", "no feature record matches the label filters")],
-                field="config.selection",
-                fix="label features first, or loosen labeled_only / label_contains / category",
-            )
-        return candidates
 
     def _inputs(self, job: JobRuntime, collected: Collected, base: spb.ExportJob | None) -> Inputs:
         plan = job.plan

@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
 
 from tests.export.service.errors import details
 from tests.export.service.stack import (
@@ -18,6 +21,8 @@ from tests.export.service.stack import (
     recorded_tokens,
     register_sae,
     run_to_end,
+    token_source,
+    write_tokens,
 )
 
 
@@ -93,6 +98,61 @@ def test_missing_token_file_names_the_option(stack: Stack, sae_id: str, tmp_path
     found = start_error(stack, sae_id, export_config(tokens))
     assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
     assert found["fields"] == ["config.tokens.token_file"]
+
+
+def job_count(stack: Stack) -> int:
+    return len(stack.records.ListExportJobs(spb.ListExportJobsRequest(page_size=1000)).jobs)
+
+
+def refused_before_a_job_exists(
+    stack: Stack, sae_id: str, config: epb.ExportConfig
+) -> dict[str, Any]:
+    before = job_count(stack)
+    found = start_error(stack, sae_id, config)
+    assert job_count(stack) == before
+    return found
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    ids = np.full((4, 32), 600, dtype=np.int32)  # stories260K has 512 token ids
+    np.save(tmp_path / "big-ids.npy", ids)
+    found = refused_before_a_job_exists(
+        stack, sae_id, export_config(token_source(tmp_path / "big-ids.npy"))
+    )
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.token_file"]
+    assert "vocabulary has 512 ids" in found["message"]
+
+
+def test_rows_longer_than_the_models_context_are_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    path = write_tokens(tmp_path / "long-rows.npy", rows=2, context=600)
+    found = refused_before_a_job_exists(
+        stack, sae_id, export_config(token_source(path, context=600))
+    )
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.context_size"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    found = refused_before_a_job_exists(stack, sae_id, export_config(tokens, device="cuda:0"))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert [subject for subject, _ in found["precondition"]] == ["config.device"]
+
+
+def test_label_selection_matching_nothing_is_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    selection = epb.FeatureSelection(label_contains="no feature is called this")
+    found = refused_before_a_job_exists(stack, sae_id, export_config(tokens, selection=selection))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert [subject for subject, _ in found["precondition"]] == ["config.selection"]
 
 
 def test_unknown_sae_is_not_found(stack: Stack, tokens: tpb.TokenSource) -> None:
