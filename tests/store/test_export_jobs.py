@@ -235,3 +235,12 @@ def test_overlong_request_id_is_invalid_argument_not_a_database_error(
         create(stub, sae_id=sae_id, request_id="r" * 129)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(caught.value) == ["job.request_id"]
+
+
+def test_nul_character_in_owner_is_invalid_argument_not_a_database_error(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, owner="a\x00b")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == ["job.owner"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.export.service.stack import (
     register_sae,
     run_to_end,
     token_source,
+    write_sae_folder,
     write_tokens,
 )
 
@@ -223,3 +225,41 @@ def test_recorded_token_source_is_used_when_none_is_given(
     assert estimate.estimated_seconds > 0
     assert estimate.estimated_size_bytes > 0
     assert any("default rates" in w for w in response.warnings)
+
+
+def test_nul_byte_in_owner_is_invalid_argument_without_sql(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, owner="ali\x00ce", config=export_config(tokens))
+    with pytest.raises(grpc.RpcError) as caught:
+        run_to_end(stack.exports.StartExport(request))
+    found = details(caught.value)
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["owner"]
+    assert "INSERT" not in found["message"] and "SELECT" not in found["message"]
+
+
+def test_npy_header_claiming_40_gb_is_invalid_argument(
+    stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "liar.npy"
+    with path.open("wb") as handle:
+        header = {"descr": "<i4", "fortran_order": False, "shape": (10_000_000, 1024)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(np.ones((4, 32), np.int32).tobytes())
+    found = refused_before_a_job_exists(stack, sae_id, export_config(token_source(path)))
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.token_file"]
+
+
+def test_infinite_d_in_in_cfg_json_is_refused_as_permanent_naming_the_key(
+    stack: Stack, tokens: tpb.TokenSource, tmp_path: Path
+) -> None:
+    folder = write_sae_folder(tmp_path / "inf-sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["d_in"] = float("inf")
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    register_sae(stack, "inf-sae", str(folder))
+    found = refused_before_a_job_exists(stack, "inf-sae", export_config(tokens))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION  # the SAE's files, not the request
+    assert [subject for subject, _ in found["precondition"]] == ["d_in"]
