@@ -244,3 +244,18 @@ def test_nul_character_in_owner_is_invalid_argument_not_a_database_error(
         create(stub, sae_id=sae_id, owner="a\x00b")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(caught.value) == ["job.owner"]
+
+
+def test_deleted_job_is_gone_and_deleting_it_again_is_not_found(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job = create(stub, sae_id=sae_id, request_id="bye").job
+    stub.DeleteExportJob(pb.DeleteExportJobRequest(job_id=job.job_id))
+    for call in (
+        lambda: stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id)),
+        lambda: stub.DeleteExportJob(pb.DeleteExportJobRequest(job_id=job.job_id)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert create(stub, sae_id=sae_id, request_id="bye").created  # the request_id is free again

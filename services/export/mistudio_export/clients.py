@@ -131,6 +131,10 @@ class StoreClient:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return _call(lambda: self._stub.UpdateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
 
+    def delete_job(self, job_id: str) -> None:
+        request = spb.DeleteExportJobRequest(job_id=job_id)
+        _call(lambda: self._stub.DeleteExportJob(request, timeout=UNARY_TIMEOUT_SECONDS))
+
     def list_jobs(
         self,
         *,

@@ -8,6 +8,7 @@ checkpoint. Watchers attach to a per-job channel whose first message is the curr
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import uuid
@@ -34,6 +35,8 @@ class Pipeline(Protocol):
     def run(self, job: JobRuntime) -> epb.ExportResult: ...
 
     def release(self, checkpoint: dict[str, Any]) -> None: ...
+
+    def discard(self, job_id: str) -> None: ...
 
 
 class Planner(Protocol):
@@ -114,7 +117,7 @@ class ExportJobManager:
             owner=request.owner,
         )
         return epb.ListExportsResponse(
-            jobs=[views.view_of(job) for job in page.jobs], next_page_token=page.next_page_token
+            jobs=[views.summary_of(job) for job in page.jobs], next_page_token=page.next_page_token
         )
 
     # -- control ---------------------------------------------------------------------------
@@ -133,6 +136,18 @@ class ExportJobManager:
                 self._pipeline.release(entry.checkpoint)
                 self._records.cancelled(entry, stored)
         return self.view(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Removes the job's archive, staging and record; a job that has not finished is
+        cancelled first, so no worker runs on for a job that no longer exists."""
+        stored = self._store.get_job(job_id)
+        if stored.state not in TERMINAL_STATES:
+            self.cancel(job_id)
+        self._pipeline.discard(job_id)
+        shutil.rmtree(self.staging_dir(job_id), ignore_errors=True)
+        self._store.delete_job(job_id)
+        with self._lock:
+            self._entries.pop(job_id, None)
 
     def pause(self, job_id: str) -> epb.ExportJobView:
         stored = self._store.get_job(job_id)

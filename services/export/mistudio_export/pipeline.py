@@ -55,6 +55,11 @@ _ARCHITECTURES = {
 }
 
 
+def archive_prefix(job_id: str) -> str:
+    """Where a job's published objects live in the object store."""
+    return f"exports/{job_id}/"
+
+
 def mistudio_version() -> str:
     try:
         return metadata.version("mistudio-export")
@@ -82,6 +87,11 @@ class ExportPipeline:
     def release(self, checkpoint: dict[str, Any]) -> None:
         """Frees what a paused job holds in other services, when it is cancelled."""
         computing.release_paused(self._compute, checkpoint)
+
+    def discard(self, job_id: str) -> None:
+        """Deletes everything published for the job (its archive)."""
+        for found in list(self._objects.list(archive_prefix(job_id))):
+            self._objects.delete(found.key)
 
     def run(self, job: JobRuntime) -> epb.ExportResult:
         plan = job.plan
@@ -231,4 +241,4 @@ class ExportPipeline:
         return [j for j in page.jobs if j.job_id != job.job_id]
 
     def _archive_key(self, job: JobRuntime) -> str:
-        return f"exports/{job.job_id}/{job.plan.sae.sae_id}.zip"
+        return f"{archive_prefix(job.job_id)}{job.plan.sae.sae_id}.zip"

@@ -105,6 +105,13 @@ class ExportServicer(egrpc.ExportServiceServicer):
         return await asyncio.to_thread(self._manager.list_jobs, request)
 
     @handle_errors
+    async def DeleteExport(
+        self, request: epb.DeleteExportRequest, context: Context
+    ) -> epb.DeleteExportResponse:
+        await asyncio.to_thread(self._manager.delete, require_job_id(request.job_id))
+        return epb.DeleteExportResponse()
+
+    @handle_errors
     async def CancelExport(
         self, request: epb.CancelExportRequest, context: Context
     ) -> epb.CancelExportResponse:

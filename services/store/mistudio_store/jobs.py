@@ -92,6 +92,12 @@ class ExportJobs(RepositoryBase):
             session.flush()
             return convert.job_to_pb(row, sae_id)
 
+    def delete_export_job(self, job_id: str) -> None:
+        validation.job_id(job_id)
+        with self._sessions.write.begin() as session:
+            row, _ = _job(session, job_id, for_update=True)
+            session.delete(row)
+
     def list_export_jobs(
         self,
         page_size: int = 0,

@@ -156,3 +156,35 @@ def test_restarted_service_resumes_a_running_job(
         m.chunk for m in stack.exports.DownloadExport(epb.DownloadExportRequest(job_id=job_id))
     )
     assert zipfile.ZipFile(io.BytesIO(archive)).testzip() is None
+
+
+def test_deleting_a_running_export_cancels_it_and_removes_its_record_and_staging(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 26))
+    stream = stack.exports.StartExport(request)
+    job_id = wait_for(stream, computing).progress.job_id
+    stack.exports.DeleteExport(epb.DeleteExportRequest(job_id=job_id))
+    assert run_to_end(stream)[-1].progress.state == ppb.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetExport(epb.GetExportRequest(job_id=job_id))
+    assert details(caught.value)["code"] == grpc.StatusCode.NOT_FOUND
+    assert not (stack.data_dir / "export" / job_id).exists()
+
+
+def test_deleting_a_finished_export_removes_its_archive_and_its_summary(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=export_config(tokens))
+    last = run_to_end(stack.exports.StartExport(request))[-1]
+    job_id = last.progress.job_id
+    archive = stack.data_dir / "archives" / last.result.output_uri
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED and archive.is_file()
+    listed = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs
+    summary = next(s for s in listed if s.job_id == job_id)
+    assert (summary.state, summary.fraction) == (ppb.JOB_STATE_SUCCEEDED, 1.0)
+    assert summary.config_summary == "all formats; all features"
+    stack.exports.DeleteExport(epb.DeleteExportRequest(job_id=job_id))
+    assert not archive.exists()
+    listed = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs
+    assert job_id not in {s.job_id for s in listed}
