@@ -28,4 +28,9 @@ class ComputeSettings(BaseSettings):
     """Threads serving RPCs; each open progress stream holds one."""
     default_token_features_per_second: float = 2.0e7
     """Throughput EstimateComputation assumes before this service has measured its own."""
+    finished_job_retention_seconds: float = 86400.0
+    """Finished computations' folders under data_dir/compute/jobs are removed after this long
+    (their dashboards stay cached in the store)."""
+    retention_sweep_seconds: float = 600.0
+    """How often finished job folders are looked for."""
     log_level: str = "INFO"

@@ -38,5 +38,11 @@ class ExportSettings(BaseSettings):
     """Features per generated batch file and per checkpoint (SAEDashboard's default)."""
     progress_persist_seconds: float = 2.0
     """How often a running job's progress snapshot is written to the store between checkpoints."""
+    staging_retention_seconds: float = 86400.0
+    """Staging folders (data_dir/export/<job_id>) of jobs that succeeded, were cancelled or no
+    longer exist are removed after this long; a FAILED job keeps its staging for ResumeExport
+    until it is deleted (DeleteExport)."""
+    retention_sweep_seconds: float = 600.0
+    """How often leftover staging folders are looked for."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.errors import FailedPrecondition, MistudioError
+from mistudio_common.errors import FailedPrecondition, MistudioError, NotFound
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker
 
 from mistudio_export import views
@@ -263,6 +263,14 @@ class ExportJobManager:
         entry.control.request(reason)
         entry.thread.join(self._settings.control_wait_seconds)
         return True
+
+    def staging_removable(self, job_id: str) -> bool:
+        """Whether a staging folder is only disk use: its job is gone, succeeded or cancelled."""
+        try:
+            stored = self._store.get_job(job_id)
+        except NotFound:
+            return True
+        return stored.state in (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED)
 
     def staging_dir(self, job_id: str) -> Path:
         return self._settings.data_dir / "export" / job_id

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import RunningServer, ServiceRegistration, create_aio_server
 
 from mistudio_export.checking import ArchiveValidator
@@ -77,6 +78,13 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         name="export-grpc",
     )
     manager.resume_unfinished()
+    sweeper = FolderSweeper(
+        settings.data_dir / "export",
+        settings.staging_retention_seconds,
+        manager.staging_removable,
+        settings.retention_sweep_seconds,
+    )
+    sweeper.start()
     return ExportServer(
         server=running.server,
         port=running.port,
@@ -85,5 +93,5 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         store=store,
         compute=compute,
         objects=objects,
-        on_stop=[store.close, compute.close],
+        on_stop=[sweeper.stop, store.close, compute.close],
     )
