@@ -33,4 +33,6 @@ class ComputeSettings(BaseSettings):
     (their dashboards stay cached in the store)."""
     retention_sweep_seconds: float = 600.0
     """How often finished job folders are looked for."""
+    health_check_seconds: float = 10.0
+    """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
+from mistudio_common.dependencies import DependencyMonitor, peer
 from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
@@ -69,10 +70,17 @@ def build_compute_server(
     manager.resume_unfinished()
     sweeper = compute_sweeper(settings)
     sweeper.start()
+    monitor = DependencyMonitor(
+        running.health,
+        [SERVICE_NAME],
+        [peer("store", settings.store_address)],
+        settings.health_check_seconds,
+    )
+    monitor.start()
     return ComputeServer(
         server=running.server,
         port=running.port,
         health=running.health,
-        on_stop=[store.close, sweeper.stop],
+        on_stop=[monitor.stop, store.close, sweeper.stop],
         manager=manager,
     )

@@ -26,6 +26,8 @@ class ExportSettings(BaseSettings):
     s3_secret_key: str = ""
     default_owner: str = "local"
     """Owner recorded for jobs whose request names none."""
+    health_check_seconds: float = 10.0
+    """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
     max_workers: int = 16
     """Threads doing the blocking work behind RPCs (store reads, validation); progress streams

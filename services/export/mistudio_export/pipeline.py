@@ -35,7 +35,7 @@ from mistudio_export.generate import (
     saelens_frequencies,
     write_formats,
 )
-from mistudio_export.object_store import ObjectStore
+from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
@@ -96,6 +96,7 @@ class ExportPipeline:
     def run(self, job: JobRuntime) -> epb.ExportResult:
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
+        check_writable(self._objects)  # before hours of computing, not at publishing
         base = self._planner.base_job(plan) if plan.delta_base_job_id else None
         kinds = [*(NEURONPEDIA_KINDS if plan.neuronpedia else ()), *self._saelens(plan)]
         collected, computed = Collected({}, 0), {}

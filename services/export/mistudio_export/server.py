@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.dependencies import Dependency, DependencyMonitor, peer
 from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import RunningServer, ServiceRegistration, create_aio_server
 
@@ -18,7 +19,7 @@ from mistudio_export.config import ExportSettings
 from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager
-from mistudio_export.object_store import ObjectStore, object_store_from_url
+from mistudio_export.object_store import ObjectStore, check_writable, object_store_from_url
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.preflight import Planner
 from mistudio_export.servicer import ExportServicer
@@ -34,8 +35,10 @@ class ExportServer(RunningServer):
     store: StoreClient
     compute: ComputeClient
     objects: ObjectStore
+    monitor: DependencyMonitor
 
     def stop(self, grace_seconds: float = 5.0) -> None:
+        self.monitor.stop()  # before the event loop that serves health checks ends
         self.health.enter_graceful_shutdown()
         self.manager.shutdown()
         super().stop(grace_seconds)
@@ -85,6 +88,17 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         settings.retention_sweep_seconds,
     )
     sweeper.start()
+    monitor = DependencyMonitor(
+        running.health,
+        [SERVICE_NAME],
+        [
+            peer("store", settings.store_address),
+            peer("compute", settings.compute_address),
+            Dependency("object store", lambda: check_writable(objects)),
+        ],
+        settings.health_check_seconds,
+    )
+    monitor.start()
     return ExportServer(
         server=running.server,
         port=running.port,
@@ -93,5 +107,6 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         store=store,
         compute=compute,
         objects=objects,
+        monitor=monitor,
         on_stop=[sweeper.stop, store.close, compute.close],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from mistudio.store.v1 import store_service_pb2, store_service_pb2_grpc
+from mistudio_common.dependencies import Dependency, DependencyMonitor
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 from sqlalchemy.engine import make_url
 
@@ -46,5 +47,12 @@ def build_store_server(settings: StoreSettings) -> RunningServer:
     running = create_server(
         f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
     )
-    running.on_stop.append(repository.close)
+    monitor = DependencyMonitor(
+        running.health,
+        [SERVICE_NAME],
+        [Dependency("database", repository.ping)],
+        settings.health_check_seconds,
+    )
+    monitor.start()
+    running.on_stop.extend([monitor.stop, repository.close])
     return running
