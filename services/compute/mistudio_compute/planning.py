@@ -22,9 +22,8 @@ from mistudio_common.errors import InvalidArgument
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
-from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel, load_model
-from mistudio_compute.run_dashboards import run_dashboards
+from mistudio_compute.run_dashboards import PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
@@ -41,24 +40,6 @@ class TokenPlan:
     dataset: TokenDataset
     params: dpb.DashboardParams
     d_sae: int
-
-
-@dataclass(frozen=True)
-class PreparedDashboards:
-    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
-
-    sae_id: str
-    params: dpb.DashboardParams
-    feature_indices: Sequence[int]
-    resolved: ResolvedSae
-    model: LoadedModel
-    model_lock: threading.Lock
-    dataset: TokenDataset
-    batch_rows: int
-    checkpoint_every_batches: int
-
-    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
-        return run_dashboards(self, features, hooks)
 
 
 class Planner:
