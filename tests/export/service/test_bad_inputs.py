@@ -263,3 +263,25 @@ def test_infinite_d_in_in_cfg_json_is_refused_as_permanent_naming_the_key(
     found = refused_before_a_job_exists(stack, "inf-sae", export_config(tokens))
     assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION  # the SAE's files, not the request
     assert [subject for subject, _ in found["precondition"]] == ["d_in"]
+
+
+def test_reused_request_id_with_another_config_or_owner_is_already_exists(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    config = export_config(tokens, formats=[epb.EXPORT_FORMAT_SAELENS])
+    first = epb.StartExportRequest(sae_id=sae_id, request_id="once", owner="ann", config=config)
+    job_id = run_to_end(stack.exports.StartExport(first))[-1].progress.job_id
+    again = run_to_end(stack.exports.StartExport(first))
+    assert again[-1].progress.job_id == job_id
+    other_config = epb.StartExportRequest()
+    other_config.CopyFrom(first)
+    other_config.config.batch_size = 7
+    other_owner = epb.StartExportRequest()
+    other_owner.CopyFrom(first)
+    other_owner.owner = "bob"
+    for request, differing in ((other_config, "job.config.batch_size"), (other_owner, "job.owner")):
+        with pytest.raises(grpc.RpcError) as caught:
+            run_to_end(stack.exports.StartExport(request))
+        found = details(caught.value)
+        assert found["code"] == grpc.StatusCode.ALREADY_EXISTS
+        assert differing in found["message"]
