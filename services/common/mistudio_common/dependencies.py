@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
+from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
 from mistudio_common.healthcheck import check
 from mistudio_common.server import HealthControl
 
@@ -32,9 +33,9 @@ class Dependency:
     probe: Callable[[], bool | None]
 
 
-def peer(name: str, address: str) -> Dependency:
+def peer(name: str, address: str, credentials: PeerCredentials = LOOPBACK_PEER) -> Dependency:
     """Another of our services, healthy when its own health check says SERVING."""
-    return Dependency(name, lambda: check(address, timeout=PEER_TIMEOUT_SECONDS))
+    return Dependency(name, lambda: check(address, timeout=PEER_TIMEOUT_SECONDS, peer=credentials))
 
 
 class DependencyMonitor:

@@ -1,10 +1,11 @@
 """Building and running a gRPC server the same way for every service.
 
 Building is separate from serving so tests can bind port 0 on loopback and talk to the real
-server; every server registers health checking and reflection and refuses a port that another
-process already serves (no SO_REUSEPORT: two stores on one port would split the traffic).
-The export service runs a ``grpc.aio`` server (:func:`create_aio_server`) so that its many
-long-lived watch streams hold no worker thread; store and compute use the threaded server.
+server; every server registers health checking and reflection, authenticates every other call
+(``mistudio_common.auth``) and refuses a port that another process already serves (no
+SO_REUSEPORT: two stores on one port would split the traffic). The export service runs a
+``grpc.aio`` server (:func:`create_aio_server`) so that its many long-lived watch streams hold
+no worker thread; store and compute use the threaded server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from mistudio_common.auth import Credentials, PeerCredentials, ServerTls, check_bind
+from mistudio_common.auth_interceptor import AioAuthInterceptor, AuthInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,11 @@ class ServiceRegistration:
     service_name: str
     add_to_server: Callable[[Any], None]
     """Called with a ``grpc.Server`` or a ``grpc.aio.Server``; generated add functions take both."""
+    service_only: frozenset[str] = frozenset()
+    """Method names (e.g. ``UpdateExportJob``) only service identities may call."""
+
+    def service_only_paths(self) -> frozenset[str]:
+        return frozenset(f"/{self.service_name}/{method}" for method in self.service_only)
 
 
 class ServerHandle(Protocol):
@@ -82,20 +91,40 @@ class RunningServer:
 
 
 def create_server(
-    address: str, registrations: Sequence[ServiceRegistration], max_workers: int = 32
+    address: str,
+    registrations: Sequence[ServiceRegistration],
+    credentials: Credentials,
+    max_workers: int = 32,
 ) -> RunningServer:
-    """Builds and starts a server with health and reflection; ``address`` may use port 0."""
+    """Builds and starts a server with health and reflection; ``address`` may use port 0.
+
+    Without credentials it refuses any address but loopback (the local no-setup mode).
+    """
+    check_bind(address.rsplit(":", 1)[0], credentials)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[AuthInterceptor(credentials, _service_only(registrations))],
+        options=SERVER_OPTIONS,
     )
     health_servicer = health.HealthServicer()
     names = _mount(server, registrations, health_servicer)
-    port = bind(server, address)
+    port = bind(server, address, credentials)
     server.start()
     for name in ["", *names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"address": address, "port": port, "services": names})
+    _log_serving(address, port, names, credentials)
     return RunningServer(server=server, port=port, health=health_servicer)
+
+
+def _service_only(registrations: Sequence[ServiceRegistration]) -> frozenset[str]:
+    return frozenset().union(*(r.service_only_paths() for r in registrations))
+
+
+def _log_serving(address: str, port: int, names: list[str], credentials: Credentials) -> None:
+    log.info(
+        "serving",
+        extra={"address": address, "port": port, "services": names, "tls": bool(credentials.tls)},
+    )
 
 
 def _mount(
@@ -113,10 +142,13 @@ def _mount(
     return names
 
 
-def bind(server: grpc.Server | grpc.aio.Server, address: str) -> int:
+def bind(server: grpc.Server | grpc.aio.Server, address: str, credentials: Credentials) -> int:
     """Binds ``address`` exclusively; :class:`PortInUse` when another process holds it."""
     try:
-        port = server.add_insecure_port(address)
+        if credentials.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, server_tls(credentials.tls, credentials))
     except RuntimeError as error:
         port = 0
         cause: BaseException | None = error
@@ -183,9 +215,9 @@ class _AioHealth:
 def create_aio_server(
     address: str,
     registrations: Sequence[ServiceRegistration],
+    credentials: Credentials,
     *,
     executor_workers: int = 16,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     name: str = "grpc-aio",
 ) -> tuple[RunningServer, LoopThread]:
     """Like :func:`create_server` for ``async def`` servicers, served on a :class:`LoopThread`.
@@ -193,13 +225,15 @@ def create_aio_server(
     Handlers run on the loop; blocking domain work goes to the loop's default executor
     (``asyncio.to_thread``), which has ``executor_workers`` threads.
     """
+    check_bind(address.rsplit(":", 1)[0], credentials)
     loop = LoopThread(name, executor_workers)
 
     async def start() -> tuple[grpc.aio.Server, health.aio.HealthServicer, int, list[str]]:
-        server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        interceptor = AioAuthInterceptor(credentials, _service_only(registrations))
+        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         health_servicer = health.aio.HealthServicer()
         names = _mount(server, registrations, health_servicer)
-        port = bind(server, address)
+        port = bind(server, address, credentials)
         await server.start()
         for service in ["", *names]:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -210,7 +244,7 @@ def create_aio_server(
     except BaseException:
         loop.close()
         raise
-    log.info("serving", extra={"address": address, "port": port, "services": names})
+    _log_serving(address, port, names, credentials)
     running = RunningServer(
         server=_AioHandle(server, loop), port=port, health=_AioHealth(health_servicer, loop)
     )
@@ -233,6 +267,70 @@ def serve_until_signal(running: RunningServer, on_stop: Callable[[], None] | Non
     running.stop()
 
 
+def server_tls(tls: ServerTls, credentials: Credentials) -> grpc.ServerCredentials:
+    """Client certificates are checked against the CA; required only when no token would do."""
+    return grpc.ssl_server_credentials(
+        [(tls.key, tls.cert)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.client_ca is not None and not credentials.tokens,
+    )
+
+
 def insecure_channel(address: str) -> grpc.Channel:
     """A client channel with the same message limits as the servers."""
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def open_channel(address: str, peer: PeerCredentials) -> grpc.Channel:
+    """A client channel presenting ``peer``'s token and certificate (plaintext when it has none)."""
+    if peer.ca is None and peer.cert is None:
+        channel = insecure_channel(address)
+    else:
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=peer.ca, private_key=peer.key, certificate_chain=peer.cert
+        )
+        channel = grpc.secure_channel(address, tls, options=CHANNEL_OPTIONS)
+    if not peer.token:
+        return channel
+    return grpc.intercept_channel(channel, _BearerToken(peer.token))
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <token>`` to every call (also over plaintext loopback)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return _CallDetails(
+            details.method, details.timeout, metadata, details.credentials,
+            details.wait_for_ready, details.compression,
+        )  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None

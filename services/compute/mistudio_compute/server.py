@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
+from mistudio_common.auth import load_credentials
 from mistudio_common.dependencies import DependencyMonitor, peer
 from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
@@ -22,6 +23,13 @@ from mistudio_compute.servicer import ComputeServicer
 from mistudio_compute.store_client import StoreClient
 
 SERVICE_NAME = compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"].full_name
+USER_METHODS = frozenset({"ValidateSae", "ResolveHookPoint"})
+"""What a user may call directly (the CLI checks an SAE folder before registering it); the
+computations themselves are started, watched and controlled only by the export service."""
+SERVICE_ONLY_METHODS = (
+    frozenset(compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"].methods_by_name)
+    - USER_METHODS
+)
 
 
 @dataclass
@@ -54,7 +62,8 @@ def build_compute_server(
 
     ``model_loader`` replaces ``model_access.load_model`` (tests serve tiny in-memory models).
     """
-    store = StoreClient(settings.store_address)
+    credentials = load_credentials(settings)
+    store = StoreClient(settings.store_address, credentials.peer)
     planner = Planner(settings, store, model_loader)
     manager = ComputeJobManager(settings, planner, store)
     servicer = ComputeServicer(manager, planner)
@@ -63,9 +72,13 @@ def build_compute_server(
         lambda server: compute_service_pb2_grpc.add_ComputeServiceServicer_to_server(
             servicer, server
         ),
+        service_only=SERVICE_ONLY_METHODS,
     )
     running = create_server(
-        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+        f"{settings.host}:{settings.port}",
+        [registration],
+        credentials,
+        max_workers=settings.max_workers,
     )
     manager.resume_unfinished()
     sweeper = compute_sweeper(settings)
@@ -73,7 +86,7 @@ def build_compute_server(
     monitor = DependencyMonitor(
         running.health,
         [SERVICE_NAME],
-        [peer("store", settings.store_address)],
+        [peer("store", settings.store_address, credentials.peer)],
         settings.health_check_seconds,
     )
     monitor.start()

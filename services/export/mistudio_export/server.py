@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.auth import load_credentials
 from mistudio_common.dependencies import Dependency, DependencyMonitor, peer
 from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import RunningServer, ServiceRegistration, create_aio_server
@@ -55,8 +56,9 @@ def object_store_for(settings: ExportSettings) -> ObjectStore:
 
 def build_export_server(settings: ExportSettings) -> ExportServer:
     """Starts the server on settings.host:settings.port and resumes unfinished jobs."""
-    store = StoreClient(settings.store_address)
-    compute = ComputeClient(settings.compute_address)
+    credentials = load_credentials(settings)
+    store = StoreClient(settings.store_address, credentials.peer)
+    compute = ComputeClient(settings.compute_address, credentials.peer)
     objects = object_store_for(settings)
     planner = Planner(store, compute)
     pipeline = ExportPipeline(settings, store, compute, planner, objects)
@@ -68,7 +70,6 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         FeatureDashboards(store, compute),
         store,
         objects,
-        settings.default_owner,
         settings.max_watchers,
     )
     registration = ServiceRegistration(
@@ -77,6 +78,7 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
     running, _ = create_aio_server(
         f"{settings.host}:{settings.port}",
         [registration],
+        credentials,
         executor_workers=settings.max_workers,
         name="export-grpc",
     )
@@ -92,8 +94,8 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         running.health,
         [SERVICE_NAME],
         [
-            peer("store", settings.store_address),
-            peer("compute", settings.compute_address),
+            peer("store", settings.store_address, credentials.peer),
+            peer("compute", settings.compute_address, credentials.peer),
             Dependency("object store", lambda: check_writable(objects)),
         ],
         settings.health_check_seconds,

@@ -2,9 +2,13 @@
 
 Jobs live in :class:`~mistudio_export.jobs.ExportJobManager`, outside any RPC: a progress stream
 only watches a job, so a client that disconnects leaves it running. Handlers run on the event
-loop and hand blocking domain work to the loop's thread pool; a watch stream awaits its job's
-channel, so open watchers hold no thread and cannot starve health checks or unary calls. Errors
-are mapped to statuses by ``handle_errors``, also when raised while a stream is being iterated.
+loop and hand blocking work (the synchronous ``_…`` methods) to the loop's thread pool, which
+carries the caller's identity along; a watch stream awaits its job's channel, so open watchers
+hold no thread and cannot starve health checks or unary calls. Errors are mapped to statuses by
+``handle_errors``, also when raised while a stream is being iterated. Every SAE and job a
+request names passes :class:`~mistudio_export.access.Access` for the authenticated caller
+first; the request's ``owner`` field can only repeat the caller (admins and services may name
+anyone).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.auth import Identity, current_caller, owner_for
 from mistudio_common.errors import ResourceExhausted, Unavailable
 from mistudio_common.grpc_errors import handle_errors
 
 from mistudio_export import views
+from mistudio_export.access import Access, list_owner
 from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import download_chunks, download_url, require_job_id
@@ -27,6 +33,7 @@ from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager
 from mistudio_export.object_store import ObjectStore
+from mistudio_export.preflight import missing_delta_base
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 T = TypeVar("T")
@@ -41,7 +48,6 @@ class ExportServicer(egrpc.ExportServiceServicer):
         dashboards: FeatureDashboards,
         store: StoreClient,
         objects: ObjectStore,
-        default_owner: str,
         max_watchers: int,
     ) -> None:
         self._manager = manager
@@ -50,15 +56,33 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self._dashboards = dashboards
         self._store = store
         self._objects = objects
-        self._default_owner = default_owner
+        self._access = Access(store)
         self._max_watchers = max_watchers
         self._watchers = 0
+
+    def _job(self, job_id: str) -> str:
+        """The id of a job the caller may see (NOT_FOUND otherwise, as for an unknown id)."""
+        return str(self._access.job(require_job_id(job_id), current_caller()).job_id)
+
+    def _check_export(self, sae_id: str, config: epb.ExportConfig, caller: Identity) -> None:
+        self._access.sae(sae_id, caller)
+        base = config.delta_base_job_id
+        if base and self._access.hides_job(base, caller):
+            raise missing_delta_base(base)  # what the planner says of a base that does not exist
+
+    def _start(self, request: epb.StartExportRequest) -> str:
+        caller = current_caller()
+        self._check_export(request.sae_id, request.config, caller)
+        owned = epb.StartExportRequest()
+        owned.CopyFrom(request)
+        owned.owner = owner_for(request.owner, caller)
+        return self._job(self._manager.start(owned))
 
     @handle_errors
     async def StartExport(
         self, request: epb.StartExportRequest, context: Context
     ) -> AsyncIterator[epb.ExportProgress]:
-        job_id = await asyncio.to_thread(self._manager.start, request)
+        job_id = await asyncio.to_thread(self._start, request)
         async for message in self._watch(job_id):
             yield message
 
@@ -66,7 +90,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
     async def WatchExport(
         self, request: epb.WatchExportRequest, context: Context
     ) -> AsyncIterator[epb.ExportProgress]:
-        async for message in self._watch(require_job_id(request.job_id)):
+        job_id = await asyncio.to_thread(self._job, request.job_id)
+        async for message in self._watch(job_id):
             yield message
 
     async def _watch(self, job_id: str) -> AsyncIterator[epb.ExportProgress]:
@@ -95,80 +120,119 @@ class ExportServicer(egrpc.ExportServiceServicer):
     async def GetExport(
         self, request: epb.GetExportRequest, context: Context
     ) -> epb.GetExportResponse:
-        job = await asyncio.to_thread(self._manager.view, require_job_id(request.job_id))
-        return epb.GetExportResponse(job=job)
+        def get() -> epb.GetExportResponse:
+            return epb.GetExportResponse(job=self._manager.view(self._job(request.job_id)))
+
+        return await asyncio.to_thread(get)
 
     @handle_errors
     async def ListExports(
         self, request: epb.ListExportsRequest, context: Context
     ) -> epb.ListExportsResponse:
-        return await asyncio.to_thread(self._manager.list_jobs, request)
+        owned = epb.ListExportsRequest()
+        owned.CopyFrom(request)
+        owned.owner = list_owner(request.owner, current_caller())
+        return await asyncio.to_thread(self._manager.list_jobs, owned)
 
     @handle_errors
     async def DeleteExport(
         self, request: epb.DeleteExportRequest, context: Context
     ) -> epb.DeleteExportResponse:
-        await asyncio.to_thread(self._manager.delete, require_job_id(request.job_id))
+        await asyncio.to_thread(lambda: self._manager.delete(self._job(request.job_id)))
         return epb.DeleteExportResponse()
 
     @handle_errors
     async def CancelExport(
         self, request: epb.CancelExportRequest, context: Context
     ) -> epb.CancelExportResponse:
-        job = await asyncio.to_thread(self._manager.cancel, require_job_id(request.job_id))
+        job = await asyncio.to_thread(lambda: self._manager.cancel(self._job(request.job_id)))
         return epb.CancelExportResponse(job=job)
 
     @handle_errors
     async def PauseExport(
         self, request: epb.PauseExportRequest, context: Context
     ) -> epb.PauseExportResponse:
-        job = await asyncio.to_thread(self._manager.pause, require_job_id(request.job_id))
+        job = await asyncio.to_thread(lambda: self._manager.pause(self._job(request.job_id)))
         return epb.PauseExportResponse(job=job)
 
     @handle_errors
     async def ResumeExport(
         self, request: epb.ResumeExportRequest, context: Context
     ) -> epb.ResumeExportResponse:
-        job = await asyncio.to_thread(self._manager.resume, require_job_id(request.job_id))
+        job = await asyncio.to_thread(lambda: self._manager.resume(self._job(request.job_id)))
         return epb.ResumeExportResponse(job=job)
+
+    def _validate_export(self, request: epb.ValidateExportRequest) -> epb.ValidateExportResponse:
+        caller = current_caller()
+        self._check_export(request.sae_id, request.config, caller)
+        return self._estimator.validate(request, owner_for("", caller))
 
     @handle_errors
     async def ValidateExport(
         self, request: epb.ValidateExportRequest, context: Context
     ) -> epb.ValidateExportResponse:
-        return await asyncio.to_thread(self._estimator.validate, request, self._default_owner)
+        return await asyncio.to_thread(self._validate_export, request)
+
+    def _validate_archive(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
+        self._job(request.job_id)
+        return self._archives.validate(request)
 
     @handle_errors
     async def ValidateArchive(
         self, request: epb.ValidateArchiveRequest, context: Context
     ) -> epb.ValidateArchiveResponse:
-        return await asyncio.to_thread(self._archives.validate, request)
+        return await asyncio.to_thread(self._validate_archive, request)
+
+    def _download_url(self, request: epb.GetDownloadUrlRequest) -> epb.GetDownloadUrlResponse:
+        self._job(request.job_id)
+        return download_url(self._store, self._objects, request)
 
     @handle_errors
     async def GetDownloadUrl(
         self, request: epb.GetDownloadUrlRequest, context: Context
     ) -> epb.GetDownloadUrlResponse:
-        return await asyncio.to_thread(download_url, self._store, self._objects, request)
+        return await asyncio.to_thread(self._download_url, request)
+
+    def _download(self, request: epb.DownloadExportRequest) -> Iterator[epb.DownloadExportResponse]:
+        self._job(request.job_id)
+        yield from download_chunks(self._store, self._objects, request)
 
     @handle_errors
     async def DownloadExport(
         self, request: epb.DownloadExportRequest, context: Context
     ) -> AsyncIterator[epb.DownloadExportResponse]:
-        async for chunk in _in_threads(
-            lambda: download_chunks(self._store, self._objects, request)
-        ):
+        async for chunk in _in_threads(lambda: self._download(request)):
             yield chunk
+
+    def _dashboard(
+        self, request: epb.GetFeatureDashboardRequest
+    ) -> epb.GetFeatureDashboardResponse:
+        self._access.sae(request.sae_id, current_caller())
+        return self._dashboards.get(request)
 
     @handle_errors
     async def GetFeatureDashboard(
         self, request: epb.GetFeatureDashboardRequest, context: Context
     ) -> epb.GetFeatureDashboardResponse:
-        return await asyncio.to_thread(self._dashboards.get, request)
+        return await asyncio.to_thread(self._dashboard, request)
+
+    def _presets(self, request: epb.ListPresetsRequest) -> epb.ListPresetsResponse:
+        caller = current_caller()
+        if request.sae_id:
+            self._access.sae(request.sae_id, caller)
+        return self._estimator.list_presets(request, owner_for("", caller))
+
+    @handle_errors
+    async def ListPresets(
+        self, request: epb.ListPresetsRequest, context: Context
+    ) -> epb.ListPresetsResponse:
+        return await asyncio.to_thread(self._presets, request)
 
 
 async def _in_threads(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
-    """Iterates a blocking generator on the thread pool, one item per hop."""
-    iterator = await asyncio.to_thread(make)
+    """Iterates a blocking generator on the thread pool, one item per hop (each hop carries the
+    caller's context, as ``asyncio.to_thread`` does)."""
+    iterator = make()
     done = object()
     while (item := await asyncio.to_thread(next, iterator, done)) is not done:
         yield item  # type: ignore[misc]
