@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from mistudio_common.auth import Credentials, PeerCredentials
 from mistudio_common.dependencies import Dependency, DependencyMonitor, peer
 from mistudio_common.healthcheck import check
 from mistudio_common.server import create_server
 
+LOCAL = Credentials(identities={}, tokens={}, tls=None, peer=PeerCredentials())
+"""No credentials: the loopback, no-setup mode."""
+
 
 def test_health_is_not_serving_while_a_dependency_is_down_and_serving_when_it_is_back() -> None:
-    running = create_server("127.0.0.1:0", [])
+    running = create_server("127.0.0.1:0", [], LOCAL)
     database_up = [True]
 
     def ping() -> None:
@@ -28,9 +32,9 @@ def test_health_is_not_serving_while_a_dependency_is_down_and_serving_when_it_is
 
 
 def test_a_peer_is_down_when_nothing_serves_its_address() -> None:
-    peer_server = create_server("127.0.0.1:0", [])
+    peer_server = create_server("127.0.0.1:0", [], LOCAL)
     address = peer_server.address
-    running = create_server("127.0.0.1:0", [])
+    running = create_server("127.0.0.1:0", [], LOCAL)
     monitor = DependencyMonitor(running.health, [], [peer("store", address)], 60)
     try:
         assert monitor.check_once() == []
