@@ -629,7 +629,9 @@ class ListExportsRequest(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Jobs per page: 0 means 100; at most 1000."""
+    """Jobs per page: 0 means the store's default_page_size (100); at most its
+    max_page_size (1000).
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     sae_id: _builtins.str

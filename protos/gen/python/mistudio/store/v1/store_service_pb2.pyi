@@ -350,7 +350,9 @@ class ListSaesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """SAEs per page: 0 means 100; at most 1000."""
+    """SAEs per page: 0 means the store's default_page_size (100); at most its
+    max_page_size (1000).
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     def __init__(
@@ -505,7 +507,9 @@ class ListFeaturesRequest(_message.Message):
     sae_id: _builtins.str
     """The SAE whose features to list."""
     page_size: _builtins.int
-    """Features per page: 0 means 100; at most 1000."""
+    """Features per page: 0 means the store's default_page_size (100); at most its
+    max_page_size (1000).
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     @_builtins.property
@@ -659,7 +663,9 @@ class ListExplanationsRequest(_message.Message):
     sae_id: _builtins.str
     """The SAE whose explanations to list."""
     page_size: _builtins.int
-    """Explanations per page: 0 means 100; at most 1000."""
+    """Explanations per page: 0 means the store's default_page_size (100); at most its
+    max_page_size (1000).
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     @_builtins.property
@@ -847,7 +853,9 @@ class ListCachedDashboardsRequest(_message.Message):
     sae_id: _builtins.str
     """The SAE the dashboards belong to."""
     page_size: _builtins.int
-    """Entries per page: 0 means 100; at most 1000."""
+    """Entries per page: 0 means the store's default_page_size (100); at most its
+    max_page_size (1000).
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     @_builtins.property
@@ -1192,7 +1200,9 @@ class ListExportJobsRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Jobs per page: 0 means 100; at most 1000."""
+    """Jobs per page: 0 means the store's default_page_size (100); at most its
+    max_page_size (1000).
+    """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
     sae_id: _builtins.str
