@@ -7,6 +7,7 @@ the job (which caches it in the store) and measures what the ComputeResult repor
 
 from __future__ import annotations
 
+import functools
 import resource
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ from mistudio_compute.dashboards import (
     validate_features,
     validate_params,
 )
+from mistudio_compute.dashboards.activation_pass import PassResult
+from mistudio_compute.dashboards.distributed import run_sharded_pass
 from mistudio_compute.jobs import RunHooks, RunStats
 
 if TYPE_CHECKING:
@@ -86,17 +89,43 @@ def run_dashboards(
     )
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
-    passed = run_activation_pass(
-        inputs,
-        state_config(params, inputs.token_text.special_ids),
-        validate_features(features, inputs.encoder.d_sae),
-        batch_size=prepared.batch_rows,
-        checkpoint=Checkpointing(
-            hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
-        ),
-        progress=reporter,
-        cancel=hooks.interrupt,
-    )
+    config = state_config(params, inputs.token_text.special_ids)
+    feats = validate_features(features, inputs.encoder.d_sae)
+    passed: PassResult
+    if prepared.sharding is not None:
+        # Each Ray worker loads its own copy; the local model lock guards this process only.
+        make_inputs = functools.partial(
+            dashboard_inputs,
+            prepared.model,
+            prepared.resolved.sae,
+            prepared.resolved.hook_point,
+            DatasetTokens(dataset),
+        )
+        tokens = dataset.tokens
+        passed = run_sharded_pass(
+            make_inputs,
+            config,
+            feats,
+            rows=range(tokens.shape[0]),
+            seq_len=tokens.shape[1],
+            device=device,
+            sharding=prepared.sharding,
+            batch_size=prepared.batch_rows,
+            progress=reporter,
+            cancel=hooks.interrupt,
+        )
+    else:
+        passed = run_activation_pass(
+            inputs,
+            config,
+            feats,
+            batch_size=prepared.batch_rows,
+            checkpoint=Checkpointing(
+                hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
+            ),
+            progress=reporter,
+            cancel=hooks.interrupt,
+        )
     chunks = finalize_dashboards(
         passed.state,
         inputs,

@@ -92,7 +92,7 @@ def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard
         rows=range(tokens.shape[0]),
         seq_len=tokens.shape[1],
         device=torch.device("cpu"),
-        sharding=Sharding(shards=shards, max_in_flight=2, max_retries=2),
+        sharding=Sharding(address="", shards=shards, max_in_flight=2, max_retries=2),
         batch_size=BATCH,
         **kwargs,
     )

@@ -12,9 +12,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 from mistudio_common.errors import Cancelled, InvalidArgument
 
@@ -28,6 +27,9 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.params import validate_batch_size
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
+if TYPE_CHECKING:
+    import ray
+
 InputsFactory = Callable[[], DashboardInputs]
 """Builds the inputs inside a Ray worker (models and locks are not shipped as live objects)."""
 
@@ -39,6 +41,8 @@ _WAIT_S = 0.2
 class Sharding:
     """How one computation is split over the cluster (the compute service's ``ray_*`` settings)."""
 
+    address: str
+    """The Ray cluster to join when this process has not joined one yet."""
     shards: int = 8
     """Token-range shards per computation (fewer when there are fewer rows)."""
     max_in_flight: int = 4
@@ -101,10 +105,14 @@ def run_sharded_pass(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> PassResult:
-    """The pass over ``rows`` as Ray tasks on the already initialised Ray cluster; the merged
+    """The pass over ``rows`` as Ray tasks on the Ray cluster; the merged
     state is returned on ``device``. Progress counts the tokens of finished shards (monotonic).
     Cancelling cancels the running and queued shards and raises Cancelled."""
+    import ray  # the optional ``ray`` extra: only a configured Ray address needs it
+
     validate_batch_size(batch_size)
+    if not ray.is_initialized():
+        ray.init(address=sharding.address, log_to_driver=False)
     if len(rows) == 0:
         return PassResult(PassState.empty(config, features, seq_len, device), batch_size)
     ranges = shard_ranges(rows, sharding.shards)
