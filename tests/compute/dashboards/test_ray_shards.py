@@ -126,6 +126,12 @@ def test_shards_merged_equal_the_local_pass(shards, inputs, model, relu_sae, tok
     assert_same(sharded(inputs, make, shards), reference)
 
 
+def test_the_order_shards_finish_in_changes_no_bit(tmp_path, inputs, model, relu_sae, tokens):
+    in_order = sharded(inputs, functools.partial(tiny.make_inputs, model, relu_sae, tokens), 7)
+    first_last = PausedOnce(model, relu_sae, tokens, tmp_path / "pid", pause_s=3)
+    assert sharded(inputs, first_last, 7) == in_order  # the first shard, held back, ends last
+
+
 def test_progress_sums_finished_shards_and_never_goes_back(inputs, model, relu_sae, tokens):
     seen: list[tuple[int, int]] = []
 
