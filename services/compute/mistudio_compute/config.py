@@ -42,4 +42,11 @@ class ComputeSettings(SecuritySettings):
     """GPUs each shard asks Ray for (fractions share a GPU)."""
     ray_task_retries: int = 3
     """Re-runs of a shard whose Ray worker died."""
+    finished_job_retention_seconds: float = 86400.0
+    """Finished computations' folders under data_dir/compute/jobs are removed after this long
+    (their dashboards stay cached in the store)."""
+    retention_sweep_seconds: float = 600.0
+    """How often finished job folders are looked for."""
+    health_check_seconds: float = 10.0
+    """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"

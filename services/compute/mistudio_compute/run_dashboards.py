@@ -9,30 +9,34 @@ from __future__ import annotations
 
 import functools
 import resource
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
 from mistudio_compute.dashboards import (
     Checkpointing,
+    DashboardInputs,
+    PassResult,
     Stage,
+    compute_dashboards,
     finalize_dashboards,
-    run_activation_pass,
     state_config,
     validate_features,
     validate_params,
 )
-from mistudio_compute.dashboards.activation_pass import PassResult
-from mistudio_compute.dashboards.distributed import run_sharded_pass
+from mistudio_compute.dashboards.distributed import Sharding, run_sharded_pass
 from mistudio_compute.jobs import RunHooks, RunStats
-
-if TYPE_CHECKING:
-    from mistudio_compute.planning import PreparedDashboards
+from mistudio_compute.model_access import LoadedModel
+from mistudio_compute.sae_source import ResolvedSae
+from mistudio_compute.tokens import TokenDataset
 
 CHECKPOINT_FILE = "pass.safetensors"
 CHUNK_FEATURES = 256
@@ -44,6 +48,26 @@ _PASS_STAGES = {
 }
 _PROTO_PASS_STAGES = {proto for proto, _ in _PASS_STAGES.values()}
 _STAGES_BY_NAME = {stage: ppb.Stage.Value(f"STAGE_{stage.name}") for stage in Stage}
+
+
+@dataclass(frozen=True)
+class PreparedDashboards:
+    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
+
+    sae_id: str
+    params: dpb.DashboardParams
+    feature_indices: Sequence[int]
+    resolved: ResolvedSae
+    model: LoadedModel
+    model_lock: threading.Lock
+    dataset: TokenDataset
+    batch_rows: int
+    checkpoint_every_batches: int
+    sharding: Sharding | None = None
+    """Set when a Ray address is configured: the pass then runs as shards on that cluster."""
+
+    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
+        return run_dashboards(self, features, hooks)
 
 
 class StageReporter:
@@ -78,7 +102,6 @@ def run_dashboards(
 ) -> RunStats:
     """Pass, then finalisation chunk by chunk; raises Cancelled when ``hooks.interrupt`` is set."""
     params = params_from_pb(prepared.params)
-    validate_params(params)
     dataset = prepared.dataset
     inputs = dashboard_inputs(
         prepared.model,
@@ -89,58 +112,74 @@ def run_dashboards(
     )
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
-    config = state_config(params, inputs.token_text.special_ids)
-    feats = validate_features(features, inputs.encoder.d_sae)
-    passed: PassResult
-    if prepared.sharding is not None:
-        # Each Ray worker loads its own copy; the local model lock guards this process only.
-        make_inputs = functools.partial(
-            dashboard_inputs,
-            prepared.model,
-            prepared.resolved.sae,
-            prepared.resolved.hook_point,
-            DatasetTokens(dataset),
-        )
-        tokens = dataset.tokens
-        passed = run_sharded_pass(
-            make_inputs,
-            config,
-            feats,
-            rows=range(tokens.shape[0]),
-            seq_len=tokens.shape[1],
-            device=device,
-            sharding=prepared.sharding,
-            batch_size=prepared.batch_rows,
-            progress=reporter,
-            cancel=hooks.interrupt,
-        )
-    else:
-        passed = run_activation_pass(
+    passed: list[PassResult] = []
+    if prepared.sharding is None:
+        chunks = compute_dashboards(
             inputs,
-            config,
-            feats,
+            params,
+            features=features,
             batch_size=prepared.batch_rows,
+            chunk_size=CHUNK_FEATURES,
             checkpoint=Checkpointing(
                 hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
             ),
             progress=reporter,
             cancel=hooks.interrupt,
+            on_pass=passed.append,
         )
-    chunks = finalize_dashboards(
-        passed.state,
-        inputs,
-        params,
-        chunk_size=CHUNK_FEATURES,
-        progress=reporter,
-        cancel=hooks.interrupt,
-    )
+    else:
+        passed.append(
+            _sharded_pass(prepared, prepared.sharding, params, features, inputs, reporter, hooks)
+        )
+        chunks = finalize_dashboards(
+            passed[0].state,
+            inputs,
+            params,
+            chunk_size=CHUNK_FEATURES,
+            progress=reporter,
+            cancel=hooks.interrupt,
+        )
     for chunk in chunks:
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
         tokens_processed=dataset.n_tokens,
-        final_batch_size=passed.batch_size,
+        final_batch_size=passed[0].batch_size,
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
+    )
+
+
+def _sharded_pass(
+    prepared: PreparedDashboards,
+    sharding: Sharding,
+    params: DashboardParams,
+    features: Sequence[int],
+    inputs: DashboardInputs,
+    reporter: StageReporter,
+    hooks: RunHooks,
+) -> PassResult:
+    """The pass as token-range shards on the Ray cluster; each worker builds its own inputs
+    (the local model lock guards this process only)."""
+    validate_params(params)
+    make_inputs = functools.partial(
+        dashboard_inputs,
+        prepared.model,
+        prepared.resolved.sae,
+        prepared.resolved.hook_point,
+        DatasetTokens(prepared.dataset),
+    )
+    tokens = prepared.dataset.tokens
+    return run_sharded_pass(
+        make_inputs,
+        state_config(params, inputs.token_text.special_ids),
+        validate_features(features, inputs.encoder.d_sae),
+        rows=range(tokens.shape[0]),
+        seq_len=tokens.shape[1],
+        device=inputs.encoder.device,
+        sharding=sharding,
+        batch_size=prepared.batch_rows,
+        progress=reporter,
+        cancel=hooks.interrupt,
     )
 
 
