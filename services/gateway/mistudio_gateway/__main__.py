@@ -1,0 +1,35 @@
+"""``mistudio-gateway --port N --export HOST:PORT``: serves the REST/SSE gateway until stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import uvicorn
+from mistudio_common.logging_setup import configure_logging
+from mistudio_common.service_cli import Flag, parse_settings
+
+from mistudio_gateway.app import create_app
+from mistudio_gateway.config import GatewaySettings
+
+FLAGS = (Flag("--export", "export_address", "export service address"),)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = parse_settings(
+        GatewaySettings,
+        prog="mistudio-gateway",
+        description=__doc__,
+        flags=FLAGS,
+        argv=argv,
+    )
+    configure_logging("gateway", settings.log_level)
+    uvicorn.run(
+        create_app(settings.export_address),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()
