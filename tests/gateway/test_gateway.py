@@ -13,6 +13,7 @@ import httpx
 import pytest
 from google.protobuf import json_format
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_service_pb2 as epb
 
 from tests.export.service.stack import Stack, token_source, write_tokens
 
@@ -112,6 +113,7 @@ def test_status_shows_the_finished_job(client: httpx.Client, sae_id: str, job_id
     assert job["progress"]["state"] == "JOB_STATE_SUCCEEDED"
 
 
+@pytest.mark.slow
 def test_reattaching_with_last_event_id_sends_only_newer_messages(
     client: httpx.Client, sae_id: str, workdir: Any
 ) -> None:
@@ -217,8 +219,6 @@ def test_downloading_an_unfinished_export_is_a_failed_precondition(
         json=start_body(tokens, "gateway-cancelled", n_top_examples=22),
     )
     job = started.json()["job_id"]
-    from mistudio.export.v1 import export_service_pb2 as epb
-
     stack.exports.CancelExport(epb.CancelExportRequest(job_id=job))
     response = client.get(f"/api/v1/saes/{sae_id}/export/neuronpedia/download/{job}")
     assert response.status_code == 400
