@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
 import uuid
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,18 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
-from mistudio_export.cli.connection import Services, connect
+from mistudio_export.cli.connection import Services, connect, job_table, store_only
 from mistudio_export.cli.options import export_config
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
-from mistudio_export.packaging import MANIFEST_NAME, build_archive, verify_archive
+from mistudio_export.formats.neuronpedia_upload import (
+    UploadSettings,
+    payload_files,
+    upload_payloads,
+)
+from mistudio_export.formats.upload_payloads import MANIFEST_FILE
+from mistudio_export.generate import FOLDERS
+from mistudio_export.labels_file import read_labels_file
+from mistudio_export.packaging import MANIFEST_NAME, FormatKind, build_archive, verify_archive
 from mistudio_export.validation import ValidationReport, validate_export
 
 ARCHITECTURES = {
@@ -139,13 +150,18 @@ def _add_explanations(services: Services, sae_id: str, path: Path) -> None:
     )
 
 
+def sae_of(services: Services, args: argparse.Namespace) -> str:
+    """The SAE argument as a registered id: a folder, file or hub location is registered first."""
+    target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
+    looks_like_path = (
+        "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
+    )
+    return register_local_sae(services, target, args) if looks_like_path else str(args.sae)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with connect(args) as services:
-        target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
-        looks_like_path = (
-            "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
-        )
-        sae_id = register_local_sae(services, target, args) if looks_like_path else args.sae
+        sae_id = sae_of(services, args)
         request = epb.StartExportRequest(
             request_id=args.request_id or str(uuid.uuid4()),
             sae_id=sae_id,
@@ -258,10 +274,30 @@ def download(services: Services, job_id: str, destination: Path) -> None:
     print(f"downloaded {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """What an export would compute, how long it would take and how large it would be."""
     with connect(args) as services:
-        job = _call(services.export.GetExport, epb.GetExportRequest(job_id=args.job_id)).job
-        print_job(job, verbose=True)
+        sae_id = sae_of(services, args)
+        response: epb.ValidateExportResponse = _call(
+            services.export.ValidateExport,
+            epb.ValidateExportRequest(sae_id=sae_id, config=export_config(args)),
+        )
+    estimate = response.estimate
+    print(f"Estimate for {sae_id} (no job was created)")
+    print(
+        f"  features:   {estimate.feature_count} "
+        f"(to compute {estimate.features_to_compute}, cached {estimate.features_cached})"
+    )
+    print(f"  time:       ~{format_seconds(estimate.estimated_seconds)}")
+    print(f"  size:       ~{estimate.estimated_size_bytes / 1e6:.1f} MB")
+    for warning in response.warnings:
+        print(f"  note:       {warning}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with job_table(args) as jobs:
+        print_job(_call(jobs.get, args.job_id), verbose=True)
         return 0
 
 
@@ -282,20 +318,11 @@ def print_job(job: epb.ExportJobView, verbose: bool = False) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with connect(args) as services:
-        token = ""
-        while True:
-            page = _call(
-                services.export.ListExports,
-                epb.ListExportsRequest(
-                    page_size=100, page_token=token, sae_id=args.sae_id, owner=args.owner
-                ),
-            )
-            for job in page.jobs:
+    with job_table(args) as jobs:
+        for page in jobs.pages(args.sae_id, args.owner):
+            for job in page:
                 print_job(job)
-            token = page.next_page_token
-            if not token:
-                return 0
+        return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -303,6 +330,86 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         job = _call(services.export.CancelExport, epb.CancelExportRequest(job_id=args.job_id)).job
         print_job(job)
         return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        job = _call(services.export.PauseExport, epb.PauseExportRequest(job_id=args.job_id)).job
+        print_job(job)
+        return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        job = _call(services.export.ResumeExport, epb.ResumeExportRequest(job_id=args.job_id)).job
+        print_job(job)
+        return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    """Sets feature labels and categories in the store; other stored fields stay."""
+    labels = read_labels_file(Path(args.file), flag="FILE")
+    with store_only(args) as store:
+        _call(
+            store.UpsertFeatures,
+            spb.UpsertFeaturesRequest(
+                sae_id=args.sae_id, features=labels.features, update_mask=labels.update_mask
+            ),
+        )
+    print(
+        f"set {' and '.join(labels.update_mask)} of {len(labels.features)} features "
+        f"of {args.sae_id}"
+    )
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Lists (or with --send, posts) an export's upload payloads to Neuronpedia's upload API."""
+    with upload_folder(Path(args.path)) as folder:
+        files = payload_files(folder)
+        if not args.send:
+            for path in files:
+                print(f"would POST {path.name} to {args.base_url}")
+            print("nothing sent; add --send to upload")
+            return 0
+        settings = UploadSettings(
+            api_key=os.environ.get(args.api_key_env, ""), base_url=args.base_url, enabled=True
+        )
+        for result in upload_payloads(folder, settings):
+            print(f"{result.file}: HTTP {result.status}, {result.n_features} features")
+    return 0
+
+
+@contextmanager
+def upload_folder(path: Path) -> Iterator[Path]:
+    """The upload-payloads folder of an archive (extracted), an export folder, or itself."""
+    folder_name = FOLDERS[FormatKind.NEURONPEDIA_UPLOAD]
+    if path.is_dir():
+        nested = path / folder_name
+        yield nested if (nested / MANIFEST_FILE).is_file() else path
+        return
+    if not zipfile.is_zipfile(path):
+        raise InvalidArgument(
+            f"{path} is neither an export archive nor a folder",
+            field="PATH",
+            fix="give the export's .zip, its folder, or its upload-payloads folder",
+        )
+    with tempfile.TemporaryDirectory(prefix="mistudio-upload-") as scratch:
+        with zipfile.ZipFile(path) as archive:
+            members = [
+                name
+                for name in archive.namelist()
+                if f"{folder_name}/" in f"/{name}" and not name.endswith("/")
+            ]
+            archive.extractall(scratch, members)
+        manifests = sorted(Path(scratch).rglob(f"{folder_name}/{MANIFEST_FILE}"))
+        if not manifests:
+            raise InvalidArgument(
+                f"{path} holds no {folder_name}/",
+                field="PATH",
+                fix="export with --format neuronpedia (or both) to get upload payloads",
+            )
+        yield manifests[0].parent
 
 
 def cmd_download(args: argparse.Namespace) -> int:
