@@ -13,12 +13,16 @@ from mistudio_gateway.app import create_app
 
 
 @contextmanager
-def running_gateway(export_address: str) -> Iterator[str]:
+def running_gateway(export_address: str, *, require_credentials: bool = False) -> Iterator[str]:
     """Yields the gateway's base URL (http://127.0.0.1:PORT) until the block ends."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(export_address), log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(export_address, require_credentials=require_credentials),
+        log_level="warning",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -16,6 +16,7 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 
 from tests.export.service.stack import Stack, token_source, write_tokens
+from tests.gateway.server import running_gateway
 
 PROBLEM = "application/problem+json"
 
@@ -238,3 +239,16 @@ def test_openapi_document_lists_the_prd_endpoints(client: httpx.Client) -> None:
         "/api/v1/saes/{sae_id}/export/neuronpedia/events/{job_id}",
     ):
         assert path in paths
+
+
+def test_a_gateway_beyond_loopback_refuses_requests_without_an_identity(
+    stack: Stack, sae_id: str
+) -> None:
+    status = f"/api/v1/saes/{sae_id}/export/neuronpedia/status/no-such-job"
+    with running_gateway(stack.export.address, require_credentials=True) as url:
+        anonymous = httpx.get(url + status)
+        identified = httpx.get(url + status, headers={"Authorization": "Bearer some-token"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert anonymous.json()["grpc_status"] == "UNAUTHENTICATED"
+    assert identified.status_code == 404  # passed on: the service answered

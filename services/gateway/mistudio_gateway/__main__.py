@@ -1,7 +1,11 @@
-"""``mistudio-gateway --port N --export HOST:PORT``: serves the REST/SSE gateway until stopped."""
+"""``mistudio-gateway --port N --export HOST:PORT``: serves the REST/SSE gateway until stopped.
+
+Listening beyond loopback, it refuses requests without an Authorization header to pass on.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 import uvicorn
@@ -14,6 +18,13 @@ from mistudio_gateway.config import GatewaySettings
 FLAGS = (Flag("--export", "export_address", "export service address"),)
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = parse_settings(
         GatewaySettings,
@@ -24,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     configure_logging("gateway", settings.log_level)
     uvicorn.run(
-        create_app(settings.export_address),
+        create_app(settings.export_address, require_credentials=not is_loopback(settings.host)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

@@ -2,7 +2,9 @@
 
 Every route is a thin adapter over one export-service RPC. The caller's ``Authorization`` header
 travels on as gRPC metadata, so the service authenticates and authorizes the caller exactly as
-it would a gRPC client; the gateway holds no credentials of its own.
+it would a gRPC client; the gateway holds no credentials of its own. A service without
+credentials trusts every loopback caller, and the gateway is one: so a gateway reachable from
+other hosts (``require_credentials``) refuses requests that carry no identity to pass on.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from mistudio_common.server import CHANNEL_OPTIONS
 
 from mistudio_gateway.events import parse_last_event_id, progress_events
 from mistudio_gateway.messages import ProblemError, from_json, to_json
-from mistudio_gateway.problems import PROBLEM_MEDIA_TYPE, bad_request, not_found, problem_from_rpc
+from mistudio_gateway.problems import (
+    PROBLEM_MEDIA_TYPE,
+    Problem,
+    bad_request,
+    not_found,
+    problem_from_rpc,
+)
 
 API = "/api/v1"
 EXPORTS = API + "/saes/{sae_id}/export/neuronpedia"
@@ -47,7 +55,7 @@ def metadata(request: Request) -> tuple[tuple[str, str], ...]:
     )
 
 
-def create_app(export_address: str) -> FastAPI:
+def create_app(export_address: str, *, require_credentials: bool = False) -> FastAPI:
     """The ASGI app; its gRPC channel to ``export_address`` lives as long as the app runs."""
 
     @asynccontextmanager
@@ -83,6 +91,17 @@ def create_app(export_address: str) -> FastAPI:
         ).response()
 
     def exports(request: Request) -> egrpc.ExportServiceStub:
+        if require_credentials and "authorization" not in request.headers:
+            raise ProblemError(
+                Problem(
+                    status=401,
+                    code="UNAUTHENTICATED",
+                    detail="this gateway passes each caller's identity to the export service, "
+                    "and the request carries none",
+                    field="authorization",
+                    fix="send an 'Authorization: Bearer <token>' header",
+                )
+            )
         stub: egrpc.ExportServiceStub = request.app.state.exports
         return stub
 

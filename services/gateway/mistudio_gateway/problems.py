@@ -66,7 +66,10 @@ class Problem:
         return body
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, media_type=PROBLEM_MEDIA_TYPE)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(
+            self.body(), status_code=self.status, media_type=PROBLEM_MEDIA_TYPE, headers=headers
+        )
 
 
 def problem_from_rpc(error: grpc.RpcError) -> Problem:
