@@ -143,7 +143,15 @@ def create_app(export_address: str, *, require_credentials: bool = False) -> Fas
             first = await stream.read()
         finally:
             stream.cancel()  # the job runs on in the service; this only drops our watch
-        assert isinstance(first, epb.ExportProgress)
+        if not isinstance(first, epb.ExportProgress):
+            raise ProblemError(
+                Problem(
+                    status=503,
+                    code="UNAVAILABLE",
+                    detail="the export service ended the start stream without a message",
+                    fix="retry with the same request_id: it re-attaches to the same job",
+                )
+            )
         job_id = first.progress.job_id
         links = job_links(sae_id, job_id)
         return JSONResponse(
