@@ -22,7 +22,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.cli.main import build_parser, main
-from mistudio_export.cli.options import token_source
+from mistudio_export.cli.options import model_reference, token_source
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 
 from tests.export.formats.builders import dashboard, naming
@@ -120,6 +120,10 @@ def test_relative_paths_are_made_absolute_before_they_are_sent(
     ]
     args = build_parser().parse_args(["run", "s", "--tokens", "tokens.npy"])
     assert token_source(args).token_file == str(tmp_path / "tokens.npy")
+    assert model_reference("llama2c:m/stories.bin?tokenizer=tok.bin") == (
+        f"llama2c:{tmp_path / 'm' / 'stories.bin'}?tokenizer={tmp_path / 'tok.bin'}"
+    )
+    assert model_reference("gpt2-small") == "gpt2-small"
 
 
 def test_service_errors_name_the_cli_flag_not_the_proto_field(

@@ -25,7 +25,7 @@ from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, Mi
 from mistudio_common.grpc_errors import error_from_rpc
 
 from mistudio_export.cli.connection import Services, connect, job_table, store_only
-from mistudio_export.cli.options import export_config
+from mistudio_export.cli.options import export_config, model_reference
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
 from mistudio_export.formats.neuronpedia_upload import (
     UploadSettings,
@@ -75,12 +75,13 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
             field="SAE",
             fix="give a SAELens folder (cfg.json + sae_weights.safetensors) or a registered SAE id",
         )
+    model = model_reference(args.model)
     info: cpb.ValidateSaeResponse = _call(
         compute.ValidateSae,
         cpb.ValidateSaeRequest(
-            sae=cpb.SaeReference(files=cpb.SaeFiles(path=location, model_id=args.model)),
+            sae=cpb.SaeReference(files=cpb.SaeFiles(path=location, model_id=model)),
             hook_point=args.hook,
-            model_id=args.model,
+            model_id=model,
         ),
     )
     sae_id = args.sae_id or sae_id_for(path)

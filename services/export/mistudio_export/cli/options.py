@@ -8,7 +8,7 @@ into the flag a person typed. Paths are made absolute here: the services may run
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -194,7 +194,8 @@ def parse_selection(spec: str) -> epb.FeatureSelection:
 
 
 def absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    """Against this shell's working directory; links stay as the user named them."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def model_reference(model: str) -> str:
