@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -211,3 +212,13 @@ def test_a_gateway_beyond_loopback_refuses_requests_without_an_identity(
     assert anonymous.headers["www-authenticate"] == "Bearer"
     assert anonymous.json()["grpc_status"] == "UNAUTHENTICATED"
     assert identified.status_code == 404  # passed on: the service answered
+
+
+def test_an_unreachable_export_service_is_503() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening
+        with running_gateway(address) as url:
+            response = httpx.get(f"{url}/api/v1/saes/s/export/neuronpedia/status/j")
+    assert response.status_code == 503
+    assert response.json()["grpc_status"] == "UNAVAILABLE"
