@@ -22,6 +22,7 @@ from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_export.cli import commands
 from mistudio_export.cli.connection import add_connection_options
 from mistudio_export.cli.options import add_export_options, flag_for
+from mistudio_export.cli.preview_command import add_preview_command
 from mistudio_export.formats.neuronpedia_upload import API_KEY_ENV, DEFAULT_BASE_URL
 
 EPILOG_RUN = """examples:
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--output", default="", metavar="ZIP")
     download.add_argument("--url", action="store_true", help="print a presigned URL instead")
     download.add_argument("--expiry", type=int, default=3600, help="URL lifetime in seconds")
+
+    add_preview_command(sub)
 
     serve = command(
         "serve",
