@@ -63,5 +63,7 @@ def test_progress_page_shows_an_export_running_to_completion(
     assert state.get_attribute("data-state") == "SUCCEEDED"
     assert chromium.find_element(By.ID, "percent").text == "100.0%"
     assert chromium.find_element(By.ID, "result").text.startswith("32 features")
+    link = chromium.find_element(By.ID, "download").get_attribute("href")
+    assert httpx.get(link, timeout=60).content.startswith(b"PK")  # the archive itself
     stage_rows = chromium.find_elements(By.CSS_SELECTOR, "#stages tr")
     assert stage_rows and all("succeeded" in row.text for row in stage_rows)

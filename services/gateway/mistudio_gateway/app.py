@@ -316,10 +316,14 @@ def create_app(export_address: str, *, require_credentials: bool = False) -> Fas
         summary="A page that follows an export's progress live",
     )
     async def progress_page(sae_id: str, job_id: str) -> HTMLResponse:
-        events = job_links(sae_id, job_id)["events"]
-        page = PROGRESS_PAGE.replace("{{events}}", _attribute(events)).replace(
-            "{{job_id}}", _attribute(job_id)
-        )
+        links = job_links(sae_id, job_id)
+        page = PROGRESS_PAGE
+        for name, value in (
+            ("events", links["events"]),
+            ("download", links["download"]),
+            ("job_id", job_id),
+        ):
+            page = page.replace("{{" + name + "}}", _attribute(value))
         return HTMLResponse(page)
 
     return app
