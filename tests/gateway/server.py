@@ -7,19 +7,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from mistudio_gateway.app import create_app
 
 
 @contextmanager
-def running_gateway(export_address: str, *, require_credentials: bool = False) -> Iterator[str]:
-    """Yields the gateway's base URL (http://127.0.0.1:PORT) until the block ends."""
+def running_gateway(export_address: str, **options: Any) -> Iterator[str]:
+    """Yields the gateway's base URL (http://127.0.0.1:PORT) until the block ends.
+
+    ``options`` are create_app's keyword arguments."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(export_address, require_credentials=require_credentials),
+        create_app(export_address, **options),
         log_level="warning",
         lifespan="on",
     )

@@ -222,3 +222,20 @@ def test_an_unreachable_export_service_is_503() -> None:
             response = httpx.get(f"{url}/api/v1/saes/s/export/neuronpedia/status/j")
     assert response.status_code == 503
     assert response.json()["grpc_status"] == "UNAVAILABLE"
+
+
+def test_a_quiet_progress_stream_sends_keepalive_comments(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    with (
+        running_gateway(stack.export.address, keepalive_seconds=0.01) as url,
+        httpx.Client(base_url=url, timeout=120) as client,
+    ):
+        started = client.post(
+            f"/api/v1/saes/{sae_id}/export/neuronpedia",
+            json=start_body(tokens, "gateway-keepalive", n_top_examples=23),
+        )
+        with client.stream("GET", started.json()["links"]["events"]) as response:
+            lines = list(response.iter_lines())
+    assert ": keepalive" in lines
+    assert [line for line in lines if line.startswith("event:")][-1] == "event: end"

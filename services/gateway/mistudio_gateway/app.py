@@ -23,7 +23,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.server import CHANNEL_OPTIONS
 
-from mistudio_gateway.events import parse_last_event_id, progress_events
+from mistudio_gateway.events import KEEPALIVE_SECONDS, parse_last_event_id, progress_events
 from mistudio_gateway.messages import ProblemError, from_json, to_json
 from mistudio_gateway.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -55,7 +55,12 @@ def metadata(request: Request) -> tuple[tuple[str, str], ...]:
     )
 
 
-def create_app(export_address: str, *, require_credentials: bool = False) -> FastAPI:
+def create_app(
+    export_address: str,
+    *,
+    require_credentials: bool = False,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+) -> FastAPI:
     """The ASGI app; its gRPC channel to ``export_address`` lives as long as the app runs."""
 
     @asynccontextmanager
@@ -186,7 +191,7 @@ def create_app(export_address: str, *, require_credentials: bool = False) -> Fas
         )
         seen = after if after is not None else parse_last_event_id(last_event_id)
         return StreamingResponse(
-            progress_events(watch, seen),
+            progress_events(watch, seen, keepalive_seconds),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
