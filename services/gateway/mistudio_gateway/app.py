@@ -60,12 +60,19 @@ def create_app(
     *,
     require_credentials: bool = False,
     keepalive_seconds: float = KEEPALIVE_SECONDS,
+    tls_ca: bytes | None = None,
 ) -> FastAPI:
-    """The ASGI app; its gRPC channel to ``export_address`` lives as long as the app runs."""
+    """The ASGI app; its gRPC channel to ``export_address`` (TLS when ``tls_ca`` is given, to
+    check the service's certificate) lives as long as the app runs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with grpc.aio.insecure_channel(export_address, options=CHANNEL_OPTIONS) as channel:
+        if tls_ca is None:
+            channel = grpc.aio.insecure_channel(export_address, options=CHANNEL_OPTIONS)
+        else:
+            tls = grpc.ssl_channel_credentials(root_certificates=tls_ca)
+            channel = grpc.aio.secure_channel(export_address, tls, options=CHANNEL_OPTIONS)
+        async with channel:
             app.state.exports = egrpc.ExportServiceStub(channel)
             yield
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,4 +16,7 @@ class GatewaySettings(BaseSettings):
     """HTTP port; 0 picks a free one."""
     export_address: str = "127.0.0.1:50053"
     """Where the export service listens; every request is answered through it."""
+    tls_ca_file: Path | None = None
+    """PEM CA that signed the export service's certificate; turns TLS on. The gateway presents
+    no client certificate: it must never become an identity that callers act as."""
     log_level: str = "INFO"

@@ -161,11 +161,8 @@ class JobTable:
 def store_only(args: argparse.Namespace) -> Iterator[sgrpc.StoreServiceStub]:
     """The store at --store-address, or one started alone on the local data folder."""
     if args.store_address:
-        channel = open_channel(args.store_address, remote_credentials(args))
-        try:  # not `with … as`: an intercepted channel's __enter__ returns the bare channel
+        with open_channel(args.store_address, remote_credentials(args)) as channel:
             yield sgrpc.StoreServiceStub(channel)
-        finally:
-            channel.close()
         return
     if args.export_address:
         raise InvalidArgument(
@@ -190,11 +187,8 @@ def store_only(args: argparse.Namespace) -> Iterator[sgrpc.StoreServiceStub]:
 def job_table(args: argparse.Namespace) -> Iterator[JobTable]:
     """The export service when one is named (it knows live progress), else the local store."""
     if args.export_address:
-        channel = open_channel(args.export_address, remote_credentials(args))
-        try:
+        with open_channel(args.export_address, remote_credentials(args)) as channel:
             yield JobTable(export=egrpc.ExportServiceStub(channel), store=None)
-        finally:
-            channel.close()
         return
     with store_only(args) as store:
         yield JobTable(export=None, store=store)
