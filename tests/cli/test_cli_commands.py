@@ -98,6 +98,15 @@ def test_help_shows_the_services_dashboard_defaults(capsys: pytest.CaptureFixtur
     assert "--top-tokens TOP_TOKENS (default: 20)" in help_text
 
 
+def test_help_never_shows_the_token_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISTUDIO_TOKEN", "tok-secret-4711")
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    assert "tok-secret-4711" not in capsys.readouterr().out
+
+
 def test_text_together_with_tokens_is_an_error_naming_the_flag(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

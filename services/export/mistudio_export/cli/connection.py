@@ -64,8 +64,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--token",
         default=os.environ.get("MISTUDIO_TOKEN", ""),
-        help="bearer token for remote services (env MISTUDIO_TOKEN; prefer the variable: "
-        "arguments show in process lists)",
+        help="bearer token for remote services (default: env MISTUDIO_TOKEN, never shown; "
+        "prefer the variable: arguments show in process lists)",
     )
     group.add_argument(
         "--tls-ca",
