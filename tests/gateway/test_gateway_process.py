@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -36,3 +37,15 @@ def test_gateway_process_serves_the_api_of_the_export_service_it_is_given(
         process.wait(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_an_unreadable_ca_file_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mistudio_gateway", "--tls-ca", str(tmp_path / "missing.pem")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error [tls_ca_file]:"), result.stderr
+    assert "Traceback" not in result.stderr and "MISTUDIO_GATEWAY_TLS_CA_FILE" in result.stderr

@@ -6,6 +6,7 @@ Listening beyond loopback, it refuses requests without an Authorization header t
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,10 +53,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv=argv,
     )
     configure_logging("gateway", settings.log_level)
+    try:
+        tls_ca = read_ca(settings.tls_ca_file)
+    except InvalidArgument as error:  # a bad setting: one line naming it, not a traceback
+        print(f"error [{error.field}]: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     app = create_app(
         settings.export_address,
         require_credentials=not is_loopback(settings.host),
-        tls_ca=read_ca(settings.tls_ca_file),
+        tls_ca=tls_ca,
     )
     uvicorn.run(
         app,
