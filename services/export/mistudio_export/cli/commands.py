@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
 import uuid
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +24,8 @@ from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_export.cli.connection import Services, connect, job_table, store_only
 from mistudio_export.cli.options import export_config, model_reference, token_source
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
-from mistudio_export.formats.neuronpedia_upload import (
-    UploadSettings,
-    payload_files,
-    upload_payloads,
-)
-from mistudio_export.formats.upload_payloads import MANIFEST_FILE
-from mistudio_export.generate import FOLDERS
 from mistudio_export.labels_file import read_labels_file
-from mistudio_export.packaging import MANIFEST_NAME, FormatKind, build_archive, verify_archive
+from mistudio_export.packaging import MANIFEST_NAME, build_archive, verify_archive
 from mistudio_export.validation import ValidationReport, validate_export
 
 ARCHITECTURES = {
@@ -362,55 +352,6 @@ def cmd_labels(args: argparse.Namespace) -> int:
         f"of {args.sae_id}"
     )
     return 0
-
-
-def cmd_upload(args: argparse.Namespace) -> int:
-    """Lists (or with --send, posts) an export's upload payloads to Neuronpedia's upload API."""
-    with upload_folder(Path(args.path)) as folder:
-        files = payload_files(folder)
-        if not args.send:
-            for path in files:
-                print(f"would POST {path.name} to {args.base_url}")
-            print("nothing sent; add --send to upload")
-            return 0
-        settings = UploadSettings(
-            api_key=os.environ.get(args.api_key_env, ""), base_url=args.base_url, enabled=True
-        )
-        for result in upload_payloads(folder, settings):
-            print(f"{result.file}: HTTP {result.status}, {result.n_features} features")
-    return 0
-
-
-@contextmanager
-def upload_folder(path: Path) -> Iterator[Path]:
-    """The upload-payloads folder of an archive (extracted), an export folder, or itself."""
-    folder_name = FOLDERS[FormatKind.NEURONPEDIA_UPLOAD]
-    if path.is_dir():
-        nested = path / folder_name
-        yield nested if (nested / MANIFEST_FILE).is_file() else path
-        return
-    if not zipfile.is_zipfile(path):
-        raise InvalidArgument(
-            f"{path} is neither an export archive nor a folder",
-            field="PATH",
-            fix="give the export's .zip, its folder, or its upload-payloads folder",
-        )
-    with tempfile.TemporaryDirectory(prefix="mistudio-upload-") as scratch:
-        with zipfile.ZipFile(path) as archive:
-            members = [
-                name
-                for name in archive.namelist()
-                if f"{folder_name}/" in f"/{name}" and not name.endswith("/")
-            ]
-            archive.extractall(scratch, members)
-        manifests = sorted(Path(scratch).rglob(f"{folder_name}/{MANIFEST_FILE}"))
-        if not manifests:
-            raise InvalidArgument(
-                f"{path} holds no {folder_name}/",
-                field="PATH",
-                fix="export with --format neuronpedia (or both) to get upload payloads",
-            )
-        yield manifests[0].parent
 
 
 def cmd_download(args: argparse.Namespace) -> int:

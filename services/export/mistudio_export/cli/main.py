@@ -19,11 +19,10 @@ import grpc
 from mistudio_common.errors import MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
-from mistudio_export.cli import commands
+from mistudio_export.cli import commands, upload_command
 from mistudio_export.cli.connection import add_connection_options
 from mistudio_export.cli.options import add_export_options, add_token_options, flag_for
 from mistudio_export.cli.preview_command import add_preview_command
-from mistudio_export.formats.neuronpedia_upload import API_KEY_ENV, DEFAULT_BASE_URL
 
 EPILOG_RUN = """examples:
   mistudio-export run ./my-sae --model gpt2-small --text corpus.txt
@@ -156,16 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     upload = command(
         "upload",
         "send an export's upload payloads to Neuronpedia's upload API (lists them without --send)",
-        commands.cmd_upload,
-        "examples:\n  mistudio-export upload export.zip\n"
-        "  NEURONPEDIA_API_KEY=… mistudio-export upload export.zip --send",
+        upload_command.cmd_upload,
+        upload_command.EPILOG,
     )
-    upload.add_argument("path", metavar="PATH", help="export .zip, export folder or its payloads")
-    upload.add_argument("--send", action="store_true", help="really send (default: list only)")
-    upload.add_argument("--base-url", default=DEFAULT_BASE_URL, help="Neuronpedia's API root")
-    upload.add_argument(
-        "--api-key-env", default=API_KEY_ENV, help="environment variable holding the API key"
-    )
+    upload_command.add_upload_arguments(upload)
 
     download = command(
         "download",
