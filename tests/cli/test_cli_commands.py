@@ -167,7 +167,7 @@ def test_labels_from_csv_set_labels_and_categories(
     labels.write_text("feature_index,label,category\n3,dog names,animals\n7,numbers,\n")
     code, out, err = run_cli(capsys, "labels", sae_id, str(labels), *addresses(stack))
     assert code == 0, err
-    assert out.strip() == f"set label and category of 2 features of {sae_id}"
+    assert out.strip() == f"set the labels and categories of 2 features of {sae_id}"
     stored = stack.records.ListFeatures(spb.ListFeaturesRequest(sae_id=sae_id)).features
     assert {(f.feature_index, f.label, f.category) for f in stored} >= {
         (3, "dog names", "animals"),
@@ -175,17 +175,28 @@ def test_labels_from_csv_set_labels_and_categories(
     }
 
 
-def test_labels_from_json_keep_the_stored_categories(
+def test_labels_from_json_replace_earlier_ones(
     capsys: pytest.CaptureFixture[str], stack: Stack, sae_id: str, tmp_path: Path
 ) -> None:
     first = tmp_path / "first.csv"
     first.write_text("feature_index,label,category\n11,old,kept\n")
     assert run_cli(capsys, "labels", sae_id, str(first), *addresses(stack))[0] == 0
     labels = tmp_path / "labels.json"
-    labels.write_text(json.dumps([{"feature_index": 11, "label": "new"}]))
+    labels.write_text(json.dumps([{"feature_index": 11, "label": "new", "category": "c"}]))
     assert run_cli(capsys, "labels", sae_id, str(labels), *addresses(stack))[0] == 0
     stored = stack.records.ListFeatures(spb.ListFeaturesRequest(sae_id=sae_id)).features
-    assert [(f.label, f.category) for f in stored if f.feature_index == 11] == [("new", "kept")]
+    assert [(f.label, f.category) for f in stored if f.feature_index == 11] == [("new", "c")]
+
+
+def test_labels_outside_the_sae_are_refused_before_anything_is_stored(
+    capsys: pytest.CaptureFixture[str], stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("feature_index,label\n1,fine\n999,too far\n")
+    code, _, err = run_cli(capsys, "labels", sae_id, str(labels), *addresses(stack))
+    assert code == 2 and "999" in err
+    stored = stack.records.ListFeatures(spb.ListFeaturesRequest(sae_id=sae_id)).features
+    assert "fine" not in {f.label for f in stored}
 
 
 def test_a_bad_labels_file_is_one_line_naming_it(
@@ -321,3 +332,15 @@ def test_upload_backs_off_on_429_and_sends_every_payload(
     assert neuronpedia.requests == [("/api/feature/upload-batch", "secret")] * 3
     assert "upload-batch-0.json: HTTP 200, 128 features" in out
     assert "upload-batch-1.json: HTTP 200, 2 features" in out
+
+
+@pytest.mark.slow
+def test_run_of_a_registered_sae_needs_only_the_export_address(
+    capsys: pytest.CaptureFixture[str], stack: Stack, sae_id: str, tokens_file: Path
+) -> None:
+    code, out, err = run_cli(
+        capsys, "run", sae_id, "--tokens", str(tokens_file), "--features", "0:4",
+        "--export-address", stack.export.address,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "complete" in out

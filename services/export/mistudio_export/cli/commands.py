@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
+from mistudio_export.cli.annotations import LABEL_MASK, Annotations, read_annotations
 from mistudio_export.cli.connection import Services, connect, job_table, store_only
 from mistudio_export.cli.options import export_config, model_reference, token_source
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
-from mistudio_export.labels_file import read_labels_file
 from mistudio_export.packaging import MANIFEST_NAME, build_archive, verify_archive
 from mistudio_export.validation import ValidationReport, validate_export
 
@@ -53,8 +53,11 @@ HUB_PREFIXES = ("hf://", "saelens://")
 """SAE locations the compute service downloads from the HuggingFace hub (sae/hub.py)."""
 
 
-def register_local_sae(services: Services, path: Path | str, args: argparse.Namespace) -> str:
-    """Registers a SAELens folder, safetensors file or hub location; returns its sae_id."""
+def register_local_sae(
+    services: Services, path: Path | str, args: argparse.Namespace, notes: Annotations
+) -> str:
+    """Registers a SAELens folder, safetensors file or hub location; returns its sae_id.
+    ``notes`` are checked against the SAE before it is stored."""
     store, compute = services.require_store_and_compute()
     on_hub = str(path).startswith(HUB_PREFIXES)
     location = str(path) if on_hub else str(Path(path).resolve())
@@ -74,6 +77,7 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
             model_id=model,
         ),
     )
+    notes.check(info.d_sae)
     sae_id = args.sae_id or sae_id_for(path)
     sae = spb.Sae(
         sae_id=sae_id,
@@ -89,9 +93,7 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
         _fill_training_info(sae, path)
     try:
         _call(store.CreateSae, spb.CreateSaeRequest(sae=sae))
-        created = True
     except AlreadyExists:
-        created = False
         existing = _call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae
         if existing.weights_uri != sae.weights_uri:
             raise InvalidArgument(
@@ -99,8 +101,6 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
                 field="--sae-id",
                 fix="choose another --sae-id",
             ) from None
-    if args.explanations and created:
-        _add_explanations(services, sae_id, Path(args.explanations))
     return sae_id
 
 
@@ -125,29 +125,45 @@ def _fill_training_info(sae: spb.Sae, path: Path) -> None:
         return
 
 
-def _add_explanations(services: Services, sae_id: str, path: Path) -> None:
+def store_annotations(services: Services, sae_id: str, notes: Annotations) -> None:
+    """Labels and explanations, each batch all-or-nothing; given again, they update, never
+    duplicate (the store matches explanations by feature, method, model and text)."""
+    if not (notes.labels or notes.explanations):
+        return  # nothing to store: a run through --export-address alone needs no store
     store, _ = services.require_store_and_compute()
-    try:
-        rows = json.loads(path.read_text())
-        explanations = [json_format.ParseDict(row, spb.Explanation()) for row in rows]
-    except (OSError, ValueError, json_format.ParseError) as error:
-        raise InvalidArgument(
-            f"cannot read explanations from {path}: {error}",
-            field="--explanations",
-            fix='give a JSON list of {"feature_index", "description", "method", ...} objects',
-        ) from None
-    _call(
-        store.AddExplanations, spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
-    )
+    store_labels(store, sae_id, notes)
+    if notes.explanations:
+        explanations = [e for _, e in notes.explanations]
+        add = spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
+        _call(store.AddExplanations, add)
+
+
+def store_labels(store: sgrpc.StoreServiceStub, sae_id: str, notes: Annotations) -> None:
+    """Labels and categories only: the features' statistics stay as stored."""
+    if notes.labels:
+        request = spb.UpsertFeaturesRequest(
+            sae_id=sae_id, features=list(notes.labels.values()), update_mask=list(LABEL_MASK)
+        )
+        _call(store.UpsertFeatures, request)
 
 
 def sae_of(services: Services, args: argparse.Namespace) -> str:
-    """The SAE argument as a registered id: a folder, file or hub location is registered first."""
+    """The SAE argument as a registered id (a folder, file or hub location is registered first),
+    with the --labels and --explanations given stored for it."""
     target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
     looks_like_path = (
         "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
     )
-    return register_local_sae(services, target, args) if looks_like_path else str(args.sae)
+    notes = read_annotations(args.labels, args.explanations)
+    if looks_like_path:
+        sae_id = register_local_sae(services, target, args, notes)
+    else:
+        sae_id = str(args.sae)
+        if notes.labels or notes.explanations:
+            store, _ = services.require_store_and_compute()
+            notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae.d_sae)
+    store_annotations(services, sae_id, notes)
+    return sae_id
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -292,6 +308,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
+def print_summary(job: epb.ExportJobSummary) -> None:
+    print(
+        f"{job.job_id}  {state_label(job.state):<9}  {job.fraction * 100:5.1f}%  "
+        f"sae={job.sae_id}  owner={job.owner}  {job.config_summary}"
+    )
+
+
 def print_job(job: epb.ExportJobView, verbose: bool = False) -> None:
     progress = job.progress
     print(
@@ -311,8 +334,8 @@ def print_job(job: epb.ExportJobView, verbose: bool = False) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     with job_table(args) as jobs:
         for page in jobs.pages(args.sae_id, args.owner):
-            for job in page:
-                print_job(job)
+            for summary in page:
+                print_summary(summary)
         return 0
 
 
@@ -338,20 +361,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    """Sets feature labels and categories in the store; other stored fields stay."""
-    labels = read_labels_file(Path(args.file), flag="FILE")
+    """Sets feature labels and categories, read as `run --labels` reads them."""
+    try:
+        notes = read_annotations(args.file, "")
+    except InvalidArgument as error:  # the file is this command's FILE, not run's --labels
+        raise InvalidArgument(error.message, field="FILE", fix=error.fix) from None
     with store_only(args) as store:
-        _call(
-            store.UpsertFeatures,
-            spb.UpsertFeaturesRequest(
-                sae_id=args.sae_id, features=labels.features, update_mask=labels.update_mask
-            ),
-        )
-    print(
-        f"set {' and '.join(labels.update_mask)} of {len(labels.features)} features "
-        f"of {args.sae_id}"
-    )
+        notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=args.sae_id)).sae.d_sae)
+        store_labels(store, args.sae_id, notes)
+    print(f"set the labels and categories of {len(notes.labels)} features of {args.sae_id}")
     return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        _call(services.export.DeleteExport, epb.DeleteExportRequest(job_id=args.job_id))
+        print(f"deleted export {args.job_id}")
+        return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:

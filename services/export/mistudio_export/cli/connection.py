@@ -121,7 +121,7 @@ def remote_credentials(args: argparse.Namespace) -> PeerCredentials:
 
 @dataclass
 class JobTable:
-    """Export jobs as ExportJobViews, from the export service or straight from a store."""
+    """Export jobs (views, and summaries for lists), from the export service or a store."""
 
     export: egrpc.ExportServiceStub | None
     store: sgrpc.StoreServiceStub | None
@@ -133,7 +133,7 @@ class JobTable:
         stored = self.store.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job
         return views.view_of(stored)
 
-    def pages(self, sae_id: str, owner: str) -> Iterator[list[epb.ExportJobView]]:
+    def pages(self, sae_id: str, owner: str) -> Iterator[list[epb.ExportJobSummary]]:
         token = ""
         while True:
             if self.export is not None:
@@ -143,6 +143,7 @@ class JobTable:
                     )
                 )
                 yield list(page.jobs)
+                token = page.next_page_token
             else:
                 assert self.store is not None
                 stored = self.store.ListExportJobs(
@@ -150,9 +151,8 @@ class JobTable:
                         page_size=100, page_token=token, sae_id=sae_id, owner=owner
                     )
                 )
-                page = stored
-                yield [views.view_of(job) for job in stored.jobs]
-            token = page.next_page_token
+                yield [views.summary_of(job) for job in stored.jobs]
+                token = stored.next_page_token
             if not token:
                 return
 

@@ -46,7 +46,12 @@ def _add_sae_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hook", default="", help="hook point, e.g. blocks.2.hook_resid_post")
     parser.add_argument("--sae-id", default="", help="id to register a local folder under")
-    parser.add_argument("--explanations", default="", metavar="JSON", help="explanations to add")
+    parser.add_argument(
+        "--explanations", default="", metavar="JSON", help="explanations to add or update"
+    )
+    parser.add_argument(
+        "--labels", default="", metavar="FILE", help="feature labels and categories (CSV or JSON)"
+    )
     add_export_options(parser)
 
 
@@ -159,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         upload_command.EPILOG,
     )
     upload_command.add_upload_arguments(upload)
+
+    delete = command(
+        "delete",
+        "delete an export job and its archive (a job still running is cancelled first)",
+        commands.cmd_delete,
+    )
+    delete.add_argument("job_id")
 
     download = command(
         "download",
