@@ -53,9 +53,12 @@ def ensure_their_venv() -> str:
     return "" if subprocess.run(probe).returncode == 0 else "sae_dashboard does not import"
 
 
-def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
+def timed(
+    cmd: list[str], cwd: Path, threads: int, extra_env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS MB) of that process alone."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env |= extra_env or {}
     rss_file = cwd / "rss.txt"
     started = time.perf_counter()
     done = subprocess.run(
@@ -68,13 +71,18 @@ def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
     return wall, int(rss_file.read_text().split()[-1]) / 1024
 
 
-def run_ours(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_ours(
+    inputs: BenchInputs,
+    args: argparse.Namespace,
+    work: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     out = work / "ours.json"
     cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model.model_ref]
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
     cmd += ["--context", str(inputs.context), "--n-examples", str(args.n_examples)]
     cmd += ["--logit-k", str(args.logit_k), "--bins", str(args.bins), "--device", args.device]
-    wall, rss = timed([*cmd, "--out", str(out)], work, args.threads)
+    wall, rss = timed([*cmd, "--out", str(out)], work, args.threads, extra_env)
     return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
 
 
@@ -110,6 +118,33 @@ def compare(
             wall, rss = runs[-1]["wall_s"], runs[-1]["peak_rss_mb"]
             print(f"d_sae {d_sae} pair {pair} {side}: {wall:.1f}s {rss:.0f}MB")
     return {"inputs": inputs, "ours": ours, "theirs": theirs}
+
+
+def ray_overhead(args: argparse.Namespace, inputs: BenchInputs, scratch: Path) -> dict[str, Any]:
+    """Ours on the local path, then with its pass as ``--ray`` shards on a Ray cluster started on
+    this machine: the wall time sharding adds (on a few cores the point is the overhead)."""
+    ray_env = {
+        "MISTUDIO_COMPUTE_RAY_ADDRESS": "local",
+        "MISTUDIO_COMPUTE_RAY_SHARDS": str(args.ray),
+        "MISTUDIO_COMPUTE_RAY_MAX_SHARDS_IN_FLIGHT": str(args.ray),
+    }
+    runs = {}
+    for side, env in (("local", None), ("ray", ray_env)):
+        work = Path(tempfile.mkdtemp(prefix=f"ray-overhead-{side}-", dir=scratch))
+        runs[side] = run_ours(inputs, args, work, env)
+        print(f"ray overhead {side}: {runs[side]['wall_s']:.1f}s")
+    local, ray = runs["local"], runs["ray"]
+    return {
+        "shards": args.ray,
+        "d_sae": inputs.d_sae,
+        "n_tokens": inputs.n_tokens,
+        "local_wall_s": local["wall_s"],
+        "ray_wall_s": ray["wall_s"],
+        "overhead_s": ray["wall_s"] - local["wall_s"],
+        "local_pass_s": local["stages_s"].get("activation_pass"),
+        "ray_pass_s": ray["stages_s"].get("activation_pass"),
+        "same_features": local["features"] == ray["features"],
+    }
 
 
 STAGE_GROUPS = {
@@ -217,7 +252,7 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
 
 def report(
     args: argparse.Namespace, model: BenchModel, results: list[dict[str, Any]],
-    scaled: list[dict[str, Any]], their_problem: str,
+    scaled: list[dict[str, Any]], their_problem: str, ray: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     gflops = matmul_gflops(threads=args.threads, device=args.device)
     sizes = [size_report(r, args, gflops) for r in results]
@@ -238,6 +273,7 @@ def report(
         **top,
         "sizes": sizes,
         "scaling": scaled,
+        "ray": ray,
     }
 
 
@@ -312,6 +348,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-scaling", action="store_true", help="skip the ours-only series")
+    parser.add_argument(
+        "--ray", type=int, default=0, metavar="N",
+        help="also time ours with the pass as N Ray shards on this machine (needs the ray extra)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--results", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
@@ -333,10 +373,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = bench_model(args.model, scratch / "inputs")
         sizes = [compare(args, scratch, model, d_sae, their_problem) for d_sae in args.d_sae]
         scaled = [] if args.no_scaling else scaling(args, scratch, model, sizes)
-        out = report(args, model, sizes, scaled, their_problem)
+        ray = ray_overhead(args, sizes[0]["inputs"], scratch) if args.ray else None
+        out = report(args, model, sizes, scaled, their_problem, ray)
     (results / "latest.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     (results / "latest.md").write_text(markdown(out), encoding="utf-8")
     print(markdown(out).split("\n## ")[0])
+    if ray:
+        print(f"Ray ({ray['shards']} shards): {fmt(ray['ray_wall_s'])} s vs local "
+              f"{fmt(ray['local_wall_s'])} s, overhead {fmt(ray['overhead_s'])} s, "
+              f"same features: {ray['same_features']}")  # fmt: skip
     return out
 
 
