@@ -99,6 +99,10 @@ class ProgressTracker:
             clock = self._clocks[index]
             if clock.started is None:
                 clock.started = now
+            elif clock.finished is not None and clock.state != pb.JOB_STATE_SUCCEEDED:
+                # Resumed after a pause or failure: the stopped span counts, the wait does not.
+                clock.elapsed_before += clock.finished - clock.started
+                clock.started, clock.finished = now, None
             clock.state = pb.JOB_STATE_RUNNING
             clock.done, clock.total = done, total
             clock.unit = unit or clock.unit

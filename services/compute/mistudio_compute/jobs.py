@@ -22,6 +22,7 @@ from typing import Protocol
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common import stages
 from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.errors import Cancelled, NotFound, Unavailable
 from mistudio_common.grpc_errors import status_from_error
@@ -34,17 +35,6 @@ from mistudio_compute.store_client import StoreClient
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[StageId, ...] = (
-    ppb.STAGE_VALIDATING,
-    ppb.STAGE_ACTIVATION_PASS,
-    ppb.STAGE_LOADING_EXAMPLES,
-    ppb.STAGE_LOGIT_LENS,
-    ppb.STAGE_HISTOGRAMS,
-    ppb.STAGE_TOKEN_AGGREGATION,
-    ppb.STAGE_CACHING,
-)
-# The pass over the tokens dominates; the weights make `fraction` track wall time roughly.
-STAGE_WEIGHTS = (0.02, 0.6, 0.08, 0.1, 0.08, 0.07, 0.05)
 _PROGRESS_INTERVAL_SECONDS = 0.1
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
 
@@ -240,7 +230,7 @@ class ComputeJobManager:
         request: cpb.ComputeDashboardsRequest,
         last: cpb.ComputeProgress | None = None,
     ) -> ComputeJob:
-        tracker = ProgressTracker(job_id, STAGES, stage_weights=STAGE_WEIGHTS)
+        tracker = stages.tracker(job_id, stages.COMPUTE_STAGES)
         if last is not None:
             tracker.restore(last.progress)
         initial = last if last is not None and _is_terminal(last) else None

@@ -28,7 +28,6 @@ from mistudio_export.formats import jsonio
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
 
-CHECKPOINT_KEY = "collect"
 _LENGTH = struct.Struct(">I")
 
 
@@ -60,8 +59,8 @@ def collect(
     batch_size: int,
 ) -> Collected:
     """Stages the dashboards of every selected feature; resumes after the last saved batch."""
-    state = dict(job.checkpoint.get(CHECKPOINT_KEY) or {})
-    done, skipped = int(state.get("chunks_done", 0)), int(state.get("skipped_unchanged", 0))
+    state = job.checkpoint.collect
+    done, skipped = state.chunks_done, state.skipped_unchanged
     batches = chunks(candidates, batch_size)
     folder = dashboards_dir(job.staging)
     staged = [folder / _chunk_name(n) for n in range(done)]
@@ -84,8 +83,8 @@ def collect(
             "features",
             f"read dashboards of batch {n + 1}/{len(batches)}",
         )
-        state = {"chunks_done": n + 1, "skipped_unchanged": skipped}
-        job.save(**{CHECKPOINT_KEY: state})
+        state.chunks_done, state.skipped_unchanged = n + 1, skipped
+        job.save()
     return Collected(hashes=hashes, skipped_unchanged=skipped)
 
 

@@ -13,9 +13,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, MistudioError
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline(Protocol):
-    def run(self, job: JobRuntime) -> epb.ExportResult: ...
+    def run(self, job: JobRuntime) -> jpb.ExportOutcome: ...
 
-    def release(self, checkpoint: dict[str, Any]) -> None: ...
+    def release(self, checkpoint: jpb.ExportCheckpoint) -> None: ...
 
 
 class Planner(Protocol):
@@ -195,6 +196,11 @@ class ExportJobManager:
             self._records.failed(entry, stored, error)
             return
         tracker = entry.tracker or new_tracker(stored.job_id, plan, stored.progress)
+        if not entry.running:
+            # Recorded before the worker starts, so a Get or Watch right after ResumeExport
+            # sees the job queued again, never the FAILED it is leaving.
+            entry.tracker = tracker
+            self._records.queued(entry)
         self._launch(stored, plan, tracker)
 
     def _launch(self, stored: spb.ExportJob, plan: ExportPlan, tracker: ProgressTracker) -> None:

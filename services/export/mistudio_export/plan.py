@@ -22,6 +22,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard import COMPUTATION_VERSION
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
+from mistudio_common.stages import DASHBOARD_STAGES, FILE_STAGES
 
 from mistudio_export.records import NeuronpediaNaming
 
@@ -87,25 +88,8 @@ class ExportPlan:
     @property
     def stages(self) -> tuple[ppb.Stage.ValueType, ...]:
         """The stages this export runs, in order (PRD §7.2)."""
-        compute = (
-            (
-                ppb.STAGE_ACTIVATION_PASS,
-                ppb.STAGE_LOADING_EXAMPLES,
-                ppb.STAGE_LOGIT_LENS,
-                ppb.STAGE_HISTOGRAMS,
-                ppb.STAGE_TOKEN_AGGREGATION,
-                ppb.STAGE_CACHING,
-            )
-            if self.neuronpedia
-            else ()
-        )
-        return (
-            ppb.STAGE_VALIDATING,
-            *compute,
-            ppb.STAGE_GENERATING_FILES,
-            ppb.STAGE_VALIDATING_OUTPUT,
-            ppb.STAGE_CREATING_ARCHIVE,
-        )
+        compute = DASHBOARD_STAGES if self.neuronpedia else ()
+        return (ppb.STAGE_VALIDATING, *compute, *FILE_STAGES)
 
 
 def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:

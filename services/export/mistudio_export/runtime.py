@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.progress import ProgressTracker, StageId
 
 from mistudio_export.plan import ExportPlan
@@ -93,7 +93,8 @@ class JobRuntime:
     plan: ExportPlan
     staging: Path
     """Private folder under data_dir/export/<job_id>; nobody else reads it."""
-    checkpoint: dict[str, Any]
+    checkpoint: jpb.ExportCheckpoint
+    """Resume state; a stage updates its own part, then calls :meth:`save`."""
     tracker: ProgressTracker
     control: JobControl
     publish: Callable[[ppb.Progress], None]
@@ -107,9 +108,8 @@ class JobRuntime:
     def finish_stage(self, stage: StageId) -> None:
         self.publish(self.tracker.finish_stage(stage))
 
-    def save(self, **state: Any) -> None:
-        """Records resume state, persists it with the progress, then honours stop requests."""
-        self.checkpoint.update(state)
+    def save(self) -> None:
+        """Persists the resume state with the progress, then honours stop requests."""
         self.persist()
         self.control.check()
 
