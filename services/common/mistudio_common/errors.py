@@ -67,4 +67,14 @@ class Cancelled(MistudioError):
 
 
 class Unavailable(MistudioError):
-    """A peer service or the object store cannot be reached; retrying may help."""
+    """A peer service, the database or the object store cannot be reached; retrying may help.
+
+    ``transient`` is False for a peer's failure we cannot classify (an unknown status code):
+    retrying that only delays the answer.
+    """
+
+    def __init__(
+        self, message: str, *, field: str = "", fix: str = "", transient: bool = True
+    ) -> None:
+        super().__init__(message, field=field, fix=fix)
+        self.transient = transient

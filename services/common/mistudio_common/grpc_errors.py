@@ -128,7 +128,11 @@ def error_from_status(status: status_pb2.Status) -> MistudioError:
     if cls is FailedPrecondition:
         return FailedPrecondition(message, violations=violations, field=field, fix=fix)
     if cls is None:
-        return Unavailable(f"peer failed with code {status.code}: {message}", fix=fix)
+        return Unavailable(
+            f"peer failed with code {status.code}: {message}",
+            fix=fix,
+            transient=status.code == code_pb2.DEADLINE_EXCEEDED,
+        )
     return cls(message, field=field, fix=fix)
 
 
@@ -147,7 +151,20 @@ def error_from_rpc(error: grpc.RpcError) -> MistudioError:
     return error_from_status(status)
 
 
+Translation = Callable[[BaseException], MistudioError | None]
+_translations: list[Translation] = []
+
+
+def register_translation(translate: Translation) -> None:
+    """Lets a service name its adapters' errors (the store: a lost database connection) as
+    domain errors, so they map to statuses here like every other error."""
+    if translate not in _translations:
+        _translations.append(translate)
+
+
 def _abort(context: grpc.ServicerContext, error: BaseException) -> None:
+    for translate in _translations:
+        error = translate(error) or error
     if not isinstance(error, MistudioError):
         log.exception("unhandled error in RPC", exc_info=error)
     context.abort_with_status(rpc_status.to_status(status_from_error(error)))

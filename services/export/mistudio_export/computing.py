@@ -2,9 +2,12 @@
 
 Cached dashboards for the same parameters are reused (``reuse_cached``), never recomputed. The
 computation lives in the compute service: if this service restarts, the job re-attaches to it
-by its request id. A pause pauses the computation too, keeping its checkpoint, and the resumed
-export re-attaches to it by the same request id, which resumes it where it stopped. A cancel or
-failure ends it; the next run starts a new attempt that reuses whatever reached the cache.
+by its request id. So does a job whose connection to compute broke (compute restarting): the
+computation goes on there, or resumes from its own checkpoint, under the same request id. A
+pause pauses the computation too, keeping its checkpoint, and the resumed export re-attaches
+to it by the same request id, which resumes it where it stopped. A cancel or a computation that
+ended in failure ends the attempt; the next run starts a new attempt that reuses whatever
+reached the cache.
 """
 
 from __future__ import annotations
@@ -56,15 +59,18 @@ def ensure_dashboards(
     followed = _Followed()
     try:
         last = _follow(job, compute, request, followed)
-    except (JobInterrupted, MistudioError) as stop:
+    except _Ended as ended:
+        # A computation that failed or was cancelled cannot be re-attached: the next run starts
+        # a new attempt (which reuses whatever reached the cache).
+        state.attempt = attempt + 1
+        state.ClearField("paused_computation_id")
+        raise ended.error from None
+    except JobInterrupted as stop:
         # After a shutdown the computation goes on in the compute service, and after a pause it
-        # waits there with its checkpoint: the next run re-attaches to the same attempt. A
-        # computation that was cancelled or failed cannot be re-attached: the next run starts a
-        # new attempt (which reuses whatever reached the cache).
-        reason = stop.reason if isinstance(stop, JobInterrupted) else None
-        if reason is Interruption.PAUSE and followed.resumable:
+        # waits there with its checkpoint: the next run re-attaches to the same attempt.
+        if stop.reason is Interruption.PAUSE and followed.resumable:
             state.paused_computation_id = followed.job_id
-        elif reason is not Interruption.SHUTDOWN:
+        elif stop.reason is Interruption.CANCEL:
             state.attempt = attempt + 1
             state.ClearField("paused_computation_id")
         raise
@@ -132,9 +138,12 @@ def _follow(
                     ppb.JOB_STATE_CANCELLED,
                 ):
                     break
-        except Cancelled:
-            job.check()
-            raise
+        except Cancelled as lost:
+            job.check()  # our own pause or cancel detached the stream
+            raise Unavailable(
+                "the compute service ended the progress stream (it is restarting?)",
+                fix="the export re-attaches to the computation by itself",
+            ) from lost
     job.check()
     if last is None:
         raise Unavailable(
@@ -145,11 +154,26 @@ def _follow(
     if state == ppb.JOB_STATE_SUCCEEDED:
         return last
     if state == ppb.JOB_STATE_FAILED and last.progress.HasField("error"):
-        raise error_from_status(last.progress.error)
+        raise _Ended(error_from_status(last.progress.error))
+    if state in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED):
+        raise _Ended(
+            Unavailable(
+                f"the dashboard computation ended in state {ppb.JobState.Name(state)}",
+                fix="resume the export to start the computation again",
+            )
+        )
     raise Unavailable(
-        f"the dashboard computation ended in state {ppb.JobState.Name(state)}",
-        fix="resume the export to start the computation again",
+        f"the progress stream of the computation stopped in state {ppb.JobState.Name(state)}",
+        fix="the export re-attaches to the computation by itself",
     )
+
+
+class _Ended(Exception):
+    """The computation itself ended without success (as opposed to our link to it breaking)."""
+
+    def __init__(self, error: MistudioError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _relay(job: JobRuntime, progress: ppb.Progress) -> None:

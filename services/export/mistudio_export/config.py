@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,3 +38,6 @@ class ExportSettings(BaseSettings):
     """How often a running job's progress snapshot is written to the store between checkpoints."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""
+    fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
+    """How long a running export waits out an unreachable store, compute service, database or
+    object store (retrying with exponential backoff from its last checkpoint) before it fails."""

@@ -25,6 +25,7 @@ from mistudio_common import stages
 from mistudio_common.errors import MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import JobChannel, ProgressTracker
+from mistudio_common.retry import Patience, call_with_patience
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -81,9 +82,12 @@ def _now() -> timestamp_pb2.Timestamp:
 class JobRecorder:
     """Writes a job's progress and state changes to the store and to its watchers."""
 
-    def __init__(self, store: StoreClient, persist_seconds: float) -> None:
+    def __init__(
+        self, store: StoreClient, persist_seconds: float, patience: Patience | None = None
+    ) -> None:
         self._store = store
         self._persist_seconds = persist_seconds
+        self.patience = patience or Patience()
 
     def publish(self, entry: JobEntry, progress: ppb.Progress) -> None:
         """Sends progress to watchers; persists it every few seconds (or 100 messages). These
@@ -132,6 +136,15 @@ class JobRecorder:
         self.persist(entry, ppb.JOB_STATE_QUEUED, record=spb.ExportJob(progress=progress))
         entry.channel.publish(epb.ExportProgress(progress=progress))
 
+    def waiting(self, entry: JobEntry, error: MistudioError, delay: float) -> None:
+        """Tells watchers why a running job stalls; the store may be what is down, so this
+        message is not persisted (the record stays RUNNING, as the job does)."""
+        assert entry.tracker is not None
+        note = f"waiting for a fault to clear, retrying in {delay:.1f} s: {error.message}"
+        entry.channel.publish(
+            epb.ExportProgress(progress=entry.tracker.set_state(ppb.JOB_STATE_RUNNING, note))
+        )
+
     def running(self, entry: JobEntry, first_start: bool) -> None:
         assert entry.tracker is not None
         self.publish(entry, entry.tracker.set_state(ppb.JOB_STATE_RUNNING))
@@ -151,7 +164,7 @@ class JobRecorder:
             outcome=outcome,
         )
         extra = ["output_uri", "output_size_bytes", "feature_count", "outcome", "finished_at"]
-        self.persist(entry, ppb.JOB_STATE_SUCCEEDED, extra=extra, record=record)
+        self._persist_patiently(entry, ppb.JOB_STATE_SUCCEEDED, extra, record)
         shutil.rmtree(entry.staging, ignore_errors=True)
         entry.channel.publish(epb.ExportProgress(progress=progress, result=result))
 
@@ -198,10 +211,25 @@ class JobRecorder:
         if record.error_message:
             extra += ["error_message", "error_details"]
         try:
-            self.persist(entry, state, extra=extra, record=record)
+            self._persist_patiently(entry, state, extra, record)
         except MistudioError:
+            # The record still says RUNNING: the next start of this service resumes the job.
             log.exception("could not record the job's end", extra={"job_id": entry.job_id})
+            return
         entry.channel.publish(epb.ExportProgress(progress=progress))
+
+    def _persist_patiently(
+        self,
+        entry: JobEntry,
+        state: ppb.JobState.ValueType,
+        extra: list[str],
+        record: spb.ExportJob,
+    ) -> None:
+        """A state change must reach the store before any watcher sees it: waits out a store
+        or database outage (up to the patience) instead of letting the two disagree."""
+        call_with_patience(
+            lambda: self.persist(entry, state, extra=extra, record=record), self.patience
+        )
 
 
 def _next_progress(

@@ -21,6 +21,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, MistudioError
 from mistudio_common.progress import TERMINAL_STATES, ProgressTracker
+from mistudio_common.retry import Patience, is_transient
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -54,7 +55,8 @@ class ExportJobManager:
         self._store = store
         self._planner = planner
         self._pipeline = pipeline
-        self._records = JobRecorder(store, settings.progress_persist_seconds)
+        patience = Patience(settings.fault_patience_seconds)
+        self._records = JobRecorder(store, settings.progress_persist_seconds, patience)
         self._entries: dict[str, JobEntry] = {}
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max(1, settings.max_concurrent_jobs))
@@ -235,8 +237,8 @@ class ExportJobManager:
                 publish=lambda progress: self._records.publish(entry, progress),
                 persist=lambda: self._records.persist(entry, ppb.JOB_STATE_RUNNING),
             )
-            self._records.running(entry, first_start=not stored.HasField("started_at"))
-            self._records.succeeded(entry, self._pipeline.run(runtime))
+            outcome = self._run_patiently(entry, runtime, not stored.HasField("started_at"))
+            self._records.succeeded(entry, outcome)
         except JobInterrupted as stop:
             if stop.reason is Interruption.SHUTDOWN:
                 self._records.parked(entry)
@@ -249,6 +251,33 @@ class ExportJobManager:
         finally:
             if acquired:
                 self._slots.release()
+
+    def _run_patiently(
+        self, entry: JobEntry, runtime: JobRuntime, first_start: bool
+    ) -> jpb.ExportOutcome:
+        """Runs the pipeline; a transient fault (a peer, the database or the object store out
+        of reach) is waited out with backoff and the run resumes from the last checkpoint.
+        Patience restarts whenever the checkpoint moved on since the last fault."""
+        delays = self._records.patience.delays()
+        reached = entry.checkpoint.SerializeToString(deterministic=True)
+        while True:
+            try:
+                self._records.running(entry, first_start)
+                first_start = False
+                return self._pipeline.run(runtime)
+            except MistudioError as error:
+                if not is_transient(error):
+                    raise
+                now = entry.checkpoint.SerializeToString(deterministic=True)
+                if now != reached:
+                    delays, reached = self._records.patience.delays(), now
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                log.warning("export waits out a fault: %s", error, extra={"job_id": entry.job_id})
+                self._records.waiting(entry, error, delay)
+                runtime.control.sleep(delay)
+                runtime.control.check()
 
     def _interrupt(self, entry: JobEntry, reason: Interruption) -> bool:
         """Asks a running worker to stop; True when one was running (and has now stopped)."""

@@ -43,6 +43,7 @@ class JobControl:
         self._reason: Interruption | None = None
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._woken = threading.Event()
 
     @property
     def reason(self) -> Interruption | None:
@@ -56,15 +57,22 @@ class JobControl:
             if self._reason is not Interruption.CANCEL:
                 self._reason = reason
             callbacks = list(self._callbacks)
+        self._woken.set()
         for callback in callbacks:
             callback()
 
     def wake(self) -> None:
         """Runs the interrupt callbacks (used when the whole service shuts down)."""
+        self._woken.set()
         with self._lock:
             callbacks = list(self._callbacks)
         for callback in callbacks:
             callback()
+
+    def sleep(self, seconds: float) -> bool:
+        """Waits ``seconds`` unless a stop is requested first; True when one was."""
+        self._woken.wait(seconds)
+        return self.reason is not None
 
     def check(self) -> None:
         reason = self.reason
