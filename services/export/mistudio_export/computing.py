@@ -23,7 +23,7 @@ from mistudio_common.errors import Cancelled, MistudioError, Unavailable
 from mistudio_common.grpc_errors import error_from_status
 from mistudio_common.stages import DASHBOARD_STAGES
 
-from mistudio_export.clients import ComputeClient
+from mistudio_export.peers import DashboardComputer
 from mistudio_export.runtime import Interruption, JobInterrupted, JobRuntime
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def compute_request(
 
 
 def ensure_dashboards(
-    job: JobRuntime, compute: ComputeClient, indices: list[int], *, all_features: bool
+    job: JobRuntime, compute: DashboardComputer, indices: list[int], *, all_features: bool
 ) -> cpb.ComputeResult:
     """Runs (or re-attaches to) the computation of ``indices``; returns its checkpointed result."""
     state = job.checkpoint.compute
@@ -83,7 +83,7 @@ def ensure_dashboards(
     return state.result
 
 
-def release_paused(compute: ComputeClient, checkpoint: jpb.ExportCheckpoint) -> None:
+def release_paused(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> None:
     """Cancels the computation a paused export left waiting, when that export is cancelled."""
     paused = checkpoint.compute.paused_computation_id
     if paused:
@@ -104,7 +104,7 @@ class _Followed:
 
 def _follow(
     job: JobRuntime,
-    compute: ComputeClient,
+    compute: DashboardComputer,
     request: cpb.ComputeDashboardsRequest,
     followed: _Followed,
 ) -> cpb.ComputeProgress:
