@@ -140,3 +140,14 @@ def test_elapsed_carries_over_a_restart_and_keeps_counting() -> None:
     second.update(pb.STAGE_ACTIVATION_PASS, 20, 100)
     clock.now = 28.0
     assert second.snapshot().elapsed_seconds == 20.0
+
+
+def test_eta_of_a_stage_under_way_comes_from_its_own_rate_not_its_weight() -> None:
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)  # equal weights
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 0, 10)
+    clock.now = 10.0
+    tracker.update(pb.STAGE_LOGIT_LENS, 0, 10)  # the first stage took 10 s
+    clock.now = 40.0
+    progress = tracker.update(pb.STAGE_LOGIT_LENS, 5, 10)  # the second runs 3x slower
+    assert progress.eta_seconds == 30.0

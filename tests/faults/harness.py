@@ -3,6 +3,7 @@ each of which a test can kill -9 (or stop) and start again on the same port."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -161,7 +162,8 @@ class FaultStack:
         raise AssertionError(f"export {job_id} did not finish in {seconds} s")
 
 
-def start_fault_stack(folder: Path) -> FaultStack:
+def start_fault_stack(folder: Path, input_roots: list[Path]) -> FaultStack:
+    """Every service started; compute may read request files under ``input_roots``."""
     postgres = PrivatePostgres()
     postgres.create()
     python = sys.executable
@@ -187,6 +189,7 @@ def start_fault_stack(folder: Path) -> FaultStack:
         "MISTUDIO_COMPUTE_DATA_DIR": str(folder / "compute"),
         "MISTUDIO_COMPUTE_DEVICE": "cpu",
         "MISTUDIO_COMPUTE_CHECKPOINT_EVERY_BATCHES": "4",
+        "MISTUDIO_COMPUTE_INPUT_ROOTS": json.dumps([str(p) for p in input_roots]),
     }
     export_env = {
         **base,

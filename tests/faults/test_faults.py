@@ -18,6 +18,7 @@ from tests.export.service.stack import (
     D_IN,
     D_SAE,
     HOOK,
+    STORIES_DIR,
     STORIES_REF,
     export_config,
     token_source,
@@ -34,7 +35,7 @@ SAE_ID = "fault-sae"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     folder = tmp_path_factory.mktemp("faults")
-    running = start_fault_stack(folder)
+    running = start_fault_stack(folder, [folder.parent, STORIES_DIR])
     try:
         sae = spb.Sae(
             sae_id=SAE_ID,

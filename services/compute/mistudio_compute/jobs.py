@@ -24,6 +24,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import stages
 from mistudio_common.dashboard_codec import params_from_pb, params_key
+from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import Cancelled, NotFound, Unavailable
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
@@ -36,6 +37,14 @@ from mistudio_compute.store_client import StoreClient
 log = logging.getLogger(__name__)
 
 _PROGRESS_INTERVAL_SECONDS = 0.1
+
+
+def _stages_of(params: dpb.DashboardParams) -> list[StageId]:
+    """The job's stages: the stage of a part the request leaves out is absent."""
+    runs = computation_stages(params_from_pb(params).omitted)
+    return [ppb.STAGE_VALIDATING, *runs, ppb.STAGE_CACHING]
+
+
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
 
 
@@ -230,7 +239,7 @@ class ComputeJobManager:
         request: cpb.ComputeDashboardsRequest,
         last: cpb.ComputeProgress | None = None,
     ) -> ComputeJob:
-        tracker = stages.tracker(job_id, stages.COMPUTE_STAGES)
+        tracker = stages.tracker(job_id, _stages_of(request.params))
         if last is not None:
             tracker.restore(last.progress)
         initial = last if last is not None and _is_terminal(last) else None

@@ -19,6 +19,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard_options import Component, prepend_bos
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export import checking, computing, delta
@@ -89,7 +90,11 @@ class ExportPipeline:
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
         base = self._planner.base_job(plan) if plan.delta_base_job_id else None
-        kinds = [*(NEURONPEDIA_KINDS if plan.neuronpedia else ()), *self._saelens(plan)]
+        kinds = [
+            *(NEURONPEDIA_KINDS if plan.neuronpedia else ()),
+            *((FormatKind.PREVIEW,) if plan.with_preview else ()),
+            *self._saelens(plan),
+        ]
         collected, computed = Collected({}, 0), cpb.ComputeResult()
         if plan.neuronpedia:
             candidates = self._candidates(plan)
@@ -181,7 +186,11 @@ class ExportPipeline:
         return Inputs(
             info=info,
             hashes=collected.hashes,
-            explanations=explanation_records(self._store, plan.sae.sae_id, indices),
+            explanations=(
+                explanation_records(self._store, plan.sae.sae_id, indices)
+                if Component.EXPLANATIONS not in plan.omitted
+                else []
+            ),
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
                 saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
@@ -214,8 +223,9 @@ class ExportPipeline:
             mistudio_version=mistudio_version(),
             n_prompts=facts.n_rows if facts is not None else 0,
             n_tokens_in_prompt=facts.context_size if facts is not None else 0,
-            prepend_bos=bool(tokens.prepend_bos) if tokens is not None else False,
+            prepend_bos=prepend_bos(tokens) if tokens is not None else False,
             dashboard_dataset=tokens.dataset_name if tokens is not None else "",
+            omitted_components=tuple(sorted(c.value for c in plan.omitted)),
         )
 
     def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:

@@ -35,11 +35,17 @@ class ExportCheckpoint(_message.Message):
     FORMATS_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def compute(self) -> Global___ComputeCheckpoint: ...
+    def compute(self) -> Global___ComputeCheckpoint:
+        """Written by the compute stages (ACTIVATION_PASS .. CACHING)."""
+
     @_builtins.property
-    def collect(self) -> Global___CollectCheckpoint: ...
+    def collect(self) -> Global___CollectCheckpoint:
+        """Written while GENERATING_FILES stages the dashboards."""
+
     @_builtins.property
-    def formats(self) -> Global___FormatsCheckpoint: ...
+    def formats(self) -> Global___FormatsCheckpoint:
+        """Written by GENERATING_FILES after each format."""
+
     @_builtins.property
     def validation(self) -> _export_service_pb2.ValidationSummary:
         """Set once the staged files passed validation."""
@@ -101,6 +107,7 @@ class CollectCheckpoint(_message.Message):
     CHUNKS_DONE_FIELD_NUMBER: _builtins.int
     SKIPPED_UNCHANGED_FIELD_NUMBER: _builtins.int
     chunks_done: _builtins.int
+    """Batches of features staged so far, in index order."""
     skipped_unchanged: _builtins.int
     """Features a delta export left out because they did not change."""
     def __init__(
@@ -178,13 +185,17 @@ class ExportOutcome(_message.Message):
     render_key: _builtins.str
     """Identifies the rendering options the archive's files were written with (delta.render_key)."""
     @_builtins.property
-    def result(self) -> _export_service_pb2.ExportResult: ...
+    def result(self) -> _export_service_pb2.ExportResult:
+        """What GetExport and the last WatchExport message report."""
+
     @_builtins.property
     def feature_hashes(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
         """Content hash of every exported feature, by feature index (delta exports compare them)."""
 
     @_builtins.property
-    def measured(self) -> Global___ExportMeasurement: ...
+    def measured(self) -> Global___ExportMeasurement:
+        """Cost of writing the files, for later estimates."""
+
     def __init__(
         self,
         *,
@@ -211,8 +222,11 @@ class ExportMeasurement(_message.Message):
     NEURONPEDIA_BYTES_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
     features: _builtins.int
+    """Features written (0: nothing measured)."""
     neuronpedia_bytes: _builtins.int
+    """Archive bytes of the Neuronpedia formats (the SAELens weights left out)."""
     seconds: _builtins.float
+    """Seconds spent writing, validating and packing the files."""
     def __init__(
         self,
         *,

@@ -3,8 +3,8 @@
 ``checkpoint`` is renamed ``resume`` (mistudio.export.v1.ExportCheckpoint as ProtoJSON) and
 ``outcome`` (mistudio.export.v1.ExportOutcome) holds the result and what later exports read.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-06
 """
 
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
