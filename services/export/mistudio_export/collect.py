@@ -22,9 +22,9 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
-from mistudio_export.clients import StoreClient
 from mistudio_export.delta import EarlierExport, feature_hash, hashes_from_json, hashes_to_json
 from mistudio_export.formats import jsonio
+from mistudio_export.peers import FeatureRecords
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
 
@@ -51,7 +51,7 @@ def dashboards_dir(staging: Path) -> Path:
 
 def collect(
     job: JobRuntime,
-    store: StoreClient,
+    store: FeatureRecords,
     params: dpb.DashboardParams,
     candidates: Sequence[int],
     keep: StatisticFilter,
@@ -90,7 +90,7 @@ def collect(
 
 def _read_batch(
     job: JobRuntime,
-    store: StoreClient,
+    store: FeatureRecords,
     params: dpb.DashboardParams,
     batch: list[int],
     keep: StatisticFilter,

@@ -3,24 +3,16 @@ computation after a broken link, and starts a new attempt only after a failed co
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
-from mistudio.export.v1 import export_job_pb2 as jpb
-from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common import stages
 from mistudio_common.errors import InvalidArgument, Unavailable
 from mistudio_export import computing
-from mistudio_export.plan import NEURONPEDIA, ExportPlan
-from mistudio_export.records import NeuronpediaNaming
-from mistudio_export.runtime import JobControl, JobRuntime
+from mistudio_export.runtime import JobRuntime
 
 
 def progress(state: int, job_id: str = "cmp-1") -> cpb.ComputeProgress:
@@ -64,35 +56,6 @@ def succeeded() -> cpb.ComputeProgress:
     done = progress(ppb.JOB_STATE_SUCCEEDED)
     done.result.CopyFrom(cpb.ComputeResult(features_computed=4, params=dpb.DashboardParams()))
     return done
-
-
-@pytest.fixture
-def job() -> JobRuntime:
-    plan = ExportPlan(
-        sae=spb.Sae(sae_id="s", d_sae=4),
-        owner="o",
-        formats=frozenset({NEURONPEDIA}),
-        selection=epb.FeatureSelection(),
-        params=dpb.DashboardParams(),
-        tokens=tpb.TokenSource(),
-        compression=epb.Compression(),
-        delta_base_job_id="",
-        merge_with_base=False,
-        auto_fix=False,
-        naming=NeuronpediaNaming("m", "set", 2, "me", "r", "R"),
-        device="cpu",
-        batch_size=4,
-    )
-    return JobRuntime(
-        job_id="job",
-        plan=plan,
-        staging=None,
-        checkpoint=jpb.ExportCheckpoint(),
-        tracker=stages.tracker("job", plan.stages),
-        control=JobControl(threading.Event()),
-        publish=lambda _: None,
-        persist=lambda: None,
-    )
 
 
 def test_a_broken_link_reattaches_to_the_same_computation(job: JobRuntime) -> None:
