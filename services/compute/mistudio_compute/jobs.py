@@ -28,6 +28,7 @@ from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import Cancelled, NotFound, Unavailable
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
+from mistudio_common.retry import Patience
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
@@ -134,6 +135,7 @@ class ComputeJobManager:
         self.rates = RateBook(root / "rates.json", settings.default_token_features_per_second)
         self._preparer = preparer
         self._store = store
+        self._patience = Patience(settings.fault_patience_seconds)
         self._jobs: dict[str, ComputeJob] = {}
         self._lock = threading.Lock()
         self._starting: dict[str, threading.Lock] = {}
@@ -300,7 +302,7 @@ class ComputeJobManager:
 
     def _run(self, job: ComputeJob, prepared: PreparedComputation) -> None:
         started = time.monotonic()
-        sink = DashboardSink(self._store, prepared.sae_id, prepared.params)
+        sink = DashboardSink(self._store, prepared.sae_id, prepared.params, patience=self._patience)
         try:
             self._publish(job, job.tracker.update(ppb.STAGE_VALIDATING, 1, 1, "checks"))
             todo, reused = self._plan(job, prepared)
