@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +69,19 @@ def test_without_credentials_a_non_loopback_bind_is_refused(tmp_path: Path) -> N
         build_store_server(StoreSettings(data_dir=tmp_path, host="0.0.0.0", port=0))
     assert caught.value.field == "host"
     assert "auth_token_file" in caught.value.fix
+
+
+def test_a_service_started_on_a_public_interface_without_credentials_exits_naming_it(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "MISTUDIO_STORE_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "mistudio_store", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error [host: env MISTUDIO_STORE_HOST]: refusing to listen on '0.0.0.0'" in result.stderr
 
 
 def test_without_credentials_loopback_serves_and_says_so(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.security.conftest import AliceExport, SecureStack, token_of
 
@@ -50,3 +51,11 @@ def test_cli_token_flag_of_another_user_does_not_reveal_the_job(
                  "--token", token_of("mallory"))  # fmt: skip
     assert result.returncode != 0
     assert f"no export job with id {alice_export.job_id!r}" in result.stderr
+
+
+def test_cli_client_certificate_without_its_key_is_a_clear_error(tmp_path: Path) -> None:
+    cert = tmp_path / "me.pem"
+    cert.write_text("not used", encoding="utf-8")
+    result = cli("list", "--export-address", "127.0.0.1:9", "--tls-cert", str(cert))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error [--tls-key]: --tls-cert and --tls-key go together")

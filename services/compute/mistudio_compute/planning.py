@@ -16,7 +16,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
-from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
+from mistudio_common.dashboard_codec import COMPONENT_FROM_PB, params_from_pb, params_to_pb
 from mistudio_common.dashboard_options import Component, logit_lens_defined, prepend_bos
 from mistudio_common.errors import InvalidArgument
 
@@ -124,7 +124,7 @@ class Planner:
         self, ref: cpb.SaeReference, tokens: tpb.TokenSource, request_params: dpb.DashboardParams
     ) -> TokenPlan:
         """The token source and parameters a computation would use, for EstimateComputation."""
-        params = params_from_pb(request_params)
+        params = params_of(request_params)
         check_params(params)
         resolved = self.resolve_sae(ref)
         model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
@@ -135,7 +135,7 @@ class Planner:
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
-        params = params_from_pb(request.params)
+        params = params_of(request.params)
         check_params(params)
         if request.batch_size < 0:
             raise InvalidArgument(
@@ -166,6 +166,19 @@ class Planner:
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
         )
+
+
+def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
+    """The request's parameters, defaults filled in; an unknown component is refused here
+    because the dataclass cannot carry it."""
+    for value in request_params.omitted_components:
+        if value not in COMPONENT_FROM_PB:
+            raise InvalidArgument(
+                f"omitted component {value} is not a dashboard component",
+                field="params.omitted_components",
+                fix="use the DASHBOARD_COMPONENT_* values of mistudio.common.v1",
+            )
+    return params_from_pb(request_params)
 
 
 def check_params(params: d.DashboardParams) -> None:
