@@ -64,6 +64,11 @@ def label(stage: int) -> str:
     return found.label if found is not None else "Starting"
 
 
+def weight(of: Sequence[StageId]) -> float:
+    """The summed weight of ``of``: what share of a job these stages are."""
+    return sum(_BY_STAGE[s].weight for s in of)
+
+
 def tracker(job_id: str, stages: Sequence[StageId], first_sequence: int = 0) -> ProgressTracker:
     """A progress tracker over ``stages`` weighted by the table."""
     weights = [_BY_STAGE[s].weight for s in stages]

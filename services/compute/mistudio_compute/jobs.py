@@ -49,7 +49,7 @@ def _stages_of(params: dpb.DashboardParams) -> list[StageId]:
 def work_share(params: dpb.DashboardParams) -> float:
     """The share of a full computation's time these parameters cost, by the stage weights:
     estimates scale by it, and measured rates are recorded as if for a full computation."""
-    return sum(_stages_of(params)[1]) / sum(STAGE_WEIGHTS)
+    return stages.weight(_stages_of(params)) / stages.weight(stages.COMPUTE_STAGES)
 
 
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
