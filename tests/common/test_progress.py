@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 from mistudio.common.v1 import progress_pb2 as pb
@@ -151,3 +152,25 @@ def test_eta_of_a_stage_under_way_comes_from_its_own_rate_not_its_weight() -> No
     clock.now = 40.0
     progress = tracker.update(pb.STAGE_LOGIT_LENS, 5, 10)  # the second runs 3x slower
     assert progress.eta_seconds == 30.0
+
+
+def test_async_watchers_get_updates_published_from_another_thread_without_a_thread_each() -> None:
+    channel: JobChannel[int] = JobChannel(0, is_terminal=lambda m: m >= 3)
+
+    async def watch_all() -> list[list[int]]:
+        async def one() -> list[int]:
+            return [m async for m in channel.watch_async()]
+
+        watchers = [asyncio.ensure_future(one()) for _ in range(200)]
+        await asyncio.sleep(0.05)
+        threads_while_waiting = threading.active_count()
+        publisher = threading.Thread(target=lambda: [channel.publish(v) for v in (1, 2, 3)])
+        publisher.start()
+        results = await asyncio.wait_for(asyncio.gather(*watchers), timeout=5)
+        publisher.join()
+        assert threads_while_waiting <= threads_before + 1
+        return results
+
+    threads_before = threading.active_count()
+    for received in asyncio.run(watch_all()):
+        assert received[0] == 0 and received[-1] == 3 and received == sorted(received)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mistudio_common.errors import InvalidArgument, Unavailable
+from mistudio_common.errors import Internal, InvalidArgument, Unavailable
 from mistudio_common.retry import Patience, call_with_patience, is_transient
 
 
@@ -39,9 +39,9 @@ def test_permanent_errors_are_not_retried() -> None:
 
     def call() -> None:
         calls.append(1)
-        raise Unavailable("peer failed with code 13", transient=False)
+        raise Internal("peer failed with code 13")
 
-    with pytest.raises(Unavailable):
+    with pytest.raises(Internal):
         call_with_patience(call, Patience(seconds=5.0), lambda _: None)
     assert calls == [1]
     assert not is_transient(InvalidArgument("bad", field="x"))

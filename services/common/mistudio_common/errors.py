@@ -75,14 +75,9 @@ class PermissionDenied(MistudioError):
 
 
 class Unavailable(MistudioError):
-    """A peer service, the database or the object store cannot be reached; retrying may help.
+    """A peer service, the database or the object store cannot be reached; retrying may help
+    (running jobs wait it out, see ``mistudio_common.retry``)."""
 
-    ``transient`` is False for a peer's failure we cannot classify (an unknown status code):
-    retrying that only delays the answer.
-    """
 
-    def __init__(
-        self, message: str, *, field: str = "", fix: str = "", transient: bool = True
-    ) -> None:
-        super().__init__(message, field=field, fix=fix)
-        self.transient = transient
+class Internal(MistudioError):
+    """A bug: the service cannot say more than a reference into its log; retrying won't help."""

@@ -1,7 +1,8 @@
 """Transient faults are weather: calls and jobs wait them out, up to a configured patience.
 
 A peer that is restarting, a database that is down for a few seconds or an object store that
-drops connections all surface as a *transient* :class:`Unavailable`. Whoever retries asks
+drops connections all surface as :class:`Unavailable` (permanent problems never do: they are
+INVALID_ARGUMENT, FAILED_PRECONDITION or INTERNAL). Whoever retries asks
 :func:`is_transient`, waits :meth:`Patience.delays` (exponential backoff, capped) and gives up
 once the fault has lasted longer than the patience, with the last error.
 """
@@ -22,7 +23,7 @@ DEFAULT_PATIENCE_SECONDS = 600.0
 
 
 def is_transient(error: BaseException) -> bool:
-    return isinstance(error, Unavailable) and error.transient
+    return isinstance(error, Unavailable)
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,7 @@ def call_with_patience(
     while True:
         try:
             return call()
-        except Unavailable as error:
-            if not error.transient:
-                raise
+        except Unavailable:
             delay = next(delays, None)
             if delay is None or sleep(delay):
                 raise

@@ -61,7 +61,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ValidateSae(
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:
-        return self._planner.validate(request.sae, request.hook_point, request.model_id)
+        return self._planner.validate(request)
 
     @handle_errors
     def ResolveHookPoint(
@@ -83,6 +83,8 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
             params=plan.params,
             n_rows=plan.dataset.n_rows,
             context_size=plan.dataset.context_size,
+            prepend_bos=plan.dataset.prepend_bos,
+            n_layers=plan.n_layers,
         )
 
     @handle_errors

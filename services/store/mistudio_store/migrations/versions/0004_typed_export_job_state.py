@@ -3,8 +3,8 @@
 ``checkpoint`` is renamed ``resume`` (mistudio.export.v1.ExportCheckpoint as ProtoJSON) and
 ``outcome`` (mistudio.export.v1.ExportOutcome) holds the result and what later exports read.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-06
 """
 
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
