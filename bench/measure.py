@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 
 def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -> float:
@@ -31,6 +34,59 @@ def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -
         runs += 1
         sync()
     return 2 * n**3 * runs / (time.perf_counter() - started) / 1e9
+
+
+def byte_rates(samples: Sequence[bytes], level: int, seconds: float = 0.3) -> dict[str, float]:
+    """Bytes per second one core of this machine turns into output for the work every export
+    must do at least once per byte: ``dumps`` (orjson serialising the parsed ``samples``, per
+    byte produced), ``loads`` (orjson parsing them) and ``deflate`` (zlib at ``level``, raw
+    deflate as in a ZIP). ``samples`` are real output files, so the mix of numbers and strings
+    is the export's own."""
+    parsed = [orjson.loads(s) for s in samples]
+    dumped = sum(len(orjson.dumps(d)) for d in parsed)
+    size = sum(map(len, samples))
+
+    def deflate() -> None:
+        for s in samples:
+            compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+            compressor.compress(s)
+            compressor.flush()
+
+    def rate(work: Callable[[], object], n_bytes: int) -> float:
+        runs, started = 0, time.perf_counter()
+        while runs == 0 or time.perf_counter() - started < seconds:
+            work()
+            runs += 1
+        return n_bytes * runs / (time.perf_counter() - started)
+
+    return {
+        "dumps": rate(lambda: [orjson.dumps(d) for d in parsed], dumped),
+        "loads": rate(lambda: [orjson.loads(s) for s in samples], size),
+        "deflate": rate(deflate, size),
+    }
+
+
+FLOOR_RATES = {
+    "serialization": ("dumps",),
+    "validation": ("loads",),
+    "archive": ("deflate",),
+    "whole_export": ("dumps", "deflate"),
+}
+"""Which of ``byte_rates`` bound each stage from below: writing serialises every JSON byte
+once, a full validation parses each once, the archive deflates every byte once; after the pass
+an export at least serialises and deflates its output. Finalisation and the pass have no byte
+floor (their work is arithmetic, see the matmul share)."""
+RATE_BYTES = {"dumps": "json_bytes", "loads": "json_bytes", "deflate": "output_bytes"}
+"""The bytes each rate applies to: JSON documents, or every file in the archive."""
+
+
+def floors(sizes: dict[str, int], rates: dict[str, float]) -> dict[str, float]:
+    """Per stage: the seconds its ``FLOOR_RATES`` need for the export's ``sizes``
+    (``json_bytes``, ``output_bytes``) on this machine."""
+    return {
+        stage: sum(sizes[RATE_BYTES[r]] / rates[r] for r in needs)
+        for stage, needs in FLOOR_RATES.items()
+    }
 
 
 def flops_per_token(dims: dict[str, int], hook_layer: int, d_sae: int, context: int) -> float:
