@@ -42,6 +42,8 @@ class TokenPlan:
     dataset: TokenDataset
     params: dpb.DashboardParams
     d_sae: int
+    n_layers: int
+    """Blocks of the SAE's model; 0 when the SAE names no model."""
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,13 @@ class Planner:
         params = params_of(request_params)
         check_params(params)
         resolved = self.resolve_sae(ref)
-        model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
+        needs_model = tokens.HasField("text") or resolved.model_id
+        model = self.model(_require_model(resolved))[0] if needs_model else None
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
-        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
+        n_layers = model.n_layers if model is not None else 0
+        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae, n_layers)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""

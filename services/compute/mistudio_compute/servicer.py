@@ -83,6 +83,8 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
             params=plan.params,
             n_rows=plan.dataset.n_rows,
             context_size=plan.dataset.context_size,
+            prepend_bos=plan.dataset.prepend_bos,
+            n_layers=plan.n_layers,
         )
 
     @handle_errors
