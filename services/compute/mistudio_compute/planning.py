@@ -23,9 +23,8 @@ from mistudio_common.errors import InvalidArgument
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
-from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel, load_model
-from mistudio_compute.run_dashboards import run_dashboards
+from mistudio_compute.run_dashboards import PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
@@ -44,24 +43,6 @@ class TokenPlan:
     d_sae: int
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
-
-
-@dataclass(frozen=True)
-class PreparedDashboards:
-    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
-
-    sae_id: str
-    params: dpb.DashboardParams
-    feature_indices: Sequence[int]
-    resolved: ResolvedSae
-    model: LoadedModel
-    model_lock: threading.Lock
-    dataset: TokenDataset
-    batch_rows: int
-    checkpoint_every_batches: int
-
-    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
-        return run_dashboards(self, features, hooks)
 
 
 class Planner:
@@ -91,12 +72,14 @@ class Planner:
     ) -> ResolvedSae:
         return resolve_sae(ref, self._store, hook_point, model_id)
 
-    def validate(
-        self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
-    ) -> cpb.ValidateSaeResponse:
-        resolved = self.resolve_sae(ref, hook_point, model_id)
-        model, _ = self.model(_require_model(resolved))
+    def validate(self, request: cpb.ValidateSaeRequest) -> cpb.ValidateSaeResponse:
+        """The SAE against its model; with tokens or a device, those as ComputeDashboards
+        would check them, so a request that cannot run is refused before any job exists."""
+        resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
+        model, _ = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
+        if request.HasField("tokens"):
+            load_model_tokens(request.tokens, model)
         return cpb.ValidateSaeResponse(
             architecture=resolved.sae.cfg.architecture,
             d_in=resolved.sae.d_in,
@@ -151,14 +134,7 @@ class Planner:
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        dataset = load_token_source(_token_spec(request.tokens), model.tokenizer, model.d_vocab)
-        if dataset.context_size > model.cfg.n_ctx:
-            raise InvalidArgument(
-                f"rows of {dataset.context_size} tokens exceed the model's context of "
-                f"{model.cfg.n_ctx}",
-                field="tokens.context_size",
-                fix=f"use a context_size of at most {model.cfg.n_ctx}",
-            )
+        dataset = load_model_tokens(request.tokens, model)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             params=_filled(with_hook_limits(params, check.hook_point), dataset),
@@ -170,6 +146,20 @@ class Planner:
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
         )
+
+
+def load_model_tokens(tokens: tpb.TokenSource, model: LoadedModel) -> TokenDataset:
+    """The token source, checked against the model: ids in its vocabulary, rows within its
+    context."""
+    dataset = load_token_source(_token_spec(tokens), model.tokenizer, model.d_vocab)
+    if dataset.context_size > model.cfg.n_ctx:
+        raise InvalidArgument(
+            f"rows of {dataset.context_size} tokens exceed the model's context of "
+            f"{model.cfg.n_ctx}",
+            field="tokens.context_size",
+            fix=f"use a context_size of at most {model.cfg.n_ctx}",
+        )
+    return dataset
 
 
 def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
