@@ -114,13 +114,14 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
     from bench.measure import byte_rates
 
     samples: dict[str, list[bytes]] = {}
-    json_bytes = output_bytes = 0
+    json_bytes = gzip_bytes = output_bytes = 0
     with zipfile.ZipFile(io.BytesIO(archive)) as zf:
         for info in zf.infolist():
             packed = info.filename.endswith(".gz")
             data = zf.read(info) if packed else b""
             size = int.from_bytes(data[-4:], "little") if packed else info.file_size  # ISIZE
             output_bytes += size
+            gzip_bytes += size if packed else 0
             if not info.filename.endswith(JSON_SUFFIXES):
                 continue
             json_bytes += size
@@ -132,6 +133,7 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
     chosen = [s for folder in samples.values() for s in folder]
     return {
         "json_bytes": json_bytes,
+        "gzip_bytes": gzip_bytes,
         "output_bytes": output_bytes,
         "byte_rates": byte_rates(chosen, DEFLATE_LEVEL),
     }
