@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inputs import MODELS, REPO, BenchInputs, BenchModel, bench_model, prepare
-from bench.measure import agreement, flops_per_token, matmul_gflops
+from bench.measure import agreement, floors, flops_per_token, matmul_gflops
 
 BENCH = REPO / "bench"
 THEIR_VENV = BENCH / ".venv-saedashboard"
@@ -162,7 +162,9 @@ token lists) runs chunk by chunk as one step."""
 def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -> dict[str, Any]:
     """Per stage group: median seconds, and the tokens it handles per second times the pass's
     FLOPs per token as a share of the measured matmul rate (what a stage would reach if it were
-    as efficient as the hardware's dense matmul; only the activation pass does model work)."""
+    as efficient as the hardware's dense matmul; only the activation pass does model work); and
+    the stage's byte floor (``measure.floors``: the output's bytes over this machine's orjson and
+    zlib rates) with the stage's distance to it ("whole_export": the floor after the pass)."""
     model = inputs.model
     flops = flops_per_token(model.dims(), model.hook_layer, inputs.d_sae, inputs.context)
     stages = {
@@ -174,7 +176,19 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
         k: (flops * inputs.n_tokens / s / 1e9) / gflops if s > 0 else None
         for k, s in stages.items()
     }
-    return {"flops_per_token": flops, "stages_s": stages, "fraction_of_matmul_rate": fractions}
+    size_keys = ("json_bytes", "gzip_bytes", "output_bytes")
+    sizes = {k: int(statistics.median(r[k] for r in ours)) for k in size_keys}
+    rates = {k: statistics.median(r["byte_rates"][k] for r in ours) for k in ours[0]["byte_rates"]}
+    floor = floors(sizes, rates)
+    return {
+        "flops_per_token": flops,
+        "stages_s": stages,
+        "fraction_of_matmul_rate": fractions,
+        **sizes,
+        "byte_rates": rates,
+        "floor_s": floor,
+        "x_floor": {k: stages[k] / f if f > 0 else None for k, f in floor.items()},
+    }
 
 
 def scaling(
@@ -298,10 +312,21 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     for s in out["sizes"]:
         tp = s["throughput"]
-        lines += ["", f"## d_sae {s['d_sae']}", "", "| stage | s | % of the matmul rate |"]
-        lines += ["|---|---|---|"] + [
-            f"| {k} | {fmt(sec)} | {percent(tp['fraction_of_matmul_rate'][k])} |"
+        lines += ["", f"## d_sae {s['d_sae']}", ""]
+        lines += ["| stage | s | byte floor s | x floor | % of the matmul rate |"]
+        lines += ["|---|---|---|---|---|"] + [
+            f"| {k} | {fmt(sec)} | {fmt(tp['floor_s'].get(k))} | {fmt(tp['x_floor'].get(k))} "
+            f"| {percent(tp['fraction_of_matmul_rate'][k])} |"
             for k, sec in tp["stages_s"].items()
+        ]
+        rates = ", ".join(f"{k} {v / 1e6:.0f} MB/s" for k, v in tp["byte_rates"].items())
+        lines += [
+            "",
+            f"Output {tp['output_bytes'] / 1e6:.1f} MB ({tp['json_bytes'] / 1e6:.1f} MB JSON, "
+            f"{tp['gzip_bytes'] / 1e6:.1f} MB gzipped as written); "
+            f"one core here: {rates}. Floors: serialization = JSON ÷ dumps + gzip files ÷ "
+            "deflate, validation = JSON ÷ loads, archive = the rest ÷ deflate, whole_export = "
+            "the floor after the pass (all ÷ dumps, then deflate).",
         ]
         lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
     if out["scaling"]:

@@ -60,6 +60,7 @@ def main() -> int:
         return 1
     for folder in [OUT / "mistudio", *[p for p in (OUT / "mistudio").rglob("*") if p.is_dir()]]:
         (folder / "__init__.py").touch()
+    (OUT / "mistudio" / "py.typed").touch()  # the client package (OUT/pyproject.toml) is typed
     print(f"generated {len(protos)} proto files into {OUT.relative_to(ROOT)}")
     return 0
 

@@ -64,7 +64,10 @@ def test_every_command_has_help_with_examples(tmp_path: Path) -> None:
         [sys.executable, "-m", "mistudio_export.cli", "--help"], capture_output=True, text=True
     )
     assert top.returncode == 0
-    for command in ("run", "validate", "status", "list", "cancel", "delete", "download", "serve"):
+    for command in (
+        "run", "estimate", "validate", "status", "list", "cancel", "pause", "resume",
+        "labels", "upload", "delete", "download", "serve",
+    ):  # fmt: skip
         assert command in top.stdout
         result = subprocess.run(
             [sys.executable, "-m", "mistudio_export.cli", command, "--help"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mistudio_common.auth import SecuritySettings
+from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
 from pydantic_settings import SettingsConfigDict
 
 
@@ -27,6 +28,8 @@ class ComputeSettings(SecuritySettings):
     """Token rows per forward pass when a request gives none; halved on out-of-memory."""
     checkpoint_every_batches: int = 50
     """How often a running computation saves its resumable state."""
+    fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
+    """How long a computation waits out an unreachable store (or database) before it fails."""
     max_workers: int = 32
     """Threads serving RPCs; each open progress stream holds one."""
     default_token_features_per_second: float = 2.0e7

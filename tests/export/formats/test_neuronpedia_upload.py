@@ -4,11 +4,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from mistudio_common.errors import FailedPrecondition, Unavailable
+from mistudio_common.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from mistudio_export.formats.neuronpedia_upload import (
     DEFAULT_BASE_URL,
     UploadSettings,
     main,
+    retry_after_seconds,
     upload_payloads,
 )
 from mistudio_export.formats.upload_payloads import write_upload_payloads
@@ -116,3 +117,20 @@ def test_command_with_send_reads_the_key_from_the_environment(neuronpedia, paylo
     argv = [str(payloads), "--base-url", neuronpedia.base_url, "--api-key-env", "MY_NP_KEY"]
     assert main([*argv, "--send"]) == 0
     assert {headers["X-Api-Key"] for _, headers, _ in neuronpedia.requests} == {"from-env"}
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date_else_doubling():
+    assert retry_after_seconds("7", attempt=0) == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", attempt=0) == 0.0  # past
+    assert [retry_after_seconds(None, attempt=a) for a in range(3)] == [1.0, 2.0, 4.0]
+
+
+def test_a_429_that_persists_is_resource_exhausted_after_the_retries(neuronpedia, payloads):
+    neuronpedia.status = 429
+    settings = UploadSettings(
+        api_key="secret", base_url=neuronpedia.base_url, enabled=True, max_retries=2, max_wait_s=0
+    )
+    with pytest.raises(ResourceExhausted) as err:
+        upload_payloads(payloads, settings)
+    assert "HTTP 429" in err.value.message
+    assert len(neuronpedia.requests) == 3

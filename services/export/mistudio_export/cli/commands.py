@@ -17,12 +17,13 @@ import grpc
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
 from mistudio_export.cli.annotations import LABEL_MASK, Annotations, read_annotations
-from mistudio_export.cli.connection import Services, connect
-from mistudio_export.cli.options import export_config, token_source
+from mistudio_export.cli.connection import Services, connect, job_table, store_only
+from mistudio_export.cli.options import export_config, model_reference, token_source
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
 from mistudio_export.packaging import MANIFEST_NAME, build_archive, verify_archive
 from mistudio_export.validation import ValidationReport, validate_export
@@ -67,12 +68,13 @@ def register_local_sae(
             field="SAE",
             fix="give a SAELens folder (cfg.json + sae_weights.safetensors) or a registered SAE id",
         )
+    model = model_reference(args.model)
     info: cpb.ValidateSaeResponse = _call(
         compute.ValidateSae,
         cpb.ValidateSaeRequest(
-            sae=cpb.SaeReference(files=cpb.SaeFiles(path=location, model_id=args.model)),
+            sae=cpb.SaeReference(files=cpb.SaeFiles(path=location, model_id=model)),
             hook_point=args.hook,
-            model_id=args.model,
+            model_id=model,
         ),
     )
     notes.check(info.d_sae)
@@ -126,33 +128,47 @@ def _fill_training_info(sae: spb.Sae, path: Path) -> None:
 def store_annotations(services: Services, sae_id: str, notes: Annotations) -> None:
     """Labels and explanations, each batch all-or-nothing; given again, they update, never
     duplicate (the store matches explanations by feature, method, model and text)."""
+    if not (notes.labels or notes.explanations):
+        return  # nothing to store: a run through --export-address alone needs no store
     store, _ = services.require_store_and_compute()
-    if notes.labels:
-        request = spb.UpsertFeaturesRequest(
-            sae_id=sae_id, features=list(notes.labels.values()), update_mask=list(LABEL_MASK)
-        )
-        _call(store.UpsertFeatures, request)
+    store_labels(store, sae_id, notes)
     if notes.explanations:
         explanations = [e for _, e in notes.explanations]
         add = spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
         _call(store.AddExplanations, add)
 
 
+def store_labels(store: sgrpc.StoreServiceStub, sae_id: str, notes: Annotations) -> None:
+    """Labels and categories only: the features' statistics stay as stored."""
+    if notes.labels:
+        request = spb.UpsertFeaturesRequest(
+            sae_id=sae_id, features=list(notes.labels.values()), update_mask=list(LABEL_MASK)
+        )
+        _call(store.UpsertFeatures, request)
+
+
+def sae_of(services: Services, args: argparse.Namespace) -> str:
+    """The SAE argument as a registered id (a folder, file or hub location is registered first),
+    with the --labels and --explanations given stored for it."""
+    target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
+    looks_like_path = (
+        "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
+    )
+    notes = read_annotations(args.labels, args.explanations)
+    if looks_like_path:
+        sae_id = register_local_sae(services, target, args, notes)
+    else:
+        sae_id = str(args.sae)
+        if notes.labels or notes.explanations:
+            store, _ = services.require_store_and_compute()
+            notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae.d_sae)
+    store_annotations(services, sae_id, notes)
+    return sae_id
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     with connect(args) as services:
-        target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
-        looks_like_path = (
-            "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
-        )
-        notes = read_annotations(args.labels, args.explanations)
-        if looks_like_path:
-            sae_id = register_local_sae(services, target, args, notes)
-        else:
-            sae_id = args.sae
-            if notes.labels or notes.explanations:
-                store, _ = services.require_store_and_compute()
-                notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae.d_sae)
-        store_annotations(services, sae_id, notes)
+        sae_id = sae_of(services, args)
         request = epb.StartExportRequest(
             request_id=args.request_id or str(uuid.uuid4()),
             sae_id=sae_id,
@@ -265,10 +281,30 @@ def download(services: Services, job_id: str, destination: Path) -> None:
     print(f"downloaded {destination} ({destination.stat().st_size / 1e6:.1f} MB)")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """What an export would compute, how long it would take and how large it would be."""
     with connect(args) as services:
-        job = _call(services.export.GetExport, epb.GetExportRequest(job_id=args.job_id)).job
-        print_job(job, verbose=True)
+        sae_id = sae_of(services, args)
+        response: epb.ValidateExportResponse = _call(
+            services.export.ValidateExport,
+            epb.ValidateExportRequest(sae_id=sae_id, config=export_config(args)),
+        )
+    estimate = response.estimate
+    print(f"Estimate for {sae_id} (no job was created)")
+    print(
+        f"  features:   {estimate.feature_count} "
+        f"(to compute {estimate.features_to_compute}, cached {estimate.features_cached})"
+    )
+    print(f"  time:       ~{format_seconds(estimate.estimated_seconds)}")
+    print(f"  size:       ~{estimate.estimated_size_bytes / 1e6:.1f} MB")
+    for warning in response.warnings:
+        print(f"  note:       {warning}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with job_table(args) as jobs:
+        print_job(_call(jobs.get, args.job_id), verbose=True)
         return 0
 
 
@@ -296,20 +332,11 @@ def print_job(job: epb.ExportJobView, verbose: bool = False) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with connect(args) as services:
-        token = ""
-        while True:
-            page = _call(
-                services.export.ListExports,
-                epb.ListExportsRequest(
-                    page_size=100, page_token=token, sae_id=args.sae_id, owner=args.owner
-                ),
-            )
-            for summary in page.jobs:
+    with job_table(args) as jobs:
+        for page in jobs.pages(args.sae_id, args.owner):
+            for summary in page:
                 print_summary(summary)
-            token = page.next_page_token
-            if not token:
-                return 0
+        return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -317,6 +344,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         job = _call(services.export.CancelExport, epb.CancelExportRequest(job_id=args.job_id)).job
         print_job(job)
         return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        job = _call(services.export.PauseExport, epb.PauseExportRequest(job_id=args.job_id)).job
+        print_job(job)
+        return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        job = _call(services.export.ResumeExport, epb.ResumeExportRequest(job_id=args.job_id)).job
+        print_job(job)
+        return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    """Sets feature labels and categories, read as `run --labels` reads them."""
+    try:
+        notes = read_annotations(args.file, "")
+    except InvalidArgument as error:  # the file is this command's FILE, not run's --labels
+        raise InvalidArgument(error.message, field="FILE", fix=error.fix) from None
+    with store_only(args) as store:
+        notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=args.sae_id)).sae.d_sae)
+        store_labels(store, args.sae_id, notes)
+    print(f"set the labels and categories of {len(notes.labels)} features of {args.sae_id}")
+    return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -1,4 +1,8 @@
-"""How the CLI reaches the services: given addresses, or an in-process stack on loopback."""
+"""How the CLI reaches the services: given addresses, or an in-process stack on loopback.
+
+Commands that only read or write records (``list``, ``status``, ``labels``) start no more than
+the store on the local data folder: no model, no compute service, no job manager.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,15 @@ from pathlib import Path
 
 import grpc
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import PeerCredentials
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.server import insecure_channel, open_channel
 
+from mistudio_export import views
 from mistudio_export.local_stack import LocalStack, start_local_stack
 
 
@@ -57,8 +64,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--token",
         default=os.environ.get("MISTUDIO_TOKEN", ""),
-        help="bearer token for remote services (env MISTUDIO_TOKEN; prefer the variable: "
-        "arguments show in process lists)",
+        help="bearer token for remote services (default: env MISTUDIO_TOKEN, never shown; "
+        "prefer the variable: arguments show in process lists)",
     )
     group.add_argument(
         "--tls-ca",
@@ -110,6 +117,81 @@ def remote_credentials(args: argparse.Namespace) -> PeerCredentials:
     return PeerCredentials(
         token=args.token, ca=_read_pem(args.tls_ca, "--tls-ca"), cert=cert, key=key
     )
+
+
+@dataclass
+class JobTable:
+    """Export jobs (views, and summaries for lists), from the export service or a store."""
+
+    export: egrpc.ExportServiceStub | None
+    store: sgrpc.StoreServiceStub | None
+
+    def get(self, job_id: str) -> epb.ExportJobView:
+        if self.export is not None:
+            return self.export.GetExport(epb.GetExportRequest(job_id=job_id)).job
+        assert self.store is not None
+        stored = self.store.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job
+        return views.view_of(stored)
+
+    def pages(self, sae_id: str, owner: str) -> Iterator[list[epb.ExportJobSummary]]:
+        token = ""
+        while True:
+            if self.export is not None:
+                page = self.export.ListExports(
+                    epb.ListExportsRequest(
+                        page_size=100, page_token=token, sae_id=sae_id, owner=owner
+                    )
+                )
+                yield list(page.jobs)
+                token = page.next_page_token
+            else:
+                assert self.store is not None
+                stored = self.store.ListExportJobs(
+                    spb.ListExportJobsRequest(
+                        page_size=100, page_token=token, sae_id=sae_id, owner=owner
+                    )
+                )
+                yield [views.summary_of(job) for job in stored.jobs]
+                token = stored.next_page_token
+            if not token:
+                return
+
+
+@contextmanager
+def store_only(args: argparse.Namespace) -> Iterator[sgrpc.StoreServiceStub]:
+    """The store at --store-address, or one started alone on the local data folder."""
+    if args.store_address:
+        with open_channel(args.store_address, remote_credentials(args)) as channel:
+            yield sgrpc.StoreServiceStub(channel)
+        return
+    if args.export_address:
+        raise InvalidArgument(
+            "this command writes to the store, but only --export-address was given",
+            field="--store-address",
+            fix="pass --store-address (or MISTUDIO_STORE_ADDRESS) too",
+        )
+    from mistudio_store.config import StoreSettings
+    from mistudio_store.server import build_store_server
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = build_store_server(StoreSettings(data_dir=data_dir, port=0))
+    try:
+        with insecure_channel(store.address) as channel:
+            yield sgrpc.StoreServiceStub(channel)
+    finally:
+        store.stop(grace_seconds=1.0)
+
+
+@contextmanager
+def job_table(args: argparse.Namespace) -> Iterator[JobTable]:
+    """The export service when one is named (it knows live progress), else the local store."""
+    if args.export_address:
+        with open_channel(args.export_address, remote_credentials(args)) as channel:
+            yield JobTable(export=egrpc.ExportServiceStub(channel), store=None)
+        return
+    with store_only(args) as store:
+        yield JobTable(export=None, store=store)
 
 
 @contextmanager

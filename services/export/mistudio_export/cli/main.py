@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 import traceback
@@ -18,9 +19,9 @@ import grpc
 from mistudio_common.errors import MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
-from mistudio_export.cli import commands
+from mistudio_export.cli import commands, upload_command
 from mistudio_export.cli.connection import add_connection_options
-from mistudio_export.cli.options import add_export_options, add_token_options
+from mistudio_export.cli.options import add_export_options, add_token_options, flag_for
 from mistudio_export.cli.preview_command import add_preview_command
 
 EPILOG_RUN = """examples:
@@ -35,6 +36,39 @@ EPILOG_RUN = """examples:
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     add_connection_options(parser)
+
+
+def _add_sae_options(parser: argparse.ArgumentParser) -> None:
+    """What `run` and `estimate` share: the SAE, how to register it, and every export option."""
+    parser.add_argument("sae", metavar="SAE", help="SAELens folder, safetensors file, or SAE id")
+    parser.add_argument(
+        "--model", default="", help="TransformerLens name or llama2c:<bin>?tokenizer=<file>"
+    )
+    parser.add_argument("--hook", default="", help="hook point, e.g. blocks.2.hook_resid_post")
+    parser.add_argument("--sae-id", default="", help="id to register a local folder under")
+    parser.add_argument(
+        "--explanations", default="", metavar="JSON", help="explanations to add or update"
+    )
+    parser.add_argument(
+        "--labels", default="", metavar="FILE", help="feature labels and categories (CSV or JSON)"
+    )
+    add_export_options(parser)
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Appends '(default: …)' to every option that takes a value and does not state it yet."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_parser in action.choices.values():
+                show_defaults(sub_parser)
+            continue
+        if not action.option_strings or action.nargs == 0 or action.default is None:
+            continue  # positionals, switches (--flag is off unless given), --help
+        if "default" in (action.help or ""):
+            continue
+        shown = action.default if action.default not in ("", []) else "none"
+        note = f"(default: {str(shown).replace('%', '%%')})"
+        action.help = f"{action.help} {note}" if action.help else note
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,20 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     run = command(
         "run", "export a local SAE folder or a registered SAE", commands.cmd_run, EPILOG_RUN
     )
-    run.add_argument("sae", metavar="SAE", help="SAELens folder, safetensors file, or SAE id")
-    run.add_argument("--model", default="", help="TransformerLens name or llama2c:<bin>?tokenizer=")
-    run.add_argument("--hook", default="", help="hook point, e.g. blocks.2.hook_resid_post")
-    run.add_argument("--sae-id", default="", help="id to register a local folder under")
-    run.add_argument(
-        "--explanations", default="", metavar="JSON", help="explanations to add or update"
-    )
-    run.add_argument(
-        "--labels", default="", metavar="FILE", help="feature labels and categories (CSV or JSON)"
-    )
     run.add_argument("--owner", default="", help="recorded on the job")
     run.add_argument("--request-id", default="", help="idempotency key (default: random)")
     run.add_argument("--output", default="", metavar="ZIP", help="also download the archive here")
-    add_export_options(run)
+    _add_sae_options(run)
+
+    estimate = command(
+        "estimate",
+        "what an export would compute, how long it would take and how large it would be "
+        "(no job is created)",
+        commands.cmd_estimate,
+        "example:\n  mistudio-export estimate ./my-sae --tokens tokens.npy --features 0:1000",
+    )
+    _add_sae_options(estimate)
 
     validate = command(
         "validate",
@@ -104,11 +137,33 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
 
     listing = command("list", "list export jobs, newest first", commands.cmd_list)
-    listing.add_argument("--sae-id", default="")
-    listing.add_argument("--owner", default="")
+    listing.add_argument("--sae-id", default="", help="only this SAE's exports")
+    listing.add_argument("--owner", default="", help="only this owner's exports")
 
-    cancel = command("cancel", "cancel an export job", commands.cmd_cancel)
-    cancel.add_argument("job_id")
+    for name, help_text, handler in (
+        ("cancel", "cancel an export job", commands.cmd_cancel),
+        ("pause", "pause a running export at its next checkpoint", commands.cmd_pause),
+        ("resume", "resume a paused export from its checkpoint", commands.cmd_resume),
+    ):
+        command(name, help_text, handler).add_argument("job_id")
+
+    labels = command(
+        "labels",
+        "set feature labels and categories of a registered SAE from a CSV or JSON file",
+        commands.cmd_labels,
+        "examples:\n  mistudio-export labels my-sae labels.csv   # feature_index,label,category"
+        '\n  mistudio-export labels my-sae labels.json  # [{"feature_index": 3, "label": "…"}]',
+    )
+    labels.add_argument("sae_id", metavar="SAE_ID")
+    labels.add_argument("file", metavar="FILE", help="CSV or JSON labels file")
+
+    upload = command(
+        "upload",
+        "send an export's upload payloads to Neuronpedia's upload API (lists them without --send)",
+        upload_command.cmd_upload,
+        upload_command.EPILOG,
+    )
+    upload_command.add_upload_arguments(upload)
 
     delete = command(
         "delete",
@@ -141,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--compute-port", type=int, default=50052)
     serve.add_argument("--export-port", type=int, default=50053)
     serve.add_argument("--device", default="auto")
+    show_defaults(parser)
     return parser
 
 
@@ -167,6 +223,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def in_flags(text: str, field: str) -> str:
+    """``text`` with the proto field an error names (whole or its last part) as the CLI flag."""
+    flag = flag_for(field) if field else ""
+    if not flag.startswith("--"):
+        return text
+    for name in (field, field.rsplit(".", 1)[-1]):
+        text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flag, text)
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
@@ -179,10 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         error = error_from_rpc(raw) if isinstance(raw, grpc.RpcError) else raw
         if args.debug:
             traceback.print_exc()
-        where = f" [{error.field}]" if error.field else ""
-        print(f"error{where}: {error.message}", file=sys.stderr)
+        flag = flag_for(error.field) if error.field else ""
+        where = f" [{flag}]" if flag else ""
+        print(f"error{where}: {in_flags(error.message, error.field)}", file=sys.stderr)
         if error.fix:
-            print(f"  fix: {error.fix}", file=sys.stderr)
+            print(f"  fix: {in_flags(error.fix, error.field)}", file=sys.stderr)
         return 2
     except Exception as error:
         if args.debug:

@@ -1,16 +1,19 @@
 """Command-line options of `mistudio-export run`, and their translation into an ExportConfig.
 
 Every option of the StartExport RPC has a flag here; range checks stay in the service so the
-CLI and the backend get the same errors.
+CLI and the backend get the same errors, and FLAGS_BY_FIELD turns the field an error names back
+into the flag a person typed. Paths are made absolute here: the services may run elsewhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import InvalidArgument
@@ -29,16 +32,82 @@ METRICS = {
     "count": dpb.TOKEN_RANK_METRIC_COUNT,
     "mean": dpb.TOKEN_RANK_METRIC_MEAN,
 }
+DEFAULTS = DashboardParams()
+"""The service's dashboard defaults: --help shows them; an option left at 0 sends 0 (= this)."""
+FLAGS_BY_FIELD = {
+    "sae_id": "SAE",
+    "request_id": "--request-id",
+    "owner": "--owner",
+    "config.formats": "--format",
+    "config.selection": "--features",
+    "config.selection.labeled_only": "--labeled-only",
+    "config.selection.label_contains": "--label-contains",
+    "config.selection.category": "--category",
+    "config.selection.min_frequency": "--min-frequency",
+    "config.selection.max_frequency": "--max-frequency",
+    "config.selection.min_max_activation": "--min-max-activation",
+    "config.dashboard.n_top_examples": "--examples",
+    "config.dashboard.n_quantile_groups": "--quantile-groups",
+    "config.dashboard.examples_per_quantile_group": "--examples-per-group",
+    "config.dashboard.context_left": "--context-left",
+    "config.dashboard.context_right": "--context-right",
+    "config.dashboard.logit_k": "--logit-k",
+    "config.dashboard.histogram_bins": "--bins",
+    "config.dashboard.histogram_scale": "--bin-scale",
+    "config.dashboard.token_rank_metric": "--token-metric",
+    "config.dashboard.n_top_tokens": "--top-tokens",
+    "config.dashboard.aggregate_all_tokens": "--aggregate-all-tokens",
+    "config.tokens": "--tokens",
+    "config.tokens.token_file": "--tokens",
+    "config.tokens.text": "--text",
+    "config.tokens.dataset_name": "--dataset-name",
+    "config.tokens.context_size": "--context-size",
+    "config.tokens.prepend_bos": "--no-bos",
+    "config.tokens.max_tokens": "--max-tokens",
+    "config.compression.gzip_json": "--gzip-json",
+    "config.compression.zip_deflate": "--no-deflate",
+    "config.delta_base_job_id": "--delta-from",
+    "config.merge_with_base": "--merge",
+    "config.auto_fix": "--auto-fix",
+    "config.preset": "--preset",
+    "config.dashboard.omitted_components": "--no-COMPONENT",
+    "config.with_preview": "--with-preview",
+    "config.naming.model_id": "--np-model-id",
+    "config.naming.source_set": "--source-set",
+    "config.naming.creator_name": "--creator",
+    "config.naming.release_id": "--release-id",
+    "config.naming.release_title": "--release-title",
+    "config.naming.hf_repo_id": "--hf-repo",
+    "config.device": "--device",
+    "config.batch_size": "--batch-size",
+    "expiry_seconds": "--expiry",
+}
+"""StartExportRequest field paths (as errors name them) → the `run` flag that sets them."""
+
+
+def flag_for(field: str) -> str:
+    """The flag behind a field an error names (its longest known prefix), else the field."""
+    for candidate in (field, f"config.{field}"):
+        parts = candidate.split(".")
+        for end in range(len(parts), 0, -1):
+            flag = FLAGS_BY_FIELD.get(".".join(parts[:end]))
+            if flag:
+                return flag
+    return field
+
+
+def service_default(name: str) -> str:
+    return f"(default: {getattr(DEFAULTS, name)})"
 
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to export")
-    what.add_argument("--format", choices=sorted(FORMATS), default="both", help="default: both")
+    what.add_argument("--format", choices=sorted(FORMATS), default="both")
     what.add_argument(
         "--features",
         default="all",
         metavar="SPEC",
-        help="'all', a half-open range START:END, or a list 3,17,42 (default: all)",
+        help="'all', a half-open range START:END, or a list 3,17,42",
     )
     what.add_argument("--labeled-only", action="store_true", help="only features with a label")
     what.add_argument("--label-contains", default="", metavar="TEXT")
@@ -63,16 +132,38 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
             default=[],
             help=f"leave the {component.value.replace('-', ' ')} out",
         )
-    data.add_argument("--examples", type=int, default=0, help="top examples per feature, 20-100")
-    data.add_argument("--quantile-groups", type=int, default=0)
-    data.add_argument("--examples-per-group", type=int, default=0)
-    data.add_argument("--context-left", type=int, default=0)
-    data.add_argument("--context-right", type=int, default=0)
-    data.add_argument("--logit-k", type=int, default=0, help="top/bottom logits, 10-50")
-    data.add_argument("--bins", type=int, default=0, help="histogram bins, 20-100")
+    data.add_argument(
+        "--examples",
+        type=int,
+        default=0,
+        help=f"top examples per feature, 20-100 (default: {DEFAULTS.n_top_examples})",
+    )
+    data.add_argument(
+        "--quantile-groups", type=int, default=0, help=service_default("n_quantile_groups")
+    )
+    data.add_argument(
+        "--examples-per-group",
+        type=int,
+        default=0,
+        help=service_default("examples_per_quantile_group"),
+    )
+    data.add_argument("--context-left", type=int, default=0, help=service_default("context_left"))
+    data.add_argument("--context-right", type=int, default=0, help=service_default("context_right"))
+    data.add_argument(
+        "--logit-k",
+        type=int,
+        default=0,
+        help=f"top/bottom logits, 10-50 (default: {DEFAULTS.logit_k})",
+    )
+    data.add_argument(
+        "--bins",
+        type=int,
+        default=0,
+        help=f"histogram bins, 20-100 (default: {DEFAULTS.histogram_bins})",
+    )
     data.add_argument("--bin-scale", choices=sorted(SCALES), default="", help="default: log")
     data.add_argument("--token-metric", choices=sorted(METRICS), default="", help="default: sum")
-    data.add_argument("--top-tokens", type=int, default=0)
+    data.add_argument("--top-tokens", type=int, default=0, help=service_default("n_top_tokens"))
     data.add_argument(
         "--aggregate-all-tokens",
         action="store_true",
@@ -144,16 +235,38 @@ def parse_selection(spec: str) -> epb.FeatureSelection:
     return epb.FeatureSelection(list=epb.FeatureList(indices=indices))
 
 
+def absolute(path: str) -> str:
+    """Against this shell's working directory; links stay as the user named them."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def model_reference(model: str) -> str:
+    """A llama2c reference's checkpoint and tokenizer paths made absolute; others unchanged."""
+    if not model.startswith("llama2c:"):
+        return model
+    checkpoint, _, query = model.removeprefix("llama2c:").partition("?")
+    tokenizer = query.removeprefix("tokenizer=") if query.startswith("tokenizer=") else ""
+    if not tokenizer:
+        return f"llama2c:{absolute(checkpoint)}" + (f"?{query}" if query else "")
+    return f"llama2c:{absolute(checkpoint)}?tokenizer={absolute(tokenizer)}"
+
+
 def token_source(args: argparse.Namespace) -> tpb.TokenSource:
+    if args.tokens and args.text:
+        raise InvalidArgument(
+            "--text and --tokens both give the tokens to compute on",
+            field="--text",
+            fix="give either --tokens FILE (token ids) or --text FILE… (plain text), not both",
+        )
     source = tpb.TokenSource(
         dataset_name=args.dataset_name, context_size=args.context_size, max_tokens=args.max_tokens
     )
     if args.no_bos:  # unset otherwise: the one default (dashboard_options.DEFAULT_PREPEND_BOS)
         source.prepend_bos = False
     if args.tokens:
-        source.token_file = args.tokens
+        source.token_file = absolute(args.tokens)
     elif args.text:
-        source.text.paths.extend(args.text)
+        source.text.paths.extend(absolute(path) for path in args.text)
     return source
 
 

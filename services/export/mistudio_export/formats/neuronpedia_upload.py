@@ -1,8 +1,10 @@
 """Send upload payload files to Neuronpedia's ``POST {base_url}/feature/upload-batch``.
 
-Off by default: nothing is sent unless ``UploadSettings.enabled`` is set (``--send`` on the
-command line); without it the command only lists what it would send. The API key travels in the
-``X-Api-Key`` header and is read from an environment variable by the command, never from files.
+A 429 answer is retried after the server's Retry-After (bounded); other failures stop the
+upload at that file. Off by default: nothing is sent unless ``UploadSettings.enabled`` is set
+(``--send`` on the command line); without it the command only lists what it would send. The
+API key travels in the ``X-Api-Key`` header and is read from an environment variable by the
+command, never from files.
 
     python -m mistudio_export.formats.neuronpedia_upload EXPORT/upload --send
 """
@@ -10,16 +12,25 @@ command line); without it the command only lists what it would send. The API key
 from __future__ import annotations
 
 import argparse
+import email.utils
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from mistudio_common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from mistudio_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MistudioError,
+    ResourceExhausted,
+    Unavailable,
+)
 
 from mistudio_export.formats.upload_payloads import (
     ENDPOINT,
@@ -29,6 +40,7 @@ from mistudio_export.formats.upload_payloads import (
 
 DEFAULT_BASE_URL = "https://www.neuronpedia.org/api"
 API_KEY_ENV = "NEURONPEDIA_API_KEY"
+TOO_MANY_REQUESTS = 429
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +49,10 @@ class UploadSettings:
     base_url: str = DEFAULT_BASE_URL
     enabled: bool = False
     timeout_s: float = 120.0
+    max_retries: int = 5
+    """Retries of one file the API answered 429 (Too Many Requests)."""
+    max_wait_s: float = 300.0
+    """Longest wait before a retry, whatever Retry-After asks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +93,42 @@ def _read_body(path: Path) -> tuple[bytes, int]:
     return data, len(features)
 
 
+def retry_after_seconds(header: str | None, attempt: int) -> float:
+    """How long to wait after a 429: the Retry-After header (seconds or an HTTP date), else
+    1, 2, 4… seconds by attempt."""
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(header)
+            except (TypeError, ValueError):
+                pass
+            else:
+                return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return float(2**attempt)
+
+
 def _post(url: str, body: bytes, settings: UploadSettings) -> tuple[int, str]:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "X-Api-Key": settings.api_key},
-    )
-    with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
-        return response.status, response.read().decode("utf-8", "replace")
+    """POSTs once, and again after each 429 (Too Many Requests) as the server asks."""
+    attempt = 0
+    while True:
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "X-Api-Key": settings.api_key},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=settings.timeout_s) as response:
+                return response.status, response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            if e.code != TOO_MANY_REQUESTS or attempt == settings.max_retries:
+                raise
+            wait = retry_after_seconds(e.headers.get("Retry-After"), attempt)
+            e.close()
+            time.sleep(min(wait, settings.max_wait_s))
+            attempt += 1
 
 
 def upload_payloads(folder: Path, settings: UploadSettings) -> list[UploadResult]:
@@ -111,7 +154,13 @@ def upload_payloads(folder: Path, settings: UploadSettings) -> list[UploadResult
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", "replace")[:500]
             done = f"{len(results)} of the files before it were accepted"
-            error = FailedPrecondition if 400 <= e.code < 500 else Unavailable
+            error: type[MistudioError] = (
+                ResourceExhausted
+                if e.code == TOO_MANY_REQUESTS
+                else FailedPrecondition
+                if 400 <= e.code < 500
+                else Unavailable
+            )
             raise error(
                 f"{url} refused {path.name}: HTTP {e.code} {detail} ({done})",
                 field=path.name,
