@@ -70,6 +70,15 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[PassState, Cursor
     return state, Cursor(**meta["cursor"])
 
 
+def checkpoint_features(path: Path) -> torch.Tensor | None:
+    """The features of the pass checkpointed at ``path`` (None when there is none), read
+    without loading its state."""
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.get_tensor("features") if "features" in f.keys() else None  # noqa: SIM118
+
+
 def _config_to_json(config: StateConfig) -> dict[str, Any]:
     out = asdict(config)
     out["special_ids"] = list(config.special_ids)

@@ -1,4 +1,5 @@
-"""The entry point: validate, stream once over the tokens, then emit dashboards in chunks."""
+"""The entry point: validate, stream over the tokens (once per feature shard), then emit
+dashboards in chunks."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from collections.abc import Iterator, Sequence
 
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 
-from mistudio_compute.dashboards.activation_pass import Checkpointing, run_activation_pass
-from mistudio_compute.dashboards.finalize import finalize_dashboards
+from mistudio_compute.dashboards.activation_pass import Checkpointing
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
 from mistudio_compute.dashboards.params import (
     state_config,
@@ -15,6 +15,7 @@ from mistudio_compute.dashboards.params import (
     validate_features,
     validate_params,
 )
+from mistudio_compute.dashboards.shards import MemoryModel, ShardedComputation, plan_shards
 
 
 def compute_dashboards(
@@ -27,21 +28,24 @@ def compute_dashboards(
     checkpoint: Checkpointing | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    memory_budget: int | None = None,
 ) -> Iterator[list[FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
-    yielded list. Arguments are validated now; the work runs as the iterator is consumed."""
+    yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
+    feature shards that fit it. Arguments are validated now; the work runs as the iterator is
+    consumed."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
     config = state_config(params, inputs.token_text.special_ids)
 
-    def run() -> Iterator[list[FeatureDashboard]]:
-        result = run_activation_pass(
-            inputs, config, feats,
-            batch_size=batch_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
-        )  # fmt: skip
-        yield from finalize_dashboards(
-            result.state, inputs, params, chunk_size=chunk_size, progress=progress, cancel=cancel
-        )
-
-    return run()
+    shard_size = max(1, len(feats))
+    if memory_budget is not None:
+        model = MemoryModel.of(params, config, inputs.encoder.d_sae)
+        positions = batch_size * inputs.source.tokens.shape[1]
+        shard_size = plan_shards(len(feats), model, positions, chunk_size, memory_budget)
+    computation = ShardedComputation(
+        inputs, params, config, feats, shard_size, batch_size,
+        chunk_size=chunk_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
+    )  # fmt: skip
+    return iter(computation)

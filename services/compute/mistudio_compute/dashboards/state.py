@@ -101,6 +101,14 @@ class PassState:
             tokens=TokenTotals.empty(device) if config.track_tokens else None,
         )
 
+    @staticmethod
+    def bytes_per_feature(config: StateConfig) -> int:
+        """Bytes one feature's arrays take, read from the shapes and dtypes ``empty`` allocates
+        (token totals grow with the data and are not included)."""
+        plain = replace(config, track_tokens=False)
+        meta = PassState.empty(plain, torch.zeros(1), 1, torch.device("meta"))
+        return sum(t.element_size() * t.numel() for t in meta.tensors().values())
+
     def update(self, acts: torch.Tensor, tokens: torch.Tensor, first_row: int) -> None:
         """Fold one batch in: acts [B*T, F] of this state's features, tokens [B, T] = rows
         ``first_row ...``. All allocation happens before the state changes, so an
