@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mistudio_common.auth import SecuritySettings
@@ -32,3 +33,12 @@ class ComputeSettings(SecuritySettings):
     default_token_features_per_second: float = 2.0e7
     """Throughput EstimateComputation assumes before this service has measured its own."""
     log_level: str = "INFO"
+    memory_budget_bytes: int = 0
+    """Peak memory one computation may take beyond the model and the SAE; a computation whose
+    pass state would not fit runs in feature shards (README 'Operations'). 0: 80% of physical
+    memory."""
+
+    def memory_budget(self) -> int:
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)

@@ -57,6 +57,8 @@ class PreparedDashboards:
     dataset: TokenDataset
     batch_rows: int
     checkpoint_every_batches: int
+    memory_budget: int
+    """Bytes the computation may take beyond the model and the SAE (it shards features to fit)."""
 
     def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
         return run_dashboards(self, features, hooks)
@@ -165,6 +167,7 @@ class Planner:
             dataset=dataset,
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
+            memory_budget=self._settings.memory_budget(),
         )
 
 

@@ -20,12 +20,11 @@ from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
 from mistudio_compute.dashboards import (
     Checkpointing,
     Stage,
-    finalize_dashboards,
-    run_activation_pass,
     state_config,
     validate_features,
     validate_params,
 )
+from mistudio_compute.dashboards.shards import ShardedComputation, plan_within_budget
 from mistudio_compute.jobs import RunHooks, RunStats
 
 if TYPE_CHECKING:
@@ -73,7 +72,8 @@ class StageReporter:
 def run_dashboards(
     prepared: PreparedDashboards, features: Sequence[int], hooks: RunHooks
 ) -> RunStats:
-    """Pass, then finalisation chunk by chunk; raises Cancelled when ``hooks.interrupt`` is set."""
+    """Pass, then finalisation chunk by chunk, in feature shards that fit the memory budget;
+    raises Cancelled when ``hooks.interrupt`` is set."""
     params = params_from_pb(prepared.params)
     validate_params(params)
     dataset = prepared.dataset
@@ -86,30 +86,25 @@ def run_dashboards(
     )
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
-    passed = run_activation_pass(
-        inputs,
-        state_config(params, inputs.token_text.special_ids),
-        validate_features(features, inputs.encoder.d_sae),
-        batch_size=prepared.batch_rows,
+    config = state_config(params, inputs.token_text.special_ids)
+    feats = validate_features(features, inputs.encoder.d_sae)
+    plan = plan_within_budget(
+        params, config, inputs.encoder.d_sae, len(feats), batch_rows=prepared.batch_rows,
+        seq_len=dataset.context_size, chunk_size=CHUNK_FEATURES, budget=prepared.memory_budget,
+    )  # fmt: skip
+    computation = ShardedComputation(
+        inputs, params, config, feats, plan.shard_size, plan.batch_rows,
+        chunk_size=CHUNK_FEATURES,
         checkpoint=Checkpointing(
             hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
         ),
-        progress=reporter,
-        cancel=hooks.interrupt,
-    )
-    chunks = finalize_dashboards(
-        passed.state,
-        inputs,
-        params,
-        chunk_size=CHUNK_FEATURES,
-        progress=reporter,
-        cancel=hooks.interrupt,
-    )
-    for chunk in chunks:
+        progress=reporter, cancel=hooks.interrupt,
+    )  # fmt: skip
+    for chunk in computation:
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
         tokens_processed=dataset.n_tokens,
-        final_batch_size=passed.batch_size,
+        final_batch_size=computation.batch_size,
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from mistudio_common.dashboard import DashboardParams
 from mistudio_compute.dashboards import compute_dashboards, state_config
-from mistudio_compute.dashboards.shards import MemoryModel, plan_shards
+from mistudio_compute.dashboards.shards import MemoryModel, plan_within_budget
 
 from tests.compute.dashboards import tiny
 
@@ -40,7 +40,9 @@ def main() -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
     memory = MemoryModel.of(PARAMS, config, d_sae)
     positions = BATCH * tiny.N_CTX
-    shard = d_sae if budget is None else plan_shards(d_sae, memory, positions, CHUNK, budget)
+    plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=BATCH,
+                              seq_len=tiny.N_CTX, chunk_size=CHUNK, budget=budget)  # fmt: skip
+    assert plan.batch_rows == BATCH
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM)
     before = resident_kib("VmRSS")
     for _chunk in compute_dashboards(
@@ -48,8 +50,8 @@ def main() -> None:
     ):  # each chunk is handed on and dropped, as the service does
         pass
     measured = (resident_kib("VmHWM") - before) * 1024
-    predicted = memory.peak(shard, positions, CHUNK)
-    print(json.dumps({"measured": measured, "predicted": predicted, "shard": shard}))
+    predicted = memory.peak(plan.shard_size, positions, CHUNK)
+    print(json.dumps({"measured": measured, "predicted": predicted, "shard": plan.shard_size}))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from mistudio_compute.dashboards import (
     compute_dashboards,
     state_config,
 )
-from mistudio_compute.dashboards.shards import MemoryModel
+from mistudio_compute.dashboards.shards import MemoryModel, plan_within_budget
 
 from tests.compute.dashboards import tiny
 
@@ -129,6 +129,17 @@ def test_a_budget_without_room_for_one_feature_is_resource_exhausted(inputs) -> 
     with pytest.raises(ResourceExhausted) as err:
         compute_dashboards(inputs, PARAMS, batch_size=BATCH, memory_budget=1 << 20)
     assert err.value.field == "memory_budget_bytes"
+
+
+def test_a_batch_over_half_the_budget_is_halved_until_it_fits(inputs, budget) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+    d_sae = inputs.encoder.d_sae
+    memory = MemoryModel.of(PARAMS, config, d_sae)
+    one_row = memory.per_batch_position * tiny.N_CTX
+    plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=64, seq_len=tiny.N_CTX,
+                              chunk_size=CHUNK, budget=budget)  # fmt: skip
+    assert plan.batch_rows * one_row <= budget // 2 < 2 * plan.batch_rows * one_row
+    assert memory.peak(plan.shard_size, plan.batch_rows * tiny.N_CTX, CHUNK) <= budget
 
 
 def test_state_size_per_feature_is_that_of_the_allocated_state() -> None:

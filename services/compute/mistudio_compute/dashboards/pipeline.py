@@ -15,7 +15,7 @@ from mistudio_compute.dashboards.params import (
     validate_features,
     validate_params,
 )
-from mistudio_compute.dashboards.shards import MemoryModel, ShardedComputation, plan_shards
+from mistudio_compute.dashboards.shards import ShardedComputation, plan_within_budget
 
 
 def compute_dashboards(
@@ -32,20 +32,19 @@ def compute_dashboards(
 ) -> Iterator[list[FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
     yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
-    feature shards that fit it. Arguments are validated now; the work runs as the iterator is
-    consumed."""
+    feature shards, and batches of at most ``batch_size`` rows, that fit it. Arguments are
+    validated now; the work runs as the iterator is consumed."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
     config = state_config(params, inputs.token_text.special_ids)
 
-    shard_size = max(1, len(feats))
-    if memory_budget is not None:
-        model = MemoryModel.of(params, config, inputs.encoder.d_sae)
-        positions = batch_size * inputs.source.tokens.shape[1]
-        shard_size = plan_shards(len(feats), model, positions, chunk_size, memory_budget)
+    plan = plan_within_budget(
+        params, config, inputs.encoder.d_sae, len(feats), batch_rows=batch_size,
+        seq_len=inputs.source.tokens.shape[1], chunk_size=chunk_size, budget=memory_budget,
+    )  # fmt: skip
     computation = ShardedComputation(
-        inputs, params, config, feats, shard_size, batch_size,
+        inputs, params, config, feats, plan.shard_size, plan.batch_rows,
         chunk_size=chunk_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
     )  # fmt: skip
     return iter(computation)

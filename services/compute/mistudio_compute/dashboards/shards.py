@@ -92,6 +92,35 @@ def plan_shards(
     return min(n_features, fitting)
 
 
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    shard_size: int
+    """Features per shard."""
+    batch_rows: int
+    """Token rows per batch: as asked, or halved until one batch takes at most half the budget."""
+
+
+def plan_within_budget(
+    params: DashboardParams,
+    config: StateConfig,
+    d_sae: int,
+    n_features: int,
+    *,
+    batch_rows: int,
+    seq_len: int,
+    chunk_size: int,
+    budget: int | None,
+) -> ShardPlan:
+    """Shard size and batch rows for ``budget`` bytes (no budget: one shard, rows as asked)."""
+    if budget is None:
+        return ShardPlan(max(1, n_features), batch_rows)
+    model = MemoryModel.of(params, config, d_sae)
+    while batch_rows > 1 and model.per_batch_position * batch_rows * seq_len > budget // 2:
+        batch_rows //= 2
+    size = plan_shards(n_features, model, batch_rows * seq_len, chunk_size, budget)
+    return ShardPlan(size, batch_rows)
+
+
 @dataclass
 class ShardedComputation:
     """Dashboards of ``features`` in ascending order, ``chunk_size`` per yielded list, computed
