@@ -90,7 +90,8 @@ def run_dashboards(
     feats = validate_features(features, inputs.encoder.d_sae)
     plan = plan_within_budget(
         params, config, inputs.encoder.d_sae, len(feats), batch_rows=prepared.batch_rows,
-        seq_len=dataset.context_size, chunk_size=CHUNK_FEATURES, budget=prepared.memory_budget,
+        seq_len=dataset.context_size, n_rows=inputs.source.tokens.shape[0],
+        chunk_size=CHUNK_FEATURES, budget=prepared.memory_budget,
     )  # fmt: skip
     computation = ShardedComputation(
         inputs, params, config, feats, plan.shard_size, plan.batch_rows,

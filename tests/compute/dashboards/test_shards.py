@@ -52,7 +52,8 @@ def inputs(model, relu_sae, tokens):
 @pytest.fixture(scope="module")
 def budget(inputs) -> int:
     """A budget that fits SHARD features beside a batch and a chunk."""
-    memory = MemoryModel.of(PARAMS, state_config(PARAMS, tiny.SPECIAL), inputs.encoder.d_sae)
+    config, d_sae = state_config(PARAMS, tiny.SPECIAL), inputs.encoder.d_sae
+    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS * tiny.N_CTX)
     return memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2
 
 
@@ -134,20 +135,23 @@ def test_a_budget_without_room_for_one_feature_is_resource_exhausted(inputs) -> 
 def test_a_batch_over_half_the_budget_is_halved_until_it_fits(inputs, budget) -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
     d_sae = inputs.encoder.d_sae
-    memory = MemoryModel.of(PARAMS, config, d_sae)
+    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS * tiny.N_CTX)
     one_row = memory.per_batch_position * tiny.N_CTX
     plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=64, seq_len=tiny.N_CTX,
-                              chunk_size=CHUNK, budget=budget)  # fmt: skip
+                              n_rows=tiny.ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip
     assert plan.batch_rows * one_row <= budget // 2 < 2 * plan.batch_rows * one_row
     assert memory.peak(plan.shard_size, plan.batch_rows * tiny.N_CTX, CHUNK) <= budget
 
 
 def test_state_size_per_feature_is_that_of_the_allocated_state() -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
-    state = PassState.empty(config, torch.arange(10), tiny.N_CTX, torch.device("cpu"))
-    nbytes = sum(t.numel() * t.element_size() for n, t in state.tensors().items()
-                 if not n.startswith("tokens."))  # fmt: skip
-    assert PassState.bytes_per_feature(config) * 10 == nbytes
+    for positions in (tiny.ROWS * tiny.N_CTX, 2**31):  # counts in int32 where they fit
+        cpu = torch.device("cpu")
+        state = PassState.empty(config, torch.arange(10), tiny.N_CTX, cpu, positions)
+        nbytes = sum(t.numel() * t.element_size() for n, t in state.tensors().items()
+                     if not n.startswith("tokens."))  # fmt: skip
+        assert PassState.bytes_per_feature(config, positions) * 10 == nbytes
+    assert PassState.bytes_per_feature(config, 2**31) > PassState.bytes_per_feature(config, 1)
 
 
 @pytest.mark.slow

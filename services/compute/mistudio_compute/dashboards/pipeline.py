@@ -14,6 +14,7 @@ from mistudio_compute.dashboards.params import (
     validate_batch_size,
     validate_features,
     validate_params,
+    validate_tokens,
 )
 from mistudio_compute.dashboards.shards import ShardedComputation, plan_within_budget
 
@@ -38,10 +39,13 @@ def compute_dashboards(
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
     config = state_config(params, inputs.token_text.special_ids)
+    tokens = inputs.source.tokens
+    validate_tokens(tokens, range(len(tokens)))  # its shape sizes the plan
 
     plan = plan_within_budget(
         params, config, inputs.encoder.d_sae, len(feats), batch_rows=batch_size,
-        seq_len=inputs.source.tokens.shape[1], chunk_size=chunk_size, budget=memory_budget,
+        seq_len=tokens.shape[1], n_rows=tokens.shape[0],
+        chunk_size=chunk_size, budget=memory_budget,
     )  # fmt: skip
     computation = ShardedComputation(
         inputs, params, config, feats, plan.shard_size, plan.batch_rows,

@@ -33,12 +33,13 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
-STATE_COPIES = 2.8
+STATE_COPIES = 2.4
 """Peak bytes per byte of pass state: the state, the candidate rows a batch folds in, and the
 example plan finalisation builds from it."""
-BYTES_PER_SHOWN_TOKEN = 125
-"""Finalised dashboards of one chunk are Python objects: about this much per token of each
-shown example's window (its string, value and list slots)."""
+BYTES_PER_SHOWN_TOKEN = 90
+"""Finalised dashboards are Python objects: about this much per token of each shown example's
+window (its string, value and list slots). Two chunks are alive at once: the one being handed
+on and the one being built."""
 BATCH_COPIES = 3
 """Dense feature activations of one batch, the shard's column selection and the encoder's
 pre-activations."""
@@ -58,10 +59,13 @@ class MemoryModel:
     """Working set of one token position of a batch (its activations for every feature)."""
 
     @classmethod
-    def of(cls, params: DashboardParams, config: StateConfig, d_sae: int) -> MemoryModel:
+    def of(
+        cls, params: DashboardParams, config: StateConfig, d_sae: int, positions: int
+    ) -> MemoryModel:
+        """For a pass over ``positions`` token positions (they size the state's counts)."""
         shown = config.n_top + quantile_groups(params) * params.examples_per_quantile_group
         return cls(
-            per_feature=math.ceil(PassState.bytes_per_feature(config) * STATE_COPIES),
+            per_feature=math.ceil(PassState.bytes_per_feature(config, positions) * STATE_COPIES),
             per_dashboard=shown * config.width * BYTES_PER_SHOWN_TOKEN,
             per_batch_position=d_sae * 4 * BATCH_COPIES,
         )
@@ -70,7 +74,7 @@ class MemoryModel:
         """Peak bytes while a shard of ``shard_size`` features runs."""
         return (
             self.per_feature * shard_size
-            + self.per_dashboard * min(chunk_size, shard_size)
+            + 2 * self.per_dashboard * min(chunk_size, shard_size)
             + self.per_batch_position * batch_positions
         )
 
@@ -79,7 +83,8 @@ def plan_shards(
     n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, budget: int
 ) -> int:
     """Features per shard: as many as fit in ``budget`` (all when they fit)."""
-    fixed = model.peak(0, batch_positions, 0) + model.per_dashboard * min(chunk_size, n_features)
+    chunks = 2 * model.per_dashboard * min(chunk_size, n_features)
+    fixed = model.peak(0, batch_positions, 0) + chunks
     fitting = (budget - fixed) // model.per_feature
     if fitting < 1:
         raise ResourceExhausted(
@@ -108,13 +113,14 @@ def plan_within_budget(
     *,
     batch_rows: int,
     seq_len: int,
+    n_rows: int,
     chunk_size: int,
     budget: int | None,
 ) -> ShardPlan:
     """Shard size and batch rows for ``budget`` bytes (no budget: one shard, rows as asked)."""
     if budget is None:
         return ShardPlan(max(1, n_features), batch_rows)
-    model = MemoryModel.of(params, config, d_sae)
+    model = MemoryModel.of(params, config, d_sae, n_rows * seq_len)
     while batch_rows > 1 and model.per_batch_position * batch_rows * seq_len > budget // 2:
         batch_rows //= 2
     size = plan_shards(n_features, model, batch_rows * seq_len, chunk_size, budget)
