@@ -16,16 +16,15 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
-from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
+from mistudio_common.dashboard_codec import COMPONENT_FROM_PB, params_from_pb, params_to_pb
 from mistudio_common.dashboard_options import Component, logit_lens_defined, prepend_bos
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
-from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel, load_model
-from mistudio_compute.run_dashboards import run_dashboards
+from mistudio_compute.run_dashboards import PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
@@ -42,26 +41,8 @@ class TokenPlan:
     dataset: TokenDataset
     params: dpb.DashboardParams
     d_sae: int
-
-
-@dataclass(frozen=True)
-class PreparedDashboards:
-    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
-
-    sae_id: str
-    params: dpb.DashboardParams
-    feature_indices: Sequence[int]
-    resolved: ResolvedSae
-    model: LoadedModel
-    model_lock: threading.Lock
-    dataset: TokenDataset
-    batch_rows: int
-    checkpoint_every_batches: int
-    memory_budget: int
-    """Bytes the computation may take beyond the model and the SAE (it shards features to fit)."""
-
-    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
-        return run_dashboards(self, features, hooks)
+    n_layers: int
+    """Blocks of the SAE's model; 0 when the SAE names no model."""
 
 
 class Planner:
@@ -91,12 +72,14 @@ class Planner:
     ) -> ResolvedSae:
         return resolve_sae(ref, self._store, hook_point, model_id)
 
-    def validate(
-        self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
-    ) -> cpb.ValidateSaeResponse:
-        resolved = self.resolve_sae(ref, hook_point, model_id)
-        model, _ = self.model(_require_model(resolved))
+    def validate(self, request: cpb.ValidateSaeRequest) -> cpb.ValidateSaeResponse:
+        """The SAE against its model; with tokens or a device, those as ComputeDashboards
+        would check them, so a request that cannot run is refused before any job exists."""
+        resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
+        model, _ = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
+        if request.HasField("tokens"):
+            load_model_tokens(request.tokens, model)
         return cpb.ValidateSaeResponse(
             architecture=resolved.sae.cfg.architecture,
             d_in=resolved.sae.d_in,
@@ -126,18 +109,20 @@ class Planner:
         self, ref: cpb.SaeReference, tokens: tpb.TokenSource, request_params: dpb.DashboardParams
     ) -> TokenPlan:
         """The token source and parameters a computation would use, for EstimateComputation."""
-        params = params_from_pb(request_params)
+        params = params_of(request_params)
         check_params(params)
         resolved = self.resolve_sae(ref)
-        model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
+        needs_model = tokens.HasField("text") or resolved.model_id
+        model = self.model(_require_model(resolved))[0] if needs_model else None
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
-        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
+        n_layers = model.n_layers if model is not None else 0
+        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae, n_layers)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
-        params = params_from_pb(request.params)
+        params = params_of(request.params)
         check_params(params)
         if request.batch_size < 0:
             raise InvalidArgument(
@@ -149,14 +134,7 @@ class Planner:
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        dataset = load_token_source(_token_spec(request.tokens), model.tokenizer, model.d_vocab)
-        if dataset.context_size > model.cfg.n_ctx:
-            raise InvalidArgument(
-                f"rows of {dataset.context_size} tokens exceed the model's context of "
-                f"{model.cfg.n_ctx}",
-                field="tokens.context_size",
-                fix=f"use a context_size of at most {model.cfg.n_ctx}",
-            )
+        dataset = load_model_tokens(request.tokens, model)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             params=_filled(with_hook_limits(params, check.hook_point), dataset),
@@ -169,6 +147,33 @@ class Planner:
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
             memory_budget=self._settings.memory_budget(),
         )
+
+
+def load_model_tokens(tokens: tpb.TokenSource, model: LoadedModel) -> TokenDataset:
+    """The token source, checked against the model: ids in its vocabulary, rows within its
+    context."""
+    dataset = load_token_source(_token_spec(tokens), model.tokenizer, model.d_vocab)
+    if dataset.context_size > model.cfg.n_ctx:
+        raise InvalidArgument(
+            f"rows of {dataset.context_size} tokens exceed the model's context of "
+            f"{model.cfg.n_ctx}",
+            field="tokens.context_size",
+            fix=f"use a context_size of at most {model.cfg.n_ctx}",
+        )
+    return dataset
+
+
+def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
+    """The request's parameters, defaults filled in; an unknown component is refused here
+    because the dataclass cannot carry it."""
+    for value in request_params.omitted_components:
+        if value not in COMPONENT_FROM_PB:
+            raise InvalidArgument(
+                f"omitted component {value} is not a dashboard component",
+                field="params.omitted_components",
+                fix="use the DASHBOARD_COMPONENT_* values of mistudio.common.v1",
+            )
+    return params_from_pb(request_params)
 
 
 def check_params(params: d.DashboardParams) -> None:

@@ -12,7 +12,6 @@ the SAEDashboard batches and upload payloads meanwhile, so both CPU cores are us
 
 from __future__ import annotations
 
-import collections
 import multiprocessing
 import os
 import shutil
@@ -24,6 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard import FeatureDashboard
@@ -39,7 +39,7 @@ from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
 from mistudio_export.preview import PREVIEW_DIR, write_preview
-from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
 
 CHECKPOINT_KEY = "formats_done"
@@ -80,9 +80,15 @@ class Inputs:
     info: SaeInfo
     hashes: dict[int, str]
     explanations: list[ExplanationRecord]
+    labels: list[FeatureLabel]
     reuse: Reuse | None
     saelens_frequencies: list[float]
     pretrained_yaml: str
+
+    @property
+    def neuronpedia_explanations(self) -> list[ExplanationRecord]:
+        """Explanations and labels: Neuronpedia keeps a label as an explanation of no type."""
+        return [*self.explanations, *(label.as_explanation() for label in self.labels)]
 
 
 def output_dir(staging: Path) -> Path:
@@ -256,47 +262,42 @@ def _write_prd(
 
     ``with_importer``: the importer rows are written in the same read of the staged dashboards.
     """
-    compressed = job.plan.compression.gzip_json
     shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
-    copied = written = 0
+    copied = 0
     earlier_hashes = inputs.reuse.hashes if inputs.reuse is not None else {}
+    naming = job.plan.naming
     with ExitStack() as stack:
         earlier = None
         if inputs.reuse is not None:
             earlier = stack.enter_context(zipfile.ZipFile(inputs.reuse.archive))
         names = set(earlier.namelist()) if earlier is not None else set()
 
-        def passing() -> Iterator[FeatureDashboard]:
-            nonlocal copied, written
-            for d in _dashboards(job.staging):
-                index = d.feature_index
-                name = prd_json.feature_file_name(index, compressed=compressed)
-                unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
-                if earlier is not None and unchanged and name in names:
-                    jsonio.write_atomic(out / name, earlier.read(name))
-                    copied += 1
-                else:
-                    data = jsonio.dumps(
-                        prd_json.feature_document(d), where=f"feature {d.feature_index}"
-                    )
-                    jsonio.write_document(out / name, data)
-                written += 1
-                progress(written)
-                yield d
+        def reuse(index: int, name: str) -> bytes | None:
+            nonlocal copied
+            unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
+            if earlier is None or not unchanged or name not in names:
+                return None
+            copied += 1
+            return earlier.read(name)
 
-        if with_importer:
+        def importer_rows(dashboards: Iterator[FeatureDashboard]) -> None:
             importer = FormatKind.NEURONPEDIA_IMPORT
             _clear(out / FOLDERS[importer])
-            naming = job.plan.naming  # the batch size (0) is SAEDashboard's only
-            _write_other(job.staging, importer, naming, inputs, 0, None, passing())
-        else:
-            collections.deque(passing(), maxlen=0)
-    naming, info = job.plan.naming, inputs.info
-    explanations = prd_json.explanations_document(inputs.explanations, naming, info.export_version)
-    path = out / prd_json.EXPLANATIONS_FILE
-    jsonio.write_document(path, jsonio.dumps(explanations, where="explanations"))
-    meta = prd_json.metadata_document(info, naming, n_features=written, compressed=compressed)
-    jsonio.write_document(out / prd_json.METADATA_FILE, jsonio.dumps(meta, where="metadata"))
+            # the batch size (0) is SAEDashboard's only
+            _write_other(job.staging, importer, naming, inputs, 0, None, dashboards)
+
+        prd_json.write_prd_export(
+            out,
+            inputs.info,
+            naming,
+            _dashboards(job.staging),
+            inputs.explanations,
+            labels=inputs.labels,
+            compress_features=job.plan.compression.gzip_json,
+            progress=progress,
+            reuse=reuse,
+            also=importer_rows if with_importer else None,
+        )
     return copied
 
 
@@ -313,7 +314,7 @@ def _write_other(
     dashboards = _dashboards(staging) if dashboards is None else dashboards
     if kind is FormatKind.NEURONPEDIA_IMPORT:
         write_importer_export(
-            folder, info, naming, dashboards, inputs.explanations, progress=progress
+            folder, info, naming, dashboards, inputs.neuronpedia_explanations, progress=progress
         )
     elif kind is FormatKind.SAEDASHBOARD:
         write_saedashboard_batches(
@@ -325,7 +326,7 @@ def _write_other(
             progress=progress,
         )
     else:
-        write_upload_payloads(folder, naming, dashboards, inputs.explanations)
+        write_upload_payloads(folder, naming, dashboards, inputs.neuronpedia_explanations)
 
 
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: ComputeClient) -> None:
@@ -356,19 +357,34 @@ def explanation_records(
     ]
 
 
+def _iso(stamp: Timestamp | None) -> str:
+    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if stamp is not None else ""
+
+
 def _explanation(e: spb.Explanation) -> ExplanationRecord:
-    created = (
-        e.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if e.HasField("created_at") else ""
-    )
     return ExplanationRecord(
         feature_index=e.feature_index,
         description=e.description,
         method=e.method,
         explainer_model=e.explainer_model,
-        score=e.score,
-        created_at=created,
-        id=e.explanation_id,
+        score=e.score if e.HasField("score") else None,
+        created_at=_iso(e.created_at if e.HasField("created_at") else None),
     )
+
+
+def feature_labels(store: StoreClient, sae_id: str, indices: Sequence[int]) -> list[FeatureLabel]:
+    """The labels of ``indices`` that have one."""
+    wanted = set(indices)
+    return [
+        FeatureLabel(
+            f.feature_index,
+            f.label,
+            f.category,
+            _iso(f.updated_at if f.HasField("updated_at") else None),
+        )
+        for f in store.features(sae_id, spb.FeatureFilter(labeled_only=True))
+        if f.feature_index in wanted and f.label.strip()
+    ]
 
 
 def saelens_frequencies(store: StoreClient, sae_id: str, d_sae: int) -> list[float]:

@@ -18,7 +18,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.dashboard_options import Component, prepend_bos
+from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export import checking, computing, delta
@@ -32,18 +32,19 @@ from mistudio_export.generate import (
     Inputs,
     Reuse,
     explanation_records,
+    feature_labels,
     output_dir,
     saelens_frequencies,
     write_formats,
 )
-from mistudio_export.object_store import ObjectStore
+from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
 from mistudio_export.records import SaeInfo
 from mistudio_export.runtime import JobRuntime
-from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.selection import require_candidates, statistic_filter
 from mistudio_export.token_facts import TokenFacts, token_facts
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ _ARCHITECTURES = {
     spb.ARCHITECTURE_TOPK: "topk",
     spb.ARCHITECTURE_GATED: "gated",
 }
+
+
+def archive_prefix(job_id: str) -> str:
+    """Where a job's published objects live in the object store."""
+    return f"exports/{job_id}/"
 
 
 def mistudio_version() -> str:
@@ -84,9 +90,15 @@ class ExportPipeline:
         """Frees what a paused job holds in other services, when it is cancelled."""
         computing.release_paused(self._compute, checkpoint)
 
+    def discard(self, job_id: str) -> None:
+        """Deletes everything published for the job (its archive)."""
+        for found in list(self._objects.list(archive_prefix(job_id))):
+            self._objects.delete(found.key)
+
     def run(self, job: JobRuntime) -> epb.ExportResult:
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
+        check_writable(self._objects)  # before hours of computing, not at publishing
         base = self._planner.base_job(plan) if plan.delta_base_job_id else None
         kinds = [
             *(NEURONPEDIA_KINDS if plan.neuronpedia else ()),
@@ -128,9 +140,7 @@ class ExportPipeline:
         job.finish_stage(ppb.STAGE_GENERATING_FILES)
         summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
-        facts = archive_facts(
-            plan, inputs.info, kinds, n_features, summary, len(inputs.explanations)
-        )
+        facts = archive_facts(plan, inputs.info, kinds, n_features, summary, inputs.explanations)
         published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
         hashes = dict(collected.hashes)
         if base is not None and not plan.merge_with_base:
@@ -164,17 +174,9 @@ class ExportPipeline:
 
     def _candidates(self, plan: ExportPlan) -> list[int]:
         sae_id = plan.sae.sae_id
-        candidates = candidate_indices(
+        return require_candidates(
             plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
         )
-        if not candidates:
-            raise FailedPrecondition(
-                "the feature selection matches no feature",
-                violations=[("config.selection", "no feature record matches the label filters")],
-                field="config.selection",
-                fix="label features first, or loosen labeled_only / label_contains / category",
-            )
-        return candidates
 
     def _inputs(self, job: JobRuntime, collected: Collected, base: spb.ExportJob | None) -> Inputs:
         plan = job.plan
@@ -185,6 +187,11 @@ class ExportPipeline:
             hashes=collected.hashes,
             explanations=(
                 explanation_records(self._store, plan.sae.sae_id, indices)
+                if Component.EXPLANATIONS not in plan.omitted
+                else []
+            ),
+            labels=(
+                feature_labels(self._store, plan.sae.sae_id, indices)
                 if Component.EXPLANATIONS not in plan.omitted
                 else []
             ),
@@ -220,9 +227,10 @@ class ExportPipeline:
             mistudio_version=mistudio_version(),
             n_prompts=facts.n_rows if facts is not None else 0,
             n_tokens_in_prompt=facts.context_size if facts is not None else 0,
-            prepend_bos=prepend_bos(tokens) if tokens is not None else False,
+            prepend_bos=facts.prepend_bos if facts is not None else False,
             dashboard_dataset=tokens.dataset_name if tokens is not None else "",
             omitted_components=tuple(sorted(c.value for c in plan.omitted)),
+            model_layers=facts.n_layers if facts is not None else 0,
         )
 
     def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:
@@ -249,4 +257,4 @@ class ExportPipeline:
         return [j for j in page.jobs if j.job_id != job.job_id]
 
     def _archive_key(self, job: JobRuntime) -> str:
-        return f"exports/{job.job_id}/{job.plan.sae.sae_id}.zip"
+        return f"{archive_prefix(job.job_id)}{job.plan.sae.sae_id}.zip"

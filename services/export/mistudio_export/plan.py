@@ -31,7 +31,7 @@ from mistudio_common.dashboard_options import (
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
 from mistudio_export.presets import apply_preset, with_token_budget
-from mistudio_export.records import NeuronpediaNaming
+from mistudio_export.records import DEFAULT_VISIBILITY, NeuronpediaNaming
 
 NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
 SAELENS = epb.EXPORT_FORMAT_SAELENS
@@ -98,8 +98,22 @@ class ExportPlan:
         )
 
 
+OWNER_MAX_LENGTH = 128
+"""The store's column width for owners."""
+
+
+def _check_owner(owner: str) -> None:
+    if len(owner) > OWNER_MAX_LENGTH or "\x00" in owner:
+        raise InvalidArgument(
+            "owner holds a NUL character or is longer than 128 characters",
+            field="owner",
+            fix="use a printable owner name of at most 128 characters",
+        )
+
+
 def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:
     """Checks every option of ``config`` against ``sae``; InvalidArgument names the first."""
+    _check_owner(owner)
     config = apply_preset(config)
     formats = _formats(config)
     _check_selection(config.selection, sae.d_sae)
@@ -396,4 +410,5 @@ def _naming(sae: spb.Sae, given: epb.NeuronpediaNaming, owner: str) -> Neuronped
         release_title=given.release_title or f"miStudio export of {sae.sae_id}",
         hf_repo=given.hf_repo_id,
         hf_folder=sae.hook_point,
+        visibility=given.visibility or DEFAULT_VISIBILITY,
     )

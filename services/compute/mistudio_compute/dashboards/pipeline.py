@@ -3,11 +3,11 @@ dashboards in chunks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 
-from mistudio_compute.dashboards.activation_pass import Checkpointing
+from mistudio_compute.dashboards.activation_pass import Checkpointing, PassResult
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
 from mistudio_compute.dashboards.params import (
     state_config,
@@ -30,11 +30,13 @@ def compute_dashboards(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     memory_budget: int | None = None,
+    on_pass: Callable[[PassResult], None] | None = None,
 ) -> Iterator[list[FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
     yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
     feature shards, and batches of at most ``batch_size`` rows, that fit it. Arguments are
-    validated now; the work runs as the iterator is consumed."""
+    validated now; the work runs as the iterator is consumed. ``on_pass`` receives each
+    shard's activation pass result (e.g. the batch size it ended with)."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
@@ -50,5 +52,6 @@ def compute_dashboards(
     computation = ShardedComputation(
         inputs, params, config, feats, plan.shard_size, plan.batch_rows,
         chunk_size=chunk_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
+        on_pass=on_pass,
     )  # fmt: skip
     return iter(computation)

@@ -14,14 +14,18 @@ import ctypes
 import ctypes.util
 import gc
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 from mistudio_common.errors import ResourceExhausted
 
-from mistudio_compute.dashboards.activation_pass import Checkpointing, run_activation_pass
+from mistudio_compute.dashboards.activation_pass import (
+    Checkpointing,
+    PassResult,
+    run_activation_pass,
+)
 from mistudio_compute.dashboards.checkpoint import checkpoint_features
 from mistudio_compute.dashboards.finalize import finalize_dashboards
 from mistudio_compute.dashboards.inputs import (
@@ -143,6 +147,7 @@ class ShardedComputation:
     checkpoint: Checkpointing | None = None
     progress: ProgressCallback | None = None
     cancel: CancelCheck | None = None
+    on_pass: Callable[[PassResult], None] | None = None
 
     def __iter__(self) -> Iterator[list[FeatureDashboard]]:
         shards = self._shards()
@@ -156,6 +161,8 @@ class ShardedComputation:
                 progress=report, cancel=self.cancel,
             )  # fmt: skip
             self.batch_size = passed.batch_size
+            if self.on_pass is not None:
+                self.on_pass(passed)
             yield from finalize_dashboards(
                 passed.state, self.inputs, self.params,
                 chunk_size=self.chunk_size, progress=report, cancel=self.cancel,

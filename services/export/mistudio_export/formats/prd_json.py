@@ -7,8 +7,9 @@ top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.sch
 
 from __future__ import annotations
 
+import collections
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.output import FormatOutput
-from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 
 FORMAT_NAME = "mistudio-prd-json"
 METADATA_FILE = "metadata.json"
@@ -143,39 +144,39 @@ def feature_document(d: FeatureDashboard) -> dict[str, Any]:
     }
 
 
-def explanation_id(record: ExplanationRecord, neuronpedia_id: str) -> str:
-    """The record's own id, or one derived from its content (the importer rows use the same)."""
-    return record.resolved_id(neuronpedia_id)
-
-
-def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str, str]:
-    return (r.created_at, r.method, r.explainer_model, r.description, r.id)
+def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str]:
+    return (r.created_at, r.method, r.explainer_model, r.description)
 
 
 def explanations_document(
-    records: Iterable[ExplanationRecord], naming: NeuronpediaNaming, export_version: str
+    records: Iterable[ExplanationRecord],
+    naming: NeuronpediaNaming,
+    export_version: str,
+    labels: Iterable[FeatureLabel] = (),
 ) -> dict[str, Any]:
-    """FR-5.1: per feature, all its explanations, in a stable order whatever the input order."""
+    """FR-5.1: per feature, its label and category and all its explanations (the label among
+    them), in a stable order whatever the input order."""
     by_feature: dict[int, list[ExplanationRecord]] = defaultdict(list)
-    for r in records:
+    labelled = {label.feature_index: label for label in labels}
+    for r in [*records, *(label.as_explanation() for label in labelled.values())]:
         by_feature[r.feature_index].append(r)
-    features = [
-        {
-            "feature_index": index,
-            "explanations": [
-                {
-                    "id": explanation_id(r, naming.neuronpedia_id),
-                    "description": r.description,
-                    "method": r.method,
-                    "model": r.explainer_model,
-                    "score": r.score,
-                    "created_at": r.created_at,
-                }
-                for r in sorted(by_feature[index], key=_explanation_sort_key)
-            ],
-        }
-        for index in sorted(by_feature)
-    ]
+    features = []
+    for index in sorted(by_feature):
+        entry: dict[str, Any] = {"feature_index": index}
+        if index in labelled:
+            entry.update(label=labelled[index].label, category=labelled[index].category)
+        entry["explanations"] = [
+            {
+                "id": r.export_id(naming.neuronpedia_id),
+                "description": r.description,
+                "method": r.method,
+                "model": r.explainer_model,
+                "score": r.score,
+                "created_at": r.created_at,
+            }
+            for r in sorted(by_feature[index], key=_explanation_sort_key)
+        ]
+        features.append(entry)
     return {"export_version": export_version, "features": features}
 
 
@@ -186,25 +187,45 @@ def write_prd_export(
     dashboards: Iterable[FeatureDashboard],
     explanations: Iterable[ExplanationRecord] = (),
     *,
+    labels: Iterable[FeatureLabel] = (),
     compress_features: bool = False,
     progress: Callable[[int], None] | None = None,
+    reuse: Callable[[int, str], bytes | None] | None = None,
+    also: Callable[[Iterator[FeatureDashboard]], None] | None = None,
 ) -> FormatOutput:
-    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each."""
+    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each.
+
+    ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
+    feature (a delta export copies them); ``also`` consumes the same single read of the
+    dashboards, so another format is written in the same pass (each is written before it
+    reaches ``also``)."""
     info.validate()
     naming.validate()
     files: list[Path] = []
     seen: set[int] = set()
-    for d in dashboards:
-        if d.feature_index in seen:
-            raise _duplicate(d.feature_index)
-        seen.add(d.feature_index)
-        path = out_dir / feature_file_name(d.feature_index, compressed=compress_features)
-        data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
-        jsonio.write_document(path, data)
-        files.append(path)
-        if progress is not None:
-            progress(len(seen))
-    expl = explanations_document(explanations, naming, info.export_version)
+
+    def written() -> Iterator[FeatureDashboard]:
+        for d in dashboards:
+            if d.feature_index in seen:
+                raise _duplicate(d.feature_index)
+            seen.add(d.feature_index)
+            name = feature_file_name(d.feature_index, compressed=compress_features)
+            earlier = reuse(d.feature_index, name) if reuse is not None else None
+            if earlier is not None:
+                jsonio.write_atomic(out_dir / name, earlier)
+            else:
+                data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
+                jsonio.write_document(out_dir / name, data)
+            files.append(out_dir / name)
+            if progress is not None:
+                progress(len(seen))
+            yield d
+
+    if also is not None:
+        also(written())
+    else:
+        collections.deque(written(), maxlen=0)
+    expl = explanations_document(explanations, naming, info.export_version, labels)
     jsonio.write_document(out_dir / EXPLANATIONS_FILE, jsonio.dumps(expl, where="explanations"))
     files.append(out_dir / EXPLANATIONS_FILE)
     meta = metadata_document(info, naming, n_features=len(seen), compressed=compress_features)

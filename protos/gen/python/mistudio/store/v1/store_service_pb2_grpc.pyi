@@ -56,7 +56,9 @@ class StoreServiceStub:
     ListFeatures: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListFeaturesRequest, _store_service_pb2.ListFeaturesResponse]
     """Paginated, in feature_index order, with optional filters."""
     AddExplanations: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.AddExplanationsRequest, _store_service_pb2.AddExplanationsResponse]
-    """Batched: adds explanations (several per feature are kept)."""
+    """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+    feature, method, explainer model and description to a stored one updates its score and date.
+    """
     ListExplanations: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExplanationsRequest, _store_service_pb2.ListExplanationsResponse]
     """Paginated, ordered by (feature_index, created_at, id)."""
     PutDashboards: _grpc.StreamUnaryMultiCallable[_store_service_pb2.PutDashboardsRequest, _store_service_pb2.PutDashboardsResponse]
@@ -75,6 +77,8 @@ class StoreServiceStub:
     """Only the fields named in update_mask are written."""
     ListExportJobs: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
+    DeleteExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]
+    """Removes the job record (NOT_FOUND when there is none)."""
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
@@ -104,7 +108,9 @@ class StoreServiceAsyncStub(StoreServiceStub):
     ListFeatures: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListFeaturesRequest, _store_service_pb2.ListFeaturesResponse]  # type: ignore[assignment]
     """Paginated, in feature_index order, with optional filters."""
     AddExplanations: _aio.UnaryUnaryMultiCallable[_store_service_pb2.AddExplanationsRequest, _store_service_pb2.AddExplanationsResponse]  # type: ignore[assignment]
-    """Batched: adds explanations (several per feature are kept)."""
+    """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+    feature, method, explainer model and description to a stored one updates its score and date.
+    """
     ListExplanations: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExplanationsRequest, _store_service_pb2.ListExplanationsResponse]  # type: ignore[assignment]
     """Paginated, ordered by (feature_index, created_at, id)."""
     PutDashboards: _aio.StreamUnaryMultiCallable[_store_service_pb2.PutDashboardsRequest, _store_service_pb2.PutDashboardsResponse]  # type: ignore[assignment]
@@ -123,6 +129,8 @@ class StoreServiceAsyncStub(StoreServiceStub):
     """Only the fields named in update_mask are written."""
     ListExportJobs: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]  # type: ignore[assignment]
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
+    DeleteExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]  # type: ignore[assignment]
+    """Removes the job record (NOT_FOUND when there is none)."""
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The store keeps every persistent miStudio Export record: SAEs, features and their
@@ -191,7 +199,9 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _store_service_pb2.AddExplanationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.AddExplanationsResponse, _abc.Awaitable[_store_service_pb2.AddExplanationsResponse]]:
-        """Batched: adds explanations (several per feature are kept)."""
+        """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+        feature, method, explainer model and description to a stored one updates its score and date.
+        """
 
     @_abc_1.abstractmethod
     def ListExplanations(
@@ -258,5 +268,13 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.ListExportJobsResponse, _abc.Awaitable[_store_service_pb2.ListExportJobsResponse]]:
         """Paginated, newest first, optionally filtered by SAE, owner and state."""
+
+    @_abc_1.abstractmethod
+    def DeleteExportJob(
+        self,
+        request: _store_service_pb2.DeleteExportJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_service_pb2.DeleteExportJobResponse, _abc.Awaitable[_store_service_pb2.DeleteExportJobResponse]]:
+        """Removes the job record (NOT_FOUND when there is none)."""
 
 def add_StoreServiceServicer_to_server(servicer: StoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
