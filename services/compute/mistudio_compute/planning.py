@@ -21,6 +21,7 @@ from mistudio_common.dashboard_options import Component, logit_lens_defined, pre
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.config import ComputeSettings
+from mistudio_compute.dashboards.distributed import Sharding
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.model_access import LoadedModel, load_model
@@ -146,6 +147,7 @@ class Planner:
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
             memory_budget=self._settings.memory_budget(),
+            sharding=_sharding(self._settings),
         )
 
 
@@ -233,4 +235,16 @@ def _token_spec(source: tpb.TokenSource) -> TokenSourceSpec:
         context_size=source.context_size,
         prepend_bos=prepend_bos(source),
         max_tokens=source.max_tokens,
+    )
+
+
+def _sharding(settings: ComputeSettings) -> Sharding | None:
+    if not settings.ray_address:
+        return None
+    return Sharding(
+        address=settings.ray_address,
+        shards=settings.ray_shards,
+        max_in_flight=settings.ray_max_shards_in_flight,
+        gpus_per_task=settings.ray_gpus_per_task,
+        max_retries=settings.ray_task_retries,
     )

@@ -19,12 +19,8 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard_options import Component
 
-from mistudio_export import views
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import EXPORT_FORMAT_VERSION
-
-HASHES_KEY = "feature_hashes"
-RENDER_KEY = "render_key"
 
 
 def feature_hash(
@@ -72,12 +68,11 @@ class EarlierExport:
 
     @classmethod
     def of(cls, job: spb.ExportJob) -> EarlierExport:
-        checkpoint = views.dict_of(job.checkpoint) if job.HasField("checkpoint") else {}
         return cls(
             job_id=job.job_id,
             output_uri=job.output_uri,
-            render_key=str(checkpoint.get(RENDER_KEY, "")),
-            hashes=hashes_from_json(checkpoint.get(HASHES_KEY)),
+            render_key=job.outcome.render_key,
+            hashes=dict(job.outcome.feature_hashes),
         )
 
     def unchanged(self, index: int, content_hash: str) -> bool:
