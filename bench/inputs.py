@@ -33,6 +33,8 @@ TEXT_PIECES = 259
 BOS = 1
 CALIBRATION_ROWS = 256
 CALIBRATION_SEED = 2
+CALIBRATION_FEATURES = 4096
+"""Features whose encoder bias is calibrated together (256 x 128 tokens x 4096 x 4 B = 0.5 GB)."""
 MODELS = ("stories260k", "gpt2-small-random")
 GPT2_SMALL_SIZE = {
     "dim": 768, "hidden": 2048, "n_layers": 12, "n_heads": 12, "n_kv": 12, "vocab": 512,
@@ -166,8 +168,12 @@ def write_sae(
     rng = np.random.default_rng(d_sae)
     w_dec = rng.normal(size=(d_sae, d_in)).astype(np.float32)
     w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
-    pre = acts @ w_dec.T  # [tokens, d_sae]
-    b_enc = -np.quantile(pre, 1.0 - fire_rate, axis=0)
+    b_enc = np.concatenate(
+        [  # in feature chunks: [tokens, d_sae] at once would not fit at 131k
+            -np.quantile(acts @ w_dec[lo : lo + CALIBRATION_FEATURES].T, 1.0 - fire_rate, axis=0)
+            for lo in range(0, d_sae, CALIBRATION_FEATURES)
+        ]
+    )
     weights = {"W_enc": w_dec.T, "b_enc": b_enc, "W_dec": w_dec, "b_dec": np.zeros(d_in)}
     folder.mkdir(parents=True, exist_ok=True)
     save_file(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mistudio_common.auth import SecuritySettings
@@ -53,3 +54,12 @@ class ComputeSettings(SecuritySettings):
     health_check_seconds: float = 10.0
     """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
+    memory_budget_bytes: int = 0
+    """Peak memory one computation may take beyond the model and the SAE; a computation whose
+    pass state would not fit runs in feature shards (README 'Operations'). 0: 80% of physical
+    memory."""
+
+    def memory_budget(self) -> int:
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)

@@ -146,6 +146,7 @@ class Planner:
             dataset=dataset,
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
+            memory_budget=self._settings.memory_budget(),
             sharding=_sharding(self._settings),
         )
 

@@ -63,6 +63,8 @@ class PreparedDashboards:
     dataset: TokenDataset
     batch_rows: int
     checkpoint_every_batches: int
+    memory_budget: int
+    """Bytes the computation may take beyond the model and the SAE (it shards features to fit)."""
     sharding: Sharding | None = None
     """Set when a Ray address is configured: the pass then runs as shards on that cluster."""
 
@@ -100,7 +102,8 @@ class StageReporter:
 def run_dashboards(
     prepared: PreparedDashboards, features: Sequence[int], hooks: RunHooks
 ) -> RunStats:
-    """Pass, then finalisation chunk by chunk; raises Cancelled when ``hooks.interrupt`` is set."""
+    """Pass, then finalisation chunk by chunk, in feature shards that fit the memory budget;
+    raises Cancelled when ``hooks.interrupt`` is set."""
     params = params_from_pb(prepared.params)
     dataset = prepared.dataset
     inputs = dashboard_inputs(
@@ -125,6 +128,7 @@ def run_dashboards(
             ),
             progress=reporter,
             cancel=hooks.interrupt,
+            memory_budget=prepared.memory_budget,
             on_pass=passed.append,
         )
     else:
@@ -143,7 +147,7 @@ def run_dashboards(
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
         tokens_processed=dataset.n_tokens,
-        final_batch_size=passed[0].batch_size,
+        final_batch_size=passed[-1].batch_size,
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
     )

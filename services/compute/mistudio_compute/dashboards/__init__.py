@@ -2,12 +2,13 @@
 
 ``compute_dashboards`` is the entry point; ``run_activation_pass`` + ``PassState.merge`` +
 ``finalize_dashboards`` are its parts, for split or resumed runs. Inputs are the Protocols in
-``inputs``. Memory: about 24.6 KB per feature for the pass state at default parameters (the
+``inputs``. Memory: about 19.5 KB per feature for the pass state at default parameters (the
 fine histogram grid, and the context windows of the n_top + 4 x groups x per_group example
-candidates, kept so the examples need no second model pass) plus one batch of encoder output,
-whatever the number of tokens. Special tokens (BOS/EOS/PAD) are never an example's max token
-and count in no statistic, histogram or token table (also not in ``token_count``); they are
-shown in windows with value 0.
+candidates, kept so the examples need no second model pass; counts in int32 below 2**31
+positions) plus one batch of encoder output, whatever the number of tokens; under a memory
+budget the features run in shards (``shards``). Special tokens (BOS/EOS/PAD) are never an
+example's max token and count in no statistic, histogram or token table (also not in
+``token_count``); they are shown in windows with value 0.
 """
 
 from mistudio_compute.dashboards.activation_pass import (

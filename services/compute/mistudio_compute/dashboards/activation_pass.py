@@ -83,7 +83,8 @@ def run_activation_pass(
     every_feature = len(features) == inputs.encoder.d_sae
     features = features.to(device)
 
-    state, next_row = PassState.empty(config, features, seq_len, device), rows.start
+    state = PassState.empty(config, features, seq_len, device, len(rows) * seq_len)
+    next_row = rows.start
     if checkpoint is not None and checkpoint.path.exists():
         state, cursor = load_checkpoint(checkpoint.path, device)
         _check_resumable(state, cursor, config, features, seq_len, rows, checkpoint.path)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _META_KEY = "mistudio.dashboard_pass"
 
 
@@ -68,6 +68,15 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[PassState, Cursor
     config = _config_from_json(meta["config"])
     state = PassState.from_tensors(config, meta["seq_len"], meta["token_count"], tensors)
     return state, Cursor(**meta["cursor"])
+
+
+def checkpoint_features(path: Path) -> torch.Tensor | None:
+    """The features of the pass checkpointed at ``path`` (None when there is none), read
+    without loading its state."""
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.get_tensor("features") if "features" in f.keys() else None  # noqa: SIM118
 
 
 def _config_to_json(config: StateConfig) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The entry point: validate, stream once over the tokens, then emit dashboards in chunks."""
+"""The entry point: validate, stream over the tokens (once per feature shard), then emit
+dashboards in chunks."""
 
 from __future__ import annotations
 
@@ -6,19 +7,16 @@ from collections.abc import Callable, Iterator, Sequence
 
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 
-from mistudio_compute.dashboards.activation_pass import (
-    Checkpointing,
-    PassResult,
-    run_activation_pass,
-)
-from mistudio_compute.dashboards.finalize import finalize_dashboards
+from mistudio_compute.dashboards.activation_pass import Checkpointing, PassResult
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
 from mistudio_compute.dashboards.params import (
     state_config,
     validate_batch_size,
     validate_features,
     validate_params,
+    validate_tokens,
 )
+from mistudio_compute.dashboards.shards import ShardedComputation, plan_within_budget
 
 
 def compute_dashboards(
@@ -31,25 +29,29 @@ def compute_dashboards(
     checkpoint: Checkpointing | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    memory_budget: int | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
 ) -> Iterator[list[FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
-    yielded list. Arguments are validated now; the work runs as the iterator is consumed.
-    ``on_pass`` receives the activation pass's result (e.g. the batch size it ended with)."""
+    yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
+    feature shards, and batches of at most ``batch_size`` rows, that fit it. Arguments are
+    validated now; the work runs as the iterator is consumed. ``on_pass`` receives each
+    shard's activation pass result (e.g. the batch size it ended with)."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
     config = state_config(params, inputs.token_text.special_ids)
+    tokens = inputs.source.tokens
+    validate_tokens(tokens, range(len(tokens)))  # its shape sizes the plan
 
-    def run() -> Iterator[list[FeatureDashboard]]:
-        result = run_activation_pass(
-            inputs, config, feats,
-            batch_size=batch_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
-        )  # fmt: skip
-        if on_pass is not None:
-            on_pass(result)
-        yield from finalize_dashboards(
-            result.state, inputs, params, chunk_size=chunk_size, progress=progress, cancel=cancel
-        )
-
-    return run()
+    plan = plan_within_budget(
+        params, config, inputs.encoder.d_sae, len(feats), batch_rows=batch_size,
+        seq_len=tokens.shape[1], n_rows=tokens.shape[0],
+        chunk_size=chunk_size, budget=memory_budget,
+    )  # fmt: skip
+    computation = ShardedComputation(
+        inputs, params, config, feats, plan.shard_size, plan.batch_rows,
+        chunk_size=chunk_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
+        on_pass=on_pass,
+    )  # fmt: skip
+    return iter(computation)

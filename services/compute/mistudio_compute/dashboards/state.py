@@ -56,12 +56,12 @@ class PassState:
     features: torch.Tensor  # [F] SAE feature indices
     seq_len: int
     token_count: int  # non-special positions seen
-    count: torch.Tensor  # [F] int64 active positions
+    count: torch.Tensor  # [F] active positions (count_dtype)
     total: torch.Tensor  # [F] float64 sum of active values
     total_sq: torch.Tensor  # [F] float64 sum of squares
     vmin: torch.Tensor  # [F] float32 smallest active value (inf if none)
     vmax: torch.Tensor  # [F] float32 largest active value (0 if none)
-    hist: torch.Tensor  # [F, n_buckets] int64 fine-grid counts
+    hist: torch.Tensor  # [F, n_buckets] fine-grid counts (count_dtype)
     top_keys: torch.Tensor  # [F, n_top] int64 best first (keys.top_key), EMPTY_TOP padded
     top_hash: torch.Tensor  # [F, n_top] int64 window hashes
     top_windows: torch.Tensor  # [F, n_top, width] float32 window values
@@ -73,9 +73,15 @@ class PassState:
 
     @classmethod
     def empty(
-        cls, config: StateConfig, features: torch.Tensor, seq_len: int, device: torch.device
+        cls,
+        config: StateConfig,
+        features: torch.Tensor,
+        seq_len: int,
+        device: torch.device,
+        positions: int = K.MAX_POSITIONS,
     ) -> PassState:
-        n = len(features)
+        """A state for a pass over at most ``positions`` token positions (which sizes counts)."""
+        n, counts = len(features), count_dtype(positions)
 
         def full(shape: tuple[int, ...], value: float, dtype: torch.dtype) -> torch.Tensor:
             return torch.full(shape, value, dtype=dtype, device=device)
@@ -85,12 +91,12 @@ class PassState:
             features=features.to(device=device, dtype=torch.int64),
             seq_len=seq_len,
             token_count=0,
-            count=full((n,), 0, torch.int64),
+            count=full((n,), 0, counts),
             total=full((n,), 0, torch.float64),
             total_sq=full((n,), 0, torch.float64),
             vmin=full((n,), float("inf"), torch.float32),
             vmax=full((n,), 0, torch.float32),
-            hist=full((n, config.grid.n_buckets), 0, torch.int64),
+            hist=full((n, config.grid.n_buckets), 0, counts),
             top_keys=full((n, config.n_top), K.EMPTY_TOP, torch.int64),
             top_hash=full((n, config.n_top), 0, torch.int64),
             top_windows=full((n, config.n_top, config.width), 0, torch.float32),
@@ -100,6 +106,14 @@ class PassState:
             sample_windows=full((n, config.n_sample, config.width), 0, torch.float32),
             tokens=TokenTotals.empty(device) if config.track_tokens else None,
         )
+
+    @staticmethod
+    def bytes_per_feature(config: StateConfig, positions: int = K.MAX_POSITIONS) -> int:
+        """Bytes one feature's arrays take, read from the shapes and dtypes ``empty`` allocates
+        (token totals grow with the data and are not included)."""
+        plain = replace(config, track_tokens=False)
+        meta = PassState.empty(plain, torch.zeros(1), 1, torch.device("meta"), positions)
+        return sum(t.element_size() * t.numel() for t in meta.tensors().values())
 
     def update(self, acts: torch.Tensor, tokens: torch.Tensor, first_row: int) -> None:
         """Fold one batch in: acts [B*T, F] of this state's features, tokens [B, T] = rows
@@ -138,7 +152,7 @@ class PassState:
             rows, keys, values, hashes, wins = sample
             self.sample_keys[rows], self.sample_values[rows] = keys, values
             self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
-        self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket))
+        self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=self.hist.dtype))
         self.count += torch.bincount(f, minlength=n_feat)
         self.total.index_add_(0, f, val.double())
         self.total_sq.index_add_(0, f, val.double().square())
@@ -209,18 +223,21 @@ class PassState:
         top_empty = top_keys == K.EMPTY_TOP
         sample_keys, s_pick = both("sample_keys").topk(cfg.n_sample, dim=1, largest=False)
         s_empty = sample_keys == K.EMPTY_SAMPLE
+        counts = count_dtype(self.token_count + other.token_count)
+        if counts != self.count.dtype or counts != other.count.dtype:  # widen when they may not fit
+            counts = torch.int64
         tokens = None
         if self.tokens is not None and other.tokens is not None:
             tokens = self.tokens.merge(other.tokens)
         return replace(
             self,
             token_count=self.token_count + other.token_count,
-            count=self.count + other.count,
+            count=self.count.to(counts) + other.count.to(counts),
             total=self.total + other.total,
             total_sq=self.total_sq + other.total_sq,
             vmin=torch.minimum(self.vmin, other.vmin),
             vmax=torch.maximum(self.vmax, other.vmax),
-            hist=self.hist + other.hist,
+            hist=self.hist.to(counts) + other.hist.to(counts),
             top_keys=top_keys,
             top_hash=_take(both("top_hash"), pick, top_empty),
             top_windows=_take(both("top_windows"), pick, top_empty),
@@ -253,6 +270,11 @@ class PassState:
             tok = TokenTotals(*(tensors[f"tokens.{n}"] for n in ("keys", "total", "count", "vmax")))
         plain = {k: v for k, v in tensors.items() if not k.startswith("tokens.")}
         return cls(config=config, seq_len=seq_len, token_count=token_count, tokens=tok, **plain)
+
+
+def count_dtype(positions: int) -> torch.dtype:
+    """int32 for counts of a pass that cannot reach 2**31 positions (half the bytes), else int64."""
+    return torch.int32 if positions < 2**31 else torch.int64
 
 
 def _where(mask: torch.Tensor) -> torch.Tensor:

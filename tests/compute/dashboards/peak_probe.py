@@ -1,0 +1,58 @@
+"""Measures one real dashboard computation's peak memory, in a process of its own.
+
+``python -m tests.compute.dashboards.peak_probe D_SAE [BUDGET]`` prints one JSON line: the
+growth of the peak resident set during the computation (the high-water mark is reset first),
+what ``MemoryModel`` predicts for it, and the features per shard.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from mistudio_common.dashboard import DashboardParams
+from mistudio_compute.dashboards import compute_dashboards, state_config
+from mistudio_compute.dashboards.shards import MemoryModel, plan_within_budget
+
+from tests.compute.dashboards import tiny
+
+PARAMS = DashboardParams(n_top_examples=50, context_left=32, context_right=32)
+BATCH = 16
+CHUNK = 256
+ROWS = 128
+
+
+def resident_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def main() -> None:
+    d_sae = int(sys.argv[1])
+    budget = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    torch.set_num_threads(1)
+    model, tokens = tiny.tiny_model(), tiny.tiny_tokens(ROWS)
+    inputs = tiny.make_inputs(model, tiny.make_sae(model, tokens, "relu", d_sae=d_sae), tokens)
+    config = state_config(PARAMS, tiny.SPECIAL)
+    memory = MemoryModel.of(PARAMS, config, d_sae, ROWS * tiny.N_CTX)
+    positions = BATCH * tiny.N_CTX
+    plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=BATCH, seq_len=tiny.N_CTX,
+                              n_rows=ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip
+    assert plan.batch_rows == BATCH
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM)
+    before = resident_kib("VmRSS")
+    for _chunk in compute_dashboards(
+        inputs, PARAMS, batch_size=BATCH, chunk_size=CHUNK, memory_budget=budget
+    ):  # each chunk is handed on and dropped, as the service does
+        pass
+    measured = (resident_kib("VmHWM") - before) * 1024
+    predicted = memory.peak(plan.shard_size, positions, CHUNK)
+    print(json.dumps({"measured": measured, "predicted": predicted, "shard": plan.shard_size}))
+
+
+if __name__ == "__main__":
+    main()
