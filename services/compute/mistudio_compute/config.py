@@ -6,6 +6,10 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
+
+_GIB = 1 << 30
+
 
 class ComputeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MISTUDIO_COMPUTE_", frozen=True)
@@ -29,3 +33,17 @@ class ComputeSettings(BaseSettings):
     default_token_features_per_second: float = 2.0e7
     """Throughput EstimateComputation assumes before this service has measured its own."""
     log_level: str = "INFO"
+    input_roots: tuple[Path, ...] = ()
+    """Folders (or single files) whose files requests may name, as a JSON list; empty: data_dir.
+    Paths are resolved with realpath, so symlinks out of a root are refused."""
+    max_sae_weights_bytes: int = 64 * _GIB
+    max_sae_config_bytes: int = 1 << 20
+    """A SAELens cfg.json is a few kB; a huge one only costs memory to parse."""
+    max_token_file_bytes: int = 64 * _GIB
+    max_text_file_bytes: int = 4 * _GIB
+    max_model_file_bytes: int = 64 * _GIB
+
+    def input_policy(self) -> InputPolicy:
+        """Which files requests may open (``mistudio_compute.input_files``)."""
+        limits = {kind: getattr(self, name) for kind, name in SIZE_SETTINGS.items()}
+        return InputPolicy.create(self.input_roots or (self.data_dir,), limits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -22,13 +23,21 @@ from mistudio_common.errors import InvalidArgument
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
+from mistudio_compute.input_files import InputKind, InputPolicy
 from mistudio_compute.jobs import RunHooks, RunStats
-from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.model_access import LoadedModel, confine_model, load_model
 from mistudio_compute.run_dashboards import run_dashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
-from mistudio_compute.tokens import TokenDataset, TokenSourceSpec, load_token_source
+from mistudio_compute.tokens import (
+    FILE_FIELD,
+    TEXT_FIELD,
+    TokenDataset,
+    TokenSourceSpec,
+    load_token_source,
+    provenance_path,
+)
 
 ModelLoader = Callable[[str, str], LoadedModel]
 """(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
@@ -73,11 +82,13 @@ class Planner:
         self._settings = settings
         self._store = store
         self._load = model_loader or load_model
+        self._inputs = settings.input_policy()
         self._models: dict[tuple[str, str], tuple[LoadedModel, threading.Lock]] = {}
         self._lock = threading.Lock()
 
     def model(self, model_id: str, device: str = "") -> tuple[LoadedModel, threading.Lock]:
         key = (model_id, device or self._settings.device)
+        confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
                 self._models[key] = (self._load(*key), threading.Lock())
@@ -86,7 +97,7 @@ class Planner:
     def resolve_sae(
         self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
     ) -> ResolvedSae:
-        return resolve_sae(ref, self._store, hook_point, model_id)
+        return resolve_sae(ref, self._store, self._inputs, hook_point, model_id)
 
     def validate(
         self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
@@ -128,7 +139,7 @@ class Planner:
         resolved = self.resolve_sae(ref)
         model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
         tokenizer = model.tokenizer if model is not None else None
-        dataset = load_token_source(_token_spec(tokens), tokenizer)
+        dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
@@ -145,7 +156,8 @@ class Planner:
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        dataset = load_token_source(_token_spec(request.tokens), model.tokenizer, model.d_vocab)
+        spec = _token_spec(request.tokens, self._inputs)
+        dataset = load_token_source(spec, model.tokenizer, model.d_vocab)
         if dataset.context_size > model.cfg.n_ctx:
             raise InvalidArgument(
                 f"rows of {dataset.context_size} tokens exceed the model's context of "
@@ -207,10 +219,19 @@ def _features(indices: Sequence[int], d_sae: int) -> list[int]:
     return sorted(set(indices))
 
 
-def _token_spec(source: tpb.TokenSource) -> TokenSourceSpec:
+def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec:
+    """The request's token source with its files confined to ``inputs``."""
+    token_file = (
+        str(inputs.file(source.token_file, InputKind.TOKEN_FILE, FILE_FIELD))
+        if source.token_file
+        else ""
+    )
+    if token_file:
+        inputs.optional_file(provenance_path(Path(token_file)), InputKind.TOKEN_FILE, FILE_FIELD)
+    texts = [inputs.file(path, InputKind.TEXT_FILE, TEXT_FIELD) for path in source.text.paths]
     return TokenSourceSpec(
-        token_file=source.token_file,
-        text_paths=tuple(source.text.paths),
+        token_file=token_file,
+        text_paths=tuple(str(path) for path in texts),
         dataset_name=source.dataset_name,
         context_size=source.context_size,
         prepend_bos=source.prepend_bos,

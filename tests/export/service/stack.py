@@ -160,7 +160,13 @@ def start_stack(
     data_dir.mkdir(parents=True, exist_ok=True)
     store = build_store_server(StoreSettings(data_dir=data_dir, port=0))
     compute = build_compute_server(
-        ComputeSettings(port=0, store_address=store.address, data_dir=data_dir, device="cpu")
+        ComputeSettings(
+            port=0,
+            store_address=store.address,
+            data_dir=data_dir,
+            input_roots=(data_dir.parent, STORIES_DIR),
+            device="cpu",
+        )
     )
     stack = Stack(data_dir, store, compute, None, object_store_url, keys)  # type: ignore[arg-type]
     stack.export = build_export_server(stack.settings())
