@@ -18,6 +18,9 @@ from tests.export.service.stack import (
     write_tokens,
 )
 
+MEMORY_BUDGET = 1 << 30
+"""The compute service's budget here: the largest parameters over all 32 features exceed it."""
+
 
 @pytest.fixture(scope="package")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -39,7 +42,7 @@ def outside(workdir: Path) -> Path:
 
 @pytest.fixture(scope="package")
 def stack(root: Path) -> Iterator[Stack]:
-    running = start_stack(root / "data")
+    running = start_stack(root / "data", memory_budget_bytes=MEMORY_BUDGET)
     yield running
     running.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,14 @@ class ComputeSettings(BaseSettings):
     max_token_file_bytes: int = 64 * _GIB
     max_text_file_bytes: int = 4 * _GIB
     max_model_file_bytes: int = 64 * _GIB
+    memory_budget_bytes: int = 0
+    """Predicted peak memory a computation may take (``dashboards.memory``); a request over
+    it is refused with RESOURCE_EXHAUSTED before a job exists. 0: 80% of physical memory."""
+
+    def memory_budget(self) -> int:
+        if self.memory_budget_bytes:
+            return self.memory_budget_bytes
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
 
     def input_policy(self) -> InputPolicy:
         """Which files requests may open (``mistudio_compute.input_files``)."""

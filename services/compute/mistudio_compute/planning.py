@@ -18,9 +18,10 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
 from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
-from mistudio_common.errors import InvalidArgument
+from mistudio_common.errors import InvalidArgument, ResourceExhausted
 
 from mistudio_compute.config import ComputeSettings
+from mistudio_compute.dashboards.memory import predict_memory
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.input_files import InputKind, InputPolicy
@@ -131,7 +132,11 @@ class Planner:
         )
 
     def token_plan(
-        self, ref: cpb.SaeReference, tokens: tpb.TokenSource, request_params: dpb.DashboardParams
+        self,
+        ref: cpb.SaeReference,
+        tokens: tpb.TokenSource,
+        request_params: dpb.DashboardParams,
+        feature_count: int = 0,
     ) -> TokenPlan:
         """The token source and parameters a computation would use, for EstimateComputation."""
         params = params_from_pb(request_params)
@@ -140,6 +145,8 @@ class Planner:
         model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
+        if feature_count:  # a count says how many would be computed at once
+            self.check_memory(params, feature_count, resolved.sae.d_sae, dataset, 0)
         return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
@@ -158,6 +165,7 @@ class Planner:
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         spec = _token_spec(request.tokens, self._inputs)
         dataset = load_token_source(spec, model.tokenizer, model.d_vocab)
+        self.check_memory(params, len(features), resolved.sae.d_sae, dataset, request.batch_size)
         if dataset.context_size > model.cfg.n_ctx:
             raise InvalidArgument(
                 f"rows of {dataset.context_size} tokens exceed the model's context of "
@@ -175,6 +183,32 @@ class Planner:
             dataset=dataset,
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
+        )
+
+    def check_memory(
+        self,
+        params: d.DashboardParams,
+        n_features: int,
+        d_sae: int,
+        dataset: TokenDataset,
+        batch_rows: int,
+    ) -> None:
+        """RESOURCE_EXHAUSTED, naming what to lower, when the predicted peak is over budget."""
+        rows = min(batch_rows or self._settings.default_batch_rows, dataset.n_rows)
+        estimate = predict_memory(params, n_features, d_sae, rows * dataset.context_size)
+        budget = self._settings.memory_budget()
+        if estimate.total <= budget:
+            return
+        fitting = max(0, (budget - estimate.batch) // estimate.per_feature)
+        lever = estimate.largest_lever()
+        raise ResourceExhausted(
+            f"computing {n_features} features with these parameters would take about "
+            f"{estimate.total / 2**30:.1f} GiB ({estimate.per_feature / 2**20:.1f} MiB per "
+            f"feature); the compute service's budget is {budget / 2**30:.1f} GiB; lower {lever}",
+            field=lever,
+            fix=f"compute at most {fitting} features at a time, or lower n_quantile_groups, "
+            "examples_per_quantile_group, n_top_examples or the context widths "
+            "(or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
         )
 
 

@@ -123,7 +123,9 @@ class ExportEstimator:
                 "feature_count is an upper bound"
             )
         if estimate.features_to_compute:
-            answer = self._compute.estimate(sae_id, plan.tokens, estimate.features_to_compute)
+            answer = self._compute.estimate(
+                sae_id, plan.tokens, estimate.features_to_compute, plan.params
+            )
             estimate.estimated_seconds = answer.estimated_seconds
             warnings.append(
                 f"{estimate.features_to_compute} features have no cached dashboard and will be "

@@ -150,7 +150,10 @@ class Stack:
 
 
 def start_stack(
-    data_dir: Path, object_store_url: str = "", keys: tuple[str, str] = ("", "")
+    data_dir: Path,
+    object_store_url: str = "",
+    keys: tuple[str, str] = ("", ""),
+    **compute_settings: Any,
 ) -> Stack:
     from mistudio_compute.config import ComputeSettings
     from mistudio_compute.server import build_compute_server
@@ -166,6 +169,7 @@ def start_stack(
             data_dir=data_dir,
             input_roots=(data_dir.parent, STORIES_DIR),
             device="cpu",
+            **compute_settings,
         )
     )
     stack = Stack(data_dir, store, compute, None, object_store_url, keys)  # type: ignore[arg-type]
