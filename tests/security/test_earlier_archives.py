@@ -1,11 +1,13 @@
 """An earlier archive in the object store is reused only when it is exactly what its job wrote:
-injected content or a damaged ZIP is skipped with a log line, never copied, never fatal."""
+injected content or a damaged ZIP is skipped with a log line, never copied, never fatal; and
+ValidateArchive answers a hostile stored archive with a report."""
 
 from __future__ import annotations
 
 import io
 import logging
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,31 @@ def test_a_corrupted_earlier_archive_is_skipped_not_fatal(
         merged = export(stack, sae_id, merge_with(base, tokens))
     assert features(stack, merged) == original
     assert any("not reused" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("hostile", "code"),
+    [
+        (lambda: zip_bytes({"features/0.json": bytes(64 << 20)}), "ARCHIVE_LIMIT"),
+        (lambda: b"PK\x03\x04 truncated, not an archive", "FILE_UNREADABLE"),
+    ],
+)
+def test_validate_archive_reports_on_a_hostile_stored_archive(
+    stack: Stack, base: str, hostile: Callable[[], bytes], code: str
+) -> None:
+    archive = stored_archive(stack, base)
+    archive.write_bytes(hostile())
+    stored = archive.read_bytes()
+    request = epb.ValidateArchiveRequest(job_id=base, auto_fix=True)
+    answer = stack.exports.ValidateArchive(request)
+    assert not answer.summary.valid
+    assert code in {p.code for p in answer.problems}
+    assert archive.read_bytes() == stored
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
