@@ -175,3 +175,18 @@ def test_registered_sae_outside_the_roots_fails_the_export_before_a_job(
     assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
     assert any("outside" in description for _, description in found["precondition"])
     assert_unchanged(stack, workdir, before)
+
+
+def test_feature_dashboard_computed_on_demand_cannot_read_passwd(
+    stack: Stack, sae_id: str, workdir: Path
+) -> None:
+    before = snapshot(stack, workdir)
+    request = epb.GetFeatureDashboardRequest(
+        sae_id=sae_id, feature_index=0, tokens=text("/etc/passwd"), compute_if_missing=True
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetFeatureDashboard(request)
+    found = details(caught.value)
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert "outside" in found["message"] and "root:" not in found["message"]
+    assert_unchanged(stack, workdir, before)
