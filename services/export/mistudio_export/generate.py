@@ -2,7 +2,8 @@
 
 Layout of ``staging/out`` (the future archive root): the PRD layout at the root (metadata.json,
 features/, explanations/), then one folder per other format: ``neuronpedia-importer/``,
-``saedashboard/``, ``upload-payloads/``, ``saelens/``. Each format is one checkpoint; the PRD
+``saedashboard/``, ``upload-payloads/``, ``saelens/``, ``preview/`` (the viewer, which reads the
+PRD layout written before it). Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
 are copied from it rather than regenerated. The importer rows are written in the same read of
 the staged dashboards as the PRD files. On a large export a second (spawned) process writes
@@ -37,6 +38,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
+from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
 
@@ -49,6 +51,7 @@ FOLDERS = {
     FormatKind.SAEDASHBOARD: "saedashboard",
     FormatKind.NEURONPEDIA_UPLOAD: "upload-payloads",
     FormatKind.SAELENS: "saelens",
+    FormatKind.PREVIEW: PREVIEW_DIR,
 }
 NEURONPEDIA_KINDS = (
     FormatKind.PRD_JSON,
@@ -127,6 +130,9 @@ def write_formats(
             elif kind is FormatKind.SAELENS:
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
+            elif kind is FormatKind.PREVIEW:
+                _clear(folder)
+                write_preview(out, folder, progress=progress)
             else:
                 _clear(folder)
                 naming = job.plan.naming

@@ -87,7 +87,11 @@ class ExportPipeline:
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
         base = self._planner.base_job(plan) if plan.delta_base_job_id else None
-        kinds = [*(NEURONPEDIA_KINDS if plan.neuronpedia else ()), *self._saelens(plan)]
+        kinds = [
+            *(NEURONPEDIA_KINDS if plan.neuronpedia else ()),
+            *((FormatKind.PREVIEW,) if plan.with_preview else ()),
+            *self._saelens(plan),
+        ]
         collected, computed = Collected({}, 0), {}
         if plan.neuronpedia:
             candidates = self._candidates(plan)

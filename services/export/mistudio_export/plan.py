@@ -68,6 +68,8 @@ class ExportPlan:
     naming: NeuronpediaNaming
     device: str
     batch_size: int
+    with_preview: bool = False
+    """Write the static dashboard viewer (mistudio_export.preview) into the archive."""
 
     @property
     def neuronpedia(self) -> bool:
@@ -132,6 +134,12 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
             field="config.batch_size",
             fix="use 0 for the compute service's default, or a positive row count",
         )
+    if config.with_preview and NEURONPEDIA not in formats:
+        raise InvalidArgument(
+            "with_preview needs the neuronpedia format: the viewer reads its dashboards",
+            field="config.with_preview",
+            fix="add EXPORT_FORMAT_NEURONPEDIA to config.formats, or leave with_preview unset",
+        )
     naming = _naming(sae, config.naming, owner)
     if NEURONPEDIA in formats:
         problems = naming.problems()
@@ -152,6 +160,7 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
         naming=naming,
         device=config.device or "auto",
         batch_size=config.batch_size,
+        with_preview=config.with_preview,
     )
 
 

@@ -21,6 +21,7 @@ from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_export.cli import commands
 from mistudio_export.cli.connection import add_connection_options
 from mistudio_export.cli.options import add_export_options
+from mistudio_export.cli.preview_command import add_preview_command
 
 EPILOG_RUN = """examples:
   mistudio-export run ./my-sae --model gpt2-small --text corpus.txt
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--output", default="", metavar="ZIP")
     download.add_argument("--url", action="store_true", help="print a presigned URL instead")
     download.add_argument("--expiry", type=int, default=3600, help="URL lifetime in seconds")
+
+    add_preview_command(sub)
 
     serve = command(
         "serve",

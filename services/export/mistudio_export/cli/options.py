@@ -75,6 +75,11 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--delta-from", default="", metavar="JOB_ID", help="earlier export job")
     output.add_argument("--merge", action="store_true", help="with --delta-from: full set")
     output.add_argument("--auto-fix", action="store_true", help="repair common problems")
+    output.add_argument(
+        "--with-preview",
+        action="store_true",
+        help="put the dashboard viewer into the archive (preview/index.html)",
+    )
     output.add_argument("--np-model-id", default="", help="Neuronpedia model id")
     output.add_argument("--source-set", default="", help="Neuronpedia source-set name")
     output.add_argument("--creator", default="")
@@ -148,6 +153,7 @@ def export_config(args: argparse.Namespace) -> epb.ExportConfig:
         delta_base_job_id=args.delta_from,
         merge_with_base=args.merge,
         auto_fix=args.auto_fix,
+        with_preview=args.with_preview,
         naming=epb.NeuronpediaNaming(
             model_id=args.np_model_id,
             source_set=args.source_set,

@@ -17,6 +17,7 @@ class FormatKind(StrEnum):
     SAEDASHBOARD = "saedashboard"
     PRD_JSON = "prd-json"
     SAELENS = "saelens"
+    PREVIEW = "preview"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,17 @@ NOTES: dict[FormatKind, FormatNote] = {
             "overridden",
             "the Neuronpedia link is stored in `cfg.json` as `metadata.neuronpedia_id`; a "
             "`pretrained_saes.yaml` entry alone does not reach a v6 SAE's metadata",
+        ),
+    ),
+    FormatKind.PREVIEW: FormatNote(
+        title="Dashboard preview",
+        default_folder="preview",
+        summary="Open `preview/index.html` in a browser to look at every feature's dashboard "
+        "before uploading: search, sorting, histograms, logits and highlighted examples.",
+        limits=(
+            "works offline and from `file://`; it reads `preview/data/`, a copy of the "
+            "PRD-layout data as JavaScript files",
+            "Neuronpedia does not read this folder",
         ),
     ),
 }

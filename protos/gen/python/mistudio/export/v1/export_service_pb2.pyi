@@ -239,6 +239,7 @@ class ExportConfig(_message.Message):
     NAMING_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    WITH_PREVIEW_FIELD_NUMBER: _builtins.int
     delta_base_job_id: _builtins.str
     """Delta export: only features new or changed since this earlier (finished) export job."""
     merge_with_base: _builtins.bool
@@ -248,6 +249,10 @@ class ExportConfig(_message.Message):
     device: _builtins.str
     """Compute device for on-demand computation: "auto", "cpu", "cuda"."""
     batch_size: _builtins.int
+    with_preview: _builtins.bool
+    """Also write the static dashboard viewer into the archive (preview/index.html, opens from
+    file://); needs the neuronpedia format.
+    """
     @_builtins.property
     def formats(self) -> _containers.RepeatedScalarFieldContainer[Global___ExportFormat.ValueType]: ...
     @_builtins.property
@@ -278,10 +283,11 @@ class ExportConfig(_message.Message):
         naming: Global___NeuronpediaNaming | None = ...,
         device: _builtins.str = ...,
         batch_size: _builtins.int = ...,
+        with_preview: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "dashboard", b"dashboard", "naming", b"naming", "selection", b"selection", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_fix", b"auto_fix", "batch_size", b"batch_size", "compression", b"compression", "dashboard", b"dashboard", "delta_base_job_id", b"delta_base_job_id", "device", b"device", "formats", b"formats", "merge_with_base", b"merge_with_base", "naming", b"naming", "selection", b"selection", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_fix", b"auto_fix", "batch_size", b"batch_size", "compression", b"compression", "dashboard", b"dashboard", "delta_base_job_id", b"delta_base_job_id", "device", b"device", "formats", b"formats", "merge_with_base", b"merge_with_base", "naming", b"naming", "selection", b"selection", "tokens", b"tokens", "with_preview", b"with_preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
