@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mistudio_export.limits import MAX_JSON_DEPTH, ArchiveLimits
 from mistudio_export.packaging.safe_extract import check_limits, safe_extract
-from mistudio_export.validation import validate_export
+from mistudio_export.validation import Problem, validate_export
 from mistudio_export.validation.archives import validate_zip
 
 from tests.export.validation.files import prd_export
@@ -41,8 +41,8 @@ def export_entries(tmp_path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def codes(report_problems: list) -> set[str]:  # type: ignore[type-arg]
-    return {p.code for p in report_problems}
+def codes(problems: list[Problem]) -> set[str]:
+    return {p.code for p in problems}
 
 
 def test_zip_bomb_is_refused_before_anything_is_extracted(tmp_path: Path) -> None:
