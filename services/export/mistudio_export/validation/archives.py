@@ -16,9 +16,8 @@ from mistudio_export.validation.validator import validate_export
 class ArchiveValidation:
     report: ValidationReport
     integrity: VerifyReport
-    extracted: bool
-    """False when a limit or damage kept the archive from being extracted (the report says
-    why; ``integrity`` is then empty)."""
+    """Empty when a limit or damage kept the archive from being extracted (the report says
+    why)."""
     unreadable: str = ""
     """Why the file is no ZIP archive at all ("" when it is one)."""
 
@@ -32,12 +31,12 @@ def validate_zip(zip_path: Path, folder: Path, *, fix: bool = False) -> ArchiveV
             root=str(zip_path), problems=[_problem(code, zip_path.name, extraction.refused)]
         )
         unreadable = extraction.refused if extraction.unreadable else ""
-        return ArchiveValidation(report, VerifyReport(), False, unreadable)
+        return ArchiveValidation(report, VerifyReport(), unreadable)
     integrity = verify_archive(zip_path)
     report = validate_export(folder, fix=fix)
     skipped = [_problem("UNSAFE_PATH", name, reason) for name, reason in extraction.skipped]
     report.problems[:0] = skipped
-    return ArchiveValidation(report, integrity, True)
+    return ArchiveValidation(report, integrity)
 
 
 def _problem(code: str, file: str, message: str) -> Problem:
