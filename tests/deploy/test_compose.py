@@ -96,3 +96,89 @@ def test_docker_compose_accepts_the_file() -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+# -- authentication and exposure ---------------------------------------------------------------
+
+SECRET_MOUNT = "/run/secrets/"
+
+
+def test_only_the_export_port_is_published_and_on_loopback_by_default(compose: dict) -> None:
+    published = {name: s.get("ports", []) for name, s in compose["services"].items()}
+    assert {name for name, ports in published.items() if ports} == {"export"}
+    (mapping,) = published["export"]
+    assert mapping.startswith("${EXPORT_BIND:-127.0.0.1}:")
+
+
+def test_minio_api_and_console_are_not_published(compose: dict) -> None:
+    assert "ports" not in compose["services"]["minio"]
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS))
+def test_every_service_speaks_tls_and_reads_tokens_from_secret_files(
+    compose: dict, service: str
+) -> None:
+    prefix, _ = SETTINGS[service]
+    spec = compose["services"][service]
+    environment = spec["environment"]
+    wanted = ["TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CA_FILE", "AUTH_TOKEN_FILE"]
+    if service != "store":  # the store calls no peer
+        wanted.append("SERVICE_TOKEN_FILE")
+    for setting in wanted:
+        path = environment[prefix + setting]
+        assert path.startswith(SECRET_MOUNT), setting
+        assert path.removeprefix(SECRET_MOUNT) in spec["secrets"], setting
+    assert set(spec["secrets"]) <= set(compose["secrets"])
+    assert "--tls-ca" in spec["healthcheck"]["test"]
+
+
+def _secret_files(compose: dict, folder: Path) -> dict[str, Path]:
+    """Where each compose secret's file lands when SECRETS_DIR is ``folder``."""
+    prefix = "${SECRETS_DIR:-./secrets}/"
+    return {
+        name: folder / entry["file"].removeprefix(prefix)
+        for name, entry in compose["secrets"].items()
+    }
+
+
+def _service_env(compose: dict, service: str, files: dict[str, Path]) -> dict[str, str]:
+    environment = compose["services"][service]["environment"]
+    return {
+        key: str(files[value.removeprefix(SECRET_MOUNT)])
+        for key, value in environment.items()
+        if str(value).startswith(SECRET_MOUNT)
+    }
+
+
+def test_generated_secrets_let_services_and_users_talk_as_compose_wires_them(
+    compose: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mistudio.store.v1 import store_service_pb2 as spb
+    from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+    from mistudio_common.auth import PeerCredentials, load_credentials
+    from mistudio_common.errors import NotFound
+    from mistudio_common.healthcheck import main as healthcheck
+    from mistudio_common.server import open_channel
+    from mistudio_compute.store_client import StoreClient
+    from mistudio_store.server import build_store_server
+
+    from scripts.make_deploy_secrets import make_secrets
+
+    tokens = make_secrets(tmp_path / "secrets", users=["alice"], admins=[])
+    files = _secret_files(compose, tmp_path / "secrets")
+    assert all(path.is_file() for path in files.values())
+    for service in SETTINGS:
+        for key, value in _service_env(compose, service, files).items():
+            monkeypatch.setenv(key, value)
+    store = build_store_server(StoreSettings(data_dir=tmp_path, host="0.0.0.0", port=0))
+    try:
+        address = f"localhost:{store.port}"
+        assert healthcheck([address, "--tls-ca", str(files["ca"])]) == 0
+        compute_peer = load_credentials(ComputeSettings()).peer  # TLS + compute's service token
+        with pytest.raises(NotFound):  # authenticated and authorized: the SAE just isn't there
+            StoreClient(address, compute_peer).get_sae("missing-sae")
+        alice = PeerCredentials(token=tokens["alice"], ca=files["ca"].read_bytes())
+        with open_channel(address, alice) as channel:
+            assert sgrpc.StoreServiceStub(channel).ListSaes(spb.ListSaesRequest()).saes == []
+    finally:
+        store.stop(0)

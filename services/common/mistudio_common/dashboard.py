@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from mistudio_common.dashboard_options import Component
+
 COMPUTATION_VERSION = "2"
 """Bumped whenever a change to the computation would change its output for equal inputs."""
 
@@ -129,3 +131,8 @@ class DashboardParams:
     aggregate_all_tokens: bool = False
     token_source_fingerprint: str = ""
     computation_version: str = COMPUTATION_VERSION
+    omitted: frozenset[Component] = frozenset()
+    """Computed components left out: not computed, their fields left empty."""
+
+    def includes(self, component: Component) -> bool:
+        return component not in self.omitted

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from mistudio.common.v1 import dashboard_pb2 as pb
 
 from mistudio_common import dashboard as d
+from mistudio_common.dashboard_options import Component
 
 _SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
 _SCALE_FROM_PB = {v: k for k, v in _SCALE_TO_PB.items()}
@@ -25,6 +26,15 @@ _METRIC_TO_PB = {
     d.TokenRankMetric.MEAN: pb.TOKEN_RANK_METRIC_MEAN,
 }
 _METRIC_FROM_PB = {v: k for k, v in _METRIC_TO_PB.items()}
+COMPONENT_TO_PB = {
+    Component.TOP_EXAMPLES: pb.DASHBOARD_COMPONENT_TOP_EXAMPLES,
+    Component.QUANTILE_EXAMPLES: pb.DASHBOARD_COMPONENT_QUANTILE_EXAMPLES,
+    Component.LOGIT_LENS: pb.DASHBOARD_COMPONENT_LOGIT_LENS,
+    Component.ACTIVATION_HISTOGRAM: pb.DASHBOARD_COMPONENT_ACTIVATION_HISTOGRAM,
+    Component.TOKEN_AGGREGATION: pb.DASHBOARD_COMPONENT_TOKEN_AGGREGATION,
+    Component.EXPLANATIONS: pb.DASHBOARD_COMPONENT_EXPLANATIONS,
+}
+COMPONENT_FROM_PB = {v: k for k, v in COMPONENT_TO_PB.items()}
 
 
 def _example_to_pb(e: d.ActivationExample) -> pb.ActivationExample:
@@ -191,6 +201,7 @@ def params_to_pb(p: d.DashboardParams) -> pb.DashboardParams:
         aggregate_all_tokens=p.aggregate_all_tokens,
         token_source_fingerprint=p.token_source_fingerprint,
         computation_version=p.computation_version,
+        omitted_components=sorted(COMPONENT_TO_PB[c] for c in p.omitted),
     )
 
 
@@ -213,15 +224,21 @@ def params_from_pb(m: pb.DashboardParams) -> d.DashboardParams:
         aggregate_all_tokens=m.aggregate_all_tokens,
         token_source_fingerprint=m.token_source_fingerprint,
         computation_version=m.computation_version or defaults.computation_version,
+        omitted=frozenset(
+            COMPONENT_FROM_PB[c] for c in m.omitted_components if c in COMPONENT_FROM_PB
+        ),
     )
 
 
 def params_key(p: d.DashboardParams) -> str:
     """Cache key: SHA-256 of the parameters' canonical JSON."""
-    canonical = {
+    canonical: dict[str, Any] = {
         k: (v.value if isinstance(v, d.BinScale | d.TokenRankMetric) else v)
         for k, v in sorted(_fields_of(p).items())
+        if k != "omitted"
     }
+    if p.omitted:  # only when set, so keys of dashboards cached before the switches still hit
+        canonical["omitted"] = sorted(c.value for c in p.omitted)
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

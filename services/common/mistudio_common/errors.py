@@ -66,5 +66,13 @@ class Cancelled(MistudioError):
     """The operation was cancelled by a client."""
 
 
+class Unauthenticated(MistudioError):
+    """The caller presented no credentials, or ones this service does not know."""
+
+
+class PermissionDenied(MistudioError):
+    """The caller is known but its role may not make this call."""
+
+
 class Unavailable(MistudioError):
     """A peer service or the object store cannot be reached; retrying may help."""

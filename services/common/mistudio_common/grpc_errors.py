@@ -26,7 +26,9 @@ from mistudio_common.errors import (
     InvalidArgument,
     MistudioError,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -41,6 +43,8 @@ _CODES: dict[type[MistudioError], int] = {
     ResourceExhausted: code_pb2.RESOURCE_EXHAUSTED,
     Cancelled: code_pb2.CANCELLED,
     Unavailable: code_pb2.UNAVAILABLE,
+    Unauthenticated: code_pb2.UNAUTHENTICATED,
+    PermissionDenied: code_pb2.PERMISSION_DENIED,
 }
 _CLASSES_BY_CODE = {code: cls for cls, code in _CODES.items()}
 

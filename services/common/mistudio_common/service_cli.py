@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic_settings import BaseSettings
 
+from mistudio_common.errors import MistudioError
 from mistudio_common.logging_setup import configure_logging
 from mistudio_common.server import RunningServer, serve_until_signal
 
@@ -71,8 +73,19 @@ def run_service(
 ) -> None:
     """Starts the service ``build`` makes from ``settings`` and serves until SIGTERM/SIGINT."""
     configure_logging(name, getattr(settings, "log_level", "INFO"))
-    running = build(settings)
+    try:
+        running = build(settings)
+    except MistudioError as error:  # a bad setting: one line naming it, not a traceback
+        print(f"error{_setting_named(settings, error.field)}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.getLogger(f"mistudio_{name}").info(
         f"{name} service ready", extra={"port": running.port, **log_fields}
     )
     serve_until_signal(running)
+
+
+def _setting_named(settings: BaseSettings, field: str) -> str:
+    if field not in type(settings).model_fields:
+        return f" [{field}]" if field else ""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return f" [{field}: env {prefix}{field.upper()}]"

@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from mistudio_common.auth import SecuritySettings
+from pydantic_settings import SettingsConfigDict
 
 from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
 
 _GIB = 1 << 30
 
 
-class ComputeSettings(BaseSettings):
+class ComputeSettings(SecuritySettings):
+    """Also the credential settings of SecuritySettings (TLS files, tokens)."""
+
     model_config = SettingsConfigDict(env_prefix="MISTUDIO_COMPUTE_", frozen=True)
 
     host: str = "127.0.0.1"
-    """Interface to listen on; 0.0.0.0 inside a container."""
+    """Interface to listen on; anything but loopback needs credentials (README 'Security')."""
     port: int = 50052
     """gRPC port; 0 picks a free one."""
     store_address: str = "127.0.0.1:50051"

@@ -22,8 +22,11 @@ class HookKind(enum.Enum):
     """The hook points an SAE can read; values are the miStudio/proto spellings."""
 
     RESID_PRE = "resid_pre"
+    RESID_MID = "resid_mid"
     RESID_POST = "resid_post"
     MLP_OUT = "mlp_out"
+    MLP_POST = "mlp_post"
+    ATTN_OUT = "attn_out"
     ATTN_Z = "attn_z"
     ATTN_Q = "attn_q"
     ATTN_K = "attn_k"
@@ -39,8 +42,11 @@ _ATTENTION_KINDS = frozenset({HookKind.ATTN_Z, HookKind.ATTN_Q, HookKind.ATTN_K,
 # Suffix after "blocks.{L}." for each kind.
 _SUFFIX: dict[HookKind, str] = {
     HookKind.RESID_PRE: "hook_resid_pre",
+    HookKind.RESID_MID: "hook_resid_mid",
     HookKind.RESID_POST: "hook_resid_post",
     HookKind.MLP_OUT: "hook_mlp_out",
+    HookKind.MLP_POST: "mlp.hook_post",
+    HookKind.ATTN_OUT: "hook_attn_out",
     HookKind.ATTN_Z: "attn.hook_z",
     HookKind.ATTN_Q: "attn.hook_q",
     HookKind.ATTN_K: "attn.hook_k",
@@ -71,6 +77,7 @@ class ModelDims(Protocol):
 
     n_layers: int
     d_model: int
+    d_mlp: int | None
     n_heads: int
     d_head: int
     n_key_value_heads: int | None
@@ -143,8 +150,11 @@ def hook_width(cfg: ModelDims, hook: str | HookPoint, head_index: int | None = N
 
     Attention hooks are ``[batch, pos, heads, d_head]`` and are read flattened (or one head when
     ``head_index`` is given); with grouped-query attention, hook_k/hook_v have only the KV heads.
+    The MLP's hidden activation (``mlp.hook_post``) is ``d_mlp`` wide.
     """
     point = validate_hook(hook, cfg.n_layers)
+    if point.kind is HookKind.MLP_POST:
+        return int(cfg.d_mlp or 4 * cfg.d_model)
     if not point.kind.is_attention:
         return int(cfg.d_model)
     n_heads = attention_heads(cfg, point.kind)

@@ -23,6 +23,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common.dashboard_codec import params_from_pb, params_key
+from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import Cancelled, NotFound, Unavailable
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
@@ -46,6 +47,16 @@ STAGES: tuple[StageId, ...] = (
 # The pass over the tokens dominates; the weights make `fraction` track wall time roughly.
 STAGE_WEIGHTS = (0.02, 0.6, 0.08, 0.1, 0.08, 0.07, 0.05)
 _PROGRESS_INTERVAL_SECONDS = 0.1
+
+
+def _stages_of(params: dpb.DashboardParams) -> tuple[list[StageId], list[float]]:
+    """The job's stages and weights: the stage of a part the request leaves out is absent."""
+    runs = set(computation_stages(params_from_pb(params).omitted))
+    kept = [(s, w) for s, w in zip(STAGES, STAGE_WEIGHTS, strict=True)
+            if s in runs or s in (ppb.STAGE_VALIDATING, ppb.STAGE_CACHING)]  # fmt: skip
+    return [s for s, _ in kept], [w for _, w in kept]
+
+
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
 
 
@@ -240,7 +251,8 @@ class ComputeJobManager:
         request: cpb.ComputeDashboardsRequest,
         last: cpb.ComputeProgress | None = None,
     ) -> ComputeJob:
-        tracker = ProgressTracker(job_id, STAGES, stage_weights=STAGE_WEIGHTS)
+        stages, weights = _stages_of(request.params)
+        tracker = ProgressTracker(job_id, stages, stage_weights=weights)
         if last is not None:
             tracker.restore(last.progress)
         initial = last if last is not None and _is_terminal(last) else None

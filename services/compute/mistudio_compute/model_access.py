@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mistudio_common.dashboard_options import logit_lens_defined
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import get_official_model_name
@@ -296,8 +297,10 @@ def unembed_directions(
 ) -> torch.Tensor:
     """Maps SAE decoder rows [n, width] into the residual stream [n, d_model] for a logit lens.
 
-    Residual and MLP-output hooks already live there; hook_z rows go through that layer's W_O.
-    Queries, keys and values never reach the residual stream, so they have no logit lens.
+    Residual and output hooks (resid_pre/mid/post, mlp_out, attn_out) already live there; hook_z
+    rows go through that layer's W_O and mlp.hook_post rows through its W_out, as the block
+    itself writes them. Queries, keys and values never reach the residual stream, so they have
+    no logit lens (the plan leaves it out before the pass: ``logit_lens_defined``).
     """
     point = validate_hook(hook_name, loaded.n_layers)
     width = loaded.hook_width(point, head_index)
@@ -308,14 +311,18 @@ def unembed_directions(
             field="W_dec",
             fix="pass an SAE whose d_in equals the hook width",
         )
-    if point.kind in (HookKind.ATTN_Q, HookKind.ATTN_K, HookKind.ATTN_V):
+    if not logit_lens_defined(point.name):
         raise InvalidArgument(
             f"the logit lens is undefined for {point.name}: queries, keys and values are not "
             "written to the residual stream",
             field="hook_point",
-            fix="use resid_pre/resid_post/mlp_out/attn.hook_z, or disable logit tables",
+            fix="leave the logit lens out (DASHBOARD_COMPONENT_LOGIT_LENS, --no-logit-lens)",
         )
-    W_O = loaded.model.blocks[point.layer].attn.W_O  # [n_heads, d_head, d_model]
+    block = loaded.model.blocks[point.layer]
+    if point.kind is HookKind.MLP_POST:
+        W_out = block.mlp.W_out  # [d_mlp, d_model]
+        return decoder_rows.to(W_out.device, W_out.dtype) @ W_out
+    W_O = block.attn.W_O  # [n_heads, d_head, d_model]
     rows = decoder_rows.to(W_O.device, W_O.dtype)  # on the model, ready for W_U
     if point.kind is not HookKind.ATTN_Z:
         return rows

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
 from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
+from mistudio_common.dashboard_options import Component, logit_lens_defined, prepend_bos
 from mistudio_common.errors import InvalidArgument, ResourceExhausted
 
 from mistudio_compute.config import ComputeSettings
@@ -145,6 +146,7 @@ class Planner:
         model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
+        params = with_hook_limits(params, resolved.hook_point)
         if feature_count:  # a count says how many would be computed at once
             self.check_memory(params, feature_count, resolved.sae.d_sae, dataset, 0)
         return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
@@ -175,7 +177,7 @@ class Planner:
             )
         return PreparedDashboards(
             sae_id=resolved.sae_id,
-            params=_filled(params, dataset),
+            params=_filled(with_hook_limits(params, check.hook_point), dataset),
             feature_indices=features,
             resolved=ResolvedSae(resolved.sae, resolved.sae_id, model.ref, check.hook_point),
             model=model,
@@ -218,6 +220,14 @@ def check_params(params: d.DashboardParams) -> None:
         validate_params(params)
     except InvalidArgument as error:
         raise InvalidArgument(error.message, field=f"params.{error.field}", fix=error.fix) from None
+
+
+def with_hook_limits(params: d.DashboardParams, hook_point: str) -> d.DashboardParams:
+    """The logit lens left out where it means nothing (attn.hook_q/k/v), before any pass runs:
+    the dashboards then say so through their parameters instead of failing after the pass."""
+    if logit_lens_defined(hook_point):
+        return params
+    return replace(params, omitted=params.omitted | {Component.LOGIT_LENS})
 
 
 def _fields(params: d.DashboardParams) -> dict[str, Any]:
@@ -268,6 +278,6 @@ def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec
         text_paths=tuple(str(path) for path in texts),
         dataset_name=source.dataset_name,
         context_size=source.context_size,
-        prepend_bos=source.prepend_bos,
+        prepend_bos=prepend_bos(source),
         max_tokens=source.max_tokens,
     )

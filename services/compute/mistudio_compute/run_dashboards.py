@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
+from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
 from mistudio_compute.dashboards import (
@@ -38,33 +39,35 @@ _PASS_STAGES = {
     Stage.ACTIVATION_PASS: (ppb.STAGE_ACTIVATION_PASS, "tokens"),
     Stage.LOADING_EXAMPLES: (ppb.STAGE_LOADING_EXAMPLES, "rows"),
 }
-_FINAL_STAGES = (ppb.STAGE_LOGIT_LENS, ppb.STAGE_HISTOGRAMS, ppb.STAGE_TOKEN_AGGREGATION)
+_PROTO_PASS_STAGES = {proto for proto, _ in _PASS_STAGES.values()}
+_STAGES_BY_NAME = {stage: ppb.Stage.Value(f"STAGE_{stage.name}") for stage in Stage}
 
 
 class StageReporter:
     """Maps the computation's progress onto the job's sequential stages.
 
     Finalisation runs logit lens, histograms and token aggregation together, chunk by chunk;
-    the job shows that as LOGIT_LENS counting finished features (from the first chunk's start),
-    then the other two closing, so stages never go backwards.
+    the job shows that as the first of them counting finished features (from the first chunk's
+    start), then the others closing, so stages never go backwards. Parts left out have no stage.
     """
 
-    def __init__(self, hooks: RunHooks) -> None:
+    def __init__(self, hooks: RunHooks, omitted: frozenset[Component]) -> None:
         self._report = hooks.progress
         self._finalised = 0
+        self._final = [s for s in computation_stages(omitted) if s not in _PROTO_PASS_STAGES]
 
     def __call__(self, stage: Stage, done: int, total: int, message: str) -> None:
         if stage in _PASS_STAGES:
             proto_stage, unit = _PASS_STAGES[stage]
             self._report(proto_stage, done, total, unit, message)
+            return
+        if _STAGES_BY_NAME[stage] == self._final[-1]:  # a chunk's last step: its features are final
+            self._finalised = done
+        if self._finalised < total:
+            self._report(self._final[0], self._finalised, total, "features", message)
         else:
-            if stage is Stage.TOKEN_AGGREGATION:  # the last step of a chunk: its features are final
-                self._finalised = done
-            if self._finalised < total:
-                self._report(ppb.STAGE_LOGIT_LENS, self._finalised, total, "features", message)
-            else:
-                for proto_stage in _FINAL_STAGES:
-                    self._report(proto_stage, total, total, "features", message)
+            for proto_stage in self._final:
+                self._report(proto_stage, total, total, "features", message)
 
 
 def run_dashboards(
@@ -82,7 +85,7 @@ def run_dashboards(
         prepared.model_lock,
     )
     device = inputs.encoder.device
-    reporter = StageReporter(hooks)
+    reporter = StageReporter(hooks, params.omitted)
     passed = run_activation_pass(
         inputs,
         state_config(params, inputs.token_text.special_ids),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
+from mistudio_common.auth import load_credentials
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
 from mistudio_compute.config import ComputeSettings
@@ -18,6 +19,13 @@ from mistudio_compute.servicer import ComputeServicer
 from mistudio_compute.store_client import StoreClient
 
 SERVICE_NAME = compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"].full_name
+USER_METHODS = frozenset({"ValidateSae", "ResolveHookPoint"})
+"""What a user may call directly (the CLI checks an SAE folder before registering it); the
+computations themselves are started, watched and controlled only by the export service."""
+SERVICE_ONLY_METHODS = (
+    frozenset(compute_service_pb2.DESCRIPTOR.services_by_name["ComputeService"].methods_by_name)
+    - USER_METHODS
+)
 
 
 @dataclass
@@ -39,7 +47,8 @@ def build_compute_server(
 
     ``model_loader`` replaces ``model_access.load_model`` (tests serve tiny in-memory models).
     """
-    store = StoreClient(settings.store_address)
+    credentials = load_credentials(settings)
+    store = StoreClient(settings.store_address, credentials.peer)
     planner = Planner(settings, store, model_loader)
     manager = ComputeJobManager(settings, planner, store)
     servicer = ComputeServicer(manager, planner)
@@ -48,9 +57,13 @@ def build_compute_server(
         lambda server: compute_service_pb2_grpc.add_ComputeServiceServicer_to_server(
             servicer, server
         ),
+        service_only=SERVICE_ONLY_METHODS,
     )
     running = create_server(
-        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+        f"{settings.host}:{settings.port}",
+        [registration],
+        credentials,
+        max_workers=settings.max_workers,
     )
     manager.resume_unfinished()
     return ComputeServer(

@@ -14,8 +14,9 @@ import grpc
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
 from mistudio_common.grpc_errors import error_from_rpc
-from mistudio_common.server import insecure_channel
+from mistudio_common.server import open_channel
 
 T = TypeVar("T")
 
@@ -48,8 +49,8 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 class StoreClient:
     """Thin typed wrapper over StoreService for the calls the compute service makes."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = insecure_channel(address)
+    def __init__(self, address: str, peer: PeerCredentials = LOOPBACK_PEER) -> None:
+        self._channel = open_channel(address, peer)
         self._stub = sgrpc.StoreServiceStub(self._channel)
 
     def close(self) -> None:

@@ -18,8 +18,9 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
 from mistudio_common.grpc_errors import error_from_rpc
-from mistudio_common.server import insecure_channel
+from mistudio_common.server import open_channel
 
 T = TypeVar("T")
 
@@ -55,8 +56,8 @@ def _pages(fetch: Callable[[str], tuple[Sequence[T], str]]) -> Iterator[T]:
 class StoreClient:
     """Typed wrapper over StoreService for the calls the export service makes."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = insecure_channel(address)
+    def __init__(self, address: str, peer: PeerCredentials = LOOPBACK_PEER) -> None:
+        self._channel = open_channel(address, peer)
         self._stub = sgrpc.StoreServiceStub(self._channel)
 
     def close(self) -> None:
@@ -160,8 +161,8 @@ class StoreClient:
 class ComputeClient:
     """Typed wrapper over ComputeService: dashboards, estimates and SAELens files."""
 
-    def __init__(self, address: str) -> None:
-        self._channel = insecure_channel(address)
+    def __init__(self, address: str, peer: PeerCredentials = LOOPBACK_PEER) -> None:
+        self._channel = open_channel(address, peer)
         self._stub = cgrpc.ComputeServiceStub(self._channel)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
+from mistudio_common.dashboard_options import Component
 
 from mistudio_export import views
 from mistudio_export.packaging.archive import verify_archive
@@ -58,6 +59,8 @@ def render_key(plan: ExportPlan) -> str:
         f"auto_fix={plan.auto_fix}",
         plan.naming.neuronpedia_id,
     ]
+    if Component.EXPLANATIONS in plan.omitted:  # only then, so earlier exports' keys still match
+        parts.append("explanations=omitted")
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 

@@ -13,14 +13,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common import dashboard_codec
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_options import Component
 
 from mistudio_export import views
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
+from mistudio_export.presets import PRESETS
 from mistudio_export.selection import candidate_indices, statistic_filter
 from mistudio_export.token_facts import token_facts
 
@@ -30,6 +35,9 @@ DEFAULT_BYTES_PER_FEATURE = 60_000.0
 JSON per feature with full contexts; our contexts are shorter and the ZIP deflates)."""
 DEFAULT_SECONDS_PER_FEATURE = 0.02
 """Generating, validating and packing all Neuronpedia formats, per feature, on two CPU cores."""
+# Rough bytes per item of a feature's files over all Neuronpedia formats, for relative sizes.
+_BYTES_FIXED, _BYTES_PER_EXAMPLE_TOKEN, _BYTES_PER_LOGIT = 2_000.0, 40.0, 60.0
+_BYTES_PER_BIN, _BYTES_PER_TOP_TOKEN = 30.0, 80.0
 _AFTER_COMPUTE = (
     ppb.STAGE_GENERATING_FILES,
     ppb.STAGE_VALIDATING_OUTPUT,
@@ -68,6 +76,33 @@ def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
     return Rates(statistics.median(per_byte), statistics.median(per_second), measured=True)
 
 
+def relative_size(params: dpb.DashboardParams, omitted: frozenset[Component]) -> float:
+    """One feature's files under ``params`` relative to the default parameters' (what the
+    measured rates mostly saw): example tokens dominate, then logits, bins and top tokens."""
+
+    def weight(p: dpb.DashboardParams, left_out: frozenset[Component]) -> float:
+        def on(c: Component) -> bool:
+            return c not in left_out
+
+        width = p.context_left + 1 + p.context_right
+        examples = p.n_top_examples * on(Component.TOP_EXAMPLES) + (
+            p.n_quantile_groups * p.examples_per_quantile_group
+        ) * on(Component.QUANTILE_EXAMPLES)
+        logits = (2 * p.logit_k + p.logit_histogram_bins) * on(Component.LOGIT_LENS)
+        bins = p.histogram_bins * on(Component.ACTIVATION_HISTOGRAM)
+        tokens = p.n_top_tokens * on(Component.TOKEN_AGGREGATION)
+        return (
+            _BYTES_FIXED
+            + examples * width * _BYTES_PER_EXAMPLE_TOKEN
+            + logits * _BYTES_PER_LOGIT
+            + bins * _BYTES_PER_BIN
+            + tokens * _BYTES_PER_TOP_TOKEN
+        )
+
+    default = dashboard_codec.params_to_pb(DashboardParams())
+    return weight(params, omitted) / weight(default, frozenset())
+
+
 def saelens_bytes(sae: spb.Sae) -> int:
     """Weights (W_enc, W_dec, b_enc, b_dec and a threshold at most) plus sparsity, in fp32."""
     return 4 * (2 * sae.d_in * sae.d_sae + 3 * sae.d_sae + sae.d_in) + 4096
@@ -85,7 +120,7 @@ class ExportEstimator:
         self, request: epb.ValidateExportRequest, owner: str
     ) -> epb.ValidateExportResponse:
         plan = self._planner.plan(request.sae_id, request.config, owner)
-        warnings = self._planner.check(plan)
+        warnings = [*plan.notes, *self._planner.check(plan)]
         rates = rates_from(
             self._store.list_jobs(page_size=50, states=[ppb.JOB_STATE_SUCCEEDED]).jobs
         )
@@ -93,8 +128,9 @@ class ExportEstimator:
         if plan.neuronpedia:
             warnings += self._dashboards(plan, estimate)
         features = estimate.feature_count
-        estimate.estimated_seconds += features * rates.seconds_per_feature
-        estimate.estimated_size_bytes = int(features * rates.bytes_per_feature)
+        size = relative_size(plan.params, plan.omitted)
+        estimate.estimated_seconds += features * rates.seconds_per_feature * size
+        estimate.estimated_size_bytes = int(features * rates.bytes_per_feature * size)
         if plan.saelens:
             estimate.estimated_size_bytes += saelens_bytes(plan.sae)
         if not rates.measured:
@@ -102,6 +138,23 @@ class ExportEstimator:
                 "no export has been measured yet: file generation and size use default rates"
             )
         return epb.ValidateExportResponse(estimate=estimate, warnings=warnings)
+
+    def list_presets(self, request: epb.ListPresetsRequest, owner: str) -> epb.ListPresetsResponse:
+        """Every preset, with ValidateExport's estimate when the request names an SAE."""
+        out = epb.ListPresetsResponse()
+        for preset in PRESETS.values():
+            listed = out.presets.add()
+            listed.CopyFrom(preset.to_pb())
+            if request.sae_id:
+                config = epb.ExportConfig()
+                config.CopyFrom(request.config)
+                config.preset = preset.name
+                answer = self.validate(
+                    epb.ValidateExportRequest(sae_id=request.sae_id, config=config), owner
+                )
+                listed.estimate.CopyFrom(answer.estimate)
+                listed.warnings.extend(answer.warnings)
+        return out
 
     def _dashboards(self, plan: ExportPlan, estimate: epb.ExportEstimate) -> list[str]:
         assert plan.tokens is not None  # check() made sure

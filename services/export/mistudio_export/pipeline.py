@@ -18,6 +18,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard_options import Component, prepend_bos
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export import checking, computing, delta
@@ -182,7 +183,11 @@ class ExportPipeline:
         return Inputs(
             info=info,
             hashes=collected.hashes,
-            explanations=explanation_records(self._store, plan.sae.sae_id, indices),
+            explanations=(
+                explanation_records(self._store, plan.sae.sae_id, indices)
+                if Component.EXPLANATIONS not in plan.omitted
+                else []
+            ),
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
                 saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
@@ -215,8 +220,9 @@ class ExportPipeline:
             mistudio_version=mistudio_version(),
             n_prompts=facts.n_rows if facts is not None else 0,
             n_tokens_in_prompt=facts.context_size if facts is not None else 0,
-            prepend_bos=bool(tokens.prepend_bos) if tokens is not None else False,
+            prepend_bos=prepend_bos(tokens) if tokens is not None else False,
             dashboard_dataset=tokens.dataset_name if tokens is not None else "",
+            omitted_components=tuple(sorted(c.value for c in plan.omitted)),
         )
 
     def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:

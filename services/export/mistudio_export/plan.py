@@ -21,8 +21,16 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard import COMPUTATION_VERSION
+from mistudio_common.dashboard_options import (
+    PARAM_BOUNDS,
+    Component,
+    check_bounds,
+    computation_stages,
+    logit_lens_defined,
+)
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
+from mistudio_export.presets import apply_preset, with_token_budget
 from mistudio_export.records import NeuronpediaNaming
 
 NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
@@ -32,19 +40,6 @@ _FORMAT_NAMES = {NEURONPEDIA: "neuronpedia", SAELENS: "saelens"}
 RECORDED_TOKENS_KEY = "token_source"
 """Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
 
-# (field, low, high) for dashboard options: the PRD's bounds (examples 20-100, logit K 10-50,
-# bins 20-100) and the compute service's for the rest; 0 means "use the default".
-_DASHBOARD_BOUNDS = (
-    ("n_top_examples", 20, 100),
-    ("logit_k", 10, 50),
-    ("histogram_bins", 20, 100),
-    ("logit_histogram_bins", 10, 200),
-    ("n_quantile_groups", 1, 20),
-    ("examples_per_quantile_group", 1, 50),
-    ("context_left", 1, 256),
-    ("context_right", 1, 256),
-    ("n_top_tokens", 1, 200),
-)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 _HOOK_KIND_SHORT = {"resid": "res", "mlp": "mlp", "attn": "att"}
@@ -70,6 +65,10 @@ class ExportPlan:
     batch_size: int
     with_preview: bool = False
     """Write the static dashboard viewer (mistudio_export.preview) into the archive."""
+    omitted: frozenset[Component] = frozenset()
+    """Every part left out: the request's, and the logit lens where the hook has none."""
+    notes: tuple[str, ...] = ()
+    """What the plan decided on its own, e.g. leaving the logit lens out for attn.hook_q."""
 
     @property
     def neuronpedia(self) -> bool:
@@ -89,18 +88,7 @@ class ExportPlan:
     @property
     def stages(self) -> tuple[ppb.Stage.ValueType, ...]:
         """The stages this export runs, in order (PRD §7.2)."""
-        compute = (
-            (
-                ppb.STAGE_ACTIVATION_PASS,
-                ppb.STAGE_LOADING_EXAMPLES,
-                ppb.STAGE_LOGIT_LENS,
-                ppb.STAGE_HISTOGRAMS,
-                ppb.STAGE_TOKEN_AGGREGATION,
-                ppb.STAGE_CACHING,
-            )
-            if self.neuronpedia
-            else ()
-        )
+        compute = (*computation_stages(self.omitted), ppb.STAGE_CACHING) if self.neuronpedia else ()
         return (
             ppb.STAGE_VALIDATING,
             *compute,
@@ -112,10 +100,26 @@ class ExportPlan:
 
 def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:
     """Checks every option of ``config`` against ``sae``; InvalidArgument names the first."""
+    config = apply_preset(config)
     formats = _formats(config)
     _check_selection(config.selection, sae.d_sae)
     params = dashboard_params(config.dashboard)
+    omitted = omitted_components(config.dashboard)
+    notes: tuple[str, ...] = ()
+    if not logit_lens_defined(sae.hook_point) and Component.LOGIT_LENS not in omitted:
+        omitted |= {Component.LOGIT_LENS}
+        params.omitted_components.append(dpb.DASHBOARD_COMPONENT_LOGIT_LENS)
+        notes = (logit_lens_note(sae.hook_point),)
+    if NEURONPEDIA in formats and {Component.TOP_EXAMPLES, Component.QUANTILE_EXAMPLES} <= omitted:
+        raise InvalidArgument(
+            "top and quantile examples are both left out, but Neuronpedia needs at least one "
+            "example per live feature",
+            field="config.dashboard.omitted_components",
+            fix="keep top or quantile examples, or export only the SAELens format",
+        )
     tokens = token_source(config.tokens, sae)
+    if tokens is not None:
+        tokens = with_token_budget(tokens, config.preset)
     if config.merge_with_base and not config.delta_base_job_id:
         raise InvalidArgument(
             "merge_with_base needs a delta export",
@@ -161,6 +165,15 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
         device=config.device or "auto",
         batch_size=config.batch_size,
         with_preview=config.with_preview,
+        omitted=omitted,
+        notes=notes,
+    )
+
+
+def logit_lens_note(hook_point: str) -> str:
+    return (
+        f"the logit lens is left out: {hook_point} holds queries, keys or values, which are "
+        "never written to the residual stream, so its decoder directions have no logits"
     )
 
 
@@ -272,15 +285,10 @@ def _check_selection(selection: epb.FeatureSelection, d_sae: int) -> None:
 def dashboard_params(
     given: dpb.DashboardParams, field: str = "config.dashboard"
 ) -> dpb.DashboardParams:
-    """The parameters with defaults filled in, after checking the bounds the PRD sets."""
-    for name, low, high in _DASHBOARD_BOUNDS:
-        value = getattr(given, name)
-        if value != 0 and not low <= value <= high:
-            raise InvalidArgument(
-                f"{name} {value} is outside {low}..{high}",
-                field=f"{field}.{name}",
-                fix=f"choose {name} between {low} and {high}, or 0 for the default",
-            )
+    """The computation's parameters with defaults filled in, after checking the shared bounds;
+    explanations, which are not computed, are not among its left-out components."""
+    check_bounds(((name, getattr(given, name)) for name in PARAM_BOUNDS), field, True)
+    omitted_components(given, field)
     if given.histogram_scale not in dpb.BinScale.values():
         raise InvalidArgument(
             f"histogram_scale {given.histogram_scale} is unknown",
@@ -296,7 +304,25 @@ def dashboard_params(
     params = dashboard_codec.params_to_pb(dashboard_codec.params_from_pb(given))
     params.token_source_fingerprint = ""
     params.computation_version = COMPUTATION_VERSION
+    computed = [c for c in params.omitted_components if c != dpb.DASHBOARD_COMPONENT_EXPLANATIONS]
+    del params.omitted_components[:]
+    params.omitted_components.extend(computed)
     return params
+
+
+def omitted_components(
+    given: dpb.DashboardParams, field: str = "config.dashboard"
+) -> frozenset[Component]:
+    """The parts a request leaves out; an unknown or unspecified value is refused."""
+    for value in given.omitted_components:
+        if value not in dashboard_codec.COMPONENT_FROM_PB:
+            raise InvalidArgument(
+                f"omitted component {value} is not a dashboard component",
+                field=f"{field}.omitted_components",
+                fix="use DASHBOARD_COMPONENT_TOP_EXAMPLES, _QUANTILE_EXAMPLES, _LOGIT_LENS, "
+                "_ACTIVATION_HISTOGRAM, _TOKEN_AGGREGATION or _EXPLANATIONS",
+            )
+    return frozenset(dashboard_codec.COMPONENT_FROM_PB[v] for v in given.omitted_components)
 
 
 def token_source(

@@ -70,12 +70,7 @@ class Planner:
         try:
             base = self._store.get_job(plan.delta_base_job_id)
         except NotFound:
-            raise NotFound(
-                f"delta base export {plan.delta_base_job_id!r} does not exist",
-                resource_type="export job",
-                resource_name=field,
-                fix="pass the job_id of an earlier finished export of this SAE",
-            ) from None
+            raise missing_delta_base(plan.delta_base_job_id) from None
         problems = []
         if base.sae_id != plan.sae.sae_id:
             problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))
@@ -92,3 +87,13 @@ class Planner:
                 fix=problems[0][1],
             )
         return base
+
+
+def missing_delta_base(job_id: str) -> NotFound:
+    """A delta base that does not exist, or that the caller may not see (the same words)."""
+    return NotFound(
+        f"delta base export {job_id!r} does not exist",
+        resource_type="export job",
+        resource_name="config.delta_base_job_id",
+        fix="pass the job_id of an earlier finished export of this SAE",
+    )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.dashboard_options import Component
 
 from mistudio_export.generate import included_formats, output_dir
 from mistudio_export.object_store import ObjectStore
@@ -23,6 +24,7 @@ from mistudio_export.packaging import (
     pretrained_saes_entry,
     write_archive_docs,
 )
+from mistudio_export.packaging.format_notes import LEFT_OUT
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -58,6 +60,7 @@ def archive_facts(
         formats=included_formats(kinds),
         validation_summary=tuple(summary_lines(summary)) if summary is not None else (),
         n_explanations=n_explanations,
+        left_out=left_out_lines(plan),
         dataset=info.prompts_dataset,
         n_prompts=info.n_prompts,
         n_tokens_in_prompt=info.n_tokens_in_prompt,
@@ -69,6 +72,13 @@ def archive_facts(
         hf_path=naming.hf_folder,
         created_at=info.created_at,
     )
+
+
+def left_out_lines(plan: ExportPlan) -> tuple[str, ...]:
+    """The README's statement of every part left out, with the plan's own reasons first."""
+    if not plan.neuronpedia:
+        return ()
+    return (*plan.notes, *(LEFT_OUT[c] for c in Component if c in plan.omitted))
 
 
 def summary_lines(summary: epb.ValidationSummary) -> list[str]:

@@ -64,6 +64,8 @@ class SaeInfo:
     prepend_bos: bool
     dashboard_dataset: str = ""
     """Dataset the dashboard prompts came from; empty means the training dataset."""
+    omitted_components: tuple[str, ...] = ()
+    """Dashboard parts left out (``dashboard_options.Component`` values), sorted."""
     export_version: str = EXPORT_FORMAT_VERSION
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.auth import load_credentials
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
 from mistudio_export.checking import ArchiveValidator
@@ -51,8 +52,9 @@ def object_store_for(settings: ExportSettings) -> ObjectStore:
 
 def build_export_server(settings: ExportSettings) -> ExportServer:
     """Starts the server on settings.host:settings.port and resumes unfinished jobs."""
-    store = StoreClient(settings.store_address)
-    compute = ComputeClient(settings.compute_address)
+    credentials = load_credentials(settings)
+    store = StoreClient(settings.store_address, credentials.peer)
+    compute = ComputeClient(settings.compute_address, credentials.peer)
     objects = object_store_for(settings)
     planner = Planner(store, compute)
     pipeline = ExportPipeline(settings, store, compute, planner, objects)
@@ -64,13 +66,15 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         FeatureDashboards(store, compute),
         store,
         objects,
-        settings.default_owner,
     )
     registration = ServiceRegistration(
         SERVICE_NAME, lambda server: egrpc.add_ExportServiceServicer_to_server(servicer, server)
     )
     running = create_server(
-        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+        f"{settings.host}:{settings.port}",
+        [registration],
+        credentials,
+        max_workers=settings.max_workers,
     )
     manager.resume_unfinished()
     return ExportServer(

@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mistudio_common.auth import SecuritySettings
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 
 def _sqlite_under_data_dir(data: dict[str, Any]) -> str:
     return f"sqlite:///{Path(data['data_dir']) / 'store.db'}"
 
 
-class StoreSettings(BaseSettings):
+class StoreSettings(SecuritySettings):
+    """Also the credential settings of SecuritySettings (TLS files, tokens)."""
+
     model_config = SettingsConfigDict(env_prefix="MISTUDIO_STORE_", frozen=True)
 
     data_dir: Path = Field(
@@ -24,7 +27,7 @@ class StoreSettings(BaseSettings):
     database_url: str = Field(default_factory=_sqlite_under_data_dir)
     """SQLAlchemy URL; default sqlite:///<data_dir>/store.db, or postgresql+psycopg://user@host/db."""
     host: str = "127.0.0.1"
-    """Interface to listen on; 0.0.0.0 inside a container."""
+    """Interface to listen on; anything but loopback needs credentials (README 'Security')."""
     port: int = 50051
     """gRPC port; 0 picks a free one."""
     log_level: str = "INFO"

@@ -87,6 +87,7 @@ def sae_to_pb(row: SaeRow) -> pb.Sae:
         config=struct(row.config),
         created_at=timestamp(row.created_at),
         updated_at=timestamp(row.updated_at),
+        owner=row.owner,
     )
 
 
@@ -108,6 +109,7 @@ def sae_row(sae: pb.Sae, at: datetime) -> SaeRow:
         config=to_json(sae.config),
         created_at=at,
         updated_at=at,
+        owner=sae.owner,
     )
 
 

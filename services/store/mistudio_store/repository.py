@@ -51,10 +51,14 @@ class StoreRepository(DashboardCache, ExportJobs):
         with self._sessions.read() as session:
             return convert.sae_to_pb(self._sae(session, sae_id))
 
-    def list_saes(self, page_size: int = 0, page_token: str = "") -> Page[pb.Sae]:
-        """In sae_id order."""
-        page = self._page(page_size, page_token, scope_of("saes"), (str,))
+    def list_saes(
+        self, page_size: int = 0, page_token: str = "", owner: str | None = None
+    ) -> Page[pb.Sae]:
+        """In sae_id order; only ``owner``'s when given."""
+        page = self._page(page_size, page_token, scope_of("saes", owner or ""), (str,))
         query = select(SaeRow).order_by(SaeRow.sae_id).limit(page.limit)
+        if owner is not None:
+            query = query.where(SaeRow.owner == owner)
         if page.after:
             query = query.where(SaeRow.sae_id > page.after[0])
         with self._sessions.read() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from mistudio.store.v1 import store_service_pb2, store_service_pb2_grpc
+from mistudio_common.auth import load_credentials
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 from sqlalchemy.engine import make_url
 
@@ -15,6 +16,15 @@ from mistudio_store.repository import StoreRepository
 from mistudio_store.servicer import StoreServicer
 
 SERVICE_NAME = store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name
+USER_METHODS = frozenset(
+    {"CreateSae", "GetSae", "ListSaes", "ListFeatures", "AddExplanations", "ListExplanations"}
+)
+"""What a user may call directly (on its own SAEs: the CLI registers SAEs this way); every
+other RPC writes jobs, caches or deletes, and is only for the export and compute services."""
+SERVICE_ONLY_METHODS = (
+    frozenset(store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].methods_by_name)
+    - USER_METHODS
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +52,13 @@ def build_store_server(settings: StoreSettings) -> RunningServer:
     registration = ServiceRegistration(
         SERVICE_NAME,
         lambda server: store_service_pb2_grpc.add_StoreServiceServicer_to_server(servicer, server),
+        service_only=SERVICE_ONLY_METHODS,
     )
     running = create_server(
-        f"{settings.host}:{settings.port}", [registration], max_workers=settings.max_workers
+        f"{settings.host}:{settings.port}",
+        [registration],
+        load_credentials(settings),
+        max_workers=settings.max_workers,
     )
     running.on_stop.append(repository.close)
     return running

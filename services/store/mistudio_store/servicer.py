@@ -1,4 +1,8 @@
-"""gRPC adapter of the store: unpack the request, call the repository, pack the response."""
+"""gRPC adapter of the store: unpack the request, call the repository, pack the response.
+
+The server lets users call only the SAE methods below (``server.USER_METHODS``); those see and
+touch only the caller's own SAEs, and another owner's SAE is NOT_FOUND, as if it did not exist.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import grpc
 from mistudio.common.v1 import dashboard_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1 import store_service_pb2_grpc
+from mistudio_common.auth import can_see, current_caller, owner_for
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import handle_errors
 
+from mistudio_store.base import sae_not_found
 from mistudio_store.repository import StoreRepository
 
 Context: TypeAlias = grpc.ServicerContext
@@ -21,17 +27,33 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def __init__(self, repository: StoreRepository) -> None:
         self._repo = repository
 
+    def _visible_sae(self, sae_id: str) -> pb.Sae:
+        sae = self._repo.get_sae(sae_id)
+        if not can_see(sae.owner, current_caller()):
+            raise sae_not_found(sae_id)
+        return sae
+
+    def _check_access(self, sae_id: str) -> None:
+        """A user's call on an SAE's features or explanations: its own SAE only."""
+        if not current_caller().sees_everything:
+            self._visible_sae(sae_id)
+
     @handle_errors
     def CreateSae(self, request: pb.CreateSaeRequest, context: Context) -> pb.CreateSaeResponse:
-        return pb.CreateSaeResponse(sae=self._repo.create_sae(request.sae))
+        sae = pb.Sae()
+        sae.CopyFrom(request.sae)
+        sae.owner = owner_for(request.sae.owner, current_caller())
+        return pb.CreateSaeResponse(sae=self._repo.create_sae(sae))
 
     @handle_errors
     def GetSae(self, request: pb.GetSaeRequest, context: Context) -> pb.GetSaeResponse:
-        return pb.GetSaeResponse(sae=self._repo.get_sae(request.sae_id))
+        return pb.GetSaeResponse(sae=self._visible_sae(request.sae_id))
 
     @handle_errors
     def ListSaes(self, request: pb.ListSaesRequest, context: Context) -> pb.ListSaesResponse:
-        page = self._repo.list_saes(request.page_size, request.page_token)
+        caller = current_caller()
+        owner = None if caller.sees_everything else caller.name
+        page = self._repo.list_saes(request.page_size, request.page_token, owner)
         return pb.ListSaesResponse(saes=page.items, next_page_token=page.next_page_token)
 
     @handle_errors
@@ -50,6 +72,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def ListFeatures(
         self, request: pb.ListFeaturesRequest, context: Context
     ) -> pb.ListFeaturesResponse:
+        self._check_access(request.sae_id)
         page = self._repo.list_features(
             request.sae_id, request.page_size, request.page_token, request.filter
         )
@@ -59,6 +82,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def AddExplanations(
         self, request: pb.AddExplanationsRequest, context: Context
     ) -> pb.AddExplanationsResponse:
+        self._check_access(request.sae_id)
         added = self._repo.add_explanations(request.sae_id, request.explanations)
         return pb.AddExplanationsResponse(explanations=added)
 
@@ -66,6 +90,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def ListExplanations(
         self, request: pb.ListExplanationsRequest, context: Context
     ) -> pb.ListExplanationsResponse:
+        self._check_access(request.sae_id)
         page = self._repo.list_explanations(
             request.sae_id, request.page_size, request.page_token, request.feature_indices
         )

@@ -63,6 +63,7 @@ def sae(message: pb.Sae, field: str = "sae") -> None:
     max_length(message.model_id, 512, f"{field}.model_id")
     max_length(message.neuronpedia_model_id, 256, f"{field}.neuronpedia_model_id")
     max_length(message.neuronpedia_source_set, 256, f"{field}.neuronpedia_source_set")
+    max_length(message.owner, 128, f"{field}.owner")
     if not HOOK_POINT_PATTERN.fullmatch(message.hook_point):
         raise InvalidArgument(
             f"hook_point {message.hook_point!r} is empty or contains whitespace",

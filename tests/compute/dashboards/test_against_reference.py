@@ -200,7 +200,7 @@ def test_linear_histograms_all_token_tables_and_count_ranking_match_reference(
         histogram_scale=BinScale.LINEAR,
         aggregate_all_tokens=True,
         token_rank_metric=TokenRankMetric.COUNT,
-        context_left=0,
+        context_left=1,
         context_right=3,
         logit_k=12,
     )

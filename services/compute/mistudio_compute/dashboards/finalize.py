@@ -26,6 +26,7 @@ from mistudio_common.dashboard import (
     SourceRef,
     TokenAggregate,
 )
+from mistudio_common.dashboard_options import Component
 
 from mistudio_compute.dashboards import grid as G
 from mistudio_compute.dashboards.batching import check_cancelled
@@ -37,6 +38,7 @@ from mistudio_compute.dashboards.inputs import (
     Stage,
 )
 from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
+from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
 from mistudio_compute.dashboards.token_aggregation import per_token, rank_tokens
 
@@ -52,9 +54,10 @@ def finalize_dashboards(
 ) -> Iterator[list[FeatureDashboard]]:
     """Choose the examples (their windows come with the state), then dashboards ``chunk_size``
     features at a time."""
-    plan = plan_examples(state, params.n_quantile_groups, params.examples_per_quantile_group)
-    rows = example_rows(plan, state.seq_len)
-    _report(progress, Stage.LOADING_EXAMPLES, rows, rows)
+    plan = plan_examples(state, quantile_groups(params), params.examples_per_quantile_group)
+    if state.config.n_top or state.config.n_sample:
+        rows = example_rows(plan, state.seq_len)
+        _report(progress, Stage.LOADING_EXAMPLES, rows, rows)
     if state.tokens is not None:
         state.tokens.compact()
     positions, windows = plan.positions.cpu().numpy(), plan.windows.cpu().numpy()
@@ -88,15 +91,20 @@ class _Builder:
         s, p, n = self.state, self.params, len(self.state.features)
         grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
         q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
-        inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
-                                                   p.histogram_scale), vmin, vmax)  # fmt: skip
-        hists = G.binned(grid, hist, vmin, vmax, inner)
         stats = self._statistics(lo, hi, q.cpu(), q_err.cpu())
-        _report(progress, Stage.HISTOGRAMS, hi, n)
-        lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
-                          p.logit_histogram_bins)  # fmt: skip
-        _report(progress, Stage.LOGIT_LENS, hi, n)
+        hists: list[tuple[list[float], list[int]]] = [([], []) for _ in range(lo, hi)]
+        if p.includes(Component.ACTIVATION_HISTOGRAM):
+            inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
+                                                       p.histogram_scale), vmin, vmax)  # fmt: skip
+            hists = G.binned(grid, hist, vmin, vmax, inner)
+            _report(progress, Stage.HISTOGRAMS, hi, n)
+        lens = None
+        if p.includes(Component.LOGIT_LENS):
+            lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
+                              p.logit_histogram_bins)  # fmt: skip
+            _report(progress, Stage.LOGIT_LENS, hi, n)
         windows = self._windows(lo, hi)
+        tokens = p.includes(Component.TOKEN_AGGREGATION)
         out = []
         for i, (f, index) in enumerate(zip(range(lo, hi), s.features[lo:hi].tolist(), strict=True)):
             top, groups = self._examples(f, windows[i])
@@ -106,8 +114,8 @@ class _Builder:
                     feature_index=index,
                     top_examples=top,
                     quantile_groups=groups,
-                    top_positive_logits=self._logits(lens.pos_ids[i], lens.pos_values[i]),
-                    top_negative_logits=self._logits(lens.neg_ids[i], lens.neg_values[i]),
+                    top_positive_logits=self._logits(lens, i, positive=True),
+                    top_negative_logits=self._logits(lens, i, positive=False),
                     activation_histogram=Histogram(
                         bin_edges=edges,
                         counts=counts,
@@ -117,11 +125,12 @@ class _Builder:
                     ),
                     logit_histogram=_logit_histogram(lens, i),
                     statistics=stats[i],
-                    top_tokens=self._top_tokens(f),
+                    top_tokens=self._top_tokens(f) if tokens else [],
                     top_tokens_metric=p.token_rank_metric,
                 )
             )
-        _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
+        if tokens:
+            _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
         return out
 
     def _statistics(
@@ -197,11 +206,17 @@ class _Builder:
             source=SourceRef(self.inputs.source.dataset, ds_row, offset + w.start),
         )
 
-    def _logits(self, ids: torch.Tensor, values: torch.Tensor) -> list[LogitEntry]:
+    def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[LogitEntry]:
+        """Feature i's top (or bottom) logits; none when the logit lens is left out."""
+        if lens is None:
+            return []
+        ids, values = (
+            (lens.pos_ids, lens.pos_values) if positive else (lens.neg_ids, lens.neg_values)
+        )
         text = self.inputs.token_text
         return [
-            LogitEntry(token=text.token(i), token_id=i, value=v, rank=r + 1)
-            for r, (i, v) in enumerate(zip(ids.tolist(), values.tolist(), strict=True))
+            LogitEntry(token=text.token(t), token_id=t, value=v, rank=r + 1)
+            for r, (t, v) in enumerate(zip(ids[i].tolist(), values[i].tolist(), strict=True))
         ]
 
     def _top_tokens(self, f: int) -> list[TokenAggregate]:
@@ -222,7 +237,10 @@ class _Builder:
                            p.n_top_tokens)  # fmt: skip
 
 
-def _logit_histogram(lens: LogitLens, i: int) -> Histogram:
+def _logit_histogram(lens: LogitLens | None, i: int) -> Histogram:
+    if lens is None:  # left out: no bins, nothing counted
+        return Histogram(bin_edges=[], counts=[], scale=BinScale.LINEAR, total_count=0,
+                         nonzero_count=0)  # fmt: skip
     counts = lens.hist_counts[i].tolist()
     return Histogram(
         bin_edges=lens.hist_edges[i].tolist(),

@@ -7,50 +7,45 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_options import PARAM_BOUNDS, Component, check_bounds
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.dashboards.keys import MAX_POSITIONS
 from mistudio_compute.dashboards.state import StateConfig
-
-PARAM_RANGES: dict[str, tuple[int, int]] = {
-    "n_top_examples": (20, 100),
-    "logit_k": (10, 50),
-    "histogram_bins": (20, 100),
-    "logit_histogram_bins": (10, 200),
-    "n_quantile_groups": (0, 20),
-    "examples_per_quantile_group": (1, 50),
-    "context_left": (0, 256),
-    "context_right": (0, 256),
-    "n_top_tokens": (0, 1000),
-}
-"""Inclusive ranges; the first three are the product's, the rest keep memory bounded."""
 
 SAMPLE_OVERSAMPLING = 4
 """Sampled positions per quantile-group example slot, so de-duplication rarely starves a bin."""
 
 
 def validate_params(params: DashboardParams) -> None:
-    for name, (lo, hi) in PARAM_RANGES.items():
-        value = getattr(params, name)
-        if not lo <= value <= hi:
-            raise InvalidArgument(
-                f"{name} is {value}, must be between {lo} and {hi}",
-                field=name,
-                fix=f"set {name} to a value in [{lo}, {hi}]",
-            )
+    """The shared bounds (``dashboard_options.PARAM_BOUNDS``), and only computed components
+    left out."""
+    check_bounds(((name, getattr(params, name)) for name in PARAM_BOUNDS), "", False)
+    if Component.EXPLANATIONS in params.omitted:
+        raise InvalidArgument(
+            "explanations are not computed, so they cannot be left out of a computation",
+            field="omitted_components",
+            fix="leave explanations out in the export's configuration instead",
+        )
 
 
 def state_config(params: DashboardParams, special_ids: frozenset[int]) -> StateConfig:
     """The part of the parameters the streaming pass depends on."""
-    n_slots = params.n_quantile_groups * params.examples_per_quantile_group
+    n_slots = quantile_groups(params) * params.examples_per_quantile_group
+    tokens = params.includes(Component.TOKEN_AGGREGATION) and params.aggregate_all_tokens
     return StateConfig(
-        n_top=params.n_top_examples,
-        n_sample=max(1, SAMPLE_OVERSAMPLING * n_slots),
+        n_top=params.n_top_examples if params.includes(Component.TOP_EXAMPLES) else 0,
+        n_sample=SAMPLE_OVERSAMPLING * n_slots,
         context_left=params.context_left,
         context_right=params.context_right,
         special_ids=tuple(sorted(special_ids)),
-        track_tokens=params.aggregate_all_tokens,
+        track_tokens=tokens,
     )
+
+
+def quantile_groups(params: DashboardParams) -> int:
+    """Quantile groups to fill: none when quantile examples are left out."""
+    return params.n_quantile_groups if params.includes(Component.QUANTILE_EXAMPLES) else 0
 
 
 def validate_features(features: Sequence[int] | None, d_sae: int) -> torch.Tensor:

@@ -114,24 +114,30 @@ class PassState:
         sel = sel[(f[sel] * (b * t) + n[sel]).argsort()]  # by feature, then position
         f, n, val = f[sel], n[sel], val[sel]  # [A]
         pos = first_row * t + n  # [A] global positions
-        win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
-        _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
-        p = _where(_is_peak(f, n, val, t, b * t, cfg.window))  # [P] peaks
-        group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
 
         def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
             return _window_values(acts, special, t, cfg.context_left, cfg.context_right, f[i], n[i])
 
-        top = self._fold_top(p, K.top_key(val[p], pos[p]), win[n[p]], group, f, windows)
-        sample = self._fold_sample(K.sample_key(self.features[f], pos), val, win[n], f, windows)
+        top = sample = None  # a state without top or sample slots pays for no examples
+        if cfg.n_top or cfg.n_sample:
+            win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
+        if cfg.n_top:
+            _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
+            p = _where(_is_peak(f, n, val, t, b * t, cfg.window))  # [P] peaks
+            group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
+            top = self._fold_top(p, K.top_key(val[p], pos[p]), win[n[p]], group, f, windows)
+        if cfg.n_sample:
+            sample = self._fold_sample(K.sample_key(self.features[f], pos), val, win[n], f, windows)
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
 
         # commit: from here on only in-place writes into already-allocated tensors
-        rows, keys, hashes, wins = top
-        self.top_keys[rows], self.top_hash[rows], self.top_windows[rows] = keys, hashes, wins
-        rows, keys, values, hashes, wins = sample
-        self.sample_keys[rows], self.sample_values[rows] = keys, values
-        self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
+        if top is not None:
+            rows, keys, hashes, wins = top
+            self.top_keys[rows], self.top_hash[rows], self.top_windows[rows] = keys, hashes, wins
+        if sample is not None:
+            rows, keys, values, hashes, wins = sample
+            self.sample_keys[rows], self.sample_values[rows] = keys, values
+            self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket))
         self.count += torch.bincount(f, minlength=n_feat)
         self.total.index_add_(0, f, val.double())

@@ -21,7 +21,7 @@ from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, Mi
 from mistudio_common.grpc_errors import error_from_rpc
 
 from mistudio_export.cli.connection import Services, connect
-from mistudio_export.cli.options import export_config
+from mistudio_export.cli.options import export_config, token_source
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
 from mistudio_export.packaging import MANIFEST_NAME, build_archive
 from mistudio_export.validation import ValidationReport, validate_export
@@ -359,3 +359,22 @@ def _validate_zip(path: Path, auto_fix: bool) -> tuple[ValidationReport, list[st
             build_archive(folder, fixed)
             print(f"repaired archive written to {fixed}")
     return report, [] if integrity.ok else integrity.lines()
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    """Lists the presets, with their estimates when an SAE (and tokens) are named."""
+    config = epb.ExportConfig(tokens=token_source(args))
+    with connect(args) as services:
+        request = epb.ListPresetsRequest(sae_id=args.sae_id, config=config)
+        response = _call(services.export.ListPresets, request)
+    for preset in response.presets:
+        budget = f"{preset.max_tokens:,} tokens" if preset.max_tokens else "all tokens"
+        print(f"{preset.name:<12} {preset.title} ({budget})")
+        print(f"{'':<12} {preset.description}")
+        if preset.HasField("estimate"):
+            e = preset.estimate
+            print(
+                f"{'':<12} estimate: {e.estimated_seconds:,.0f} s, "
+                f"{e.estimated_size_bytes / 1e6:,.1f} MB, {e.feature_count:,} features"
+            )
+    return 0

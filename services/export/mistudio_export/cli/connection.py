@@ -13,8 +13,9 @@ import grpc
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common.auth import PeerCredentials
 from mistudio_common.errors import InvalidArgument
-from mistudio_common.server import insecure_channel
+from mistudio_common.server import insecure_channel, open_channel
 
 from mistudio_export.local_stack import LocalStack, start_local_stack
 
@@ -54,6 +55,30 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
     )
     group.add_argument(
+        "--token",
+        default=os.environ.get("MISTUDIO_TOKEN", ""),
+        help="bearer token for remote services (env MISTUDIO_TOKEN; prefer the variable: "
+        "arguments show in process lists)",
+    )
+    group.add_argument(
+        "--tls-ca",
+        default=os.environ.get("MISTUDIO_TLS_CA", ""),
+        metavar="PEM",
+        help="CA that signed the remote services' certificates; turns TLS on (env MISTUDIO_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-cert",
+        default=os.environ.get("MISTUDIO_TLS_CERT", ""),
+        metavar="PEM",
+        help="client certificate for mutual TLS (env MISTUDIO_TLS_CERT)",
+    )
+    group.add_argument(
+        "--tls-key",
+        default=os.environ.get("MISTUDIO_TLS_KEY", ""),
+        metavar="PEM",
+        help="private key of --tls-cert (env MISTUDIO_TLS_KEY)",
+    )
+    group.add_argument(
         "--data-dir",
         default=os.environ.get("MISTUDIO_DATA_DIR", "data"),
         help="data folder of the in-process stack: SQLite store, archives (default: ./data)",
@@ -77,13 +102,41 @@ def local_input_paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+def _read_pem(path: str, option: str) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise InvalidArgument(
+            f"cannot read {option} {path!r}: {error.strerror}",
+            field=option,
+            fix=f"point {option} at a readable PEM file",
+        ) from None
+
+
+def remote_credentials(args: argparse.Namespace) -> PeerCredentials:
+    """The CLI user's token and TLS files for remote services."""
+    cert, key = _read_pem(args.tls_cert, "--tls-cert"), _read_pem(args.tls_key, "--tls-key")
+    if (cert is None) != (key is None):
+        raise InvalidArgument(
+            "--tls-cert and --tls-key go together",
+            field="--tls-key" if key is None else "--tls-cert",
+            fix="pass both the client certificate and its key, or neither",
+        )
+    return PeerCredentials(
+        token=args.token, ca=_read_pem(args.tls_ca, "--tls-ca"), cert=cert, key=key
+    )
+
+
 @contextmanager
 def connect(args: argparse.Namespace) -> Iterator[Services]:
     if args.export_address:
         channels: list[grpc.Channel] = []
+        credentials = remote_credentials(args)
 
         def channel(address: str) -> grpc.Channel:
-            channels.append(insecure_channel(address))
+            channels.append(open_channel(address, credentials))
             return channels[-1]
 
         try:

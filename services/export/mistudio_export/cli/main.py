@@ -20,7 +20,7 @@ from mistudio_common.grpc_errors import error_from_rpc
 
 from mistudio_export.cli import commands
 from mistudio_export.cli.connection import add_connection_options
-from mistudio_export.cli.options import add_export_options
+from mistudio_export.cli.options import add_export_options, add_token_options
 from mistudio_export.cli.preview_command import add_preview_command
 
 EPILOG_RUN = """examples:
@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("path", help="a .zip archive or an export folder")
     validate.add_argument("--auto-fix", action="store_true", help="repair common problems")
     validate.add_argument("--json", default="", metavar="FILE", help="write the full report")
+
+    presets = command(
+        "presets",
+        "list the presets of dashboard options, with estimates for an SAE",
+        commands.cmd_presets,
+        "examples:\n  mistudio-export presets\n"
+        "  mistudio-export presets --sae-id my-sae --tokens tokens.npy   # with time and size",
+    )
+    presets.add_argument("--sae-id", default="", help="a registered SAE to estimate for")
+    add_token_options(presets)
 
     status = command("status", "show one export job", commands.cmd_status)
     status.add_argument("job_id")

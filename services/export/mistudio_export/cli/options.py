@@ -11,7 +11,11 @@ import argparse
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.dashboard_codec import COMPONENT_TO_PB
+from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import InvalidArgument
+
+from mistudio_export.presets import PRESETS
 
 FORMATS = {
     "neuronpedia": [epb.EXPORT_FORMAT_NEURONPEDIA],
@@ -42,7 +46,22 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--max-frequency", type=float, default=0.0, metavar="F", help="0: no limit")
     what.add_argument("--min-max-activation", type=float, default=0.0, metavar="A")
 
-    data = parser.add_argument_group("dashboard data")
+    data = parser.add_argument_group("dashboard data (unset options take the preset's or defaults)")
+    data.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="",
+        help="a named set of these options; `mistudio-export presets` lists them",
+    )
+    for component in Component:
+        data.add_argument(
+            f"--no-{component.value}",
+            dest="omit",
+            action="append_const",
+            const=component,
+            default=[],
+            help=f"leave the {component.value.replace('-', ' ')} out",
+        )
     data.add_argument("--examples", type=int, default=0, help="top examples per feature, 20-100")
     data.add_argument("--quantile-groups", type=int, default=0)
     data.add_argument("--examples-per-group", type=int, default=0)
@@ -50,8 +69,8 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--context-right", type=int, default=0)
     data.add_argument("--logit-k", type=int, default=0, help="top/bottom logits, 10-50")
     data.add_argument("--bins", type=int, default=0, help="histogram bins, 20-100")
-    data.add_argument("--bin-scale", choices=sorted(SCALES), default="log")
-    data.add_argument("--token-metric", choices=sorted(METRICS), default="sum")
+    data.add_argument("--bin-scale", choices=sorted(SCALES), default="", help="default: log")
+    data.add_argument("--token-metric", choices=sorted(METRICS), default="", help="default: sum")
     data.add_argument("--top-tokens", type=int, default=0)
     data.add_argument(
         "--aggregate-all-tokens",
@@ -59,15 +78,7 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
         help="rank tokens over every activating token, not only the examples",
     )
 
-    tokens = parser.add_argument_group("tokens the dashboards are computed on")
-    tokens.add_argument(
-        "--tokens", default="", metavar="FILE", help=".npy/.safetensors [rows, ctx]"
-    )
-    tokens.add_argument("--text", nargs="+", default=[], metavar="FILE", help="plain-text files")
-    tokens.add_argument("--dataset-name", default="")
-    tokens.add_argument("--context-size", type=int, default=0)
-    tokens.add_argument("--no-bos", action="store_true", help="don't prepend BOS to text rows")
-    tokens.add_argument("--max-tokens", type=int, default=0, help="0: all")
+    add_token_options(parser)
 
     output = parser.add_argument_group("output")
     output.add_argument("--gzip-json", action="store_true", help="gzip the PRD feature files")
@@ -92,6 +103,22 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=int, default=0, help="token rows per forward pass")
 
 
+def add_token_options(parser: argparse.ArgumentParser) -> None:
+    tokens = parser.add_argument_group("tokens the dashboards are computed on")
+    tokens.add_argument(
+        "--tokens", default="", metavar="FILE", help=".npy/.safetensors [rows, ctx]"
+    )
+    tokens.add_argument("--text", nargs="+", default=[], metavar="FILE", help="plain-text files")
+    tokens.add_argument("--dataset-name", default="")
+    tokens.add_argument("--context-size", type=int, default=0)
+    tokens.add_argument(
+        "--no-bos",
+        action="store_true",
+        help="rows do not start with BOS (default: they do, as for every client)",
+    )
+    tokens.add_argument("--max-tokens", type=int, default=0, help="0: all")
+
+
 def parse_selection(spec: str) -> epb.FeatureSelection:
     spec = spec.strip()
     if spec in ("", "all"):
@@ -112,11 +139,10 @@ def parse_selection(spec: str) -> epb.FeatureSelection:
 
 def token_source(args: argparse.Namespace) -> tpb.TokenSource:
     source = tpb.TokenSource(
-        dataset_name=args.dataset_name,
-        context_size=args.context_size,
-        prepend_bos=not args.no_bos,
-        max_tokens=args.max_tokens,
+        dataset_name=args.dataset_name, context_size=args.context_size, max_tokens=args.max_tokens
     )
+    if args.no_bos:  # unset otherwise: the one default (dashboard_options.DEFAULT_PREPEND_BOS)
+        source.prepend_bos = False
     if args.tokens:
         source.token_file = args.tokens
     elif args.text:
@@ -143,11 +169,13 @@ def export_config(args: argparse.Namespace) -> epb.ExportConfig:
             context_right=args.context_right,
             logit_k=args.logit_k,
             histogram_bins=args.bins,
-            histogram_scale=SCALES[args.bin_scale],
-            token_rank_metric=METRICS[args.token_metric],
+            histogram_scale=SCALES.get(args.bin_scale, dpb.BIN_SCALE_UNSPECIFIED),
+            token_rank_metric=METRICS.get(args.token_metric, dpb.TOKEN_RANK_METRIC_UNSPECIFIED),
             n_top_tokens=args.top_tokens,
             aggregate_all_tokens=args.aggregate_all_tokens,
+            omitted_components=sorted({COMPONENT_TO_PB[c] for c in args.omit}),
         ),
+        preset=args.preset,
         tokens=token_source(args),
         compression=epb.Compression(gzip_json=args.gzip_json, zip_deflate=not args.no_deflate),
         delta_base_job_id=args.delta_from,

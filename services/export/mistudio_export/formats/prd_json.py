@@ -62,6 +62,7 @@ def metadata_document(
         "n_prompts": info.n_prompts,
         "n_tokens_in_prompt": info.n_tokens_in_prompt,
         "prepend_bos": info.prepend_bos,
+        "omitted_components": list(info.omitted_components),
         "n_features": n_features,
         "feature_file_suffix": ".json.gz" if compressed else ".json",
     }

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mistudio_common.dashboard_options import Component
+
 
 class FormatKind(StrEnum):
     NEURONPEDIA_UPLOAD = "neuronpedia-upload"
@@ -118,3 +120,28 @@ NOTES: dict[FormatKind, FormatNote] = {
         ),
     ),
 }
+
+LEFT_OUT: dict[Component, str] = {
+    Component.TOP_EXAMPLES: "**Top examples** were not computed: `activations` is empty in "
+    "`features/*.json`, the importer's `activations/` and the upload payloads' `activations` "
+    "hold only quantile examples, and Neuronpedia's page shows no 'top activations' section.",
+    Component.QUANTILE_EXAMPLES: "**Quantile examples** were not computed: `quantile_groups` is "
+    "empty, the importer's `activations/` rows carry no `binMin`/`binMax`/`binContains` groups "
+    "and Neuronpedia's page shows only the top activations.",
+    Component.LOGIT_LENS: "**Logit lens** not computed: `logits` and `logit_histogram` are empty "
+    "in `features/*.json`; the importer columns `pos_str`, "
+    "`pos_values`, `neg_str`, `neg_values`, `logits_hist_data_bar_heights` and "
+    "`logits_hist_data_bar_values` are empty arrays, the upload payloads' `topLogits`/"
+    "`bottomLogits` are empty lists, and Neuronpedia's page shows no logit tables or logit "
+    "histogram.",
+    Component.ACTIVATION_HISTOGRAM: "**Activation histogram** not computed: "
+    "`histogram` has no bins in `features/*.json` and the importer columns "
+    "`freq_hist_data_bar_heights`/`freq_hist_data_bar_values` are empty arrays, so "
+    "Neuronpedia's page shows the density (`frac_nonzero`, still computed) without its "
+    "histogram.",
+    Component.TOKEN_AGGREGATION: "**Token aggregation** not computed: `top_tokens` is empty in "
+    "`features/*.json` (no Neuronpedia format carries it).",
+    Component.EXPLANATIONS: "**Explanations** left out: `explanations/` files hold no "
+    "explanation and the upload payloads carry none, so Neuronpedia's page shows no label.",
+}
+"""What each left-out part leaves empty in every format and what Neuronpedia then shows."""

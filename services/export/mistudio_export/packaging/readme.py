@@ -66,6 +66,9 @@ class ArchiveFacts:
     formats: tuple[IncludedFormat, ...]
     validation_summary: tuple[str, ...] = ()
     n_explanations: int = 0
+    left_out: tuple[str, ...] = ()
+    """One sentence per dashboard part left out (``format_notes.LEFT_OUT``) and why, if the plan
+    decided it."""
     # How the dashboards were computed.
     dataset: str = ""
     n_prompts: int = 0
@@ -164,6 +167,7 @@ def render_readme(facts: ArchiveFacts) -> str:
     """README.md for the archive root."""
     sections = [
         _summary(facts),
+        _left_out(facts),
         _layout(facts),
         _checking(),
         _route_upload_api(facts),
@@ -171,7 +175,7 @@ def render_readme(facts: ArchiveFacts) -> str:
         _route_huggingface(facts),
         _format_limits(facts),
     ]
-    return "\n\n".join(s.strip("\n") for s in sections) + "\n"
+    return "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
 
 
 def _summary(f: ArchiveFacts) -> str:
@@ -201,6 +205,17 @@ Neuronpedia and HuggingFace. Start with "Check the archive", then pick one of th
 Validation:
 
 {checks}"""
+
+
+def _left_out(f: ArchiveFacts) -> str:
+    if not f.left_out:
+        return ""
+    lines = "\n".join(f"- {line}" for line in f.left_out)
+    return f"""## Parts left out
+
+These dashboard parts were switched off for this export; every file still validates and loads.
+
+{lines}"""
 
 
 def _dashboard_data(f: ArchiveFacts) -> str:

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mistudio_common.dashboard_options import Component
+
 from mistudio_export.formats import prd_json
 from mistudio_export.formats.upload_payloads import MAX_EXPLANATION_CHARS
 from mistudio_export.validation.checks import (
@@ -96,7 +98,7 @@ def _features(session: Session, directory: Path, meta: dict[str, Any] | None) ->
         if suffix and not path.name.endswith(str(suffix)):
             ctx.report("INCONSISTENT", "", f"metadata says feature files end in {suffix}")
         if doc is not None:
-            check_feature(ctx, doc, index)
+            check_feature(ctx, doc, index, _omitted(meta))
             save_document(ctx, path, doc)
     n_meta = meta.get("n_features") if meta else None
     if isinstance(n_meta, int) and n_meta != len(files):
@@ -105,7 +107,19 @@ def _features(session: Session, directory: Path, meta: dict[str, Any] | None) ->
     return set(files)
 
 
-def check_feature(ctx: FileContext, doc: Any, expected_index: int) -> None:
+def _omitted(meta: dict[str, Any] | None) -> frozenset[str]:
+    """The parts metadata.json says were left out: their absence is no problem."""
+    given = meta.get("omitted_components") if meta else None
+    return (
+        frozenset(c for c in given if isinstance(c, str))
+        if isinstance(given, list)
+        else frozenset()
+    )
+
+
+def check_feature(
+    ctx: FileContext, doc: Any, expected_index: int, omitted: frozenset[str] = frozenset()
+) -> None:
     """All checks of one PRD feature document, repairing in place when fixing."""
     scan(ctx, doc)
     check_schema(ctx, doc, "prd_feature")
@@ -125,9 +139,12 @@ def check_feature(ctx: FileContext, doc: Any, expected_index: int) -> None:
     ]
     grouped = _groups(ctx, doc.get("quantile_groups"))
     stats = get_dict(doc, "statistics")
-    _statistics(ctx, stats, acts, [m for m in top if m is not None], grouped)
-    hist_total = check_histogram(
-        ctx, doc.get("histogram"), ["histogram"], total_key="nonzero_count"
+    top_omitted = Component.TOP_EXAMPLES.value in omitted
+    _statistics(ctx, stats, acts, [m for m in top if m is not None], grouped, top_omitted)
+    hist_total = (
+        None
+        if Component.ACTIVATION_HISTOGRAM.value in omitted
+        else check_histogram(ctx, doc.get("histogram"), ["histogram"], total_key="nonzero_count")
     )
     nonzero = stats.get("nonzero_count")
     if hist_total is not None and isinstance(nonzero, int) and hist_total != nonzero:
@@ -172,11 +189,16 @@ def _groups(ctx: FileContext, groups: Any) -> list[float]:
 
 
 def _statistics(
-    ctx: FileContext, stats: dict[str, Any], acts: list[Any], top: list[float], grouped: list[float]
+    ctx: FileContext,
+    stats: dict[str, Any],
+    acts: list[Any],
+    top: list[float],
+    grouped: list[float],
+    top_omitted: bool,
 ) -> None:
     dead = stats.get("dead_feature") is True
     n_examples = len(top) + len(grouped)
-    if not acts and not dead:
+    if not acts and not dead and not top_omitted:
         ctx.report("EMPTY_ARRAY", "/activations", "a live feature (dead_feature false) has none")
     elif not dead and n_examples < PRD_MIN_EXAMPLES:
         ctx.report("FEW_EXAMPLES", "/activations", f"{n_examples} examples, PRD minimum 10")

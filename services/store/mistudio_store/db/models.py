@@ -72,6 +72,11 @@ class SaeRow(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    owner: Mapped[str] = mapped_column(String(128), server_default="")
+    """The identity that registered the SAE; empty for SAEs stored before owners existed."""
+
+    # ListSaes of one owner, in sae_id order.
+    __table_args__ = (Index(None, "owner", "sae_id"),)
 
 
 class FeatureRow(Base):

@@ -55,6 +55,38 @@ TOKEN_RANK_METRIC_COUNT: TokenRankMetric.ValueType  # 2
 TOKEN_RANK_METRIC_MEAN: TokenRankMetric.ValueType  # 3
 Global___TokenRankMetric: _TypeAlias = TokenRankMetric  # noqa: Y015
 
+class _DashboardComponent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DashboardComponentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DashboardComponent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DASHBOARD_COMPONENT_UNSPECIFIED: _DashboardComponent.ValueType  # 0
+    DASHBOARD_COMPONENT_TOP_EXAMPLES: _DashboardComponent.ValueType  # 1
+    DASHBOARD_COMPONENT_QUANTILE_EXAMPLES: _DashboardComponent.ValueType  # 2
+    DASHBOARD_COMPONENT_LOGIT_LENS: _DashboardComponent.ValueType  # 3
+    """The top/bottom logit tables and the logit histogram."""
+    DASHBOARD_COMPONENT_ACTIVATION_HISTOGRAM: _DashboardComponent.ValueType  # 4
+    DASHBOARD_COMPONENT_TOKEN_AGGREGATION: _DashboardComponent.ValueType  # 5
+    DASHBOARD_COMPONENT_EXPLANATIONS: _DashboardComponent.ValueType  # 6
+    """Feature labels (export only: never sent to the compute service)."""
+
+class DashboardComponent(_DashboardComponent, metaclass=_DashboardComponentEnumTypeWrapper):
+    """A part of the dashboard a request may leave out (mistudio_common.dashboard_options.Component).
+    A part left out is not computed and its fields stay empty.
+    """
+
+DASHBOARD_COMPONENT_UNSPECIFIED: DashboardComponent.ValueType  # 0
+DASHBOARD_COMPONENT_TOP_EXAMPLES: DashboardComponent.ValueType  # 1
+DASHBOARD_COMPONENT_QUANTILE_EXAMPLES: DashboardComponent.ValueType  # 2
+DASHBOARD_COMPONENT_LOGIT_LENS: DashboardComponent.ValueType  # 3
+"""The top/bottom logit tables and the logit histogram."""
+DASHBOARD_COMPONENT_ACTIVATION_HISTOGRAM: DashboardComponent.ValueType  # 4
+DASHBOARD_COMPONENT_TOKEN_AGGREGATION: DashboardComponent.ValueType  # 5
+DASHBOARD_COMPONENT_EXPLANATIONS: DashboardComponent.ValueType  # 6
+"""Feature labels (export only: never sent to the compute service)."""
+Global___DashboardComponent: _TypeAlias = DashboardComponent  # noqa: Y015
+
 @_typing.final
 class SourceRef(_message.Message):
     """Everything a feature dashboard shows, computed by the compute service, cached by the store
@@ -399,7 +431,9 @@ Global___FeatureDashboard: _TypeAlias = FeatureDashboard  # noqa: Y015
 @_typing.final
 class DashboardParams(_message.Message):
     """The computation parameters that make a cached dashboard reusable: two dashboards computed
-    with equal parameters (and equal computation_version) are interchangeable.
+    with equal parameters (and equal computation_version) are interchangeable. Bounds and
+    defaults live in mistudio_common (dashboard_options.PARAM_BOUNDS, dashboard.DashboardParams);
+    0 means the default.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -418,6 +452,7 @@ class DashboardParams(_message.Message):
     AGGREGATE_ALL_TOKENS_FIELD_NUMBER: _builtins.int
     TOKEN_SOURCE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     COMPUTATION_VERSION_FIELD_NUMBER: _builtins.int
+    OMITTED_COMPONENTS_FIELD_NUMBER: _builtins.int
     n_top_examples: _builtins.int
     """20-100."""
     n_quantile_groups: _builtins.int
@@ -438,6 +473,12 @@ class DashboardParams(_message.Message):
     token_source_fingerprint: _builtins.str
     """Fingerprint of the token source (content hash, context size, BOS setting)."""
     computation_version: _builtins.str
+    @_builtins.property
+    def omitted_components(self) -> _containers.RepeatedScalarFieldContainer[Global___DashboardComponent.ValueType]:
+        """Parts left out (empty: everything). The logit lens is left out for attn.hook_q/k/v SAEs,
+        whose directions never reach the unembedding.
+        """
+
     def __init__(
         self,
         *,
@@ -455,10 +496,11 @@ class DashboardParams(_message.Message):
         aggregate_all_tokens: _builtins.bool = ...,
         token_source_fingerprint: _builtins.str = ...,
         computation_version: _builtins.str = ...,
+        omitted_components: _abc.Iterable[Global___DashboardComponent.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_all_tokens", b"aggregate_all_tokens", "computation_version", b"computation_version", "context_left", b"context_left", "context_right", b"context_right", "examples_per_quantile_group", b"examples_per_quantile_group", "histogram_bins", b"histogram_bins", "histogram_scale", b"histogram_scale", "logit_histogram_bins", b"logit_histogram_bins", "logit_k", b"logit_k", "n_quantile_groups", b"n_quantile_groups", "n_top_examples", b"n_top_examples", "n_top_tokens", b"n_top_tokens", "token_rank_metric", b"token_rank_metric", "token_source_fingerprint", b"token_source_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_all_tokens", b"aggregate_all_tokens", "computation_version", b"computation_version", "context_left", b"context_left", "context_right", b"context_right", "examples_per_quantile_group", b"examples_per_quantile_group", "histogram_bins", b"histogram_bins", "histogram_scale", b"histogram_scale", "logit_histogram_bins", b"logit_histogram_bins", "logit_k", b"logit_k", "n_quantile_groups", b"n_quantile_groups", "n_top_examples", b"n_top_examples", "n_top_tokens", b"n_top_tokens", "omitted_components", b"omitted_components", "token_rank_metric", b"token_rank_metric", "token_source_fingerprint", b"token_source_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmistudio/common/v1/tokens.proto\x12\x12mistudio.common.v1\"\xb1\x01\n\x0bTokenSource\x12\x14\n\ntoken_file\x18\x01 \x01(\tH\x00\x12-\n\x04text\x18\x02 \x01(\x0b\x32\x1d.mistudio.common.v1.TextFilesH\x00\x12\x14\n\x0c\x64\x61taset_name\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x04 \x01(\x05\x12\x13\n\x0bprepend_bos\x18\x05 \x01(\x08\x12\x12\n\nmax_tokens\x18\x06 \x01(\x03\x42\x08\n\x06source\"\x1a\n\tTextFiles\x12\r\n\x05paths\x18\x01 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmistudio/common/v1/tokens.proto\x12\x12mistudio.common.v1\"\xc6\x01\n\x0bTokenSource\x12\x14\n\ntoken_file\x18\x01 \x01(\tH\x00\x12-\n\x04text\x18\x02 \x01(\x0b\x32\x1d.mistudio.common.v1.TextFilesH\x00\x12\x14\n\x0c\x64\x61taset_name\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x04 \x01(\x05\x12\x18\n\x0bprepend_bos\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x06 \x01(\x03\x42\x08\n\x06sourceB\x0e\n\x0c_prepend_bos\"\x1a\n\tTextFiles\x12\r\n\x05paths\x18\x01 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mistudio.common.v1.tokens_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKENSOURCE']._serialized_start=56
-  _globals['_TOKENSOURCE']._serialized_end=233
-  _globals['_TEXTFILES']._serialized_start=235
-  _globals['_TEXTFILES']._serialized_end=261
+  _globals['_TOKENSOURCE']._serialized_end=254
+  _globals['_TEXTFILES']._serialized_start=256
+  _globals['_TEXTFILES']._serialized_end=282
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,10 @@ class TokenSource(_message.Message):
     context_size: _builtins.int
     """Tokens per row; rows from token_file are cut to it. 0 means the file's width or 128."""
     prepend_bos: _builtins.bool
-    """Put the tokenizer's BOS at the start of every row built from text."""
+    """Put the tokenizer's BOS at the start of every row built from text (for a token_file: its
+    rows start with BOS). Unset means mistudio_common.dashboard_options.DEFAULT_PREPEND_BOS
+    (true), for the CLI and every other client alike.
+    """
     max_tokens: _builtins.int
     """Stop after this many tokens; 0 reads them all."""
     @_builtins.property
@@ -55,15 +58,20 @@ class TokenSource(_message.Message):
         text: Global___TextFiles | None = ...,
         dataset_name: _builtins.str = ...,
         context_size: _builtins.int = ...,
-        prepend_bos: _builtins.bool = ...,
+        prepend_bos: _builtins.bool | None = ...,
         max_tokens: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "text", b"text", "token_file", b"token_file"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_prepend_bos", b"_prepend_bos", "prepend_bos", b"prepend_bos", "source", b"source", "text", b"text", "token_file", b"token_file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "dataset_name", b"dataset_name", "max_tokens", b"max_tokens", "prepend_bos", b"prepend_bos", "source", b"source", "text", b"text", "token_file", b"token_file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prepend_bos", b"_prepend_bos", "context_size", b"context_size", "dataset_name", b"dataset_name", "max_tokens", b"max_tokens", "prepend_bos", b"prepend_bos", "source", b"source", "text", b"text", "token_file", b"token_file"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__prepend_bos: _TypeAlias = _typing.Literal["prepend_bos"]  # noqa: Y015
+    _WhichOneofArgType__prepend_bos: _TypeAlias = _typing.Literal["_prepend_bos", b"_prepend_bos"]  # noqa: Y015
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["token_file", "text"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prepend_bos) -> _WhichOneofReturnType__prepend_bos | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___TokenSource: _TypeAlias = TokenSource  # noqa: Y015

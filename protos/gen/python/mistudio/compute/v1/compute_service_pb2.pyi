@@ -37,6 +37,9 @@ class _HookKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HookKind.Val
     HOOK_KIND_ATTN_Q: _HookKind.ValueType  # 5
     HOOK_KIND_ATTN_K: _HookKind.ValueType  # 6
     HOOK_KIND_ATTN_V: _HookKind.ValueType  # 7
+    HOOK_KIND_RESID_MID: _HookKind.ValueType  # 8
+    HOOK_KIND_MLP_POST: _HookKind.ValueType  # 9
+    HOOK_KIND_ATTN_OUT: _HookKind.ValueType  # 10
 
 class HookKind(_HookKind, metaclass=_HookKindEnumTypeWrapper): ...
 
@@ -48,6 +51,9 @@ HOOK_KIND_ATTN_Z: HookKind.ValueType  # 4
 HOOK_KIND_ATTN_Q: HookKind.ValueType  # 5
 HOOK_KIND_ATTN_K: HookKind.ValueType  # 6
 HOOK_KIND_ATTN_V: HookKind.ValueType  # 7
+HOOK_KIND_RESID_MID: HookKind.ValueType  # 8
+HOOK_KIND_MLP_POST: HookKind.ValueType  # 9
+HOOK_KIND_ATTN_OUT: HookKind.ValueType  # 10
 Global___HookKind: _TypeAlias = HookKind  # noqa: Y015
 
 @_typing.final

@@ -34,6 +34,9 @@ class ComputeServiceStub:
     unknown architecture, hook out of range), NOT_FOUND (unknown SAE or job),
     FAILED_PRECONDITION (e.g. the model cannot be loaded offline). Errors while running arrive
     in the stream's last message.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    ValidateSae and ResolveHookPoint; computations are for service identities (PERMISSION_DENIED).
     """
 
     def __init__(self, channel):
@@ -98,6 +101,9 @@ class ComputeServiceServicer:
     unknown architecture, hook out of range), NOT_FOUND (unknown SAE or job),
     FAILED_PRECONDITION (e.g. the model cannot be loaded offline). Errors while running arrive
     in the stream's last message.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    ValidateSae and ResolveHookPoint; computations are for service identities (PERMISSION_DENIED).
     """
 
     def ComputeDashboards(self, request, context):
@@ -232,6 +238,9 @@ class ComputeService:
     unknown architecture, hook out of range), NOT_FOUND (unknown SAE or job),
     FAILED_PRECONDITION (e.g. the model cannot be loaded offline). Errors while running arrive
     in the stream's last message.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    ValidateSae and ResolveHookPoint; computations are for service identities (PERMISSION_DENIED).
     """
 
     @staticmethod

@@ -35,6 +35,9 @@ class ComputeServiceStub:
     unknown architecture, hook out of range), NOT_FOUND (unknown SAE or job),
     FAILED_PRECONDITION (e.g. the model cannot be loaded offline). Errors while running arrive
     in the stream's last message.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    ValidateSae and ResolveHookPoint; computations are for service identities (PERMISSION_DENIED).
     """
 
     @_typing.overload
@@ -77,6 +80,9 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     unknown architecture, hook out of range), NOT_FOUND (unknown SAE or job),
     FAILED_PRECONDITION (e.g. the model cannot be loaded offline). Errors while running arrive
     in the stream's last message.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    ValidateSae and ResolveHookPoint; computations are for service identities (PERMISSION_DENIED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -115,6 +121,9 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
     unknown architecture, hook out of range), NOT_FOUND (unknown SAE or job),
     FAILED_PRECONDITION (e.g. the model cannot be loaded offline). Errors while running arrive
     in the stream's last message.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    ValidateSae and ResolveHookPoint; computations are for service identities (PERMISSION_DENIED).
     """
 
     @_abc_1.abstractmethod

@@ -240,6 +240,7 @@ class ExportConfig(_message.Message):
     DEVICE_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     WITH_PREVIEW_FIELD_NUMBER: _builtins.int
+    PRESET_FIELD_NUMBER: _builtins.int
     delta_base_job_id: _builtins.str
     """Delta export: only features new or changed since this earlier (finished) export job."""
     merge_with_base: _builtins.bool
@@ -252,6 +253,10 @@ class ExportConfig(_message.Message):
     with_preview: _builtins.bool
     """Also write the static dashboard viewer into the archive (preview/index.html, opens from
     file://); needs the neuronpedia format.
+    """
+    preset: _builtins.str
+    """A named preset (ListPresets): its dashboard options and token budget apply where this
+    config leaves a field unset (0); omitted_components add up.
     """
     @_builtins.property
     def formats(self) -> _containers.RepeatedScalarFieldContainer[Global___ExportFormat.ValueType]: ...
@@ -284,10 +289,11 @@ class ExportConfig(_message.Message):
         device: _builtins.str = ...,
         batch_size: _builtins.int = ...,
         with_preview: _builtins.bool = ...,
+        preset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "dashboard", b"dashboard", "naming", b"naming", "selection", b"selection", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_fix", b"auto_fix", "batch_size", b"batch_size", "compression", b"compression", "dashboard", b"dashboard", "delta_base_job_id", b"delta_base_job_id", "device", b"device", "formats", b"formats", "merge_with_base", b"merge_with_base", "naming", b"naming", "selection", b"selection", "tokens", b"tokens", "with_preview", b"with_preview"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_fix", b"auto_fix", "batch_size", b"batch_size", "compression", b"compression", "dashboard", b"dashboard", "delta_base_job_id", b"delta_base_job_id", "device", b"device", "formats", b"formats", "merge_with_base", b"merge_with_base", "naming", b"naming", "preset", b"preset", "selection", b"selection", "tokens", b"tokens", "with_preview", b"with_preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +311,9 @@ class StartExportRequest(_message.Message):
     """Client-chosen idempotency key; a retried start with the same key returns the same job."""
     sae_id: _builtins.str
     owner: _builtins.str
+    """The job belongs to the authenticated caller. Empty or the caller's own name; only an
+    admin or service identity may name another owner (PERMISSION_DENIED otherwise).
+    """
     @_builtins.property
     def config(self) -> Global___ExportConfig: ...
     def __init__(
@@ -409,6 +418,7 @@ class ExportJobView(_message.Message):
     job_id: _builtins.str
     sae_id: _builtins.str
     owner: _builtins.str
+    """The identity that started the job."""
     @_builtins.property
     def config(self) -> Global___ExportConfig: ...
     @_builtins.property
@@ -509,6 +519,9 @@ class ListExportsRequest(_message.Message):
     page_token: _builtins.str
     sae_id: _builtins.str
     owner: _builtins.str
+    """A user always lists its own jobs (naming another owner is PERMISSION_DENIED); admins and
+    services list everyone's, or one owner's when set.
+    """
     def __init__(
         self,
         *,
@@ -1041,3 +1054,97 @@ class GetFeatureDashboardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFeatureDashboardResponse: _TypeAlias = GetFeatureDashboardResponse  # noqa: Y015
+
+@_typing.final
+class ListPresetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAE_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    sae_id: _builtins.str
+    """Optional: estimate each preset's time and size for this SAE (ValidateExport's estimate)."""
+    @_builtins.property
+    def config(self) -> Global___ExportConfig:
+        """The rest of the export configuration the estimates assume (tokens, selection, formats);
+        its preset field is ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        sae_id: _builtins.str = ...,
+        config: Global___ExportConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "sae_id", b"sae_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPresetsRequest: _TypeAlias = ListPresetsRequest  # noqa: Y015
+
+@_typing.final
+class Preset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    DASHBOARD_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name ExportConfig.preset and the CLI's --preset take, e.g. "quick"."""
+    title: _builtins.str
+    description: _builtins.str
+    max_tokens: _builtins.int
+    """Tokens read from the token source; 0 reads them all."""
+    @_builtins.property
+    def dashboard(self) -> _dashboard_pb2.DashboardParams:
+        """The dashboard options it sets (0 fields take the defaults)."""
+
+    @_builtins.property
+    def estimate(self) -> Global___ExportEstimate:
+        """Set when the request names an SAE."""
+
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        dashboard: _dashboard_pb2.DashboardParams | None = ...,
+        max_tokens: _builtins.int = ...,
+        estimate: Global___ExportEstimate | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dashboard", b"dashboard", "estimate", b"estimate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dashboard", b"dashboard", "description", b"description", "estimate", b"estimate", "max_tokens", b"max_tokens", "name", b"name", "title", b"title", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preset: _TypeAlias = Preset  # noqa: Y015
+
+@_typing.final
+class ListPresetsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRESETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def presets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Preset]: ...
+    def __init__(
+        self,
+        *,
+        presets: _abc.Iterable[Global___Preset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["presets", b"presets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPresetsResponse: _TypeAlias = ListPresetsResponse  # noqa: Y015

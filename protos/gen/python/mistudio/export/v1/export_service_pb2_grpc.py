@@ -35,6 +35,10 @@ class ExportServiceStub:
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     def __init__(self, channel):
@@ -103,6 +107,11 @@ class ExportServiceStub:
                 request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.GetFeatureDashboardRequest.SerializeToString,
                 response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.GetFeatureDashboardResponse.FromString,
                 _registered_method=True)
+        self.ListPresets = channel.unary_unary(
+                '/mistudio.export.v1.ExportService/ListPresets',
+                request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsRequest.SerializeToString,
+                response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsResponse.FromString,
+                _registered_method=True)
 
 
 class ExportServiceServicer:
@@ -115,6 +124,10 @@ class ExportServiceServicer:
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     def StartExport(self, request, context):
@@ -199,6 +212,13 @@ class ExportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPresets(self, request, context):
+        """The named presets of dashboard options, each with its estimate when an SAE is given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +282,11 @@ def add_ExportServiceServicer_to_server(servicer, server):
                     request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.GetFeatureDashboardRequest.FromString,
                     response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.GetFeatureDashboardResponse.SerializeToString,
             ),
+            'ListPresets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPresets,
+                    request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsRequest.FromString,
+                    response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mistudio.export.v1.ExportService', rpc_method_handlers)
@@ -280,6 +305,10 @@ class ExportService:
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     @staticmethod
@@ -596,6 +625,33 @@ class ExportService:
             '/mistudio.export.v1.ExportService/GetFeatureDashboard',
             mistudio_dot_export_dot_v1_dot_export__service__pb2.GetFeatureDashboardRequest.SerializeToString,
             mistudio_dot_export_dot_v1_dot_export__service__pb2.GetFeatureDashboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPresets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.export.v1.ExportService/ListPresets',
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsRequest.SerializeToString,
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

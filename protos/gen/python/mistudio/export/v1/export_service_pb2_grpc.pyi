@@ -36,6 +36,10 @@ class ExportServiceStub:
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     @_typing.overload
@@ -64,6 +68,8 @@ class ExportServiceStub:
     """The finished archive streamed in chunks, for clients that cannot reach the object store."""
     GetFeatureDashboard: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.GetFeatureDashboardRequest, _export_service_pb2.GetFeatureDashboardResponse]
     """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
+    ListPresets: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ListPresetsRequest, _export_service_pb2.ListPresetsResponse]
+    """The named presets of dashboard options, each with its estimate when an SAE is given."""
 
 @_typing.type_check_only
 class ExportServiceAsyncStub(ExportServiceStub):
@@ -76,6 +82,10 @@ class ExportServiceAsyncStub(ExportServiceStub):
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -101,6 +111,8 @@ class ExportServiceAsyncStub(ExportServiceStub):
     """The finished archive streamed in chunks, for clients that cannot reach the object store."""
     GetFeatureDashboard: _aio.UnaryUnaryMultiCallable[_export_service_pb2.GetFeatureDashboardRequest, _export_service_pb2.GetFeatureDashboardResponse]  # type: ignore[assignment]
     """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
+    ListPresets: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ListPresetsRequest, _export_service_pb2.ListPresetsResponse]  # type: ignore[assignment]
+    """The named presets of dashboard options, each with its estimate when an SAE is given."""
 
 class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
     """The export service turns a registered SAE into a validated archive: Neuronpedia dashboards
@@ -112,6 +124,10 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
     or job), FAILED_PRECONDITION (PreconditionFailure listing what the SAE is missing and how
     to get it; or a state change a job in its state cannot make). Errors while running arrive
     in the stream's last message.
+
+    Every call but health checks is authenticated (bearer token or client certificate):
+    UNAUTHENTICATED without valid credentials. A user sees only its own SAEs and jobs; another
+    owner's are NOT_FOUND, worded as for an unknown id. Admins and services see all.
     """
 
     @_abc_1.abstractmethod
@@ -207,5 +223,13 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_export_service_pb2.GetFeatureDashboardResponse, _abc.Awaitable[_export_service_pb2.GetFeatureDashboardResponse]]:
         """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
+
+    @_abc_1.abstractmethod
+    def ListPresets(
+        self,
+        request: _export_service_pb2.ListPresetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_service_pb2.ListPresetsResponse, _abc.Awaitable[_export_service_pb2.ListPresetsResponse]]:
+        """The named presets of dashboard options, each with its estimate when an SAE is given."""
 
 def add_ExportServiceServicer_to_server(servicer: ExportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

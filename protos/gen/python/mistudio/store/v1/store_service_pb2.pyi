@@ -64,6 +64,7 @@ class Sae(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """Client-chosen, unique: e.g. "stories260k-l2-res-512". Lowercase letters, digits, '-', '_', '.'."""
     model_id: _builtins.str
@@ -82,6 +83,10 @@ class Sae(_message.Message):
     neuronpedia_model_id: _builtins.str
     """The Neuronpedia naming: model id, source-set name (e.g. "mistudio-res-512")."""
     neuronpedia_source_set: _builtins.str
+    owner: _builtins.str
+    """The identity that registered it, set by the store from the authenticated caller (a
+    service may name the user it acts for). Only the owner, admins and services see it.
+    """
     @_builtins.property
     def config(self) -> _struct_pb2.Struct:
         """Anything else from the SAE's config (activation normalisation, k, context size, …)."""
@@ -109,10 +114,11 @@ class Sae(_message.Message):
         config: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "config", b"config", "created_at", b"created_at", "d_in", b"d_in", "d_sae", b"d_sae", "explained_variance", b"explained_variance", "hook_point", b"hook_point", "l0", b"l0", "model_id", b"model_id", "n_training_tokens", b"n_training_tokens", "neuronpedia_model_id", b"neuronpedia_model_id", "neuronpedia_source_set", b"neuronpedia_source_set", "sae_id", b"sae_id", "training_dataset", b"training_dataset", "updated_at", b"updated_at", "weights_uri", b"weights_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "config", b"config", "created_at", b"created_at", "d_in", b"d_in", "d_sae", b"d_sae", "explained_variance", b"explained_variance", "hook_point", b"hook_point", "l0", b"l0", "model_id", b"model_id", "n_training_tokens", b"n_training_tokens", "neuronpedia_model_id", b"neuronpedia_model_id", "neuronpedia_source_set", b"neuronpedia_source_set", "owner", b"owner", "sae_id", b"sae_id", "training_dataset", b"training_dataset", "updated_at", b"updated_at", "weights_uri", b"weights_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -33,6 +33,11 @@ class StoreServiceStub:
     Errors: INVALID_ARGUMENT (with a BadRequest naming the field) for malformed requests,
     NOT_FOUND (with ResourceInfo) for unknown ids, ALREADY_EXISTS for a duplicate SAE id,
     FAILED_PRECONDITION for a write that conflicts with the stored state.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    CreateSae, GetSae, ListSaes, ListFeatures, AddExplanations and ListExplanations, on their own
+    SAEs (another owner's is NOT_FOUND); every other RPC is for service identities only
+    (PERMISSION_DENIED).
     """
 
     def __init__(self, channel):
@@ -126,6 +131,11 @@ class StoreServiceServicer:
     Errors: INVALID_ARGUMENT (with a BadRequest naming the field) for malformed requests,
     NOT_FOUND (with ResourceInfo) for unknown ids, ALREADY_EXISTS for a duplicate SAE id,
     FAILED_PRECONDITION for a write that conflicts with the stored state.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    CreateSae, GetSae, ListSaes, ListFeatures, AddExplanations and ListExplanations, on their own
+    SAEs (another owner's is NOT_FOUND); every other RPC is for service identities only
+    (PERMISSION_DENIED).
     """
 
     def CreateSae(self, request, context):
@@ -325,6 +335,11 @@ class StoreService:
     Errors: INVALID_ARGUMENT (with a BadRequest naming the field) for malformed requests,
     NOT_FOUND (with ResourceInfo) for unknown ids, ALREADY_EXISTS for a duplicate SAE id,
     FAILED_PRECONDITION for a write that conflicts with the stored state.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    CreateSae, GetSae, ListSaes, ListFeatures, AddExplanations and ListExplanations, on their own
+    SAEs (another owner's is NOT_FOUND); every other RPC is for service identities only
+    (PERMISSION_DENIED).
     """
 
     @staticmethod

@@ -34,6 +34,11 @@ class StoreServiceStub:
     Errors: INVALID_ARGUMENT (with a BadRequest naming the field) for malformed requests,
     NOT_FOUND (with ResourceInfo) for unknown ids, ALREADY_EXISTS for a duplicate SAE id,
     FAILED_PRECONDITION for a write that conflicts with the stored state.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    CreateSae, GetSae, ListSaes, ListFeatures, AddExplanations and ListExplanations, on their own
+    SAEs (another owner's is NOT_FOUND); every other RPC is for service identities only
+    (PERMISSION_DENIED).
     """
 
     @_typing.overload
@@ -80,6 +85,11 @@ class StoreServiceAsyncStub(StoreServiceStub):
     Errors: INVALID_ARGUMENT (with a BadRequest naming the field) for malformed requests,
     NOT_FOUND (with ResourceInfo) for unknown ids, ALREADY_EXISTS for a duplicate SAE id,
     FAILED_PRECONDITION for a write that conflicts with the stored state.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    CreateSae, GetSae, ListSaes, ListFeatures, AddExplanations and ListExplanations, on their own
+    SAEs (another owner's is NOT_FOUND); every other RPC is for service identities only
+    (PERMISSION_DENIED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -122,6 +132,11 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors: INVALID_ARGUMENT (with a BadRequest naming the field) for malformed requests,
     NOT_FOUND (with ResourceInfo) for unknown ids, ALREADY_EXISTS for a duplicate SAE id,
     FAILED_PRECONDITION for a write that conflicts with the stored state.
+
+    Authenticated like every service (UNAUTHENTICATED without credentials). Users may call only
+    CreateSae, GetSae, ListSaes, ListFeatures, AddExplanations and ListExplanations, on their own
+    SAEs (another owner's is NOT_FOUND); every other RPC is for service identities only
+    (PERMISSION_DENIED).
     """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,72 @@
+"""Which SAEs and export jobs a caller may see: its own; admins and services see all.
+
+Anything else is reported exactly as a missing one would be, so a caller learns nothing about
+what other identities hold. The export service calls the store as a service identity, so the
+check happens here, before a job or SAE is used on the caller's behalf.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.auth import Identity, can_see, owner_for
+from mistudio_common.errors import NotFound
+
+
+class Records(Protocol):
+    def get_sae(self, sae_id: str) -> spb.Sae: ...
+
+    def get_job(self, job_id: str) -> spb.ExportJob: ...
+
+
+def job_not_found(job_id: str) -> NotFound:
+    """The same error the store gives for an unknown job id."""
+    return NotFound(
+        f"no export job with id {job_id!r}",
+        resource_type="mistudio.store.v1.ExportJob",
+        resource_name=job_id,
+        fix="list jobs with ListExportJobs",
+    )
+
+
+def sae_not_found(sae_id: str) -> NotFound:
+    """The same error the store gives for an unknown SAE id."""
+    return NotFound(
+        f"no SAE with id {sae_id!r}",
+        resource_type="mistudio.store.v1.Sae",
+        resource_name=sae_id,
+        fix="create it with CreateSae, or list stored SAEs with ListSaes",
+    )
+
+
+class Access:
+    def __init__(self, records: Records) -> None:
+        self._records = records
+
+    def job(self, job_id: str, caller: Identity) -> spb.ExportJob:
+        """The job, when the caller may see it; NOT_FOUND otherwise."""
+        job = self._records.get_job(job_id)
+        if not can_see(job.owner, caller):
+            raise job_not_found(job_id)
+        return job
+
+    def hides_job(self, job_id: str, caller: Identity) -> bool:
+        """Whether the job exists but belongs to someone the caller may not see."""
+        try:
+            job = self._records.get_job(job_id)
+        except NotFound:
+            return False
+        return not can_see(job.owner, caller)
+
+    def sae(self, sae_id: str, caller: Identity) -> spb.Sae:
+        """The SAE, when the caller may use it; NOT_FOUND otherwise."""
+        sae = self._records.get_sae(sae_id)
+        if not can_see(sae.owner, caller):
+            raise sae_not_found(sae_id)
+        return sae
+
+
+def list_owner(requested: str, caller: Identity) -> str:
+    """The owner filter of a listing: a user's is always itself (naming another is refused)."""
+    return requested if caller.sees_everything else owner_for(requested, caller)

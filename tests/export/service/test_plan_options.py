@@ -1,0 +1,150 @@
+"""Dashboard options in the plan: one table of bounds for every service, presets, component
+switches, hooks without a logit lens, and one set of defaults for the CLI and the contract."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import COMPONENT_TO_PB, params_from_pb, params_key
+from mistudio_common.dashboard_options import (
+    DEFAULT_PREPEND_BOS,
+    PARAM_BOUNDS,
+    Component,
+    prepend_bos,
+)
+from mistudio_common.errors import InvalidArgument
+from mistudio_compute.dashboards.params import validate_params
+from mistudio_export.cli.main import build_parser
+from mistudio_export.cli.options import export_config
+from mistudio_export.formats.schemas import load_schema
+from mistudio_export.plan import build_plan, dashboard_params, logit_lens_note
+from mistudio_export.presets import PRESETS
+
+from tests.export.service.test_plan import sae
+
+TOKENS = tpb.TokenSource(token_file="/tokens.npy")
+
+
+def plan_of(**config: object):  # type: ignore[no-untyped-def]
+    return build_plan(sae(), epb.ExportConfig(tokens=TOKENS, **config), "ana")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", list(PARAM_BOUNDS))
+def test_export_and_compute_share_one_table_of_bounds(name: str) -> None:
+    low, high = PARAM_BOUNDS[name]
+    for bad in (low - 1, high + 1):
+        if bad == 0:  # 0 on the wire means the default
+            continue
+        with pytest.raises(InvalidArgument) as err:
+            dashboard_params(dpb.DashboardParams(**{name: bad}))
+        assert err.value.field == f"config.dashboard.{name}"
+        with pytest.raises(InvalidArgument):
+            validate_params(replace(DashboardParams(), **{name: bad}))
+    for good in (low, high):
+        validate_params(params_from_pb(dashboard_params(dpb.DashboardParams(**{name: good}))))
+
+
+def test_preset_fills_only_what_the_request_leaves_unset() -> None:
+    plan = plan_of(preset="quick", dashboard=dpb.DashboardParams(n_top_examples=50))
+    assert plan.params.n_top_examples == 50  # given
+    assert plan.params.context_left == PRESETS["quick"].dashboard.context_left  # from the preset
+    assert Component.QUANTILE_EXAMPLES in plan.omitted
+    assert plan.tokens is not None and plan.tokens.max_tokens == 65_536
+    budget = tpb.TokenSource(token_file="/tokens.npy", max_tokens=1000)
+    kept = build_plan(sae(), epb.ExportConfig(tokens=budget, preset="quick"), "ana")
+    assert kept.tokens is not None and kept.tokens.max_tokens == 1000
+
+
+def test_complete_preset_sets_every_maximum() -> None:
+    params = plan_of(preset="complete").params
+    assert {name: getattr(params, name) for name in PARAM_BOUNDS} == {
+        name: high for name, (_, high) in PARAM_BOUNDS.items()
+    }
+    assert params.aggregate_all_tokens and not params.omitted_components
+
+
+def test_neuronpedia_preset_follows_its_runner() -> None:
+    p = plan_of(preset="neuronpedia")
+    assert (p.params.n_top_examples, p.params.n_quantile_groups, p.params.logit_k) == (20, 5, 10)
+    assert p.params.histogram_scale == dpb.BIN_SCALE_LINEAR
+    assert p.tokens is not None and p.tokens.max_tokens == 24_576 * 128
+
+
+def test_unknown_preset_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan_of(preset="fast")
+    assert err.value.field == "config.preset" and "quick" in err.value.fix
+
+
+@pytest.mark.parametrize(
+    ("component", "stage"),
+    [
+        (Component.LOGIT_LENS, ppb.STAGE_LOGIT_LENS),
+        (Component.ACTIVATION_HISTOGRAM, ppb.STAGE_HISTOGRAMS),
+        (Component.TOKEN_AGGREGATION, ppb.STAGE_TOKEN_AGGREGATION),
+    ],
+)
+def test_left_out_component_has_no_stage_in_the_plan(component: Component, stage: int) -> None:
+    config = dpb.DashboardParams(omitted_components=[COMPONENT_TO_PB[component]])
+    plan = plan_of(dashboard=config)
+    assert stage not in plan.stages and ppb.STAGE_ACTIVATION_PASS in plan.stages
+    assert stage in plan_of().stages
+
+
+def test_explanations_are_left_out_of_the_export_not_the_computation() -> None:
+    config = dpb.DashboardParams(omitted_components=[dpb.DASHBOARD_COMPONENT_EXPLANATIONS])
+    plan = plan_of(dashboard=config)
+    assert Component.EXPLANATIONS in plan.omitted
+    assert not plan.params.omitted_components  # same cache entries as a full export
+
+
+def test_unknown_component_is_refused() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan_of(dashboard=dpb.DashboardParams(omitted_components=[0]))
+    assert err.value.field == "config.dashboard.omitted_components"
+
+
+def test_query_hook_plans_without_a_logit_lens_and_says_so() -> None:
+    hook = "blocks.8.attn.hook_q"
+    plan = build_plan(sae(hook_point=hook, d_in=768), epb.ExportConfig(tokens=TOKENS), "ana")
+    assert Component.LOGIT_LENS in plan.omitted
+    assert list(plan.params.omitted_components) == [dpb.DASHBOARD_COMPONENT_LOGIT_LENS]
+    assert ppb.STAGE_LOGIT_LENS not in plan.stages
+    assert plan.notes == (logit_lens_note(hook),)
+
+
+def test_cli_defaults_are_the_contracts_defaults() -> None:
+    args = build_parser().parse_args(["run", "my-sae", "--tokens", "/tokens.npy"])
+    config = export_config(args)
+    assert not config.tokens.HasField("prepend_bos")
+    assert prepend_bos(config.tokens) == prepend_bos(TOKENS) == DEFAULT_PREPEND_BOS
+    from_cli = params_from_pb(dashboard_params(config.dashboard))
+    assert params_key(from_cli) == params_key(
+        params_from_pb(dashboard_params(dpb.DashboardParams()))
+    )
+
+
+def test_cli_switches_and_preset_reach_the_config() -> None:
+    args = build_parser().parse_args(
+        ["run", "s", "--preset", "quick", "--no-logit-lens", "--no-explanations", "--no-bos"]
+    )
+    config = export_config(args)
+    assert config.preset == "quick" and config.tokens.prepend_bos is False
+    assert list(config.dashboard.omitted_components) == sorted(
+        [dpb.DASHBOARD_COMPONENT_LOGIT_LENS, dpb.DASHBOARD_COMPONENT_EXPLANATIONS]
+    )
+
+
+def test_prd_metadata_schema_names_every_component() -> None:
+    schema = load_schema("prd_metadata")
+    assert schema["properties"]["omitted_components"]["items"]["enum"] == [
+        c.value for c in Component
+    ]
+    assert json.dumps(schema)  # loads as plain JSON
