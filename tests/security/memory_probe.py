@@ -12,21 +12,14 @@ import sys
 
 import torch
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_options import PARAM_BOUNDS
 from mistudio_compute.dashboards import compute_dashboards
 from mistudio_compute.dashboards.memory import predict_memory
 
 from tests.compute.dashboards import tiny
 
 LARGEST = DashboardParams(
-    n_top_examples=100,
-    n_quantile_groups=20,
-    examples_per_quantile_group=50,
-    context_left=256,
-    context_right=256,
-    logit_k=50,
-    histogram_bins=100,
-    n_top_tokens=1000,
-    aggregate_all_tokens=True,
+    **{name: high for name, (_, high) in PARAM_BOUNDS.items()}, aggregate_all_tokens=True
 )
 BATCH_ROWS = 32
 

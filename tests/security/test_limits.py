@@ -19,6 +19,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio_common.dashboard_options import PARAM_BOUNDS
 from mistudio_common.server import MAX_MESSAGE_BYTES, insecure_channel
 from mistudio_export.limits import MAX_FEATURES_LISTED, MAX_NAME_CHARS
 
@@ -26,13 +27,7 @@ from tests.export.service.errors import details
 from tests.export.service.stack import STORIES_REF, Stack, export_config, run_to_end
 from tests.security.unchanged import assert_unchanged, snapshot
 
-LARGEST = dpb.DashboardParams(
-    n_top_examples=100,
-    n_quantile_groups=20,
-    examples_per_quantile_group=50,
-    context_left=256,
-    context_right=256,
-)
+LARGEST = dpb.DashboardParams(**{name: high for name, (_, high) in PARAM_BOUNDS.items()})
 
 
 def start_error(stack: Stack, request: epb.StartExportRequest) -> dict[str, Any]:
