@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,49 @@ def test_ctrl_c_cancels_the_running_export_cleanly(
     assert job_id, err
     status = cli("status", job_id.group(1), data_dir=data_dir)
     assert "cancelled" in status.stdout, status.stdout + status.stderr
+
+
+@needs_stories
+@pytest.mark.slow
+def test_a_bad_explanation_index_stops_the_run_before_the_sae_is_registered(
+    tmp_path: Path, sae_folder: Path
+) -> None:
+    bad = tmp_path / "explanations.json"
+    bad.write_text('[{"feature_index": 1, "description": "ok"},'
+                   ' {"feature_index": 128, "description": "too far"}]')  # fmt: skip
+    failed = cli("run", str(sae_folder), "--model", STORIES_REF, "--explanations", str(bad),
+                 data_dir=tmp_path / "data")  # fmt: skip
+    assert_one_line_error(failed, "explanations.json[1]", "0..127")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("feature_index,label\n1,dogs\n")
+    registered = cli("run", "random-sae", "--labels", str(labels), data_dir=tmp_path / "data")
+    assert registered.returncode != 0 and "random-sae" in registered.stderr
+
+
+@needs_stories
+@pytest.mark.slow
+def test_labels_and_explanations_given_again_are_kept_once(
+    tmp_path: Path, sae_folder: Path, token_file: Path
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("feature_index,label,category\n1,dogs,animals\n")
+    explanations = tmp_path / "explanations.json"
+    explanations.write_text('[{"feature_index": 2, "description": "cats", "method": "np_max-act"}]')
+    for n in (1, 2):
+        archive = tmp_path / f"export-{n}.zip"
+        result = cli(
+            "run", str(sae_folder), "--model", STORIES_REF, "--tokens", str(token_file),
+            "--features", "0:4", "--format", "neuronpedia", "--labels", str(labels),
+            "--explanations", str(explanations), "--output", str(archive),
+            data_dir=tmp_path / "data",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        with zipfile.ZipFile(archive) as zf:
+            doc = json.loads(zf.read("explanations/explanations.json"))
+        found = {
+            (e["feature_index"], x["method"], x["description"])
+            for e in doc["features"]
+            for x in e["explanations"]
+        }
+        assert found == {(1, "mistudio_label", "dogs"), (2, "np_max-act", "cats")}, n
+        assert [e["category"] for e in doc["features"] if "label" in e] == ["animals"]

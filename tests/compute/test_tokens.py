@@ -26,6 +26,20 @@ from tests.compute.builders import tiny_tokenizer
 LINES = ["the cat sat on the mat", "", "a dog and a hen", "the end"]
 
 
+def assert_every_token_traces_to_its_document(
+    data: TokenDataset, documents: dict[tuple[int, int], list[int]], bos: int
+) -> None:
+    """Every text token of every row is token ``offset`` of the document ``locate`` names (a BOS
+    is a row's or a separator, no document's token)."""
+    for row in range(data.n_rows):
+        for position, token in enumerate(data.tokens[row].tolist()):
+            if token != bos:
+                source, origin, offset = data.locate(row, position)
+                document = documents[(source, origin)]
+                assert 0 <= offset < len(document), (row, position, source, origin, offset)
+                assert document[offset] == token, (row, position, source, origin, offset)
+
+
 @pytest.fixture(scope="module")
 def tok() -> SentencePieceTokenizer:
     return tiny_tokenizer()
@@ -62,6 +76,18 @@ def test_provenance_file_round_trips(tmp_path: Path) -> None:
     loaded = load_token_file(path, dataset_name="mix")
     assert loaded.source_ref(2, 5) == SourceRef(dataset="b", row=9, offset=261)
     assert loaded.fingerprint == data.fingerprint
+
+
+def test_written_text_rows_keep_their_bos_flag_and_document_breaks(
+    tmp_path: Path, tok: SentencePieceTokenizer
+) -> None:
+    (tmp_path / "a.txt").write_text("\n".join(LINES))
+    data = tokenize_text_files([tmp_path / "a.txt"], tok, context_size=7)
+    loaded = load_token_file(write_token_file(data, tmp_path / "a.npy"))  # flag not passed
+    assert loaded.prepend_bos and loaded.fingerprint == data.fingerprint
+    assert [loaded.locate(r, p) for r in range(data.n_rows) for p in range(7)] == [
+        data.locate(r, p) for r in range(data.n_rows) for p in range(7)
+    ]
 
 
 def test_provenance_must_describe_every_row(tmp_path: Path) -> None:
@@ -153,10 +179,25 @@ def test_text_lines_become_bos_rows_with_line_provenance(
     assert (data.tokens[:, 0] == 1).all()
     np.testing.assert_array_equal(data.tokens[:, 1:].ravel(), stream[: data.n_rows * 5])
     assert data.dataset_name == "stories"
-    assert data.source_ref(0) == SourceRef("stories.txt", 0, 0)
-    assert data.source_ref(1) == SourceRef("stories.txt", 0, 5)  # line 0, tokens 5.. of it
-    second_doc_row = (len(docs[0]) + 1) // 5 + 1
-    assert data.source_ref(second_doc_row).row == 2  # blank line 1 skipped
+    assert data.source_ref(0, 1) == SourceRef("stories.txt", 0, 0)  # after the prepended BOS
+    assert data.source_ref(1, 1) == SourceRef("stories.txt", 0, 5)  # line 0, tokens 5.. of it
+
+
+def test_tokens_after_a_mid_row_bos_trace_to_the_next_document(
+    tmp_path: Path, tok: SentencePieceTokenizer
+) -> None:
+    (tmp_path / "a.txt").write_text("\n".join(LINES))
+    (tmp_path / "b.txt").write_text("the hen sat\n\nthe dog ran on the mat\n")
+    data = tokenize_text_files([tmp_path / "a.txt", tmp_path / "b.txt"], tok, context_size=7)
+    documents = {
+        (source, line): tok.encode(text)
+        for source, name in enumerate(("a.txt", "b.txt"))
+        for line, text in enumerate((tmp_path / name).read_text().splitlines())
+        if text
+    }
+    assert (data.tokens[:, 1:] == 1).any()  # some rows do pack two documents
+    assert_every_token_traces_to_its_document(data, documents, bos=1)
+    assert {data.locate(r, 6)[1] for r in range(data.n_rows)} >= {0, 2}  # blank line 1 skipped
 
 
 def test_text_without_bos_and_with_max_tokens(tmp_path: Path, tok: SentencePieceTokenizer) -> None:
@@ -166,7 +207,7 @@ def test_text_without_bos_and_with_max_tokens(tmp_path: Path, tok: SentencePiece
         [tmp_path / "a.txt", tmp_path / "b.txt"], tok, context_size=4, prepend_bos=False
     )
     assert 1 not in data.tokens and data.sources == ("a.txt", "b.txt")
-    assert data.source_ref(data.n_rows - 1).dataset == "b.txt"
+    assert data.source_ref(data.n_rows - 1, 0).dataset == "b.txt"
     limited = tokenize_text_files(
         [tmp_path / "a.txt", tmp_path / "b.txt"], tok, context_size=4, max_tokens=9
     )

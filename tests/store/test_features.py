@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
 
@@ -201,6 +202,52 @@ def test_empty_explanation_is_invalid_argument(stub: StoreServiceStub, sae_id: s
     with pytest.raises(grpc.RpcError) as caught:
         stub.AddExplanations(pb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations))
     assert bad_request_fields(caught.value) == ["explanations[1].description"]
+    assert not stub.ListExplanations(pb.ListExplanationsRequest(sae_id=sae_id)).explanations
+
+
+def test_explanation_without_a_score_stays_unscored_and_keeps_its_date(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    written = timestamp_pb2.Timestamp(seconds=1_736_937_000)  # 2025-01-15T10:30:00Z
+    stub.AddExplanations(
+        pb.AddExplanationsRequest(
+            sae_id=sae_id,
+            explanations=[
+                pb.Explanation(feature_index=3, description="dogs", created_at=written),
+                pb.Explanation(feature_index=4, description="cats", score=0.0),
+            ],
+        )
+    )
+    dogs, cats = stub.ListExplanations(pb.ListExplanationsRequest(sae_id=sae_id)).explanations
+    assert not dogs.HasField("score") and dogs.created_at == written
+    assert cats.HasField("score") and cats.score == 0.0
+
+
+def test_explanations_given_again_are_updated_not_repeated(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    def add(*explanations: pb.Explanation) -> None:
+        stub.AddExplanations(pb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations))
+
+    add(pb.Explanation(feature_index=3, description="dogs", method="np_max-act", score=0.5))
+    add(
+        pb.Explanation(feature_index=3, description="dogs", method="np_max-act", score=0.75),
+        pb.Explanation(feature_index=3, description="dogs and cats", method="np_max-act"),
+    )
+    listed = stub.ListExplanations(pb.ListExplanationsRequest(sae_id=sae_id)).explanations
+    assert sorted((e.description, e.score) for e in listed) == [
+        ("dogs", 0.75), ("dogs and cats", 0.0)
+    ]  # fmt: skip
+
+
+def test_a_bad_index_stores_none_of_the_batch(stub: StoreServiceStub, sae_id: str) -> None:
+    explanations = [
+        pb.Explanation(feature_index=1, description="ok"),
+        pb.Explanation(feature_index=64, description="out of range"),
+    ]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.AddExplanations(pb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations))
+    assert bad_request_fields(caught.value) == ["explanations[1].feature_index"]
     assert not stub.ListExplanations(pb.ListExplanationsRequest(sae_id=sae_id)).explanations
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from mistudio_common.dashboard_options import Component
 
-COMPUTATION_VERSION = "2"
+COMPUTATION_VERSION = "3"
 """Bumped whenever a change to the computation would change its output for equal inputs."""
 
 QUANTILE_LEVELS: tuple[float, ...] = (0.25, 0.5, 0.75, 0.95, 0.99)
@@ -31,10 +31,14 @@ class TokenRankMetric(enum.Enum):
 
 @dataclass(slots=True)
 class SourceRef:
+    """Where an example's window sits in the corpus: a document and a token offset in it."""
+
     dataset: str
     row: int
+    """The document the qualifying token belongs to (a text line, a story, a dataset row)."""
     offset: int
-    """Position within the row of the first token of the context window."""
+    """Offset within that document of the window's first token; negative when the window begins
+    before the document (on the BOS that separates it from the previous one, or in that one)."""
 
 
 @dataclass(slots=True)
@@ -45,6 +49,9 @@ class ActivationExample:
     max_value: float
     max_token_index: int
     source: SourceRef
+    qualifying_token_index: int
+    """The token the example was chosen for: a top example's peak, a quantile example's sampled
+    in-bin token (SAEDashboard's qualifying_token_index); max_token_index names the window's max."""
 
 
 @dataclass(slots=True)

@@ -45,6 +45,7 @@ def _example_to_pb(e: d.ActivationExample) -> pb.ActivationExample:
         max_value=e.max_value,
         max_token_index=e.max_token_index,
         source=pb.SourceRef(dataset=e.source.dataset, row=e.source.row, offset=e.source.offset),
+        qualifying_token_index=e.qualifying_token_index,
     )
 
 
@@ -56,6 +57,7 @@ def _example_from_pb(m: pb.ActivationExample) -> d.ActivationExample:
         max_value=m.max_value,
         max_token_index=m.max_token_index,
         source=d.SourceRef(dataset=m.source.dataset, row=m.source.row, offset=m.source.offset),
+        qualifying_token_index=m.qualifying_token_index,
     )
 
 

@@ -1,5 +1,6 @@
 """What a dashboard request may ask for: the parameter bounds, the default token source setting,
-the components that can be left out and the hooks that have a logit lens.
+the components that can be left out (and so the progress stages a computation runs) and the
+hooks that have a logit lens.
 
 The contract, the CLI, the compute service and the export service all import these, so that a
 request means the same computation (and the same cache entry) whoever sends it. The parameter

@@ -144,5 +144,6 @@ class DatasetTokens:
     def dataset(self) -> str:
         return self._dataset.dataset_name
 
-    def provenance(self, row: int) -> tuple[int, int]:
-        return int(self._dataset.row_origin[row]), int(self._dataset.row_offset[row])
+    def locate(self, row: int, position: int) -> tuple[int, int]:
+        _, origin, offset = self._dataset.locate(row, position)
+        return origin, offset

@@ -57,6 +57,12 @@ def _stages_of(params: dpb.DashboardParams) -> tuple[list[StageId], list[float]]
     return [s for s, _ in kept], [w for _, w in kept]
 
 
+def work_share(params: dpb.DashboardParams) -> float:
+    """The share of a full computation's time these parameters cost, by the stage weights:
+    estimates scale by it, and measured rates are recorded as if for a full computation."""
+    return sum(_stages_of(params)[1]) / sum(STAGE_WEIGHTS)
+
+
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
 
 
@@ -376,7 +382,7 @@ class ComputeJobManager:
             params=prepared.params,
         )
         if stats is not None:
-            self.rates.record(tokens, len(todo), seconds)
+            self.rates.record(tokens, len(todo), seconds / work_share(prepared.params))
         message = f"{len(todo)} computed, {reused} reused"
         self._publish(job, job.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, message), result)
         self._records.drop_checkpoint(job.job_id)

@@ -17,7 +17,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
-from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
+from mistudio_common.dashboard_codec import COMPONENT_FROM_PB, params_from_pb, params_to_pb
 from mistudio_common.dashboard_options import Component, logit_lens_defined, prepend_bos
 from mistudio_common.errors import InvalidArgument, ResourceExhausted
 
@@ -52,6 +52,8 @@ class TokenPlan:
     dataset: TokenDataset
     params: dpb.DashboardParams
     d_sae: int
+    n_layers: int
+    """Blocks of the SAE's model; 0 when the SAE names no model."""
 
 
 @dataclass(frozen=True)
@@ -140,20 +142,22 @@ class Planner:
         feature_count: int = 0,
     ) -> TokenPlan:
         """The token source and parameters a computation would use, for EstimateComputation."""
-        params = params_from_pb(request_params)
+        params = params_of(request_params)
         check_params(params)
         resolved = self.resolve_sae(ref)
-        model = self.model(_require_model(resolved))[0] if tokens.HasField("text") else None
+        needs_model = tokens.HasField("text") or resolved.model_id
+        model = self.model(_require_model(resolved))[0] if needs_model else None
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         if feature_count:  # a count says how many would be computed at once
             self.check_memory(params, feature_count, resolved.sae.d_sae, dataset, 0)
-        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae)
+        n_layers = model.n_layers if model is not None else 0
+        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae, n_layers)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
-        params = params_from_pb(request.params)
+        params = params_of(request.params)
         check_params(params)
         if request.batch_size < 0:
             raise InvalidArgument(
@@ -212,6 +216,19 @@ class Planner:
             "examples_per_quantile_group, n_top_examples or the context widths "
             "(or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
         )
+
+
+def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
+    """The request's parameters, defaults filled in; an unknown component is refused here
+    because the dataclass cannot carry it."""
+    for value in request_params.omitted_components:
+        if value not in COMPONENT_FROM_PB:
+            raise InvalidArgument(
+                f"omitted component {value} is not a dashboard component",
+                field="params.omitted_components",
+                fix="use the DASHBOARD_COMPONENT_* values of mistudio.common.v1",
+            )
+    return params_from_pb(request_params)
 
 
 def check_params(params: d.DashboardParams) -> None:

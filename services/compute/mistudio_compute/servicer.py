@@ -14,7 +14,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.grpc_errors import handle_errors
 
-from mistudio_compute.jobs import ComputeJobManager
+from mistudio_compute.jobs import ComputeJobManager, work_share
 from mistudio_compute.planning import Planner
 from mistudio_compute.saelens_export import saelens_chunks
 
@@ -79,12 +79,14 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         tokens = plan.dataset.n_tokens
         seconds, source = self._manager.rates.estimate(tokens, request.feature_count or plan.d_sae)
         return cpb.EstimateComputationResponse(
-            estimated_seconds=seconds,
+            estimated_seconds=seconds * work_share(plan.params),
             estimated_tokens=tokens,
             rate_source=source,
             params=plan.params,
             n_rows=plan.dataset.n_rows,
             context_size=plan.dataset.context_size,
+            prepend_bos=plan.dataset.prepend_bos,
+            n_layers=plan.n_layers,
         )
 
     @handle_errors

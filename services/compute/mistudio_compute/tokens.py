@@ -8,7 +8,9 @@ Two sources, mirroring ``mistudio.common.v1.TokenSource``:
 * plain-text files, where each non-empty line is one document. Documents are tokenized
   separately and concatenated into one stream, separated by BOS when ``prepend_bos`` (SAELens's
   default separator), then cut into rows of ``context_size`` tokens, each starting with BOS when
-  ``prepend_bos``. A row's provenance is the file, line and token offset of its first token.
+  ``prepend_bos``. A row's provenance is the file, line and token offset of its first text token;
+  documents that begin inside a row are listed as breaks, so every token traces to its own
+  document (``TokenDataset.locate``). A BOS belongs to the document it precedes, at offset -1.
 
 The fingerprint (sha256 of the int32 little-endian token bytes, the context size and the BOS
 flag) identifies the dataset in caches and results.
@@ -41,6 +43,48 @@ _Int64 = np.ndarray[Any, np.dtype[np.int64]]
 
 
 @dataclass(frozen=True)
+class DocBreaks:
+    """Documents that begin inside rows, sorted by (row, position): where their first token sits
+    and which source row (text line, story) they are. Their offset there is 0."""
+
+    row: _Int64  # [breaks]
+    position: _Int64  # [breaks], position in the row of the document's first token
+    source: _Int32  # [breaks], index into the dataset's sources
+    origin: _Int64  # [breaks], row (or text line) in that source
+
+    @classmethod
+    def none(cls) -> DocBreaks:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32),
+                   np.zeros(0, np.int64))  # fmt: skip
+
+    @classmethod
+    def of_stream(
+        cls, first: Sequence[int], source: Sequence[int], origin: Sequence[int], body: int,
+        bos: int, n_rows: int,
+    ) -> DocBreaks:  # fmt: skip
+        """Breaks of documents whose first tokens sit at stream positions ``first`` when the
+        stream is cut into rows of ``body`` tokens, each after ``bos`` (0 or 1) BOS tokens."""
+        at = np.asarray(first, dtype=np.int64)
+        keep = at < n_rows * body
+        return cls(
+            (at // body)[keep],
+            (at % body + bos)[keep],
+            np.asarray(source, dtype=np.int32)[keep],
+            np.asarray(origin, dtype=np.int64)[keep],
+        )
+
+    def ordered(self) -> DocBreaks:
+        """Sorted by (row, position), as ``TokenDataset.locate`` searches them."""
+        order = np.lexsort((self.position, self.row))
+        return DocBreaks(self.row[order], self.position[order], self.source[order],
+                         self.origin[order])  # fmt: skip
+
+    def rows_below(self, n_rows: int) -> DocBreaks:
+        keep = self.row < n_rows
+        return DocBreaks(self.row[keep], self.position[keep], self.source[keep], self.origin[keep])
+
+
+@dataclass(frozen=True)
 class TokenDataset:
     """Rows of token ids and, per row, the source, original row and offset it came from."""
 
@@ -50,7 +94,8 @@ class TokenDataset:
     sources: tuple[str, ...]
     row_source: _Int32  # [rows], index into sources
     row_origin: _Int64  # [rows], row (or text line) in the source
-    row_offset: _Int64  # [rows], token offset of the row's first token in that source row
+    row_offset: _Int64  # [rows], offset in that source row of the row's first text token
+    breaks: DocBreaks = field(default_factory=DocBreaks.none)
     fingerprint: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,13 +143,22 @@ class TokenDataset:
     def n_tokens(self) -> int:
         return int(self.tokens.size)
 
-    def source_ref(self, row: int, position: int = 0) -> SourceRef:
+    def locate(self, row: int, position: int) -> tuple[int, int, int]:
+        """(source index, source row, offset) of token ``position`` of ``row``: the document it
+        belongs to, a BOS counting as offset -1 of the document it precedes."""
+        b = self.breaks
+        lo, hi = np.searchsorted(b.row, row, "left"), np.searchsorted(b.row, row, "right")
+        k = lo + int(np.searchsorted(b.position[lo:hi], position + 1, "right")) - 1
+        if k >= lo:
+            return int(b.source[k]), int(b.origin[k]), position - int(b.position[k])
+        first_text = int(self.prepend_bos)
+        offset = int(self.row_offset[row]) + position - first_text
+        return int(self.row_source[row]), int(self.row_origin[row]), offset
+
+    def source_ref(self, row: int, position: int) -> SourceRef:
         """Where token ``position`` of ``row`` came from."""
-        return SourceRef(
-            dataset=self.sources[int(self.row_source[row])],
-            row=int(self.row_origin[row]),
-            offset=int(self.row_offset[row]) + position,
-        )
+        source, origin, offset = self.locate(row, position)
+        return SourceRef(dataset=self.sources[source], row=origin, offset=offset)
 
     def check_vocab(self, d_vocab: int) -> None:
         """Every id must index the model's vocabulary."""
@@ -227,7 +281,10 @@ def load_token_file(
         )
     name = dataset_name or file.stem
     provenance = read_provenance(file)
-    dataset = TokenDataset.from_array(array[:, :context], name, prepend_bos, provenance)
+    recorded_bos = bool(provenance and provenance.get("prepend_bos"))
+    dataset = TokenDataset.from_array(
+        array[:, :context], name, prepend_bos or recorded_bos, provenance
+    )
     return _limit_rows(dataset, max_tokens)
 
 
@@ -269,7 +326,9 @@ def provenance_path(token_file: Path) -> Path:
 
 def read_provenance(token_file: Path) -> dict[str, Any] | None:
     """``<file>.provenance.json``: ``{"sources": [names], "source_index": [per row],
-    "row": [per row], "offset": [per row]}``, or None when absent."""
+    "row": [per row], "offset": [per row]}``, optionally ``"prepend_bos": true`` (the rows begin
+    with BOS) and ``"breaks": {"row", "position", "source_index", "origin": [per document that
+    begins inside a row]}``; None when absent."""
     path = provenance_path(token_file)
     if not path.is_file():
         return None
@@ -292,6 +351,13 @@ def write_token_file(dataset: TokenDataset, path: str | Path) -> Path:
         "source_index": dataset.row_source.tolist(),
         "row": dataset.row_origin.tolist(),
         "offset": dataset.row_offset.tolist(),
+        "prepend_bos": dataset.prepend_bos,
+        "breaks": {
+            "row": dataset.breaks.row.tolist(),
+            "position": dataset.breaks.position.tolist(),
+            "source_index": dataset.breaks.source.tolist(),
+            "origin": dataset.breaks.origin.tolist(),
+        },
     }
     provenance_path(file).write_text(json.dumps(provenance), encoding="utf-8")
     return file
@@ -299,13 +365,20 @@ def write_token_file(dataset: TokenDataset, path: str | Path) -> Path:
 
 def _provenance_arrays(
     provenance: Mapping[str, Any], n_rows: int
-) -> tuple[tuple[str, ...], _Int32, _Int64, _Int64]:
+) -> tuple[tuple[str, ...], _Int32, _Int64, _Int64, DocBreaks]:
     try:
         sources = tuple(str(s) for s in provenance["sources"])
         index = np.asarray(provenance["source_index"], dtype=np.int32)
         origin = np.asarray(provenance["row"], dtype=np.int64)
         offset = np.asarray(provenance["offset"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
+        given = provenance.get("breaks") or {}
+        breaks = DocBreaks(
+            np.asarray(given.get("row", []), dtype=np.int64),
+            np.asarray(given.get("position", []), dtype=np.int64),
+            np.asarray(given.get("source_index", []), dtype=np.int32),
+            np.asarray(given.get("origin", []), dtype=np.int64),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidArgument(
             f"provenance lacks or mangles {exc}",
             field=FILE_FIELD,
@@ -318,7 +391,17 @@ def _provenance_arrays(
             field=FILE_FIELD,
             fix="give one source_index/row/offset entry per row, indexing into sources",
         )
-    return sources, index, origin, offset
+    n_breaks = {len(breaks.row), len(breaks.position), len(breaks.source), len(breaks.origin)}
+    bad_source = len(breaks.source) and not 0 <= breaks.source.min() <= breaks.source.max() < len(
+        sources
+    )
+    if len(n_breaks) != 1 or bad_source:
+        raise InvalidArgument(
+            "provenance breaks are not parallel lists indexing into sources",
+            field=FILE_FIELD,
+            fix='give "breaks" as equal-length "row", "position", "source_index", "origin" lists',
+        )
+    return sources, index, origin, offset, breaks.ordered()
 
 
 def tokenize_text_files(
@@ -379,6 +462,14 @@ def tokenize_text_files(
         np.asarray([docs[d][1] for d in row_doc], dtype=np.int32),
         np.asarray([docs[d][2] for d in row_doc], dtype=np.int64),
         np.maximum(row_offset, 0).astype(np.int64),
+        DocBreaks.of_stream(
+            [d[0] + d[3] for d in docs],
+            [d[1] for d in docs],
+            [d[2] for d in docs],
+            body,
+            int(bos is not None),
+            n_rows,
+        ),
     )
 
 
@@ -404,4 +495,5 @@ def _limit_rows(dataset: TokenDataset, max_tokens: int) -> TokenDataset:
         row_source=dataset.row_source[:rows],
         row_origin=dataset.row_origin[:rows],
         row_offset=dataset.row_offset[:rows],
+        breaks=dataset.breaks.rows_below(rows),
     )

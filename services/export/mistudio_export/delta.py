@@ -41,7 +41,8 @@ def feature_hash(
     if record is not None:
         digest.update(f"\x1flabel={record.label}\x1fcategory={record.category}".encode())
     lines = sorted(
-        f"{e.explanation_id}\x1e{e.description}\x1e{e.method}\x1e{e.explainer_model}\x1e{e.score!r}"
+        f"{e.explanation_id}\x1e{e.description}\x1e{e.method}\x1e{e.explainer_model}"
+        f"\x1e{e.score if e.HasField('score') else None!r}"
         for e in explanations
     )
     for line in lines:

@@ -22,6 +22,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export.cli import commands
+from mistudio_export.cli.annotations import read_annotations
 from mistudio_export.cli.connection import connect
 from mistudio_export.cli.options import FORMATS, parse_selection
 
@@ -107,14 +108,15 @@ def run(args: argparse.Namespace) -> int:
         hook=assets.hook_name,
         sae_id=f"{SAE_ID}-{args.d_sae}",
         source_set=f"{SOURCE_SET}-{args.d_sae}",
-        explanations=str(assets.explanations_file),
     )
+    notes = read_annotations("", str(assets.explanations_file))
     print("2/3 services: store, compute, export on loopback (SQLite, local archives, CPU)")
     with connect(cli_args) as services:
         assert services.stack is not None
         for name, address in services.stack.addresses.items():
             print(f"    {name:<8} {address}")
-        sae_id = commands.register_local_sae(services, assets.sae_folder, cli_args)
+        sae_id = commands.register_local_sae(services, assets.sae_folder, cli_args, notes)
+        commands.store_annotations(services, sae_id, notes)
         print(f"3/3 export of SAE {sae_id!r}", flush=True)
         outcome = commands.run_export(services, _export_request(args, assets.token_file, sae_id))
     commands.print_result(outcome)

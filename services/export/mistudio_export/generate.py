@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard import FeatureDashboard
@@ -39,7 +40,7 @@ from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
 from mistudio_export.preview import PREVIEW_DIR, write_preview
-from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
 
 CHECKPOINT_KEY = "formats_done"
@@ -80,9 +81,15 @@ class Inputs:
     info: SaeInfo
     hashes: dict[int, str]
     explanations: list[ExplanationRecord]
+    labels: list[FeatureLabel]
     reuse: Reuse | None
     saelens_frequencies: list[float]
     pretrained_yaml: str
+
+    @property
+    def neuronpedia_explanations(self) -> list[ExplanationRecord]:
+        """Explanations and labels: Neuronpedia keeps a label as an explanation of no type."""
+        return [*self.explanations, *(label.as_explanation() for label in self.labels)]
 
 
 def output_dir(staging: Path) -> Path:
@@ -292,7 +299,9 @@ def _write_prd(
         else:
             collections.deque(passing(), maxlen=0)
     naming, info = job.plan.naming, inputs.info
-    explanations = prd_json.explanations_document(inputs.explanations, naming, info.export_version)
+    explanations = prd_json.explanations_document(
+        inputs.explanations, naming, info.export_version, inputs.labels
+    )
     path = out / prd_json.EXPLANATIONS_FILE
     jsonio.write_document(path, jsonio.dumps(explanations, where="explanations"))
     meta = prd_json.metadata_document(info, naming, n_features=written, compressed=compressed)
@@ -313,7 +322,7 @@ def _write_other(
     dashboards = _dashboards(staging) if dashboards is None else dashboards
     if kind is FormatKind.NEURONPEDIA_IMPORT:
         write_importer_export(
-            folder, info, naming, dashboards, inputs.explanations, progress=progress
+            folder, info, naming, dashboards, inputs.neuronpedia_explanations, progress=progress
         )
     elif kind is FormatKind.SAEDASHBOARD:
         write_saedashboard_batches(
@@ -325,7 +334,7 @@ def _write_other(
             progress=progress,
         )
     else:
-        write_upload_payloads(folder, naming, dashboards, inputs.explanations)
+        write_upload_payloads(folder, naming, dashboards, inputs.neuronpedia_explanations)
 
 
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: ComputeClient) -> None:
@@ -356,19 +365,34 @@ def explanation_records(
     ]
 
 
+def _iso(stamp: Timestamp | None) -> str:
+    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if stamp is not None else ""
+
+
 def _explanation(e: spb.Explanation) -> ExplanationRecord:
-    created = (
-        e.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if e.HasField("created_at") else ""
-    )
     return ExplanationRecord(
         feature_index=e.feature_index,
         description=e.description,
         method=e.method,
         explainer_model=e.explainer_model,
-        score=e.score,
-        created_at=created,
-        id=e.explanation_id,
+        score=e.score if e.HasField("score") else None,
+        created_at=_iso(e.created_at if e.HasField("created_at") else None),
     )
+
+
+def feature_labels(store: StoreClient, sae_id: str, indices: Sequence[int]) -> list[FeatureLabel]:
+    """The labels of ``indices`` that have one."""
+    wanted = set(indices)
+    return [
+        FeatureLabel(
+            f.feature_index,
+            f.label,
+            f.category,
+            _iso(f.updated_at if f.HasField("updated_at") else None),
+        )
+        for f in store.features(sae_id, spb.FeatureFilter(labeled_only=True))
+        if f.feature_index in wanted and f.label.strip()
+    ]
 
 
 def saelens_frequencies(store: StoreClient, sae_id: str, d_sae: int) -> list[float]:

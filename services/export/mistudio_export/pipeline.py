@@ -18,7 +18,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.dashboard_options import Component, prepend_bos
+from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export import checking, computing, delta
@@ -32,6 +32,7 @@ from mistudio_export.generate import (
     Inputs,
     Reuse,
     explanation_records,
+    feature_labels,
     output_dir,
     saelens_frequencies,
     write_formats,
@@ -128,9 +129,7 @@ class ExportPipeline:
         job.finish_stage(ppb.STAGE_GENERATING_FILES)
         summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
-        facts = archive_facts(
-            plan, inputs.info, kinds, n_features, summary, len(inputs.explanations)
-        )
+        facts = archive_facts(plan, inputs.info, kinds, n_features, summary, inputs.explanations)
         published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
         hashes = dict(collected.hashes)
         if base is not None and not plan.merge_with_base:
@@ -188,6 +187,11 @@ class ExportPipeline:
                 if Component.EXPLANATIONS not in plan.omitted
                 else []
             ),
+            labels=(
+                feature_labels(self._store, plan.sae.sae_id, indices)
+                if Component.EXPLANATIONS not in plan.omitted
+                else []
+            ),
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
                 saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
@@ -220,9 +224,10 @@ class ExportPipeline:
             mistudio_version=mistudio_version(),
             n_prompts=facts.n_rows if facts is not None else 0,
             n_tokens_in_prompt=facts.context_size if facts is not None else 0,
-            prepend_bos=prepend_bos(tokens) if tokens is not None else False,
+            prepend_bos=facts.prepend_bos if facts is not None else False,
             dashboard_dataset=tokens.dataset_name if tokens is not None else "",
             omitted_components=tuple(sorted(c.value for c in plan.omitted)),
+            model_layers=facts.n_layers if facts is not None else 0,
         )
 
     def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:

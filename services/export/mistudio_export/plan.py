@@ -31,7 +31,7 @@ from mistudio_common.dashboard_options import (
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
 from mistudio_export.presets import apply_preset, with_token_budget
-from mistudio_export.records import NeuronpediaNaming
+from mistudio_export.records import DEFAULT_VISIBILITY, NeuronpediaNaming
 
 NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
 SAELENS = epb.EXPORT_FORMAT_SAELENS
@@ -396,4 +396,5 @@ def _naming(sae: spb.Sae, given: epb.NeuronpediaNaming, owner: str) -> Neuronped
         release_title=given.release_title or f"miStudio export of {sae.sae_id}",
         hf_repo=given.hf_repo_id,
         hf_folder=sae.hook_point,
+        visibility=given.visibility or DEFAULT_VISIBILITY,
     )

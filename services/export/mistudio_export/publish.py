@@ -13,6 +13,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard_options import Component
 
+from mistudio_export.formats.neuronpedia_explanations import missing_on_neuronpedia
 from mistudio_export.generate import included_formats, output_dir
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.packaging import (
@@ -26,7 +27,7 @@ from mistudio_export.packaging import (
 )
 from mistudio_export.packaging.format_notes import LEFT_OUT
 from mistudio_export.plan import ExportPlan
-from mistudio_export.records import SaeInfo
+from mistudio_export.records import ExplanationRecord, SaeInfo
 from mistudio_export.runtime import JobRuntime
 
 
@@ -44,10 +45,11 @@ def archive_facts(
     kinds: Sequence[FormatKind],
     n_features: int,
     summary: epb.ValidationSummary | None = None,
-    n_explanations: int = 0,
+    explanations: Sequence[ExplanationRecord] = (),
 ) -> ArchiveFacts:
     """What the README and prefill.json say: only facts of the input, never the clock."""
     naming = plan.naming
+    pending_types, pending_models = missing_on_neuronpedia(explanations)
     return ArchiveFacts(
         title=f"{plan.sae.sae_id} ({naming.neuronpedia_id})",
         sae_ids=(plan.sae.sae_id,),
@@ -59,7 +61,9 @@ def archive_facts(
         d_sae=plan.sae.d_sae,
         formats=included_formats(kinds),
         validation_summary=tuple(summary_lines(summary)) if summary is not None else (),
-        n_explanations=n_explanations,
+        n_explanations=len(explanations),
+        pending_types=tuple(pending_types) if plan.neuronpedia else (),
+        pending_models=tuple(pending_models) if plan.neuronpedia else (),
         left_out=left_out_lines(plan),
         dataset=info.prompts_dataset,
         n_prompts=info.n_prompts,

@@ -24,6 +24,8 @@ PUBLIC_ACTIVATION_USER_IDS = frozenset({"cljj57d3c000076ei38vwnv35", PUBLIC_BOT_
 """Activations by other creators are hidden by Neuronpedia's default feature page."""
 
 VISIBILITIES = ("PUBLIC", "UNLISTED", "PRIVATE")
+DEFAULT_VISIBILITY = "UNLISTED"
+"""Until someone has looked at the dashboards on Neuronpedia."""
 
 _MODEL_ID = re.compile(r"^[a-z][a-z0-9.-]*[a-z0-9]$|^[a-z]$")
 _SOURCE_SET = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$|^[a-z0-9]$")
@@ -62,11 +64,14 @@ class SaeInfo:
     """Prompts the dashboards were computed over."""
     n_tokens_in_prompt: int
     prepend_bos: bool
+    """Whether every prompt row begins with BOS, as the compute service read the token source."""
     dashboard_dataset: str = ""
     """Dataset the dashboard prompts came from; empty means the training dataset."""
     omitted_components: tuple[str, ...] = ()
     """Dashboard parts left out (``dashboard_options.Component`` values), sorted."""
     export_version: str = EXPORT_FORMAT_VERSION
+    model_layers: int = 0
+    """Blocks of the model (Neuronpedia's Model.layers); 0 when compute was not asked."""
 
     @property
     def prompts_dataset(self) -> str:
@@ -126,9 +131,7 @@ class NeuronpediaNaming:
     creator_id: str = PUBLIC_BOT_USER_ID
     url: str = ""
     model_owner: str = ""
-    model_layers: int = 0
-    """Blocks in the model; 0 when unknown (only used if Neuronpedia lacks the model)."""
-    visibility: str = "UNLISTED"
+    visibility: str = DEFAULT_VISIBILITY
 
     @property
     def source_id(self) -> str:
@@ -272,21 +275,53 @@ class ExplanationRecord:
     feature_index: int
     description: str
     method: str
-    """How it was produced, e.g. 'miStudio_llm_labeling'; Neuronpedia calls this the type."""
+    """How it was produced, e.g. 'np_max-act-logits'; Neuronpedia calls this the type."""
     explainer_model: str
+    """The model that wrote it; empty for a human or heuristic label (Neuronpedia's NULL)."""
     score: float | None
+    """None when the label was never scored (not 0.0)."""
     created_at: str
-    id: str = ""
-    """Stable id from the store; empty means one is derived from the content."""
 
-    def resolved_id(self, neuronpedia_id: str) -> str:
-        """``id``, or a cuid-like id derived from the content: equal in every format and export."""
-        return self.id or stable_id(
+    def export_id(self, neuronpedia_id: str) -> str:
+        """Cuid-shaped id from the feature's Neuronpedia id and the label's content.
+
+        Equal in every format and every export, so a re-export is idempotent under Neuronpedia's
+        ``ON CONFLICT DO NOTHING``; distinct across SAEs and stores (never a store's row number,
+        which two stores both start at 1).
+        """
+        return stable_id(
             neuronpedia_id,
             "explanation",
             self.feature_index,
             self.method,
             self.explainer_model,
             self.description,
-            self.created_at,
+        )
+
+
+LABEL_METHOD = "mistudio_label"
+"""The method of a feature's label exported as an explanation (PRD FR-5.1)."""
+HUMAN_METHODS = frozenset({"", "human", LABEL_METHOD})
+"""Methods of explanations no model wrote: Neuronpedia stores them with a NULL type."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureLabel:
+    """A feature's label and category as the store keeps them."""
+
+    feature_index: int
+    label: str
+    category: str
+    updated_at: str
+    """ISO-8601; when the label was last written."""
+
+    def as_explanation(self) -> ExplanationRecord:
+        """PRD FR-5.1 exports labels as explanations: no model, no score."""
+        return ExplanationRecord(
+            feature_index=self.feature_index,
+            description=self.label,
+            method=LABEL_METHOD,
+            explainer_model="",
+            score=None,
+            created_at=self.updated_at,
         )

@@ -23,6 +23,9 @@ class TokenFacts:
     """The request's params as the dashboards are cached under (fingerprint filled in)."""
     n_rows: int
     context_size: int
+    prepend_bos: bool
+    """Whether the rows begin with BOS: as requested, or as the token file's provenance says."""
+    n_layers: int
 
 
 def token_facts(
@@ -41,4 +44,10 @@ def token_facts(
         if error.field.startswith("tokens"):
             error.field = field + error.field.removeprefix("tokens")
         raise
-    return TokenFacts(answer.params, int(answer.n_rows), int(answer.context_size))
+    return TokenFacts(
+        answer.params,
+        int(answer.n_rows),
+        int(answer.context_size),
+        answer.prepend_bos,
+        int(answer.n_layers),
+    )

@@ -143,7 +143,7 @@ def explanation_to_pb(row: ExplanationRow) -> pb.Explanation:
         description=row.description,
         method=row.method,
         explainer_model=row.explainer_model,
-        score=row.score,
+        score=row.score,  # None leaves the optional field unset
         created_at=timestamp(row.created_at),
     )
 

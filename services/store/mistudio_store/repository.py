@@ -132,24 +132,35 @@ class StoreRepository(DashboardCache, ExportJobs):
     def add_explanations(
         self, sae_id: str, explanations: Sequence[pb.Explanation]
     ) -> list[pb.Explanation]:
-        """Adds the explanations (kept alongside earlier ones); returns them with ids."""
+        """Adds the explanations, or updates the score and date of an equal one already stored
+        (same feature, method, model and text): giving a file again never duplicates or drops.
+        Returns them with ids; a bad one stores nothing."""
         at = convert.now()
         with self._sessions.write.begin() as session:
             sae = self._sae(session, sae_id)
             validation.explanations(explanations, sae.d_sae)
-            rows = [
-                ExplanationRow(
-                    sae_pk=sae.id,
-                    feature_index=e.feature_index,
-                    description=e.description,
-                    method=e.method,
-                    explainer_model=e.explainer_model,
-                    score=e.score,
-                    created_at=at,
+            indices = {e.feature_index for e in explanations}
+            stored = {
+                _explanation_key(r): r
+                for r in session.scalars(
+                    select(ExplanationRow).where(
+                        ExplanationRow.sae_pk == sae.id,
+                        ExplanationRow.feature_index.in_(indices),
+                    )
                 )
-                for e in explanations
-            ]
-            session.add_all(rows)
+            }
+            rows = []
+            for e in explanations:
+                row = stored.get(_explanation_key(e))
+                if row is None:
+                    row = ExplanationRow(sae_pk=sae.id, feature_index=e.feature_index,
+                                         description=e.description, method=e.method,
+                                         explainer_model=e.explainer_model)  # fmt: skip
+                    session.add(row)
+                    stored[_explanation_key(e)] = row
+                row.score = e.score if e.HasField("score") else None
+                row.created_at = convert.from_timestamp(e, "created_at") or at
+                rows.append(row)
             session.flush()
             return [convert.explanation_to_pb(r) for r in rows]
 
@@ -194,3 +205,7 @@ def _check_index_range(f: pb.FeatureFilter) -> None:
             field="filter.index_end",
             fix="give index_end > index_start, or 0 for no upper bound",
         )
+
+
+def _explanation_key(e: ExplanationRow | pb.Explanation) -> tuple[int, str, str, str]:
+    return (e.feature_index, e.method, e.explainer_model, e.description)

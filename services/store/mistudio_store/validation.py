@@ -149,7 +149,8 @@ def explanations(items: Sequence[pb.Explanation], d_sae: int) -> None:
                 field=f"explanations[{i}].description",
                 fix="give the explanation text",
             )
-        finite(explanation.score, f"explanations[{i}].score")
+        if explanation.HasField("score"):
+            finite(explanation.score, f"explanations[{i}].score")
         max_length(explanation.method, 128, f"explanations[{i}].method")
         max_length(explanation.explainer_model, 128, f"explanations[{i}].explainer_model")
 

@@ -50,6 +50,7 @@ def check_example(got: ActivationExample, want: ref.RefExample, t_len: int) -> N
     assert got.max_value == pytest.approx(want.max_value, abs=VALUE_TOL)
     np.testing.assert_allclose(got.values, want.values, atol=VALUE_TOL)
     centre = want.position % t_len - want.start
+    assert got.qualifying_token_index == centre  # the sampled (or peak) token, not the max
     assert got.values[centre] == float(want.values[centre])  # qualifying token: pass-1 value
 
 
@@ -107,7 +108,7 @@ def check_feature(
             assert len(g.examples) == len(picked)
             for got_ex, want_ex in zip(g.examples, picked, strict=True):
                 check_example(got_ex, want_ex, tokens.shape[1])
-                sampled = got_ex.values[want_ex.position % tokens.shape[1] - want_ex.start]
+                sampled = got_ex.values[got_ex.qualifying_token_index]
                 assert g.bin_min <= sampled <= g.bin_max and sampled <= got_ex.max_value
 
     # logit lens

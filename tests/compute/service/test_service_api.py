@@ -18,6 +18,7 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_compute.sae import load_sae
+from mistudio_compute.tokens import TokenDataset, write_token_file
 from safetensors.numpy import save_file
 
 from tests.compute.builders import sae_weights, write_sae_folder
@@ -200,6 +201,19 @@ def test_estimate_without_runs_uses_the_default_rate(
     reply = compute.EstimateComputation(request)
     assert reply.estimated_tokens == 48 * 16
     assert reply.rate_source == "default" and reply.estimated_seconds > 0
+    assert (reply.n_layers, reply.prepend_bos) == (2, True)  # two blocks; BOS by default
+
+
+def test_estimate_reports_the_bos_its_token_file_records(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
+) -> None:
+    dataset = TokenDataset.from_array(np.ones((4, 16), np.int32), "rows", prepend_bos=True)
+    path = write_token_file(dataset, tmp_path / "rows.npy")  # its provenance says BOS
+    tokens = tpb.TokenSource(token_file=str(path), prepend_bos=False)  # the request says none
+    request = cpb.EstimateComputationRequest(
+        sae=cpb.SaeReference(sae_id=registered_sae), tokens=tokens
+    )
+    assert compute.EstimateComputation(request).prepend_bos
 
 
 def test_bare_safetensors_with_config_is_accepted(

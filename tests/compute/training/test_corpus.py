@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.model_access import LoadedModel, load_model
-from mistudio_compute.tokens import load_token_file
+from mistudio_compute.tokens import TokenDataset, load_token_file
 from mistudio_compute.training.corpus import CorpusSpec, ensure_corpus, pack_rows, sample_corpus
 from mistudio_compute.training.sampling import split_stories
 
 from tests.compute.builders import STORIES_MODEL, STORIES_REF, STORIES_TOKENIZER
+from tests.compute.test_tokens import assert_every_token_traces_to_its_document
 
 needs_stories = pytest.mark.skipif(
     not (STORIES_MODEL.is_file() and STORIES_TOKENIZER.is_file()),
@@ -32,11 +33,20 @@ def test_streams_split_into_stories_at_bos_and_eos() -> None:
 
 def test_rows_start_with_bos_and_point_back_to_their_story() -> None:
     stories = [[10, 11, 12, 13, 14], [20, 21, 22], [30, 31, 32, 33]]
-    tokens, story, offset = pack_rows(stories, rows=3, context=4, bos=1)
+    tokens, story, offset, _ = pack_rows(stories, rows=3, context=4, bos=1)
     # stream: 10 11 12 | 13 14 BOS | 20 21 22 | ... ; rows take 3 text tokens after their BOS
     assert tokens.tolist() == [[1, 10, 11, 12], [1, 13, 14, 1], [1, 20, 21, 22]]
     assert story.tolist() == [0, 0, 1]
     assert offset.tolist() == [0, 3, 0]
+
+
+def test_every_packed_token_traces_to_its_story() -> None:
+    stories = [[10, 11, 12, 13, 14], [20, 21], [30, 31, 32, 33, 34, 35, 36], [40, 41, 42]]
+    tokens, story, offset, breaks = pack_rows(stories, rows=4, context=5, bos=1)
+    dataset = TokenDataset(tokens, "s", True, ("s",), np.zeros(4, np.int32), story, offset, breaks)
+    documents = {(0, i): s for i, s in enumerate(stories)}
+    assert_every_token_traces_to_its_document(dataset, documents, bos=1)
+    assert dataset.locate(1, 3) == (0, 1, 0)  # story 1 begins after the BOS at position 2
 
 
 def test_too_few_stories_are_an_invalid_argument() -> None:
@@ -52,7 +62,10 @@ def test_sampled_rows_start_with_bos_and_use_the_vocabulary(stories: LoadedModel
     assert (dataset.tokens[:, 0] == 1).all()
     assert int(dataset.tokens.min()) >= 0 and int(dataset.tokens.max()) < 512
     assert texts and all(isinstance(t, str) and t for t in texts)
-    assert "seed 7" in dataset.source_ref(0).dataset
+    assert "seed 7" in dataset.source_ref(0, 1).dataset
+    assert stories.tokenizer is not None
+    documents = {(0, i): stories.tokenizer.encode(text) for i, text in enumerate(texts)}
+    assert_every_token_traces_to_its_document(dataset, documents, bos=1)
 
 
 @needs_stories
@@ -79,7 +92,7 @@ def test_second_call_reuses_the_cached_folder(stories: LoadedModel, tmp_path: Pa
     assert again.token_file == first.token_file and again.token_file.stat().st_mtime_ns == mtime
     loaded = load_token_file(again.token_file, prepend_bos=True)  # the service's own reader
     assert loaded.fingerprint == again.info["fingerprint"]
-    assert loaded.source_ref(2).row >= 0 and again.stories_file.is_file()
+    assert loaded.source_ref(2, 1).row >= 0 and again.stories_file.is_file()
 
 
 @needs_stories

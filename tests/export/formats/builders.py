@@ -32,6 +32,7 @@ def example(peak: float, peak_at: int = 2, *, row: int = 0) -> ActivationExample
         max_value=peak,
         max_token_index=peak_at,
         source=SourceRef(dataset="roneneldan/TinyStories", row=row, offset=16),
+        qualifying_token_index=peak_at,
     )
 
 
@@ -109,6 +110,7 @@ def sae_info(**overrides: object) -> SaeInfo:
         n_prompts=64,
         n_tokens_in_prompt=128,
         prepend_bos=True,
+        model_layers=12,
     )
     fields.update(overrides)
     return SaeInfo(**fields)  # type: ignore[arg-type]

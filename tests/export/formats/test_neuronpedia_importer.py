@@ -11,8 +11,8 @@ from mistudio_export.formats.neuronpedia_importer import (
     neuron_row,
     write_importer_export,
 )
-from mistudio_export.formats.prd_json import explanation_id
 from mistudio_export.formats.schemas import load_schema
+from mistudio_export.records import FeatureLabel
 from mistudio_export.validation import validate_export
 
 from tests.export.formats.builders import dashboard, explanation, naming, sae_info
@@ -223,5 +223,75 @@ def test_explanation_ids_are_the_same_as_in_the_prd_layout(tmp_path):
     record = explanation(0)
     _write(tmp_path, explanations=[record])
     (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
-    assert row["id"] == explanation_id(record, "gpt2-small/6-mistudio-res-16k")
+    assert row["id"] == record.export_id("gpt2-small/6-mistudio-res-16k")
     assert len(row["id"]) == 25
+
+
+def test_explanation_without_explainer_model_is_null_not_empty(tmp_path):
+    _write(tmp_path, explanations=[explanation(0, explainer_model="", method="np_max-act")])
+    (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    assert row["explanationModelName"] is None and row["typeName"] == "np_max-act"
+
+
+def test_method_is_mapped_to_neuronpedias_type_name(tmp_path):
+    _write(tmp_path, explanations=[explanation(0, method="OAI_token-act-pair")])
+    (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    assert row["typeName"] == "oai_token-act-pair"
+
+
+def test_explanations_neuronpedia_lacks_go_to_the_pending_folder(tmp_path):
+    heuristic = explanation(0, "fires on ' dog'", method="mistudio_top-tokens", explainer_model="")
+    unknown_model = explanation(0, "dogs", explainer_model="claude-9")
+    _write(tmp_path, explanations=[explanation(0), heuristic, unknown_model])
+    kept = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    pending = _rows(tmp_path / SOURCE / "explanations-pending/batch-0.jsonl.gz")
+    assert [r["description"] for r in kept] == ["words about speed"]
+    assert sorted(r["description"] for r in pending) == ["dogs", "fires on ' dog'"]
+    assert validate_export(tmp_path).problems == []
+
+
+def test_explanation_ids_come_from_content_not_the_store(tmp_path):
+    record = explanation(0)
+    other_source = naming(source_set="other-set").neuronpedia_id
+    assert record.export_id("gpt2-small/6-mistudio-res-16k") != record.export_id(other_source)
+    later = explanation(0, created_at="2026-01-01T00:00:00Z")
+    assert later.export_id(other_source) == record.export_id(other_source)
+    assert explanation(1).export_id(other_source) != record.export_id(other_source)
+
+
+def test_neurons_name_their_hook_and_activations_carry_no_dfa():
+    row = neuron_row(dashboard(0), sae_info(), naming())
+    assert row["hookName"] == "blocks.6.hook_resid_post"
+    act = activation_rows(dashboard(0), sae_info(), naming())[0]
+    assert (act["dfaMaxValue"], act["dfaTargetIndex"], act["dfaValues"]) == (0, -1, [])
+
+
+def test_quantile_example_names_its_sampled_token_not_the_window_max():
+    d = dashboard(0)
+    d.quantile_groups[0].examples[0].qualifying_token_index = 4
+    rows = activation_rows(d, sae_info(), naming())
+    assert (rows[10]["qualifyingTokenIndex"], rows[10]["maxValueTokenIndex"]) == (4, 1)
+
+
+def test_model_rows_carry_the_layer_count_and_the_chosen_visibility(tmp_path):
+    write_importer_export(tmp_path, sae_info(), naming(visibility="PUBLIC"), [dashboard(0)])
+    (model,) = _rows(tmp_path / SOURCE / "model.jsonl")
+    assert (model["layers"], model["visibility"]) == (12, "PUBLIC")
+    (source,) = _rows(tmp_path / SOURCE / "source.jsonl")
+    assert source["visibility"] == "PUBLIC"
+
+
+def test_unknown_model_layer_count_is_refused(tmp_path):
+    with pytest.raises(InvalidArgument) as err:
+        write_importer_export(tmp_path, sae_info(model_layers=0), naming(), [dashboard(0)])
+    assert err.value.field == "sae_info.model_layers"
+
+
+def test_a_label_becomes_an_explanation_of_no_type_and_no_model(tmp_path):
+    label = FeatureLabel(0, "dogs", "animals", "2025-02-01T00:00:00Z").as_explanation()
+    _write(tmp_path, explanations=[label])
+    (row,) = _rows(tmp_path / SOURCE / "explanations/batch-0.jsonl.gz")
+    assert (row["description"], row["typeName"], row["explanationModelName"]) == (
+        "dogs", None, None,
+    )  # fmt: skip
+    assert row["createdAt"] == "2025-02-01T00:00:00Z"

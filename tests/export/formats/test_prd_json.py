@@ -9,6 +9,7 @@ from mistudio_export.formats.prd_json import (
     metadata_document,
     write_prd_export,
 )
+from mistudio_export.records import FeatureLabel
 from mistudio_export.validation import validate_export
 
 from tests.export.formats.builders import dashboard, explanation, naming, sae_info
@@ -141,3 +142,17 @@ def test_written_prd_export_validates_clean(tmp_path):
     report = validate_export(tmp_path)
     assert report.problems == [], report.summary()
     assert report.components == ["prd: ."]
+
+
+def test_labels_are_exported_with_their_category_and_as_explanations(tmp_path):
+    label = FeatureLabel(1, "dogs", "animals", "2025-02-01T00:00:00Z")
+    write_prd_export(
+        tmp_path, sae_info(), naming(), [dashboard(0), dashboard(1)], [], labels=[label]
+    )
+    doc = json.loads((tmp_path / "explanations/explanations.json").read_text())
+    (entry,) = doc["features"]
+    assert (entry["feature_index"], entry["label"], entry["category"]) == (1, "dogs", "animals")
+    (expl,) = entry["explanations"]
+    assert (expl["description"], expl["method"], expl["score"]) == ("dogs", "mistudio_label", None)
+    assert expl["created_at"] == "2025-02-01T00:00:00Z"
+    assert validate_export(tmp_path).problems == []

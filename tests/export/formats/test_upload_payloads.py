@@ -82,7 +82,8 @@ def test_explanations_are_cut_to_512_characters_and_noted(tmp_path):
     out = _write(tmp_path, [dashboard(0)], [explanation(0, "x" * 600)])
     (expl,) = _body(tmp_path)["features"][0]["explanations"]
     assert len(expl["text"]) == 512
-    assert (expl["methodName"], expl["modelName"]) == ("np_max-act-logits", "gpt-4o-mini")
+    assert expl["methodName"] == "np_max-act-logits"
+    assert "modelName" not in expl  # the route would insert it under a name its table lacks
     assert any("600 characters" in note for note in out.notes)
 
 
@@ -112,9 +113,32 @@ def test_written_payloads_validate_clean(tmp_path):
     assert report.components == ["upload-payloads: ."]
 
 
-def test_human_explanation_has_no_model_name_and_validates(tmp_path):
+def test_human_explanation_has_no_method_or_model_name_and_validates(tmp_path):
     human = explanation(0, "fires on speed", method="human", explainer_model="")
     _write(tmp_path, [dashboard(0)], [human])
     (expl,) = _body(tmp_path)["features"][0]["explanations"]
-    assert expl == {"text": "fires on speed", "methodName": "human"}
+    assert expl == {"text": "fires on speed"}  # the route's type check skips a missing method
     assert validate_export(tmp_path).problems == []
+
+
+def test_explanations_neuronpedia_lacks_are_left_out_and_noted(tmp_path):
+    heuristic = explanation(0, "fires on ' dog'", method="mistudio_top-tokens", explainer_model="")
+    out = _write(tmp_path, [dashboard(0)], [explanation(0), heuristic])
+    texts = [e["text"] for e in _body(tmp_path)["features"][0]["explanations"]]
+    assert texts == ["words about speed"]
+    assert any("mistudio_top-tokens" in note for note in out.notes)
+
+
+def test_body_keys_are_those_the_upload_route_reads(tmp_path):
+    """apps/webapp/app/api/feature/upload-batch/route.tsx: uploadBatchSchema's keys."""
+    _write(tmp_path, [dashboard(0)], [explanation(0)])
+    body = _body(tmp_path)
+    assert set(body) == {"modelId", "source", "features"}
+    (feature,) = body["features"]
+    assert set(feature) <= {
+        "index", "density", "topLogits", "bottomLogits", "explanations", "activations"
+    }  # fmt: skip
+    assert set(feature["activations"][0]) <= {
+        "tokens", "values", "quantileMax", "quantileMin", "quantileFraction"
+    }  # fmt: skip
+    assert set(feature["explanations"][0]) <= {"text", "methodName", "modelName"}

@@ -184,3 +184,16 @@ def test_docs_are_written_deterministically(tmp_path: Path) -> None:
     for name in ["README.md", "prefill.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert json.loads((tmp_path / "a" / "prefill.json").read_text()) == prefill_json(FACTS)
+
+
+def test_bulk_import_route_asks_for_the_explanation_types_neuronpedia_lacks() -> None:
+    facts = replace(FACTS, pending_types=("mistudio_top-tokens",), pending_models=("claude-9",))
+    text = render_readme(facts)
+    assert "explanations-pending/" in text
+    assert "explanation type `mistudio_top-tokens`" in text
+    assert "explainer model `claude-9`" in text
+    assert "Some explanations wait" not in render_readme(FACTS)  # nothing to ask for
+
+
+def test_importer_limits_list_the_differences_from_neuronpedias_converter(readme: str) -> None:
+    assert "only these columns differ" in readme and "`Activation.dataIndex`" in readme

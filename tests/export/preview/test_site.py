@@ -37,7 +37,7 @@ def loader_argument(path: Path, call: str) -> list[Any]:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
-    explanations = [explanation(2, "words about speed"), explanation(2, "fast things", id="b")]
+    explanations = [explanation(2, "words about speed"), explanation(2, "fast things")]
     dashboards = [dashboard(i, dead=i == 1) for i in range(N_FEATURES)]
     write_prd_export(root, sae_info(), naming(), dashboards, explanations, compress_features=True)
     return root

@@ -60,9 +60,9 @@ def sae_weights(seed: int = 0) -> dict[str, np.ndarray[Any, Any]]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
 
 
-def write_sae_folder(folder: Path) -> Path:
+def write_sae_folder(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(sae_weights(), str(folder / "sae_weights.safetensors"))
+    save_file(sae_weights(seed), str(folder / "sae_weights.safetensors"))
     cfg = {
         "architecture": "standard",
         "d_in": D_IN,
@@ -178,7 +178,7 @@ def start_stack(
 
 
 def register_sae(stack: Stack, sae_id: str, weights_uri: str, **extra: Any) -> spb.Sae:
-    sae = spb.Sae(
+    fields: dict[str, Any] = dict(
         sae_id=sae_id,
         model_id=STORIES_REF,
         hook_point=HOOK,
@@ -192,8 +192,8 @@ def register_sae(stack: Stack, sae_id: str, weights_uri: str, **extra: Any) -> s
         explained_variance=0.9,
         neuronpedia_model_id="stories260k",
         neuronpedia_source_set="mistudio-res-32",
-        **extra,
     )
+    sae = spb.Sae(**(fields | extra))
     return stack.records.CreateSae(spb.CreateSaeRequest(sae=sae)).sae
 
 

@@ -18,6 +18,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import Component
 from mistudio_export.cli.main import build_parser
+from mistudio_export.cli.main import main as cli_main
 from mistudio_export.cli.options import export_config as cli_export_config
 from mistudio_export.packaging.format_notes import LEFT_OUT
 from mistudio_export.presets import PRESETS
@@ -161,3 +162,14 @@ def test_dashboard_computed_by_the_cli_is_a_cache_hit_for_contract_defaults(
     )
     answer = stack.exports.GetFeatureDashboard(request)
     assert answer.from_cache and answer.dashboard.feature_index == 3
+
+
+def test_cli_lists_the_presets_with_their_estimates(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = ["--export-address", stack.export.address]
+    assert cli_main(["presets", *address, "--sae-id", sae_id, "--tokens", tokens.token_file]) == 0
+    out = capsys.readouterr().out
+    for preset in PRESETS.values():
+        assert preset.name in out and preset.title in out
+    assert out.count("estimate:") == len(PRESETS)

@@ -146,6 +146,7 @@ def test_archive_passes_validation(archive: bytes, tmp_path: Path) -> None:
         (tmp_path / packaging).unlink()
     report = validate_export(tmp_path)
     assert report.ok, report.summary()
+    assert not [p for p in report.problems if "outside its bin" in p.message]  # sampled tokens
 
 
 def test_validate_archive_finds_nothing_to_fix(
@@ -398,3 +399,14 @@ def test_computing_keeps_the_labels_and_records_the_stats(
     features = {f.feature_index: f for f in stack.records.ListFeatures(request).features}
     assert {i: (f.label, f.category) for i, f in features.items() if f.label} == LABELS
     assert features[1].max_activation > 0 and features[1].activation_frequency > 0
+
+
+def test_labels_and_unscored_explanations_reach_the_prd_layout(archive: bytes) -> None:
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        doc = json.loads(zf.read("explanations/explanations.json"))
+    entries = {e["feature_index"]: e for e in doc["features"]}
+    assert {i: (e["label"], e["category"]) for i, e in entries.items()} == LABELS
+    for entry in entries.values():
+        by_method = {x["method"]: x for x in entry["explanations"]}
+        assert by_method["mistudio_label"]["description"] == entry["label"]
+        assert by_method["oai_token-act-pair"]["score"] is None  # never scored: not 0.0

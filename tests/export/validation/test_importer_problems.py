@@ -1,6 +1,7 @@
 import gzip
 
 from mistudio_export.validation import Severity, validate_export
+from mistudio_export.validation.report import PROBLEM_CLASSES
 
 from tests.export.validation.files import edit_rows, importer_export, read_rows
 
@@ -109,10 +110,30 @@ def test_private_creator_hides_the_activations(tmp_path):
     assert (problem.code, problem.severity) == ("HIDDEN_ACTIVATIONS", Severity.WARNING)
 
 
-def test_unknown_explanation_type_is_a_warning(tmp_path):
+def test_unknown_explanation_type_is_an_error(tmp_path):
     importer_export(tmp_path)
     edit_rows(tmp_path / EXPLS, lambda rows: rows[0].__setitem__("typeName", "miStudio_llm"))
-    assert _only(validate_export(tmp_path)).code == "UNKNOWN_EXPLANATION_TYPE"
+    problem = _only(validate_export(tmp_path))
+    assert (problem.code, problem.severity) == ("UNKNOWN_EXPLANATION_TYPE", Severity.ERROR)
+    assert "explanations-pending" in PROBLEM_CLASSES[problem.code].fix
+
+
+def test_unknown_explainer_model_is_an_error(tmp_path):
+    importer_export(tmp_path)
+    edit_rows(tmp_path / EXPLS, lambda rows: rows[0].__setitem__("explanationModelName", "x-1"))
+    problem = _only(validate_export(tmp_path))
+    assert (problem.code, problem.pointer) == ("UNKNOWN_EXPLANATION_TYPE", "/explanationModelName")
+
+
+def test_empty_explainer_model_name_is_an_error_repaired_to_null(tmp_path):
+    importer_export(tmp_path)
+    edit_rows(tmp_path / EXPLS, lambda rows: rows[0].__setitem__("explanationModelName", ""))
+    problem = _only(validate_export(tmp_path))
+    assert (problem.code, problem.severity, problem.fixable) == (
+        "EMPTY_MODEL_NAME", Severity.ERROR, True,
+    )  # fmt: skip
+    validate_export(tmp_path, fix=True)
+    assert read_rows(tmp_path / EXPLS)[0]["explanationModelName"] is None
 
 
 def test_histogram_centres_out_of_order_are_reported(tmp_path):
@@ -170,3 +191,12 @@ def test_unparseable_line_is_kept_when_other_lines_are_repaired(tmp_path):
     assert [c.code for c in report.changes] == ["MIN_VALUE_MISMATCH"]
     assert "INVALID_JSON" in report.codes()
     assert gzip.decompress(path.read_bytes()).decode().splitlines()[2] == '{"id": "broken'
+
+
+def test_quantile_row_naming_a_token_outside_its_bin_is_reported(tmp_path):
+    importer_export(tmp_path)
+    # row 11 is the first quantile example (bin 1.0..2.0); token 0 has 0.0
+    edit_rows(tmp_path / ACTS, lambda rows: rows[10].__setitem__("qualifyingTokenIndex", 0))
+    problem = _only(validate_export(tmp_path))
+    assert (problem.code, problem.severity, problem.line) == ("INCONSISTENT", Severity.WARNING, 11)
+    assert "outside its bin" in problem.message

@@ -76,6 +76,8 @@ class _Window(NamedTuple):
     ids: list[int]
     values: list[float]
     peak: int
+    centre: int
+    """Index of the qualifying token (the window's centre) in ``ids``."""
 
 
 @dataclass(slots=True)
@@ -172,11 +174,12 @@ class _Builder:
         ids = tokens[row.clip(min=0)[..., None], tt].astype(np.int64)  # [C, E, W]
         windows = self.windows[lo:hi]  # [C, E, W], 0 outside the row
         peak = windows.argmax(2) - first  # the window's own maximum, not the qualifying token
-        cols = (pos, row, start, first, length, peak, ids, windows)
+        centre = t - start
+        cols = (pos, row, start, first, length, peak, centre, ids, windows)
         return [
             [
-                None if at < 0 else _Window(r, a, ids_[j : j + m], vals[j : j + m], pk)
-                for at, r, a, j, m, pk, ids_, vals in zip(*cols_f, strict=True)
+                None if at < 0 else _Window(r, a, ids_[j : j + m], vals[j : j + m], pk, c)
+                for at, r, a, j, m, pk, c, ids_, vals in zip(*cols_f, strict=True)
             ]
             for cols_f in zip(*(c.tolist() for c in cols), strict=True)
         ]
@@ -196,14 +199,16 @@ class _Builder:
         return top, groups
 
     def _example(self, w: _Window) -> ActivationExample:
-        ds_row, offset = self.inputs.source.provenance(w.row)
+        """The window is credited to the qualifying token's document (a row may pack several)."""
+        document, offset = self.inputs.source.locate(w.row, w.start + w.centre)
         return ActivationExample(
             tokens=self.inputs.token_text.window(w.ids),
             token_ids=w.ids,
             values=w.values,
             max_value=w.values[w.peak],
             max_token_index=w.peak,
-            source=SourceRef(self.inputs.source.dataset, ds_row, offset + w.start),
+            source=SourceRef(self.inputs.source.dataset, document, offset - w.centre),
+            qualifying_token_index=w.centre,
         )
 
     def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[LogitEntry]:

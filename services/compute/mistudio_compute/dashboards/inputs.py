@@ -80,8 +80,9 @@ class TokenSource(Protocol):
     @property
     def dataset(self) -> str: ...
 
-    def provenance(self, row: int) -> tuple[int, int]:
-        """(row in the dataset, offset of this row's first token in that dataset row)."""
+    def locate(self, row: int, position: int) -> tuple[int, int]:
+        """(document, offset in it) of token ``position`` of ``row``: rows may pack several
+        documents, and a prepended BOS is not a document token."""
         ...
 
 
@@ -92,8 +93,8 @@ class ArrayTokenSource:
     tokens: np.ndarray
     dataset: str = ""
 
-    def provenance(self, row: int) -> tuple[int, int]:
-        return row, 0
+    def locate(self, row: int, position: int) -> tuple[int, int]:
+        return row, position
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import torch
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
 from mistudio_compute.model_access import LoadedModel
-from mistudio_compute.tokens import TokenDataset, load_token_file, write_token_file
+from mistudio_compute.tokens import DocBreaks, TokenDataset, load_token_file, write_token_file
 from mistudio_compute.training.cache import (
     build_folder,
     cache_key,
@@ -33,7 +33,7 @@ from mistudio_compute.training.cache import (
 from mistudio_compute.training.fast_llama import FastLlama
 from mistudio_compute.training.sampling import story_batches
 
-CORPUS_FORMAT = 1
+CORPUS_FORMAT = 2
 """Bump when sampling or packing changes, so old cache folders are not reused."""
 TOKENS_FILE = "tokens.npy"
 STORIES_FILE = "stories.jsonl"
@@ -186,25 +186,25 @@ def sample_corpus(
                 stream_len += len(ids) + 1  # + the BOS separator
         if progress is not None:
             progress(f"sampled {min(stream_len, needed)}/{needed} tokens ({len(texts)} stories)")
-    tokens, story_index, offset = pack_rows(encoded, spec.rows, spec.context, bos)
+    tokens, story_index, offset, breaks = pack_rows(encoded, spec.rows, spec.context, bos)
     name = f"{loaded.name}-samples-seed{spec.seed}"
     source = (
         f"{STORIES_FILE}: stories sampled from {loaded.name} (seed {spec.seed}, "
         f"temperature {spec.temperature}); row = story line, offset = token in that story"
     )
     dataset = TokenDataset(
-        tokens, name, True, (source,), np.zeros(spec.rows, np.int32), story_index, offset
+        tokens, name, True, (source,), np.zeros(spec.rows, np.int32), story_index, offset, breaks
     )
     return dataset, texts
 
 
 def pack_rows(
     stories: list[list[int]], rows: int, context: int, bos: int
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any], DocBreaks]:
     """Packs stories as ``tokens.tokenize_text_files`` packs documents.
 
-    Returns tokens int32 [rows, context], and per row the story its first text token belongs to
-    and that token's offset in the story (int64 [rows] each).
+    Returns tokens int32 [rows, context]; per row the story its first text token belongs to and
+    that token's offset in the story (int64 [rows] each); and where each story begins.
     """
     body = context - 1
     starts: list[int] = []  # [stories], stream position of each story's first token
@@ -227,4 +227,5 @@ def pack_rows(
     row_start = np.arange(rows, dtype=np.int64) * body  # [rows]
     row_story = np.searchsorted(np.asarray(starts), row_start, side="right") - 1  # [rows]
     offset = np.maximum(row_start - np.asarray(starts)[row_story], 0)  # a row may open on a BOS
-    return tokens, row_story.astype(np.int64), offset.astype(np.int64)
+    breaks = DocBreaks.of_stream(starts, [0] * len(starts), range(len(starts)), body, 1, rows)
+    return tokens, row_story.astype(np.int64), offset.astype(np.int64), breaks

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
+from mistudio_export.cli.annotations import LABEL_MASK, Annotations, read_annotations
 from mistudio_export.cli.connection import Services, connect
 from mistudio_export.cli.options import export_config, token_source
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
@@ -52,8 +52,11 @@ HUB_PREFIXES = ("hf://", "saelens://")
 """SAE locations the compute service downloads from the HuggingFace hub (sae/hub.py)."""
 
 
-def register_local_sae(services: Services, path: Path | str, args: argparse.Namespace) -> str:
-    """Registers a SAELens folder, safetensors file or hub location; returns its sae_id."""
+def register_local_sae(
+    services: Services, path: Path | str, args: argparse.Namespace, notes: Annotations
+) -> str:
+    """Registers a SAELens folder, safetensors file or hub location; returns its sae_id.
+    ``notes`` are checked against the SAE before it is stored."""
     store, compute = services.require_store_and_compute()
     on_hub = str(path).startswith(HUB_PREFIXES)
     location = str(path) if on_hub else str(Path(path).resolve())
@@ -72,6 +75,7 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
             model_id=args.model,
         ),
     )
+    notes.check(info.d_sae)
     sae_id = args.sae_id or sae_id_for(path)
     sae = spb.Sae(
         sae_id=sae_id,
@@ -87,9 +91,7 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
         _fill_training_info(sae, path)
     try:
         _call(store.CreateSae, spb.CreateSaeRequest(sae=sae))
-        created = True
     except AlreadyExists:
-        created = False
         existing = _call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae
         if existing.weights_uri != sae.weights_uri:
             raise InvalidArgument(
@@ -97,8 +99,6 @@ def register_local_sae(services: Services, path: Path | str, args: argparse.Name
                 field="--sae-id",
                 fix="choose another --sae-id",
             ) from None
-    if args.explanations and created:
-        _add_explanations(services, sae_id, Path(args.explanations))
     return sae_id
 
 
@@ -123,20 +123,19 @@ def _fill_training_info(sae: spb.Sae, path: Path) -> None:
         return
 
 
-def _add_explanations(services: Services, sae_id: str, path: Path) -> None:
+def store_annotations(services: Services, sae_id: str, notes: Annotations) -> None:
+    """Labels and explanations, each batch all-or-nothing; given again, they update, never
+    duplicate (the store matches explanations by feature, method, model and text)."""
     store, _ = services.require_store_and_compute()
-    try:
-        rows = json.loads(path.read_text())
-        explanations = [json_format.ParseDict(row, spb.Explanation()) for row in rows]
-    except (OSError, ValueError, json_format.ParseError) as error:
-        raise InvalidArgument(
-            f"cannot read explanations from {path}: {error}",
-            field="--explanations",
-            fix='give a JSON list of {"feature_index", "description", "method", ...} objects',
-        ) from None
-    _call(
-        store.AddExplanations, spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
-    )
+    if notes.labels:
+        request = spb.UpsertFeaturesRequest(
+            sae_id=sae_id, features=list(notes.labels.values()), update_mask=list(LABEL_MASK)
+        )
+        _call(store.UpsertFeatures, request)
+    if notes.explanations:
+        explanations = [e for _, e in notes.explanations]
+        add = spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
+        _call(store.AddExplanations, add)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,7 +144,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         looks_like_path = (
             "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
         )
-        sae_id = register_local_sae(services, target, args) if looks_like_path else args.sae
+        notes = read_annotations(args.labels, args.explanations)
+        if looks_like_path:
+            sae_id = register_local_sae(services, target, args, notes)
+        else:
+            sae_id = args.sae
+            if notes.labels or notes.explanations:
+                store, _ = services.require_store_and_compute()
+                notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae.d_sae)
+        store_annotations(services, sae_id, notes)
         request = epb.StartExportRequest(
             request_id=args.request_id or str(uuid.uuid4()),
             sae_id=sae_id,

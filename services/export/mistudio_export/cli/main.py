@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="", help="TransformerLens name or llama2c:<bin>?tokenizer=")
     run.add_argument("--hook", default="", help="hook point, e.g. blocks.2.hook_resid_post")
     run.add_argument("--sae-id", default="", help="id to register a local folder under")
-    run.add_argument("--explanations", default="", metavar="JSON", help="explanations to add")
+    run.add_argument(
+        "--explanations", default="", metavar="JSON", help="explanations to add or update"
+    )
+    run.add_argument(
+        "--labels", default="", metavar="FILE", help="feature labels and categories (CSV or JSON)"
+    )
     run.add_argument("--owner", default="", help="recorded on the job")
     run.add_argument("--request-id", default="", help="idempotency key (default: random)")
     run.add_argument("--output", default="", metavar="ZIP", help="also download the archive here")

@@ -16,6 +16,7 @@ from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.presets import PRESETS
+from mistudio_export.records import VISIBILITIES
 
 FORMATS = {
     "neuronpedia": [epb.EXPORT_FORMAT_NEURONPEDIA],
@@ -97,6 +98,12 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--release-id", default="")
     output.add_argument("--release-title", default="")
     output.add_argument("--hf-repo", default="", help="HuggingFace repo for the SAELens folder")
+    output.add_argument(
+        "--visibility",
+        default="",
+        choices=("", *VISIBILITIES),
+        help="Neuronpedia visibility of the model, source set, source and release (UNLISTED)",
+    )
 
     run = parser.add_argument_group("running")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -189,6 +196,7 @@ def export_config(args: argparse.Namespace) -> epb.ExportConfig:
             release_id=args.release_id,
             release_title=args.release_title,
             hf_repo_id=args.hf_repo,
+            visibility=args.visibility,
         ),
         device=args.device,
         batch_size=args.batch_size,

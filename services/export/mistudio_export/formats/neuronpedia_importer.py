@@ -3,11 +3,21 @@
     {modelId}/{layer}-{sourceSet}/
         model.jsonl  sourceset.jsonl  source.jsonl  release.jsonl
         features/batch-N.jsonl.gz  activations/batch-N.jsonl.gz  explanations/batch-N.jsonl.gz
+        explanations-pending/batch-N.jsonl.gz
 
 Each line is one row of table Neuron, Activation or Explanation, keyed by the exact column names.
 The importer takes its column list from the first line of a file, so every line carries the same
 keys (``*_COLUMNS`` below) and NOT NULL columns are never null. Batch N holds the features whose
 index lies in [N*batch_size, (N+1)*batch_size), as in Neuronpedia's own dump.
+
+Neuronpedia inserts each file with ``ON CONFLICT DO NOTHING`` (apps/webapp/lib/db/import.ts), so
+row ids are derived from content (a re-export is idempotent, two SAEs never collide), and an
+explanation row must name an existing ExplanationType and ExplanationModelType (or NULL) or the
+whole file fails its foreign keys. Explanations whose type or explainer model Neuronpedia lacks
+therefore go to ``explanations-pending/``, a folder its importer does not read; the archive README
+says what to ask the maintainers to add. Values the importer would otherwise leave out follow
+Neuronpedia's converter (utils/neuronpedia-utils/.../convert-saedashboard-to-neuronpedia-export.py):
+``hookName``, ``dfaMaxValue`` 0 / ``dfaTargetIndex`` -1.
 """
 
 from __future__ import annotations
@@ -21,6 +31,11 @@ from mistudio_common.dashboard import ActivationExample, FeatureDashboard, Histo
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.neuronpedia_explanations import (
+    PENDING_EXPLANATIONS,
+    importable,
+    neuronpedia_type,
+)
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 
@@ -62,18 +77,32 @@ NOT_NULL = {
 """NOT NULL columns a row must fill (frac_nonzero has a default, but the importer's explicit
 column list turns a missing value into NULL)."""
 
-KNOWN_EXPLANATION_TYPES = frozenset(
-    {
-        "oai_token-act-pair",
-        "oai_attention-head",
-        "np_max-act-logits",
-        "np_max-act",
-        "np_acts-logits-general",
-        "python-code",
-        "eleuther_acts_top20",
-    }
-)
-"""ExplanationType names Neuronpedia's config is known to hold; others break the foreign key."""
+CONVERTER_DIFFERENCES: dict[str, tuple[bool, str]] = {
+    "Neuron.index": (False, "text, as the column stores it (the converter writes an int)"),
+    "Activation.index": (False, "text, as the column stores it (the converter writes an int)"),
+    "Neuron.sourceSetName": (False, "names the source set (the converter leaves it null)"),
+    "Neuron.createdAt": (False, "the export's time, so re-exports are byte-identical"),
+    "Activation.createdAt": (False, "the export's time, so re-exports are byte-identical"),
+    "Activation.id": (False, "derived from the example, so a re-export keeps its ids"),
+    "Activation.dataSource": (False, "the dataset the example came from (converter: null)"),
+    "Activation.dataIndex": (False, "the document (text line, story) it came from (null)"),
+    "Activation.values": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.maxValue": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.minValue": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.binMin": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.binMax": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Activation.binContains": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.maxActApprox": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.vectorDefaultSteerStrength": (True, "maxActApprox, in the same precision"),
+    "Neuron.pos_values": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.neg_values": (True, "float32 shortest form, not SAEDashboard's 5 decimals"),
+    "Neuron.freq_hist_data_bar_values": (True, "exact bin centres, not rounded"),
+    "Neuron.logits_hist_data_bar_values": (True, "exact bin centres, not rounded"),
+}
+"""Where a row differs from what Neuronpedia's converter makes of our ``saedashboard/`` batches:
+column -> (only in rounding, why). Listed in the archive README; every other column is equal."""
+MODEL_LAYERS = range(1, 128)
+"""Model.layers Neuronpedia's model API accepts (apps/webapp/app/api/model/new/route.tsx)."""
 
 
 def bin_centres(edges: list[float]) -> list[float]:
@@ -114,8 +143,10 @@ def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) ->
         maxActApprox=max_act_approx(d),
         hasVector=False,
         vectorLabel=None,
-        vectorDefaultSteerStrength=10,
-        hookName=None,
+        # The converter, seeing SAEDashboard's "vector" key, names the hook and sets the steer
+        # strength to maxActApprox; equal rows whichever way a feature reaches Neuronpedia.
+        vectorDefaultSteerStrength=max_act_approx(d),
+        hookName=info.hook_point,
         neg_str=[e.token for e in neg],
         neg_values=[e.value for e in neg],
         pos_str=[e.token for e in pos],
@@ -163,16 +194,16 @@ def _activation_row(
         "dataSource": e.source.dataset or None,
         "dataIndex": str(e.source.row),
         "dfaValues": [],
-        "dfaTargetIndex": None,
-        "dfaMaxValue": None,
+        "dfaTargetIndex": -1,
+        "dfaMaxValue": 0,
         "lossValues": [],
         "logitContributions": None,
         "binMin": bins[0],
         "binMax": bins[1],
         "binContains": bins[2],
-        "qualifyingTokenIndex": e.max_token_index,
+        "qualifyingTokenIndex": e.qualifying_token_index,
         "zIndices": None,
-        "zValues": [],
+        "zValues": None,
     }
 
 
@@ -194,18 +225,21 @@ def activation_rows(
     return rows
 
 
-def explanation_row(r: ExplanationRecord, naming: NeuronpediaNaming) -> dict[str, Any]:
-    """Scores are not carried: Neuronpedia keeps them in a table its importer does not read."""
+def explanation_row(
+    r: ExplanationRecord, info: SaeInfo, naming: NeuronpediaNaming
+) -> dict[str, Any]:
+    """Scores are not carried: Neuronpedia keeps them in a table its importer does not read.
+    createdAt is NOT NULL there, so an undated label takes the export's time."""
     return {
-        "id": r.resolved_id(naming.neuronpedia_id),
+        "id": r.export_id(naming.neuronpedia_id),
         "modelId": naming.model_id,
         "layer": naming.source_id,
         "index": str(r.feature_index),
         "description": r.description,
         "authorId": naming.creator_id,
-        "typeName": r.method,
-        "explanationModelName": r.explainer_model,
-        "createdAt": r.created_at,
+        "typeName": neuronpedia_type(r.method),
+        "explanationModelName": r.explainer_model or None,
+        "createdAt": r.created_at or info.created_at,
     }
 
 
@@ -224,7 +258,7 @@ def model_row(info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
         "visibility": naming.visibility,
         "instruct": naming.model_id.endswith("-it"),
         "inferenceEnabled": False,
-        "layers": naming.model_layers,
+        "layers": info.model_layers,
         "neuronsPerLayer": 0,
         "owner": naming.model_owner or naming.creator_name,
         "website": None,
@@ -336,6 +370,13 @@ def write_importer_export(
     """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order."""
     info.validate()
     naming.validate()
+    if info.model_layers not in MODEL_LAYERS or naming.layer >= info.model_layers:
+        raise InvalidArgument(
+            f"the model has {info.model_layers} layers; Neuronpedia needs 1..127, above the "
+            f"SAE's layer {naming.layer}",
+            field="sae_info.model_layers",
+            fix="pass the model's block count (the compute service reports it as n_layers)",
+        )
     if batch_size < 1:
         raise InvalidArgument(f"batch_size={batch_size}", field="batch_size", fix="use >= 1")
     out = source_dir(root, naming)
@@ -357,7 +398,11 @@ def write_importer_export(
         writer.add("features", d.feature_index, [neuron_row(d, info, naming)])
         writer.add("activations", d.feature_index, activation_rows(d, info, naming))
         records = sorted(by_feature.pop(d.feature_index, []), key=_expl_key)
-        writer.add("explanations", d.feature_index, [explanation_row(r, naming) for r in records])
+        for stream, kept in (
+            ("explanations", [r for r in records if importable(r)]),
+            (PENDING_EXPLANATIONS, [r for r in records if not importable(r)]),
+        ):
+            writer.add(stream, d.feature_index, [explanation_row(r, info, naming) for r in kept])
         n += 1
         if progress is not None:
             progress(n)

@@ -24,7 +24,7 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.output import FormatOutput
-from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 
 FORMAT_NAME = "mistudio-prd-json"
 METADATA_FILE = "metadata.json"
@@ -143,39 +143,39 @@ def feature_document(d: FeatureDashboard) -> dict[str, Any]:
     }
 
 
-def explanation_id(record: ExplanationRecord, neuronpedia_id: str) -> str:
-    """The record's own id, or one derived from its content (the importer rows use the same)."""
-    return record.resolved_id(neuronpedia_id)
-
-
-def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str, str]:
-    return (r.created_at, r.method, r.explainer_model, r.description, r.id)
+def _explanation_sort_key(r: ExplanationRecord) -> tuple[str, str, str, str]:
+    return (r.created_at, r.method, r.explainer_model, r.description)
 
 
 def explanations_document(
-    records: Iterable[ExplanationRecord], naming: NeuronpediaNaming, export_version: str
+    records: Iterable[ExplanationRecord],
+    naming: NeuronpediaNaming,
+    export_version: str,
+    labels: Iterable[FeatureLabel] = (),
 ) -> dict[str, Any]:
-    """FR-5.1: per feature, all its explanations, in a stable order whatever the input order."""
+    """FR-5.1: per feature, its label and category and all its explanations (the label among
+    them), in a stable order whatever the input order."""
     by_feature: dict[int, list[ExplanationRecord]] = defaultdict(list)
-    for r in records:
+    labelled = {label.feature_index: label for label in labels}
+    for r in [*records, *(label.as_explanation() for label in labelled.values())]:
         by_feature[r.feature_index].append(r)
-    features = [
-        {
-            "feature_index": index,
-            "explanations": [
-                {
-                    "id": explanation_id(r, naming.neuronpedia_id),
-                    "description": r.description,
-                    "method": r.method,
-                    "model": r.explainer_model,
-                    "score": r.score,
-                    "created_at": r.created_at,
-                }
-                for r in sorted(by_feature[index], key=_explanation_sort_key)
-            ],
-        }
-        for index in sorted(by_feature)
-    ]
+    features = []
+    for index in sorted(by_feature):
+        entry: dict[str, Any] = {"feature_index": index}
+        if index in labelled:
+            entry.update(label=labelled[index].label, category=labelled[index].category)
+        entry["explanations"] = [
+            {
+                "id": r.export_id(naming.neuronpedia_id),
+                "description": r.description,
+                "method": r.method,
+                "model": r.explainer_model,
+                "score": r.score,
+                "created_at": r.created_at,
+            }
+            for r in sorted(by_feature[index], key=_explanation_sort_key)
+        ]
+        features.append(entry)
     return {"export_version": export_version, "features": features}
 
 
@@ -186,6 +186,7 @@ def write_prd_export(
     dashboards: Iterable[FeatureDashboard],
     explanations: Iterable[ExplanationRecord] = (),
     *,
+    labels: Iterable[FeatureLabel] = (),
     compress_features: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> FormatOutput:
@@ -204,7 +205,7 @@ def write_prd_export(
         files.append(path)
         if progress is not None:
             progress(len(seen))
-    expl = explanations_document(explanations, naming, info.export_version)
+    expl = explanations_document(explanations, naming, info.export_version, labels)
     jsonio.write_document(out_dir / EXPLANATIONS_FILE, jsonio.dumps(expl, where="explanations"))
     files.append(out_dir / EXPLANATIONS_FILE)
     meta = metadata_document(info, naming, n_features=len(seen), compressed=compress_features)

@@ -66,7 +66,7 @@ def _activation(e: ActivationExample, bins: tuple[float, float, float]) -> dict[
         "bin_contains": round(bins[2], DECIMALS),
         "tokens": list(e.tokens),
         "values": _r(e.values),
-        "qualifying_token_index": e.max_token_index,
+        "qualifying_token_index": e.qualifying_token_index,
         "dfa_values": [],
         "dfa_maxValue": 0,
         "dfa_targetIndex": -1,

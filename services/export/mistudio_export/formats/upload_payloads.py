@@ -5,8 +5,16 @@ logits, at least one activation with 1..1024 tokens, a density in [0, 1] and exp
 1..512 characters whose method and model (when there is one; a human explanation has none)
 already exist on Neuronpedia. It takes no histograms.
 Anything cut to fit (long examples, long explanations, features without examples) is listed in
-``manifest.json`` notes. The top-level body keys (``modelId``, ``source``, ``features``) are
-inferred from the client library, not read from the route. Schemas: ``schemas/upload_*.json``.
+``manifest.json`` notes. The body's keys are those the route's yup schema reads
+(hijohnnylin/neuronpedia apps/webapp/app/api/feature/upload-batch/route.tsx at ebb8426f:
+``modelId``, ``source``, ``features[]`` of ``index``, ``density``, ``topLogits``/``bottomLogits``
+``{token, value}``, ``explanations`` ``{text, methodName, modelName}``, ``activations``
+``{tokens, values, quantileMin, quantileMax, quantileFraction}``). It rejects the whole call when
+one ``methodName`` is not in Neuronpedia's config, so such explanations are left out (and
+noted); a label has no method. No ``modelName`` is sent: the route passes it to its
+database insert under that name, but the column is ``explanationModelName``, so Prisma would
+refuse the insert and the whole call would fail; the explainer model reaches Neuronpedia through
+the importer layout. Schemas: ``schemas/upload_*.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,10 @@ from mistudio_common.dashboard import ActivationExample, FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.neuronpedia_explanations import (
+    KNOWN_EXPLANATION_TYPES,
+    neuronpedia_type,
+)
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming
 
@@ -99,9 +111,16 @@ def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -
                 f"{MAX_EXPLANATION_CHARS}"
             )
             text = text[: MAX_EXPLANATION_CHARS - 1].rstrip() + "…"
-        entry = {"text": text, "methodName": r.method}
-        if r.explainer_model:  # a human explanation has no model: left out, as Neuronpedia's null
-            entry["modelName"] = r.explainer_model
+        type_name = neuronpedia_type(r.method)
+        if type_name is not None and type_name not in KNOWN_EXPLANATION_TYPES:
+            notes.lines.append(
+                f"feature {index}: explanation left out: Neuronpedia has no type {r.method!r}, "
+                "and the route would reject the whole call"
+            )
+            continue
+        entry = {"text": text}
+        if type_name is not None:  # a label or a human's explanation has no method
+            entry["methodName"] = type_name
         out.append(entry)
     return out
 

@@ -12,6 +12,8 @@ from enum import StrEnum
 
 from mistudio_common.dashboard_options import Component
 
+from mistudio_export.formats.neuronpedia_importer import CONVERTER_DIFFERENCES
+
 
 class FormatKind(StrEnum):
     NEURONPEDIA_UPLOAD = "neuronpedia-upload"
@@ -42,7 +44,8 @@ NOTES: dict[FormatKind, FormatNote] = {
         title="Neuronpedia upload-API payloads",
         default_folder="upload-payloads",
         summary="Request bodies for Neuronpedia's `POST /api/feature/upload-batch`, one file "
-        "per call, each `{modelId, source, features}`.",
+        "per call, each `{modelId, source, features}` (the keys of the route's schema in "
+        "`apps/webapp/app/api/feature/upload-batch/route.tsx`).",
         limits=(
             f"at most {MAX_FEATURES_PER_CALL} features per call (one file = one call)",
             "feature `index`: an integer from 0 to 10,000,000",
@@ -50,8 +53,10 @@ NOTES: dict[FormatKind, FormatNote] = {
             "`activations`: at least one per feature; each example has 1 to "
             f"{MAX_TOKENS_PER_EXAMPLE} tokens and exactly as many values",
             "`density`: a fraction in [0, 1]",
-            f"explanations: 1 to {MAX_EXPLANATION_CHARS} characters; their method and model "
-            "must already exist on Neuronpedia",
+            f"explanations: 1 to {MAX_EXPLANATION_CHARS} characters; their method must already "
+            "exist on Neuronpedia, or the route rejects the whole call, so explanations of "
+            "other types are left out (see manifest.json notes); no explainer model is sent "
+            "(the route would store it under a key its database lacks and fail the call)",
             "not accepted by this API: activation histograms, logit histograms, neuron "
             "alignment, correlations, DFA, vectors (those come only through route 2)",
             "only the account that created the source set can upload into it",
@@ -69,9 +74,19 @@ NOTES: dict[FormatKind, FormatNote] = {
             "every line of a file has the same keys",
             "the importer reads only Neuronpedia's own bucket, so only its maintainers can "
             "load this folder (route 2)",
-            "`creatorId` / `authorId` must be existing Neuronpedia users and explanation "
-            "types must exist there; the maintainers may rewrite these ids",
+            "`creatorId` / `authorId` must be existing Neuronpedia users; the maintainers may "
+            "rewrite these ids",
+            "an explanation's type and explainer model must exist in Neuronpedia's config (or "
+            "be null), or the whole file fails; explanations whose type or model it lacks are "
+            "in `explanations-pending/`, which its importer does not read (see route 2)",
+            "ids are derived from the model, source, feature and content: importing again, or "
+            "another SAE's export, never drops or overwrites a row",
             "the importer lists at most 1,000 batch files per folder",
+            "compared with what Neuronpedia's converter makes of the `saedashboard/` batches, "
+            "only these columns differ: "
+            + "; ".join(
+                f"`{column}` ({why})" for column, (_, why) in CONVERTER_DIFFERENCES.items()
+            ),
         ),
     ),
     FormatKind.SAEDASHBOARD: FormatNote(

@@ -66,6 +66,10 @@ class ArchiveFacts:
     formats: tuple[IncludedFormat, ...]
     validation_summary: tuple[str, ...] = ()
     n_explanations: int = 0
+    pending_types: tuple[str, ...] = ()
+    """Explanation types Neuronpedia lacks (their rows are in ``explanations-pending/``)."""
+    pending_models: tuple[str, ...] = ()
+    """Explainer models Neuronpedia lacks."""
     left_out: tuple[str, ...] = ()
     """One sentence per dashboard part left out (``format_notes.LEFT_OUT``) and why, if the plan
     decided it."""
@@ -340,7 +344,19 @@ need to contact us"; GitHub issue hijohnnylin/neuronpedia#46 tracks making this 
 {prefill}
    - `{MANIFEST_NAME}`, so they can check nothing changed in transit.
 4. They copy the folder to their bucket and import it from their admin page; the source then
-   appears at https://www.neuronpedia.org/{f.neuronpedia_id}."""
+   appears at https://www.neuronpedia.org/{f.neuronpedia_id}.{_pending(f)}"""
+
+
+def _pending(f: ArchiveFacts) -> str:
+    if not (f.pending_types or f.pending_models):
+        return ""
+    asks = [f"explanation type `{name}`" for name in f.pending_types]
+    asks += [f"explainer model `{name}`" for name in f.pending_models]
+    return f"""
+5. Some explanations wait in `explanations-pending/`: Neuronpedia has no {", no ".join(asks)}.
+   Ask the maintainers to add them to their config (`explanation_type.jsonl`,
+   `explanation_model_type.jsonl`); then they move the files into `explanations/` and import
+   again (rows already there are skipped)."""
 
 
 def _route_huggingface(f: ArchiveFacts) -> str:

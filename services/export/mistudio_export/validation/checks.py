@@ -18,6 +18,23 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
 
+def qualifying_outside_bin(example: dict[str, Any], keys: tuple[str, str, str]) -> str | None:
+    """Why a quantile example's qualifying token is not in its bin, or None. Neuronpedia's page
+    moves such a row to another section; SAEDashboard names the token it sampled in the bin."""
+    index_key, lo_key, hi_key = keys
+    q, lo, hi, values = (example.get(k) for k in (index_key, lo_key, hi_key, "values"))
+    if not (isinstance(lo, int | float) and isinstance(hi, int | float)) or lo == -1:
+        return None
+    if not (isinstance(q, int) and isinstance(values, list) and 0 <= q < len(values)):
+        return None
+    value = values[q]
+    if not isinstance(value, int | float):
+        return None
+    if lo <= value <= hi or close(value, lo) or close(value, hi):
+        return None
+    return f"qualifying token {q} has {value}, outside its bin [{lo}, {hi}]"
+
+
 def get_list(obj: Any, key: str) -> list[Any]:
     value = obj.get(key) if isinstance(obj, dict) else None
     return value if isinstance(value, list) else []

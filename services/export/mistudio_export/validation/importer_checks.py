@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mistudio_export.formats.neuronpedia_importer import KNOWN_EXPLANATION_TYPES, NOT_NULL
+from mistudio_export.formats.neuronpedia_explanations import (
+    KNOWN_EXPLAINER_MODELS,
+    KNOWN_EXPLANATION_TYPES,
+    PENDING_EXPLANATIONS,
+)
+from mistudio_export.formats.neuronpedia_importer import NOT_NULL
 from mistudio_export.formats.schemas import load_schema
 from mistudio_export.records import PUBLIC_ACTIVATION_USER_IDS, parse_source_id
 from mistudio_export.validation.checks import (
@@ -21,6 +26,7 @@ from mistudio_export.validation.checks import (
     check_example,
     close,
     numbers,
+    qualifying_outside_bin,
     same_length,
 )
 from mistudio_export.validation.context import (
@@ -42,7 +48,12 @@ METADATA_FILES = {
     "release.jsonl": "np_release",
 }
 REQUIRED_METADATA = ("model.jsonl", "sourceset.jsonl", "source.jsonl")
-STREAMS = {"features": "Neuron", "activations": "Activation", "explanations": "Explanation"}
+STREAMS = {
+    "features": "Neuron",
+    "activations": "Activation",
+    "explanations": "Explanation",
+    PENDING_EXPLANATIONS: "Explanation",
+}
 _SCHEMAS = {"Neuron": "np_neuron", "Activation": "np_activation", "Explanation": "np_explanation"}
 BATCH_FILE = re.compile(r"^batch-(\d+)\.jsonl\.gz$")
 S3_LIST_LIMIT = 1000
@@ -74,7 +85,7 @@ def validate_importer(session: Session, directory: Path) -> None:
     )
     for name, schema in METADATA_FILES.items():
         _metadata_file(session, directory / name, schema, src)
-    for stream in ("activations", "explanations", "features"):
+    for stream in ("activations", "explanations", PENDING_EXPLANATIONS, "features"):
         for path in _stream_files(session, directory / stream):
             _rows_file(session, path, STREAMS[stream], src)
     for index, (file, line) in sorted(src.referenced.items()):
@@ -275,16 +286,36 @@ def _rows_file(session: Session, path: Path, table: str, src: _Source) -> None:
             _activation(ctx, checker, row, index, src)
         else:
             src.referenced.setdefault(index, (ctx.file, n))
-            type_name = row.get("typeName")
-            if isinstance(type_name, str) and type_name not in KNOWN_EXPLANATION_TYPES:
-                checker.report_once(
-                    "UNKNOWN_EXPLANATION_TYPE",
-                    "/typeName",
-                    f"typeName {type_name!r} must exist in Neuronpedia's ExplanationType table",
-                    type_name,
-                )
+            if path.parent.name == "explanations":
+                _explanation_keys(checker, row)
     ctx.line = None
     save_rows(ctx, path, rows)
+
+
+def _explanation_keys(checker: _RowChecker, row: dict[str, Any]) -> None:
+    """Foreign keys into Neuronpedia's config: one unknown name fails the whole file."""
+    type_name, model = row.get("typeName"), row.get("explanationModelName")
+    if isinstance(type_name, str) and type_name not in KNOWN_EXPLANATION_TYPES:
+        checker.report_once(
+            "UNKNOWN_EXPLANATION_TYPE",
+            "/typeName",
+            f"typeName {type_name!r} must exist in Neuronpedia's ExplanationType table",
+            type_name,
+        )
+    if model == "":
+        checker.ctx.report(
+            "EMPTY_MODEL_NAME",
+            "/explanationModelName",
+            "explanationModelName is '': no model is NULL, an empty name breaks the foreign key",
+            repair=_setter(row, "explanationModelName", None, "set"),
+        )
+    elif isinstance(model, str) and model not in KNOWN_EXPLAINER_MODELS:
+        checker.report_once(
+            "UNKNOWN_EXPLANATION_TYPE",
+            "/explanationModelName",
+            f"explanationModelName {model!r} must exist in Neuronpedia's ExplanationModelType",
+            model,
+        )
 
 
 def _activation(
@@ -312,6 +343,9 @@ def _activation(
     lo, hi = row.get("binMin"), row.get("binMax")
     if isinstance(lo, int | float) and isinstance(hi, int | float) and lo != -1 and lo > hi:
         ctx.report("INCONSISTENT", "/binMin", f"binMin {lo} > binMax {hi}")
+    outside = qualifying_outside_bin(row, ("qualifyingTokenIndex", "binMin", "binMax"))
+    if outside is not None:
+        checker.report_once("INCONSISTENT", "/qualifyingTokenIndex", outside, "qualifying")
 
 
 def _neuron(ctx: FileContext, row: dict[str, Any], index: str, src: _Source) -> None:

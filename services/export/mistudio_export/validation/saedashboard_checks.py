@@ -6,7 +6,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mistudio_export.validation.checks import check_edges, check_example, get_list, same_length
+from mistudio_export.validation.checks import (
+    check_edges,
+    check_example,
+    get_list,
+    qualifying_outside_bin,
+    same_length,
+)
 from mistudio_export.validation.context import FileContext, Session, load_document, save_document
 from mistudio_export.validation.naming_checks import check_names
 from mistudio_export.validation.scan import scan
@@ -80,3 +86,6 @@ def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: dict[int, str]) 
         lo, hi = a.get("bin_min"), a.get("bin_max")
         if isinstance(lo, int | float) and isinstance(hi, int | float) and lo != -1 and lo > hi:
             ctx.report("INCONSISTENT", f"/features/{k}/activations/{j}", f"bin_min {lo} > {hi}")
+        outside = qualifying_outside_bin(a, ("qualifying_token_index", "bin_min", "bin_max"))
+        if outside is not None:
+            ctx.report("INCONSISTENT", f"/features/{k}/activations/{j}", outside)

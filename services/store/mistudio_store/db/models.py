@@ -104,7 +104,7 @@ class ExplanationRow(Base):
     description: Mapped[str] = mapped_column(Text)
     method: Mapped[str] = mapped_column(String(128))
     explainer_model: Mapped[str] = mapped_column(String(128))
-    score: Mapped[float] = mapped_column(Float)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
     # Serves ListExplanations' keyset order.

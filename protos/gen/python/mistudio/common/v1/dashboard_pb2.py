@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mistudio/common/v1/dashboard.proto\x12\x12mistudio.common.v1\"9\n\tSourceRef\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"\xa1\x01\n\x11\x41\x63tivationExample\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x11\n\tmax_value\x18\x04 \x01(\x02\x12\x17\n\x0fmax_token_index\x18\x05 \x01(\x05\x12-\n\x06source\x18\x06 \x01(\x0b\x32\x1d.mistudio.common.v1.SourceRef\"\x80\x01\n\rQuantileGroup\x12\x0f\n\x07\x62in_min\x18\x01 \x01(\x02\x12\x0f\n\x07\x62in_max\x18\x02 \x01(\x02\x12\x14\n\x0c\x62in_contains\x18\x03 \x01(\x02\x12\x37\n\x08\x65xamples\x18\x04 \x03(\x0b\x32%.mistudio.common.v1.ActivationExample\"\x87\x01\n\tHistogram\x12\x11\n\tbin_edges\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12+\n\x05scale\x18\x03 \x01(\x0e\x32\x1c.mistudio.common.v1.BinScale\x12\x13\n\x0btotal_count\x18\x04 \x01(\x03\x12\x15\n\rnonzero_count\x18\x05 \x01(\x03\"J\n\nLogitEntry\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"(\n\x08Quantile\x12\r\n\x05level\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"\xa7\x02\n\x11\x46\x65\x61tureStatistics\x12\x1c\n\x14\x61\x63tivation_frequency\x18\x01 \x01(\x01\x12\x16\n\x0emax_activation\x18\x02 \x01(\x01\x12\x17\n\x0fmean_activation\x18\x03 \x01(\x01\x12\x16\n\x0estd_activation\x18\x04 \x01(\x01\x12\x17\n\x0fl0_contribution\x18\x05 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_feature\x18\x06 \x01(\x08\x12/\n\tquantiles\x18\x07 \x03(\x0b\x32\x1c.mistudio.common.v1.Quantile\x12\x1f\n\x17quantile_relative_error\x18\x08 \x01(\x01\x12\x13\n\x0btoken_count\x18\t \x01(\x03\x12\x15\n\rnonzero_count\x18\n \x01(\x03\"\x8b\x01\n\x0eTokenAggregate\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x18\n\x10total_activation\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x17\n\x0fmean_activation\x18\x05 \x01(\x01\x12\x16\n\x0emax_activation\x18\x06 \x01(\x01\"\xc4\x04\n\x10\x46\x65\x61tureDashboard\x12\x15\n\rfeature_index\x18\x01 \x01(\x03\x12;\n\x0ctop_examples\x18\x02 \x03(\x0b\x32%.mistudio.common.v1.ActivationExample\x12:\n\x0fquantile_groups\x18\x03 \x03(\x0b\x32!.mistudio.common.v1.QuantileGroup\x12;\n\x13top_positive_logits\x18\x04 \x03(\x0b\x32\x1e.mistudio.common.v1.LogitEntry\x12;\n\x13top_negative_logits\x18\x05 \x03(\x0b\x32\x1e.mistudio.common.v1.LogitEntry\x12;\n\x14\x61\x63tivation_histogram\x18\x06 \x01(\x0b\x32\x1d.mistudio.common.v1.Histogram\x12\x36\n\x0flogit_histogram\x18\x07 \x01(\x0b\x32\x1d.mistudio.common.v1.Histogram\x12\x39\n\nstatistics\x18\x08 \x01(\x0b\x32%.mistudio.common.v1.FeatureStatistics\x12\x36\n\ntop_tokens\x18\t \x03(\x0b\x32\".mistudio.common.v1.TokenAggregate\x12>\n\x11top_tokens_metric\x18\n \x01(\x0e\x32#.mistudio.common.v1.TokenRankMetric\"\x8b\x04\n\x0f\x44\x61shboardParams\x12\x16\n\x0en_top_examples\x18\x01 \x01(\x05\x12\x19\n\x11n_quantile_groups\x18\x02 \x01(\x05\x12#\n\x1b\x65xamples_per_quantile_group\x18\x03 \x01(\x05\x12\x14\n\x0c\x63ontext_left\x18\x04 \x01(\x05\x12\x15\n\rcontext_right\x18\x05 \x01(\x05\x12\x0f\n\x07logit_k\x18\x06 \x01(\x05\x12\x16\n\x0ehistogram_bins\x18\x07 \x01(\x05\x12\x35\n\x0fhistogram_scale\x18\x08 \x01(\x0e\x32\x1c.mistudio.common.v1.BinScale\x12\x1c\n\x14logit_histogram_bins\x18\t \x01(\x05\x12>\n\x11token_rank_metric\x18\n \x01(\x0e\x32#.mistudio.common.v1.TokenRankMetric\x12\x14\n\x0cn_top_tokens\x18\x0b \x01(\x05\x12\x1c\n\x14\x61ggregate_all_tokens\x18\x0c \x01(\x08\x12 \n\x18token_source_fingerprint\x18\r \x01(\t\x12\x1b\n\x13\x63omputation_version\x18\x0e \x01(\t\x12\x42\n\x12omitted_components\x18\x0f \x03(\x0e\x32&.mistudio.common.v1.DashboardComponent*N\n\x08\x42inScale\x12\x19\n\x15\x42IN_SCALE_UNSPECIFIED\x10\x00\x12\x11\n\rBIN_SCALE_LOG\x10\x01\x12\x14\n\x10\x42IN_SCALE_LINEAR\x10\x02*\x88\x01\n\x0fTokenRankMetric\x12!\n\x1dTOKEN_RANK_METRIC_UNSPECIFIED\x10\x00\x12\x19\n\x15TOKEN_RANK_METRIC_SUM\x10\x01\x12\x1b\n\x17TOKEN_RANK_METRIC_COUNT\x10\x02\x12\x1a\n\x16TOKEN_RANK_METRIC_MEAN\x10\x03*\xad\x02\n\x12\x44\x61shboardComponent\x12#\n\x1f\x44\x41SHBOARD_COMPONENT_UNSPECIFIED\x10\x00\x12$\n DASHBOARD_COMPONENT_TOP_EXAMPLES\x10\x01\x12)\n%DASHBOARD_COMPONENT_QUANTILE_EXAMPLES\x10\x02\x12\"\n\x1e\x44\x41SHBOARD_COMPONENT_LOGIT_LENS\x10\x03\x12,\n(DASHBOARD_COMPONENT_ACTIVATION_HISTOGRAM\x10\x04\x12)\n%DASHBOARD_COMPONENT_TOKEN_AGGREGATION\x10\x05\x12$\n DASHBOARD_COMPONENT_EXPLANATIONS\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mistudio/common/v1/dashboard.proto\x12\x12mistudio.common.v1\"9\n\tSourceRef\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0b\n\x03row\x18\x02 \x01(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x05\"\xc1\x01\n\x11\x41\x63tivationExample\x12\x0e\n\x06tokens\x18\x01 \x03(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x11\n\tmax_value\x18\x04 \x01(\x02\x12\x17\n\x0fmax_token_index\x18\x05 \x01(\x05\x12-\n\x06source\x18\x06 \x01(\x0b\x32\x1d.mistudio.common.v1.SourceRef\x12\x1e\n\x16qualifying_token_index\x18\x07 \x01(\x05\"\x80\x01\n\rQuantileGroup\x12\x0f\n\x07\x62in_min\x18\x01 \x01(\x02\x12\x0f\n\x07\x62in_max\x18\x02 \x01(\x02\x12\x14\n\x0c\x62in_contains\x18\x03 \x01(\x02\x12\x37\n\x08\x65xamples\x18\x04 \x03(\x0b\x32%.mistudio.common.v1.ActivationExample\"\x87\x01\n\tHistogram\x12\x11\n\tbin_edges\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x03\x12+\n\x05scale\x18\x03 \x01(\x0e\x32\x1c.mistudio.common.v1.BinScale\x12\x13\n\x0btotal_count\x18\x04 \x01(\x03\x12\x15\n\rnonzero_count\x18\x05 \x01(\x03\"J\n\nLogitEntry\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\r\n\x05value\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\"(\n\x08Quantile\x12\r\n\x05level\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"\xa7\x02\n\x11\x46\x65\x61tureStatistics\x12\x1c\n\x14\x61\x63tivation_frequency\x18\x01 \x01(\x01\x12\x16\n\x0emax_activation\x18\x02 \x01(\x01\x12\x17\n\x0fmean_activation\x18\x03 \x01(\x01\x12\x16\n\x0estd_activation\x18\x04 \x01(\x01\x12\x17\n\x0fl0_contribution\x18\x05 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_feature\x18\x06 \x01(\x08\x12/\n\tquantiles\x18\x07 \x03(\x0b\x32\x1c.mistudio.common.v1.Quantile\x12\x1f\n\x17quantile_relative_error\x18\x08 \x01(\x01\x12\x13\n\x0btoken_count\x18\t \x01(\x03\x12\x15\n\rnonzero_count\x18\n \x01(\x03\"\x8b\x01\n\x0eTokenAggregate\x12\r\n\x05token\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x05\x12\x18\n\x10total_activation\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\x12\x17\n\x0fmean_activation\x18\x05 \x01(\x01\x12\x16\n\x0emax_activation\x18\x06 \x01(\x01\"\xc4\x04\n\x10\x46\x65\x61tureDashboard\x12\x15\n\rfeature_index\x18\x01 \x01(\x03\x12;\n\x0ctop_examples\x18\x02 \x03(\x0b\x32%.mistudio.common.v1.ActivationExample\x12:\n\x0fquantile_groups\x18\x03 \x03(\x0b\x32!.mistudio.common.v1.QuantileGroup\x12;\n\x13top_positive_logits\x18\x04 \x03(\x0b\x32\x1e.mistudio.common.v1.LogitEntry\x12;\n\x13top_negative_logits\x18\x05 \x03(\x0b\x32\x1e.mistudio.common.v1.LogitEntry\x12;\n\x14\x61\x63tivation_histogram\x18\x06 \x01(\x0b\x32\x1d.mistudio.common.v1.Histogram\x12\x36\n\x0flogit_histogram\x18\x07 \x01(\x0b\x32\x1d.mistudio.common.v1.Histogram\x12\x39\n\nstatistics\x18\x08 \x01(\x0b\x32%.mistudio.common.v1.FeatureStatistics\x12\x36\n\ntop_tokens\x18\t \x03(\x0b\x32\".mistudio.common.v1.TokenAggregate\x12>\n\x11top_tokens_metric\x18\n \x01(\x0e\x32#.mistudio.common.v1.TokenRankMetric\"\x8b\x04\n\x0f\x44\x61shboardParams\x12\x16\n\x0en_top_examples\x18\x01 \x01(\x05\x12\x19\n\x11n_quantile_groups\x18\x02 \x01(\x05\x12#\n\x1b\x65xamples_per_quantile_group\x18\x03 \x01(\x05\x12\x14\n\x0c\x63ontext_left\x18\x04 \x01(\x05\x12\x15\n\rcontext_right\x18\x05 \x01(\x05\x12\x0f\n\x07logit_k\x18\x06 \x01(\x05\x12\x16\n\x0ehistogram_bins\x18\x07 \x01(\x05\x12\x35\n\x0fhistogram_scale\x18\x08 \x01(\x0e\x32\x1c.mistudio.common.v1.BinScale\x12\x1c\n\x14logit_histogram_bins\x18\t \x01(\x05\x12>\n\x11token_rank_metric\x18\n \x01(\x0e\x32#.mistudio.common.v1.TokenRankMetric\x12\x14\n\x0cn_top_tokens\x18\x0b \x01(\x05\x12\x1c\n\x14\x61ggregate_all_tokens\x18\x0c \x01(\x08\x12 \n\x18token_source_fingerprint\x18\r \x01(\t\x12\x1b\n\x13\x63omputation_version\x18\x0e \x01(\t\x12\x42\n\x12omitted_components\x18\x0f \x03(\x0e\x32&.mistudio.common.v1.DashboardComponent*N\n\x08\x42inScale\x12\x19\n\x15\x42IN_SCALE_UNSPECIFIED\x10\x00\x12\x11\n\rBIN_SCALE_LOG\x10\x01\x12\x14\n\x10\x42IN_SCALE_LINEAR\x10\x02*\x88\x01\n\x0fTokenRankMetric\x12!\n\x1dTOKEN_RANK_METRIC_UNSPECIFIED\x10\x00\x12\x19\n\x15TOKEN_RANK_METRIC_SUM\x10\x01\x12\x1b\n\x17TOKEN_RANK_METRIC_COUNT\x10\x02\x12\x1a\n\x16TOKEN_RANK_METRIC_MEAN\x10\x03*\xad\x02\n\x12\x44\x61shboardComponent\x12#\n\x1f\x44\x41SHBOARD_COMPONENT_UNSPECIFIED\x10\x00\x12$\n DASHBOARD_COMPONENT_TOP_EXAMPLES\x10\x01\x12)\n%DASHBOARD_COMPONENT_QUANTILE_EXAMPLES\x10\x02\x12\"\n\x1e\x44\x41SHBOARD_COMPONENT_LOGIT_LENS\x10\x03\x12,\n(DASHBOARD_COMPONENT_ACTIVATION_HISTOGRAM\x10\x04\x12)\n%DASHBOARD_COMPONENT_TOKEN_AGGREGATION\x10\x05\x12$\n DASHBOARD_COMPONENT_EXPLANATIONS\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mistudio.common.v1.dashboard_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BINSCALE']._serialized_start=2217
-  _globals['_BINSCALE']._serialized_end=2295
-  _globals['_TOKENRANKMETRIC']._serialized_start=2298
-  _globals['_TOKENRANKMETRIC']._serialized_end=2434
-  _globals['_DASHBOARDCOMPONENT']._serialized_start=2437
-  _globals['_DASHBOARDCOMPONENT']._serialized_end=2738
+  _globals['_BINSCALE']._serialized_start=2249
+  _globals['_BINSCALE']._serialized_end=2327
+  _globals['_TOKENRANKMETRIC']._serialized_start=2330
+  _globals['_TOKENRANKMETRIC']._serialized_end=2466
+  _globals['_DASHBOARDCOMPONENT']._serialized_start=2469
+  _globals['_DASHBOARDCOMPONENT']._serialized_end=2770
   _globals['_SOURCEREF']._serialized_start=58
   _globals['_SOURCEREF']._serialized_end=115
   _globals['_ACTIVATIONEXAMPLE']._serialized_start=118
-  _globals['_ACTIVATIONEXAMPLE']._serialized_end=279
-  _globals['_QUANTILEGROUP']._serialized_start=282
-  _globals['_QUANTILEGROUP']._serialized_end=410
-  _globals['_HISTOGRAM']._serialized_start=413
-  _globals['_HISTOGRAM']._serialized_end=548
-  _globals['_LOGITENTRY']._serialized_start=550
-  _globals['_LOGITENTRY']._serialized_end=624
-  _globals['_QUANTILE']._serialized_start=626
-  _globals['_QUANTILE']._serialized_end=666
-  _globals['_FEATURESTATISTICS']._serialized_start=669
-  _globals['_FEATURESTATISTICS']._serialized_end=964
-  _globals['_TOKENAGGREGATE']._serialized_start=967
-  _globals['_TOKENAGGREGATE']._serialized_end=1106
-  _globals['_FEATUREDASHBOARD']._serialized_start=1109
-  _globals['_FEATUREDASHBOARD']._serialized_end=1689
-  _globals['_DASHBOARDPARAMS']._serialized_start=1692
-  _globals['_DASHBOARDPARAMS']._serialized_end=2215
+  _globals['_ACTIVATIONEXAMPLE']._serialized_end=311
+  _globals['_QUANTILEGROUP']._serialized_start=314
+  _globals['_QUANTILEGROUP']._serialized_end=442
+  _globals['_HISTOGRAM']._serialized_start=445
+  _globals['_HISTOGRAM']._serialized_end=580
+  _globals['_LOGITENTRY']._serialized_start=582
+  _globals['_LOGITENTRY']._serialized_end=656
+  _globals['_QUANTILE']._serialized_start=658
+  _globals['_QUANTILE']._serialized_end=698
+  _globals['_FEATURESTATISTICS']._serialized_start=701
+  _globals['_FEATURESTATISTICS']._serialized_end=996
+  _globals['_TOKENAGGREGATE']._serialized_start=999
+  _globals['_TOKENAGGREGATE']._serialized_end=1138
+  _globals['_FEATUREDASHBOARD']._serialized_start=1141
+  _globals['_FEATUREDASHBOARD']._serialized_end=1721
+  _globals['_DASHBOARDPARAMS']._serialized_start=1724
+  _globals['_DASHBOARDPARAMS']._serialized_end=2247
 # @@protoc_insertion_point(module_scope)

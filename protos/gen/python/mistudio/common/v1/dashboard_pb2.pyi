@@ -103,9 +103,13 @@ class SourceRef(_message.Message):
     dataset: _builtins.str
     """Dataset name or file the tokens were read from."""
     row: _builtins.int
-    """Row (sequence) index within the token source."""
+    """The document the example's qualifying token belongs to (text line, story, dataset row);
+    a row that packs several documents is resolved to the right one.
+    """
     offset: _builtins.int
-    """Position within the row of the first token of the context window."""
+    """Offset within that document of the window's first token (the prepended BOS not counted);
+    negative when the window begins before the document, on its BOS separator or earlier.
+    """
     def __init__(
         self,
         *,
@@ -133,9 +137,14 @@ class ActivationExample(_message.Message):
     MAX_VALUE_FIELD_NUMBER: _builtins.int
     MAX_TOKEN_INDEX_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    QUALIFYING_TOKEN_INDEX_FIELD_NUMBER: _builtins.int
     max_value: _builtins.float
     max_token_index: _builtins.int
     """Index into tokens of max_value."""
+    qualifying_token_index: _builtins.int
+    """Index into tokens of the token that qualified the example: a top example's peak, a quantile
+    example's token sampled inside its bin (SAEDashboard's qualifying_token_index).
+    """
     @_builtins.property
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Readable token strings (byte-level pieces decoded; invalid UTF-8 shown as U+FFFD)."""
@@ -157,10 +166,11 @@ class ActivationExample(_message.Message):
         max_value: _builtins.float = ...,
         max_token_index: _builtins.int = ...,
         source: Global___SourceRef | None = ...,
+        qualifying_token_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_token_index", b"max_token_index", "max_value", b"max_value", "source", b"source", "token_ids", b"token_ids", "tokens", b"tokens", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_token_index", b"max_token_index", "max_value", b"max_value", "qualifying_token_index", b"qualifying_token_index", "source", b"source", "token_ids", b"token_ids", "tokens", b"tokens", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -546,6 +546,8 @@ class EstimateComputationResponse(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     N_ROWS_FIELD_NUMBER: _builtins.int
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    PREPEND_BOS_FIELD_NUMBER: _builtins.int
+    N_LAYERS_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
     estimated_tokens: _builtins.int
     rate_source: _builtins.str
@@ -553,6 +555,10 @@ class EstimateComputationResponse(_message.Message):
     n_rows: _builtins.int
     """The token source's shape: rows of context_size tokens."""
     context_size: _builtins.int
+    prepend_bos: _builtins.bool
+    """Whether every row begins with a BOS token (as given, or as the token file's provenance says)."""
+    n_layers: _builtins.int
+    """Blocks of the SAE's model (Neuronpedia's Model.layers)."""
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters a computation would use, defaults and token_source_fingerprint filled in."""
@@ -566,10 +572,12 @@ class EstimateComputationResponse(_message.Message):
         params: _dashboard_pb2.DashboardParams | None = ...,
         n_rows: _builtins.int = ...,
         context_size: _builtins.int = ...,
+        prepend_bos: _builtins.bool = ...,
+        n_layers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_rows", b"n_rows", "params", b"params", "rate_source", b"rate_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_layers", b"n_layers", "n_rows", b"n_rows", "params", b"params", "prepend_bos", b"prepend_bos", "rate_source", b"rate_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -200,12 +200,17 @@ class NeuronpediaNaming(_message.Message):
     RELEASE_ID_FIELD_NUMBER: _builtins.int
     RELEASE_TITLE_FIELD_NUMBER: _builtins.int
     HF_REPO_ID_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     source_set: _builtins.str
     creator_name: _builtins.str
     release_id: _builtins.str
     release_title: _builtins.str
     hf_repo_id: _builtins.str
+    visibility: _builtins.str
+    """Neuronpedia visibility of the model, source set, source and release rows:
+    "PUBLIC", "UNLISTED" or "PRIVATE"; empty means UNLISTED.
+    """
     def __init__(
         self,
         *,
@@ -215,10 +220,11 @@ class NeuronpediaNaming(_message.Message):
         release_id: _builtins.str = ...,
         release_title: _builtins.str = ...,
         hf_repo_id: _builtins.str = ...,
+        visibility: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_name", b"creator_name", "hf_repo_id", b"hf_repo_id", "model_id", b"model_id", "release_id", b"release_id", "release_title", b"release_title", "source_set", b"source_set"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator_name", b"creator_name", "hf_repo_id", b"hf_repo_id", "model_id", b"model_id", "release_id", b"release_id", "release_title", b"release_title", "source_set", b"source_set", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -180,8 +180,11 @@ class Explanation(_message.Message):
     explainer_model: _builtins.str
     """The explainer model, e.g. "gpt-4o-mini"; empty for a human."""
     score: _builtins.float
+    """Absent when the explanation was never scored (not 0)."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was written; the store's time of adding when not given."""
+
     def __init__(
         self,
         *,
@@ -190,14 +193,16 @@ class Explanation(_message.Message):
         description: _builtins.str = ...,
         method: _builtins.str = ...,
         explainer_model: _builtins.str = ...,
-        score: _builtins.float = ...,
+        score: _builtins.float | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "created_at", b"created_at", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "explainer_model", b"explainer_model", "explanation_id", b"explanation_id", "feature_index", b"feature_index", "method", b"method", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "created_at", b"created_at", "description", b"description", "explainer_model", b"explainer_model", "explanation_id", b"explanation_id", "feature_index", b"feature_index", "method", b"method", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 

@@ -179,7 +179,8 @@ class StoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddExplanations(self, request, context):
-        """Batched: adds explanations (several per feature are kept).
+        """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+        feature, method, explainer model and description to a stored one updates its score and date.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,7 +56,9 @@ class StoreServiceStub:
     ListFeatures: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListFeaturesRequest, _store_service_pb2.ListFeaturesResponse]
     """Paginated, in feature_index order, with optional filters."""
     AddExplanations: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.AddExplanationsRequest, _store_service_pb2.AddExplanationsResponse]
-    """Batched: adds explanations (several per feature are kept)."""
+    """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+    feature, method, explainer model and description to a stored one updates its score and date.
+    """
     ListExplanations: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExplanationsRequest, _store_service_pb2.ListExplanationsResponse]
     """Paginated, ordered by (feature_index, created_at, id)."""
     PutDashboards: _grpc.StreamUnaryMultiCallable[_store_service_pb2.PutDashboardsRequest, _store_service_pb2.PutDashboardsResponse]
@@ -104,7 +106,9 @@ class StoreServiceAsyncStub(StoreServiceStub):
     ListFeatures: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListFeaturesRequest, _store_service_pb2.ListFeaturesResponse]  # type: ignore[assignment]
     """Paginated, in feature_index order, with optional filters."""
     AddExplanations: _aio.UnaryUnaryMultiCallable[_store_service_pb2.AddExplanationsRequest, _store_service_pb2.AddExplanationsResponse]  # type: ignore[assignment]
-    """Batched: adds explanations (several per feature are kept)."""
+    """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+    feature, method, explainer model and description to a stored one updates its score and date.
+    """
     ListExplanations: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExplanationsRequest, _store_service_pb2.ListExplanationsResponse]  # type: ignore[assignment]
     """Paginated, ordered by (feature_index, created_at, id)."""
     PutDashboards: _aio.StreamUnaryMultiCallable[_store_service_pb2.PutDashboardsRequest, _store_service_pb2.PutDashboardsResponse]  # type: ignore[assignment]
@@ -191,7 +195,9 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _store_service_pb2.AddExplanationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.AddExplanationsResponse, _abc.Awaitable[_store_service_pb2.AddExplanationsResponse]]:
-        """Batched: adds explanations (several per feature are kept)."""
+        """Batched and all-or-nothing: adds explanations (several per feature are kept); one equal in
+        feature, method, explainer model and description to a stored one updates its score and date.
+        """
 
     @_abc_1.abstractmethod
     def ListExplanations(
