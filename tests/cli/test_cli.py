@@ -64,7 +64,7 @@ def test_every_command_has_help_with_examples(tmp_path: Path) -> None:
         [sys.executable, "-m", "mistudio_export.cli", "--help"], capture_output=True, text=True
     )
     assert top.returncode == 0
-    for command in ("run", "validate", "status", "list", "cancel", "download", "serve"):
+    for command in ("run", "validate", "status", "list", "cancel", "delete", "download", "serve"):
         assert command in top.stdout
         result = subprocess.run(
             [sys.executable, "-m", "mistudio_export.cli", command, "--help"],
@@ -117,7 +117,12 @@ def test_run_exports_downloads_and_the_archive_validates(
     validated = cli("validate", str(archive), data_dir=tmp_path / "data")
     assert validated.returncode == 0, validated.stdout + validated.stderr
     listing = cli("list", data_dir=tmp_path / "data")
-    assert "succeeded" in listing.stdout
+    assert "succeeded" in listing.stdout and "features 0..16; top 20" in listing.stdout
+    job_id = listing.stdout.split()[0]
+    deleted = cli("delete", job_id, data_dir=tmp_path / "data")
+    assert deleted.returncode == 0, deleted.stderr
+    assert job_id not in cli("list", data_dir=tmp_path / "data").stdout
+    assert not list((tmp_path / "data" / "archives").rglob("*.zip"))
 
 
 @needs_stories

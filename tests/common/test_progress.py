@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 from mistudio.common.v1 import progress_pb2 as pb
@@ -112,3 +113,25 @@ def test_watcher_that_is_no_longer_wanted_stops_without_affecting_the_job() -> N
     assert list(stream) == []
     channel.publish(5)
     assert channel.latest == 5
+
+
+def test_async_watchers_get_updates_published_from_another_thread_without_a_thread_each() -> None:
+    channel: JobChannel[int] = JobChannel(0, is_terminal=lambda m: m >= 3)
+
+    async def watch_all() -> list[list[int]]:
+        async def one() -> list[int]:
+            return [m async for m in channel.watch_async()]
+
+        watchers = [asyncio.ensure_future(one()) for _ in range(200)]
+        await asyncio.sleep(0.05)
+        threads_while_waiting = threading.active_count()
+        publisher = threading.Thread(target=lambda: [channel.publish(v) for v in (1, 2, 3)])
+        publisher.start()
+        results = await asyncio.wait_for(asyncio.gather(*watchers), timeout=5)
+        publisher.join()
+        assert threads_while_waiting <= threads_before + 1
+        return results
+
+    threads_before = threading.active_count()
+    for received in asyncio.run(watch_all()):
+        assert received[0] == 0 and received[-1] == 3 and received == sorted(received)

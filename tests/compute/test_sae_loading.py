@@ -165,3 +165,29 @@ def test_config_numbers_from_protobuf_struct_are_accepted() -> None:
     cfg = sae_config("topk") | {"d_in": 32.0, "d_sae": 64.0, "k": 8.0}
     parsed = parse_sae_config(cfg)
     assert (parsed.d_in, parsed.d_sae, parsed.k) == (32, 64, 8)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_config_numbers_name_the_key(value: float) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        build_sae(sae_config("standard") | {"d_in": value}, sae_weights("standard"))
+    assert err.value.field == "d_in"
+
+
+def test_infinity_in_cfg_json_names_the_key(tmp_path: Path) -> None:
+    folder = write_sae_folder(tmp_path / "sae", "standard")
+    text = (folder / "cfg.json").read_text()
+    cfg = json.loads(text)
+    cfg["d_in"] = float("inf")
+    (folder / "cfg.json").write_text(json.dumps(cfg))  # writes the bare token Infinity
+    with pytest.raises(InvalidArgument) as err:
+        load_sae(folder)
+    assert err.value.field == "d_in"
+
+
+def test_cfg_json_nested_100k_deep_is_invalid_argument(tmp_path: Path) -> None:
+    folder = write_sae_folder(tmp_path / "sae", "standard")
+    (folder / "cfg.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidArgument) as err:
+        load_sae(folder)
+    assert err.value.field == "sae.files.config"

@@ -8,13 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.sae import load_sae
 from mistudio_compute.sae.saelens_writer import (
-    PretrainedSae,
     SaeLensMetadata,
-    pretrained_saes_yaml_entry,
     saelens_config,
     saelens_files,
     write_saelens_folder,
@@ -113,49 +110,6 @@ def test_written_folder_loads_back_unchanged(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded.encode(x), sae.encode(x))
     assert loaded.cfg.neuronpedia_id == META.neuronpedia_id
     assert json.loads((folder / "cfg.json").read_text())["architecture"] == "jumprelu"
-
-
-def test_pretrained_saes_yaml_entry_has_the_registry_fields() -> None:
-    text = pretrained_saes_yaml_entry(
-        release="stories260k-mistudio-res",
-        repo_id="someone/stories260k-saes",
-        model="stories260K",
-        saes=[
-            PretrainedSae(
-                id="blocks.2.hook_resid_post",
-                path="blocks.2.hook_resid_post",
-                l0=12.345678912,
-                variance_explained=0.87,
-                neuronpedia="stories260k/2-mistudio-res-512",
-            )
-        ],
-    )
-    release = yaml.safe_load(text)["stories260k-mistudio-res"]
-    assert release["repo_id"] == "someone/stories260k-saes" and release["model"] == "stories260K"
-    assert release["conversion_func"] is None
-    assert release["saes"] == [
-        {
-            "id": "blocks.2.hook_resid_post",
-            "path": "blocks.2.hook_resid_post",
-            "l0": 12.345679,
-            "variance_explained": 0.87,
-            "neuronpedia": "stories260k/2-mistudio-res-512",
-        }
-    ]
-    assert text == pretrained_saes_yaml_entry(
-        "stories260k-mistudio-res",
-        "someone/stories260k-saes",
-        "stories260K",
-        [
-            PretrainedSae(
-                "blocks.2.hook_resid_post",
-                "blocks.2.hook_resid_post",
-                12.345678912,
-                0.87,
-                "stories260k/2-mistudio-res-512",
-            )
-        ],
-    )
 
 
 @pytest.mark.parametrize(

@@ -232,3 +232,14 @@ def test_token_source_needs_exactly_one_source(tok: SentencePieceTokenizer) -> N
         load_token_source(TokenSourceSpec(token_file="a.npy", text_paths=["b.txt"]))
     with pytest.raises(InvalidArgument, match="tokenizer"):
         load_token_source(TokenSourceSpec(text_paths=["b.txt"]), tokenizer=None)
+
+
+def test_npy_header_claiming_more_than_the_file_holds_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "liar.npy"
+    with path.open("wb") as handle:
+        header = {"descr": "<i4", "fortran_order": False, "shape": (10_000_000, 1024)}
+        np.lib.format.write_array_header_1_0(handle, header)  # claims 40 GB
+        handle.write(np.zeros((4, 8), np.int32).tobytes())
+    with pytest.raises(InvalidArgument, match="claims 40960000000 bytes") as err:
+        load_token_file(path)
+    assert err.value.field == "tokens.token_file"

@@ -35,14 +35,39 @@ def test_create_assigns_an_id_and_starts_queued(stub: StoreServiceStub, sae_id: 
 
 
 def test_create_is_idempotent_on_sae_and_request_id(stub: StoreServiceStub, sae_id: str) -> None:
-    first = create(stub, sae_id=sae_id, request_id="same")
-    again = create(stub, sae_id=sae_id, request_id="same", owner="someone-else")
+    first = create(stub, sae_id=sae_id, request_id="same", owner="alice")
+    again = create(stub, sae_id=sae_id, request_id="same", owner="alice")
     assert first.created and not again.created
     assert again.job == first.job
     other = create(stub, sae_id=sae_id, request_id="different")
     assert other.created and other.job.job_id != first.job.job_id
     without_key = [create(stub, sae_id=sae_id).job.job_id for _ in range(2)]
     assert without_key[0] != without_key[1]
+
+
+def test_reused_request_id_from_another_owner_is_already_exists(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    create(stub, sae_id=sae_id, request_id="mine", owner="alice")
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, request_id="mine", owner="mallory")
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "differing fields: job.owner" in (caught.value.details() or "")
+
+
+def test_reused_request_id_with_another_config_names_the_differing_fields(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    config = struct_pb2.Struct()
+    config.update({"dashboard": {"n_top_examples": 20, "context": 8}, "formats": ["saelens"]})
+    create(stub, sae_id=sae_id, request_id="cfg", owner="alice", config=config)
+    changed = struct_pb2.Struct()
+    changed.update({"dashboard": {"n_top_examples": 30, "context": 8}, "formats": ["saelens"]})
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, request_id="cfg", owner="alice", config=changed)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    message = caught.value.details() or ""
+    assert "differing fields: job.config.dashboard.n_top_examples (fix:" in message
 
 
 def test_client_chosen_job_id_must_be_unique(stub: StoreServiceStub, sae_id: str) -> None:
@@ -210,3 +235,27 @@ def test_overlong_request_id_is_invalid_argument_not_a_database_error(
         create(stub, sae_id=sae_id, request_id="r" * 129)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(caught.value) == ["job.request_id"]
+
+
+def test_nul_character_in_owner_is_invalid_argument_not_a_database_error(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        create(stub, sae_id=sae_id, owner="a\x00b")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(caught.value) == ["job.owner"]
+
+
+def test_deleted_job_is_gone_and_deleting_it_again_is_not_found(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job = create(stub, sae_id=sae_id, request_id="bye").job
+    stub.DeleteExportJob(pb.DeleteExportJobRequest(job_id=job.job_id))
+    for call in (
+        lambda: stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id)),
+        lambda: stub.DeleteExportJob(pb.DeleteExportJobRequest(job_id=job.job_id)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert create(stub, sae_id=sae_id, request_id="bye").created  # the request_id is free again

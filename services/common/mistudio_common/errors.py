@@ -76,3 +76,7 @@ class PermissionDenied(MistudioError):
 
 class Unavailable(MistudioError):
     """A peer service or the object store cannot be reached; retrying may help."""
+
+
+class Internal(MistudioError):
+    """A bug: the service cannot say more than a reference into its log; retrying won't help."""

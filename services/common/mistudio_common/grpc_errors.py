@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -23,6 +24,7 @@ from mistudio_common.errors import (
     AlreadyExists,
     Cancelled,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     MistudioError,
     NotFound,
@@ -45,8 +47,12 @@ _CODES: dict[type[MistudioError], int] = {
     Unavailable: code_pb2.UNAVAILABLE,
     Unauthenticated: code_pb2.UNAUTHENTICATED,
     PermissionDenied: code_pb2.PERMISSION_DENIED,
+    Internal: code_pb2.INTERNAL,
 }
 _CLASSES_BY_CODE = {code: cls for cls, code in _CODES.items()}
+_RETRYABLE_FOREIGN_CODES = (code_pb2.DEADLINE_EXCEEDED, code_pb2.ABORTED, code_pb2.UNKNOWN)
+"""Codes without a domain class that a retry may cure; any other (UNIMPLEMENTED, DATA_LOSS,
+…) is permanent and must not reach clients as UNAVAILABLE, which they retry."""
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -55,12 +61,25 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+def internal_error(error: BaseException) -> Internal:
+    """A bug's public face: a reference into the service log, never its text (which may hold
+    SQL, server paths or stack frames)."""
+    reference = uuid.uuid4().hex[:12]
+    log.error(
+        "unhandled error",
+        exc_info=error,
+        extra={"reference": reference, "error_type": type(error).__name__},
+    )
+    return Internal(
+        f"internal error (reference {reference})",
+        fix="this is a bug in the service; report it with the reference, which its log names",
+    )
+
+
 def status_from_error(error: BaseException) -> status_pb2.Status:
     """A google.rpc.Status with the standard detail for the error's class plus an ErrorInfo."""
     if not isinstance(error, MistudioError):
-        return status_pb2.Status(
-            code=code_pb2.INTERNAL, message=f"internal error: {type(error).__name__}: {error}"
-        )
+        error = internal_error(error)
     code = next((c for cls, c in _CODES.items() if isinstance(error, cls)), code_pb2.UNKNOWN)
     details = [
         _pack(
@@ -131,8 +150,10 @@ def error_from_status(status: status_pb2.Status) -> MistudioError:
         )
     if cls is FailedPrecondition:
         return FailedPrecondition(message, violations=violations, field=field, fix=fix)
-    if cls is None:
+    if cls is None and status.code in _RETRYABLE_FOREIGN_CODES:
         return Unavailable(f"peer failed with code {status.code}: {message}", fix=fix)
+    if cls is None:
+        return Internal(f"peer failed with code {status.code}: {message}", fix=fix)
     return cls(message, field=field, fix=fix)
 
 
@@ -152,16 +173,47 @@ def error_from_rpc(error: grpc.RpcError) -> MistudioError:
 
 
 def _abort(context: grpc.ServicerContext, error: BaseException) -> None:
-    if not isinstance(error, MistudioError):
-        log.exception("unhandled error in RPC", exc_info=error)
     context.abort_with_status(rpc_status.to_status(status_from_error(error)))
+
+
+async def _abort_async(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
+    status = rpc_status.to_status(status_from_error(error))
+    await context.abort(status.code, status.details, status.trailing_metadata)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(method: F) -> F:
-    """Maps domain errors raised by a servicer method (unary or streaming) to statuses."""
+    """Maps domain errors raised by a servicer method to statuses: plain or ``async``, unary
+    or streaming."""
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def async_stream_wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                async for message in method(self, request, context):
+                    yield message
+            except Exception as error:
+                await _abort_async(context, error)
+
+        return cast(F, async_stream_wrapper)
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def async_unary_wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Any:
+            try:
+                return await method(self, request, context)
+            except Exception as error:
+                await _abort_async(context, error)
+
+        return cast(F, async_unary_wrapper)
+
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)

@@ -8,9 +8,10 @@ a watcher that disconnects never affects the job, and a new one first gets the l
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
@@ -212,12 +213,16 @@ class JobChannel(Generic[M]):
         self._version = 0
         self._is_terminal = is_terminal
         self._condition = threading.Condition()
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def publish(self, message: M) -> None:
         with self._condition:
             self._latest = message
             self._version += 1
             self._condition.notify_all()
+            waiters = list(self._async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
 
     @property
     def latest(self) -> M:
@@ -239,3 +244,31 @@ class JobChannel(Generic[M]):
             yield message
             if self._is_terminal(message):
                 return
+
+    async def watch_async(
+        self, still_wanted: Callable[[], bool] = lambda: True, poll_seconds: float = 2.0
+    ) -> AsyncIterator[M]:
+        """Like :meth:`watch` for asyncio servers: a waiting watcher holds an event, no thread."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._condition:
+            self._async_waiters.add(waiter)
+        try:
+            seen = -1
+            while True:
+                with self._condition:
+                    version, message = self._version, self._latest
+                if version == seen:
+                    try:
+                        await asyncio.wait_for(waiter[1].wait(), poll_seconds)
+                    except TimeoutError:
+                        if not still_wanted():
+                            return
+                    waiter[1].clear()
+                    continue
+                seen = version
+                yield message
+                if self._is_terminal(message):
+                    return
+        finally:
+            with self._condition:
+                self._async_waiters.discard(waiter)

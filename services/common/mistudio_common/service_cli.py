@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings
 
 from mistudio_common.errors import MistudioError
 from mistudio_common.logging_setup import configure_logging
-from mistudio_common.server import RunningServer, serve_until_signal
+from mistudio_common.server import PortInUse, RunningServer, serve_until_signal
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -75,6 +75,9 @@ def run_service(
     configure_logging(name, getattr(settings, "log_level", "INFO"))
     try:
         running = build(settings)
+    except PortInUse as error:
+        logging.getLogger(f"mistudio_{name}").error(str(error))
+        raise SystemExit(1) from error
     except MistudioError as error:  # a bad setting: one line naming it, not a traceback
         print(f"error{_setting_named(settings, error.field)}: {error}", file=sys.stderr)
         raise SystemExit(2) from None

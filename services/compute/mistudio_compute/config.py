@@ -36,6 +36,13 @@ class ComputeSettings(SecuritySettings):
     """Threads serving RPCs; each open progress stream holds one."""
     default_token_features_per_second: float = 2.0e7
     """Throughput EstimateComputation assumes before this service has measured its own."""
+    finished_job_retention_seconds: float = 86400.0
+    """Finished computations' folders under data_dir/compute/jobs are removed after this long
+    (their dashboards stay cached in the store)."""
+    retention_sweep_seconds: float = 600.0
+    """How often finished job folders are looked for."""
+    health_check_seconds: float = 10.0
+    """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
     input_roots: tuple[Path, ...] = ()
     """Folders (or single files) whose files requests may name, as a JSON list; empty: data_dir.

@@ -25,6 +25,7 @@ from pathlib import Path
 import orjson
 from google.protobuf.message import DecodeError
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.progress import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,14 @@ class JobRecords:
     def drop_checkpoint(self, job_id: str) -> None:
         """A finished job cannot resume, so its checkpoint is only disk use."""
         shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
+
+    def finished(self, job_id: str) -> bool:
+        """Whether the job's last recorded progress is terminal (its folder may then go)."""
+        try:
+            progress = cpb.ComputeProgress.FromString((self._dir(job_id) / _PROGRESS).read_bytes())
+        except (OSError, DecodeError):
+            return False
+        return progress.progress.state in TERMINAL_STATES
 
     def load_all(self) -> Iterator[StoredJob]:
         """Every job with a readable request; unreadable folders are logged and skipped."""

@@ -26,9 +26,8 @@ from mistudio_compute.dashboards.memory import predict_memory
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.input_files import InputKind, InputPolicy
-from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel, confine_model, load_model
-from mistudio_compute.run_dashboards import run_dashboards
+from mistudio_compute.run_dashboards import PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
@@ -54,24 +53,6 @@ class TokenPlan:
     d_sae: int
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
-
-
-@dataclass(frozen=True)
-class PreparedDashboards:
-    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
-
-    sae_id: str
-    params: dpb.DashboardParams
-    feature_indices: Sequence[int]
-    resolved: ResolvedSae
-    model: LoadedModel
-    model_lock: threading.Lock
-    dataset: TokenDataset
-    batch_rows: int
-    checkpoint_every_batches: int
-
-    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
-        return run_dashboards(self, features, hooks)
 
 
 class Planner:
@@ -103,12 +84,14 @@ class Planner:
     ) -> ResolvedSae:
         return resolve_sae(ref, self._store, self._inputs, hook_point, model_id)
 
-    def validate(
-        self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
-    ) -> cpb.ValidateSaeResponse:
-        resolved = self.resolve_sae(ref, hook_point, model_id)
-        model, _ = self.model(_require_model(resolved))
+    def validate(self, request: cpb.ValidateSaeRequest) -> cpb.ValidateSaeResponse:
+        """The SAE against its model; with tokens or a device, those as ComputeDashboards
+        would check them, so a request that cannot run is refused before any job exists."""
+        resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
+        model, _ = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
+        if request.HasField("tokens"):
+            load_model_tokens(request.tokens, model, self._inputs)
         return cpb.ValidateSaeResponse(
             architecture=resolved.sae.cfg.architecture,
             d_in=resolved.sae.d_in,
@@ -169,16 +152,8 @@ class Planner:
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        spec = _token_spec(request.tokens, self._inputs)
-        dataset = load_token_source(spec, model.tokenizer, model.d_vocab)
+        dataset = load_model_tokens(request.tokens, model, self._inputs)
         self.check_memory(params, len(features), resolved.sae.d_sae, dataset, request.batch_size)
-        if dataset.context_size > model.cfg.n_ctx:
-            raise InvalidArgument(
-                f"rows of {dataset.context_size} tokens exceed the model's context of "
-                f"{model.cfg.n_ctx}",
-                field="tokens.context_size",
-                fix=f"use a context_size of at most {model.cfg.n_ctx}",
-            )
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             params=_filled(with_hook_limits(params, check.hook_point), dataset),
@@ -216,6 +191,22 @@ class Planner:
             "examples_per_quantile_group, n_top_examples or the context widths "
             "(or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
         )
+
+
+def load_model_tokens(
+    tokens: tpb.TokenSource, model: LoadedModel, inputs: InputPolicy
+) -> TokenDataset:
+    """The token source (its files confined to ``inputs``), checked against the model: ids in
+    its vocabulary, rows within its context."""
+    dataset = load_token_source(_token_spec(tokens, inputs), model.tokenizer, model.d_vocab)
+    if dataset.context_size > model.cfg.n_ctx:
+        raise InvalidArgument(
+            f"rows of {dataset.context_size} tokens exceed the model's context of "
+            f"{model.cfg.n_ctx}",
+            field="tokens.context_size",
+            fix=f"use a context_size of at most {model.cfg.n_ctx}",
+        )
+    return dataset
 
 
 def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:

@@ -8,28 +8,22 @@ the job (which caches it in the store) and measures what the ComputeResult repor
 from __future__ import annotations
 
 import resource
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
-from mistudio_compute.dashboards import (
-    Checkpointing,
-    Stage,
-    finalize_dashboards,
-    run_activation_pass,
-    state_config,
-    validate_features,
-    validate_params,
-)
+from mistudio_compute.dashboards import Checkpointing, PassResult, Stage, compute_dashboards
 from mistudio_compute.jobs import RunHooks, RunStats
-
-if TYPE_CHECKING:
-    from mistudio_compute.planning import PreparedDashboards
+from mistudio_compute.model_access import LoadedModel
+from mistudio_compute.sae_source import ResolvedSae
+from mistudio_compute.tokens import TokenDataset
 
 CHECKPOINT_FILE = "pass.safetensors"
 CHUNK_FEATURES = 256
@@ -41,6 +35,24 @@ _PASS_STAGES = {
 }
 _PROTO_PASS_STAGES = {proto for proto, _ in _PASS_STAGES.values()}
 _STAGES_BY_NAME = {stage: ppb.Stage.Value(f"STAGE_{stage.name}") for stage in Stage}
+
+
+@dataclass(frozen=True)
+class PreparedDashboards:
+    """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
+
+    sae_id: str
+    params: dpb.DashboardParams
+    feature_indices: Sequence[int]
+    resolved: ResolvedSae
+    model: LoadedModel
+    model_lock: threading.Lock
+    dataset: TokenDataset
+    batch_rows: int
+    checkpoint_every_batches: int
+
+    def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
+        return run_dashboards(self, features, hooks)
 
 
 class StageReporter:
@@ -75,7 +87,6 @@ def run_dashboards(
 ) -> RunStats:
     """Pass, then finalisation chunk by chunk; raises Cancelled when ``hooks.interrupt`` is set."""
     params = params_from_pb(prepared.params)
-    validate_params(params)
     dataset = prepared.dataset
     inputs = dashboard_inputs(
         prepared.model,
@@ -86,30 +97,25 @@ def run_dashboards(
     )
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
-    passed = run_activation_pass(
+    passed: list[PassResult] = []
+    chunks = compute_dashboards(
         inputs,
-        state_config(params, inputs.token_text.special_ids),
-        validate_features(features, inputs.encoder.d_sae),
+        params,
+        features=features,
         batch_size=prepared.batch_rows,
+        chunk_size=CHUNK_FEATURES,
         checkpoint=Checkpointing(
             hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
         ),
         progress=reporter,
         cancel=hooks.interrupt,
-    )
-    chunks = finalize_dashboards(
-        passed.state,
-        inputs,
-        params,
-        chunk_size=CHUNK_FEATURES,
-        progress=reporter,
-        cancel=hooks.interrupt,
+        on_pass=passed.append,
     )
     for chunk in chunks:
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
         tokens_processed=dataset.n_tokens,
-        final_batch_size=passed.batch_size,
+        final_batch_size=passed[0].batch_size,
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
     )

@@ -7,12 +7,16 @@ address and serves until a signal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
 from mistudio_common.auth import load_credentials
+from mistudio_common.dependencies import DependencyMonitor, peer
+from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
 from mistudio_compute.config import ComputeSettings
+from mistudio_compute.job_records import JobRecords
 from mistudio_compute.jobs import ComputeJobManager
 from mistudio_compute.planning import ModelLoader, Planner
 from mistudio_compute.servicer import ComputeServicer
@@ -38,6 +42,17 @@ class ComputeServer(RunningServer):
         self.health.enter_graceful_shutdown()
         self.manager.shutdown()
         super().stop(grace_seconds)
+
+
+def compute_sweeper(settings: ComputeSettings) -> FolderSweeper:
+    """Removes finished computations' folders after the retention time."""
+    records = JobRecords(Path(settings.data_dir) / "compute" / "jobs")
+    return FolderSweeper(
+        records.root,
+        settings.finished_job_retention_seconds,
+        records.finished,
+        settings.retention_sweep_seconds,
+    )
 
 
 def build_compute_server(
@@ -66,10 +81,19 @@ def build_compute_server(
         max_workers=settings.max_workers,
     )
     manager.resume_unfinished()
+    sweeper = compute_sweeper(settings)
+    sweeper.start()
+    monitor = DependencyMonitor(
+        running.health,
+        [SERVICE_NAME],
+        [peer("store", settings.store_address, credentials.peer)],
+        settings.health_check_seconds,
+    )
+    monitor.start()
     return ComputeServer(
         server=running.server,
         port=running.port,
         health=running.health,
-        on_stop=[store.close],
+        on_stop=[monitor.stop, store.close, sweeper.stop],
         manager=manager,
     )

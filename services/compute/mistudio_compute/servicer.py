@@ -61,7 +61,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ValidateSae(
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:
-        return self._planner.validate(request.sae, request.hook_point, request.model_id)
+        return self._planner.validate(request)
 
     @handle_errors
     def ResolveHookPoint(

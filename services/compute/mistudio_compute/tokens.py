@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -288,6 +289,25 @@ def load_token_file(
     return _limit_rows(dataset, max_tokens)
 
 
+def _check_npy_size(file: Path) -> None:
+    """A header may claim any shape; np.load would try to allocate it (40 GB for a 1 kB file)."""
+    with file.open("rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        claimed = math.prod(shape) * dtype.itemsize
+        held = file.stat().st_size - handle.tell()
+    if claimed > held:
+        raise InvalidArgument(
+            f"the token file's header claims {claimed} bytes of {shape} {dtype} ids but the file "
+            f"holds {held}",
+            field=FILE_FIELD,
+            fix="write the file again with numpy.save",
+        )
+
+
 def _read_token_array(file: Path) -> np.ndarray[Any, Any]:
     if not file.is_file():
         raise InvalidArgument(
@@ -297,6 +317,7 @@ def _read_token_array(file: Path) -> np.ndarray[Any, Any]:
         )
     try:
         if file.suffix == ".npy":
+            _check_npy_size(file)
             return np.load(file, allow_pickle=False)  # type: ignore[no-any-return]
         if file.suffix == ".safetensors":
             tensors = load_file(str(file))

@@ -132,6 +132,10 @@ class StoreClient:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return _call(lambda: self._stub.UpdateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
 
+    def delete_job(self, job_id: str) -> None:
+        request = spb.DeleteExportJobRequest(job_id=job_id)
+        _call(lambda: self._stub.DeleteExportJob(request, timeout=UNARY_TIMEOUT_SECONDS))
+
     def list_jobs(
         self,
         *,
@@ -182,8 +186,12 @@ class ComputeClient:
         reply = _call(lambda: self._stub.PauseComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
         return reply.state
 
-    def validate_sae(self, sae_id: str) -> cpb.ValidateSaeResponse:
-        request = cpb.ValidateSaeRequest(sae=cpb.SaeReference(sae_id=sae_id))
+    def validate_sae(
+        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+    ) -> cpb.ValidateSaeResponse:
+        request = cpb.ValidateSaeRequest(
+            sae=cpb.SaeReference(sae_id=sae_id), tokens=tokens, device=device
+        )
         return _call(lambda: self._stub.ValidateSae(request, timeout=UNARY_TIMEOUT_SECONDS))
 
     def estimate(

@@ -29,14 +29,25 @@ class ExportSettings(SecuritySettings):
     s3_secret_key: str = ""
     default_owner: str = "local"
     """Owner recorded for jobs whose request names none."""
+    health_check_seconds: float = 10.0
+    """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
     max_workers: int = 16
-    """Threads serving RPCs (long-lived watch streams hold one each)."""
+    """Threads doing the blocking work behind RPCs (store reads, validation); progress streams
+    hold none."""
+    max_watchers: int = 1000
+    """Open StartExport/WatchExport streams served at once; one more gets RESOURCE_EXHAUSTED."""
     max_concurrent_jobs: int = 2
     """Exports running at once; further ones wait QUEUED."""
     features_per_batch: int = 128
     """Features per generated batch file and per checkpoint (SAEDashboard's default)."""
     progress_persist_seconds: float = 2.0
     """How often a running job's progress snapshot is written to the store between checkpoints."""
+    staging_retention_seconds: float = 86400.0
+    """Staging folders (data_dir/export/<job_id>) of jobs that succeeded, were cancelled or no
+    longer exist are removed after this long; a FAILED job keeps its staging for ResumeExport
+    until it is deleted (DeleteExport)."""
+    retention_sweep_seconds: float = 600.0
+    """How often leftover staging folders are looked for."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""

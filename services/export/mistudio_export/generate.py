@@ -12,7 +12,6 @@ the SAEDashboard batches and upload payloads meanwhile, so both CPU cores are us
 
 from __future__ import annotations
 
-import collections
 import multiprocessing
 import os
 import shutil
@@ -263,49 +262,42 @@ def _write_prd(
 
     ``with_importer``: the importer rows are written in the same read of the staged dashboards.
     """
-    compressed = job.plan.compression.gzip_json
     shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
-    copied = written = 0
+    copied = 0
     earlier_hashes = inputs.reuse.hashes if inputs.reuse is not None else {}
+    naming = job.plan.naming
     with ExitStack() as stack:
         earlier = None
         if inputs.reuse is not None:
             earlier = stack.enter_context(zipfile.ZipFile(inputs.reuse.archive))
         names = set(earlier.namelist()) if earlier is not None else set()
 
-        def passing() -> Iterator[FeatureDashboard]:
-            nonlocal copied, written
-            for d in _dashboards(job.staging):
-                index = d.feature_index
-                name = prd_json.feature_file_name(index, compressed=compressed)
-                unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
-                if earlier is not None and unchanged and name in names:
-                    jsonio.write_atomic(out / name, earlier.read(name))
-                    copied += 1
-                else:
-                    data = jsonio.dumps(
-                        prd_json.feature_document(d), where=f"feature {d.feature_index}"
-                    )
-                    jsonio.write_document(out / name, data)
-                written += 1
-                progress(written)
-                yield d
+        def reuse(index: int, name: str) -> bytes | None:
+            nonlocal copied
+            unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
+            if earlier is None or not unchanged or name not in names:
+                return None
+            copied += 1
+            return earlier.read(name)
 
-        if with_importer:
+        def importer_rows(dashboards: Iterator[FeatureDashboard]) -> None:
             importer = FormatKind.NEURONPEDIA_IMPORT
             _clear(out / FOLDERS[importer])
-            naming = job.plan.naming  # the batch size (0) is SAEDashboard's only
-            _write_other(job.staging, importer, naming, inputs, 0, None, passing())
-        else:
-            collections.deque(passing(), maxlen=0)
-    naming, info = job.plan.naming, inputs.info
-    explanations = prd_json.explanations_document(
-        inputs.explanations, naming, info.export_version, inputs.labels
-    )
-    path = out / prd_json.EXPLANATIONS_FILE
-    jsonio.write_document(path, jsonio.dumps(explanations, where="explanations"))
-    meta = prd_json.metadata_document(info, naming, n_features=written, compressed=compressed)
-    jsonio.write_document(out / prd_json.METADATA_FILE, jsonio.dumps(meta, where="metadata"))
+            # the batch size (0) is SAEDashboard's only
+            _write_other(job.staging, importer, naming, inputs, 0, None, dashboards)
+
+        prd_json.write_prd_export(
+            out,
+            inputs.info,
+            naming,
+            _dashboards(job.staging),
+            inputs.explanations,
+            labels=inputs.labels,
+            compress_features=job.plan.compression.gzip_json,
+            progress=progress,
+            reuse=reuse,
+            also=importer_rows if with_importer else None,
+        )
     return copied
 
 

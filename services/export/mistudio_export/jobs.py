@@ -8,18 +8,18 @@ checkpoint. Watchers attach to a per-job channel whose first message is the curr
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.errors import FailedPrecondition, MistudioError
-from mistudio_common.progress import TERMINAL_STATES, ProgressTracker
+from mistudio_common.errors import FailedPrecondition, MistudioError, NotFound
+from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -35,6 +35,8 @@ class Pipeline(Protocol):
     def run(self, job: JobRuntime) -> epb.ExportResult: ...
 
     def release(self, checkpoint: dict[str, Any]) -> None: ...
+
+    def discard(self, job_id: str) -> None: ...
 
 
 class Planner(Protocol):
@@ -82,19 +84,17 @@ class ExportJobManager:
             self._launch(stored, plan, tracker)
         return str(stored.job_id)
 
-    def watch(
-        self, job_id: str, still_wanted: Callable[[], bool] = lambda: True
-    ) -> Iterator[epb.ExportProgress]:
-        """The job's progress stream: a snapshot first, then updates until a terminal state."""
+    def channel(self, job_id: str) -> JobChannel[epb.ExportProgress]:
+        """The job's progress channel: its latest message first, then updates until a
+        terminal state (a finished job's channel holds just its final message)."""
         stored = self._store.get_job(job_id)
         if stored.state in TERMINAL_STATES:
-            return iter([views.message_of(stored)])
-        entry = self._entry(stored)
+            return JobChannel(views.message_of(stored), views.is_terminal)
+        return self._entry(stored).channel
 
-        def wanted() -> bool:
-            return still_wanted() and not self._shutdown.is_set()
-
-        return entry.channel.watch(wanted)
+    @property
+    def stopping(self) -> bool:
+        return self._shutdown.is_set()
 
     def view(self, job_id: str) -> epb.ExportJobView:
         stored = self._store.get_job(job_id)
@@ -117,7 +117,7 @@ class ExportJobManager:
             owner=request.owner,
         )
         return epb.ListExportsResponse(
-            jobs=[views.view_of(job) for job in page.jobs], next_page_token=page.next_page_token
+            jobs=[views.summary_of(job) for job in page.jobs], next_page_token=page.next_page_token
         )
 
     # -- control ---------------------------------------------------------------------------
@@ -136,6 +136,18 @@ class ExportJobManager:
                 self._pipeline.release(entry.checkpoint)
                 self._records.cancelled(entry, stored)
         return self.view(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Removes the job's archive, staging and record; a job that has not finished is
+        cancelled first, so no worker runs on for a job that no longer exists."""
+        stored = self._store.get_job(job_id)
+        if stored.state not in TERMINAL_STATES:
+            self.cancel(job_id)
+        self._pipeline.discard(job_id)
+        shutil.rmtree(self.staging_dir(job_id), ignore_errors=True)
+        self._store.delete_job(job_id)
+        with self._lock:
+            self._entries.pop(job_id, None)
 
     def pause(self, job_id: str) -> epb.ExportJobView:
         stored = self._store.get_job(job_id)
@@ -251,6 +263,14 @@ class ExportJobManager:
         entry.control.request(reason)
         entry.thread.join(self._settings.control_wait_seconds)
         return True
+
+    def staging_removable(self, job_id: str) -> bool:
+        """Whether a staging folder is only disk use: its job is gone, succeeded or cancelled."""
+        try:
+            stored = self._store.get_job(job_id)
+        except NotFound:
+            return True
+        return stored.state in (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED)
 
     def staging_dir(self, job_id: str) -> Path:
         return self._settings.data_dir / "export" / job_id

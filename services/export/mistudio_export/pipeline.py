@@ -37,14 +37,14 @@ from mistudio_export.generate import (
     saelens_frequencies,
     write_formats,
 )
-from mistudio_export.object_store import ObjectStore
+from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
 from mistudio_export.records import SaeInfo
 from mistudio_export.runtime import JobRuntime
-from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.selection import require_candidates, statistic_filter
 from mistudio_export.token_facts import TokenFacts, token_facts
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ _ARCHITECTURES = {
     spb.ARCHITECTURE_TOPK: "topk",
     spb.ARCHITECTURE_GATED: "gated",
 }
+
+
+def archive_prefix(job_id: str) -> str:
+    """Where a job's published objects live in the object store."""
+    return f"exports/{job_id}/"
 
 
 def mistudio_version() -> str:
@@ -85,9 +90,15 @@ class ExportPipeline:
         """Frees what a paused job holds in other services, when it is cancelled."""
         computing.release_paused(self._compute, checkpoint)
 
+    def discard(self, job_id: str) -> None:
+        """Deletes everything published for the job (its archive)."""
+        for found in list(self._objects.list(archive_prefix(job_id))):
+            self._objects.delete(found.key)
+
     def run(self, job: JobRuntime) -> epb.ExportResult:
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
+        check_writable(self._objects)  # before hours of computing, not at publishing
         base = self._planner.base_job(plan) if plan.delta_base_job_id else None
         kinds = [
             *(NEURONPEDIA_KINDS if plan.neuronpedia else ()),
@@ -163,17 +174,9 @@ class ExportPipeline:
 
     def _candidates(self, plan: ExportPlan) -> list[int]:
         sae_id = plan.sae.sae_id
-        candidates = candidate_indices(
+        return require_candidates(
             plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
         )
-        if not candidates:
-            raise FailedPrecondition(
-                "the feature selection matches no feature",
-                violations=[("config.selection", "no feature record matches the label filters")],
-                field="config.selection",
-                fix="label features first, or loosen labeled_only / label_contains / category",
-            )
-        return candidates
 
     def _inputs(self, job: JobRuntime, collected: Collected, base: spb.ExportJob | None) -> Inputs:
         plan = job.plan
@@ -259,4 +262,4 @@ class ExportPipeline:
         return [j for j in page.jobs if j.job_id != job.job_id]
 
     def _archive_key(self, job: JobRuntime) -> str:
-        return f"exports/{job.job_id}/{job.plan.sae.sae_id}.zip"
+        return f"{archive_prefix(job.job_id)}{job.plan.sae.sae_id}.zip"

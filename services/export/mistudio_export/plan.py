@@ -98,8 +98,22 @@ class ExportPlan:
         )
 
 
+OWNER_MAX_LENGTH = 128
+"""The store's column width for owners."""
+
+
+def _check_owner(owner: str) -> None:
+    if len(owner) > OWNER_MAX_LENGTH or "\x00" in owner:
+        raise InvalidArgument(
+            "owner holds a NUL character or is longer than 128 characters",
+            field="owner",
+            fix="use a printable owner name of at most 128 characters",
+        )
+
+
 def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:
     """Checks every option of ``config`` against ``sae``; InvalidArgument names the first."""
+    _check_owner(owner)
     config = apply_preset(config)
     formats = _formats(config)
     _check_selection(config.selection, sae.d_sae)

@@ -21,8 +21,21 @@ from mistudio_export import views
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.limits import check_request_limits
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
-from mistudio_export.selection import most_selected
+from mistudio_export.selection import has_label_filters, most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
+
+_REQUEST_FIELDS = ("tokens", "device")
+"""Fields of compute's answer that name this request's options (as config.<field>)."""
+
+
+def _in_config(error: MistudioError) -> MistudioError:
+    """Compute's error about the tokens or device, naming the export request's field."""
+    field = f"config.{error.field}"
+    if isinstance(error, FailedPrecondition):
+        return FailedPrecondition(
+            error.message, violations=[(field, error.message)], field=field, fix=error.fix
+        )
+    return InvalidArgument(error.message, field=field, fix=error.fix)
 
 
 class Planner:
@@ -48,11 +61,21 @@ class Planner:
         warnings: list[str] = []
         if plan.sae.weights_uri:
             try:
-                warnings += self._compute.validate_sae(plan.sae.sae_id).warnings
+                warnings += self._compute.validate_sae(
+                    plan.sae.sae_id, plan.tokens, plan.device
+                ).warnings
             except Unavailable:
                 raise
             except MistudioError as error:
+                if error.field.startswith(_REQUEST_FIELDS):
+                    raise _in_config(error) from None
                 problems.append((error.field or "weights_uri", str(error)))
+        if has_label_filters(plan.selection):
+            require_candidates(
+                plan.selection,
+                plan.sae.d_sae,
+                lambda wanted: self._store.features(plan.sae.sae_id, wanted),
+            )
         if plan.neuronpedia and plan.tokens is not None and plan.sae.weights_uri and not problems:
             try:
                 count = most_selected(plan.selection, plan.sae.d_sae)

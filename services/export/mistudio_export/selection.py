@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import FailedPrecondition
 
 FeatureLister = Callable[[spb.FeatureFilter], Iterable[spb.Feature]]
 """Lists the SAE's feature records matching a filter (the store's ListFeatures, all pages)."""
@@ -86,3 +87,18 @@ def candidate_indices(
     )
     found = (f.feature_index for f in list_features(record_filter))
     return sorted(i for i in found if (wanted is None or i in wanted) and i in base)
+
+
+def require_candidates(
+    selection: epb.FeatureSelection, d_sae: int, list_features: FeatureLister
+) -> list[int]:
+    """:func:`candidate_indices`, refusing a selection that matches no feature."""
+    candidates = candidate_indices(selection, d_sae, list_features)
+    if not candidates:
+        raise FailedPrecondition(
+            "the feature selection matches no feature",
+            violations=[("config.selection", "no feature record matches the label filters")],
+            field="config.selection",
+            fix="label features first, or loosen labeled_only / label_contains / category",
+        )
+    return candidates

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.auth import load_credentials
-from mistudio_common.server import RunningServer, ServiceRegistration, create_server
+from mistudio_common.dependencies import Dependency, DependencyMonitor, peer
+from mistudio_common.retention import FolderSweeper
+from mistudio_common.server import RunningServer, ServiceRegistration, create_aio_server
 
 from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import ComputeClient, StoreClient
@@ -18,7 +20,7 @@ from mistudio_export.config import ExportSettings
 from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager
-from mistudio_export.object_store import ObjectStore, object_store_from_url
+from mistudio_export.object_store import ObjectStore, check_writable, object_store_from_url
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.preflight import Planner
 from mistudio_export.servicer import ExportServicer
@@ -34,8 +36,10 @@ class ExportServer(RunningServer):
     store: StoreClient
     compute: ComputeClient
     objects: ObjectStore
+    monitor: DependencyMonitor
 
     def stop(self, grace_seconds: float = 5.0) -> None:
+        self.monitor.stop()  # before the event loop that serves health checks ends
         self.health.enter_graceful_shutdown()
         self.manager.shutdown()
         super().stop(grace_seconds)
@@ -66,17 +70,37 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         FeatureDashboards(store, compute),
         store,
         objects,
+        settings.max_watchers,
     )
     registration = ServiceRegistration(
         SERVICE_NAME, lambda server: egrpc.add_ExportServiceServicer_to_server(servicer, server)
     )
-    running = create_server(
+    running, _ = create_aio_server(
         f"{settings.host}:{settings.port}",
         [registration],
         credentials,
-        max_workers=settings.max_workers,
+        executor_workers=settings.max_workers,
+        name="export-grpc",
     )
     manager.resume_unfinished()
+    sweeper = FolderSweeper(
+        settings.data_dir / "export",
+        settings.staging_retention_seconds,
+        manager.staging_removable,
+        settings.retention_sweep_seconds,
+    )
+    sweeper.start()
+    monitor = DependencyMonitor(
+        running.health,
+        [SERVICE_NAME],
+        [
+            peer("store", settings.store_address, credentials.peer),
+            peer("compute", settings.compute_address, credentials.peer),
+            Dependency("object store", lambda: check_writable(objects)),
+        ],
+        settings.health_check_seconds,
+    )
+    monitor.start()
     return ExportServer(
         server=running.server,
         port=running.port,
@@ -85,5 +109,6 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         store=store,
         compute=compute,
         objects=objects,
-        on_stop=[store.close, compute.close],
+        monitor=monitor,
+        on_stop=[sweeper.stop, store.close, compute.close],
     )

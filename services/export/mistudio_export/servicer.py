@@ -1,22 +1,27 @@
-"""The ExportService gRPC adapter: translates messages and delegates.
+"""The ExportService gRPC adapter (grpc.aio): translates messages and delegates.
 
 Jobs live in :class:`~mistudio_export.jobs.ExportJobManager`, outside any RPC: a progress stream
-only watches a job, so a client that disconnects leaves it running. Errors are mapped to
-statuses by ``handle_errors``, also when raised while a stream is being iterated. Every SAE and
-job a request names passes :class:`~mistudio_export.access.Access` for the authenticated caller
+only watches a job, so a client that disconnects leaves it running. Handlers run on the event
+loop and hand blocking work (the synchronous ``_…`` methods) to the loop's thread pool, which
+carries the caller's identity along; a watch stream awaits its job's channel, so open watchers
+hold no thread and cannot starve health checks or unary calls. Errors are mapped to statuses by
+``handle_errors``, also when raised while a stream is being iterated. Every SAE and job a
+request names passes :class:`~mistudio_export.access.Access` for the authenticated caller
 first; the request's ``owner`` field can only repeat the caller (admins and services may name
 anyone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.auth import Identity, current_caller, owner_for
-from mistudio_common.errors import Unavailable
+from mistudio_common.errors import ResourceExhausted, Unavailable
 from mistudio_common.grpc_errors import handle_errors
 
 from mistudio_export import views
@@ -30,6 +35,9 @@ from mistudio_export.jobs import ExportJobManager
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.preflight import missing_delta_base
 
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+T = TypeVar("T")
+
 
 class ExportServicer(egrpc.ExportServiceServicer):
     def __init__(
@@ -40,6 +48,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         dashboards: FeatureDashboards,
         store: StoreClient,
         objects: ObjectStore,
+        max_watchers: int,
     ) -> None:
         self._manager = manager
         self._estimator = estimator
@@ -48,6 +57,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self._store = store
         self._objects = objects
         self._access = Access(store)
+        self._max_watchers = max_watchers
+        self._watchers = 0
 
     def _job(self, job_id: str) -> str:
         """The id of a job the caller may see (NOT_FOUND otherwise, as for an unknown id)."""
@@ -59,109 +70,169 @@ class ExportServicer(egrpc.ExportServiceServicer):
         if base and self._access.hides_job(base, caller):
             raise missing_delta_base(base)  # what the planner says of a base that does not exist
 
-    @handle_errors
-    def StartExport(
-        self, request: epb.StartExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[epb.ExportProgress]:
+    def _start(self, request: epb.StartExportRequest) -> str:
         caller = current_caller()
         self._check_export(request.sae_id, request.config, caller)
         owned = epb.StartExportRequest()
         owned.CopyFrom(request)
         owned.owner = owner_for(request.owner, caller)
-        job_id = self._manager.start(owned)
-        yield from self._watch(self._job(job_id), context)
+        return self._job(self._manager.start(owned))
 
     @handle_errors
-    def WatchExport(
-        self, request: epb.WatchExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[epb.ExportProgress]:
-        yield from self._watch(self._job(request.job_id), context)
-
-    def _watch(self, job_id: str, context: grpc.ServicerContext) -> Iterator[epb.ExportProgress]:
-        last = None
-        for message in self._manager.watch(job_id, context.is_active):
-            last = message
+    async def StartExport(
+        self, request: epb.StartExportRequest, context: Context
+    ) -> AsyncIterator[epb.ExportProgress]:
+        job_id = await asyncio.to_thread(self._start, request)
+        async for message in self._watch(job_id):
             yield message
-        if context.is_active() and (last is None or not views.is_terminal(last)):
+
+    @handle_errors
+    async def WatchExport(
+        self, request: epb.WatchExportRequest, context: Context
+    ) -> AsyncIterator[epb.ExportProgress]:
+        job_id = await asyncio.to_thread(self._job, request.job_id)
+        async for message in self._watch(job_id):
+            yield message
+
+    async def _watch(self, job_id: str) -> AsyncIterator[epb.ExportProgress]:
+        if self._watchers >= self._max_watchers:
+            raise ResourceExhausted(
+                f"the export service already serves {self._watchers} progress streams, its "
+                "limit (MISTUDIO_EXPORT_MAX_WATCHERS)",
+                fix="retry later, poll with GetExport, or raise the limit",
+            )
+        self._watchers += 1  # only the event loop's thread counts, so no lock is needed
+        try:
+            channel = await asyncio.to_thread(self._manager.channel, job_id)
+            last = None
+            async for message in channel.watch_async(lambda: not self._manager.stopping):
+                last = message
+                yield message
+        finally:
+            self._watchers -= 1
+        if last is None or not views.is_terminal(last):
             raise Unavailable(
                 "the export service is stopping; the job continues when it restarts",
                 fix="reattach with WatchExport once the service is back",
             )
 
     @handle_errors
-    def GetExport(
-        self, request: epb.GetExportRequest, context: grpc.ServicerContext
+    async def GetExport(
+        self, request: epb.GetExportRequest, context: Context
     ) -> epb.GetExportResponse:
-        return epb.GetExportResponse(job=self._manager.view(self._job(request.job_id)))
+        def get() -> epb.GetExportResponse:
+            return epb.GetExportResponse(job=self._manager.view(self._job(request.job_id)))
+
+        return await asyncio.to_thread(get)
 
     @handle_errors
-    def ListExports(
-        self, request: epb.ListExportsRequest, context: grpc.ServicerContext
+    async def ListExports(
+        self, request: epb.ListExportsRequest, context: Context
     ) -> epb.ListExportsResponse:
         owned = epb.ListExportsRequest()
         owned.CopyFrom(request)
         owned.owner = list_owner(request.owner, current_caller())
-        return self._manager.list_jobs(owned)
+        return await asyncio.to_thread(self._manager.list_jobs, owned)
 
     @handle_errors
-    def CancelExport(
-        self, request: epb.CancelExportRequest, context: grpc.ServicerContext
+    async def DeleteExport(
+        self, request: epb.DeleteExportRequest, context: Context
+    ) -> epb.DeleteExportResponse:
+        await asyncio.to_thread(lambda: self._manager.delete(self._job(request.job_id)))
+        return epb.DeleteExportResponse()
+
+    @handle_errors
+    async def CancelExport(
+        self, request: epb.CancelExportRequest, context: Context
     ) -> epb.CancelExportResponse:
-        return epb.CancelExportResponse(job=self._manager.cancel(self._job(request.job_id)))
+        job = await asyncio.to_thread(lambda: self._manager.cancel(self._job(request.job_id)))
+        return epb.CancelExportResponse(job=job)
 
     @handle_errors
-    def PauseExport(
-        self, request: epb.PauseExportRequest, context: grpc.ServicerContext
+    async def PauseExport(
+        self, request: epb.PauseExportRequest, context: Context
     ) -> epb.PauseExportResponse:
-        return epb.PauseExportResponse(job=self._manager.pause(self._job(request.job_id)))
+        job = await asyncio.to_thread(lambda: self._manager.pause(self._job(request.job_id)))
+        return epb.PauseExportResponse(job=job)
 
     @handle_errors
-    def ResumeExport(
-        self, request: epb.ResumeExportRequest, context: grpc.ServicerContext
+    async def ResumeExport(
+        self, request: epb.ResumeExportRequest, context: Context
     ) -> epb.ResumeExportResponse:
-        return epb.ResumeExportResponse(job=self._manager.resume(self._job(request.job_id)))
+        job = await asyncio.to_thread(lambda: self._manager.resume(self._job(request.job_id)))
+        return epb.ResumeExportResponse(job=job)
 
-    @handle_errors
-    def ValidateExport(
-        self, request: epb.ValidateExportRequest, context: grpc.ServicerContext
-    ) -> epb.ValidateExportResponse:
+    def _validate_export(self, request: epb.ValidateExportRequest) -> epb.ValidateExportResponse:
         caller = current_caller()
         self._check_export(request.sae_id, request.config, caller)
         return self._estimator.validate(request, owner_for("", caller))
 
     @handle_errors
-    def ValidateArchive(
-        self, request: epb.ValidateArchiveRequest, context: grpc.ServicerContext
-    ) -> epb.ValidateArchiveResponse:
+    async def ValidateExport(
+        self, request: epb.ValidateExportRequest, context: Context
+    ) -> epb.ValidateExportResponse:
+        return await asyncio.to_thread(self._validate_export, request)
+
+    def _validate_archive(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
         self._job(request.job_id)
         return self._archives.validate(request)
 
     @handle_errors
-    def GetDownloadUrl(
-        self, request: epb.GetDownloadUrlRequest, context: grpc.ServicerContext
-    ) -> epb.GetDownloadUrlResponse:
+    async def ValidateArchive(
+        self, request: epb.ValidateArchiveRequest, context: Context
+    ) -> epb.ValidateArchiveResponse:
+        return await asyncio.to_thread(self._validate_archive, request)
+
+    def _download_url(self, request: epb.GetDownloadUrlRequest) -> epb.GetDownloadUrlResponse:
         self._job(request.job_id)
         return download_url(self._store, self._objects, request)
 
     @handle_errors
-    def DownloadExport(
-        self, request: epb.DownloadExportRequest, context: grpc.ServicerContext
-    ) -> Iterator[epb.DownloadExportResponse]:
+    async def GetDownloadUrl(
+        self, request: epb.GetDownloadUrlRequest, context: Context
+    ) -> epb.GetDownloadUrlResponse:
+        return await asyncio.to_thread(self._download_url, request)
+
+    def _download(self, request: epb.DownloadExportRequest) -> Iterator[epb.DownloadExportResponse]:
         self._job(request.job_id)
         yield from download_chunks(self._store, self._objects, request)
 
     @handle_errors
-    def GetFeatureDashboard(
-        self, request: epb.GetFeatureDashboardRequest, context: grpc.ServicerContext
+    async def DownloadExport(
+        self, request: epb.DownloadExportRequest, context: Context
+    ) -> AsyncIterator[epb.DownloadExportResponse]:
+        async for chunk in _in_threads(lambda: self._download(request)):
+            yield chunk
+
+    def _dashboard(
+        self, request: epb.GetFeatureDashboardRequest
     ) -> epb.GetFeatureDashboardResponse:
         self._access.sae(request.sae_id, current_caller())
         return self._dashboards.get(request)
 
     @handle_errors
-    def ListPresets(
-        self, request: epb.ListPresetsRequest, context: grpc.ServicerContext
-    ) -> epb.ListPresetsResponse:
+    async def GetFeatureDashboard(
+        self, request: epb.GetFeatureDashboardRequest, context: Context
+    ) -> epb.GetFeatureDashboardResponse:
+        return await asyncio.to_thread(self._dashboard, request)
+
+    def _presets(self, request: epb.ListPresetsRequest) -> epb.ListPresetsResponse:
         caller = current_caller()
         if request.sae_id:
             self._access.sae(request.sae_id, caller)
         return self._estimator.list_presets(request, owner_for("", caller))
+
+    @handle_errors
+    async def ListPresets(
+        self, request: epb.ListPresetsRequest, context: Context
+    ) -> epb.ListPresetsResponse:
+        return await asyncio.to_thread(self._presets, request)
+
+
+async def _in_threads(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Iterates a blocking generator on the thread pool, one item per hop (each hop carries the
+    caller's context, as ``asyncio.to_thread`` does)."""
+    iterator = make()
+    done = object()
+    while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield item  # type: ignore[misc]

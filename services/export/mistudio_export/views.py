@@ -86,3 +86,50 @@ def view_of(job: spb.ExportJob, live: epb.ExportProgress | None = None) -> epb.E
 
 def is_terminal(message: epb.ExportProgress) -> bool:
     return message.progress.state in TERMINAL_STATES
+
+
+SUMMARY_TEXT_LIMIT = 200
+"""Characters of free text in a summary: a page stays small whatever the jobs hold."""
+
+
+def summary_of(job: spb.ExportJob) -> epb.ExportJobSummary:
+    """A job as ListExports shows it: identity, state and a one-line config, bounded in size."""
+    progress = progress_of(job)
+    summary = epb.ExportJobSummary(
+        job_id=job.job_id,
+        sae_id=job.sae_id,
+        owner=job.owner,
+        state=job.state,
+        stage=progress.stage,
+        fraction=progress.fraction,
+        config_summary=config_summary(config_of(job))[:SUMMARY_TEXT_LIMIT],
+        error_message=job.error_message[:SUMMARY_TEXT_LIMIT],
+    )
+    if job.HasField("created_at"):
+        summary.created_at.CopyFrom(job.created_at)
+    if job.HasField("updated_at"):
+        summary.updated_at.CopyFrom(job.updated_at)
+    return summary
+
+
+def config_summary(config: epb.ExportConfig) -> str:
+    """e.g. "neuronpedia+saelens; features 0..32; top 20"."""
+    names = [
+        epb.ExportFormat.Name(f).removeprefix("EXPORT_FORMAT_").lower() for f in config.formats
+    ]
+    parts = ["+".join(names) or "all formats"]
+    selection = config.selection
+    which = selection.WhichOneof("base")
+    if which == "range":
+        parts.append(f"features {selection.range.start}..{selection.range.end}")
+    elif which == "list":
+        parts.append(f"{len(selection.list.indices)} listed features")
+    else:
+        parts.append("all features")
+    if selection.labeled_only or selection.label_contains or selection.category:
+        parts.append("label filters")
+    if config.dashboard.n_top_examples:
+        parts.append(f"top {config.dashboard.n_top_examples}")
+    if config.delta_base_job_id:
+        parts.append(f"delta of {config.delta_base_job_id[:32]}")
+    return "; ".join(parts)

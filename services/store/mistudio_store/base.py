@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mistudio_common.errors import NotFound
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from mistudio_store import validation
@@ -27,6 +27,11 @@ class RepositoryBase:
         self._default_page_size = default_page_size
         self._max_page_size = max_page_size
         self._dashboard_batch = dashboard_batch
+
+    def ping(self) -> None:
+        """Raises when the database cannot be reached (the health check's probe)."""
+        with self._sessions.read() as session:
+            session.execute(text("SELECT 1"))
 
     def close(self) -> None:
         """Closes the connection pool (the server calls it on stop)."""

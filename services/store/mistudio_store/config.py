@@ -30,6 +30,8 @@ class StoreSettings(SecuritySettings):
     """Interface to listen on; anything but loopback needs credentials (README 'Security')."""
     port: int = 50051
     """gRPC port; 0 picks a free one."""
+    health_check_seconds: float = 10.0
+    """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
     max_page_size: int = 1000
     """Largest page a list RPC serves; a larger page_size is rejected with INVALID_ARGUMENT."""

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
+from google.protobuf import json_format
 from mistudio.common.v1 import progress_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -29,8 +30,9 @@ FINAL_STATES = frozenset({progress_pb2.JOB_STATE_SUCCEEDED, progress_pb2.JOB_STA
 
 class ExportJobs(RepositoryBase):
     def create_export_job(self, job: pb.ExportJob) -> tuple[pb.ExportJob, bool]:
-        """Stores a new job; returns (job, created). created is False when a job with the same
-        (sae_id, request_id) exists already: that job is returned instead (a retried start)."""
+        """Stores a new job; returns (job, created). created is False when the same request was
+        stored already under this (sae_id, request_id): that job is returned (a retried start).
+        The same request_id with another owner or config is ALREADY_EXISTS naming what differs."""
         if job.job_id:
             validation.job_id(job.job_id, "job.job_id")
         if job.state:
@@ -42,7 +44,7 @@ class ExportJobs(RepositoryBase):
                 sae = self._sae(session, job.sae_id, "job.sae_id")
                 existing = self._by_request(session, sae.id, job.request_id)
                 if existing is not None:
-                    return convert.job_to_pb(existing, sae.sae_id), False
+                    return _same_request(convert.job_to_pb(existing, sae.sae_id), job), False
                 if job.job_id and session.get(ExportJobRow, job.job_id) is not None:
                     raise _duplicate_job(job.job_id)
                 row = _new_row(job, sae.id)
@@ -55,7 +57,7 @@ class ExportJobs(RepositoryBase):
                 existing = self._by_request(session, sae.id, job.request_id)
                 if existing is None:
                     raise _duplicate_job(job.job_id) from error
-                return convert.job_to_pb(existing, sae.sae_id), False
+                return _same_request(convert.job_to_pb(existing, sae.sae_id), job), False
 
     def get_export_job(self, job_id: str) -> pb.ExportJob:
         validation.job_id(job_id)
@@ -89,6 +91,12 @@ class ExportJobs(RepositoryBase):
             row.updated_at = convert.now()
             session.flush()
             return convert.job_to_pb(row, sae_id)
+
+    def delete_export_job(self, job_id: str) -> None:
+        validation.job_id(job_id)
+        with self._sessions.write.begin() as session:
+            row, _ = _job(session, job_id, for_update=True)
+            session.delete(row)
 
     def list_export_jobs(
         self,
@@ -172,6 +180,35 @@ def _job(session: Session, job_id: str, for_update: bool = False) -> tuple[Expor
             fix="list jobs with ListExportJobs",
         )
     return found
+
+
+def _same_request(stored: pb.ExportJob, asked: pb.ExportJob) -> pb.ExportJob:
+    """The stored job when ``asked`` repeats its request; ALREADY_EXISTS naming the differences
+    otherwise (a reused request_id must not silently return someone else's job)."""
+    differences = ["job.owner"] if stored.owner != asked.owner else []
+    differences += _differing_paths(
+        json_format.MessageToDict(stored.config),
+        json_format.MessageToDict(asked.config),
+        "job.config",
+    )
+    if differences:
+        raise AlreadyExists(
+            f"request_id {asked.request_id!r} was used for job {stored.job_id} with a different "
+            f"request; differing fields: {', '.join(differences)}",
+            field="job.request_id",
+            fix="use a new request_id for a different request, or repeat the original request",
+        )
+    return stored
+
+
+def _differing_paths(old: object, new: object, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            found
+            for key in sorted(old.keys() | new.keys())
+            for found in _differing_paths(old.get(key), new.get(key), f"{path}.{key}")
+        ]
+    return [] if old == new else [path]
 
 
 def _duplicate_job(job_id: str) -> AlreadyExists:

@@ -6,6 +6,7 @@ import logging
 
 from mistudio.store.v1 import store_service_pb2, store_service_pb2_grpc
 from mistudio_common.auth import load_credentials
+from mistudio_common.dependencies import Dependency, DependencyMonitor
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 from sqlalchemy.engine import make_url
 
@@ -60,5 +61,12 @@ def build_store_server(settings: StoreSettings) -> RunningServer:
         load_credentials(settings),
         max_workers=settings.max_workers,
     )
-    running.on_stop.append(repository.close)
+    monitor = DependencyMonitor(
+        running.health,
+        [SERVICE_NAME],
+        [Dependency("database", repository.ping)],
+        settings.health_check_seconds,
+    )
+    monitor.start()
+    running.on_stop.extend([monitor.stop, repository.close])
     return running

@@ -161,6 +161,13 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         )
         return pb.ListExportJobsResponse(jobs=page.items, next_page_token=page.next_page_token)
 
+    @handle_errors
+    def DeleteExportJob(
+        self, request: pb.DeleteExportJobRequest, context: Context
+    ) -> pb.DeleteExportJobResponse:
+        self._repo.delete_export_job(request.job_id)
+        return pb.DeleteExportJobResponse()
+
 
 def _dashboard_batches(
     requests: Iterable[pb.PutDashboardsRequest],

@@ -92,10 +92,15 @@ def sae(message: pb.Sae, field: str = "sae") -> None:
 
 
 def max_length(value: str, limit: int, field: str) -> None:
-    """Column widths: PostgreSQL enforces them, so the request is checked before it gets there."""
+    """Column widths and NUL characters: PostgreSQL refuses both (with an error quoting the SQL),
+    so the request is checked before it gets there."""
     if len(value) > limit:
         raise InvalidArgument(
             f"{field} is {len(value)} characters long", field=field, fix=f"keep it to {limit}"
+        )
+    if "\x00" in value:
+        raise InvalidArgument(
+            f"{field} holds a NUL character", field=field, fix="remove the NUL (\\0) characters"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_compute.server import compute_sweeper
 from mistudio_compute.tokens import load_token_file
 
 from tests.compute.service.conftest import (
@@ -245,3 +247,23 @@ def test_cancelling_a_paused_job_ends_it_and_drops_its_checkpoint(
     assert not checkpoint.exists()
     again = list(compute.ComputeDashboards(request))
     assert len(again) == 1 and again[0].progress.state == ppb.JOB_STATE_CANCELLED
+
+
+def test_finished_job_folders_are_removed_after_the_retention_time_and_running_ones_kept(
+    harness: ComputeHarness,
+    compute: cgrpc.ComputeServiceStub,
+    registered_sae: str,
+    token_file: Path,
+    tmp_path: Path,
+) -> None:
+    done = list(compute.ComputeDashboards(compute_request(registered_sae, token_file)))[-1]
+    stream = compute.ComputeDashboards(long_request(tmp_path, registered_sae, "r"))
+    running_id = list(until_running(stream))[-1].progress.job_id
+    jobs = harness.settings.data_dir / "compute" / "jobs"
+    assert (jobs / done.progress.job_id).is_dir()
+    sweeper = compute_sweeper(
+        harness.settings.model_copy(update={"finished_job_retention_seconds": 0})
+    )
+    assert sweeper.sweep(now=time.time() + 1) == [done.progress.job_id]
+    assert (jobs / running_id).is_dir()
+    compute.CancelComputation(cpb.CancelComputationRequest(job_id=running_id))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
 
 from tests.export.service.errors import details
 from tests.export.service.stack import (
@@ -18,6 +22,9 @@ from tests.export.service.stack import (
     recorded_tokens,
     register_sae,
     run_to_end,
+    token_source,
+    write_sae_folder,
+    write_tokens,
 )
 
 
@@ -95,6 +102,61 @@ def test_missing_token_file_names_the_option(stack: Stack, sae_id: str, tmp_path
     assert found["fields"] == ["config.tokens.token_file"]
 
 
+def job_count(stack: Stack) -> int:
+    return len(stack.records.ListExportJobs(spb.ListExportJobsRequest(page_size=1000)).jobs)
+
+
+def refused_before_a_job_exists(
+    stack: Stack, sae_id: str, config: epb.ExportConfig
+) -> dict[str, Any]:
+    before = job_count(stack)
+    found = start_error(stack, sae_id, config)
+    assert job_count(stack) == before
+    return found
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    ids = np.full((4, 32), 600, dtype=np.int32)  # stories260K has 512 token ids
+    np.save(tmp_path / "big-ids.npy", ids)
+    found = refused_before_a_job_exists(
+        stack, sae_id, export_config(token_source(tmp_path / "big-ids.npy"))
+    )
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.token_file"]
+    assert "vocabulary has 512 ids" in found["message"]
+
+
+def test_rows_longer_than_the_models_context_are_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    path = write_tokens(tmp_path / "long-rows.npy", rows=2, context=600)
+    found = refused_before_a_job_exists(
+        stack, sae_id, export_config(token_source(path, context=600))
+    )
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.context_size"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    found = refused_before_a_job_exists(stack, sae_id, export_config(tokens, device="cuda:0"))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert [subject for subject, _ in found["precondition"]] == ["config.device"]
+
+
+def test_label_selection_matching_nothing_is_refused_before_a_job_exists(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    selection = epb.FeatureSelection(label_contains="no feature is called this")
+    found = refused_before_a_job_exists(stack, sae_id, export_config(tokens, selection=selection))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION
+    assert [subject for subject, _ in found["precondition"]] == ["config.selection"]
+
+
 def test_unknown_sae_is_not_found(stack: Stack, tokens: tpb.TokenSource) -> None:
     found = start_error(stack, "no-such-sae", export_config(tokens))
     assert found["code"] == grpc.StatusCode.NOT_FOUND
@@ -163,3 +225,63 @@ def test_recorded_token_source_is_used_when_none_is_given(
     assert estimate.estimated_seconds > 0
     assert estimate.estimated_size_bytes > 0
     assert any("default rates" in w for w in response.warnings)
+
+
+def test_nul_byte_in_owner_is_invalid_argument_without_sql(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, owner="ali\x00ce", config=export_config(tokens))
+    with pytest.raises(grpc.RpcError) as caught:
+        run_to_end(stack.exports.StartExport(request))
+    found = details(caught.value)
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["owner"]
+    assert "INSERT" not in found["message"] and "SELECT" not in found["message"]
+
+
+def test_npy_header_claiming_40_gb_is_invalid_argument(
+    stack: Stack, sae_id: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "liar.npy"
+    with path.open("wb") as handle:
+        header = {"descr": "<i4", "fortran_order": False, "shape": (10_000_000, 1024)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(np.ones((4, 32), np.int32).tobytes())
+    found = refused_before_a_job_exists(stack, sae_id, export_config(token_source(path)))
+    assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
+    assert found["fields"] == ["config.tokens.token_file"]
+
+
+def test_infinite_d_in_in_cfg_json_is_refused_as_permanent_naming_the_key(
+    stack: Stack, tokens: tpb.TokenSource, tmp_path: Path
+) -> None:
+    folder = write_sae_folder(tmp_path / "inf-sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["d_in"] = float("inf")
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    register_sae(stack, "inf-sae", str(folder))
+    found = refused_before_a_job_exists(stack, "inf-sae", export_config(tokens))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION  # the SAE's files, not the request
+    assert [subject for subject, _ in found["precondition"]] == ["d_in"]
+
+
+def test_reused_request_id_with_another_config_or_owner_is_already_exists(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    config = export_config(tokens, formats=[epb.EXPORT_FORMAT_SAELENS])
+    first = epb.StartExportRequest(sae_id=sae_id, request_id="once", owner="ann", config=config)
+    job_id = run_to_end(stack.exports.StartExport(first))[-1].progress.job_id
+    again = run_to_end(stack.exports.StartExport(first))
+    assert again[-1].progress.job_id == job_id
+    other_config = epb.StartExportRequest()
+    other_config.CopyFrom(first)
+    other_config.config.batch_size = 7
+    other_owner = epb.StartExportRequest()
+    other_owner.CopyFrom(first)
+    other_owner.owner = "bob"
+    for request, differing in ((other_config, "job.config.batch_size"), (other_owner, "job.owner")):
+        with pytest.raises(grpc.RpcError) as caught:
+            run_to_end(stack.exports.StartExport(request))
+        found = details(caught.value)
+        assert found["code"] == grpc.StatusCode.ALREADY_EXISTS
+        assert differing in found["message"]

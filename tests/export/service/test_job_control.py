@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import insecure_channel
 from mistudio_export.server import build_export_server
 
@@ -156,3 +159,50 @@ def test_restarted_service_resumes_a_running_job(
         m.chunk for m in stack.exports.DownloadExport(epb.DownloadExportRequest(job_id=job_id))
     )
     assert zipfile.ZipFile(io.BytesIO(archive)).testzip() is None
+
+
+def test_deleting_a_running_export_cancels_it_and_removes_its_record_and_staging(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 26))
+    stream = stack.exports.StartExport(request)
+    job_id = wait_for(stream, computing).progress.job_id
+    stack.exports.DeleteExport(epb.DeleteExportRequest(job_id=job_id))
+    assert run_to_end(stream)[-1].progress.state == ppb.JOB_STATE_CANCELLED
+    with pytest.raises(grpc.RpcError) as caught:
+        stack.exports.GetExport(epb.GetExportRequest(job_id=job_id))
+    assert details(caught.value)["code"] == grpc.StatusCode.NOT_FOUND
+    assert not (stack.data_dir / "export" / job_id).exists()
+
+
+def test_deleting_a_finished_export_removes_its_archive_and_its_summary(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=export_config(tokens))
+    last = run_to_end(stack.exports.StartExport(request))[-1]
+    job_id = last.progress.job_id
+    archive = stack.data_dir / "archives" / last.result.output_uri
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED and archive.is_file()
+    listed = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs
+    summary = next(s for s in listed if s.job_id == job_id)
+    assert (summary.state, summary.fraction) == (ppb.JOB_STATE_SUCCEEDED, 1.0)
+    assert summary.config_summary == "all formats; all features"
+    stack.exports.DeleteExport(epb.DeleteExportRequest(job_id=job_id))
+    assert not archive.exists()
+    listed = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs
+    assert job_id not in {s.job_id for s in listed}
+
+
+def test_staging_of_vanished_or_finished_jobs_goes_after_the_retention_time(
+    stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 27))
+    stream = stack.exports.StartExport(request)
+    running = wait_for(stream, computing).progress.job_id
+    (stack.data_dir / "export" / running).mkdir(parents=True, exist_ok=True)
+    stray = stack.data_dir / "export" / uuid.uuid4().hex
+    stray.mkdir(parents=True)
+    sweeper = FolderSweeper(stack.data_dir / "export", 0, stack.export.manager.staging_removable, 1)
+    assert sweeper.sweep(now=time.time() + 1) == [stray.name]
+    assert (stack.data_dir / "export" / running).is_dir()
+    stack.exports.CancelExport(epb.CancelExportRequest(job_id=running))

@@ -80,24 +80,23 @@ def test_archive_is_published_to_s3_and_fetched_by_presigned_url(
     assert streamed == fetched
 
 
-def test_failed_publish_is_resumed_from_its_checkpoint(
+def test_an_unwritable_bucket_fails_the_job_before_it_computes_and_resume_finishes_it(
     stack: Stack, sae_id: str, tokens: tpb.TokenSource, moto: Moto
 ) -> None:
     moto.stop()
     try:
         request = epb.StartExportRequest(sae_id=sae_id, config=export_config(tokens))
-        failed = run_to_end(stack.exports.StartExport(request))[-1]
+        messages = run_to_end(stack.exports.StartExport(request))
     finally:
         moto.restart()
+    failed = messages[-1]
     job_id = failed.progress.job_id
     assert failed.progress.state == ppb.JOB_STATE_FAILED
-    assert failed.progress.stage == ppb.STAGE_CREATING_ARCHIVE
-    assert "ResumeExport" in failed.progress.error.message
-    assert (stack.data_dir / "export" / job_id).is_dir()  # staged files kept for the resume
+    assert failed.progress.stage == ppb.STAGE_VALIDATING
+    assert "object store" in failed.progress.error.message
+    assert ppb.STAGE_ACTIVATION_PASS not in {m.progress.stage for m in messages}
     stack.exports.ResumeExport(epb.ResumeExportRequest(job_id=job_id))
     messages = run_to_end(stack.exports.WatchExport(epb.WatchExportRequest(job_id=job_id)))
     last = messages[-1]
     assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
-    stages = {m.progress.stage for m in messages}
-    assert ppb.STAGE_ACTIVATION_PASS not in stages  # computed and generated files were kept
     assert not (stack.data_dir / "export" / job_id).exists()

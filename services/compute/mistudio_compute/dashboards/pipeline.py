@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 
-from mistudio_compute.dashboards.activation_pass import Checkpointing, run_activation_pass
+from mistudio_compute.dashboards.activation_pass import (
+    Checkpointing,
+    PassResult,
+    run_activation_pass,
+)
 from mistudio_compute.dashboards.finalize import finalize_dashboards
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
 from mistudio_compute.dashboards.params import (
@@ -27,9 +31,11 @@ def compute_dashboards(
     checkpoint: Checkpointing | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    on_pass: Callable[[PassResult], None] | None = None,
 ) -> Iterator[list[FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
-    yielded list. Arguments are validated now; the work runs as the iterator is consumed."""
+    yielded list. Arguments are validated now; the work runs as the iterator is consumed.
+    ``on_pass`` receives the activation pass's result (e.g. the batch size it ended with)."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
@@ -40,6 +46,8 @@ def compute_dashboards(
             inputs, config, feats,
             batch_size=batch_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
         )  # fmt: skip
+        if on_pass is not None:
+            on_pass(result)
         yield from finalize_dashboards(
             result.state, inputs, params, chunk_size=chunk_size, progress=progress, cancel=cancel
         )

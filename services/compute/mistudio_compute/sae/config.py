@@ -214,6 +214,11 @@ def _positive_int(cfg: Mapping[str, Any], key: str) -> int:
 def _optional_int(value: Any, key: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise InvalidArgument(f"{key} = {value!r} is not an integer", field=key, fix=f"fix {key}")
     return int(value)

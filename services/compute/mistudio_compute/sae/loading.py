@@ -105,7 +105,7 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise InvalidArgument(
             f"cannot read {path} ({type(exc).__name__})",
             field="sae.files.config",

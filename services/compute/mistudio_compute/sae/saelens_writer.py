@@ -1,4 +1,4 @@
-"""Writing an SAE as a SAELens 6 folder, and its ``pretrained_saes.yaml`` entry.
+"""Writing an SAE as a SAELens 6 folder (the export packs the ``pretrained_saes.yaml`` entry).
 
 The folder is what ``SAE.save_model()`` of sae-lens 6.54 writes: ``cfg.json`` with the
 architecture's fields at the top level and the model/hook fields nested in ``metadata`` (with
@@ -11,15 +11,13 @@ needs no converter. Output bytes depend only on the input.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from mistudio_common.errors import InvalidArgument
 from safetensors.torch import save
 
@@ -133,44 +131,3 @@ def write_saelens_folder(
     for name, data in saelens_files(sae, meta, feature_frequencies).items():
         (out / name).write_bytes(data)
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class PretrainedSae:
-    """One ``saes:`` item of a ``pretrained_saes.yaml`` release."""
-
-    id: str
-    path: str
-    l0: float
-    variance_explained: float
-    neuronpedia: str | None = None
-
-
-def pretrained_saes_yaml_entry(
-    release: str,
-    repo_id: str,
-    model: str,
-    saes: Sequence[PretrainedSae],
-    conversion_func: str | None = None,
-    links: Mapping[str, str] | None = None,
-) -> str:
-    """A release block for SAELens's ``pretrained_saes.yaml`` (parsed by
-    ``get_pretrained_saes_directory``)."""
-    items = []
-    for sae in saes:
-        item: dict[str, Any] = {"id": sae.id, "path": sae.path, "l0": _number(sae.l0, "l0")}
-        item["variance_explained"] = _number(sae.variance_explained, "variance_explained")
-        if sae.neuronpedia:
-            item["neuronpedia"] = sae.neuronpedia
-        items.append(item)
-    body: dict[str, Any] = {"repo_id": repo_id, "model": model, "conversion_func": conversion_func}
-    if links:
-        body["links"] = dict(links)
-    body["saes"] = items
-    return str(yaml.safe_dump({release: body}, sort_keys=False, allow_unicode=True))
-
-
-def _number(value: float, name: str) -> float:
-    if not math.isfinite(value):
-        raise InvalidArgument(f"{name} is {value}", field=name, fix=f"pass a finite {name}")
-    return round(float(value), 6)

@@ -272,6 +272,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
+def print_summary(job: epb.ExportJobSummary) -> None:
+    print(
+        f"{job.job_id}  {state_label(job.state):<9}  {job.fraction * 100:5.1f}%  "
+        f"sae={job.sae_id}  owner={job.owner}  {job.config_summary}"
+    )
+
+
 def print_job(job: epb.ExportJobView, verbose: bool = False) -> None:
     progress = job.progress
     print(
@@ -298,8 +305,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                     page_size=100, page_token=token, sae_id=args.sae_id, owner=args.owner
                 ),
             )
-            for job in page.jobs:
-                print_job(job)
+            for summary in page.jobs:
+                print_summary(summary)
             token = page.next_page_token
             if not token:
                 return 0
@@ -309,6 +316,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with connect(args) as services:
         job = _call(services.export.CancelExport, epb.CancelExportRequest(job_id=args.job_id)).job
         print_job(job)
+        return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with connect(args) as services:
+        _call(services.export.DeleteExport, epb.DeleteExportRequest(job_id=args.job_id))
+        print(f"deleted export {args.job_id}")
         return 0
 
 

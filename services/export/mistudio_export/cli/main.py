@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = command("cancel", "cancel an export job", commands.cmd_cancel)
     cancel.add_argument("job_id")
 
+    delete = command(
+        "delete",
+        "delete an export job and its archive (a job still running is cancelled first)",
+        commands.cmd_delete,
+    )
+    delete.add_argument("job_id")
+
     download = command(
         "download",
         "download a finished export (or print a presigned URL)",

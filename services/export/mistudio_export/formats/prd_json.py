@@ -7,8 +7,9 @@ top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.sch
 
 from __future__ import annotations
 
+import collections
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,22 +190,41 @@ def write_prd_export(
     labels: Iterable[FeatureLabel] = (),
     compress_features: bool = False,
     progress: Callable[[int], None] | None = None,
+    reuse: Callable[[int, str], bytes | None] | None = None,
+    also: Callable[[Iterator[FeatureDashboard]], None] | None = None,
 ) -> FormatOutput:
-    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each."""
+    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each.
+
+    ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
+    feature (a delta export copies them); ``also`` consumes the same single read of the
+    dashboards, so another format is written in the same pass (each is written before it
+    reaches ``also``)."""
     info.validate()
     naming.validate()
     files: list[Path] = []
     seen: set[int] = set()
-    for d in dashboards:
-        if d.feature_index in seen:
-            raise _duplicate(d.feature_index)
-        seen.add(d.feature_index)
-        path = out_dir / feature_file_name(d.feature_index, compressed=compress_features)
-        data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
-        jsonio.write_document(path, data)
-        files.append(path)
-        if progress is not None:
-            progress(len(seen))
+
+    def written() -> Iterator[FeatureDashboard]:
+        for d in dashboards:
+            if d.feature_index in seen:
+                raise _duplicate(d.feature_index)
+            seen.add(d.feature_index)
+            name = feature_file_name(d.feature_index, compressed=compress_features)
+            earlier = reuse(d.feature_index, name) if reuse is not None else None
+            if earlier is not None:
+                jsonio.write_atomic(out_dir / name, earlier)
+            else:
+                data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
+                jsonio.write_document(out_dir / name, data)
+            files.append(out_dir / name)
+            if progress is not None:
+                progress(len(seen))
+            yield d
+
+    if also is not None:
+        also(written())
+    else:
+        collections.deque(written(), maxlen=0)
     expl = explanations_document(explanations, naming, info.export_version, labels)
     jsonio.write_document(out_dir / EXPLANATIONS_FILE, jsonio.dumps(expl, where="explanations"))
     files.append(out_dir / EXPLANATIONS_FILE)

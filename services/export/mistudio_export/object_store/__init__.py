@@ -6,6 +6,7 @@ from mistudio_export.object_store.base import (
     ObjectStore,
     PresignedUrl,
     ProgressCallback,
+    check_writable,
 )
 from mistudio_export.object_store.factory import object_store_from_url
 from mistudio_export.object_store.local import LocalObjectStore
@@ -19,5 +20,6 @@ __all__ = [
     "PresignedUrl",
     "ProgressCallback",
     "S3ObjectStore",
+    "check_writable",
     "object_store_from_url",
 ]

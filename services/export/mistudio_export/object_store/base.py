@@ -7,6 +7,8 @@ folder on disk and an S3 bucket be swapped by configuration alone.
 
 from __future__ import annotations
 
+import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -199,3 +201,18 @@ def check_prefix(prefix: str) -> str:
     if prefix:
         check_key(prefix + "x")
     return prefix
+
+
+WRITE_PROBE_KEY = "health/write-probe"
+_PROBING = threading.Lock()
+"""One probe at a time: a local store prunes the emptied folder while another probe writes."""
+
+
+def check_writable(objects: ObjectStore) -> None:
+    """Writes and removes a tiny object: a job learns before it computes (and health checks
+    learn at all) that the archive could not be published."""
+    with _PROBING, tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_bytes(b"ok")
+        objects.put_file(WRITE_PROBE_KEY, probe)
+        objects.delete(WRITE_PROBE_KEY)

@@ -389,20 +389,32 @@ class ValidateSaeRequest(_message.Message):
     SAE_FIELD_NUMBER: _builtins.int
     HOOK_POINT_FIELD_NUMBER: _builtins.int
     MODEL_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
     hook_point: _builtins.str
     model_id: _builtins.str
+    device: _builtins.str
+    """When set, checked as ComputeDashboards would ("cuda:0" fails without CUDA)."""
     @_builtins.property
     def sae(self) -> Global___SaeReference: ...
+    @_builtins.property
+    def tokens(self) -> _tokens_pb2.TokenSource:
+        """When set, also checked against the model as ComputeDashboards would: every token id in its
+        vocabulary, rows no longer than its context.
+        """
+
     def __init__(
         self,
         *,
         sae: Global___SaeReference | None = ...,
         hook_point: _builtins.str = ...,
         model_id: _builtins.str = ...,
+        tokens: _tokens_pb2.TokenSource | None = ...,
+        device: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sae", b"sae"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hook_point", b"hook_point", "model_id", b"model_id", "sae", b"sae"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "hook_point", b"hook_point", "model_id", b"model_id", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -552,11 +552,11 @@ class ListExportsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportJobView]: ...
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportJobSummary]: ...
     def __init__(
         self,
         *,
-        jobs: _abc.Iterable[Global___ExportJobView] | None = ...,
+        jobs: _abc.Iterable[Global___ExportJobSummary] | None = ...,
         next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -566,6 +566,93 @@ class ListExportsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListExportsResponse: _TypeAlias = ListExportsResponse  # noqa: Y015
+
+@_typing.final
+class ExportJobSummary(_message.Message):
+    """One job in a list: bounded in size whatever its config holds (GetExport has the detail)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SAE_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    FRACTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CONFIG_SUMMARY_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    sae_id: _builtins.str
+    owner: _builtins.str
+    state: _progress_pb2.JobState.ValueType
+    stage: _progress_pb2.Stage.ValueType
+    fraction: _builtins.float
+    """Overall fraction done, 0..1."""
+    config_summary: _builtins.str
+    """e.g. "neuronpedia+saelens; features 0..32; top 20"; at most 200 characters."""
+    error_message: _builtins.str
+    """The first 200 characters of the error when FAILED or CANCELLED."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        sae_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        state: _progress_pb2.JobState.ValueType = ...,
+        stage: _progress_pb2.Stage.ValueType = ...,
+        fraction: _builtins.float = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        config_summary: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_summary", b"config_summary", "created_at", b"created_at", "error_message", b"error_message", "fraction", b"fraction", "job_id", b"job_id", "owner", b"owner", "sae_id", b"sae_id", "stage", b"stage", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportJobSummary: _TypeAlias = ExportJobSummary  # noqa: Y015
+
+@_typing.final
+class DeleteExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteExportRequest: _TypeAlias = DeleteExportRequest  # noqa: Y015
+
+@_typing.final
+class DeleteExportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteExportResponse: _TypeAlias = DeleteExportResponse  # noqa: Y015
 
 @_typing.final
 class CancelExportRequest(_message.Message):

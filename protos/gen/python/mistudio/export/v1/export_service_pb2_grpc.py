@@ -67,6 +67,11 @@ class ExportServiceStub:
                 request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListExportsRequest.SerializeToString,
                 response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListExportsResponse.FromString,
                 _registered_method=True)
+        self.DeleteExport = channel.unary_unary(
+                '/mistudio.export.v1.ExportService/DeleteExport',
+                request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteExportRequest.SerializeToString,
+                response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteExportResponse.FromString,
+                _registered_method=True)
         self.CancelExport = channel.unary_unary(
                 '/mistudio.export.v1.ExportService/CancelExport',
                 request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.CancelExportRequest.SerializeToString,
@@ -151,7 +156,15 @@ class ExportServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListExports(self, request, context):
-        """Paginated, newest first.
+        """Paginated, newest first; bounded summaries (GetExport has the detail).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteExport(self, request, context):
+        """Removes a job's record, staging and archive. A job that has not finished is cancelled
+        first, so nothing keeps running for a job that no longer exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +254,11 @@ def add_ExportServiceServicer_to_server(servicer, server):
                     servicer.ListExports,
                     request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListExportsRequest.FromString,
                     response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListExportsResponse.SerializeToString,
+            ),
+            'DeleteExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExport,
+                    request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteExportRequest.FromString,
+                    response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteExportResponse.SerializeToString,
             ),
             'CancelExport': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelExport,
@@ -409,6 +427,33 @@ class ExportService:
             '/mistudio.export.v1.ExportService/ListExports',
             mistudio_dot_export_dot_v1_dot_export__service__pb2.ListExportsRequest.SerializeToString,
             mistudio_dot_export_dot_v1_dot_export__service__pb2.ListExportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.export.v1.ExportService/DeleteExport',
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteExportRequest.SerializeToString,
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteExportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,7 +52,11 @@ class ExportServiceStub:
     """Re-attaches to an export's progress stream: the first message is a snapshot."""
     GetExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.GetExportRequest, _export_service_pb2.GetExportResponse]
     ListExports: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ListExportsRequest, _export_service_pb2.ListExportsResponse]
-    """Paginated, newest first."""
+    """Paginated, newest first; bounded summaries (GetExport has the detail)."""
+    DeleteExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.DeleteExportRequest, _export_service_pb2.DeleteExportResponse]
+    """Removes a job's record, staging and archive. A job that has not finished is cancelled
+    first, so nothing keeps running for a job that no longer exists.
+    """
     CancelExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.CancelExportRequest, _export_service_pb2.CancelExportResponse]
     """Stops a job; nothing half-written stays visible."""
     PauseExport: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.PauseExportRequest, _export_service_pb2.PauseExportResponse]
@@ -95,7 +99,11 @@ class ExportServiceAsyncStub(ExportServiceStub):
     """Re-attaches to an export's progress stream: the first message is a snapshot."""
     GetExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.GetExportRequest, _export_service_pb2.GetExportResponse]  # type: ignore[assignment]
     ListExports: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ListExportsRequest, _export_service_pb2.ListExportsResponse]  # type: ignore[assignment]
-    """Paginated, newest first."""
+    """Paginated, newest first; bounded summaries (GetExport has the detail)."""
+    DeleteExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.DeleteExportRequest, _export_service_pb2.DeleteExportResponse]  # type: ignore[assignment]
+    """Removes a job's record, staging and archive. A job that has not finished is cancelled
+    first, so nothing keeps running for a job that no longer exists.
+    """
     CancelExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.CancelExportRequest, _export_service_pb2.CancelExportResponse]  # type: ignore[assignment]
     """Stops a job; nothing half-written stays visible."""
     PauseExport: _aio.UnaryUnaryMultiCallable[_export_service_pb2.PauseExportRequest, _export_service_pb2.PauseExportResponse]  # type: ignore[assignment]
@@ -159,7 +167,17 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _export_service_pb2.ListExportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_export_service_pb2.ListExportsResponse, _abc.Awaitable[_export_service_pb2.ListExportsResponse]]:
-        """Paginated, newest first."""
+        """Paginated, newest first; bounded summaries (GetExport has the detail)."""
+
+    @_abc_1.abstractmethod
+    def DeleteExport(
+        self,
+        request: _export_service_pb2.DeleteExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_service_pb2.DeleteExportResponse, _abc.Awaitable[_export_service_pb2.DeleteExportResponse]]:
+        """Removes a job's record, staging and archive. A job that has not finished is cancelled
+        first, so nothing keeps running for a job that no longer exists.
+        """
 
     @_abc_1.abstractmethod
     def CancelExport(

@@ -121,6 +121,11 @@ class StoreServiceStub:
                 request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportJobsRequest.SerializeToString,
                 response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportJobsResponse.FromString,
                 _registered_method=True)
+        self.DeleteExportJob = channel.unary_unary(
+                '/mistudio.store.v1.StoreService/DeleteExportJob',
+                request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobRequest.SerializeToString,
+                response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -242,6 +247,13 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteExportJob(self, request, context):
+        """Removes the job record (NOT_FOUND when there is none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,6 +331,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.ListExportJobs,
                     request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportJobsRequest.FromString,
                     response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportJobsResponse.SerializeToString,
+            ),
+            'DeleteExportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteExportJob,
+                    request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobRequest.FromString,
+                    response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -738,6 +755,33 @@ class StoreService:
             '/mistudio.store.v1.StoreService/ListExportJobs',
             mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportJobsRequest.SerializeToString,
             mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteExportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.store.v1.StoreService/DeleteExportJob',
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobRequest.SerializeToString,
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,8 @@ class StoreServiceStub:
     """Only the fields named in update_mask are written."""
     ListExportJobs: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
+    DeleteExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]
+    """Removes the job record (NOT_FOUND when there is none)."""
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
@@ -127,6 +129,8 @@ class StoreServiceAsyncStub(StoreServiceStub):
     """Only the fields named in update_mask are written."""
     ListExportJobs: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]  # type: ignore[assignment]
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
+    DeleteExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]  # type: ignore[assignment]
+    """Removes the job record (NOT_FOUND when there is none)."""
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The store keeps every persistent miStudio Export record: SAEs, features and their
@@ -264,5 +268,13 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.ListExportJobsResponse, _abc.Awaitable[_store_service_pb2.ListExportJobsResponse]]:
         """Paginated, newest first, optionally filtered by SAE, owner and state."""
+
+    @_abc_1.abstractmethod
+    def DeleteExportJob(
+        self,
+        request: _store_service_pb2.DeleteExportJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_service_pb2.DeleteExportJobResponse, _abc.Awaitable[_store_service_pb2.DeleteExportJobResponse]]:
+        """Removes the job record (NOT_FOUND when there is none)."""
 
 def add_StoreServiceServicer_to_server(servicer: StoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
