@@ -218,7 +218,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def root(workdir: Path) -> Path:
-    """The compute service's input root (the test stack allows ``data_dir``'s parent)."""
+    """The compute service's input root (with the stories260K model)."""
     return workdir / "root"
 
 
@@ -231,7 +231,9 @@ def outside(workdir: Path) -> Path:
 
 @pytest.fixture(scope="package")
 def stack(root: Path) -> Iterator[Stack]:
-    running = start_stack(root / "data", memory_budget_bytes=MEMORY_BUDGET)
+    running = start_stack(
+        root / "data", memory_budget_bytes=MEMORY_BUDGET, input_roots=(root, STORIES_DIR)
+    )
     yield running
     running.stop()
 

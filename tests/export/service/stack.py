@@ -155,6 +155,9 @@ def start_stack(
     keys: tuple[str, str] = ("", ""),
     **compute_settings: Any,
 ) -> Stack:
+    """Compute reads inputs under the test session's temp root (every test's ``tmp_path``, as
+    ``data_dir`` is ``<root>/<module folder>/data``) and the stories260K folder, unless
+    ``compute_settings`` says otherwise."""
     from mistudio_compute.config import ComputeSettings
     from mistudio_compute.server import build_compute_server
     from mistudio_store.config import StoreSettings
@@ -167,9 +170,8 @@ def start_stack(
             port=0,
             store_address=store.address,
             data_dir=data_dir,
-            input_roots=(data_dir.parent, STORIES_DIR),
             device="cpu",
-            **compute_settings,
+            **{"input_roots": (data_dir.parents[1], STORIES_DIR), **compute_settings},
         )
     )
     stack = Stack(data_dir, store, compute, None, object_store_url, keys)  # type: ignore[arg-type]
