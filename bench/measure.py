@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 
 def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -> float:
@@ -31,6 +34,61 @@ def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -
         runs += 1
         sync()
     return 2 * n**3 * runs / (time.perf_counter() - started) / 1e9
+
+
+def byte_rates(samples: Sequence[bytes], level: int, seconds: float = 0.3) -> dict[str, float]:
+    """Bytes per second one core of this machine turns into output for the work every export
+    must do at least once per byte: ``dumps`` (orjson serialising the parsed ``samples``, per
+    byte produced), ``loads`` (orjson parsing them) and ``deflate`` (zlib at ``level``, raw
+    deflate as in a ZIP). ``samples`` are real output files, so the mix of numbers and strings
+    is the export's own."""
+    parsed = [orjson.loads(s) for s in samples]
+    dumped = sum(len(orjson.dumps(d)) for d in parsed)
+    size = sum(map(len, samples))
+
+    def deflate() -> None:
+        for s in samples:
+            compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+            compressor.compress(s)
+            compressor.flush()
+
+    def rate(work: Callable[[], object], n_bytes: int) -> float:
+        """Per CPU second, so that other load on the machine does not lower the floor's rate."""
+        runs, started = 0, time.process_time()
+        while runs == 0 or time.process_time() - started < seconds:
+            work()
+            runs += 1
+        return n_bytes * runs / max(time.process_time() - started, 1e-9)
+
+    return {
+        "dumps": rate(lambda: [orjson.dumps(d) for d in parsed], dumped),
+        "loads": rate(lambda: [orjson.loads(s) for s in samples], size),
+        "deflate": rate(deflate, size),
+    }
+
+
+FLOOR_RATES = {
+    "serialization": (("dumps", "json_bytes"), ("deflate", "gzip_bytes")),
+    "validation": (("loads", "json_bytes"),),
+    "archive": (("deflate", "zip_bytes"),),
+    "whole_export": (("dumps", "json_bytes"), ("deflate", "output_bytes")),
+}
+"""What bounds each stage from below, as (``byte_rates`` key, bytes it applies to): writing
+serialises every JSON byte once and gzips the files written gzipped, a full validation parses
+each JSON byte once, the archive deflates the rest (it stores gzip files as they are); after
+the pass an export at least serialises and deflates its output once. Sizes count gzip files
+unpacked. Finalisation and the pass have no byte floor (their work is arithmetic, see the
+matmul share)."""
+
+
+def floors(sizes: dict[str, int], rates: dict[str, float]) -> dict[str, float]:
+    """Per stage: the seconds its ``FLOOR_RATES`` need for the export's ``sizes``
+    (``json_bytes``, ``gzip_bytes``, ``output_bytes``) on this machine."""
+    sizes = sizes | {"zip_bytes": sizes["output_bytes"] - sizes["gzip_bytes"]}
+    return {
+        stage: sum(sizes[of] / rates[rate] for rate, of in needs)
+        for stage, needs in FLOOR_RATES.items()
+    }
 
 
 def flops_per_token(dims: dict[str, int], hook_layer: int, d_sae: int, context: int) -> float:

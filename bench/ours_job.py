@@ -8,6 +8,7 @@ agreement check needs (top example max values, top positive logit token ids, fre
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import sys
@@ -98,7 +99,47 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "stages_s": stages,
         "archive_bytes": len(archive),
         "n_files": len(last.result.files),
+        **byte_facts(archive),
         "features": feature_facts(archive),
+    }
+
+
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+SAMPLE_BYTES = 1 << 20
+"""Per format folder, about this much of its JSON is timed for the machine's byte rates."""
+
+
+def byte_facts(archive: bytes) -> dict[str, Any]:
+    """The output's size (every file, and its JSON alone; gzip files counted unpacked, as both
+    are serialised and deflated once) and this machine's orjson and zlib rates on samples of it
+    from every format folder, for the bench's floors."""
+    from mistudio_export.packaging.archive import DEFLATE_LEVEL
+
+    from bench.measure import byte_rates
+
+    samples: dict[str, list[bytes]] = {}
+    json_bytes = gzip_bytes = output_bytes = 0
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        for info in zf.infolist():
+            packed = info.filename.endswith(".gz")
+            data = zf.read(info) if packed else b""
+            size = int.from_bytes(data[-4:], "little") if packed else info.file_size  # ISIZE
+            output_bytes += size
+            gzip_bytes += size if packed else 0
+            if not info.filename.endswith(JSON_SUFFIXES):
+                continue
+            json_bytes += size
+            folder = samples.setdefault(info.filename.split("/")[0], [])
+            if sum(map(len, folder)) < SAMPLE_BYTES:
+                text = gzip.decompress(data) if packed else zf.read(info)
+                lines = ".jsonl" in info.filename
+                folder += [line for line in text.splitlines() if line] if lines else [text]
+    chosen = [s for folder in samples.values() for s in folder]
+    return {
+        "json_bytes": json_bytes,
+        "gzip_bytes": gzip_bytes,
+        "output_bytes": output_bytes,
+        "byte_rates": byte_rates(chosen, DEFLATE_LEVEL),
     }
 
 

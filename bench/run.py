@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.inputs import MODELS, REPO, BenchInputs, BenchModel, bench_model, prepare
-from bench.measure import agreement, flops_per_token, matmul_gflops
+from bench.measure import agreement, floors, flops_per_token, matmul_gflops
 
 BENCH = REPO / "bench"
 THEIR_VENV = BENCH / ".venv-saedashboard"
@@ -53,9 +53,12 @@ def ensure_their_venv() -> str:
     return "" if subprocess.run(probe).returncode == 0 else "sae_dashboard does not import"
 
 
-def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
+def timed(
+    cmd: list[str], cwd: Path, threads: int, extra_env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS MB) of that process alone."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env |= extra_env or {}
     rss_file = cwd / "rss.txt"
     started = time.perf_counter()
     done = subprocess.run(
@@ -68,13 +71,18 @@ def timed(cmd: list[str], cwd: Path, threads: int) -> tuple[float, float]:
     return wall, int(rss_file.read_text().split()[-1]) / 1024
 
 
-def run_ours(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_ours(
+    inputs: BenchInputs,
+    args: argparse.Namespace,
+    work: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     out = work / "ours.json"
     cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model.model_ref]
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
     cmd += ["--context", str(inputs.context), "--n-examples", str(args.n_examples)]
     cmd += ["--logit-k", str(args.logit_k), "--bins", str(args.bins), "--device", args.device]
-    wall, rss = timed([*cmd, "--out", str(out)], work, args.threads)
+    wall, rss = timed([*cmd, "--out", str(out)], work, args.threads, extra_env)
     return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
 
 
@@ -112,6 +120,33 @@ def compare(
     return {"inputs": inputs, "ours": ours, "theirs": theirs}
 
 
+def ray_overhead(args: argparse.Namespace, inputs: BenchInputs, scratch: Path) -> dict[str, Any]:
+    """Ours on the local path, then with its pass as ``--ray`` shards on a Ray cluster started on
+    this machine: the wall time sharding adds (on a few cores the point is the overhead)."""
+    ray_env = {
+        "MISTUDIO_COMPUTE_RAY_ADDRESS": "local",
+        "MISTUDIO_COMPUTE_RAY_SHARDS": str(args.ray),
+        "MISTUDIO_COMPUTE_RAY_MAX_SHARDS_IN_FLIGHT": str(args.ray),
+    }
+    runs = {}
+    for side, env in (("local", None), ("ray", ray_env)):
+        work = Path(tempfile.mkdtemp(prefix=f"ray-overhead-{side}-", dir=scratch))
+        runs[side] = run_ours(inputs, args, work, env)
+        print(f"ray overhead {side}: {runs[side]['wall_s']:.1f}s")
+    local, ray = runs["local"], runs["ray"]
+    return {
+        "shards": args.ray,
+        "d_sae": inputs.d_sae,
+        "n_tokens": inputs.n_tokens,
+        "local_wall_s": local["wall_s"],
+        "ray_wall_s": ray["wall_s"],
+        "overhead_s": ray["wall_s"] - local["wall_s"],
+        "local_pass_s": local["stages_s"].get("activation_pass"),
+        "ray_pass_s": ray["stages_s"].get("activation_pass"),
+        "same_features": local["features"] == ray["features"],
+    }
+
+
 STAGE_GROUPS = {
     "activation_pass": ("activation_pass",),
     "finalisation": ("loading_examples", "logit_lens", "histograms", "token_aggregation"),
@@ -127,7 +162,9 @@ token lists) runs chunk by chunk as one step."""
 def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -> dict[str, Any]:
     """Per stage group: median seconds, and the tokens it handles per second times the pass's
     FLOPs per token as a share of the measured matmul rate (what a stage would reach if it were
-    as efficient as the hardware's dense matmul; only the activation pass does model work)."""
+    as efficient as the hardware's dense matmul; only the activation pass does model work); and
+    the stage's byte floor (``measure.floors``: the output's bytes over this machine's orjson and
+    zlib rates) with the stage's distance to it ("whole_export": the floor after the pass)."""
     model = inputs.model
     flops = flops_per_token(model.dims(), model.hook_layer, inputs.d_sae, inputs.context)
     stages = {
@@ -139,7 +176,19 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
         k: (flops * inputs.n_tokens / s / 1e9) / gflops if s > 0 else None
         for k, s in stages.items()
     }
-    return {"flops_per_token": flops, "stages_s": stages, "fraction_of_matmul_rate": fractions}
+    size_keys = ("json_bytes", "gzip_bytes", "output_bytes")
+    sizes = {k: int(statistics.median(r[k] for r in ours)) for k in size_keys}
+    rates = {k: statistics.median(r["byte_rates"][k] for r in ours) for k in ours[0]["byte_rates"]}
+    floor = floors(sizes, rates)
+    return {
+        "flops_per_token": flops,
+        "stages_s": stages,
+        "fraction_of_matmul_rate": fractions,
+        **sizes,
+        "byte_rates": rates,
+        "floor_s": floor,
+        "x_floor": {k: stages[k] / f if f > 0 else None for k, f in floor.items()},
+    }
 
 
 def scaling(
@@ -217,7 +266,7 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
 
 def report(
     args: argparse.Namespace, model: BenchModel, results: list[dict[str, Any]],
-    scaled: list[dict[str, Any]], their_problem: str,
+    scaled: list[dict[str, Any]], their_problem: str, ray: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     gflops = matmul_gflops(threads=args.threads, device=args.device)
     sizes = [size_report(r, args, gflops) for r in results]
@@ -238,6 +287,7 @@ def report(
         **top,
         "sizes": sizes,
         "scaling": scaled,
+        "ray": ray,
     }
 
 
@@ -262,10 +312,21 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     for s in out["sizes"]:
         tp = s["throughput"]
-        lines += ["", f"## d_sae {s['d_sae']}", "", "| stage | s | % of the matmul rate |"]
-        lines += ["|---|---|---|"] + [
-            f"| {k} | {fmt(sec)} | {percent(tp['fraction_of_matmul_rate'][k])} |"
+        lines += ["", f"## d_sae {s['d_sae']}", ""]
+        lines += ["| stage | s | byte floor s | x floor | % of the matmul rate |"]
+        lines += ["|---|---|---|---|---|"] + [
+            f"| {k} | {fmt(sec)} | {fmt(tp['floor_s'].get(k))} | {fmt(tp['x_floor'].get(k))} "
+            f"| {percent(tp['fraction_of_matmul_rate'][k])} |"
             for k, sec in tp["stages_s"].items()
+        ]
+        rates = ", ".join(f"{k} {v / 1e6:.0f} MB/s" for k, v in tp["byte_rates"].items())
+        lines += [
+            "",
+            f"Output {tp['output_bytes'] / 1e6:.1f} MB ({tp['json_bytes'] / 1e6:.1f} MB JSON, "
+            f"{tp['gzip_bytes'] / 1e6:.1f} MB gzipped as written); "
+            f"one core here: {rates}. Floors: serialization = JSON ÷ dumps + gzip files ÷ "
+            "deflate, validation = JSON ÷ loads, archive = the rest ÷ deflate, whole_export = "
+            "the floor after the pass (all ÷ dumps, then deflate).",
         ]
         lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
     if out["scaling"]:
@@ -312,6 +373,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-scaling", action="store_true", help="skip the ours-only series")
+    parser.add_argument(
+        "--ray", type=int, default=0, metavar="N",
+        help="also time ours with the pass as N Ray shards on this machine (needs the ray extra)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--results", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
@@ -333,10 +398,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = bench_model(args.model, scratch / "inputs")
         sizes = [compare(args, scratch, model, d_sae, their_problem) for d_sae in args.d_sae]
         scaled = [] if args.no_scaling else scaling(args, scratch, model, sizes)
-        out = report(args, model, sizes, scaled, their_problem)
+        ray = ray_overhead(args, sizes[0]["inputs"], scratch) if args.ray else None
+        out = report(args, model, sizes, scaled, their_problem, ray)
     (results / "latest.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
     (results / "latest.md").write_text(markdown(out), encoding="utf-8")
     print(markdown(out).split("\n## ")[0])
+    if ray:
+        print(f"Ray ({ray['shards']} shards): {fmt(ray['ray_wall_s'])} s vs local "
+              f"{fmt(ray['local_wall_s'])} s, overhead {fmt(ray['overhead_s'])} s, "
+              f"same features: {ray['same_features']}")  # fmt: skip
     return out
 
 

@@ -31,6 +31,10 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     }  # fmt: skip
     assert all(s >= 0 for s in stages.values())
     assert sum(stages.values()) - stages["whole_export"] <= stages["whole_export"]
+    tp = out["throughput"]
+    assert tp["output_bytes"] >= tp["json_bytes"] > 0 and tp["gzip_bytes"] >= 0
+    assert set(tp["floor_s"]) == {"serialization", "validation", "archive", "whole_export"}
+    assert all(f > 0 for f in tp["floor_s"].values())
     assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
     assert [s["d_sae"] for s in out["sizes"]] == [64]
     assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")

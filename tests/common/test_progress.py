@@ -115,6 +115,45 @@ def test_watcher_that_is_no_longer_wanted_stops_without_affecting_the_job() -> N
     assert channel.latest == 5
 
 
+def test_elapsed_keeps_counting_after_a_pause_and_leaves_the_pause_out() -> None:
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 10, 100)
+    clock.now = 10.0
+    tracker.set_state(pb.JOB_STATE_PAUSED)
+    clock.now = 15.0  # five seconds paused
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 20, 100)
+    clock.now = 35.0
+    progress = tracker.snapshot()
+    assert progress.stages[0].elapsed_seconds == 30.0
+    assert progress.elapsed_seconds == 30.0
+
+
+def test_elapsed_carries_over_a_restart_and_keeps_counting() -> None:
+    clock = FakeClock()
+    first = ProgressTracker("job", STAGES, clock=clock)
+    first.update(pb.STAGE_ACTIVATION_PASS, 10, 100)
+    clock.now = 12.0
+    saved = first.snapshot()
+    second = ProgressTracker("job", STAGES, clock=clock)
+    second.restore(saved)
+    clock.now = 20.0
+    second.update(pb.STAGE_ACTIVATION_PASS, 20, 100)
+    clock.now = 28.0
+    assert second.snapshot().elapsed_seconds == 20.0
+
+
+def test_eta_of_a_stage_under_way_comes_from_its_own_rate_not_its_weight() -> None:
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)  # equal weights
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 0, 10)
+    clock.now = 10.0
+    tracker.update(pb.STAGE_LOGIT_LENS, 0, 10)  # the first stage took 10 s
+    clock.now = 40.0
+    progress = tracker.update(pb.STAGE_LOGIT_LENS, 5, 10)  # the second runs 3x slower
+    assert progress.eta_seconds == 30.0
+
+
 def test_async_watchers_get_updates_published_from_another_thread_without_a_thread_each() -> None:
     channel: JobChannel[int] = JobChannel(0, is_terminal=lambda m: m >= 3)
 

@@ -7,6 +7,7 @@ import pytest
 from google.protobuf import any_pb2, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
 
@@ -87,24 +88,23 @@ def test_update_writes_only_the_masked_fields(stub: StoreServiceStub, sae_id: st
         fraction=0.4,
         stages=[ppb.StageProgress(stage=ppb.STAGE_LOGIT_LENS, items_done=3)],
     )
-    checkpoint = struct_pb2.Struct()
-    checkpoint.update({"stage": "logit_lens", "features_done": 3})
+    resume = jpb.ExportCheckpoint(collect=jpb.CollectCheckpoint(chunks_done=3))
     change = pb.ExportJob(
         job_id=job.job_id,
         state=ppb.JOB_STATE_RUNNING,
         progress=progress,
-        checkpoint=checkpoint,
+        resume=resume,
         owner="mallory",
         output_uri="overwritten?",
     )
     change.started_at.GetCurrentTime()
     updated = stub.UpdateExportJob(
         pb.UpdateExportJobRequest(
-            job=change, update_mask=["state", "progress", "checkpoint", "started_at"]
+            job=change, update_mask=["state", "progress", "resume", "started_at"]
         )
     ).job
     assert updated.state == ppb.JOB_STATE_RUNNING
-    assert updated.progress == progress and updated.checkpoint == checkpoint
+    assert updated.progress == progress and updated.resume == resume
     assert updated.started_at == change.started_at
     assert (updated.owner, updated.output_uri) == ("alice", "keep")
     assert updated.updated_at.ToDatetime() >= job.updated_at.ToDatetime()

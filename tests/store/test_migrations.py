@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from mistudio_store import convert
 from mistudio_store.db import migrate
 from mistudio_store.db.engine import create_store_engine
-from mistudio_store.db.models import Base
-from sqlalchemy import inspect
+from mistudio_store.db.models import Base, ExportJobRow
+from sqlalchemy import MetaData, Table, inspect, select
+from sqlalchemy.orm import Session
 
 STORE_TABLES = {"saes", "features", "explanations", "dashboards", "export_jobs"}
 
@@ -46,5 +50,48 @@ def test_models_match_the_migrated_schema(database_url: str) -> None:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_migrating_an_untyped_checkpoint_keeps_its_resume_state_and_result(
+    empty_database_url: str,
+) -> None:
+    engine = create_store_engine(empty_database_url)
+    old = {
+        "compute": {"attempt": 2, "paused_job": "c1"},
+        "collect": {"chunks_done": 3, "skipped_unchanged": 1},
+        "formats_done": ["prd_json"],
+        "result": {"output_uri": "exports/j/x.zip", "size_bytes": 9},
+        "feature_hashes": {"4": "ab"},
+        "render_key": "rk",
+    }
+    try:
+        migrate.upgrade(engine, "0001")
+        now = datetime.now(UTC)
+        with engine.begin() as connection:
+            saes = Table("saes", MetaData(), autoload_with=connection)
+            jobs = Table("export_jobs", MetaData(), autoload_with=connection)
+            sae = dict(sae_id="s", model_id="m", hook_point="h", d_in=1, d_sae=1)
+            sae.update(architecture="standard", weights_uri="", training_dataset="")
+            sae.update(n_training_tokens=0, l0=0.0, explained_variance=0.0, config={})
+            sae.update(neuronpedia_model_id="", neuronpedia_source_set="")
+            connection.execute(saes.insert().values(**sae, created_at=now, updated_at=now))
+            sae_pk = connection.execute(select(saes.c.id)).scalar_one()
+            job = dict(job_id="j", sae_pk=sae_pk, owner="o", config={}, state="running")
+            job.update(stage="caching", output_uri="", output_size_bytes=0, feature_count=0)
+            job.update(error_message="", checkpoint=old, created_at=now, updated_at=now)
+            connection.execute(jobs.insert().values(**job))
+        migrate.upgrade(engine)
+        with Session(engine) as session:
+            row = session.get(ExportJobRow, "j")
+            assert row is not None
+            job = convert.job_to_pb(row, "s")
+        assert job.resume.compute.attempt == 2
+        assert job.resume.compute.paused_computation_id == "c1"
+        assert job.resume.collect.chunks_done == 3
+        assert list(job.resume.formats.done) == ["prd_json"]
+        assert job.outcome.result.output_uri == "exports/j/x.zip"
+        assert dict(job.outcome.feature_hashes) == {4: "ab"} and job.outcome.render_key == "rk"
     finally:
         engine.dispose()

@@ -75,7 +75,8 @@ class PermissionDenied(MistudioError):
 
 
 class Unavailable(MistudioError):
-    """A peer service or the object store cannot be reached; retrying may help."""
+    """A peer service, the database or the object store cannot be reached; retrying may help
+    (running jobs wait it out, see ``mistudio_common.retry``)."""
 
 
 class Internal(MistudioError):

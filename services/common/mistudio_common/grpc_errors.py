@@ -172,12 +172,29 @@ def error_from_rpc(error: grpc.RpcError) -> MistudioError:
     return error_from_status(status)
 
 
+Translation = Callable[[BaseException], MistudioError | None]
+_translations: list[Translation] = []
+
+
+def register_translation(translate: Translation) -> None:
+    """Lets a service name its adapters' errors (the store: a lost database connection) as
+    domain errors, so they map to statuses here like every other error."""
+    if translate not in _translations:
+        _translations.append(translate)
+
+
+def _translated(error: BaseException) -> BaseException:
+    for translate in _translations:
+        error = translate(error) or error
+    return error
+
+
 def _abort(context: grpc.ServicerContext, error: BaseException) -> None:
-    context.abort_with_status(rpc_status.to_status(status_from_error(error)))
+    context.abort_with_status(rpc_status.to_status(status_from_error(_translated(error))))
 
 
 async def _abort_async(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> None:
-    status = rpc_status.to_status(status_from_error(error))
+    status = rpc_status.to_status(status_from_error(_translated(error)))
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 

@@ -22,6 +22,8 @@ StageId: TypeAlias = pb.Stage.ValueType
 JobStateId: TypeAlias = pb.JobState.ValueType
 
 TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
+_OWN_RATE_FROM = 0.05
+"""A stage's own rate predicts its remaining time once this much of it is done."""
 
 
 @dataclass
@@ -100,6 +102,10 @@ class ProgressTracker:
             clock = self._clocks[index]
             if clock.started is None:
                 clock.started = now
+            elif clock.finished is not None and clock.state != pb.JOB_STATE_SUCCEEDED:
+                # Resumed after a pause or failure: the stopped span counts, the wait does not.
+                clock.elapsed_before += clock.finished - clock.started
+                clock.started, clock.finished = now, None
             clock.state = pb.JOB_STATE_RUNNING
             clock.done, clock.total = done, total
             clock.unit = unit or clock.unit
@@ -155,6 +161,23 @@ class ProgressTracker:
             return 1.0
         return min(1.0, clock.done / clock.total) if clock.total > 0 else 0.0
 
+    def _eta(self, now: float, overall: float, elapsed_total: float) -> float:
+        """Seconds left: a stage under way at its own measured rate, a stage not yet begun at
+        the job's measured seconds per unit of weight (weights alone are only a guess)."""
+        if not 0.0 < overall < 1.0:
+            return -1.0
+        per_weight = elapsed_total / overall
+        remaining = 0.0
+        for weight, clock in zip(self._weights, self._clocks, strict=True):
+            fraction = self._stage_fraction(clock)
+            if fraction >= 1.0:
+                continue
+            if fraction >= _OWN_RATE_FROM:
+                remaining += self._elapsed(clock, now) / fraction * (1.0 - fraction)
+            else:
+                remaining += weight * (1.0 - fraction) * per_weight
+        return remaining
+
     def _render(self, now: float) -> pb.Progress:
         self._sequence += 1
         stages = []
@@ -177,7 +200,7 @@ class ProgressTracker:
             w * self._stage_fraction(c) for w, c in zip(self._weights, self._clocks, strict=True)
         )
         elapsed_total = sum(self._elapsed(c, now) for c in self._clocks)
-        eta_total = elapsed_total / overall * (1.0 - overall) if 0.0 < overall < 1.0 else -1.0
+        eta_total = self._eta(now, overall, elapsed_total)
         current = self._clocks[self._current]
         return pb.Progress(
             job_id=self.job_id,

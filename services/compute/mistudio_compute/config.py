@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from mistudio_common.auth import SecuritySettings
+from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
 from pydantic_settings import SettingsConfigDict
 
 from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
@@ -32,10 +33,23 @@ class ComputeSettings(SecuritySettings):
     """Token rows per forward pass when a request gives none; halved on out-of-memory."""
     checkpoint_every_batches: int = 50
     """How often a running computation saves its resumable state."""
+    fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
+    """How long a computation waits out an unreachable store (or database) before it fails."""
     max_workers: int = 32
     """Threads serving RPCs; each open progress stream holds one."""
     default_token_features_per_second: float = 2.0e7
     """Throughput EstimateComputation assumes before this service has measured its own."""
+    ray_address: str = ""
+    """A Ray cluster ("auto", "ray://head:10001"): the activation pass then runs as token-range
+    shards on it (needs the ``ray`` extra). Empty: everything runs in this process."""
+    ray_shards: int = 8
+    """Token-range shards per computation on the Ray cluster."""
+    ray_max_shards_in_flight: int = 4
+    """Shards of one computation running at once, so one big export cannot starve the others."""
+    ray_gpus_per_task: float = 0.0
+    """GPUs each shard asks Ray for (fractions share a GPU)."""
+    ray_task_retries: int = 3
+    """Re-runs of a shard whose Ray worker died."""
     finished_job_retention_seconds: float = 86400.0
     """Finished computations' folders under data_dir/compute/jobs are removed after this long
     (their dashboards stay cached in the store)."""

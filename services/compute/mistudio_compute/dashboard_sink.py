@@ -1,8 +1,9 @@
 """Writes a job's finalised dashboards to the store while the next chunk is being computed.
 
 A single writer thread drains a short queue, so store round trips overlap with tensor work and
-at most ``max_pending`` batches wait in memory. A failed write is raised in the job thread at
-its next ``add`` or at ``close``, which also waits until everything is written.
+at most ``max_pending`` batches wait in memory. A store that is briefly out of reach is waited
+out (writes are upserts, so a retried batch is harmless); a write that still fails is raised in
+the job thread at its next ``add`` or at ``close``, which also waits until everything is written.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from collections.abc import Sequence
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.retry import Patience, call_with_patience
 
 from mistudio_compute.store_client import FeatureStats, StoreClient
 
@@ -28,8 +30,11 @@ class DashboardSink:
         params: dpb.DashboardParams,
         batch_size: int = 64,
         max_pending: int = 2,
+        patience: Patience | None = None,
     ) -> None:
         self._store, self._sae_id, self._params = store, sae_id, params
+        self._patience = patience or Patience()
+        self._aborted = threading.Event()
         self._batch_size = batch_size
         self._pending: list[dpb.FeatureDashboard] = []
         self._queue: queue.Queue[list[dpb.FeatureDashboard]] = queue.Queue(max_pending)
@@ -61,6 +66,7 @@ class DashboardSink:
     def abort(self) -> None:
         """Stops the writer without writing what is still pending (the job did not finish)."""
         self._pending = []
+        self._aborted.set()  # cuts short a wait for the store
         if self._writer.is_alive():
             self._error = self._error or _Aborted()
             self._queue.put(_STOP)
@@ -75,10 +81,16 @@ class DashboardSink:
             if self._error is not None:
                 continue  # keep draining so that producers never block on a full queue
             try:
-                self.written += self._store.put_dashboards(self._sae_id, self._params, batch)
-                self._store.upsert_features(self._sae_id, [_stats(d) for d in batch])
+                self.written += call_with_patience(
+                    lambda: self._write(batch), self._patience, self._aborted.wait
+                )
             except Exception as error:
                 self._error = error
+
+    def _write(self, batch: list[dpb.FeatureDashboard]) -> int:
+        written = self._store.put_dashboards(self._sae_id, self._params, batch)
+        self._store.upsert_features(self._sae_id, [_stats(d) for d in batch])
+        return written
 
 
 class _Aborted(Exception):

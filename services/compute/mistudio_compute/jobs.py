@@ -22,11 +22,13 @@ from typing import Protocol
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common import stages
 from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import Cancelled, NotFound, Unavailable
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
+from mistudio_common.retry import Patience
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
@@ -35,32 +37,19 @@ from mistudio_compute.store_client import StoreClient
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[StageId, ...] = (
-    ppb.STAGE_VALIDATING,
-    ppb.STAGE_ACTIVATION_PASS,
-    ppb.STAGE_LOADING_EXAMPLES,
-    ppb.STAGE_LOGIT_LENS,
-    ppb.STAGE_HISTOGRAMS,
-    ppb.STAGE_TOKEN_AGGREGATION,
-    ppb.STAGE_CACHING,
-)
-# The pass over the tokens dominates; the weights make `fraction` track wall time roughly.
-STAGE_WEIGHTS = (0.02, 0.6, 0.08, 0.1, 0.08, 0.07, 0.05)
 _PROGRESS_INTERVAL_SECONDS = 0.1
 
 
-def _stages_of(params: dpb.DashboardParams) -> tuple[list[StageId], list[float]]:
-    """The job's stages and weights: the stage of a part the request leaves out is absent."""
-    runs = set(computation_stages(params_from_pb(params).omitted))
-    kept = [(s, w) for s, w in zip(STAGES, STAGE_WEIGHTS, strict=True)
-            if s in runs or s in (ppb.STAGE_VALIDATING, ppb.STAGE_CACHING)]  # fmt: skip
-    return [s for s, _ in kept], [w for _, w in kept]
+def _stages_of(params: dpb.DashboardParams) -> list[StageId]:
+    """The job's stages: the stage of a part the request leaves out is absent."""
+    runs = computation_stages(params_from_pb(params).omitted)
+    return [ppb.STAGE_VALIDATING, *runs, ppb.STAGE_CACHING]
 
 
 def work_share(params: dpb.DashboardParams) -> float:
     """The share of a full computation's time these parameters cost, by the stage weights:
     estimates scale by it, and measured rates are recorded as if for a full computation."""
-    return sum(_stages_of(params)[1]) / sum(STAGE_WEIGHTS)
+    return stages.weight(_stages_of(params)) / stages.weight(stages.COMPUTE_STAGES)
 
 
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
@@ -152,6 +141,7 @@ class ComputeJobManager:
         self.rates = RateBook(root / "rates.json", settings.default_token_features_per_second)
         self._preparer = preparer
         self._store = store
+        self._patience = Patience(settings.fault_patience_seconds)
         self._jobs: dict[str, ComputeJob] = {}
         self._lock = threading.Lock()
         self._starting: dict[str, threading.Lock] = {}
@@ -257,8 +247,7 @@ class ComputeJobManager:
         request: cpb.ComputeDashboardsRequest,
         last: cpb.ComputeProgress | None = None,
     ) -> ComputeJob:
-        stages, weights = _stages_of(request.params)
-        tracker = ProgressTracker(job_id, stages, stage_weights=weights)
+        tracker = stages.tracker(job_id, _stages_of(request.params))
         if last is not None:
             tracker.restore(last.progress)
         initial = last if last is not None and _is_terminal(last) else None
@@ -319,7 +308,7 @@ class ComputeJobManager:
 
     def _run(self, job: ComputeJob, prepared: PreparedComputation) -> None:
         started = time.monotonic()
-        sink = DashboardSink(self._store, prepared.sae_id, prepared.params)
+        sink = DashboardSink(self._store, prepared.sae_id, prepared.params, patience=self._patience)
         try:
             self._publish(job, job.tracker.update(ppb.STAGE_VALIDATING, 1, 1, "checks"))
             todo, reused = self._plan(job, prepared)

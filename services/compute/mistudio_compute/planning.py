@@ -22,6 +22,7 @@ from mistudio_common.dashboard_options import Component, logit_lens_defined, pre
 from mistudio_common.errors import InvalidArgument, ResourceExhausted
 
 from mistudio_compute.config import ComputeSettings
+from mistudio_compute.dashboards.distributed import Sharding
 from mistudio_compute.dashboards.memory import predict_memory
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
@@ -164,6 +165,7 @@ class Planner:
             dataset=dataset,
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
+            sharding=_sharding(self._settings),
         )
 
     def check_memory(
@@ -288,4 +290,16 @@ def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec
         context_size=source.context_size,
         prepend_bos=prepend_bos(source),
         max_tokens=source.max_tokens,
+    )
+
+
+def _sharding(settings: ComputeSettings) -> Sharding | None:
+    if not settings.ray_address:
+        return None
+    return Sharding(
+        address=settings.ray_address,
+        shards=settings.ray_shards,
+        max_in_flight=settings.ray_max_shards_in_flight,
+        gpus_per_task=settings.ray_gpus_per_task,
+        max_retries=settings.ray_task_retries,
     )

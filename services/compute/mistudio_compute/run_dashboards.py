@@ -7,6 +7,7 @@ the job (which caches it in the store) and measures what the ComputeResult repor
 
 from __future__ import annotations
 
+import functools
 import resource
 import threading
 from collections.abc import Sequence
@@ -15,11 +16,23 @@ from dataclasses import dataclass
 import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
-from mistudio_compute.dashboards import Checkpointing, PassResult, Stage, compute_dashboards
+from mistudio_compute.dashboards import (
+    Checkpointing,
+    DashboardInputs,
+    PassResult,
+    Stage,
+    compute_dashboards,
+    finalize_dashboards,
+    state_config,
+    validate_features,
+    validate_params,
+)
+from mistudio_compute.dashboards.distributed import Sharding, run_sharded_pass
 from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel
 from mistudio_compute.sae_source import ResolvedSae
@@ -50,6 +63,8 @@ class PreparedDashboards:
     dataset: TokenDataset
     batch_rows: int
     checkpoint_every_batches: int
+    sharding: Sharding | None = None
+    """Set when a Ray address is configured: the pass then runs as shards on that cluster."""
 
     def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
         return run_dashboards(self, features, hooks)
@@ -98,19 +113,32 @@ def run_dashboards(
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
     passed: list[PassResult] = []
-    chunks = compute_dashboards(
-        inputs,
-        params,
-        features=features,
-        batch_size=prepared.batch_rows,
-        chunk_size=CHUNK_FEATURES,
-        checkpoint=Checkpointing(
-            hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
-        ),
-        progress=reporter,
-        cancel=hooks.interrupt,
-        on_pass=passed.append,
-    )
+    if prepared.sharding is None:
+        chunks = compute_dashboards(
+            inputs,
+            params,
+            features=features,
+            batch_size=prepared.batch_rows,
+            chunk_size=CHUNK_FEATURES,
+            checkpoint=Checkpointing(
+                hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
+            ),
+            progress=reporter,
+            cancel=hooks.interrupt,
+            on_pass=passed.append,
+        )
+    else:
+        passed.append(
+            _sharded_pass(prepared, prepared.sharding, params, features, inputs, reporter, hooks)
+        )
+        chunks = finalize_dashboards(
+            passed[0].state,
+            inputs,
+            params,
+            chunk_size=CHUNK_FEATURES,
+            progress=reporter,
+            cancel=hooks.interrupt,
+        )
     for chunk in chunks:
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
@@ -118,6 +146,40 @@ def run_dashboards(
         final_batch_size=passed[0].batch_size,
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
+    )
+
+
+def _sharded_pass(
+    prepared: PreparedDashboards,
+    sharding: Sharding,
+    params: DashboardParams,
+    features: Sequence[int],
+    inputs: DashboardInputs,
+    reporter: StageReporter,
+    hooks: RunHooks,
+) -> PassResult:
+    """The pass as token-range shards on the Ray cluster; each worker builds its own inputs
+    (the local model lock guards this process only)."""
+    validate_params(params)
+    make_inputs = functools.partial(
+        dashboard_inputs,
+        prepared.model,
+        prepared.resolved.sae,
+        prepared.resolved.hook_point,
+        DatasetTokens(prepared.dataset),
+    )
+    tokens = prepared.dataset.tokens
+    return run_sharded_pass(
+        make_inputs,
+        state_config(params, inputs.token_text.special_ids),
+        validate_features(features, inputs.encoder.d_sae),
+        rows=range(tokens.shape[0]),
+        seq_len=tokens.shape[1],
+        device=inputs.encoder.device,
+        sharding=sharding,
+        batch_size=prepared.batch_rows,
+        progress=reporter,
+        cancel=hooks.interrupt,
     )
 
 

@@ -14,13 +14,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from google.protobuf import json_format
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
-from mistudio_export import views
 from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import fetch_to_file, finished_job
 from mistudio_export.generate import FOLDERS
@@ -36,7 +34,6 @@ from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
 from mistudio_export.validation.archives import validate_zip
 
-CHECKPOINT_KEY = "validation"
 SAELENS_REQUIRED = ("cfg.json", "sae_weights.safetensors")
 DEFAULT_MAX_PROBLEMS = 1000
 MAX_FIX_LINES = 100
@@ -86,9 +83,8 @@ def validate_output(
     job: JobRuntime, root: Path, kinds: Sequence[FormatKind], auto_fix: bool
 ) -> epb.ValidationSummary:
     """Validates the staged files once; a job that failed validation fails with the report."""
-    saved = job.checkpoint.get(CHECKPOINT_KEY)
-    if saved:
-        return json_format.ParseDict(saved, epb.ValidationSummary())
+    if job.checkpoint.HasField("validation"):
+        return job.checkpoint.validation
     job.report(ppb.STAGE_VALIDATING_OUTPUT, 0, 1, "folders", "validating the generated files")
     if any(kind is not FormatKind.SAELENS for kind in kinds):
         summary = summary_of(validate_export(root, fix=auto_fix, processes=os.cpu_count() or 1))
@@ -106,7 +102,8 @@ def validate_output(
             fix="export again with config.auto_fix=true to repair what can be repaired",
         )
     job.finish_stage(ppb.STAGE_VALIDATING_OUTPUT)
-    job.save(**{CHECKPOINT_KEY: json_format.MessageToDict(summary)})
+    job.checkpoint.validation.CopyFrom(summary)
+    job.save()
     return summary
 
 
@@ -162,15 +159,14 @@ class ArchiveValidator:
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         fixed = build_archive(folder, path, compression=compression)
         self._objects.put_file(job.output_uri, fixed.path)
-        result = views.result_of(job) or epb.ExportResult(output_uri=job.output_uri)
+        record = spb.ExportJob(job_id=job.job_id, output_size_bytes=fixed.size, outcome=job.outcome)
+        result = record.outcome.result
+        if not result.output_uri:
+            result.output_uri = job.output_uri
         result.size_bytes = fixed.size
         result.archive_sha256 = fixed.sha256
         result.validation.CopyFrom(summary)
-        checkpoint = views.dict_of(job.checkpoint) if job.HasField("checkpoint") else {}
-        checkpoint[views.RESULT_KEY] = views.result_json(result)
-        record = spb.ExportJob(job_id=job.job_id, output_size_bytes=fixed.size)
-        record.checkpoint.CopyFrom(views.struct_of(checkpoint))
-        self._store.update_job(record, ["output_size_bytes", "checkpoint"])
+        self._store.update_job(record, ["output_size_bytes", "outcome"])
 
 
 def _integrity(report: VerifyReport, summary: epb.ValidationSummary) -> list[epb.ValidationProblem]:

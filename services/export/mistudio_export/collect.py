@@ -22,13 +22,12 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
-from mistudio_export.clients import StoreClient
 from mistudio_export.delta import EarlierExport, feature_hash, hashes_from_json, hashes_to_json
 from mistudio_export.formats import jsonio
+from mistudio_export.peers import FeatureRecords
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
 
-CHECKPOINT_KEY = "collect"
 _LENGTH = struct.Struct(">I")
 
 
@@ -52,7 +51,7 @@ def dashboards_dir(staging: Path) -> Path:
 
 def collect(
     job: JobRuntime,
-    store: StoreClient,
+    store: FeatureRecords,
     params: dpb.DashboardParams,
     candidates: Sequence[int],
     keep: StatisticFilter,
@@ -60,8 +59,8 @@ def collect(
     batch_size: int,
 ) -> Collected:
     """Stages the dashboards of every selected feature; resumes after the last saved batch."""
-    state = dict(job.checkpoint.get(CHECKPOINT_KEY) or {})
-    done, skipped = int(state.get("chunks_done", 0)), int(state.get("skipped_unchanged", 0))
+    state = job.checkpoint.collect
+    done, skipped = state.chunks_done, state.skipped_unchanged
     batches = chunks(candidates, batch_size)
     folder = dashboards_dir(job.staging)
     staged = [folder / _chunk_name(n) for n in range(done)]
@@ -84,14 +83,14 @@ def collect(
             "features",
             f"read dashboards of batch {n + 1}/{len(batches)}",
         )
-        state = {"chunks_done": n + 1, "skipped_unchanged": skipped}
-        job.save(**{CHECKPOINT_KEY: state})
+        state.chunks_done, state.skipped_unchanged = n + 1, skipped
+        job.save()
     return Collected(hashes=hashes, skipped_unchanged=skipped)
 
 
 def _read_batch(
     job: JobRuntime,
-    store: StoreClient,
+    store: FeatureRecords,
     params: dpb.DashboardParams,
     batch: list[int],
     keep: StatisticFilter,

@@ -2,47 +2,31 @@
 
 Cached dashboards for the same parameters are reused (``reuse_cached``), never recomputed. The
 computation lives in the compute service: if this service restarts, the job re-attaches to it
-by its request id. A pause pauses the computation too, keeping its checkpoint, and the resumed
-export re-attaches to it by the same request id, which resumes it where it stopped. A cancel or
-failure ends it; the next run starts a new attempt that reuses whatever reached the cache.
+by its request id. So does a job whose connection to compute broke (compute restarting): the
+computation goes on there, or resumes from its own checkpoint, under the same request id. A
+pause pauses the computation too, keeping its checkpoint, and the resumed export re-attaches
+to it by the same request id, which resumes it where it stopped. A cancel or a computation that
+ended in failure ends the attempt; the next run starts a new attempt that reuses whatever
+reached the cache.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from google.protobuf import json_format
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio_common import stages
 from mistudio_common.errors import Cancelled, MistudioError, Unavailable
 from mistudio_common.grpc_errors import error_from_status
+from mistudio_common.stages import DASHBOARD_STAGES
 
-from mistudio_export.clients import ComputeClient
+from mistudio_export.peers import DashboardComputer
 from mistudio_export.runtime import Interruption, JobInterrupted, JobRuntime
 
 log = logging.getLogger(__name__)
-
-COMPUTE_STAGES = (
-    ppb.STAGE_ACTIVATION_PASS,
-    ppb.STAGE_LOADING_EXAMPLES,
-    ppb.STAGE_LOGIT_LENS,
-    ppb.STAGE_HISTOGRAMS,
-    ppb.STAGE_TOKEN_AGGREGATION,
-    ppb.STAGE_CACHING,
-)
-CHECKPOINT_KEY = "compute"
-PAUSED_JOB_KEY = "paused_job"
-_STAGE_NOTES = {
-    ppb.STAGE_ACTIVATION_PASS: "activation pass over the tokens",
-    ppb.STAGE_LOADING_EXAMPLES: "loading activation examples",
-    ppb.STAGE_LOGIT_LENS: "logit lens",
-    ppb.STAGE_HISTOGRAMS: "histograms",
-    ppb.STAGE_TOKEN_AGGREGATION: "aggregating tokens",
-    ppb.STAGE_CACHING: "caching dashboard data",
-}
 
 
 def compute_request(
@@ -64,51 +48,47 @@ def compute_request(
 
 
 def ensure_dashboards(
-    job: JobRuntime, compute: ComputeClient, indices: list[int], *, all_features: bool
-) -> dict[str, Any]:
-    """Runs (or re-attaches to) the computation of ``indices``; returns its checkpointed summary."""
-    state: dict[str, Any] = dict(job.checkpoint.get(CHECKPOINT_KEY) or {})
-    if state.get("done"):
-        return state
-    attempt = int(state.get("attempt", 0))
+    job: JobRuntime, compute: DashboardComputer, indices: list[int], *, all_features: bool
+) -> cpb.ComputeResult:
+    """Runs (or re-attaches to) the computation of ``indices``; returns its checkpointed result."""
+    state = job.checkpoint.compute
+    if state.HasField("result"):
+        return state.result
+    attempt = state.attempt
     request = compute_request(job, indices, all_features=all_features, attempt=attempt)
     followed = _Followed()
     try:
         last = _follow(job, compute, request, followed)
-    except (JobInterrupted, MistudioError) as stop:
+    except _Ended as ended:
+        # A computation that failed or was cancelled cannot be re-attached: the next run starts
+        # a new attempt (which reuses whatever reached the cache).
+        state.attempt = attempt + 1
+        state.ClearField("paused_computation_id")
+        raise ended.error from None
+    except JobInterrupted as stop:
         # After a shutdown the computation goes on in the compute service, and after a pause it
-        # waits there with its checkpoint: the next run re-attaches to the same attempt. A
-        # computation that was cancelled or failed cannot be re-attached: the next run starts a
-        # new attempt (which reuses whatever reached the cache).
-        reason = stop.reason if isinstance(stop, JobInterrupted) else None
-        if reason is Interruption.PAUSE and followed.resumable:
-            job.checkpoint[CHECKPOINT_KEY] = {"attempt": attempt, PAUSED_JOB_KEY: followed.job_id}
-        elif reason is not Interruption.SHUTDOWN:
-            job.checkpoint[CHECKPOINT_KEY] = {"attempt": attempt + 1}
+        # waits there with its checkpoint: the next run re-attaches to the same attempt.
+        if stop.reason is Interruption.PAUSE and followed.resumable:
+            state.paused_computation_id = followed.job_id
+        elif stop.reason is Interruption.CANCEL:
+            state.attempt = attempt + 1
+            state.ClearField("paused_computation_id")
         raise
-    result = last.result
-    state = {
-        "done": True,
-        "attempt": attempt,
-        "features_computed": int(result.features_computed),
-        "features_reused": int(result.features_reused),
-        "tokens_processed": int(result.tokens_processed),
-        "device": result.device,
-        "params": json_format.MessageToDict(result.params),
-    }
-    for stage in COMPUTE_STAGES:
+    state.ClearField("paused_computation_id")
+    state.result.CopyFrom(last.result)
+    for stage in DASHBOARD_STAGES:
         if stage in job.plan.stages:
             job.finish_stage(stage)
-    job.save(**{CHECKPOINT_KEY: state})
-    return state
+    job.save()
+    return state.result
 
 
-def release_paused(compute: ComputeClient, checkpoint: dict[str, Any]) -> None:
+def release_paused(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> None:
     """Cancels the computation a paused export left waiting, when that export is cancelled."""
-    paused = (checkpoint.get(CHECKPOINT_KEY) or {}).get(PAUSED_JOB_KEY)
+    paused = checkpoint.compute.paused_computation_id
     if paused:
         try:
-            compute.cancel_computation(str(paused))
+            compute.cancel_computation(paused)
         except MistudioError as error:
             log.warning("could not cancel paused computation %s: %s", paused, error)
 
@@ -124,7 +104,7 @@ class _Followed:
 
 def _follow(
     job: JobRuntime,
-    compute: ComputeClient,
+    compute: DashboardComputer,
     request: cpb.ComputeDashboardsRequest,
     followed: _Followed,
 ) -> cpb.ComputeProgress:
@@ -158,9 +138,12 @@ def _follow(
                     ppb.JOB_STATE_CANCELLED,
                 ):
                     break
-        except Cancelled:
-            job.check()
-            raise
+        except Cancelled as lost:
+            job.check()  # our own pause or cancel detached the stream
+            raise Unavailable(
+                "the compute service ended the progress stream (it is restarting?)",
+                fix="the export re-attaches to the computation by itself",
+            ) from lost
     job.check()
     if last is None:
         raise Unavailable(
@@ -171,22 +154,32 @@ def _follow(
     if state == ppb.JOB_STATE_SUCCEEDED:
         return last
     if state == ppb.JOB_STATE_FAILED and last.progress.HasField("error"):
-        raise error_from_status(last.progress.error)
+        raise _Ended(error_from_status(last.progress.error))
+    if state in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED):
+        raise _Ended(
+            Unavailable(
+                f"the dashboard computation ended in state {ppb.JobState.Name(state)}",
+                fix="resume the export to start the computation again",
+            )
+        )
     raise Unavailable(
-        f"the dashboard computation ended in state {ppb.JobState.Name(state)}",
-        fix="resume the export to start the computation again",
+        f"the progress stream of the computation stopped in state {ppb.JobState.Name(state)}",
+        fix="the export re-attaches to the computation by itself",
     )
+
+
+class _Ended(Exception):
+    """The computation itself ended without success (as opposed to our link to it breaking)."""
+
+    def __init__(self, error: MistudioError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _relay(job: JobRuntime, progress: ppb.Progress) -> None:
     """Shows the compute job's current stage as the same stage of the export."""
     p = progress
     if p.stage in job.plan.stages:
-        note = p.message or f"computing dashboards: {_STAGE_NOTES.get(p.stage, 'checking')}"
+        spec = stages.spec(p.stage)
+        note = p.message or f"computing dashboards: {spec.note if spec else 'checking'}"
         job.report(p.stage, p.items_done, p.items_total, p.unit, note)
-
-
-def computed_params(state: dict[str, Any]) -> dpb.DashboardParams | None:
-    """The params the dashboards were cached under, as ComputeResult reported them."""
-    saved = state.get("params")
-    return json_format.ParseDict(saved, dpb.DashboardParams()) if saved else None

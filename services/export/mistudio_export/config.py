@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mistudio_common.auth import SecuritySettings
+from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
 from pydantic_settings import SettingsConfigDict
 
 
@@ -51,3 +52,6 @@ class ExportSettings(SecuritySettings):
     """How often leftover staging folders are looked for."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""
+    fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
+    """How long a running export waits out an unreachable store, compute service, database or
+    object store (retrying with exponential backoff from its last checkpoint) before it fails."""

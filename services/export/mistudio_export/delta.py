@@ -27,9 +27,6 @@ from mistudio_export.packaging.safe_extract import check_limits
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import EXPORT_FORMAT_VERSION
 
-HASHES_KEY = "feature_hashes"
-RENDER_KEY = "render_key"
-
 
 def feature_hash(
     dashboard: dpb.FeatureDashboard,
@@ -76,12 +73,11 @@ class EarlierExport:
 
     @classmethod
     def of(cls, job: spb.ExportJob) -> EarlierExport:
-        checkpoint = views.dict_of(job.checkpoint) if job.HasField("checkpoint") else {}
         return cls(
             job_id=job.job_id,
             output_uri=job.output_uri,
-            render_key=str(checkpoint.get(RENDER_KEY, "")),
-            hashes=hashes_from_json(checkpoint.get(HASHES_KEY)),
+            render_key=job.outcome.render_key,
+            hashes=dict(job.outcome.feature_hashes),
         )
 
     def unchanged(self, index: int, content_hash: str) -> bool:

@@ -2,7 +2,7 @@
 
 Computation time comes from the compute service's own measured rates (EstimateComputation);
 file generation time and bytes per feature come from the exports this service has finished,
-which record their measurements in their checkpoint. Without any finished export the defaults
+which record their measurements in their outcome. Without any finished export the defaults
 below are used, and the estimate says so.
 """
 
@@ -11,17 +11,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component
+from mistudio_common.stages import FILE_STAGES
 
-from mistudio_export import views
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
@@ -29,7 +29,6 @@ from mistudio_export.presets import PRESETS
 from mistudio_export.selection import candidate_indices, statistic_filter
 from mistudio_export.token_facts import token_facts
 
-MEASURED_KEY = "measured"
 DEFAULT_BYTES_PER_FEATURE = 60_000.0
 """Archive bytes per feature for all Neuronpedia formats (SAEDashboard alone writes ~88 KB of
 JSON per feature with full contexts; our contexts are shorter and the ZIP deflates)."""
@@ -38,11 +37,6 @@ DEFAULT_SECONDS_PER_FEATURE = 0.02
 # Rough bytes per item of a feature's files over all Neuronpedia formats, for relative sizes.
 _BYTES_FIXED, _BYTES_PER_EXAMPLE_TOKEN, _BYTES_PER_LOGIT = 2_000.0, 40.0, 60.0
 _BYTES_PER_BIN, _BYTES_PER_TOP_TOKEN = 30.0, 80.0
-_AFTER_COMPUTE = (
-    ppb.STAGE_GENERATING_FILES,
-    ppb.STAGE_VALIDATING_OUTPUT,
-    ppb.STAGE_CREATING_ARCHIVE,
-)
 
 
 @dataclass(frozen=True)
@@ -52,10 +46,14 @@ class Rates:
     measured: bool
 
 
-def measurement(progress: ppb.Progress, neuronpedia_bytes: int, features: int) -> dict[str, Any]:
+def measurement(
+    progress: ppb.Progress, neuronpedia_bytes: int, features: int
+) -> jpb.ExportMeasurement:
     """What a finished export records for later estimates."""
-    seconds = sum(s.elapsed_seconds for s in progress.stages if s.stage in _AFTER_COMPUTE)
-    return {"features": features, "neuronpedia_bytes": neuronpedia_bytes, "seconds": seconds}
+    seconds = sum(s.elapsed_seconds for s in progress.stages if s.stage in FILE_STAGES)
+    return jpb.ExportMeasurement(
+        features=features, neuronpedia_bytes=neuronpedia_bytes, seconds=seconds
+    )
 
 
 def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
@@ -63,14 +61,11 @@ def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
     per_byte: list[float] = []
     per_second: list[float] = []
     for job in jobs:
-        data = (
-            views.dict_of(job.checkpoint).get(MEASURED_KEY) if job.HasField("checkpoint") else None
-        )
-        if not isinstance(data, dict) or not data.get("features"):
+        measured = job.outcome.measured
+        if not measured.features:
             continue
-        features = float(data["features"])
-        per_byte.append(float(data.get("neuronpedia_bytes", 0.0)) / features)
-        per_second.append(float(data.get("seconds", 0.0)) / features)
+        per_byte.append(measured.neuronpedia_bytes / measured.features)
+        per_second.append(measured.seconds / measured.features)
     if not per_byte:
         return Rates(DEFAULT_BYTES_PER_FEATURE, DEFAULT_SECONDS_PER_FEATURE, measured=False)
     return Rates(statistics.median(per_byte), statistics.median(per_second), measured=True)

@@ -42,7 +42,6 @@ from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
 
-CHECKPOINT_KEY = "formats_done"
 ROOT = "/"
 """IncludedFormat folder meaning the archive root (where the PRD layout lives)."""
 FOLDERS = {
@@ -107,10 +106,11 @@ def write_formats(
     features_per_batch: int,
 ) -> int:
     """Writes each format not yet checkpointed; returns how many PRD files were copied."""
-    done = [str(k) for k in job.checkpoint.get(CHECKPOINT_KEY) or []]
+    state = job.checkpoint.formats
+    done = list(state.done)
     out = output_dir(job.staging)
     n_features = len(inputs.hashes)
-    unchanged = int(job.checkpoint.get("features_unchanged", 0))
+    unchanged = state.features_unchanged
     aside = _aside([k for k in kinds if k.value not in done], n_features)
     with ExitStack() as stack:
         stack.enter_context(collector_paused())
@@ -144,7 +144,9 @@ def write_formats(
                 naming = job.plan.naming
                 _write_other(job.staging, kind, naming, inputs, features_per_batch, progress)
             done.append(kind.value)
-            job.save(**{CHECKPOINT_KEY: done, "features_unchanged": unchanged})
+            state.done[:] = done
+            state.features_unchanged = unchanged
+            job.save()
     return unchanged
 
 

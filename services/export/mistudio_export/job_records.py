@@ -14,16 +14,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common import stages
 from mistudio_common.errors import MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import JobChannel, ProgressTracker
+from mistudio_common.retry import Patience, call_with_patience
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -36,25 +38,10 @@ SEQUENCE_GAP = 1000
 """Progress is persisted at least every SEQUENCE_GAP // 10 messages; a restart skips this far
 ahead so sequence numbers keep increasing even for messages published but never persisted."""
 
-_STAGE_WEIGHTS = {
-    ppb.STAGE_VALIDATING: 1.0,
-    ppb.STAGE_ACTIVATION_PASS: 10.0,
-    ppb.STAGE_LOADING_EXAMPLES: 3.0,
-    ppb.STAGE_LOGIT_LENS: 2.0,
-    ppb.STAGE_HISTOGRAMS: 2.0,
-    ppb.STAGE_TOKEN_AGGREGATION: 2.0,
-    ppb.STAGE_GENERATING_FILES: 5.0,
-    ppb.STAGE_VALIDATING_OUTPUT: 2.0,
-    ppb.STAGE_CREATING_ARCHIVE: 2.0,
-}
-
 
 def new_tracker(job_id: str, plan: ExportPlan, stored: ppb.Progress | None) -> ProgressTracker:
-    stages = plan.stages
     first = stored.sequence + SEQUENCE_GAP if stored is not None and stored.sequence else 0
-    tracker = ProgressTracker(
-        job_id, stages, [_STAGE_WEIGHTS.get(s, 1.0) for s in stages], first_sequence=first
-    )
+    tracker = stages.tracker(job_id, plan.stages, first)
     if stored is not None and stored.stages:
         tracker.restore(stored)
     return tracker
@@ -70,14 +57,15 @@ class JobEntry:
     tracker: ProgressTracker | None = None
     control: JobControl | None = None
     thread: threading.Thread | None = None
-    checkpoint: dict[str, Any] = field(default_factory=dict)
+    checkpoint: jpb.ExportCheckpoint = field(default_factory=jpb.ExportCheckpoint)
     persisted_at: float = 0.0
     unpersisted: int = 0
 
     @classmethod
     def of(cls, stored: spb.ExportJob, staging: Path) -> JobEntry:
-        checkpoint = views.dict_of(stored.checkpoint) if stored.HasField("checkpoint") else {}
         channel = JobChannel(views.message_of(stored), views.is_terminal)
+        checkpoint = jpb.ExportCheckpoint()
+        checkpoint.CopyFrom(stored.resume)
         return cls(stored.job_id, channel, staging, checkpoint=checkpoint)
 
     @property
@@ -94,9 +82,12 @@ def _now() -> timestamp_pb2.Timestamp:
 class JobRecorder:
     """Writes a job's progress and state changes to the store and to its watchers."""
 
-    def __init__(self, store: StoreClient, persist_seconds: float) -> None:
+    def __init__(
+        self, store: StoreClient, persist_seconds: float, patience: Patience | None = None
+    ) -> None:
         self._store = store
         self._persist_seconds = persist_seconds
+        self.patience = patience or Patience()
 
     def publish(self, entry: JobEntry, progress: ppb.Progress) -> None:
         """Sends progress to watchers; persists it every few seconds (or 100 messages). These
@@ -127,8 +118,9 @@ class JobRecorder:
             job.progress.CopyFrom(entry.channel.latest.progress)
         fields = ["state", "progress", *(extra or [])]
         if checkpoint:
-            job.checkpoint.CopyFrom(views.struct_of(entry.checkpoint))
-            fields.append("checkpoint")
+            if entry.checkpoint.ByteSize():
+                job.resume.CopyFrom(entry.checkpoint)
+            fields.append("resume")
         if "started_at" in fields:
             job.started_at.CopyFrom(_now())
         if "finished_at" in fields:
@@ -137,23 +129,42 @@ class JobRecorder:
         entry.persisted_at = time.monotonic()
         entry.unpersisted = 0
 
+    def queued(self, entry: JobEntry) -> None:
+        """A job about to (re)start: its record and watchers leave any earlier end state."""
+        assert entry.tracker is not None
+        progress = entry.tracker.set_state(ppb.JOB_STATE_QUEUED, "resuming from its checkpoint")
+        self.persist(entry, ppb.JOB_STATE_QUEUED, record=spb.ExportJob(progress=progress))
+        entry.channel.publish(epb.ExportProgress(progress=progress))
+
+    def waiting(self, entry: JobEntry, error: MistudioError, delay: float) -> None:
+        """Tells watchers why a running job stalls; the store may be what is down, so this
+        message is not persisted (the record stays RUNNING, as the job does)."""
+        assert entry.tracker is not None
+        note = f"waiting for a fault to clear, retrying in {delay:.1f} s: {error.message}"
+        entry.channel.publish(
+            epb.ExportProgress(progress=entry.tracker.set_state(ppb.JOB_STATE_RUNNING, note))
+        )
+
     def running(self, entry: JobEntry, first_start: bool) -> None:
         assert entry.tracker is not None
         self.publish(entry, entry.tracker.set_state(ppb.JOB_STATE_RUNNING))
         self.persist(entry, ppb.JOB_STATE_RUNNING, extra=["started_at"] if first_start else [])
 
-    def succeeded(self, entry: JobEntry, result: epb.ExportResult) -> None:
+    def succeeded(self, entry: JobEntry, outcome: jpb.ExportOutcome) -> None:
+        """Stores the outcome; the resume state is cleared, a finished job never resumes."""
         assert entry.tracker is not None
-        entry.checkpoint[views.RESULT_KEY] = views.result_json(result)
+        result = outcome.result
+        entry.checkpoint.Clear()
         progress = entry.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, "export finished")
         record = spb.ExportJob(
             output_uri=result.output_uri,
             output_size_bytes=result.size_bytes,
             feature_count=result.feature_count,
             progress=progress,
+            outcome=outcome,
         )
-        extra = ["output_uri", "output_size_bytes", "feature_count", "finished_at"]
-        self.persist(entry, ppb.JOB_STATE_SUCCEEDED, extra=extra, record=record)
+        extra = ["output_uri", "output_size_bytes", "feature_count", "outcome", "finished_at"]
+        self._persist_patiently(entry, ppb.JOB_STATE_SUCCEEDED, extra, record)
         shutil.rmtree(entry.staging, ignore_errors=True)
         entry.channel.publish(epb.ExportProgress(progress=progress, result=result))
 
@@ -172,7 +183,7 @@ class JobRecorder:
     def cancelled(self, entry: JobEntry, stored: spb.ExportJob) -> None:
         """Removes everything staged; nothing was published, so nothing is left."""
         shutil.rmtree(entry.staging, ignore_errors=True)
-        entry.checkpoint.clear()
+        entry.checkpoint.Clear()
         error = status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled by request")
         self._finished(entry, stored, ppb.JOB_STATE_CANCELLED, error, spb.ExportJob())
 
@@ -200,10 +211,25 @@ class JobRecorder:
         if record.error_message:
             extra += ["error_message", "error_details"]
         try:
-            self.persist(entry, state, extra=extra, record=record)
+            self._persist_patiently(entry, state, extra, record)
         except MistudioError:
+            # The record still says RUNNING: the next start of this service resumes the job.
             log.exception("could not record the job's end", extra={"job_id": entry.job_id})
+            return
         entry.channel.publish(epb.ExportProgress(progress=progress))
+
+    def _persist_patiently(
+        self,
+        entry: JobEntry,
+        state: ppb.JobState.ValueType,
+        extra: list[str],
+        record: spb.ExportJob,
+    ) -> None:
+        """A state change must reach the store before any watcher sees it: waits out a store
+        or database outage (up to the patience) instead of letting the two disagree."""
+        call_with_patience(
+            lambda: self.persist(entry, state, extra=extra, record=record), self.patience
+        )
 
 
 def _next_progress(

@@ -13,13 +13,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, MistudioError, NotFound
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker
+from mistudio_common.retry import Patience, is_transient
 
 from mistudio_export import views
 from mistudio_export.clients import StoreClient
@@ -32,9 +34,9 @@ log = logging.getLogger(__name__)
 
 
 class Pipeline(Protocol):
-    def run(self, job: JobRuntime) -> epb.ExportResult: ...
+    def run(self, job: JobRuntime) -> jpb.ExportOutcome: ...
 
-    def release(self, checkpoint: dict[str, Any]) -> None: ...
+    def release(self, checkpoint: jpb.ExportCheckpoint) -> None: ...
 
     def discard(self, job_id: str) -> None: ...
 
@@ -55,7 +57,8 @@ class ExportJobManager:
         self._store = store
         self._planner = planner
         self._pipeline = pipeline
-        self._records = JobRecorder(store, settings.progress_persist_seconds)
+        patience = Patience(settings.fault_patience_seconds)
+        self._records = JobRecorder(store, settings.progress_persist_seconds, patience)
         self._entries: dict[str, JobEntry] = {}
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max(1, settings.max_concurrent_jobs))
@@ -207,6 +210,11 @@ class ExportJobManager:
             self._records.failed(entry, stored, error)
             return
         tracker = entry.tracker or new_tracker(stored.job_id, plan, stored.progress)
+        if not entry.running:
+            # Recorded before the worker starts, so a Get or Watch right after ResumeExport
+            # sees the job queued again, never the FAILED it is leaving.
+            entry.tracker = tracker
+            self._records.queued(entry)
         self._launch(stored, plan, tracker)
 
     def _launch(self, stored: spb.ExportJob, plan: ExportPlan, tracker: ProgressTracker) -> None:
@@ -241,8 +249,8 @@ class ExportJobManager:
                 publish=lambda progress: self._records.publish(entry, progress),
                 persist=lambda: self._records.persist(entry, ppb.JOB_STATE_RUNNING),
             )
-            self._records.running(entry, first_start=not stored.HasField("started_at"))
-            self._records.succeeded(entry, self._pipeline.run(runtime))
+            outcome = self._run_patiently(entry, runtime, not stored.HasField("started_at"))
+            self._records.succeeded(entry, outcome)
         except JobInterrupted as stop:
             if stop.reason is Interruption.SHUTDOWN:
                 self._records.parked(entry)
@@ -255,6 +263,33 @@ class ExportJobManager:
         finally:
             if acquired:
                 self._slots.release()
+
+    def _run_patiently(
+        self, entry: JobEntry, runtime: JobRuntime, first_start: bool
+    ) -> jpb.ExportOutcome:
+        """Runs the pipeline; a transient fault (a peer, the database or the object store out
+        of reach) is waited out with backoff and the run resumes from the last checkpoint.
+        Patience restarts whenever the checkpoint moved on since the last fault."""
+        delays = self._records.patience.delays()
+        reached = entry.checkpoint.SerializeToString(deterministic=True)
+        while True:
+            try:
+                self._records.running(entry, first_start)
+                first_start = False
+                return self._pipeline.run(runtime)
+            except MistudioError as error:
+                if not is_transient(error):
+                    raise
+                now = entry.checkpoint.SerializeToString(deterministic=True)
+                if now != reached:
+                    delays, reached = self._records.patience.delays(), now
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                log.warning("export waits out a fault: %s", error, extra={"job_id": entry.job_id})
+                self._records.waiting(entry, error, delay)
+                runtime.control.sleep(delay)
+                runtime.control.check()
 
     def _interrupt(self, entry: JobEntry, reason: Interruption) -> bool:
         """Asks a running worker to stop; True when one was running (and has now stopped)."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import shutil
 from importlib import metadata
-from typing import Any
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard_options import Component
@@ -26,7 +27,7 @@ from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import Collected, collect
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
-from mistudio_export.estimate import MEASURED_KEY, measurement, saelens_bytes
+from mistudio_export.estimate import measurement, saelens_bytes
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
     Inputs,
@@ -86,7 +87,7 @@ class ExportPipeline:
         self._planner = planner
         self._objects = objects
 
-    def release(self, checkpoint: dict[str, Any]) -> None:
+    def release(self, checkpoint: jpb.ExportCheckpoint) -> None:
         """Frees what a paused job holds in other services, when it is cancelled."""
         computing.release_paused(self._compute, checkpoint)
 
@@ -95,7 +96,8 @@ class ExportPipeline:
         for found in list(self._objects.list(archive_prefix(job_id))):
             self._objects.delete(found.key)
 
-    def run(self, job: JobRuntime) -> epb.ExportResult:
+    def run(self, job: JobRuntime) -> jpb.ExportOutcome:
+        """Runs the remaining stages; returns the result and what later exports read."""
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
         check_writable(self._objects)  # before hours of computing, not at publishing
@@ -105,7 +107,7 @@ class ExportPipeline:
             *((FormatKind.PREVIEW,) if plan.with_preview else ()),
             *self._saelens(plan),
         ]
-        collected, computed = Collected({}, 0), {}
+        collected, computed = Collected({}, 0), cpb.ComputeResult()
         if plan.neuronpedia:
             candidates = self._candidates(plan)
             everything = len(candidates) == plan.sae.d_sae
@@ -113,7 +115,11 @@ class ExportPipeline:
                 job, self._compute, candidates, all_features=everything
             )
             assert plan.tokens is not None  # checked before the job was created
-            params = computing.computed_params(computed) or self._facts(plan, plan.tokens).params
+            params = (
+                computed.params
+                if computed.HasField("params")
+                else self._facts(plan, plan.tokens).params
+            )
             only_changed = (
                 delta.EarlierExport.of(base) if base and not plan.merge_with_base else None
             )
@@ -147,26 +153,23 @@ class ExportPipeline:
             hashes = {**delta.EarlierExport.of(base).hashes, **hashes}
         saelens_part = saelens_bytes(plan.sae) if plan.saelens else 0
         neuronpedia_bytes = max(0, published.size - saelens_part) if plan.neuronpedia else 0
-        job.checkpoint.update(
-            {
-                delta.HASHES_KEY: delta.hashes_to_json(hashes),
-                delta.RENDER_KEY: delta.render_key(plan),
-                MEASURED_KEY: measurement(
-                    job.tracker.snapshot(), neuronpedia_bytes, len(collected.hashes)
-                ),
-            }
-        )
         shutil.rmtree(job.staging / "work", ignore_errors=True)
-        return epb.ExportResult(
+        result = epb.ExportResult(
             output_uri=published.key,
             size_bytes=published.size,
             feature_count=n_features,
-            features_computed=int(computed.get("features_computed", 0)),
-            features_reused=int(computed.get("features_reused", 0)),
+            features_computed=computed.features_computed,
+            features_reused=computed.features_reused,
             features_unchanged=collected.skipped_unchanged + copied,
             archive_sha256=published.sha256,
             validation=summary,
             files=published.files,
+        )
+        return jpb.ExportOutcome(
+            result=result,
+            render_key=delta.render_key(plan),
+            feature_hashes=hashes,
+            measured=measurement(job.tracker.snapshot(), neuronpedia_bytes, len(collected.hashes)),
         )
 
     def _saelens(self, plan: ExportPlan) -> tuple[FormatKind, ...]:

@@ -29,6 +29,7 @@ from mistudio_common.dashboard_options import (
     logit_lens_defined,
 )
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
+from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.presets import apply_preset, with_token_budget
 from mistudio_export.records import DEFAULT_VISIBILITY, NeuronpediaNaming
@@ -89,13 +90,7 @@ class ExportPlan:
     def stages(self) -> tuple[ppb.Stage.ValueType, ...]:
         """The stages this export runs, in order (PRD §7.2)."""
         compute = (*computation_stages(self.omitted), ppb.STAGE_CACHING) if self.neuronpedia else ()
-        return (
-            ppb.STAGE_VALIDATING,
-            *compute,
-            ppb.STAGE_GENERATING_FILES,
-            ppb.STAGE_VALIDATING_OUTPUT,
-            ppb.STAGE_CREATING_ARCHIVE,
-        )
+        return (ppb.STAGE_VALIDATING, *compute, *FILE_STAGES)
 
 
 OWNER_MAX_LENGTH = 128

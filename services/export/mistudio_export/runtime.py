@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.progress import ProgressTracker, StageId
 
 from mistudio_export.plan import ExportPlan
@@ -43,6 +43,7 @@ class JobControl:
         self._reason: Interruption | None = None
         self._callbacks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
+        self._woken = threading.Event()
 
     @property
     def reason(self) -> Interruption | None:
@@ -56,15 +57,22 @@ class JobControl:
             if self._reason is not Interruption.CANCEL:
                 self._reason = reason
             callbacks = list(self._callbacks)
+        self._woken.set()
         for callback in callbacks:
             callback()
 
     def wake(self) -> None:
         """Runs the interrupt callbacks (used when the whole service shuts down)."""
+        self._woken.set()
         with self._lock:
             callbacks = list(self._callbacks)
         for callback in callbacks:
             callback()
+
+    def sleep(self, seconds: float) -> bool:
+        """Waits ``seconds`` unless a stop is requested first; True when one was."""
+        self._woken.wait(seconds)
+        return self.reason is not None
 
     def check(self) -> None:
         reason = self.reason
@@ -93,7 +101,8 @@ class JobRuntime:
     plan: ExportPlan
     staging: Path
     """Private folder under data_dir/export/<job_id>; nobody else reads it."""
-    checkpoint: dict[str, Any]
+    checkpoint: jpb.ExportCheckpoint
+    """Resume state; a stage updates its own part, then calls :meth:`save`."""
     tracker: ProgressTracker
     control: JobControl
     publish: Callable[[ppb.Progress], None]
@@ -107,9 +116,8 @@ class JobRuntime:
     def finish_stage(self, stage: StageId) -> None:
         self.publish(self.tracker.finish_stage(stage))
 
-    def save(self, **state: Any) -> None:
-        """Records resume state, persists it with the progress, then honours stop requests."""
-        self.checkpoint.update(state)
+    def save(self) -> None:
+        """Persists the resume state with the progress, then honours stop requests."""
         self.persist()
         self.control.check()
 

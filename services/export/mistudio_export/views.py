@@ -1,7 +1,7 @@
-"""How a stored export job is shown to clients, and how its JSON parts are read back.
+"""How a stored export job is shown to clients, and how its configuration is read back.
 
-The store keeps the configuration and the resume state as JSON (``google.protobuf.Struct``);
-the finished job's full result lives in the checkpoint under ``result``.
+The store keeps the configuration as JSON (``google.protobuf.Struct``); the finished job's full
+result is its typed ``outcome``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.progress import TERMINAL_STATES
-
-RESULT_KEY = "result"
 
 
 def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
@@ -38,14 +36,7 @@ def config_struct(config: epb.ExportConfig) -> struct_pb2.Struct:
 
 
 def result_of(job: spb.ExportJob) -> epb.ExportResult | None:
-    data = dict_of(job.checkpoint).get(RESULT_KEY) if job.HasField("checkpoint") else None
-    if not data:
-        return None
-    return json_format.ParseDict(data, epb.ExportResult(), ignore_unknown_fields=True)
-
-
-def result_json(result: epb.ExportResult) -> dict[str, Any]:
-    return json_format.MessageToDict(result, preserving_proto_field_name=True)
+    return job.outcome.result if job.outcome.HasField("result") else None
 
 
 def progress_of(job: spb.ExportJob) -> ppb.Progress:

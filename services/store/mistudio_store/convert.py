@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from mistudio.common.v1 import progress_pb2
+from mistudio.export.v1.export_job_pb2 import ExportCheckpoint, ExportOutcome
 from mistudio.store.v1 import store_service_pb2 as pb
 
 from mistudio_store.db.models import ExplanationRow, ExportJobRow, FeatureRow, SaeRow
@@ -65,8 +66,11 @@ def to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
-def from_json(data: dict[str, Any] | None, message: M) -> M | None:
-    return None if data is None else json_format.ParseDict(data, message)
+def from_json(data: dict[str, Any] | None, message: M, *, lenient: bool = False) -> M | None:
+    """``lenient`` skips unknown fields: for documents only the export service writes."""
+    if data is None:
+        return None
+    return json_format.ParseDict(data, message, ignore_unknown_fields=lenient)
 
 
 def sae_to_pb(row: SaeRow) -> pb.Sae:
@@ -162,7 +166,8 @@ def job_to_pb(row: ExportJobRow, sae_id: str) -> pb.ExportJob:
         feature_count=row.feature_count,
         error_message=row.error_message,
         error_details=struct(row.error_details),
-        checkpoint=struct(row.checkpoint),
+        resume=from_json(row.resume, ExportCheckpoint(), lenient=True),
+        outcome=from_json(row.outcome, ExportOutcome(), lenient=True),
         created_at=timestamp(row.created_at),
         started_at=timestamp(row.started_at),
         finished_at=timestamp(row.finished_at),
@@ -174,7 +179,7 @@ def job_column_value(job: pb.ExportJob, field: str) -> Any:
     """The column value for one mutable ExportJob field (None where the message leaves it unset)."""
     if field == "state":
         return enum_name(progress_pb2.JobState, job.state)
-    if field in ("config", "error_details", "checkpoint", "progress"):
+    if field in ("config", "error_details", "resume", "outcome", "progress"):
         if not job.HasField(field):  # type: ignore[arg-type]
             return {} if field == "config" else None
         return to_json(getattr(job, field))

@@ -15,12 +15,14 @@ from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1 import store_service_pb2_grpc
 from mistudio_common.auth import can_see, current_caller, owner_for
 from mistudio_common.errors import InvalidArgument
-from mistudio_common.grpc_errors import handle_errors
+from mistudio_common.grpc_errors import handle_errors, register_translation
 
 from mistudio_store.base import sae_not_found
+from mistudio_store.db.faults import database_fault
 from mistudio_store.repository import StoreRepository
 
 Context: TypeAlias = grpc.ServicerContext
+register_translation(database_fault)
 
 
 class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):

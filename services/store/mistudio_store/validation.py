@@ -25,7 +25,8 @@ JOB_MUTABLE_FIELDS = frozenset(
         "feature_count",
         "error_message",
         "error_details",
-        "checkpoint",
+        "resume",
+        "outcome",
         "started_at",
         "finished_at",
     }

@@ -111,9 +111,12 @@ class Stack:
     object_store_url: str = ""
     s3_keys: tuple[str, str] = ("", "")
     channels: list[grpc.Channel] = field(default_factory=list)
+    fault_patience_seconds: float = 2.0
+    """Short, so that tests of a peer that stays down fail fast."""
 
     def settings(self) -> ExportSettings:
         return ExportSettings(
+            fault_patience_seconds=self.fault_patience_seconds,
             port=0,
             store_address=self.store.address,
             compute_address=self.compute.address,
@@ -125,8 +128,10 @@ class Stack:
             progress_persist_seconds=0.2,
         )
 
-    def restart_export(self) -> None:
+    def restart_export(self, fault_patience_seconds: float | None = None) -> None:
         """Stops the export service (jobs stay RUNNING in the store) and starts a new one."""
+        if fault_patience_seconds is not None:
+            self.fault_patience_seconds = fault_patience_seconds
         self.export.stop(grace_seconds=1.0)
         self.export = build_export_server(self.settings())
 

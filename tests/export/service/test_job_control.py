@@ -102,8 +102,8 @@ def test_paused_job_resumes_and_finishes(
 
 def paused_computation(stack: Stack, job_id: str) -> tuple[str, int]:
     """The compute job a paused export left waiting, and its state in the compute service."""
-    checkpoint = stack.records.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job.checkpoint
-    compute_job = checkpoint.fields["compute"].struct_value.fields["paused_job"].string_value
+    resume = stack.records.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job.resume
+    compute_job = resume.compute.paused_computation_id
     compute = cgrpc.ComputeServiceStub(insecure_channel(stack.compute.address))
     got = compute.GetComputation(cpb.GetComputationRequest(job_id=compute_job))
     return compute_job, got.computation.progress.state

@@ -1,5 +1,5 @@
-"""What the export writes to the store while a job runs: progress often, the checkpoint only
-when it changes (it holds a hash per feature, too large to rewrite with every progress write)."""
+"""What the export writes to the store while a job runs: progress often, the resume state only
+at checkpoints, and a finished job's typed outcome."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_export import views
 from mistudio_export.clients import StoreClient
 from mistudio_export.job_records import JobEntry, JobRecorder
 
@@ -29,7 +29,7 @@ def test_progress_writes_leave_the_checkpoint_to_explicit_saves(
     job_id = run_to_end(stack.exports.StartExport(request))[-1].progress.job_id
     before = stored_job(stack, job_id)
     entry = JobEntry.of(before, tmp_path)
-    entry.checkpoint["not_saved_yet"] = {"feature_hashes": {str(i): "ab" * 32 for i in range(64)}}
+    entry.checkpoint.collect.chunks_done = 7
     recorder = JobRecorder(StoreClient(stack.store.address), persist_seconds=0.0)
     progress = ppb.Progress(
         job_id=job_id, sequence=before.progress.sequence + 1, state=before.state
@@ -38,8 +38,22 @@ def test_progress_writes_leave_the_checkpoint_to_explicit_saves(
     recorder.publish(entry, progress)  # persist_seconds=0: every message is written
     written = stored_job(stack, job_id)
     assert written.progress.sequence == progress.sequence
-    assert written.checkpoint == before.checkpoint
+    assert written.resume == before.resume
 
     recorder.persist(entry, written.state)
-    saved = views.dict_of(stored_job(stack, job_id).checkpoint)
-    assert saved["not_saved_yet"] == entry.checkpoint["not_saved_yet"]
+    assert stored_job(stack, job_id).resume.collect == jpb.CollectCheckpoint(chunks_done=7)
+
+
+def test_a_finished_export_keeps_its_outcome_and_no_resume_state(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(
+        request_id="outcome", sae_id=sae_id, config=export_config(tokens)
+    )
+    last = run_to_end(stack.exports.StartExport(request))[-1]
+    stored = stored_job(stack, last.progress.job_id)
+    assert not stored.HasField("resume")
+    assert stored.outcome.result == last.result
+    assert len(stored.outcome.feature_hashes) == last.result.feature_count
+    assert stored.outcome.measured.features == last.result.feature_count
+    assert stored.outcome.render_key

@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -15,7 +15,7 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from moto.server import ThreadedMotoServer
 
-from tests.export.service.stack import Stack, export_config, run_to_end, start_stack
+from tests.export.service.stack import Stack, export_config, run_to_end, start_stack, wait_for
 
 
 class Moto:
@@ -27,8 +27,20 @@ class Moto:
         host, self.port = self.server.get_host_and_port()
         self.endpoint = f"{host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
     def stop(self) -> None:
         self.server.stop()
+
+    def forget_everything(self) -> None:
+        """Like a fresh S3 server: every bucket and object is gone."""
+        urlopen(Request(f"http://{self.endpoint}/moto-api/reset", method="POST")).close()
 
     def restart(self) -> None:
         """Starts a new server on the same port and waits until it accepts connections."""
@@ -100,3 +112,33 @@ def test_an_unwritable_bucket_fails_the_job_before_it_computes_and_resume_finish
     last = messages[-1]
     assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
     assert not (stack.data_dir / "export" / job_id).exists()
+
+
+def test_an_export_waits_out_an_object_store_outage_and_a_lost_bucket(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource, moto: Moto
+) -> None:
+    """The S3 server goes away while an export publishes and comes back empty: the export
+    carries on by itself, makes the bucket again and publishes, with no client action."""
+    stack.restart_export(fault_patience_seconds=60.0)
+    request = epb.StartExportRequest(sae_id=sae_id, config=export_config(tokens))
+    try:
+        first = run_to_end(stack.exports.StartExport(request))[-1]
+        assert first.progress.state == ppb.JOB_STATE_SUCCEEDED  # the bucket is known to exist
+        moto.stop()
+        stream = stack.exports.StartExport(request)
+        waiting = wait_for(stream, lambda m: "waiting for a fault" in m.progress.message)
+        moto.restart()
+        moto.forget_everything()
+        messages = run_to_end(stream)
+    finally:
+        if not moto.running:
+            moto.restart()
+        stack.restart_export(fault_patience_seconds=2.0)
+    last = messages[-1]
+    assert waiting.progress.state == ppb.JOB_STATE_RUNNING
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
+    view = stack.exports.GetExport(epb.GetExportRequest(job_id=last.progress.job_id))
+    assert view.job.progress.state == ppb.JOB_STATE_SUCCEEDED
+    download = epb.DownloadExportRequest(job_id=last.progress.job_id)
+    fetched = b"".join(m.chunk for m in stack.exports.DownloadExport(download))
+    assert hashlib.sha256(fetched).hexdigest() == last.result.archive_sha256

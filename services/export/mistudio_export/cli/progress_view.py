@@ -9,21 +9,10 @@ from typing import TextIO
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common import stages
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-STAGE_LABELS = {
-    ppb.STAGE_VALIDATING: "Validating SAE data",
-    ppb.STAGE_ACTIVATION_PASS: "Activation pass",
-    ppb.STAGE_LOADING_EXAMPLES: "Loading activation examples",
-    ppb.STAGE_LOGIT_LENS: "Computing logit lens data",
-    ppb.STAGE_HISTOGRAMS: "Computing histograms",
-    ppb.STAGE_TOKEN_AGGREGATION: "Aggregating tokens",
-    ppb.STAGE_CACHING: "Caching dashboard data",
-    ppb.STAGE_GENERATING_FILES: "Generating JSON files",
-    ppb.STAGE_VALIDATING_OUTPUT: "Validating output",
-    ppb.STAGE_CREATING_ARCHIVE: "Creating archive",
-}
 STATE_LABELS = {
     ppb.JOB_STATE_QUEUED: "queued",
     ppb.JOB_STATE_RUNNING: "running",
@@ -35,7 +24,7 @@ STATE_LABELS = {
 
 
 def stage_label(stage: int) -> str:
-    return STAGE_LABELS.get(stage, "Starting")  # type: ignore[call-overload]
+    return stages.label(stage)
 
 
 def state_label(state: int) -> str:

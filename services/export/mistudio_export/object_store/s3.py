@@ -140,6 +140,16 @@ class S3ObjectStore:
     ) -> ObjectInfo:
         check_key(key)
         size = source_file_size(path)
+        try:
+            return self._put(key, path, size, progress)
+        except NotFound:
+            if self._bucket_ready:
+                raise
+            return self._put(key, path, size, progress)  # the bucket was lost: made again
+
+    def _put(
+        self, key: str, path: Path, size: int, progress: ProgressCallback | None
+    ) -> ObjectInfo:
         self.ensure_bucket()
         with open(path, "rb") as f, self._translated(key):
             result = self._client.put_object(
@@ -240,6 +250,7 @@ class S3ObjectStore:
                 fix="check that the endpoint is an S3/MinIO server and that it is healthy",
             ) from exc
         except urllib3.exceptions.HTTPError as exc:
+            self._bucket_ready = False  # the server that comes back may have lost the bucket
             raise Unavailable(
                 f"object store at {self.endpoint} is unreachable: {exc.__class__.__name__}",
                 field="object_store_url",
@@ -250,6 +261,7 @@ class S3ObjectStore:
     def _from_s3_error(self, exc: S3Error, key: str) -> MistudioError:
         code = exc.code or ""
         if code == "NoSuchBucket":
+            self._bucket_ready = False  # it was lost (an object store reset): create it again
             return NotFound(
                 f"bucket {self.bucket!r} does not exist at {self.endpoint}",
                 resource_type="bucket",

@@ -12,6 +12,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mistudio.common.v1 import dashboard_pb2 as _dashboard_pb2
 from mistudio.common.v1 import progress_pb2 as _progress_pb2
+from mistudio.export.v1 import export_job_pb2 as _export_job_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -792,11 +793,12 @@ class ExportJob(_message.Message):
     FEATURE_COUNT_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     ERROR_DETAILS_FIELD_NUMBER: _builtins.int
-    CHECKPOINT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     sae_id: _builtins.str
     owner: _builtins.str
@@ -821,10 +823,6 @@ class ExportJob(_message.Message):
         """Structured error details (google.rpc.Status as JSON) for a failed job."""
 
     @_builtins.property
-    def checkpoint(self) -> _struct_pb2.Struct:
-        """Opaque resume state (stage reached, features done), written at each checkpoint."""
-
-    @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -832,6 +830,14 @@ class ExportJob(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resume(self) -> _export_job_pb2.ExportCheckpoint:
+        """Where the running job resumes from, written at each checkpoint."""
+
+    @_builtins.property
+    def outcome(self) -> _export_job_pb2.ExportOutcome:
+        """The finished job's result and the facts later exports read."""
+
     def __init__(
         self,
         *,
@@ -847,15 +853,16 @@ class ExportJob(_message.Message):
         feature_count: _builtins.int = ...,
         error_message: _builtins.str = ...,
         error_details: _struct_pb2.Struct | None = ...,
-        checkpoint: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        resume: _export_job_pb2.ExportCheckpoint | None = ...,
+        outcome: _export_job_pb2.ExportOutcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "progress", b"progress", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "job_id", b"job_id", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "sae_id", b"sae_id", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "job_id", b"job_id", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "resume", b"resume", "sae_id", b"sae_id", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

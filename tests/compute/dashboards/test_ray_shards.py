@@ -1,0 +1,196 @@
+"""The pass as Ray shards on a real local Ray cluster: exact merge, worker deaths, cancellation."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mistudio_common.dashboard import FeatureDashboard
+from mistudio_common.errors import Cancelled
+from mistudio_compute.dashboards import (
+    Stage,
+    compute_dashboards,
+    finalize_dashboards,
+    state_config,
+)
+from mistudio_compute.dashboards.distributed import Sharding, run_sharded_pass, shard_ranges
+
+from tests.compute.dashboards import tiny
+from tests.compute.dashboards.test_pass_lifecycle import (
+    BATCH,
+    PARAMS,
+    flatten,
+    without_moments,
+)
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """One local two-CPU Ray cluster for the module; workers import the tests package."""
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(model, relu_sae, tokens):
+    return tiny.make_inputs(model, relu_sae, tokens)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs) -> list[FeatureDashboard]:
+    return flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH))
+
+
+class PausedOnce:
+    """Inputs whose reader, the first time any shard reads, writes its worker's PID to ``marker``
+    and then waits ``pause_s`` (so a test can kill or cancel that worker mid-shard)."""
+
+    def __init__(self, model, sae, tokens, marker: Path, pause_s: float) -> None:
+        self.model, self.sae, self.tokens = model, sae, tokens
+        self.marker, self.pause_s = marker, pause_s
+
+    def __call__(self):
+        inputs = tiny.make_inputs(self.model, self.sae, self.tokens)
+        reader, marker, pause_s = inputs.reader, self.marker, self.pause_s
+
+        class Reader:
+            def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+                try:
+                    with marker.open("x") as f:
+                        f.write(str(os.getpid()))
+                    time.sleep(pause_s)
+                except FileExistsError:
+                    pass
+                return reader.activations(tokens)
+
+        return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
+
+
+def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard]:
+    tokens = inputs.source.tokens
+    result = run_sharded_pass(
+        make_inputs,
+        state_config(PARAMS, tiny.SPECIAL),
+        torch.arange(inputs.encoder.d_sae),
+        rows=range(tokens.shape[0]),
+        seq_len=tokens.shape[1],
+        device=torch.device("cpu"),
+        sharding=Sharding(address="", shards=shards, max_in_flight=2, max_retries=2),
+        batch_size=BATCH,
+        **kwargs,
+    )
+    return flatten(finalize_dashboards(result.state, inputs, PARAMS))
+
+
+def assert_same(got: list[FeatureDashboard], reference: list[FeatureDashboard]) -> None:
+    """Equal dashboards; float64 sums of different shard trees agree to rounding only."""
+    assert [without_moments(d) for d in got] == [without_moments(d) for d in reference]
+    for a, b in zip(got, reference, strict=True):
+        assert a.statistics.mean_activation == pytest.approx(b.statistics.mean_activation, 1e-12)
+        assert a.statistics.std_activation == pytest.approx(b.statistics.std_activation, rel=1e-9)
+
+
+def test_shards_cover_the_rows_once_in_order() -> None:
+    assert shard_ranges(range(3, 67), 7) == [
+        range(3, 12), range(12, 21), range(21, 30), range(30, 39),
+        range(39, 48), range(48, 57), range(57, 67),
+    ]  # fmt: skip
+    assert shard_ranges(range(0, 2), 7) == [range(0, 1), range(1, 2)]
+
+
+def test_one_shard_is_identical_to_the_local_pass(inputs, model, relu_sae, tokens, reference):
+    make = functools.partial(tiny.make_inputs, model, relu_sae, tokens)
+    assert sharded(inputs, make, 1) == reference
+
+
+@pytest.mark.parametrize("shards", [2, 7])
+def test_shards_merged_equal_the_local_pass(shards, inputs, model, relu_sae, tokens, reference):
+    make = functools.partial(tiny.make_inputs, model, relu_sae, tokens)
+    assert_same(sharded(inputs, make, shards), reference)
+
+
+def test_the_order_shards_finish_in_changes_no_bit(tmp_path, inputs, model, relu_sae, tokens):
+    in_order = sharded(inputs, functools.partial(tiny.make_inputs, model, relu_sae, tokens), 7)
+    first_last = PausedOnce(model, relu_sae, tokens, tmp_path / "pid", pause_s=3)
+    assert sharded(inputs, first_last, 7) == in_order  # the first shard, held back, ends last
+
+
+def test_progress_sums_finished_shards_and_never_goes_back(inputs, model, relu_sae, tokens):
+    seen: list[tuple[int, int]] = []
+
+    def progress(stage: Stage, done: int, total: int, message: str) -> None:
+        seen.append((done, total))
+
+    make = functools.partial(tiny.make_inputs, model, relu_sae, tokens)
+    sharded(inputs, make, 7, progress=progress)
+    dones = [d for d, _ in seen]
+    assert dones == sorted(dones) and len(dones) == 7
+    assert seen[-1] == (tokens.size, tokens.size)
+
+
+def test_a_worker_killed_mid_shard_is_retried_to_the_same_result(
+    tmp_path, inputs, model, relu_sae, tokens, reference
+):
+    marker = tmp_path / "pid"
+    make = PausedOnce(model, relu_sae, tokens, marker, pause_s=30)
+    killer = threading.Thread(target=kill_when_written, args=(marker,))
+    killer.start()
+    got = sharded(inputs, make, 2)
+    killer.join()
+    assert_same(got, reference)
+
+
+def kill_when_written(marker: Path) -> None:
+    pid = wait_for_pid(marker)
+    os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_pid(marker: Path) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if marker.exists() and marker.read_text():
+            return int(marker.read_text())
+        time.sleep(0.05)
+    raise AssertionError("no shard started")
+
+
+def test_cancelling_the_computation_cancels_its_ray_tasks(
+    tmp_path, inputs, model, relu_sae, tokens
+):
+    marker, cancel = tmp_path / "pid", threading.Event()
+    make = PausedOnce(model, relu_sae, tokens, marker, pause_s=120)
+    threading.Thread(target=lambda: (wait_for_pid(marker), cancel.set())).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        sharded(inputs, make, 2, cancel=cancel)
+    assert time.monotonic() - started < 60
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid), "the worker running the cancelled shard is still running"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

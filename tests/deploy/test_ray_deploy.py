@@ -1,0 +1,63 @@
+"""deploy/'s Ray cluster: the compose profile and the KubeRay manifest parse and reach compute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from mistudio_compute.config import ComputeSettings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def kuberay() -> list[dict]:
+    return list(yaml.safe_load_all((DEPLOY / "kubernetes" / "raycluster.yaml").read_text()))
+
+
+def test_the_ray_profile_runs_a_head_and_workers_of_the_service_image(compose: dict) -> None:
+    services = compose["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert head["profiles"] == worker["profiles"] == ["ray"]
+    assert head["image"] == worker["image"] == services["compute"]["image"]
+    assert head["command"][:3] == ["ray", "start", "--head"]
+    port = head["command"][head["command"].index("--port") + 1]
+    assert worker["command"][worker["command"].index("--address") + 1] == f"ray-head:{port}"
+    assert "ports" not in head and "ports" not in worker
+
+
+def test_compose_gives_compute_a_ray_address_setting_off_by_default(compose: dict) -> None:
+    env = compose["services"]["compute"]["environment"]
+    assert env["MISTUDIO_COMPUTE_RAY_ADDRESS"] == "${COMPUTE_RAY_ADDRESS:-}"
+    assert "ray_address" in ComputeSettings.model_fields
+
+
+def test_kuberay_cluster_has_a_head_and_an_autoscaling_gpu_worker_group(
+    kuberay: list[dict],
+) -> None:
+    cluster = next(d for d in kuberay if d["kind"] == "RayCluster")
+    assert cluster["apiVersion"] == "ray.io/v1"
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    (container,) = group["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == group["rayStartParams"]["num-gpus"]
+    assert cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+
+
+def test_kuberay_config_points_compute_at_the_head_service(kuberay: list[dict]) -> None:
+    cluster = next(d for d in kuberay if d["kind"] == "RayCluster")
+    config = next(d for d in kuberay if d["kind"] == "ConfigMap")["data"]
+    assert config["MISTUDIO_COMPUTE_RAY_ADDRESS"] == f"{cluster['metadata']['name']}-head-svc:6379"
+    fields = {name.upper() for name in ComputeSettings.model_fields}
+    for variable in config:
+        assert variable.removeprefix("MISTUDIO_COMPUTE_") in fields, variable
+    assert ComputeSettings.model_validate(
+        {k.removeprefix("MISTUDIO_COMPUTE_").lower(): v for k, v in config.items()}
+    ).ray_shards == int(config["MISTUDIO_COMPUTE_RAY_SHARDS"])

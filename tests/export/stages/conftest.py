@@ -1,0 +1,46 @@
+"""A running export's view of its job, for stage tests without servers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common import stages
+from mistudio_export.plan import NEURONPEDIA, ExportPlan
+from mistudio_export.records import NeuronpediaNaming
+from mistudio_export.runtime import JobControl, JobRuntime
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> JobRuntime:
+    plan = ExportPlan(
+        sae=spb.Sae(sae_id="s", d_sae=4),
+        owner="o",
+        formats=frozenset({NEURONPEDIA}),
+        selection=epb.FeatureSelection(),
+        params=dpb.DashboardParams(),
+        tokens=tpb.TokenSource(),
+        compression=epb.Compression(),
+        delta_base_job_id="",
+        merge_with_base=False,
+        auto_fix=False,
+        naming=NeuronpediaNaming("m", "set", 2, "me", "r", "R"),
+        device="cpu",
+        batch_size=4,
+    )
+    return JobRuntime(
+        job_id="job",
+        plan=plan,
+        staging=tmp_path,
+        checkpoint=jpb.ExportCheckpoint(),
+        tracker=stages.tracker("job", plan.stages),
+        control=JobControl(threading.Event()),
+        publish=lambda _: None,
+        persist=lambda: None,
+    )

@@ -1,0 +1,49 @@
+"""The collect stage against an in-memory store: batches are staged and checkpointed, and a
+run that resumes after a fault reads only the batches not yet staged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import Unavailable
+from mistudio_export.collect import collect
+from mistudio_export.runtime import JobRuntime
+from mistudio_export.selection import StatisticFilter
+
+
+class Records:
+    """Cached dashboards of features 0..n-1; ``down_at`` makes that call fail once."""
+
+    def __init__(self, n: int, down_at: int | None = None) -> None:
+        self.n, self.down_at = n, down_at
+        self.asked: list[list[int]] = []
+
+    def dashboards(
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+    ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
+        self.asked.append(list(indices))
+        if self.down_at == len(self.asked) - 1:
+            self.down_at = None
+            raise Unavailable("peer unavailable: the store is restarting")
+        return [dpb.FeatureDashboard(feature_index=i) for i in indices], []
+
+    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
+        return iter([])
+
+    def explanations(self, sae_id: str, indices: Sequence[int] = ()) -> Iterator[spb.Explanation]:
+        return iter([])
+
+
+def test_a_resumed_collect_reads_only_the_batches_not_yet_staged(job: JobRuntime) -> None:
+    store = Records(6, down_at=1)
+    params, keep = dpb.DashboardParams(), StatisticFilter()
+    with pytest.raises(Unavailable):
+        collect(job, store, params, range(6), keep, None, batch_size=2)
+    assert job.checkpoint.collect.chunks_done == 1
+    collected = collect(job, store, params, range(6), keep, None, batch_size=2)
+    assert store.asked == [[0, 1], [2, 3], [2, 3], [4, 5]]
+    assert sorted(collected.hashes) == [0, 1, 2, 3, 4, 5]
+    assert job.checkpoint.collect.chunks_done == 3

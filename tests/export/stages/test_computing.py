@@ -1,0 +1,90 @@
+"""The compute stage against an in-memory compute service: it re-attaches to the same
+computation after a broken link, and starts a new attempt only after a failed computation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from google.rpc import code_pb2, status_pb2
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.errors import InvalidArgument, Unavailable
+from mistudio_export import computing
+from mistudio_export.runtime import JobRuntime
+
+
+def progress(state: int, job_id: str = "cmp-1") -> cpb.ComputeProgress:
+    return cpb.ComputeProgress(
+        progress=ppb.Progress(job_id=job_id, state=state, stage=ppb.STAGE_ACTIVATION_PASS)
+    )
+
+
+class Stream:
+    def __init__(self, messages: list[cpb.ComputeProgress], then: Exception | None) -> None:
+        self._messages, self._then = messages, then
+
+    def __iter__(self) -> Iterator[cpb.ComputeProgress]:
+        yield from self._messages
+        if self._then is not None:
+            raise self._then
+
+    def detach(self) -> None:
+        pass
+
+
+class Compute:
+    """Answers each ComputeDashboards call with the next scripted stream."""
+
+    def __init__(self, *streams: Stream) -> None:
+        self.streams = list(streams)
+        self.requests: list[cpb.ComputeDashboardsRequest] = []
+
+    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> Stream:
+        self.requests.append(request)
+        return self.streams.pop(0)
+
+    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
+        return ppb.JOB_STATE_PAUSED
+
+    def cancel_computation(self, job_id: str) -> None:
+        pass
+
+
+def succeeded() -> cpb.ComputeProgress:
+    done = progress(ppb.JOB_STATE_SUCCEEDED)
+    done.result.CopyFrom(cpb.ComputeResult(features_computed=4, params=dpb.DashboardParams()))
+    return done
+
+
+def test_a_broken_link_reattaches_to_the_same_computation(job: JobRuntime) -> None:
+    lost = Unavailable("peer unavailable: connection refused")
+    compute = Compute(
+        Stream([progress(ppb.JOB_STATE_RUNNING)], then=lost), Stream([succeeded()], then=None)
+    )
+    with pytest.raises(Unavailable):
+        computing.ensure_dashboards(job, compute, [0, 1, 2, 3], all_features=True)
+    assert job.checkpoint.compute.attempt == 0
+    result = computing.ensure_dashboards(job, compute, [0, 1, 2, 3], all_features=True)
+    assert result.features_computed == 4
+    assert [r.request_id for r in compute.requests] == ["job/dashboards/0"] * 2
+    assert job.checkpoint.compute.result.features_computed == 4
+
+
+def test_a_failed_computation_is_followed_by_a_new_attempt(job: JobRuntime) -> None:
+    failed = progress(ppb.JOB_STATE_FAILED)
+    failed.progress.error.CopyFrom(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="x"))
+    compute = Compute(Stream([failed], then=None), Stream([succeeded()], then=None))
+    with pytest.raises(InvalidArgument):
+        computing.ensure_dashboards(job, compute, [0], all_features=False)
+    assert job.checkpoint.compute.attempt == 1
+    computing.ensure_dashboards(job, compute, [0], all_features=False)
+    assert compute.requests[-1].request_id == "job/dashboards/1"
+
+
+def test_a_finished_computation_is_not_asked_for_again(job: JobRuntime) -> None:
+    job.checkpoint.compute.result.features_computed = 7
+    compute = Compute()
+    assert computing.ensure_dashboards(job, compute, [0], all_features=False).features_computed == 7
+    assert compute.requests == []
