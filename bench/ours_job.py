@@ -33,11 +33,15 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from mistudio.store.v1 import store_service_pb2 as spb
     from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
     from mistudio_common.server import insecure_channel
+    from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
     from mistudio_export.local_stack import start_local_stack
 
     cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
-    with start_local_stack(data_dir, device=args.device) as stack:
+    inputs = [Path(args.sae), Path(args.tokens)]
+    if args.model_ref.startswith(LLAMA2C_PREFIX):
+        inputs.extend(parse_llama2c_ref(args.model_ref))
+    with start_local_stack(data_dir, device=args.device, input_paths=inputs) as stack:
         store = sgrpc.StoreServiceStub(insecure_channel(stack.store.address))
         exports = egrpc.ExportServiceStub(insecure_channel(stack.export.address))
         sae = spb.Sae(

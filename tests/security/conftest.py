@@ -1,7 +1,8 @@
-"""A store (on PostgreSQL), compute and export service that all demand credentials.
-
-Identities: the three services, the users alice and mallory, and the admin root. Alice owns one
-SAE and one finished export, made through the real services with her own token.
+"""Two stacks. ``secure_stack``: a store (on PostgreSQL), compute and export service that all
+demand credentials; identities: the three services, the users alice and mallory, and the admin
+root; Alice owns one SAE and one finished export, made through the real services with her own
+token. ``stack``: a stack whose compute input root is ``root/`` (and the stories260K model),
+a tiny registered SAE inside it, and an ``outside/`` folder next to it (the input suites).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
@@ -30,9 +32,13 @@ from tests.export.service.stack import (
     D_IN,
     D_SAE,
     HOOK,
+    STORIES_DIR,
     STORIES_REF,
+    Stack,
     export_config,
+    register_sae,
     run_to_end,
+    start_stack,
     token_source,
     write_sae_folder,
     write_tokens,
@@ -138,6 +144,7 @@ def secure_stack(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             port=0,
             store_address=store.address,
             data_dir=data_dir,
+            input_roots=(tmp_path_factory.getbasetemp(), STORIES_DIR),
             device="cpu",
             auth_token_file=token_file,
             service_token=token_of("compute"),
@@ -198,3 +205,45 @@ def alice_export(
     last = run_to_end(secure_stack.exports("alice").StartExport(request))[-1]
     assert last.HasField("result"), last.progress.error
     return AliceExport(sae.sae_id, last.progress.job_id)
+
+
+MEMORY_BUDGET = 1 << 30
+"""The compute service's budget here: the largest parameters over all 32 features exceed it,
+so they run in feature shards."""
+
+
+@pytest.fixture(scope="package")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("security")
+
+
+@pytest.fixture(scope="package")
+def root(workdir: Path) -> Path:
+    """The compute service's input root (with the stories260K model)."""
+    return workdir / "root"
+
+
+@pytest.fixture(scope="package")
+def outside(workdir: Path) -> Path:
+    folder = workdir / "outside"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture(scope="package")
+def stack(root: Path) -> Iterator[Stack]:
+    running = start_stack(
+        root / "data", memory_budget_bytes=MEMORY_BUDGET, input_roots=(root, STORIES_DIR)
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="package")
+def sae_id(stack: Stack, root: Path) -> str:
+    return register_sae(stack, "tiny-sae", str(write_sae_folder(root / "sae"))).sae_id
+
+
+@pytest.fixture(scope="package")
+def tokens(root: Path) -> tpb.TokenSource:
+    return token_source(write_tokens(root / "tokens.npy", rows=32))

@@ -9,6 +9,10 @@ from mistudio_common.auth import SecuritySettings
 from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
 from pydantic_settings import SettingsConfigDict
 
+from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
+
+_GIB = 1 << 30
+
 
 class ComputeSettings(SecuritySettings):
     """Also the credential settings of SecuritySettings (TLS files, tokens)."""
@@ -54,12 +58,27 @@ class ComputeSettings(SecuritySettings):
     health_check_seconds: float = 10.0
     """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
+    input_roots: tuple[Path, ...] = ()
+    """Folders (or single files) whose files requests may name, as a JSON list; empty: data_dir.
+    Paths are resolved with realpath, so symlinks out of a root are refused."""
+    max_sae_weights_bytes: int = 64 * _GIB
+    max_sae_config_bytes: int = 1 << 20
+    """A SAELens cfg.json is a few kB; a huge one only costs memory to parse."""
+    max_token_file_bytes: int = 64 * _GIB
+    max_text_file_bytes: int = 4 * _GIB
+    max_model_file_bytes: int = 64 * _GIB
     memory_budget_bytes: int = 0
     """Peak memory one computation may take beyond the model and the SAE; a computation whose
-    pass state would not fit runs in feature shards (README 'Operations'). 0: 80% of physical
-    memory."""
+    pass state would not fit runs in feature shards (``dashboards.shards``), and one where not
+    even a single feature fits is refused before a job exists (``dashboards.memory``).
+    0: 80% of physical memory."""
 
     def memory_budget(self) -> int:
         if self.memory_budget_bytes:
             return self.memory_budget_bytes
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+
+    def input_policy(self) -> InputPolicy:
+        """Which files requests may open (``mistudio_compute.input_files``)."""
+        limits = {kind: getattr(self, name) for kind, name in SIZE_SETTINGS.items()}
+        return InputPolicy.create(self.input_roots or (self.data_dir,), limits)

@@ -97,7 +97,8 @@ def _parse_header(data: bytes, path: str | Path) -> Llama2cConfig:
         )
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = HEADER.unpack_from(data)
     if min(dim, hidden, n_layers, n_heads, n_kv, seq_len) <= 0 or dim % n_heads:
-        raise _bad_checkpoint(path, f"implausible header {(dim, hidden, n_layers, n_heads, n_kv)}")
+        # the numbers are the file's first bytes: naming them would leak a file's content
+        raise _bad_checkpoint(path, "its header does not describe a transformer")
     return Llama2cConfig(dim, hidden, n_layers, n_heads, n_kv, abs(vocab), seq_len, vocab > 0)
 
 
@@ -282,7 +283,7 @@ def read_llama2c_tokenizer(
             offset += 8 + length
     except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidArgument(
-            f"{path} is not a llama2.c tokenizer export: {exc} at piece {len(pieces)}",
+            f"{path} is not a llama2.c tokenizer export (unreadable piece {len(pieces)})",
             field="tokenizer",
             fix="pass the tokenizer .bin written by llama2.c's tokenizer.py for this model",
         ) from exc

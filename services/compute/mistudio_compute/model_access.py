@@ -22,6 +22,7 @@ from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from mistudio_compute import llama2c
 from mistudio_compute.hooks import HookKind, HookPoint, hook_width, validate_hook
+from mistudio_compute.input_files import InputKind, InputPolicy
 from mistudio_compute.token_text import HfTokenizer, TokenizerAdapter
 
 MODEL_FIELD = "model_id"
@@ -157,6 +158,15 @@ def parse_llama2c_ref(ref: str) -> tuple[Path, Path]:
         Path(tok_part).expanduser() if tok_part else model_path.parent / "tokenizer.bin"
     )
     return model_path, tokenizer_path
+
+
+def confine_model(model_ref: str, inputs: InputPolicy) -> None:
+    """Refuses a llama2.c reference whose files ``inputs`` does not allow (hub names pass)."""
+    ref = model_ref.strip()
+    if ref.startswith(LLAMA2C_PREFIX):
+        model_path, tokenizer_path = parse_llama2c_ref(ref)
+        inputs.file(model_path, InputKind.MODEL_FILE, MODEL_FIELD)
+        inputs.file(tokenizer_path, InputKind.MODEL_FILE, MODEL_FIELD)
 
 
 def portable_model_name(ref: str) -> str:

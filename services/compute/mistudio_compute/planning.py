@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -22,14 +23,23 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.distributed import Sharding
+from mistudio_compute.dashboards.memory import require_one_feature_fits
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
-from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.input_files import InputKind, InputPolicy
+from mistudio_compute.model_access import LoadedModel, confine_model, load_model
 from mistudio_compute.run_dashboards import PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
-from mistudio_compute.tokens import TokenDataset, TokenSourceSpec, load_token_source
+from mistudio_compute.tokens import (
+    FILE_FIELD,
+    TEXT_FIELD,
+    TokenDataset,
+    TokenSourceSpec,
+    load_token_source,
+    provenance_path,
+)
 
 ModelLoader = Callable[[str, str], LoadedModel]
 """(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
@@ -58,11 +68,13 @@ class Planner:
         self._settings = settings
         self._store = store
         self._load = model_loader or load_model
+        self._inputs = settings.input_policy()
         self._models: dict[tuple[str, str], tuple[LoadedModel, threading.Lock]] = {}
         self._lock = threading.Lock()
 
     def model(self, model_id: str, device: str = "") -> tuple[LoadedModel, threading.Lock]:
         key = (model_id, device or self._settings.device)
+        confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
                 self._models[key] = (self._load(*key), threading.Lock())
@@ -71,7 +83,7 @@ class Planner:
     def resolve_sae(
         self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
     ) -> ResolvedSae:
-        return resolve_sae(ref, self._store, hook_point, model_id)
+        return resolve_sae(ref, self._store, self._inputs, hook_point, model_id)
 
     def validate(self, request: cpb.ValidateSaeRequest) -> cpb.ValidateSaeResponse:
         """The SAE against its model; with tokens or a device, those as ComputeDashboards
@@ -80,7 +92,7 @@ class Planner:
         model, _ = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         if request.HasField("tokens"):
-            load_model_tokens(request.tokens, model)
+            load_model_tokens(request.tokens, model, self._inputs)
         return cpb.ValidateSaeResponse(
             architecture=resolved.sae.cfg.architecture,
             d_in=resolved.sae.d_in,
@@ -107,7 +119,11 @@ class Planner:
         )
 
     def token_plan(
-        self, ref: cpb.SaeReference, tokens: tpb.TokenSource, request_params: dpb.DashboardParams
+        self,
+        ref: cpb.SaeReference,
+        tokens: tpb.TokenSource,
+        request_params: dpb.DashboardParams,
+        feature_count: int = 0,
     ) -> TokenPlan:
         """The token source and parameters a computation would use, for EstimateComputation."""
         params = params_of(request_params)
@@ -116,8 +132,10 @@ class Planner:
         needs_model = tokens.HasField("text") or resolved.model_id
         model = self.model(_require_model(resolved))[0] if needs_model else None
         tokenizer = model.tokenizer if model is not None else None
-        dataset = load_token_source(_token_spec(tokens), tokenizer)
+        dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
+        if feature_count:  # a count says how many would be computed at once
+            self.check_memory(params, feature_count, resolved.sae.d_sae, dataset, 0)
         n_layers = model.n_layers if model is not None else 0
         return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae, n_layers)
 
@@ -135,7 +153,8 @@ class Planner:
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        dataset = load_model_tokens(request.tokens, model)
+        dataset = load_model_tokens(request.tokens, model, self._inputs)
+        self.check_memory(params, len(features), resolved.sae.d_sae, dataset, request.batch_size)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             params=_filled(with_hook_limits(params, check.hook_point), dataset),
@@ -150,11 +169,28 @@ class Planner:
             sharding=_sharding(self._settings),
         )
 
+    def check_memory(
+        self,
+        params: d.DashboardParams,
+        n_features: int,
+        d_sae: int,
+        dataset: TokenDataset,
+        batch_rows: int,
+    ) -> None:
+        """RESOURCE_EXHAUSTED, naming what to lower, when not even one feature fits the budget;
+        more features than fit at once are computed in feature shards (``dashboards.shards``)."""
+        rows = min(batch_rows or self._settings.default_batch_rows, dataset.n_rows)
+        require_one_feature_fits(
+            params, n_features, d_sae, rows * dataset.context_size, self._settings.memory_budget()
+        )
 
-def load_model_tokens(tokens: tpb.TokenSource, model: LoadedModel) -> TokenDataset:
-    """The token source, checked against the model: ids in its vocabulary, rows within its
-    context."""
-    dataset = load_token_source(_token_spec(tokens), model.tokenizer, model.d_vocab)
+
+def load_model_tokens(
+    tokens: tpb.TokenSource, model: LoadedModel, inputs: InputPolicy
+) -> TokenDataset:
+    """The token source (its files confined to ``inputs``), checked against the model: ids in
+    its vocabulary, rows within its context."""
+    dataset = load_token_source(_token_spec(tokens, inputs), model.tokenizer, model.d_vocab)
     if dataset.context_size > model.cfg.n_ctx:
         raise InvalidArgument(
             f"rows of {dataset.context_size} tokens exceed the model's context of "
@@ -227,10 +263,19 @@ def _features(indices: Sequence[int], d_sae: int) -> list[int]:
     return sorted(set(indices))
 
 
-def _token_spec(source: tpb.TokenSource) -> TokenSourceSpec:
+def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec:
+    """The request's token source with its files confined to ``inputs``."""
+    token_file = (
+        str(inputs.file(source.token_file, InputKind.TOKEN_FILE, FILE_FIELD))
+        if source.token_file
+        else ""
+    )
+    if token_file:
+        inputs.optional_file(provenance_path(Path(token_file)), InputKind.TOKEN_FILE, FILE_FIELD)
+    texts = [inputs.file(path, InputKind.TEXT_FILE, TEXT_FIELD) for path in source.text.paths]
     return TokenSourceSpec(
-        token_file=source.token_file,
-        text_paths=tuple(source.text.paths),
+        token_file=token_file,
+        text_paths=tuple(str(path) for path in texts),
         dataset_name=source.dataset_name,
         context_size=source.context_size,
         prepend_bos=prepend_bos(source),

@@ -15,8 +15,10 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import InvalidArgument
 
+from mistudio_compute.input_files import InputKind, InputPolicy
 from mistudio_compute.sae import Sae, load_sae
-from mistudio_compute.sae.loading import CONFIG_FILE
+from mistudio_compute.sae.hub import HF_PREFIX, SAELENS_PREFIX, local_path
+from mistudio_compute.sae.loading import CONFIG_FILE, WEIGHTS_FILE
 from mistudio_compute.store_client import StoreClient
 
 _ARCHITECTURES = {
@@ -37,13 +39,18 @@ class ResolvedSae:
 
 
 def resolve_sae(
-    ref: cpb.SaeReference, store: StoreClient, hook_override: str = "", model_override: str = ""
+    ref: cpb.SaeReference,
+    store: StoreClient,
+    inputs: InputPolicy,
+    hook_override: str = "",
+    model_override: str = "",
 ) -> ResolvedSae:
-    """Loads the referenced SAE (weights checked for shape and finiteness on the way)."""
+    """Loads the referenced SAE (weights checked for shape and finiteness on the way) from
+    files ``inputs`` allows."""
     which = ref.WhichOneof("reference")
     if which == "sae_id":
         record = store.get_sae(ref.sae_id)
-        sae = _load_registered(record)
+        sae = _load_registered(record, inputs)
         model_id = model_override or record.model_id or sae.model_name or ""
         hook = hook_override or record.hook_point or sae.hook_name or ""
         return ResolvedSae(sae, record.sae_id, model_id, hook)
@@ -53,7 +60,8 @@ def resolve_sae(
                 "no SAE path given", field="sae.files.path", fix="name a SAELens folder or file"
             )
         config = json_format.MessageToDict(ref.files.config) if ref.files.HasField("config") else {}
-        sae = load_sae(ref.files.path, _ints(config) or None)
+        location = confine_sae(ref.files.path, inputs, "sae.files.path")
+        sae = load_sae(location, _ints(config) or None)
         model_id = model_override or ref.files.model_id or sae.model_name or ""
         return ResolvedSae(sae, "", model_id, hook_override or sae.hook_name or "")
     raise InvalidArgument(
@@ -61,7 +69,26 @@ def resolve_sae(
     )
 
 
-def _load_registered(record: spb.Sae) -> Sae:
+def confine_sae(location: str, inputs: InputPolicy, field: str) -> Path:
+    """The real path of an SAE folder or weights file whose files ``inputs`` allows; hub
+    locations resolve into the HuggingFace cache, which is allowed for them."""
+    if location.startswith((HF_PREFIX, SAELENS_PREFIX)):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        path, inputs = local_path(location), inputs.with_roots(HF_HUB_CACHE)
+    else:
+        path = Path(location)
+    if inputs.allows(path) and Path(path).is_dir():
+        folder = inputs.folder(path, field)
+        inputs.file(folder / WEIGHTS_FILE, InputKind.SAE_WEIGHTS, field)
+        inputs.optional_file(folder / CONFIG_FILE, InputKind.SAE_CONFIG, field)
+        return folder
+    weights = inputs.file(path, InputKind.SAE_WEIGHTS, field)
+    inputs.optional_file(weights.parent / CONFIG_FILE, InputKind.SAE_CONFIG, field)
+    return weights
+
+
+def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
     """A registered folder keeps its cfg.json; a bare file is described by the record."""
     if not record.weights_uri:
         raise InvalidArgument(
@@ -70,7 +97,7 @@ def _load_registered(record: spb.Sae) -> Sae:
             fix="register the SAE with the path of its SAELens folder or safetensors file",
         )
     config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
-    uri = Path(record.weights_uri.removeprefix("file://"))
+    uri = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
     has_cfg = (
         (uri / CONFIG_FILE).is_file() if uri.is_dir() else (uri.parent / CONFIG_FILE).is_file()
     )

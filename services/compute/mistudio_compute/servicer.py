@@ -73,7 +73,9 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def EstimateComputation(
         self, request: cpb.EstimateComputationRequest, context: grpc.ServicerContext
     ) -> cpb.EstimateComputationResponse:
-        plan = self._planner.token_plan(request.sae, request.tokens, request.params)
+        plan = self._planner.token_plan(
+            request.sae, request.tokens, request.params, request.feature_count
+        )
         tokens = plan.dataset.n_tokens
         seconds, source = self._manager.rates.estimate(tokens, request.feature_count or plan.d_sae)
         return cpb.EstimateComputationResponse(

@@ -330,7 +330,7 @@ def _read_token_array(file: Path) -> np.ndarray[Any, Any]:
             return tensors["tokens"]
     except (OSError, ValueError, SafetensorError) as exc:
         raise InvalidArgument(
-            f"cannot read token file {file}: {exc}",
+            f"cannot read token file {file} ({type(exc).__name__})",
             field=FILE_FIELD,
             fix="pass a valid .npy or .safetensors file",
         ) from exc

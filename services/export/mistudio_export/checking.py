@@ -29,10 +29,10 @@ from mistudio_export.packaging import (
     FormatKind,
     VerifyReport,
     build_archive,
-    verify_archive,
 )
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
+from mistudio_export.validation.archives import validate_zip
 
 SAELENS_REQUIRED = ("cfg.json", "sae_weights.safetensors")
 DEFAULT_MAX_PROBLEMS = 1000
@@ -136,16 +136,15 @@ class ArchiveValidator:
         with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
             folder = Path(scratch) / "archive"
             archive = fetch_to_file(self._objects, job.output_uri, Path(scratch) / "archive.zip")
-            integrity = verify_archive(archive)
-            with zipfile.ZipFile(archive) as zf:
-                compression = _compression_of(zf)
-                zf.extractall(folder)
-            report = validate_export(folder, fix=request.auto_fix)
+            checked = validate_zip(archive, folder, fix=request.auto_fix)
+            report, integrity = checked.report, checked.integrity
             summary = summary_of(report)
             if (folder / FOLDERS[FormatKind.SAELENS]).is_dir():
                 _check_saelens(folder / FOLDERS[FormatKind.SAELENS], summary)
             problems = problems_of(report, limit) + _integrity(integrity, summary)
             if report.changes:
+                with zipfile.ZipFile(archive) as zf:
+                    compression = _compression_of(zf)
                 self._republish(job, folder, Path(scratch) / "fixed.zip", compression, summary)
         return epb.ValidateArchiveResponse(summary=summary, problems=problems[:limit])
 

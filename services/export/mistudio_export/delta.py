@@ -10,8 +10,10 @@ same rendering options instead of regenerating them.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -19,6 +21,9 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard_options import Component
 
+from mistudio_export import views
+from mistudio_export.packaging.archive import verify_archive
+from mistudio_export.packaging.safe_extract import check_limits
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import EXPORT_FORMAT_VERSION
 
@@ -77,6 +82,30 @@ class EarlierExport:
 
     def unchanged(self, index: int, content_hash: str) -> bool:
         return self.hashes.get(index) == content_hash
+
+
+def archive_problem(path: Path, job: spb.ExportJob) -> str:
+    """Why the downloaded archive of ``job`` may not be copied from ("" when it may): it must
+    be the archive the job recorded (SHA-256), within the archive limits, and match its own
+    manifest file by file. The object store is not trusted to hold what the job wrote."""
+    result = views.result_of(job)
+    if result is None or not result.archive_sha256:
+        return "the job recorded no archive checksum"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != result.archive_sha256:
+        return "its SHA-256 differs from the one the job recorded"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            over_limit = check_limits(zf)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"not a readable ZIP archive ({type(exc).__name__})"
+    if over_limit:
+        return over_limit
+    integrity = verify_archive(path)
+    return "" if integrity.ok else "; ".join(integrity.lines()[:3])
 
 
 def hashes_to_json(hashes: Mapping[int, str]) -> dict[str, str]:

@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         compute_address="",
         data_dir=str(data_dir / "services"),
         device="cpu",
+        sae=str(assets.sae_folder),
+        tokens=str(assets.token_file),
         model=assets.model_ref,
         hook=assets.hook_name,
         sae_id=f"{SAE_ID}-{args.d_sae}",

@@ -14,6 +14,7 @@ from mistudio_common.grpc_errors import error_from_status
 from mistudio_common.progress import TERMINAL_STATES
 
 from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.limits import check_request_limits
 from mistudio_export.plan import RECORDED_TOKENS_KEY, dashboard_params, token_source
 from mistudio_export.token_facts import token_facts
 
@@ -26,6 +27,7 @@ class FeatureDashboards:
     def get(self, request: epb.GetFeatureDashboardRequest) -> epb.GetFeatureDashboardResponse:
         if not request.sae_id:
             raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
+        check_request_limits(request, "")
         sae = self._store.get_sae(request.sae_id)
         index = request.feature_index
         if not 0 <= index < sae.d_sae:

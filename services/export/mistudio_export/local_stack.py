@@ -8,6 +8,7 @@ unless fixed ones are asked for. The services still talk to each other over real
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def start_local_stack(
     export_port: int = 0,
     device: str = "auto",
     database_url: str = "",
+    input_paths: Sequence[Path] = (),
 ) -> LocalStack:
-    """Starts store, compute and export on 127.0.0.1, wired to each other."""
+    """Starts store, compute and export on 127.0.0.1, wired to each other; compute reads
+    inputs under ``data_dir`` and ``input_paths`` (the files a CLI user named) only."""
     from mistudio_compute.config import ComputeSettings
     from mistudio_compute.server import build_compute_server
     from mistudio_store.config import StoreSettings
@@ -72,7 +75,11 @@ def start_local_stack(
     try:
         compute = build_compute_server(
             ComputeSettings(
-                port=compute_port, store_address=store.address, data_dir=data_dir, device=device
+                port=compute_port,
+                store_address=store.address,
+                data_dir=data_dir,
+                device=device,
+                input_roots=(data_dir, *input_paths),
             )
         )
     except BaseException:

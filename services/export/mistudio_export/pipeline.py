@@ -250,6 +250,11 @@ class ExportPipeline:
             except MistudioError as error:
                 log.warning("earlier archive %s unreadable: %s", record.output_uri, error)
                 continue
+            problem = delta.archive_problem(path, record)
+            if problem:
+                log.warning("earlier archive %s not reused: %s", record.output_uri, problem)
+                path.unlink(missing_ok=True)
+                continue
             return Reuse(archive=path, hashes=dict(candidate.hashes))
         return None
 

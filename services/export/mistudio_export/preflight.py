@@ -19,8 +19,9 @@ from mistudio_common.errors import (
 
 from mistudio_export import views
 from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.limits import check_request_limits
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
-from mistudio_export.selection import has_label_filters, require_candidates
+from mistudio_export.selection import has_label_filters, most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
 
 _REQUEST_FIELDS = ("tokens", "device")
@@ -47,6 +48,8 @@ class Planner:
     def plan(self, sae_id: str, config: epb.ExportConfig, owner: str) -> ExportPlan:
         if not sae_id:
             raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
+        check_request_limits(epb.StartExportRequest(sae_id=sae_id, owner=owner), "")
+        check_request_limits(config, "config")
         sae = self._store.get_sae(sae_id)
         return build_plan(sae, config, owner)
 
@@ -75,7 +78,10 @@ class Planner:
             )
         if plan.neuronpedia and plan.tokens is not None and plan.sae.weights_uri and not problems:
             try:
-                token_facts(self._compute, plan.sae.sae_id, plan.tokens, plan.params)
+                count = most_selected(plan.selection, plan.sae.d_sae)
+                token_facts(
+                    self._compute, plan.sae.sae_id, plan.tokens, plan.params, feature_count=count
+                )
             except FailedPrecondition as error:
                 problems += error.violations
         check_preconditions(plan, problems)

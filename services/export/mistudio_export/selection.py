@@ -53,6 +53,16 @@ def has_label_filters(selection: epb.FeatureSelection) -> bool:
     return bool(selection.labeled_only or selection.label_contains or selection.category)
 
 
+def most_selected(selection: epb.FeatureSelection, d_sae: int) -> int:
+    """How many features ``selection`` can match at most, without asking the store."""
+    which = selection.WhichOneof("base")
+    if which == "range":
+        return max(0, min(selection.range.end, d_sae) - max(selection.range.start, 0))
+    if which == "list":
+        return len(set(selection.list.indices))
+    return d_sae
+
+
 def candidate_indices(
     selection: epb.FeatureSelection, d_sae: int, list_features: FeatureLister
 ) -> list[int]:

@@ -34,10 +34,12 @@ def token_facts(
     tokens: tpb.TokenSource,
     params: dpb.DashboardParams,
     field: str = "config.tokens",
+    feature_count: int = 0,
 ) -> TokenFacts:
-    """Asks the compute service; its errors name ``field`` as the caller's request spells it."""
+    """Asks the compute service; its errors name ``field`` as the caller's request spells it.
+    With ``feature_count`` it also checks that computing that many fits its memory budget."""
     try:
-        answer = compute.estimate(sae_id, tokens, 0, params)
+        answer = compute.estimate(sae_id, tokens, feature_count, params)
     except MistudioError as error:
         if error.field.startswith("tokens"):
             error.field = field + error.field.removeprefix("tokens")

@@ -91,6 +91,7 @@ def harness(
         port=0,
         store_address=store.address,
         data_dir=tmp_path / "compute",
+        input_roots=(tmp_path,),
         device="cpu",
         checkpoint_every_batches=2,
     )

@@ -35,7 +35,8 @@ def start_service(store: RunningServer, data_dir: Path) -> tuple[subprocess.Pope
     """Runs the service on a free port and reads the port from its JSON log."""
     command = [sys.executable, "-m", "mistudio_compute", "--port", "0"]
     command += ["--store", store.address, "--data-dir", str(data_dir)]
-    env = {**os.environ, "MISTUDIO_COMPUTE_DEVICE": "cpu"}
+    roots = json.dumps([str(data_dir.parent), str(STORIES_MODEL.parent)])
+    env = {**os.environ, "MISTUDIO_COMPUTE_DEVICE": "cpu", "MISTUDIO_COMPUTE_INPUT_ROOTS": roots}
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stderr is not None
     for line in process.stderr:

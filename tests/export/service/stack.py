@@ -155,8 +155,14 @@ class Stack:
 
 
 def start_stack(
-    data_dir: Path, object_store_url: str = "", keys: tuple[str, str] = ("", "")
+    data_dir: Path,
+    object_store_url: str = "",
+    keys: tuple[str, str] = ("", ""),
+    **compute_settings: Any,
 ) -> Stack:
+    """Compute reads inputs under the test session's temp root (every test's ``tmp_path``, as
+    ``data_dir`` is ``<root>/<module folder>/data``) and the stories260K folder, unless
+    ``compute_settings`` says otherwise."""
     from mistudio_compute.config import ComputeSettings
     from mistudio_compute.server import build_compute_server
     from mistudio_store.config import StoreSettings
@@ -165,7 +171,13 @@ def start_stack(
     data_dir.mkdir(parents=True, exist_ok=True)
     store = build_store_server(StoreSettings(data_dir=data_dir, port=0))
     compute = build_compute_server(
-        ComputeSettings(port=0, store_address=store.address, data_dir=data_dir, device="cpu")
+        ComputeSettings(
+            port=0,
+            store_address=store.address,
+            data_dir=data_dir,
+            device="cpu",
+            **{"input_roots": (data_dir.parents[1], STORIES_DIR), **compute_settings},
+        )
     )
     stack = Stack(data_dir, store, compute, None, object_store_url, keys)  # type: ignore[arg-type]
     stack.export = build_export_server(stack.settings())

@@ -374,8 +374,8 @@ def test_validate_archive_reports_and_repairs_a_damaged_archive(
     assert stack.exports.ValidateArchive(epb.ValidateArchiveRequest(job_id=job_id)).summary.valid
 
 
-def test_export_from_a_text_token_source(stack: Stack, sae_id: str, tmp_path: Path) -> None:
-    text = tmp_path / "stories.txt"
+def test_export_from_a_text_token_source(stack: Stack, sae_id: str, workdir: Path) -> None:
+    text = workdir / "stories.txt"  # under the compute service's input root
     lines = [
         f"Once upon a time a little dog named Max found {n} red balls in the park."
         for n in range(40)

@@ -81,7 +81,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise InvalidArgument(
-            f"cannot read SAE weights {str(path)!r}: {exc}",
+            f"cannot read SAE weights {str(path)!r} ({type(exc).__name__})",
             field=PATH_FIELD,
             fix="pass a readable .safetensors file (SAELens: sae_weights.safetensors)",
         ) from exc
@@ -107,7 +107,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise InvalidArgument(
-            f"cannot read {path}: {exc}", field="sae.files.config", fix="write valid JSON"
+            f"cannot read {path} ({type(exc).__name__})",
+            field="sae.files.config",
+            fix="write valid UTF-8 JSON",
         ) from exc
     if not isinstance(loaded, dict):
         raise InvalidArgument(

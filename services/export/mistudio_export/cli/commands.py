@@ -8,7 +8,6 @@ import re
 import sys
 import tempfile
 import uuid
-import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,9 @@ from mistudio_export.cli.annotations import LABEL_MASK, Annotations, read_annota
 from mistudio_export.cli.connection import Services, connect, job_table, store_only
 from mistudio_export.cli.options import export_config, model_reference, token_source
 from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
-from mistudio_export.packaging import MANIFEST_NAME, build_archive, verify_archive
+from mistudio_export.packaging import MANIFEST_NAME, build_archive
 from mistudio_export.validation import ValidationReport, validate_export
+from mistudio_export.validation.archives import validate_zip
 
 ARCHITECTURES = {
     "standard": spb.ARCHITECTURE_STANDARD,
@@ -420,17 +420,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _validate_zip(path: Path, auto_fix: bool) -> tuple[ValidationReport, list[str]]:
     with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
         folder = Path(scratch) / "archive"
-        integrity = verify_archive(path)
-        try:
-            with zipfile.ZipFile(path) as zf:
-                zf.extractall(folder)
-        except zipfile.BadZipFile as error:
+        checked = validate_zip(path, folder, fix=auto_fix)
+        if checked.unreadable:
             raise InvalidArgument(
-                f"{path} is not a readable ZIP archive: {error}",
+                f"{path} is {checked.unreadable}",
                 field="path",
                 fix="download the archive again (`mistudio-export download JOB_ID`)",
-            ) from None
-        report = validate_export(folder, fix=auto_fix)
+            )
+        report, integrity = checked.report, checked.integrity
         if auto_fix and report.changes:
             (folder / MANIFEST_NAME).unlink(missing_ok=True)
             fixed = path.with_name(path.stem + ".fixed.zip")

@@ -92,6 +92,23 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def local_input_paths(args: argparse.Namespace) -> list[Path]:
+    """The files named on the command line, which an in-process compute service may read
+    besides its data folder (a SAE file brings its folder, for the cfg.json beside it)."""
+    from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
+    from mistudio_compute.tokens import provenance_path
+
+    paths = [Path(p) for p in (getattr(args, "tokens", ""), *getattr(args, "text", ())) if p]
+    paths += [provenance_path(path) for path in paths[:1]]
+    sae = Path(getattr(args, "sae", "") or "")
+    if str(sae) != "." and sae.exists():
+        paths.append(sae if sae.is_dir() else sae.parent)
+    model = getattr(args, "model", "")
+    if model.startswith(LLAMA2C_PREFIX):
+        paths.extend(parse_llama2c_ref(model))
+    return paths
+
+
 def _read_pem(path: str, option: str) -> bytes | None:
     if not path:
         return None
@@ -220,7 +237,8 @@ def connect(args: argparse.Namespace) -> Iterator[Services]:
                 opened.close()
         return
     device = getattr(args, "device", "auto")
-    with start_local_stack(Path(args.data_dir), device=device) as stack:
+    inputs = local_input_paths(args)
+    with start_local_stack(Path(args.data_dir), device=device, input_paths=inputs) as stack:
         addresses = stack.addresses
         with (
             insecure_channel(addresses["export"]) as export_channel,

@@ -61,9 +61,9 @@ class Manifest:
             body = json.loads(data)
             files = tuple(_entry(item) for item in body["files"])
             version = body["archive_format_version"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise InvalidArgument(
-                f"{MANIFEST_NAME} is not a valid manifest: {exc}",
+                f"{MANIFEST_NAME} is not a valid manifest: {type(exc).__name__}: {str(exc)[:200]}",
                 field=MANIFEST_NAME,
                 fix="rebuild the archive; the manifest must not be edited by hand",
             ) from None

@@ -12,6 +12,7 @@ from tempfile import TemporaryDirectory
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import prd_json
+from mistudio_export.packaging.safe_extract import check_limits
 
 _PRD_MEMBER = re.compile(
     r"^(metadata\.json|explanations/explanations\.json|features/\d+\.json(\.gz)?)$"
@@ -38,6 +39,13 @@ def prd_root(path: Path) -> Iterator[Path]:
                 f"{path} holds no {prd_json.FEATURES_DIR}/{{i}}.json files",
                 field="ARCHIVE",
                 fix="export with the neuronpedia format (--format neuronpedia or both)",
+            )
+        over_limit = check_limits(zf)
+        if over_limit:
+            raise InvalidArgument(
+                f"{path}: {over_limit}",
+                field="ARCHIVE",
+                fix="check where the archive came from; nothing was unpacked",
             )
         zf.extractall(scratch, members)
         yield Path(scratch)

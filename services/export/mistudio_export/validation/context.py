@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import stat
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from mistudio_export.formats import jsonio
+from mistudio_export.limits import ARCHIVE_LIMITS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS
 from mistudio_export.validation.report import PROBLEM_CLASSES, Change, Problem, Severity
 
 Repair = Callable[[], str]
@@ -33,6 +36,7 @@ _SUSPECT_ESCAPE = re.compile(r"\\[ubf]")
 class Session:
     root: Path
     fix: bool
+    max_file_bytes: int = ARCHIVE_LIMITS.max_entry_bytes
     problems: list[Problem] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     files_checked: int = 0
@@ -101,12 +105,18 @@ class FileContext:
         return (self.line, pointer) in self._reported
 
 
+def inside_root(session: Session, path: Path) -> bool:
+    """Whether ``path``, links resolved, lies under the session's root (links may point out)."""
+    real = Path(os.path.realpath(path))
+    return real.is_relative_to(os.path.realpath(session.root))
+
+
 def read_text(ctx: FileContext, path: Path) -> str | None:
-    """The file as text (gunzipped); invalid UTF-8 is reported and decoded with U+FFFD."""
-    try:
-        data = jsonio.read_bytes(path)
-    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
-        ctx.report("FILE_UNREADABLE", "", f"{type(e).__name__}: {e}")
+    """The file as text (gunzipped); invalid UTF-8 is reported and decoded with U+FFFD.
+
+    Only regular files inside the root and within the size limit are read."""
+    data = _read_bounded(ctx, path)
+    if data is None:
         return None
     try:
         return data.decode("utf-8")
@@ -120,20 +130,88 @@ def read_text(ctx: FileContext, path: Path) -> str | None:
         return data.decode("utf-8", "replace")
 
 
+def _read_bounded(ctx: FileContext, path: Path) -> bytes | None:
+    limit = ctx.session.max_file_bytes
+    if not inside_root(ctx.session, path):
+        ctx.report("UNSAFE_PATH", "", "a link to a place outside the export; not read")
+        return None
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            ctx.report("UNSAFE_PATH", "", "not a regular file; not read")
+            return None
+        if info.st_size > limit:
+            ctx.report("FILE_TOO_LARGE", "", f"{info.st_size} bytes; the limit is {limit}")
+            return None
+        raw = path.read_bytes()
+        if not path.name.endswith(".gz"):
+            return raw
+        inflater = zlib.decompressobj(wbits=31)  # gzip framing
+        data = inflater.decompress(raw, limit + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        ctx.report("FILE_UNREADABLE", "", f"{type(e).__name__}: {e}")
+        return None
+    if len(data) > limit:
+        ctx.report("FILE_TOO_LARGE", "", f"expands to over {limit} bytes; not read")
+        return None
+    if not inflater.eof:
+        ctx.report("FILE_UNREADABLE", "", "truncated gzip stream")
+        return None
+    return data
+
+
 _INVALID = object()
 
 
+class _NumberTooLong(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _NumberTooLong(f"a number of {len(text)} digits (the limit is {MAX_NUMBER_CHARS})")
+    return int(text)
+
+
 def parse(ctx: FileContext, text: str) -> Any:
-    """Parse JSON, accepting NaN/Infinity and lone surrogates so that checks can name them."""
+    """Parse JSON, accepting NaN/Infinity and lone surrogates so that checks can name them;
+    nesting and number length are bounded (``limits``) so that no input ends in a traceback."""
     try:
-        return orjson.loads(text)
+        doc = orjson.loads(text)
     except orjson.JSONDecodeError:
         ctx.lenient = True
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        ctx.report("INVALID_JSON", "", f"line {e.lineno} column {e.colno}: {e.msg}")
+        try:
+            doc = json.loads(text, parse_int=_bounded_int)
+        except json.JSONDecodeError as e:
+            ctx.report("INVALID_JSON", "", f"line {e.lineno} column {e.colno}: {e.msg}")
+            return _INVALID
+        except RecursionError:
+            ctx.report("INVALID_JSON", "", f"nested deeper than {MAX_JSON_DEPTH} levels")
+            return _INVALID
+        except ValueError as e:  # _NumberTooLong, or Python's own digit limit
+            ctx.report("INVALID_JSON", "", str(e)[:200])
+            return _INVALID
+    if not _depth_within(doc, MAX_JSON_DEPTH):
+        ctx.report("INVALID_JSON", "", f"nested deeper than {MAX_JSON_DEPTH} levels")
         return _INVALID
+    return doc
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
+def _depth_within(doc: Any, limit: int) -> bool:
+    """Iterative (a deep document must not exhaust the stack); flat lists are skipped fast."""
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        if isinstance(node, list) and set(map(type, node)) <= _SCALARS:
+            continue
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
 
 
 def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
@@ -172,12 +250,12 @@ def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int
 
 
 def save_document(ctx: FileContext, path: Path, doc: Any) -> None:
-    if ctx.dirty:
+    if ctx.dirty and inside_root(ctx.session, path):
         jsonio.write_document(path, jsonio.dumps_plain(doc))
 
 
 def save_rows(ctx: FileContext, path: Path, rows: list[tuple[int, Any]]) -> None:
-    if ctx.dirty:
+    if ctx.dirty and inside_root(ctx.session, path):
         lines = {n: jsonio.dumps_plain(row) for n, row in rows}
         lines.update({n: text.encode("utf-8", "replace") for n, text in ctx.unparsed.items()})
         data = b"".join(lines[n] + b"\n" for n in sorted(lines))

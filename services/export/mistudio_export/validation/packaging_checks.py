@@ -15,19 +15,21 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.packaging.manifest import MANIFEST_NAME, Manifest
 from mistudio_export.packaging.readme import PREFILL_NAME, README_NAME
-from mistudio_export.validation.context import Session
+from mistudio_export.validation.context import Session, read_text
 
 PACKAGING_FILES = (MANIFEST_NAME, README_NAME, PREFILL_NAME)
 _VERSION_KEY = "archive_format_version"
+_MAX_MANIFEST_BYTES = 64 << 20
+"""Far above a real manifest (about 100 bytes per file); only to tell the two manifests apart."""
 
 
 def is_packaging_manifest(path: Path) -> bool:
     """True for the archive manifest written by packaging, not an upload-payloads manifest."""
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_MANIFEST_BYTES:
         return False
     try:
         body = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(body, dict) and _VERSION_KEY in body
 
@@ -39,8 +41,11 @@ def is_packaging_dir(directory: Path) -> bool:
 def validate_packaging(session: Session, directory: Path) -> None:
     path = directory / MANIFEST_NAME
     ctx = session.context(path)
+    text = read_text(ctx, path)
+    if text is None:
+        return
     try:
-        manifest = Manifest.from_json(path.read_bytes())
+        manifest = Manifest.from_json(text.encode("utf-8"))
     except InvalidArgument as exc:
         ctx.report("SCHEMA_VIOLATION", "", exc.message)
         return

@@ -86,7 +86,7 @@ def _check_component(root: Path, fix: bool, component: layout.Component) -> Sess
 
 def _size(root: Path) -> int:
     return sum(
-        os.path.getsize(os.path.join(folder, name))
+        os.lstat(os.path.join(folder, name)).st_size
         for folder, _, names in os.walk(root)
         for name in names
     )

@@ -1,0 +1,47 @@
+"""Measures the peak memory of one real dashboard computation, in a process of its own.
+
+``python -m tests.security.memory_probe N_FEATURES`` prints one JSON line: the peak RSS growth
+while computing N_FEATURES dashboards at the largest parameters on the tiny real model, and the
+prediction the compute service checks its budget with.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_options import PARAM_BOUNDS
+from mistudio_compute.dashboards import compute_dashboards
+from mistudio_compute.dashboards.memory import predict_memory
+
+from tests.compute.dashboards import tiny
+
+LARGEST = DashboardParams(
+    **{name: high for name, (_, high) in PARAM_BOUNDS.items()}, aggregate_all_tokens=True
+)
+BATCH_ROWS = 32
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+def main(n_features: int) -> None:
+    torch.set_num_threads(1)
+    model, tokens = tiny.tiny_model(), tiny.tiny_tokens()
+    inputs = tiny.make_inputs(model, tiny.make_sae(model, tokens, "relu", d_sae=256), tokens)
+    list(compute_dashboards(inputs, DashboardParams(), features=range(2)))  # warm up
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current RSS
+    before = _status("VmRSS")
+    list(compute_dashboards(inputs, LARGEST, features=range(n_features), batch_size=BATCH_ROWS))
+    measured = _status("VmHWM") - before
+    predicted = predict_memory(LARGEST, n_features, 256, BATCH_ROWS * tiny.N_CTX).total
+    print(json.dumps({"measured": measured, "predicted": predicted}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
