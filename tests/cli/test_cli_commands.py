@@ -146,7 +146,7 @@ def test_service_errors_name_the_cli_flag_not_the_proto_field(
     assert "n_top_examples" not in err
 
 
-def test_estimate_reports_features_time_and_size_and_creates_no_job(
+def test_estimate_reports_features_time_size_and_memory_and_creates_no_job(
     capsys: pytest.CaptureFixture[str], stack: Stack, sae_id: str, tokens_file: Path
 ) -> None:
     before = stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs
@@ -157,6 +157,7 @@ def test_estimate_reports_features_time_and_size_and_creates_no_job(
     assert code == 0, err
     assert "features:   10 (to compute 10, cached 0)" in out
     assert "time:" in out and "size:" in out
+    assert "MiB at peak in the compute service" in out
     assert stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs == before
 
 

@@ -23,7 +23,7 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.distributed import Sharding
-from mistudio_compute.dashboards.memory import require_one_feature_fits
+from mistudio_compute.dashboards.memory import predict_memory, require_one_feature_fits
 from mistudio_compute.dashboards.params import validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.input_files import InputKind, InputPolicy
@@ -54,6 +54,8 @@ class TokenPlan:
     d_sae: int
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
+    peak_memory_bytes: int
+    """Predicted peak beyond the model and SAE weights, capped by the budget (feature shards)."""
 
 
 class Planner:
@@ -134,10 +136,16 @@ class Planner:
         tokenizer = model.tokenizer if model is not None else None
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
+        d_sae = resolved.sae.d_sae
         if feature_count:  # a count says how many would be computed at once
-            self.check_memory(params, feature_count, resolved.sae.d_sae, dataset, 0)
+            self.check_memory(params, feature_count, d_sae, dataset, 0)
+        rows = min(self._settings.default_batch_rows, dataset.n_rows)
+        predicted = predict_memory(
+            params, feature_count or d_sae, d_sae, rows * dataset.context_size
+        )
+        peak = min(predicted.total, self._settings.memory_budget())
         n_layers = model.n_layers if model is not None else 0
-        return TokenPlan(dataset, _filled(params, dataset), resolved.sae.d_sae, n_layers)
+        return TokenPlan(dataset, _filled(params, dataset), d_sae, n_layers, peak)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""

@@ -87,6 +87,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
             context_size=plan.dataset.context_size,
             prepend_bos=plan.dataset.prepend_bos,
             n_layers=plan.n_layers,
+            estimated_peak_memory_bytes=plan.peak_memory_bytes,
         )
 
     @handle_errors

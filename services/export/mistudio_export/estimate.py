@@ -175,6 +175,7 @@ class ExportEstimator:
                 sae_id, plan.tokens, estimate.features_to_compute, plan.params
             )
             estimate.estimated_seconds = answer.estimated_seconds
+            estimate.estimated_peak_memory_bytes = answer.estimated_peak_memory_bytes
             warnings.append(
                 f"{estimate.features_to_compute} features have no cached dashboard and will be "
                 f"computed during the export (compute rate: {answer.rate_source})"

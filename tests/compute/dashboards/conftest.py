@@ -10,6 +10,17 @@ from tests.compute.dashboards import tiny
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def single_threaded_torch():
+    """One torch thread for every test here, whatever earlier tests of the session set:
+    multi-threaded BLAS may round a logit-lens matmul differently for another chunk shape,
+    which the sharding tests compare bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model():
     return tiny.tiny_model()

@@ -204,6 +204,21 @@ def test_estimate_without_runs_uses_the_default_rate(
     assert (reply.n_layers, reply.prepend_bos) == (2, True)  # two blocks; BOS by default
 
 
+def test_estimated_peak_memory_grows_with_the_features_computed_at_once(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path
+) -> None:
+    def peak(feature_count: int) -> int:
+        request = cpb.EstimateComputationRequest(
+            sae=cpb.SaeReference(sae_id=registered_sae),
+            tokens=tpb.TokenSource(token_file=str(token_file)),
+            feature_count=feature_count,
+        )
+        return compute.EstimateComputation(request).estimated_peak_memory_bytes
+
+    one, all_of_them = peak(1), peak(0)  # 0: every feature of the SAE
+    assert 0 < one < all_of_them
+
+
 def test_estimate_reports_the_bos_its_token_file_records(
     compute: cgrpc.ComputeServiceStub, registered_sae: str, tmp_path: Path
 ) -> None:

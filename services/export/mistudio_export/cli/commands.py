@@ -297,6 +297,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     )
     print(f"  time:       ~{format_seconds(estimate.estimated_seconds)}")
     print(f"  size:       ~{estimate.estimated_size_bytes / 1e6:.1f} MB")
+    if estimate.features_to_compute:
+        memory = estimate.estimated_peak_memory_bytes / 2**20
+        print(f"  memory:     ~{memory:,.0f} MiB at peak in the compute service")
     for warning in response.warnings:
         print(f"  note:       {warning}")
     return 0

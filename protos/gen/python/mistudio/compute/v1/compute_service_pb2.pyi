@@ -669,6 +669,7 @@ class EstimateComputationResponse(_message.Message):
     CONTEXT_SIZE_FIELD_NUMBER: _builtins.int
     PREPEND_BOS_FIELD_NUMBER: _builtins.int
     N_LAYERS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
     """Predicted wall-clock seconds."""
     estimated_tokens: _builtins.int
@@ -683,6 +684,11 @@ class EstimateComputationResponse(_message.Message):
     """Whether every row begins with a BOS token (as given, or as the token file's provenance says)."""
     n_layers: _builtins.int
     """Blocks of the SAE's model (Neuronpedia's Model.layers)."""
+    estimated_peak_memory_bytes: _builtins.int
+    """Predicted peak memory of the computation in bytes, beyond the model and the SAE weights: the
+    pass state of the features computed at once plus one batch. At most the service's memory
+    budget, since more features than fit run in feature shards.
+    """
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters a computation would use, defaults and token_source_fingerprint filled in."""
@@ -698,10 +704,11 @@ class EstimateComputationResponse(_message.Message):
         context_size: _builtins.int = ...,
         prepend_bos: _builtins.bool = ...,
         n_layers: _builtins.int = ...,
+        estimated_peak_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_layers", b"n_layers", "n_rows", b"n_rows", "params", b"params", "prepend_bos", b"prepend_bos", "rate_source", b"rate_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_peak_memory_bytes", b"estimated_peak_memory_bytes", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_layers", b"n_layers", "n_rows", b"n_rows", "params", b"params", "prepend_bos", b"prepend_bos", "rate_source", b"rate_source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

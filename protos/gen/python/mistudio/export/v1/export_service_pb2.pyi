@@ -964,6 +964,7 @@ class ExportEstimate(_message.Message):
     FEATURE_COUNT_FIELD_NUMBER: _builtins.int
     FEATURES_TO_COMPUTE_FIELD_NUMBER: _builtins.int
     FEATURES_CACHED_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
     """Predicted wall-clock seconds."""
     estimated_size_bytes: _builtins.int
@@ -974,6 +975,10 @@ class ExportEstimate(_message.Message):
     """Features without cached dashboards, to be computed."""
     features_cached: _builtins.int
     """Features whose cached dashboards would be reused."""
+    estimated_peak_memory_bytes: _builtins.int
+    """The compute service's predicted peak memory in bytes for the features to compute (beyond the
+    model and the SAE weights); 0 when every dashboard is cached.
+    """
     def __init__(
         self,
         *,
@@ -982,10 +987,11 @@ class ExportEstimate(_message.Message):
         feature_count: _builtins.int = ...,
         features_to_compute: _builtins.int = ...,
         features_cached: _builtins.int = ...,
+        estimated_peak_memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_seconds", b"estimated_seconds", "estimated_size_bytes", b"estimated_size_bytes", "feature_count", b"feature_count", "features_cached", b"features_cached", "features_to_compute", b"features_to_compute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_peak_memory_bytes", b"estimated_peak_memory_bytes", "estimated_seconds", b"estimated_seconds", "estimated_size_bytes", b"estimated_size_bytes", "feature_count", b"feature_count", "features_cached", b"features_cached", "features_to_compute", b"features_to_compute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
