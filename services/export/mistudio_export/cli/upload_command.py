@@ -27,6 +27,7 @@ from mistudio_export.formats.neuronpedia_upload import (
 from mistudio_export.formats.upload_payloads import MANIFEST_FILE
 from mistudio_export.generate import FOLDERS
 from mistudio_export.packaging import FormatKind
+from mistudio_export.packaging.safe_extract import safe_extract
 
 EPILOG = """examples:
   mistudio-export upload export.zip
@@ -75,13 +76,15 @@ def upload_folder(path: Path) -> Iterator[Path]:
             fix="give the export's .zip, its folder, or its upload-payloads folder",
         )
     with tempfile.TemporaryDirectory(prefix="mistudio-upload-") as scratch:
-        with zipfile.ZipFile(path) as archive:
-            members = [
-                name
-                for name in archive.namelist()
-                if f"{folder_name}/" in f"/{name}" and not name.endswith("/")
-            ]
-            archive.extractall(scratch, members)
+        extraction = safe_extract(
+            path, Path(scratch), wanted=lambda name: f"/{folder_name}/" in f"/{name}"
+        )
+        if not extraction.ok:
+            raise InvalidArgument(
+                f"{path}: {extraction.refused}",
+                field="PATH",
+                fix="check where the archive came from; nothing was unpacked",
+            )
         manifests = sorted(Path(scratch).rglob(f"{folder_name}/{MANIFEST_FILE}"))
         if not manifests:
             raise InvalidArgument(

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +57,13 @@ def check_limits(zf: zipfile.ZipFile, limits: ArchiveLimits = ARCHIVE_LIMITS) ->
 
 
 def safe_extract(
-    zip_path: Path, target: Path, limits: ArchiveLimits = ARCHIVE_LIMITS
+    zip_path: Path,
+    target: Path,
+    limits: ArchiveLimits = ARCHIVE_LIMITS,
+    wanted: Callable[[str], object] = lambda name: True,
 ) -> Extraction:
-    """Extracts what may be extracted of ``zip_path`` into ``target`` (module doc)."""
+    """Extracts what may be extracted of ``zip_path`` into ``target`` (module doc); entries whose
+    names ``wanted`` rejects are passed over silently."""
     try:
         with zipfile.ZipFile(zip_path) as zf:
             refused = check_limits(zf, limits)
@@ -68,7 +73,7 @@ def safe_extract(
             skipped = [
                 (info.filename, reason)
                 for info in zf.infolist()
-                if (reason := _extract_entry(zf, info, target))
+                if wanted(info.filename) and (reason := _extract_entry(zf, info, target))
             ]
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
         reason = f"not a readable ZIP archive ({type(exc).__name__}: {exc})"

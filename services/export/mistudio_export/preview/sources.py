@@ -12,7 +12,7 @@ from tempfile import TemporaryDirectory
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import prd_json
-from mistudio_export.packaging.safe_extract import check_limits
+from mistudio_export.packaging.safe_extract import safe_extract
 
 _PRD_MEMBER = re.compile(
     r"^(metadata\.json|explanations/explanations\.json|features/\d+\.json(\.gz)?)$"
@@ -32,20 +32,20 @@ def prd_root(path: Path) -> Iterator[Path]:
             field="ARCHIVE",
             fix="give an export .zip, an export folder, or a finished export's job id",
         )
-    with TemporaryDirectory(prefix="mistudio-preview-") as scratch, zipfile.ZipFile(path) as zf:
+    with zipfile.ZipFile(path) as zf:
         members = [name for name in zf.namelist() if _PRD_MEMBER.match(name)]
-        if not any(name.startswith(prd_json.FEATURES_DIR + "/") for name in members):
+    if not any(name.startswith(prd_json.FEATURES_DIR + "/") for name in members):
+        raise InvalidArgument(
+            f"{path} holds no {prd_json.FEATURES_DIR}/{{i}}.json files",
+            field="ARCHIVE",
+            fix="export with the neuronpedia format (--format neuronpedia or both)",
+        )
+    with TemporaryDirectory(prefix="mistudio-preview-") as scratch:
+        extraction = safe_extract(path, Path(scratch), wanted=_PRD_MEMBER.match)
+        if not extraction.ok:
             raise InvalidArgument(
-                f"{path} holds no {prd_json.FEATURES_DIR}/{{i}}.json files",
-                field="ARCHIVE",
-                fix="export with the neuronpedia format (--format neuronpedia or both)",
-            )
-        over_limit = check_limits(zf)
-        if over_limit:
-            raise InvalidArgument(
-                f"{path}: {over_limit}",
+                f"{path}: {extraction.refused}",
                 field="ARCHIVE",
                 fix="check where the archive came from; nothing was unpacked",
             )
-        zf.extractall(scratch, members)
         yield Path(scratch)
