@@ -28,24 +28,17 @@ from tests.compute.dashboards.test_pass_lifecycle import (
     flatten,
     without_moments,
 )
+from tests.ray_cluster import local_ray_cluster
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """One local two-CPU Ray cluster for the module; workers import the tests package."""
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
+    with local_ray_cluster():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,16 @@ from tests.compute.service.conftest import (
     ComputeHarness,
     compute_request,
 )
+from tests.ray_cluster import local_ray_cluster
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}},
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
+    with local_ray_cluster():
+        yield
 
 
 def test_a_ray_address_computes_every_feature_through_shards(
