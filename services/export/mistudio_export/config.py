@@ -28,8 +28,6 @@ class ExportSettings(SecuritySettings):
     """file:///path (default: data_dir/archives) or s3://bucket?endpoint=host:9000&secure=false."""
     s3_access_key: str = ""
     s3_secret_key: str = ""
-    default_owner: str = "local"
-    """Owner recorded for jobs whose request names none."""
     health_check_seconds: float = 10.0
     """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"

@@ -67,8 +67,9 @@ class ExportJobManager:
     # -- starting and attaching ------------------------------------------------------------
 
     def start(self, request: epb.StartExportRequest) -> str:
-        """Checks the request, creates the job (or finds the one with this request_id)."""
-        owner = request.owner or self._settings.default_owner
+        """Checks the request, creates the job (or finds the one with this request_id); the
+        servicer has set ``owner`` to the authenticated caller."""
+        owner = request.owner
         plan = self._planner.plan(request.sae_id, request.config, owner)
         self._planner.check(plan)
         job_id = uuid.uuid4().hex
