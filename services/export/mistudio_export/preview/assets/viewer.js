@@ -428,16 +428,23 @@
     const offset = { j: 1, ArrowDown: 1, k: -1, ArrowUp: -1 }[event.key];
     if (!offset || !state.shown.length) return;
     event.preventDefault();
-    const at = state.shown.findIndex((row) => row.index === state.current);
+    // The hash, not state.current: keys pressed before the last hashchange fired count too.
+    const from = hashedFeature() ?? state.current;
+    const at = state.shown.findIndex((row) => row.index === from);
     const next = state.shown[Math.min(Math.max(at + offset, 0), state.shown.length - 1)];
     location.hash = "feature=" + next.index;
   }
 
   // ---- wiring ----------------------------------------------------------------------------
 
-  function fromHash() {
+  function hashedFeature() {
     const match = /feature=(\d+)/.exec(location.hash);
-    if (match) openFeature(Number(match[1]));
+    return match ? Number(match[1]) : null;
+  }
+
+  function fromHash() {
+    const index = hashedFeature();
+    if (index !== null) openFeature(index);
   }
 
   function start() {
