@@ -30,6 +30,11 @@ SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 """Characters the text checks report: controls, lone surrogates, U+FFFD."""
 _SUSPECT_ESCAPE = re.compile(r"\\[ubf]")
 """A JSON escape that may decode to a suspect character (searched apart: twice as fast)."""
+_SUSPECT_BYTES = re.compile(
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]|\xef\xbf\xbd|\\[ubf]"
+)
+"""SUSPECT or a suspect escape, searched in valid UTF-8 without decoding it: controls are single
+bytes, U+0080-U+009F start with C2, U+FFFD is EF BF BD, and a lone surrogate is no valid UTF-8."""
 
 
 @dataclass
@@ -116,8 +121,10 @@ def read_text(ctx: FileContext, path: Path) -> str | None:
 
     Only regular files inside the root and within the size limit are read."""
     data = _read_bounded(ctx, path)
-    if data is None:
-        return None
+    return None if data is None else _decode(ctx, data)
+
+
+def _decode(ctx: FileContext, data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -214,12 +221,31 @@ def _depth_within(doc: Any, limit: int) -> bool:
     return True
 
 
+def _parse_strict(ctx: FileContext, data: bytes) -> Any:
+    """The document when ``data`` is strict JSON in valid UTF-8 (the files the exporter writes),
+    parsed and searched for suspect text without decoding it first; else _INVALID, and ``parse``
+    then takes the text the slow way and reports what is wrong."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _INVALID
+    if not _depth_within(doc, MAX_JSON_DEPTH):
+        return _INVALID
+    ctx.text_clean = ctx.text_clean and _SUSPECT_BYTES.search(data) is None
+    return doc
+
+
 def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
     """(context, document); the document is None when the file could not be read or parsed."""
     ctx = session.context(path)
-    text = read_text(ctx, path)
-    if text is None:
+    data = _read_bounded(ctx, path)
+    if data is None:
         return ctx, None
+    ctx.text_clean = True
+    doc = _parse_strict(ctx, data)
+    if doc is not _INVALID:
+        return ctx, doc
+    text = _decode(ctx, data)
     doc = parse(ctx, text)
     _mark_clean(ctx, text)
     return ctx, None if doc is _INVALID else doc
@@ -234,9 +260,15 @@ def _mark_clean(ctx: FileContext, text: str) -> None:
 def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int, Any]]]:
     """(context, [(line number, row)]) of a JSON Lines file; unparseable lines are reported."""
     ctx = session.context(path)
-    text = read_text(ctx, path)
-    rows: list[tuple[int, Any]] = []
-    for n, line in enumerate((text or "").split("\n"), start=1):
+    data = _read_bounded(ctx, path)
+    if data is None:
+        return ctx, []
+    rows = _strict_rows(ctx, data)
+    if rows is not None:
+        return ctx, rows
+    text = _decode(ctx, data)
+    rows = []
+    for n, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             ctx.line = n
             row = parse(ctx, line)
@@ -245,8 +277,25 @@ def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int
             else:
                 rows.append((n, row))
     ctx.line = None
-    _mark_clean(ctx, text or "")
+    _mark_clean(ctx, text)
     return ctx, rows
+
+
+def _strict_rows(ctx: FileContext, data: bytes) -> list[tuple[int, Any]] | None:
+    """Every line of ``data`` parsed as by ``_parse_strict``, or None when one line needs the
+    slow way (which then reads the whole file again, so that problems come in line order)."""
+    rows: list[tuple[int, Any]] = []
+    ctx.text_clean = True
+    for n, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            ctx.line = n
+            row = _parse_strict(ctx, line)
+            if row is _INVALID:
+                ctx.line, ctx.text_clean = None, False
+                return None
+            rows.append((n, row))
+    ctx.line = None
+    return rows
 
 
 def save_document(ctx: FileContext, path: Path, doc: Any) -> None:
