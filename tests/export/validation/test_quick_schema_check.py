@@ -1,19 +1,13 @@
 import copy
+import math
 
 import pytest
 from mistudio_export.formats.neuronpedia_importer import activation_rows, neuron_row
 from mistudio_export.formats.prd_json import feature_document
-from mistudio_export.formats.schemas import SCHEMA_NAMES, is_valid, load_schema, schema_validator
+from mistudio_export.formats.schemas import SCHEMA_NAMES, inlined_schema, schema_validator
+from mistudio_export.validation.quick_schema import compile_schema, is_valid
 
 from tests.export.formats.builders import dashboard, naming, sae_info
-
-DRAFT7_ALIKE = {
-    "$schema", "$id", "$defs", "$ref", "title", "description", "type", "required", "properties",
-    "additionalProperties", "items", "anyOf", "oneOf", "enum", "const", "pattern", "minimum",
-    "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems", "minLength",
-    "maxLength",
-}  # fmt: skip
-"""Keywords that mean the same in draft 7 (what fastjsonschema implements) and 2020-12."""
 
 
 def _agrees(name, doc):
@@ -23,24 +17,24 @@ def _agrees(name, doc):
     return valid
 
 
-def _keywords(node, found):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found.add(key)
-            if key in ("properties", "$defs"):
-                for sub in value.values():
-                    _keywords(sub, found)
-            elif key not in ("enum", "const", "required"):
-                _keywords(value, found)
-    elif isinstance(node, list):
-        for item in node:
-            _keywords(item, found)
-    return found
-
-
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
-def test_schemas_use_only_keywords_draft7_reads_alike(name):
-    assert _keywords(load_schema(name), set()) <= DRAFT7_ALIKE
+def test_every_schema_compiles_into_the_quick_check(name):
+    assert callable(compile_schema(inlined_schema(name)))
+
+
+def test_a_keyword_the_quick_check_does_not_read_is_refused():
+    with pytest.raises(ValueError, match="additionalProperties"):
+        compile_schema({"type": "object", "additionalProperties": False})
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0.5, math.nan, -1.0], [math.inf, -1.0], [1e308, 1e308, -1.0], [2.0, 10**400], [3, True]],
+)
+def test_bounded_number_arrays_agree_with_jsonschema_whatever_they_hold(values):
+    doc = copy.deepcopy(feature_document(dashboard(0)))
+    doc["histogram"]["counts"] = values
+    _agrees("prd_feature", doc)
 
 
 def test_written_documents_are_valid():
