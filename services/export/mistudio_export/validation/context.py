@@ -30,11 +30,20 @@ SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 """Characters the text checks report: controls, lone surrogates, U+FFFD."""
 _SUSPECT_ESCAPE = re.compile(r"\\[ubf]")
 """A JSON escape that may decode to a suspect character (searched apart: twice as fast)."""
-_SUSPECT_BYTES = re.compile(
-    rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]|\xef\xbf\xbd|\\[ubf]"
-)
-"""SUSPECT or a suspect escape, searched in valid UTF-8 without decoding it: controls are single
-bytes, U+0080-U+009F start with C2, U+FFFD is EF BF BD, and a lone surrogate is no valid UTF-8."""
+_CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+_C1_CONTROL = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def suspect_bytes(data: bytes) -> bool:
+    """Whether valid UTF-8 ``data`` may hold what SUSPECT or a suspect escape finds in its text,
+    searched without decoding: controls are single bytes, U+0080-U+009F start with C2, U+FFFD is
+    EF BF BD, and no valid UTF-8 holds a lone surrogate (byte searches, faster than a regex)."""
+    if data.translate(None, _OTHER_BYTES):
+        return True
+    if b"\\u" in data or b"\\b" in data or b"\\f" in data or b"\xef\xbf\xbd" in data:
+        return True
+    return b"\xc2" in data and _C1_CONTROL.search(data) is not None
 
 
 @dataclass
@@ -221,17 +230,16 @@ def _depth_within(doc: Any, limit: int) -> bool:
     return True
 
 
-def _parse_strict(ctx: FileContext, data: bytes) -> Any:
-    """The document when ``data`` is strict JSON in valid UTF-8 (the files the exporter writes),
-    parsed and searched for suspect text without decoding it first; else _INVALID, and ``parse``
-    then takes the text the slow way and reports what is wrong."""
+def _parse_strict(data: bytes) -> Any:
+    """The document when ``data`` is strict JSON in valid UTF-8 within the nesting bound (what
+    the exporter writes), parsed without decoding it first; else _INVALID, and ``parse`` then
+    takes the text the slow way and reports what is wrong."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return _INVALID
     if not _depth_within(doc, MAX_JSON_DEPTH):
         return _INVALID
-    ctx.text_clean = ctx.text_clean and _SUSPECT_BYTES.search(data) is None
     return doc
 
 
@@ -241,9 +249,9 @@ def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
     data = _read_bounded(ctx, path)
     if data is None:
         return ctx, None
-    ctx.text_clean = True
-    doc = _parse_strict(ctx, data)
+    doc = _parse_strict(data)
     if doc is not _INVALID:
+        ctx.text_clean = not suspect_bytes(data)
         return ctx, doc
     text = _decode(ctx, data)
     doc = parse(ctx, text)
@@ -285,16 +293,13 @@ def _strict_rows(ctx: FileContext, data: bytes) -> list[tuple[int, Any]] | None:
     """Every line of ``data`` parsed as by ``_parse_strict``, or None when one line needs the
     slow way (which then reads the whole file again, so that problems come in line order)."""
     rows: list[tuple[int, Any]] = []
-    ctx.text_clean = True
     for n, line in enumerate(data.split(b"\n"), start=1):
         if line.strip():
-            ctx.line = n
-            row = _parse_strict(ctx, line)
+            row = _parse_strict(line)
             if row is _INVALID:
-                ctx.line, ctx.text_clean = None, False
                 return None
             rows.append((n, row))
-    ctx.line = None
+    ctx.text_clean = not suspect_bytes(data)
     return rows
 
 
