@@ -2,9 +2,9 @@
 
 Most files are valid, so the validator asks this first and lets jsonschema explain only the
 documents that fail. Arrays of plain numbers or strings (tokens, values: most of every file) are
-checked in one pass over their item types and bounds instead of one call per item, which made
-this several times faster than fastjsonschema's generated code. It reads the keywords our schemas
-use and refuses to compile any other, so a new keyword cannot be skipped silently.
+checked in one pass over their item types and bounds instead of one call per item: about twice
+as fast as fastjsonschema's generated code on real exports. It reads the keywords our schemas use
+and refuses to compile any other, so a new keyword cannot be skipped silently.
 """
 
 from __future__ import annotations
