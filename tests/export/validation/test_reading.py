@@ -1,7 +1,14 @@
 import gzip
 
+import pytest
+from mistudio_export.limits import MAX_JSON_DEPTH
 from mistudio_export.validation import validate_export
-from mistudio_export.validation.context import _SUSPECT_ESCAPE, SUSPECT, suspect_bytes
+from mistudio_export.validation.context import (
+    _SUSPECT_ESCAPE,
+    SUSPECT,
+    _depth_within,
+    suspect_bytes,
+)
 
 from tests.export.validation.files import importer_export, prd_export
 
@@ -40,3 +47,18 @@ def test_a_gzip_file_that_is_strict_json_reads_as_before(tmp_path):
 
     codes = {p.code for p in validate_export(root).problems if p.file.endswith(path.name)}
     assert codes == {"TOKEN_ENCODING"}
+
+
+def _nested(levels):
+    doc = {"leaf": [1, "a", None]}  # two levels
+    for k in range(levels - 2):
+        doc = [doc, 3] if k % 2 else {"k": doc, "n": [2.5]}
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("levels", "within"), [(MAX_JSON_DEPTH, True), (MAX_JSON_DEPTH + 1, False)]
+)
+def test_documents_nested_to_the_bound_pass_and_one_deeper_fail(levels, within):
+    assert _depth_within(_nested(levels), MAX_JSON_DEPTH) is within
+    assert _depth_within(5, MAX_JSON_DEPTH)

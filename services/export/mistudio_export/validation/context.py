@@ -217,17 +217,21 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _depth_within(doc: Any, limit: int) -> bool:
-    """Iterative (a deep document must not exhaust the stack); flat lists are skipped fast."""
-    stack = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return False
-        children = node.values() if isinstance(node, dict) else node
-        if isinstance(node, list) and set(map(type, node)) <= _SCALARS:
-            continue
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return True
+    """Level by level (a deep document must not exhaust the stack); lists and objects holding
+    only scalars, most of an export, end their branch in one pass over their value types."""
+    if type(doc) is not dict and type(doc) is not list:
+        return True
+    level = [doc]
+    for _ in range(limit):
+        nested: list[Any] = []
+        for node in level:
+            values = node.values() if type(node) is dict else node
+            if not _SCALARS.issuperset(map(type, values)):
+                nested += [v for v in values if type(v) is dict or type(v) is list]
+        if not nested:
+            return True
+        level = nested
+    return False
 
 
 def _parse_strict(data: bytes) -> Any:
