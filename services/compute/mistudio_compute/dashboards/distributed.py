@@ -60,10 +60,13 @@ class Sharding:
                 )
 
 
-def shard_ranges(rows: range, shards: int) -> list[range]:
-    """``rows`` cut into at most ``shards`` contiguous, non-empty ranges of near-equal size."""
-    n = min(shards, len(rows))
-    bounds = [rows.start + len(rows) * i // n for i in range(n + 1)]
+def shard_ranges(rows: range, shards: int, batch_size: int) -> list[range]:
+    """``rows`` cut into at most ``shards`` contiguous, non-empty ranges of near-equal size,
+    cut only between the batches of an unsharded pass, so each shard folds exactly the batches
+    that pass would (the same model inputs, the same kernels, the same bits)."""
+    batches = -(-len(rows) // batch_size)
+    n = min(shards, batches)
+    bounds = [min(rows.stop, rows.start + batch_size * (batches * i // n)) for i in range(n + 1)]
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
@@ -115,7 +118,7 @@ def run_sharded_pass(
         ray.init(address=sharding.address, log_to_driver=False)
     if len(rows) == 0:
         return PassResult(PassState.empty(config, features, seq_len, device), batch_size)
-    ranges = shard_ranges(rows, sharding.shards)
+    ranges = shard_ranges(rows, sharding.shards, batch_size)
     shard = ray.remote(
         num_cpus=sharding.cpus_per_task,
         num_gpus=sharding.gpus_per_task,
