@@ -19,10 +19,17 @@ from mistudio_compute.dashboards import (
     finalize_dashboards,
     state_config,
 )
-from mistudio_compute.dashboards.distributed import Sharding, run_sharded_pass, shard_ranges
+from mistudio_compute.dashboards.distributed import (
+    RayCluster,
+    Sharding,
+    ShardStates,
+    run_sharded_pass,
+    shard_ranges,
+)
 
 from tests.compute.dashboards import tiny
 from tests.compute.dashboards.test_pass_lifecycle import BATCH, PARAMS, flatten
+from tests.compute.dashboards.test_shards import CHUNK, budget  # noqa: F401 (a fixture)
 from tests.ray_cluster import local_ray_cluster
 
 ray = pytest.importorskip("ray")
@@ -72,6 +79,7 @@ class PausedOnce:
 
 
 def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard]:
+    """The tiny pass as ``shards`` Ray shards, finalised here."""
     tokens = inputs.source.tokens
     result = run_sharded_pass(
         make_inputs,
@@ -176,3 +184,72 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class CountingReads:
+    """Inputs whose reader leaves one file in ``folder`` per batch it reads (workers are other
+    processes), so a test can count the batches a run computed."""
+
+    def __init__(self, model, sae, tokens, folder: Path) -> None:
+        self.model, self.sae, self.tokens, self.folder = model, sae, tokens, folder
+
+    def __call__(self):
+        inputs = tiny.make_inputs(self.model, self.sae, self.tokens)
+        reader, folder = inputs.reader, self.folder
+
+        class Reader:
+            def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+                (folder / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+                return reader.activations(tokens)
+
+        return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
+
+
+def test_feature_shards_past_the_budget_run_on_ray_to_the_same_dashboards(
+    inputs,
+    model,
+    relu_sae,
+    tokens,
+    reference,
+    budget,  # noqa: F811
+):
+    cluster = RayCluster(
+        functools.partial(tiny.make_inputs, model, relu_sae, tokens),
+        Sharding(address="", shards=3, max_in_flight=2),
+    )
+    seen: list[tuple[Stage, int, int]] = []
+    got = flatten(compute_dashboards(
+        inputs, PARAMS, batch_size=BATCH, chunk_size=CHUNK, memory_budget=budget, ray=cluster,
+        progress=lambda stage, done, total, _: seen.append((stage, done, total)),
+    ))  # fmt: skip
+    assert got == reference
+    passes = [(done, total) for stage, done, total in seen if stage is Stage.ACTIVATION_PASS]
+    assert len({total for _, total in passes}) == 1, "one total over every feature shard"
+    assert [d for d, _ in passes] == sorted(d for d, _ in passes)
+    assert passes[-1][0] == passes[-1][1] > 3 * tokens.size  # several feature shards
+
+
+def test_a_restarted_pass_reattaches_to_saved_shards_and_computes_only_the_rest(
+    tmp_path, inputs, model, relu_sae, tokens, reference
+):
+    saved, reads, cancel = ShardStates(tmp_path / "shards"), tmp_path / "reads", threading.Event()
+    reads.mkdir()
+    shard_tokens = 2 * BATCH * tokens.shape[1]  # 8 batches in 4 shards of 2
+
+    def stop_after_two_shards(stage: Stage, done: int, total: int, message: str) -> None:
+        if done >= 2 * shard_tokens:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved,
+                progress=stop_after_two_shards, cancel=cancel)  # fmt: skip
+    finished = len(list(saved.folder.iterdir()))
+    assert finished >= 2
+    for read in reads.iterdir():
+        read.unlink()
+    first_report: list[int] = []
+    got = sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved,
+                  progress=lambda s, done, t, m: first_report.append(done))  # fmt: skip
+    assert got == reference
+    assert first_report[0] == finished * shard_tokens  # re-attached before any task ran
+    assert len(list(reads.iterdir())) == (4 - finished) * 2  # batches of the other shards only
