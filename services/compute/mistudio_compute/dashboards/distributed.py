@@ -26,7 +26,12 @@ from mistudio_compute.dashboards.activation_pass import (
     PassResult,
     run_activation_pass,
 )
-from mistudio_compute.dashboards.checkpoint import Cursor, load_checkpoint, save_checkpoint
+from mistudio_compute.dashboards.checkpoint import (
+    Cursor,
+    checkpoint_features,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
     DashboardInputs,
@@ -110,7 +115,7 @@ class ShardStates:
     def features(self) -> torch.Tensor | None:
         """The features the saved shards belong to (None when none is saved)."""
         saved = sorted(self.folder.glob("rows-*.safetensors"))
-        return load_checkpoint(saved[0], torch.device("cpu"))[0].features if saved else None
+        return checkpoint_features(saved[0]) if saved else None
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
