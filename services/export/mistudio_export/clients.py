@@ -7,7 +7,7 @@ orchestration code never sees grpc.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
@@ -26,6 +26,8 @@ T = TypeVar("T")
 
 UNARY_TIMEOUT_SECONDS = 60.0
 PAGE_SIZE = 1000
+HASHES_PER_REQUEST = 10_000
+"""Feature hashes per put or page (about 0.8 MB): the store's limit for both."""
 FETCH_BATCH = 256
 """Features per GetDashboards call: bounds the dashboards held in memory at once."""
 
@@ -149,6 +151,40 @@ class StoreClient:
             page_size=page_size, page_token=page_token, sae_id=sae_id, owner=owner, states=states
         )
         return _call(lambda: self._stub.ListExportJobs(request, timeout=UNARY_TIMEOUT_SECONDS))
+
+    def finished_jobs(self, sae_id: str, limit: int) -> list[spb.ExportJob]:
+        """The SAE's newest ``limit`` succeeded exports, newest first."""
+        page = self.list_jobs(page_size=limit, sae_id=sae_id, states=[ppb.JOB_STATE_SUCCEEDED])
+        return list(page.jobs)
+
+    def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
+        """Records the job archive's feature hashes, in requests of bounded size."""
+        items = sorted(hashes.items())
+        for start in range(0, len(items), HASHES_PER_REQUEST):
+            batch = items[start : start + HASHES_PER_REQUEST]
+            self._put_hashes(
+                spb.PutExportFeatureHashesRequest(
+                    job_id=job_id,
+                    hashes=[spb.FeatureHash(feature_index=i, content_hash=h) for i, h in batch],
+                )
+            )
+
+    def _put_hashes(self, request: spb.PutExportFeatureHashesRequest) -> None:
+        _call(lambda: self._stub.PutExportFeatureHashes(request, timeout=UNARY_TIMEOUT_SECONDS))
+
+    def feature_hashes(self, job_id: str) -> dict[int, str]:
+        """Feature index -> content hash of every feature the job's archive holds."""
+
+        def fetch(token: str) -> tuple[Sequence[spb.FeatureHash], str]:
+            request = spb.ListExportFeatureHashesRequest(
+                job_id=job_id, page_size=HASHES_PER_REQUEST, page_token=token
+            )
+            page = _call(
+                lambda: self._stub.ListExportFeatureHashes(request, timeout=UNARY_TIMEOUT_SECONDS)
+            )
+            return page.hashes, page.next_page_token
+
+        return {h.feature_index: h.content_hash for h in _pages(fetch)}
 
     def all_jobs(
         self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()

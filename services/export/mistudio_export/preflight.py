@@ -17,7 +17,6 @@ from mistudio_common.errors import (
     Unavailable,
 )
 
-from mistudio_export import views
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.limits import check_request_limits
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
@@ -99,7 +98,7 @@ class Planner:
             problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))
         if base.state != ppb.JOB_STATE_SUCCEEDED:
             problems.append((field, "the base export has not succeeded: finish or redo it first"))
-        base_formats = views.config_of(base).formats
+        base_formats = base.config.formats
         if base_formats and NEURONPEDIA not in base_formats:
             problems.append((field, "the base export has no Neuronpedia dashboards to compare"))
         if problems:
