@@ -58,8 +58,20 @@ class SaeLensFiles(Protocol):
     ) -> Iterator[cpb.ExportSaeLensFilesResponse]: ...
 
 
+class SaeValidation(Protocol):
+    """The compute service's check that an SAE loads (and runs on the token source)."""
+
+    def validate_sae(
+        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+    ) -> cpb.ValidateSaeResponse: ...
+
+
+class PlanningCompute(SaeValidation, TokenEstimates, Protocol):
+    """What the checks before a job exists ask of the compute service."""
+
+
 class ExportCompute(DashboardComputer, TokenEstimates, SaeLensFiles, Protocol):
-    """Everything an export asks of the compute service."""
+    """Everything a running export asks of the compute service."""
 
 
 class FeatureFacts(Protocol):
@@ -92,6 +104,12 @@ class JobLookup(Protocol):
     """One export job record, as the downloads read it."""
 
     def get_job(self, job_id: str) -> spb.ExportJob: ...
+
+
+class PlanningStore(JobLookup, FeatureFacts, Protocol):
+    """What the checks before a job exists read from the store: the SAE, features, a base job."""
+
+    def get_sae(self, sae_id: str) -> spb.Sae: ...
 
 
 class JobRecords(JobLookup, Protocol):

@@ -17,8 +17,8 @@ from mistudio_common.errors import (
     Unavailable,
 )
 
-from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.limits import check_request_limits
+from mistudio_export.peers import PlanningCompute, PlanningStore
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
 from mistudio_export.selection import has_label_filters, most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
@@ -40,7 +40,7 @@ def _in_config(error: MistudioError) -> MistudioError:
 class Planner:
     """Builds plans from store records and asks compute whether the SAE can be loaded."""
 
-    def __init__(self, store: StoreClient, compute: ComputeClient) -> None:
+    def __init__(self, store: PlanningStore, compute: PlanningCompute) -> None:
         self._store = store
         self._compute = compute
 
