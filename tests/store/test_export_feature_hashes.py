@@ -90,6 +90,9 @@ def test_deleting_the_job_deletes_its_hashes(stub: StoreServiceStub, job_id: str
     with pytest.raises(grpc.RpcError) as caught:
         listed(stub, job_id)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    again = pb.ExportJob(job_id=job_id, sae_id="wide", owner="alice")
+    stub.CreateExportJob(pb.CreateExportJobRequest(job=again))
+    assert listed(stub, job_id) == {}  # a new job under the same id inherits nothing
 
 
 def test_hashes_of_an_unknown_job_are_not_found(stub: StoreServiceStub) -> None:
