@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.auth import Identity, can_see, owner_for
 from mistudio_common.errors import NotFound
+from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
 
 class Records(Protocol):
@@ -65,6 +67,14 @@ class Access:
         if not can_see(sae.owner, caller):
             raise sae_not_found(sae_id)
         return sae
+
+
+def check_uploaded_tokens(tokens: tpb.TokenSource, caller: Identity, field: str) -> None:
+    """An uploaded token file is usable only by its uploader (and admins and services): another
+    owner's upload is NOT_FOUND, as a missing one. Paths are compute's to confine."""
+    if is_object_uri(tokens.token_file) and not caller.sees_everything:
+        name = f"{field}.token_file"
+        check_owner(parse_input_uri(tokens.token_file, name), caller.name, name)
 
 
 def list_owner(requested: str, caller: Identity) -> str:
