@@ -15,8 +15,10 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from mistudio_common.errors import InvalidArgument
+from mistudio_common.uploaded_inputs import is_object_uri
 
 ROOTS_SETTING = "MISTUDIO_COMPUTE_INPUT_ROOTS"
 
@@ -41,20 +43,52 @@ SIZE_SETTINGS: Mapping[InputKind, str] = {
 """The ``ComputeSettings`` field holding each kind's limit (env: MISTUDIO_COMPUTE_<NAME>)."""
 
 
+class UploadedInputs(Protocol):
+    """Where ``s3://`` URIs of uploaded inputs are fetched to (``object_inputs``)."""
+
+    cache_dir: Path
+
+    def fetch(self, uri: str, field: str, max_bytes: Mapping[InputKind, int]) -> Path: ...
+
+
 @dataclass(frozen=True)
 class InputPolicy:
     roots: tuple[Path, ...]
     """Real paths of the allowed folders (or single files)."""
     max_bytes: Mapping[InputKind, int]
+    uploads: UploadedInputs | None = None
+    """None: no object store is configured, and ``s3://`` URIs are refused."""
 
     @classmethod
-    def create(cls, roots: Iterable[str | Path], max_bytes: Mapping[InputKind, int]) -> InputPolicy:
-        real = tuple(Path(os.path.realpath(os.path.expanduser(root))) for root in roots)
-        return cls(real, dict(max_bytes))
+    def create(
+        cls,
+        roots: Iterable[str | Path],
+        max_bytes: Mapping[InputKind, int],
+        uploads: UploadedInputs | None = None,
+    ) -> InputPolicy:
+        """The upload cache, when there is one, is a root like the others."""
+        cache = (uploads.cache_dir,) if uploads is not None else ()
+        real = tuple(Path(os.path.realpath(os.path.expanduser(r))) for r in (*roots, *cache))
+        return cls(real, dict(max_bytes), uploads)
 
     def with_roots(self, *roots: str | Path) -> InputPolicy:
         """This policy plus ``roots`` (e.g. the HuggingFace cache for hub SAEs)."""
-        return InputPolicy.create((*self.roots, *roots), self.max_bytes)
+        return InputPolicy.create((*self.roots, *roots), self.max_bytes, self.uploads)
+
+    def localized(self, location: str, field: str) -> str:
+        """``location`` as a local path: an uploaded input's ``s3://`` URI is fetched (and
+        verified) into the upload cache first; anything else is returned as it is."""
+        if not is_object_uri(location):
+            return location
+        if self.uploads is None:
+            raise InvalidArgument(
+                f"{field} {location!r} is an uploaded input, and this compute service reads no "
+                "object store",
+                field=field,
+                fix="set MISTUDIO_COMPUTE_OBJECT_STORE_URL (and _S3_ACCESS_KEY/_S3_SECRET_KEY) to "
+                "the export service's bucket",
+            )
+        return str(self.uploads.fetch(location, field, self.max_bytes))
 
     def allows(self, path: str | Path) -> bool:
         real = Path(os.path.realpath(os.path.expanduser(path)))

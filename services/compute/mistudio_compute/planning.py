@@ -274,7 +274,11 @@ def _features(indices: Sequence[int], d_sae: int) -> list[int]:
 def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec:
     """The request's token source with its files confined to ``inputs``."""
     token_file = (
-        str(inputs.file(source.token_file, InputKind.TOKEN_FILE, FILE_FIELD))
+        str(
+            inputs.file(
+                inputs.localized(source.token_file, FILE_FIELD), InputKind.TOKEN_FILE, FILE_FIELD
+            )
+        )
         if source.token_file
         else ""
     )

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import InvalidArgument
+from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
 from mistudio_compute.input_files import InputKind, InputPolicy
 from mistudio_compute.sae import Sae, load_sae
@@ -71,13 +72,14 @@ def resolve_sae(
 
 def confine_sae(location: str, inputs: InputPolicy, field: str) -> Path:
     """The real path of an SAE folder or weights file whose files ``inputs`` allows; hub
-    locations resolve into the HuggingFace cache, which is allowed for them."""
+    locations resolve into the HuggingFace cache, which is allowed for them, and uploads
+    (``s3://``) into the upload cache."""
     if location.startswith((HF_PREFIX, SAELENS_PREFIX)):
         from huggingface_hub.constants import HF_HUB_CACHE
 
         path, inputs = local_path(location), inputs.with_roots(HF_HUB_CACHE)
     else:
-        path = Path(location)
+        path = Path(inputs.localized(location, field))
     if inputs.allows(path) and Path(path).is_dir():
         folder = inputs.folder(path, field)
         inputs.file(folder / WEIGHTS_FILE, InputKind.SAE_WEIGHTS, field)
@@ -89,7 +91,8 @@ def confine_sae(location: str, inputs: InputPolicy, field: str) -> Path:
 
 
 def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
-    """A registered folder keeps its cfg.json; a bare file is described by the record."""
+    """A registered folder keeps its cfg.json; a bare file is described by the record. An
+    uploaded folder must be the SAE owner's own upload."""
     if not record.weights_uri:
         raise InvalidArgument(
             f"SAE {record.sae_id!r} has no weights_uri in the store",
@@ -97,6 +100,8 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
             fix="register the SAE with the path of its SAELens folder or safetensors file",
         )
     config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
+    if is_object_uri(record.weights_uri):
+        check_owner(parse_input_uri(record.weights_uri, "weights_uri"), record.owner, "weights_uri")
     uri = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
     has_cfg = (
         (uri / CONFIG_FILE).is_file() if uri.is_dir() else (uri.parent / CONFIG_FILE).is_file()

@@ -239,9 +239,9 @@ class UploadReceiver:
                 fix="upload each token file in its own UploadInput call",
             )
         limit, setting = self._uploads.limits.for_file(header.kind, header.name)
-        if not 0 <= header.size <= limit:
+        if not 1 <= header.size <= limit:
             raise InvalidArgument(
-                f"{header.name} declares {header.size} bytes; the limit is {limit}",
+                f"{header.name} declares {header.size} bytes; 1 to {limit} are accepted",
                 field=field + ".size",
                 fix=f"upload a smaller file, or raise {setting}",
             )
