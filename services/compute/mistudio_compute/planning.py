@@ -292,6 +292,7 @@ def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec
         context_size=source.context_size,
         prepend_bos=prepend_bos(source),
         max_tokens=source.max_tokens,
+        open_input=inputs.open,
     )
 
 

@@ -61,8 +61,8 @@ def resolve_sae(
                 "no SAE path given", field="sae.files.path", fix="name a SAELens folder or file"
             )
         config = json_format.MessageToDict(ref.files.config) if ref.files.HasField("config") else {}
-        location = confine_sae(ref.files.path, inputs, "sae.files.path")
-        sae = load_sae(location, _ints(config) or None)
+        location, allowed = confine_sae(ref.files.path, inputs, "sae.files.path")
+        sae = load_sae(location, _ints(config) or None, open_input=allowed.open)
         model_id = model_override or ref.files.model_id or sae.model_name or ""
         return ResolvedSae(sae, "", model_id, hook_override or sae.hook_name or "")
     raise InvalidArgument(
@@ -70,10 +70,10 @@ def resolve_sae(
     )
 
 
-def confine_sae(location: str, inputs: InputPolicy, field: str) -> Path:
-    """The real path of an SAE folder or weights file whose files ``inputs`` allows; hub
-    locations resolve into the HuggingFace cache, which is allowed for them, and uploads
-    (``s3://``) into the upload cache."""
+def confine_sae(location: str, inputs: InputPolicy, field: str) -> tuple[Path, InputPolicy]:
+    """The real path of an SAE folder or weights file whose files ``inputs`` allows, and the
+    policy to open them with: hub locations resolve into the HuggingFace cache, which that
+    policy allows, and uploads (``s3://``) into the upload cache."""
     if location.startswith((HF_PREFIX, SAELENS_PREFIX)):
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -84,10 +84,10 @@ def confine_sae(location: str, inputs: InputPolicy, field: str) -> Path:
         folder = inputs.folder(path, field)
         inputs.file(folder / WEIGHTS_FILE, InputKind.SAE_WEIGHTS, field)
         inputs.optional_file(folder / CONFIG_FILE, InputKind.SAE_CONFIG, field)
-        return folder
+        return folder, inputs
     weights = inputs.file(path, InputKind.SAE_WEIGHTS, field)
     inputs.optional_file(weights.parent / CONFIG_FILE, InputKind.SAE_CONFIG, field)
-    return weights
+    return weights, inputs
 
 
 def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
@@ -102,7 +102,7 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
     config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
     if is_object_uri(record.weights_uri):
         check_owner(parse_input_uri(record.weights_uri, "weights_uri"), record.owner, "weights_uri")
-    uri = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
+    uri, allowed = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
     has_cfg = (
         (uri / CONFIG_FILE).is_file() if uri.is_dir() else (uri.parent / CONFIG_FILE).is_file()
     )
@@ -115,7 +115,7 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
             "model_name": record.model_id or None,
         }
         config = {**described, **config}
-    sae = load_sae(uri, config or None)
+    sae = load_sae(uri, config or None, open_input=allowed.open)
     for name, registered, loaded in (
         ("d_in", record.d_in, sae.d_in),
         ("d_sae", record.d_sae, sae.d_sae),
