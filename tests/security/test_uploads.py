@@ -17,7 +17,11 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import InvalidArgument
+from mistudio_common.s3_address import parse_s3_url
 from mistudio_common.server import insecure_channel
+from mistudio_compute.input_files import InputKind
+from mistudio_compute.object_inputs import ObjectInputs
 from mistudio_export.object_store import S3ObjectStore
 from mistudio_export.server import build_export_server
 from mistudio_export.upload_requests import sae_folder_requests, token_file_requests
@@ -283,3 +287,16 @@ def test_a_uri_outside_the_uploads_is_refused(s3_stack: Stack, inputs: tuple[Pat
     found = details(caught.value)
     assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not name an uploaded input" in found["message"]
+
+
+def test_compute_refuses_an_upload_over_its_own_limit_before_downloading_it(
+    s3_stack: Stack, s3_endpoint: str, inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    tokens = upload(s3_stack, token_file_requests(inputs[1]))
+    reader = ObjectInputs(
+        parse_s3_url(bucket_url(s3_endpoint, BUCKET)), ACCESS_KEY, SECRET_KEY, tmp_path / "cache"
+    )
+    limits = {kind: 100 for kind in InputKind}
+    with pytest.raises(InvalidArgument, match="MISTUDIO_COMPUTE_MAX_TOKEN_FILE_BYTES"):
+        reader.fetch(tokens.uri, "tokens.token_file", limits)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]

@@ -69,6 +69,13 @@ class Access:
         return sae
 
 
+def check_uploaded_weights(sae: spb.Sae) -> None:
+    """An SAE registered on an upload must be its owner's upload (NOT_FOUND otherwise, as for
+    a missing one); compute checks the same before it reads the weights."""
+    if is_object_uri(sae.weights_uri):
+        check_owner(parse_input_uri(sae.weights_uri, "weights_uri"), sae.owner, "weights_uri")
+
+
 def check_uploaded_tokens(tokens: tpb.TokenSource, caller: Identity, field: str) -> None:
     """An uploaded token file is usable only by its uploader (and admins and services): another
     owner's upload is NOT_FOUND, as a missing one. Paths are compute's to confine."""

@@ -26,7 +26,12 @@ from mistudio_common.grpc_errors import handle_errors
 from mistudio_common.uploaded_inputs import UploadKind
 
 from mistudio_export import views
-from mistudio_export.access import Access, check_uploaded_tokens, list_owner
+from mistudio_export.access import (
+    Access,
+    check_uploaded_tokens,
+    check_uploaded_weights,
+    list_owner,
+)
 from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import download_chunks, download_url, require_job_id
@@ -69,7 +74,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         return str(self._access.job(require_job_id(job_id), current_caller()).job_id)
 
     def _check_export(self, sae_id: str, config: epb.ExportConfig, caller: Identity) -> None:
-        self._access.sae(sae_id, caller)
+        check_uploaded_weights(self._access.sae(sae_id, caller))
         check_uploaded_tokens(config.tokens, caller, "config.tokens")
         base = config.delta_base_job_id
         if base and self._access.hides_job(base, caller):
