@@ -14,7 +14,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_export.upload_requests import sae_folder_requests, token_file_requests
+from mistudio_cli.upload_input_command import sae_folder_requests, token_file_requests
 
 from tests.export.service.errors import details
 from tests.export.service.stack import (

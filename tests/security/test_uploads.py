@@ -5,6 +5,7 @@ uploads are refused with nothing stored, and compute verifies what it fetches.""
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_cli.main import main as cli
+from mistudio_cli.upload_input_command import sae_folder_requests, token_file_requests
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.s3_address import parse_s3_url
 from mistudio_common.server import insecure_channel
@@ -24,11 +27,11 @@ from mistudio_compute.input_files import InputKind
 from mistudio_compute.object_inputs import ObjectInputs
 from mistudio_export.object_store import S3ObjectStore
 from mistudio_export.server import build_export_server
-from mistudio_export.upload_requests import sae_folder_requests, token_file_requests
 from mistudio_store import convert
 
 from tests.export.service.errors import details
 from tests.export.service.stack import (
+    STORIES_REF,
     Stack,
     export_config,
     register_sae,
@@ -300,3 +303,32 @@ def test_compute_refuses_an_upload_over_its_own_limit_before_downloading_it(
     with pytest.raises(InvalidArgument, match="MISTUDIO_COMPUTE_MAX_TOKEN_FILE_BYTES"):
         reader.fetch(tokens.uri, "tokens.token_file", limits)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_the_cli_uploads_local_files_and_exports_from_them(
+    s3_stack: Stack, inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    remote = ["--export-address", s3_stack.export.address]
+    folder, tokens_path = inputs
+    assert cli(["upload-input", str(folder), *remote]) == 0
+    sae_uri = capsys.readouterr().out.strip()
+    assert cli(["upload-input", str(tokens_path), *remote]) == 0
+    tokens_uri = capsys.readouterr().out.strip()
+    assert tokens_uri.endswith("/tokens.npy")
+
+    archive = tmp_path / "from-uploads.zip"
+    peers = ["--store-address", s3_stack.store.address]
+    peers += ["--compute-address", s3_stack.compute.address]
+    run = ["run", sae_uri, "--sae-id", "cli-uploaded", "--tokens", tokens_uri]
+    run += ["--model", STORIES_REF, "--output", str(archive), "--device", "cpu"]
+    assert cli([*run, *remote, *peers]) == 0
+    assert zipfile.is_zipfile(archive)
+    registered = s3_stack.records.GetSae(spb.GetSaeRequest(sae_id="cli-uploaded")).sae
+    assert registered.weights_uri == sae_uri
+
+
+def test_the_cli_needs_a_remote_service_to_upload_to(
+    inputs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(["upload-input", str(inputs[1]), "--export-address", ""]) != 0
+    assert "--export-address" in capsys.readouterr().err
