@@ -96,12 +96,14 @@ class Uploads:
 
     def __init__(self, objects: ObjectStore, limits: UploadLimits, staging_root: Path) -> None:
         self._objects = objects
+        self._bucket = objects.bucket if isinstance(objects, S3ObjectStore) else None
+        """None: a folder store, which cannot hand compute an s3:// URI."""
         self.limits = limits
         self._staging_root = staging_root
         self._storing = threading.Lock()
 
     def receive(self, owner: str) -> UploadReceiver:
-        if not isinstance(self._objects, S3ObjectStore):
+        if self._bucket is None:
             raise FailedPrecondition(
                 "uploads are kept in an S3 bucket, and this export service stores to a folder",
                 field="object_store_url",
@@ -111,7 +113,7 @@ class Uploads:
         check_segment(owner, "owner")
         self._staging_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self._staging_root))
-        return UploadReceiver(self, owner, staging)
+        return UploadReceiver(self, owner, self._bucket, staging)
 
     def stored_bytes(self, owner: str) -> int:
         return sum(obj.size for obj in self._objects.list(f"{INPUTS_PREFIX}/{owner}/"))
@@ -123,18 +125,18 @@ class Uploads:
                 f"owner {owner!r} keeps {held} bytes of uploads; {adding} more would pass the "
                 f"limit of {self.limits.owner_bytes}",
                 field=HEADER_FIELD + ".size",
-                fix="delete earlier uploads, or raise MISTUDIO_EXPORT_MAX_UPLOAD_BYTES_PER_OWNER",
+                fix="have an operator remove uploads no longer needed (inputs/<owner>/ in the "
+                "bucket), or raise MISTUDIO_EXPORT_MAX_UPLOAD_BYTES_PER_OWNER",
             )
 
     def store(
-        self, owner: str, kind: UploadKind, files: list[tuple[UploadedFile, Path]]
+        self, location: InputLocation, kind: UploadKind, files: list[tuple[UploadedFile, Path]]
     ) -> StoredUpload:
         """Puts the checked files, then the manifest; on failure removes what was put."""
-        assert isinstance(self._objects, S3ObjectStore)
-        location = InputLocation(self._objects.bucket, owner, uuid.uuid4().hex)
+        owner = location.owner
         manifest = UploadManifest(kind, tuple(f for f, _ in files))
-        if kind is UploadKind.TOKEN_FILE:
-            location = InputLocation(location.bucket, owner, location.input_id, files[0][0].name)
+        manifest_path = files[0][1].parent / MANIFEST_NAME  # beside the staged files
+        manifest_path.write_bytes(manifest.to_json())
         put: list[str] = []
         with self._storing:
             self.check_owner_total(owner, sum(f.size for f, _ in files))
@@ -142,8 +144,6 @@ class Uploads:
                 for file, path in files:
                     put.append(location.key(file.name))
                     self._objects.put_file(put[-1], path)
-                manifest_path = path.parent / MANIFEST_NAME
-                manifest_path.write_bytes(manifest.to_json())
                 put.append(location.key(MANIFEST_NAME))
                 self._objects.put_file(put[-1], manifest_path)
             except BaseException:
@@ -156,9 +156,10 @@ class Uploads:
 class UploadReceiver:
     """One stream's files in a staging folder; ``discard`` always removes the folder."""
 
-    def __init__(self, uploads: Uploads, owner: str, staging: Path) -> None:
+    def __init__(self, uploads: Uploads, owner: str, bucket: str, staging: Path) -> None:
         self._uploads = uploads
         self._owner = owner
+        self._bucket = bucket
         self._staging = staging
         self._kind: UploadKind | None = None
         self._done: list[tuple[UploadedFile, Path]] = []
@@ -205,7 +206,9 @@ class UploadReceiver:
                 field=HEADER_FIELD + ".name",
                 fix=f"upload {SAE_WEIGHTS_NAME} (and cfg.json) of the SAELens folder",
             )
-        return self._uploads.store(self._owner, kind, self._done)
+        name = self._done[0][0].name if kind is UploadKind.TOKEN_FILE else ""
+        location = InputLocation(self._bucket, self._owner, uuid.uuid4().hex, name)
+        return self._uploads.store(location, kind, self._done)
 
     def discard(self) -> None:
         if self._current is not None:
