@@ -171,3 +171,21 @@ def test_validating_another_users_upload_at_compute_is_not_found(
     with pytest.raises(grpc.RpcError) as caught:
         owners_stack.computation("mallory").ValidateSae(request)
     assert details(caught.value)["code"] == grpc.StatusCode.NOT_FOUND
+
+
+def test_another_user_cannot_delete_an_upload(
+    owners_stack: SecureStack,
+    alice_uploads: tuple[epb.UploadInputResponse, epb.UploadInputResponse],
+) -> None:
+    request = epb.DeleteInputRequest(uri=alice_uploads[1].uri)
+    with pytest.raises(grpc.RpcError) as caught:
+        owners_stack.exports("mallory").DeleteInput(request)
+    assert details(caught.value)["code"] == grpc.StatusCode.NOT_FOUND
+    tokens = uri_tokens(alice_uploads[1].uri)
+    request_again = epb.StartExportRequest(
+        sae_id="alice-uploaded",
+        request_id="alice-upload-2",
+        config=export_config(tokens, device="cpu", batch_size=4),
+    )
+    last = run_to_end(owners_stack.exports("alice").StartExport(request_again))[-1]
+    assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error

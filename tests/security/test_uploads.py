@@ -206,12 +206,19 @@ def test_a_hostile_upload_is_refused_and_nothing_is_stored(
     assert not staged(s3_stack)
 
 
+SMALL_BUCKET = "small-limits"
+
+
 @pytest.fixture(scope="module")
-def small_limits(s3_stack: Stack) -> Iterator[egrpc.ExportServiceStub]:
-    """A second export service over the same bucket that accepts 1 kB token files and keeps at
-    most 4 kB per owner."""
+def small_limits(s3_stack: Stack, s3_endpoint: str) -> Iterator[egrpc.ExportServiceStub]:
+    """A second export service, over a bucket of its own, that accepts 1 kB token files and
+    keeps at most 4 kB per owner."""
     settings = s3_stack.settings().model_copy(
-        update={"max_upload_token_file_bytes": 1000, "max_upload_bytes_per_owner": 4000}
+        update={
+            "object_store_url": bucket_url(s3_endpoint, SMALL_BUCKET),
+            "max_upload_token_file_bytes": 1000,
+            "max_upload_bytes_per_owner": 4000,
+        }
     )
     server = build_export_server(settings)
     with insecure_channel(server.address) as channel:
@@ -219,27 +226,37 @@ def small_limits(s3_stack: Stack) -> Iterator[egrpc.ExportServiceStub]:
     server.stop(grace_seconds=1.0)
 
 
+@pytest.fixture(scope="module")
+def small_bucket(s3_endpoint: str) -> S3ObjectStore:
+    return S3ObjectStore(
+        s3_endpoint, ACCESS_KEY, SECRET_KEY, SMALL_BUCKET, secure=False, region="us-east-1"
+    )
+
+
 def test_an_oversized_file_is_refused_before_its_bytes_are_read(
-    s3_stack: Stack, small_limits: egrpc.ExportServiceStub, bucket: S3ObjectStore
+    small_limits: egrpc.ExportServiceStub, small_bucket: S3ObjectStore
 ) -> None:
-    before = stored_inputs(bucket)
+    before = stored_inputs(small_bucket)
     big = b"x" * 1001
     found = upload_error(small_limits, [header("tokens.npy", big), chunk(big)])
     assert found["code"] == grpc.StatusCode.INVALID_ARGUMENT
     assert found["fields"] == ["file.size"]
     assert "MISTUDIO_EXPORT_MAX_UPLOAD_TOKEN_FILE_BYTES" in found["message"]
-    assert stored_inputs(bucket) == before
+    assert stored_inputs(small_bucket) == before
 
 
-def test_an_owner_over_its_total_is_refused(
-    s3_stack: Stack, small_limits: egrpc.ExportServiceStub, bucket: S3ObjectStore
+def test_an_owner_over_its_total_is_refused_until_it_deletes_an_upload(
+    small_limits: egrpc.ExportServiceStub, small_bucket: S3ObjectStore
 ) -> None:
-    """The module's earlier uploads already hold more than 4 kB for the local owner."""
-    before = stored_inputs(bucket)
-    found = upload_error(small_limits, [header("tokens.npy", TOKENS), chunk(TOKENS)])
+    data = b"z" * 900
+    kept = [small_limits.UploadInput(iter([header("t.npy", data), chunk(data)])) for _ in range(3)]
+    before = stored_inputs(small_bucket)  # 2700 bytes and three manifests: 900 more is too much
+    found = upload_error(small_limits, [header("t.npy", data), chunk(data)])
     assert found["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "MISTUDIO_EXPORT_MAX_UPLOAD_BYTES_PER_OWNER" in found["message"]
-    assert stored_inputs(bucket) == before
+    assert stored_inputs(small_bucket) == before
+    small_limits.DeleteInput(epb.DeleteInputRequest(uri=kept[0].uri))
+    assert small_limits.UploadInput(iter([header("t.npy", data), chunk(data)])).uri
 
 
 def test_a_cancelled_upload_stores_nothing(s3_stack: Stack, bucket: S3ObjectStore) -> None:
@@ -332,3 +349,26 @@ def test_the_cli_needs_a_remote_service_to_upload_to(
 ) -> None:
     assert cli(["upload-input", str(inputs[1]), "--export-address", ""]) != 0
     assert "--export-address" in capsys.readouterr().err
+
+
+def test_a_deleted_upload_is_gone_from_the_bucket_and_from_computes_cache(
+    s3_stack: Stack, bucket: S3ObjectStore, inputs: tuple[Path, Path]
+) -> None:
+    register_sae(s3_stack, "deleted-tokens", str(inputs[0]))
+    tokens = upload(s3_stack, token_file_requests(inputs[1]))
+    config = export_config(token_source_uri(tokens.uri))
+    request = epb.StartExportRequest(sae_id="deleted-tokens", request_id="before", config=config)
+    assert run_to_end(s3_stack.exports.StartExport(request))[-1].HasField("result")
+
+    deleted = s3_stack.exports.DeleteInput(epb.DeleteInputRequest(uri=tokens.uri))
+    assert deleted.size_bytes == inputs[1].stat().st_size
+    assert not [key for key in stored_inputs(bucket) if tokens.input_id in key]
+    again = epb.StartExportRequest(sae_id="deleted-tokens", request_id="after", config=config)
+    with pytest.raises(grpc.RpcError) as caught:
+        run_to_end(s3_stack.exports.StartExport(again))
+    assert "no uploaded input" in details(caught.value)["message"]
+    cached = s3_stack.data_dir / "compute" / "uploads" / "local" / tokens.input_id
+    assert not cached.exists()
+    with pytest.raises(grpc.RpcError) as twice:
+        s3_stack.exports.DeleteInput(epb.DeleteInputRequest(uri=tokens.uri))
+    assert details(twice.value)["code"] == grpc.StatusCode.NOT_FOUND

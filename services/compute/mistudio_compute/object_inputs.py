@@ -3,7 +3,8 @@
 The export service owns the object store and writes uploads into it; compute owns the tensor
 work and reads its inputs, so it reads uploads from the same bucket with its own key (read-only
 suffices) rather than have the export service relay gigabytes through itself. An upload is
-fetched once into ``data_dir/compute/uploads/<owner>/<input_id>/``: its manifest is read first
+fetched once into ``data_dir/compute/uploads/<owner>/<input_id>/`` (and used from there while
+its manifest is still in the bucket): its manifest is read first
 and every file checked against compute's size limit for its kind before a byte is downloaded;
 each file is hashed as it arrives and renamed into place only when it matches the manifest's
 sha256, so whatever is in the cache was verified. The cached path then passes the same
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Generator, Mapping
 from pathlib import Path
@@ -109,6 +111,7 @@ class ObjectInputs:
     def _manifest(self, location: InputLocation, folder: Path, field: str) -> UploadManifest:
         cached = folder / MANIFEST_NAME
         if cached.is_file():
+            self._require_present(location, folder, field)
             return UploadManifest.from_json(cached.read_bytes(), field)
         data = b"".join(self._chunks(location, MANIFEST_NAME, MAX_MANIFEST_BYTES + 1, field))
         if len(data) > MAX_MANIFEST_BYTES:
@@ -119,6 +122,19 @@ class ObjectInputs:
             )
         folder.mkdir(parents=True, exist_ok=True)
         return UploadManifest.from_json(data, field)
+
+    def _require_present(self, location: InputLocation, folder: Path, field: str) -> None:
+        """A deleted upload (DeleteInput) is not read from the cache either: its cached copy
+        goes when its manifest is gone from the bucket."""
+        try:
+            self._client.stat_object(self.bucket, location.key(MANIFEST_NAME))
+        except S3Error as error:
+            if error.code not in _MISSING:
+                raise self._unavailable(f"{error.code}") from error
+            shutil.rmtree(folder, ignore_errors=True)
+            raise upload_not_found(location, field) from None
+        except urllib3.exceptions.HTTPError as error:
+            raise self._unavailable(error.__class__.__name__) from error
 
     def _download(
         self, location: InputLocation, name: str, size: int, sha256: str, target: Path, field: str

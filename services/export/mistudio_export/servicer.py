@@ -267,6 +267,17 @@ class ExportServicer(egrpc.ExportServiceServicer):
             input_id=stored.location.input_id, uri=stored.location.uri, size_bytes=stored.size
         )
 
+    def _delete_input(self, request: epb.DeleteInputRequest) -> epb.DeleteInputResponse:
+        caller = current_caller()
+        owner = None if caller.sees_everything else caller.name
+        return epb.DeleteInputResponse(size_bytes=self._uploads.delete(request.uri, owner))
+
+    @handle_errors
+    async def DeleteInput(
+        self, request: epb.DeleteInputRequest, context: Context
+    ) -> epb.DeleteInputResponse:
+        return await asyncio.to_thread(self._delete_input, request)
+
 
 _UPLOAD_KINDS = {
     epb.UPLOAD_KIND_SAE_FILE: UploadKind.SAE_FOLDER,

@@ -32,6 +32,8 @@ from mistudio_common.uploaded_inputs import (
     check_file_name,
     check_segment,
     check_sha256,
+    parse_input_uri,
+    upload_not_found,
 )
 
 from mistudio_export.object_store import ObjectStore, S3ObjectStore
@@ -125,9 +127,24 @@ class Uploads:
                 f"owner {owner!r} keeps {held} bytes of uploads; {adding} more would pass the "
                 f"limit of {self.limits.owner_bytes}",
                 field=HEADER_FIELD + ".size",
-                fix="have an operator remove uploads no longer needed (inputs/<owner>/ in the "
-                "bucket), or raise MISTUDIO_EXPORT_MAX_UPLOAD_BYTES_PER_OWNER",
+                fix="remove uploads no longer needed (DeleteInput), or raise "
+                "MISTUDIO_EXPORT_MAX_UPLOAD_BYTES_PER_OWNER",
             )
+
+    def delete(self, uri: str, owner: str | None) -> int:
+        """Removes the upload ``uri`` names, manifest first; ``owner`` None: any owner's.
+        Returns the bytes removed; NOT_FOUND for a missing or another owner's upload."""
+        location = parse_input_uri(uri, "uri")
+        if location.bucket != self._bucket or (owner is not None and location.owner != owner):
+            raise upload_not_found(location, "uri")
+        with self._storing:
+            objects = list(self._objects.list(location.prefix + "/"))
+            if not objects:
+                raise upload_not_found(location, "uri")
+            manifest = location.key(MANIFEST_NAME)
+            for obj in sorted(objects, key=lambda o: o.key != manifest):
+                self._objects.delete(obj.key)
+        return sum(obj.size for obj in objects if obj.key != manifest)
 
     def store(
         self, location: InputLocation, kind: UploadKind, files: list[tuple[UploadedFile, Path]]

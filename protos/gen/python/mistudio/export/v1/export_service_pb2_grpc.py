@@ -122,6 +122,11 @@ class ExportServiceStub:
                 request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputRequest.SerializeToString,
                 response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputResponse.FromString,
                 _registered_method=True)
+        self.DeleteInput = channel.unary_unary(
+                '/mistudio.export.v1.ExportService/DeleteInput',
+                request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputRequest.SerializeToString,
+                response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputResponse.FromString,
+                _registered_method=True)
 
 
 class ExportServiceServicer:
@@ -251,6 +256,14 @@ class ExportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteInput(self, request, context):
+        """Removes an upload (its manifest first, so no new computation starts from it); another
+        owner's upload is NOT_FOUND, as a missing one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -328,6 +341,11 @@ def add_ExportServiceServicer_to_server(servicer, server):
                     servicer.UploadInput,
                     request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputRequest.FromString,
                     response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputResponse.SerializeToString,
+            ),
+            'DeleteInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInput,
+                    request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputRequest.FromString,
+                    response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -748,6 +766,33 @@ class ExportService:
             '/mistudio.export.v1.ExportService/UploadInput',
             mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputRequest.SerializeToString,
             mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.export.v1.ExportService/DeleteInput',
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputRequest.SerializeToString,
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

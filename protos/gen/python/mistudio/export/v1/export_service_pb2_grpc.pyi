@@ -84,6 +84,10 @@ class ExportServiceStub:
     is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
     (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
     """
+    DeleteInput: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.DeleteInputRequest, _export_service_pb2.DeleteInputResponse]
+    """Removes an upload (its manifest first, so no new computation starts from it); another
+    owner's upload is NOT_FOUND, as a missing one.
+    """
 
 @_typing.type_check_only
 class ExportServiceAsyncStub(ExportServiceStub):
@@ -140,6 +144,10 @@ class ExportServiceAsyncStub(ExportServiceStub):
     matches its header's size and sha256 and the limits (README, Security); the returned uri
     is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
     (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
+    """
+    DeleteInput: _aio.UnaryUnaryMultiCallable[_export_service_pb2.DeleteInputRequest, _export_service_pb2.DeleteInputResponse]  # type: ignore[assignment]
+    """Removes an upload (its manifest first, so no new computation starts from it); another
+    owner's upload is NOT_FOUND, as a missing one.
     """
 
 class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -284,6 +292,16 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         matches its header's size and sha256 and the limits (README, Security); the returned uri
         is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
         (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteInput(
+        self,
+        request: _export_service_pb2.DeleteInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_service_pb2.DeleteInputResponse, _abc.Awaitable[_export_service_pb2.DeleteInputResponse]]:
+        """Removes an upload (its manifest first, so no new computation starts from it); another
+        owner's upload is NOT_FOUND, as a missing one.
         """
 
 def add_ExportServiceServicer_to_server(servicer: ExportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
