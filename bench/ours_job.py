@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import json
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -76,10 +76,16 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             auto_fix=True,
             device=args.device,
         )
+        estimate = exports.ValidateExport(
+            epb.ValidateExportRequest(sae_id="bench", config=config)
+        ).estimate
+        rest_rss_mb = _rss_mb()  # the stack at rest with the model loaded (the estimate did)
         request = epb.StartExportRequest(request_id="bench", sae_id="bench", config=config)
         last = None
+        sampler = StageRss()
         for message in exports.StartExport(request):
             last = message
+            sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
             if ppb.JobState.Name(message.progress.state) in DONE_STATES:
                 break
         assert last is not None
@@ -92,12 +98,20 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             ppb.Stage.Name(s.stage).removeprefix("STAGE_").lower(): s.elapsed_seconds
             for s in last.progress.stages
         }
+        sampler.stop()
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
-        archive = b"".join(m.chunk for m in exports.DownloadExport(download))
+        archive = data_dir / "downloaded.zip"
+        with archive.open("wb") as sink:  # streamed: the archive grows with d_sae, RSS must not
+            for chunk in exports.DownloadExport(download):
+                sink.write(chunk.chunk)
     return {
         "job_wall_s": job_done - started,
         "stages_s": stages,
-        "archive_bytes": len(archive),
+        "stages_peak_rss_mb": sampler.peaks,
+        "rest_rss_mb": rest_rss_mb,
+        "estimated_s": estimate.estimated_seconds,
+        "estimated_peak_memory_mb": estimate.estimated_peak_memory_bytes / 2**20,
+        "archive_bytes": archive.stat().st_size,
         "n_files": len(last.result.files),
         **byte_facts(archive),
         "features": feature_facts(archive),
@@ -109,7 +123,35 @@ SAMPLE_BYTES = 1 << 20
 """Per format folder, about this much of its JSON is timed for the machine's byte rates."""
 
 
-def byte_facts(archive: bytes) -> dict[str, Any]:
+class StageRss:
+    """Samples this process's resident set every 50 ms and keeps the peak per export stage (the
+    stage the progress stream last named), so a bench run shows where memory goes."""
+
+    def __init__(self) -> None:
+        self.stage = "starting"
+        self.peaks: dict[str, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            mb = _rss_mb()
+            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def byte_facts(archive: Path) -> dict[str, Any]:
     """The output's size (every file, and its JSON alone; gzip files counted unpacked, as both
     are serialised and deflated once) and this machine's orjson and zlib rates on samples of it
     from every format folder, for the bench's floors."""
@@ -119,7 +161,7 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
 
     samples: dict[str, list[bytes]] = {}
     json_bytes = gzip_bytes = output_bytes = 0
-    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+    with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             packed = info.filename.endswith(".gz")
             data = zf.read(info) if packed else b""
@@ -143,10 +185,10 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
     }
 
 
-def feature_facts(archive: bytes) -> dict[str, dict[str, Any]]:
+def feature_facts(archive: Path) -> dict[str, dict[str, Any]]:
     """Per feature what ``measure.agreement`` compares (the keys match saedashboard_job's)."""
     facts: dict[str, dict[str, Any]] = {}
-    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+    with zipfile.ZipFile(archive) as zf:
         for name in zf.namelist():
             if not (name.startswith("features/") and name.endswith(".json")):
                 continue

@@ -115,7 +115,7 @@ def run_dashboards(
     )
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
-    passed: list[PassResult] = []
+    batch_sizes: list[int] = []  # not the passes: each holds its shard's whole state
     if prepared.sharding is None:
         chunks = compute_dashboards(
             inputs,
@@ -129,14 +129,15 @@ def run_dashboards(
             progress=reporter,
             cancel=hooks.interrupt,
             memory_budget=prepared.memory_budget,
-            on_pass=passed.append,
+            on_pass=lambda passed: batch_sizes.append(passed.batch_size),
         )
     else:
-        passed.append(
-            _sharded_pass(prepared, prepared.sharding, params, features, inputs, reporter, hooks)
+        passed = _sharded_pass(
+            prepared, prepared.sharding, params, features, inputs, reporter, hooks
         )
+        batch_sizes.append(passed.batch_size)
         chunks = finalize_dashboards(
-            passed[0].state,
+            passed.state,
             inputs,
             params,
             chunk_size=CHUNK_FEATURES,
@@ -147,7 +148,7 @@ def run_dashboards(
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
         tokens_processed=dataset.n_tokens,
-        final_batch_size=passed[-1].batch_size,
+        final_batch_size=batch_sizes[-1],
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
     )

@@ -22,7 +22,7 @@ from mistudio_compute.dashboards import (
     compute_dashboards,
     state_config,
 )
-from mistudio_compute.dashboards.shards import MemoryModel, plan_within_budget
+from mistudio_compute.dashboards.memory import MemoryModel, plan_within_budget
 
 from tests.compute.dashboards import tiny
 
@@ -128,8 +128,9 @@ def test_a_sharded_run_resumes_at_the_shard_and_batch_where_it_stopped(
 
 def test_a_budget_without_room_for_one_feature_is_resource_exhausted(inputs) -> None:
     with pytest.raises(ResourceExhausted) as err:
-        compute_dashboards(inputs, PARAMS, batch_size=BATCH, memory_budget=1 << 20)
-    assert err.value.field == "memory_budget_bytes"
+        compute_dashboards(inputs, PARAMS, batch_size=BATCH, memory_budget=1 << 16)
+    assert err.value.field == "params.n_quantile_groups"
+    assert "MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES" in err.value.fix
 
 
 def test_a_batch_over_half_the_budget_is_halved_until_it_fits(inputs, budget) -> None:
