@@ -1,8 +1,10 @@
 """OUR side of one bench run: a full export (every format, ZIP archive) on the local stack.
 
 Run as a subprocess by ``run.py`` so its peak RSS is its own. Writes ``--out`` (JSON): wall time,
-per-stage elapsed seconds from the export's progress stream, archive size, and per feature what the
-agreement check needs (top example max values, top positive logit token ids, frequency).
+per-stage elapsed seconds and peak RSS from the export's progress stream, ValidateExport's
+estimate beforehand (from the rates earlier runs measured when ``--keep-data`` is shared), archive
+size, and per feature what the agreement check needs (top example max values, top positive logit
+token ids, frequency).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -24,7 +27,7 @@ if __package__ in (None, ""):
 DONE_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
-def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> dict[str, Any]:
     from mistudio.common.v1 import dashboard_pb2 as dpb
     from mistudio.common.v1 import progress_pb2 as ppb
     from mistudio.common.v1 import tokens_pb2 as tpb
@@ -37,6 +40,7 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from mistudio_export.local_stack import start_local_stack
 
     cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))
+    sae_id = f"bench-{cfg['d_sae']}-{os.getpid()}"  # unique: a kept data folder is shared
     started = time.perf_counter()
     inputs = [Path(args.sae), Path(args.tokens)]
     if args.model_ref.startswith(LLAMA2C_PREFIX):
@@ -45,7 +49,7 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         store = sgrpc.StoreServiceStub(insecure_channel(stack.store.address))
         exports = egrpc.ExportServiceStub(insecure_channel(stack.export.address))
         sae = spb.Sae(
-            sae_id="bench",
+            sae_id=sae_id,
             model_id=args.model_ref,
             hook_point=cfg["metadata"]["hook_name"],
             d_in=cfg["d_in"],
@@ -76,13 +80,10 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             auto_fix=True,
             device=args.device,
         )
-        estimate = exports.ValidateExport(
-            epb.ValidateExportRequest(sae_id="bench", config=config)
-        ).estimate
+        estimate = exports.ValidateExport(epb.ValidateExportRequest(sae_id=sae_id, config=config))
         rest_rss_mb = _rss_mb()  # the stack at rest with the model loaded (the estimate did)
-        request = epb.StartExportRequest(request_id="bench", sae_id="bench", config=config)
+        request = epb.StartExportRequest(request_id=sae_id, sae_id=sae_id, config=config)
         last = None
-        sampler = StageRss()
         for message in exports.StartExport(request):
             last = message
             sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
@@ -98,19 +99,20 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             ppb.Stage.Name(s.stage).removeprefix("STAGE_").lower(): s.elapsed_seconds
             for s in last.progress.stages
         }
-        sampler.stop()
+        sampler.stage = "download"
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
         archive = data_dir / "downloaded.zip"
         with archive.open("wb") as sink:  # streamed: the archive grows with d_sae, RSS must not
             for chunk in exports.DownloadExport(download):
                 sink.write(chunk.chunk)
+    sampler.stage = "bench_facts"  # the bench's own reading of the archive, after the stack
     return {
         "job_wall_s": job_done - started,
         "stages_s": stages,
-        "stages_peak_rss_mb": sampler.peaks,
         "rest_rss_mb": rest_rss_mb,
-        "estimated_s": estimate.estimated_seconds,
-        "estimated_peak_memory_mb": estimate.estimated_peak_memory_bytes / 2**20,
+        "estimated_s": estimate.estimate.estimated_seconds,
+        "estimated_peak_memory_mb": estimate.estimate.estimated_peak_memory_bytes / 2**20,
+        "estimate_from_measured_rates": not any("default" in w for w in estimate.warnings),
         "archive_bytes": archive.stat().st_size,
         "n_files": len(last.result.files),
         **byte_facts(archive),
@@ -222,9 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-data", default="", help="data folder to keep (default: a temp one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    sampler = StageRss()
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
         data = Path(args.keep_data) if args.keep_data else Path(tmp) / "data"
-        result = run_export(args, data)
+        result = run_export(args, data, sampler)
+    sampler.stop()
+    result["stages_peak_rss_mb"] = sampler.peaks
     result["wall_s"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 

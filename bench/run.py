@@ -87,6 +87,7 @@ def run_ours(
         if args.memory_budget is None
         else {"MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES": str(args.memory_budget)}
     )  # the compute service of our in-process stack reads it
+    cmd += ["--keep-data", str(work.parent / "ours-data")]  # rates measured by earlier runs
     wall, rss = timed([*cmd, "--out", str(out)], work, args.threads, budget | (extra_env or {}))
     return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
 
