@@ -25,6 +25,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb
@@ -333,16 +334,34 @@ def _write_other(
 
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: ComputeClient) -> None:
     plan = job.plan
-    files: dict[str, bytearray] = {}
-    chunks = compute.saelens_files(
-        plan.sae.sae_id, plan.naming.neuronpedia_id, inputs.saelens_frequencies
+    chunks = iter(
+        compute.saelens_files(
+            plan.sae.sae_id, plan.naming.neuronpedia_id, inputs.saelens_frequencies
+        )
     )
-    for chunk in chunks:
-        files.setdefault(chunk.file_name, bytearray()).extend(chunk.chunk)
-        if chunk.last_chunk:
-            jsonio.write_atomic(folder / chunk.file_name, bytes(files.pop(chunk.file_name)))
-            job.check()
+    for first in chunks:  # the stream sends one file's chunks after another's
+        jsonio.write_atomic_chunks(folder / first.file_name, _one_file(first, chunks))
+        job.check()
     (folder / "pretrained_saes.yaml").write_text(inputs.pretrained_yaml, encoding="utf-8")
+
+
+def _one_file(
+    first: cpb.ExportSaeLensFilesResponse, rest: Iterator[cpb.ExportSaeLensFilesResponse]
+) -> Iterator[bytes]:
+    """The bytes of ``first``'s file, read from ``rest`` up to its last chunk: written as they
+    come, so the weights (which grow with d_sae) are never held whole."""
+    chunk = first
+    while True:
+        yield chunk.chunk
+        if chunk.last_chunk:
+            return
+        following = next(rest, None)
+        if following is None or following.file_name != first.file_name:
+            raise Unavailable(
+                f"the compute service's stream of {first.file_name} broke off before its end",
+                fix="resume the export",
+            )
+        chunk = following
 
 
 def explanation_records(
