@@ -6,6 +6,7 @@ against a measurement."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.dashboard_options import PARAM_BOUNDS
 from mistudio_common.errors import ResourceExhausted
 from mistudio_common.server import MAX_MESSAGE_BYTES, insecure_channel
-from mistudio_compute.dashboards.memory import MemoryModel, plan_within_budget
+from mistudio_compute.dashboards.memory import PLANNED_SHARE, MemoryModel, plan_within_budget
 from mistudio_compute.dashboards.params import state_config
 from mistudio_compute.planning import params_of
 from mistudio_export.limits import MAX_FEATURES_LISTED, MAX_NAME_CHARS
@@ -147,10 +148,10 @@ def plan(budget: int | None) -> int:
 def test_a_budget_without_room_for_one_feature_is_refused_naming_the_lever() -> None:
     one = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, CONTEXT).peak(1, CONTEXT, 256)
     with pytest.raises(ResourceExhausted) as caught:
-        plan(one - 1)
+        plan(math.ceil(one / PLANNED_SHARE) - 2)
     assert caught.value.field == "params.n_quantile_groups"
     assert "MEMORY_BUDGET" in caught.value.fix
-    assert plan(one) == 1
+    assert plan(math.ceil(one / PLANNED_SHARE) + 1) == 1
 
 
 def test_fewer_features_at_the_same_parameters_fit_the_budget(

@@ -29,6 +29,9 @@ handed on and the one being built."""
 BATCH_COPIES = 3
 """Dense feature activations of one batch, the shard's column selection and the encoder's
 pre-activations."""
+PLANNED_SHARE = 0.8
+"""Shards are planned to fill this share of the budget: the model is within 30% of measured
+peaks, not exact, and the budget is a limit the peak must stay under."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +73,8 @@ class ShardPlan:
     shard_size: int
     """Features per shard."""
     batch_rows: int
-    """Token rows per batch: as asked, or halved until one batch takes at most half the budget."""
+    """Token rows per batch: as asked, or halved until one batch takes at most half of the
+    planned share of the budget."""
     peak_bytes: int
     """The predicted peak of running this plan (``MemoryModel.peak``)."""
 
@@ -87,8 +91,9 @@ def plan_within_budget(
     chunk_size: int,
     budget: int | None,
 ) -> ShardPlan:
-    """Shard size and batch rows for ``budget`` bytes (no budget: one shard, rows as asked);
-    RESOURCE_EXHAUSTED, naming what to lower, when not even one feature fits."""
+    """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most
+    (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming what to lower, when not
+    even one feature fits."""
     model = MemoryModel.of(params, config, d_sae, n_rows * seq_len)
     n_features = max(1, n_features)
 
@@ -98,17 +103,18 @@ def plan_within_budget(
     if budget is None:
         return ShardPlan(n_features, batch_rows,
                          model.peak(n_features, positions(batch_rows), chunk_size))  # fmt: skip
-    while batch_rows > 1 and model.per_batch_position * positions(batch_rows) > budget // 2:
+    usable = int(budget * PLANNED_SHARE)
+    while batch_rows > 1 and model.per_batch_position * positions(batch_rows) > usable // 2:
         batch_rows //= 2
-    size = _features_per_shard(n_features, model, positions(batch_rows), chunk_size, budget)
+    size = _features_per_shard(n_features, model, positions(batch_rows), chunk_size, usable)
     return ShardPlan(size, batch_rows, model.peak(size, positions(batch_rows), chunk_size))
 
 
 def _features_per_shard(
-    n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, budget: int
+    n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, usable: int
 ) -> int:
-    """The most features whose ``model.peak`` fits ``budget`` (all when they fit)."""
-    room = budget - model.peak(0, batch_positions, 0)
+    """The most features whose ``model.peak`` fits ``usable`` bytes (all when they fit)."""
+    room = usable - model.peak(0, batch_positions, 0)
     alive = 2 * chunk_size  # shards at least this large hold two whole chunks
     fitting = (room - model.per_dashboard * alive) // model.per_feature
     if fitting < alive:  # a smaller shard's dashboards are all alive at once
@@ -118,8 +124,8 @@ def _features_per_shard(
         raise ResourceExhausted(
             f"one feature with these parameters takes about {one / 2**20:.1f} MiB beside a "
             f"batch of {batch_positions} token positions "
-            f"({model.peak(0, batch_positions, 0) / 2**20:.1f} MiB); the compute service's "
-            f"memory budget is {budget / 2**20:.0f} MiB",
+            f"({model.peak(0, batch_positions, 0) / 2**20:.1f} MiB); the compute service "
+            f"plans for {usable / 2**20:.0f} MiB ({PLANNED_SHARE:.0%} of its memory budget)",
             field="params.n_quantile_groups",
             fix="lower n_quantile_groups, examples_per_quantile_group, n_top_examples, the "
             "context widths or batch_size (or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
