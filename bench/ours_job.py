@@ -106,7 +106,9 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
             for chunk in exports.DownloadExport(download):
                 sink.write(chunk.chunk)
     sampler.stage = "bench_facts"  # the bench's own reading of the archive, after the stack
+    export_peak_mb = _status_mb("VmHWM")  # this process's peak up to here: the export's
     return {
+        "export_peak_rss_mb": export_peak_mb,
         "job_wall_s": job_done - started,
         "stages_s": stages,
         "rest_rss_mb": rest_rss_mb,
@@ -147,8 +149,12 @@ class StageRss:
 
 
 def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
