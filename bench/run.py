@@ -253,6 +253,25 @@ def pair_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: st
     return statistics.median(ratios) if ratios else None
 
 
+def estimate_report(run: dict[str, Any]) -> dict[str, Any]:
+    """ValidateExport's estimate beside what the run measured: the export's wall time, and the
+    compute stages' peak RSS above the stack at rest (what estimated_peak_memory_bytes means)."""
+    compute = ("activation_pass", "loading_examples", "logit_lens", "histograms",
+               "token_aggregation", "caching")  # fmt: skip
+    peaks = run["stages_peak_rss_mb"]
+    compute_peak = max((peaks[k] for k in compute if k in peaks), default=run["rest_rss_mb"])
+    measured_mb = compute_peak - run["rest_rss_mb"]
+    return {
+        "from_measured_rates": run["estimate_from_measured_rates"],
+        "estimated_s": run["estimated_s"],
+        "measured_s": run["job_wall_s"],
+        "time_ratio": run["estimated_s"] / run["job_wall_s"],
+        "estimated_compute_peak_mb": run["estimated_peak_memory_mb"],
+        "measured_compute_peak_mb": measured_mb,
+        "memory_ratio": run["estimated_peak_memory_mb"] / measured_mb if measured_mb > 0 else None,
+    }
+
+
 def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float) -> dict[str, Any]:
     """One size's figures: medians over its pairs, agreement of its last pair."""
     inputs: BenchInputs = result["inputs"]
@@ -273,6 +292,7 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
             "activation_pass"
         ),
         "throughput": tp,
+        "estimate": estimate_report(ours[-1]),
         "agreement": agreement(
             ours[-1]["features"], theirs[-1]["features"], args.logit_k, inputs.n_tokens
         )
@@ -351,6 +371,15 @@ def markdown(out: dict[str, Any]) -> str:
             f"one core here: {rates}. Floors: serialization = JSON ÷ dumps + gzip files ÷ "
             "deflate, validation = JSON ÷ loads, archive = the rest ÷ deflate, whole_export = "
             "the floor after the pass (all ÷ dumps, then deflate).",
+        ]
+        e = s["estimate"]
+        rates = "rates measured by earlier runs" if e["from_measured_rates"] else "default rates"
+        lines += [
+            "",
+            f"ValidateExport's estimate ({rates}): {fmt(e['estimated_s'])} s for "
+            f"{fmt(e['measured_s'])} s measured (x{fmt(e['time_ratio'])}); compute peak "
+            f"{fmt(e['estimated_compute_peak_mb'])} MB above the stack at rest for "
+            f"{fmt(e['measured_compute_peak_mb'])} MB measured (x{fmt(e['memory_ratio'])}).",
         ]
         lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
     if out["scaling"]:
