@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 from mistudio_common.dashboard import (
-    ActivationExample,
     FeatureDashboard,
     Histogram,
     LogitEntry,
@@ -23,7 +24,16 @@ from mistudio_common.dashboard import (
 )
 from mistudio_common.errors import InvalidArgument
 
-from mistudio_export.formats import jsonio
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import ListOf, Rendered, StringTable, each
+from mistudio_export.formats.columns import (
+    TOP_SECTION,
+    ExampleColumns,
+    SectionLists,
+    chunked,
+    example_columns,
+    section_lists,
+)
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 
@@ -69,23 +79,34 @@ def metadata_document(
     }
 
 
-def _example(e: ActivationExample) -> dict[str, Any]:
-    return {
-        "tokens": list(e.tokens),
-        "token_ids": list(e.token_ids),
-        "values": list(e.values),
-        "max_value": e.max_value,
-        "max_token_index": e.max_token_index,
-        "source": {"dataset": e.source.dataset, "row": e.source.row, "offset": e.source.offset},
-    }
+def example_rows(columns: ExampleColumns, tokens: StringTable) -> Rendered:
+    """Every example of a column batch as its PRD object, rendered in bulk."""
+    names = StringTable()
+    datasets = names.render(np.array(names.codes(columns.datasets), np.int64))
+    max_value = bulk_json.float32_column(columns.max_value)
+    return bulk_json.rows(
+        {
+            "tokens": ListOf(columns.token_list(tokens.render(columns.token_codes))),
+            "token_ids": ListOf(columns.id_list(bulk_json.numbers(columns.token_ids))),
+            "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()))),
+            "max_value": each(bulk_json.numbers(max_value)),
+            "max_token_index": each(bulk_json.numbers(columns.max_token_index)),
+            "source": {
+                "dataset": each(datasets, columns.dataset_code),
+                "row": each(bulk_json.numbers(columns.source_row)),
+                "offset": each(bulk_json.numbers(columns.source_offset)),
+            },
+        },
+        columns.n_rows,
+    )
 
 
-def _group(g: QuantileGroup) -> dict[str, Any]:
+def _group(g: QuantileGroup, examples: orjson.Fragment) -> dict[str, Any]:
     return {
         "bin_min": g.bin_min,
         "bin_max": g.bin_max,
         "bin_contains": g.bin_contains,
-        "examples": [_example(e) for e in g.examples],
+        "examples": examples,
     }
 
 
@@ -114,13 +135,16 @@ def _token(t: TokenAggregate) -> dict[str, Any]:
     }
 
 
-def feature_document(d: FeatureDashboard) -> dict[str, Any]:
-    """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2."""
+def feature_document(d: FeatureDashboard, examples: SectionLists) -> dict[str, Any]:
+    """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2.
+    ``examples`` holds the feature's rendered example rows (``example_rows``)."""
     s = d.statistics
     return {
         "feature_index": d.feature_index,
-        "activations": [_example(e) for e in d.top_examples],
-        "quantile_groups": [_group(g) for g in d.quantile_groups],
+        "activations": examples.section(TOP_SECTION),
+        "quantile_groups": [
+            _group(g, examples.section(n + 1)) for n, g in enumerate(d.quantile_groups)
+        ],
         "logits": {
             "top_positive": [_logit(e) for e in d.top_positive_logits],
             "top_negative": [_logit(e) for e in d.top_negative_logits],
@@ -205,21 +229,31 @@ def write_prd_export(
     seen: set[int] = set()
 
     def written() -> Iterator[FeatureDashboard]:
-        for d in dashboards:
-            if d.feature_index in seen:
-                raise _duplicate(d.feature_index)
-            seen.add(d.feature_index)
-            name = feature_file_name(d.feature_index, compressed=compress_features)
-            earlier = reuse(d.feature_index, name) if reuse is not None else None
-            if earlier is not None:
-                jsonio.write_atomic(out_dir / name, earlier)
-            else:
-                data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
-                jsonio.write_document(out_dir / name, data)
-            files.append(out_dir / name)
-            if progress is not None:
-                progress(len(seen))
-            yield d
+        tokens = StringTable()
+        for chunk in chunked(dashboards):
+            columns = example_columns(chunk, tokens)
+            columns.check()
+            rendered = example_rows(columns, tokens)
+            every_row = np.arange(columns.n_rows)
+            for d, examples in zip(chunk, section_lists(columns, rendered, every_row), strict=True):
+                yield write(d, examples)
+
+    def write(d: FeatureDashboard, examples: SectionLists) -> FeatureDashboard:
+        if d.feature_index in seen:
+            raise _duplicate(d.feature_index)
+        seen.add(d.feature_index)
+        name = feature_file_name(d.feature_index, compressed=compress_features)
+        earlier = reuse(d.feature_index, name) if reuse is not None else None
+        if earlier is not None:
+            jsonio.write_atomic(out_dir / name, earlier)
+        else:
+            document = feature_document(d, examples)
+            data = jsonio.dumps(document, where=f"feature {d.feature_index}")
+            jsonio.write_document(out_dir / name, data)
+        files.append(out_dir / name)
+        if progress is not None:
+            progress(len(seen))
+        return d
 
     if also is not None:
         also(written())

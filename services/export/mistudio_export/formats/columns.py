@@ -1,0 +1,263 @@
+"""The activation examples of a chunk of dashboards as columns: the formats' common input.
+
+Every writer reads a chunk of dashboards once into an ``ExampleColumns`` (one row per example,
+the token lists flattened with offsets) and renders its example JSON from the arrays in bulk
+(``bulk_json``), so no per-example object is built and no per-example document is walked.
+Rows come in write order: per feature its top examples (section 0), then quantile group g's
+examples (section g + 1). ``check`` holds the value rules the writers rely on, so a validator
+can run it on a batch before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+from mistudio_common.dashboard import FeatureDashboard
+
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import Rendered, Slot, StringTable
+
+CHUNK_FEATURES = 64
+"""Dashboards read into one column batch: large enough that numpy's per-call cost vanishes,
+small enough that a batch of the largest in-bounds examples stays a few tens of MB."""
+TOP_SECTION = 0
+TOP_GROUP_BIN = -1.0
+"""bin_min and bin_contains of the 'top activations' section, as SAEDashboard writes them."""
+
+T = TypeVar("T")
+Ints = np.ndarray[Any, np.dtype[np.int64]]
+Floats = np.ndarray[Any, np.dtype[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleColumns:
+    """Every example of ``dashboards``; per-row arrays are [n_rows], token arrays [n_tokens]."""
+
+    dashboards: Sequence[FeatureDashboard]
+    position: Ints
+    """The example's dashboard, as its place in ``dashboards``."""
+    section: Ints
+    """0: top examples; g + 1: quantile group g."""
+    rank: Ints
+    """Place of the example in its section."""
+    token_start: Ints
+    """[n_rows + 1]: row r's tokens are token_codes[token_start[r] : token_start[r + 1]]."""
+    token_codes: Ints
+    """Into the writer's token ``StringTable``."""
+    id_start: Ints
+    token_ids: Ints
+    value_start: Ints
+    values: Floats
+    max_value: Floats
+    max_token_index: Ints
+    qualifying_token_index: Ints
+    datasets: list[str]
+    """Distinct source dataset names of the chunk."""
+    dataset_code: Ints
+    """Into ``datasets``."""
+    source_row: Ints
+    source_offset: Ints
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.position)
+
+    @property
+    def n_values(self) -> Ints:
+        return np.diff(self.value_start)
+
+    @property
+    def feature_index(self) -> Ints:
+        indices = np.fromiter((d.feature_index for d in self.dashboards), np.int64)
+        return indices[self.position]
+
+    def values32(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        return bulk_json.float32_column(self.values)
+
+    def token_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
+        """Per row (or kept row), its tokens among ``rendered`` (one item per token)."""
+        return _lists(rendered, self.token_start, kept)
+
+    def id_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
+        return _lists(rendered, self.id_start, kept)
+
+    def value_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
+        return _lists(rendered, self.value_start, kept)
+
+    def top_section_max(self, kept: Ints, peaks: Floats) -> list[float]:
+        """Per dashboard, the largest of ``peaks`` (one per kept row) over its top examples;
+        0.0 when it has none."""
+        top_max: list[float | None] = [None] * len(self.dashboards)
+        rows = self.section[kept] == TOP_SECTION
+        for position, peak in zip(
+            self.position[kept][rows].tolist(), peaks[rows].tolist(), strict=True
+        ):
+            current = top_max[position]
+            top_max[position] = peak if current is None else max(current, peak)
+        return [0.0 if m is None else m for m in top_max]
+
+    def section_bins(self, kept: Ints, peaks: Floats, decimals: int | None = None) -> Floats:
+        """[n_kept, 3]: per kept row its section's (bin_min, bin_max, bin_contains), each
+        rounded by ``round`` when ``decimals`` is given; the top section's are -1, the largest
+        of its ``peaks``, -1 (as SAEDashboard and Neuronpedia write them)."""
+        top_max = self.top_section_max(kept, peaks)
+        table: dict[tuple[int, int], list[float]] = {}
+        for position, d in enumerate(self.dashboards):
+            bins = [(TOP_GROUP_BIN, top_max[position], TOP_GROUP_BIN)]
+            bins += [(g.bin_min, g.bin_max, g.bin_contains) for g in d.quantile_groups]
+            for section, triple in enumerate(bins):
+                table[position, section] = [
+                    x if decimals is None else round(x, decimals) for x in triple
+                ]
+        places = zip(self.position[kept].tolist(), self.section[kept].tolist(), strict=True)
+        return np.array([table[place] for place in places], np.float64).reshape(-1, 3)
+
+    def feature_max(self, kept: Ints, peaks: Floats) -> list[float]:
+        """Per dashboard, the largest of ``peaks`` (one per kept row); 0.0 when none."""
+        best = np.full(len(self.dashboards), -np.inf)
+        np.maximum.at(best, self.position[kept], peaks)
+        return [0.0 if m == -np.inf else m for m in best.tolist()]
+
+    def check(self) -> None:
+        """Raises NonFiniteValue for the first value no format may write (NaN, Inf or beyond
+        float32), pointing at it in the feature's PRD document."""
+        for name, column, starts in (
+            ("values", self.values, self.value_start),
+            ("max_value", self.max_value, None),
+        ):
+            bad = np.flatnonzero(~(np.abs(column) < jsonio.F32_OVERFLOW))
+            if len(bad):
+                row = (
+                    int(bad[0])
+                    if starts is None
+                    else int(np.searchsorted(starts, bad[0], "right")) - 1
+                )
+                at = [name] if starts is None else [name, int(bad[0] - starts[row])]
+                raise jsonio.not_finite(
+                    f"feature {self.dashboards[self.position[row]].feature_index}",
+                    [*self.pointer(row), *at],
+                    float(column[bad[0]]),
+                )
+
+    def pointer(self, row: int) -> list[str | int]:
+        """Where row ``row`` sits in its feature's PRD document."""
+        rank, section = int(self.rank[row]), int(self.section[row])
+        if section == TOP_SECTION:
+            return ["activations", rank]
+        return ["quantile_groups", section - 1, "examples", rank]
+
+    def section_bounds(self, kept: Ints) -> tuple[Ints, Ints]:
+        """For the rows ``kept`` (ascending): [n_dashboards, n_sections] first and stop index
+        into ``kept`` of each dashboard's section."""
+        n_sections = 1 + max((len(d.quantile_groups) for d in self.dashboards), default=0)
+        keys = self.position[kept] * n_sections + self.section[kept]
+        wanted = np.arange(len(self.dashboards) * n_sections)
+        first = np.searchsorted(keys, wanted, "left").reshape(-1, n_sections)
+        stop = np.searchsorted(keys, wanted, "right").reshape(-1, n_sections)
+        return first, stop
+
+    def value_peaks(self, kept: Ints) -> tuple[Floats, Ints, Floats]:
+        """Per kept row (each must have values): its largest value, that value's first
+        position in the row, and its smallest value."""
+        first = self.value_start[kept]
+        lengths = self.value_start[kept + 1] - first
+        starts = np.cumsum(lengths) - lengths  # of each kept row among the gathered values
+        values = self.values[np.repeat(first - starts, lengths) + np.arange(int(lengths.sum()))]
+        if not len(values):
+            return np.zeros(0), np.zeros(0, np.int64), np.zeros(0)
+        top = np.maximum.reduceat(values, starts)
+        low = np.minimum.reduceat(values, starts)
+        at = np.arange(len(values)) - np.repeat(starts, lengths)
+        first_top = np.minimum.reduceat(
+            np.where(values == np.repeat(top, lengths), at, len(values)), starts
+        )
+        return top, first_top, low
+
+
+def _lists(rendered: Rendered, starts: Ints, kept: Ints | None) -> Slot:
+    rows = np.arange(len(starts) - 1) if kept is None else kept
+    return bulk_json.items(rendered, starts[rows], starts[rows + 1])
+
+
+def chunked(items: Iterable[T], size: int = CHUNK_FEATURES) -> Iterator[list[T]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def example_columns(dashboards: Sequence[FeatureDashboard], tokens: StringTable) -> ExampleColumns:
+    """Reads the examples of ``dashboards`` into columns; token strings are coded in ``tokens``."""
+    position, section, rank = [], [], []
+    n_tokens, n_ids, n_values = [0], [0], [0]
+    token_text: list[str] = []
+    ids: list[int] = []
+    values: list[float] = []
+    max_value, max_at, qualifying, datasets, source_row, source_offset = [], [], [], [], [], []
+    for p, d in enumerate(dashboards):
+        sections = [d.top_examples, *(g.examples for g in d.quantile_groups)]
+        for s, examples in enumerate(sections):
+            for n, e in enumerate(examples):
+                position.append(p)
+                section.append(s)
+                rank.append(n)
+                token_text += e.tokens
+                ids += e.token_ids
+                values += e.values
+                n_tokens.append(len(e.tokens))
+                n_ids.append(len(e.token_ids))
+                n_values.append(len(e.values))
+                max_value.append(e.max_value)
+                max_at.append(e.max_token_index)
+                qualifying.append(e.qualifying_token_index)
+                datasets.append(e.source.dataset)
+                source_row.append(e.source.row)
+                source_offset.append(e.source.offset)
+    names = StringTable()
+    dataset_code = names.codes(datasets)
+    return ExampleColumns(
+        dashboards=dashboards,
+        position=np.array(position, np.int64),
+        section=np.array(section, np.int64),
+        rank=np.array(rank, np.int64),
+        token_start=np.cumsum(n_tokens, dtype=np.int64),
+        token_codes=np.array(tokens.codes(token_text), np.int64),
+        id_start=np.cumsum(n_ids, dtype=np.int64),
+        token_ids=np.array(ids, np.int64),
+        value_start=np.cumsum(n_values, dtype=np.int64),
+        values=np.array(values, np.float64),
+        max_value=np.array(max_value, np.float64),
+        max_token_index=np.array(max_at, np.int64),
+        qualifying_token_index=np.array(qualifying, np.int64),
+        datasets=names.strings(),
+        dataset_code=np.array(dataset_code, np.int64),
+        source_row=np.array(source_row, np.int64),
+        source_offset=np.array(source_offset, np.int64),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SectionLists:
+    """One dashboard's rendered example rows, by section (0: top; g + 1: quantile group g)."""
+
+    rendered: Rendered
+    first: Ints
+    """[n_sections]: first row of each section in ``rendered``."""
+    stop: Ints
+
+    def section(self, section: int) -> orjson.Fragment:
+        return self.rendered.list_fragment(int(self.first[section]), int(self.stop[section]))
+
+    def every(self) -> orjson.Fragment:
+        """Every section's rows, in order, as one list."""
+        return self.rendered.list_fragment(int(self.first[0]), int(self.stop[-1]))
+
+
+def section_lists(columns: ExampleColumns, rendered: Rendered, kept: Ints) -> list[SectionLists]:
+    """Per dashboard, where its sections' rows lie in ``rendered`` (one row per ``kept`` row)."""
+    first, stop = columns.section_bounds(kept)
+    return [SectionLists(rendered, f, s) for f, s in zip(first, stop, strict=True)]
