@@ -15,7 +15,7 @@ from mistudio_export.formats import jsonio
 from mistudio_export.formats.prd_json import (
     EXPLANATIONS_FILE,
     METADATA_FILE,
-    feature_document,
+    feature_file_name,
     metadata_document,
     write_prd_export,
 )
@@ -211,7 +211,8 @@ def large_viewer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jsonio.write_document(root / "export" / METADATA_FILE, jsonio.dumps(meta))
     features = root / "export" / "features"
     features.mkdir()
-    document = feature_document(dashboard(0, n_top=2))
+    write_prd_export(root / "one", info, naming(), [dashboard(0, n_top=2)])
+    document = orjson.loads((root / "one" / feature_file_name(0)).read_bytes())
     for index in range(LARGE):
         document["feature_index"] = index
         (features / f"{index}.json").write_bytes(orjson.dumps(document))

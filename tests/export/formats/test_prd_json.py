@@ -5,7 +5,6 @@ import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.prd_json import (
-    feature_document,
     metadata_document,
     write_prd_export,
 )
@@ -54,8 +53,9 @@ def test_metadata_created_at_is_the_callers_value():
     assert meta["created_at"] == "2025-01-15T10:30:00Z"
 
 
-def test_feature_has_the_fr_2_2_fields_and_the_richer_ones():
-    doc = feature_document(dashboard(3))
+def test_feature_has_the_fr_2_2_fields_and_the_richer_ones(tmp_path):
+    _write(tmp_path, [dashboard(3)])
+    doc = _read(tmp_path / "features/3.json")
     assert {
         "feature_index",
         "activations",
