@@ -66,8 +66,14 @@ def truncate_around(
     """Keep ``limit`` positions around ``centre``; returns the kept tokens, values and start."""
     if len(tokens) <= limit:
         return tokens, values, 0
-    start = min(max(0, centre - limit // 2), len(tokens) - limit)
+    start = int(cut_start(np.array([len(tokens)]), np.array([centre]), limit)[0])
     return tokens[start : start + limit], values[start : start + limit], start
+
+
+def cut_start(n_tokens: Ints, centre: Ints, limit: int) -> Ints:
+    """First kept position of an example longer than ``limit`` cut around ``centre`` (arrays
+    or scalars): centred where it can be, shifted inside the example at its ends."""
+    return np.minimum(np.maximum(0, centre - limit // 2), n_tokens - limit)
 
 
 @dataclass
@@ -86,13 +92,7 @@ def activation_rows(columns: ExampleColumns, tokens: StringTable) -> tuple[Rende
     value_first, value_stop = columns.value_start[kept], columns.value_start[kept + 1]
     n_tokens = token_stop - token_first
     cut = n_tokens > MAX_TOKENS_PER_EXAMPLE
-    start = np.where(
-        cut,
-        np.minimum(
-            np.maximum(0, centre - MAX_TOKENS_PER_EXAMPLE // 2), n_tokens - MAX_TOKENS_PER_EXAMPLE
-        ),
-        0,
-    )
+    start = np.where(cut, cut_start(n_tokens, centre, MAX_TOKENS_PER_EXAMPLE), 0)
     keep_tokens = np.where(cut, MAX_TOKENS_PER_EXAMPLE, n_tokens)
     n_values = value_stop - value_first
     values_from = value_first + np.minimum(start, n_values)
