@@ -24,15 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import staged_dashboards
 from mistudio_export.formats import jsonio, prd_json
+from mistudio_export.formats.bulk_json import StringTable
+from mistudio_export.formats.columns import ExampleColumns, chunked, example_columns
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
@@ -242,9 +244,22 @@ def _progress(
     return report
 
 
-def _dashboards(staging: Path) -> Iterator[FeatureDashboard]:
-    for dashboard in staged_dashboards(staging):
-        yield dashboard_from_pb(dashboard)
+def _batches(staging: Path) -> Iterator[ExampleColumns]:
+    """The staged dashboards as column batches: the examples read straight from the messages
+    into the columns, the rest converted for the formats' per-feature fields."""
+    tokens = StringTable()
+    for chunk in chunked(staged_dashboards(staging)):
+        heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
+        yield example_columns(heads, tokens, examples=chunk)
+
+
+def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:
+    head = dpb.FeatureDashboard()
+    head.CopyFrom(message)  # in C: far cheaper than converting the examples it then drops
+    head.ClearField("top_examples")
+    for group in head.quantile_groups:
+        group.ClearField("examples")
+    return head
 
 
 def _clear(folder: Path) -> None:
@@ -282,17 +297,17 @@ def _write_prd(
             copied += 1
             return earlier.read(name)
 
-        def importer_rows(dashboards: Iterator[FeatureDashboard]) -> None:
+        def importer_rows(batches: Iterator[ExampleColumns]) -> None:
             importer = FormatKind.NEURONPEDIA_IMPORT
             _clear(out / FOLDERS[importer])
             # the batch size (0) is SAEDashboard's only
-            _write_other(job.staging, importer, naming, inputs, 0, None, dashboards)
+            _write_other(job.staging, importer, naming, inputs, 0, None, batches)
 
         prd_json.write_prd_export(
             out,
             inputs.info,
             naming,
-            _dashboards(job.staging),
+            _batches(job.staging),
             inputs.explanations,
             labels=inputs.labels,
             compress_features=job.plan.compression.gzip_json,
@@ -310,25 +325,25 @@ def _write_other(
     inputs: Inputs,
     features_per_batch: int,
     progress: Callable[[int], None] | None,
-    dashboards: Iterator[FeatureDashboard] | None = None,
+    batches: Iterator[ExampleColumns] | None = None,
 ) -> None:
     folder, info = output_dir(staging) / FOLDERS[kind], inputs.info
-    dashboards = _dashboards(staging) if dashboards is None else dashboards
+    batches = _batches(staging) if batches is None else batches
     if kind is FormatKind.NEURONPEDIA_IMPORT:
         write_importer_export(
-            folder, info, naming, dashboards, inputs.neuronpedia_explanations, progress=progress
+            folder, info, naming, batches, inputs.neuronpedia_explanations, progress=progress
         )
     elif kind is FormatKind.SAEDASHBOARD:
         write_saedashboard_batches(
             folder,
             info,
             naming,
-            dashboards,
+            batches,
             features_per_batch=features_per_batch,
             progress=progress,
         )
     else:
-        write_upload_payloads(folder, naming, dashboards, inputs.neuronpedia_explanations)
+        write_upload_payloads(folder, naming, batches, inputs.neuronpedia_explanations)
 
 
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: ComputeClient) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import (
     NOT_NULL,
     bin_centres,
@@ -41,7 +42,9 @@ REFERENCE_EXPLANATION_KEYS = {
 
 def _write(root: Path, dashboards=None, explanations=(), **kwargs):
     dashboards = dashboards if dashboards is not None else [dashboard(0), dashboard(1)]
-    return write_importer_export(root, sae_info(), naming(), dashboards, explanations, **kwargs)
+    return write_importer_export(
+        root, sae_info(), naming(), column_batches(dashboards), explanations, **kwargs
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -283,7 +286,9 @@ def test_quantile_example_names_its_sampled_token_not_the_window_max(tmp_path):
 
 
 def test_model_rows_carry_the_layer_count_and_the_chosen_visibility(tmp_path):
-    write_importer_export(tmp_path, sae_info(), naming(visibility="PUBLIC"), [dashboard(0)])
+    write_importer_export(
+        tmp_path, sae_info(), naming(visibility="PUBLIC"), column_batches([dashboard(0)])
+    )
     (model,) = _rows(tmp_path / SOURCE / "model.jsonl")
     assert (model["layers"], model["visibility"]) == (12, "PUBLIC")
     (source,) = _rows(tmp_path / SOURCE / "source.jsonl")
@@ -292,7 +297,9 @@ def test_model_rows_carry_the_layer_count_and_the_chosen_visibility(tmp_path):
 
 def test_unknown_model_layer_count_is_refused(tmp_path):
     with pytest.raises(InvalidArgument) as err:
-        write_importer_export(tmp_path, sae_info(model_layers=0), naming(), [dashboard(0)])
+        write_importer_export(
+            tmp_path, sae_info(model_layers=0), naming(), column_batches([dashboard(0)])
+        )
     assert err.value.field == "sae_info.model_layers"
 
 

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from mistudio_common.dashboard_codec import dashboard_from_json, dashboard_from_pb
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
@@ -31,15 +32,12 @@ def fixture() -> dict:
 def written(fixture, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real")
     dashboards = [dashboard_from_pb(dashboard_from_json(d)) for d in fixture["dashboards"]]
+    batches = list(column_batches(dashboards))
     info = sae_info(d_sae=4096, n_prompts=256)
-    write_prd_export(out / "prd", info, naming(), dashboards, [explanation(0)])
-    write_importer_export(
-        out / "neuronpedia-importer", info, naming(), dashboards, [explanation(0)]
-    )
-    write_saedashboard_batches(
-        out / "saedashboard", info, naming(), dashboards, features_per_batch=2
-    )
-    write_upload_payloads(out / "upload-payloads", naming(), dashboards, [explanation(0)])
+    write_prd_export(out / "prd", info, naming(), batches, [explanation(0)])
+    write_importer_export(out / "neuronpedia-importer", info, naming(), batches, [explanation(0)])
+    write_saedashboard_batches(out / "saedashboard", info, naming(), batches, features_per_batch=2)
+    write_upload_payloads(out / "upload-payloads", naming(), batches, [explanation(0)])
     return out
 
 

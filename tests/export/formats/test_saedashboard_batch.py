@@ -1,5 +1,6 @@
 import json
 
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.validation import validate_export
 
@@ -22,7 +23,9 @@ REFERENCE_ACTIVATION_KEYS = {
 
 
 def _write(tmp_path, dashboards, **kwargs):
-    return write_saedashboard_batches(tmp_path, sae_info(), naming(), dashboards, **kwargs)
+    return write_saedashboard_batches(
+        tmp_path, sae_info(), naming(), column_batches(dashboards), **kwargs
+    )
 
 
 def _entry(tmp_path, d):

@@ -3,6 +3,7 @@ import copy
 import orjson
 import pytest
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import source_dir, write_importer_export
 from mistudio_export.formats.prd_json import feature_file_name, write_prd_export
 from mistudio_export.formats.schemas import SCHEMA_NAMES, is_valid, load_schema, schema_validator
@@ -22,8 +23,8 @@ DRAFT7_ALIKE = {
 def written(tmp_path_factory):
     """Feature 0's PRD document, Neuron row and first Activation row, as the writers wrote them."""
     root = tmp_path_factory.mktemp("written")
-    write_prd_export(root / "prd", sae_info(), naming(), [dashboard(0)])
-    write_importer_export(root / "np", sae_info(), naming(), [dashboard(0)])
+    write_prd_export(root / "prd", sae_info(), naming(), column_batches([dashboard(0)]))
+    write_importer_export(root / "np", sae_info(), naming(), column_batches([dashboard(0)]))
     rows = source_dir(root / "np", naming())
 
     def lines(stream):

@@ -1,11 +1,11 @@
 """The activation examples of a chunk of dashboards as columns: the formats' common input.
 
-Every writer reads a chunk of dashboards once into an ``ExampleColumns`` (one row per example,
-the token lists flattened with offsets) and renders its example JSON from the arrays in bulk
-(``bulk_json``), so no per-example object is built and no per-example document is walked.
-Rows come in write order: per feature its top examples (section 0), then quantile group g's
-examples (section g + 1). ``check`` holds the value rules the writers rely on, so a validator
-can run it on a batch before anything is written.
+The writers take column batches (``ExampleColumns``: one row per example, the token lists
+flattened with offsets, token strings coded in one vocabulary) and render their example JSON
+from the arrays in bulk (``bulk_json``), so no per-example object is built and no per-example
+document is walked. Rows come in write order: per feature its top examples (section 0), then
+quantile group g's examples (section g + 1). A batch is checked when it is made (``check``:
+every value finite in float32), before any writer sees it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -30,6 +30,48 @@ TOP_GROUP_BIN = -1.0
 """bin_min and bin_contains of the 'top activations' section, as SAEDashboard writes them."""
 
 T = TypeVar("T")
+
+
+class _Source(Protocol):
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def row(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+class _Example(Protocol):
+    @property
+    def tokens(self) -> Sequence[str]: ...
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+    @property
+    def values(self) -> Sequence[float]: ...
+    @property
+    def max_value(self) -> float: ...
+    @property
+    def max_token_index(self) -> int: ...
+    @property
+    def qualifying_token_index(self) -> int: ...
+    @property
+    def source(self) -> _Source: ...
+
+
+class _Group(Protocol):
+    @property
+    def examples(self) -> Sequence[_Example]: ...
+
+
+class DashboardExamples(Protocol):
+    """Where examples are read from: a ``FeatureDashboard`` or its proto message alike."""
+
+    @property
+    def top_examples(self) -> Sequence[_Example]: ...
+    @property
+    def quantile_groups(self) -> Sequence[_Group]: ...
+
+
 Ints = np.ndarray[Any, np.dtype[np.int64]]
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -39,6 +81,10 @@ class ExampleColumns:
     """Every example of ``dashboards``; per-row arrays are [n_rows], token arrays [n_tokens]."""
 
     dashboards: Sequence[FeatureDashboard]
+    """What the formats write besides the examples; the example lists in them are not read
+    (a staged batch leaves them empty)."""
+    tokens: StringTable
+    """The vocabulary ``token_codes`` index, shared by the batches of one read."""
     position: Ints
     """The example's dashboard, as its place in ``dashboards``."""
     section: Ints
@@ -48,7 +94,6 @@ class ExampleColumns:
     token_start: Ints
     """[n_rows + 1]: row r's tokens are token_codes[token_start[r] : token_start[r + 1]]."""
     token_codes: Ints
-    """Into the writer's token ``StringTable``."""
     id_start: Ints
     token_ids: Ints
     value_start: Ints
@@ -190,18 +235,31 @@ def chunked(items: Iterable[T], size: int = CHUNK_FEATURES) -> Iterator[list[T]]
         yield chunk
 
 
-def example_columns(dashboards: Sequence[FeatureDashboard], tokens: StringTable) -> ExampleColumns:
-    """Reads the examples of ``dashboards`` into columns; token strings are coded in ``tokens``."""
+def column_batches(dashboards: Iterable[FeatureDashboard]) -> Iterator[ExampleColumns]:
+    """``dashboards`` as column batches of ``CHUNK_FEATURES``, in order."""
+    tokens = StringTable()
+    for chunk in chunked(dashboards):
+        yield example_columns(chunk, tokens)
+
+
+def example_columns(
+    dashboards: Sequence[FeatureDashboard],
+    tokens: StringTable,
+    examples: Sequence[DashboardExamples] | None = None,
+) -> ExampleColumns:
+    """The examples of ``examples`` (default: of ``dashboards``, one for one) as checked
+    columns; token strings are coded in ``tokens``."""
+    sources: Sequence[DashboardExamples] = dashboards if examples is None else examples
     position, section, rank = [], [], []
     n_tokens, n_ids, n_values = [0], [0], [0]
     token_text: list[str] = []
     ids: list[int] = []
     values: list[float] = []
     max_value, max_at, qualifying, datasets, source_row, source_offset = [], [], [], [], [], []
-    for p, d in enumerate(dashboards):
+    for p, d in enumerate(sources):
         sections = [d.top_examples, *(g.examples for g in d.quantile_groups)]
-        for s, examples in enumerate(sections):
-            for n, e in enumerate(examples):
+        for s, in_section in enumerate(sections):
+            for n, e in enumerate(in_section):
                 position.append(p)
                 section.append(s)
                 rank.append(n)
@@ -219,8 +277,9 @@ def example_columns(dashboards: Sequence[FeatureDashboard], tokens: StringTable)
                 source_offset.append(e.source.offset)
     names = StringTable()
     dataset_code = names.codes(datasets)
-    return ExampleColumns(
+    columns = ExampleColumns(
         dashboards=dashboards,
+        tokens=tokens,
         position=np.array(position, np.int64),
         section=np.array(section, np.int64),
         rank=np.array(rank, np.int64),
@@ -238,6 +297,8 @@ def example_columns(dashboards: Sequence[FeatureDashboard], tokens: StringTable)
         source_row=np.array(source_row, np.int64),
         source_offset=np.array(source_offset, np.int64),
     )
+    columns.check()
+    return columns
 
 
 @dataclass(frozen=True, slots=True)

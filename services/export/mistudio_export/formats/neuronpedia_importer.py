@@ -38,8 +38,6 @@ from mistudio_export.formats.columns import (
     ExampleColumns,
     Floats,
     Ints,
-    chunked,
-    example_columns,
     section_lists,
 )
 from mistudio_export.formats.neuronpedia_explanations import (
@@ -180,7 +178,7 @@ def _section_name(section: int) -> str:
 
 
 def activation_rows(
-    columns: ExampleColumns, tokens: StringTable, info: SaeInfo, naming: NeuronpediaNaming
+    columns: ExampleColumns, info: SaeInfo, naming: NeuronpediaNaming
 ) -> tuple[Rendered, Ints, Floats]:
     """The examples that have values as Activation rows (JSON Lines, rendered in bulk): top
     examples as the -1/max/-1 section, then each quantile group as its own section. Also which
@@ -199,7 +197,7 @@ def activation_rows(
             "modelId": naming.model_id,
             "layer": naming.source_id,
             "index": Quoted(each(bulk_json.numbers(columns.feature_index[kept]))),
-            "tokens": ListOf(columns.token_list(tokens.render(columns.token_codes), kept)),
+            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes), kept)),
             "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()), kept)),
             "maxValue": each(bulk_json.numbers(f32(top))),
             "maxValueTokenIndex": each(bulk_json.numbers(top_at)),
@@ -340,17 +338,14 @@ def source_dir(root: Path, naming: NeuronpediaNaming) -> Path:
 
 
 def _features(
-    dashboards: Iterable[FeatureDashboard], info: SaeInfo, naming: NeuronpediaNaming
+    batches: Iterable[ExampleColumns], info: SaeInfo, naming: NeuronpediaNaming
 ) -> Iterator[tuple[FeatureDashboard, float, bytes]]:
     """Per dashboard: itself, its maxActApprox and its Activation lines."""
-    tokens = StringTable()
-    for chunk in chunked(dashboards):
-        columns = example_columns(chunk, tokens)
-        columns.check()
-        rendered, kept, peaks = activation_rows(columns, tokens, info, naming)
+    for columns in batches:
+        rendered, kept, peaks = activation_rows(columns, info, naming)
         maxima = columns.feature_max(kept, peaks)
         lists = section_lists(columns, rendered, kept)
-        for d, max_act, rows in zip(chunk, maxima, lists, strict=True):
+        for d, max_act, rows in zip(columns.dashboards, maxima, lists, strict=True):
             yield d, max_act, rendered.lines(int(rows.first[0]), int(rows.stop[-1]))
 
 
@@ -401,7 +396,7 @@ def write_importer_export(
     root: Path,
     info: SaeInfo,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     explanations: Iterable[ExplanationRecord] = (),
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -434,7 +429,7 @@ def write_importer_export(
         by_feature.setdefault(r.feature_index, []).append(r)
     writer = _BatchWriter(out, batch_size)
     n = 0
-    for d, max_act, activations in _features(dashboards, info, naming):
+    for d, max_act, activations in _features(batches, info, naming):
         writer.add("features", d.feature_index, [neuron_row(d, info, naming, max_act)])
         writer.add_lines("activations", d.feature_index, activations)
         records = sorted(by_feature.pop(d.feature_index, []), key=_expl_key)

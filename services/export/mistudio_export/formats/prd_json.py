@@ -30,8 +30,6 @@ from mistudio_export.formats.columns import (
     TOP_SECTION,
     ExampleColumns,
     SectionLists,
-    chunked,
-    example_columns,
     section_lists,
 )
 from mistudio_export.formats.output import FormatOutput
@@ -79,14 +77,14 @@ def metadata_document(
     }
 
 
-def example_rows(columns: ExampleColumns, tokens: StringTable) -> Rendered:
+def example_rows(columns: ExampleColumns) -> Rendered:
     """Every example of a column batch as its PRD object, rendered in bulk."""
     names = StringTable()
     datasets = names.render(np.array(names.codes(columns.datasets), np.int64))
     max_value = bulk_json.float32_column(columns.max_value)
     return bulk_json.rows(
         {
-            "tokens": ListOf(columns.token_list(tokens.render(columns.token_codes))),
+            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes))),
             "token_ids": ListOf(columns.id_list(bulk_json.numbers(columns.token_ids))),
             "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()))),
             "max_value": each(bulk_json.numbers(max_value)),
@@ -208,37 +206,36 @@ def write_prd_export(
     out_dir: Path,
     info: SaeInfo,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     explanations: Iterable[ExplanationRecord] = (),
     *,
     labels: Iterable[FeatureLabel] = (),
     compress_features: bool = False,
     progress: Callable[[int], None] | None = None,
     reuse: Callable[[int, str], bytes | None] | None = None,
-    also: Callable[[Iterator[FeatureDashboard]], None] | None = None,
+    also: Callable[[Iterator[ExampleColumns]], None] | None = None,
 ) -> FormatOutput:
-    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each.
+    """Write the PRD layout under ``out_dir``; the batches' dashboards are streamed, one file
+    each.
 
     ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
-    feature (a delta export copies them); ``also`` consumes the same single read of the
-    dashboards, so another format is written in the same pass (each is written before it
-    reaches ``also``)."""
+    feature (a delta export copies them); ``also`` consumes the same batches, so another
+    format is written in the same pass (each batch's files are written before it reaches
+    ``also``)."""
     info.validate()
     naming.validate()
     files: list[Path] = []
     seen: set[int] = set()
 
-    def written() -> Iterator[FeatureDashboard]:
-        tokens = StringTable()
-        for chunk in chunked(dashboards):
-            columns = example_columns(chunk, tokens)
-            columns.check()
-            rendered = example_rows(columns, tokens)
-            every_row = np.arange(columns.n_rows)
-            for d, examples in zip(chunk, section_lists(columns, rendered, every_row), strict=True):
-                yield write(d, examples)
+    def written() -> Iterator[ExampleColumns]:
+        for columns in batches:
+            rendered = example_rows(columns)
+            lists = section_lists(columns, rendered, np.arange(columns.n_rows))
+            for d, examples in zip(columns.dashboards, lists, strict=True):
+                write(d, examples)
+            yield columns
 
-    def write(d: FeatureDashboard, examples: SectionLists) -> FeatureDashboard:
+    def write(d: FeatureDashboard, examples: SectionLists) -> None:
         if d.feature_index in seen:
             raise _duplicate(d.feature_index)
         seen.add(d.feature_index)
@@ -253,7 +250,6 @@ def write_prd_export(
         files.append(out_dir / name)
         if progress is not None:
             progress(len(seen))
-        return d
 
     if also is not None:
         also(written())

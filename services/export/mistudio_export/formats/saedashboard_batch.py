@@ -21,12 +21,11 @@ from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import bulk_json, jsonio
-from mistudio_export.formats.bulk_json import ListOf, Rendered, StringTable, each
+from mistudio_export.formats.bulk_json import ListOf, Rendered, each
 from mistudio_export.formats.columns import (
     ExampleColumns,
     Ints,
     chunked,
-    example_columns,
     section_lists,
 )
 from mistudio_export.formats.neuronpedia_importer import bin_centres
@@ -67,7 +66,7 @@ def _r_apart(xs: list[float]) -> list[float]:
     return list(xs)
 
 
-def activation_rows(columns: ExampleColumns, tokens: StringTable) -> tuple[Rendered, Ints]:
+def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints]:
     """The examples that have values, as SAEDashboard activations rendered in bulk; and which
     rows of ``columns`` they are."""
     kept = np.flatnonzero(columns.n_values > 0)
@@ -79,7 +78,7 @@ def activation_rows(columns: ExampleColumns, tokens: StringTable) -> tuple[Rende
             "bin_min": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 0]))),
             "bin_max": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 1]))),
             "bin_contains": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 2]))),
-            "tokens": ListOf(columns.token_list(tokens.render(columns.token_codes), kept)),
+            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes), kept)),
             "values": ListOf(
                 columns.value_list(bulk_json.numbers(bulk_json.float32_column(rounded)), kept)
             ),
@@ -131,13 +130,11 @@ def batch_document(naming: NeuronpediaNaming, features: list[dict[str, Any]]) ->
     }
 
 
-def _entries(info: SaeInfo, dashboards: Iterable[FeatureDashboard]) -> Iterator[dict[str, Any]]:
-    tokens = StringTable()
-    for chunk in chunked(dashboards):
-        columns = example_columns(chunk, tokens)
-        columns.check()
-        rendered, kept = activation_rows(columns, tokens)
-        for d, rows in zip(chunk, section_lists(columns, rendered, kept), strict=True):
+def _entries(info: SaeInfo, batches: Iterable[ExampleColumns]) -> Iterator[dict[str, Any]]:
+    for columns in batches:
+        rendered, kept = activation_rows(columns)
+        lists = section_lists(columns, rendered, kept)
+        for d, rows in zip(columns.dashboards, lists, strict=True):
             yield feature_entry(d, info, rows.every())
 
 
@@ -145,12 +142,13 @@ def write_saedashboard_batches(
     out_dir: Path,
     info: SaeInfo,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     *,
     features_per_batch: int = DEFAULT_FEATURES_PER_BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> FormatOutput:
-    """Write ``out_dir/batch-N.json``, N = 0, 1, …, in the order the dashboards arrive."""
+    """Write ``out_dir/batch-N.json``, N = 0, 1, …, in the order the dashboards arrive
+    (``features_per_batch`` each, whatever the column batches' size)."""
     info.validate()
     naming.validate()
     if features_per_batch < 1:
@@ -159,7 +157,7 @@ def write_saedashboard_batches(
         )
     files = []
     n = 0
-    for batch, entries in enumerate(chunked(_entries(info, dashboards), features_per_batch)):
+    for batch, entries in enumerate(chunked(_entries(info, batches), features_per_batch)):
         doc = batch_document(naming, list(entries))
         path = out_dir / f"batch-{batch}.json"
         jsonio.write_document(path, jsonio.dumps(doc, where=f"batch-{batch}.json"))

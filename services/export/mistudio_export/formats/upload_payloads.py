@@ -30,14 +30,12 @@ from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import bulk_json, jsonio
-from mistudio_export.formats.bulk_json import ListOf, Rendered, StringTable, each
+from mistudio_export.formats.bulk_json import ListOf, Rendered, each
 from mistudio_export.formats.columns import (
     TOP_SECTION,
     ExampleColumns,
     Floats,
     Ints,
-    chunked,
-    example_columns,
     section_lists,
 )
 from mistudio_export.formats.neuronpedia_explanations import (
@@ -82,7 +80,7 @@ class _Notes:
     skipped: list[int] = field(default_factory=list)
 
 
-def activation_rows(columns: ExampleColumns, tokens: StringTable) -> tuple[Rendered, Ints, Ints]:
+def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints, Ints]:
     """The examples that have values as the API's activations, rendered in bulk; which rows of
     ``columns`` they are; and where each kept example was cut to the API's limit (-1: not)."""
     kept = np.flatnonzero(columns.n_values > 0)
@@ -100,7 +98,9 @@ def activation_rows(columns: ExampleColumns, tokens: StringTable) -> tuple[Rende
         cut, value_first + np.minimum(start + MAX_TOKENS_PER_EXAMPLE, n_values), value_stop
     )
     token_list = bulk_json.items(
-        tokens.render(columns.token_codes), token_first + start, token_first + start + keep_tokens
+        columns.tokens.render(columns.token_codes),
+        token_first + start,
+        token_first + start + keep_tokens,
     )
     value_list = bulk_json.items(bulk_json.numbers(columns.values32()), values_from, values_to)
     f32 = bulk_json.float32_column
@@ -218,14 +218,12 @@ class _Examples:
 
 
 def _features(
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
 ) -> Iterator[tuple[FeatureDashboard, _Examples]]:
-    tokens = StringTable()
-    for chunk in chunked(dashboards):
-        columns = example_columns(chunk, tokens)
-        columns.check()
-        rendered, kept, cut_at = activation_rows(columns, tokens)
-        for d, rows in zip(chunk, section_lists(columns, rendered, kept), strict=True):
+    for columns in batches:
+        rendered, kept, cut_at = activation_rows(columns)
+        lists = section_lists(columns, rendered, kept)
+        for d, rows in zip(columns.dashboards, lists, strict=True):
             first, stop = int(rows.first[0]), int(rows.stop[-1])
             notes = _Notes()
             _cut_notes(columns, kept[first:stop], cut_at[first:stop], notes)
@@ -239,7 +237,7 @@ def upload_body(naming: NeuronpediaNaming, features: list[dict[str, Any]]) -> di
 def write_upload_payloads(
     out_dir: Path,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     explanations: Iterable[ExplanationRecord] = (),
     *,
     features_per_request: int = MAX_FEATURES_PER_REQUEST,
@@ -267,7 +265,7 @@ def write_upload_payloads(
         files.append(path)
         pending.clear()
 
-    for d, examples in _features(dashboards):
+    for d, examples in _features(batches):
         records = sorted(
             by_feature.get(d.feature_index, []), key=lambda r: (r.created_at, r.description)
         )
