@@ -235,6 +235,10 @@ def chunked(items: Iterable[T], size: int = CHUNK_FEATURES) -> Iterator[list[T]]
         yield chunk
 
 
+def _starts(lengths: Ints) -> Ints:
+    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+
 def column_batches(dashboards: Iterable[FeatureDashboard]) -> Iterator[ExampleColumns]:
     """``dashboards`` as column batches of ``CHUNK_FEATURES``, in order."""
     tokens = StringTable()
@@ -250,52 +254,48 @@ def example_columns(
     """The examples of ``examples`` (default: of ``dashboards``, one for one) as checked
     columns; token strings are coded in ``tokens``."""
     sources: Sequence[DashboardExamples] = dashboards if examples is None else examples
-    position, section, rank = [], [], []
-    n_tokens, n_ids, n_values = [0], [0], [0]
+    places: list[tuple[int, ...]] = []  # per example: the integer fields, in _PLACE order
     token_text: list[str] = []
     ids: list[int] = []
     values: list[float] = []
-    max_value, max_at, qualifying, datasets, source_row, source_offset = [], [], [], [], [], []
+    max_value: list[float] = []
+    datasets: list[str] = []
     for p, d in enumerate(sources):
         sections = [d.top_examples, *(g.examples for g in d.quantile_groups)]
         for s, in_section in enumerate(sections):
             for n, e in enumerate(in_section):
-                position.append(p)
-                section.append(s)
-                rank.append(n)
-                token_text += e.tokens
-                ids += e.token_ids
-                values += e.values
-                n_tokens.append(len(e.tokens))
-                n_ids.append(len(e.token_ids))
-                n_values.append(len(e.values))
+                text, token_ids, example_values, source = e.tokens, e.token_ids, e.values, e.source
+                token_text += text
+                ids += token_ids
+                values += example_values
                 max_value.append(e.max_value)
-                max_at.append(e.max_token_index)
-                qualifying.append(e.qualifying_token_index)
-                datasets.append(e.source.dataset)
-                source_row.append(e.source.row)
-                source_offset.append(e.source.offset)
+                datasets.append(source.dataset)
+                places.append(
+                    (p, s, n, len(text), len(token_ids), len(example_values), e.max_token_index,
+                     e.qualifying_token_index, source.row, source.offset)
+                )  # fmt: skip
+    place = np.array(places, np.int64).reshape(-1, 10).T
     names = StringTable()
     dataset_code = names.codes(datasets)
     columns = ExampleColumns(
         dashboards=dashboards,
         tokens=tokens,
-        position=np.array(position, np.int64),
-        section=np.array(section, np.int64),
-        rank=np.array(rank, np.int64),
-        token_start=np.cumsum(n_tokens, dtype=np.int64),
+        position=place[0],
+        section=place[1],
+        rank=place[2],
+        token_start=_starts(place[3]),
         token_codes=np.array(tokens.codes(token_text), np.int64),
-        id_start=np.cumsum(n_ids, dtype=np.int64),
+        id_start=_starts(place[4]),
         token_ids=np.array(ids, np.int64),
-        value_start=np.cumsum(n_values, dtype=np.int64),
+        value_start=_starts(place[5]),
         values=np.array(values, np.float64),
         max_value=np.array(max_value, np.float64),
-        max_token_index=np.array(max_at, np.int64),
-        qualifying_token_index=np.array(qualifying, np.int64),
+        max_token_index=place[6],
+        qualifying_token_index=place[7],
         datasets=names.strings(),
         dataset_code=np.array(dataset_code, np.int64),
-        source_row=np.array(source_row, np.int64),
-        source_offset=np.array(source_offset, np.int64),
+        source_row=place[8],
+        source_offset=place[9],
     )
     columns.check()
     return columns
