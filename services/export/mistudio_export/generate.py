@@ -34,7 +34,7 @@ from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import staged_dashboards
 from mistudio_export.formats import jsonio, prd_json
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, chunked, example_columns
+from mistudio_export.formats.columns import ExampleColumns, batch_sized, example_columns
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
@@ -248,7 +248,7 @@ def _batches(staging: Path) -> Iterator[ExampleColumns]:
     """The staged dashboards as column batches: the examples read straight from the messages
     into the columns, the rest converted for the formats' per-feature fields."""
     tokens = StringTable()
-    for chunk in chunked(staged_dashboards(staging)):
+    for chunk in batch_sized(staged_dashboards(staging)):
         heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
         yield example_columns(heads, tokens, examples=chunk)
 

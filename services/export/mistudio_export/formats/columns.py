@@ -23,8 +23,11 @@ from mistudio_export.formats import bulk_json, jsonio
 from mistudio_export.formats.bulk_json import Rendered, Slot, StringTable
 
 CHUNK_FEATURES = 64
-"""Dashboards read into one column batch: large enough that numpy's per-call cost vanishes,
-small enough that a batch of the largest in-bounds examples stays a few tens of MB."""
+"""Most dashboards read into one column batch: enough that numpy's per-call cost vanishes."""
+TOKENS_PER_BATCH = 1 << 18
+"""A batch ends once its examples hold this many tokens, so its arrays and rendered bytes stay
+a few tens of MB whatever the dashboard parameters (one feature at the largest in-bounds ones
+holds about 560k)."""
 TOP_SECTION = 0
 TOP_GROUP_BIN = -1.0
 """bin_min and bin_contains of the 'top activations' section, as SAEDashboard writes them."""
@@ -70,6 +73,9 @@ class DashboardExamples(Protocol):
     def top_examples(self) -> Sequence[_Example]: ...
     @property
     def quantile_groups(self) -> Sequence[_Group]: ...
+
+
+E = TypeVar("E", bound=DashboardExamples)
 
 
 Ints = np.ndarray[Any, np.dtype[np.int64]]
@@ -240,10 +246,26 @@ def _starts(lengths: Ints) -> Ints:
 
 
 def column_batches(dashboards: Iterable[FeatureDashboard]) -> Iterator[ExampleColumns]:
-    """``dashboards`` as column batches of ``CHUNK_FEATURES``, in order."""
+    """``dashboards`` as column batches, in order."""
     tokens = StringTable()
-    for chunk in chunked(dashboards):
+    for chunk in batch_sized(dashboards):
         yield example_columns(chunk, tokens)
+
+
+def batch_sized(dashboards: Iterable[E]) -> Iterator[list[E]]:
+    """Consecutive runs of ``dashboards`` of at most ``CHUNK_FEATURES``, ending once their
+    examples reach ``TOKENS_PER_BATCH`` tokens."""
+    batch: list[E] = []
+    n_tokens = 0
+    for d in dashboards:
+        batch.append(d)
+        n_tokens += sum(len(e.tokens) for e in d.top_examples)
+        n_tokens += sum(len(e.tokens) for g in d.quantile_groups for e in g.examples)
+        if len(batch) == CHUNK_FEATURES or n_tokens >= TOKENS_PER_BATCH:
+            yield batch
+            batch, n_tokens = [], 0
+    if batch:
+        yield batch
 
 
 def example_columns(
