@@ -34,7 +34,12 @@ from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import staged_dashboards
 from mistudio_export.formats import jsonio, prd_json
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, batch_sized, example_columns
+from mistudio_export.formats.columns import (
+    ExampleColumns,
+    batch_sized,
+    example_columns,
+    fan_out,
+)
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
@@ -60,8 +65,15 @@ NEURONPEDIA_KINDS = (
     FormatKind.SAEDASHBOARD,
     FormatKind.NEURONPEDIA_UPLOAD,
 )
-ASIDE_KINDS = (FormatKind.SAEDASHBOARD, FormatKind.NEURONPEDIA_UPLOAD)
-"""Written by a second process while this one writes the PRD layout and the importer rows."""
+ASIDE_KINDS = (FormatKind.NEURONPEDIA_IMPORT,)
+"""Written by a second process while this one writes the PRD layout and the others: the
+importer rows (an id hashed per example, every batch gzipped) take about what the rest take."""
+ALONG_PRD = (
+    FormatKind.NEURONPEDIA_IMPORT,
+    FormatKind.SAEDASHBOARD,
+    FormatKind.NEURONPEDIA_UPLOAD,
+)
+"""Written from the same read of the staged dashboards as the PRD layout, unless aside."""
 PARALLEL_MIN_FEATURES = 512
 """Below this many features a second process costs more to start than it saves."""
 
@@ -131,10 +143,11 @@ def write_formats(
                 _wait(job, side)
                 progress(n_features)
             elif kind is FormatKind.PRD_JSON:
-                importer = FormatKind.NEURONPEDIA_IMPORT
-                along = importer.value not in done and importer in kinds and importer not in aside
-                unchanged = _write_prd(job, out, inputs, progress, with_importer=along)
-                done += [importer.value] if along else []
+                along = [
+                    k for k in ALONG_PRD if k.value not in done and k in kinds and k not in aside
+                ]
+                unchanged = _write_prd(job, out, inputs, progress, features_per_batch, along)
+                done += [k.value for k in along]
             elif kind is FormatKind.SAELENS:
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
@@ -272,13 +285,11 @@ def _write_prd(
     out: Path,
     inputs: Inputs,
     progress: Callable[[int], None],
-    *,
-    with_importer: bool = False,
+    features_per_batch: int,
+    along: Sequence[FormatKind] = (),
 ) -> int:
-    """Writes the PRD layout; returns how many feature files were copied from an earlier archive.
-
-    ``with_importer``: the importer rows are written in the same read of the staged dashboards.
-    """
+    """Writes the PRD layout, and the formats ``along`` from the same read of the staged
+    dashboards; returns how many feature files were copied from an earlier archive."""
     shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
     copied = 0
     earlier_hashes = inputs.reuse.hashes if inputs.reuse is not None else {}
@@ -297,11 +308,15 @@ def _write_prd(
             copied += 1
             return earlier.read(name)
 
-        def importer_rows(batches: Iterator[ExampleColumns]) -> None:
-            importer = FormatKind.NEURONPEDIA_IMPORT
-            _clear(out / FOLDERS[importer])
-            # the batch size (0) is SAEDashboard's only
-            _write_other(job.staging, importer, naming, inputs, 0, None, batches)
+        def writer(kind: FormatKind) -> Callable[[Iterator[ExampleColumns]], None]:
+            def write(batches: Iterator[ExampleColumns]) -> None:
+                _clear(out / FOLDERS[kind])
+                _write_other(job.staging, kind, naming, inputs, features_per_batch, None, batches)
+
+            return write
+
+        def others(batches: Iterator[ExampleColumns]) -> None:
+            fan_out(batches, [writer(kind) for kind in along])
 
         prd_json.write_prd_export(
             out,
@@ -313,7 +328,7 @@ def _write_prd(
             compress_features=job.plan.compression.gzip_json,
             progress=progress,
             reuse=reuse,
-            also=importer_rows if with_importer else None,
+            also=others if along else None,
         )
     return copied
 

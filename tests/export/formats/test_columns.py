@@ -70,3 +70,41 @@ def test_every_example_is_a_row_in_write_order():
     assert batch.source_row.tolist() == [0, 1, 10, 11, 42, 12]
     first_example = batch.tokens.render(batch.token_codes[:6]).span(0, 6)
     assert orjson.loads(b"[" + first_example + b"]") == TOKENS
+
+
+def test_fan_out_gives_every_writer_every_batch_of_one_read(monkeypatch):
+    monkeypatch.setattr(columns, "CHUNK_FEATURES", 2)
+    reads = []
+
+    def read():
+        for i in range(5):
+            reads.append(i)
+            yield dashboard(i)
+
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+    def writer(name):
+        def write(batches):
+            for batch in batches:
+                seen[name] += [d.feature_index for d in batch.dashboards]
+
+        return write
+
+    columns.fan_out(column_batches(read()), [writer("a"), writer("b"), writer("c")])
+    assert reads == [0, 1, 2, 3, 4]
+    assert seen == {name: [0, 1, 2, 3, 4] for name in "abc"}
+
+
+def test_fan_out_reraises_a_writers_error_after_the_others_finish():
+    finished = []
+
+    def failing(batches):
+        next(iter(batches))
+        raise ValueError("disk full")
+
+    def whole(batches):
+        finished.append(sum(1 for _ in batches))
+
+    with pytest.raises(ValueError, match="disk full"):
+        columns.fan_out(column_batches(dashboard(i) for i in range(200)), [whole, failing])
+    assert finished == [4]  # 200 dashboards in batches of 64

@@ -119,7 +119,10 @@ def gather(
 
 
 class StringTable:
-    """Distinct strings, each JSON-escaped once (with its trailing comma), coded by first use."""
+    """Distinct strings, each JSON-escaped once (with its trailing comma), coded by first use.
+
+    Only ``codes`` adds strings, and only by appending, so a batch coded earlier renders
+    correctly in another thread while later batches are being coded."""
 
     def __init__(self, *, empty_as_null: bool = False) -> None:
         self._codes: defaultdict[str, int] = defaultdict(itertools.count().__next__)
@@ -130,7 +133,9 @@ class StringTable:
         self._length = np.zeros(0, np.int64)
 
     def codes(self, strings: Sequence[str]) -> list[int]:
-        return list(map(self._codes.__getitem__, strings))
+        coded = list(map(self._codes.__getitem__, strings))
+        self._grow()
+        return coded
 
     def strings(self) -> list[str]:
         """Every string coded so far, by code."""
@@ -152,7 +157,6 @@ class StringTable:
 
     def render(self, codes: np.ndarray[Any, Any]) -> Rendered:
         """The strings ``codes`` name, in order."""
-        self._grow()
         length = self._length[codes]
         data = gather(self._pool, self._begin[codes], length)
         return Rendered(data, np.concatenate(([0], np.cumsum(length))).astype(np.int64))

@@ -10,7 +10,10 @@ every value finite in float32), before any writer sees it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import collections
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol, TypeVar
@@ -344,3 +347,49 @@ def section_lists(columns: ExampleColumns, rendered: Rendered, kept: Ints) -> li
     """Per dashboard, where its sections' rows lie in ``rendered`` (one row per ``kept`` row)."""
     first, stop = columns.section_bounds(kept)
     return [SectionLists(rendered, f, s) for f, s in zip(first, stop, strict=True)]
+
+
+def fan_out(
+    batches: Iterable[ExampleColumns], writers: Sequence[Callable[[Iterator[ExampleColumns]], None]]
+) -> None:
+    """Every writer consumes every batch of one read: the first in this thread, each other in
+    a thread of its own fed through a short queue (so batches are not all held at once).
+    Re-raises the first writer's error once all have stopped."""
+    queues = [queue.Queue[ExampleColumns | None](maxsize=2) for _ in writers[1:]]
+    errors: list[BaseException] = []
+
+    def drain(feed: queue.Queue[ExampleColumns | None]) -> Iterator[ExampleColumns]:
+        while (batch := feed.get()) is not None:
+            yield batch
+
+    def run(
+        write: Callable[[Iterator[ExampleColumns]], None], feed: queue.Queue[ExampleColumns | None]
+    ) -> None:
+        received = drain(feed)
+        try:
+            write(received)
+        except BaseException as error:  # handed to the first thread, which re-raises it
+            errors.append(error)
+        collections.deque(received, maxlen=0)  # keep taking batches so the feed never blocks
+
+    def feed() -> Iterator[ExampleColumns]:
+        for batch in batches:
+            for q in queues:
+                q.put(batch)
+            yield batch
+
+    threads = [
+        threading.Thread(target=run, args=pair, daemon=True)
+        for pair in zip(writers[1:], queues, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        writers[0](feed())
+    finally:
+        for q in queues:
+            q.put(None)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
