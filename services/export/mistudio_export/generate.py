@@ -5,9 +5,10 @@ features/, explanations/), then one folder per other format: ``neuronpedia-impor
 ``saedashboard/``, ``upload-payloads/``, ``saelens/``, ``preview/`` (the viewer, which reads the
 PRD layout written before it). Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
-are copied from it rather than regenerated. The importer rows are written in the same read of
-the staged dashboards as the PRD files. On a large export a second (spawned) process writes
-the SAEDashboard batches and upload payloads meanwhile, so both CPU cores are used.
+are copied from it rather than regenerated. The staged dashboards are read as column batches
+(``formats.columns``); the other Neuronpedia formats are written from the same read as the PRD
+files. On a large export a second (spawned) process writes the importer rows meanwhile, so both
+CPU cores are used.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def _wait(job: JobRuntime, side: _Aside) -> None:
     except EOFError:  # it died without a word: killed, or out of memory
         side.process.join()
         raise Unavailable(
-            f"the process writing the SAEDashboard and upload files exited "
+            f"the process writing the Neuronpedia importer rows exited "
             f"(code {side.process.exitcode}) without finishing",
             fix="resume the export; if it happens again, check the memory available",
         ) from None
