@@ -238,7 +238,7 @@ def _lists(rendered: Rendered, starts: Ints, kept: Ints | None) -> Slot:
     return bulk_json.items(rendered, starts[rows], starts[rows + 1])
 
 
-def chunked(items: Iterable[T], size: int = CHUNK_FEATURES) -> Iterator[list[T]]:
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
