@@ -7,9 +7,8 @@ from typing import Any
 from jsonschema import ValidationError
 
 from mistudio_export.formats.jsonio import pointer
-from mistudio_export.formats.schemas import schema_validator
+from mistudio_export.formats.schemas import is_valid, schema_validator
 from mistudio_export.validation.context import FileContext
-from mistudio_export.validation.quick_schema import is_valid
 
 _LIMITS = {"maxItems", "maxLength", "maximum"}
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
