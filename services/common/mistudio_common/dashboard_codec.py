@@ -18,14 +18,14 @@ from mistudio.common.v1 import dashboard_pb2 as pb
 from mistudio_common import dashboard as d
 from mistudio_common.dashboard_options import Component
 
-_SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
-_SCALE_FROM_PB = {v: k for k, v in _SCALE_TO_PB.items()}
-_METRIC_TO_PB = {
+SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
+_SCALE_FROM_PB = {v: k for k, v in SCALE_TO_PB.items()}
+METRIC_TO_PB = {
     d.TokenRankMetric.SUM: pb.TOKEN_RANK_METRIC_SUM,
     d.TokenRankMetric.COUNT: pb.TOKEN_RANK_METRIC_COUNT,
     d.TokenRankMetric.MEAN: pb.TOKEN_RANK_METRIC_MEAN,
 }
-_METRIC_FROM_PB = {v: k for k, v in _METRIC_TO_PB.items()}
+_METRIC_FROM_PB = {v: k for k, v in METRIC_TO_PB.items()}
 COMPONENT_TO_PB = {
     Component.TOP_EXAMPLES: pb.DASHBOARD_COMPONENT_TOP_EXAMPLES,
     Component.QUANTILE_EXAMPLES: pb.DASHBOARD_COMPONENT_QUANTILE_EXAMPLES,
@@ -65,7 +65,7 @@ def _histogram_to_pb(h: d.Histogram) -> pb.Histogram:
     return pb.Histogram(
         bin_edges=h.bin_edges,
         counts=h.counts,
-        scale=_SCALE_TO_PB[h.scale],
+        scale=SCALE_TO_PB[h.scale],
         total_count=h.total_count,
         nonzero_count=h.nonzero_count,
     )
@@ -160,7 +160,7 @@ def dashboard_to_pb(x: d.FeatureDashboard) -> pb.FeatureDashboard:
         logit_histogram=_histogram_to_pb(x.logit_histogram),
         statistics=_stats_to_pb(x.statistics),
         top_tokens=[_token_to_pb(t) for t in x.top_tokens],
-        top_tokens_metric=_METRIC_TO_PB[x.top_tokens_metric],
+        top_tokens_metric=METRIC_TO_PB[x.top_tokens_metric],
     )
 
 
@@ -196,9 +196,9 @@ def params_to_pb(p: d.DashboardParams) -> pb.DashboardParams:
         context_right=p.context_right,
         logit_k=p.logit_k,
         histogram_bins=p.histogram_bins,
-        histogram_scale=_SCALE_TO_PB[p.histogram_scale],
+        histogram_scale=SCALE_TO_PB[p.histogram_scale],
         logit_histogram_bins=p.logit_histogram_bins,
-        token_rank_metric=_METRIC_TO_PB[p.token_rank_metric],
+        token_rank_metric=METRIC_TO_PB[p.token_rank_metric],
         n_top_tokens=p.n_top_tokens,
         aggregate_all_tokens=p.aggregate_all_tokens,
         token_source_fingerprint=p.token_source_fingerprint,

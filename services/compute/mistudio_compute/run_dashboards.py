@@ -17,7 +17,7 @@ import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard import DashboardParams
-from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
+from mistudio_common.dashboard_codec import params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
@@ -144,7 +144,7 @@ def run_dashboards(
             cancel=hooks.interrupt,
         )
     for chunk in chunks:
-        hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
+        hooks.on_finalised(chunk)
     return RunStats(
         tokens_processed=dataset.n_tokens,
         final_batch_size=passed[-1].batch_size,
