@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import QUANTILE_LEVELS, DashboardParams
 from mistudio_common.dashboard_codec import METRIC_TO_PB, SCALE_TO_PB
@@ -163,12 +164,12 @@ class _Builder:
         n_top, per = plan.n_top, plan.per_group
         groups = plan.groups[lo:hi]
         n_groups = np.array([len(counts) for _, counts in groups], dtype=np.int64)
-        sections: list[list[object]] = []
+        sections: list[list[RepeatedCompositeFieldContainer[dpb.ActivationExample]]] = []
         for d, (edges, counts) in zip(out, groups, strict=True):
             nnz, shown = sum(counts), [d.top_examples]
-            for g in reversed(range(len(counts))):
+            for k in reversed(range(len(counts))):
                 group = d.quantile_groups.add(
-                    bin_min=edges[g], bin_max=edges[g + 1], bin_contains=counts[g] / nnz
+                    bin_min=edges[k], bin_max=edges[k + 1], bin_contains=counts[k] / nnz
                 )
                 shown.append(group.examples)
             sections.append(shown)
@@ -201,7 +202,7 @@ class _Builder:
                    values[order].tolist(), strict=True)  # fmt: skip
         for ci, sec, j, m, peak, mx, ctr, doc, off, ids_, vals in rows:
             shown_ids = ids_[j : j + m]
-            sections[ci][sec].add(  # type: ignore[attr-defined]
+            sections[ci][sec].add(
                 tokens=window(shown_ids),
                 token_ids=shown_ids,
                 values=vals[j : j + m],
