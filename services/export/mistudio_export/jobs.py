@@ -79,7 +79,7 @@ class ExportJobManager:
             sae_id=request.sae_id,
             owner=owner,
             request_id=request.request_id or job_id,
-            config=views.config_struct(request.config),
+            config=request.config,
             state=ppb.JOB_STATE_QUEUED,
             progress=tracker.snapshot(),
         )
@@ -203,7 +203,7 @@ class ExportJobManager:
             return entry
 
     def _resume_stored(self, stored: spb.ExportJob) -> None:
-        config = views.config_of(stored)
+        config = stored.config
         entry = self._entry(stored)
         try:
             plan = self._planner.plan(stored.sae_id, config, stored.owner)

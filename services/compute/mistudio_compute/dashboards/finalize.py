@@ -20,6 +20,7 @@ from mistudio_common.dashboard_options import Component
 
 from mistudio_compute.dashboards import grid as G
 from mistudio_compute.dashboards.batching import check_cancelled
+from mistudio_compute.dashboards.exact_sum import value_of
 from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
@@ -122,8 +123,10 @@ class _Builder:
         cnt = s.count[lo:hi].cpu().numpy().astype(np.int64)
         alive = cnt > 0
         per = np.where(alive, cnt, 1).astype(np.float64)  # divisor; dead features give 0 below
-        mean = np.where(alive, s.total[lo:hi].cpu().numpy() / per, 0.0)
-        var = s.total_sq[lo:hi].cpu().numpy() / per - mean * mean
+        total = value_of(s.total[lo:hi]).cpu().numpy()
+        total_sq = value_of(s.total_sq[lo:hi], squares=True).cpu().numpy()
+        mean = np.where(alive, total / per, 0.0)
+        var = total_sq / per - mean * mean
         std = np.where(alive, np.sqrt(np.where(var < 0, 0.0, var)), 0.0)
         freq = cnt / tc if tc else np.zeros(len(cnt))
         levels = [QUANTILE_LEVELS[j] for j in _LEVEL_ORDER]
