@@ -1,5 +1,5 @@
 """What survives a restart of the compute service: each job's request, last progress message
-and checkpoint folder, and the throughput measured on this machine.
+and checkpoint folder (the stage rates measured on this machine are ``stage_rates.RateFile``).
 
 Layout under ``data_dir/compute``::
 
@@ -8,7 +8,6 @@ Layout under ``data_dir/compute``::
     jobs/<job_id>/plan.json        which features the job computes and how many it reused
     jobs/<job_id>/checkpoint/      the computation's own resumable state
     jobs/<job_id>/paused           present while a client has the job paused (no auto-resume)
-    rates.json                     measured token·features per second
 
 Every file is replaced atomically so a crash never leaves half a message behind.
 """
@@ -120,35 +119,3 @@ class JobRecords:
                 )
                 continue
             yield StoredJob(folder.name, request, progress, (folder / _PAUSED).exists())
-
-
-@dataclass
-class RateBook:
-    """Token·features per second measured by finished runs, for EstimateComputation."""
-
-    path: Path
-    default_rate: float
-
-    def measured(self) -> float | None:
-        try:
-            data = orjson.loads(self.path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        rate = data.get("token_features_per_second")
-        return float(rate) if isinstance(rate, int | float) and rate > 0 else None
-
-    def record(self, tokens: int, features: int, seconds: float) -> None:
-        """Keeps an exponential average so one odd run does not dominate."""
-        if tokens <= 0 or features <= 0 or seconds <= 0:
-            return
-        rate = tokens * features / seconds
-        previous = self.measured()
-        blended = rate if previous is None else 0.5 * previous + 0.5 * rate
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.path, orjson.dumps({"token_features_per_second": blended}))
-
-    def estimate(self, tokens: int, features: int) -> tuple[float, str]:
-        """(seconds, "measured" | "default"): cost is linear in tokens × features."""
-        measured = self.measured()
-        rate = measured if measured is not None else self.default_rate
-        return tokens * max(features, 1) / rate, "measured" if measured is not None else "default"

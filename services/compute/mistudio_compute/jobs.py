@@ -29,10 +29,11 @@ from mistudio_common.errors import Cancelled, NotFound, Unavailable
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
 from mistudio_common.retry import Patience
+from mistudio_common.stage_rates import JobSize, RateFile, stage_times
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
-from mistudio_compute.job_records import JobRecords, RateBook
+from mistudio_compute.job_records import JobRecords
 from mistudio_compute.store_client import StoreClient
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,10 @@ log = logging.getLogger(__name__)
 _PROGRESS_INTERVAL_SECONDS = 0.1
 
 
-def _stages_of(params: dpb.DashboardParams) -> list[StageId]:
+def job_stages(params: dpb.DashboardParams) -> list[StageId]:
     """The job's stages: the stage of a part the request leaves out is absent."""
     runs = computation_stages(params_from_pb(params).omitted)
     return [ppb.STAGE_VALIDATING, *runs, ppb.STAGE_CACHING]
-
-
-def work_share(params: dpb.DashboardParams) -> float:
-    """The share of a full computation's time these parameters cost, by the stage weights:
-    estimates scale by it, and measured rates are recorded as if for a full computation."""
-    return stages.weight(_stages_of(params)) / stages.weight(stages.COMPUTE_STAGES)
 
 
 _CLIENT_PAUSE_NOTE = "paused by a client; starting the same request_id resumes it"
@@ -93,6 +88,10 @@ class PreparedComputation(Protocol):
 
     @property
     def feature_indices(self) -> Sequence[int]: ...
+
+    def size(self, features: int) -> JobSize:
+        """What the stage costs of computing ``features`` of them grow with."""
+        ...
 
     def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats: ...
 
@@ -138,7 +137,7 @@ class ComputeJobManager:
     def __init__(self, settings: ComputeSettings, preparer: Preparer, store: StoreClient) -> None:
         root = Path(settings.data_dir) / "compute"
         self._records = JobRecords(root / "jobs")
-        self.rates = RateBook(root / "rates.json", settings.default_token_features_per_second)
+        self.rates = RateFile(root / "stage_rates.json")
         self._preparer = preparer
         self._store = store
         self._patience = Patience(settings.fault_patience_seconds)
@@ -247,7 +246,7 @@ class ComputeJobManager:
         request: cpb.ComputeDashboardsRequest,
         last: cpb.ComputeProgress | None = None,
     ) -> ComputeJob:
-        tracker = stages.tracker(job_id, _stages_of(request.params))
+        tracker = stages.tracker(job_id, job_stages(request.params))
         if last is not None:
             tracker.restore(last.progress)
         initial = last if last is not None and _is_terminal(last) else None
@@ -312,6 +311,8 @@ class ComputeJobManager:
         try:
             self._publish(job, job.tracker.update(ppb.STAGE_VALIDATING, 1, 1, "checks"))
             todo, reused = self._plan(job, prepared)
+            predicted = self.rates.rates().predict(job.tracker.stages, prepared.size(len(todo)))
+            job.tracker.weigh(predicted)  # the ETA of stages not begun follows measured rates
             hooks = RunHooks(
                 progress=self._progress_reporter(job),
                 interrupt=job.interrupt,
@@ -370,10 +371,11 @@ class ComputeJobManager:
             device=stats.device if stats else "",
             params=prepared.params,
         )
-        if stats is not None:
-            self.rates.record(tokens, len(todo), seconds / work_share(prepared.params))
         message = f"{len(todo)} computed, {reused} reused"
-        self._publish(job, job.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, message), result)
+        finished = job.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, message)
+        if stats is not None:
+            self.rates.record(stage_times(finished, prepared.size(len(todo))))
+        self._publish(job, finished, result)
         self._records.drop_checkpoint(job.job_id)
         log.info("computation finished", extra={"job_id": job.job_id, "result": str(result)})
 
