@@ -132,6 +132,13 @@ class StoreClient:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return _call(lambda: self._stub.UpdateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
 
+    def claim_job(self, job_id: str, holder: str, lease_seconds: float) -> bool:
+        request = spb.ClaimExportJobRequest(
+            job_id=job_id, holder=holder, lease_seconds=lease_seconds
+        )
+        call = lambda: self._stub.ClaimExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)  # noqa: E731
+        return _call(call).claimed
+
     def delete_job(self, job_id: str) -> None:
         request = spb.DeleteExportJobRequest(job_id=job_id)
         _call(lambda: self._stub.DeleteExportJob(request, timeout=UNARY_TIMEOUT_SECONDS))

@@ -83,6 +83,10 @@ class StoreServiceStub:
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
     DeleteExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]
     """Removes the job record (NOT_FOUND when there is none)."""
+    ClaimExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ClaimExportJobRequest, _store_service_pb2.ClaimExportJobResponse]
+    """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+    when nobody else holds a live lease on it.
+    """
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
@@ -139,6 +143,10 @@ class StoreServiceAsyncStub(StoreServiceStub):
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
     DeleteExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]  # type: ignore[assignment]
     """Removes the job record (NOT_FOUND when there is none)."""
+    ClaimExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ClaimExportJobRequest, _store_service_pb2.ClaimExportJobResponse]  # type: ignore[assignment]
+    """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+    when nobody else holds a live lease on it.
+    """
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The store keeps every persistent miStudio Export record: SAEs, features and their
@@ -288,5 +296,15 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.DeleteExportJobResponse, _abc.Awaitable[_store_service_pb2.DeleteExportJobResponse]]:
         """Removes the job record (NOT_FOUND when there is none)."""
+
+    @_abc_1.abstractmethod
+    def ClaimExportJob(
+        self,
+        request: _store_service_pb2.ClaimExportJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_service_pb2.ClaimExportJobResponse, _abc.Awaitable[_store_service_pb2.ClaimExportJobResponse]]:
+        """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+        when nobody else holds a live lease on it.
+        """
 
 def add_StoreServiceServicer_to_server(servicer: StoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,548 @@
+"""The job engine: long jobs started, watched, paused, resumed and cancelled outside any RPC.
+
+Each job runs its work in a worker thread. Its state, progress snapshot and typed checkpoint live
+in a :class:`~mistudio_common.jobs.store.JobStore`, so a restarted service resumes the jobs it
+left running from their last checkpoint, with sequence numbers that keep increasing. Watchers
+attach to a per-job channel whose first message is the current snapshot and whose last is the
+end state, even when that end state could not be stored yet (it is stored once the store is back).
+Where instances share a store, each holds a renewed lease on the jobs it runs and adopts another
+instance's job only once that lease has run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common import stages
+from mistudio_common.errors import FailedPrecondition, MistudioError
+from mistudio_common.grpc_errors import status_from_error
+from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
+from mistudio_common.jobs.running import RunningJob
+from mistudio_common.jobs.store import C, JobRecord, JobStore, JobUpdate, O
+from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
+from mistudio_common.retry import Patience, call_with_patience, is_transient
+
+log = logging.getLogger(__name__)
+
+SEQUENCE_GAP = 1000
+"""Progress is persisted at least every SEQUENCE_GAP // 10 messages; a resumed job skips this
+far ahead so sequence numbers keep increasing even past messages published but never stored."""
+
+
+@dataclass(frozen=True)
+class Snapshot(Generic[O]):
+    """What a watcher receives: the progress and, once the job succeeded, its outcome."""
+
+    progress: ppb.Progress
+    outcome: O | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.progress.state in TERMINAL_STATES
+
+
+def _is_final(snapshot: Snapshot[O]) -> bool:
+    return snapshot.final
+
+
+_CheckpointIn = TypeVar("_CheckpointIn", bound=Message)
+_OutcomeOut = TypeVar("_OutcomeOut", bound=Message, covariant=True)
+
+
+class Work(Protocol[_CheckpointIn, _OutcomeOut]):
+    """One job's work, prepared: its declared stages and how to run them."""
+
+    @property
+    def stages(self) -> Sequence[StageId]: ...
+
+    def run(self, job: RunningJob[_CheckpointIn]) -> _OutcomeOut:
+        """Runs the stages not done yet by the checkpoint; raises JobStopped at a boundary when
+        asked to stop and a MistudioError (transient or not) when it cannot go on."""
+        ...
+
+
+class JobKind(Protocol[C, O]):
+    """What a service tells the engine about its jobs."""
+
+    failure_note: str
+    """Appended to a failure's message: how the job can go on, if it can."""
+
+    def prepare(self, record: JobRecord[C, O]) -> Work[C, O]:
+        """Plans a stored job again (after a restart or a resume); a MistudioError fails it."""
+        ...
+
+    def ended(self, job_id: str, state: ppb.JobState.ValueType, checkpoint: C) -> None:
+        """Frees what the job held once it reached ``state`` (staging, checkpoint files)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Leasing:
+    """Leases for instances that share one store (none: the store is this process's own)."""
+
+    holder: str
+    """This instance's id."""
+    seconds: float = 30.0
+    """A lease lasts this long unless renewed; a crashed holder's jobs are adopted after it."""
+
+    @property
+    def renew_every(self) -> float:
+        return self.seconds / 3
+
+
+@dataclass
+class _Entry(Generic[C, O]):
+    """What this process holds for one job it has seen."""
+
+    job_id: str
+    channel: JobChannel[Snapshot[O]]
+    checkpoint: C
+    started: bool
+    tracker: ProgressTracker | None = None
+    control: JobControl | None = None
+    thread: threading.Thread | None = None
+    persisted_at: float = 0.0
+    unpersisted: int = 0
+    unrecorded: JobUpdate[C, O] | None = None
+    """An end state watchers have seen that the store has not taken yet."""
+    held: bool = False
+    """This instance holds the job's lease (renewed while it runs)."""
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def snapshot_of(record: JobRecord[C, O]) -> Snapshot[O]:
+    progress = ppb.Progress()
+    progress.CopyFrom(record.progress)
+    progress.job_id, progress.state = record.job_id, record.state
+    outcome = record.outcome if record.state == ppb.JOB_STATE_SUCCEEDED else None
+    return Snapshot(progress, outcome)
+
+
+def first_progress(job_id: str, job_stages: Sequence[StageId]) -> ppb.Progress:
+    """A new job's QUEUED snapshot, to store with its record."""
+    return stages.tracker(job_id, job_stages).snapshot()
+
+
+class JobEngine(Generic[C, O]):
+    """Owns every job of one kind that this process runs or watches."""
+
+    def __init__(
+        self,
+        store: JobStore[C, O],
+        kind: JobKind[C, O],
+        *,
+        patience: Patience,
+        persist_seconds: float = 0.0,
+        max_running: int = 0,
+        leasing: Leasing | None = None,
+        housekeeping_seconds: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._kind = kind
+        self._patience = patience
+        self._persist_seconds = persist_seconds
+        self._slots = threading.Semaphore(max_running) if max_running > 0 else None
+        self._leasing = leasing
+        self._entries: dict[str, _Entry[C, O]] = {}
+        self._lock = threading.Lock()
+        self._shutdown = threading.Event()
+        tick = min(housekeeping_seconds, leasing.renew_every) if leasing else housekeeping_seconds
+        self._tick = tick
+        self._housekeeper = threading.Thread(target=self._housekeep, name="jobs", daemon=True)
+        self._housekeeper.start()
+
+    # -- starting and watching -------------------------------------------------------------
+
+    def launch(self, record: JobRecord[C, O], work: Work[C, O] | None = None) -> None:
+        """Runs a stored job here (``work`` when already prepared), unless another instance
+        holds it or it already runs."""
+        entry = self._entry(record)
+        if entry.running or self._shutdown.is_set() or not self._claim(entry):
+            return
+        entry.control = JobControl(self._shutdown)
+        entry.thread = threading.Thread(
+            target=self._work, args=(entry, record, work), name=f"job-{record.job_id[:8]}"
+        )
+        entry.thread.daemon = True
+        entry.thread.start()
+
+    def channel(self, job_id: str) -> JobChannel[Snapshot[O]]:
+        """The job's channel: its latest snapshot first, then updates until an end state."""
+        with self._lock:
+            entry = self._entries.get(job_id)
+        if entry is not None and (entry.running or entry.unrecorded or entry.channel.latest.final):
+            return entry.channel
+        record = self._store.load(job_id)
+        if record.state in TERMINAL_STATES:
+            return JobChannel(snapshot_of(record), _is_final)
+        return self._entry(record).channel
+
+    def live(self, job_id: str) -> Snapshot[O] | None:
+        """The in-memory snapshot of a job this process runs (fresher than its record), or of
+        one whose end state is not stored yet."""
+        with self._lock:
+            entry = self._entries.get(job_id)
+        if entry is None or not (entry.running or entry.unrecorded):
+            return None
+        return entry.channel.latest
+
+    @property
+    def stopping(self) -> bool:
+        return self._shutdown.is_set()
+
+    # -- control ---------------------------------------------------------------------------
+
+    def pause(self, job_id: str, wait_seconds: float) -> ppb.JobState.ValueType:
+        """Stops the job at its next boundary, keeping its checkpoint."""
+        record = self._store.load(job_id)
+        if record.state == ppb.JOB_STATE_PAUSED:
+            return record.state
+        if record.state not in (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING):
+            raise _cannot(job_id, record.state, "pause")
+        entry = self._entry(record)
+        if not self._stop(entry, StopReason.PAUSE, wait_seconds):
+            self._record(entry, record, ppb.JOB_STATE_PAUSED, "paused by a client")
+        return entry.channel.latest.progress.state
+
+    def cancel(self, job_id: str, wait_seconds: float) -> ppb.JobState.ValueType:
+        """Stops the job at its next boundary and drops its checkpoint."""
+        record = self._store.load(job_id)
+        if record.state == ppb.JOB_STATE_SUCCEEDED:
+            raise FailedPrecondition(
+                f"job {job_id} has already succeeded; there is nothing to cancel",
+                field="job_id",
+                fix="delete the job if its result is no longer wanted",
+            )
+        if record.state == ppb.JOB_STATE_CANCELLED:
+            return record.state
+        entry = self._entry(record)
+        if not self._stop(entry, StopReason.CANCEL, wait_seconds):
+            self._cancelled(entry, record)
+        return entry.channel.latest.progress.state
+
+    def resume(self, job_id: str) -> None:
+        """Runs a paused or failed job again from its checkpoint."""
+        record = self._store.load(job_id)
+        if record.state in (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED):
+            raise _cannot(job_id, record.state, "resume")
+        entry = self._entry(record)
+        if entry.running or not self._claim(entry):
+            return
+        # Stored before the worker starts, so a Get or Watch right after a resume sees the job
+        # queued again, never the end state it is leaving.
+        self._record(entry, record, ppb.JOB_STATE_QUEUED, "resuming from its checkpoint")
+        self.launch(self._store.load(job_id))
+
+    def recover(self) -> None:
+        """After a restart: continue every job that was running or queued when it stopped (and
+        that no other live instance holds)."""
+        for record in list(self._store.unfinished()):
+            with self._lock:
+                known = self._entries.get(record.job_id)
+            if known is not None and (known.running or known.held):
+                continue
+            self.launch(record)
+
+    def forget(self, job_id: str) -> None:
+        """Drops a deleted job (cancelled first by the caller)."""
+        with self._lock:
+            self._entries.pop(job_id, None)
+
+    def shutdown(self, timeout_seconds: float = 10.0) -> None:
+        """Stops every worker at its next boundary, leaving its job unfinished for a restart."""
+        self._shutdown.set()
+        with self._lock:
+            entries = list(self._entries.values())
+        for entry in entries:
+            if entry.control is not None:
+                entry.control.wake()
+        deadline = time.monotonic() + timeout_seconds
+        for entry in entries:
+            if entry.thread is not None:
+                entry.thread.join(max(0.0, deadline - time.monotonic()))
+        self._housekeeper.join(timeout=1.0)
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _work(self, entry: _Entry[C, O], record: JobRecord[C, O], work: Work[C, O] | None) -> None:
+        assert entry.control is not None
+        control, acquired = entry.control, False
+        try:
+            while self._slots is not None and not (acquired := self._slots.acquire(timeout=0.2)):
+                control.check()
+            control.check()
+            work = work or self._kind.prepare(record)
+            if entry.tracker is None:
+                entry.tracker = _tracker(entry.job_id, work.stages, record.progress)
+            running = RunningJob(
+                job_id=entry.job_id,
+                checkpoint=entry.checkpoint,
+                tracker=entry.tracker,
+                control=control,
+                publish=lambda progress: self._publish(entry, progress),
+                persist=lambda: self._persist(entry, ppb.JOB_STATE_RUNNING),
+            )
+            self._succeeded(entry, self._run_patiently(entry, work, running))
+        except JobStopped as stop:
+            self._stopped(entry, record, stop.reason)
+        except Exception as error:  # every failure is recorded on the job, never swallowed
+            self._failed(entry, record, error)
+        finally:
+            if acquired and self._slots is not None:
+                self._slots.release()
+
+    def _run_patiently(self, entry: _Entry[C, O], work: Work[C, O], running: RunningJob[C]) -> O:
+        """Runs the work; a transient fault (a peer, the database or the object store out of
+        reach) is waited out with backoff and the run resumes from the last checkpoint.
+        Patience restarts whenever the checkpoint moved on since the last fault."""
+        delays = self._patience.delays()
+        reached = entry.checkpoint.SerializeToString(deterministic=True)
+        while True:
+            try:
+                self._running(entry)
+                return work.run(running)
+            except MistudioError as error:
+                if not is_transient(error):
+                    raise
+                now = entry.checkpoint.SerializeToString(deterministic=True)
+                if now != reached:
+                    delays, reached = self._patience.delays(), now
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                log.warning("job waits out a fault: %s", error, extra={"job_id": entry.job_id})
+                self._waiting(entry, error, delay)
+                running.control.sleep(delay)
+                running.control.check()
+
+    def _stop(self, entry: _Entry[C, O], reason: StopReason, wait_seconds: float) -> bool:
+        """Asks a running worker to stop; True when one was running (and has now stopped)."""
+        if not entry.running or entry.control is None or entry.thread is None:
+            return False
+        entry.control.request(reason)
+        entry.thread.join(wait_seconds)
+        return True
+
+    # -- what reaches the store and the watchers -------------------------------------------
+
+    def _publish(self, entry: _Entry[C, O], progress: ppb.Progress) -> None:
+        """Sends progress to watchers; stores it every few seconds (or 100 messages), without
+        the checkpoint: that changes only at saves and can be large."""
+        entry.channel.publish(Snapshot(progress))
+        entry.unpersisted += 1
+        due = time.monotonic() - entry.persisted_at >= self._persist_seconds
+        if due or entry.unpersisted >= SEQUENCE_GAP // 10:
+            self._persist(entry, progress.state or ppb.JOB_STATE_RUNNING, checkpoint=False)
+
+    def _persist(
+        self, entry: _Entry[C, O], state: ppb.JobState.ValueType, *, checkpoint: bool = True
+    ) -> None:
+        progress = entry.channel.latest.progress
+        self._write(entry, JobUpdate(state, progress, entry.checkpoint if checkpoint else None))
+
+    def _write(self, entry: _Entry[C, O], update: JobUpdate[C, O]) -> None:
+        self._store.write(entry.job_id, update)
+        entry.persisted_at = time.monotonic()
+        entry.unpersisted = 0
+
+    def _running(self, entry: _Entry[C, O]) -> None:
+        assert entry.tracker is not None
+        progress = entry.tracker.set_state(ppb.JOB_STATE_RUNNING)
+        entry.channel.publish(Snapshot(progress))
+        first = not entry.started
+        self._write(
+            entry, JobUpdate(ppb.JOB_STATE_RUNNING, progress, entry.checkpoint, started=first)
+        )
+        entry.started = True
+
+    def _waiting(self, entry: _Entry[C, O], error: MistudioError, delay: float) -> None:
+        """Tells watchers why a running job stalls; the store may be what is down, so this
+        message is not stored (the record stays RUNNING, as the job does)."""
+        assert entry.tracker is not None
+        note = f"waiting for a fault to clear, retrying in {delay:.1f} s: {error.message}"
+        entry.channel.publish(Snapshot(entry.tracker.set_state(ppb.JOB_STATE_RUNNING, note)))
+
+    def _record(
+        self,
+        entry: _Entry[C, O],
+        record: JobRecord[C, O],
+        state: ppb.JobState.ValueType,
+        note: str,
+    ) -> None:
+        """A state change of a job no worker runs: stored first, then published."""
+        progress = _next_progress(entry, record, state, note)
+        self._write(entry, JobUpdate(state, progress, entry.checkpoint))
+        entry.channel.publish(Snapshot(progress))
+
+    def _stopped(self, entry: _Entry[C, O], record: JobRecord[C, O], reason: StopReason) -> None:
+        if reason is StopReason.LEASE_LOST:
+            log.warning("another instance took the job over", extra={"job_id": entry.job_id})
+        elif reason is StopReason.SHUTDOWN:
+            try:  # the job stays RUNNING, for the next start of the service
+                self._persist(entry, ppb.JOB_STATE_RUNNING)
+            except MistudioError:
+                log.warning("could not store progress at shutdown", extra={"job_id": entry.job_id})
+            self._release(entry)
+        elif reason is StopReason.PAUSE:
+            self._record(entry, record, ppb.JOB_STATE_PAUSED, "paused by a client at a checkpoint")
+            self._release(entry)
+        else:
+            self._cancelled(entry, record)
+
+    def _succeeded(self, entry: _Entry[C, O], outcome: O) -> None:
+        assert entry.tracker is not None
+        progress = entry.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, "finished")
+        self._end(entry, ppb.JOB_STATE_SUCCEEDED, progress, outcome=outcome)
+
+    def _cancelled(self, entry: _Entry[C, O], record: JobRecord[C, O]) -> None:
+        error = status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled by request")
+        progress = _next_progress(entry, record, ppb.JOB_STATE_CANCELLED, error.message, error)
+        self._end(entry, ppb.JOB_STATE_CANCELLED, progress, error=error)
+
+    def _failed(self, entry: _Entry[C, O], record: JobRecord[C, O], error: BaseException) -> None:
+        if not isinstance(error, MistudioError):
+            log.exception("job failed", exc_info=error, extra={"job_id": entry.job_id})
+        status = status_from_error(error)
+        status.message += self._kind.failure_note
+        progress = _next_progress(entry, record, ppb.JOB_STATE_FAILED, status.message, status)
+        self._end(entry, ppb.JOB_STATE_FAILED, progress, error=status)
+
+    def _end(
+        self,
+        entry: _Entry[C, O],
+        state: ppb.JobState.ValueType,
+        progress: ppb.Progress,
+        *,
+        outcome: O | None = None,
+        error: status_pb2.Status | None = None,
+    ) -> None:
+        """Stores the end state (waiting out a store outage up to the patience), then tells the
+        watchers. Past the patience the watchers are told anyway and the store is retried."""
+        self._kind.ended(entry.job_id, state, entry.checkpoint)
+        if state != ppb.JOB_STATE_FAILED:
+            entry.checkpoint.Clear()  # a finished job never resumes
+        update = JobUpdate(state, progress, entry.checkpoint, outcome, error, finished=True)
+        try:
+            call_with_patience(lambda: self._write(entry, update), self._patience)
+            self._release(entry)
+        except MistudioError:
+            log.exception(
+                "could not store the job's end; watchers are told and the store is retried",
+                extra={"job_id": entry.job_id},
+            )
+            entry.unrecorded = update
+        entry.channel.publish(Snapshot(progress, outcome))
+
+    # -- leases and retries ----------------------------------------------------------------
+
+    def _claim(self, entry: _Entry[C, O]) -> bool:
+        if self._leasing is None or entry.held:
+            entry.held = True
+            return True
+        entry.held = self._store.claim(entry.job_id, self._leasing.holder, self._leasing.seconds)
+        return entry.held
+
+    def _release(self, entry: _Entry[C, O]) -> None:
+        if self._leasing is not None and entry.held:
+            try:
+                self._store.claim(entry.job_id, self._leasing.holder, 0.0)
+            except MistudioError:
+                log.warning("could not give a lease back", extra={"job_id": entry.job_id})
+        entry.held = False
+
+    def _housekeep(self) -> None:
+        """Renews this instance's leases, adopts jobs whose holder stopped renewing, and stores
+        end states the store could not take when they happened."""
+        while not self._shutdown.wait(self._tick):
+            for step in (self._renew, self._record_pending, self._adopt):
+                try:
+                    step()
+                except MistudioError as error:
+                    log.warning("job housekeeping waits for the store: %s", error)
+                except Exception:  # housekeeping must outlive any one bad record
+                    log.exception("job housekeeping step failed; the next tick retries")
+
+    def _renew(self) -> None:
+        if self._leasing is None:
+            return
+        with self._lock:
+            held = [e for e in self._entries.values() if e.held]
+        for entry in held:
+            if not self._store.claim(entry.job_id, self._leasing.holder, self._leasing.seconds):
+                entry.held = False
+                if entry.control is not None:
+                    entry.control.request(StopReason.LEASE_LOST)
+
+    def _record_pending(self) -> None:
+        with self._lock:
+            pending = [e for e in self._entries.values() if e.unrecorded is not None]
+        for entry in pending:
+            assert entry.unrecorded is not None
+            self._write(entry, entry.unrecorded)
+            entry.unrecorded = None
+            self._release(entry)
+            log.info("stored a job's end state late", extra={"job_id": entry.job_id})
+
+    def _adopt(self) -> None:
+        if self._leasing is not None and not self._shutdown.is_set():
+            self.recover()
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def _entry(self, record: JobRecord[C, O]) -> _Entry[C, O]:
+        with self._lock:
+            entry = self._entries.get(record.job_id)
+            if entry is None:
+                checkpoint = type(record.checkpoint)()
+                checkpoint.CopyFrom(record.checkpoint)
+                channel = JobChannel(snapshot_of(record), _is_final)
+                entry = _Entry(record.job_id, channel, checkpoint, record.started)
+                self._entries[record.job_id] = entry
+            return entry
+
+
+def _tracker(job_id: str, job_stages: Sequence[StageId], stored: ppb.Progress) -> ProgressTracker:
+    first = stored.sequence + SEQUENCE_GAP if stored.sequence else 0
+    tracker = stages.tracker(job_id, job_stages, first)
+    if stored.stages:
+        tracker.restore(stored)
+    return tracker
+
+
+def _next_progress(
+    entry: _Entry[C, O],
+    record: JobRecord[C, O],
+    state: ppb.JobState.ValueType,
+    note: str,
+    error: status_pb2.Status | None = None,
+) -> ppb.Progress:
+    """The job's progress in ``state``: from its tracker, or from the record when none runs."""
+    if entry.tracker is not None:
+        return entry.tracker.set_state(state, note, error)
+    progress = snapshot_of(record).progress
+    progress.sequence = max(progress.sequence, entry.channel.latest.progress.sequence)
+    progress.sequence += SEQUENCE_GAP
+    progress.state, progress.message = state, note
+    if error is not None:
+        progress.error.CopyFrom(error)
+    return progress
+
+
+def _cannot(job_id: str, state: int, action: str) -> FailedPrecondition:
+    name = ppb.JobState.Name(state).removeprefix("JOB_STATE_").lower()  # type: ignore[arg-type]
+    return FailedPrecondition(
+        f"job {job_id} is {name}; it cannot {action}",
+        field="job_id",
+        fix="pause or cancel only queued or running jobs; resume only paused or failed ones",
+    )
