@@ -170,6 +170,10 @@ class JobEngine(Generic[C, O]):
         entry = self._entry(record)
         if entry.running or self._shutdown.is_set() or not self._claim(entry):
             return
+        if entry.tracker is None and record.started:
+            # Watchers of a resumed job never see a sequence number it may have used before.
+            note = "resuming from its checkpoint"
+            entry.channel.publish(Snapshot(_next_progress(entry, record, record.state, note)))
         entry.control = JobControl(self._shutdown)
         entry.thread = threading.Thread(
             target=self._work, args=(entry, record, work), name=f"job-{record.job_id[:8]}"
@@ -297,7 +301,10 @@ class JobEngine(Generic[C, O]):
         except JobStopped as stop:
             self._stopped(entry, record, stop.reason)
         except Exception as error:  # every failure is recorded on the job, never swallowed
-            self._failed(entry, record, error)
+            if control.reason is not None:  # the work gave up because it was asked to stop
+                self._stopped(entry, record, control.reason)
+            else:
+                self._failed(entry, record, error)
         finally:
             if acquired and self._slots is not None:
                 self._slots.release()
