@@ -164,12 +164,12 @@ class JobEngine(Generic[C, O]):
 
     # -- starting and watching -------------------------------------------------------------
 
-    def launch(self, record: JobRecord[C, O], work: Work[C, O] | None = None) -> None:
+    def launch(self, record: JobRecord[C, O], work: Work[C, O] | None = None) -> bool:
         """Runs a stored job here (``work`` when already prepared), unless another instance
-        holds it or it already runs."""
+        holds it or it already runs; True when it started."""
         entry = self._entry(record)
         if entry.running or self._shutdown.is_set() or not self._claim(entry):
-            return
+            return False
         if entry.tracker is None and record.started:
             # Watchers of a resumed job never see a sequence number it may have used before.
             note = "resuming from its checkpoint"
@@ -180,6 +180,7 @@ class JobEngine(Generic[C, O]):
         )
         entry.thread.daemon = True
         entry.thread.start()
+        return True
 
     def channel(self, job_id: str) -> JobChannel[Snapshot[O]]:
         """The job's channel: its latest snapshot first, then updates until an end state."""
@@ -256,7 +257,8 @@ class JobEngine(Generic[C, O]):
                 known = self._entries.get(record.job_id)
             if known is not None and (known.running or known.held):
                 continue
-            self.launch(record)
+            if self.launch(record):
+                log.info("resuming an unfinished job", extra={"job_id": record.job_id})
 
     def forget(self, job_id: str) -> None:
         """Drops a deleted job (cancelled first by the caller)."""
@@ -486,7 +488,14 @@ class JobEngine(Generic[C, O]):
         with self._lock:
             held = [e for e in self._entries.values() if e.held]
         for entry in held:
-            if not self._store.claim(entry.job_id, self._leasing.holder, self._leasing.seconds):
+            try:
+                renewed = self._store.claim(
+                    entry.job_id, self._leasing.holder, self._leasing.seconds
+                )
+            except MistudioError as error:  # the next tick tries again, within the lease
+                log.warning("could not renew a lease: %s", error, extra={"job_id": entry.job_id})
+                continue
+            if not renewed and entry.held:
                 entry.held = False
                 if entry.control is not None:
                     entry.control.request(StopReason.LEASE_LOST)
