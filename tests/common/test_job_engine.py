@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from google.protobuf import wrappers_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import NotFound, Unavailable
-from mistudio_common.jobs.engine import JobEngine, Leasing, Snapshot, first_progress
+from mistudio_common.jobs.engine import JobEngine
+from mistudio_common.jobs.kind import Leasing, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.jobs.store import JobRecord, JobUpdate
 from mistudio_common.progress import StageId

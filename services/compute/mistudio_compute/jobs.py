@@ -27,7 +27,8 @@ from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import NotFound, Unavailable
 from mistudio_common.jobs.control import JobControl
-from mistudio_common.jobs.engine import JobEngine, Snapshot, first_progress
+from mistudio_common.jobs.engine import JobEngine
+from mistudio_common.jobs.kind import Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.retry import Patience

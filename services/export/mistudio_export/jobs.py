@@ -20,7 +20,8 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import NotFound
-from mistudio_common.jobs.engine import JobEngine, Leasing, Snapshot, first_progress
+from mistudio_common.jobs.engine import JobEngine
+from mistudio_common.jobs.kind import Leasing, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.retry import Patience
@@ -144,9 +145,10 @@ class ExportJobManager:
             holder=self._leasing.holder,
         )
         record.lease_expires_at.FromDatetime(lease_ends)
-        stored, created = self._store.create_job(record)
-        if created:
-            self._engine.launch(record_of(stored), self._kind.work(plan, stored.job_id))
+        with self._engine.starting(job_id):
+            stored, created = self._store.create_job(record)
+            if created:
+                self._engine.launch(record_of(stored), self._kind.work(plan, stored.job_id))
         return str(stored.job_id)
 
     def channel(self, job_id: str) -> JobChannel[ExportSnapshot]:

@@ -14,17 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
-from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
+
 from mistudio_common import stages
 from mistudio_common.errors import FailedPrecondition, MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
+from mistudio_common.jobs.kind import JobKind, Leasing, Snapshot, Work, is_final, snapshot_of
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.jobs.store import C, JobRecord, JobStore, JobUpdate, O
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
@@ -35,67 +37,6 @@ log = logging.getLogger(__name__)
 SEQUENCE_GAP = 1000
 """Progress is persisted at least every SEQUENCE_GAP // 10 messages; a resumed job skips this
 far ahead so sequence numbers keep increasing even past messages published but never stored."""
-
-
-@dataclass(frozen=True)
-class Snapshot(Generic[O]):
-    """What a watcher receives: the progress and, once the job succeeded, its outcome."""
-
-    progress: ppb.Progress
-    outcome: O | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.progress.state in TERMINAL_STATES
-
-
-def _is_final(snapshot: Snapshot[O]) -> bool:
-    return snapshot.final
-
-
-_CheckpointIn = TypeVar("_CheckpointIn", bound=Message)
-_OutcomeOut = TypeVar("_OutcomeOut", bound=Message, covariant=True)
-
-
-class Work(Protocol[_CheckpointIn, _OutcomeOut]):
-    """One job's work, prepared: its declared stages and how to run them."""
-
-    @property
-    def stages(self) -> Sequence[StageId]: ...
-
-    def run(self, job: RunningJob[_CheckpointIn]) -> _OutcomeOut:
-        """Runs the stages not done yet by the checkpoint; raises JobStopped at a boundary when
-        asked to stop and a MistudioError (transient or not) when it cannot go on."""
-        ...
-
-
-class JobKind(Protocol[C, O]):
-    """What a service tells the engine about its jobs."""
-
-    failure_note: str
-    """Appended to a failure's message: how the job can go on, if it can."""
-
-    def prepare(self, record: JobRecord[C, O]) -> Work[C, O]:
-        """Plans a stored job again (after a restart or a resume); a MistudioError fails it."""
-        ...
-
-    def ended(self, job_id: str, state: ppb.JobState.ValueType, checkpoint: C) -> None:
-        """Frees what the job held once it reached ``state`` (staging, checkpoint files)."""
-        ...
-
-
-@dataclass(frozen=True)
-class Leasing:
-    """Leases for instances that share one store (none: the store is this process's own)."""
-
-    holder: str
-    """This instance's id."""
-    seconds: float = 30.0
-    """A lease lasts this long unless renewed; a crashed holder's jobs are adopted after it."""
-
-    @property
-    def renew_every(self) -> float:
-        return self.seconds / 3
 
 
 @dataclass
@@ -121,19 +62,6 @@ class _Entry(Generic[C, O]):
         return self.thread is not None and self.thread.is_alive()
 
 
-def snapshot_of(record: JobRecord[C, O]) -> Snapshot[O]:
-    progress = ppb.Progress()
-    progress.CopyFrom(record.progress)
-    progress.job_id, progress.state = record.job_id, record.state
-    outcome = record.outcome if record.state == ppb.JOB_STATE_SUCCEEDED else None
-    return Snapshot(progress, outcome)
-
-
-def first_progress(job_id: str, job_stages: Sequence[StageId]) -> ppb.Progress:
-    """A new job's QUEUED snapshot, to store with its record."""
-    return stages.tracker(job_id, job_stages).snapshot()
-
-
 class JobEngine(Generic[C, O]):
     """Owns every job of one kind that this process runs or watches."""
 
@@ -155,6 +83,7 @@ class JobEngine(Generic[C, O]):
         self._slots = threading.Semaphore(max_running) if max_running > 0 else None
         self._leasing = leasing
         self._entries: dict[str, _Entry[C, O]] = {}
+        self._starting: set[str] = set()
         self._lock = threading.Lock()
         self._shutdown = threading.Event()
         tick = min(housekeeping_seconds, leasing.renew_every) if leasing else housekeeping_seconds
@@ -182,6 +111,17 @@ class JobEngine(Generic[C, O]):
         entry.thread.start()
         return True
 
+    @contextmanager
+    def starting(self, job_id: str) -> Iterator[None]:
+        """Keeps recovery off a job while its service records and launches it."""
+        with self._lock:
+            self._starting.add(job_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._starting.discard(job_id)
+
     def channel(self, job_id: str) -> JobChannel[Snapshot[O]]:
         """The job's channel: its latest snapshot first, then updates until an end state."""
         with self._lock:
@@ -190,7 +130,7 @@ class JobEngine(Generic[C, O]):
             return entry.channel
         record = self._store.load(job_id)
         if record.state in TERMINAL_STATES:
-            return JobChannel(snapshot_of(record), _is_final)
+            return JobChannel(snapshot_of(record), is_final)
         return self._entry(record).channel
 
     def live(self, job_id: str) -> Snapshot[O] | None:
@@ -255,7 +195,8 @@ class JobEngine(Generic[C, O]):
         for record in list(self._store.unfinished()):
             with self._lock:
                 known = self._entries.get(record.job_id)
-            if known is not None and (known.running or known.held):
+                launching = record.job_id in self._starting
+            if launching or (known is not None and (known.running or known.held)):
                 continue
             if self.launch(record):
                 log.info("resuming an unfinished job", extra={"job_id": record.job_id})
@@ -522,7 +463,7 @@ class JobEngine(Generic[C, O]):
             if entry is None:
                 checkpoint = type(record.checkpoint)()
                 checkpoint.CopyFrom(record.checkpoint)
-                channel = JobChannel(snapshot_of(record), _is_final)
+                channel = JobChannel(snapshot_of(record), is_final)
                 entry = _Entry(record.job_id, channel, checkpoint, record.started)
                 self._entries[record.job_id] = entry
             return entry

@@ -13,6 +13,7 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import Message
 from mistudio.common.v1 import progress_pb2 as ppb
+
 from mistudio_common.jobs.control import JobControl
 from mistudio_common.progress import ProgressTracker, StageId
 
