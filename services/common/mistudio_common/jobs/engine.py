@@ -14,52 +14,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Generic
 
 from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 
-from mistudio_common import stages
 from mistudio_common.errors import FailedPrecondition, MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
 from mistudio_common.jobs.kind import JobKind, Leasing, Snapshot, Work, is_final, snapshot_of
+from mistudio_common.jobs.recording import JobEntry, JobRecorder, next_progress, tracker_for
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.jobs.store import C, JobRecord, JobStore, JobUpdate, O
-from mistudio_common.progress import TERMINAL_STATES, JobChannel, ProgressTracker, StageId
+from mistudio_common.progress import TERMINAL_STATES, JobChannel
 from mistudio_common.retry import Patience, call_with_patience, is_transient
 
 log = logging.getLogger(__name__)
-
-SEQUENCE_GAP = 1000
-"""Progress is persisted at least every SEQUENCE_GAP // 10 messages; a resumed job skips this
-far ahead so sequence numbers keep increasing even past messages published but never stored."""
-
-
-@dataclass
-class _Entry(Generic[C, O]):
-    """What this process holds for one job it has seen."""
-
-    job_id: str
-    channel: JobChannel[Snapshot[O]]
-    checkpoint: C
-    started: bool
-    tracker: ProgressTracker | None = None
-    control: JobControl | None = None
-    thread: threading.Thread | None = None
-    persisted_at: float = 0.0
-    unpersisted: int = 0
-    unrecorded: JobUpdate[C, O] | None = None
-    """An end state watchers have seen that the store has not taken yet."""
-    held: bool = False
-    """This instance holds the job's lease (renewed while it runs)."""
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
 
 
 class JobEngine(Generic[C, O]):
@@ -77,12 +49,12 @@ class JobEngine(Generic[C, O]):
         housekeeping_seconds: float = 5.0,
     ) -> None:
         self._store = store
+        self._recorder = JobRecorder(store, persist_seconds)
         self._kind = kind
         self._patience = patience
-        self._persist_seconds = persist_seconds
         self._slots = threading.Semaphore(max_running) if max_running > 0 else None
         self._leasing = leasing
-        self._entries: dict[str, _Entry[C, O]] = {}
+        self._entries: dict[str, JobEntry[C, O]] = {}
         self._starting: set[str] = set()
         self._lock = threading.Lock()
         self._shutdown = threading.Event()
@@ -102,7 +74,7 @@ class JobEngine(Generic[C, O]):
         if entry.tracker is None and record.started:
             # Watchers of a resumed job never see a sequence number it may have used before.
             note = "resuming from its checkpoint"
-            entry.channel.publish(Snapshot(_next_progress(entry, record, record.state, note)))
+            entry.channel.publish(Snapshot(next_progress(entry, record, record.state, note)))
         entry.control = JobControl(self._shutdown)
         entry.thread = threading.Thread(
             target=self._work, args=(entry, record, work), name=f"job-{record.job_id[:8]}"
@@ -157,7 +129,7 @@ class JobEngine(Generic[C, O]):
             raise _cannot(job_id, record.state, "pause")
         entry = self._entry(record)
         if not self._stop(entry, StopReason.PAUSE, wait_seconds):
-            self._record(entry, record, ppb.JOB_STATE_PAUSED, "paused by a client")
+            self._recorder.record(entry, record, ppb.JOB_STATE_PAUSED, "paused by a client")
         return entry.channel.latest.progress.state
 
     def cancel(self, job_id: str, wait_seconds: float) -> ppb.JobState.ValueType:
@@ -186,7 +158,7 @@ class JobEngine(Generic[C, O]):
             return
         # Stored before the worker starts, so a Get or Watch right after a resume sees the job
         # queued again, never the end state it is leaving.
-        self._record(entry, record, ppb.JOB_STATE_QUEUED, "resuming from its checkpoint")
+        self._recorder.record(entry, record, ppb.JOB_STATE_QUEUED, "resuming from its checkpoint")
         self.launch(self._store.load(job_id))
 
     def recover(self) -> None:
@@ -222,7 +194,9 @@ class JobEngine(Generic[C, O]):
 
     # -- the worker ------------------------------------------------------------------------
 
-    def _work(self, entry: _Entry[C, O], record: JobRecord[C, O], work: Work[C, O] | None) -> None:
+    def _work(
+        self, entry: JobEntry[C, O], record: JobRecord[C, O], work: Work[C, O] | None
+    ) -> None:
         assert entry.control is not None
         control, acquired = entry.control, False
         try:
@@ -231,14 +205,14 @@ class JobEngine(Generic[C, O]):
             control.check()
             work = work or self._kind.prepare(record)
             if entry.tracker is None:
-                entry.tracker = _tracker(entry.job_id, work.stages, record.progress)
+                entry.tracker = tracker_for(entry.job_id, work.stages, record.progress)
             running = RunningJob(
                 job_id=entry.job_id,
                 checkpoint=entry.checkpoint,
                 tracker=entry.tracker,
                 control=control,
-                publish=lambda progress: self._publish(entry, progress),
-                persist=lambda: self._persist(entry, ppb.JOB_STATE_RUNNING),
+                publish=lambda progress: self._recorder.publish(entry, progress),
+                persist=lambda: self._recorder.persist(entry, ppb.JOB_STATE_RUNNING),
             )
             self._succeeded(entry, self._run_patiently(entry, work, running))
         except JobStopped as stop:
@@ -252,7 +226,7 @@ class JobEngine(Generic[C, O]):
             if acquired and self._slots is not None:
                 self._slots.release()
 
-    def _run_patiently(self, entry: _Entry[C, O], work: Work[C, O], running: RunningJob[C]) -> O:
+    def _run_patiently(self, entry: JobEntry[C, O], work: Work[C, O], running: RunningJob[C]) -> O:
         """Runs the work; a transient fault (a peer, the database or the object store out of
         reach) is waited out with backoff and the run resumes from the last checkpoint.
         Patience restarts whenever the checkpoint moved on since the last fault."""
@@ -260,7 +234,7 @@ class JobEngine(Generic[C, O]):
         reached = entry.checkpoint.SerializeToString(deterministic=True)
         while True:
             try:
-                self._running(entry)
+                self._recorder.running(entry)
                 return work.run(running)
             except MistudioError as error:
                 if not is_transient(error):
@@ -272,11 +246,11 @@ class JobEngine(Generic[C, O]):
                 if delay is None:
                     raise
                 log.warning("job waits out a fault: %s", error, extra={"job_id": entry.job_id})
-                self._waiting(entry, error, delay)
+                self._recorder.waiting(entry, error, delay)
                 running.control.sleep(delay)
                 running.control.check()
 
-    def _stop(self, entry: _Entry[C, O], reason: StopReason, wait_seconds: float) -> bool:
+    def _stop(self, entry: JobEntry[C, O], reason: StopReason, wait_seconds: float) -> bool:
         """Asks a running worker to stop; True when one was running (and has now stopped)."""
         if not entry.running or entry.control is None or entry.thread is None:
             return False
@@ -284,93 +258,44 @@ class JobEngine(Generic[C, O]):
         entry.thread.join(wait_seconds)
         return True
 
-    # -- what reaches the store and the watchers -------------------------------------------
-
-    def _publish(self, entry: _Entry[C, O], progress: ppb.Progress) -> None:
-        """Sends progress to watchers; stores it every few seconds (or 100 messages), without
-        the checkpoint: that changes only at saves and can be large."""
-        entry.channel.publish(Snapshot(progress))
-        entry.unpersisted += 1
-        due = time.monotonic() - entry.persisted_at >= self._persist_seconds
-        if due or entry.unpersisted >= SEQUENCE_GAP // 10:
-            self._persist(entry, progress.state or ppb.JOB_STATE_RUNNING, checkpoint=False)
-
-    def _persist(
-        self, entry: _Entry[C, O], state: ppb.JobState.ValueType, *, checkpoint: bool = True
-    ) -> None:
-        progress = entry.channel.latest.progress
-        self._write(entry, JobUpdate(state, progress, entry.checkpoint if checkpoint else None))
-
-    def _write(self, entry: _Entry[C, O], update: JobUpdate[C, O]) -> None:
-        self._store.write(entry.job_id, update)
-        entry.persisted_at = time.monotonic()
-        entry.unpersisted = 0
-
-    def _running(self, entry: _Entry[C, O]) -> None:
-        assert entry.tracker is not None
-        progress = entry.tracker.set_state(ppb.JOB_STATE_RUNNING)
-        entry.channel.publish(Snapshot(progress))
-        first = not entry.started
-        self._write(
-            entry, JobUpdate(ppb.JOB_STATE_RUNNING, progress, entry.checkpoint, started=first)
-        )
-        entry.started = True
-
-    def _waiting(self, entry: _Entry[C, O], error: MistudioError, delay: float) -> None:
-        """Tells watchers why a running job stalls; the store may be what is down, so this
-        message is not stored (the record stays RUNNING, as the job does)."""
-        assert entry.tracker is not None
-        note = f"waiting for a fault to clear, retrying in {delay:.1f} s: {error.message}"
-        entry.channel.publish(Snapshot(entry.tracker.set_state(ppb.JOB_STATE_RUNNING, note)))
-
-    def _record(
-        self,
-        entry: _Entry[C, O],
-        record: JobRecord[C, O],
-        state: ppb.JobState.ValueType,
-        note: str,
-    ) -> None:
-        """A state change of a job no worker runs: stored first, then published."""
-        progress = _next_progress(entry, record, state, note)
-        self._write(entry, JobUpdate(state, progress, entry.checkpoint))
-        entry.channel.publish(Snapshot(progress))
-
-    def _stopped(self, entry: _Entry[C, O], record: JobRecord[C, O], reason: StopReason) -> None:
+    def _stopped(self, entry: JobEntry[C, O], record: JobRecord[C, O], reason: StopReason) -> None:
         if reason is StopReason.LEASE_LOST:
             log.warning("another instance took the job over", extra={"job_id": entry.job_id})
         elif reason is StopReason.SHUTDOWN:
             try:  # the job stays RUNNING, for the next start of the service
-                self._persist(entry, ppb.JOB_STATE_RUNNING)
+                self._recorder.persist(entry, ppb.JOB_STATE_RUNNING)
             except MistudioError:
                 log.warning("could not store progress at shutdown", extra={"job_id": entry.job_id})
             self._release(entry)
         elif reason is StopReason.PAUSE:
-            self._record(entry, record, ppb.JOB_STATE_PAUSED, "paused by a client at a checkpoint")
+            self._recorder.record(
+                entry, record, ppb.JOB_STATE_PAUSED, "paused by a client at a checkpoint"
+            )
             self._release(entry)
         else:
             self._cancelled(entry, record)
 
-    def _succeeded(self, entry: _Entry[C, O], outcome: O) -> None:
+    def _succeeded(self, entry: JobEntry[C, O], outcome: O) -> None:
         assert entry.tracker is not None
         progress = entry.tracker.set_state(ppb.JOB_STATE_SUCCEEDED, "finished")
         self._end(entry, ppb.JOB_STATE_SUCCEEDED, progress, outcome=outcome)
 
-    def _cancelled(self, entry: _Entry[C, O], record: JobRecord[C, O]) -> None:
+    def _cancelled(self, entry: JobEntry[C, O], record: JobRecord[C, O]) -> None:
         error = status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled by request")
-        progress = _next_progress(entry, record, ppb.JOB_STATE_CANCELLED, error.message, error)
+        progress = next_progress(entry, record, ppb.JOB_STATE_CANCELLED, error.message, error)
         self._end(entry, ppb.JOB_STATE_CANCELLED, progress, error=error)
 
-    def _failed(self, entry: _Entry[C, O], record: JobRecord[C, O], error: BaseException) -> None:
+    def _failed(self, entry: JobEntry[C, O], record: JobRecord[C, O], error: BaseException) -> None:
         if not isinstance(error, MistudioError):
             log.exception("job failed", exc_info=error, extra={"job_id": entry.job_id})
         status = status_from_error(error)
         status.message += self._kind.failure_note
-        progress = _next_progress(entry, record, ppb.JOB_STATE_FAILED, status.message, status)
+        progress = next_progress(entry, record, ppb.JOB_STATE_FAILED, status.message, status)
         self._end(entry, ppb.JOB_STATE_FAILED, progress, error=status)
 
     def _end(
         self,
-        entry: _Entry[C, O],
+        entry: JobEntry[C, O],
         state: ppb.JobState.ValueType,
         progress: ppb.Progress,
         *,
@@ -384,7 +309,7 @@ class JobEngine(Generic[C, O]):
             entry.checkpoint.Clear()  # a finished job never resumes
         update = JobUpdate(state, progress, entry.checkpoint, outcome, error, finished=True)
         try:
-            call_with_patience(lambda: self._write(entry, update), self._patience)
+            call_with_patience(lambda: self._recorder.write(entry, update), self._patience)
             self._release(entry)
         except MistudioError:
             log.exception(
@@ -396,14 +321,14 @@ class JobEngine(Generic[C, O]):
 
     # -- leases and retries ----------------------------------------------------------------
 
-    def _claim(self, entry: _Entry[C, O]) -> bool:
+    def _claim(self, entry: JobEntry[C, O]) -> bool:
         if self._leasing is None or entry.held:
             entry.held = True
             return True
         entry.held = self._store.claim(entry.job_id, self._leasing.holder, self._leasing.seconds)
         return entry.held
 
-    def _release(self, entry: _Entry[C, O]) -> None:
+    def _release(self, entry: JobEntry[C, O]) -> None:
         if self._leasing is not None and entry.held:
             try:
                 self._store.claim(entry.job_id, self._leasing.holder, 0.0)
@@ -446,7 +371,7 @@ class JobEngine(Generic[C, O]):
             pending = [e for e in self._entries.values() if e.unrecorded is not None]
         for entry in pending:
             assert entry.unrecorded is not None
-            self._write(entry, entry.unrecorded)
+            self._recorder.write(entry, entry.unrecorded)
             entry.unrecorded = None
             self._release(entry)
             log.info("stored a job's end state late", extra={"job_id": entry.job_id})
@@ -457,43 +382,16 @@ class JobEngine(Generic[C, O]):
 
     # -- entries ---------------------------------------------------------------------------
 
-    def _entry(self, record: JobRecord[C, O]) -> _Entry[C, O]:
+    def _entry(self, record: JobRecord[C, O]) -> JobEntry[C, O]:
         with self._lock:
             entry = self._entries.get(record.job_id)
             if entry is None:
                 checkpoint = type(record.checkpoint)()
                 checkpoint.CopyFrom(record.checkpoint)
                 channel = JobChannel(snapshot_of(record), is_final)
-                entry = _Entry(record.job_id, channel, checkpoint, record.started)
+                entry = JobEntry(record.job_id, channel, checkpoint, record.started)
                 self._entries[record.job_id] = entry
             return entry
-
-
-def _tracker(job_id: str, job_stages: Sequence[StageId], stored: ppb.Progress) -> ProgressTracker:
-    first = stored.sequence + SEQUENCE_GAP if stored.sequence else 0
-    tracker = stages.tracker(job_id, job_stages, first)
-    if stored.stages:
-        tracker.restore(stored)
-    return tracker
-
-
-def _next_progress(
-    entry: _Entry[C, O],
-    record: JobRecord[C, O],
-    state: ppb.JobState.ValueType,
-    note: str,
-    error: status_pb2.Status | None = None,
-) -> ppb.Progress:
-    """The job's progress in ``state``: from its tracker, or from the record when none runs."""
-    if entry.tracker is not None:
-        return entry.tracker.set_state(state, note, error)
-    progress = snapshot_of(record).progress
-    progress.sequence = max(progress.sequence, entry.channel.latest.progress.sequence)
-    progress.sequence += SEQUENCE_GAP
-    progress.state, progress.message = state, note
-    if error is not None:
-        progress.error.CopyFrom(error)
-    return progress
 
 
 def _cannot(job_id: str, state: int, action: str) -> FailedPrecondition:
