@@ -52,10 +52,10 @@ test-fast: setup
 check: test
 
 demo: setup
-	$(PY) -m mistudio_export.demo
+	$(PY) -m mistudio_cli.demo
 
 serve: setup
-	$(PY) -m mistudio_export.cli serve
+	$(PY) -m mistudio_cli serve
 
 bench: setup
 	$(PY) bench/run.py

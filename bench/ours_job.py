@@ -32,9 +32,9 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from mistudio.export.v1 import export_service_pb2_grpc as egrpc
     from mistudio.store.v1 import store_service_pb2 as spb
     from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+    from mistudio_cli.local_stack import start_local_stack
     from mistudio_common.server import insecure_channel
     from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
-    from mistudio_export.local_stack import start_local_stack
 
     cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))
     started = time.perf_counter()

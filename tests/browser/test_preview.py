@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from mistudio_export.cli.main import main
+from mistudio_cli.main import main
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.prd_json import (
     EXPLANATIONS_FILE,

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from mistudio_cli.annotations import read_annotations
 from mistudio_common.errors import InvalidArgument
-from mistudio_export.cli.annotations import read_annotations
 
 
 def test_labels_csv_sets_label_and_category(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ HOOK = "blocks.2.hook_resid_post"
 
 def cli(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mistudio_export.cli", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "mistudio_cli", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -61,7 +61,7 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_command_has_help_with_examples(tmp_path: Path) -> None:
     top = subprocess.run(
-        [sys.executable, "-m", "mistudio_export.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "mistudio_cli", "--help"], capture_output=True, text=True
     )
     assert top.returncode == 0
     for command in (
@@ -70,7 +70,7 @@ def test_every_command_has_help_with_examples(tmp_path: Path) -> None:
     ):  # fmt: skip
         assert command in top.stdout
         result = subprocess.run(
-            [sys.executable, "-m", "mistudio_export.cli", command, "--help"],
+            [sys.executable, "-m", "mistudio_cli", command, "--help"],
             capture_output=True,
             text=True,
         )
@@ -136,7 +136,7 @@ def test_ctrl_c_cancels_the_running_export_cleanly(
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "mistudio_export.cli", "run", str(sae_folder),
+            sys.executable, "-m", "mistudio_cli", "run", str(sae_folder),
             "--model", STORIES_REF, "--tokens", str(token_file), "--batch-size", "1",
             "--data-dir", str(data_dir),
         ],

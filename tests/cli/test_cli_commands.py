@@ -21,8 +21,8 @@ import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_export.cli.main import build_parser, main
-from mistudio_export.cli.options import model_reference, token_source
+from mistudio_cli.main import build_parser, main
+from mistudio_cli.options import model_reference, token_source
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 
 from tests.export.formats.builders import dashboard, naming
@@ -241,7 +241,7 @@ def test_list_and_status_read_the_local_store_without_starting_the_stack(
 ) -> None:
     script = (
         "import sys\n"
-        "from mistudio_export.cli.main import main\n"
+        "from mistudio_cli.main import main\n"
         f"assert main(['list', '--data-dir', {str(tmp_path)!r}]) == 0\n"
         f"assert main(['status', 'no-such-job', '--data-dir', {str(tmp_path)!r}]) == 2\n"
         "started = [m for m in ('mistudio_compute.server', 'mistudio_export.server', 'torch')"

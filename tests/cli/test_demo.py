@@ -17,7 +17,7 @@ from tests.compute.builders import STORIES_DIR
 def demo(data_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable, "-m", "mistudio_export.demo", "--data-dir", str(data_dir),
+            sys.executable, "-m", "mistudio_cli.demo", "--data-dir", str(data_dir),
             "--model-dir", str(STORIES_DIR), "--rows", "96", "--steps", "60", "--d-sae", "64",
         ],
         capture_output=True, text=True, timeout=900,
@@ -34,7 +34,7 @@ def test_demo_exports_a_valid_archive_and_a_rerun_reuses_the_cache(tmp_path: Pat
     archive = re.search(r"archive:\s+file://(\S+\.zip)", first.stdout)
     assert archive, first.stdout
     validated = subprocess.run(
-        [sys.executable, "-m", "mistudio_export.cli", "validate", archive.group(1)],
+        [sys.executable, "-m", "mistudio_cli", "validate", archive.group(1)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -48,7 +48,7 @@ def test_demo_exports_a_valid_archive_and_a_rerun_reuses_the_cache(tmp_path: Pat
 
 def test_demo_without_the_model_says_where_to_put_it(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mistudio_export.demo", "--model-dir", str(tmp_path / "none")],
+        [sys.executable, "-m", "mistudio_cli.demo", "--model-dir", str(tmp_path / "none")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from mistudio_export.cli.main import build_parser, main
-from mistudio_export.cli.options import export_config
+from mistudio_cli.main import build_parser, main
+from mistudio_cli.options import export_config
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.packaging import build_archive
 
@@ -63,7 +63,7 @@ def test_port_without_serve_is_refused(archive: Path, capsys: pytest.CaptureFixt
 
 
 def test_serve_answers_on_loopback_until_ctrl_c(archive: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "mistudio_export.cli", "preview", str(archive)]
+    command = [sys.executable, "-m", "mistudio_cli", "preview", str(archive)]
     command += ["--output", str(tmp_path / "site"), "--serve"]
     server = subprocess.Popen(
         command,

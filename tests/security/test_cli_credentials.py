@@ -15,7 +15,7 @@ def cli(*args: str, token_env: str = "") -> subprocess.CompletedProcess[str]:
     if token_env:
         env["MISTUDIO_TOKEN"] = token_env
     return subprocess.run(
-        [sys.executable, "-m", "mistudio_export.cli", *args],
+        [sys.executable, "-m", "mistudio_cli", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -149,7 +149,7 @@ def test_auto_fix_never_follows_a_symlinked_folder_out_of_the_target(tmp_path: P
     assert "UNSAFE_PATH" in codes(report.problems)
     assert not report.changes
     result = subprocess.run(
-        [sys.executable, "-m", "mistudio_export.cli", "validate", str(folder), "--auto-fix"],
+        [sys.executable, "-m", "mistudio_cli", "validate", str(folder), "--auto-fix"],
         capture_output=True,
         text=True,
         timeout=120,

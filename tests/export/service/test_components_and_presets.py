@@ -15,11 +15,11 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_cli.main import build_parser
+from mistudio_cli.main import main as cli_main
+from mistudio_cli.options import export_config as cli_export_config
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import Component
-from mistudio_export.cli.main import build_parser
-from mistudio_export.cli.main import main as cli_main
-from mistudio_export.cli.options import export_config as cli_export_config
 from mistudio_export.packaging.format_notes import LEFT_OUT
 from mistudio_export.presets import PRESETS
 from mistudio_export.validation import validate_export

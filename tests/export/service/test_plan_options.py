@@ -11,6 +11,8 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_cli.main import build_parser
+from mistudio_cli.options import export_config
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB, params_from_pb, params_key
 from mistudio_common.dashboard_options import (
@@ -21,8 +23,6 @@ from mistudio_common.dashboard_options import (
 )
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.dashboards.params import validate_params
-from mistudio_export.cli.main import build_parser
-from mistudio_export.cli.options import export_config
 from mistudio_export.formats.schemas import load_schema
 from mistudio_export.plan import build_plan, dashboard_params, logit_lens_note
 from mistudio_export.presets import PRESETS

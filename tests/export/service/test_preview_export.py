@@ -12,7 +12,7 @@ import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio_export.cli.main import main
+from mistudio_cli.main import main
 from mistudio_export.preview import PREVIEW_DIR
 from mistudio_export.validation import validate_export
 

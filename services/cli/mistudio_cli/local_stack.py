@@ -58,11 +58,10 @@ def start_local_stack(
     inputs under ``data_dir`` and ``input_paths`` (the files a CLI user named) only."""
     from mistudio_compute.config import ComputeSettings
     from mistudio_compute.server import build_compute_server
-    from mistudio_store.config import StoreSettings
-    from mistudio_store.server import build_store_server
-
     from mistudio_export.config import ExportSettings
     from mistudio_export.server import build_export_server
+    from mistudio_store.config import StoreSettings
+    from mistudio_store.server import build_store_server
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

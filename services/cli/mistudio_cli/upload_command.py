@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mistudio_common.errors import InvalidArgument
-
 from mistudio_export.formats.neuronpedia_upload import (
     API_KEY_ENV,
     DEFAULT_BASE_URL,

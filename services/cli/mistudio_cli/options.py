@@ -17,7 +17,6 @@ from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import InvalidArgument
-
 from mistudio_export.presets import PRESETS
 from mistudio_export.records import VISIBILITIES
 

@@ -22,9 +22,9 @@ from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import PeerCredentials
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.server import insecure_channel, open_channel
-
 from mistudio_export import views
-from mistudio_export.local_stack import LocalStack, start_local_stack
+
+from mistudio_cli.local_stack import LocalStack, start_local_stack
 
 
 @dataclass

@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 
 from mistudio_common.errors import InvalidArgument
-
-from mistudio_export.cli.commands import download
-from mistudio_export.cli.connection import add_connection_options, connect
 from mistudio_export.preview import PreviewSite, prd_root, preview_server, write_preview
+
+from mistudio_cli.commands import download
+from mistudio_cli.connection import add_connection_options, connect
 
 EPILOG = """examples:
   mistudio-export preview export.zip                 # writes ./export-preview/index.html

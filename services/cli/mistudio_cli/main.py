@@ -19,10 +19,10 @@ import grpc
 from mistudio_common.errors import MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
-from mistudio_export.cli import commands, upload_command
-from mistudio_export.cli.connection import add_connection_options
-from mistudio_export.cli.options import add_export_options, add_token_options, flag_for
-from mistudio_export.cli.preview_command import add_preview_command
+from mistudio_cli import commands, upload_command
+from mistudio_cli.connection import add_connection_options
+from mistudio_cli.options import add_export_options, add_token_options, flag_for
+from mistudio_cli.preview_command import add_preview_command
 
 EPILOG_RUN = """examples:
   mistudio-export run ./my-sae --model gpt2-small --text corpus.txt
@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mistudio_export.local_stack import start_local_stack
+    from mistudio_cli.local_stack import start_local_stack
 
     stack = start_local_stack(
         Path(args.data_dir),

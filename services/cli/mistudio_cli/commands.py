@@ -19,14 +19,14 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
-
-from mistudio_export.cli.annotations import LABEL_MASK, Annotations, read_annotations
-from mistudio_export.cli.connection import Services, connect, job_table, store_only
-from mistudio_export.cli.options import export_config, model_reference, token_source
-from mistudio_export.cli.progress_view import follow, format_seconds, state_label, summarize_stages
 from mistudio_export.packaging import MANIFEST_NAME, build_archive
 from mistudio_export.validation import ValidationReport, validate_export
 from mistudio_export.validation.archives import validate_zip
+
+from mistudio_cli.annotations import LABEL_MASK, Annotations, read_annotations
+from mistudio_cli.connection import Services, connect, job_table, store_only
+from mistudio_cli.options import export_config, model_reference, token_source
+from mistudio_cli.progress_view import follow, format_seconds, state_label, summarize_stages
 
 ARCHITECTURES = {
     "standard": spb.ARCHITECTURE_STANDARD,

@@ -21,10 +21,10 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
-from mistudio_export.cli import commands
-from mistudio_export.cli.annotations import read_annotations
-from mistudio_export.cli.connection import connect
-from mistudio_export.cli.options import FORMATS, parse_selection
+from mistudio_cli import commands
+from mistudio_cli.annotations import read_annotations
+from mistudio_cli.connection import connect
+from mistudio_cli.options import FORMATS, parse_selection
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL_DIR = REPO_ROOT.parent / "shared" / "data" / "stories260k"
@@ -34,7 +34,7 @@ SOURCE_SET = "mistudio-res-topk"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mistudio_export.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mistudio_cli.demo", description=__doc__)
     parser.add_argument("--data-dir", default="data/demo", help="everything the demo writes")
     parser.add_argument(
         "--model-dir",
