@@ -154,8 +154,14 @@ class JobEngine(Generic[C, O]):
         if record.state in (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED):
             raise _cannot(job_id, record.state, "resume")
         entry = self._entry(record)
-        if entry.running or not self._claim(entry):
+        if entry.running:
             return
+        if not self._claim(entry):
+            raise FailedPrecondition(
+                f"job {job_id} is held by another instance of this service",
+                field="job_id",
+                fix="resume it there, or wait until that instance's lease on it runs out",
+            )
         # Stored before the worker starts, so a Get or Watch right after a resume sees the job
         # queued again, never the end state it is leaving.
         self._recorder.record(entry, record, ppb.JOB_STATE_QUEUED, "resuming from its checkpoint")
