@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import io
 import json
 import sys
@@ -101,6 +102,7 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "n_files": len(last.result.files),
         **byte_facts(archive),
         "features": feature_facts(archive),
+        "feature_files_sha256": feature_files_digest(archive),
     }
 
 
@@ -141,6 +143,16 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
         "output_bytes": output_bytes,
         "byte_rates": byte_rates(chosen, DEFLATE_LEVEL),
     }
+
+
+def feature_files_digest(archive: bytes) -> str:
+    """SHA-256 over every feature file's name and bytes: equal for two runs whose dashboards are
+    byte-identical (the archive itself also holds the SAE's creation date, which differs)."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        for name in sorted(n for n in zf.namelist() if n.startswith("features/")):
+            digest.update(name.encode() + b"\0" + zf.read(name))
+    return digest.hexdigest()
 
 
 def feature_facts(archive: bytes) -> dict[str, dict[str, Any]]:

@@ -139,12 +139,15 @@ def memory_size(text: str) -> int:
 
 def ray_overhead(args: argparse.Namespace, inputs: BenchInputs, scratch: Path) -> dict[str, Any]:
     """Ours on the local path, then with its pass as ``--ray`` shards on a Ray cluster started on
-    this machine: the wall time sharding adds (on a few cores the point is the overhead)."""
+    this machine: the wall time sharding adds (on a few cores the point is the overhead), and
+    whether the feature files are byte-identical. On CUDA the shards share the one GPU."""
     ray_env = {
         "MISTUDIO_COMPUTE_RAY_ADDRESS": "local",
         "MISTUDIO_COMPUTE_RAY_SHARDS": str(args.ray),
         "MISTUDIO_COMPUTE_RAY_MAX_SHARDS_IN_FLIGHT": str(args.ray),
     }
+    if args.device.startswith("cuda"):
+        ray_env["MISTUDIO_COMPUTE_RAY_GPUS_PER_TASK"] = str(1 / args.ray)
     runs = {}
     for side, env in (("local", None), ("ray", ray_env)):
         work = Path(tempfile.mkdtemp(prefix=f"ray-overhead-{side}-", dir=scratch))
@@ -161,6 +164,7 @@ def ray_overhead(args: argparse.Namespace, inputs: BenchInputs, scratch: Path) -
         "local_pass_s": local["stages_s"].get("activation_pass"),
         "ray_pass_s": ray["stages_s"].get("activation_pass"),
         "same_features": local["features"] == ray["features"],
+        "identical_feature_files": local["feature_files_sha256"] == ray["feature_files_sha256"],
     }
 
 
@@ -367,6 +371,21 @@ def markdown(out: dict[str, Any]) -> str:
             f"{fmt(r['peak_rss_mb'])} | {fmt(r['peak_rss_mb'] / base['peak_rss_mb'])} |"
             for r in out["scaling"]
         ]
+    if out.get("ray"):
+        r = out["ray"]
+        lines += [
+            "",
+            f"## Ray ({r['shards']} shards on this machine, d_sae {r['d_sae']}, "
+            f"{r['n_tokens']} tokens)",
+            "",
+            "| path | wall s | activation pass s |",
+            "|---|---|---|",
+            f"| local | {fmt(r['local_wall_s'])} | {fmt(r['local_pass_s'])} |",
+            f"| Ray | {fmt(r['ray_wall_s'])} | {fmt(r['ray_pass_s'])} |",
+            "",
+            f"Overhead of sharding: {fmt(r['overhead_s'])} s; byte-identical feature files: "
+            f"{r['identical_feature_files']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -433,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if ray:
         print(f"Ray ({ray['shards']} shards): {fmt(ray['ray_wall_s'])} s vs local "
               f"{fmt(ray['local_wall_s'])} s, overhead {fmt(ray['overhead_s'])} s, "
-              f"same features: {ray['same_features']}")  # fmt: skip
+              f"byte-identical feature files: {ray['identical_feature_files']}")  # fmt: skip
     return out
 
 

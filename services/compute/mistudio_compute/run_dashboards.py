@@ -16,23 +16,17 @@ from dataclasses import dataclass
 import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
 from mistudio_compute.dashboards import (
     Checkpointing,
-    DashboardInputs,
     PassResult,
     Stage,
     compute_dashboards,
-    finalize_dashboards,
-    state_config,
-    validate_features,
-    validate_params,
 )
-from mistudio_compute.dashboards.distributed import Sharding, run_sharded_pass
+from mistudio_compute.dashboards.distributed import RayCluster, Sharding
 from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel
 from mistudio_compute.sae_source import ResolvedSae
@@ -116,33 +110,21 @@ def run_dashboards(
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
     passed: list[PassResult] = []
-    if prepared.sharding is None:
-        chunks = compute_dashboards(
-            inputs,
-            params,
-            features=features,
-            batch_size=prepared.batch_rows,
-            chunk_size=CHUNK_FEATURES,
-            checkpoint=Checkpointing(
-                hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
-            ),
-            progress=reporter,
-            cancel=hooks.interrupt,
-            memory_budget=prepared.memory_budget,
-            on_pass=passed.append,
-        )
-    else:
-        passed.append(
-            _sharded_pass(prepared, prepared.sharding, params, features, inputs, reporter, hooks)
-        )
-        chunks = finalize_dashboards(
-            passed[0].state,
-            inputs,
-            params,
-            chunk_size=CHUNK_FEATURES,
-            progress=reporter,
-            cancel=hooks.interrupt,
-        )
+    chunks = compute_dashboards(
+        inputs,
+        params,
+        features=features,
+        batch_size=prepared.batch_rows,
+        chunk_size=CHUNK_FEATURES,
+        checkpoint=Checkpointing(
+            hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
+        ),
+        progress=reporter,
+        cancel=hooks.interrupt,
+        memory_budget=prepared.memory_budget,
+        on_pass=passed.append,
+        ray=None if prepared.sharding is None else _ray_cluster(prepared, prepared.sharding),
+    )
     for chunk in chunks:
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
@@ -153,18 +135,8 @@ def run_dashboards(
     )
 
 
-def _sharded_pass(
-    prepared: PreparedDashboards,
-    sharding: Sharding,
-    params: DashboardParams,
-    features: Sequence[int],
-    inputs: DashboardInputs,
-    reporter: StageReporter,
-    hooks: RunHooks,
-) -> PassResult:
-    """The pass as token-range shards on the Ray cluster; each worker builds its own inputs
-    (the local model lock guards this process only)."""
-    validate_params(params)
+def _ray_cluster(prepared: PreparedDashboards, sharding: Sharding) -> RayCluster:
+    """Each Ray worker builds its own inputs (the local model lock guards this process only)."""
     make_inputs = functools.partial(
         dashboard_inputs,
         prepared.model,
@@ -172,19 +144,7 @@ def _sharded_pass(
         prepared.resolved.hook_point,
         DatasetTokens(prepared.dataset),
     )
-    tokens = prepared.dataset.tokens
-    return run_sharded_pass(
-        make_inputs,
-        state_config(params, inputs.token_text.special_ids),
-        validate_features(features, inputs.encoder.d_sae),
-        rows=range(tokens.shape[0]),
-        seq_len=tokens.shape[1],
-        device=inputs.encoder.device,
-        sharding=sharding,
-        batch_size=prepared.batch_rows,
-        progress=reporter,
-        cancel=hooks.interrupt,
-    )
+    return RayCluster(make_inputs, sharding)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

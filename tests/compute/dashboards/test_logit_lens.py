@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from mistudio_compute.dashboards.logit_lens import logit_lens
+from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
 
 from tests.reference import dense_dashboards as ref
 
@@ -50,6 +50,15 @@ def test_chunked_equals_unchunked() -> None:
     # BLAS may round the last bit differently for another number of rows
     torch.testing.assert_close(whole.pos_values, chunked.pos_values, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(whole.hist_edges, chunked.hist_edges, rtol=0, atol=1e-5)
+
+
+def test_a_features_logits_do_not_depend_on_the_features_beside_it() -> None:
+    lens = random_lens(n_feat=50, vocab=257)
+    whole = logit_lens(lens, torch.arange(50), k=10, bins=16)
+    for part in (torch.tensor([7]), torch.arange(3, 50), torch.arange(0, 50, 7)):
+        alone = logit_lens(lens, part, k=10, bins=16)
+        for name in LogitLens.__slots__:
+            assert torch.equal(getattr(alone, name), getattr(whole, name)[part]), name
 
 
 def test_histogram_covers_the_vocabulary_with_exact_counts_for_its_edges() -> None:

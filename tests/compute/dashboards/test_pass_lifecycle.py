@@ -34,15 +34,6 @@ PARAMS = DashboardParams(
 BATCH = 8
 
 
-FLOAT_SUMS = {"total", "total_sq", "tokens.total"}
-
-
-def without_moments(d: FeatureDashboard) -> FeatureDashboard:
-    stats = replace(d.statistics, mean_activation=0.0, std_activation=0.0)
-    tokens = [replace(t, total_activation=0.0, mean_activation=0.0) for t in d.top_tokens]
-    return replace(d, statistics=stats, top_tokens=tokens)
-
-
 def flatten(chunks) -> list[FeatureDashboard]:
     return [d for chunk in chunks for d in chunk]
 
@@ -78,20 +69,9 @@ def test_two_halves_merged_equal_one_pass(inputs, reference) -> None:
     whole = run_activation_pass(inputs, config, features, batch_size=BATCH)
     merged = second.state.merge(first.state)  # order does not matter either
     for name, tensor in whole.state.tensors().items():
-        if name in FLOAT_SUMS:  # float64 addition is associative only up to rounding
-            torch.testing.assert_close(merged.tensors()[name], tensor, rtol=1e-12, atol=0)
-        else:
-            assert torch.equal(merged.tensors()[name], tensor), name
+        assert torch.equal(merged.tensors()[name], tensor), name
     assert merged.token_count == whole.state.token_count
-    got = flatten(finalize_dashboards(merged, inputs, PARAMS))
-    assert [without_moments(d) for d in got] == [without_moments(d) for d in reference]
-    for a, b in zip(got, reference, strict=True):
-        assert a.statistics.mean_activation == pytest.approx(
-            b.statistics.mean_activation, rel=1e-12
-        )
-        assert a.statistics.std_activation == pytest.approx(b.statistics.std_activation, rel=1e-9)
-        for x, y in zip(a.top_tokens, b.top_tokens, strict=True):
-            assert x.total_activation == pytest.approx(y.total_activation, rel=1e-12)
+    assert flatten(finalize_dashboards(merged, inputs, PARAMS)) == reference
 
 
 def stop_after_three_batches_then_resume(

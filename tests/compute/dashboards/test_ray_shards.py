@@ -19,15 +19,17 @@ from mistudio_compute.dashboards import (
     finalize_dashboards,
     state_config,
 )
-from mistudio_compute.dashboards.distributed import Sharding, run_sharded_pass, shard_ranges
+from mistudio_compute.dashboards.distributed import (
+    RayCluster,
+    Sharding,
+    ShardStates,
+    run_sharded_pass,
+    shard_ranges,
+)
 
 from tests.compute.dashboards import tiny
-from tests.compute.dashboards.test_pass_lifecycle import (
-    BATCH,
-    PARAMS,
-    flatten,
-    without_moments,
-)
+from tests.compute.dashboards.test_pass_lifecycle import BATCH, PARAMS, flatten
+from tests.compute.dashboards.test_shards import CHUNK, budget  # noqa: F401 (a fixture)
 from tests.ray_cluster import local_ray_cluster
 
 ray = pytest.importorskip("ray")
@@ -77,6 +79,7 @@ class PausedOnce:
 
 
 def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard]:
+    """The tiny pass as ``shards`` Ray shards, finalised here."""
     tokens = inputs.source.tokens
     result = run_sharded_pass(
         make_inputs,
@@ -92,20 +95,12 @@ def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard
     return flatten(finalize_dashboards(result.state, inputs, PARAMS))
 
 
-def assert_same(got: list[FeatureDashboard], reference: list[FeatureDashboard]) -> None:
-    """Equal dashboards; float64 sums of different shard trees agree to rounding only."""
-    assert [without_moments(d) for d in got] == [without_moments(d) for d in reference]
-    for a, b in zip(got, reference, strict=True):
-        assert a.statistics.mean_activation == pytest.approx(b.statistics.mean_activation, 1e-12)
-        assert a.statistics.std_activation == pytest.approx(b.statistics.std_activation, rel=1e-9)
-
-
-def test_shards_cover_the_rows_once_in_order() -> None:
-    assert shard_ranges(range(3, 67), 7) == [
-        range(3, 12), range(12, 21), range(21, 30), range(30, 39),
-        range(39, 48), range(48, 57), range(57, 67),
+def test_shards_cover_the_rows_once_in_order_cut_between_batches() -> None:
+    assert shard_ranges(range(3, 67), 7, batch_size=8) == [
+        range(3, 11), range(11, 19), range(19, 27), range(27, 35),
+        range(35, 43), range(43, 51), range(51, 67),
     ]  # fmt: skip
-    assert shard_ranges(range(0, 2), 7) == [range(0, 1), range(1, 2)]
+    assert shard_ranges(range(0, 20), 7, batch_size=8) == [range(0, 8), range(8, 16), range(16, 20)]
 
 
 def test_one_shard_is_identical_to_the_local_pass(inputs, model, relu_sae, tokens, reference):
@@ -114,9 +109,11 @@ def test_one_shard_is_identical_to_the_local_pass(inputs, model, relu_sae, token
 
 
 @pytest.mark.parametrize("shards", [2, 7])
-def test_shards_merged_equal_the_local_pass(shards, inputs, model, relu_sae, tokens, reference):
+def test_shards_merged_equal_the_local_pass_bit_for_bit(
+    shards, inputs, model, relu_sae, tokens, reference
+):
     make = functools.partial(tiny.make_inputs, model, relu_sae, tokens)
-    assert_same(sharded(inputs, make, shards), reference)
+    assert sharded(inputs, make, shards) == reference
 
 
 def test_the_order_shards_finish_in_changes_no_bit(tmp_path, inputs, model, relu_sae, tokens):
@@ -147,7 +144,7 @@ def test_a_worker_killed_mid_shard_is_retried_to_the_same_result(
     killer.start()
     got = sharded(inputs, make, 2)
     killer.join()
-    assert_same(got, reference)
+    assert got == reference
 
 
 def kill_when_written(marker: Path) -> None:
@@ -187,3 +184,72 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class CountingReads:
+    """Inputs whose reader leaves one file in ``folder`` per batch it reads (workers are other
+    processes), so a test can count the batches a run computed."""
+
+    def __init__(self, model, sae, tokens, folder: Path) -> None:
+        self.model, self.sae, self.tokens, self.folder = model, sae, tokens, folder
+
+    def __call__(self):
+        inputs = tiny.make_inputs(self.model, self.sae, self.tokens)
+        reader, folder = inputs.reader, self.folder
+
+        class Reader:
+            def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+                (folder / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+                return reader.activations(tokens)
+
+        return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
+
+
+def test_feature_shards_past_the_budget_run_on_ray_to_the_same_dashboards(
+    inputs,
+    model,
+    relu_sae,
+    tokens,
+    reference,
+    budget,  # noqa: F811
+):
+    cluster = RayCluster(
+        functools.partial(tiny.make_inputs, model, relu_sae, tokens),
+        Sharding(address="", shards=3, max_in_flight=2),
+    )
+    seen: list[tuple[Stage, int, int]] = []
+    got = flatten(compute_dashboards(
+        inputs, PARAMS, batch_size=BATCH, chunk_size=CHUNK, memory_budget=budget, ray=cluster,
+        progress=lambda stage, done, total, _: seen.append((stage, done, total)),
+    ))  # fmt: skip
+    assert got == reference
+    passes = [(done, total) for stage, done, total in seen if stage is Stage.ACTIVATION_PASS]
+    assert len({total for _, total in passes}) == 1, "one total over every feature shard"
+    assert [d for d, _ in passes] == sorted(d for d, _ in passes)
+    assert passes[-1][0] == passes[-1][1] > 3 * tokens.size  # several feature shards
+
+
+def test_a_restarted_pass_reattaches_to_saved_shards_and_computes_only_the_rest(
+    tmp_path, inputs, model, relu_sae, tokens, reference
+):
+    saved, reads, cancel = ShardStates(tmp_path / "shards"), tmp_path / "reads", threading.Event()
+    reads.mkdir()
+    shard_tokens = 2 * BATCH * tokens.shape[1]  # 8 batches in 4 shards of 2
+
+    def stop_after_two_shards(stage: Stage, done: int, total: int, message: str) -> None:
+        if done >= 2 * shard_tokens:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved,
+                progress=stop_after_two_shards, cancel=cancel)  # fmt: skip
+    finished = len(list(saved.folder.iterdir()))
+    assert finished >= 2
+    for read in reads.iterdir():
+        read.unlink()
+    first_report: list[int] = []
+    got = sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved,
+                  progress=lambda s, done, t, m: first_report.append(done))  # fmt: skip
+    assert got == reference
+    assert first_report[0] == finished * shard_tokens  # re-attached before any task ran
+    assert len(list(reads.iterdir())) == (4 - finished) * 2  # batches of the other shards only

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from mistudio_common.errors import Cancelled, FailedPrecondition, InvalidArgument
 
 from mistudio_compute.dashboards.batching import for_each_batch
-from mistudio_compute.dashboards.checkpoint import Cursor, load_checkpoint, save_checkpoint
+from mistudio_compute.dashboards.checkpoint import (
+    Cursor,
+    checkpoint_features,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
     DashboardInputs,
@@ -34,6 +40,55 @@ class PassResult:
     state: PassState
     batch_size: int
     """The batch size the pass ended with (smaller than asked after out-of-memory)."""
+
+
+class PassRunner(Protocol):
+    """Runs the pass of one feature shard over every row, resumably: in this process
+    (``LocalPass``) or as token-range shards on a Ray cluster (``distributed.RayPass``)."""
+
+    def run(
+        self,
+        features: torch.Tensor,
+        batch_size: int,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
+    ) -> PassResult: ...
+
+    def saved_features(self) -> torch.Tensor | None:
+        """The features of the shard whose progress is saved (None when nothing is)."""
+        ...
+
+    def discard(self) -> None:
+        """Drops the saved progress (its shard was handed on)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalPass:
+    """The pass in this process, checkpointed to one file (a PassRunner)."""
+
+    inputs: DashboardInputs
+    config: StateConfig
+    checkpoint: Checkpointing | None = None
+
+    def run(
+        self,
+        features: torch.Tensor,
+        batch_size: int,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
+    ) -> PassResult:
+        return run_activation_pass(
+            self.inputs, self.config, features, batch_size=batch_size,
+            checkpoint=self.checkpoint, progress=progress, cancel=cancel,
+        )  # fmt: skip
+
+    def saved_features(self) -> torch.Tensor | None:
+        return None if self.checkpoint is None else checkpoint_features(self.checkpoint.path)
+
+    def discard(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.path.unlink(missing_ok=True)
 
 
 def encode_rows(inputs: DashboardInputs, tokens: torch.Tensor) -> torch.Tensor:

@@ -2,22 +2,36 @@
 
 Each shard is ``run_activation_pass`` over a contiguous range of rows, run as a Ray task (retried
 by Ray when its worker dies; a finished shard's state stays in the object store, so a retry of one
-shard recomputes only that shard). Shard states are merged pairwise in shard order, always the
-same tree whatever the order tasks finish in, so the result does not depend on scheduling.
+shard recomputes only that shard). Finished shards' states are also saved to disk
+(``ShardStates``), so a restarted service re-attaches to them instead of computing them again.
+Shard states are merged pairwise in shard order; sums are exact integers, so the merged state
+equals one pass's bit for bit whatever the shard count and the order tasks finish in.
 Finalisation runs in the caller, where the merged state arrives.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from mistudio_common.errors import Cancelled, InvalidArgument
 
-from mistudio_compute.dashboards.activation_pass import PassResult, run_activation_pass
+from mistudio_compute.dashboards.activation_pass import (
+    Checkpointing,
+    PassResult,
+    run_activation_pass,
+)
+from mistudio_compute.dashboards.checkpoint import (
+    Cursor,
+    checkpoint_features,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
     DashboardInputs,
@@ -60,10 +74,100 @@ class Sharding:
                 )
 
 
-def shard_ranges(rows: range, shards: int) -> list[range]:
-    """``rows`` cut into at most ``shards`` contiguous, non-empty ranges of near-equal size."""
-    n = min(shards, len(rows))
-    bounds = [rows.start + len(rows) * i // n for i in range(n + 1)]
+@dataclass(frozen=True, slots=True)
+class RayCluster:
+    """Where and how a computation's passes run on Ray."""
+
+    make_inputs: InputsFactory
+    sharding: Sharding
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStates:
+    """Finished token shards' states in ``folder``, one checkpoint file per row range."""
+
+    folder: Path
+
+    def path(self, rows: range) -> Path:
+        return self.folder / f"rows-{rows.start}-{rows.stop}.safetensors"
+
+    def save(self, rows: range, result: PassResult) -> None:
+        save_checkpoint(
+            self.path(rows),
+            result.state,
+            Cursor(rows.stop, rows.start, rows.stop, result.batch_size),
+        )
+
+    def load(self, rows: range, config: StateConfig, features: torch.Tensor) -> PassResult | None:
+        """The saved state of ``rows`` when it belongs to this pass (same features, parameters
+        and rows), else None."""
+        if not self.path(rows).exists():
+            return None
+        state, cursor = load_checkpoint(self.path(rows), torch.device("cpu"))
+        mine = (
+            state.config == config
+            and torch.equal(state.features, features)
+            and (cursor.start_row, cursor.stop_row, cursor.next_row)
+            == (rows.start, rows.stop, rows.stop)
+        )
+        return PassResult(state, cursor.batch_size) if mine else None
+
+    def features(self) -> torch.Tensor | None:
+        """The features the saved shards belong to (None when none is saved)."""
+        saved = sorted(self.folder.glob("rows-*.safetensors"))
+        return checkpoint_features(saved[0]) if saved else None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RayPass:
+    """The pass of a feature shard as token-range shards on a Ray cluster (a PassRunner);
+    finished shards are saved beside ``checkpoint`` when one is given."""
+
+    cluster: RayCluster
+    config: StateConfig
+    tokens_shape: tuple[int, ...]
+    """[rows, seq_len] of the token source."""
+    device: torch.device
+    checkpoint: Checkpointing | None = None
+
+    @property
+    def states(self) -> ShardStates | None:
+        if self.checkpoint is None:
+            return None
+        return ShardStates(self.checkpoint.path.with_name(self.checkpoint.path.name + ".shards"))
+
+    def run(
+        self,
+        features: torch.Tensor,
+        batch_size: int,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
+    ) -> PassResult:
+        rows, seq_len = self.tokens_shape[:2]
+        return run_sharded_pass(
+            self.cluster.make_inputs, self.config, features, rows=range(rows), seq_len=seq_len,
+            device=self.device, sharding=self.cluster.sharding, batch_size=batch_size,
+            progress=progress, cancel=cancel, saved=self.states,
+        )  # fmt: skip
+
+    def saved_features(self) -> torch.Tensor | None:
+        return None if self.states is None else self.states.features()
+
+    def discard(self) -> None:
+        if self.states is not None:
+            self.states.clear()
+
+
+def shard_ranges(rows: range, shards: int, batch_size: int) -> list[range]:
+    """``rows`` cut into at most ``shards`` contiguous, non-empty ranges of near-equal size,
+    cut only between the batches of an unsharded pass, so each shard folds exactly the batches
+    that pass would (the same model inputs, the same kernels, the same bits)."""
+    batches = -(-len(rows) // batch_size)
+    n = min(shards, batches)
+    bounds = [min(rows.stop, rows.start + batch_size * (batches * i // n)) for i in range(n + 1)]
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
@@ -104,10 +208,12 @@ def run_sharded_pass(
     batch_size: int = 32,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    saved: ShardStates | None = None,
 ) -> PassResult:
-    """The pass over ``rows`` as Ray tasks on the Ray cluster; the merged
-    state is returned on ``device``. Progress counts the tokens of finished shards (monotonic).
-    Cancelling cancels the running and queued shards and raises Cancelled."""
+    """The pass over ``rows`` as Ray tasks on the Ray cluster; the merged state is returned on
+    ``device``. Shards found in ``saved`` are not run again; those that finish are saved there.
+    Progress counts the tokens of finished shards (monotonic). Cancelling cancels the running
+    and queued shards and raises Cancelled."""
     import ray  # the optional ``ray`` extra: only a configured Ray address needs it
 
     validate_batch_size(batch_size)
@@ -115,19 +221,26 @@ def run_sharded_pass(
         ray.init(address=sharding.address, log_to_driver=False)
     if len(rows) == 0:
         return PassResult(PassState.empty(config, features, seq_len, device), batch_size)
-    ranges = shard_ranges(rows, sharding.shards)
+    ranges = shard_ranges(rows, sharding.shards, batch_size)
     shard = ray.remote(
         num_cpus=sharding.cpus_per_task,
         num_gpus=sharding.gpus_per_task,
         max_retries=sharding.max_retries,
     )(_run_shard)
     merge = ray.remote(num_cpus=0)(_merge)
-    factory, cpu_features = ray.put(make_inputs), features.cpu()
+    factory, cpu_features = ray.put(make_inputs), features.cpu().to(torch.int64)
 
     states: list[ray.ObjectRef | None] = [None] * len(ranges)
     running: dict[ray.ObjectRef, int] = {}
-    queued = list(range(len(ranges)))
-    done_tokens, total_tokens = 0, len(rows) * seq_len
+    queued, done_tokens, total_tokens = [], 0, len(rows) * seq_len
+    for i, shard_rows in enumerate(ranges):
+        found = None if saved is None else saved.load(shard_rows, config, cpu_features)
+        if found is None:
+            queued.append(i)
+        else:
+            states[i], done_tokens = ray.put(found), done_tokens + len(shard_rows) * seq_len
+    if done_tokens and progress is not None:
+        progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
     try:
         while queued or running:
             while queued and len(running) < sharding.max_in_flight:
@@ -137,6 +250,8 @@ def run_sharded_pass(
             ready, _ = ray.wait(list(running), num_returns=1, timeout=_WAIT_S)
             for ref in ready:
                 i = running.pop(ref)
+                if saved is not None:
+                    saved.save(ranges[i], ray.get(ref))
                 done_tokens += len(ranges[i]) * seq_len
                 if progress is not None:
                     progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")

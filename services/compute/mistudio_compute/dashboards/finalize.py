@@ -30,6 +30,7 @@ from mistudio_common.dashboard_options import Component
 
 from mistudio_compute.dashboards import grid as G
 from mistudio_compute.dashboards.batching import check_cancelled
+from mistudio_compute.dashboards.exact_sum import value_of
 from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
@@ -140,7 +141,8 @@ class _Builder:
     ) -> list[FeatureStatistics]:
         s, out = self.state, []
         tc = s.token_count
-        cols = (s.count[lo:hi], s.total[lo:hi], s.total_sq[lo:hi], s.vmax[lo:hi])
+        total, total_sq = value_of(s.total[lo:hi]), value_of(s.total_sq[lo:hi], squares=True)
+        cols = (s.count[lo:hi], total, total_sq, s.vmax[lo:hi])
         for i, (cnt, tot, sq, mx) in enumerate(zip(*(c.tolist() for c in cols), strict=True)):
             mean = tot / cnt if cnt else 0.0
             std = math.sqrt(max(sq / cnt - mean * mean, 0.0)) if cnt else 0.0

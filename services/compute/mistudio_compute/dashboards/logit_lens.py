@@ -1,8 +1,11 @@
 """Logit lens: each feature's decoder direction through the unembedding, in feature chunks.
 
-Only [chunk, d_vocab] logits exist at a time (chunk = max_elements // d_vocab), so a 131k-feature
-SAE over a 256k vocabulary never materialises its full logit matrix. Top and bottom tokens are
-exact with ties broken by the lower token id (an int64 key per logit); the histogram has
+Only [chunk, d_vocab] logits exist at a time (chunk = max_elements // d_vocab, at most
+``LENS_ROWS``), so a 131k-feature SAE over a 256k vocabulary never materialises its full logit
+matrix. Every chunk is padded to the same number of rows: BLAS picks its kernel (and so its
+rounding) by shape, and a feature's logits must not depend on which features share its chunk,
+or a sharded computation would differ from an unsharded one in the last bit. Top and bottom
+tokens are exact with ties broken by the lower token id (an int64 key per logit); the histogram has
 ``bins`` equal-width bins over [min, max] of the whole vocabulary row (numpy's convention of
 widening an empty range by ±0.5), counts for the reported float32 edges, summing to d_vocab.
 """
@@ -16,6 +19,8 @@ import torch
 from mistudio_compute.dashboards.inputs import LogitLensSource
 
 M32 = 0xFFFFFFFF
+LENS_ROWS = 256
+"""Most feature directions in one matmul (one finalisation chunk's worth)."""
 
 
 @dataclass(slots=True)
@@ -34,19 +39,22 @@ def logit_lens(
 ) -> LogitLens:
     w_u = src.unembedding  # [d_model, V]
     k = min(k, w_u.shape[1])
-    step = max(1, max_elements // w_u.shape[1])
+    step = max(1, min(LENS_ROWS, max_elements // w_u.shape[1]))
     parts = [
-        _chunk(src, w_u, features[i : i + step], k, bins) for i in range(0, len(features), step)
+        _chunk(src, w_u, features[i : i + step], step, k, bins)
+        for i in range(0, len(features), step)
     ]
     return LogitLens(*(torch.cat([p[i] for p in parts]) for i in range(7)))
 
 
 def _chunk(
-    src: LogitLensSource, w_u: torch.Tensor, features: torch.Tensor, k: int, bins: int
+    src: LogitLensSource, w_u: torch.Tensor, features: torch.Tensor, rows: int, k: int, bins: int
 ) -> tuple[torch.Tensor, ...]:
     with torch.no_grad():
-        dirs = src.directions(features.to(w_u.device))  # [C, d_model]
-        logits = (dirs.to(w_u.dtype) @ w_u).float() + 0.0  # [C, V]; + 0.0 turns -0.0 into 0.0
+        dirs = src.directions(features.to(w_u.device)).to(w_u.dtype)  # [C, d_model]
+        padded = dirs.new_zeros((rows, dirs.shape[1]))
+        padded[: len(dirs)] = dirs  # [rows, d_model]: one shape for every chunk
+        logits = (padded @ w_u)[: len(dirs)].float() + 0.0  # [C, V]; + 0.0 turns -0.0 into 0.0
     ids = torch.arange(logits.shape[1], device=logits.device)
     order = _ordered_bits(logits) * (1 << 32)  # [C, V] int64, orders like the float
     _, pos_idx = (order + (M32 - ids)).topk(k, dim=1)  # larger value, then lower id

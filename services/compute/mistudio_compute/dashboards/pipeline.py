@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 
-from mistudio_compute.dashboards.activation_pass import Checkpointing, PassResult
+from mistudio_compute.dashboards.activation_pass import Checkpointing, LocalPass, PassResult
+from mistudio_compute.dashboards.distributed import RayCluster, RayPass
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
 from mistudio_compute.dashboards.params import (
     state_config,
@@ -31,12 +32,15 @@ def compute_dashboards(
     cancel: CancelCheck | None = None,
     memory_budget: int | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
+    ray: RayCluster | None = None,
 ) -> Iterator[list[FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
     yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
     feature shards, and batches of at most ``batch_size`` rows, that fit it. Arguments are
     validated now; the work runs as the iterator is consumed. ``on_pass`` receives each
-    shard's activation pass result (e.g. the batch size it ended with)."""
+    shard's activation pass result (e.g. the batch size it ended with). With ``ray`` each
+    feature shard's pass runs as token-range shards on that cluster (finished ones saved next to
+    ``checkpoint``); finalisation stays here."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
@@ -49,9 +53,13 @@ def compute_dashboards(
         seq_len=tokens.shape[1], n_rows=tokens.shape[0],
         chunk_size=chunk_size, budget=memory_budget,
     )  # fmt: skip
+    runner = (
+        LocalPass(inputs, config, checkpoint)
+        if ray is None
+        else RayPass(ray, config, tokens.shape, inputs.encoder.device, checkpoint)
+    )
     computation = ShardedComputation(
-        inputs, params, config, feats, plan.shard_size, plan.batch_rows,
-        chunk_size=chunk_size, checkpoint=checkpoint, progress=progress, cancel=cancel,
-        on_pass=on_pass,
+        inputs, params, runner, feats, plan.shard_size, plan.batch_rows,
+        chunk_size=chunk_size, progress=progress, cancel=cancel, on_pass=on_pass,
     )  # fmt: skip
     return iter(computation)

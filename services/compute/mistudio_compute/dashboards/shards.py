@@ -21,12 +21,7 @@ import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 from mistudio_common.errors import ResourceExhausted
 
-from mistudio_compute.dashboards.activation_pass import (
-    Checkpointing,
-    PassResult,
-    run_activation_pass,
-)
-from mistudio_compute.dashboards.checkpoint import checkpoint_features
+from mistudio_compute.dashboards.activation_pass import PassResult, PassRunner
 from mistudio_compute.dashboards.finalize import finalize_dashboards
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
@@ -139,12 +134,11 @@ class ShardedComputation:
 
     inputs: DashboardInputs
     params: DashboardParams
-    config: StateConfig
+    runner: PassRunner
     features: torch.Tensor
     shard_size: int
     batch_size: int
     chunk_size: int = 256
-    checkpoint: Checkpointing | None = None
     progress: ProgressCallback | None = None
     cancel: CancelCheck | None = None
     on_pass: Callable[[PassResult], None] | None = None
@@ -152,14 +146,10 @@ class ShardedComputation:
     def __iter__(self) -> Iterator[list[FeatureDashboard]]:
         shards = self._shards()
         for index, (lo, hi) in enumerate(shards):
-            if index > 0 and self.checkpoint is not None:  # the previous shard is handed on
-                self.checkpoint.path.unlink(missing_ok=True)
+            if index > 0:  # the previous shard is handed on
+                self.runner.discard()
             report = _ShardProgress(self.progress, index, len(shards), lo, len(self.features))
-            passed = run_activation_pass(
-                self.inputs, self.config, self.features[lo:hi],
-                batch_size=self.batch_size, checkpoint=self.checkpoint,
-                progress=report, cancel=self.cancel,
-            )  # fmt: skip
+            passed = self.runner.run(self.features[lo:hi], self.batch_size, report, self.cancel)
             self.batch_size = passed.batch_size
             if self.on_pass is not None:
                 self.on_pass(passed)
@@ -174,7 +164,7 @@ class ShardedComputation:
         """Feature ranges [lo, hi) still to run: from the checkpointed shard when it is one of
         this computation's (so a changed budget still resumes), else from the start."""
         start, first = 0, []
-        saved = None if self.checkpoint is None else checkpoint_features(self.checkpoint.path)
+        saved = self.runner.saved_features()
         if saved is not None:
             at = _find_run(self.features.cpu(), saved)
             if at is not None:

@@ -5,6 +5,9 @@ Memory is O(F x (n_top + n_sample + grid buckets)) whatever the number of tokens
 special positions count nowhere (not in ``token_count``, moments, histograms, examples), and
 negative activations count as not firing.
 
+Sums are exact integers (``exact_sum``), so every field of a merged state equals, bit for bit,
+that of one pass over the same rows, however they were split, batched and merged.
+
 Top examples are the best (value desc, position asc) *peaks*: positions whose value is the
 largest of their row within ±(context_left + context_right) — so no two examples' windows
 overlap — with at most one example per distinct context window (by a 63-bit window hash).
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from mistudio_common.errors import InvalidArgument
 
+from mistudio_compute.dashboards import exact_sum
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.token_totals import TokenTotals
@@ -57,8 +61,8 @@ class PassState:
     seq_len: int
     token_count: int  # non-special positions seen
     count: torch.Tensor  # [F] active positions (count_dtype)
-    total: torch.Tensor  # [F] float64 sum of active values
-    total_sq: torch.Tensor  # [F] float64 sum of squares
+    total: torch.Tensor  # [F, VALUE_LIMBS] int64 exact sum of active values (exact_sum)
+    total_sq: torch.Tensor  # [F, SQUARE_LIMBS] int64 exact sum of their squares
     vmin: torch.Tensor  # [F] float32 smallest active value (inf if none)
     vmax: torch.Tensor  # [F] float32 largest active value (0 if none)
     hist: torch.Tensor  # [F, n_buckets] fine-grid counts (count_dtype)
@@ -92,8 +96,8 @@ class PassState:
             seq_len=seq_len,
             token_count=0,
             count=full((n,), 0, counts),
-            total=full((n,), 0, torch.float64),
-            total_sq=full((n,), 0, torch.float64),
+            total=full((n, exact_sum.VALUE_LIMBS), 0, torch.int64),
+            total_sq=full((n, exact_sum.SQUARE_LIMBS), 0, torch.int64),
             vmin=full((n,), float("inf"), torch.float32),
             vmax=full((n,), 0, torch.float32),
             hist=full((n, config.grid.n_buckets), 0, counts),
@@ -154,8 +158,8 @@ class PassState:
             self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=self.hist.dtype))
         self.count += torch.bincount(f, minlength=n_feat)
-        self.total.index_add_(0, f, val.double())
-        self.total_sq.index_add_(0, f, val.double().square())
+        exact_sum.add_values(self.total, f, val)
+        exact_sum.add_squares(self.total_sq, f, val)
         self.vmin.scatter_reduce_(0, f, val, "amin")
         self.vmax.scatter_reduce_(0, f, val, "amax")
         self.token_count += int((~special).sum())

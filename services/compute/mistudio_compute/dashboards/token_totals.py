@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mistudio_compute.dashboards import exact_sum
+
 _COMPACT_MIN = 1 << 20
 
 
@@ -19,7 +21,7 @@ class TokenTotals:
     """keys = local feature << 32 | token id, sorted and unique after ``compact``."""
 
     keys: torch.Tensor
-    total: torch.Tensor  # float64
+    total: torch.Tensor  # [K, VALUE_LIMBS] int64 exact sums (exact_sum)
     count: torch.Tensor  # int64
     vmax: torch.Tensor  # float32
     _pending: list[tuple[torch.Tensor, ...]] = field(default_factory=list)
@@ -28,12 +30,18 @@ class TokenTotals:
     @classmethod
     def empty(cls, device: torch.device | str) -> TokenTotals:
         z = torch.zeros(0, dtype=torch.int64, device=device)
-        return cls(z, z.double(), z.clone(), z.float())
+        total = torch.zeros((0, exact_sum.VALUE_LIMBS), dtype=torch.int64, device=device)
+        return cls(z, total, z.clone(), z.float())
 
     def add(self, features: torch.Tensor, tokens: torch.Tensor, values: torch.Tensor) -> None:
         """Fold active (local feature, token id, value) triples [A] into the table."""
         keys = (features << 32) | tokens
-        self._append(*_reduce(keys, values.double(), torch.ones_like(keys), values))
+        uniq, inv = torch.unique(keys, return_inverse=True)
+        total = keys.new_zeros((len(uniq), exact_sum.VALUE_LIMBS))
+        exact_sum.add_values(total, inv, values)
+        count = torch.bincount(inv, minlength=len(uniq))
+        vmax = values.new_zeros(len(uniq)).scatter_reduce_(0, inv, values, "amax")
+        self._append(uniq, total, count, vmax)
 
     def merge(self, other: TokenTotals) -> TokenTotals:
         out = TokenTotals(self.keys, self.total, self.count, self.vmax, list(self._pending))
@@ -54,11 +62,17 @@ class TokenTotals:
         self._pending, self._pending_len = [], 0
 
     def rows(self, feature: int) -> tuple[torch.Tensor, ...]:
-        """(token ids, totals, counts, maxima) of one local feature; call ``compact`` first."""
+        """(token ids, float64 totals, counts, maxima) of one local feature; call ``compact``
+        first."""
         bounds = torch.tensor([feature << 32, (feature + 1) << 32], device=self.keys.device)
         lo, hi = torch.searchsorted(self.keys, bounds).tolist()
         k = slice(lo, hi)
-        return self.keys[k] & 0xFFFFFFFF, self.total[k], self.count[k], self.vmax[k]
+        return (
+            self.keys[k] & 0xFFFFFFFF,
+            exact_sum.value_of(self.total[k]),
+            self.count[k],
+            self.vmax[k],
+        )
 
     def _append(self, *cols: torch.Tensor) -> None:
         self._pending.append(cols)
@@ -72,7 +86,7 @@ def _reduce(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sum/sum/max the rows sharing a key; returns sorted unique keys."""
     uniq, inv = torch.unique(keys, return_inverse=True)
-    out_total = torch.zeros(len(uniq), dtype=torch.float64, device=keys.device)
+    out_total = torch.zeros((len(uniq), total.shape[1]), dtype=torch.int64, device=keys.device)
     out_count = torch.zeros(len(uniq), dtype=torch.int64, device=keys.device)
     out_max = torch.zeros(len(uniq), dtype=torch.float32, device=keys.device)
     out_total.index_add_(0, inv, total)
