@@ -30,7 +30,14 @@ from sqlalchemy.pool import NullPool
 PG_ADMIN_URL = os.environ.get(
     "MISTUDIO_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-STORE_TABLES = ("export_jobs", "dashboards", "explanations", "features", "saes")
+STORE_TABLES = (
+    "export_feature_hashes",
+    "export_jobs",
+    "dashboards",
+    "explanations",
+    "features",
+    "saes",
+)
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 

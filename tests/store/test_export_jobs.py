@@ -6,8 +6,10 @@ import grpc
 import pytest
 from google.protobuf import any_pb2, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
 
@@ -25,8 +27,9 @@ def create(stub: StoreServiceStub, **fields: object) -> pb.CreateExportJobRespon
 
 
 def test_create_assigns_an_id_and_starts_queued(stub: StoreServiceStub, sae_id: str) -> None:
-    config = struct_pb2.Struct()
-    config.update({"formats": ["neuronpedia", "saelens"], "n_features": 64})
+    config = epb.ExportConfig(
+        formats=[epb.EXPORT_FORMAT_NEURONPEDIA, epb.EXPORT_FORMAT_SAELENS], batch_size=64
+    )
     response = create(stub, sae_id=sae_id, owner="alice", request_id="req-1", config=config)
     job = response.job
     assert response.created
@@ -59,11 +62,14 @@ def test_reused_request_id_from_another_owner_is_already_exists(
 def test_reused_request_id_with_another_config_names_the_differing_fields(
     stub: StoreServiceStub, sae_id: str
 ) -> None:
-    config = struct_pb2.Struct()
-    config.update({"dashboard": {"n_top_examples": 20, "context": 8}, "formats": ["saelens"]})
+    config = epb.ExportConfig(
+        dashboard=dpb.DashboardParams(n_top_examples=20, context_left=8),
+        formats=[epb.EXPORT_FORMAT_SAELENS],
+    )
     create(stub, sae_id=sae_id, request_id="cfg", owner="alice", config=config)
-    changed = struct_pb2.Struct()
-    changed.update({"dashboard": {"n_top_examples": 30, "context": 8}, "formats": ["saelens"]})
+    changed = epb.ExportConfig()
+    changed.CopyFrom(config)
+    changed.dashboard.n_top_examples = 30
     with pytest.raises(grpc.RpcError) as caught:
         create(stub, sae_id=sae_id, request_id="cfg", owner="alice", config=changed)
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -9,11 +9,18 @@ from alembic.runtime.migration import MigrationContext
 from mistudio_store import convert
 from mistudio_store.db import migrate
 from mistudio_store.db.engine import create_store_engine
-from mistudio_store.db.models import Base, ExportJobRow
+from mistudio_store.db.models import Base, ExportFeatureHashRow, ExportJobRow
 from sqlalchemy import MetaData, Table, inspect, select
 from sqlalchemy.orm import Session
 
-STORE_TABLES = {"saes", "features", "explanations", "dashboards", "export_jobs"}
+STORE_TABLES = {
+    "saes",
+    "features",
+    "explanations",
+    "dashboards",
+    "export_jobs",
+    "export_feature_hashes",
+}
 
 
 def test_upgrade_creates_every_table_and_downgrade_removes_them(empty_database_url: str) -> None:
@@ -54,7 +61,7 @@ def test_models_match_the_migrated_schema(database_url: str) -> None:
         engine.dispose()
 
 
-def test_migrating_an_untyped_checkpoint_keeps_its_resume_state_and_result(
+def test_migrating_untyped_job_state_keeps_config_resume_state_result_and_hashes(
     empty_database_url: str,
 ) -> None:
     engine = create_store_engine(empty_database_url)
@@ -78,7 +85,8 @@ def test_migrating_an_untyped_checkpoint_keeps_its_resume_state_and_result(
             sae.update(neuronpedia_model_id="", neuronpedia_source_set="")
             connection.execute(saes.insert().values(**sae, created_at=now, updated_at=now))
             sae_pk = connection.execute(select(saes.c.id)).scalar_one()
-            job = dict(job_id="j", sae_pk=sae_pk, owner="o", config={}, state="running")
+            config = {"batch_size": 8.0, "dashboard": {"n_top_examples": 20.0}, "device": None}
+            job = dict(job_id="j", sae_pk=sae_pk, owner="o", config=config, state="running")
             job.update(stage="caching", output_uri="", output_size_bytes=0, feature_count=0)
             job.update(error_message="", checkpoint=old, created_at=now, updated_at=now)
             connection.execute(jobs.insert().values(**job))
@@ -87,11 +95,18 @@ def test_migrating_an_untyped_checkpoint_keeps_its_resume_state_and_result(
             row = session.get(ExportJobRow, "j")
             assert row is not None
             job = convert.job_to_pb(row, "s")
+        assert job.config.batch_size == 8 and job.config.dashboard.n_top_examples == 20
+        assert row.config == {"batch_size": 8, "dashboard": {"n_top_examples": 20}}
         assert job.resume.compute.attempt == 2
         assert job.resume.compute.paused_computation_id == "c1"
         assert job.resume.collect.chunks_done == 3
         assert list(job.resume.formats.done) == ["prd_json"]
         assert job.outcome.result.output_uri == "exports/j/x.zip"
-        assert dict(job.outcome.feature_hashes) == {4: "ab"} and job.outcome.render_key == "rk"
+        assert job.outcome.feature_hash_count == 1 and job.outcome.render_key == "rk"
+        with Session(engine) as session:
+            moved = session.execute(
+                select(ExportFeatureHashRow.feature_index, ExportFeatureHashRow.content_hash)
+            ).all()
+        assert [tuple(r) for r in moved] == [(4, "ab")]
     finally:
         engine.dispose()

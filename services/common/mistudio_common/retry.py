@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from mistudio_common.errors import Unavailable
 
@@ -57,3 +57,34 @@ def call_with_patience(
             delay = next(delays, None)
             if delay is None or sleep(delay):
                 raise
+
+
+PEER_CALL_SECONDS = 60.0
+"""How long a peer may take to answer one unary call once it is reachable."""
+
+
+@dataclass(frozen=True)
+class PeerWait:
+    """How a service calls its peers: a call made while a peer is starting or restarting waits
+    for it (gRPC ``wait_for_ready``) up to the fault patience, then has ``call_seconds`` to
+    answer, so a restart costs a delay instead of a failed job."""
+
+    patience_seconds: float = DEFAULT_PATIENCE_SECONDS
+    call_seconds: float = PEER_CALL_SECONDS
+
+    @property
+    def call_timeout(self) -> float:
+        """The deadline of one unary (or short streaming) call, the wait for the peer included."""
+        return self.patience_seconds + self.call_seconds
+
+    def call_options(self) -> CallOptions:
+        """Keyword arguments of a bounded gRPC call: wait for the peer, within the deadline."""
+        return CallOptions(timeout=self.call_timeout, wait_for_ready=True)
+
+
+class CallOptions(TypedDict):
+    timeout: float
+    wait_for_ready: bool
+
+
+DEFAULT_PEER_WAIT = PeerWait()

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mistudio_common.auth import Credentials, PeerCredentials, ServerTls, check_bind
 from mistudio_common.auth_interceptor import AioAuthInterceptor, AuthInterceptor
+from mistudio_common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,14 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
 SERVER_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)]
+PEER_RECONNECT_MAX_MS = 2000
+CLIENT_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", PEER_RECONNECT_MAX_MS),
+]
+"""A restarted peer is found again within two seconds (gRPC's default backoff reaches 120 s),
+so a call waiting for it (wait_for_ready) goes through soon after it is back."""
 
 T = TypeVar("T")
 
@@ -278,7 +287,19 @@ def server_tls(tls: ServerTls, credentials: Credentials) -> grpc.ServerCredentia
 
 def insecure_channel(address: str) -> grpc.Channel:
     """A client channel with the same message limits as the servers."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+
+
+def wait_until_ready(channel: grpc.Channel, seconds: float, peer: str) -> None:
+    """Blocks until ``channel`` has connected: a long stream opens only once its peer is up.
+    Unavailable naming ``peer`` when it stays unreachable for ``seconds``."""
+    try:
+        grpc.channel_ready_future(channel).result(timeout=seconds)
+    except grpc.FutureTimeoutError:
+        raise Unavailable(
+            f"the {peer} stayed unreachable for {seconds:g} s",
+            fix=f"start the {peer} (or check its address); the job resumes by itself",
+        ) from None
 
 
 def open_channel(address: str, peer: PeerCredentials) -> grpc.Channel:
@@ -289,7 +310,7 @@ def open_channel(address: str, peer: PeerCredentials) -> grpc.Channel:
         tls = grpc.ssl_channel_credentials(
             root_certificates=peer.ca, private_key=peer.key, certificate_chain=peer.cert
         )
-        channel = grpc.secure_channel(address, tls, options=CHANNEL_OPTIONS)
+        channel = grpc.secure_channel(address, tls, options=CLIENT_OPTIONS)
     if not peer.token:
         return channel
     return grpc.intercept_channel(channel, _BearerToken(peer.token))

@@ -13,6 +13,7 @@ from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
 from mistudio_common.auth import load_credentials
 from mistudio_common.dependencies import DependencyMonitor, peer
 from mistudio_common.retention import FolderSweeper
+from mistudio_common.retry import PeerWait
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
 from mistudio_compute.config import ComputeSettings
@@ -63,7 +64,8 @@ def build_compute_server(
     ``model_loader`` replaces ``model_access.load_model`` (tests serve tiny in-memory models).
     """
     credentials = load_credentials(settings)
-    store = StoreClient(settings.store_address, credentials.peer)
+    wait = PeerWait(patience_seconds=settings.fault_patience_seconds)
+    store = StoreClient(settings.store_address, credentials.peer, wait)
     planner = Planner(settings, store, model_loader)
     manager = ComputeJobManager(settings, planner, store)
     servicer = ComputeServicer(manager, planner)

@@ -1,7 +1,9 @@
 """The compute service's client of the store: SAE records, the dashboard cache, feature stats.
 
-Every failed call is turned back into the store's domain error (``error_from_rpc``), so an
-unknown SAE reaches the compute client as NOT_FOUND with the store's resource details.
+Every call waits for a store that is starting or restarting (``wait_for_ready``) up to the fault
+patience (``PeerWait``). Every failed call is turned back into the store's domain error
+(``error_from_rpc``), so an unknown SAE reaches the compute client as NOT_FOUND with the store's
+resource details.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
 from mistudio_common.grpc_errors import error_from_rpc
+from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel
 
 T = TypeVar("T")
 
-_TIMEOUT_SECONDS = 60.0
 _PAGE_SIZE = 1000
 STATS_FIELDS = ("activation_frequency", "max_activation")
 """What a computation writes to the store's features; labels belong to people."""
@@ -49,16 +51,22 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 class StoreClient:
     """Thin typed wrapper over StoreService for the calls the compute service makes."""
 
-    def __init__(self, address: str, peer: PeerCredentials = LOOPBACK_PEER) -> None:
+    def __init__(
+        self,
+        address: str,
+        peer: PeerCredentials = LOOPBACK_PEER,
+        wait: PeerWait = DEFAULT_PEER_WAIT,
+    ) -> None:
         self._channel = open_channel(address, peer)
         self._stub = sgrpc.StoreServiceStub(self._channel)
+        self._unary = wait.call_options()
 
     def close(self) -> None:
         self._channel.close()
 
     def get_sae(self, sae_id: str) -> spb.Sae:
         try:
-            return self._stub.GetSae(spb.GetSaeRequest(sae_id=sae_id), timeout=_TIMEOUT_SECONDS).sae
+            return self._stub.GetSae(spb.GetSaeRequest(sae_id=sae_id), **self._unary).sae
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
 
@@ -71,7 +79,7 @@ class StoreClient:
                 sae_id=sae_id, params=params, page_size=_PAGE_SIZE, page_token=token
             )
             try:
-                page = self._stub.ListCachedDashboards(request, timeout=_TIMEOUT_SECONDS)
+                page = self._stub.ListCachedDashboards(request, **self._unary)
             except grpc.RpcError as error:
                 raise error_from_rpc(error) from error
             found.update(d.feature_index for d in page.dashboards)
@@ -92,7 +100,7 @@ class StoreClient:
             for batch in _batched(dashboards, batch_size)
         )
         try:
-            response = self._stub.PutDashboards(requests, timeout=_TIMEOUT_SECONDS)
+            response = self._stub.PutDashboards(requests, **self._unary)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
         return response.written_count
@@ -113,7 +121,7 @@ class StoreClient:
                 sae_id=sae_id, features=batch, update_mask=STATS_FIELDS
             )
             try:
-                total += self._stub.UpsertFeatures(request, timeout=_TIMEOUT_SECONDS).upserted_count
+                total += self._stub.UpsertFeatures(request, **self._unary).upserted_count
             except grpc.RpcError as error:
                 raise error_from_rpc(error) from error
         return total

@@ -19,7 +19,6 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
-from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import fetch_to_file, finished_job
 from mistudio_export.generate import FOLDERS
 from mistudio_export.object_store import ObjectStore
@@ -30,6 +29,7 @@ from mistudio_export.packaging import (
     VerifyReport,
     build_archive,
 )
+from mistudio_export.peers import JobRecords
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
 from mistudio_export.validation.archives import validate_zip
@@ -126,7 +126,7 @@ def _check_saelens(folder: Path, summary: epb.ValidationSummary) -> None:
 class ArchiveValidator:
     """ValidateArchive: re-checks a finished export's archive, optionally repairing it."""
 
-    def __init__(self, store: StoreClient, objects: ObjectStore) -> None:
+    def __init__(self, store: JobRecords, objects: ObjectStore) -> None:
         self._store = store
         self._objects = objects
 

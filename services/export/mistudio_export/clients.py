@@ -1,13 +1,14 @@
 """The export service's clients of its peers: the store (records, cache, jobs) and compute.
 
-Every failed call becomes the peer's domain error (``error_from_rpc``), so an unknown SAE in the
-store reaches an export client as NOT_FOUND with the store's resource details, and the
-orchestration code never sees grpc.
+Every call waits for a peer that is starting or restarting (``wait_for_ready``) up to the fault
+patience (``PeerWait``). Every failed call becomes the peer's domain error (``error_from_rpc``),
+so an unknown SAE in the store reaches an export client as NOT_FOUND with the store's resource
+details, and the orchestration code never sees grpc.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import grpc
@@ -20,12 +21,14 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
 from mistudio_common.grpc_errors import error_from_rpc
-from mistudio_common.server import open_channel
+from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
+from mistudio_common.server import open_channel, wait_until_ready
 
 T = TypeVar("T")
 
-UNARY_TIMEOUT_SECONDS = 60.0
 PAGE_SIZE = 1000
+HASHES_PER_REQUEST = 10_000
+"""Feature hashes per put or page (about 0.8 MB): the store's limit for both."""
 FETCH_BATCH = 256
 """Features per GetDashboards call: bounds the dashboards held in memory at once."""
 
@@ -56,16 +59,22 @@ def _pages(fetch: Callable[[str], tuple[Sequence[T], str]]) -> Iterator[T]:
 class StoreClient:
     """Typed wrapper over StoreService for the calls the export service makes."""
 
-    def __init__(self, address: str, peer: PeerCredentials = LOOPBACK_PEER) -> None:
+    def __init__(
+        self,
+        address: str,
+        peer: PeerCredentials = LOOPBACK_PEER,
+        wait: PeerWait = DEFAULT_PEER_WAIT,
+    ) -> None:
         self._channel = open_channel(address, peer)
         self._stub = sgrpc.StoreServiceStub(self._channel)
+        self._unary = wait.call_options()
 
     def close(self) -> None:
         self._channel.close()
 
     def get_sae(self, sae_id: str) -> spb.Sae:
         request = spb.GetSaeRequest(sae_id=sae_id)
-        return _call(lambda: self._stub.GetSae(request, timeout=UNARY_TIMEOUT_SECONDS)).sae
+        return _call(lambda: self._stub.GetSae(request, **self._unary)).sae
 
     def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
         """Every feature record matching the filter, in index order."""
@@ -74,7 +83,7 @@ class StoreClient:
             request = spb.ListFeaturesRequest(
                 sae_id=sae_id, page_size=PAGE_SIZE, page_token=token, filter=feature_filter
             )
-            page = _call(lambda: self._stub.ListFeatures(request, timeout=UNARY_TIMEOUT_SECONDS))
+            page = _call(lambda: self._stub.ListFeatures(request, **self._unary))
             return page.features, page.next_page_token
 
         return _pages(fetch)
@@ -86,9 +95,7 @@ class StoreClient:
             request = spb.ListExplanationsRequest(
                 sae_id=sae_id, page_size=PAGE_SIZE, page_token=token, feature_indices=indices
             )
-            page = _call(
-                lambda: self._stub.ListExplanations(request, timeout=UNARY_TIMEOUT_SECONDS)
-            )
+            page = _call(lambda: self._stub.ListExplanations(request, **self._unary))
             return page.explanations, page.next_page_token
 
         return _pages(fetch)
@@ -100,9 +107,7 @@ class StoreClient:
             request = spb.ListCachedDashboardsRequest(
                 sae_id=sae_id, params=params, page_size=PAGE_SIZE, page_token=token
             )
-            page = _call(
-                lambda: self._stub.ListCachedDashboards(request, timeout=UNARY_TIMEOUT_SECONDS)
-            )
+            page = _call(lambda: self._stub.ListCachedDashboards(request, **self._unary))
             return page.dashboards, page.next_page_token
 
         return {d.feature_index: d.content_hash for d in _pages(fetch)}
@@ -114,34 +119,36 @@ class StoreClient:
         request = spb.GetDashboardsRequest(sae_id=sae_id, params=params, feature_indices=indices)
         found: list[dpb.FeatureDashboard] = []
         missing: list[int] = []
-        for message in _stream(lambda: self._stub.GetDashboards(request)):
+        for message in _stream(lambda: self._stub.GetDashboards(request, **self._unary)):
             found.extend(message.dashboards)
             missing.extend(message.missing)
         return found, missing
 
     def create_job(self, job: spb.ExportJob) -> tuple[spb.ExportJob, bool]:
         request = spb.CreateExportJobRequest(job=job)
-        response = _call(lambda: self._stub.CreateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS))
+        response = _call(lambda: self._stub.CreateExportJob(request, **self._unary))
         return response.job, response.created
 
     def get_job(self, job_id: str) -> spb.ExportJob:
         request = spb.GetExportJobRequest(job_id=job_id)
-        return _call(lambda: self._stub.GetExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
+        return _call(lambda: self._stub.GetExportJob(request, **self._unary)).job
 
     def update_job(self, job: spb.ExportJob, fields: Iterable[str]) -> spb.ExportJob:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
-        return _call(lambda: self._stub.UpdateExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)).job
+        return _call(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
 
     def claim_job(self, job_id: str, holder: str, lease_seconds: float) -> bool:
+        """A lease call does not wait for a store that is down: a claim answered after the
+        lease it asks for would be void, so it fails at once and the next renewal retries."""
         request = spb.ClaimExportJobRequest(
             job_id=job_id, holder=holder, lease_seconds=lease_seconds
         )
-        call = lambda: self._stub.ClaimExportJob(request, timeout=UNARY_TIMEOUT_SECONDS)  # noqa: E731
-        return _call(call).claimed
+        timeout = max(1.0, lease_seconds / 3)
+        return _call(lambda: self._stub.ClaimExportJob(request, timeout=timeout)).claimed
 
     def delete_job(self, job_id: str) -> None:
         request = spb.DeleteExportJobRequest(job_id=job_id)
-        _call(lambda: self._stub.DeleteExportJob(request, timeout=UNARY_TIMEOUT_SECONDS))
+        _call(lambda: self._stub.DeleteExportJob(request, **self._unary))
 
     def list_jobs(
         self,
@@ -155,7 +162,39 @@ class StoreClient:
         request = spb.ListExportJobsRequest(
             page_size=page_size, page_token=page_token, sae_id=sae_id, owner=owner, states=states
         )
-        return _call(lambda: self._stub.ListExportJobs(request, timeout=UNARY_TIMEOUT_SECONDS))
+        return _call(lambda: self._stub.ListExportJobs(request, **self._unary))
+
+    def finished_jobs(self, sae_id: str, limit: int) -> list[spb.ExportJob]:
+        """The SAE's newest ``limit`` succeeded exports, newest first."""
+        page = self.list_jobs(page_size=limit, sae_id=sae_id, states=[ppb.JOB_STATE_SUCCEEDED])
+        return list(page.jobs)
+
+    def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
+        """Records the job archive's feature hashes, in requests of bounded size."""
+        items = sorted(hashes.items())
+        for start in range(0, len(items), HASHES_PER_REQUEST):
+            batch = items[start : start + HASHES_PER_REQUEST]
+            self._put_hashes(
+                spb.PutExportFeatureHashesRequest(
+                    job_id=job_id,
+                    hashes=[spb.FeatureHash(feature_index=i, content_hash=h) for i, h in batch],
+                )
+            )
+
+    def _put_hashes(self, request: spb.PutExportFeatureHashesRequest) -> None:
+        _call(lambda: self._stub.PutExportFeatureHashes(request, **self._unary))
+
+    def feature_hashes(self, job_id: str) -> dict[int, str]:
+        """Feature index -> content hash of every feature the job's archive holds."""
+
+        def fetch(token: str) -> tuple[Sequence[spb.FeatureHash], str]:
+            request = spb.ListExportFeatureHashesRequest(
+                job_id=job_id, page_size=HASHES_PER_REQUEST, page_token=token
+            )
+            page = _call(lambda: self._stub.ListExportFeatureHashes(request, **self._unary))
+            return page.hashes, page.next_page_token
+
+        return {h.feature_index: h.content_hash for h in _pages(fetch)}
 
     def all_jobs(
         self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()
@@ -172,25 +211,33 @@ class StoreClient:
 class ComputeClient:
     """Typed wrapper over ComputeService: dashboards, estimates and SAELens files."""
 
-    def __init__(self, address: str, peer: PeerCredentials = LOOPBACK_PEER) -> None:
+    def __init__(
+        self,
+        address: str,
+        peer: PeerCredentials = LOOPBACK_PEER,
+        wait: PeerWait = DEFAULT_PEER_WAIT,
+    ) -> None:
         self._channel = open_channel(address, peer)
         self._stub = cgrpc.ComputeServiceStub(self._channel)
+        self._unary = wait.call_options()
+        self._patience = wait.patience_seconds
 
     def close(self) -> None:
         self._channel.close()
 
     def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> ComputeStream:
         """Starts (or re-attaches to) a computation; iterate the result for its progress."""
-        return ComputeStream(self._stub.ComputeDashboards(request))
+        wait_until_ready(self._channel, self._patience, "compute service")
+        return ComputeStream(self._stub.ComputeDashboards(request, wait_for_ready=True))
 
     def cancel_computation(self, job_id: str) -> None:
         request = cpb.CancelComputationRequest(job_id=job_id)
-        _call(lambda: self._stub.CancelComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
+        _call(lambda: self._stub.CancelComputation(request, **self._unary))
 
     def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
         """Pauses a computation, keeping its checkpoint; returns the state it reached."""
         request = cpb.PauseComputationRequest(job_id=job_id)
-        reply = _call(lambda: self._stub.PauseComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
+        reply = _call(lambda: self._stub.PauseComputation(request, **self._unary))
         return reply.state
 
     def validate_sae(
@@ -199,7 +246,7 @@ class ComputeClient:
         request = cpb.ValidateSaeRequest(
             sae=cpb.SaeReference(sae_id=sae_id), tokens=tokens, device=device
         )
-        return _call(lambda: self._stub.ValidateSae(request, timeout=UNARY_TIMEOUT_SECONDS))
+        return _call(lambda: self._stub.ValidateSae(request, **self._unary))
 
     def estimate(
         self,
@@ -214,7 +261,7 @@ class ComputeClient:
             feature_count=feature_count,
             params=params,
         )
-        return _call(lambda: self._stub.EstimateComputation(request, timeout=UNARY_TIMEOUT_SECONDS))
+        return _call(lambda: self._stub.EstimateComputation(request, **self._unary))
 
     def saelens_files(
         self, sae_id: str, neuronpedia_id: str, frequencies: Sequence[float]
@@ -224,7 +271,8 @@ class ComputeClient:
             neuronpedia_id=neuronpedia_id,
             feature_frequencies=frequencies,
         )
-        return _stream(lambda: self._stub.ExportSaeLensFiles(request))
+        wait_until_ready(self._channel, self._patience, "compute service")
+        return _stream(lambda: self._stub.ExportSaeLensFiles(request, wait_for_ready=True))
 
 
 class ComputeStream:

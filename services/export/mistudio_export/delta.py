@@ -1,10 +1,11 @@
 """Content hashes of exported features, and what an earlier export lets a new one skip.
 
 A feature's hash covers everything the archive says about it: its dashboard (by the cache's
-canonical content hash), its label and category, and its explanations. A finished export keeps
-the hash of every feature it wrote; a delta export keeps only the features whose hash changed,
-and any export copies the files of unchanged features from an earlier archive written with the
-same rendering options instead of regenerating them.
+canonical content hash), its label and category, and its explanations. A finished export records
+the hash of every feature it wrote in the store, beside its job record (which stays small); a
+delta export keeps only the features whose hash changed, and any export copies the files of
+unchanged features from an earlier archive written with the same rendering options instead of
+regenerating them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from mistudio_common.dashboard_options import Component
 from mistudio_export import views
 from mistudio_export.packaging.archive import verify_archive
 from mistudio_export.packaging.safe_extract import check_limits
+from mistudio_export.peers import FeatureHashRecords
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import EXPORT_FORMAT_VERSION
 
@@ -69,33 +71,38 @@ class EarlierExport:
     job_id: str
     output_uri: str
     render_key: str
+    archive_sha256: str
+    """As the job recorded it: the downloaded archive must match."""
     hashes: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, job: spb.ExportJob) -> EarlierExport:
+    def of(cls, job: spb.ExportJob, records: FeatureHashRecords) -> EarlierExport:
+        """The job with the feature hashes the store keeps for its archive."""
+        recorded = job.outcome.feature_hash_count > 0
+        result = views.result_of(job)
         return cls(
             job_id=job.job_id,
             output_uri=job.output_uri,
             render_key=job.outcome.render_key,
-            hashes=dict(job.outcome.feature_hashes),
+            archive_sha256=result.archive_sha256 if result is not None else "",
+            hashes=records.feature_hashes(job.job_id) if recorded else {},
         )
 
     def unchanged(self, index: int, content_hash: str) -> bool:
         return self.hashes.get(index) == content_hash
 
 
-def archive_problem(path: Path, job: spb.ExportJob) -> str:
-    """Why the downloaded archive of ``job`` may not be copied from ("" when it may): it must
-    be the archive the job recorded (SHA-256), within the archive limits, and match its own
+def archive_problem(path: Path, earlier: EarlierExport) -> str:
+    """Why the downloaded archive of ``earlier`` may not be copied from ("" when it may): it
+    must be the archive the job recorded (SHA-256), within the archive limits, and match its own
     manifest file by file. The object store is not trusted to hold what the job wrote."""
-    result = views.result_of(job)
-    if result is None or not result.archive_sha256:
+    if not earlier.archive_sha256:
         return "the job recorded no archive checksum"
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    if digest.hexdigest() != result.archive_sha256:
+    if digest.hexdigest() != earlier.archive_sha256:
         return "its SHA-256 differs from the one the job recorded"
     try:
         with zipfile.ZipFile(path) as zf:

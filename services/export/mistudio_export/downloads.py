@@ -11,8 +11,8 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
-from mistudio_export.clients import StoreClient
 from mistudio_export.object_store import ObjectStore
+from mistudio_export.peers import JobLookup
 
 DEFAULT_EXPIRY_SECONDS = 3600
 MIN_EXPIRY_SECONDS = 60
@@ -26,7 +26,7 @@ def require_job_id(job_id: str) -> str:
     return job_id
 
 
-def finished_job(store: StoreClient, job_id: str) -> spb.ExportJob:
+def finished_job(store: JobLookup, job_id: str) -> spb.ExportJob:
     """The job, which must have succeeded and published an archive."""
     job = store.get_job(require_job_id(job_id))
     if job.state != ppb.JOB_STATE_SUCCEEDED or not job.output_uri:
@@ -52,7 +52,7 @@ def fetch_to_file(objects: ObjectStore, key: str, path: Path) -> Path:
 
 
 def download_url(
-    store: StoreClient, objects: ObjectStore, request: epb.GetDownloadUrlRequest
+    store: JobLookup, objects: ObjectStore, request: epb.GetDownloadUrlRequest
 ) -> epb.GetDownloadUrlResponse:
     expiry = request.expiry_seconds or DEFAULT_EXPIRY_SECONDS
     if not MIN_EXPIRY_SECONDS <= expiry <= MAX_EXPIRY_SECONDS:
@@ -69,7 +69,7 @@ def download_url(
 
 
 def download_chunks(
-    store: StoreClient, objects: ObjectStore, request: epb.DownloadExportRequest
+    store: JobLookup, objects: ObjectStore, request: epb.DownloadExportRequest
 ) -> Iterator[epb.DownloadExportResponse]:
     """The archive from ``offset`` on, in chunks that each say where they start."""
     job = finished_job(store, request.job_id)

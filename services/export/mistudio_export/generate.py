@@ -30,7 +30,6 @@ from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 
-from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import staged_dashboards
 from mistudio_export.formats import jsonio, prd_json
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
@@ -38,6 +37,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
+from mistudio_export.peers import FeatureFacts, SaeLensFiles
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -102,7 +102,7 @@ def write_formats(
     job: JobRuntime,
     kinds: Sequence[FormatKind],
     inputs: Inputs,
-    compute: ComputeClient,
+    compute: SaeLensFiles,
     features_per_batch: int,
 ) -> int:
     """Writes each format not yet checkpointed; returns how many PRD files were copied."""
@@ -331,7 +331,7 @@ def _write_other(
         write_upload_payloads(folder, naming, dashboards, inputs.neuronpedia_explanations)
 
 
-def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: ComputeClient) -> None:
+def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: SaeLensFiles) -> None:
     plan = job.plan
     files: dict[str, bytearray] = {}
     chunks = compute.saelens_files(
@@ -346,7 +346,7 @@ def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: Compu
 
 
 def explanation_records(
-    store: StoreClient, sae_id: str, indices: Sequence[int]
+    store: FeatureFacts, sae_id: str, indices: Sequence[int]
 ) -> list[ExplanationRecord]:
     """The store's explanations of ``indices`` as the formats take them."""
     if not indices:
@@ -374,7 +374,7 @@ def _explanation(e: spb.Explanation) -> ExplanationRecord:
     )
 
 
-def feature_labels(store: StoreClient, sae_id: str, indices: Sequence[int]) -> list[FeatureLabel]:
+def feature_labels(store: FeatureFacts, sae_id: str, indices: Sequence[int]) -> list[FeatureLabel]:
     """The labels of ``indices`` that have one."""
     wanted = set(indices)
     return [
@@ -389,7 +389,7 @@ def feature_labels(store: StoreClient, sae_id: str, indices: Sequence[int]) -> l
     ]
 
 
-def saelens_frequencies(store: StoreClient, sae_id: str, d_sae: int) -> list[float]:
+def saelens_frequencies(store: FeatureFacts, sae_id: str, d_sae: int) -> list[float]:
     """Every feature's activation frequency when the store has all of them; else empty."""
     frequencies = {
         f.feature_index: f.activation_frequency for f in store.features(sae_id, spb.FeatureFilter())

@@ -80,7 +80,7 @@ class _ExportKind:
 
     def prepare(self, record: ExportRecord) -> _ExportWork:
         stored = self._store.get_job(record.job_id)
-        plan = self._planner.plan(stored.sae_id, views.config_of(stored), stored.owner)
+        plan = self._planner.plan(stored.sae_id, stored.config, stored.owner)
         return self.work(plan, record.job_id)
 
     def ended(
@@ -139,7 +139,7 @@ class ExportJobManager:
             sae_id=request.sae_id,
             owner=request.owner,
             request_id=request.request_id or job_id,
-            config=views.config_struct(request.config),
+            config=request.config,
             state=ppb.JOB_STATE_QUEUED,
             progress=first_progress(job_id, plan.stages),
             holder=self._leasing.holder,

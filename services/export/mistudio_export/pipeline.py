@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from importlib import metadata
 
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -23,7 +24,6 @@ from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
 from mistudio_export import checking, computing, delta
-from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.collect import Collected, collect
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
@@ -40,6 +40,7 @@ from mistudio_export.generate import (
 )
 from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
+from mistudio_export.peers import ExportCompute, ExportStore
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
@@ -56,6 +57,10 @@ _ARCHITECTURES = {
     spb.ARCHITECTURE_TOPK: "topk",
     spb.ARCHITECTURE_GATED: "gated",
 }
+
+
+EARLIER_EXPORTS_CONSIDERED = 20
+"""How many of the newest finished exports a job looks through for an archive to copy from."""
 
 
 def archive_prefix(job_id: str) -> str:
@@ -76,8 +81,8 @@ class ExportPipeline:
     def __init__(
         self,
         settings: ExportSettings,
-        store: StoreClient,
-        compute: ComputeClient,
+        store: ExportStore,
+        compute: ExportCompute,
         planner: Planner,
         objects: ObjectStore,
     ) -> None:
@@ -101,7 +106,8 @@ class ExportPipeline:
         plan = job.plan
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
         check_writable(self._objects)  # before hours of computing, not at publishing
-        base = self._planner.base_job(plan) if plan.delta_base_job_id else None
+        base_job = self._planner.base_job(plan) if plan.delta_base_job_id else None
+        base = delta.EarlierExport.of(base_job, self._store) if base_job else None
         kinds = [
             *(NEURONPEDIA_KINDS if plan.neuronpedia else ()),
             *((FormatKind.PREVIEW,) if plan.with_preview else ()),
@@ -120,9 +126,7 @@ class ExportPipeline:
                 if computed.HasField("params")
                 else self._facts(plan, plan.tokens).params
             )
-            only_changed = (
-                delta.EarlierExport.of(base) if base and not plan.merge_with_base else None
-            )
+            only_changed = base if base and not plan.merge_with_base else None
             collected = collect(
                 job,
                 self._store,
@@ -150,7 +154,8 @@ class ExportPipeline:
         published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
         hashes = dict(collected.hashes)
         if base is not None and not plan.merge_with_base:
-            hashes = {**delta.EarlierExport.of(base).hashes, **hashes}
+            hashes = {**base.hashes, **hashes}
+        self._store.put_feature_hashes(job.job_id, hashes)
         saelens_part = saelens_bytes(plan.sae) if plan.saelens else 0
         neuronpedia_bytes = max(0, published.size - saelens_part) if plan.neuronpedia else 0
         shutil.rmtree(job.staging / "work", ignore_errors=True)
@@ -168,7 +173,7 @@ class ExportPipeline:
         return jpb.ExportOutcome(
             result=result,
             render_key=delta.render_key(plan),
-            feature_hashes=hashes,
+            feature_hash_count=len(hashes),
             measured=measurement(job.tracker.snapshot(), neuronpedia_bytes, len(collected.hashes)),
         )
 
@@ -181,7 +186,9 @@ class ExportPipeline:
             plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
         )
 
-    def _inputs(self, job: JobRuntime, collected: Collected, base: spb.ExportJob | None) -> Inputs:
+    def _inputs(
+        self, job: JobRuntime, collected: Collected, base: delta.EarlierExport | None
+    ) -> Inputs:
         plan = job.plan
         indices = sorted(collected.hashes)
         info = self._sae_info(job)
@@ -236,33 +243,31 @@ class ExportPipeline:
             model_layers=facts.n_layers if facts is not None else 0,
         )
 
-    def _reuse(self, job: JobRuntime, base: spb.ExportJob | None) -> Reuse | None:
+    def _reuse(self, job: JobRuntime, base: delta.EarlierExport | None) -> Reuse | None:
         """The newest finished archive rendered like this one, downloaded for copying."""
         key = delta.render_key(job.plan)
-        earlier = [base] if base is not None else self._finished_exports(job)
-        for record in earlier:
-            candidate = delta.EarlierExport.of(record)
-            if candidate.render_key != key or not candidate.hashes or not record.output_uri:
+        for candidate in [base] if base is not None else self._finished_exports(job, key):
+            if candidate.render_key != key or not candidate.hashes or not candidate.output_uri:
                 continue
             path = job.staging / "work" / "earlier.zip"
             try:
-                fetch_to_file(self._objects, record.output_uri, path)
+                fetch_to_file(self._objects, candidate.output_uri, path)
             except MistudioError as error:
-                log.warning("earlier archive %s unreadable: %s", record.output_uri, error)
+                log.warning("earlier archive %s unreadable: %s", candidate.output_uri, error)
                 continue
-            problem = delta.archive_problem(path, record)
+            problem = delta.archive_problem(path, candidate)
             if problem:
-                log.warning("earlier archive %s not reused: %s", record.output_uri, problem)
+                log.warning("earlier archive %s not reused: %s", candidate.output_uri, problem)
                 path.unlink(missing_ok=True)
                 continue
             return Reuse(archive=path, hashes=dict(candidate.hashes))
         return None
 
-    def _finished_exports(self, job: JobRuntime) -> list[spb.ExportJob]:
-        page = self._store.list_jobs(
-            page_size=20, sae_id=job.plan.sae.sae_id, states=[ppb.JOB_STATE_SUCCEEDED]
-        )
-        return [j for j in page.jobs if j.job_id != job.job_id]
+    def _finished_exports(self, job: JobRuntime, key: str) -> Iterator[delta.EarlierExport]:
+        """The SAE's newest finished exports rendered like this one; hashes read as needed."""
+        for record in self._store.finished_jobs(job.plan.sae.sae_id, EARLIER_EXPORTS_CONSIDERED):
+            if record.job_id != job.job_id and record.outcome.render_key == key:
+                yield delta.EarlierExport.of(record, self._store)
 
     def _archive_key(self, job: JobRuntime) -> str:
         return f"{archive_prefix(job.job_id)}{job.plan.sae.sae_id}.zip"

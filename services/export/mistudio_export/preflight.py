@@ -17,9 +17,8 @@ from mistudio_common.errors import (
     Unavailable,
 )
 
-from mistudio_export import views
-from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.limits import check_request_limits
+from mistudio_export.peers import PlanningCompute, PlanningStore
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
 from mistudio_export.selection import has_label_filters, most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
@@ -41,7 +40,7 @@ def _in_config(error: MistudioError) -> MistudioError:
 class Planner:
     """Builds plans from store records and asks compute whether the SAE can be loaded."""
 
-    def __init__(self, store: StoreClient, compute: ComputeClient) -> None:
+    def __init__(self, store: PlanningStore, compute: PlanningCompute) -> None:
         self._store = store
         self._compute = compute
 
@@ -99,7 +98,7 @@ class Planner:
             problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))
         if base.state != ppb.JOB_STATE_SUCCEEDED:
             problems.append((field, "the base export has not succeeded: finish or redo it first"))
-        base_formats = views.config_of(base).formats
+        base_formats = base.config.formats
         if base_formats and NEURONPEDIA not in base_formats:
             problems.append((field, "the base export has no Neuronpedia dashboards to compare"))
         if problems:

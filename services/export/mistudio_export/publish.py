@@ -15,7 +15,6 @@ from mistudio_common.dashboard_options import Component
 
 from mistudio_export.formats.neuronpedia_explanations import missing_on_neuronpedia
 from mistudio_export.generate import included_formats, output_dir
-from mistudio_export.object_store import ObjectStore
 from mistudio_export.packaging import (
     MANIFEST_NAME,
     ArchiveFacts,
@@ -26,6 +25,7 @@ from mistudio_export.packaging import (
     write_archive_docs,
 )
 from mistudio_export.packaging.format_notes import LEFT_OUT
+from mistudio_export.peers import ArchiveUpload
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import ExplanationRecord, SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -102,7 +102,7 @@ def pretrained_yaml(plan: ExportPlan, info: SaeInfo) -> str:
 
 
 def pack_and_publish(
-    job: JobRuntime, objects: ObjectStore, facts: ArchiveFacts, key: str
+    job: JobRuntime, objects: ArchiveUpload, facts: ArchiveFacts, key: str
 ) -> Published:
     out = output_dir(job.staging)
     job.report(ppb.STAGE_CREATING_ARCHIVE, 0, 0, "bytes", "writing README, prefill and manifest")

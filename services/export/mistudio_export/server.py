@@ -14,6 +14,7 @@ from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.auth import load_credentials
 from mistudio_common.dependencies import Dependency, DependencyMonitor, peer
 from mistudio_common.retention import FolderSweeper
+from mistudio_common.retry import PeerWait
 from mistudio_common.server import RunningServer, ServiceRegistration, create_aio_server
 
 from mistudio_export.checking import ArchiveValidator
@@ -72,8 +73,9 @@ def instance_id(data_dir: Path) -> str:
 def build_export_server(settings: ExportSettings) -> ExportServer:
     """Starts the server on settings.host:settings.port and resumes unfinished jobs."""
     credentials = load_credentials(settings)
-    store = StoreClient(settings.store_address, credentials.peer)
-    compute = ComputeClient(settings.compute_address, credentials.peer)
+    wait = PeerWait(patience_seconds=settings.fault_patience_seconds)
+    store = StoreClient(settings.store_address, credentials.peer, wait)
+    compute = ComputeClient(settings.compute_address, credentials.peer, wait)
     objects = object_store_for(settings)
     planner = Planner(store, compute)
     pipeline = ExportPipeline(settings, store, compute, planner, objects)

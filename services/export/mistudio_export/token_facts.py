@@ -14,7 +14,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio_common.errors import MistudioError
 
-from mistudio_export.clients import ComputeClient
+from mistudio_export.peers import TokenEstimates
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class TokenFacts:
 
 
 def token_facts(
-    compute: ComputeClient,
+    compute: TokenEstimates,
     sae_id: str,
     tokens: tpb.TokenSource,
     params: dpb.DashboardParams,

@@ -1,37 +1,14 @@
-"""How a stored export job is shown to clients, and how its configuration is read back.
+"""How a stored export job is shown to clients.
 
-The store keeps the configuration as JSON (``google.protobuf.Struct``); the finished job's full
-result is its typed ``outcome``.
+The store keeps the job's typed configuration; the finished job's full result is its typed
+``outcome``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from google.protobuf import json_format, struct_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-
-
-def struct_of(data: dict[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(data)
-    return message
-
-
-def dict_of(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
-
-
-def config_of(job: spb.ExportJob) -> epb.ExportConfig:
-    return json_format.ParseDict(
-        dict_of(job.config), epb.ExportConfig(), ignore_unknown_fields=True
-    )
-
-
-def config_struct(config: epb.ExportConfig) -> struct_pb2.Struct:
-    return struct_of(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
 def result_of(job: spb.ExportJob) -> epb.ExportResult | None:
@@ -61,7 +38,7 @@ def view_of(job: spb.ExportJob, live: epb.ExportProgress | None = None) -> epb.E
         job_id=job.job_id,
         sae_id=job.sae_id,
         owner=job.owner,
-        config=config_of(job),
+        config=job.config,
     )
     message = live if live is not None else message_of(job)
     view.progress.CopyFrom(message.progress)
@@ -88,7 +65,7 @@ def summary_of(job: spb.ExportJob) -> epb.ExportJobSummary:
         state=job.state,
         stage=progress.stage,
         fraction=progress.fraction,
-        config_summary=config_summary(config_of(job))[:SUMMARY_TEXT_LIMIT],
+        config_summary=config_summary(job.config)[:SUMMARY_TEXT_LIMIT],
         error_message=job.error_message[:SUMMARY_TEXT_LIMIT],
     )
     if job.HasField("created_at"):

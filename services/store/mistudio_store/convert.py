@@ -13,6 +13,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from mistudio.common.v1 import progress_pb2
 from mistudio.export.v1.export_job_pb2 import ExportCheckpoint, ExportOutcome
+from mistudio.export.v1.export_service_pb2 import ExportConfig
 from mistudio.store.v1 import store_service_pb2 as pb
 
 from mistudio_store.db.models import ExplanationRow, ExportJobRow, FeatureRow, SaeRow
@@ -158,7 +159,7 @@ def job_to_pb(row: ExportJobRow, sae_id: str) -> pb.ExportJob:
         sae_id=sae_id,
         owner=row.owner,
         request_id=row.request_id or "",
-        config=struct(row.config),
+        config=from_json(row.config, ExportConfig(), lenient=True),
         state=enum_value(progress_pb2.JobState, row.state),  # type: ignore[arg-type]
         progress=from_json(row.progress, progress_pb2.Progress()),
         output_uri=row.output_uri,

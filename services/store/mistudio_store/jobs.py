@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from google.protobuf import json_format
 from mistudio.common.v1 import progress_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -215,13 +214,17 @@ def _job(session: Session, job_id: str, for_update: bool = False) -> tuple[Expor
         query = query.with_for_update(of=ExportJobRow)
     found = session.execute(query).one_or_none()
     if found is None:
-        raise NotFound(
-            f"no export job with id {job_id!r}",
-            resource_type="mistudio.store.v1.ExportJob",
-            resource_name=job_id,
-            fix="list jobs with ListExportJobs",
-        )
+        raise job_not_found(job_id)
     return found
+
+
+def job_not_found(job_id: str) -> NotFound:
+    return NotFound(
+        f"no export job with id {job_id!r}",
+        resource_type="mistudio.store.v1.ExportJob",
+        resource_name=job_id,
+        fix="list jobs with ListExportJobs",
+    )
 
 
 def _same_request(stored: pb.ExportJob, asked: pb.ExportJob) -> pb.ExportJob:
@@ -229,9 +232,7 @@ def _same_request(stored: pb.ExportJob, asked: pb.ExportJob) -> pb.ExportJob:
     otherwise (a reused request_id must not silently return someone else's job)."""
     differences = ["job.owner"] if stored.owner != asked.owner else []
     differences += _differing_paths(
-        json_format.MessageToDict(stored.config),
-        json_format.MessageToDict(asked.config),
-        "job.config",
+        convert.to_json(stored.config), convert.to_json(asked.config), "job.config"
     )
     if differences:
         raise AlreadyExists(

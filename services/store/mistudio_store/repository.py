@@ -2,8 +2,8 @@
 
 Both the gRPC servicer and in-process callers use this class; it validates what it is given,
 raises the shared domain errors (never grpc ones), and keeps each call in one transaction.
-The dashboard cache (``dashboards.py``) and export jobs (``jobs.py``) are mixed into the same
-class, so callers see one object.
+The dashboard cache (``dashboards.py``), export jobs (``jobs.py``) and their feature hashes
+(``feature_hashes.py``) are mixed into the same class, so callers see one object.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from mistudio_store.base import sae_not_found
 from mistudio_store.dashboards import DashboardCache
 from mistudio_store.db.models import ExplanationRow, FeatureRow, SaeRow
 from mistudio_store.db.statements import after, upsert
+from mistudio_store.feature_hashes import ExportFeatureHashes
 from mistudio_store.jobs import ExportJobs
 from mistudio_store.pagination import Page, scope_of
 
 
-class StoreRepository(DashboardCache, ExportJobs):
-    """SAEs, features, explanations, cached dashboards and export jobs."""
+class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
+    """SAEs, features, explanations, cached dashboards, export jobs and their feature hashes."""
 
     # SAEs
 

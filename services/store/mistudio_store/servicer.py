@@ -179,6 +179,24 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         self._repo.delete_export_job(request.job_id)
         return pb.DeleteExportJobResponse()
 
+    @handle_errors
+    def PutExportFeatureHashes(
+        self, request: pb.PutExportFeatureHashesRequest, context: Context
+    ) -> pb.PutExportFeatureHashesResponse:
+        written = self._repo.put_export_feature_hashes(request.job_id, request.hashes)
+        return pb.PutExportFeatureHashesResponse(written_count=written)
+
+    @handle_errors
+    def ListExportFeatureHashes(
+        self, request: pb.ListExportFeatureHashesRequest, context: Context
+    ) -> pb.ListExportFeatureHashesResponse:
+        page = self._repo.list_export_feature_hashes(
+            request.job_id, request.page_size, request.page_token
+        )
+        return pb.ListExportFeatureHashesResponse(
+            hashes=page.items, next_page_token=page.next_page_token
+        )
+
 
 def _dashboard_batches(
     requests: Iterable[pb.PutDashboardsRequest],

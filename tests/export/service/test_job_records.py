@@ -42,7 +42,7 @@ def test_progress_writes_leave_the_checkpoint_to_explicit_saves(
     assert stored_job(stack, job_id).resume.collect == jpb.CollectCheckpoint(chunks_done=7)
 
 
-def test_a_finished_export_keeps_its_outcome_and_no_resume_state(
+def test_a_finished_export_keeps_its_outcome_and_its_feature_hashes_beside_it(
     stack: Stack, sae_id: str, tokens: tpb.TokenSource
 ) -> None:
     request = epb.StartExportRequest(
@@ -52,6 +52,8 @@ def test_a_finished_export_keeps_its_outcome_and_no_resume_state(
     stored = stored_job(stack, last.progress.job_id)
     assert not stored.HasField("resume")
     assert stored.outcome.result == last.result
-    assert len(stored.outcome.feature_hashes) == last.result.feature_count
+    assert stored.outcome.feature_hash_count == last.result.feature_count
+    hashes = StoreClient(stack.store.address).feature_hashes(stored.job_id)
+    assert sorted(hashes) == list(range(last.result.feature_count))
     assert stored.outcome.measured.features == last.result.feature_count
     assert stored.outcome.render_key

@@ -17,6 +17,20 @@ from mistudio_export.records import NeuronpediaNaming
 from mistudio_export.runtime import JobRuntime
 
 
+def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
+    """A job that reports and persists nowhere, and is never asked to stop."""
+    return JobRuntime(
+        job_id=job_id,
+        plan=plan,
+        staging=staging,
+        checkpoint=jpb.ExportCheckpoint(),
+        tracker=stages.tracker(job_id, plan.stages),
+        control=JobControl(),
+        publish=lambda _: None,
+        persist=lambda: None,
+    )
+
+
 @pytest.fixture
 def job(tmp_path: Path) -> JobRuntime:
     plan = ExportPlan(
@@ -34,13 +48,4 @@ def job(tmp_path: Path) -> JobRuntime:
         device="cpu",
         batch_size=4,
     )
-    return JobRuntime(
-        job_id="job",
-        plan=plan,
-        staging=tmp_path,
-        checkpoint=jpb.ExportCheckpoint(),
-        tracker=stages.tracker("job", plan.stages),
-        control=JobControl(),
-        publish=lambda _: None,
-        persist=lambda: None,
-    )
+    return runtime("job", plan, tmp_path)

@@ -160,3 +160,16 @@ class ExportJobRow(Base):
         Index(None, "sae_pk", "created_at", "job_id"),
         Index(None, "owner", "created_at", "job_id"),
     )
+
+
+class ExportFeatureHashRow(Base):
+    """The content hash of one feature in a finished job's archive: later exports compare
+    them to copy unchanged features' files. Rows of their own, so the job record stays small."""
+
+    __tablename__ = "export_feature_hashes"
+
+    job_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("export_jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    feature_index: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))

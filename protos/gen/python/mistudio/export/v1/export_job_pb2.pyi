@@ -158,39 +158,17 @@ class ExportOutcome(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    @_typing.final
-    class FeatureHashesEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
-
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.int
-        value: _builtins.str
-        def __init__(
-            self,
-            *,
-            key: _builtins.int = ...,
-            value: _builtins.str = ...,
-        ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
-
     RESULT_FIELD_NUMBER: _builtins.int
     RENDER_KEY_FIELD_NUMBER: _builtins.int
-    FEATURE_HASHES_FIELD_NUMBER: _builtins.int
     MEASURED_FIELD_NUMBER: _builtins.int
+    FEATURE_HASH_COUNT_FIELD_NUMBER: _builtins.int
     render_key: _builtins.str
     """Identifies the rendering options the archive's files were written with (delta.render_key)."""
+    feature_hash_count: _builtins.int
+    """Feature hashes recorded for the archive in the store (0: none, nothing to reuse)."""
     @_builtins.property
     def result(self) -> _export_service_pb2.ExportResult:
         """What GetExport and the last WatchExport message report."""
-
-    @_builtins.property
-    def feature_hashes(self) -> _containers.ScalarMap[_builtins.int, _builtins.str]:
-        """Content hash of every exported feature, by feature index (delta exports compare them)."""
 
     @_builtins.property
     def measured(self) -> Global___ExportMeasurement:
@@ -201,12 +179,12 @@ class ExportOutcome(_message.Message):
         *,
         result: _export_service_pb2.ExportResult | None = ...,
         render_key: _builtins.str = ...,
-        feature_hashes: _abc.Mapping[_builtins.int, _builtins.str] | None = ...,
         measured: Global___ExportMeasurement | None = ...,
+        feature_hash_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["measured", b"measured", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_hashes", b"feature_hashes", "measured", b"measured", "render_key", b"render_key", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_hash_count", b"feature_hash_count", "measured", b"measured", "render_key", b"render_key", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

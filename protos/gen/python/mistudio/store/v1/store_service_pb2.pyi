@@ -13,6 +13,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mistudio.common.v1 import dashboard_pb2 as _dashboard_pb2
 from mistudio.common.v1 import progress_pb2 as _progress_pb2
 from mistudio.export.v1 import export_job_pb2 as _export_job_pb2
+from mistudio.export.v1 import export_service_pb2 as _export_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -945,7 +946,6 @@ class ExportJob(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
-    CONFIG_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     OUTPUT_URI_FIELD_NUMBER: _builtins.int
@@ -961,6 +961,7 @@ class ExportJob(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     HOLDER_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Unique id; chosen by the export service, or by the store when created without one."""
     sae_id: _builtins.str
@@ -983,10 +984,6 @@ class ExportJob(_message.Message):
     """The export instance that runs the job; empty when none does. Written by ClaimExportJob
     (and at creation); UpdateExportJob cannot change it.
     """
-    @_builtins.property
-    def config(self) -> _struct_pb2.Struct:
-        """The export configuration, as the export service's ExportConfig in JSON form."""
-
     @_builtins.property
     def progress(self) -> _progress_pb2.Progress:
         """Latest progress snapshot (sequence numbers keep increasing across restarts)."""
@@ -1025,6 +1022,10 @@ class ExportJob(_message.Message):
         the job (its holder is taken to have crashed).
         """
 
+    @_builtins.property
+    def config(self) -> _export_service_pb2.ExportConfig:
+        """The export configuration the job runs with (the store keeps it, it does not interpret it)."""
+
     def __init__(
         self,
         *,
@@ -1032,7 +1033,6 @@ class ExportJob(_message.Message):
         sae_id: _builtins.str = ...,
         owner: _builtins.str = ...,
         request_id: _builtins.str = ...,
-        config: _struct_pb2.Struct | None = ...,
         state: _progress_pb2.JobState.ValueType = ...,
         progress: _progress_pb2.Progress | None = ...,
         output_uri: _builtins.str = ...,
@@ -1048,6 +1048,7 @@ class ExportJob(_message.Message):
         outcome: _export_job_pb2.ExportOutcome | None = ...,
         holder: _builtins.str = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        config: _export_service_pb2.ExportConfig | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1379,3 +1380,137 @@ class ClaimExportJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimExportJobResponse: _TypeAlias = ClaimExportJobResponse  # noqa: Y015
+
+@_typing.final
+class FeatureHash(_message.Message):
+    """The content hash of one exported feature, as a job's archive holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_INDEX_FIELD_NUMBER: _builtins.int
+    CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    feature_index: _builtins.int
+    """0-based index in the SAE."""
+    content_hash: _builtins.str
+    """SHA-256, hex, over the feature's dashboard, label and explanations (64 characters)."""
+    def __init__(
+        self,
+        *,
+        feature_index: _builtins.int = ...,
+        content_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "feature_index", b"feature_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureHash: _TypeAlias = FeatureHash  # noqa: Y015
+
+@_typing.final
+class PutExportFeatureHashesRequest(_message.Message):
+    """Records feature hashes of one job's archive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    HASHES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The export job whose archive holds the features."""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureHash]:
+        """At most 10000 per request; a feature listed twice keeps the last hash."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        hashes: _abc.Iterable[Global___FeatureHash] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutExportFeatureHashesRequest: _TypeAlias = PutExportFeatureHashesRequest  # noqa: Y015
+
+@_typing.final
+class PutExportFeatureHashesResponse(_message.Message):
+    """The outcome of a hash write."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITTEN_COUNT_FIELD_NUMBER: _builtins.int
+    written_count: _builtins.int
+    """Hashes written by this request."""
+    def __init__(
+        self,
+        *,
+        written_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["written_count", b"written_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutExportFeatureHashesResponse: _TypeAlias = PutExportFeatureHashesResponse  # noqa: Y015
+
+@_typing.final
+class ListExportFeatureHashesRequest(_message.Message):
+    """Lists the feature hashes recorded for one job's archive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The export job whose hashes to list."""
+    page_size: _builtins.int
+    """Hashes per page: 0 means 1000; at most 10000."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExportFeatureHashesRequest: _TypeAlias = ListExportFeatureHashesRequest  # noqa: Y015
+
+@_typing.final
+class ListExportFeatureHashesResponse(_message.Message):
+    """One page of feature hashes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HASHES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def hashes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureHash]:
+        """In feature_index order."""
+
+    def __init__(
+        self,
+        *,
+        hashes: _abc.Iterable[Global___FeatureHash] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashes", b"hashes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListExportFeatureHashesResponse: _TypeAlias = ListExportFeatureHashesResponse  # noqa: Y015

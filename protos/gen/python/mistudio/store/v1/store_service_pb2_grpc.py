@@ -131,6 +131,16 @@ class StoreServiceStub:
                 request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobRequest.SerializeToString,
                 response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobResponse.FromString,
                 _registered_method=True)
+        self.PutExportFeatureHashes = channel.unary_unary(
+                '/mistudio.store.v1.StoreService/PutExportFeatureHashes',
+                request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesRequest.SerializeToString,
+                response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesResponse.FromString,
+                _registered_method=True)
+        self.ListExportFeatureHashes = channel.unary_unary(
+                '/mistudio.store.v1.StoreService/ListExportFeatureHashes',
+                request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportFeatureHashesRequest.SerializeToString,
+                response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportFeatureHashesResponse.FromString,
+                _registered_method=True)
 
 
 class StoreServiceServicer:
@@ -257,7 +267,7 @@ class StoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteExportJob(self, request, context):
-        """Removes the job record (NOT_FOUND when there is none).
+        """Removes the job record and its feature hashes (NOT_FOUND when there is none).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -266,6 +276,21 @@ class StoreServiceServicer:
     def ClaimExportJob(self, request, context):
         """Takes, renews or gives back the lease of an export instance on a job, atomically: only
         when nobody else holds a live lease on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutExportFeatureHashes(self, request, context):
+        """Batched: records the content hash of features a job's archive holds (later exports
+        compare them to reuse its files); a feature already recorded for the job is replaced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExportFeatureHashes(self, request, context):
+        """Paginated, in feature_index order: the hashes recorded for one job's archive.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -358,6 +383,16 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.ClaimExportJob,
                     request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobRequest.FromString,
                     response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobResponse.SerializeToString,
+            ),
+            'PutExportFeatureHashes': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutExportFeatureHashes,
+                    request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesRequest.FromString,
+                    response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesResponse.SerializeToString,
+            ),
+            'ListExportFeatureHashes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExportFeatureHashes,
+                    request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportFeatureHashesRequest.FromString,
+                    response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportFeatureHashesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -831,6 +866,60 @@ class StoreService:
             '/mistudio.store.v1.StoreService/ClaimExportJob',
             mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobRequest.SerializeToString,
             mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutExportFeatureHashes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.store.v1.StoreService/PutExportFeatureHashes',
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesRequest.SerializeToString,
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExportFeatureHashes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.store.v1.StoreService/ListExportFeatureHashes',
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportFeatureHashesRequest.SerializeToString,
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.ListExportFeatureHashesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,11 +82,17 @@ class StoreServiceStub:
     ListExportJobs: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
     DeleteExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]
-    """Removes the job record (NOT_FOUND when there is none)."""
+    """Removes the job record and its feature hashes (NOT_FOUND when there is none)."""
     ClaimExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ClaimExportJobRequest, _store_service_pb2.ClaimExportJobResponse]
     """Takes, renews or gives back the lease of an export instance on a job, atomically: only
     when nobody else holds a live lease on it.
     """
+    PutExportFeatureHashes: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.PutExportFeatureHashesRequest, _store_service_pb2.PutExportFeatureHashesResponse]
+    """Batched: records the content hash of features a job's archive holds (later exports
+    compare them to reuse its files); a feature already recorded for the job is replaced.
+    """
+    ListExportFeatureHashes: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ListExportFeatureHashesRequest, _store_service_pb2.ListExportFeatureHashesResponse]
+    """Paginated, in feature_index order: the hashes recorded for one job's archive."""
 
 @_typing.type_check_only
 class StoreServiceAsyncStub(StoreServiceStub):
@@ -142,11 +148,17 @@ class StoreServiceAsyncStub(StoreServiceStub):
     ListExportJobs: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExportJobsRequest, _store_service_pb2.ListExportJobsResponse]  # type: ignore[assignment]
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
     DeleteExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]  # type: ignore[assignment]
-    """Removes the job record (NOT_FOUND when there is none)."""
+    """Removes the job record and its feature hashes (NOT_FOUND when there is none)."""
     ClaimExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ClaimExportJobRequest, _store_service_pb2.ClaimExportJobResponse]  # type: ignore[assignment]
     """Takes, renews or gives back the lease of an export instance on a job, atomically: only
     when nobody else holds a live lease on it.
     """
+    PutExportFeatureHashes: _aio.UnaryUnaryMultiCallable[_store_service_pb2.PutExportFeatureHashesRequest, _store_service_pb2.PutExportFeatureHashesResponse]  # type: ignore[assignment]
+    """Batched: records the content hash of features a job's archive holds (later exports
+    compare them to reuse its files); a feature already recorded for the job is replaced.
+    """
+    ListExportFeatureHashes: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ListExportFeatureHashesRequest, _store_service_pb2.ListExportFeatureHashesResponse]  # type: ignore[assignment]
+    """Paginated, in feature_index order: the hashes recorded for one job's archive."""
 
 class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
     """The store keeps every persistent miStudio Export record: SAEs, features and their
@@ -295,7 +307,7 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _store_service_pb2.DeleteExportJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.DeleteExportJobResponse, _abc.Awaitable[_store_service_pb2.DeleteExportJobResponse]]:
-        """Removes the job record (NOT_FOUND when there is none)."""
+        """Removes the job record and its feature hashes (NOT_FOUND when there is none)."""
 
     @_abc_1.abstractmethod
     def ClaimExportJob(
@@ -306,5 +318,23 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         """Takes, renews or gives back the lease of an export instance on a job, atomically: only
         when nobody else holds a live lease on it.
         """
+
+    @_abc_1.abstractmethod
+    def PutExportFeatureHashes(
+        self,
+        request: _store_service_pb2.PutExportFeatureHashesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_service_pb2.PutExportFeatureHashesResponse, _abc.Awaitable[_store_service_pb2.PutExportFeatureHashesResponse]]:
+        """Batched: records the content hash of features a job's archive holds (later exports
+        compare them to reuse its files); a feature already recorded for the job is replaced.
+        """
+
+    @_abc_1.abstractmethod
+    def ListExportFeatureHashes(
+        self,
+        request: _store_service_pb2.ListExportFeatureHashesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_service_pb2.ListExportFeatureHashesResponse, _abc.Awaitable[_store_service_pb2.ListExportFeatureHashesResponse]]:
+        """Paginated, in feature_index order: the hashes recorded for one job's archive."""
 
 def add_StoreServiceServicer_to_server(servicer: StoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,169 @@
+"""In-memory stand-ins for the store, compute and the object store: what the stages' unit tests
+run against instead of servers. Each keeps what it was given, so a test can read it back."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.errors import NotFound
+from mistudio_export.object_store import ChunkStream, ObjectInfo, PresignedUrl, ProgressCallback
+
+
+class MemoryStore:
+    """The store's records for one SAE: features, explanations, cached dashboards, jobs and
+    the feature hashes of finished archives."""
+
+    def __init__(self, sae: spb.Sae, dashboards: Sequence[dpb.FeatureDashboard]) -> None:
+        self.sae = sae
+        self.cached = {d.feature_index: d for d in dashboards}
+        self.records = {
+            d.feature_index: spb.Feature(feature_index=d.feature_index) for d in dashboards
+        }
+        self.jobs: dict[str, spb.ExportJob] = {}
+        self.hashes: dict[str, dict[int, str]] = {}
+
+    def get_sae(self, sae_id: str) -> spb.Sae:
+        return self.sae
+
+    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
+        for index in sorted(self.records):
+            feature = self.records[index]
+            if feature_filter.labeled_only and not feature.label:
+                continue
+            yield feature
+
+    def explanations(self, sae_id: str, indices: Sequence[int] = ()) -> Iterator[spb.Explanation]:
+        return iter([])
+
+    def dashboards(
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+    ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
+        found = [self.cached[i] for i in indices if i in self.cached]
+        return found, [i for i in indices if i not in self.cached]
+
+    def get_job(self, job_id: str) -> spb.ExportJob:
+        if job_id not in self.jobs:
+            raise NotFound(f"no export job {job_id!r}", resource_name=job_id)
+        return self.jobs[job_id]
+
+    def update_job(self, job: spb.ExportJob, fields: Sequence[str]) -> spb.ExportJob:
+        stored = self.jobs[job.job_id]
+        for name in fields:
+            if job.HasField(name):  # type: ignore[arg-type]
+                getattr(stored, name).CopyFrom(getattr(job, name))
+            else:
+                setattr(stored, name, getattr(job, name))
+        return stored
+
+    def finished_jobs(self, sae_id: str, limit: int) -> list[spb.ExportJob]:
+        done = [j for j in self.jobs.values() if j.state == ppb.JOB_STATE_SUCCEEDED]
+        return list(reversed(done))[:limit]
+
+    def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
+        self.hashes.setdefault(job_id, {}).update(hashes)
+
+    def feature_hashes(self, job_id: str) -> dict[int, str]:
+        return dict(self.hashes.get(job_id, {}))
+
+
+class MemoryCompute:
+    """A compute service whose dashboards are already cached: every computation succeeds at
+    once, computing nothing."""
+
+    def __init__(self, saelens_files: Mapping[str, bytes] | None = None) -> None:
+        self.saelens = dict(saelens_files or {})
+        self.computations: list[cpb.ComputeDashboardsRequest] = []
+
+    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> FinishedComputation:
+        self.computations.append(request)
+        return FinishedComputation(request)
+
+    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
+        return ppb.JOB_STATE_PAUSED
+
+    def cancel_computation(self, job_id: str) -> None:
+        pass
+
+    def validate_sae(
+        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+    ) -> cpb.ValidateSaeResponse:
+        return cpb.ValidateSaeResponse()
+
+    def estimate(
+        self,
+        sae_id: str,
+        tokens: tpb.TokenSource,
+        feature_count: int,
+        params: dpb.DashboardParams | None = None,
+    ) -> cpb.EstimateComputationResponse:
+        return cpb.EstimateComputationResponse(
+            params=params, n_rows=10, context_size=8, prepend_bos=True, n_layers=2
+        )
+
+    def saelens_files(
+        self, sae_id: str, neuronpedia_id: str, frequencies: Sequence[float]
+    ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
+        for name, content in self.saelens.items():
+            half = len(content) // 2
+            yield cpb.ExportSaeLensFilesResponse(file_name=name, chunk=content[:half])
+            yield cpb.ExportSaeLensFilesResponse(
+                file_name=name, chunk=content[half:], last_chunk=True
+            )
+
+
+class FinishedComputation:
+    def __init__(self, request: cpb.ComputeDashboardsRequest) -> None:
+        self._request = request
+
+    def __iter__(self) -> Iterator[cpb.ComputeProgress]:
+        progress = ppb.Progress(job_id="computation-1", state=ppb.JOB_STATE_SUCCEEDED)
+        result = cpb.ComputeResult(features_reused=4, params=self._request.params)
+        yield cpb.ComputeProgress(progress=progress, result=result)
+
+    def detach(self) -> None:
+        pass
+
+
+class MemoryObjects:
+    """An object store in a dict."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put_file(
+        self, key: str, path: Path, *, progress: ProgressCallback | None = None
+    ) -> ObjectInfo:
+        self.objects[key] = path.read_bytes()
+        return self.stat(key)
+
+    def get_range(
+        self, key: str, offset: int = 0, length: int | None = None, *, chunk_size: int = 1 << 20
+    ) -> ChunkStream:
+        data = self.objects[key][offset : None if length is None else offset + length]
+        chunks = (data[i : i + chunk_size] for i in range(0, len(data), chunk_size))
+        return ChunkStream(iter(chunks), lambda: None)
+
+    def stat(self, key: str) -> ObjectInfo:
+        data = self.objects[key]
+        return ObjectInfo(key, len(data), hashlib.md5(data).hexdigest())
+
+    def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    def presigned_get_url(self, key: str, expiry_seconds: int) -> PresignedUrl:
+        expires = datetime.now(UTC) + timedelta(seconds=expiry_seconds)
+        return PresignedUrl(f"memory://{key}", expires)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter([self.stat(k) for k in sorted(self.objects) if k.startswith(prefix)])

@@ -1,0 +1,92 @@
+"""The whole pipeline against in-memory peers: an export records its feature hashes beside its
+job, and a later export reuses the earlier archive's files for features that did not change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_export.config import ExportSettings
+from mistudio_export.pipeline import ExportPipeline
+from mistudio_export.preflight import Planner
+
+from tests.export.stages.conftest import runtime
+from tests.export.stages.doubles import MemoryCompute, MemoryObjects, MemoryStore
+from tests.store.helpers import make_dashboard
+
+D_SAE = 4
+
+
+class Peers:
+    def __init__(self, tmp_path: Path) -> None:
+        sae = spb.Sae(
+            sae_id="tiny",
+            model_id="tiny-stories-1M",
+            hook_point="blocks.0.hook_resid_post",
+            d_in=16,
+            d_sae=D_SAE,
+            architecture=spb.ARCHITECTURE_STANDARD,
+        )
+        self.store = MemoryStore(sae, [make_dashboard(i) for i in range(D_SAE)])
+        self.compute = MemoryCompute()
+        self.objects = MemoryObjects()
+        self.tmp_path = tmp_path
+
+    def export(self, job_id: str, config: epb.ExportConfig) -> jpb.ExportOutcome:
+        """Runs one export to the end and records it as the store would."""
+        planner = Planner(self.store, self.compute)
+        plan = planner.plan("tiny", config, "alice")
+        settings = ExportSettings(data_dir=self.tmp_path)
+        pipeline = ExportPipeline(settings, self.store, self.compute, planner, self.objects)
+        self.store.jobs[job_id] = spb.ExportJob(job_id=job_id, sae_id="tiny", config=config)
+        outcome = pipeline.run(runtime(job_id, plan, self.tmp_path / job_id))
+        finished = self.store.jobs[job_id]
+        finished.state = ppb.JOB_STATE_SUCCEEDED
+        finished.output_uri = outcome.result.output_uri
+        finished.outcome.CopyFrom(outcome)
+        return outcome
+
+
+def neuronpedia(**fields: object) -> epb.ExportConfig:
+    tokens = tpb.TokenSource(token_file="/data/tokens.npy", dataset_name="tiny")
+    return epb.ExportConfig(formats=[epb.EXPORT_FORMAT_NEURONPEDIA], tokens=tokens, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def peers(tmp_path: Path) -> Peers:
+    return Peers(tmp_path)
+
+
+def test_an_export_records_its_feature_hashes_beside_the_job(peers: Peers) -> None:
+    outcome = peers.export("first", neuronpedia())
+    assert outcome.result.feature_count == D_SAE
+    assert outcome.feature_hash_count == D_SAE
+    assert sorted(peers.store.hashes["first"]) == list(range(D_SAE))
+    assert outcome.result.output_uri in peers.objects.objects
+
+
+def test_a_later_export_copies_the_unchanged_features_of_the_earlier_archive(
+    peers: Peers,
+) -> None:
+    peers.export("first", neuronpedia())
+    again = peers.export("second", neuronpedia())
+    assert again.result.features_unchanged == D_SAE
+    assert peers.store.hashes["second"] == peers.store.hashes["first"]
+
+
+def test_a_delta_export_keeps_only_changed_features_and_records_the_whole_set(
+    peers: Peers,
+) -> None:
+    peers.export("first", neuronpedia())
+    peers.store.records[2].label = "dog names"
+    delta = peers.export("delta", neuronpedia(delta_base_job_id="first"))
+    assert delta.result.feature_count == 1
+    assert delta.result.features_unchanged == D_SAE - 1
+    before, after = peers.store.hashes["first"], peers.store.hashes["delta"]
+    assert sorted(after) == list(range(D_SAE))
+    assert [i for i in range(D_SAE) if before[i] != after[i]] == [2]
