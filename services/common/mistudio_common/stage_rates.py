@@ -129,7 +129,10 @@ class RateFile:
         try:
             rows = orjson.loads(self.path.read_bytes())
             return [
-                StageTime(int(r["stage"]), JobSize(**r["size"]), float(r["seconds"])) for r in rows
+                StageTime(
+                    ppb.Stage.ValueType(r["stage"]), JobSize(**r["size"]), float(r["seconds"])
+                )
+                for r in rows
             ]
         except FileNotFoundError:
             return []

@@ -16,7 +16,7 @@ from mistudio_common.auth import current_caller
 from mistudio_common.grpc_errors import handle_errors
 from mistudio_common.stage_rates import JobSize, example_tokens
 
-from mistudio_compute.jobs import ComputeJobManager, job_stages
+from mistudio_compute.jobs import ComputeJobManager, job_stages, progress_message
 from mistudio_compute.object_inputs import check_caller_uploads
 from mistudio_compute.planning import Planner
 from mistudio_compute.saelens_export import saelens_chunks
@@ -31,22 +31,24 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ComputeDashboards(
         self, request: cpb.ComputeDashboardsRequest, context: grpc.ServicerContext
     ) -> Iterator[cpb.ComputeProgress]:
-        job = self._manager.start(request)
-        yield from job.channel.watch(still_wanted=context.is_active)
+        job_id = self._manager.start(request)
+        for snapshot in self._manager.channel(job_id).watch(still_wanted=context.is_active):
+            yield progress_message(snapshot)
 
     @handle_errors
     def WatchComputation(
         self, request: cpb.WatchComputationRequest, context: grpc.ServicerContext
     ) -> Iterator[cpb.ComputeProgress]:
-        job = self._manager.get(request.job_id)
-        yield from job.channel.watch(still_wanted=context.is_active)
+        channel = self._manager.channel(request.job_id)
+        for snapshot in channel.watch(still_wanted=context.is_active):
+            yield progress_message(snapshot)
 
     @handle_errors
     def GetComputation(
         self, request: cpb.GetComputationRequest, context: grpc.ServicerContext
     ) -> cpb.GetComputationResponse:
-        job = self._manager.get(request.job_id)
-        return cpb.GetComputationResponse(computation=job.channel.latest)
+        latest = self._manager.channel(request.job_id).latest
+        return cpb.GetComputationResponse(computation=progress_message(latest))
 
     @handle_errors
     def CancelComputation(
