@@ -129,6 +129,8 @@ class Sae:
     def _encode_blocks(self, x_c: torch.Tensor, blocks: Iterable[int]) -> torch.Tensor:
         """Activations of the columns of ``blocks`` (ascending), side by side: [N, columns]."""
         spans = [slice(b * ENCODE_BLOCK, min((b + 1) * ENCODE_BLOCK, self.d_sae)) for b in blocks]
+        if len(spans) == 1:
+            return self._activate(x_c, spans[0])
         out = x_c.new_empty(x_c.shape[0], sum(s.stop - s.start for s in spans))
         at = 0
         for span in spans:
