@@ -111,7 +111,7 @@ def test_migrating_untyped_job_state_keeps_config_resume_state_result_and_hashes
         engine.dispose()
 
 
-JSON_ERA = "0005"
+JSON_ERA = "0006"
 """The last revision that kept cached dashboards as JSON."""
 DASHBOARD_ROW = dict(params_key="k" * 64, params={}, computation_version="v", content_hash="")
 

@@ -8,7 +8,7 @@ that form, so the values stay the same; it is recomputed from the converted byte
 so that it always matches what the row holds.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-06
 """
 
@@ -25,7 +25,7 @@ from mistudio_common.dashboard_codec import content_hash_of, dashboard_bytes
 from sqlalchemy.dialects import postgresql
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
