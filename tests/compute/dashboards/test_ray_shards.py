@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import signal
 import threading
@@ -16,9 +18,11 @@ from mistudio_common.errors import Cancelled
 from mistudio_compute.dashboards import (
     Stage,
     compute_dashboards,
+    distributed,
     finalize_dashboards,
     state_config,
 )
+from mistudio_compute.dashboards.checkpoint import FORMAT_VERSION
 from mistudio_compute.dashboards.distributed import (
     RayCluster,
     Sharding,
@@ -26,6 +30,8 @@ from mistudio_compute.dashboards.distributed import (
     run_sharded_pass,
     shard_ranges,
 )
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tests.compute.dashboards import tiny
 from tests.compute.dashboards.test_pass_lifecycle import BATCH, PARAMS, flatten
@@ -253,3 +259,33 @@ def test_a_restarted_pass_reattaches_to_saved_shards_and_computes_only_the_rest(
     assert got == reference
     assert first_report[0] == finished * shard_tokens  # re-attached before any task ran
     assert len(list(reads.iterdir())) == (4 - finished) * 2  # batches of the other shards only
+
+
+def test_a_saved_shard_in_an_older_format_is_computed_again(
+    tmp_path, inputs, model, relu_sae, tokens, reference, caplog
+):
+    saved, reads = ShardStates(tmp_path / "shards"), tmp_path / "reads"
+    reads.mkdir()
+    sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved)
+    outdated = sorted(saved.folder.iterdir())[0]
+    rewrite_format_version(outdated, FORMAT_VERSION - 1)
+    for read in reads.iterdir():
+        read.unlink()
+    with caplog.at_level(logging.WARNING, logger=distributed.__name__):
+        got = sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved)
+    assert got == reference
+    assert len(list(reads.iterdir())) == 2  # the outdated shard's two batches, no other
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert str(outdated) in warning and f"format {FORMAT_VERSION - 1}" in warning
+
+
+def rewrite_format_version(path: Path, version: int) -> None:
+    """The checkpoint at ``path`` as an older release would have written it (same tensors)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    ((key, raw),) = metadata.items()
+    save_file(
+        tensors,
+        str(path),
+        metadata={key: json.dumps({**json.loads(raw), "format_version": version})},
+    )
