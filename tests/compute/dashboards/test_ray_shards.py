@@ -84,8 +84,10 @@ class PausedOnce:
         return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
 
 
-def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard]:
-    """The tiny pass as ``shards`` Ray shards, finalised here."""
+def sharded(
+    inputs, make_inputs, shards: int, in_flight: int = 2, **kwargs
+) -> list[FeatureDashboard]:
+    """The tiny pass as ``shards`` Ray shards (``in_flight`` at once), finalised here."""
     tokens = inputs.source.tokens
     result = run_sharded_pass(
         make_inputs,
@@ -94,7 +96,7 @@ def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard
         rows=range(tokens.shape[0]),
         seq_len=tokens.shape[1],
         device=torch.device("cpu"),
-        sharding=Sharding(address="", shards=shards, max_in_flight=2, max_retries=2),
+        sharding=Sharding(address="", shards=shards, max_in_flight=in_flight, max_retries=2),
         batch_size=BATCH,
         **kwargs,
     )
@@ -289,3 +291,65 @@ def rewrite_format_version(path: Path, version: int) -> None:
         str(path),
         metadata={key: json.dumps({**json.loads(raw), "format_version": version})},
     )
+
+
+class WaitsForTheOther:
+    """Inputs of computation ``name`` whose reader marks ``folder/name`` when one of its shards
+    runs and waits (up to ``patience_s``, once) until a shard of ``other`` runs too: when both
+    can run side by side, both finish a first shard before either finishes a second."""
+
+    def __init__(self, model, sae, tokens, folder: Path, name: str, other: str) -> None:
+        self.model, self.sae, self.tokens = model, sae, tokens
+        self.folder, self.name, self.other = folder, name, other
+
+    def __call__(self):
+        inputs = tiny.make_inputs(self.model, self.sae, self.tokens)
+        reader, mine = inputs.reader, self.folder / self.name
+        theirs, alone = self.folder / self.other, self.folder / f"{self.name}-alone"
+
+        class Reader:
+            def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+                mine.touch()
+                deadline = time.monotonic() + 20
+                while not (theirs.exists() or alone.exists()):
+                    if time.monotonic() > deadline:
+                        alone.touch()  # the other is queued behind us: stop waiting for it
+                    time.sleep(0.02)
+                return reader.activations(tokens)
+
+        return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
+
+
+def test_two_computations_on_one_cluster_both_progress_from_the_start(
+    tmp_path, inputs, model, relu_sae, tokens
+):
+    """One shard of each in flight on two CPUs: the second computation, started while the
+    first runs, finishes a shard before the first is done, and the first does not wait for
+    the second to end (with every shard in flight, the first's would all be queued ahead)."""
+    events: list[str] = []
+
+    def computation(name: str, other: str) -> threading.Thread:
+        make = WaitsForTheOther(model, relu_sae, tokens, tmp_path, name, other)
+        run = functools.partial(
+            sharded, inputs, make, 7, in_flight=1, progress=lambda *_: events.append(name)
+        )
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    first = computation("a", "b")
+    assert wait_until_exists(tmp_path / "a"), "the first computation started no shard"
+    second = computation("b", "a")
+    first.join()
+    second.join()
+    assert sorted(events) == ["a"] * 7 + ["b"] * 7
+    for one, other in ("ab", "ba"):
+        first_done, other_done = events.index(one), len(events) - 1 - events[::-1].index(other)
+        assert first_done < other_done, f"{one} finished no shard before {other} was done: {events}"
+
+
+def wait_until_exists(path: Path) -> bool:
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()
