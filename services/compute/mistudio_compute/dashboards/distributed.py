@@ -255,8 +255,14 @@ def run_sharded_pass(
             queued.append(i)
         else:
             states[i], done_tokens = ray.put(found), done_tokens + len(shard_rows) * seq_len
-    if done_tokens and progress is not None:
-        progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
+    if done_tokens:
+        reattached = len(ranges) - len(queued)
+        _log.info(
+            "re-attached to %d of %d token shards saved in %s", reattached, len(ranges),
+            saved and saved.folder, extra={"reattached_shards": reattached},
+        )  # fmt: skip
+        if progress is not None:
+            progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
     try:
         while queued or running:
             while queued and len(running) < sharding.max_in_flight:
@@ -268,6 +274,10 @@ def run_sharded_pass(
                 i = running.pop(ref)
                 if saved is not None:
                     saved.save(ranges[i], ray.get(ref))
+                rows_done = [ranges[i].start, ranges[i].stop]
+                _log.info(
+                    "computed token shard rows %d-%d", *rows_done, extra={"shard_rows": rows_done}
+                )
                 done_tokens += len(ranges[i]) * seq_len
                 if progress is not None:
                     progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
