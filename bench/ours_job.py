@@ -1,8 +1,10 @@
 """OUR side of one bench run: a full export (every format, ZIP archive) on the local stack.
 
 Run as a subprocess by ``run.py`` so its peak RSS is its own. Writes ``--out`` (JSON): wall time,
-per-stage elapsed seconds from the export's progress stream, archive size, and per feature what the
-agreement check needs (top example max values, top positive logit token ids, frequency).
+per-stage elapsed seconds and peak RSS from the export's progress stream, ValidateExport's
+estimate beforehand (from the rates earlier runs measured when ``--keep-data`` is shared), archive
+size, and per feature what the agreement check needs (top example max values, top positive logit
+token ids, frequency).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import io
 import json
+import os
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -25,7 +28,7 @@ if __package__ in (None, ""):
 DONE_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
-def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
+def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> dict[str, Any]:
     from mistudio.common.v1 import dashboard_pb2 as dpb
     from mistudio.common.v1 import progress_pb2 as ppb
     from mistudio.common.v1 import tokens_pb2 as tpb
@@ -38,6 +41,7 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
     from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
 
     cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))
+    sae_id = f"bench-{cfg['d_sae']}-{os.getpid()}"  # unique: a kept data folder is shared
     started = time.perf_counter()
     inputs = [Path(args.sae), Path(args.tokens)]
     if args.model_ref.startswith(LLAMA2C_PREFIX):
@@ -46,7 +50,7 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         store = sgrpc.StoreServiceStub(insecure_channel(stack.store.address))
         exports = egrpc.ExportServiceStub(insecure_channel(stack.export.address))
         sae = spb.Sae(
-            sae_id="bench",
+            sae_id=sae_id,
             model_id=args.model_ref,
             hook_point=cfg["metadata"]["hook_name"],
             d_in=cfg["d_in"],
@@ -77,10 +81,13 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             auto_fix=True,
             device=args.device,
         )
-        request = epb.StartExportRequest(request_id="bench", sae_id="bench", config=config)
+        estimate = exports.ValidateExport(epb.ValidateExportRequest(sae_id=sae_id, config=config))
+        rest_rss_mb = _rss_mb()  # the stack at rest with the model loaded (the estimate did)
+        request = epb.StartExportRequest(request_id=sae_id, sae_id=sae_id, config=config)
         last = None
         for message in exports.StartExport(request):
             last = message
+            sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
             if ppb.JobState.Name(message.progress.state) in DONE_STATES:
                 break
         assert last is not None
@@ -93,12 +100,23 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             ppb.Stage.Name(s.stage).removeprefix("STAGE_").lower(): s.elapsed_seconds
             for s in last.progress.stages
         }
+        sampler.stage = "download"
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
-        archive = b"".join(m.chunk for m in exports.DownloadExport(download))
+        archive = data_dir / "downloaded.zip"
+        with archive.open("wb") as sink:  # streamed: the archive grows with d_sae, RSS must not
+            for chunk in exports.DownloadExport(download):
+                sink.write(chunk.chunk)
+    sampler.stage = "bench_facts"  # the bench's own reading of the archive, after the stack
+    export_peak_mb = _status_mb("VmHWM")  # this process's peak up to here: the export's
     return {
+        "export_peak_rss_mb": export_peak_mb,
         "job_wall_s": job_done - started,
         "stages_s": stages,
-        "archive_bytes": len(archive),
+        "rest_rss_mb": rest_rss_mb,
+        "estimated_s": estimate.estimate.estimated_seconds,
+        "estimated_peak_memory_mb": estimate.estimate.estimated_peak_memory_bytes / 2**20,
+        "estimate_from_measured_rates": not any("default" in w for w in estimate.warnings),
+        "archive_bytes": archive.stat().st_size,
         "n_files": len(last.result.files),
         **byte_facts(archive),
         "features": feature_facts(archive),
@@ -111,7 +129,39 @@ SAMPLE_BYTES = 1 << 20
 """Per format folder, about this much of its JSON is timed for the machine's byte rates."""
 
 
-def byte_facts(archive: bytes) -> dict[str, Any]:
+class StageRss:
+    """Samples this process's resident set every 50 ms and keeps the peak per export stage (the
+    stage the progress stream last named), so a bench run shows where memory goes."""
+
+    def __init__(self) -> None:
+        self.stage = "starting"
+        self.peaks: dict[str, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            mb = _rss_mb()
+            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def byte_facts(archive: Path) -> dict[str, Any]:
     """The output's size (every file, and its JSON alone; gzip files counted unpacked, as both
     are serialised and deflated once) and this machine's orjson and zlib rates on samples of it
     from every format folder, for the bench's floors."""
@@ -121,7 +171,7 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
 
     samples: dict[str, list[bytes]] = {}
     json_bytes = gzip_bytes = output_bytes = 0
-    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+    with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             packed = info.filename.endswith(".gz")
             data = zf.read(info) if packed else b""
@@ -145,20 +195,20 @@ def byte_facts(archive: bytes) -> dict[str, Any]:
     }
 
 
-def feature_files_digest(archive: bytes) -> str:
+def feature_files_digest(archive: Path) -> str:
     """SHA-256 over every feature file's name and bytes: equal for two runs whose dashboards are
     byte-identical (the archive itself also holds the SAE's creation date, which differs)."""
     digest = hashlib.sha256()
-    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+    with zipfile.ZipFile(archive) as zf:
         for name in sorted(n for n in zf.namelist() if n.startswith("features/")):
             digest.update(name.encode() + b"\0" + zf.read(name))
     return digest.hexdigest()
 
 
-def feature_facts(archive: bytes) -> dict[str, dict[str, Any]]:
+def feature_facts(archive: Path) -> dict[str, dict[str, Any]]:
     """Per feature what ``measure.agreement`` compares (the keys match saedashboard_job's)."""
     facts: dict[str, dict[str, Any]] = {}
-    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+    with zipfile.ZipFile(archive) as zf:
         for name in zf.namelist():
             if not (name.startswith("features/") and name.endswith(".json")):
                 continue
@@ -192,9 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep-data", default="", help="data folder to keep (default: a temp one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    sampler = StageRss()
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
         data = Path(args.keep_data) if args.keep_data else Path(tmp) / "data"
-        result = run_export(args, data)
+        result = run_export(args, data, sampler)
+    sampler.stop()
+    result["stages_peak_rss_mb"] = sampler.peaks
     result["wall_s"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 

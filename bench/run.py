@@ -87,6 +87,7 @@ def run_ours(
         if args.memory_budget is None
         else {"MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES": str(args.memory_budget)}
     )  # the compute service of our in-process stack reads it
+    cmd += ["--keep-data", str(work.parent / "ours-data")]  # rates measured by earlier runs
     wall, rss = timed([*cmd, "--out", str(out)], work, args.threads, budget | (extra_env or {}))
     return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
 
@@ -256,6 +257,25 @@ def pair_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: st
     return statistics.median(ratios) if ratios else None
 
 
+def estimate_report(run: dict[str, Any]) -> dict[str, Any]:
+    """ValidateExport's estimate beside what the run measured: the export's wall time, and the
+    compute stages' peak RSS above the stack at rest (what estimated_peak_memory_bytes means)."""
+    compute = ("activation_pass", "loading_examples", "logit_lens", "histograms",
+               "token_aggregation", "caching")  # fmt: skip
+    peaks = run["stages_peak_rss_mb"]
+    compute_peak = max((peaks[k] for k in compute if k in peaks), default=run["rest_rss_mb"])
+    measured_mb = compute_peak - run["rest_rss_mb"]
+    return {
+        "from_measured_rates": run["estimate_from_measured_rates"],
+        "estimated_s": run["estimated_s"],
+        "measured_s": run["job_wall_s"],
+        "time_ratio": run["estimated_s"] / run["job_wall_s"],
+        "estimated_compute_peak_mb": run["estimated_peak_memory_mb"],
+        "measured_compute_peak_mb": measured_mb,
+        "memory_ratio": run["estimated_peak_memory_mb"] / measured_mb if measured_mb > 0 else None,
+    }
+
+
 def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float) -> dict[str, Any]:
     """One size's figures: medians over its pairs, agreement of its last pair."""
     inputs: BenchInputs = result["inputs"]
@@ -276,6 +296,7 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
             "activation_pass"
         ),
         "throughput": tp,
+        "estimate": estimate_report(ours[-1]),
         "agreement": agreement(
             ours[-1]["features"], theirs[-1]["features"], args.logit_k, inputs.n_tokens
         )
@@ -355,6 +376,15 @@ def markdown(out: dict[str, Any]) -> str:
             "deflate, validation = JSON ÷ loads, archive = the rest ÷ deflate, whole_export = "
             "the floor after the pass (all ÷ dumps, then deflate).",
         ]
+        e = s["estimate"]
+        rates = "rates measured by earlier runs" if e["from_measured_rates"] else "default rates"
+        lines += [
+            "",
+            f"ValidateExport's estimate ({rates}): {fmt(e['estimated_s'])} s for "
+            f"{fmt(e['measured_s'])} s measured (x{fmt(e['time_ratio'])}); compute peak "
+            f"{fmt(e['estimated_compute_peak_mb'])} MB above the stack at rest for "
+            f"{fmt(e['measured_compute_peak_mb'])} MB measured (x{fmt(e['memory_ratio'])}).",
+        ]
         lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
     if out["scaling"]:
         base = out["scaling"][0]
@@ -362,14 +392,23 @@ def markdown(out: dict[str, Any]) -> str:
             "",
             "## Scaling (ours)",
             "",
-            "| tokens | d_sae | wall s | x base | peak RSS MB | x base |",
-            "|---|---|---|---|---|---|",
+            "| tokens | d_sae | wall s | x base | peak RSS MB | x base | export's own peak MB "
+            "| x base |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['n_tokens']} (x{r['tokens_x']}) | {r['d_sae']} (x{r['d_sae_x']}) | "
             f"{fmt(r['wall_s'])} | {fmt(r['wall_s'] / base['wall_s'])} | "
-            f"{fmt(r['peak_rss_mb'])} | {fmt(r['peak_rss_mb'] / base['peak_rss_mb'])} |"
+            f"{fmt(r['peak_rss_mb'])} | {fmt(r['peak_rss_mb'] / base['peak_rss_mb'])} | "
+            f"{fmt(r['export_peak_rss_mb'])} | "
+            f"{fmt(r['export_peak_rss_mb'] / base['export_peak_rss_mb'])} |"
             for r in out["scaling"]
+        ]
+        lines += [
+            "",
+            "Peak RSS is the whole bench process (/usr/bin/time), including its own reading of "
+            "the archive afterwards; the export's own peak is the process's high-water mark when "
+            "the export has finished and its archive is downloaded.",
         ]
     if out.get("ray"):
         r = out["ray"]

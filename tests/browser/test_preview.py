@@ -12,10 +12,11 @@ import orjson
 import pytest
 from mistudio_cli.main import main
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.prd_json import (
     EXPLANATIONS_FILE,
     METADATA_FILE,
-    feature_document,
+    feature_file_name,
     metadata_document,
     write_prd_export,
 )
@@ -38,7 +39,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("preview-export") / "export"
     dashboards = [dashboard(i, dead=i == DEAD) for i in range(N_FEATURES)]
     explanations = [explanation(0, "words about speed"), explanation(2, "the letter q")]
-    write_prd_export(folder, sae_info(), naming(), dashboards, explanations)
+    write_prd_export(folder, sae_info(), naming(), column_batches(dashboards), explanations)
     return build_archive(folder, folder.parent / "export.zip").path
 
 
@@ -211,7 +212,8 @@ def large_viewer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jsonio.write_document(root / "export" / METADATA_FILE, jsonio.dumps(meta))
     features = root / "export" / "features"
     features.mkdir()
-    document = feature_document(dashboard(0, n_top=2))
+    write_prd_export(root / "one", info, naming(), column_batches([dashboard(0, n_top=2)]))
+    document = orjson.loads((root / "one" / feature_file_name(0)).read_bytes())
     for index in range(LARGE):
         document["feature_index"] = index
         (features / f"{index}.json").write_bytes(orjson.dumps(document))

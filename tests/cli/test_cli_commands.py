@@ -23,6 +23,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_cli.main import build_parser, main
 from mistudio_cli.options import model_reference, token_source
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 
 from tests.export.formats.builders import dashboard, naming
@@ -302,7 +303,7 @@ def neuronpedia() -> Iterator[RateLimitedNeuronpedia]:
 def archive(tmp_path: Path) -> Path:
     folder = tmp_path / "export" / "upload-payloads"
     folder.mkdir(parents=True)
-    write_upload_payloads(folder, naming(), [dashboard(i) for i in range(130)])
+    write_upload_payloads(folder, naming(), column_batches(dashboard(i) for i in range(130)))
     path = tmp_path / "export.zip"
     with zipfile.ZipFile(path, "w") as zf:
         for file in folder.iterdir():

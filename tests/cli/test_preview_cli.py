@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mistudio_cli.main import build_parser, main
 from mistudio_cli.options import export_config
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.packaging import build_archive
 
@@ -22,7 +23,7 @@ from tests.export.formats.builders import dashboard, naming, sae_info
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli-preview")
     folder = root / "my-export"
-    write_prd_export(folder, sae_info(), naming(), [dashboard(i) for i in range(3)])
+    write_prd_export(folder, sae_info(), naming(), column_batches(dashboard(i) for i in range(3)))
     return build_archive(folder, root / "my-export.zip").path
 
 

@@ -3,7 +3,9 @@ each kind has its size limit, and a single file can be a root."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mistudio_common.errors import InvalidArgument
@@ -54,3 +56,70 @@ def test_a_missing_file_outside_the_roots_reads_as_outside_not_missing(tmp_path:
 def test_the_default_root_is_the_data_folder(tmp_path: Path) -> None:
     policy = ComputeSettings(data_dir=tmp_path).input_policy()
     assert policy.roots == (tmp_path.resolve(),)
+
+
+SECRET = "outside-secret"
+
+
+def swap_after_resolving(monkeypatch: pytest.MonkeyPatch, swap: Any) -> None:
+    """The next path resolution is followed at once by ``swap``: the race between checking a
+    name and opening it, made deterministic."""
+    resolve = os.path.realpath
+
+    def resolve_then_swap(path: Any, *args: Any, **kwargs: Any) -> str:
+        resolved = resolve(path, *args, **kwargs)
+        monkeypatch.setattr(os.path, "realpath", resolve)
+        swap()
+        return resolved
+
+    monkeypatch.setattr(os.path, "realpath", resolve_then_swap)
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_check_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "t.txt").write_text("inside")
+    outside.mkdir()
+    (outside / "t.txt").write_text(SECRET)
+    policy = InputPolicy.create([root], LIMITS)
+
+    def swap() -> None:
+        (root / "data").rename(root / "kept")
+        (root / "data").symlink_to(outside, target_is_directory=True)
+
+    swap_after_resolving(monkeypatch, swap)
+    with pytest.raises(InvalidArgument, match="cannot be opened") as caught:
+        policy.open(root / "data" / "t.txt", InputKind.TEXT_FILE, "tokens.text.paths")
+    assert SECRET not in str(caught.value)
+
+
+def test_a_file_swapped_for_a_symlink_after_the_check_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "t.txt").write_text("inside")
+    (tmp_path / "secret.txt").write_text(SECRET)
+    policy = InputPolicy.create([tmp_path / "root"], LIMITS)
+
+    def swap() -> None:
+        (tmp_path / "root" / "t.txt").unlink()
+        (tmp_path / "root" / "t.txt").symlink_to(tmp_path / "secret.txt")
+
+    swap_after_resolving(monkeypatch, swap)
+    with pytest.raises(InvalidArgument, match="cannot be opened"):
+        policy.open(tmp_path / "root" / "t.txt", InputKind.TEXT_FILE, "tokens.text.paths")
+
+
+def test_what_is_opened_is_checked_on_the_descriptor(tmp_path: Path) -> None:
+    (tmp_path / "big.txt").write_text("x" * 101)
+    (tmp_path / "ok.txt").write_text("fine")
+    os.mkfifo(tmp_path / "pipe")
+    policy = InputPolicy.create([tmp_path], LIMITS)
+    with policy.open(tmp_path / "ok.txt", InputKind.TEXT_FILE) as handle:
+        assert handle.read() == b"fine"
+    with pytest.raises(InvalidArgument, match="the limit is 100"):
+        policy.open(tmp_path / "big.txt", InputKind.TEXT_FILE)
+    with pytest.raises(InvalidArgument, match="not a regular file"):
+        policy.open(tmp_path / "pipe", InputKind.TEXT_FILE)  # refused, not waited on

@@ -2,7 +2,7 @@
 
 ``python -m tests.security.memory_probe N_FEATURES`` prints one JSON line: the peak RSS growth
 while computing N_FEATURES dashboards at the largest parameters on the tiny real model, and the
-prediction the compute service checks its budget with.
+prediction the compute service plans its feature shards with.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import torch
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import PARAM_BOUNDS
-from mistudio_compute.dashboards import compute_dashboards
-from mistudio_compute.dashboards.memory import predict_memory
+from mistudio_compute.dashboards import compute_dashboards, state_config
+from mistudio_compute.dashboards.memory import plan_within_budget
 
 from tests.compute.dashboards import tiny
 
@@ -22,6 +22,7 @@ LARGEST = DashboardParams(
     **{name: high for name, (_, high) in PARAM_BOUNDS.items()}, aggregate_all_tokens=True
 )
 BATCH_ROWS = 32
+CHUNK_FEATURES = 256
 
 
 def _status(field: str) -> int:
@@ -37,9 +38,16 @@ def main(n_features: int) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak (VmHWM) to the current RSS
     before = _status("VmRSS")
-    list(compute_dashboards(inputs, LARGEST, features=range(n_features), batch_size=BATCH_ROWS))
+    for _chunk in compute_dashboards(
+        inputs, LARGEST, features=range(n_features), batch_size=BATCH_ROWS
+    ):  # each chunk is handed on and dropped, as the service does
+        pass
     measured = _status("VmHWM") - before
-    predicted = predict_memory(LARGEST, n_features, 256, BATCH_ROWS * tiny.N_CTX).total
+    n_rows, seq_len = tokens.shape
+    predicted = plan_within_budget(
+        LARGEST, state_config(LARGEST, tiny.SPECIAL), 256, n_features, batch_rows=BATCH_ROWS,
+        seq_len=seq_len, n_rows=n_rows, chunk_size=CHUNK_FEATURES, budget=None,
+    ).peak_bytes  # fmt: skip
     print(json.dumps({"measured": measured, "predicted": predicted}))
 
 

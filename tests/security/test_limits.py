@@ -6,6 +6,7 @@ against a measurement."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.dashboard_options import PARAM_BOUNDS
 from mistudio_common.errors import ResourceExhausted
 from mistudio_common.server import MAX_MESSAGE_BYTES, insecure_channel
-from mistudio_compute.dashboards.memory import predict_memory, require_one_feature_fits
+from mistudio_compute.dashboards.memory import PLANNED_SHARE, MemoryModel, plan_within_budget
+from mistudio_compute.dashboards.params import state_config
 from mistudio_compute.planning import params_of
 from mistudio_export.limits import MAX_FEATURES_LISTED, MAX_NAME_CHARS
 
@@ -34,6 +36,8 @@ from tests.security.unchanged import assert_unchanged, snapshot
 
 LARGEST = dpb.DashboardParams(**{name: high for name, (_, high) in PARAM_BOUNDS.items()})
 LARGEST_PARAMS = params_of(LARGEST)
+LARGEST_STATE = state_config(LARGEST_PARAMS, frozenset())
+CONTEXT = 128
 
 
 def start_error(stack: Stack, request: epb.StartExportRequest) -> dict[str, Any]:
@@ -125,19 +129,29 @@ def test_more_features_than_the_budget_holds_at_once_are_accepted_for_feature_sh
     stack: Stack, sae_id: str, tokens: tpb.TokenSource
 ) -> None:
     config = export_config(tokens, dashboard=LARGEST)
-    whole = predict_memory(LARGEST_PARAMS, D_SAE, D_SAE, 1)
-    assert whole.total > MEMORY_BUDGET  # all at once would not fit: shards will
+    memory = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, CONTEXT)
+    assert memory.peak(D_SAE, CONTEXT, D_SAE) > MEMORY_BUDGET  # all at once would not fit
     request = epb.ValidateExportRequest(sae_id=sae_id, config=config)
-    assert stack.exports.ValidateExport(request).estimate.feature_count == D_SAE
+    estimate = stack.exports.ValidateExport(request).estimate
+    assert estimate.feature_count == D_SAE
+    assert 0 < estimate.estimated_peak_memory_bytes <= MEMORY_BUDGET  # in feature shards
+
+
+def plan(budget: int | None) -> int:
+    """Features per shard for every feature at the largest parameters, one row per batch."""
+    return plan_within_budget(
+        LARGEST_PARAMS, LARGEST_STATE, D_SAE, D_SAE,
+        batch_rows=1, seq_len=CONTEXT, n_rows=1, chunk_size=256, budget=budget,
+    ).shard_size  # fmt: skip
 
 
 def test_a_budget_without_room_for_one_feature_is_refused_naming_the_lever() -> None:
-    one = predict_memory(LARGEST_PARAMS, 1, D_SAE, 128)
+    one = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, CONTEXT).peak(1, CONTEXT, 256)
     with pytest.raises(ResourceExhausted) as caught:
-        require_one_feature_fits(LARGEST_PARAMS, D_SAE, D_SAE, 128, one.total - 1)
+        plan(math.ceil(one / PLANNED_SHARE) - 2)
     assert caught.value.field == "params.n_quantile_groups"
     assert "MEMORY_BUDGET" in caught.value.fix
-    require_one_feature_fits(LARGEST_PARAMS, D_SAE, D_SAE, 128, one.total)
+    assert plan(math.ceil(one / PLANNED_SHARE) + 1) == 1
 
 
 def test_fewer_features_at_the_same_parameters_fit_the_budget(
@@ -150,7 +164,9 @@ def test_fewer_features_at_the_same_parameters_fit_the_budget(
 
 
 @pytest.mark.slow
-def test_predicted_memory_is_within_30_percent_of_a_measured_peak() -> None:
+def test_the_memory_prediction_at_the_largest_parameters_is_a_close_upper_bound() -> None:
+    """Refusing and sharding rely on it: never below the measured peak, at most 1.6 times it
+    (the windows of the largest parameters are wider than the tiny model's rows)."""
     result = subprocess.run(
         [sys.executable, "-m", "tests.security.memory_probe", "8"],
         capture_output=True,
@@ -161,4 +177,4 @@ def test_predicted_memory_is_within_30_percent_of_a_measured_peak() -> None:
     assert result.returncode == 0, result.stderr
     numbers = json.loads(result.stdout.strip().splitlines()[-1])
     assert numbers["measured"] > 100 << 20  # the windows dominate: a real measurement
-    assert 0.7 <= numbers["predicted"] / numbers["measured"] <= 1.3, numbers
+    assert 1.0 <= numbers["predicted"] / numbers["measured"] <= 1.6, numbers

@@ -19,6 +19,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
+from mistudio_common.uploaded_inputs import SCHEME
 from mistudio_export.packaging import MANIFEST_NAME, build_archive
 from mistudio_export.validation import ValidationReport, validate_export
 from mistudio_export.validation.archives import validate_zip
@@ -51,18 +52,20 @@ def sae_id_for(path: Path) -> str:
 
 HUB_PREFIXES = ("hf://", "saelens://")
 """SAE locations the compute service downloads from the HuggingFace hub (sae/hub.py)."""
+REMOTE_PREFIXES = (*HUB_PREFIXES, SCHEME)
+"""SAE locations that are not on this disk: the hub, and uploads (``upload-input``)."""
 
 
 def register_local_sae(
     services: Services, path: Path | str, args: argparse.Namespace, notes: Annotations
 ) -> str:
-    """Registers a SAELens folder, safetensors file or hub location; returns its sae_id.
-    ``notes`` are checked against the SAE before it is stored."""
+    """Registers a SAELens folder, safetensors file, hub location or uploaded SAE; returns its
+    sae_id. ``notes`` are checked against the SAE before it is stored."""
     store, compute = services.require_store_and_compute()
-    on_hub = str(path).startswith(HUB_PREFIXES)
-    location = str(path) if on_hub else str(Path(path).resolve())
-    path = Path(str(path).split("://", 1)[-1].rstrip("/")) if on_hub else Path(path)
-    if not on_hub and not path.exists():
+    remote = str(path).startswith(REMOTE_PREFIXES)
+    location = str(path) if remote else str(Path(path).resolve())
+    path = Path(str(path).split("://", 1)[-1].rstrip("/")) if remote else Path(path)
+    if not remote and not path.exists():
         raise InvalidArgument(
             f"SAE path {path} does not exist",
             field="SAE",
@@ -89,7 +92,7 @@ def register_local_sae(
         weights_uri=location,
         neuronpedia_source_set=args.source_set,
     )
-    if not on_hub:
+    if not remote:
         _fill_training_info(sae, path)
     try:
         _call(store.CreateSae, spb.CreateSaeRequest(sae=sae))
@@ -150,7 +153,7 @@ def store_labels(store: sgrpc.StoreServiceStub, sae_id: str, notes: Annotations)
 def sae_of(services: Services, args: argparse.Namespace) -> str:
     """The SAE argument as a registered id (a folder, file or hub location is registered first),
     with the --labels and --explanations given stored for it."""
-    target: Path | str = args.sae if args.sae.startswith(HUB_PREFIXES) else Path(args.sae)
+    target: Path | str = args.sae if args.sae.startswith(REMOTE_PREFIXES) else Path(args.sae)
     looks_like_path = (
         "/" in args.sae or args.sae.endswith(".safetensors") or Path(args.sae).exists()
     )

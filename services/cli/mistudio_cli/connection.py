@@ -22,6 +22,7 @@ from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import PeerCredentials
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.server import insecure_channel, open_channel
+from mistudio_common.uploaded_inputs import is_object_uri
 from mistudio_export import views
 
 from mistudio_cli.local_stack import LocalStack, start_local_stack
@@ -98,7 +99,8 @@ def local_input_paths(args: argparse.Namespace) -> list[Path]:
     from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
     from mistudio_compute.tokens import provenance_path
 
-    paths = [Path(p) for p in (getattr(args, "tokens", ""), *getattr(args, "text", ())) if p]
+    named = (getattr(args, "tokens", ""), *getattr(args, "text", ()))
+    paths = [Path(p) for p in named if p and not is_object_uri(p)]
     paths += [provenance_path(path) for path in paths[:1]]
     sae = Path(getattr(args, "sae", "") or "")
     if str(sae) != "." and sae.exists():

@@ -19,7 +19,7 @@ import grpc
 from mistudio_common.errors import MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 
-from mistudio_cli import commands, upload_command
+from mistudio_cli import commands, upload_command, upload_input_command
 from mistudio_cli.connection import add_connection_options
 from mistudio_cli.options import add_export_options, add_token_options, flag_for
 from mistudio_cli.preview_command import add_preview_command
@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         upload_command.EPILOG,
     )
     upload_command.add_upload_arguments(upload)
+
+    upload_input = command(
+        "upload-input",
+        "put a local SAE folder or token file into a remote export service's object store; "
+        "prints the s3:// URI to export from",
+        upload_input_command.cmd_upload_input,
+        upload_input_command.EPILOG,
+    )
+    upload_input_command.add_upload_input_arguments(upload_input)
 
     delete = command(
         "delete",

@@ -17,6 +17,7 @@ from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import InvalidArgument
+from mistudio_common.uploaded_inputs import is_object_uri
 from mistudio_export.presets import PRESETS
 from mistudio_export.records import VISIBILITIES
 
@@ -203,7 +204,10 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
 def add_token_options(parser: argparse.ArgumentParser) -> None:
     tokens = parser.add_argument_group("tokens the dashboards are computed on")
     tokens.add_argument(
-        "--tokens", default="", metavar="FILE", help=".npy/.safetensors [rows, ctx]"
+        "--tokens",
+        default="",
+        metavar="FILE",
+        help=".npy/.safetensors [rows, ctx], or the s3:// URI upload-input printed",
     )
     tokens.add_argument("--text", nargs="+", default=[], metavar="FILE", help="plain-text files")
     tokens.add_argument("--dataset-name", default="")
@@ -263,7 +267,7 @@ def token_source(args: argparse.Namespace) -> tpb.TokenSource:
     if args.no_bos:  # unset otherwise: the one default (dashboard_options.DEFAULT_PREPEND_BOS)
         source.prepend_bos = False
     if args.tokens:
-        source.token_file = absolute(args.tokens)
+        source.token_file = args.tokens if is_object_uri(args.tokens) else absolute(args.tokens)
     elif args.text:
         source.text.paths.extend(absolute(path) for path in args.text)
     return source

@@ -7,9 +7,12 @@ from pathlib import Path
 
 from mistudio_common.auth import SecuritySettings
 from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
+from mistudio_common.s3_address import parse_s3_url
+from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
+from mistudio_compute.object_inputs import ObjectInputs
 
 _GIB = 1 << 30
 
@@ -61,6 +64,13 @@ class ComputeSettings(SecuritySettings):
     input_roots: tuple[Path, ...] = ()
     """Folders (or single files) whose files requests may name, as a JSON list; empty: data_dir.
     Paths are resolved with realpath, so symlinks out of a root are refused."""
+    object_store_url: str = ""
+    """The export service's bucket, s3://bucket?endpoint=host:9000&secure=false (its
+    MISTUDIO_EXPORT_OBJECT_STORE_URL), from which uploaded inputs (s3:// URIs) are read into
+    data_dir/compute/uploads. Empty: s3:// URIs are refused."""
+    s3_access_key: str = ""
+    """A key that may read that bucket (read-only is enough)."""
+    s3_secret_key: SecretStr = SecretStr("")
     max_sae_weights_bytes: int = 64 * _GIB
     max_sae_config_bytes: int = 1 << 20
     """A SAELens cfg.json is a few kB; a huge one only costs memory to parse."""
@@ -81,4 +91,14 @@ class ComputeSettings(SecuritySettings):
     def input_policy(self) -> InputPolicy:
         """Which files requests may open (``mistudio_compute.input_files``)."""
         limits = {kind: getattr(self, name) for kind, name in SIZE_SETTINGS.items()}
-        return InputPolicy.create(self.input_roots or (self.data_dir,), limits)
+        uploads = (
+            ObjectInputs(
+                parse_s3_url(self.object_store_url),
+                self.s3_access_key,
+                self.s3_secret_key.get_secret_value(),
+                (self.data_dir / "compute" / "uploads").resolve(),
+            )
+            if self.object_store_url
+            else None
+        )
+        return InputPolicy.create(self.input_roots or (self.data_dir,), limits, uploads)

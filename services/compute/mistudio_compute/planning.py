@@ -23,12 +23,12 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboards.distributed import Sharding
-from mistudio_compute.dashboards.memory import predict_memory, require_one_feature_fits
-from mistudio_compute.dashboards.params import validate_params
+from mistudio_compute.dashboards.memory import ShardPlan, plan_within_budget
+from mistudio_compute.dashboards.params import state_config, validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.input_files import InputKind, InputPolicy
 from mistudio_compute.model_access import LoadedModel, confine_model, load_model
-from mistudio_compute.run_dashboards import PreparedDashboards
+from mistudio_compute.run_dashboards import CHUNK_FEATURES, PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
 from mistudio_compute.store_client import StoreClient
@@ -55,7 +55,7 @@ class TokenPlan:
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
     peak_memory_bytes: int
-    """Predicted peak beyond the model and SAE weights, capped by the budget (feature shards)."""
+    """Predicted peak beyond the model and SAE weights, within the budget (feature shards)."""
 
 
 class Planner:
@@ -137,15 +137,9 @@ class Planner:
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
-        if feature_count:  # a count says how many would be computed at once
-            self.check_memory(params, feature_count, d_sae, dataset, 0)
-        rows = min(self._settings.default_batch_rows, dataset.n_rows)
-        predicted = predict_memory(
-            params, feature_count or d_sae, d_sae, rows * dataset.context_size
-        )
-        peak = min(predicted.total, self._settings.memory_budget())
+        memory = self.check_memory(params, feature_count or d_sae, d_sae, dataset, 0)
         n_layers = model.n_layers if model is not None else 0
-        return TokenPlan(dataset, _filled(params, dataset), d_sae, n_layers, peak)
+        return TokenPlan(dataset, _filled(params, dataset), d_sae, n_layers, memory.peak_bytes)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
@@ -184,12 +178,20 @@ class Planner:
         d_sae: int,
         dataset: TokenDataset,
         batch_rows: int,
-    ) -> None:
-        """RESOURCE_EXHAUSTED, naming what to lower, when not even one feature fits the budget;
-        more features than fit at once are computed in feature shards (``dashboards.shards``)."""
-        rows = min(batch_rows or self._settings.default_batch_rows, dataset.n_rows)
-        require_one_feature_fits(
-            params, n_features, d_sae, rows * dataset.context_size, self._settings.memory_budget()
+    ) -> ShardPlan:
+        """The feature shards the computation will run in, as it will plan them
+        (``dashboards.memory``); RESOURCE_EXHAUSTED, naming what to lower, when not even one
+        feature fits the budget."""
+        return plan_within_budget(
+            params,
+            state_config(params, frozenset()),
+            d_sae,
+            n_features,
+            batch_rows=batch_rows or self._settings.default_batch_rows,
+            seq_len=dataset.context_size,
+            n_rows=dataset.n_rows,
+            chunk_size=CHUNK_FEATURES,
+            budget=self._settings.memory_budget(),
         )
 
 
@@ -274,7 +276,11 @@ def _features(indices: Sequence[int], d_sae: int) -> list[int]:
 def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec:
     """The request's token source with its files confined to ``inputs``."""
     token_file = (
-        str(inputs.file(source.token_file, InputKind.TOKEN_FILE, FILE_FIELD))
+        str(
+            inputs.file(
+                inputs.localized(source.token_file, FILE_FIELD), InputKind.TOKEN_FILE, FILE_FIELD
+            )
+        )
         if source.token_file
         else ""
     )
@@ -288,6 +294,7 @@ def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec
         context_size=source.context_size,
         prepend_bos=prepend_bos(source),
         max_tokens=source.max_tokens,
+        open_input=inputs.open,
     )
 
 

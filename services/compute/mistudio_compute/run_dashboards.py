@@ -22,7 +22,6 @@ from mistudio_common.dashboard_options import Component, computation_stages
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
 from mistudio_compute.dashboards import (
     Checkpointing,
-    PassResult,
     Stage,
     compute_dashboards,
 )
@@ -109,7 +108,7 @@ def run_dashboards(
     )
     device = inputs.encoder.device
     reporter = StageReporter(hooks, params.omitted)
-    passed: list[PassResult] = []
+    batch_sizes: list[int] = []  # not the passes: each holds its shard's whole state
     chunks = compute_dashboards(
         inputs,
         params,
@@ -122,14 +121,14 @@ def run_dashboards(
         progress=reporter,
         cancel=hooks.interrupt,
         memory_budget=prepared.memory_budget,
-        on_pass=passed.append,
+        on_pass=lambda passed: batch_sizes.append(passed.batch_size),
         ray=None if prepared.sharding is None else _ray_cluster(prepared, prepared.sharding),
     )
     for chunk in chunks:
         hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
     return RunStats(
         tokens_processed=dataset.n_tokens,
-        final_batch_size=passed[-1].batch_size,
+        final_batch_size=batch_sizes[-1],
         device=str(device),
         peak_memory_mb=_peak_memory_mb(device),
     )

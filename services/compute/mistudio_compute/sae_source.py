@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import InvalidArgument
+from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
 from mistudio_compute.input_files import InputKind, InputPolicy
 from mistudio_compute.sae import Sae, load_sae
@@ -60,8 +61,8 @@ def resolve_sae(
                 "no SAE path given", field="sae.files.path", fix="name a SAELens folder or file"
             )
         config = json_format.MessageToDict(ref.files.config) if ref.files.HasField("config") else {}
-        location = confine_sae(ref.files.path, inputs, "sae.files.path")
-        sae = load_sae(location, _ints(config) or None)
+        location, allowed = confine_sae(ref.files.path, inputs, "sae.files.path")
+        sae = load_sae(location, _ints(config) or None, open_input=allowed.open)
         model_id = model_override or ref.files.model_id or sae.model_name or ""
         return ResolvedSae(sae, "", model_id, hook_override or sae.hook_name or "")
     raise InvalidArgument(
@@ -69,27 +70,29 @@ def resolve_sae(
     )
 
 
-def confine_sae(location: str, inputs: InputPolicy, field: str) -> Path:
-    """The real path of an SAE folder or weights file whose files ``inputs`` allows; hub
-    locations resolve into the HuggingFace cache, which is allowed for them."""
+def confine_sae(location: str, inputs: InputPolicy, field: str) -> tuple[Path, InputPolicy]:
+    """The real path of an SAE folder or weights file whose files ``inputs`` allows, and the
+    policy to open them with: hub locations resolve into the HuggingFace cache, which that
+    policy allows, and uploads (``s3://``) into the upload cache."""
     if location.startswith((HF_PREFIX, SAELENS_PREFIX)):
         from huggingface_hub.constants import HF_HUB_CACHE
 
         path, inputs = local_path(location), inputs.with_roots(HF_HUB_CACHE)
     else:
-        path = Path(location)
+        path = Path(inputs.localized(location, field))
     if inputs.allows(path) and Path(path).is_dir():
         folder = inputs.folder(path, field)
         inputs.file(folder / WEIGHTS_FILE, InputKind.SAE_WEIGHTS, field)
         inputs.optional_file(folder / CONFIG_FILE, InputKind.SAE_CONFIG, field)
-        return folder
+        return folder, inputs
     weights = inputs.file(path, InputKind.SAE_WEIGHTS, field)
     inputs.optional_file(weights.parent / CONFIG_FILE, InputKind.SAE_CONFIG, field)
-    return weights
+    return weights, inputs
 
 
 def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
-    """A registered folder keeps its cfg.json; a bare file is described by the record."""
+    """A registered folder keeps its cfg.json; a bare file is described by the record. An
+    uploaded folder must be the SAE owner's own upload."""
     if not record.weights_uri:
         raise InvalidArgument(
             f"SAE {record.sae_id!r} has no weights_uri in the store",
@@ -97,7 +100,9 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
             fix="register the SAE with the path of its SAELens folder or safetensors file",
         )
     config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
-    uri = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
+    if is_object_uri(record.weights_uri):
+        check_owner(parse_input_uri(record.weights_uri, "weights_uri"), record.owner, "weights_uri")
+    uri, allowed = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
     has_cfg = (
         (uri / CONFIG_FILE).is_file() if uri.is_dir() else (uri.parent / CONFIG_FILE).is_file()
     )
@@ -110,7 +115,7 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
             "model_name": record.model_id or None,
         }
         config = {**described, **config}
-    sae = load_sae(uri, config or None)
+    sae = load_sae(uri, config or None, open_input=allowed.open)
     for name, registered, loaded in (
         ("d_in", record.d_in, sae.d_in),
         ("d_sae", record.d_sae, sae.d_sae),

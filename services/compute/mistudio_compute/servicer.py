@@ -12,9 +12,11 @@ from collections.abc import Iterator
 import grpc
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio_common.auth import current_caller
 from mistudio_common.grpc_errors import handle_errors
 
 from mistudio_compute.jobs import ComputeJobManager, work_share
+from mistudio_compute.object_inputs import check_caller_uploads
 from mistudio_compute.planning import Planner
 from mistudio_compute.saelens_export import saelens_chunks
 
@@ -61,6 +63,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ValidateSae(
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:
+        check_caller_uploads(request.sae, request.tokens, current_caller())
         return self._planner.validate(request)
 
     @handle_errors

@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from mistudio_common.errors import InvalidArgument
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from mistudio_compute.input_files import InputKind, Opener, descriptor_path, open_trusted
 from mistudio_compute.token_text import TokenizerAdapter
 
 FILE_FIELD = "tokens.token_file"
@@ -200,6 +202,8 @@ class TokenSourceSpec:
     context_size: int = 0
     prepend_bos: bool = False
     max_tokens: int = 0
+    open_input: Opener = open_trusted
+    """How the files are opened (for a request's: ``InputPolicy.open``)."""
 
 
 def load_token_source(
@@ -219,6 +223,7 @@ def load_token_source(
             context_size=spec.context_size,
             prepend_bos=spec.prepend_bos,
             max_tokens=spec.max_tokens,
+            open_input=spec.open_input,
         )
     else:
         if tokenizer is None:
@@ -234,6 +239,7 @@ def load_token_source(
             context_size=spec.context_size or DEFAULT_CONTEXT_SIZE,
             prepend_bos=spec.prepend_bos,
             max_tokens=spec.max_tokens,
+            open_input=spec.open_input,
         )
     if d_vocab is not None:
         dataset.check_vocab(d_vocab)
@@ -247,10 +253,11 @@ def load_token_file(
     context_size: int = 0,
     prepend_bos: bool = False,
     max_tokens: int = 0,
+    open_input: Opener = open_trusted,
 ) -> TokenDataset:
     """Reads a token file (module doc); ``prepend_bos`` records whether its rows start with BOS."""
     file = Path(path)
-    array = _read_token_array(file)
+    array = _read_token_array(file, open_input)
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise InvalidArgument(
             f"{file} holds an array of shape {list(array.shape)}; "
@@ -281,7 +288,7 @@ def load_token_file(
             fix=f"use a context_size of at most {width}, or 0 for the file's width",
         )
     name = dataset_name or file.stem
-    provenance = read_provenance(file)
+    provenance = read_provenance(file, open_input)
     recorded_bos = bool(provenance and provenance.get("prepend_bos"))
     dataset = TokenDataset.from_array(
         array[:, :context], name, prepend_bos or recorded_bos, provenance
@@ -289,16 +296,17 @@ def load_token_file(
     return _limit_rows(dataset, max_tokens)
 
 
-def _check_npy_size(file: Path) -> None:
-    """A header may claim any shape; np.load would try to allocate it (40 GB for a 1 kB file)."""
-    with file.open("rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-        claimed = math.prod(shape) * dtype.itemsize
-        held = file.stat().st_size - handle.tell()
+def _check_npy_size(handle: BinaryIO) -> None:
+    """A header may claim any shape; np.load would try to allocate it (40 GB for a 1 kB file).
+    Leaves ``handle`` at its start."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+    claimed = math.prod(shape) * dtype.itemsize
+    held = os.fstat(handle.fileno()).st_size - handle.tell()
+    handle.seek(0)
     if claimed > held:
         raise InvalidArgument(
             f"the token file's header claims {claimed} bytes of {shape} {dtype} ids but the file "
@@ -308,7 +316,7 @@ def _check_npy_size(file: Path) -> None:
         )
 
 
-def _read_token_array(file: Path) -> np.ndarray[Any, Any]:
+def _read_token_array(file: Path, open_input: Opener) -> np.ndarray[Any, Any]:
     if not file.is_file():
         raise InvalidArgument(
             f"token file {str(file)!r} does not exist",
@@ -317,10 +325,12 @@ def _read_token_array(file: Path) -> np.ndarray[Any, Any]:
         )
     try:
         if file.suffix == ".npy":
-            _check_npy_size(file)
-            return np.load(file, allow_pickle=False)  # type: ignore[no-any-return]
+            with open_input(file, InputKind.TOKEN_FILE) as handle:
+                _check_npy_size(handle)
+                return np.load(handle, allow_pickle=False)  # type: ignore[no-any-return]
         if file.suffix == ".safetensors":
-            tensors = load_file(str(file))
+            with open_input(file, InputKind.TOKEN_FILE) as handle:
+                tensors = load_file(descriptor_path(handle))
             if "tokens" not in tensors:
                 raise InvalidArgument(
                     f"{file} has no 'tokens' tensor (it has {sorted(tensors)})",
@@ -345,7 +355,7 @@ def provenance_path(token_file: Path) -> Path:
     return token_file.with_name(token_file.name + PROVENANCE_SUFFIX)
 
 
-def read_provenance(token_file: Path) -> dict[str, Any] | None:
+def read_provenance(token_file: Path, open_input: Opener = open_trusted) -> dict[str, Any] | None:
     """``<file>.provenance.json``: ``{"sources": [names], "source_index": [per row],
     "row": [per row], "offset": [per row]}``, optionally ``"prepend_bos": true`` (the rows begin
     with BOS) and ``"breaks": {"row", "position", "source_index", "origin": [per document that
@@ -354,7 +364,8 @@ def read_provenance(token_file: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
+        with open_input(path, InputKind.TOKEN_FILE) as handle:
+            loaded = json.loads(handle.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise InvalidArgument(
             f"cannot read {path}: {exc}", field=FILE_FIELD, fix="write valid JSON or remove it"
@@ -433,6 +444,7 @@ def tokenize_text_files(
     context_size: int = DEFAULT_CONTEXT_SIZE,
     prepend_bos: bool = True,
     max_tokens: int = 0,
+    open_input: Opener = open_trusted,
 ) -> TokenDataset:
     """Rows of ``context_size`` tokens from text files, one document per line (module doc)."""
     bos = tokenizer.bos_id if prepend_bos else None
@@ -454,7 +466,7 @@ def tokenize_text_files(
     stream: list[int] = []
     docs: list[tuple[int, int, int, int]] = []  # (stream start, source, line, separator length)
     for source, file in enumerate(files):
-        for line_no, line in enumerate(_read_text(file).splitlines()):
+        for line_no, line in enumerate(_read_text(file, open_input).splitlines()):
             if max_rows is not None and len(stream) >= max_rows * body:
                 break
             if not line.strip():
@@ -494,9 +506,10 @@ def tokenize_text_files(
     )
 
 
-def _read_text(file: Path) -> str:
+def _read_text(file: Path, open_input: Opener) -> str:
     try:
-        return file.read_text(encoding="utf-8", errors="replace")
+        with open_input(file, InputKind.TEXT_FILE) as handle:
+            return handle.read().decode("utf-8", errors="replace")
     except OSError as exc:
         raise InvalidArgument(
             f"cannot read text file {str(file)!r}: {exc.strerror or exc}",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.auth import Identity, can_see, owner_for
 from mistudio_common.errors import NotFound
+from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
 
 class Records(Protocol):
@@ -65,6 +67,21 @@ class Access:
         if not can_see(sae.owner, caller):
             raise sae_not_found(sae_id)
         return sae
+
+
+def check_uploaded_weights(sae: spb.Sae) -> None:
+    """An SAE registered on an upload must be its owner's upload (NOT_FOUND otherwise, as for
+    a missing one); compute checks the same before it reads the weights."""
+    if is_object_uri(sae.weights_uri):
+        check_owner(parse_input_uri(sae.weights_uri, "weights_uri"), sae.owner, "weights_uri")
+
+
+def check_uploaded_tokens(tokens: tpb.TokenSource, caller: Identity, field: str) -> None:
+    """An uploaded token file is usable only by its uploader (and admins and services): another
+    owner's upload is NOT_FOUND, as a missing one. Paths are compute's to confine."""
+    if is_object_uri(tokens.token_file) and not caller.sees_everything:
+        name = f"{field}.token_file"
+        check_owner(parse_input_uri(tokens.token_file, name), caller.name, name)
 
 
 def list_owner(requested: str, caller: Identity) -> str:

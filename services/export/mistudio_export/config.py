@@ -8,6 +8,10 @@ from mistudio_common.auth import SecuritySettings
 from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
 from pydantic_settings import SettingsConfigDict
 
+from mistudio_export.uploads import UploadLimits
+
+_GIB = 1 << 30
+
 
 class ExportSettings(SecuritySettings):
     """Also the credential settings of SecuritySettings (TLS files, tokens)."""
@@ -28,6 +32,14 @@ class ExportSettings(SecuritySettings):
     """file:///path (default: data_dir/archives) or s3://bucket?endpoint=host:9000&secure=false."""
     s3_access_key: str = ""
     s3_secret_key: str = ""
+    max_upload_sae_weights_bytes: int = 64 * _GIB
+    """UploadInput: sae_weights.safetensors and sparsity.safetensors, each."""
+    max_upload_sae_config_bytes: int = 1 << 20
+    """UploadInput: cfg.json (a few kB in practice)."""
+    max_upload_token_file_bytes: int = 64 * _GIB
+    """UploadInput: one token file."""
+    max_upload_bytes_per_owner: int = 256 * _GIB
+    """UploadInput: everything one owner keeps uploaded at once."""
     health_check_seconds: float = 10.0
     """How often the dependencies are probed; health is NOT_SERVING while one is down."""
     log_level: str = "INFO"
@@ -53,3 +65,11 @@ class ExportSettings(SecuritySettings):
     fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
     """How long a running export waits out an unreachable store, compute service, database or
     object store (retrying with exponential backoff from its last checkpoint) before it fails."""
+
+    def upload_limits(self) -> UploadLimits:
+        return UploadLimits(
+            sae_config_bytes=self.max_upload_sae_config_bytes,
+            sae_weights_bytes=self.max_upload_sae_weights_bytes,
+            token_file_bytes=self.max_upload_token_file_bytes,
+            owner_bytes=self.max_upload_bytes_per_owner,
+        )

@@ -5,9 +5,10 @@ features/, explanations/), then one folder per other format: ``neuronpedia-impor
 ``saedashboard/``, ``upload-payloads/``, ``saelens/``, ``preview/`` (the viewer, which reads the
 PRD layout written before it). Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
-are copied from it rather than regenerated. The importer rows are written in the same read of
-the staged dashboards as the PRD files. On a large export a second (spawned) process writes
-the SAEDashboard batches and upload payloads meanwhile, so both CPU cores are used.
+are copied from it rather than regenerated. The staged dashboards are read as column batches
+(``formats.columns``); the other Neuronpedia formats are written from the same read as the PRD
+files. On a large export a second (spawned) process writes the importer rows meanwhile, so both
+CPU cores are used.
 """
 
 from __future__ import annotations
@@ -24,14 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 
 from mistudio_export.collect import staged_dashboards
 from mistudio_export.formats import jsonio, prd_json
+from mistudio_export.formats.bulk_json import StringTable
+from mistudio_export.formats.columns import (
+    ExampleColumns,
+    batch_sized,
+    example_columns,
+    fan_out,
+)
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
@@ -58,8 +67,15 @@ NEURONPEDIA_KINDS = (
     FormatKind.SAEDASHBOARD,
     FormatKind.NEURONPEDIA_UPLOAD,
 )
-ASIDE_KINDS = (FormatKind.SAEDASHBOARD, FormatKind.NEURONPEDIA_UPLOAD)
-"""Written by a second process while this one writes the PRD layout and the importer rows."""
+ASIDE_KINDS = (FormatKind.NEURONPEDIA_IMPORT,)
+"""Written by a second process while this one writes the PRD layout and the others: the
+importer rows (an id hashed per example, every batch gzipped) take about what the rest take."""
+ALONG_PRD = (
+    FormatKind.NEURONPEDIA_IMPORT,
+    FormatKind.SAEDASHBOARD,
+    FormatKind.NEURONPEDIA_UPLOAD,
+)
+"""Written from the same read of the staged dashboards as the PRD layout, unless aside."""
 PARALLEL_MIN_FEATURES = 512
 """Below this many features a second process costs more to start than it saves."""
 
@@ -129,10 +145,11 @@ def write_formats(
                 _wait(job, side)
                 progress(n_features)
             elif kind is FormatKind.PRD_JSON:
-                importer = FormatKind.NEURONPEDIA_IMPORT
-                along = importer.value not in done and importer in kinds and importer not in aside
-                unchanged = _write_prd(job, out, inputs, progress, with_importer=along)
-                done += [importer.value] if along else []
+                along = [
+                    k for k in ALONG_PRD if k.value not in done and k in kinds and k not in aside
+                ]
+                unchanged = _write_prd(job, out, inputs, progress, features_per_batch, along)
+                done += [k.value for k in along]
             elif kind is FormatKind.SAELENS:
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
@@ -195,7 +212,7 @@ def _wait(job: JobRuntime, side: _Aside) -> None:
     except EOFError:  # it died without a word: killed, or out of memory
         side.process.join()
         raise Unavailable(
-            f"the process writing the SAEDashboard and upload files exited "
+            f"the process writing the Neuronpedia importer rows exited "
             f"(code {side.process.exitcode}) without finishing",
             fix="resume the export; if it happens again, check the memory available",
         ) from None
@@ -242,9 +259,22 @@ def _progress(
     return report
 
 
-def _dashboards(staging: Path) -> Iterator[FeatureDashboard]:
-    for dashboard in staged_dashboards(staging):
-        yield dashboard_from_pb(dashboard)
+def _batches(staging: Path) -> Iterator[ExampleColumns]:
+    """The staged dashboards as column batches: the examples read straight from the messages
+    into the columns, the rest converted for the formats' per-feature fields."""
+    tokens = StringTable()
+    for chunk in batch_sized(staged_dashboards(staging)):
+        heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
+        yield example_columns(heads, tokens, examples=chunk)
+
+
+def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:
+    head = dpb.FeatureDashboard()
+    head.CopyFrom(message)  # in C: far cheaper than converting the examples it then drops
+    head.ClearField("top_examples")
+    for group in head.quantile_groups:
+        group.ClearField("examples")
+    return head
 
 
 def _clear(folder: Path) -> None:
@@ -257,13 +287,11 @@ def _write_prd(
     out: Path,
     inputs: Inputs,
     progress: Callable[[int], None],
-    *,
-    with_importer: bool = False,
+    features_per_batch: int,
+    along: Sequence[FormatKind] = (),
 ) -> int:
-    """Writes the PRD layout; returns how many feature files were copied from an earlier archive.
-
-    ``with_importer``: the importer rows are written in the same read of the staged dashboards.
-    """
+    """Writes the PRD layout, and the formats ``along`` from the same read of the staged
+    dashboards; returns how many feature files were copied from an earlier archive."""
     shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
     copied = 0
     earlier_hashes = inputs.reuse.hashes if inputs.reuse is not None else {}
@@ -282,23 +310,27 @@ def _write_prd(
             copied += 1
             return earlier.read(name)
 
-        def importer_rows(dashboards: Iterator[FeatureDashboard]) -> None:
-            importer = FormatKind.NEURONPEDIA_IMPORT
-            _clear(out / FOLDERS[importer])
-            # the batch size (0) is SAEDashboard's only
-            _write_other(job.staging, importer, naming, inputs, 0, None, dashboards)
+        def writer(kind: FormatKind) -> Callable[[Iterator[ExampleColumns]], None]:
+            def write(batches: Iterator[ExampleColumns]) -> None:
+                _clear(out / FOLDERS[kind])
+                _write_other(job.staging, kind, naming, inputs, features_per_batch, None, batches)
+
+            return write
+
+        def others(batches: Iterator[ExampleColumns]) -> None:
+            fan_out(batches, [writer(kind) for kind in along])
 
         prd_json.write_prd_export(
             out,
             inputs.info,
             naming,
-            _dashboards(job.staging),
+            _batches(job.staging),
             inputs.explanations,
             labels=inputs.labels,
             compress_features=job.plan.compression.gzip_json,
             progress=progress,
             reuse=reuse,
-            also=importer_rows if with_importer else None,
+            also=others if along else None,
         )
     return copied
 
@@ -310,39 +342,57 @@ def _write_other(
     inputs: Inputs,
     features_per_batch: int,
     progress: Callable[[int], None] | None,
-    dashboards: Iterator[FeatureDashboard] | None = None,
+    batches: Iterator[ExampleColumns] | None = None,
 ) -> None:
     folder, info = output_dir(staging) / FOLDERS[kind], inputs.info
-    dashboards = _dashboards(staging) if dashboards is None else dashboards
+    batches = _batches(staging) if batches is None else batches
     if kind is FormatKind.NEURONPEDIA_IMPORT:
         write_importer_export(
-            folder, info, naming, dashboards, inputs.neuronpedia_explanations, progress=progress
+            folder, info, naming, batches, inputs.neuronpedia_explanations, progress=progress
         )
     elif kind is FormatKind.SAEDASHBOARD:
         write_saedashboard_batches(
             folder,
             info,
             naming,
-            dashboards,
+            batches,
             features_per_batch=features_per_batch,
             progress=progress,
         )
     else:
-        write_upload_payloads(folder, naming, dashboards, inputs.neuronpedia_explanations)
+        write_upload_payloads(folder, naming, batches, inputs.neuronpedia_explanations)
 
 
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: SaeLensFiles) -> None:
     plan = job.plan
-    files: dict[str, bytearray] = {}
-    chunks = compute.saelens_files(
-        plan.sae.sae_id, plan.naming.neuronpedia_id, inputs.saelens_frequencies
+    chunks = iter(
+        compute.saelens_files(
+            plan.sae.sae_id, plan.naming.neuronpedia_id, inputs.saelens_frequencies
+        )
     )
-    for chunk in chunks:
-        files.setdefault(chunk.file_name, bytearray()).extend(chunk.chunk)
-        if chunk.last_chunk:
-            jsonio.write_atomic(folder / chunk.file_name, bytes(files.pop(chunk.file_name)))
-            job.check()
+    for first in chunks:  # the stream sends one file's chunks after another's
+        jsonio.write_atomic_chunks(folder / first.file_name, _one_file(first, chunks))
+        job.check()
     (folder / "pretrained_saes.yaml").write_text(inputs.pretrained_yaml, encoding="utf-8")
+
+
+def _one_file(
+    first: cpb.ExportSaeLensFilesResponse, rest: Iterator[cpb.ExportSaeLensFilesResponse]
+) -> Iterator[bytes]:
+    """The bytes of ``first``'s file, read from ``rest`` up to its last chunk: written as they
+    come, so the weights (which grow with d_sae) are never held whole."""
+    chunk = first
+    while True:
+        yield chunk.chunk
+        if chunk.last_chunk:
+            return
+        following = next(rest, None)
+        if following is None or following.file_name != first.file_name:
+            raise Unavailable(
+                f"the compute service's stream of {first.file_name} broke off before its end",
+                fix="resume the export",
+            )
+        chunk = following
 
 
 def explanation_records(

@@ -25,6 +25,7 @@ from mistudio_export.object_store import ObjectStore, check_writable, object_sto
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.preflight import Planner
 from mistudio_export.servicer import ExportServicer
+from mistudio_export.uploads import Uploads
 
 SERVICE_NAME = "mistudio.export.v1.ExportService"
 
@@ -72,6 +73,7 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         FeatureDashboards(store, compute),
         store,
         objects,
+        Uploads(objects, settings.upload_limits(), settings.data_dir / "uploads"),
         settings.max_watchers,
     )
     registration = ServiceRegistration(

@@ -21,11 +21,17 @@ import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.auth import Identity, current_caller, owner_for
-from mistudio_common.errors import ResourceExhausted, Unavailable
+from mistudio_common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from mistudio_common.grpc_errors import handle_errors
+from mistudio_common.uploaded_inputs import UploadKind
 
 from mistudio_export import views
-from mistudio_export.access import Access, list_owner
+from mistudio_export.access import (
+    Access,
+    check_uploaded_tokens,
+    check_uploaded_weights,
+    list_owner,
+)
 from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import download_chunks, download_url, require_job_id
@@ -34,6 +40,7 @@ from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.preflight import missing_delta_base
+from mistudio_export.uploads import CHUNK_FIELD, FileHeader, Uploads
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 T = TypeVar("T")
@@ -48,6 +55,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         dashboards: FeatureDashboards,
         store: StoreClient,
         objects: ObjectStore,
+        uploads: Uploads,
         max_watchers: int,
     ) -> None:
         self._manager = manager
@@ -56,6 +64,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self._dashboards = dashboards
         self._store = store
         self._objects = objects
+        self._uploads = uploads
         self._access = Access(store)
         self._max_watchers = max_watchers
         self._watchers = 0
@@ -65,7 +74,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
         return str(self._access.job(require_job_id(job_id), current_caller()).job_id)
 
     def _check_export(self, sae_id: str, config: epb.ExportConfig, caller: Identity) -> None:
-        self._access.sae(sae_id, caller)
+        check_uploaded_weights(self._access.sae(sae_id, caller))
+        check_uploaded_tokens(config.tokens, caller, "config.tokens")
         base = config.delta_base_job_id
         if base and self._access.hides_job(base, caller):
             raise missing_delta_base(base)  # what the planner says of a base that does not exist
@@ -207,7 +217,9 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _dashboard(
         self, request: epb.GetFeatureDashboardRequest
     ) -> epb.GetFeatureDashboardResponse:
-        self._access.sae(request.sae_id, current_caller())
+        caller = current_caller()
+        self._access.sae(request.sae_id, caller)
+        check_uploaded_tokens(request.tokens, caller, "tokens")
         return self._dashboards.get(request)
 
     @handle_errors
@@ -220,6 +232,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         caller = current_caller()
         if request.sae_id:
             self._access.sae(request.sae_id, caller)
+        check_uploaded_tokens(request.config.tokens, caller, "config.tokens")
         return self._estimator.list_presets(request, owner_for("", caller))
 
     @handle_errors
@@ -227,6 +240,55 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self, request: epb.ListPresetsRequest, context: Context
     ) -> epb.ListPresetsResponse:
         return await asyncio.to_thread(self._presets, request)
+
+    @handle_errors
+    async def UploadInput(
+        self, request_iterator: AsyncIterator[epb.UploadInputRequest], context: Context
+    ) -> epb.UploadInputResponse:
+        owner = owner_for("", current_caller())
+        receiver = await asyncio.to_thread(self._uploads.receive, owner)
+        try:
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "file":
+                    await asyncio.to_thread(receiver.begin, _header(message.file))
+                elif part == "chunk":
+                    await asyncio.to_thread(receiver.write, message.chunk)
+                else:
+                    raise InvalidArgument(
+                        "an upload message holds neither a file header nor a chunk",
+                        field=CHUNK_FIELD,
+                        fix="set file or chunk in every UploadInputRequest",
+                    )
+            stored = await asyncio.to_thread(receiver.finish)
+        finally:
+            await asyncio.to_thread(receiver.discard)
+        return epb.UploadInputResponse(
+            input_id=stored.location.input_id, uri=stored.location.uri, size_bytes=stored.size
+        )
+
+    def _delete_input(self, request: epb.DeleteInputRequest) -> epb.DeleteInputResponse:
+        caller = current_caller()
+        owner = None if caller.sees_everything else caller.name
+        return epb.DeleteInputResponse(size_bytes=self._uploads.delete(request.uri, owner))
+
+    @handle_errors
+    async def DeleteInput(
+        self, request: epb.DeleteInputRequest, context: Context
+    ) -> epb.DeleteInputResponse:
+        return await asyncio.to_thread(self._delete_input, request)
+
+
+_UPLOAD_KINDS = {
+    epb.UPLOAD_KIND_SAE_FILE: UploadKind.SAE_FOLDER,
+    epb.UPLOAD_KIND_TOKEN_FILE: UploadKind.TOKEN_FILE,
+}
+
+
+def _header(message: epb.UploadFileHeader) -> FileHeader:
+    return FileHeader(
+        _UPLOAD_KINDS.get(message.kind), message.name, message.size, message.sha256.lower()
+    )
 
 
 async def _in_threads(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:

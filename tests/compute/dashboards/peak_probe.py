@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from mistudio_common.dashboard import DashboardParams
 from mistudio_compute.dashboards import compute_dashboards, state_config
-from mistudio_compute.dashboards.shards import MemoryModel, plan_within_budget
+from mistudio_compute.dashboards.memory import MemoryModel, plan_within_budget
 
 from tests.compute.dashboards import tiny
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import (
     CONVERTER_DIFFERENCES,
     write_importer_export,
@@ -40,8 +41,8 @@ def test_importer_rows_equal_the_converters_rows_but_for_the_listed_differences(
     dashboards[0].top_examples[0].values[1] = 1 / 3  # a value SAEDashboard rounds
     dashboards[1].quantile_groups[0].examples[0].qualifying_token_index = 4  # sampled, not max
     info, names = sae_info(), naming()
-    write_saedashboard_batches(tmp_path / "sd", info, names, dashboards)
-    write_importer_export(tmp_path / "np", info, names, dashboards)
+    write_saedashboard_batches(tmp_path / "sd", info, names, column_batches(dashboards))
+    write_importer_export(tmp_path / "np", info, names, column_batches(dashboards))
     batch = json.loads((tmp_path / "sd/batch-0.json").read_text())
     hook = info.hook_point.rsplit(".", 1)[-1]
     converted = list(convert_batch(batch, names.source_set, hook, info.created_at))

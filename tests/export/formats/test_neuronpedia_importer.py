@@ -4,11 +4,10 @@ from pathlib import Path
 import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import (
     NOT_NULL,
-    activation_rows,
     bin_centres,
-    neuron_row,
     write_importer_export,
 )
 from mistudio_export.formats.schemas import load_schema
@@ -43,7 +42,9 @@ REFERENCE_EXPLANATION_KEYS = {
 
 def _write(root: Path, dashboards=None, explanations=(), **kwargs):
     dashboards = dashboards if dashboards is not None else [dashboard(0), dashboard(1)]
-    return write_importer_export(root, sae_info(), naming(), dashboards, explanations, **kwargs)
+    return write_importer_export(
+        root, sae_info(), naming(), column_batches(dashboards), explanations, **kwargs
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -51,6 +52,17 @@ def _rows(path: Path) -> list[dict]:
 
 
 SOURCE = Path("gpt2-small/6-mistudio-res-16k")
+
+
+def _neuron_row(root: Path, d) -> dict:
+    _write(root, [d])
+    (row,) = _rows(root / SOURCE / "features/batch-0.jsonl.gz")
+    return row
+
+
+def _activation_rows(root: Path, d) -> list[dict]:
+    _write(root, [d])
+    return _rows(root / SOURCE / "activations/batch-0.jsonl.gz")
 
 
 def test_layout_is_model_and_source_folders_with_gzipped_batches(tmp_path):
@@ -67,12 +79,12 @@ def test_layout_is_model_and_source_folders_with_gzipped_batches(tmp_path):
     ]
 
 
-def test_neuron_row_keys_match_the_reference():
-    assert set(neuron_row(dashboard(0), sae_info(), naming())) == REFERENCE_NEURON_KEYS
+def test_neuron_row_keys_match_the_reference(tmp_path):
+    assert set(_neuron_row(tmp_path, dashboard(0))) == REFERENCE_NEURON_KEYS
 
 
-def test_activation_row_keys_match_the_reference():
-    rows = activation_rows(dashboard(0), sae_info(), naming())
+def test_activation_row_keys_match_the_reference(tmp_path):
+    rows = _activation_rows(tmp_path, dashboard(0))
     assert {frozenset(r) for r in rows} == {frozenset(REFERENCE_ACTIVATION_KEYS)}
 
 
@@ -96,34 +108,34 @@ def test_every_line_has_the_same_keys_and_filled_not_null_columns(tmp_path, stre
         assert all(row[column] is not None for column in NOT_NULL[table])
 
 
-def test_rows_carry_model_id_source_id_and_index_as_text():
-    row = neuron_row(dashboard(5), sae_info(), naming())
+def test_rows_carry_model_id_source_id_and_index_as_text(tmp_path):
+    row = _neuron_row(tmp_path, dashboard(5))
     assert (row["modelId"], row["layer"], row["index"]) == ("gpt2-small", "6-mistudio-res-16k", "5")
 
 
-def test_histograms_are_written_as_bin_centres():
-    row = neuron_row(dashboard(0), sae_info(), naming())
+def test_histograms_are_written_as_bin_centres(tmp_path):
+    row = _neuron_row(tmp_path, dashboard(0))
     assert row["freq_hist_data_bar_values"] == bin_centres([0.1, 0.5, 1.0, 2.0, 4.0])
     assert row["freq_hist_data_bar_values"] == [0.3, 0.75, 1.5, 3.0]
     assert row["freq_hist_data_bar_heights"] == [5, 3, 2, 1]
     assert row["logits_hist_data_bar_values"] == [-0.5, 0.5]
 
 
-def test_density_logits_and_max_act_approx_come_from_the_dashboard():
-    row = neuron_row(dashboard(0), sae_info(), naming())
+def test_density_logits_and_max_act_approx_come_from_the_dashboard(tmp_path):
+    row = _neuron_row(tmp_path, dashboard(0))
     assert row["frac_nonzero"] == 0.011
     assert row["pos_str"] == ["fast", "swift"] and row["neg_values"] == [-2.875, -2.5]
     assert row["maxActApprox"] == 3.5
 
 
-def test_top_examples_form_the_minus_one_max_minus_one_section():
-    rows = activation_rows(dashboard(0), sae_info(), naming())
+def test_top_examples_form_the_minus_one_max_minus_one_section(tmp_path):
+    rows = _activation_rows(tmp_path, dashboard(0))
     top = rows[:10]
     assert {(r["binMin"], r["binMax"], r["binContains"]) for r in top} == {(-1.0, 3.5, -1.0)}
 
 
-def test_quantile_groups_keep_their_bin_values():
-    rows = activation_rows(dashboard(0), sae_info(), naming())
+def test_quantile_groups_keep_their_bin_values(tmp_path):
+    rows = _activation_rows(tmp_path, dashboard(0))
     assert [(r["binMin"], r["binMax"], r["binContains"]) for r in rows[10:]] == [
         (1.0, 2.0, 0.2),
         (1.0, 2.0, 0.2),
@@ -131,16 +143,16 @@ def test_quantile_groups_keep_their_bin_values():
     ]
 
 
-def test_activation_max_min_and_index_are_computed_from_values():
-    row = activation_rows(dashboard(0), sae_info(), naming())[0]
+def test_activation_max_min_and_index_are_computed_from_values(tmp_path):
+    row = _activation_rows(tmp_path, dashboard(0))[0]
     assert (row["maxValue"], row["maxValueTokenIndex"], row["minValue"]) == (3.5, 2, 0.0)
     assert row["qualifyingTokenIndex"] == 2
     assert row["creatorId"] == "clkht01d40000jv08hvalcvly"
 
 
-def test_activation_ids_are_short_unique_and_stable():
-    first = [r["id"] for r in activation_rows(dashboard(0), sae_info(), naming())]
-    again = [r["id"] for r in activation_rows(dashboard(0), sae_info(), naming())]
+def test_activation_ids_are_short_unique_and_stable(tmp_path):
+    first = [r["id"] for r in _activation_rows(tmp_path, dashboard(0))]
+    again = [r["id"] for r in _activation_rows(tmp_path, dashboard(0))]
     assert first == again
     assert len(set(first)) == len(first)
     assert all(len(i) <= 25 and i.startswith("c") for i in first)
@@ -212,11 +224,11 @@ def test_written_importer_export_validates_clean(tmp_path):
     assert report.components == ["neuronpedia-importer: gpt2-small/6-mistudio-res-16k"]
 
 
-def test_recomputed_example_gets_a_new_activation_id():
-    before = activation_rows(dashboard(0), sae_info(), naming())[0]["id"]
+def test_recomputed_example_gets_a_new_activation_id(tmp_path):
+    before = _activation_rows(tmp_path, dashboard(0))[0]["id"]
     changed = dashboard(0)
     changed.top_examples[0].source.row = 999
-    assert activation_rows(changed, sae_info(), naming())[0]["id"] != before
+    assert _activation_rows(tmp_path, changed)[0]["id"] != before
 
 
 def test_explanation_ids_are_the_same_as_in_the_prd_layout(tmp_path):
@@ -259,22 +271,24 @@ def test_explanation_ids_come_from_content_not_the_store(tmp_path):
     assert explanation(1).export_id(other_source) != record.export_id(other_source)
 
 
-def test_neurons_name_their_hook_and_activations_carry_no_dfa():
-    row = neuron_row(dashboard(0), sae_info(), naming())
+def test_neurons_name_their_hook_and_activations_carry_no_dfa(tmp_path):
+    row = _neuron_row(tmp_path, dashboard(0))
     assert row["hookName"] == "blocks.6.hook_resid_post"
-    act = activation_rows(dashboard(0), sae_info(), naming())[0]
+    act = _activation_rows(tmp_path, dashboard(0))[0]
     assert (act["dfaMaxValue"], act["dfaTargetIndex"], act["dfaValues"]) == (0, -1, [])
 
 
-def test_quantile_example_names_its_sampled_token_not_the_window_max():
+def test_quantile_example_names_its_sampled_token_not_the_window_max(tmp_path):
     d = dashboard(0)
     d.quantile_groups[0].examples[0].qualifying_token_index = 4
-    rows = activation_rows(d, sae_info(), naming())
+    rows = _activation_rows(tmp_path, d)
     assert (rows[10]["qualifyingTokenIndex"], rows[10]["maxValueTokenIndex"]) == (4, 1)
 
 
 def test_model_rows_carry_the_layer_count_and_the_chosen_visibility(tmp_path):
-    write_importer_export(tmp_path, sae_info(), naming(visibility="PUBLIC"), [dashboard(0)])
+    write_importer_export(
+        tmp_path, sae_info(), naming(visibility="PUBLIC"), column_batches([dashboard(0)])
+    )
     (model,) = _rows(tmp_path / SOURCE / "model.jsonl")
     assert (model["layers"], model["visibility"]) == (12, "PUBLIC")
     (source,) = _rows(tmp_path / SOURCE / "source.jsonl")
@@ -283,7 +297,9 @@ def test_model_rows_carry_the_layer_count_and_the_chosen_visibility(tmp_path):
 
 def test_unknown_model_layer_count_is_refused(tmp_path):
     with pytest.raises(InvalidArgument) as err:
-        write_importer_export(tmp_path, sae_info(model_layers=0), naming(), [dashboard(0)])
+        write_importer_export(
+            tmp_path, sae_info(model_layers=0), naming(), column_batches([dashboard(0)])
+        )
     assert err.value.field == "sae_info.model_layers"
 
 

@@ -5,6 +5,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from mistudio_common.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_upload import (
     DEFAULT_BASE_URL,
     UploadSettings,
@@ -56,7 +57,7 @@ def neuronpedia() -> Iterator[FakeNeuronpedia]:
 
 @pytest.fixture
 def payloads(tmp_path):
-    write_upload_payloads(tmp_path, naming(), [dashboard(i) for i in range(130)])
+    write_upload_payloads(tmp_path, naming(), column_batches(dashboard(i) for i in range(130)))
     return tmp_path
 
 

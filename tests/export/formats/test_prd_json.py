@@ -4,8 +4,8 @@ import math
 import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.prd_json import (
-    feature_document,
     metadata_document,
     write_prd_export,
 )
@@ -23,7 +23,9 @@ FR_2_3_FIELDS = {
 
 def _write(tmp_path, dashboards=None, explanations=(), **kwargs):
     dashboards = dashboards if dashboards is not None else [dashboard(0), dashboard(1)]
-    return write_prd_export(tmp_path, sae_info(), naming(), dashboards, explanations, **kwargs)
+    return write_prd_export(
+        tmp_path, sae_info(), naming(), column_batches(dashboards), explanations, **kwargs
+    )
 
 
 def _read(path):
@@ -54,8 +56,9 @@ def test_metadata_created_at_is_the_callers_value():
     assert meta["created_at"] == "2025-01-15T10:30:00Z"
 
 
-def test_feature_has_the_fr_2_2_fields_and_the_richer_ones():
-    doc = feature_document(dashboard(3))
+def test_feature_has_the_fr_2_2_fields_and_the_richer_ones(tmp_path):
+    _write(tmp_path, [dashboard(3)])
+    doc = _read(tmp_path / "features/3.json")
     assert {
         "feature_index",
         "activations",
@@ -147,7 +150,12 @@ def test_written_prd_export_validates_clean(tmp_path):
 def test_labels_are_exported_with_their_category_and_as_explanations(tmp_path):
     label = FeatureLabel(1, "dogs", "animals", "2025-02-01T00:00:00Z")
     write_prd_export(
-        tmp_path, sae_info(), naming(), [dashboard(0), dashboard(1)], [], labels=[label]
+        tmp_path,
+        sae_info(),
+        naming(),
+        column_batches([dashboard(0), dashboard(1)]),
+        [],
+        labels=[label],
     )
     doc = json.loads((tmp_path / "explanations/explanations.json").read_text())
     (entry,) = doc["features"]

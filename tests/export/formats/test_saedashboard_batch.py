@@ -1,6 +1,7 @@
 import json
 
-from mistudio_export.formats.saedashboard_batch import feature_entry, write_saedashboard_batches
+from mistudio_export.formats.columns import column_batches
+from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.validation import validate_export
 
 from tests.export.formats.builders import dashboard, naming, sae_info
@@ -22,7 +23,15 @@ REFERENCE_ACTIVATION_KEYS = {
 
 
 def _write(tmp_path, dashboards, **kwargs):
-    return write_saedashboard_batches(tmp_path, sae_info(), naming(), dashboards, **kwargs)
+    return write_saedashboard_batches(
+        tmp_path, sae_info(), naming(), column_batches(dashboards), **kwargs
+    )
+
+
+def _entry(tmp_path, d):
+    _write(tmp_path, [d])
+    (entry,) = json.loads((tmp_path / "batch-0.json").read_text())["features"]
+    return entry
 
 
 def test_batch_file_holds_model_layer_set_and_features(tmp_path):
@@ -32,23 +41,23 @@ def test_batch_file_holds_model_layer_set_and_features(tmp_path):
     assert (doc["model_id"], doc["layer"], doc["sae_set"]) == ("gpt2-small", 6, "mistudio-res-16k")
 
 
-def test_feature_has_every_reference_key():
-    assert set(feature_entry(dashboard(0), sae_info())) == REFERENCE_FEATURE_KEYS
+def test_feature_has_every_reference_key(tmp_path):
+    assert set(_entry(tmp_path, dashboard(0))) == REFERENCE_FEATURE_KEYS
 
 
-def test_activation_has_every_reference_key():
-    for activation in feature_entry(dashboard(0), sae_info())["activations"]:
+def test_activation_has_every_reference_key(tmp_path):
+    for activation in _entry(tmp_path, dashboard(0))["activations"]:
         assert set(activation) == REFERENCE_ACTIVATION_KEYS
 
 
-def test_panels_without_data_are_empty_lists():
-    entry = feature_entry(dashboard(0), sae_info())
+def test_panels_without_data_are_empty_lists(tmp_path):
+    entry = _entry(tmp_path, dashboard(0))
     for key in ("neuron_alignment_indices", "correlated_neurons_pearson", "decoder_weights_dist"):
         assert entry[key] == []
 
 
-def test_top_group_uses_minus_one_bounds_and_groups_their_bins():
-    acts = feature_entry(dashboard(0), sae_info())["activations"]
+def test_top_group_uses_minus_one_bounds_and_groups_their_bins(tmp_path):
+    acts = _entry(tmp_path, dashboard(0))["activations"]
     assert (acts[0]["bin_min"], acts[0]["bin_max"], acts[0]["bin_contains"]) == (-1, 3.5, -1)
     assert (acts[-1]["bin_min"], acts[-1]["bin_max"], acts[-1]["bin_contains"]) == (0, 1, 0.8)
     assert acts[0]["qualifying_token_index"] == 2
@@ -64,8 +73,8 @@ def test_float_lists_are_rounded_to_five_decimals(tmp_path):
     assert feature["pos_values"][0] == 3.14159
 
 
-def test_sampling_facts_are_repeated_per_feature():
-    entry = feature_entry(dashboard(0), sae_info())
+def test_sampling_facts_are_repeated_per_feature(tmp_path):
+    entry = _entry(tmp_path, dashboard(0))
     assert (entry["n_prompts_total"], entry["n_tokens_in_prompt"]) == (64, 128)
     assert entry["dataset"] == "roneneldan/TinyStories"
 

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.upload_payloads import (
     truncate_around,
     write_upload_payloads,
@@ -11,7 +12,9 @@ from tests.export.formats.builders import dashboard, example, explanation, namin
 
 
 def _write(tmp_path, dashboards, explanations=(), **kwargs):
-    return write_upload_payloads(tmp_path, naming(), dashboards, explanations, **kwargs)
+    return write_upload_payloads(
+        tmp_path, naming(), column_batches(dashboards), explanations, **kwargs
+    )
 
 
 def _body(tmp_path, n=0):

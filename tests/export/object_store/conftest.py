@@ -9,21 +9,17 @@ from pathlib import Path
 
 import pytest
 from mistudio_export.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
-from moto.server import ThreadedMotoServer
 
-ACCESS_KEY = "test-access"
-SECRET_KEY = "test-secret"
+from tests.moto_s3 import ACCESS_KEY, SECRET_KEY, moto_server
+
 PART_SIZE = 5 * 1024 * 1024
 """S3's minimum part size, so an 11 MiB file takes three parts."""
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"{host}:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 def new_s3_store(endpoint: str, bucket: str | None = None) -> S3ObjectStore:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.packaging import build_archive
 from mistudio_export.preview import (
@@ -39,7 +40,14 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
     explanations = [explanation(2, "words about speed"), explanation(2, "fast things")]
     dashboards = [dashboard(i, dead=i == 1) for i in range(N_FEATURES)]
-    write_prd_export(root, sae_info(), naming(), dashboards, explanations, compress_features=True)
+    write_prd_export(
+        root,
+        sae_info(),
+        naming(),
+        column_batches(dashboards),
+        explanations,
+        compress_features=True,
+    )
     return root
 
 

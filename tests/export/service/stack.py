@@ -162,7 +162,7 @@ def start_stack(
 ) -> Stack:
     """Compute reads inputs under the test session's temp root (every test's ``tmp_path``, as
     ``data_dir`` is ``<root>/<module folder>/data``) and the stories260K folder, unless
-    ``compute_settings`` says otherwise."""
+    ``compute_settings`` says otherwise; with an S3 object store it reads uploads from it."""
     from mistudio_compute.config import ComputeSettings
     from mistudio_compute.server import build_compute_server
     from mistudio_store.config import StoreSettings
@@ -176,12 +176,28 @@ def start_stack(
             store_address=store.address,
             data_dir=data_dir,
             device="cpu",
-            **{"input_roots": (data_dir.parents[1], STORIES_DIR), **compute_settings},
+            **{
+                "input_roots": (data_dir.parents[1], STORIES_DIR),
+                **_uploads_bucket(object_store_url, keys),
+                **compute_settings,
+            },
         )
     )
     stack = Stack(data_dir, store, compute, None, object_store_url, keys)  # type: ignore[arg-type]
     stack.export = build_export_server(stack.settings())
     return stack
+
+
+def _uploads_bucket(object_store_url: str, keys: tuple[str, str]) -> dict[str, str]:
+    """Compute's settings for reading uploads from the export service's bucket, as deployed."""
+    if not object_store_url.startswith("s3://"):
+        return {}
+    access_key, secret_key = keys
+    return {
+        "object_store_url": object_store_url,
+        "s3_access_key": access_key,
+        "s3_secret_key": secret_key,
+    }
 
 
 def register_sae(stack: Stack, sae_id: str, weights_uri: str, **extra: Any) -> spb.Sae:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
@@ -21,24 +22,33 @@ SOURCE = Path("gpt2-small/6-mistudio-res-16k")
 def prd_export(root: Path, *, compress: bool = False) -> Path:
     dashboards = [dashboard(0), dashboard(1)]
     write_prd_export(
-        root, sae_info(), naming(), dashboards, [explanation(0)], compress_features=compress
+        root,
+        sae_info(),
+        naming(),
+        column_batches(dashboards),
+        [explanation(0)],
+        compress_features=compress,
     )
     return root
 
 
 def importer_export(root: Path) -> Path:
     dashboards = [dashboard(0), dashboard(1)]
-    write_importer_export(root, sae_info(), naming(), dashboards, [explanation(0)])
+    write_importer_export(root, sae_info(), naming(), column_batches(dashboards), [explanation(0)])
     return root / SOURCE
 
 
 def saedashboard_export(root: Path) -> Path:
-    write_saedashboard_batches(root, sae_info(), naming(), [dashboard(0), dashboard(1)])
+    write_saedashboard_batches(
+        root, sae_info(), naming(), column_batches([dashboard(0), dashboard(1)])
+    )
     return root
 
 
 def upload_export(root: Path) -> Path:
-    write_upload_payloads(root, naming(), [dashboard(0), dashboard(1)], [explanation(0)])
+    write_upload_payloads(
+        root, naming(), column_batches([dashboard(0), dashboard(1)]), [explanation(0)]
+    )
     return root
 
 

@@ -1,8 +1,11 @@
 import copy
 
+import orjson
 import pytest
-from mistudio_export.formats.neuronpedia_importer import activation_rows, neuron_row
-from mistudio_export.formats.prd_json import feature_document
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
+from mistudio_export.formats.neuronpedia_importer import source_dir, write_importer_export
+from mistudio_export.formats.prd_json import feature_file_name, write_prd_export
 from mistudio_export.formats.schemas import SCHEMA_NAMES, is_valid, load_schema, schema_validator
 
 from tests.export.formats.builders import dashboard, naming, sae_info
@@ -14,6 +17,22 @@ DRAFT7_ALIKE = {
     "maxLength",
 }  # fmt: skip
 """Keywords that mean the same in draft 7 (what fastjsonschema implements) and 2020-12."""
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """Feature 0's PRD document, Neuron row and first Activation row, as the writers wrote them."""
+    root = tmp_path_factory.mktemp("written")
+    write_prd_export(root / "prd", sae_info(), naming(), column_batches([dashboard(0)]))
+    write_importer_export(root / "np", sae_info(), naming(), column_batches([dashboard(0)]))
+    rows = source_dir(root / "np", naming())
+
+    def lines(stream):
+        data = jsonio.read_bytes(rows / stream / "batch-0.jsonl.gz")
+        return [orjson.loads(line) for line in data.splitlines()]
+
+    document = orjson.loads((root / "prd" / feature_file_name(0)).read_bytes())
+    return document, lines("features")[0], lines("activations")[0]
 
 
 def _agrees(name, doc):
@@ -43,10 +62,11 @@ def test_schemas_use_only_keywords_draft7_reads_alike(name):
     assert _keywords(load_schema(name), set()) <= DRAFT7_ALIKE
 
 
-def test_written_documents_are_valid():
-    assert is_valid("prd_feature", feature_document(dashboard(0)))
-    assert is_valid("np_neuron", neuron_row(dashboard(0), sae_info(), naming()))
-    assert is_valid("np_activation", activation_rows(dashboard(0), sae_info(), naming())[0])
+def test_written_documents_are_valid(written):
+    document, neuron, activation = written
+    assert is_valid("prd_feature", document)
+    assert is_valid("np_neuron", neuron)
+    assert is_valid("np_activation", activation)
 
 
 MUTATIONS = [
@@ -71,8 +91,8 @@ MUTATIONS = [
 
 
 @pytest.mark.parametrize("mutate", MUTATIONS)
-def test_quick_check_agrees_with_jsonschema(mutate):
-    doc = copy.deepcopy(feature_document(dashboard(0)))
+def test_quick_check_agrees_with_jsonschema(mutate, written):
+    doc = copy.deepcopy(written[0])
     mutate(doc)
     _agrees("prd_feature", doc)
 
@@ -80,8 +100,8 @@ def test_quick_check_agrees_with_jsonschema(mutate):
 @pytest.mark.parametrize(
     ("index", "valid"), [("12", True), (12, True), ("1a", False), (-1, False), (None, False)]
 )
-def test_any_of_and_pattern_follow_jsonschema(index, valid):
-    row = neuron_row(dashboard(0), sae_info(), naming())
+def test_any_of_and_pattern_follow_jsonschema(index, valid, written):
+    row = copy.deepcopy(written[1])
     row["index"] = index
     assert _agrees("np_neuron", row) is valid
 

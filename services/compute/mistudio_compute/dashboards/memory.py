@@ -1,77 +1,133 @@
-"""How much memory a dashboard computation will take, predicted before it starts.
+"""How much memory a dashboard computation takes, predicted before it starts: the one model that
+plans feature shards under the budget, refuses a request that cannot fit one feature, and gives
+EstimateComputation its peak.
 
-The streaming pass keeps, per feature, the context windows of its top examples and of its
-quantile-group sample (``PassState``): ``(n_top + n_sample) * width`` float32 values. Updating
-them builds candidate copies, and finalising turns them into example objects, so the peak is a
-measured multiple of that (``WINDOW_COPIES``; ``tests/security/test_limits.py`` holds the
-prediction to within 30% of a measured peak). Each batch adds its dense activations
-``[batch_rows * context, d_sae]`` and the copies the pass makes of them.
+A shard's peak is its pass state (``PassState.bytes_per_feature``, read from what the state
+allocates, times the copies a batch makes), two chunks of finalised dashboards (Python objects,
+sized by the tokens of their shown examples) and one batch of dense activations. It does not
+grow with d_sae beyond the batch: more features than fit run in more shards.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import ResourceExhausted
 
-from mistudio_compute.dashboards.grid import FineGrid
-from mistudio_compute.dashboards.params import state_config
+from mistudio_compute.dashboards.params import quantile_groups
+from mistudio_compute.dashboards.state import PassState, StateConfig
 
-WINDOW_COPIES = 5.6
-"""Peak bytes per byte of stored windows (candidates, merge copies, finalised examples);
-measured on CPU at the largest parameters."""
-FEATURE_OVERHEAD_BYTES = 200_000
-"""Per feature beyond the windows: histogram grid, sample keys, token totals, finalisation."""
+STATE_COPIES = 2.4
+"""Peak bytes per byte of pass state: the state, the candidate rows a batch folds in, and the
+example plan finalisation builds from it."""
+BYTES_PER_SHOWN_TOKEN = 90
+"""Finalised dashboards are Python objects: about this much per token of each shown example's
+window (its string, value and list slots). Up to two chunks are alive at once: the one being
+handed on and the one being built."""
 BATCH_COPIES = 3
-"""Dense activations, their non-zero selection and the window gather of one batch."""
+"""Dense feature activations of one batch, the shard's column selection and the encoder's
+pre-activations."""
+PLANNED_SHARE = 0.8
+"""Shards are planned to fill this share of the budget: the model is within 30% of measured
+peaks, not exact, and the budget is a limit the peak must stay under."""
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
+@dataclass(frozen=True, slots=True)
+class MemoryModel:
+    """Predicted peak bytes of a computation beyond the model and the SAE weights; fitted on
+    CPU measurements (tests/compute/dashboards/test_shards.py holds it within 30% of a measured
+    peak)."""
+
     per_feature: int
-    n_features: int
-    batch: int
-    window_share: float
-    """Part of ``per_feature`` spent on context windows (what the parameters control)."""
+    """Pass state of one feature (and its copies), whatever the number of tokens."""
+    per_dashboard: int
+    """One finalised dashboard while its chunk is handed on."""
+    per_batch_position: int
+    """Working set of one token position of a batch (its activations for every feature)."""
 
-    @property
-    def total(self) -> int:
-        return self.per_feature * self.n_features + self.batch
+    @classmethod
+    def of(
+        cls, params: DashboardParams, config: StateConfig, d_sae: int, positions: int
+    ) -> MemoryModel:
+        """For a pass over ``positions`` token positions (they size the state's counts)."""
+        shown = config.n_top + quantile_groups(params) * params.examples_per_quantile_group
+        return cls(
+            per_feature=math.ceil(PassState.bytes_per_feature(config, positions) * STATE_COPIES),
+            per_dashboard=shown * config.width * BYTES_PER_SHOWN_TOKEN,
+            per_batch_position=d_sae * 4 * BATCH_COPIES,
+        )
 
-    def largest_lever(self) -> str:
-        """The request field whose reduction saves the most memory."""
-        if self.batch > self.per_feature * self.n_features:
-            return "batch_size"
-        return "params.n_quantile_groups" if self.window_share > 0.5 else "feature_indices"
+    def peak(self, shard_size: int, batch_positions: int, chunk_size: int) -> int:
+        """Peak bytes while a shard of ``shard_size`` features runs."""
+        return (
+            self.per_feature * shard_size
+            + self.per_dashboard * min(2 * chunk_size, shard_size)
+            + self.per_batch_position * batch_positions
+        )
 
 
-def predict_memory(
-    params: DashboardParams, n_features: int, d_sae: int, batch_positions: int
-) -> MemoryEstimate:
-    """Peak bytes of computing ``n_features`` dashboards, beyond the model and the SAE."""
-    config = state_config(params, frozenset())
-    windows = (config.n_top + config.n_sample) * config.width * 4 * WINDOW_COPIES
-    per_feature = int(windows + FEATURE_OVERHEAD_BYTES + FineGrid().n_buckets * 8)
-    batch = int(batch_positions * d_sae * 4 * BATCH_COPIES)
-    return MemoryEstimate(per_feature, n_features, batch, windows / per_feature)
+@dataclass(frozen=True, slots=True)
+class ShardPlan:
+    shard_size: int
+    """Features per shard."""
+    batch_rows: int
+    """Token rows per batch: as asked, or halved until one batch takes at most half of the
+    planned share of the budget."""
+    peak_bytes: int
+    """The predicted peak of running this plan (``MemoryModel.peak``)."""
 
 
-def require_one_feature_fits(
-    params: DashboardParams, n_features: int, d_sae: int, batch_positions: int, budget: int
-) -> None:
-    """RESOURCE_EXHAUSTED, naming what to lower, when a shard of a single feature beside one
-    batch would exceed ``budget``; anything larger runs in feature shards that fit."""
-    one = predict_memory(params, 1, d_sae, batch_positions)
-    if one.total <= budget:
-        return
-    whole = predict_memory(params, n_features, d_sae, batch_positions)
-    lever = "batch_size" if one.batch > one.per_feature else "params.n_quantile_groups"
-    raise ResourceExhausted(
-        f"one feature with these parameters would take about {one.per_feature / 2**20:.1f} MiB "
-        f"beside a batch of {one.batch / 2**20:.1f} MiB ({whole.total / 2**30:.1f} GiB for all "
-        f"{n_features}); the compute service's budget is {budget / 2**20:.0f} MiB; lower {lever}",
-        field=lever,
-        fix="lower n_quantile_groups, examples_per_quantile_group, n_top_examples, the context "
-        "widths or batch_size (or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
-    )
+def plan_within_budget(
+    params: DashboardParams,
+    config: StateConfig,
+    d_sae: int,
+    n_features: int,
+    *,
+    batch_rows: int,
+    seq_len: int,
+    n_rows: int,
+    chunk_size: int,
+    budget: int | None,
+) -> ShardPlan:
+    """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most
+    (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming what to lower, when not
+    even one feature fits."""
+    model = MemoryModel.of(params, config, d_sae, n_rows * seq_len)
+    n_features = max(1, n_features)
+
+    def positions(rows: int) -> int:  # a batch never holds more rows than there are
+        return min(rows, max(1, n_rows)) * seq_len
+
+    if budget is None:
+        return ShardPlan(n_features, batch_rows,
+                         model.peak(n_features, positions(batch_rows), chunk_size))  # fmt: skip
+    usable = int(budget * PLANNED_SHARE)
+    while batch_rows > 1 and model.per_batch_position * positions(batch_rows) > usable // 2:
+        batch_rows //= 2
+    size = _features_per_shard(n_features, model, positions(batch_rows), chunk_size, usable)
+    return ShardPlan(size, batch_rows, model.peak(size, positions(batch_rows), chunk_size))
+
+
+def _features_per_shard(
+    n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, usable: int
+) -> int:
+    """The most features whose ``model.peak`` fits ``usable`` bytes (all when they fit)."""
+    room = usable - model.peak(0, batch_positions, 0)
+    alive = 2 * chunk_size  # shards at least this large hold two whole chunks
+    fitting = (room - model.per_dashboard * alive) // model.per_feature
+    if fitting < alive:  # a smaller shard's dashboards are all alive at once
+        fitting = room // (model.per_feature + model.per_dashboard)
+    if fitting < 1:
+        one = model.per_feature + model.per_dashboard
+        raise ResourceExhausted(
+            f"one feature with these parameters takes about {one / 2**20:.1f} MiB beside a "
+            f"batch of {batch_positions} token positions "
+            f"({model.peak(0, batch_positions, 0) / 2**20:.1f} MiB); the compute service "
+            f"plans for {usable / 2**20:.0f} MiB ({PLANNED_SHARE:.0%} of its memory budget)",
+            field="params.n_quantile_groups",
+            fix="lower n_quantile_groups, examples_per_quantile_group, n_top_examples, the "
+            "context widths or batch_size (or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
+        )
+    return min(n_features, fitting)

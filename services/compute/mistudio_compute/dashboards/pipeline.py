@@ -10,6 +10,7 @@ from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 from mistudio_compute.dashboards.activation_pass import Checkpointing, LocalPass, PassResult
 from mistudio_compute.dashboards.distributed import RayCluster, RayPass
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
+from mistudio_compute.dashboards.memory import plan_within_budget
 from mistudio_compute.dashboards.params import (
     state_config,
     validate_batch_size,
@@ -17,7 +18,7 @@ from mistudio_compute.dashboards.params import (
     validate_params,
     validate_tokens,
 )
-from mistudio_compute.dashboards.shards import ShardedComputation, plan_within_budget
+from mistudio_compute.dashboards.shards import ShardedComputation
 
 
 def compute_dashboards(

@@ -5,7 +5,8 @@ Each shard runs the whole pass over all tokens for its features, finalises them 
 dashboards on before the next shard starts; the model forward is repeated once per shard. Every
 per-feature statistic depends only on that feature's activations, so the dashboards equal those
 of one unsharded run. The checkpoint holds the running shard's state: a resumed computation
-starts again at that shard and batch (earlier shards are finished and were handed on).
+starts again at that shard and batch (earlier shards are finished and were handed on). The
+shard size comes from ``memory.plan_within_budget``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
-from mistudio_common.errors import ResourceExhausted
 
 from mistudio_compute.dashboards.activation_pass import PassResult, PassRunner
 from mistudio_compute.dashboards.finalize import finalize_dashboards
@@ -29,101 +28,6 @@ from mistudio_compute.dashboards.inputs import (
     ProgressCallback,
     Stage,
 )
-from mistudio_compute.dashboards.params import quantile_groups
-from mistudio_compute.dashboards.state import PassState, StateConfig
-
-STATE_COPIES = 2.4
-"""Peak bytes per byte of pass state: the state, the candidate rows a batch folds in, and the
-example plan finalisation builds from it."""
-BYTES_PER_SHOWN_TOKEN = 90
-"""Finalised dashboards are Python objects: about this much per token of each shown example's
-window (its string, value and list slots). Two chunks are alive at once: the one being handed
-on and the one being built."""
-BATCH_COPIES = 3
-"""Dense feature activations of one batch, the shard's column selection and the encoder's
-pre-activations."""
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryModel:
-    """Predicted peak bytes of a computation beyond the model and the SAE weights; fitted on
-    CPU measurements (tests/compute/dashboards/test_shards.py holds it within 30% of a measured
-    peak)."""
-
-    per_feature: int
-    """Pass state of one feature (and its copies), whatever the number of tokens."""
-    per_dashboard: int
-    """One finalised dashboard while its chunk is handed on."""
-    per_batch_position: int
-    """Working set of one token position of a batch (its activations for every feature)."""
-
-    @classmethod
-    def of(
-        cls, params: DashboardParams, config: StateConfig, d_sae: int, positions: int
-    ) -> MemoryModel:
-        """For a pass over ``positions`` token positions (they size the state's counts)."""
-        shown = config.n_top + quantile_groups(params) * params.examples_per_quantile_group
-        return cls(
-            per_feature=math.ceil(PassState.bytes_per_feature(config, positions) * STATE_COPIES),
-            per_dashboard=shown * config.width * BYTES_PER_SHOWN_TOKEN,
-            per_batch_position=d_sae * 4 * BATCH_COPIES,
-        )
-
-    def peak(self, shard_size: int, batch_positions: int, chunk_size: int) -> int:
-        """Peak bytes while a shard of ``shard_size`` features runs."""
-        return (
-            self.per_feature * shard_size
-            + 2 * self.per_dashboard * min(chunk_size, shard_size)
-            + self.per_batch_position * batch_positions
-        )
-
-
-def plan_shards(
-    n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, budget: int
-) -> int:
-    """Features per shard: as many as fit in ``budget`` (all when they fit)."""
-    chunks = 2 * model.per_dashboard * min(chunk_size, n_features)
-    fixed = model.peak(0, batch_positions, 0) + chunks
-    fitting = (budget - fixed) // model.per_feature
-    if fitting < 1:
-        raise ResourceExhausted(
-            f"the memory budget of {budget / 2**20:.0f} MiB leaves no room for one feature "
-            f"beside a batch of {batch_positions} token positions and a chunk of "
-            f"{chunk_size} dashboards ({fixed / 2**20:.0f} MiB)",
-            field="memory_budget_bytes",
-            fix="raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES or lower the batch size",
-        )
-    return min(n_features, fitting)
-
-
-@dataclass(frozen=True, slots=True)
-class ShardPlan:
-    shard_size: int
-    """Features per shard."""
-    batch_rows: int
-    """Token rows per batch: as asked, or halved until one batch takes at most half the budget."""
-
-
-def plan_within_budget(
-    params: DashboardParams,
-    config: StateConfig,
-    d_sae: int,
-    n_features: int,
-    *,
-    batch_rows: int,
-    seq_len: int,
-    n_rows: int,
-    chunk_size: int,
-    budget: int | None,
-) -> ShardPlan:
-    """Shard size and batch rows for ``budget`` bytes (no budget: one shard, rows as asked)."""
-    if budget is None:
-        return ShardPlan(max(1, n_features), batch_rows)
-    model = MemoryModel.of(params, config, d_sae, n_rows * seq_len)
-    while batch_rows > 1 and model.per_batch_position * batch_rows * seq_len > budget // 2:
-        batch_rows //= 2
-    size = plan_shards(n_features, model, batch_rows * seq_len, chunk_size, budget)
-    return ShardPlan(size, batch_rows)
 
 
 @dataclass

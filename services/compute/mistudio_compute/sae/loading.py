@@ -24,6 +24,7 @@ from mistudio_common.errors import InvalidArgument
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from mistudio_compute.input_files import InputKind, Opener, descriptor_path, open_trusted
 from mistudio_compute.sae.architectures import Sae, architecture_class
 from mistudio_compute.sae.config import SaeConfig, parse_sae_config
 from mistudio_compute.sae.hub import local_path
@@ -40,13 +41,15 @@ def load_sae(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    open_input: Opener = open_trusted,
 ) -> Sae:
     """Loads a SAELens folder (``cfg.json`` + ``sae_weights.safetensors``), a ``.safetensors``
     file, or a hub location (``hf://``, ``saelens://``; see ``sae.hub``). Keys in ``config``
     override those of a ``cfg.json`` found next to the weights; a bare file without a sibling
-    ``cfg.json`` needs ``config``."""
+    ``cfg.json`` needs ``config``. Files are read through ``open_input`` (for a request's
+    files: ``InputPolicy.open``)."""
     weights_path, cfg_path = _locate(local_path(path))
-    cfg: dict[str, Any] = _read_json(cfg_path) if cfg_path is not None else {}
+    cfg: dict[str, Any] = _read_json(cfg_path, open_input) if cfg_path is not None else {}
     cfg.update(config or {})
     if not cfg:
         raise InvalidArgument(
@@ -54,7 +57,7 @@ def load_sae(
             field="sae.files.config",
             fix="pass the SAE config (architecture, d_in, d_sae, hook_name, …) with the file",
         )
-    return build_sae(cfg, read_weights(weights_path), device=device, dtype=dtype)
+    return build_sae(cfg, read_weights(weights_path, open_input), device=device, dtype=dtype)
 
 
 def build_sae(
@@ -76,9 +79,10 @@ def build_sae(
     return cls(cfg, tensors)
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path, open_input: Opener = open_trusted) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path), device="cpu")
+        with open_input(path, InputKind.SAE_WEIGHTS) as handle:
+            return load_file(descriptor_path(handle), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise InvalidArgument(
             f"cannot read SAE weights {str(path)!r} ({type(exc).__name__})",
@@ -102,9 +106,10 @@ def _locate(path: Path) -> tuple[Path, Path | None]:
     return weights, cfg if cfg.is_file() else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, open_input: Opener) -> dict[str, Any]:
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
+        with open_input(path, InputKind.SAE_CONFIG) as handle:
+            loaded = json.loads(handle.read().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise InvalidArgument(
             f"cannot read {path} ({type(exc).__name__})",

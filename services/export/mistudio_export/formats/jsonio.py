@@ -35,7 +35,7 @@ def pointer(parts: Iterable[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def _fail(where: str, path: list[str | int], value: object) -> NonFiniteValue:
+def not_finite(where: str, path: list[str | int], value: object) -> NonFiniteValue:
     ptr = pointer(path)
     return NonFiniteValue(
         f"{where}: {value} at {ptr or '/'}",
@@ -44,7 +44,7 @@ def _fail(where: str, path: list[str | int], value: object) -> NonFiniteValue:
     )
 
 
-_F32_OVERFLOW = 2.0**128 - 2.0**103
+F32_OVERFLOW = 2.0**128 - 2.0**103
 """Magnitudes from here on round to float32 infinity."""
 _FLOAT_TYPES = frozenset({float, int})
 _PASS_THROUGH = (frozenset({str}), frozenset({int}))
@@ -58,7 +58,7 @@ class _NotFinite(Exception):
 
 def _written_finite(value: float, decimals: int | None) -> bool:
     if decimals is None:
-        return abs(value) < _F32_OVERFLOW  # False for NaN too
+        return abs(value) < F32_OVERFLOW  # False for NaN too
     return math.isfinite(value)
 
 
@@ -77,7 +77,7 @@ def _float_array(arr: np.ndarray[Any, Any], decimals: int | None) -> np.ndarray[
         out = np.round(arr.astype(np.float64), decimals)
     else:
         narrow = arr.dtype.itemsize <= 4  # nothing to overflow; the limit itself would
-        if not (np.isfinite(arr) if narrow else np.abs(arr) < _F32_OVERFLOW).all():
+        if not (np.isfinite(arr) if narrow else np.abs(arr) < F32_OVERFLOW).all():
             raise _NotFinite
         out = arr.astype(np.float32)
     return np.ascontiguousarray(out + out.dtype.type(0.0))
@@ -152,7 +152,7 @@ def prepare(obj: Any, *, decimals: int | None = None, where: str = "document") -
         return _convert(obj, decimals)
     except _NotFinite:
         path, value = _non_finite_at(obj, decimals, [])
-        raise _fail(where, path, value) from None
+        raise not_finite(where, path, value) from None
 
 
 def dumps(obj: Any, *, decimals: int | None = None, where: str = "document") -> bytes:
@@ -196,11 +196,18 @@ def read_bytes(path: Path) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a file."""
+    write_atomic_chunks(path, (data,))
+
+
+def write_atomic_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """``write_atomic`` of data that arrives in parts, none of which is held after it is
+    written (a weight file grows with d_sae)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

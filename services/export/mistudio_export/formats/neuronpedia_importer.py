@@ -27,10 +27,19 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mistudio_common.dashboard import ActivationExample, FeatureDashboard, Histogram
+import numpy as np
+from mistudio_common.dashboard import FeatureDashboard, Histogram
 from mistudio_common.errors import InvalidArgument
 
-from mistudio_export.formats import jsonio
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import ListOf, Quoted, Rendered, StringTable, each
+from mistudio_export.formats.columns import (
+    TOP_SECTION,
+    ExampleColumns,
+    Floats,
+    Ints,
+    section_lists,
+)
 from mistudio_export.formats.neuronpedia_explanations import (
     PENDING_EXPLANATIONS,
     importable,
@@ -41,8 +50,6 @@ from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInf
 
 DEFAULT_BATCH_SIZE = 1024
 GZIP_LEVEL = 5
-TOP_GROUP_BIN = -1.0
-"""binMin and binContains of the 'top activations' section, as SAEDashboard writes them."""
 
 NEURON_COLUMNS = (
     "modelId", "layer", "index", "sourceSetName", "creatorId", "createdAt", "maxActApprox",
@@ -116,18 +123,11 @@ def _hist_columns(h: Histogram) -> tuple[list[float], list[int]]:
     return bin_centres(list(h.bin_edges)), list(h.counts)
 
 
-def _all_examples(d: FeatureDashboard) -> Iterator[ActivationExample]:
-    yield from d.top_examples
-    for g in d.quantile_groups:
-        yield from g.examples
-
-
-def max_act_approx(d: FeatureDashboard) -> float:
-    """Largest activation among the stored examples, as Neuronpedia's converters compute it."""
-    return max((max(e.values) for e in _all_examples(d) if e.values), default=0.0)
-
-
-def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) -> dict[str, Any]:
+def neuron_row(
+    d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming, max_act_approx: float
+) -> dict[str, Any]:
+    """``max_act_approx``: the largest activation among the stored examples, as Neuronpedia's
+    converters compute it (``ExampleColumns.feature_max``)."""
     freq_values, freq_heights = _hist_columns(d.activation_histogram)
     logit_values, logit_heights = _hist_columns(d.logit_histogram)
     pos = sorted(d.top_positive_logits, key=lambda e: e.rank)
@@ -140,12 +140,12 @@ def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) ->
         sourceSetName=naming.source_set,
         creatorId=naming.creator_id,
         createdAt=info.created_at,
-        maxActApprox=max_act_approx(d),
+        maxActApprox=max_act_approx,
         hasVector=False,
         vectorLabel=None,
         # The converter, seeing SAEDashboard's "vector" key, names the hook and sets the steer
         # strength to maxActApprox; equal rows whichever way a feature reaches Neuronpedia.
-        vectorDefaultSteerStrength=max_act_approx(d),
+        vectorDefaultSteerStrength=max_act_approx,
         hookName=info.hook_point,
         neg_str=[e.token for e in neg],
         neg_values=[e.value for e in neg],
@@ -161,68 +161,86 @@ def neuron_row(d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming) ->
 
 
 def activation_id(
-    naming: NeuronpediaNaming, feature_index: int, section: str, n: int, e: ActivationExample
+    naming: NeuronpediaNaming,
+    feature_index: int,
+    section: str,
+    n: int,
+    origin: tuple[str, int, int, int],
 ) -> str:
-    """Deterministic cuid-like id from the example's place and origin: re-exporting the same
-    feature gives the same ids, while a recomputed example gets a new one (the importer
-    skips rows whose id exists)."""
-    origin = (e.source.dataset, e.source.row, e.source.offset, len(e.values))
+    """Deterministic cuid-like id from the example's place and origin (dataset, document row,
+    offset, number of values): re-exporting the same feature gives the same ids, while a
+    recomputed example gets a new one (the importer skips rows whose id exists)."""
     return jsonio.stable_id(naming.neuronpedia_id, feature_index, section, n, *origin)
 
 
-def _activation_row(
-    e: ActivationExample,
-    row_id: str,
-    bins: tuple[float, float, float],
-    d: FeatureDashboard,
-    info: SaeInfo,
-    naming: NeuronpediaNaming,
-) -> dict[str, Any]:
-    top = max(e.values)
-    return {
-        "id": row_id,
-        "modelId": naming.model_id,
-        "layer": naming.source_id,
-        "index": str(d.feature_index),
-        "tokens": list(e.tokens),
-        "values": list(e.values),
-        "maxValue": top,
-        "maxValueTokenIndex": e.values.index(top),
-        "minValue": min(e.values),
-        "creatorId": naming.creator_id,
-        "createdAt": info.created_at,
-        "dataSource": e.source.dataset or None,
-        "dataIndex": str(e.source.row),
-        "dfaValues": [],
-        "dfaTargetIndex": -1,
-        "dfaMaxValue": 0,
-        "lossValues": [],
-        "logitContributions": None,
-        "binMin": bins[0],
-        "binMax": bins[1],
-        "binContains": bins[2],
-        "qualifyingTokenIndex": e.qualifying_token_index,
-        "zIndices": None,
-        "zValues": None,
-    }
+def _section_name(section: int) -> str:
+    return "top" if section == TOP_SECTION else f"q{section - 1}"
 
 
 def activation_rows(
-    d: FeatureDashboard, info: SaeInfo, naming: NeuronpediaNaming
-) -> list[dict[str, Any]]:
-    """Top examples as the -1/max/-1 section, then each quantile group as its own section."""
-    rows = []
-    top_max = max((max(e.values) for e in d.top_examples if e.values), default=0.0)
-    top_bins = (TOP_GROUP_BIN, top_max, TOP_GROUP_BIN)
-    for n, e in enumerate(ex for ex in d.top_examples if ex.values):
-        row_id = activation_id(naming, d.feature_index, "top", n, e)
-        rows.append(_activation_row(e, row_id, top_bins, d, info, naming))
-    for g_i, g in enumerate(d.quantile_groups):
-        bins = (g.bin_min, g.bin_max, g.bin_contains)
-        for n, e in enumerate(ex for ex in g.examples if ex.values):
-            row_id = activation_id(naming, d.feature_index, f"q{g_i}", n, e)
-            rows.append(_activation_row(e, row_id, bins, d, info, naming))
-    return rows
+    columns: ExampleColumns, info: SaeInfo, naming: NeuronpediaNaming
+) -> tuple[Rendered, Ints, Floats]:
+    """The examples that have values as Activation rows (JSON Lines, rendered in bulk): top
+    examples as the -1/max/-1 section, then each quantile group as its own section. Also which
+    rows of ``columns`` they are, and their largest values."""
+    kept = np.flatnonzero(columns.n_values > 0)
+    top, top_at, low = columns.value_peaks(kept)
+    bins = columns.section_bins(kept, top)
+    null_empty = StringTable(empty_as_null=True)
+    data_sources = null_empty.render(np.array(null_empty.codes(columns.datasets), np.int64))
+    ids = StringTable()
+    ids.codes(_row_ids(columns, kept, naming))
+    f32 = bulk_json.float32_column
+    rendered = bulk_json.rows(
+        {
+            "id": each(ids.render(np.arange(len(kept)))),
+            "modelId": naming.model_id,
+            "layer": naming.source_id,
+            "index": Quoted(each(bulk_json.numbers(columns.feature_index[kept]))),
+            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes), kept)),
+            "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()), kept)),
+            "maxValue": each(bulk_json.numbers(f32(top))),
+            "maxValueTokenIndex": each(bulk_json.numbers(top_at)),
+            "minValue": each(bulk_json.numbers(f32(low))),
+            "creatorId": naming.creator_id,
+            "createdAt": info.created_at,
+            "dataSource": each(data_sources, columns.dataset_code[kept]),
+            "dataIndex": Quoted(each(bulk_json.numbers(columns.source_row[kept]))),
+            "dfaValues": [],
+            "dfaTargetIndex": -1,
+            "dfaMaxValue": 0,
+            "lossValues": [],
+            "logitContributions": None,
+            "binMin": each(bulk_json.numbers(f32(bins[:, 0]))),
+            "binMax": each(bulk_json.numbers(f32(bins[:, 1]))),
+            "binContains": each(bulk_json.numbers(f32(bins[:, 2]))),
+            "qualifyingTokenIndex": each(bulk_json.numbers(columns.qualifying_token_index[kept])),
+            "zIndices": None,
+            "zValues": None,
+        },
+        len(kept),
+        separator=b"\n",
+    )
+    return rendered, kept, top
+
+
+def _row_ids(columns: ExampleColumns, kept: Ints, naming: NeuronpediaNaming) -> list[str]:
+    first, _ = columns.section_bounds(kept)
+    position, section = columns.position[kept], columns.section[kept]
+    n = np.arange(len(kept)) - first[position, section]
+    return [
+        activation_id(naming, index, _section_name(s), k, (columns.datasets[c], row, offset, size))
+        for index, s, k, c, row, offset, size in zip(
+            columns.feature_index[kept].tolist(),
+            section.tolist(),
+            n.tolist(),
+            columns.dataset_code[kept].tolist(),
+            columns.source_row[kept].tolist(),
+            columns.source_offset[kept].tolist(),
+            columns.n_values[kept].tolist(),
+            strict=True,
+        )
+    ]
 
 
 def explanation_row(
@@ -319,6 +337,18 @@ def source_dir(root: Path, naming: NeuronpediaNaming) -> Path:
     return root / naming.model_id / naming.source_id
 
 
+def _features(
+    batches: Iterable[ExampleColumns], info: SaeInfo, naming: NeuronpediaNaming
+) -> Iterator[tuple[FeatureDashboard, float, bytes]]:
+    """Per dashboard: itself, its maxActApprox and its Activation lines."""
+    for columns in batches:
+        rendered, kept, peaks = activation_rows(columns, info, naming)
+        maxima = columns.feature_max(kept, peaks)
+        lists = section_lists(columns, rendered, kept)
+        for d, max_act, rows in zip(columns.dashboards, maxima, lists, strict=True):
+            yield d, max_act, rendered.lines(int(rows.first[0]), int(rows.stop[-1]))
+
+
 class _BatchWriter:
     """Collects one batch of rows per stream and writes it when the next batch begins."""
 
@@ -327,10 +357,15 @@ class _BatchWriter:
         self.batch_size = batch_size
         self.current: int | None = None
         self.flushed: set[int] = set()
-        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.lines: dict[str, list[bytes]] = {}
         self.files: list[Path] = []
 
     def add(self, stream: str, feature_index: int, rows: list[dict[str, Any]]) -> None:
+        where = f"{stream} of feature {feature_index}"
+        self.add_lines(stream, feature_index, jsonio.dumps_lines(rows, where=where))
+
+    def add_lines(self, stream: str, feature_index: int, lines: bytes) -> None:
+        """``lines``: rows already serialised, each ending in a newline."""
         batch = feature_index // self.batch_size
         if batch != self.current:
             if batch in self.flushed:
@@ -341,27 +376,27 @@ class _BatchWriter:
                 )
             self.flush()
             self.current = batch
-        self.rows.setdefault(stream, []).extend(rows)
+        self.lines.setdefault(stream, []).append(lines)
 
     def flush(self) -> None:
         if self.current is None:
             return
-        for stream, rows in sorted(self.rows.items()):
-            if rows:
+        for stream, parts in sorted(self.lines.items()):
+            data = b"".join(parts)
+            if data:
                 path = self.directory / stream / f"batch-{self.current}.jsonl.gz"
-                data = jsonio.dumps_lines(rows, where=f"{stream}/batch-{self.current}")
                 jsonio.write_document(path, data, gzip_level=GZIP_LEVEL)
                 self.files.append(path)
         self.flushed.add(self.current)
         self.current = None
-        self.rows = {}
+        self.lines = {}
 
 
 def write_importer_export(
     root: Path,
     info: SaeInfo,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     explanations: Iterable[ExplanationRecord] = (),
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -394,9 +429,9 @@ def write_importer_export(
         by_feature.setdefault(r.feature_index, []).append(r)
     writer = _BatchWriter(out, batch_size)
     n = 0
-    for d in dashboards:
-        writer.add("features", d.feature_index, [neuron_row(d, info, naming)])
-        writer.add("activations", d.feature_index, activation_rows(d, info, naming))
+    for d, max_act, activations in _features(batches, info, naming):
+        writer.add("features", d.feature_index, [neuron_row(d, info, naming, max_act)])
+        writer.add_lines("activations", d.feature_index, activations)
         records = sorted(by_feature.pop(d.feature_index, []), key=_expl_key)
         for stream, kept in (
             ("explanations", [r for r in records if importable(r)]),

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 from mistudio_common.dashboard import (
-    ActivationExample,
     FeatureDashboard,
     Histogram,
     LogitEntry,
@@ -23,7 +24,14 @@ from mistudio_common.dashboard import (
 )
 from mistudio_common.errors import InvalidArgument
 
-from mistudio_export.formats import jsonio
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import ListOf, Rendered, StringTable, each
+from mistudio_export.formats.columns import (
+    TOP_SECTION,
+    ExampleColumns,
+    SectionLists,
+    section_lists,
+)
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 
@@ -69,23 +77,34 @@ def metadata_document(
     }
 
 
-def _example(e: ActivationExample) -> dict[str, Any]:
-    return {
-        "tokens": list(e.tokens),
-        "token_ids": list(e.token_ids),
-        "values": list(e.values),
-        "max_value": e.max_value,
-        "max_token_index": e.max_token_index,
-        "source": {"dataset": e.source.dataset, "row": e.source.row, "offset": e.source.offset},
-    }
+def example_rows(columns: ExampleColumns) -> Rendered:
+    """Every example of a column batch as its PRD object, rendered in bulk."""
+    names = StringTable()
+    datasets = names.render(np.array(names.codes(columns.datasets), np.int64))
+    max_value = bulk_json.float32_column(columns.max_value)
+    return bulk_json.rows(
+        {
+            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes))),
+            "token_ids": ListOf(columns.id_list(bulk_json.numbers(columns.token_ids))),
+            "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()))),
+            "max_value": each(bulk_json.numbers(max_value)),
+            "max_token_index": each(bulk_json.numbers(columns.max_token_index)),
+            "source": {
+                "dataset": each(datasets, columns.dataset_code),
+                "row": each(bulk_json.numbers(columns.source_row)),
+                "offset": each(bulk_json.numbers(columns.source_offset)),
+            },
+        },
+        columns.n_rows,
+    )
 
 
-def _group(g: QuantileGroup) -> dict[str, Any]:
+def _group(g: QuantileGroup, examples: orjson.Fragment) -> dict[str, Any]:
     return {
         "bin_min": g.bin_min,
         "bin_max": g.bin_max,
         "bin_contains": g.bin_contains,
-        "examples": [_example(e) for e in g.examples],
+        "examples": examples,
     }
 
 
@@ -114,13 +133,16 @@ def _token(t: TokenAggregate) -> dict[str, Any]:
     }
 
 
-def feature_document(d: FeatureDashboard) -> dict[str, Any]:
-    """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2."""
+def feature_document(d: FeatureDashboard, examples: SectionLists) -> dict[str, Any]:
+    """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2.
+    ``examples`` holds the feature's rendered example rows (``example_rows``)."""
     s = d.statistics
     return {
         "feature_index": d.feature_index,
-        "activations": [_example(e) for e in d.top_examples],
-        "quantile_groups": [_group(g) for g in d.quantile_groups],
+        "activations": examples.section(TOP_SECTION),
+        "quantile_groups": [
+            _group(g, examples.section(n + 1)) for n, g in enumerate(d.quantile_groups)
+        ],
         "logits": {
             "top_positive": [_logit(e) for e in d.top_positive_logits],
             "top_negative": [_logit(e) for e in d.top_negative_logits],
@@ -184,42 +206,50 @@ def write_prd_export(
     out_dir: Path,
     info: SaeInfo,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     explanations: Iterable[ExplanationRecord] = (),
     *,
     labels: Iterable[FeatureLabel] = (),
     compress_features: bool = False,
     progress: Callable[[int], None] | None = None,
     reuse: Callable[[int, str], bytes | None] | None = None,
-    also: Callable[[Iterator[FeatureDashboard]], None] | None = None,
+    also: Callable[[Iterator[ExampleColumns]], None] | None = None,
 ) -> FormatOutput:
-    """Write the PRD layout under ``out_dir``; dashboards are streamed, one file each.
+    """Write the PRD layout under ``out_dir``; the batches' dashboards are streamed, one file
+    each.
 
     ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
-    feature (a delta export copies them); ``also`` consumes the same single read of the
-    dashboards, so another format is written in the same pass (each is written before it
-    reaches ``also``)."""
+    feature (a delta export copies them); ``also`` consumes the same batches, so another
+    format is written in the same pass (each batch's files are written before it reaches
+    ``also``)."""
     info.validate()
     naming.validate()
     files: list[Path] = []
     seen: set[int] = set()
 
-    def written() -> Iterator[FeatureDashboard]:
-        for d in dashboards:
-            if d.feature_index in seen:
-                raise _duplicate(d.feature_index)
-            seen.add(d.feature_index)
-            name = feature_file_name(d.feature_index, compressed=compress_features)
-            earlier = reuse(d.feature_index, name) if reuse is not None else None
-            if earlier is not None:
-                jsonio.write_atomic(out_dir / name, earlier)
-            else:
-                data = jsonio.dumps(feature_document(d), where=f"feature {d.feature_index}")
-                jsonio.write_document(out_dir / name, data)
-            files.append(out_dir / name)
-            if progress is not None:
-                progress(len(seen))
-            yield d
+    def written() -> Iterator[ExampleColumns]:
+        for columns in batches:
+            rendered = example_rows(columns)
+            lists = section_lists(columns, rendered, np.arange(columns.n_rows))
+            for d, examples in zip(columns.dashboards, lists, strict=True):
+                write(d, examples)
+            yield columns
+
+    def write(d: FeatureDashboard, examples: SectionLists) -> None:
+        if d.feature_index in seen:
+            raise _duplicate(d.feature_index)
+        seen.add(d.feature_index)
+        name = feature_file_name(d.feature_index, compressed=compress_features)
+        earlier = reuse(d.feature_index, name) if reuse is not None else None
+        if earlier is not None:
+            jsonio.write_atomic(out_dir / name, earlier)
+        else:
+            document = feature_document(d, examples)
+            data = jsonio.dumps(document, where=f"feature {d.feature_index}")
+            jsonio.write_document(out_dir / name, data)
+        files.append(out_dir / name)
+        if progress is not None:
+            progress(len(seen))
 
     if also is not None:
         also(written())

@@ -12,16 +12,23 @@ Schema: ``schemas/sd_batch.schema.json``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mistudio_common.dashboard import ActivationExample, FeatureDashboard
+import orjson
+from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
-from mistudio_export.formats import jsonio
-from mistudio_export.formats.neuronpedia_importer import TOP_GROUP_BIN, bin_centres
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import ListOf, Rendered, each
+from mistudio_export.formats.columns import (
+    ExampleColumns,
+    Ints,
+    chunked,
+    section_lists,
+)
+from mistudio_export.formats.neuronpedia_importer import bin_centres
 from mistudio_export.formats.output import FormatOutput
 from mistudio_export.records import NeuronpediaNaming, SaeInfo
 
@@ -59,30 +66,35 @@ def _r_apart(xs: list[float]) -> list[float]:
     return list(xs)
 
 
-def _activation(e: ActivationExample, bins: tuple[float, float, float]) -> dict[str, Any]:
-    return {
-        "bin_min": round(bins[0], DECIMALS),
-        "bin_max": round(bins[1], DECIMALS),
-        "bin_contains": round(bins[2], DECIMALS),
-        "tokens": list(e.tokens),
-        "values": _r(e.values),
-        "qualifying_token_index": e.qualifying_token_index,
-        "dfa_values": [],
-        "dfa_maxValue": 0,
-        "dfa_targetIndex": -1,
-    }
+def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints]:
+    """The examples that have values, as SAEDashboard activations rendered in bulk; and which
+    rows of ``columns`` they are."""
+    kept = np.flatnonzero(columns.n_values > 0)
+    top, _, _ = columns.value_peaks(kept)
+    bins = columns.section_bins(kept, top, DECIMALS)
+    rounded = np.round(columns.values, DECIMALS)
+    return bulk_json.rows(
+        {
+            "bin_min": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 0]))),
+            "bin_max": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 1]))),
+            "bin_contains": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 2]))),
+            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes), kept)),
+            "values": ListOf(
+                columns.value_list(bulk_json.numbers(bulk_json.float32_column(rounded)), kept)
+            ),
+            "qualifying_token_index": each(bulk_json.numbers(columns.qualifying_token_index[kept])),
+            "dfa_values": [],
+            "dfa_maxValue": 0,
+            "dfa_targetIndex": -1,
+        },
+        len(kept),
+    ), kept
 
 
-def _activations(d: FeatureDashboard) -> list[dict[str, Any]]:
-    top_max = max((max(e.values) for e in d.top_examples if e.values), default=0.0)
-    out = [_activation(e, (TOP_GROUP_BIN, top_max, TOP_GROUP_BIN)) for e in d.top_examples]
-    for g in d.quantile_groups:
-        out += [_activation(e, (g.bin_min, g.bin_max, g.bin_contains)) for e in g.examples]
-    return [a for a in out if len(a["values"])]
-
-
-def feature_entry(d: FeatureDashboard, info: SaeInfo) -> dict[str, Any]:
-    """One element of a batch's ``features`` list."""
+def feature_entry(
+    d: FeatureDashboard, info: SaeInfo, activations: orjson.Fragment
+) -> dict[str, Any]:
+    """One element of a batch's ``features`` list; ``activations`` are its rendered rows."""
     pos = sorted(d.top_positive_logits, key=lambda e: e.rank)
     neg = sorted(d.top_negative_logits, key=lambda e: e.rank)
     act, logit = d.activation_histogram, d.logit_histogram
@@ -97,7 +109,7 @@ def feature_entry(d: FeatureDashboard, info: SaeInfo) -> dict[str, Any]:
         n_prompts_total=info.n_prompts,
         n_tokens_in_prompt=info.n_tokens_in_prompt,
         dataset=info.prompts_dataset,
-        activations=_activations(d),
+        activations=activations,
     )
     if len(act.bin_edges) == len(act.counts) + 1:
         entry["freq_hist_data_bar_values"] = _r_apart(bin_centres(list(act.bin_edges)))
@@ -118,22 +130,25 @@ def batch_document(naming: NeuronpediaNaming, features: list[dict[str, Any]]) ->
     }
 
 
-def _chunks(items: Iterable[FeatureDashboard], size: int) -> Iterator[list[FeatureDashboard]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
+def _entries(info: SaeInfo, batches: Iterable[ExampleColumns]) -> Iterator[dict[str, Any]]:
+    for columns in batches:
+        rendered, kept = activation_rows(columns)
+        lists = section_lists(columns, rendered, kept)
+        for d, rows in zip(columns.dashboards, lists, strict=True):
+            yield feature_entry(d, info, rows.every())
 
 
 def write_saedashboard_batches(
     out_dir: Path,
     info: SaeInfo,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     *,
     features_per_batch: int = DEFAULT_FEATURES_PER_BATCH,
     progress: Callable[[int], None] | None = None,
 ) -> FormatOutput:
-    """Write ``out_dir/batch-N.json``, N = 0, 1, …, in the order the dashboards arrive."""
+    """Write ``out_dir/batch-N.json``, N = 0, 1, …, in the order the dashboards arrive
+    (``features_per_batch`` each, whatever the column batches' size)."""
     info.validate()
     naming.validate()
     if features_per_batch < 1:
@@ -142,12 +157,12 @@ def write_saedashboard_batches(
         )
     files = []
     n = 0
-    for batch, chunk in enumerate(_chunks(dashboards, features_per_batch)):
-        doc = batch_document(naming, [feature_entry(d, info) for d in chunk])
+    for batch, entries in enumerate(chunked(_entries(info, batches), features_per_batch)):
+        doc = batch_document(naming, list(entries))
         path = out_dir / f"batch-{batch}.json"
         jsonio.write_document(path, jsonio.dumps(doc, where=f"batch-{batch}.json"))
         files.append(path)
-        n += len(chunk)
+        n += len(entries)
         if progress is not None:
             progress(n)
     return FormatOutput(root=out_dir, files=tuple(files), n_features=n)

@@ -19,15 +19,25 @@ the importer layout. Schemas: ``schemas/upload_*.json``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mistudio_common.dashboard import ActivationExample, FeatureDashboard
+import numpy as np
+import orjson
+from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
-from mistudio_export.formats import jsonio
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import ListOf, Rendered, each
+from mistudio_export.formats.columns import (
+    TOP_SECTION,
+    ExampleColumns,
+    Floats,
+    Ints,
+    section_lists,
+)
 from mistudio_export.formats.neuronpedia_explanations import (
     KNOWN_EXPLANATION_TYPES,
     neuronpedia_type,
@@ -54,8 +64,14 @@ def truncate_around(
     """Keep ``limit`` positions around ``centre``; returns the kept tokens, values and start."""
     if len(tokens) <= limit:
         return tokens, values, 0
-    start = min(max(0, centre - limit // 2), len(tokens) - limit)
+    start = int(cut_start(np.array([len(tokens)]), np.array([centre]), limit)[0])
     return tokens[start : start + limit], values[start : start + limit], start
+
+
+def cut_start(n_tokens: Ints, centre: Ints, limit: int) -> Ints:
+    """First kept position of an example longer than ``limit`` cut around ``centre`` (arrays
+    or scalars): centred where it can be, shifted inside the example at its ends."""
+    return np.minimum(np.maximum(0, centre - limit // 2), n_tokens - limit)
 
 
 @dataclass
@@ -64,38 +80,79 @@ class _Notes:
     skipped: list[int] = field(default_factory=list)
 
 
-def _example(
-    e: ActivationExample, q: tuple[float, float, float], index: int, notes: _Notes
-) -> dict[str, Any]:
-    centre = e.values.index(max(e.values))
-    tokens, values, start = truncate_around(
-        list(e.tokens), list(e.values), centre, MAX_TOKENS_PER_EXAMPLE
+def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints, Ints]:
+    """The examples that have values as the API's activations, rendered in bulk; which rows of
+    ``columns`` they are; and where each kept example was cut to the API's limit (-1: not)."""
+    kept = np.flatnonzero(columns.n_values > 0)
+    top, centre, _ = columns.value_peaks(kept)
+    quantiles = _quantiles(columns, kept, top)
+    token_first, token_stop = columns.token_start[kept], columns.token_start[kept + 1]
+    value_first, value_stop = columns.value_start[kept], columns.value_start[kept + 1]
+    n_tokens = token_stop - token_first
+    cut = n_tokens > MAX_TOKENS_PER_EXAMPLE
+    start = np.where(cut, cut_start(n_tokens, centre, MAX_TOKENS_PER_EXAMPLE), 0)
+    keep_tokens = np.where(cut, MAX_TOKENS_PER_EXAMPLE, n_tokens)
+    n_values = value_stop - value_first
+    values_from = value_first + np.minimum(start, n_values)
+    values_to = np.where(
+        cut, value_first + np.minimum(start + MAX_TOKENS_PER_EXAMPLE, n_values), value_stop
     )
-    if len(tokens) < len(e.tokens):
-        notes.lines.append(
-            f"feature {index}: an example of {len(e.tokens)} tokens was cut to positions "
-            f"{start}..{start + len(tokens) - 1} around its max token "
-            f"(the API takes {MAX_TOKENS_PER_EXAMPLE})"
-        )
-    return {
-        "tokens": tokens,
-        "values": values,
-        "quantileMin": q[0],
-        "quantileMax": q[1],
-        "quantileFraction": min(max(q[2], 0.0), 1.0),
-    }
+    token_list = bulk_json.items(
+        columns.tokens.render(columns.token_codes),
+        token_first + start,
+        token_first + start + keep_tokens,
+    )
+    value_list = bulk_json.items(bulk_json.numbers(columns.values32()), values_from, values_to)
+    f32 = bulk_json.float32_column
+    rendered = bulk_json.rows(
+        {
+            "tokens": ListOf(token_list),
+            "values": ListOf(value_list),
+            "quantileMin": each(bulk_json.numbers(f32(quantiles[:, 0]))),
+            "quantileMax": each(bulk_json.numbers(f32(quantiles[:, 1]))),
+            "quantileFraction": each(bulk_json.numbers(f32(quantiles[:, 2]))),
+        },
+        len(kept),
+    )
+    return rendered, kept, np.where(cut, start, -1)
 
 
-def _top_section(d: FeatureDashboard) -> tuple[float, float, float]:
-    """The API has no -1 'top' marker, so the top section is described by its own range.
+def _quantiles(columns: ExampleColumns, kept: Ints, peaks: Floats) -> Floats:
+    """[n_kept, 3]: per kept row its section's quantileMin, quantileMax, quantileFraction.
 
-    Its fraction is that of the feature's non-zero activations at or above the lowest top
+    The API has no -1 'top' marker, so the top section is described by its own range. Its
+    fraction is that of the feature's non-zero activations at or above the lowest top
     example's maximum: each top example stands for one of the k largest activations.
     """
-    maxima = [max(e.values) for e in d.top_examples if e.values]
-    nonzero = d.statistics.nonzero_count
-    fraction = len(maxima) / nonzero if nonzero else 0.0
-    return min(maxima, default=0.0), max(maxima, default=0.0), fraction
+    top_peaks: list[list[float]] = [[] for _ in columns.dashboards]
+    rows = columns.section[kept] == TOP_SECTION
+    for position, peak in zip(
+        columns.position[kept][rows].tolist(), peaks[rows].tolist(), strict=True
+    ):
+        top_peaks[position].append(peak)
+    table: dict[tuple[int, int], tuple[float, float, float]] = {}
+    for position, d in enumerate(columns.dashboards):
+        maxima, nonzero = top_peaks[position], d.statistics.nonzero_count
+        fraction = len(maxima) / nonzero if nonzero else 0.0
+        sections = [(min(maxima, default=0.0), max(maxima, default=0.0), fraction)]
+        sections += [(g.bin_min, g.bin_max, g.bin_contains) for g in d.quantile_groups]
+        for section, (low, high, share) in enumerate(sections):
+            table[position, section] = (low, high, min(max(share, 0.0), 1.0))
+    places = zip(columns.position[kept].tolist(), columns.section[kept].tolist(), strict=True)
+    return np.array([table[place] for place in places], np.float64).reshape(-1, 3)
+
+
+def _cut_notes(columns: ExampleColumns, kept: Ints, cut_at: Ints, notes: _Notes) -> None:
+    for row in np.flatnonzero(cut_at >= 0).tolist():
+        start = int(cut_at[row])
+        example = int(kept[row])
+        n = int(columns.token_start[example + 1] - columns.token_start[example])
+        index = columns.dashboards[int(columns.position[example])].feature_index
+        notes.lines.append(
+            f"feature {index}: an example of {n} tokens was cut to positions "
+            f"{start}..{start + MAX_TOKENS_PER_EXAMPLE - 1} around its max token "
+            f"(the API takes {MAX_TOKENS_PER_EXAMPLE})"
+        )
 
 
 def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -> list[Any]:
@@ -126,7 +183,7 @@ def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -
 
 
 def feature_payload(
-    d: FeatureDashboard, records: list[ExplanationRecord], notes: _Notes
+    d: FeatureDashboard, records: list[ExplanationRecord], examples: _Examples, notes: _Notes
 ) -> dict[str, Any] | None:
     """One feature of an upload body, or None (noted) when the API could not take it."""
     i = d.feature_index
@@ -134,12 +191,8 @@ def feature_payload(
         notes.lines.append(f"feature {i}: index above the API's {MAX_FEATURE_INDEX}, skipped")
         notes.skipped.append(i)
         return None
-    top = _top_section(d)
-    acts = [_example(e, top, i, notes) for e in d.top_examples if e.values]
-    for g in d.quantile_groups:
-        q = (g.bin_min, g.bin_max, g.bin_contains)
-        acts += [_example(e, q, i, notes) for e in g.examples if e.values]
-    if not acts:
+    notes.lines += examples.cut_notes
+    if not examples.count:
         notes.lines.append(f"feature {i}: no activation examples (dead feature?), skipped")
         notes.skipped.append(i)
         return None
@@ -150,9 +203,31 @@ def feature_payload(
         "density": min(max(d.statistics.activation_frequency, 0.0), 1.0),
         "topLogits": [{"token": e.token, "value": e.value} for e in pos],
         "bottomLogits": [{"token": e.token, "value": e.value} for e in neg],
-        "activations": acts,
+        "activations": examples.rows,
         "explanations": _explanations(records, i, notes),
     }
+
+
+@dataclass(frozen=True)
+class _Examples:
+    """One feature's rendered activations."""
+
+    rows: orjson.Fragment
+    count: int
+    cut_notes: list[str]
+
+
+def _features(
+    batches: Iterable[ExampleColumns],
+) -> Iterator[tuple[FeatureDashboard, _Examples]]:
+    for columns in batches:
+        rendered, kept, cut_at = activation_rows(columns)
+        lists = section_lists(columns, rendered, kept)
+        for d, rows in zip(columns.dashboards, lists, strict=True):
+            first, stop = int(rows.first[0]), int(rows.stop[-1])
+            notes = _Notes()
+            _cut_notes(columns, kept[first:stop], cut_at[first:stop], notes)
+            yield d, _Examples(rows.every(), stop - first, notes.lines)
 
 
 def upload_body(naming: NeuronpediaNaming, features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,7 +237,7 @@ def upload_body(naming: NeuronpediaNaming, features: list[dict[str, Any]]) -> di
 def write_upload_payloads(
     out_dir: Path,
     naming: NeuronpediaNaming,
-    dashboards: Iterable[FeatureDashboard],
+    batches: Iterable[ExampleColumns],
     explanations: Iterable[ExplanationRecord] = (),
     *,
     features_per_request: int = MAX_FEATURES_PER_REQUEST,
@@ -190,11 +265,11 @@ def write_upload_payloads(
         files.append(path)
         pending.clear()
 
-    for d in dashboards:
+    for d, examples in _features(batches):
         records = sorted(
             by_feature.get(d.feature_index, []), key=lambda r: (r.created_at, r.description)
         )
-        payload = feature_payload(d, records, notes)
+        payload = feature_payload(d, records, examples, notes)
         if payload is None:
             continue
         pending.append(payload)

@@ -28,6 +28,7 @@ from mistudio_common.errors import (
     NotFound,
     Unavailable,
 )
+from mistudio_common.s3_address import DEFAULT_PART_SIZE
 
 from mistudio_export.object_store.base import (
     CHUNK_SIZE,
@@ -47,8 +48,6 @@ from mistudio_export.object_store.base import (
 MIN_PART_SIZE = 5 * 1024 * 1024
 """S3's smallest allowed multipart part (all parts but the last)."""
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
-"""Upload memory is about (parallel_uploads + 1) x part_size; 16 MiB keeps that small."""
 
 _MISSING = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
 _DENIED = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"})

@@ -686,8 +686,9 @@ class EstimateComputationResponse(_message.Message):
     """Blocks of the SAE's model (Neuronpedia's Model.layers)."""
     estimated_peak_memory_bytes: _builtins.int
     """Predicted peak memory of the computation in bytes, beyond the model and the SAE weights: the
-    pass state of the features computed at once plus one batch. At most the service's memory
-    budget, since more features than fit run in feature shards.
+    pass state of the features computed at once, the finalised dashboards being handed on and
+    one batch. Within the service's memory budget, since more features than fit run in feature
+    shards (the same prediction plans them).
     """
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:

@@ -79,6 +79,34 @@ SEVERITY_WARNING: Severity.ValueType  # 2
 """Worth a look; the archive stays valid."""
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
+class _UploadKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UploadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UploadKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPLOAD_KIND_UNSPECIFIED: _UploadKind.ValueType  # 0
+    """Rejected: every file header names its kind."""
+    UPLOAD_KIND_SAE_FILE: _UploadKind.ValueType  # 1
+    """One file of a SAELens folder: cfg.json, sae_weights.safetensors (required) or
+    sparsity.safetensors.
+    """
+    UPLOAD_KIND_TOKEN_FILE: _UploadKind.ValueType  # 2
+    """A tokenized dataset (.npy or .safetensors, as TokenSource.token_file); one per upload."""
+
+class UploadKind(_UploadKind, metaclass=_UploadKindEnumTypeWrapper):
+    """What an uploaded file is."""
+
+UPLOAD_KIND_UNSPECIFIED: UploadKind.ValueType  # 0
+"""Rejected: every file header names its kind."""
+UPLOAD_KIND_SAE_FILE: UploadKind.ValueType  # 1
+"""One file of a SAELens folder: cfg.json, sae_weights.safetensors (required) or
+sparsity.safetensors.
+"""
+UPLOAD_KIND_TOKEN_FILE: UploadKind.ValueType  # 2
+"""A tokenized dataset (.npy or .safetensors, as TokenSource.token_file); one per upload."""
+Global___UploadKind: _TypeAlias = UploadKind  # noqa: Y015
+
 @_typing.final
 class FeatureSelection(_message.Message):
     """Which features to export. All filters given must match."""
@@ -1492,3 +1520,143 @@ class ListPresetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPresetsResponse: _TypeAlias = ListPresetsResponse  # noqa: Y015
+
+@_typing.final
+class UploadInputRequest(_message.Message):
+    """One message of an upload stream: a file header, or the next bytes of the file it began."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the current file, in order (up to a few MiB each)."""
+    @_builtins.property
+    def file(self) -> Global___UploadFileHeader:
+        """Starts a file."""
+
+    def __init__(
+        self,
+        *,
+        file: Global___UploadFileHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "file", b"file", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["file", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadInputRequest: _TypeAlias = UploadInputRequest  # noqa: Y015
+
+@_typing.final
+class UploadFileHeader(_message.Message):
+    """What the chunks that follow hold, so they can be checked before anything is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    kind: Global___UploadKind.ValueType
+    """SAE folder file or token file; every header of one upload names the same kind."""
+    name: _builtins.str
+    """The file name: an SAELens name for an SAE file; "<name>.npy" or "<name>.safetensors"
+    (letters, digits, '_' and '-') for a token file. No folders.
+    """
+    size: _builtins.int
+    """Exact size in bytes; at most the kind's limit."""
+    sha256: _builtins.str
+    """Lowercase hex sha256 of the file's bytes."""
+    def __init__(
+        self,
+        *,
+        kind: Global___UploadKind.ValueType = ...,
+        name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFileHeader: _TypeAlias = UploadFileHeader  # noqa: Y015
+
+@_typing.final
+class UploadInputResponse(_message.Message):
+    """Where the stored upload is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_ID_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    input_id: _builtins.str
+    """The upload's id, unique within the caller's namespace."""
+    uri: _builtins.str
+    """s3://<bucket>/inputs/<owner>/<input_id> for an SAE folder, plus /<name> for a token file."""
+    size_bytes: _builtins.int
+    """Bytes stored, over all files."""
+    def __init__(
+        self,
+        *,
+        input_id: _builtins.str = ...,
+        uri: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_id", b"input_id", "size_bytes", b"size_bytes", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadInputResponse: _TypeAlias = UploadInputResponse  # noqa: Y015
+
+@_typing.final
+class DeleteInputRequest(_message.Message):
+    """Names the upload to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URI_FIELD_NUMBER: _builtins.int
+    uri: _builtins.str
+    """The uri UploadInput returned (an SAE folder's, or a token file's)."""
+    def __init__(
+        self,
+        *,
+        uri: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteInputRequest: _TypeAlias = DeleteInputRequest  # noqa: Y015
+
+@_typing.final
+class DeleteInputResponse(_message.Message):
+    """The upload is gone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    size_bytes: _builtins.int
+    """Bytes removed, over all its files."""
+    def __init__(
+        self,
+        *,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteInputResponse: _TypeAlias = DeleteInputResponse  # noqa: Y015

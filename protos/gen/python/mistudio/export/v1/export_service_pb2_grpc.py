@@ -117,6 +117,16 @@ class ExportServiceStub:
                 request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsRequest.SerializeToString,
                 response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsResponse.FromString,
                 _registered_method=True)
+        self.UploadInput = channel.stream_unary(
+                '/mistudio.export.v1.ExportService/UploadInput',
+                request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputRequest.SerializeToString,
+                response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputResponse.FromString,
+                _registered_method=True)
+        self.DeleteInput = channel.unary_unary(
+                '/mistudio.export.v1.ExportService/DeleteInput',
+                request_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputRequest.SerializeToString,
+                response_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputResponse.FromString,
+                _registered_method=True)
 
 
 class ExportServiceServicer:
@@ -234,6 +244,26 @@ class ExportServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadInput(self, request_iterator, context):
+        """Keeps an SAE folder or a token file in this service's object store, under the caller's
+        namespace, so a backend without a disk shared with the compute service can export it: a
+        file header, then that file's chunks, for each file. Nothing is stored unless every file
+        matches its header's size and sha256 and the limits (README, Security); the returned uri
+        is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
+        (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteInput(self, request, context):
+        """Removes an upload (its manifest first, so no new computation starts from it); another
+        owner's upload is NOT_FOUND, as a missing one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +336,16 @@ def add_ExportServiceServicer_to_server(servicer, server):
                     servicer.ListPresets,
                     request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsRequest.FromString,
                     response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsResponse.SerializeToString,
+            ),
+            'UploadInput': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadInput,
+                    request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputRequest.FromString,
+                    response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputResponse.SerializeToString,
+            ),
+            'DeleteInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInput,
+                    request_deserializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputRequest.FromString,
+                    response_serializer=mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -699,6 +739,60 @@ class ExportService:
             '/mistudio.export.v1.ExportService/ListPresets',
             mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsRequest.SerializeToString,
             mistudio_dot_export_dot_v1_dot_export__service__pb2.ListPresetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadInput(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mistudio.export.v1.ExportService/UploadInput',
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputRequest.SerializeToString,
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.UploadInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.export.v1.ExportService/DeleteInput',
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputRequest.SerializeToString,
+            mistudio_dot_export_dot_v1_dot_export__service__pb2.DeleteInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,18 @@ class ExportServiceStub:
     """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
     ListPresets: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.ListPresetsRequest, _export_service_pb2.ListPresetsResponse]
     """The named presets of dashboard options, each with its estimate when an SAE is given."""
+    UploadInput: _grpc.StreamUnaryMultiCallable[_export_service_pb2.UploadInputRequest, _export_service_pb2.UploadInputResponse]
+    """Keeps an SAE folder or a token file in this service's object store, under the caller's
+    namespace, so a backend without a disk shared with the compute service can export it: a
+    file header, then that file's chunks, for each file. Nothing is stored unless every file
+    matches its header's size and sha256 and the limits (README, Security); the returned uri
+    is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
+    (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
+    """
+    DeleteInput: _grpc.UnaryUnaryMultiCallable[_export_service_pb2.DeleteInputRequest, _export_service_pb2.DeleteInputResponse]
+    """Removes an upload (its manifest first, so no new computation starts from it); another
+    owner's upload is NOT_FOUND, as a missing one.
+    """
 
 @_typing.type_check_only
 class ExportServiceAsyncStub(ExportServiceStub):
@@ -125,6 +137,18 @@ class ExportServiceAsyncStub(ExportServiceStub):
     """One feature's dashboard data, from the cache or computed on demand (PRD FR-4.3)."""
     ListPresets: _aio.UnaryUnaryMultiCallable[_export_service_pb2.ListPresetsRequest, _export_service_pb2.ListPresetsResponse]  # type: ignore[assignment]
     """The named presets of dashboard options, each with its estimate when an SAE is given."""
+    UploadInput: _aio.StreamUnaryMultiCallable[_export_service_pb2.UploadInputRequest, _export_service_pb2.UploadInputResponse]  # type: ignore[assignment]
+    """Keeps an SAE folder or a token file in this service's object store, under the caller's
+    namespace, so a backend without a disk shared with the compute service can export it: a
+    file header, then that file's chunks, for each file. Nothing is stored unless every file
+    matches its header's size and sha256 and the limits (README, Security); the returned uri
+    is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
+    (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
+    """
+    DeleteInput: _aio.UnaryUnaryMultiCallable[_export_service_pb2.DeleteInputRequest, _export_service_pb2.DeleteInputResponse]  # type: ignore[assignment]
+    """Removes an upload (its manifest first, so no new computation starts from it); another
+    owner's upload is NOT_FOUND, as a missing one.
+    """
 
 class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
     """The export service turns a registered SAE into a validated archive: Neuronpedia dashboards
@@ -255,5 +279,29 @@ class ExportServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_export_service_pb2.ListPresetsResponse, _abc.Awaitable[_export_service_pb2.ListPresetsResponse]]:
         """The named presets of dashboard options, each with its estimate when an SAE is given."""
+
+    @_abc_1.abstractmethod
+    def UploadInput(
+        self,
+        request_iterator: _MaybeAsyncIterator[_export_service_pb2.UploadInputRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_service_pb2.UploadInputResponse, _abc.Awaitable[_export_service_pb2.UploadInputResponse]]:
+        """Keeps an SAE folder or a token file in this service's object store, under the caller's
+        namespace, so a backend without a disk shared with the compute service can export it: a
+        file header, then that file's chunks, for each file. Nothing is stored unless every file
+        matches its header's size and sha256 and the limits (README, Security); the returned uri
+        is accepted wherever an SAE path (Sae.weights_uri, SaeFiles.path) or a token file
+        (TokenSource.token_file) is. Needs an S3 object store (FAILED_PRECONDITION otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteInput(
+        self,
+        request: _export_service_pb2.DeleteInputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_export_service_pb2.DeleteInputResponse, _abc.Awaitable[_export_service_pb2.DeleteInputResponse]]:
+        """Removes an upload (its manifest first, so no new computation starts from it); another
+        owner's upload is NOT_FOUND, as a missing one.
+        """
 
 def add_ExportServiceServicer_to_server(servicer: ExportServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,395 @@
+"""The activation examples of a chunk of dashboards as columns: the formats' common input.
+
+The writers take column batches (``ExampleColumns``: one row per example, the token lists
+flattened with offsets, token strings coded in one vocabulary) and render their example JSON
+from the arrays in bulk (``bulk_json``), so no per-example object is built and no per-example
+document is walked. Rows come in write order: per feature its top examples (section 0), then
+quantile group g's examples (section g + 1). A batch is checked when it is made (``check``:
+every value finite in float32), before any writer sees it.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import orjson
+from mistudio_common.dashboard import FeatureDashboard
+
+from mistudio_export.formats import bulk_json, jsonio
+from mistudio_export.formats.bulk_json import Rendered, Slot, StringTable
+
+CHUNK_FEATURES = 64
+"""Most dashboards read into one column batch: enough that numpy's per-call cost vanishes."""
+TOKENS_PER_BATCH = 1 << 18
+"""A batch ends once its examples hold this many tokens, so its arrays and rendered bytes stay
+a few tens of MB whatever the dashboard parameters (one feature at the largest in-bounds ones
+holds about 560k)."""
+TOP_SECTION = 0
+TOP_GROUP_BIN = -1.0
+"""bin_min and bin_contains of the 'top activations' section, as SAEDashboard writes them."""
+
+T = TypeVar("T")
+
+
+class _Source(Protocol):
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def row(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+class _Example(Protocol):
+    @property
+    def tokens(self) -> Sequence[str]: ...
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+    @property
+    def values(self) -> Sequence[float]: ...
+    @property
+    def max_value(self) -> float: ...
+    @property
+    def max_token_index(self) -> int: ...
+    @property
+    def qualifying_token_index(self) -> int: ...
+    @property
+    def source(self) -> _Source: ...
+
+
+class _Group(Protocol):
+    @property
+    def examples(self) -> Sequence[_Example]: ...
+
+
+class DashboardExamples(Protocol):
+    """Where examples are read from: a ``FeatureDashboard`` or its proto message alike."""
+
+    @property
+    def top_examples(self) -> Sequence[_Example]: ...
+    @property
+    def quantile_groups(self) -> Sequence[_Group]: ...
+
+
+E = TypeVar("E", bound=DashboardExamples)
+
+
+Ints = np.ndarray[Any, np.dtype[np.int64]]
+Floats = np.ndarray[Any, np.dtype[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleColumns:
+    """Every example of ``dashboards``; per-row arrays are [n_rows], token arrays [n_tokens]."""
+
+    dashboards: Sequence[FeatureDashboard]
+    """What the formats write besides the examples; the example lists in them are not read
+    (a staged batch leaves them empty)."""
+    tokens: StringTable
+    """The vocabulary ``token_codes`` index, shared by the batches of one read."""
+    position: Ints
+    """The example's dashboard, as its place in ``dashboards``."""
+    section: Ints
+    """0: top examples; g + 1: quantile group g."""
+    rank: Ints
+    """Place of the example in its section."""
+    token_start: Ints
+    """[n_rows + 1]: row r's tokens are token_codes[token_start[r] : token_start[r + 1]]."""
+    token_codes: Ints
+    id_start: Ints
+    token_ids: Ints
+    value_start: Ints
+    values: Floats
+    max_value: Floats
+    max_token_index: Ints
+    qualifying_token_index: Ints
+    datasets: list[str]
+    """Distinct source dataset names of the chunk."""
+    dataset_code: Ints
+    """Into ``datasets``."""
+    source_row: Ints
+    source_offset: Ints
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.position)
+
+    @property
+    def n_values(self) -> Ints:
+        return np.diff(self.value_start)
+
+    @property
+    def feature_index(self) -> Ints:
+        indices = np.fromiter((d.feature_index for d in self.dashboards), np.int64)
+        return indices[self.position]
+
+    def values32(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        return bulk_json.float32_column(self.values)
+
+    def token_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
+        """Per row (or kept row), its tokens among ``rendered`` (one item per token)."""
+        return _lists(rendered, self.token_start, kept)
+
+    def id_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
+        return _lists(rendered, self.id_start, kept)
+
+    def value_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
+        return _lists(rendered, self.value_start, kept)
+
+    def top_section_max(self, kept: Ints, peaks: Floats) -> list[float]:
+        """Per dashboard, the largest of ``peaks`` (one per kept row) over its top examples;
+        0.0 when it has none."""
+        top_max: list[float | None] = [None] * len(self.dashboards)
+        rows = self.section[kept] == TOP_SECTION
+        for position, peak in zip(
+            self.position[kept][rows].tolist(), peaks[rows].tolist(), strict=True
+        ):
+            current = top_max[position]
+            top_max[position] = peak if current is None else max(current, peak)
+        return [0.0 if m is None else m for m in top_max]
+
+    def section_bins(self, kept: Ints, peaks: Floats, decimals: int | None = None) -> Floats:
+        """[n_kept, 3]: per kept row its section's (bin_min, bin_max, bin_contains), each
+        rounded by ``round`` when ``decimals`` is given; the top section's are -1, the largest
+        of its ``peaks``, -1 (as SAEDashboard and Neuronpedia write them)."""
+        top_max = self.top_section_max(kept, peaks)
+        table: dict[tuple[int, int], list[float]] = {}
+        for position, d in enumerate(self.dashboards):
+            bins = [(TOP_GROUP_BIN, top_max[position], TOP_GROUP_BIN)]
+            bins += [(g.bin_min, g.bin_max, g.bin_contains) for g in d.quantile_groups]
+            for section, triple in enumerate(bins):
+                table[position, section] = [
+                    x if decimals is None else round(x, decimals) for x in triple
+                ]
+        places = zip(self.position[kept].tolist(), self.section[kept].tolist(), strict=True)
+        return np.array([table[place] for place in places], np.float64).reshape(-1, 3)
+
+    def feature_max(self, kept: Ints, peaks: Floats) -> list[float]:
+        """Per dashboard, the largest of ``peaks`` (one per kept row); 0.0 when none."""
+        best = np.full(len(self.dashboards), -np.inf)
+        np.maximum.at(best, self.position[kept], peaks)
+        return [0.0 if m == -np.inf else m for m in best.tolist()]
+
+    def check(self) -> None:
+        """Raises NonFiniteValue for the first value no format may write (NaN, Inf or beyond
+        float32), pointing at it in the feature's PRD document."""
+        for name, column, starts in (
+            ("values", self.values, self.value_start),
+            ("max_value", self.max_value, None),
+        ):
+            bad = np.flatnonzero(~(np.abs(column) < jsonio.F32_OVERFLOW))
+            if len(bad):
+                row = (
+                    int(bad[0])
+                    if starts is None
+                    else int(np.searchsorted(starts, bad[0], "right")) - 1
+                )
+                at = [name] if starts is None else [name, int(bad[0] - starts[row])]
+                raise jsonio.not_finite(
+                    f"feature {self.dashboards[self.position[row]].feature_index}",
+                    [*self.pointer(row), *at],
+                    float(column[bad[0]]),
+                )
+
+    def pointer(self, row: int) -> list[str | int]:
+        """Where row ``row`` sits in its feature's PRD document."""
+        rank, section = int(self.rank[row]), int(self.section[row])
+        if section == TOP_SECTION:
+            return ["activations", rank]
+        return ["quantile_groups", section - 1, "examples", rank]
+
+    def section_bounds(self, kept: Ints) -> tuple[Ints, Ints]:
+        """For the rows ``kept`` (ascending): [n_dashboards, n_sections] first and stop index
+        into ``kept`` of each dashboard's section."""
+        n_sections = 1 + max((len(d.quantile_groups) for d in self.dashboards), default=0)
+        keys = self.position[kept] * n_sections + self.section[kept]
+        wanted = np.arange(len(self.dashboards) * n_sections)
+        first = np.searchsorted(keys, wanted, "left").reshape(-1, n_sections)
+        stop = np.searchsorted(keys, wanted, "right").reshape(-1, n_sections)
+        return first, stop
+
+    def value_peaks(self, kept: Ints) -> tuple[Floats, Ints, Floats]:
+        """Per kept row (each must have values): its largest value, that value's first
+        position in the row, and its smallest value."""
+        first = self.value_start[kept]
+        lengths = self.value_start[kept + 1] - first
+        starts = np.cumsum(lengths) - lengths  # of each kept row among the gathered values
+        values = self.values[np.repeat(first - starts, lengths) + np.arange(int(lengths.sum()))]
+        if not len(values):
+            return np.zeros(0), np.zeros(0, np.int64), np.zeros(0)
+        top = np.maximum.reduceat(values, starts)
+        low = np.minimum.reduceat(values, starts)
+        at = np.arange(len(values)) - np.repeat(starts, lengths)
+        first_top = np.minimum.reduceat(
+            np.where(values == np.repeat(top, lengths), at, len(values)), starts
+        )
+        return top, first_top, low
+
+
+def _lists(rendered: Rendered, starts: Ints, kept: Ints | None) -> Slot:
+    rows = np.arange(len(starts) - 1) if kept is None else kept
+    return bulk_json.items(rendered, starts[rows], starts[rows + 1])
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _starts(lengths: Ints) -> Ints:
+    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+
+def column_batches(dashboards: Iterable[FeatureDashboard]) -> Iterator[ExampleColumns]:
+    """``dashboards`` as column batches, in order."""
+    tokens = StringTable()
+    for chunk in batch_sized(dashboards):
+        yield example_columns(chunk, tokens)
+
+
+def batch_sized(dashboards: Iterable[E]) -> Iterator[list[E]]:
+    """Consecutive runs of ``dashboards`` of at most ``CHUNK_FEATURES``, ending once their
+    examples reach ``TOKENS_PER_BATCH`` tokens."""
+    batch: list[E] = []
+    n_tokens = 0
+    for d in dashboards:
+        batch.append(d)
+        n_tokens += sum(len(e.tokens) for e in d.top_examples)
+        n_tokens += sum(len(e.tokens) for g in d.quantile_groups for e in g.examples)
+        if len(batch) == CHUNK_FEATURES or n_tokens >= TOKENS_PER_BATCH:
+            yield batch
+            batch, n_tokens = [], 0
+    if batch:
+        yield batch
+
+
+def example_columns(
+    dashboards: Sequence[FeatureDashboard],
+    tokens: StringTable,
+    examples: Sequence[DashboardExamples] | None = None,
+) -> ExampleColumns:
+    """The examples of ``examples`` (default: of ``dashboards``, one for one) as checked
+    columns; token strings are coded in ``tokens``."""
+    sources: Sequence[DashboardExamples] = dashboards if examples is None else examples
+    places: list[tuple[int, ...]] = []  # per example: the integer fields, in _PLACE order
+    token_text: list[str] = []
+    ids: list[int] = []
+    values: list[float] = []
+    max_value: list[float] = []
+    datasets: list[str] = []
+    for p, d in enumerate(sources):
+        sections = [d.top_examples, *(g.examples for g in d.quantile_groups)]
+        for s, in_section in enumerate(sections):
+            for n, e in enumerate(in_section):
+                text, token_ids, example_values, source = e.tokens, e.token_ids, e.values, e.source
+                token_text += text
+                ids += token_ids
+                values += example_values
+                max_value.append(e.max_value)
+                datasets.append(source.dataset)
+                places.append(
+                    (p, s, n, len(text), len(token_ids), len(example_values), e.max_token_index,
+                     e.qualifying_token_index, source.row, source.offset)
+                )  # fmt: skip
+    place = np.array(places, np.int64).reshape(-1, 10).T
+    names = StringTable()
+    dataset_code = names.codes(datasets)
+    columns = ExampleColumns(
+        dashboards=dashboards,
+        tokens=tokens,
+        position=place[0],
+        section=place[1],
+        rank=place[2],
+        token_start=_starts(place[3]),
+        token_codes=np.array(tokens.codes(token_text), np.int64),
+        id_start=_starts(place[4]),
+        token_ids=np.array(ids, np.int64),
+        value_start=_starts(place[5]),
+        values=np.array(values, np.float64),
+        max_value=np.array(max_value, np.float64),
+        max_token_index=place[6],
+        qualifying_token_index=place[7],
+        datasets=names.strings(),
+        dataset_code=np.array(dataset_code, np.int64),
+        source_row=place[8],
+        source_offset=place[9],
+    )
+    columns.check()
+    return columns
+
+
+@dataclass(frozen=True, slots=True)
+class SectionLists:
+    """One dashboard's rendered example rows, by section (0: top; g + 1: quantile group g)."""
+
+    rendered: Rendered
+    first: Ints
+    """[n_sections]: first row of each section in ``rendered``."""
+    stop: Ints
+
+    def section(self, section: int) -> orjson.Fragment:
+        return self.rendered.list_fragment(int(self.first[section]), int(self.stop[section]))
+
+    def every(self) -> orjson.Fragment:
+        """Every section's rows, in order, as one list."""
+        return self.rendered.list_fragment(int(self.first[0]), int(self.stop[-1]))
+
+
+def section_lists(columns: ExampleColumns, rendered: Rendered, kept: Ints) -> list[SectionLists]:
+    """Per dashboard, where its sections' rows lie in ``rendered`` (one row per ``kept`` row)."""
+    first, stop = columns.section_bounds(kept)
+    return [SectionLists(rendered, f, s) for f, s in zip(first, stop, strict=True)]
+
+
+def fan_out(
+    batches: Iterable[ExampleColumns], writers: Sequence[Callable[[Iterator[ExampleColumns]], None]]
+) -> None:
+    """Every writer consumes every batch of one read: the first in this thread, each other in
+    a thread of its own fed through a short queue (so batches are not all held at once).
+    Re-raises the first writer's error once all have stopped."""
+    queues = [queue.Queue[ExampleColumns | None](maxsize=2) for _ in writers[1:]]
+    errors: list[BaseException] = []
+
+    def drain(feed: queue.Queue[ExampleColumns | None]) -> Iterator[ExampleColumns]:
+        while (batch := feed.get()) is not None:
+            yield batch
+
+    def run(
+        write: Callable[[Iterator[ExampleColumns]], None], feed: queue.Queue[ExampleColumns | None]
+    ) -> None:
+        received = drain(feed)
+        try:
+            write(received)
+        except BaseException as error:  # handed to the first thread, which re-raises it
+            errors.append(error)
+        collections.deque(received, maxlen=0)  # keep taking batches so the feed never blocks
+
+    def feed() -> Iterator[ExampleColumns]:
+        for batch in batches:
+            for q in queues:
+                q.put(batch)
+            yield batch
+
+    threads = [
+        threading.Thread(target=run, args=pair, daemon=True)
+        for pair in zip(writers[1:], queues, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        writers[0](feed())
+    finally:
+        for q in queues:
+            q.put(None)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]

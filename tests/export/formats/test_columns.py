@@ -1,0 +1,110 @@
+import math
+
+import numpy as np
+import orjson
+import pytest
+from mistudio_export.formats import bulk_json, columns, jsonio
+from mistudio_export.formats.bulk_json import ListOf, Quoted, StringTable, each
+from mistudio_export.formats.columns import column_batches
+
+from tests.export.formats.builders import TOKENS, dashboard, example
+
+
+def test_rows_are_the_bytes_jsonio_writes_for_the_equal_dicts():
+    texts = ["a,b", '"q"', "\\", "é\n", ""]
+    values = np.array([-0.0, 0.1, 1e-7, 3e20, 2.5], np.float64)
+    table = StringTable()
+    strings = table.render(np.array(table.codes(texts), np.int64))
+    numbers = bulk_json.numbers(bulk_json.float32_column(values))
+    first, stop = np.array([0, 2, 5]), np.array([2, 5, 5])
+    rendered = bulk_json.rows(
+        {
+            "text": ListOf(bulk_json.items(strings, first, stop)),
+            "values": ListOf(bulk_json.items(numbers, first, stop)),
+            "n": Quoted(each(bulk_json.numbers(np.array([1, 22, 333])))),
+            "fixed": {"none": None, "empty": []},
+        },
+        3,
+    )
+    expected = [
+        {
+            "text": texts[a:b],
+            "values": values[a:b],
+            "n": str(n),
+            "fixed": {"none": None, "empty": []},
+        }
+        for a, b, n in zip(first, stop, [1, 22, 333], strict=True)
+    ]
+    assert rendered.span(0, 3) == b",".join(jsonio.dumps(row) for row in expected)
+
+
+def test_gather_in_small_blocks_gives_the_same_bytes(monkeypatch):
+    pool = np.frombuffer(b"abcdefghij", np.uint8)
+    begin, length = np.array([0, 5, 2, 9], np.int64), np.array([3, 0, 4, 1], np.int64)
+    whole = bulk_json.gather(pool, begin, length).tobytes()
+    monkeypatch.setattr(bulk_json, "GATHER_BLOCK", 2)
+    assert bulk_json.gather(pool, begin, length).tobytes() == whole == b"abccdefj"
+
+
+def test_a_non_finite_value_is_refused_with_where_it_sits():
+    d = dashboard(7)
+    d.quantile_groups[1].examples[0].values[3] = math.inf
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        list(column_batches([d]))
+    assert err.value.field == "/quantile_groups/1/examples/0/values/3"
+    assert "feature 7" in str(err.value)
+
+
+def test_batches_end_at_the_token_budget(monkeypatch):
+    monkeypatch.setattr(columns, "TOKENS_PER_BATCH", 100)  # a dashboard holds 13 x 6 tokens
+    batches = list(column_batches(dashboard(i) for i in range(3)))
+    assert [[d.feature_index for d in b.dashboards] for b in batches] == [[0, 1], [2]]
+
+
+def test_every_example_is_a_row_in_write_order():
+    d = dashboard(0, n_top=2)
+    d.quantile_groups[0].examples.append(example(0.75, row=42))
+    (batch,) = column_batches([d])
+    assert batch.section.tolist() == [0, 0, 1, 1, 1, 2]
+    assert batch.rank.tolist() == [0, 1, 0, 1, 2, 0]
+    assert batch.source_row.tolist() == [0, 1, 10, 11, 42, 12]
+    first_example = batch.tokens.render(batch.token_codes[:6]).span(0, 6)
+    assert orjson.loads(b"[" + first_example + b"]") == TOKENS
+
+
+def test_fan_out_gives_every_writer_every_batch_of_one_read(monkeypatch):
+    monkeypatch.setattr(columns, "CHUNK_FEATURES", 2)
+    reads = []
+
+    def read():
+        for i in range(5):
+            reads.append(i)
+            yield dashboard(i)
+
+    seen: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+    def writer(name):
+        def write(batches):
+            for batch in batches:
+                seen[name] += [d.feature_index for d in batch.dashboards]
+
+        return write
+
+    columns.fan_out(column_batches(read()), [writer("a"), writer("b"), writer("c")])
+    assert reads == [0, 1, 2, 3, 4]
+    assert seen == {name: [0, 1, 2, 3, 4] for name in "abc"}
+
+
+def test_fan_out_reraises_a_writers_error_after_the_others_finish():
+    finished = []
+
+    def failing(batches):
+        next(iter(batches))
+        raise ValueError("disk full")
+
+    def whole(batches):
+        finished.append(sum(1 for _ in batches))
+
+    with pytest.raises(ValueError, match="disk full"):
+        columns.fan_out(column_batches(dashboard(i) for i in range(200)), [whole, failing])
+    assert finished == [4]  # 200 dashboards in batches of 64
