@@ -323,9 +323,9 @@ class WaitsForTheOther:
 def test_two_computations_on_one_cluster_both_progress_from_the_start(
     tmp_path, inputs, model, relu_sae, tokens
 ):
-    """One shard of each in flight on two CPUs: the second computation, started while the
-    first runs, finishes a shard before the first is done, and the first does not wait for
-    the second to end (with every shard in flight, the first's would all be queued ahead)."""
+    """One shard of each in flight (the per-job limit) on two CPUs: the second computation,
+    started while the first runs, finishes a shard before the first is done, and the first
+    does not wait for the second to end."""
     events: list[str] = []
 
     def computation(name: str, other: str) -> threading.Thread:
