@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.dashboard_options import Component, logit_lens_defined
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.adapters import dashboard_inputs
@@ -53,7 +54,7 @@ def test_sae_on_each_hook_family_gets_dashboards(model, tokens, hook) -> None:
     stages: set[Stage] = set()
     chunks = compute_dashboards(inputs, params, batch_size=4,
                                 progress=lambda stage, *_: stages.add(stage))  # fmt: skip
-    dashboards = [d for chunk in chunks for d in chunk]
+    dashboards = [dashboard_from_pb(d) for chunk in chunks for d in chunk]
     assert len(dashboards) == 16 and any(d.top_examples for d in dashboards)
     if hook in QKV:
         assert Component.LOGIT_LENS in params.omitted and Stage.LOGIT_LENS not in stages

@@ -6,26 +6,29 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from google.protobuf import json_format
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from mistudio.common.v1 import dashboard_pb2 as pb
 
 from mistudio_common import dashboard as d
 from mistudio_common.dashboard_options import Component
 
-_SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
-_SCALE_FROM_PB = {v: k for k, v in _SCALE_TO_PB.items()}
-_METRIC_TO_PB = {
+SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
+_SCALE_FROM_PB = {v: k for k, v in SCALE_TO_PB.items()}
+METRIC_TO_PB = {
     d.TokenRankMetric.SUM: pb.TOKEN_RANK_METRIC_SUM,
     d.TokenRankMetric.COUNT: pb.TOKEN_RANK_METRIC_COUNT,
     d.TokenRankMetric.MEAN: pb.TOKEN_RANK_METRIC_MEAN,
 }
-_METRIC_FROM_PB = {v: k for k, v in _METRIC_TO_PB.items()}
+_METRIC_FROM_PB = {v: k for k, v in METRIC_TO_PB.items()}
 COMPONENT_TO_PB = {
     Component.TOP_EXAMPLES: pb.DASHBOARD_COMPONENT_TOP_EXAMPLES,
     Component.QUANTILE_EXAMPLES: pb.DASHBOARD_COMPONENT_QUANTILE_EXAMPLES,
@@ -65,7 +68,7 @@ def _histogram_to_pb(h: d.Histogram) -> pb.Histogram:
     return pb.Histogram(
         bin_edges=h.bin_edges,
         counts=h.counts,
-        scale=_SCALE_TO_PB[h.scale],
+        scale=SCALE_TO_PB[h.scale],
         total_count=h.total_count,
         nonzero_count=h.nonzero_count,
     )
@@ -160,7 +163,7 @@ def dashboard_to_pb(x: d.FeatureDashboard) -> pb.FeatureDashboard:
         logit_histogram=_histogram_to_pb(x.logit_histogram),
         statistics=_stats_to_pb(x.statistics),
         top_tokens=[_token_to_pb(t) for t in x.top_tokens],
-        top_tokens_metric=_METRIC_TO_PB[x.top_tokens_metric],
+        top_tokens_metric=METRIC_TO_PB[x.top_tokens_metric],
     )
 
 
@@ -196,9 +199,9 @@ def params_to_pb(p: d.DashboardParams) -> pb.DashboardParams:
         context_right=p.context_right,
         logit_k=p.logit_k,
         histogram_bins=p.histogram_bins,
-        histogram_scale=_SCALE_TO_PB[p.histogram_scale],
+        histogram_scale=SCALE_TO_PB[p.histogram_scale],
         logit_histogram_bins=p.logit_histogram_bins,
-        token_rank_metric=_METRIC_TO_PB[p.token_rank_metric],
+        token_rank_metric=METRIC_TO_PB[p.token_rank_metric],
         n_top_tokens=p.n_top_tokens,
         aggregate_all_tokens=p.aggregate_all_tokens,
         token_source_fingerprint=p.token_source_fingerprint,
@@ -251,36 +254,63 @@ def _fields_of(p: d.DashboardParams) -> dict[str, Any]:
 def dashboard_to_json(m: pb.FeatureDashboard) -> dict[str, Any]:
     """JSON form for storage (JSONB on PostgreSQL); round-trips through dashboard_from_json.
 
-    Field names are the proto's, enums their names, unset fields left out (as json_format
-    does), but repeated scalars are copied in C: json_format's per-float formatting made this
-    the slowest step of caching a dashboard (~20 ms each). float32 values are stored as the
-    float64 they widen to, so they read back bit-identical.
+    Field names are the proto's, enums their names, fields holding their default left out (as
+    json_format does), but repeated scalars are copied in C and each message type's fields are
+    looked up once (``_json_plan``), not per message: generic per-message reflection made this
+    the slowest step of caching a dashboard. float32 values are stored as the float64 they
+    widen to, so they read back bit-identical.
     """
     return _message_to_dict(m)
 
 
 def _message_to_dict(m: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field, value in m.ListFields():
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
-            out[field.name] = (
-                [_message_to_dict(v) for v in value]
-                if _is_repeated(field)
-                else _message_to_dict(value)
-            )
-        elif field.type == FieldDescriptor.TYPE_ENUM:
-            assert field.enum_type is not None
-            names = field.enum_type.values_by_number
-            out[field.name] = (
-                [names[v].name for v in value] if _is_repeated(field) else names[value].name
-            )
-        else:
-            out[field.name] = list(value) if _is_repeated(field) else value
+    for name, read in _json_plan(m.DESCRIPTOR):
+        value = read(m)
+        if value is not _ABSENT:
+            out[name] = value
     return out
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)
+_ABSENT = object()
+_FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
+
+
+@functools.cache
+def _json_plan(message: Descriptor) -> tuple[tuple[str, Callable[[Message], Any]], ...]:
+    """(name, reader) per field of a message type; a reader gives ``_ABSENT`` for a field at its
+    default (what ``ListFields`` leaves out: -0.0 is not a default)."""
+    return tuple((f.name, _reader(f)) for f in message.fields)
+
+
+def _reader(field: FieldDescriptor) -> Callable[[Message], Any]:
+    name, repeated = field.name, bool(field.is_repeated)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if repeated:
+            return lambda m: (
+                [_message_to_dict(v) for v in x] if (x := getattr(m, name)) else _ABSENT
+            )
+        return lambda m: _message_to_dict(getattr(m, name)) if m.HasField(name) else _ABSENT
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
+        names = {n: v.name for n, v in field.enum_type.values_by_number.items()}
+        if repeated:
+            return lambda m: [names[v] for v in x] if (x := getattr(m, name)) else _ABSENT
+        return lambda m: names[v] if (v := getattr(m, name)) or _present(m, field) else _ABSENT
+    if repeated:
+        return lambda m: list(x) if (x := getattr(m, name)) else _ABSENT
+    if field.type in _FLOATS:  # -0.0 is not the default
+        return lambda m: (
+            v if (v := getattr(m, name)) or math.copysign(1.0, v) < 0 or _present(m, field)
+            else _ABSENT
+        )  # fmt: skip
+    return lambda m: v if (v := getattr(m, name)) or _present(m, field) else _ABSENT
+
+
+def _present(m: Message, field: FieldDescriptor) -> bool:
+    """Whether a field with explicit presence was set (implicit-presence fields at their
+    default are absent)."""
+    return bool(field.has_presence) and m.HasField(field.name)
 
 
 def dashboard_from_json(data: dict[str, Any]) -> pb.FeatureDashboard:

@@ -144,6 +144,6 @@ class DatasetTokens:
     def dataset(self) -> str:
         return self._dataset.dataset_name
 
-    def locate(self, row: int, position: int) -> tuple[int, int]:
-        _, origin, offset = self._dataset.locate(row, position)
+    def locate(self, rows: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, origin, offset = self._dataset.locate_many(rows, positions)
         return origin, offset

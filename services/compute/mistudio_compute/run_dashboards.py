@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio_common.dashboard_codec import dashboard_to_pb, params_from_pb
+from mistudio_common.dashboard_codec import params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
@@ -125,7 +125,7 @@ def run_dashboards(
         ray=None if prepared.sharding is None else _ray_cluster(prepared, prepared.sharding),
     )
     for chunk in chunks:
-        hooks.on_finalised([dashboard_to_pb(d) for d in chunk])
+        hooks.on_finalised(chunk)
     return RunStats(
         tokens_processed=dataset.n_tokens,
         final_batch_size=batch_sizes[-1],

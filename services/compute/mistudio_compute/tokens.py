@@ -149,14 +149,26 @@ class TokenDataset:
     def locate(self, row: int, position: int) -> tuple[int, int, int]:
         """(source index, source row, offset) of token ``position`` of ``row``: the document it
         belongs to, a BOS counting as offset -1 of the document it precedes."""
-        b = self.breaks
-        lo, hi = np.searchsorted(b.row, row, "left"), np.searchsorted(b.row, row, "right")
-        k = lo + int(np.searchsorted(b.position[lo:hi], position + 1, "right")) - 1
-        if k >= lo:
-            return int(b.source[k]), int(b.origin[k]), position - int(b.position[k])
-        first_text = int(self.prepend_bos)
-        offset = int(self.row_offset[row]) + position - first_text
-        return int(self.row_source[row]), int(self.row_origin[row]), offset
+        source, origin, offset = self.locate_many(np.array([row]), np.array([position]))
+        return int(source[0]), int(origin[0]), int(offset[0])
+
+    def locate_many(
+        self, rows: np.ndarray[Any, Any], positions: np.ndarray[Any, Any]
+    ) -> tuple[_Int64, _Int64, _Int64]:
+        """``locate`` of many (row, position) pairs at once: int64 arrays (source index, source
+        row, offset), one search over the breaks for all of them."""
+        rows, positions = np.asarray(rows, np.int64), np.asarray(positions, np.int64)
+        b, width = self.breaks, self.context_size
+        k = np.searchsorted(b.row * width + b.position, rows * width + positions, "right") - 1
+        inside = k >= 0
+        inside[inside] = b.row[k[inside]] == rows[inside]  # a break earlier in the same row
+        at = k[inside]
+        source = self.row_source[rows].astype(np.int64)
+        origin = self.row_origin[rows].astype(np.int64)
+        offset = self.row_offset[rows] + positions - int(self.prepend_bos)
+        source[inside], origin[inside] = b.source[at], b.origin[at]
+        offset[inside] = positions[inside] - b.position[at]
+        return source, origin, offset
 
     def source_ref(self, row: int, position: int) -> SourceRef:
         """Where token ``position`` of ``row`` came from."""

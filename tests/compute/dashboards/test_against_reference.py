@@ -14,6 +14,7 @@ from mistudio_common.dashboard import (
     FeatureDashboard,
     TokenRankMetric,
 )
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_compute.dashboards import compute_dashboards
 from mistudio_compute.dashboards.params import state_config
 
@@ -37,7 +38,7 @@ VALUE_TOL = 1e-5  # second-pass windows are recomputed in other batches
 
 def run(inputs, params: DashboardParams, features: list[int]) -> list[FeatureDashboard]:
     chunks = compute_dashboards(inputs, params, features=features, batch_size=BATCH, chunk_size=40)
-    return [d for chunk in chunks for d in chunk]
+    return [dashboard_from_pb(d) for chunk in chunks for d in chunk]
 
 
 def check_example(got: ActivationExample, want: ref.RefExample, t_len: int) -> None:
@@ -100,7 +101,8 @@ def check_feature(
         edges = [g.bin_min for g in reversed(groups)] + [groups[0].bin_max]
         assert edges[0] == r.active_values.min() and edges[-1] == r.max
         counts = ref.histogram_counts(r.active_values, edges)
-        assert [g.bin_contains for g in reversed(groups)] == [c / r.count for c in counts]
+        shares = [float(np.float32(c / r.count)) for c in counts]  # the contract's float field
+        assert [g.bin_contains for g in reversed(groups)] == shares
         picks = ref.quantile_examples(r, tokens, v, edges, params.examples_per_quantile_group,
                                      params.context_left, params.context_right)  # fmt: skip
         for g, picked in zip(reversed(groups), picks, strict=True):

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.dashboard_options import COMPUTED_COMPONENTS, Component
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.dashboards import compute_dashboards, state_config
@@ -33,7 +34,7 @@ def run(inputs, params: DashboardParams) -> tuple[list[FeatureDashboard], set[St
     stages: set[Stage] = set()
     chunks = compute_dashboards(inputs, params, features=FEATURES, batch_size=16,
                                 progress=lambda stage, *_: stages.add(stage))  # fmt: skip
-    return [d for chunk in chunks for d in chunk], stages
+    return [dashboard_from_pb(d) for chunk in chunks for d in chunk], stages
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.dashboards import ArrayTokenSource, compute_dashboards
 
@@ -24,7 +25,8 @@ def inputs(model, relu_sae, tokens):
 
 def dashboards(inputs, features=None, **kw) -> list[FeatureDashboard]:
     params = replace(PARAMS, **kw)
-    return [d for c in compute_dashboards(inputs, params, features=features, batch_size=16)
+    return [dashboard_from_pb(d)
+            for c in compute_dashboards(inputs, params, features=features, batch_size=16)
             for d in c]  # fmt: skip
 
 

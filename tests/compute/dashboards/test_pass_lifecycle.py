@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Cancelled, FailedPrecondition, ResourceExhausted
 from mistudio_compute.dashboards import (
     Checkpointing,
@@ -35,7 +36,7 @@ BATCH = 8
 
 
 def flatten(chunks) -> list[FeatureDashboard]:
-    return [d for chunk in chunks for d in chunk]
+    return [dashboard_from_pb(d) for chunk in chunks for d in chunk]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
-from mistudio_common.dashboard_codec import dashboard_to_pb
+from mistudio_common.dashboard_codec import dashboard_from_pb, dashboard_to_pb
 from mistudio_common.errors import Cancelled, ResourceExhausted
 from mistudio_compute.dashboards import (
     Checkpointing,
@@ -42,7 +42,7 @@ SHARD = 25  # 96 features -> 4 shards
 
 
 def flatten(chunks) -> list[FeatureDashboard]:
-    return [d for chunk in chunks for d in chunk]
+    return [dashboard_from_pb(d) for chunk in chunks for d in chunk]
 
 
 @pytest.fixture(scope="module")

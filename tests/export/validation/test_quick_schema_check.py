@@ -1,4 +1,5 @@
 import copy
+import math
 
 import orjson
 import pytest
@@ -9,14 +10,6 @@ from mistudio_export.formats.prd_json import feature_file_name, write_prd_export
 from mistudio_export.formats.schemas import SCHEMA_NAMES, is_valid, load_schema, schema_validator
 
 from tests.export.formats.builders import dashboard, naming, sae_info
-
-DRAFT7_ALIKE = {
-    "$schema", "$id", "$defs", "$ref", "title", "description", "type", "required", "properties",
-    "additionalProperties", "items", "anyOf", "oneOf", "enum", "const", "pattern", "minimum",
-    "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems", "minLength",
-    "maxLength",
-}  # fmt: skip
-"""Keywords that mean the same in draft 7 (what fastjsonschema implements) and 2020-12."""
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +26,15 @@ def written(tmp_path_factory):
 
     document = orjson.loads((root / "prd" / feature_file_name(0)).read_bytes())
     return document, lines("features")[0], lines("activations")[0]
+
+
+DRAFT7_ALIKE = {
+    "$schema", "$id", "$defs", "$ref", "title", "description", "type", "required", "properties",
+    "additionalProperties", "items", "anyOf", "oneOf", "enum", "const", "pattern", "minimum",
+    "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems", "minLength",
+    "maxLength",
+}  # fmt: skip
+"""Keywords that mean the same in draft 7 (what fastjsonschema implements) and 2020-12."""
 
 
 def _agrees(name, doc):
@@ -60,6 +62,16 @@ def _keywords(node, found):
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_schemas_use_only_keywords_draft7_reads_alike(name):
     assert _keywords(load_schema(name), set()) <= DRAFT7_ALIKE
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0.5, math.nan, -1.0], [math.inf, -1.0], [1e308, 1e308, -1.0], [2.0, 10**400], [3, True]],
+)
+def test_bounded_number_arrays_agree_with_jsonschema_whatever_they_hold(values, written):
+    doc = copy.deepcopy(written[0])
+    doc["histogram"]["counts"] = values
+    _agrees("prd_feature", doc)
 
 
 def test_written_documents_are_valid(written):

@@ -1,31 +1,21 @@
-"""From a finished pass state to FeatureDashboard objects, yielded in feature chunks.
+"""From a finished pass state to FeatureDashboard messages, yielded in feature chunks.
 
-Vectorised work (quantiles, histogram edges, logit lens) runs per chunk; the per-feature loop
-only builds output objects.
+Everything numeric runs per chunk over all its features at once (statistics, quantiles,
+histograms, logit lens, example windows, their sources and their order); the per-feature loop
+only fills messages, each repeated field from a list cut out of one ``tolist`` per chunk.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from mistudio_common.dashboard import (
-    QUANTILE_LEVELS,
-    ActivationExample,
-    BinScale,
-    DashboardParams,
-    FeatureDashboard,
-    FeatureStatistics,
-    Histogram,
-    LogitEntry,
-    QuantileGroup,
-    SourceRef,
-    TokenAggregate,
-)
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import QUANTILE_LEVELS, DashboardParams
+from mistudio_common.dashboard_codec import METRIC_TO_PB, SCALE_TO_PB
 from mistudio_common.dashboard_options import Component
 
 from mistudio_compute.dashboards import grid as G
@@ -43,6 +33,8 @@ from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
 from mistudio_compute.dashboards.token_aggregation import per_token, rank_tokens
 
+_LEVEL_ORDER = sorted(range(len(QUANTILE_LEVELS)), key=lambda i: QUANTILE_LEVELS[i])
+
 
 def finalize_dashboards(
     state: PassState,
@@ -52,7 +44,7 @@ def finalize_dashboards(
     chunk_size: int = 256,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
-) -> Iterator[list[FeatureDashboard]]:
+) -> Iterator[list[dpb.FeatureDashboard]]:
     """Choose the examples (their windows come with the state), then dashboards ``chunk_size``
     features at a time."""
     plan = plan_examples(state, quantile_groups(params), params.examples_per_quantile_group)
@@ -69,18 +61,6 @@ def finalize_dashboards(
         yield builder.chunk(lo, min(n, lo + chunk_size), progress)
 
 
-class _Window(NamedTuple):
-    """One example's window, cut to its row: token ids and values from ``start``."""
-
-    row: int
-    start: int
-    ids: list[int]
-    values: list[float]
-    peak: int
-    centre: int
-    """Index of the qualifying token (the window's centre) in ``ids``."""
-
-
 @dataclass(slots=True)
 class _Builder:
     state: PassState
@@ -90,7 +70,9 @@ class _Builder:
     positions: np.ndarray  # [F, E] int64 global positions of the chosen examples, -1 empty
     windows: np.ndarray  # [F, E, W] float32 activations around them
 
-    def chunk(self, lo: int, hi: int, progress: ProgressCallback | None) -> list[FeatureDashboard]:
+    def chunk(
+        self, lo: int, hi: int, progress: ProgressCallback | None
+    ) -> list[dpb.FeatureDashboard]:
         s, p, n = self.state, self.params, len(self.state.features)
         grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
         q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
@@ -106,114 +88,134 @@ class _Builder:
             lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
                               p.logit_histogram_bins)  # fmt: skip
             _report(progress, Stage.LOGIT_LENS, hi, n)
-        windows = self._windows(lo, hi)
         tokens = p.includes(Component.TOKEN_AGGREGATION)
+        scale, metric = SCALE_TO_PB[p.histogram_scale], METRIC_TO_PB[p.token_rank_metric]
         out = []
         for i, (f, index) in enumerate(zip(range(lo, hi), s.features[lo:hi].tolist(), strict=True)):
-            top, groups = self._examples(f, windows[i])
             edges, counts = hists[i]
             out.append(
-                FeatureDashboard(
+                dpb.FeatureDashboard(
                     feature_index=index,
-                    top_examples=top,
-                    quantile_groups=groups,
                     top_positive_logits=self._logits(lens, i, positive=True),
                     top_negative_logits=self._logits(lens, i, positive=False),
-                    activation_histogram=Histogram(
+                    activation_histogram=dpb.Histogram(
                         bin_edges=edges,
                         counts=counts,
-                        scale=p.histogram_scale,
+                        scale=scale,
                         total_count=s.token_count,
                         nonzero_count=stats[i].nonzero_count,
                     ),
                     logit_histogram=_logit_histogram(lens, i),
                     statistics=stats[i],
                     top_tokens=self._top_tokens(f) if tokens else [],
-                    top_tokens_metric=p.token_rank_metric,
+                    top_tokens_metric=metric,
                 )
             )
+        self._add_examples(lo, hi, out)
         if tokens:
             _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
         return out
 
     def _statistics(
         self, lo: int, hi: int, q: torch.Tensor, q_err: torch.Tensor
-    ) -> list[FeatureStatistics]:
-        s, out = self.state, []
-        tc = s.token_count
-        total, total_sq = value_of(s.total[lo:hi]), value_of(s.total_sq[lo:hi], squares=True)
-        cols = (s.count[lo:hi], total, total_sq, s.vmax[lo:hi])
-        for i, (cnt, tot, sq, mx) in enumerate(zip(*(c.tolist() for c in cols), strict=True)):
-            mean = tot / cnt if cnt else 0.0
-            std = math.sqrt(max(sq / cnt - mean * mean, 0.0)) if cnt else 0.0
-            freq = cnt / tc if tc else 0.0
-            out.append(
-                FeatureStatistics(
-                    activation_frequency=freq,
-                    max_activation=float(mx),
-                    mean_activation=mean,
-                    std_activation=std,
-                    l0_contribution=freq,
-                    dead_feature=cnt == 0,
-                    quantiles=dict(zip(QUANTILE_LEVELS, q[i].tolist(), strict=True)) if cnt else {},
-                    quantile_relative_error=float(q_err[i]),
-                    token_count=tc,
-                    nonzero_count=cnt,
-                )
-            )
-        return out
+    ) -> list[dpb.FeatureStatistics]:
+        s, tc = self.state, self.state.token_count
+        cnt = s.count[lo:hi].cpu().numpy().astype(np.int64)
+        alive = cnt > 0
+        per = np.where(alive, cnt, 1).astype(np.float64)  # divisor; dead features give 0 below
+        total = value_of(s.total[lo:hi]).cpu().numpy()
+        total_sq = value_of(s.total_sq[lo:hi], squares=True).cpu().numpy()
+        mean = np.where(alive, total / per, 0.0)
+        var = total_sq / per - mean * mean
+        std = np.where(alive, np.sqrt(np.where(var < 0, 0.0, var)), 0.0)
+        freq = cnt / tc if tc else np.zeros(len(cnt))
+        levels = [QUANTILE_LEVELS[j] for j in _LEVEL_ORDER]
 
-    def _windows(self, lo: int, hi: int) -> list[list[_Window | None]]:
-        """Every chosen example window of features lo..hi (array work done once per chunk):
-        [feature][slot], None for an empty slot."""
-        p, t_len, tokens = self.params, self.state.seq_len, self.inputs.source.tokens
+        def shown(c: int, qs: list[float]) -> list[dpb.Quantile]:
+            return (
+                [dpb.Quantile(level=lv, value=v) for lv, v in zip(levels, qs, strict=True)]
+                if c
+                else []
+            )
+
+        quantiles = q[:, _LEVEL_ORDER].tolist()
+        rows = zip(freq.tolist(), s.vmax[lo:hi].tolist(), mean.tolist(), std.tolist(),
+                   cnt.tolist(), quantiles, q_err.tolist(), strict=True)  # fmt: skip
+        return [
+            dpb.FeatureStatistics(
+                activation_frequency=fr,
+                max_activation=mx,
+                mean_activation=mn,
+                std_activation=sd,
+                l0_contribution=fr,
+                dead_feature=c == 0,
+                quantiles=shown(c, qs),
+                quantile_relative_error=err,
+                token_count=tc,
+                nonzero_count=c,
+            )
+            for fr, mx, mn, sd, c, qs, err in rows
+        ]
+
+    def _add_examples(self, lo: int, hi: int, out: list[dpb.FeatureDashboard]) -> None:
+        """Top examples and quantile groups of features lo..hi, in their shown order.
+
+        Slot e of a feature is section 0 (top examples, kept in slot order) or quantile group g,
+        shown as section 1 + (groups - 1 - g) (highest group first) with its examples by
+        (max value desc, document, offset); the order is one lexsort over the chunk."""
+        p, plan, t_len = self.params, self.plan, self.state.seq_len
+        n_top, per = plan.n_top, plan.per_group
+        groups = plan.groups[lo:hi]
+        n_groups = np.array([len(counts) for _, counts in groups], dtype=np.int64)
+        sections: list[list[RepeatedCompositeFieldContainer[dpb.ActivationExample]]] = []
+        for d, (edges, counts) in zip(out, groups, strict=True):
+            nnz, shown = sum(counts), [d.top_examples]
+            for k in reversed(range(len(counts))):
+                group = d.quantile_groups.add(
+                    bin_min=edges[k], bin_max=edges[k + 1], bin_contains=counts[k] / nnz
+                )
+                shown.append(group.examples)
+            sections.append(shown)
+
         pos = self.positions[lo:hi]  # [C, E]
-        row, t = pos // t_len, pos % t_len
+        slot = np.arange(pos.shape[1])
+        g = np.where(slot < n_top, -1, (slot - n_top) // max(per, 1))  # [E], -1 for top slots
+        section = np.where(g < 0, 0, n_groups[:, None] - g)  # [C, E]
+        c, e = np.nonzero((pos >= 0) & ((g < 0) | (g < n_groups[:, None])))
+        at, section = pos[c, e], section[c, e]
+        row, t = at // t_len, at % t_len
         start = np.maximum(t - p.context_left, 0)  # first shown position of the row
         first = start - (t - p.context_left)  # its index in the full window
         length = np.minimum(t + p.context_right + 1, t_len) - start
-        tt = (t[..., None] + np.arange(-p.context_left, p.context_right + 1)).clip(0, t_len - 1)
-        ids = tokens[row.clip(min=0)[..., None], tt].astype(np.int64)  # [C, E, W]
-        windows = self.windows[lo:hi]  # [C, E, W], 0 outside the row
-        peak = windows.argmax(2) - first  # the window's own maximum, not the qualifying token
+        tt = (t[:, None] + np.arange(-p.context_left, p.context_right + 1)).clip(0, t_len - 1)
+        ids = self.inputs.source.tokens[row[:, None], tt].astype(np.int64)  # [N, W]
+        values = self.windows[lo + c, e]  # [N, W], 0 outside the row
+        peak_at = values.argmax(1)  # the window's own maximum, not the qualifying token
+        peak_value = values[np.arange(len(c)), peak_at]
         centre = t - start
-        cols = (pos, row, start, first, length, peak, centre, ids, windows)
-        return [
-            [
-                None if at < 0 else _Window(r, a, ids_[j : j + m], vals[j : j + m], pk, c)
-                for at, r, a, j, m, pk, c, ids_, vals in zip(*cols_f, strict=True)
-            ]
-            for cols_f in zip(*(c.tolist() for c in cols), strict=True)
-        ]
+        document, offset = self.inputs.source.locate(row, t)
+        offset = offset - centre
+        top = section == 0  # top examples keep their slot order
+        descending = np.where(top, 0.0, -peak_value.astype(np.float64))
+        order = np.lexsort((e, np.where(top, 0, offset), np.where(top, 0, document), descending,
+                            section, c))  # fmt: skip
+        dataset, window = self.inputs.source.dataset, self.inputs.token_text.window
+        cols = (c, section, first, length, peak_at - first, peak_value, centre, document, offset)
+        rows = zip(*(x[order].tolist() for x in cols), ids[order].tolist(),
+                   values[order].tolist(), strict=True)  # fmt: skip
+        for ci, sec, j, m, peak, mx, ctr, doc, off, ids_, vals in rows:
+            shown_ids = ids_[j : j + m]
+            sections[ci][sec].add(
+                tokens=window(shown_ids),
+                token_ids=shown_ids,
+                values=vals[j : j + m],
+                max_value=mx,
+                max_token_index=peak,
+                source=dpb.SourceRef(dataset=dataset, row=doc, offset=off),
+                qualifying_token_index=ctr,
+            )
 
-    def _examples(
-        self, f: int, windows: list[_Window | None]
-    ) -> tuple[list[ActivationExample], list[QuantileGroup]]:
-        plan, n_top, per = self.plan, self.plan.n_top, self.plan.per_group
-        top = [self._example(w) for w in windows[:n_top] if w is not None]
-        edges, counts = plan.groups[f]
-        nnz, groups = sum(counts), []
-        for g in reversed(range(len(counts))):
-            slots = windows[n_top + g * per : n_top + (g + 1) * per]
-            examples = [self._example(w) for w in slots if w is not None]
-            examples.sort(key=lambda x: (-x.max_value, x.source.row, x.source.offset))
-            groups.append(QuantileGroup(edges[g], edges[g + 1], counts[g] / nnz, examples))
-        return top, groups
-
-    def _example(self, w: _Window) -> ActivationExample:
-        """The window is credited to the qualifying token's document (a row may pack several)."""
-        document, offset = self.inputs.source.locate(w.row, w.start + w.centre)
-        return ActivationExample(
-            tokens=self.inputs.token_text.window(w.ids),
-            token_ids=w.ids,
-            values=w.values,
-            max_value=w.values[w.peak],
-            max_token_index=w.peak,
-            source=SourceRef(self.inputs.source.dataset, document, offset - w.centre),
-            qualifying_token_index=w.centre,
-        )
-
-    def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[LogitEntry]:
+    def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[dpb.LogitEntry]:
         """Feature i's top (or bottom) logits; none when the logit lens is left out."""
         if lens is None:
             return []
@@ -222,11 +224,11 @@ class _Builder:
         )
         text = self.inputs.token_text
         return [
-            LogitEntry(token=text.token(t), token_id=t, value=v, rank=r + 1)
+            dpb.LogitEntry(token=text.token(t), token_id=t, value=v, rank=r + 1)
             for r, (t, v) in enumerate(zip(ids[i].tolist(), values[i].tolist(), strict=True))
         ]
 
-    def _top_tokens(self, f: int) -> list[TokenAggregate]:
+    def _top_tokens(self, f: int) -> list[dpb.TokenAggregate]:
         p, text = self.params, self.inputs.token_text
         if self.state.tokens is not None:
             ids, totals, counts, maxima = (x.cpu().numpy() for x in self.state.tokens.rows(f))
@@ -244,15 +246,14 @@ class _Builder:
                            p.n_top_tokens)  # fmt: skip
 
 
-def _logit_histogram(lens: LogitLens | None, i: int) -> Histogram:
+def _logit_histogram(lens: LogitLens | None, i: int) -> dpb.Histogram:
     if lens is None:  # left out: no bins, nothing counted
-        return Histogram(bin_edges=[], counts=[], scale=BinScale.LINEAR, total_count=0,
-                         nonzero_count=0)  # fmt: skip
+        return dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)
     counts = lens.hist_counts[i].tolist()
-    return Histogram(
+    return dpb.Histogram(
         bin_edges=lens.hist_edges[i].tolist(),
         counts=counts,
-        scale=BinScale.LINEAR,
+        scale=dpb.BIN_SCALE_LINEAR,
         total_count=sum(counts),
         nonzero_count=int(lens.nonzero[i]),
     )

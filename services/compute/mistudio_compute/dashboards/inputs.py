@@ -80,9 +80,9 @@ class TokenSource(Protocol):
     @property
     def dataset(self) -> str: ...
 
-    def locate(self, row: int, position: int) -> tuple[int, int]:
-        """(document, offset in it) of token ``position`` of ``row``: rows may pack several
-        documents, and a prepended BOS is not a document token."""
+    def locate(self, rows: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(documents, offsets in them) [N] of tokens ``positions`` [N] of ``rows`` [N]: rows may
+        pack several documents, and a prepended BOS is not a document token."""
         ...
 
 
@@ -93,8 +93,8 @@ class ArrayTokenSource:
     tokens: np.ndarray
     dataset: str = ""
 
-    def locate(self, row: int, position: int) -> tuple[int, int]:
-        return row, position
+    def locate(self, rows: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows, positions
 
 
 @dataclass(frozen=True, slots=True)

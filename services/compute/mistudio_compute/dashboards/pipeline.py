@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from mistudio_common.dashboard import DashboardParams, FeatureDashboard
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import DashboardParams
 
 from mistudio_compute.dashboards.activation_pass import Checkpointing, LocalPass, PassResult
 from mistudio_compute.dashboards.distributed import RayCluster, RayPass
@@ -34,7 +35,7 @@ def compute_dashboards(
     memory_budget: int | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
     ray: RayCluster | None = None,
-) -> Iterator[list[FeatureDashboard]]:
+) -> Iterator[list[dpb.FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
     yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
     feature shards, and batches of at most ``batch_size`` rows, that fit it. Arguments are

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from mistudio_common.dashboard import DashboardParams, FeatureDashboard
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import DashboardParams
 
 from mistudio_compute.dashboards.activation_pass import PassResult, PassRunner
 from mistudio_compute.dashboards.finalize import finalize_dashboards
@@ -47,7 +48,7 @@ class ShardedComputation:
     cancel: CancelCheck | None = None
     on_pass: Callable[[PassResult], None] | None = None
 
-    def __iter__(self) -> Iterator[list[FeatureDashboard]]:
+    def __iter__(self) -> Iterator[list[dpb.FeatureDashboard]]:
         shards = self._shards()
         for index, (lo, hi) in enumerate(shards):
             if index > 0:  # the previous shard is handed on

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mistudio_common.dashboard import TokenAggregate, TokenRankMetric
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import TokenRankMetric
 
 
 def per_token(
@@ -34,7 +35,7 @@ def rank_tokens(
     token_string: Callable[[int], str],
     metric: TokenRankMetric,
     n_top: int,
-) -> list[TokenAggregate]:
+) -> list[dpb.TokenAggregate]:
     rows: dict[str, list[float]] = {}  # string -> [lowest id, total, count, max]
     for i, tot, cnt, mx in zip(ids.tolist(), totals.tolist(), counts.tolist(), maxima.tolist(),
                                strict=True):  # fmt: skip
@@ -48,7 +49,7 @@ def rank_tokens(
     ranked = sorted(((s, r) for s, r in rows.items() if r[2] > 0),
                     key=lambda sr: (-key(sr[1]), sr[1][0]))  # fmt: skip
     return [
-        TokenAggregate(
+        dpb.TokenAggregate(
             token=s,
             token_id=int(r[0]),
             total_activation=float(r[1]),

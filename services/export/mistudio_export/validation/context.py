@@ -30,6 +30,20 @@ SUSPECT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 """Characters the text checks report: controls, lone surrogates, U+FFFD."""
 _SUSPECT_ESCAPE = re.compile(r"\\[ubf]")
 """A JSON escape that may decode to a suspect character (searched apart: twice as fast)."""
+_CONTROL_BYTES = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_OTHER_BYTES = bytes(b for b in range(256) if b not in _CONTROL_BYTES)
+_C1_CONTROL = re.compile(rb"\xc2[\x80-\x9f]")
+
+
+def suspect_bytes(data: bytes) -> bool:
+    """Whether valid UTF-8 ``data`` may hold what SUSPECT or a suspect escape finds in its text,
+    searched without decoding: controls are single bytes, U+0080-U+009F start with C2, U+FFFD is
+    EF BF BD, and no valid UTF-8 holds a lone surrogate (byte searches, faster than a regex)."""
+    if data.translate(None, _OTHER_BYTES):
+        return True
+    if b"\\u" in data or b"\\b" in data or b"\\f" in data or b"\xef\xbf\xbd" in data:
+        return True
+    return b"\xc2" in data and _C1_CONTROL.search(data) is not None
 
 
 @dataclass
@@ -116,8 +130,10 @@ def read_text(ctx: FileContext, path: Path) -> str | None:
 
     Only regular files inside the root and within the size limit are read."""
     data = _read_bounded(ctx, path)
-    if data is None:
-        return None
+    return None if data is None else _decode(ctx, data)
+
+
+def _decode(ctx: FileContext, data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -201,25 +217,47 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 
 
 def _depth_within(doc: Any, limit: int) -> bool:
-    """Iterative (a deep document must not exhaust the stack); flat lists are skipped fast."""
-    stack = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return False
-        children = node.values() if isinstance(node, dict) else node
-        if isinstance(node, list) and set(map(type, node)) <= _SCALARS:
-            continue
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return True
+    """Level by level (a deep document must not exhaust the stack); lists and objects holding
+    only scalars, most of an export, end their branch in one pass over their value types."""
+    if type(doc) is not dict and type(doc) is not list:
+        return True
+    level = [doc]
+    for _ in range(limit):
+        nested: list[Any] = []
+        for node in level:
+            values = node.values() if type(node) is dict else node
+            if not _SCALARS.issuperset(map(type, values)):
+                nested += [v for v in values if type(v) is dict or type(v) is list]
+        if not nested:
+            return True
+        level = nested
+    return False
+
+
+def _parse_strict(data: bytes) -> Any:
+    """The document when ``data`` is strict JSON in valid UTF-8 within the nesting bound (what
+    the exporter writes), parsed without decoding it first; else _INVALID, and ``parse`` then
+    takes the text the slow way and reports what is wrong."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _INVALID
+    if not _depth_within(doc, MAX_JSON_DEPTH):
+        return _INVALID
+    return doc
 
 
 def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
     """(context, document); the document is None when the file could not be read or parsed."""
     ctx = session.context(path)
-    text = read_text(ctx, path)
-    if text is None:
+    data = _read_bounded(ctx, path)
+    if data is None:
         return ctx, None
+    doc = _parse_strict(data)
+    if doc is not _INVALID:
+        ctx.text_clean = not suspect_bytes(data)
+        return ctx, doc
+    text = _decode(ctx, data)
     doc = parse(ctx, text)
     _mark_clean(ctx, text)
     return ctx, None if doc is _INVALID else doc
@@ -234,9 +272,15 @@ def _mark_clean(ctx: FileContext, text: str) -> None:
 def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int, Any]]]:
     """(context, [(line number, row)]) of a JSON Lines file; unparseable lines are reported."""
     ctx = session.context(path)
-    text = read_text(ctx, path)
-    rows: list[tuple[int, Any]] = []
-    for n, line in enumerate((text or "").split("\n"), start=1):
+    data = _read_bounded(ctx, path)
+    if data is None:
+        return ctx, []
+    rows = _strict_rows(ctx, data)
+    if rows is not None:
+        return ctx, rows
+    text = _decode(ctx, data)
+    rows = []
+    for n, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             ctx.line = n
             row = parse(ctx, line)
@@ -245,8 +289,22 @@ def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int
             else:
                 rows.append((n, row))
     ctx.line = None
-    _mark_clean(ctx, text or "")
+    _mark_clean(ctx, text)
     return ctx, rows
+
+
+def _strict_rows(ctx: FileContext, data: bytes) -> list[tuple[int, Any]] | None:
+    """Every line of ``data`` parsed as by ``_parse_strict``, or None when one line needs the
+    slow way (which then reads the whole file again, so that problems come in line order)."""
+    rows: list[tuple[int, Any]] = []
+    for n, line in enumerate(data.split(b"\n"), start=1):
+        if line.strip():
+            row = _parse_strict(line)
+            if row is _INVALID:
+                return None
+            rows.append((n, row))
+    ctx.text_clean = not suspect_bytes(data)
+    return rows
 
 
 def save_document(ctx: FileContext, path: Path, doc: Any) -> None:
