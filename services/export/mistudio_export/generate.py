@@ -13,6 +13,7 @@ CPU cores are used.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -50,6 +51,7 @@ from mistudio_export.peers import FeatureFacts, SaeLensFiles
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.validation.column_checks import ColumnFinding, column_findings
 
 ROOT = "/"
 """IncludedFormat folder meaning the archive root (where the PRD layout lives)."""
@@ -259,13 +261,43 @@ def _progress(
     return report
 
 
+COLUMN_FINDINGS = "column-findings.json"
+"""In the staging folder: what ``column_checks`` found in the batches the formats were written
+from (an empty list: nothing), read by the validating stage (``columns_checked``)."""
+
+
 def _batches(staging: Path) -> Iterator[ExampleColumns]:
     """The staged dashboards as column batches: the examples read straight from the messages
-    into the columns, the rest converted for the formats' per-feature fields."""
+    into the columns, the rest converted for the formats' per-feature fields. Each batch is
+    checked as it is made; a complete read records its findings (``COLUMN_FINDINGS``)."""
     tokens = StringTable()
+    findings: list[ColumnFinding] = []
     for chunk in batch_sized(staged_dashboards(staging)):
         heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
-        yield example_columns(heads, tokens, examples=chunk)
+        batch = example_columns(heads, tokens, examples=chunk)
+        findings += column_findings(batch)
+        yield batch
+    _record_findings(staging, findings)
+
+
+def _record_findings(staging: Path, findings: list[ColumnFinding]) -> None:
+    """Every read of the staged dashboards finds the same; the second process's read and this
+    one's may both write the file, each atomically."""
+    shown = [dataclasses.asdict(f) for f in findings[:MAX_FINDINGS_KEPT]]
+    jsonio.write_document(staging / COLUMN_FINDINGS, jsonio.dumps_plain(shown))
+
+
+MAX_FINDINGS_KEPT = 100
+"""Findings only decide for the full check, which reports them all."""
+
+
+def columns_checked(staging: Path) -> bool:
+    """Whether the staged dashboards were read into column batches in which the column checks
+    found nothing (so the files written from them need only a structural check)."""
+    try:
+        return jsonio.read_bytes(staging / COLUMN_FINDINGS) == b"[]"
+    except FileNotFoundError:
+        return False
 
 
 def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:
