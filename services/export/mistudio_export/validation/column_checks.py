@@ -121,7 +121,6 @@ def _negative(c: ExampleColumns) -> Iterator[ColumnFinding]:
     for name, column, starts in (
         ("token_ids", c.token_ids, c.id_start),
         ("source/row", c.source_row, None),
-        ("source/offset", c.source_offset, None),
     ):
         bad = np.flatnonzero(column < 0)
         if len(bad):
