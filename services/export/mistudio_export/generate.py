@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -52,6 +53,7 @@ from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
+from mistudio_export.validation.column_checks import features_to_walk as walk_of
 
 ROOT = "/"
 """IncludedFormat folder meaning the archive root (where the PRD layout lives)."""
@@ -263,7 +265,9 @@ def _progress(
 
 COLUMN_FINDINGS = "column-findings.json"
 """In the staging folder: what ``column_checks`` found in the batches the formats were written
-from (an empty list: nothing), read by the validating stage (``columns_checked``)."""
+from, read by the validating stage (``features_to_walk``)."""
+MAX_FINDINGS_SHOWN = 100
+"""The file shows the first findings; the full check reports them all."""
 
 
 def _batches(staging: Path) -> Iterator[ExampleColumns]:
@@ -283,21 +287,24 @@ def _batches(staging: Path) -> Iterator[ExampleColumns]:
 def _record_findings(staging: Path, findings: list[ColumnFinding]) -> None:
     """Every read of the staged dashboards finds the same; the second process's read and this
     one's may both write the file, each atomically."""
-    shown = [dataclasses.asdict(f) for f in findings[:MAX_FINDINGS_KEPT]]
-    jsonio.write_document(staging / COLUMN_FINDINGS, jsonio.dumps_plain(shown))
+    walk = walk_of(findings)
+    record = {
+        "walk_everything": walk is None,
+        "prd_features_to_walk": sorted(walk or ()),
+        "findings": [dataclasses.asdict(f) for f in findings[:MAX_FINDINGS_SHOWN]],
+    }
+    jsonio.write_document(staging / COLUMN_FINDINGS, jsonio.dumps_plain(record))
 
 
-MAX_FINDINGS_KEPT = 100
-"""Findings only decide for the full check, which reports them all."""
-
-
-def columns_checked(staging: Path) -> bool:
-    """Whether the staged dashboards were read into column batches in which the column checks
-    found nothing (so the files written from them need only a structural check)."""
+def features_to_walk(staging: Path) -> frozenset[int] | None:
+    """The features whose PRD files need the validator's full check, when the staged dashboards
+    were read into checked column batches; None when every file needs it (no record, or a
+    finding that other formats' checks report too)."""
     try:
-        return jsonio.read_bytes(staging / COLUMN_FINDINGS) == b"[]"
+        record = orjson.loads(jsonio.read_bytes(staging / COLUMN_FINDINGS))
     except FileNotFoundError:
-        return False
+        return None
+    return None if record["walk_everything"] else frozenset(record["prd_features_to_walk"])
 
 
 def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:

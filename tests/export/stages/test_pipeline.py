@@ -13,7 +13,7 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.config import ExportSettings
-from mistudio_export.generate import COLUMN_FINDINGS, columns_checked
+from mistudio_export.generate import COLUMN_FINDINGS, features_to_walk
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.preflight import Planner
 
@@ -102,8 +102,8 @@ def test_an_export_checks_its_column_batches_and_what_they_show_gets_the_full_ch
     the summary carries the validator's warnings for them."""
     outcome = peers.export("checked", neuronpedia())
     staging = peers.tmp_path / "checked"
-    found = {f["code"] for f in orjson.loads((staging / COLUMN_FINDINGS).read_bytes())}
-    assert found == {"FEW_EXAMPLES", "INCONSISTENT"}
-    assert not columns_checked(staging)
+    record = orjson.loads((staging / COLUMN_FINDINGS).read_bytes())
+    assert {f["code"] for f in record["findings"]} == {"FEW_EXAMPLES", "INCONSISTENT"}
+    assert features_to_walk(staging) is None
     summary = outcome.result.validation
     assert {c.code: c.count for c in summary.classes} == {"FEW_EXAMPLES": 4, "INCONSISTENT": 5}

@@ -15,7 +15,7 @@ from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import write_upload_payloads
-from mistudio_export.generate import _record_findings, columns_checked
+from mistudio_export.generate import _record_findings, features_to_walk
 from mistudio_export.validation import validate_export
 from mistudio_export.validation.column_checks import column_findings
 
@@ -98,13 +98,29 @@ def test_a_fault_in_a_batch_is_found_where_the_validator_reports_it(dashboards, 
     assert problem in places(validate_export(tmp_path))
 
 
-def test_a_batch_with_findings_sends_the_export_to_the_full_check(dashboards, tmp_path):
+def test_a_finding_other_formats_also_report_sends_every_file_to_the_full_check(
+    dashboards, tmp_path
+):
     faulty, _, _ = faults(dashboards[1])["stored maximum"]
     findings = write_all(tmp_path / "out", [dashboards[0], faulty])
     _record_findings(tmp_path, findings)
-    assert not columns_checked(tmp_path)
+    assert features_to_walk(tmp_path) is None
     _record_findings(tmp_path, [])
-    assert columns_checked(tmp_path)
+    assert features_to_walk(tmp_path) == frozenset()
+
+
+def test_a_finding_only_the_prd_reports_sends_only_that_features_file_to_the_full_check(
+    dashboards, tmp_path
+):
+    d = dashboards[1]
+    groups = [dataclasses.replace(g, examples=g.examples[:1]) for g in d.quantile_groups]
+    few = dataclasses.replace(d, top_examples=d.top_examples[:3], quantile_groups=groups)
+    findings = write_all(tmp_path / "out", [dashboards[0], few, dashboards[2]])
+    _record_findings(tmp_path, findings)
+    assert features_to_walk(tmp_path) == {1}
+    full = validate_export(tmp_path / "out")
+    quick = validate_export(tmp_path / "out", columns_checked=True, walk_features=frozenset({1}))
+    assert places(quick) == places(full) == {("FEW_EXAMPLES", "features/1.json.gz", "/activations")}
 
 
 def test_a_nan_in_a_batch_is_refused_with_the_validators_pointer(dashboards, tmp_path):

@@ -38,6 +38,26 @@ class ColumnFinding:
     """Where it sits in the feature's PRD document (features/{feature_index}.json)."""
     message: str
 
+    @property
+    def prd_only(self) -> bool:
+        """Only the PRD feature file's check reports it (the other formats carry no such
+        field): the feature's PRD file gets the full check, the other files need not."""
+        return self.code in _PRD_ONLY_CODES or (
+            self.code == "INCONSISTENT" and self.pointer.startswith(_PRD_ONLY_PLACES)
+        )
+
+
+_PRD_ONLY_CODES = frozenset({"FEW_EXAMPLES", "STATS_MAX_MISMATCH", "HISTOGRAM_TOTAL_MISMATCH"})
+_PRD_ONLY_PLACES = ("/statistics/dead_feature", "/logits/")
+
+
+def features_to_walk(findings: Sequence[ColumnFinding]) -> frozenset[int] | None:
+    """The features whose PRD files need the full check; None when a finding is one that the
+    checks of other formats report too (then every file needs it)."""
+    if not all(f.prd_only for f in findings):
+        return None
+    return frozenset(f.feature_index for f in findings)
+
 
 def column_findings(columns: ExampleColumns) -> list[ColumnFinding]:
     """Every finding of ``columns``: its example rows checked as arrays, its dashboards'

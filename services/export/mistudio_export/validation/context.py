@@ -54,6 +54,8 @@ class Session:
     columns_checked: bool = False
     """The files were written by this export from column batches that ``column_checks`` found
     clean: a file whose bytes are strict, clean JSON needs no per-value checks."""
+    walk_features: frozenset[int] = frozenset()
+    """Features whose PRD files get the per-value checks all the same."""
     problems: list[Problem] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     files_checked: int = 0

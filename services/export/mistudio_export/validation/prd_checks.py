@@ -97,7 +97,7 @@ def _features(session: Session, directory: Path, meta: dict[str, Any] | None) ->
         ctx, doc = load_document(session, path)
         if suffix and not path.name.endswith(str(suffix)):
             ctx.report("INCONSISTENT", "", f"metadata says feature files end in {suffix}")
-        if doc is not None and ctx.values_checked:
+        if doc is not None and ctx.values_checked and index not in session.walk_features:
             _check_index(ctx, doc, index)
         elif doc is not None:
             check_feature(ctx, doc, index, _omitted(meta))

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from mistudio_common.errors import NotFound
@@ -29,12 +30,25 @@ _CHECKERS: dict[str, Callable[[Session, Path], None]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What the column checks vouch for (see ``validate_export``)."""
+
+    columns: bool
+    walk_features: frozenset[int]
+
+
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 """Below this much data a second process costs more to start than it saves."""
 
 
 def validate_export(
-    root: Path, *, fix: bool = False, processes: int = 1, columns_checked: bool = False
+    root: Path,
+    *,
+    fix: bool = False,
+    processes: int = 1,
+    columns_checked: bool = False,
+    walk_features: frozenset[int] = frozenset(),
 ) -> ValidationReport:
     """Check every file of every recognised format under ``root`` (gzip included).
 
@@ -45,7 +59,8 @@ def validate_export(
     ``columns_checked``: only for an export's own files, written from column batches in which
     ``column_checks`` found nothing. Files whose bytes then prove strict, clean JSON (gzip
     intact, one orjson parse) skip the per-value checks; the checks across rows and files, and
-    every check of any other file, still run. Archives from elsewhere are checked in full.
+    every check of any other file, still run; so does every check of the PRD files of
+    ``walk_features``. Archives from elsewhere are checked in full.
     """
     if not root.is_dir():
         raise NotFound(
@@ -56,7 +71,8 @@ def validate_export(
         )
     components = layout.discover(root)
     if components:
-        parts = _check_all(root, fix, components, processes, columns_checked)
+        checked = Checked(columns_checked, walk_features)
+        parts = _check_all(root, fix, components, processes, checked)
     else:
         session = Session(root=root, fix=fix)
         session.context(root, reading=False).report(
@@ -73,7 +89,7 @@ def validate_export(
 
 
 def _check_all(
-    root: Path, fix: bool, components: list[layout.Component], processes: int, checked: bool
+    root: Path, fix: bool, components: list[layout.Component], processes: int, checked: Checked
 ) -> list[Session]:
     n = min(processes, len(components))
     if n < 2 or _size(root) < PARALLEL_MIN_BYTES:
@@ -89,9 +105,14 @@ def _check_all(
 
 
 def _check_component(
-    root: Path, fix: bool, component: layout.Component, columns_checked: bool = False
+    root: Path, fix: bool, component: layout.Component, checked: Checked
 ) -> Session:
-    session = Session(root=root, fix=fix, columns_checked=columns_checked)
+    session = Session(
+        root=root,
+        fix=fix,
+        columns_checked=checked.columns,
+        walk_features=checked.walk_features,
+    )
     with collector_paused():
         _CHECKERS[component.kind](session, component.path)
     return session
