@@ -188,8 +188,11 @@ def second_export(stack: FaultStack, folder: Path) -> Service:
     return service
 
 
-def start_fault_stack(folder: Path, input_roots: list[Path]) -> FaultStack:
-    """Every service started; compute may read request files under ``input_roots``."""
+def start_fault_stack(
+    folder: Path, input_roots: list[Path], compute_settings: dict[str, str] | None = None
+) -> FaultStack:
+    """Every service started; compute may read request files under ``input_roots``, with
+    ``compute_settings`` (MISTUDIO_COMPUTE_ variables) on top of the harness's own."""
     postgres = PrivatePostgres()
     postgres.create()
     python = sys.executable
@@ -216,6 +219,7 @@ def start_fault_stack(folder: Path, input_roots: list[Path]) -> FaultStack:
         "MISTUDIO_COMPUTE_DEVICE": "cpu",
         "MISTUDIO_COMPUTE_CHECKPOINT_EVERY_BATCHES": "4",
         "MISTUDIO_COMPUTE_INPUT_ROOTS": json.dumps([str(p) for p in input_roots]),
+        **(compute_settings or {}),
     }
     export_env = {
         **base,

@@ -38,22 +38,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     folder = tmp_path_factory.mktemp("faults")
     running = start_fault_stack(folder, [folder.parent, STORIES_DIR])
     try:
-        sae = spb.Sae(
-            sae_id=SAE_ID,
-            model_id=STORIES_REF,
-            hook_point=HOOK,
-            d_in=D_IN,
-            d_sae=D_SAE,
-            architecture=spb.ARCHITECTURE_STANDARD,
-            weights_uri=str(write_sae_folder(folder / "sae")),
-            training_dataset="local/random",
-            neuronpedia_model_id="stories260k",
-            neuronpedia_source_set="mistudio-res-32",
-        )
-        running.records().CreateSae(spb.CreateSaeRequest(sae=sae), timeout=30)
+        register_sae(running, folder)
         yield running
     finally:
         running.stop()
+
+
+def register_sae(stack: FaultStack, folder: Path) -> None:
+    """The tiny SAE on stories260K as SAE_ID, its weights written under ``folder``."""
+    sae = spb.Sae(
+        sae_id=SAE_ID,
+        model_id=STORIES_REF,
+        hook_point=HOOK,
+        d_in=D_IN,
+        d_sae=D_SAE,
+        architecture=spb.ARCHITECTURE_STANDARD,
+        weights_uri=str(write_sae_folder(folder / "sae")),
+        training_dataset="local/random",
+        neuronpedia_model_id="stories260k",
+        neuronpedia_source_set="mistudio-res-32",
+    )
+    stack.records().CreateSae(spb.CreateSaeRequest(sae=sae), timeout=30)
 
 
 @pytest.fixture(scope="module")
