@@ -268,6 +268,9 @@ def _histogram(finding: Finding, h: Histogram, key: str, nonzero: int | None) ->
         finding("HISTOGRAM_EDGES", f"/{key}/bin_edges", f"{len(counts)} counts need one edge more")
     if any(b < a for a, b in itertools.pairwise(edges)):
         finding("HISTOGRAM_EDGES", f"/{key}/bin_edges", "bin edges decrease")
+    elif any(c <= a for a, c in zip(edges, edges[2:], strict=False)):
+        # SAEDashboard and the importer write bin centres, which must increase strictly
+        finding("HISTOGRAM_EDGES", f"/{key}/bin_edges", "two bins share a centre")
     if counts or edges:
         total = sum(counts)
         stored = h.nonzero_count if nonzero is not None else h.total_count
