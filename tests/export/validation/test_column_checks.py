@@ -8,7 +8,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from mistudio_common.dashboard_codec import dashboard_from_json, dashboard_from_pb
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
@@ -27,7 +29,8 @@ FIXTURE = Path(__file__).parents[1] / "formats" / "data" / "real_export.json.gz"
 @pytest.fixture(scope="module")
 def dashboards() -> list:
     fixture = orjson.loads(gzip.decompress(FIXTURE.read_bytes()))
-    return [dashboard_from_pb(dashboard_from_json(d)) for d in fixture["dashboards"]]
+    stored = (json_format.ParseDict(d, dpb.FeatureDashboard()) for d in fixture["dashboards"])
+    return [dashboard_from_pb(d) for d in stored]
 
 
 def write_all(out: Path, dashboards: list) -> list:
