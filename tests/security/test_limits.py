@@ -129,7 +129,7 @@ def test_more_features_than_the_budget_holds_at_once_are_accepted_for_feature_sh
     stack: Stack, sae_id: str, tokens: tpb.TokenSource
 ) -> None:
     config = export_config(tokens, dashboard=LARGEST)
-    memory = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, CONTEXT)
+    memory = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, 1, CONTEXT)
     assert memory.peak(D_SAE, CONTEXT, D_SAE) > MEMORY_BUDGET  # all at once would not fit
     request = epb.ValidateExportRequest(sae_id=sae_id, config=config)
     estimate = stack.exports.ValidateExport(request).estimate
@@ -146,7 +146,7 @@ def plan(budget: int | None) -> int:
 
 
 def test_a_budget_without_room_for_one_feature_is_refused_naming_the_lever() -> None:
-    one = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, CONTEXT).peak(1, CONTEXT, 256)
+    one = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, 1, CONTEXT).peak(1, CONTEXT, 256)
     with pytest.raises(ResourceExhausted) as caught:
         plan(math.ceil(one / PLANNED_SHARE) - 2)
     assert caught.value.field == "params.n_quantile_groups"

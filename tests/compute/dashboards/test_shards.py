@@ -57,7 +57,7 @@ def inputs(model, relu_sae, tokens):
 def budget(inputs) -> int:
     """A budget that fits SHARD features beside a batch and a chunk."""
     config, d_sae = state_config(PARAMS, tiny.SPECIAL), inputs.encoder.d_sae
-    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS * tiny.N_CTX)
+    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS, tiny.N_CTX)
     planned = memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2
     return math.ceil(planned / PLANNED_SHARE)
 
@@ -168,7 +168,7 @@ def test_a_budget_without_room_for_one_feature_is_resource_exhausted(inputs) -> 
 def test_a_batch_over_half_the_budget_is_halved_until_it_fits(inputs, budget) -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
     d_sae = inputs.encoder.d_sae
-    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS * tiny.N_CTX)
+    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS, tiny.N_CTX)
     one_row = memory.per_batch_position * tiny.N_CTX
     plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=64, seq_len=tiny.N_CTX,
                               n_rows=tiny.ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip

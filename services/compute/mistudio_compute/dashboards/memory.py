@@ -22,10 +22,11 @@ from mistudio_compute.dashboards.state import PassState, StateConfig
 STATE_COPIES = 2.4
 """Peak bytes per byte of pass state: the state, the candidate rows a batch folds in, and the
 example plan finalisation builds from it."""
-BYTES_PER_SHOWN_TOKEN = 90
-"""Finalised dashboards are Python objects: about this much per token of each shown example's
-window (its string, value and list slots). Up to two chunks are alive at once: the one being
-handed on and the one being built."""
+BYTES_PER_SHOWN_TOKEN = 100
+"""Finalised dashboards are protobuf messages: at most about this much per token of each shown
+example's window (its string, id and value; 90-100 measured). A window never spans more than its
+row, so it counts min(width, row length) tokens. Up to two chunks are alive at once: the one
+being handed on and the one being built."""
 BATCH_COPIES = 3
 """Dense feature activations of one batch, the shard's column selection and the encoder's
 pre-activations."""
@@ -49,13 +50,15 @@ class MemoryModel:
 
     @classmethod
     def of(
-        cls, params: DashboardParams, config: StateConfig, d_sae: int, positions: int
+        cls, params: DashboardParams, config: StateConfig, d_sae: int, n_rows: int, seq_len: int
     ) -> MemoryModel:
-        """For a pass over ``positions`` token positions (they size the state's counts)."""
+        """For a pass over ``n_rows`` rows of ``seq_len`` tokens (the positions size the state's
+        counts; the row length bounds an example's window)."""
         shown = config.n_top + quantile_groups(params) * params.examples_per_quantile_group
+        positions = n_rows * seq_len
         return cls(
             per_feature=math.ceil(PassState.bytes_per_feature(config, positions) * STATE_COPIES),
-            per_dashboard=shown * config.width * BYTES_PER_SHOWN_TOKEN,
+            per_dashboard=shown * min(config.width, seq_len) * BYTES_PER_SHOWN_TOKEN,
             per_batch_position=d_sae * 4 * BATCH_COPIES,
         )
 
@@ -94,7 +97,7 @@ def plan_within_budget(
     """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most
     (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming what to lower, when not
     even one feature fits."""
-    model = MemoryModel.of(params, config, d_sae, n_rows * seq_len)
+    model = MemoryModel.of(params, config, d_sae, n_rows, seq_len)
     n_features = max(1, n_features)
 
     def positions(rows: int) -> int:  # a batch never holds more rows than there are
