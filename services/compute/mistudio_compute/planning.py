@@ -26,7 +26,7 @@ from mistudio_compute.dashboards.distributed import Sharding
 from mistudio_compute.dashboards.memory import ShardPlan, plan_within_budget
 from mistudio_compute.dashboards.params import state_config, validate_params
 from mistudio_compute.hooks import HookKind, hook_name
-from mistudio_compute.input_files import InputKind, InputPolicy
+from mistudio_compute.input_files import InputKind, InputPolicy, Opener
 from mistudio_compute.model_access import LoadedModel, confine_model, load_model
 from mistudio_compute.run_dashboards import CHUNK_FEATURES, PreparedDashboards
 from mistudio_compute.sae import check_against_model
@@ -41,7 +41,7 @@ from mistudio_compute.tokens import (
     provenance_path,
 )
 
-ModelLoader = Callable[[str, str], LoadedModel]
+ModelLoader = Callable[[str, str, Opener], LoadedModel]
 """(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
 
 
@@ -79,7 +79,7 @@ class Planner:
         confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
-                self._models[key] = (self._load(*key), threading.Lock())
+                self._models[key] = (self._load(*key, self._inputs.open), threading.Lock())
             return self._models[key]
 
     def resolve_sae(
