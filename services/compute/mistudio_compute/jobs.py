@@ -87,6 +87,11 @@ class PreparedComputation(Protocol):
         ...
 
     @property
+    def sae_owner(self) -> str:
+        """The store SAE's owner: an sae_id is unique per owner."""
+        ...
+
+    @property
     def params(self) -> dpb.DashboardParams:
         """The request's parameters with defaults and the token fingerprint filled in."""
         ...
@@ -308,7 +313,13 @@ class ComputeJobManager:
 
     def _run(self, job: ComputeJob, prepared: PreparedComputation) -> None:
         started = time.monotonic()
-        sink = DashboardSink(self._store, prepared.sae_id, prepared.params, patience=self._patience)
+        sink = DashboardSink(
+            self._store,
+            prepared.sae_id,
+            prepared.params,
+            owner=prepared.sae_owner,
+            patience=self._patience,
+        )
         try:
             self._publish(job, job.tracker.update(ppb.STAGE_VALIDATING, 1, 1, "checks"))
             todo, reused = self._plan(job, prepared)
@@ -343,7 +354,9 @@ class ComputeJobManager:
         features = list(prepared.feature_indices)
         cached: set[int] = set()
         if job.request.reuse_cached and prepared.sae_id:
-            cached = self._store.cached_features(prepared.sae_id, prepared.params)
+            cached = self._store.cached_features(
+                prepared.sae_id, prepared.params, prepared.sae_owner
+            )
         todo = [f for f in features if f not in cached]
         reused = len(features) - len(todo)
         self._records.save_plan(job.job_id, todo, reused)

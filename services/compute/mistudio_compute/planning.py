@@ -159,9 +159,10 @@ class Planner:
         self.check_memory(params, len(features), resolved.sae.d_sae, dataset, request.batch_size)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
+            sae_owner=resolved.owner,
             params=_filled(with_hook_limits(params, check.hook_point), dataset),
             feature_indices=features,
-            resolved=ResolvedSae(resolved.sae, resolved.sae_id, model.ref, check.hook_point),
+            resolved=replace(resolved, model_id=model.ref, hook_point=check.hook_point),
             model=model,
             model_lock=lock,
             dataset=dataset,

@@ -24,6 +24,7 @@ from mistudio_common.grpc_errors import error_from_status
 from mistudio_common.stages import DASHBOARD_STAGES
 
 from mistudio_export.peers import DashboardComputer
+from mistudio_export.plan import sae_reference
 from mistudio_export.runtime import Interruption, JobInterrupted, JobRuntime
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def compute_request(
     plan = job.plan
     request = cpb.ComputeDashboardsRequest(
         request_id=f"{job.job_id}/dashboards/{attempt}",
-        sae=cpb.SaeReference(sae_id=plan.sae.sae_id),
+        sae=sae_reference(plan.sae),
         feature_indices=[] if all_features else indices,
         params=plan.params,
         batch_size=plan.batch_size,

@@ -31,7 +31,9 @@ JOB_MUTABLE_FIELDS = frozenset(
         "finished_at",
     }
 )
-JOB_IMMUTABLE_FIELDS = frozenset({"job_id", "sae_id", "request_id", "created_at", "updated_at"})
+JOB_IMMUTABLE_FIELDS = frozenset(
+    {"job_id", "sae_id", "sae_owner", "request_id", "created_at", "updated_at"}
+)
 
 
 def sae_id(value: str, field: str = "sae_id") -> str:
