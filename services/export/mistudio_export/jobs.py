@@ -68,7 +68,8 @@ class ExportJobManager:
 
     def start(self, request: epb.StartExportRequest) -> str:
         """Checks the request, creates the job (or finds the one with this request_id); the
-        servicer has set ``owner`` to the authenticated caller."""
+        servicer has set ``owner`` to the owner of the SAE it exports (the caller's own, for a
+        user)."""
         owner = request.owner
         plan = self._planner.plan(request.sae_id, request.config, owner)
         self._planner.check(plan)
@@ -77,6 +78,7 @@ class ExportJobManager:
         record = spb.ExportJob(
             job_id=job_id,
             sae_id=request.sae_id,
+            sae_owner=plan.sae.owner,
             owner=owner,
             request_id=request.request_id or job_id,
             config=request.config,
