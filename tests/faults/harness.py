@@ -147,12 +147,16 @@ class FaultStack:
         """The next export computes its dashboards again (as the first one did)."""
         self.postgres.execute("DELETE FROM dashboards")
 
-    def finished(self, job_id: str, seconds: float = 240.0) -> epb.ExportJobView:
-        """Polls GetExport (through any restart of the export service) until the job ends."""
+    def finished(
+        self, job_id: str, seconds: float = 240.0, via: int | None = None
+    ) -> epb.ExportJobView:
+        """Polls GetExport (through any restart of the export service, or on the export
+        service listening on port ``via``) until the job ends."""
         deadline = time.monotonic() + seconds
+        exports = self.exports() if via is None else _exports_at(via)
         while time.monotonic() < deadline:
             try:
-                view = self.exports().GetExport(epb.GetExportRequest(job_id=job_id), timeout=10)
+                view = exports.GetExport(epb.GetExportRequest(job_id=job_id), timeout=10)
             except grpc.RpcError:
                 time.sleep(0.5)
                 continue
@@ -162,8 +166,33 @@ class FaultStack:
         raise AssertionError(f"export {job_id} did not finish in {seconds} s")
 
 
-def start_fault_stack(folder: Path, input_roots: list[Path]) -> FaultStack:
-    """Every service started; compute may read request files under ``input_roots``."""
+def _exports_at(port: int) -> egrpc.ExportServiceStub:
+    return egrpc.ExportServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+
+LEASE_SECONDS = 3.0
+"""Export instances' leases: a crashed instance's jobs are adopted this soon."""
+
+
+def second_export(stack: FaultStack, folder: Path) -> Service:
+    """Another export service on the same store and compute, with its own port and data
+    directory (so its own instance id), started."""
+    port = free_port()
+    env = {
+        **stack.export.env,
+        "MISTUDIO_EXPORT_PORT": str(port),
+        "MISTUDIO_EXPORT_DATA_DIR": str(folder / "export-2"),
+    }
+    service = Service("export-2", stack.export.argv, env, port, folder / "export-2.log")
+    service.start()
+    return service
+
+
+def start_fault_stack(
+    folder: Path, input_roots: list[Path], compute_settings: dict[str, str] | None = None
+) -> FaultStack:
+    """Every service started; compute may read request files under ``input_roots``, with
+    ``compute_settings`` (MISTUDIO_COMPUTE_ variables) on top of the harness's own."""
     postgres = PrivatePostgres()
     postgres.create()
     python = sys.executable
@@ -190,6 +219,7 @@ def start_fault_stack(folder: Path, input_roots: list[Path]) -> FaultStack:
         "MISTUDIO_COMPUTE_DEVICE": "cpu",
         "MISTUDIO_COMPUTE_CHECKPOINT_EVERY_BATCHES": "4",
         "MISTUDIO_COMPUTE_INPUT_ROOTS": json.dumps([str(p) for p in input_roots]),
+        **(compute_settings or {}),
     }
     export_env = {
         **base,
@@ -205,6 +235,7 @@ def start_fault_stack(folder: Path, input_roots: list[Path]) -> FaultStack:
         "MISTUDIO_EXPORT_FEATURES_PER_BATCH": "8",
         "MISTUDIO_EXPORT_PROGRESS_PERSIST_SECONDS": "0.2",
         "MISTUDIO_EXPORT_FAULT_PATIENCE_SECONDS": "120",
+        "MISTUDIO_EXPORT_LEASE_SECONDS": str(LEASE_SECONDS),
     }
     stack = FaultStack(
         postgres,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -25,7 +26,7 @@ from tests.export.service.stack import (
     write_sae_folder,
     write_tokens,
 )
-from tests.faults.harness import FaultStack, start_fault_stack
+from tests.faults.harness import FaultStack, second_export, start_fault_stack
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +38,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     folder = tmp_path_factory.mktemp("faults")
     running = start_fault_stack(folder, [folder.parent, STORIES_DIR])
     try:
-        sae = spb.Sae(
-            sae_id=SAE_ID,
-            model_id=STORIES_REF,
-            hook_point=HOOK,
-            d_in=D_IN,
-            d_sae=D_SAE,
-            architecture=spb.ARCHITECTURE_STANDARD,
-            weights_uri=str(write_sae_folder(folder / "sae")),
-            training_dataset="local/random",
-            neuronpedia_model_id="stories260k",
-            neuronpedia_source_set="mistudio-res-32",
-        )
-        running.records().CreateSae(spb.CreateSaeRequest(sae=sae), timeout=30)
+        register_sae(running, folder)
         yield running
     finally:
         running.stop()
+
+
+def register_sae(stack: FaultStack, folder: Path) -> None:
+    """The tiny SAE on stories260K as SAE_ID, its weights written under ``folder``."""
+    sae = spb.Sae(
+        sae_id=SAE_ID,
+        model_id=STORIES_REF,
+        hook_point=HOOK,
+        d_in=D_IN,
+        d_sae=D_SAE,
+        architecture=spb.ARCHITECTURE_STANDARD,
+        weights_uri=str(write_sae_folder(folder / "sae")),
+        training_dataset="local/random",
+        neuronpedia_model_id="stories260k",
+        neuronpedia_source_set="mistudio-res-32",
+    )
+    stack.records().CreateSae(spb.CreateSaeRequest(sae=sae), timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +131,40 @@ def test_an_export_finishes_through_the_fault_with_the_same_archive(
     assert view.result.archive_sha256 == uninterrupted
     stored = stack.records().GetExportJob(spb.GetExportJobRequest(job_id=job_id), timeout=30)
     assert stored.job.state == ppb.JOB_STATE_SUCCEEDED  # Get and the database agree
+
+
+def holder_of(stack: FaultStack, job_id: str) -> str:
+    request = spb.GetExportJobRequest(job_id=job_id)
+    return stack.records().GetExportJob(request, timeout=30).job.holder
+
+
+def instance_id(data_dir: str) -> str:
+    return (Path(data_dir) / "export" / "instance-id").read_text().strip()
+
+
+def test_a_second_export_service_adopts_a_running_job_only_after_its_holder_crashed(
+    stack: FaultStack,
+    tokens: tpb.TokenSource,
+    uninterrupted: str,
+    tmp_path: Path,
+) -> None:
+    second = second_export(stack, tmp_path)
+    try:
+        stream = start(stack, tokens)
+        job_id = next(stream).progress.job_id
+        first_id = instance_id(stack.export.env["MISTUDIO_EXPORT_DATA_DIR"])
+        # The second service scans for adoptable jobs every second while the first runs this
+        # one through its activation pass; the first's renewed lease keeps it off.
+        reached = next(m for m in stream if m.progress.stage == ppb.STAGE_GENERATING_FILES)
+        assert reached.progress.state == ppb.JOB_STATE_RUNNING
+        assert holder_of(stack, job_id) == first_id
+        stack.export.kill()
+        view = stack.finished(job_id, via=second.port)
+        assert view.progress.state == ppb.JOB_STATE_SUCCEEDED, view.progress.error
+        assert view.result.archive_sha256 == uninterrupted
+        stored = stack.records().GetExportJob(spb.GetExportJobRequest(job_id=job_id), timeout=30)
+        assert stored.job.state == ppb.JOB_STATE_SUCCEEDED  # finished by the only live instance
+    finally:
+        second.stop()
+        if stack.export.process is None or stack.export.process.poll() is not None:
+            stack.export.start()

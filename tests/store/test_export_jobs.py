@@ -265,3 +265,45 @@ def test_deleted_job_is_gone_and_deleting_it_again_is_not_found(
             call()
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert create(stub, sae_id=sae_id, request_id="bye").created  # the request_id is free again
+
+
+def claim(stub: StoreServiceStub, job_id: str, holder: str, seconds: float) -> bool:
+    request = pb.ClaimExportJobRequest(job_id=job_id, holder=holder, lease_seconds=seconds)
+    return stub.ClaimExportJob(request).claimed
+
+
+def test_a_live_lease_keeps_other_instances_off_a_job_until_it_is_given_back(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job_id = create(stub, sae_id=sae_id).job.job_id
+    assert claim(stub, job_id, "first", 60)
+    assert claim(stub, job_id, "first", 60)  # renewing
+    assert not claim(stub, job_id, "second", 60)
+    job = stub.GetExportJob(pb.GetExportJobRequest(job_id=job_id)).job
+    assert job.holder == "first" and job.HasField("lease_expires_at")
+    assert claim(stub, job_id, "first", 0)  # given back
+    assert claim(stub, job_id, "second", 60)
+
+
+def test_an_expired_lease_is_taken_over(stub: StoreServiceStub, sae_id: str) -> None:
+    job_id = create(stub, sae_id=sae_id).job.job_id
+    assert claim(stub, job_id, "crashed", 0.001)
+    while not claim(stub, job_id, "adopter", 60):  # the lease runs out within a moment
+        pass
+    assert stub.GetExportJob(pb.GetExportJobRequest(job_id=job_id)).job.holder == "adopter"
+
+
+def test_a_finished_job_cannot_be_claimed(stub: StoreServiceStub, sae_id: str) -> None:
+    job_id = create(stub, sae_id=sae_id, state=ppb.JOB_STATE_SUCCEEDED).job.job_id
+    assert not claim(stub, job_id, "late", 60)
+
+
+def test_the_lease_is_not_written_through_update(stub: StoreServiceStub, sae_id: str) -> None:
+    job_id = create(stub, sae_id=sae_id).job.job_id
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.UpdateExportJob(
+            pb.UpdateExportJobRequest(
+                job=pb.ExportJob(job_id=job_id, holder="sneaky"), update_mask=["holder"]
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,13 +1,12 @@
-"""What survives a restart of the compute service: each job's request, last progress message
-and checkpoint folder, and the throughput measured on this machine.
+"""What survives a restart of the compute service: each job's request, last progress message,
+typed checkpoint and checkpoint folder (the job engine's store), and the measured throughput.
 
 Layout under ``data_dir/compute``::
 
     jobs/<job_id>/request.binpb    the ComputeDashboardsRequest that started the job
-    jobs/<job_id>/progress.binpb   the last ComputeProgress published (sequence numbers resume here)
-    jobs/<job_id>/plan.json        which features the job computes and how many it reused
-    jobs/<job_id>/checkpoint/      the computation's own resumable state
-    jobs/<job_id>/paused           present while a client has the job paused (no auto-resume)
+    jobs/<job_id>/progress.binpb   the last ComputeProgress stored (its state is the job's)
+    jobs/<job_id>/resume.binpb     the ComputationCheckpoint: which features the job computes
+    jobs/<job_id>/checkpoint/      the computation's own resumable arrays
     rates.json                     measured token·features per second
 
 Every file is replaced atomically so a crash never leaves half a message behind.
@@ -24,16 +23,22 @@ from pathlib import Path
 
 import orjson
 from google.protobuf.message import DecodeError
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.errors import NotFound
+from mistudio_common.jobs.store import JobRecord, JobUpdate
 from mistudio_common.progress import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
 
 _REQUEST = "request.binpb"
 _PROGRESS = "progress.binpb"
+_RESUME = "resume.binpb"
 _CHECKPOINT = "checkpoint"
-_PLAN = "plan.json"
-_PAUSED = "paused"
+
+ComputeRecord = JobRecord[jpb.ComputationCheckpoint, cpb.ComputeResult]
+ComputeUpdate = JobUpdate[jpb.ComputationCheckpoint, cpb.ComputeResult]
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -42,16 +47,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredJob:
-    job_id: str
-    request: cpb.ComputeDashboardsRequest
-    progress: cpb.ComputeProgress | None
-    paused_by_client: bool = False
-
-
 class JobRecords:
-    """Per-job files under ``root`` (``data_dir/compute/jobs``)."""
+    """The compute jobs' JobStore: per-job files under ``root`` (``data_dir/compute/jobs``).
+    One compute service owns its disk, so every claim is granted."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -60,35 +58,73 @@ class JobRecords:
     def _dir(self, job_id: str) -> Path:
         return self.root / job_id
 
-    def save_request(self, job_id: str, request: cpb.ComputeDashboardsRequest) -> None:
+    def create(
+        self, job_id: str, request: cpb.ComputeDashboardsRequest, progress: ppb.Progress
+    ) -> ComputeRecord:
         folder = self._dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomically(folder / _REQUEST, request.SerializeToString(deterministic=True))
+        self.write(job_id, JobUpdate(progress.state, progress, jpb.ComputationCheckpoint()))
+        return self.load(job_id)
 
-    def save_progress(self, job_id: str, message: cpb.ComputeProgress) -> None:
-        _write_atomically(self._dir(job_id) / _PROGRESS, message.SerializeToString())
+    def request(self, job_id: str) -> cpb.ComputeDashboardsRequest:
+        return cpb.ComputeDashboardsRequest.FromString((self._dir(job_id) / _REQUEST).read_bytes())
 
-    def save_plan(self, job_id: str, todo: list[int], reused: int) -> None:
-        data = orjson.dumps({"features": todo, "reused": reused})
-        _write_atomically(self._dir(job_id) / _PLAN, data)
-
-    def load_plan(self, job_id: str) -> tuple[list[int], int] | None:
+    def load(self, job_id: str) -> ComputeRecord:
+        folder = self._dir(job_id)
         try:
-            data = orjson.loads((self._dir(job_id) / _PLAN).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        return [int(f) for f in data["features"]], int(data["reused"])
+            stored = cpb.ComputeProgress.FromString((folder / _PROGRESS).read_bytes())
+            resume = folder / _RESUME
+            checkpoint = jpb.ComputationCheckpoint.FromString(
+                resume.read_bytes() if resume.exists() else b""
+            )
+        except (OSError, DecodeError) as error:
+            raise NotFound(
+                f"no computation with job id {job_id!r}",
+                resource_type="mistudio.compute.v1.Computation",
+                resource_name=job_id,
+                fix="use the job_id from the first ComputeDashboards message",
+            ) from error
+        progress = stored.progress
+        return JobRecord(
+            job_id=job_id,
+            state=progress.state,
+            progress=progress,
+            checkpoint=checkpoint,
+            outcome=stored.result if stored.HasField("result") else None,
+            started=progress.state != ppb.JOB_STATE_QUEUED or progress.sequence > 1,
+        )
+
+    def write(self, job_id: str, update: ComputeUpdate) -> None:
+        folder = self._dir(job_id)
+        if update.checkpoint is not None:
+            data = update.checkpoint.SerializeToString(deterministic=True)
+            _write_atomically(folder / _RESUME, data)
+        message = cpb.ComputeProgress(progress=update.progress, result=update.outcome)
+        message.progress.state = update.state
+        _write_atomically(folder / _PROGRESS, message.SerializeToString())
+
+    def unfinished(self) -> Iterator[ComputeRecord]:
+        """Queued or running jobs with readable records; unreadable folders are logged and
+        skipped."""
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                record = self.load(folder.name)
+                self.request(folder.name)
+            except (OSError, DecodeError, NotFound) as error:
+                log.warning(
+                    "skipping unreadable job folder",
+                    extra={"path": str(folder), "error": str(error)},
+                )
+                continue
+            if record.state in (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING):
+                yield record
+
+    def claim(self, job_id: str, holder: str, lease_seconds: float) -> bool:
+        return True
 
     def checkpoint_dir(self, job_id: str) -> Path:
         return self._dir(job_id) / _CHECKPOINT
-
-    def mark_paused(self, job_id: str, paused: bool) -> None:
-        """A client-paused job waits for its resume, even across restarts of the service."""
-        marker = self._dir(job_id) / _PAUSED
-        if paused:
-            marker.touch()
-        else:
-            marker.unlink(missing_ok=True)
 
     def drop_checkpoint(self, job_id: str) -> None:
         """A finished job cannot resume, so its checkpoint is only disk use."""
@@ -97,29 +133,9 @@ class JobRecords:
     def finished(self, job_id: str) -> bool:
         """Whether the job's last recorded progress is terminal (its folder may then go)."""
         try:
-            progress = cpb.ComputeProgress.FromString((self._dir(job_id) / _PROGRESS).read_bytes())
-        except (OSError, DecodeError):
+            return self.load(job_id).state in TERMINAL_STATES
+        except NotFound:
             return False
-        return progress.progress.state in TERMINAL_STATES
-
-    def load_all(self) -> Iterator[StoredJob]:
-        """Every job with a readable request; unreadable folders are logged and skipped."""
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            try:
-                request = cpb.ComputeDashboardsRequest.FromString((folder / _REQUEST).read_bytes())
-                progress_path = folder / _PROGRESS
-                progress = (
-                    cpb.ComputeProgress.FromString(progress_path.read_bytes())
-                    if progress_path.exists()
-                    else None
-                )
-            except (OSError, DecodeError) as error:
-                log.warning(
-                    "skipping unreadable job folder",
-                    extra={"path": str(folder), "error": str(error)},
-                )
-                continue
-            yield StoredJob(folder.name, request, progress, (folder / _PAUSED).exists())
 
 
 @dataclass

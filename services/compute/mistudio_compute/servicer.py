@@ -15,7 +15,7 @@ from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.auth import current_caller
 from mistudio_common.grpc_errors import handle_errors
 
-from mistudio_compute.jobs import ComputeJobManager, work_share
+from mistudio_compute.jobs import ComputeJobManager, progress_message, work_share
 from mistudio_compute.object_inputs import check_caller_uploads
 from mistudio_compute.planning import Planner
 from mistudio_compute.saelens_export import saelens_chunks
@@ -30,22 +30,24 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ComputeDashboards(
         self, request: cpb.ComputeDashboardsRequest, context: grpc.ServicerContext
     ) -> Iterator[cpb.ComputeProgress]:
-        job = self._manager.start(request)
-        yield from job.channel.watch(still_wanted=context.is_active)
+        job_id = self._manager.start(request)
+        for snapshot in self._manager.channel(job_id).watch(still_wanted=context.is_active):
+            yield progress_message(snapshot)
 
     @handle_errors
     def WatchComputation(
         self, request: cpb.WatchComputationRequest, context: grpc.ServicerContext
     ) -> Iterator[cpb.ComputeProgress]:
-        job = self._manager.get(request.job_id)
-        yield from job.channel.watch(still_wanted=context.is_active)
+        channel = self._manager.channel(request.job_id)
+        for snapshot in channel.watch(still_wanted=context.is_active):
+            yield progress_message(snapshot)
 
     @handle_errors
     def GetComputation(
         self, request: cpb.GetComputationRequest, context: grpc.ServicerContext
     ) -> cpb.GetComputationResponse:
-        job = self._manager.get(request.job_id)
-        return cpb.GetComputationResponse(computation=job.channel.latest)
+        latest = self._manager.channel(request.job_id).latest
+        return cpb.GetComputationResponse(computation=progress_message(latest))
 
     @handle_errors
     def CancelComputation(

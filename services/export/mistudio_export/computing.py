@@ -21,11 +21,12 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common import stages
 from mistudio_common.errors import Cancelled, MistudioError, Unavailable
 from mistudio_common.grpc_errors import error_from_status
+from mistudio_common.jobs.control import JobStopped, StopReason
 from mistudio_common.stages import DASHBOARD_STAGES
 
 from mistudio_export.peers import DashboardComputer
 from mistudio_export.plan import sae_reference
-from mistudio_export.runtime import Interruption, JobInterrupted, JobRuntime
+from mistudio_export.runtime import JobRuntime
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,12 @@ def ensure_dashboards(
         state.attempt = attempt + 1
         state.ClearField("paused_computation_id")
         raise ended.error from None
-    except JobInterrupted as stop:
+    except JobStopped as stop:
         # After a shutdown the computation goes on in the compute service, and after a pause it
         # waits there with its checkpoint: the next run re-attaches to the same attempt.
-        if stop.reason is Interruption.PAUSE and followed.resumable:
+        if stop.reason is StopReason.PAUSE and followed.resumable:
             state.paused_computation_id = followed.job_id
-        elif stop.reason is Interruption.CANCEL:
+        elif stop.reason is StopReason.CANCEL:
             state.attempt = attempt + 1
             state.ClearField("paused_computation_id")
         raise
@@ -114,10 +115,10 @@ def _follow(
     def interrupt() -> None:
         reason = job.control.reason
         try:
-            if followed.job_id and reason is Interruption.PAUSE:
+            if followed.job_id and reason is StopReason.PAUSE:
                 state = compute.pause_computation(followed.job_id)
                 followed.resumable = state not in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED)
-            elif followed.job_id and reason is Interruption.CANCEL:
+            elif followed.job_id and reason is StopReason.CANCEL:
                 compute.cancel_computation(followed.job_id)
         except MistudioError as error:
             log.warning("could not %s computation %s: %s", reason, followed.job_id, error)

@@ -65,6 +65,10 @@ class ExportSettings(SecuritySettings):
     """How often leftover staging folders are looked for."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""
+    lease_seconds: float = 30.0
+    """How long this instance's hold on a running job lasts unless renewed (every third of it).
+    Another export service on the same store adopts the job only after the lease ran out, so a
+    crashed instance's jobs resume within this long."""
     fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
     """How long a running export waits out an unreachable store, compute service, database or
     object store (retrying with exponential backoff from its last checkpoint) before it fails."""

@@ -6,7 +6,9 @@ address and serves until a signal. Building it resumes the jobs a previous run l
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.auth import load_credentials
@@ -56,6 +58,19 @@ def object_store_for(settings: ExportSettings) -> ObjectStore:
     )
 
 
+def instance_id(data_dir: Path) -> str:
+    """This instance's lease holder id, kept in its data directory: a restarted service takes
+    its own jobs back at once, and a second service (with its own data directory) waits for
+    their leases to run out."""
+    path = data_dir / "export" / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(uuid.uuid4().hex)
+        return path.read_text().strip()
+
+
 def build_export_server(settings: ExportSettings) -> ExportServer:
     """Starts the server on settings.host:settings.port and resumes unfinished jobs."""
     credentials = load_credentials(settings)
@@ -66,7 +81,7 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
     planner = Planner(store, compute)
     uploads = Uploads(objects, settings.upload_limits(), settings.data_dir / "uploads")
     pipeline = ExportPipeline(settings, store, compute, planner, objects)
-    manager = ExportJobManager(settings, store, planner, pipeline)
+    manager = ExportJobManager(settings, store, planner, pipeline, instance_id(settings.data_dir))
     servicer = ExportServicer(
         manager,
         ExportEstimator(store, compute, planner),

@@ -26,7 +26,6 @@ from mistudio_common.errors import InvalidArgument, ResourceExhausted, Unavailab
 from mistudio_common.grpc_errors import handle_errors
 from mistudio_common.uploaded_inputs import UploadKind
 
-from mistudio_export import views
 from mistudio_export.access import (
     Access,
     check_uploaded_tokens,
@@ -38,7 +37,7 @@ from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import download_chunks, download_url, require_job_id
 from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
-from mistudio_export.jobs import ExportJobManager
+from mistudio_export.jobs import ExportJobManager, progress_message
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.preflight import missing_delta_base
 from mistudio_export.uploads import CHUNK_FIELD, FileHeader, Uploads
@@ -122,12 +121,12 @@ class ExportServicer(egrpc.ExportServiceServicer):
         try:
             channel = await asyncio.to_thread(self._manager.channel, job_id)
             last = None
-            async for message in channel.watch_async(lambda: not self._manager.stopping):
-                last = message
-                yield message
+            async for snapshot in channel.watch_async(lambda: not self._manager.stopping):
+                last = snapshot
+                yield progress_message(snapshot)
         finally:
             self._watchers -= 1
-        if last is None or not views.is_terminal(last):
+        if last is None or not last.final:
             raise Unavailable(
                 "the export service is stopping; the job continues when it restarts",
                 fix="reattach with WatchExport once the service is back",

@@ -9,7 +9,6 @@ from __future__ import annotations
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.progress import TERMINAL_STATES
 
 
 def result_of(job: spb.ExportJob) -> epb.ExportResult | None:
@@ -50,10 +49,6 @@ def view_of(job: spb.ExportJob, live: epb.ExportProgress | None = None) -> epb.E
     if job.HasField("finished_at"):
         view.finished_at.CopyFrom(job.finished_at)
     return view
-
-
-def is_terminal(message: epb.ExportProgress) -> bool:
-    return message.progress.state in TERMINAL_STATES
 
 
 SUMMARY_TEXT_LIMIT = 200

@@ -174,6 +174,8 @@ def job_to_pb(row: ExportJobRow, sae_id: str, sae_owner: str) -> pb.ExportJob:
         started_at=timestamp(row.started_at),
         finished_at=timestamp(row.finished_at),
         updated_at=timestamp(row.updated_at),
+        holder=row.holder,
+        lease_expires_at=timestamp(row.lease_expires_at),
     )
 
 

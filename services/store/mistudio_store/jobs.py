@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 from mistudio.common.v1 import progress_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
-from mistudio_common.errors import AlreadyExists, FailedPrecondition, NotFound
-from sqlalchemy import Select, select
+from mistudio_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from sqlalchemy import CursorResult, Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,8 @@ from mistudio_store.db.models import ExportJobRow, SaeRow
 from mistudio_store.db.statements import before
 from mistudio_store.pagination import Page, scope_of
 
+MAX_LEASE_SECONDS = 3600.0
+"""Longest lease one claim grants: a holder that stops renewing frees its jobs within this."""
 FINAL_STATES = frozenset({progress_pb2.JOB_STATE_SUCCEEDED, progress_pb2.JOB_STATE_CANCELLED})
 """States a job never leaves. FAILED is not one: a failed export may resume from its checkpoint."""
 
@@ -93,6 +96,41 @@ class ExportJobs(RepositoryBase):
             row.updated_at = convert.now()
             session.flush()
             return convert.job_to_pb(row, sae_id, sae_owner)
+
+    def claim_export_job(
+        self, job_id: str, holder: str, lease_seconds: float
+    ) -> tuple[pb.ExportJob, bool]:
+        """Gives ``holder`` the job's lease for ``lease_seconds`` (by this store's clock) when
+        the job is unfinished and nobody else holds a live lease; 0 gives ``holder``'s lease back.
+        One conditional UPDATE, so two instances racing for a job cannot both win."""
+        validation.job_id(job_id)
+        validation.max_length(holder, 64, "holder")
+        if not holder or not 0.0 <= lease_seconds <= MAX_LEASE_SECONDS:
+            raise InvalidArgument(
+                f"holder {holder!r} with lease_seconds {lease_seconds} cannot claim a job",
+                field="lease_seconds" if holder else "holder",
+                fix=f"name the instance and ask for 0..{MAX_LEASE_SECONDS:.0f} seconds",
+            )
+        at = convert.now()
+        rows = update(ExportJobRow).where(ExportJobRow.job_id == job_id)
+        if lease_seconds == 0.0:
+            rows = rows.where(ExportJobRow.holder == holder)
+            rows = rows.values(holder="", lease_expires_at=None)
+        else:
+            finished = [convert.enum_name(progress_pb2.JobState, s) for s in FINAL_STATES]
+            free = or_(
+                ExportJobRow.holder == "",
+                ExportJobRow.holder == holder,
+                ExportJobRow.lease_expires_at.is_(None),
+                ExportJobRow.lease_expires_at < at,
+            )
+            rows = rows.where(ExportJobRow.state.not_in(finished), free)
+            rows = rows.values(
+                holder=holder, lease_expires_at=at + timedelta(seconds=lease_seconds)
+            )
+        with self._sessions.write.begin() as session:
+            claimed = cast(CursorResult[Any], session.execute(rows)).rowcount == 1
+            return convert.job_to_pb(*_job(session, job_id)), claimed
 
     def delete_export_job(self, job_id: str) -> None:
         validation.job_id(job_id)
@@ -172,6 +210,8 @@ def _new_row(job: pb.ExportJob, sae_pk: int) -> ExportJobRow:
         started_at=convert.from_timestamp(job, "started_at"),
         finished_at=convert.from_timestamp(job, "finished_at"),
         updated_at=at,
+        holder=job.holder,
+        lease_expires_at=convert.from_timestamp(job, "lease_expires_at"),
     )
 
 

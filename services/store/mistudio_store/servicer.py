@@ -171,6 +171,15 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         return pb.ListExportJobsResponse(jobs=page.items, next_page_token=page.next_page_token)
 
     @handle_errors
+    def ClaimExportJob(
+        self, request: pb.ClaimExportJobRequest, context: Context
+    ) -> pb.ClaimExportJobResponse:
+        job, claimed = self._repo.claim_export_job(
+            request.job_id, request.holder, request.lease_seconds
+        )
+        return pb.ClaimExportJobResponse(claimed=claimed, job=job)
+
+    @handle_errors
     def DeleteExportJob(
         self, request: pb.DeleteExportJobRequest, context: Context
     ) -> pb.DeleteExportJobResponse:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import signal
 import threading
@@ -16,9 +18,11 @@ from mistudio_common.errors import Cancelled
 from mistudio_compute.dashboards import (
     Stage,
     compute_dashboards,
+    distributed,
     finalize_dashboards,
     state_config,
 )
+from mistudio_compute.dashboards.checkpoint import FORMAT_VERSION
 from mistudio_compute.dashboards.distributed import (
     RayCluster,
     Sharding,
@@ -26,6 +30,8 @@ from mistudio_compute.dashboards.distributed import (
     run_sharded_pass,
     shard_ranges,
 )
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from tests.compute.dashboards import tiny
 from tests.compute.dashboards.test_pass_lifecycle import BATCH, PARAMS, flatten
@@ -78,8 +84,10 @@ class PausedOnce:
         return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
 
 
-def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard]:
-    """The tiny pass as ``shards`` Ray shards, finalised here."""
+def sharded(
+    inputs, make_inputs, shards: int, in_flight: int = 2, **kwargs
+) -> list[FeatureDashboard]:
+    """The tiny pass as ``shards`` Ray shards (``in_flight`` at once), finalised here."""
     tokens = inputs.source.tokens
     result = run_sharded_pass(
         make_inputs,
@@ -88,7 +96,7 @@ def sharded(inputs, make_inputs, shards: int, **kwargs) -> list[FeatureDashboard
         rows=range(tokens.shape[0]),
         seq_len=tokens.shape[1],
         device=torch.device("cpu"),
-        sharding=Sharding(address="", shards=shards, max_in_flight=2, max_retries=2),
+        sharding=Sharding(address="", shards=shards, max_in_flight=in_flight, max_retries=2),
         batch_size=BATCH,
         **kwargs,
     )
@@ -253,3 +261,95 @@ def test_a_restarted_pass_reattaches_to_saved_shards_and_computes_only_the_rest(
     assert got == reference
     assert first_report[0] == finished * shard_tokens  # re-attached before any task ran
     assert len(list(reads.iterdir())) == (4 - finished) * 2  # batches of the other shards only
+
+
+def test_a_saved_shard_in_an_older_format_is_computed_again(
+    tmp_path, inputs, model, relu_sae, tokens, reference, caplog
+):
+    saved, reads = ShardStates(tmp_path / "shards"), tmp_path / "reads"
+    reads.mkdir()
+    sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved)
+    outdated = sorted(saved.folder.iterdir())[0]
+    rewrite_format_version(outdated, FORMAT_VERSION - 1)
+    for read in reads.iterdir():
+        read.unlink()
+    with caplog.at_level(logging.WARNING, logger=distributed.__name__):
+        got = sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved)
+    assert got == reference
+    assert len(list(reads.iterdir())) == 2  # the outdated shard's two batches, no other
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert str(outdated) in warning and f"format {FORMAT_VERSION - 1}" in warning
+
+
+def rewrite_format_version(path: Path, version: int) -> None:
+    """The checkpoint at ``path`` as an older release would have written it (same tensors)."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    ((key, raw),) = metadata.items()
+    save_file(
+        tensors,
+        str(path),
+        metadata={key: json.dumps({**json.loads(raw), "format_version": version})},
+    )
+
+
+class WaitsForTheOther:
+    """Inputs of computation ``name`` whose reader marks ``folder/name`` when one of its shards
+    runs and waits (up to ``patience_s``, once) until a shard of ``other`` runs too: when both
+    can run side by side, both finish a first shard before either finishes a second."""
+
+    def __init__(self, model, sae, tokens, folder: Path, name: str, other: str) -> None:
+        self.model, self.sae, self.tokens = model, sae, tokens
+        self.folder, self.name, self.other = folder, name, other
+
+    def __call__(self):
+        inputs = tiny.make_inputs(self.model, self.sae, self.tokens)
+        reader, mine = inputs.reader, self.folder / self.name
+        theirs, alone = self.folder / self.other, self.folder / f"{self.name}-alone"
+
+        class Reader:
+            def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+                mine.touch()
+                deadline = time.monotonic() + 20
+                while not (theirs.exists() or alone.exists()):
+                    if time.monotonic() > deadline:
+                        alone.touch()  # the other is queued behind us: stop waiting for it
+                    time.sleep(0.02)
+                return reader.activations(tokens)
+
+        return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
+
+
+def test_two_computations_on_one_cluster_both_progress_from_the_start(
+    tmp_path, inputs, model, relu_sae, tokens
+):
+    """One shard of each in flight (the per-job limit) on two CPUs: the second computation,
+    started while the first runs, finishes a shard before the first is done, and the first
+    does not wait for the second to end."""
+    events: list[str] = []
+
+    def computation(name: str, other: str) -> threading.Thread:
+        make = WaitsForTheOther(model, relu_sae, tokens, tmp_path, name, other)
+        run = functools.partial(
+            sharded, inputs, make, 7, in_flight=1, progress=lambda *_: events.append(name)
+        )
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    first = computation("a", "b")
+    assert wait_until_exists(tmp_path / "a"), "the first computation started no shard"
+    second = computation("b", "a")
+    first.join()
+    second.join()
+    assert sorted(events) == ["a"] * 7 + ["b"] * 7
+    for one, other in ("ab", "ba"):
+        first_done, other_done = events.index(one), len(events) - 1 - events[::-1].index(other)
+        assert first_done < other_done, f"{one} finished no shard before {other} was done: {events}"
+
+
+def wait_until_exists(path: Path) -> bool:
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()

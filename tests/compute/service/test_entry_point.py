@@ -18,6 +18,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.healthcheck import check
 from mistudio_common.server import RunningServer, insecure_channel
+from mistudio_compute.job_records import JobRecords
 
 from tests.compute.builders import STORIES_MODEL, STORIES_REF, STORIES_TOKENIZER, write_sae_folder
 from tests.compute.service.test_compute_jobs import until_running
@@ -75,6 +76,7 @@ def test_sigterm_parks_a_running_job_for_the_next_start(
     finally:
         if process.poll() is None:
             process.kill()
-    progress = tmp_path / "compute" / "compute" / "jobs" / job_id / "progress.binpb"
-    parked = cpb.ComputeProgress.FromString(progress.read_bytes()).progress
-    assert parked.state == ppb.JOB_STATE_PAUSED
+    records = JobRecords(tmp_path / "compute" / "compute" / "jobs")
+    parked = [record.job_id for record in records.unfinished()]
+    assert parked == [job_id]  # still RUNNING on disk: the next start resumes it
+    assert records.load(job_id).state == ppb.JOB_STATE_RUNNING

@@ -3,15 +3,14 @@ at checkpoints, and a finished job's typed outcome."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.jobs.store import JobUpdate
 from mistudio_export.clients import StoreClient
-from mistudio_export.job_records import JobEntry, JobRecorder
+from mistudio_export.job_store import StoreJobStore
 
 from tests.export.service.stack import Stack, export_config, run_to_end
 
@@ -21,26 +20,25 @@ def stored_job(stack: Stack, job_id: str) -> spb.ExportJob:
 
 
 def test_progress_writes_leave_the_checkpoint_to_explicit_saves(
-    stack: Stack, sae_id: str, tokens: tpb.TokenSource, tmp_path: Path
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
 ) -> None:
     request = epb.StartExportRequest(
         request_id="records", sae_id=sae_id, config=export_config(tokens)
     )
     job_id = run_to_end(stack.exports.StartExport(request))[-1].progress.job_id
     before = stored_job(stack, job_id)
-    entry = JobEntry.of(before, tmp_path)
-    entry.checkpoint.collect.chunks_done = 7
-    recorder = JobRecorder(StoreClient(stack.store.address), persist_seconds=0.0)
+    records = StoreJobStore(StoreClient(stack.store.address))
     progress = ppb.Progress(
         job_id=job_id, sequence=before.progress.sequence + 1, state=before.state
     )
 
-    recorder.publish(entry, progress)  # persist_seconds=0: every message is written
+    records.write(job_id, JobUpdate(before.state, progress))
     written = stored_job(stack, job_id)
     assert written.progress.sequence == progress.sequence
     assert written.resume == before.resume
 
-    recorder.persist(entry, written.state)
+    checkpoint = jpb.ExportCheckpoint(collect=jpb.CollectCheckpoint(chunks_done=7))
+    records.write(job_id, JobUpdate(written.state, progress, checkpoint))
     assert stored_job(stack, job_id).resume.collect == jpb.CollectCheckpoint(chunks_done=7)
 
 

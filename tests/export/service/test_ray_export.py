@@ -1,24 +1,33 @@
 """Exports whose compute runs its pass on a Ray cluster: the archive is the unsharded one, byte for
 byte, at any shard count, after a shard's worker is killed, and a cancelled export leaves no shard
-running. Each export runs on a fresh stack (its own store, so nothing is reused from a cache) whose
-store clock is pinned, so the SAE's creation date in the README is the same in every archive."""
+running. The archive rounds its floats, so the dashboards the compute cached in the store are
+compared too: there every float is the computed double, bit for bit. Each export runs on a fresh
+stack (its own store, so nothing is reused from a cache) whose store clock is pinned, so the SAE's
+creation date in the README is the same in every archive."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
 
 from tests.export.service.stack import (
+    D_SAE,
     Stack,
     export_config,
     register_sae,
@@ -73,40 +82,82 @@ def export(
     return stack, stack.exports.StartExport(request)
 
 
-def archive_of(data_dir: Path, inputs: tuple[Path, tpb.TokenSource], **ray: object) -> bytes:
+@dataclass(frozen=True)
+class Outcome:
+    archive: bytes
+    dashboards: list[dpb.FeatureDashboard]
+    """What the compute cached in the store for the export, by feature index."""
+
+
+def outcome_of(data_dir: Path, inputs: tuple[Path, tpb.TokenSource], **ray: object) -> Outcome:
     stack, stream = export(data_dir, inputs, **ray)
     try:
         last = run_to_end(stream)[-1]
         assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
-        return b"".join(m.chunk for m in stack.exports.DownloadExport(download))
+        archive = b"".join(m.chunk for m in stack.exports.DownloadExport(download))
+        return Outcome(archive, cached_dashboards(stack))
     finally:
         stack.stop()
 
 
+def cached_dashboards(stack: Stack) -> list[dpb.FeatureDashboard]:
+    """Every dashboard of the stack's one cached parameter set, through GetDashboards (the
+    parameters are read from the store's database, where the cache files them)."""
+    with sqlite3.connect(stack.data_dir / "store.db") as db:
+        ((sae_id, document),) = db.execute(
+            "SELECT DISTINCT saes.sae_id, dashboards.params FROM dashboards"
+            " JOIN saes ON saes.id = dashboards.sae_pk"
+        ).fetchall()
+    params = json_format.ParseDict(json.loads(document), dpb.DashboardParams())
+    request = spb.GetDashboardsRequest(sae_id=sae_id, params=params)
+    return [d for m in stack.records.GetDashboards(request) for d in m.dashboards]
+
+
+def float_bits(dashboards: list[dpb.FeatureDashboard]) -> list[dict[str, str]]:
+    """The floats that sums make (statistics and token aggregates), exactly, as hex."""
+    out = []
+    for d in dashboards:
+        fields = {f"{d.feature_index}.{name}": getattr(d.statistics, name).hex() for name in
+                  ("mean_activation", "std_activation", "activation_frequency")}  # fmt: skip
+        for t in d.top_tokens:
+            fields[f"{d.feature_index}.top_token.{t.token_id}.mean"] = t.mean_activation.hex()
+            fields[f"{d.feature_index}.top_token.{t.token_id}.total"] = t.total_activation.hex()
+        out.append(fields)
+    return out
+
+
+def assert_identical(got: Outcome, expected: Outcome) -> None:
+    assert len(got.dashboards) == len(expected.dashboards) == D_SAE
+    assert float_bits(got.dashboards) == float_bits(expected.dashboards)
+    wire = [d.SerializeToString(deterministic=True) for d in got.dashboards]
+    assert wire == [d.SerializeToString(deterministic=True) for d in expected.dashboards]
+    assert got.archive == expected.archive
+
+
 @pytest.fixture(scope="module")
-def unsharded(tmp_path_factory: pytest.TempPathFactory, inputs) -> bytes:
-    return archive_of(tmp_path_factory.mktemp("local") / "data", inputs)
+def unsharded(tmp_path_factory: pytest.TempPathFactory, inputs) -> Outcome:
+    return outcome_of(tmp_path_factory.mktemp("local") / "data", inputs)
 
 
 @pytest.mark.parametrize("shards", [1, 2, 7])
-def test_the_archive_is_byte_identical_at_any_shard_count(
-    shards: int, tmp_path: Path, inputs, unsharded: bytes
+def test_the_archive_and_dashboards_are_identical_at_any_shard_count(
+    shards: int, tmp_path: Path, inputs, unsharded: Outcome
 ) -> None:
-    got = archive_of(tmp_path / "data", inputs, ray_address="auto", ray_shards=shards)
-    assert got == unsharded
+    got = outcome_of(tmp_path / "data", inputs, ray_address="auto", ray_shards=shards)
+    assert_identical(got, unsharded)
 
 
 def test_a_shard_worker_killed_mid_shard_still_gives_the_identical_archive(
-    tmp_path: Path, inputs, unsharded: bytes
+    tmp_path: Path, inputs, unsharded: Outcome
 ) -> None:
     killed: list[int] = []
     killer = threading.Thread(target=lambda: killed.extend(kill_first_shard_worker()))
     killer.start()
-    got = archive_of(tmp_path / "data", inputs, ray_address="auto", ray_shards=2)
+    got = outcome_of(tmp_path / "data", inputs, ray_address="auto", ray_shards=2)
     killer.join()
     assert killed, "no shard worker was seen running"
-    assert got == unsharded
+    assert_identical(got, unsharded)
 
 
 def test_cancelling_an_export_cancels_its_ray_tasks(tmp_path: Path, inputs) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,10 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import stages
+from mistudio_common.jobs.control import JobControl
 from mistudio_export.plan import NEURONPEDIA, ExportPlan
 from mistudio_export.records import NeuronpediaNaming
-from mistudio_export.runtime import JobControl, JobRuntime
+from mistudio_export.runtime import JobRuntime
 
 
 def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
@@ -25,7 +25,7 @@ def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
         staging=staging,
         checkpoint=jpb.ExportCheckpoint(),
         tracker=stages.tracker(job_id, plan.stages),
-        control=JobControl(threading.Event()),
+        control=JobControl(),
         publish=lambda _: None,
         persist=lambda: None,
     )

@@ -24,6 +24,10 @@ FORMAT_VERSION = 4
 _META_KEY = "mistudio.dashboard_pass"
 
 
+class OutdatedCheckpoint(FailedPrecondition):
+    """A checkpoint written by another FORMAT_VERSION: its state cannot be read as this one."""
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     next_row: int
@@ -60,7 +64,7 @@ def load_checkpoint(path: Path, device: torch.device) -> tuple[PassState, Cursor
         )
     meta = json.loads(raw)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise FailedPrecondition(
+        raise OutdatedCheckpoint(
             f"checkpoint {path} has format {meta.get('format_version')}, expected {FORMAT_VERSION}",
             field="checkpoint",
             fix="delete the checkpoint and restart the job",

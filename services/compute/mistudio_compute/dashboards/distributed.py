@@ -12,6 +12,7 @@ Finalisation runs in the caller, where the merged state arrives.
 from __future__ import annotations
 
 import itertools
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from mistudio_compute.dashboards.activation_pass import (
 )
 from mistudio_compute.dashboards.checkpoint import (
     Cursor,
+    OutdatedCheckpoint,
     checkpoint_features,
     load_checkpoint,
     save_checkpoint,
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 
 InputsFactory = Callable[[], DashboardInputs]
 """Builds the inputs inside a Ray worker (models and locks are not shipped as live objects)."""
+
+_log = logging.getLogger(__name__)
 
 _WAIT_S = 0.2
 """How often the driver looks at the cancel flag while shards run."""
@@ -100,17 +104,29 @@ class ShardStates:
 
     def load(self, rows: range, config: StateConfig, features: torch.Tensor) -> PassResult | None:
         """The saved state of ``rows`` when it belongs to this pass (same features, parameters
-        and rows), else None."""
-        if not self.path(rows).exists():
+        and rows), else None: a shard saved by another pass or in an older format is computed
+        again rather than failing the job."""
+        path = self.path(rows)
+        if not path.exists():
             return None
-        state, cursor = load_checkpoint(self.path(rows), torch.device("cpu"))
+        try:
+            state, cursor = load_checkpoint(path, torch.device("cpu"))
+        except OutdatedCheckpoint as outdated:
+            _log.warning("recomputing rows %s-%s: %s", rows.start, rows.stop, outdated)
+            return None
         mine = (
             state.config == config
             and torch.equal(state.features, features)
             and (cursor.start_row, cursor.stop_row, cursor.next_row)
             == (rows.start, rows.stop, rows.stop)
         )
-        return PassResult(state, cursor.batch_size) if mine else None
+        if not mine:
+            _log.warning(
+                "recomputing rows %s-%s: %s belongs to a pass with other features or parameters",
+                rows.start, rows.stop, path,
+            )  # fmt: skip
+            return None
+        return PassResult(state, cursor.batch_size)
 
     def features(self) -> torch.Tensor | None:
         """The features the saved shards belong to (None when none is saved)."""
@@ -239,8 +255,14 @@ def run_sharded_pass(
             queued.append(i)
         else:
             states[i], done_tokens = ray.put(found), done_tokens + len(shard_rows) * seq_len
-    if done_tokens and progress is not None:
-        progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
+    if done_tokens:
+        reattached = len(ranges) - len(queued)
+        _log.info(
+            "re-attached to %d of %d token shards saved in %s", reattached, len(ranges),
+            saved and saved.folder, extra={"reattached_shards": reattached},
+        )  # fmt: skip
+        if progress is not None:
+            progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
     try:
         while queued or running:
             while queued and len(running) < sharding.max_in_flight:
@@ -252,6 +274,10 @@ def run_sharded_pass(
                 i = running.pop(ref)
                 if saved is not None:
                     saved.save(ranges[i], ray.get(ref))
+                rows_done = [ranges[i].start, ranges[i].stop]
+                _log.info(
+                    "computed token shard rows %d-%d", *rows_done, extra={"shard_rows": rows_done}
+                )
                 done_tokens += len(ranges[i]) * seq_len
                 if progress is not None:
                     progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")

@@ -150,6 +150,9 @@ class ExportJobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    # The export instance running the job, and until when its lease lasts (ClaimExportJob).
+    holder: Mapped[str] = mapped_column(String(64), server_default="")
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (
         UniqueConstraint("sae_pk", "request_id"),

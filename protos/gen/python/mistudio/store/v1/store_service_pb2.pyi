@@ -1024,6 +1024,8 @@ class ExportJob(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     SAE_OWNER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
@@ -1044,6 +1046,10 @@ class ExportJob(_message.Message):
     """Features in the export."""
     error_message: _builtins.str
     """Why the job failed, for a human; empty otherwise."""
+    holder: _builtins.str
+    """The export instance that runs the job; empty when none does. Written by ClaimExportJob
+    (and at creation); UpdateExportJob cannot change it.
+    """
     sae_owner: _builtins.str
     """The owner of the SAE (an sae_id is unique per owner); on create, empty means the only SAE
     with sae_id. The store always returns it.
@@ -1081,6 +1087,12 @@ class ExportJob(_message.Message):
         """The finished job's result and the facts later exports read."""
 
     @_builtins.property
+    def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Until when the holder's lease lasts unless renewed; after it, another instance may claim
+        the job (its holder is taken to have crashed).
+        """
+
+    @_builtins.property
     def config(self) -> _export_service_pb2.ExportConfig:
         """The export configuration the job runs with (the store keeps it, it does not interpret it)."""
 
@@ -1104,12 +1116,14 @@ class ExportJob(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         resume: _export_job_pb2.ExportCheckpoint | None = ...,
         outcome: _export_job_pb2.ExportOutcome | None = ...,
+        holder: _builtins.str = ...,
+        lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         config: _export_service_pb2.ExportConfig | None = ...,
         sae_owner: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "job_id", b"job_id", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "resume", b"resume", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "holder", b"holder", "job_id", b"job_id", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "resume", b"resume", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1379,6 +1393,68 @@ class DeleteExportJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteExportJobResponse: _TypeAlias = DeleteExportJobResponse  # noqa: Y015
+
+@_typing.final
+class ClaimExportJobRequest(_message.Message):
+    """Asks for the lease on an export job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    holder: _builtins.str
+    """The claiming instance's id."""
+    lease_seconds: _builtins.float
+    """How long the lease lasts from now (by the store's clock); 0 gives back a lease that
+    holder holds.
+    """
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        holder: _builtins.str = ...,
+        lease_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holder", b"holder", "job_id", b"job_id", "lease_seconds", b"lease_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimExportJobRequest: _TypeAlias = ClaimExportJobRequest  # noqa: Y015
+
+@_typing.final
+class ClaimExportJobResponse(_message.Message):
+    """Whether the lease was granted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    claimed: _builtins.bool
+    """True when holder now holds the lease (or gave it back); false when another instance's
+    lease is still live, or the job has finished.
+    """
+    @_builtins.property
+    def job(self) -> Global___ExportJob:
+        """The job after the claim."""
+
+    def __init__(
+        self,
+        *,
+        claimed: _builtins.bool = ...,
+        job: Global___ExportJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed", b"claimed", "job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimExportJobResponse: _TypeAlias = ClaimExportJobResponse  # noqa: Y015
 
 @_typing.final
 class FeatureHash(_message.Message):

@@ -126,6 +126,11 @@ class StoreServiceStub:
                 request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobRequest.SerializeToString,
                 response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobResponse.FromString,
                 _registered_method=True)
+        self.ClaimExportJob = channel.unary_unary(
+                '/mistudio.store.v1.StoreService/ClaimExportJob',
+                request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobRequest.SerializeToString,
+                response_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobResponse.FromString,
+                _registered_method=True)
         self.PutExportFeatureHashes = channel.unary_unary(
                 '/mistudio.store.v1.StoreService/PutExportFeatureHashes',
                 request_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.PutExportFeatureHashesRequest.SerializeToString,
@@ -268,6 +273,14 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClaimExportJob(self, request, context):
+        """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+        when nobody else holds a live lease on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutExportFeatureHashes(self, request, context):
         """Batched: records the content hash of features a job's archive holds (later exports
         compare them to reuse its files); a feature already recorded for the job is replaced.
@@ -365,6 +378,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
                     servicer.DeleteExportJob,
                     request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobRequest.FromString,
                     response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobResponse.SerializeToString,
+            ),
+            'ClaimExportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimExportJob,
+                    request_deserializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobRequest.FromString,
+                    response_serializer=mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobResponse.SerializeToString,
             ),
             'PutExportFeatureHashes': grpc.unary_unary_rpc_method_handler(
                     servicer.PutExportFeatureHashes,
@@ -821,6 +839,33 @@ class StoreService:
             '/mistudio.store.v1.StoreService/DeleteExportJob',
             mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobRequest.SerializeToString,
             mistudio_dot_store_dot_v1_dot_store__service__pb2.DeleteExportJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimExportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mistudio.store.v1.StoreService/ClaimExportJob',
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobRequest.SerializeToString,
+            mistudio_dot_store_dot_v1_dot_store__service__pb2.ClaimExportJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,6 +83,10 @@ class StoreServiceStub:
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
     DeleteExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]
     """Removes the job record and its feature hashes (NOT_FOUND when there is none)."""
+    ClaimExportJob: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.ClaimExportJobRequest, _store_service_pb2.ClaimExportJobResponse]
+    """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+    when nobody else holds a live lease on it.
+    """
     PutExportFeatureHashes: _grpc.UnaryUnaryMultiCallable[_store_service_pb2.PutExportFeatureHashesRequest, _store_service_pb2.PutExportFeatureHashesResponse]
     """Batched: records the content hash of features a job's archive holds (later exports
     compare them to reuse its files); a feature already recorded for the job is replaced.
@@ -145,6 +149,10 @@ class StoreServiceAsyncStub(StoreServiceStub):
     """Paginated, newest first, optionally filtered by SAE, owner and state."""
     DeleteExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.DeleteExportJobRequest, _store_service_pb2.DeleteExportJobResponse]  # type: ignore[assignment]
     """Removes the job record and its feature hashes (NOT_FOUND when there is none)."""
+    ClaimExportJob: _aio.UnaryUnaryMultiCallable[_store_service_pb2.ClaimExportJobRequest, _store_service_pb2.ClaimExportJobResponse]  # type: ignore[assignment]
+    """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+    when nobody else holds a live lease on it.
+    """
     PutExportFeatureHashes: _aio.UnaryUnaryMultiCallable[_store_service_pb2.PutExportFeatureHashesRequest, _store_service_pb2.PutExportFeatureHashesResponse]  # type: ignore[assignment]
     """Batched: records the content hash of features a job's archive holds (later exports
     compare them to reuse its files); a feature already recorded for the job is replaced.
@@ -300,6 +308,16 @@ class StoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_store_service_pb2.DeleteExportJobResponse, _abc.Awaitable[_store_service_pb2.DeleteExportJobResponse]]:
         """Removes the job record and its feature hashes (NOT_FOUND when there is none)."""
+
+    @_abc_1.abstractmethod
+    def ClaimExportJob(
+        self,
+        request: _store_service_pb2.ClaimExportJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_store_service_pb2.ClaimExportJobResponse, _abc.Awaitable[_store_service_pb2.ClaimExportJobResponse]]:
+        """Takes, renews or gives back the lease of an export instance on a job, atomically: only
+        when nobody else holds a live lease on it.
+        """
 
     @_abc_1.abstractmethod
     def PutExportFeatureHashes(

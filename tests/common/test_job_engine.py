@@ -1,0 +1,236 @@
+"""The job engine on an in-memory JobStore: start, watch, stop, recover, leases, and an end
+state that reaches watchers even while the store cannot take it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from google.protobuf import wrappers_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.errors import NotFound, Unavailable
+from mistudio_common.jobs.engine import JobEngine
+from mistudio_common.jobs.kind import Leasing, Snapshot, first_progress
+from mistudio_common.jobs.running import RunningJob
+from mistudio_common.jobs.store import JobRecord, JobUpdate
+from mistudio_common.progress import StageId
+from mistudio_common.retry import Patience
+
+Checkpoint = wrappers_pb2.Int64Value
+"""Batches done: the typed checkpoint of these test jobs."""
+Outcome = wrappers_pb2.StringValue
+STAGES: tuple[StageId, ...] = (ppb.STAGE_VALIDATING, ppb.STAGE_GENERATING_FILES)
+BATCHES = 5
+
+
+@dataclass
+class MemoryStore:
+    """A JobStore double; ``down`` makes every write fail as an unreachable store does."""
+
+    records: dict[str, JobRecord[Checkpoint, Outcome]] = field(default_factory=dict)
+    holders: dict[str, str] = field(default_factory=dict)
+    down: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, job_id: str) -> JobRecord[Checkpoint, Outcome]:
+        record = JobRecord(
+            job_id, ppb.JOB_STATE_QUEUED, first_progress(job_id, STAGES), Checkpoint()
+        )
+        self.records[job_id] = record
+        return record
+
+    def load(self, job_id: str) -> JobRecord[Checkpoint, Outcome]:
+        if job_id not in self.records:
+            raise NotFound(f"no job {job_id}", fix="start it")
+        return self.records[job_id]
+
+    def write(self, job_id: str, update: JobUpdate[Checkpoint, Outcome]) -> None:
+        if self.down:
+            raise Unavailable("the store is down", fix="wait")
+        with self.lock:
+            old = self.records[job_id]
+            checkpoint = Checkpoint()
+            checkpoint.CopyFrom(
+                update.checkpoint if update.checkpoint is not None else old.checkpoint
+            )
+            self.records[job_id] = replace(
+                old,
+                state=update.state,
+                progress=update.progress,
+                checkpoint=checkpoint,
+                outcome=update.outcome or old.outcome,
+                started=old.started or update.started,
+            )
+
+    def unfinished(self) -> Iterator[JobRecord[Checkpoint, Outcome]]:
+        running = (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING)
+        return iter([r for r in self.records.values() if r.state in running])
+
+    def claim(self, job_id: str, holder: str, lease_seconds: float) -> bool:
+        with self.lock:
+            if lease_seconds == 0:
+                if self.holders.get(job_id) == holder:
+                    del self.holders[job_id]
+                return True
+            if self.holders.get(job_id, holder) != holder:
+                return False
+            self.holders[job_id] = holder
+            return True
+
+
+@dataclass
+class Batches:
+    """Work of BATCHES batches; each waits for ``gate`` so a test decides when it runs."""
+
+    gate: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+    runs: list[int] = field(default_factory=list)
+
+    @property
+    def stages(self) -> Sequence[StageId]:
+        return STAGES
+
+    def run(self, job: RunningJob[Checkpoint]) -> Outcome:
+        self.runs.append(job.checkpoint.value)
+        job.report(ppb.STAGE_VALIDATING, 1, 1)
+        while job.checkpoint.value < BATCHES:
+            self.gate.acquire()
+            job.checkpoint.value += 1
+            job.report(ppb.STAGE_GENERATING_FILES, job.checkpoint.value, BATCHES, "batches")
+            job.save()
+        return Outcome(value=f"{job.job_id} done")
+
+
+@dataclass
+class Kind:
+    work: Batches
+    failure_note: str = ""
+    ended_with: dict[str, int] = field(default_factory=dict)
+
+    def prepare(self, record: JobRecord[Checkpoint, Outcome]) -> Batches:
+        return self.work
+
+    def ended(self, job_id: str, state: ppb.JobState.ValueType, checkpoint: Checkpoint) -> None:
+        self.ended_with[job_id] = state
+
+
+def engine(store: MemoryStore, work: Batches, holder: str = "") -> JobEngine[Checkpoint, Outcome]:
+    return JobEngine(
+        store,
+        Kind(work),
+        patience=Patience(seconds=0.05, first_delay=0.01),
+        leasing=Leasing(holder, seconds=3.0) if holder else None,
+        housekeeping_seconds=0.05,
+    )
+
+
+def watch(engine: JobEngine[Checkpoint, Outcome], job_id: str) -> list[Snapshot[Outcome]]:
+    return list(engine.channel(job_id).watch())
+
+
+def until(engine: JobEngine[Checkpoint, Outcome], job_id: str, done: int) -> None:
+    for snapshot in engine.channel(job_id).watch():
+        if snapshot.progress.items_done >= done and snapshot.progress.unit == "batches":
+            return
+
+
+def test_a_job_runs_its_stages_and_watchers_get_a_snapshot_first_and_the_outcome_last() -> None:
+    store, work = MemoryStore(), Batches()
+    jobs = engine(store, work)
+    jobs.launch(store.add("a"), work)
+    for _ in range(BATCHES):
+        work.gate.release()
+    seen = watch(jobs, "a")
+    assert seen[0].progress.job_id == "a"
+    assert seen[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert seen[-1].outcome == Outcome(value="a done")
+    assert store.records["a"].state == ppb.JOB_STATE_SUCCEEDED
+    assert [s.progress.sequence for s in seen] == sorted({s.progress.sequence for s in seen})
+
+
+def test_a_paused_job_resumes_from_its_checkpoint() -> None:
+    store, work = MemoryStore(), Batches()
+    jobs = engine(store, work)
+    jobs.launch(store.add("p"), work)
+    work.gate.release()
+    work.gate.release()
+    until(jobs, "p", 2)
+    work.gate.release()  # lets the running batch reach its save, where the pause takes effect
+    assert jobs.pause("p", wait_seconds=5) == ppb.JOB_STATE_PAUSED
+    assert store.records["p"].state == ppb.JOB_STATE_PAUSED
+    paused_at = store.records["p"].checkpoint.value
+    jobs.resume("p")
+    for _ in range(BATCHES):
+        work.gate.release()
+    assert watch(jobs, "p")[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert work.runs == [0, paused_at]
+
+
+def test_cancel_ends_the_job_and_drops_its_checkpoint() -> None:
+    store, work = MemoryStore(), Batches()
+    jobs = engine(store, work)
+    jobs.launch(store.add("c"), work)
+    work.gate.release()
+    until(jobs, "c", 1)
+    work.gate.release()
+    assert jobs.cancel("c", wait_seconds=5) == ppb.JOB_STATE_CANCELLED
+    assert store.records["c"].checkpoint == Checkpoint()
+    assert watch(jobs, "c")[-1].progress.error.message == "cancelled by request"
+
+
+def test_recovery_resumes_running_jobs_with_sequence_numbers_that_keep_increasing() -> None:
+    store, work = MemoryStore(), Batches()
+    first = engine(store, work)
+    first.launch(store.add("r"), work)
+    work.gate.release()
+    work.gate.release()
+    until(first, "r", 2)
+    before = first.channel("r").latest.progress.sequence
+    first.shutdown(timeout_seconds=0.2)  # the worker waits at its gate: the process "dies"
+    work.gate.release()
+    after_restart = engine(store, work)
+    after_restart.recover()
+    for _ in range(BATCHES):
+        work.gate.release()
+    seen = watch(after_restart, "r")
+    assert seen[0].progress.sequence > before
+    assert seen[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert work.runs[-1] >= 2
+
+
+def test_a_second_instance_adopts_a_job_only_once_the_first_lease_is_gone() -> None:
+    store, work = MemoryStore(), Batches()
+    holder = engine(store, work, holder="one")
+    holder.launch(store.add("l"), work)
+    work.gate.release()
+    until(holder, "l", 1)
+    second = engine(store, work, holder="two")
+    second.recover()
+    assert store.holders["l"] == "one"
+    holder.shutdown(timeout_seconds=0.2)  # a lease given back, as an expired one would be
+    work.gate.release()
+    for _ in range(BATCHES):
+        work.gate.release()
+    assert watch(second, "l")[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    assert store.records["l"].state == ppb.JOB_STATE_SUCCEEDED
+
+
+def test_an_end_state_the_store_cannot_take_still_reaches_watchers_and_is_stored_later() -> None:
+    store, work = MemoryStore(), Batches()
+    jobs = engine(store, work)
+    jobs.launch(store.add("e"), work)
+    for _ in range(BATCHES - 1):
+        work.gate.release()
+    until(jobs, "e", BATCHES - 1)
+    store.down = True
+    work.gate.release()
+    seen = watch(jobs, "e")
+    assert seen[-1].progress.state == ppb.JOB_STATE_FAILED  # its last save could not land
+    assert store.records["e"].state == ppb.JOB_STATE_RUNNING
+    assert jobs.live("e") == seen[-1]
+    assert watch(jobs, "e") == [seen[-1]]  # a late watcher gets the end state from memory
+    store.down = False
+    while store.records["e"].state == ppb.JOB_STATE_RUNNING:
+        threading.Event().wait(0.05)
+    assert store.records["e"].state == seen[-1].progress.state
+    jobs.shutdown()
