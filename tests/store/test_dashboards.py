@@ -9,7 +9,12 @@ import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
-from mistudio_common.dashboard_codec import content_hash, params_from_pb, params_key
+from mistudio_common.dashboard_codec import (
+    content_hash,
+    dashboard_bytes,
+    params_from_pb,
+    params_key,
+)
 
 from tests.store.helpers import (
     bad_request_fields,
@@ -69,6 +74,39 @@ def test_put_then_get_round_trips_in_request_order(stub: StoreServiceStub, sae_i
     messages = list(stub.GetDashboards(request))
     assert [d for m in messages for d in m.dashboards] == [make_dashboard(i) for i in (9, 4, 1)]
     assert list(messages[-1].missing) == []
+
+
+EXAMPLE = dpb.ActivationExample(
+    tokens=["a", "b"],
+    token_ids=[7, 8],
+    values=[0.0, 1.5],
+    max_value=1.5,
+    max_token_index=1,
+    source=dpb.SourceRef(dataset="d", row=3, offset=-1),
+)
+TRICKY = [
+    dpb.FeatureDashboard(feature_index=1),
+    dpb.FeatureDashboard(feature_index=2, statistics=dpb.FeatureStatistics(mean_activation=-0.0)),
+    dpb.FeatureDashboard(feature_index=3, activation_histogram=dpb.Histogram()),  # set, empty
+    dpb.FeatureDashboard(feature_index=4, top_positive_logits=[dpb.LogitEntry(value=-0.0)]),
+    dpb.FeatureDashboard(
+        feature_index=5,
+        top_examples=[EXAMPLE, dpb.ActivationExample(values=[-0.0], source=dpb.SourceRef())],
+        quantile_groups=[dpb.QuantileGroup(bin_min=0.1, bin_max=0.3, examples=[EXAMPLE])],
+        top_tokens_metric=dpb.TOKEN_RANK_METRIC_MEAN,
+    ),
+]
+
+
+@pytest.mark.parametrize("dashboard", TRICKY, ids=lambda d: str(d.feature_index))
+def test_a_cached_dashboard_reads_back_bit_identical_with_its_content_hash(
+    stub: StoreServiceStub, sae_id: str, dashboard: dpb.FeatureDashboard
+) -> None:
+    put(stub, sae_id, [dashboard.feature_index], make=lambda i, _: dashboard)
+    request = pb.GetDashboardsRequest(sae_id=sae_id, params=PARAMS)
+    (again,) = [d for m in stub.GetDashboards(request) for d in m.dashboards]
+    assert dashboard_bytes(again) == dashboard_bytes(dashboard)  # -0.0 and empty parts kept
+    assert cached(stub, sae_id) == {dashboard.feature_index: content_hash(dashboard)}
 
 
 def test_get_streams_batches_and_lists_missing_features_last(

@@ -1,4 +1,4 @@
-"""Conversions of the dashboard model: dataclasses <-> protobuf, canonical JSON and hashes.
+"""Conversions of the dashboard model: dataclasses <-> protobuf, wire form, cache keys, hashes.
 
 The one place these mappings live, so compute (producer), store (cache) and export (consumer)
 cannot drift apart.
@@ -6,16 +6,10 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import math
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
 from mistudio.common.v1 import dashboard_pb2 as pb
 
 from mistudio_common import dashboard as d
@@ -251,76 +245,16 @@ def _fields_of(p: d.DashboardParams) -> dict[str, Any]:
     return {name: getattr(p, name) for name in p.__dataclass_fields__}
 
 
-def dashboard_to_json(m: pb.FeatureDashboard) -> dict[str, Any]:
-    """JSON form for storage (JSONB on PostgreSQL); round-trips through dashboard_from_json.
-
-    Field names are the proto's, enums their names, fields holding their default left out (as
-    json_format does), but repeated scalars are copied in C and each message type's fields are
-    looked up once (``_json_plan``), not per message: generic per-message reflection made this
-    the slowest step of caching a dashboard. float32 values are stored as the float64 they
-    widen to, so they read back bit-identical.
-    """
-    return _message_to_dict(m)
-
-
-def _message_to_dict(m: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, read in _json_plan(m.DESCRIPTOR):
-        value = read(m)
-        if value is not _ABSENT:
-            out[name] = value
-    return out
-
-
-_ABSENT = object()
-_FLOATS = (FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_DOUBLE)
-
-
-@functools.cache
-def _json_plan(message: Descriptor) -> tuple[tuple[str, Callable[[Message], Any]], ...]:
-    """(name, reader) per field of a message type; a reader gives ``_ABSENT`` for a field at its
-    default (what ``ListFields`` leaves out: -0.0 is not a default)."""
-    return tuple((f.name, _reader(f)) for f in message.fields)
-
-
-def _reader(field: FieldDescriptor) -> Callable[[Message], Any]:
-    name, repeated = field.name, bool(field.is_repeated)
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        if repeated:
-            return lambda m: (
-                [_message_to_dict(v) for v in x] if (x := getattr(m, name)) else _ABSENT
-            )
-        return lambda m: _message_to_dict(getattr(m, name)) if m.HasField(name) else _ABSENT
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        assert field.enum_type is not None
-        names = {n: v.name for n, v in field.enum_type.values_by_number.items()}
-        if repeated:
-            return lambda m: [names[v] for v in x] if (x := getattr(m, name)) else _ABSENT
-        return lambda m: names[v] if (v := getattr(m, name)) or _present(m, field) else _ABSENT
-    if repeated:
-        return lambda m: list(x) if (x := getattr(m, name)) else _ABSENT
-    if field.type in _FLOATS:  # -0.0 is not the default
-        return lambda m: (
-            v if (v := getattr(m, name)) or math.copysign(1.0, v) < 0 or _present(m, field)
-            else _ABSENT
-        )  # fmt: skip
-    return lambda m: v if (v := getattr(m, name)) or _present(m, field) else _ABSENT
-
-
-def _present(m: Message, field: FieldDescriptor) -> bool:
-    """Whether a field with explicit presence was set (implicit-presence fields at their
-    default are absent)."""
-    return bool(field.has_presence) and m.HasField(field.name)
-
-
-def dashboard_from_json(data: dict[str, Any]) -> pb.FeatureDashboard:
-    """Reads both this module's form and json_format's (int64 as strings, camelCase keys)."""
-    try:
-        return pb.FeatureDashboard(**data)
-    except (TypeError, ValueError):
-        return json_format.ParseDict(data, pb.FeatureDashboard())
+def dashboard_bytes(m: pb.FeatureDashboard) -> bytes:
+    """The deterministic wire form: what the store keeps and what ``content_hash`` covers."""
+    return m.SerializeToString(deterministic=True)
 
 
 def content_hash(m: pb.FeatureDashboard) -> str:
     """SHA-256 of the deterministic wire form: equal content, equal hash."""
-    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+    return content_hash_of(dashboard_bytes(m))
+
+
+def content_hash_of(wire: bytes) -> str:
+    """``content_hash`` of a dashboard already in its ``dashboard_bytes`` form."""
+    return hashlib.sha256(wire).hexdigest()

@@ -2,22 +2,22 @@
 
 The params key is the hash of the resolved computation parameters, so a lookup with different
 parameters (or a new computation_version) is a miss. Writes are bulk upserts of only the listed
-features; a row whose content hash is unchanged is left as it was.
+features; a row whose content hash is unchanged is left as it was. A dashboard is kept as its
+deterministic protobuf wire form (nothing queries inside it), so caching one is a single C
+serialisation and reading it back a single parse.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.dashboard_codec import (
-    content_hash,
-    dashboard_from_json,
-    dashboard_to_json,
+    content_hash_of,
+    dashboard_bytes,
     params_from_pb,
     params_key,
     params_to_pb,
@@ -29,6 +29,9 @@ from mistudio_store.base import RepositoryBase
 from mistudio_store.db.models import DashboardRow
 from mistudio_store.db.statements import upsert
 from mistudio_store.pagination import Page, scope_of
+
+_from_wire = dashboard_pb2.FeatureDashboard.FromString
+"""Reads a stored dashboard (``dashboard_bytes``) back."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,11 @@ class DashboardCache(RepositoryBase):
                     "feature_index": d.feature_index,
                     "params": resolved.document,
                     "computation_version": resolved.computation_version,
-                    "content_hash": content_hash(d),
-                    "data": dashboard_to_json(d),
+                    "content_hash": content_hash_of(wire),
+                    "data": wire,
                     "updated_at": at,
                 }
-                for d in dashboards
+                for d, wire in zip(dashboards, map(dashboard_bytes, dashboards), strict=True)
             ]
             upsert(
                 session,
@@ -165,8 +168,8 @@ class DashboardCache(RepositoryBase):
                     DashboardRow.params_key == key,
                     DashboardRow.feature_index.in_(chunk),
                 )
-                data: dict[int, dict[str, Any]] = dict(session.execute(query).all())
-            found = [dashboard_from_json(data[i]) for i in chunk if i in data]
+                data: dict[int, bytes] = dict(session.execute(query).all())
+            found = [_from_wire(data[i]) for i in chunk if i in data]
             yield found, [i for i in chunk if i not in data]
 
     def _all_chunks(
@@ -189,4 +192,4 @@ class DashboardCache(RepositoryBase):
             if not rows:
                 return
             last = rows[-1][0]
-            yield [dashboard_from_json(data) for _, data in rows], []
+            yield [_from_wire(data) for _, data in rows], []

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from mistudio_common.dashboard_codec import dashboard_from_json, dashboard_from_pb
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
@@ -31,7 +33,8 @@ def fixture() -> dict:
 @pytest.fixture(scope="module")
 def written(fixture, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real")
-    dashboards = [dashboard_from_pb(dashboard_from_json(d)) for d in fixture["dashboards"]]
+    stored = (json_format.ParseDict(d, dpb.FeatureDashboard()) for d in fixture["dashboards"])
+    dashboards = [dashboard_from_pb(d) for d in stored]
     batches = list(column_batches(dashboards))
     info = sae_info(d_sae=4096, n_prompts=256)
     write_prd_export(out / "prd", info, naming(), batches, [explanation(0)])

@@ -2,7 +2,8 @@
 
 Every child row hangs off ``saes.id`` with ON DELETE CASCADE, so deleting an SAE removes its
 features, explanations, cached dashboards and export jobs in one statement. JSON columns are
-JSONB on PostgreSQL and JSON text on SQLite; timestamps are always UTC.
+JSONB on PostgreSQL and JSON text on SQLite; binary columns are BYTEA and BLOB; timestamps are
+always UTC.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -123,7 +125,8 @@ class DashboardRow(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
     computation_version: Mapped[str] = mapped_column(String(64))
     content_hash: Mapped[str] = mapped_column(String(64))
-    data: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    """The dashboard's deterministic protobuf wire form (dashboard_codec.dashboard_bytes)."""
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
