@@ -5,7 +5,7 @@ owner, so the plain ``(owner, sae_id)`` index goes. Every row already stored kee
 a downgrade fails (rather than merging) when two owners share an id.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-06
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
