@@ -183,8 +183,8 @@ def test_new_architecture_plugs_in_through_the_registry() -> None:
     class Relu6Sae(StandardSae):
         architecture = "test_relu6"
 
-        def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-            return super()._activate(x_c).clamp(max=6.0)
+        def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+            return super()._activate(x_c, columns).clamp(max=6.0)
 
     register_architecture("test_relu6", Relu6Sae)
     assert "test_relu6" in known_architectures()
@@ -211,3 +211,28 @@ def test_encode_on_gpu_matches_cpu() -> None:
     x = torch.randn(64, D_IN)
     cpu = sae.encode(x)
     torch.testing.assert_close(sae.to("cuda").encode(x.cuda()).cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+SHARDS = [[0], [3, 4, 5], list(range(500, 530)), list(range(1000, 1100)), [2, 700, 1099]]
+"""Feature subsets of a 1,100-feature SAE: single features, shards inside one encode block,
+across a block boundary, in the partial last block, and scattered."""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_encoding_a_subset_of_features_gives_the_bits_of_the_full_encode(
+    arch: str, threads: int
+) -> None:
+    d_sae = 1100  # two full encode blocks and a partial one
+    w = sae_weights(arch, D_IN, d_sae, seed=5)
+    sae = build_sae(sae_config(arch, D_IN, d_sae, k=K), w)
+    x = torch.randn(300, D_IN, generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        full = sae.encode(x)  # [300, d_sae]
+        for shard in SHARDS:
+            features = torch.tensor(shard)
+            assert torch.equal(sae.encode_features(x, features), full[:, features]), shard
+    finally:
+        torch.set_num_threads(before)

@@ -63,6 +63,14 @@ class ProgressTracker:
         total = sum(weights) or 1.0
         self._weights = [w / total for w in weights]
 
+    def weigh(self, stage_weights: Sequence[float]) -> None:
+        """Replaces the stages' weights, e.g. the prior shares by a job's predicted seconds."""
+        if len(stage_weights) != len(self.stages):
+            raise ValueError(f"{len(stage_weights)} weights for {len(self.stages)} stages")
+        total = sum(stage_weights) or 1.0
+        with self._lock:
+            self._weights = [w / total for w in stage_weights]
+
     def restore(self, snapshot: pb.Progress) -> None:
         """Continues a job after a restart: sequence numbers and finished stages carry over."""
         with self._lock:

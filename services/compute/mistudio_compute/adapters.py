@@ -67,6 +67,9 @@ class SaeFeatures:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._sae.encode(x)  # [N, d_sae]
 
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self._sae.encode_features(x, features)  # [N, F]
+
 
 class DecoderLogitLens:
     """LogitLensSource: SAE decoder rows mapped into the residual stream the unembedding reads."""

@@ -40,8 +40,6 @@ class ComputeSettings(SecuritySettings):
     """How long a computation waits out an unreachable store (or database) before it fails."""
     max_workers: int = 32
     """Threads serving RPCs; each open progress stream holds one."""
-    default_token_features_per_second: float = 2.0e7
-    """Throughput EstimateComputation assumes before this service has measured its own."""
     ray_address: str = ""
     """A Ray cluster ("auto", "ray://head:10001"): the activation pass then runs as token-range
     shards on it (needs the ``ray`` extra). Empty: everything runs in this process."""

@@ -1,5 +1,6 @@
 """What survives a restart of the compute service: each job's request, last progress message,
-typed checkpoint and checkpoint folder (the job engine's store), and the measured throughput.
+typed checkpoint and checkpoint folder (the job engine's store). The stage rates measured on
+this machine are ``stage_rates.RateFile``.
 
 Layout under ``data_dir/compute``::
 
@@ -7,7 +8,6 @@ Layout under ``data_dir/compute``::
     jobs/<job_id>/progress.binpb   the last ComputeProgress stored (its state is the job's)
     jobs/<job_id>/resume.binpb     the ComputationCheckpoint: which features the job computes
     jobs/<job_id>/checkpoint/      the computation's own resumable arrays
-    rates.json                     measured token·features per second
 
 Every file is replaced atomically so a crash never leaves half a message behind.
 """
@@ -18,10 +18,8 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from google.protobuf.message import DecodeError
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_job_pb2 as jpb
@@ -136,35 +134,3 @@ class JobRecords:
             return self.load(job_id).state in TERMINAL_STATES
         except NotFound:
             return False
-
-
-@dataclass
-class RateBook:
-    """Token·features per second measured by finished runs, for EstimateComputation."""
-
-    path: Path
-    default_rate: float
-
-    def measured(self) -> float | None:
-        try:
-            data = orjson.loads(self.path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        rate = data.get("token_features_per_second")
-        return float(rate) if isinstance(rate, int | float) and rate > 0 else None
-
-    def record(self, tokens: int, features: int, seconds: float) -> None:
-        """Keeps an exponential average so one odd run does not dominate."""
-        if tokens <= 0 or features <= 0 or seconds <= 0:
-            return
-        rate = tokens * features / seconds
-        previous = self.measured()
-        blended = rate if previous is None else 0.5 * previous + 0.5 * rate
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.path, orjson.dumps({"token_features_per_second": blended}))
-
-    def estimate(self, tokens: int, features: int) -> tuple[float, str]:
-        """(seconds, "measured" | "default"): cost is linear in tokens × features."""
-        measured = self.measured()
-        rate = measured if measured is not None else self.default_rate
-        return tokens * max(features, 1) / rate, "measured" if measured is not None else "default"

@@ -22,7 +22,6 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
-from mistudio_common import stages
 from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import NotFound, Unavailable
@@ -32,10 +31,11 @@ from mistudio_common.jobs.kind import Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.retry import Patience
+from mistudio_common.stage_rates import JobSize, RateFile, stage_times
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
-from mistudio_compute.job_records import ComputeRecord, JobRecords, RateBook
+from mistudio_compute.job_records import ComputeRecord, JobRecords
 from mistudio_compute.store_client import StoreClient
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,10 @@ log = logging.getLogger(__name__)
 _PROGRESS_INTERVAL_SECONDS = 0.1
 
 
-def _stages_of(params: dpb.DashboardParams) -> list[StageId]:
+def job_stages(params: dpb.DashboardParams) -> list[StageId]:
     """The job's stages: the stage of a part the request leaves out is absent."""
     runs = computation_stages(params_from_pb(params).omitted)
     return [ppb.STAGE_VALIDATING, *runs, ppb.STAGE_CACHING]
-
-
-def work_share(params: dpb.DashboardParams) -> float:
-    """The share of a full computation's time these parameters cost, by the stage weights:
-    estimates scale by it, and measured rates are recorded as if for a full computation."""
-    return stages.weight(_stages_of(params)) / stages.weight(stages.COMPUTE_STAGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +93,10 @@ class PreparedComputation(Protocol):
     @property
     def feature_indices(self) -> Sequence[int]: ...
 
+    def size(self, features: int) -> JobSize:
+        """What the stage costs of computing ``features`` of them grow with."""
+        ...
+
     def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats: ...
 
 
@@ -130,7 +128,7 @@ class _Computation:
 
     @property
     def stages(self) -> Sequence[StageId]:
-        return _stages_of(self.prepared.params)
+        return job_stages(self.prepared.params)
 
     def run(self, job: RunningComputation) -> cpb.ComputeResult:
         return self.manager.run(job, self.prepared)
@@ -144,7 +142,7 @@ class ComputeJobManager:
     def __init__(self, settings: ComputeSettings, preparer: Preparer, store: StoreClient) -> None:
         root = Path(settings.data_dir) / "compute"
         self.records = JobRecords(root / "jobs")
-        self.rates = RateBook(root / "rates.json", settings.default_token_features_per_second)
+        self.rates = RateFile(root / "stage_rates.json")
         self._preparer = preparer
         self._store = store
         self._patience = Patience(settings.fault_patience_seconds)
@@ -178,7 +176,7 @@ class ComputeJobManager:
                     self._engine.resume(job_id)
                 return job_id
             prepared = self._preparer.prepare(request)
-            queued = first_progress(job_id, _stages_of(request.params))
+            queued = first_progress(job_id, job_stages(request.params))
             record = self.records.create(job_id, request, queued)
             self._engine.launch(record, _Computation(prepared, self))
             return job_id
@@ -237,6 +235,8 @@ class ComputeJobManager:
             job.report(ppb.STAGE_VALIDATING, 1, 1, "checks")
             self._plan(job, prepared)
             todo = list(job.checkpoint.features)
+            predicted = self.rates.rates().predict(job.tracker.stages, prepared.size(len(todo)))
+            job.tracker.weigh(predicted)  # the ETA of stages not begun follows measured rates
             hooks = RunHooks(
                 progress=_reporter(job),
                 interrupt=job.control,
@@ -290,7 +290,9 @@ class ComputeJobManager:
             params=prepared.params,
         )
         if stats is not None:
-            self.rates.record(tokens, computed, seconds / work_share(prepared.params))
+            job.finish_stage(ppb.STAGE_CACHING)
+            measured = stage_times(job.tracker.snapshot(), prepared.size(computed))
+            self.rates.record(measured)
         log.info("computation finished", extra={"job_id": job.job_id, "result": str(result)})
         return result
 

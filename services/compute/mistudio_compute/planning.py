@@ -51,6 +51,7 @@ class TokenPlan:
 
     dataset: TokenDataset
     params: dpb.DashboardParams
+    d_in: int
     d_sae: int
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
@@ -139,7 +140,9 @@ class Planner:
         d_sae = resolved.sae.d_sae
         memory = self.check_memory(params, feature_count or d_sae, d_sae, dataset, 0)
         n_layers = model.n_layers if model is not None else 0
-        return TokenPlan(dataset, _filled(params, dataset), d_sae, n_layers, memory.peak_bytes)
+        filled = _filled(params, dataset)
+        d_in = resolved.sae.d_in
+        return TokenPlan(dataset, filled, d_in, d_sae, n_layers, memory.peak_bytes)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""

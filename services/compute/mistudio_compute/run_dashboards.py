@@ -18,6 +18,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard_codec import params_from_pb
 from mistudio_common.dashboard_options import Component, computation_stages
+from mistudio_common.stage_rates import JobSize, example_tokens
 
 from mistudio_compute.adapters import DatasetTokens, dashboard_inputs
 from mistudio_compute.dashboards import (
@@ -64,6 +65,11 @@ class PreparedDashboards:
 
     def run(self, features: Sequence[int], hooks: RunHooks) -> RunStats:
         return run_dashboards(self, features, hooks)
+
+    def size(self, features: int) -> JobSize:
+        return JobSize(
+            self.dataset.n_tokens, self.resolved.sae.d_in, features, example_tokens(self.params)
+        )
 
 
 class StageReporter:

@@ -14,8 +14,9 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.auth import current_caller
 from mistudio_common.grpc_errors import handle_errors
+from mistudio_common.stage_rates import JobSize, example_tokens
 
-from mistudio_compute.jobs import ComputeJobManager, progress_message, work_share
+from mistudio_compute.jobs import ComputeJobManager, job_stages, progress_message
 from mistudio_compute.object_inputs import check_caller_uploads
 from mistudio_compute.planning import Planner
 from mistudio_compute.saelens_export import saelens_chunks
@@ -82,11 +83,13 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
             request.sae, request.tokens, request.params, request.feature_count
         )
         tokens = plan.dataset.n_tokens
-        seconds, source = self._manager.rates.estimate(tokens, request.feature_count or plan.d_sae)
+        features = request.feature_count or plan.d_sae
+        size = JobSize(tokens, plan.d_in, features, example_tokens(plan.params))
+        stages, rates = job_stages(plan.params), self._manager.rates.rates()
         return cpb.EstimateComputationResponse(
-            estimated_seconds=seconds * work_share(plan.params),
+            estimated_seconds=sum(rates.predict(stages, size)),
             estimated_tokens=tokens,
-            rate_source=source,
+            rate_source="measured" if rates.all_measured(stages) else "default",
             params=plan.params,
             n_rows=plan.dataset.n_rows,
             context_size=plan.dataset.context_size,

@@ -20,7 +20,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.downloads import fetch_to_file, finished_job
-from mistudio_export.generate import FOLDERS
+from mistudio_export.generate import FOLDERS, features_to_walk
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.packaging import (
     MANIFEST_NAME,
@@ -82,12 +82,24 @@ def problems_of(report: ValidationReport, limit: int) -> list[epb.ValidationProb
 def validate_output(
     job: JobRuntime, root: Path, kinds: Sequence[FormatKind], auto_fix: bool
 ) -> epb.ValidationSummary:
-    """Validates the staged files once; a job that failed validation fails with the report."""
+    """Validates the staged files once; a job that failed validation fails with the report.
+
+    Files written from column batches the column checks found clean get a structural check
+    of their bytes instead of the per-value walk (``validate_export(columns_checked=True)``);
+    the PRD files of features with PRD-only findings still get it."""
     if job.checkpoint.HasField("validation"):
         return job.checkpoint.validation
     job.report(ppb.STAGE_VALIDATING_OUTPUT, 0, 1, "folders", "validating the generated files")
     if any(kind is not FormatKind.SAELENS for kind in kinds):
-        summary = summary_of(validate_export(root, fix=auto_fix, processes=os.cpu_count() or 1))
+        walk = features_to_walk(job.staging)
+        report = validate_export(
+            root,
+            fix=auto_fix,
+            processes=os.cpu_count() or 1,
+            columns_checked=walk is not None,
+            walk_features=walk or frozenset(),
+        )
+        summary = summary_of(report)
     else:
         summary = epb.ValidationSummary(valid=True)
     if FormatKind.SAELENS in kinds:

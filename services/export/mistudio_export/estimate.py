@@ -1,9 +1,9 @@
 """How long an export will take and how large its archive will be, from measured rates.
 
 Computation time comes from the compute service's own measured rates (EstimateComputation);
-file generation time and bytes per feature come from the exports this service has finished,
-which record their measurements in their outcome. Without any finished export the defaults
-below are used, and the estimate says so.
+each file stage's time (``stage_rates``: features × example tokens) and the bytes per feature come
+from the exports this service has finished, which record their measurements in their outcome and
+progress. Without any finished export the priors are used, and the estimate says so.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component
+from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_tokens, stage_times
 from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.clients import ComputeClient, StoreClient
@@ -32,8 +33,6 @@ from mistudio_export.token_facts import token_facts
 DEFAULT_BYTES_PER_FEATURE = 60_000.0
 """Archive bytes per feature for all Neuronpedia formats (SAEDashboard alone writes ~88 KB of
 JSON per feature with full contexts; our contexts are shorter and the ZIP deflates)."""
-DEFAULT_SECONDS_PER_FEATURE = 0.02
-"""Generating, validating and packing all Neuronpedia formats, per feature, on two CPU cores."""
 # Rough bytes per item of a feature's files over all Neuronpedia formats, for relative sizes.
 _BYTES_FIXED, _BYTES_PER_EXAMPLE_TOKEN, _BYTES_PER_LOGIT = 2_000.0, 40.0, 60.0
 _BYTES_PER_BIN, _BYTES_PER_TOP_TOKEN = 30.0, 80.0
@@ -42,33 +41,40 @@ _BYTES_PER_BIN, _BYTES_PER_TOP_TOKEN = 30.0, 80.0
 @dataclass(frozen=True)
 class Rates:
     bytes_per_feature: float
-    seconds_per_feature: float
+    files: StageRates
+    """Seconds per cost unit of each file stage (features × example tokens)."""
     measured: bool
 
 
 def measurement(
-    progress: ppb.Progress, neuronpedia_bytes: int, features: int
+    progress: ppb.Progress, neuronpedia_bytes: int, features: int, params: dpb.DashboardParams
 ) -> jpb.ExportMeasurement:
     """What a finished export records for later estimates."""
     seconds = sum(s.elapsed_seconds for s in progress.stages if s.stage in FILE_STAGES)
     return jpb.ExportMeasurement(
-        features=features, neuronpedia_bytes=neuronpedia_bytes, seconds=seconds
+        features=features,
+        neuronpedia_bytes=neuronpedia_bytes,
+        seconds=seconds,
+        example_tokens=example_tokens(params),
     )
 
 
 def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
-    """Median rates over finished exports that measured some features."""
+    """Median archive bytes per feature and the file stages' rates fitted over finished exports
+    that measured some features."""
     per_byte: list[float] = []
-    per_second: list[float] = []
+    times: list[StageTime] = []
     for job in jobs:
         measured = job.outcome.measured
         if not measured.features:
             continue
         per_byte.append(measured.neuronpedia_bytes / measured.features)
-        per_second.append(measured.seconds / measured.features)
+        size = JobSize(0, 0, measured.features, measured.example_tokens)
+        times += [t for t in stage_times(job.progress, size) if t.stage in FILE_STAGES]
+    files = StageRates.fit(times)
     if not per_byte:
-        return Rates(DEFAULT_BYTES_PER_FEATURE, DEFAULT_SECONDS_PER_FEATURE, measured=False)
-    return Rates(statistics.median(per_byte), statistics.median(per_second), measured=True)
+        return Rates(DEFAULT_BYTES_PER_FEATURE, files, measured=False)
+    return Rates(statistics.median(per_byte), files, measured=files.all_measured(FILE_STAGES))
 
 
 def relative_size(params: dpb.DashboardParams, omitted: frozenset[Component]) -> float:
@@ -123,8 +129,10 @@ class ExportEstimator:
         if plan.neuronpedia:
             warnings += self._dashboards(plan, estimate)
         features = estimate.feature_count
+        written = JobSize(0, 0, features, example_tokens(plan.params))
+        file_stages = [s for s in plan.stages if s in FILE_STAGES]
+        estimate.estimated_seconds += sum(rates.files.predict(file_stages, written))
         size = relative_size(plan.params, plan.omitted)
-        estimate.estimated_seconds += features * rates.seconds_per_feature * size
         estimate.estimated_size_bytes = int(features * rates.bytes_per_feature * size)
         if plan.saelens:
             estimate.estimated_size_bytes += saelens_bytes(plan.sae)

@@ -13,6 +13,7 @@ CPU cores are used.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -24,6 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -50,6 +52,8 @@ from mistudio_export.peers import FeatureFacts, SaeLensFiles
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.validation.column_checks import ColumnFinding, column_findings
+from mistudio_export.validation.column_checks import features_to_walk as walk_of
 
 ROOT = "/"
 """IncludedFormat folder meaning the archive root (where the PRD layout lives)."""
@@ -259,13 +263,48 @@ def _progress(
     return report
 
 
+COLUMN_FINDINGS = "column-findings.json"
+"""In the staging folder: what ``column_checks`` found in the batches the formats were written
+from, read by the validating stage (``features_to_walk``)."""
+MAX_FINDINGS_SHOWN = 100
+"""The file shows the first findings; the full check reports them all."""
+
+
 def _batches(staging: Path) -> Iterator[ExampleColumns]:
     """The staged dashboards as column batches: the examples read straight from the messages
-    into the columns, the rest converted for the formats' per-feature fields."""
+    into the columns, the rest converted for the formats' per-feature fields. Each batch is
+    checked as it is made; a complete read records its findings (``COLUMN_FINDINGS``)."""
     tokens = StringTable()
+    findings: list[ColumnFinding] = []
     for chunk in batch_sized(staged_dashboards(staging)):
         heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
-        yield example_columns(heads, tokens, examples=chunk)
+        batch = example_columns(heads, tokens, examples=chunk)
+        findings += column_findings(batch)
+        yield batch
+    _record_findings(staging, findings)
+
+
+def _record_findings(staging: Path, findings: list[ColumnFinding]) -> None:
+    """Every read of the staged dashboards finds the same; the second process's read and this
+    one's may both write the file, each atomically."""
+    walk = walk_of(findings)
+    record = {
+        "walk_everything": walk is None,
+        "prd_features_to_walk": sorted(walk or ()),
+        "findings": [dataclasses.asdict(f) for f in findings[:MAX_FINDINGS_SHOWN]],
+    }
+    jsonio.write_document(staging / COLUMN_FINDINGS, jsonio.dumps_plain(record))
+
+
+def features_to_walk(staging: Path) -> frozenset[int] | None:
+    """The features whose PRD files need the validator's full check, when the staged dashboards
+    were read into checked column batches; None when every file needs it (no record, or a
+    finding that other formats' checks report too)."""
+    try:
+        record = orjson.loads(jsonio.read_bytes(staging / COLUMN_FINDINGS))
+    except FileNotFoundError:
+        return None
+    return None if record["walk_everything"] else frozenset(record["prd_features_to_walk"])
 
 
 def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:

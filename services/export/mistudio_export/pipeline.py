@@ -174,7 +174,9 @@ class ExportPipeline:
             result=result,
             render_key=delta.render_key(plan),
             feature_hash_count=len(hashes),
-            measured=measurement(job.tracker.snapshot(), neuronpedia_bytes, len(collected.hashes)),
+            measured=measurement(
+                job.tracker.snapshot(), neuronpedia_bytes, len(collected.hashes), plan.params
+            ),
         )
 
     def _saelens(self, plan: ExportPlan) -> tuple[FormatKind, ...]:

@@ -149,6 +149,9 @@ class WrongWidth:
     def encode(self, x):
         return self.sae.encode(x)
 
+    def encode_features(self, x, features):
+        return self.sae.encode_features(x, features)
+
 
 def test_an_encoder_of_the_wrong_width_is_refused(inputs) -> None:
     with pytest.raises(InvalidArgument) as err:

@@ -16,6 +16,7 @@ import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb, dashboard_to_pb
 from mistudio_common.errors import Cancelled, ResourceExhausted
+from mistudio_compute.adapters import SaeFeatures
 from mistudio_compute.dashboards import (
     Checkpointing,
     PassState,
@@ -24,7 +25,9 @@ from mistudio_compute.dashboards import (
     state_config,
 )
 from mistudio_compute.dashboards.memory import PLANNED_SHARE, MemoryModel, plan_within_budget
+from mistudio_compute.sae import architectures, build_sae
 
+from tests.compute.builders import sae_config
 from tests.compute.dashboards import tiny
 
 PARAMS = DashboardParams(
@@ -83,6 +86,33 @@ def test_sharded_dashboards_equal_the_unsharded_run_byte_for_byte(inputs, budget
     assert forwards == 4 * -(-tiny.ROWS // BATCH)  # the model forward runs once per shard
     assert [d.feature_index for d in got] == [d.feature_index for d in reference]
     for a, b in zip(got, reference, strict=True):
+        pa, pb = dashboard_to_pb(a), dashboard_to_pb(b)
+        assert pa.SerializeToString(deterministic=True) == pb.SerializeToString(deterministic=True)
+
+
+def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
+    monkeypatch, model, relu_sae, tokens, budget
+) -> None:
+    monkeypatch.setattr(architectures, "ENCODE_BLOCK", 16)  # shards of 25 cut across blocks
+    weights = {"W_enc": relu_sae.w_enc, "b_enc": relu_sae.b_enc, "W_dec": relu_sae.w_dec,
+               "b_dec": torch.zeros(tiny.D_MODEL)}  # fmt: skip
+    cfg = sae_config("standard", tiny.D_MODEL, relu_sae.d_sae, hook_name=tiny.HOOK)
+    encoder = SaeFeatures(build_sae(cfg, weights))
+    widths: list[int] = []
+
+    class Recording:
+        d_sae, device, encode = encoder.d_sae, encoder.device, encoder.encode
+
+        def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+            widths.append(len(features))
+            return encoder.encode_features(x, features)
+
+    inputs = replace(tiny.make_inputs(model, relu_sae, tokens), encoder=Recording())
+    full = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, chunk_size=CHUNK))
+    assert widths == []  # the unsharded pass encodes every feature at once
+    got = sharded(inputs, budget)
+    assert sorted(set(widths)) == [21, 25]  # each shard's pass encodes its own features
+    for a, b in zip(got, full, strict=True):
         pa, pb = dashboard_to_pb(a), dashboard_to_pb(b)
         assert pa.SerializeToString(deterministic=True) == pb.SerializeToString(deterministic=True)
 

@@ -83,6 +83,9 @@ class ReluSAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pre(x) + self.b_enc)
 
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.encode(x).index_select(1, features)
+
 
 class TopKSAE(ReluSAE):
     k = 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -185,6 +186,31 @@ def test_estimates_use_the_rate_measured_by_finished_runs(
     )
     assert estimate.rate_source == "measured"
     assert 0 < estimate.estimated_seconds < 60
+
+
+def test_after_one_run_the_estimate_of_another_size_is_closer_than_the_prior(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path, tmp_path: Path
+) -> None:
+    """Stage rates are fitted against each stage's own driver, so a run of all 64 features
+    over 48 rows predicts 16 features over 192 rows better than the priors do."""
+    more_rows = write_tokens(tmp_path / "more.npy", rows=4 * ROWS, seed=2)
+    features = list(range(0, D_SAE, 4))
+
+    def estimate() -> float:
+        request = cpb.EstimateComputationRequest(
+            sae=cpb.SaeReference(sae_id=registered_sae),
+            tokens=tpb.TokenSource(token_file=str(more_rows)),
+            feature_count=len(features),
+        )
+        return compute.EstimateComputation(request).estimated_seconds
+
+    prior = estimate()
+    list(compute.ComputeDashboards(compute_request(registered_sae, token_file)))
+    measured = estimate()
+    second = compute_request(registered_sae, more_rows, "req-2", feature_indices=features)
+    actual = list(compute.ComputeDashboards(second))[-1].progress.elapsed_seconds
+    print(f"prior {prior:.3f} s, measured rates {measured:.3f} s, actual {actual:.3f} s")
+    assert abs(math.log(measured / actual)) < abs(math.log(prior / actual))
 
 
 def pause_with_a_checkpoint(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -12,6 +13,7 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.config import ExportSettings
+from mistudio_export.generate import COLUMN_FINDINGS, features_to_walk
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.preflight import Planner
 
@@ -90,3 +92,18 @@ def test_a_delta_export_keeps_only_changed_features_and_records_the_whole_set(
     before, after = peers.store.hashes["first"], peers.store.hashes["delta"]
     assert sorted(after) == list(range(D_SAE))
     assert [i for i in range(D_SAE) if before[i] != after[i]] == [2]
+
+
+def test_an_export_checks_its_column_batches_and_what_they_show_gets_the_full_check(
+    peers: Peers,
+) -> None:
+    """The tiny dashboards have 2 examples each (the PRD asks for 10) and a quantile example
+    sampled outside its bin: the column checks find both, so every file is checked in full and
+    the summary carries the validator's warnings for them."""
+    outcome = peers.export("checked", neuronpedia())
+    staging = peers.tmp_path / "checked"
+    record = orjson.loads((staging / COLUMN_FINDINGS).read_bytes())
+    assert {f["code"] for f in record["findings"]} == {"FEW_EXAMPLES", "INCONSISTENT"}
+    assert features_to_walk(staging) is None
+    summary = outcome.result.validation
+    assert {c.code: c.count for c in summary.classes} == {"FEW_EXAMPLES": 4, "INCONSISTENT": 5}

@@ -91,8 +91,11 @@ class LocalPass:
             self.checkpoint.path.unlink(missing_ok=True)
 
 
-def encode_rows(inputs: DashboardInputs, tokens: torch.Tensor) -> torch.Tensor:
-    """tokens [B, T] -> feature activations [B*T, d_sae] on the encoder's device."""
+def encode_rows(
+    inputs: DashboardInputs, tokens: torch.Tensor, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """tokens [B, T] -> activations [B*T, F] of ``features`` (all d_sae when None) on the
+    encoder's device."""
     with torch.no_grad():
         x = inputs.reader.activations(tokens)  # [B, T, d_in]
         if x.dim() != 3 or x.shape[:2] != tokens.shape:
@@ -102,11 +105,16 @@ def encode_rows(inputs: DashboardInputs, tokens: torch.Tensor) -> torch.Tensor:
                 field="hook_point",
                 fix="read a residual-stream-like hook with one vector per token",
             )
-        z = inputs.encoder.encode(x.reshape(-1, x.shape[-1]))  # [B*T, d_sae]
-    if z.shape != (x.shape[0] * x.shape[1], inputs.encoder.d_sae):
+        flat = x.reshape(-1, x.shape[-1])  # [B*T, d_in]
+        if features is None:
+            z = inputs.encoder.encode(flat)  # [B*T, d_sae]
+        else:
+            z = inputs.encoder.encode_features(flat, features)  # [B*T, F]
+    width = inputs.encoder.d_sae if features is None else len(features)
+    if z.shape != (flat.shape[0], width):
         raise InvalidArgument(
             f"the SAE encoded {tuple(x.shape)} activations to {tuple(z.shape)}, expected "
-            f"[{x.shape[0] * x.shape[1]}, {inputs.encoder.d_sae}]",
+            f"[{flat.shape[0]}, {width}]",
             field="sae",
             fix="check that the SAE's d_in matches the hook and d_sae its feature count",
         )
@@ -147,8 +155,8 @@ def run_activation_pass(
 
     def step(i: int, j: int) -> None:
         batch = read_rows(tokens, slice(i, j), device)  # [B, T]
-        acts = encode_rows(inputs, batch)  # [B*T, d_sae]
-        state.update(acts if every_feature else acts.index_select(1, features), batch, i)
+        acts = encode_rows(inputs, batch, None if every_feature else features)  # [B*T, F]
+        state.update(acts, batch, i)
 
     batches = 0
     unsaved: Cursor | None = None  # the last folded batch, while no checkpoint holds it

@@ -38,6 +38,11 @@ class FeatureEncoder(Protocol):
         """x [N, d_in] -> feature activations [N, d_sae]."""
         ...
 
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """x [N, d_in], features [F] int64 -> their activations [N, F], bit for bit the columns
+        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard)."""
+        ...
+
 
 class LogitLensSource(Protocol):
     """Decoder directions in the residual space the unembedding reads."""

@@ -13,7 +13,7 @@ and decode is ``norm_out(f @ W_dec + b_dec)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 import torch
@@ -22,6 +22,10 @@ from mistudio_common.errors import AlreadyExists, InvalidArgument
 from mistudio_compute.sae.config import SaeConfig
 
 _LN_EPS = 1e-5  # SAELens's run-time layer norm epsilon
+ENCODE_BLOCK = 512
+"""Encoder columns per matmul. A feature shard encodes only the blocks its features fall in; a
+matmul over another column count may round differently (MKL's narrow kernels do, in the last
+bit), so the full encode runs the same blocks and both give the same bits."""
 
 
 class Sae:
@@ -100,10 +104,40 @@ class Sae:
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations [..., d_sae] of hook activations ``x`` [..., d_in]."""
+        z = self.encode_features(x.reshape(-1, x.shape[-1]))  # [N, d_sae]
+        return z.view(*x.shape[:-1], z.shape[-1])
+
+    @torch.inference_mode()
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Activations [N, F] of ``features`` [F] (all when None) for ``x`` [N, d_in], bit for
+        bit the matching columns of the full encode: only the ENCODE_BLOCK column blocks the
+        features fall in are computed, each by the same call as in the full encode."""
         x_c = self._normalize_in(x.to(self.device, self.dtype))
         if self.cfg.apply_b_dec_to_input:
             x_c = x_c - self.b_dec
-        return self._activate(x_c)
+        if features is None:
+            return self._encode_blocks(x_c, range(-(-self.d_sae // ENCODE_BLOCK)))
+        features = features.to(self.device)
+        block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
+        blocks = torch.unique(block_of)  # sorted; only the last block of all can be partial
+        z = self._encode_blocks(x_c, blocks.tolist())  # [N, covered columns]
+        column = torch.searchsorted(blocks, block_of) * ENCODE_BLOCK + features % ENCODE_BLOCK
+        return z.index_select(1, column)
+
+    def _encode_blocks(self, x_c: torch.Tensor, blocks: Iterable[int]) -> torch.Tensor:
+        """Activations of the columns of ``blocks`` (ascending), side by side: [N, columns]."""
+        spans = [slice(b * ENCODE_BLOCK, min((b + 1) * ENCODE_BLOCK, self.d_sae)) for b in blocks]
+        if len(spans) == 1:
+            return self._activate(x_c, spans[0])
+        out = x_c.new_empty(x_c.shape[0], sum(s.stop - s.start for s in spans))
+        at = 0
+        for span in spans:
+            width = span.stop - span.start
+            out[:, at : at + width] = self._activate(x_c, span)
+            at += width
+        return out
 
     @torch.inference_mode()
     def decode(self, features: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -118,14 +152,14 @@ class Sae:
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x), x)
 
-    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
+    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+        """Activations [N, columns] of the features ``columns`` for centred inputs [N, d_in]."""
         raise NotImplementedError
 
-    def _encode_affine(self, x_c: torch.Tensor, bias: str) -> torch.Tensor:
-        """``x_c @ W_enc + weights[bias]`` as one fused matmul (addmm): half the time of a
-        matmul followed by a separate broadcast add over the [N, d_sae] result."""
-        flat = torch.addmm(self.weights[bias], x_c.reshape(-1, x_c.shape[-1]), self.W_enc)
-        return flat.view(*x_c.shape[:-1], flat.shape[-1])
+    def _encode_affine(self, x_c: torch.Tensor, bias: str, columns: slice) -> torch.Tensor:
+        """``x_c @ W_enc + weights[bias]`` over ``columns`` as one fused matmul (addmm): half
+        the time of a matmul followed by a separate broadcast add over the result."""
+        return torch.addmm(self.weights[bias][columns], x_c, self.W_enc[:, columns])
 
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.W_dec
@@ -155,30 +189,40 @@ class Sae:
 class StandardSae(Sae):
     architecture = "standard"
 
-    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        return self._encode_affine(x_c, "b_enc").relu_()
+    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+        return self._encode_affine(x_c, "b_enc", columns).relu_()
 
 
 class JumpReluSae(Sae):
     architecture = "jumprelu"
     tensor_names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
-    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        pre = self._encode_affine(x_c, "b_enc")  # [..., d_sae]
-        above = pre > self.weights["threshold"]
+    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+        pre = self._encode_affine(x_c, "b_enc", columns)  # [N, columns]
+        above = pre > self.weights["threshold"][columns]
         return pre.relu_().mul_(above)
 
 
 class TopKSae(Sae):
+    """Picks each token's k largest pre-activations among all features, so a subset of features
+    is never encoded on its own: its encode_features is the full encode, then the columns."""
+
     architecture = "topk"
 
-    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        pre = self._encode_affine(x_c, "b_enc")  # [..., d_sae]
+    @torch.inference_mode()
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pre = super().encode_features(x)  # [N, d_sae]
         if self.cfg.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
         assert self.cfg.k is not None  # guaranteed by parse_sae_config
         values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
+        z = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
+        return z if features is None else z.index_select(1, features.to(self.device))
+
+    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+        return self._encode_affine(x_c, "b_enc", columns)  # pre-activations: k is picked above
 
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         if self.cfg.rescale_acts_by_decoder_norm:
@@ -190,11 +234,11 @@ class GatedSae(Sae):
     architecture = "gated"
     tensor_names = ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec")
 
-    def _activate(self, x_c: torch.Tensor) -> torch.Tensor:
-        pre = x_c @ self.W_enc  # [..., d_sae], shared by the gate and the magnitude path
-        gate = pre + self.weights["b_gate"] > 0
-        magnitude = torch.relu(pre * self.weights["r_mag"].exp() + self.weights["b_mag"])
-        return gate * magnitude
+    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+        pre = x_c @ self.W_enc[:, columns]  # [N, columns], shared by the gate and the magnitude
+        gate = pre + self.weights["b_gate"][columns] > 0
+        r_mag, b_mag = self.weights["r_mag"][columns], self.weights["b_mag"][columns]
+        return gate * torch.relu(pre * r_mag.exp() + b_mag)
 
 
 _REGISTRY: dict[str, type[Sae]] = {}

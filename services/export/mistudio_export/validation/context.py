@@ -51,6 +51,11 @@ class Session:
     root: Path
     fix: bool
     max_file_bytes: int = ARCHIVE_LIMITS.max_entry_bytes
+    columns_checked: bool = False
+    """The files were written by this export from column batches that ``column_checks`` found
+    clean: a file whose bytes are strict, clean JSON needs no per-value checks."""
+    walk_features: frozenset[int] = frozenset()
+    """Features whose PRD files get the per-value checks all the same."""
     problems: list[Problem] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     files_checked: int = 0
@@ -81,6 +86,9 @@ class FileContext:
     text_clean: bool = False
     """The document(s) came from text that is strict JSON (so every number is finite) holding
     no suspect character or escape: a scan would find nothing."""
+    values_checked: bool = False
+    """``text_clean`` and written from checked columns: the per-value checks (schema, examples,
+    histograms) would find nothing; the checks across rows and files still run."""
     _reported: set[tuple[int | None, str]] = field(default_factory=set)
 
     def report(
@@ -234,7 +242,7 @@ def _depth_within(doc: Any, limit: int) -> bool:
     return False
 
 
-def _parse_strict(data: bytes) -> Any:
+def _parse_strict(data: bytes, *, bounded: bool = True) -> Any:
     """The document when ``data`` is strict JSON in valid UTF-8 within the nesting bound (what
     the exporter writes), parsed without decoding it first; else _INVALID, and ``parse`` then
     takes the text the slow way and reports what is wrong."""
@@ -242,9 +250,14 @@ def _parse_strict(data: bytes) -> Any:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return _INVALID
-    if not _depth_within(doc, MAX_JSON_DEPTH):
+    if bounded and not _depth_within(doc, MAX_JSON_DEPTH):
         return _INVALID
     return doc
+
+
+def _vouch(ctx: FileContext, data: bytes) -> None:
+    ctx.text_clean = not suspect_bytes(data)
+    ctx.values_checked = ctx.text_clean and ctx.session.columns_checked
 
 
 def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
@@ -253,9 +266,10 @@ def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
     data = _read_bounded(ctx, path)
     if data is None:
         return ctx, None
-    doc = _parse_strict(data)
+    # the writers' documents have a fixed, shallow shape: no need to walk them for their depth
+    doc = _parse_strict(data, bounded=not session.columns_checked)
     if doc is not _INVALID:
-        ctx.text_clean = not suspect_bytes(data)
+        _vouch(ctx, data)
         return ctx, doc
     text = _decode(ctx, data)
     doc = parse(ctx, text)
@@ -297,13 +311,14 @@ def _strict_rows(ctx: FileContext, data: bytes) -> list[tuple[int, Any]] | None:
     """Every line of ``data`` parsed as by ``_parse_strict``, or None when one line needs the
     slow way (which then reads the whole file again, so that problems come in line order)."""
     rows: list[tuple[int, Any]] = []
+    bounded = not ctx.session.columns_checked
     for n, line in enumerate(data.split(b"\n"), start=1):
         if line.strip():
-            row = _parse_strict(line)
+            row = _parse_strict(line, bounded=bounded)
             if row is _INVALID:
                 return None
             rows.append((n, row))
-    ctx.text_clean = not suspect_bytes(data)
+    _vouch(ctx, data)
     return rows
 
 

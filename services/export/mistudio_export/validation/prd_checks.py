@@ -97,7 +97,9 @@ def _features(session: Session, directory: Path, meta: dict[str, Any] | None) ->
         ctx, doc = load_document(session, path)
         if suffix and not path.name.endswith(str(suffix)):
             ctx.report("INCONSISTENT", "", f"metadata says feature files end in {suffix}")
-        if doc is not None:
+        if doc is not None and ctx.values_checked and index not in session.walk_features:
+            _check_index(ctx, doc, index)
+        elif doc is not None:
             check_feature(ctx, doc, index, _omitted(meta))
             save_document(ctx, path, doc)
     n_meta = meta.get("n_features") if meta else None
@@ -125,13 +127,7 @@ def check_feature(
     check_schema(ctx, doc, "prd_feature")
     if not isinstance(doc, dict):
         return
-    index = doc.get("feature_index")
-    if isinstance(index, int) and index != expected_index:
-        ctx.report(
-            "INDEX_FILE_MISMATCH",
-            "/feature_index",
-            f"feature_index={index} in the file of feature {expected_index}",
-        )
+    _check_index(ctx, doc, expected_index)
     acts = get_list(doc, "activations")
     top = [
         check_example(ctx, ex, ["activations", k], max_key="max_value", index_key="max_token_index")
@@ -159,6 +155,16 @@ def check_feature(
         severity=Severity.WARNING,
     )  # fmt: skip
     _logit_order(ctx, doc.get("logits"))
+
+
+def _check_index(ctx: FileContext, doc: Any, expected_index: int) -> None:
+    index = doc.get("feature_index") if isinstance(doc, dict) else None
+    if isinstance(index, int) and index != expected_index:
+        ctx.report(
+            "INDEX_FILE_MISMATCH",
+            "/feature_index",
+            f"feature_index={index} in the file of feature {expected_index}",
+        )
 
 
 def _groups(ctx: FileContext, groups: Any) -> list[float]:

@@ -38,7 +38,8 @@ def validate_saedashboard(session: Session, directory: Path) -> None:
         if doc is None:
             continue
         scan(ctx, doc)
-        check_schema(ctx, doc, "sd_batch")
+        if not ctx.values_checked:
+            check_schema(ctx, doc, "sd_batch")
         if isinstance(doc, dict):
             _names(ctx, doc)
             for k, feature in enumerate(get_list(doc, "features")):
@@ -64,6 +65,8 @@ def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: dict[int, str]) 
                 "DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {seen[index]}"
             )
         seen.setdefault(index, ctx.file)
+    if ctx.values_checked:  # the rest checks values; duplicates span files
+        return
     for prefix in ("pos", "neg"):
         same_length(ctx, f, base, f"{prefix}_str", f"{prefix}_values")
     for hist in ("freq_hist_data_bar", "logits_hist_data_bar"):

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from mistudio_common.errors import NotFound
@@ -29,16 +30,37 @@ _CHECKERS: dict[str, Callable[[Session, Path], None]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What the column checks vouch for (see ``validate_export``)."""
+
+    columns: bool
+    walk_features: frozenset[int]
+
+
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 """Below this much data a second process costs more to start than it saves."""
 
 
-def validate_export(root: Path, *, fix: bool = False, processes: int = 1) -> ValidationReport:
+def validate_export(
+    root: Path,
+    *,
+    fix: bool = False,
+    processes: int = 1,
+    columns_checked: bool = False,
+    walk_features: frozenset[int] = frozenset(),
+) -> ValidationReport:
     """Check every file of every recognised format under ``root`` (gzip included).
 
     With ``fix``, common problems are repaired in the files and listed in ``report.changes``;
     ``report.problems`` then holds only what is left. With ``processes`` > 1 a large export's
     formats are checked side by side; the report is the same as when checked one by one.
+
+    ``columns_checked``: only for an export's own files, written from column batches in which
+    ``column_checks`` found nothing. Files whose bytes then prove strict, clean JSON (gzip
+    intact, one orjson parse) skip the per-value checks; the checks across rows and files, and
+    every check of any other file, still run; so does every check of the PRD files of
+    ``walk_features``. Archives from elsewhere are checked in full.
     """
     if not root.is_dir():
         raise NotFound(
@@ -49,7 +71,8 @@ def validate_export(root: Path, *, fix: bool = False, processes: int = 1) -> Val
         )
     components = layout.discover(root)
     if components:
-        parts = _check_all(root, fix, components, processes)
+        checked = Checked(columns_checked, walk_features)
+        parts = _check_all(root, fix, components, processes, checked)
     else:
         session = Session(root=root, fix=fix)
         session.context(root, reading=False).report(
@@ -66,19 +89,30 @@ def validate_export(root: Path, *, fix: bool = False, processes: int = 1) -> Val
 
 
 def _check_all(
-    root: Path, fix: bool, components: list[layout.Component], processes: int
+    root: Path, fix: bool, components: list[layout.Component], processes: int, checked: Checked
 ) -> list[Session]:
     n = min(processes, len(components))
     if n < 2 or _size(root) < PARALLEL_MIN_BYTES:
-        return [_check_component(root, fix, c) for c in components]
+        return [_check_component(root, fix, c, checked) for c in components]
     # spawn, not fork: the service process runs gRPC threads, which fork would copy mid-call
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
         n_parts = len(components)
-        return list(pool.map(_check_component, [root] * n_parts, [fix] * n_parts, components))
+        return list(
+            pool.map(
+                _check_component, [root] * n_parts, [fix] * n_parts, components, [checked] * n_parts
+            )
+        )
 
 
-def _check_component(root: Path, fix: bool, component: layout.Component) -> Session:
-    session = Session(root=root, fix=fix)
+def _check_component(
+    root: Path, fix: bool, component: layout.Component, checked: Checked
+) -> Session:
+    session = Session(
+        root=root,
+        fix=fix,
+        columns_checked=checked.columns,
+        walk_features=checked.walk_features,
+    )
     with collector_paused():
         _CHECKERS[component.kind](session, component.path)
     return session

@@ -199,22 +199,28 @@ class ExportMeasurement(_message.Message):
     FEATURES_FIELD_NUMBER: _builtins.int
     NEURONPEDIA_BYTES_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    EXAMPLE_TOKENS_FIELD_NUMBER: _builtins.int
     features: _builtins.int
     """Features written (0: nothing measured)."""
     neuronpedia_bytes: _builtins.int
     """Archive bytes of the Neuronpedia formats (the SAELens weights left out)."""
     seconds: _builtins.float
     """Seconds spent writing, validating and packing the files."""
+    example_tokens: _builtins.int
+    """Tokens of one feature's shown examples (examples × context window): with features, what
+    each file stage's time is fitted against (0 in jobs measured before it was recorded).
+    """
     def __init__(
         self,
         *,
         features: _builtins.int = ...,
         neuronpedia_bytes: _builtins.int = ...,
         seconds: _builtins.float = ...,
+        example_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "neuronpedia_bytes", b"neuronpedia_bytes", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["example_tokens", b"example_tokens", "features", b"features", "neuronpedia_bytes", b"neuronpedia_bytes", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,171 @@
+"""What each stage of a job costs, from the work that drives it, fitted from finished jobs.
+
+A stage's seconds are its rate times its cost driver. The activation pass runs every token
+through the encoder's columns of the features it computes (tokens × d_in × features); the stages
+after it handle each feature's shown examples (features × example tokens: finalisation builds
+them, and they are what sizes the bytes written, validated and packed); checking a request is a
+fixed cost. A rate is fitted from the stage times of finished jobs; until a stage has been
+measured, its prior stands in (the bench's stage times at 16,384 features, issue 14).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
+
+from mistudio_common.progress import StageId
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSize:
+    """The quantities stage costs grow with."""
+
+    tokens: int
+    """Token positions the activation pass reads."""
+    d_in: int
+    """Width of the hook activations the encoder multiplies."""
+    features: int
+    """Features computed (or written, for the file stages)."""
+    example_tokens: int
+    """Tokens of one feature's shown examples: examples × context window."""
+
+
+def example_tokens(params: dpb.DashboardParams) -> int:
+    """Tokens of one feature's shown examples under ``params`` (filled, not defaulted)."""
+    examples = params.n_top_examples + params.n_quantile_groups * params.examples_per_quantile_group
+    return examples * (params.context_left + 1 + params.context_right)
+
+
+def cost_units(stage: StageId, size: JobSize) -> float:
+    """The cost driver of ``stage`` for a job of ``size``: its seconds are proportional to it."""
+    if stage == ppb.STAGE_ACTIVATION_PASS:
+        return float(size.tokens) * size.d_in * size.features
+    if stage == ppb.STAGE_VALIDATING:
+        return 1.0
+    return float(size.features) * size.example_tokens
+
+
+_BENCH_FEATURE_EXAMPLES = 16_384 * 45 * 25  # default params: 45 examples of 25 tokens
+PRIOR_SECONDS_PER_UNIT: dict[StageId, float] = {
+    ppb.STAGE_VALIDATING: 1.0,
+    ppb.STAGE_ACTIVATION_PASS: 42.0 / (262_144 * 64 * 16_384),
+    ppb.STAGE_LOADING_EXAMPLES: 14.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_LOGIT_LENS: 18.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_HISTOGRAMS: 14.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_TOKEN_AGGREGATION: 12.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_CACHING: 8.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_GENERATING_FILES: 59.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_VALIDATING_OUTPUT: 35.0 / _BENCH_FEATURE_EXAMPLES,
+    ppb.STAGE_CREATING_ARCHIVE: 13.0 / _BENCH_FEATURE_EXAMPLES,
+}
+"""Seconds per cost unit before any job of this service has measured the stage (issue 14's
+stories260K bench, 262,144 tokens, d_in 64, 16,384 features; finalisation's 58 s split by the
+stage table's weights)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageTime:
+    """One measured stage of a finished job."""
+
+    stage: StageId
+    size: JobSize
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StageRates:
+    """Seconds per cost unit of each stage: fitted where measured, the prior elsewhere."""
+
+    seconds_per_unit: dict[StageId, float]
+    measured: frozenset[StageId]
+
+    @classmethod
+    def fit(cls, times: Iterable[StageTime]) -> StageRates:
+        """Per stage, total seconds over total cost units: the least-squares rate of a cost
+        proportional to its driver when a stage's time varies in proportion to its size, so a
+        large job weighs as much as its size and small jobs' fixed overheads do not dominate."""
+        seconds: dict[StageId, float] = {}
+        units: dict[StageId, float] = {}
+        for time in times:
+            u = cost_units(time.stage, time.size)
+            if u <= 0 or time.seconds < 0:
+                continue
+            seconds[time.stage] = seconds.get(time.stage, 0.0) + time.seconds
+            units[time.stage] = units.get(time.stage, 0.0) + u
+        fitted = {stage: seconds[stage] / units[stage] for stage in units}
+        return cls({**PRIOR_SECONDS_PER_UNIT, **fitted}, frozenset(fitted))
+
+    def seconds(self, stage: StageId, size: JobSize) -> float:
+        return self.seconds_per_unit.get(stage, 0.0) * cost_units(stage, size)
+
+    def predict(self, stages: Sequence[StageId], size: JobSize) -> list[float]:
+        """Predicted seconds of each of ``stages``: a job's estimate and its progress weights."""
+        return [self.seconds(stage, size) for stage in stages]
+
+    def all_measured(self, stages: Sequence[StageId]) -> bool:
+        return all(stage in self.measured for stage in stages)
+
+
+RECENT_PER_STAGE = 20
+"""Measurements kept per stage: recent jobs follow a changed machine or a faster release."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateFile:
+    """Stage times of this service's finished jobs, in one JSON file (replaced atomically)."""
+
+    path: Path
+
+    def times(self) -> list[StageTime]:
+        try:
+            rows = orjson.loads(self.path.read_bytes())
+            return [
+                StageTime(
+                    ppb.Stage.ValueType(r["stage"]), JobSize(**r["size"]), float(r["seconds"])
+                )
+                for r in rows
+            ]
+        except FileNotFoundError:
+            return []
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            log.warning(
+                "ignoring an unreadable rates file; estimates use the priors",
+                extra={"path": str(self.path), "error": str(error)},
+            )
+            return []
+
+    def rates(self) -> StageRates:
+        return StageRates.fit(self.times())
+
+    def record(self, measured: Iterable[StageTime]) -> None:
+        """Adds a finished job's stage times, keeping the most recent RECENT_PER_STAGE each."""
+        times = [*self.times(), *measured]
+        kept: list[StageTime] = []
+        count: dict[StageId, int] = {}
+        for time in reversed(times):
+            count[time.stage] = count.get(time.stage, 0) + 1
+            if count[time.stage] <= RECENT_PER_STAGE:
+                kept.append(time)
+        kept.reverse()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_bytes(orjson.dumps([asdict(t) for t in kept]))
+        os.replace(temporary, self.path)
+
+
+def stage_times(progress: ppb.Progress, size: JobSize) -> list[StageTime]:
+    """The measured stages of a finished job's progress, sized by the job."""
+    return [
+        StageTime(s.stage, size, s.elapsed_seconds)
+        for s in progress.stages
+        if s.state == ppb.JOB_STATE_SUCCEEDED and s.elapsed_seconds > 0
+    ]

@@ -1,0 +1,163 @@
+"""In an export the values are checked on the column batches before writing; the written bytes
+then get a structural check. A fault injected into a batch is found with the code and pointer
+the full validator reports for the written file, and sends the export to the full check."""
+
+import dataclasses
+import gzip
+from pathlib import Path
+
+import orjson
+import pytest
+from google.protobuf import json_format
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard_codec import dashboard_from_pb
+from mistudio_export.formats import jsonio
+from mistudio_export.formats.columns import column_batches
+from mistudio_export.formats.neuronpedia_importer import write_importer_export
+from mistudio_export.formats.prd_json import write_prd_export
+from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
+from mistudio_export.formats.upload_payloads import write_upload_payloads
+from mistudio_export.generate import _record_findings, features_to_walk
+from mistudio_export.validation import validate_export
+from mistudio_export.validation.column_checks import column_findings
+
+from tests.export.formats.builders import explanation, naming, sae_info
+
+FIXTURE = Path(__file__).parents[1] / "formats" / "data" / "real_export.json.gz"
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> list:
+    fixture = orjson.loads(gzip.decompress(FIXTURE.read_bytes()))
+    stored = (json_format.ParseDict(d, dpb.FeatureDashboard()) for d in fixture["dashboards"])
+    return [dashboard_from_pb(d) for d in stored]
+
+
+def write_all(out: Path, dashboards: list) -> list:
+    batches = list(column_batches(dashboards))
+    info = sae_info(d_sae=4096, n_prompts=256)
+    write_prd_export(out, info, naming(), batches, [explanation(0)], compress_features=True)
+    write_importer_export(out / "neuronpedia-importer", info, naming(), batches, [explanation(0)])
+    write_saedashboard_batches(out / "saedashboard", info, naming(), batches, features_per_batch=2)
+    write_upload_payloads(out / "upload-payloads", naming(), batches, [explanation(0)])
+    return [f for b in batches for f in column_findings(b)]
+
+
+def places(report) -> set[tuple[str, str, str]]:
+    return {(p.code, p.file, p.pointer) for p in report.problems}
+
+
+def found(findings) -> set[tuple[str, str, str]]:
+    return {(f.code, f"features/{f.feature_index}.json.gz", f.pointer) for f in findings}
+
+
+def test_a_real_export_has_no_findings_and_passes_the_structural_check(dashboards, tmp_path):
+    assert write_all(tmp_path, dashboards) == []
+    full = validate_export(tmp_path)
+    quick = validate_export(tmp_path, columns_checked=True)
+    assert full.ok and quick.ok
+    assert quick.files_checked == full.files_checked
+
+
+def with_example(d, section: int, rank: int, **changes):
+    if section == 0:
+        examples = list(d.top_examples)
+        examples[rank] = dataclasses.replace(examples[rank], **changes)
+        return dataclasses.replace(d, top_examples=examples)
+    groups = list(d.quantile_groups)
+    examples = list(groups[section - 1].examples)
+    examples[rank] = dataclasses.replace(examples[rank], **changes)
+    groups[section - 1] = dataclasses.replace(groups[section - 1], examples=examples)
+    return dataclasses.replace(d, quantile_groups=groups)
+
+
+def faults(d):
+    top = d.top_examples[3]
+    shorter_tokens = with_example(d, 0, 3, tokens=top.tokens[:-1])
+    wrong_max = with_example(d, 0, 3, max_value=top.max_value + 1.0)
+    wrong_index = with_example(d, 2, 1, max_token_index=0)
+    stats = dataclasses.replace(d.statistics, nonzero_count=-1)
+    negative_count = dataclasses.replace(d, statistics=stats)
+    return {
+        "token/value length mismatch": (shorter_tokens, "LENGTH_MISMATCH", "/activations/3"),
+        "stored maximum": (wrong_max, "MAX_VALUE_MISMATCH", "/activations/3/max_value"),
+        "maximum index": (
+            wrong_index,
+            "MAX_INDEX_MISMATCH",
+            "/quantile_groups/1/examples/1/max_token_index",
+        ),
+        "negative count": (negative_count, "SCHEMA_VIOLATION", "/statistics/nonzero_count"),
+    }
+
+
+@pytest.mark.parametrize(
+    "fault", ["token/value length mismatch", "stored maximum", "maximum index", "negative count"]
+)
+def test_a_fault_in_a_batch_is_found_where_the_validator_reports_it(dashboards, tmp_path, fault):
+    faulty, code, where = faults(dashboards[1])[fault]
+    findings = write_all(tmp_path, [dashboards[0], faulty, dashboards[2]])
+    problem = (code, "features/1.json.gz", where)
+    assert problem in found(findings)
+    assert problem in places(validate_export(tmp_path))
+
+
+def test_a_finding_other_formats_also_report_sends_every_file_to_the_full_check(
+    dashboards, tmp_path
+):
+    faulty, _, _ = faults(dashboards[1])["stored maximum"]
+    findings = write_all(tmp_path / "out", [dashboards[0], faulty])
+    _record_findings(tmp_path, findings)
+    assert features_to_walk(tmp_path) is None
+    _record_findings(tmp_path, [])
+    assert features_to_walk(tmp_path) == frozenset()
+
+
+def test_a_finding_only_the_prd_reports_sends_only_that_features_file_to_the_full_check(
+    dashboards, tmp_path
+):
+    d = dashboards[1]
+    groups = [dataclasses.replace(g, examples=g.examples[:1]) for g in d.quantile_groups]
+    few = dataclasses.replace(d, top_examples=d.top_examples[:3], quantile_groups=groups)
+    findings = write_all(tmp_path / "out", [dashboards[0], few, dashboards[2]])
+    _record_findings(tmp_path, findings)
+    assert features_to_walk(tmp_path) == {1}
+    full = validate_export(tmp_path / "out")
+    quick = validate_export(tmp_path / "out", columns_checked=True, walk_features=frozenset({1}))
+    assert places(quick) == places(full) == {("FEW_EXAMPLES", "features/1.json.gz", "/activations")}
+
+
+def test_a_nan_in_a_batch_is_refused_with_the_validators_pointer(dashboards, tmp_path):
+    batch = next(iter(column_batches(dashboards)))
+    row = 3  # the fourth top example of feature 0
+    batch.values[batch.value_start[row] + 2] = float("nan")
+    with pytest.raises(jsonio.NonFiniteValue) as refused:
+        batch.check()
+    write_all(tmp_path, dashboards)
+    path = tmp_path / "features" / "0.json.gz"
+    doc = orjson.loads(jsonio.read_bytes(path))
+    doc["activations"][3]["values"][2] = "__nan__"
+    path.write_bytes(gzip.compress(orjson.dumps(doc).replace(b'"__nan__"', b"NaN")))
+    assert ("NON_FINITE", "features/0.json.gz", refused.value.field) in places(
+        validate_export(tmp_path)
+    )
+
+
+def test_the_structural_check_still_finds_broken_bytes(dashboards, tmp_path):
+    write_all(tmp_path, dashboards)
+    truncated = tmp_path / "features" / "1.json.gz"
+    truncated.write_bytes(truncated.read_bytes()[:-20])
+    broken = tmp_path / "saedashboard" / "batch-0.json"
+    broken.write_bytes(broken.read_bytes()[:-2])
+    report = validate_export(tmp_path, columns_checked=True)
+    assert ("FILE_UNREADABLE", "features/1.json.gz", "") in places(report)
+    assert ("INVALID_JSON", "saedashboard/batch-0.json", "") in places(report)
+
+
+def test_a_file_with_suspect_text_gets_the_full_check(dashboards, tmp_path):
+    write_all(tmp_path, dashboards)
+    path = tmp_path / "features" / "2.json.gz"
+    doc = orjson.loads(jsonio.read_bytes(path))
+    doc["activations"][0]["tokens"][0] = "\x07"
+    path.write_bytes(gzip.compress(orjson.dumps(doc)))
+    codes = {p.code for p in validate_export(tmp_path, columns_checked=True).problems}
+    assert "TOKEN_ENCODING" in codes
