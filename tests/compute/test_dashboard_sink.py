@@ -21,7 +21,11 @@ class FlakyStore:
         self.cached: list[int] = []
 
     def put_dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, dashboards: Sequence[dpb.FeatureDashboard]
+        self,
+        sae_id: str,
+        params: dpb.DashboardParams,
+        dashboards: Sequence[dpb.FeatureDashboard],
+        owner: str,
     ) -> int:
         if self.failures:
             self.failures -= 1
@@ -29,7 +33,7 @@ class FlakyStore:
         self.cached += [d.feature_index for d in dashboards]
         return len(dashboards)
 
-    def upsert_features(self, sae_id: str, stats: Sequence[FeatureStats]) -> None:
+    def upsert_features(self, sae_id: str, stats: Sequence[FeatureStats], owner: str) -> None:
         pass
 
 

@@ -11,6 +11,7 @@ import pytest
 from mistudio_common.errors import InvalidArgument
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.input_files import InputKind, InputPolicy
+from mistudio_compute.model_access import load_model
 
 LIMITS = {kind: 100 for kind in InputKind}
 
@@ -123,3 +124,34 @@ def test_what_is_opened_is_checked_on_the_descriptor(tmp_path: Path) -> None:
         policy.open(tmp_path / "big.txt", InputKind.TEXT_FILE)
     with pytest.raises(InvalidArgument, match="not a regular file"):
         policy.open(tmp_path / "pipe", InputKind.TEXT_FILE)  # refused, not waited on
+
+
+def test_a_llama2c_model_swapped_for_a_symlink_after_the_check_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "root").mkdir()
+    model, tokenizer = tmp_path / "root" / "model.bin", tmp_path / "root" / "tok.bin"
+    model.write_bytes(b"\0" * 28)
+    tokenizer.write_bytes(b"\0" * 4)
+    (tmp_path / "secret.bin").write_text(SECRET)
+    policy = InputPolicy.create([tmp_path / "root"], LIMITS)
+
+    def swap() -> None:
+        model.unlink()
+        model.symlink_to(tmp_path / "secret.bin")
+
+    swap_after_resolving(monkeypatch, swap)
+    with pytest.raises(InvalidArgument, match="cannot be opened") as caught:
+        load_model(f"llama2c:{model}?tokenizer={tokenizer}", "cpu", policy.open)
+    assert caught.value.field == "model_id"
+    assert SECRET not in str(caught.value)
+
+
+def test_a_llama2c_tokenizer_outside_the_roots_is_refused_when_loaded(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "secret.bin").write_text(SECRET)
+    policy = InputPolicy.create([tmp_path / "root"], LIMITS)
+    ref = f"llama2c:{tmp_path / 'secret.bin'}?tokenizer={tmp_path / 'secret.bin'}"
+    with pytest.raises(InvalidArgument, match="outside") as caught:
+        load_model(ref, "cpu", policy.open)
+    assert SECRET not in str(caught.value)

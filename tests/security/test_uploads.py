@@ -5,6 +5,8 @@ uploads are refused with nothing stored, and compute verifies what it fetches.""
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,12 +23,14 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_cli.main import main as cli
 from mistudio_cli.upload_input_command import sae_folder_requests, token_file_requests
 from mistudio_common.errors import InvalidArgument
+from mistudio_common.retention import FolderSweeper
 from mistudio_common.s3_address import parse_s3_url
 from mistudio_common.server import insecure_channel
 from mistudio_compute.input_files import InputKind
 from mistudio_compute.object_inputs import ObjectInputs
 from mistudio_export.object_store import S3ObjectStore
 from mistudio_export.server import build_export_server
+from mistudio_export.uploads import UploadLimits, Uploads
 from mistudio_store import convert
 
 from tests.export.service.errors import details
@@ -44,6 +48,7 @@ from tests.export.service.stack import (
 from tests.moto_s3 import ACCESS_KEY, SECRET_KEY, bucket_url, moto_server
 
 BUCKET = "uploads-suite"
+HOUR = 3600.0
 
 
 @pytest.fixture(scope="module")
@@ -372,3 +377,43 @@ def test_a_deleted_upload_is_gone_from_the_bucket_and_from_computes_cache(
     with pytest.raises(grpc.RpcError) as twice:
         s3_stack.exports.DeleteInput(epb.DeleteInputRequest(uri=tokens.uri))
     assert details(twice.value)["code"] == grpc.StatusCode.NOT_FOUND
+
+
+def leftover_staging(root: Path, age_seconds: float) -> Path:
+    """A staging folder as a crash in the middle of an upload leaves it."""
+    folder = root / f"upload-crashed-{int(age_seconds)}"
+    folder.mkdir(parents=True)
+    (folder / "sae_weights.safetensors").write_bytes(b"half an upload")
+    stamp = time.time() - age_seconds
+    os.utime(folder, (stamp, stamp))
+    return folder
+
+
+def test_an_export_service_removes_staging_a_crash_left_at_start(
+    s3_stack: Stack, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    crashed = leftover_staging(data_dir / "uploads", age_seconds=5)
+    server = build_export_server(s3_stack.settings().model_copy(update={"data_dir": data_dir}))
+    try:
+        assert not crashed.exists()
+    finally:
+        server.stop(grace_seconds=1.0)
+
+
+def test_the_sweeper_removes_old_leftover_staging_but_never_a_live_upload(
+    bucket: S3ObjectStore, tmp_path: Path
+) -> None:
+    uploads = Uploads(bucket, UploadLimits(1, 1, 1, 1), tmp_path / "uploads")
+    live = uploads.receive("alice")
+    live_folder = next((tmp_path / "uploads").iterdir())
+    stamp = time.time() - 2 * HOUR
+    os.utime(live_folder, (stamp, stamp))
+    old = leftover_staging(tmp_path / "uploads", age_seconds=2 * HOUR)
+    recent = leftover_staging(tmp_path / "uploads", age_seconds=60)
+    sweeper = FolderSweeper(uploads.staging_root, HOUR, uploads.staging_removable, 600)
+    assert sweeper.sweep() == [old.name]
+    assert live_folder.is_dir() and recent.is_dir()
+    live.discard()
+    assert not live_folder.exists()
+    assert sweeper.sweep_leftovers() == [recent.name]

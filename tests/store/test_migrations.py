@@ -93,7 +93,7 @@ def test_migrating_untyped_job_state_keeps_config_resume_state_result_and_hashes
         with Session(engine) as session:
             row = session.get(ExportJobRow, "j")
             assert row is not None
-            job = convert.job_to_pb(row, "s")
+            job = convert.job_to_pb(row, "s", "")
         assert job.config.batch_size == 8 and job.config.dashboard.n_top_examples == 20
         assert row.config == {"batch_size": 8, "dashboard": {"n_top_examples": 20}}
         assert job.resume.compute.attempt == 2

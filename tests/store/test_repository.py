@@ -52,6 +52,32 @@ def test_list_pages_end_without_an_empty_page(repo: StoreRepository) -> None:
     assert second.next_page_token == ""
 
 
+def test_an_sae_id_is_unique_per_owner_and_everything_hangs_off_the_owners_own(
+    repo: StoreRepository,
+) -> None:
+    for owner, d_sae in (("alice", 4), ("bob", 8)):
+        repo.create_sae(make_sae("shared", owner=owner, d_sae=d_sae))
+        repo.upsert_features("shared", [pb.Feature(feature_index=0, label=owner)], owner=owner)
+    assert repo.get_sae("shared", "alice").d_sae == 4
+    assert repo.get_sae("shared", "bob").d_sae == 8
+    assert [f.label for f in repo.list_features("shared", owner="bob").items] == ["bob"]
+    with pytest.raises(InvalidArgument) as ambiguous:
+        repo.get_sae("shared")  # no owner: only when one owner has the id
+    assert ambiguous.value.field == "owner"
+    with pytest.raises(NotFound):
+        repo.get_sae("shared", "carol")
+    repo.delete_sae("shared", "alice")
+    assert repo.get_sae("shared").owner == "bob"
+
+
+def test_a_listing_of_every_owner_pages_through_shared_ids(repo: StoreRepository) -> None:
+    for owner in ("alice", "bob", "carol"):
+        repo.create_sae(make_sae("shared", owner=owner))
+    first = repo.list_saes(page_size=2)
+    second = repo.list_saes(page_size=2, page_token=first.next_page_token)
+    assert [s.owner for s in first.items + second.items] == ["alice", "bob", "carol"]
+
+
 def test_rewriting_a_range_leaves_other_rows_untouched(repo: StoreRepository) -> None:
     repo.create_sae(make_sae("inc", d_sae=8192))
     params = dpb.DashboardParams()

@@ -130,7 +130,6 @@ def _export_request(
     return epb.StartExportRequest(
         request_id=str(uuid.uuid4()),
         sae_id=sae_id,
-        owner="demo",
         config=epb.ExportConfig(
             formats=FORMATS["both"],
             selection=parse_selection(args.features),

@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = command(
         "run", "export a local SAE folder or a registered SAE", commands.cmd_run, EPILOG_RUN
     )
-    run.add_argument("--owner", default="", help="recorded on the job")
+    run.add_argument(
+        "--owner", default="", help="whose SAE to export, and so whose job (admins; default: yours)"
+    )
     run.add_argument("--request-id", default="", help="idempotency key (default: random)")
     run.add_argument("--output", default="", metavar="ZIP", help="also download the archive here")
     _add_sae_options(run)

@@ -283,6 +283,15 @@ def can_see(owner: str, caller: Identity) -> bool:
     return caller.sees_everything or owner == caller.name
 
 
+def sae_owner(requested: str, caller: Identity) -> str | None:
+    """Whose SAE a request addresses (an sae_id is unique per owner): a user's always its own
+    (naming another is PERMISSION_DENIED, as in ``owner_for``); an admin or service names the
+    owner, or gives none (None) to mean the only SAE with that id."""
+    if caller.sees_everything:
+        return requested or None
+    return owner_for(requested, caller)
+
+
 def owner_for(requested: str, caller: Identity) -> str:
     """The owner a new SAE or job gets: the caller, unless an admin or service names another.
 

@@ -8,6 +8,7 @@ atomic write into it (progress, checkpoints) refreshes, so a live job's folder n
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 import time
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class FolderSweeper:
-    """Removes ``root/<job_id>`` folders of finished jobs older than ``retention_seconds``."""
+    """Removes ``root/<job_id>`` folders of finished jobs (or other leftovers ``may_remove``
+    names, such as an upload's staging) older than ``retention_seconds``."""
 
     def __init__(
         self,
@@ -51,6 +53,11 @@ class FolderSweeper:
         if removed:
             log.info("removed finished job folders", extra={"count": len(removed)})
         return removed
+
+    def sweep_leftovers(self) -> list[str]:
+        """One pass that removes every removable folder whatever its age: at a service's start
+        nothing in the root is live yet, so all of it is a previous process's leftover."""
+        return self.sweep(now=math.inf)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="retention", daemon=True)

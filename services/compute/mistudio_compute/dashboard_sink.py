@@ -31,8 +31,11 @@ class DashboardSink:
         batch_size: int = 64,
         max_pending: int = 2,
         patience: Patience | None = None,
+        owner: str = "",
     ) -> None:
         self._store, self._sae_id, self._params = store, sae_id, params
+        self._owner = owner
+        """The SAE's owner (ids are unique per owner); empty: the only SAE with this id."""
         self._patience = patience or Patience()
         self._aborted = threading.Event()
         self._batch_size = batch_size
@@ -88,8 +91,8 @@ class DashboardSink:
                 self._error = error
 
     def _write(self, batch: list[dpb.FeatureDashboard]) -> int:
-        written = self._store.put_dashboards(self._sae_id, self._params, batch)
-        self._store.upsert_features(self._sae_id, [_stats(d) for d in batch])
+        written = self._store.put_dashboards(self._sae_id, self._params, batch, self._owner)
+        self._store.upsert_features(self._sae_id, [_stats(d) for d in batch], self._owner)
         return written
 
 

@@ -81,6 +81,11 @@ class PreparedComputation(Protocol):
         ...
 
     @property
+    def sae_owner(self) -> str:
+        """The store SAE's owner: an sae_id is unique per owner."""
+        ...
+
+    @property
     def params(self) -> dpb.DashboardParams:
         """The request's parameters with defaults and the token fingerprint filled in."""
         ...
@@ -219,7 +224,13 @@ class ComputeJobManager:
 
     def run(self, job: RunningComputation, prepared: PreparedComputation) -> cpb.ComputeResult:
         started = time.monotonic()
-        sink = DashboardSink(self._store, prepared.sae_id, prepared.params, patience=self._patience)
+        sink = DashboardSink(
+            self._store,
+            prepared.sae_id,
+            prepared.params,
+            owner=prepared.sae_owner,
+            patience=self._patience,
+        )
         try:
             job.report(ppb.STAGE_VALIDATING, 1, 1, "checks")
             self._plan(job, prepared)
@@ -249,7 +260,9 @@ class ComputeJobManager:
         cached: set[int] = set()
         request = self.records.request(job.job_id)
         if request.reuse_cached and prepared.sae_id:
-            cached = self._store.cached_features(prepared.sae_id, prepared.params)
+            cached = self._store.cached_features(
+                prepared.sae_id, prepared.params, prepared.sae_owner
+            )
         todo = [f for f in features if f not in cached]
         job.checkpoint.features[:] = todo
         job.checkpoint.features_reused = len(features) - len(todo)

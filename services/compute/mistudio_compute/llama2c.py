@@ -23,6 +23,7 @@ import torch
 from mistudio_common.errors import InvalidArgument
 from sentencepiece import sentencepiece_model_pb2
 
+from mistudio_compute.input_files import InputKind, Opener, open_trusted
 from mistudio_compute.token_text import PieceStyle
 
 MODEL_FIELD = "model_id"
@@ -58,19 +59,22 @@ class Llama2cCheckpoint:
     """llama2.c names and layouts, stacked over layers: ``wq`` is [n_layers, dim, dim] (out, in)."""
 
 
-def read_llama2c_config(path: str | Path) -> Llama2cConfig:
+def read_llama2c_config(path: str | Path, open_input: Opener = open_trusted) -> Llama2cConfig:
     """The header of a legacy llama2.c ``.bin`` alone (28 bytes, not the weights)."""
     try:
-        with Path(path).open("rb") as f:
+        with open_input(Path(path), InputKind.MODEL_FILE) as f:
             head = f.read(HEADER.size)
     except OSError as exc:
         raise _bad_checkpoint(path, f"cannot read it: {exc.strerror or exc}") from exc
     return _parse_header(head, path)
 
 
-def read_llama2c_checkpoint(path: str | Path) -> Llama2cCheckpoint:
-    """Reads a legacy llama2.c ``.bin``; a wrong size or a newer export is an InvalidArgument."""
-    data = _read_file(Path(path), "model checkpoint")
+def read_llama2c_checkpoint(
+    path: str | Path, open_input: Opener = open_trusted
+) -> Llama2cCheckpoint:
+    """Reads a legacy llama2.c ``.bin``; a wrong size or a newer export is an InvalidArgument.
+    A request's file is read through ``open_input`` (``InputPolicy.open``): the checked file."""
+    data = _read_file(Path(path), "model checkpoint", open_input)
     cfg = _parse_header(data, path)
     shapes = _weight_shapes(cfg)
     expected = sum(int(np.prod(s)) for s in shapes.values())
@@ -267,10 +271,10 @@ def sentencepiece_bpe_model(pieces: Sequence[PieceSpec], *, byte_fallback: bool 
 
 
 def read_llama2c_tokenizer(
-    path: str | Path, vocab_size: int | None = None
+    path: str | Path, vocab_size: int | None = None, open_input: Opener = open_trusted
 ) -> SentencePieceTokenizer:
     """Rebuilds llama2.c's ``tokenizer.bin`` export (e.g. tok512.bin) as a SentencePiece model."""
-    data = _read_file(Path(path), "tokenizer")
+    data = _read_file(Path(path), "tokenizer", open_input)
     pieces: list[PieceSpec] = []
     offset = 4  # max_token_length, unused
     try:
@@ -308,9 +312,10 @@ def _piece_spec(token_id: int, text: str, score: float) -> PieceSpec:
     return text.replace(" ", "▁"), score, t.NORMAL
 
 
-def _read_file(path: Path, what: str) -> bytes:
+def _read_file(path: Path, what: str, open_input: Opener) -> bytes:
     try:
-        return path.read_bytes()
+        with open_input(path, InputKind.MODEL_FILE) as f:
+            return f.read()
     except OSError as exc:
         raise InvalidArgument(
             f"cannot read the llama2.c {what} {str(path)!r}: {exc.strerror or exc}",

@@ -22,7 +22,7 @@ from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from mistudio_compute import llama2c
 from mistudio_compute.hooks import HookKind, HookPoint, hook_width, validate_hook
-from mistudio_compute.input_files import InputKind, InputPolicy
+from mistudio_compute.input_files import InputKind, InputPolicy, Opener, open_trusted
 from mistudio_compute.token_text import HfTokenizer, TokenizerAdapter
 
 MODEL_FIELD = "model_id"
@@ -86,8 +86,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def load_model(model_ref: str, device: str = "auto") -> LoadedModel:
-    """Loads a TransformerLens hub model or a local llama2.c checkpoint (module docstring)."""
+def load_model(
+    model_ref: str, device: str = "auto", open_input: Opener = open_trusted
+) -> LoadedModel:
+    """Loads a TransformerLens hub model or a local llama2.c checkpoint (module docstring); a
+    request's llama2.c files are read through ``open_input`` (``InputPolicy.open``)."""
     ref = model_ref.strip()
     if not ref:
         raise InvalidArgument(
@@ -97,7 +100,7 @@ def load_model(model_ref: str, device: str = "auto") -> LoadedModel:
         )
     torch_device = resolve_device(device)
     if ref.startswith(LLAMA2C_PREFIX):
-        return _load_llama2c(ref, torch_device)
+        return _load_llama2c(ref, torch_device, open_input)
     return _load_from_hub(ref, torch_device)
 
 
@@ -127,10 +130,10 @@ def _load_from_hub(name: str, device: torch.device) -> LoadedModel:
     return wrap_model(model, name=name, ref=name)
 
 
-def _load_llama2c(ref: str, device: torch.device) -> LoadedModel:
+def _load_llama2c(ref: str, device: torch.device, open_input: Opener) -> LoadedModel:
     model_path, tokenizer_path = parse_llama2c_ref(ref)
-    ckpt = llama2c.read_llama2c_checkpoint(model_path)
-    tokenizer = llama2c.read_llama2c_tokenizer(tokenizer_path, ckpt.config.vocab_size)
+    ckpt = llama2c.read_llama2c_checkpoint(model_path, open_input)
+    tokenizer = llama2c.read_llama2c_tokenizer(tokenizer_path, ckpt.config.vocab_size, open_input)
     name = model_path.stem
     cfg = HookedTransformerConfig(
         **llama2c.hooked_transformer_config(ckpt.config, name), device=str(device)

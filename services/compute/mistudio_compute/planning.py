@@ -26,7 +26,7 @@ from mistudio_compute.dashboards.distributed import Sharding
 from mistudio_compute.dashboards.memory import ShardPlan, plan_within_budget
 from mistudio_compute.dashboards.params import state_config, validate_params
 from mistudio_compute.hooks import HookKind, hook_name
-from mistudio_compute.input_files import InputKind, InputPolicy
+from mistudio_compute.input_files import InputKind, InputPolicy, Opener
 from mistudio_compute.model_access import LoadedModel, confine_model, load_model
 from mistudio_compute.run_dashboards import CHUNK_FEATURES, PreparedDashboards
 from mistudio_compute.sae import check_against_model
@@ -41,7 +41,7 @@ from mistudio_compute.tokens import (
     provenance_path,
 )
 
-ModelLoader = Callable[[str, str], LoadedModel]
+ModelLoader = Callable[[str, str, Opener], LoadedModel]
 """(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
 
 
@@ -80,7 +80,7 @@ class Planner:
         confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
-                self._models[key] = (self._load(*key), threading.Lock())
+                self._models[key] = (self._load(*key, self._inputs.open), threading.Lock())
             return self._models[key]
 
     def resolve_sae(
@@ -162,9 +162,10 @@ class Planner:
         self.check_memory(params, len(features), resolved.sae.d_sae, dataset, request.batch_size)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
+            sae_owner=resolved.owner,
             params=_filled(with_hook_limits(params, check.hook_point), dataset),
             feature_indices=features,
-            resolved=ResolvedSae(resolved.sae, resolved.sae_id, model.ref, check.hook_point),
+            resolved=replace(resolved, model_id=model.ref, hook_point=check.hook_point),
             model=model,
             model_lock=lock,
             dataset=dataset,

@@ -49,6 +49,7 @@ class PreparedDashboards:
     """A validated ComputeDashboards request with everything loaded (a PreparedComputation)."""
 
     sae_id: str
+    sae_owner: str
     params: dpb.DashboardParams
     feature_indices: Sequence[int]
     resolved: ResolvedSae

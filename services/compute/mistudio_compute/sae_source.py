@@ -37,6 +37,8 @@ class ResolvedSae:
     """The store's id; empty for an SAE given as files."""
     model_id: str
     hook_point: str
+    owner: str = ""
+    """The store record's owner (an sae_id is unique per owner); empty for files."""
 
 
 def resolve_sae(
@@ -50,11 +52,11 @@ def resolve_sae(
     files ``inputs`` allows."""
     which = ref.WhichOneof("reference")
     if which == "sae_id":
-        record = store.get_sae(ref.sae_id)
+        record = store.get_sae(ref.sae_id, ref.sae_owner)
         sae = _load_registered(record, inputs)
         model_id = model_override or record.model_id or sae.model_name or ""
         hook = hook_override or record.hook_point or sae.hook_name or ""
-        return ResolvedSae(sae, record.sae_id, model_id, hook)
+        return ResolvedSae(sae, record.sae_id, model_id, hook, record.owner)
     if which == "files":
         if not ref.files.path:
             raise InvalidArgument(

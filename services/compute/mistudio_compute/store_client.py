@@ -64,19 +64,27 @@ class StoreClient:
     def close(self) -> None:
         self._channel.close()
 
-    def get_sae(self, sae_id: str) -> spb.Sae:
+    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
+        """``owner``'s SAE; empty: the only SAE with this id (the store refuses a shared id)."""
         try:
-            return self._stub.GetSae(spb.GetSaeRequest(sae_id=sae_id), **self._unary).sae
+            request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
+            return self._stub.GetSae(request, **self._unary).sae
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
 
-    def cached_features(self, sae_id: str, params: dpb.DashboardParams) -> set[int]:
+    def cached_features(
+        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+    ) -> set[int]:
         """Indices of the features with a dashboard cached under ``params``."""
         found: set[int] = set()
         token = ""
         while True:
             request = spb.ListCachedDashboardsRequest(
-                sae_id=sae_id, params=params, page_size=_PAGE_SIZE, page_token=token
+                sae_id=sae_id,
+                owner=owner,
+                params=params,
+                page_size=_PAGE_SIZE,
+                page_token=token,
             )
             try:
                 page = self._stub.ListCachedDashboards(request, **self._unary)
@@ -92,11 +100,12 @@ class StoreClient:
         sae_id: str,
         params: dpb.DashboardParams,
         dashboards: Iterable[dpb.FeatureDashboard],
+        owner: str = "",
         batch_size: int = 32,
     ) -> int:
         """Streams the dashboards to the store in batches; returns how many were written."""
         requests = (
-            spb.PutDashboardsRequest(sae_id=sae_id, params=params, dashboards=batch)
+            spb.PutDashboardsRequest(sae_id=sae_id, owner=owner, params=params, dashboards=batch)
             for batch in _batched(dashboards, batch_size)
         )
         try:
@@ -105,7 +114,7 @@ class StoreClient:
             raise error_from_rpc(error) from error
         return response.written_count
 
-    def upsert_features(self, sae_id: str, stats: Sequence[FeatureStats]) -> int:
+    def upsert_features(self, sae_id: str, stats: Sequence[FeatureStats], owner: str = "") -> int:
         """Records activation stats only: labels and categories already stored are kept."""
         features = [
             spb.Feature(
@@ -118,7 +127,7 @@ class StoreClient:
         total = 0
         for batch in _batched(features, _PAGE_SIZE):
             request = spb.UpsertFeaturesRequest(
-                sae_id=sae_id, features=batch, update_mask=STATS_FIELDS
+                sae_id=sae_id, owner=owner, features=batch, update_mask=STATS_FIELDS
             )
             try:
                 total += self._stub.UpsertFeatures(request, **self._unary).upserted_count

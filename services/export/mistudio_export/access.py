@@ -11,13 +11,13 @@ from typing import Protocol
 
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.auth import Identity, can_see, owner_for
-from mistudio_common.errors import NotFound
+from mistudio_common.auth import Identity, can_see, owner_for, sae_owner
+from mistudio_common.errors import InvalidArgument, NotFound
 from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
 
 class Records(Protocol):
-    def get_sae(self, sae_id: str) -> spb.Sae: ...
+    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae: ...
 
     def get_job(self, job_id: str) -> spb.ExportJob: ...
 
@@ -61,9 +61,12 @@ class Access:
             return False
         return not can_see(job.owner, caller)
 
-    def sae(self, sae_id: str, caller: Identity) -> spb.Sae:
-        """The SAE, when the caller may use it; NOT_FOUND otherwise."""
-        sae = self._records.get_sae(sae_id)
+    def sae(self, sae_id: str, owner: str, caller: Identity) -> spb.Sae:
+        """The SAE ``sae_id`` of ``owner`` (a user's: always its own, as ids are unique per
+        owner), when the caller may use it; NOT_FOUND otherwise."""
+        if not sae_id:
+            raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
+        sae = self._records.get_sae(sae_id, sae_owner(owner, caller) or "")
         if not can_see(sae.owner, caller):
             raise sae_not_found(sae_id)
         return sae

@@ -24,6 +24,8 @@ from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel, wait_until_ready
 
+from mistudio_export.plan import sae_reference
+
 T = TypeVar("T")
 
 PAGE_SIZE = 1000
@@ -72,40 +74,55 @@ class StoreClient:
     def close(self) -> None:
         self._channel.close()
 
-    def get_sae(self, sae_id: str) -> spb.Sae:
-        request = spb.GetSaeRequest(sae_id=sae_id)
+    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
+        """``owner``'s SAE (ids are unique per owner); empty: the only one with this id."""
+        request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
         return _call(lambda: self._stub.GetSae(request, **self._unary)).sae
 
-    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
+    def features(
+        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
+    ) -> Iterator[spb.Feature]:
         """Every feature record matching the filter, in index order."""
 
         def fetch(token: str) -> tuple[Sequence[spb.Feature], str]:
             request = spb.ListFeaturesRequest(
-                sae_id=sae_id, page_size=PAGE_SIZE, page_token=token, filter=feature_filter
+                sae_id=sae_id,
+                owner=owner,
+                page_size=PAGE_SIZE,
+                page_token=token,
+                filter=feature_filter,
             )
             page = _call(lambda: self._stub.ListFeatures(request, **self._unary))
             return page.features, page.next_page_token
 
         return _pages(fetch)
 
-    def explanations(self, sae_id: str, indices: Sequence[int] = ()) -> Iterator[spb.Explanation]:
+    def explanations(
+        self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
+    ) -> Iterator[spb.Explanation]:
         """Explanations of the listed features (all when empty), ordered as the store keeps them."""
 
         def fetch(token: str) -> tuple[Sequence[spb.Explanation], str]:
             request = spb.ListExplanationsRequest(
-                sae_id=sae_id, page_size=PAGE_SIZE, page_token=token, feature_indices=indices
+                sae_id=sae_id,
+                owner=owner,
+                page_size=PAGE_SIZE,
+                page_token=token,
+                feature_indices=indices,
             )
             page = _call(lambda: self._stub.ListExplanations(request, **self._unary))
             return page.explanations, page.next_page_token
 
         return _pages(fetch)
 
-    def cached_hashes(self, sae_id: str, params: dpb.DashboardParams) -> dict[int, str]:
+    def cached_hashes(
+        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+    ) -> dict[int, str]:
         """Feature index -> content hash of every dashboard cached under ``params``."""
 
         def fetch(token: str) -> tuple[Sequence[spb.CachedDashboard], str]:
             request = spb.ListCachedDashboardsRequest(
-                sae_id=sae_id, params=params, page_size=PAGE_SIZE, page_token=token
+                sae_id=sae_id, owner=owner, params=params, page_size=PAGE_SIZE, page_token=token
             )
             page = _call(lambda: self._stub.ListCachedDashboards(request, **self._unary))
             return page.dashboards, page.next_page_token
@@ -113,10 +130,12 @@ class StoreClient:
         return {d.feature_index: d.content_hash for d in _pages(fetch)}
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
         """Cached dashboards of ``indices`` (at most a few hundred), and the missing indices."""
-        request = spb.GetDashboardsRequest(sae_id=sae_id, params=params, feature_indices=indices)
+        request = spb.GetDashboardsRequest(
+            sae_id=sae_id, owner=owner, params=params, feature_indices=indices
+        )
         found: list[dpb.FeatureDashboard] = []
         missing: list[int] = []
         for message in _stream(lambda: self._stub.GetDashboards(request, **self._unary)):
@@ -158,15 +177,27 @@ class StoreClient:
         sae_id: str = "",
         owner: str = "",
         states: Sequence[ppb.JobState.ValueType] = (),
+        sae_owner: str = "",
     ) -> spb.ListExportJobsResponse:
         request = spb.ListExportJobsRequest(
-            page_size=page_size, page_token=page_token, sae_id=sae_id, owner=owner, states=states
+            page_size=page_size,
+            page_token=page_token,
+            sae_id=sae_id,
+            owner=owner,
+            states=states,
+            sae_owner=sae_owner,
         )
         return _call(lambda: self._stub.ListExportJobs(request, **self._unary))
 
-    def finished_jobs(self, sae_id: str, limit: int) -> list[spb.ExportJob]:
-        """The SAE's newest ``limit`` succeeded exports, newest first."""
-        page = self.list_jobs(page_size=limit, sae_id=sae_id, states=[ppb.JOB_STATE_SUCCEEDED])
+    def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]:
+        """The SAE's newest ``limit`` succeeded exports, newest first (never those of another
+        owner's SAE with the same id)."""
+        page = self.list_jobs(
+            page_size=limit,
+            sae_id=sae.sae_id,
+            sae_owner=sae.owner,
+            states=[ppb.JOB_STATE_SUCCEEDED],
+        )
         return list(page.jobs)
 
     def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
@@ -241,22 +272,20 @@ class ComputeClient:
         return reply.state
 
     def validate_sae(
-        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+        self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
     ) -> cpb.ValidateSaeResponse:
-        request = cpb.ValidateSaeRequest(
-            sae=cpb.SaeReference(sae_id=sae_id), tokens=tokens, device=device
-        )
+        request = cpb.ValidateSaeRequest(sae=sae_reference(sae), tokens=tokens, device=device)
         return _call(lambda: self._stub.ValidateSae(request, **self._unary))
 
     def estimate(
         self,
-        sae_id: str,
+        sae: spb.Sae,
         tokens: tpb.TokenSource,
         feature_count: int,
         params: dpb.DashboardParams | None = None,
     ) -> cpb.EstimateComputationResponse:
         request = cpb.EstimateComputationRequest(
-            sae=cpb.SaeReference(sae_id=sae_id),
+            sae=sae_reference(sae),
             tokens=tokens,
             feature_count=feature_count,
             params=params,
@@ -264,10 +293,10 @@ class ComputeClient:
         return _call(lambda: self._stub.EstimateComputation(request, **self._unary))
 
     def saelens_files(
-        self, sae_id: str, neuronpedia_id: str, frequencies: Sequence[float]
+        self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
     ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
         request = cpb.ExportSaeLensFilesRequest(
-            sae=cpb.SaeReference(sae_id=sae_id),
+            sae=sae_reference(sae),
             neuronpedia_id=neuronpedia_id,
             feature_frequencies=frequencies,
         )

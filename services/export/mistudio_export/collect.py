@@ -96,8 +96,8 @@ def _read_batch(
     keep: StatisticFilter,
     delta_base: EarlierExport | None,
 ) -> tuple[list[dpb.FeatureDashboard], dict[int, str], int]:
-    sae_id = job.plan.sae.sae_id
-    found, missing = store.dashboards(sae_id, params, batch)
+    sae_id, owner = job.plan.sae.sae_id, job.plan.sae.owner
+    found, missing = store.dashboards(sae_id, params, batch, owner)
     if missing:
         raise FailedPrecondition(
             f"{len(missing)} dashboards are missing from the cache after computing, e.g. "
@@ -108,11 +108,11 @@ def _read_batch(
     records = {
         f.feature_index: f
         for f in store.features(
-            sae_id, spb.FeatureFilter(index_start=batch[0], index_end=batch[-1] + 1)
+            sae_id, spb.FeatureFilter(index_start=batch[0], index_end=batch[-1] + 1), owner
         )
     }
     explanations: dict[int, list[spb.Explanation]] = defaultdict(list)
-    for e in store.explanations(sae_id, batch):
+    for e in store.explanations(sae_id, batch, owner):
         explanations[e.feature_index].append(e)
     kept: list[dpb.FeatureDashboard] = []
     hashes: dict[int, str] = {}

@@ -25,6 +25,7 @@ from mistudio_common.jobs.control import JobStopped, StopReason
 from mistudio_common.stages import DASHBOARD_STAGES
 
 from mistudio_export.peers import DashboardComputer
+from mistudio_export.plan import sae_reference
 from mistudio_export.runtime import JobRuntime
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def compute_request(
     plan = job.plan
     request = cpb.ComputeDashboardsRequest(
         request_id=f"{job.job_id}/dashboards/{attempt}",
-        sae=cpb.SaeReference(sae_id=plan.sae.sae_id),
+        sae=sae_reference(plan.sae),
         feature_indices=[] if all_features else indices,
         params=plan.params,
         batch_size=plan.batch_size,

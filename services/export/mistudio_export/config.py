@@ -58,6 +58,9 @@ class ExportSettings(SecuritySettings):
     """Staging folders (data_dir/export/<job_id>) of jobs that succeeded, were cancelled or no
     longer exist are removed after this long; a FAILED job keeps its staging for ResumeExport
     until it is deleted (DeleteExport)."""
+    upload_staging_retention_seconds: float = 3600.0
+    """A staging folder (data_dir/uploads/upload-*) that no stream is writing is removed after
+    this long (they are left only by a crash mid-upload; at start all of them go)."""
     retention_sweep_seconds: float = 600.0
     """How often leftover staging folders are looked for."""
     control_wait_seconds: float = 30.0

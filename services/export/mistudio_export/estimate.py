@@ -161,12 +161,12 @@ class ExportEstimator:
 
     def _dashboards(self, plan: ExportPlan, estimate: epb.ExportEstimate) -> list[str]:
         assert plan.tokens is not None  # check() made sure
-        sae_id = plan.sae.sae_id
+        sae = plan.sae
         candidates = candidate_indices(
-            plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
+            plan.selection, sae.d_sae, lambda f: self._store.features(sae.sae_id, f, sae.owner)
         )
-        params = token_facts(self._compute, sae_id, plan.tokens, plan.params).params
-        cached = self._store.cached_hashes(sae_id, params)
+        params = token_facts(self._compute, sae, plan.tokens, plan.params).params
+        cached = self._store.cached_hashes(sae.sae_id, params, sae.owner)
         estimate.feature_count = len(candidates)
         estimate.features_cached = sum(1 for i in candidates if i in cached)
         estimate.features_to_compute = len(candidates) - estimate.features_cached
@@ -180,7 +180,7 @@ class ExportEstimator:
             )
         if estimate.features_to_compute:
             answer = self._compute.estimate(
-                sae_id, plan.tokens, estimate.features_to_compute, plan.params
+                sae, plan.tokens, estimate.features_to_compute, plan.params
             )
             estimate.estimated_seconds = answer.estimated_seconds
             estimate.estimated_peak_memory_bytes = answer.estimated_peak_memory_bytes

@@ -9,13 +9,19 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mistudio_common.grpc_errors import error_from_status
 from mistudio_common.progress import TERMINAL_STATES
 
 from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.limits import check_request_limits
-from mistudio_export.plan import RECORDED_TOKENS_KEY, dashboard_params, token_source
+from mistudio_export.plan import (
+    RECORDED_TOKENS_KEY,
+    dashboard_params,
+    sae_reference,
+    token_source,
+)
 from mistudio_export.token_facts import token_facts
 
 
@@ -24,11 +30,11 @@ class FeatureDashboards:
         self._store = store
         self._compute = compute
 
-    def get(self, request: epb.GetFeatureDashboardRequest) -> epb.GetFeatureDashboardResponse:
-        if not request.sae_id:
-            raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
+    def get(
+        self, request: epb.GetFeatureDashboardRequest, sae: spb.Sae
+    ) -> epb.GetFeatureDashboardResponse:
+        """The dashboard of one feature of ``sae`` (the caller's SAE that request.sae_id names)."""
         check_request_limits(request, "")
-        sae = self._store.get_sae(request.sae_id)
         index = request.feature_index
         if not 0 <= index < sae.d_sae:
             raise InvalidArgument(
@@ -50,8 +56,8 @@ class FeatureDashboards:
                 ],
                 field="tokens",
             )
-        cached_under = token_facts(self._compute, sae.sae_id, tokens, params, "tokens").params
-        found, _ = self._store.dashboards(sae.sae_id, cached_under, [index])
+        cached_under = token_facts(self._compute, sae, tokens, params, "tokens").params
+        found, _ = self._store.dashboards(sae.sae_id, cached_under, [index], sae.owner)
         if found:
             return epb.GetFeatureDashboardResponse(dashboard=found[0], from_cache=True)
         if not request.compute_if_missing:
@@ -61,8 +67,8 @@ class FeatureDashboards:
                 resource_name=f"{sae.sae_id}/{index}",
                 fix="set compute_if_missing to compute it (it is cached afterwards)",
             )
-        self._compute_one(sae.sae_id, index, params, tokens)
-        found, _ = self._store.dashboards(sae.sae_id, cached_under, [index])
+        self._compute_one(sae, index, params, tokens)
+        found, _ = self._store.dashboards(sae.sae_id, cached_under, [index], sae.owner)
         if not found:
             raise Unavailable(
                 f"the computed dashboard of feature {index} did not reach the cache",
@@ -72,14 +78,14 @@ class FeatureDashboards:
 
     def _compute_one(
         self,
-        sae_id: str,
+        sae: spb.Sae,
         index: int,
         params: dpb.DashboardParams,
         tokens: tpb.TokenSource,
     ) -> None:
         compute_request = cpb.ComputeDashboardsRequest(
-            request_id=f"dashboard/{sae_id}/{index}/{uuid.uuid4().hex}",
-            sae=cpb.SaeReference(sae_id=sae_id),
+            request_id=f"dashboard/{sae.sae_id}/{index}/{uuid.uuid4().hex}",
+            sae=sae_reference(sae),
             tokens=tokens,
             feature_indices=[index],
             params=params,

@@ -405,9 +405,7 @@ def _write_other(
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: SaeLensFiles) -> None:
     plan = job.plan
     chunks = iter(
-        compute.saelens_files(
-            plan.sae.sae_id, plan.naming.neuronpedia_id, inputs.saelens_frequencies
-        )
+        compute.saelens_files(plan.sae, plan.naming.neuronpedia_id, inputs.saelens_frequencies)
     )
     for first in chunks:  # the stream sends one file's chunks after another's
         jsonio.write_atomic_chunks(folder / first.file_name, _one_file(first, chunks))
@@ -435,7 +433,7 @@ def _one_file(
 
 
 def explanation_records(
-    store: FeatureFacts, sae_id: str, indices: Sequence[int]
+    store: FeatureFacts, sae: spb.Sae, indices: Sequence[int]
 ) -> list[ExplanationRecord]:
     """The store's explanations of ``indices`` as the formats take them."""
     if not indices:
@@ -443,7 +441,7 @@ def explanation_records(
     wanted = set(indices)
     return [
         _explanation(e)
-        for e in store.explanations(sae_id, list(indices))
+        for e in store.explanations(sae.sae_id, list(indices), sae.owner)
         if e.feature_index in wanted
     ]
 
@@ -463,7 +461,7 @@ def _explanation(e: spb.Explanation) -> ExplanationRecord:
     )
 
 
-def feature_labels(store: FeatureFacts, sae_id: str, indices: Sequence[int]) -> list[FeatureLabel]:
+def feature_labels(store: FeatureFacts, sae: spb.Sae, indices: Sequence[int]) -> list[FeatureLabel]:
     """The labels of ``indices`` that have one."""
     wanted = set(indices)
     return [
@@ -473,15 +471,17 @@ def feature_labels(store: FeatureFacts, sae_id: str, indices: Sequence[int]) -> 
             f.category,
             _iso(f.updated_at if f.HasField("updated_at") else None),
         )
-        for f in store.features(sae_id, spb.FeatureFilter(labeled_only=True))
+        for f in store.features(sae.sae_id, spb.FeatureFilter(labeled_only=True), sae.owner)
         if f.feature_index in wanted and f.label.strip()
     ]
 
 
-def saelens_frequencies(store: FeatureFacts, sae_id: str, d_sae: int) -> list[float]:
+def saelens_frequencies(store: FeatureFacts, sae: spb.Sae) -> list[float]:
     """Every feature's activation frequency when the store has all of them; else empty."""
+    d_sae = sae.d_sae
     frequencies = {
-        f.feature_index: f.activation_frequency for f in store.features(sae_id, spb.FeatureFilter())
+        f.feature_index: f.activation_frequency
+        for f in store.features(sae.sae_id, spb.FeatureFilter(), sae.owner)
     }
     if len(frequencies) != d_sae or set(frequencies) != set(range(d_sae)):
         return []

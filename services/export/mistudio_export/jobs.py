@@ -129,7 +129,8 @@ class ExportJobManager:
 
     def start(self, request: epb.StartExportRequest) -> str:
         """Checks the request, creates the job (or finds the one with this request_id); the
-        servicer has set ``owner`` to the authenticated caller."""
+        servicer has set ``owner`` to the owner of the SAE it exports (the caller's own, for a
+        user)."""
         plan = self._planner.plan(request.sae_id, request.config, request.owner)
         self._planner.check(plan)
         job_id = uuid.uuid4().hex
@@ -137,6 +138,7 @@ class ExportJobManager:
         record = spb.ExportJob(
             job_id=job_id,
             sae_id=request.sae_id,
+            sae_owner=plan.sae.owner,
             owner=request.owner,
             request_id=request.request_id or job_id,
             config=request.config,

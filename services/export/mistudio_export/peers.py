@@ -43,7 +43,7 @@ class TokenEstimates(Protocol):
 
     def estimate(
         self,
-        sae_id: str,
+        sae: spb.Sae,
         tokens: tpb.TokenSource,
         feature_count: int,
         params: dpb.DashboardParams | None = None,
@@ -54,7 +54,7 @@ class SaeLensFiles(Protocol):
     """The compute service as the SAELens writer sees it: the weights files, in chunks."""
 
     def saelens_files(
-        self, sae_id: str, neuronpedia_id: str, frequencies: Sequence[float]
+        self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
     ) -> Iterator[cpb.ExportSaeLensFilesResponse]: ...
 
 
@@ -62,7 +62,7 @@ class SaeValidation(Protocol):
     """The compute service's check that an SAE loads (and runs on the token source)."""
 
     def validate_sae(
-        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+        self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
     ) -> cpb.ValidateSaeResponse: ...
 
 
@@ -77,10 +77,12 @@ class ExportCompute(DashboardComputer, TokenEstimates, SaeLensFiles, Protocol):
 class FeatureFacts(Protocol):
     """The store's feature records and explanations, as the file writers read them."""
 
-    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]: ...
+    def features(
+        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
+    ) -> Iterator[spb.Feature]: ...
 
     def explanations(
-        self, sae_id: str, indices: Sequence[int] = ()
+        self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
     ) -> Iterator[spb.Explanation]: ...
 
 
@@ -88,7 +90,7 @@ class FeatureRecords(FeatureFacts, Protocol):
     """The store as the collect stage sees it: cached dashboards and what people wrote."""
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]: ...
 
 
@@ -109,7 +111,7 @@ class JobLookup(Protocol):
 class PlanningStore(JobLookup, FeatureFacts, Protocol):
     """What the checks before a job exists read from the store: the SAE, features, a base job."""
 
-    def get_sae(self, sae_id: str) -> spb.Sae: ...
+    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae: ...
 
 
 class JobRecords(JobLookup, Protocol):
@@ -121,7 +123,7 @@ class JobRecords(JobLookup, Protocol):
 class ExportRecords(JobRecords, FeatureHashRecords, Protocol):
     """The store's export job records, as the pipeline uses them."""
 
-    def finished_jobs(self, sae_id: str, limit: int) -> list[spb.ExportJob]: ...
+    def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]: ...
 
 
 class ExportStore(FeatureRecords, ExportRecords, Protocol):

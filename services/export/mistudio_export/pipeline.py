@@ -183,9 +183,9 @@ class ExportPipeline:
         return (FormatKind.SAELENS,) if plan.saelens else ()
 
     def _candidates(self, plan: ExportPlan) -> list[int]:
-        sae_id = plan.sae.sae_id
+        sae = plan.sae
         return require_candidates(
-            plan.selection, plan.sae.d_sae, lambda f: self._store.features(sae_id, f)
+            plan.selection, sae.d_sae, lambda f: self._store.features(sae.sae_id, f, sae.owner)
         )
 
     def _inputs(
@@ -198,26 +198,24 @@ class ExportPipeline:
             info=info,
             hashes=collected.hashes,
             explanations=(
-                explanation_records(self._store, plan.sae.sae_id, indices)
+                explanation_records(self._store, plan.sae, indices)
                 if Component.EXPLANATIONS not in plan.omitted
                 else []
             ),
             labels=(
-                feature_labels(self._store, plan.sae.sae_id, indices)
+                feature_labels(self._store, plan.sae, indices)
                 if Component.EXPLANATIONS not in plan.omitted
                 else []
             ),
             reuse=self._reuse(job, base) if plan.neuronpedia else None,
             saelens_frequencies=(
-                saelens_frequencies(self._store, plan.sae.sae_id, plan.sae.d_sae)
-                if plan.saelens
-                else []
+                saelens_frequencies(self._store, plan.sae) if plan.saelens else []
             ),
             pretrained_yaml=pretrained_yaml(plan, info) if plan.saelens else "",
         )
 
     def _facts(self, plan: ExportPlan, tokens: tpb.TokenSource) -> TokenFacts:
-        return token_facts(self._compute, plan.sae.sae_id, tokens, plan.params)
+        return token_facts(self._compute, plan.sae, tokens, plan.params)
 
     def _sae_info(self, job: JobRuntime) -> SaeInfo:
         plan, sae = job.plan, job.plan.sae
@@ -267,7 +265,7 @@ class ExportPipeline:
 
     def _finished_exports(self, job: JobRuntime, key: str) -> Iterator[delta.EarlierExport]:
         """The SAE's newest finished exports rendered like this one; hashes read as needed."""
-        for record in self._store.finished_jobs(job.plan.sae.sae_id, EARLIER_EXPORTS_CONSIDERED):
+        for record in self._store.finished_jobs(job.plan.sae, EARLIER_EXPORTS_CONSIDERED):
             if record.job_id != job.job_id and record.outcome.render_key == key:
                 yield delta.EarlierExport.of(record, self._store)
 

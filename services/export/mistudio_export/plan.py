@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
@@ -104,6 +105,11 @@ def _check_owner(owner: str) -> None:
             field="owner",
             fix="use a printable owner name of at most 128 characters",
         )
+
+
+def sae_reference(sae: spb.Sae) -> cpb.SaeReference:
+    """How compute names a registered SAE: its id and owner (ids are unique per owner)."""
+    return cpb.SaeReference(sae_id=sae.sae_id, sae_owner=sae.owner)
 
 
 def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:

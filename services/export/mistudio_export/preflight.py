@@ -49,7 +49,7 @@ class Planner:
             raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
         check_request_limits(epb.StartExportRequest(sae_id=sae_id, owner=owner), "")
         check_request_limits(config, "config")
-        sae = self._store.get_sae(sae_id)
+        sae = self._store.get_sae(sae_id, owner)  # a job exports its owner's SAE
         return build_plan(sae, config, owner)
 
     def check(self, plan: ExportPlan) -> list[str]:
@@ -60,9 +60,7 @@ class Planner:
         warnings: list[str] = []
         if plan.sae.weights_uri:
             try:
-                warnings += self._compute.validate_sae(
-                    plan.sae.sae_id, plan.tokens, plan.device
-                ).warnings
+                warnings += self._compute.validate_sae(plan.sae, plan.tokens, plan.device).warnings
             except Unavailable:
                 raise
             except MistudioError as error:
@@ -73,14 +71,12 @@ class Planner:
             require_candidates(
                 plan.selection,
                 plan.sae.d_sae,
-                lambda wanted: self._store.features(plan.sae.sae_id, wanted),
+                lambda wanted: self._store.features(plan.sae.sae_id, wanted, plan.sae.owner),
             )
         if plan.neuronpedia and plan.tokens is not None and plan.sae.weights_uri and not problems:
             try:
                 count = most_selected(plan.selection, plan.sae.d_sae)
-                token_facts(
-                    self._compute, plan.sae.sae_id, plan.tokens, plan.params, feature_count=count
-                )
+                token_facts(self._compute, plan.sae, plan.tokens, plan.params, feature_count=count)
             except FailedPrecondition as error:
                 problems += error.violations
         check_preconditions(plan, problems)
@@ -94,7 +90,7 @@ class Planner:
         except NotFound:
             raise missing_delta_base(plan.delta_base_job_id) from None
         problems = []
-        if base.sae_id != plan.sae.sae_id:
+        if (base.sae_id, base.sae_owner) != (plan.sae.sae_id, plan.sae.owner):
             problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))
         if base.state != ppb.JOB_STATE_SUCCEEDED:
             problems.append((field, "the base export has not succeeded: finish or redo it first"))

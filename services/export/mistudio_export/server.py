@@ -79,6 +79,7 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
     compute = ComputeClient(settings.compute_address, credentials.peer, wait)
     objects = object_store_for(settings)
     planner = Planner(store, compute)
+    uploads = Uploads(objects, settings.upload_limits(), settings.data_dir / "uploads")
     pipeline = ExportPipeline(settings, store, compute, planner, objects)
     manager = ExportJobManager(settings, store, planner, pipeline, instance_id(settings.data_dir))
     servicer = ExportServicer(
@@ -88,7 +89,7 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         FeatureDashboards(store, compute),
         store,
         objects,
-        Uploads(objects, settings.upload_limits(), settings.data_dir / "uploads"),
+        uploads,
         settings.max_watchers,
     )
     registration = ServiceRegistration(
@@ -109,6 +110,14 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         settings.retention_sweep_seconds,
     )
     sweeper.start()
+    staging_sweeper = FolderSweeper(
+        uploads.staging_root,
+        settings.upload_staging_retention_seconds,
+        uploads.staging_removable,
+        settings.retention_sweep_seconds,
+    )
+    staging_sweeper.sweep_leftovers()
+    staging_sweeper.start()
     monitor = DependencyMonitor(
         running.health,
         [SERVICE_NAME],
@@ -129,5 +138,5 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         compute=compute,
         objects=objects,
         monitor=monitor,
-        on_stop=[sweeper.stop, store.close, compute.close],
+        on_stop=[sweeper.stop, staging_sweeper.stop, store.close, compute.close],
     )

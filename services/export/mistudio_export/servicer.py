@@ -20,6 +20,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
+from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.auth import Identity, current_caller, owner_for
 from mistudio_common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from mistudio_common.grpc_errors import handle_errors
@@ -72,19 +73,25 @@ class ExportServicer(egrpc.ExportServiceServicer):
         """The id of a job the caller may see (NOT_FOUND otherwise, as for an unknown id)."""
         return str(self._access.job(require_job_id(job_id), current_caller()).job_id)
 
-    def _check_export(self, sae_id: str, config: epb.ExportConfig, caller: Identity) -> None:
-        check_uploaded_weights(self._access.sae(sae_id, caller))
+    def _check_export(
+        self, sae_id: str, owner: str, config: epb.ExportConfig, caller: Identity
+    ) -> spb.Sae:
+        """The SAE the export reads (``owner``'s, checked for the caller); its owner owns the
+        job, and the planner reads it as that owner's."""
+        sae = self._access.sae(sae_id, owner, caller)
+        check_uploaded_weights(sae)
         check_uploaded_tokens(config.tokens, caller, "config.tokens")
         base = config.delta_base_job_id
         if base and self._access.hides_job(base, caller):
             raise missing_delta_base(base)  # what the planner says of a base that does not exist
+        return sae
 
     def _start(self, request: epb.StartExportRequest) -> str:
         caller = current_caller()
-        self._check_export(request.sae_id, request.config, caller)
+        sae = self._check_export(request.sae_id, request.owner, request.config, caller)
         owned = epb.StartExportRequest()
         owned.CopyFrom(request)
-        owned.owner = owner_for(request.owner, caller)
+        owned.owner = sae.owner
         return self._job(self._manager.start(owned))
 
     @handle_errors
@@ -173,8 +180,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _validate_export(self, request: epb.ValidateExportRequest) -> epb.ValidateExportResponse:
         caller = current_caller()
-        self._check_export(request.sae_id, request.config, caller)
-        return self._estimator.validate(request, owner_for("", caller))
+        sae = self._check_export(request.sae_id, "", request.config, caller)
+        return self._estimator.validate(request, sae.owner)
 
     @handle_errors
     async def ValidateExport(
@@ -217,9 +224,9 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self, request: epb.GetFeatureDashboardRequest
     ) -> epb.GetFeatureDashboardResponse:
         caller = current_caller()
-        self._access.sae(request.sae_id, caller)
+        sae = self._access.sae(request.sae_id, "", caller)
         check_uploaded_tokens(request.tokens, caller, "tokens")
-        return self._dashboards.get(request)
+        return self._dashboards.get(request, sae)
 
     @handle_errors
     async def GetFeatureDashboard(
@@ -229,10 +236,11 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _presets(self, request: epb.ListPresetsRequest) -> epb.ListPresetsResponse:
         caller = current_caller()
+        owner = owner_for("", caller)
         if request.sae_id:
-            self._access.sae(request.sae_id, caller)
+            owner = self._access.sae(request.sae_id, "", caller).owner
         check_uploaded_tokens(request.config.tokens, caller, "config.tokens")
-        return self._estimator.list_presets(request, owner_for("", caller))
+        return self._estimator.list_presets(request, owner)
 
     @handle_errors
     async def ListPresets(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import MistudioError
 
 from mistudio_export.peers import TokenEstimates
@@ -30,7 +31,7 @@ class TokenFacts:
 
 def token_facts(
     compute: TokenEstimates,
-    sae_id: str,
+    sae: spb.Sae,
     tokens: tpb.TokenSource,
     params: dpb.DashboardParams,
     field: str = "config.tokens",
@@ -39,7 +40,7 @@ def token_facts(
     """Asks the compute service; its errors name ``field`` as the caller's request spells it.
     With ``feature_count`` it also checks that computing that many fits its memory budget."""
     try:
-        answer = compute.estimate(sae_id, tokens, feature_count, params)
+        answer = compute.estimate(sae, tokens, feature_count, params)
     except MistudioError as error:
         if error.field.startswith("tokens"):
             error.field = field + error.field.removeprefix("tokens")

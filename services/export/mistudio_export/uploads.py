@@ -101,8 +101,11 @@ class Uploads:
         self._bucket = objects.bucket if isinstance(objects, S3ObjectStore) else None
         """None: a folder store, which cannot hand compute an s3:// URI."""
         self.limits = limits
-        self._staging_root = staging_root
+        self.staging_root = staging_root
         self._storing = threading.Lock()
+        self._live: set[str] = set()
+        """Staging folders of streams being received: the sweeper leaves them alone."""
+        self._live_lock = threading.Lock()
 
     def receive(self, owner: str) -> UploadReceiver:
         if self._bucket is None:
@@ -113,9 +116,23 @@ class Uploads:
                 "name local paths instead of uploading (the CLI's local run reads them directly)",
             )
         check_segment(owner, "owner")
-        self._staging_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self._staging_root))
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+        with self._live_lock:
+            staging = Path(tempfile.mkdtemp(prefix="upload-", dir=self.staging_root))
+            self._live.add(staging.name)
         return UploadReceiver(self, owner, self._bucket, staging)
+
+    def staging_removable(self, name: str) -> bool:
+        """Whether ``staging_root/name`` is a leftover: no stream of this process writes it
+        (a crash mid-upload leaves its folder behind; ``FolderSweeper`` removes it)."""
+        with self._live_lock:
+            return name not in self._live
+
+    def release(self, staging: Path) -> None:
+        """Removes a stream's staging folder once it is stored or refused."""
+        shutil.rmtree(staging, ignore_errors=True)
+        with self._live_lock:
+            self._live.discard(staging.name)
 
     def stored_bytes(self, owner: str) -> int:
         return sum(obj.size for obj in self._objects.list(f"{INPUTS_PREFIX}/{owner}/"))
@@ -230,7 +247,7 @@ class UploadReceiver:
     def discard(self) -> None:
         if self._current is not None:
             self._current.sink.close()
-        shutil.rmtree(self._staging, ignore_errors=True)
+        self._uploads.release(self._staging)
 
     def _check_header(self, header: FileHeader) -> None:
         field = HEADER_FIELD

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mistudio_common.errors import NotFound
+from mistudio_common.errors import InvalidArgument, NotFound
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -50,13 +50,27 @@ class RepositoryBase:
         )
 
     @staticmethod
-    def _find_sae(session: Session, sae_id: str) -> SaeRow | None:
-        return session.scalars(select(SaeRow).where(SaeRow.sae_id == sae_id)).one_or_none()
+    def _find_sae(session: Session, sae_id: str, owner: str | None) -> SaeRow | None:
+        """``owner``'s SAE; with owner None, the only SAE with this id, whoever owns it."""
+        query = select(SaeRow).where(SaeRow.sae_id == sae_id)
+        if owner is not None:
+            return session.scalars(query.where(SaeRow.owner == owner)).one_or_none()
+        rows = session.scalars(query.limit(2)).all()
+        if len(rows) > 1:
+            raise InvalidArgument(
+                f"several owners have an SAE with id {sae_id!r}",
+                field="owner",
+                fix="name the SAE's owner in the request's owner field",
+            )
+        return rows[0] if rows else None
 
-    def _sae(self, session: Session, sae_id: str, field: str = "sae_id") -> SaeRow:
-        """The SAE row; InvalidArgument for a malformed id, NotFound for an unknown one."""
+    def _sae(
+        self, session: Session, sae_id: str, owner: str | None, field: str = "sae_id"
+    ) -> SaeRow:
+        """The SAE row; InvalidArgument for a malformed id, NotFound for an unknown one (or
+        another owner's: ids are unique per owner)."""
         validation.sae_id(sae_id, field)
-        row = self._find_sae(session, sae_id)
+        row = self._find_sae(session, sae_id, owner)
         if row is None:
             raise sae_not_found(sae_id)
         return row

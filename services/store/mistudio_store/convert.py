@@ -153,10 +153,11 @@ def explanation_to_pb(row: ExplanationRow) -> pb.Explanation:
     )
 
 
-def job_to_pb(row: ExportJobRow, sae_id: str) -> pb.ExportJob:
+def job_to_pb(row: ExportJobRow, sae_id: str, sae_owner: str) -> pb.ExportJob:
     return pb.ExportJob(
         job_id=row.job_id,
         sae_id=sae_id,
+        sae_owner=sae_owner,
         owner=row.owner,
         request_id=row.request_id or "",
         config=from_json(row.config, ExportConfig(), lenient=True),

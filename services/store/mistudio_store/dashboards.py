@@ -67,13 +67,14 @@ class DashboardCache(RepositoryBase):
         sae_id: str,
         params: dashboard_pb2.DashboardParams,
         dashboards: Sequence[dashboard_pb2.FeatureDashboard],
+        owner: str | None = None,
     ) -> tuple[int, str]:
         """Writes one batch; returns (dashboards written, params key)."""
         resolved = ResolvedParams.of(params)
         validation.max_length(resolved.computation_version, 64, "params.computation_version")
         at = convert.now()
         with self._sessions.write.begin() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             indices = [d.feature_index for d in dashboards]
             validation.feature_indices(
                 indices, sae.d_sae, "dashboards[{i}].feature_index", unique=True
@@ -106,6 +107,7 @@ class DashboardCache(RepositoryBase):
         sae_id: str,
         params: dashboard_pb2.DashboardParams,
         feature_indices: Sequence[int] = (),
+        owner: str | None = None,
     ) -> Iterator[DashboardBatch]:
         """Batches of cached dashboards in request order (all cached ones when none are named).
 
@@ -113,7 +115,7 @@ class DashboardCache(RepositoryBase):
         """
         key = ResolvedParams.of(params).key
         with self._sessions.read() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             validation.feature_indices(
                 feature_indices, sae.d_sae, "feature_indices[{i}]", unique=False
             )
@@ -137,12 +139,14 @@ class DashboardCache(RepositoryBase):
         params: dashboard_pb2.DashboardParams,
         page_size: int = 0,
         page_token: str = "",
+        owner: str | None = None,
     ) -> Page[pb.CachedDashboard]:
         """Features with a cached dashboard for these params, in index order, with hashes."""
         key = ResolvedParams.of(params).key
-        page = self._page(page_size, page_token, scope_of("dashboards", sae_id, key), (int,))
+        scope = scope_of("dashboards", sae_id, owner, key)
+        page = self._page(page_size, page_token, scope, (int,))
         with self._sessions.read() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             query = select(DashboardRow.feature_index, DashboardRow.content_hash).where(
                 DashboardRow.sae_pk == sae.id, DashboardRow.params_key == key
             )

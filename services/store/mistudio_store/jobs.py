@@ -34,6 +34,7 @@ class ExportJobs(RepositoryBase):
     def create_export_job(self, job: pb.ExportJob) -> tuple[pb.ExportJob, bool]:
         """Stores a new job; returns (job, created). created is False when the same request was
         stored already under this (sae_id, request_id): that job is returned (a retried start).
+        The job's SAE is ``sae_owner``'s of ``sae_id`` (ids are unique per owner).
         The same request_id with another owner or config is ALREADY_EXISTS naming what differs."""
         if job.job_id:
             validation.job_id(job.job_id, "job.job_id")
@@ -43,29 +44,31 @@ class ExportJobs(RepositoryBase):
         validation.max_length(job.request_id, 128, "job.request_id")
         try:
             with self._sessions.write.begin() as session:
-                sae = self._sae(session, job.sae_id, "job.sae_id")
+                sae = self._sae(session, job.sae_id, job.sae_owner or None, "job.sae_id")
                 existing = self._by_request(session, sae.id, job.request_id)
                 if existing is not None:
-                    return _same_request(convert.job_to_pb(existing, sae.sae_id), job), False
+                    return _same_request(
+                        convert.job_to_pb(existing, sae.sae_id, sae.owner), job
+                    ), False
                 if job.job_id and session.get(ExportJobRow, job.job_id) is not None:
                     raise _duplicate_job(job.job_id)
                 row = _new_row(job, sae.id)
                 session.add(row)
                 session.flush()
-                return convert.job_to_pb(row, sae.sae_id), True
+                return convert.job_to_pb(row, sae.sae_id, sae.owner), True
         except IntegrityError as error:  # lost a race with an identical create
             with self._sessions.read() as session:
-                sae = self._sae(session, job.sae_id, "job.sae_id")
+                sae = self._sae(session, job.sae_id, job.sae_owner or None, "job.sae_id")
                 existing = self._by_request(session, sae.id, job.request_id)
                 if existing is None:
                     raise _duplicate_job(job.job_id) from error
-                return _same_request(convert.job_to_pb(existing, sae.sae_id), job), False
+                return _same_request(convert.job_to_pb(existing, sae.sae_id, sae.owner), job), False
 
     def get_export_job(self, job_id: str) -> pb.ExportJob:
         validation.job_id(job_id)
         with self._sessions.read() as session:
-            row, sae_id = _job(session, job_id)
-            return convert.job_to_pb(row, sae_id)
+            row, sae_id, sae_owner = _job(session, job_id)
+            return convert.job_to_pb(row, sae_id, sae_owner)
 
     def update_export_job(self, job: pb.ExportJob, update_mask: Sequence[str]) -> pb.ExportJob:
         """Writes only the masked fields. A succeeded or cancelled job cannot change state."""
@@ -75,7 +78,7 @@ class ExportJobs(RepositoryBase):
             validation.job_states([job.state], "job.state")
         validation.max_length(job.owner, 128, "job.owner")
         with self._sessions.write.begin() as session:
-            row, sae_id = _job(session, job.job_id, for_update=True)
+            row, sae_id, sae_owner = _job(session, job.job_id, for_update=True)
             current = convert.enum_value(progress_pb2.JobState, row.state)
             if "state" in paths and current in FINAL_STATES and job.state != current:
                 raise FailedPrecondition(
@@ -92,7 +95,7 @@ class ExportJobs(RepositoryBase):
                 row.stage = convert.enum_name(progress_pb2.Stage, stage)
             row.updated_at = convert.now()
             session.flush()
-            return convert.job_to_pb(row, sae_id)
+            return convert.job_to_pb(row, sae_id, sae_owner)
 
     def claim_export_job(
         self, job_id: str, holder: str, lease_seconds: float
@@ -127,13 +130,12 @@ class ExportJobs(RepositoryBase):
             )
         with self._sessions.write.begin() as session:
             claimed = cast(CursorResult[Any], session.execute(rows)).rowcount == 1
-            row, sae_id = _job(session, job_id)
-            return convert.job_to_pb(row, sae_id), claimed
+            return convert.job_to_pb(*_job(session, job_id)), claimed
 
     def delete_export_job(self, job_id: str) -> None:
         validation.job_id(job_id)
         with self._sessions.write.begin() as session:
-            row, _ = _job(session, job_id, for_update=True)
+            row, _, _ = _job(session, job_id, for_update=True)
             session.delete(row)
 
     def list_export_jobs(
@@ -144,18 +146,23 @@ class ExportJobs(RepositoryBase):
         sae_id: str = "",
         owner: str = "",
         states: Sequence[int] = (),
+        sae_owner: str = "",
     ) -> Page[pb.ExportJob]:
-        """Newest first; an empty filter matches everything."""
+        """Newest first; an empty filter matches everything (``sae_owner``: the SAE's owner)."""
         if sae_id:
             validation.sae_id(sae_id)
         validation.job_states(states)
         wanted = sorted({convert.enum_name(progress_pb2.JobState, s) for s in states})
-        scope = scope_of("jobs", sae_id, owner, wanted)
+        scope = scope_of("jobs", sae_id, owner, wanted, sae_owner)
         page = self._page(page_size, page_token, scope, (datetime, str))
         order = (ExportJobRow.created_at, ExportJobRow.job_id)
-        query: Select[ExportJobRow, str] = select(ExportJobRow, SaeRow.sae_id).join(SaeRow)
+        query: Select[ExportJobRow, str, str] = select(
+            ExportJobRow, SaeRow.sae_id, SaeRow.owner
+        ).join(SaeRow)
         if sae_id:
             query = query.where(SaeRow.sae_id == sae_id)
+        if sae_owner:
+            query = query.where(SaeRow.owner == sae_owner)
         if owner:
             query = query.where(ExportJobRow.owner == owner)
         if wanted:
@@ -168,7 +175,7 @@ class ExportJobs(RepositoryBase):
                 session.execute(query).all(),
                 lambda r: [convert.utc(r[0].created_at), r[0].job_id],
             )
-            return Page([convert.job_to_pb(row, sid) for row, sid in rows], token)
+            return Page([convert.job_to_pb(*found) for found in rows], token)
 
     @staticmethod
     def _by_request(session: Session, sae_pk: int, request_id: str) -> ExportJobRow | None:
@@ -208,8 +215,13 @@ def _new_row(job: pb.ExportJob, sae_pk: int) -> ExportJobRow:
     )
 
 
-def _job(session: Session, job_id: str, for_update: bool = False) -> tuple[ExportJobRow, str]:
-    query = select(ExportJobRow, SaeRow.sae_id).join(SaeRow).where(ExportJobRow.job_id == job_id)
+def _job(session: Session, job_id: str, for_update: bool = False) -> tuple[ExportJobRow, str, str]:
+    """The job row with its SAE's (sae_id, owner)."""
+    query = (
+        select(ExportJobRow, SaeRow.sae_id, SaeRow.owner)
+        .join(SaeRow)
+        .where(ExportJobRow.job_id == job_id)
+    )
     if for_update:
         query = query.with_for_update(of=ExportJobRow)
     found = session.execute(query).one_or_none()

@@ -17,7 +17,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from mistudio_store import convert, validation
-from mistudio_store.base import sae_not_found
 from mistudio_store.dashboards import DashboardCache
 from mistudio_store.db.models import ExplanationRow, FeatureRow, SaeRow
 from mistudio_store.db.statements import after, upsert
@@ -35,49 +34,52 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
         validation.sae(sae)
         row = convert.sae_row(sae, convert.now())
         duplicate = AlreadyExists(
-            f"an SAE with id {sae.sae_id!r} already exists",
+            f"you already have an SAE with id {sae.sae_id!r}",
             field="sae.sae_id",
             fix="pick another sae_id, or delete the stored SAE first",
         )
         try:
             with self._sessions.write.begin() as session:
-                if self._find_sae(session, sae.sae_id) is not None:
+                if self._find_sae(session, sae.sae_id, sae.owner) is not None:
                     raise duplicate
                 session.add(row)
         except IntegrityError as error:  # a concurrent create won the race
             raise duplicate from error
         return convert.sae_to_pb(row)
 
-    def get_sae(self, sae_id: str) -> pb.Sae:
+    def get_sae(self, sae_id: str, owner: str | None = None) -> pb.Sae:
+        """``owner``'s SAE (ids are unique per owner); None: the only one with this id."""
         with self._sessions.read() as session:
-            return convert.sae_to_pb(self._sae(session, sae_id))
+            return convert.sae_to_pb(self._sae(session, sae_id, owner))
 
     def list_saes(
         self, page_size: int = 0, page_token: str = "", owner: str | None = None
     ) -> Page[pb.Sae]:
-        """In sae_id order; only ``owner``'s when given."""
-        page = self._page(page_size, page_token, scope_of("saes", owner or ""), (str,))
-        query = select(SaeRow).order_by(SaeRow.sae_id).limit(page.limit)
+        """In (sae_id, owner) order; only ``owner``'s when given."""
+        page = self._page(page_size, page_token, scope_of("saes", owner or ""), (str, str))
+        order = (SaeRow.sae_id, SaeRow.owner)  # owners may share an id
+        query = select(SaeRow).order_by(*order).limit(page.limit)
         if owner is not None:
             query = query.where(SaeRow.owner == owner)
         if page.after:
-            query = query.where(SaeRow.sae_id > page.after[0])
+            query = query.where(after(order, page.after))
         with self._sessions.read() as session:
-            rows, token = page.finish(session.scalars(query).all(), lambda r: [r.sae_id])
+            rows, token = page.finish(session.scalars(query).all(), lambda r: [r.sae_id, r.owner])
             return Page([convert.sae_to_pb(r) for r in rows], token)
 
-    def delete_sae(self, sae_id: str) -> None:
+    def delete_sae(self, sae_id: str, owner: str | None = None) -> None:
         """Deletes the SAE; the foreign keys cascade to everything stored for it."""
-        validation.sae_id(sae_id)
         with self._sessions.write.begin() as session:
-            result = session.execute(delete(SaeRow).where(SaeRow.sae_id == sae_id))
-            if result.rowcount == 0:  # type: ignore[attr-defined]
-                raise sae_not_found(sae_id)
+            session.execute(delete(SaeRow).where(SaeRow.id == self._sae(session, sae_id, owner).id))
 
     # Features
 
     def upsert_features(
-        self, sae_id: str, features: Sequence[pb.Feature], update_mask: Sequence[str] = ()
+        self,
+        sae_id: str,
+        features: Sequence[pb.Feature],
+        update_mask: Sequence[str] = (),
+        owner: str | None = None,
     ) -> int:
         """Writes the listed features in one batch; other features of the SAE are untouched.
 
@@ -86,7 +88,7 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
         columns = validation.feature_update_mask(update_mask)
         at = convert.now()
         with self._sessions.write.begin() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             validation.features(features, sae.d_sae)
             upsert(
                 session,
@@ -103,14 +105,15 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
         page_size: int = 0,
         page_token: str = "",
         feature_filter: pb.FeatureFilter | None = None,
+        owner: str | None = None,
     ) -> Page[pb.Feature]:
         """In feature_index order; every given filter must match."""
         f = feature_filter or pb.FeatureFilter()
         _check_index_range(f)
-        scope = scope_of("features", sae_id, f.SerializeToString(deterministic=True))
+        scope = scope_of("features", sae_id, owner, f.SerializeToString(deterministic=True))
         page = self._page(page_size, page_token, scope, (int,))
         with self._sessions.read() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             query = select(FeatureRow).where(FeatureRow.sae_pk == sae.id)
             if f.index_start:
                 query = query.where(FeatureRow.feature_index >= f.index_start)
@@ -131,14 +134,14 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
     # Explanations
 
     def add_explanations(
-        self, sae_id: str, explanations: Sequence[pb.Explanation]
+        self, sae_id: str, explanations: Sequence[pb.Explanation], owner: str | None = None
     ) -> list[pb.Explanation]:
         """Adds the explanations, or updates the score and date of an equal one already stored
         (same feature, method, model and text): giving a file again never duplicates or drops.
         Returns them with ids; a bad one stores nothing."""
         at = convert.now()
         with self._sessions.write.begin() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             validation.explanations(explanations, sae.d_sae)
             indices = {e.feature_index for e in explanations}
             stored = {
@@ -171,14 +174,15 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
         page_size: int = 0,
         page_token: str = "",
         feature_indices: Sequence[int] = (),
+        owner: str | None = None,
     ) -> Page[pb.Explanation]:
         """Ordered by (feature_index, created_at, id); only ``feature_indices`` when given."""
         wanted = sorted(set(feature_indices))
-        scope = scope_of("explanations", sae_id, wanted)
+        scope = scope_of("explanations", sae_id, owner, wanted)
         page = self._page(page_size, page_token, scope, (int, datetime, int))
         order = (ExplanationRow.feature_index, ExplanationRow.created_at, ExplanationRow.id)
         with self._sessions.read() as session:
-            sae = self._sae(session, sae_id)
+            sae = self._sae(session, sae_id, owner)
             validation.feature_indices(
                 feature_indices, sae.d_sae, "feature_indices[{i}]", unique=False
             )

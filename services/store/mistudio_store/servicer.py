@@ -1,7 +1,9 @@
 """gRPC adapter of the store: unpack the request, call the repository, pack the response.
 
 The server lets users call only the SAE methods below (``server.USER_METHODS``); those see and
-touch only the caller's own SAEs, and another owner's SAE is NOT_FOUND, as if it did not exist.
+touch only the caller's own SAEs. An sae_id is unique per owner, so every SAE a request names is
+looked up as (owner, sae_id) with the owner ``auth.sae_owner`` gives: another owner's SAE is
+NOT_FOUND, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import grpc
 from mistudio.common.v1 import dashboard_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1 import store_service_pb2_grpc
-from mistudio_common.auth import can_see, current_caller, owner_for
+from mistudio_common.auth import current_caller, owner_for, sae_owner
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import handle_errors, register_translation
 
-from mistudio_store.base import sae_not_found
 from mistudio_store.db.faults import database_fault
 from mistudio_store.repository import StoreRepository
 
@@ -29,17 +30,6 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def __init__(self, repository: StoreRepository) -> None:
         self._repo = repository
 
-    def _visible_sae(self, sae_id: str) -> pb.Sae:
-        sae = self._repo.get_sae(sae_id)
-        if not can_see(sae.owner, current_caller()):
-            raise sae_not_found(sae_id)
-        return sae
-
-    def _check_access(self, sae_id: str) -> None:
-        """A user's call on an SAE's features or explanations: its own SAE only."""
-        if not current_caller().sees_everything:
-            self._visible_sae(sae_id)
-
     @handle_errors
     def CreateSae(self, request: pb.CreateSaeRequest, context: Context) -> pb.CreateSaeResponse:
         sae = pb.Sae()
@@ -49,7 +39,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
     @handle_errors
     def GetSae(self, request: pb.GetSaeRequest, context: Context) -> pb.GetSaeResponse:
-        return pb.GetSaeResponse(sae=self._visible_sae(request.sae_id))
+        owner = sae_owner(request.owner, current_caller())
+        return pb.GetSaeResponse(sae=self._repo.get_sae(request.sae_id, owner))
 
     @handle_errors
     def ListSaes(self, request: pb.ListSaesRequest, context: Context) -> pb.ListSaesResponse:
@@ -60,23 +51,26 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
     @handle_errors
     def DeleteSae(self, request: pb.DeleteSaeRequest, context: Context) -> pb.DeleteSaeResponse:
-        self._repo.delete_sae(request.sae_id)
+        self._repo.delete_sae(request.sae_id, sae_owner(request.owner, current_caller()))
         return pb.DeleteSaeResponse()
 
     @handle_errors
     def UpsertFeatures(
         self, request: pb.UpsertFeaturesRequest, context: Context
     ) -> pb.UpsertFeaturesResponse:
-        count = self._repo.upsert_features(request.sae_id, request.features, request.update_mask)
+        owner = sae_owner(request.owner, current_caller())
+        count = self._repo.upsert_features(
+            request.sae_id, request.features, request.update_mask, owner
+        )
         return pb.UpsertFeaturesResponse(upserted_count=count)
 
     @handle_errors
     def ListFeatures(
         self, request: pb.ListFeaturesRequest, context: Context
     ) -> pb.ListFeaturesResponse:
-        self._check_access(request.sae_id)
+        owner = sae_owner(request.owner, current_caller())
         page = self._repo.list_features(
-            request.sae_id, request.page_size, request.page_token, request.filter
+            request.sae_id, request.page_size, request.page_token, request.filter, owner
         )
         return pb.ListFeaturesResponse(features=page.items, next_page_token=page.next_page_token)
 
@@ -84,17 +78,21 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def AddExplanations(
         self, request: pb.AddExplanationsRequest, context: Context
     ) -> pb.AddExplanationsResponse:
-        self._check_access(request.sae_id)
-        added = self._repo.add_explanations(request.sae_id, request.explanations)
+        owner = sae_owner(request.owner, current_caller())
+        added = self._repo.add_explanations(request.sae_id, request.explanations, owner)
         return pb.AddExplanationsResponse(explanations=added)
 
     @handle_errors
     def ListExplanations(
         self, request: pb.ListExplanationsRequest, context: Context
     ) -> pb.ListExplanationsResponse:
-        self._check_access(request.sae_id)
+        owner = sae_owner(request.owner, current_caller())
         page = self._repo.list_explanations(
-            request.sae_id, request.page_size, request.page_token, request.feature_indices
+            request.sae_id,
+            request.page_size,
+            request.page_token,
+            request.feature_indices,
+            owner,
         )
         return pb.ListExplanationsResponse(
             explanations=page.items, next_page_token=page.next_page_token
@@ -106,8 +104,9 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     ) -> pb.PutDashboardsResponse:
         """Each message is written (and committed) as it arrives; a broken stream keeps them."""
         written, key = 0, ""
-        for sae_id, params, dashboards in _dashboard_batches(request_iterator):
-            count, key = self._repo.put_dashboards(sae_id, params, dashboards)
+        for first, dashboards in _dashboard_batches(request_iterator):
+            owner = sae_owner(first.owner, current_caller())
+            count, key = self._repo.put_dashboards(first.sae_id, first.params, dashboards, owner)
             written += count
         return pb.PutDashboardsResponse(written_count=written, params_key=key)
 
@@ -115,7 +114,10 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def GetDashboards(
         self, request: pb.GetDashboardsRequest, context: Context
     ) -> Iterator[pb.GetDashboardsResponse]:
-        batches = self._repo.get_dashboards(request.sae_id, request.params, request.feature_indices)
+        owner = sae_owner(request.owner, current_caller())
+        batches = self._repo.get_dashboards(
+            request.sae_id, request.params, request.feature_indices, owner
+        )
         for batch in batches:
             yield pb.GetDashboardsResponse(dashboards=batch.dashboards, missing=batch.missing)
 
@@ -124,7 +126,11 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         self, request: pb.ListCachedDashboardsRequest, context: Context
     ) -> pb.ListCachedDashboardsResponse:
         page = self._repo.list_cached_dashboards(
-            request.sae_id, request.params, request.page_size, request.page_token
+            request.sae_id,
+            request.params,
+            request.page_size,
+            request.page_token,
+            sae_owner(request.owner, current_caller()),
         )
         return pb.ListCachedDashboardsResponse(
             dashboards=page.items, next_page_token=page.next_page_token
@@ -160,6 +166,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             sae_id=request.sae_id,
             owner=request.owner,
             states=request.states,
+            sae_owner=request.sae_owner,
         )
         return pb.ListExportJobsResponse(jobs=page.items, next_page_token=page.next_page_token)
 
@@ -200,9 +207,9 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
 def _dashboard_batches(
     requests: Iterable[pb.PutDashboardsRequest],
-) -> Iterator[tuple[str, dashboard_pb2.DashboardParams, list[dashboard_pb2.FeatureDashboard]]]:
-    """(sae_id, params, dashboards) per message. Later messages may leave sae_id and params
-    unset to inherit the first message's; naming different ones is an error."""
+) -> Iterator[tuple[pb.PutDashboardsRequest, list[dashboard_pb2.FeatureDashboard]]]:
+    """(the stream's first message, dashboards) per message: later messages may leave sae_id,
+    owner and params unset to inherit the first message's; naming different ones is an error."""
     first: pb.PutDashboardsRequest | None = None
     for request in requests:
         if first is None:
@@ -213,10 +220,16 @@ def _dashboard_batches(
                 field="sae_id",
                 fix="send one PutDashboards stream per SAE and parameter set",
             )
+        elif request.owner and request.owner != first.owner:
+            raise InvalidArgument(
+                f"owner {request.owner!r} differs from the stream's first {first.owner!r}",
+                field="owner",
+                fix="send one PutDashboards stream per SAE and parameter set",
+            )
         elif request.HasField("params") and request.params != first.params:
             raise InvalidArgument(
                 "params differ from the stream's first message",
                 field="params",
                 fix="send one PutDashboards stream per SAE and parameter set",
             )
-        yield first.sae_id, first.params, list(request.dashboards)
+        yield first, list(request.dashboards)

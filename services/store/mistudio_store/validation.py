@@ -32,7 +32,16 @@ JOB_MUTABLE_FIELDS = frozenset(
     }
 )
 JOB_IMMUTABLE_FIELDS = frozenset(
-    {"job_id", "sae_id", "request_id", "created_at", "updated_at", "holder", "lease_expires_at"}
+    {
+        "job_id",
+        "sae_id",
+        "sae_owner",
+        "request_id",
+        "created_at",
+        "updated_at",
+        "holder",
+        "lease_expires_at",
+    }
 )
 """The lease fields change only through ClaimExportJob, which checks who holds the job."""
 

@@ -18,6 +18,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.server import RunningServer, insecure_channel
 from mistudio_compute.config import ComputeSettings
+from mistudio_compute.input_files import Opener
 from mistudio_compute.model_access import LoadedModel, load_model
 from mistudio_compute.planning import ModelLoader
 from mistudio_compute.server import ComputeServer, build_compute_server
@@ -42,8 +43,8 @@ def tiny() -> LoadedModel:
 def model_loader(tiny: LoadedModel) -> ModelLoader:
     """Serves the tiny model under its name; any other reference loads for real."""
 
-    def load(ref: str, device: str) -> LoadedModel:
-        return tiny if ref == TINY_MODEL else load_model(ref, device)
+    def load(ref: str, device: str, open_input: Opener) -> LoadedModel:
+        return tiny if ref == TINY_MODEL else load_model(ref, device, open_input)
 
     return load
 

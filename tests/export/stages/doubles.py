@@ -30,21 +30,25 @@ class MemoryStore:
         self.jobs: dict[str, spb.ExportJob] = {}
         self.hashes: dict[str, dict[int, str]] = {}
 
-    def get_sae(self, sae_id: str) -> spb.Sae:
+    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
         return self.sae
 
-    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
+    def features(
+        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
+    ) -> Iterator[spb.Feature]:
         for index in sorted(self.records):
             feature = self.records[index]
             if feature_filter.labeled_only and not feature.label:
                 continue
             yield feature
 
-    def explanations(self, sae_id: str, indices: Sequence[int] = ()) -> Iterator[spb.Explanation]:
+    def explanations(
+        self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
+    ) -> Iterator[spb.Explanation]:
         return iter([])
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
         found = [self.cached[i] for i in indices if i in self.cached]
         return found, [i for i in indices if i not in self.cached]
@@ -63,7 +67,7 @@ class MemoryStore:
                 setattr(stored, name, getattr(job, name))
         return stored
 
-    def finished_jobs(self, sae_id: str, limit: int) -> list[spb.ExportJob]:
+    def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]:
         done = [j for j in self.jobs.values() if j.state == ppb.JOB_STATE_SUCCEEDED]
         return list(reversed(done))[:limit]
 
@@ -93,13 +97,13 @@ class MemoryCompute:
         pass
 
     def validate_sae(
-        self, sae_id: str, tokens: tpb.TokenSource | None = None, device: str = ""
+        self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
     ) -> cpb.ValidateSaeResponse:
         return cpb.ValidateSaeResponse()
 
     def estimate(
         self,
-        sae_id: str,
+        sae: spb.Sae,
         tokens: tpb.TokenSource,
         feature_count: int,
         params: dpb.DashboardParams | None = None,
@@ -109,7 +113,7 @@ class MemoryCompute:
         )
 
     def saelens_files(
-        self, sae_id: str, neuronpedia_id: str, frequencies: Sequence[float]
+        self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
     ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
         for name, content in self.saelens.items():
             half = len(content) // 2

@@ -22,7 +22,7 @@ class Records:
         self.asked: list[list[int]] = []
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int]
+        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
         self.asked.append(list(indices))
         if self.down_at == len(self.asked) - 1:
@@ -30,10 +30,14 @@ class Records:
             raise Unavailable("peer unavailable: the store is restarting")
         return [dpb.FeatureDashboard(feature_index=i) for i in indices], []
 
-    def features(self, sae_id: str, feature_filter: spb.FeatureFilter) -> Iterator[spb.Feature]:
+    def features(
+        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
+    ) -> Iterator[spb.Feature]:
         return iter([])
 
-    def explanations(self, sae_id: str, indices: Sequence[int] = ()) -> Iterator[spb.Explanation]:
+    def explanations(
+        self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
+    ) -> Iterator[spb.Explanation]:
         return iter([])
 
 

@@ -17,7 +17,7 @@ from mistudio_export.generate import explanation_records, feature_labels, saelen
 from mistudio_export.packaging import FormatKind
 from mistudio_export.runtime import JobRuntime
 
-from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
+from tests.export.stages.test_pipeline import Peers, neuronpedia
 
 SAELENS_FILES = {"cfg.json": b'{"d_sae": 4}', "sae_weights.safetensors": b"\x00weights\x01"}
 
@@ -58,12 +58,12 @@ def test_labels_explanations_and_frequencies_come_from_the_feature_records(
     store.records[1].label, store.records[1].category = "dog names", "animals"
     for index, record in store.records.items():
         record.activation_frequency = index / 10
-    labels = feature_labels(store, "tiny", [0, 1, 2])
+    labels = feature_labels(store, store.sae, [0, 1, 2])
     assert [(x.feature_index, x.label, x.category) for x in labels] == [(1, "dog names", "animals")]
-    assert explanation_records(store, "tiny", []) == []
-    assert saelens_frequencies(store, "tiny", D_SAE) == [0.0, 0.1, 0.2, 0.3]
+    assert explanation_records(store, store.sae, []) == []
+    assert saelens_frequencies(store, store.sae) == [0.0, 0.1, 0.2, 0.3]
     del store.records[3]
-    assert saelens_frequencies(store, "tiny", D_SAE) == []  # not every feature is known
+    assert saelens_frequencies(store, store.sae) == []  # not every feature is known
 
 
 def test_a_published_archive_revalidates_and_a_tampered_one_does_not(tmp_path: Path) -> None:

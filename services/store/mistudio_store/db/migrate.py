@@ -10,7 +10,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -46,7 +46,27 @@ def head_revision(engine: Engine) -> str | None:
 
 def _run(engine: Engine, revision: str, action: Callable[[Config, str], None]) -> None:
     config = alembic_config(engine)
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        action(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite rebuilds a table to change a constraint: dropping the old copy would cascade
+            # to every child row. Its documented procedure: foreign keys off (outside the
+            # transaction), migrate, check them, and on again.
+            _sqlite_foreign_keys(connection, "OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                action(config, revision)
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("the migration left rows whose parent is missing")
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(connection, "ON")
     log.info("schema migrated", extra={"revision": current_revision(engine)})
+
+
+def _sqlite_foreign_keys(connection: Connection, setting: str) -> None:
+    """On the driver's connection, outside any transaction: SQLite ignores it inside one."""
+    cursor = connection.connection.cursor()
+    cursor.execute(f"PRAGMA foreign_keys={setting}")
+    cursor.close()

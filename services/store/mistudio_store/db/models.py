@@ -58,7 +58,7 @@ class SaeRow(Base):
     __tablename__ = "saes"
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
-    sae_id: Mapped[str] = mapped_column(String(128), unique=True)
+    sae_id: Mapped[str] = mapped_column(String(128))
     model_id: Mapped[str] = mapped_column(String(512))
     hook_point: Mapped[str] = mapped_column(String(256))
     d_in: Mapped[int] = mapped_column(Integer)
@@ -77,8 +77,9 @@ class SaeRow(Base):
     owner: Mapped[str] = mapped_column(String(128), server_default="")
     """The identity that registered the SAE; empty for SAEs stored before owners existed."""
 
+    # An id is unique per owner (two owners may each have "my-sae"); the key also serves
     # ListSaes of one owner, in sae_id order.
-    __table_args__ = (Index(None, "owner", "sae_id"),)
+    __table_args__ = (UniqueConstraint("owner", "sae_id"),)
 
 
 class FeatureRow(Base):

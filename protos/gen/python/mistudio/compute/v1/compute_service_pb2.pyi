@@ -87,8 +87,13 @@ class SaeReference(_message.Message):
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    SAE_OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """An SAE registered in the store service."""
+    sae_owner: _builtins.str
+    """The owner of the registered SAE (sae_id is unique per owner); empty: the only SAE with
+    this sae_id. Ignored for files.
+    """
     @_builtins.property
     def files(self) -> Global___SaeFiles:
         """Weights on a path the compute service can read (under its input roots)."""
@@ -98,10 +103,11 @@ class SaeReference(_message.Message):
         *,
         sae_id: _builtins.str = ...,
         files: Global___SaeFiles | None = ...,
+        sae_owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "reference", b"reference", "sae_id", b"sae_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "reference", b"reference", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "reference", b"reference", "sae_id", b"sae_id", "sae_owner", b"sae_owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_reference: _TypeAlias = _typing.Literal["sae_id", "files"]  # noqa: Y015
     _WhichOneofArgType_reference: _TypeAlias = _typing.Literal["reference", b"reference"]  # noqa: Y015

@@ -407,8 +407,9 @@ class StartExportRequest(_message.Message):
     sae_id: _builtins.str
     """The SAE to export, as registered in the store."""
     owner: _builtins.str
-    """The job belongs to the authenticated caller. Empty or the caller's own name; only an
-    admin or service identity may name another owner (PERMISSION_DENIED otherwise).
+    """Whose SAE (an sae_id is unique per owner), and so whose job: the authenticated caller's.
+    Empty or the caller's own name; only an admin or service identity may name another owner
+    (PERMISSION_DENIED otherwise), or leave it empty for the only SAE with this sae_id.
     """
     @_builtins.property
     def config(self) -> Global___ExportConfig:

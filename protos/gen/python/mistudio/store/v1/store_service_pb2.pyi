@@ -81,7 +81,9 @@ class Sae(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
-    """Client-chosen, unique: e.g. "stories260k-l2-res-512". Lowercase letters, digits, '-', '_', '.'."""
+    """Client-chosen, unique per owner: e.g. "stories260k-l2-res-512". Lowercase letters, digits,
+    '-', '_', '.'.
+    """
     model_id: _builtins.str
     """The TransformerLens model name or a local model reference ("llama2c:/path/model.bin")."""
     hook_point: _builtins.str
@@ -304,16 +306,23 @@ class GetSaeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE's id."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     def __init__(
         self,
         *,
         sae_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,16 +415,23 @@ class DeleteSaeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SAE_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE's id."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     def __init__(
         self,
         *,
         sae_id: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -447,8 +463,14 @@ class UpsertFeaturesRequest(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE the features belong to."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feature]:
         """The features, each with feature_index inside [0, d_sae)."""
@@ -465,10 +487,11 @@ class UpsertFeaturesRequest(_message.Message):
         sae_id: _builtins.str = ...,
         features: _abc.Iterable[Global___Feature] | None = ...,
         update_mask: _abc.Iterable[_builtins.str] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "sae_id", b"sae_id", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "owner", b"owner", "sae_id", b"sae_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -506,6 +529,7 @@ class ListFeaturesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE whose features to list."""
     page_size: _builtins.int
@@ -514,6 +538,11 @@ class ListFeaturesRequest(_message.Message):
     """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def filter(self) -> Global___FeatureFilter:
         """Optional filters; all given filters must match."""
@@ -525,10 +554,11 @@ class ListFeaturesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         filter: Global___FeatureFilter | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -608,8 +638,14 @@ class AddExplanationsRequest(_message.Message):
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     EXPLANATIONS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE the features belong to."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def explanations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Explanation]:
         """The explanations; explanation_id is assigned by the store."""
@@ -619,10 +655,11 @@ class AddExplanationsRequest(_message.Message):
         *,
         sae_id: _builtins.str = ...,
         explanations: _abc.Iterable[Global___Explanation] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations", "owner", b"owner", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -662,6 +699,7 @@ class ListExplanationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FEATURE_INDICES_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE whose explanations to list."""
     page_size: _builtins.int
@@ -670,6 +708,11 @@ class ListExplanationsRequest(_message.Message):
     """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def feature_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Only these features when non-empty."""
@@ -681,10 +724,11 @@ class ListExplanationsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         feature_indices: _abc.Iterable[_builtins.int] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_indices", b"feature_indices", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_indices", b"feature_indices", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -727,8 +771,14 @@ class PutDashboardsRequest(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     DASHBOARDS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE the dashboards belong to."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters they were computed with, defaults and fingerprint filled in: the cache key."""
@@ -743,10 +793,11 @@ class PutDashboardsRequest(_message.Message):
         sae_id: _builtins.str = ...,
         params: _dashboard_pb2.DashboardParams | None = ...,
         dashboards: _abc.Iterable[_dashboard_pb2.FeatureDashboard] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dashboards", b"dashboards", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dashboards", b"dashboards", "owner", b"owner", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -787,8 +838,14 @@ class GetDashboardsRequest(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     FEATURE_INDICES_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE the dashboards belong to."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters the dashboards were cached under (as in PutDashboardsRequest)."""
@@ -803,10 +860,11 @@ class GetDashboardsRequest(_message.Message):
         sae_id: _builtins.str = ...,
         params: _dashboard_pb2.DashboardParams | None = ...,
         feature_indices: _abc.Iterable[_builtins.int] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_indices", b"feature_indices", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_indices", b"feature_indices", "owner", b"owner", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -852,6 +910,7 @@ class ListCachedDashboardsRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE the dashboards belong to."""
     page_size: _builtins.int
@@ -860,6 +919,11 @@ class ListCachedDashboardsRequest(_message.Message):
     """
     page_token: _builtins.str
     """next_page_token of the previous page; empty for the first page."""
+    owner: _builtins.str
+    """The SAE's owner: sae_id is unique per owner. A user's calls always address its own SAEs
+    (naming another owner is PERMISSION_DENIED); admins and services name the owner, or leave
+    it empty to mean the only SAE with this sae_id (INVALID_ARGUMENT when owners share it).
+    """
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters the dashboards were cached under (as in PutDashboardsRequest)."""
@@ -871,10 +935,11 @@ class ListCachedDashboardsRequest(_message.Message):
         params: _dashboard_pb2.DashboardParams | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -962,10 +1027,11 @@ class ExportJob(_message.Message):
     HOLDER_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    SAE_OWNER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Unique id; chosen by the export service, or by the store when created without one."""
     sae_id: _builtins.str
-    """The SAE being exported."""
+    """The SAE being exported: sae_owner's SAE of this id."""
     owner: _builtins.str
     """Who started the job."""
     request_id: _builtins.str
@@ -983,6 +1049,10 @@ class ExportJob(_message.Message):
     holder: _builtins.str
     """The export instance that runs the job; empty when none does. Written by ClaimExportJob
     (and at creation); UpdateExportJob cannot change it.
+    """
+    sae_owner: _builtins.str
+    """The owner of the SAE (an sae_id is unique per owner); on create, empty means the only SAE
+    with sae_id. The store always returns it.
     """
     @_builtins.property
     def progress(self) -> _progress_pb2.Progress:
@@ -1049,10 +1119,11 @@ class ExportJob(_message.Message):
         holder: _builtins.str = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         config: _export_service_pb2.ExportConfig | None = ...,
+        sae_owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "holder", b"holder", "job_id", b"job_id", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "resume", b"resume", "sae_id", b"sae_id", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "holder", b"holder", "job_id", b"job_id", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "resume", b"resume", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1221,6 +1292,7 @@ class ListExportJobsRequest(_message.Message):
     SAE_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
+    SAE_OWNER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Jobs per page: 0 means the store's default_page_size (100); at most its
     max_page_size (1000).
@@ -1231,6 +1303,8 @@ class ListExportJobsRequest(_message.Message):
     """Only jobs of this SAE; empty means any."""
     owner: _builtins.str
     """Only jobs of this owner; empty means any."""
+    sae_owner: _builtins.str
+    """With sae_id: only jobs of this owner's SAE (ids are unique per owner); empty means any."""
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_progress_pb2.JobState.ValueType]:
         """Only jobs in these states when non-empty."""
@@ -1243,10 +1317,11 @@ class ListExportJobsRequest(_message.Message):
         sae_id: _builtins.str = ...,
         owner: _builtins.str = ...,
         states: _abc.Iterable[_progress_pb2.JobState.ValueType] | None = ...,
+        sae_owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
