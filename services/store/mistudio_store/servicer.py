@@ -19,11 +19,18 @@ from mistudio_common.auth import current_caller, owner_for, sae_owner
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import handle_errors, register_translation
 
+from mistudio_store import validation
 from mistudio_store.db.faults import database_fault
 from mistudio_store.repository import StoreRepository
 
 Context: TypeAlias = grpc.ServicerContext
 register_translation(database_fault)
+
+
+def _addressed_owner(requested: str) -> str | None:
+    """Whose SAE a request names (``auth.sae_owner``), the name checked first like a stored one:
+    PostgreSQL would refuse a NUL with an error quoting the SQL."""
+    return sae_owner(validation.owner(requested), current_caller())
 
 
 class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
@@ -39,7 +46,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
     @handle_errors
     def GetSae(self, request: pb.GetSaeRequest, context: Context) -> pb.GetSaeResponse:
-        owner = sae_owner(request.owner, current_caller())
+        owner = _addressed_owner(request.owner)
         return pb.GetSaeResponse(sae=self._repo.get_sae(request.sae_id, owner))
 
     @handle_errors
@@ -51,14 +58,14 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
     @handle_errors
     def DeleteSae(self, request: pb.DeleteSaeRequest, context: Context) -> pb.DeleteSaeResponse:
-        self._repo.delete_sae(request.sae_id, sae_owner(request.owner, current_caller()))
+        self._repo.delete_sae(request.sae_id, _addressed_owner(request.owner))
         return pb.DeleteSaeResponse()
 
     @handle_errors
     def UpsertFeatures(
         self, request: pb.UpsertFeaturesRequest, context: Context
     ) -> pb.UpsertFeaturesResponse:
-        owner = sae_owner(request.owner, current_caller())
+        owner = _addressed_owner(request.owner)
         count = self._repo.upsert_features(
             request.sae_id, request.features, request.update_mask, owner
         )
@@ -68,7 +75,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def ListFeatures(
         self, request: pb.ListFeaturesRequest, context: Context
     ) -> pb.ListFeaturesResponse:
-        owner = sae_owner(request.owner, current_caller())
+        owner = _addressed_owner(request.owner)
         page = self._repo.list_features(
             request.sae_id, request.page_size, request.page_token, request.filter, owner
         )
@@ -78,7 +85,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def AddExplanations(
         self, request: pb.AddExplanationsRequest, context: Context
     ) -> pb.AddExplanationsResponse:
-        owner = sae_owner(request.owner, current_caller())
+        owner = _addressed_owner(request.owner)
         added = self._repo.add_explanations(request.sae_id, request.explanations, owner)
         return pb.AddExplanationsResponse(explanations=added)
 
@@ -86,7 +93,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def ListExplanations(
         self, request: pb.ListExplanationsRequest, context: Context
     ) -> pb.ListExplanationsResponse:
-        owner = sae_owner(request.owner, current_caller())
+        owner = _addressed_owner(request.owner)
         page = self._repo.list_explanations(
             request.sae_id,
             request.page_size,
@@ -105,7 +112,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         """Each message is written (and committed) as it arrives; a broken stream keeps them."""
         written, key = 0, ""
         for first, dashboards in _dashboard_batches(request_iterator):
-            owner = sae_owner(first.owner, current_caller())
+            owner = _addressed_owner(first.owner)
             count, key = self._repo.put_dashboards(first.sae_id, first.params, dashboards, owner)
             written += count
         return pb.PutDashboardsResponse(written_count=written, params_key=key)
@@ -114,7 +121,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def GetDashboards(
         self, request: pb.GetDashboardsRequest, context: Context
     ) -> Iterator[pb.GetDashboardsResponse]:
-        owner = sae_owner(request.owner, current_caller())
+        owner = _addressed_owner(request.owner)
         batches = self._repo.get_dashboards(
             request.sae_id, request.params, request.feature_indices, owner
         )
@@ -130,7 +137,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             request.params,
             request.page_size,
             request.page_token,
-            sae_owner(request.owner, current_caller()),
+            _addressed_owner(request.owner),
         )
         return pb.ListCachedDashboardsResponse(
             dashboards=page.items, next_page_token=page.next_page_token

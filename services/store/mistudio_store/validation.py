@@ -57,6 +57,15 @@ def sae_id(value: str, field: str = "sae_id") -> str:
     return value
 
 
+OWNER_CHARS = 128
+"""An owner's name: the width of the owner columns."""
+
+
+def owner(value: str, field: str = "owner") -> str:
+    max_length(value, OWNER_CHARS, field)
+    return value
+
+
 def job_id(value: str, field: str = "job_id") -> str:
     if not JOB_ID_PATTERN.fullmatch(value):
         raise InvalidArgument(
@@ -76,7 +85,7 @@ def sae(message: pb.Sae, field: str = "sae") -> None:
     max_length(message.model_id, 512, f"{field}.model_id")
     max_length(message.neuronpedia_model_id, 256, f"{field}.neuronpedia_model_id")
     max_length(message.neuronpedia_source_set, 256, f"{field}.neuronpedia_source_set")
-    max_length(message.owner, 128, f"{field}.owner")
+    owner(message.owner, f"{field}.owner")
     if not HOOK_POINT_PATTERN.fullmatch(message.hook_point):
         raise InvalidArgument(
             f"hook_point {message.hook_point!r} is empty or contains whitespace",
