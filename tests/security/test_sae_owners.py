@@ -140,3 +140,24 @@ def test_a_user_naming_another_owner_is_refused(
         )
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_an_admin_names_the_owner_when_estimating_or_listing_presets_for_a_shared_id(
+    secure_stack: SecureStack, same_id_registered: dict[str, Path], tmp_path: Path
+) -> None:
+    config = export_config(token_source(write_tokens(tmp_path / "tokens.npy", rows=8)))
+    root = secure_stack.exports("root")
+    for owner in OWNERS:
+        request = epb.ValidateExportRequest(sae_id=SAE_ID, owner=owner, config=config)
+        assert root.ValidateExport(request).estimate.feature_count > 0
+        presets = epb.ListPresetsRequest(sae_id=SAE_ID, owner=owner, config=config)
+        assert root.ListPresets(presets).presets
+    unnamed = epb.ValidateExportRequest(sae_id=SAE_ID, config=config)
+    error = rpc_error(lambda: root.ValidateExport(unnamed))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # which owner's my-sae?
+    dashboard = epb.GetFeatureDashboardRequest(sae_id=SAE_ID, feature_index=0)
+    error = rpc_error(lambda: root.GetFeatureDashboard(dashboard))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    named = epb.ValidateExportRequest(sae_id=SAE_ID, owner="alice", config=config)
+    refused = rpc_error(lambda: secure_stack.exports("mallory").ValidateExport(named))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -180,7 +180,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _validate_export(self, request: epb.ValidateExportRequest) -> epb.ValidateExportResponse:
         caller = current_caller()
-        sae = self._check_export(request.sae_id, "", request.config, caller)
+        sae = self._check_export(request.sae_id, request.owner, request.config, caller)
         return self._estimator.validate(request, sae.owner)
 
     @handle_errors
@@ -224,7 +224,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         self, request: epb.GetFeatureDashboardRequest
     ) -> epb.GetFeatureDashboardResponse:
         caller = current_caller()
-        sae = self._access.sae(request.sae_id, "", caller)
+        sae = self._access.sae(request.sae_id, request.owner, caller)
         check_uploaded_tokens(request.tokens, caller, "tokens")
         return self._dashboards.get(request, sae)
 
@@ -236,9 +236,9 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _presets(self, request: epb.ListPresetsRequest) -> epb.ListPresetsResponse:
         caller = current_caller()
-        owner = owner_for("", caller)
+        owner = owner_for(request.owner, caller)
         if request.sae_id:
-            owner = self._access.sae(request.sae_id, "", caller).owner
+            owner = self._access.sae(request.sae_id, request.owner, caller).owner
         check_uploaded_tokens(request.config.tokens, caller, "config.tokens")
         return self._estimator.list_presets(request, owner)
 

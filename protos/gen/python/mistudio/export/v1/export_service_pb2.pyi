@@ -962,8 +962,14 @@ class ValidateExportRequest(_message.Message):
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE to export."""
+    owner: _builtins.str
+    """Whose SAE (an sae_id is unique per owner): empty or the caller's own name; only an admin or
+    service identity may name another owner (PERMISSION_DENIED otherwise), or leave it empty for
+    the only SAE with this sae_id.
+    """
     @_builtins.property
     def config(self) -> Global___ExportConfig:
         """The configuration StartExport would get."""
@@ -973,10 +979,11 @@ class ValidateExportRequest(_message.Message):
         *,
         sae_id: _builtins.str = ...,
         config: Global___ExportConfig | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "owner", b"owner", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1353,12 +1360,18 @@ class GetFeatureDashboardRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     COMPUTE_IF_MISSING_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE, as registered in the store."""
     feature_index: _builtins.int
     """0-based feature index, inside [0, d_sae)."""
     compute_if_missing: _builtins.bool
     """Compute through the compute service when nothing is cached (otherwise NOT_FOUND)."""
+    owner: _builtins.str
+    """Whose SAE (an sae_id is unique per owner): empty or the caller's own name; only an admin or
+    service identity may name another owner (PERMISSION_DENIED otherwise), or leave it empty for
+    the only SAE with this sae_id.
+    """
     @_builtins.property
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters of the cached dashboard to read; unset fields take the defaults stated on
@@ -1379,10 +1392,11 @@ class GetFeatureDashboardRequest(_message.Message):
         params: _dashboard_pb2.DashboardParams | None = ...,
         tokens: _tokens_pb2.TokenSource | None = ...,
         compute_if_missing: _builtins.bool = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_if_missing", b"compute_if_missing", "feature_index", b"feature_index", "params", b"params", "sae_id", b"sae_id", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_if_missing", b"compute_if_missing", "feature_index", b"feature_index", "owner", b"owner", "params", b"params", "sae_id", b"sae_id", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1424,8 +1438,14 @@ class ListPresetsRequest(_message.Message):
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """Optional: estimate each preset's time and size for this SAE (ValidateExport's estimate)."""
+    owner: _builtins.str
+    """Whose SAE (an sae_id is unique per owner): empty or the caller's own name; only an admin or
+    service identity may name another owner (PERMISSION_DENIED otherwise), or leave it empty for
+    the only SAE with this sae_id.
+    """
     @_builtins.property
     def config(self) -> Global___ExportConfig:
         """The rest of the export configuration the estimates assume (tokens, selection, formats);
@@ -1437,10 +1457,11 @@ class ListPresetsRequest(_message.Message):
         *,
         sae_id: _builtins.str = ...,
         config: Global___ExportConfig | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "owner", b"owner", "sae_id", b"sae_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
