@@ -12,7 +12,7 @@ import functools
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -170,6 +170,35 @@ def error_from_rpc(error: grpc.RpcError) -> MistudioError:
             )
         status = status_pb2.Status(code=code.value[0], message=call.details() or "")
     return error_from_status(status)
+
+
+T = TypeVar("T")
+
+
+def call_peer(fn: Callable[[], T]) -> T:
+    """Client side: ``fn()``, a failed call raised as the peer's domain error."""
+    try:
+        return fn()
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from error
+
+
+def stream_peer(iterator_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
+    """Client side: a server stream, a failed call raised as the peer's domain error."""
+    try:
+        yield from iterator_factory()
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from error
+
+
+def pages(fetch: Callable[[str], tuple[Sequence[T], str]]) -> Iterator[T]:
+    """Every item of a paged list: ``fetch(page_token)`` gives a page and the next token."""
+    token = ""
+    while True:
+        items, token = fetch(token)
+        yield from items
+        if not token:
+            return
 
 
 Translation = Callable[[BaseException], MistudioError | None]

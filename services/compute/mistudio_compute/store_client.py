@@ -12,12 +12,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import grpc
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
-from mistudio_common.grpc_errors import error_from_rpc
+from mistudio_common.grpc_errors import call_peer, pages
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel
 
@@ -66,34 +65,22 @@ class StoreClient:
 
     def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
         """``owner``'s SAE; empty: the only SAE with this id (the store refuses a shared id)."""
-        try:
-            request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
-            return self._stub.GetSae(request, **self._unary).sae
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
+        request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
+        return call_peer(lambda: self._stub.GetSae(request, **self._unary)).sae
 
     def cached_features(
         self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
     ) -> set[int]:
         """Indices of the features with a dashboard cached under ``params``."""
-        found: set[int] = set()
-        token = ""
-        while True:
+
+        def fetch(token: str) -> tuple[Sequence[spb.CachedDashboard], str]:
             request = spb.ListCachedDashboardsRequest(
-                sae_id=sae_id,
-                owner=owner,
-                params=params,
-                page_size=_PAGE_SIZE,
-                page_token=token,
+                sae_id=sae_id, owner=owner, params=params, page_size=_PAGE_SIZE, page_token=token
             )
-            try:
-                page = self._stub.ListCachedDashboards(request, **self._unary)
-            except grpc.RpcError as error:
-                raise error_from_rpc(error) from error
-            found.update(d.feature_index for d in page.dashboards)
-            token = page.next_page_token
-            if not token:
-                return found
+            page = call_peer(lambda: self._stub.ListCachedDashboards(request, **self._unary))
+            return page.dashboards, page.next_page_token
+
+        return {d.feature_index for d in pages(fetch)}
 
     def put_dashboards(
         self,
@@ -108,11 +95,7 @@ class StoreClient:
             spb.PutDashboardsRequest(sae_id=sae_id, owner=owner, params=params, dashboards=batch)
             for batch in _batched(dashboards, batch_size)
         )
-        try:
-            response = self._stub.PutDashboards(requests, **self._unary)
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
-        return response.written_count
+        return call_peer(lambda: self._stub.PutDashboards(requests, **self._unary)).written_count
 
     def upsert_features(self, sae_id: str, stats: Sequence[FeatureStats], owner: str = "") -> int:
         """Records activation stats only: labels and categories already stored are kept."""
@@ -129,8 +112,7 @@ class StoreClient:
             request = spb.UpsertFeaturesRequest(
                 sae_id=sae_id, owner=owner, features=batch, update_mask=STATS_FIELDS
             )
-            try:
-                total += self._stub.UpsertFeatures(request, **self._unary).upserted_count
-            except grpc.RpcError as error:
-                raise error_from_rpc(error) from error
+            total += call_peer(
+                lambda: self._stub.UpsertFeatures(request, **self._unary)  # noqa: B023
+            ).upserted_count
         return total

@@ -8,8 +8,7 @@ details, and the orchestration code never sees grpc.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import grpc
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -20,42 +19,17 @@ from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
-from mistudio_common.grpc_errors import error_from_rpc
+from mistudio_common.grpc_errors import call_peer, pages, stream_peer
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel, wait_until_ready
 
 from mistudio_export.plan import sae_reference
-
-T = TypeVar("T")
 
 PAGE_SIZE = 1000
 HASHES_PER_REQUEST = 10_000
 """Feature hashes per put or page (about 0.8 MB): the store's limit for both."""
 FETCH_BATCH = 256
 """Features per GetDashboards call: bounds the dashboards held in memory at once."""
-
-
-def _call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except grpc.RpcError as error:
-        raise error_from_rpc(error) from error
-
-
-def _stream(iterator_factory: Callable[[], Iterator[T]]) -> Iterator[T]:
-    try:
-        yield from iterator_factory()
-    except grpc.RpcError as error:
-        raise error_from_rpc(error) from error
-
-
-def _pages(fetch: Callable[[str], tuple[Sequence[T], str]]) -> Iterator[T]:
-    token = ""
-    while True:
-        items, token = fetch(token)
-        yield from items
-        if not token:
-            return
 
 
 class StoreClient:
@@ -77,7 +51,7 @@ class StoreClient:
     def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
         """``owner``'s SAE (ids are unique per owner); empty: the only one with this id."""
         request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
-        return _call(lambda: self._stub.GetSae(request, **self._unary)).sae
+        return call_peer(lambda: self._stub.GetSae(request, **self._unary)).sae
 
     def features(
         self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
@@ -92,10 +66,10 @@ class StoreClient:
                 page_token=token,
                 filter=feature_filter,
             )
-            page = _call(lambda: self._stub.ListFeatures(request, **self._unary))
+            page = call_peer(lambda: self._stub.ListFeatures(request, **self._unary))
             return page.features, page.next_page_token
 
-        return _pages(fetch)
+        return pages(fetch)
 
     def explanations(
         self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
@@ -110,10 +84,10 @@ class StoreClient:
                 page_token=token,
                 feature_indices=indices,
             )
-            page = _call(lambda: self._stub.ListExplanations(request, **self._unary))
+            page = call_peer(lambda: self._stub.ListExplanations(request, **self._unary))
             return page.explanations, page.next_page_token
 
-        return _pages(fetch)
+        return pages(fetch)
 
     def cached_hashes(
         self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
@@ -124,10 +98,10 @@ class StoreClient:
             request = spb.ListCachedDashboardsRequest(
                 sae_id=sae_id, owner=owner, params=params, page_size=PAGE_SIZE, page_token=token
             )
-            page = _call(lambda: self._stub.ListCachedDashboards(request, **self._unary))
+            page = call_peer(lambda: self._stub.ListCachedDashboards(request, **self._unary))
             return page.dashboards, page.next_page_token
 
-        return {d.feature_index: d.content_hash for d in _pages(fetch)}
+        return {d.feature_index: d.content_hash for d in pages(fetch)}
 
     def dashboards(
         self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
@@ -138,23 +112,23 @@ class StoreClient:
         )
         found: list[dpb.FeatureDashboard] = []
         missing: list[int] = []
-        for message in _stream(lambda: self._stub.GetDashboards(request, **self._unary)):
+        for message in stream_peer(lambda: self._stub.GetDashboards(request, **self._unary)):
             found.extend(message.dashboards)
             missing.extend(message.missing)
         return found, missing
 
     def create_job(self, job: spb.ExportJob) -> tuple[spb.ExportJob, bool]:
         request = spb.CreateExportJobRequest(job=job)
-        response = _call(lambda: self._stub.CreateExportJob(request, **self._unary))
+        response = call_peer(lambda: self._stub.CreateExportJob(request, **self._unary))
         return response.job, response.created
 
     def get_job(self, job_id: str) -> spb.ExportJob:
         request = spb.GetExportJobRequest(job_id=job_id)
-        return _call(lambda: self._stub.GetExportJob(request, **self._unary)).job
+        return call_peer(lambda: self._stub.GetExportJob(request, **self._unary)).job
 
     def update_job(self, job: spb.ExportJob, fields: Iterable[str]) -> spb.ExportJob:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
-        return _call(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
+        return call_peer(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
 
     def claim_job(self, job_id: str, holder: str, lease_seconds: float) -> bool:
         """A lease call does not wait for a store that is down: a claim answered after the
@@ -163,11 +137,11 @@ class StoreClient:
             job_id=job_id, holder=holder, lease_seconds=lease_seconds
         )
         timeout = max(1.0, lease_seconds / 3)
-        return _call(lambda: self._stub.ClaimExportJob(request, timeout=timeout)).claimed
+        return call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout)).claimed
 
     def delete_job(self, job_id: str) -> None:
         request = spb.DeleteExportJobRequest(job_id=job_id)
-        _call(lambda: self._stub.DeleteExportJob(request, **self._unary))
+        call_peer(lambda: self._stub.DeleteExportJob(request, **self._unary))
 
     def list_jobs(
         self,
@@ -187,7 +161,7 @@ class StoreClient:
             states=states,
             sae_owner=sae_owner,
         )
-        return _call(lambda: self._stub.ListExportJobs(request, **self._unary))
+        return call_peer(lambda: self._stub.ListExportJobs(request, **self._unary))
 
     def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]:
         """The SAE's newest ``limit`` succeeded exports, newest first (never those of another
@@ -213,7 +187,7 @@ class StoreClient:
             )
 
     def _put_hashes(self, request: spb.PutExportFeatureHashesRequest) -> None:
-        _call(lambda: self._stub.PutExportFeatureHashes(request, **self._unary))
+        call_peer(lambda: self._stub.PutExportFeatureHashes(request, **self._unary))
 
     def feature_hashes(self, job_id: str) -> dict[int, str]:
         """Feature index -> content hash of every feature the job's archive holds."""
@@ -222,10 +196,10 @@ class StoreClient:
             request = spb.ListExportFeatureHashesRequest(
                 job_id=job_id, page_size=HASHES_PER_REQUEST, page_token=token
             )
-            page = _call(lambda: self._stub.ListExportFeatureHashes(request, **self._unary))
+            page = call_peer(lambda: self._stub.ListExportFeatureHashes(request, **self._unary))
             return page.hashes, page.next_page_token
 
-        return {h.feature_index: h.content_hash for h in _pages(fetch)}
+        return {h.feature_index: h.content_hash for h in pages(fetch)}
 
     def all_jobs(
         self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()
@@ -236,7 +210,7 @@ class StoreClient:
             )
             return page.jobs, page.next_page_token
 
-        return _pages(fetch)
+        return pages(fetch)
 
 
 class ComputeClient:
@@ -263,19 +237,19 @@ class ComputeClient:
 
     def cancel_computation(self, job_id: str) -> None:
         request = cpb.CancelComputationRequest(job_id=job_id)
-        _call(lambda: self._stub.CancelComputation(request, **self._unary))
+        call_peer(lambda: self._stub.CancelComputation(request, **self._unary))
 
     def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
         """Pauses a computation, keeping its checkpoint; returns the state it reached."""
         request = cpb.PauseComputationRequest(job_id=job_id)
-        reply = _call(lambda: self._stub.PauseComputation(request, **self._unary))
+        reply = call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
         return reply.state
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
     ) -> cpb.ValidateSaeResponse:
         request = cpb.ValidateSaeRequest(sae=sae_reference(sae), tokens=tokens, device=device)
-        return _call(lambda: self._stub.ValidateSae(request, **self._unary))
+        return call_peer(lambda: self._stub.ValidateSae(request, **self._unary))
 
     def estimate(
         self,
@@ -290,7 +264,7 @@ class ComputeClient:
             feature_count=feature_count,
             params=params,
         )
-        return _call(lambda: self._stub.EstimateComputation(request, **self._unary))
+        return call_peer(lambda: self._stub.EstimateComputation(request, **self._unary))
 
     def saelens_files(
         self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
@@ -301,7 +275,7 @@ class ComputeClient:
             feature_frequencies=frequencies,
         )
         wait_until_ready(self._channel, self._patience, "compute service")
-        return _stream(lambda: self._stub.ExportSaeLensFiles(request, wait_for_ready=True))
+        return stream_peer(lambda: self._stub.ExportSaeLensFiles(request, wait_for_ready=True))
 
 
 class ComputeStream:
@@ -311,7 +285,7 @@ class ComputeStream:
         self._call = call
 
     def __iter__(self) -> Iterator[cpb.ComputeProgress]:
-        return _stream(lambda: iter(self._call))  # type: ignore[arg-type]
+        return stream_peer(lambda: iter(self._call))  # type: ignore[arg-type]
 
     def detach(self) -> None:
         """Stops listening; the computation itself keeps running in the compute service."""
