@@ -1,10 +1,11 @@
 """OUR side of one bench run: a full export (every format, ZIP archive) on the local stack.
 
-Run as a subprocess by ``run.py`` so its peak RSS is its own. Writes ``--out`` (JSON): wall time,
-per-stage elapsed seconds and peak RSS from the export's progress stream, ValidateExport's
-estimate beforehand (from the rates earlier runs measured when ``--keep-data`` is shared), archive
-size, and per feature what the agreement check needs (top example max values, top positive logit
-token ids, frequency).
+Run as a subprocess by ``run.py`` so its peak RSS is the export's own: it writes ``--out`` (JSON:
+wall time, per-stage elapsed seconds and peak RSS from the export's progress stream,
+ValidateExport's estimate beforehand, from the rates earlier runs measured when ``--keep-data``
+is shared) and downloads the archive to ``--archive``. What the bench reads from the archive
+afterwards (``archive_facts``: sizes, byte rates, per feature what the agreement check needs) is
+read by ``run.py`` in its own process, so that reading never counts as the export's memory.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ if __package__ in (None, ""):
 DONE_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
-def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> dict[str, Any]:
+def run_export(
+    args: argparse.Namespace, data_dir: Path, archive: Path, sampler: StageRss
+) -> dict[str, Any]:
     from mistudio.common.v1 import dashboard_pb2 as dpb
     from mistudio.common.v1 import progress_pb2 as ppb
     from mistudio.common.v1 import tokens_pb2 as tpb
@@ -102,14 +105,11 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         }
         sampler.stage = "download"
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
-        archive = data_dir / "downloaded.zip"
         with archive.open("wb") as sink:  # streamed: the archive grows with d_sae, RSS must not
             for chunk in exports.DownloadExport(download):
                 sink.write(chunk.chunk)
-    sampler.stage = "bench_facts"  # the bench's own reading of the archive, after the stack
-    export_peak_mb = _status_mb("VmHWM")  # this process's peak up to here: the export's
     return {
-        "export_peak_rss_mb": export_peak_mb,
+        "export_peak_rss_mb": _status_mb("VmHWM"),  # this process's peak: the export's
         "job_wall_s": job_done - started,
         "stages_s": stages,
         "rest_rss_mb": rest_rss_mb,
@@ -118,8 +118,16 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         "estimate_from_measured_rates": not any("default" in w for w in estimate.warnings),
         "archive_bytes": archive.stat().st_size,
         "n_files": len(last.result.files),
+    }
+
+
+def archive_facts(archive: Path, features: bool) -> dict[str, Any]:
+    """What the report reads from a run's archive: its sizes and this machine's byte rates, the
+    feature files' digest and, with ``features``, what ``measure.agreement`` compares (held for
+    every feature at once, so only read when there is another side to compare with)."""
+    return {
         **byte_facts(archive),
-        "features": feature_facts(archive),
+        "features": feature_facts(archive) if features else {},
         "feature_files_sha256": feature_files_digest(archive),
     }
 
@@ -131,19 +139,35 @@ SAMPLE_BYTES = 1 << 20
 
 class StageRss:
     """Samples this process's resident set every 50 ms and keeps the peak per export stage (the
-    stage the progress stream last named), so a bench run shows where memory goes."""
+    stage the progress stream last named), so a bench run shows where memory goes. Every 0.5 s
+    it also sums the proportional set size of this process and every process it started (the
+    export's second writer, the validation pool: /usr/bin/time reports only the largest one of
+    them); every few seconds the peaks so far are written to ``trace`` (what a run cut short
+    still shows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trace: Path) -> None:
         self.stage = "starting"
         self.peaks: dict[str, float] = {}
+        self.tree_peaks: dict[str, float] = {}
+        self._trace = trace
+        self._started = time.perf_counter()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
+        samples = 0
         while not self._done.wait(0.05):
             mb = _rss_mb()
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
+            samples += 1
+            if samples % 10 == 0:
+                tree = _tree_pss_mb()
+                self.tree_peaks[self.stage] = max(self.tree_peaks.get(self.stage, 0.0), tree)
+            if samples % 100 == 0:
+                so_far = {"elapsed_s": time.perf_counter() - self._started, "stage": self.stage}
+                peaks = {"peaks": self.peaks, "tree_pss_peaks": self.tree_peaks}
+                self._trace.write_text(json.dumps(so_far | peaks))
 
     def stop(self) -> None:
         self._done.set()
@@ -152,6 +176,23 @@ class StageRss:
 
 def _rss_mb() -> float:
     return _status_mb("VmRSS")
+
+
+def _tree_pss_mb() -> float:
+    """Proportional set size of this process and all its descendants (shared pages split)."""
+    total_kb, pending = 0, [str(os.getpid())]
+    while pending:
+        pid = pending.pop()
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += (task / "children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+    return total_kb / 1024
 
 
 def _status_mb(field: str) -> float:
@@ -239,15 +280,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bins", type=int, default=50)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--archive", required=True, help="where the export's ZIP is downloaded")
     parser.add_argument("--keep-data", default="", help="data folder to keep (default: a temp one)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    sampler = StageRss()
+    sampler = StageRss(Path(args.out).with_suffix(".trace.json"))
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
         data = Path(args.keep_data) if args.keep_data else Path(tmp) / "data"
-        result = run_export(args, data, sampler)
+        result = run_export(args, data, Path(args.archive), sampler)
     sampler.stop()
     result["stages_peak_rss_mb"] = sampler.peaks
+    result["stages_peak_tree_pss_mb"] = sampler.tree_peaks
     result["wall_s"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 

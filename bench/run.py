@@ -29,6 +29,7 @@ if __package__ in (None, ""):
 
 from bench.inputs import MODELS, REPO, BenchInputs, BenchModel, bench_model, prepare
 from bench.measure import agreement, floors, flops_per_token, matmul_gflops
+from bench.ours_job import archive_facts
 
 BENCH = REPO / "bench"
 THEIR_VENV = BENCH / ".venv-saedashboard"
@@ -76,7 +77,10 @@ def run_ours(
     args: argparse.Namespace,
     work: Path,
     extra_env: dict[str, str] | None = None,
+    features: bool = False,
 ) -> dict[str, Any]:
+    """One export in its own process (its peak RSS is the export's); then, here, what the
+    report reads from its archive (``features``: what the agreement with theirs compares)."""
     out = work / "ours.json"
     cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model.model_ref]
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
@@ -88,8 +92,15 @@ def run_ours(
         else {"MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES": str(args.memory_budget)}
     )  # the compute service of our in-process stack reads it
     cmd += ["--keep-data", str(work.parent / "ours-data")]  # rates measured by earlier runs
-    wall, rss = timed([*cmd, "--out", str(out)], work, args.threads, budget | (extra_env or {}))
-    return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
+    archive = work / "ours.zip"
+    cmd += ["--out", str(out), "--archive", str(archive)]
+    load = os.getloadavg()[0]
+    wall, rss = timed(cmd, work, args.threads, budget | (extra_env or {}))
+    facts = archive_facts(archive, features)
+    archive.unlink()  # it grows with d_sae; its facts are what the report needs
+    load_avg = (load, os.getloadavg()[0])
+    return json.loads(out.read_text()) | facts | {"wall_s": wall, "peak_rss_mb": rss,
+                                                  "load_avg": load_avg}  # fmt: skip
 
 
 def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -104,6 +115,11 @@ def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dic
     return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
 
 
+def inputs_dir(args: argparse.Namespace, scratch: Path) -> Path:
+    """Where the inputs are written, or found from an earlier run (``--inputs``)."""
+    return Path(args.inputs) if args.inputs else scratch / "inputs"
+
+
 def summary(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k != "features"}
 
@@ -112,15 +128,20 @@ def compare(
     args: argparse.Namespace, scratch: Path, model: BenchModel, d_sae: int, their_problem: str
 ) -> dict[str, Any]:
     """``--pairs`` ours/theirs pairs on one size, the two sides alternating within a pair."""
-    inputs = prepare(scratch / "inputs", model, args.rows, args.context, d_sae, args.fire_rate)
+    inputs = prepare(inputs_dir(args, scratch), model, args.rows, args.context, d_sae,
+                     args.fire_rate)  # fmt: skip
     ours: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
+    with_theirs = not (their_problem or d_sae >= OURS_ONLY_D_SAE)
     for pair in range(args.pairs):
-        for side, runner, runs in (("ours", run_ours, ours), ("theirs", run_theirs, theirs)):
-            if side == "theirs" and (their_problem or d_sae >= OURS_ONLY_D_SAE):
+        for side, runs in (("ours", ours), ("theirs", theirs)):
+            if side == "theirs" and not with_theirs:
                 continue
             work = Path(tempfile.mkdtemp(prefix=f"{side}-{d_sae}-{pair}-", dir=scratch))
-            runs.append(runner(inputs, args, work))
+            if side == "ours":
+                runs.append(run_ours(inputs, args, work, features=with_theirs))
+            else:
+                runs.append(run_theirs(inputs, args, work))
             wall, rss = runs[-1]["wall_s"], runs[-1]["peak_rss_mb"]
             print(f"d_sae {d_sae} pair {pair} {side}: {wall:.1f}s {rss:.0f}MB")
     return {"inputs": inputs, "ours": ours, "theirs": theirs}
@@ -164,7 +185,6 @@ def ray_overhead(args: argparse.Namespace, inputs: BenchInputs, scratch: Path) -
         "overhead_s": ray["wall_s"] - local["wall_s"],
         "local_pass_s": local["stages_s"].get("activation_pass"),
         "ray_pass_s": ray["stages_s"].get("activation_pass"),
-        "same_features": local["features"] == ray["features"],
         "identical_feature_files": local["feature_files_sha256"] == ray["feature_files_sha256"],
     }
 
@@ -216,22 +236,31 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
 def scaling(
     args: argparse.Namespace, scratch: Path, model: BenchModel, measured: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Ours alone around the first size: x1, tokens x2 x4, d_sae x2 x4; a point already measured
-    by the comparison (x1, and d_sae x4 in the default run) reuses that run."""
+    """Ours alone around the first size: x1, tokens x2 x4, d_sae x2 x4 (``--scaling`` picks one
+    axis); a point already measured by the comparison (x1, and d_sae x4 in the default run)
+    reuses that run."""
     done = {(r["inputs"].n_rows, r["inputs"].d_sae): r["ours"][0] for r in measured if r["ours"]}
     rows, d_sae = [], args.d_sae[0]
-    for mult_rows, mult_sae in ((1, 1), (2, 1), (4, 1), (1, 2), (1, 4)):
+    for mult_rows, mult_sae in SCALING_POINTS[args.scaling]:
         size = (args.rows * mult_rows, d_sae * mult_sae)
         run = done.get(size)
         if run is None:
             inputs = prepare(
-                scratch / "inputs", model, size[0], args.context, size[1], args.fire_rate
+                inputs_dir(args, scratch), model, size[0], args.context, size[1], args.fire_rate
             )
             run = run_ours(inputs, args, Path(tempfile.mkdtemp(prefix="scale-", dir=scratch)))
             print(f"scaling {size[0]} rows x {size[1]}: {run['wall_s']:.1f}s")
         point = {"n_tokens": size[0] * args.context, "d_sae": size[1]}
         rows.append(point | {"tokens_x": mult_rows, "d_sae_x": mult_sae} | summary(run))
     return rows
+
+
+SCALING_POINTS = {
+    "both": ((1, 1), (2, 1), (4, 1), (1, 2), (1, 4)),
+    "tokens": ((1, 1), (2, 1), (4, 1)),
+    "d_sae": ((1, 1), (1, 2), (1, 4)),
+}
+"""(tokens x, d_sae x) of each scaling point, per ``--scaling`` axis."""
 
 
 def source_commit() -> str:
@@ -385,6 +414,7 @@ def markdown(out: dict[str, Any]) -> str:
             f"{fmt(e['estimated_compute_peak_mb'])} MB above the stack at rest for "
             f"{fmt(e['measured_compute_peak_mb'])} MB measured (x{fmt(e['memory_ratio'])}).",
         ]
+        lines += ["", memory_text(s["runs"]["ours"][-1], out.get("memory_budget_bytes"))]
         lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
     if out["scaling"]:
         base = out["scaling"][0]
@@ -392,23 +422,28 @@ def markdown(out: dict[str, Any]) -> str:
             "",
             "## Scaling (ours)",
             "",
-            "| tokens | d_sae | wall s | x base | peak RSS MB | x base | export's own peak MB "
-            "| x base |",
-            "|---|---|---|---|---|---|---|---|",
+            "| tokens | d_sae | wall s | x base | peak RSS MB | x base | above the stack at "
+            "rest MB | x base | with its processes MB | load before / after |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['n_tokens']} (x{r['tokens_x']}) | {r['d_sae']} (x{r['d_sae_x']}) | "
             f"{fmt(r['wall_s'])} | {fmt(r['wall_s'] / base['wall_s'])} | "
             f"{fmt(r['peak_rss_mb'])} | {fmt(r['peak_rss_mb'] / base['peak_rss_mb'])} | "
-            f"{fmt(r['export_peak_rss_mb'])} | "
-            f"{fmt(r['export_peak_rss_mb'] / base['export_peak_rss_mb'])} |"
+            f"{fmt(above_rest(r))} | {fmt(above_rest(r) / above_rest(base))} | "
+            f"{fmt(tree_pss(r))} | {load_text(r)} |"
             for r in out["scaling"]
         ]
         lines += [
             "",
-            "Peak RSS is the whole bench process (/usr/bin/time), including its own reading of "
-            "the archive afterwards; the export's own peak is the process's high-water mark when "
-            "the export has finished and its archive is downloaded.",
+            "Peak RSS is the export's whole process (/usr/bin/time: the in-process stack of "
+            "store, compute and export, with the model loaded, and the client downloading the "
+            "archive); the bench reads the archive afterwards in its own process. Above the "
+            "stack at rest: that peak less the process's RSS once the stack is up and the model "
+            "loaded. With its processes: the peak of the summed proportional set size of the "
+            "export's process and the processes it starts (the second format writer, the "
+            "validation pool), which /usr/bin/time does not add up. Load: the machine's "
+            "1-minute load average before and after the run.",
         ]
     if out.get("ray"):
         r = out["ray"]
@@ -426,6 +461,32 @@ def markdown(out: dict[str, Any]) -> str:
             f"{r['identical_feature_files']}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def above_rest(run: dict[str, Any]) -> float:
+    """The run's peak RSS above the stack at rest (the model loaded, nothing computed yet)."""
+    return float(run["peak_rss_mb"] - run["rest_rss_mb"])
+
+
+def tree_pss(run: dict[str, Any]) -> float:
+    """The run's peak over stages of the summed PSS of the export's process and its children."""
+    return max(run["stages_peak_tree_pss_mb"].values(), default=0.0)
+
+
+def load_text(run: dict[str, Any]) -> str:
+    return " / ".join(f"{x:.1f}" for x in run["load_avg"])
+
+
+def memory_text(run: dict[str, Any], budget: int | None) -> str:
+    """Where the last run's memory went, beside the compute memory budget."""
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in run["stages_peak_rss_mb"].items())
+    return (
+        f"Memory (last run): peak RSS {run['peak_rss_mb']:.0f} MB, of which the stack at rest "
+        f"{run['rest_rss_mb']:.0f} MB and {above_rest(run):.0f} MB above it; with the processes "
+        f"it starts, at most {tree_pss(run):.0f} MB (summed PSS); compute memory budget "
+        f"{budget_text(budget)}. Peak RSS MB per stage: {stages}. Wall {run['wall_s']:.0f} "
+        f"s at a 1-minute load average of {load_text(run)} (before / after) on this machine."
+    )
 
 
 def percent(fraction: float | None) -> str:
@@ -459,9 +520,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-scaling", action="store_true", help="skip the ours-only series")
     parser.add_argument(
+        "--scaling", choices=SCALING_POINTS, default="both", help="the series' axes (x2 x4 each)"
+    )
+    parser.add_argument(
         "--ray", type=int, default=0, metavar="N",
         help="also time ours with the pass as N Ray shards on this machine (needs the ray extra)",
     )  # fmt: skip
+    parser.add_argument(
+        "--inputs", default="", help="keep the inputs (SAEs, tokens) in this folder and reuse them"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--results", default=str(BENCH / "results"))
     args = parser.parse_args(argv)
@@ -480,7 +547,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mistudio-bench-") as tmp:
         scratch = Path(tmp)
-        model = bench_model(args.model, scratch / "inputs")
+        model = bench_model(args.model, inputs_dir(args, scratch))
         sizes = [compare(args, scratch, model, d_sae, their_problem) for d_sae in args.d_sae]
         scaled = [] if args.no_scaling else scaling(args, scratch, model, sizes)
         ray = ray_overhead(args, sizes[0]["inputs"], scratch) if args.ray else None
