@@ -140,10 +140,9 @@ SAMPLE_BYTES = 1 << 20
 class StageRss:
     """Samples this process's resident set every 50 ms and keeps the peak per export stage (the
     stage the progress stream last named), so a bench run shows where memory goes. Every 0.5 s
-    it also sums the proportional set size of this process and every process it started (the
-    export's second writer, the validation pool: /usr/bin/time reports only the largest one of
-    them); every few seconds the peaks so far are written to ``trace`` (what a run cut short
-    still shows)."""
+    it also adds the private memory of every process it started (the export's second writer,
+    the validation pool: /usr/bin/time reports only the largest one of them); every few seconds
+    the peaks so far are written to ``trace`` (what a run cut short still shows)."""
 
     def __init__(self, trace: Path) -> None:
         self.stage = "starting"
@@ -162,11 +161,11 @@ class StageRss:
             self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
             samples += 1
             if samples % 10 == 0:
-                tree = _tree_pss_mb()
+                tree = _tree_mb()
                 self.tree_peaks[self.stage] = max(self.tree_peaks.get(self.stage, 0.0), tree)
             if samples % 100 == 0:
                 so_far = {"elapsed_s": time.perf_counter() - self._started, "stage": self.stage}
-                peaks = {"peaks": self.peaks, "tree_pss_peaks": self.tree_peaks}
+                peaks = {"peaks": self.peaks, "tree_peaks": self.tree_peaks}
                 self._trace.write_text(json.dumps(so_far | peaks))
 
     def stop(self) -> None:
@@ -178,16 +177,17 @@ def _rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def _tree_pss_mb() -> float:
-    """Proportional set size of this process and all its descendants (shared pages split)."""
-    total_kb, pending = 0, [str(os.getpid())]
+def _tree_mb() -> float:
+    """This process's resident set plus the private memory of every process it started (their
+    shared libraries are this process's too, and already counted here)."""
+    total_kb, pending = 0.0, [str(os.getpid())]
     while pending:
         pid = pending.pop()
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total_kb += int(line.split()[1])
-                    break
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
+            own = pid == str(os.getpid())
+            total_kb += fields["Rss"] if own else fields["Private_Clean"] + fields["Private_Dirty"]
             for task in Path(f"/proc/{pid}/task").iterdir():
                 pending += (task / "children").read_text().split()
         except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         result = run_export(args, data, Path(args.archive), sampler)
     sampler.stop()
     result["stages_peak_rss_mb"] = sampler.peaks
-    result["stages_peak_tree_pss_mb"] = sampler.tree_peaks
+    result["stages_peak_tree_mb"] = sampler.tree_peaks
     result["wall_s"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 

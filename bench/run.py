@@ -431,7 +431,7 @@ def markdown(out: dict[str, Any]) -> str:
             f"{fmt(r['wall_s'])} | {fmt(r['wall_s'] / base['wall_s'])} | "
             f"{fmt(r['peak_rss_mb'])} | {fmt(r['peak_rss_mb'] / base['peak_rss_mb'])} | "
             f"{fmt(above_rest(r))} | {fmt(above_rest(r) / above_rest(base))} | "
-            f"{fmt(tree_pss(r))} | {load_text(r)} |"
+            f"{fmt(tree_mb(r))} | {load_text(r)} |"
             for r in out["scaling"]
         ]
         lines += [
@@ -440,9 +440,9 @@ def markdown(out: dict[str, Any]) -> str:
             "store, compute and export, with the model loaded, and the client downloading the "
             "archive); the bench reads the archive afterwards in its own process. Above the "
             "stack at rest: that peak less the process's RSS once the stack is up and the model "
-            "loaded. With its processes: the peak of the summed proportional set size of the "
-            "export's process and the processes it starts (the second format writer, the "
-            "validation pool), which /usr/bin/time does not add up. Load: the machine's "
+            "loaded. With its processes: the peak of that RSS plus the private memory of the "
+            "processes it starts (the second format writer, the validation pool), which "
+            "/usr/bin/time does not add up. Load: the machine's "
             "1-minute load average before and after the run.",
         ]
     if out.get("ray"):
@@ -468,9 +468,9 @@ def above_rest(run: dict[str, Any]) -> float:
     return float(run["peak_rss_mb"] - run["rest_rss_mb"])
 
 
-def tree_pss(run: dict[str, Any]) -> float:
-    """The run's peak over stages of the summed PSS of the export's process and its children."""
-    return max(run["stages_peak_tree_pss_mb"].values(), default=0.0)
+def tree_mb(run: dict[str, Any]) -> float:
+    """The run's peak of the export's process RSS plus its children's private memory."""
+    return float(max(run["stages_peak_tree_mb"].values(), default=0.0))
 
 
 def load_text(run: dict[str, Any]) -> str:
@@ -483,9 +483,10 @@ def memory_text(run: dict[str, Any], budget: int | None) -> str:
     return (
         f"Memory (last run): peak RSS {run['peak_rss_mb']:.0f} MB, of which the stack at rest "
         f"{run['rest_rss_mb']:.0f} MB and {above_rest(run):.0f} MB above it; with the processes "
-        f"it starts, at most {tree_pss(run):.0f} MB (summed PSS); compute memory budget "
-        f"{budget_text(budget)}. Peak RSS MB per stage: {stages}. Wall {run['wall_s']:.0f} "
-        f"s at a 1-minute load average of {load_text(run)} (before / after) on this machine."
+        f"it starts, at most {tree_mb(run):.0f} MB (their private memory added); compute "
+        f"memory budget {budget_text(budget)}. Peak RSS MB per stage: {stages}. Wall "
+        f"{run['wall_s']:.0f} s at a 1-minute load average of {load_text(run)} (before / "
+        "after) on this machine."
     )
 
 
