@@ -1,4 +1,5 @@
 import gzip
+import shutil
 
 from mistudio_export.validation import Severity, validate_export
 from mistudio_export.validation.report import PROBLEM_CLASSES
@@ -92,6 +93,15 @@ def test_duplicate_activation_id_is_reported(tmp_path):
     edit_rows(tmp_path / ACTS, lambda rows: rows[1].__setitem__("id", rows[0]["id"]))
     problem = _only(validate_export(tmp_path))
     assert (problem.code, problem.line) == ("DUPLICATE_ID", 2)
+
+
+def test_activation_id_used_in_an_earlier_file_is_reported(tmp_path):
+    importer_export(tmp_path)
+    later = ACTS.replace("batch-0", "batch-1")
+    shutil.copy(tmp_path / ACTS, tmp_path / later)
+    edit_rows(tmp_path / later, lambda rows: rows.__delitem__(slice(1, None)))  # batch-0's first
+    problem = _only(validate_export(tmp_path))
+    assert (problem.code, problem.file, problem.line) == ("DUPLICATE_ID", later, 1)
 
 
 def test_max_act_approx_is_checked_against_the_activations(tmp_path):
