@@ -56,20 +56,23 @@ def ensure_their_venv() -> str:
 
 def timed(
     cmd: list[str], cwd: Path, threads: int, extra_env: dict[str, str] | None = None
-) -> tuple[float, float]:
-    """Runs ``cmd`` under /usr/bin/time; returns (wall s, peak RSS MB) of that process alone."""
+) -> dict[str, float]:
+    """Runs ``cmd`` under /usr/bin/time: its wall s, peak RSS MB (of the largest process: the
+    command's own, or one it started) and CPU s (user and system, its children included: what
+    other load on the machine does not inflate)."""
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env |= extra_env or {}
     rss_file = cwd / "rss.txt"
     started = time.perf_counter()
     done = subprocess.run(
-        ["/usr/bin/time", "-o", str(rss_file), "-f", "%M", *cmd],
+        ["/usr/bin/time", "-o", str(rss_file), "-f", "%M %U %S", *cmd],
         cwd=cwd, env=env, capture_output=True, text=True,
     )  # fmt: skip
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[1]} failed:\n{done.stderr[-3000:]}")
-    return wall, int(rss_file.read_text().split()[-1]) / 1024
+    rss_kb, user, system = rss_file.read_text().split()[-3:]
+    return {"wall_s": wall, "peak_rss_mb": int(rss_kb) / 1024, "cpu_s": float(user) + float(system)}
 
 
 def run_ours(
@@ -95,12 +98,11 @@ def run_ours(
     archive = work / "ours.zip"
     cmd += ["--out", str(out), "--archive", str(archive)]
     load = os.getloadavg()[0]
-    wall, rss = timed(cmd, work, args.threads, budget | (extra_env or {}))
-    facts = archive_facts(archive, features)
+    measured = timed(cmd, work, args.threads, budget | (extra_env or {}))
+    facts = archive_facts(archive, features)  # here: not the export's memory
     archive.unlink()  # it grows with d_sae; its facts are what the report needs
     load_avg = (load, os.getloadavg()[0])
-    return json.loads(out.read_text()) | facts | {"wall_s": wall, "peak_rss_mb": rss,
-                                                  "load_avg": load_avg}  # fmt: skip
+    return json.loads(out.read_text()) | facts | measured | {"load_avg": load_avg}
 
 
 def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -111,8 +113,7 @@ def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dic
     cmd += ["--check-reference"] if model.has_reference else []
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
     cmd += ["--work", str(work), "--n-examples", str(args.n_examples), "--out", str(out)]
-    wall, rss = timed(cmd, work, args.threads)
-    return json.loads(out.read_text()) | {"wall_s": wall, "peak_rss_mb": rss}
+    return json.loads(out.read_text()) | timed(cmd, work, args.threads)
 
 
 def inputs_dir(args: argparse.Namespace, scratch: Path) -> Path:
@@ -422,13 +423,13 @@ def markdown(out: dict[str, Any]) -> str:
             "",
             "## Scaling (ours)",
             "",
-            "| tokens | d_sae | wall s | x base | peak RSS MB | x base | above the stack at "
-            "rest MB | x base | with its processes MB | load before / after |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| tokens | d_sae | wall s | CPU s | x base | peak RSS MB | x base | above the stack "
+            "at rest MB | x base | with its processes MB | load before / after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['n_tokens']} (x{r['tokens_x']}) | {r['d_sae']} (x{r['d_sae_x']}) | "
-            f"{fmt(r['wall_s'])} | {fmt(r['wall_s'] / base['wall_s'])} | "
+            f"{fmt(r['wall_s'])} | {fmt(r['cpu_s'])} | {fmt(r['cpu_s'] / base['cpu_s'])} | "
             f"{fmt(r['peak_rss_mb'])} | {fmt(r['peak_rss_mb'] / base['peak_rss_mb'])} | "
             f"{fmt(above_rest(r))} | {fmt(above_rest(r) / above_rest(base))} | "
             f"{fmt(tree_mb(r))} | {load_text(r)} |"
@@ -485,8 +486,8 @@ def memory_text(run: dict[str, Any], budget: int | None) -> str:
         f"{run['rest_rss_mb']:.0f} MB and {above_rest(run):.0f} MB above it; with the processes "
         f"it starts, at most {tree_mb(run):.0f} MB (their private memory added); compute "
         f"memory budget {budget_text(budget)}. Peak RSS MB per stage: {stages}. Wall "
-        f"{run['wall_s']:.0f} s at a 1-minute load average of {load_text(run)} (before / "
-        "after) on this machine."
+        f"{run['wall_s']:.0f} s ({run['cpu_s']:.0f} CPU s) at a 1-minute load average of "
+        f"{load_text(run)} (before / after) on this machine."
     )
 
 
