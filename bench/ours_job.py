@@ -91,6 +91,8 @@ def run_export(
         for message in exports.StartExport(request):
             last = message
             sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
+            sampler.progress = message.progress.message or message.progress.unit
+            sampler.fraction = message.progress.fraction
             if ppb.JobState.Name(message.progress.state) in DONE_STATES:
                 break
         assert last is not None
@@ -146,6 +148,8 @@ class StageRss:
 
     def __init__(self, trace: Path) -> None:
         self.stage = "starting"
+        self.progress, self.fraction = "", 0.0
+        """The last progress message and the job's fraction done, for the trace."""
         self.peaks: dict[str, float] = {}
         self.tree_peaks: dict[str, float] = {}
         self._trace = trace
@@ -164,7 +168,13 @@ class StageRss:
                 tree = _tree_mb()
                 self.tree_peaks[self.stage] = max(self.tree_peaks.get(self.stage, 0.0), tree)
             if samples % 100 == 0:
-                so_far = {"elapsed_s": time.perf_counter() - self._started, "stage": self.stage}
+                so_far = {
+                    "elapsed_s": time.perf_counter() - self._started,
+                    "stage": self.stage,
+                    "progress": self.progress,
+                    "fraction": self.fraction,
+                    "rss_mb": mb,
+                }
                 peaks = {"peaks": self.peaks, "tree_peaks": self.tree_peaks}
                 self._trace.write_text(json.dumps(so_far | peaks))
 
