@@ -17,6 +17,7 @@ from mistudio_export.packaging import (
     build_archive,
     verify_archive,
 )
+from mistudio_export.packaging.manifest import Manifest, ManifestEntry
 
 from .conftest import FILES, make_staging
 
@@ -87,6 +88,22 @@ def test_manifest_lists_every_file_with_size_and_sha256(staging: Path, tmp_path:
     assert weights["size"] == len(FILES["saelens/sae_weights.safetensors"])
     assert len(weights["sha256"]) == 64
     assert (staging / MANIFEST_NAME).read_bytes() == result.manifest.to_json()
+
+
+@pytest.mark.parametrize(
+    "paths", [[], ["metadata.json"], ["z.json", 'é/"q\\.json', "a\u2028b.json", "features/1.json"]]
+)
+def test_manifest_bytes_are_canonical_json_written_entry_by_entry(paths: list[str]) -> None:
+    manifest = Manifest(tuple(ManifestEntry(p, n, f"{n:064x}") for n, p in enumerate(paths)))
+    body = {
+        "archive_format_version": ARCHIVE_FORMAT_VERSION,
+        "files": [
+            {"path": p, "sha256": f"{n:064x}", "size": n}
+            for n, p in sorted(enumerate(paths), key=lambda entry: entry[1])
+        ],
+    }
+    canonical = json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    assert manifest.to_json() == canonical.encode()
 
 
 def test_a_fresh_archive_verifies(staging: Path, tmp_path: Path) -> None:

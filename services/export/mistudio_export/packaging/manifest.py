@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,18 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """Canonical bytes: sorted keys, files in path order, so equal folders give equal bytes."""
-        body = {
-            "archive_format_version": self.archive_format_version,
-            "files": [
-                {"path": f.path, "sha256": f.sha256, "size": f.size}
-                for f in sorted(self.files, key=lambda f: f.path)
-            ],
-        }
-        return (json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        return b"".join(self.json_parts())
+
+    def json_parts(self) -> Iterator[bytes]:
+        """``to_json``'s bytes entry by entry, as ``json.dumps(indent=2, sort_keys=True,
+        ensure_ascii=False)`` writes them: no document of every entry is built (a 131,072-feature
+        export lists that many files)."""
+        yield b'{\n  "archive_format_version": %d,\n  "files": [' % self.archive_format_version
+        for n, f in enumerate(sorted(self.files, key=lambda f: f.path)):
+            path = json.dumps(f.path, ensure_ascii=False)
+            entry = f'\n    {{\n      "path": {path},\n      "sha256": {json.dumps(f.sha256)},\n'
+            yield (("," if n else "") + entry + f'      "size": {f.size}\n    }}').encode()
+        yield b"\n  ]\n}\n" if self.files else b"]\n}\n"
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
@@ -146,5 +150,6 @@ def write_manifest(
 ) -> Manifest:
     """Hashes the folder and writes ``manifest.json`` at its root (replacing an old one)."""
     manifest = build_manifest(staging_dir, on_bytes, files)
-    (Path(staging_dir) / MANIFEST_NAME).write_bytes(manifest.to_json())
+    with open(Path(staging_dir) / MANIFEST_NAME, "wb") as f:
+        f.writelines(manifest.json_parts())
     return manifest
