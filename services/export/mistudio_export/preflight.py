@@ -60,7 +60,7 @@ class Planner:
         warnings: list[str] = []
         if plan.sae.weights_uri:
             try:
-                warnings += self._compute.validate_sae(plan.sae, plan.tokens, plan.device).warnings
+                warnings += self._compute.validate_sae(plan.sae, plan.tokens, plan.device)
             except Unavailable:
                 raise
             except MistudioError as error:

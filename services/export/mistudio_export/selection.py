@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
-FeatureLister = Callable[[spb.FeatureFilter], Iterable[spb.Feature]]
+from mistudio_export.peers import FeatureFilter, FeatureRecord
+
+FeatureLister = Callable[[FeatureFilter], Iterable[FeatureRecord]]
 """Lists the SAE's feature records matching a filter (the store's ListFeatures, all pages)."""
 
 
@@ -78,7 +79,7 @@ def candidate_indices(
         base, wanted = range(d_sae), None
     if not has_label_filters(selection):
         return sorted(wanted) if wanted is not None else list(base)
-    record_filter = spb.FeatureFilter(
+    record_filter = FeatureFilter(
         index_start=base.start,
         index_end=base.stop,
         labeled_only=selection.labeled_only,
