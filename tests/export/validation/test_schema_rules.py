@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mistudio_export.formats import upload_payloads
 from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.prd_json import write_prd_export
 from mistudio_export.formats.schemas import inlined_schema
@@ -154,3 +155,127 @@ def test_a_nan_breaks_no_bound() -> None:
     """NaN is the finiteness check's to report (NON_FINITE), not a range violation."""
     for keyword in BOUNDS:
         assert not Rule(("x",), keyword, 0).broken(np.array([np.nan])).any()
+
+
+OTHER_FORMATS = ("sd_batch", "np_activation", "np_neuron", "upload_batch")
+"""The other schemas of files written from column batches; their value checks are skipped too
+when the batches were checked (``values_checked``)."""
+SAME_AS_PRD = {
+    "sd_batch features/*/feature_index minimum": "feature_index minimum",
+    "sd_batch features/*/frac_nonzero minimum": "statistics/activation_frequency minimum",
+    "sd_batch features/*/frac_nonzero maximum": "statistics/activation_frequency maximum",
+    "sd_batch features/*/freq_hist_data_bar_heights/* minimum": "histogram/counts/* minimum",
+    "sd_batch features/*/logits_hist_data_bar_heights/* minimum": (
+        "logit_histogram/counts/* minimum"
+    ),
+    "np_activation maxValueTokenIndex minimum": "activations/*/max_token_index minimum",
+    "np_neuron frac_nonzero minimum": "statistics/activation_frequency minimum",
+    "np_neuron frac_nonzero maximum": "statistics/activation_frequency maximum",
+    "np_neuron freq_hist_data_bar_heights/* minimum": "histogram/counts/* minimum",
+    "np_neuron logits_hist_data_bar_heights/* minimum": "logit_histogram/counts/* minimum",
+    "upload_batch features/*/index minimum": "feature_index minimum",
+    "upload_batch features/*/activations/*/quantileFraction minimum": (
+        "quantile_groups/*/bin_contains minimum"
+    ),
+    "upload_batch features/*/activations/*/quantileFraction maximum": (
+        "quantile_groups/*/bin_contains maximum"
+    ),
+}
+"""Rules on a value the PRD file holds too: the column checks apply the PRD's, which must be
+the same rule."""
+WRITER_LIMITS = {
+    "upload_batch features maxItems": upload_payloads.MAX_FEATURES_PER_REQUEST,
+    "upload_batch features/*/index maximum": upload_payloads.MAX_FEATURE_INDEX,
+    "upload_batch features/*/topLogits maxItems": upload_payloads.MAX_LOGITS,
+    "upload_batch features/*/bottomLogits maxItems": upload_payloads.MAX_LOGITS,
+    "upload_batch features/*/activations/*/tokens maxItems": upload_payloads.MAX_TOKENS_PER_EXAMPLE,
+    "upload_batch features/*/activations/*/values maxItems": upload_payloads.MAX_TOKENS_PER_EXAMPLE,
+    "upload_batch features/*/explanations/*/text maxLength": upload_payloads.MAX_EXPLANATION_CHARS,
+}
+"""The upload API's limits, which its writer keeps to (it splits, cuts or skips): its constant
+must be the schema's."""
+NOT_FROM_A_BATCH = {
+    "sd_batch model_id minLength",
+    "sd_batch layer minimum",
+    "sd_batch sae_set minLength",
+    "sd_batch features/*/n_prompts_total minimum",
+    "sd_batch features/*/n_tokens_in_prompt minimum",
+    "np_activation id minLength",
+    "np_activation modelId minLength",
+    "np_activation layer minLength",
+    "np_activation index anyOf",
+    "np_activation creatorId minLength",
+    "np_neuron modelId minLength",
+    "np_neuron layer minLength",
+    "np_neuron index anyOf",
+    "upload_batch modelId minLength",
+    "upload_batch source minLength",
+    "upload_batch features/*/density anyOf",
+    "upload_batch features/*/explanations/*/text minLength",
+    "upload_batch features/*/explanations/*/methodName minLength",
+    "upload_batch features/*/explanations/*/modelName minLength",
+}
+"""Rules on the SAE's naming and facts or on explanations (checked when the plan is made and
+the files' metadata is checked in every mode), or on ids the writers make."""
+EMPTY_EXAMPLE = {"tokens": [], "token_ids": [], "values": []}
+ROW_CHECKS = {
+    "sd_batch features/*/activations/*/qualifying_token_index minimum": (
+        {"qualifying_token_index": -1},
+        "SCHEMA_VIOLATION",
+    ),
+    **{
+        f"{rule} minItems": (EMPTY_EXAMPLE, "EMPTY_ARRAY")
+        for rule in (
+            "sd_batch features/*/activations/*/tokens",
+            "sd_batch features/*/activations/*/values",
+            "np_activation tokens",
+            "np_activation values",
+            "upload_batch features/*/activations/*/tokens",
+            "upload_batch features/*/activations/*/values",
+        )
+    },
+}
+"""Rules on an example that the column checks' row checks enforce: (the break, the code)."""
+WRITTEN_NON_EMPTY = {
+    "upload_batch features minItems",
+    "upload_batch features/*/activations minItems",
+}
+"""The upload writer writes no empty payload and no feature without examples."""
+
+
+def test_every_rule_of_the_other_formats_is_accounted_for() -> None:
+    """A rule added to another format's schema fails here until it is enforced and listed."""
+    found = {
+        f"{name} {rule_id(r)}"
+        for name in OTHER_FORMATS
+        for r in rules_of(inlined_schema(name), ())
+        if r.keyword != "type"
+    }
+    assert found == {
+        *SAME_AS_PRD,
+        *WRITER_LIMITS,
+        *NOT_FROM_A_BATCH,
+        *ROW_CHECKS,
+        *WRITTEN_NON_EMPTY,
+    }
+    limits = {
+        f"{name} {rule_id(r)}": r.limit
+        for name in OTHER_FORMATS
+        for r in rules_of(inlined_schema(name), ())
+    }
+    prd = {rule_id(r): r.limit for r in RULES}
+    for rule, twin in SAME_AS_PRD.items():
+        assert prd[twin] == limits[rule], rule
+    for rule, constant in WRITER_LIMITS.items():
+        assert constant == limits[rule], rule
+
+
+@pytest.mark.parametrize("rule", sorted(ROW_CHECKS))
+def test_an_example_breaking_another_formats_rule_is_refused_on_the_batch(dashboards, rule) -> None:
+    changes, code = ROW_CHECKS[rule]
+    d = dashboards[1]
+    examples = list(d.top_examples)
+    examples[2] = dataclasses.replace(examples[2], **changes)
+    faulty = dataclasses.replace(d, top_examples=examples)
+    findings = [f for b in column_batches([faulty]) for f in column_findings(b)]
+    assert any(f.code == code and f.pointer.startswith("/activations/2") for f in findings)
