@@ -9,7 +9,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.delta import feature_hash
 from mistudio_export.peers import FeatureFilter, FeatureRecord
-from mistudio_export.plan import NEURONPEDIA, SAELENS, build_plan
+from mistudio_export.plan import NEURONPEDIA, SAELENS, build_plan, feature_selection
 from mistudio_export.records import ExplanationRecord
 from mistudio_export.selection import StatisticFilter, candidate_indices
 
@@ -67,10 +67,22 @@ def test_selection_intersects_base_set_and_label_filters() -> None:
         seen.append(feature_filter)
         return labeled
 
-    selection = epb.FeatureSelection(list=epb.FeatureList(indices=[9, 5, 3]), labeled_only=True)
-    assert candidate_indices(selection, 64, lister) == [5, 9]
+    request = epb.FeatureSelection(list=epb.FeatureList(indices=[9, 5, 3]), labeled_only=True)
+    assert candidate_indices(feature_selection(request), 64, lister) == [5, 9]
     assert (seen[0].index_start, seen[0].index_end) == (3, 10)
-    assert candidate_indices(epb.FeatureSelection(), 4, lister) == [0, 1, 2, 3]
+    assert candidate_indices(feature_selection(epb.FeatureSelection()), 4, lister) == [0, 1, 2, 3]
+
+
+def test_the_requested_selection_becomes_a_plain_one() -> None:
+    request = epb.FeatureSelection(
+        range=epb.IndexRange(start=2, end=9), category="animals", min_frequency=0.01
+    )
+    selection = feature_selection(request)
+    assert selection.base == range(2, 9)
+    assert selection.label_filtered and selection.category == "animals"
+    assert selection.statistics == StatisticFilter(min_frequency=0.01)
+    listed = feature_selection(epb.FeatureSelection(list=epb.FeatureList(indices=[4, 4, 1])))
+    assert listed.base == frozenset({1, 4}) and not listed.label_filtered
 
 
 def test_statistic_filter_keeps_features_inside_the_bounds() -> None:
