@@ -140,12 +140,16 @@ class FeatureFacts(Protocol):
     ) -> Iterator[ExplanationRecord]: ...
 
 
-class FeatureRecords(FeatureFacts, Protocol):
-    """The store as the collect stage sees it: cached dashboards and what people wrote."""
+class DashboardCache(Protocol):
+    """The store's cached dashboards."""
 
     def dashboards(
         self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]: ...
+
+
+class FeatureRecords(FeatureFacts, DashboardCache, Protocol):
+    """The store as the collect stage sees it: cached dashboards and what people wrote."""
 
 
 class FeatureHashRecords(Protocol):
