@@ -88,7 +88,19 @@ def _wrong_type(kind: str, values: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), bool)
     if values.dtype.kind == "f" and kind == "integer":
         return ~(values == np.floor(values))
-    return np.array([not _is(kind, v) for v in values.tolist()], bool)
+    items = values.tolist()
+    if set(map(type, items)) <= _ALWAYS_RIGHT.get(kind, set()):
+        return np.zeros(len(items), bool)
+    return np.array([not _is(kind, v) for v in items], bool)
+
+
+_ALWAYS_RIGHT: dict[str, set[type]] = {
+    "integer": {int},
+    "number": {int, float},
+    "string": {str},
+    "boolean": {bool},
+}
+"""Python types whose every value has the JSON type (a float needs a look at its value)."""
 
 
 def _is(kind: str, v: Any) -> bool:
