@@ -126,7 +126,18 @@ class ExportRecords(JobRecords, FeatureHashRecords, Protocol):
     def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]: ...
 
 
-class ExportStore(FeatureRecords, ExportRecords, Protocol):
+class EstimateRecords(Protocol):
+    """What an estimate reads from the store: which dashboards are cached, and what finished
+    exports measured."""
+
+    def cached_hashes(
+        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+    ) -> dict[int, str]: ...
+
+    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]: ...
+
+
+class ExportStore(FeatureRecords, ExportRecords, EstimateRecords, Protocol):
     """Everything the pipeline asks of the store once a job exists."""
 
 
