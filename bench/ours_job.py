@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -84,6 +85,7 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         estimate = exports.ValidateExport(epb.ValidateExportRequest(sae_id=sae_id, config=config))
         rest_rss_mb = _rss_mb()  # the stack at rest with the model loaded (the estimate did)
         request = epb.StartExportRequest(request_id=sae_id, sae_id=sae_id, config=config)
+        export_started = time.perf_counter()  # what the estimate predicts: StartExport to done
         last = None
         for message in exports.StartExport(request):
             last = message
@@ -96,10 +98,11 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
             print(last.progress, file=sys.stderr)
             raise SystemExit(f"export ended {state}: {last.progress.error}")
         job_done = time.perf_counter()
-        stages = {
-            ppb.Stage.Name(s.stage).removeprefix("STAGE_").lower(): s.elapsed_seconds
-            for s in last.progress.stages
-        }
+
+        def stage_name(stage: int) -> str:
+            return ppb.Stage.Name(stage).removeprefix("STAGE_").lower()  # type: ignore[arg-type]
+
+        stages = {stage_name(s.stage): s.elapsed_seconds for s in last.progress.stages}
         sampler.stage = "download"
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
         archive = data_dir / "downloaded.zip"
@@ -111,9 +114,11 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
     return {
         "export_peak_rss_mb": export_peak_mb,
         "job_wall_s": job_done - started,
+        "export_wall_s": job_done - export_started,
         "stages_s": stages,
         "rest_rss_mb": rest_rss_mb,
         "estimated_s": estimate.estimate.estimated_seconds,
+        "estimated_stages_s": {stage_name(s.stage): s.seconds for s in estimate.estimate.stages},
         "estimated_peak_memory_mb": estimate.estimate.estimated_peak_memory_bytes / 2**20,
         "estimate_from_measured_rates": not any("default" in w for w in estimate.warnings),
         "archive_bytes": archive.stat().st_size,
@@ -131,34 +136,63 @@ SAMPLE_BYTES = 1 << 20
 
 class StageRss:
     """Samples this process's resident set every 50 ms and keeps the peak per export stage (the
-    stage the progress stream last named), so a bench run shows where memory goes; and the
-    process's CPU seconds per stage (all threads), which a busy machine inflates far less than
-    wall time, for calibrating the estimate's rates."""
+    stage the progress stream last named), so a bench run shows where memory goes; and the CPU
+    seconds per stage of this process and its child processes (the file writers and validators
+    run in some), which a busy machine inflates far less than wall time, for calibrating the
+    estimate's rates (a child's last 50 ms before it exits go uncounted)."""
 
     def __init__(self) -> None:
         self.stage = "starting"
         self.peaks: dict[str, float] = {}
         self.cpu_s: dict[str, float] = {}
-        self._cpu = _cpu_s()
+        self._pids = _descendants()
+        self._cpu = _cpu_s(self._pids)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        while not self._done.wait(0.05):
-            mb, cpu, stage = _rss_mb(), _cpu_s(), self.stage
+        for tick in itertools.count(1):
+            if self._done.wait(0.05):
+                return
+            if tick % 20 == 0:  # a new child's CPU so far counts once it is found
+                self._pids = _descendants()
+            mb, cpu, stage = _rss_mb(), _cpu_s(self._pids), self.stage
             self.peaks[stage] = max(self.peaks.get(stage, 0.0), mb)
-            self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + cpu - self._cpu
-            self._cpu = cpu
+            spent = sum(s - self._cpu.get(pid, 0.0) for pid, s in cpu.items())
+            self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + spent
+            self._cpu = {**self._cpu, **cpu}
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
 
 
-def _cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields from the state on (field 3); empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _descendants() -> set[int]:
+    """This process and every process below it."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            parents[int(entry.name)] = int(fields[1])
+    tree = {os.getpid()}
+    while more := {pid for pid, parent in parents.items() if parent in tree} - tree:
+        tree |= more
+    return tree
+
+
+def _cpu_s(pids: set[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of ``pids`` still running (all its threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {pid: _stat(pid) for pid in pids}
+    return {pid: (int(f[11]) + int(f[12])) / tick for pid, f in found.items() if f}
 
 
 def _rss_mb() -> float:

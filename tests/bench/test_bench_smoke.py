@@ -37,7 +37,13 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert all(f > 0 for f in tp["floor_s"].values())
     assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
     assert [s["d_sae"] for s in out["sizes"]] == [64]
-    assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
+    (estimate,) = out["estimates"]  # one run, so the priors'
+    assert not estimate["from_measured_rates"] and estimate["estimated_s"] > 0
+    assert estimate["measured_s"] == out["sizes"][0]["runs"]["ours"][0]["export_wall_s"] > 0
+    assert set(estimate["stages"]) == set(stages) - {"whole_export"}
+    report = (tmp_path / "latest.md").read_text()
+    assert report.startswith("# Bench (smoke)")
+    assert "## Estimates" in report
 
 
 def test_default_run_is_two_sizes_over_262k_tokens_two_pairs_each_plus_scaling() -> None:
