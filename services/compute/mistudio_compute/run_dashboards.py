@@ -67,9 +67,7 @@ class PreparedDashboards:
         return run_dashboards(self, features, hooks)
 
     def size(self, features: int) -> JobSize:
-        return JobSize(
-            self.dataset.n_tokens, self.resolved.sae.d_in, features, example_tokens(self.params)
-        )
+        return JobSize(self.dataset.n_tokens, features, example_tokens(self.params))
 
 
 class StageReporter:

@@ -85,7 +85,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         )
         tokens = plan.dataset.n_tokens
         features = request.feature_count or plan.d_sae
-        size = JobSize(tokens, plan.d_in, features, example_tokens(plan.params))
+        size = JobSize(tokens, features, example_tokens(plan.params))
         stages, rates = job_stages(plan.params), self._manager.rates.rates()
         predicted = rates.predict(stages, size)
         return cpb.EstimateComputationResponse(

@@ -81,7 +81,7 @@ def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
         if not measured.features:
             continue
         per_byte.append(measured.neuronpedia_bytes / measured.features)
-        size = JobSize(0, 0, measured.features, measured.example_tokens)
+        size = JobSize(0, measured.features, measured.example_tokens)
         times += [t for t in stage_times(job.progress, size) if t.stage in OWN_STAGES]
     own = StageRates.fit(times)
     if not per_byte:
@@ -124,7 +124,7 @@ def predict(
         if cached < len(candidates):
             computation = compute.estimate(sae, plan.tokens, len(candidates) - cached, plan.params)
     computed = {s.stage: s.seconds for s in computation.stages} if computation else {}
-    written = JobSize(0, 0, len(candidates), example_tokens(plan.params))
+    written = JobSize(0, len(candidates), example_tokens(plan.params))
     stages = [
         ppb.StageEstimate(
             stage=stage,
