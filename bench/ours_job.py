@@ -87,8 +87,10 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         request = epb.StartExportRequest(request_id=sae_id, sae_id=sae_id, config=config)
         export_started = time.perf_counter()  # what the estimate predicts: StartExport to done
         last = None
+        etas: list[tuple[float, float]] = []  # (seconds since StartExport, ETA shown then)
         for message in exports.StartExport(request):
             last = message
+            etas.append((time.perf_counter() - export_started, message.progress.eta_seconds))
             sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
             if ppb.JobState.Name(message.progress.state) in DONE_STATES:
                 break
@@ -115,6 +117,7 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         "export_peak_rss_mb": export_peak_mb,
         "job_wall_s": job_done - started,
         "export_wall_s": job_done - export_started,
+        "eta_checks": eta_checks(etas, job_done - export_started),
         "stages_s": stages,
         "rest_rss_mb": rest_rss_mb,
         "estimated_s": estimate.estimate.estimated_seconds,
@@ -127,6 +130,21 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         "features": feature_facts(archive),
         "feature_files_sha256": feature_files_digest(archive),
     }
+
+
+ETA_CHECKPOINTS = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def eta_checks(etas: list[tuple[float, float]], wall: float) -> list[dict[str, float]]:
+    """The ETA the progress stream showed at each share of the export's wall time (its last
+    message by then) beside the time that was actually left."""
+    checks = []
+    for share in ETA_CHECKPOINTS:
+        shown = [(t, eta) for t, eta in etas if t <= share * wall and eta >= 0]
+        if shown:
+            t, eta = shown[-1]
+            checks.append({"at": share, "eta_s": eta, "remaining_s": wall - t})
+    return checks
 
 
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")

@@ -281,6 +281,9 @@ def estimate_report(run: dict[str, Any]) -> dict[str, Any]:
             }
             for group, keys in STAGE_GROUPS.items()
         },
+        "eta_checks": [
+            check | {"ratio": check["eta_s"] / check["remaining_s"]} for check in run["eta_checks"]
+        ],
         "estimated_compute_peak_mb": run["estimated_peak_memory_mb"],
         "measured_compute_peak_mb": measured_mb,
         "memory_ratio": run["estimated_peak_memory_mb"] / measured_mb if measured_mb > 0 else None,
@@ -397,9 +400,11 @@ def markdown(out: dict[str, Any]) -> str:
                 for k, v in e["stages"].items()
                 if v["estimated_s"] or v["measured_s"]
             )
+            etas = ", ".join(f"{c['at']:.0%} x{fmt(c['ratio'])}" for c in e["eta_checks"])
             lines += [
                 "",
-                f"Run {run} estimated/measured s per stage ({rates_text(e)}): {staged}.",
+                f"Run {run} estimated/measured s per stage ({rates_text(e)}): {staged}. "
+                f"Running ETA ÷ time actually left, at shares of the export's wall time: {etas}.",
             ]
         lines += ["", "Agreement:", "", "```", json.dumps(s["agreement"], indent=1), "```"]
     lines += [

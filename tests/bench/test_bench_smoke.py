@@ -41,6 +41,7 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert not estimate["from_measured_rates"] and estimate["estimated_s"] > 0
     assert estimate["measured_s"] == out["sizes"][0]["runs"]["ours"][0]["export_wall_s"] > 0
     assert set(estimate["stages"]) == set(stages) - {"whole_export"}
+    assert all(c["remaining_s"] > 0 and c["eta_s"] >= 0 for c in estimate["eta_checks"])
     report = (tmp_path / "latest.md").read_text()
     assert report.startswith("# Bench (smoke)")
     assert "## Estimates" in report
