@@ -37,6 +37,9 @@ class _StageClock:
     finished: float | None = None
     elapsed_before: float = 0.0
     """Seconds spent in this stage before a restart (restored from a checkpoint)."""
+    phase_from: float = 0.0
+    """The stage's elapsed seconds when its count last started over (a new total, or fewer
+    done: a stage that counts two kinds of items in turn); its own rate is measured since."""
 
 
 @dataclass
@@ -114,6 +117,8 @@ class ProgressTracker:
                 # Resumed after a pause or failure: the stopped span counts, the wait does not.
                 clock.elapsed_before += clock.finished - clock.started
                 clock.started, clock.finished = now, None
+            if clock.total and (total != clock.total or done < clock.done):
+                clock.phase_from = self._elapsed(clock, now)
             clock.state = pb.JOB_STATE_RUNNING
             clock.done, clock.total = done, total
             clock.unit = unit or clock.unit
@@ -181,10 +186,14 @@ class ProgressTracker:
             if fraction >= 1.0:
                 continue
             if fraction >= _OWN_RATE_FROM:
-                remaining += self._elapsed(clock, now) / fraction * (1.0 - fraction)
+                remaining += self._own_eta(clock, now, fraction)
             else:
                 remaining += weight * (1.0 - fraction) * per_weight
         return remaining
+
+    def _own_eta(self, clock: _StageClock, now: float, fraction: float) -> float:
+        """Seconds left of a stage under way at its own rate (since its count last began)."""
+        return (self._elapsed(clock, now) - clock.phase_from) / fraction * (1.0 - fraction)
 
     def _render(self, now: float) -> pb.Progress:
         self._sequence += 1
@@ -192,7 +201,7 @@ class ProgressTracker:
         for clock in self._clocks:
             fraction = self._stage_fraction(clock)
             elapsed = self._elapsed(clock, now)
-            eta = elapsed / fraction * (1.0 - fraction) if 0.0 < fraction < 1.0 else -1.0
+            eta = self._own_eta(clock, now, fraction) if 0.0 < fraction < 1.0 else -1.0
             stages.append(
                 pb.StageProgress(
                     stage=clock.stage,
