@@ -47,7 +47,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 class JobRecords:
     """The compute jobs' JobStore: per-job files under ``root`` (``data_dir/compute/jobs``).
-    One compute service owns its disk, so every claim is granted."""
+    One compute service owns its disk, so it needs no leases."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -117,9 +117,6 @@ class JobRecords:
                 continue
             if record.state in (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING):
                 yield record
-
-    def claim(self, job_id: str, holder: str, lease_seconds: float) -> bool:
-        return True
 
     def checkpoint_dir(self, job_id: str) -> Path:
         return self._dir(job_id) / _CHECKPOINT

@@ -130,14 +130,18 @@ class StoreClient:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return call_peer(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
 
-    def claim_job(self, job_id: str, holder: str, lease_seconds: float) -> bool:
-        """A lease call does not wait for a store that is down: a claim answered after the
-        lease it asks for would be void, so it fails at once and the next renewal retries."""
+    def claim_job(
+        self, job_id: str, holder: str, lease_seconds: float
+    ) -> tuple[bool, spb.ExportJob]:
+        """Whether ``holder`` holds the lease now, and the job after the claim. A lease call
+        does not wait for a store that is down: a claim answered after the lease it asks for
+        would be void, so it fails at once and the next renewal retries."""
         request = spb.ClaimExportJobRequest(
             job_id=job_id, holder=holder, lease_seconds=lease_seconds
         )
         timeout = max(1.0, lease_seconds / 3)
-        return call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout)).claimed
+        response = call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout))
+        return response.claimed, response.job
 
     def delete_job(self, job_id: str) -> None:
         request = spb.DeleteExportJobRequest(job_id=job_id)

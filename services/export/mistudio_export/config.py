@@ -69,6 +69,10 @@ class ExportSettings(SecuritySettings):
     """How long this instance's hold on a running job lasts unless renewed (every third of it).
     Another export service on the same store adopts the job only after the lease ran out, so a
     crashed instance's jobs resume within this long."""
+    follow_seconds: float = 1.0
+    """How often the record of a job another instance runs is read for this instance's
+    WatchExport streams (one read per watched job, whatever the number of its watchers), and
+    for a Pause/CancelExport waiting for that instance to stop it."""
     fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
     """How long a running export waits out an unreachable store, compute service, database or
     object store (retrying with exponential backoff from its last checkpoint) before it fails."""

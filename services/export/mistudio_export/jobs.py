@@ -115,14 +115,16 @@ class ExportJobManager:
         self._planner = planner
         self._pipeline = pipeline
         self._kind = _ExportKind(store, planner, pipeline, settings.data_dir / "export")
-        self._leasing = Leasing(instance_id or uuid.uuid4().hex, settings.lease_seconds)
+        jobs = StoreJobStore(store)
+        self._leasing = Leasing(instance_id or uuid.uuid4().hex, jobs, settings.lease_seconds)
         self._engine: JobEngine[jpb.ExportCheckpoint, jpb.ExportOutcome] = JobEngine(
-            StoreJobStore(store),
+            jobs,
             self._kind,
             patience=Patience(settings.fault_patience_seconds),
             persist_seconds=settings.progress_persist_seconds,
             max_running=max(1, settings.max_concurrent_jobs),
             leasing=self._leasing,
+            follow_seconds=settings.follow_seconds,
         )
 
     # -- starting and attaching ------------------------------------------------------------

@@ -13,7 +13,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 
 from mistudio_common import stages
 from mistudio_common.jobs.running import RunningJob
-from mistudio_common.jobs.store import C, JobRecord, O
+from mistudio_common.jobs.store import C, JobRecord, Leases, O
 from mistudio_common.progress import TERMINAL_STATES, StageId
 
 
@@ -70,6 +70,7 @@ class Leasing:
 
     holder: str
     """This instance's id."""
+    leases: Leases
     seconds: float = 30.0
     """A lease lasts this long unless renewed; a crashed holder's jobs are adopted after it."""
 
