@@ -5,15 +5,17 @@ while the store cannot take it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+import pytest
 from google.protobuf import wrappers_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import FailedPrecondition, NotFound, Unavailable
 from mistudio_common.jobs.control import StopReason
 from mistudio_common.jobs.engine import JobEngine
-from mistudio_common.jobs.kind import Leasing, Snapshot, first_progress
+from mistudio_common.jobs.kind import Leasing, Retention, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.jobs.store import Claim, JobRecord, JobUpdate
 from mistudio_common.progress import StageId
@@ -34,6 +36,7 @@ class MemoryStore:
 
     records: dict[str, JobRecord[Checkpoint, Outcome]] = field(default_factory=dict)
     holders: dict[str, str] = field(default_factory=dict)
+    ended_at: dict[str, float] = field(default_factory=dict)
     down: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +56,8 @@ class MemoryStore:
         if self.down:
             raise Unavailable("the store is down", fix="wait")
         with self.lock:
+            if update.finished:
+                self.ended_at[job_id] = time.time()
             old = self.records[job_id]
             checkpoint = Checkpoint()
             checkpoint.CopyFrom(
@@ -70,6 +75,9 @@ class MemoryStore:
 
     def unfinished(self) -> Iterator[JobRecord[Checkpoint, Outcome]]:
         return iter([r for r in self.records.values() if r.state in STOPPABLE])
+
+    def ended_before(self, cutoff: float) -> Iterator[str]:
+        return iter([job_id for job_id, at in self.ended_at.items() if at < cutoff])
 
     def claim(self, job_id: str, holder: str, lease_seconds: float) -> Claim:
         with self.lock:
@@ -121,6 +129,7 @@ class Batches:
 @dataclass
 class Kind:
     work: Batches
+    store: MemoryStore
     failure_note: str = ""
     ended_with: dict[str, int] = field(default_factory=dict)
 
@@ -130,15 +139,21 @@ class Kind:
     def ended(self, job_id: str, state: ppb.JobState.ValueType, checkpoint: Checkpoint) -> None:
         self.ended_with[job_id] = state
 
+    def expire(self, job_id: str) -> None:
+        del self.store.records[job_id], self.store.ended_at[job_id]
 
-def engine(store: MemoryStore, work: Batches, holder: str = "") -> JobEngine[Checkpoint, Outcome]:
+
+def engine(
+    store: MemoryStore, work: Batches, holder: str = "", retention: Retention | None = None
+) -> JobEngine[Checkpoint, Outcome]:
     return JobEngine(
         store,
-        Kind(work),
+        Kind(work, store),
         patience=Patience(seconds=0.05, first_delay=0.01),
         leasing=Leasing(holder, store, seconds=3.0) if holder else None,
         housekeeping_seconds=0.05,
         follow_seconds=0.05,
+        retention=retention,
     )
 
 
@@ -314,3 +329,20 @@ def test_a_watcher_on_an_instance_that_does_not_run_the_job_follows_its_record()
     assert len(done) >= 3 and done == sorted(done)  # live updates, not just the end
     holder.shutdown()
     other.shutdown()
+
+
+def test_retention_removes_jobs_that_ended_longer_ago_than_it_and_keeps_the_others() -> None:
+    store, work = MemoryStore(), Batches(polls_control=True)
+    jobs = engine(store, work, retention=Retention(seconds=60.0, every=3600.0))
+    jobs.launch(store.add("old"), work)
+    for _ in range(BATCHES):
+        work.gate.release()
+    assert watch(jobs, "old")[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    jobs.launch(store.add("running"), work)
+    assert jobs.expire_finished() == []  # "old" ended just now
+    assert jobs.expire_finished(now=time.time() + 61.0) == ["old"]
+    assert set(store.records) == {"running"}
+    with pytest.raises(NotFound):
+        jobs.channel("old")
+    jobs.cancel("running", wait_seconds=0.0)
+    jobs.shutdown(timeout_seconds=0.2)

@@ -125,9 +125,15 @@ class JobRecords:
         """A finished job cannot resume, so its checkpoint is only disk use."""
         shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
 
-    def finished(self, job_id: str) -> bool:
-        """Whether the job's last recorded progress is terminal (its folder may then go)."""
-        try:
-            return self.load(job_id).state in TERMINAL_STATES
-        except NotFound:
-            return False
+    def ended_before(self, cutoff: float) -> Iterator[str]:
+        """Jobs whose last record is an end state written before ``cutoff`` (epoch seconds)."""
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                ended = self.load(folder.name).state in TERMINAL_STATES
+                if ended and (folder / _PROGRESS).stat().st_mtime < cutoff:
+                    yield folder.name
+            except (OSError, NotFound):
+                continue  # unreadable or removed meanwhile: nothing to judge its age by
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self._dir(job_id), ignore_errors=True)

@@ -61,8 +61,12 @@ class ExportSettings(SecuritySettings):
     upload_staging_retention_seconds: float = 3600.0
     """A staging folder (data_dir/uploads/upload-*) that no stream is writing is removed after
     this long (they are left only by a crash mid-upload; at start all of them go)."""
+    finished_job_retention_seconds: float = 0.0
+    """Finished exports (record, archive and staging) are removed this long after they ended;
+    0 keeps them until DeleteExport."""
     retention_sweep_seconds: float = 600.0
-    """How often leftover staging folders are looked for."""
+    """How often finished exports past their retention and leftover staging folders are looked
+    for."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""
     lease_seconds: float = 30.0

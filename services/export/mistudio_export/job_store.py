@@ -89,6 +89,15 @@ class StoreJobStore:
         states = [ppb.JOB_STATE_RUNNING, ppb.JOB_STATE_QUEUED]
         return (record_of(stored) for stored in self._store.all_jobs(states=states))
 
+    def ended_before(self, cutoff: float) -> Iterator[str]:
+        ended = (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED, ppb.JOB_STATE_FAILED)
+        for stored in self._store.all_jobs(states=ended):
+            if (
+                stored.HasField("finished_at")
+                and stored.finished_at.ToMicroseconds() < cutoff * 1e6
+            ):
+                yield stored.job_id
+
     def claim(self, job_id: str, holder: str, lease_seconds: float) -> Claim:
         claimed, stored = self._store.claim_job(job_id, holder, lease_seconds)
         return Claim(claimed, requested_of(stored))

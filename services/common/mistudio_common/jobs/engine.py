@@ -15,6 +15,7 @@ instance's watchers follow the job's record, polled by one thread for all of the
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +28,15 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import FailedPrecondition, MistudioError, NotFound
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
-from mistudio_common.jobs.kind import JobKind, Leasing, Snapshot, Work, is_final, snapshot_of
+from mistudio_common.jobs.kind import (
+    JobKind,
+    Leasing,
+    Retention,
+    Snapshot,
+    Work,
+    is_final,
+    snapshot_of,
+)
 from mistudio_common.jobs.recording import JobEntry, JobRecorder, next_progress, tracker_for
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.jobs.store import C, JobRecord, JobStore, JobUpdate, O
@@ -51,6 +60,7 @@ class JobEngine(Generic[C, O]):
         leasing: Leasing | None = None,
         housekeeping_seconds: float = 5.0,
         follow_seconds: float = 1.0,
+        retention: Retention | None = None,
     ) -> None:
         self._store = store
         self._recorder = JobRecorder(store, persist_seconds)
@@ -65,6 +75,8 @@ class JobEngine(Generic[C, O]):
         tick = min(housekeeping_seconds, leasing.renew_every) if leasing else housekeeping_seconds
         self._tick = tick
         self._follow_seconds = follow_seconds
+        self._retention = retention
+        self._retained_at = -math.inf
         self._housekeeper = threading.Thread(target=self._housekeep, name="jobs", daemon=True)
         self._housekeeper.start()
         self._follower: threading.Thread | None = None
@@ -392,7 +404,7 @@ class JobEngine(Generic[C, O]):
         """Renews this instance's leases, adopts jobs whose holder stopped renewing, and stores
         end states the store could not take when they happened."""
         while not self._shutdown.wait(self._tick):
-            for step in (self._renew, self._record_pending, self._adopt):
+            for step in (self._renew, self._record_pending, self._adopt, self._retain):
                 try:
                     step()
                 except MistudioError as error:
@@ -433,6 +445,32 @@ class JobEngine(Generic[C, O]):
     def _adopt(self) -> None:
         if self._leasing is not None and not self._shutdown.is_set():
             self.recover()
+
+    def _retain(self) -> None:
+        if self._retention is None:
+            return
+        if time.monotonic() - self._retained_at >= self._retention.every:
+            self._retained_at = time.monotonic()
+            self.expire_finished()
+
+    def expire_finished(self, now: float | None = None) -> list[str]:
+        """One retention pass: every job that ended longer than the retention ago is removed
+        with what it left (by its kind); returns their ids."""
+        if self._retention is None:
+            return []
+        cutoff = (time.time() if now is None else now) - self._retention.seconds
+        expired = []
+        for job_id in list(self._store.ended_before(cutoff)):
+            try:
+                self._kind.expire(job_id)
+            except MistudioError as error:  # kept for the next pass
+                log.warning("could not remove an old job: %s", error, extra={"job_id": job_id})
+                continue
+            self.forget(job_id)
+            expired.append(job_id)
+        if expired:
+            log.info("removed finished jobs past their retention", extra={"count": len(expired)})
+        return expired
 
     # -- following jobs that run elsewhere -------------------------------------------------
 

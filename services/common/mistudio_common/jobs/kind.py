@@ -63,6 +63,18 @@ class JobKind(Protocol[C, O]):
         """Frees what the job held once it reached ``state`` (staging, checkpoint files)."""
         ...
 
+    def expire(self, job_id: str) -> None:
+        """Removes a finished job past its retention: its record and everything it left."""
+        ...
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished jobs are kept, and how often the engine looks for older ones."""
+
+    seconds: float
+    every: float = 600.0
+
 
 @dataclass(frozen=True)
 class Leasing:

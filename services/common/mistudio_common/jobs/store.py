@@ -69,6 +69,11 @@ class JobStore(Protocol[C, O]):
         """Jobs that were queued or running when their service stopped: recovery resumes them."""
         ...
 
+    def ended_before(self, cutoff: float) -> Iterable[str]:
+        """Ids of jobs that reached an end state before ``cutoff`` (seconds since the epoch):
+        retention removes them."""
+        ...
+
 
 @dataclass(frozen=True)
 class Claim:
