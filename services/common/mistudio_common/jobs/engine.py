@@ -9,7 +9,8 @@ Where instances share a store, each holds a renewed lease on the jobs it runs an
 instance's job only once that lease has run out. A pause or cancel asked of an instance that does
 not hold the job is recorded on it; the holder reads it when it renews its lease and stops the
 job through its :class:`~mistudio_common.jobs.control.JobControl`, as for its own clients. Such an
-instance's watchers follow the job's record, polled by one thread for all of them.
+instance's watchers follow the job's record (:mod:`~mistudio_common.jobs.following`). Finished
+jobs past their :class:`~mistudio_common.jobs.kind.Retention` are removed, each by its kind.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from typing import Generic
 from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 
-from mistudio_common.errors import FailedPrecondition, MistudioError, NotFound
+from mistudio_common.errors import FailedPrecondition, MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
+from mistudio_common.jobs.following import Follower, runs_elsewhere
 from mistudio_common.jobs.kind import (
     JobKind,
     Leasing,
@@ -79,10 +81,9 @@ class JobEngine(Generic[C, O]):
         self._retained_at = -math.inf
         self._housekeeper = threading.Thread(target=self._housekeep, name="jobs", daemon=True)
         self._housekeeper.start()
-        self._follower: threading.Thread | None = None
+        self._follower: Follower[C, O] | None = None
         if leasing is not None:  # only a shared store holds jobs that run elsewhere
-            self._follower = threading.Thread(target=self._follow, name="job-follow", daemon=True)
-            self._follower.start()
+            self._follower = Follower(store, self._followed, follow_seconds, self._shutdown)
 
     # -- starting and watching -------------------------------------------------------------
 
@@ -253,7 +254,7 @@ class JobEngine(Generic[C, O]):
                 entry.thread.join(max(0.0, deadline - time.monotonic()))
         self._housekeeper.join(timeout=1.0)
         if self._follower is not None:
-            self._follower.join(timeout=1.0)
+            self._follower.join()
 
     # -- the worker ------------------------------------------------------------------------
 
@@ -472,34 +473,9 @@ class JobEngine(Generic[C, O]):
             log.info("removed finished jobs past their retention", extra={"count": len(expired)})
         return expired
 
-    # -- following jobs that run elsewhere -------------------------------------------------
-
-    def _follow(self) -> None:
-        """Brings the channels of watched jobs that another instance runs up to date from
-        their records: one thread and one read per job per interval, whatever the watchers."""
-        while not self._shutdown.wait(self._follow_seconds):
-            with self._lock:
-                followed = [e for e in self._entries.values() if _runs_elsewhere(e)]
-            for entry in followed:
-                try:
-                    self._catch_up(entry)
-                except MistudioError as error:  # the next interval reads it again
-                    log.warning("could not follow a job: %s", error, extra={"job_id": entry.job_id})
-
-    def _catch_up(self, entry: JobEntry[C, O]) -> None:
-        latest = entry.channel.latest.progress
-        try:
-            snapshot = snapshot_of(self._store.load(entry.job_id))
-        except NotFound:  # deleted (and so stopped) by another instance
-            error = status_pb2.Status(code=code_pb2.NOT_FOUND, message="the job was deleted")
-            progress = ppb.Progress(job_id=entry.job_id, state=ppb.JOB_STATE_CANCELLED)
-            progress.sequence, progress.message = latest.sequence + 1, error.message
-            progress.error.CopyFrom(error)
-            entry.channel.publish(Snapshot(progress))
-            return
-        stored = snapshot.progress
-        if stored.sequence > latest.sequence or stored.state != latest.state:
-            entry.channel.publish(snapshot)
+    def _followed(self) -> list[JobEntry[C, O]]:
+        with self._lock:
+            return [e for e in self._entries.values() if runs_elsewhere(e)]
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -516,12 +492,6 @@ class JobEngine(Generic[C, O]):
 
 
 _STOPPABLE = frozenset({ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING})
-
-
-def _runs_elsewhere(entry: JobEntry[C, O]) -> bool:
-    """A watched, unfinished job that this instance neither runs nor holds."""
-    idle = not (entry.running or entry.held or entry.unrecorded is not None)
-    return idle and entry.channel.watched and not entry.channel.latest.final
 
 
 def _cannot(job_id: str, state: int, action: str) -> FailedPrecondition:
