@@ -29,7 +29,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import FailedPrecondition, MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
-from mistudio_common.jobs.following import Follower, runs_elsewhere
+from mistudio_common.jobs.following import Follower, publish_if_newer, runs_elsewhere
 from mistudio_common.jobs.kind import (
     JobKind,
     Leasing,
@@ -127,7 +127,10 @@ class JobEngine(Generic[C, O]):
         record = self._store.load(job_id)
         if record.state in TERMINAL_STATES:
             return JobChannel(snapshot_of(record), is_final)
-        return self._entry(record).channel
+        entry = self._entry(record)
+        if not (entry.running or entry.held):  # a channel this instance last updated long ago
+            publish_if_newer(entry, snapshot_of(record))
+        return entry.channel
 
     def live(self, job_id: str) -> Snapshot[O] | None:
         """The in-memory snapshot of a job this process runs (fresher than its record), or of

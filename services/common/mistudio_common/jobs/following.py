@@ -67,6 +67,11 @@ class Follower(Generic[C, O]):
             progress.error.CopyFrom(error)
             entry.channel.publish(Snapshot(progress))
             return
-        stored = snapshot.progress
-        if stored.sequence > latest.sequence or stored.state != latest.state:
-            entry.channel.publish(snapshot)
+        publish_if_newer(entry, snapshot)
+
+
+def publish_if_newer(entry: JobEntry[C, O], snapshot: Snapshot[O]) -> None:
+    """Publishes a stored snapshot that is ahead of what the channel holds."""
+    latest, stored = entry.channel.latest.progress, snapshot.progress
+    if stored.sequence > latest.sequence or stored.state != latest.state:
+        entry.channel.publish(snapshot)
