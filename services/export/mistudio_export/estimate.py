@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
@@ -28,11 +27,11 @@ from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_
 from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.clients import ComputeClient, StoreClient
-from mistudio_export.peers import EstimateRecords, TokenEstimates
+from mistudio_export.peers import ComputationEstimate, EstimateRecords, TokenEstimates
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.presets import PRESETS
-from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.selection import candidate_indices
 from mistudio_export.token_facts import token_facts
 
 DEFAULT_BYTES_PER_FEATURE = 60_000.0
@@ -96,7 +95,7 @@ class Prediction:
     stages: list[ppb.StageEstimate]
     """The plan's stages in order, each with its predicted seconds."""
     features_cached: int
-    computation: cpb.EstimateComputationResponse | None
+    computation: ComputationEstimate | None
     """The compute service's estimate of the features to compute; None when all are cached."""
     rates: Rates
 
@@ -123,7 +122,7 @@ def predict(
         cached = sum(1 for i in candidates if i in hashes)
         if cached < len(candidates):
             computation = compute.estimate(sae, plan.tokens, len(candidates) - cached, plan.params)
-    computed = {s.stage: s.seconds for s in computation.stages} if computation else {}
+    computed = computation.stage_seconds if computation else {}
     written = JobSize(0, len(candidates), example_tokens(plan.params))
     stages = [
         ppb.StageEstimate(
@@ -234,7 +233,7 @@ class ExportEstimator:
         warnings = []
         if not estimate.feature_count:
             warnings.append("the feature selection matches no feature: the export would fail")
-        if statistic_filter(plan.selection).active:
+        if plan.selection.statistics.active:
             warnings.append(
                 "activation-frequency and max-activation filters apply after computing: "
                 "feature_count is an upper bound"
