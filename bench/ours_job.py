@@ -87,11 +87,12 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
         request = epb.StartExportRequest(request_id=sae_id, sae_id=sae_id, config=config)
         export_started = time.perf_counter()  # what the estimate predicts: StartExport to done
         last = None
-        etas: list[tuple[float, float]] = []  # (seconds since StartExport, ETA shown then)
+        etas: list[tuple[float, float, str]] = []  # (seconds since StartExport, ETA, stage)
         for message in exports.StartExport(request):
             last = message
-            etas.append((time.perf_counter() - export_started, message.progress.eta_seconds))
             sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
+            since = time.perf_counter() - export_started
+            etas.append((since, message.progress.eta_seconds, sampler.stage))
             if ppb.JobState.Name(message.progress.state) in DONE_STATES:
                 break
         assert last is not None
@@ -135,15 +136,15 @@ def run_export(args: argparse.Namespace, data_dir: Path, sampler: StageRss) -> d
 ETA_CHECKPOINTS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def eta_checks(etas: list[tuple[float, float]], wall: float) -> list[dict[str, float]]:
+def eta_checks(etas: list[tuple[float, float, str]], wall: float) -> list[dict[str, Any]]:
     """The ETA the progress stream showed at each share of the export's wall time (its last
-    message by then) beside the time that was actually left."""
+    message by then, and its stage) beside the time that was actually left."""
     checks = []
     for share in ETA_CHECKPOINTS:
-        shown = [(t, eta) for t, eta in etas if t <= share * wall and eta >= 0]
+        shown = [(t, eta, stage) for t, eta, stage in etas if t <= share * wall and eta >= 0]
         if shown:
-            t, eta = shown[-1]
-            checks.append({"at": share, "eta_s": eta, "remaining_s": wall - t})
+            t, eta, stage = shown[-1]
+            checks.append({"at": share, "eta_s": eta, "remaining_s": wall - t, "stage": stage})
     return checks
 
 

@@ -400,7 +400,9 @@ def markdown(out: dict[str, Any]) -> str:
                 for k, v in e["stages"].items()
                 if v["estimated_s"] or v["measured_s"]
             )
-            etas = ", ".join(f"{c['at']:.0%} x{fmt(c['ratio'])}" for c in e["eta_checks"])
+            etas = ", ".join(
+                f"{c['at']:.0%} x{fmt(c['ratio'])} ({c['stage']})" for c in e["eta_checks"]
+            )
             lines += [
                 "",
                 f"Run {run} estimated/measured s per stage ({rates_text(e)}): {staged}. "
