@@ -179,7 +179,11 @@ def test_cancelling_the_computation_cancels_its_ray_tasks(
     with pytest.raises(Cancelled):
         sharded(inputs, make, 2, cancel=cancel)
     assert time.monotonic() - started < 60
-    assert not alive(int(marker.read_text())), "the cancelled shard's worker outlived the cancel"
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 10  # Ray reports a task killed before its process is gone
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid), "the worker running the cancelled shard is still running"
 
 
 def alive(pid: int) -> bool:

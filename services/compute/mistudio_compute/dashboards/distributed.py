@@ -13,6 +13,7 @@ Finalisation runs in the caller, where the merged state arrives.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -48,7 +49,7 @@ _log = logging.getLogger(__name__)
 _WAIT_S = 0.2
 """How often the driver looks at the cancel flag while shards run."""
 _STOP_WAIT_S = 30.0
-"""How long a cancelled pass waits for its running shards' workers to be killed."""
+"""How long a cancelled pass waits for Ray to report its running shards killed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,18 @@ def _run_shard(
     return finished
 
 
+@functools.cache
+def _shard_task() -> Any:
+    """One Ray function for the shards of every pass in this process: Ray queues the tasks of
+    one function first in, first out, so with at most ``max_in_flight`` shards of a job in the
+    queue, a job started later gets its turn before a big job's later shards. (Ray gives each
+    ``ray.remote`` its own queue, scheduled in no promised order: one per pass would leave the
+    order between jobs to chance.)"""
+    import ray
+
+    return ray.remote(_run_shard)
+
+
 def _merge(a: PassResult, b: PassResult) -> PassResult:
     return PassResult(a.state.merge(b.state), min(a.batch_size, b.batch_size))
 
@@ -197,11 +210,11 @@ def run_sharded_pass(
     if len(rows) == 0:
         return PassResult(PassState.empty(config, features, seq_len, device), batch_size)
     ranges = shard_ranges(rows, sharding.shards, batch_size)
-    shard = ray.remote(
+    shard = _shard_task().options(
         num_cpus=sharding.cpus_per_task,
         num_gpus=sharding.gpus_per_task,
         max_retries=sharding.max_retries,
-    )(_run_shard)
+    )
     merge = ray.remote(num_cpus=0)(_merge)
     factory, cpu_features = ray.put(make_inputs), features.cpu().to(torch.int64)
     keep = saved if saved is not None and saved.shared else None
@@ -251,8 +264,9 @@ def run_sharded_pass(
 
 
 def _stop(running: list[ray.ObjectRef]) -> None:
-    """Kills the running shards' workers and waits until they are gone, so that nothing of a
-    cancelled pass still computes (or saves a shard) once it has raised."""
+    """Kills the running shards' workers and waits until Ray reports each task ended, so a
+    cancelled pass raises only once its kills are delivered (the processes may take a moment
+    longer to exit)."""
     import ray
 
     for ref in running:
