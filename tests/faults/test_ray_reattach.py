@@ -24,7 +24,9 @@ from tests.moto_s3 import ACCESS_KEY, SECRET_KEY, bucket_url
 from tests.ray_cluster import local_ray_cluster
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+"""Each test runs two exports on a Ray cluster with a kill and a restart between: past the
+default 300 s on a loaded two-core machine."""
 
 SHARDS = 4
 """64 rows in batches of 4: four shards of four batches, one at a time, so a kill falls between
