@@ -172,6 +172,21 @@ def test_a_stage_whose_count_starts_over_takes_its_rate_from_the_new_count() -> 
     assert progress.stages[0].elapsed_seconds == 14.0
 
 
+def test_a_jobs_fraction_never_moves_backwards() -> None:
+    """A stage whose count starts over (read, then written) and new weights both lower the
+    computed fraction; a watcher must still never see its job's progress go back."""
+    tracker = ProgressTracker("job", STAGES, clock=FakeClock())
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 10, 10)
+    tracker.update(pb.STAGE_LOGIT_LENS, 8, 10)
+    shown = [tracker.update(pb.STAGE_LOGIT_LENS, 0, 40).fraction]  # now writing: a new count
+    tracker.weigh([1.0, 9.0])
+    shown.append(tracker.update(pb.STAGE_LOGIT_LENS, 1, 40).fraction)
+    shown.append(tracker.update(pb.STAGE_LOGIT_LENS, 39, 40).fraction)
+    assert shown[0] == pytest.approx(0.9)
+    assert shown == sorted(shown)
+    assert shown[-1] > shown[0]
+
+
 def test_async_watchers_get_updates_published_from_another_thread_without_a_thread_each() -> None:
     channel: JobChannel[int] = JobChannel(0, is_terminal=lambda m: m >= 3)
 

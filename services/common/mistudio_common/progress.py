@@ -57,6 +57,9 @@ class ProgressTracker:
     _state: JobStateId = field(init=False, default=pb.JOB_STATE_QUEUED)
     _message: str = field(init=False, default="")
     _error: status_pb2.Status | None = field(init=False, default=None)
+    _fraction_shown: float = field(init=False, default=0.0)
+    """The largest overall fraction reported so far: a stage whose count starts over (reading,
+    then writing) or new weights never move a job's progress backwards."""
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -78,6 +81,7 @@ class ProgressTracker:
         """Continues a job after a restart: sequence numbers and finished stages carry over."""
         with self._lock:
             self._sequence = max(self._sequence, snapshot.sequence)
+            self._fraction_shown = max(self._fraction_shown, snapshot.fraction)
             by_stage = {s.stage: s for s in snapshot.stages}
             for clock in self._clocks:
                 previous = by_stage.get(clock.stage)
@@ -218,6 +222,7 @@ class ProgressTracker:
         )
         elapsed_total = sum(self._elapsed(c, now) for c in self._clocks)
         eta_total = self._eta(now, overall, elapsed_total)
+        self._fraction_shown = max(self._fraction_shown, overall)
         current = self._clocks[self._current]
         return pb.Progress(
             job_id=self.job_id,
@@ -229,7 +234,7 @@ class ProgressTracker:
             items_done=current.done,
             items_total=current.total,
             unit=current.unit,
-            fraction=1.0 if self._state == pb.JOB_STATE_SUCCEEDED else overall,
+            fraction=1.0 if self._state == pb.JOB_STATE_SUCCEEDED else self._fraction_shown,
             elapsed_seconds=elapsed_total,
             eta_seconds=0.0 if self._state in TERMINAL_STATES else eta_total,
             message=self._message,
