@@ -194,10 +194,14 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
         for group, keys in STAGE_GROUPS.items()
     }
     stages["whole_export"] = statistics.median(r["job_wall_s"] for r in ours)
-    fractions = {
+    fractions: dict[str, float | None] = {
         k: (flops * inputs.n_tokens / s / 1e9) / gflops if s > 0 else None
         for k, s in stages.items()
     }
+    stages["startup_and_overhead"] = statistics.median(
+        r["wall_s"] - sum(r["stages_s"].values()) for r in ours
+    )  # the process's wall outside every stage: see outside_stages for where it goes
+    fractions["startup_and_overhead"] = None
     size_keys = ("json_bytes", "gzip_bytes", "output_bytes")
     sizes = {k: int(statistics.median(r[k] for r in ours)) for k in size_keys}
     rates = {k: statistics.median(r["byte_rates"][k] for r in ours) for k in ours[0]["byte_rates"]}
@@ -257,6 +261,24 @@ def pair_ratio(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], key: st
     return statistics.median(ratios) if ratios else None
 
 
+def outside_stages(run: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Where one run's wall outside the export's stages goes, step by step in the order they ran
+    (``ours_job.Marks``), wall and CPU seconds each (CPU of this process, every thread): the
+    export job's share is its wall less its stages (job creation, progress messages, handing over
+    between stages; no CPU figure, the stages' is in it); ``exit`` is the interpreter's teardown
+    up to the end run.py measured (wall only)."""
+    wall, cpu = run["marks_wall_s"], run["marks_cpu_s"]
+    steps: dict[str, dict[str, float | None]] = {}
+    before = {"wall": 0.0, "cpu": 0.0}
+    for point in wall:
+        steps[point] = {"wall": wall[point] - before["wall"], "cpu": cpu[point] - before["cpu"]}
+        before = {"wall": wall[point], "cpu": cpu[point]}
+    job = steps["export_job"]
+    steps["export_job"] = {"wall": job["wall"] - sum(run["stages_s"].values()), "cpu": None}
+    steps["exit"] = {"wall": run["wall_s"] - before["wall"], "cpu": None}
+    return steps
+
+
 def estimate_report(run: dict[str, Any]) -> dict[str, Any]:
     """ValidateExport's estimate beside what the run measured: the export's wall time, and the
     compute stages' peak RSS above the stack at rest (what estimated_peak_memory_bytes means)."""
@@ -297,6 +319,7 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
         ),
         "throughput": tp,
         "estimate": estimate_report(ours[-1]),
+        "outside_stages": outside_stages(ours[-1]),
         "agreement": agreement(
             ours[-1]["features"], theirs[-1]["features"], args.logit_k, inputs.n_tokens
         )
@@ -375,6 +398,17 @@ def markdown(out: dict[str, Any]) -> str:
             f"one core here: {rates}. Floors: serialization = JSON ÷ dumps + gzip files ÷ "
             "deflate, validation = JSON ÷ loads, archive = the rest ÷ deflate, whole_export = "
             "the floor after the pass (all ÷ dumps, then deflate).",
+        ]
+        lines += [
+            "",
+            "startup_and_overhead is the process's wall outside every stage; in the last run:",
+            "",
+            "| step | wall s | CPU s |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {step} | {fmt(t['wall'])} | {fmt(t['cpu'])} |"
+            for step, t in s["outside_stages"].items()
         ]
         e = s["estimate"]
         rates = "rates measured by earlier runs" if e["from_measured_rates"] else "default rates"
