@@ -11,6 +11,7 @@ token ids, frequency).
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import hashlib
 import json
@@ -289,3 +290,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    gc.freeze()  # as the mistudio-export command ends (mistudio_cli.main.run)
