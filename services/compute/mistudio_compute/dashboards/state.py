@@ -141,7 +141,11 @@ class PassState:
             win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
         if cfg.n_top:
             _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
-            p = _where(_is_peak(f, n, val, t, b * t, cfg.window))  # [P] peaks
+            # Below its feature's n_top-th best value an entry can neither enter nor stop a
+            # larger one being a peak (ties included), so the peak search skips it: after the
+            # first batches that is nearly every entry.
+            c = _where(val >= K.top_value(self.top_keys[:, -1])[f])  # [C] candidates
+            p = c[_where(_is_peak(f[c], n[c], val[c], t, b * t, cfg.window))]  # [P] peaks
             group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
             top = self._fold_top(p, K.top_key(val[p], pos[p]), win[n[p]], group, f, windows)
         if cfg.n_sample:
