@@ -160,11 +160,15 @@ class PassState:
         # commit: from here on only in-place writes into already-allocated tensors
         if top is not None:
             rows, keys, hashes, wins = top
-            self.top_keys[rows], self.top_hash[rows], self.top_windows[rows] = keys, hashes, wins
+            self.top_keys.index_copy_(0, rows, keys)
+            self.top_hash.index_copy_(0, rows, hashes)
+            self.top_windows.index_copy_(0, rows, wins)
         if sample is not None:
             rows, keys, values, hashes, wins = sample
-            self.sample_keys[rows], self.sample_values[rows] = keys, values
-            self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
+            self.sample_keys.index_copy_(0, rows, keys)
+            self.sample_values.index_copy_(0, rows, values)
+            self.sample_hash.index_copy_(0, rows, hashes)
+            self.sample_windows.index_copy_(0, rows, wins)
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=self.hist.dtype))
         self.count += torch.bincount(f, minlength=n_feat)
         exact_sum.add_moments(self.total, self.total_sq, f, val)
@@ -196,10 +200,12 @@ class PassState:
         a, key, win = _at(a, i), _at(key, i), _at(win, i)
         rows, seg = torch.unique(_at(f, a), return_inverse=True)
         new, idx = K.segment_top(seg, key, len(rows), k, largest=True, fill=K.EMPTY_TOP)
-        hashes = torch.cat([self.top_hash[rows], _gather(win, idx, 0)], 1)  # [R, 2k]
-        keys, pick = _merge_top(torch.cat([self.top_keys[rows], new], 1), hashes, k)
+        old_keys, old_hashes = (x.index_select(0, rows) for x in (self.top_keys, self.top_hash))
+        hashes = torch.cat([old_hashes, _gather(win, idx, 0)], 1)  # [R, 2k]
+        keys, pick = _merge_top(torch.cat([old_keys, new], 1), hashes, k)
         empty = keys == K.EMPTY_TOP
-        wins = _fold_windows(self.top_windows[rows], pick, _gather(a, idx, -1), empty, windows)
+        old = self.top_windows.index_select(0, rows)  # [R, k, width]
+        wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
         return rows, keys, _take(hashes, pick, empty), wins
 
     def _fold_sample(
@@ -215,13 +221,17 @@ class PassState:
         k = self.config.n_sample
         a = _where(key < _at(self.sample_keys[:, -1], f))  # could enter the current sample
         rows, seg = torch.unique(_at(f, a), return_inverse=True)
-        new, idx = K.segment_top(seg, _at(key, a), len(rows), k, largest=False,
-                                 fill=K.EMPTY_SAMPLE)  # fmt: skip
-        keys, pick = torch.cat([self.sample_keys[rows], new], 1).topk(k, dim=1, largest=False)
+        key = _at(key, a)
+        new, idx = K.segment_top(seg, key, len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
+        old_keys = self.sample_keys.index_select(0, rows)
+        keys, pick = torch.cat([old_keys, new], 1).topk(k, dim=1, largest=False)
         empty = keys == K.EMPTY_SAMPLE
-        values = torch.cat([self.sample_values[rows], _gather(_at(val, a), idx, 0.0)], 1)
-        hashes = torch.cat([self.sample_hash[rows], _gather(_at(win, a), idx, 0)], 1)
-        wins = _fold_windows(self.sample_windows[rows], pick, _gather(a, idx, -1), empty, windows)
+        old_values = self.sample_values.index_select(0, rows)
+        old_hashes = self.sample_hash.index_select(0, rows)
+        values = torch.cat([old_values, _gather(_at(val, a), idx, 0.0)], 1)  # [R, 2k]
+        hashes = torch.cat([old_hashes, _gather(_at(win, a), idx, 0)], 1)
+        old = self.sample_windows.index_select(0, rows)  # [R, k, width]
+        wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
         return rows, keys, _take(values, pick, empty), _take(hashes, pick, empty), wins
 
     def merge(self, other: PassState) -> PassState:
@@ -348,11 +358,12 @@ def _merge_top(
 
 
 def _take(x: torch.Tensor, pick: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
-    """x [R, M] or [R, M, W] at columns pick [R, k]; 0 in ``empty`` [R, k] slots."""
-    if x.dim() == 3:
-        out = x.gather(1, pick[..., None].expand(-1, -1, x.shape[2]))
-        return out.masked_fill_(empty[..., None], 0)
-    return x.gather(1, pick).masked_fill_(empty, 0)
+    """x [R, M] or [R, M, W] at columns pick [R, k]; 0 in ``empty`` [R, k] slots. Rows of
+    the flattened x are selected (gather with an expanded index is far slower on CPU)."""
+    r, m = x.shape[:2]
+    flat = (torch.arange(r, device=x.device)[:, None] * m + pick).reshape(-1)  # [R * k]
+    out = x.reshape(r * m, *x.shape[2:]).index_select(0, flat).view(*pick.shape, *x.shape[2:])
+    return out.masked_fill_(empty if x.dim() == 2 else empty[..., None], 0)
 
 
 def _fold_windows(
@@ -387,8 +398,8 @@ def _window_values(
     offsets = torch.arange(-left, right + 1, device=n.device)  # [W]
     col = (n % t)[:, None] + offsets  # [X, W] position in the row
     at = (n[:, None] + offsets).clamp(0, len(special) - 1)  # [X, W] batch position
-    v = acts[at, f[:, None]].float()
-    return v.masked_fill_(~(v > 0) | special[at] | (col < 0) | (col >= t), 0.0)
+    v = _at(acts.reshape(-1), at * acts.shape[1] + f[:, None]).float()  # acts is contiguous
+    return v.masked_fill_(~(v > 0) | _at(special, at) | (col < 0) | (col >= t), 0.0)
 
 
 def _check_compatible(a: PassState, b: PassState) -> None:
