@@ -39,8 +39,15 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sae_options(parser: argparse.ArgumentParser) -> None:
-    """What `run` and `estimate` share: the SAE, how to register it, and every export option."""
+    """What `run` and `estimate` share: the SAE, whose it is, how to register it, and every
+    export option."""
     parser.add_argument("sae", metavar="SAE", help="SAELens folder, safetensors file, or SAE id")
+    parser.add_argument(
+        "--owner",
+        default="",
+        help="whose SAE: a folder is registered as theirs and an id looked up among theirs, and "
+        "they own the job (admins and services; default: yours)",
+    )
     parser.add_argument(
         "--model", default="", help="TransformerLens name or llama2c:<bin>?tokenizer=<file>"
     )
@@ -97,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command(
         "run", "export a local SAE folder or a registered SAE", commands.cmd_run, EPILOG_RUN
-    )
-    run.add_argument(
-        "--owner", default="", help="whose SAE to export, and so whose job (admins; default: yours)"
     )
     run.add_argument("--request-id", default="", help="idempotency key (default: random)")
     run.add_argument("--output", default="", metavar="ZIP", help="also download the archive here")

@@ -245,6 +245,13 @@ class JobChannel(Generic[M]):
         self._is_terminal = is_terminal
         self._condition = threading.Condition()
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._threads_watching = 0
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone watches now (a job run elsewhere is followed only while watched)."""
+        with self._condition:
+            return self._threads_watching > 0 or bool(self._async_waiters)
 
     def publish(self, message: M) -> None:
         with self._condition:
@@ -264,17 +271,23 @@ class JobChannel(Generic[M]):
         self, still_wanted: Callable[[], bool] = lambda: True, poll_seconds: float = 0.5
     ) -> Iterator[M]:
         """Yields messages until a terminal one, or until ``still_wanted()`` turns false."""
-        seen = -1
-        while True:
+        with self._condition:
+            self._threads_watching += 1
+        try:
+            seen = -1
+            while True:
+                with self._condition:
+                    while self._version == seen:
+                        self._condition.wait(timeout=poll_seconds)
+                        if self._version == seen and not still_wanted():
+                            return
+                    seen, message = self._version, self._latest
+                yield message
+                if self._is_terminal(message):
+                    return
+        finally:
             with self._condition:
-                while self._version == seen:
-                    self._condition.wait(timeout=poll_seconds)
-                    if self._version == seen and not still_wanted():
-                        return
-                seen, message = self._version, self._latest
-            yield message
-            if self._is_terminal(message):
-                return
+                self._threads_watching -= 1
 
     async def watch_async(
         self, still_wanted: Callable[[], bool] = lambda: True, poll_seconds: float = 2.0

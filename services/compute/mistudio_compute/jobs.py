@@ -27,7 +27,7 @@ from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import NotFound, Unavailable
 from mistudio_common.jobs.control import JobControl
 from mistudio_common.jobs.engine import JobEngine
-from mistudio_common.jobs.kind import Snapshot, first_progress
+from mistudio_common.jobs.kind import Retention, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.retry import Patience
@@ -146,8 +146,11 @@ class ComputeJobManager:
         self._preparer = preparer
         self._store = store
         self._patience = Patience(settings.fault_patience_seconds)
+        retention = Retention(
+            settings.finished_job_retention_seconds, settings.retention_sweep_seconds
+        )
         self._engine: JobEngine[jpb.ComputationCheckpoint, cpb.ComputeResult] = JobEngine(
-            self.records, self, patience=self._patience
+            self.records, self, patience=self._patience, retention=retention
         )
         self._lock = threading.Lock()
         self._starting: dict[str, threading.Lock] = {}
@@ -221,6 +224,14 @@ class ComputeJobManager:
     ) -> None:
         """A finished computation cannot resume, so its checkpoint folder is only disk use."""
         self.records.drop_checkpoint(job_id)
+
+    def expire(self, job_id: str) -> None:
+        """Past the retention only the dashboards cached in the store stay."""
+        self.records.remove(job_id)
+
+    def expire_finished(self, now: float | None = None) -> list[str]:
+        """One retention pass (the engine runs one every ``retention_sweep_seconds``)."""
+        return self._engine.expire_finished(now)
 
     def run(self, job: RunningComputation, prepared: PreparedComputation) -> cpb.ComputeResult:
         started = time.monotonic()

@@ -9,8 +9,10 @@ details, and the orchestration code never sees grpc.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -23,7 +25,14 @@ from mistudio_common.grpc_errors import call_peer, pages, stream_peer
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel, wait_until_ready
 
+from mistudio_export.peers import (
+    ComputationEstimate,
+    FeatureFilter,
+    FeatureRecord,
+    FileChunk,
+)
 from mistudio_export.plan import sae_reference
+from mistudio_export.records import ExplanationRecord
 
 PAGE_SIZE = 1000
 HASHES_PER_REQUEST = 10_000
@@ -54,26 +63,23 @@ class StoreClient:
         return call_peer(lambda: self._stub.GetSae(request, **self._unary)).sae
 
     def features(
-        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
-    ) -> Iterator[spb.Feature]:
+        self, sae_id: str, feature_filter: FeatureFilter, owner: str = ""
+    ) -> Iterator[FeatureRecord]:
         """Every feature record matching the filter, in index order."""
+        wanted = spb.FeatureFilter(**asdict(feature_filter))
 
         def fetch(token: str) -> tuple[Sequence[spb.Feature], str]:
             request = spb.ListFeaturesRequest(
-                sae_id=sae_id,
-                owner=owner,
-                page_size=PAGE_SIZE,
-                page_token=token,
-                filter=feature_filter,
+                sae_id=sae_id, owner=owner, page_size=PAGE_SIZE, page_token=token, filter=wanted
             )
             page = call_peer(lambda: self._stub.ListFeatures(request, **self._unary))
             return page.features, page.next_page_token
 
-        return pages(fetch)
+        return map(_feature_record, pages(fetch))
 
     def explanations(
         self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
-    ) -> Iterator[spb.Explanation]:
+    ) -> Iterator[ExplanationRecord]:
         """Explanations of the listed features (all when empty), ordered as the store keeps them."""
 
         def fetch(token: str) -> tuple[Sequence[spb.Explanation], str]:
@@ -87,7 +93,7 @@ class StoreClient:
             page = call_peer(lambda: self._stub.ListExplanations(request, **self._unary))
             return page.explanations, page.next_page_token
 
-        return pages(fetch)
+        return map(_explanation_record, pages(fetch))
 
     def cached_hashes(
         self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
@@ -130,14 +136,18 @@ class StoreClient:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return call_peer(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
 
-    def claim_job(self, job_id: str, holder: str, lease_seconds: float) -> bool:
-        """A lease call does not wait for a store that is down: a claim answered after the
-        lease it asks for would be void, so it fails at once and the next renewal retries."""
+    def claim_job(
+        self, job_id: str, holder: str, lease_seconds: float
+    ) -> tuple[bool, spb.ExportJob]:
+        """Whether ``holder`` holds the lease now, and the job after the claim. A lease call
+        does not wait for a store that is down: a claim answered after the lease it asks for
+        would be void, so it fails at once and the next renewal retries."""
         request = spb.ClaimExportJobRequest(
             job_id=job_id, holder=holder, lease_seconds=lease_seconds
         )
         timeout = max(1.0, lease_seconds / 3)
-        return call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout)).claimed
+        response = call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout))
+        return response.claimed, response.job
 
     def delete_job(self, job_id: str) -> None:
         request = spb.DeleteExportJobRequest(job_id=job_id)
@@ -213,6 +223,32 @@ class StoreClient:
         return pages(fetch)
 
 
+def _iso(stamp: Timestamp | None) -> str:
+    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if stamp is not None else ""
+
+
+def _feature_record(f: spb.Feature) -> FeatureRecord:
+    return FeatureRecord(
+        feature_index=f.feature_index,
+        label=f.label,
+        category=f.category,
+        activation_frequency=f.activation_frequency,
+        updated_at=_iso(f.updated_at if f.HasField("updated_at") else None),
+    )
+
+
+def _explanation_record(e: spb.Explanation) -> ExplanationRecord:
+    return ExplanationRecord(
+        feature_index=e.feature_index,
+        description=e.description,
+        method=e.method,
+        explainer_model=e.explainer_model,
+        score=e.score if e.HasField("score") else None,
+        created_at=_iso(e.created_at if e.HasField("created_at") else None),
+        explanation_id=e.explanation_id,
+    )
+
+
 class ComputeClient:
     """Typed wrapper over ComputeService: dashboards, estimates and SAELens files."""
 
@@ -247,9 +283,10 @@ class ComputeClient:
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
-    ) -> cpb.ValidateSaeResponse:
+    ) -> list[str]:
+        """The warnings about an SAE that loads (and runs on ``tokens``); raises when it cannot."""
         request = cpb.ValidateSaeRequest(sae=sae_reference(sae), tokens=tokens, device=device)
-        return call_peer(lambda: self._stub.ValidateSae(request, **self._unary))
+        return list(call_peer(lambda: self._stub.ValidateSae(request, **self._unary)).warnings)
 
     def estimate(
         self,
@@ -257,25 +294,36 @@ class ComputeClient:
         tokens: tpb.TokenSource,
         feature_count: int,
         params: dpb.DashboardParams | None = None,
-    ) -> cpb.EstimateComputationResponse:
+    ) -> ComputationEstimate:
         request = cpb.EstimateComputationRequest(
             sae=sae_reference(sae),
             tokens=tokens,
             feature_count=feature_count,
             params=params,
         )
-        return call_peer(lambda: self._stub.EstimateComputation(request, **self._unary))
+        answer = call_peer(lambda: self._stub.EstimateComputation(request, **self._unary))
+        return ComputationEstimate(
+            params=answer.params,
+            n_rows=int(answer.n_rows),
+            context_size=int(answer.context_size),
+            prepend_bos=answer.prepend_bos,
+            n_layers=int(answer.n_layers),
+            estimated_seconds=answer.estimated_seconds,
+            estimated_peak_memory_bytes=int(answer.estimated_peak_memory_bytes),
+            rate_source=answer.rate_source,
+        )
 
     def saelens_files(
         self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
-    ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
+    ) -> Iterator[FileChunk]:
         request = cpb.ExportSaeLensFilesRequest(
             sae=sae_reference(sae),
             neuronpedia_id=neuronpedia_id,
             feature_frequencies=frequencies,
         )
         wait_until_ready(self._channel, self._patience, "compute service")
-        return stream_peer(lambda: self._stub.ExportSaeLensFiles(request, wait_for_ready=True))
+        stream = stream_peer(lambda: self._stub.ExportSaeLensFiles(request, wait_for_ready=True))
+        return (FileChunk(m.file_name, m.chunk, m.last_chunk) for m in stream)
 
 
 class ComputeStream:

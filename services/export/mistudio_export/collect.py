@@ -19,12 +19,12 @@ from pathlib import Path
 import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.delta import EarlierExport, feature_hash, hashes_from_json, hashes_to_json
 from mistudio_export.formats import jsonio
-from mistudio_export.peers import FeatureRecords
+from mistudio_export.peers import FeatureFilter, FeatureRecords
+from mistudio_export.records import ExplanationRecord
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
 
@@ -108,10 +108,10 @@ def _read_batch(
     records = {
         f.feature_index: f
         for f in store.features(
-            sae_id, spb.FeatureFilter(index_start=batch[0], index_end=batch[-1] + 1), owner
+            sae_id, FeatureFilter(index_start=batch[0], index_end=batch[-1] + 1), owner
         )
     }
-    explanations: dict[int, list[spb.Explanation]] = defaultdict(list)
+    explanations: dict[int, list[ExplanationRecord]] = defaultdict(list)
     for e in store.explanations(sae_id, batch, owner):
         explanations[e.feature_index].append(e)
     kept: list[dpb.FeatureDashboard] = []

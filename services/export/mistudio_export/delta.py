@@ -25,23 +25,22 @@ from mistudio_common.dashboard_options import Component
 from mistudio_export import views
 from mistudio_export.packaging.archive import verify_archive
 from mistudio_export.packaging.safe_extract import check_limits
-from mistudio_export.peers import FeatureHashRecords
+from mistudio_export.peers import FeatureHashRecords, FeatureRecord
 from mistudio_export.plan import ExportPlan
-from mistudio_export.records import EXPORT_FORMAT_VERSION
+from mistudio_export.records import EXPORT_FORMAT_VERSION, ExplanationRecord
 
 
 def feature_hash(
     dashboard: dpb.FeatureDashboard,
-    record: spb.Feature | None,
-    explanations: Iterable[spb.Explanation],
+    record: FeatureRecord | None,
+    explanations: Iterable[ExplanationRecord],
 ) -> str:
     """SHA-256 over the dashboard's content hash, the label, category and explanations."""
     digest = hashlib.sha256(dashboard_codec.content_hash(dashboard).encode())
     if record is not None:
         digest.update(f"\x1flabel={record.label}\x1fcategory={record.category}".encode())
     lines = sorted(
-        f"{e.explanation_id}\x1e{e.description}\x1e{e.method}\x1e{e.explainer_model}"
-        f"\x1e{e.score if e.HasField('score') else None!r}"
+        f"{e.explanation_id}\x1e{e.description}\x1e{e.method}\x1e{e.explainer_model}\x1e{e.score!r}"
         for e in explanations
     )
     for line in lines:

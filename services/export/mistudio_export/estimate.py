@@ -27,7 +27,7 @@ from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.presets import PRESETS
-from mistudio_export.selection import candidate_indices, statistic_filter
+from mistudio_export.selection import candidate_indices
 from mistudio_export.token_facts import token_facts
 
 DEFAULT_BYTES_PER_FEATURE = 60_000.0
@@ -173,7 +173,7 @@ class ExportEstimator:
         warnings = []
         if not candidates:
             warnings.append("the feature selection matches no feature: the export would fail")
-        if statistic_filter(plan.selection).active:
+        if plan.selection.statistics.active:
             warnings.append(
                 "activation-frequency and max-activation filters apply after computing: "
                 "feature_count is an upper bound"

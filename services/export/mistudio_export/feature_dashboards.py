@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Protocol
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -14,8 +15,8 @@ from mistudio_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from mistudio_common.grpc_errors import error_from_status
 from mistudio_common.progress import TERMINAL_STATES
 
-from mistudio_export.clients import ComputeClient, StoreClient
 from mistudio_export.limits import check_request_limits
+from mistudio_export.peers import DashboardCache, DashboardComputer, TokenEstimates
 from mistudio_export.plan import (
     RECORDED_TOKENS_KEY,
     dashboard_params,
@@ -25,8 +26,12 @@ from mistudio_export.plan import (
 from mistudio_export.token_facts import token_facts
 
 
+class OnDemandCompute(DashboardComputer, TokenEstimates, Protocol):
+    """The compute service as one feature's dashboard needs it."""
+
+
 class FeatureDashboards:
-    def __init__(self, store: StoreClient, compute: ComputeClient) -> None:
+    def __init__(self, store: DashboardCache, compute: OnDemandCompute) -> None:
         self._store = store
         self._compute = compute
 

@@ -26,10 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
@@ -48,7 +46,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
-from mistudio_export.peers import FeatureFacts, SaeLensFiles
+from mistudio_export.peers import FeatureFacts, FeatureFilter, FileChunk, SaeLensFiles
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -423,15 +421,13 @@ def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: SaeLe
     (folder / "pretrained_saes.yaml").write_text(inputs.pretrained_yaml, encoding="utf-8")
 
 
-def _one_file(
-    first: cpb.ExportSaeLensFilesResponse, rest: Iterator[cpb.ExportSaeLensFilesResponse]
-) -> Iterator[bytes]:
+def _one_file(first: FileChunk, rest: Iterator[FileChunk]) -> Iterator[bytes]:
     """The bytes of ``first``'s file, read from ``rest`` up to its last chunk: written as they
     come, so the weights (which grow with d_sae) are never held whole."""
     chunk = first
     while True:
-        yield chunk.chunk
-        if chunk.last_chunk:
+        yield chunk.data
+        if chunk.last:
             return
         following = next(rest, None)
         if following is None or following.file_name != first.file_name:
@@ -450,38 +446,18 @@ def explanation_records(
         return []
     wanted = set(indices)
     return [
-        _explanation(e)
+        e
         for e in store.explanations(sae.sae_id, list(indices), sae.owner)
         if e.feature_index in wanted
     ]
-
-
-def _iso(stamp: Timestamp | None) -> str:
-    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if stamp is not None else ""
-
-
-def _explanation(e: spb.Explanation) -> ExplanationRecord:
-    return ExplanationRecord(
-        feature_index=e.feature_index,
-        description=e.description,
-        method=e.method,
-        explainer_model=e.explainer_model,
-        score=e.score if e.HasField("score") else None,
-        created_at=_iso(e.created_at if e.HasField("created_at") else None),
-    )
 
 
 def feature_labels(store: FeatureFacts, sae: spb.Sae, indices: Sequence[int]) -> list[FeatureLabel]:
     """The labels of ``indices`` that have one."""
     wanted = set(indices)
     return [
-        FeatureLabel(
-            f.feature_index,
-            f.label,
-            f.category,
-            _iso(f.updated_at if f.HasField("updated_at") else None),
-        )
-        for f in store.features(sae.sae_id, spb.FeatureFilter(labeled_only=True), sae.owner)
+        FeatureLabel(f.feature_index, f.label, f.category, f.updated_at)
+        for f in store.features(sae.sae_id, FeatureFilter(labeled_only=True), sae.owner)
         if f.feature_index in wanted and f.label.strip()
     ]
 
@@ -491,7 +467,7 @@ def saelens_frequencies(store: FeatureFacts, sae: spb.Sae) -> list[float]:
     d_sae = sae.d_sae
     frequencies = {
         f.feature_index: f.activation_frequency
-        for f in store.features(sae.sae_id, spb.FeatureFilter(), sae.owner)
+        for f in store.features(sae.sae_id, FeatureFilter(), sae.owner)
     }
     if len(frequencies) != d_sae or set(frequencies) != set(range(d_sae)):
         return []

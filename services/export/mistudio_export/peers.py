@@ -1,13 +1,15 @@
-"""What the pipeline's stages need of their peers, as small protocols.
+"""What the pipeline's stages need of their peers, as small protocols, and the plain values
+they exchange.
 
-The gRPC clients in ``clients`` and the object stores satisfy them; a stage's unit tests pass
-an in-memory double instead, so each stage is tested without servers and the adapters are
-tested once. Each protocol names only what its stages call.
+The gRPC clients in ``clients`` and the object stores satisfy them, translating messages to
+these values; a stage's unit tests pass an in-memory double instead, so each stage is tested
+without servers and the adapters are tested once. Each protocol names only what its stages call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +20,57 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 
 from mistudio_export.object_store import ObjectInfo, ProgressCallback
+from mistudio_export.records import ExplanationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureFilter:
+    """Which feature records to list; the defaults match every feature."""
+
+    index_start: int = 0
+    index_end: int = 0
+    """Half-open [index_start, index_end); 0: no upper bound."""
+    labeled_only: bool = False
+    label_contains: str = ""
+    """Case-insensitive substring of the label."""
+    category: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRecord:
+    """A feature as the store keeps it: what people wrote about it and its frequency."""
+
+    feature_index: int
+    label: str = ""
+    category: str = ""
+    activation_frequency: float = 0.0
+    updated_at: str = ""
+    """ISO-8601; when the record was last written (empty: unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComputationEstimate:
+    """The compute service's facts about a token source and the cost of a computation."""
+
+    params: dpb.DashboardParams
+    """The requested params as dashboards are cached under (fingerprint filled in)."""
+    n_rows: int
+    context_size: int
+    prepend_bos: bool
+    n_layers: int
+    estimated_seconds: float = 0.0
+    estimated_peak_memory_bytes: int = 0
+    rate_source: str = ""
+    """Where the compute rate behind ``estimated_seconds`` came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileChunk:
+    """A piece of one file the compute service streams; ``last`` ends that file."""
+
+    file_name: str
+    data: bytes
+    last: bool = False
 
 
 class ComputationStream(Protocol):
@@ -47,7 +100,7 @@ class TokenEstimates(Protocol):
         tokens: tpb.TokenSource,
         feature_count: int,
         params: dpb.DashboardParams | None = None,
-    ) -> cpb.EstimateComputationResponse: ...
+    ) -> ComputationEstimate: ...
 
 
 class SaeLensFiles(Protocol):
@@ -55,15 +108,16 @@ class SaeLensFiles(Protocol):
 
     def saelens_files(
         self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
-    ) -> Iterator[cpb.ExportSaeLensFilesResponse]: ...
+    ) -> Iterator[FileChunk]: ...
 
 
 class SaeValidation(Protocol):
-    """The compute service's check that an SAE loads (and runs on the token source)."""
+    """The compute service's check that an SAE loads (and runs on the token source): raises
+    when it cannot, returns the warnings when it can."""
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
-    ) -> cpb.ValidateSaeResponse: ...
+    ) -> list[str]: ...
 
 
 class PlanningCompute(SaeValidation, TokenEstimates, Protocol):
@@ -78,20 +132,24 @@ class FeatureFacts(Protocol):
     """The store's feature records and explanations, as the file writers read them."""
 
     def features(
-        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
-    ) -> Iterator[spb.Feature]: ...
+        self, sae_id: str, feature_filter: FeatureFilter, owner: str = ""
+    ) -> Iterator[FeatureRecord]: ...
 
     def explanations(
         self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
-    ) -> Iterator[spb.Explanation]: ...
+    ) -> Iterator[ExplanationRecord]: ...
 
 
-class FeatureRecords(FeatureFacts, Protocol):
-    """The store as the collect stage sees it: cached dashboards and what people wrote."""
+class DashboardCache(Protocol):
+    """The store's cached dashboards."""
 
     def dashboards(
         self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]: ...
+
+
+class FeatureRecords(FeatureFacts, DashboardCache, Protocol):
+    """The store as the collect stage sees it: cached dashboards and what people wrote."""
 
 
 class FeatureHashRecords(Protocol):

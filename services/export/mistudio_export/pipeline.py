@@ -46,7 +46,7 @@ from mistudio_export.preflight import Planner
 from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
 from mistudio_export.records import SaeInfo
 from mistudio_export.runtime import JobRuntime
-from mistudio_export.selection import require_candidates, statistic_filter
+from mistudio_export.selection import require_candidates
 from mistudio_export.token_facts import TokenFacts, token_facts
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class ExportPipeline:
                 self._store,
                 params,
                 candidates,
-                statistic_filter(plan.selection),
+                plan.selection.statistics,
                 only_changed,
                 self._settings.features_per_batch,
             )

@@ -34,6 +34,7 @@ from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.presets import apply_preset, with_token_budget
 from mistudio_export.records import DEFAULT_VISIBILITY, NeuronpediaNaming
+from mistudio_export.selection import FeatureSelection, StatisticFilter
 
 NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
 SAELENS = epb.EXPORT_FORMAT_SAELENS
@@ -54,7 +55,7 @@ class ExportPlan:
     sae: spb.Sae
     owner: str
     formats: frozenset[int]
-    selection: epb.FeatureSelection
+    selection: FeatureSelection
     params: dpb.DashboardParams
     """Dashboard parameters without the token-source fingerprint (compute fills that in)."""
     tokens: tpb.TokenSource | None
@@ -169,7 +170,7 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
         sae=sae,
         owner=owner,
         formats=formats,
-        selection=config.selection,
+        selection=feature_selection(config.selection),
         params=params,
         tokens=tokens,
         compression=config.compression,
@@ -247,6 +248,27 @@ def _formats(config: epb.ExportConfig) -> frozenset[int]:
                 fix="use EXPORT_FORMAT_NEURONPEDIA, EXPORT_FORMAT_SAELENS or both",
             )
     return frozenset(config.formats)
+
+
+def feature_selection(selection: epb.FeatureSelection) -> FeatureSelection:
+    """The request's selection as the stages take it."""
+    which = selection.WhichOneof("base")
+    base: range | frozenset[int] | None = None
+    if which == "range":
+        base = range(selection.range.start, selection.range.end)
+    elif which == "list":
+        base = frozenset(selection.list.indices)
+    return FeatureSelection(
+        base=base,
+        labeled_only=selection.labeled_only,
+        label_contains=selection.label_contains,
+        category=selection.category,
+        statistics=StatisticFilter(
+            min_frequency=selection.min_frequency,
+            max_frequency=selection.max_frequency,
+            min_max_activation=selection.min_max_activation,
+        ),
+    )
 
 
 def _check_selection(selection: epb.FeatureSelection, d_sae: int) -> None:

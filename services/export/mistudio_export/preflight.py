@@ -20,7 +20,7 @@ from mistudio_common.errors import (
 from mistudio_export.limits import check_request_limits
 from mistudio_export.peers import PlanningCompute, PlanningStore
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
-from mistudio_export.selection import has_label_filters, most_selected, require_candidates
+from mistudio_export.selection import most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
 
 _REQUEST_FIELDS = ("tokens", "device")
@@ -60,14 +60,14 @@ class Planner:
         warnings: list[str] = []
         if plan.sae.weights_uri:
             try:
-                warnings += self._compute.validate_sae(plan.sae, plan.tokens, plan.device).warnings
+                warnings += self._compute.validate_sae(plan.sae, plan.tokens, plan.device)
             except Unavailable:
                 raise
             except MistudioError as error:
                 if error.field.startswith(_REQUEST_FIELDS):
                     raise _in_config(error) from None
                 problems.append((error.field or "weights_uri", str(error)))
-        if has_label_filters(plan.selection):
+        if plan.selection.label_filtered:
             require_candidates(
                 plan.selection,
                 plan.sae.d_sae,

@@ -281,6 +281,8 @@ class ExplanationRecord:
     score: float | None
     """None when the label was never scored (not 0.0)."""
     created_at: str
+    explanation_id: str = ""
+    """The store's id of it (part of the feature's content hash); empty for a label."""
 
     def export_id(self, neuronpedia_id: str) -> str:
         """Cuid-shaped id from the feature's Neuronpedia id and the label's content.

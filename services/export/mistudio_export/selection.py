@@ -8,15 +8,27 @@ statistics as they are read, because those numbers are the ones the archive will
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
-FeatureLister = Callable[[spb.FeatureFilter], Iterable[spb.Feature]]
+from mistudio_export.peers import FeatureFilter, FeatureRecord
+
+FeatureLister = Callable[[FeatureFilter], Iterable[FeatureRecord]]
 """Lists the SAE's feature records matching a filter (the store's ListFeatures, all pages)."""
+
+
+class _Statistics(Protocol):
+    @property
+    def activation_frequency(self) -> float: ...
+    @property
+    def max_activation(self) -> float: ...
+
+
+class _HasStatistics(Protocol):
+    @property
+    def statistics(self) -> _Statistics: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ class StatisticFilter:
     def active(self) -> bool:
         return bool(self.min_frequency or self.max_frequency or self.min_max_activation)
 
-    def keeps(self, dashboard: dpb.FeatureDashboard) -> bool:
+    def keeps(self, dashboard: _HasStatistics) -> bool:
         stats = dashboard.statistics
         if stats.activation_frequency < self.min_frequency:
             return False
@@ -41,44 +53,47 @@ class StatisticFilter:
         return stats.max_activation >= self.min_max_activation
 
 
-def statistic_filter(selection: epb.FeatureSelection) -> StatisticFilter:
-    return StatisticFilter(
-        min_frequency=selection.min_frequency,
-        max_frequency=selection.max_frequency,
-        min_max_activation=selection.min_max_activation,
-    )
+@dataclass(frozen=True)
+class FeatureSelection:
+    """Which features an export holds (the request's ``config.selection``, checked)."""
+
+    base: range | frozenset[int] | None = None
+    """A range of indices, the listed indices, or None for every feature."""
+    labeled_only: bool = False
+    label_contains: str = ""
+    category: str = ""
+    statistics: StatisticFilter = field(default_factory=StatisticFilter)
+
+    @property
+    def label_filtered(self) -> bool:
+        return bool(self.labeled_only or self.label_contains or self.category)
 
 
-def has_label_filters(selection: epb.FeatureSelection) -> bool:
-    return bool(selection.labeled_only or selection.label_contains or selection.category)
-
-
-def most_selected(selection: epb.FeatureSelection, d_sae: int) -> int:
+def most_selected(selection: FeatureSelection, d_sae: int) -> int:
     """How many features ``selection`` can match at most, without asking the store."""
-    which = selection.WhichOneof("base")
-    if which == "range":
-        return max(0, min(selection.range.end, d_sae) - max(selection.range.start, 0))
-    if which == "list":
-        return len(set(selection.list.indices))
+    base = selection.base
+    if isinstance(base, range):
+        return max(0, min(base.stop, d_sae) - max(base.start, 0))
+    if base is not None:
+        return len(base)
     return d_sae
 
 
 def candidate_indices(
-    selection: epb.FeatureSelection, d_sae: int, list_features: FeatureLister
+    selection: FeatureSelection, d_sae: int, list_features: FeatureLister
 ) -> list[int]:
     """Sorted indices matching the base set and the label filters (before statistics)."""
-    which = selection.WhichOneof("base")
-    if which == "range":
-        base = range(selection.range.start, selection.range.end)
-        wanted: set[int] | None = None
-    elif which == "list":
-        wanted = set(selection.list.indices)
+    wanted: frozenset[int] | None = None
+    if isinstance(selection.base, range):
+        base = selection.base
+    elif selection.base is not None:
+        wanted = selection.base
         base = range(min(wanted), max(wanted) + 1)
     else:
-        base, wanted = range(d_sae), None
-    if not has_label_filters(selection):
+        base = range(d_sae)
+    if not selection.label_filtered:
         return sorted(wanted) if wanted is not None else list(base)
-    record_filter = spb.FeatureFilter(
+    record_filter = FeatureFilter(
         index_start=base.start,
         index_end=base.stop,
         labeled_only=selection.labeled_only,
@@ -90,7 +105,7 @@ def candidate_indices(
 
 
 def require_candidates(
-    selection: epb.FeatureSelection, d_sae: int, list_features: FeatureLister
+    selection: FeatureSelection, d_sae: int, list_features: FeatureLister
 ) -> list[int]:
     """:func:`candidate_indices`, refusing a selection that matches no feature."""
     candidates = candidate_indices(selection, d_sae, list_features)

@@ -1,7 +1,9 @@
 """What the export writes to the store while a job runs: progress often, the resume state only
-at checkpoints, and a finished job's typed outcome."""
+at checkpoints, and a finished job's typed outcome; which finished jobs retention removes."""
 
 from __future__ import annotations
+
+import time
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -57,3 +59,17 @@ def test_a_finished_export_keeps_its_outcome_and_its_feature_hashes_beside_it(
     assert sorted(hashes) == list(range(last.result.feature_count))
     assert stored.outcome.measured.features == last.result.feature_count
     assert stored.outcome.render_key
+
+
+def test_retention_sees_the_jobs_that_ended_before_its_cutoff(
+    stack: Stack, sae_id: str, tokens: tpb.TokenSource
+) -> None:
+    request = epb.StartExportRequest(
+        request_id="retention", sae_id=sae_id, config=export_config(tokens)
+    )
+    last = run_to_end(stack.exports.StartExport(request))[-1]
+    job_id = last.progress.job_id
+    records = StoreJobStore(StoreClient(stack.store.address))
+    ended = stored_job(stack, job_id).finished_at.ToSeconds()
+    assert job_id not in set(records.ended_before(ended - 1))
+    assert job_id in set(records.ended_before(time.time() + 1))

@@ -8,7 +8,9 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.delta import feature_hash
-from mistudio_export.plan import NEURONPEDIA, SAELENS, build_plan
+from mistudio_export.peers import FeatureFilter, FeatureRecord
+from mistudio_export.plan import NEURONPEDIA, SAELENS, build_plan, feature_selection
+from mistudio_export.records import ExplanationRecord
 from mistudio_export.selection import StatisticFilter, candidate_indices
 
 
@@ -58,17 +60,29 @@ def test_saelens_only_export_skips_the_compute_stages() -> None:
 
 
 def test_selection_intersects_base_set_and_label_filters() -> None:
-    labeled = [spb.Feature(feature_index=i, label="x") for i in (1, 5, 9, 40)]
-    seen: list[spb.FeatureFilter] = []
+    labeled = [FeatureRecord(feature_index=i, label="x") for i in (1, 5, 9, 40)]
+    seen: list[FeatureFilter] = []
 
-    def lister(feature_filter: spb.FeatureFilter) -> list[spb.Feature]:
+    def lister(feature_filter: FeatureFilter) -> list[FeatureRecord]:
         seen.append(feature_filter)
         return labeled
 
-    selection = epb.FeatureSelection(list=epb.FeatureList(indices=[9, 5, 3]), labeled_only=True)
-    assert candidate_indices(selection, 64, lister) == [5, 9]
+    request = epb.FeatureSelection(list=epb.FeatureList(indices=[9, 5, 3]), labeled_only=True)
+    assert candidate_indices(feature_selection(request), 64, lister) == [5, 9]
     assert (seen[0].index_start, seen[0].index_end) == (3, 10)
-    assert candidate_indices(epb.FeatureSelection(), 4, lister) == [0, 1, 2, 3]
+    assert candidate_indices(feature_selection(epb.FeatureSelection()), 4, lister) == [0, 1, 2, 3]
+
+
+def test_the_requested_selection_becomes_a_plain_one() -> None:
+    request = epb.FeatureSelection(
+        range=epb.IndexRange(start=2, end=9), category="animals", min_frequency=0.01
+    )
+    selection = feature_selection(request)
+    assert selection.base == range(2, 9)
+    assert selection.label_filtered and selection.category == "animals"
+    assert selection.statistics == StatisticFilter(min_frequency=0.01)
+    listed = feature_selection(epb.FeatureSelection(list=epb.FeatureList(indices=[4, 4, 1])))
+    assert listed.base == frozenset({1, 4}) and not listed.label_filtered
 
 
 def test_statistic_filter_keeps_features_inside_the_bounds() -> None:
@@ -87,15 +101,30 @@ def test_statistic_filter_keeps_features_inside_the_bounds() -> None:
 
 def test_feature_hash_changes_with_label_and_explanations_only() -> None:
     dashboard = dpb.FeatureDashboard(feature_index=3)
-    record = spb.Feature(feature_index=3, label="dogs")
-    explanation = spb.Explanation(explanation_id="e1", feature_index=3, description="dog names")
+    record = FeatureRecord(feature_index=3, label="dogs")
+    explanation = ExplanationRecord(3, "dog names", "", "", None, "", explanation_id="e1")
     base = feature_hash(dashboard, record, [explanation])
     assert feature_hash(dashboard, record, [explanation]) == base
     assert (
-        feature_hash(dashboard, spb.Feature(feature_index=3, label="cats"), [explanation]) != base
+        feature_hash(dashboard, FeatureRecord(feature_index=3, label="cats"), [explanation]) != base
     )
     assert feature_hash(dashboard, record, []) != base
     other = dpb.FeatureDashboard(
         feature_index=3, statistics=dpb.FeatureStatistics(l0_contribution=1)
     )
     assert feature_hash(other, record, [explanation]) != base
+
+
+def test_feature_hash_is_the_one_earlier_exports_recorded() -> None:
+    """Delta exports compare with hashes stored by earlier versions: the bytes hashed are fixed."""
+    dashboard = dpb.FeatureDashboard(
+        feature_index=3, statistics=dpb.FeatureStatistics(l0_contribution=1)
+    )
+    record = FeatureRecord(feature_index=3, label="dogs", category="animals")
+    scored = ExplanationRecord(
+        3, "dog names", "np_max-act-logits", "gpt-4o-mini", 0.75, "", explanation_id="e1"
+    )
+    human = ExplanationRecord(3, "pets", "human", "", None, "", explanation_id="e2")
+    assert feature_hash(dashboard, record, [scored, human]) == (
+        "b68fa05ff1727635c6568f27c28390136eb5452f9d6421f8657ad983a8f0c1bd"
+    )

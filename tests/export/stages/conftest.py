@@ -15,6 +15,7 @@ from mistudio_common.jobs.control import JobControl
 from mistudio_export.plan import NEURONPEDIA, ExportPlan
 from mistudio_export.records import NeuronpediaNaming
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.selection import FeatureSelection
 
 
 def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
@@ -37,7 +38,7 @@ def job(tmp_path: Path) -> JobRuntime:
         sae=spb.Sae(sae_id="s", d_sae=4),
         owner="o",
         formats=frozenset({NEURONPEDIA}),
-        selection=epb.FeatureSelection(),
+        selection=FeatureSelection(),
         params=dpb.DashboardParams(),
         tokens=tpb.TokenSource(),
         compression=epb.Compression(),

@@ -15,6 +15,8 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import NotFound
 from mistudio_export.object_store import ChunkStream, ObjectInfo, PresignedUrl, ProgressCallback
+from mistudio_export.peers import ComputationEstimate, FeatureFilter, FeatureRecord, FileChunk
+from mistudio_export.records import ExplanationRecord
 
 
 class MemoryStore:
@@ -25,7 +27,7 @@ class MemoryStore:
         self.sae = sae
         self.cached = {d.feature_index: d for d in dashboards}
         self.records = {
-            d.feature_index: spb.Feature(feature_index=d.feature_index) for d in dashboards
+            d.feature_index: FeatureRecord(feature_index=d.feature_index) for d in dashboards
         }
         self.jobs: dict[str, spb.ExportJob] = {}
         self.hashes: dict[str, dict[int, str]] = {}
@@ -34,8 +36,8 @@ class MemoryStore:
         return self.sae
 
     def features(
-        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
-    ) -> Iterator[spb.Feature]:
+        self, sae_id: str, feature_filter: FeatureFilter, owner: str = ""
+    ) -> Iterator[FeatureRecord]:
         for index in sorted(self.records):
             feature = self.records[index]
             if feature_filter.labeled_only and not feature.label:
@@ -44,7 +46,7 @@ class MemoryStore:
 
     def explanations(
         self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
-    ) -> Iterator[spb.Explanation]:
+    ) -> Iterator[ExplanationRecord]:
         return iter([])
 
     def dashboards(
@@ -98,8 +100,8 @@ class MemoryCompute:
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
-    ) -> cpb.ValidateSaeResponse:
-        return cpb.ValidateSaeResponse()
+    ) -> list[str]:
+        return []
 
     def estimate(
         self,
@@ -107,20 +109,22 @@ class MemoryCompute:
         tokens: tpb.TokenSource,
         feature_count: int,
         params: dpb.DashboardParams | None = None,
-    ) -> cpb.EstimateComputationResponse:
-        return cpb.EstimateComputationResponse(
-            params=params, n_rows=10, context_size=8, prepend_bos=True, n_layers=2
+    ) -> ComputationEstimate:
+        return ComputationEstimate(
+            params=params or dpb.DashboardParams(),
+            n_rows=10,
+            context_size=8,
+            prepend_bos=True,
+            n_layers=2,
         )
 
     def saelens_files(
         self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
-    ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
+    ) -> Iterator[FileChunk]:
         for name, content in self.saelens.items():
             half = len(content) // 2
-            yield cpb.ExportSaeLensFilesResponse(file_name=name, chunk=content[:half])
-            yield cpb.ExportSaeLensFilesResponse(
-                file_name=name, chunk=content[half:], last_chunk=True
-            )
+            yield FileChunk(name, content[:half])
+            yield FileChunk(name, content[half:], last=True)
 
 
 class FinishedComputation:

@@ -7,9 +7,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import Unavailable
 from mistudio_export.collect import collect
+from mistudio_export.peers import FeatureFilter, FeatureRecord
+from mistudio_export.records import ExplanationRecord
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
 
@@ -31,13 +32,13 @@ class Records:
         return [dpb.FeatureDashboard(feature_index=i) for i in indices], []
 
     def features(
-        self, sae_id: str, feature_filter: spb.FeatureFilter, owner: str = ""
-    ) -> Iterator[spb.Feature]:
+        self, sae_id: str, feature_filter: FeatureFilter, owner: str = ""
+    ) -> Iterator[FeatureRecord]:
         return iter([])
 
     def explanations(
         self, sae_id: str, indices: Sequence[int] = (), owner: str = ""
-    ) -> Iterator[spb.Explanation]:
+    ) -> Iterator[ExplanationRecord]:
         return iter([])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mistudio_common.errors import FailedPrecondition
 from mistudio_export.checking import ArchiveValidator, validate_output
 from mistudio_export.generate import explanation_records, feature_labels, saelens_frequencies
 from mistudio_export.packaging import FormatKind
+from mistudio_export.peers import FeatureRecord
 from mistudio_export.runtime import JobRuntime
 
 from tests.export.stages.test_pipeline import Peers, neuronpedia
@@ -55,9 +57,9 @@ def test_labels_explanations_and_frequencies_come_from_the_feature_records(
     tmp_path: Path,
 ) -> None:
     store = Peers(tmp_path).store
-    store.records[1].label, store.records[1].category = "dog names", "animals"
-    for index, record in store.records.items():
-        record.activation_frequency = index / 10
+    for index in store.records:
+        store.records[index] = FeatureRecord(index, activation_frequency=index / 10)
+    store.records[1] = replace(store.records[1], label="dog names", category="animals")
     labels = feature_labels(store, store.sae, [0, 1, 2])
     assert [(x.feature_index, x.label, x.category) for x in labels] == [(1, "dog names", "animals")]
     assert explanation_records(store, store.sae, []) == []

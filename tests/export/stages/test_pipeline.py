@@ -3,6 +3,7 @@ job, and a later export reuses the earlier archive's files for features that did
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -85,7 +86,8 @@ def test_a_delta_export_keeps_only_changed_features_and_records_the_whole_set(
     peers: Peers,
 ) -> None:
     peers.export("first", neuronpedia())
-    peers.store.records[2].label = "dog names"
+    records = peers.store.records
+    records[2] = replace(records[2], label="dog names")
     delta = peers.export("delta", neuronpedia(delta_base_job_id="first"))
     assert delta.result.feature_count == 1
     assert delta.result.features_unchanged == D_SAE - 1

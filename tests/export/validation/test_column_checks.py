@@ -8,9 +8,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from google.protobuf import json_format
-from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_export.formats import jsonio
 from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
@@ -22,15 +19,6 @@ from mistudio_export.validation import validate_export
 from mistudio_export.validation.column_checks import column_findings
 
 from tests.export.formats.builders import explanation, naming, sae_info
-
-FIXTURE = Path(__file__).parents[1] / "formats" / "data" / "real_export.json.gz"
-
-
-@pytest.fixture(scope="module")
-def dashboards() -> list:
-    fixture = orjson.loads(gzip.decompress(FIXTURE.read_bytes()))
-    stored = (json_format.ParseDict(d, dpb.FeatureDashboard()) for d in fixture["dashboards"])
-    return [dashboard_from_pb(d) for d in stored]
 
 
 def write_all(out: Path, dashboards: list) -> list:

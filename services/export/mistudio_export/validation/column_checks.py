@@ -23,6 +23,7 @@ from mistudio_export.formats.columns import TOP_SECTION, ExampleColumns
 from mistudio_export.formats.jsonio import pointer
 from mistudio_export.validation.checks import ABS_TOL, REL_TOL
 from mistudio_export.validation.prd_checks import PRD_MIN_EXAMPLES
+from mistudio_export.validation.schema_rules import rule_findings
 
 BIN_SLACK = 1e-5
 """As the PRD check: a quantile example needs a value within this of its bin."""
@@ -61,8 +62,10 @@ def features_to_walk(findings: Sequence[ColumnFinding]) -> frozenset[int] | None
 
 def column_findings(columns: ExampleColumns) -> list[ColumnFinding]:
     """Every finding of ``columns``: its example rows checked as arrays, its dashboards'
-    statistics, histograms, logits and bins one dashboard at a time (a few dozen numbers each)."""
-    found = list(_row_findings(columns))
+    statistics, histograms, logits and bins one dashboard at a time (a few dozen numbers each).
+    The schema's own rules (bounds, enums, types) come from ``schema_rules``."""
+    found = [ColumnFinding(*broken) for broken in rule_findings(columns)]
+    found += _row_findings(columns)
     peaks = _peaks_per_dashboard(columns)
     for position, dashboard in enumerate(columns.dashboards):
         found += _dashboard_findings(dashboard, *peaks[position])
@@ -96,7 +99,6 @@ def _row_findings(c: ExampleColumns) -> Iterator[ColumnFinding]:
         (usable[bad_qualifying], "SCHEMA_VIOLATION", "/qualifying_token_index"),
     ):
         yield from _rows(c, rows, code, lambda r, w=where: w, _stored)  # type: ignore[misc]
-    yield from _negative(c)
     yield from _outside_bins(c, usable, top, first_top)
 
 
@@ -134,23 +136,6 @@ def _stored(c: ExampleColumns, row: int) -> str:
         f"max_value={c.max_value[row]}, max_token_index={c.max_token_index[row]}, "
         f"qualifying_token_index={c.qualifying_token_index[row]} disagree with its values"
     )
-
-
-def _negative(c: ExampleColumns) -> Iterator[ColumnFinding]:
-    """What the schemas' ``minimum: 0`` rejects among the example columns."""
-    for name, column, starts in (
-        ("token_ids", c.token_ids, c.id_start),
-        ("source/row", c.source_row, None),
-    ):
-        bad = np.flatnonzero(column < 0)
-        if len(bad):
-            item = int(bad[0])
-            row = item if starts is None else int(np.searchsorted(starts, item, "right")) - 1
-            at = name if starts is None else f"{name}/{item - int(starts[row])}"
-            where = pointer(c.pointer(row)) + "/" + at
-            yield ColumnFinding(
-                "SCHEMA_VIOLATION", _feature(c, row), where, f"{column[item]} violates minimum 0"
-            )
 
 
 def _outside_bins(
@@ -214,18 +199,6 @@ def _dashboard_findings(
     ):
         if not math.isfinite(value):
             finding("NON_FINITE", f"/statistics/{name}", f"{value} is not a finite number")
-    for name, value in (
-        ("std_activation", s.std_activation),
-        ("l0_contribution", s.l0_contribution),
-        ("quantile_relative_error", s.quantile_relative_error),
-        ("token_count", s.token_count),
-        ("nonzero_count", s.nonzero_count),
-        ("activation_frequency", s.activation_frequency),
-    ):
-        if value < 0 or (name == "activation_frequency" and value > 1):
-            finding("SCHEMA_VIOLATION", f"/statistics/{name}", f"{value} is out of range")
-    if d.feature_index < 0:
-        finding("SCHEMA_VIOLATION", "/feature_index", f"{d.feature_index} violates minimum 0")
     _histogram(finding, d.activation_histogram, "histogram", s.nonzero_count)
     _histogram(finding, d.logit_histogram, "logit_histogram", None)
     for key, entries, sign in (
@@ -237,16 +210,12 @@ def _dashboard_findings(
             finding("NON_FINITE", f"/logits/{key}", "a logit value is not finite")
         elif any(sign * (b - a) < 0 for a, b in itertools.pairwise(values)):
             finding("INCONSISTENT", f"/logits/{key}", f"{key} is not sorted by value")
-        if any(e.token_id < 0 or e.rank < 1 for e in entries):
-            finding("SCHEMA_VIOLATION", f"/logits/{key}", "a token_id < 0 or a rank < 1")
     for g, group in enumerate(d.quantile_groups):
         bounds = (group.bin_min, group.bin_max, group.bin_contains)
         if not all(map(math.isfinite, bounds)):
             finding("NON_FINITE", f"/quantile_groups/{g}", "a bin bound is not finite")
-        elif group.bin_min > group.bin_max or not 0 <= group.bin_contains <= 1:
+        elif group.bin_min > group.bin_max:
             finding("INCONSISTENT", f"/quantile_groups/{g}", f"bin {bounds} is malformed")
-    if any(t.count < 0 or t.token_id < 0 for t in d.top_tokens):
-        finding("SCHEMA_VIOLATION", "/top_tokens", "a count or token_id < 0")
     if any(not math.isfinite(x) for t in d.top_tokens for x in _aggregates(t)):
         finding("NON_FINITE", "/top_tokens", "a token aggregate is not finite")
     _examples(finding, d, top, grouped)
@@ -262,8 +231,6 @@ def _histogram(finding: Finding, h: Histogram, key: str, nonzero: int | None) ->
     if not all(map(math.isfinite, edges)):
         finding("NON_FINITE", f"/{key}/bin_edges", "a bin edge is not finite")
         return
-    if any(c < 0 for c in counts) or h.total_count < 0 or h.nonzero_count < 0:
-        finding("SCHEMA_VIOLATION", f"/{key}/counts", "a negative count")
     if (edges or counts) and len(edges) != len(counts) + 1:
         finding("HISTOGRAM_EDGES", f"/{key}/bin_edges", f"{len(counts)} counts need one edge more")
     if any(b < a for a, b in itertools.pairwise(edges)):

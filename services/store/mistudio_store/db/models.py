@@ -156,6 +156,8 @@ class ExportJobRow(Base):
     # The export instance running the job, and until when its lease lasts (ClaimExportJob).
     holder: Mapped[str] = mapped_column(String(64), server_default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # A pause or cancel asked of the holder by another instance (a JobState name; "" for none).
+    requested_state: Mapped[str] = mapped_column(String(32), server_default="")
 
     __table_args__ = (
         UniqueConstraint("sae_pk", "request_id"),
