@@ -7,8 +7,8 @@ PRD layout written before it). Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
 are copied from it rather than regenerated. The staged dashboards are read as column batches
 (``formats.columns``); the other Neuronpedia formats are written from the same read as the PRD
-files. On a large export a second (spawned) process writes the importer rows meanwhile, so both
-CPU cores are used.
+files. On a large export a second (spawned) process writes the importer rows and the upload
+payloads meanwhile, so both CPU cores are used.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _wait(job: JobRuntime, side: _Aside) -> None:
     except EOFError:  # it died without a word: killed, or out of memory
         side.process.join()
         raise Unavailable(
-            f"the process writing the Neuronpedia importer rows exited "
+            f"the process writing the Neuronpedia importer rows and upload payloads exited "
             f"(code {side.process.exitcode}) without finishing",
             fix="resume the export; if it happens again, check the memory available",
         ) from None
