@@ -162,6 +162,7 @@ class StoreClient:
         owner: str = "",
         states: Sequence[ppb.JobState.ValueType] = (),
         sae_owner: str = "",
+        finished_before: Timestamp | None = None,
     ) -> spb.ListExportJobsResponse:
         request = spb.ListExportJobsRequest(
             page_size=page_size,
@@ -170,6 +171,7 @@ class StoreClient:
             owner=owner,
             states=states,
             sae_owner=sae_owner,
+            finished_before=finished_before,
         )
         return call_peer(lambda: self._stub.ListExportJobs(request, **self._unary))
 
@@ -212,11 +214,19 @@ class StoreClient:
         return {h.feature_index: h.content_hash for h in pages(fetch)}
 
     def all_jobs(
-        self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()
+        self,
+        *,
+        sae_id: str = "",
+        states: Sequence[ppb.JobState.ValueType] = (),
+        finished_before: Timestamp | None = None,
     ) -> Iterator[spb.ExportJob]:
         def fetch(token: str) -> tuple[Sequence[spb.ExportJob], str]:
             page = self.list_jobs(
-                page_size=PAGE_SIZE, page_token=token, sae_id=sae_id, states=states
+                page_size=PAGE_SIZE,
+                page_token=token,
+                sae_id=sae_id,
+                states=states,
+                finished_before=finished_before,
             )
             return page.jobs, page.next_page_token
 

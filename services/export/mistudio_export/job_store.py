@@ -90,13 +90,10 @@ class StoreJobStore:
         return (record_of(stored) for stored in self._store.all_jobs(states=states))
 
     def ended_before(self, cutoff: float) -> Iterator[str]:
+        before = timestamp_pb2.Timestamp()
+        before.FromNanoseconds(int(cutoff * 1e9))
         ended = (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED, ppb.JOB_STATE_FAILED)
-        for stored in self._store.all_jobs(states=ended):
-            if (
-                stored.HasField("finished_at")
-                and stored.finished_at.ToMicroseconds() < cutoff * 1e6
-            ):
-                yield stored.job_id
+        return (s.job_id for s in self._store.all_jobs(states=ended, finished_before=before))
 
     def claim(self, job_id: str, holder: str, lease_seconds: float) -> Claim:
         claimed, stored = self._store.claim_job(job_id, holder, lease_seconds)

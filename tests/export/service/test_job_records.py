@@ -4,6 +4,7 @@ at checkpoints, and a finished job's typed outcome; which finished jobs retentio
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -69,7 +70,23 @@ def test_retention_sees_the_jobs_that_ended_before_its_cutoff(
     )
     last = run_to_end(stack.exports.StartExport(request))[-1]
     job_id = last.progress.job_id
-    records = StoreJobStore(StoreClient(stack.store.address))
+    store = CountingStoreClient(stack.store.address)
+    records = StoreJobStore(store)
     ended = stored_job(stack, job_id).finished_at.ToSeconds()
     assert job_id not in set(records.ended_before(ended - 1))
-    assert job_id in set(records.ended_before(time.time() + 1))
+    expired = set(records.ended_before(time.time() + 1))
+    assert job_id in expired
+    store.jobs_read = 0
+    assert list(records.ended_before(0)) == []
+    assert store.jobs_read == 0  # the store filters: a pass reads only the jobs it removes
+
+
+class CountingStoreClient(StoreClient):
+    """The real store client, counting the job records the store sends back."""
+
+    jobs_read = 0
+
+    def list_jobs(self, **filters: Any) -> spb.ListExportJobsResponse:
+        page = super().list_jobs(**filters)
+        self.jobs_read += len(page.jobs)
+        return page

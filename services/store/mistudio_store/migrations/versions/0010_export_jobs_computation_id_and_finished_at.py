@@ -1,8 +1,9 @@
-"""Export jobs: the checkpoint names any computation it follows, not only a paused one.
+"""Export jobs: the checkpoint names any computation it follows; an index on ``finished_at``.
 
 The export checkpoint's ``compute.paused_computation_id`` became ``computation_id`` (set while
 the computation runs too, so that an instance adopting a crashed holder's job can cancel it):
-stored checkpoints are renamed in their ProtoJSON.
+stored checkpoints are renamed in their ProtoJSON. ListExportJobs(finished_before) lets
+retention read only the jobs past its cutoff; the index keeps that a range read.
 
 Revision ID: 0010
 Revises: 0009
@@ -26,11 +27,15 @@ JSON_DOC = sa.JSON(none_as_null=True).with_variant(
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("export_jobs") as table:
+        table.create_index("ix_export_jobs_finished_at", ["finished_at"])
     _rename_compute_key("paused_computation_id", "computation_id")
 
 
 def downgrade() -> None:
     _rename_compute_key("computation_id", "paused_computation_id")
+    with op.batch_alter_table("export_jobs") as table:
+        table.drop_index("ix_export_jobs_finished_at")
 
 
 def _rename_compute_key(old: str, new: str) -> None:
