@@ -60,7 +60,7 @@ class StoreJobStore:
     def load(self, job_id: str) -> ExportRecord:
         return record_of(self._store.get_job(job_id))
 
-    def write(self, job_id: str, update: ExportUpdate) -> None:
+    def write(self, job_id: str, update: ExportUpdate) -> StopReason | None:
         job = spb.ExportJob(job_id=job_id, state=update.state, progress=update.progress)
         fields = ["state", "progress"]
         if update.checkpoint is not None:
@@ -83,7 +83,7 @@ class StoreJobStore:
         if update.finished:
             job.finished_at.CopyFrom(_now())
             fields.append("finished_at")
-        self._store.update_job(job, fields)
+        return requested_of(self._store.update_job(job, fields))
 
     def unfinished(self) -> Iterator[ExportRecord]:
         states = [ppb.JOB_STATE_RUNNING, ppb.JOB_STATE_QUEUED]

@@ -11,6 +11,7 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.jobs.control import StopReason
 from mistudio_common.jobs.store import JobUpdate
 from mistudio_export.clients import StoreClient
 from mistudio_export.job_store import StoreJobStore
@@ -43,6 +44,22 @@ def test_progress_writes_leave_the_checkpoint_to_explicit_saves(
     checkpoint = jpb.ExportCheckpoint(collect=jpb.CollectCheckpoint(chunks_done=7))
     records.write(job_id, JobUpdate(written.state, progress, checkpoint))
     assert stored_job(stack, job_id).resume.collect == jpb.CollectCheckpoint(chunks_done=7)
+
+
+def test_a_progress_write_answers_with_the_stop_another_instance_asked_for(
+    stack: Stack, sae_id: str
+) -> None:
+    store = StoreClient(stack.store.address)
+    job, _ = store.create_job(spb.ExportJob(sae_id=sae_id, request_id="asked elsewhere"))
+    records = StoreJobStore(store)
+    assert records.claim(job.job_id, "this test", 300).held  # the service never adopts it
+    progress = ppb.Progress(job_id=job.job_id, sequence=1, state=ppb.JOB_STATE_RUNNING)
+    assert records.write(job.job_id, JobUpdate(ppb.JOB_STATE_RUNNING, progress)) is None
+    records.request(job.job_id, StopReason.CANCEL)
+    progress.sequence = 2
+    answer = records.write(job.job_id, JobUpdate(ppb.JOB_STATE_RUNNING, progress))
+    assert answer is StopReason.CANCEL  # seen by the holder without waiting for a renewal
+    records.write(job.job_id, JobUpdate(ppb.JOB_STATE_CANCELLED, progress, finished=True))
 
 
 def test_a_finished_export_keeps_its_outcome_and_its_feature_hashes_beside_it(

@@ -1057,8 +1057,9 @@ class ExportJob(_message.Message):
     """
     requested_state: _progress_pb2.JobState.ValueType
     """A pause or cancel asked for on an instance that does not hold the job (PAUSED or
-    CANCELLED; UNSPECIFIED when none). Its holder sees it when it renews its lease, stops the
-    job at its next checkpoint and records that state. Written through UpdateExportJob only
+    CANCELLED; UNSPECIFIED when none). Its holder sees it in the reply to its next
+    UpdateExportJob or ClaimExportJob, stops the job at its next checkpoint and records that
+    state. Written through UpdateExportJob only
     while the job is queued or running (a cancel overrides a pause); any other state written
     clears it.
     """
