@@ -285,11 +285,10 @@ class ComputeClient:
         request = cpb.CancelComputationRequest(job_id=job_id)
         call_peer(lambda: self._stub.CancelComputation(request, **self._unary))
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
-        """Pauses a computation, keeping its checkpoint; returns the state it reached."""
+    def pause_computation(self, job_id: str) -> None:
+        """Pauses a computation, keeping its checkpoint."""
         request = cpb.PauseComputationRequest(job_id=job_id)
-        reply = call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
-        return reply.state
+        call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
