@@ -159,6 +159,7 @@ def test_estimate_reports_features_time_size_and_memory_and_creates_no_job(
     assert code == 0, err
     assert "features:   10 (to compute 10, cached 0)" in out
     assert "time:" in out and "size:" in out
+    assert "Activation pass" in out and "Creating archive" in out  # the time per stage
     assert "MiB at peak in the compute service" in out
     assert stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs == before
 

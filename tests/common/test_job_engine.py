@@ -205,6 +205,58 @@ def test_a_paused_job_resumes_from_its_checkpoint() -> None:
     assert work.runs == [0, paused_at]
 
 
+RAN, AWAY = 0.3, 0.6
+"""Seconds a test job runs (waiting at its gate) and seconds it is paused or its service down."""
+
+
+def test_elapsed_keeps_the_time_run_before_a_pause_and_leaves_the_pause_out() -> None:
+    """Issue 11: after a 5 s pause, elapsed showed 15 s for ~35 s of wall time."""
+    store, work = MemoryStore(), Batches()
+    jobs = engine(store, work)
+    started = time.monotonic()
+    jobs.launch(store.add("t"), work)
+    work.gate.release()
+    until(jobs, "t", 1)
+    time.sleep(RAN)
+    work.gate.release()
+    assert jobs.pause("t", wait_seconds=5) == ppb.JOB_STATE_PAUSED
+    paused = time.monotonic()
+    at_pause = store.records["t"].progress.elapsed_seconds
+    time.sleep(AWAY)
+    assert jobs.channel("t").latest.progress.elapsed_seconds == at_pause
+    jobs.resume("t")
+    resumed = time.monotonic()
+    for _ in range(BATCHES):
+        work.gate.release()
+    final = watch(jobs, "t")[-1].progress
+    wall = time.monotonic() - started
+    assert RAN <= at_pause <= final.elapsed_seconds <= wall - (resumed - paused)
+
+
+def test_elapsed_carries_over_a_restart_and_leaves_the_downtime_out() -> None:
+    store, work = MemoryStore(), Batches()
+    first = engine(store, work)
+    started = time.monotonic()
+    first.launch(store.add("r"), work)
+    work.gate.release()
+    until(first, "r", 1)
+    time.sleep(RAN)
+    first.shutdown(timeout_seconds=0.05)
+    work.gate.release()  # the worker reaches its save, stores its progress and stops
+    while first.live("r") is not None:
+        time.sleep(0.01)
+    stopped = time.monotonic()
+    time.sleep(AWAY)
+    restarted = time.monotonic()
+    second = engine(store, work)
+    second.recover()
+    for _ in range(BATCHES):
+        work.gate.release()
+    final = watch(second, "r")[-1].progress
+    wall = time.monotonic() - started
+    assert RAN <= final.elapsed_seconds <= wall - (restarted - stopped)
+
+
 def test_cancel_ends_the_job_and_drops_its_checkpoint() -> None:
     store, work = MemoryStore(), Batches()
     jobs = engine(store, work)

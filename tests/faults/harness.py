@@ -170,6 +170,16 @@ def exports_at(port: int) -> egrpc.ExportServiceStub:
     return egrpc.ExportServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
 
 
+def replace_compute(stack: FaultStack, data_dir: Path, settings: dict[str, str]) -> None:
+    """Another compute instance in place of the current one (a replaced pod): the same port, its
+    own empty ``data_dir`` and log, ``settings`` on top; the old one is stopped if still running."""
+    old = stack.compute
+    old.stop()
+    env = {**old.env, "MISTUDIO_COMPUTE_DATA_DIR": str(data_dir), **settings}
+    stack.compute = Service("compute", old.argv, env, old.port, data_dir.with_suffix(".log"))
+    stack.compute.start()
+
+
 LEASE_SECONDS = 3.0
 """Export instances' leases: a crashed instance's jobs are adopted this soon."""
 

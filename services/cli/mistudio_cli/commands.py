@@ -17,6 +17,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common import stages
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_common.uploaded_inputs import SCHEME
@@ -307,6 +308,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f"(to compute {estimate.features_to_compute}, cached {estimate.features_cached})"
     )
     print(f"  time:       ~{format_seconds(estimate.estimated_seconds)}")
+    for stage in estimate.stages:
+        print(f"    {stages.label(stage.stage):<30} ~{format_seconds(stage.seconds)}")
     print(f"  size:       ~{estimate.estimated_size_bytes / 1e6:.1f} MB")
     if estimate.features_to_compute:
         memory = estimate.estimated_peak_memory_bytes / 2**20

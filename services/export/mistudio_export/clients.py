@@ -186,6 +186,11 @@ class StoreClient:
         )
         return list(page.jobs)
 
+    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]:
+        """The newest ``limit`` succeeded exports of any SAE: what later estimates are fitted
+        over."""
+        return list(self.list_jobs(page_size=limit, states=[ppb.JOB_STATE_SUCCEEDED]).jobs)
+
     def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
         """Records the job archive's feature hashes, in requests of bounded size."""
         items = sorted(hashes.items())
@@ -320,6 +325,7 @@ class ComputeClient:
             estimated_seconds=answer.estimated_seconds,
             estimated_peak_memory_bytes=int(answer.estimated_peak_memory_bytes),
             rate_source=answer.rate_source,
+            stage_seconds={s.stage: s.seconds for s in answer.stages},
         )
 
     def saelens_files(

@@ -27,7 +27,7 @@ from mistudio_export import checking, computing, delta
 from mistudio_export.collect import Collected, collect
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
-from mistudio_export.estimate import measurement, saelens_bytes
+from mistudio_export.estimate import measurement, predict, saelens_bytes
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
     Inputs,
@@ -116,6 +116,8 @@ class ExportPipeline:
         collected, computed = Collected({}, 0), cpb.ComputeResult()
         if plan.neuronpedia:
             candidates = self._candidates(plan)
+            predicted = predict(plan, candidates, self._store, self._compute)
+            job.tracker.weigh([s.seconds for s in predicted.stages])  # ETA from measured rates
             everything = len(candidates) == plan.sae.d_sae
             computed = computing.ensure_dashboards(
                 job, self._compute, candidates, all_features=everything
