@@ -52,7 +52,7 @@ class MemoryStore:
             raise NotFound(f"no job {job_id}", fix="start it")
         return self.records[job_id]
 
-    def write(self, job_id: str, update: JobUpdate[Checkpoint, Outcome]) -> None:
+    def write(self, job_id: str, update: JobUpdate[Checkpoint, Outcome]) -> StopReason | None:
         if self.down:
             raise Unavailable("the store is down", fix="wait")
         with self.lock:
@@ -72,6 +72,7 @@ class MemoryStore:
                 started=old.started or update.started,
                 requested=old.requested if update.state in STOPPABLE else None,
             )
+            return self.records[job_id].requested
 
     def unfinished(self) -> Iterator[JobRecord[Checkpoint, Outcome]]:
         return iter([r for r in self.records.values() if r.state in STOPPABLE])
@@ -144,14 +145,19 @@ class Kind:
 
 
 def engine(
-    store: MemoryStore, work: Batches, holder: str = "", retention: Retention | None = None
+    store: MemoryStore,
+    work: Batches,
+    holder: str = "",
+    retention: Retention | None = None,
+    lease_seconds: float = 3.0,
+    housekeeping_seconds: float = 0.05,
 ) -> JobEngine[Checkpoint, Outcome]:
     return JobEngine(
         store,
         Kind(work, store),
         patience=Patience(seconds=0.05, first_delay=0.01),
-        leasing=Leasing(holder, store, seconds=3.0) if holder else None,
-        housekeeping_seconds=0.05,
+        leasing=Leasing(holder, store, seconds=lease_seconds) if holder else None,
+        housekeeping_seconds=housekeeping_seconds,
         follow_seconds=0.05,
         retention=retention,
     )
@@ -335,6 +341,25 @@ def test_a_cancel_asked_of_an_instance_that_does_not_hold_the_job_stops_the_hold
     assert store.records["x"].state == ppb.JOB_STATE_CANCELLED
     assert store.records["x"].requested is None
     assert work.runs == [0]
+
+
+def test_a_holder_sees_a_stop_asked_elsewhere_with_its_next_progress_write() -> None:
+    """Long before its next lease renewal: the store's reply to the write carries the stop."""
+    store, work = MemoryStore(), Batches()
+    holder = engine(store, work, "one", lease_seconds=3600.0, housekeeping_seconds=3600.0)
+    other = engine(store, work, holder="two")
+    holder.launch(store.add("p"), work)
+    work.gate.release()
+    until(holder, "p", 1)
+    assert other.pause("p", wait_seconds=0) == ppb.JOB_STATE_RUNNING  # asked, not yet done
+    work.gate.release()  # the next batch writes its progress, then saves
+    deadline = time.monotonic() + 10
+    while store.records["p"].state != ppb.JOB_STATE_PAUSED and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    assert store.records["p"].state == ppb.JOB_STATE_PAUSED
+    assert store.records["p"].checkpoint.value == 2  # stopped at the save after that write
+    holder.shutdown()
+    other.shutdown()
 
 
 def test_a_pause_asked_elsewhere_keeps_the_checkpoint_and_the_job_resumes_from_it() -> None:

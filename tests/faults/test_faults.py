@@ -231,6 +231,33 @@ def test_a_cancel_sent_to_an_instance_that_does_not_hold_the_job_stops_the_holde
         second.stop()
 
 
+def test_an_instance_that_does_not_hold_a_crashed_holders_job_cancels_it_and_its_computation(
+    stack: FaultStack, tmp_path: Path
+) -> None:
+    second = second_export(stack, tmp_path)
+    many = token_source(write_tokens(tmp_path / "many.npy", rows=4096, seed=13))
+    try:
+        elsewhere = exports_at(second.port)
+        stream = start(stack, many)
+        job_id = next(stream).progress.job_id
+        next(m for m in stream if m.progress.stage == ppb.STAGE_ACTIVATION_PASS)
+        request = spb.GetExportJobRequest(job_id=job_id)
+        named = stack.records().GetExportJob(request, timeout=30).job.resume.compute
+        assert named.computation_id == job_id_for(f"{job_id}/dashboards/0")
+        stack.export.kill()  # the holder dies while compute runs its computation
+        cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
+        assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED
+        deadline = time.monotonic() + 30
+        while (state := computation_state(stack, job_id)) != ppb.JOB_STATE_CANCELLED:
+            assert time.monotonic() < deadline, f"the computation is {ppb.JobState.Name(state)}"
+            time.sleep(0.5)
+        assert states_everywhere(stack, job_id, elsewhere) == {ppb.JOB_STATE_CANCELLED}
+    finally:
+        second.stop()
+        if stack.export.process is None or stack.export.process.poll() is not None:
+            stack.export.start()
+
+
 def test_a_pause_sent_to_an_instance_that_does_not_hold_the_job_keeps_its_checkpoint(
     stack: FaultStack, tokens: tpb.TokenSource, uninterrupted: str, tmp_path: Path
 ) -> None:

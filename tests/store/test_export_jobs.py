@@ -228,6 +228,33 @@ def test_list_is_newest_first_with_filters_and_pages(stub: StoreServiceStub, sae
     assert listed(states=[ppb.JOB_STATE_QUEUED], owner="o1") == [ids[3]]
 
 
+def finish(stub: StoreServiceStub, job_id: str, seconds: int) -> None:
+    """Ends the job with finished_at ``seconds`` since the epoch."""
+    ended = pb.ExportJob(job_id=job_id, state=ppb.JOB_STATE_SUCCEEDED)
+    ended.finished_at.FromSeconds(seconds)
+    mask = ["state", "finished_at"]
+    stub.UpdateExportJob(pb.UpdateExportJobRequest(job=ended, update_mask=mask))
+
+
+def test_list_finished_before_returns_only_jobs_that_ended_before_then(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    ids = [create(stub, sae_id=sae_id).job.job_id for _ in range(4)]
+    finish(stub, ids[0], 1_000)
+    finish(stub, ids[1], 2_000)
+    finish(stub, ids[2], 3_000)  # ids[3] never finished
+    request = pb.ListExportJobsRequest(page_size=1)
+    request.finished_before.FromSeconds(3_000)
+    found: list[str] = []
+    while True:
+        page = stub.ListExportJobs(request)
+        found += [j.job_id for j in page.jobs]
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    assert found == [ids[1], ids[0]]
+
+
 def test_unspecified_state_filter_is_invalid_argument(stub: StoreServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ListExportJobs(pb.ListExportJobsRequest(states=[ppb.JOB_STATE_UNSPECIFIED]))

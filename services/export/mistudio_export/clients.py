@@ -162,6 +162,7 @@ class StoreClient:
         owner: str = "",
         states: Sequence[ppb.JobState.ValueType] = (),
         sae_owner: str = "",
+        finished_before: Timestamp | None = None,
     ) -> spb.ListExportJobsResponse:
         request = spb.ListExportJobsRequest(
             page_size=page_size,
@@ -170,6 +171,7 @@ class StoreClient:
             owner=owner,
             states=states,
             sae_owner=sae_owner,
+            finished_before=finished_before,
         )
         return call_peer(lambda: self._stub.ListExportJobs(request, **self._unary))
 
@@ -217,11 +219,19 @@ class StoreClient:
         return {h.feature_index: h.content_hash for h in pages(fetch)}
 
     def all_jobs(
-        self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()
+        self,
+        *,
+        sae_id: str = "",
+        states: Sequence[ppb.JobState.ValueType] = (),
+        finished_before: Timestamp | None = None,
     ) -> Iterator[spb.ExportJob]:
         def fetch(token: str) -> tuple[Sequence[spb.ExportJob], str]:
             page = self.list_jobs(
-                page_size=PAGE_SIZE, page_token=token, sae_id=sae_id, states=states
+                page_size=PAGE_SIZE,
+                page_token=token,
+                sae_id=sae_id,
+                states=states,
+                finished_before=finished_before,
             )
             return page.jobs, page.next_page_token
 
@@ -280,11 +290,10 @@ class ComputeClient:
         request = cpb.CancelComputationRequest(job_id=job_id)
         call_peer(lambda: self._stub.CancelComputation(request, **self._unary))
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
-        """Pauses a computation, keeping its checkpoint; returns the state it reached."""
+    def pause_computation(self, job_id: str) -> None:
+        """Pauses a computation, keeping its checkpoint."""
         request = cpb.PauseComputationRequest(job_id=job_id)
-        reply = call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
-        return reply.state
+        call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""

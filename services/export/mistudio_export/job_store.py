@@ -60,7 +60,7 @@ class StoreJobStore:
     def load(self, job_id: str) -> ExportRecord:
         return record_of(self._store.get_job(job_id))
 
-    def write(self, job_id: str, update: ExportUpdate) -> None:
+    def write(self, job_id: str, update: ExportUpdate) -> StopReason | None:
         job = spb.ExportJob(job_id=job_id, state=update.state, progress=update.progress)
         fields = ["state", "progress"]
         if update.checkpoint is not None:
@@ -83,20 +83,17 @@ class StoreJobStore:
         if update.finished:
             job.finished_at.CopyFrom(_now())
             fields.append("finished_at")
-        self._store.update_job(job, fields)
+        return requested_of(self._store.update_job(job, fields))
 
     def unfinished(self) -> Iterator[ExportRecord]:
         states = [ppb.JOB_STATE_RUNNING, ppb.JOB_STATE_QUEUED]
         return (record_of(stored) for stored in self._store.all_jobs(states=states))
 
     def ended_before(self, cutoff: float) -> Iterator[str]:
+        before = timestamp_pb2.Timestamp()
+        before.FromNanoseconds(int(cutoff * 1e9))
         ended = (ppb.JOB_STATE_SUCCEEDED, ppb.JOB_STATE_CANCELLED, ppb.JOB_STATE_FAILED)
-        for stored in self._store.all_jobs(states=ended):
-            if (
-                stored.HasField("finished_at")
-                and stored.finished_at.ToMicroseconds() < cutoff * 1e6
-            ):
-                yield stored.job_id
+        return (s.job_id for s in self._store.all_jobs(states=ended, finished_before=before))
 
     def claim(self, job_id: str, holder: str, lease_seconds: float) -> Claim:
         claimed, stored = self._store.claim_job(job_id, holder, lease_seconds)

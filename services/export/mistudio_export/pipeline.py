@@ -93,8 +93,8 @@ class ExportPipeline:
         self._objects = objects
 
     def release(self, checkpoint: jpb.ExportCheckpoint) -> None:
-        """Frees what a paused job holds in other services, when it is cancelled."""
-        computing.release_paused(self._compute, checkpoint)
+        """Frees what a cancelled job still holds in other services (what its run did not)."""
+        computing.release(self._compute, checkpoint)
 
     def discard(self, job_id: str) -> None:
         """Deletes everything published for the job (its archive)."""

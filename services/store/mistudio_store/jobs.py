@@ -158,13 +158,15 @@ class ExportJobs(RepositoryBase):
         owner: str = "",
         states: Sequence[int] = (),
         sae_owner: str = "",
+        finished_before: datetime | None = None,
     ) -> Page[pb.ExportJob]:
-        """Newest first; an empty filter matches everything (``sae_owner``: the SAE's owner)."""
+        """Newest first; an empty filter matches everything (``sae_owner``: the SAE's owner;
+        ``finished_before``: jobs that ended before then)."""
         if sae_id:
             validation.sae_id(sae_id)
         validation.job_states(states)
         wanted = sorted({convert.enum_name(progress_pb2.JobState, s) for s in states})
-        scope = scope_of("jobs", sae_id, owner, wanted, sae_owner)
+        scope = scope_of("jobs", sae_id, owner, wanted, sae_owner, finished_before)
         page = self._page(page_size, page_token, scope, (datetime, str))
         order = (ExportJobRow.created_at, ExportJobRow.job_id)
         query: Select[ExportJobRow, str, str] = select(
@@ -178,6 +180,8 @@ class ExportJobs(RepositoryBase):
             query = query.where(ExportJobRow.owner == owner)
         if wanted:
             query = query.where(ExportJobRow.state.in_(wanted))
+        if finished_before is not None:
+            query = query.where(ExportJobRow.finished_at < finished_before)
         if page.after:
             query = query.where(before(order, page.after))
         query = query.order_by(*(c.desc() for c in order)).limit(page.limit)

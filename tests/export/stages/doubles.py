@@ -105,8 +105,8 @@ class MemoryCompute:
         self.computations.append(request)
         return FinishedComputation(request)
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
-        return ppb.JOB_STATE_PAUSED
+    def pause_computation(self, job_id: str) -> None:
+        pass
 
     def cancel_computation(self, job_id: str) -> None:
         pass

@@ -7,9 +7,10 @@ attach to a per-job channel whose first message is the current snapshot and whos
 end state, even when that end state could not be stored yet (it is stored once the store is back).
 Where instances share a store, each holds a renewed lease on the jobs it runs and adopts another
 instance's job only once that lease has run out. A pause or cancel asked of an instance that does
-not hold the job is recorded on it; the holder reads it when it renews its lease and stops the
-job through its :class:`~mistudio_common.jobs.control.JobControl`, as for its own clients. Such an
-instance's watchers follow the job's record (:mod:`~mistudio_common.jobs.following`). Finished
+not hold the job is recorded on it; the holder reads it in the store's reply to its next
+progress write, or at its lease renewal, and stops the job through its
+:class:`~mistudio_common.jobs.control.JobControl`, as for its own clients. Such an instance's
+watchers follow the job's record (:mod:`~mistudio_common.jobs.following`). Finished
 jobs past their :class:`~mistudio_common.jobs.kind.Retention` are removed, each by its kind.
 """
 
@@ -213,8 +214,9 @@ class JobEngine(Generic[C, O]):
     def _ask_holder(
         self, job_id: str, reason: StopReason, wait_seconds: float
     ) -> ppb.JobState.ValueType:
-        """Records the stop for the instance that holds the job, which carries it out at its
-        next lease renewal; waits up to ``wait_seconds`` for the state it records."""
+        """Records the stop for the instance that holds the job, which carries it out once its
+        next progress write or lease renewal tells it; waits up to ``wait_seconds`` for the
+        state it records."""
         assert self._leasing is not None  # without leases every claim is granted
         with suppress(FailedPrecondition):  # the job stopped meanwhile; its record says how
             self._leasing.leases.request(job_id, reason)

@@ -61,8 +61,10 @@ class JobStore(Protocol[C, O]):
         """The stored job; NotFound when there is none."""
         ...
 
-    def write(self, job_id: str, update: JobUpdate[C, O]) -> None:
-        """Stores ``update``; Unavailable while the storage is out of reach."""
+    def write(self, job_id: str, update: JobUpdate[C, O]) -> StopReason | None:
+        """Stores ``update``; Unavailable while the storage is out of reach. Returns the stop
+        another instance asked of the job's holder where the storage's reply carries it (so
+        the holder sees it with its progress, not only at its next lease renewal), else None."""
         ...
 
     def unfinished(self) -> Iterable[JobRecord[C, O]]:

@@ -165,6 +165,8 @@ class ExportJobRow(Base):
         Index(None, "created_at", "job_id"),
         Index(None, "sae_pk", "created_at", "job_id"),
         Index(None, "owner", "created_at", "job_id"),
+        # ListExportJobs(finished_before): retention reads only the jobs past its cutoff.
+        Index(None, "finished_at"),
     )
 
 

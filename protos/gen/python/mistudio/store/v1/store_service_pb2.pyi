@@ -1057,8 +1057,9 @@ class ExportJob(_message.Message):
     """
     requested_state: _progress_pb2.JobState.ValueType
     """A pause or cancel asked for on an instance that does not hold the job (PAUSED or
-    CANCELLED; UNSPECIFIED when none). Its holder sees it when it renews its lease, stops the
-    job at its next checkpoint and records that state. Written through UpdateExportJob only
+    CANCELLED; UNSPECIFIED when none). Its holder sees it in the reply to its next
+    UpdateExportJob or ClaimExportJob, stops the job at its next checkpoint and records that
+    state. Written through UpdateExportJob only
     while the job is queued or running (a cancel overrides a pause); any other state written
     clears it.
     """
@@ -1302,6 +1303,7 @@ class ListExportJobsRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     SAE_OWNER_FIELD_NUMBER: _builtins.int
+    FINISHED_BEFORE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Jobs per page: 0 means the store's default_page_size (100); at most its
     max_page_size (1000).
@@ -1318,6 +1320,12 @@ class ListExportJobsRequest(_message.Message):
     def states(self) -> _containers.RepeatedScalarFieldContainer[_progress_pb2.JobState.ValueType]:
         """Only jobs in these states when non-empty."""
 
+    @_builtins.property
+    def finished_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs that reached an end state (finished_at) before this time; unset means any.
+        Retention asks for the jobs that ended before its cutoff, not for every finished job.
+        """
+
     def __init__(
         self,
         *,
@@ -1327,10 +1335,11 @@ class ListExportJobsRequest(_message.Message):
         owner: _builtins.str = ...,
         states: _abc.Iterable[_progress_pb2.JobState.ValueType] | None = ...,
         sae_owner: _builtins.str = ...,
+        finished_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_before", b"finished_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_before", b"finished_before", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
