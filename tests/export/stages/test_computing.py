@@ -17,7 +17,7 @@ from mistudio_export import computing
 from mistudio_export.runtime import JobRuntime
 
 
-def progress(state: int, job_id: str = "cmp-1") -> cpb.ComputeProgress:
+def progress(state: ppb.JobState.ValueType, job_id: str = "cmp-1") -> cpb.ComputeProgress:
     return cpb.ComputeProgress(
         progress=ppb.Progress(job_id=job_id, state=state, stage=ppb.STAGE_ACTIVATION_PASS)
     )
