@@ -46,11 +46,13 @@ def byte_rates(samples: Sequence[bytes], level: int, seconds: float = 0.3) -> di
     dumped = sum(len(orjson.dumps(d)) for d in parsed)
     size = sum(map(len, samples))
 
+    stream = b"\n".join(samples)
+
     def deflate() -> None:
-        for s in samples:
-            compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
-            compressor.compress(s)
-            compressor.flush()
+        """One stream, as a file is deflated (a compressor per JSONL row cost ~3x per byte)."""
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        compressor.compress(stream)
+        compressor.flush()
 
     def rate(work: Callable[[], object], n_bytes: int) -> float:
         """Per CPU second, so that other load on the machine does not lower the floor's rate."""

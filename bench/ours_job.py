@@ -1,7 +1,8 @@
 """OUR side of one bench run: a full export (every format, ZIP archive) on the local stack.
 
 Run as a subprocess by ``run.py`` so its peak RSS is the export's own: it writes ``--out`` (JSON:
-wall time, per-stage elapsed seconds and peak RSS from the export's progress stream,
+wall time, per-stage elapsed seconds and peak RSS from the export's progress stream, when each
+step outside the stages ended (``Marks``: imports, stack start, ValidateExport, download, ...),
 ValidateExport's estimate beforehand, from the rates earlier runs measured when ``--keep-data``
 is shared) and downloads the archive to ``--archive``. What the bench reads from the archive
 afterwards (``archive_facts``: sizes, byte rates, per feature what the agreement check needs) is
@@ -11,8 +12,10 @@ read by ``run.py`` in its own process, so that reading never counts as the expor
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -29,8 +32,28 @@ if __package__ in (None, ""):
 DONE_STATES = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED")
 
 
+class Marks:
+    """Wall and CPU seconds since this process started at each named point, so the report can
+    say where the time outside the export's stages goes (interpreter start and imports included:
+    the wall run.py measures starts there too)."""
+
+    def __init__(self) -> None:
+        self.wall_s: dict[str, float] = {}
+        self.cpu_s: dict[str, float] = {}
+
+    def __call__(self, point: str) -> None:
+        self.wall_s[point] = since_process_start()
+        self.cpu_s[point] = time.process_time()  # every thread of this process
+
+
+def since_process_start() -> float:
+    """Seconds since the kernel started this process (/proc/self/stat field 22, in ticks)."""
+    start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_export(
-    args: argparse.Namespace, data_dir: Path, archive: Path, sampler: StageRss
+    args: argparse.Namespace, data_dir: Path, archive: Path, sampler: StageRss, mark: Marks
 ) -> dict[str, Any]:
     from mistudio.common.v1 import dashboard_pb2 as dpb
     from mistudio.common.v1 import progress_pb2 as ppb
@@ -43,6 +66,7 @@ def run_export(
     from mistudio_common.server import insecure_channel
     from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
 
+    mark("imports")
     cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))
     sae_id = f"bench-{cfg['d_sae']}-{os.getpid()}"  # unique: a kept data folder is shared
     started = time.perf_counter()
@@ -50,6 +74,7 @@ def run_export(
     if args.model_ref.startswith(LLAMA2C_PREFIX):
         inputs.extend(parse_llama2c_ref(args.model_ref))
     with start_local_stack(data_dir, device=args.device, input_paths=inputs) as stack:
+        mark("stack_start")
         store = sgrpc.StoreServiceStub(insecure_channel(stack.store.address))
         exports = egrpc.ExportServiceStub(insecure_channel(stack.export.address))
         sae = spb.Sae(
@@ -85,14 +110,19 @@ def run_export(
             device=args.device,
         )
         estimate = exports.ValidateExport(epb.ValidateExportRequest(sae_id=sae_id, config=config))
+        mark("validate_export")
         rest_rss_mb = _rss_mb()  # the stack at rest with the model loaded (the estimate did)
         request = epb.StartExportRequest(request_id=sae_id, sae_id=sae_id, config=config)
+        export_started = time.perf_counter()  # what the estimate predicts: StartExport to done
         last = None
+        etas: list[tuple[float, float, str]] = []  # (seconds since StartExport, ETA, stage)
         for message in exports.StartExport(request):
             last = message
             sampler.stage = ppb.Stage.Name(message.progress.stage).removeprefix("STAGE_").lower()
             sampler.progress = message.progress.message or message.progress.unit
             sampler.fraction = message.progress.fraction
+            since = time.perf_counter() - export_started
+            etas.append((since, message.progress.eta_seconds, sampler.stage))
             if ppb.JobState.Name(message.progress.state) in DONE_STATES:
                 break
         assert last is not None
@@ -101,21 +131,28 @@ def run_export(
             print(last.progress, file=sys.stderr)
             raise SystemExit(f"export ended {state}: {last.progress.error}")
         job_done = time.perf_counter()
-        stages = {
-            ppb.Stage.Name(s.stage).removeprefix("STAGE_").lower(): s.elapsed_seconds
-            for s in last.progress.stages
-        }
+        mark("export_job")
+
+        def stage_name(stage: int) -> str:
+            return ppb.Stage.Name(stage).removeprefix("STAGE_").lower()  # type: ignore[arg-type]
+
+        stages = {stage_name(s.stage): s.elapsed_seconds for s in last.progress.stages}
         sampler.stage = "download"
         download = epb.DownloadExportRequest(job_id=last.progress.job_id)
         with archive.open("wb") as sink:  # streamed: the archive grows with d_sae, RSS must not
             for chunk in exports.DownloadExport(download):
                 sink.write(chunk.chunk)
+        mark("download")
+    mark("stack_stop")
     return {
         "export_peak_rss_mb": _status_mb("VmHWM"),  # this process's peak: the export's
         "job_wall_s": job_done - started,
+        "export_wall_s": job_done - export_started,
+        "eta_checks": eta_checks(etas, job_done - export_started),
         "stages_s": stages,
         "rest_rss_mb": rest_rss_mb,
         "estimated_s": estimate.estimate.estimated_seconds,
+        "estimated_stages_s": {stage_name(s.stage): s.seconds for s in estimate.estimate.stages},
         "estimated_peak_memory_mb": estimate.estimate.estimated_peak_memory_bytes / 2**20,
         "estimate_from_measured_rates": not any("default" in w for w in estimate.warnings),
         "archive_bytes": archive.stat().st_size,
@@ -134,6 +171,21 @@ def archive_facts(archive: Path, features: bool) -> dict[str, Any]:
     }
 
 
+ETA_CHECKPOINTS = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def eta_checks(etas: list[tuple[float, float, str]], wall: float) -> list[dict[str, Any]]:
+    """The ETA the progress stream showed at each share of the export's wall time (its last
+    message by then, and its stage) beside the time that was actually left."""
+    checks = []
+    for share in ETA_CHECKPOINTS:
+        shown = [(t, eta, stage) for t, eta, stage in etas if t <= share * wall and eta >= 0]
+        if shown:
+            t, eta, stage = shown[-1]
+            checks.append({"at": share, "eta_s": eta, "remaining_s": wall - t, "stage": stage})
+    return checks
+
+
 JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 SAMPLE_BYTES = 1 << 20
 """Per format folder, about this much of its JSON is timed for the machine's byte rates."""
@@ -141,10 +193,13 @@ SAMPLE_BYTES = 1 << 20
 
 class StageRss:
     """Samples this process's resident set every 50 ms and keeps the peak per export stage (the
-    stage the progress stream last named), so a bench run shows where memory goes. Every 0.5 s
-    it also adds the private memory of every process it started (the export's second writer,
-    the validation pool: /usr/bin/time reports only the largest one of them); every few seconds
-    the peaks so far are written to ``trace`` (what a run cut short still shows)."""
+    stage the progress stream last named), so a bench run shows where memory goes; and the CPU
+    seconds per stage of this process and its child processes (the file writers and validators
+    run in some), which a busy machine inflates far less than wall time, for calibrating the
+    estimate's rates (a child's last 50 ms before it exits go uncounted). Every 0.5 s it also
+    adds the private memory of every process it started (/usr/bin/time reports only the largest
+    one of them); every few seconds the peaks so far are written to ``trace`` (what a run cut
+    short still shows)."""
 
     def __init__(self, trace: Path) -> None:
         self.stage = "starting"
@@ -154,23 +209,31 @@ class StageRss:
         self.tree_peaks: dict[str, float] = {}
         self._trace = trace
         self._started = time.perf_counter()
+        self.cpu_s: dict[str, float] = {}
+        self._pids = _descendants()
+        self._cpu = _cpu_s(self._pids)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
     def _sample(self) -> None:
-        samples = 0
-        while not self._done.wait(0.05):
-            mb = _rss_mb()
-            self.peaks[self.stage] = max(self.peaks.get(self.stage, 0.0), mb)
-            samples += 1
-            if samples % 10 == 0:
+        for tick in itertools.count(1):
+            if self._done.wait(0.05):
+                return
+            if tick % 20 == 0:  # a new child's CPU so far counts once it is found
+                self._pids = _descendants()
+            mb, cpu, stage = _rss_mb(), _cpu_s(self._pids), self.stage
+            self.peaks[stage] = max(self.peaks.get(stage, 0.0), mb)
+            spent = sum(s - self._cpu.get(pid, 0.0) for pid, s in cpu.items())
+            self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + spent
+            self._cpu = {**self._cpu, **cpu}
+            if tick % 10 == 0:
                 tree = _tree_mb()
-                self.tree_peaks[self.stage] = max(self.tree_peaks.get(self.stage, 0.0), tree)
-            if samples % 100 == 0:
+                self.tree_peaks[stage] = max(self.tree_peaks.get(stage, 0.0), tree)
+            if tick % 100 == 0:
                 so_far = {
                     "elapsed_s": time.perf_counter() - self._started,
-                    "stage": self.stage,
+                    "stage": stage,
                     "progress": self.progress,
                     "fraction": self.fraction,
                     "rss_mb": mb,
@@ -181,6 +244,33 @@ class StageRss:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields from the state on (field 3); empty once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _descendants() -> set[int]:
+    """This process and every process below it."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            parents[int(entry.name)] = int(fields[1])
+    tree = {os.getpid()}
+    while more := {pid for pid, parent in parents.items() if parent in tree} - tree:
+        tree |= more
+    return tree
+
+
+def _cpu_s(pids: set[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of ``pids`` still running (all its threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {pid: _stat(pid) for pid in pids}
+    return {pid: (int(f[11]) + int(f[12])) / tick for pid, f in found.items() if f}
 
 
 def _rss_mb() -> float:
@@ -295,15 +385,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sampler = StageRss(Path(args.out).with_suffix(".trace.json"))
+    mark = Marks()
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as tmp:
         data = Path(args.keep_data) if args.keep_data else Path(tmp) / "data"
-        result = run_export(args, data, Path(args.archive), sampler)
+        result = run_export(args, data, Path(args.archive), sampler, mark)
     sampler.stop()
     result["stages_peak_rss_mb"] = sampler.peaks
     result["stages_peak_tree_mb"] = sampler.tree_peaks
+    result["stages_cpu_s"] = sampler.cpu_s
     result["wall_s"] = time.perf_counter() - started
+    result["marks_wall_s"], result["marks_cpu_s"] = mark.wall_s, mark.cpu_s
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 
 
 if __name__ == "__main__":
     main()
+    gc.freeze()  # as the mistudio-export command ends (mistudio_cli.main.run)

@@ -27,17 +27,35 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     stages = out["throughput"]["stages_s"]
     assert set(stages) == {
         "activation_pass", "finalisation", "caching", "serialization", "validation", "archive",
-        "whole_export",
+        "whole_export", "startup_and_overhead",
     }  # fmt: skip
     assert all(s >= 0 for s in stages.values())
+    overhead = stages.pop("startup_and_overhead")
     assert sum(stages.values()) - stages["whole_export"] <= stages["whole_export"]
+    assert sum(stages.values()) - stages["whole_export"] + overhead == pytest.approx(
+        out["ours_wall_s"]
+    )  # the stages and the time outside them make up the wall
+    steps = out["outside_stages"]  # the archive's facts are read afterwards, by run.py
+    assert list(steps) == [
+        "imports", "stack_start", "validate_export", "export_job", "download", "stack_stop",
+        "exit",
+    ]  # fmt: skip
+    assert all(t["wall"] >= 0 for t in steps.values())
+    assert sum(t["wall"] for t in steps.values()) == pytest.approx(overhead, abs=0.05)
     tp = out["throughput"]
     assert tp["output_bytes"] >= tp["json_bytes"] > 0 and tp["gzip_bytes"] >= 0
     assert set(tp["floor_s"]) == {"serialization", "validation", "archive", "whole_export"}
     assert all(f > 0 for f in tp["floor_s"].values())
     assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
     assert [s["d_sae"] for s in out["sizes"]] == [64]
-    assert (tmp_path / "latest.md").read_text().startswith("# Bench (smoke)")
+    (estimate,) = out["estimates"]  # one run, so the priors'
+    assert not estimate["from_measured_rates"] and estimate["estimated_s"] > 0
+    assert estimate["measured_s"] == out["sizes"][0]["runs"]["ours"][0]["export_wall_s"] > 0
+    assert set(estimate["stages"]) == set(stages) - {"whole_export"}
+    assert all(c["remaining_s"] > 0 and c["eta_s"] >= 0 for c in estimate["eta_checks"])
+    report = (tmp_path / "latest.md").read_text()
+    assert report.startswith("# Bench (smoke)")
+    assert "## Estimates" in report
 
 
 def test_default_run_is_two_sizes_over_262k_tokens_two_pairs_each_plus_scaling() -> None:

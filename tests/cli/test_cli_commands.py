@@ -28,6 +28,7 @@ from mistudio_export.formats.upload_payloads import write_upload_payloads
 
 from tests.export.formats.builders import dashboard, naming
 from tests.export.service.stack import (
+    STORIES_REF,
     Stack,
     export_config,
     register_sae,
@@ -158,6 +159,7 @@ def test_estimate_reports_features_time_size_and_memory_and_creates_no_job(
     assert code == 0, err
     assert "features:   10 (to compute 10, cached 0)" in out
     assert "time:" in out and "size:" in out
+    assert "Activation pass" in out and "Creating archive" in out  # the time per stage
     assert "MiB at peak in the compute service" in out
     assert stack.exports.ListExports(epb.ListExportsRequest(sae_id=sae_id)).jobs == before
 
@@ -346,3 +348,26 @@ def test_run_of_a_registered_sae_needs_only_the_export_address(
     )  # fmt: skip
     assert code == 0, err
     assert "complete" in out
+
+
+@pytest.mark.slow
+def test_run_for_another_owner_registers_the_folder_as_theirs_and_exports_it_for_them(
+    capsys: pytest.CaptureFixture[str], stack: Stack, workdir: Path, tokens_file: Path
+) -> None:
+    folder = write_sae_folder(workdir / "bobs-sae", seed=3)
+    labels = workdir / "bobs-labels.csv"
+    labels.write_text("feature_index,label\n1,bob's dogs\n")
+    code, out, err = run_cli(
+        capsys, "run", str(folder), "--owner", "bob", "--sae-id", "bobs-sae", "--model",
+        STORIES_REF, "--labels", str(labels), "--tokens", str(tokens_file), "--features", "0:4",
+        *addresses(stack), "--compute-address", stack.compute.address,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "complete" in out
+    assert (
+        stack.records.GetSae(spb.GetSaeRequest(sae_id="bobs-sae", owner="bob")).sae.owner == "bob"
+    )
+    features = stack.records.ListFeatures(spb.ListFeaturesRequest(sae_id="bobs-sae", owner="bob"))
+    assert [(f.feature_index, f.label) for f in features.features if f.label] == [(1, "bob's dogs")]
+    jobs = stack.exports.ListExports(epb.ListExportsRequest(sae_id="bobs-sae", owner="bob")).jobs
+    assert [job.state for job in jobs] == [ppb.JOB_STATE_SUCCEEDED]

@@ -9,6 +9,7 @@ import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.progress import ProgressTracker
 from mistudio_common.stage_rates import (
+    PASS_TOKEN_WORK_IN_FEATURES,
     PRIOR_SECONDS_PER_UNIT,
     RECENT_PER_STAGE,
     JobSize,
@@ -24,31 +25,42 @@ PASS, HISTOGRAMS, WRITING = (
     ppb.STAGE_HISTOGRAMS,
     ppb.STAGE_GENERATING_FILES,
 )
-SECONDS_PER_MATMUL_UNIT = 2e-10
+SECONDS_PER_TOKEN_FEATURE = 3e-8
 SECONDS_PER_EXAMPLE_TOKEN = 3e-6
+PER_TOKEN = PASS_TOKEN_WORK_IN_FEATURES
 
 
 def synthetic_job(tokens: int, d_sae: int, examples: int = 1125) -> list[StageTime]:
-    """Stage times of a machine whose pass costs tokens × d_in × features and whose later
-    stages cost features × example tokens, exactly."""
-    size = JobSize(tokens=tokens, d_in=64, features=d_sae, example_tokens=examples)
+    """Stage times of a machine whose pass costs tokens × (features + its per-token work) and
+    whose later stages cost features × example tokens, exactly."""
+    size = JobSize(tokens=tokens, features=d_sae, example_tokens=examples)
     return [
-        StageTime(PASS, size, SECONDS_PER_MATMUL_UNIT * tokens * 64 * d_sae),
+        StageTime(PASS, size, SECONDS_PER_TOKEN_FEATURE * tokens * (d_sae + PER_TOKEN)),
         StageTime(HISTOGRAMS, size, SECONDS_PER_EXAMPLE_TOKEN * d_sae * examples),
         StageTime(WRITING, size, 2 * SECONDS_PER_EXAMPLE_TOKEN * d_sae * examples),
     ]
 
 
 def test_finalisation_does_not_grow_with_tokens_and_the_pass_does() -> None:
-    small = JobSize(tokens=1_000, d_in=64, features=100, example_tokens=50)
-    many_tokens = JobSize(tokens=100_000, d_in=64, features=100, example_tokens=50)
+    small = JobSize(tokens=1_000, features=100, example_tokens=50)
+    many_tokens = JobSize(tokens=100_000, features=100, example_tokens=50)
     assert cost_units(HISTOGRAMS, many_tokens) == cost_units(HISTOGRAMS, small)
     assert cost_units(PASS, many_tokens) == 100 * cost_units(PASS, small)
 
 
+def test_the_pass_grows_less_than_its_features_as_measured_on_the_bench() -> None:
+    """Its per-token work does not grow with the features: 39.8 to 117.7 CPU seconds from
+    4,096 to 16,384 features."""
+    small = JobSize(tokens=262_144, features=4_096, example_tokens=1125)
+    large = JobSize(tokens=262_144, features=16_384, example_tokens=1125)
+    growth = cost_units(PASS, large) / cost_units(PASS, small)
+    assert growth == pytest.approx(117.7 / 39.8, rel=0.02)
+    assert cost_units(HISTOGRAMS, large) == 4 * cost_units(HISTOGRAMS, small)
+
+
 def test_a_fit_of_one_job_predicts_another_size_exactly() -> None:
     rates = StageRates.fit(synthetic_job(tokens=4_096, d_sae=512))
-    other = JobSize(tokens=262_144, d_in=64, features=16_384, example_tokens=600)
+    other = JobSize(tokens=262_144, features=16_384, example_tokens=600)
     expected = synthetic_job(262_144, 16_384, examples=600)
     for time in expected:
         assert rates.seconds(time.stage, other) == pytest.approx(time.seconds, rel=1e-9)
@@ -57,7 +69,7 @@ def test_a_fit_of_one_job_predicts_another_size_exactly() -> None:
 
 def test_a_stage_never_measured_keeps_its_prior() -> None:
     rates = StageRates.fit(synthetic_job(tokens=4_096, d_sae=512))
-    size = JobSize(tokens=4_096, d_in=64, features=512, example_tokens=1125)
+    size = JobSize(tokens=4_096, features=512, example_tokens=1125)
     archive = ppb.STAGE_CREATING_ARCHIVE
     assert rates.seconds(archive, size) == PRIOR_SECONDS_PER_UNIT[archive] * 512 * 1125
     assert not rates.all_measured([PASS, archive])
@@ -67,11 +79,9 @@ def test_the_fit_weighs_jobs_by_their_size() -> None:
     """Total seconds over total units: a tiny job whose fixed overhead makes its own rate
     10,000 times too slow moves the fit by 2%, where a mean of per-job rates would be ruined."""
     big = synthetic_job(tokens=100_000, d_sae=4_096)
-    tiny_and_slow = [
-        StageTime(t.stage, JobSize(100, 64, 8, 1125), 0.1) for t in synthetic_job(100, 8)
-    ]
+    tiny_and_slow = [StageTime(t.stage, JobSize(100, 8, 1125), 0.1) for t in synthetic_job(100, 8)]
     rate = StageRates.fit([*big, *tiny_and_slow]).seconds_per_unit[PASS]
-    assert rate == pytest.approx(SECONDS_PER_MATMUL_UNIT, rel=0.05)
+    assert rate == pytest.approx(SECONDS_PER_TOKEN_FEATURE, rel=0.05)
 
 
 def test_the_rate_file_keeps_recent_measurements_and_survives_a_reload(tmp_path: Path) -> None:
@@ -82,7 +92,7 @@ def test_the_rate_file_keeps_recent_measurements_and_survives_a_reload(tmp_path:
     times = RateFile(tmp_path / "stage_rates.json").times()
     passes = [t.size.features for t in times if t.stage == PASS]
     assert passes == list(range(6, RECENT_PER_STAGE + 6))  # the oldest five dropped
-    assert book.rates().seconds_per_unit[PASS] == pytest.approx(SECONDS_PER_MATMUL_UNIT)
+    assert book.rates().seconds_per_unit[PASS] == pytest.approx(SECONDS_PER_TOKEN_FEATURE)
 
 
 def test_an_unreadable_rate_file_falls_back_to_the_priors(tmp_path: Path) -> None:
@@ -99,7 +109,7 @@ def test_a_finished_jobs_progress_gives_its_measured_stages() -> None:
     tracker.update(HISTOGRAMS, 0, 10)
     now[0] = 7.0
     finished = tracker.set_state(ppb.JOB_STATE_SUCCEEDED)  # WRITING never ran
-    size = JobSize(1, 1, 1, 1)
+    size = JobSize(1, 1, 1)
     assert stage_times(finished, size) == [
         StageTime(PASS, size, 5.0),
         StageTime(HISTOGRAMS, size, 2.0),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mistudio_common.errors import InvalidArgument
 from mistudio_compute.config import ComputeSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -61,3 +62,32 @@ def test_kuberay_config_points_compute_at_the_head_service(kuberay: list[dict]) 
     assert ComputeSettings.model_validate(
         {k.removeprefix("MISTUDIO_COMPUTE_").lower(): v for k, v in config.items()}
     ).ray_shards == int(config["MISTUDIO_COMPUTE_RAY_SHARDS"])
+
+
+def test_compose_and_kuberay_keep_shard_states_in_a_bucket_compute_can_parse(
+    compose: dict, kuberay: list[dict]
+) -> None:
+    env = compose["services"]["compute"]["environment"]
+    config = next(d for d in kuberay if d["kind"] == "ConfigMap")["data"]
+    for url in (
+        env["MISTUDIO_COMPUTE_RAY_STATE_URL"].replace(
+            "${COMPUTE_RAY_STATE_BUCKET:-mistudio-compute-state}", "mistudio-compute-state"
+        ),
+        config["MISTUDIO_COMPUTE_RAY_STATE_URL"],
+    ):
+        settings = ComputeSettings(ray_address="ray-head:6379", ray_state_url=url)
+        bucket = settings.ray_state_bucket()
+        assert bucket is not None and bucket.address.bucket == "mistudio-compute-state", url
+        assert bucket.address.endpoint == "minio:9000"
+
+
+def test_a_state_url_without_a_bucket_is_refused_naming_the_setting() -> None:
+    settings = ComputeSettings(ray_address="auto", ray_state_url="s3://?endpoint=minio:9000")
+    with pytest.raises(InvalidArgument) as refused:
+        settings.ray_state_bucket()
+    assert refused.value.field == "ray_state_url"
+
+
+def test_without_a_ray_address_no_state_bucket_is_used() -> None:
+    settings = ComputeSettings(ray_state_url="s3://states?endpoint=minio:9000")
+    assert settings.ray_state_bucket() is None

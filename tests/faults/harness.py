@@ -153,7 +153,7 @@ class FaultStack:
         """Polls GetExport (through any restart of the export service, or on the export
         service listening on port ``via``) until the job ends."""
         deadline = time.monotonic() + seconds
-        exports = self.exports() if via is None else _exports_at(via)
+        exports = self.exports() if via is None else exports_at(via)
         while time.monotonic() < deadline:
             try:
                 view = exports.GetExport(epb.GetExportRequest(job_id=job_id), timeout=10)
@@ -166,8 +166,18 @@ class FaultStack:
         raise AssertionError(f"export {job_id} did not finish in {seconds} s")
 
 
-def _exports_at(port: int) -> egrpc.ExportServiceStub:
+def exports_at(port: int) -> egrpc.ExportServiceStub:
     return egrpc.ExportServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+
+
+def replace_compute(stack: FaultStack, data_dir: Path, settings: dict[str, str]) -> None:
+    """Another compute instance in place of the current one (a replaced pod): the same port, its
+    own empty ``data_dir`` and log, ``settings`` on top; the old one is stopped if still running."""
+    old = stack.compute
+    old.stop()
+    env = {**old.env, "MISTUDIO_COMPUTE_DATA_DIR": str(data_dir), **settings}
+    stack.compute = Service("compute", old.argv, env, old.port, data_dir.with_suffix(".log"))
+    stack.compute.start()
 
 
 LEASE_SECONDS = 3.0

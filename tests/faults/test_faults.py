@@ -8,12 +8,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_compute.jobs import job_id_for
 
 from tests.export.service.stack import (
     D_IN,
@@ -26,7 +31,13 @@ from tests.export.service.stack import (
     write_sae_folder,
     write_tokens,
 )
-from tests.faults.harness import FaultStack, second_export, start_fault_stack
+from tests.faults.harness import (
+    LEASE_SECONDS,
+    FaultStack,
+    exports_at,
+    second_export,
+    start_fault_stack,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +179,110 @@ def test_a_second_export_service_adopts_a_running_job_only_after_its_holder_cras
         second.stop()
         if stack.export.process is None or stack.export.process.poll() is not None:
             stack.export.start()
+
+
+def states_everywhere(
+    stack: FaultStack, job_id: str, *instances: egrpc.ExportServiceStub
+) -> set[int]:
+    """The job's state as Get and List on each instance, and the database, tell it."""
+    states = {stack.records().GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job.state}
+    for exports in instances:
+        states.add(
+            exports.GetExport(epb.GetExportRequest(job_id=job_id), timeout=30).job.progress.state
+        )
+        listed = exports.ListExports(epb.ListExportsRequest(page_size=100), timeout=30).jobs
+        states.update(j.state for j in listed if j.job_id == job_id)
+    return states
+
+
+def computation_state(stack: FaultStack, job_id: str) -> int:
+    """The state of the export's (first) dashboard computation in the compute service."""
+    compute = cgrpc.ComputeServiceStub(grpc.insecure_channel(f"127.0.0.1:{stack.compute.port}"))
+    request = cpb.GetComputationRequest(job_id=job_id_for(f"{job_id}/dashboards/0"))
+    return compute.GetComputation(request, timeout=30).computation.progress.state
+
+
+def test_a_cancel_sent_to_an_instance_that_does_not_hold_the_job_stops_the_holders_run(
+    stack: FaultStack, tmp_path: Path
+) -> None:
+    second = second_export(stack, tmp_path)
+    # Enough rows that the activation pass is still under way when the cancel lands.
+    many = token_source(write_tokens(tmp_path / "many.npy", rows=4096, seed=12))
+    try:
+        elsewhere = exports_at(second.port)
+        job_id = next(start(stack, many)).progress.job_id
+        watched = iter(elsewhere.WatchExport(epb.WatchExportRequest(job_id=job_id), timeout=300))
+        # The instance that does not run the job follows its record: the watch sees it move.
+        reached = next(m for m in watched if m.progress.stage == ppb.STAGE_ACTIVATION_PASS)
+        assert reached.progress.state == ppb.JOB_STATE_RUNNING
+        assert holder_of(stack, job_id) == instance_id(stack.export.env["MISTUDIO_EXPORT_DATA_DIR"])
+        cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
+        assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED
+        assert [m.progress.state for m in watched][-1] == ppb.JOB_STATE_CANCELLED
+        deadline = time.monotonic() + 30
+        while (state := computation_state(stack, job_id)) != ppb.JOB_STATE_CANCELLED:
+            assert time.monotonic() < deadline, f"the computation is {ppb.JobState.Name(state)}"
+            time.sleep(0.5)
+        time.sleep(2 * LEASE_SECONDS)  # a holder that ran on would have written by now
+        assert states_everywhere(stack, job_id, stack.exports(), elsewhere) == {
+            ppb.JOB_STATE_CANCELLED
+        }
+    finally:
+        second.stop()
+
+
+def test_an_instance_that_does_not_hold_a_crashed_holders_job_cancels_it_and_its_computation(
+    stack: FaultStack, tmp_path: Path
+) -> None:
+    second = second_export(stack, tmp_path)
+    many = token_source(write_tokens(tmp_path / "many.npy", rows=4096, seed=13))
+    try:
+        elsewhere = exports_at(second.port)
+        stream = start(stack, many)
+        job_id = next(stream).progress.job_id
+        next(m for m in stream if m.progress.stage == ppb.STAGE_ACTIVATION_PASS)
+        request = spb.GetExportJobRequest(job_id=job_id)
+        named = stack.records().GetExportJob(request, timeout=30).job.resume.compute
+        assert named.computation_id == job_id_for(f"{job_id}/dashboards/0")
+        stack.export.kill()  # the holder dies while compute runs its computation
+        cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
+        assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED
+        deadline = time.monotonic() + 30
+        while (state := computation_state(stack, job_id)) != ppb.JOB_STATE_CANCELLED:
+            assert time.monotonic() < deadline, f"the computation is {ppb.JobState.Name(state)}"
+            time.sleep(0.5)
+        assert states_everywhere(stack, job_id, elsewhere) == {ppb.JOB_STATE_CANCELLED}
+    finally:
+        second.stop()
+        if stack.export.process is None or stack.export.process.poll() is not None:
+            stack.export.start()
+
+
+def test_a_pause_sent_to_an_instance_that_does_not_hold_the_job_keeps_its_checkpoint(
+    stack: FaultStack, tokens: tpb.TokenSource, uninterrupted: str, tmp_path: Path
+) -> None:
+    second = second_export(stack, tmp_path)
+    try:
+        elsewhere = exports_at(second.port)
+        stream = start(stack, tokens)
+        job_id = next(stream).progress.job_id
+        next(m for m in stream if m.progress.stage == ppb.STAGE_ACTIVATION_PASS)
+        paused = elsewhere.PauseExport(epb.PauseExportRequest(job_id=job_id), timeout=60)
+        assert paused.job.progress.state == ppb.JOB_STATE_PAUSED
+        assert next(
+            m for m in stream if m.progress.state != ppb.JOB_STATE_RUNNING
+        ).progress.state == (ppb.JOB_STATE_PAUSED)
+        assert states_everywhere(stack, job_id, stack.exports(), elsewhere) == {
+            ppb.JOB_STATE_PAUSED
+        }
+        elsewhere.ResumeExport(epb.ResumeExportRequest(job_id=job_id), timeout=60)
+        view = stack.finished(job_id, via=second.port)
+        assert view.progress.state == ppb.JOB_STATE_SUCCEEDED, view.progress.error
+        assert view.result.archive_sha256 == uninterrupted
+        # The first instance's stream follows the job the second one finished.
+        assert [m.progress.state for m in stream][-1] == ppb.JOB_STATE_SUCCEEDED
+        assert states_everywhere(stack, job_id, stack.exports(), elsewhere) == {
+            ppb.JOB_STATE_SUCCEEDED
+        }
+    finally:
+        second.stop()

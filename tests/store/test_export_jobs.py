@@ -228,6 +228,33 @@ def test_list_is_newest_first_with_filters_and_pages(stub: StoreServiceStub, sae
     assert listed(states=[ppb.JOB_STATE_QUEUED], owner="o1") == [ids[3]]
 
 
+def finish(stub: StoreServiceStub, job_id: str, seconds: int) -> None:
+    """Ends the job with finished_at ``seconds`` since the epoch."""
+    ended = pb.ExportJob(job_id=job_id, state=ppb.JOB_STATE_SUCCEEDED)
+    ended.finished_at.FromSeconds(seconds)
+    mask = ["state", "finished_at"]
+    stub.UpdateExportJob(pb.UpdateExportJobRequest(job=ended, update_mask=mask))
+
+
+def test_list_finished_before_returns_only_jobs_that_ended_before_then(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    ids = [create(stub, sae_id=sae_id).job.job_id for _ in range(4)]
+    finish(stub, ids[0], 1_000)
+    finish(stub, ids[1], 2_000)
+    finish(stub, ids[2], 3_000)  # ids[3] never finished
+    request = pb.ListExportJobsRequest(page_size=1)
+    request.finished_before.FromSeconds(3_000)
+    found: list[str] = []
+    while True:
+        page = stub.ListExportJobs(request)
+        found += [j.job_id for j in page.jobs]
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    assert found == [ids[1], ids[0]]
+
+
 def test_unspecified_state_filter_is_invalid_argument(stub: StoreServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ListExportJobs(pb.ListExportJobsRequest(states=[ppb.JOB_STATE_UNSPECIFIED]))
@@ -306,4 +333,54 @@ def test_the_lease_is_not_written_through_update(stub: StoreServiceStub, sae_id:
                 job=pb.ExportJob(job_id=job_id, holder="sneaky"), update_mask=["holder"]
             )
         )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def request_stop(stub: StoreServiceStub, job_id: str, state: int) -> pb.ExportJob:
+    job = pb.ExportJob(job_id=job_id, requested_state=state)  # type: ignore[arg-type]
+    request = pb.UpdateExportJobRequest(job=job, update_mask=["requested_state"])
+    return stub.UpdateExportJob(request).job
+
+
+def test_a_stop_requested_of_a_held_job_reaches_its_holder_and_a_cancel_overrides_a_pause(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job_id = create(stub, sae_id=sae_id, state=ppb.JOB_STATE_RUNNING).job.job_id
+    assert claim(stub, job_id, "holder", 60)
+    assert request_stop(stub, job_id, ppb.JOB_STATE_CANCELLED).requested_state == (
+        ppb.JOB_STATE_CANCELLED
+    )
+    assert request_stop(stub, job_id, ppb.JOB_STATE_PAUSED).requested_state == (
+        ppb.JOB_STATE_CANCELLED
+    )
+    renewed = stub.ClaimExportJob(
+        pb.ClaimExportJobRequest(job_id=job_id, holder="holder", lease_seconds=60)
+    )
+    assert renewed.claimed and renewed.job.requested_state == ppb.JOB_STATE_CANCELLED
+
+
+def test_recording_the_state_a_stop_asked_for_clears_the_request(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job_id = create(stub, sae_id=sae_id, state=ppb.JOB_STATE_RUNNING).job.job_id
+    request_stop(stub, job_id, ppb.JOB_STATE_PAUSED)
+    running = pb.ExportJob(job_id=job_id, state=ppb.JOB_STATE_RUNNING)
+    still = stub.UpdateExportJob(pb.UpdateExportJobRequest(job=running, update_mask=["state"]))
+    assert still.job.requested_state == ppb.JOB_STATE_PAUSED  # progress leaves it for the holder
+    paused = pb.ExportJob(job_id=job_id, state=ppb.JOB_STATE_PAUSED)
+    done = stub.UpdateExportJob(pb.UpdateExportJobRequest(job=paused, update_mask=["state"]))
+    assert done.job.requested_state == ppb.JOB_STATE_UNSPECIFIED
+
+
+def test_a_stop_cannot_be_requested_of_a_job_that_stopped_already(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    job_id = create(stub, sae_id=sae_id, state=ppb.JOB_STATE_PAUSED).job.job_id
+    with pytest.raises(grpc.RpcError) as caught:
+        request_stop(stub, job_id, ppb.JOB_STATE_CANCELLED)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is paused; only a queued or running job" in (caught.value.details() or "")
+    running = create(stub, sae_id=sae_id, state=ppb.JOB_STATE_RUNNING).job.job_id
+    with pytest.raises(grpc.RpcError) as caught:
+        request_stop(stub, running, ppb.JOB_STATE_SUCCEEDED)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -97,7 +97,7 @@ def test_migrating_untyped_job_state_keeps_config_resume_state_result_and_hashes
         assert job.config.batch_size == 8 and job.config.dashboard.n_top_examples == 20
         assert row.config == {"batch_size": 8, "dashboard": {"n_top_examples": 20}}
         assert job.resume.compute.attempt == 2
-        assert job.resume.compute.paused_computation_id == "c1"
+        assert job.resume.compute.computation_id == "c1"
         assert job.resume.collect.chunks_done == 3
         assert list(job.resume.formats.done) == ["prd_json"]
         assert job.outcome.result.output_uri == "exports/j/x.zip"

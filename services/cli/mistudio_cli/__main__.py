@@ -1,7 +1,5 @@
 """`python -m mistudio_cli` is the same as `mistudio-export`."""
 
-import sys
+from mistudio_cli.main import run
 
-from mistudio_cli.main import main
-
-sys.exit(main())
+run()

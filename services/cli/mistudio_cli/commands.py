@@ -17,6 +17,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common import stages
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_common.uploaded_inputs import SCHEME
@@ -91,13 +92,14 @@ def register_local_sae(
         architecture=ARCHITECTURES.get(info.architecture, spb.ARCHITECTURE_UNSPECIFIED),
         weights_uri=location,
         neuronpedia_source_set=args.source_set,
+        owner=args.owner,
     )
     if not remote:
         _fill_training_info(sae, path)
     try:
         _call(store.CreateSae, spb.CreateSaeRequest(sae=sae))
     except AlreadyExists:
-        existing = _call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae
+        existing = _call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id, owner=args.owner)).sae
         if existing.weights_uri != sae.weights_uri:
             raise InvalidArgument(
                 f"SAE id {sae_id!r} is already registered for {existing.weights_uri}",
@@ -128,24 +130,30 @@ def _fill_training_info(sae: spb.Sae, path: Path) -> None:
         return
 
 
-def store_annotations(services: Services, sae_id: str, notes: Annotations) -> None:
-    """Labels and explanations, each batch all-or-nothing; given again, they update, never
-    duplicate (the store matches explanations by feature, method, model and text)."""
+def store_annotations(services: Services, sae_id: str, notes: Annotations, owner: str) -> None:
+    """Labels and explanations of ``owner``'s SAE (empty: the caller's), each batch
+    all-or-nothing; given again, they update, never duplicate (the store matches explanations by
+    feature, method, model and text)."""
     if not (notes.labels or notes.explanations):
         return  # nothing to store: a run through --export-address alone needs no store
     store, _ = services.require_store_and_compute()
-    store_labels(store, sae_id, notes)
+    store_labels(store, sae_id, notes, owner)
     if notes.explanations:
         explanations = [e for _, e in notes.explanations]
-        add = spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations)
+        add = spb.AddExplanationsRequest(sae_id=sae_id, explanations=explanations, owner=owner)
         _call(store.AddExplanations, add)
 
 
-def store_labels(store: sgrpc.StoreServiceStub, sae_id: str, notes: Annotations) -> None:
+def store_labels(
+    store: sgrpc.StoreServiceStub, sae_id: str, notes: Annotations, owner: str
+) -> None:
     """Labels and categories only: the features' statistics stay as stored."""
     if notes.labels:
         request = spb.UpsertFeaturesRequest(
-            sae_id=sae_id, features=list(notes.labels.values()), update_mask=list(LABEL_MASK)
+            sae_id=sae_id,
+            features=list(notes.labels.values()),
+            update_mask=list(LABEL_MASK),
+            owner=owner,
         )
         _call(store.UpsertFeatures, request)
 
@@ -164,8 +172,9 @@ def sae_of(services: Services, args: argparse.Namespace) -> str:
         sae_id = str(args.sae)
         if notes.labels or notes.explanations:
             store, _ = services.require_store_and_compute()
-            notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=sae_id)).sae.d_sae)
-    store_annotations(services, sae_id, notes)
+            request = spb.GetSaeRequest(sae_id=sae_id, owner=args.owner)
+            notes.check(_call(store.GetSae, request).sae.d_sae)
+    store_annotations(services, sae_id, notes, args.owner)
     return sae_id
 
 
@@ -290,7 +299,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         sae_id = sae_of(services, args)
         response: epb.ValidateExportResponse = _call(
             services.export.ValidateExport,
-            epb.ValidateExportRequest(sae_id=sae_id, config=export_config(args)),
+            epb.ValidateExportRequest(sae_id=sae_id, config=export_config(args), owner=args.owner),
         )
     estimate = response.estimate
     print(f"Estimate for {sae_id} (no job was created)")
@@ -299,6 +308,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         f"(to compute {estimate.features_to_compute}, cached {estimate.features_cached})"
     )
     print(f"  time:       ~{format_seconds(estimate.estimated_seconds)}")
+    for stage in estimate.stages:
+        print(f"    {stages.label(stage.stage):<30} ~{format_seconds(stage.seconds)}")
     print(f"  size:       ~{estimate.estimated_size_bytes / 1e6:.1f} MB")
     if estimate.features_to_compute:
         memory = estimate.estimated_peak_memory_bytes / 2**20
@@ -374,7 +385,7 @@ def cmd_labels(args: argparse.Namespace) -> int:
         raise InvalidArgument(error.message, field="FILE", fix=error.fix) from None
     with store_only(args) as store:
         notes.check(_call(store.GetSae, spb.GetSaeRequest(sae_id=args.sae_id)).sae.d_sae)
-        store_labels(store, args.sae_id, notes)
+        store_labels(store, args.sae_id, notes, owner="")
     print(f"set the labels and categories of {len(notes.labels)} features of {args.sae_id}")
     return 0
 

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         for name, address in services.stack.addresses.items():
             print(f"    {name:<8} {address}")
         sae_id = commands.register_local_sae(services, assets.sae_folder, cli_args, notes)
-        commands.store_annotations(services, sae_id, notes)
+        commands.store_annotations(services, sae_id, notes, owner="")
         print(f"3/3 export of SAE {sae_id!r}", flush=True)
         outcome = commands.run_export(services, _export_request(args, assets.token_file, sae_id))
     commands.print_result(outcome)

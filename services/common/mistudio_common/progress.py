@@ -37,6 +37,9 @@ class _StageClock:
     finished: float | None = None
     elapsed_before: float = 0.0
     """Seconds spent in this stage before a restart (restored from a checkpoint)."""
+    phase_from: float = 0.0
+    """The stage's elapsed seconds when its count last started over (a new total, or fewer
+    done: a stage that counts two kinds of items in turn); its own rate is measured since."""
 
 
 @dataclass
@@ -54,6 +57,9 @@ class ProgressTracker:
     _state: JobStateId = field(init=False, default=pb.JOB_STATE_QUEUED)
     _message: str = field(init=False, default="")
     _error: status_pb2.Status | None = field(init=False, default=None)
+    _fraction_shown: float = field(init=False, default=0.0)
+    """The largest overall fraction reported so far: a stage whose count starts over (reading,
+    then writing) or new weights never move a job's progress backwards."""
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -75,6 +81,7 @@ class ProgressTracker:
         """Continues a job after a restart: sequence numbers and finished stages carry over."""
         with self._lock:
             self._sequence = max(self._sequence, snapshot.sequence)
+            self._fraction_shown = max(self._fraction_shown, snapshot.fraction)
             by_stage = {s.stage: s for s in snapshot.stages}
             for clock in self._clocks:
                 previous = by_stage.get(clock.stage)
@@ -114,6 +121,8 @@ class ProgressTracker:
                 # Resumed after a pause or failure: the stopped span counts, the wait does not.
                 clock.elapsed_before += clock.finished - clock.started
                 clock.started, clock.finished = now, None
+            if clock.total and (total != clock.total or done < clock.done):
+                clock.phase_from = self._elapsed(clock, now)
             clock.state = pb.JOB_STATE_RUNNING
             clock.done, clock.total = done, total
             clock.unit = unit or clock.unit
@@ -181,10 +190,14 @@ class ProgressTracker:
             if fraction >= 1.0:
                 continue
             if fraction >= _OWN_RATE_FROM:
-                remaining += self._elapsed(clock, now) / fraction * (1.0 - fraction)
+                remaining += self._own_eta(clock, now, fraction)
             else:
                 remaining += weight * (1.0 - fraction) * per_weight
         return remaining
+
+    def _own_eta(self, clock: _StageClock, now: float, fraction: float) -> float:
+        """Seconds left of a stage under way at its own rate (since its count last began)."""
+        return (self._elapsed(clock, now) - clock.phase_from) / fraction * (1.0 - fraction)
 
     def _render(self, now: float) -> pb.Progress:
         self._sequence += 1
@@ -192,7 +205,7 @@ class ProgressTracker:
         for clock in self._clocks:
             fraction = self._stage_fraction(clock)
             elapsed = self._elapsed(clock, now)
-            eta = elapsed / fraction * (1.0 - fraction) if 0.0 < fraction < 1.0 else -1.0
+            eta = self._own_eta(clock, now, fraction) if 0.0 < fraction < 1.0 else -1.0
             stages.append(
                 pb.StageProgress(
                     stage=clock.stage,
@@ -209,6 +222,7 @@ class ProgressTracker:
         )
         elapsed_total = sum(self._elapsed(c, now) for c in self._clocks)
         eta_total = self._eta(now, overall, elapsed_total)
+        self._fraction_shown = max(self._fraction_shown, overall)
         current = self._clocks[self._current]
         return pb.Progress(
             job_id=self.job_id,
@@ -220,7 +234,7 @@ class ProgressTracker:
             items_done=current.done,
             items_total=current.total,
             unit=current.unit,
-            fraction=1.0 if self._state == pb.JOB_STATE_SUCCEEDED else overall,
+            fraction=1.0 if self._state == pb.JOB_STATE_SUCCEEDED else self._fraction_shown,
             elapsed_seconds=elapsed_total,
             eta_seconds=0.0 if self._state in TERMINAL_STATES else eta_total,
             message=self._message,
@@ -245,6 +259,13 @@ class JobChannel(Generic[M]):
         self._is_terminal = is_terminal
         self._condition = threading.Condition()
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._threads_watching = 0
+
+    @property
+    def watched(self) -> bool:
+        """Whether anyone watches now (a job run elsewhere is followed only while watched)."""
+        with self._condition:
+            return self._threads_watching > 0 or bool(self._async_waiters)
 
     def publish(self, message: M) -> None:
         with self._condition:
@@ -264,17 +285,23 @@ class JobChannel(Generic[M]):
         self, still_wanted: Callable[[], bool] = lambda: True, poll_seconds: float = 0.5
     ) -> Iterator[M]:
         """Yields messages until a terminal one, or until ``still_wanted()`` turns false."""
-        seen = -1
-        while True:
+        with self._condition:
+            self._threads_watching += 1
+        try:
+            seen = -1
+            while True:
+                with self._condition:
+                    while self._version == seen:
+                        self._condition.wait(timeout=poll_seconds)
+                        if self._version == seen and not still_wanted():
+                            return
+                    seen, message = self._version, self._latest
+                yield message
+                if self._is_terminal(message):
+                    return
+        finally:
             with self._condition:
-                while self._version == seen:
-                    self._condition.wait(timeout=poll_seconds)
-                    if self._version == seen and not still_wanted():
-                        return
-                seen, message = self._version, self._latest
-            yield message
-            if self._is_terminal(message):
-                return
+                self._threads_watching -= 1
 
     async def watch_async(
         self, still_wanted: Callable[[], bool] = lambda: True, poll_seconds: float = 2.0

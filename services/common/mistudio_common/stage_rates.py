@@ -1,11 +1,13 @@
 """What each stage of a job costs, from the work that drives it, fitted from finished jobs.
 
-A stage's seconds are its rate times its cost driver. The activation pass runs every token
-through the encoder's columns of the features it computes (tokens × d_in × features); the stages
-after it handle each feature's shown examples (features × example tokens: finalisation builds
-them, and they are what sizes the bytes written, validated and packed); checking a request is a
-fixed cost. A rate is fitted from the stage times of finished jobs; until a stage has been
-measured, its prior stands in (the bench's stage times at 16,384 features, issue 14).
+A stage's seconds are its rate times its cost driver. The activation pass runs the model to
+the hook and updates every feature's state at every token (tokens × (features + the per-token
+work in features' worth): on the bench the encoder's matmul is 2% of the pass, 0.64 s of 30 s,
+so d_in does not drive it); the stages after it handle each feature's
+shown examples (features × example tokens: finalisation builds them, and they are what sizes the
+bytes written, validated and packed); checking a request is a fixed cost. A rate is fitted from
+the stage times of finished jobs; until a stage has been measured, its prior stands in (the
+bench's stage times, ``BENCH_SECONDS``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ class JobSize:
 
     tokens: int
     """Token positions the activation pass reads."""
-    d_in: int
-    """Width of the hook activations the encoder multiplies."""
     features: int
     """Features computed (or written, for the file stages)."""
     example_tokens: int
@@ -48,28 +48,40 @@ def example_tokens(params: dpb.DashboardParams) -> int:
 def cost_units(stage: StageId, size: JobSize) -> float:
     """The cost driver of ``stage`` for a job of ``size``: its seconds are proportional to it."""
     if stage == ppb.STAGE_ACTIVATION_PASS:
-        return float(size.tokens) * size.d_in * size.features
+        return float(size.tokens) * (size.features + PASS_TOKEN_WORK_IN_FEATURES)
     if stage == ppb.STAGE_VALIDATING:
         return 1.0
     return float(size.features) * size.example_tokens
 
 
-_BENCH_FEATURE_EXAMPLES = 16_384 * 45 * 25  # default params: 45 examples of 25 tokens
-PRIOR_SECONDS_PER_UNIT: dict[StageId, float] = {
-    ppb.STAGE_VALIDATING: 1.0,
-    ppb.STAGE_ACTIVATION_PASS: 42.0 / (262_144 * 64 * 16_384),
-    ppb.STAGE_LOADING_EXAMPLES: 14.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_LOGIT_LENS: 18.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_HISTOGRAMS: 14.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_TOKEN_AGGREGATION: 12.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_CACHING: 8.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_GENERATING_FILES: 59.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_VALIDATING_OUTPUT: 35.0 / _BENCH_FEATURE_EXAMPLES,
-    ppb.STAGE_CREATING_ARCHIVE: 13.0 / _BENCH_FEATURE_EXAMPLES,
+PASS_TOKEN_WORK_IN_FEATURES = 2_200
+"""The pass's work per token that does not grow with the features (the model's forward to the
+hook, the batch's bookkeeping), in features' worth: on the bench the pass's CPU seconds grow
+2.96-fold from 4,096 to 16,384 features (39.8 to 117.7 s), a + 4,096 b to a + 16,384 b with
+a ≈ 2,200 b."""
+BENCH_SIZE = JobSize(tokens=262_144, features=4_096, example_tokens=45 * 25)
+"""The bench's default export the priors come from: stories260K, 2,048 rows of 128 tokens, a
+4,096-feature SAE, 20 top and 5 × 5 quantile examples of 16 + 1 + 8 tokens."""
+BENCH_SECONDS: dict[StageId, float] = {
+    ppb.STAGE_VALIDATING: 0.1,
+    ppb.STAGE_ACTIVATION_PASS: 30.0,
+    ppb.STAGE_LOADING_EXAMPLES: 0.05,
+    ppb.STAGE_LOGIT_LENS: 8.3,
+    ppb.STAGE_HISTOGRAMS: 0.3,
+    ppb.STAGE_TOKEN_AGGREGATION: 0.05,
+    ppb.STAGE_CACHING: 0.2,
+    ppb.STAGE_GENERATING_FILES: 16.5,
+    ppb.STAGE_VALIDATING_OUTPUT: 5.7,
+    ppb.STAGE_CREATING_ARCHIVE: 10.6,
 }
-"""Seconds per cost unit before any job of this service has measured the stage (issue 14's
-stories260K bench, 262,144 tokens, d_in 64, 16,384 features; finalisation's 58 s split by the
-stage table's weights)."""
+"""Each stage's seconds in that export on the 2-core bench machine, idle (bench/results/
+partial-4096, commit 7345964). At 16,384 features the later stages grew 3.8-4.8-fold on the
+shared machine (CPU seconds where a stage runs in this process, wall time where it runs in
+child processes), within 20% of the 4-fold their driver predicts."""
+PRIOR_SECONDS_PER_UNIT: dict[StageId, float] = {
+    stage: seconds / cost_units(stage, BENCH_SIZE) for stage, seconds in BENCH_SECONDS.items()
+}
+"""Seconds per cost unit before any job of this service has measured the stage."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 
 from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
 from mistudio_compute.object_inputs import ObjectInputs
+from mistudio_compute.shard_objects import StateBucket
 
 _GIB = 1 << 30
 
@@ -51,6 +52,17 @@ class ComputeSettings(SecuritySettings):
     """GPUs each shard asks Ray for (fractions share a GPU)."""
     ray_task_retries: int = 3
     """Re-runs of a shard whose Ray worker died."""
+    ray_state_url: str = ""
+    """A bucket (s3://bucket?endpoint=host:port&secure=false, as object_store_url) where each
+    Ray shard task writes its finished state, under ray_state_prefix/<job id>/shards/, so a
+    restarted compute, or another replica with an empty data_dir, re-attaches to the shards
+    already done. Empty: the driver saves them under data_dir (this replica alone re-attaches)."""
+    ray_state_prefix: str = "computations"
+    """Key prefix of the shard states in that bucket."""
+    ray_state_access_key: str = ""
+    """A key that may read, write, list and delete under that prefix (and create the bucket
+    when it is missing). Ray workers receive it with each shard task."""
+    ray_state_secret_key: SecretStr = SecretStr("")
     finished_job_retention_seconds: float = 86400.0
     """Finished computations' folders under data_dir/compute/jobs are removed after this long
     (their dashboards stay cached in the store)."""
@@ -85,6 +97,17 @@ class ComputeSettings(SecuritySettings):
         if self.memory_budget_bytes:
             return self.memory_budget_bytes
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+
+    def ray_state_bucket(self) -> StateBucket | None:
+        """Where Ray shard states are kept for every replica; None: on this replica's disk."""
+        if not (self.ray_address and self.ray_state_url):
+            return None
+        return StateBucket(
+            parse_s3_url(self.ray_state_url, "ray_state_url"),
+            self.ray_state_prefix,
+            self.ray_state_access_key,
+            self.ray_state_secret_key.get_secret_value(),
+        )
 
     def input_policy(self) -> InputPolicy:
         """Which files requests may open (``mistudio_compute.input_files``)."""

@@ -47,7 +47,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 class JobRecords:
     """The compute jobs' JobStore: per-job files under ``root`` (``data_dir/compute/jobs``).
-    One compute service owns its disk, so every claim is granted."""
+    One compute service owns its disk, so it needs no leases."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -118,9 +118,6 @@ class JobRecords:
             if record.state in (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING):
                 yield record
 
-    def claim(self, job_id: str, holder: str, lease_seconds: float) -> bool:
-        return True
-
     def checkpoint_dir(self, job_id: str) -> Path:
         return self._dir(job_id) / _CHECKPOINT
 
@@ -128,9 +125,15 @@ class JobRecords:
         """A finished job cannot resume, so its checkpoint is only disk use."""
         shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
 
-    def finished(self, job_id: str) -> bool:
-        """Whether the job's last recorded progress is terminal (its folder may then go)."""
-        try:
-            return self.load(job_id).state in TERMINAL_STATES
-        except NotFound:
-            return False
+    def ended_before(self, cutoff: float) -> Iterator[str]:
+        """Jobs whose last record is an end state written before ``cutoff`` (epoch seconds)."""
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                ended = self.load(folder.name).state in TERMINAL_STATES
+                if ended and (folder / _PROGRESS).stat().st_mtime < cutoff:
+                    yield folder.name
+            except (OSError, NotFound):
+                continue  # unreadable or removed meanwhile: nothing to judge its age by
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self._dir(job_id), ignore_errors=True)

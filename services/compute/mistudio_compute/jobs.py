@@ -24,10 +24,10 @@ from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.dashboard_options import computation_stages
-from mistudio_common.errors import NotFound, Unavailable
+from mistudio_common.errors import MistudioError, NotFound, Unavailable
 from mistudio_common.jobs.control import JobControl
 from mistudio_common.jobs.engine import JobEngine
-from mistudio_common.jobs.kind import Snapshot, first_progress
+from mistudio_common.jobs.kind import Retention, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.retry import Patience
@@ -35,6 +35,7 @@ from mistudio_common.stage_rates import JobSize, RateFile, stage_times
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
+from mistudio_compute.dashboards.shard_states import ShardStore
 from mistudio_compute.job_records import ComputeRecord, JobRecords
 from mistudio_compute.store_client import StoreClient
 
@@ -70,6 +71,9 @@ class RunHooks:
     checkpoint_dir: Path
     on_finalised: Callable[[Sequence[dpb.FeatureDashboard]], None]
     """Receives dashboards as soon as they are final, to be cached in the store."""
+    shard_states: ShardStore | None = None
+    """Where Ray shards' states are kept when every replica should find them (None: beside
+    the checkpoint)."""
 
 
 class PreparedComputation(Protocol):
@@ -146,8 +150,12 @@ class ComputeJobManager:
         self._preparer = preparer
         self._store = store
         self._patience = Patience(settings.fault_patience_seconds)
+        self._state_bucket = settings.ray_state_bucket()
+        retention = Retention(
+            settings.finished_job_retention_seconds, settings.retention_sweep_seconds
+        )
         self._engine: JobEngine[jpb.ComputationCheckpoint, cpb.ComputeResult] = JobEngine(
-            self.records, self, patience=self._patience
+            self.records, self, patience=self._patience, retention=retention
         )
         self._lock = threading.Lock()
         self._starting: dict[str, threading.Lock] = {}
@@ -219,8 +227,23 @@ class ComputeJobManager:
         state: ppb.JobState.ValueType,
         checkpoint: jpb.ComputationCheckpoint,
     ) -> None:
-        """A finished computation cannot resume, so its checkpoint folder is only disk use."""
+        """A finished computation cannot resume, so its checkpoint folder (and shard states
+        in the state bucket) are only storage use."""
         self.records.drop_checkpoint(job_id)
+        if self._state_bucket is not None:
+            kept = self._state_bucket.computation(job_id)
+            try:
+                kept.clear()
+            except MistudioError as error:
+                log.warning("shard states of %s stay in %s: %s", job_id, kept, error)
+
+    def expire(self, job_id: str) -> None:
+        """Past the retention only the dashboards cached in the store stay."""
+        self.records.remove(job_id)
+
+    def expire_finished(self, now: float | None = None) -> list[str]:
+        """One retention pass (the engine runs one every ``retention_sweep_seconds``)."""
+        return self._engine.expire_finished(now)
 
     def run(self, job: RunningComputation, prepared: PreparedComputation) -> cpb.ComputeResult:
         started = time.monotonic()
@@ -242,6 +265,11 @@ class ComputeJobManager:
                 interrupt=job.control,
                 checkpoint_dir=self.records.checkpoint_dir(job.job_id),
                 on_finalised=sink.add,
+                shard_states=(
+                    None
+                    if self._state_bucket is None
+                    else self._state_bucket.computation(job.job_id)
+                ),
             )
             stats = prepared.run(todo, hooks) if todo else None
             job.report(ppb.STAGE_CACHING, sink.written, len(todo), "features")

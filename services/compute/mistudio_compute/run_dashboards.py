@@ -27,6 +27,7 @@ from mistudio_compute.dashboards import (
     compute_dashboards,
 )
 from mistudio_compute.dashboards.distributed import RayCluster, Sharding
+from mistudio_compute.dashboards.shard_states import ShardStore
 from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel
 from mistudio_compute.sae_source import ResolvedSae
@@ -67,9 +68,7 @@ class PreparedDashboards:
         return run_dashboards(self, features, hooks)
 
     def size(self, features: int) -> JobSize:
-        return JobSize(
-            self.dataset.n_tokens, self.resolved.sae.d_in, features, example_tokens(self.params)
-        )
+        return JobSize(self.dataset.n_tokens, features, example_tokens(self.params))
 
 
 class StageReporter:
@@ -129,7 +128,11 @@ def run_dashboards(
         cancel=hooks.interrupt,
         memory_budget=prepared.memory_budget,
         on_pass=lambda passed: batch_sizes.append(passed.batch_size),
-        ray=None if prepared.sharding is None else _ray_cluster(prepared, prepared.sharding),
+        ray=(
+            None
+            if prepared.sharding is None
+            else _ray_cluster(prepared, prepared.sharding, hooks.shard_states)
+        ),
     )
     for chunk in chunks:
         hooks.on_finalised(chunk)
@@ -141,7 +144,9 @@ def run_dashboards(
     )
 
 
-def _ray_cluster(prepared: PreparedDashboards, sharding: Sharding) -> RayCluster:
+def _ray_cluster(
+    prepared: PreparedDashboards, sharding: Sharding, states: ShardStore | None
+) -> RayCluster:
     """Each Ray worker builds its own inputs (the local model lock guards this process only)."""
     make_inputs = functools.partial(
         dashboard_inputs,
@@ -150,7 +155,7 @@ def _ray_cluster(prepared: PreparedDashboards, sharding: Sharding) -> RayCluster
         prepared.resolved.hook_point,
         DatasetTokens(prepared.dataset),
     )
-    return RayCluster(make_inputs, sharding)
+    return RayCluster(make_inputs, sharding, states)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

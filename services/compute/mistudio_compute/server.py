@@ -7,17 +7,14 @@ address and serves until a signal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mistudio.compute.v1 import compute_service_pb2, compute_service_pb2_grpc
 from mistudio_common.auth import load_credentials
 from mistudio_common.dependencies import DependencyMonitor, peer
-from mistudio_common.retention import FolderSweeper
 from mistudio_common.retry import PeerWait
 from mistudio_common.server import RunningServer, ServiceRegistration, create_server
 
 from mistudio_compute.config import ComputeSettings
-from mistudio_compute.job_records import JobRecords
 from mistudio_compute.jobs import ComputeJobManager
 from mistudio_compute.planning import ModelLoader, Planner
 from mistudio_compute.servicer import ComputeServicer
@@ -43,17 +40,6 @@ class ComputeServer(RunningServer):
         self.health.enter_graceful_shutdown()
         self.manager.shutdown()
         super().stop(grace_seconds)
-
-
-def compute_sweeper(settings: ComputeSettings) -> FolderSweeper:
-    """Removes finished computations' folders after the retention time."""
-    records = JobRecords(Path(settings.data_dir) / "compute" / "jobs")
-    return FolderSweeper(
-        records.root,
-        settings.finished_job_retention_seconds,
-        records.finished,
-        settings.retention_sweep_seconds,
-    )
 
 
 def build_compute_server(
@@ -83,8 +69,6 @@ def build_compute_server(
         max_workers=settings.max_workers,
     )
     manager.resume_unfinished()
-    sweeper = compute_sweeper(settings)
-    sweeper.start()
     monitor = DependencyMonitor(
         running.health,
         [SERVICE_NAME],
@@ -96,6 +80,6 @@ def build_compute_server(
         server=running.server,
         port=running.port,
         health=running.health,
-        on_stop=[monitor.stop, store.close, sweeper.stop],
+        on_stop=[monitor.stop, store.close],
         manager=manager,
     )

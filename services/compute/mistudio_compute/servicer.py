@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.auth import current_caller
@@ -84,10 +85,11 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         )
         tokens = plan.dataset.n_tokens
         features = request.feature_count or plan.d_sae
-        size = JobSize(tokens, plan.d_in, features, example_tokens(plan.params))
+        size = JobSize(tokens, features, example_tokens(plan.params))
         stages, rates = job_stages(plan.params), self._manager.rates.rates()
+        predicted = rates.predict(stages, size)
         return cpb.EstimateComputationResponse(
-            estimated_seconds=sum(rates.predict(stages, size)),
+            estimated_seconds=sum(predicted),
             estimated_tokens=tokens,
             rate_source="measured" if rates.all_measured(stages) else "default",
             params=plan.params,
@@ -96,6 +98,10 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
             prepend_bos=plan.dataset.prepend_bos,
             n_layers=plan.n_layers,
             estimated_peak_memory_bytes=plan.peak_memory_bytes,
+            stages=[
+                ppb.StageEstimate(stage=stage, seconds=seconds)
+                for stage, seconds in zip(stages, predicted, strict=True)
+            ],
         )
 
     @handle_errors

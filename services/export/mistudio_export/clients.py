@@ -136,14 +136,18 @@ class StoreClient:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return call_peer(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
 
-    def claim_job(self, job_id: str, holder: str, lease_seconds: float) -> bool:
-        """A lease call does not wait for a store that is down: a claim answered after the
-        lease it asks for would be void, so it fails at once and the next renewal retries."""
+    def claim_job(
+        self, job_id: str, holder: str, lease_seconds: float
+    ) -> tuple[bool, spb.ExportJob]:
+        """Whether ``holder`` holds the lease now, and the job after the claim. A lease call
+        does not wait for a store that is down: a claim answered after the lease it asks for
+        would be void, so it fails at once and the next renewal retries."""
         request = spb.ClaimExportJobRequest(
             job_id=job_id, holder=holder, lease_seconds=lease_seconds
         )
         timeout = max(1.0, lease_seconds / 3)
-        return call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout)).claimed
+        response = call_peer(lambda: self._stub.ClaimExportJob(request, timeout=timeout))
+        return response.claimed, response.job
 
     def delete_job(self, job_id: str) -> None:
         request = spb.DeleteExportJobRequest(job_id=job_id)
@@ -158,6 +162,7 @@ class StoreClient:
         owner: str = "",
         states: Sequence[ppb.JobState.ValueType] = (),
         sae_owner: str = "",
+        finished_before: Timestamp | None = None,
     ) -> spb.ListExportJobsResponse:
         request = spb.ListExportJobsRequest(
             page_size=page_size,
@@ -166,6 +171,7 @@ class StoreClient:
             owner=owner,
             states=states,
             sae_owner=sae_owner,
+            finished_before=finished_before,
         )
         return call_peer(lambda: self._stub.ListExportJobs(request, **self._unary))
 
@@ -179,6 +185,11 @@ class StoreClient:
             states=[ppb.JOB_STATE_SUCCEEDED],
         )
         return list(page.jobs)
+
+    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]:
+        """The newest ``limit`` succeeded exports of any SAE: what later estimates are fitted
+        over."""
+        return list(self.list_jobs(page_size=limit, states=[ppb.JOB_STATE_SUCCEEDED]).jobs)
 
     def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
         """Records the job archive's feature hashes, in requests of bounded size."""
@@ -208,11 +219,19 @@ class StoreClient:
         return {h.feature_index: h.content_hash for h in pages(fetch)}
 
     def all_jobs(
-        self, *, sae_id: str = "", states: Sequence[ppb.JobState.ValueType] = ()
+        self,
+        *,
+        sae_id: str = "",
+        states: Sequence[ppb.JobState.ValueType] = (),
+        finished_before: Timestamp | None = None,
     ) -> Iterator[spb.ExportJob]:
         def fetch(token: str) -> tuple[Sequence[spb.ExportJob], str]:
             page = self.list_jobs(
-                page_size=PAGE_SIZE, page_token=token, sae_id=sae_id, states=states
+                page_size=PAGE_SIZE,
+                page_token=token,
+                sae_id=sae_id,
+                states=states,
+                finished_before=finished_before,
             )
             return page.jobs, page.next_page_token
 
@@ -271,11 +290,10 @@ class ComputeClient:
         request = cpb.CancelComputationRequest(job_id=job_id)
         call_peer(lambda: self._stub.CancelComputation(request, **self._unary))
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
-        """Pauses a computation, keeping its checkpoint; returns the state it reached."""
+    def pause_computation(self, job_id: str) -> None:
+        """Pauses a computation, keeping its checkpoint."""
         request = cpb.PauseComputationRequest(job_id=job_id)
-        reply = call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
-        return reply.state
+        call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
 
     def validate_sae(
         self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
@@ -307,6 +325,7 @@ class ComputeClient:
             estimated_seconds=answer.estimated_seconds,
             estimated_peak_memory_bytes=int(answer.estimated_peak_memory_bytes),
             rate_source=answer.rate_source,
+            stage_seconds={s.stage: s.seconds for s in answer.stages},
         )
 
     def saelens_files(

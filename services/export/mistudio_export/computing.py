@@ -7,13 +7,14 @@ computation goes on there, or resumes from its own checkpoint, under the same re
 pause pauses the computation too, keeping its checkpoint, and the resumed export re-attaches
 to it by the same request id, which resumes it where it stopped. A cancel or a computation that
 ended in failure ends the attempt; the next run starts a new attempt that reuses whatever
-reached the cache.
+reached the cache. The checkpoint names the computation while it may still run, so a cancel
+carried out where no run follows it (a paused job, or one adopted from a crashed holder)
+cancels it too.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
@@ -21,7 +22,7 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common import stages
 from mistudio_common.errors import Cancelled, MistudioError, Unavailable
 from mistudio_common.grpc_errors import error_from_status
-from mistudio_common.jobs.control import JobStopped, StopReason
+from mistudio_common.jobs.control import StopReason
 from mistudio_common.stages import DASHBOARD_STAGES
 
 from mistudio_export.peers import DashboardComputer
@@ -58,25 +59,18 @@ def ensure_dashboards(
         return state.result
     attempt = state.attempt
     request = compute_request(job, indices, all_features=all_features, attempt=attempt)
-    followed = _Followed()
     try:
-        last = _follow(job, compute, request, followed)
+        last = _follow(job, compute, request)
     except _Ended as ended:
         # A computation that failed or was cancelled cannot be re-attached: the next run starts
         # a new attempt (which reuses whatever reached the cache).
         state.attempt = attempt + 1
-        state.ClearField("paused_computation_id")
+        state.ClearField("computation_id")
         raise ended.error from None
-    except JobStopped as stop:
-        # After a shutdown the computation goes on in the compute service, and after a pause it
-        # waits there with its checkpoint: the next run re-attaches to the same attempt.
-        if stop.reason is StopReason.PAUSE and followed.resumable:
-            state.paused_computation_id = followed.job_id
-        elif stop.reason is StopReason.CANCEL:
-            state.attempt = attempt + 1
-            state.ClearField("paused_computation_id")
-        raise
-    state.ClearField("paused_computation_id")
+    # A stop leaves the computation named in the checkpoint: after a shutdown it goes on in the
+    # compute service, after a pause it waits there, and the next run re-attaches to it; a
+    # cancel cancels it as the job ends (``release``), whichever instance carries it out.
+    state.ClearField("computation_id")
     state.result.CopyFrom(last.result)
     for stage in DASHBOARD_STAGES:
         if stage in job.plan.stages:
@@ -85,43 +79,32 @@ def ensure_dashboards(
     return state.result
 
 
-def release_paused(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> None:
-    """Cancels the computation a paused export left waiting, when that export is cancelled."""
-    paused = checkpoint.compute.paused_computation_id
-    if paused:
+def release(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> None:
+    """Cancels the computation a cancelled export's checkpoint names: one a pause left
+    waiting, or one still running for a holder that crashed."""
+    computation = checkpoint.compute.computation_id
+    if computation:
         try:
-            compute.cancel_computation(paused)
+            compute.cancel_computation(computation)
         except MistudioError as error:
-            log.warning("could not cancel paused computation %s: %s", paused, error)
-
-
-@dataclass
-class _Followed:
-    """What ``_follow`` learned about the computation it followed."""
-
-    job_id: str = ""
-    resumable: bool = False
-    """Paused (or pausing, or already finished) on our pause: the same request_id picks it up."""
+            log.warning("could not cancel computation %s: %s", computation, error)
 
 
 def _follow(
-    job: JobRuntime,
-    compute: DashboardComputer,
-    request: cpb.ComputeDashboardsRequest,
-    followed: _Followed,
+    job: JobRuntime, compute: DashboardComputer, request: cpb.ComputeDashboardsRequest
 ) -> cpb.ComputeProgress:
     stream = compute.compute_dashboards(request)
+    checkpoint = job.checkpoint.compute
 
     def interrupt() -> None:
-        reason = job.control.reason
-        try:
-            if followed.job_id and reason is StopReason.PAUSE:
-                state = compute.pause_computation(followed.job_id)
-                followed.resumable = state not in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED)
-            elif followed.job_id and reason is StopReason.CANCEL:
-                compute.cancel_computation(followed.job_id)
-        except MistudioError as error:
-            log.warning("could not %s computation %s: %s", reason, followed.job_id, error)
+        # A pause keeps the computation waiting with its checkpoint in the compute service;
+        # any other stop leaves it to run on, or to the cancel's ``release``.
+        computation = checkpoint.computation_id
+        if job.control.reason is StopReason.PAUSE and computation:
+            try:
+                compute.pause_computation(computation)
+            except MistudioError as error:
+                log.warning("could not pause computation %s: %s", computation, error)
         stream.detach()
 
     last: cpb.ComputeProgress | None = None
@@ -129,8 +112,9 @@ def _follow(
         try:
             for message in stream:
                 last = message
-                if not followed.job_id and message.progress.job_id:
-                    followed.job_id = message.progress.job_id
+                named = message.progress.job_id
+                if named and named != checkpoint.computation_id:
+                    _name(job, named)
                     if job.control.reason is not None:
                         interrupt()
                 _relay(job, message.progress)
@@ -168,6 +152,13 @@ def _follow(
         f"the progress stream of the computation stopped in state {ppb.JobState.Name(state)}",
         fix="the export re-attaches to the computation by itself",
     )
+
+
+def _name(job: JobRuntime, computation_id: str) -> None:
+    """Saves the computation's id in the checkpoint as soon as it is known, so that whoever
+    cancels the job (an instance that adopts it after a crash, too) cancels the computation."""
+    job.checkpoint.compute.computation_id = computation_id
+    job.persist()
 
 
 class _Ended(Exception):

@@ -61,14 +61,22 @@ class ExportSettings(SecuritySettings):
     upload_staging_retention_seconds: float = 3600.0
     """A staging folder (data_dir/uploads/upload-*) that no stream is writing is removed after
     this long (they are left only by a crash mid-upload; at start all of them go)."""
+    finished_job_retention_seconds: float = 0.0
+    """Finished exports (record, archive and staging) are removed this long after they ended;
+    0 keeps them until DeleteExport."""
     retention_sweep_seconds: float = 600.0
-    """How often leftover staging folders are looked for."""
+    """How often finished exports past their retention and leftover staging folders are looked
+    for."""
     control_wait_seconds: float = 30.0
     """How long Pause/CancelExport wait for the job to reach its next checkpoint."""
     lease_seconds: float = 30.0
     """How long this instance's hold on a running job lasts unless renewed (every third of it).
     Another export service on the same store adopts the job only after the lease ran out, so a
     crashed instance's jobs resume within this long."""
+    follow_seconds: float = 1.0
+    """How often the record of a job another instance runs is read for this instance's
+    WatchExport streams (one read per watched job, whatever the number of its watchers), and
+    for a Pause/CancelExport waiting for that instance to stop it."""
     fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
     """How long a running export waits out an unreachable store, compute service, database or
     object store (retrying with exponential backoff from its last checkpoint) before it fails."""

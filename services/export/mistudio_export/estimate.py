@@ -1,15 +1,18 @@
 """How long an export will take and how large its archive will be, from measured rates.
 
-Computation time comes from the compute service's own measured rates (EstimateComputation);
-each file stage's time (``stage_rates``: features × example tokens) and the bytes per feature come
-from the exports this service has finished, which record their measurements in their outcome and
-progress. Without any finished export the priors are used, and the estimate says so.
+The computation's stages come from the compute service's own measured rates
+(EstimateComputation, per stage); this service's own stages (``stage_rates``: checks a fixed
+cost, the file stages features × example tokens) and the bytes per feature come from the
+exports it has finished, which record their measurements in their outcome and progress. Without
+any finished export the priors are used, and the estimate says so. ValidateExport sums the
+per-stage prediction; a running export weighs its progress by it, so its ETA follows the same
+rates.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -24,6 +27,7 @@ from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_
 from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.peers import ComputationEstimate, EstimateRecords, TokenEstimates
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.presets import PRESETS
@@ -38,11 +42,18 @@ _BYTES_FIXED, _BYTES_PER_EXAMPLE_TOKEN, _BYTES_PER_LOGIT = 2_000.0, 40.0, 60.0
 _BYTES_PER_BIN, _BYTES_PER_TOP_TOKEN = 30.0, 80.0
 
 
+OWN_STAGES = (ppb.STAGE_VALIDATING, *FILE_STAGES)
+"""The stages this service times itself; the others are the computation's."""
+MEASURED_EXPORTS = 50
+"""How many of the newest finished exports the rates are fitted over."""
+
+
 @dataclass(frozen=True)
 class Rates:
     bytes_per_feature: float
-    files: StageRates
-    """Seconds per cost unit of each file stage (features × example tokens)."""
+    own: StageRates
+    """Seconds per cost unit of this service's own stages (checks: fixed; files: features ×
+    example tokens)."""
     measured: bool
 
 
@@ -60,8 +71,8 @@ def measurement(
 
 
 def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
-    """Median archive bytes per feature and the file stages' rates fitted over finished exports
-    that measured some features."""
+    """Median archive bytes per feature and this service's stage rates fitted over finished
+    exports that measured some features."""
     per_byte: list[float] = []
     times: list[StageTime] = []
     for job in jobs:
@@ -69,12 +80,60 @@ def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
         if not measured.features:
             continue
         per_byte.append(measured.neuronpedia_bytes / measured.features)
-        size = JobSize(0, 0, measured.features, measured.example_tokens)
-        times += [t for t in stage_times(job.progress, size) if t.stage in FILE_STAGES]
-    files = StageRates.fit(times)
+        size = JobSize(0, measured.features, measured.example_tokens)
+        times += [t for t in stage_times(job.progress, size) if t.stage in OWN_STAGES]
+    own = StageRates.fit(times)
     if not per_byte:
-        return Rates(DEFAULT_BYTES_PER_FEATURE, files, measured=False)
-    return Rates(statistics.median(per_byte), files, measured=files.all_measured(FILE_STAGES))
+        return Rates(DEFAULT_BYTES_PER_FEATURE, own, measured=False)
+    return Rates(statistics.median(per_byte), own, measured=own.all_measured(FILE_STAGES))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """How long each stage of an export of ``candidates`` would take, and what it would compute."""
+
+    stages: list[ppb.StageEstimate]
+    """The plan's stages in order, each with its predicted seconds."""
+    features_cached: int
+    computation: ComputationEstimate | None
+    """The compute service's estimate of the features to compute; None when all are cached."""
+    rates: Rates
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+
+def predict(
+    plan: ExportPlan,
+    candidates: Sequence[int],
+    store: EstimateRecords,
+    compute: TokenEstimates,
+) -> Prediction:
+    """Each stage of ``plan`` exporting ``candidates``: the computation's stages as the compute
+    service predicts them for the features not cached yet, this service's own from its rates."""
+    rates = rates_from(store.recent_finished_jobs(MEASURED_EXPORTS))
+    cached, computation = 0, None
+    if plan.neuronpedia and candidates:
+        assert plan.tokens is not None  # the plan's checks made sure
+        sae = plan.sae
+        params = token_facts(compute, sae, plan.tokens, plan.params).params
+        hashes = store.cached_hashes(sae.sae_id, params, sae.owner)
+        cached = sum(1 for i in candidates if i in hashes)
+        if cached < len(candidates):
+            computation = compute.estimate(sae, plan.tokens, len(candidates) - cached, plan.params)
+    computed = computation.stage_seconds if computation else {}
+    written = JobSize(0, len(candidates), example_tokens(plan.params))
+    stages = [
+        ppb.StageEstimate(
+            stage=stage,
+            seconds=rates.own.seconds(stage, written)
+            if stage in OWN_STAGES
+            else computed.get(stage, 0.0),
+        )
+        for stage in plan.stages
+    ]
+    return Prediction(stages, cached, computation, rates)
 
 
 def relative_size(params: dpb.DashboardParams, omitted: frozenset[Component]) -> float:
@@ -122,21 +181,30 @@ class ExportEstimator:
     ) -> epb.ValidateExportResponse:
         plan = self._planner.plan(request.sae_id, request.config, owner)
         warnings = [*plan.notes, *self._planner.check(plan)]
-        rates = rates_from(
-            self._store.list_jobs(page_size=50, states=[ppb.JOB_STATE_SUCCEEDED]).jobs
+        sae = plan.sae
+        candidates = (
+            candidate_indices(
+                plan.selection, sae.d_sae, lambda f: self._store.features(sae.sae_id, f, sae.owner)
+            )
+            if plan.neuronpedia
+            else []
         )
-        estimate = epb.ExportEstimate()
+        prediction = predict(plan, candidates, self._store, self._compute)
+        features = len(candidates)
+        estimate = epb.ExportEstimate(
+            estimated_seconds=prediction.seconds,
+            feature_count=features,
+            features_cached=prediction.features_cached,
+            features_to_compute=features - prediction.features_cached,
+            stages=prediction.stages,
+        )
         if plan.neuronpedia:
-            warnings += self._dashboards(plan, estimate)
-        features = estimate.feature_count
-        written = JobSize(0, 0, features, example_tokens(plan.params))
-        file_stages = [s for s in plan.stages if s in FILE_STAGES]
-        estimate.estimated_seconds += sum(rates.files.predict(file_stages, written))
+            warnings += self._dashboard_notes(plan, prediction, estimate)
         size = relative_size(plan.params, plan.omitted)
-        estimate.estimated_size_bytes = int(features * rates.bytes_per_feature * size)
+        estimate.estimated_size_bytes = int(features * prediction.rates.bytes_per_feature * size)
         if plan.saelens:
             estimate.estimated_size_bytes += saelens_bytes(plan.sae)
-        if not rates.measured:
+        if not prediction.rates.measured:
             warnings.append(
                 "no export has been measured yet: file generation and size use default rates"
             )
@@ -159,30 +227,19 @@ class ExportEstimator:
                 listed.warnings.extend(answer.warnings)
         return out
 
-    def _dashboards(self, plan: ExportPlan, estimate: epb.ExportEstimate) -> list[str]:
-        assert plan.tokens is not None  # check() made sure
-        sae = plan.sae
-        candidates = candidate_indices(
-            plan.selection, sae.d_sae, lambda f: self._store.features(sae.sae_id, f, sae.owner)
-        )
-        params = token_facts(self._compute, sae, plan.tokens, plan.params).params
-        cached = self._store.cached_hashes(sae.sae_id, params, sae.owner)
-        estimate.feature_count = len(candidates)
-        estimate.features_cached = sum(1 for i in candidates if i in cached)
-        estimate.features_to_compute = len(candidates) - estimate.features_cached
+    def _dashboard_notes(
+        self, plan: ExportPlan, prediction: Prediction, estimate: epb.ExportEstimate
+    ) -> list[str]:
         warnings = []
-        if not candidates:
+        if not estimate.feature_count:
             warnings.append("the feature selection matches no feature: the export would fail")
         if plan.selection.statistics.active:
             warnings.append(
                 "activation-frequency and max-activation filters apply after computing: "
                 "feature_count is an upper bound"
             )
-        if estimate.features_to_compute:
-            answer = self._compute.estimate(
-                sae, plan.tokens, estimate.features_to_compute, plan.params
-            )
-            estimate.estimated_seconds = answer.estimated_seconds
+        answer = prediction.computation
+        if answer is not None:
             estimate.estimated_peak_memory_bytes = answer.estimated_peak_memory_bytes
             warnings.append(
                 f"{estimate.features_to_compute} features have no cached dashboard and will be "

@@ -21,7 +21,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import NotFound
 from mistudio_common.jobs.engine import JobEngine
-from mistudio_common.jobs.kind import Leasing, Snapshot, first_progress
+from mistudio_common.jobs.kind import Leasing, Retention, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.retry import Patience
@@ -91,6 +91,18 @@ class _ExportKind:
         if state != ppb.JOB_STATE_FAILED:
             shutil.rmtree(self.staging(job_id), ignore_errors=True)
 
+    def expire(self, job_id: str) -> None:
+        """Removes a finished job's archive, staging and record (retention, or DeleteExport)."""
+        self._pipeline.discard(job_id)
+        shutil.rmtree(self.staging(job_id), ignore_errors=True)
+        self._store.delete_job(job_id)
+
+
+def retention_of(settings: ExportSettings) -> Retention | None:
+    """Finished exports are kept until deleted unless a retention time is set."""
+    seconds = settings.finished_job_retention_seconds
+    return Retention(seconds, settings.retention_sweep_seconds) if seconds > 0 else None
+
 
 def progress_message(snapshot: ExportSnapshot) -> epb.ExportProgress:
     message = epb.ExportProgress(progress=snapshot.progress)
@@ -115,14 +127,17 @@ class ExportJobManager:
         self._planner = planner
         self._pipeline = pipeline
         self._kind = _ExportKind(store, planner, pipeline, settings.data_dir / "export")
-        self._leasing = Leasing(instance_id or uuid.uuid4().hex, settings.lease_seconds)
+        jobs = StoreJobStore(store)
+        self._leasing = Leasing(instance_id or uuid.uuid4().hex, jobs, settings.lease_seconds)
         self._engine: JobEngine[jpb.ExportCheckpoint, jpb.ExportOutcome] = JobEngine(
-            StoreJobStore(store),
+            jobs,
             self._kind,
             patience=Patience(settings.fault_patience_seconds),
             persist_seconds=settings.progress_persist_seconds,
             max_running=max(1, settings.max_concurrent_jobs),
             leasing=self._leasing,
+            follow_seconds=settings.follow_seconds,
+            retention=retention_of(settings),
         )
 
     # -- starting and attaching ------------------------------------------------------------
@@ -206,10 +221,12 @@ class ExportJobManager:
         stored = self._store.get_job(job_id)
         if stored.state not in TERMINAL_STATES:
             self._engine.cancel(job_id, self._settings.control_wait_seconds)
-        self._pipeline.discard(job_id)
-        shutil.rmtree(self.staging_dir(job_id), ignore_errors=True)
-        self._store.delete_job(job_id)
+        self._kind.expire(job_id)
         self._engine.forget(job_id)
+
+    def expire_finished(self, now: float | None = None) -> list[str]:
+        """One retention pass (the engine runs one every ``retention_sweep_seconds``)."""
+        return self._engine.expire_finished(now)
 
     def resume_unfinished(self) -> None:
         """After a restart: continue every job left running that no live instance holds."""

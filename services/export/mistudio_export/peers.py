@@ -9,7 +9,7 @@ without servers and the adapters are tested once. Each protocol names only what 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +62,8 @@ class ComputationEstimate:
     estimated_peak_memory_bytes: int = 0
     rate_source: str = ""
     """Where the compute rate behind ``estimated_seconds`` came from."""
+    stage_seconds: Mapping[ppb.Stage.ValueType, float] = field(default_factory=dict)
+    """``estimated_seconds`` per stage of the computation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ class DashboardComputer(Protocol):
 
     def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> ComputationStream: ...
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType: ...
+    def pause_computation(self, job_id: str) -> None: ...
 
     def cancel_computation(self, job_id: str) -> None: ...
 
@@ -184,7 +186,18 @@ class ExportRecords(JobRecords, FeatureHashRecords, Protocol):
     def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]: ...
 
 
-class ExportStore(FeatureRecords, ExportRecords, Protocol):
+class EstimateRecords(Protocol):
+    """What an estimate reads from the store: which dashboards are cached, and what finished
+    exports measured."""
+
+    def cached_hashes(
+        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+    ) -> dict[int, str]: ...
+
+    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]: ...
+
+
+class ExportStore(FeatureRecords, ExportRecords, EstimateRecords, Protocol):
     """Everything the pipeline asks of the store once a job exists."""
 
 

@@ -27,7 +27,7 @@ from mistudio_export import checking, computing, delta
 from mistudio_export.collect import Collected, collect
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
-from mistudio_export.estimate import measurement, saelens_bytes
+from mistudio_export.estimate import measurement, predict, saelens_bytes
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
     Inputs,
@@ -93,8 +93,8 @@ class ExportPipeline:
         self._objects = objects
 
     def release(self, checkpoint: jpb.ExportCheckpoint) -> None:
-        """Frees what a paused job holds in other services, when it is cancelled."""
-        computing.release_paused(self._compute, checkpoint)
+        """Frees what a cancelled job still holds in other services (what its run did not)."""
+        computing.release(self._compute, checkpoint)
 
     def discard(self, job_id: str) -> None:
         """Deletes everything published for the job (its archive)."""
@@ -116,6 +116,8 @@ class ExportPipeline:
         collected, computed = Collected({}, 0), cpb.ComputeResult()
         if plan.neuronpedia:
             candidates = self._candidates(plan)
+            predicted = predict(plan, candidates, self._store, self._compute)
+            job.tracker.weigh([s.seconds for s in predicted.stages])  # ETA from measured rates
             everything = len(candidates) == plan.sae.d_sae
             computed = computing.ensure_dashboards(
                 job, self._compute, candidates, all_features=everything

@@ -176,13 +176,21 @@ def job_to_pb(row: ExportJobRow, sae_id: str, sae_owner: str) -> pb.ExportJob:
         updated_at=timestamp(row.updated_at),
         holder=row.holder,
         lease_expires_at=timestamp(row.lease_expires_at),
+        requested_state=requested_state(row),  # type: ignore[arg-type]
     )
+
+
+def requested_state(row: ExportJobRow) -> int:
+    """The pause or cancel asked of the job's holder; 0 (UNSPECIFIED) for none."""
+    return enum_value(progress_pb2.JobState, row.requested_state) if row.requested_state else 0
 
 
 def job_column_value(job: pb.ExportJob, field: str) -> Any:
     """The column value for one mutable ExportJob field (None where the message leaves it unset)."""
     if field == "state":
         return enum_name(progress_pb2.JobState, job.state)
+    if field == "requested_state":
+        return enum_name(progress_pb2.JobState, job.requested_state) if job.requested_state else ""
     if field in ("config", "error_details", "resume", "outcome", "progress"):
         if not job.HasField(field):  # type: ignore[arg-type]
             return {} if field == "config" else None

@@ -26,6 +26,10 @@ from mistudio_store.pagination import Page, scope_of
 
 MAX_LEASE_SECONDS = 3600.0
 """Longest lease one claim grants: a holder that stops renewing frees its jobs within this."""
+_STOPPABLE = frozenset({progress_pb2.JOB_STATE_QUEUED, progress_pb2.JOB_STATE_RUNNING})
+"""States a pause or cancel can be requested in (a request for the holder to act on)."""
+_REQUESTS = frozenset({progress_pb2.JOB_STATE_PAUSED, progress_pb2.JOB_STATE_CANCELLED})
+_CANCEL = convert.enum_name(progress_pb2.JobState, progress_pb2.JOB_STATE_CANCELLED)
 FINAL_STATES = frozenset({progress_pb2.JOB_STATE_SUCCEEDED, progress_pb2.JOB_STATE_CANCELLED})
 """States a job never leaves. FAILED is not one: a failed export may resume from its checkpoint."""
 
@@ -71,7 +75,8 @@ class ExportJobs(RepositoryBase):
             return convert.job_to_pb(row, sae_id, sae_owner)
 
     def update_export_job(self, job: pb.ExportJob, update_mask: Sequence[str]) -> pb.ExportJob:
-        """Writes only the masked fields. A succeeded or cancelled job cannot change state."""
+        """Writes only the masked fields. A succeeded or cancelled job cannot change state; a
+        stop is requested (``requested_state``) only of a queued or running job."""
         validation.job_id(job.job_id, "job.job_id")
         paths = validation.update_mask(update_mask)
         if "state" in paths:
@@ -88,8 +93,14 @@ class ExportJobs(RepositoryBase):
                     field="job.state",
                     fix="start a new job (with a new request_id) to run the export again",
                 )
+            if "requested_state" in paths:
+                _check_request(job, current)
+                if row.requested_state == _CANCEL:  # a cancel overrides a pause
+                    paths = [p for p in paths if p != "requested_state"]
             for path in paths:
                 setattr(row, path, convert.job_column_value(job, path))
+            if "state" in paths and job.state not in _STOPPABLE:
+                row.requested_state = ""  # the job stopped: nothing is left to ask of it
             if "progress" in paths:
                 stage = job.progress.stage if job.HasField("progress") else 0
                 row.stage = convert.enum_name(progress_pb2.Stage, stage)
@@ -147,13 +158,15 @@ class ExportJobs(RepositoryBase):
         owner: str = "",
         states: Sequence[int] = (),
         sae_owner: str = "",
+        finished_before: datetime | None = None,
     ) -> Page[pb.ExportJob]:
-        """Newest first; an empty filter matches everything (``sae_owner``: the SAE's owner)."""
+        """Newest first; an empty filter matches everything (``sae_owner``: the SAE's owner;
+        ``finished_before``: jobs that ended before then)."""
         if sae_id:
             validation.sae_id(sae_id)
         validation.job_states(states)
         wanted = sorted({convert.enum_name(progress_pb2.JobState, s) for s in states})
-        scope = scope_of("jobs", sae_id, owner, wanted, sae_owner)
+        scope = scope_of("jobs", sae_id, owner, wanted, sae_owner, finished_before)
         page = self._page(page_size, page_token, scope, (datetime, str))
         order = (ExportJobRow.created_at, ExportJobRow.job_id)
         query: Select[ExportJobRow, str, str] = select(
@@ -167,6 +180,8 @@ class ExportJobs(RepositoryBase):
             query = query.where(ExportJobRow.owner == owner)
         if wanted:
             query = query.where(ExportJobRow.state.in_(wanted))
+        if finished_before is not None:
+            query = query.where(ExportJobRow.finished_at < finished_before)
         if page.after:
             query = query.where(before(order, page.after))
         query = query.order_by(*(c.desc() for c in order)).limit(page.limit)
@@ -185,6 +200,23 @@ class ExportJobs(RepositoryBase):
             ExportJobRow.sae_pk == sae_pk, ExportJobRow.request_id == request_id
         )
         return session.scalars(query).one_or_none()
+
+
+def _check_request(job: pb.ExportJob, current: int) -> None:
+    name = convert.enum_name(progress_pb2.JobState, current)
+    if job.requested_state not in _REQUESTS:
+        raise InvalidArgument(
+            f"requested_state {job.requested_state} is not a state a job can be asked to reach",
+            field="job.requested_state",
+            fix="request JOB_STATE_PAUSED or JOB_STATE_CANCELLED",
+        )
+    if current not in _STOPPABLE:
+        raise FailedPrecondition(
+            f"job {job.job_id} is {name}; only a queued or running job can be asked to stop",
+            violations=[("job.requested_state", f"the job is {name}")],
+            field="job.requested_state",
+            fix="read the job again: it stopped already",
+        )
 
 
 def _new_row(job: pb.ExportJob, sae_pk: int) -> ExportJobRow:

@@ -19,7 +19,7 @@ from mistudio_common.auth import current_caller, owner_for, sae_owner
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import handle_errors, register_translation
 
-from mistudio_store import validation
+from mistudio_store import convert, validation
 from mistudio_store.db.faults import database_fault
 from mistudio_store.repository import StoreRepository
 
@@ -174,6 +174,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             owner=request.owner,
             states=request.states,
             sae_owner=request.sae_owner,
+            finished_before=convert.from_timestamp(request, "finished_before"),
         )
         return pb.ListExportJobsResponse(jobs=page.items, next_page_token=page.next_page_token)
 

@@ -29,6 +29,7 @@ JOB_MUTABLE_FIELDS = frozenset(
         "outcome",
         "started_at",
         "finished_at",
+        "requested_state",
     }
 )
 JOB_IMMUTABLE_FIELDS = frozenset(

@@ -26,10 +26,10 @@ from mistudio_compute.dashboards.checkpoint import FORMAT_VERSION
 from mistudio_compute.dashboards.distributed import (
     RayCluster,
     Sharding,
-    ShardStates,
     run_sharded_pass,
     shard_ranges,
 )
+from mistudio_compute.dashboards.shard_states import ShardFolder
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -180,18 +180,19 @@ def test_cancelling_the_computation_cancels_its_ray_tasks(
         sharded(inputs, make, 2, cancel=cancel)
     assert time.monotonic() - started < 60
     pid = int(marker.read_text())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10  # Ray reports a task killed before its process is gone
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(pid), "the worker running the cancelled shard is still running"
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its raylet, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class CountingReads:
@@ -240,8 +241,10 @@ def test_feature_shards_past_the_budget_run_on_ray_to_the_same_dashboards(
 def test_a_restarted_pass_reattaches_to_saved_shards_and_computes_only_the_rest(
     tmp_path, inputs, model, relu_sae, tokens, reference
 ):
-    saved, reads, cancel = ShardStates(tmp_path / "shards"), tmp_path / "reads", threading.Event()
+    saved, cancel = ShardFolder(tmp_path / "shards"), threading.Event()
+    reads, reads_again = tmp_path / "reads", tmp_path / "reads-again"
     reads.mkdir()
+    reads_again.mkdir()
     shard_tokens = 2 * BATCH * tokens.shape[1]  # 8 batches in 4 shards of 2
 
     def stop_after_two_shards(stage: Stage, done: int, total: int, message: str) -> None:
@@ -253,20 +256,18 @@ def test_a_restarted_pass_reattaches_to_saved_shards_and_computes_only_the_rest(
                 progress=stop_after_two_shards, cancel=cancel)  # fmt: skip
     finished = len(list(saved.folder.iterdir()))
     assert finished >= 2
-    for read in reads.iterdir():
-        read.unlink()
     first_report: list[int] = []
-    got = sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved,
+    got = sharded(inputs, CountingReads(model, relu_sae, tokens, reads_again), 4, saved=saved,
                   progress=lambda s, done, t, m: first_report.append(done))  # fmt: skip
     assert got == reference
     assert first_report[0] == finished * shard_tokens  # re-attached before any task ran
-    assert len(list(reads.iterdir())) == (4 - finished) * 2  # batches of the other shards only
+    assert len(list(reads_again.iterdir())) == (4 - finished) * 2  # the other shards' batches
 
 
 def test_a_saved_shard_in_an_older_format_is_computed_again(
     tmp_path, inputs, model, relu_sae, tokens, reference, caplog
 ):
-    saved, reads = ShardStates(tmp_path / "shards"), tmp_path / "reads"
+    saved, reads = ShardFolder(tmp_path / "shards"), tmp_path / "reads"
     reads.mkdir()
     sharded(inputs, CountingReads(model, relu_sae, tokens, reads), 4, saved=saved)
     outdated = sorted(saved.folder.iterdir())[0]
@@ -293,63 +294,77 @@ def rewrite_format_version(path: Path, version: int) -> None:
     )
 
 
-class WaitsForTheOther:
-    """Inputs of computation ``name`` whose reader marks ``folder/name`` when one of its shards
-    runs and waits (up to ``patience_s``, once) until a shard of ``other`` runs too: when both
-    can run side by side, both finish a first shard before either finishes a second."""
+class RecordsStarts:
+    """Inputs of computation ``name`` whose reader, at each shard's first batch, leaves
+    ``starts/<monotonic ns>-<name>`` (one clock for every process on the machine). With
+    ``hold_for``, a shard also waits (up to 30 s, then never again) until a shard of that other
+    computation has started, so the other is surely submitted while this one runs."""
 
-    def __init__(self, model, sae, tokens, folder: Path, name: str, other: str) -> None:
+    def __init__(self, model, sae, tokens, starts: Path, name: str, hold_for: str = "") -> None:
         self.model, self.sae, self.tokens = model, sae, tokens
-        self.folder, self.name, self.other = folder, name, other
+        self.starts, self.name, self.hold_for = starts, name, hold_for
 
     def __call__(self):
         inputs = tiny.make_inputs(self.model, self.sae, self.tokens)
-        reader, mine = inputs.reader, self.folder / self.name
-        theirs, alone = self.folder / self.other, self.folder / f"{self.name}-alone"
+        reader, starts, name, hold_for = inputs.reader, self.starts, self.name, self.hold_for
+        gave_up = starts.parent / f"{name}-gave-up"
 
         class Reader:
+            first = True
+
             def activations(self, tokens: torch.Tensor) -> torch.Tensor:
-                mine.touch()
-                deadline = time.monotonic() + 20
-                while not (theirs.exists() or alone.exists()):
-                    if time.monotonic() > deadline:
-                        alone.touch()  # the other is queued behind us: stop waiting for it
-                    time.sleep(0.02)
+                if self.first:
+                    self.first = False
+                    (starts / f"{time.monotonic_ns():020d}-{name}").touch()
+                    deadline = time.monotonic() + 30
+                    while hold_for and not (started(starts, hold_for) or gave_up.exists()):
+                        if time.monotonic() > deadline:
+                            gave_up.touch()
+                        time.sleep(0.02)
                 return reader.activations(tokens)
 
         return tiny.make_inputs(self.model, self.sae, self.tokens, reader=Reader())
 
 
-def test_two_computations_on_one_cluster_both_progress_from_the_start(
+def started(starts: Path, name: str = "") -> list[str]:
+    """The computations whose shards started (``name``'s only, when given), in start order."""
+    order = [path.name.split("-", 1)[1] for path in sorted(starts.iterdir())]
+    return [n for n in order if n == name] if name else order
+
+
+def test_a_small_computation_started_behind_a_big_one_is_not_queued_behind_all_its_shards(
     tmp_path, inputs, model, relu_sae, tokens
 ):
-    """One shard of each in flight (the per-job limit) on two CPUs: the second computation,
-    started while the first runs, finishes a shard before the first is done, and the first
-    does not wait for the second to end."""
-    events: list[str] = []
+    """Two CPUs; a big computation of 8 shards, at most one in flight (the per-job limit), and a
+    small one of 2 shards started once the big one runs: every small shard starts before the big
+    one's last shard does. Without the limit the big one's 8 shards would be queued first and
+    the small one would wait for all of them."""
+    starts = tmp_path / "starts"
+    starts.mkdir()
 
-    def computation(name: str, other: str) -> threading.Thread:
-        make = WaitsForTheOther(model, relu_sae, tokens, tmp_path, name, other)
-        run = functools.partial(
-            sharded, inputs, make, 7, in_flight=1, progress=lambda *_: events.append(name)
+    def computation(name: str, shards: int, in_flight: int, hold_for: str = "") -> threading.Thread:
+        make = RecordsStarts(model, relu_sae, tokens, starts, name, hold_for)
+        thread = threading.Thread(
+            target=functools.partial(sharded, inputs, make, shards, in_flight=in_flight)
         )
-        thread = threading.Thread(target=run)
         thread.start()
         return thread
 
-    first = computation("a", "b")
-    assert wait_until_exists(tmp_path / "a"), "the first computation started no shard"
-    second = computation("b", "a")
-    first.join()
-    second.join()
-    assert sorted(events) == ["a"] * 7 + ["b"] * 7
-    for one, other in ("ab", "ba"):
-        first_done, other_done = events.index(one), len(events) - 1 - events[::-1].index(other)
-        assert first_done < other_done, f"{one} finished no shard before {other} was done: {events}"
+    big = computation("big", 8, in_flight=1, hold_for="small")
+    assert wait_until(lambda: started(starts, "big")), "the big computation started no shard"
+    small = computation("small", 2, in_flight=2)
+    big.join()
+    small.join()
+    order = started(starts)
+    assert sorted(order) == ["big"] * 8 + ["small"] * 2, order
+    last_big = len(order) - 1 - order[::-1].index("big")
+    assert max(i for i, n in enumerate(order) if n == "small") < last_big, order
 
 
-def wait_until_exists(path: Path) -> bool:
-    deadline = time.monotonic() + 60
-    while not path.exists() and time.monotonic() < deadline:
+def wait_until(condition, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
         time.sleep(0.02)
-    return path.exists()
+    return bool(condition())

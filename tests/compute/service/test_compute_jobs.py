@@ -14,7 +14,6 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
-from mistudio_compute.server import compute_sweeper
 from mistudio_compute.tokens import load_token_file
 
 from tests.compute.service.conftest import (
@@ -287,9 +286,11 @@ def test_finished_job_folders_are_removed_after_the_retention_time_and_running_o
     running_id = list(until_running(stream))[-1].progress.job_id
     jobs = harness.settings.data_dir / "compute" / "jobs"
     assert (jobs / done.progress.job_id).is_dir()
-    sweeper = compute_sweeper(
-        harness.settings.model_copy(update={"finished_job_retention_seconds": 0})
-    )
-    assert sweeper.sweep(now=time.time() + 1) == [done.progress.job_id]
+    retention = harness.settings.finished_job_retention_seconds
+    assert harness.server is not None
+    assert harness.server.manager.expire_finished(now=time.time() + retention + 1) == [
+        done.progress.job_id
+    ]
+    assert not (jobs / done.progress.job_id).exists()
     assert (jobs / running_id).is_dir()
     compute.CancelComputation(cpb.CancelComputationRequest(job_id=running_id))

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
@@ -202,6 +203,10 @@ def test_estimate_without_runs_uses_the_default_rate(
     assert reply.estimated_tokens == 48 * 16
     assert reply.rate_source == "default" and reply.estimated_seconds > 0
     assert (reply.n_layers, reply.prepend_bos) == (2, True)  # two blocks; BOS by default
+    stages = [s.stage for s in reply.stages]
+    assert stages[:2] == [ppb.STAGE_VALIDATING, ppb.STAGE_ACTIVATION_PASS]
+    assert stages[-1] == ppb.STAGE_CACHING
+    assert sum(s.seconds for s in reply.stages) == pytest.approx(reply.estimated_seconds)
 
 
 def test_estimated_peak_memory_grows_with_the_features_computed_at_once(

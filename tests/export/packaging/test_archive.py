@@ -17,6 +17,7 @@ from mistudio_export.packaging import (
     build_archive,
     verify_archive,
 )
+from mistudio_export.packaging.archive import PROGRESS_STEPS
 from mistudio_export.packaging.manifest import Manifest, ManifestEntry
 
 from .conftest import FILES, make_staging
@@ -127,6 +128,17 @@ def test_progress_reaches_the_total_and_a_cancel_leaves_no_archive(
     with pytest.raises(Cancelled):
         build_archive(staging, tmp_path / "b.zip", progress=cancel_while_zipping)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["a.zip"]
+
+
+def test_progress_comes_in_steps_of_the_archive_not_per_file(tmp_path: Path) -> None:
+    staging = tmp_path / "many"
+    staging.mkdir()
+    for n in range(3 * PROGRESS_STEPS):
+        (staging / f"{n}.json").write_bytes(b"[%d]" % n)
+    seen: list[tuple[int, int]] = []
+    build_archive(staging, tmp_path / "a.zip", progress=lambda d, t: seen.append((d, t)))
+    assert len(seen) <= PROGRESS_STEPS + 1
+    assert seen[-1][0] == seen[-1][1]
 
 
 def test_an_archive_inside_the_staging_folder_is_refused(staging: Path) -> None:

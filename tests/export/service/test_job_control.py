@@ -103,7 +103,7 @@ def test_paused_job_resumes_and_finishes(
 def paused_computation(stack: Stack, job_id: str) -> tuple[str, int]:
     """The compute job a paused export left waiting, and its state in the compute service."""
     resume = stack.records.GetExportJob(spb.GetExportJobRequest(job_id=job_id)).job.resume
-    compute_job = resume.compute.paused_computation_id
+    compute_job = resume.compute.computation_id
     compute = cgrpc.ComputeServiceStub(insecure_channel(stack.compute.address))
     got = compute.GetComputation(cpb.GetComputationRequest(job_id=compute_job))
     return compute_job, got.computation.progress.state

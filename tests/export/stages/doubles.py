@@ -73,6 +73,17 @@ class MemoryStore:
         done = [j for j in self.jobs.values() if j.state == ppb.JOB_STATE_SUCCEEDED]
         return list(reversed(done))[:limit]
 
+    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]:
+        return self.finished_jobs(self.sae, limit)
+
+    def cached_hashes(
+        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+    ) -> dict[int, str]:
+        return {
+            i: hashlib.sha256(d.SerializeToString(deterministic=True)).hexdigest()
+            for i, d in self.cached.items()
+        }
+
     def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
         self.hashes.setdefault(job_id, {}).update(hashes)
 
@@ -87,13 +98,15 @@ class MemoryCompute:
     def __init__(self, saelens_files: Mapping[str, bytes] | None = None) -> None:
         self.saelens = dict(saelens_files or {})
         self.computations: list[cpb.ComputeDashboardsRequest] = []
+        self.seconds_per_feature: dict[ppb.Stage.ValueType, float] = {}
+        """What its estimates predict per stage, per feature to compute."""
 
     def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> FinishedComputation:
         self.computations.append(request)
         return FinishedComputation(request)
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
-        return ppb.JOB_STATE_PAUSED
+    def pause_computation(self, job_id: str) -> None:
+        pass
 
     def cancel_computation(self, job_id: str) -> None:
         pass
@@ -110,12 +123,15 @@ class MemoryCompute:
         feature_count: int,
         params: dpb.DashboardParams | None = None,
     ) -> ComputationEstimate:
+        seconds = {stage: rate * feature_count for stage, rate in self.seconds_per_feature.items()}
         return ComputationEstimate(
             params=params or dpb.DashboardParams(),
             n_rows=10,
             context_size=8,
             prepend_bos=True,
             n_layers=2,
+            estimated_seconds=sum(seconds.values()),
+            stage_seconds=seconds,
         )
 
     def saelens_files(

@@ -1,5 +1,6 @@
 """The compute stage against an in-memory compute service: it re-attaches to the same
-computation after a broken link, and starts a new attempt only after a failed computation."""
+computation after a broken link, starts a new attempt only after a failed computation, and
+saves the computation's id so that whoever cancels the export cancels the computation."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.errors import InvalidArgument, Unavailable
 from mistudio_export import computing
 from mistudio_export.runtime import JobRuntime
 
 
-def progress(state: int, job_id: str = "cmp-1") -> cpb.ComputeProgress:
+def progress(state: ppb.JobState.ValueType, job_id: str = "cmp-1") -> cpb.ComputeProgress:
     return cpb.ComputeProgress(
         progress=ppb.Progress(job_id=job_id, state=state, stage=ppb.STAGE_ACTIVATION_PASS)
     )
@@ -40,16 +42,17 @@ class Compute:
     def __init__(self, *streams: Stream) -> None:
         self.streams = list(streams)
         self.requests: list[cpb.ComputeDashboardsRequest] = []
+        self.cancelled: list[str] = []
 
     def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> Stream:
         self.requests.append(request)
         return self.streams.pop(0)
 
-    def pause_computation(self, job_id: str) -> ppb.JobState.ValueType:
-        return ppb.JOB_STATE_PAUSED
+    def pause_computation(self, job_id: str) -> None:
+        pass
 
     def cancel_computation(self, job_id: str) -> None:
-        pass
+        self.cancelled.append(job_id)
 
 
 def succeeded() -> cpb.ComputeProgress:
@@ -88,3 +91,35 @@ def test_a_finished_computation_is_not_asked_for_again(job: JobRuntime) -> None:
     compute = Compute()
     assert computing.ensure_dashboards(job, compute, [0], all_features=False).features_computed == 7
     assert compute.requests == []
+
+
+def test_the_computation_is_named_in_a_saved_checkpoint_as_soon_as_it_is_known(
+    job: JobRuntime,
+) -> None:
+    saved: list[str] = []
+    job.persist = lambda: saved.append(job.checkpoint.compute.computation_id)
+    crashed = Unavailable("peer unavailable: connection refused")  # the link dies mid-pass
+    compute = Compute(Stream([progress(ppb.JOB_STATE_RUNNING)] * 3, then=crashed))
+    with pytest.raises(Unavailable):
+        computing.ensure_dashboards(job, compute, [0], all_features=False)
+    assert saved == ["cmp-1"]  # once, before the job could crash with it unsaved
+
+
+def test_cancelling_an_export_cancels_the_computation_its_saved_checkpoint_names(
+    job: JobRuntime,
+) -> None:
+    """What an instance that adopts a crashed holder's job, asked to cancel it, is left with:
+    the stored checkpoint, and a computation still running in the compute service."""
+    compute = Compute(Stream([progress(ppb.JOB_STATE_RUNNING)], then=Unavailable("gone")))
+    with pytest.raises(Unavailable):
+        computing.ensure_dashboards(job, compute, [0], all_features=False)
+    stored = jpb.ExportCheckpoint.FromString(job.checkpoint.SerializeToString())
+    computing.release(compute, stored)
+    assert compute.cancelled == ["cmp-1"]
+
+
+def test_a_finished_computation_is_no_longer_named_and_never_cancelled(job: JobRuntime) -> None:
+    compute = Compute(Stream([progress(ppb.JOB_STATE_RUNNING), succeeded()], then=None))
+    computing.ensure_dashboards(job, compute, [0], all_features=False)
+    computing.release(compute, job.checkpoint)
+    assert job.checkpoint.compute.computation_id == "" and compute.cancelled == []

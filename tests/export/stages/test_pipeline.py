@@ -3,6 +3,7 @@ job, and a later export reuses the earlier archive's files for features that did
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +14,12 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.stages import FILE_STAGES
 from mistudio_export.config import ExportSettings
+from mistudio_export.estimate import predict
 from mistudio_export.generate import COLUMN_FINDINGS, features_to_walk
 from mistudio_export.pipeline import ExportPipeline
+from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 
 from tests.export.stages.conftest import runtime
@@ -40,16 +44,28 @@ class Peers:
         self.objects = MemoryObjects()
         self.tmp_path = tmp_path
 
-    def export(self, job_id: str, config: epb.ExportConfig) -> jpb.ExportOutcome:
-        """Runs one export to the end and records it as the store would."""
+    def plan(self, config: epb.ExportConfig) -> ExportPlan:
+        return Planner(self.store, self.compute).plan("tiny", config, "alice")
+
+    def export(
+        self,
+        job_id: str,
+        config: epb.ExportConfig,
+        watch: Callable[[ppb.Progress], None] = lambda _: None,
+    ) -> jpb.ExportOutcome:
+        """Runs one export to the end (``watch`` gets its progress) and records it as the
+        store would."""
         planner = Planner(self.store, self.compute)
         plan = planner.plan("tiny", config, "alice")
         settings = ExportSettings(data_dir=self.tmp_path)
         pipeline = ExportPipeline(settings, self.store, self.compute, planner, self.objects)
         self.store.jobs[job_id] = spb.ExportJob(job_id=job_id, sae_id="tiny", config=config)
-        outcome = pipeline.run(runtime(job_id, plan, self.tmp_path / job_id))
+        job = runtime(job_id, plan, self.tmp_path / job_id)
+        job.publish = watch
+        outcome = pipeline.run(job)
         finished = self.store.jobs[job_id]
         finished.state = ppb.JOB_STATE_SUCCEEDED
+        finished.progress.CopyFrom(job.tracker.set_state(ppb.JOB_STATE_SUCCEEDED))
         finished.output_uri = outcome.result.output_uri
         finished.outcome.CopyFrom(outcome)
         return outcome
@@ -109,3 +125,17 @@ def test_an_export_checks_its_column_batches_and_what_they_show_gets_the_full_ch
     assert features_to_walk(staging) is None
     summary = outcome.result.validation
     assert {c.code: c.count for c in summary.classes} == {"FEW_EXAMPLES": 4, "INCONSISTENT": 5}
+
+
+def test_a_running_export_weighs_its_stages_by_their_predicted_seconds(peers: Peers) -> None:
+    """The shares a running export's fraction and ETA use are ValidateExport's per-stage
+    prediction, not the stage table's: once the checks and the (cached) computation are done,
+    the fraction is their predicted share of the whole."""
+    config = neuronpedia()
+    plan = peers.plan(config)
+    predicted = predict(plan, range(D_SAE), peers.store, peers.compute)
+    seen: list[ppb.Progress] = []
+    peers.export("weighed", config, seen.append)
+    writing = next(p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES)
+    done_before = [s.seconds for s in predicted.stages if s.stage not in FILE_STAGES]
+    assert writing.fraction == pytest.approx(sum(done_before) / predicted.seconds)

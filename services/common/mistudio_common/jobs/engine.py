@@ -6,16 +6,22 @@ left running from their last checkpoint, with sequence numbers that keep increas
 attach to a per-job channel whose first message is the current snapshot and whose last is the
 end state, even when that end state could not be stored yet (it is stored once the store is back).
 Where instances share a store, each holds a renewed lease on the jobs it runs and adopts another
-instance's job only once that lease has run out.
+instance's job only once that lease has run out. A pause or cancel asked of an instance that does
+not hold the job is recorded on it; the holder reads it in the store's reply to its next
+progress write, or at its lease renewal, and stops the job through its
+:class:`~mistudio_common.jobs.control.JobControl`, as for its own clients. Such an instance's
+watchers follow the job's record (:mod:`~mistudio_common.jobs.following`). Finished
+jobs past their :class:`~mistudio_common.jobs.kind.Retention` are removed, each by its kind.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Generic
 
 from google.rpc import code_pb2, status_pb2
@@ -24,7 +30,16 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import FailedPrecondition, MistudioError
 from mistudio_common.grpc_errors import status_from_error
 from mistudio_common.jobs.control import JobControl, JobStopped, StopReason
-from mistudio_common.jobs.kind import JobKind, Leasing, Snapshot, Work, is_final, snapshot_of
+from mistudio_common.jobs.following import Follower, publish_if_newer, runs_elsewhere
+from mistudio_common.jobs.kind import (
+    JobKind,
+    Leasing,
+    Retention,
+    Snapshot,
+    Work,
+    is_final,
+    snapshot_of,
+)
 from mistudio_common.jobs.recording import JobEntry, JobRecorder, next_progress, tracker_for
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.jobs.store import C, JobRecord, JobStore, JobUpdate, O
@@ -47,6 +62,8 @@ class JobEngine(Generic[C, O]):
         max_running: int = 0,
         leasing: Leasing | None = None,
         housekeeping_seconds: float = 5.0,
+        follow_seconds: float = 1.0,
+        retention: Retention | None = None,
     ) -> None:
         self._store = store
         self._recorder = JobRecorder(store, persist_seconds)
@@ -60,8 +77,14 @@ class JobEngine(Generic[C, O]):
         self._shutdown = threading.Event()
         tick = min(housekeeping_seconds, leasing.renew_every) if leasing else housekeeping_seconds
         self._tick = tick
+        self._follow_seconds = follow_seconds
+        self._retention = retention
+        self._retained_at = -math.inf
         self._housekeeper = threading.Thread(target=self._housekeep, name="jobs", daemon=True)
         self._housekeeper.start()
+        self._follower: Follower[C, O] | None = None
+        if leasing is not None:  # only a shared store holds jobs that run elsewhere
+            self._follower = Follower(store, self._followed, follow_seconds, self._shutdown)
 
     # -- starting and watching -------------------------------------------------------------
 
@@ -76,6 +99,8 @@ class JobEngine(Generic[C, O]):
             note = "resuming from its checkpoint"
             entry.channel.publish(Snapshot(next_progress(entry, record, record.state, note)))
         entry.control = JobControl(self._shutdown)
+        if record.requested is not None:  # asked of a holder that stopped before it could act
+            entry.control.request(record.requested)
         entry.thread = threading.Thread(
             target=self._work, args=(entry, record, work), name=f"job-{record.job_id[:8]}"
         )
@@ -103,7 +128,10 @@ class JobEngine(Generic[C, O]):
         record = self._store.load(job_id)
         if record.state in TERMINAL_STATES:
             return JobChannel(snapshot_of(record), is_final)
-        return self._entry(record).channel
+        entry = self._entry(record)
+        if not (entry.running or entry.held):  # a channel this instance last updated long ago
+            publish_if_newer(entry, snapshot_of(record))
+        return entry.channel
 
     def live(self, job_id: str) -> Snapshot[O] | None:
         """The in-memory snapshot of a job this process runs (fresher than its record), or of
@@ -128,8 +156,14 @@ class JobEngine(Generic[C, O]):
         if record.state not in (ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING):
             raise _cannot(job_id, record.state, "pause")
         entry = self._entry(record)
-        if not self._stop(entry, StopReason.PAUSE, wait_seconds):
+        if self._stop(entry, StopReason.PAUSE, wait_seconds):
+            return entry.channel.latest.progress.state
+        if not self._claim(entry):
+            return self._ask_holder(job_id, StopReason.PAUSE, wait_seconds)
+        record = self._unheld(entry)
+        if record.state in _STOPPABLE:
             self._recorder.record(entry, record, ppb.JOB_STATE_PAUSED, "paused by a client")
+        self._release(entry)
         return entry.channel.latest.progress.state
 
     def cancel(self, job_id: str, wait_seconds: float) -> ppb.JobState.ValueType:
@@ -144,8 +178,11 @@ class JobEngine(Generic[C, O]):
         if record.state == ppb.JOB_STATE_CANCELLED:
             return record.state
         entry = self._entry(record)
-        if not self._stop(entry, StopReason.CANCEL, wait_seconds):
-            self._cancelled(entry, record)
+        if self._stop(entry, StopReason.CANCEL, wait_seconds):
+            return entry.channel.latest.progress.state
+        if not self._claim(entry):
+            return self._ask_holder(job_id, StopReason.CANCEL, wait_seconds)
+        self._cancelled(entry, self._unheld(entry))
         return entry.channel.latest.progress.state
 
     def resume(self, job_id: str) -> None:
@@ -166,6 +203,30 @@ class JobEngine(Generic[C, O]):
         # queued again, never the end state it is leaving.
         self._recorder.record(entry, record, ppb.JOB_STATE_QUEUED, "resuming from its checkpoint")
         self.launch(self._store.load(job_id))
+
+    def _unheld(self, entry: JobEntry[C, O]) -> JobRecord[C, O]:
+        """The record of a job nobody runs, now that this instance holds it, with its stored
+        checkpoint (what a cancel frees)."""
+        record = self._store.load(entry.job_id)
+        entry.checkpoint.CopyFrom(record.checkpoint)
+        return record
+
+    def _ask_holder(
+        self, job_id: str, reason: StopReason, wait_seconds: float
+    ) -> ppb.JobState.ValueType:
+        """Records the stop for the instance that holds the job, which carries it out once its
+        next progress write or lease renewal tells it; waits up to ``wait_seconds`` for the
+        state it records."""
+        assert self._leasing is not None  # without leases every claim is granted
+        with suppress(FailedPrecondition):  # the job stopped meanwhile; its record says how
+            self._leasing.leases.request(job_id, reason)
+        deadline = time.monotonic() + wait_seconds
+        state = self._store.load(job_id).state
+        while state in _STOPPABLE and time.monotonic() < deadline:
+            if self._shutdown.wait(self._follow_seconds):
+                break
+            state = self._store.load(job_id).state
+        return state
 
     def recover(self) -> None:
         """After a restart: continue every job that was running or queued when it stopped (and
@@ -197,6 +258,8 @@ class JobEngine(Generic[C, O]):
             if entry.thread is not None:
                 entry.thread.join(max(0.0, deadline - time.monotonic()))
         self._housekeeper.join(timeout=1.0)
+        if self._follower is not None:
+            self._follower.join()
 
     # -- the worker ------------------------------------------------------------------------
 
@@ -331,13 +394,14 @@ class JobEngine(Generic[C, O]):
         if self._leasing is None or entry.held:
             entry.held = True
             return True
-        entry.held = self._store.claim(entry.job_id, self._leasing.holder, self._leasing.seconds)
+        leasing = self._leasing
+        entry.held = leasing.leases.claim(entry.job_id, leasing.holder, leasing.seconds).held
         return entry.held
 
     def _release(self, entry: JobEntry[C, O]) -> None:
         if self._leasing is not None and entry.held:
             try:
-                self._store.claim(entry.job_id, self._leasing.holder, 0.0)
+                self._leasing.leases.claim(entry.job_id, self._leasing.holder, 0.0)
             except MistudioError:
                 log.warning("could not give a lease back", extra={"job_id": entry.job_id})
         entry.held = False
@@ -346,7 +410,7 @@ class JobEngine(Generic[C, O]):
         """Renews this instance's leases, adopts jobs whose holder stopped renewing, and stores
         end states the store could not take when they happened."""
         while not self._shutdown.wait(self._tick):
-            for step in (self._renew, self._record_pending, self._adopt):
+            for step in (self._renew, self._record_pending, self._adopt, self._retain):
                 try:
                     step()
                 except MistudioError as error:
@@ -359,18 +423,20 @@ class JobEngine(Generic[C, O]):
             return
         with self._lock:
             held = [e for e in self._entries.values() if e.held]
+        leasing = self._leasing
         for entry in held:
             try:
-                renewed = self._store.claim(
-                    entry.job_id, self._leasing.holder, self._leasing.seconds
-                )
+                claim = leasing.leases.claim(entry.job_id, leasing.holder, leasing.seconds)
             except MistudioError as error:  # the next tick tries again, within the lease
                 log.warning("could not renew a lease: %s", error, extra={"job_id": entry.job_id})
                 continue
-            if not renewed and entry.held:
+            if not claim.held and entry.held:
                 entry.held = False
                 if entry.control is not None:
                     entry.control.request(StopReason.LEASE_LOST)
+            elif claim.requested is not None and entry.control is not None:
+                log.info("stopping a job as another instance asked", extra={"job_id": entry.job_id})
+                entry.control.request(claim.requested)
 
     def _record_pending(self) -> None:
         with self._lock:
@@ -386,6 +452,36 @@ class JobEngine(Generic[C, O]):
         if self._leasing is not None and not self._shutdown.is_set():
             self.recover()
 
+    def _retain(self) -> None:
+        if self._retention is None:
+            return
+        if time.monotonic() - self._retained_at >= self._retention.every:
+            self._retained_at = time.monotonic()
+            self.expire_finished()
+
+    def expire_finished(self, now: float | None = None) -> list[str]:
+        """One retention pass: every job that ended longer than the retention ago is removed
+        with what it left (by its kind); returns their ids."""
+        if self._retention is None:
+            return []
+        cutoff = (time.time() if now is None else now) - self._retention.seconds
+        expired = []
+        for job_id in list(self._store.ended_before(cutoff)):
+            try:
+                self._kind.expire(job_id)
+            except MistudioError as error:  # kept for the next pass
+                log.warning("could not remove an old job: %s", error, extra={"job_id": job_id})
+                continue
+            self.forget(job_id)
+            expired.append(job_id)
+        if expired:
+            log.info("removed finished jobs past their retention", extra={"count": len(expired)})
+        return expired
+
+    def _followed(self) -> list[JobEntry[C, O]]:
+        with self._lock:
+            return [e for e in self._entries.values() if runs_elsewhere(e)]
+
     # -- entries ---------------------------------------------------------------------------
 
     def _entry(self, record: JobRecord[C, O]) -> JobEntry[C, O]:
@@ -398,6 +494,9 @@ class JobEngine(Generic[C, O]):
                 entry = JobEntry(record.job_id, channel, checkpoint, record.started)
                 self._entries[record.job_id] = entry
             return entry
+
+
+_STOPPABLE = frozenset({ppb.JOB_STATE_QUEUED, ppb.JOB_STATE_RUNNING})
 
 
 def _cannot(job_id: str, state: int, action: str) -> FailedPrecondition:

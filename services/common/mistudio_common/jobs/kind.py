@@ -13,7 +13,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 
 from mistudio_common import stages
 from mistudio_common.jobs.running import RunningJob
-from mistudio_common.jobs.store import C, JobRecord, O
+from mistudio_common.jobs.store import C, JobRecord, Leases, O
 from mistudio_common.progress import TERMINAL_STATES, StageId
 
 
@@ -63,6 +63,18 @@ class JobKind(Protocol[C, O]):
         """Frees what the job held once it reached ``state`` (staging, checkpoint files)."""
         ...
 
+    def expire(self, job_id: str) -> None:
+        """Removes a finished job past its retention: its record and everything it left."""
+        ...
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long finished jobs are kept, and how often the engine looks for older ones."""
+
+    seconds: float
+    every: float = 600.0
+
 
 @dataclass(frozen=True)
 class Leasing:
@@ -70,6 +82,7 @@ class Leasing:
 
     holder: str
     """This instance's id."""
+    leases: Leases
     seconds: float = 30.0
     """A lease lasts this long unless renewed; a crashed holder's jobs are adopted after it."""
 

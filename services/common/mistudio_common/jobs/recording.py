@@ -75,9 +75,11 @@ class JobRecorder(Generic[C, O]):
         self.write(entry, JobUpdate(state, progress, entry.checkpoint if checkpoint else None))
 
     def write(self, entry: JobEntry[C, O], update: JobUpdate[C, O]) -> None:
-        self._store.write(entry.job_id, update)
+        requested = self._store.write(entry.job_id, update)
         entry.persisted_at = time.monotonic()
         entry.unpersisted = 0
+        if requested is not None and entry.control is not None:
+            entry.control.request(requested)  # asked of this holder by another instance
 
     def running(self, entry: JobEntry[C, O]) -> None:
         assert entry.tracker is not None

@@ -2,8 +2,10 @@
 
 Each shard is ``run_activation_pass`` over a contiguous range of rows, run as a Ray task (retried
 by Ray when its worker dies; a finished shard's state stays in the object store, so a retry of one
-shard recomputes only that shard). Finished shards' states are also saved to disk
-(``ShardStates``), so a restarted service re-attaches to them instead of computing them again.
+shard recomputes only that shard). Finished shards' states are also saved (``ShardStore``: by
+the task itself in an object store every replica reaches, else by the driver beside the
+checkpoint), so a restarted service, or another replica, re-attaches to them instead of
+computing them again.
 Shard states are merged pairwise in shard order; sums are exact integers, so the merged state
 equals one pass's bit for bit whatever the shard count and the order tasks finish in.
 Finalisation runs in the caller, where the merged state arrives.
@@ -11,28 +13,20 @@ Finalisation runs in the caller, where the merged state arrives.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from mistudio_common.errors import Cancelled, InvalidArgument
+from mistudio_common.errors import Cancelled, InvalidArgument, MistudioError
 
 from mistudio_compute.dashboards.activation_pass import (
     Checkpointing,
     PassResult,
     run_activation_pass,
-)
-from mistudio_compute.dashboards.checkpoint import (
-    Cursor,
-    OutdatedCheckpoint,
-    checkpoint_features,
-    load_checkpoint,
-    save_checkpoint,
 )
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
@@ -41,6 +35,7 @@ from mistudio_compute.dashboards.inputs import (
     Stage,
 )
 from mistudio_compute.dashboards.params import validate_batch_size
+from mistudio_compute.dashboards.shard_states import ShardFolder, ShardStore
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
 if TYPE_CHECKING:
@@ -53,6 +48,8 @@ _log = logging.getLogger(__name__)
 
 _WAIT_S = 0.2
 """How often the driver looks at the cancel flag while shards run."""
+_STOP_WAIT_S = 30.0
+"""How long a cancelled pass waits for Ray to report its running shards killed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,63 +81,15 @@ class RayCluster:
 
     make_inputs: InputsFactory
     sharding: Sharding
-
-
-@dataclass(frozen=True, slots=True)
-class ShardStates:
-    """Finished token shards' states in ``folder``, one checkpoint file per row range."""
-
-    folder: Path
-
-    def path(self, rows: range) -> Path:
-        return self.folder / f"rows-{rows.start}-{rows.stop}.safetensors"
-
-    def save(self, rows: range, result: PassResult) -> None:
-        save_checkpoint(
-            self.path(rows),
-            result.state,
-            Cursor(rows.stop, rows.start, rows.stop, result.batch_size),
-        )
-
-    def load(self, rows: range, config: StateConfig, features: torch.Tensor) -> PassResult | None:
-        """The saved state of ``rows`` when it belongs to this pass (same features, parameters
-        and rows), else None: a shard saved by another pass or in an older format is computed
-        again rather than failing the job."""
-        path = self.path(rows)
-        if not path.exists():
-            return None
-        try:
-            state, cursor = load_checkpoint(path, torch.device("cpu"))
-        except OutdatedCheckpoint as outdated:
-            _log.warning("recomputing rows %s-%s: %s", rows.start, rows.stop, outdated)
-            return None
-        mine = (
-            state.config == config
-            and torch.equal(state.features, features)
-            and (cursor.start_row, cursor.stop_row, cursor.next_row)
-            == (rows.start, rows.stop, rows.stop)
-        )
-        if not mine:
-            _log.warning(
-                "recomputing rows %s-%s: %s belongs to a pass with other features or parameters",
-                rows.start, rows.stop, path,
-            )  # fmt: skip
-            return None
-        return PassResult(state, cursor.batch_size)
-
-    def features(self) -> torch.Tensor | None:
-        """The features the saved shards belong to (None when none is saved)."""
-        saved = sorted(self.folder.glob("rows-*.safetensors"))
-        return checkpoint_features(saved[0]) if saved else None
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    states: ShardStore | None = None
+    """Where finished token shards are kept; None: a folder beside the pass checkpoint."""
 
 
 @dataclass(frozen=True, slots=True)
 class RayPass:
     """The pass of a feature shard as token-range shards on a Ray cluster (a PassRunner);
-    finished shards are saved beside ``checkpoint`` when one is given."""
+    finished shards are kept in the cluster's store, else beside ``checkpoint`` when one is
+    given."""
 
     cluster: RayCluster
     config: StateConfig
@@ -150,10 +99,12 @@ class RayPass:
     checkpoint: Checkpointing | None = None
 
     @property
-    def states(self) -> ShardStates | None:
+    def states(self) -> ShardStore | None:
+        if self.cluster.states is not None:
+            return self.cluster.states
         if self.checkpoint is None:
             return None
-        return ShardStates(self.checkpoint.path.with_name(self.checkpoint.path.name + ".shards"))
+        return ShardFolder(self.checkpoint.path.with_name(self.checkpoint.path.name + ".shards"))
 
     def run(
         self,
@@ -203,9 +154,30 @@ def _run_shard(
     features: torch.Tensor,
     rows: range,
     batch_size: int,
+    keep: ShardStore | None,
 ) -> PassResult:
+    """One shard's pass, saved in ``keep`` (a store this worker reaches) before it returns. A
+    state that cannot be saved still serves this run: only a restart would compute it again."""
     result = run_activation_pass(make_inputs(), config, features, rows=rows, batch_size=batch_size)
-    return PassResult(_to_cpu(result.state), result.batch_size)
+    finished = PassResult(_to_cpu(result.state), result.batch_size)
+    if keep is not None:
+        try:
+            keep.save(rows, finished)
+        except MistudioError as error:
+            _log.warning("rows %d-%d are not kept for a restart: %s", rows.start, rows.stop, error)
+    return finished
+
+
+@functools.cache
+def _shard_task() -> Any:
+    """One Ray function for the shards of every pass in this process: Ray queues the tasks of
+    one function first in, first out, so with at most ``max_in_flight`` shards of a job in the
+    queue, a job started later gets its turn before a big job's later shards. (Ray gives each
+    ``ray.remote`` its own queue, scheduled in no promised order: one per pass would leave the
+    order between jobs to chance.)"""
+    import ray
+
+    return ray.remote(_run_shard)
 
 
 def _merge(a: PassResult, b: PassResult) -> PassResult:
@@ -224,7 +196,7 @@ def run_sharded_pass(
     batch_size: int = 32,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
-    saved: ShardStates | None = None,
+    saved: ShardStore | None = None,
 ) -> PassResult:
     """The pass over ``rows`` as Ray tasks on the Ray cluster; the merged state is returned on
     ``device``. Shards found in ``saved`` are not run again; those that finish are saved there.
@@ -238,13 +210,14 @@ def run_sharded_pass(
     if len(rows) == 0:
         return PassResult(PassState.empty(config, features, seq_len, device), batch_size)
     ranges = shard_ranges(rows, sharding.shards, batch_size)
-    shard = ray.remote(
+    shard = _shard_task().options(
         num_cpus=sharding.cpus_per_task,
         num_gpus=sharding.gpus_per_task,
         max_retries=sharding.max_retries,
-    )(_run_shard)
+    )
     merge = ray.remote(num_cpus=0)(_merge)
     factory, cpu_features = ray.put(make_inputs), features.cpu().to(torch.int64)
+    keep = saved if saved is not None and saved.shared else None
 
     states: list[ray.ObjectRef | None] = [None] * len(ranges)
     running: dict[ray.ObjectRef, int] = {}
@@ -259,7 +232,7 @@ def run_sharded_pass(
         reattached = len(ranges) - len(queued)
         _log.info(
             "re-attached to %d of %d token shards saved in %s", reattached, len(ranges),
-            saved and saved.folder, extra={"reattached_shards": reattached},
+            saved, extra={"reattached_shards": reattached},
         )  # fmt: skip
         if progress is not None:
             progress(Stage.ACTIVATION_PASS, done_tokens, total_tokens, "")
@@ -267,12 +240,12 @@ def run_sharded_pass(
         while queued or running:
             while queued and len(running) < sharding.max_in_flight:
                 i = queued.pop(0)
-                ref = shard.remote(factory, config, cpu_features, ranges[i], batch_size)
+                ref = shard.remote(factory, config, cpu_features, ranges[i], batch_size, keep)
                 states[i], running[ref] = ref, i
             ready, _ = ray.wait(list(running), num_returns=1, timeout=_WAIT_S)
             for ref in ready:
                 i = running.pop(ref)
-                if saved is not None:
+                if saved is not None and keep is None:
                     saved.save(ranges[i], ray.get(ref))
                 rows_done = [ranges[i].start, ranges[i].stop]
                 _log.info(
@@ -284,11 +257,22 @@ def run_sharded_pass(
             if cancel is not None and cancel.is_set():
                 raise Cancelled("the computation was cancelled")
     except BaseException:
-        for ref in (r for r in states if r is not None):
-            ray.cancel(ref, force=True)
+        _stop(list(running))
         raise
     merged: PassResult = ray.get(_merge_tree([r for r in states if r is not None], merge))
     return PassResult(_on(merged.state, device), merged.batch_size)
+
+
+def _stop(running: list[ray.ObjectRef]) -> None:
+    """Kills the running shards' workers and waits until Ray reports each task ended, so a
+    cancelled pass raises only once its kills are delivered (the processes may take a moment
+    longer to exit)."""
+    import ray
+
+    for ref in running:
+        ray.cancel(ref, force=True)
+    if running:
+        ray.wait(running, num_returns=len(running), timeout=_STOP_WAIT_S)
 
 
 def _merge_tree(refs: list[ray.ObjectRef], merge: Any) -> ray.ObjectRef:

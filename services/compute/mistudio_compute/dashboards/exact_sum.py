@@ -31,14 +31,18 @@ def add_values(acc: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> N
     _add(acc, rows, mantissa, bit)
 
 
-def add_squares(acc: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
-    """acc [R, SQUARE_LIMBS] += the squares of float32 values [A] > 0 at rows [A]."""
+def add_moments(
+    total: torch.Tensor, total_sq: torch.Tensor, rows: torch.Tensor, values: torch.Tensor
+) -> None:
+    """total [R, VALUE_LIMBS] += float32 values [A] > 0 at rows [A], and total_sq
+    [R, SQUARE_LIMBS] += their squares (the values are split once for both)."""
     mantissa, bit = _split(values)
+    _add(total, rows, mantissa, bit)
     high, low = mantissa >> 12, mantissa & 0xFFF  # m**2 = h**2 * 2**24 + 2hl * 2**12 + l**2
     bit = 2 * bit
-    _add(acc, rows, high * high, bit + 24)
-    _add(acc, rows, high * low, bit + 13)
-    _add(acc, rows, low * low, bit)
+    _add(total_sq, rows, high * high, bit + 24)
+    _add(total_sq, rows, high * low, bit + 13)
+    _add(total_sq, rows, low * low, bit)
 
 
 def value_of(acc: torch.Tensor, squares: bool = False) -> torch.Tensor:

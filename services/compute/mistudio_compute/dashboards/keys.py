@@ -49,9 +49,14 @@ def top_position(keys: torch.Tensor) -> torch.Tensor:
     return torch.where(keys >= 0, M32 - (keys & M32), -1)
 
 
-def sample_key(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Bottom-k key: a hash priority of (SAE feature index, global position), then position."""
+def sample_key(
+    features: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bottom-k key: a hash priority of (SAE feature index, global position), then position.
+    With ``rows`` [A], the keys of features[rows] at positions [A] (each feature hashed once)."""
     h = mix32(features ^ _SEED_SAMPLE)
+    if rows is not None:
+        h = h.index_select(0, rows)
     h = mix32(h ^ (positions & M32))
     h = mix32(h ^ (positions >> 32))
     return ((h >> 1) << 32) | positions

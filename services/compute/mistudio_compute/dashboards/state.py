@@ -127,44 +127,56 @@ class PassState:
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
         special = special.view(-1)  # [N]
         flat = acts.reshape(-1).nonzero().squeeze(1)  # [A'] non-zero (position, feature)
-        n, f, val = flat // n_feat, flat % n_feat, acts.reshape(-1)[flat].float()
-        sel = _where((val > 0) & ~special[n])  # active: positive, not special
-        sel = sel[(f[sel] * (b * t) + n[sel]).argsort()]  # by feature, then position
-        f, n, val = f[sel], n[sel], val[sel]  # [A]
+        n, f, val = flat // n_feat, flat % n_feat, _at(acts.reshape(-1), flat).float()
+        sel = _where((val > 0) & ~_at(special, n))  # active: positive, not special
+        sel = _at(sel, (_at(f, sel) * (b * t) + _at(n, sel)).argsort())  # by feature, position
+        f, n, val = _at(f, sel), _at(n, sel), _at(val, sel)  # [A]
         pos = first_row * t + n  # [A] global positions
 
         def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
-            return _window_values(acts, special, t, cfg.context_left, cfg.context_right, f[i], n[i])
+            left, right = cfg.context_left, cfg.context_right
+            return _window_values(acts, special, t, left, right, _at(f, i), _at(n, i))
 
         top = sample = None  # a state without top or sample slots pays for no examples
         if cfg.n_top or cfg.n_sample:
             win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
         if cfg.n_top:
             _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
-            p = _where(_is_peak(f, n, val, t, b * t, cfg.window))  # [P] peaks
-            group = f[p] * (b * t) + win_id[n[p]]  # distinct (feature, window) pairs
-            top = self._fold_top(p, K.top_key(val[p], pos[p]), win[n[p]], group, f, windows)
+            # Below its feature's n_top-th best value an entry can neither enter nor stop a
+            # larger one being a peak (ties included), so the peak search skips it: after the
+            # first batches that is nearly every entry.
+            c = _where(val >= _at(K.top_value(self.top_keys[:, -1]), f))  # [C] candidates
+            peak = _is_peak(_at(f, c), _at(n, c), _at(val, c), t, b * t, cfg.window)
+            p = _at(c, _where(peak))  # [P] peaks
+            n_p = _at(n, p)
+            group = _at(f, p) * (b * t) + _at(win_id, n_p)  # distinct (feature, window) pairs
+            key = K.top_key(_at(val, p), _at(pos, p))
+            top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
         if cfg.n_sample:
-            sample = self._fold_sample(K.sample_key(self.features[f], pos), val, win[n], f, windows)
+            key = K.sample_key(self.features, pos, f)
+            sample = self._fold_sample(key, val, _at(win, n), f, windows)
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
 
         # commit: from here on only in-place writes into already-allocated tensors
         if top is not None:
             rows, keys, hashes, wins = top
-            self.top_keys[rows], self.top_hash[rows], self.top_windows[rows] = keys, hashes, wins
+            self.top_keys.index_copy_(0, rows, keys)
+            self.top_hash.index_copy_(0, rows, hashes)
+            self.top_windows.index_copy_(0, rows, wins)
         if sample is not None:
             rows, keys, values, hashes, wins = sample
-            self.sample_keys[rows], self.sample_values[rows] = keys, values
-            self.sample_hash[rows], self.sample_windows[rows] = hashes, wins
+            self.sample_keys.index_copy_(0, rows, keys)
+            self.sample_values.index_copy_(0, rows, values)
+            self.sample_hash.index_copy_(0, rows, hashes)
+            self.sample_windows.index_copy_(0, rows, wins)
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=self.hist.dtype))
         self.count += torch.bincount(f, minlength=n_feat)
-        exact_sum.add_values(self.total, f, val)
-        exact_sum.add_squares(self.total_sq, f, val)
+        exact_sum.add_moments(self.total, self.total_sq, f, val)
         self.vmin.scatter_reduce_(0, f, val, "amin")
         self.vmax.scatter_reduce_(0, f, val, "amax")
         self.token_count += int((~special).sum())
         if self.tokens is not None:
-            self.tokens.add(f, tokens.reshape(-1)[n], val)
+            self.tokens.add(f, _at(tokens.reshape(-1), n), val)
 
     def _fold_top(
         self,
@@ -180,18 +192,20 @@ class PassState:
         active entries (features ``f[a]``); keeps the best peak of each ``group`` (= feature
         and window)."""
         k = self.config.n_top
-        i = _where(key > self.top_keys[:, -1][f[a]])  # could beat the current n_top-th best
-        a, key, win, group = a[i], key[i], win[i], group[i]
+        i = _where(key > _at(self.top_keys[:, -1], _at(f, a)))  # could beat the n_top-th best
+        a, key, win, group = _at(a, i), _at(key, i), _at(win, i), _at(group, i)
         _, group = torch.unique(group, return_inverse=True)
         best = torch.full_like(key, K.EMPTY_TOP).scatter_reduce_(0, group, key, "amax")
-        i = _where(key == best[group])
-        a, key, win = a[i], key[i], win[i]
-        rows, seg = torch.unique(f[a], return_inverse=True)
+        i = _where(key == _at(best, group))
+        a, key, win = _at(a, i), _at(key, i), _at(win, i)
+        rows, seg = torch.unique(_at(f, a), return_inverse=True)
         new, idx = K.segment_top(seg, key, len(rows), k, largest=True, fill=K.EMPTY_TOP)
-        hashes = torch.cat([self.top_hash[rows], _gather(win, idx, 0)], 1)  # [R, 2k]
-        keys, pick = _merge_top(torch.cat([self.top_keys[rows], new], 1), hashes, k)
+        old_keys, old_hashes = (x.index_select(0, rows) for x in (self.top_keys, self.top_hash))
+        hashes = torch.cat([old_hashes, _gather(win, idx, 0)], 1)  # [R, 2k]
+        keys, pick = _merge_top(torch.cat([old_keys, new], 1), hashes, k)
         empty = keys == K.EMPTY_TOP
-        wins = _fold_windows(self.top_windows[rows], pick, _gather(a, idx, -1), empty, windows)
+        old = self.top_windows.index_select(0, rows)  # [R, k, width]
+        wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
         return rows, keys, _take(hashes, pick, empty), wins
 
     def _fold_sample(
@@ -205,14 +219,19 @@ class PassState:
         """New sample rows for the features this batch changes: (rows [R], keys, values and
         window hashes [R, n_sample], windows [R, n_sample, width])."""
         k = self.config.n_sample
-        a = _where(key < self.sample_keys[:, -1][f])  # could enter the current sample
-        rows, seg = torch.unique(f[a], return_inverse=True)
-        new, idx = K.segment_top(seg, key[a], len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
-        keys, pick = torch.cat([self.sample_keys[rows], new], 1).topk(k, dim=1, largest=False)
+        a = _where(key < _at(self.sample_keys[:, -1], f))  # could enter the current sample
+        rows, seg = torch.unique(_at(f, a), return_inverse=True)
+        key = _at(key, a)
+        new, idx = K.segment_top(seg, key, len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
+        old_keys = self.sample_keys.index_select(0, rows)
+        keys, pick = torch.cat([old_keys, new], 1).topk(k, dim=1, largest=False)
         empty = keys == K.EMPTY_SAMPLE
-        values = torch.cat([self.sample_values[rows], _gather(val[a], idx, 0.0)], 1)
-        hashes = torch.cat([self.sample_hash[rows], _gather(win[a], idx, 0)], 1)
-        wins = _fold_windows(self.sample_windows[rows], pick, _gather(a, idx, -1), empty, windows)
+        old_values = self.sample_values.index_select(0, rows)
+        old_hashes = self.sample_hash.index_select(0, rows)
+        values = torch.cat([old_values, _gather(_at(val, a), idx, 0.0)], 1)  # [R, 2k]
+        hashes = torch.cat([old_hashes, _gather(_at(win, a), idx, 0)], 1)
+        old = self.sample_windows.index_select(0, rows)  # [R, k, width]
+        wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
         return rows, keys, _take(values, pick, empty), _take(hashes, pick, empty), wins
 
     def merge(self, other: PassState) -> PassState:
@@ -286,11 +305,17 @@ def _where(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
+def _at(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x[idx] of a 1-D x: ``index_select``, which on CPU is several times faster than indexing
+    with a tensor (idx may have any shape)."""
+    return x.index_select(0, idx.reshape(-1)).view(idx.shape)
+
+
 def _gather(x: torch.Tensor, idx: torch.Tensor, fill: float) -> torch.Tensor:
     """x[idx] where idx >= 0, else ``fill`` (x may be empty)."""
     if x.numel() == 0:
         return torch.full(idx.shape, fill, dtype=x.dtype, device=x.device)
-    return torch.where(idx >= 0, x[idx.clamp(min=0)], fill)
+    return torch.where(idx >= 0, _at(x, idx.clamp(min=0)), fill)
 
 
 def _is_peak(
@@ -310,15 +335,15 @@ def _is_peak(
     table = [val]  # table[l][j] = max(val[j : j + 2**l]) (clipped at the end)
     while 2 ** len(table) <= w:
         prev, half = table[-1], 2 ** (len(table) - 1)
-        table.append(torch.maximum(prev, prev[(i + half).clamp(max=len(val) - 1)]))
+        table.append(torch.maximum(prev, _at(prev, (i + half).clamp(max=len(val) - 1))))
     levels = torch.stack(table).view(-1)  # [L * A]
     log2 = torch.tensor([0, *(m.bit_length() - 1 for m in range(1, w + 1))], device=val.device)
 
     def range_max(first: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         """max(val[first : first + length]) per entry, -1 where length is 0."""
-        lv = log2[length]
-        a = levels[lv * len(val) + first.clamp(max=len(val) - 1)]
-        b = levels[lv * len(val) + (first + length - (1 << lv)).clamp(min=0)]
+        lv = _at(log2, length)
+        a = _at(levels, lv * len(val) + first.clamp(max=len(val) - 1))
+        b = _at(levels, lv * len(val) + (first + length - (1 << lv)).clamp(min=0))
         return torch.where(length > 0, torch.maximum(a, b), -1.0)
 
     return (range_max(lo, i - lo) < val) & (range_max(i + 1, hi - i) <= val)
@@ -333,11 +358,12 @@ def _merge_top(
 
 
 def _take(x: torch.Tensor, pick: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
-    """x [R, M] or [R, M, W] at columns pick [R, k]; 0 in ``empty`` [R, k] slots."""
-    if x.dim() == 3:
-        out = x.gather(1, pick[..., None].expand(-1, -1, x.shape[2]))
-        return out.masked_fill_(empty[..., None], 0)
-    return x.gather(1, pick).masked_fill_(empty, 0)
+    """x [R, M] or [R, M, W] at columns pick [R, k]; 0 in ``empty`` [R, k] slots. Rows of
+    the flattened x are selected (gather with an expanded index is far slower on CPU)."""
+    r, m = x.shape[:2]
+    flat = (torch.arange(r, device=x.device)[:, None] * m + pick).reshape(-1)  # [R * k]
+    out = x.reshape(r * m, *x.shape[2:]).index_select(0, flat).view(*pick.shape, *x.shape[2:])
+    return out.masked_fill_(empty if x.dim() == 2 else empty[..., None], 0)
 
 
 def _fold_windows(
@@ -372,8 +398,8 @@ def _window_values(
     offsets = torch.arange(-left, right + 1, device=n.device)  # [W]
     col = (n % t)[:, None] + offsets  # [X, W] position in the row
     at = (n[:, None] + offsets).clamp(0, len(special) - 1)  # [X, W] batch position
-    v = acts[at, f[:, None]].float()
-    return v.masked_fill_(~(v > 0) | special[at] | (col < 0) | (col >= t), 0.0)
+    v = _at(acts.reshape(-1), at * acts.shape[1] + f[:, None]).float()  # acts is contiguous
+    return v.masked_fill_(~(v > 0) | _at(special, at) | (col < 0) | (col >= t), 0.0)
 
 
 def _check_compatible(a: PassState, b: PassState) -> None:

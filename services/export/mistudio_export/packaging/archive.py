@@ -45,6 +45,10 @@ _UNIX = 3
 
 ArchiveProgress = Callable[[int, int], None]
 """Called with (bytes processed, bytes total); each file counts twice: hashed, then packed."""
+PROGRESS_STEPS = 200
+"""Progress is reported about this many times per archive, not per chunk: each report is a
+job progress message rendered, streamed to watchers and now and then stored, which per
+megabyte cost a third of the packing time of a 400 MB export."""
 
 
 class Compression(StrEnum):
@@ -111,10 +115,15 @@ class _Counter:
         self.progress = progress
         self.total = total
         self.done = 0
+        self.step = max(1, total // PROGRESS_STEPS)
+        self.reported = 0
 
     def add(self, n: int) -> None:
         self.done += n
-        if self.progress is not None:
+        if self.progress is not None and (
+            self.done - self.reported >= self.step or self.done >= self.total
+        ):
+            self.reported = self.done
             self.progress(self.done, max(self.total, self.done))
 
 

@@ -156,6 +156,8 @@ class ExportJobRow(Base):
     # The export instance running the job, and until when its lease lasts (ClaimExportJob).
     holder: Mapped[str] = mapped_column(String(64), server_default="")
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # A pause or cancel asked of the holder by another instance (a JobState name; "" for none).
+    requested_state: Mapped[str] = mapped_column(String(32), server_default="")
 
     __table_args__ = (
         UniqueConstraint("sae_pk", "request_id"),
@@ -163,6 +165,8 @@ class ExportJobRow(Base):
         Index(None, "created_at", "job_id"),
         Index(None, "sae_pk", "created_at", "job_id"),
         Index(None, "owner", "created_at", "job_id"),
+        # ListExportJobs(finished_before): retention reads only the jobs past its cutoff.
+        Index(None, "finished_at"),
     )
 
 

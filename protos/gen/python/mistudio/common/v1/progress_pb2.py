@@ -25,19 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mistudio/common/v1/progress.proto\x12\x12mistudio.common.v1\x1a\x17google/rpc/status.proto\"\xcb\x01\n\rStageProgress\x12(\n\x05stage\x18\x01 \x01(\x0e\x32\x19.mistudio.common.v1.Stage\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.mistudio.common.v1.JobState\x12\x12\n\nitems_done\x18\x03 \x01(\x03\x12\x13\n\x0bitems_total\x18\x04 \x01(\x03\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\"\x8b\x03\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.mistudio.common.v1.JobState\x12(\n\x05stage\x18\x04 \x01(\x0e\x32\x19.mistudio.common.v1.Stage\x12\x13\n\x0bstage_index\x18\x05 \x01(\x05\x12\x13\n\x0bstage_count\x18\x06 \x01(\x05\x12\x12\n\nitems_done\x18\x07 \x01(\x03\x12\x13\n\x0bitems_total\x18\x08 \x01(\x03\x12\x0c\n\x04unit\x18\t \x01(\t\x12\x10\n\x08\x66raction\x18\n \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x0b \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0c \x01(\x01\x12\x0f\n\x07message\x18\r \x01(\t\x12\x31\n\x06stages\x18\x0e \x03(\x0b\x32!.mistudio.common.v1.StageProgress\x12!\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x12.google.rpc.Status*\x9c\x02\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10STAGE_VALIDATING\x10\x01\x12\x19\n\x15STAGE_ACTIVATION_PASS\x10\x02\x12\x1a\n\x16STAGE_LOADING_EXAMPLES\x10\x03\x12\x14\n\x10STAGE_LOGIT_LENS\x10\x04\x12\x14\n\x10STAGE_HISTOGRAMS\x10\x05\x12\x1b\n\x17STAGE_TOKEN_AGGREGATION\x10\x06\x12\x11\n\rSTAGE_CACHING\x10\x07\x12\x1a\n\x16STAGE_GENERATING_FILES\x10\x08\x12\x1b\n\x17STAGE_VALIDATING_OUTPUT\x10\t\x12\x1a\n\x16STAGE_CREATING_ARCHIVE\x10\n*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x14\n\x10JOB_STATE_PAUSED\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mistudio/common/v1/progress.proto\x12\x12mistudio.common.v1\x1a\x17google/rpc/status.proto\"J\n\rStageEstimate\x12(\n\x05stage\x18\x01 \x01(\x0e\x32\x19.mistudio.common.v1.Stage\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"\xcb\x01\n\rStageProgress\x12(\n\x05stage\x18\x01 \x01(\x0e\x32\x19.mistudio.common.v1.Stage\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.mistudio.common.v1.JobState\x12\x12\n\nitems_done\x18\x03 \x01(\x03\x12\x13\n\x0bitems_total\x18\x04 \x01(\x03\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\x17\n\x0f\x65lapsed_seconds\x18\x06 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x07 \x01(\x01\"\x8b\x03\n\x08Progress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12+\n\x05state\x18\x03 \x01(\x0e\x32\x1c.mistudio.common.v1.JobState\x12(\n\x05stage\x18\x04 \x01(\x0e\x32\x19.mistudio.common.v1.Stage\x12\x13\n\x0bstage_index\x18\x05 \x01(\x05\x12\x13\n\x0bstage_count\x18\x06 \x01(\x05\x12\x12\n\nitems_done\x18\x07 \x01(\x03\x12\x13\n\x0bitems_total\x18\x08 \x01(\x03\x12\x0c\n\x04unit\x18\t \x01(\t\x12\x10\n\x08\x66raction\x18\n \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x0b \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0c \x01(\x01\x12\x0f\n\x07message\x18\r \x01(\t\x12\x31\n\x06stages\x18\x0e \x03(\x0b\x32!.mistudio.common.v1.StageProgress\x12!\n\x05\x65rror\x18\x0f \x01(\x0b\x32\x12.google.rpc.Status*\x9c\x02\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x14\n\x10STAGE_VALIDATING\x10\x01\x12\x19\n\x15STAGE_ACTIVATION_PASS\x10\x02\x12\x1a\n\x16STAGE_LOADING_EXAMPLES\x10\x03\x12\x14\n\x10STAGE_LOGIT_LENS\x10\x04\x12\x14\n\x10STAGE_HISTOGRAMS\x10\x05\x12\x1b\n\x17STAGE_TOKEN_AGGREGATION\x10\x06\x12\x11\n\rSTAGE_CACHING\x10\x07\x12\x1a\n\x16STAGE_GENERATING_FILES\x10\x08\x12\x1b\n\x17STAGE_VALIDATING_OUTPUT\x10\t\x12\x1a\n\x16STAGE_CREATING_ARCHIVE\x10\n*\xb0\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x14\n\x10JOB_STATE_PAUSED\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mistudio.common.v1.progress_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STAGE']._serialized_start=687
-  _globals['_STAGE']._serialized_end=971
-  _globals['_JOBSTATE']._serialized_start=974
-  _globals['_JOBSTATE']._serialized_end=1150
-  _globals['_STAGEPROGRESS']._serialized_start=83
-  _globals['_STAGEPROGRESS']._serialized_end=286
-  _globals['_PROGRESS']._serialized_start=289
-  _globals['_PROGRESS']._serialized_end=684
+  _globals['_STAGE']._serialized_start=763
+  _globals['_STAGE']._serialized_end=1047
+  _globals['_JOBSTATE']._serialized_start=1050
+  _globals['_JOBSTATE']._serialized_end=1226
+  _globals['_STAGEESTIMATE']._serialized_start=82
+  _globals['_STAGEESTIMATE']._serialized_end=156
+  _globals['_STAGEPROGRESS']._serialized_start=159
+  _globals['_STAGEPROGRESS']._serialized_end=362
+  _globals['_PROGRESS']._serialized_start=365
+  _globals['_PROGRESS']._serialized_end=760
 # @@protoc_insertion_point(module_scope)

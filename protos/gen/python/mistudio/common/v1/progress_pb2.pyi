@@ -119,6 +119,34 @@ JOB_STATE_CANCELLED: JobState.ValueType  # 6
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 @_typing.final
+class StageEstimate(_message.Message):
+    """A stage's predicted wall-clock seconds, from the rates the service has measured (its priors
+    until it has): an estimate's breakdown, and what a running job's ETA weighs stages by.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STAGE_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    stage: Global___Stage.ValueType
+    """The stage predicted."""
+    seconds: _builtins.float
+    """Predicted seconds."""
+    def __init__(
+        self,
+        *,
+        stage: Global___Stage.ValueType = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seconds", b"seconds", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StageEstimate: _TypeAlias = StageEstimate  # noqa: Y015
+
+@_typing.final
 class StageProgress(_message.Message):
     """How far one stage has come; a dashboard draws one row per stage (PRD §7.2)."""
 

@@ -676,6 +676,7 @@ class EstimateComputationResponse(_message.Message):
     PREPEND_BOS_FIELD_NUMBER: _builtins.int
     N_LAYERS_FIELD_NUMBER: _builtins.int
     ESTIMATED_PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
     """Predicted wall-clock seconds."""
     estimated_tokens: _builtins.int
@@ -700,6 +701,10 @@ class EstimateComputationResponse(_message.Message):
     def params(self) -> _dashboard_pb2.DashboardParams:
         """The parameters a computation would use, defaults and token_source_fingerprint filled in."""
 
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[_progress_pb2.StageEstimate]:
+        """estimated_seconds per stage of the computation, in the order it runs them."""
+
     def __init__(
         self,
         *,
@@ -712,10 +717,11 @@ class EstimateComputationResponse(_message.Message):
         prepend_bos: _builtins.bool = ...,
         n_layers: _builtins.int = ...,
         estimated_peak_memory_bytes: _builtins.int = ...,
+        stages: _abc.Iterable[_progress_pb2.StageEstimate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_peak_memory_bytes", b"estimated_peak_memory_bytes", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_layers", b"n_layers", "n_rows", b"n_rows", "params", b"params", "prepend_bos", b"prepend_bos", "rate_source", b"rate_source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_size", b"context_size", "estimated_peak_memory_bytes", b"estimated_peak_memory_bytes", "estimated_seconds", b"estimated_seconds", "estimated_tokens", b"estimated_tokens", "n_layers", b"n_layers", "n_rows", b"n_rows", "params", b"params", "prepend_bos", b"prepend_bos", "rate_source", b"rate_source", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from mistudio.compute.v1 import compute_service_pb2 as mistudio_dot_compute_dot_
 from mistudio.export.v1 import export_service_pb2 as mistudio_dot_export_dot_v1_dot_export__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mistudio/export/v1/export_job.proto\x12\x12mistudio.export.v1\x1a)mistudio/compute/v1/compute_service.proto\x1a\'mistudio/export/v1/export_service.proto\"\xf5\x01\n\x10\x45xportCheckpoint\x12\x36\n\x07\x63ompute\x18\x01 \x01(\x0b\x32%.mistudio.export.v1.ComputeCheckpoint\x12\x36\n\x07\x63ollect\x18\x02 \x01(\x0b\x32%.mistudio.export.v1.CollectCheckpoint\x12\x36\n\x07\x66ormats\x18\x03 \x01(\x0b\x32%.mistudio.export.v1.FormatsCheckpoint\x12\x39\n\nvalidation\x18\x04 \x01(\x0b\x32%.mistudio.export.v1.ValidationSummary\"w\n\x11\x43omputeCheckpoint\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x1d\n\x15paused_computation_id\x18\x02 \x01(\t\x12\x32\n\x06result\x18\x03 \x01(\x0b\x32\".mistudio.compute.v1.ComputeResult\"C\n\x11\x43ollectCheckpoint\x12\x13\n\x0b\x63hunks_done\x18\x01 \x01(\x05\x12\x19\n\x11skipped_unchanged\x18\x02 \x01(\x05\"=\n\x11\x46ormatsCheckpoint\x12\x0c\n\x04\x64one\x18\x01 \x03(\t\x12\x1a\n\x12\x66\x65\x61tures_unchanged\x18\x02 \x01(\x05\"\xc0\x01\n\rExportOutcome\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32 .mistudio.export.v1.ExportResult\x12\x12\n\nrender_key\x18\x02 \x01(\t\x12\x37\n\x08measured\x18\x04 \x01(\x0b\x32%.mistudio.export.v1.ExportMeasurement\x12\x1a\n\x12\x66\x65\x61ture_hash_count\x18\x05 \x01(\x03J\x04\x08\x03\x10\x04R\x0e\x66\x65\x61ture_hashes\"i\n\x11\x45xportMeasurement\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x01(\x05\x12\x19\n\x11neuronpedia_bytes\x18\x02 \x01(\x03\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x16\n\x0e\x65xample_tokens\x18\x04 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mistudio/export/v1/export_job.proto\x12\x12mistudio.export.v1\x1a)mistudio/compute/v1/compute_service.proto\x1a\'mistudio/export/v1/export_service.proto\"\xf5\x01\n\x10\x45xportCheckpoint\x12\x36\n\x07\x63ompute\x18\x01 \x01(\x0b\x32%.mistudio.export.v1.ComputeCheckpoint\x12\x36\n\x07\x63ollect\x18\x02 \x01(\x0b\x32%.mistudio.export.v1.CollectCheckpoint\x12\x36\n\x07\x66ormats\x18\x03 \x01(\x0b\x32%.mistudio.export.v1.FormatsCheckpoint\x12\x39\n\nvalidation\x18\x04 \x01(\x0b\x32%.mistudio.export.v1.ValidationSummary\"p\n\x11\x43omputeCheckpoint\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x16\n\x0e\x63omputation_id\x18\x02 \x01(\t\x12\x32\n\x06result\x18\x03 \x01(\x0b\x32\".mistudio.compute.v1.ComputeResult\"C\n\x11\x43ollectCheckpoint\x12\x13\n\x0b\x63hunks_done\x18\x01 \x01(\x05\x12\x19\n\x11skipped_unchanged\x18\x02 \x01(\x05\"=\n\x11\x46ormatsCheckpoint\x12\x0c\n\x04\x64one\x18\x01 \x03(\t\x12\x1a\n\x12\x66\x65\x61tures_unchanged\x18\x02 \x01(\x05\"\xc0\x01\n\rExportOutcome\x12\x30\n\x06result\x18\x01 \x01(\x0b\x32 .mistudio.export.v1.ExportResult\x12\x12\n\nrender_key\x18\x02 \x01(\t\x12\x37\n\x08measured\x18\x04 \x01(\x0b\x32%.mistudio.export.v1.ExportMeasurement\x12\x1a\n\x12\x66\x65\x61ture_hash_count\x18\x05 \x01(\x03J\x04\x08\x03\x10\x04R\x0e\x66\x65\x61ture_hashes\"i\n\x11\x45xportMeasurement\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x01(\x05\x12\x19\n\x11neuronpedia_bytes\x18\x02 \x01(\x03\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x16\n\x0e\x65xample_tokens\x18\x04 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPORTCHECKPOINT']._serialized_start=144
   _globals['_EXPORTCHECKPOINT']._serialized_end=389
   _globals['_COMPUTECHECKPOINT']._serialized_start=391
-  _globals['_COMPUTECHECKPOINT']._serialized_end=510
-  _globals['_COLLECTCHECKPOINT']._serialized_start=512
-  _globals['_COLLECTCHECKPOINT']._serialized_end=579
-  _globals['_FORMATSCHECKPOINT']._serialized_start=581
-  _globals['_FORMATSCHECKPOINT']._serialized_end=642
-  _globals['_EXPORTOUTCOME']._serialized_start=645
-  _globals['_EXPORTOUTCOME']._serialized_end=837
-  _globals['_EXPORTMEASUREMENT']._serialized_start=839
-  _globals['_EXPORTMEASUREMENT']._serialized_end=944
+  _globals['_COMPUTECHECKPOINT']._serialized_end=503
+  _globals['_COLLECTCHECKPOINT']._serialized_start=505
+  _globals['_COLLECTCHECKPOINT']._serialized_end=572
+  _globals['_FORMATSCHECKPOINT']._serialized_start=574
+  _globals['_FORMATSCHECKPOINT']._serialized_end=635
+  _globals['_EXPORTOUTCOME']._serialized_start=638
+  _globals['_EXPORTOUTCOME']._serialized_end=830
+  _globals['_EXPORTMEASUREMENT']._serialized_start=832
+  _globals['_EXPORTMEASUREMENT']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

@@ -73,12 +73,15 @@ class ComputeCheckpoint(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ATTEMPT_FIELD_NUMBER: _builtins.int
-    PAUSED_COMPUTATION_ID_FIELD_NUMBER: _builtins.int
+    COMPUTATION_ID_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
     """Suffix of the computation's request id: a new attempt after a failed or cancelled one."""
-    paused_computation_id: _builtins.str
-    """The compute job a pause left waiting there (cancelled when the export is cancelled)."""
+    computation_id: _builtins.str
+    """The compute job this attempt follows, saved as soon as it is known and until it ends:
+    cancelling the export cancels it, also from an instance that adopts the job from a
+    crashed holder, or one that cancels it while paused (the computation waits there).
+    """
     @_builtins.property
     def result(self) -> _compute_service_pb2.ComputeResult:
         """Set when the computation finished: the next run skips the compute stages."""
@@ -87,12 +90,12 @@ class ComputeCheckpoint(_message.Message):
         self,
         *,
         attempt: _builtins.int = ...,
-        paused_computation_id: _builtins.str = ...,
+        computation_id: _builtins.str = ...,
         result: _compute_service_pb2.ComputeResult | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "paused_computation_id", b"paused_computation_id", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "computation_id", b"computation_id", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

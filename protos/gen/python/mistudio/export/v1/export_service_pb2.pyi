@@ -1001,6 +1001,7 @@ class ExportEstimate(_message.Message):
     FEATURES_TO_COMPUTE_FIELD_NUMBER: _builtins.int
     FEATURES_CACHED_FIELD_NUMBER: _builtins.int
     ESTIMATED_PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
     estimated_seconds: _builtins.float
     """Predicted wall-clock seconds."""
     estimated_size_bytes: _builtins.int
@@ -1015,6 +1016,12 @@ class ExportEstimate(_message.Message):
     """The compute service's predicted peak memory in bytes for the features to compute (beyond the
     model and the SAE weights); 0 when every dashboard is cached.
     """
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[_progress_pb2.StageEstimate]:
+        """estimated_seconds per stage of the export, in the order it runs them: the computation's
+        stages as the compute service predicts them, the rest from this service's finished exports.
+        """
+
     def __init__(
         self,
         *,
@@ -1024,10 +1031,11 @@ class ExportEstimate(_message.Message):
         features_to_compute: _builtins.int = ...,
         features_cached: _builtins.int = ...,
         estimated_peak_memory_bytes: _builtins.int = ...,
+        stages: _abc.Iterable[_progress_pb2.StageEstimate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_peak_memory_bytes", b"estimated_peak_memory_bytes", "estimated_seconds", b"estimated_seconds", "estimated_size_bytes", b"estimated_size_bytes", "feature_count", b"feature_count", "features_cached", b"features_cached", "features_to_compute", b"features_to_compute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_peak_memory_bytes", b"estimated_peak_memory_bytes", "estimated_seconds", b"estimated_seconds", "estimated_size_bytes", b"estimated_size_bytes", "feature_count", b"feature_count", "features_cached", b"features_cached", "features_to_compute", b"features_to_compute", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

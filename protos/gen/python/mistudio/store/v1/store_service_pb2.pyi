@@ -1028,6 +1028,7 @@ class ExportJob(_message.Message):
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     SAE_OWNER_FIELD_NUMBER: _builtins.int
+    REQUESTED_STATE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Unique id; chosen by the export service, or by the store when created without one."""
     sae_id: _builtins.str
@@ -1053,6 +1054,14 @@ class ExportJob(_message.Message):
     sae_owner: _builtins.str
     """The owner of the SAE (an sae_id is unique per owner); on create, empty means the only SAE
     with sae_id. The store always returns it.
+    """
+    requested_state: _progress_pb2.JobState.ValueType
+    """A pause or cancel asked for on an instance that does not hold the job (PAUSED or
+    CANCELLED; UNSPECIFIED when none). Its holder sees it in the reply to its next
+    UpdateExportJob or ClaimExportJob, stops the job at its next checkpoint and records that
+    state. Written through UpdateExportJob only
+    while the job is queued or running (a cancel overrides a pause); any other state written
+    clears it.
     """
     @_builtins.property
     def progress(self) -> _progress_pb2.Progress:
@@ -1120,10 +1129,11 @@ class ExportJob(_message.Message):
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         config: _export_service_pb2.ExportConfig | None = ...,
         sae_owner: _builtins.str = ...,
+        requested_state: _progress_pb2.JobState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "holder", b"holder", "job_id", b"job_id", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "resume", b"resume", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "error_message", b"error_message", "feature_count", b"feature_count", "finished_at", b"finished_at", "holder", b"holder", "job_id", b"job_id", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "output_size_bytes", b"output_size_bytes", "output_uri", b"output_uri", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "requested_state", b"requested_state", "resume", b"resume", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "started_at", b"started_at", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1293,6 +1303,7 @@ class ListExportJobsRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     STATES_FIELD_NUMBER: _builtins.int
     SAE_OWNER_FIELD_NUMBER: _builtins.int
+    FINISHED_BEFORE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Jobs per page: 0 means the store's default_page_size (100); at most its
     max_page_size (1000).
@@ -1309,6 +1320,12 @@ class ListExportJobsRequest(_message.Message):
     def states(self) -> _containers.RepeatedScalarFieldContainer[_progress_pb2.JobState.ValueType]:
         """Only jobs in these states when non-empty."""
 
+    @_builtins.property
+    def finished_before(self) -> _timestamp_pb2.Timestamp:
+        """Only jobs that reached an end state (finished_at) before this time; unset means any.
+        Retention asks for the jobs that ended before its cutoff, not for every finished job.
+        """
+
     def __init__(
         self,
         *,
@@ -1318,10 +1335,11 @@ class ListExportJobsRequest(_message.Message):
         owner: _builtins.str = ...,
         states: _abc.Iterable[_progress_pb2.JobState.ValueType] | None = ...,
         sae_owner: _builtins.str = ...,
+        finished_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_before", b"finished_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_before", b"finished_before", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token", "sae_id", b"sae_id", "sae_owner", b"sae_owner", "states", b"states"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
