@@ -5,7 +5,8 @@ this repository. Three hub-touching steps are replaced by local objects: the mod
 file, stories260K or the GPU profile's random one, read with numpy into a HookedSAETransformer),
 the activation store (none) and token sampling (our token file). Everything else is
 ``NeuronpediaRunner.run()`` as published.
-Writes ``--out`` (JSON): run seconds and per feature what the agreement check needs.
+``run`` writes ``--out`` (JSON): its run seconds; ``facts``, run afterwards outside the measured
+process, writes per feature what the agreement check needs.
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ class OfflineRunner(NeuronpediaRunner):
         return torch.from_numpy(np.load(self.token_file).astype(np.int64))
 
 
+VOCAB = "vocab.json"
+"""The runner's id -> piece map, kept in --work by the run for the facts read afterwards."""
+
+
 def feature_facts(outputs: Path, vocab: dict[int, str]) -> dict[str, dict[str, Any]]:
     """Per feature what ``measure.agreement`` compares (the keys match ours_job's)."""
     ids = {s: i for i, s in vocab.items()}
@@ -165,16 +170,27 @@ def feature_facts(outputs: Path, vocab: dict[int, str]) -> dict[str, dict[str, A
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, help="legacy llama2.c checkpoint")
-    parser.add_argument("--tokenizer", required=True, help="llama2.c tokenizer export")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--check-reference", action="store_true", help="stories260K only")
-    parser.add_argument("--sae", required=True)
-    parser.add_argument("--tokens", required=True)
-    parser.add_argument("--work", required=True)
-    parser.add_argument("--n-examples", type=int, default=20)
-    parser.add_argument("--out", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the timed run: writes its outputs and vocabulary to --work")
+    run.add_argument("--model", required=True, help="legacy llama2.c checkpoint")
+    run.add_argument("--tokenizer", required=True, help="llama2.c tokenizer export")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--check-reference", action="store_true", help="stories260K only")
+    run.add_argument("--sae", required=True)
+    run.add_argument("--tokens", required=True)
+    run.add_argument("--work", required=True)
+    run.add_argument("--n-examples", type=int, default=20)
+    run.add_argument("--out", required=True)
+    facts = sub.add_parser("facts", help="afterwards, untimed: per feature facts of the outputs")
+    facts.add_argument("--work", required=True)
+    facts.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.command == "facts":  # read outside the measured process, as ours' archive is
+        work = Path(args.work)
+        vocab = {int(i): piece for i, piece in json.loads((work / VOCAB).read_text()).items()}
+        found = {"features": feature_facts(work / "outputs", vocab)}
+        Path(args.out).write_text(json.dumps(found), encoding="utf-8")
+        return
     started = time.perf_counter()
     n_rows, context = np.load(args.tokens, mmap_mode="r").shape
     OfflineRunner.checkpoint, OfflineRunner.tokenizer = Path(args.model), Path(args.tokenizer)
@@ -192,8 +208,8 @@ def main() -> None:
     run_started = time.perf_counter()
     runner.run()
     run_s = time.perf_counter() - run_started
-    facts = feature_facts(Path(args.work) / "outputs", runner.vocab_dict)
-    result = {"run_s": run_s, "wall_s": time.perf_counter() - started, "features": facts}
+    (Path(args.work) / VOCAB).write_text(json.dumps(runner.vocab_dict), encoding="utf-8")
+    result = {"run_s": run_s, "job_wall_s": time.perf_counter() - started}
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
 
 
