@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         hook=assets.hook_name,
         sae_id=f"{SAE_ID}-{args.d_sae}",
         source_set=f"{SOURCE_SET}-{args.d_sae}",
+        owner="",  # the local user
     )
     notes = read_annotations("", str(assets.explanations_file))
     print("2/3 services: store, compute, export on loopback (SQLite, local archives, CPU)")
