@@ -64,20 +64,21 @@ BENCH_SIZE = JobSize(tokens=262_144, features=4_096, example_tokens=45 * 25)
 4,096-feature SAE, 20 top and 5 × 5 quantile examples of 16 + 1 + 8 tokens."""
 BENCH_SECONDS: dict[StageId, float] = {
     ppb.STAGE_VALIDATING: 0.1,
-    ppb.STAGE_ACTIVATION_PASS: 30.0,
-    ppb.STAGE_LOADING_EXAMPLES: 0.05,
-    ppb.STAGE_LOGIT_LENS: 8.3,
-    ppb.STAGE_HISTOGRAMS: 0.3,
-    ppb.STAGE_TOKEN_AGGREGATION: 0.05,
-    ppb.STAGE_CACHING: 0.2,
-    ppb.STAGE_GENERATING_FILES: 16.5,
-    ppb.STAGE_VALIDATING_OUTPUT: 5.7,
-    ppb.STAGE_CREATING_ARCHIVE: 10.6,
+    ppb.STAGE_ACTIVATION_PASS: 20.3,
+    ppb.STAGE_LOADING_EXAMPLES: 0.02,
+    ppb.STAGE_LOGIT_LENS: 7.1,
+    ppb.STAGE_HISTOGRAMS: 0.01,
+    ppb.STAGE_TOKEN_AGGREGATION: 0.33,
+    ppb.STAGE_CACHING: 0.17,
+    ppb.STAGE_GENERATING_FILES: 13.1,
+    ppb.STAGE_VALIDATING_OUTPUT: 4.7,
+    ppb.STAGE_CREATING_ARCHIVE: 4.1,
 }
 """Each stage's seconds in that export on the 2-core bench machine, idle (bench/results/
-partial-4096, commit 7345964). At 16,384 features the later stages grew 3.8-4.8-fold on the
-shared machine (CPU seconds where a stage runs in this process, wall time where it runs in
-child processes), within 20% of the 4-fold their driver predicts."""
+latest.md, commit 116a646; the export's wall from StartExport was 50.2 s). At 16,384 features
+the later stages grew 3.8-4.8-fold on a shared machine (CPU seconds where a stage runs in this
+process, wall time where it runs in child processes), within 20% of the 4-fold their driver
+predicts."""
 PRIOR_SECONDS_PER_UNIT: dict[StageId, float] = {
     stage: seconds / cost_units(stage, BENCH_SIZE) for stage, seconds in BENCH_SECONDS.items()
 }

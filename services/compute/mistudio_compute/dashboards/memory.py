@@ -19,7 +19,7 @@ from mistudio_common.errors import ResourceExhausted
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
-STATE_COPIES = 2.4
+STATE_COPIES = 2.6
 """Peak bytes per byte of pass state: the state, the candidate rows a batch folds in, and the
 example plan finalisation builds from it."""
 BYTES_PER_SHOWN_TOKEN = 100
