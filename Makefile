@@ -57,8 +57,9 @@ demo: setup
 serve: setup
 	$(PY) -m mistudio_cli serve
 
+# Options pass through, e.g. make bench BENCH_ARGS="--ray 2" (see bench/run.py --help).
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 bench-smoke: setup
 	$(PY) bench/run.py --smoke
