@@ -202,6 +202,13 @@ def computation_state(stack: FaultStack, job_id: str) -> int:
     return compute.GetComputation(request, timeout=30).computation.progress.state
 
 
+def wait_for_computation_cancelled(stack: FaultStack, job_id: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while (state := computation_state(stack, job_id)) != ppb.JOB_STATE_CANCELLED:
+        assert time.monotonic() < deadline, f"the computation is {ppb.JobState.Name(state)}"
+        time.sleep(0.5)
+
+
 def test_a_cancel_sent_to_an_instance_that_does_not_hold_the_job_stops_the_holders_run(
     stack: FaultStack, tmp_path: Path
 ) -> None:
@@ -219,10 +226,7 @@ def test_a_cancel_sent_to_an_instance_that_does_not_hold_the_job_stops_the_holde
         cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
         assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED
         assert [m.progress.state for m in watched][-1] == ppb.JOB_STATE_CANCELLED
-        deadline = time.monotonic() + 30
-        while (state := computation_state(stack, job_id)) != ppb.JOB_STATE_CANCELLED:
-            assert time.monotonic() < deadline, f"the computation is {ppb.JobState.Name(state)}"
-            time.sleep(0.5)
+        wait_for_computation_cancelled(stack, job_id)
         time.sleep(2 * LEASE_SECONDS)  # a holder that ran on would have written by now
         assert states_everywhere(stack, job_id, stack.exports(), elsewhere) == {
             ppb.JOB_STATE_CANCELLED
@@ -247,10 +251,7 @@ def test_an_instance_that_does_not_hold_a_crashed_holders_job_cancels_it_and_its
         stack.export.kill()  # the holder dies while compute runs its computation
         cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
         assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED
-        deadline = time.monotonic() + 30
-        while (state := computation_state(stack, job_id)) != ppb.JOB_STATE_CANCELLED:
-            assert time.monotonic() < deadline, f"the computation is {ppb.JobState.Name(state)}"
-            time.sleep(0.5)
+        wait_for_computation_cancelled(stack, job_id)
         assert states_everywhere(stack, job_id, elsewhere) == {ppb.JOB_STATE_CANCELLED}
     finally:
         second.stop()
