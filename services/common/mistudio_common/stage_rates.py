@@ -22,6 +22,7 @@ import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.progress import StageId
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class JobSize:
     """Tokens of one feature's shown examples: examples × context window."""
 
 
-def example_tokens(params: dpb.DashboardParams) -> int:
+def example_tokens(params: dpb.DashboardParams | DashboardParams) -> int:
     """Tokens of one feature's shown examples under ``params`` (filled, not defaulted)."""
     examples = params.n_top_examples + params.n_quantile_groups * params.examples_per_quantile_group
     return examples * (params.context_left + 1 + params.context_right)

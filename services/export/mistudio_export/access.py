@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.auth import Identity, can_see, owner_for, sae_owner
 from mistudio_common.errors import InvalidArgument, NotFound
 from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
+from mistudio_export.peers import SaeRecord
+
 
 class Records(Protocol):
-    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae: ...
+    def get_sae(self, sae_id: str, owner: str = "") -> SaeRecord: ...
 
     def get_job(self, job_id: str) -> spb.ExportJob: ...
 
@@ -61,7 +62,7 @@ class Access:
             return False
         return not can_see(job.owner, caller)
 
-    def sae(self, sae_id: str, owner: str, caller: Identity) -> spb.Sae:
+    def sae(self, sae_id: str, owner: str, caller: Identity) -> SaeRecord:
         """The SAE ``sae_id`` of ``owner`` (a user's: always its own, as ids are unique per
         owner), when the caller may use it; NOT_FOUND otherwise."""
         if not sae_id:
@@ -72,19 +73,20 @@ class Access:
         return sae
 
 
-def check_uploaded_weights(sae: spb.Sae) -> None:
+def check_uploaded_weights(sae: SaeRecord) -> None:
     """An SAE registered on an upload must be its owner's upload (NOT_FOUND otherwise, as for
     a missing one); compute checks the same before it reads the weights."""
     if is_object_uri(sae.weights_uri):
         check_owner(parse_input_uri(sae.weights_uri, "weights_uri"), sae.owner, "weights_uri")
 
 
-def check_uploaded_tokens(tokens: tpb.TokenSource, caller: Identity, field: str) -> None:
+def check_uploaded_tokens(token_file: str, caller: Identity, field: str) -> None:
     """An uploaded token file is usable only by its uploader (and admins and services): another
-    owner's upload is NOT_FOUND, as a missing one. Paths are compute's to confine."""
-    if is_object_uri(tokens.token_file) and not caller.sees_everything:
+    owner's upload is NOT_FOUND, as a missing one. Paths are compute's to confine. ``field``
+    names the token source in the request."""
+    if is_object_uri(token_file) and not caller.sees_everything:
         name = f"{field}.token_file"
-        check_owner(parse_input_uri(tokens.token_file, name), caller.name, name)
+        check_owner(parse_input_uri(token_file, name), caller.name, name)
 
 
 def list_owner(requested: str, caller: Identity) -> str:

@@ -15,23 +15,34 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import params_from_pb, params_to_pb
 from mistudio_common.grpc_errors import call_peer, pages, stream_peer
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel, wait_until_ready
 
+from mistudio_export.messages import (
+    computation_progress_from_pb,
+    computation_request_to_pb,
+    sae_from_pb,
+    sae_reference,
+    token_source_to_pb,
+)
 from mistudio_export.peers import (
     ComputationEstimate,
+    ComputationProgress,
+    ComputationRequest,
     FeatureFilter,
     FeatureRecord,
     FileChunk,
+    SaeRecord,
+    TokenSource,
 )
-from mistudio_export.plan import sae_reference
 from mistudio_export.records import ExplanationRecord
 
 PAGE_SIZE = 1000
@@ -57,10 +68,10 @@ class StoreClient:
     def close(self) -> None:
         self._channel.close()
 
-    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
+    def get_sae(self, sae_id: str, owner: str = "") -> SaeRecord:
         """``owner``'s SAE (ids are unique per owner); empty: the only one with this id."""
         request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
-        return call_peer(lambda: self._stub.GetSae(request, **self._unary)).sae
+        return sae_from_pb(call_peer(lambda: self._stub.GetSae(request, **self._unary)).sae)
 
     def features(
         self, sae_id: str, feature_filter: FeatureFilter, owner: str = ""
@@ -96,13 +107,14 @@ class StoreClient:
         return map(_explanation_record, pages(fetch))
 
     def cached_hashes(
-        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+        self, sae_id: str, params: DashboardParams, owner: str = ""
     ) -> dict[int, str]:
         """Feature index -> content hash of every dashboard cached under ``params``."""
+        wire = params_to_pb(params)
 
         def fetch(token: str) -> tuple[Sequence[spb.CachedDashboard], str]:
             request = spb.ListCachedDashboardsRequest(
-                sae_id=sae_id, owner=owner, params=params, page_size=PAGE_SIZE, page_token=token
+                sae_id=sae_id, owner=owner, params=wire, page_size=PAGE_SIZE, page_token=token
             )
             page = call_peer(lambda: self._stub.ListCachedDashboards(request, **self._unary))
             return page.dashboards, page.next_page_token
@@ -110,11 +122,11 @@ class StoreClient:
         return {d.feature_index: d.content_hash for d in pages(fetch)}
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
+        self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
         """Cached dashboards of ``indices`` (at most a few hundred), and the missing indices."""
         request = spb.GetDashboardsRequest(
-            sae_id=sae_id, owner=owner, params=params, feature_indices=indices
+            sae_id=sae_id, owner=owner, params=params_to_pb(params), feature_indices=indices
         )
         found: list[dpb.FeatureDashboard] = []
         missing: list[int] = []
@@ -175,7 +187,7 @@ class StoreClient:
         )
         return call_peer(lambda: self._stub.ListExportJobs(request, **self._unary))
 
-    def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]:
+    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[spb.ExportJob]:
         """The SAE's newest ``limit`` succeeded exports, newest first (never those of another
         owner's SAE with the same id)."""
         page = self.list_jobs(
@@ -281,10 +293,11 @@ class ComputeClient:
     def close(self) -> None:
         self._channel.close()
 
-    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> ComputeStream:
+    def compute_dashboards(self, request: ComputationRequest) -> ComputeStream:
         """Starts (or re-attaches to) a computation; iterate the result for its progress."""
         wait_until_ready(self._channel, self._patience, "compute service")
-        return ComputeStream(self._stub.ComputeDashboards(request, wait_for_ready=True))
+        message = computation_request_to_pb(request)
+        return ComputeStream(self._stub.ComputeDashboards(message, wait_for_ready=True))
 
     def cancel_computation(self, job_id: str) -> None:
         request = cpb.CancelComputationRequest(job_id=job_id)
@@ -296,28 +309,32 @@ class ComputeClient:
         call_peer(lambda: self._stub.PauseComputation(request, **self._unary))
 
     def validate_sae(
-        self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
+        self, sae: SaeRecord, tokens: TokenSource | None = None, device: str = ""
     ) -> list[str]:
         """The warnings about an SAE that loads (and runs on ``tokens``); raises when it cannot."""
-        request = cpb.ValidateSaeRequest(sae=sae_reference(sae), tokens=tokens, device=device)
+        request = cpb.ValidateSaeRequest(
+            sae=sae_reference(sae),
+            tokens=token_source_to_pb(tokens) if tokens is not None else None,
+            device=device,
+        )
         return list(call_peer(lambda: self._stub.ValidateSae(request, **self._unary)).warnings)
 
     def estimate(
         self,
-        sae: spb.Sae,
-        tokens: tpb.TokenSource,
+        sae: SaeRecord,
+        tokens: TokenSource,
         feature_count: int,
-        params: dpb.DashboardParams | None = None,
+        params: DashboardParams | None = None,
     ) -> ComputationEstimate:
         request = cpb.EstimateComputationRequest(
             sae=sae_reference(sae),
-            tokens=tokens,
+            tokens=token_source_to_pb(tokens),
             feature_count=feature_count,
-            params=params,
+            params=params_to_pb(params) if params is not None else None,
         )
         answer = call_peer(lambda: self._stub.EstimateComputation(request, **self._unary))
         return ComputationEstimate(
-            params=answer.params,
+            params=params_from_pb(answer.params),
             n_rows=int(answer.n_rows),
             context_size=int(answer.context_size),
             prepend_bos=answer.prepend_bos,
@@ -329,7 +346,7 @@ class ComputeClient:
         )
 
     def saelens_files(
-        self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
+        self, sae: SaeRecord, neuronpedia_id: str, frequencies: Sequence[float]
     ) -> Iterator[FileChunk]:
         request = cpb.ExportSaeLensFilesRequest(
             sae=sae_reference(sae),
@@ -347,8 +364,9 @@ class ComputeStream:
     def __init__(self, call: grpc.Future) -> None:
         self._call = call
 
-    def __iter__(self) -> Iterator[cpb.ComputeProgress]:
-        return stream_peer(lambda: iter(self._call))  # type: ignore[arg-type]
+    def __iter__(self) -> Iterator[ComputationProgress]:
+        messages: Iterator[cpb.ComputeProgress] = stream_peer(lambda: iter(self._call))  # type: ignore[arg-type]
+        return map(computation_progress_from_pb, messages)
 
     def detach(self) -> None:
         """Stops listening; the computation itself keeps running in the compute service."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.delta import EarlierExport, feature_hash, hashes_from_json, hashes_to_json
@@ -52,7 +53,7 @@ def dashboards_dir(staging: Path) -> Path:
 def collect(
     job: JobRuntime,
     store: FeatureRecords,
-    params: dpb.DashboardParams,
+    params: DashboardParams,
     candidates: Sequence[int],
     keep: StatisticFilter,
     delta_base: EarlierExport | None,
@@ -91,7 +92,7 @@ def collect(
 def _read_batch(
     job: JobRuntime,
     store: FeatureRecords,
-    params: dpb.DashboardParams,
+    params: DashboardParams,
     batch: list[int],
     keep: StatisticFilter,
     delta_base: EarlierExport | None,

@@ -21,12 +21,10 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common import stages
 from mistudio_common.errors import Cancelled, MistudioError, Unavailable
-from mistudio_common.grpc_errors import error_from_status
 from mistudio_common.jobs.control import StopReason
 from mistudio_common.stages import DASHBOARD_STAGES
 
-from mistudio_export.peers import DashboardComputer
-from mistudio_export.plan import sae_reference
+from mistudio_export.peers import ComputationProgress, ComputationRequest, DashboardComputer
 from mistudio_export.runtime import JobRuntime
 
 log = logging.getLogger(__name__)
@@ -34,20 +32,18 @@ log = logging.getLogger(__name__)
 
 def compute_request(
     job: JobRuntime, indices: list[int], *, all_features: bool, attempt: int
-) -> cpb.ComputeDashboardsRequest:
+) -> ComputationRequest:
     plan = job.plan
-    request = cpb.ComputeDashboardsRequest(
+    return ComputationRequest(
         request_id=f"{job.job_id}/dashboards/{attempt}",
-        sae=sae_reference(plan.sae),
-        feature_indices=[] if all_features else indices,
+        sae=plan.sae,
         params=plan.params,
+        tokens=plan.tokens,
+        feature_indices=() if all_features else tuple(indices),
         batch_size=plan.batch_size,
         device=plan.device,
         reuse_cached=True,
     )
-    if plan.tokens is not None:
-        request.tokens.CopyFrom(plan.tokens)
-    return request
 
 
 def ensure_dashboards(
@@ -71,7 +67,8 @@ def ensure_dashboards(
     # compute service, after a pause it waits there, and the next run re-attaches to it; a
     # cancel cancels it as the job ends (``release``), whichever instance carries it out.
     state.ClearField("computation_id")
-    state.result.CopyFrom(last.result)
+    if last.result is not None:
+        state.result.CopyFrom(last.result)
     for stage in DASHBOARD_STAGES:
         if stage in job.plan.stages:
             job.finish_stage(stage)
@@ -91,8 +88,8 @@ def release(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> Non
 
 
 def _follow(
-    job: JobRuntime, compute: DashboardComputer, request: cpb.ComputeDashboardsRequest
-) -> cpb.ComputeProgress:
+    job: JobRuntime, compute: DashboardComputer, request: ComputationRequest
+) -> ComputationProgress:
     stream = compute.compute_dashboards(request)
     checkpoint = job.checkpoint.compute
 
@@ -107,22 +104,18 @@ def _follow(
                 log.warning("could not pause computation %s: %s", computation, error)
         stream.detach()
 
-    last: cpb.ComputeProgress | None = None
+    last: ComputationProgress | None = None
     with job.control.on_interrupt(interrupt):
         try:
-            for message in stream:
-                last = message
-                named = message.progress.job_id
+            for event in stream:
+                last = event
+                named = event.computation_id
                 if named and named != checkpoint.computation_id:
                     _name(job, named)
                     if job.control.reason is not None:
                         interrupt()
-                _relay(job, message.progress)
-                if message.progress.state in (
-                    ppb.JOB_STATE_SUCCEEDED,
-                    ppb.JOB_STATE_FAILED,
-                    ppb.JOB_STATE_CANCELLED,
-                ):
+                _relay(job, event)
+                if event.ended:
                     break
         except Cancelled as lost:
             job.check()  # our own pause or cancel detached the stream
@@ -136,11 +129,11 @@ def _follow(
             "the compute service closed the progress stream without a message",
             fix="check the compute service's logs, then resume the export",
         )
-    state = last.progress.state
+    state = last.state
     if state == ppb.JOB_STATE_SUCCEEDED:
         return last
-    if state == ppb.JOB_STATE_FAILED and last.progress.HasField("error"):
-        raise _Ended(error_from_status(last.progress.error))
+    if state == ppb.JOB_STATE_FAILED and last.error is not None:
+        raise _Ended(last.error)
     if state in (ppb.JOB_STATE_FAILED, ppb.JOB_STATE_CANCELLED):
         raise _Ended(
             Unavailable(
@@ -169,7 +162,7 @@ class _Ended(Exception):
         self.error = error
 
 
-def _relay(job: JobRuntime, progress: ppb.Progress) -> None:
+def _relay(job: JobRuntime, progress: ComputationProgress) -> None:
     """Shows the compute job's current stage as the same stage of the export."""
     p = progress
     if p.stage in job.plan.stages:

@@ -53,7 +53,7 @@ def render_key(plan: ExportPlan) -> str:
     parts = [
         EXPORT_FORMAT_VERSION,
         plan.sae.sae_id,
-        dashboard_codec.params_key(dashboard_codec.params_from_pb(plan.params)),
+        dashboard_codec.params_key(plan.params),
         f"gzip={plan.compression.gzip_json}",
         f"auto_fix={plan.auto_fix}",
         plan.naming.neuronpedia_id,

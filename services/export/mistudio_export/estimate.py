@@ -15,19 +15,17 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common import dashboard_codec
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component
 from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_tokens, stage_times
 from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.clients import ComputeClient, StoreClient
-from mistudio_export.peers import ComputationEstimate, EstimateRecords, TokenEstimates
+from mistudio_export.peers import ComputationEstimate, EstimateRecords, SaeRecord, TokenEstimates
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.presets import PRESETS
@@ -58,7 +56,7 @@ class Rates:
 
 
 def measurement(
-    progress: ppb.Progress, neuronpedia_bytes: int, features: int, params: dpb.DashboardParams
+    progress: ppb.Progress, neuronpedia_bytes: int, features: int, params: DashboardParams
 ) -> jpb.ExportMeasurement:
     """What a finished export records for later estimates."""
     seconds = sum(s.elapsed_seconds for s in progress.stages if s.stage in FILE_STAGES)
@@ -136,11 +134,11 @@ def predict(
     return Prediction(stages, cached, computation, rates)
 
 
-def relative_size(params: dpb.DashboardParams, omitted: frozenset[Component]) -> float:
+def relative_size(params: DashboardParams, omitted: frozenset[Component]) -> float:
     """One feature's files under ``params`` relative to the default parameters' (what the
     measured rates mostly saw): example tokens dominate, then logits, bins and top tokens."""
 
-    def weight(p: dpb.DashboardParams, left_out: frozenset[Component]) -> float:
+    def weight(p: DashboardParams, left_out: frozenset[Component]) -> float:
         def on(c: Component) -> bool:
             return c not in left_out
 
@@ -159,11 +157,10 @@ def relative_size(params: dpb.DashboardParams, omitted: frozenset[Component]) ->
             + tokens * _BYTES_PER_TOP_TOKEN
         )
 
-    default = dashboard_codec.params_to_pb(DashboardParams())
-    return weight(params, omitted) / weight(default, frozenset())
+    return weight(params, omitted) / weight(DashboardParams(), frozenset())
 
 
-def saelens_bytes(sae: spb.Sae) -> int:
+def saelens_bytes(sae: SaeRecord) -> int:
     """Weights (W_enc, W_dec, b_enc, b_dec and a threshold at most) plus sparsity, in fp32."""
     return 4 * (2 * sae.d_in * sae.d_sae + 3 * sae.d_sae + sae.d_in) + 4096
 

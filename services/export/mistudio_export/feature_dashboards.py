@@ -5,24 +5,23 @@ from __future__ import annotations
 import uuid
 from typing import Protocol
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
-from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from mistudio_common.grpc_errors import error_from_status
-from mistudio_common.progress import TERMINAL_STATES
 
 from mistudio_export.limits import check_request_limits
-from mistudio_export.peers import DashboardCache, DashboardComputer, TokenEstimates
-from mistudio_export.plan import (
-    RECORDED_TOKENS_KEY,
-    dashboard_params,
-    sae_reference,
-    token_source,
+from mistudio_export.messages import RECORDED_TOKENS_KEY
+from mistudio_export.peers import (
+    ComputationProgress,
+    ComputationRequest,
+    DashboardCache,
+    DashboardComputer,
+    SaeRecord,
+    TokenEstimates,
+    TokenSource,
 )
+from mistudio_export.plan import dashboard_params, token_source
 from mistudio_export.token_facts import token_facts
 
 
@@ -36,7 +35,7 @@ class FeatureDashboards:
         self._compute = compute
 
     def get(
-        self, request: epb.GetFeatureDashboardRequest, sae: spb.Sae
+        self, request: epb.GetFeatureDashboardRequest, sae: SaeRecord
     ) -> epb.GetFeatureDashboardResponse:
         """The dashboard of one feature of ``sae`` (the caller's SAE that request.sae_id names)."""
         check_request_limits(request, "")
@@ -83,27 +82,27 @@ class FeatureDashboards:
 
     def _compute_one(
         self,
-        sae: spb.Sae,
+        sae: SaeRecord,
         index: int,
-        params: dpb.DashboardParams,
-        tokens: tpb.TokenSource,
+        params: DashboardParams,
+        tokens: TokenSource,
     ) -> None:
-        compute_request = cpb.ComputeDashboardsRequest(
+        compute_request = ComputationRequest(
             request_id=f"dashboard/{sae.sae_id}/{index}/{uuid.uuid4().hex}",
-            sae=sae_reference(sae),
-            tokens=tokens,
-            feature_indices=[index],
+            sae=sae,
             params=params,
+            tokens=tokens,
+            feature_indices=(index,),
             reuse_cached=True,
         )
-        last = None
-        for message in self._compute.compute_dashboards(compute_request):
-            last = message
-            if message.progress.state in TERMINAL_STATES:
+        last: ComputationProgress | None = None
+        for event in self._compute.compute_dashboards(compute_request):
+            last = event
+            if event.ended:
                 break
-        if last is None or last.progress.state != ppb.JOB_STATE_SUCCEEDED:
-            if last is not None and last.progress.HasField("error"):
-                raise error_from_status(last.progress.error)
+        if last is None or last.state != ppb.JOB_STATE_SUCCEEDED:
+            if last is not None and last.error is not None:
+                raise last.error
             raise Unavailable(
                 f"computing the dashboard of feature {index} did not finish",
                 fix="retry; if it persists, check the compute service's logs",

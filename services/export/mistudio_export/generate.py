@@ -28,7 +28,6 @@ from typing import Any
 import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 
@@ -46,7 +45,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import write_upload_payloads
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
-from mistudio_export.peers import FeatureFacts, FeatureFilter, FileChunk, SaeLensFiles
+from mistudio_export.peers import FeatureFacts, FeatureFilter, FileChunk, SaeLensFiles, SaeRecord
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
@@ -439,7 +438,7 @@ def _one_file(first: FileChunk, rest: Iterator[FileChunk]) -> Iterator[bytes]:
 
 
 def explanation_records(
-    store: FeatureFacts, sae: spb.Sae, indices: Sequence[int]
+    store: FeatureFacts, sae: SaeRecord, indices: Sequence[int]
 ) -> list[ExplanationRecord]:
     """The store's explanations of ``indices`` as the formats take them."""
     if not indices:
@@ -452,7 +451,9 @@ def explanation_records(
     ]
 
 
-def feature_labels(store: FeatureFacts, sae: spb.Sae, indices: Sequence[int]) -> list[FeatureLabel]:
+def feature_labels(
+    store: FeatureFacts, sae: SaeRecord, indices: Sequence[int]
+) -> list[FeatureLabel]:
     """The labels of ``indices`` that have one."""
     wanted = set(indices)
     return [
@@ -462,7 +463,7 @@ def feature_labels(store: FeatureFacts, sae: spb.Sae, indices: Sequence[int]) ->
     ]
 
 
-def saelens_frequencies(store: FeatureFacts, sae: spb.Sae) -> list[float]:
+def saelens_frequencies(store: FeatureFacts, sae: SaeRecord) -> list[float]:
     """Every feature's activation frequency when the store has all of them; else empty."""
     d_sae = sae.d_sae
     frequencies = {

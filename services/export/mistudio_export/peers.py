@@ -15,12 +15,95 @@ from typing import Protocol
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.errors import MistudioError
+from mistudio_common.progress import TERMINAL_STATES
 
 from mistudio_export.object_store import ObjectInfo, ProgressCallback
 from mistudio_export.records import ExplanationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """The tokens a computation reads: a token file or plain-text files (neither: unset)."""
+
+    token_file: str = ""
+    text_paths: tuple[str, ...] | None = None
+    """None: not a text source (a text source without paths is refused by the plan)."""
+    dataset_name: str = ""
+    context_size: int = 0
+    """Tokens per row; 0: the file's width, or compute's default."""
+    prepend_bos: bool | None = None
+    """None: ``dashboard_options.DEFAULT_PREPEND_BOS``."""
+    max_tokens: int = 0
+    """0: every token."""
+
+    @property
+    def given(self) -> bool:
+        return bool(self.token_file) or self.text_paths is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SaeRecord:
+    """An SAE as the store registered it, with what the export reads of it."""
+
+    sae_id: str
+    owner: str = ""
+    model_id: str = ""
+    hook_point: str = ""
+    d_in: int = 0
+    d_sae: int = 0
+    architecture: str = "standard"
+    """The SAELens name: standard, jumprelu, topk or gated."""
+    weights_uri: str = ""
+    training_dataset: str = ""
+    n_training_tokens: int = 0
+    l0: float = 0.0
+    explained_variance: float = 0.0
+    neuronpedia_model_id: str = ""
+    neuronpedia_source_set: str = ""
+    created_at: str = ""
+    """ISO-8601; empty: unknown."""
+    recorded_tokens: TokenSource | None = None
+    """The token source recorded in the SAE's config, used when a request gives none."""
+
+
+@dataclass(frozen=True, slots=True)
+class ComputationRequest:
+    """What to compute: the dashboards of ``feature_indices`` (empty: every feature)."""
+
+    request_id: str
+    """Idempotency key: the same id re-attaches to the computation it started."""
+    sae: SaeRecord
+    params: DashboardParams
+    tokens: TokenSource | None
+    feature_indices: tuple[int, ...] = ()
+    batch_size: int = 0
+    device: str = ""
+    reuse_cached: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ComputationProgress:
+    """One progress event of a computation; the last carries its result or error."""
+
+    computation_id: str
+    state: ppb.JobState.ValueType
+    stage: ppb.Stage.ValueType = ppb.STAGE_UNSPECIFIED
+    items_done: int = 0
+    items_total: int = 0
+    unit: str = ""
+    message: str = ""
+    error: MistudioError | None = None
+    """Why a failed computation failed, when compute said."""
+    result: cpb.ComputeResult | None = None
+    """Set on success; kept as the message the job's typed checkpoint stores."""
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL_STATES
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +135,7 @@ class FeatureRecord:
 class ComputationEstimate:
     """The compute service's facts about a token source and the cost of a computation."""
 
-    params: dpb.DashboardParams
+    params: DashboardParams
     """The requested params as dashboards are cached under (fingerprint filled in)."""
     n_rows: int
     context_size: int
@@ -78,7 +161,7 @@ class FileChunk:
 class ComputationStream(Protocol):
     """A computation's progress messages; ``detach`` stops listening, not the computation."""
 
-    def __iter__(self) -> Iterator[cpb.ComputeProgress]: ...
+    def __iter__(self) -> Iterator[ComputationProgress]: ...
 
     def detach(self) -> None: ...
 
@@ -86,7 +169,7 @@ class ComputationStream(Protocol):
 class DashboardComputer(Protocol):
     """The compute service as the compute stage sees it."""
 
-    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> ComputationStream: ...
+    def compute_dashboards(self, request: ComputationRequest) -> ComputationStream: ...
 
     def pause_computation(self, job_id: str) -> None: ...
 
@@ -98,10 +181,10 @@ class TokenEstimates(Protocol):
 
     def estimate(
         self,
-        sae: spb.Sae,
-        tokens: tpb.TokenSource,
+        sae: SaeRecord,
+        tokens: TokenSource,
         feature_count: int,
-        params: dpb.DashboardParams | None = None,
+        params: DashboardParams | None = None,
     ) -> ComputationEstimate: ...
 
 
@@ -109,7 +192,7 @@ class SaeLensFiles(Protocol):
     """The compute service as the SAELens writer sees it: the weights files, in chunks."""
 
     def saelens_files(
-        self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
+        self, sae: SaeRecord, neuronpedia_id: str, frequencies: Sequence[float]
     ) -> Iterator[FileChunk]: ...
 
 
@@ -118,7 +201,7 @@ class SaeValidation(Protocol):
     when it cannot, returns the warnings when it can."""
 
     def validate_sae(
-        self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
+        self, sae: SaeRecord, tokens: TokenSource | None = None, device: str = ""
     ) -> list[str]: ...
 
 
@@ -146,7 +229,7 @@ class DashboardCache(Protocol):
     """The store's cached dashboards."""
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
+        self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]: ...
 
 
@@ -171,7 +254,7 @@ class JobLookup(Protocol):
 class PlanningStore(JobLookup, FeatureFacts, Protocol):
     """What the checks before a job exists read from the store: the SAE, features, a base job."""
 
-    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae: ...
+    def get_sae(self, sae_id: str, owner: str = "") -> SaeRecord: ...
 
 
 class JobRecords(JobLookup, Protocol):
@@ -183,7 +266,7 @@ class JobRecords(JobLookup, Protocol):
 class ExportRecords(JobRecords, FeatureHashRecords, Protocol):
     """The store's export job records, as the pipeline uses them."""
 
-    def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]: ...
+    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[spb.ExportJob]: ...
 
 
 class EstimateRecords(Protocol):
@@ -191,7 +274,7 @@ class EstimateRecords(Protocol):
     exports measured."""
 
     def cached_hashes(
-        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+        self, sae_id: str, params: DashboardParams, owner: str = ""
     ) -> dict[int, str]: ...
 
     def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]: ...

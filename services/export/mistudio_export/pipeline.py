@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from importlib import metadata
 
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard_codec import params_from_pb
 from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import FailedPrecondition, MistudioError
 
@@ -40,7 +39,7 @@ from mistudio_export.generate import (
 )
 from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
-from mistudio_export.peers import ExportCompute, ExportStore
+from mistudio_export.peers import ExportCompute, ExportStore, TokenSource
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.publish import archive_facts, pack_and_publish, pretrained_yaml
@@ -50,13 +49,6 @@ from mistudio_export.selection import require_candidates
 from mistudio_export.token_facts import TokenFacts, token_facts
 
 log = logging.getLogger(__name__)
-
-_ARCHITECTURES = {
-    spb.ARCHITECTURE_STANDARD: "standard",
-    spb.ARCHITECTURE_JUMPRELU: "jumprelu",
-    spb.ARCHITECTURE_TOPK: "topk",
-    spb.ARCHITECTURE_GATED: "gated",
-}
 
 
 EARLIER_EXPORTS_CONSIDERED = 20
@@ -124,7 +116,7 @@ class ExportPipeline:
             )
             assert plan.tokens is not None  # checked before the job was created
             params = (
-                computed.params
+                params_from_pb(computed.params)
                 if computed.HasField("params")
                 else self._facts(plan, plan.tokens).params
             )
@@ -216,7 +208,7 @@ class ExportPipeline:
             pretrained_yaml=pretrained_yaml(plan, info) if plan.saelens else "",
         )
 
-    def _facts(self, plan: ExportPlan, tokens: tpb.TokenSource) -> TokenFacts:
+    def _facts(self, plan: ExportPlan, tokens: TokenSource) -> TokenFacts:
         return token_facts(self._compute, plan.sae, tokens, plan.params)
 
     def _sae_info(self, job: JobRuntime) -> SaeInfo:
@@ -230,7 +222,7 @@ class ExportPipeline:
             layer=plan.naming.layer,
             d_sae=sae.d_sae,
             d_in=sae.d_in,
-            architecture=_ARCHITECTURES.get(sae.architecture, "standard"),
+            architecture=sae.architecture,
             training_dataset=sae.training_dataset,
             n_training_tokens=sae.n_training_tokens,
             l0=sae.l0,

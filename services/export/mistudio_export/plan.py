@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
-from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
-from mistudio_common.dashboard import COMPUTATION_VERSION
+from mistudio_common.dashboard import COMPUTATION_VERSION, DashboardParams
 from mistudio_common.dashboard_options import (
     PARAM_BOUNDS,
     Component,
@@ -32,6 +30,8 @@ from mistudio_common.dashboard_options import (
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 from mistudio_common.stages import FILE_STAGES
 
+from mistudio_export.messages import RECORDED_TOKENS_KEY, token_source_from_pb
+from mistudio_export.peers import SaeRecord, TokenSource
 from mistudio_export.presets import apply_preset, with_token_budget
 from mistudio_export.records import DEFAULT_VISIBILITY, NeuronpediaNaming
 from mistudio_export.selection import FeatureSelection, StatisticFilter
@@ -39,9 +39,6 @@ from mistudio_export.selection import FeatureSelection, StatisticFilter
 NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
 SAELENS = epb.EXPORT_FORMAT_SAELENS
 _FORMAT_NAMES = {NEURONPEDIA: "neuronpedia", SAELENS: "saelens"}
-
-RECORDED_TOKENS_KEY = "token_source"
-"""Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -52,13 +49,13 @@ _HOOK_KIND_SHORT = {"resid": "res", "mlp": "mlp", "attn": "att"}
 class ExportPlan:
     """What one export will do, with every default filled in."""
 
-    sae: spb.Sae
+    sae: SaeRecord
     owner: str
     formats: frozenset[int]
     selection: FeatureSelection
-    params: dpb.DashboardParams
+    params: DashboardParams
     """Dashboard parameters without the token-source fingerprint (compute fills that in)."""
-    tokens: tpb.TokenSource | None
+    tokens: TokenSource | None
     compression: epb.Compression
     delta_base_job_id: str
     merge_with_base: bool
@@ -84,9 +81,7 @@ class ExportPlan:
     @property
     def created_at(self) -> str:
         """The SAE's creation time, never the clock: equal input gives a byte-identical archive."""
-        if self.sae.HasField("created_at"):
-            return self.sae.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
-        return "1970-01-01T00:00:00Z"
+        return self.sae.created_at or "1970-01-01T00:00:00Z"
 
     @property
     def stages(self) -> tuple[ppb.Stage.ValueType, ...]:
@@ -108,12 +103,7 @@ def _check_owner(owner: str) -> None:
         )
 
 
-def sae_reference(sae: spb.Sae) -> cpb.SaeReference:
-    """How compute names a registered SAE: its id and owner (ids are unique per owner)."""
-    return cpb.SaeReference(sae_id=sae.sae_id, sae_owner=sae.owner)
-
-
-def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan:
+def build_plan(sae: SaeRecord, config: epb.ExportConfig, owner: str) -> ExportPlan:
     """Checks every option of ``config`` against ``sae``; InvalidArgument names the first."""
     _check_owner(owner)
     config = apply_preset(config)
@@ -124,7 +114,7 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
     notes: tuple[str, ...] = ()
     if not logit_lens_defined(sae.hook_point) and Component.LOGIT_LENS not in omitted:
         omitted |= {Component.LOGIT_LENS}
-        params.omitted_components.append(dpb.DASHBOARD_COMPONENT_LOGIT_LENS)
+        params = replace(params, omitted=params.omitted | {Component.LOGIT_LENS})
         notes = (logit_lens_note(sae.hook_point),)
     if NEURONPEDIA in formats and {Component.TOP_EXAMPLES, Component.QUANTILE_EXAMPLES} <= omitted:
         raise InvalidArgument(
@@ -135,7 +125,7 @@ def build_plan(sae: spb.Sae, config: epb.ExportConfig, owner: str) -> ExportPlan
         )
     tokens = token_source(config.tokens, sae)
     if tokens is not None:
-        tokens = with_token_budget(tokens, config.preset)
+        tokens = replace(tokens, max_tokens=with_token_budget(tokens.max_tokens, config.preset))
     if config.merge_with_base and not config.delta_base_job_id:
         raise InvalidArgument(
             "merge_with_base needs a delta export",
@@ -321,7 +311,7 @@ def _check_selection(selection: epb.FeatureSelection, d_sae: int) -> None:
 
 def dashboard_params(
     given: dpb.DashboardParams, field: str = "config.dashboard"
-) -> dpb.DashboardParams:
+) -> DashboardParams:
     """The computation's parameters with defaults filled in, after checking the shared bounds;
     explanations, which are not computed, are not among its left-out components."""
     check_bounds(((name, getattr(given, name)) for name in PARAM_BOUNDS), field, True)
@@ -338,13 +328,13 @@ def dashboard_params(
             field=f"{field}.token_rank_metric",
             fix="use TOKEN_RANK_METRIC_SUM, _COUNT or _MEAN",
         )
-    params = dashboard_codec.params_to_pb(dashboard_codec.params_from_pb(given))
-    params.token_source_fingerprint = ""
-    params.computation_version = COMPUTATION_VERSION
-    computed = [c for c in params.omitted_components if c != dpb.DASHBOARD_COMPONENT_EXPLANATIONS]
-    del params.omitted_components[:]
-    params.omitted_components.extend(computed)
-    return params
+    params = dashboard_codec.params_from_pb(given)
+    return replace(
+        params,
+        token_source_fingerprint="",
+        computation_version=COMPUTATION_VERSION,
+        omitted=frozenset(c for c in params.omitted if c.computed),
+    )
 
 
 def omitted_components(
@@ -363,22 +353,16 @@ def omitted_components(
 
 
 def token_source(
-    given: tpb.TokenSource, sae: spb.Sae, field: str = "config.tokens"
-) -> tpb.TokenSource | None:
+    given: tpb.TokenSource, sae: SaeRecord, field: str = "config.tokens"
+) -> TokenSource | None:
     """The token source given, else the one recorded with the SAE, else None."""
-    if given.WhichOneof("source"):
-        tokens = given
-    else:
-        recorded = sae.config.fields.get(RECORDED_TOKENS_KEY) if sae.HasField("config") else None
-        if recorded is None:
+    tokens = token_source_from_pb(given)
+    if not tokens.given:
+        if sae.recorded_tokens is None:
             return None
-        tokens = json_format.ParseDict(
-            json_format.MessageToDict(recorded), tpb.TokenSource(), ignore_unknown_fields=True
-        )
+        tokens = sae.recorded_tokens
         field = f"sae.config.{RECORDED_TOKENS_KEY}"
-        if not tokens.WhichOneof("source"):
-            return None
-    if tokens.WhichOneof("source") == "text" and not tokens.text.paths:
+    if tokens.text_paths is not None and not tokens.text_paths:
         raise InvalidArgument(
             "the text token source lists no files",
             field=f"{field}.text.paths",
@@ -402,7 +386,7 @@ def _width_name(d_sae: int) -> str:
     return f"{d_sae // 1024}k" if d_sae >= 1024 and d_sae % 1024 == 0 else str(d_sae)
 
 
-def _default_source_set(sae: spb.Sae) -> str:
+def _default_source_set(sae: SaeRecord) -> str:
     hook = sae.hook_point.rsplit(".", 1)[-1].removeprefix("hook_")
     kind = next((short for key, short in _HOOK_KIND_SHORT.items() if hook.startswith(key)), "")
     if not kind:
@@ -423,7 +407,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "export"
 
 
-def _naming(sae: spb.Sae, given: epb.NeuronpediaNaming, owner: str) -> NeuronpediaNaming:
+def _naming(sae: SaeRecord, given: epb.NeuronpediaNaming, owner: str) -> NeuronpediaNaming:
     return NeuronpediaNaming(
         model_id=given.model_id or sae.neuronpedia_model_id or _default_model_id(sae.model_id),
         source_set=given.source_set or sae.neuronpedia_source_set or _default_source_set(sae),

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import PARAM_BOUNDS, Component
@@ -124,11 +123,6 @@ def apply_preset(config: epb.ExportConfig, field: str = "config.preset") -> epb.
     return out
 
 
-def with_token_budget(tokens: tpb.TokenSource, preset: str) -> tpb.TokenSource:
-    """``tokens`` with the preset's token budget when it sets none (after ``apply_preset``)."""
-    if not preset or tokens.max_tokens:
-        return tokens
-    out = tpb.TokenSource()
-    out.CopyFrom(tokens)
-    out.max_tokens = PRESETS[preset].max_tokens
-    return out
+def with_token_budget(max_tokens: int, preset: str) -> int:
+    """``max_tokens``, or the preset's token budget when it sets none (after ``apply_preset``)."""
+    return max_tokens if not preset or max_tokens else PRESETS[preset].max_tokens

@@ -20,7 +20,6 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.auth import Identity, current_caller, owner_for
 from mistudio_common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from mistudio_common.grpc_errors import handle_errors
@@ -39,6 +38,7 @@ from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import FeatureDashboards
 from mistudio_export.jobs import ExportJobManager, progress_message
 from mistudio_export.object_store import ObjectStore
+from mistudio_export.peers import SaeRecord
 from mistudio_export.preflight import missing_delta_base
 from mistudio_export.uploads import CHUNK_FIELD, FileHeader, Uploads
 
@@ -75,12 +75,12 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _check_export(
         self, sae_id: str, owner: str, config: epb.ExportConfig, caller: Identity
-    ) -> spb.Sae:
+    ) -> SaeRecord:
         """The SAE the export reads (``owner``'s, checked for the caller); its owner owns the
         job, and the planner reads it as that owner's."""
         sae = self._access.sae(sae_id, owner, caller)
         check_uploaded_weights(sae)
-        check_uploaded_tokens(config.tokens, caller, "config.tokens")
+        check_uploaded_tokens(config.tokens.token_file, caller, "config.tokens")
         base = config.delta_base_job_id
         if base and self._access.hides_job(base, caller):
             raise missing_delta_base(base)  # what the planner says of a base that does not exist
@@ -225,7 +225,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
     ) -> epb.GetFeatureDashboardResponse:
         caller = current_caller()
         sae = self._access.sae(request.sae_id, request.owner, caller)
-        check_uploaded_tokens(request.tokens, caller, "tokens")
+        check_uploaded_tokens(request.tokens.token_file, caller, "tokens")
         return self._dashboards.get(request, sae)
 
     @handle_errors
@@ -239,7 +239,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
         owner = owner_for(request.owner, caller)
         if request.sae_id:
             owner = self._access.sae(request.sae_id, request.owner, caller).owner
-        check_uploaded_tokens(request.config.tokens, caller, "config.tokens")
+        check_uploaded_tokens(request.config.tokens.token_file, caller, "config.tokens")
         return self._estimator.list_presets(request, owner)
 
     @handle_errors

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.common.v1 import tokens_pb2 as tpb
-from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import MistudioError
 
-from mistudio_export.peers import TokenEstimates
+from mistudio_export.peers import SaeRecord, TokenEstimates, TokenSource
 
 
 @dataclass(frozen=True)
 class TokenFacts:
-    params: dpb.DashboardParams
+    params: DashboardParams
     """The request's params as the dashboards are cached under (fingerprint filled in)."""
     n_rows: int
     context_size: int
@@ -31,9 +29,9 @@ class TokenFacts:
 
 def token_facts(
     compute: TokenEstimates,
-    sae: spb.Sae,
-    tokens: tpb.TokenSource,
-    params: dpb.DashboardParams,
+    sae: SaeRecord,
+    tokens: TokenSource,
+    params: DashboardParams,
     field: str = "config.tokens",
     feature_count: int = 0,
 ) -> TokenFacts:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import stages
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.jobs.control import JobControl
+from mistudio_export.peers import SaeRecord, TokenSource
 from mistudio_export.plan import NEURONPEDIA, ExportPlan
 from mistudio_export.records import NeuronpediaNaming
 from mistudio_export.runtime import JobRuntime
@@ -35,12 +34,12 @@ def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
 @pytest.fixture
 def job(tmp_path: Path) -> JobRuntime:
     plan = ExportPlan(
-        sae=spb.Sae(sae_id="s", d_sae=4),
+        sae=SaeRecord(sae_id="s", d_sae=4),
         owner="o",
         formats=frozenset({NEURONPEDIA}),
         selection=FeatureSelection(),
-        params=dpb.DashboardParams(),
-        tokens=tpb.TokenSource(),
+        params=DashboardParams(),
+        tokens=TokenSource(),
         compression=epb.Compression(),
         delta_base_job_id="",
         merge_with_base=False,

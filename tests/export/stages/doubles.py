@@ -10,12 +10,22 @@ from pathlib import Path
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import params_to_pb
 from mistudio_common.errors import NotFound
 from mistudio_export.object_store import ChunkStream, ObjectInfo, PresignedUrl, ProgressCallback
-from mistudio_export.peers import ComputationEstimate, FeatureFilter, FeatureRecord, FileChunk
+from mistudio_export.peers import (
+    ComputationEstimate,
+    ComputationProgress,
+    ComputationRequest,
+    FeatureFilter,
+    FeatureRecord,
+    FileChunk,
+    SaeRecord,
+    TokenSource,
+)
 from mistudio_export.records import ExplanationRecord
 
 
@@ -23,7 +33,7 @@ class MemoryStore:
     """The store's records for one SAE: features, explanations, cached dashboards, jobs and
     the feature hashes of finished archives."""
 
-    def __init__(self, sae: spb.Sae, dashboards: Sequence[dpb.FeatureDashboard]) -> None:
+    def __init__(self, sae: SaeRecord, dashboards: Sequence[dpb.FeatureDashboard]) -> None:
         self.sae = sae
         self.cached = {d.feature_index: d for d in dashboards}
         self.records = {
@@ -32,7 +42,7 @@ class MemoryStore:
         self.jobs: dict[str, spb.ExportJob] = {}
         self.hashes: dict[str, dict[int, str]] = {}
 
-    def get_sae(self, sae_id: str, owner: str = "") -> spb.Sae:
+    def get_sae(self, sae_id: str, owner: str = "") -> SaeRecord:
         return self.sae
 
     def features(
@@ -50,7 +60,7 @@ class MemoryStore:
         return iter([])
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
+        self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
         found = [self.cached[i] for i in indices if i in self.cached]
         return found, [i for i in indices if i not in self.cached]
@@ -69,7 +79,7 @@ class MemoryStore:
                 setattr(stored, name, getattr(job, name))
         return stored
 
-    def finished_jobs(self, sae: spb.Sae, limit: int) -> list[spb.ExportJob]:
+    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[spb.ExportJob]:
         done = [j for j in self.jobs.values() if j.state == ppb.JOB_STATE_SUCCEEDED]
         return list(reversed(done))[:limit]
 
@@ -77,7 +87,7 @@ class MemoryStore:
         return self.finished_jobs(self.sae, limit)
 
     def cached_hashes(
-        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
+        self, sae_id: str, params: DashboardParams, owner: str = ""
     ) -> dict[int, str]:
         return {
             i: hashlib.sha256(d.SerializeToString(deterministic=True)).hexdigest()
@@ -97,11 +107,11 @@ class MemoryCompute:
 
     def __init__(self, saelens_files: Mapping[str, bytes] | None = None) -> None:
         self.saelens = dict(saelens_files or {})
-        self.computations: list[cpb.ComputeDashboardsRequest] = []
+        self.computations: list[ComputationRequest] = []
         self.seconds_per_feature: dict[ppb.Stage.ValueType, float] = {}
         """What its estimates predict per stage, per feature to compute."""
 
-    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> FinishedComputation:
+    def compute_dashboards(self, request: ComputationRequest) -> FinishedComputation:
         self.computations.append(request)
         return FinishedComputation(request)
 
@@ -112,20 +122,20 @@ class MemoryCompute:
         pass
 
     def validate_sae(
-        self, sae: spb.Sae, tokens: tpb.TokenSource | None = None, device: str = ""
+        self, sae: SaeRecord, tokens: TokenSource | None = None, device: str = ""
     ) -> list[str]:
         return []
 
     def estimate(
         self,
-        sae: spb.Sae,
-        tokens: tpb.TokenSource,
+        sae: SaeRecord,
+        tokens: TokenSource,
         feature_count: int,
-        params: dpb.DashboardParams | None = None,
+        params: DashboardParams | None = None,
     ) -> ComputationEstimate:
         seconds = {stage: rate * feature_count for stage, rate in self.seconds_per_feature.items()}
         return ComputationEstimate(
-            params=params or dpb.DashboardParams(),
+            params=params or DashboardParams(),
             n_rows=10,
             context_size=8,
             prepend_bos=True,
@@ -135,7 +145,7 @@ class MemoryCompute:
         )
 
     def saelens_files(
-        self, sae: spb.Sae, neuronpedia_id: str, frequencies: Sequence[float]
+        self, sae: SaeRecord, neuronpedia_id: str, frequencies: Sequence[float]
     ) -> Iterator[FileChunk]:
         for name, content in self.saelens.items():
             half = len(content) // 2
@@ -144,13 +154,12 @@ class MemoryCompute:
 
 
 class FinishedComputation:
-    def __init__(self, request: cpb.ComputeDashboardsRequest) -> None:
+    def __init__(self, request: ComputationRequest) -> None:
         self._request = request
 
-    def __iter__(self) -> Iterator[cpb.ComputeProgress]:
-        progress = ppb.Progress(job_id="computation-1", state=ppb.JOB_STATE_SUCCEEDED)
-        result = cpb.ComputeResult(features_reused=4, params=self._request.params)
-        yield cpb.ComputeProgress(progress=progress, result=result)
+    def __iter__(self) -> Iterator[ComputationProgress]:
+        result = cpb.ComputeResult(features_reused=4, params=params_to_pb(self._request.params))
+        yield ComputationProgress("computation-1", ppb.JOB_STATE_SUCCEEDED, result=result)
 
     def detach(self) -> None:
         pass

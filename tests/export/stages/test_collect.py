@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import Unavailable
 from mistudio_export.collect import collect
 from mistudio_export.peers import FeatureFilter, FeatureRecord
@@ -23,7 +24,7 @@ class Records:
         self.asked: list[list[int]] = []
 
     def dashboards(
-        self, sae_id: str, params: dpb.DashboardParams, indices: Sequence[int], owner: str = ""
+        self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
     ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
         self.asked.append(list(indices))
         if self.down_at == len(self.asked) - 1:
@@ -44,7 +45,7 @@ class Records:
 
 def test_a_resumed_collect_reads_only_the_batches_not_yet_staged(job: JobRuntime) -> None:
     store = Records(6, down_at=1)
-    params, keep = dpb.DashboardParams(), StatisticFilter()
+    params, keep = DashboardParams(), StatisticFilter()
     with pytest.raises(Unavailable):
         collect(job, store, params, range(6), keep, None, batch_size=2)
     assert job.checkpoint.collect.chunks_done == 1

@@ -7,27 +7,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.errors import InvalidArgument, Unavailable
 from mistudio_export import computing
+from mistudio_export.peers import ComputationProgress, ComputationRequest
 from mistudio_export.runtime import JobRuntime
 
 
-def progress(state: ppb.JobState.ValueType, job_id: str = "cmp-1") -> cpb.ComputeProgress:
-    return cpb.ComputeProgress(
-        progress=ppb.Progress(job_id=job_id, state=state, stage=ppb.STAGE_ACTIVATION_PASS)
-    )
+def progress(state: ppb.JobState.ValueType, job_id: str = "cmp-1") -> ComputationProgress:
+    return ComputationProgress(job_id, state, stage=ppb.STAGE_ACTIVATION_PASS)
 
 
 class Stream:
-    def __init__(self, messages: list[cpb.ComputeProgress], then: Exception | None) -> None:
+    def __init__(self, messages: list[ComputationProgress], then: Exception | None) -> None:
         self._messages, self._then = messages, then
 
-    def __iter__(self) -> Iterator[cpb.ComputeProgress]:
+    def __iter__(self) -> Iterator[ComputationProgress]:
         yield from self._messages
         if self._then is not None:
             raise self._then
@@ -41,10 +39,10 @@ class Compute:
 
     def __init__(self, *streams: Stream) -> None:
         self.streams = list(streams)
-        self.requests: list[cpb.ComputeDashboardsRequest] = []
+        self.requests: list[ComputationRequest] = []
         self.cancelled: list[str] = []
 
-    def compute_dashboards(self, request: cpb.ComputeDashboardsRequest) -> Stream:
+    def compute_dashboards(self, request: ComputationRequest) -> Stream:
         self.requests.append(request)
         return self.streams.pop(0)
 
@@ -55,10 +53,9 @@ class Compute:
         self.cancelled.append(job_id)
 
 
-def succeeded() -> cpb.ComputeProgress:
-    done = progress(ppb.JOB_STATE_SUCCEEDED)
-    done.result.CopyFrom(cpb.ComputeResult(features_computed=4, params=dpb.DashboardParams()))
-    return done
+def succeeded() -> ComputationProgress:
+    result = cpb.ComputeResult(features_computed=4, params=dpb.DashboardParams())
+    return ComputationProgress("cmp-1", ppb.JOB_STATE_SUCCEEDED, result=result)
 
 
 def test_a_broken_link_reattaches_to_the_same_computation(job: JobRuntime) -> None:
@@ -76,8 +73,7 @@ def test_a_broken_link_reattaches_to_the_same_computation(job: JobRuntime) -> No
 
 
 def test_a_failed_computation_is_followed_by_a_new_attempt(job: JobRuntime) -> None:
-    failed = progress(ppb.JOB_STATE_FAILED)
-    failed.progress.error.CopyFrom(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="x"))
+    failed = ComputationProgress("cmp-1", ppb.JOB_STATE_FAILED, error=InvalidArgument("x"))
     compute = Compute(Stream([failed], then=None), Stream([succeeded()], then=None))
     with pytest.raises(InvalidArgument):
         computing.ensure_dashboards(job, compute, [0], all_features=False)

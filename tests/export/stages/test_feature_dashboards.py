@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import NotFound, Unavailable
 from mistudio_export.feature_dashboards import FeatureDashboards
+from mistudio_export.peers import SaeRecord
 
 from tests.export.stages.doubles import MemoryCompute, MemoryStore
 from tests.store.helpers import make_dashboard
 
-SAE = spb.Sae(sae_id="tiny", d_sae=4)
+SAE = SaeRecord(sae_id="tiny", d_sae=4)
 TOKENS = tpb.TokenSource(token_file="/data/tokens.npy")
 
 

@@ -18,6 +18,7 @@ from mistudio_common.stages import FILE_STAGES
 from mistudio_export.config import ExportSettings
 from mistudio_export.estimate import predict
 from mistudio_export.generate import COLUMN_FINDINGS, features_to_walk
+from mistudio_export.peers import SaeRecord
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
@@ -31,13 +32,13 @@ D_SAE = 4
 
 class Peers:
     def __init__(self, tmp_path: Path) -> None:
-        sae = spb.Sae(
+        sae = SaeRecord(
             sae_id="tiny",
             model_id="tiny-stories-1M",
             hook_point="blocks.0.hook_resid_post",
             d_in=16,
             d_sae=D_SAE,
-            architecture=spb.ARCHITECTURE_STANDARD,
+            architecture="standard",
         )
         self.store = MemoryStore(sae, [make_dashboard(i) for i in range(D_SAE)])
         self.compute = MemoryCompute()
