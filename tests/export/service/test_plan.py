@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
+from dataclasses import replace
+
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_export.delta import feature_hash
-from mistudio_export.peers import FeatureFilter, FeatureRecord
+from mistudio_export.peers import FeatureFilter, FeatureRecord, SaeRecord
 from mistudio_export.plan import NEURONPEDIA, SAELENS, build_plan, feature_selection
 from mistudio_export.records import ExplanationRecord
 from mistudio_export.selection import StatisticFilter, candidate_indices
 
 
-def sae(**fields: object) -> spb.Sae:
-    record = spb.Sae(
+def sae(**fields: object) -> SaeRecord:
+    record = SaeRecord(
         sae_id="gpt2-l8",
         model_id="gpt2-small",
         hook_point="blocks.8.hook_resid_post",
         d_in=768,
         d_sae=16384,
         weights_uri="/weights",
-        created_at=timestamp_pb2.Timestamp(seconds=1_736_937_000),
+        created_at="2025-01-15T10:30:00Z",
     )
-    record.MergeFrom(spb.Sae(**fields))  # type: ignore[arg-type]
-    return record
+    return replace(record, **fields)  # type: ignore[arg-type]
 
 
 def test_defaults_export_both_formats_with_prd_dashboard_settings() -> None:

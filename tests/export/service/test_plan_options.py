@@ -13,8 +13,8 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_cli.main import build_parser
 from mistudio_cli.options import export_config
-from mistudio_common.dashboard import DashboardParams
-from mistudio_common.dashboard_codec import COMPONENT_TO_PB, params_from_pb, params_key
+from mistudio_common.dashboard import BinScale, DashboardParams
+from mistudio_common.dashboard_codec import COMPONENT_TO_PB, params_key
 from mistudio_common.dashboard_options import (
     DEFAULT_PREPEND_BOS,
     PARAM_BOUNDS,
@@ -48,7 +48,7 @@ def test_export_and_compute_share_one_table_of_bounds(name: str) -> None:
         with pytest.raises(InvalidArgument):
             validate_params(replace(DashboardParams(), **{name: bad}))
     for good in (low, high):
-        validate_params(params_from_pb(dashboard_params(dpb.DashboardParams(**{name: good}))))
+        validate_params(dashboard_params(dpb.DashboardParams(**{name: good})))
 
 
 def test_preset_fills_only_what_the_request_leaves_unset() -> None:
@@ -67,13 +67,13 @@ def test_complete_preset_sets_every_maximum() -> None:
     assert {name: getattr(params, name) for name in PARAM_BOUNDS} == {
         name: high for name, (_, high) in PARAM_BOUNDS.items()
     }
-    assert params.aggregate_all_tokens and not params.omitted_components
+    assert params.aggregate_all_tokens and not params.omitted
 
 
 def test_neuronpedia_preset_follows_its_runner() -> None:
     p = plan_of(preset="neuronpedia")
     assert (p.params.n_top_examples, p.params.n_quantile_groups, p.params.logit_k) == (20, 5, 10)
-    assert p.params.histogram_scale == dpb.BIN_SCALE_LINEAR
+    assert p.params.histogram_scale is BinScale.LINEAR
     assert p.tokens is not None and p.tokens.max_tokens == 24_576 * 128
 
 
@@ -102,7 +102,7 @@ def test_explanations_are_left_out_of_the_export_not_the_computation() -> None:
     config = dpb.DashboardParams(omitted_components=[dpb.DASHBOARD_COMPONENT_EXPLANATIONS])
     plan = plan_of(dashboard=config)
     assert Component.EXPLANATIONS in plan.omitted
-    assert not plan.params.omitted_components  # same cache entries as a full export
+    assert not plan.params.omitted  # same cache entries as a full export
 
 
 def test_unknown_component_is_refused() -> None:
@@ -115,7 +115,7 @@ def test_query_hook_plans_without_a_logit_lens_and_says_so() -> None:
     hook = "blocks.8.attn.hook_q"
     plan = build_plan(sae(hook_point=hook, d_in=768), epb.ExportConfig(tokens=TOKENS), "ana")
     assert Component.LOGIT_LENS in plan.omitted
-    assert list(plan.params.omitted_components) == [dpb.DASHBOARD_COMPONENT_LOGIT_LENS]
+    assert plan.params.omitted == {Component.LOGIT_LENS}
     assert ppb.STAGE_LOGIT_LENS not in plan.stages
     assert plan.notes == (logit_lens_note(hook),)
 
@@ -125,10 +125,8 @@ def test_cli_defaults_are_the_contracts_defaults() -> None:
     config = export_config(args)
     assert not config.tokens.HasField("prepend_bos")
     assert prepend_bos(config.tokens) == prepend_bos(TOKENS) == DEFAULT_PREPEND_BOS
-    from_cli = params_from_pb(dashboard_params(config.dashboard))
-    assert params_key(from_cli) == params_key(
-        params_from_pb(dashboard_params(dpb.DashboardParams()))
-    )
+    from_cli = dashboard_params(config.dashboard)
+    assert params_key(from_cli) == params_key(dashboard_params(dpb.DashboardParams()))
 
 
 def test_cli_switches_and_preset_reach_the_config() -> None:

@@ -1,0 +1,122 @@
+"""The one translation between the peers' messages and the export's plain values."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.rpc import code_pb2, status_pb2
+from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
+from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import params_from_pb
+from mistudio_common.dashboard_options import Component
+from mistudio_common.errors import InvalidArgument
+from mistudio_export.messages import (
+    RECORDED_TOKENS_KEY,
+    computation_progress_from_pb,
+    computation_request_to_pb,
+    sae_from_pb,
+    token_source_from_pb,
+    token_source_to_pb,
+)
+from mistudio_export.peers import ComputationRequest, SaeRecord, TokenSource
+
+
+def recorded(value: dict[str, str | int]) -> struct_pb2.Struct:
+    config = struct_pb2.Struct()
+    config.update({RECORDED_TOKENS_KEY: value})
+    return config
+
+
+def test_an_sae_record_keeps_what_the_export_reads() -> None:
+    record = sae_from_pb(
+        spb.Sae(
+            sae_id="s",
+            owner="ana",
+            d_in=16,
+            d_sae=64,
+            architecture=spb.ARCHITECTURE_JUMPRELU,
+            created_at=timestamp_pb2.Timestamp(seconds=1_736_937_000),
+            config=recorded({"token_file": "/t.npy", "context_size": 32}),
+        )
+    )
+    assert (record.sae_id, record.owner, record.d_in, record.d_sae) == ("s", "ana", 16, 64)
+    assert record.architecture == "jumprelu"
+    assert record.created_at == "2025-01-15T10:30:00Z"
+    assert record.recorded_tokens == TokenSource(token_file="/t.npy", context_size=32)
+
+
+def test_an_sae_without_a_creation_time_or_recorded_tokens_has_neither() -> None:
+    record = sae_from_pb(spb.Sae(sae_id="s"))
+    assert record.created_at == "" and record.recorded_tokens is None
+    assert record.architecture == "standard"
+
+
+def test_a_recorded_token_source_of_the_wrong_shape_names_the_config_key() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        sae_from_pb(spb.Sae(sae_id="s", config=recorded({"context_size": "many"})))
+    assert err.value.field == f"sae.config.{RECORDED_TOKENS_KEY}"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        tpb.TokenSource(token_file="/t.npy", dataset_name="d", max_tokens=64),
+        tpb.TokenSource(text=tpb.TextFiles(paths=["a.txt", "b.txt"]), prepend_bos=False),
+        tpb.TokenSource(text=tpb.TextFiles()),
+        tpb.TokenSource(context_size=16, prepend_bos=True),
+    ],
+)
+def test_a_token_source_goes_to_plain_values_and_back_unchanged(message: tpb.TokenSource) -> None:
+    assert token_source_to_pb(token_source_from_pb(message)) == message
+
+
+def test_a_text_source_without_paths_is_still_a_text_source() -> None:
+    plain = token_source_from_pb(tpb.TokenSource(text=tpb.TextFiles()))
+    assert plain.given and plain.text_paths == ()
+
+
+def test_a_computation_request_names_the_sae_by_id_and_owner() -> None:
+    params = DashboardParams(n_top_examples=30, omitted=frozenset({Component.LOGIT_LENS}))
+    request = ComputationRequest(
+        request_id="job/dashboards/0",
+        sae=SaeRecord(sae_id="s", owner="ana"),
+        params=params,
+        tokens=TokenSource(token_file="/t.npy"),
+        feature_indices=(3, 5),
+        batch_size=8,
+        device="cpu",
+    )
+    message = computation_request_to_pb(request)
+    assert (message.sae.sae_id, message.sae.sae_owner) == ("s", "ana")
+    assert params_from_pb(message.params) == params
+    assert list(message.feature_indices) == [3, 5] and message.tokens.token_file == "/t.npy"
+    assert (message.batch_size, message.device, message.reuse_cached) == (8, "cpu", True)
+
+
+def test_a_computation_request_without_tokens_sends_none() -> None:
+    request = ComputationRequest("r", SaeRecord(sae_id="s"), DashboardParams(), tokens=None)
+    assert not computation_request_to_pb(request).HasField("tokens")
+
+
+def test_a_failed_computation_carries_its_error_as_a_domain_error() -> None:
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="bad batch")
+    progress = ppb.Progress(job_id="c-1", state=ppb.JOB_STATE_FAILED, error=status)
+    event = computation_progress_from_pb(cpb.ComputeProgress(progress=progress))
+    assert event.ended and event.computation_id == "c-1"
+    assert isinstance(event.error, InvalidArgument) and event.result is None
+
+
+def test_a_succeeded_computation_carries_its_result_and_a_running_one_none() -> None:
+    done = ppb.Progress(job_id="c-1", state=ppb.JOB_STATE_SUCCEEDED)
+    result = cpb.ComputeResult(features_computed=4)
+    event = computation_progress_from_pb(cpb.ComputeProgress(progress=done, result=result))
+    assert event.result == result and event.error is None
+    running = ppb.Progress(
+        job_id="c-1", state=ppb.JOB_STATE_RUNNING, stage=ppb.STAGE_ACTIVATION_PASS, items_done=2
+    )
+    event = computation_progress_from_pb(cpb.ComputeProgress(progress=running))
+    assert not event.ended and event.result is None
+    assert (event.stage, event.items_done) == (ppb.STAGE_ACTIVATION_PASS, 2)
