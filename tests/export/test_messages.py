@@ -8,6 +8,8 @@ from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import params_from_pb
@@ -17,6 +19,7 @@ from mistudio_export.messages import (
     RECORDED_TOKENS_KEY,
     computation_progress_from_pb,
     computation_request_to_pb,
+    export_job_from_pb,
     sae_from_pb,
     token_source_from_pb,
     token_source_to_pb,
@@ -120,3 +123,14 @@ def test_a_succeeded_computation_carries_its_result_and_a_running_one_none() -> 
     event = computation_progress_from_pb(cpb.ComputeProgress(progress=running))
     assert not event.ended and event.result is None
     assert (event.stage, event.items_done) == (ppb.STAGE_ACTIVATION_PASS, 2)
+
+
+def test_an_export_job_record_has_an_outcome_only_once_the_job_recorded_one() -> None:
+    running = export_job_from_pb(spb.ExportJob(job_id="j", state=ppb.JOB_STATE_RUNNING))
+    assert running.outcome is None and running.result is None
+    outcome = jpb.ExportOutcome(result=epb.ExportResult(output_uri="exports/j.zip"))
+    done = export_job_from_pb(
+        spb.ExportJob(job_id="j", sae_owner="ana", state=ppb.JOB_STATE_SUCCEEDED, outcome=outcome)
+    )
+    assert done.outcome == outcome and done.sae_owner == "ana"
+    assert done.result is not None and done.result.output_uri == "exports/j.zip"

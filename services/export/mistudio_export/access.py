@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.auth import Identity, can_see, owner_for, sae_owner
 from mistudio_common.errors import InvalidArgument, NotFound
 from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
-from mistudio_export.peers import SaeRecord
+from mistudio_export.peers import ExportJobRecord, SaeRecord
 
 
 class Records(Protocol):
     def get_sae(self, sae_id: str, owner: str = "") -> SaeRecord: ...
 
-    def get_job(self, job_id: str) -> spb.ExportJob: ...
+    def get_job(self, job_id: str) -> ExportJobRecord: ...
 
 
 def job_not_found(job_id: str) -> NotFound:
@@ -47,7 +46,7 @@ class Access:
     def __init__(self, records: Records) -> None:
         self._records = records
 
-    def job(self, job_id: str, caller: Identity) -> spb.ExportJob:
+    def job(self, job_id: str, caller: Identity) -> ExportJobRecord:
         """The job, when the caller may see it; NOT_FOUND otherwise."""
         job = self._records.get_job(job_id)
         if not can_see(job.owner, caller):

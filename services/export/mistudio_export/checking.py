@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.downloads import fetch_to_file, finished_job
@@ -29,7 +29,7 @@ from mistudio_export.packaging import (
     VerifyReport,
     build_archive,
 )
-from mistudio_export.peers import JobRecords
+from mistudio_export.peers import ExportJobRecord, JobRecords
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
 from mistudio_export.validation.archives import validate_zip
@@ -162,7 +162,7 @@ class ArchiveValidator:
 
     def _republish(
         self,
-        job: spb.ExportJob,
+        job: ExportJobRecord,
         folder: Path,
         path: Path,
         compression: Compression,
@@ -171,14 +171,16 @@ class ArchiveValidator:
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         fixed = build_archive(folder, path, compression=compression)
         self._objects.put_file(job.output_uri, fixed.path)
-        record = spb.ExportJob(job_id=job.job_id, output_size_bytes=fixed.size, outcome=job.outcome)
-        result = record.outcome.result
+        outcome = jpb.ExportOutcome()
+        if job.outcome is not None:
+            outcome.CopyFrom(job.outcome)
+        result = outcome.result
         if not result.output_uri:
             result.output_uri = job.output_uri
         result.size_bytes = fixed.size
         result.archive_sha256 = fixed.sha256
         result.validation.CopyFrom(summary)
-        self._store.update_job(record, ["output_size_bytes", "outcome"])
+        self._store.put_outcome(job.job_id, outcome, fixed.size)
 
 
 def _integrity(report: VerifyReport, summary: epb.ValidationSummary) -> list[epb.ValidationProblem]:

@@ -17,6 +17,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
+from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
@@ -29,6 +30,7 @@ from mistudio_common.server import open_channel, wait_until_ready
 from mistudio_export.messages import (
     computation_progress_from_pb,
     computation_request_to_pb,
+    export_job_from_pb,
     sae_from_pb,
     sae_reference,
     token_source_to_pb,
@@ -37,6 +39,7 @@ from mistudio_export.peers import (
     ComputationEstimate,
     ComputationProgress,
     ComputationRequest,
+    ExportJobRecord,
     FeatureFilter,
     FeatureRecord,
     FileChunk,
@@ -140,13 +143,21 @@ class StoreClient:
         response = call_peer(lambda: self._stub.CreateExportJob(request, **self._unary))
         return response.job, response.created
 
-    def get_job(self, job_id: str) -> spb.ExportJob:
+    def get_job(self, job_id: str) -> ExportJobRecord:
+        return export_job_from_pb(self.get_job_message(job_id))
+
+    def get_job_message(self, job_id: str) -> spb.ExportJob:
+        """The whole stored record, for the job engine and the job views."""
         request = spb.GetExportJobRequest(job_id=job_id)
         return call_peer(lambda: self._stub.GetExportJob(request, **self._unary)).job
 
     def update_job(self, job: spb.ExportJob, fields: Iterable[str]) -> spb.ExportJob:
         request = spb.UpdateExportJobRequest(job=job, update_mask=list(fields))
         return call_peer(lambda: self._stub.UpdateExportJob(request, **self._unary)).job
+
+    def put_outcome(self, job_id: str, outcome: jpb.ExportOutcome, output_size_bytes: int) -> None:
+        job = spb.ExportJob(job_id=job_id, outcome=outcome, output_size_bytes=output_size_bytes)
+        self.update_job(job, ["output_size_bytes", "outcome"])
 
     def claim_job(
         self, job_id: str, holder: str, lease_seconds: float
@@ -187,7 +198,7 @@ class StoreClient:
         )
         return call_peer(lambda: self._stub.ListExportJobs(request, **self._unary))
 
-    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[spb.ExportJob]:
+    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[ExportJobRecord]:
         """The SAE's newest ``limit`` succeeded exports, newest first (never those of another
         owner's SAE with the same id)."""
         page = self.list_jobs(
@@ -196,12 +207,13 @@ class StoreClient:
             sae_owner=sae.owner,
             states=[ppb.JOB_STATE_SUCCEEDED],
         )
-        return list(page.jobs)
+        return [export_job_from_pb(job) for job in page.jobs]
 
-    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]:
+    def recent_finished_jobs(self, limit: int) -> list[ExportJobRecord]:
         """The newest ``limit`` succeeded exports of any SAE: what later estimates are fitted
         over."""
-        return list(self.list_jobs(page_size=limit, states=[ppb.JOB_STATE_SUCCEEDED]).jobs)
+        page = self.list_jobs(page_size=limit, states=[ppb.JOB_STATE_SUCCEEDED])
+        return [export_job_from_pb(job) for job in page.jobs]
 
     def put_feature_hashes(self, job_id: str, hashes: Mapping[int, str]) -> None:
         """Records the job archive's feature hashes, in requests of bounded size."""

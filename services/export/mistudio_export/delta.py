@@ -18,14 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard_options import Component
 
-from mistudio_export import views
 from mistudio_export.packaging.archive import verify_archive
 from mistudio_export.packaging.safe_extract import check_limits
-from mistudio_export.peers import FeatureHashRecords, FeatureRecord
+from mistudio_export.peers import ExportJobRecord, FeatureHashRecords, FeatureRecord
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import EXPORT_FORMAT_VERSION, ExplanationRecord
 
@@ -75,14 +73,14 @@ class EarlierExport:
     hashes: Mapping[int, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, job: spb.ExportJob, records: FeatureHashRecords) -> EarlierExport:
+    def of(cls, job: ExportJobRecord, records: FeatureHashRecords) -> EarlierExport:
         """The job with the feature hashes the store keeps for its archive."""
-        recorded = job.outcome.feature_hash_count > 0
-        result = views.result_of(job)
+        outcome, result = job.outcome, job.result
+        recorded = outcome is not None and outcome.feature_hash_count > 0
         return cls(
             job_id=job.job_id,
             output_uri=job.output_uri,
-            render_key=job.outcome.render_key,
+            render_key=outcome.render_key if outcome is not None else "",
             archive_sha256=result.archive_sha256 if result is not None else "",
             hashes=records.feature_hashes(job.job_id) if recorded else {},
         )

@@ -8,11 +8,10 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
 from mistudio_export.object_store import ObjectStore
-from mistudio_export.peers import JobLookup
+from mistudio_export.peers import ExportJobRecord, JobLookup
 
 DEFAULT_EXPIRY_SECONDS = 3600
 MIN_EXPIRY_SECONDS = 60
@@ -26,7 +25,7 @@ def require_job_id(job_id: str) -> str:
     return job_id
 
 
-def finished_job(store: JobLookup, job_id: str) -> spb.ExportJob:
+def finished_job(store: JobLookup, job_id: str) -> ExportJobRecord:
     """The job, which must have succeeded and published an archive."""
     job = store.get_job(require_job_id(job_id))
     if job.state != ppb.JOB_STATE_SUCCEEDED or not job.output_uri:

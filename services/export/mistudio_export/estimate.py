@@ -18,14 +18,19 @@ from dataclasses import dataclass
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component
 from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_tokens, stage_times
 from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.clients import ComputeClient, StoreClient
-from mistudio_export.peers import ComputationEstimate, EstimateRecords, SaeRecord, TokenEstimates
+from mistudio_export.peers import (
+    ComputationEstimate,
+    EstimateRecords,
+    ExportJobRecord,
+    SaeRecord,
+    TokenEstimates,
+)
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 from mistudio_export.presets import PRESETS
@@ -68,14 +73,14 @@ def measurement(
     )
 
 
-def rates_from(jobs: Iterable[spb.ExportJob]) -> Rates:
+def rates_from(jobs: Iterable[ExportJobRecord]) -> Rates:
     """Median archive bytes per feature and this service's stage rates fitted over finished
     exports that measured some features."""
     per_byte: list[float] = []
     times: list[StageTime] = []
     for job in jobs:
-        measured = job.outcome.measured
-        if not measured.features:
+        measured = job.outcome.measured if job.outcome is not None else None
+        if measured is None or not measured.features:
             continue
         per_byte.append(measured.neuronpedia_bytes / measured.features)
         size = JobSize(0, measured.features, measured.example_tokens)

@@ -58,7 +58,7 @@ class StoreJobStore:
         self._store = store
 
     def load(self, job_id: str) -> ExportRecord:
-        return record_of(self._store.get_job(job_id))
+        return record_of(self._store.get_job_message(job_id))
 
     def write(self, job_id: str, update: ExportUpdate) -> StopReason | None:
         job = spb.ExportJob(job_id=job_id, state=update.state, progress=update.progress)

@@ -178,7 +178,7 @@ class ExportJobManager:
         return self._engine.stopping
 
     def view(self, job_id: str) -> epb.ExportJobView:
-        stored = self._store.get_job(job_id)
+        stored = self._store.get_job_message(job_id)
         # A running job's progress here is fresher than the (throttled) record, and an end
         # state the store could not take yet is newer still; a stored end state is final and
         # may have changed since (ValidateArchive repairs).

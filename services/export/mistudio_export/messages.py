@@ -13,7 +13,13 @@ from mistudio_common import dashboard_codec
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import error_from_status
 
-from mistudio_export.peers import ComputationProgress, ComputationRequest, SaeRecord, TokenSource
+from mistudio_export.peers import (
+    ComputationProgress,
+    ComputationRequest,
+    ExportJobRecord,
+    SaeRecord,
+    TokenSource,
+)
 
 RECORDED_TOKENS_KEY = "token_source"
 """Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
@@ -127,4 +133,19 @@ def computation_progress_from_pb(m: cpb.ComputeProgress) -> ComputationProgress:
         message=p.message,
         error=error_from_status(p.error) if p.HasField("error") else None,
         result=m.result if succeeded else None,
+    )
+
+
+def export_job_from_pb(m: spb.ExportJob) -> ExportJobRecord:
+    return ExportJobRecord(
+        job_id=m.job_id,
+        sae_id=m.sae_id,
+        sae_owner=m.sae_owner,
+        owner=m.owner,
+        state=m.state,
+        config=m.config,
+        progress=m.progress,
+        outcome=m.outcome if m.HasField("outcome") else None,
+        output_uri=m.output_uri,
+        output_size_bytes=m.output_size_bytes,
     )

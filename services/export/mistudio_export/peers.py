@@ -16,7 +16,8 @@ from typing import Protocol
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
-from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import MistudioError
 from mistudio_common.progress import TERMINAL_STATES
@@ -104,6 +105,30 @@ class ComputationProgress:
     @property
     def ended(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class ExportJobRecord:
+    """An export job as the stages read it from the store. Its configuration, progress and
+    outcome stay the job's own typed messages (the engine writes them; the store keeps them)."""
+
+    job_id: str
+    sae_id: str
+    sae_owner: str
+    owner: str
+    state: ppb.JobState.ValueType
+    config: epb.ExportConfig
+    progress: ppb.Progress
+    outcome: jpb.ExportOutcome | None = None
+    """Set once the job finished."""
+    output_uri: str = ""
+    output_size_bytes: int = 0
+
+    @property
+    def result(self) -> epb.ExportResult | None:
+        """What a succeeded job produced, as its outcome records it."""
+        has = self.outcome is not None and self.outcome.HasField("result")
+        return self.outcome.result if has and self.outcome is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +273,7 @@ class FeatureHashRecords(Protocol):
 class JobLookup(Protocol):
     """One export job record, as the downloads read it."""
 
-    def get_job(self, job_id: str) -> spb.ExportJob: ...
+    def get_job(self, job_id: str) -> ExportJobRecord: ...
 
 
 class PlanningStore(JobLookup, FeatureFacts, Protocol):
@@ -260,13 +285,14 @@ class PlanningStore(JobLookup, FeatureFacts, Protocol):
 class JobRecords(JobLookup, Protocol):
     """Export job records read and rewritten, as the archive checks use them."""
 
-    def update_job(self, job: spb.ExportJob, fields: Sequence[str]) -> spb.ExportJob: ...
+    def put_outcome(self, job_id: str, outcome: jpb.ExportOutcome, output_size_bytes: int) -> None:
+        """Rewrites a finished job's outcome and archive size (after a repair)."""
 
 
 class ExportRecords(JobRecords, FeatureHashRecords, Protocol):
     """The store's export job records, as the pipeline uses them."""
 
-    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[spb.ExportJob]: ...
+    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[ExportJobRecord]: ...
 
 
 class EstimateRecords(Protocol):
@@ -277,7 +303,7 @@ class EstimateRecords(Protocol):
         self, sae_id: str, params: DashboardParams, owner: str = ""
     ) -> dict[int, str]: ...
 
-    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]: ...
+    def recent_finished_jobs(self, limit: int) -> list[ExportJobRecord]: ...
 
 
 class ExportStore(FeatureRecords, ExportRecords, EstimateRecords, Protocol):

@@ -260,7 +260,8 @@ class ExportPipeline:
     def _finished_exports(self, job: JobRuntime, key: str) -> Iterator[delta.EarlierExport]:
         """The SAE's newest finished exports rendered like this one; hashes read as needed."""
         for record in self._store.finished_jobs(job.plan.sae, EARLIER_EXPORTS_CONSIDERED):
-            if record.job_id != job.job_id and record.outcome.render_key == key:
+            rendered = record.outcome.render_key if record.outcome is not None else ""
+            if record.job_id != job.job_id and rendered == key:
                 yield delta.EarlierExport.of(record, self._store)
 
     def _archive_key(self, job: JobRuntime) -> str:

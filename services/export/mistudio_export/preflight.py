@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -18,7 +17,7 @@ from mistudio_common.errors import (
 )
 
 from mistudio_export.limits import check_request_limits
-from mistudio_export.peers import PlanningCompute, PlanningStore
+from mistudio_export.peers import ExportJobRecord, PlanningCompute, PlanningStore
 from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
 from mistudio_export.selection import most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
@@ -82,7 +81,7 @@ class Planner:
         check_preconditions(plan, problems)
         return warnings
 
-    def base_job(self, plan: ExportPlan) -> spb.ExportJob:
+    def base_job(self, plan: ExportPlan) -> ExportJobRecord:
         """The finished export a delta export compares against."""
         field = "config.delta_base_job_id"
         try:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
-from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import params_to_pb
 from mistudio_common.errors import NotFound
@@ -20,6 +22,7 @@ from mistudio_export.peers import (
     ComputationEstimate,
     ComputationProgress,
     ComputationRequest,
+    ExportJobRecord,
     FeatureFilter,
     FeatureRecord,
     FileChunk,
@@ -39,7 +42,7 @@ class MemoryStore:
         self.records = {
             d.feature_index: FeatureRecord(feature_index=d.feature_index) for d in dashboards
         }
-        self.jobs: dict[str, spb.ExportJob] = {}
+        self.jobs: dict[str, ExportJobRecord] = {}
         self.hashes: dict[str, dict[int, str]] = {}
 
     def get_sae(self, sae_id: str, owner: str = "") -> SaeRecord:
@@ -65,25 +68,20 @@ class MemoryStore:
         found = [self.cached[i] for i in indices if i in self.cached]
         return found, [i for i in indices if i not in self.cached]
 
-    def get_job(self, job_id: str) -> spb.ExportJob:
+    def get_job(self, job_id: str) -> ExportJobRecord:
         if job_id not in self.jobs:
             raise NotFound(f"no export job {job_id!r}", resource_name=job_id)
         return self.jobs[job_id]
 
-    def update_job(self, job: spb.ExportJob, fields: Sequence[str]) -> spb.ExportJob:
-        stored = self.jobs[job.job_id]
-        for name in fields:
-            if job.HasField(name):  # type: ignore[arg-type]
-                getattr(stored, name).CopyFrom(getattr(job, name))
-            else:
-                setattr(stored, name, getattr(job, name))
-        return stored
+    def put_outcome(self, job_id: str, outcome: jpb.ExportOutcome, output_size_bytes: int) -> None:
+        stored = self.jobs[job_id]
+        self.jobs[job_id] = replace(stored, outcome=outcome, output_size_bytes=output_size_bytes)
 
-    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[spb.ExportJob]:
+    def finished_jobs(self, sae: SaeRecord, limit: int) -> list[ExportJobRecord]:
         done = [j for j in self.jobs.values() if j.state == ppb.JOB_STATE_SUCCEEDED]
         return list(reversed(done))[:limit]
 
-    def recent_finished_jobs(self, limit: int) -> list[spb.ExportJob]:
+    def recent_finished_jobs(self, limit: int) -> list[ExportJobRecord]:
         return self.finished_jobs(self.sae, limit)
 
     def cached_hashes(
@@ -99,6 +97,23 @@ class MemoryStore:
 
     def feature_hashes(self, job_id: str) -> dict[int, str]:
         return dict(self.hashes.get(job_id, {}))
+
+
+def job_record(
+    job_id: str,
+    config: epb.ExportConfig | None = None,
+    state: ppb.JobState.ValueType = ppb.JOB_STATE_RUNNING,
+) -> ExportJobRecord:
+    """A job of the SAE the stage tests export ("tiny"), as the store would hold it."""
+    return ExportJobRecord(
+        job_id=job_id,
+        sae_id="tiny",
+        sae_owner="",
+        owner="alice",
+        state=state,
+        config=config or epb.ExportConfig(),
+        progress=ppb.Progress(job_id=job_id, state=state),
+    )
 
 
 class MemoryCompute:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.errors import FailedPrecondition
 from mistudio_export.checking import ArchiveValidator, validate_output
 from mistudio_export.generate import explanation_records, feature_labels, saelens_frequencies
@@ -19,6 +18,7 @@ from mistudio_export.packaging import FormatKind
 from mistudio_export.peers import FeatureRecord
 from mistudio_export.runtime import JobRuntime
 
+from tests.export.stages.doubles import job_record
 from tests.export.stages.test_pipeline import Peers, neuronpedia
 
 SAELENS_FILES = {"cfg.json": b'{"d_sae": 4}', "sae_weights.safetensors": b"\x00weights\x01"}
@@ -89,7 +89,7 @@ def test_a_published_archive_revalidates_and_a_tampered_one_does_not(tmp_path: P
 
 def test_an_archive_of_an_unfinished_job_is_not_validated(tmp_path: Path) -> None:
     peers = Peers(tmp_path)
-    peers.store.jobs["running"] = spb.ExportJob(job_id="running", sae_id="tiny")
+    peers.store.jobs["running"] = job_record("running")
     validator = ArchiveValidator(peers.store, peers.objects)
     with pytest.raises(FailedPrecondition):
         validator.validate(epb.ValidateArchiveRequest(job_id="running"))

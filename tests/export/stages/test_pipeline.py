@@ -13,7 +13,6 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.stages import FILE_STAGES
 from mistudio_export.config import ExportSettings
 from mistudio_export.estimate import predict
@@ -24,7 +23,7 @@ from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
 
 from tests.export.stages.conftest import runtime
-from tests.export.stages.doubles import MemoryCompute, MemoryObjects, MemoryStore
+from tests.export.stages.doubles import MemoryCompute, MemoryObjects, MemoryStore, job_record
 from tests.store.helpers import make_dashboard
 
 D_SAE = 4
@@ -60,15 +59,17 @@ class Peers:
         plan = planner.plan("tiny", config, "alice")
         settings = ExportSettings(data_dir=self.tmp_path)
         pipeline = ExportPipeline(settings, self.store, self.compute, planner, self.objects)
-        self.store.jobs[job_id] = spb.ExportJob(job_id=job_id, sae_id="tiny", config=config)
+        self.store.jobs[job_id] = job_record(job_id, config)
         job = runtime(job_id, plan, self.tmp_path / job_id)
         job.publish = watch
         outcome = pipeline.run(job)
-        finished = self.store.jobs[job_id]
-        finished.state = ppb.JOB_STATE_SUCCEEDED
-        finished.progress.CopyFrom(job.tracker.set_state(ppb.JOB_STATE_SUCCEEDED))
-        finished.output_uri = outcome.result.output_uri
-        finished.outcome.CopyFrom(outcome)
+        self.store.jobs[job_id] = replace(
+            self.store.jobs[job_id],
+            state=ppb.JOB_STATE_SUCCEEDED,
+            progress=job.tracker.set_state(ppb.JOB_STATE_SUCCEEDED),
+            output_uri=outcome.result.output_uri,
+            outcome=outcome,
+        )
         return outcome
 
 
