@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Protocol
 
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
-from mistudio_export.limits import check_request_limits
 from mistudio_export.messages import RECORDED_TOKENS_KEY
 from mistudio_export.peers import (
     ComputationProgress,
@@ -21,8 +21,18 @@ from mistudio_export.peers import (
     TokenEstimates,
     TokenSource,
 )
-from mistudio_export.plan import dashboard_params, token_source
 from mistudio_export.token_facts import token_facts
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardQuery:
+    """Which dashboard of an SAE: one feature, computed with these params on these tokens."""
+
+    feature_index: int
+    params: DashboardParams
+    tokens: TokenSource | None
+    """None: none given and none recorded with the SAE (refused)."""
+    compute_if_missing: bool = False
 
 
 class OnDemandCompute(DashboardComputer, TokenEstimates, Protocol):
@@ -34,20 +44,15 @@ class FeatureDashboards:
         self._store = store
         self._compute = compute
 
-    def get(
-        self, request: epb.GetFeatureDashboardRequest, sae: SaeRecord
-    ) -> epb.GetFeatureDashboardResponse:
-        """The dashboard of one feature of ``sae`` (the caller's SAE that request.sae_id names)."""
-        check_request_limits(request, "")
-        index = request.feature_index
+    def get(self, sae: SaeRecord, query: DashboardQuery) -> tuple[dpb.FeatureDashboard, bool]:
+        """The dashboard of one feature of ``sae``, and whether it came from the cache."""
+        index, params, tokens = query.feature_index, query.params, query.tokens
         if not 0 <= index < sae.d_sae:
             raise InvalidArgument(
                 f"feature_index {index} is outside [0, {sae.d_sae})",
                 field="feature_index",
                 fix=f"use an index between 0 and {sae.d_sae - 1}",
             )
-        params = dashboard_params(request.params, "params")
-        tokens = token_source(request.tokens, sae, "tokens")
         if tokens is None:
             raise FailedPrecondition(
                 "no token source was given and none is recorded for this SAE",
@@ -63,8 +68,8 @@ class FeatureDashboards:
         cached_under = token_facts(self._compute, sae, tokens, params, "tokens").params
         found, _ = self._store.dashboards(sae.sae_id, cached_under, [index], sae.owner)
         if found:
-            return epb.GetFeatureDashboardResponse(dashboard=found[0], from_cache=True)
-        if not request.compute_if_missing:
+            return found[0], True
+        if not query.compute_if_missing:
             raise NotFound(
                 f"feature {index} of {sae.sae_id} has no cached dashboard for these parameters",
                 resource_type="dashboard",
@@ -78,7 +83,7 @@ class FeatureDashboards:
                 f"the computed dashboard of feature {index} did not reach the cache",
                 fix="retry; if it persists, check the compute service's logs",
             )
-        return epb.GetFeatureDashboardResponse(dashboard=found[0], from_cache=False)
+        return found[0], False
 
     def _compute_one(
         self,

@@ -35,10 +35,12 @@ from mistudio_export.checking import ArchiveValidator
 from mistudio_export.clients import StoreClient
 from mistudio_export.downloads import download_chunks, download_url, require_job_id
 from mistudio_export.estimate import ExportEstimator
-from mistudio_export.feature_dashboards import FeatureDashboards
+from mistudio_export.feature_dashboards import DashboardQuery, FeatureDashboards
 from mistudio_export.jobs import ExportJobManager, progress_message
+from mistudio_export.limits import check_request_limits
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.peers import SaeRecord
+from mistudio_export.plan import dashboard_params, token_source
 from mistudio_export.preflight import missing_delta_base
 from mistudio_export.uploads import CHUNK_FIELD, FileHeader, Uploads
 
@@ -223,10 +225,18 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _dashboard(
         self, request: epb.GetFeatureDashboardRequest
     ) -> epb.GetFeatureDashboardResponse:
+        check_request_limits(request, "")
         caller = current_caller()
         sae = self._access.sae(request.sae_id, request.owner, caller)
         check_uploaded_tokens(request.tokens.token_file, caller, "tokens")
-        return self._dashboards.get(request, sae)
+        query = DashboardQuery(
+            feature_index=request.feature_index,
+            params=dashboard_params(request.params, "params"),
+            tokens=token_source(request.tokens, sae, "tokens"),
+            compute_if_missing=request.compute_if_missing,
+        )
+        dashboard, cached = self._dashboards.get(sae, query)
+        return epb.GetFeatureDashboardResponse(dashboard=dashboard, from_cache=cached)
 
     @handle_errors
     async def GetFeatureDashboard(
