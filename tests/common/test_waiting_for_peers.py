@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import NotFound, Unavailable
 from mistudio_common.retry import PeerWait
 from mistudio_compute.store_client import StoreClient as ComputeStoreClient
 from mistudio_export.clients import ComputeClient
 from mistudio_export.clients import StoreClient as ExportStoreClient
+from mistudio_export.peers import ComputationRequest, SaeRecord
 from mistudio_store.config import StoreSettings
 from mistudio_store.server import build_store_server
 
@@ -93,7 +94,8 @@ def test_a_computation_is_not_opened_until_compute_is_reachable() -> None:
     client = ComputeClient(free_address(), wait=PeerWait(patience_seconds=0.5))
     try:
         with pytest.raises(Unavailable) as caught:
-            client.compute_dashboards(cpb.ComputeDashboardsRequest(request_id="r"))
+            request = ComputationRequest("r", SaeRecord(sae_id="s"), DashboardParams(), None)
+            client.compute_dashboards(request)
     finally:
         client.close()
     assert "compute service stayed unreachable" in caught.value.message
