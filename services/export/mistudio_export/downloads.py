@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import timestamp_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 
-from mistudio_export.object_store import ObjectStore
+from mistudio_export.object_store import ObjectStore, PresignedUrl
 from mistudio_export.peers import ExportJobRecord, JobLookup
 
 DEFAULT_EXPIRY_SECONDS = 3600
@@ -50,40 +49,46 @@ def fetch_to_file(objects: ObjectStore, key: str, path: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class ArchiveChunk:
+    """A piece of a finished archive: its bytes and where they start in it."""
+
+    data: bytes
+    offset: int
+    total_size: int
+
+
 def download_url(
-    store: JobLookup, objects: ObjectStore, request: epb.GetDownloadUrlRequest
-) -> epb.GetDownloadUrlResponse:
-    expiry = request.expiry_seconds or DEFAULT_EXPIRY_SECONDS
+    store: JobLookup, objects: ObjectStore, job_id: str, expiry_seconds: int
+) -> PresignedUrl:
+    """A link to the finished archive valid for ``expiry_seconds`` (0: one hour)."""
+    expiry = expiry_seconds or DEFAULT_EXPIRY_SECONDS
     if not MIN_EXPIRY_SECONDS <= expiry <= MAX_EXPIRY_SECONDS:
         raise InvalidArgument(
             f"expiry_seconds {expiry} is outside {MIN_EXPIRY_SECONDS}..{MAX_EXPIRY_SECONDS}",
             field="expiry_seconds",
             fix="choose between one minute and seven days, or 0 for one hour",
         )
-    job = finished_job(store, request.job_id)
-    link = objects.presigned_get_url(job.output_uri, expiry)
-    expires_at = timestamp_pb2.Timestamp()
-    expires_at.FromDatetime(link.expires_at)
-    return epb.GetDownloadUrlResponse(url=link.url, expires_at=expires_at)
+    job = finished_job(store, job_id)
+    return objects.presigned_get_url(job.output_uri, expiry)
 
 
 def download_chunks(
-    store: JobLookup, objects: ObjectStore, request: epb.DownloadExportRequest
-) -> Iterator[epb.DownloadExportResponse]:
+    store: JobLookup, objects: ObjectStore, job_id: str, offset: int
+) -> Iterator[ArchiveChunk]:
     """The archive from ``offset`` on, in chunks that each say where they start."""
-    job = finished_job(store, request.job_id)
+    job = finished_job(store, job_id)
     total = objects.stat(job.output_uri).size
-    if not 0 <= request.offset <= total:
+    if not 0 <= offset <= total:
         raise InvalidArgument(
-            f"offset {request.offset} is outside the archive's {total} bytes",
+            f"offset {offset} is outside the archive's {total} bytes",
             field="offset",
             fix=f"resume from an offset between 0 and {total}",
         )
-    offset = request.offset
     if offset == total:
-        yield epb.DownloadExportResponse(chunk=b"", offset=offset, total_size=total)
+        yield ArchiveChunk(b"", offset, total)
         return
     with objects.get_range(job.output_uri, offset, chunk_size=CHUNK_BYTES) as chunks:
         for chunk in chunks:
-            yield epb.DownloadExportResponse(chunk=chunk, offset=offset, total_size=total)
+            yield ArchiveChunk(chunk, offset, total)
             offset += len(chunk)

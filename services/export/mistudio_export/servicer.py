@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio_common.auth import Identity, current_caller, owner_for
@@ -203,7 +204,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _download_url(self, request: epb.GetDownloadUrlRequest) -> epb.GetDownloadUrlResponse:
         self._job(request.job_id)
-        return download_url(self._store, self._objects, request)
+        link = download_url(self._store, self._objects, request.job_id, request.expiry_seconds)
+        expires_at = timestamp_pb2.Timestamp()
+        expires_at.FromDatetime(link.expires_at)
+        return epb.GetDownloadUrlResponse(url=link.url, expires_at=expires_at)
 
     @handle_errors
     async def GetDownloadUrl(
@@ -213,7 +217,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _download(self, request: epb.DownloadExportRequest) -> Iterator[epb.DownloadExportResponse]:
         self._job(request.job_id)
-        yield from download_chunks(self._store, self._objects, request)
+        for piece in download_chunks(self._store, self._objects, request.job_id, request.offset):
+            yield epb.DownloadExportResponse(
+                chunk=piece.data, offset=piece.offset, total_size=piece.total_size
+            )
 
     @handle_errors
     async def DownloadExport(
