@@ -206,3 +206,4 @@ def test_cfg_json_nested_100k_deep_is_invalid_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument) as err:
         load_sae(folder)
     assert err.value.field == "sae.files.config"
+    assert "nests too deeply" in str(err.value) and "RecursionError" not in str(err.value)
