@@ -119,6 +119,7 @@ def fault(stack: FaultStack, target: str) -> None:
     ("target", "stage"),
     [
         ("compute", ppb.STAGE_ACTIVATION_PASS),
+        ("compute", ppb.STAGE_LOGIT_LENS),
         ("store", ppb.STAGE_ACTIVATION_PASS),
         ("export", ppb.STAGE_ACTIVATION_PASS),
         ("postgres", ppb.STAGE_ACTIVATION_PASS),
@@ -126,6 +127,7 @@ def fault(stack: FaultStack, target: str) -> None:
         ("export", ppb.STAGE_GENERATING_FILES),
         ("postgres", ppb.STAGE_GENERATING_FILES),
         ("s3", ppb.STAGE_GENERATING_FILES),
+        ("s3", ppb.STAGE_CREATING_ARCHIVE),
     ],
 )
 def test_an_export_finishes_through_the_fault_with_the_same_archive(
