@@ -10,6 +10,7 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
+from mistudio_common.architectures import saelens_name
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import error_from_status
 
@@ -23,14 +24,6 @@ from mistudio_export.peers import (
 
 RECORDED_TOKENS_KEY = "token_source"
 """Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
-
-ARCHITECTURE_NAMES = {
-    spb.ARCHITECTURE_STANDARD: "standard",
-    spb.ARCHITECTURE_JUMPRELU: "jumprelu",
-    spb.ARCHITECTURE_TOPK: "topk",
-    spb.ARCHITECTURE_GATED: "gated",
-}
-"""SAELens's names of the store's architectures."""
 
 
 def token_source_from_pb(m: tpb.TokenSource) -> TokenSource:
@@ -66,7 +59,7 @@ def sae_from_pb(m: spb.Sae) -> SaeRecord:
         hook_point=m.hook_point,
         d_in=m.d_in,
         d_sae=m.d_sae,
-        architecture=ARCHITECTURE_NAMES.get(m.architecture, "standard"),
+        architecture=saelens_name(spb.Architecture.Name(m.architecture)) or "standard",
         weights_uri=m.weights_uri,
         training_dataset=m.training_dataset,
         n_training_tokens=m.n_training_tokens,

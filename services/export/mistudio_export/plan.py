@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
