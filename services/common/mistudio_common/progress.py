@@ -40,6 +40,10 @@ class _StageClock:
     phase_from: float = 0.0
     """The stage's elapsed seconds when its count last started over (a new total, or fewer
     done: a stage that counts two kinds of items in turn); its own rate is measured since."""
+    counted_from: tuple[float, int] | None = None
+    """(elapsed seconds, items done) at the phase's first update with items done: its rate is
+    measured from there, leaving out the start-up before the first item (loading a model,
+    starting a process), which would otherwise stretch the whole stage's ETA."""
 
 
 @dataclass
@@ -123,6 +127,9 @@ class ProgressTracker:
                 clock.started, clock.finished = now, None
             if clock.total and (total != clock.total or done < clock.done):
                 clock.phase_from = self._elapsed(clock, now)
+                clock.counted_from = None
+            if clock.counted_from is None and done > 0:
+                clock.counted_from = (self._elapsed(clock, now), done)
             clock.state = pb.JOB_STATE_RUNNING
             clock.done, clock.total = done, total
             clock.unit = unit or clock.unit
@@ -183,7 +190,7 @@ class ProgressTracker:
         the job's measured seconds per unit of weight (weights alone are only a guess)."""
         if not 0.0 < overall < 1.0:
             return -1.0
-        per_weight = elapsed_total / overall
+        per_weight = self._seconds_per_weight(now, overall, elapsed_total)
         remaining = 0.0
         for weight, clock in zip(self._weights, self._clocks, strict=True):
             fraction = self._stage_fraction(clock)
@@ -195,9 +202,28 @@ class ProgressTracker:
                 remaining += weight * (1.0 - fraction) * per_weight
         return remaining
 
+    def _seconds_per_weight(self, now: float, overall: float, elapsed_total: float) -> float:
+        """The job's measured seconds per unit of weight: a stage under way past
+        ``_OWN_RATE_FROM`` counts as its projected whole (elapsed plus its own ETA) for its
+        whole weight, so a stage's start-up is not extrapolated over the rest of it."""
+        seconds, weights = elapsed_total, overall
+        for weight, clock in zip(self._weights, self._clocks, strict=True):
+            fraction = self._stage_fraction(clock)
+            if _OWN_RATE_FROM <= fraction < 1.0:
+                seconds += self._own_eta(clock, now, fraction)
+                weights += weight * (1.0 - fraction)
+        return seconds / weights
+
     def _own_eta(self, clock: _StageClock, now: float, fraction: float) -> float:
-        """Seconds left of a stage under way at its own rate (since its count last began)."""
-        return (self._elapsed(clock, now) - clock.phase_from) / fraction * (1.0 - fraction)
+        """Seconds left of a stage under way at its own rate: since its first counted item
+        when it has counted more since, else since its count last began."""
+        elapsed = self._elapsed(clock, now)
+        if clock.counted_from is not None and clock.total > 0:
+            at, done = clock.counted_from
+            if clock.done > done and elapsed > at:
+                per_item = (elapsed - at) / (clock.done - done)
+                return per_item * (clock.total - clock.done)
+        return (elapsed - clock.phase_from) / fraction * (1.0 - fraction)
 
     def _render(self, now: float) -> pb.Progress:
         self._sequence += 1
