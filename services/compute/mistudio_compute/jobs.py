@@ -8,7 +8,6 @@ from its checkpoint. A paused job resumes when the same request_id is started ag
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.computations import computation_id_for
 from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import MistudioError, NotFound, Unavailable
@@ -110,11 +110,6 @@ class Preparer(Protocol):
         ...
 
 
-def job_id_for(request_id: str) -> str:
-    """Deterministic, so a retried start finds its job even after a restart."""
-    return "cmp-" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
-
-
 ComputeSnapshot = Snapshot[cpb.ComputeResult]
 RunningComputation = RunningJob[jpb.ComputationCheckpoint]
 
@@ -167,7 +162,7 @@ class ComputeJobManager:
         when it is paused)."""
         if not request.request_id:
             request = _with_request_id(request, uuid.uuid4().hex)
-        job_id = job_id_for(request.request_id)
+        job_id = computation_id_for(request.request_id)
         if self._engine.stopping:
             raise Unavailable(
                 "the compute service is shutting down", fix="retry on the restarted service"
