@@ -225,16 +225,20 @@ class ComputeJobManager:
         """A finished computation cannot resume, so its checkpoint folder (and shard states
         in the state bucket) are only storage use."""
         self.records.drop_checkpoint(job_id)
-        if self._state_bucket is not None:
-            kept = self._state_bucket.computation(job_id)
-            try:
-                kept.clear()
-            except MistudioError as error:
-                log.warning("shard states of %s stay in %s: %s", job_id, kept, error)
+        try:
+            self._clear_shard_states(job_id)
+        except MistudioError as error:
+            log.warning("shard states of %s stay until its retention: %s", job_id, error)
 
     def expire(self, job_id: str) -> None:
-        """Past the retention only the dashboards cached in the store stay."""
+        """Past the retention only the dashboards cached in the store stay: shard states that
+        could not be removed when the job ended go now (or the record waits for the next pass)."""
+        self._clear_shard_states(job_id)
         self.records.remove(job_id)
+
+    def _clear_shard_states(self, job_id: str) -> None:
+        if self._state_bucket is not None:
+            self._state_bucket.computation(job_id).clear()
 
     def expire_finished(self, now: float | None = None) -> list[str]:
         """One retention pass (the engine runs one every ``retention_sweep_seconds``)."""
