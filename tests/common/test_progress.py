@@ -227,6 +227,21 @@ def test_a_stage_rate_leaves_out_its_start_up_before_the_first_item() -> None:
     assert progress.stages[0].eta_seconds == pytest.approx(7.0)
 
 
+def test_a_stage_whose_count_just_started_over_is_left_its_predicted_whole_less_its_time() -> None:
+    """Between the export's file stage reading the dashboards and writing its first counted
+    feature there is no rate of the writing yet: the stage is left what its weight predicts at
+    the job's speed, less the seconds it has spent, not its whole weight again."""
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)  # equal weights
+    tracker.update(pb.STAGE_ACTIVATION_PASS, 0, 10)
+    clock.now = 10.0
+    tracker.update(pb.STAGE_LOGIT_LENS, 0, 10)  # 10 s per stage weight
+    clock.now = 13.0
+    tracker.update(pb.STAGE_LOGIT_LENS, 10, 10)  # read in 3 s
+    progress = tracker.update(pb.STAGE_LOGIT_LENS, 0, 10)  # now writing: a new count
+    assert progress.eta_seconds == pytest.approx(7.0)
+
+
 @dataclass(frozen=True)
 class CountedPhase:
     """A stretch of one stage in a replayed export: ``start_up`` seconds before the first item

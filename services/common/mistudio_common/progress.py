@@ -23,7 +23,8 @@ JobStateId: TypeAlias = pb.JobState.ValueType
 
 TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 _OWN_RATE_FROM = 0.05
-"""A stage's own rate predicts its remaining time once this much of it is done."""
+"""A stage's own rate predicts its remaining time once this much of it is done, or once it has
+counted items since its first counted one (a rate with its start-up left out)."""
 
 
 @dataclass
@@ -186,8 +187,9 @@ class ProgressTracker:
         return min(1.0, clock.done / clock.total) if clock.total > 0 else 0.0
 
     def _eta(self, now: float, overall: float, elapsed_total: float) -> float:
-        """Seconds left: a stage under way at its own measured rate, a stage not yet begun at
-        the job's measured seconds per unit of weight (weights alone are only a guess)."""
+        """Seconds left: a stage under way at its own measured rate, one without a rate yet
+        (not begun, starting up, or its count just started over) at the job's measured seconds
+        per unit of weight (weights alone are only a guess)."""
         if not 0.0 < overall < 1.0:
             return -1.0
         per_weight = self._seconds_per_weight(now, overall, elapsed_total)
@@ -196,23 +198,32 @@ class ProgressTracker:
             fraction = self._stage_fraction(clock)
             if fraction >= 1.0:
                 continue
-            if fraction >= _OWN_RATE_FROM:
+            if self._has_own_rate(clock, fraction):
                 remaining += self._own_eta(clock, now, fraction)
-            else:
-                remaining += weight * (1.0 - fraction) * per_weight
+            else:  # its predicted whole at the job's speed, less what it has spent
+                remaining += max(0.0, weight * per_weight - self._elapsed(clock, now))
         return remaining
 
     def _seconds_per_weight(self, now: float, overall: float, elapsed_total: float) -> float:
-        """The job's measured seconds per unit of weight: a stage under way past
-        ``_OWN_RATE_FROM`` counts as its projected whole (elapsed plus its own ETA) for its
-        whole weight, so a stage's start-up is not extrapolated over the rest of it."""
-        seconds, weights = elapsed_total, overall
+        """The job's measured seconds per unit of weight, from the stages done and those under
+        way with a rate of their own (as their projected whole: elapsed plus their own ETA), so
+        neither a stage's start-up nor a count started over is taken for its pace; from all
+        the time so far over the fraction done while no stage has either."""
+        seconds, weights = 0.0, 0.0
         for weight, clock in zip(self._weights, self._clocks, strict=True):
             fraction = self._stage_fraction(clock)
-            if _OWN_RATE_FROM <= fraction < 1.0:
-                seconds += self._own_eta(clock, now, fraction)
-                weights += weight * (1.0 - fraction)
-        return seconds / weights
+            if fraction >= 1.0:
+                seconds += self._elapsed(clock, now)
+                weights += weight
+            elif self._has_own_rate(clock, fraction):
+                seconds += self._elapsed(clock, now) + self._own_eta(clock, now, fraction)
+                weights += weight
+        return seconds / weights if weights > 0 else elapsed_total / overall
+
+    @staticmethod
+    def _has_own_rate(clock: _StageClock, fraction: float) -> bool:
+        counted = clock.counted_from is not None and clock.done > clock.counted_from[1]
+        return fraction >= _OWN_RATE_FROM or counted
 
     def _own_eta(self, clock: _StageClock, now: float, fraction: float) -> float:
         """Seconds left of a stage under way at its own rate: since its first counted item
