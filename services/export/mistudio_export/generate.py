@@ -136,10 +136,12 @@ def write_formats(
     along = [k for k in ALONG_PRD if k in pending and k not in aside]
     if FormatKind.PRD_JSON not in pending:
         along = []
-    passes = [k for k in pending if k not in aside and k not in along]
+    # The SAELENS files are the SAE's weights, streamed: no pass over the features.
+    passes = [k for k in pending if k not in (*aside, *along, FormatKind.SAELENS)]
 
     def begin(kind: FormatKind) -> Callable[[int], None]:
-        report = _progress(job, passes.index(kind), len(passes), n_features, kind)
+        position = passes.index(kind) if kind in passes else len(passes)
+        report = _progress(job, position, len(passes), n_features, kind)
         report(0)
         return report
 

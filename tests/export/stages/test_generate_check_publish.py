@@ -102,12 +102,16 @@ def test_the_file_stage_counts_one_pass_over_the_features_for_the_neuronpedia_fo
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_process: bool
 ) -> None:
     """The PRD pass writes the other Neuronpedia formats along it (or a second process writes
-    some meanwhile): its end is the end of the writing's count, not a quarter of four formats'
-    (which put the bench's ETA at x3.59 while the PRD files were written)."""
+    some meanwhile), and the SAELENS weights are streamed: the PRD pass's end is the end of the
+    writing's count, not a quarter of four formats' (the bench's ETA was x3.59 while the PRD
+    files were written) nor half of it with SAELENS (x1.92 in a run under load)."""
     monkeypatch.setattr(generate, "PARALLEL_MIN_FEATURES", 1 if second_process else 10**9)
     monkeypatch.setattr(generate.os, "cpu_count", lambda: 2)
-    seen: list[ppb.Progress] = []
-    Peers(tmp_path).export("counted", neuronpedia(), seen.append)
+    peers, seen = Peers(tmp_path), list[ppb.Progress]()
+    peers.compute.saelens = dict(SAELENS_FILES)  # the weights, streamed: no pass over features
+    config = neuronpedia()
+    config.formats.append(epb.EXPORT_FORMAT_SAELENS)
+    peers.export("counted", config, seen.append)
     writing = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES and "writing" in p.message]
     assert {(p.items_total, p.unit) for p in writing} == {(D_SAE, "features")}
     assert [p.items_done for p in writing] == sorted(p.items_done for p in writing)
