@@ -97,7 +97,8 @@ class RowIds:
             row_id, ctx.line = self._file[i]
             ctx.report("DUPLICATE_ID", "/id", f"id {row_id!r} already used")
         ctx.line = None
-        self._seen = np.union1d(self._seen, hashes)
+        new = np.sort(hashes[~again])  # not yet seen, each once
+        self._seen = np.insert(self._seen, np.searchsorted(self._seen, new), new)  # one copy
         self._file = []
 
 
