@@ -64,11 +64,11 @@ class FirstSeen:
         keys = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
         places = np.array(list(self._pending.values()), dtype=np.int64).reshape(-1, 2)
         self._pending = {}
-        keys = np.concatenate([self._keys, keys])
-        order = np.argsort(keys, kind="stable")
-        self._keys = keys[order]
-        self._file = np.concatenate([self._file, places[:, 0].astype(np.int32)])[order]
-        self._line = np.concatenate([self._line, places[:, 1]])[order]
+        order = np.argsort(keys)
+        at = np.searchsorted(self._keys, keys[order])  # none is in the columns yet
+        self._keys = np.insert(self._keys, at, keys[order])  # one copy of each column
+        self._file = np.insert(self._file, at, places[order, 0].astype(np.int32))
+        self._line = np.insert(self._line, at, places[order, 1])
 
     def missing_from(self, other: FirstSeen) -> Iterator[tuple[Hashable, str, int]]:
         """(key, file, line) of each key added here but not to ``other``."""
