@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -97,7 +97,7 @@ class Inputs:
     """What every format writer reads."""
 
     info: SaeInfo
-    hashes: dict[int, str]
+    hashes: Mapping[int, str]
     explanations: list[ExplanationRecord]
     labels: list[FeatureLabel]
     reuse: Reuse | None
