@@ -39,7 +39,7 @@ def _export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, pooled: bool) ->
     sae.CopyFrom(peers.store.sae)
     sae.d_sae = N_FEATURES
     peers.store = MemoryStore(sae, [_dashboard(i) for i in range(N_FEATURES)])
-    seen: list[bool] = []
+    seen: list[tuple[int, bool]] = []
     run = feature_ranges.run_ranges
 
     def spied(tasks: Any, *, parallel: bool, **kwargs: Callable[..., None]) -> Any:
