@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,9 +160,19 @@ def _write_chunk(
     jsonio.write_atomic(path, bytes(data))
 
 
-def staged_dashboards(staging: Path) -> Iterator[dpb.FeatureDashboard]:
-    """Every staged dashboard, in index order."""
-    for path in sorted(dashboards_dir(staging).glob("chunk-*.bin")):
+def staged_chunks(staging: Path) -> list[Path]:
+    """The staged chunk files, in index order."""
+    return sorted(dashboards_dir(staging).glob("chunk-*.bin"))
+
+
+def chunk_indices(chunk: Path) -> list[int]:
+    """The features a staged chunk holds, ascending (read from its hashes, not its dashboards)."""
+    return sorted(_read_hashes(chunk))
+
+
+def read_chunks(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboard]:
+    """Every dashboard of ``chunks``, in order."""
+    for path in chunks:
         data = path.read_bytes()
         offset = 0
         while offset < len(data):

@@ -401,8 +401,11 @@ def write_importer_export(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
+    source_rows: bool = True,
 ) -> FormatOutput:
-    """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order."""
+    """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order.
+    The features of an export may be split among writers at batch boundaries, only one of
+    them writing the ``source_rows`` (release, model, source set, source)."""
     info.validate()
     naming.validate()
     if info.model_layers not in MODEL_LAYERS or naming.layer >= info.model_layers:
@@ -415,12 +418,13 @@ def write_importer_export(
     if batch_size < 1:
         raise InvalidArgument(f"batch_size={batch_size}", field="batch_size", fix="use >= 1")
     out = source_dir(root, naming)
-    for name, row in (
+    heads = (
         ("release.jsonl", release_row(info, naming)),
         ("model.jsonl", model_row(info, naming)),
         ("sourceset.jsonl", source_set_row(info, naming)),
         ("source.jsonl", source_row(info, naming)),
-    ):
+    )
+    for name, row in heads if source_rows else ():
         jsonio.write_document(out / name, jsonio.dumps_lines([row], where=name))
     by_feature: dict[int, list[ExplanationRecord]] = {}
     for r in explanations:
