@@ -119,6 +119,7 @@ def fault(stack: FaultStack, target: str) -> None:
     ("target", "stage"),
     [
         ("compute", ppb.STAGE_ACTIVATION_PASS),
+        ("compute", ppb.STAGE_LOGIT_LENS),
         ("store", ppb.STAGE_ACTIVATION_PASS),
         ("export", ppb.STAGE_ACTIVATION_PASS),
         ("postgres", ppb.STAGE_ACTIVATION_PASS),
@@ -126,6 +127,7 @@ def fault(stack: FaultStack, target: str) -> None:
         ("export", ppb.STAGE_GENERATING_FILES),
         ("postgres", ppb.STAGE_GENERATING_FILES),
         ("s3", ppb.STAGE_GENERATING_FILES),
+        ("s3", ppb.STAGE_CREATING_ARCHIVE),
     ],
 )
 def test_an_export_finishes_through_the_fault_with_the_same_archive(
@@ -142,6 +144,9 @@ def test_an_export_finishes_through_the_fault_with_the_same_archive(
     assert view.result.archive_sha256 == uninterrupted
     stored = stack.records().GetExportJob(spb.GetExportJobRequest(job_id=job_id), timeout=30)
     assert stored.job.state == ppb.JOB_STATE_SUCCEEDED  # Get and the database agree
+    # The export re-attached to its computation (which resumed from compute's checkpoint)
+    # instead of starting a second one that computes every feature again.
+    assert computations_of(stack, job_id) == [ppb.JOB_STATE_SUCCEEDED]
 
 
 def holder_of(stack: FaultStack, job_id: str) -> str:
@@ -195,11 +200,22 @@ def states_everywhere(
     return states
 
 
-def computation_state(stack: FaultStack, job_id: str) -> int:
-    """The state of the export's (first) dashboard computation in the compute service."""
+def computation_state(stack: FaultStack, job_id: str, attempt: int = 0) -> ppb.JobState.ValueType:
+    """The state of the export's dashboard computation ``attempt`` in the compute service."""
     compute = cgrpc.ComputeServiceStub(grpc.insecure_channel(f"127.0.0.1:{stack.compute.port}"))
-    request = cpb.GetComputationRequest(job_id=job_id_for(f"{job_id}/dashboards/0"))
+    request = cpb.GetComputationRequest(job_id=job_id_for(f"{job_id}/dashboards/{attempt}"))
     return compute.GetComputation(request, timeout=30).computation.progress.state
+
+
+def computations_of(stack: FaultStack, job_id: str) -> list[ppb.JobState.ValueType]:
+    """The states of every dashboard computation the export started, first to last."""
+    states: list[ppb.JobState.ValueType] = []
+    while True:
+        try:
+            states.append(computation_state(stack, job_id, attempt=len(states)))
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND, error
+            return states
 
 
 def wait_for_computation_cancelled(stack: FaultStack, job_id: str, seconds: float = 30) -> None:
