@@ -79,9 +79,10 @@ def _choose_quantile_examples(
     edges = state.config.grid.edges(dev)
     cut = torch.where(inner >= 0, edges[inner.clamp(min=0)], torch.inf)
     cut = _distinct(cut)  # [F, n_groups - 1] distinct inner edges, inf padded
-    group = torch.searchsorted(cut, state.sample_values.contiguous(), right=True)  # [F, S]
+    values = state.sample_values.contiguous()
+    group = torch.searchsorted(cut, values, right=True).cpu().numpy()  # [F, S]
     pos = K.sample_position(state.sample_keys).cpu().numpy()  # [F, S] priority order
-    group, hashes = group.cpu().numpy(), state.sample_hash.cpu().numpy()
+    hashes = state.sample_hash.cpu().numpy()
     filled = np.zeros((n_feat, n_groups), dtype=np.int64)
     t, w = state.seq_len, state.config.window
     for s in range(pos.shape[1]):
