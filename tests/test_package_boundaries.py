@@ -1,4 +1,5 @@
-"""Services meet only through the protobuf contracts: no service package imports another one.
+"""Services meet only through the protobuf contracts: no service package imports another one,
+and no package's modules import each other in a cycle.
 
 Only `mistudio_cli` (the command line, the demo and the in-process stack) may import the services'
 server builders; each service imports its own package, `mistudio_common` and the generated stubs.
@@ -105,4 +106,74 @@ def test_the_rule_catches_an_import_of_another_service_even_inside_a_function(
     assert foreign_imports("mistudio_gateway", folder) == [
         "mistudio_gateway/app.py: mistudio.store.v1",
         "mistudio_gateway/app.py: mistudio_export.server",
+    ]
+
+
+def import_graph(folder: Path) -> dict[str, set[str]]:
+    """Each module of the package in `folder` and its package's modules that it imports."""
+    modules = {
+        ".".join(source.relative_to(folder.parent).with_suffix("").parts).removesuffix(
+            ".__init__"
+        ): source
+        for source in folder.rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, source in modules.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:  # `from package import module` imports the module
+                    submodule = f"{node.module}.{alias.name}"
+                    targets.add(submodule if submodule in modules else node.module)
+        graph[name] = {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(cycles)
+
+
+@pytest.mark.parametrize("package", sorted({*ALLOWED, "mistudio_cli"}))
+def test_no_package_imports_its_own_modules_in_a_cycle(package: str) -> None:
+    assert import_cycles(import_graph(package_folder(package))) == []
+
+
+def test_the_cycle_check_finds_modules_that_import_each_other_even_inside_a_function(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "mistudio_compute"
+    folder.mkdir()
+    (folder / "planning.py").write_text("from mistudio_compute.run_dashboards import CHUNK\n")
+    (folder / "run_dashboards.py").write_text(
+        "from mistudio_compute import jobs\ndef run():\n    import mistudio_compute.planning\n"
+    )
+    (folder / "jobs.py").write_text("from mistudio_common.errors import InvalidArgument\n")
+    assert import_cycles(import_graph(folder)) == [
+        ["mistudio_compute.planning", "mistudio_compute.run_dashboards"]
     ]

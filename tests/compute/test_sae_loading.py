@@ -50,6 +50,21 @@ def test_legacy_renames_hook_point_and_bool_normalisation() -> None:
     assert parsed.normalize_activations == "none" and parsed.apply_b_dec_to_input
 
 
+@pytest.mark.parametrize(
+    ("hook", "expected"),
+    [
+        ({"hookpoint": "layers.2"}, "blocks.2.hook_resid_post"),  # EleutherAI sparsify
+        ({"hookpoint": "layers.2.mlp"}, "blocks.2.hook_mlp_out"),
+        ({"hook_layer": 1}, "blocks.1.hook_resid_post"),  # a bare layer: SAELens 5's default
+    ],
+)
+def test_loading_names_the_hook_of_configs_that_spell_it_another_way(
+    hook: dict[str, Any], expected: str
+) -> None:
+    """The loader reads the hook the way hooks.detect_hook_from_sae_config does, not its own way."""
+    assert parse_sae_config({"d_in": 4, "d_sae": 8} | hook).hook_name == expected
+
+
 def test_bare_safetensors_with_explicit_config(tmp_path: Path) -> None:
     save_file(sae_weights("jumprelu"), str(tmp_path / "weights.safetensors"))
     sae = load_sae(tmp_path / "weights.safetensors", sae_config("jumprelu"))
@@ -191,3 +206,4 @@ def test_cfg_json_nested_100k_deep_is_invalid_argument(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument) as err:
         load_sae(folder)
     assert err.value.field == "sae.files.config"
+    assert "nests too deeply" in str(err.value) and "RecursionError" not in str(err.value)

@@ -32,7 +32,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, seconds: float = 60.0) -> None:
+START_SECONDS = 180.0
+"""How long a (re)started service may take to listen: compute imports torch and transformer_lens
+(5 s on an idle machine; on a loaded 2-core machine a restarted compute listened after 60.2 s,
+past the former 60 s limit, and finished its resumed computation 3 s later)."""
+
+
+def wait_for_port(port: int, seconds: float = START_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:

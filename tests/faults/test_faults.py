@@ -18,7 +18,7 @@ from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_compute.jobs import job_id_for
+from mistudio_common.computations import computation_id_for
 
 from tests.export.service.stack import (
     D_IN,
@@ -119,6 +119,7 @@ def fault(stack: FaultStack, target: str) -> None:
     ("target", "stage"),
     [
         ("compute", ppb.STAGE_ACTIVATION_PASS),
+        ("compute", ppb.STAGE_LOGIT_LENS),
         ("store", ppb.STAGE_ACTIVATION_PASS),
         ("export", ppb.STAGE_ACTIVATION_PASS),
         ("postgres", ppb.STAGE_ACTIVATION_PASS),
@@ -126,6 +127,7 @@ def fault(stack: FaultStack, target: str) -> None:
         ("export", ppb.STAGE_GENERATING_FILES),
         ("postgres", ppb.STAGE_GENERATING_FILES),
         ("s3", ppb.STAGE_GENERATING_FILES),
+        ("s3", ppb.STAGE_CREATING_ARCHIVE),
     ],
 )
 def test_an_export_finishes_through_the_fault_with_the_same_archive(
@@ -142,6 +144,9 @@ def test_an_export_finishes_through_the_fault_with_the_same_archive(
     assert view.result.archive_sha256 == uninterrupted
     stored = stack.records().GetExportJob(spb.GetExportJobRequest(job_id=job_id), timeout=30)
     assert stored.job.state == ppb.JOB_STATE_SUCCEEDED  # Get and the database agree
+    # The export re-attached to its computation (which resumed from compute's checkpoint)
+    # instead of starting a second one that computes every feature again.
+    assert computations_of(stack, job_id) == [ppb.JOB_STATE_SUCCEEDED]
 
 
 def holder_of(stack: FaultStack, job_id: str) -> str:
@@ -195,11 +200,22 @@ def states_everywhere(
     return states
 
 
-def computation_state(stack: FaultStack, job_id: str) -> int:
-    """The state of the export's (first) dashboard computation in the compute service."""
+def computation_state(stack: FaultStack, job_id: str, attempt: int = 0) -> ppb.JobState.ValueType:
+    """The state of the export's dashboard computation ``attempt`` in the compute service."""
     compute = cgrpc.ComputeServiceStub(grpc.insecure_channel(f"127.0.0.1:{stack.compute.port}"))
-    request = cpb.GetComputationRequest(job_id=job_id_for(f"{job_id}/dashboards/0"))
+    request = cpb.GetComputationRequest(job_id=computation_id_for(f"{job_id}/dashboards/{attempt}"))
     return compute.GetComputation(request, timeout=30).computation.progress.state
+
+
+def computations_of(stack: FaultStack, job_id: str) -> list[ppb.JobState.ValueType]:
+    """The states of every dashboard computation the export started, first to last."""
+    states: list[ppb.JobState.ValueType] = []
+    while True:
+        try:
+            states.append(computation_state(stack, job_id, attempt=len(states)))
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND, error
+            return states
 
 
 def wait_for_computation_cancelled(stack: FaultStack, job_id: str, seconds: float = 30) -> None:
@@ -247,7 +263,7 @@ def test_an_instance_that_does_not_hold_a_crashed_holders_job_cancels_it_and_its
         next(m for m in stream if m.progress.stage == ppb.STAGE_ACTIVATION_PASS)
         request = spb.GetExportJobRequest(job_id=job_id)
         named = stack.records().GetExportJob(request, timeout=30).job.resume.compute
-        assert named.computation_id == job_id_for(f"{job_id}/dashboards/0")
+        assert named.computation_id == computation_id_for(f"{job_id}/dashboards/0")
         stack.export.kill()  # the holder dies while compute runs its computation
         cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
         assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED

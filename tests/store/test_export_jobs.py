@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, struct_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as pb
@@ -119,8 +120,8 @@ def test_update_writes_only_the_masked_fields(stub: StoreServiceStub, sae_id: st
 
 def test_a_failed_job_keeps_its_structured_error(stub: StoreServiceStub, sae_id: str) -> None:
     job = create(stub, sae_id=sae_id).job
-    details = struct_pb2.Struct()
-    details.update({"code": 8, "message": "out of memory", "details": []})
+    details = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="out of memory")
+    details.details.add().Pack(error_details_pb2.ErrorInfo(reason="OUT_OF_MEMORY"))
     change = pb.ExportJob(
         job_id=job.job_id,
         state=ppb.JOB_STATE_FAILED,
@@ -268,6 +269,28 @@ def test_overlong_request_id_is_invalid_argument_not_a_database_error(
         create(stub, sae_id=sae_id, request_id="r" * 129)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(caught.value) == ["job.request_id"]
+
+
+def test_a_list_of_jobs_with_large_configs_comes_in_pages_under_the_message_limit(
+    stub: StoreServiceStub, sae_id: str
+) -> None:
+    """17 jobs whose configs are as large as the export accepts (1000 text paths of 4 KB: 4 MB
+    each) once failed every list of 20 with RESOURCE_EXHAUSTED (68 MB > 64 MiB)."""
+    paths = ["/" + "d/" * 2046 + str(i) for i in range(1000)]  # <= 4096 characters
+    config = epb.ExportConfig(tokens=tpb.TokenSource(text=tpb.TextFiles(paths=paths)))
+    assert config.ByteSize() > 4_000_000
+    for i in range(17):
+        create(stub, sae_id=sae_id, owner="a", request_id=f"big-{i}", config=config)
+    listed: list[str] = []
+    token = ""
+    while True:
+        page = stub.ListExportJobs(pb.ListExportJobsRequest(page_size=20, page_token=token))
+        assert len(page.jobs) > 0 and page.ByteSize() <= 32 * 1024 * 1024
+        listed += [job.request_id for job in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(listed) == sorted(f"big-{i}" for i in range(17))  # each once, none lost
 
 
 def test_nul_character_in_owner_is_invalid_argument_not_a_database_error(

@@ -18,6 +18,7 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common import stages
+from mistudio_common.architectures import enum_name
 from mistudio_common.errors import AlreadyExists, Cancelled, InvalidArgument, MistudioError
 from mistudio_common.grpc_errors import error_from_rpc
 from mistudio_common.uploaded_inputs import SCHEME
@@ -30,12 +31,6 @@ from mistudio_cli.connection import Services, connect, job_table, store_only
 from mistudio_cli.options import export_config, model_reference, token_source
 from mistudio_cli.progress_view import follow, format_seconds, state_label, summarize_stages
 
-ARCHITECTURES = {
-    "standard": spb.ARCHITECTURE_STANDARD,
-    "jumprelu": spb.ARCHITECTURE_JUMPRELU,
-    "topk": spb.ARCHITECTURE_TOPK,
-    "gated": spb.ARCHITECTURE_GATED,
-}
 TRAINING_INFO_FILE = "training.json"
 """Optional sidecar in or beside an SAE folder: dataset, training tokens, l0, explained variance."""
 
@@ -89,7 +84,7 @@ def register_local_sae(
         hook_point=info.hook_point,
         d_in=info.d_in,
         d_sae=info.d_sae,
-        architecture=ARCHITECTURES.get(info.architecture, spb.ARCHITECTURE_UNSPECIFIED),
+        architecture=architecture_of(info.architecture),
         weights_uri=location,
         neuronpedia_source_set=args.source_set,
         owner=args.owner,
@@ -470,3 +465,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
                 f"{e.estimated_size_bytes / 1e6:,.1f} MB, {e.feature_count:,} features"
             )
     return 0
+
+
+def architecture_of(name: str) -> spb.Architecture.ValueType:
+    """The store's enum value of a SAELens architecture name; UNSPECIFIED (refused by the store,
+    naming the field) for a name it does not know."""
+    try:
+        return spb.Architecture.Value(enum_name(name))
+    except ValueError:
+        return spb.ARCHITECTURE_UNSPECIFIED

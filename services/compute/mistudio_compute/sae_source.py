@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import json_format
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.store.v1 import store_service_pb2 as spb
+from mistudio_common.architectures import saelens_name
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.uploaded_inputs import check_owner, is_object_uri, parse_input_uri
 
@@ -21,13 +22,6 @@ from mistudio_compute.sae import Sae, load_sae
 from mistudio_compute.sae.hub import HF_PREFIX, SAELENS_PREFIX, local_path
 from mistudio_compute.sae.loading import CONFIG_FILE, WEIGHTS_FILE
 from mistudio_compute.store_client import StoreClient
-
-_ARCHITECTURES = {
-    spb.ARCHITECTURE_STANDARD: "standard",
-    spb.ARCHITECTURE_JUMPRELU: "jumprelu",
-    spb.ARCHITECTURE_TOPK: "topk",
-    spb.ARCHITECTURE_GATED: "gated",
-}
 
 
 @dataclass(frozen=True)
@@ -110,7 +104,7 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
     )
     if not has_cfg:
         described: dict[str, Any] = {
-            "architecture": _ARCHITECTURES.get(record.architecture, "standard"),
+            "architecture": saelens_name(spb.Architecture.Name(record.architecture)) or "standard",
             "d_in": record.d_in,
             "d_sae": record.d_sae,
             "hook_name": record.hook_point or None,

@@ -93,10 +93,6 @@ class HfTokenizer:
     def piece_style(self) -> PieceStyle:
         return self._style
 
-    @property
-    def hf_tokenizer(self) -> Any:
-        return self._tok
-
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self._tok.encode(text, add_special_tokens=False)]
 

@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -97,7 +97,7 @@ class Inputs:
     """What every format writer reads."""
 
     info: SaeInfo
-    hashes: dict[int, str]
+    hashes: Mapping[int, str]
     explanations: list[ExplanationRecord]
     labels: list[FeatureLabel]
     reuse: Reuse | None
@@ -131,7 +131,20 @@ def write_formats(
     out = output_dir(job.staging)
     n_features = len(inputs.hashes)
     unchanged = state.features_unchanged
-    aside = _aside([k for k in kinds if k.value not in done], n_features)
+    pending = [k for k in kinds if k.value not in done]
+    aside = _aside(pending, n_features)
+    along = [k for k in ALONG_PRD if k in pending and k not in aside]
+    if FormatKind.PRD_JSON not in pending:
+        along = []
+    # The SAELENS files are the SAE's weights, streamed: no pass over the features.
+    passes = [k for k in pending if k not in (*aside, *along, FormatKind.SAELENS)]
+
+    def begin(kind: FormatKind) -> Callable[[int], None]:
+        position = passes.index(kind) if kind in passes else len(passes)
+        report = _progress(job, position, len(passes), n_features, kind)
+        report(0)
+        return report
+
     with ExitStack() as stack:
         stack.enter_context(collector_paused())
         side = None
@@ -139,31 +152,27 @@ def write_formats(
             side = _start_aside(
                 stack, (job.staging, aside, job.plan.naming, inputs, features_per_batch)
             )
-        for position, kind in enumerate(kinds):
+        for kind in kinds:
             if kind.value in done:
                 continue
             folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
-            progress = _progress(job, position, len(kinds), n_features, kind)
-            progress(0)
             if side is not None and kind in aside:
-                _wait(job, side)
-                progress(n_features)
+                _wait(job, side)  # written meanwhile: no pass of this process's count
             elif kind is FormatKind.PRD_JSON:
-                along = [
-                    k for k in ALONG_PRD if k.value not in done and k in kinds and k not in aside
-                ]
+                progress = begin(kind)
                 unchanged = _write_prd(job, out, inputs, progress, features_per_batch, along)
                 done += [k.value for k in along]
             elif kind is FormatKind.SAELENS:
+                begin(kind)
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
             elif kind is FormatKind.PREVIEW:
                 _clear(folder)
-                write_preview(out, folder, progress=progress)
+                write_preview(out, folder, progress=begin(kind))
             else:
                 _clear(folder)
                 naming = job.plan.naming
-                _write_other(job.staging, kind, naming, inputs, features_per_batch, progress)
+                _write_other(job.staging, kind, naming, inputs, features_per_batch, begin(kind))
             done.append(kind.value)
             state.done[:] = done
             state.features_unchanged = unchanged
@@ -251,9 +260,12 @@ def _write_aside(
 
 
 def _progress(
-    job: JobRuntime, position: int, n_kinds: int, n_features: int, kind: FormatKind
+    job: JobRuntime, position: int, n_passes: int, n_features: int, kind: FormatKind
 ) -> Callable[[int], None]:
-    total = max(1, n_kinds * n_features)
+    """Reports ``kind``'s features written as one count over the passes this process makes
+    over the features (the PRD pass writes the formats along it; the second process's formats
+    are written meanwhile and take none), so the stage's fraction follows its time."""
+    total = max(1, n_passes * n_features)
 
     def report(n: int) -> None:
         if n % 32 == 0 or n == n_features:

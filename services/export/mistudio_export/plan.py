@@ -228,15 +228,6 @@ def check_preconditions(plan: ExportPlan, compute_problems: list[tuple[str, str]
         )
 
 
-def config_to_struct_dict(config: epb.ExportConfig) -> dict[str, object]:
-    """The JSON form under which the store keeps a job's configuration."""
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
-
-
-def config_from_struct_dict(data: dict[str, object]) -> epb.ExportConfig:
-    return json_format.ParseDict(data, epb.ExportConfig(), ignore_unknown_fields=True)
-
-
 def _formats(config: epb.ExportConfig) -> frozenset[int]:
     if not config.formats:
         return frozenset({NEURONPEDIA, SAELENS})

@@ -186,11 +186,11 @@ class ExportJobs(RepositoryBase):
             query = query.where(before(order, page.after))
         query = query.order_by(*(c.desc() for c in order)).limit(page.limit)
         with self._sessions.read() as session:
-            rows, token = page.finish(
+            return page.finish_within_bytes(
                 session.execute(query).all(),
                 lambda r: [convert.utc(r[0].created_at), r[0].job_id],
+                lambda found: convert.job_to_pb(*found),
             )
-            return Page([convert.job_to_pb(*found) for found in rows], token)
 
     @staticmethod
     def _by_request(session: Session, sae_pk: int, request_id: str) -> ExportJobRow | None:

@@ -16,10 +16,16 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
+from google.protobuf.message import Message
 from mistudio_common.errors import InvalidArgument
 
 T = TypeVar("T")
 R = TypeVar("R")
+M = TypeVar("M", bound=Message)
+
+MAX_PAGE_BYTES = 32 * 1024 * 1024
+"""A page of large messages (export jobs, whose accepted configs reach a few MB each) holds fewer
+of them rather than pass the transport's 64 MiB limit and fail the list for everyone."""
 KeyPart = int | str | datetime
 
 
@@ -50,6 +56,26 @@ class PageRequest:
             return list(rows), ""
         kept = list(rows[: self.size])
         return kept, encode_token(self.scope, key(kept[-1]))
+
+    def finish_within_bytes(
+        self,
+        rows: Sequence[R],
+        key: Callable[[R], Sequence[KeyPart]],
+        message: Callable[[R], M],
+        max_bytes: int = MAX_PAGE_BYTES,
+    ) -> Page[M]:
+        """``finish`` for rows whose messages may be large: the page also stops before its
+        messages pass ``max_bytes`` (it always holds one), and its token continues from there."""
+        kept, token = self.finish(rows, key)
+        items: list[M] = []
+        total = 0
+        for row in kept:
+            item = message(row)
+            total += item.ByteSize()
+            if items and total > max_bytes:
+                return Page(items, encode_token(self.scope, key(kept[len(items) - 1])))
+            items.append(item)
+        return Page(items, token)
 
 
 def resolve_page_size(requested: int, *, default: int, maximum: int) -> int:

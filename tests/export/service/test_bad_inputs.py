@@ -265,6 +265,17 @@ def test_infinite_d_in_in_cfg_json_is_refused_as_permanent_naming_the_key(
     assert [subject for subject, _ in found["precondition"]] == ["d_in"]
 
 
+def test_cfg_json_nested_100k_deep_is_refused_as_permanent_before_a_job_exists(
+    stack: Stack, tokens: tpb.TokenSource, tmp_path: Path
+) -> None:
+    folder = write_sae_folder(tmp_path / "deep-sae")
+    (folder / "cfg.json").write_text("[" * 100_000 + "]" * 100_000)
+    register_sae(stack, "deep-sae", str(folder))
+    found = refused_before_a_job_exists(stack, "deep-sae", export_config(tokens))
+    assert found["code"] == grpc.StatusCode.FAILED_PRECONDITION  # the SAE's files, not the request
+    assert "Traceback" not in found["message"] and "RecursionError" not in found["message"]
+
+
 def test_reused_request_id_with_another_config_is_already_exists_and_owners_keep_their_own(
     stack: Stack, sae_folder: Path, tokens: tpb.TokenSource
 ) -> None:

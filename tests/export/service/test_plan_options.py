@@ -4,7 +4,9 @@ switches, hooks without a logit lens, and one set of defaults for the CLI and th
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -49,6 +51,24 @@ def test_export_and_compute_share_one_table_of_bounds(name: str) -> None:
             validate_params(replace(DashboardParams(), **{name: bad}))
     for good in (low, high):
         validate_params(params_from_pb(dashboard_params(dpb.DashboardParams(**{name: good}))))
+
+
+DASHBOARD_PROTO = Path(__file__).resolve().parents[3] / "protos/mistudio/common/v1/dashboard.proto"
+
+
+def test_the_contracts_comments_state_the_one_tables_defaults_and_bounds() -> None:
+    """dashboard.proto documents each bounded field as "Default D; LOW-HIGH": the comment must say
+    what PARAM_BOUNDS and DashboardParams say, so the contract cannot drift from the code."""
+    message = DASHBOARD_PROTO.read_text().split("message DashboardParams {", 1)[1]
+    documented = {
+        name: (int(default), (int(low), int(high)))
+        for default, low, high, name in re.findall(
+            r"Default (\d+); (\d+)-(\d+)\.\n\s*int32 (\w+) =", message
+        )
+    }
+    assert documented == {
+        name: (getattr(DashboardParams(), name), bounds) for name, bounds in PARAM_BOUNDS.items()
+    }
 
 
 def test_preset_fills_only_what_the_request_leaves_unset() -> None:

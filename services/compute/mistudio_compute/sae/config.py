@@ -16,6 +16,8 @@ from typing import Any
 
 from mistudio_common.errors import InvalidArgument
 
+from mistudio_compute.hooks import detect_hook_from_sae_config
+
 NORMALIZATIONS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 _VERSION_MAJOR = re.compile(r"^\s*v?(\d+)")
@@ -91,7 +93,7 @@ def parse_sae_config(cfg: Mapping[str, Any]) -> SaeConfig:
 
     architecture = _architecture(flat, v6)
     d_in, d_sae = _positive_int(flat, "d_in"), _positive_int(flat, "d_sae")
-    hook_name = meta("hook_name") or (None if v6 else meta("hook_point"))
+    hook_name = detect_hook_from_sae_config(cfg)
     reshape = flat.get("reshape_activations") or (
         "hook_z" if not v6 and "hook_z" in str(hook_name or "") else "none"
     )

@@ -110,7 +110,13 @@ def _read_json(path: Path, open_input: Opener) -> dict[str, Any]:
     try:
         with open_input(path, InputKind.SAE_CONFIG) as handle:
             loaded = json.loads(handle.read().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+    except RecursionError as exc:
+        raise InvalidArgument(
+            f"{path} nests too deeply to be an SAE config",
+            field="sae.files.config",
+            fix="write cfg.json as one JSON object of settings (SAELens nests only its metadata)",
+        ) from exc
+    except (OSError, ValueError) as exc:
         raise InvalidArgument(
             f"cannot read {path} ({type(exc).__name__})",
             field="sae.files.config",

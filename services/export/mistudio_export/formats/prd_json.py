@@ -224,7 +224,6 @@ def write_prd_export(
     ``also``)."""
     info.validate()
     naming.validate()
-    files: list[Path] = []
     seen: set[int] = set()
 
     def written() -> Iterator[ExampleColumns]:
@@ -247,7 +246,6 @@ def write_prd_export(
             document = feature_document(d, examples)
             data = jsonio.dumps(document, where=f"feature {d.feature_index}")
             jsonio.write_document(out_dir / name, data)
-        files.append(out_dir / name)
         if progress is not None:
             progress(len(seen))
 
@@ -257,11 +255,9 @@ def write_prd_export(
         collections.deque(written(), maxlen=0)
     expl = explanations_document(explanations, naming, info.export_version, labels)
     jsonio.write_document(out_dir / EXPLANATIONS_FILE, jsonio.dumps(expl, where="explanations"))
-    files.append(out_dir / EXPLANATIONS_FILE)
     meta = metadata_document(info, naming, n_features=len(seen), compressed=compress_features)
     jsonio.write_document(out_dir / METADATA_FILE, jsonio.dumps(meta, where="metadata"))
-    files.append(out_dir / METADATA_FILE)
-    return FormatOutput(root=out_dir, files=tuple(files), n_features=len(seen))
+    return FormatOutput(root=out_dir, n_features=len(seen))
 
 
 def _duplicate(index: int) -> InvalidArgument:

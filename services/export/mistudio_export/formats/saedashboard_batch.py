@@ -155,14 +155,12 @@ def write_saedashboard_batches(
         raise InvalidArgument(
             f"features_per_batch={features_per_batch}", field="features_per_batch", fix="use >= 1"
         )
-    files = []
     n = 0
     for batch, entries in enumerate(chunked(_entries(info, batches), features_per_batch)):
         doc = batch_document(naming, list(entries))
         path = out_dir / f"batch-{batch}.json"
         jsonio.write_document(path, jsonio.dumps(doc, where=f"batch-{batch}.json"))
-        files.append(path)
         n += len(entries)
         if progress is not None:
             progress(n)
-    return FormatOutput(root=out_dir, files=tuple(files), n_features=n)
+    return FormatOutput(root=out_dir, n_features=n)

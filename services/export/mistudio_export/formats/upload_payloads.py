@@ -255,14 +255,14 @@ def write_upload_payloads(
         by_feature.setdefault(r.feature_index, []).append(r)
     notes = _Notes()
     pending: list[dict[str, Any]] = []
-    files: list[Path] = []
+    files: list[str] = []
     n_features = 0
 
     def flush() -> None:
         path = out_dir / payload_file_name(len(files))
         body = upload_body(naming, pending)
         jsonio.write_document(path, jsonio.dumps(body, where=path.name))
-        files.append(path)
+        files.append(path.name)
         pending.clear()
 
     for d, examples in _features(batches):
@@ -282,15 +282,10 @@ def write_upload_payloads(
         "endpoint": ENDPOINT,
         "modelId": naming.model_id,
         "source": naming.source_id,
-        "files": [p.name for p in files],
+        "files": files,
         "n_features": n_features,
         "skipped_features": notes.skipped,
         "notes": notes.lines,
     }
     jsonio.write_document(out_dir / MANIFEST_FILE, jsonio.dumps(manifest, where=MANIFEST_FILE))
-    return FormatOutput(
-        root=out_dir,
-        files=(*files, out_dir / MANIFEST_FILE),
-        n_features=n_features,
-        notes=tuple(notes.lines),
-    )
+    return FormatOutput(root=out_dir, n_features=n_features, notes=tuple(notes.lines))
