@@ -11,9 +11,15 @@ import numpy as np
 import orjson
 
 
-def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -> float:
+def matmul_gflops(
+    threads: int = 0,
+    seconds: float = 1.0,
+    device: str = "cpu",
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """fp32 torch.matmul rate of a square product on ``device`` (n = 1024 on a CPU, 8192 on a
-    GPU, sizes each saturates) at the current thread count."""
+    GPU, sizes each saturates) at the current thread count, per second of ``clock`` (per
+    CPU-second with ``time.process_time``, which a busy machine does not skew)."""
     import torch
 
     if threads:
@@ -28,12 +34,12 @@ def matmul_gflops(threads: int = 0, seconds: float = 1.0, device: str = "cpu") -
 
     torch.matmul(a, b)
     sync()
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
+    runs, started = 0, clock()
+    while clock() - started < seconds:
         torch.matmul(a, b)
         runs += 1
         sync()
-    return 2 * n**3 * runs / (time.perf_counter() - started) / 1e9
+    return 2 * n**3 * runs / (clock() - started) / 1e9
 
 
 def byte_rates(samples: Sequence[bytes], level: int, seconds: float = 0.3) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Profile the activation pass alone on the bench inputs: CPU seconds per torch op (or Python
 function), the pass's wall and CPU seconds and its share of the matmul rate measured in the same
-process, so a change to the pass can be judged on a busy machine.
+process, by wall time and by CPU time (the one to trust on a busy machine).
 
     python bench/profile_pass.py --rows 512 --d-sae 4096 [--profile torch|python|none] [--top 25]
 """
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run_activation_pass(inputs, config, features, rows=range(args.batch_rows))  # warm up
     gflops = matmul_gflops(threads=args.threads)
+    cpu_gflops = matmul_gflops(threads=args.threads, clock=time.process_time)
     wall, cpu = time.perf_counter(), time.process_time()
     if args.profile == "python":
         profile = cProfile.Profile()
@@ -87,8 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     flops = flops_per_token(model.dims(), model.hook_layer, args.d_sae, args.context)
     n_tokens = args.rows * args.context
     fraction = flops * n_tokens / wall / (gflops * 1e9)
+    cpu_fraction = flops * n_tokens / cpu / (cpu_gflops * 1e9)
     print(f"pass: {wall:.2f} s wall, {cpu:.2f} s CPU for {n_tokens} tokens; matmul "
-          f"{gflops:.1f} GFLOP/s; fraction of the matmul rate {fraction:.2%} "
+          f"{gflops:.1f} GFLOP/s, {cpu_gflops:.1f} GFLOP per CPU-s; fraction of the matmul "
+          f"rate {fraction:.2%} by wall time, {cpu_fraction:.2%} by CPU time "
           f"(profile: {args.profile})")  # fmt: skip
 
 

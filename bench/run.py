@@ -428,7 +428,9 @@ def report(
 
 
 def budget_text(budget: int | None) -> str:
-    return "default (80% of RAM)" if budget is None else f"{budget / 2**20:.0f} MiB"
+    return (
+        "default (1 GiB, or 80% of RAM if less)" if budget is None else f"{budget / 2**20:.0f} MiB"
+    )
 
 
 def markdown(out: dict[str, Any]) -> str:

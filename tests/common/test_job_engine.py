@@ -423,3 +423,27 @@ def test_retention_removes_jobs_that_ended_longer_ago_than_it_and_keeps_the_othe
         jobs.channel("old")
     jobs.cancel("running", wait_seconds=0.0)
     jobs.shutdown(timeout_seconds=0.2)
+
+
+class CountedLeftovers:
+    def __init__(self) -> None:
+        self.passes: list[float | None] = []
+
+    def remove(self, now: float | None = None) -> None:
+        self.passes.append(now)
+
+
+def test_jobs_kept_until_deleted_still_have_their_leftovers_removed_by_retention() -> None:
+    """An export service keeps finished jobs until deleted by default; its retention passes
+    still remove what crashed and cancelled jobs left (staging, half-written uploads)."""
+    store, work, leftovers = MemoryStore(), Batches(polls_control=True), CountedLeftovers()
+    jobs = engine(store, work, retention=Retention(None, every=3600.0, leftovers=leftovers))
+    jobs.launch(store.add("done"), work)
+    for _ in range(BATCHES):
+        work.gate.release()
+    assert watch(jobs, "done")[-1].progress.state == ppb.JOB_STATE_SUCCEEDED
+    later = time.time() + 10**9
+    assert jobs.retain(now=later) == []
+    assert set(store.records) == {"done"}
+    assert leftovers.passes[-1] == later
+    jobs.shutdown(timeout_seconds=0.2)

@@ -18,7 +18,7 @@ from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.export.v1 import export_service_pb2_grpc as egrpc
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_compute.jobs import job_id_for
+from mistudio_common.computations import computation_id_for
 
 from tests.export.service.stack import (
     D_IN,
@@ -203,7 +203,7 @@ def states_everywhere(
 def computation_state(stack: FaultStack, job_id: str, attempt: int = 0) -> ppb.JobState.ValueType:
     """The state of the export's dashboard computation ``attempt`` in the compute service."""
     compute = cgrpc.ComputeServiceStub(grpc.insecure_channel(f"127.0.0.1:{stack.compute.port}"))
-    request = cpb.GetComputationRequest(job_id=job_id_for(f"{job_id}/dashboards/{attempt}"))
+    request = cpb.GetComputationRequest(job_id=computation_id_for(f"{job_id}/dashboards/{attempt}"))
     return compute.GetComputation(request, timeout=30).computation.progress.state
 
 
@@ -263,7 +263,7 @@ def test_an_instance_that_does_not_hold_a_crashed_holders_job_cancels_it_and_its
         next(m for m in stream if m.progress.stage == ppb.STAGE_ACTIVATION_PASS)
         request = spb.GetExportJobRequest(job_id=job_id)
         named = stack.records().GetExportJob(request, timeout=30).job.resume.compute
-        assert named.computation_id == job_id_for(f"{job_id}/dashboards/0")
+        assert named.computation_id == computation_id_for(f"{job_id}/dashboards/0")
         stack.export.kill()  # the holder dies while compute runs its computation
         cancelled = elsewhere.CancelExport(epb.CancelExportRequest(job_id=job_id), timeout=60)
         assert cancelled.job.progress.state == ppb.JOB_STATE_CANCELLED

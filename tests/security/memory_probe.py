@@ -45,7 +45,7 @@ def main(n_features: int) -> None:
     measured = _status("VmHWM") - before
     n_rows, seq_len = tokens.shape
     predicted = plan_within_budget(
-        LARGEST, state_config(LARGEST, tiny.SPECIAL), 256, n_features, batch_rows=BATCH_ROWS,
+        LARGEST, state_config(LARGEST, tiny.SPECIAL), n_features, batch_rows=BATCH_ROWS,
         seq_len=seq_len, n_rows=n_rows, chunk_size=CHUNK_FEATURES, budget=None,
     ).peak_bytes  # fmt: skip
     print(json.dumps({"measured": measured, "predicted": predicted}))

@@ -129,7 +129,7 @@ def test_more_features_than_the_budget_holds_at_once_are_accepted_for_feature_sh
     stack: Stack, sae_id: str, tokens: tpb.TokenSource
 ) -> None:
     config = export_config(tokens, dashboard=LARGEST)
-    memory = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, 1, CONTEXT)
+    memory = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, 1, CONTEXT)
     assert memory.peak(D_SAE, CONTEXT, D_SAE) > MEMORY_BUDGET  # all at once would not fit
     request = epb.ValidateExportRequest(sae_id=sae_id, config=config)
     estimate = stack.exports.ValidateExport(request).estimate
@@ -140,13 +140,13 @@ def test_more_features_than_the_budget_holds_at_once_are_accepted_for_feature_sh
 def plan(budget: int | None) -> int:
     """Features per shard for every feature at the largest parameters, one row per batch."""
     return plan_within_budget(
-        LARGEST_PARAMS, LARGEST_STATE, D_SAE, D_SAE,
+        LARGEST_PARAMS, LARGEST_STATE, D_SAE,
         batch_rows=1, seq_len=CONTEXT, n_rows=1, chunk_size=256, budget=budget,
     ).shard_size  # fmt: skip
 
 
 def test_a_budget_without_room_for_one_feature_is_refused_naming_the_lever() -> None:
-    one = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, D_SAE, 1, CONTEXT).peak(1, CONTEXT, 256)
+    one = MemoryModel.of(LARGEST_PARAMS, LARGEST_STATE, 1, CONTEXT).peak(1, CONTEXT, 256)
     with pytest.raises(ResourceExhausted) as caught:
         plan(math.ceil(one / PLANNED_SHARE) - 2)
     assert caught.value.field == "params.n_quantile_groups"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, struct_pb2
-from google.rpc import error_details_pb2, status_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -120,8 +120,8 @@ def test_update_writes_only_the_masked_fields(stub: StoreServiceStub, sae_id: st
 
 def test_a_failed_job_keeps_its_structured_error(stub: StoreServiceStub, sae_id: str) -> None:
     job = create(stub, sae_id=sae_id).job
-    details = struct_pb2.Struct()
-    details.update({"code": 8, "message": "out of memory", "details": []})
+    details = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="out of memory")
+    details.details.add().Pack(error_details_pb2.ErrorInfo(reason="OUT_OF_MEMORY"))
     change = pb.ExportJob(
         job_id=job.job_id,
         state=ppb.JOB_STATE_FAILED,

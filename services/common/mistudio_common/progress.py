@@ -23,7 +23,8 @@ JobStateId: TypeAlias = pb.JobState.ValueType
 
 TERMINAL_STATES = frozenset({pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED})
 _OWN_RATE_FROM = 0.05
-"""A stage's own rate predicts its remaining time once this much of it is done."""
+"""A stage's own rate predicts its remaining time once this much of it is done, or once it has
+counted items since its first counted one (a rate with its start-up left out)."""
 
 
 @dataclass
@@ -40,6 +41,10 @@ class _StageClock:
     phase_from: float = 0.0
     """The stage's elapsed seconds when its count last started over (a new total, or fewer
     done: a stage that counts two kinds of items in turn); its own rate is measured since."""
+    counted_from: tuple[float, int] | None = None
+    """(elapsed seconds, items done) at the phase's first update with items done: its rate is
+    measured from there, leaving out the start-up before the first item (loading a model,
+    starting a process), which would otherwise stretch the whole stage's ETA."""
 
 
 @dataclass
@@ -123,6 +128,9 @@ class ProgressTracker:
                 clock.started, clock.finished = now, None
             if clock.total and (total != clock.total or done < clock.done):
                 clock.phase_from = self._elapsed(clock, now)
+                clock.counted_from = None
+            if clock.counted_from is None and done > 0:
+                clock.counted_from = (self._elapsed(clock, now), done)
             clock.state = pb.JOB_STATE_RUNNING
             clock.done, clock.total = done, total
             clock.unit = unit or clock.unit
@@ -179,25 +187,54 @@ class ProgressTracker:
         return min(1.0, clock.done / clock.total) if clock.total > 0 else 0.0
 
     def _eta(self, now: float, overall: float, elapsed_total: float) -> float:
-        """Seconds left: a stage under way at its own measured rate, a stage not yet begun at
-        the job's measured seconds per unit of weight (weights alone are only a guess)."""
+        """Seconds left: a stage under way at its own measured rate, one without a rate yet
+        (not begun, starting up, or its count just started over) at the job's measured seconds
+        per unit of weight (weights alone are only a guess)."""
         if not 0.0 < overall < 1.0:
             return -1.0
-        per_weight = elapsed_total / overall
+        per_weight = self._seconds_per_weight(now, overall, elapsed_total)
         remaining = 0.0
         for weight, clock in zip(self._weights, self._clocks, strict=True):
             fraction = self._stage_fraction(clock)
             if fraction >= 1.0:
                 continue
-            if fraction >= _OWN_RATE_FROM:
+            if self._has_own_rate(clock, fraction):
                 remaining += self._own_eta(clock, now, fraction)
-            else:
-                remaining += weight * (1.0 - fraction) * per_weight
+            else:  # its predicted whole at the job's speed, less what it has spent
+                remaining += max(0.0, weight * per_weight - self._elapsed(clock, now))
         return remaining
 
+    def _seconds_per_weight(self, now: float, overall: float, elapsed_total: float) -> float:
+        """The job's measured seconds per unit of weight, from the stages done and those under
+        way with a rate of their own (as their projected whole: elapsed plus their own ETA), so
+        neither a stage's start-up nor a count started over is taken for its pace; from all
+        the time so far over the fraction done while no stage has either."""
+        seconds, weights = 0.0, 0.0
+        for weight, clock in zip(self._weights, self._clocks, strict=True):
+            fraction = self._stage_fraction(clock)
+            if fraction >= 1.0:
+                seconds += self._elapsed(clock, now)
+                weights += weight
+            elif self._has_own_rate(clock, fraction):
+                seconds += self._elapsed(clock, now) + self._own_eta(clock, now, fraction)
+                weights += weight
+        return seconds / weights if weights > 0 else elapsed_total / overall
+
+    @staticmethod
+    def _has_own_rate(clock: _StageClock, fraction: float) -> bool:
+        counted = clock.counted_from is not None and clock.done > clock.counted_from[1]
+        return fraction >= _OWN_RATE_FROM or counted
+
     def _own_eta(self, clock: _StageClock, now: float, fraction: float) -> float:
-        """Seconds left of a stage under way at its own rate (since its count last began)."""
-        return (self._elapsed(clock, now) - clock.phase_from) / fraction * (1.0 - fraction)
+        """Seconds left of a stage under way at its own rate: since its first counted item
+        when it has counted more since, else since its count last began."""
+        elapsed = self._elapsed(clock, now)
+        if clock.counted_from is not None and clock.total > 0:
+            at, done = clock.counted_from
+            if clock.done > done and elapsed > at:
+                per_item = (elapsed - at) / (clock.done - done)
+                return per_item * (clock.total - clock.done)
+        return (elapsed - clock.phase_from) / fraction * (1.0 - fraction)
 
     def _render(self, now: float) -> pb.Progress:
         self._sequence += 1

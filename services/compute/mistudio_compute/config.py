@@ -16,6 +16,9 @@ from mistudio_compute.object_inputs import ObjectInputs
 from mistudio_compute.shard_objects import StateBucket
 
 _GIB = 1 << 30
+DEFAULT_MEMORY_BUDGET = _GIB
+"""The budget when none is set: at the bench's parameters 1 GiB holds about 8,000 features'
+pass state beside their batch, so d_sae 4096 runs in one shard and 16384 in three."""
 
 
 class ComputeSettings(SecuritySettings):
@@ -89,14 +92,16 @@ class ComputeSettings(SecuritySettings):
     max_model_file_bytes: int = 64 * _GIB
     memory_budget_bytes: int = 0
     """Peak memory one computation may take beyond the model and the SAE; a computation whose
-    pass state would not fit runs in feature shards (``dashboards.shards``), and one where not
-    even a single feature fits is refused before a job exists (``dashboards.memory``).
-    0: 80% of physical memory."""
+    pass state would not fit runs in feature shards (``dashboards.shards``, one model pass
+    each), and one where not even a single feature fits is refused before a job exists
+    (``dashboards.memory``). 0: ``DEFAULT_MEMORY_BUDGET``, or 80% of physical memory when that
+    is less. Raising it means fewer shards (fewer model passes) for a larger peak."""
 
     def memory_budget(self) -> int:
         if self.memory_budget_bytes:
             return self.memory_budget_bytes
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return min(DEFAULT_MEMORY_BUDGET, int(physical * 0.8))
 
     def ray_state_bucket(self) -> StateBucket | None:
         """Where Ray shard states are kept for every replica; None: on this replica's disk."""

@@ -8,7 +8,6 @@ from its checkpoint. A paused job resumes when the same request_id is started ag
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio_common.computations import computation_id_for
 from mistudio_common.dashboard_codec import params_from_pb, params_key
 from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import MistudioError, NotFound, Unavailable
@@ -110,11 +110,6 @@ class Preparer(Protocol):
         ...
 
 
-def job_id_for(request_id: str) -> str:
-    """Deterministic, so a retried start finds its job even after a restart."""
-    return "cmp-" + hashlib.sha256(request_id.encode()).hexdigest()[:24]
-
-
 ComputeSnapshot = Snapshot[cpb.ComputeResult]
 RunningComputation = RunningJob[jpb.ComputationCheckpoint]
 
@@ -167,7 +162,7 @@ class ComputeJobManager:
         when it is paused)."""
         if not request.request_id:
             request = _with_request_id(request, uuid.uuid4().hex)
-        job_id = job_id_for(request.request_id)
+        job_id = computation_id_for(request.request_id)
         if self._engine.stopping:
             raise Unavailable(
                 "the compute service is shutting down", fix="retry on the restarted service"
@@ -230,16 +225,20 @@ class ComputeJobManager:
         """A finished computation cannot resume, so its checkpoint folder (and shard states
         in the state bucket) are only storage use."""
         self.records.drop_checkpoint(job_id)
-        if self._state_bucket is not None:
-            kept = self._state_bucket.computation(job_id)
-            try:
-                kept.clear()
-            except MistudioError as error:
-                log.warning("shard states of %s stay in %s: %s", job_id, kept, error)
+        try:
+            self._clear_shard_states(job_id)
+        except MistudioError as error:
+            log.warning("shard states of %s stay until its retention: %s", job_id, error)
 
     def expire(self, job_id: str) -> None:
-        """Past the retention only the dashboards cached in the store stay."""
+        """Past the retention only the dashboards cached in the store stay: shard states that
+        could not be removed when the job ended go now (or the record waits for the next pass)."""
+        self._clear_shard_states(job_id)
         self.records.remove(job_id)
+
+    def _clear_shard_states(self, job_id: str) -> None:
+        if self._state_bucket is not None:
+            self._state_bucket.computation(job_id).clear()
 
     def expire_finished(self, now: float | None = None) -> list[str]:
         """One retention pass (the engine runs one every ``retention_sweep_seconds``)."""

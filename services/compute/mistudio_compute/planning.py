@@ -138,7 +138,7 @@ class Planner:
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
-        memory = self.check_memory(params, feature_count or d_sae, d_sae, dataset, 0)
+        memory = self.check_memory(params, feature_count or d_sae, dataset, 0)
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
         d_in = resolved.sae.d_in
@@ -159,7 +159,7 @@ class Planner:
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         dataset = load_model_tokens(request.tokens, model, self._inputs)
-        self.check_memory(params, len(features), resolved.sae.d_sae, dataset, request.batch_size)
+        self.check_memory(params, len(features), dataset, request.batch_size)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             sae_owner=resolved.owner,
@@ -179,7 +179,6 @@ class Planner:
         self,
         params: d.DashboardParams,
         n_features: int,
-        d_sae: int,
         dataset: TokenDataset,
         batch_rows: int,
     ) -> ShardPlan:
@@ -189,7 +188,6 @@ class Planner:
         return plan_within_budget(
             params,
             state_config(params, frozenset()),
-            d_sae,
             n_features,
             batch_rows=batch_rows or self._settings.default_batch_rows,
             seq_len=dataset.context_size,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,13 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition
 
-from mistudio_export.delta import EarlierExport, feature_hash, hashes_from_json, hashes_to_json
+from mistudio_export.delta import (
+    EarlierExport,
+    FeatureHashes,
+    feature_hash,
+    hashes_from_json,
+    hashes_to_json,
+)
 from mistudio_export.formats import jsonio
 from mistudio_export.peers import FeatureFilter, FeatureRecords
 from mistudio_export.records import ExplanationRecord
@@ -36,8 +42,8 @@ _LENGTH = struct.Struct(">I")
 class Collected:
     """What the staged dashboards hold."""
 
-    hashes: dict[int, str]
-    """Content hash of every exported feature, by index."""
+    hashes: Mapping[int, str]
+    """Content hash of every exported feature, by index (a ``FeatureHashes``)."""
     skipped_unchanged: int
     """Features a delta export left out because they did not change."""
 
@@ -66,16 +72,16 @@ def collect(
     folder = dashboards_dir(job.staging)
     staged = [folder / _chunk_name(n) for n in range(done)]
     if all(p.exists() and _hashes_path(p).exists() for p in staged):
-        hashes = {i: h for p in staged for i, h in _read_hashes(p).items()}
+        hashes = [FeatureHashes.of(_read_hashes(p)) for p in staged]
     else:
-        done, skipped, hashes = 0, 0, {}  # the staging folder was lost: start this step over
+        done, skipped, hashes = 0, 0, []  # the staging folder was lost: start this step over
     total = len(candidates)
     job.report(ppb.STAGE_GENERATING_FILES, sum(map(len, batches[:done])), total, "features")
     for n in range(done, len(batches)):
         batch = batches[n]
         kept, batch_hashes, unchanged = _read_batch(job, store, params, batch, keep, delta_base)
         _write_chunk(folder / _chunk_name(n), kept, batch_hashes)
-        hashes.update(batch_hashes)
+        hashes.append(FeatureHashes.of(batch_hashes))
         skipped += unchanged
         job.report(
             ppb.STAGE_GENERATING_FILES,
@@ -86,7 +92,7 @@ def collect(
         )
         state.chunks_done, state.skipped_unchanged = n + 1, skipped
         job.save()
-    return Collected(hashes=hashes, skipped_unchanged=skipped)
+    return Collected(hashes=FeatureHashes.joined(hashes), skipped_unchanged=skipped)
 
 
 def _read_batch(
@@ -155,9 +161,19 @@ def _write_chunk(
     jsonio.write_atomic(path, bytes(data))
 
 
-def staged_dashboards(staging: Path) -> Iterator[dpb.FeatureDashboard]:
-    """Every staged dashboard, in index order."""
-    for path in sorted(dashboards_dir(staging).glob("chunk-*.bin")):
+def staged_chunks(staging: Path) -> list[Path]:
+    """The staged chunk files, in index order."""
+    return sorted(dashboards_dir(staging).glob("chunk-*.bin"))
+
+
+def chunk_indices(chunk: Path) -> list[int]:
+    """The features a staged chunk holds, ascending (read from its hashes, not its dashboards)."""
+    return sorted(_read_hashes(chunk))
+
+
+def read_chunks(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboard]:
+    """Every dashboard of ``chunks``, in order."""
+    for path in chunks:
         data = path.read_bytes()
         offset = 0
         while offset < len(data):

@@ -7,9 +7,9 @@ computation goes on there, or resumes from its own checkpoint, under the same re
 pause pauses the computation too, keeping its checkpoint, and the resumed export re-attaches
 to it by the same request id, which resumes it where it stopped. A cancel or a computation that
 ended in failure ends the attempt; the next run starts a new attempt that reuses whatever
-reached the cache. The checkpoint names the computation while it may still run, so a cancel
-carried out where no run follows it (a paused job, or one adopted from a crashed holder)
-cancels it too.
+reached the cache. The checkpoint names the computation (its id follows from the request id)
+before it is asked for and while it may still run, so a cancel carried out where no run follows
+it (a paused job, or one adopted from a holder that crashed even while asking) cancels it too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common import stages
-from mistudio_common.errors import Cancelled, MistudioError, Unavailable
+from mistudio_common.computations import computation_id_for
+from mistudio_common.errors import Cancelled, MistudioError, NotFound, Unavailable
 from mistudio_common.jobs.control import StopReason
 from mistudio_common.stages import DASHBOARD_STAGES
 
@@ -55,6 +56,9 @@ def ensure_dashboards(
         return state.result
     attempt = state.attempt
     request = compute_request(job, indices, all_features=all_features, attempt=attempt)
+    named = computation_id_for(request.request_id)
+    if state.computation_id != named:
+        _name(job, named)
     try:
         last = _follow(job, compute, request)
     except _Ended as ended:
@@ -83,6 +87,8 @@ def release(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> Non
     if computation:
         try:
             compute.cancel_computation(computation)
+        except NotFound:
+            log.info("computation %s never reached the compute service", computation)
         except MistudioError as error:
             log.warning("could not cancel computation %s: %s", computation, error)
 
@@ -109,11 +115,6 @@ def _follow(
         try:
             for event in stream:
                 last = event
-                named = event.computation_id
-                if named and named != checkpoint.computation_id:
-                    _name(job, named)
-                    if job.control.reason is not None:
-                        interrupt()
                 _relay(job, event)
                 if event.ended:
                     break
@@ -148,7 +149,7 @@ def _follow(
 
 
 def _name(job: JobRuntime, computation_id: str) -> None:
-    """Saves the computation's id in the checkpoint as soon as it is known, so that whoever
+    """Saves the computation's id in the checkpoint before it is asked for, so that whoever
     cancels the job (an instance that adopts it after a crash, too) cancels the computation."""
     job.checkpoint.compute.computation_id = computation_id
     job.persist()

@@ -56,8 +56,8 @@ class ExportSettings(SecuritySettings):
     """How often a running job's progress snapshot is written to the store between checkpoints."""
     staging_retention_seconds: float = 86400.0
     """Staging folders (data_dir/export/<job_id>) of jobs that succeeded, were cancelled or no
-    longer exist are removed after this long; a FAILED job keeps its staging for ResumeExport
-    until it is deleted (DeleteExport)."""
+    longer exist, and archive uploads a crash left unfinished, are removed after this long; a
+    FAILED job keeps its staging for ResumeExport until it is deleted (DeleteExport)."""
     upload_staging_retention_seconds: float = 3600.0
     """A staging folder (data_dir/uploads/upload-*) that no stream is writing is removed after
     this long (they are left only by a crash mid-upload; at start all of them go)."""

@@ -5,52 +5,44 @@ features/, explanations/), then one folder per other format: ``neuronpedia-impor
 ``saedashboard/``, ``upload-payloads/``, ``saelens/``, ``preview/`` (the viewer, which reads the
 PRD layout written before it). Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
-are copied from it rather than regenerated. The staged dashboards are read as column batches
-(``formats.columns``); the other Neuronpedia formats are written from the same read as the PRD
-files. On a large export a second (spawned) process writes the importer rows and the upload
-payloads meanwhile, so both CPU cores are used.
+are copied from it rather than regenerated. The Neuronpedia formats are written together, from
+one read of the staged dashboards as column batches (``formats.columns``), over ranges of
+features that a large export spreads over a pool of processes (``feature_ranges``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import shutil
-import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import orjson
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 
-from mistudio_export.collect import staged_dashboards
-from mistudio_export.formats import jsonio, prd_json
-from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import (
-    ExampleColumns,
-    batch_sized,
-    example_columns,
-    fan_out,
+from mistudio_export.feature_ranges import (
+    FeatureRange,
+    RangeTask,
+    Reuse,
+    feature_ranges,
+    payload_parts,
+    run_ranges,
 )
-from mistudio_export.formats.neuronpedia_importer import write_importer_export
-from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
-from mistudio_export.formats.upload_payloads import write_upload_payloads
+from mistudio_export.formats import jsonio, prd_json
+from mistudio_export.formats.upload_payloads import PayloadNotes, write_payload_bodies
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
 from mistudio_export.peers import FeatureFacts, FeatureFilter, FileChunk, SaeLensFiles, SaeRecord
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
-from mistudio_export.validation.column_checks import ColumnFinding, column_findings
+from mistudio_export.validation.column_checks import ColumnFinding
 from mistudio_export.validation.column_checks import features_to_walk as walk_of
+
+__all__ = ["Reuse"]  # pipeline's name for it
 
 ROOT = "/"
 """IncludedFormat folder meaning the archive root (where the PRD layout lives)."""
@@ -68,27 +60,8 @@ NEURONPEDIA_KINDS = (
     FormatKind.SAEDASHBOARD,
     FormatKind.NEURONPEDIA_UPLOAD,
 )
-ASIDE_KINDS = (FormatKind.NEURONPEDIA_IMPORT, FormatKind.NEURONPEDIA_UPLOAD)
-"""Written by a second process, from its own read of the staged dashboards, while this one
-writes the PRD layout and the others. CPU seconds on the 4096-feature bench export: reading
-3.4 (each process), PRD 4.5, SAEDashboard 1.9, upload payloads 1.0, importer rows 3.9 (an id
-hashed per example, every batch gzipped); so the importer and the payloads go aside."""
-ALONG_PRD = (
-    FormatKind.NEURONPEDIA_IMPORT,
-    FormatKind.SAEDASHBOARD,
-    FormatKind.NEURONPEDIA_UPLOAD,
-)
-"""Written from the same read of the staged dashboards as the PRD layout, unless aside."""
 PARALLEL_MIN_FEATURES = 512
-"""Below this many features a second process costs more to start than it saves."""
-
-
-@dataclass(frozen=True)
-class Reuse:
-    """An earlier archive (downloaded) and the hashes of the features it holds."""
-
-    archive: Path
-    hashes: dict[int, str]
+"""Below this many features a pool of processes costs more to start than it saves."""
 
 
 @dataclass
@@ -96,7 +69,7 @@ class Inputs:
     """What every format writer reads."""
 
     info: SaeInfo
-    hashes: dict[int, str]
+    hashes: Mapping[int, str]
     explanations: list[ExplanationRecord]
     labels: list[FeatureLabel]
     reuse: Reuse | None
@@ -130,39 +103,31 @@ def write_formats(
     out = output_dir(job.staging)
     n_features = len(inputs.hashes)
     unchanged = state.features_unchanged
-    aside = _aside([k for k in kinds if k.value not in done], n_features)
-    with ExitStack() as stack:
-        stack.enter_context(collector_paused())
-        side = None
-        if aside:
-            side = _start_aside(
-                stack, (job.staging, aside, job.plan.naming, inputs, features_per_batch)
-            )
-        for position, kind in enumerate(kinds):
+    pending = [k for k in kinds if k.value not in done]
+    # The Neuronpedia formats are written in one pass over the features; the SAELENS files
+    # are the SAE's weights, streamed: no pass.
+    first_neuronpedia = [k for k in pending if k in NEURONPEDIA_KINDS][:1]
+    others = [k for k in pending if k not in NEURONPEDIA_KINDS and k is not FormatKind.SAELENS]
+    passes: list[FormatKind] = [*first_neuronpedia, *others]
+    with collector_paused():
+        for kind in kinds:
             if kind.value in done:
                 continue
             folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
-            progress = _progress(job, position, len(kinds), n_features, kind)
+            position = passes.index(kind) if kind in passes else len(passes)
+            progress = _progress(job, position, len(passes), n_features, kind)
             progress(0)
-            if side is not None and kind in aside:
-                _wait(job, side)
-                progress(n_features)
-            elif kind is FormatKind.PRD_JSON:
-                along = [
-                    k for k in ALONG_PRD if k.value not in done and k in kinds and k not in aside
-                ]
-                unchanged = _write_prd(job, out, inputs, progress, features_per_batch, along)
-                done += [k.value for k in along]
+            if kind in NEURONPEDIA_KINDS:
+                together = [k for k in NEURONPEDIA_KINDS if k in kinds and k.value not in done]
+                copied = _write_neuronpedia(job, together, inputs, features_per_batch, progress)
+                unchanged = copied if FormatKind.PRD_JSON in together else unchanged
+                done += [k.value for k in together if k is not kind]
             elif kind is FormatKind.SAELENS:
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
             elif kind is FormatKind.PREVIEW:
                 _clear(folder)
                 write_preview(out, folder, progress=progress)
-            else:
-                _clear(folder)
-                naming = job.plan.naming
-                _write_other(job.staging, kind, naming, inputs, features_per_batch, progress)
             done.append(kind.value)
             state.done[:] = done
             state.features_unchanged = unchanged
@@ -170,89 +135,94 @@ def write_formats(
     return unchanged
 
 
-def _aside(pending: list[FormatKind], n_features: int) -> tuple[FormatKind, ...]:
-    """The pending formats a second process writes; none when this one would sit idle."""
-    aside = tuple(k for k in pending if k in ASIDE_KINDS)
-    if n_features < PARALLEL_MIN_FEATURES or (os.cpu_count() or 1) < 2:
-        return ()
-    return aside if len(aside) < len(pending) else ()
-
-
-@dataclass
-class _Aside:
-    process: multiprocessing.process.BaseProcess
-    outcome: Connection
-    """Receives None when the formats are written, else the error that stopped the process."""
-    finished: bool = False
-
-
-def _start_aside(stack: ExitStack, args: tuple[Any, ...]) -> _Aside:
-    """Starts the second process; leaving ``stack`` kills it if it is still running."""
-    # spawn, not fork: this process runs gRPC threads, which fork would copy mid-call
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_write_aside, args=(send, *args), daemon=True)
-    process.start()
-    send.close()
-    stack.callback(_stop, process)
-    return _Aside(process, receive)
-
-
-def _stop(process: multiprocessing.process.BaseProcess) -> None:
-    if process.is_alive():
-        process.terminate()
-    process.join()
-
-
-def _wait(job: JobRuntime, side: _Aside) -> None:
-    """Waits for the second process, still answering cancel and pause; re-raises its error."""
-    if side.finished:
-        return
-    while not side.outcome.poll(0.5):
-        job.check()
-    try:
-        error = side.outcome.recv()
-    except EOFError:  # it died without a word: killed, or out of memory
-        side.process.join()
-        raise Unavailable(
-            f"the process writing the Neuronpedia importer rows and upload payloads exited "
-            f"(code {side.process.exitcode}) without finishing",
-            fix="resume the export; if it happens again, check the memory available",
-        ) from None
-    if error is not None:
-        raise error
-    side.finished = True
-
-
-def _write_aside(
-    outcome: Connection,
-    staging: Path,
+def _write_neuronpedia(
+    job: JobRuntime,
     kinds: Sequence[FormatKind],
-    naming: NeuronpediaNaming,
     inputs: Inputs,
     features_per_batch: int,
-) -> None:
-    def writer(kind: FormatKind) -> Callable[[Iterator[ExampleColumns]], None]:
-        def write(batches: Iterator[ExampleColumns]) -> None:
-            _clear(output_dir(staging) / FOLDERS[kind])
-            _write_other(staging, kind, naming, inputs, features_per_batch, None, batches)
+    progress: Callable[[int], None],
+) -> int:
+    """Writes the Neuronpedia ``kinds`` from one read of the staged dashboards, range by
+    range; returns how many PRD files were copied from an earlier archive."""
+    info, naming = inputs.info, job.plan.naming
+    info.validate()
+    naming.validate()
+    out = output_dir(job.staging)
+    folders = {k: out if FOLDERS[k] == ROOT else out / FOLDERS[k] for k in kinds}
+    for kind, folder in folders.items():
+        if kind is FormatKind.PRD_JSON:
+            shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
+        else:
+            _clear(folder)
+    parts = job.staging / "work" / "upload-parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    ranges = feature_ranges(job.staging, features_per_batch)
+    tasks = _tasks(ranges, folders, inputs, naming, features_per_batch, job, parts)
+    parallel = (
+        len(tasks) > 1
+        and len(inputs.hashes) >= PARALLEL_MIN_FEATURES
+        and (os.cpu_count() or 1) >= 2
+    )
+    written = run_ranges(tasks, parallel=parallel, check=job.check, progress=progress)
+    _record_findings(job.staging, [f for w in written for f in w.findings])
+    if FormatKind.PRD_JSON in folders:
+        n = sum(len(r.indices) for r in ranges)
+        compress = job.plan.compression.gzip_json
+        prd_json.write_prd_documents(
+            out, info, naming, inputs.explanations, inputs.labels, n, compress
+        )
+    if FormatKind.NEURONPEDIA_UPLOAD in folders:
+        notes = PayloadNotes()
+        for w in written:
+            notes.extend(w.payload_notes)
+        features = payload_parts(tasks)
+        write_payload_bodies(folders[FormatKind.NEURONPEDIA_UPLOAD], naming, features, notes)
+    shutil.rmtree(parts, ignore_errors=True)
+    return sum(w.copied for w in written)
 
-        return write
 
-    try:
-        with collector_paused():
-            # One read for every format aside; its findings are this process's to record.
-            fan_out(_batches(staging, findings=False), [writer(kind) for kind in kinds])
-    except Exception as error:
-        outcome.send(error)
-    else:
-        outcome.send(None)
+def _tasks(
+    ranges: Sequence[FeatureRange],
+    folders: dict[FormatKind, Path],
+    inputs: Inputs,
+    naming: NeuronpediaNaming,
+    features_per_batch: int,
+    job: JobRuntime,
+    parts: Path,
+) -> list[RangeTask]:
+    by_feature: dict[int, list[ExplanationRecord]] = {}
+    for record in inputs.neuronpedia_explanations:
+        by_feature.setdefault(record.feature_index, []).append(record)
+    earlier = inputs.reuse
+    return [
+        RangeTask(
+            range=r,
+            folders=folders,
+            info=inputs.info,
+            naming=naming,
+            explanations=tuple(e for i in r.indices for e in by_feature.get(i, ())),
+            features_per_batch=features_per_batch,
+            compress_features=job.plan.compression.gzip_json,
+            hashes=_of(inputs.hashes, r.indices),
+            reuse=None
+            if earlier is None
+            else Reuse(earlier.archive, _of(earlier.hashes, r.indices)),
+            payloads=parts / f"range-{n:06d}.bin",
+        )
+        for n, r in enumerate(ranges)
+    ]
+
+
+def _of(hashes: Mapping[int, str], indices: Sequence[int]) -> dict[int, str]:
+    return {i: hashes[i] for i in indices if i in hashes}
 
 
 def _progress(
-    job: JobRuntime, position: int, n_kinds: int, n_features: int, kind: FormatKind
+    job: JobRuntime, position: int, n_passes: int, n_features: int, kind: FormatKind
 ) -> Callable[[int], None]:
-    total = max(1, n_kinds * n_features)
+    """Reports ``kind``'s features written as one count over the passes made over the
+    features (the Neuronpedia formats share one), so the stage's fraction follows its time."""
+    total = max(1, n_passes * n_features)
 
     def report(n: int) -> None:
         if n % 32 == 0 or n == n_features:
@@ -273,23 +243,6 @@ COLUMN_FINDINGS = "column-findings.json"
 from, read by the validating stage (``features_to_walk``)."""
 MAX_FINDINGS_SHOWN = 100
 """The file shows the first findings; the full check reports them all."""
-
-
-def _batches(staging: Path, *, findings: bool = True) -> Iterator[ExampleColumns]:
-    """The staged dashboards as column batches: the examples read straight from the messages
-    into the columns, the rest converted for the formats' per-feature fields. Each batch is
-    checked as it is made; with ``findings`` a complete read records what ``column_checks``
-    finds in them (``COLUMN_FINDINGS``)."""
-    tokens = StringTable()
-    found: list[ColumnFinding] = []
-    for chunk in batch_sized(staged_dashboards(staging)):
-        heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
-        batch = example_columns(heads, tokens, examples=chunk)
-        if findings:
-            found += column_findings(batch)
-        yield batch
-    if findings:
-        _record_findings(staging, found)
 
 
 def _record_findings(staging: Path, findings: list[ColumnFinding]) -> None:
@@ -314,99 +267,9 @@ def features_to_walk(staging: Path) -> frozenset[int] | None:
     return None if record["walk_everything"] else frozenset(record["prd_features_to_walk"])
 
 
-def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:
-    head = dpb.FeatureDashboard()
-    head.CopyFrom(message)  # in C: far cheaper than converting the examples it then drops
-    head.ClearField("top_examples")
-    for group in head.quantile_groups:
-        group.ClearField("examples")
-    return head
-
-
 def _clear(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-
-
-def _write_prd(
-    job: JobRuntime,
-    out: Path,
-    inputs: Inputs,
-    progress: Callable[[int], None],
-    features_per_batch: int,
-    along: Sequence[FormatKind] = (),
-) -> int:
-    """Writes the PRD layout, and the formats ``along`` from the same read of the staged
-    dashboards; returns how many feature files were copied from an earlier archive."""
-    shutil.rmtree(out / prd_json.FEATURES_DIR, ignore_errors=True)
-    copied = 0
-    earlier_hashes = inputs.reuse.hashes if inputs.reuse is not None else {}
-    naming = job.plan.naming
-    with ExitStack() as stack:
-        earlier = None
-        if inputs.reuse is not None:
-            earlier = stack.enter_context(zipfile.ZipFile(inputs.reuse.archive))
-        names = set(earlier.namelist()) if earlier is not None else set()
-
-        def reuse(index: int, name: str) -> bytes | None:
-            nonlocal copied
-            unchanged = earlier_hashes.get(index) == inputs.hashes.get(index)
-            if earlier is None or not unchanged or name not in names:
-                return None
-            copied += 1
-            return earlier.read(name)
-
-        def writer(kind: FormatKind) -> Callable[[Iterator[ExampleColumns]], None]:
-            def write(batches: Iterator[ExampleColumns]) -> None:
-                _clear(out / FOLDERS[kind])
-                _write_other(job.staging, kind, naming, inputs, features_per_batch, None, batches)
-
-            return write
-
-        def others(batches: Iterator[ExampleColumns]) -> None:
-            fan_out(batches, [writer(kind) for kind in along])
-
-        prd_json.write_prd_export(
-            out,
-            inputs.info,
-            naming,
-            _batches(job.staging),
-            inputs.explanations,
-            labels=inputs.labels,
-            compress_features=job.plan.compression.gzip_json,
-            progress=progress,
-            reuse=reuse,
-            also=others if along else None,
-        )
-    return copied
-
-
-def _write_other(
-    staging: Path,
-    kind: FormatKind,
-    naming: NeuronpediaNaming,
-    inputs: Inputs,
-    features_per_batch: int,
-    progress: Callable[[int], None] | None,
-    batches: Iterator[ExampleColumns] | None = None,
-) -> None:
-    folder, info = output_dir(staging) / FOLDERS[kind], inputs.info
-    batches = _batches(staging) if batches is None else batches
-    if kind is FormatKind.NEURONPEDIA_IMPORT:
-        write_importer_export(
-            folder, info, naming, batches, inputs.neuronpedia_explanations, progress=progress
-        )
-    elif kind is FormatKind.SAEDASHBOARD:
-        write_saedashboard_batches(
-            folder,
-            info,
-            naming,
-            batches,
-            features_per_batch=features_per_batch,
-            progress=progress,
-        )
-    else:
-        write_upload_payloads(folder, naming, batches, inputs.neuronpedia_explanations)
 
 
 def _write_saelens(job: JobRuntime, folder: Path, inputs: Inputs, compute: SaeLensFiles) -> None:

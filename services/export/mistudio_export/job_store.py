@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.store.v1 import store_service_pb2 as spb
@@ -75,7 +75,7 @@ class StoreJobStore:
             fields += ["output_uri", "output_size_bytes", "feature_count", "outcome"]
         if update.error is not None and update.state == ppb.JOB_STATE_FAILED:
             job.error_message = update.error.message
-            job.error_details.update(json_format.MessageToDict(update.error))
+            job.error_details.CopyFrom(update.error)
             fields += ["error_message", "error_details"]
         if update.started:
             job.started_at.CopyFrom(_now())

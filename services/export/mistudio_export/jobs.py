@@ -8,6 +8,7 @@ failed export keeps its checkpoint and staging so ResumeExport can retry from th
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from mistudio_common.jobs.engine import JobEngine
 from mistudio_common.jobs.kind import Leasing, Retention, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
+from mistudio_common.retention import FolderSweeper
 from mistudio_common.retry import Patience
 
 from mistudio_export import views
@@ -42,6 +44,8 @@ class Pipeline(Protocol):
     def release(self, checkpoint: jpb.ExportCheckpoint) -> None: ...
 
     def discard(self, job_id: str) -> None: ...
+
+    def remove_unfinished_uploads(self, before: float) -> int: ...
 
 
 class Planner(Protocol):
@@ -98,10 +102,27 @@ class _ExportKind:
         self._store.delete_job(job_id)
 
 
-def retention_of(settings: ExportSettings) -> Retention | None:
+@dataclass(frozen=True)
+class _ExportLeftovers:
+    """What exports leave besides their records: staging folders of jobs that succeeded, were
+    cancelled or are gone, and archive uploads a crash left unfinished, each removed once
+    older than ``seconds`` (a FAILED job keeps its staging for ResumeExport)."""
+
+    staging: FolderSweeper
+    pipeline: Pipeline
+    seconds: float
+
+    def remove(self, now: float | None = None) -> None:
+        self.staging.sweep(now)
+        self.pipeline.remove_unfinished_uploads(
+            (time.time() if now is None else now) - self.seconds
+        )
+
+
+def retention_of(settings: ExportSettings, leftovers: _ExportLeftovers) -> Retention:
     """Finished exports are kept until deleted unless a retention time is set."""
     seconds = settings.finished_job_retention_seconds
-    return Retention(seconds, settings.retention_sweep_seconds) if seconds > 0 else None
+    return Retention(seconds if seconds > 0 else None, settings.retention_sweep_seconds, leftovers)
 
 
 def progress_message(snapshot: ExportSnapshot) -> epb.ExportProgress:
@@ -126,7 +147,8 @@ class ExportJobManager:
         self._store = store
         self._planner = planner
         self._pipeline = pipeline
-        self._kind = _ExportKind(store, planner, pipeline, settings.data_dir / "export")
+        root = settings.data_dir / "export"
+        self._kind = _ExportKind(store, planner, pipeline, root)
         jobs = StoreJobStore(store)
         self._leasing = Leasing(instance_id or uuid.uuid4().hex, jobs, settings.lease_seconds)
         self._engine: JobEngine[jpb.ExportCheckpoint, jpb.ExportOutcome] = JobEngine(
@@ -137,7 +159,7 @@ class ExportJobManager:
             max_running=max(1, settings.max_concurrent_jobs),
             leasing=self._leasing,
             follow_seconds=settings.follow_seconds,
-            retention=retention_of(settings),
+            retention=retention_of(settings, self._leftovers(settings, root)),
         )
 
     # -- starting and attaching ------------------------------------------------------------
@@ -224,9 +246,10 @@ class ExportJobManager:
         self._kind.expire(job_id)
         self._engine.forget(job_id)
 
-    def expire_finished(self, now: float | None = None) -> list[str]:
-        """One retention pass (the engine runs one every ``retention_sweep_seconds``)."""
-        return self._engine.expire_finished(now)
+    def retain(self, now: float | None = None) -> list[str]:
+        """One retention pass (the engine runs one every ``retention_sweep_seconds``): finished
+        exports past their retention, then leftover staging and unfinished uploads."""
+        return self._engine.retain(now)
 
     def resume_unfinished(self) -> None:
         """After a restart: continue every job left running that no live instance holds."""
@@ -235,6 +258,11 @@ class ExportJobManager:
     def shutdown(self, timeout_seconds: float = 10.0) -> None:
         """Stops every worker at its next checkpoint, leaving its job RUNNING for a restart."""
         self._engine.shutdown(timeout_seconds)
+
+    def _leftovers(self, settings: ExportSettings, root: Path) -> _ExportLeftovers:
+        seconds, every = settings.staging_retention_seconds, settings.retention_sweep_seconds
+        staging = FolderSweeper(root, seconds, self.staging_removable, every)
+        return _ExportLeftovers(staging, self._pipeline, seconds)
 
     def staging_removable(self, job_id: str) -> bool:
         """Whether a staging folder is only disk use: its job is gone, succeeded or cancelled."""

@@ -93,6 +93,10 @@ class ExportPipeline:
         for found in list(self._objects.list(archive_prefix(job_id))):
             self._objects.delete(found.key)
 
+    def remove_unfinished_uploads(self, before: float) -> int:
+        """Removes archive uploads begun before ``before`` that a crash left unfinished."""
+        return self._objects.remove_unfinished(before)
+
     def run(self, job: JobRuntime) -> jpb.ExportOutcome:
         """Runs the remaining stages; returns the result and what later exports read."""
         plan = job.plan

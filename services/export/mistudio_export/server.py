@@ -103,13 +103,6 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         name="export-grpc",
     )
     manager.resume_unfinished()
-    sweeper = FolderSweeper(
-        settings.data_dir / "export",
-        settings.staging_retention_seconds,
-        manager.staging_removable,
-        settings.retention_sweep_seconds,
-    )
-    sweeper.start()
     staging_sweeper = FolderSweeper(
         uploads.staging_root,
         settings.upload_staging_retention_seconds,
@@ -138,5 +131,5 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         compute=compute,
         objects=objects,
         monitor=monitor,
-        on_stop=[sweeper.stop, staging_sweeper.stop, store.close, compute.close],
+        on_stop=[staging_sweeper.stop, store.close, compute.close],
     )

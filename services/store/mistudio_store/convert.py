@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 from mistudio.common.v1 import progress_pb2
 from mistudio.export.v1.export_job_pb2 import ExportCheckpoint, ExportOutcome
 from mistudio.export.v1.export_service_pb2 import ExportConfig
@@ -167,7 +168,7 @@ def job_to_pb(row: ExportJobRow, sae_id: str, sae_owner: str) -> pb.ExportJob:
         output_size_bytes=row.output_size_bytes,
         feature_count=row.feature_count,
         error_message=row.error_message,
-        error_details=struct(row.error_details),
+        error_details=from_json(row.error_details, status_pb2.Status(), lenient=True),
         resume=from_json(row.resume, ExportCheckpoint(), lenient=True),
         outcome=from_json(row.outcome, ExportOutcome(), lenient=True),
         created_at=timestamp(row.created_at),

@@ -38,9 +38,9 @@ def main() -> None:
     model, tokens = tiny.tiny_model(), tiny.tiny_tokens(ROWS)
     inputs = tiny.make_inputs(model, tiny.make_sae(model, tokens, "relu", d_sae=d_sae), tokens)
     config = state_config(PARAMS, tiny.SPECIAL)
-    memory = MemoryModel.of(PARAMS, config, d_sae, ROWS, tiny.N_CTX)
+    memory = MemoryModel.of(PARAMS, config, ROWS, tiny.N_CTX)
     positions = BATCH * tiny.N_CTX
-    plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=BATCH, seq_len=tiny.N_CTX,
+    plan = plan_within_budget(PARAMS, config, d_sae, batch_rows=BATCH, seq_len=tiny.N_CTX,
                               n_rows=ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip
     assert plan.batch_rows == BATCH
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM)

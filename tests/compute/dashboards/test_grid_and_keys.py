@@ -145,3 +145,20 @@ def test_peaks_match_the_dense_reference_with_many_ties(w: int) -> None:
                    torch.from_numpy(v[f, row, col]), t, n_rows * t, w)  # fmt: skip
     want = [ref.is_peak(v[a, b], c, w) for a, b, c in zip(f, row, col, strict=True)]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # numpy's path, torch's path
+def test_active_entries_are_positive_non_special_values_by_feature_then_position(
+    dtype: torch.dtype,
+) -> None:
+    from mistudio_compute.dashboards.state import _active_entries
+
+    rng = np.random.default_rng(3)
+    dense = rng.normal(size=(40, 7)).astype(np.float32)  # [N, F], half of it positive
+    dense[5, 2], dense[9, 4], dense[11, 0] = np.nan, np.inf, -0.0
+    special = rng.random(40) < 0.2  # [N]
+    f, n, val = _active_entries(torch.from_numpy(dense).to(dtype), torch.from_numpy(special))
+    active = (dense > 0) & ~special[:, None]
+    want_f, want_n = np.nonzero(active.T)  # by feature, then position
+    assert f.tolist() == want_f.tolist() and n.tolist() == want_n.tolist()
+    assert val.dtype == torch.float32 and val.tolist() == dense[want_n, want_f].tolist()

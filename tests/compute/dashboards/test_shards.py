@@ -41,7 +41,7 @@ PARAMS = DashboardParams(
 )
 BATCH = 8
 CHUNK = 16
-SHARD = 25  # 96 features -> 4 shards
+SHARD = 24  # 96 features -> 4 shards
 
 
 def flatten(chunks) -> list[FeatureDashboard]:
@@ -56,8 +56,8 @@ def inputs(model, relu_sae, tokens):
 @pytest.fixture(scope="module")
 def budget(inputs) -> int:
     """A budget that fits SHARD features beside a batch and a chunk."""
-    config, d_sae = state_config(PARAMS, tiny.SPECIAL), inputs.encoder.d_sae
-    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS, tiny.N_CTX)
+    config = state_config(PARAMS, tiny.SPECIAL)
+    memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)
     planned = memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2
     return math.ceil(planned / PLANNED_SHARE)
 
@@ -93,7 +93,7 @@ def test_sharded_dashboards_equal_the_unsharded_run_byte_for_byte(inputs, budget
 def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
     monkeypatch, model, relu_sae, tokens, budget
 ) -> None:
-    monkeypatch.setattr(architectures, "ENCODE_BLOCK", 16)  # shards of 25 cut across blocks
+    monkeypatch.setattr(architectures, "ENCODE_BLOCK", 16)  # shards of 24 cut across blocks
     weights = {"W_enc": relu_sae.w_enc, "b_enc": relu_sae.b_enc, "W_dec": relu_sae.w_dec,
                "b_dec": torch.zeros(tiny.D_MODEL)}  # fmt: skip
     cfg = sae_config("standard", tiny.D_MODEL, relu_sae.d_sae, hook_name=tiny.HOOK)
@@ -111,7 +111,7 @@ def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
     full = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, chunk_size=CHUNK))
     assert widths == []  # the unsharded pass encodes every feature at once
     got = sharded(inputs, budget)
-    assert sorted(set(widths)) == [21, 25]  # each shard's pass encodes its own features
+    assert set(widths) == {SHARD}  # each shard's pass encodes its own features
     for a, b in zip(got, full, strict=True):
         pa, pb = dashboard_to_pb(a), dashboard_to_pb(b)
         assert pa.SerializeToString(deterministic=True) == pb.SerializeToString(deterministic=True)
@@ -160,21 +160,34 @@ def test_a_sharded_run_resumes_at_the_shard_and_batch_where_it_stopped(
 
 def test_a_budget_without_room_for_one_feature_is_resource_exhausted(inputs) -> None:
     with pytest.raises(ResourceExhausted) as err:
-        compute_dashboards(inputs, PARAMS, batch_size=BATCH, memory_budget=1 << 16)
+        compute_dashboards(inputs, PARAMS, batch_size=BATCH, memory_budget=1 << 12)
     assert err.value.field == "params.n_quantile_groups"
     assert "MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES" in err.value.fix
 
 
-def test_a_batch_over_half_the_budget_is_halved_until_it_fits(inputs, budget) -> None:
+def test_a_batch_over_the_state_per_feature_is_halved_until_it_is_not(inputs, budget) -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
+    memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)
+    one_row = memory.per_batch_value * tiny.N_CTX  # one feature's bytes of one row
     d_sae = inputs.encoder.d_sae
-    memory = MemoryModel.of(PARAMS, config, d_sae, tiny.ROWS, tiny.N_CTX)
-    one_row = memory.per_batch_position * tiny.N_CTX
-    plan = plan_within_budget(PARAMS, config, d_sae, d_sae, batch_rows=64, seq_len=tiny.N_CTX,
+    plan = plan_within_budget(PARAMS, config, d_sae, batch_rows=64, seq_len=tiny.N_CTX,
                               n_rows=tiny.ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip
+    assert plan.batch_rows * one_row <= memory.per_feature < 2 * plan.batch_rows * one_row
     usable = int(budget * PLANNED_SHARE)
-    assert plan.batch_rows * one_row <= usable // 2 < 2 * plan.batch_rows * one_row
     assert memory.peak(plan.shard_size, plan.batch_rows * tiny.N_CTX, CHUNK) <= usable
+    unbounded = plan_within_budget(PARAMS, config, d_sae, batch_rows=64, seq_len=tiny.N_CTX,
+                                   n_rows=tiny.ROWS, chunk_size=CHUNK, budget=None)  # fmt: skip
+    assert (unbounded.batch_rows, unbounded.shard_size) == (64, d_sae)  # no budget: as asked
+
+
+def test_shards_are_evened_out_so_the_largest_is_no_larger_than_needed() -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+    memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)
+    positions = BATCH * tiny.N_CTX
+    budget = math.ceil(memory.peak(70, positions, CHUNK) / PLANNED_SHARE)  # 70 fit: 2 shards
+    plan = plan_within_budget(PARAMS, config, 96, batch_rows=BATCH, seq_len=tiny.N_CTX,
+                              n_rows=tiny.ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip
+    assert plan.shard_size == 48
 
 
 def test_state_size_per_feature_is_that_of_the_allocated_state() -> None:

@@ -81,7 +81,12 @@ def test_sampling_facts_are_repeated_per_feature(tmp_path):
 
 def test_features_are_split_into_batches_of_the_given_size(tmp_path):
     out = _write(tmp_path, [dashboard(i) for i in range(5)], features_per_batch=2)
-    assert [p.name for p in out.files] == ["batch-0.json", "batch-1.json", "batch-2.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "batch-0.json",
+        "batch-1.json",
+        "batch-2.json",
+    ]
+    assert out.n_features == 5
     last = json.loads((tmp_path / "batch-2.json").read_text())
     assert [f["feature_index"] for f in last["features"]] == [4]
 

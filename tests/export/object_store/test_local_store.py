@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,15 @@ def test_deleting_the_last_object_prunes_its_empty_folders(tmp_path: Path) -> No
     store.delete("exports/job/a.bin")
 
     assert [p.name for p in store.root.iterdir() if p.name != ".tmp"] == []
+
+
+def test_a_temporary_file_a_crashed_write_left_is_removed_once_old_enough(
+    tmp_path: Path,
+) -> None:
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_file("kept/a.bin", write(tmp_path, "a.bin", b"kept"))
+    (store.root / ".tmp" / "put-crashed").write_bytes(b"half an archive")
+    os.utime(store.root / ".tmp" / "put-crashed", (1000.0, 1000.0))
+    (store.root / ".tmp" / "put-under-way").write_bytes(b"being written")
+    assert store.remove_unfinished(before=2000.0) == 1
+    assert files_under(store.root) == [".tmp/put-under-way", "kept/a.bin"]

@@ -166,3 +166,34 @@ def test_gzip_files_are_stored_and_json_is_deflated(staging: Path, tmp_path: Pat
     assert methods["neuronpedia-importer/features/batch-0.jsonl.gz"] == zipfile.ZIP_STORED
     assert methods["prefill.json"] == zipfile.ZIP_DEFLATED
     assert verify_archive(archive.path).ok
+
+
+def _zipfile_writes(staging: Path, zip_path: Path, names: list[str]) -> bytes:
+    """The archive ZipFile writes itself from the same folder: each member through
+    ``ZipFile.open(info, "w")`` at the same level and metadata."""
+    with zipfile.ZipFile(zip_path, "w", allowZip64=True) as zf:
+        for name in names:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = (
+                zipfile.ZIP_STORED if name.endswith(".gz") else zipfile.ZIP_DEFLATED
+            )
+            info._compresslevel = 1  # type: ignore[attr-defined]
+            info.create_system = 3
+            info.external_attr = 0o100644 << 16
+            info.file_size = (staging / name).stat().st_size
+            with zf.open(info, "w") as dst:
+                dst.write((staging / name).read_bytes())
+    return zip_path.read_bytes()
+
+
+def test_members_packed_on_every_core_give_the_bytes_zipfile_writes(
+    staging: Path, tmp_path: Path
+) -> None:
+    rows = staging / "neuronpedia-importer" / "batch-0.jsonl.gz"
+    rows.parent.mkdir(parents=True)
+    rows.write_bytes(gzip.compress(b'{"index": "0"}\n' * 100_000, mtime=0))
+    (staging / "empty.json").write_bytes(b"")
+    archive = build_archive(staging, tmp_path / "ours.zip")
+    names = [MANIFEST_NAME, *(entry.path for entry in archive.manifest.files)]
+
+    assert archive.path.read_bytes() == _zipfile_writes(staging, tmp_path / "theirs.zip", names)

@@ -17,7 +17,6 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
-from mistudio_common.retention import FolderSweeper
 from mistudio_common.server import insecure_channel
 from mistudio_export.server import build_export_server
 
@@ -193,16 +192,25 @@ def test_deleting_a_finished_export_removes_its_archive_and_its_summary(
     assert job_id not in {s.job_id for s in listed}
 
 
-def test_staging_of_vanished_or_finished_jobs_goes_after_the_retention_time(
+def test_what_vanished_or_crashed_exports_left_goes_after_the_retention_time(
     stack: Stack, sae_id: str, slow_tokens: tpb.TokenSource
 ) -> None:
+    """The engine's retention pass removes a gone job's staging folder and an archive upload a
+    crash left half written, once older than the staging retention; a running job's stays."""
     request = epb.StartExportRequest(sae_id=sae_id, config=slow_config(slow_tokens, 27))
     stream = stack.exports.StartExport(request)
     running = wait_for(stream, computing).progress.job_id
     (stack.data_dir / "export" / running).mkdir(parents=True, exist_ok=True)
     stray = stack.data_dir / "export" / uuid.uuid4().hex
-    stray.mkdir(parents=True)
-    sweeper = FolderSweeper(stack.data_dir / "export", 0, stack.export.manager.staging_removable, 1)
-    assert sweeper.sweep(now=time.time() + 1) == [stray.name]
+    (stray / "work").mkdir(parents=True)
+    (stray / "work" / "chunk-000000.pb").write_bytes(b"dashboards")
+    half_written = stack.data_dir / "archives" / ".tmp" / "put-crashed"
+    half_written.parent.mkdir(parents=True, exist_ok=True)
+    half_written.write_bytes(b"half an archive")
+    retention = stack.settings().staging_retention_seconds
+    stack.export.manager.retain(now=time.time() + retention / 2)
+    assert stray.is_dir() and half_written.is_file()  # not old enough yet
+    stack.export.manager.retain(now=time.time() + retention + 1)
+    assert not stray.exists() and not half_written.exists()
     assert (stack.data_dir / "export" / running).is_dir()
     stack.exports.CancelExport(epb.CancelExportRequest(job_id=running))

@@ -10,6 +10,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import Unavailable
 from mistudio_export.collect import collect
+from mistudio_export.delta import FeatureHashes
 from mistudio_export.peers import FeatureFilter, FeatureRecord
 from mistudio_export.records import ExplanationRecord
 from mistudio_export.runtime import JobRuntime
@@ -53,3 +54,21 @@ def test_a_resumed_collect_reads_only_the_batches_not_yet_staged(job: JobRuntime
     assert store.asked == [[0, 1], [2, 3], [2, 3], [4, 5]]
     assert sorted(collected.hashes) == [0, 1, 2, 3, 4, 5]
     assert job.checkpoint.collect.chunks_done == 3
+
+
+def test_a_resumed_collect_keeps_every_hash_as_written(job: JobRuntime) -> None:
+    params, keep = DashboardParams(), StatisticFilter()
+    whole = dict(collect(job, Records(6), params, range(6), keep, None, batch_size=4).hashes)
+    job.checkpoint.collect.chunks_done = 1  # the second batch read again, the first from disk
+    again = collect(job, Records(6), params, range(6), keep, None, batch_size=4).hashes
+    assert dict(again) == whole and len(again) == 6
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in whole.values())
+    assert (7 in again, again.get(7), -1 in again, 2**70 in again) == (False, None, False, False)
+
+
+def test_feature_hashes_refuse_an_index_given_twice_or_a_value_not_a_digest() -> None:
+    digest = "ab" * 32
+    with pytest.raises(ValueError, match="two hashes"):
+        FeatureHashes.joined([FeatureHashes.of({3: digest}), FeatureHashes.of({3: digest})])
+    with pytest.raises(ValueError, match="SHA-256"):
+        FeatureHashes.of({3: "abc"})

@@ -11,13 +11,17 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
+from mistudio_common.computations import computation_id_for
 from mistudio_common.errors import InvalidArgument, Unavailable
 from mistudio_export import computing
 from mistudio_export.peers import ComputationProgress, ComputationRequest
 from mistudio_export.runtime import JobRuntime
 
+FIRST = computation_id_for("job/dashboards/0")
+"""The id the compute service gives the job's first computation."""
 
-def progress(state: ppb.JobState.ValueType, job_id: str = "cmp-1") -> ComputationProgress:
+
+def progress(state: ppb.JobState.ValueType, job_id: str = FIRST) -> ComputationProgress:
     return ComputationProgress(job_id, state, stage=ppb.STAGE_ACTIVATION_PASS)
 
 
@@ -55,7 +59,7 @@ class Compute:
 
 def succeeded() -> ComputationProgress:
     result = cpb.ComputeResult(features_computed=4, params=dpb.DashboardParams())
-    return ComputationProgress("cmp-1", ppb.JOB_STATE_SUCCEEDED, result=result)
+    return ComputationProgress(FIRST, ppb.JOB_STATE_SUCCEEDED, result=result)
 
 
 def test_a_broken_link_reattaches_to_the_same_computation(job: JobRuntime) -> None:
@@ -73,7 +77,7 @@ def test_a_broken_link_reattaches_to_the_same_computation(job: JobRuntime) -> No
 
 
 def test_a_failed_computation_is_followed_by_a_new_attempt(job: JobRuntime) -> None:
-    failed = ComputationProgress("cmp-1", ppb.JOB_STATE_FAILED, error=InvalidArgument("x"))
+    failed = ComputationProgress(FIRST, ppb.JOB_STATE_FAILED, error=InvalidArgument("x"))
     compute = Compute(Stream([failed], then=None), Stream([succeeded()], then=None))
     with pytest.raises(InvalidArgument):
         computing.ensure_dashboards(job, compute, [0], all_features=False)
@@ -89,16 +93,41 @@ def test_a_finished_computation_is_not_asked_for_again(job: JobRuntime) -> None:
     assert compute.requests == []
 
 
-def test_the_computation_is_named_in_a_saved_checkpoint_as_soon_as_it_is_known(
+def test_the_computation_is_named_in_a_saved_checkpoint_before_it_is_asked_for(
     job: JobRuntime,
 ) -> None:
-    saved: list[str] = []
-    job.persist = lambda: saved.append(job.checkpoint.compute.computation_id)
-    crashed = Unavailable("peer unavailable: connection refused")  # the link dies mid-pass
-    compute = Compute(Stream([progress(ppb.JOB_STATE_RUNNING)] * 3, then=crashed))
+    compute = Compute(Stream([progress(ppb.JOB_STATE_RUNNING)] * 3, then=Unavailable("gone")))
+    saved: list[tuple[str, int]] = []
+    job.persist = lambda: saved.append(
+        (job.checkpoint.compute.computation_id, len(compute.requests))
+    )
     with pytest.raises(Unavailable):
         computing.ensure_dashboards(job, compute, [0], all_features=False)
-    assert saved == ["cmp-1"]  # once, before the job could crash with it unsaved
+    assert saved == [(FIRST, 0)]  # once, before the request: no window where it runs unnamed
+
+
+def test_a_cancel_after_the_holder_crashed_while_asking_cancels_the_computation(
+    job: JobRuntime,
+) -> None:
+    """The holder asked for the computation and died before compute's first message: the
+    stored checkpoint already names it, so the adopter's cancel reaches it."""
+    compute = Compute(Stream([], then=Unavailable("the holder was killed")))
+    with pytest.raises(Unavailable):
+        computing.ensure_dashboards(job, compute, [0], all_features=False)
+    stored = jpb.ExportCheckpoint.FromString(job.checkpoint.SerializeToString())
+    computing.release(compute, stored)
+    assert compute.cancelled == [FIRST]
+
+
+def test_a_new_attempt_names_its_own_computation(job: JobRuntime) -> None:
+    failed = progress(ppb.JOB_STATE_FAILED)
+    compute = Compute(Stream([failed], then=None), Stream([], then=Unavailable("gone")))
+    with pytest.raises(Unavailable):
+        computing.ensure_dashboards(job, compute, [0], all_features=False)
+    assert job.checkpoint.compute.computation_id == ""  # the failed one is not cancelled
+    with pytest.raises(Unavailable):
+        computing.ensure_dashboards(job, compute, [0], all_features=False)
+    assert job.checkpoint.compute.computation_id == computation_id_for("job/dashboards/1")
 
 
 def test_cancelling_an_export_cancels_the_computation_its_saved_checkpoint_names(
@@ -111,7 +140,7 @@ def test_cancelling_an_export_cancels_the_computation_its_saved_checkpoint_names
         computing.ensure_dashboards(job, compute, [0], all_features=False)
     stored = jpb.ExportCheckpoint.FromString(job.checkpoint.SerializeToString())
     computing.release(compute, stored)
-    assert compute.cancelled == ["cmp-1"]
+    assert compute.cancelled == [FIRST]
 
 
 def test_a_finished_computation_is_no_longer_named_and_never_cancelled(job: JobRuntime) -> None:

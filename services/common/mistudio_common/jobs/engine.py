@@ -457,12 +457,20 @@ class JobEngine(Generic[C, O]):
             return
         if time.monotonic() - self._retained_at >= self._retention.every:
             self._retained_at = time.monotonic()
-            self.expire_finished()
+            self.retain()
+
+    def retain(self, now: float | None = None) -> list[str]:
+        """One retention pass at ``now`` (epoch seconds; default: the present): finished jobs
+        past their retention and the service's leftovers; returns the jobs removed."""
+        expired = self.expire_finished(now)
+        if self._retention is not None and self._retention.leftovers is not None:
+            self._retention.leftovers.remove(now)
+        return expired
 
     def expire_finished(self, now: float | None = None) -> list[str]:
         """One retention pass: every job that ended longer than the retention ago is removed
         with what it left (by its kind); returns their ids."""
-        if self._retention is None:
+        if self._retention is None or self._retention.seconds is None:
             return []
         cutoff = (time.time() if now is None else now) - self._retention.seconds
         expired = []

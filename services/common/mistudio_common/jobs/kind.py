@@ -68,12 +68,23 @@ class JobKind(Protocol[C, O]):
         ...
 
 
+class Leftovers(Protocol):
+    """What jobs that crashed, were cancelled or are gone leave outside their records."""
+
+    def remove(self, now: float | None = None) -> None:
+        """Removes every leftover older than its configured time at ``now`` (epoch seconds;
+        default: the present), in each pass of retention."""
+        ...
+
+
 @dataclass(frozen=True)
 class Retention:
-    """How long finished jobs are kept, and how often the engine looks for older ones."""
+    """How long finished jobs are kept (None: until deleted), how often the engine looks for
+    older ones, and what else each pass removes."""
 
-    seconds: float
+    seconds: float | None
     every: float = 600.0
+    leftovers: Leftovers | None = None
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ EstimateComputation its peak.
 
 A shard's peak is its pass state (``PassState.bytes_per_feature``, read from what the state
 allocates, times the copies a batch makes), two chunks of finalised dashboards (Python objects,
-sized by the tokens of their shown examples) and one batch of dense activations. It does not
-grow with d_sae beyond the batch: more features than fit run in more shards.
+sized by the tokens of their shown examples) and one batch of its features' dense activations
+(a shard encodes only its own features). Every term grows with the shard, none with d_sae: more
+features than fit run in more shards.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ example's window (its string, id and value; 90-100 measured). A window never spa
 row, so it counts min(width, row length) tokens. Up to two chunks are alive at once: the one
 being handed on and the one being built."""
 BATCH_COPIES = 3
-"""Dense feature activations of one batch, the shard's column selection and the encoder's
-pre-activations."""
+"""Dense activations of one batch per feature of the shard: the encoder's output, the shard's
+column selection and the encoder's pre-activations."""
 PLANNED_SHARE = 0.8
 """Shards are planned to fill this share of the budget: the model is within 30% of measured
 peaks, not exact, and the budget is a limit the peak must stay under."""
@@ -45,12 +46,12 @@ class MemoryModel:
     """Pass state of one feature (and its copies), whatever the number of tokens."""
     per_dashboard: int
     """One finalised dashboard while its chunk is handed on."""
-    per_batch_position: int
-    """Working set of one token position of a batch (its activations for every feature)."""
+    per_batch_value: int
+    """Working set of one token position of a batch for one feature of the shard."""
 
     @classmethod
     def of(
-        cls, params: DashboardParams, config: StateConfig, d_sae: int, n_rows: int, seq_len: int
+        cls, params: DashboardParams, config: StateConfig, n_rows: int, seq_len: int
     ) -> MemoryModel:
         """For a pass over ``n_rows`` rows of ``seq_len`` tokens (the positions size the state's
         counts; the row length bounds an example's window)."""
@@ -59,7 +60,7 @@ class MemoryModel:
         return cls(
             per_feature=math.ceil(PassState.bytes_per_feature(config, positions) * STATE_COPIES),
             per_dashboard=shown * min(config.width, seq_len) * BYTES_PER_SHOWN_TOKEN,
-            per_batch_position=d_sae * 4 * BATCH_COPIES,
+            per_batch_value=4 * BATCH_COPIES,
         )
 
     def peak(self, shard_size: int, batch_positions: int, chunk_size: int) -> int:
@@ -67,7 +68,7 @@ class MemoryModel:
         return (
             self.per_feature * shard_size
             + self.per_dashboard * min(2 * chunk_size, shard_size)
-            + self.per_batch_position * batch_positions
+            + self.per_batch_value * batch_positions * shard_size
         )
 
 
@@ -76,8 +77,8 @@ class ShardPlan:
     shard_size: int
     """Features per shard."""
     batch_rows: int
-    """Token rows per batch: as asked, or halved until one batch takes at most half of the
-    planned share of the budget."""
+    """Token rows per batch: as asked, or halved until a batch takes no more per feature than
+    the pass state does."""
     peak_bytes: int
     """The predicted peak of running this plan (``MemoryModel.peak``)."""
 
@@ -85,7 +86,6 @@ class ShardPlan:
 def plan_within_budget(
     params: DashboardParams,
     config: StateConfig,
-    d_sae: int,
     n_features: int,
     *,
     batch_rows: int,
@@ -94,10 +94,11 @@ def plan_within_budget(
     chunk_size: int,
     budget: int | None,
 ) -> ShardPlan:
-    """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most
-    (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming what to lower, when not
-    even one feature fits."""
-    model = MemoryModel.of(params, config, d_sae, n_rows, seq_len)
+    """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most,
+    in shards of equal size (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming
+    what to lower, when not even one feature fits. Halving the rows of a batch that would take
+    more per feature than the state lets more features share one model pass."""
+    model = MemoryModel.of(params, config, n_rows, seq_len)
     n_features = max(1, n_features)
 
     def positions(rows: int) -> int:  # a batch never holds more rows than there are
@@ -106,10 +107,11 @@ def plan_within_budget(
     if budget is None:
         return ShardPlan(n_features, batch_rows,
                          model.peak(n_features, positions(batch_rows), chunk_size))  # fmt: skip
-    usable = int(budget * PLANNED_SHARE)
-    while batch_rows > 1 and model.per_batch_position * positions(batch_rows) > usable // 2:
+    while batch_rows > 1 and model.per_batch_value * positions(batch_rows) > model.per_feature:
         batch_rows //= 2
-    size = _features_per_shard(n_features, model, positions(batch_rows), chunk_size, usable)
+    usable = int(budget * PLANNED_SHARE)
+    fitting = _features_per_shard(n_features, model, positions(batch_rows), chunk_size, usable)
+    size = -(-n_features // -(-n_features // fitting))  # as many shards, evened out
     return ShardPlan(size, batch_rows, model.peak(size, positions(batch_rows), chunk_size))
 
 
@@ -117,17 +119,16 @@ def _features_per_shard(
     n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, usable: int
 ) -> int:
     """The most features whose ``model.peak`` fits ``usable`` bytes (all when they fit)."""
-    room = usable - model.peak(0, batch_positions, 0)
+    each = model.per_feature + model.per_batch_value * batch_positions
     alive = 2 * chunk_size  # shards at least this large hold two whole chunks
-    fitting = (room - model.per_dashboard * alive) // model.per_feature
+    fitting = (usable - model.per_dashboard * alive) // each
     if fitting < alive:  # a smaller shard's dashboards are all alive at once
-        fitting = room // (model.per_feature + model.per_dashboard)
+        fitting = usable // (each + model.per_dashboard)
     if fitting < 1:
-        one = model.per_feature + model.per_dashboard
+        one = each + model.per_dashboard
         raise ResourceExhausted(
-            f"one feature with these parameters takes about {one / 2**20:.1f} MiB beside a "
-            f"batch of {batch_positions} token positions "
-            f"({model.peak(0, batch_positions, 0) / 2**20:.1f} MiB); the compute service "
+            f"one feature with these parameters takes about {one / 2**20:.1f} MiB with a "
+            f"batch of {batch_positions} token positions; the compute service "
             f"plans for {usable / 2**20:.0f} MiB ({PLANNED_SHARE:.0%} of its memory budget)",
             field="params.n_quantile_groups",
             fix="lower n_quantile_groups, examples_per_quantile_group, n_top_examples, the "

@@ -51,7 +51,7 @@ def compute_dashboards(
     validate_tokens(tokens, range(len(tokens)))  # its shape sizes the plan
 
     plan = plan_within_budget(
-        params, config, inputs.encoder.d_sae, len(feats), batch_rows=batch_size,
+        params, config, len(feats), batch_rows=batch_size,
         seq_len=tokens.shape[1], n_rows=tokens.shape[0],
         chunk_size=chunk_size, budget=memory_budget,
     )  # fmt: skip

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
 import torch
 from mistudio_common.errors import InvalidArgument
 
@@ -126,16 +127,13 @@ class PassState:
         cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
         special = special.view(-1)  # [N]
-        flat = acts.reshape(-1).nonzero().squeeze(1)  # [A'] non-zero (position, feature)
-        n, f, val = flat // n_feat, flat % n_feat, _at(acts.reshape(-1), flat).float()
-        sel = _where((val > 0) & ~_at(special, n))  # active: positive, not special
-        sel = _at(sel, (_at(f, sel) * (b * t) + _at(n, sel)).argsort())  # by feature, position
-        f, n, val = _at(f, sel), _at(n, sel), _at(val, sel)  # [A]
+        f, n, val = _active_entries(acts, special)  # [A] by feature, position
         pos = first_row * t + n  # [A] global positions
+        entry_key = f * (b * t) + n  # [A] ascending
 
         def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
             left, right = cfg.context_left, cfg.context_right
-            return _window_values(acts, special, t, left, right, _at(f, i), _at(n, i))
+            return _window_values(entry_key, val, b * t, t, left, right, i)
 
         top = sample = None  # a state without top or sample slots pays for no examples
         if cfg.n_top or cfg.n_sample:
@@ -154,7 +152,7 @@ class PassState:
             top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
         if cfg.n_sample:
             key = K.sample_key(self.features, pos, f)
-            sample = self._fold_sample(key, val, _at(win, n), f, windows)
+            sample = self._fold_sample(key, val, win, n, f, windows)
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
 
         # commit: from here on only in-place writes into already-allocated tensors
@@ -164,11 +162,11 @@ class PassState:
             self.top_hash.index_copy_(0, rows, hashes)
             self.top_windows.index_copy_(0, rows, wins)
         if sample is not None:
-            rows, keys, values, hashes, wins = sample
-            self.sample_keys.index_copy_(0, rows, keys)
-            self.sample_values.index_copy_(0, rows, values)
-            self.sample_hash.index_copy_(0, rows, hashes)
-            self.sample_windows.index_copy_(0, rows, wins)
+            slots, keys, values, hashes, wins = sample
+            self.sample_keys.view(-1).index_copy_(0, slots, keys)
+            self.sample_values.view(-1).index_copy_(0, slots, values)
+            self.sample_hash.view(-1).index_copy_(0, slots, hashes)
+            self.sample_windows.view(-1, cfg.width).index_copy_(0, slots, wins)
         self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=self.hist.dtype))
         self.count += torch.bincount(f, minlength=n_feat)
         exact_sum.add_moments(self.total, self.total_sq, f, val)
@@ -213,26 +211,43 @@ class PassState:
         key: torch.Tensor,
         val: torch.Tensor,
         win: torch.Tensor,
+        n: torch.Tensor,
         f: torch.Tensor,
         windows: Callable[[torch.Tensor], torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
-        """New sample rows for the features this batch changes: (rows [R], keys, values and
-        window hashes [R, n_sample], windows [R, n_sample, width])."""
+        """The slot writes that fold this batch into the samples: slots [X] (row * n_sample +
+        column) and their keys, values, window hashes [X] and windows [X, width], for active
+        entries with keys, values, batch positions n and features f [A] (``win`` [N] holds each
+        batch position's window hash). A row and the batch's best entries of its feature are
+        both sorted, so an entry's new column is its column plus the number of smaller keys in
+        the other list: only the entries that enter or move are written, not whole rows."""
         k = self.config.n_sample
         a = _where(key < _at(self.sample_keys[:, -1], f))  # could enter the current sample
-        rows, seg = torch.unique(_at(f, a), return_inverse=True)
+        rows, seg = torch.unique_consecutive(_at(f, a), return_inverse=True)  # f is sorted
         key = _at(key, a)
         new, idx = K.segment_top(seg, key, len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
-        old_keys = self.sample_keys.index_select(0, rows)
-        keys, pick = torch.cat([old_keys, new], 1).topk(k, dim=1, largest=False)
-        empty = keys == K.EMPTY_SAMPLE
-        old_values = self.sample_values.index_select(0, rows)
-        old_hashes = self.sample_hash.index_select(0, rows)
-        values = torch.cat([old_values, _gather(_at(val, a), idx, 0.0)], 1)  # [R, 2k]
-        hashes = torch.cat([old_hashes, _gather(_at(win, a), idx, 0)], 1)
-        old = self.sample_windows.index_select(0, rows)  # [R, k, width]
-        wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
-        return rows, keys, _take(values, pick, empty), _take(hashes, pick, empty), wins
+        old = self.sample_keys.index_select(0, rows)  # [R, k] ascending, like new
+        col = torch.arange(k, device=key.device)
+        new_col = col + torch.searchsorted(old, new)  # [R, k] (keys are unique)
+        old_col = col + torch.searchsorted(new, old)
+        enters = ((idx >= 0) & (new_col < k)).view(-1)
+        moves = ((old != K.EMPTY_SAMPLE) & (old_col != col) & (old_col < k)).view(-1)
+        i_new, i_old = _where(enters), _where(moves)  # [X_new], [X_old] in the [R, k] lists
+        row_slot = rows[:, None] * k  # [R, 1] first slot of each changed row
+        source = _at((row_slot + col).view(-1), i_old)  # [X_old] slots whose entries move
+        slots = torch.cat(
+            [_at((row_slot + old_col).view(-1), i_old), _at((row_slot + new_col).view(-1), i_new)]
+        )
+        entry = _at(a, _at(idx.view(-1), i_new))  # [X_new] active entries that enter
+        keys = torch.cat([_at(self.sample_keys.view(-1), source), _at(new.view(-1), i_new)])
+        values = torch.cat([_at(self.sample_values.view(-1), source), _at(val, entry)])
+        hashes = torch.cat([_at(self.sample_hash.view(-1), source), _at(win, _at(n, entry))])
+        wins = self.sample_windows.new_empty(len(slots), self.config.width)  # [X, width]
+        torch.index_select(
+            self.sample_windows.view(-1, self.config.width), 0, source, out=wins[: len(source)]
+        )
+        wins[len(source) :] = windows(entry)
+        return slots, keys, values, hashes, wins
 
     def merge(self, other: PassState) -> PassState:
         """The state of a pass over both parts' rows (rows must not overlap)."""
@@ -298,6 +313,32 @@ class PassState:
 def count_dtype(positions: int) -> torch.dtype:
     """int32 for counts of a pass that cannot reach 2**31 positions (half the bytes), else int64."""
     return torch.int32 if positions < 2**31 else torch.int64
+
+
+def _active_entries(
+    acts: torch.Tensor, special: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Active entries of acts [N, F] (positive, at positions not ``special`` [N]) ordered by
+    (feature, position): features and positions [A] int64, values [A] float32. One thresholded
+    pass over acts; a stable sort of the features of the position-major list orders it."""
+    n_feat = acts.shape[1]
+    if acts.device.type == "cpu" and acts.dtype == torch.float32:
+        # numpy's comparison and nonzero run several times faster than torch's on a CPU
+        above = acts.numpy() > 0  # [N, F]
+        above[special.numpy()] = False
+        flat = torch.from_numpy(np.flatnonzero(above))  # [A] position-major
+    else:
+        mask = acts > 0
+        mask[special] = False
+        flat = _where(mask.view(-1))
+    val = _at(acts.reshape(-1), flat).float()
+    f, order = (flat % n_feat).to(_index_dtype(n_feat)).sort(stable=True)
+    return f.long(), _at(flat // n_feat, order), _at(val, order)
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    """The narrowest integer type holding 0 ... n - 1 (narrow keys sort faster)."""
+    return torch.int16 if n <= 2**15 else torch.int32
 
 
 def _where(mask: torch.Tensor) -> torch.Tensor:
@@ -385,21 +426,25 @@ def _fold_windows(
 
 
 def _window_values(
-    acts: torch.Tensor,
-    special: torch.Tensor,
-    t: int,
-    left: int,
-    right: int,
-    f: torch.Tensor,
-    n: torch.Tensor,
+    key: torch.Tensor, val: torch.Tensor, n_pos: int, t: int, left: int, right: int, i: torch.Tensor
 ) -> torch.Tensor:
-    """Feature f [X]'s values [X, left + 1 + right] around batch positions n [X] of acts [N, F]:
-    0 outside the row, at special [N] positions and where not positive."""
-    offsets = torch.arange(-left, right + 1, device=n.device)  # [W]
-    col = (n % t)[:, None] + offsets  # [X, W] position in the row
-    at = (n[:, None] + offsets).clamp(0, len(special) - 1)  # [X, W] batch position
-    v = _at(acts.reshape(-1), at * acts.shape[1] + f[:, None]).float()  # acts is contiguous
-    return v.masked_fill_(~(v > 0) | _at(special, at) | (col < 0) | (col >= t), 0.0)
+    """Windows [X, left + 1 + right] of active entries i [X]: their feature's values at positions
+    -left ... +right of their row, 0 where it is not active or outside the row. They are read
+    from the active entries themselves (keys feature * n_pos + position [A], ascending, values
+    [A]): a window's active positions are the contiguous slice of them that binary search finds."""
+    width = left + 1 + right
+    k = _at(key, i)  # [X]
+    col = k % n_pos % t  # [X] position in the row
+    lo = torch.searchsorted(key, k - col.clamp(max=left))  # [X] first entry in the window
+    hi = torch.searchsorted(key, k + (t - 1 - col).clamp(max=right), right=True)  # one past
+    counts = hi - lo  # [X], >= 1: the entry itself
+    owner = torch.repeat_interleave(torch.arange(len(i), device=key.device), counts)  # [Y]
+    first = counts.cumsum(0) - counts  # [X] of each owner's run in the [Y] list
+    j = torch.arange(len(owner), device=key.device) - _at(first - lo, owner)  # [Y] entries
+    at = owner * width + (_at(key, j) - _at(k, owner) + left)  # [Y] cells of the [X, W] windows
+    out = val.new_zeros(len(i), width)
+    out.view(-1).index_copy_(0, at, _at(val, j))
+    return out
 
 
 def _check_compatible(a: PassState, b: PassState) -> None:

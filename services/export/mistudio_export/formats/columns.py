@@ -350,7 +350,8 @@ def section_lists(columns: ExampleColumns, rendered: Rendered, kept: Ints) -> li
 
 
 def fan_out(
-    batches: Iterable[ExampleColumns], writers: Sequence[Callable[[Iterator[ExampleColumns]], None]]
+    batches: Iterable[ExampleColumns],
+    writers: Sequence[Callable[[Iterator[ExampleColumns]], object]],
 ) -> None:
     """Every writer consumes every batch of one read: the first in this thread, each other in
     a thread of its own fed through a short queue (so batches are not all held at once).
@@ -363,7 +364,8 @@ def fan_out(
             yield batch
 
     def run(
-        write: Callable[[Iterator[ExampleColumns]], None], feed: queue.Queue[ExampleColumns | None]
+        write: Callable[[Iterator[ExampleColumns]], object],
+        feed: queue.Queue[ExampleColumns | None],
     ) -> None:
         received = drain(feed)
         try:

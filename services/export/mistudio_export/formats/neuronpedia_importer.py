@@ -360,7 +360,6 @@ class _BatchWriter:
         self.current: int | None = None
         self.flushed: set[int] = set()
         self.lines: dict[str, list[bytes]] = {}
-        self.files: list[Path] = []
 
     def add(self, stream: str, feature_index: int, rows: list[dict[str, Any]]) -> None:
         where = f"{stream} of feature {feature_index}"
@@ -388,7 +387,6 @@ class _BatchWriter:
             if data:
                 path = self.directory / stream / f"batch-{self.current}.jsonl.gz"
                 jsonio.write_document(path, data, gzip_level=GZIP_LEVEL)
-                self.files.append(path)
         self.flushed.add(self.current)
         self.current = None
         self.lines = {}
@@ -403,8 +401,11 @@ def write_importer_export(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
+    source_rows: bool = True,
 ) -> FormatOutput:
-    """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order."""
+    """Write ``root/{modelId}/{sourceId}/``; dashboards must come in ascending index order.
+    The features of an export may be split among writers at batch boundaries, only one of
+    them writing the ``source_rows`` (release, model, source set, source)."""
     info.validate()
     naming.validate()
     if info.model_layers not in MODEL_LAYERS or naming.layer >= info.model_layers:
@@ -417,15 +418,14 @@ def write_importer_export(
     if batch_size < 1:
         raise InvalidArgument(f"batch_size={batch_size}", field="batch_size", fix="use >= 1")
     out = source_dir(root, naming)
-    files = []
-    for name, row in (
+    heads = (
         ("release.jsonl", release_row(info, naming)),
         ("model.jsonl", model_row(info, naming)),
         ("sourceset.jsonl", source_set_row(info, naming)),
         ("source.jsonl", source_row(info, naming)),
-    ):
+    )
+    for name, row in heads if source_rows else ():
         jsonio.write_document(out / name, jsonio.dumps_lines([row], where=name))
-        files.append(out / name)
     by_feature: dict[int, list[ExplanationRecord]] = {}
     for r in explanations:
         by_feature.setdefault(r.feature_index, []).append(r)
@@ -448,4 +448,4 @@ def write_importer_export(
         f"explanation for feature {i} dropped: no dashboard for it (Neuronpedia needs the feature)"
         for i in sorted(by_feature)
     )
-    return FormatOutput(root=out, files=tuple(files + writer.files), n_features=n, notes=notes)
+    return FormatOutput(root=out, n_features=n, notes=notes)

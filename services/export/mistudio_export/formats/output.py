@@ -1,4 +1,4 @@
-"""What a format writer hands back: the files it wrote and what it had to leave out."""
+"""What a format writer hands back: how many features it wrote and what it had to leave out."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from pathlib import Path
 @dataclass(frozen=True, slots=True)
 class FormatOutput:
     root: Path
-    files: tuple[Path, ...]
-    """Every file written, in write order."""
     n_features: int
     notes: tuple[str, ...] = ()
     """Deliberate losses (truncations, skipped features), one readable sentence each."""

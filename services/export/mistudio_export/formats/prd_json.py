@@ -7,9 +7,8 @@ top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.sch
 
 from __future__ import annotations
 
-import collections
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -212,56 +211,67 @@ def write_prd_export(
     labels: Iterable[FeatureLabel] = (),
     compress_features: bool = False,
     progress: Callable[[int], None] | None = None,
-    reuse: Callable[[int, str], bytes | None] | None = None,
-    also: Callable[[Iterator[ExampleColumns]], None] | None = None,
 ) -> FormatOutput:
     """Write the PRD layout under ``out_dir``; the batches' dashboards are streamed, one file
-    each.
-
-    ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
-    feature (a delta export copies them); ``also`` consumes the same batches, so another
-    format is written in the same pass (each batch's files are written before it reaches
-    ``also``)."""
+    each."""
     info.validate()
     naming.validate()
-    files: list[Path] = []
+    n_features = write_feature_files(
+        out_dir, batches, compress_features=compress_features, progress=progress
+    )
+    write_prd_documents(out_dir, info, naming, explanations, labels, n_features, compress_features)
+    return FormatOutput(root=out_dir, n_features=n_features)
+
+
+def write_feature_files(
+    out_dir: Path,
+    batches: Iterable[ExampleColumns],
+    *,
+    compress_features: bool = False,
+    progress: Callable[[int], None] | None = None,
+    reuse: Callable[[int, str], bytes | None] | None = None,
+) -> int:
+    """Writes one file per dashboard of ``batches`` and returns how many; a part of the
+    features may be written this way by each of several processes, and
+    ``write_prd_documents`` then once.
+
+    ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
+    feature (a delta export copies them)."""
     seen: set[int] = set()
+    for columns in batches:
+        rendered = example_rows(columns)
+        lists = section_lists(columns, rendered, np.arange(columns.n_rows))
+        for d, examples in zip(columns.dashboards, lists, strict=True):
+            if d.feature_index in seen:
+                raise _duplicate(d.feature_index)
+            seen.add(d.feature_index)
+            name = feature_file_name(d.feature_index, compressed=compress_features)
+            earlier = reuse(d.feature_index, name) if reuse is not None else None
+            if earlier is not None:
+                jsonio.write_atomic(out_dir / name, earlier)
+            else:
+                document = feature_document(d, examples)
+                data = jsonio.dumps(document, where=f"feature {d.feature_index}")
+                jsonio.write_document(out_dir / name, data)
+            if progress is not None:
+                progress(len(seen))
+    return len(seen)
 
-    def written() -> Iterator[ExampleColumns]:
-        for columns in batches:
-            rendered = example_rows(columns)
-            lists = section_lists(columns, rendered, np.arange(columns.n_rows))
-            for d, examples in zip(columns.dashboards, lists, strict=True):
-                write(d, examples)
-            yield columns
 
-    def write(d: FeatureDashboard, examples: SectionLists) -> None:
-        if d.feature_index in seen:
-            raise _duplicate(d.feature_index)
-        seen.add(d.feature_index)
-        name = feature_file_name(d.feature_index, compressed=compress_features)
-        earlier = reuse(d.feature_index, name) if reuse is not None else None
-        if earlier is not None:
-            jsonio.write_atomic(out_dir / name, earlier)
-        else:
-            document = feature_document(d, examples)
-            data = jsonio.dumps(document, where=f"feature {d.feature_index}")
-            jsonio.write_document(out_dir / name, data)
-        files.append(out_dir / name)
-        if progress is not None:
-            progress(len(seen))
-
-    if also is not None:
-        also(written())
-    else:
-        collections.deque(written(), maxlen=0)
+def write_prd_documents(
+    out_dir: Path,
+    info: SaeInfo,
+    naming: NeuronpediaNaming,
+    explanations: Iterable[ExplanationRecord],
+    labels: Iterable[FeatureLabel],
+    n_features: int,
+    compress_features: bool,
+) -> None:
+    """The explanations and metadata documents, which cover every feature file written."""
     expl = explanations_document(explanations, naming, info.export_version, labels)
     jsonio.write_document(out_dir / EXPLANATIONS_FILE, jsonio.dumps(expl, where="explanations"))
-    files.append(out_dir / EXPLANATIONS_FILE)
-    meta = metadata_document(info, naming, n_features=len(seen), compressed=compress_features)
+    meta = metadata_document(info, naming, n_features=n_features, compressed=compress_features)
     jsonio.write_document(out_dir / METADATA_FILE, jsonio.dumps(meta, where="metadata"))
-    files.append(out_dir / METADATA_FILE)
-    return FormatOutput(root=out_dir, files=tuple(files), n_features=len(seen))
 
 
 def _duplicate(index: int) -> InvalidArgument:

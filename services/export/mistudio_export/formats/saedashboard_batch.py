@@ -146,23 +146,24 @@ def write_saedashboard_batches(
     *,
     features_per_batch: int = DEFAULT_FEATURES_PER_BATCH,
     progress: Callable[[int], None] | None = None,
+    first_batch: int = 0,
 ) -> FormatOutput:
-    """Write ``out_dir/batch-N.json``, N = 0, 1, …, in the order the dashboards arrive
-    (``features_per_batch`` each, whatever the column batches' size)."""
+    """Write ``out_dir/batch-N.json``, N = ``first_batch``, ``first_batch`` + 1, …, in the
+    order the dashboards arrive (``features_per_batch`` each, whatever the column batches'
+    size); the features of an export may be split among writers at batch boundaries."""
     info.validate()
     naming.validate()
     if features_per_batch < 1:
         raise InvalidArgument(
             f"features_per_batch={features_per_batch}", field="features_per_batch", fix="use >= 1"
         )
-    files = []
     n = 0
-    for batch, entries in enumerate(chunked(_entries(info, batches), features_per_batch)):
+    chunks = chunked(_entries(info, batches), features_per_batch)
+    for batch, entries in enumerate(chunks, start=first_batch):
         doc = batch_document(naming, list(entries))
         path = out_dir / f"batch-{batch}.json"
         jsonio.write_document(path, jsonio.dumps(doc, where=f"batch-{batch}.json"))
-        files.append(path)
         n += len(entries)
         if progress is not None:
             progress(n)
-    return FormatOutput(root=out_dir, files=tuple(files), n_features=n)
+    return FormatOutput(root=out_dir, n_features=n)

@@ -19,7 +19,7 @@ the importer layout. Schemas: ``schemas/upload_*.json``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +75,16 @@ def cut_start(n_tokens: Ints, centre: Ints, limit: int) -> Ints:
 
 
 @dataclass
-class _Notes:
+class PayloadNotes:
+    """What the manifest says was cut or left out, in feature order."""
+
     lines: list[str] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+
+    def extend(self, other: PayloadNotes) -> None:
+        """Appends the notes of later features (written by another process)."""
+        self.lines += other.lines
+        self.skipped += other.skipped
 
 
 def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints, Ints]:
@@ -142,7 +149,7 @@ def _quantiles(columns: ExampleColumns, kept: Ints, peaks: Floats) -> Floats:
     return np.array([table[place] for place in places], np.float64).reshape(-1, 3)
 
 
-def _cut_notes(columns: ExampleColumns, kept: Ints, cut_at: Ints, notes: _Notes) -> None:
+def _cut_notes(columns: ExampleColumns, kept: Ints, cut_at: Ints, notes: PayloadNotes) -> None:
     for row in np.flatnonzero(cut_at >= 0).tolist():
         start = int(cut_at[row])
         example = int(kept[row])
@@ -155,7 +162,7 @@ def _cut_notes(columns: ExampleColumns, kept: Ints, cut_at: Ints, notes: _Notes)
         )
 
 
-def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -> list[Any]:
+def _explanations(records: list[ExplanationRecord], index: int, notes: PayloadNotes) -> list[Any]:
     out = []
     for r in records:
         text = r.description.strip()
@@ -183,7 +190,7 @@ def _explanations(records: list[ExplanationRecord], index: int, notes: _Notes) -
 
 
 def feature_payload(
-    d: FeatureDashboard, records: list[ExplanationRecord], examples: _Examples, notes: _Notes
+    d: FeatureDashboard, records: list[ExplanationRecord], examples: _Examples, notes: PayloadNotes
 ) -> dict[str, Any] | None:
     """One feature of an upload body, or None (noted) when the API could not take it."""
     i = d.feature_index
@@ -225,12 +232,12 @@ def _features(
         lists = section_lists(columns, rendered, kept)
         for d, rows in zip(columns.dashboards, lists, strict=True):
             first, stop = int(rows.first[0]), int(rows.stop[-1])
-            notes = _Notes()
+            notes = PayloadNotes()
             _cut_notes(columns, kept[first:stop], cut_at[first:stop], notes)
             yield d, _Examples(rows.every(), stop - first, notes.lines)
 
 
-def upload_body(naming: NeuronpediaNaming, features: list[dict[str, Any]]) -> dict[str, Any]:
+def upload_body(naming: NeuronpediaNaming, features: Sequence[Any]) -> dict[str, Any]:
     return {"modelId": naming.model_id, "source": naming.source_id, "features": features}
 
 
@@ -243,6 +250,43 @@ def write_upload_payloads(
     features_per_request: int = MAX_FEATURES_PER_REQUEST,
 ) -> FormatOutput:
     """Write ``upload-batch-N.json`` request bodies and a manifest naming them in order."""
+    notes = PayloadNotes()
+    features = payload_features(batches, explanations, notes)
+    return write_payload_bodies(
+        out_dir, naming, features, notes, features_per_request=features_per_request
+    )
+
+
+def payload_features(
+    batches: Iterable[ExampleColumns],
+    explanations: Iterable[ExplanationRecord],
+    notes: PayloadNotes,
+) -> Iterator[bytes]:
+    """Each feature the API takes, serialised as it stands in a request body; what was cut
+    or left out is added to ``notes`` as the features go by."""
+    by_feature: dict[int, list[ExplanationRecord]] = {}
+    for r in explanations:
+        by_feature.setdefault(r.feature_index, []).append(r)
+    for d, examples in _features(batches):
+        records = sorted(
+            by_feature.get(d.feature_index, []), key=lambda r: (r.created_at, r.description)
+        )
+        payload = feature_payload(d, records, examples, notes)
+        if payload is not None:
+            yield jsonio.dumps(payload, where=f"upload payload of feature {d.feature_index}")
+
+
+def write_payload_bodies(
+    out_dir: Path,
+    naming: NeuronpediaNaming,
+    features: Iterable[bytes],
+    notes: PayloadNotes,
+    *,
+    features_per_request: int = MAX_FEATURES_PER_REQUEST,
+) -> FormatOutput:
+    """Packs serialised ``features`` (``payload_features``) into request bodies of
+    ``features_per_request``, numbered from 0, then writes the manifest with ``notes`` (read
+    once ``features`` is exhausted)."""
     naming.validate()
     if not 1 <= features_per_request <= MAX_FEATURES_PER_REQUEST:
         raise InvalidArgument(
@@ -250,29 +294,19 @@ def write_upload_payloads(
             field="features_per_request",
             fix=f"use 1..{MAX_FEATURES_PER_REQUEST}, the API's limit",
         )
-    by_feature: dict[int, list[ExplanationRecord]] = {}
-    for r in explanations:
-        by_feature.setdefault(r.feature_index, []).append(r)
-    notes = _Notes()
-    pending: list[dict[str, Any]] = []
-    files: list[Path] = []
+    pending: list[orjson.Fragment] = []
+    files: list[str] = []
     n_features = 0
 
     def flush() -> None:
         path = out_dir / payload_file_name(len(files))
         body = upload_body(naming, pending)
         jsonio.write_document(path, jsonio.dumps(body, where=path.name))
-        files.append(path)
+        files.append(path.name)
         pending.clear()
 
-    for d, examples in _features(batches):
-        records = sorted(
-            by_feature.get(d.feature_index, []), key=lambda r: (r.created_at, r.description)
-        )
-        payload = feature_payload(d, records, examples, notes)
-        if payload is None:
-            continue
-        pending.append(payload)
+    for feature in features:
+        pending.append(orjson.Fragment(feature))
         n_features += 1
         if len(pending) == features_per_request:
             flush()
@@ -282,15 +316,10 @@ def write_upload_payloads(
         "endpoint": ENDPOINT,
         "modelId": naming.model_id,
         "source": naming.source_id,
-        "files": [p.name for p in files],
+        "files": files,
         "n_features": n_features,
         "skipped_features": notes.skipped,
         "notes": notes.lines,
     }
     jsonio.write_document(out_dir / MANIFEST_FILE, jsonio.dumps(manifest, where=MANIFEST_FILE))
-    return FormatOutput(
-        root=out_dir,
-        files=(*files, out_dir / MANIFEST_FILE),
-        n_features=n_features,
-        notes=tuple(notes.lines),
-    )
+    return FormatOutput(root=out_dir, n_features=n_features, notes=tuple(notes.lines))

@@ -128,6 +128,12 @@ class ObjectStore(Protocol):
         """Objects whose key starts with ``prefix``, in key order."""
         ...
 
+    def remove_unfinished(self, before: float) -> int:
+        """Removes uploads begun before ``before`` (epoch seconds) that never finished (a crash
+        mid-write leaves them: a temporary file, an incomplete multipart upload); returns how
+        many. Retention calls it with a cutoff older than any upload still under way."""
+        ...
+
 
 def check_key(key: str) -> str:
     """Rejects keys that could escape a folder store or mean different things to S3 and disk."""

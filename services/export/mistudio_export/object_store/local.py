@@ -68,6 +68,16 @@ class LocalObjectStore:
             raise
         return self.stat(key)
 
+    def remove_unfinished(self, before: float) -> int:
+        removed = 0
+        tmp_dir = self.root / _TMP_DIR
+        for leftover in tmp_dir.glob("put-*") if tmp_dir.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):  # its writer finished or a sweep raced
+                if leftover.stat().st_mtime < before:
+                    leftover.unlink()
+                    removed += 1
+        return removed
+
     def get_range(
         self, key: str, offset: int = 0, length: int | None = None, *, chunk_size: int = CHUNK_SIZE
     ) -> ChunkStream:

@@ -19,6 +19,7 @@ from pathlib import Path
 import certifi
 import urllib3
 from minio import Minio
+from minio.datatypes import Upload
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import check_bucket_name
 from mistudio_common.errors import (
@@ -230,6 +231,32 @@ class S3ObjectStore:
                     continue
                 etag = (obj.etag or "").strip('"')
                 yield ObjectInfo(key=obj.object_name, size=obj.size or 0, etag=etag)
+
+    def remove_unfinished(self, before: float) -> int:
+        cutoff = datetime.fromtimestamp(before, UTC)
+        removed = 0
+        # minio has no public call for these; its own put_object aborts what it began unless
+        # the process dies first, which is what is left here. No bucket: nothing was begun.
+        with contextlib.suppress(NotFound), self._translated(""):
+            for upload in self._unfinished():
+                initiated = upload.initiated_time
+                if upload.upload_id and initiated is not None and initiated < cutoff:
+                    self._client._abort_multipart_upload(
+                        self.bucket, upload.object_name, upload.upload_id
+                    )
+                    removed += 1
+        return removed
+
+    def _unfinished(self) -> Iterator[Upload]:
+        key_marker, upload_marker = None, None
+        while True:
+            page = self._client._list_multipart_uploads(
+                self.bucket, key_marker=key_marker, upload_id_marker=upload_marker
+            )
+            yield from page.uploads
+            if not page.is_truncated:
+                return
+            key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
 
     def _streamed(self, key: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
         with self._translated(key):

@@ -17,19 +17,23 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
-from mistudio_common.errors import InvalidArgument, MistudioError
+from mistudio_common.errors import FailedPrecondition, InvalidArgument, MistudioError
 
 from mistudio_export.packaging.manifest import (
     ARCHIVE_FORMAT_VERSION,
     CHUNK_SIZE,
     MANIFEST_NAME,
     Manifest,
+    in_order,
     sha256_file,
     staged_files,
+    workers,
     write_manifest,
 )
 
@@ -92,11 +96,19 @@ def build_archive(
     partial = zip_path.with_name(zip_path.name + ".partial")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(partial, "wb") as raw, zipfile.ZipFile(raw, "w", allowZip64=True) as zf:
-            method = _ZIP_METHOD[compression]
-            _add_file(zf, staging_dir, MANIFEST_NAME, method, None)
-            for entry in manifest.files:
-                _add_file(zf, staging_dir, entry.path, method, counter)
+        method = _ZIP_METHOD[compression]
+        n = workers()
+        with (
+            open(partial, "wb") as raw,
+            zipfile.ZipFile(raw, "w", allowZip64=True) as zf,
+            ThreadPoolExecutor(n) as pool,
+        ):
+            names = [MANIFEST_NAME, *(entry.path for entry in manifest.files)]
+            pack = lambda name: _pack(staging_dir, name, method)  # noqa: E731
+            for member in in_order(pool, pack, names, 2 * n):
+                _write_packed(zf, raw, member)
+                if member.info.filename != MANIFEST_NAME:  # the total counts the listed files
+                    counter.add(member.info.file_size)
         os.replace(partial, zip_path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -127,23 +139,69 @@ class _Counter:
             self.progress(self.done, max(self.total, self.done))
 
 
-def _add_file(
-    zf: zipfile.ZipFile, root: Path, name: str, method: int, counter: _Counter | None
-) -> None:
+@dataclass(frozen=True)
+class _Packed:
+    """One member ready to be written: its header facts, and the deflated bytes (for a stored
+    member, None: its bytes are copied from ``source`` as they are)."""
+
+    info: zipfile.ZipInfo
+    source: str
+    deflated: list[bytes] | None
+
+
+def _pack(root: Path, name: str, method: int) -> _Packed:
+    """Reads one file once for its CRC and, unless stored, its deflated bytes: what
+    ``ZipFile.open(info, "w")`` computes, done here so that files are packed on every core."""
     src = os.path.join(root, name)
     info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
     info.compress_type = zipfile.ZIP_STORED if name.endswith(ALREADY_COMPRESSED) else method
-    # ZipFile applies its compresslevel only to entries it names itself, not to a ZipInfo.
-    info._compresslevel = DEFLATE_LEVEL  # type: ignore[attr-defined]
     info.create_system = _UNIX
     info.external_attr = FILE_MODE << 16
     info.extra = b""
-    info.file_size = os.path.getsize(src)  # decides ZIP64 up front, as the format needs
-    with open(src, "rb") as f, zf.open(info, "w") as dst:
+    # the compressor ZipFile makes for ZIP_DEFLATED at DEFLATE_LEVEL
+    deflater = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    deflated: list[bytes] | None = [] if info.compress_type == zipfile.ZIP_DEFLATED else None
+    crc = size = 0
+    with open(src, "rb") as f:
         while chunk := f.read(CHUNK_SIZE):
-            dst.write(chunk)
-            if counter is not None:
-                counter.add(len(chunk))
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            if deflated is not None:
+                deflated.append(deflater.compress(chunk))
+    if deflated is not None:
+        deflated.append(deflater.flush())
+    info.CRC, info.file_size = crc, size
+    info.compress_size = sum(map(len, deflated)) if deflated is not None else size
+    return _Packed(info, src, deflated)
+
+
+def _write_packed(zf: zipfile.ZipFile, raw: BinaryIO, member: _Packed) -> None:
+    """Appends a packed member as ``ZipFile.open(info, "w")`` would write it (the same local
+    header, ZIP64 by the same rule, no data descriptor), and registers it for the central
+    directory ``ZipFile.close`` writes."""
+    info = member.info
+    info.flag_bits = 0
+    info.header_offset = raw.tell()
+    raw.write(info.FileHeader(info.file_size * 1.05 > zipfile.ZIP64_LIMIT))
+    start = raw.tell()
+    if member.deflated is not None:
+        raw.writelines(member.deflated)
+    else:
+        with open(member.source, "rb") as f:
+            left = info.file_size
+            while left and (chunk := f.read(min(left, CHUNK_SIZE))):
+                raw.write(chunk)
+                left -= len(chunk)
+    if raw.tell() - start != info.compress_size:
+        raise FailedPrecondition(
+            f"{info.filename} shrank while it was being archived",
+            field=info.filename,
+            fix="leave the staging folder alone while the archive is built, then build it again",
+        )
+    zf.start_dir = raw.tell()
+    zf.filelist.append(info)
+    zf.NameToInfo[info.filename] = info
+    zf._didModify = True  # type: ignore[attr-defined]  # what ZipFile.open sets: close() then writes the central directory
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ rejects unknown fields.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from mistudio_export.validation.naming_checks import check_names
 from mistudio_export.validation.report import Severity
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
+from mistudio_export.validation.seen import FirstSeen, Maxima
 
 METADATA_FILES = {
     "model.jsonl": "np_model",
@@ -95,7 +97,8 @@ class RowIds:
             row_id, ctx.line = self._file[i]
             ctx.report("DUPLICATE_ID", "/id", f"id {row_id!r} already used")
         ctx.line = None
-        self._seen = np.union1d(self._seen, hashes)
+        new = np.sort(hashes[~again])  # not yet seen, each once
+        self._seen = np.insert(self._seen, np.searchsorted(self._seen, new), new)  # one copy
         self._file = []
 
 
@@ -103,11 +106,29 @@ class RowIds:
 class _Source:
     model_id: str
     source_id: str
-    neuron_indices: set[str] = field(default_factory=set)
-    activation_max: dict[str, float] = field(default_factory=dict)
-    referenced: dict[str, tuple[str, int]] = field(default_factory=dict)
+    neuron_indices: FirstSeen = field(default_factory=FirstSeen)
+    activation_max: Maxima = field(default_factory=Maxima)
+    referenced: FirstSeen = field(default_factory=FirstSeen)
     """Index -> first (file, line) of an activation or explanation row that names it."""
     ids: RowIds = field(default_factory=RowIds)
+
+    def end_file(self) -> None:
+        self.neuron_indices.end_file()
+        self.activation_max.end_file()
+        self.referenced.end_file()
+
+
+def _key(index: str) -> Hashable:
+    """The index as the key the columns keep: an integer when the text is exactly its digits
+    (Neuronpedia's index is text, so "07" and "7" are two features)."""
+    if len(index) <= 18 and index.isascii():
+        try:
+            number = int(index)
+        except ValueError:
+            return index
+        if str(number) == index:
+            return number
+    return index
 
 
 def validate_importer(session: Session, directory: Path) -> None:
@@ -121,10 +142,13 @@ def validate_importer(session: Session, directory: Path) -> None:
     for stream in ("activations", "explanations", PENDING_EXPLANATIONS, "features"):
         for path in _stream_files(session, directory / stream):
             _rows_file(session, path, STREAMS[stream], src)
-    for index, (file, line) in sorted(src.referenced.items()):
-        if index not in src.neuron_indices:
-            ctx = FileContext(session, file, line=line)
-            ctx.report("ORPHAN_ROW", "/index", f"feature {index} has no row in features/")
+    orphans = (
+        (str(key), file, line)
+        for key, file, line in src.referenced.missing_from(src.neuron_indices)
+    )
+    for index, file, line in sorted(orphans):
+        ctx = FileContext(session, file, line=line)
+        ctx.report("ORPHAN_ROW", "/index", f"feature {index} has no row in features/")
 
 
 def _stream_files(session: Session, directory: Path) -> list[Path]:
@@ -322,11 +346,12 @@ def _rows_file(session: Session, path: Path, table: str, src: _Source) -> None:
         elif table == "Activation":
             _activation(ctx, checker, row, index, src)
         else:
-            src.referenced.setdefault(index, (ctx.file, n))
+            src.referenced.add(_key(index), ctx.file, n)
             if path.parent.name == "explanations":
                 _explanation_keys(checker, row)
     ctx.line = None
     src.ids.check_file(ctx)
+    src.end_file()
     save_rows(ctx, path, rows)
 
 
@@ -359,13 +384,13 @@ def _explanation_keys(checker: _RowChecker, row: dict[str, Any]) -> None:
 def _activation(
     ctx: FileContext, checker: _RowChecker, row: dict[str, Any], index: str, src: _Source
 ) -> None:
-    src.referenced.setdefault(index, (ctx.file, ctx.line or 0))
+    src.referenced.add(_key(index), ctx.file, ctx.line or 0)
     if not ctx.values_checked:  # else the columns the row was written from were checked
         top = check_example(
             ctx, row, [], max_key="maxValue", index_key="maxValueTokenIndex", min_key="minValue"
         )
         if top is not None:
-            src.activation_max[index] = max(top, src.activation_max.get(index, top))
+            src.activation_max.update(_key(index), top)
     row_id = row.get("id")
     if isinstance(row_id, str):
         src.ids.add(row_id, ctx.line or 0)
@@ -388,9 +413,10 @@ def _activation(
 
 
 def _neuron(ctx: FileContext, row: dict[str, Any], index: str, src: _Source) -> None:
-    if index in src.neuron_indices:
+    key = _key(index)
+    if key in src.neuron_indices:
         ctx.report("DUPLICATE_FEATURE", "/index", f"feature {index} has another Neuron row")
-    src.neuron_indices.add(index)
+    src.neuron_indices.add(key, ctx.file, ctx.line or 0)
     if ctx.values_checked:
         return
     for prefix in ("pos", "neg"):
@@ -398,7 +424,7 @@ def _neuron(ctx: FileContext, row: dict[str, Any], index: str, src: _Source) -> 
     for hist in ("freq_hist_data_bar", "logits_hist_data_bar"):
         same_length(ctx, row, [], f"{hist}_values", f"{hist}_heights")
         check_edges(ctx, row.get(f"{hist}_values"), f"/{hist}_values", strict=True)
-    stored, actual = row.get("maxActApprox"), src.activation_max.get(index)
+    stored, actual = row.get("maxActApprox"), src.activation_max.get(key)
     if actual is None or not isinstance(stored, int | float) or close(stored, actual):
         return
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,11 +49,22 @@ _DETECTORS = (
 
 def discover(root: Path) -> list[Component]:
     """Every format component under ``root`` (including root itself), in path order."""
-    found = []
-    for current, dirs, _ in os.walk(root):
-        dirs.sort()
-        directory = Path(current)
-        for kind, detect in _DETECTORS:
-            if detect(directory):
-                found.append(Component(kind, directory))
-    return found
+    return [
+        Component(kind, directory)
+        for directory in _folders(root)
+        for kind, detect in _DETECTORS
+        if detect(directory)
+    ]
+
+
+def _folders(folder: Path) -> Iterator[Path]:
+    """``folder`` and the folders below it, depth first in name order, links not followed (as
+    os.walk, which would also list every file name of features/ at once)."""
+    yield folder
+    try:
+        with os.scandir(folder) as entries:
+            below = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except OSError:  # unreadable: os.walk too passes over it
+        return
+    for name in below:
+        yield from _folders(folder / name)

@@ -17,6 +17,7 @@ from mistudio_export.validation.context import FileContext, Session, load_docume
 from mistudio_export.validation.naming_checks import check_names
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
+from mistudio_export.validation.seen import FirstSeen
 
 BATCH_FILE = re.compile(r"^batch-(\d+)\.json$")
 
@@ -26,7 +27,7 @@ def is_saedashboard_dir(directory: Path) -> bool:
 
 
 def validate_saedashboard(session: Session, directory: Path) -> None:
-    seen: dict[int, str] = {}
+    seen = FirstSeen()
     batches = {
         int(m.group(1)): p
         for p in directory.glob("batch-*.json")
@@ -45,6 +46,7 @@ def validate_saedashboard(session: Session, directory: Path) -> None:
             for k, feature in enumerate(get_list(doc, "features")):
                 if isinstance(feature, dict):
                     _feature(ctx, feature, k, seen)
+        seen.end_file()
         save_document(ctx, path, doc)
 
 
@@ -56,15 +58,14 @@ def _names(ctx: FileContext, doc: dict[str, Any]) -> None:
         )
 
 
-def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: dict[int, str]) -> None:
+def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: FirstSeen) -> None:
     base: list[Any] = ["features", k]
     index = f.get("feature_index")
     if isinstance(index, int):
-        if index in seen:
-            ctx.report(
-                "DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {seen[index]}"
-            )
-        seen.setdefault(index, ctx.file)
+        first = seen.where(index)
+        if first is not None:
+            ctx.report("DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {first[0]}")
+        seen.add(index, ctx.file)
     if ctx.values_checked:  # the rest checks values; duplicates span files
         return
     for prefix in ("pos", "neg"):

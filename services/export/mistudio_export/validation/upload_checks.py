@@ -23,6 +23,7 @@ from mistudio_export.validation.naming_checks import check_names
 from mistudio_export.validation.packaging_checks import is_packaging_manifest
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
+from mistudio_export.validation.seen import FirstSeen
 
 PAYLOAD_FILE = re.compile(r"^upload-batch-(\d+)\.json$")
 
@@ -48,7 +49,7 @@ def validate_upload(session: Session, directory: Path) -> None:
                 session.context(directory / name, reading=False).report(
                     "MISSING_FILE", "", "listed in manifest.json but missing"
                 )
-    seen: dict[int, str] = {}
+    seen = FirstSeen()
     for n in sorted(payloads):
         path = payloads[n]
         if listed is not None and path.name not in listed:
@@ -58,6 +59,7 @@ def validate_upload(session: Session, directory: Path) -> None:
         ctx, doc = load_document(session, path)
         if doc is not None:
             _payload(ctx, doc, manifest, seen)
+            seen.end_file()
             save_document(ctx, path, doc)
 
 
@@ -81,7 +83,7 @@ def _manifest(session: Session, directory: Path) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _payload(ctx: FileContext, doc: Any, manifest: dict[str, Any], seen: dict[int, str]) -> None:
+def _payload(ctx: FileContext, doc: Any, manifest: dict[str, Any], seen: FirstSeen) -> None:
     """With ``values_checked``, the per-value checks are left out; identities, duplicates and
     the API's limits are still checked."""
     scan(ctx, doc)
@@ -98,14 +100,13 @@ def _payload(ctx: FileContext, doc: Any, manifest: dict[str, Any], seen: dict[in
         check_schema(ctx, doc, "upload_batch", limits=True)
 
 
-def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: dict[int, str]) -> None:
+def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: FirstSeen) -> None:
     index = f.get("index")
     if isinstance(index, int):
-        if index in seen:
-            ctx.report(
-                "DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {seen[index]}"
-            )
-        seen.setdefault(index, ctx.file)
+        first = seen.where(index)
+        if first is not None:
+            ctx.report("DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {first[0]}")
+        seen.add(index, ctx.file)
     for key in ("topLogits", "bottomLogits"):
         entries = f.get(key)
         if isinstance(entries, list) and len(entries) > MAX_LOGITS:

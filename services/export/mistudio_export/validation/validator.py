@@ -118,9 +118,14 @@ def _check_component(
     return session
 
 
-def _size(root: Path) -> int:
-    return sum(
-        os.lstat(os.path.join(folder, name)).st_size
-        for folder, _, names in os.walk(root)
-        for name in names
-    )
+def _size(folder: str | Path) -> int:
+    """Bytes of the files under ``folder``, links not followed; read entry by entry (a list of
+    the names in features/ alone grows with d_sae)."""
+    total = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                total += _size(entry.path)
+            else:
+                total += entry.stat(follow_symlinks=False).st_size
+    return total

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from mistudio.common.v1 import dashboard_pb2 as _dashboard_pb2
 from mistudio.common.v1 import progress_pb2 as _progress_pb2
 from mistudio.export.v1 import export_job_pb2 as _export_job_pb2
@@ -1017,7 +1018,6 @@ class ExportJob(_message.Message):
     OUTPUT_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     FEATURE_COUNT_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
-    ERROR_DETAILS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
@@ -1029,6 +1029,7 @@ class ExportJob(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     SAE_OWNER_FIELD_NUMBER: _builtins.int
     REQUESTED_STATE_FIELD_NUMBER: _builtins.int
+    ERROR_DETAILS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Unique id; chosen by the export service, or by the store when created without one."""
     sae_id: _builtins.str
@@ -1068,10 +1069,6 @@ class ExportJob(_message.Message):
         """Latest progress snapshot (sequence numbers keep increasing across restarts)."""
 
     @_builtins.property
-    def error_details(self) -> _struct_pb2.Struct:
-        """Structured error details (google.rpc.Status as JSON) for a failed job."""
-
-    @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the job was recorded."""
 
@@ -1105,6 +1102,12 @@ class ExportJob(_message.Message):
     def config(self) -> _export_service_pb2.ExportConfig:
         """The export configuration the job runs with (the store keeps it, it does not interpret it)."""
 
+    @_builtins.property
+    def error_details(self) -> _status_pb2.Status:
+        """Why a failed job failed, as a status with its typed details (code, message, field
+        violations, hints); unset for any other state.
+        """
+
     def __init__(
         self,
         *,
@@ -1118,7 +1121,6 @@ class ExportJob(_message.Message):
         output_size_bytes: _builtins.int = ...,
         feature_count: _builtins.int = ...,
         error_message: _builtins.str = ...,
-        error_details: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
@@ -1130,6 +1132,7 @@ class ExportJob(_message.Message):
         config: _export_service_pb2.ExportConfig | None = ...,
         sae_owner: _builtins.str = ...,
         requested_state: _progress_pb2.JobState.ValueType = ...,
+        error_details: _status_pb2.Status | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "error_details", b"error_details", "finished_at", b"finished_at", "lease_expires_at", b"lease_expires_at", "outcome", b"outcome", "progress", b"progress", "resume", b"resume", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -1,0 +1,15 @@
+"""The id of a dashboard computation, derived from the request id its client gives.
+
+Deterministic, so a retried start finds its computation even after a restart, and a client
+(the export) can name the computation in its own checkpoint before it asks for it: whoever
+later cancels the client's job cancels that computation, even if the asker crashed between
+asking and hearing back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def computation_id_for(request_id: str) -> str:
+    return "cmp-" + hashlib.sha256(request_id.encode()).hexdigest()[:24]

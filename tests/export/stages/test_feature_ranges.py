@@ -1,0 +1,66 @@
+"""A large export's Neuronpedia formats, written range by range in a pool of processes, are
+the bytes one process writes reading every feature in order: ranges are cut where SAEDashboard
+and importer batches begin, and upload bodies (numbered by the features the API takes) are
+packed once every range is written."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard_codec import dashboard_to_pb
+from mistudio_export import feature_ranges, generate
+
+from tests.export.formats.builders import dashboard
+from tests.export.stages.doubles import MemoryStore
+from tests.export.stages.test_pipeline import Peers, neuronpedia
+
+N_FEATURES = 1100
+"""Past one importer batch (1024 features), so the export has two ranges."""
+DEAD = (5, 1023, 1024, 1050)
+"""Features with no examples: the upload payloads skip them, so a body's features are not the
+next 128 indices and the numbering must carry over from one range to the next."""
+
+
+def _dashboard(index: int) -> dpb.FeatureDashboard:
+    return dashboard_to_pb(dashboard(index, dead=index in DEAD))
+
+
+def _export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, pooled: bool) -> bytes:
+    """The archive of an export in two ranges written in a pool, or in one range here."""
+    peers = Peers(tmp_path)
+    sae = replace(peers.store.sae, d_sae=N_FEATURES)
+    peers.store = MemoryStore(sae, [_dashboard(i) for i in range(N_FEATURES)])
+    seen: list[tuple[int, bool]] = []
+    run = feature_ranges.run_ranges
+
+    def spied(tasks: Any, *, parallel: bool, **kwargs: Callable[..., None]) -> Any:
+        seen.append((len(tasks), parallel))
+        return run(tasks, parallel=parallel, **kwargs)
+
+    monkeypatch.setattr(generate, "run_ranges", spied)
+    monkeypatch.setattr(feature_ranges, "RANGE_FEATURES", 1024 if pooled else N_FEATURES + 1)
+    outcome = peers.export("job", neuronpedia())
+    assert seen == ([(2, True)] if pooled else [(1, False)])
+    return peers.objects.objects[outcome.result.output_uri]
+
+
+def test_ranges_written_in_a_pool_give_the_archive_one_process_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = _export(tmp_path / "alone", monkeypatch, pooled=False)
+    pooled = _export(tmp_path / "pooled", monkeypatch, pooled=True)
+
+    assert pooled == alone
+    with zipfile.ZipFile(io.BytesIO(pooled)) as zf:
+        names = zf.namelist()
+        manifest = zf.read("upload-payloads/manifest.json")
+    assert b'"skipped_features":[5,1023,1024,1050]' in manifest
+    assert "upload-payloads/upload-batch-8.json" in names  # 1096 features the API takes
+    assert "saedashboard/batch-8.json" in names
