@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 from mistudio_export.limits import MAX_JSON_DEPTH
-from mistudio_export.validation import validate_export
+from mistudio_export.validation import context, validate_export
 from mistudio_export.validation.context import (
     _SUSPECT_ESCAPE,
     SUSPECT,
@@ -26,6 +26,24 @@ def test_the_byte_search_finds_the_escapes_the_text_search_finds():
     for text in ('"\\u0007"', '"a\\bc"', '"\\f"', '"\\n\\t\\""', '"\\\\"'):
         found = suspect_bytes(text.encode())
         assert found == (_SUSPECT_ESCAPE.search(text) is not None), text
+
+
+@pytest.mark.parametrize("steps", [1, 3, 100_000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"\\\\\\n\\t\\u0007"',
+        '"\\\\\\\\\\f"',
+        '"\\n\\t\\\\"',
+        "\u00e9\u00a0\u0085",
+        "\u00e9\u00a0\u00c2",
+    ],
+)
+def test_the_byte_search_reads_on_past_its_steps_and_finds_the_same(monkeypatch, steps, text):
+    """Past ``_LEAD_STEPS`` lead bytes the regex searches the rest: same answer either way."""
+    monkeypatch.setattr(context, "_LEAD_STEPS", steps)
+    expected = SUSPECT.search(text) is not None or _SUSPECT_ESCAPE.search(text) is not None
+    assert suspect_bytes(text.encode()) == expected
 
 
 def test_a_line_of_unicode_space_in_a_row_file_reads_as_a_blank_line(tmp_path):
