@@ -207,7 +207,7 @@ def alice_export(
     return AliceExport(sae.sae_id, last.progress.job_id)
 
 
-MEMORY_BUDGET = 1 << 30
+MEMORY_BUDGET = 512 << 20
 """The compute service's budget here: the largest parameters over all 32 features exceed it,
 so they run in feature shards."""
 

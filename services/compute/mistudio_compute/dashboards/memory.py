@@ -20,9 +20,12 @@ from mistudio_common.errors import ResourceExhausted
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
-STATE_COPIES = 2.6
+STATE_COPIES = 1.6
 """Peak bytes per byte of pass state: the state, the candidate rows a batch folds in, and the
-example plan finalisation builds from it."""
+example plan finalisation builds from it. The update writes only the sample slots that change
+(no longer whole rebuilt rows): the largest-parameter probe (tests/security/memory_probe.py)
+measured 106-115 MB for 68 MB of state and 27 MB of dashboards, where 2.6 copies had fitted
+the old update's 190-200 MB."""
 BYTES_PER_SHOWN_TOKEN = 100
 """Finalised dashboards are protobuf messages: at most about this much per token of each shown
 example's window (its string, id and value; 90-100 measured). A window never spans more than its
