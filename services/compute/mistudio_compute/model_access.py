@@ -5,6 +5,9 @@ TransformerLens's API (and its deprecations) is contained in one file. Two kinds
 accepted: a TransformerLens name ("gpt2-small", "pythia-70m", fetched through the real
 ``HookedTransformer.from_pretrained`` path, hence the HF cache) and a local llama2.c checkpoint
 ("llama2c:<model.bin>?tokenizer=<tok.bin>").
+
+TransformerLens (and the transformers, datasets and pandas it imports, seconds of CPU) is imported
+only when a model is built or loaded, so a process that never loads one never pays for it.
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mistudio_common.dashboard_options import logit_lens_defined
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformer_lens.loading_from_pretrained import get_official_model_name
 
 from mistudio_compute import llama2c
 from mistudio_compute.hooks import HookKind, HookPoint, hook_width, validate_hook
 from mistudio_compute.input_files import InputKind, InputPolicy, Opener, open_trusted
 from mistudio_compute.token_text import HfTokenizer, TokenizerAdapter
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 MODEL_FIELD = "model_id"
 LLAMA2C_PREFIX = "llama2c:"
@@ -105,6 +109,9 @@ def load_model(
 
 
 def _load_from_hub(name: str, device: torch.device) -> LoadedModel:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
     try:
         get_official_model_name(name)
     except ValueError as exc:
@@ -131,6 +138,8 @@ def _load_from_hub(name: str, device: torch.device) -> LoadedModel:
 
 
 def _load_llama2c(ref: str, device: torch.device, open_input: Opener) -> LoadedModel:
+    from transformer_lens import HookedTransformerConfig
+
     model_path, tokenizer_path = parse_llama2c_ref(ref)
     ckpt = llama2c.read_llama2c_checkpoint(model_path, open_input)
     tokenizer = llama2c.read_llama2c_tokenizer(tokenizer_path, ckpt.config.vocab_size, open_input)
@@ -182,6 +191,8 @@ def portable_model_name(ref: str) -> str:
 
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:
     """A randomly initialised HookedTransformer (TransformerLens's deprecation notice muted)."""
+    from transformer_lens import HookedTransformer
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg)

@@ -19,6 +19,7 @@ from mistudio_common.dashboard_codec import METRIC_TO_PB, SCALE_TO_PB
 from mistudio_common.dashboard_options import Component
 
 from mistudio_compute.dashboards import grid as G
+from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.batching import check_cancelled
 from mistudio_compute.dashboards.exact_sum import value_of
 from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
@@ -31,7 +32,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
-from mistudio_compute.dashboards.token_aggregation import per_token, rank_tokens
+from mistudio_compute.dashboards.token_aggregation import TokenRows, per_token, rank_tokens
 
 _LEVEL_ORDER = sorted(range(len(QUANTILE_LEVELS)), key=lambda i: QUANTILE_LEVELS[i])
 
@@ -89,9 +90,10 @@ class _Builder:
                               p.logit_histogram_bins)  # fmt: skip
             _report(progress, Stage.LOGIT_LENS, hi, n)
         tokens = p.includes(Component.TOKEN_AGGREGATION)
+        top_tokens = self._top_tokens(lo, hi) if tokens else [[] for _ in range(lo, hi)]
         scale, metric = SCALE_TO_PB[p.histogram_scale], METRIC_TO_PB[p.token_rank_metric]
         out = []
-        for i, (f, index) in enumerate(zip(range(lo, hi), s.features[lo:hi].tolist(), strict=True)):
+        for i, index in enumerate(s.features[lo:hi].tolist()):
             edges, counts = hists[i]
             out.append(
                 dpb.FeatureDashboard(
@@ -107,7 +109,7 @@ class _Builder:
                     ),
                     logit_histogram=_logit_histogram(lens, i),
                     statistics=stats[i],
-                    top_tokens=self._top_tokens(f) if tokens else [],
+                    top_tokens=top_tokens[i],
                     top_tokens_metric=metric,
                 )
             )
@@ -228,22 +230,36 @@ class _Builder:
             for r, (t, v) in enumerate(zip(ids[i].tolist(), values[i].tolist(), strict=True))
         ]
 
-    def _top_tokens(self, f: int) -> list[dpb.TokenAggregate]:
-        p, text = self.params, self.inputs.token_text
-        if self.state.tokens is not None:
-            ids, totals, counts, maxima = (x.cpu().numpy() for x in self.state.tokens.rows(f))
-        else:  # the distinct active positions inside the feature's example windows
-            t_len, chosen = self.state.seq_len, self.positions[f] >= 0
-            centres, values = self.positions[f][chosen], self.windows[f][chosen]  # [e], [e, W]
-            t = centres % t_len
-            tt = t[:, None] + np.arange(-p.context_left, p.context_right + 1)  # [e, W]
-            keep = (tt >= 0) & (tt < t_len) & (values > 0)
-            where = (centres - t)[:, None] + tt  # global positions [e, W]
-            uniq, first = np.unique(where[keep], return_index=True)
-            tokens = self.inputs.source.tokens[uniq // t_len, uniq % t_len].astype(np.int64)
-            ids, totals, counts, maxima = per_token(tokens, values[keep][first])
-        return rank_tokens(ids, totals, counts, maxima, text.token, p.token_rank_metric,
-                           p.n_top_tokens)  # fmt: skip
+    def _top_tokens(self, lo: int, hi: int) -> list[list[dpb.TokenAggregate]]:
+        p, text, tracked = self.params, self.inputs.token_text, self.state.tokens
+        rows = (
+            self._example_tokens(lo, hi)
+            if tracked is None
+            else [_numpy(*tracked.rows(f)) for f in range(lo, hi)]
+        )
+        metric, n = p.token_rank_metric, p.n_top_tokens
+        return [rank_tokens(*row, text.token, metric, n) for row in rows]
+
+    def _example_tokens(self, lo: int, hi: int) -> list[TokenRows]:
+        """Per feature of lo..hi: ``per_token`` over the distinct active positions inside its
+        example windows, for the whole chunk at once."""
+        p, t_len = self.params, self.state.seq_len
+        c, e = np.nonzero(self.positions[lo:hi] >= 0)  # by feature, then slot
+        centres, values = self.positions[lo + c, e], self.windows[lo + c, e]  # [N], [N, W]
+        t = centres % t_len
+        tt = t[:, None] + np.arange(-p.context_left, p.context_right + 1)  # [N, W]
+        keep = (tt >= 0) & (tt < t_len) & (values > 0)
+        where = (centres - t)[:, None] + tt  # global positions [N, W]
+        feature = np.broadcast_to(c[:, None], tt.shape)[keep]
+        uniq, first = np.unique(feature * K.MAX_POSITIONS + where[keep], return_index=True)
+        at = uniq % K.MAX_POSITIONS
+        tokens = self.inputs.source.tokens[at // t_len, at % t_len].astype(np.int64)
+        return per_token(uniq // K.MAX_POSITIONS, tokens, values[keep][first], hi - lo)
+
+
+def _numpy(*x: torch.Tensor) -> TokenRows:
+    ids, totals, counts, maxima = (t.cpu().numpy() for t in x)
+    return ids, totals, counts, maxima
 
 
 def _logit_histogram(lens: LogitLens | None, i: int) -> dpb.Histogram:

@@ -8,23 +8,34 @@ the pass (``TokenTotals``). Ties in the ranking go to the lower token id.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import TokenRankMetric
 
+TokenRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""(ids, totals, counts, maxima) per distinct token id, ascending."""
+
 
 def per_token(
-    ids: np.ndarray, values: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, totals, counts, maxima) per distinct id of active (id, value) pairs."""
-    uniq, inv = np.unique(ids, return_inverse=True)
-    totals = np.bincount(inv, weights=values.astype(np.float64), minlength=len(uniq))
+    rows: np.ndarray, ids: np.ndarray, values: np.ndarray, n_rows: int
+) -> list[TokenRows]:
+    """Per row in [0, n_rows): (ids, totals, counts, maxima) per distinct id of its active
+    (row, id, value) triples. Totals add a row's values in their given order."""
+    span = int(ids.max()) + 1 if len(ids) else 1
+    uniq, inv = np.unique(rows * span + ids, return_inverse=True)
+    weights = values.astype(np.float64)
+    totals = np.bincount(inv, weights=weights, minlength=len(uniq))
     counts = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
     maxima = np.zeros(len(uniq), dtype=np.float64)
-    np.maximum.at(maxima, inv, values.astype(np.float64))
-    return uniq, totals, counts, maxima
+    np.maximum.at(maxima, inv, weights)
+    row, token = uniq // span, uniq % span
+    cuts = np.searchsorted(row, np.arange(n_rows + 1)).tolist()
+    return [
+        (token[a:b], totals[a:b], counts[a:b], maxima[a:b]) for a, b in itertools.pairwise(cuts)
+    ]
 
 
 def rank_tokens(
