@@ -61,6 +61,10 @@ class SaeFeatures:
         return self._sae.d_sae
 
     @property
+    def d_in(self) -> int:
+        return self._sae.d_in
+
+    @property
     def device(self) -> torch.device:
         return self._sae.device
 

@@ -92,10 +92,11 @@ class ComputeSettings(SecuritySettings):
     max_model_file_bytes: int = 64 * _GIB
     memory_budget_bytes: int = 0
     """Peak memory one computation may take beyond the model and the SAE; a computation whose
-    pass state would not fit runs in feature shards (``dashboards.shards``, one model pass
-    each), and one where not even a single feature fits is refused before a job exists
+    pass state would not fit runs in feature shards (``dashboards.shards``; later shards reuse
+    the first one's hook activations when they fit, else each runs the model forward), and one
+    where not even a single feature fits is refused before a job exists
     (``dashboards.memory``). 0: ``DEFAULT_MEMORY_BUDGET``, or 80% of physical memory when that
-    is less. Raising it means fewer shards (fewer model passes) for a larger peak."""
+    is less. Raising it means fewer shards for a larger peak."""
 
     def memory_budget(self) -> int:
         if self.memory_budget_bytes:

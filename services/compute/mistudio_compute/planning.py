@@ -138,7 +138,7 @@ class Planner:
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
-        memory = self.check_memory(params, feature_count or d_sae, dataset, 0)
+        memory = self.check_memory(params, feature_count or d_sae, dataset, 0, resolved.sae.d_in)
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
         d_in = resolved.sae.d_in
@@ -159,7 +159,7 @@ class Planner:
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         dataset = load_model_tokens(request.tokens, model, self._inputs)
-        self.check_memory(params, len(features), dataset, request.batch_size)
+        self.check_memory(params, len(features), dataset, request.batch_size, resolved.sae.d_in)
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             sae_owner=resolved.owner,
@@ -181,10 +181,12 @@ class Planner:
         n_features: int,
         dataset: TokenDataset,
         batch_rows: int,
+        hook_width: int,
     ) -> ShardPlan:
         """The feature shards the computation will run in, as it will plan them
-        (``dashboards.memory``); RESOURCE_EXHAUSTED, naming what to lower, when not even one
-        feature fits the budget."""
+        (``dashboards.memory``; the hook activations of ``hook_width`` values per token may be
+        kept between shards, not on Ray); RESOURCE_EXHAUSTED, naming what to lower, when not
+        even one feature fits the budget."""
         return plan_within_budget(
             params,
             state_config(params, frozenset()),
@@ -194,6 +196,7 @@ class Planner:
             n_rows=dataset.n_rows,
             chunk_size=CHUNK_FEATURES,
             budget=self._settings.memory_budget(),
+            hook_width=0 if self._settings.ray_address else hook_width,
         )
 
 

@@ -2,7 +2,8 @@
 
 ``python -m tests.compute.dashboards.peak_probe D_SAE [BUDGET]`` prints one JSON line: the
 growth of the peak resident set during the computation (the high-water mark is reset first),
-what ``MemoryModel`` predicts for it, and the features per shard.
+what the shard plan predicts for it, the features per shard and the hook activations kept
+between shards.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from mistudio_common.dashboard import DashboardParams
 from mistudio_compute.dashboards import compute_dashboards, state_config
-from mistudio_compute.dashboards.memory import MemoryModel, plan_within_budget
+from mistudio_compute.dashboards.memory import plan_within_budget
 
 from tests.compute.dashboards import tiny
 
@@ -38,10 +39,9 @@ def main() -> None:
     model, tokens = tiny.tiny_model(), tiny.tiny_tokens(ROWS)
     inputs = tiny.make_inputs(model, tiny.make_sae(model, tokens, "relu", d_sae=d_sae), tokens)
     config = state_config(PARAMS, tiny.SPECIAL)
-    memory = MemoryModel.of(PARAMS, config, ROWS, tiny.N_CTX)
-    positions = BATCH * tiny.N_CTX
     plan = plan_within_budget(PARAMS, config, d_sae, batch_rows=BATCH, seq_len=tiny.N_CTX,
-                              n_rows=ROWS, chunk_size=CHUNK, budget=budget)  # fmt: skip
+                              n_rows=ROWS, chunk_size=CHUNK, budget=budget,
+                              hook_width=tiny.D_MODEL)  # fmt: skip
     assert plan.batch_rows == BATCH
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set (VmHWM)
     before = resident_kib("VmRSS")
@@ -50,8 +50,8 @@ def main() -> None:
     ):  # each chunk is handed on and dropped, as the service does
         pass
     measured = (resident_kib("VmHWM") - before) * 1024
-    predicted = memory.peak(plan.shard_size, positions, CHUNK)
-    print(json.dumps({"measured": measured, "predicted": predicted, "shard": plan.shard_size}))
+    print(json.dumps({"measured": measured, "predicted": plan.peak_bytes,
+                      "shard": plan.shard_size, "kept": plan.kept_bytes}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -144,6 +144,7 @@ class WrongWidth:
     def __init__(self, sae: tiny.ReluSAE) -> None:
         self.sae = sae
         self.d_sae = sae.d_sae + 1
+        self.d_in = sae.d_in
         self.device = sae.device
 
     def encode(self, x):

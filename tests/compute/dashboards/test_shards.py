@@ -24,6 +24,7 @@ from mistudio_compute.dashboards import (
     compute_dashboards,
     state_config,
 )
+from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.memory import PLANNED_SHARE, MemoryModel, plan_within_budget
 from mistudio_compute.sae import architectures, build_sae
 
@@ -53,13 +54,37 @@ def inputs(model, relu_sae, tokens):
     return tiny.make_inputs(model, relu_sae, tokens)
 
 
+KEPT = tiny.ROWS * tiny.N_CTX * tiny.D_MODEL * 4  # every token's hook activations, float32
+BATCHES = -(-tiny.ROWS // BATCH)
+
+
 @pytest.fixture(scope="module")
 def budget(inputs) -> int:
-    """A budget that fits SHARD features beside a batch and a chunk."""
+    """A budget that fits SHARD features beside a batch, a chunk and the kept activations."""
     config = state_config(PARAMS, tiny.SPECIAL)
     memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)
-    planned = memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2
+    planned = memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2 + KEPT
     return math.ceil(planned / PLANNED_SHARE)
+
+
+def counting_forwards(inputs):
+    """``inputs`` whose model forward counts its calls, and the count so far."""
+    calls = [0]
+    reader = inputs.reader
+
+    class Counting:
+        def activations(self, tokens: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            return reader.activations(tokens)
+
+    return replace(inputs, reader=Counting()), lambda: calls[0]
+
+
+def assert_same_bytes(got: list[FeatureDashboard], expected: list[FeatureDashboard]) -> None:
+    assert [d.feature_index for d in got] == [d.feature_index for d in expected]
+    for a, b in zip(got, expected, strict=True):
+        pa, pb = dashboard_to_pb(a), dashboard_to_pb(b)
+        assert pa.SerializeToString(deterministic=True) == pb.SerializeToString(deterministic=True)
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +98,54 @@ def sharded(inputs, budget: int, **kwargs) -> list[FeatureDashboard]:
 
 
 def test_sharded_dashboards_equal_the_unsharded_run_byte_for_byte(inputs, budget, reference):
-    forwards = 0
-    reader = inputs.reader
+    counted, forwards = counting_forwards(inputs)
+    got = sharded(counted, budget)
+    assert forwards() == BATCHES  # 4 shards, one model forward: later shards read it back
+    assert_same_bytes(got, reference)
 
-    class Counting:
-        def activations(self, tokens: torch.Tensor) -> torch.Tensor:
-            nonlocal forwards
-            forwards += 1
-            return reader.activations(tokens)
 
-    got = sharded(replace(inputs, reader=Counting()), budget)
-    assert forwards == 4 * -(-tiny.ROWS // BATCH)  # the model forward runs once per shard
-    assert [d.feature_index for d in got] == [d.feature_index for d in reference]
-    for a, b in zip(got, reference, strict=True):
-        pa, pb = dashboard_to_pb(a), dashboard_to_pb(b)
-        assert pa.SerializeToString(deterministic=True) == pb.SerializeToString(deterministic=True)
+def test_a_budget_without_room_to_keep_the_activations_runs_the_forward_per_shard(
+    inputs, reference
+) -> None:
+    tight = math.ceil(1.5 * KEPT / PLANNED_SHARE)  # they would take 2/3 of the planned bytes
+    config = state_config(PARAMS, tiny.SPECIAL)
+    plan = plan_within_budget(PARAMS, config, inputs.encoder.d_sae, batch_rows=BATCH,
+                              seq_len=tiny.N_CTX, n_rows=tiny.ROWS, chunk_size=CHUNK,
+                              budget=tight, hook_width=tiny.D_MODEL)  # fmt: skip
+    n_shards = -(-inputs.encoder.d_sae // plan.shard_size)
+    assert plan.kept_bytes == 0 and n_shards > 1
+    counted, forwards = counting_forwards(inputs)
+    got = sharded(counted, tight)
+    assert forwards() == n_shards * BATCHES
+    assert_same_bytes(got, reference)
+
+
+def test_the_plan_counts_the_kept_activations_in_its_peak(inputs, budget) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+
+    def plan(budget: int | None, hook_width: int):
+        return plan_within_budget(PARAMS, config, inputs.encoder.d_sae, batch_rows=BATCH,
+                                  seq_len=tiny.N_CTX, n_rows=tiny.ROWS, chunk_size=CHUNK,
+                                  budget=budget, hook_width=hook_width)  # fmt: skip
+
+    kept, forward = plan(budget, tiny.D_MODEL), plan(budget - KEPT, 0)
+    assert (kept.shard_size, kept.kept_bytes) == (SHARD, KEPT)
+    assert kept.peak_bytes == forward.peak_bytes + KEPT
+    assert kept.peak_bytes <= budget * PLANNED_SHARE
+    assert plan(None, tiny.D_MODEL).kept_bytes == 0  # one shard: nothing to keep them for
+
+
+def test_rows_kept_under_other_batch_boundaries_run_the_forward_and_are_held_once(
+    inputs,
+) -> None:
+    counted, forwards = counting_forwards(inputs)
+    kept = KeptActivations(tiny.ROWS)
+    rows = torch.from_numpy(inputs.source.tokens[:8].astype("int64"))
+    first = kept.read(counted.reader, rows, range(0, 8))
+    assert kept.read(counted.reader, rows, range(0, 8)) is first and forwards() == 1
+    half = kept.read(counted.reader, rows[:4], range(0, 4))  # the batch halved: not kept
+    assert forwards() == 2 and torch.equal(half, first[:4])
+    assert kept.read(counted.reader, rows[:4], range(0, 4)) is not half
 
 
 def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
@@ -101,7 +159,7 @@ def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
     widths: list[int] = []
 
     class Recording:
-        d_sae, device, encode = encoder.d_sae, encoder.device, encoder.encode
+        d_sae, d_in, device, encode = encoder.d_sae, encoder.d_in, encoder.device, encoder.encode
 
         def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
             widths.append(len(features))
@@ -112,9 +170,7 @@ def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
     assert widths == []  # the unsharded pass encodes every feature at once
     got = sharded(inputs, budget)
     assert set(widths) == {SHARD}  # each shard's pass encodes its own features
-    for a, b in zip(got, full, strict=True):
-        pa, pb = dashboard_to_pb(a), dashboard_to_pb(b)
-        assert pa.SerializeToString(deterministic=True) == pb.SerializeToString(deterministic=True)
+    assert_same_bytes(got, full)
 
 
 def test_progress_never_goes_back_across_shards(inputs, budget) -> None:
@@ -210,5 +266,6 @@ def test_a_sharded_run_stays_under_its_budget_within_30_percent_of_the_predictio
     )  # fmt: skip
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe["shard"] < 2048  # the budget forced shards
+    assert probe["kept"] > 0  # and left room to keep the hook activations
     assert probe["measured"] == pytest.approx(probe["predicted"], rel=0.3)
     assert probe["measured"] <= budget

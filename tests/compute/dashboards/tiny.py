@@ -74,6 +74,10 @@ class ReluSAE:
         return self.w_enc.shape[1]
 
     @property
+    def d_in(self) -> int:
+        return self.w_enc.shape[0]
+
+    @property
     def device(self) -> torch.device:
         return self.w_enc.device
 

@@ -23,6 +23,7 @@ from mistudio_compute.dashboards.inputs import (
     ProgressCallback,
     Stage,
 )
+from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
@@ -65,11 +66,13 @@ class PassRunner(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class LocalPass:
-    """The pass in this process, checkpointed to one file (a PassRunner)."""
+    """The pass in this process, checkpointed to one file (a PassRunner); with ``kept``, the
+    hook activations one shard's pass read serve the next shards' passes."""
 
     inputs: DashboardInputs
     config: StateConfig
     checkpoint: Checkpointing | None = None
+    kept: KeptActivations | None = None
 
     def run(
         self,
@@ -80,7 +83,7 @@ class LocalPass:
     ) -> PassResult:
         return run_activation_pass(
             self.inputs, self.config, features, batch_size=batch_size,
-            checkpoint=self.checkpoint, progress=progress, cancel=cancel,
+            checkpoint=self.checkpoint, progress=progress, cancel=cancel, kept=self.kept,
         )  # fmt: skip
 
     def saved_features(self) -> torch.Tensor | None:
@@ -92,12 +95,21 @@ class LocalPass:
 
 
 def encode_rows(
-    inputs: DashboardInputs, tokens: torch.Tensor, features: torch.Tensor | None = None
+    inputs: DashboardInputs,
+    tokens: torch.Tensor,
+    features: torch.Tensor | None = None,
+    *,
+    rows: range | None = None,
+    kept: KeptActivations | None = None,
 ) -> torch.Tensor:
-    """tokens [B, T] -> activations [B*T, F] of ``features`` (all d_sae when None) on the
-    encoder's device."""
+    """tokens [B, T] (rows ``rows`` of the source) -> activations [B*T, F] of ``features`` (all
+    d_sae when None) on the encoder's device; the hook activations come from ``kept`` when it
+    holds this batch (``rows`` names it), else from the model forward."""
     with torch.no_grad():
-        x = inputs.reader.activations(tokens)  # [B, T, d_in]
+        if kept is None or rows is None:
+            x = inputs.reader.activations(tokens)  # [B, T, d_in]
+        else:
+            x = kept.read(inputs.reader, tokens, rows)
         if x.dim() != 3 or x.shape[:2] != tokens.shape:
             raise InvalidArgument(
                 f"hook activations have shape {tuple(x.shape)} for tokens "
@@ -135,8 +147,10 @@ def run_activation_pass(
     checkpoint: Checkpointing | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    kept: KeptActivations | None = None,
 ) -> PassResult:
-    """One pass over ``rows`` (default: all) of the token source for ``features`` [F]."""
+    """One pass over ``rows`` (default: all) of the token source for ``features`` [F]; hook
+    activations are read from and kept in ``kept`` when given."""
     tokens = inputs.source.tokens
     rows = range(tokens.shape[0]) if rows is None else rows
     validate_tokens(tokens, rows)
@@ -155,7 +169,8 @@ def run_activation_pass(
 
     def step(i: int, j: int) -> None:
         batch = read_rows(tokens, slice(i, j), device)  # [B, T]
-        acts = encode_rows(inputs, batch, None if every_feature else features)  # [B*T, F]
+        shard = None if every_feature else features
+        acts = encode_rows(inputs, batch, shard, rows=range(i, j), kept=kept)  # [B*T, F]
         state.update(acts, batch, i)
 
     batches = 0

@@ -30,6 +30,11 @@ class FeatureEncoder(Protocol):
     def d_sae(self) -> int: ...
 
     @property
+    def d_in(self) -> int:
+        """Width of the hook activations it encodes."""
+        ...
+
+    @property
     def device(self) -> torch.device:
         """Where the pass runs; the per-feature state lives here too."""
         ...

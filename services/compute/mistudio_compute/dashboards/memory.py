@@ -6,7 +6,10 @@ A shard's peak is its pass state (``PassState.bytes_per_feature``, read from wha
 allocates, times the copies a batch makes), two chunks of finalised dashboards (Python objects,
 sized by the tokens of their shown examples) and one batch of its features' dense activations
 (a shard encodes only its own features). Every term grows with the shard, none with d_sae: more
-features than fit run in more shards.
+features than fit run in more shards. A computation in several shards also keeps every token's
+hook activations from the first shard's pass when they take at most ``KEPT_SHARE`` of the
+planned bytes, so that later shards skip the model forward; the shards are then planned in the
+rest.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import ResourceExhausted
 
+from mistudio_compute.dashboards.kept_activations import BYTES_PER_VALUE
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
@@ -37,6 +41,10 @@ column selection and the encoder's pre-activations."""
 PLANNED_SHARE = 0.8
 """Shards are planned to fill this share of the budget: the model is within 30% of measured
 peaks, not exact, and the budget is a limit the peak must stay under."""
+KEPT_SHARE = 0.5
+"""Hook activations are kept between feature shards only while they take at most this share of
+the planned bytes: kept, they leave less room per shard (maybe more shards), and a shard then
+costs its encode and state updates but no model forward."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,11 @@ class ShardPlan:
     """Token rows per batch: as asked, or halved until a batch takes no more per feature than
     the pass state does."""
     peak_bytes: int
-    """The predicted peak of running this plan (``MemoryModel.peak``)."""
+    """The predicted peak of running this plan (``MemoryModel.peak`` and the kept
+    activations)."""
+    kept_bytes: int = 0
+    """Hook activations kept from the first shard's pass for the later shards (0: each shard
+    runs the model forward)."""
 
 
 def plan_within_budget(
@@ -96,11 +108,14 @@ def plan_within_budget(
     n_rows: int,
     chunk_size: int,
     budget: int | None,
+    hook_width: int = 0,
 ) -> ShardPlan:
     """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most,
     in shards of equal size (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming
     what to lower, when not even one feature fits. Halving the rows of a batch that would take
-    more per feature than the state lets more features share one model pass."""
+    more per feature than the state lets more features share one model pass. Several shards
+    keep the hook activations (``hook_width`` values per token; 0: never) when they take at
+    most ``KEPT_SHARE`` of the planned bytes and leave room for a feature."""
     model = MemoryModel.of(params, config, n_rows, seq_len)
     n_features = max(1, n_features)
 
@@ -112,29 +127,39 @@ def plan_within_budget(
                          model.peak(n_features, positions(batch_rows), chunk_size))  # fmt: skip
     while batch_rows > 1 and model.per_batch_value * positions(batch_rows) > model.per_feature:
         batch_rows //= 2
+    batch = positions(batch_rows)
     usable = int(budget * PLANNED_SHARE)
-    fitting = _features_per_shard(n_features, model, positions(batch_rows), chunk_size, usable)
+    fitting = _features_per_shard(model, batch, chunk_size, usable)
+    if fitting < 1:
+        raise _no_room(model, batch, usable)
+    held = n_rows * seq_len * hook_width * BYTES_PER_VALUE  # every token's hook activations
+    beside = _features_per_shard(model, batch, chunk_size, usable - held)
+    keep = fitting < n_features and 0 < held <= usable * KEPT_SHARE and beside >= 1
+    kept = held if keep else 0
+    fitting = min(n_features, beside if keep else fitting)
     size = -(-n_features // -(-n_features // fitting))  # as many shards, evened out
-    return ShardPlan(size, batch_rows, model.peak(size, positions(batch_rows), chunk_size))
+    return ShardPlan(size, batch_rows, model.peak(size, batch, chunk_size) + kept, kept)
 
 
 def _features_per_shard(
-    n_features: int, model: MemoryModel, batch_positions: int, chunk_size: int, usable: int
+    model: MemoryModel, batch_positions: int, chunk_size: int, usable: int
 ) -> int:
-    """The most features whose ``model.peak`` fits ``usable`` bytes (all when they fit)."""
+    """The most features whose ``model.peak`` fits ``usable`` bytes (0 when none does)."""
     each = model.per_feature + model.per_batch_value * batch_positions
     alive = 2 * chunk_size  # shards at least this large hold two whole chunks
     fitting = (usable - model.per_dashboard * alive) // each
     if fitting < alive:  # a smaller shard's dashboards are all alive at once
         fitting = usable // (each + model.per_dashboard)
-    if fitting < 1:
-        one = each + model.per_dashboard
-        raise ResourceExhausted(
-            f"one feature with these parameters takes about {one / 2**20:.1f} MiB with a "
-            f"batch of {batch_positions} token positions; the compute service "
-            f"plans for {usable / 2**20:.0f} MiB ({PLANNED_SHARE:.0%} of its memory budget)",
-            field="params.n_quantile_groups",
-            fix="lower n_quantile_groups, examples_per_quantile_group, n_top_examples, the "
-            "context widths or batch_size (or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
-        )
-    return min(n_features, fitting)
+    return max(0, fitting)
+
+
+def _no_room(model: MemoryModel, batch_positions: int, usable: int) -> ResourceExhausted:
+    one = model.per_feature + model.per_batch_value * batch_positions + model.per_dashboard
+    return ResourceExhausted(
+        f"one feature with these parameters takes about {one / 2**20:.1f} MiB with a "
+        f"batch of {batch_positions} token positions; the compute service "
+        f"plans for {usable / 2**20:.0f} MiB ({PLANNED_SHARE:.0%} of its memory budget)",
+        field="params.n_quantile_groups",
+        fix="lower n_quantile_groups, examples_per_quantile_group, n_top_examples, the "
+        "context widths or batch_size (or raise MISTUDIO_COMPUTE_MEMORY_BUDGET_BYTES)",
+    )

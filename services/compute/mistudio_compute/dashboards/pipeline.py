@@ -11,6 +11,7 @@ from mistudio_common.dashboard import DashboardParams
 from mistudio_compute.dashboards.activation_pass import Checkpointing, LocalPass, PassResult
 from mistudio_compute.dashboards.distributed import RayCluster, RayPass
 from mistudio_compute.dashboards.inputs import CancelCheck, DashboardInputs, ProgressCallback
+from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.memory import plan_within_budget
 from mistudio_compute.dashboards.params import (
     state_config,
@@ -42,7 +43,8 @@ def compute_dashboards(
     validated now; the work runs as the iterator is consumed. ``on_pass`` receives each
     shard's activation pass result (e.g. the batch size it ended with). With ``ray`` each
     feature shard's pass runs as token-range shards on that cluster (finished ones saved next to
-    ``checkpoint``); finalisation stays here."""
+    ``checkpoint``); finalisation stays here. Without ray, several shards keep the hook
+    activations between their passes when the plan has room for them (one model forward)."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
@@ -54,14 +56,16 @@ def compute_dashboards(
         params, config, len(feats), batch_rows=batch_size,
         seq_len=tokens.shape[1], n_rows=tokens.shape[0],
         chunk_size=chunk_size, budget=memory_budget,
+        hook_width=inputs.encoder.d_in if ray is None else 0,  # Ray workers run the forward
     )  # fmt: skip
+    kept = KeptActivations(tokens.shape[0]) if plan.kept_bytes else None
     runner = (
-        LocalPass(inputs, config, checkpoint)
+        LocalPass(inputs, config, checkpoint, kept)
         if ray is None
         else RayPass(ray, config, tokens.shape, inputs.encoder.device, checkpoint)
     )
     computation = ShardedComputation(
         inputs, params, runner, feats, plan.shard_size, plan.batch_rows,
-        chunk_size=chunk_size, progress=progress, cancel=cancel, on_pass=on_pass,
+        chunk_size=chunk_size, progress=progress, cancel=cancel, on_pass=on_pass, kept=kept,
     )  # fmt: skip
     return iter(computation)

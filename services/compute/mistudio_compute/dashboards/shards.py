@@ -2,7 +2,8 @@
 bounded by a budget rather than by d_sae.
 
 Each shard runs the whole pass over all tokens for its features, finalises them and hands their
-dashboards on before the next shard starts; the model forward is repeated once per shard. Every
+dashboards on before the next shard starts; the model forward is repeated once per shard unless
+the runner keeps the hook activations between shards (``kept_activations``). Every
 per-feature statistic depends only on that feature's activations, so the dashboards equal those
 of one unsharded run. The checkpoint holds the running shard's state: a resumed computation
 starts again at that shard and batch (earlier shards are finished and were handed on). The
@@ -29,13 +30,15 @@ from mistudio_compute.dashboards.inputs import (
     ProgressCallback,
     Stage,
 )
+from mistudio_compute.dashboards.kept_activations import KeptActivations
 
 
 @dataclass
 class ShardedComputation:
     """Dashboards of ``features`` in ascending order, ``chunk_size`` per yielded list, computed
     in shards of at most ``shard_size`` features. ``batch_size`` is the batch size in use (it
-    shrinks after out-of-memory and carries over to the next shard)."""
+    shrinks after out-of-memory and carries over to the next shard). ``kept``: the hook
+    activations the runner keeps between shards, dropped once the last shard's pass is done."""
 
     inputs: DashboardInputs
     params: DashboardParams
@@ -47,6 +50,7 @@ class ShardedComputation:
     progress: ProgressCallback | None = None
     cancel: CancelCheck | None = None
     on_pass: Callable[[PassResult], None] | None = None
+    kept: KeptActivations | None = None
 
     def __iter__(self) -> Iterator[list[dpb.FeatureDashboard]]:
         shards = self._shards()
@@ -56,6 +60,8 @@ class ShardedComputation:
             report = _ShardProgress(self.progress, index, len(shards), lo, len(self.features))
             passed = self.runner.run(self.features[lo:hi], self.batch_size, report, self.cancel)
             self.batch_size = passed.batch_size
+            if self.kept is not None and index == len(shards) - 1:
+                self.kept.clear()
             if self.on_pass is not None:
                 self.on_pass(passed)
             yield from finalize_dashboards(
@@ -125,7 +131,7 @@ class _ShardProgress:
         last = self.index == self.n_shards - 1
         note = ""
         if self.n_shards > 1:
-            note = f"feature shard {self.index + 1} of {self.n_shards} (one model pass each)"
+            note = f"feature shard {self.index + 1} of {self.n_shards}"
             message = f"{note}: {message}" if message else note
         if stage is Stage.ACTIVATION_PASS:
             self.progress(stage, self.index * total + done, self.n_shards * total, message)
