@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 
 from tests.compute.dashboards import tiny
 from tests.compute.dashboards.test_pass_lifecycle import BATCH, PARAMS, flatten
-from tests.compute.dashboards.test_shards import CHUNK, budget  # noqa: F401 (a fixture)
+from tests.compute.dashboards.test_shards import CHUNK, shard_budget
 from tests.ray_cluster import local_ray_cluster
 
 ray = pytest.importorskip("ray")
@@ -220,8 +220,8 @@ def test_feature_shards_past_the_budget_run_on_ray_to_the_same_dashboards(
     relu_sae,
     tokens,
     reference,
-    budget,  # noqa: F811
 ):
+    budget = shard_budget(kept=0)  # Ray's workers run the forward: no activations are kept
     cluster = RayCluster(
         functools.partial(tiny.make_inputs, model, relu_sae, tokens),
         Sharding(address="", shards=3, max_in_flight=2),

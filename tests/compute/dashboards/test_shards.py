@@ -58,13 +58,18 @@ KEPT = tiny.ROWS * tiny.N_CTX * tiny.D_MODEL * 4  # every token's hook activatio
 BATCHES = -(-tiny.ROWS // BATCH)
 
 
-@pytest.fixture(scope="module")
-def budget(inputs) -> int:
-    """A budget that fits SHARD features beside a batch, a chunk and the kept activations."""
+def shard_budget(kept: int) -> int:
+    """A budget that fits SHARD features beside a batch, a chunk and ``kept`` bytes."""
     config = state_config(PARAMS, tiny.SPECIAL)
     memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)
-    planned = memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2 + KEPT
+    planned = memory.peak(SHARD, BATCH * tiny.N_CTX, CHUNK) + memory.per_feature // 2 + kept
     return math.ceil(planned / PLANNED_SHARE)
+
+
+@pytest.fixture(scope="module")
+def budget(inputs) -> int:
+    """Room for SHARD features and the kept activations of a local sharded pass."""
+    return shard_budget(KEPT)
 
 
 def counting_forwards(inputs):
