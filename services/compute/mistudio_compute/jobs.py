@@ -30,6 +30,7 @@ from mistudio_common.jobs.engine import JobEngine
 from mistudio_common.jobs.kind import Retention, Snapshot, first_progress
 from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
+from mistudio_common.repeated_requests import differing_fields, refuse_a_different_request
 from mistudio_common.retry import Patience
 from mistudio_common.stage_rates import JobSize, RateFile, stage_times
 
@@ -158,8 +159,8 @@ class ComputeJobManager:
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self, request: cpb.ComputeDashboardsRequest) -> str:
-        """Starts a job, or returns the existing one for a repeated request_id (resuming it
-        when it is paused)."""
+        """Starts a job, or returns the existing one for a repeated request (resuming it when
+        it is paused); the same request_id with a different request is ALREADY_EXISTS."""
         if not request.request_id:
             request = _with_request_id(request, uuid.uuid4().hex)
         job_id = computation_id_for(request.request_id)
@@ -175,6 +176,13 @@ class ComputeJobManager:
             except NotFound:
                 existing = None
             if existing is not None:
+                started = self.records.request(job_id)
+                refuse_a_different_request(
+                    request.request_id,
+                    job_id,
+                    differing_fields(started, request, "request"),
+                    field="request.request_id",
+                )
                 if existing.state == ppb.JOB_STATE_PAUSED:
                     self._engine.resume(job_id)
                 return job_id

@@ -7,9 +7,11 @@ computation goes on there, or resumes from its own checkpoint, under the same re
 pause pauses the computation too, keeping its checkpoint, and the resumed export re-attaches
 to it by the same request id, which resumes it where it stopped. A cancel or a computation that
 ended in failure ends the attempt; the next run starts a new attempt that reuses whatever
-reached the cache. The checkpoint names the computation (its id follows from the request id)
-before it is asked for and while it may still run, so a cancel carried out where no run follows
-it (a paused job, or one adopted from a holder that crashed even while asking) cancels it too.
+reached the cache. So does a resume that asks for other features than its attempt did (compute
+refuses a request id reused for another request). The checkpoint names the computation (its
+id follows from the request id) before it is asked for and while it may still run, so a cancel
+carried out where no run follows it (a paused job, or one adopted from a holder that crashed
+even while asking) cancels it too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common import stages
 from mistudio_common.computations import computation_id_for
-from mistudio_common.errors import Cancelled, MistudioError, NotFound, Unavailable
+from mistudio_common.errors import AlreadyExists, Cancelled, MistudioError, NotFound, Unavailable
 from mistudio_common.jobs.control import StopReason
 from mistudio_common.stages import DASHBOARD_STAGES
 
@@ -61,6 +63,14 @@ def ensure_dashboards(
         _name(job, named)
     try:
         last = _follow(job, compute, request)
+    except AlreadyExists:
+        # This attempt's computation was asked for other features (labels or features
+        # edited before a resume): it is cancelled and a new attempt asks for these.
+        release(compute, job.checkpoint)
+        state.attempt = attempt + 1
+        state.ClearField("computation_id")
+        job.save()
+        return ensure_dashboards(job, compute, indices, all_features=all_features)
     except _Ended as ended:
         # A computation that failed or was cancelled cannot be re-attached: the next run starts
         # a new attempt (which reuses whatever reached the cache).

@@ -14,6 +14,7 @@ from typing import Any, cast
 from mistudio.common.v1 import progress_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mistudio_common.repeated_requests import differing_fields, refuse_a_different_request
 from sqlalchemy import CursorResult, Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -275,27 +276,9 @@ def _same_request(stored: pb.ExportJob, asked: pb.ExportJob) -> pb.ExportJob:
     """The stored job when ``asked`` repeats its request; ALREADY_EXISTS naming the differences
     otherwise (a reused request_id must not silently return someone else's job)."""
     differences = ["job.owner"] if stored.owner != asked.owner else []
-    differences += _differing_paths(
-        convert.to_json(stored.config), convert.to_json(asked.config), "job.config"
-    )
-    if differences:
-        raise AlreadyExists(
-            f"request_id {asked.request_id!r} was used for job {stored.job_id} with a different "
-            f"request; differing fields: {', '.join(differences)}",
-            field="job.request_id",
-            fix="use a new request_id for a different request, or repeat the original request",
-        )
+    differences += differing_fields(stored.config, asked.config, "job.config")
+    refuse_a_different_request(asked.request_id, stored.job_id, differences, field="job.request_id")
     return stored
-
-
-def _differing_paths(old: object, new: object, path: str) -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [
-            found
-            for key in sorted(old.keys() | new.keys())
-            for found in _differing_paths(old.get(key), new.get(key), f"{path}.{key}")
-        ]
-    return [] if old == new else [path]
 
 
 def _duplicate_job(job_id: str) -> AlreadyExists:

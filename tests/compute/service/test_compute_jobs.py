@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import grpc
+import pytest
 from google.rpc import code_pb2
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -104,6 +106,18 @@ def test_the_same_request_id_returns_the_same_job(
     second = list(compute.ComputeDashboards(request))
     assert first[-1].progress.job_id == second[0].progress.job_id
     assert len(second) == 1 and second[0].result == first[-1].result
+
+
+def test_the_same_request_id_with_another_request_is_already_exists_naming_what_differs(
+    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path
+) -> None:
+    first = list(compute.ComputeDashboards(compute_request(registered_sae, token_file, "reused")))
+    other = compute_request(registered_sae, token_file, "reused", feature_indices=[0, 1])
+    with pytest.raises(grpc.RpcError) as caught:
+        list(compute.ComputeDashboards(other))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "request.feature_indices" in caught.value.details()
+    assert first[-1].progress.job_id in caught.value.details()
 
 
 def test_watch_reattaches_to_a_running_job(

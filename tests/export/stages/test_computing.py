@@ -12,7 +12,7 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.computations import computation_id_for
-from mistudio_common.errors import InvalidArgument, Unavailable
+from mistudio_common.errors import AlreadyExists, InvalidArgument, Unavailable
 from mistudio_export import computing
 from mistudio_export.peers import ComputationProgress, ComputationRequest
 from mistudio_export.runtime import JobRuntime
@@ -148,3 +148,19 @@ def test_a_finished_computation_is_no_longer_named_and_never_cancelled(job: JobR
     computing.ensure_dashboards(job, compute, [0], all_features=False)
     computing.release(compute, job.checkpoint)
     assert job.checkpoint.compute.computation_id == "" and compute.cancelled == []
+
+
+def test_a_resume_asking_for_other_features_cancels_its_attempt_and_starts_a_new_one(
+    job: JobRuntime,
+) -> None:
+    """Labels edited while the export was paused change the features it asks for: compute
+    refuses the attempt's request id for the new request, so the export cancels that
+    computation and asks for the new features under a new attempt."""
+    refused = AlreadyExists("request_id was used for another request", field="request.request_id")
+    compute = Compute(Stream([], then=refused), Stream([succeeded()], then=None))
+    result = computing.ensure_dashboards(job, compute, [0, 2], all_features=False)
+    assert result.features_computed == 4
+    assert [r.request_id for r in compute.requests] == ["job/dashboards/0", "job/dashboards/1"]
+    assert compute.requests[-1].feature_indices == (0, 2)
+    assert compute.cancelled == [FIRST]
+    assert job.checkpoint.compute.attempt == 1
