@@ -31,6 +31,7 @@ from mistudio_export.messages import (
     computation_progress_from_pb,
     computation_request_to_pb,
     export_job_from_pb,
+    iso_time,
     sae_from_pb,
     sae_reference,
     token_source_to_pb,
@@ -262,17 +263,13 @@ class StoreClient:
         return pages(fetch)
 
 
-def _iso(stamp: Timestamp | None) -> str:
-    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if stamp is not None else ""
-
-
 def _feature_record(f: spb.Feature) -> FeatureRecord:
     return FeatureRecord(
         feature_index=f.feature_index,
         label=f.label,
         category=f.category,
         activation_frequency=f.activation_frequency,
-        updated_at=_iso(f.updated_at if f.HasField("updated_at") else None),
+        updated_at=iso_time(f.updated_at if f.HasField("updated_at") else None),
     )
 
 
@@ -283,7 +280,7 @@ def _explanation_record(e: spb.Explanation) -> ExplanationRecord:
         method=e.method,
         explainer_model=e.explainer_model,
         score=e.score if e.HasField("score") else None,
-        created_at=_iso(e.created_at if e.HasField("created_at") else None),
+        created_at=iso_time(e.created_at if e.HasField("created_at") else None),
         explanation_id=e.explanation_id,
     )
 

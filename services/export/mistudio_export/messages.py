@@ -5,6 +5,7 @@ of a peer (the job's typed config and checkpoint excepted)."""
 from __future__ import annotations
 
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
@@ -67,13 +68,14 @@ def sae_from_pb(m: spb.Sae) -> SaeRecord:
         explained_variance=m.explained_variance,
         neuronpedia_model_id=m.neuronpedia_model_id,
         neuronpedia_source_set=m.neuronpedia_source_set,
-        created_at=(
-            m.created_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
-            if m.HasField("created_at")
-            else ""
-        ),
+        created_at=iso_time(m.created_at if m.HasField("created_at") else None),
         recorded_tokens=_recorded_tokens(m),
     )
+
+
+def iso_time(stamp: Timestamp | None) -> str:
+    """A stored time as the domain's records keep it: ISO-8601 in UTC, empty when unset."""
+    return stamp.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if stamp is not None else ""
 
 
 def _recorded_tokens(m: spb.Sae) -> TokenSource | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib import metadata
 
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -150,7 +150,7 @@ class ExportPipeline:
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
         facts = archive_facts(plan, inputs.info, kinds, n_features, summary, inputs.explanations)
         published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
-        hashes = dict(collected.hashes)
+        hashes: Mapping[int, str] = collected.hashes  # numpy columns: no dict per feature
         if base is not None and not plan.merge_with_base:
             hashes = {**base.hashes, **hashes}
         self._store.put_feature_hashes(job.job_id, hashes)
