@@ -1,4 +1,4 @@
-"""All three services in one process on loopback, on embedded defaults.
+"""All three services on loopback, on embedded defaults: the store in a child process.
 
 This is what `mistudio-export serve`, the demo and a CLI call without `--export-address` run:
 SQLite and a local archive folder under one data folder, CPU or the local GPU, ephemeral ports
