@@ -65,6 +65,20 @@ def test_a_store_that_cannot_start_is_reported_with_its_exit_code_and_log(tmp_pa
     assert str(tmp_path / "store.log") in raised.value.fix
 
 
+def test_a_store_that_dies_while_serving_is_logged_with_its_exit_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = start_service_process("store", {"data_dir": str(tmp_path), "port": 0}, tmp_path)
+    store.wait_ready()
+    store.process.kill()
+    deadline = time.monotonic() + 30
+    while "exited with code -9 while serving" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.1)
+    assert str(tmp_path / "store.log") in caplog.text
+    store.stop()
+
+
 PARENT = """
 import sys, time
 from pathlib import Path

@@ -49,7 +49,7 @@ class ServiceProcess:
     log_offset: int
     """Where this start's part of the log begins (the file is appended to across starts)."""
     port: int = 0
-    _stopping: threading.Event = field(default_factory=threading.Event)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -176,9 +176,9 @@ def child_main(name: str) -> int:
     from mistudio_common.logging_setup import configure_logging
 
     settings_type, build = SERVICES[name]()
-    settings = settings_type(**json.loads(sys.stdin.buffer.readline()))
-    configure_logging(name, settings.log_level)
     try:
+        settings = settings_type(**json.loads(sys.stdin.buffer.readline()))
+        configure_logging(name, settings.log_level)
         running = build(settings)
     except PortInUse as error:
         _answer({"error": str(error), "port_in_use": True})
@@ -187,11 +187,8 @@ def child_main(name: str) -> int:
         _answer({"error": f"{type(error).__name__}: {error}"})
         raise
     _answer({"port": running.port})
-    grace = DEFAULT_GRACE_SECONDS
-    for line in sys.stdin.buffer:  # ends with a stop request or when the parent is gone
-        grace = float(json.loads(line)["stop_grace_seconds"])
-        break
-    running.stop(grace)
+    stop = sys.stdin.buffer.readline()  # a stop request, or empty once the parent is gone
+    running.stop(float(json.loads(stop)["stop_grace_seconds"]) if stop else DEFAULT_GRACE_SECONDS)
     return 0
 
 
