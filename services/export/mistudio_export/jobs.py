@@ -32,6 +32,8 @@ from mistudio_export import views
 from mistudio_export.clients import StoreClient
 from mistudio_export.config import ExportSettings
 from mistudio_export.job_store import ExportRecord, StoreJobStore, record_of
+from mistudio_export.messages import export_options_from_pb
+from mistudio_export.options import ExportOptions
 from mistudio_export.plan import ExportPlan
 from mistudio_export.runtime import JobRuntime
 
@@ -49,7 +51,7 @@ class Pipeline(Protocol):
 
 
 class Planner(Protocol):
-    def plan(self, sae_id: str, config: epb.ExportConfig, owner: str) -> ExportPlan: ...
+    def plan(self, sae_id: str, options: ExportOptions, owner: str) -> ExportPlan: ...
 
     def check(self, plan: ExportPlan) -> list[str]: ...
 
@@ -84,7 +86,8 @@ class _ExportKind:
 
     def prepare(self, record: ExportRecord) -> _ExportWork:
         stored = self._store.get_job(record.job_id)
-        plan = self._planner.plan(stored.sae_id, stored.config, stored.owner)
+        options = export_options_from_pb(stored.config)  # as the job's start planned it
+        plan = self._planner.plan(stored.sae_id, options, stored.owner)
         return self.work(plan, record.job_id)
 
     def ended(
@@ -167,8 +170,10 @@ class ExportJobManager:
     def start(self, request: epb.StartExportRequest) -> str:
         """Checks the request, creates the job (or finds the one with this request_id); the
         servicer has set ``owner`` to the owner of the SAE it exports (the caller's own, for a
-        user)."""
-        plan = self._planner.plan(request.sae_id, request.config, request.owner)
+        user). The job records the config as given; it plans from its plain values, as a resumed
+        job does from the record."""
+        options = export_options_from_pb(request.config)
+        plan = self._planner.plan(request.sae_id, options, request.owner)
         self._planner.check(plan)
         job_id = uuid.uuid4().hex
         lease_ends = datetime.now(UTC) + timedelta(seconds=self._leasing.seconds)
