@@ -253,11 +253,11 @@ def test_a_preset_lists_its_dashboard_options_as_it_applies_them(name: str) -> N
 
 
 def test_an_estimate_keeps_its_stages_in_order_and_its_warnings_beside_it() -> None:
-    stages = [
+    stages = (
         StageEstimate(ppb.STAGE_VALIDATING, 1.0),
         StageEstimate(ppb.STAGE_GENERATING_FILES, 2.5),
-    ]
-    estimate = ExportEstimate(3.5, 8, 6, 2, stages, 1000, 10, ["a warning"])
+    )
+    estimate = ExportEstimate(3.5, 8, 6, 2, stages, 1000, 10, ("a warning",))
     listed = preset_to_pb(PresetEstimate(PRESETS["quick"], estimate))
     assert [(s.stage, s.seconds) for s in listed.estimate.stages] == [
         (ppb.STAGE_VALIDATING, 1.0),

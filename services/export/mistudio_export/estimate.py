@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
@@ -176,7 +176,7 @@ def saelens_bytes(sae: SaeRecord) -> int:
     return 4 * (2 * sae.d_in * sae.d_sae + 3 * sae.d_sae + sae.d_in) + 4096
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportEstimate:
     """What ValidateExport answers: the export's predicted time, size and features, and what
     the caller should know about them."""
@@ -185,10 +185,11 @@ class ExportEstimate:
     feature_count: int
     features_cached: int
     features_to_compute: int
-    stages: list[StageEstimate]
-    estimated_size_bytes: int = 0
-    estimated_peak_memory_bytes: int = 0
-    warnings: list[str] = field(default_factory=list)
+    stages: tuple[StageEstimate, ...]
+    estimated_size_bytes: int
+    estimated_peak_memory_bytes: int
+    """What the computation of the features not cached would take at its peak; 0: none."""
+    warnings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -219,25 +220,30 @@ class ExportEstimator:
         )
         prediction = predict(plan, candidates, self._store, self._compute)
         features = len(candidates)
-        estimate = ExportEstimate(
-            estimated_seconds=prediction.seconds,
-            feature_count=features,
-            features_cached=prediction.features_cached,
-            features_to_compute=features - prediction.features_cached,
-            stages=prediction.stages,
-        )
         if plan.neuronpedia:
-            warnings += self._dashboard_notes(plan, prediction, estimate)
-        size = relative_size(plan.params, plan.omitted)
-        estimate.estimated_size_bytes = int(features * prediction.rates.bytes_per_feature * size)
+            warnings += _dashboard_notes(plan, prediction, features)
+        size = int(
+            features * prediction.rates.bytes_per_feature * relative_size(plan.params, plan.omitted)
+        )
         if plan.saelens:
-            estimate.estimated_size_bytes += saelens_bytes(plan.sae)
+            size += saelens_bytes(plan.sae)
         if not prediction.rates.measured:
             warnings.append(
                 "no export has been measured yet: file generation and size use default rates"
             )
-        estimate.warnings = warnings
-        return estimate
+        computation = prediction.computation
+        return ExportEstimate(
+            estimated_seconds=prediction.seconds,
+            feature_count=features,
+            features_cached=prediction.features_cached,
+            features_to_compute=features - prediction.features_cached,
+            stages=tuple(prediction.stages),
+            estimated_size_bytes=size,
+            estimated_peak_memory_bytes=computation.estimated_peak_memory_bytes
+            if computation is not None
+            else 0,
+            warnings=tuple(warnings),
+        )
 
     def list_presets(self, sae_id: str, options: ExportOptions, owner: str) -> list[PresetEstimate]:
         """Every preset, with its estimate for ``options`` when an SAE is named."""
@@ -251,22 +257,20 @@ class ExportEstimator:
             for preset in PRESETS.values()
         ]
 
-    def _dashboard_notes(
-        self, plan: ExportPlan, prediction: Prediction, estimate: ExportEstimate
-    ) -> list[str]:
-        warnings = []
-        if not estimate.feature_count:
-            warnings.append("the feature selection matches no feature: the export would fail")
-        if plan.selection.statistics.active:
-            warnings.append(
-                "activation-frequency and max-activation filters apply after computing: "
-                "feature_count is an upper bound"
-            )
-        answer = prediction.computation
-        if answer is not None:
-            estimate.estimated_peak_memory_bytes = answer.estimated_peak_memory_bytes
-            warnings.append(
-                f"{estimate.features_to_compute} features have no cached dashboard and will be "
-                f"computed during the export (compute rate: {answer.rate_source})"
-            )
-        return warnings
+
+def _dashboard_notes(plan: ExportPlan, prediction: Prediction, features: int) -> list[str]:
+    warnings = []
+    if not features:
+        warnings.append("the feature selection matches no feature: the export would fail")
+    if plan.selection.statistics.active:
+        warnings.append(
+            "activation-frequency and max-activation filters apply after computing: "
+            "feature_count is an upper bound"
+        )
+    answer = prediction.computation
+    if answer is not None:
+        warnings.append(
+            f"{features - prediction.features_cached} features have no cached dashboard and "
+            f"will be computed during the export (compute rate: {answer.rate_source})"
+        )
+    return warnings
