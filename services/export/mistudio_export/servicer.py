@@ -100,10 +100,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _start(self, request: epb.StartExportRequest) -> str:
         caller = current_caller()
         sae = self._check_export(request.sae_id, request.owner, request.config, caller)
-        owned = epb.StartExportRequest()
-        owned.CopyFrom(request)
-        owned.owner = sae.owner
-        return self._job(self._manager.start(owned))
+        job_id = self._manager.start(request.request_id, request.sae_id, sae.owner, request.config)
+        return self._job(job_id)
 
     @handle_errors
     async def StartExport(
@@ -156,10 +154,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
     async def ListExports(
         self, request: epb.ListExportsRequest, context: Context
     ) -> epb.ListExportsResponse:
-        owned = epb.ListExportsRequest()
-        owned.CopyFrom(request)
-        owned.owner = list_owner(request.owner, current_caller())
-        return await asyncio.to_thread(self._manager.list_jobs, owned)
+        owner = list_owner(request.owner, current_caller())
+        return await asyncio.to_thread(
+            self._manager.list_jobs, request.page_size, request.page_token, request.sae_id, owner
+        )
 
     @handle_errors
     async def DeleteExport(
