@@ -129,6 +129,9 @@ class PassCount:
     """Per shard: its pass and its finalisation, in mean shards' passes."""
     tokens: int = 0
     """Tokens of one shard's pass, as its first report counts them."""
+    chunk: tuple[int, int] = (0, 0)
+    """(features finalised, features once the chunk under way is) of the shard finalising: a
+    chunk reports its end as it begins, so only the chunks before it count as done."""
 
     @classmethod
     def of(
@@ -143,6 +146,12 @@ class PassCount:
         finalising = [costs.finalising * (hi - lo) for lo, hi in shards[:-1]] + [0.0]
         mean = sum(passes) / len(passes)
         return cls(tuple((p / mean, f / mean) for p, f in zip(passes, finalising, strict=True)))
+
+    def finalised(self, done: int) -> int:
+        """Features of the finalising shard done, at a report of ``done``."""
+        if done != self.chunk[1]:
+            self.chunk = (self.chunk[1], done)
+        return self.chunk[0]
 
     def at(self, index: int, part: float) -> tuple[int, int]:
         """(done, total) at ``part`` whole shards' passes into shard ``index``'s spans."""
@@ -176,7 +185,7 @@ class ShardProgress:
             message = f"{note}: {message}" if message else note
         passing, finalising = self.count.spans[self.index]
         if stage is Stage.ACTIVATION_PASS:
-            self.count.tokens = total
+            self.count.tokens, self.count.chunk = total, (0, 0)
             part = passing * done / total if total else 0.0
             progress(stage, *self.count.at(self.index, part), message)
         elif last and stage is Stage.LOADING_EXAMPLES:
@@ -184,5 +193,5 @@ class ShardProgress:
         elif last:
             progress(stage, self.first_feature + done, self.n_features, message)
         elif stage is not Stage.LOADING_EXAMPLES:  # features of an earlier shard finalised
-            part = passing + finalising * done / total
+            part = passing + finalising * self.count.finalised(done) / total
             progress(Stage.ACTIVATION_PASS, *self.count.at(self.index, part), f"{note}: finalising")
