@@ -150,10 +150,13 @@ class Planner:
         tokens: tpb.TokenSource,
         request_params: dpb.DashboardParams,
         feature_count: int = 0,
+        batch_size: int = 0,
     ) -> TokenPlan:
-        """The token source and parameters a computation would use, for EstimateComputation."""
+        """The token source, parameters and feature shards a computation would use, for
+        EstimateComputation."""
         params = params_of(request_params)
         check_params(params)
+        check_batch_size(batch_size)
         resolved = self.resolve_sae(ref)
         needs_model = tokens.HasField("text") or resolved.model_id
         model = self.model(_require_model(resolved))[0] if needs_model else None
@@ -161,7 +164,9 @@ class Planner:
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
-        memory = self.check_memory(params, feature_count or d_sae, dataset, 0, resolved.sae.d_in)
+        memory = self.check_memory(
+            params, feature_count or d_sae, dataset, batch_size, resolved.sae.d_in
+        )
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
         d_in = resolved.sae.d_in
@@ -171,12 +176,7 @@ class Planner:
         """Every check a request can fail before it runs, in the order a user would fix them."""
         params = params_of(request.params)
         check_params(params)
-        if request.batch_size < 0:
-            raise InvalidArgument(
-                f"batch_size {request.batch_size} is negative",
-                field="batch_size",
-                fix="use 0 for the default or a positive number of rows",
-            )
+        check_batch_size(request.batch_size)
         resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
@@ -258,6 +258,15 @@ def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
                 fix="use the DASHBOARD_COMPONENT_* values of mistudio.common.v1",
             )
     return params_from_pb(request_params)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 0:
+        raise InvalidArgument(
+            f"batch_size {batch_size} is negative",
+            field="batch_size",
+            fix="use 0 for the default or a positive number of rows",
+        )
 
 
 def check_params(params: d.DashboardParams) -> None:

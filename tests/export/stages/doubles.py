@@ -150,6 +150,7 @@ class MemoryCompute:
         tokens: TokenSource,
         feature_count: int,
         params: DashboardParams | None = None,
+        batch_size: int = 0,
     ) -> ComputationEstimate:
         seconds = {stage: rate * feature_count for stage, rate in self.seconds_per_feature.items()}
         return ComputationEstimate(
