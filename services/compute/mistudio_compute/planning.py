@@ -164,8 +164,13 @@ class Planner:
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
-        memory = self.check_memory(
-            params, feature_count or d_sae, dataset, batch_size, resolved.sae.d_in
+        memory = plan_shards(
+            self._settings,
+            params,
+            feature_count or d_sae,
+            dataset,
+            batch_rows=batch_size,
+            hook_width=resolved.sae.d_in,
         )
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
@@ -183,7 +188,8 @@ class Planner:
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         dataset = load_model_tokens(request.tokens, model, self._inputs)
         shard_plan = functools.partial(
-            self.check_memory,
+            plan_shards,
+            self._settings,
             params,
             dataset=dataset,
             batch_rows=request.batch_size,
@@ -206,29 +212,32 @@ class Planner:
             sharding=_sharding(self._settings),
         )
 
-    def check_memory(
-        self,
-        params: d.DashboardParams,
-        n_features: int,
-        dataset: TokenDataset,
-        batch_rows: int,
-        hook_width: int,
-    ) -> ShardPlan:
-        """The feature shards the computation will run in, as it will plan them
-        (``dashboards.memory``; the hook activations of ``hook_width`` values per token may be
-        kept between shards, not on Ray); RESOURCE_EXHAUSTED, naming what to lower, when not
-        even one feature fits the budget."""
-        return plan_within_budget(
-            params,
-            state_config(params, frozenset()),
-            n_features,
-            batch_rows=batch_rows or self._settings.default_batch_rows,
-            seq_len=dataset.context_size,
-            n_rows=dataset.n_rows,
-            chunk_size=CHUNK_FEATURES,
-            budget=self._settings.memory_budget(),
-            hook_width=0 if self._settings.ray_address else hook_width,
-        )
+
+def plan_shards(
+    settings: ComputeSettings,
+    params: d.DashboardParams,
+    n_features: int,
+    dataset: TokenDataset,
+    *,
+    batch_rows: int,
+    hook_width: int,
+) -> ShardPlan:
+    """The feature shards a computation of ``n_features`` runs in, as it will plan them
+    (``dashboards.memory``): EstimateComputation, the job's weights and the bench all ask here.
+    ``batch_rows`` 0 is the service's default; the hook activations of ``hook_width`` values per
+    token may be kept between shards, not on Ray. RESOURCE_EXHAUSTED, naming what to lower,
+    when not even one feature fits the budget."""
+    return plan_within_budget(
+        params,
+        state_config(params, frozenset()),
+        n_features,
+        batch_rows=batch_rows or settings.default_batch_rows,
+        seq_len=dataset.context_size,
+        n_rows=dataset.n_rows,
+        chunk_size=CHUNK_FEATURES,
+        budget=settings.memory_budget(),
+        hook_width=0 if settings.ray_address else hook_width,
+    )
 
 
 def load_model_tokens(
