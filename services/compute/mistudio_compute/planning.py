@@ -59,6 +59,20 @@ class TokenPlan:
     """Predicted peak beyond the model and SAE weights, within the budget (feature shards)."""
 
 
+@dataclass(frozen=True)
+class SaeCheck:
+    """What ValidateSae reports of an SAE that loads against its model."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    hook_point: str
+    model_id: str
+    hook_width: int
+    d_vocab: int
+    warnings: tuple[str, ...]
+
+
 class Planner:
     """Resolves references and validates requests; shared by the servicer and the job manager."""
 
@@ -88,15 +102,22 @@ class Planner:
     ) -> ResolvedSae:
         return resolve_sae(ref, self._store, self._inputs, hook_point, model_id)
 
-    def validate(self, request: cpb.ValidateSaeRequest) -> cpb.ValidateSaeResponse:
+    def validate(
+        self,
+        ref: cpb.SaeReference,
+        hook_point: str = "",
+        model_id: str = "",
+        device: str = "",
+        tokens: tpb.TokenSource | None = None,
+    ) -> SaeCheck:
         """The SAE against its model; with tokens or a device, those as ComputeDashboards
         would check them, so a request that cannot run is refused before any job exists."""
-        resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
-        model, _ = self.model(_require_model(resolved), request.device)
+        resolved = self.resolve_sae(ref, hook_point, model_id)
+        model, _ = self.model(_require_model(resolved), device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        if request.HasField("tokens"):
-            load_model_tokens(request.tokens, model, self._inputs)
-        return cpb.ValidateSaeResponse(
+        if tokens is not None:
+            load_model_tokens(tokens, model, self._inputs)
+        return SaeCheck(
             architecture=resolved.sae.cfg.architecture,
             d_in=resolved.sae.d_in,
             d_sae=resolved.sae.d_sae,
@@ -104,7 +125,7 @@ class Planner:
             model_id=resolved.model_id,
             hook_width=check.hook_width,
             d_vocab=model.d_vocab,
-            warnings=check.warnings,
+            warnings=tuple(check.warnings),
         )
 
     def resolve_hook_point(

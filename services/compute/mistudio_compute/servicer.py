@@ -68,7 +68,20 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:
         check_caller_uploads(request.sae, request.tokens, current_caller())
-        return self._planner.validate(request)
+        tokens = request.tokens if request.HasField("tokens") else None
+        check = self._planner.validate(
+            request.sae, request.hook_point, request.model_id, request.device, tokens
+        )
+        return cpb.ValidateSaeResponse(
+            architecture=check.architecture,
+            d_in=check.d_in,
+            d_sae=check.d_sae,
+            hook_point=check.hook_point,
+            model_id=check.model_id,
+            hook_width=check.hook_width,
+            d_vocab=check.d_vocab,
+            warnings=check.warnings,
+        )
 
     @handle_errors
     def ResolveHookPoint(
