@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from mistudio_common.errors import InvalidArgument
+from mistudio_compute.config import ComputeSettings
 from mistudio_compute.fast_llama import CAPTURE_TOLERANCE, FastLlama, supports
 from mistudio_compute.hooks import HookKind, HookPoint
 from mistudio_compute.model_access import (
@@ -16,8 +18,15 @@ from mistudio_compute.model_access import (
     load_model,
     wrap_model,
 )
+from mistudio_compute.planning import Planner
 
-from tests.compute.builders import STORIES_MODEL, STORIES_REF, STORIES_TOKENIZER, tiny_model
+from tests.compute.builders import (
+    STORIES_DIR,
+    STORIES_MODEL,
+    STORIES_REF,
+    STORIES_TOKENIZER,
+    tiny_model,
+)
 
 needs_stories = pytest.mark.skipif(
     not (STORIES_MODEL.is_file() and STORIES_TOKENIZER.is_file()),
@@ -113,3 +122,15 @@ def test_switches_that_change_the_forward_leave_it_to_transformer_lens(
 def test_other_architectures_are_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"llama2\.c-style"):
         FastLlama(tiny_model().model)  # LayerNorm + GELU
+
+
+@needs_stories
+@pytest.mark.parametrize("transformer_lens", [False, True])
+def test_the_transformer_lens_setting_serves_its_exact_bits(
+    tmp_path: Path, transformer_lens: bool
+) -> None:
+    settings = ComputeSettings(
+        data_dir=tmp_path, input_roots=(STORIES_DIR,), transformer_lens_forward=transformer_lens
+    )
+    loaded, _ = Planner(settings, store=None).model(STORIES_REF, "cpu")  # type: ignore[arg-type]
+    assert (loaded.fast is None) == transformer_lens

@@ -170,8 +170,12 @@ class FastLlama:
         qkv = self._rms(x, block.ln1) @ block.w_qkv + block.b_qkv  # [b, pos, (H + 2 KV) dh]
         qk = qkv[..., : (H + KV) * dh].view(batch, n_pos, H + KV, dh)  # before rotary
         v = qkv[..., (H + KV) * dh :].view(batch, n_pos, KV, dh)
-        if stop in (HookKind.ATTN_Q, HookKind.ATTN_K, HookKind.ATTN_V):
-            return {HookKind.ATTN_Q: qk[:, :, :H], HookKind.ATTN_K: qk[:, :, H:]}.get(stop, v)
+        if stop is HookKind.ATTN_Q:
+            return qk[:, :, :H]
+        if stop is HookKind.ATTN_K:
+            return qk[:, :, H:]
+        if stop is HookKind.ATTN_V:
+            return v
         q, k = self._rotate(qk, pos0).transpose(1, 2).split([H, KV], dim=1)  # [b, heads, pos, dh]
         z = self._attend(q, k, v.transpose(1, 2), cache, layer, pos0).transpose(1, 2)
         if stop is HookKind.ATTN_Z:
