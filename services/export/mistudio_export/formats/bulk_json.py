@@ -89,6 +89,16 @@ def numbers(column: np.ndarray[Any, Any]) -> Rendered:
     return _from_items(text[1:-1] + b",")
 
 
+def alphanumeric(strings: Sequence[str]) -> Rendered:
+    """Each string quoted, as JSON writes strings of ASCII letters and digits alone (ids)."""
+    text = "".join(strings)
+    if not (text.isascii() and (text.isalnum() or not text)):
+        raise ValueError("alphanumeric takes strings of ASCII letters and digits only")
+    if not strings:
+        return Rendered(_EMPTY, np.zeros(1, np.int64))
+    return _from_items(('"' + '","'.join(strings) + '",').encode())
+
+
 def float32_column(values: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
     """float64 (or float32) values in the precision the formats write; -0.0 becomes 0.0."""
     out = values.astype(np.float32)

@@ -83,9 +83,9 @@ def example_rows(columns: ExampleColumns) -> Rendered:
     max_value = bulk_json.float32_column(columns.max_value)
     return bulk_json.rows(
         {
-            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes))),
+            "tokens": ListOf(columns.token_list()),
             "token_ids": ListOf(columns.id_list(bulk_json.numbers(columns.token_ids))),
-            "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()))),
+            "values": ListOf(columns.value_list(columns.value_items)),
             "max_value": each(bulk_json.numbers(max_value)),
             "max_token_index": each(bulk_json.numbers(columns.max_token_index)),
             "source": {
