@@ -77,10 +77,17 @@ def tasks(staging: Path, out: Path, compress: bool) -> list[RangeTask]:
     d_sae = max(i for r in ranges for i in r.indices) + 1
     return [
         RangeTask(
-            range=r, folders=folders, info=info(d_sae), naming=naming(), explanations=(),
-            features_per_batch=FEATURES_PER_BATCH, compress_features=compress, hashes={},
-            reuse=None, payloads=out / "upload-parts" / f"range-{n:06d}.bin",
-        )  # fmt: skip
+            range=r,
+            folders=folders,
+            info=info(d_sae),
+            naming=naming(),
+            explanations=(),
+            features_per_batch=FEATURES_PER_BATCH,
+            compress_features=compress,
+            hashes={},
+            reuse=None,
+            payloads=out / "upload-parts" / f"range-{n:06d}.bin",
+        )
         for n, r in enumerate(ranges)
     ]
 
@@ -93,13 +100,13 @@ def _cpu(run: Callable[[], Any]) -> tuple[float, Any]:
 
 def _split(profile: cProfile.Profile, total: float) -> dict[str, float]:
     """The profiled CPU seconds by step (``STEPS``, cumulative), the rest as 'python'."""
-    stats: Any = pstats.Stats(profile).stats
+    functions = pstats.Stats(profile).get_stats_profile().func_profiles
     split = {}
     for step, name in STEPS.items():
         split[step] = sum(
-            cumulative
-            for (path, _, function), (_, _, _, cumulative, _) in stats.items()
-            if path == "~" and name in function
+            f.cumtime
+            for function, f in functions.items()
+            if f.file_name == "~" and name in function
         )
     split["python"] = total - sum(split.values())
     return split
@@ -127,7 +134,9 @@ def steps(task_list: list[RangeTask], out: Path, top: int) -> None:
     )
     table = StringTable()
     built, batches = _cpu(
-        lambda: [example_columns(h, table, examples=c) for h, c in zip(head_lists, sized)]
+        lambda: [
+            example_columns(h, table, examples=c) for h, c in zip(head_lists, sized, strict=True)
+        ]
     )
     checked, _ = _cpu(lambda: [column_findings(b) for b in batches])
     print(f"read + parse staged dashboards {read:6.2f} s CPU")
