@@ -27,7 +27,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mistudio_common.dashboard_codec import dashboard_from_pb
-from mistudio_export.collect import read_chunks
 from mistudio_export.feature_ranges import (
     RangeTask,
     _without_examples,
@@ -43,6 +42,7 @@ from mistudio_export.formats.upload_payloads import PayloadNotes, payload_featur
 from mistudio_export.generate import FOLDERS, ROOT
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import NeuronpediaNaming, SaeInfo
+from mistudio_export.staged import read_chunks
 from mistudio_export.validation.column_checks import column_findings
 
 FEATURES_PER_BATCH = 128
