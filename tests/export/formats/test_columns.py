@@ -38,6 +38,15 @@ def test_rows_are_the_bytes_jsonio_writes_for_the_equal_dicts():
     assert rendered.span(0, 3) == b",".join(jsonio.dumps(row) for row in expected)
 
 
+def test_alphanumeric_strings_are_the_bytes_jsonio_writes():
+    ids = ["c0abc", "cxyz9", "c"]
+    rendered = bulk_json.alphanumeric(ids)
+    assert rendered.span(0, 3) == jsonio.dumps(ids)[1:-1]
+    assert bulk_json.alphanumeric([]).span(0, 0) == b""
+    with pytest.raises(ValueError):
+        bulk_json.alphanumeric(["a,b"])
+
+
 def test_gather_in_small_blocks_gives_the_same_bytes(monkeypatch):
     pool = np.frombuffer(b"abcdefghij", np.uint8)
     begin, length = np.array([0, 5, 2, 9], np.int64), np.array([3, 0, 4, 1], np.int64)
