@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
 
@@ -188,6 +189,38 @@ def items(rendered: Rendered, first: np.ndarray[Any, Any], stop: np.ndarray[Any,
     begin = rendered.starts[first]
     end = np.where(stop > first, rendered.starts[stop] - 1, begin)
     return Slot(rendered, begin, end)
+
+
+def record_lists(
+    groups: Sequence[Sequence[Any]], fields: Mapping[str, type], strings: StringTable
+) -> list[orjson.Fragment] | None:
+    """Per group, its records as a JSON list of objects keyed by ``fields`` (attribute name ->
+    str, int or float), rendered in bulk, strings coded in ``strings``; the bytes ``jsonio.dumps``
+    writes for the equal dicts. None where a value is not of its field's type or not writable
+    (non-finite, beyond float32, not Unicode): the caller's per-record path handles (and
+    names) it."""
+    records = [r for group in groups for r in group]
+    template: dict[str, Slot] = {}
+    for name, kind in fields.items():
+        column = [getattr(r, name) for r in records]
+        if any(type(v) is not kind for v in column):
+            return None
+        if kind is str:
+            try:
+                codes = strings.codes(column)
+            except InvalidArgument:
+                return None
+            template[name] = each(strings.render(np.array(codes, np.int64)))
+        elif kind is int:
+            template[name] = each(numbers(np.array(column, np.int64)))
+        else:
+            values = np.array(column, np.float64)
+            if not (np.abs(values) < jsonio.F32_OVERFLOW).all():
+                return None
+            template[name] = each(numbers(float32_column(values)))
+    rendered = rows(template, len(records))
+    ends = np.cumsum([0, *map(len, groups)]).tolist()
+    return [rendered.list_fragment(first, stop) for first, stop in itertools.pairwise(ends)]
 
 
 Template = Mapping[str, Any]
