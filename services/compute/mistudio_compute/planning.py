@@ -7,6 +7,7 @@ jobs on one cached model take turns through a per-model lock (hooks are per-call
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,8 +56,9 @@ class TokenPlan:
     d_sae: int
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
-    peak_memory_bytes: int
-    """Predicted peak beyond the model and SAE weights, within the budget (feature shards)."""
+    memory: ShardPlan
+    """The feature shards it runs in, within the budget, and their predicted peak beyond the
+    model and SAE weights."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class Planner:
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
         d_in = resolved.sae.d_in
-        return TokenPlan(dataset, filled, d_in, d_sae, n_layers, memory.peak_bytes)
+        return TokenPlan(dataset, filled, d_in, d_sae, n_layers, memory)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
@@ -183,7 +185,14 @@ class Planner:
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         dataset = load_model_tokens(request.tokens, model, self._inputs)
-        self.check_memory(params, len(features), dataset, request.batch_size, resolved.sae.d_in)
+        shard_plan = functools.partial(
+            self.check_memory,
+            params,
+            dataset=dataset,
+            batch_rows=request.batch_size,
+            hook_width=resolved.sae.d_in,
+        )
+        shard_plan(len(features))
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             sae_owner=resolved.owner,
@@ -196,6 +205,7 @@ class Planner:
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
             memory_budget=self._settings.memory_budget(),
+            shard_plan=shard_plan,
             sharding=_sharding(self._settings),
         )
 
