@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import sys
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -11,6 +13,7 @@ from mistudio_common.errors import FailedPrecondition, InvalidArgument
 from mistudio_compute.model_access import (
     LoadedModel,
     capture_hook,
+    import_in_background,
     load_model,
     parse_llama2c_ref,
     resolve_device,
@@ -159,3 +162,9 @@ def test_llama2c_reference_parsing() -> None:
     assert parse_llama2c_ref("llama2c:/m/a.bin") == (Path("/m/a.bin"), Path("/m/tokenizer.bin"))
     with pytest.raises(InvalidArgument):
         parse_llama2c_ref("llama2c:?tokenizer=/t/tok.bin")
+
+
+def test_background_import_loads_transformer_lens_and_restores_the_collector() -> None:
+    import_in_background().join(timeout=120)
+    assert "transformer_lens" in sys.modules
+    assert gc.isenabled()

@@ -7,11 +7,15 @@ accepted: a TransformerLens name ("gpt2-small", "pythia-70m", fetched through th
 ("llama2c:<model.bin>?tokenizer=<tok.bin>").
 
 TransformerLens (and the transformers, datasets and pandas it imports, seconds of CPU) is imported
-only when a model is built or loaded, so a process that never loads one never pays for it.
+only when a model is built or loaded, so a process that never loads one never pays for it; a
+compute service, which will, starts that import in the background when it starts
+(``import_in_background``).
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from mistudio_common.dashboard_options import logit_lens_defined
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
+from mistudio_common.gc_pause import collector_paused
 
 from mistudio_compute import llama2c
 from mistudio_compute.hooks import HookKind, HookPoint, hook_width, validate_hook
@@ -88,6 +93,20 @@ def resolve_device(device: str = "auto") -> torch.device:
             f"unsupported device {device!r}", field="device", fix='use "auto", "cpu" or "cuda"'
         )
     return resolved
+
+
+def import_in_background() -> threading.Thread:
+    """Starts importing TransformerLens in a daemon thread, so that the service's first model
+    load (ValidateExport's, usually) finds it imported instead of spending seconds on it; a load
+    that comes sooner waits for the import to finish (Python's per-module import lock)."""
+    thread = threading.Thread(target=_import_transformer_lens, name="import-tl", daemon=True)
+    thread.start()
+    return thread
+
+
+def _import_transformer_lens() -> None:
+    with collector_paused():
+        importlib.import_module("transformer_lens")
 
 
 def load_model(

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mistudio_common.errors import NotFound
+from mistudio_common.gc_pause import collector_paused
 
-from mistudio_export.gc_pause import collector_paused
 from mistudio_export.validation import layout
 from mistudio_export.validation.context import Session, relative
 from mistudio_export.validation.importer_checks import validate_importer
