@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import sys
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -13,7 +11,6 @@ from mistudio_common.errors import FailedPrecondition, InvalidArgument
 from mistudio_compute.model_access import (
     LoadedModel,
     capture_hook,
-    import_in_background,
     load_model,
     parse_llama2c_ref,
     resolve_device,
@@ -162,9 +159,3 @@ def test_llama2c_reference_parsing() -> None:
     assert parse_llama2c_ref("llama2c:/m/a.bin") == (Path("/m/a.bin"), Path("/m/tokenizer.bin"))
     with pytest.raises(InvalidArgument):
         parse_llama2c_ref("llama2c:?tokenizer=/t/tok.bin")
-
-
-def test_background_import_loads_transformer_lens_and_restores_the_collector() -> None:
-    import_in_background().join(timeout=120)
-    assert "transformer_lens" in sys.modules
-    assert gc.isenabled()

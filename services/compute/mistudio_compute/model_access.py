@@ -7,15 +7,13 @@ accepted: a TransformerLens name ("gpt2-small", "pythia-70m", fetched through th
 ("llama2c:<model.bin>?tokenizer=<tok.bin>").
 
 TransformerLens (and the transformers, datasets and pandas it imports, seconds of CPU) is imported
-only when a model is built or loaded, so a process that never loads one never pays for it; a
-compute service, which will, starts that import in the background when it starts
-(``import_in_background``).
+only when a model is loaded, so a process that never loads one never pays for it, and with the
+cyclic collector paused: the import makes hundreds of thousands of lasting objects, and the full
+collections they set off cost a third of its CPU.
 """
 
 from __future__ import annotations
 
-import importlib
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,20 +93,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def import_in_background() -> threading.Thread:
-    """Starts importing TransformerLens in a daemon thread, so that the service's first model
-    load (ValidateExport's, usually) finds it imported instead of spending seconds on it; a load
-    that comes sooner waits for the import to finish (Python's per-module import lock)."""
-    thread = threading.Thread(target=_import_transformer_lens, name="import-tl", daemon=True)
-    thread.start()
-    return thread
-
-
-def _import_transformer_lens() -> None:
-    with collector_paused():
-        importlib.import_module("transformer_lens")
-
-
 def load_model(
     model_ref: str, device: str = "auto", open_input: Opener = open_trusted
 ) -> LoadedModel:
@@ -122,6 +106,8 @@ def load_model(
             fix="name a TransformerLens model or llama2c:<path>",
         )
     torch_device = resolve_device(device)
+    with collector_paused():
+        import transformer_lens  # noqa: F401  # the first import, here, costs seconds of CPU
     if ref.startswith(LLAMA2C_PREFIX):
         return _load_llama2c(ref, torch_device, open_input)
     return _load_from_hub(ref, torch_device)

@@ -16,7 +16,6 @@ from mistudio_common.server import RunningServer, ServiceRegistration, create_se
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.jobs import ComputeJobManager
-from mistudio_compute.model_access import import_in_background
 from mistudio_compute.planning import ModelLoader, Planner
 from mistudio_compute.servicer import ComputeServicer
 from mistudio_compute.store_client import StoreClient
@@ -48,11 +47,8 @@ def build_compute_server(
 ) -> ComputeServer:
     """Starts the server on settings.host:settings.port and resumes unfinished jobs.
 
-    ``model_loader`` replaces ``model_access.load_model`` (tests serve tiny in-memory models);
-    without one, TransformerLens is imported in the background from the start.
+    ``model_loader`` replaces ``model_access.load_model`` (tests serve tiny in-memory models).
     """
-    if model_loader is None:
-        import_in_background()
     credentials = load_credentials(settings)
     wait = PeerWait(patience_seconds=settings.fault_patience_seconds)
     store = StoreClient(settings.store_address, credentials.peer, wait)
