@@ -53,7 +53,7 @@ def render_key(plan: ExportPlan) -> str:
         EXPORT_FORMAT_VERSION,
         plan.sae.sae_id,
         dashboard_codec.params_key(plan.params),
-        f"gzip={plan.compression.gzip_json}",
+        f"gzip={plan.gzip_json}",
         f"auto_fix={plan.auto_fix}",
         plan.naming.neuronpedia_id,
     ]
