@@ -96,7 +96,10 @@ class Planner:
         confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
-                self._models[key] = (self._load(*key, self._inputs.open), threading.Lock())
+                loaded = self._load(*key, self._inputs.open)
+                if self._settings.transformer_lens_forward:
+                    loaded = replace(loaded, fast=None)
+                self._models[key] = (loaded, threading.Lock())
             return self._models[key]
 
     def resolve_sae(
