@@ -29,7 +29,7 @@ from tests.compute.service.conftest import (
     write_tokens,
 )
 
-LONG_ROWS = 64
+LONG_ROWS = 256
 BATCH_ROWS = 2
 """Enough rows, at 2 rows per batch, for a job that is still running when the test acts."""
 
