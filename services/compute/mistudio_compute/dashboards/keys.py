@@ -10,6 +10,7 @@ does not depend on batch order or on how the pass was split. All hash arithmetic
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MAX_POSITIONS = 1 << 32
@@ -27,6 +28,15 @@ _SEED_WINDOW_B = 0x6A09E667
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (Mueller) on int64 tensors holding values in [0, 2**32)."""
+    if x.device.type == "cpu":
+        # the same bits in place on uint32 (whose products wrap like the & M32): several
+        # times less CPU than torch's int64 ops, each of which allocates and spreads threads
+        h = x.numpy().astype(np.uint32)
+        for _ in range(2):
+            h ^= h >> 16
+            h *= np.uint32(_MIX)
+        h ^= h >> 16
+        return torch.from_numpy(h.astype(np.int64))
     x = (((x >> 16) ^ x) * _MIX) & M32
     x = (((x >> 16) ^ x) * _MIX) & M32
     return (x >> 16) ^ x
