@@ -3,6 +3,7 @@ job's progress weights."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,43 @@ def test_predicted_seconds_as_weights_give_an_eta_in_the_measured_proportion() -
     now[0] = 15.0
     halfway = tracker.update(PASS, 2, 4)
     assert halfway.eta_seconds == pytest.approx(15.0 + 10.0)
+
+
+def test_in_feature_shards_the_pass_stage_holds_all_but_the_last_shards_finalisation() -> None:
+    """Each shard but the last finalises inside the pass stage: 9/10 of the finalisation's
+    seconds move to the pass, and the job's whole prediction stays what it was."""
+    rates = StageRates.fit(synthetic_job(tokens=4_096, d_sae=512))
+    stages = [PASS, HISTOGRAMS, WRITING]
+    whole = JobSize(tokens=8_192, features=131_000, example_tokens=1125)
+    pure = rates.predict(stages, whole)
+    sharded = rates.predict(stages, replace(whole, shards=10))
+    assert sharded[0] == pytest.approx(pure[0] + 0.9 * pure[1])
+    assert sharded[1] == pytest.approx(0.1 * pure[1])
+    assert sharded[2] == pure[2] and sum(sharded) == pytest.approx(sum(pure))
+
+
+def sharded_progress(tokens: int, d_sae: int, shards: int) -> ppb.Progress:
+    """The progress of a sharded job on the synthetic machine: the pass stage timed its pass
+    and every shard's finalisation but the last's, which the histograms stage timed."""
+    size = JobSize(tokens=tokens, features=d_sae, example_tokens=1125, shards=shards)
+    true = {t.stage: t.seconds for t in synthetic_job(tokens, d_sae)}
+    in_pass = true[HISTOGRAMS] * size.finalised_in_pass
+    elapsed = {PASS: true[PASS] + in_pass, HISTOGRAMS: true[HISTOGRAMS] - in_pass}
+    return ppb.Progress(
+        stages=[
+            ppb.StageProgress(stage=s, state=ppb.JOB_STATE_SUCCEEDED, elapsed_seconds=elapsed[s])
+            for s in (PASS, HISTOGRAMS)
+        ]
+    )
+
+
+def test_a_sharded_jobs_stages_are_fitted_as_the_work_they_timed() -> None:
+    """A fit of a 10-shard job predicts an unsharded job exactly: its pass stage is not taken
+    for pure pass (the rate would be 13 times too slow here), nor its last shard's
+    finalisation for all the features' (10 times too fast)."""
+    size = JobSize(tokens=8_192, features=131_000, example_tokens=1125, shards=10)
+    rates = StageRates.fit(stage_times(sharded_progress(8_192, 131_000, 10), size))
+    other = synthetic_job(262_144, 4_096)
+    for time in other:
+        if time.stage != WRITING:
+            assert rates.seconds(time.stage, time.size) == pytest.approx(time.seconds, rel=1e-9)

@@ -1,6 +1,7 @@
-"""The `mistudio-export` command line, `make demo` and the in-process stack.
+"""The `mistudio-export` command line, `make demo` and the local stack.
 
 The command is a gRPC client of the export, store and compute services; without an
-`--export-address` it starts all three in its own process (local_stack), which is why this is
-the one package that imports every service's server builder. The services import none of it.
+`--export-address` it starts all three itself (local_stack; the store in a child process),
+which is why this is the one package that imports every service's server builder. The services
+import none of it.
 """

@@ -1,8 +1,11 @@
-"""All three services in one process on loopback, on embedded defaults.
+"""All three services on loopback, on embedded defaults: the store in a child process.
 
 This is what `mistudio-export serve`, the demo and a CLI call without `--export-address` run:
 SQLite and a local archive folder under one data folder, CPU or the local GPU, ephemeral ports
-unless fixed ones are asked for. The services still talk to each other over real gRPC.
+unless fixed ones are asked for. The services still talk to each other over real gRPC. The store
+runs in a child process (``mistudio_cli.service_process``): its request handling is Python work
+that would otherwise wait on the same interpreter lock as compute's and the export's (issue #14);
+compute and the export stay here, as a second process importing torch would cost ~300 MB.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from pathlib import Path
 
 from mistudio_common.server import RunningServer
 
+from mistudio_cli.service_process import ServiceProcess, start_service_process
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LocalStack:
-    store: RunningServer
+    store: ServiceProcess
     compute: RunningServer
     export: RunningServer
     data_dir: Path
@@ -56,22 +61,19 @@ def start_local_stack(
 ) -> LocalStack:
     """Starts store, compute and export on 127.0.0.1, wired to each other; compute reads
     inputs under ``data_dir`` and ``input_paths`` (the files a CLI user named) only."""
-    from mistudio_compute.config import ComputeSettings
-    from mistudio_compute.server import build_compute_server
-    from mistudio_export.config import ExportSettings
-    from mistudio_export.server import build_export_server
-    from mistudio_store.config import StoreSettings
-    from mistudio_store.server import build_store_server
-
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    store_settings = (
-        StoreSettings(data_dir=data_dir, port=store_port, database_url=database_url)
-        if database_url
-        else StoreSettings(data_dir=data_dir, port=store_port)
-    )
-    store = build_store_server(store_settings)
-    try:
+    store_settings: dict[str, object] = {"data_dir": str(data_dir), "port": store_port}
+    if database_url:
+        store_settings["database_url"] = database_url
+    store = start_service_process("store", store_settings, data_dir)
+    try:  # imported while the store starts
+        from mistudio_compute.config import ComputeSettings
+        from mistudio_compute.server import build_compute_server
+        from mistudio_export.config import ExportSettings
+        from mistudio_export.server import build_export_server
+
+        store.wait_ready()
         compute = build_compute_server(
             ComputeSettings(
                 port=compute_port,

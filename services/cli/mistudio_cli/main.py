@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command(
         "serve",
-        "start store, compute and export in this process on embedded defaults",
+        "start store (a child process), compute and export on embedded defaults",
         cmd_serve,
         "example:\n  mistudio-export serve --data-dir ./data   # then point the backend at :50053",
     )

@@ -16,13 +16,13 @@ from mistudio_common import dashboard as d
 from mistudio_common.dashboard_options import Component
 
 SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
-_SCALE_FROM_PB = {v: k for k, v in SCALE_TO_PB.items()}
+SCALE_FROM_PB = {v: k for k, v in SCALE_TO_PB.items()}
 METRIC_TO_PB = {
     d.TokenRankMetric.SUM: pb.TOKEN_RANK_METRIC_SUM,
     d.TokenRankMetric.COUNT: pb.TOKEN_RANK_METRIC_COUNT,
     d.TokenRankMetric.MEAN: pb.TOKEN_RANK_METRIC_MEAN,
 }
-_METRIC_FROM_PB = {v: k for k, v in METRIC_TO_PB.items()}
+METRIC_FROM_PB = {v: k for k, v in METRIC_TO_PB.items()}
 COMPONENT_TO_PB = {
     Component.TOP_EXAMPLES: pb.DASHBOARD_COMPONENT_TOP_EXAMPLES,
     Component.QUANTILE_EXAMPLES: pb.DASHBOARD_COMPONENT_QUANTILE_EXAMPLES,
@@ -72,7 +72,7 @@ def _histogram_from_pb(m: pb.Histogram) -> d.Histogram:
     return d.Histogram(
         bin_edges=list(m.bin_edges),
         counts=list(m.counts),
-        scale=_SCALE_FROM_PB.get(m.scale, d.BinScale.LINEAR),
+        scale=SCALE_FROM_PB.get(m.scale, d.BinScale.LINEAR),
         total_count=m.total_count,
         nonzero_count=m.nonzero_count,
     )
@@ -180,7 +180,7 @@ def dashboard_from_pb(m: pb.FeatureDashboard) -> d.FeatureDashboard:
         logit_histogram=_histogram_from_pb(m.logit_histogram),
         statistics=_stats_from_pb(m.statistics),
         top_tokens=[_token_from_pb(t) for t in m.top_tokens],
-        top_tokens_metric=_METRIC_FROM_PB.get(m.top_tokens_metric, d.TokenRankMetric.SUM),
+        top_tokens_metric=METRIC_FROM_PB.get(m.top_tokens_metric, d.TokenRankMetric.SUM),
     )
 
 
@@ -216,9 +216,9 @@ def params_from_pb(m: pb.DashboardParams) -> d.DashboardParams:
         context_right=m.context_right or defaults.context_right,
         logit_k=m.logit_k or defaults.logit_k,
         histogram_bins=m.histogram_bins or defaults.histogram_bins,
-        histogram_scale=_SCALE_FROM_PB.get(m.histogram_scale, defaults.histogram_scale),
+        histogram_scale=SCALE_FROM_PB.get(m.histogram_scale, defaults.histogram_scale),
         logit_histogram_bins=m.logit_histogram_bins or defaults.logit_histogram_bins,
-        token_rank_metric=_METRIC_FROM_PB.get(m.token_rank_metric, defaults.token_rank_metric),
+        token_rank_metric=METRIC_FROM_PB.get(m.token_rank_metric, defaults.token_rank_metric),
         n_top_tokens=m.n_top_tokens or defaults.n_top_tokens,
         aggregate_all_tokens=m.aggregate_all_tokens,
         token_source_fingerprint=m.token_source_fingerprint,

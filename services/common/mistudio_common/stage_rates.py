@@ -8,6 +8,10 @@ shown examples (features × example tokens: finalisation builds them, and they a
 bytes written, validated and packed); checking a request is a fixed cost. A rate is fitted from
 the stage times of finished jobs; until a stage has been measured, its prior stands in (the
 bench's stage times, ``BENCH_SECONDS``).
+
+A computation run in feature shards finalises every shard but the last inside its activation
+pass stage (``mistudio_compute.dashboards.shards``): its predicted pass stage holds that share
+of the finalisation, and its measured one is fitted with that share taken out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -23,6 +27,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.progress import StageId
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,24 @@ class JobSize:
     """Features computed (or written, for the file stages)."""
     example_tokens: int
     """Tokens of one feature's shown examples: examples × context window."""
+    shards: int = 1
+    """Feature shards the computation runs in (equal but the last, as ``dashboards.memory``
+    plans them)."""
+    forwards: int = 1
+    """Model forwards over the tokens: one, or one per shard where the shards do not keep the
+    hook activations."""
+
+    @property
+    def last_shard_features(self) -> int:
+        """Features of the last shard: the only ones finalised in the finalisation stages."""
+        return self.features - (self.shards - 1) * -(-self.features // self.shards)
+
+    @property
+    def finalised_in_pass(self) -> float:
+        """The share of the features whose finalisation runs inside the pass stage."""
+        if self.shards <= 1 or self.features <= 0:
+            return 0.0
+        return 1.0 - self.last_shard_features / self.features
 
 
 def example_tokens(params: dpb.DashboardParams | DashboardParams) -> int:
@@ -49,12 +72,14 @@ def example_tokens(params: dpb.DashboardParams | DashboardParams) -> int:
 def cost_units(stage: StageId, size: JobSize) -> float:
     """The cost driver of ``stage`` for a job of ``size``: its seconds are proportional to it."""
     if stage == ppb.STAGE_ACTIVATION_PASS:
-        return float(size.tokens) * (size.features + PASS_TOKEN_WORK_IN_FEATURES)
+        return float(size.tokens) * (size.features + size.forwards * PASS_TOKEN_WORK_IN_FEATURES)
     if stage == ppb.STAGE_VALIDATING:
         return 1.0
     return float(size.features) * size.example_tokens
 
 
+FINALISATION_STAGES = computation_stages(frozenset())[1:]
+"""The stages after the pass that each feature shard runs for its own features."""
 PASS_TOKEN_WORK_IN_FEATURES = 2_200
 """The pass's work per token that does not grow with the features (the model's forward to the
 hook, the batch's bookkeeping), in features' worth: on the bench the pass's CPU seconds grow
@@ -95,6 +120,22 @@ class StageTime:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardCosts:
+    """The work a sharded pass stage holds besides passing the features, each in features
+    passed over every token: its count advances by them (``dashboards.shards``), so it
+    advances evenly in time. Zero: counted as nothing."""
+
+    finalising: float = 0.0
+    """Finalising one feature."""
+    forward: float = 0.0
+    """The model forward over every token."""
+
+
+NO_SHARD_COSTS = ShardCosts()
+"""Nothing counted besides the features' passes (no predicted rates at hand)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StageRates:
     """Seconds per cost unit of each stage: fitted where measured, the prior elsewhere."""
 
@@ -121,8 +162,25 @@ class StageRates:
         return self.seconds_per_unit.get(stage, 0.0) * cost_units(stage, size)
 
     def predict(self, stages: Sequence[StageId], size: JobSize) -> list[float]:
-        """Predicted seconds of each of ``stages``: a job's estimate and its progress weights."""
-        return [self.seconds(stage, size) for stage in stages]
+        """Predicted seconds of each of ``stages``: a job's estimate and its progress weights.
+        In feature shards the pass stage takes the finalisation of all shards but the last."""
+        predicted = [self.seconds(stage, size) for stage in stages]
+        if ppb.STAGE_ACTIVATION_PASS not in stages:
+            return predicted
+        moved = [
+            size.finalised_in_pass * seconds if stage in FINALISATION_STAGES else 0.0
+            for stage, seconds in zip(stages, predicted, strict=True)
+        ]
+        predicted = [seconds - m for seconds, m in zip(predicted, moved, strict=True)]
+        predicted[list(stages).index(ppb.STAGE_ACTIVATION_PASS)] += sum(moved)
+        return predicted
+
+    def shard_costs(self, stages: Sequence[StageId], size: JobSize) -> ShardCosts:
+        """What a sharded pass stage holds besides the features' passes, predicted."""
+        passing = self.seconds_per_unit.get(ppb.STAGE_ACTIVATION_PASS, 0.0) * size.tokens
+        final = sum(self.seconds_per_unit.get(s, 0.0) for s in stages if s in FINALISATION_STAGES)
+        finalising = final * size.example_tokens / passing if passing > 0 else 0.0
+        return ShardCosts(finalising=finalising, forward=PASS_TOKEN_WORK_IN_FEATURES)
 
     def all_measured(self, stages: Sequence[StageId]) -> bool:
         return all(stage in self.measured for stage in stages)
@@ -176,9 +234,26 @@ class RateFile:
 
 
 def stage_times(progress: ppb.Progress, size: JobSize) -> list[StageTime]:
-    """The measured stages of a finished job's progress, sized by the job."""
-    return [
-        StageTime(s.stage, size, s.elapsed_seconds)
+    """The measured stages of a finished job's progress, each sized by the work it timed: in
+    feature shards, the finalisation stages timed the last shard's features, and the pass
+    stage is fitted less the earlier shards' finalisation at the last shard's measured pace
+    (left out when that leaves nothing)."""
+    measured = [
+        (s.stage, s.elapsed_seconds)
         for s in progress.stages
         if s.state == ppb.JOB_STATE_SUCCEEDED and s.elapsed_seconds > 0
     ]
+    if size.shards <= 1:
+        return [StageTime(stage, size, seconds) for stage, seconds in measured]
+    last = replace(size, features=size.last_shard_features, shards=1, forwards=1)
+    final = sum(seconds for stage, seconds in measured if stage in FINALISATION_STAGES)
+    earlier = final * (size.features - last.features) / last.features
+    times = []
+    for stage, seconds in measured:
+        if stage in FINALISATION_STAGES:
+            times.append(StageTime(stage, last, seconds))
+        elif stage != ppb.STAGE_ACTIVATION_PASS:
+            times.append(StageTime(stage, size, seconds))
+        elif seconds > earlier:
+            times.append(StageTime(stage, size, seconds - earlier))
+    return times

@@ -32,7 +32,13 @@ from mistudio_common.jobs.running import RunningJob
 from mistudio_common.progress import TERMINAL_STATES, JobChannel, StageId
 from mistudio_common.repeated_requests import differing_fields, refuse_a_different_request
 from mistudio_common.retry import Patience
-from mistudio_common.stage_rates import JobSize, RateFile, stage_times
+from mistudio_common.stage_rates import (
+    NO_SHARD_COSTS,
+    JobSize,
+    RateFile,
+    ShardCosts,
+    stage_times,
+)
 
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
@@ -75,6 +81,9 @@ class RunHooks:
     shard_states: ShardStore | None = None
     """Where Ray shards' states are kept when every replica should find them (None: beside
     the checkpoint)."""
+    shard_costs: ShardCosts = NO_SHARD_COSTS
+    """The predicted finalisation and model forward that a sharded pass stage counts besides
+    the features' passes."""
 
 
 class PreparedComputation(Protocol):
@@ -265,8 +274,8 @@ class ComputeJobManager:
             job.report(ppb.STAGE_VALIDATING, 1, 1, "checks")
             self._plan(job, prepared)
             todo = list(job.checkpoint.features)
-            predicted = self.rates.rates().predict(job.tracker.stages, prepared.size(len(todo)))
-            job.tracker.weigh(predicted)  # the ETA of stages not begun follows measured rates
+            rates, size = self.rates.rates(), prepared.size(len(todo))
+            job.tracker.weigh(rates.predict(job.tracker.stages, size))  # ETA by measured rates
             hooks = RunHooks(
                 progress=_reporter(job),
                 interrupt=job.control,
@@ -277,6 +286,7 @@ class ComputeJobManager:
                     if self._state_bucket is None
                     else self._state_bucket.computation(job.job_id)
                 ),
+                shard_costs=rates.shard_costs(job.tracker.stages, size),
             )
             stats = prepared.run(todo, hooks) if todo else None
             job.report(ppb.STAGE_CACHING, sink.written, len(todo), "features")

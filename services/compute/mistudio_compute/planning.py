@@ -7,6 +7,7 @@ jobs on one cached model take turns through a per-model lock (hooks are per-call
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,8 +56,23 @@ class TokenPlan:
     d_sae: int
     n_layers: int
     """Blocks of the SAE's model; 0 when the SAE names no model."""
-    peak_memory_bytes: int
-    """Predicted peak beyond the model and SAE weights, within the budget (feature shards)."""
+    memory: ShardPlan
+    """The feature shards it runs in, within the budget, and their predicted peak beyond the
+    model and SAE weights."""
+
+
+@dataclass(frozen=True)
+class SaeCheck:
+    """What ValidateSae reports of an SAE that loads against its model."""
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    hook_point: str
+    model_id: str
+    hook_width: int
+    d_vocab: int
+    warnings: tuple[str, ...]
 
 
 class Planner:
@@ -80,7 +96,10 @@ class Planner:
         confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
-                self._models[key] = (self._load(*key, self._inputs.open), threading.Lock())
+                loaded = self._load(*key, self._inputs.open)
+                if self._settings.transformer_lens_forward:
+                    loaded = replace(loaded, fast=None)
+                self._models[key] = (loaded, threading.Lock())
             return self._models[key]
 
     def resolve_sae(
@@ -88,15 +107,22 @@ class Planner:
     ) -> ResolvedSae:
         return resolve_sae(ref, self._store, self._inputs, hook_point, model_id)
 
-    def validate(self, request: cpb.ValidateSaeRequest) -> cpb.ValidateSaeResponse:
+    def validate(
+        self,
+        ref: cpb.SaeReference,
+        hook_point: str = "",
+        model_id: str = "",
+        device: str = "",
+        tokens: tpb.TokenSource | None = None,
+    ) -> SaeCheck:
         """The SAE against its model; with tokens or a device, those as ComputeDashboards
         would check them, so a request that cannot run is refused before any job exists."""
-        resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
-        model, _ = self.model(_require_model(resolved), request.device)
+        resolved = self.resolve_sae(ref, hook_point, model_id)
+        model, _ = self.model(_require_model(resolved), device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
-        if request.HasField("tokens"):
-            load_model_tokens(request.tokens, model, self._inputs)
-        return cpb.ValidateSaeResponse(
+        if tokens is not None:
+            load_model_tokens(tokens, model, self._inputs)
+        return SaeCheck(
             architecture=resolved.sae.cfg.architecture,
             d_in=resolved.sae.d_in,
             d_sae=resolved.sae.d_sae,
@@ -104,7 +130,7 @@ class Planner:
             model_id=resolved.model_id,
             hook_width=check.hook_width,
             d_vocab=model.d_vocab,
-            warnings=check.warnings,
+            warnings=tuple(check.warnings),
         )
 
     def resolve_hook_point(
@@ -142,7 +168,7 @@ class Planner:
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
         d_in = resolved.sae.d_in
-        return TokenPlan(dataset, filled, d_in, d_sae, n_layers, memory.peak_bytes)
+        return TokenPlan(dataset, filled, d_in, d_sae, n_layers, memory)
 
     def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
@@ -159,7 +185,14 @@ class Planner:
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         dataset = load_model_tokens(request.tokens, model, self._inputs)
-        self.check_memory(params, len(features), dataset, request.batch_size, resolved.sae.d_in)
+        shard_plan = functools.partial(
+            self.check_memory,
+            params,
+            dataset=dataset,
+            batch_rows=request.batch_size,
+            hook_width=resolved.sae.d_in,
+        )
+        shard_plan(len(features))
         return PreparedDashboards(
             sae_id=resolved.sae_id,
             sae_owner=resolved.owner,
@@ -172,6 +205,7 @@ class Planner:
             batch_rows=request.batch_size or self._settings.default_batch_rows,
             checkpoint_every_batches=self._settings.checkpoint_every_batches,
             memory_budget=self._settings.memory_budget(),
+            shard_plan=shard_plan,
             sharding=_sharding(self._settings),
         )
 

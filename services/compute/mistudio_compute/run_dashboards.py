@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import resource
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +27,7 @@ from mistudio_compute.dashboards import (
     compute_dashboards,
 )
 from mistudio_compute.dashboards.distributed import RayCluster, Sharding
+from mistudio_compute.dashboards.memory import ShardPlan
 from mistudio_compute.dashboards.shard_states import ShardStore
 from mistudio_compute.jobs import RunHooks, RunStats
 from mistudio_compute.model_access import LoadedModel
@@ -61,6 +62,9 @@ class PreparedDashboards:
     checkpoint_every_batches: int
     memory_budget: int
     """Bytes the computation may take beyond the model and the SAE (it shards features to fit)."""
+    shard_plan: Callable[[int], ShardPlan]
+    """The feature shards a computation of that many of the features runs in, as it will plan
+    them (the planner's ``check_memory``)."""
     sharding: Sharding | None = None
     """Set when a Ray address is configured: the pass then runs as shards on that cluster."""
 
@@ -68,7 +72,12 @@ class PreparedDashboards:
         return run_dashboards(self, features, hooks)
 
     def size(self, features: int) -> JobSize:
-        return JobSize(self.dataset.n_tokens, features, example_tokens(self.params))
+        return job_size(self.dataset.n_tokens, features, self.params, self.shard_plan(features))
+
+
+def job_size(tokens: int, features: int, params: dpb.DashboardParams, memory: ShardPlan) -> JobSize:
+    """What the stage costs of computing ``features`` grow with, in the shards they run in."""
+    return JobSize(tokens, features, example_tokens(params), memory.shards, memory.forwards)
 
 
 class StageReporter:
@@ -133,6 +142,7 @@ def run_dashboards(
             if prepared.sharding is None
             else _ray_cluster(prepared, prepared.sharding, hooks.shard_states)
         ),
+        costs=hooks.shard_costs,
     )
     for chunk in chunks:
         hooks.on_finalised(chunk)

@@ -15,11 +15,11 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.auth import current_caller
 from mistudio_common.grpc_errors import handle_errors
-from mistudio_common.stage_rates import JobSize, example_tokens
 
 from mistudio_compute.jobs import ComputeJobManager, job_stages, progress_message
 from mistudio_compute.object_inputs import check_caller_uploads
 from mistudio_compute.planning import Planner
+from mistudio_compute.run_dashboards import job_size
 from mistudio_compute.saelens_export import saelens_chunks
 
 
@@ -68,7 +68,20 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:
         check_caller_uploads(request.sae, request.tokens, current_caller())
-        return self._planner.validate(request)
+        tokens = request.tokens if request.HasField("tokens") else None
+        check = self._planner.validate(
+            request.sae, request.hook_point, request.model_id, request.device, tokens
+        )
+        return cpb.ValidateSaeResponse(
+            architecture=check.architecture,
+            d_in=check.d_in,
+            d_sae=check.d_sae,
+            hook_point=check.hook_point,
+            model_id=check.model_id,
+            hook_width=check.hook_width,
+            d_vocab=check.d_vocab,
+            warnings=check.warnings,
+        )
 
     @handle_errors
     def ResolveHookPoint(
@@ -85,7 +98,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         )
         tokens = plan.dataset.n_tokens
         features = request.feature_count or plan.d_sae
-        size = JobSize(tokens, features, example_tokens(plan.params))
+        size = job_size(tokens, features, plan.params, plan.memory)
         stages, rates = job_stages(plan.params), self._manager.rates.rates()
         predicted = rates.predict(stages, size)
         return cpb.EstimateComputationResponse(
@@ -97,7 +110,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
             context_size=plan.dataset.context_size,
             prepend_bos=plan.dataset.prepend_bos,
             n_layers=plan.n_layers,
-            estimated_peak_memory_bytes=plan.peak_memory_bytes,
+            estimated_peak_memory_bytes=plan.memory.peak_bytes,
             stages=[
                 ppb.StageEstimate(stage=stage, seconds=seconds)
                 for stage, seconds in zip(stages, predicted, strict=True)

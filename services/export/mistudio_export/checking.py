@@ -12,6 +12,7 @@ import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -135,6 +136,14 @@ def _check_saelens(folder: Path, summary: epb.ValidationSummary) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """ValidateArchive's answer; the summary is the type a job's outcome records."""
+
+    summary: epb.ValidationSummary
+    problems: list[epb.ValidationProblem]
+
+
 class ArchiveValidator:
     """ValidateArchive: re-checks a finished export's archive, optionally repairing it."""
 
@@ -142,13 +151,15 @@ class ArchiveValidator:
         self._store = store
         self._objects = objects
 
-    def validate(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
-        job = finished_job(self._store, request.job_id)
-        limit = request.max_problems or DEFAULT_MAX_PROBLEMS
+    def validate(self, job_id: str, auto_fix: bool, max_problems: int = 0) -> ArchiveCheck:
+        """The finished job's archive checked (and, with ``auto_fix``, repaired and published
+        again); ``max_problems`` 0 lists up to DEFAULT_MAX_PROBLEMS."""
+        job = finished_job(self._store, job_id)
+        limit = max_problems or DEFAULT_MAX_PROBLEMS
         with tempfile.TemporaryDirectory(prefix="mistudio-validate-") as scratch:
             folder = Path(scratch) / "archive"
             archive = fetch_to_file(self._objects, job.output_uri, Path(scratch) / "archive.zip")
-            checked = validate_zip(archive, folder, fix=request.auto_fix)
+            checked = validate_zip(archive, folder, fix=auto_fix)
             report, integrity = checked.report, checked.integrity
             summary = summary_of(report)
             if (folder / FOLDERS[FormatKind.SAELENS]).is_dir():
@@ -158,7 +169,7 @@ class ArchiveValidator:
                 with zipfile.ZipFile(archive) as zf:
                     compression = _compression_of(zf)
                 self._republish(job, folder, Path(scratch) / "fixed.zip", compression, summary)
-        return epb.ValidateArchiveResponse(summary=summary, problems=problems[:limit])
+        return ArchiveCheck(summary, problems[:limit])
 
     def _republish(
         self,

@@ -10,32 +10,21 @@ the store again.
 
 from __future__ import annotations
 
-import struct
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition
 
-from mistudio_export.delta import (
-    EarlierExport,
-    FeatureHashes,
-    feature_hash,
-    hashes_from_json,
-    hashes_to_json,
-)
-from mistudio_export.formats import jsonio
+from mistudio_export.delta import EarlierExport, FeatureHashes, feature_hash
 from mistudio_export.peers import FeatureFilter, FeatureRecords
 from mistudio_export.records import ExplanationRecord
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
-
-_LENGTH = struct.Struct(">I")
+from mistudio_export.staged import chunk_path, hashes_path, read_hashes, write_chunk
 
 
 @dataclass(frozen=True)
@@ -52,10 +41,6 @@ def chunks(indices: Sequence[int], size: int) -> list[list[int]]:
     return [list(indices[i : i + size]) for i in range(0, len(indices), size)]
 
 
-def dashboards_dir(staging: Path) -> Path:
-    return staging / "work" / "dashboards"
-
-
 def collect(
     job: JobRuntime,
     store: FeatureRecords,
@@ -69,10 +54,9 @@ def collect(
     state = job.checkpoint.collect
     done, skipped = state.chunks_done, state.skipped_unchanged
     batches = chunks(candidates, batch_size)
-    folder = dashboards_dir(job.staging)
-    staged = [folder / _chunk_name(n) for n in range(done)]
-    if all(p.exists() and _hashes_path(p).exists() for p in staged):
-        hashes = [FeatureHashes.of(_read_hashes(p)) for p in staged]
+    staged = [chunk_path(job.staging, n) for n in range(done)]
+    if all(p.exists() and hashes_path(p).exists() for p in staged):
+        hashes = [FeatureHashes.of(read_hashes(p)) for p in staged]
     else:
         done, skipped, hashes = 0, 0, []  # the staging folder was lost: start this step over
     total = len(candidates)
@@ -80,7 +64,7 @@ def collect(
     for n in range(done, len(batches)):
         batch = batches[n]
         kept, batch_hashes, unchanged = _read_batch(job, store, params, batch, keep, delta_base)
-        _write_chunk(folder / _chunk_name(n), kept, batch_hashes)
+        write_chunk(chunk_path(job.staging, n), kept, batch_hashes)
         hashes.append(FeatureHashes.of(batch_hashes))
         skipped += unchanged
         job.report(
@@ -135,51 +119,3 @@ def _read_batch(
         kept.append(dashboard)
         hashes[index] = content
     return kept, hashes, unchanged
-
-
-def _chunk_name(n: int) -> str:
-    return f"chunk-{n:06d}.bin"
-
-
-def _hashes_path(chunk: Path) -> Path:
-    return chunk.with_suffix(".hashes.json")
-
-
-def _read_hashes(chunk: Path) -> dict[int, str]:
-    return hashes_from_json(orjson.loads(_hashes_path(chunk).read_bytes()))
-
-
-def _write_chunk(
-    path: Path, dashboards: list[dpb.FeatureDashboard], hashes: dict[int, str]
-) -> None:
-    """The hashes first: a chunk counts as staged once both files exist."""
-    jsonio.write_atomic(_hashes_path(path), jsonio.dumps_plain(hashes_to_json(hashes)))
-    data = bytearray()
-    for dashboard in dashboards:
-        raw = dashboard.SerializeToString(deterministic=True)
-        data += _LENGTH.pack(len(raw)) + raw
-    jsonio.write_atomic(path, bytes(data))
-
-
-def staged_chunks(staging: Path) -> list[Path]:
-    """The staged chunk files, in index order."""
-    return sorted(dashboards_dir(staging).glob("chunk-*.bin"))
-
-
-def chunk_indices(chunk: Path) -> list[int]:
-    """The features a staged chunk holds, ascending (read from its hashes, not its dashboards)."""
-    return sorted(_read_hashes(chunk))
-
-
-def read_chunks(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboard]:
-    """Every dashboard of ``chunks``, in order."""
-    for path in chunks:
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            (length,) = _LENGTH.unpack_from(data, offset)
-            offset += _LENGTH.size
-            dashboard = dpb.FeatureDashboard()
-            dashboard.ParseFromString(data[offset : offset + length])
-            offset += length
-            yield dashboard

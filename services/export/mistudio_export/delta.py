@@ -15,7 +15,6 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -53,7 +52,7 @@ def render_key(plan: ExportPlan) -> str:
         EXPORT_FORMAT_VERSION,
         plan.sae.sae_id,
         dashboard_codec.params_key(plan.params),
-        f"gzip={plan.compression.gzip_json}",
+        f"gzip={plan.gzip_json}",
         f"auto_fix={plan.auto_fix}",
         plan.naming.neuronpedia_id,
     ]
@@ -165,13 +164,3 @@ def archive_problem(path: Path, earlier: EarlierExport) -> str:
         return over_limit
     integrity = verify_archive(path)
     return "" if integrity.ok else "; ".join(integrity.lines()[:3])
-
-
-def hashes_to_json(hashes: Mapping[int, str]) -> dict[str, str]:
-    return {str(index): value for index, value in sorted(hashes.items())}
-
-
-def hashes_from_json(data: Any) -> dict[int, str]:
-    if not isinstance(data, Mapping):
-        return {}
-    return {int(index): str(value) for index, value in data.items()}

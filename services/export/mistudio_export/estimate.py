@@ -13,27 +13,27 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component
 from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_tokens, stage_times
 from mistudio_common.stages import FILE_STAGES
 
-from mistudio_export.clients import ComputeClient, StoreClient
+from mistudio_export.options import ExportOptions
 from mistudio_export.peers import (
     ComputationEstimate,
     EstimateRecords,
+    EstimateStore,
     ExportJobRecord,
     SaeRecord,
     TokenEstimates,
 )
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
-from mistudio_export.presets import PRESETS
+from mistudio_export.presets import PRESETS, Preset
 from mistudio_export.selection import candidate_indices
 from mistudio_export.token_facts import token_facts
 
@@ -92,10 +92,16 @@ def rates_from(jobs: Iterable[ExportJobRecord]) -> Rates:
 
 
 @dataclass(frozen=True)
+class StageEstimate:
+    stage: ppb.Stage.ValueType
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Prediction:
     """How long each stage of an export of ``candidates`` would take, and what it would compute."""
 
-    stages: list[ppb.StageEstimate]
+    stages: list[StageEstimate]
     """The plan's stages in order, each with its predicted seconds."""
     features_cached: int
     computation: ComputationEstimate | None
@@ -128,7 +134,7 @@ def predict(
     computed = computation.stage_seconds if computation else {}
     written = JobSize(0, len(candidates), example_tokens(plan.params))
     stages = [
-        ppb.StageEstimate(
+        StageEstimate(
             stage=stage,
             seconds=rates.own.seconds(stage, written)
             if stage in OWN_STAGES
@@ -170,18 +176,39 @@ def saelens_bytes(sae: SaeRecord) -> int:
     return 4 * (2 * sae.d_in * sae.d_sae + 3 * sae.d_sae + sae.d_in) + 4096
 
 
+@dataclass(frozen=True)
+class ExportEstimate:
+    """What ValidateExport answers: the export's predicted time, size and features, and what
+    the caller should know about them."""
+
+    estimated_seconds: float
+    feature_count: int
+    features_cached: int
+    features_to_compute: int
+    stages: tuple[StageEstimate, ...]
+    estimated_size_bytes: int
+    estimated_peak_memory_bytes: int
+    """What the computation of the features not cached would take at its peak; 0: none."""
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PresetEstimate:
+    preset: Preset
+    estimate: ExportEstimate | None
+    """None when no SAE was named."""
+
+
 class ExportEstimator:
     """ValidateExport: every check of StartExport, plus an estimate of time and size."""
 
-    def __init__(self, store: StoreClient, compute: ComputeClient, planner: Planner) -> None:
+    def __init__(self, store: EstimateStore, compute: TokenEstimates, planner: Planner) -> None:
         self._store = store
         self._compute = compute
         self._planner = planner
 
-    def validate(
-        self, request: epb.ValidateExportRequest, owner: str
-    ) -> epb.ValidateExportResponse:
-        plan = self._planner.plan(request.sae_id, request.config, owner)
+    def estimate(self, sae_id: str, options: ExportOptions, owner: str) -> ExportEstimate:
+        plan = self._planner.plan(sae_id, options, owner)
         warnings = [*plan.notes, *self._planner.check(plan)]
         sae = plan.sae
         candidates = (
@@ -193,58 +220,57 @@ class ExportEstimator:
         )
         prediction = predict(plan, candidates, self._store, self._compute)
         features = len(candidates)
-        estimate = epb.ExportEstimate(
-            estimated_seconds=prediction.seconds,
-            feature_count=features,
-            features_cached=prediction.features_cached,
-            features_to_compute=features - prediction.features_cached,
-            stages=prediction.stages,
-        )
         if plan.neuronpedia:
-            warnings += self._dashboard_notes(plan, prediction, estimate)
-        size = relative_size(plan.params, plan.omitted)
-        estimate.estimated_size_bytes = int(features * prediction.rates.bytes_per_feature * size)
+            warnings += _dashboard_notes(plan, prediction, features)
+        size = int(
+            features * prediction.rates.bytes_per_feature * relative_size(plan.params, plan.omitted)
+        )
         if plan.saelens:
-            estimate.estimated_size_bytes += saelens_bytes(plan.sae)
+            size += saelens_bytes(plan.sae)
         if not prediction.rates.measured:
             warnings.append(
                 "no export has been measured yet: file generation and size use default rates"
             )
-        return epb.ValidateExportResponse(estimate=estimate, warnings=warnings)
+        computation = prediction.computation
+        return ExportEstimate(
+            estimated_seconds=prediction.seconds,
+            feature_count=features,
+            features_cached=prediction.features_cached,
+            features_to_compute=features - prediction.features_cached,
+            stages=tuple(prediction.stages),
+            estimated_size_bytes=size,
+            estimated_peak_memory_bytes=computation.estimated_peak_memory_bytes
+            if computation is not None
+            else 0,
+            warnings=tuple(warnings),
+        )
 
-    def list_presets(self, request: epb.ListPresetsRequest, owner: str) -> epb.ListPresetsResponse:
-        """Every preset, with ValidateExport's estimate when the request names an SAE."""
-        out = epb.ListPresetsResponse()
-        for preset in PRESETS.values():
-            listed = out.presets.add()
-            listed.CopyFrom(preset.to_pb())
-            if request.sae_id:
-                config = epb.ExportConfig()
-                config.CopyFrom(request.config)
-                config.preset = preset.name
-                answer = self.validate(
-                    epb.ValidateExportRequest(sae_id=request.sae_id, config=config), owner
-                )
-                listed.estimate.CopyFrom(answer.estimate)
-                listed.warnings.extend(answer.warnings)
-        return out
+    def list_presets(self, sae_id: str, options: ExportOptions, owner: str) -> list[PresetEstimate]:
+        """Every preset, with its estimate for ``options`` when an SAE is named."""
+        return [
+            PresetEstimate(
+                preset,
+                self.estimate(sae_id, replace(options, preset=preset.name), owner)
+                if sae_id
+                else None,
+            )
+            for preset in PRESETS.values()
+        ]
 
-    def _dashboard_notes(
-        self, plan: ExportPlan, prediction: Prediction, estimate: epb.ExportEstimate
-    ) -> list[str]:
-        warnings = []
-        if not estimate.feature_count:
-            warnings.append("the feature selection matches no feature: the export would fail")
-        if plan.selection.statistics.active:
-            warnings.append(
-                "activation-frequency and max-activation filters apply after computing: "
-                "feature_count is an upper bound"
-            )
-        answer = prediction.computation
-        if answer is not None:
-            estimate.estimated_peak_memory_bytes = answer.estimated_peak_memory_bytes
-            warnings.append(
-                f"{estimate.features_to_compute} features have no cached dashboard and will be "
-                f"computed during the export (compute rate: {answer.rate_source})"
-            )
-        return warnings
+
+def _dashboard_notes(plan: ExportPlan, prediction: Prediction, features: int) -> list[str]:
+    warnings = []
+    if not features:
+        warnings.append("the feature selection matches no feature: the export would fail")
+    if plan.selection.statistics.active:
+        warnings.append(
+            "activation-frequency and max-activation filters apply after computing: "
+            "feature_count is an upper bound"
+        )
+    answer = prediction.computation
+    if answer is not None:
+        warnings.append(
+            f"{features - prediction.features_cached} features have no cached dashboard and "
+            f"will be computed during the export (compute rate: {answer.rate_source})"
+        )
+    return warnings

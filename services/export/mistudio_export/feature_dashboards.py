@@ -11,8 +11,8 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
-from mistudio_export.messages import RECORDED_TOKENS_KEY
 from mistudio_export.peers import (
+    RECORDED_TOKENS_KEY,
     ComputationProgress,
     ComputationRequest,
     DashboardCache,

@@ -28,7 +28,6 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 
-from mistudio_export.collect import chunk_indices, read_chunks, staged_chunks
 from mistudio_export.formats.bulk_json import StringTable
 from mistudio_export.formats.columns import ExampleColumns, batch_sized, example_columns, fan_out
 from mistudio_export.formats.neuronpedia_importer import (
@@ -41,6 +40,7 @@ from mistudio_export.formats.upload_payloads import PayloadNotes, payload_featur
 from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
+from mistudio_export.staged import chunk_indices, read_chunks, staged_chunks
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
 
 RANGE_FEATURES = 1024

@@ -167,7 +167,7 @@ def _write_neuronpedia(
     _record_findings(job.staging, [f for w in written for f in w.findings])
     if FormatKind.PRD_JSON in folders:
         n = sum(len(r.indices) for r in ranges)
-        compress = job.plan.compression.gzip_json
+        compress = job.plan.gzip_json
         prd_json.write_prd_documents(
             out, info, naming, inputs.explanations, inputs.labels, n, compress
         )
@@ -202,7 +202,7 @@ def _tasks(
             naming=naming,
             explanations=tuple(e for i in r.indices for e in by_feature.get(i, ())),
             features_per_batch=features_per_batch,
-            compress_features=job.plan.compression.gzip_json,
+            compress_features=job.plan.gzip_json,
             hashes=_of(inputs.hashes, r.indices),
             reuse=None
             if earlier is None

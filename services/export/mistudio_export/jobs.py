@@ -32,6 +32,8 @@ from mistudio_export import views
 from mistudio_export.clients import StoreClient
 from mistudio_export.config import ExportSettings
 from mistudio_export.job_store import ExportRecord, StoreJobStore, record_of
+from mistudio_export.messages import export_options_from_pb
+from mistudio_export.options import ExportOptions
 from mistudio_export.plan import ExportPlan
 from mistudio_export.runtime import JobRuntime
 
@@ -49,7 +51,7 @@ class Pipeline(Protocol):
 
 
 class Planner(Protocol):
-    def plan(self, sae_id: str, config: epb.ExportConfig, owner: str) -> ExportPlan: ...
+    def plan(self, sae_id: str, options: ExportOptions, owner: str) -> ExportPlan: ...
 
     def check(self, plan: ExportPlan) -> list[str]: ...
 
@@ -84,7 +86,8 @@ class _ExportKind:
 
     def prepare(self, record: ExportRecord) -> _ExportWork:
         stored = self._store.get_job(record.job_id)
-        plan = self._planner.plan(stored.sae_id, stored.config, stored.owner)
+        options = export_options_from_pb(stored.config)  # as the job's start planned it
+        plan = self._planner.plan(stored.sae_id, options, stored.owner)
         return self.work(plan, record.job_id)
 
     def ended(
@@ -164,21 +167,21 @@ class ExportJobManager:
 
     # -- starting and attaching ------------------------------------------------------------
 
-    def start(self, request: epb.StartExportRequest) -> str:
-        """Checks the request, creates the job (or finds the one with this request_id); the
-        servicer has set ``owner`` to the owner of the SAE it exports (the caller's own, for a
-        user)."""
-        plan = self._planner.plan(request.sae_id, request.config, request.owner)
+    def start(self, request_id: str, sae_id: str, owner: str, config: epb.ExportConfig) -> str:
+        """Checks the export, creates the job (or finds the one with this request_id); ``owner``
+        owns the SAE it exports (the caller, for a user). The job records ``config`` as given and
+        plans from its plain values, as a resumed job does from the record."""
+        plan = self._planner.plan(sae_id, export_options_from_pb(config), owner)
         self._planner.check(plan)
         job_id = uuid.uuid4().hex
         lease_ends = datetime.now(UTC) + timedelta(seconds=self._leasing.seconds)
         record = spb.ExportJob(
             job_id=job_id,
-            sae_id=request.sae_id,
+            sae_id=sae_id,
             sae_owner=plan.sae.owner,
-            owner=request.owner,
-            request_id=request.request_id or job_id,
-            config=request.config,
+            owner=owner,
+            request_id=request_id or job_id,
+            config=config,
             state=ppb.JOB_STATE_QUEUED,
             progress=first_progress(job_id, plan.stages),
             holder=self._leasing.holder,
@@ -212,12 +215,11 @@ class ExportJobManager:
             live = None
         return views.view_of(stored, progress_message(live) if live is not None else None)
 
-    def list_jobs(self, request: epb.ListExportsRequest) -> epb.ListExportsResponse:
+    def list_jobs(
+        self, page_size: int, page_token: str, sae_id: str, owner: str
+    ) -> epb.ListExportsResponse:
         page = self._store.list_jobs(
-            page_size=request.page_size,
-            page_token=request.page_token,
-            sae_id=request.sae_id,
-            owner=request.owner,
+            page_size=page_size, page_token=page_token, sae_id=sae_id, owner=owner
         )
         return epb.ListExportsResponse(
             jobs=[views.summary_of(job) for job in page.jobs], next_page_token=page.next_page_token

@@ -1,8 +1,8 @@
 """Every bound the export service puts on what it is sent or reads, in one place.
 
-README's "Limits and inputs" lists them; the request bounds are checked where a request enters
-(``plan.check_request_limits``), the archive and JSON bounds wherever an archive or a folder is
-validated or an earlier archive is reused.
+README's "Limits and inputs" lists them; the request bounds are checked where a request is
+translated (``messages.export_options_from_pb``, the servicer), the archive and JSON bounds
+wherever an archive or a folder is validated or an earlier archive is reused.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def check_request_limits(message: Message, prefix: str) -> None:
                 _check_count(name, len(item), bound, "characters")
             elif field.type == FieldDescriptor.TYPE_MESSAGE and not _is_free_form(item):
                 check_request_limits(item, name)
+
+
+def check_name_length(field: str, value: str) -> None:
+    """A name or id given outside a message (``sae_id``, ``owner``) within MAX_NAME_CHARS."""
+    _check_count(field, len(value), MAX_NAME_CHARS, "characters")
 
 
 def _is_free_form(message: Message) -> bool:

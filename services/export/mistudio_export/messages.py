@@ -1,30 +1,46 @@
-"""Translation between the peers' messages and the plain values of ``peers``: the only place
-the clients and the request planner turn one into the other, so the stages never see a message
-of a peer (the job's typed config and checkpoint excepted)."""
+"""Translation between messages and the export's plain values: the peers' (``peers``) and the
+export requests' (``options``). The only place the clients, the servicer and the job engine
+turn one into the other, so the checks, plans and stages never see a request or a peer's message
+(the job's typed config, checkpoint and outcome excepted)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
+from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common import dashboard_codec
 from mistudio_common.architectures import saelens_name
+from mistudio_common.dashboard_codec import (
+    COMPONENT_FROM_PB,
+    COMPONENT_TO_PB,
+    METRIC_FROM_PB,
+    METRIC_TO_PB,
+    SCALE_FROM_PB,
+    SCALE_TO_PB,
+)
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import error_from_status
 
+from mistudio_export.estimate import ExportEstimate, PresetEstimate
+from mistudio_export.limits import check_request_limits
+from mistudio_export.options import DashboardRequest, ExportOptions, NamingRequest
+from mistudio_export.packaging import EVERY_FORMAT, Compression, ExportFormat
 from mistudio_export.peers import (
+    RECORDED_TOKENS_KEY,
     ComputationProgress,
     ComputationRequest,
     ExportJobRecord,
     SaeRecord,
     TokenSource,
 )
-
-RECORDED_TOKENS_KEY = "token_source"
-"""Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
+from mistudio_export.selection import FeatureSelection, StatisticFilter
 
 
 def token_source_from_pb(m: tpb.TokenSource) -> TokenSource:
@@ -140,7 +156,179 @@ def export_job_from_pb(m: spb.ExportJob) -> ExportJobRecord:
         state=m.state,
         config=m.config,
         progress=m.progress,
+        formats=stored_formats(m.config),
         outcome=m.outcome if m.HasField("outcome") else None,
         output_uri=m.output_uri,
         output_size_bytes=m.output_size_bytes,
     )
+
+
+FORMAT_FROM_PB: dict[int, ExportFormat] = {
+    epb.EXPORT_FORMAT_NEURONPEDIA: ExportFormat.NEURONPEDIA,
+    epb.EXPORT_FORMAT_SAELENS: ExportFormat.SAELENS,
+}
+"""The contract's format ids as the plain ones; EXPORT_FORMAT_UNSPECIFIED is not a format."""
+FORMAT_TO_PB = {plain: value for value, plain in FORMAT_FROM_PB.items()}
+
+
+def export_options_from_pb(m: epb.ExportConfig, field: str = "config") -> ExportOptions:
+    """A request's config as plain values, once it is within the request limits; a value the
+    contract does not define is refused naming its field as the client spells it."""
+    check_request_limits(m, field)
+    return ExportOptions(
+        formats=formats_from_pb(m.formats, f"{field}.formats"),
+        selection=selection_from_pb(m.selection),
+        dashboard=dashboard_request_from_pb(m.dashboard, f"{field}.dashboard"),
+        tokens=token_source_from_pb(m.tokens),
+        gzip_json=m.compression.gzip_json,
+        zip_compression=Compression.DEFLATED if m.compression.zip_deflate else Compression.STORED,
+        delta_base_job_id=m.delta_base_job_id,
+        merge_with_base=m.merge_with_base,
+        auto_fix=m.auto_fix,
+        naming=NamingRequest(
+            model_id=m.naming.model_id,
+            source_set=m.naming.source_set,
+            creator_name=m.naming.creator_name,
+            release_id=m.naming.release_id,
+            release_title=m.naming.release_title,
+            hf_repo_id=m.naming.hf_repo_id,
+            visibility=m.naming.visibility,
+        ),
+        device=m.device,
+        batch_size=m.batch_size,
+        with_preview=m.with_preview,
+        preset=m.preset,
+    )
+
+
+def formats_from_pb(
+    values: Iterable[int], field: str = "config.formats"
+) -> tuple[ExportFormat, ...]:
+    formats = []
+    for index, value in enumerate(values):
+        if value not in FORMAT_FROM_PB:
+            raise InvalidArgument(
+                f"format {value} at position {index} is not a known export format",
+                field=field,
+                fix="use EXPORT_FORMAT_NEURONPEDIA, EXPORT_FORMAT_SAELENS or both",
+            )
+        formats.append(FORMAT_FROM_PB[value])
+    return tuple(formats)
+
+
+def stored_formats(config: epb.ExportConfig) -> frozenset[ExportFormat]:
+    """What a stored job's config writes (it passed ``formats_from_pb`` when the job started)."""
+    return frozenset(formats_from_pb(config.formats)) or EVERY_FORMAT
+
+
+def selection_from_pb(m: epb.FeatureSelection) -> FeatureSelection:
+    """The request's selection as the stages take it (the plan checks it against the SAE)."""
+    which = m.WhichOneof("base")
+    base: range | frozenset[int] | None = None
+    if which == "range":
+        base = range(m.range.start, m.range.end)
+    elif which == "list":
+        base = frozenset(m.list.indices)
+    return FeatureSelection(
+        base=base,
+        labeled_only=m.labeled_only,
+        label_contains=m.label_contains,
+        category=m.category,
+        statistics=StatisticFilter(
+            min_frequency=m.min_frequency,
+            max_frequency=m.max_frequency,
+            min_max_activation=m.min_max_activation,
+        ),
+    )
+
+
+def dashboard_request_from_pb(
+    m: dpb.DashboardParams, field: str = "config.dashboard"
+) -> DashboardRequest:
+    """Dashboard options as given (0 and unspecified stay unset); the service's own fields
+    (token_source_fingerprint, computation_version) are not the client's to set."""
+    for value in m.omitted_components:
+        if value not in COMPONENT_FROM_PB:
+            raise InvalidArgument(
+                f"omitted component {value} is not a dashboard component",
+                field=f"{field}.omitted_components",
+                fix="use DASHBOARD_COMPONENT_TOP_EXAMPLES, _QUANTILE_EXAMPLES, _LOGIT_LENS, "
+                "_ACTIVATION_HISTOGRAM, _TOKEN_AGGREGATION or _EXPLANATIONS",
+            )
+    if m.histogram_scale not in dpb.BinScale.values():
+        raise InvalidArgument(
+            f"histogram_scale {m.histogram_scale} is unknown",
+            field=f"{field}.histogram_scale",
+            fix="use BIN_SCALE_LOG or BIN_SCALE_LINEAR",
+        )
+    if m.token_rank_metric not in dpb.TokenRankMetric.values():
+        raise InvalidArgument(
+            f"token_rank_metric {m.token_rank_metric} is unknown",
+            field=f"{field}.token_rank_metric",
+            fix="use TOKEN_RANK_METRIC_SUM, _COUNT or _MEAN",
+        )
+    return DashboardRequest(
+        n_top_examples=m.n_top_examples,
+        n_quantile_groups=m.n_quantile_groups,
+        examples_per_quantile_group=m.examples_per_quantile_group,
+        context_left=m.context_left,
+        context_right=m.context_right,
+        logit_k=m.logit_k,
+        histogram_bins=m.histogram_bins,
+        logit_histogram_bins=m.logit_histogram_bins,
+        n_top_tokens=m.n_top_tokens,
+        histogram_scale=SCALE_FROM_PB.get(m.histogram_scale),
+        token_rank_metric=METRIC_FROM_PB.get(m.token_rank_metric),
+        aggregate_all_tokens=m.aggregate_all_tokens,
+        omitted=frozenset(COMPONENT_FROM_PB[v] for v in m.omitted_components),
+    )
+
+
+def dashboard_request_to_pb(d: DashboardRequest) -> dpb.DashboardParams:
+    """A preset's options as ListPresets shows them (unset stays 0)."""
+    return dpb.DashboardParams(
+        n_top_examples=d.n_top_examples,
+        n_quantile_groups=d.n_quantile_groups,
+        examples_per_quantile_group=d.examples_per_quantile_group,
+        context_left=d.context_left,
+        context_right=d.context_right,
+        logit_k=d.logit_k,
+        histogram_bins=d.histogram_bins,
+        logit_histogram_bins=d.logit_histogram_bins,
+        n_top_tokens=d.n_top_tokens,
+        histogram_scale=SCALE_TO_PB[d.histogram_scale]
+        if d.histogram_scale is not None
+        else dpb.BIN_SCALE_UNSPECIFIED,
+        token_rank_metric=METRIC_TO_PB[d.token_rank_metric]
+        if d.token_rank_metric is not None
+        else dpb.TOKEN_RANK_METRIC_UNSPECIFIED,
+        aggregate_all_tokens=d.aggregate_all_tokens,
+        omitted_components=sorted(COMPONENT_TO_PB[c] for c in d.omitted),
+    )
+
+
+def estimate_to_pb(e: ExportEstimate) -> epb.ExportEstimate:
+    return epb.ExportEstimate(
+        estimated_seconds=e.estimated_seconds,
+        estimated_size_bytes=e.estimated_size_bytes,
+        feature_count=e.feature_count,
+        features_to_compute=e.features_to_compute,
+        features_cached=e.features_cached,
+        estimated_peak_memory_bytes=e.estimated_peak_memory_bytes,
+        stages=[ppb.StageEstimate(stage=s.stage, seconds=s.seconds) for s in e.stages],
+    )
+
+
+def preset_to_pb(listed: PresetEstimate) -> epb.Preset:
+    preset, estimate = listed.preset, listed.estimate
+    m = epb.Preset(
+        name=preset.name,
+        title=preset.title,
+        description=preset.description,
+        dashboard=dashboard_request_to_pb(preset.dashboard),
+        max_tokens=preset.max_tokens,
+    )
+    if estimate is not None:
+        m.estimate.CopyFrom(estimate_to_pb(estimate))
+        m.warnings.extend(estimate.warnings)
+    return m

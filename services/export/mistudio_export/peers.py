@@ -26,6 +26,7 @@ from mistudio_common.errors import MistudioError
 from mistudio_common.progress import TERMINAL_STATES
 
 from mistudio_export.object_store import ObjectInfo, ProgressCallback
+from mistudio_export.packaging import ExportFormat
 from mistudio_export.records import ExplanationRecord
 
 
@@ -47,6 +48,10 @@ class TokenSource:
     @property
     def given(self) -> bool:
         return bool(self.token_file) or self.text_paths is not None
+
+
+RECORDED_TOKENS_KEY = "token_source"
+"""Key of the SAE record's config under which a default token source (TokenSource JSON) lives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,8 @@ class ExportJobRecord:
     owner: str
     state: ppb.JobState.ValueType
     config: epb.ExportConfig
+    formats: frozenset[ExportFormat]
+    """What the config asks to write, as a delta export checks of its base."""
     progress: ppb.Progress
     outcome: jpb.ExportOutcome | None = None
     """Set once the job finished."""
@@ -307,6 +314,11 @@ class EstimateRecords(Protocol):
     ) -> dict[int, str]: ...
 
     def recent_finished_jobs(self, limit: int) -> list[ExportJobRecord]: ...
+
+
+class EstimateStore(EstimateRecords, FeatureFacts, Protocol):
+    """What ValidateExport reads from the store besides the plan's checks: the feature records
+    a selection matches, cached dashboards and measured exports."""
 
 
 class ExportStore(FeatureRecords, ExportRecords, EstimateRecords, Protocol):

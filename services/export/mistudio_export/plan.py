@@ -13,11 +13,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
-from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio_common import dashboard_codec
 from mistudio_common.dashboard import COMPUTATION_VERSION, DashboardParams
 from mistudio_common.dashboard_options import (
     PARAM_BOUNDS,
@@ -29,15 +25,12 @@ from mistudio_common.dashboard_options import (
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
 from mistudio_common.stages import FILE_STAGES
 
-from mistudio_export.messages import RECORDED_TOKENS_KEY, token_source_from_pb
-from mistudio_export.peers import SaeRecord, TokenSource
+from mistudio_export.options import DashboardRequest, ExportOptions, NamingRequest
+from mistudio_export.packaging import EVERY_FORMAT, Compression, ExportFormat
+from mistudio_export.peers import RECORDED_TOKENS_KEY, SaeRecord, TokenSource
 from mistudio_export.presets import apply_preset, with_token_budget
 from mistudio_export.records import DEFAULT_VISIBILITY, NeuronpediaNaming
-from mistudio_export.selection import FeatureSelection, StatisticFilter
-
-NEURONPEDIA = epb.EXPORT_FORMAT_NEURONPEDIA
-SAELENS = epb.EXPORT_FORMAT_SAELENS
-_FORMAT_NAMES = {NEURONPEDIA: "neuronpedia", SAELENS: "saelens"}
+from mistudio_export.selection import FeatureSelection
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
@@ -50,12 +43,14 @@ class ExportPlan:
 
     sae: SaeRecord
     owner: str
-    formats: frozenset[int]
+    formats: frozenset[ExportFormat]
     selection: FeatureSelection
     params: DashboardParams
     """Dashboard parameters without the token-source fingerprint (compute fills that in)."""
     tokens: TokenSource | None
-    compression: epb.Compression
+    gzip_json: bool
+    """Gzip the JSON files of the PRD layout."""
+    zip_compression: Compression
     delta_base_job_id: str
     merge_with_base: bool
     auto_fix: bool
@@ -71,11 +66,11 @@ class ExportPlan:
 
     @property
     def neuronpedia(self) -> bool:
-        return NEURONPEDIA in self.formats
+        return ExportFormat.NEURONPEDIA in self.formats
 
     @property
     def saelens(self) -> bool:
-        return SAELENS in self.formats
+        return ExportFormat.SAELENS in self.formats
 
     @property
     def created_at(self) -> str:
@@ -102,55 +97,57 @@ def _check_owner(owner: str) -> None:
         )
 
 
-def build_plan(sae: SaeRecord, config: epb.ExportConfig, owner: str) -> ExportPlan:
-    """Checks every option of ``config`` against ``sae``; InvalidArgument names the first."""
+def build_plan(sae: SaeRecord, options: ExportOptions, owner: str) -> ExportPlan:
+    """Checks every option against ``sae``; InvalidArgument names the first as the request
+    spells it (``config.…``)."""
     _check_owner(owner)
-    config = apply_preset(config)
-    formats = _formats(config)
-    _check_selection(config.selection, sae.d_sae)
-    params = dashboard_params(config.dashboard)
-    omitted = omitted_components(config.dashboard)
+    options = apply_preset(options)
+    formats = frozenset(options.formats) or EVERY_FORMAT
+    neuronpedia = ExportFormat.NEURONPEDIA in formats
+    _check_selection(options.selection, sae.d_sae)
+    params = dashboard_params(options.dashboard)
+    omitted = options.dashboard.omitted
     notes: tuple[str, ...] = ()
     if not logit_lens_defined(sae.hook_point) and Component.LOGIT_LENS not in omitted:
         omitted |= {Component.LOGIT_LENS}
         params = replace(params, omitted=params.omitted | {Component.LOGIT_LENS})
         notes = (logit_lens_note(sae.hook_point),)
-    if NEURONPEDIA in formats and {Component.TOP_EXAMPLES, Component.QUANTILE_EXAMPLES} <= omitted:
+    if neuronpedia and {Component.TOP_EXAMPLES, Component.QUANTILE_EXAMPLES} <= omitted:
         raise InvalidArgument(
             "top and quantile examples are both left out, but Neuronpedia needs at least one "
             "example per live feature",
             field="config.dashboard.omitted_components",
             fix="keep top or quantile examples, or export only the SAELens format",
         )
-    tokens = token_source(config.tokens, sae)
+    tokens = token_source(options.tokens, sae)
     if tokens is not None:
-        tokens = replace(tokens, max_tokens=with_token_budget(tokens.max_tokens, config.preset))
-    if config.merge_with_base and not config.delta_base_job_id:
+        tokens = replace(tokens, max_tokens=with_token_budget(tokens.max_tokens, options.preset))
+    if options.merge_with_base and not options.delta_base_job_id:
         raise InvalidArgument(
             "merge_with_base needs a delta export",
             field="config.merge_with_base",
             fix="set config.delta_base_job_id to the earlier export to merge with",
         )
-    if not _DEVICE.match(config.device or "auto"):
+    if not _DEVICE.match(options.device or "auto"):
         raise InvalidArgument(
-            f"device {config.device!r} is not one of auto, cpu, cuda, cuda:N",
+            f"device {options.device!r} is not one of auto, cpu, cuda, cuda:N",
             field="config.device",
             fix="use 'auto' (GPU when present), 'cpu' or 'cuda'",
         )
-    if config.batch_size < 0:
+    if options.batch_size < 0:
         raise InvalidArgument(
-            f"batch_size {config.batch_size} is negative",
+            f"batch_size {options.batch_size} is negative",
             field="config.batch_size",
             fix="use 0 for the compute service's default, or a positive row count",
         )
-    if config.with_preview and NEURONPEDIA not in formats:
+    if options.with_preview and not neuronpedia:
         raise InvalidArgument(
             "with_preview needs the neuronpedia format: the viewer reads its dashboards",
             field="config.with_preview",
             fix="add EXPORT_FORMAT_NEURONPEDIA to config.formats, or leave with_preview unset",
         )
-    naming = _naming(sae, config.naming, owner)
-    if NEURONPEDIA in formats:
+    naming = _naming(sae, options.naming, owner)
+    if neuronpedia:
         problems = naming.problems()
         if problems:
             first = problems[0]
@@ -159,17 +156,18 @@ def build_plan(sae: SaeRecord, config: epb.ExportConfig, owner: str) -> ExportPl
         sae=sae,
         owner=owner,
         formats=formats,
-        selection=feature_selection(config.selection),
+        selection=options.selection,
         params=params,
         tokens=tokens,
-        compression=config.compression,
-        delta_base_job_id=config.delta_base_job_id,
-        merge_with_base=config.merge_with_base,
-        auto_fix=config.auto_fix,
+        gzip_json=options.gzip_json,
+        zip_compression=options.zip_compression,
+        delta_base_job_id=options.delta_base_job_id,
+        merge_with_base=options.merge_with_base,
+        auto_fix=options.auto_fix,
         naming=naming,
-        device=config.device or "auto",
-        batch_size=config.batch_size,
-        with_preview=config.with_preview,
+        device=options.device or "auto",
+        batch_size=options.batch_size,
+        with_preview=options.with_preview,
         omitted=omitted,
         notes=notes,
     )
@@ -217,80 +215,47 @@ def check_preconditions(plan: ExportPlan, compute_problems: list[tuple[str, str]
         )
 
 
-def _formats(config: epb.ExportConfig) -> frozenset[int]:
-    if not config.formats:
-        return frozenset({NEURONPEDIA, SAELENS})
-    for index, value in enumerate(config.formats):
-        if value not in _FORMAT_NAMES:
-            raise InvalidArgument(
-                f"format {value} at position {index} is not a known export format",
-                field="config.formats",
-                fix="use EXPORT_FORMAT_NEURONPEDIA, EXPORT_FORMAT_SAELENS or both",
-            )
-    return frozenset(config.formats)
-
-
-def feature_selection(selection: epb.FeatureSelection) -> FeatureSelection:
-    """The request's selection as the stages take it."""
-    which = selection.WhichOneof("base")
-    base: range | frozenset[int] | None = None
-    if which == "range":
-        base = range(selection.range.start, selection.range.end)
-    elif which == "list":
-        base = frozenset(selection.list.indices)
-    return FeatureSelection(
-        base=base,
-        labeled_only=selection.labeled_only,
-        label_contains=selection.label_contains,
-        category=selection.category,
-        statistics=StatisticFilter(
-            min_frequency=selection.min_frequency,
-            max_frequency=selection.max_frequency,
-            min_max_activation=selection.min_max_activation,
-        ),
-    )
-
-
-def _check_selection(selection: epb.FeatureSelection, d_sae: int) -> None:
-    which = selection.WhichOneof("base")
-    if which == "range":
-        start, end = selection.range.start, selection.range.end
+def _check_selection(selection: FeatureSelection, d_sae: int) -> None:
+    base = selection.base
+    if isinstance(base, range):
+        start, end = base.start, base.stop
         if not 0 <= start < end <= d_sae:
             raise InvalidArgument(
                 f"feature range [{start}, {end}) is not inside [0, {d_sae})",
                 field="config.selection.range",
                 fix=f"use 0 <= start < end <= d_sae ({d_sae})",
             )
-    elif which == "list":
-        if not selection.list.indices:
+    elif base is not None:
+        if not base:
             raise InvalidArgument(
                 "the feature list is empty",
                 field="config.selection.list.indices",
                 fix="list at least one feature index, or select all",
             )
-        bad = [i for i in selection.list.indices if not 0 <= i < d_sae]
+        bad = sorted(i for i in base if not 0 <= i < d_sae)
         if bad:
             raise InvalidArgument(
                 f"feature indices {bad[:5]} are outside [0, {d_sae})",
                 field="config.selection.list.indices",
                 fix=f"use indices between 0 and {d_sae - 1}",
             )
+    statistics = selection.statistics
     for name in ("min_frequency", "max_frequency"):
-        value = getattr(selection, name)
+        value = getattr(statistics, name)
         if not (math.isfinite(value) and 0.0 <= value <= 1.0):
             raise InvalidArgument(
                 f"{name} {value} is not a fraction in [0, 1]",
                 field=f"config.selection.{name}",
                 fix="give activation frequencies as fractions of tokens, e.g. 0.001",
             )
-    if selection.max_frequency and selection.max_frequency < selection.min_frequency:
+    if statistics.max_frequency and statistics.max_frequency < statistics.min_frequency:
         raise InvalidArgument(
-            f"max_frequency {selection.max_frequency} is below min_frequency "
-            f"{selection.min_frequency}",
+            f"max_frequency {statistics.max_frequency} is below min_frequency "
+            f"{statistics.min_frequency}",
             field="config.selection.max_frequency",
             fix="use max_frequency >= min_frequency, or 0 for no upper bound",
         )
-    threshold = selection.min_max_activation
+    threshold = statistics.min_max_activation
     if not (math.isfinite(threshold) and threshold >= 0.0):
         raise InvalidArgument(
             f"min_max_activation {threshold} is not a non-negative number",
@@ -299,54 +264,28 @@ def _check_selection(selection: epb.FeatureSelection, d_sae: int) -> None:
         )
 
 
-def dashboard_params(
-    given: dpb.DashboardParams, field: str = "config.dashboard"
-) -> DashboardParams:
+def dashboard_params(given: DashboardRequest, field: str = "config.dashboard") -> DashboardParams:
     """The computation's parameters with defaults filled in, after checking the shared bounds;
     explanations, which are not computed, are not among its left-out components."""
     check_bounds(((name, getattr(given, name)) for name in PARAM_BOUNDS), field, True)
-    omitted_components(given, field)
-    if given.histogram_scale not in dpb.BinScale.values():
-        raise InvalidArgument(
-            f"histogram_scale {given.histogram_scale} is unknown",
-            field=f"{field}.histogram_scale",
-            fix="use BIN_SCALE_LOG or BIN_SCALE_LINEAR",
-        )
-    if given.token_rank_metric not in dpb.TokenRankMetric.values():
-        raise InvalidArgument(
-            f"token_rank_metric {given.token_rank_metric} is unknown",
-            field=f"{field}.token_rank_metric",
-            fix="use TOKEN_RANK_METRIC_SUM, _COUNT or _MEAN",
-        )
-    params = dashboard_codec.params_from_pb(given)
+    defaults = DashboardParams()
     return replace(
-        params,
+        defaults,
+        **{name: getattr(given, name) or getattr(defaults, name) for name in PARAM_BOUNDS},
+        histogram_scale=given.histogram_scale or defaults.histogram_scale,
+        token_rank_metric=given.token_rank_metric or defaults.token_rank_metric,
+        aggregate_all_tokens=given.aggregate_all_tokens,
         token_source_fingerprint="",
         computation_version=COMPUTATION_VERSION,
-        omitted=frozenset(c for c in params.omitted if c.computed),
+        omitted=frozenset(c for c in given.omitted if c.computed),
     )
 
 
-def omitted_components(
-    given: dpb.DashboardParams, field: str = "config.dashboard"
-) -> frozenset[Component]:
-    """The parts a request leaves out; an unknown or unspecified value is refused."""
-    for value in given.omitted_components:
-        if value not in dashboard_codec.COMPONENT_FROM_PB:
-            raise InvalidArgument(
-                f"omitted component {value} is not a dashboard component",
-                field=f"{field}.omitted_components",
-                fix="use DASHBOARD_COMPONENT_TOP_EXAMPLES, _QUANTILE_EXAMPLES, _LOGIT_LENS, "
-                "_ACTIVATION_HISTOGRAM, _TOKEN_AGGREGATION or _EXPLANATIONS",
-            )
-    return frozenset(dashboard_codec.COMPONENT_FROM_PB[v] for v in given.omitted_components)
-
-
 def token_source(
-    given: tpb.TokenSource, sae: SaeRecord, field: str = "config.tokens"
+    given: TokenSource, sae: SaeRecord, field: str = "config.tokens"
 ) -> TokenSource | None:
     """The token source given, else the one recorded with the SAE, else None."""
-    tokens = token_source_from_pb(given)
+    tokens = given
     if not tokens.given:
         if sae.recorded_tokens is None:
             return None
@@ -397,7 +336,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "export"
 
 
-def _naming(sae: SaeRecord, given: epb.NeuronpediaNaming, owner: str) -> NeuronpediaNaming:
+def _naming(sae: SaeRecord, given: NamingRequest, owner: str) -> NeuronpediaNaming:
     return NeuronpediaNaming(
         model_id=given.model_id or sae.neuronpedia_model_id or _default_model_id(sae.model_id),
         source_set=given.source_set or sae.neuronpedia_source_set or _default_source_set(sae),

@@ -7,7 +7,6 @@ anything later arrives in the job's progress stream instead.
 from __future__ import annotations
 
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -16,9 +15,11 @@ from mistudio_common.errors import (
     Unavailable,
 )
 
-from mistudio_export.limits import check_request_limits
+from mistudio_export.limits import check_name_length
+from mistudio_export.options import ExportOptions
+from mistudio_export.packaging import ExportFormat
 from mistudio_export.peers import ExportJobRecord, PlanningCompute, PlanningStore
-from mistudio_export.plan import NEURONPEDIA, ExportPlan, build_plan, check_preconditions
+from mistudio_export.plan import ExportPlan, build_plan, check_preconditions
 from mistudio_export.selection import most_selected, require_candidates
 from mistudio_export.token_facts import token_facts
 
@@ -43,13 +44,13 @@ class Planner:
         self._store = store
         self._compute = compute
 
-    def plan(self, sae_id: str, config: epb.ExportConfig, owner: str) -> ExportPlan:
+    def plan(self, sae_id: str, options: ExportOptions, owner: str) -> ExportPlan:
         if not sae_id:
             raise InvalidArgument("sae_id is empty", field="sae_id", fix="name a registered SAE")
-        check_request_limits(epb.StartExportRequest(sae_id=sae_id, owner=owner), "")
-        check_request_limits(config, "config")
+        check_name_length("sae_id", sae_id)
+        check_name_length("owner", owner)
         sae = self._store.get_sae(sae_id, owner)  # a job exports its owner's SAE
-        return build_plan(sae, config, owner)
+        return build_plan(sae, options, owner)
 
     def check(self, plan: ExportPlan) -> list[str]:
         """Raises FailedPrecondition listing what the SAE lacks; returns compute's warnings."""
@@ -93,8 +94,7 @@ class Planner:
             problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))
         if base.state != ppb.JOB_STATE_SUCCEEDED:
             problems.append((field, "the base export has not succeeded: finish or redo it first"))
-        base_formats = base.config.formats
-        if base_formats and NEURONPEDIA not in base_formats:
+        if ExportFormat.NEURONPEDIA not in base.formats:
             problems.append((field, "the base export has no Neuronpedia dashboards to compare"))
         if problems:
             raise FailedPrecondition(

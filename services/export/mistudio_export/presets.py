@@ -7,13 +7,14 @@ enum), and the token budget when ``max_tokens`` is 0; left-out components add up
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.export.v1 import export_service_pb2 as epb
-from mistudio_common.dashboard_codec import COMPONENT_TO_PB
+from mistudio_common.dashboard import BinScale
 from mistudio_common.dashboard_options import PARAM_BOUNDS, Component
 from mistudio_common.errors import InvalidArgument
+
+from mistudio_export.options import DashboardRequest, ExportOptions
 
 NEURONPEDIA_PROMPTS, NEURONPEDIA_PROMPT_TOKENS = 24_576, 128
 """SAEDashboard's NeuronpediaRunnerConfig defaults (shared/reference/peers.md)."""
@@ -24,29 +25,14 @@ class Preset:
     name: str
     title: str
     description: str
-    dashboard: dpb.DashboardParams
+    dashboard: DashboardRequest
     max_tokens: int
     """Tokens read from the token source; 0 reads them all."""
 
-    def to_pb(self) -> epb.Preset:
-        return epb.Preset(
-            name=self.name,
-            title=self.title,
-            description=self.description,
-            dashboard=self.dashboard,
-            max_tokens=self.max_tokens,
-        )
 
-
-def _omit(*components: Component) -> list[dpb.DashboardComponent.ValueType]:
-    return [COMPONENT_TO_PB[c] for c in components]
-
-
-def _maxima() -> dpb.DashboardParams:
-    params = dpb.DashboardParams(aggregate_all_tokens=True)
-    for name, (_, high) in PARAM_BOUNDS.items():
-        setattr(params, name, high)
-    return params
+def _maxima() -> DashboardRequest:
+    highs: dict[str, Any] = {name: high for name, (_, high) in PARAM_BOUNDS.items()}
+    return replace(DashboardRequest(aggregate_all_tokens=True), **highs)
 
 
 PRESETS: dict[str, Preset] = {
@@ -57,7 +43,7 @@ PRESETS: dict[str, Preset] = {
             title="Quick look",
             description="20 top examples with short contexts over 65,536 tokens, no quantile "
             "examples: minutes, not hours, to see whether the features make sense.",
-            dashboard=dpb.DashboardParams(
+            dashboard=DashboardRequest(
                 n_top_examples=20,
                 context_left=8,
                 context_right=4,
@@ -65,7 +51,7 @@ PRESETS: dict[str, Preset] = {
                 histogram_bins=20,
                 logit_histogram_bins=20,
                 n_top_tokens=10,
-                omitted_components=_omit(Component.QUANTILE_EXAMPLES),
+                omitted=frozenset({Component.QUANTILE_EXAMPLES}),
             ),
             max_tokens=65_536,
         ),
@@ -75,7 +61,7 @@ PRESETS: dict[str, Preset] = {
             description="What Neuronpedia's own pipeline (SAEDashboard's neuronpedia runner) "
             "produces: 20 top examples, 5 groups of 5 interval examples, 10 top/bottom logits, "
             "50-bin linear histograms, 128-token contexts, over 24,576 prompts x 128 tokens.",
-            dashboard=dpb.DashboardParams(
+            dashboard=DashboardRequest(
                 n_top_examples=20,
                 n_quantile_groups=5,
                 examples_per_quantile_group=5,
@@ -83,7 +69,7 @@ PRESETS: dict[str, Preset] = {
                 context_right=63,
                 logit_k=10,
                 histogram_bins=50,
-                histogram_scale=dpb.BIN_SCALE_LINEAR,
+                histogram_scale=BinScale.LINEAR,
                 logit_histogram_bins=50,
             ),
             max_tokens=NEURONPEDIA_PROMPTS * NEURONPEDIA_PROMPT_TOKENS,
@@ -100,27 +86,30 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def apply_preset(config: epb.ExportConfig, field: str = "config.preset") -> epb.ExportConfig:
-    """``config`` with its preset's options filled in where it leaves them unset."""
-    if not config.preset:
-        return config
-    preset = PRESETS.get(config.preset)
+def apply_preset(options: ExportOptions, field: str = "config.preset") -> ExportOptions:
+    """``options`` with its preset's dashboard options filled in where it leaves them unset."""
+    if not options.preset:
+        return options
+    preset = PRESETS.get(options.preset)
     if preset is None:
         raise InvalidArgument(
-            f"unknown preset {config.preset!r}",
+            f"unknown preset {options.preset!r}",
             field=field,
             fix=f"use one of {', '.join(PRESETS)} (ListPresets describes them)",
         )
-    out = epb.ExportConfig()
-    out.CopyFrom(config)
-    given, dashboard = config.dashboard, out.dashboard
-    for name in (*PARAM_BOUNDS, "histogram_scale", "token_rank_metric"):
-        if not getattr(given, name):
-            setattr(dashboard, name, getattr(preset.dashboard, name))
-    dashboard.aggregate_all_tokens |= preset.dashboard.aggregate_all_tokens
-    missing = set(preset.dashboard.omitted_components) - set(given.omitted_components)
-    dashboard.omitted_components.extend(sorted(missing))
-    return out
+    given, filler = options.dashboard, preset.dashboard
+    unset = {
+        name: getattr(filler, name)
+        for name in (*PARAM_BOUNDS, "histogram_scale", "token_rank_metric")
+        if getattr(given, name) in (0, None)
+    }
+    dashboard = replace(
+        given,
+        **unset,
+        aggregate_all_tokens=given.aggregate_all_tokens or filler.aggregate_all_tokens,
+        omitted=given.omitted | filler.omitted,
+    )
+    return replace(options, dashboard=dashboard)
 
 
 def with_token_budget(max_tokens: int, preset: str) -> int:

@@ -18,7 +18,6 @@ from mistudio_export.generate import included_formats, output_dir
 from mistudio_export.packaging import (
     MANIFEST_NAME,
     ArchiveFacts,
-    Compression,
     FormatKind,
     build_archive,
     pretrained_saes_entry,
@@ -107,7 +106,6 @@ def pack_and_publish(
     out = output_dir(job.staging)
     job.report(ppb.STAGE_CREATING_ARCHIVE, 0, 0, "bytes", "writing README, prefill and manifest")
     write_archive_docs(out, facts)
-    compression = Compression.DEFLATED if job.plan.compression.zip_deflate else Compression.STORED
 
     def progress_of(message: str) -> Callable[[int, int], None]:
         def progress(done: int, total: int) -> None:
@@ -118,7 +116,7 @@ def pack_and_publish(
 
     path = job.staging / "archive.zip"
     archive = build_archive(
-        out, path, compression=compression, progress=progress_of("packing the archive")
+        out, path, compression=job.plan.zip_compression, progress=progress_of("packing the archive")
     )
     objects.put_file(key, archive.path, progress=progress_of("uploading the archive"))
     files = [MANIFEST_NAME, *(entry.path for entry in archive.manifest.files)]

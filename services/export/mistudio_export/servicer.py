@@ -39,7 +39,15 @@ from mistudio_export.estimate import ExportEstimator
 from mistudio_export.feature_dashboards import DashboardQuery, FeatureDashboards
 from mistudio_export.jobs import ExportJobManager, progress_message
 from mistudio_export.limits import check_request_limits
+from mistudio_export.messages import (
+    dashboard_request_from_pb,
+    estimate_to_pb,
+    export_options_from_pb,
+    preset_to_pb,
+    token_source_from_pb,
+)
 from mistudio_export.object_store import ObjectStore
+from mistudio_export.options import ExportOptions
 from mistudio_export.peers import SaeRecord
 from mistudio_export.plan import dashboard_params, token_source
 from mistudio_export.preflight import missing_delta_base
@@ -92,10 +100,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _start(self, request: epb.StartExportRequest) -> str:
         caller = current_caller()
         sae = self._check_export(request.sae_id, request.owner, request.config, caller)
-        owned = epb.StartExportRequest()
-        owned.CopyFrom(request)
-        owned.owner = sae.owner
-        return self._job(self._manager.start(owned))
+        job_id = self._manager.start(request.request_id, request.sae_id, sae.owner, request.config)
+        return self._job(job_id)
 
     @handle_errors
     async def StartExport(
@@ -148,10 +154,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
     async def ListExports(
         self, request: epb.ListExportsRequest, context: Context
     ) -> epb.ListExportsResponse:
-        owned = epb.ListExportsRequest()
-        owned.CopyFrom(request)
-        owned.owner = list_owner(request.owner, current_caller())
-        return await asyncio.to_thread(self._manager.list_jobs, owned)
+        owner = list_owner(request.owner, current_caller())
+        return await asyncio.to_thread(
+            self._manager.list_jobs, request.page_size, request.page_token, request.sae_id, owner
+        )
 
     @handle_errors
     async def DeleteExport(
@@ -184,7 +190,11 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _validate_export(self, request: epb.ValidateExportRequest) -> epb.ValidateExportResponse:
         caller = current_caller()
         sae = self._check_export(request.sae_id, request.owner, request.config, caller)
-        return self._estimator.validate(request, sae.owner)
+        options = export_options_from_pb(request.config)
+        estimate = self._estimator.estimate(request.sae_id, options, sae.owner)
+        return epb.ValidateExportResponse(
+            estimate=estimate_to_pb(estimate), warnings=estimate.warnings
+        )
 
     @handle_errors
     async def ValidateExport(
@@ -194,7 +204,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _validate_archive(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
         self._job(request.job_id)
-        return self._archives.validate(request)
+        checked = self._archives.validate(request.job_id, request.auto_fix, request.max_problems)
+        return epb.ValidateArchiveResponse(summary=checked.summary, problems=checked.problems)
 
     @handle_errors
     async def ValidateArchive(
@@ -238,8 +249,8 @@ class ExportServicer(egrpc.ExportServiceServicer):
         check_uploaded_tokens(request.tokens.token_file, caller, "tokens")
         query = DashboardQuery(
             feature_index=request.feature_index,
-            params=dashboard_params(request.params, "params"),
-            tokens=token_source(request.tokens, sae, "tokens"),
+            params=dashboard_params(dashboard_request_from_pb(request.params, "params"), "params"),
+            tokens=token_source(token_source_from_pb(request.tokens), sae, "tokens"),
             compute_if_missing=request.compute_if_missing,
         )
         dashboard, cached = self._dashboards.get(sae, query)
@@ -257,7 +268,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
         if request.sae_id:
             owner = self._access.sae(request.sae_id, request.owner, caller).owner
         check_uploaded_tokens(request.config.tokens.token_file, caller, "config.tokens")
-        return self._estimator.list_presets(request, owner)
+        # without an SAE nothing is estimated, so the config is not read
+        options = export_options_from_pb(request.config) if request.sae_id else ExportOptions()
+        listed = self._estimator.list_presets(request.sae_id, options, owner)
+        return epb.ListPresetsResponse(presets=[preset_to_pb(p) for p in listed])
 
     @handle_errors
     async def ListPresets(

@@ -10,6 +10,8 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 
+from mistudio_export.messages import FORMAT_FROM_PB
+
 
 def result_of(job: spb.ExportJob) -> epb.ExportResult | None:
     return job.outcome.result if job.outcome.HasField("result") else None
@@ -77,9 +79,7 @@ def summary_of(job: spb.ExportJob) -> epb.ExportJobSummary:
 
 def config_summary(config: epb.ExportConfig) -> str:
     """e.g. "neuronpedia+saelens; features 0..32; top 20"."""
-    names = [
-        epb.ExportFormat.Name(f).removeprefix("EXPORT_FORMAT_").lower() for f in config.formats
-    ]
+    names = [FORMAT_FROM_PB[f].value for f in config.formats if f in FORMAT_FROM_PB]
     parts = ["+".join(names) or "all formats"]
     selection = config.selection
     which = selection.WhichOneof("base")

@@ -16,6 +16,7 @@ import torch
 from mistudio_common.dashboard import DashboardParams, FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_from_pb, dashboard_to_pb
 from mistudio_common.errors import Cancelled, ResourceExhausted
+from mistudio_common.stage_rates import ShardCosts
 from mistudio_compute.adapters import SaeFeatures
 from mistudio_compute.dashboards import (
     Checkpointing,
@@ -26,6 +27,7 @@ from mistudio_compute.dashboards import (
 )
 from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.memory import PLANNED_SHARE, MemoryModel, plan_within_budget
+from mistudio_compute.dashboards.shards import PassCount
 from mistudio_compute.sae import architectures, build_sae
 
 from tests.compute.builders import sae_config
@@ -274,3 +276,40 @@ def test_a_sharded_run_stays_under_its_budget_within_30_percent_of_the_predictio
     assert probe["kept"] > 0  # and left room to keep the hook activations
     assert probe["measured"] == pytest.approx(probe["predicted"], rel=0.3)
     assert probe["measured"] <= budget
+
+
+def test_the_pass_stage_counts_an_earlier_shards_finalisation_as_the_time_it_takes() -> None:
+    """Finalising a feature predicted at half its pass: the first of two shards spans 1.5
+    shards' passes of the count, the last (finalised in its own stages) one; one shard counts
+    its tokens."""
+    count = PassCount.of([(0, 100), (100, 200)], ShardCosts(finalising=0.5), forward_each=False)
+    count.tokens = 1_000
+    assert count.at(0, 1.0) == (1_000, 2_500)  # the first pass done
+    assert count.at(1, 0.0) == (1_500, 2_500)  # and its finalisation
+    alone = PassCount.of([(0, 200)], ShardCosts(finalising=0.5, forward=50), forward_each=True)
+    alone.tokens = 1_000
+    assert alone.at(0, 0.5) == (500, 1_000)
+
+
+def test_the_pass_stage_counts_each_model_forward_the_shards_run() -> None:
+    """A forward worth 50 features: the first shard runs it (its pass takes 150 of the 250
+    features' worth the two passes take); without kept activations, both do."""
+    kept = PassCount.of([(0, 100), (100, 200)], ShardCosts(forward=50), forward_each=False)
+    each = PassCount.of([(0, 100), (100, 200)], ShardCosts(forward=50), forward_each=True)
+    assert [p for p, _ in kept.spans] == pytest.approx([1.2, 0.8])
+    assert each.spans == ((1.0, 0.0), (1.0, 0.0))
+
+
+def test_an_earlier_shards_finalisation_advances_the_pass_stage(inputs, budget) -> None:
+    """Finalising a feature predicted to take as long as its pass: the pass stage counts the
+    first three shards' finalisation as three more shards' passes."""
+    events: list[tuple[Stage, int, int, str]] = []
+    sharded(inputs, budget, progress=lambda s, d, t, m: events.append((s, d, t, m)),
+            costs=ShardCosts(finalising=1.0))  # fmt: skip
+    passing = [(d, t, m) for s, d, t, m in events if s is Stage.ACTIVATION_PASS]
+    tokens = tiny.ROWS * tiny.N_CTX
+    assert passing[-1][:2] == (7 * tokens, 7 * tokens)  # 4 passes and 3 finalisations
+    finalising = {d for d, _, m in passing if m == "feature shard 1 of 4: finalising"}
+    assert finalising == {tokens, round(tokens * (1 + CHUNK / SHARD))}  # chunks before the one
+    second = [d for d, _, m in passing if m == "feature shard 2 of 4"]
+    assert second[0] == 2 * tokens  # the first shard's span: its pass and its finalisation

@@ -16,6 +16,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common.stage_rates import FINALISATION_STAGES, RateFile
 from mistudio_compute.tokens import load_token_file
 
 from tests.compute.service.conftest import (
@@ -224,6 +225,38 @@ def test_after_one_run_the_estimate_of_another_size_is_closer_than_the_prior(
     actual = list(compute.ComputeDashboards(second))[-1].progress.elapsed_seconds
     print(f"prior {prior:.3f} s, measured rates {measured:.3f} s, actual {actual:.3f} s")
     assert abs(math.log(measured / actual)) < abs(math.log(prior / actual))
+
+
+def test_a_sharded_computation_is_predicted_and_measured_with_the_shards_finalisation(
+    harness: ComputeHarness, registered_sae: str, token_file: Path
+) -> None:
+    """Under a 2 MiB budget the 64 features run in shards of 22, 22 and 20: the estimate's
+    pass stage holds the first two shards' finalisation (44 of 64 features'), its finalisation
+    stages the last shard's, and the run records those stages as timing that shard's 20."""
+    run = compute_request(registered_sae, token_file)
+    request = cpb.EstimateComputationRequest(
+        sae=run.sae, tokens=run.tokens, params=run.params, feature_count=D_SAE
+    )
+    plain = {s.stage: s.seconds for s in harness.start().EstimateComputation(request).stages}
+    harness.stop()
+    harness.settings = harness.settings.model_copy(update={"memory_budget_bytes": 2 * 2**20})
+    compute = harness.start()
+    sharded = {s.stage: s.seconds for s in compute.EstimateComputation(request).stages}
+    finalising = [s for s in FINALISATION_STAGES if s in plain]
+    in_pass = 44 / 64 * sum(plain[s] for s in finalising)
+    assert sharded[ppb.STAGE_ACTIVATION_PASS] == pytest.approx(
+        plain[ppb.STAGE_ACTIVATION_PASS] + in_pass
+    )
+    assert [sharded[s] for s in finalising] == pytest.approx(
+        [plain[s] * 20 / 64 for s in finalising]
+    )
+
+    stream = list(compute.ComputeDashboards(run))
+    assert any("feature shard 2 of 3: finalising" in m.progress.message for m in stream)
+    rates = RateFile(Path(harness.settings.data_dir) / "compute" / "stage_rates.json")
+    timed = {t.stage: t.size.features for t in rates.times()}
+    assert {timed[s] for s in finalising if s in timed} == {20}
+    assert timed[ppb.STAGE_CACHING] == D_SAE
 
 
 def pause_with_a_checkpoint(

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import orjson
 import pytest
+from mistudio_common.dashboard import LogitEntry
 from mistudio_export.formats import bulk_json, columns, jsonio
 from mistudio_export.formats.bulk_json import ListOf, Quoted, StringTable, each
 from mistudio_export.formats.columns import column_batches
@@ -36,6 +37,35 @@ def test_rows_are_the_bytes_jsonio_writes_for_the_equal_dicts():
         for a, b, n in zip(first, stop, [1, 22, 333], strict=True)
     ]
     assert rendered.span(0, 3) == b",".join(jsonio.dumps(row) for row in expected)
+
+
+def test_alphanumeric_strings_are_the_bytes_jsonio_writes():
+    ids = ["c0abc", "cxyz9", "c"]
+    rendered = bulk_json.alphanumeric(ids)
+    assert rendered.span(0, 3) == jsonio.dumps(ids)[1:-1]
+    assert bulk_json.alphanumeric([]).span(0, 0) == b""
+    with pytest.raises(ValueError):
+        bulk_json.alphanumeric(["a,b"])
+
+
+def test_record_lists_are_the_bytes_jsonio_writes_for_the_equal_dicts():
+    groups = [
+        [LogitEntry('a,"b', 7, -0.0, 1), LogitEntry("é", 8, 0.1, 2)],
+        [],
+        [LogitEntry("", 9, 3e20, 1)],
+    ]
+    fields = {"token": str, "token_id": int, "value": float, "rank": int}
+    rendered = bulk_json.record_lists(groups, fields, StringTable())
+    assert rendered is not None
+    as_dicts = [[{k: getattr(e, k) for k in fields} for e in g] for g in groups]
+    assert [orjson.dumps(r) for r in rendered] == [jsonio.dumps(g) for g in as_dicts]
+
+
+@pytest.mark.parametrize("value", [1, math.nan, 1e39])
+def test_record_lists_leave_a_value_of_another_type_or_unwritable_to_the_caller(value):
+    groups = [[LogitEntry("a", 7, value, 1)]]
+    fields = {"token": str, "token_id": int, "value": float, "rank": int}
+    assert bulk_json.record_lists(groups, fields, StringTable()) is None
 
 
 def test_gather_in_small_blocks_gives_the_same_bytes(monkeypatch):

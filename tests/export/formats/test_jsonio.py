@@ -1,4 +1,6 @@
+import base64
 import gzip
+import hashlib
 import math
 
 import numpy as np
@@ -76,6 +78,16 @@ def test_stable_id_is_cuid_shaped_and_deterministic():
     assert one == jsonio.stable_id("gpt2-small/6-res", 3, "top", 0)
     assert one != jsonio.stable_id("gpt2-small/6-res", 3, "top", 1)
     assert len(one) == 25 and one[0] == "c" and one.isalnum() and one == one.lower()
+
+
+def test_stable_ids_of_many_keys_are_each_key_hashed_and_encoded_alone():
+    keys = ["gpt2-small/6-res\x1f3\x1ftop\x1f0", "", "é\x1f1"]
+    alone = [
+        ("c" + base64.b32encode(hashlib.sha256(k.encode()).digest()[:15]).decode().lower())[:25]
+        for k in keys
+    ]
+    assert jsonio.stable_ids(keys) == alone
+    assert jsonio.stable_id("gpt2-small/6-res", 3, "top", 0) == alone[0]
 
 
 def test_dumps_lines_writes_one_object_per_line():

@@ -129,6 +129,15 @@ def test_nan_in_a_dashboard_is_refused_naming_feature_and_field(tmp_path):
     assert "feature 4" in str(err.value)
 
 
+def test_nan_in_a_top_token_is_refused_naming_feature_and_field(tmp_path):
+    bad = dashboard(4)
+    bad.top_tokens[0].mean_activation = math.nan
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        _write(tmp_path, [dashboard(3), bad])
+    assert err.value.field == "/top_tokens/0/mean_activation"
+    assert "feature 4" in str(err.value)
+
+
 def test_duplicate_feature_is_refused(tmp_path):
     with pytest.raises(InvalidArgument):
         _write(tmp_path, [dashboard(1), dashboard(1)])

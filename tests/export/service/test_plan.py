@@ -1,17 +1,21 @@
-"""Plans, selections and content hashes: the export's domain rules, without any server."""
+"""Plans, selections and content hashes: the export's domain rules on plain values, without any
+server or message."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
+from mistudio_common.errors import InvalidArgument
 from mistudio_export.delta import feature_hash
+from mistudio_export.options import ExportOptions, NamingRequest
+from mistudio_export.packaging import Compression, ExportFormat
 from mistudio_export.peers import FeatureFilter, FeatureRecord, SaeRecord
-from mistudio_export.plan import NEURONPEDIA, SAELENS, build_plan, feature_selection
+from mistudio_export.plan import build_plan
 from mistudio_export.records import ExplanationRecord
-from mistudio_export.selection import StatisticFilter, candidate_indices
+from mistudio_export.selection import FeatureSelection, StatisticFilter, candidate_indices
 
 
 def sae(**fields: object) -> SaeRecord:
@@ -28,28 +32,29 @@ def sae(**fields: object) -> SaeRecord:
 
 
 def test_defaults_export_both_formats_with_prd_dashboard_settings() -> None:
-    plan = build_plan(sae(), epb.ExportConfig(), "ana")
-    assert plan.formats == {NEURONPEDIA, SAELENS}
+    plan = build_plan(sae(), ExportOptions(), "ana")
+    assert plan.formats == {ExportFormat.NEURONPEDIA, ExportFormat.SAELENS}
     assert plan.params.n_top_examples == 20 and plan.params.logit_k == 10
     assert plan.params.histogram_bins == 50 and not plan.params.token_source_fingerprint
     assert plan.device == "auto"
+    assert not plan.gzip_json and plan.zip_compression is Compression.STORED
 
 
 def test_created_at_comes_from_the_sae_record_not_the_clock() -> None:
-    assert build_plan(sae(), epb.ExportConfig(), "ana").created_at == "2025-01-15T10:30:00Z"
+    assert build_plan(sae(), ExportOptions(), "ana").created_at == "2025-01-15T10:30:00Z"
 
 
 def test_naming_defaults_follow_neuronpedia_conventions() -> None:
-    naming = build_plan(sae(), epb.ExportConfig(), "ana").naming
+    naming = build_plan(sae(), ExportOptions(), "ana").naming
     assert naming.neuronpedia_id == "gpt2-small/8-mistudio-res-16k"
     assert naming.creator_name == "ana"
-    given = epb.NeuronpediaNaming(model_id="gpt2sm", source_set="res-jb")
-    named = build_plan(sae(), epb.ExportConfig(naming=given), "ana").naming
+    given = NamingRequest(model_id="gpt2sm", source_set="res-jb")
+    named = build_plan(sae(), ExportOptions(naming=given), "ana").naming
     assert named.neuronpedia_id == "gpt2sm/8-res-jb"
 
 
 def test_saelens_only_export_skips_the_compute_stages() -> None:
-    plan = build_plan(sae(), epb.ExportConfig(formats=[SAELENS]), "ana")
+    plan = build_plan(sae(), ExportOptions(formats=(ExportFormat.SAELENS,)), "ana")
     assert plan.stages == (
         ppb.STAGE_VALIDATING,
         ppb.STAGE_GENERATING_FILES,
@@ -66,22 +71,45 @@ def test_selection_intersects_base_set_and_label_filters() -> None:
         seen.append(feature_filter)
         return labeled
 
-    request = epb.FeatureSelection(list=epb.FeatureList(indices=[9, 5, 3]), labeled_only=True)
-    assert candidate_indices(feature_selection(request), 64, lister) == [5, 9]
+    listed = FeatureSelection(base=frozenset({9, 5, 3}), labeled_only=True)
+    assert candidate_indices(listed, 64, lister) == [5, 9]
     assert (seen[0].index_start, seen[0].index_end) == (3, 10)
-    assert candidate_indices(feature_selection(epb.FeatureSelection()), 4, lister) == [0, 1, 2, 3]
+    assert candidate_indices(FeatureSelection(), 4, lister) == [0, 1, 2, 3]
 
 
-def test_the_requested_selection_becomes_a_plain_one() -> None:
-    request = epb.FeatureSelection(
-        range=epb.IndexRange(start=2, end=9), category="animals", min_frequency=0.01
-    )
-    selection = feature_selection(request)
-    assert selection.base == range(2, 9)
-    assert selection.label_filtered and selection.category == "animals"
-    assert selection.statistics == StatisticFilter(min_frequency=0.01)
-    listed = feature_selection(epb.FeatureSelection(list=epb.FeatureList(indices=[4, 4, 1])))
-    assert listed.base == frozenset({1, 4}) and not listed.label_filtered
+@pytest.mark.parametrize(
+    ("selection", "field"),
+    [
+        (FeatureSelection(base=range(5, 5)), "config.selection.range"),
+        (FeatureSelection(base=range(0, 16385)), "config.selection.range"),
+        (FeatureSelection(base=frozenset()), "config.selection.list.indices"),
+        (FeatureSelection(base=frozenset({3, 16384})), "config.selection.list.indices"),
+        (
+            FeatureSelection(statistics=StatisticFilter(min_frequency=1.5)),
+            "config.selection.min_frequency",
+        ),
+        (
+            FeatureSelection(statistics=StatisticFilter(min_frequency=0.2, max_frequency=0.1)),
+            "config.selection.max_frequency",
+        ),
+        (
+            FeatureSelection(statistics=StatisticFilter(min_max_activation=float("nan"))),
+            "config.selection.min_max_activation",
+        ),
+    ],
+)
+def test_a_selection_outside_the_sae_is_refused_naming_the_request_field(
+    selection: FeatureSelection, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        build_plan(sae(), ExportOptions(selection=selection), "ana")
+    assert err.value.field == field
+
+
+def test_the_plan_keeps_the_archive_compression_asked_for() -> None:
+    options = ExportOptions(gzip_json=True, zip_compression=Compression.DEFLATED)
+    plan = build_plan(sae(), options, "ana")
+    assert plan.gzip_json and plan.zip_compression is Compression.DEFLATED
 
 
 def test_statistic_filter_keeps_features_inside_the_bounds() -> None:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from mistudio.export.v1 import export_job_pb2 as jpb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common import stages
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.jobs.control import JobControl
+from mistudio_export.packaging import Compression, ExportFormat
 from mistudio_export.peers import SaeRecord, TokenSource
-from mistudio_export.plan import NEURONPEDIA, ExportPlan
+from mistudio_export.plan import ExportPlan
 from mistudio_export.records import NeuronpediaNaming
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import FeatureSelection
@@ -36,11 +36,12 @@ def job(tmp_path: Path) -> JobRuntime:
     plan = ExportPlan(
         sae=SaeRecord(sae_id="s", d_sae=4),
         owner="o",
-        formats=frozenset({NEURONPEDIA}),
+        formats=frozenset({ExportFormat.NEURONPEDIA}),
         selection=FeatureSelection(),
         params=DashboardParams(),
         tokens=TokenSource(),
-        compression=epb.Compression(),
+        gzip_json=False,
+        zip_compression=Compression.STORED,
         delta_base_job_id="",
         merge_with_base=False,
         auto_fix=False,

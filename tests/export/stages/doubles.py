@@ -4,7 +4,7 @@ run against instead of servers. Each keeps what it was given, so a test can read
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +17,9 @@ from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import params_to_pb
 from mistudio_common.errors import NotFound
+from mistudio_export.messages import FORMAT_TO_PB
 from mistudio_export.object_store import ChunkStream, ObjectInfo, PresignedUrl, ProgressCallback
+from mistudio_export.packaging import EVERY_FORMAT, ExportFormat
 from mistudio_export.peers import (
     ComputationEstimate,
     ComputationProgress,
@@ -101,7 +103,7 @@ class MemoryStore:
 
 def job_record(
     job_id: str,
-    config: epb.ExportConfig | None = None,
+    formats: Iterable[ExportFormat] = (),
     state: ppb.JobState.ValueType = ppb.JOB_STATE_RUNNING,
 ) -> ExportJobRecord:
     """A job of the SAE the stage tests export ("tiny"), as the store would hold it."""
@@ -111,7 +113,8 @@ def job_record(
         sae_owner="",
         owner="alice",
         state=state,
-        config=config or epb.ExportConfig(),
+        config=epb.ExportConfig(formats=[FORMAT_TO_PB[f] for f in formats]),
+        formats=frozenset(formats) or EVERY_FORMAT,
         progress=ppb.Progress(job_id=job_id, state=state),
     )
 

@@ -1,15 +1,23 @@
 """An export's per-stage prediction: the computation's stages as the compute service predicts
-them for the features not cached yet, this service's own stages from the exports it finished."""
+them for the features not cached yet, this service's own stages from the exports it finished;
+and ValidateExport's estimate and preset listing from plain options, without any server."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.errors import FailedPrecondition
 from mistudio_common.stage_rates import PRIOR_SECONDS_PER_UNIT
-from mistudio_export.estimate import predict
+from mistudio_export.estimate import ExportEstimator, StageEstimate, predict, saelens_bytes
+from mistudio_export.options import ExportOptions
+from mistudio_export.packaging import ExportFormat
+from mistudio_export.preflight import Planner
+from mistudio_export.presets import PRESETS
 
+from tests.export.stages.doubles import job_record
 from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
 
 PASS_PER_FEATURE, LENS_PER_FEATURE = 3.0, 0.5
@@ -25,7 +33,7 @@ def peers(tmp_path: Path) -> Peers:
     return peers
 
 
-def seconds(prediction_stages: list[ppb.StageEstimate]) -> dict[int, float]:
+def seconds(prediction_stages: list[StageEstimate]) -> dict[int, float]:
     return {s.stage: s.seconds for s in prediction_stages}
 
 
@@ -62,3 +70,49 @@ def test_after_one_export_its_own_stages_follow_what_it_measured(peers: Peers) -
     for stage in (ppb.STAGE_GENERATING_FILES, ppb.STAGE_VALIDATING_OUTPUT):
         assert after[stage] == pytest.approx(2 * measured[stage])
         assert after[stage] != pytest.approx(2 * prior[stage])
+
+
+def estimator(peers: Peers) -> ExportEstimator:
+    """ValidateExport's estimator over the in-memory peers, for an SAE that has weights."""
+    peers.store.sae = replace(peers.store.sae, weights_uri="/weights")
+    return ExportEstimator(peers.store, peers.compute, Planner(peers.store, peers.compute))
+
+
+def test_validate_export_estimates_the_selected_features_from_plain_options(
+    peers: Peers,
+) -> None:
+    estimate = estimator(peers).estimate("tiny", neuronpedia(), "alice")
+    assert (estimate.feature_count, estimate.features_cached) == (D_SAE, D_SAE)
+    assert estimate.features_to_compute == 0 and estimate.estimated_size_bytes > 0
+    assert [s.stage for s in estimate.stages] == list(peers.plan(neuronpedia()).stages)
+    assert estimate.estimated_seconds == pytest.approx(sum(s.seconds for s in estimate.stages))
+    assert any("no export has been measured yet" in w for w in estimate.warnings)
+
+
+def test_a_saelens_only_estimate_counts_the_weights_and_no_feature(peers: Peers) -> None:
+    estimate = estimator(peers).estimate(
+        "tiny", ExportOptions(formats=(ExportFormat.SAELENS,)), "alice"
+    )
+    assert estimate.feature_count == 0
+    assert estimate.estimated_size_bytes == saelens_bytes(peers.store.sae)
+
+
+def test_each_preset_is_estimated_only_when_an_sae_is_named(peers: Peers) -> None:
+    presets = estimator(peers)
+    named = presets.list_presets("tiny", neuronpedia(), "alice")
+    assert [p.preset.name for p in named] == list(PRESETS)
+    assert all(p.estimate is not None and p.estimate.feature_count == D_SAE for p in named)
+    unnamed = presets.list_presets("", ExportOptions(), "alice")
+    assert all(p.estimate is None for p in unnamed)
+
+
+def test_a_delta_export_needs_a_base_with_neuronpedia_dashboards(peers: Peers) -> None:
+    planner = Planner(peers.store, peers.compute)
+    peers.store.jobs["base"] = job_record(
+        "base", formats=(ExportFormat.SAELENS,), state=ppb.JOB_STATE_SUCCEEDED
+    )
+    plan = planner.plan("tiny", neuronpedia(delta_base_job_id="base"), "alice")
+    with pytest.raises(FailedPrecondition) as err:
+        planner.base_job(plan)
+    assert err.value.field == "config.delta_base_job_id"
+    assert "no Neuronpedia dashboards" in err.value.fix

@@ -14,9 +14,10 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition
 from mistudio_export import generate
-from mistudio_export.checking import ArchiveValidator, validate_output
+from mistudio_export.checking import ArchiveCheck, ArchiveValidator, validate_output
 from mistudio_export.generate import explanation_records, feature_labels, saelens_frequencies
-from mistudio_export.packaging import FormatKind
+from mistudio_export.options import ExportOptions
+from mistudio_export.packaging import ExportFormat, FormatKind
 from mistudio_export.peers import FeatureRecord
 from mistudio_export.runtime import JobRuntime
 
@@ -26,7 +27,7 @@ from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
 SAELENS_FILES = {"cfg.json": b'{"d_sae": 4}', "sae_weights.safetensors": b"\x00weights\x01"}
 
 
-def errors(response: epb.ValidateArchiveResponse) -> list[epb.ValidationProblem]:
+def errors(response: ArchiveCheck) -> list[epb.ValidationProblem]:
     return [p for p in response.problems if p.severity == epb.SEVERITY_ERROR]
 
 
@@ -38,7 +39,7 @@ def archive_members(peers: Peers, key: str) -> dict[str, bytes]:
 def test_the_saelens_files_compute_streams_are_published_in_the_archive(tmp_path: Path) -> None:
     peers = Peers(tmp_path)
     peers.compute.saelens = dict(SAELENS_FILES)
-    outcome = peers.export("weights", epb.ExportConfig(formats=[epb.EXPORT_FORMAT_SAELENS]))
+    outcome = peers.export("weights", ExportOptions(formats=(ExportFormat.SAELENS,)))
     members = archive_members(peers, outcome.result.output_uri)
     assert {k: members[f"saelens/{k}"] for k in SAELENS_FILES} == SAELENS_FILES
     assert "saelens/pretrained_saes.yaml" in members
@@ -74,7 +75,7 @@ def test_a_published_archive_revalidates_and_a_tampered_one_does_not(tmp_path: P
     peers = Peers(tmp_path)
     key = peers.export("first", neuronpedia()).result.output_uri
     validator = ArchiveValidator(peers.store, peers.objects)
-    clean = validator.validate(epb.ValidateArchiveRequest(job_id="first"))
+    clean = validator.validate("first", auto_fix=False)
     assert clean.summary.valid and not errors(clean)
 
     members = archive_members(peers, key)
@@ -84,7 +85,7 @@ def test_a_published_archive_revalidates_and_a_tampered_one_does_not(tmp_path: P
         for name, content in members.items():
             zf.writestr(name, content + b" " if name == victim else content)
     peers.objects.objects[key] = buffer.getvalue()
-    tampered = validator.validate(epb.ValidateArchiveRequest(job_id="first"))
+    tampered = validator.validate("first", auto_fix=False)
     assert not tampered.summary.valid
     assert [(p.code, p.file) for p in errors(tampered)] == [("FILE_UNREADABLE", victim)]
 
@@ -94,7 +95,7 @@ def test_an_archive_of_an_unfinished_job_is_not_validated(tmp_path: Path) -> Non
     peers.store.jobs["running"] = job_record("running")
     validator = ArchiveValidator(peers.store, peers.objects)
     with pytest.raises(FailedPrecondition):
-        validator.validate(epb.ValidateArchiveRequest(job_id="running"))
+        validator.validate("running", auto_fix=False)
 
 
 @pytest.mark.parametrize("second_process", [False, True])
@@ -109,9 +110,8 @@ def test_the_file_stage_counts_one_pass_over_the_features_for_the_neuronpedia_fo
     monkeypatch.setattr(generate.os, "cpu_count", lambda: 2)
     peers, seen = Peers(tmp_path), list[ppb.Progress]()
     peers.compute.saelens = dict(SAELENS_FILES)  # the weights, streamed: no pass over features
-    config = neuronpedia()
-    config.formats.append(epb.EXPORT_FORMAT_SAELENS)
-    peers.export("counted", config, seen.append)
+    options = neuronpedia(formats=(ExportFormat.NEURONPEDIA, ExportFormat.SAELENS))
+    peers.export("counted", options, seen.append)
     writing = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES and "writing" in p.message]
     assert {(p.items_total, p.unit) for p in writing} == {(D_SAE, "features")}
     assert [p.items_done for p in writing] == sorted(p.items_done for p in writing)

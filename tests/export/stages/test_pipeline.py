@@ -10,14 +10,14 @@ from pathlib import Path
 import orjson
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_job_pb2 as jpb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.stages import FILE_STAGES
 from mistudio_export.config import ExportSettings
 from mistudio_export.estimate import predict
 from mistudio_export.generate import COLUMN_FINDINGS, features_to_walk
-from mistudio_export.peers import SaeRecord
+from mistudio_export.options import ExportOptions
+from mistudio_export.packaging import ExportFormat
+from mistudio_export.peers import SaeRecord, TokenSource
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
@@ -44,22 +44,22 @@ class Peers:
         self.objects = MemoryObjects()
         self.tmp_path = tmp_path
 
-    def plan(self, config: epb.ExportConfig) -> ExportPlan:
-        return Planner(self.store, self.compute).plan("tiny", config, "alice")
+    def plan(self, options: ExportOptions) -> ExportPlan:
+        return Planner(self.store, self.compute).plan("tiny", options, "alice")
 
     def export(
         self,
         job_id: str,
-        config: epb.ExportConfig,
+        options: ExportOptions,
         watch: Callable[[ppb.Progress], None] = lambda _: None,
     ) -> jpb.ExportOutcome:
         """Runs one export to the end (``watch`` gets its progress) and records it as the
         store would."""
         planner = Planner(self.store, self.compute)
-        plan = planner.plan("tiny", config, "alice")
+        plan = planner.plan("tiny", options, "alice")
         settings = ExportSettings(data_dir=self.tmp_path)
         pipeline = ExportPipeline(settings, self.store, self.compute, planner, self.objects)
-        self.store.jobs[job_id] = job_record(job_id, config)
+        self.store.jobs[job_id] = job_record(job_id, plan.formats)
         job = runtime(job_id, plan, self.tmp_path / job_id)
         job.publish = watch
         outcome = pipeline.run(job)
@@ -73,9 +73,11 @@ class Peers:
         return outcome
 
 
-def neuronpedia(**fields: object) -> epb.ExportConfig:
-    tokens = tpb.TokenSource(token_file="/data/tokens.npy", dataset_name="tiny")
-    return epb.ExportConfig(formats=[epb.EXPORT_FORMAT_NEURONPEDIA], tokens=tokens, **fields)  # type: ignore[arg-type]
+def neuronpedia(**fields: object) -> ExportOptions:
+    """A Neuronpedia export of the tiny SAE; ``fields`` replace any option."""
+    tokens = TokenSource(token_file="/data/tokens.npy", dataset_name="tiny")
+    options = ExportOptions(formats=(ExportFormat.NEURONPEDIA,), tokens=tokens)
+    return replace(options, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -133,11 +135,11 @@ def test_a_running_export_weighs_its_stages_by_their_predicted_seconds(peers: Pe
     """The shares a running export's fraction and ETA use are ValidateExport's per-stage
     prediction, not the stage table's: once the checks and the (cached) computation are done,
     the fraction is their predicted share of the whole."""
-    config = neuronpedia()
-    plan = peers.plan(config)
+    options = neuronpedia()
+    plan = peers.plan(options)
     predicted = predict(plan, range(D_SAE), peers.store, peers.compute)
     seen: list[ppb.Progress] = []
-    peers.export("weighed", config, seen.append)
+    peers.export("weighed", options, seen.append)
     writing = next(p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES)
     done_before = [s.seconds for s in predicted.stages if s.stage not in FILE_STAGES]
     assert writing.fraction == pytest.approx(sum(done_before) / predicted.seconds)

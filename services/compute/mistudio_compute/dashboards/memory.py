@@ -96,6 +96,13 @@ class ShardPlan:
     kept_bytes: int = 0
     """Hook activations kept from the first shard's pass for the later shards (0: each shard
     runs the model forward)."""
+    shards: int = 1
+    """Shards of ``shard_size`` features (the last holds the rest)."""
+
+    @property
+    def forwards(self) -> int:
+        """Model forwards over the tokens: one per shard unless the activations are kept."""
+        return 1 if self.kept_bytes else self.shards
 
 
 def plan_within_budget(
@@ -138,7 +145,8 @@ def plan_within_budget(
     kept = held if keep else 0
     fitting = min(n_features, beside if keep else fitting)
     size = -(-n_features // -(-n_features // fitting))  # as many shards, evened out
-    return ShardPlan(size, batch_rows, model.peak(size, batch, chunk_size) + kept, kept)
+    peak = model.peak(size, batch, chunk_size) + kept
+    return ShardPlan(size, batch_rows, peak, kept, shards=-(-n_features // size))
 
 
 def _features_per_shard(

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.stage_rates import NO_SHARD_COSTS, ShardCosts
 
 from mistudio_compute.dashboards.activation_pass import Checkpointing, LocalPass, PassResult
 from mistudio_compute.dashboards.distributed import RayCluster, RayPass
@@ -36,6 +37,7 @@ def compute_dashboards(
     memory_budget: int | None = None,
     on_pass: Callable[[PassResult], None] | None = None,
     ray: RayCluster | None = None,
+    costs: ShardCosts = NO_SHARD_COSTS,
 ) -> Iterator[list[dpb.FeatureDashboard]]:
     """Dashboards of ``features`` (default: all), in ascending feature order, ``chunk_size`` per
     yielded list. With ``memory_budget`` (bytes beyond the model and SAE) the work runs in
@@ -44,7 +46,9 @@ def compute_dashboards(
     shard's activation pass result (e.g. the batch size it ended with). With ``ray`` each
     feature shard's pass runs as token-range shards on that cluster (finished ones saved next to
     ``checkpoint``); finalisation stays here. Without ray, several shards keep the hook
-    activations between their passes when the plan has room for them (one model forward)."""
+    activations between their passes when the plan has room for them (one model forward).
+    ``costs`` (the predicted finalisation and model forward) let the pass stage's count cover
+    the earlier shards' finalisation and the forwards evenly in time."""
     validate_params(params)
     validate_batch_size(batch_size)
     feats = validate_features(features, inputs.encoder.d_sae)
@@ -67,5 +71,6 @@ def compute_dashboards(
     computation = ShardedComputation(
         inputs, params, runner, feats, plan.shard_size, plan.batch_rows,
         chunk_size=chunk_size, progress=progress, cancel=cancel, on_pass=on_pass, kept=kept,
+        costs=costs,
     )  # fmt: skip
     return iter(computation)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.stage_rates import NO_SHARD_COSTS, ShardCosts
 
 from mistudio_compute.dashboards.activation_pass import PassResult, PassRunner
 from mistudio_compute.dashboards.finalize import finalize_dashboards
@@ -38,7 +39,9 @@ class ShardedComputation:
     """Dashboards of ``features`` in ascending order, ``chunk_size`` per yielded list, computed
     in shards of at most ``shard_size`` features. ``batch_size`` is the batch size in use (it
     shrinks after out-of-memory and carries over to the next shard). ``kept``: the hook
-    activations the runner keeps between shards, dropped once the last shard's pass is done."""
+    activations the runner keeps between shards, dropped once the last shard's pass is done.
+    ``costs``: what the pass stage's count advances by besides the features' passes
+    (``PassCount``)."""
 
     inputs: DashboardInputs
     params: DashboardParams
@@ -51,13 +54,15 @@ class ShardedComputation:
     cancel: CancelCheck | None = None
     on_pass: Callable[[PassResult], None] | None = None
     kept: KeptActivations | None = None
+    costs: ShardCosts = NO_SHARD_COSTS
 
     def __iter__(self) -> Iterator[list[dpb.FeatureDashboard]]:
         shards = self._shards()
+        count = PassCount.of(shards, self.costs, forward_each=self.kept is None)
         for index, (lo, hi) in enumerate(shards):
             if index > 0:  # the previous shard is handed on
                 self.runner.discard()
-            report = _ShardProgress(self.progress, index, len(shards), lo, len(self.features))
+            report = ShardProgress(self.progress, index, len(shards), lo, len(self.features), count)
             passed = self.runner.run(self.features[lo:hi], self.batch_size, report, self.cancel)
             self.batch_size = passed.batch_size
             if self.kept is not None and index == len(shards) - 1:
@@ -113,30 +118,80 @@ def _find_run(features: torch.Tensor, run: torch.Tensor) -> int | None:
     return None
 
 
+@dataclass(slots=True)
+class PassCount:
+    """The pass stage's count over the shards, in tokens of a mean shard's pass (``shards``
+    times the tokens in all): each shard's pass, with its model forward, and its finalisation
+    (all shards' but the last) count as the tokens' worth of time they are predicted to take,
+    so that the count advances evenly in time and the stage's own rate predicts the rest."""
+
+    spans: tuple[tuple[float, float], ...]
+    """Per shard: its pass and its finalisation, in mean shards' passes."""
+    tokens: int = 0
+    """Tokens of one shard's pass, as its first report counts them."""
+    chunk: tuple[int, int] = (0, 0)
+    """(features finalised, features once the chunk under way is) of the shard finalising: a
+    chunk reports its end as it begins, so only the chunks before it count as done."""
+
+    @classmethod
+    def of(
+        cls, shards: Sequence[tuple[int, int]], costs: ShardCosts, *, forward_each: bool
+    ) -> PassCount:
+        """For feature ranges ``shards``; the first runs the model forward, the others too with
+        ``forward_each`` (no kept activations)."""
+        passes = [
+            hi - lo + (costs.forward if index == 0 or forward_each else 0.0)
+            for index, (lo, hi) in enumerate(shards)
+        ]
+        finalising = [costs.finalising * (hi - lo) for lo, hi in shards[:-1]] + [0.0]
+        mean = sum(passes) / len(passes)
+        return cls(tuple((p / mean, f / mean) for p, f in zip(passes, finalising, strict=True)))
+
+    def finalised(self, done: int) -> int:
+        """Features of the finalising shard done, at a report of ``done``."""
+        if done != self.chunk[1]:
+            self.chunk = (self.chunk[1], done)
+        return self.chunk[0]
+
+    def at(self, index: int, part: float) -> tuple[int, int]:
+        """(done, total) at ``part`` whole shards' passes into shard ``index``'s spans."""
+        before = sum(p + f for p, f in self.spans[:index])
+        total = sum(p + f for p, f in self.spans)
+        return round(self.tokens * (before + part)), round(self.tokens * total)
+
+
 @dataclass(frozen=True, slots=True)
-class _ShardProgress:
-    """One shard's progress as part of the whole: the pass advances over shards (tokens x
-    shards), finalisation stages appear only in the last shard and count every feature, so the
-    job's stages and counts never go backwards."""
+class ShardProgress:
+    """One shard's progress as part of the whole, so that the job's stages and counts never go
+    backwards: the pass stage counts every shard's pass and the finalisation of all but the
+    last (``PassCount``); the finalisation stages appear only in the last shard and count every
+    feature."""
 
     progress: ProgressCallback | None
     index: int
     n_shards: int
     first_feature: int
     n_features: int
+    count: PassCount
 
     def __call__(self, stage: Stage, done: int, total: int, message: str) -> None:
-        if self.progress is None:
+        progress = self.progress
+        if progress is None:
             return
         last = self.index == self.n_shards - 1
         note = ""
         if self.n_shards > 1:
             note = f"feature shard {self.index + 1} of {self.n_shards}"
             message = f"{note}: {message}" if message else note
+        passing, finalising = self.count.spans[self.index]
         if stage is Stage.ACTIVATION_PASS:
-            self.progress(stage, self.index * total + done, self.n_shards * total, message)
+            self.count.tokens, self.count.chunk = total, (0, 0)
+            part = passing * done / total if total else 0.0
+            progress(stage, *self.count.at(self.index, part), message)
         elif last and stage is Stage.LOADING_EXAMPLES:
-            self.progress(stage, done, total, message)
+            progress(stage, done, total, message)
         elif last:
-            self.progress(stage, self.first_feature + done, self.n_features, message)
-        # an earlier shard's finalisation reports nothing: the pass stays at that shard's end
+            progress(stage, self.first_feature + done, self.n_features, message)
+        elif stage is not Stage.LOADING_EXAMPLES:  # features of an earlier shard finalised
+            part = passing + finalising * self.count.finalised(done) / total
+            progress(Stage.ACTIVATION_PASS, *self.count.at(self.index, part), f"{note}: finalising")

@@ -10,12 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from mistudio_common.errors import InvalidArgument
 
-from mistudio_compute.hooks import parse_hook_name
 from mistudio_compute.model_access import LoadedModel, capture_hook
 from mistudio_compute.tokens import TokenDataset
-from mistudio_compute.training.fast_llama import SUPPORTED_HOOKS, FastLlama
 
 
 @dataclass(frozen=True)
@@ -42,18 +39,12 @@ def collect_activations(
     hook_name: str,
     *,
     batch_rows: int = 64,
-    fast: FastLlama | None = None,
 ) -> TokenActivations:
     """Runs every row to ``hook_name`` and keeps the non-special tokens' activations."""
-    if fast is None and parse_hook_name(hook_name).kind in SUPPORTED_HOOKS:
-        try:
-            fast = FastLlama(loaded.model)
-        except InvalidArgument:  # not a llama2.c-style model: TransformerLens's own path
-            fast = None
     skip = torch.tensor(sorted(special_ids(loaded)), dtype=torch.long)
     chunks: list[torch.Tensor] = []
     for _, tokens in dataset.iter_batches(batch_rows):
-        act = fast.capture(tokens, hook_name) if fast else capture_hook(loaded, tokens, hook_name)
+        act = capture_hook(loaded, tokens, hook_name)
         chunks.append(act.float().cpu()[~torch.isin(tokens, skip)])  # [kept, d_in]
     keep = ~np.isin(dataset.tokens, skip.numpy())  # [rows, context]
     rows, positions = np.nonzero(keep)

@@ -30,7 +30,6 @@ from mistudio_compute.training.cache import (
     is_complete,
     write_json,
 )
-from mistudio_compute.training.fast_llama import FastLlama
 from mistudio_compute.training.sampling import story_batches
 
 CORPUS_FORMAT = 2
@@ -152,6 +151,12 @@ def sample_corpus(
     """Samples stories until they fill ``spec.rows`` rows; returns the rows and the story texts."""
     tokenizer = loaded.tokenizer
     bos = loaded.bos_token_id
+    if loaded.fast is None:
+        raise InvalidArgument(
+            f"model {loaded.name!r} is not a llama2.c-style model, which the story sampler needs",
+            field="model_id",
+            fix="sample the corpus from a llama2c:<model.bin>?tokenizer=<tok.bin> model",
+        )
     if tokenizer is None or bos is None:
         raise FailedPrecondition(
             f"model {loaded.name!r} has no tokenizer with a BOS token to sample stories with",
@@ -165,7 +170,7 @@ def sample_corpus(
     encoded: list[list[int]] = []
     stream_len = 0
     batches = story_batches(
-        FastLlama(loaded.model),
+        loaded.fast,
         seed=spec.seed,
         bos_id=bos,
         stop_ids=stop_ids,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mistudio_compute.training.fast_llama import FastLlama
+from mistudio_compute.fast_llama import FastLlama
 
 
 @torch.inference_mode()

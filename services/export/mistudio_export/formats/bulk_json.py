@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import jsonio
 
@@ -24,7 +25,7 @@ _COMMA = ord(",")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _EMPTY = np.zeros(0, np.uint8)
 GATHER_BLOCK = 1 << 22
-"""Output bytes gathered per step (its index takes 8x that)."""
+"""Output bytes gathered per step (its index takes 4x or 8x that)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,16 @@ def numbers(column: np.ndarray[Any, Any]) -> Rendered:
     return _from_items(text[1:-1] + b",")
 
 
+def alphanumeric(strings: Sequence[str]) -> Rendered:
+    """Each string quoted, as JSON writes strings of ASCII letters and digits alone (ids)."""
+    text = "".join(strings)
+    if not (text.isascii() and (text.isalnum() or not text)):
+        raise ValueError("alphanumeric takes strings of ASCII letters and digits only")
+    if not strings:
+        return Rendered(_EMPTY, np.zeros(1, np.int64))
+    return _from_items(('"' + '","'.join(strings) + '",').encode())
+
+
 def float32_column(values: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
     """float64 (or float32) values in the precision the formats write; -0.0 becomes 0.0."""
     out = values.astype(np.float32)
@@ -102,9 +113,12 @@ def gather(
 ) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """The pieces ``pool[begin[k] : begin[k] + length[k]]`` one after another.
 
-    Done a block of pieces at a time, so the index (8 bytes per output byte) stays small."""
+    Done a block of pieces at a time, so the index (4 or 8 bytes per output byte) stays small;
+    32-bit where the pool allows, which takes about a third off the time of this, the formats'
+    largest bulk step."""
     ends = np.cumsum(length)
     out = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
+    kind = np.int32 if max(len(pool), len(out)) < 2**31 else np.int64
     cuts = np.searchsorted(ends, np.arange(GATHER_BLOCK, len(out), GATHER_BLOCK), "left")
     for first, stop in itertools.pairwise([0, *cuts.tolist(), len(length)]):
         if stop <= first:
@@ -113,8 +127,9 @@ def gather(
         at = int(ends[first] - length[first])
         placed = ends[first:stop] - lengths - at
         total = int(lengths.sum())
-        index = np.repeat(begin[first:stop] - placed, lengths) + np.arange(total, dtype=np.int64)
-        out[at : at + total] = pool[index]
+        index = np.repeat((begin[first:stop] - placed).astype(kind), lengths)
+        index += np.arange(total, dtype=kind)
+        np.take(pool, index, out=out[at : at + total])
     return out
 
 
@@ -174,6 +189,38 @@ def items(rendered: Rendered, first: np.ndarray[Any, Any], stop: np.ndarray[Any,
     begin = rendered.starts[first]
     end = np.where(stop > first, rendered.starts[stop] - 1, begin)
     return Slot(rendered, begin, end)
+
+
+def record_lists(
+    groups: Sequence[Sequence[Any]], fields: Mapping[str, type], strings: StringTable
+) -> list[orjson.Fragment] | None:
+    """Per group, its records as a JSON list of objects keyed by ``fields`` (attribute name ->
+    str, int or float), rendered in bulk, strings coded in ``strings``; the bytes ``jsonio.dumps``
+    writes for the equal dicts. None where a value is not of its field's type or not writable
+    (non-finite, beyond float32, not Unicode): the caller's per-record path handles (and
+    names) it."""
+    records = [r for group in groups for r in group]
+    template: dict[str, Slot] = {}
+    for name, kind in fields.items():
+        column = [getattr(r, name) for r in records]
+        if any(type(v) is not kind for v in column):
+            return None
+        if kind is str:
+            try:
+                codes = strings.codes(column)
+            except InvalidArgument:
+                return None
+            template[name] = each(strings.render(np.array(codes, np.int64)))
+        elif kind is int:
+            template[name] = each(numbers(np.array(column, np.int64)))
+        else:
+            values = np.array(column, np.float64)
+            if not (np.abs(values) < jsonio.F32_OVERFLOW).all():
+                return None
+            template[name] = each(numbers(float32_column(values)))
+    rendered = rows(template, len(records))
+    ends = np.cumsum([0, *map(len, groups)]).tolist()
+    return [rendered.list_fragment(first, stop) for first, stop in itertools.pairwise(ends)]
 
 
 Template = Mapping[str, Any]

@@ -116,6 +116,11 @@ class ExampleColumns:
     """Into ``datasets``."""
     source_row: Ints
     source_offset: Ints
+    token_items: Rendered
+    """The token strings of ``token_codes``, one item per token: rendered once per batch for
+    every format."""
+    value_items: Rendered
+    """``values`` as the formats write them (float32 shortest form), one item per value."""
 
     @property
     def n_rows(self) -> int:
@@ -130,12 +135,9 @@ class ExampleColumns:
         indices = np.fromiter((d.feature_index for d in self.dashboards), np.int64)
         return indices[self.position]
 
-    def values32(self) -> np.ndarray[Any, np.dtype[np.float32]]:
-        return bulk_json.float32_column(self.values)
-
-    def token_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
-        """Per row (or kept row), its tokens among ``rendered`` (one item per token)."""
-        return _lists(rendered, self.token_start, kept)
+    def token_list(self, kept: Ints | None = None) -> Slot:
+        """Per row (or kept row), its tokens among ``token_items``."""
+        return _lists(self.token_items, self.token_start, kept)
 
     def id_list(self, rendered: Rendered, kept: Ints | None = None) -> Slot:
         return _lists(rendered, self.id_start, kept)
@@ -302,6 +304,10 @@ def example_columns(
     place = np.array(places, np.int64).reshape(-1, 10).T
     names = StringTable()
     dataset_code = names.codes(datasets)
+    token_codes = np.array(tokens.codes(token_text), np.int64)
+    value_column = np.array(values, np.float64)
+    with np.errstate(over="ignore"):  # a value beyond float32 fails ``check`` below, unwritten
+        value_items = bulk_json.numbers(bulk_json.float32_column(value_column))
     columns = ExampleColumns(
         dashboards=dashboards,
         tokens=tokens,
@@ -309,11 +315,11 @@ def example_columns(
         section=place[1],
         rank=place[2],
         token_start=_starts(place[3]),
-        token_codes=np.array(tokens.codes(token_text), np.int64),
+        token_codes=token_codes,
         id_start=_starts(place[4]),
         token_ids=np.array(ids, np.int64),
         value_start=_starts(place[5]),
-        values=np.array(values, np.float64),
+        values=value_column,
         max_value=np.array(max_value, np.float64),
         max_token_index=place[6],
         qualifying_token_index=place[7],
@@ -321,6 +327,8 @@ def example_columns(
         dataset_code=np.array(dataset_code, np.int64),
         source_row=place[8],
         source_offset=place[9],
+        token_items=tokens.render(token_codes),
+        value_items=value_items,
     )
     columns.check()
     return columns

@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,14 @@ def content_hash(obj: Any, *, decimals: int | None = None) -> str:
 
 def stable_id(*parts: str | int, length: int = 25) -> str:
     """Cuid-shaped id ('c' + lowercase base32) derived from ``parts``; stable across runs."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    whole_groups = -(-(length - 1) // 8) * 5  # 5 bytes make 8 characters, whatever follows
-    return ("c" + base64.b32encode(digest[:whole_groups]).decode().lower().rstrip("="))[:length]
+    return stable_ids(["\x1f".join(str(p) for p in parts)], length)[0]
+
+
+def stable_ids(keys: Sequence[str], length: int = 25) -> list[str]:
+    """``stable_id`` of each key (its parts joined by the unit separator), base32-encoded in
+    one call: a digest's 5-byte groups encode to 8 characters each, whatever surrounds them."""
+    whole_groups = -(-(length - 1) // 8) * 5
+    digests = b"".join(hashlib.sha256(k.encode()).digest()[:whole_groups] for k in keys)
+    text = base64.b32encode(digests).decode().lower()
+    width = whole_groups * 8 // 5
+    return ["c" + text[at : at + length - 1] for at in range(0, len(text), width)]

@@ -162,17 +162,13 @@ def neuron_row(
     return row
 
 
-def activation_id(
-    naming: NeuronpediaNaming,
-    feature_index: int,
-    section: str,
-    n: int,
-    origin: tuple[str, int, int, int],
-) -> str:
-    """Deterministic cuid-like id from the example's place and origin (dataset, document row,
-    offset, number of values): re-exporting the same feature gives the same ids, while a
-    recomputed example gets a new one (the importer skips rows whose id exists)."""
-    return jsonio.stable_id(naming.neuronpedia_id, feature_index, section, n, *origin)
+def activation_ids(naming: NeuronpediaNaming, keys: Iterable[tuple[Any, ...]]) -> list[str]:
+    """Deterministic cuid-like ids, one per key: the example's feature index, section name and
+    place in it, then its origin (dataset, document row, offset, number of values). Re-exporting
+    the same feature gives the same ids, while a recomputed example gets a new one (the importer
+    skips rows whose id exists)."""
+    prefix = naming.neuronpedia_id + "\x1f"
+    return jsonio.stable_ids([prefix + "\x1f".join(map(str, key)) for key in keys])
 
 
 def _section_name(section: int) -> str:
@@ -190,17 +186,15 @@ def activation_rows(
     bins = columns.section_bins(kept, top)
     null_empty = StringTable(empty_as_null=True)
     data_sources = null_empty.render(np.array(null_empty.codes(columns.datasets), np.int64))
-    ids = StringTable()
-    ids.codes(_row_ids(columns, kept, naming))
     f32 = bulk_json.float32_column
     rendered = bulk_json.rows(
         {
-            "id": each(ids.render(np.arange(len(kept)))),
+            "id": each(bulk_json.alphanumeric(_row_ids(columns, kept, naming))),
             "modelId": naming.model_id,
             "layer": naming.source_id,
             "index": Quoted(each(bulk_json.numbers(columns.feature_index[kept]))),
-            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes), kept)),
-            "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()), kept)),
+            "tokens": ListOf(columns.token_list(kept)),
+            "values": ListOf(columns.value_list(columns.value_items, kept)),
             "maxValue": each(bulk_json.numbers(f32(top))),
             "maxValueTokenIndex": each(bulk_json.numbers(top_at)),
             "minValue": each(bulk_json.numbers(f32(low))),
@@ -230,19 +224,18 @@ def _row_ids(columns: ExampleColumns, kept: Ints, naming: NeuronpediaNaming) -> 
     first, _ = columns.section_bounds(kept)
     position, section = columns.position[kept], columns.section[kept]
     n = np.arange(len(kept)) - first[position, section]
-    return [
-        activation_id(naming, index, _section_name(s), k, (columns.datasets[c], row, offset, size))
-        for index, s, k, c, row, offset, size in zip(
-            columns.feature_index[kept].tolist(),
-            section.tolist(),
-            n.tolist(),
-            columns.dataset_code[kept].tolist(),
-            columns.source_row[kept].tolist(),
-            columns.source_offset[kept].tolist(),
-            columns.n_values[kept].tolist(),
-            strict=True,
-        )
-    ]
+    names = [_section_name(s) for s in range(first.shape[1])]
+    keys = zip(
+        columns.feature_index[kept].tolist(),
+        [names[s] for s in section.tolist()],
+        n.tolist(),
+        [columns.datasets[c] for c in columns.dataset_code[kept].tolist()],
+        columns.source_row[kept].tolist(),
+        columns.source_offset[kept].tolist(),
+        columns.n_values[kept].tolist(),
+        strict=True,
+    )
+    return activation_ids(naming, keys)
 
 
 def explanation_row(

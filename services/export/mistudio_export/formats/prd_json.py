@@ -8,7 +8,8 @@ top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.sch
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,9 @@ def example_rows(columns: ExampleColumns) -> Rendered:
     max_value = bulk_json.float32_column(columns.max_value)
     return bulk_json.rows(
         {
-            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes))),
+            "tokens": ListOf(columns.token_list()),
             "token_ids": ListOf(columns.id_list(bulk_json.numbers(columns.token_ids))),
-            "values": ListOf(columns.value_list(bulk_json.numbers(columns.values32()))),
+            "values": ListOf(columns.value_list(columns.value_items)),
             "max_value": each(bulk_json.numbers(max_value)),
             "max_token_index": each(bulk_json.numbers(columns.max_token_index)),
             "source": {
@@ -111,6 +112,36 @@ def _logit(e: LogitEntry) -> dict[str, Any]:
     return {"token": e.token, "token_id": e.token_id, "value": e.value, "rank": e.rank}
 
 
+_LOGIT_FIELDS = {"token": str, "token_id": int, "value": float, "rank": int}
+_TOKEN_FIELDS = {
+    "token": str, "token_id": int, "total_activation": float, "count": int,
+    "mean_activation": float, "max_activation": float,
+}  # fmt: skip
+"""``_logit`` and ``_token``'s keys and types, for rendering a batch's lists in bulk."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLists:
+    """Per dashboard of a batch, its logit and top-token lists: rendered in bulk, or (where a
+    value needs the per-record path) as lists of dicts."""
+
+    top_positive: list[Any]
+    top_negative: list[Any]
+    top_tokens: list[Any]
+
+
+def head_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> HeadLists:
+    def lists(groups: list[Any], fields: dict[str, type], one: Callable[[Any], Any]) -> list[Any]:
+        rendered = bulk_json.record_lists(groups, fields, strings)
+        return rendered if rendered is not None else [[one(r) for r in g] for g in groups]
+
+    return HeadLists(
+        lists([d.top_positive_logits for d in dashboards], _LOGIT_FIELDS, _logit),
+        lists([d.top_negative_logits for d in dashboards], _LOGIT_FIELDS, _logit),
+        lists([d.top_tokens for d in dashboards], _TOKEN_FIELDS, _token),
+    )
+
+
 def _histogram(h: Histogram) -> dict[str, Any]:
     return {
         "bin_edges": list(h.bin_edges),
@@ -132,9 +163,12 @@ def _token(t: TokenAggregate) -> dict[str, Any]:
     }
 
 
-def feature_document(d: FeatureDashboard, examples: SectionLists) -> dict[str, Any]:
+def feature_document(
+    d: FeatureDashboard, examples: SectionLists, heads: HeadLists, position: int
+) -> dict[str, Any]:
     """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2.
-    ``examples`` holds the feature's rendered example rows (``example_rows``)."""
+    ``examples`` holds the feature's rendered example rows (``example_rows``), ``heads`` its
+    batch's lists, the feature at ``position``."""
     s = d.statistics
     return {
         "feature_index": d.feature_index,
@@ -143,8 +177,8 @@ def feature_document(d: FeatureDashboard, examples: SectionLists) -> dict[str, A
             _group(g, examples.section(n + 1)) for n, g in enumerate(d.quantile_groups)
         ],
         "logits": {
-            "top_positive": [_logit(e) for e in d.top_positive_logits],
-            "top_negative": [_logit(e) for e in d.top_negative_logits],
+            "top_positive": heads.top_positive[position],
+            "top_negative": heads.top_negative[position],
         },
         "histogram": _histogram(d.activation_histogram),
         "logit_histogram": _histogram(d.logit_histogram),
@@ -160,7 +194,7 @@ def feature_document(d: FeatureDashboard, examples: SectionLists) -> dict[str, A
             "token_count": s.token_count,
             "nonzero_count": s.nonzero_count,
         },
-        "top_tokens": [_token(t) for t in d.top_tokens],
+        "top_tokens": heads.top_tokens[position],
         "top_tokens_metric": d.top_tokens_metric.value,
     }
 
@@ -238,10 +272,12 @@ def write_feature_files(
     ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
     feature (a delta export copies them)."""
     seen: set[int] = set()
+    strings = StringTable()
     for columns in batches:
         rendered = example_rows(columns)
         lists = section_lists(columns, rendered, np.arange(columns.n_rows))
-        for d, examples in zip(columns.dashboards, lists, strict=True):
+        heads = head_lists(columns.dashboards, strings)
+        for position, (d, examples) in enumerate(zip(columns.dashboards, lists, strict=True)):
             if d.feature_index in seen:
                 raise _duplicate(d.feature_index)
             seen.add(d.feature_index)
@@ -250,7 +286,7 @@ def write_feature_files(
             if earlier is not None:
                 jsonio.write_atomic(out_dir / name, earlier)
             else:
-                document = feature_document(d, examples)
+                document = feature_document(d, examples, heads, position)
                 data = jsonio.dumps(document, where=f"feature {d.feature_index}")
                 jsonio.write_document(out_dir / name, data)
             if progress is not None:

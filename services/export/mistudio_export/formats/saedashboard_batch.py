@@ -78,7 +78,7 @@ def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints]:
             "bin_min": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 0]))),
             "bin_max": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 1]))),
             "bin_contains": each(bulk_json.numbers(bulk_json.float32_column(bins[:, 2]))),
-            "tokens": ListOf(columns.token_list(columns.tokens.render(columns.token_codes), kept)),
+            "tokens": ListOf(columns.token_list(kept)),
             "values": ListOf(
                 columns.value_list(bulk_json.numbers(bulk_json.float32_column(rounded)), kept)
             ),

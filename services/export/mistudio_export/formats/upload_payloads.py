@@ -105,11 +105,9 @@ def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints, Ints]:
         cut, value_first + np.minimum(start + MAX_TOKENS_PER_EXAMPLE, n_values), value_stop
     )
     token_list = bulk_json.items(
-        columns.tokens.render(columns.token_codes),
-        token_first + start,
-        token_first + start + keep_tokens,
+        columns.token_items, token_first + start, token_first + start + keep_tokens
     )
-    value_list = bulk_json.items(bulk_json.numbers(columns.values32()), values_from, values_to)
+    value_list = bulk_json.items(columns.value_items, values_from, values_to)
     f32 = bulk_json.float32_column
     rendered = bulk_json.rows(
         {

@@ -8,7 +8,7 @@ from mistudio_export.packaging.archive import (
     build_archive,
     verify_archive,
 )
-from mistudio_export.packaging.format_notes import FormatKind
+from mistudio_export.packaging.format_notes import EVERY_FORMAT, ExportFormat, FormatKind
 from mistudio_export.packaging.manifest import (
     ARCHIVE_FORMAT_VERSION,
     MANIFEST_NAME,
@@ -29,6 +29,7 @@ from mistudio_export.packaging.readme import (
 
 __all__ = [
     "ARCHIVE_FORMAT_VERSION",
+    "EVERY_FORMAT",
     "MANIFEST_NAME",
     "PREFILL_NAME",
     "README_NAME",
@@ -36,6 +37,7 @@ __all__ = [
     "ArchiveResult",
     "Compression",
     "CorruptFile",
+    "ExportFormat",
     "FormatKind",
     "IncludedFormat",
     "Manifest",

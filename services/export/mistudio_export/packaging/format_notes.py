@@ -15,6 +15,18 @@ from mistudio_common.dashboard_options import Component
 from mistudio_export.formats.neuronpedia_importer import CONVERTER_DIFFERENCES
 
 
+class ExportFormat(StrEnum):
+    """What a request asks an export to write (``config.formats``): each is a group of kinds."""
+
+    NEURONPEDIA = "neuronpedia"
+    """Every Neuronpedia kind: PRD layout, importer layout, SAEDashboard, upload payloads."""
+    SAELENS = "saelens"
+
+
+EVERY_FORMAT = frozenset(ExportFormat)
+"""What a request that names no format gets."""
+
+
 class FormatKind(StrEnum):
     NEURONPEDIA_UPLOAD = "neuronpedia-upload"
     NEURONPEDIA_IMPORT = "neuronpedia-import"

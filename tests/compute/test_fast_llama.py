@@ -1,0 +1,136 @@
+"""The fast forward agrees with TransformerLens on the real stories260K model, at every hook."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from mistudio_common.errors import InvalidArgument
+from mistudio_compute.config import ComputeSettings
+from mistudio_compute.fast_llama import CAPTURE_TOLERANCE, FastLlama, supports
+from mistudio_compute.hooks import HookKind, HookPoint
+from mistudio_compute.model_access import (
+    LoadedModel,
+    build_model,
+    capture_hook,
+    load_model,
+    wrap_model,
+)
+from mistudio_compute.planning import Planner
+
+from tests.compute.builders import (
+    STORIES_DIR,
+    STORIES_MODEL,
+    STORIES_REF,
+    STORIES_TOKENIZER,
+    tiny_model,
+)
+
+needs_stories = pytest.mark.skipif(
+    not (STORIES_MODEL.is_file() and STORIES_TOKENIZER.is_file()),
+    reason=f"stories260K is not available at {STORIES_MODEL.parent}",
+)
+
+
+@pytest.fixture(scope="module")
+def stories() -> LoadedModel:
+    return load_model(STORIES_REF, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(stories: LoadedModel) -> LoadedModel:
+    """The same model read through TransformerLens alone."""
+    return replace(stories, fast=None)
+
+
+@pytest.fixture(scope="module")
+def tokens(stories: LoadedModel) -> torch.Tensor:
+    """A story's opening and random text pieces, 128 tokens a row (the bench's rows)."""
+    assert stories.tokenizer is not None
+    text = "Once upon a time, there was a little girl named Lily. She loved to play outside. " * 6
+    story = torch.tensor(stories.tokenizer.encode(text)[:127])
+    ids = torch.randint(259, 512, (4, 128), generator=torch.Generator().manual_seed(0))
+    ids[0, 1:] = story
+    ids[:, 0] = 1
+    return ids  # [batch, pos]
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@needs_stories
+def test_llama2c_models_get_the_fast_forward_and_others_do_not(stories: LoadedModel) -> None:
+    assert stories.fast is not None
+    assert tiny_model().fast is None  # LayerNorm + GELU: TransformerLens reads it
+
+
+@needs_stories
+@pytest.mark.parametrize(
+    "point",
+    [HookPoint(2, kind) for kind in HookKind]
+    + [HookPoint(0, HookKind.RESID_PRE), HookPoint(4, HookKind.RESID_POST)],
+    ids=str,
+)
+def test_capture_matches_transformer_lens_at_every_hook(
+    stories: LoadedModel, reference: LoadedModel, tokens: torch.Tensor, point: HookPoint
+) -> None:
+    got, want = capture_hook(stories, tokens, point), capture_hook(reference, tokens, point)
+    assert got.shape == want.shape
+    assert relative_error(got, want) <= CAPTURE_TOLERANCE
+
+
+@needs_stories
+def test_one_head_matches_transformer_lens(
+    stories: LoadedModel, reference: LoadedModel, tokens: torch.Tensor
+) -> None:
+    got = capture_hook(stories, tokens, "blocks.1.attn.hook_z", head_index=5)
+    want = capture_hook(reference, tokens, "blocks.1.attn.hook_z", head_index=5)
+    assert relative_error(got, want) <= CAPTURE_TOLERANCE
+
+
+@needs_stories
+def test_logits_match_transformer_lens(stories: LoadedModel, tokens: torch.Tensor) -> None:
+    with torch.inference_mode():
+        expected = stories.model(tokens)
+    assert FastLlama(stories.model).logits(tokens).allclose(expected, atol=1e-4)
+
+
+@needs_stories
+def test_cached_decoding_matches_one_full_pass(stories: LoadedModel, tokens: torch.Tensor) -> None:
+    fast = FastLlama(stories.model)
+    cache = fast.new_cache(tokens.shape[0], tokens.shape[1])
+    pieces = [fast.logits(tokens[:, :7], cache)]  # a prefix, then one token at a time, then a block
+    pieces += [fast.logits(tokens[:, i : i + 1], cache) for i in range(7, 20)]
+    pieces.append(fast.logits(tokens[:, 20:], cache))
+    assert torch.cat(pieces, dim=1).allclose(fast.logits(tokens), atol=1e-4)
+
+
+@needs_stories
+def test_switches_that_change_the_forward_leave_it_to_transformer_lens(
+    stories: LoadedModel,
+) -> None:
+    assert supports(stories.cfg)
+    local = replace(stories.cfg, use_local_attn=True, window_size=8, attn_types=["local"] * 5)
+    assert not supports(local)
+    scaled = replace(stories.cfg, scale_attn_by_inverse_layer_idx=True)
+    assert wrap_model(build_model(scaled), stories.tokenizer).fast is None
+
+
+def test_other_architectures_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match=r"llama2\.c-style"):
+        FastLlama(tiny_model().model)  # LayerNorm + GELU
+
+
+@needs_stories
+@pytest.mark.parametrize("transformer_lens", [False, True])
+def test_the_transformer_lens_setting_serves_its_exact_bits(
+    tmp_path: Path, transformer_lens: bool
+) -> None:
+    settings = ComputeSettings(
+        data_dir=tmp_path, input_roots=(STORIES_DIR,), transformer_lens_forward=transformer_lens
+    )
+    loaded, _ = Planner(settings, store=None).model(STORIES_REF, "cpu")  # type: ignore[arg-type]
+    assert (loaded.fast is None) == transformer_lens
