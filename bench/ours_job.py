@@ -24,7 +24,10 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mistudio.export.v1 import export_service_pb2 as epb
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -157,7 +160,35 @@ def run_export(
         "estimate_from_measured_rates": not any("default" in w for w in estimate.warnings),
         "archive_bytes": archive.stat().st_size,
         "n_files": len(last.result.files),
+        **shard_plan(data_dir, args.device, config, cfg["d_sae"], cfg["d_in"]),
     }
+
+
+def shard_plan(
+    data_dir: Path, device: str, config: epb.ExportConfig, features: int, hook_width: int
+) -> dict[str, int]:
+    """The feature shards the computation ran in and its model forwards, as the compute plans
+    them (``planning.plan_shards``; its settings read the environment as the stack's did), so
+    that a replay of the stage times sizes each stage by the work it timed."""
+    from mistudio_common.dashboard_codec import params_from_pb
+    from mistudio_compute.config import ComputeSettings
+    from mistudio_compute.planning import plan_shards
+    from mistudio_compute.tokens import TokenSourceSpec, load_token_source
+
+    source = config.tokens
+    dataset = load_token_source(
+        TokenSourceSpec(
+            token_file=source.token_file,
+            context_size=source.context_size,
+            prepend_bos=source.prepend_bos,
+        )
+    )
+    settings = ComputeSettings(data_dir=data_dir, device=device)
+    params = params_from_pb(config.dashboard)
+    plan = plan_shards(
+        settings, params, features, dataset, batch_rows=config.batch_size, hook_width=hook_width
+    )
+    return {"shards": plan.shards, "forwards": plan.forwards}
 
 
 def archive_facts(archive: Path, features: bool) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert all(f > 0 for f in tp["floor_s"].values())
     assert out["d_sae"] == 64 and out["n_tokens"] == 64 * 128
     assert [s["d_sae"] for s in out["sizes"]] == [64]
+    run = out["sizes"][0]["runs"]["ours"][0]
+    assert (run["shards"], run["forwards"]) == (1, 1)  # the replay sizes the run by them
     (estimate,) = out["estimates"]  # one run, so the priors'
     assert not estimate["from_measured_rates"] and estimate["estimated_s"] > 0
     assert estimate["measured_s"] == out["sizes"][0]["runs"]["ours"][0]["export_wall_s"] > 0

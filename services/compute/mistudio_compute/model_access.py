@@ -7,7 +7,9 @@ accepted: a TransformerLens name ("gpt2-small", "pythia-70m", fetched through th
 ("llama2c:<model.bin>?tokenizer=<tok.bin>").
 
 TransformerLens (and the transformers, datasets and pandas it imports, seconds of CPU) is imported
-only when a model is built or loaded, so a process that never loads one never pays for it.
+only when a model is built or loaded, so a process that never loads one never pays for it; a load
+imports it with the cyclic collector paused: the import makes hundreds of thousands of lasting
+objects, and the full collections they set off cost a third of its CPU.
 
 Activations of llama2.c-family models are read through the lean forward of ``fast_llama`` (several
 times less CPU than TransformerLens's, equal to float32 rounding at every hook); other models, and
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from mistudio_common.dashboard_options import logit_lens_defined
 from mistudio_common.errors import FailedPrecondition, InvalidArgument
+from mistudio_common.gc_pause import collector_paused
 
 from mistudio_compute import llama2c
 from mistudio_compute.fast_llama import FastLlama, supports
@@ -111,6 +114,8 @@ def load_model(
             fix="name a TransformerLens model or llama2c:<path>",
         )
     torch_device = resolve_device(device)
+    with collector_paused():
+        import transformer_lens  # noqa: F401  # the first import, here, costs seconds of CPU
     if ref.startswith(LLAMA2C_PREFIX):
         return _load_llama2c(ref, torch_device, open_input)
     return _load_from_hub(ref, torch_device)

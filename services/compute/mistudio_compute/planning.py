@@ -153,10 +153,13 @@ class Planner:
         tokens: tpb.TokenSource,
         request_params: dpb.DashboardParams,
         feature_count: int = 0,
+        batch_size: int = 0,
     ) -> TokenPlan:
-        """The token source and parameters a computation would use, for EstimateComputation."""
+        """The token source, parameters and feature shards a computation would use, for
+        EstimateComputation."""
         params = params_of(request_params)
         check_params(params)
+        check_batch_size(batch_size)
         resolved = self.resolve_sae(ref)
         needs_model = tokens.HasField("text") or resolved.model_id
         model = self.model(_require_model(resolved))[0] if needs_model else None
@@ -164,7 +167,14 @@ class Planner:
         dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
-        memory = self.check_memory(params, feature_count or d_sae, dataset, 0, resolved.sae.d_in)
+        memory = plan_shards(
+            self._settings,
+            params,
+            feature_count or d_sae,
+            dataset,
+            batch_rows=batch_size,
+            hook_width=resolved.sae.d_in,
+        )
         n_layers = model.n_layers if model is not None else 0
         filled = _filled(params, dataset)
         d_in = resolved.sae.d_in
@@ -174,19 +184,15 @@ class Planner:
         """Every check a request can fail before it runs, in the order a user would fix them."""
         params = params_of(request.params)
         check_params(params)
-        if request.batch_size < 0:
-            raise InvalidArgument(
-                f"batch_size {request.batch_size} is negative",
-                field="batch_size",
-                fix="use 0 for the default or a positive number of rows",
-            )
+        check_batch_size(request.batch_size)
         resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
         features = _features(request.feature_indices, resolved.sae.d_sae)
         model, lock = self.model(_require_model(resolved), request.device)
         check = check_against_model(resolved.sae, model, resolved.hook_point)
         dataset = load_model_tokens(request.tokens, model, self._inputs)
         shard_plan = functools.partial(
-            self.check_memory,
+            plan_shards,
+            self._settings,
             params,
             dataset=dataset,
             batch_rows=request.batch_size,
@@ -209,29 +215,32 @@ class Planner:
             sharding=_sharding(self._settings),
         )
 
-    def check_memory(
-        self,
-        params: d.DashboardParams,
-        n_features: int,
-        dataset: TokenDataset,
-        batch_rows: int,
-        hook_width: int,
-    ) -> ShardPlan:
-        """The feature shards the computation will run in, as it will plan them
-        (``dashboards.memory``; the hook activations of ``hook_width`` values per token may be
-        kept between shards, not on Ray); RESOURCE_EXHAUSTED, naming what to lower, when not
-        even one feature fits the budget."""
-        return plan_within_budget(
-            params,
-            state_config(params, frozenset()),
-            n_features,
-            batch_rows=batch_rows or self._settings.default_batch_rows,
-            seq_len=dataset.context_size,
-            n_rows=dataset.n_rows,
-            chunk_size=CHUNK_FEATURES,
-            budget=self._settings.memory_budget(),
-            hook_width=0 if self._settings.ray_address else hook_width,
-        )
+
+def plan_shards(
+    settings: ComputeSettings,
+    params: d.DashboardParams,
+    n_features: int,
+    dataset: TokenDataset,
+    *,
+    batch_rows: int,
+    hook_width: int,
+) -> ShardPlan:
+    """The feature shards a computation of ``n_features`` runs in, as it will plan them
+    (``dashboards.memory``): EstimateComputation, the job's weights and the bench all ask here.
+    ``batch_rows`` 0 is the service's default; the hook activations of ``hook_width`` values per
+    token may be kept between shards, not on Ray. RESOURCE_EXHAUSTED, naming what to lower,
+    when not even one feature fits the budget."""
+    return plan_within_budget(
+        params,
+        state_config(params, frozenset()),
+        n_features,
+        batch_rows=batch_rows or settings.default_batch_rows,
+        seq_len=dataset.context_size,
+        n_rows=dataset.n_rows,
+        chunk_size=CHUNK_FEATURES,
+        budget=settings.memory_budget(),
+        hook_width=0 if settings.ray_address else hook_width,
+    )
 
 
 def load_model_tokens(
@@ -261,6 +270,15 @@ def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
                 fix="use the DASHBOARD_COMPONENT_* values of mistudio.common.v1",
             )
     return params_from_pb(request_params)
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 0:
+        raise InvalidArgument(
+            f"batch_size {batch_size} is negative",
+            field="batch_size",
+            fix="use 0 for the default or a positive number of rows",
+        )
 
 
 def check_params(params: d.DashboardParams) -> None:

@@ -64,7 +64,7 @@ class PreparedDashboards:
     """Bytes the computation may take beyond the model and the SAE (it shards features to fit)."""
     shard_plan: Callable[[int], ShardPlan]
     """The feature shards a computation of that many of the features runs in, as it will plan
-    them (the planner's ``check_memory``)."""
+    them (``planning.plan_shards``)."""
     sharding: Sharding | None = None
     """Set when a Ray address is configured: the pass then runs as shards on that cluster."""
 

@@ -94,7 +94,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
         self, request: cpb.EstimateComputationRequest, context: grpc.ServicerContext
     ) -> cpb.EstimateComputationResponse:
         plan = self._planner.token_plan(
-            request.sae, request.tokens, request.params, request.feature_count
+            request.sae, request.tokens, request.params, request.feature_count, request.batch_size
         )
         tokens = plan.dataset.n_tokens
         features = request.feature_count or plan.d_sae

@@ -334,12 +334,14 @@ class ComputeClient:
         tokens: TokenSource,
         feature_count: int,
         params: DashboardParams | None = None,
+        batch_size: int = 0,
     ) -> ComputationEstimate:
         request = cpb.EstimateComputationRequest(
             sae=sae_reference(sae),
             tokens=token_source_to_pb(tokens),
             feature_count=feature_count,
             params=params_to_pb(params) if params is not None else None,
+            batch_size=batch_size,
         )
         answer = call_peer(lambda: self._stub.EstimateComputation(request, **self._unary))
         return ComputationEstimate(

@@ -130,7 +130,9 @@ def predict(
         hashes = store.cached_hashes(sae.sae_id, params, sae.owner)
         cached = sum(1 for i in candidates if i in hashes)
         if cached < len(candidates):
-            computation = compute.estimate(sae, plan.tokens, len(candidates) - cached, plan.params)
+            computation = compute.estimate(
+                sae, plan.tokens, len(candidates) - cached, plan.params, plan.batch_size
+            )
     computed = computation.stage_seconds if computation else {}
     written = JobSize(0, len(candidates), example_tokens(plan.params))
     stages = [

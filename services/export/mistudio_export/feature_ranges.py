@@ -27,6 +27,7 @@ from pathlib import Path
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
+from mistudio_common.gc_pause import collector_paused
 
 from mistudio_export.formats.bulk_json import StringTable
 from mistudio_export.formats.columns import ExampleColumns, batch_sized, example_columns, fan_out
@@ -37,7 +38,6 @@ from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.prd_json import write_feature_files
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
 from mistudio_export.formats.upload_payloads import PayloadNotes, payload_features
-from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 from mistudio_export.staged import chunk_indices, read_chunks, staged_chunks

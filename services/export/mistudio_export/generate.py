@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import Unavailable
+from mistudio_common.gc_pause import collector_paused
 
 from mistudio_export.feature_ranges import (
     FeatureRange,
@@ -33,7 +34,6 @@ from mistudio_export.feature_ranges import (
 )
 from mistudio_export.formats import jsonio, prd_json
 from mistudio_export.formats.upload_payloads import PayloadNotes, write_payload_bodies
-from mistudio_export.gc_pause import collector_paused
 from mistudio_export.packaging import FormatKind, IncludedFormat
 from mistudio_export.peers import FeatureFacts, FeatureFilter, FileChunk, SaeLensFiles, SaeRecord
 from mistudio_export.preview import PREVIEW_DIR, write_preview

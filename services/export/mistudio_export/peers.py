@@ -220,6 +220,7 @@ class TokenEstimates(Protocol):
         tokens: TokenSource,
         feature_count: int,
         params: DashboardParams | None = None,
+        batch_size: int = 0,
     ) -> ComputationEstimate: ...
 
 

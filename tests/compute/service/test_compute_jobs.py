@@ -16,6 +16,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
+from mistudio_common import stage_rates
 from mistudio_common.stage_rates import FINALISATION_STAGES, RateFile
 from mistudio_compute.tokens import load_token_file
 
@@ -203,10 +204,17 @@ def test_estimates_use_the_rate_measured_by_finished_runs(
 
 
 def test_after_one_run_the_estimate_of_another_size_is_closer_than_the_prior(
-    compute: cgrpc.ComputeServiceStub, registered_sae: str, token_file: Path, tmp_path: Path
+    compute: cgrpc.ComputeServiceStub,
+    registered_sae: str,
+    token_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Stage rates are fitted against each stage's own driver, so a run of all 64 features
-    over 48 rows predicts 16 features over 192 rows better than the priors do."""
+    """Stage rates are fitted against each stage's own driver, so on a machine the priors do
+    not describe (here: priors ten times too slow) a run of all 64 features over 48 rows
+    predicts 16 features over 192 rows better than the priors do."""
+    for stage, seconds in list(stage_rates.PRIOR_SECONDS_PER_UNIT.items()):
+        monkeypatch.setitem(stage_rates.PRIOR_SECONDS_PER_UNIT, stage, 10 * seconds)
     more_rows = write_tokens(tmp_path / "more.npy", rows=4 * ROWS, seed=2)
     features = list(range(0, D_SAE, 4))
 
@@ -341,3 +349,28 @@ def test_finished_job_folders_are_removed_after_the_retention_time_and_running_o
     assert not (jobs / done.progress.job_id).exists()
     assert (jobs / running_id).is_dir()
     compute.CancelComputation(cpb.CancelComputationRequest(job_id=running_id))
+
+
+def test_the_estimate_plans_the_shards_with_the_batch_size_the_run_will_use(
+    harness: ComputeHarness, registered_sae: str, token_file: Path
+) -> None:
+    """Under a 1.5 MiB budget a batch of 8 rows leaves room for shards of 22 features (3
+    shards), the default 32 rows for 16 (4): an estimate told the run's batch size predicts
+    the finalisation stages of the last shard the run will have, 20 of the 64 features."""
+    run = compute_request(registered_sae, token_file)
+    assert run.batch_size == 8
+    request = cpb.EstimateComputationRequest(
+        sae=run.sae, tokens=run.tokens, params=run.params, feature_count=D_SAE, batch_size=8
+    )
+    plain = {s.stage: s.seconds for s in harness.start().EstimateComputation(request).stages}
+    harness.stop()
+    harness.settings = harness.settings.model_copy(update={"memory_budget_bytes": 3 * 2**19})
+    compute = harness.start()
+    sharded = {s.stage: s.seconds for s in compute.EstimateComputation(request).stages}
+    finalising = [s for s in FINALISATION_STAGES if s in plain]
+    assert [sharded[s] for s in finalising] == pytest.approx(
+        [plain[s] * 20 / 64 for s in finalising]
+    )
+    stream = list(compute.ComputeDashboards(run))
+    assert any("feature shard 3 of 3" in m.progress.message for m in stream)
+    assert not any("of 4" in m.progress.message for m in stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import zipfile
@@ -29,6 +30,16 @@ def test_same_folder_gives_byte_identical_archives(staging: Path, tmp_path: Path
 
     assert first.path.read_bytes() == second.path.read_bytes()
     assert first.sha256 == second.sha256
+
+
+@pytest.mark.parametrize("compression", list(Compression))
+def test_the_reported_sha256_is_the_archive_files(
+    staging: Path, tmp_path: Path, compression: Compression
+) -> None:
+    built = build_archive(staging, tmp_path / "a.zip", compression=compression)
+
+    assert built.sha256 == hashlib.sha256(built.path.read_bytes()).hexdigest()
+    assert built.size == built.path.stat().st_size
 
 
 @pytest.mark.parametrize("compression", list(Compression))

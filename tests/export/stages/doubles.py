@@ -128,6 +128,8 @@ class MemoryCompute:
         self.computations: list[ComputationRequest] = []
         self.seconds_per_feature: dict[ppb.Stage.ValueType, float] = {}
         """What its estimates predict per stage, per feature to compute."""
+        self.estimated_batch_sizes: list[int] = []
+        """The batch size each estimate was asked at."""
 
     def compute_dashboards(self, request: ComputationRequest) -> FinishedComputation:
         self.computations.append(request)
@@ -150,7 +152,9 @@ class MemoryCompute:
         tokens: TokenSource,
         feature_count: int,
         params: DashboardParams | None = None,
+        batch_size: int = 0,
     ) -> ComputationEstimate:
+        self.estimated_batch_sizes.append(batch_size)
         seconds = {stage: rate * feature_count for stage, rate in self.seconds_per_feature.items()}
         return ComputationEstimate(
             params=params or DashboardParams(),

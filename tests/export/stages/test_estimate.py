@@ -52,6 +52,13 @@ def test_the_computation_is_predicted_by_compute_for_the_features_not_cached(
     assert prediction.seconds == pytest.approx(sum(by_stage.values()))
 
 
+def test_the_computation_is_estimated_at_the_batch_size_it_will_run_with(peers: Peers) -> None:
+    """The compute plans its feature shards, and so their time, with the batch's rows."""
+    plan = peers.plan(neuronpedia(batch_size=4))
+    predict(plan, [D_SAE], peers.store, peers.compute)
+    assert peers.compute.estimated_batch_sizes[-1] == 4  # before it: the token source's facts
+
+
 def test_cached_features_cost_no_computation(peers: Peers) -> None:
     plan = peers.plan(neuronpedia())
     prediction = predict(plan, range(D_SAE), peers.store, peers.compute)

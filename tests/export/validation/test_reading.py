@@ -80,3 +80,16 @@ def _nested(levels):
 def test_documents_nested_to_the_bound_pass_and_one_deeper_fail(levels, within):
     assert _depth_within(_nested(levels), MAX_JSON_DEPTH) is within
     assert _depth_within(5, MAX_JSON_DEPTH)
+
+
+def test_a_file_linking_out_of_the_export_is_reported_not_read(tmp_path):
+    root = prd_export(tmp_path / "export")
+    feature = next((root / "features").glob("*.json"))
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(feature.read_bytes())
+    feature.unlink()
+    feature.symlink_to(outside)
+
+    unsafe = [p for p in validate_export(root).problems if p.code == "UNSAFE_PATH"]
+
+    assert [p.file for p in unsafe] == [f"features/{feature.name}"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -91,8 +90,10 @@ class ShardedComputation:
 
 def _return_freed_memory() -> None:
     """Hands the finished shard's freed heap back to the system (glibc keeps it otherwise), so
-    the resident set follows the running shard rather than the largest ever."""
-    gc.collect()
+    the resident set follows the running shard rather than the largest ever. Its state is freed
+    as its last reference goes, without a garbage collection: a full one walks every object of
+    the process, 0.29-0.31 CPU s a shard with stories260K loaded (472,000 objects), and freed
+    nothing there (10 objects, the same resident set; the trim gave back 68 MB in 3 ms)."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

@@ -31,7 +31,6 @@ from mistudio_export.packaging.manifest import (
     MANIFEST_NAME,
     Manifest,
     in_order,
-    sha256_file,
     staged_files,
     workers,
     write_manifest,
@@ -100,13 +99,13 @@ def build_archive(
         n = workers()
         with (
             open(partial, "wb") as raw,
-            zipfile.ZipFile(raw, "w", allowZip64=True) as zf,
+            zipfile.ZipFile(out := _HashedWriter(raw), "w", allowZip64=True) as zf,
             ThreadPoolExecutor(n) as pool,
         ):
             names = [MANIFEST_NAME, *(entry.path for entry in manifest.files)]
             pack = lambda name: _pack(staging_dir, name, method)  # noqa: E731
             for member in in_order(pool, pack, names, 2 * n):
-                _write_packed(zf, raw, member)
+                _write_packed(zf, out, member)
                 if member.info.filename != MANIFEST_NAME:  # the total counts the listed files
                     counter.add(member.info.file_size)
         os.replace(partial, zip_path)
@@ -117,7 +116,7 @@ def build_archive(
     return ArchiveResult(
         path=zip_path,
         size=zip_path.stat().st_size,
-        sha256=sha256_file(zip_path),
+        sha256=out.sha256.hexdigest(),
         manifest=manifest,
     )
 
@@ -137,6 +136,28 @@ class _Counter:
         ):
             self.reported = self.done
             self.progress(self.done, max(self.total, self.done))
+
+
+class _HashedWriter:
+    """The archive file, hashed as it is written: its SHA-256 without reading it back. It has
+    no ``seek``, so ZipFile treats it as a stream and only ever appends to it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._raw.write(data)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def close(self) -> None:
+        self._raw.close()
 
 
 @dataclass(frozen=True)
@@ -175,7 +196,7 @@ def _pack(root: Path, name: str, method: int) -> _Packed:
     return _Packed(info, src, deflated)
 
 
-def _write_packed(zf: zipfile.ZipFile, raw: BinaryIO, member: _Packed) -> None:
+def _write_packed(zf: zipfile.ZipFile, raw: _HashedWriter, member: _Packed) -> None:
     """Appends a packed member as ``ZipFile.open(info, "w")`` would write it (the same local
     header, ZIP64 by the same rule, no data descriptor), and registers it for the central
     directory ``ZipFile.close`` writes."""
@@ -185,7 +206,8 @@ def _write_packed(zf: zipfile.ZipFile, raw: BinaryIO, member: _Packed) -> None:
     raw.write(info.FileHeader(info.file_size * 1.05 > zipfile.ZIP64_LIMIT))
     start = raw.tell()
     if member.deflated is not None:
-        raw.writelines(member.deflated)
+        for part in member.deflated:
+            raw.write(part)
     else:
         with open(member.source, "rb") as f:
             left = info.file_size

@@ -79,6 +79,21 @@ class Session:
     problems: list[Problem] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     files_checked: int = 0
+    _real_folders: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def real_path(self, path: str | Path) -> str:
+        """``os.path.realpath(path)``, each folder resolved once per session: an export's
+        thousands of files share a few folders, and resolving every component of each file's
+        path again was a tenth of the PRD checks. Only the file's own name is looked at anew
+        (a link there is resolved in full)."""
+        folder, name = os.path.split(path)
+        if name in ("", ".", ".."):
+            return os.path.realpath(path)
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = self._real_folders[folder] = os.path.realpath(folder)
+        joined = os.path.join(real, name)
+        return os.path.realpath(joined) if os.path.islink(joined) else joined
 
     def context(self, path: Path, *, reading: bool = True) -> FileContext:
         """A context for problems of ``path``; ``reading`` counts it as a checked file."""
@@ -149,8 +164,8 @@ class FileContext:
 
 def inside_root(session: Session, path: Path) -> bool:
     """Whether ``path``, links resolved, lies under the session's root (links may point out)."""
-    real = Path(os.path.realpath(path))
-    return real.is_relative_to(os.path.realpath(session.root))
+    real = Path(session.real_path(path))
+    return real.is_relative_to(session.real_path(session.root))
 
 
 def read_text(ctx: FileContext, path: Path) -> str | None:

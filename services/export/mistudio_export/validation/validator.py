@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mistudio_common.errors import NotFound
+from mistudio_common.gc_pause import collector_paused
 
-from mistudio_export.gc_pause import collector_paused
 from mistudio_export.validation import layout
 from mistudio_export.validation.context import Session, relative
 from mistudio_export.validation.importer_checks import validate_importer
@@ -22,12 +22,14 @@ from mistudio_export.validation.saedashboard_checks import validate_saedashboard
 from mistudio_export.validation.upload_checks import validate_upload
 
 _CHECKERS: dict[str, Callable[[Session, Path], None]] = {
-    layout.PRD: validate_prd,
     layout.IMPORTER: validate_importer,
+    layout.PRD: validate_prd,
     layout.SAEDASHBOARD: validate_saedashboard,
     layout.UPLOAD: validate_upload,
     layout.PACKAGING: validate_packaging,
 }
+"""Heaviest first (a 4096-feature export: 2.45, 0.87, 0.70, 0.68 and 0.03 CPU s), the order in
+which ``_check_all`` hands components to processes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +96,19 @@ def _check_all(
     n = min(processes, len(components))
     if n < 2 or _size(root) < PARALLEL_MIN_BYTES:
         return [_check_component(root, fix, c, checked) for c in components]
+    # n - 1 child processes take the heaviest components, one each, while this process checks
+    # the rest: a process fewer to start, and the importer's rows stay out of this one's memory
+    kinds = list(_CHECKERS)
+    order = sorted(range(len(components)), key=lambda i: kinds.index(components[i].kind))
+    away, here = order[: n - 1], order[n - 1 :]
     # spawn, not fork: the service process runs gRPC threads, which fork would copy mid-call
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        n_parts = len(components)
-        return list(
-            pool.map(
-                _check_component, [root] * n_parts, [fix] * n_parts, components, [checked] * n_parts
-            )
-        )
+    with ProcessPoolExecutor(len(away), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {
+            i: pool.submit(_check_component, root, fix, components[i], checked) for i in away
+        }
+        sessions = {i: _check_component(root, fix, components[i], checked) for i in here}
+        sessions.update({i: future.result() for i, future in futures.items()})
+    return [sessions[i] for i in range(len(components))]
 
 
 def _check_component(

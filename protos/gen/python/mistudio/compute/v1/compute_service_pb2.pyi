@@ -631,8 +631,13 @@ class EstimateComputationRequest(_message.Message):
     TOKENS_FIELD_NUMBER: _builtins.int
     FEATURE_COUNT_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     feature_count: _builtins.int
     """Features it would compute; 0 means every feature of the SAE."""
+    batch_size: _builtins.int
+    """Rows per forward pass as in ComputeDashboardsRequest (0: the service's default): the feature
+    shards are planned with it, so it sizes the estimate's time and peak memory.
+    """
     @_builtins.property
     def sae(self) -> Global___SaeReference:
         """The SAE the computation would use."""
@@ -652,10 +657,11 @@ class EstimateComputationRequest(_message.Message):
         tokens: _tokens_pb2.TokenSource | None = ...,
         feature_count: _builtins.int = ...,
         params: _dashboard_pb2.DashboardParams | None = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_count", b"feature_count", "params", b"params", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "feature_count", b"feature_count", "params", b"params", "sae", b"sae", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
