@@ -11,6 +11,8 @@ shards and merge order; its float64 value is read once, at the end.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 _BAND_BITS = 8
@@ -28,7 +30,7 @@ SQUARE_LIMBS = 67
 def add_values(acc: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
     """acc [R, VALUE_LIMBS] += float32 values [A] > 0 at rows [A]."""
     mantissa, bit = _split(values)
-    _add(acc, rows, mantissa, bit)
+    _add(acc, _host(rows), mantissa, bit)
 
 
 def add_moments(
@@ -37,6 +39,7 @@ def add_moments(
     """total [R, VALUE_LIMBS] += float32 values [A] > 0 at rows [A], and total_sq
     [R, SQUARE_LIMBS] += their squares (the values are split once for both)."""
     mantissa, bit = _split(values)
+    rows = _host(rows)
     _add(total, rows, mantissa, bit)
     high, low = mantissa >> 12, mantissa & 0xFFF  # m**2 = h**2 * 2**24 + 2hl * 2**12 + l**2
     bit = 2 * bit
@@ -59,16 +62,24 @@ def value_of(acc: torch.Tensor, squares: bool = False) -> torch.Tensor:
     return out
 
 
-def _split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _host(x: torch.Tensor) -> Any:
+    """A CPU tensor as a numpy array of the same memory (else the tensor): the integer work below
+    is written in operators both share, and numpy's cost several times less CPU than torch's,
+    each of which allocates and spreads over threads."""
+    return x.numpy() if x.device.type == "cpu" else x
+
+
+def _split(values: torch.Tensor) -> tuple[Any, Any]:
     """float32 values [A] > 0 as int32 mantissa [A] (< 2**24) * 2**(bit [A] - 149)."""
-    bits = values.float().contiguous().view(torch.int32)
+    bits = _host(values.float().contiguous().view(torch.int32))
     biased = bits >> _MANTISSA_BITS
-    normal = biased.clamp(max=1)  # 0 for subnormals: no hidden bit, same exponent as 1
+    normal = biased.clip(max=1)  # 0 for subnormals: no hidden bit, same exponent as 1
     mantissa = (bits & ((1 << _MANTISSA_BITS) - 1)) | (normal << _MANTISSA_BITS)
     return mantissa, biased - normal
 
 
-def _add(acc: torch.Tensor, rows: torch.Tensor, term: torch.Tensor, bit: torch.Tensor) -> None:
-    """acc += term [A] (int32, < 2**24) * 2**bit [A]."""
-    shifted = (term << (bit & (_BAND_BITS - 1))).to(torch.int64)  # < 2**31
-    acc.view(-1).index_add_(0, rows * acc.shape[1] + (bit >> _BAND_SHIFT), shifted)
+def _add(acc: torch.Tensor, rows: Any, term: Any, bit: Any) -> None:
+    """acc += term [A] (int32, < 2**24) * 2**bit [A] (rows, term and bit: ``_host`` arrays)."""
+    shifted = torch.as_tensor(term << (bit & (_BAND_BITS - 1)), device=acc.device)  # < 2**31
+    slot = torch.as_tensor(rows * acc.shape[1] + (bit >> _BAND_SHIFT), device=acc.device)
+    acc.view(-1).index_add_(0, slot, shifted.to(torch.int64))

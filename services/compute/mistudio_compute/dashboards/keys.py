@@ -10,6 +10,7 @@ does not depend on batch order or on how the pass was split. All hash arithmetic
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MAX_POSITIONS = 1 << 32
@@ -27,6 +28,15 @@ _SEED_WINDOW_B = 0x6A09E667
 
 def mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (Mueller) on int64 tensors holding values in [0, 2**32)."""
+    if x.device.type == "cpu":
+        # the same bits in place on uint32 (whose products wrap like the & M32): several
+        # times less CPU than torch's int64 ops, each of which allocates and spreads threads
+        h = x.numpy().astype(np.uint32)
+        for _ in range(2):
+            h ^= h >> 16
+            h *= np.uint32(_MIX)
+        h ^= h >> 16
+        return torch.from_numpy(h.astype(np.int64))
     x = (((x >> 16) ^ x) * _MIX) & M32
     x = (((x >> 16) ^ x) * _MIX) & M32
     return (x >> 16) ^ x
@@ -93,17 +103,21 @@ def segment_top(
     each row sorted best first.
     """
     order = keys.argsort(descending=largest, stable=True)
-    order = order[seg[order].argsort(stable=True)]  # grouped by segment, best first inside
-    seg_sorted = seg[order]
+    narrow = torch.int32 if n_seg <= 2**31 else torch.int64  # narrow keys sort faster
+    by_seg = seg.index_select(0, order).to(narrow).argsort(stable=True)
+    order = order.index_select(0, by_seg)  # grouped by segment, best first inside
+    seg_sorted = seg.index_select(0, order)
     counts = torch.bincount(seg, minlength=n_seg)
     starts = counts.cumsum(0) - counts
-    rank = torch.arange(len(order), device=keys.device) - starts[seg_sorted]
-    keep = rank < k
-    out_keys = torch.full((n_seg, k), fill, dtype=torch.int64, device=keys.device)
-    out_idx = torch.full((n_seg, k), -1, dtype=torch.int64, device=keys.device)
-    out_keys[seg_sorted[keep], rank[keep]] = keys[order[keep]]
-    out_idx[seg_sorted[keep], rank[keep]] = order[keep]
-    return out_keys, out_idx
+    rank = torch.arange(len(order), device=keys.device) - starts.index_select(0, seg_sorted)
+    keep = (rank < k).nonzero().squeeze(1)
+    slot = seg_sorted.index_select(0, keep) * k + rank.index_select(0, keep)  # in [n_seg * k]
+    kept = order.index_select(0, keep)
+    out_keys = torch.full((n_seg * k,), fill, dtype=torch.int64, device=keys.device)
+    out_idx = torch.full((n_seg * k,), -1, dtype=torch.int64, device=keys.device)
+    out_keys.index_copy_(0, slot, keys.index_select(0, kept))
+    out_idx.index_copy_(0, slot, kept)
+    return out_keys.view(n_seg, k), out_idx.view(n_seg, k)
 
 
 def drop_duplicate_windows(keys: torch.Tensor, hashes: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ and decode is ``norm_out(f @ W_dec + b_dec)``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
 import torch
@@ -117,26 +117,30 @@ class Sae:
         x_c = self._normalize_in(x.to(self.device, self.dtype))
         if self.cfg.apply_b_dec_to_input:
             x_c = x_c - self.b_dec
-        if features is None:
-            return self._encode_blocks(x_c, range(-(-self.d_sae // ENCODE_BLOCK)))
-        features = features.to(self.device)
-        block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
-        blocks = torch.unique(block_of)  # sorted; only the last block of all can be partial
-        z = self._encode_blocks(x_c, blocks.tolist())  # [N, covered columns]
-        column = torch.searchsorted(blocks, block_of) * ENCODE_BLOCK + features % ENCODE_BLOCK
-        return z.index_select(1, column)
+        every = torch.arange(self.d_sae, device=self.device)
+        return self._encode_columns(x_c, every if features is None else features.to(self.device))
 
-    def _encode_blocks(self, x_c: torch.Tensor, blocks: Iterable[int]) -> torch.Tensor:
-        """Activations of the columns of ``blocks`` (ascending), side by side: [N, columns]."""
-        spans = [slice(b * ENCODE_BLOCK, min((b + 1) * ENCODE_BLOCK, self.d_sae)) for b in blocks]
-        if len(spans) == 1:
-            return self._activate(x_c, spans[0])
-        out = x_c.new_empty(x_c.shape[0], sum(s.stop - s.start for s in spans))
-        at = 0
-        for span in spans:
-            width = span.stop - span.start
-            out[:, at : at + width] = self._activate(x_c, span)
-            at += width
+    def _encode_columns(self, x_c: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Activations [N, F] of ``features`` [F]: each block they fall in is activated whole
+        and its columns copied straight to theirs (a run of features as one slice), so no
+        block-wide intermediate of all of them is built and copied again."""
+        block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
+        out = x_c.new_empty(x_c.shape[0], len(features))
+        for block in torch.unique(block_of).tolist():  # ascending
+            start = block * ENCODE_BLOCK
+            z = self._activate(x_c, slice(start, min(start + ENCODE_BLOCK, self.d_sae)))
+            at = (block_of == block).nonzero().squeeze(1)  # [C] ascending output columns
+            column = features.index_select(0, at) - start  # [C] columns of z
+            first, c0, n = int(at[0]), int(column[0]), len(at)
+            run = int(at[-1]) - first + 1 == n and torch.equal(
+                column, torch.arange(c0, c0 + n, device=column.device)
+            )
+            if run and n == len(features) == z.shape[1]:
+                return z  # the whole of one block, as it is
+            if run:
+                out[:, first : first + n] = z[:, c0 : c0 + n]
+            else:
+                out[:, at] = z.index_select(1, column)
         return out
 
     @torch.inference_mode()
