@@ -251,7 +251,7 @@ class StageRss:
         for tick in itertools.count(1):
             if self._done.wait(0.05):
                 return
-            if tick % 20 == 0:  # a new child's CPU so far counts once it is found
+            if tick % 10 == 0:  # a new child's CPU so far counts once it is found
                 self._pids = _descendants()
             mb, cpu, stage = _rss_mb(), _cpu_s(self._pids), self.stage
             self.peaks[stage] = max(self.peaks.get(stage, 0.0), mb)
@@ -259,7 +259,7 @@ class StageRss:
             self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + spent
             self._cpu = {**self._cpu, **cpu}
             if tick % 10 == 0:
-                tree = _tree_mb()
+                tree = _tree_mb(self._pids)
                 self.tree_peaks[stage] = max(self.tree_peaks.get(stage, 0.0), tree)
             if tick % 100 == 0:
                 so_far = {
@@ -317,11 +317,12 @@ def _rss_mb() -> float:
     return _status_mb("VmRSS")
 
 
-def _tree_mb() -> float:
-    """This process's resident set plus the private memory of every process it started (their
-    shared libraries are this process's too, and already counted here)."""
+def _tree_mb(pids: set[int] | None = None) -> float:
+    """This process's resident set plus the private memory of the processes it started
+    (``pids``, found afresh when not given; their shared libraries are this process's too, and
+    already counted here)."""
     total_kb = 0.0
-    for pid in _descendants():
+    for pid in _descendants() if pids is None else pids:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
         except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
