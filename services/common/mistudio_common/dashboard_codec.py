@@ -7,6 +7,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from mistudio.common.v1 import dashboard_pb2 as pb
 
 from mistudio_common import dashboard as d
 from mistudio_common.dashboard_options import Component
+from mistudio_common.errors import InvalidArgument
 
 SCALE_TO_PB = {d.BinScale.LOG: pb.BIN_SCALE_LOG, d.BinScale.LINEAR: pb.BIN_SCALE_LINEAR}
 SCALE_FROM_PB = {v: k for k, v in SCALE_TO_PB.items()}
@@ -32,6 +34,19 @@ COMPONENT_TO_PB = {
     Component.EXPLANATIONS: pb.DASHBOARD_COMPONENT_EXPLANATIONS,
 }
 COMPONENT_FROM_PB = {v: k for k, v in COMPONENT_TO_PB.items()}
+
+
+def check_components(values: Iterable[int], field: str) -> None:
+    """Refuses an omitted component the contract does not define, naming ``field`` as the
+    request spells it (``params_from_pb`` would drop it silently)."""
+    for value in values:
+        if value not in COMPONENT_FROM_PB:
+            raise InvalidArgument(
+                f"omitted component {value} is not a dashboard component",
+                field=field,
+                fix="use DASHBOARD_COMPONENT_TOP_EXAMPLES, _QUANTILE_EXAMPLES, _LOGIT_LENS, "
+                "_ACTIVATION_HISTOGRAM, _TOKEN_AGGREGATION or _EXPLANATIONS",
+            )
 
 
 def _example_to_pb(e: d.ActivationExample) -> pb.ActivationExample:

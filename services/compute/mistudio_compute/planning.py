@@ -18,7 +18,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
-from mistudio_common.dashboard_codec import COMPONENT_FROM_PB, params_from_pb, params_to_pb
+from mistudio_common.dashboard_codec import check_components, params_from_pb, params_to_pb
 from mistudio_common.dashboard_options import Component, logit_lens_defined, prepend_bos
 from mistudio_common.errors import InvalidArgument
 
@@ -262,13 +262,7 @@ def load_model_tokens(
 def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
     """The request's parameters, defaults filled in; an unknown component is refused here
     because the dataclass cannot carry it."""
-    for value in request_params.omitted_components:
-        if value not in COMPONENT_FROM_PB:
-            raise InvalidArgument(
-                f"omitted component {value} is not a dashboard component",
-                field="params.omitted_components",
-                fix="use the DASHBOARD_COMPONENT_* values of mistudio.common.v1",
-            )
+    check_components(request_params.omitted_components, "params.omitted_components")
     return params_from_pb(request_params)
 
 

@@ -24,6 +24,7 @@ from mistudio_common.dashboard_codec import (
     METRIC_TO_PB,
     SCALE_FROM_PB,
     SCALE_TO_PB,
+    check_components,
 )
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import error_from_status
@@ -247,14 +248,7 @@ def dashboard_request_from_pb(
 ) -> DashboardRequest:
     """Dashboard options as given (0 and unspecified stay unset); the service's own fields
     (token_source_fingerprint, computation_version) are not the client's to set."""
-    for value in m.omitted_components:
-        if value not in COMPONENT_FROM_PB:
-            raise InvalidArgument(
-                f"omitted component {value} is not a dashboard component",
-                field=f"{field}.omitted_components",
-                fix="use DASHBOARD_COMPONENT_TOP_EXAMPLES, _QUANTILE_EXAMPLES, _LOGIT_LENS, "
-                "_ACTIVATION_HISTOGRAM, _TOKEN_AGGREGATION or _EXPLANATIONS",
-            )
+    check_components(m.omitted_components, f"{field}.omitted_components")
     if m.histogram_scale not in dpb.BinScale.values():
         raise InvalidArgument(
             f"histogram_scale {m.histogram_scale} is unknown",
