@@ -37,6 +37,7 @@ from mistudio_export.generate import (
     saelens_frequencies,
     write_formats,
 )
+from mistudio_export.messages import validation_summary_to_pb
 from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
 from mistudio_export.peers import ExportCompute, ExportStore, TokenSource
@@ -165,7 +166,7 @@ class ExportPipeline:
             features_reused=computed.features_reused,
             features_unchanged=collected.skipped_unchanged + copied,
             archive_sha256=published.sha256,
-            validation=summary,
+            validation=validation_summary_to_pb(summary),
             files=published.files,
         )
         return jpb.ExportOutcome(

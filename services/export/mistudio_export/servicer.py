@@ -45,6 +45,8 @@ from mistudio_export.messages import (
     export_options_from_pb,
     preset_to_pb,
     token_source_from_pb,
+    validation_problem_to_pb,
+    validation_summary_to_pb,
 )
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.options import ExportOptions
@@ -205,7 +207,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _validate_archive(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
         self._job(request.job_id)
         checked = self._archives.validate(request.job_id, request.auto_fix, request.max_problems)
-        return epb.ValidateArchiveResponse(summary=checked.summary, problems=checked.problems)
+        return epb.ValidateArchiveResponse(
+            summary=validation_summary_to_pb(checked.summary),
+            problems=[validation_problem_to_pb(p) for p in checked.problems],
+        )
 
     @handle_errors
     async def ValidateArchive(

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition
 from mistudio_export import generate
 from mistudio_export.checking import ArchiveCheck, ArchiveValidator, validate_output
@@ -20,6 +19,8 @@ from mistudio_export.options import ExportOptions
 from mistudio_export.packaging import ExportFormat, FormatKind
 from mistudio_export.peers import FeatureRecord
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.validation import Severity
+from mistudio_export.validation_summary import ProblemClass, ValidationProblem, ValidationSummary
 
 from tests.export.stages.doubles import job_record
 from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
@@ -27,8 +28,8 @@ from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
 SAELENS_FILES = {"cfg.json": b'{"d_sae": 4}', "sae_weights.safetensors": b"\x00weights\x01"}
 
 
-def errors(response: ArchiveCheck) -> list[epb.ValidationProblem]:
-    return [p for p in response.problems if p.severity == epb.SEVERITY_ERROR]
+def errors(response: ArchiveCheck) -> list[ValidationProblem]:
+    return [p for p in response.problems if p.severity is Severity.ERROR]
 
 
 def archive_members(peers: Peers, key: str) -> dict[str, bytes]:
@@ -54,6 +55,40 @@ def test_a_staged_saelens_folder_without_weights_fails_validation(job: JobRuntim
         validate_output(job, job.staging / "out", [FormatKind.SAELENS], auto_fix=False)
     assert caught.value.field == "config.auto_fix"
     assert not job.checkpoint.HasField("validation")
+
+
+def test_a_staged_saelens_folder_with_both_files_is_checked_once_and_recorded(
+    job: JobRuntime,
+) -> None:
+    folder = job.staging / "out" / "saelens"
+    folder.mkdir(parents=True)
+    for name, content in SAELENS_FILES.items():
+        (folder / name).write_bytes(content)
+    summary = validate_output(job, job.staging / "out", [FormatKind.SAELENS], auto_fix=False)
+    assert summary == ValidationSummary(valid=True, files_checked=2)
+    assert job.checkpoint.validation.files_checked == 2
+    (folder / "cfg.json").unlink()  # a resumed job reads the recorded summary, not the files
+    again = validate_output(job, job.staging / "out", [FormatKind.SAELENS], auto_fix=False)
+    assert again == summary
+
+
+def test_a_summary_plus_another_is_valid_only_when_both_are() -> None:
+    clean = ValidationSummary(valid=True, files_checked=3, warning_count=1)
+    broken = ValidationSummary(
+        valid=False,
+        files_checked=2,
+        error_count=1,
+        classes=(ProblemClass("MISSING_FILE", 1, "resume the export"),),
+    )
+    both = clean.plus(broken)
+    assert (both.valid, both.files_checked, both.error_count, both.warning_count) == (
+        False,
+        5,
+        1,
+        1,
+    )
+    assert both.classes == broken.classes
+    assert clean.plus(clean).valid
 
 
 def test_labels_explanations_and_frequencies_come_from_the_feature_records(
