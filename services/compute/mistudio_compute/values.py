@@ -101,6 +101,8 @@ class HookPoint:
 
 @dataclass(frozen=True)
 class ComputationEstimate:
+    """What EstimateComputation predicts of a computation (``estimate.estimate_computation``)."""
+
     seconds: float
     """The stages' seconds together."""
     tokens: int
