@@ -25,6 +25,7 @@ from mistudio_common.errors import Unavailable
 from mistudio_common.gc_pause import collector_paused
 
 from mistudio_export.feature_ranges import (
+    REPORT_EVERY,
     FeatureRange,
     RangeTask,
     Reuse,
@@ -223,9 +224,12 @@ def _progress(
     """Reports ``kind``'s features written as one count over the passes made over the
     features (the Neuronpedia formats share one), so the stage's fraction follows its time."""
     total = max(1, n_passes * n_features)
+    reported = -REPORT_EVERY
 
     def report(n: int) -> None:
-        if n % 32 == 0 or n == n_features:
+        nonlocal reported
+        if n - reported >= REPORT_EVERY or n == n_features:
+            reported = n
             job.report(
                 ppb.STAGE_GENERATING_FILES,
                 position * n_features + n,
