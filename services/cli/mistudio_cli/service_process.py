@@ -188,6 +188,7 @@ def child_main(name: str) -> int:
     """Runs service ``name`` as the parent asks on stdin and answers on stdout."""
     from mistudio_common.logging_setup import configure_logging
 
+    stop = _StopWait()  # before the port is answered: a SIGTERM may follow at once
     settings_type, build = SERVICES[name]()
     try:
         settings = settings_type(**json.loads(_stdin_line()))
@@ -200,34 +201,38 @@ def child_main(name: str) -> int:
         _answer({"error": f"{type(error).__name__}: {error}"})
         raise
     _answer({"port": running.port})
-    running.stop(_wait_for_stop())
+    running.stop(stop.grace_seconds())
     return 0
 
 
-def _wait_for_stop() -> float:
-    """The grace for in-flight calls once the child is to stop: the parent's stop request, or
-    the default at the end of stdin (the parent is gone) or at SIGTERM. stdin is read in a
-    thread of its own and the signal handler only writes to a pipe, so no exception is raised
-    into whatever the main thread is doing when the signal comes."""
-    woken, wake = os.pipe()
-    asked: list[float] = []
+class _StopWait:
+    """Waits for the child's stop: the parent's stop request, the end of stdin (the parent is
+    gone) or a SIGTERM. Each writes a byte to a pipe the main thread reads: the signal handler
+    does nothing else, so no exception is raised into whatever the main thread is doing when
+    the signal comes, and stdin is read in a thread of its own."""
 
-    def on_terminate(signum: int, frame: object) -> None:
-        os.write(wake, b"t")
+    def __init__(self) -> None:
+        self._woken, self._wake = os.pipe()
+        self._asked: list[float] = []
+        signal.signal(signal.SIGTERM, self._on_terminate)
 
-    def read_stop() -> None:
+    def _on_terminate(self, signum: int, frame: object) -> None:
+        os.write(self._wake, b"t")
+
+    def _read_stop(self) -> None:
         line = _stdin_line()  # a stop request, or empty once the parent is gone
-        asked.append(
+        self._asked.append(
             float(json.loads(line)["stop_grace_seconds"]) if line else DEFAULT_GRACE_SECONDS
         )
-        os.write(wake, b"s")
+        os.write(self._wake, b"s")
 
-    signal.signal(signal.SIGTERM, on_terminate)
-    threading.Thread(target=read_stop, name="stop-request", daemon=True).start()
-    if os.read(woken, 1) == b"t":
-        log.info("stopping on SIGTERM", extra={"grace_seconds": DEFAULT_GRACE_SECONDS})
-        return DEFAULT_GRACE_SECONDS
-    return asked[0]
+    def grace_seconds(self) -> float:
+        """Blocks until the child is to stop; the grace its in-flight calls get."""
+        threading.Thread(target=self._read_stop, name="stop-request", daemon=True).start()
+        if os.read(self._woken, 1) == b"t":
+            log.info("stopping on SIGTERM", extra={"grace_seconds": DEFAULT_GRACE_SECONDS})
+            return DEFAULT_GRACE_SECONDS
+        return self._asked[0]
 
 
 def _stdin_line() -> bytes:
