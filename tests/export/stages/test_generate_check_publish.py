@@ -14,7 +14,12 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import FailedPrecondition
 from mistudio_export import generate
 from mistudio_export.checking import ArchiveCheck, ArchiveValidator, validate_output
-from mistudio_export.generate import explanation_records, feature_labels, saelens_frequencies
+from mistudio_export.generate import (
+    FileCount,
+    explanation_records,
+    feature_labels,
+    saelens_frequencies,
+)
 from mistudio_export.options import ExportOptions
 from mistudio_export.packaging import ExportFormat, FormatKind
 from mistudio_export.peers import FeatureRecord
@@ -147,7 +152,24 @@ def test_the_file_stage_counts_one_pass_over_the_features_for_the_neuronpedia_fo
     peers.compute.saelens = dict(SAELENS_FILES)  # the weights, streamed: no pass over features
     options = neuronpedia(formats=(ExportFormat.NEURONPEDIA, ExportFormat.SAELENS))
     peers.export("counted", options, seen.append)
-    writing = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES and "writing" in p.message]
-    assert {(p.items_total, p.unit) for p in writing} == {(D_SAE, "features")}
-    assert [p.items_done for p in writing] == sorted(p.items_done for p in writing)
-    assert writing[-1].items_done == D_SAE
+    files = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES]
+    assert {(p.items_total, p.unit) for p in files} == {(D_SAE * 4, FileCount.UNIT)}
+    assert [p.items_done for p in files] == sorted(p.items_done for p in files)
+    writing = [p for p in files if "writing" in p.message]
+    assert writing[0].items_done == D_SAE  # every dashboard read: a step each
+    assert writing[-1].items_done == D_SAE * 4  # every feature written: three steps each
+
+
+def test_the_dashboards_read_and_the_features_written_are_one_count_of_the_file_stage(
+    tmp_path: Path,
+) -> None:
+    """Counted apart, the stage's own rate while the dashboards were read predicted the reading
+    alone: the job's ETA left the writing (three quarters of the stage) out until it began."""
+    peers, seen = Peers(tmp_path), list[ppb.Progress]()
+    peers.export("one-count", neuronpedia(), seen.append)
+    files = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES]
+    reading = [p for p in files if "read dashboards" in p.message]
+
+    assert reading and reading[-1].items_done == generate.READ_STEPS * D_SAE
+    assert len({p.items_total for p in files}) == 1
+    assert [p.items_done for p in files] == sorted(p.items_done for p in files)
