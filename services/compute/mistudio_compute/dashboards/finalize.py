@@ -35,6 +35,10 @@ from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
 from mistudio_compute.dashboards.token_aggregation import TokenRows, per_token, rank_tokens
 
+WIRE_FEATURES = 64
+"""Features whose examples are written as wire bytes at once: enough that numpy's per-call cost
+vanishes, few enough that the per-token index arrays stay a few MB (the memory model counts the
+finished messages, not these)."""
 _LEVEL_ORDER = sorted(range(len(QUANTILE_LEVELS)), key=lambda i: QUANTILE_LEVELS[i])
 
 
@@ -114,7 +118,9 @@ class _Builder:
                     top_tokens_metric=metric,
                 )
             )
-        self._add_examples(lo, hi, out)
+        for a in range(lo, hi, WIRE_FEATURES):
+            b = min(hi, a + WIRE_FEATURES)
+            self._add_examples(a, b, out[a - lo : b - lo])
         if tokens:
             _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
         return out
