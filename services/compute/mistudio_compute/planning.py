@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import tokens_pb2 as tpb
@@ -42,8 +42,15 @@ from mistudio_compute.tokens import (
     provenance_path,
 )
 
-ModelLoader = Callable[[str, str, Opener], LoadedModel]
-"""(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
+
+class ModelLoader(Protocol):
+    """(model reference, device, opener) -> loaded model; ``model_access.load_model`` in
+    production. ``transformer_lens_forward`` is the setting of that name, read at load time so
+    that a model TransformerLens is to run is built for it and no lean forward is made."""
+
+    def __call__(
+        self, model_ref: str, device: str, open_input: Opener, *, transformer_lens_forward: bool
+    ) -> LoadedModel: ...
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,11 @@ class Planner:
         confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
-                loaded = self._load(*key, self._inputs.open)
-                if self._settings.transformer_lens_forward:
-                    loaded = replace(loaded, fast=None)
+                loaded = self._load(
+                    *key,
+                    self._inputs.open,
+                    transformer_lens_forward=self._settings.transformer_lens_forward,
+                )
                 self._models[key] = (loaded, threading.Lock())
             return self._models[key]
 
