@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from operator import itemgetter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
