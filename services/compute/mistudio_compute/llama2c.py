@@ -26,9 +26,9 @@ from sentencepiece import sentencepiece_model_pb2
 
 from mistudio_compute.fast_llama import LlamaConfig
 from mistudio_compute.input_files import InputKind, Opener, open_trusted
+from mistudio_compute.references import MODEL_FIELD
 from mistudio_compute.token_text import PieceStyle
 
-MODEL_FIELD = "model_id"
 HEADER = struct.Struct("<7i")
 """dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: separate classifier),
 seq_len."""

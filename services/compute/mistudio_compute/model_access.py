@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,15 +30,12 @@ from mistudio_common.gc_pause import collector_paused
 from mistudio_compute import llama2c
 from mistudio_compute.fast_llama import FastLlama, LlamaConfig, supports
 from mistudio_compute.hooks import HookKind, HookPoint, hook_width, validate_hook
-from mistudio_compute.input_files import InputKind, InputPolicy, Opener, open_trusted
+from mistudio_compute.input_files import Opener, open_trusted
+from mistudio_compute.references import LLAMA2C_PREFIX, MODEL_FIELD, parse_llama2c_ref
 from mistudio_compute.token_text import HfTokenizer, TokenizerAdapter
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-MODEL_FIELD = "model_id"
-LLAMA2C_PREFIX = "llama2c:"
-_TOKENIZER_QUERY = "?tokenizer="
 
 
 @dataclass(frozen=True)
@@ -195,43 +191,6 @@ def _load_llama2c(
     config = llama2c.llama_config(ckpt.config, name)
     fast = FastLlama(config, {key: w.to(device) for key, w in weights.items()})
     return _loaded(None, config, fast, tokenizer, name=name, ref=ref, device=fast.W_E.device)
-
-
-def parse_llama2c_ref(ref: str) -> tuple[Path, Path]:
-    """Splits "llama2c:<model.bin>?tokenizer=<tok.bin>"; without a tokenizer, the sibling
-    ``tokenizer.bin`` (llama2.c's default name) is used."""
-    body = ref.removeprefix(LLAMA2C_PREFIX)
-    model_part, sep, tok_part = body.rpartition(_TOKENIZER_QUERY)
-    if not sep:
-        model_part, tok_part = body, ""
-    if not model_part:
-        raise InvalidArgument(
-            f"no checkpoint path in {ref!r}",
-            field=MODEL_FIELD,
-            fix="write llama2c:<path/to/model.bin>?tokenizer=<path/to/tok.bin>",
-        )
-    model_path = Path(model_part).expanduser()
-    tokenizer_path = (
-        Path(tok_part).expanduser() if tok_part else model_path.parent / "tokenizer.bin"
-    )
-    return model_path, tokenizer_path
-
-
-def confine_model(model_ref: str, inputs: InputPolicy) -> None:
-    """Refuses a llama2.c reference whose files ``inputs`` does not allow (hub names pass)."""
-    ref = model_ref.strip()
-    if ref.startswith(LLAMA2C_PREFIX):
-        model_path, tokenizer_path = parse_llama2c_ref(ref)
-        inputs.file(model_path, InputKind.MODEL_FILE, MODEL_FIELD)
-        inputs.file(tokenizer_path, InputKind.MODEL_FILE, MODEL_FIELD)
-
-
-def portable_model_name(ref: str) -> str:
-    """The model's name outside this machine (files we publish): a llama2c checkpoint's stem
-    ("stories260K"), never its local path; TransformerLens names are already portable."""
-    if ref.startswith(LLAMA2C_PREFIX):
-        return parse_llama2c_ref(ref)[0].stem
-    return ref
 
 
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:

@@ -28,7 +28,8 @@ from mistudio_compute.dashboards.memory import ShardPlan, plan_within_budget
 from mistudio_compute.dashboards.params import state_config, validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.input_files import InputKind, InputPolicy, Opener
-from mistudio_compute.model_access import LoadedModel, confine_model, load_model
+from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.references import confine_model, provenance_path
 from mistudio_compute.run_dashboards import CHUNK_FEATURES, PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
@@ -39,7 +40,6 @@ from mistudio_compute.tokens import (
     TokenDataset,
     TokenSourceSpec,
     load_token_source,
-    provenance_path,
 )
 
 
