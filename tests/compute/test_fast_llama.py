@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import mistudio_compute
 import pytest
 import torch
 from mistudio_common.errors import InvalidArgument
@@ -159,8 +160,14 @@ def test_the_lean_forward_never_imports_transformer_lens() -> None:
         "assert loaded.fast is not None\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformer_lens'))\n"
     )
+    here = Path(mistudio_compute.__file__).parents[1]  # the code under test, not an install
+    paths = os.pathsep.join([str(here), *(p for p in sys.path if p)])
     run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": paths},
+        check=True,
     )
     assert run.stdout.strip() == "[]"
 
