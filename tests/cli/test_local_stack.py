@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_cli.local_stack import start_local_stack
-from mistudio_cli.service_process import start_service_process
+from mistudio_cli.service_process import LOG_ROTATE_BYTES, start_service_process
 from mistudio_common.errors import Unavailable
 from mistudio_common.server import PortInUse, insecure_channel
 
@@ -82,7 +83,7 @@ def test_a_store_that_dies_while_serving_is_logged_with_its_exit_code(
 PARENT = """
 import sys, time
 from pathlib import Path
-from mistudio_cli.service_process import start_service_process
+from mistudio_cli.service_process import LOG_ROTATE_BYTES, start_service_process
 store = start_service_process("store", {"data_dir": sys.argv[1], "port": 0}, Path(sys.argv[1]))
 store.wait_ready()
 print(store.process.pid, flush=True)
@@ -100,3 +101,23 @@ def test_the_child_store_exits_when_its_parent_dies(tmp_path: Path) -> None:
     parent.kill()
     parent.wait()
     assert gone(child_pid, 30)
+
+
+def test_a_sigterm_stops_the_child_store_gracefully(tmp_path: Path) -> None:
+    store = start_service_process("store", {"data_dir": str(tmp_path), "port": 0}, tmp_path)
+    store.wait_ready()
+    store.process.send_signal(signal.SIGTERM)
+    assert store.process.wait(30) == 0  # stopped, not ended by the signal (-15)
+    assert "stopping on SIGTERM" in store.log_tail()
+    store.stop()
+
+
+def test_a_store_log_past_its_bound_is_moved_aside_at_the_next_start(tmp_path: Path) -> None:
+    log = tmp_path / "store.log"
+    earlier = b"an earlier start\n" * (LOG_ROTATE_BYTES // 17 + 1)
+    log.write_bytes(earlier)
+    for _ in range(2):
+        with start_local_stack(tmp_path, device="cpu"):
+            pass
+    assert (tmp_path / "store.log.1").read_bytes() == earlier
+    assert 0 < log.stat().st_size < LOG_ROTATE_BYTES

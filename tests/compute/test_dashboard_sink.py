@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import Unavailable
 from mistudio_common.retry import Patience
 from mistudio_compute.dashboard_sink import DashboardSink
@@ -23,7 +24,7 @@ class FlakyStore:
     def put_dashboards(
         self,
         sae_id: str,
-        params: dpb.DashboardParams,
+        params: DashboardParams,
         dashboards: Sequence[dpb.FeatureDashboard],
         owner: str,
     ) -> int:
@@ -43,7 +44,7 @@ def dashboards(n: int) -> list[dpb.FeatureDashboard]:
 
 def test_a_store_that_comes_back_gets_every_dashboard() -> None:
     store = FlakyStore(failures=2)
-    sink = DashboardSink(store, "s", dpb.DashboardParams(), batch_size=2,  # type: ignore[arg-type]
+    sink = DashboardSink(store, "s", DashboardParams(), batch_size=2,  # type: ignore[arg-type]
                          patience=Patience(seconds=5.0, first_delay=0.01))  # fmt: skip
     sink.add(dashboards(4))
     sink.close()
@@ -52,7 +53,7 @@ def test_a_store_that_comes_back_gets_every_dashboard() -> None:
 
 def test_a_store_that_stays_away_fails_the_write_after_the_patience() -> None:
     store = FlakyStore(failures=1000)
-    sink = DashboardSink(store, "s", dpb.DashboardParams(), batch_size=2,  # type: ignore[arg-type]
+    sink = DashboardSink(store, "s", DashboardParams(), batch_size=2,  # type: ignore[arg-type]
                          patience=Patience(seconds=0.2, first_delay=0.01))  # fmt: skip
     sink.add(dashboards(2))
     with pytest.raises(Unavailable):
@@ -61,7 +62,7 @@ def test_a_store_that_stays_away_fails_the_write_after_the_patience() -> None:
 
 def test_an_abort_ends_a_wait_for_the_store_at_once() -> None:
     store = FlakyStore(failures=1000)
-    sink = DashboardSink(store, "s", dpb.DashboardParams(), batch_size=2,  # type: ignore[arg-type]
+    sink = DashboardSink(store, "s", DashboardParams(), batch_size=2,  # type: ignore[arg-type]
                          patience=Patience(seconds=600.0, first_delay=0.05))  # fmt: skip
     sink.add(dashboards(2))
     time.sleep(0.1)

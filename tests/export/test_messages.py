@@ -27,6 +27,7 @@ from mistudio_export.messages import (
     FORMAT_FROM_PB,
     FORMAT_TO_PB,
     RECORDED_TOKENS_KEY,
+    SEVERITY_TO_PB,
     computation_progress_from_pb,
     computation_request_to_pb,
     dashboard_request_from_pb,
@@ -39,11 +40,21 @@ from mistudio_export.messages import (
     stored_formats,
     token_source_from_pb,
     token_source_to_pb,
+    validation_problem_to_pb,
+    validation_summary_from_pb,
+    validation_summary_to_pb,
 )
 from mistudio_export.options import DashboardRequest, ExportOptions, NamingRequest
 from mistudio_export.packaging import EVERY_FORMAT, Compression, ExportFormat
 from mistudio_export.peers import ComputationRequest, SaeRecord, TokenSource
 from mistudio_export.presets import PRESETS
+from mistudio_export.validation import Severity
+from mistudio_export.validation_summary import (
+    REPORTED,
+    ProblemClass,
+    ValidationProblem,
+    ValidationSummary,
+)
 
 
 def recorded(value: dict[str, str | int]) -> struct_pb2.Struct:
@@ -265,3 +276,29 @@ def test_an_estimate_keeps_its_stages_in_order_and_its_warnings_beside_it() -> N
     ]
     assert listed.estimate.features_to_compute == 2 and list(listed.warnings) == ["a warning"]
     assert estimate_to_pb(estimate) == listed.estimate
+
+
+def test_a_validation_summary_is_recorded_and_read_back_unchanged() -> None:
+    summary = ValidationSummary(
+        valid=False,
+        files_checked=12,
+        error_count=2,
+        warning_count=1,
+        classes=(ProblemClass("MISSING_FILE", 2, "resume"), ProblemClass("NAN_VALUE", 1, "fix")),
+        fixes_applied=("features/1.json /x: rounded",),
+    )
+    recorded = validation_summary_to_pb(summary)
+    assert [(c.code, c.count) for c in recorded.classes] == [("MISSING_FILE", 2), ("NAN_VALUE", 1)]
+    assert validation_summary_from_pb(recorded) == summary
+
+
+def test_every_reported_severity_has_a_contract_value() -> None:
+    assert set(SEVERITY_TO_PB) == REPORTED
+    problem = ValidationProblem(Severity.WARNING, "UNEXPECTED_FILE", "x.txt", "not listed", "/a")
+    assert validation_problem_to_pb(problem) == epb.ValidationProblem(
+        severity=epb.SEVERITY_WARNING,
+        code="UNEXPECTED_FILE",
+        file="x.txt",
+        pointer="/a",
+        message="not listed",
+    )

@@ -43,6 +43,10 @@ pytestmark = pytest.mark.slow
 
 SAE_ID = "fault-sae"
 
+PASS_OUTLASTS_A_LEASE = 32768
+"""Rows whose activation pass is still under way when a cancel lands, even one that waits out a
+crashed holder's lease first (4,096 rows were done by then once the pass got faster)."""
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
@@ -229,8 +233,7 @@ def test_a_cancel_sent_to_an_instance_that_does_not_hold_the_job_stops_the_holde
     stack: FaultStack, tmp_path: Path
 ) -> None:
     second = second_export(stack, tmp_path)
-    # Enough rows that the activation pass is still under way when the cancel lands.
-    many = token_source(write_tokens(tmp_path / "many.npy", rows=4096, seed=12))
+    many = token_source(write_tokens(tmp_path / "many.npy", rows=PASS_OUTLASTS_A_LEASE, seed=12))
     try:
         elsewhere = exports_at(second.port)
         job_id = next(start(stack, many)).progress.job_id
@@ -255,7 +258,7 @@ def test_an_instance_that_does_not_hold_a_crashed_holders_job_cancels_it_and_its
     stack: FaultStack, tmp_path: Path
 ) -> None:
     second = second_export(stack, tmp_path)
-    many = token_source(write_tokens(tmp_path / "many.npy", rows=4096, seed=13))
+    many = token_source(write_tokens(tmp_path / "many.npy", rows=PASS_OUTLASTS_A_LEASE, seed=13))
     try:
         elsewhere = exports_at(second.port)
         stream = start(stack, many)

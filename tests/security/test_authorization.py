@@ -241,13 +241,18 @@ def test_another_users_export_as_delta_base_reads_as_missing(
     )
     exports = secure_stack.exports("mallory")
 
-    def validate(base: str) -> grpc.RpcError:
-        config = export_config(delta_base_job_id=base)
+    def validate(base: str, **options: Any) -> grpc.RpcError:
+        config = export_config(delta_base_job_id=base, **options)
         request = epb.ValidateExportRequest(sae_id=mallory_sae, config=config)
         return rpc_error(lambda: exports.ValidateExport(request))
 
     unknown, hidden = validate(UNKNOWN_JOB), validate(alice_export.job_id)
     assert_hidden(hidden, unknown, alice_export.job_id)
+    # A config error comes first for both alike: it cannot tell a hidden base from a missing one.
+    for bad in ({"device": "tpu"}, {"formats": [7]}):
+        unknown, hidden = validate(UNKNOWN_JOB, **bad), validate(alice_export.job_id, **bad)
+        assert hidden.code() == unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert hidden.details() == unknown.details()
 
 
 def test_mallory_cannot_cancel_or_pause_alices_running_job(

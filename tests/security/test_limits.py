@@ -26,7 +26,7 @@ from mistudio_common.errors import ResourceExhausted
 from mistudio_common.server import MAX_MESSAGE_BYTES, insecure_channel
 from mistudio_compute.dashboards.memory import PLANNED_SHARE, MemoryModel, plan_within_budget
 from mistudio_compute.dashboards.params import state_config
-from mistudio_compute.planning import params_of
+from mistudio_compute.messages import params_of
 from mistudio_export.limits import MAX_FEATURES_LISTED, MAX_NAME_CHARS
 
 from tests.export.service.errors import details

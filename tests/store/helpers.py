@@ -1,4 +1,5 @@
-"""Tiny real messages for the store tests, and readers for structured error details."""
+"""Tiny real messages and plain records for the store tests, and readers for structured error
+details."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio_store import records
 
 
 def make_sae(sae_id: str = "tiny-sae", d_sae: int = 64, **fields: object) -> pb.Sae:
@@ -31,6 +33,21 @@ def make_sae(sae_id: str = "tiny-sae", d_sae: int = 64, **fields: object) -> pb.
         **fields,
     }
     return pb.Sae(**values)  # type: ignore[arg-type]
+
+
+def sae_record(sae_id: str = "tiny-sae", d_sae: int = 64, **fields: object) -> records.Sae:
+    """``make_sae``'s SAE as the repository takes it."""
+    values: dict[str, object] = {
+        "model_id": "tiny-stories-1M",
+        "hook_point": "blocks.0.hook_resid_post",
+        "d_in": 16,
+        "d_sae": d_sae,
+        "architecture": "topk",
+        "weights_uri": "file:///tmp/tiny-sae",
+        "config": {"k": 8, "normalize_activations": "none"},
+        **fields,
+    }
+    return records.Sae(sae_id, **values)  # type: ignore[arg-type]
 
 
 def make_dashboard(feature_index: int, scale: float = 1.0) -> dpb.FeatureDashboard:

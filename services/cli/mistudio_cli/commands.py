@@ -28,6 +28,7 @@ from mistudio_export.validation.archives import validate_zip
 
 from mistudio_cli.annotations import LABEL_MASK, Annotations, read_annotations
 from mistudio_cli.connection import Services, connect, job_table, store_only
+from mistudio_cli.interrupts import follow_until_interrupted
 from mistudio_cli.options import export_config, model_reference, token_source
 from mistudio_cli.progress_view import follow, format_seconds, state_label, summarize_stages
 
@@ -209,7 +210,7 @@ def run_export(services: Services, request: epb.StartExportRequest) -> ExportOut
             yield message
 
     try:
-        last = follow(remember(stream))
+        last = follow_until_interrupted(stream, lambda: follow(remember(stream)))
     except KeyboardInterrupt:
         stream.cancel()
         if job_id:

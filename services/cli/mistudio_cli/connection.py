@@ -178,7 +178,11 @@ class JobTable:
 
 @contextmanager
 def store_only(args: argparse.Namespace) -> Iterator[sgrpc.StoreServiceStub]:
-    """The store at --store-address, or one started alone on the local data folder."""
+    """The store at --store-address, or one started alone on the local data folder. Alone, it
+    runs in this process, not as the local stack's child (``service_process``): the child is
+    there so the store's request handling does not wait on the interpreter lock that compute's
+    pass and the export's writers hold, and a store-only command runs nothing beside it, so a
+    child would only add its start-up (a second interpreter importing gRPC and SQLAlchemy)."""
     if args.store_address:
         with open_channel(args.store_address, remote_credentials(args)) as channel:
             yield sgrpc.StoreServiceStub(channel)

@@ -18,14 +18,17 @@ from mistudio_common.dashboard_codec import COMPONENT_TO_PB
 from mistudio_common.dashboard_options import Component
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.uploaded_inputs import is_object_uri
+from mistudio_export.messages import FORMAT_TO_PB
+from mistudio_export.packaging import ExportFormat
 from mistudio_export.presets import PRESETS
 from mistudio_export.records import VISIBILITIES
 
 FORMATS = {
-    "neuronpedia": [epb.EXPORT_FORMAT_NEURONPEDIA],
-    "saelens": [epb.EXPORT_FORMAT_SAELENS],
-    "both": [epb.EXPORT_FORMAT_NEURONPEDIA, epb.EXPORT_FORMAT_SAELENS],
+    **{plain.value: [FORMAT_TO_PB[plain]] for plain in ExportFormat},
+    "both": [FORMAT_TO_PB[plain] for plain in ExportFormat],
 }
+"""--format's words as the contract's ids, from the export's one format table: each format by
+its own name, and both."""
 SCALES = {"log": dpb.BIN_SCALE_LOG, "linear": dpb.BIN_SCALE_LINEAR}
 METRICS = {
     "sum": dpb.TOKEN_RANK_METRIC_SUM,

@@ -5,9 +5,11 @@ compute's tensor loop and the export's writers).
 The parent and the child speak one JSON object per line. On the child's stdin: the settings
 fields the parent fixes (the rest come from the environment, as in-process), later a stop
 request. On its stdout: ``{"port": N}`` once it serves, or ``{"error": ..., "port_in_use": ...}``
-when it cannot. The child serves until a stop request or the end of its stdin, which also comes
-when the parent dies in any way, so no child outlives its stack. Its log goes to
-``<data_dir>/<name>.log``; the part of it this start wrote is in the error raised when it fails.
+when it cannot. The child serves until a stop request, the end of its stdin (which also comes
+when the parent dies in any way, so no child outlives its stack) or a SIGTERM, and then stops
+gracefully. Its log goes to ``<data_dir>/<name>.log``, moved to ``<name>.log.1`` at a start that
+finds it past ``LOG_ROTATE_BYTES``; the part of it this start wrote is in the error raised when
+it fails.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +40,9 @@ STOP_MARGIN_SECONDS = 10.0
 DEFAULT_GRACE_SECONDS = 2.0
 """The grace a child gives in-flight calls when its parent went away without asking."""
 LOG_TAIL_CHARS = 4000
+LOG_ROTATE_BYTES = 1 << 20
+"""A log past this size is moved aside (replacing the one moved before) when a child starts:
+each start appends a few KB, so the data folder keeps at most about twice this."""
 
 
 @dataclass
@@ -125,6 +131,7 @@ def start_service_process(name: str, settings: dict[str, Any], data_dir: Path) -
     if name not in SERVICES:
         raise ValueError(f"no service {name!r} runs in a child process; known: {sorted(SERVICES)}")
     log_path = data_dir / f"{name}.log"
+    _rotate(log_path)
     with log_path.open("ab") as logged:
         offset = logged.tell()
         process = subprocess.Popen(
@@ -138,6 +145,12 @@ def start_service_process(name: str, settings: dict[str, Any], data_dir: Path) -
     child = ServiceProcess(name, process, log_path, offset)
     _send(process, settings)
     return child
+
+
+def _rotate(log_path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if log_path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(log_path, log_path.with_name(log_path.name + ".1"))
 
 
 def _send(process: subprocess.Popen[bytes], message: dict[str, Any]) -> None:
@@ -175,9 +188,10 @@ def child_main(name: str) -> int:
     """Runs service ``name`` as the parent asks on stdin and answers on stdout."""
     from mistudio_common.logging_setup import configure_logging
 
+    stop = _StopWait()  # before the port is answered: a SIGTERM may follow at once
     settings_type, build = SERVICES[name]()
     try:
-        settings = settings_type(**json.loads(sys.stdin.buffer.readline()))
+        settings = settings_type(**json.loads(_stdin_line()))
         configure_logging(name, settings.log_level)
         running = build(settings)
     except PortInUse as error:
@@ -187,9 +201,51 @@ def child_main(name: str) -> int:
         _answer({"error": f"{type(error).__name__}: {error}"})
         raise
     _answer({"port": running.port})
-    stop = sys.stdin.buffer.readline()  # a stop request, or empty once the parent is gone
-    running.stop(float(json.loads(stop)["stop_grace_seconds"]) if stop else DEFAULT_GRACE_SECONDS)
+    running.stop(stop.grace_seconds())
     return 0
+
+
+class _StopWait:
+    """Waits for the child's stop: the parent's stop request, the end of stdin (the parent is
+    gone) or a SIGTERM. Each writes a byte to a pipe the main thread reads: the signal handler
+    does nothing else, so no exception is raised into whatever the main thread is doing when
+    the signal comes, and stdin is read in a thread of its own."""
+
+    def __init__(self) -> None:
+        self._woken, self._wake = os.pipe()
+        self._asked: list[float] = []
+        signal.signal(signal.SIGTERM, self._on_terminate)
+
+    def _on_terminate(self, signum: int, frame: object) -> None:
+        os.write(self._wake, b"t")
+
+    def _read_stop(self) -> None:
+        line = _stdin_line()  # a stop request, or empty once the parent is gone
+        self._asked.append(
+            float(json.loads(line)["stop_grace_seconds"]) if line else DEFAULT_GRACE_SECONDS
+        )
+        os.write(self._wake, b"s")
+
+    def grace_seconds(self) -> float:
+        """Blocks until the child is to stop; the grace its in-flight calls get."""
+        threading.Thread(target=self._read_stop, name="stop-request", daemon=True).start()
+        if os.read(self._woken, 1) == b"t":
+            log.info("stopping on SIGTERM", extra={"grace_seconds": DEFAULT_GRACE_SECONDS})
+            return DEFAULT_GRACE_SECONDS
+        return self._asked[0]
+
+
+def _stdin_line() -> bytes:
+    """One line of stdin (empty at its end), read from the file descriptor byte by byte: a
+    thread blocked in ``sys.stdin``'s buffered reader holds its lock, which stops the
+    interpreter's exit with a fatal error, and a buffered read could take in a later line."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(sys.stdin.fileno(), 1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
 
 
 def _answer(message: dict[str, Any]) -> None:

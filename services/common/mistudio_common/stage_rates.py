@@ -121,6 +121,14 @@ class StageTime:
 
 
 @dataclass(frozen=True, slots=True)
+class StageEstimate:
+    """One stage of a job's estimate (compute's and the export's): its predicted seconds."""
+
+    stage: StageId
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ShardCosts:
     """The work a sharded pass stage holds besides passing the features, each in features
     passed over every token: its count advances by them (``dashboards.shards``), so it

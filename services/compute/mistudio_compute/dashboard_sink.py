@@ -13,6 +13,7 @@ import threading
 from collections.abc import Sequence
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.retry import Patience, call_with_patience
 
 from mistudio_compute.store_client import FeatureStats, StoreClient
@@ -27,7 +28,7 @@ class DashboardSink:
         self,
         store: StoreClient,
         sae_id: str,
-        params: dpb.DashboardParams,
+        params: DashboardParams,
         batch_size: int = 64,
         max_pending: int = 2,
         patience: Patience | None = None,

@@ -4,7 +4,7 @@ this machine are ``stage_rates.RateFile``.
 
 Layout under ``data_dir/compute``::
 
-    jobs/<job_id>/request.binpb    the ComputeDashboardsRequest that started the job
+    jobs/<job_id>/request.binpb    the ComputeDashboardsRequest that started the job (filled in)
     jobs/<job_id>/progress.binpb   the last ComputeProgress stored (its state is the job's)
     jobs/<job_id>/resume.binpb     the ComputationCheckpoint: which features the job computes
     jobs/<job_id>/checkpoint/      the computation's own resumable arrays
@@ -27,6 +27,9 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common.errors import NotFound
 from mistudio_common.jobs.store import JobRecord, JobUpdate
 from mistudio_common.progress import TERMINAL_STATES
+
+from mistudio_compute.messages import computation_request_from_pb, computation_request_to_pb
+from mistudio_compute.values import ComputationRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +60,18 @@ class JobRecords:
         return self.root / job_id
 
     def create(
-        self, job_id: str, request: cpb.ComputeDashboardsRequest, progress: ppb.Progress
+        self, job_id: str, request: ComputationRequest, progress: ppb.Progress
     ) -> ComputeRecord:
         folder = self._dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(folder / _REQUEST, request.SerializeToString(deterministic=True))
+        stored = computation_request_to_pb(request).SerializeToString(deterministic=True)
+        _write_atomically(folder / _REQUEST, stored)
         self.write(job_id, JobUpdate(progress.state, progress, jpb.ComputationCheckpoint()))
         return self.load(job_id)
 
-    def request(self, job_id: str) -> cpb.ComputeDashboardsRequest:
-        return cpb.ComputeDashboardsRequest.FromString((self._dir(job_id) / _REQUEST).read_bytes())
+    def request(self, job_id: str) -> ComputationRequest:
+        stored = (self._dir(job_id) / _REQUEST).read_bytes()
+        return computation_request_from_pb(cpb.ComputeDashboardsRequest.FromString(stored))
 
     def load(self, job_id: str) -> ComputeRecord:
         folder = self._dir(job_id)

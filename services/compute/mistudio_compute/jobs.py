@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +22,8 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common.computations import computation_id_for
-from mistudio_common.dashboard_codec import params_from_pb, params_key
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import params_key, params_to_pb
 from mistudio_common.dashboard_options import computation_stages
 from mistudio_common.errors import MistudioError, NotFound, Unavailable
 from mistudio_common.jobs.control import JobControl
@@ -44,16 +45,18 @@ from mistudio_compute.config import ComputeSettings
 from mistudio_compute.dashboard_sink import DashboardSink
 from mistudio_compute.dashboards.shard_states import ShardStore
 from mistudio_compute.job_records import ComputeRecord, JobRecords
+from mistudio_compute.messages import computation_request_to_pb
 from mistudio_compute.store_client import StoreClient
+from mistudio_compute.values import ComputationRequest
 
 log = logging.getLogger(__name__)
 
 _PROGRESS_INTERVAL_SECONDS = 0.1
 
 
-def job_stages(params: dpb.DashboardParams) -> list[StageId]:
+def job_stages(params: DashboardParams) -> list[StageId]:
     """The job's stages: the stage of a part the request leaves out is absent."""
-    runs = computation_stages(params_from_pb(params).omitted)
+    runs = computation_stages(params.omitted)
     return [ppb.STAGE_VALIDATING, *runs, ppb.STAGE_CACHING]
 
 
@@ -100,7 +103,7 @@ class PreparedComputation(Protocol):
         ...
 
     @property
-    def params(self) -> dpb.DashboardParams:
+    def params(self) -> DashboardParams:
         """The request's parameters with defaults and the token fingerprint filled in."""
         ...
 
@@ -115,7 +118,7 @@ class PreparedComputation(Protocol):
 
 
 class Preparer(Protocol):
-    def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedComputation:
+    def prepare(self, request: ComputationRequest) -> PreparedComputation:
         """Validates and loads everything; raises InvalidArgument/NotFound before any job exists."""
         ...
 
@@ -167,11 +170,11 @@ class ComputeJobManager:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self, request: cpb.ComputeDashboardsRequest) -> str:
+    def start(self, request: ComputationRequest) -> str:
         """Starts a job, or returns the existing one for a repeated request (resuming it when
         it is paused); the same request_id with a different request is ALREADY_EXISTS."""
         if not request.request_id:
-            request = _with_request_id(request, uuid.uuid4().hex)
+            request = replace(request, request_id=uuid.uuid4().hex)
         job_id = computation_id_for(request.request_id)
         if self._engine.stopping:
             raise Unavailable(
@@ -189,7 +192,11 @@ class ComputeJobManager:
                 refuse_a_different_request(
                     request.request_id,
                     job_id,
-                    differing_fields(started, request, "request"),
+                    differing_fields(
+                        computation_request_to_pb(started),
+                        computation_request_to_pb(request),
+                        "request",
+                    ),
                     field="request.request_id",
                 )
                 if existing.state == ppb.JOB_STATE_PAUSED:
@@ -326,13 +333,13 @@ class ComputeJobManager:
         result = cpb.ComputeResult(
             features_computed=computed,
             features_reused=reused,
-            params_key=params_key(params_from_pb(prepared.params)),
+            params_key=params_key(prepared.params),
             tokens_processed=tokens,
             tokens_per_second=tokens / seconds if seconds > 0 else 0.0,
             final_batch_size=stats.final_batch_size if stats else 0,
             peak_memory_mb=stats.peak_memory_mb if stats else 0.0,
             device=stats.device if stats else "",
-            params=prepared.params,
+            params=params_to_pb(prepared.params),
         )
         if stats is not None:
             job.finish_stage(ppb.STAGE_CACHING)
@@ -358,12 +365,3 @@ def _reporter(
         job.report(stage, done, total, unit, message)
 
     return report
-
-
-def _with_request_id(
-    request: cpb.ComputeDashboardsRequest, request_id: str
-) -> cpb.ComputeDashboardsRequest:
-    copy = cpb.ComputeDashboardsRequest()
-    copy.CopyFrom(request)
-    copy.request_id = request_id
-    return copy

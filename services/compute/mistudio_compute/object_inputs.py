@@ -24,8 +24,6 @@ from pathlib import Path
 import urllib3
 from minio import Minio
 from minio.error import S3Error
-from mistudio.common.v1 import tokens_pb2 as tpb
-from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common.auth import Identity
 from mistudio_common.errors import InvalidArgument, MistudioError, Unavailable
 from mistudio_common.s3_address import S3Address
@@ -43,6 +41,8 @@ from mistudio_common.uploaded_inputs import (
 )
 
 from mistudio_compute.input_files import SIZE_SETTINGS, InputKind
+from mistudio_compute.tokens import TokenSourceSpec
+from mistudio_compute.values import SaeFiles, SaeRef
 
 CHUNK_BYTES = 1 << 20
 _MISSING = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchBucket"})
@@ -190,12 +190,15 @@ class ObjectInputs:
         )
 
 
-def check_caller_uploads(sae: cpb.SaeReference, tokens: tpb.TokenSource, caller: Identity) -> None:
+def check_caller_uploads(sae: SaeRef, tokens: TokenSourceSpec | None, caller: Identity) -> None:
     """A user naming uploads directly (ValidateSae) may name only its own; another owner's is
     NOT_FOUND, as a missing one. Services checked their own callers already."""
     if caller.sees_everything:
         return
-    named = [("sae.files.path", sae.files.path), ("tokens.token_file", tokens.token_file)]
+    named = [
+        ("sae.files.path", sae.path if isinstance(sae, SaeFiles) else ""),
+        ("tokens.token_file", tokens.token_file if tokens is not None else ""),
+    ]
     for field, location in named:
         if is_object_uri(location):
             check_owner(parse_input_uri(location, field), caller.name, field)

@@ -12,14 +12,9 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
-from mistudio.common.v1 import tokens_pb2 as tpb
-from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio_common import dashboard as d
-from mistudio_common.dashboard_codec import check_components, params_from_pb, params_to_pb
-from mistudio_common.dashboard_options import Component, logit_lens_defined, prepend_bos
+from mistudio_common.dashboard_options import Component, logit_lens_defined
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.config import ComputeSettings
@@ -41,6 +36,7 @@ from mistudio_compute.tokens import (
     load_token_source,
     provenance_path,
 )
+from mistudio_compute.values import ComputationRequest, EstimateRequest, HookPoint, SaeCheck, SaeRef
 
 ModelLoader = Callable[[str, str, Opener], LoadedModel]
 """(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
@@ -51,7 +47,8 @@ class TokenPlan:
     """What EstimateComputation reports: the token source and the filled parameters."""
 
     dataset: TokenDataset
-    params: dpb.DashboardParams
+    params: d.DashboardParams
+    """With the token source's fingerprint: as the dashboards would be cached under."""
     d_in: int
     d_sae: int
     n_layers: int
@@ -59,20 +56,6 @@ class TokenPlan:
     memory: ShardPlan
     """The feature shards it runs in, within the budget, and their predicted peak beyond the
     model and SAE weights."""
-
-
-@dataclass(frozen=True)
-class SaeCheck:
-    """What ValidateSae reports of an SAE that loads against its model."""
-
-    architecture: str
-    d_in: int
-    d_sae: int
-    hook_point: str
-    model_id: str
-    hook_width: int
-    d_vocab: int
-    warnings: tuple[str, ...]
 
 
 class Planner:
@@ -102,18 +85,16 @@ class Planner:
                 self._models[key] = (loaded, threading.Lock())
             return self._models[key]
 
-    def resolve_sae(
-        self, ref: cpb.SaeReference, hook_point: str = "", model_id: str = ""
-    ) -> ResolvedSae:
+    def resolve_sae(self, ref: SaeRef, hook_point: str = "", model_id: str = "") -> ResolvedSae:
         return resolve_sae(ref, self._store, self._inputs, hook_point, model_id)
 
     def validate(
         self,
-        ref: cpb.SaeReference,
+        ref: SaeRef,
         hook_point: str = "",
         model_id: str = "",
         device: str = "",
-        tokens: tpb.TokenSource | None = None,
+        tokens: TokenSourceSpec | None = None,
     ) -> SaeCheck:
         """The SAE against its model; with tokens or a device, those as ComputeDashboards
         would check them, so a request that cannot run is refused before any job exists."""
@@ -133,46 +114,30 @@ class Planner:
             warnings=tuple(check.warnings),
         )
 
-    def resolve_hook_point(
-        self, model_id: str, layer: int, kind: cpb.HookKind.ValueType
-    ) -> cpb.ResolveHookPointResponse:
-        if kind == cpb.HOOK_KIND_UNSPECIFIED:
-            raise InvalidArgument(
-                "no hook kind given", field="kind", fix="set kind, e.g. HOOK_KIND_RESID_POST"
-            )
-        hook_kind = HookKind(cpb.HookKind.Name(kind).removeprefix("HOOK_KIND_").lower())
+    def resolve_hook_point(self, model_id: str, layer: int, kind: HookKind) -> HookPoint:
         model, _ = self.model(model_id)
-        name = hook_name(layer, hook_kind, model.n_layers)
-        return cpb.ResolveHookPointResponse(
-            hook_point=name, width=model.hook_width(name), n_layers=model.n_layers
-        )
+        name = hook_name(layer, kind, model.n_layers)
+        return HookPoint(name, model.hook_width(name), model.n_layers)
 
-    def token_plan(
-        self,
-        ref: cpb.SaeReference,
-        tokens: tpb.TokenSource,
-        request_params: dpb.DashboardParams,
-        feature_count: int = 0,
-        batch_size: int = 0,
-    ) -> TokenPlan:
+    def token_plan(self, request: EstimateRequest) -> TokenPlan:
         """The token source, parameters and feature shards a computation would use, for
         EstimateComputation."""
-        params = params_of(request_params)
+        params = request.params
         check_params(params)
-        check_batch_size(batch_size)
-        resolved = self.resolve_sae(ref)
-        needs_model = tokens.HasField("text") or resolved.model_id
+        check_batch_size(request.batch_size)
+        resolved = self.resolve_sae(request.sae)
+        needs_model = bool(request.tokens.text_paths or resolved.model_id)
         model = self.model(_require_model(resolved))[0] if needs_model else None
         tokenizer = model.tokenizer if model is not None else None
-        dataset = load_token_source(_token_spec(tokens, self._inputs), tokenizer)
+        dataset = load_token_source(_token_spec(request.tokens, self._inputs), tokenizer)
         params = with_hook_limits(params, resolved.hook_point)
         d_sae = resolved.sae.d_sae
         memory = plan_shards(
             self._settings,
             params,
-            feature_count or d_sae,
+            request.feature_count or d_sae,
             dataset,
-            batch_rows=batch_size,
+            batch_rows=request.batch_size,
             hook_width=resolved.sae.d_in,
         )
         n_layers = model.n_layers if model is not None else 0
@@ -180,9 +145,9 @@ class Planner:
         d_in = resolved.sae.d_in
         return TokenPlan(dataset, filled, d_in, d_sae, n_layers, memory)
 
-    def prepare(self, request: cpb.ComputeDashboardsRequest) -> PreparedDashboards:
+    def prepare(self, request: ComputationRequest) -> PreparedDashboards:
         """Every check a request can fail before it runs, in the order a user would fix them."""
-        params = params_of(request.params)
+        params = request.params
         check_params(params)
         check_batch_size(request.batch_size)
         resolved = self.resolve_sae(request.sae, request.hook_point, request.model_id)
@@ -244,7 +209,7 @@ def plan_shards(
 
 
 def load_model_tokens(
-    tokens: tpb.TokenSource, model: LoadedModel, inputs: InputPolicy
+    tokens: TokenSourceSpec, model: LoadedModel, inputs: InputPolicy
 ) -> TokenDataset:
     """The token source (its files confined to ``inputs``), checked against the model: ids in
     its vocabulary, rows within its context."""
@@ -257,13 +222,6 @@ def load_model_tokens(
             fix=f"use a context_size of at most {model.cfg.n_ctx}",
         )
     return dataset
-
-
-def params_of(request_params: dpb.DashboardParams) -> d.DashboardParams:
-    """The request's parameters, defaults filled in; an unknown component is refused here
-    because the dataclass cannot carry it."""
-    check_components(request_params.omitted_components, "params.omitted_components")
-    return params_from_pb(request_params)
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -291,14 +249,9 @@ def with_hook_limits(params: d.DashboardParams, hook_point: str) -> d.DashboardP
     return replace(params, omitted=params.omitted | {Component.LOGIT_LENS})
 
 
-def _fields(params: d.DashboardParams) -> dict[str, Any]:
-    return {name: getattr(params, name) for name in params.__dataclass_fields__}
-
-
-def _filled(params: d.DashboardParams, dataset: TokenDataset) -> dpb.DashboardParams:
+def _filled(params: d.DashboardParams, dataset: TokenDataset) -> d.DashboardParams:
     """``params`` as the dashboards are cached under: with the token source's fingerprint."""
-    fields = {**_fields(params), "token_source_fingerprint": dataset.fingerprint}
-    return params_to_pb(d.DashboardParams(**fields))
+    return replace(params, token_source_fingerprint=dataset.fingerprint)
 
 
 def _require_model(resolved: ResolvedSae) -> str:
@@ -324,7 +277,7 @@ def _features(indices: Sequence[int], d_sae: int) -> list[int]:
     return sorted(set(indices))
 
 
-def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec:
+def _token_spec(source: TokenSourceSpec, inputs: InputPolicy) -> TokenSourceSpec:
     """The request's token source with its files confined to ``inputs``."""
     token_file = (
         str(
@@ -337,14 +290,11 @@ def _token_spec(source: tpb.TokenSource, inputs: InputPolicy) -> TokenSourceSpec
     )
     if token_file:
         inputs.optional_file(provenance_path(Path(token_file)), InputKind.TOKEN_FILE, FILE_FIELD)
-    texts = [inputs.file(path, InputKind.TEXT_FILE, TEXT_FIELD) for path in source.text.paths]
-    return TokenSourceSpec(
+    texts = [inputs.file(path, InputKind.TEXT_FILE, TEXT_FIELD) for path in source.text_paths]
+    return replace(
+        source,
         token_file=token_file,
         text_paths=tuple(str(path) for path in texts),
-        dataset_name=source.dataset_name,
-        context_size=source.context_size,
-        prepend_bos=prepend_bos(source),
-        max_tokens=source.max_tokens,
         open_input=inputs.open,
     )
 

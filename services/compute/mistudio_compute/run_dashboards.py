@@ -14,9 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio_common.dashboard_codec import params_from_pb
+from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component, computation_stages
 from mistudio_common.stage_rates import JobSize, example_tokens
 
@@ -52,7 +51,9 @@ class PreparedDashboards:
 
     sae_id: str
     sae_owner: str
-    params: dpb.DashboardParams
+    params: DashboardParams
+    """The request's, filled in: with the token source's fingerprint and, where the hook has no
+    logit lens, that left out."""
     feature_indices: Sequence[int]
     resolved: ResolvedSae
     model: LoadedModel
@@ -75,7 +76,7 @@ class PreparedDashboards:
         return job_size(self.dataset.n_tokens, features, self.params, self.shard_plan(features))
 
 
-def job_size(tokens: int, features: int, params: dpb.DashboardParams, memory: ShardPlan) -> JobSize:
+def job_size(tokens: int, features: int, params: DashboardParams, memory: ShardPlan) -> JobSize:
     """What the stage costs of computing ``features`` grow with, in the shards they run in."""
     return JobSize(tokens, features, example_tokens(params), memory.shards, memory.forwards)
 
@@ -112,7 +113,7 @@ def run_dashboards(
 ) -> RunStats:
     """Pass, then finalisation chunk by chunk, in feature shards that fit the memory budget;
     raises Cancelled when ``hooks.interrupt`` is set."""
-    params = params_from_pb(prepared.params)
+    params = prepared.params
     dataset = prepared.dataset
     inputs = dashboard_inputs(
         prepared.model,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
-from mistudio.compute.v1 import compute_service_pb2 as cpb
+from google.protobuf.struct_pb2 import Struct
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.architectures import saelens_name
 from mistudio_common.errors import InvalidArgument
@@ -22,6 +22,7 @@ from mistudio_compute.sae import Sae, load_sae
 from mistudio_compute.sae.hub import HF_PREFIX, SAELENS_PREFIX, local_path
 from mistudio_compute.sae.loading import CONFIG_FILE, WEIGHTS_FILE
 from mistudio_compute.store_client import StoreClient
+from mistudio_compute.values import SaeFiles, SaeRef, StoredSae
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class ResolvedSae:
 
 
 def resolve_sae(
-    ref: cpb.SaeReference,
+    ref: SaeRef,
     store: StoreClient,
     inputs: InputPolicy,
     hook_override: str = "",
@@ -44,22 +45,20 @@ def resolve_sae(
 ) -> ResolvedSae:
     """Loads the referenced SAE (weights checked for shape and finiteness on the way) from
     files ``inputs`` allows."""
-    which = ref.WhichOneof("reference")
-    if which == "sae_id":
-        record = store.get_sae(ref.sae_id, ref.sae_owner)
+    if isinstance(ref, StoredSae):
+        record = store.get_sae(ref.sae_id, ref.owner)
         sae = _load_registered(record, inputs)
         model_id = model_override or record.model_id or sae.model_name or ""
         hook = hook_override or record.hook_point or sae.hook_name or ""
         return ResolvedSae(sae, record.sae_id, model_id, hook, record.owner)
-    if which == "files":
-        if not ref.files.path:
+    if isinstance(ref, SaeFiles):
+        if not ref.path:
             raise InvalidArgument(
                 "no SAE path given", field="sae.files.path", fix="name a SAELens folder or file"
             )
-        config = json_format.MessageToDict(ref.files.config) if ref.files.HasField("config") else {}
-        location, allowed = confine_sae(ref.files.path, inputs, "sae.files.path")
-        sae = load_sae(location, _ints(config) or None, open_input=allowed.open)
-        model_id = model_override or ref.files.model_id or sae.model_name or ""
+        location, allowed = confine_sae(ref.path, inputs, "sae.files.path")
+        sae = load_sae(location, dict(ref.config) or None, open_input=allowed.open)
+        model_id = model_override or ref.model_id or sae.model_name or ""
         return ResolvedSae(sae, "", model_id, hook_override or sae.hook_name or "")
     raise InvalidArgument(
         "no SAE given", field="sae", fix="set sae.sae_id or sae.files in the request"
@@ -95,7 +94,7 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
             field="weights_uri",
             fix="register the SAE with the path of its SAELens folder or safetensors file",
         )
-    config = _ints(json_format.MessageToDict(record.config)) if record.HasField("config") else {}
+    config = struct_config(record.config) if record.HasField("config") else {}
     if is_object_uri(record.weights_uri):
         check_owner(parse_input_uri(record.weights_uri, "weights_uri"), record.owner, "weights_uri")
     uri, allowed = confine_sae(record.weights_uri.removeprefix("file://"), inputs, "weights_uri")
@@ -124,6 +123,12 @@ def _load_registered(record: spb.Sae, inputs: InputPolicy) -> Sae:
                 fix="re-register the SAE with the shape of its weights",
             )
     return sae
+
+
+def struct_config(struct: Struct) -> dict[str, Any]:
+    """An SAE config sent as a Struct (a request's or the store's) as cfg.json would read."""
+    config: dict[str, Any] = _ints(json_format.MessageToDict(struct))
+    return config
 
 
 def _ints(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The ComputeService gRPC adapter: translates messages and delegates.
+"""The ComputeService gRPC adapter: translates messages (``messages``) and delegates.
 
 Long computations live in :class:`~mistudio_compute.jobs.ComputeJobManager`; progress streams
 only watch a job, so a client that disconnects leaves it running. Errors are mapped to statuses
@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
-from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio_common.auth import current_caller
 from mistudio_common.grpc_errors import handle_errors
 
-from mistudio_compute.jobs import ComputeJobManager, job_stages, progress_message
+from mistudio_compute import messages
+from mistudio_compute.estimate import estimate_computation
+from mistudio_compute.jobs import ComputeJobManager, progress_message
 from mistudio_compute.object_inputs import check_caller_uploads
 from mistudio_compute.planning import Planner
-from mistudio_compute.run_dashboards import job_size
 from mistudio_compute.saelens_export import saelens_chunks
 
 
@@ -32,7 +32,7 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ComputeDashboards(
         self, request: cpb.ComputeDashboardsRequest, context: grpc.ServicerContext
     ) -> Iterator[cpb.ComputeProgress]:
-        job_id = self._manager.start(request)
+        job_id = self._manager.start(messages.computation_request_from_pb(request))
         for snapshot in self._manager.channel(job_id).watch(still_wanted=context.is_active):
             yield progress_message(snapshot)
 
@@ -67,61 +67,36 @@ class ComputeServicer(cgrpc.ComputeServiceServicer):
     def ValidateSae(
         self, request: cpb.ValidateSaeRequest, context: grpc.ServicerContext
     ) -> cpb.ValidateSaeResponse:
-        check_caller_uploads(request.sae, request.tokens, current_caller())
-        tokens = request.tokens if request.HasField("tokens") else None
+        sae = messages.sae_ref_from_pb(request.sae)
+        tokens = messages.validate_tokens_from_pb(request)
+        check_caller_uploads(sae, tokens, current_caller())
         check = self._planner.validate(
-            request.sae, request.hook_point, request.model_id, request.device, tokens
+            sae, request.hook_point, request.model_id, request.device, tokens
         )
-        return cpb.ValidateSaeResponse(
-            architecture=check.architecture,
-            d_in=check.d_in,
-            d_sae=check.d_sae,
-            hook_point=check.hook_point,
-            model_id=check.model_id,
-            hook_width=check.hook_width,
-            d_vocab=check.d_vocab,
-            warnings=check.warnings,
-        )
+        return messages.sae_check_to_pb(check)
 
     @handle_errors
     def ResolveHookPoint(
         self, request: cpb.ResolveHookPointRequest, context: grpc.ServicerContext
     ) -> cpb.ResolveHookPointResponse:
-        return self._planner.resolve_hook_point(request.model_id, request.layer, request.kind)
+        kind = messages.hook_kind_from_pb(request.kind)
+        hook = self._planner.resolve_hook_point(request.model_id, request.layer, kind)
+        return messages.hook_point_to_pb(hook)
 
     @handle_errors
     def EstimateComputation(
         self, request: cpb.EstimateComputationRequest, context: grpc.ServicerContext
     ) -> cpb.EstimateComputationResponse:
-        plan = self._planner.token_plan(
-            request.sae, request.tokens, request.params, request.feature_count, request.batch_size
-        )
-        tokens = plan.dataset.n_tokens
-        features = request.feature_count or plan.d_sae
-        size = job_size(tokens, features, plan.params, plan.memory)
-        stages, rates = job_stages(plan.params), self._manager.rates.rates()
-        predicted = rates.predict(stages, size)
-        return cpb.EstimateComputationResponse(
-            estimated_seconds=sum(predicted),
-            estimated_tokens=tokens,
-            rate_source="measured" if rates.all_measured(stages) else "default",
-            params=plan.params,
-            n_rows=plan.dataset.n_rows,
-            context_size=plan.dataset.context_size,
-            prepend_bos=plan.dataset.prepend_bos,
-            n_layers=plan.n_layers,
-            estimated_peak_memory_bytes=plan.memory.peak_bytes,
-            stages=[
-                ppb.StageEstimate(stage=stage, seconds=seconds)
-                for stage, seconds in zip(stages, predicted, strict=True)
-            ],
-        )
+        asked = messages.estimate_request_from_pb(request)
+        plan = self._planner.token_plan(asked)
+        estimate = estimate_computation(plan, asked.feature_count, self._manager.rates.rates())
+        return messages.estimate_to_pb(estimate)
 
     @handle_errors
     def ExportSaeLensFiles(
         self, request: cpb.ExportSaeLensFilesRequest, context: grpc.ServicerContext
     ) -> Iterator[cpb.ExportSaeLensFilesResponse]:
-        resolved = self._planner.resolve_sae(request.sae)
+        resolved = self._planner.resolve_sae(messages.sae_ref_from_pb(request.sae))
         frequencies = list(request.feature_frequencies)
         for name, chunk, last in saelens_chunks(resolved, request.neuronpedia_id, frequencies):
             yield cpb.ExportSaeLensFilesResponse(file_name=name, chunk=chunk, last_chunk=last)

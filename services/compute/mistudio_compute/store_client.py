@@ -16,6 +16,8 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
+from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import params_to_pb
 from mistudio_common.grpc_errors import call_peer, pages
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel
@@ -68,14 +70,13 @@ class StoreClient:
         request = spb.GetSaeRequest(sae_id=sae_id, owner=owner)
         return call_peer(lambda: self._stub.GetSae(request, **self._unary)).sae
 
-    def cached_features(
-        self, sae_id: str, params: dpb.DashboardParams, owner: str = ""
-    ) -> set[int]:
+    def cached_features(self, sae_id: str, params: DashboardParams, owner: str = "") -> set[int]:
         """Indices of the features with a dashboard cached under ``params``."""
+        key = params_to_pb(params)
 
         def fetch(token: str) -> tuple[Sequence[spb.CachedDashboard], str]:
             request = spb.ListCachedDashboardsRequest(
-                sae_id=sae_id, owner=owner, params=params, page_size=_PAGE_SIZE, page_token=token
+                sae_id=sae_id, owner=owner, params=key, page_size=_PAGE_SIZE, page_token=token
             )
             page = call_peer(lambda: self._stub.ListCachedDashboards(request, **self._unary))
             return page.dashboards, page.next_page_token
@@ -85,14 +86,15 @@ class StoreClient:
     def put_dashboards(
         self,
         sae_id: str,
-        params: dpb.DashboardParams,
+        params: DashboardParams,
         dashboards: Iterable[dpb.FeatureDashboard],
         owner: str = "",
         batch_size: int = 32,
     ) -> int:
         """Streams the dashboards to the store in batches; returns how many were written."""
+        key = params_to_pb(params)
         requests = (
-            spb.PutDashboardsRequest(sae_id=sae_id, owner=owner, params=params, dashboards=batch)
+            spb.PutDashboardsRequest(sae_id=sae_id, owner=owner, params=key, dashboards=batch)
             for batch in _batched(dashboards, batch_size)
         )
         return call_peer(lambda: self._stub.PutDashboards(requests, **self._unary)).written_count

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 from mistudio_common.dashboard import SourceRef
+from mistudio_common.dashboard_options import DEFAULT_PREPEND_BOS
 from mistudio_common.errors import InvalidArgument
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
@@ -212,7 +213,7 @@ class TokenSourceSpec:
     text_paths: Sequence[str] = ()
     dataset_name: str = ""
     context_size: int = 0
-    prepend_bos: bool = False
+    prepend_bos: bool = DEFAULT_PREPEND_BOS
     max_tokens: int = 0
     open_input: Opener = open_trusted
     """How the files are opened (for a request's: ``InputPolicy.open``)."""

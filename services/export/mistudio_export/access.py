@@ -53,14 +53,6 @@ class Access:
             raise job_not_found(job_id)
         return job
 
-    def hides_job(self, job_id: str, caller: Identity) -> bool:
-        """Whether the job exists but belongs to someone the caller may not see."""
-        try:
-            job = self._records.get_job(job_id)
-        except NotFound:
-            return False
-        return not can_see(job.owner, caller)
-
     def sae(self, sae_id: str, owner: str, caller: Identity) -> SaeRecord:
         """The SAE ``sae_id`` of ``owner`` (a user's: always its own, as ids are unique per
         owner), when the caller may use it; NOT_FOUND otherwise."""

@@ -1,4 +1,5 @@
-"""VALIDATING_OUTPUT, and ValidateArchive: the validator's report as the API's summary.
+"""VALIDATING_OUTPUT, and ValidateArchive: the validator's report as the API's summary (in plain
+values, ``validation_summary``; ``messages`` turns them into the recorded ones).
 
 During an export the staged files are validated (and repaired when auto-fix is on) before they
 are packed. A finished archive can be validated again later; with auto-fix its repairs are
@@ -17,11 +18,11 @@ from pathlib import Path
 
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.downloads import fetch_to_file, finished_job
 from mistudio_export.generate import FOLDERS, features_to_walk
+from mistudio_export.messages import validation_summary_from_pb, validation_summary_to_pb
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.packaging import (
     MANIFEST_NAME,
@@ -34,25 +35,34 @@ from mistudio_export.peers import ExportJobRecord, JobRecords
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.validation import PROBLEM_CLASSES, Severity, ValidationReport, validate_export
 from mistudio_export.validation.archives import validate_zip
+from mistudio_export.validation_summary import (
+    REPORTED,
+    ProblemClass,
+    ValidationProblem,
+    ValidationSummary,
+)
 
 SAELENS_REQUIRED = ("cfg.json", "sae_weights.safetensors")
 DEFAULT_MAX_PROBLEMS = 1000
 MAX_FIX_LINES = 100
-_SEVERITY = {Severity.ERROR: epb.SEVERITY_ERROR, Severity.WARNING: epb.SEVERITY_WARNING}
 
 
-def summary_of(report: ValidationReport) -> epb.ValidationSummary:
-    counts = Counter(p.code for p in report.problems if p.severity in _SEVERITY)
-    return epb.ValidationSummary(
+def summary_of(report: ValidationReport) -> ValidationSummary:
+    counts = Counter(p.code for p in report.problems if p.severity in REPORTED)
+    return ValidationSummary(
         valid=report.ok,
         files_checked=report.files_checked,
         error_count=report.count(Severity.ERROR),
         warning_count=report.count(Severity.WARNING),
-        classes=[
-            epb.ProblemClass(code=code, count=n, suggested_fix=PROBLEM_CLASSES[code].fix)
-            for code, n in sorted(counts.items())
-        ],
-        fixes_applied=_fix_lines(report),
+        classes=_classes(counts),
+        fixes_applied=tuple(_fix_lines(report)),
+    )
+
+
+def _classes(counts: Counter[str]) -> tuple[ProblemClass, ...]:
+    return tuple(
+        ProblemClass(code=code, count=n, suggested_fix=PROBLEM_CLASSES[code].fix)
+        for code, n in sorted(counts.items())
     )
 
 
@@ -67,30 +77,31 @@ def _fix_lines(report: ValidationReport) -> list[str]:
     return lines
 
 
-def problems_of(report: ValidationReport, limit: int) -> list[epb.ValidationProblem]:
+def problems_of(report: ValidationReport, limit: int) -> list[ValidationProblem]:
     return [
-        epb.ValidationProblem(
-            severity=_SEVERITY[p.severity],
+        ValidationProblem(
+            severity=p.severity,
             code=p.code,
             file=p.file,
             pointer=p.pointer,
             message=p.message + (f" (line {p.line})" if p.line else ""),
         )
-        for p in [p for p in report.problems if p.severity in _SEVERITY][:limit]
+        for p in [p for p in report.problems if p.severity in REPORTED][:limit]
     ]
 
 
 def validate_output(
     job: JobRuntime, root: Path, kinds: Sequence[FormatKind], auto_fix: bool
-) -> epb.ValidationSummary:
+) -> ValidationSummary:
     """Validates the staged files once; a job that failed validation fails with the report.
 
     Files written from column batches the column checks found clean get a structural check
     of their bytes instead of the per-value walk (``validate_export(columns_checked=True)``);
     the PRD files of features with PRD-only findings still get it."""
     if job.checkpoint.HasField("validation"):
-        return job.checkpoint.validation
+        return validation_summary_from_pb(job.checkpoint.validation)
     job.report(ppb.STAGE_VALIDATING_OUTPUT, 0, 1, "folders", "validating the generated files")
+    summary = ValidationSummary(valid=True)
     if any(kind is not FormatKind.SAELENS for kind in kinds):
         walk = features_to_walk(job.staging)
         report = validate_export(
@@ -101,12 +112,9 @@ def validate_output(
             walk_features=walk or frozenset(),
         )
         summary = summary_of(report)
-    else:
-        summary = epb.ValidationSummary(valid=True)
     if FormatKind.SAELENS in kinds:
-        _check_saelens(root / FOLDERS[FormatKind.SAELENS], summary)
-    report_ok = summary.valid
-    if not report_ok:
+        summary = summary.plus(_check_saelens(root / FOLDERS[FormatKind.SAELENS]))
+    if not summary.valid:
         raise FailedPrecondition(
             f"the generated files fail validation: {summary.error_count} errors "
             f"({', '.join(c.code for c in summary.classes)})",
@@ -115,33 +123,36 @@ def validate_output(
             fix="export again with config.auto_fix=true to repair what can be repaired",
         )
     job.finish_stage(ppb.STAGE_VALIDATING_OUTPUT)
-    job.checkpoint.validation.CopyFrom(summary)
+    job.checkpoint.validation.CopyFrom(validation_summary_to_pb(summary))
     job.save()
     return summary
 
 
-def _check_saelens(folder: Path, summary: epb.ValidationSummary) -> None:
+def _check_saelens(folder: Path) -> ValidationSummary:
     """SAELens loads a folder only with both files; the weights themselves come from compute."""
-    summary.files_checked += len(SAELENS_REQUIRED)
     missing = [name for name in SAELENS_REQUIRED if not (folder / name).is_file()]
-    if missing:
-        summary.valid = False
-        summary.error_count += len(missing)
-        summary.classes.append(
-            epb.ProblemClass(
+    if not missing:
+        return ValidationSummary(valid=True, files_checked=len(SAELENS_REQUIRED))
+    return ValidationSummary(
+        valid=False,
+        files_checked=len(SAELENS_REQUIRED),
+        error_count=len(missing),
+        classes=(
+            ProblemClass(
                 code="MISSING_FILE",
                 count=len(missing),
                 suggested_fix=f"saelens/{', '.join(missing)} missing: resume the export",
-            )
-        )
+            ),
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class ArchiveCheck:
-    """ValidateArchive's answer; the summary is the type a job's outcome records."""
+    """ValidateArchive's answer."""
 
-    summary: epb.ValidationSummary
-    problems: list[epb.ValidationProblem]
+    summary: ValidationSummary
+    problems: list[ValidationProblem]
 
 
 class ArchiveValidator:
@@ -163,8 +174,10 @@ class ArchiveValidator:
             report, integrity = checked.report, checked.integrity
             summary = summary_of(report)
             if (folder / FOLDERS[FormatKind.SAELENS]).is_dir():
-                _check_saelens(folder / FOLDERS[FormatKind.SAELENS], summary)
-            problems = problems_of(report, limit) + _integrity(integrity, summary)
+                summary = summary.plus(_check_saelens(folder / FOLDERS[FormatKind.SAELENS]))
+            found = _integrity(integrity)
+            summary = summary.plus(_summary_of_integrity(found))
+            problems = problems_of(report, limit) + found
             if report.changes:
                 with zipfile.ZipFile(archive) as zf:
                     compression = _compression_of(zf)
@@ -177,7 +190,7 @@ class ArchiveValidator:
         folder: Path,
         path: Path,
         compression: Compression,
-        summary: epb.ValidationSummary,
+        summary: ValidationSummary,
     ) -> None:
         (folder / MANIFEST_NAME).unlink(missing_ok=True)
         fixed = build_archive(folder, path, compression=compression)
@@ -190,39 +203,41 @@ class ArchiveValidator:
             result.output_uri = job.output_uri
         result.size_bytes = fixed.size
         result.archive_sha256 = fixed.sha256
-        result.validation.CopyFrom(summary)
+        result.validation.CopyFrom(validation_summary_to_pb(summary))
         self._store.put_outcome(job.job_id, outcome, fixed.size)
 
 
-def _integrity(report: VerifyReport, summary: epb.ValidationSummary) -> list[epb.ValidationProblem]:
-    """The archive against its manifest, as validation problems (added to the summary)."""
+def _integrity(report: VerifyReport) -> list[ValidationProblem]:
+    """The archive against its manifest, as validation problems."""
     found = [
         *(("FILE_UNREADABLE", MANIFEST_NAME, report.unreadable) for _ in [1] if report.unreadable),
         *(("MISSING_FILE", path, "listed in the manifest, absent") for path in report.missing),
         *(("FILE_UNREADABLE", c.path, c.reason) for c in report.corrupt),
     ]
     problems = [
-        epb.ValidationProblem(severity=epb.SEVERITY_ERROR, code=code, file=file, message=text)
+        ValidationProblem(severity=Severity.ERROR, code=code, file=file, message=text)
         for code, file, text in found
     ]
     problems += [
-        epb.ValidationProblem(
-            severity=epb.SEVERITY_WARNING,
+        ValidationProblem(
+            severity=Severity.WARNING,
             code="UNEXPECTED_FILE",
             file=path,
             message="not listed in the manifest",
         )
         for path in report.extra
     ]
-    counts = Counter(p.code for p in problems)
-    for code, n in sorted(counts.items()):
-        summary.classes.append(
-            epb.ProblemClass(code=code, count=n, suggested_fix=PROBLEM_CLASSES[code].fix)
-        )
-    summary.error_count += len(found)
-    summary.warning_count += len(report.extra)
-    summary.valid = summary.valid and not found
     return problems
+
+
+def _summary_of_integrity(problems: Sequence[ValidationProblem]) -> ValidationSummary:
+    errors = sum(p.severity is Severity.ERROR for p in problems)
+    return ValidationSummary(
+        valid=not errors,
+        error_count=errors,
+        warning_count=len(problems) - errors,
+        classes=_classes(Counter(p.code for p in problems)),
+    )
 
 
 def _compression_of(zf: zipfile.ZipFile) -> Compression:

@@ -20,6 +20,7 @@ from mistudio_common.dashboard import DashboardParams
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.delta import EarlierExport, FeatureHashes, feature_hash
+from mistudio_export.generate import FileCount
 from mistudio_export.peers import FeatureFilter, FeatureRecords
 from mistudio_export.records import ExplanationRecord
 from mistudio_export.runtime import JobRuntime
@@ -49,8 +50,12 @@ def collect(
     keep: StatisticFilter,
     delta_base: EarlierExport | None,
     batch_size: int,
+    count: FileCount | None = None,
 ) -> Collected:
-    """Stages the dashboards of every selected feature; resumes after the last saved batch."""
+    """Stages the dashboards of every selected feature; resumes after the last saved batch.
+    Reported on ``count``, the file stage's count that the writing goes on with (alone, the
+    reading's own)."""
+    count = count or FileCount(read=len(candidates), written=0, passes=0)
     state = job.checkpoint.collect
     done, skipped = state.chunks_done, state.skipped_unchanged
     batches = chunks(candidates, batch_size)
@@ -59,8 +64,9 @@ def collect(
         hashes = [FeatureHashes.of(read_hashes(p)) for p in staged]
     else:
         done, skipped, hashes = 0, 0, []  # the staging folder was lost: start this step over
-    total = len(candidates)
-    job.report(ppb.STAGE_GENERATING_FILES, sum(map(len, batches[:done])), total, "features")
+    total, unit = count.total, FileCount.UNIT
+    read = count.reading(sum(map(len, batches[:done])))
+    job.report(ppb.STAGE_GENERATING_FILES, read, total, unit)
     for n in range(done, len(batches)):
         batch = batches[n]
         kept, batch_hashes, unchanged = _read_batch(job, store, params, batch, keep, delta_base)
@@ -69,9 +75,9 @@ def collect(
         skipped += unchanged
         job.report(
             ppb.STAGE_GENERATING_FILES,
-            sum(map(len, batches[: n + 1])),
+            count.reading(sum(map(len, batches[: n + 1]))),
             total,
-            "features",
+            unit,
             f"read dashboards of batch {n + 1}/{len(batches)}",
         )
         state.chunks_done, state.skipped_unchanged = n + 1, skipped

@@ -19,7 +19,14 @@ from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_options import Component
-from mistudio_common.stage_rates import JobSize, StageRates, StageTime, example_tokens, stage_times
+from mistudio_common.stage_rates import (
+    JobSize,
+    StageEstimate,
+    StageRates,
+    StageTime,
+    example_tokens,
+    stage_times,
+)
 from mistudio_common.stages import FILE_STAGES
 
 from mistudio_export.options import ExportOptions
@@ -89,12 +96,6 @@ def rates_from(jobs: Iterable[ExportJobRecord]) -> Rates:
     if not per_byte:
         return Rates(DEFAULT_BYTES_PER_FEATURE, own, measured=False)
     return Rates(statistics.median(per_byte), own, measured=own.all_measured(FILE_STAGES))
-
-
-@dataclass(frozen=True)
-class StageEstimate:
-    stage: ppb.Stage.ValueType
-    seconds: float
 
 
 @dataclass(frozen=True)

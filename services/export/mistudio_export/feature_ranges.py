@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -238,8 +239,8 @@ def run_ranges(
     progress: Callable[[int], None],
 ) -> list[RangeWritten]:
     """Writes every task's range, in a pool of processes when ``parallel``; ``progress`` hears
-    the features written (per feature here, per range from the pool), ``check`` raises to stop
-    (cancel, pause), which ends the pool's processes too."""
+    the features written (per feature here, every ``REPORT_EVERY`` from each of the pool's
+    processes), ``check`` raises to stop (cancel, pause), which ends the pool's processes too."""
     if not parallel:
         results = []
         before = 0
@@ -256,24 +257,61 @@ def run_ranges(
     return _in_pool(tasks, check, progress)
 
 
+REPORT_EVERY = 32
+"""Features a pool's process writes between reports of its count."""
+_counts: SimpleQueue[tuple[int, int]] | None = None
+"""In a pool's process: where it reports (task number, features of its range written)."""
+
+
+def _report_to(counts: SimpleQueue[tuple[int, int]]) -> None:
+    global _counts
+    _counts = counts
+
+
+def _write_counted(number: int, task: RangeTask) -> RangeWritten:
+    """``write_range`` in a pool's process, reporting its count as it goes: the ranges run side
+    by side and end close together, so their ends alone would make the stage's early rate
+    (from the first range's end to the next one's) far faster than its time."""
+    counts = _counts
+    assert counts is not None, "the pool's initializer sets it"
+    sent = 0
+
+    def report(n: int) -> None:
+        nonlocal sent
+        if n - sent >= REPORT_EVERY:
+            counts.put((number, n))  # written to the pipe before this call returns
+            sent = n
+
+    written = write_range(task, report)
+    counts.put((number, len(task.range.indices)))
+    return written
+
+
 def _in_pool(
     tasks: Sequence[RangeTask], check: Callable[[], None], progress: Callable[[int], None]
 ) -> list[RangeWritten]:
     # spawn, not fork: this process runs gRPC threads, which fork would copy mid-call
     context = multiprocessing.get_context("spawn")
     workers = min(len(tasks), os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures: list[Future[RangeWritten]] = [pool.submit(write_range, t) for t in tasks]
-        sizes = {f: len(t.range.indices) for f, t in zip(futures, tasks, strict=True)}
+    counts: SimpleQueue[tuple[int, int]] = context.SimpleQueue()
+    by_task = [0] * len(tasks)
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_report_to, initargs=(counts,)
+    ) as pool:
+        futures: list[Future[RangeWritten]] = [
+            pool.submit(_write_counted, n, t) for n, t in enumerate(tasks)
+        ]
         try:
-            pending, written = set(futures), 0
+            pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()  # a worker's error, raised here
-                    written += sizes[future]
-                if finished:
-                    progress(written)
+                # a finished range's counts were in the pipe before its result: all read here
+                while not counts.empty():
+                    number, n = counts.get()
+                    by_task[number] = max(by_task[number], n)
+                    progress(sum(by_task))
                 check()
         except BrokenProcessPool:
             raise Unavailable(

@@ -42,6 +42,8 @@ from mistudio_export.peers import (
     TokenSource,
 )
 from mistudio_export.selection import FeatureSelection, StatisticFilter
+from mistudio_export.validation import Severity
+from mistudio_export.validation_summary import ProblemClass, ValidationProblem, ValidationSummary
 
 
 def token_source_from_pb(m: tpb.TokenSource) -> TokenSource:
@@ -164,7 +166,7 @@ def export_job_from_pb(m: spb.ExportJob) -> ExportJobRecord:
     )
 
 
-FORMAT_FROM_PB: dict[int, ExportFormat] = {
+FORMAT_FROM_PB: dict[epb.ExportFormat.ValueType, ExportFormat] = {
     epb.EXPORT_FORMAT_NEURONPEDIA: ExportFormat.NEURONPEDIA,
     epb.EXPORT_FORMAT_SAELENS: ExportFormat.SAELENS,
 }
@@ -203,7 +205,7 @@ def export_options_from_pb(m: epb.ExportConfig, field: str = "config") -> Export
 
 
 def formats_from_pb(
-    values: Iterable[int], field: str = "config.formats"
+    values: Iterable[epb.ExportFormat.ValueType], field: str = "config.formats"
 ) -> tuple[ExportFormat, ...]:
     formats = []
     for index, value in enumerate(values):
@@ -326,3 +328,44 @@ def preset_to_pb(listed: PresetEstimate) -> epb.Preset:
         m.estimate.CopyFrom(estimate_to_pb(estimate))
         m.warnings.extend(estimate.warnings)
     return m
+
+
+def validation_summary_to_pb(v: ValidationSummary) -> epb.ValidationSummary:
+    """The summary as a job's outcome and checkpoint record it."""
+    return epb.ValidationSummary(
+        valid=v.valid,
+        files_checked=v.files_checked,
+        error_count=v.error_count,
+        warning_count=v.warning_count,
+        classes=[
+            epb.ProblemClass(code=c.code, count=c.count, suggested_fix=c.suggested_fix)
+            for c in v.classes
+        ],
+        fixes_applied=v.fixes_applied,
+    )
+
+
+def validation_summary_from_pb(m: epb.ValidationSummary) -> ValidationSummary:
+    """A checkpoint's summary, for a resumed job that validated its files already."""
+    return ValidationSummary(
+        valid=m.valid,
+        files_checked=m.files_checked,
+        error_count=m.error_count,
+        warning_count=m.warning_count,
+        classes=tuple(ProblemClass(c.code, c.count, c.suggested_fix) for c in m.classes),
+        fixes_applied=tuple(m.fixes_applied),
+    )
+
+
+SEVERITY_TO_PB = {Severity.ERROR: epb.SEVERITY_ERROR, Severity.WARNING: epb.SEVERITY_WARNING}
+"""Every severity a report lists (``validation_summary.REPORTED``)."""
+
+
+def validation_problem_to_pb(p: ValidationProblem) -> epb.ValidationProblem:
+    return epb.ValidationProblem(
+        severity=SEVERITY_TO_PB[p.severity],
+        code=p.code,
+        file=p.file,
+        pointer=p.pointer,
+        message=p.message,
+    )

@@ -29,6 +29,7 @@ from mistudio_export.downloads import fetch_to_file
 from mistudio_export.estimate import measurement, predict, saelens_bytes
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
+    FileCount,
     Inputs,
     Reuse,
     explanation_records,
@@ -36,7 +37,9 @@ from mistudio_export.generate import (
     output_dir,
     saelens_frequencies,
     write_formats,
+    writing_passes,
 )
+from mistudio_export.messages import validation_summary_to_pb
 from mistudio_export.object_store import ObjectStore, check_writable
 from mistudio_export.packaging import FormatKind
 from mistudio_export.peers import ExportCompute, ExportStore, TokenSource
@@ -110,8 +113,10 @@ class ExportPipeline:
             *self._saelens(plan),
         ]
         collected, computed = Collected({}, 0), cpb.ComputeResult()
+        read = 0  # features whose dashboards the file stage reads before writing
         if plan.neuronpedia:
             candidates = self._candidates(plan)
+            read = len(candidates)
             predicted = predict(plan, candidates, self._store, self._compute)
             job.tracker.weigh([s.seconds for s in predicted.stages])  # ETA from measured rates
             everything = len(candidates) == plan.sae.d_sae
@@ -133,6 +138,11 @@ class ExportPipeline:
                 plan.selection.statistics,
                 only_changed,
                 self._settings.features_per_batch,
+                FileCount(
+                    read=read,
+                    written=read,  # until the filters have kept some
+                    passes=len(writing_passes(kinds, job.checkpoint.formats.done)),
+                ),
             )
             if not collected.hashes and only_changed is None:
                 raise FailedPrecondition(
@@ -144,7 +154,9 @@ class ExportPipeline:
                     field="config.selection",
                 )
         inputs = self._inputs(job, collected, base)
-        copied = write_formats(job, kinds, inputs, self._compute, self._settings.features_per_batch)
+        copied = write_formats(
+            job, kinds, inputs, self._compute, self._settings.features_per_batch, read
+        )
         job.finish_stage(ppb.STAGE_GENERATING_FILES)
         summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
@@ -165,7 +177,7 @@ class ExportPipeline:
             features_reused=computed.features_reused,
             features_unchanged=collected.skipped_unchanged + copied,
             archive_sha256=published.sha256,
-            validation=summary,
+            validation=validation_summary_to_pb(summary),
             files=published.files,
         )
         return jpb.ExportOutcome(

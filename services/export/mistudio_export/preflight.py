@@ -89,6 +89,8 @@ class Planner:
             base = self._store.get_job(plan.delta_base_job_id)
         except NotFound:
             raise missing_delta_base(plan.delta_base_job_id) from None
+        if base.owner != plan.owner:  # another owner's export reads as missing, at this same step
+            raise missing_delta_base(plan.delta_base_job_id)
         problems = []
         if (base.sae_id, base.sae_owner) != (plan.sae.sae_id, plan.sae.owner):
             problems.append((field, f"the base export is of SAE {base.sae_id!r}, not this one"))

@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard_options import Component
 
 from mistudio_export.formats.neuronpedia_explanations import missing_on_neuronpedia
@@ -28,6 +27,7 @@ from mistudio_export.peers import ArchiveUpload
 from mistudio_export.plan import ExportPlan
 from mistudio_export.records import ExplanationRecord, SaeInfo
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.validation_summary import ValidationSummary
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def archive_facts(
     info: SaeInfo,
     kinds: Sequence[FormatKind],
     n_features: int,
-    summary: epb.ValidationSummary | None = None,
+    summary: ValidationSummary | None = None,
     explanations: Sequence[ExplanationRecord] = (),
 ) -> ArchiveFacts:
     """What the README and prefill.json say: only facts of the input, never the clock."""
@@ -84,7 +84,7 @@ def left_out_lines(plan: ExportPlan) -> tuple[str, ...]:
     return (*plan.notes, *(LEFT_OUT[c] for c in Component if c in plan.omitted))
 
 
-def summary_lines(summary: epb.ValidationSummary) -> list[str]:
+def summary_lines(summary: ValidationSummary) -> list[str]:
     head = (
         f"{'valid' if summary.valid else 'INVALID'}: {summary.files_checked} files checked, "
         f"{summary.error_count} errors, {summary.warning_count} warnings"

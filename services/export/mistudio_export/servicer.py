@@ -45,12 +45,13 @@ from mistudio_export.messages import (
     export_options_from_pb,
     preset_to_pb,
     token_source_from_pb,
+    validation_problem_to_pb,
+    validation_summary_to_pb,
 )
 from mistudio_export.object_store import ObjectStore
 from mistudio_export.options import ExportOptions
 from mistudio_export.peers import SaeRecord
 from mistudio_export.plan import dashboard_params, token_source
-from mistudio_export.preflight import missing_delta_base
 from mistudio_export.uploads import CHUNK_FIELD, FileHeader, Uploads
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -86,20 +87,21 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _check_export(
         self, sae_id: str, owner: str, config: epb.ExportConfig, caller: Identity
-    ) -> SaeRecord:
-        """The SAE the export reads (``owner``'s, checked for the caller); its owner owns the
-        job, and the planner reads it as that owner's."""
+    ) -> tuple[SaeRecord, ExportOptions]:
+        """The SAE the export reads (``owner``'s, checked for the caller) and the options: its
+        owner owns the job, and the planner reads it as that owner's. The SAE is checked first,
+        so a config error never answers for an SAE the caller may not see; the inputs the
+        options name after (a delta base of another owner's is the planner's, which reports it
+        as missing at the step where it finds an unknown one)."""
         sae = self._access.sae(sae_id, owner, caller)
         check_uploaded_weights(sae)
-        check_uploaded_tokens(config.tokens.token_file, caller, "config.tokens")
-        base = config.delta_base_job_id
-        if base and self._access.hides_job(base, caller):
-            raise missing_delta_base(base)  # what the planner says of a base that does not exist
-        return sae
+        options = export_options_from_pb(config)
+        check_uploaded_tokens(options.tokens.token_file, caller, "config.tokens")
+        return sae, options
 
     def _start(self, request: epb.StartExportRequest) -> str:
         caller = current_caller()
-        sae = self._check_export(request.sae_id, request.owner, request.config, caller)
+        sae, _ = self._check_export(request.sae_id, request.owner, request.config, caller)
         job_id = self._manager.start(request.request_id, request.sae_id, sae.owner, request.config)
         return self._job(job_id)
 
@@ -189,8 +191,7 @@ class ExportServicer(egrpc.ExportServiceServicer):
 
     def _validate_export(self, request: epb.ValidateExportRequest) -> epb.ValidateExportResponse:
         caller = current_caller()
-        sae = self._check_export(request.sae_id, request.owner, request.config, caller)
-        options = export_options_from_pb(request.config)
+        sae, options = self._check_export(request.sae_id, request.owner, request.config, caller)
         estimate = self._estimator.estimate(request.sae_id, options, sae.owner)
         return epb.ValidateExportResponse(
             estimate=estimate_to_pb(estimate), warnings=estimate.warnings
@@ -205,7 +206,10 @@ class ExportServicer(egrpc.ExportServiceServicer):
     def _validate_archive(self, request: epb.ValidateArchiveRequest) -> epb.ValidateArchiveResponse:
         self._job(request.job_id)
         checked = self._archives.validate(request.job_id, request.auto_fix, request.max_problems)
-        return epb.ValidateArchiveResponse(summary=checked.summary, problems=checked.problems)
+        return epb.ValidateArchiveResponse(
+            summary=validation_summary_to_pb(checked.summary),
+            problems=[validation_problem_to_pb(p) for p in checked.problems],
+        )
 
     @handle_errors
     async def ValidateArchive(

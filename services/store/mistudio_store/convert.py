@@ -1,4 +1,5 @@
-"""Rows <-> protobuf messages: enum names, JSON documents and UTC timestamps.
+"""Rows <-> plain records (``records``) and export job messages: enum names, JSON documents
+and UTC timestamps.
 
 Enums are stored by their short lowercase name ("jumprelu", "running") so the tables read
 well in psql; JSON columns hold ProtoJSON, which round-trips exactly.
@@ -18,6 +19,7 @@ from mistudio.export.v1.export_service_pb2 import ExportConfig
 from mistudio.store.v1 import store_service_pb2 as pb
 
 from mistudio_store.db.models import ExplanationRow, ExportJobRow, FeatureRow, SaeRow
+from mistudio_store.records import Explanation, Feature, Sae
 
 M = TypeVar("M", bound=Message)
 
@@ -75,14 +77,14 @@ def from_json(data: dict[str, Any] | None, message: M, *, lenient: bool = False)
     return json_format.ParseDict(data, message, ignore_unknown_fields=lenient)
 
 
-def sae_to_pb(row: SaeRow) -> pb.Sae:
-    return pb.Sae(
+def sae_of(row: SaeRow) -> Sae:
+    return Sae(
         sae_id=row.sae_id,
         model_id=row.model_id,
         hook_point=row.hook_point,
         d_in=row.d_in,
         d_sae=row.d_sae,
-        architecture=enum_value(pb.Architecture, row.architecture),  # type: ignore[arg-type]
+        architecture=row.architecture,
         weights_uri=row.weights_uri,
         training_dataset=row.training_dataset,
         n_training_tokens=row.n_training_tokens,
@@ -90,21 +92,21 @@ def sae_to_pb(row: SaeRow) -> pb.Sae:
         explained_variance=row.explained_variance,
         neuronpedia_model_id=row.neuronpedia_model_id,
         neuronpedia_source_set=row.neuronpedia_source_set,
-        config=struct(row.config),
-        created_at=timestamp(row.created_at),
-        updated_at=timestamp(row.updated_at),
+        config=row.config,
         owner=row.owner,
+        created_at=utc(row.created_at),
+        updated_at=utc(row.updated_at),
     )
 
 
-def sae_row(sae: pb.Sae, at: datetime) -> SaeRow:
+def sae_row(sae: Sae, at: datetime) -> SaeRow:
     return SaeRow(
         sae_id=sae.sae_id,
         model_id=sae.model_id,
         hook_point=sae.hook_point,
         d_in=sae.d_in,
         d_sae=sae.d_sae,
-        architecture=enum_name(pb.Architecture, sae.architecture),
+        architecture=sae.architecture,
         weights_uri=sae.weights_uri,
         training_dataset=sae.training_dataset,
         n_training_tokens=sae.n_training_tokens,
@@ -112,25 +114,25 @@ def sae_row(sae: pb.Sae, at: datetime) -> SaeRow:
         explained_variance=sae.explained_variance,
         neuronpedia_model_id=sae.neuronpedia_model_id,
         neuronpedia_source_set=sae.neuronpedia_source_set,
-        config=to_json(sae.config),
+        config=sae.config,
         created_at=at,
         updated_at=at,
         owner=sae.owner,
     )
 
 
-def feature_to_pb(row: FeatureRow) -> pb.Feature:
-    return pb.Feature(
+def feature_of(row: FeatureRow) -> Feature:
+    return Feature(
         feature_index=row.feature_index,
         label=row.label,
         category=row.category,
         activation_frequency=row.activation_frequency,
         max_activation=row.max_activation,
-        updated_at=timestamp(row.updated_at),
+        updated_at=utc(row.updated_at),
     )
 
 
-def feature_values(sae_pk: int, feature: pb.Feature, at: datetime) -> dict[str, Any]:
+def feature_values(sae_pk: int, feature: Feature, at: datetime) -> dict[str, Any]:
     return {
         "sae_pk": sae_pk,
         "feature_index": feature.feature_index,
@@ -142,15 +144,15 @@ def feature_values(sae_pk: int, feature: pb.Feature, at: datetime) -> dict[str, 
     }
 
 
-def explanation_to_pb(row: ExplanationRow) -> pb.Explanation:
-    return pb.Explanation(
+def explanation_of(row: ExplanationRow) -> Explanation:
+    return Explanation(
         explanation_id=str(row.id),
         feature_index=row.feature_index,
         description=row.description,
         method=row.method,
         explainer_model=row.explainer_model,
-        score=row.score,  # None leaves the optional field unset
-        created_at=timestamp(row.created_at),
+        score=row.score,
+        created_at=utc(row.created_at),
     )
 
 

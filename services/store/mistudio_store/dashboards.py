@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2
-from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.dashboard_codec import (
     content_hash_of,
     dashboard_bytes,
@@ -29,6 +28,7 @@ from mistudio_store.base import RepositoryBase
 from mistudio_store.db.models import DashboardRow
 from mistudio_store.db.statements import upsert
 from mistudio_store.pagination import Page, scope_of
+from mistudio_store.records import FeatureHash
 
 _from_wire = dashboard_pb2.FeatureDashboard.FromString
 """Reads a stored dashboard (``dashboard_bytes``) back."""
@@ -140,7 +140,7 @@ class DashboardCache(RepositoryBase):
         page_size: int = 0,
         page_token: str = "",
         owner: str | None = None,
-    ) -> Page[pb.CachedDashboard]:
+    ) -> Page[FeatureHash]:
         """Features with a cached dashboard for these params, in index order, with hashes."""
         key = ResolvedParams.of(params).key
         scope = scope_of("dashboards", sae_id, owner, key)
@@ -154,7 +154,7 @@ class DashboardCache(RepositoryBase):
                 query = query.where(DashboardRow.feature_index > page.after[0])
             query = query.order_by(DashboardRow.feature_index).limit(page.limit)
             rows, token = page.finish(session.execute(query).all(), lambda r: [r.feature_index])
-        items = [pb.CachedDashboard(feature_index=i, content_hash=h) for i, h in rows]
+        items = [FeatureHash(feature_index=i, content_hash=h) for i, h in rows]
         return Page(items, token)
 
     def _requested_chunks(

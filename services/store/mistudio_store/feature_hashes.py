@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import InvalidArgument
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -20,6 +19,7 @@ from mistudio_store.db.models import ExportFeatureHashRow, ExportJobRow
 from mistudio_store.db.statements import upsert
 from mistudio_store.jobs import job_not_found
 from mistudio_store.pagination import Page, page_request, scope_of
+from mistudio_store.records import FeatureHash
 
 MAX_HASHES_PER_PUT = 10_000
 DEFAULT_HASH_PAGE = 1000
@@ -29,7 +29,7 @@ HASH_LENGTH = 64
 
 
 class ExportFeatureHashes(RepositoryBase):
-    def put_export_feature_hashes(self, job_id: str, hashes: Sequence[pb.FeatureHash]) -> int:
+    def put_export_feature_hashes(self, job_id: str, hashes: Sequence[FeatureHash]) -> int:
         """Records (or replaces) the listed features' hashes for the job; returns how many."""
         validation.job_id(job_id, "job_id")
         _check_hashes(hashes)
@@ -54,7 +54,7 @@ class ExportFeatureHashes(RepositoryBase):
 
     def list_export_feature_hashes(
         self, job_id: str, page_size: int = 0, page_token: str = ""
-    ) -> Page[pb.FeatureHash]:
+    ) -> Page[FeatureHash]:
         """The job's hashes in feature_index order."""
         validation.job_id(job_id, "job_id")
         page = page_request(
@@ -74,7 +74,7 @@ class ExportFeatureHashes(RepositoryBase):
         with self._sessions.read() as session:
             _require_job(session, job_id)
             rows, token = page.finish(session.execute(query).all(), lambda r: [r.feature_index])
-        return Page([pb.FeatureHash(feature_index=i, content_hash=h) for i, h in rows], token)
+        return Page([FeatureHash(feature_index=i, content_hash=h) for i, h in rows], token)
 
 
 def _require_job(session: Session, job_id: str) -> None:
@@ -82,7 +82,7 @@ def _require_job(session: Session, job_id: str) -> None:
         raise job_not_found(job_id)
 
 
-def _check_hashes(hashes: Sequence[pb.FeatureHash]) -> None:
+def _check_hashes(hashes: Sequence[FeatureHash]) -> None:
     if len(hashes) > MAX_HASHES_PER_PUT:
         raise InvalidArgument(
             f"{len(hashes)} hashes in one request",

@@ -7,7 +7,7 @@ progress and checkpoint here, so a restarted export service can find and resume 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -44,7 +44,7 @@ class ExportJobs(RepositoryBase):
         if job.job_id:
             validation.job_id(job.job_id, "job.job_id")
         if job.state:
-            validation.job_states([job.state], "job.state")
+            job_states([job.state], "job.state")
         validation.max_length(job.owner, 128, "job.owner")
         validation.max_length(job.request_id, 128, "job.request_id")
         try:
@@ -81,7 +81,7 @@ class ExportJobs(RepositoryBase):
         validation.job_id(job.job_id, "job.job_id")
         paths = validation.update_mask(update_mask)
         if "state" in paths:
-            validation.job_states([job.state], "job.state")
+            job_states([job.state], "job.state")
         validation.max_length(job.owner, 128, "job.owner")
         with self._sessions.write.begin() as session:
             row, sae_id, sae_owner = _job(session, job.job_id, for_update=True)
@@ -165,7 +165,7 @@ class ExportJobs(RepositoryBase):
         ``finished_before``: jobs that ended before then)."""
         if sae_id:
             validation.sae_id(sae_id)
-        validation.job_states(states)
+        job_states(states)
         wanted = sorted({convert.enum_name(progress_pb2.JobState, s) for s in states})
         scope = scope_of("jobs", sae_id, owner, wanted, sae_owner, finished_before)
         page = self._page(page_size, page_token, scope, (datetime, str))
@@ -287,3 +287,13 @@ def _duplicate_job(job_id: str) -> AlreadyExists:
         field="job.job_id",
         fix="leave job_id empty to have the store assign one, or reuse the request_id",
     )
+
+
+def job_states(states: Iterable[int], field: str = "states") -> None:
+    for i, state in enumerate(states):
+        if state == 0 or state not in progress_pb2.JobState.values():
+            raise InvalidArgument(
+                f"job state {state} is unspecified or unknown",
+                field=f"{field}[{i}]",
+                fix="use QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED or CANCELLED",
+            )

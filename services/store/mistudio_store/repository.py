@@ -1,6 +1,6 @@
-"""Every store operation, in protobuf terms, over SQLAlchemy sessions.
+"""Every store operation over SQLAlchemy sessions, on plain values (``records``).
 
-Both the gRPC servicer and in-process callers use this class; it validates what it is given,
+The gRPC servicer translates its messages for this class; it validates what it is given,
 raises the shared domain errors (never grpc ones), and keeps each call in one transaction.
 The dashboard cache (``dashboards.py``), export jobs (``jobs.py``) and their feature hashes
 (``feature_hashes.py``) are mixed into the same class, so callers see one object.
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import AlreadyExists, InvalidArgument
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +22,7 @@ from mistudio_store.db.statements import after, upsert
 from mistudio_store.feature_hashes import ExportFeatureHashes
 from mistudio_store.jobs import ExportJobs
 from mistudio_store.pagination import Page, scope_of
+from mistudio_store.records import Explanation, Feature, FeatureFilter, Sae
 
 
 class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
@@ -30,7 +30,7 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
 
     # SAEs
 
-    def create_sae(self, sae: pb.Sae) -> pb.Sae:
+    def create_sae(self, sae: Sae) -> Sae:
         validation.sae(sae)
         row = convert.sae_row(sae, convert.now())
         duplicate = AlreadyExists(
@@ -45,16 +45,16 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
                 session.add(row)
         except IntegrityError as error:  # a concurrent create won the race
             raise duplicate from error
-        return convert.sae_to_pb(row)
+        return convert.sae_of(row)
 
-    def get_sae(self, sae_id: str, owner: str | None = None) -> pb.Sae:
+    def get_sae(self, sae_id: str, owner: str | None = None) -> Sae:
         """``owner``'s SAE (ids are unique per owner); None: the only one with this id."""
         with self._sessions.read() as session:
-            return convert.sae_to_pb(self._sae(session, sae_id, owner))
+            return convert.sae_of(self._sae(session, sae_id, owner))
 
     def list_saes(
         self, page_size: int = 0, page_token: str = "", owner: str | None = None
-    ) -> Page[pb.Sae]:
+    ) -> Page[Sae]:
         """In (sae_id, owner) order; only ``owner``'s when given."""
         page = self._page(page_size, page_token, scope_of("saes", owner or ""), (str, str))
         order = (SaeRow.sae_id, SaeRow.owner)  # owners may share an id
@@ -65,7 +65,7 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
             query = query.where(after(order, page.after))
         with self._sessions.read() as session:
             rows, token = page.finish(session.scalars(query).all(), lambda r: [r.sae_id, r.owner])
-            return Page([convert.sae_to_pb(r) for r in rows], token)
+            return Page([convert.sae_of(r) for r in rows], token)
 
     def delete_sae(self, sae_id: str, owner: str | None = None) -> None:
         """Deletes the SAE; the foreign keys cascade to everything stored for it."""
@@ -77,7 +77,7 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
     def upsert_features(
         self,
         sae_id: str,
-        features: Sequence[pb.Feature],
+        features: Sequence[Feature],
         update_mask: Sequence[str] = (),
         owner: str | None = None,
     ) -> int:
@@ -104,13 +104,13 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
         sae_id: str,
         page_size: int = 0,
         page_token: str = "",
-        feature_filter: pb.FeatureFilter | None = None,
+        feature_filter: FeatureFilter | None = None,
         owner: str | None = None,
-    ) -> Page[pb.Feature]:
+    ) -> Page[Feature]:
         """In feature_index order; every given filter must match."""
-        f = feature_filter or pb.FeatureFilter()
+        f = feature_filter or FeatureFilter()
         _check_index_range(f)
-        scope = scope_of("features", sae_id, owner, f.SerializeToString(deterministic=True))
+        scope = scope_of("features", sae_id, owner, f)
         page = self._page(page_size, page_token, scope, (int,))
         with self._sessions.read() as session:
             sae = self._sae(session, sae_id, owner)
@@ -129,13 +129,13 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
                 query = query.where(FeatureRow.feature_index > page.after[0])
             query = query.order_by(FeatureRow.feature_index).limit(page.limit)
             rows, token = page.finish(session.scalars(query).all(), lambda r: [r.feature_index])
-            return Page([convert.feature_to_pb(r) for r in rows], token)
+            return Page([convert.feature_of(r) for r in rows], token)
 
     # Explanations
 
     def add_explanations(
-        self, sae_id: str, explanations: Sequence[pb.Explanation], owner: str | None = None
-    ) -> list[pb.Explanation]:
+        self, sae_id: str, explanations: Sequence[Explanation], owner: str | None = None
+    ) -> list[Explanation]:
         """Adds the explanations, or updates the score and date of an equal one already stored
         (same feature, method, model and text): giving a file again never duplicates or drops.
         Returns them with ids; a bad one stores nothing."""
@@ -162,11 +162,11 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
                                          explainer_model=e.explainer_model)  # fmt: skip
                     session.add(row)
                     stored[_explanation_key(e)] = row
-                row.score = e.score if e.HasField("score") else None
-                row.created_at = convert.from_timestamp(e, "created_at") or at
+                row.score = e.score
+                row.created_at = e.created_at or at
                 rows.append(row)
             session.flush()
-            return [convert.explanation_to_pb(r) for r in rows]
+            return [convert.explanation_of(r) for r in rows]
 
     def list_explanations(
         self,
@@ -175,7 +175,7 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
         page_token: str = "",
         feature_indices: Sequence[int] = (),
         owner: str | None = None,
-    ) -> Page[pb.Explanation]:
+    ) -> Page[Explanation]:
         """Ordered by (feature_index, created_at, id); only ``feature_indices`` when given."""
         wanted = sorted(set(feature_indices))
         scope = scope_of("explanations", sae_id, owner, wanted)
@@ -196,10 +196,10 @@ class StoreRepository(DashboardCache, ExportJobs, ExportFeatureHashes):
                 session.scalars(query).all(),
                 lambda r: [r.feature_index, convert.utc(r.created_at), r.id],
             )
-            return Page([convert.explanation_to_pb(r) for r in rows], token)
+            return Page([convert.explanation_of(r) for r in rows], token)
 
 
-def _check_index_range(f: pb.FeatureFilter) -> None:
+def _check_index_range(f: FeatureFilter) -> None:
     if f.index_start < 0:
         raise InvalidArgument(
             f"index_start is {f.index_start}", field="filter.index_start", fix="give >= 0"
@@ -212,5 +212,5 @@ def _check_index_range(f: pb.FeatureFilter) -> None:
         )
 
 
-def _explanation_key(e: ExplanationRow | pb.Explanation) -> tuple[int, str, str, str]:
+def _explanation_key(e: ExplanationRow | Explanation) -> tuple[int, str, str, str]:
     return (e.feature_index, e.method, e.explainer_model, e.description)

@@ -1,4 +1,5 @@
-"""gRPC adapter of the store: unpack the request, call the repository, pack the response.
+"""gRPC adapter of the store: unpack the request into plain values (``messages``), call the
+repository, pack the response.
 
 The server lets users call only the SAE methods below (``server.USER_METHODS``); those see and
 touch only the caller's own SAEs. An sae_id is unique per owner, so every SAE a request names is
@@ -9,6 +10,7 @@ NOT_FOUND, as if it did not exist.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import TypeAlias
 
 import grpc
@@ -19,7 +21,7 @@ from mistudio_common.auth import current_caller, owner_for, sae_owner
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.grpc_errors import handle_errors, register_translation
 
-from mistudio_store import convert, validation
+from mistudio_store import convert, messages, validation
 from mistudio_store.db.faults import database_fault
 from mistudio_store.repository import StoreRepository
 
@@ -39,22 +41,22 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
     @handle_errors
     def CreateSae(self, request: pb.CreateSaeRequest, context: Context) -> pb.CreateSaeResponse:
-        sae = pb.Sae()
-        sae.CopyFrom(request.sae)
-        sae.owner = owner_for(request.sae.owner, current_caller())
-        return pb.CreateSaeResponse(sae=self._repo.create_sae(sae))
+        sae = messages.sae_from_pb(request.sae)
+        sae = replace(sae, owner=owner_for(sae.owner, current_caller()))
+        return pb.CreateSaeResponse(sae=messages.sae_to_pb(self._repo.create_sae(sae)))
 
     @handle_errors
     def GetSae(self, request: pb.GetSaeRequest, context: Context) -> pb.GetSaeResponse:
         owner = _addressed_owner(request.owner)
-        return pb.GetSaeResponse(sae=self._repo.get_sae(request.sae_id, owner))
+        return pb.GetSaeResponse(sae=messages.sae_to_pb(self._repo.get_sae(request.sae_id, owner)))
 
     @handle_errors
     def ListSaes(self, request: pb.ListSaesRequest, context: Context) -> pb.ListSaesResponse:
         caller = current_caller()
         owner = None if caller.sees_everything else caller.name
         page = self._repo.list_saes(request.page_size, request.page_token, owner)
-        return pb.ListSaesResponse(saes=page.items, next_page_token=page.next_page_token)
+        saes = [messages.sae_to_pb(s) for s in page.items]
+        return pb.ListSaesResponse(saes=saes, next_page_token=page.next_page_token)
 
     @handle_errors
     def DeleteSae(self, request: pb.DeleteSaeRequest, context: Context) -> pb.DeleteSaeResponse:
@@ -66,9 +68,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         self, request: pb.UpsertFeaturesRequest, context: Context
     ) -> pb.UpsertFeaturesResponse:
         owner = _addressed_owner(request.owner)
-        count = self._repo.upsert_features(
-            request.sae_id, request.features, request.update_mask, owner
-        )
+        features = [messages.feature_from_pb(f) for f in request.features]
+        count = self._repo.upsert_features(request.sae_id, features, request.update_mask, owner)
         return pb.UpsertFeaturesResponse(upserted_count=count)
 
     @handle_errors
@@ -76,18 +77,23 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
         self, request: pb.ListFeaturesRequest, context: Context
     ) -> pb.ListFeaturesResponse:
         owner = _addressed_owner(request.owner)
+        found = messages.feature_filter_from_pb(request.filter)
         page = self._repo.list_features(
-            request.sae_id, request.page_size, request.page_token, request.filter, owner
+            request.sae_id, request.page_size, request.page_token, found, owner
         )
-        return pb.ListFeaturesResponse(features=page.items, next_page_token=page.next_page_token)
+        features = [messages.feature_to_pb(f) for f in page.items]
+        return pb.ListFeaturesResponse(features=features, next_page_token=page.next_page_token)
 
     @handle_errors
     def AddExplanations(
         self, request: pb.AddExplanationsRequest, context: Context
     ) -> pb.AddExplanationsResponse:
         owner = _addressed_owner(request.owner)
-        added = self._repo.add_explanations(request.sae_id, request.explanations, owner)
-        return pb.AddExplanationsResponse(explanations=added)
+        given = [messages.explanation_from_pb(e) for e in request.explanations]
+        added = self._repo.add_explanations(request.sae_id, given, owner)
+        return pb.AddExplanationsResponse(
+            explanations=[messages.explanation_to_pb(e) for e in added]
+        )
 
     @handle_errors
     def ListExplanations(
@@ -102,7 +108,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             owner,
         )
         return pb.ListExplanationsResponse(
-            explanations=page.items, next_page_token=page.next_page_token
+            explanations=[messages.explanation_to_pb(e) for e in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @handle_errors
@@ -140,7 +147,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             _addressed_owner(request.owner),
         )
         return pb.ListCachedDashboardsResponse(
-            dashboards=page.items, next_page_token=page.next_page_token
+            dashboards=[messages.cached_dashboard_to_pb(h) for h in page.items],
+            next_page_token=page.next_page_token,
         )
 
     @handle_errors
@@ -198,7 +206,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
     def PutExportFeatureHashes(
         self, request: pb.PutExportFeatureHashesRequest, context: Context
     ) -> pb.PutExportFeatureHashesResponse:
-        written = self._repo.put_export_feature_hashes(request.job_id, request.hashes)
+        hashes = [messages.feature_hash_from_pb(h) for h in request.hashes]
+        written = self._repo.put_export_feature_hashes(request.job_id, hashes)
         return pb.PutExportFeatureHashesResponse(written_count=written)
 
     @handle_errors
@@ -209,7 +218,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             request.job_id, request.page_size, request.page_token
         )
         return pb.ListExportFeatureHashesResponse(
-            hashes=page.items, next_page_token=page.next_page_token
+            hashes=[messages.feature_hash_to_pb(h) for h in page.items],
+            next_page_token=page.next_page_token,
         )
 
 

@@ -6,9 +6,9 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 
-from mistudio.common.v1 import progress_pb2
-from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.errors import InvalidArgument
+
+from mistudio_store.records import Explanation, Feature, Sae
 
 SAE_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -77,7 +77,7 @@ def job_id(value: str, field: str = "job_id") -> str:
     return value
 
 
-def sae(message: pb.Sae, field: str = "sae") -> None:
+def sae(message: Sae, field: str = "sae") -> None:
     sae_id(message.sae_id, f"{field}.sae_id")
     if not message.model_id.strip():
         raise InvalidArgument(
@@ -100,9 +100,9 @@ def sae(message: pb.Sae, field: str = "sae") -> None:
                 field=f"{field}.{name}",
                 fix=f"give {name} > 0",
             )
-    if message.architecture not in pb.Architecture.values() or message.architecture == 0:
+    if not message.architecture:
         raise InvalidArgument(
-            f"architecture {message.architecture} is unspecified or unknown",
+            "architecture is unspecified or unknown",
             field=f"{field}.architecture",
             fix="set STANDARD, JUMPRELU, TOPK or GATED",
         )
@@ -152,7 +152,7 @@ def feature_indices(indices: Iterable[int], d_sae: int, field: str, *, unique: b
         seen.add(index)
 
 
-def features(items: Sequence[pb.Feature], d_sae: int) -> None:
+def features(items: Sequence[Feature], d_sae: int) -> None:
     feature_indices(
         (f.feature_index for f in items), d_sae, "features[{i}].feature_index", unique=True
     )
@@ -167,7 +167,7 @@ def features(items: Sequence[pb.Feature], d_sae: int) -> None:
             )
 
 
-def explanations(items: Sequence[pb.Explanation], d_sae: int) -> None:
+def explanations(items: Sequence[Explanation], d_sae: int) -> None:
     indices = (e.feature_index for e in items)
     feature_indices(indices, d_sae, "explanations[{i}].feature_index", unique=False)
     for i, explanation in enumerate(items):
@@ -177,7 +177,7 @@ def explanations(items: Sequence[pb.Explanation], d_sae: int) -> None:
                 field=f"explanations[{i}].description",
                 fix="give the explanation text",
             )
-        if explanation.HasField("score"):
+        if explanation.score is not None:
             finite(explanation.score, f"explanations[{i}].score")
         max_length(explanation.method, 128, f"explanations[{i}].method")
         max_length(explanation.explainer_model, 128, f"explanations[{i}].explainer_model")
@@ -220,13 +220,3 @@ def update_mask(paths: Sequence[str]) -> list[str]:
                 fix=f"use ExportJob field names from {sorted(JOB_MUTABLE_FIELDS)}",
             )
     return list(dict.fromkeys(paths))
-
-
-def job_states(states: Iterable[int], field: str = "states") -> None:
-    for i, state in enumerate(states):
-        if state == 0 or state not in progress_pb2.JobState.values():
-            raise InvalidArgument(
-                f"job state {state} is unspecified or unknown",
-                field=f"{field}[{i}]",
-                fix="use QUEUED, RUNNING, PAUSED, SUCCEEDED, FAILED or CANCELLED",
-            )

@@ -28,6 +28,7 @@ from mistudio_compute.dashboards import Stage
 from mistudio_compute.dashboards.shards import PassCount, ShardProgress
 from mistudio_compute.jobs import RunHooks
 from mistudio_compute.run_dashboards import CHUNK_FEATURES, StageReporter
+from mistudio_export.generate import FileCount
 
 EXAMPLE_TOKENS = 45 * 25
 STAGES = [pb.STAGE_VALIDATING, *DASHBOARD_STAGES, *FILE_STAGES]
@@ -141,27 +142,37 @@ class Replay:
 
     tracker: ProgressTracker
     clock: FakeClock
-    shown: list[tuple[float, float]]
+    shown: list[tuple[float, float, StageId]]
 
     def report(self, stage: StageId, done: int, total: int, unit: str = "", msg: str = "") -> None:
         eta = self.tracker.update(stage, done, total, unit, msg).eta_seconds
-        self.shown.append((self.clock.now, eta))
+        self.shown.append((self.clock.now, eta, stage))
 
-    def counted(self, stage: StageId, start_up: float, seconds: float, total: int) -> None:
-        """A stage counting ``total`` items evenly over ``seconds`` after ``start_up``."""
-        self.report(stage, 0, total)
+    def counted(
+        self,
+        stage: StageId,
+        start_up: float,
+        seconds: float,
+        total: int,
+        since: int = 0,
+        until: int | None = None,
+    ) -> None:
+        """A stage counting items ``since`` to ``until`` (all ``total``) evenly over ``seconds``
+        after ``start_up``."""
+        until = total if until is None else until
+        self.report(stage, since, total)
         self.clock.now += start_up
         steps = max(1, round(seconds / MESSAGE_EVERY))
         for step in range(1, steps + 1):
             self.clock.now += seconds / steps
-            self.report(stage, total * step // steps, total)
+            self.report(stage, since + (until - since) * step // steps, total)
 
     def ratios(self) -> list[float]:
         """ETA shown ÷ time actually left at 10, 25, 50, 75 and 90% of the wall time."""
         wall = self.clock.now
         out = []
         for share in (0.1, 0.25, 0.5, 0.75, 0.9):
-            at, eta = [s for s in self.shown if s[0] <= share * wall][-1]
+            at, eta, _ = [s for s in self.shown if s[0] <= share * wall][-1]
             out.append(eta / (wall - at))
         return out
 
@@ -195,8 +206,8 @@ def computation(run: ShardedExport, replay: Replay, costs: ShardCosts) -> None:
             report(Stage.TOKEN_AGGREGATION, done, shard, "")
 
 
-def replay_export(run: ShardedExport, rates: StageRates, shards_known: bool = True) -> list[float]:
-    """The export's ETA ratios, its tracker weighed by ``rates`` as the export weighs it (the
+def replayed(run: ShardedExport, rates: StageRates, shards_known: bool = True) -> Replay:
+    """The export's progress replayed, its tracker weighed by ``rates`` as the export weighs it (the
     computation's stages as the compute service predicts them for its shards)."""
     size = JobSize(run.tokens, run.features, EXAMPLE_TOKENS, run.shards if shards_known else 1)
     clock = FakeClock()
@@ -207,11 +218,17 @@ def replay_export(run: ShardedExport, rates: StageRates, shards_known: bool = Tr
     computation(run, replay, rates.shard_costs(STAGES, size) if shards_known else ShardCosts())
     replay.counted(pb.STAGE_CACHING, 0.0, 0.1, run.features)
     reading, writing, validating, packing = run.files
-    replay.counted(pb.STAGE_GENERATING_FILES, 0.0, reading, run.features)
-    replay.counted(pb.STAGE_GENERATING_FILES, 0.3, writing, run.features)
+    count = FileCount(read=run.features, written=run.features, passes=1)  # one count, two parts
+    replay.counted(pb.STAGE_GENERATING_FILES, 0.0, reading, count.total, until=count.writing(0, 0))
+    replay.counted(pb.STAGE_GENERATING_FILES, 0.3, writing, count.total, since=count.writing(0, 0))
     replay.counted(pb.STAGE_VALIDATING_OUTPUT, 0.2, validating, run.features)
     replay.counted(pb.STAGE_CREATING_ARCHIVE, 0.1, packing, 100)
-    return replay.ratios()
+    return replay
+
+
+def replay_export(run: ShardedExport, rates: StageRates, shards_known: bool = True) -> list[float]:
+    """The export's ETA ratios at 10, 25, 50, 75 and 90% of its wall time."""
+    return replayed(run, rates, shards_known).ratios()
 
 
 PRIORS = StageRates.fit([])
@@ -251,3 +268,16 @@ def test_weighed_as_one_shard_the_same_stream_misleads(monkeypatch: pytest.Monke
     """What the fix is for: a pass stage predicted without the shards' finalisation."""
     ratios = replay_export(BENCH_131072, priors_at_32bc75b(monkeypatch), shards_known=False)
     assert max(ratios) > 10
+
+
+def test_while_the_dashboards_are_read_the_eta_counts_the_writing_to_come() -> None:
+    """The file stage reads the dashboards, then writes them, on one count (``FileCount``):
+    counted apart, the reading's own rate predicted the reading alone, and the writing (three
+    quarters of the stage) was missing from the ETA until it began."""
+    replay = replayed(BENCH_16384, PRIORS)
+    wall = replay.clock.now
+    reading_ends = BENCH_16384.files[0]
+    files = [(at, eta) for at, eta, stage in replay.shown if stage == pb.STAGE_GENERATING_FILES]
+    reading = [(at, eta) for at, eta in files if at <= files[0][0] + reading_ends]
+    ratios = [eta / (wall - at) for at, eta in reading]
+    assert all(0.7 <= r <= 1.3 for r in ratios), [f"x{r:.2f}" for r in ratios]

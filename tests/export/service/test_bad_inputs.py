@@ -162,6 +162,12 @@ def test_unknown_sae_is_not_found(stack: Stack, tokens: tpb.TokenSource) -> None
     assert found["code"] == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_unknown_sae_is_not_found_before_the_config_is_read(stack: Stack) -> None:
+    config = epb.ExportConfig(formats=[7], device="tpu")  # type: ignore[list-item]
+    found = start_error(stack, "no-such-sae", config)
+    assert found["code"] == grpc.StatusCode.NOT_FOUND
+
+
 def test_unknown_delta_base_is_not_found(
     stack: Stack, sae_id: str, tokens: tpb.TokenSource
 ) -> None:

@@ -96,7 +96,7 @@ def test_progress_reports_every_stage_in_order(first: list[epb.ExportProgress]) 
     assert all(s.state == ppb.JOB_STATE_SUCCEEDED for s in final.stages)
     assert final.fraction == 1.0 and final.eta_seconds == 0.0
     generating = next(m.progress for m in first if m.progress.stage == ppb.STAGE_GENERATING_FILES)
-    assert generating.unit == "features" and generating.items_total > 0
+    assert generating.unit == generate.FileCount.UNIT and generating.items_total > 0
     by_stage = {s.stage: s for s in final.stages}
     assert by_stage[ppb.STAGE_ACTIVATION_PASS].unit == "tokens"
     assert by_stage[ppb.STAGE_ACTIVATION_PASS].items_total > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio_common.errors import FailedPrecondition
+from mistudio_common.errors import FailedPrecondition, NotFound
 from mistudio_common.stage_rates import PRIOR_SECONDS_PER_UNIT
 from mistudio_export.estimate import ExportEstimator, StageEstimate, predict, saelens_bytes
 from mistudio_export.options import ExportOptions
@@ -111,6 +111,19 @@ def test_each_preset_is_estimated_only_when_an_sae_is_named(peers: Peers) -> Non
     assert all(p.estimate is not None and p.estimate.feature_count == D_SAE for p in named)
     unnamed = presets.list_presets("", ExportOptions(), "alice")
     assert all(p.estimate is None for p in unnamed)
+
+
+def test_another_owners_export_as_delta_base_reads_as_a_missing_one(peers: Peers) -> None:
+    planner = Planner(peers.store, peers.compute)
+    theirs = job_record("theirs", state=ppb.JOB_STATE_SUCCEEDED)
+    peers.store.jobs["theirs"] = replace(theirs, owner="mallory")
+    errors = []
+    for base in ("theirs", "unknown"):
+        plan = planner.plan("tiny", neuronpedia(delta_base_job_id=base), "alice")
+        with pytest.raises(NotFound) as caught:
+            planner.base_job(plan)
+        errors.append(str(caught.value).replace(base, "<id>"))
+    assert errors[0] == errors[1]
 
 
 def test_a_delta_export_needs_a_base_with_neuronpedia_dashboards(peers: Peers) -> None:

@@ -32,17 +32,30 @@ def _dashboard(index: int) -> dpb.FeatureDashboard:
     return dashboard_to_pb(dashboard(index, dead=index in DEAD))
 
 
-def _export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, pooled: bool) -> bytes:
-    """The archive of an export in two ranges written in a pool, or in one range here."""
+def _export(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    pooled: bool,
+    counts: list[int] | None = None,
+) -> bytes:
+    """The archive of an export in two ranges written in a pool, or in one range here; the
+    features written, as the writing reports them, are added to ``counts``."""
     peers = Peers(tmp_path)
     sae = replace(peers.store.sae, d_sae=N_FEATURES)
     peers.store = MemoryStore(sae, [_dashboard(i) for i in range(N_FEATURES)])
     seen: list[tuple[int, bool]] = []
     run = feature_ranges.run_ranges
 
-    def spied(tasks: Any, *, parallel: bool, **kwargs: Callable[..., None]) -> Any:
+    def spied(tasks: Any, *, parallel: bool, progress: Callable[[int], None], **kwargs: Any) -> Any:
         seen.append((len(tasks), parallel))
-        return run(tasks, parallel=parallel, **kwargs)
+
+        def heard(n: int) -> None:
+            if counts is not None:
+                counts.append(n)
+            progress(n)
+
+        return run(tasks, parallel=parallel, progress=heard, **kwargs)
 
     monkeypatch.setattr(generate, "run_ranges", spied)
     monkeypatch.setattr(feature_ranges, "RANGE_FEATURES", 1024 if pooled else N_FEATURES + 1)
@@ -64,3 +77,18 @@ def test_ranges_written_in_a_pool_give_the_archive_one_process_writes(
     assert b'"skipped_features":[5,1023,1024,1050]' in manifest
     assert "upload-payloads/upload-batch-8.json" in names  # 1096 features the API takes
     assert "saedashboard/batch-8.json" in names
+
+
+def test_the_pool_reports_features_written_as_its_ranges_go_not_only_as_they_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ranges run side by side and end close together: counted only at their ends, the
+    file stage's rate from one range's end to the next made its ETA a fraction of its time
+    (x0.55 at 75% of the 4,096-feature bench export's wall)."""
+    counts: list[int] = []
+    _export(tmp_path, monkeypatch, pooled=True, counts=counts)
+
+    range_ends = {1024, N_FEATURES - 1024, N_FEATURES}
+    within = [n for n in counts if n not in range_ends]
+    assert len(within) >= 1024 // feature_ranges.REPORT_EVERY, counts
+    assert counts == sorted(counts) and counts[-1] == N_FEATURES

@@ -11,15 +11,21 @@ from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
-from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.errors import FailedPrecondition
 from mistudio_export import generate
 from mistudio_export.checking import ArchiveCheck, ArchiveValidator, validate_output
-from mistudio_export.generate import explanation_records, feature_labels, saelens_frequencies
+from mistudio_export.generate import (
+    FileCount,
+    explanation_records,
+    feature_labels,
+    saelens_frequencies,
+)
 from mistudio_export.options import ExportOptions
 from mistudio_export.packaging import ExportFormat, FormatKind
 from mistudio_export.peers import FeatureRecord
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.validation import Severity
+from mistudio_export.validation_summary import ProblemClass, ValidationProblem, ValidationSummary
 
 from tests.export.stages.doubles import job_record
 from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
@@ -27,8 +33,8 @@ from tests.export.stages.test_pipeline import D_SAE, Peers, neuronpedia
 SAELENS_FILES = {"cfg.json": b'{"d_sae": 4}', "sae_weights.safetensors": b"\x00weights\x01"}
 
 
-def errors(response: ArchiveCheck) -> list[epb.ValidationProblem]:
-    return [p for p in response.problems if p.severity == epb.SEVERITY_ERROR]
+def errors(response: ArchiveCheck) -> list[ValidationProblem]:
+    return [p for p in response.problems if p.severity is Severity.ERROR]
 
 
 def archive_members(peers: Peers, key: str) -> dict[str, bytes]:
@@ -54,6 +60,40 @@ def test_a_staged_saelens_folder_without_weights_fails_validation(job: JobRuntim
         validate_output(job, job.staging / "out", [FormatKind.SAELENS], auto_fix=False)
     assert caught.value.field == "config.auto_fix"
     assert not job.checkpoint.HasField("validation")
+
+
+def test_a_staged_saelens_folder_with_both_files_is_checked_once_and_recorded(
+    job: JobRuntime,
+) -> None:
+    folder = job.staging / "out" / "saelens"
+    folder.mkdir(parents=True)
+    for name, content in SAELENS_FILES.items():
+        (folder / name).write_bytes(content)
+    summary = validate_output(job, job.staging / "out", [FormatKind.SAELENS], auto_fix=False)
+    assert summary == ValidationSummary(valid=True, files_checked=2)
+    assert job.checkpoint.validation.files_checked == 2
+    (folder / "cfg.json").unlink()  # a resumed job reads the recorded summary, not the files
+    again = validate_output(job, job.staging / "out", [FormatKind.SAELENS], auto_fix=False)
+    assert again == summary
+
+
+def test_a_summary_plus_another_is_valid_only_when_both_are() -> None:
+    clean = ValidationSummary(valid=True, files_checked=3, warning_count=1)
+    broken = ValidationSummary(
+        valid=False,
+        files_checked=2,
+        error_count=1,
+        classes=(ProblemClass("MISSING_FILE", 1, "resume the export"),),
+    )
+    both = clean.plus(broken)
+    assert (both.valid, both.files_checked, both.error_count, both.warning_count) == (
+        False,
+        5,
+        1,
+        1,
+    )
+    assert both.classes == broken.classes
+    assert clean.plus(clean).valid
 
 
 def test_labels_explanations_and_frequencies_come_from_the_feature_records(
@@ -112,7 +152,24 @@ def test_the_file_stage_counts_one_pass_over_the_features_for_the_neuronpedia_fo
     peers.compute.saelens = dict(SAELENS_FILES)  # the weights, streamed: no pass over features
     options = neuronpedia(formats=(ExportFormat.NEURONPEDIA, ExportFormat.SAELENS))
     peers.export("counted", options, seen.append)
-    writing = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES and "writing" in p.message]
-    assert {(p.items_total, p.unit) for p in writing} == {(D_SAE, "features")}
-    assert [p.items_done for p in writing] == sorted(p.items_done for p in writing)
-    assert writing[-1].items_done == D_SAE
+    files = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES]
+    assert {(p.items_total, p.unit) for p in files} == {(D_SAE * 4, FileCount.UNIT)}
+    assert [p.items_done for p in files] == sorted(p.items_done for p in files)
+    writing = [p for p in files if "writing" in p.message]
+    assert writing[0].items_done == D_SAE  # every dashboard read: a step each
+    assert writing[-1].items_done == D_SAE * 4  # every feature written: three steps each
+
+
+def test_the_dashboards_read_and_the_features_written_are_one_count_of_the_file_stage(
+    tmp_path: Path,
+) -> None:
+    """Counted apart, the stage's own rate while the dashboards were read predicted the reading
+    alone: the job's ETA left the writing (three quarters of the stage) out until it began."""
+    peers, seen = Peers(tmp_path), list[ppb.Progress]()
+    peers.export("one-count", neuronpedia(), seen.append)
+    files = [p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES]
+    reading = [p for p in files if "read dashboards" in p.message]
+
+    assert reading and reading[-1].items_done == generate.READ_STEPS * D_SAE
+    assert len({p.items_total for p in files}) == 1
+    assert [p.items_done for p in files] == sorted(p.items_done for p in files)
