@@ -29,12 +29,11 @@ if __package__ in (None, ""):
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_export.feature_ranges import (
     RangeTask,
-    _without_examples,
     feature_ranges,
     write_range,
 )
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, batch_sized, example_columns
+from mistudio_export.formats.columns import ExampleColumns, batch_sized, view_columns
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.prd_json import write_feature_files
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
@@ -42,7 +41,7 @@ from mistudio_export.formats.upload_payloads import PayloadNotes, payload_featur
 from mistudio_export.generate import FOLDERS, ROOT
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import read_chunks
+from mistudio_export.staged import head, read_views
 from mistudio_export.validation.column_checks import column_findings
 
 FEATURES_PER_BATCH = 128
@@ -127,16 +126,14 @@ def steps(task_list: list[RangeTask], out: Path, top: int) -> None:
     again under cProfile for its split (a profile sees one thread, and ``write_range`` runs
     each format in a thread of its own; profiling inflates the Python part)."""
     chunks = [c for t in task_list for c in t.range.chunks]
-    read, messages = _cpu(lambda: list(read_chunks(chunks)))
+    read, messages = _cpu(lambda: list(read_views(chunks)))
     sized = list(batch_sized(messages))
     heads, head_lists = _cpu(
-        lambda: [[dashboard_from_pb(_without_examples(m)) for m in chunk] for chunk in sized]
+        lambda: [[dashboard_from_pb(head(m)) for m in chunk] for chunk in sized]
     )
     table = StringTable()
     built, batches = _cpu(
-        lambda: [
-            example_columns(h, table, examples=c) for h, c in zip(head_lists, sized, strict=True)
-        ]
+        lambda: [view_columns(h, table, c) for h, c in zip(head_lists, sized, strict=True)]
     )
     checked, _ = _cpu(lambda: [column_findings(b) for b in batches])
     print(f"read + parse staged dashboards {read:6.2f} s CPU")

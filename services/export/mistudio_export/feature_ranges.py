@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 from mistudio_common.gc_pause import collector_paused
 
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, batch_sized, example_columns, fan_out
+from mistudio_export.formats.columns import ExampleColumns, batch_sized, fan_out, view_columns
 from mistudio_export.formats.neuronpedia_importer import (
     DEFAULT_BATCH_SIZE as IMPORTER_BATCH,
 )
@@ -41,7 +40,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import PayloadNotes, payload_features
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import chunk_indices, read_chunks, staged_chunks
+from mistudio_export.staged import chunk_indices, head, read_views, staged_chunks
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
 
 RANGE_FEATURES = 1024
@@ -193,23 +192,15 @@ def _reuse(
 
 def _batches(chunks: Sequence[Path], found: list[ColumnFinding]) -> Iterator[ExampleColumns]:
     """The dashboards of ``chunks`` as column batches: the examples read straight from the
-    messages into the columns, the rest converted for the formats' per-feature fields. Each
-    batch is checked as it is made, and what ``column_checks`` finds is added to ``found``."""
+    messages' read views into the columns, the rest converted for the formats' per-feature
+    fields. Each batch is checked as it is made, and what ``column_checks`` finds is added to
+    ``found``."""
     tokens = StringTable()
-    for chunk in batch_sized(read_chunks(chunks)):
-        heads = [dashboard_from_pb(_without_examples(m)) for m in chunk]
-        batch = example_columns(heads, tokens, examples=chunk)
+    for chunk in batch_sized(read_views(chunks)):
+        heads = [dashboard_from_pb(head(v)) for v in chunk]
+        batch = view_columns(heads, tokens, chunk)
         found += column_findings(batch)
         yield batch
-
-
-def _without_examples(message: dpb.FeatureDashboard) -> dpb.FeatureDashboard:
-    head = dpb.FeatureDashboard()
-    head.CopyFrom(message)  # in C: far cheaper than converting the examples it then drops
-    head.ClearField("top_examples")
-    for group in head.quantile_groups:
-        group.ClearField("examples")
-    return head
 
 
 def _write_parts(path: Path, features: Iterator[bytes]) -> None:

@@ -65,15 +65,24 @@ def chunk_indices(chunk: Path) -> list[int]:
     return sorted(read_hashes(chunk))
 
 
-def read_chunks(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboard]:
-    """Every dashboard of ``chunks``, in order."""
+def read_views(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboardView]:
+    """Every dashboard of ``chunks``, in order, as its read view (``write_chunk``'s protobuf
+    serialisation packs each repeated number field into one record, as the view needs)."""
     for path in chunks:
         data = path.read_bytes()
         offset = 0
         while offset < len(data):
             (length,) = _LENGTH.unpack_from(data, offset)
             offset += _LENGTH.size
-            dashboard = dpb.FeatureDashboard()
-            dashboard.ParseFromString(data[offset : offset + length])
+            yield dpb.FeatureDashboardView.FromString(data[offset : offset + length])
             offset += length
-            yield dashboard
+
+
+def head(view: dpb.FeatureDashboardView) -> dpb.FeatureDashboard:
+    """The dashboard ``view`` reads, its example lists left empty (the columns hold them)."""
+    copy = dpb.FeatureDashboardView()
+    copy.CopyFrom(view)  # in C, as are the clearing and the round trip: no example converted
+    copy.ClearField("top_examples")
+    for group in copy.quantile_groups:
+        group.ClearField("examples")
+    return dpb.FeatureDashboard.FromString(copy.SerializeToString())

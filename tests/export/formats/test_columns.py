@@ -3,10 +3,13 @@ import math
 import numpy as np
 import orjson
 import pytest
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import LogitEntry
+from mistudio_common.dashboard_codec import dashboard_to_pb
 from mistudio_export.formats import bulk_json, columns, jsonio
 from mistudio_export.formats.bulk_json import ListOf, Quoted, StringTable, each
 from mistudio_export.formats.columns import column_batches
+from mistudio_export.staged import head
 
 from tests.export.formats.builders import TOKENS, dashboard, example
 
@@ -138,3 +141,48 @@ def test_fan_out_reraises_a_writers_error_after_the_others_finish():
     with pytest.raises(ValueError, match="disk full"):
         columns.fan_out(column_batches(dashboard(i) for i in range(200)), [whole, failing])
     assert finished == [4]  # 200 dashboards in batches of 64
+
+
+VARINTS = [0, 1, 127, 128, 300, 16383, 16384, 2**31 - 1, 2**35, 2**62, -1, -5, -(2**31)]
+
+
+def test_packed_varints_read_protobufs_own_packing_in_records():
+    records = [VARINTS[:3], [], VARINTS[3:], [-1]]
+    packed = [dpb.Histogram(counts=r).SerializeToString()[2:] for r in records]  # key, length
+    values, counts = columns.packed_varints(b"".join(packed), np.array([len(p) for p in packed]))
+    assert values.tolist() == [*VARINTS, -1]
+    assert counts.tolist() == [len(r) for r in records]
+    ones, one_counts = columns.packed_varints(bytes([5, 0, 127]), np.array([1, 2]))
+    assert ones.tolist() == [5, 0, 127] and one_counts.tolist() == [1, 2]
+
+
+def test_packed_varints_refuse_a_cut_or_overlong_varint():
+    with pytest.raises(ValueError, match="ends inside"):
+        columns.packed_varints(bytes([0x80, 1]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="ten bytes"):
+        columns.packed_varints(bytes([0xFF] * 10 + [1]), np.array([11]))
+
+
+def test_view_columns_equal_the_columns_read_from_the_messages():
+    dashboards = [dashboard(i) for i in range(3)] + [dashboard(3, dead=True)]
+    odd = example(2.0)  # int32 ids of every varint size, a negative one ten bytes long
+    odd.token_ids[:] = [-1, 2**31 - 1, -(2**31), 300, 0, 5]
+    dashboards[1].top_examples[0] = odd
+    dashboards[2].quantile_groups[1].examples[0].values.clear()
+    messages = [dashboard_to_pb(d) for d in dashboards]
+    views = [dpb.FeatureDashboardView.FromString(m.SerializeToString()) for m in messages]
+    expected = columns.example_columns(dashboards, StringTable(), examples=messages)
+    got = columns.view_columns(dashboards, StringTable(), views)
+    for m, h in zip(messages, map(head, views), strict=True):
+        m.ClearField("top_examples")
+        for group in m.quantile_groups:
+            group.ClearField("examples")
+        assert h == m
+    for field in expected.__dataclass_fields__:
+        a, b = getattr(expected, field), getattr(got, field)
+        if isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and a.tolist() == b.tolist(), field
+        elif isinstance(a, bulk_json.Rendered):
+            assert a.data.tobytes() == b.data.tobytes() and a.starts.tolist() == b.starts.tolist()
+    (row,) = np.flatnonzero((got.position == 1) & (got.section == 0) & (got.rank == 0))
+    assert got.token_ids[got.id_start[row] : got.id_start[row + 1]].tolist() == odd.token_ids

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import FeatureDashboard
 
 from mistudio_export.formats import bulk_json, jsonio
@@ -281,57 +282,136 @@ def example_columns(
     """The examples of ``examples`` (default: of ``dashboards``, one for one) as checked
     columns; token strings are coded in ``tokens``."""
     sources: Sequence[DashboardExamples] = dashboards if examples is None else examples
-    places: list[tuple[int, ...]] = []  # per example: the integer fields, in _PLACE order
-    token_text: list[str] = []
+    rows = _Rows()
     ids: list[int] = []
     values: list[float] = []
-    max_value: list[float] = []
-    datasets: list[str] = []
+    for p, s, n, e in _each_example(sources):
+        token_ids, example_values = e.token_ids, e.values
+        ids += token_ids
+        values += example_values
+        rows.add(p, s, n, e, len(token_ids), len(example_values))
+    return rows.columns(dashboards, tokens, np.array(ids, np.int64), np.array(values, np.float64))
+
+
+def view_columns(
+    dashboards: Sequence[FeatureDashboard],
+    tokens: StringTable,
+    views: Sequence[dpb.FeatureDashboardView],
+) -> ExampleColumns:
+    """``example_columns`` of the dashboards ``views`` read: each example's packed token ids
+    and values go into the arrays whole, not one Python number each."""
+    rows = _Rows()
+    id_bytes: list[bytes] = []
+    value_bytes: list[bytes] = []
+    for p, s, n, e in _each_example(views):
+        packed_ids, packed_values = e.token_ids, e.values
+        id_bytes.append(packed_ids)
+        value_bytes.append(packed_values)
+        rows.add(p, s, n, e, len(packed_ids), len(packed_values))
+    place = rows.place()
+    ids, place[4] = packed_varints(b"".join(id_bytes), place[4])
+    value_lengths = place[5]
+    if np.any(value_lengths % 4):
+        raise ValueError("a packed float field's length is not a multiple of 4")
+    place[5] = value_lengths // 4
+    values = np.frombuffer(b"".join(value_bytes), "<f4").astype(np.float64)
+    as_int32 = ids.astype(np.int32).astype(np.int64)  # as protobuf reads int32: the low 32 bits
+    return rows.columns(dashboards, tokens, as_int32, values, place)
+
+
+def packed_varints(data: bytes, lengths: Ints) -> tuple[Ints, Ints]:
+    """The varints of ``data`` as 64-bit two's complement, and how many lie in each of the
+    records ``data`` is cut into (``lengths`` bytes each, in order). Raises ValueError for a
+    varint cut off by its record's end or longer than ten bytes."""
+    raw = np.frombuffer(data, np.uint8)
+    last = raw < 0x80  # the last byte of each varint
+    ends = np.cumsum(lengths)
+    ended = np.concatenate(([0], np.cumsum(last)))
+    counts = ended[ends] - ended[ends - lengths]
+    if np.any(~last[ends[lengths > 0] - 1]):
+        raise ValueError("a packed varint field ends inside a varint")
+    if last.all():  # every varint one byte: the common case of small ids
+        return raw.astype(np.int64), counts
+    stops = np.flatnonzero(last) + 1
+    starts = np.concatenate(([0], stops[:-1]))
+    shifts = (np.arange(len(raw)) - np.repeat(starts, stops - starts)) * 7
+    if shifts.max() > 63:
+        raise ValueError("a varint is longer than ten bytes")
+    parts = (raw & 0x7F).astype(np.uint64) << shifts.astype(np.uint64)
+    return np.bitwise_or.reduceat(parts, starts).view(np.int64), counts
+
+
+def _each_example(sources: Sequence[E]) -> Iterator[tuple[int, int, int, Any]]:
+    """(dashboard's place, section, place in section, example) of every example, in order."""
     for p, d in enumerate(sources):
         sections = [d.top_examples, *(g.examples for g in d.quantile_groups)]
         for s, in_section in enumerate(sections):
             for n, e in enumerate(in_section):
-                text, token_ids, example_values, source = e.tokens, e.token_ids, e.values, e.source
-                token_text += text
-                ids += token_ids
-                values += example_values
-                max_value.append(e.max_value)
-                datasets.append(source.dataset)
-                places.append(
-                    (p, s, n, len(text), len(token_ids), len(example_values), e.max_token_index,
-                     e.qualifying_token_index, source.row, source.offset)
-                )  # fmt: skip
-    place = np.array(places, np.int64).reshape(-1, 10).T
-    names = StringTable()
-    dataset_code = names.codes(datasets)
-    token_codes = np.array(tokens.codes(token_text), np.int64)
-    value_column = np.array(values, np.float64)
-    with np.errstate(over="ignore"):  # a value beyond float32 fails ``check`` below, unwritten
-        value_items = bulk_json.numbers(bulk_json.float32_column(value_column))
-    columns = ExampleColumns(
-        dashboards=dashboards,
-        tokens=tokens,
-        position=place[0],
-        section=place[1],
-        rank=place[2],
-        token_start=_starts(place[3]),
-        token_codes=token_codes,
-        id_start=_starts(place[4]),
-        token_ids=np.array(ids, np.int64),
-        value_start=_starts(place[5]),
-        values=value_column,
-        max_value=np.array(max_value, np.float64),
-        max_token_index=place[6],
-        qualifying_token_index=place[7],
-        datasets=names.strings(),
-        dataset_code=np.array(dataset_code, np.int64),
-        source_row=place[8],
-        source_offset=place[9],
-        token_items=tokens.render(token_codes),
-        value_items=value_items,
-    )
-    columns.check()
-    return columns
+                yield p, s, n, e
+
+
+class _Rows:
+    """Per example its scalar fields and token strings, gathered for ``columns``."""
+
+    def __init__(self) -> None:
+        self.places: list[tuple[int, ...]] = []  # per example: the integer fields, in order
+        self.token_text: list[str] = []
+        self.max_value: list[float] = []
+        self.datasets: list[str] = []
+
+    def add(self, p: int, s: int, n: int, e: Any, n_ids: int, n_values: int) -> None:
+        text, source = e.tokens, e.source
+        self.token_text += text
+        self.max_value.append(e.max_value)
+        self.datasets.append(source.dataset)
+        self.places.append(
+            (p, s, n, len(text), n_ids, n_values, e.max_token_index, e.qualifying_token_index,
+             source.row, source.offset)
+        )  # fmt: skip
+
+    def place(self) -> Ints:
+        """[10, n_rows]: position, section, rank, then token, id and value counts, the two
+        indices and the source's row and offset."""
+        return np.array(self.places, np.int64).reshape(-1, 10).T
+
+    def columns(
+        self,
+        dashboards: Sequence[FeatureDashboard],
+        tokens: StringTable,
+        ids: Ints,
+        values: Floats,
+        place: Ints | None = None,
+    ) -> ExampleColumns:
+        place = self.place() if place is None else place
+        names = StringTable()
+        dataset_code = names.codes(self.datasets)
+        token_codes = np.array(tokens.codes(self.token_text), np.int64)
+        with np.errstate(over="ignore"):  # a value beyond float32 fails ``check`` below
+            value_items = bulk_json.numbers(bulk_json.float32_column(values))
+        columns = ExampleColumns(
+            dashboards=dashboards,
+            tokens=tokens,
+            position=place[0],
+            section=place[1],
+            rank=place[2],
+            token_start=_starts(place[3]),
+            token_codes=token_codes,
+            id_start=_starts(place[4]),
+            token_ids=ids,
+            value_start=_starts(place[5]),
+            values=values,
+            max_value=np.array(self.max_value, np.float64),
+            max_token_index=place[6],
+            qualifying_token_index=place[7],
+            datasets=names.strings(),
+            dataset_code=np.array(dataset_code, np.int64),
+            source_row=place[8],
+            source_offset=place[9],
+            token_items=tokens.render(token_codes),
+            value_items=value_items,
+        )
+        columns.check()
+        return columns
 
 
 @dataclass(frozen=True, slots=True)

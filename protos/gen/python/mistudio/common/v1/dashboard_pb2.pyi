@@ -631,3 +631,169 @@ class DashboardParams(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DashboardParams: _TypeAlias = DashboardParams  # noqa: Y015
+
+@_typing.final
+class FeatureDashboardView(_message.Message):
+    """A read view of FeatureDashboard (internal: the export reads its staged dashboards with it;
+    never sent). Every field has FeatureDashboard's number and wire type, so the view parses a
+    serialised FeatureDashboard as it is; its examples keep their packed numbers as the packed
+    fields' bytes (a packed repeated field is length-delimited on the wire, exactly like bytes),
+    read into arrays at once instead of one Python number each. A writer must pack each such
+    field into one record, as protobuf's own serialisation does.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_INDEX_FIELD_NUMBER: _builtins.int
+    TOP_EXAMPLES_FIELD_NUMBER: _builtins.int
+    QUANTILE_GROUPS_FIELD_NUMBER: _builtins.int
+    TOP_POSITIVE_LOGITS_FIELD_NUMBER: _builtins.int
+    TOP_NEGATIVE_LOGITS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    LOGIT_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    TOP_TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_TOKENS_METRIC_FIELD_NUMBER: _builtins.int
+    feature_index: _builtins.int
+    """FeatureDashboard.feature_index."""
+    top_tokens_metric: Global___TokenRankMetric.ValueType
+    """FeatureDashboard.top_tokens_metric."""
+    @_builtins.property
+    def top_examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationExampleView]:
+        """FeatureDashboard.top_examples."""
+
+    @_builtins.property
+    def quantile_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileGroupView]:
+        """FeatureDashboard.quantile_groups."""
+
+    @_builtins.property
+    def top_positive_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]:
+        """FeatureDashboard.top_positive_logits."""
+
+    @_builtins.property
+    def top_negative_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]:
+        """FeatureDashboard.top_negative_logits."""
+
+    @_builtins.property
+    def activation_histogram(self) -> Global___Histogram:
+        """FeatureDashboard.activation_histogram."""
+
+    @_builtins.property
+    def logit_histogram(self) -> Global___Histogram:
+        """FeatureDashboard.logit_histogram."""
+
+    @_builtins.property
+    def statistics(self) -> Global___FeatureStatistics:
+        """FeatureDashboard.statistics."""
+
+    @_builtins.property
+    def top_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenAggregate]:
+        """FeatureDashboard.top_tokens."""
+
+    def __init__(
+        self,
+        *,
+        feature_index: _builtins.int = ...,
+        top_examples: _abc.Iterable[Global___ActivationExampleView] | None = ...,
+        quantile_groups: _abc.Iterable[Global___QuantileGroupView] | None = ...,
+        top_positive_logits: _abc.Iterable[Global___LogitEntry] | None = ...,
+        top_negative_logits: _abc.Iterable[Global___LogitEntry] | None = ...,
+        activation_histogram: Global___Histogram | None = ...,
+        logit_histogram: Global___Histogram | None = ...,
+        statistics: Global___FeatureStatistics | None = ...,
+        top_tokens: _abc.Iterable[Global___TokenAggregate] | None = ...,
+        top_tokens_metric: Global___TokenRankMetric.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activation_histogram", b"activation_histogram", "logit_histogram", b"logit_histogram", "statistics", b"statistics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_histogram", b"activation_histogram", "feature_index", b"feature_index", "logit_histogram", b"logit_histogram", "quantile_groups", b"quantile_groups", "statistics", b"statistics", "top_examples", b"top_examples", "top_negative_logits", b"top_negative_logits", "top_positive_logits", b"top_positive_logits", "top_tokens", b"top_tokens", "top_tokens_metric", b"top_tokens_metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureDashboardView: _TypeAlias = FeatureDashboardView  # noqa: Y015
+
+@_typing.final
+class QuantileGroupView(_message.Message):
+    """A read view of QuantileGroup (see FeatureDashboardView)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BIN_MIN_FIELD_NUMBER: _builtins.int
+    BIN_MAX_FIELD_NUMBER: _builtins.int
+    BIN_CONTAINS_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    bin_min: _builtins.float
+    """QuantileGroup.bin_min."""
+    bin_max: _builtins.float
+    """QuantileGroup.bin_max."""
+    bin_contains: _builtins.float
+    """QuantileGroup.bin_contains."""
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___ActivationExampleView]:
+        """QuantileGroup.examples."""
+
+    def __init__(
+        self,
+        *,
+        bin_min: _builtins.float = ...,
+        bin_max: _builtins.float = ...,
+        bin_contains: _builtins.float = ...,
+        examples: _abc.Iterable[Global___ActivationExampleView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin_contains", b"bin_contains", "bin_max", b"bin_max", "bin_min", b"bin_min", "examples", b"examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantileGroupView: _TypeAlias = QuantileGroupView  # noqa: Y015
+
+@_typing.final
+class ActivationExampleView(_message.Message):
+    """A read view of ActivationExample (see FeatureDashboardView)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_FIELD_NUMBER: _builtins.int
+    MAX_TOKEN_INDEX_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    QUALIFYING_TOKEN_INDEX_FIELD_NUMBER: _builtins.int
+    token_ids: _builtins.bytes
+    """ActivationExample.token_ids as their packed varints (int32: a negative one takes ten bytes)."""
+    values: _builtins.bytes
+    """ActivationExample.values as their packed little-endian float32s."""
+    max_value: _builtins.float
+    """ActivationExample.max_value."""
+    max_token_index: _builtins.int
+    """ActivationExample.max_token_index."""
+    qualifying_token_index: _builtins.int
+    """ActivationExample.qualifying_token_index."""
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ActivationExample.tokens."""
+
+    @_builtins.property
+    def source(self) -> Global___SourceRef:
+        """ActivationExample.source."""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[_builtins.str] | None = ...,
+        token_ids: _builtins.bytes = ...,
+        values: _builtins.bytes = ...,
+        max_value: _builtins.float = ...,
+        max_token_index: _builtins.int = ...,
+        source: Global___SourceRef | None = ...,
+        qualifying_token_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_token_index", b"max_token_index", "max_value", b"max_value", "qualifying_token_index", b"qualifying_token_index", "source", b"source", "token_ids", b"token_ids", "tokens", b"tokens", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivationExampleView: _TypeAlias = ActivationExampleView  # noqa: Y015
