@@ -8,11 +8,11 @@ only fills messages, each repeated field from a list cut out of one ``tolist`` p
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import chain, pairwise
 
 import numpy as np
 import torch
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import QUANTILE_LEVELS, DashboardParams
 from mistudio_common.dashboard_codec import METRIC_TO_PB, SCALE_TO_PB
@@ -20,6 +20,7 @@ from mistudio_common.dashboard_options import Component
 
 from mistudio_compute.dashboards import grid as G
 from mistudio_compute.dashboards import keys as K
+from mistudio_compute.dashboards import wire as W
 from mistudio_compute.dashboards.batching import check_cancelled
 from mistudio_compute.dashboards.exact_sum import value_of
 from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
@@ -34,6 +35,10 @@ from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
 from mistudio_compute.dashboards.token_aggregation import TokenRows, per_token, rank_tokens
 
+WIRE_FEATURES = 64
+"""Features whose examples are written as wire bytes at once: enough that numpy's per-call cost
+vanishes, few enough that the per-token index arrays stay a few MB (the memory model counts the
+finished messages, not these)."""
 _LEVEL_ORDER = sorted(range(len(QUANTILE_LEVELS)), key=lambda i: QUANTILE_LEVELS[i])
 
 
@@ -113,7 +118,9 @@ class _Builder:
                     top_tokens_metric=metric,
                 )
             )
-        self._add_examples(lo, hi, out)
+        for a in range(lo, hi, WIRE_FEATURES):
+            b = min(hi, a + WIRE_FEATURES)
+            self._add_examples(a, b, out[a - lo : b - lo])
         if tokens:
             _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
         return out
@@ -160,7 +167,8 @@ class _Builder:
         ]
 
     def _add_examples(self, lo: int, hi: int, out: list[dpb.FeatureDashboard]) -> None:
-        """Top examples and quantile groups of features lo..hi, in their shown order.
+        """Top examples and quantile groups of features lo..hi, in their shown order, merged
+        into ``out`` as wire bytes built for the whole chunk at once (``wire``).
 
         Slot e of a feature is section 0 (top examples, kept in slot order) or quantile group g,
         shown as section 1 + (groups - 1 - g) (highest group first) with its examples by
@@ -169,15 +177,6 @@ class _Builder:
         n_top, per = plan.n_top, plan.per_group
         groups = plan.groups[lo:hi]
         n_groups = np.array([len(counts) for _, counts in groups], dtype=np.int64)
-        sections: list[list[RepeatedCompositeFieldContainer[dpb.ActivationExample]]] = []
-        for d, (edges, counts) in zip(out, groups, strict=True):
-            nnz, shown = sum(counts), [d.top_examples]
-            for k in reversed(range(len(counts))):
-                group = d.quantile_groups.add(
-                    bin_min=edges[k], bin_max=edges[k + 1], bin_contains=counts[k] / nnz
-                )
-                shown.append(group.examples)
-            sections.append(shown)
 
         pos = self.positions[lo:hi]  # [C, E]
         slot = np.arange(pos.shape[1])
@@ -201,21 +200,37 @@ class _Builder:
         descending = np.where(top, 0.0, -peak_value.astype(np.float64))
         order = np.lexsort((e, np.where(top, 0, offset), np.where(top, 0, document), descending,
                             section, c))  # fmt: skip
-        dataset, window = self.inputs.source.dataset, self.inputs.token_text.window
-        cols = (c, section, first, length, peak_at - first, peak_value, centre, document, offset)
-        rows = zip(*(x[order].tolist() for x in cols), ids[order].tolist(),
-                   values[order].tolist(), strict=True)  # fmt: skip
-        for ci, sec, j, m, peak, mx, ctr, doc, off, ids_, vals in rows:
-            shown_ids = ids_[j : j + m]
-            sections[ci][sec].add(
-                tokens=window(shown_ids),
-                token_ids=shown_ids,
-                values=vals[j : j + m],
-                max_value=mx,
-                max_token_index=peak,
-                source=dpb.SourceRef(dataset=dataset, row=doc, offset=off),
-                qualifying_token_index=ctr,
-            )
+        c, section, first, m = c[order], section[order], first[order], length[order]
+        ids, values = ids[order], values[order]
+        shown = np.arange(ids.shape[1]) - first[:, None]  # [N, W] index among the shown tokens
+        shown = (shown >= 0) & (shown < m[:, None])
+        flat, bounds = ids[shown].tolist(), [0, *np.cumsum(m).tolist()]
+        slices = (flat[a:b] for a, b in pairwise(bounds))
+        texts = list(chain.from_iterable(map(self.inputs.token_text.window, slices)))
+        examples = _Examples(
+            section, m, ids[shown], values[shown], texts, peak_value[order],
+            peak_at[order] - first, document[order], offset[order], centre[order],
+            self.inputs.source.dataset.encode(),
+        )  # fmt: skip
+        heads = _GroupHeads.of(groups)
+        # every item of the chunk in its place: per feature its top examples, then per group
+        # its head (key, length, bins) followed by its examples
+        ex_size = examples.sizes()
+        head_size = heads.sizes(c, section, ex_size)
+        feature = np.concatenate([c, heads.feature])
+        n, rank = len(c), np.arange(len(c) + len(heads.feature))
+        is_head = rank >= n
+        size = np.concatenate([ex_size, head_size])
+        order = np.lexsort((rank, ~is_head, np.concatenate([section, heads.section]), feature))
+        at = np.empty_like(size)
+        at[order] = W.exclusive_cumsum(size[order])
+        raw = np.zeros(int(size.sum()), np.uint8)
+        examples.write(raw, at[:n])
+        heads.write(raw, at[n:])
+        ends = np.cumsum(np.bincount(feature, weights=size, minlength=len(out))).astype(np.int64)
+        data, bounds = raw.tobytes(), [0, *ends.tolist()]
+        for d, (a, b) in zip(out, pairwise(bounds), strict=True):
+            d.MergeFromString(data[a:b])
 
     def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[dpb.LogitEntry]:
         """Feature i's top (or bottom) logits; none when the logit lens is left out."""
@@ -278,3 +293,130 @@ def _logit_histogram(lens: LogitLens | None, i: int) -> dpb.Histogram:
 def _report(progress: ProgressCallback | None, stage: Stage, done: int, total: int) -> None:
     if progress is not None:
         progress(stage, done, total, "")
+
+
+@dataclass(slots=True)
+class _Examples:
+    """A chunk's examples in shown order (per feature, per section) as wire bytes: each an
+    ``ActivationExample`` in ``FeatureDashboard.top_examples`` (field 2) or in its quantile
+    group's ``examples`` (field 4). ``sizes`` measures every field, ``write`` places them."""
+
+    section: np.ndarray  # [N] 0: top examples
+    n_tokens: np.ndarray  # [N] shown tokens (at least one)
+    token_ids: np.ndarray  # [T] of every example, one after another
+    values: np.ndarray  # [T] float32
+    texts: list[str]  # [T]
+    max_value: np.ndarray  # [N]
+    max_token_index: np.ndarray
+    row: np.ndarray
+    offset: np.ndarray
+    qualifying: np.ndarray
+    dataset: bytes
+    _sized: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def sizes(self) -> np.ndarray:
+        """Bytes of each example with its key and length."""
+        vs, n, p = W.varint_sizes, self.n_tokens, self._sized
+        p["text"], p["text_len"] = W.utf8(self.texts)
+        firsts = W.exclusive_cumsum(n)
+        p["token_size"] = 1 + vs(p["text_len"]) + p["text_len"]  # key, length, UTF-8
+        p["id_size"] = vs(self.token_ids)
+        p["tokens"] = np.add.reduceat(p["token_size"], firsts) if len(n) else n
+        p["ids"] = np.add.reduceat(p["id_size"], firsts) if len(n) else n
+        dataset = 1 + int(vs(np.array([len(self.dataset)]))[0]) + len(self.dataset)
+        p["source"] = dataset + 2 + vs(self.row) + vs(self.offset)
+        p["body"] = (
+            p["tokens"]
+            + 1 + vs(p["ids"]) + p["ids"]
+            + 1 + vs(4 * n) + 4 * n
+            + 5  # max_value
+            + 1 + vs(self.max_token_index)
+            + 1 + vs(p["source"]) + p["source"]
+            + 1 + vs(self.qualifying)
+        )  # fmt: skip
+        return 1 + vs(p["body"]) + p["body"]
+
+    def write(self, out: np.ndarray, at: np.ndarray) -> None:
+        """Writes example r at ``at[r]`` (after ``sizes``)."""
+        p, n = self._sized, self.n_tokens
+        firsts = W.exclusive_cumsum(n)
+
+        def within(sizes: np.ndarray) -> np.ndarray:  # [T] offset in its example's field
+            before = W.exclusive_cumsum(sizes)
+            return before - np.repeat(before[firsts], n) if len(n) else before
+
+        out[at] = W.key(np.where(self.section == 0, 2, 4), W.LEN)
+        at = W.put_varints(out, at + 1, p["body"])
+        token_at = np.repeat(at, n) + within(p["token_size"])  # tokens (1): one per token
+        out[token_at] = W.key(1, W.LEN)
+        after = W.put_varints(out, token_at + 1, p["text_len"])
+        W.put_bytes(out, after, p["text"], p["text_len"])
+        at = at + p["tokens"]
+        out[at] = W.key(2, W.LEN)  # token_ids, packed
+        at = W.put_varints(out, at + 1, p["ids"])
+        W.put_varints(out, np.repeat(at, n) + within(p["id_size"]), self.token_ids, p["id_size"])
+        at = at + p["ids"]
+        out[at] = W.key(3, W.LEN)  # values, packed
+        at = W.put_varints(out, at + 1, 4 * n)
+        W.put_bytes(out, at, np.ascontiguousarray(self.values, "<f4").view(np.uint8), 4 * n)
+        at = at + 4 * n
+        out[at] = W.key(4, W.I32)  # max_value
+        W.put_float32s(out, at + 1, self.max_value)
+        out[at + 5] = W.key(5, W.VARINT)  # max_token_index
+        at = W.put_varints(out, at + 6, self.max_token_index)
+        out[at] = W.key(6, W.LEN)  # source: dataset (1), row (2), offset (3)
+        at = W.put_varints(out, at + 1, p["source"])
+        out[at] = W.key(1, W.LEN)
+        k, r = len(self.dataset), len(at)
+        at = W.put_varints(out, at + 1, np.full(r, k))
+        text = np.tile(np.frombuffer(self.dataset, np.uint8), r)
+        W.put_bytes(out, at, text, np.full(r, k, np.int64))
+        out[at + k] = W.key(2, W.VARINT)
+        at = W.put_varints(out, at + k + 1, self.row)
+        out[at] = W.key(3, W.VARINT)
+        at = W.put_varints(out, at + 1, self.offset)
+        out[at] = W.key(7, W.VARINT)  # qualifying_token_index
+        W.put_varints(out, at + 1, self.qualifying)
+
+
+@dataclass(slots=True)
+class _GroupHeads:
+    """Each feature's quantile groups (``FeatureDashboard.quantile_groups``, field 3) up to
+    their examples: key, length and the three bin fields, highest group first."""
+
+    feature: np.ndarray  # [G] place in the chunk
+    section: np.ndarray  # [G] 1 + (groups - 1 - g)
+    bins: np.ndarray  # [G, 3] bin_min, bin_max, bin_contains
+    width: int  # sections per feature at most
+    body: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @classmethod
+    def of(cls, groups: list[tuple[list[float], list[int]]]) -> _GroupHeads:
+        feature, section, bins = [], [], []
+        for i, (edges, counts) in enumerate(groups):
+            nnz = sum(counts)
+            for k in reversed(range(len(counts))):
+                feature.append(i)
+                section.append(len(counts) - k)
+                bins.append((edges[k], edges[k + 1], counts[k] / nnz))
+        return cls(
+            np.array(feature, np.int64),
+            np.array(section, np.int64),
+            np.array(bins, np.float64).reshape(-1, 3),
+            1 + max((len(counts) for _, counts in groups), default=0),
+        )
+
+    def sizes(self, c: np.ndarray, section: np.ndarray, example_sizes: np.ndarray) -> np.ndarray:
+        """Bytes of each head; a group's length counts its examples (feature ``c``, in the
+        chunk, and ``section`` of each)."""
+        n_keys = (max(int(c.max(initial=-1)), int(self.feature.max(initial=-1))) + 1) * self.width
+        inside = np.bincount(c * self.width + section, weights=example_sizes, minlength=n_keys)
+        self.body = 15 + inside[self.feature * self.width + self.section].astype(np.int64)
+        return 1 + W.varint_sizes(self.body) + 15
+
+    def write(self, out: np.ndarray, at: np.ndarray) -> None:
+        out[at] = W.key(3, W.LEN)
+        at = W.put_varints(out, at + 1, self.body)
+        for j in range(3):  # bin_min (1), bin_max (2), bin_contains (3)
+            out[at + 5 * j] = W.key(1 + j, W.I32)
+            W.put_float32s(out, at + 5 * j + 1, self.bins[:, j])
