@@ -67,7 +67,7 @@ def run_export(
     from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
     from mistudio_cli.local_stack import start_local_stack
     from mistudio_common.server import insecure_channel
-    from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
+    from mistudio_compute.references import LLAMA2C_PREFIX, parse_llama2c_ref
 
     mark("imports")
     cfg = json.loads((Path(args.sae) / "cfg.json").read_text(encoding="utf-8"))

@@ -29,8 +29,8 @@ def test_random_checkpoint_is_a_legacy_llama2c_file_our_loader_runs(tmp_path: Pa
         "d_model": 32, "d_mlp": 48, "n_layers": 2, "n_heads": 4, "n_kv": 2, "d_vocab": 512
     }  # fmt: skip
     loaded = load_model(model.model_ref, device="cpu")
-    with torch.inference_mode():
-        logits = loaded.model(torch.tensor([[1, 300, 301, 302]]))
+    assert loaded.fast is not None
+    logits = loaded.fast.logits(torch.tensor([[1, 300, 301, 302]]))
     assert logits.shape == (1, 4, 512) and bool(torch.isfinite(logits).all())
     assert float(logits.std()) > 0  # random weights, not zeros
 

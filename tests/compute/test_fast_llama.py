@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+import mistudio_compute
 import pytest
 import torch
 from mistudio_common.errors import InvalidArgument
@@ -16,6 +20,8 @@ from mistudio_compute.model_access import (
     build_model,
     capture_hook,
     load_model,
+    unembed_directions,
+    unembedding_matrix,
     wrap_model,
 )
 from mistudio_compute.planning import Planner
@@ -40,9 +46,9 @@ def stories() -> LoadedModel:
 
 
 @pytest.fixture(scope="module")
-def reference(stories: LoadedModel) -> LoadedModel:
+def reference() -> LoadedModel:
     """The same model read through TransformerLens alone."""
-    return replace(stories, fast=None)
+    return load_model(STORIES_REF, device="cpu", transformer_lens_forward=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +68,11 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 @needs_stories
-def test_llama2c_models_get_the_fast_forward_and_others_do_not(stories: LoadedModel) -> None:
-    assert stories.fast is not None
+def test_llama2c_models_get_the_fast_forward_and_others_do_not(
+    stories: LoadedModel, reference: LoadedModel
+) -> None:
+    assert stories.fast is not None and stories.model is None  # no HookedTransformer built
+    assert reference.fast is None and reference.model is not None
     assert tiny_model().fast is None  # LayerNorm + GELU: TransformerLens reads it
 
 
@@ -92,15 +101,20 @@ def test_one_head_matches_transformer_lens(
 
 
 @needs_stories
-def test_logits_match_transformer_lens(stories: LoadedModel, tokens: torch.Tensor) -> None:
+def test_logits_match_transformer_lens(
+    stories: LoadedModel, reference: LoadedModel, tokens: torch.Tensor
+) -> None:
     with torch.inference_mode():
-        expected = stories.model(tokens)
-    assert FastLlama(stories.model).logits(tokens).allclose(expected, atol=1e-4)
+        expected = reference.transformer(tokens)
+    assert stories.fast is not None
+    assert stories.fast.logits(tokens).allclose(expected, atol=1e-4)
+    assert FastLlama.of(reference.transformer).logits(tokens).allclose(expected, atol=1e-4)
 
 
 @needs_stories
 def test_cached_decoding_matches_one_full_pass(stories: LoadedModel, tokens: torch.Tensor) -> None:
-    fast = FastLlama(stories.model)
+    fast = stories.fast
+    assert fast is not None
     cache = fast.new_cache(tokens.shape[0], tokens.shape[1])
     pieces = [fast.logits(tokens[:, :7], cache)]  # a prefix, then one token at a time, then a block
     pieces += [fast.logits(tokens[:, i : i + 1], cache) for i in range(7, 20)]
@@ -110,18 +124,18 @@ def test_cached_decoding_matches_one_full_pass(stories: LoadedModel, tokens: tor
 
 @needs_stories
 def test_switches_that_change_the_forward_leave_it_to_transformer_lens(
-    stories: LoadedModel,
+    reference: LoadedModel,
 ) -> None:
-    assert supports(stories.cfg)
-    local = replace(stories.cfg, use_local_attn=True, window_size=8, attn_types=["local"] * 5)
+    assert supports(reference.cfg)
+    local = replace(reference.cfg, use_local_attn=True, window_size=8, attn_types=["local"] * 5)
     assert not supports(local)
-    scaled = replace(stories.cfg, scale_attn_by_inverse_layer_idx=True)
-    assert wrap_model(build_model(scaled), stories.tokenizer).fast is None
+    scaled = replace(reference.cfg, scale_attn_by_inverse_layer_idx=True)
+    assert wrap_model(build_model(scaled), reference.tokenizer).fast is None
 
 
 def test_other_architectures_are_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"llama2\.c-style"):
-        FastLlama(tiny_model().model)  # LayerNorm + GELU
+        FastLlama.of(tiny_model().model)  # LayerNorm + GELU
 
 
 @needs_stories
@@ -134,3 +148,41 @@ def test_the_transformer_lens_setting_serves_its_exact_bits(
     )
     loaded, _ = Planner(settings, store=None).model(STORIES_REF, "cpu")  # type: ignore[arg-type]
     assert (loaded.fast is None) == transformer_lens
+    assert (loaded.model is None) != transformer_lens  # one forward built, never both
+
+
+@needs_stories
+def test_the_lean_forward_never_imports_transformer_lens() -> None:
+    code = (
+        "import sys\n"
+        "from mistudio_compute.model_access import load_model\n"
+        f"loaded = load_model({STORIES_REF!r}, 'cpu')\n"
+        "assert loaded.fast is not None\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformer_lens'))\n"
+    )
+    here = Path(mistudio_compute.__file__).parents[1]  # the code under test, not an install
+    paths = os.pathsep.join([str(here), *(p for p in sys.path if p)])
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": paths},
+        check=True,
+    )
+    assert run.stdout.strip() == "[]"
+
+
+@needs_stories
+@pytest.mark.parametrize(
+    "point",
+    [HookPoint(1, kind) for kind in (HookKind.RESID_POST, HookKind.MLP_POST, HookKind.ATTN_Z)],
+    ids=str,
+)
+def test_the_lean_models_logit_lens_reads_transformer_lens_exact_weights(
+    stories: LoadedModel, reference: LoadedModel, point: HookPoint
+) -> None:
+    rows = torch.randn(5, stories.hook_width(point), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(
+        unembed_directions(stories, point, rows), unembed_directions(reference, point, rows)
+    )
+    assert torch.equal(unembedding_matrix(stories), unembedding_matrix(reference))

@@ -90,12 +90,19 @@ def test_tokenizer_matches_llama2c_encoder(text: str) -> None:
     assert tok.decode(tok.encode(text)) == text
 
 
-def test_next_token_after_once_upon_a_time(stories: LoadedModel) -> None:
+@pytest.mark.parametrize("transformer_lens", [False, True], ids=["lean", "transformer_lens"])
+def test_next_token_after_once_upon_a_time(stories: LoadedModel, transformer_lens: bool) -> None:
     tok = stories.tokenizer
     assert tok is not None and stories.bos_token_id == 1
     ids = [1, *tok.encode("Once upon a time, there was a little")]
     with torch.inference_mode():
-        probs = stories.model(torch.tensor([ids]))[0, -1].softmax(-1)  # [d_vocab]
+        if transformer_lens:
+            model = load_model(STORIES_REF, "cpu", transformer_lens_forward=True).transformer
+            logits = model(torch.tensor([ids]))
+        else:
+            assert stories.model is None and stories.fast is not None  # no TransformerLens
+            logits = stories.fast.logits(torch.tensor([ids]))
+        probs = logits[0, -1].softmax(-1)  # [d_vocab]
     top = probs.topk(2)
     assert [tok.piece(int(i)) for i in top.indices] == ["▁g", "▁b"]
     assert top.values.tolist() == pytest.approx([0.64, 0.275], abs=0.01)

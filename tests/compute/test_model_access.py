@@ -12,11 +12,11 @@ from mistudio_compute.model_access import (
     LoadedModel,
     capture_hook,
     load_model,
-    parse_llama2c_ref,
     resolve_device,
     unembed_directions,
     unembedding_matrix,
 )
+from mistudio_compute.references import parse_llama2c_ref
 
 from tests.compute.builders import TINY_D_MODEL, TINY_VOCAB, tiny_model
 

@@ -38,7 +38,9 @@ def tiny() -> LoadedModel:
 
 @pytest.fixture
 def planner(tmp_path: Path, tiny: LoadedModel) -> Planner:
-    def load(ref: str, device: str, open_input: Opener) -> LoadedModel:
+    def load(
+        ref: str, device: str, open_input: Opener, *, transformer_lens_forward: bool
+    ) -> LoadedModel:
         assert ref == TINY
         return tiny
 

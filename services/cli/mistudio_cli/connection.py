@@ -96,8 +96,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
 def local_input_paths(args: argparse.Namespace) -> list[Path]:
     """The files named on the command line, which an in-process compute service may read
     besides its data folder (a SAE file brings its folder, for the cfg.json beside it)."""
-    from mistudio_compute.model_access import LLAMA2C_PREFIX, parse_llama2c_ref
-    from mistudio_compute.tokens import provenance_path
+    from mistudio_compute.references import LLAMA2C_PREFIX, parse_llama2c_ref, provenance_path
 
     named = (getattr(args, "tokens", ""), *getattr(args, "text", ()))
     paths = [Path(p) for p in named if p and not is_object_uri(p)]

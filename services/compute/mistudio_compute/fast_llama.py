@@ -7,11 +7,14 @@ no mask in memory) and keeps a preallocated KV cache. Its activations agree with
 to float32 rounding (``CAPTURE_TOLERANCE``, checked in the tests at every hook kind), not bit for
 bit. It covers exactly the llama2.c family (RMSNorm, rotary on adjacent pairs, gated SiLU MLP,
 grouped-query attention): ``supports`` says whether a config is one; ``model_access`` uses it
-where it can and TransformerLens elsewhere.
+where it can and TransformerLens elsewhere. It is built from a state dict under TransformerLens's
+parameter names and a config read by duck typing (a ``HookedTransformerConfig`` or a
+``LlamaConfig``), so a llama2.c checkpoint runs without TransformerLens ever being imported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +53,26 @@ _OFF = (
 
 
 @dataclass(frozen=True)
+class LlamaConfig:
+    """What the lean forward and the hook widths read of a llama2.c-style model: the fields of a
+    ``HookedTransformerConfig`` with the same names, for a model TransformerLens never builds."""
+
+    model_name: str
+    n_layers: int
+    d_model: int
+    d_head: int
+    n_heads: int
+    n_key_value_heads: int | None
+    """None: as many as ``n_heads`` (TransformerLens's convention)."""
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    rotary_dim: int
+    eps: float = 1e-5
+    rotary_base: int = 10000
+
+
+@dataclass(frozen=True)
 class _Block:
     ln1: torch.Tensor  # [d_model]
     w_qkv: torch.Tensor  # [d_model, (H + 2 KV) d_head]
@@ -78,23 +101,27 @@ def supports(cfg: Any) -> bool:
 
 
 class FastLlama:
-    """Inference-only forward of a llama-style HookedTransformer (module docstring), on the
-    model's device; it holds fused copies of the attention and MLP matrices."""
+    """Inference-only forward of a llama-style model (module docstring), on its weights'
+    device; it holds fused copies of the attention and MLP matrices.
 
-    def __init__(self, model: Any) -> None:
-        cfg = model.cfg
-        wrong = _differences(cfg)
-        if wrong:
-            raise InvalidArgument(
-                f"the fast forward covers llama2.c-style models only; this config differs in "
-                f"{wrong}",
-                field="model_id",
-                fix="sample and capture through model_access for other architectures",
-            )
+    ``weights`` are under TransformerLens's parameter names (``llama2c.
+    transformer_lens_state_dict``, or a HookedTransformer's state dict: ``FastLlama.of``).
+    """
+
+    def __init__(self, cfg: Any, weights: Mapping[str, torch.Tensor]) -> None:
+        if not isinstance(cfg, LlamaConfig):
+            wrong = _differences(cfg)
+            if wrong:
+                raise InvalidArgument(
+                    f"the fast forward covers llama2.c-style models only; this config differs "
+                    f"in {wrong}",
+                    field="model_id",
+                    fix="sample and capture through model_access for other architectures",
+                )
         self.n_layers, self.d_vocab, self.n_ctx = cfg.n_layers, cfg.d_vocab, cfg.n_ctx
         self.n_heads, self.d_head, self.eps = cfg.n_heads, cfg.d_head, cfg.eps
         self.kv_heads = cfg.n_key_value_heads or cfg.n_heads
-        sd = {k: v.detach() for k, v in model.state_dict().items()}
+        sd = {k: v.detach() for k, v in weights.items()}
         self.W_E = sd["embed.W_E"]  # [d_vocab, d_model]
         self.W_U, self.b_U = sd["unembed.W_U"], sd["unembed.b_U"]  # [d_model, d_vocab], [d_vocab]
         self.ln_final = sd["ln_final.w"]
@@ -104,6 +131,11 @@ class FastLlama:
         angles = torch.arange(cfg.n_ctx, dtype=torch.float32)[:, None] / cfg.rotary_base**half
         self.rotation = torch.polar(torch.ones_like(angles), angles).to(device)  # [n_ctx, r/2]
         self.rotary_dim = cfg.rotary_dim
+
+    @classmethod
+    def of(cls, model: Any) -> FastLlama:
+        """The lean forward over a built HookedTransformer's weights."""
+        return cls(model.cfg, model.state_dict())
 
     @staticmethod
     def _block(sd: dict[str, torch.Tensor], p: str) -> _Block:

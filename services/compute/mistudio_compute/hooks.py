@@ -73,14 +73,21 @@ class HookPoint:
 
 
 class ModelDims(Protocol):
-    """The parts of a ``HookedTransformerConfig`` this module reads."""
+    """The parts of a ``HookedTransformerConfig`` (or ``fast_llama.LlamaConfig``) this module
+    reads."""
 
-    n_layers: int
-    d_model: int
-    d_mlp: int | None
-    n_heads: int
-    d_head: int
-    n_key_value_heads: int | None
+    @property
+    def n_layers(self) -> int: ...
+    @property
+    def d_model(self) -> int: ...
+    @property
+    def d_mlp(self) -> int | None: ...
+    @property
+    def n_heads(self) -> int: ...
+    @property
+    def d_head(self) -> int: ...
+    @property
+    def n_key_value_heads(self) -> int | None: ...
 
 
 def parse_kind(kind: HookKind | str) -> HookKind:

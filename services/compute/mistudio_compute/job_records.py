@@ -8,6 +8,7 @@ Layout under ``data_dir/compute``::
     jobs/<job_id>/progress.binpb   the last ComputeProgress stored (its state is the job's)
     jobs/<job_id>/resume.binpb     the ComputationCheckpoint: which features the job computes
     jobs/<job_id>/checkpoint/      the computation's own resumable arrays
+    jobs/<job_id>.cancelled        a tombstone: a cancel of this id came before any start
 
 Every file is replaced atomically so a crash never leaves half a message behind.
 """
@@ -37,6 +38,7 @@ _REQUEST = "request.binpb"
 _PROGRESS = "progress.binpb"
 _RESUME = "resume.binpb"
 _CHECKPOINT = "checkpoint"
+_TOMBSTONE = ".cancelled"
 
 ComputeRecord = JobRecord[jpb.ComputationCheckpoint, cpb.ComputeResult]
 ComputeUpdate = JobUpdate[jpb.ComputationCheckpoint, cpb.ComputeResult]
@@ -58,6 +60,22 @@ class JobRecords:
 
     def _dir(self, job_id: str) -> Path:
         return self.root / job_id
+
+    def _tombstone(self, job_id: str) -> Path:
+        return self.root / (job_id + _TOMBSTONE)
+
+    def add_tombstone(self, job_id: str) -> None:
+        """Remembers a cancel of a computation that has no record: a start that arrives later
+        (from a client that crashed while asking) must not run it. ``job_id`` must have the
+        form of a computation id (it names a file)."""
+        self._tombstone(job_id).touch()
+
+    def has_tombstone(self, job_id: str) -> bool:
+        return self._tombstone(job_id).exists()
+
+    def remove_tombstone(self, job_id: str) -> None:
+        """Once the cancelled computation has its record, the record says it."""
+        self._tombstone(job_id).unlink(missing_ok=True)
 
     def create(
         self, job_id: str, request: ComputationRequest, progress: ppb.Progress
@@ -131,14 +149,21 @@ class JobRecords:
         shutil.rmtree(self.checkpoint_dir(job_id), ignore_errors=True)
 
     def ended_before(self, cutoff: float) -> Iterator[str]:
-        """Jobs whose last record is an end state written before ``cutoff`` (epoch seconds)."""
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        """Jobs whose last record is an end state written before ``cutoff`` (epoch seconds),
+        and tombstones written before it (of ids that never got a record)."""
+        for path in sorted(self.root.iterdir()):
             try:
-                ended = self.load(folder.name).state in TERMINAL_STATES
-                if ended and (folder / _PROGRESS).stat().st_mtime < cutoff:
-                    yield folder.name
+                if path.is_dir():
+                    ended = self.load(path.name).state in TERMINAL_STATES
+                    if ended and (path / _PROGRESS).stat().st_mtime < cutoff:
+                        yield path.name
+                elif path.name.endswith(_TOMBSTONE):
+                    job_id = path.name.removesuffix(_TOMBSTONE)
+                    if not self._dir(job_id).exists() and path.stat().st_mtime < cutoff:
+                        yield job_id
             except (OSError, NotFound):
                 continue  # unreadable or removed meanwhile: nothing to judge its age by
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self._dir(job_id), ignore_errors=True)
+        self.remove_tombstone(job_id)

@@ -3,7 +3,10 @@
 A start validates and loads everything before a job exists; the engine runs the job in its own
 thread, and clients watch it and may disconnect and reattach at will. Records live on this
 service's disk (:mod:`mistudio_compute.job_records`), so a job interrupted by a restart resumes
-from its checkpoint. A paused job resumes when the same request_id is started again.
+from its checkpoint. A paused job resumes when the same request_id is started again. A cancel
+of a computation id that has no job yet leaves a tombstone, so a start that arrives after it
+(from a client that crashed while asking, whose job another instance cancelled) ends CANCELLED
+without computing anything.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from google.rpc import code_pb2, status_pb2
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_job_pb2 as jpb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
-from mistudio_common.computations import computation_id_for
+from mistudio_common.computations import computation_id_for, is_computation_id
 from mistudio_common.dashboard import DashboardParams
 from mistudio_common.dashboard_codec import params_key, params_to_pb
 from mistudio_common.dashboard_options import computation_stages
@@ -167,6 +171,9 @@ class ComputeJobManager:
         )
         self._lock = threading.Lock()
         self._starting: dict[str, threading.Lock] = {}
+        self._recording = threading.Lock()
+        """Held while a start checks for a tombstone and records (and launches) its job, and
+        while a cancel looks for a job and leaves a tombstone: each sees the other's whole."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -202,19 +209,52 @@ class ComputeJobManager:
                 if existing.state == ppb.JOB_STATE_PAUSED:
                     self._engine.resume(job_id)
                 return job_id
+            if self.records.has_tombstone(job_id):  # nothing to load for it
+                return self._record_cancelled(job_id, request)
             prepared = self._preparer.prepare(request)
-            queued = first_progress(job_id, job_stages(request.params))
-            record = self.records.create(job_id, request, queued)
-            self._engine.launch(record, _Computation(prepared, self))
+            with self._recording:
+                if self.records.has_tombstone(job_id):  # cancelled while it was prepared
+                    return self._record_cancelled(job_id, request)
+                queued = first_progress(job_id, job_stages(request.params))
+                record = self.records.create(job_id, request, queued)
+                self._engine.launch(record, _Computation(prepared, self))
             return job_id
+
+    def _record_cancelled(self, job_id: str, request: ComputationRequest) -> str:
+        """Records the start of a computation cancelled before it: the job exists (a repeated
+        request finds it) but ended CANCELLED without running."""
+        error = status_pb2.Status(
+            code=code_pb2.CANCELLED, message="cancelled by request before it started"
+        )
+        progress = first_progress(job_id, job_stages(request.params))
+        progress.state, progress.message = ppb.JOB_STATE_CANCELLED, error.message
+        progress.error.CopyFrom(error)
+        self.records.create(job_id, request, progress)
+        self.records.remove_tombstone(job_id)
+        log.info("a start came after its cancel; nothing runs", extra={"job_id": job_id})
+        return job_id
 
     def channel(self, job_id: str) -> JobChannel[ComputeSnapshot]:
         return self._engine.channel(job_id)
 
     def cancel(self, job_id: str, wait_seconds: float = 5.0) -> ppb.JobState.ValueType:
         """Asks the job to stop at its next batch boundary and waits briefly for it; a paused
-        job is cancelled at once. Either way its checkpoint is discarded."""
-        state = self.records.load(job_id).state
+        job is cancelled at once. Either way its checkpoint is discarded. An id with no job is
+        NotFound (nothing was running), and is remembered: a start of it ends CANCELLED."""
+        with self._recording:
+            try:
+                state = self.records.load(job_id).state
+            except NotFound:
+                if not is_computation_id(job_id):
+                    raise  # no request id gives it, so no start can come
+                self.records.add_tombstone(job_id)
+                raise NotFound(
+                    f"no computation with job id {job_id!r} has started; a start of it "
+                    "will end cancelled",
+                    resource_type="mistudio.compute.v1.Computation",
+                    resource_name=job_id,
+                    fix="nothing to do: nothing of it was running",
+                ) from None
         if state in TERMINAL_STATES:
             return state
         return self._engine.cancel(job_id, wait_seconds)

@@ -2,10 +2,11 @@
 
 The checkpoint is the legacy (version 0) export: seven little-endian int32 (dim, hidden_dim,
 n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size means the unembedding is
-stored separately), then fp32 weights in llama2.c's order. This module turns it into a
-TransformerLens config and state dict; ``model_access`` builds the HookedTransformer (it is the only
-module that imports transformer_lens). The tokenizer export is rebuilt as a real SentencePiece model
-so that encoding is the library's, not ours.
+stored separately), then fp32 weights in llama2.c's order. This module turns it into a config
+and a state dict under TransformerLens's names, which the lean forward (``fast_llama``) reads as
+they are; ``model_access`` builds a HookedTransformer from them only when one is asked for (it is
+the only module that imports transformer_lens). The tokenizer export is rebuilt as a real
+SentencePiece model so that encoding is the library's, not ours.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ import torch
 from mistudio_common.errors import InvalidArgument
 from sentencepiece import sentencepiece_model_pb2
 
+from mistudio_compute.fast_llama import LlamaConfig
 from mistudio_compute.input_files import InputKind, Opener, open_trusted
+from mistudio_compute.references import MODEL_FIELD
 from mistudio_compute.token_text import PieceStyle
 
-MODEL_FIELD = "model_id"
 HEADER = struct.Struct("<7i")
 """dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: separate classifier),
 seq_len."""
@@ -129,28 +131,34 @@ def _weight_shapes(cfg: Llama2cConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def llama_config(cfg: Llama2cConfig, name: str) -> LlamaConfig:
+    """The model's dimensions as the lean forward and the hook widths read them."""
+    return LlamaConfig(
+        model_name=name,
+        n_layers=cfg.n_layers,
+        d_model=cfg.dim,
+        d_head=cfg.head_size,
+        n_heads=cfg.n_heads,
+        n_key_value_heads=cfg.n_kv_heads if cfg.n_kv_heads != cfg.n_heads else None,
+        d_mlp=cfg.hidden_dim,
+        d_vocab=cfg.vocab_size,
+        n_ctx=cfg.seq_len,
+        rotary_dim=cfg.head_size,
+    )
+
+
 def hooked_transformer_config(cfg: Llama2cConfig, name: str) -> dict[str, Any]:
-    """``HookedTransformerConfig`` arguments for a llama2.c model.
+    """``HookedTransformerConfig`` arguments for a llama2.c model: ``llama_config``'s fields and
+    the switches of the llama2.c family (``fast_llama`` checks the same ones).
 
     llama2.c rotates adjacent pairs of each head's dimensions, hence ``rotary_adjacent_pairs``.
     """
-    return {
-        "model_name": name,
-        "n_layers": cfg.n_layers,
-        "d_model": cfg.dim,
-        "d_head": cfg.head_size,
-        "n_heads": cfg.n_heads,
-        "n_key_value_heads": cfg.n_kv_heads if cfg.n_kv_heads != cfg.n_heads else None,
-        "d_mlp": cfg.hidden_dim,
-        "d_vocab": cfg.vocab_size,
-        "n_ctx": cfg.seq_len,
+    return asdict(llama_config(cfg, name)) | {
         "act_fn": "silu",
         "gated_mlp": True,
         "normalization_type": "RMS",
-        "eps": 1e-5,
         "final_rms": True,
         "positional_embedding_type": "rotary",
-        "rotary_dim": cfg.head_size,
         "rotary_adjacent_pairs": True,
     }
 

@@ -6,21 +6,20 @@ accepted: a TransformerLens name ("gpt2-small", "pythia-70m", fetched through th
 ``HookedTransformer.from_pretrained`` path, hence the HF cache) and a local llama2.c checkpoint
 ("llama2c:<model.bin>?tokenizer=<tok.bin>").
 
-TransformerLens (and the transformers, datasets and pandas it imports, seconds of CPU) is imported
-only when a model is built or loaded, so a process that never loads one never pays for it; a load
-imports it with the cyclic collector paused: the import makes hundreds of thousands of lasting
-objects, and the full collections they set off cost a third of its CPU.
-
 Activations of llama2.c-family models are read through the lean forward of ``fast_llama`` (several
 times less CPU than TransformerLens's, equal to float32 rounding at every hook); other models, and
-a ``LoadedModel`` whose ``fast`` is None, through ``HookedTransformer.run_with_hooks``.
+any model loaded with ``transformer_lens_forward``, through ``HookedTransformer.run_with_hooks``.
+
+TransformerLens (and the transformers, datasets and pandas it imports, 2.5 s of CPU) is imported
+only when a HookedTransformer is built: a llama2.c checkpoint read by the lean forward never
+imports it. The import runs with the cyclic collector paused: it makes hundreds of thousands of
+lasting objects, and the full collections they set off cost a third of its CPU.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,24 +28,24 @@ from mistudio_common.errors import FailedPrecondition, InvalidArgument
 from mistudio_common.gc_pause import collector_paused
 
 from mistudio_compute import llama2c
-from mistudio_compute.fast_llama import FastLlama, supports
+from mistudio_compute.fast_llama import FastLlama, LlamaConfig, supports
 from mistudio_compute.hooks import HookKind, HookPoint, hook_width, validate_hook
-from mistudio_compute.input_files import InputKind, InputPolicy, Opener, open_trusted
+from mistudio_compute.input_files import Opener, open_trusted
+from mistudio_compute.references import LLAMA2C_PREFIX, MODEL_FIELD, parse_llama2c_ref
 from mistudio_compute.token_text import HfTokenizer, TokenizerAdapter
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-MODEL_FIELD = "model_id"
-LLAMA2C_PREFIX = "llama2c:"
-_TOKENIZER_QUERY = "?tokenizer="
-
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A HookedTransformer with what the rest of the service needs to know about it."""
+    """A model (a HookedTransformer, or the lean forward alone) with what the rest of the
+    service needs to know about it."""
 
-    model: HookedTransformer
+    model: HookedTransformer | None
+    """None: a llama2.c checkpoint that only the lean forward (``fast``) reads."""
+    cfg: HookedTransformerConfig | LlamaConfig
     name: str
     """Short model name (TransformerLens name, or the llama2.c file stem)."""
     ref: str
@@ -61,14 +60,22 @@ class LoadedModel:
     device: torch.device
     fast: FastLlama | None
     """The lean forward over the same weights, for llama2.c-style models; None: TransformerLens
-    (``dataclasses.replace(loaded, fast=None)`` reads its exact bits)."""
+    reads the model (``load_model(..., transformer_lens_forward=True)`` gives its exact bits)."""
 
     @property
-    def cfg(self) -> HookedTransformerConfig:
-        return self.model.cfg
+    def transformer(self) -> HookedTransformer:
+        """The HookedTransformer, for what only TransformerLens runs."""
+        if self.model is None:
+            raise FailedPrecondition(
+                f"model {self.name} is read by the lean forward alone",
+                field=MODEL_FIELD,
+                fix="load it with transformer_lens_forward=True "
+                "(MISTUDIO_COMPUTE_TRANSFORMER_LENS_FORWARD)",
+            )
+        return self.model
 
     def hook_width(self, hook: str | HookPoint, head_index: int | None = None) -> int:
-        return hook_width(self.model.cfg, hook, head_index)
+        return hook_width(self.cfg, hook, head_index)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -102,10 +109,18 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def load_model(
-    model_ref: str, device: str = "auto", open_input: Opener = open_trusted
+    model_ref: str,
+    device: str = "auto",
+    open_input: Opener = open_trusted,
+    *,
+    transformer_lens_forward: bool = False,
 ) -> LoadedModel:
     """Loads a TransformerLens hub model or a local llama2.c checkpoint (module docstring); a
-    request's llama2.c files are read through ``open_input`` (``InputPolicy.open``)."""
+    request's llama2.c files are read through ``open_input`` (``InputPolicy.open``).
+
+    ``transformer_lens_forward`` reads every model through TransformerLens, never the lean
+    forward; without it a llama2.c checkpoint gets the lean forward alone (no HookedTransformer).
+    """
     ref = model_ref.strip()
     if not ref:
         raise InvalidArgument(
@@ -114,14 +129,19 @@ def load_model(
             fix="name a TransformerLens model or llama2c:<path>",
         )
     torch_device = resolve_device(device)
+    if ref.startswith(LLAMA2C_PREFIX):
+        return _load_llama2c(ref, torch_device, open_input, transformer_lens_forward)
+    loaded = _load_from_hub(ref, torch_device)
+    return replace(loaded, fast=None) if transformer_lens_forward else loaded
+
+
+def _import_transformer_lens() -> None:
     with collector_paused():
         import transformer_lens  # noqa: F401  # the first import, here, costs seconds of CPU
-    if ref.startswith(LLAMA2C_PREFIX):
-        return _load_llama2c(ref, torch_device, open_input)
-    return _load_from_hub(ref, torch_device)
 
 
 def _load_from_hub(name: str, device: torch.device) -> LoadedModel:
+    _import_transformer_lens()
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_official_model_name
 
@@ -150,60 +170,32 @@ def _load_from_hub(name: str, device: torch.device) -> LoadedModel:
     return wrap_model(model, name=name, ref=name)
 
 
-def _load_llama2c(ref: str, device: torch.device, open_input: Opener) -> LoadedModel:
-    from transformer_lens import HookedTransformerConfig
-
+def _load_llama2c(
+    ref: str, device: torch.device, open_input: Opener, transformer_lens_forward: bool
+) -> LoadedModel:
     model_path, tokenizer_path = parse_llama2c_ref(ref)
     ckpt = llama2c.read_llama2c_checkpoint(model_path, open_input)
     tokenizer = llama2c.read_llama2c_tokenizer(tokenizer_path, ckpt.config.vocab_size, open_input)
     name = model_path.stem
-    cfg = HookedTransformerConfig(
-        **llama2c.hooked_transformer_config(ckpt.config, name), device=str(device)
-    )
-    model = build_model(cfg)
-    load_weights(model, llama2c.transformer_lens_state_dict(ckpt))
-    return wrap_model(model, tokenizer, name=name, ref=ref)
+    weights = llama2c.transformer_lens_state_dict(ckpt)
+    if transformer_lens_forward:
+        _import_transformer_lens()
+        from transformer_lens import HookedTransformerConfig
 
-
-def parse_llama2c_ref(ref: str) -> tuple[Path, Path]:
-    """Splits "llama2c:<model.bin>?tokenizer=<tok.bin>"; without a tokenizer, the sibling
-    ``tokenizer.bin`` (llama2.c's default name) is used."""
-    body = ref.removeprefix(LLAMA2C_PREFIX)
-    model_part, sep, tok_part = body.rpartition(_TOKENIZER_QUERY)
-    if not sep:
-        model_part, tok_part = body, ""
-    if not model_part:
-        raise InvalidArgument(
-            f"no checkpoint path in {ref!r}",
-            field=MODEL_FIELD,
-            fix="write llama2c:<path/to/model.bin>?tokenizer=<path/to/tok.bin>",
+        cfg = HookedTransformerConfig(
+            **llama2c.hooked_transformer_config(ckpt.config, name), device=str(device)
         )
-    model_path = Path(model_part).expanduser()
-    tokenizer_path = (
-        Path(tok_part).expanduser() if tok_part else model_path.parent / "tokenizer.bin"
-    )
-    return model_path, tokenizer_path
-
-
-def confine_model(model_ref: str, inputs: InputPolicy) -> None:
-    """Refuses a llama2.c reference whose files ``inputs`` does not allow (hub names pass)."""
-    ref = model_ref.strip()
-    if ref.startswith(LLAMA2C_PREFIX):
-        model_path, tokenizer_path = parse_llama2c_ref(ref)
-        inputs.file(model_path, InputKind.MODEL_FILE, MODEL_FIELD)
-        inputs.file(tokenizer_path, InputKind.MODEL_FILE, MODEL_FIELD)
-
-
-def portable_model_name(ref: str) -> str:
-    """The model's name outside this machine (files we publish): a llama2c checkpoint's stem
-    ("stories260K"), never its local path; TransformerLens names are already portable."""
-    if ref.startswith(LLAMA2C_PREFIX):
-        return parse_llama2c_ref(ref)[0].stem
-    return ref
+        model = build_model(cfg)
+        load_weights(model, weights)
+        return replace(wrap_model(model, tokenizer, name=name, ref=ref), fast=None)
+    config = llama2c.llama_config(ckpt.config, name)
+    fast = FastLlama(config, {key: w.to(device) for key, w in weights.items()})
+    return _loaded(None, config, fast, tokenizer, name=name, ref=ref, device=fast.W_E.device)
 
 
 def build_model(cfg: HookedTransformerConfig) -> HookedTransformer:
     """A randomly initialised HookedTransformer (TransformerLens's deprecation notice muted)."""
+    _import_transformer_lens()
     from transformer_lens import HookedTransformer
 
     with warnings.catch_warnings():
@@ -234,11 +226,28 @@ def wrap_model(
 ) -> LoadedModel:
     """Wraps an already built model; ``tokenizer`` may be an adapter or a Hugging Face tokenizer
     (default: the model's own, if it has one)."""
-    adapter = _as_adapter(tokenizer if tokenizer is not None else model.tokenizer)
     cfg = model.cfg
+    fast = FastLlama.of(model) if supports(cfg) else None
+    device = next(model.parameters()).device
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    return _loaded(model, cfg, fast, tokenizer, name=name, ref=ref, device=device)
+
+
+def _loaded(
+    model: HookedTransformer | None,
+    cfg: HookedTransformerConfig | LlamaConfig,
+    fast: FastLlama | None,
+    tokenizer: TokenizerAdapter | Any | None,
+    *,
+    name: str | None,
+    ref: str | None,
+    device: torch.device,
+) -> LoadedModel:
+    adapter = _as_adapter(tokenizer)
     model_name = name or cfg.model_name
     return LoadedModel(
         model=model,
+        cfg=cfg,
         name=model_name,
         ref=ref or model_name,
         tokenizer=adapter,
@@ -248,8 +257,8 @@ def wrap_model(
         bos_token_id=adapter.bos_id if adapter else None,
         eos_token_id=adapter.eos_id if adapter else None,
         pad_token_id=adapter.pad_id if adapter else None,
-        device=next(model.parameters()).device,
-        fast=FastLlama(model) if supports(cfg) else None,
+        device=device,
+        fast=fast,
     )
 
 
@@ -282,7 +291,7 @@ def capture_hook(
     if loaded.fast is not None:
         act = loaded.fast.capture(tokens, point)
     else:
-        act = _run_with_hooks(loaded.model, tokens, point)
+        act = _run_with_hooks(loaded.transformer, tokens, point)
     if point.kind.is_attention:
         act = act[:, :, head_index] if head_index is not None else act.flatten(2)
     assert act.shape[-1] == width, (act.shape, width)
@@ -354,11 +363,10 @@ def unembed_directions(
             field="hook_point",
             fix="leave the logit lens out (DASHBOARD_COMPONENT_LOGIT_LENS, --no-logit-lens)",
         )
-    block = loaded.model.blocks[point.layer]
     if point.kind is HookKind.MLP_POST:
-        W_out = block.mlp.W_out  # [d_mlp, d_model]
+        W_out = _w_out(loaded, point.layer)  # [d_mlp, d_model]
         return decoder_rows.to(W_out.device, W_out.dtype) @ W_out
-    W_O = block.attn.W_O  # [n_heads, d_head, d_model]
+    W_O = _w_o(loaded, point.layer)  # [n_heads, d_head, d_model]
     rows = decoder_rows.to(W_O.device, W_O.dtype)  # on the model, ready for W_U
     if point.kind is not HookKind.ATTN_Z:
         return rows
@@ -370,4 +378,25 @@ def unembed_directions(
 
 def unembedding_matrix(loaded: LoadedModel) -> torch.Tensor:
     """W_U [d_model, d_vocab]."""
+    if loaded.model is None:
+        assert loaded.fast is not None  # a model without a HookedTransformer has the lean one
+        return loaded.fast.W_U
     return loaded.model.W_U
+
+
+def _w_out(loaded: LoadedModel, layer: int) -> torch.Tensor:
+    """The layer's MLP output matrix [d_mlp, d_model], from whichever forward holds it."""
+    if loaded.model is None:
+        assert loaded.fast is not None
+        return loaded.fast.blocks[layer].w_out
+    return loaded.model.blocks[layer].mlp.W_out  # type: ignore[no-any-return]
+
+
+def _w_o(loaded: LoadedModel, layer: int) -> torch.Tensor:
+    """The layer's attention output matrix [n_heads, d_head, d_model] (the same values as
+    TransformerLens's W_O: the lean forward holds it flattened over heads)."""
+    if loaded.model is None:
+        fast = loaded.fast
+        assert fast is not None
+        return fast.blocks[layer].w_o.unflatten(0, (fast.n_heads, fast.d_head))
+    return loaded.model.blocks[layer].attn.W_O  # type: ignore[no-any-return]

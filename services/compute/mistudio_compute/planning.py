@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from mistudio_common import dashboard as d
 from mistudio_common.dashboard_options import Component, logit_lens_defined
@@ -23,7 +24,8 @@ from mistudio_compute.dashboards.memory import ShardPlan, plan_within_budget
 from mistudio_compute.dashboards.params import state_config, validate_params
 from mistudio_compute.hooks import HookKind, hook_name
 from mistudio_compute.input_files import InputKind, InputPolicy, Opener
-from mistudio_compute.model_access import LoadedModel, confine_model, load_model
+from mistudio_compute.model_access import LoadedModel, load_model
+from mistudio_compute.references import confine_model, provenance_path
 from mistudio_compute.run_dashboards import CHUNK_FEATURES, PreparedDashboards
 from mistudio_compute.sae import check_against_model
 from mistudio_compute.sae_source import ResolvedSae, resolve_sae
@@ -34,12 +36,18 @@ from mistudio_compute.tokens import (
     TokenDataset,
     TokenSourceSpec,
     load_token_source,
-    provenance_path,
 )
 from mistudio_compute.values import ComputationRequest, EstimateRequest, HookPoint, SaeCheck, SaeRef
 
-ModelLoader = Callable[[str, str, Opener], LoadedModel]
-"""(model reference, device) -> loaded model; ``model_access.load_model`` in production."""
+
+class ModelLoader(Protocol):
+    """(model reference, device, opener) -> loaded model; ``model_access.load_model`` in
+    production. ``transformer_lens_forward`` is the setting of that name, read at load time so
+    that a model TransformerLens is to run is built for it and no lean forward is made."""
+
+    def __call__(
+        self, model_ref: str, device: str, open_input: Opener, *, transformer_lens_forward: bool
+    ) -> LoadedModel: ...
 
 
 @dataclass(frozen=True)
@@ -79,9 +87,11 @@ class Planner:
         confine_model(model_id, self._inputs)
         with self._lock:  # one load per model, even when two requests race for it
             if key not in self._models:
-                loaded = self._load(*key, self._inputs.open)
-                if self._settings.transformer_lens_forward:
-                    loaded = replace(loaded, fast=None)
+                loaded = self._load(
+                    *key,
+                    self._inputs.open,
+                    transformer_lens_forward=self._settings.transformer_lens_forward,
+                )
                 self._models[key] = (loaded, threading.Lock())
             return self._models[key]
 

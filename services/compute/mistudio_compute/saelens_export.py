@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from mistudio_compute.model_access import portable_model_name
+from mistudio_compute.references import portable_model_name
 from mistudio_compute.sae.loading import CONFIG_FILE, SPARSITY_FILE, WEIGHTS_FILE
 from mistudio_compute.sae.saelens_writer import SaeLensMetadata, saelens_files
 from mistudio_compute.sae_source import ResolvedSae

@@ -36,12 +36,12 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from mistudio_compute.input_files import InputKind, Opener, descriptor_path, open_trusted
+from mistudio_compute.references import provenance_path
 from mistudio_compute.token_text import TokenizerAdapter
 
 FILE_FIELD = "tokens.token_file"
 TEXT_FIELD = "tokens.text.paths"
 DEFAULT_CONTEXT_SIZE = 128
-PROVENANCE_SUFFIX = ".provenance.json"
 _Int32 = np.ndarray[Any, np.dtype[np.int32]]
 _Int64 = np.ndarray[Any, np.dtype[np.int64]]
 
@@ -362,10 +362,6 @@ def _read_token_array(file: Path, open_input: Opener) -> np.ndarray[Any, Any]:
         field=FILE_FIELD,
         fix="save the tokens with numpy.save or safetensors",
     )
-
-
-def provenance_path(token_file: Path) -> Path:
-    return token_file.with_name(token_file.name + PROVENANCE_SUFFIX)
 
 
 def read_provenance(token_file: Path, open_input: Opener = open_trusted) -> dict[str, Any] | None:

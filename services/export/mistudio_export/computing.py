@@ -92,13 +92,15 @@ def ensure_dashboards(
 
 def release(compute: DashboardComputer, checkpoint: jpb.ExportCheckpoint) -> None:
     """Cancels the computation a cancelled export's checkpoint names: one a pause left
-    waiting, or one still running for a holder that crashed."""
+    waiting, or one still running for a holder that crashed. Compute remembers a cancel of a
+    computation it has not seen, so a crashed holder's start that reaches it later ends
+    CANCELLED without running."""
     computation = checkpoint.compute.computation_id
     if computation:
         try:
             compute.cancel_computation(computation)
         except NotFound:
-            log.info("computation %s never reached the compute service", computation)
+            log.info("computation %s had not reached the compute service", computation)
         except MistudioError as error:
             log.warning("could not cancel computation %s: %s", computation, error)
 

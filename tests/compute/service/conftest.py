@@ -43,8 +43,14 @@ def tiny() -> LoadedModel:
 def model_loader(tiny: LoadedModel) -> ModelLoader:
     """Serves the tiny model under its name; any other reference loads for real."""
 
-    def load(ref: str, device: str, open_input: Opener) -> LoadedModel:
-        return tiny if ref == TINY_MODEL else load_model(ref, device, open_input)
+    def load(
+        ref: str, device: str, open_input: Opener, *, transformer_lens_forward: bool
+    ) -> LoadedModel:
+        if ref == TINY_MODEL:
+            return tiny
+        return load_model(
+            ref, device, open_input, transformer_lens_forward=transformer_lens_forward
+        )
 
     return load
 

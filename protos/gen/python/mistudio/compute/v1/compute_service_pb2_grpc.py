@@ -132,6 +132,10 @@ class ComputeServiceServicer:
 
     def CancelComputation(self, request, context):
         """Stops a running computation at the next batch boundary and discards its checkpoint.
+        NOT_FOUND for a job id no computation has (nothing was running); the cancel is remembered
+        all the same (across restarts, for the finished-job retention time), so a
+        ComputeDashboards whose request_id gives that job id, arriving later, ends CANCELLED at
+        once without computing anything.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,7 +56,12 @@ class ComputeServiceStub:
     streaming.
     """
     CancelComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.CancelComputationRequest, _compute_service_pb2.CancelComputationResponse]
-    """Stops a running computation at the next batch boundary and discards its checkpoint."""
+    """Stops a running computation at the next batch boundary and discards its checkpoint.
+    NOT_FOUND for a job id no computation has (nothing was running); the cancel is remembered
+    all the same (across restarts, for the finished-job retention time), so a
+    ComputeDashboards whose request_id gives that job id, arriving later, ends CANCELLED at
+    once without computing anything.
+    """
     PauseComputation: _grpc.UnaryUnaryMultiCallable[_compute_service_pb2.PauseComputationRequest, _compute_service_pb2.PauseComputationResponse]
     """Stops a running computation at the next batch boundary and keeps it PAUSED with its
     checkpoint; ComputeDashboards with the same request_id resumes it from there. A paused
@@ -101,7 +106,12 @@ class ComputeServiceAsyncStub(ComputeServiceStub):
     streaming.
     """
     CancelComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.CancelComputationRequest, _compute_service_pb2.CancelComputationResponse]  # type: ignore[assignment]
-    """Stops a running computation at the next batch boundary and discards its checkpoint."""
+    """Stops a running computation at the next batch boundary and discards its checkpoint.
+    NOT_FOUND for a job id no computation has (nothing was running); the cancel is remembered
+    all the same (across restarts, for the finished-job retention time), so a
+    ComputeDashboards whose request_id gives that job id, arriving later, ends CANCELLED at
+    once without computing anything.
+    """
     PauseComputation: _aio.UnaryUnaryMultiCallable[_compute_service_pb2.PauseComputationRequest, _compute_service_pb2.PauseComputationResponse]  # type: ignore[assignment]
     """Stops a running computation at the next batch boundary and keeps it PAUSED with its
     checkpoint; ComputeDashboards with the same request_id resumes it from there. A paused
@@ -167,7 +177,12 @@ class ComputeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compute_service_pb2.CancelComputationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compute_service_pb2.CancelComputationResponse, _abc.Awaitable[_compute_service_pb2.CancelComputationResponse]]:
-        """Stops a running computation at the next batch boundary and discards its checkpoint."""
+        """Stops a running computation at the next batch boundary and discards its checkpoint.
+        NOT_FOUND for a job id no computation has (nothing was running); the cancel is remembered
+        all the same (across restarts, for the finished-job retention time), so a
+        ComputeDashboards whose request_id gives that job id, arriving later, ends CANCELLED at
+        once without computing anything.
+        """
 
     @_abc_1.abstractmethod
     def PauseComputation(
