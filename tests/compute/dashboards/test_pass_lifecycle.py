@@ -229,3 +229,77 @@ def test_state_size_does_not_grow_with_the_number_of_tokens(inputs) -> None:
     large = run_activation_pass(inputs, config, features, batch_size=BATCH)
     shapes = {k: v.shape for k, v in small.state.tensors().items()}
     assert shapes == {k: v.shape for k, v in large.state.tensors().items()}
+
+
+class FlakyEncoder:
+    """Raises out-of-memory when encoding features from ``first_failing`` on in batches of more
+    than ``max_rows`` rows: one thread's part of a batch fails after the other's has folded."""
+
+    def __init__(self, encoder, max_rows: int, first_failing: int) -> None:
+        self.encoder, self.max_rows, self.first_failing = encoder, max_rows, first_failing
+
+    def __getattr__(self, name: str):
+        return getattr(self.encoder, name)
+
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.max_rows * tiny.N_CTX and int(features[-1]) >= self.first_failing:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.encoder.encode_features(x, features)
+
+
+def assert_same_state(got, expected) -> None:
+    assert got.token_count == expected.token_count
+    mine, theirs = got.tensors(), expected.tensors()
+    assert mine.keys() == theirs.keys()
+    for name, tensor in theirs.items():
+        assert mine[name].dtype == tensor.dtype and torch.equal(mine[name], tensor), name
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("features", [None, range(10, 61)], ids=["all", "subset"])
+def test_the_pass_on_several_threads_equals_one_thread(inputs, threads, features) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)  # with token totals
+    feats = torch.arange(inputs.encoder.d_sae) if features is None else torch.tensor(features)
+    rows = range(4, tiny.ROWS)
+
+    def run(n: int):
+        return run_activation_pass(inputs, config, feats, rows=rows, batch_size=7, threads=n)
+
+    one = run(1)
+    assert_same_state(run(threads).state, one.state)
+    assert torch.get_num_threads() == 1  # this thread's torch threads are as they were
+
+
+def test_an_out_of_memory_part_on_several_threads_leaves_the_state_as_it_was(inputs) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+    features = torch.arange(inputs.encoder.d_sae)
+    flaky = replace(inputs, encoder=FlakyEncoder(inputs.encoder, BATCH, first_failing=60))
+    got = run_activation_pass(flaky, config, features, batch_size=4 * BATCH, threads=2)
+    expected = run_activation_pass(inputs, config, features, batch_size=BATCH, threads=1)
+    assert got.batch_size == BATCH
+    assert_same_state(got.state, expected.state)
+
+
+def test_a_pass_on_several_threads_resumes_where_it_was_cancelled(inputs, tmp_path) -> None:
+    config = state_config(PARAMS, tiny.SPECIAL)
+    features = torch.arange(inputs.encoder.d_sae)
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=100)
+    cancel = threading.Event()
+
+    def stop(stage: Stage, done: int, total: int, message: str) -> None:
+        if done == 3 * BATCH * tiny.N_CTX:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run_activation_pass(inputs, config, features, batch_size=BATCH, checkpoint=checkpoint,
+                            progress=stop, cancel=cancel, threads=2)  # fmt: skip
+    resumed: list[int] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        resumed.append(done)
+
+    again = run_activation_pass(inputs, config, features, batch_size=BATCH, checkpoint=checkpoint,
+                                progress=record, threads=2)  # fmt: skip
+    assert resumed[0] == 3 * BATCH * tiny.N_CTX
+    expected = run_activation_pass(inputs, config, features, batch_size=BATCH, threads=1)
+    assert_same_state(again.state, expected.state)

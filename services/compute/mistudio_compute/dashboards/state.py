@@ -20,6 +20,7 @@ where not positive), captured from the batch it came from, so examples need no s
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -124,6 +125,33 @@ class PassState:
         """Fold one batch in: acts [B*T, F] of this state's features, tokens [B, T] = rows
         ``first_row ...``. All allocation happens before the state changes, so an
         out-of-memory error leaves it as it was."""
+        fold = self.fold(acts, tokens, first_row)
+        fold.commit()
+        self.count_tokens(tokens, [fold])
+
+    def parts(self, bounds: list[int]) -> list[PassState]:
+        """States of the feature ranges [bounds[i], bounds[i + 1]) whose tensors are views of
+        this state's rows: folding and committing a batch's columns into each of them (in any
+        order, or at once on several threads) and then ``count_tokens`` here is ``update``.
+        The parts keep no token count or token totals of their own."""
+        config = replace(self.config, track_tokens=False)
+        rows = self.tensors_by_feature()
+        return [
+            PassState.from_tensors(config, self.seq_len, 0, {k: x[lo:hi] for k, x in rows.items()})
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+
+    def tensors_by_feature(self) -> dict[str, torch.Tensor]:
+        """The tensors of the state with one row per feature (all but the token totals)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+
+    def fold(self, acts: torch.Tensor, tokens: torch.Tensor, first_row: int) -> Fold:
+        """What folding one batch (as ``update`` takes it) changes, computed without changing
+        the state: everything that allocates per entry happens here."""
         cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
         special = special.view(-1)  # [N]
@@ -154,27 +182,20 @@ class PassState:
             key = K.sample_key(self.features, pos, f)
             sample = self._fold_sample(key, val, win, n, f, windows)
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
+        return Fold(self, n_feat, special, f, n, val, bucket, top, sample)
 
-        # commit: from here on only in-place writes into already-allocated tensors
-        if top is not None:
-            rows, keys, hashes, wins = top
-            self.top_keys.index_copy_(0, rows, keys)
-            self.top_hash.index_copy_(0, rows, hashes)
-            self.top_windows.index_copy_(0, rows, wins)
-        if sample is not None:
-            slots, keys, values, hashes, wins = sample
-            self.sample_keys.view(-1).index_copy_(0, slots, keys)
-            self.sample_values.view(-1).index_copy_(0, slots, values)
-            self.sample_hash.view(-1).index_copy_(0, slots, hashes)
-            self.sample_windows.view(-1, cfg.width).index_copy_(0, slots, wins)
-        self.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=self.hist.dtype))
-        self.count += torch.bincount(f, minlength=n_feat)
-        exact_sum.add_moments(self.total, self.total_sq, f, val)
-        self.vmin.scatter_reduce_(0, f, val, "amin")
-        self.vmax.scatter_reduce_(0, f, val, "amax")
-        self.token_count += int((~special).sum())
-        if self.tokens is not None:
-            self.tokens.add(f, _at(tokens.reshape(-1), n), val)
+    def count_tokens(self, tokens: torch.Tensor, folds: list[Fold]) -> None:
+        """The token count and token totals of a batch tokens [B, T] whose features' folds
+        (this state's, or its ``parts``' in feature order) are committed."""
+        self.token_count += int((~folds[0].special).sum())
+        if self.tokens is None:
+            return
+        first, f = 0, []
+        for fold in folds:  # the parts' local features, as this state's
+            f.append(fold.f + first)
+            first += fold.n_feat
+        n, val = torch.cat([x.n for x in folds]), torch.cat([x.val for x in folds])
+        self.tokens.add(torch.cat(f), _at(tokens.reshape(-1), n), val)
 
     def _fold_top(
         self,
@@ -288,11 +309,7 @@ class PassState:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the state, by field name (token totals compacted and flattened)."""
-        out = {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-        }
+        out = self.tensors_by_feature()
         if self.tokens is not None:
             self.tokens.compact()
             for name in ("keys", "total", "count", "vmax"):
@@ -308,6 +325,43 @@ class PassState:
             tok = TokenTotals(*(tensors[f"tokens.{n}"] for n in ("keys", "total", "count", "vmax")))
         plain = {k: v for k, v in tensors.items() if not k.startswith("tokens.")}
         return cls(config=config, seq_len=seq_len, token_count=token_count, tokens=tok, **plain)
+
+
+@dataclass(slots=True)
+class Fold:
+    """One batch's changes to a state (``PassState.fold``), applied by ``commit`` with in-place
+    writes into tensors the state already holds."""
+
+    state: PassState
+    n_feat: int
+    special: torch.Tensor  # [N] positions that count nowhere
+    f: torch.Tensor  # [A] active entries' features, by feature and position
+    n: torch.Tensor  # [A] their batch positions
+    val: torch.Tensor  # [A] their values
+    bucket: torch.Tensor  # [A] their fine-grid cells (feature * n_buckets + bucket)
+    top: tuple[torch.Tensor, ...] | None  # rows, keys, hashes, windows (_fold_top)
+    sample: tuple[torch.Tensor, ...] | None  # slots, keys, values, hashes, windows
+
+    def commit(self) -> None:
+        """Writes the batch into the state's per-feature tensors (not its token count)."""
+        s, f, val = self.state, self.f, self.val
+        if self.top is not None:
+            rows, keys, hashes, wins = self.top
+            s.top_keys.index_copy_(0, rows, keys)
+            s.top_hash.index_copy_(0, rows, hashes)
+            s.top_windows.index_copy_(0, rows, wins)
+        if self.sample is not None:
+            slots, keys, values, hashes, wins = self.sample
+            s.sample_keys.view(-1).index_copy_(0, slots, keys)
+            s.sample_values.view(-1).index_copy_(0, slots, values)
+            s.sample_hash.view(-1).index_copy_(0, slots, hashes)
+            s.sample_windows.view(-1, s.config.width).index_copy_(0, slots, wins)
+        bucket = self.bucket
+        s.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=s.hist.dtype))
+        s.count += torch.bincount(f, minlength=self.n_feat)
+        exact_sum.add_moments(s.total, s.total_sq, f, val)
+        s.vmin.scatter_reduce_(0, f, val, "amin")
+        s.vmax.scatter_reduce_(0, f, val, "amax")
 
 
 def count_dtype(positions: int) -> torch.dtype:
