@@ -132,13 +132,19 @@ class Kind:
     work: Batches
     store: MemoryStore
     failure_note: str = ""
-    ended_with: dict[str, int] = field(default_factory=dict)
+    ended_with: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    """Per job: the end state it was freed at, the state its record and its watchers showed
+    then, and the batches of the checkpoint it was given."""
+    engine: JobEngine[Checkpoint, Outcome] | None = None
 
     def prepare(self, record: JobRecord[Checkpoint, Outcome]) -> Batches:
         return self.work
 
     def ended(self, job_id: str, state: ppb.JobState.ValueType, checkpoint: Checkpoint) -> None:
-        self.ended_with[job_id] = state
+        assert self.engine is not None
+        watched = self.engine.channel(job_id).latest.progress.state
+        stored = self.store.records[job_id].state
+        self.ended_with[job_id] = (state, stored, watched, checkpoint.value)
 
     def expire(self, job_id: str) -> None:
         del self.store.records[job_id], self.store.ended_at[job_id]
@@ -151,16 +157,19 @@ def engine(
     retention: Retention | None = None,
     lease_seconds: float = 3.0,
     housekeeping_seconds: float = 0.05,
+    kind: Kind | None = None,
 ) -> JobEngine[Checkpoint, Outcome]:
-    return JobEngine(
+    kind = kind or Kind(work, store)
+    kind.engine = JobEngine(
         store,
-        Kind(work, store),
+        kind,
         patience=Patience(seconds=0.05, first_delay=0.01),
         leasing=Leasing(holder, store, seconds=lease_seconds) if holder else None,
         housekeeping_seconds=housekeeping_seconds,
         follow_seconds=0.05,
         retention=retention,
     )
+    return kind.engine
 
 
 def watch(engine: JobEngine[Checkpoint, Outcome], job_id: str) -> list[Snapshot[Outcome]]:
@@ -267,6 +276,33 @@ def test_cancel_ends_the_job_and_drops_its_checkpoint() -> None:
     assert jobs.cancel("c", wait_seconds=5) == ppb.JOB_STATE_CANCELLED
     assert store.records["c"].checkpoint == Checkpoint()
     assert watch(jobs, "c")[-1].progress.error.message == "cancelled by request"
+
+
+def ended(kind: Kind, job_id: str) -> tuple[int, int, int, int]:
+    while job_id not in kind.ended_with:  # freed by the worker after its end is published
+        threading.Event().wait(0.01)
+    return kind.ended_with[job_id]
+
+
+def test_what_a_job_held_is_freed_only_once_its_end_is_stored_and_watched() -> None:
+    """Issue 14: an export's staging was removed before its end was stored, seconds on which
+    a finished job still showed as running; the kind still gets the checkpoint to free."""
+    store, work = MemoryStore(), Batches()
+    kind = Kind(work, store)
+    jobs = engine(store, work, kind=kind)
+    jobs.launch(store.add("s"), work)
+    for _ in range(BATCHES):
+        work.gate.release()
+    succeeded = ppb.JOB_STATE_SUCCEEDED
+    assert ended(kind, "s") == (succeeded, succeeded, succeeded, BATCHES)
+    jobs.launch(store.add("c"), work)
+    work.gate.release()
+    until(jobs, "c", 1)
+    work.gate.release()
+    jobs.cancel("c", wait_seconds=5)
+    cancelled = ppb.JOB_STATE_CANCELLED
+    assert ended(kind, "c") == (cancelled, cancelled, cancelled, 2)
+    assert store.records["c"].checkpoint == Checkpoint()
 
 
 def test_recovery_resumes_running_jobs_with_sequence_numbers_that_keep_increasing() -> None:

@@ -79,6 +79,18 @@ def test_eta_follows_the_measured_rate() -> None:
     assert progress.stages[0].eta_seconds == 15.0
 
 
+def test_a_running_job_whose_counted_work_is_all_done_shows_no_time_left_not_unknown() -> None:
+    """Issue 11: once the last stage finished, a job still recording its end showed ETA -1
+    (unknown); -1 is only for a job that has done nothing yet."""
+    clock = FakeClock()
+    tracker = ProgressTracker("job", STAGES, clock=clock)
+    assert tracker.update(pb.STAGE_ACTIVATION_PASS, 0, 100).eta_seconds == -1.0
+    clock.now = 5.0
+    tracker.update(pb.STAGE_LOGIT_LENS, 4, 4)
+    progress = tracker.finish_stage(pb.STAGE_LOGIT_LENS)
+    assert progress.state == pb.JOB_STATE_RUNNING and progress.eta_seconds == 0.0
+
+
 def test_restore_continues_sequence_and_keeps_finished_stages() -> None:
     first = ProgressTracker("job", STAGES)
     first.update(pb.STAGE_LOGIT_LENS, 2, 4)

@@ -189,8 +189,11 @@ class ProgressTracker:
     def _eta(self, now: float, overall: float, elapsed_total: float) -> float:
         """Seconds left: a stage under way at its own measured rate, one without a rate yet
         (not begun, starting up, or its count just started over) at the job's measured seconds
-        per unit of weight (weights alone are only a guess)."""
-        if not 0.0 < overall < 1.0:
+        per unit of weight (weights alone are only a guess). Unknown (-1) before anything is
+        done; 0 once everything counted is, while the job records its end."""
+        if overall >= 1.0:
+            return 0.0
+        if overall <= 0.0:
             return -1.0
         per_weight = self._seconds_per_weight(now, overall, elapsed_total)
         remaining = 0.0

@@ -10,8 +10,8 @@ Everything before the publish happens in the job's private staging folder.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -161,14 +161,20 @@ class ExportPipeline:
         summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
         facts = archive_facts(plan, inputs.info, kinds, n_features, summary, inputs.explanations)
-        published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
         hashes: Mapping[int, str] = collected.hashes  # numpy columns: no dict per feature
         if base is not None and not plan.merge_with_base:
             hashes = {**base.hashes, **hashes}
-        self._store.put_feature_hashes(job.job_id, hashes)
+        # The hashes are stored while the archive is packed and uploaded, not after: only a
+        # SUCCEEDED record points at them, and it is written once both are complete. The
+        # staging goes when the job has ended (JobKind.ended), off the result's path.
+        job.report(ppb.STAGE_CREATING_ARCHIVE, 0, 0, "bytes", "recording the feature hashes")
+        with ThreadPoolExecutor(1, thread_name_prefix=f"hashes-{job.job_id[:8]}") as aside:
+            recorded = aside.submit(self._store.put_feature_hashes, job.job_id, hashes)
+            published = pack_and_publish(job, self._objects, facts, self._archive_key(job))
+            recorded.result()
+        job.finish_stage(ppb.STAGE_CREATING_ARCHIVE)
         saelens_part = saelens_bytes(plan.sae) if plan.saelens else 0
         neuronpedia_bytes = max(0, published.size - saelens_part) if plan.neuronpedia else 0
-        shutil.rmtree(job.staging / "work", ignore_errors=True)
         result = epb.ExportResult(
             output_uri=published.key,
             size_bytes=published.size,

@@ -120,5 +120,4 @@ def pack_and_publish(
     )
     objects.put_file(key, archive.path, progress=progress_of("uploading the archive"))
     files = [MANIFEST_NAME, *(entry.path for entry in archive.manifest.files)]
-    job.finish_stage(ppb.STAGE_CREATING_ARCHIVE)
     return Published(key=key, size=archive.size, sha256=archive.sha256, files=files)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,3 +272,12 @@ def wait_for(stream: Iterator[epb.ExportProgress], predicate: Any) -> epb.Export
         if predicate(message):
             return message
     raise AssertionError("stream ended before the awaited message")
+
+
+def removed(path: Path, seconds: float = 60.0) -> bool:
+    """Whether ``path`` is gone within ``seconds``: a finished job's staging is removed after
+    its end is stored and its watchers told."""
+    deadline = time.monotonic() + seconds
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not path.exists()

@@ -15,7 +15,14 @@ from mistudio.common.v1 import tokens_pb2 as tpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from moto.server import ThreadedMotoServer
 
-from tests.export.service.stack import Stack, export_config, run_to_end, start_stack, wait_for
+from tests.export.service.stack import (
+    Stack,
+    export_config,
+    removed,
+    run_to_end,
+    start_stack,
+    wait_for,
+)
 
 
 class Moto:
@@ -111,7 +118,7 @@ def test_an_unwritable_bucket_fails_the_job_before_it_computes_and_resume_finish
     messages = run_to_end(stack.exports.WatchExport(epb.WatchExportRequest(job_id=job_id)))
     last = messages[-1]
     assert last.progress.state == ppb.JOB_STATE_SUCCEEDED, last.progress.error
-    assert not (stack.data_dir / "export" / job_id).exists()
+    assert removed(stack.data_dir / "export" / job_id)
 
 
 def test_an_export_waits_out_an_object_store_outage_and_a_lost_bucket(

@@ -3,7 +3,7 @@ job, and a later export reuses the earlier archive's files for features that did
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -143,3 +143,27 @@ def test_a_running_export_weighs_its_stages_by_their_predicted_seconds(peers: Pe
     writing = next(p for p in seen if p.stage == ppb.STAGE_GENERATING_FILES)
     done_before = [s.seconds for s in predicted.stages if s.stage not in FILE_STAGES]
     assert writing.fraction == pytest.approx(sum(done_before) / predicted.seconds)
+
+
+def test_the_archive_stage_holds_the_hash_records_and_the_eta_stays_known_to_the_end(
+    peers: Peers,
+) -> None:
+    """Issues 11 and 14: after the upload the job recorded its feature hashes and removed its
+    work folder outside every stage, with ETA -1 (unknown) for seconds. The hashes are now
+    recorded while the archive stage runs, and from the first estimate on every message has
+    one."""
+    seen: list[ppb.Progress] = []
+    at_hashes: list[ppb.Progress] = []
+    record = peers.store.put_feature_hashes
+
+    def recording(job_id: str, hashes: Mapping[int, str]) -> None:
+        at_hashes.append(seen[-1])
+        record(job_id, hashes)
+
+    peers.store.put_feature_hashes = recording  # type: ignore[method-assign]
+    peers.export("ended", neuronpedia(), seen.append)
+    archive = at_hashes[0].stages[-1]
+    assert archive.stage == ppb.STAGE_CREATING_ARCHIVE and archive.state == ppb.JOB_STATE_RUNNING
+    first_estimate = next(i for i, p in enumerate(seen) if p.eta_seconds >= 0)
+    assert all(p.eta_seconds >= 0 for p in seen[first_estimate:])
+    assert seen[-1].stages[-1].state == ppb.JOB_STATE_SUCCEEDED

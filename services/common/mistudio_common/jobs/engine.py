@@ -371,9 +371,13 @@ class JobEngine(Generic[C, O]):
         outcome: O | None = None,
         error: status_pb2.Status | None = None,
     ) -> None:
-        """Stores the end state (waiting out a store outage up to the patience), then tells the
-        watchers. Past the patience the watchers are told anyway and the store is retried."""
-        self._kind.ended(entry.job_id, state, entry.checkpoint)
+        """Stores the end state (waiting out a store outage up to the patience), tells the
+        watchers, then lets the kind free what the job held. Past the patience the watchers are
+        told anyway and the store is retried. The freeing comes last because it is no part of
+        the result (removing an export's staging took seconds on a busy disk) and an end state
+        is only stored once the job's outputs are complete."""
+        held = type(entry.checkpoint)()
+        held.CopyFrom(entry.checkpoint)  # what the kind frees: the record's is cleared below
         if state != ppb.JOB_STATE_FAILED:
             entry.checkpoint.Clear()  # a finished job never resumes
         update = JobUpdate(state, progress, entry.checkpoint, outcome, error, finished=True)
@@ -387,6 +391,10 @@ class JobEngine(Generic[C, O]):
             )
             entry.unrecorded = update
         entry.channel.publish(Snapshot(progress, outcome))
+        try:
+            self._kind.ended(entry.job_id, state, held)
+        except Exception:  # the end stands; retention removes what is left
+            log.exception("could not free what an ended job held", extra={"job_id": entry.job_id})
 
     # -- leases and retries ----------------------------------------------------------------
 

@@ -60,7 +60,9 @@ class JobKind(Protocol[C, O]):
         ...
 
     def ended(self, job_id: str, state: ppb.JobState.ValueType, checkpoint: C) -> None:
-        """Frees what the job held once it reached ``state`` (staging, checkpoint files)."""
+        """Frees what the job held once it reached ``state`` (staging, checkpoint files):
+        called after the end state is stored and its watchers told, so nothing a result or a
+        resume needs may be freed here."""
         ...
 
     def expire(self, job_id: str) -> None:
