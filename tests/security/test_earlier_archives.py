@@ -29,8 +29,9 @@ def export(stack: Stack, sae_id: str, config: epb.ExportConfig) -> str:
 
 
 def stored_archive(stack: Stack, job_id: str) -> Path:
-    """The job's archive in the local object store (what an attacker with write access edits)."""
-    return next(stack.data_dir.rglob(f"exports/{job_id}/*.zip"))
+    """The job's archive in the local object store (what an attacker with write access edits);
+    only the store's folder is searched, not staging that is still being removed."""
+    return next((stack.data_dir / "archives").rglob(f"exports/{job_id}/*.zip"))
 
 
 def features(stack: Stack, job_id: str) -> dict[str, bytes]:
