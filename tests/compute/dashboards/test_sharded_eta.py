@@ -34,6 +34,9 @@ EXAMPLE_TOKENS = 45 * 25
 STAGES = [pb.STAGE_VALIDATING, *DASHBOARD_STAGES, *FILE_STAGES]
 MESSAGE_EVERY = 0.25
 """Seconds between a pass's progress messages."""
+ARCHIVE_BYTES = 150_000_000
+"""The archive stage counts the bytes it packs (as publish reports them); a coarse count of
+100 items over a long stage made its own rate jump by whole items between messages."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,13 @@ def on_the_bench_rates(features: int, tokens: int, shards: int) -> ShardedExport
 BENCH_16384 = ShardedExport(
     features=16_384,
     tokens=262_144,
-    passes=(24.8, 22.7),
-    finalising=8.5,
-    files=(7.45, 21.2, 9.6, 7.8),
+    passes=(16.4, 15.8),
+    finalising=7.23,
+    files=(7.18, 20.45, 9.5, 7.73),
 )
-"""The 16,384-feature bench export of bench/results/latest.md (2c696c9, 2 shards, idle): its
-pass stage of 55.95 s held the first shard's finalisation, as long as the last one's 8.5 s; the
-passes split as the first alone runs the model forward (~750 features' worth a token)."""
+"""The 16,384-feature bench export of bench/results/latest.md (05f77da, 2 shards, idle): its
+pass stage of 39.4 s held the first shard's finalisation, as long as the last one's 7.2 s; the
+passes split as the first alone runs the model forward (~310 features' worth a token)."""
 BENCH_131072 = ShardedExport(
     features=131_072,
     tokens=8_192,
@@ -222,7 +225,7 @@ def replayed(run: ShardedExport, rates: StageRates, shards_known: bool = True) -
     replay.counted(pb.STAGE_GENERATING_FILES, 0.0, reading, count.total, until=count.writing(0, 0))
     replay.counted(pb.STAGE_GENERATING_FILES, 0.3, writing, count.total, since=count.writing(0, 0))
     replay.counted(pb.STAGE_VALIDATING_OUTPUT, 0.2, validating, run.features)
-    replay.counted(pb.STAGE_CREATING_ARCHIVE, 0.1, packing, 100)
+    replay.counted(pb.STAGE_CREATING_ARCHIVE, 0.1, packing, ARCHIVE_BYTES)
     return replay
 
 
