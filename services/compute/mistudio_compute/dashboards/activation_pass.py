@@ -213,7 +213,6 @@ def run_activation_pass(
     except Cancelled:
         # A pause or a shutdown resumes here rather than at the last periodic checkpoint (a
         # cancelled job's checkpoint is dropped by its owner).
-        folder.close()  # no forward of the next batch runs on
         if checkpoint is not None and unsaved is not None:
             save_checkpoint(checkpoint.path, state, unsaved)
         raise
@@ -262,9 +261,11 @@ class BatchFolder:
         batch = read_rows(source, slice(i, j), device)  # [B, T]
         x = self._hook(batch, i, j)  # [B*T, d_in]
 
+        facts = self._state.batch_tokens(batch)  # once, not per part
+
         def fold(k: int) -> Fold:
             acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
-            return self._parts[k].fold(acts, batch, i)
+            return self._parts[k].fold(acts, batch, i, facts)
 
         folds = self._start(fold, range(len(self._parts)))
         if self._pool is not None and j < self._stop:  # the next batch's forward, meanwhile

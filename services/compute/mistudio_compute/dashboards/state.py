@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -149,12 +149,30 @@ class PassState:
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
 
-    def fold(self, acts: torch.Tensor, tokens: torch.Tensor, first_row: int) -> Fold:
-        """What folding one batch (as ``update`` takes it) changes, computed without changing
-        the state: everything that allocates per entry happens here."""
-        cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
+    def batch_tokens(self, tokens: torch.Tensor) -> BatchTokens:
+        """What a batch's tokens [B, T] tell every feature alike: read once per batch, whatever
+        number of ``parts`` fold it."""
+        cfg = self.config
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
-        special = special.view(-1)  # [N]
+        win = win_id = None
+        if cfg.n_top or cfg.n_sample:
+            win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
+        if cfg.n_top:
+            _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
+        return BatchTokens(special.view(-1), win, win_id)
+
+    def fold(
+        self,
+        acts: torch.Tensor,
+        tokens: torch.Tensor,
+        first_row: int,
+        batch: BatchTokens | None = None,
+    ) -> Fold:
+        """What folding one batch (as ``update`` takes it) changes, computed without changing
+        the state: everything that allocates per entry happens here. ``batch`` is
+        ``batch_tokens(tokens)`` when the caller has it already."""
+        cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
+        special, win, win_id = batch or self.batch_tokens(tokens)
         f, n, val = _active_entries(acts, special)  # [A] by feature, position
         pos = first_row * t + n  # [A] global positions
         entry_key = f * (b * t) + n  # [A] ascending
@@ -164,10 +182,8 @@ class PassState:
             return _window_values(entry_key, val, b * t, t, left, right, i)
 
         top = sample = None  # a state without top or sample slots pays for no examples
-        if cfg.n_top or cfg.n_sample:
-            win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
         if cfg.n_top:
-            _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
+            assert win is not None and win_id is not None
             # Below its feature's n_top-th best value an entry can neither enter nor stop a
             # larger one being a peak (ties included), so the peak search skips it: after the
             # first batches that is nearly every entry.
@@ -179,6 +195,7 @@ class PassState:
             key = K.top_key(_at(val, p), _at(pos, p))
             top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
         if cfg.n_sample:
+            assert win is not None
             key = K.sample_key(self.features, pos, f)
             sample = self._fold_sample(key, val, win, n, f, windows)
         bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
@@ -325,6 +342,14 @@ class PassState:
             tok = TokenTotals(*(tensors[f"tokens.{n}"] for n in ("keys", "total", "count", "vmax")))
         plain = {k: v for k, v in tensors.items() if not k.startswith("tokens.")}
         return cls(config=config, seq_len=seq_len, token_count=token_count, tokens=tok, **plain)
+
+
+class BatchTokens(NamedTuple):
+    """A batch's per-position facts that do not depend on the features (``batch_tokens``)."""
+
+    special: torch.Tensor  # [N] positions that count nowhere
+    win: torch.Tensor | None  # [N] context-window hashes (when examples are kept)
+    win_id: torch.Tensor | None  # [N] equal ids = equal windows (when top examples are kept)
 
 
 @dataclass(slots=True)
