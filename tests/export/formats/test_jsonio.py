@@ -109,3 +109,11 @@ def test_non_finite_value_in_a_numpy_array_is_named():
 
 def test_mixed_lists_are_converted_item_by_item():
     assert jsonio.dumps([1, 0.5, None, "x", True, [2.5]]) == b'[1,0.5,null,"x",true,[2.5]]'
+
+
+@pytest.mark.parametrize("length", [2, 9, 25, 33])
+def test_stable_ids_of_any_length_are_the_lowercase_base32_of_the_digest(length):
+    key = "gpt2-small/6-res\x1f3\x1fq0\x1f7"
+    groups = -(-(length - 1) // 8) * 5
+    encoded = base64.b32encode(hashlib.sha256(key.encode()).digest()[:groups]).decode().lower()
+    assert jsonio.stable_ids([key, key], length) == ["c" + encoded[: length - 1]] * 2

@@ -8,7 +8,6 @@ where it sits, and the validator reports and repairs files that other tools wrot
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import math
@@ -216,7 +215,20 @@ def write_atomic_chunks(path: Path, chunks: Iterable[bytes]) -> None:
 
 def write_document(path: Path, data: bytes, *, gzip_level: int = GZIP_LEVEL) -> None:
     """Write serialised JSON, gzipped when the file name ends in .gz."""
-    write_atomic(path, gzip_bytes(data, gzip_level) if path.name.endswith(".gz") else data)
+    write_atomic(path, file_bytes(path, data, gzip_level))
+
+
+def file_bytes(path: Path, data: bytes, gzip_level: int = GZIP_LEVEL) -> bytes:
+    """Serialised JSON as the file ``path`` holds it: gzipped when the name ends in .gz."""
+    return gzip_bytes(data, gzip_level) if path.name.endswith(".gz") else data
+
+
+def write_fresh(path: Path, data: bytes) -> None:
+    """Write ``data`` into an existing folder that is cleared before its files are written and
+    counted written only once all are: a crash leaves nothing anyone reads, so no temporary
+    file and rename (half the CPU of writing thousands of small files)."""
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def content_hash(obj: Any, *, decimals: int | None = None) -> str:
@@ -231,9 +243,17 @@ def stable_id(*parts: str | int, length: int = 25) -> str:
 
 def stable_ids(keys: Sequence[str], length: int = 25) -> list[str]:
     """``stable_id`` of each key (its parts joined by the unit separator), base32-encoded in
-    one call: a digest's 5-byte groups encode to 8 characters each, whatever surrounds them."""
+    one numpy pass (the base64 module's is Python, a loop per 5 bytes): a digest's 5-byte
+    groups encode to 8 characters each, whatever surrounds them."""
     whole_groups = -(-(length - 1) // 8) * 5
-    digests = b"".join(hashlib.sha256(k.encode()).digest()[:whole_groups] for k in keys)
-    text = base64.b32encode(digests).decode().lower()
+    digests = b"".join([hashlib.sha256(k).digest()[:whole_groups] for k in map(str.encode, keys)])
+    groups = np.frombuffer(digests, np.uint8).reshape(-1, 5).astype(np.uint64)
+    packed = groups @ (np.uint64(1) << np.arange(32, -1, -8, dtype=np.uint64))  # 40 bits each
+    letters = (packed[:, None] >> np.arange(35, -1, -5, dtype=np.uint64)) & np.uint64(31)
+    text = _BASE32[letters.reshape(-1)].tobytes().decode("ascii")
     width = whole_groups * 8 // 5
     return ["c" + text[at : at + length - 1] for at in range(0, len(text), width)]
+
+
+_BASE32 = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", np.uint8)
+"""RFC 4648's base32 alphabet, in lowercase."""

@@ -270,9 +270,11 @@ def write_feature_files(
     ``write_prd_documents`` then once.
 
     ``reuse(feature_index, file_name)`` may return an earlier archive's bytes for an unchanged
-    feature (a delta export copies them)."""
+    feature (a delta export copies them). The files are written in place (``write_fresh``):
+    the caller clears the features folder first and keeps none of a write that did not end."""
     seen: set[int] = set()
     strings = StringTable()
+    (out_dir / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
     for columns in batches:
         rendered = example_rows(columns)
         lists = section_lists(columns, rendered, np.arange(columns.n_rows))
@@ -282,13 +284,12 @@ def write_feature_files(
                 raise _duplicate(d.feature_index)
             seen.add(d.feature_index)
             name = feature_file_name(d.feature_index, compressed=compress_features)
-            earlier = reuse(d.feature_index, name) if reuse is not None else None
-            if earlier is not None:
-                jsonio.write_atomic(out_dir / name, earlier)
-            else:
+            written = reuse(d.feature_index, name) if reuse is not None else None
+            if written is None:
                 document = feature_document(d, examples, heads, position)
                 data = jsonio.dumps(document, where=f"feature {d.feature_index}")
-                jsonio.write_document(out_dir / name, data)
+                written = jsonio.file_bytes(out_dir / name, data)
+            jsonio.write_fresh(out_dir / name, written)
             if progress is not None:
                 progress(len(seen))
     return len(seen)

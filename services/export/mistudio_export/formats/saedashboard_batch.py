@@ -11,6 +11,7 @@ Schema: ``schemas/sd_batch.schema.json``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,10 @@ def _r(xs: Iterable[float]) -> np.ndarray[Any, Any]:
 
 def _r_apart(xs: list[float]) -> list[float]:
     """Rounded like ``_r`` with the fewest extra decimals that keep distinct values distinct."""
+    distinct = len(set(xs))
     for decimals in range(DECIMALS, 18):
-        out = [round(x, decimals) for x in xs]
-        if len(set(out)) == len(set(xs)):
+        out = list(map(round, xs, itertools.repeat(decimals)))
+        if len(set(out)) == distinct:
             return out
     return list(xs)
 
