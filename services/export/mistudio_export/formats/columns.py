@@ -149,30 +149,28 @@ class ExampleColumns:
     def top_section_max(self, kept: Ints, peaks: Floats) -> list[float]:
         """Per dashboard, the largest of ``peaks`` (one per kept row) over its top examples;
         0.0 when it has none."""
-        top_max: list[float | None] = [None] * len(self.dashboards)
         rows = self.section[kept] == TOP_SECTION
-        for position, peak in zip(
-            self.position[kept][rows].tolist(), peaks[rows].tolist(), strict=True
-        ):
-            current = top_max[position]
-            top_max[position] = peak if current is None else max(current, peak)
-        return [0.0 if m is None else m for m in top_max]
+        return self.feature_max(kept[rows], peaks[rows])
 
     def section_bins(self, kept: Ints, peaks: Floats, decimals: int | None = None) -> Floats:
         """[n_kept, 3]: per kept row its section's (bin_min, bin_max, bin_contains), each
         rounded by ``round`` when ``decimals`` is given; the top section's are -1, the largest
         of its ``peaks``, -1 (as SAEDashboard and Neuronpedia write them)."""
         top_max = self.top_section_max(kept, peaks)
-        table: dict[tuple[int, int], list[float]] = {}
+        table = self.section_table()
         for position, d in enumerate(self.dashboards):
             bins = [(TOP_GROUP_BIN, top_max[position], TOP_GROUP_BIN)]
             bins += [(g.bin_min, g.bin_max, g.bin_contains) for g in d.quantile_groups]
-            for section, triple in enumerate(bins):
-                table[position, section] = [
-                    x if decimals is None else round(x, decimals) for x in triple
-                ]
-        places = zip(self.position[kept].tolist(), self.section[kept].tolist(), strict=True)
-        return np.array([table[place] for place in places], np.float64).reshape(-1, 3)
+            if decimals is not None:
+                bins = [tuple(round(x, decimals) for x in triple) for triple in bins]
+            table[position, : len(bins)] = bins
+        return table[self.position[kept], self.section[kept]]
+
+    def section_table(self) -> Floats:
+        """[n_dashboards, n_sections, 3] zeros: three numbers per section, to fill per
+        dashboard (a few dozen each) and read per row by one index."""
+        n_sections = 1 + max((len(d.quantile_groups) for d in self.dashboards), default=0)
+        return np.zeros((len(self.dashboards), n_sections, 3))
 
     def feature_max(self, kept: Ints, peaks: Floats) -> list[float]:
         """Per dashboard, the largest of ``peaks`` (one per kept row); 0.0 when none."""

@@ -129,22 +129,23 @@ def _quantiles(columns: ExampleColumns, kept: Ints, peaks: Floats) -> Floats:
     fraction is that of the feature's non-zero activations at or above the lowest top
     example's maximum: each top example stands for one of the k largest activations.
     """
-    top_peaks: list[list[float]] = [[] for _ in columns.dashboards]
     rows = columns.section[kept] == TOP_SECTION
-    for position, peak in zip(
-        columns.position[kept][rows].tolist(), peaks[rows].tolist(), strict=True
-    ):
-        top_peaks[position].append(peak)
-    table: dict[tuple[int, int], tuple[float, float, float]] = {}
+    top_position, top_peaks = columns.position[kept][rows], peaks[rows]
+    n_top = np.bincount(top_position, minlength=len(columns.dashboards)).tolist()
+    highest = columns.feature_max(kept[rows], top_peaks)
+    lowest = np.full(len(columns.dashboards), np.inf)
+    np.minimum.at(lowest, top_position, top_peaks)
+    table = columns.section_table()
     for position, d in enumerate(columns.dashboards):
-        maxima, nonzero = top_peaks[position], d.statistics.nonzero_count
-        fraction = len(maxima) / nonzero if nonzero else 0.0
-        sections = [(min(maxima, default=0.0), max(maxima, default=0.0), fraction)]
+        nonzero = d.statistics.nonzero_count
+        fraction = n_top[position] / nonzero if nonzero else 0.0
+        low = float(lowest[position]) if n_top[position] else 0.0
+        sections = [(low, highest[position], fraction)]
         sections += [(g.bin_min, g.bin_max, g.bin_contains) for g in d.quantile_groups]
-        for section, (low, high, share) in enumerate(sections):
-            table[position, section] = (low, high, min(max(share, 0.0), 1.0))
-    places = zip(columns.position[kept].tolist(), columns.section[kept].tolist(), strict=True)
-    return np.array([table[place] for place in places], np.float64).reshape(-1, 3)
+        table[position, : len(sections)] = [
+            (low, high, min(max(share, 0.0), 1.0)) for low, high, share in sections
+        ]
+    return table[columns.position[kept], columns.section[kept]]
 
 
 def _cut_notes(columns: ExampleColumns, kept: Ints, cut_at: Ints, notes: PayloadNotes) -> None:

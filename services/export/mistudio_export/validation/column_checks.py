@@ -151,7 +151,8 @@ def _outside_bins(
     starts, stops = c.value_start[grouped], c.value_start[grouped + 1]
     lengths = stops - starts
     owner = np.repeat(np.arange(len(grouped)), lengths)
-    values = c.values[np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])]
+    gathered_at = np.cumsum(lengths) - lengths  # of each row's first value among ``values``
+    values = c.values[np.repeat(starts - gathered_at, lengths) + np.arange(len(owner))]
     inside = (values >= lo[owner] - BIN_SLACK) & (values <= hi[owner] + BIN_SLACK)
     any_inside = np.zeros(len(grouped), bool)
     np.logical_or.at(any_inside, owner, inside)
