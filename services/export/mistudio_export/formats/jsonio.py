@@ -215,12 +215,7 @@ def write_atomic_chunks(path: Path, chunks: Iterable[bytes]) -> None:
 
 def write_document(path: Path, data: bytes, *, gzip_level: int = GZIP_LEVEL) -> None:
     """Write serialised JSON, gzipped when the file name ends in .gz."""
-    write_atomic(path, file_bytes(path, data, gzip_level))
-
-
-def file_bytes(path: Path, data: bytes, gzip_level: int = GZIP_LEVEL) -> bytes:
-    """Serialised JSON as the file ``path`` holds it: gzipped when the name ends in .gz."""
-    return gzip_bytes(data, gzip_level) if path.name.endswith(".gz") else data
+    write_atomic(path, gzip_bytes(data, gzip_level) if path.name.endswith(".gz") else data)
 
 
 def write_fresh(path: Path, data: bytes) -> None:

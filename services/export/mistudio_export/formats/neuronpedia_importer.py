@@ -332,16 +332,27 @@ def source_dir(root: Path, naming: NeuronpediaNaming) -> Path:
     return root / naming.model_id / naming.source_id
 
 
+NEURON_FLOAT_LISTS = (
+    "neg_values", "pos_values", "freq_hist_data_bar_values", "logits_hist_data_bar_values",
+)  # fmt: skip
+"""``neuron_row``'s lists of floats, rendered a batch at a time."""
+
+
 def _features(
     batches: Iterable[ExampleColumns], info: SaeInfo, naming: NeuronpediaNaming
-) -> Iterator[tuple[FeatureDashboard, float, bytes]]:
-    """Per dashboard: itself, its maxActApprox and its Activation lines."""
+) -> Iterator[tuple[FeatureDashboard, dict[str, Any], bytes]]:
+    """Per dashboard: itself, its Neuron row and its Activation lines."""
     for columns in batches:
         rendered, kept, peaks = activation_rows(columns, info, naming)
         maxima = columns.feature_max(kept, peaks)
         lists = section_lists(columns, rendered, kept)
-        for d, max_act, rows in zip(columns.dashboards, maxima, lists, strict=True):
-            yield d, max_act, rendered.lines(int(rows.first[0]), int(rows.stop[-1]))
+        neurons = [
+            neuron_row(d, info, naming, max_act)
+            for d, max_act in zip(columns.dashboards, maxima, strict=True)
+        ]
+        bulk_json.float_lists(neurons, NEURON_FLOAT_LISTS)
+        for d, neuron, rows in zip(columns.dashboards, neurons, lists, strict=True):
+            yield d, neuron, rendered.lines(int(rows.first[0]), int(rows.stop[-1]))
 
 
 class _BatchWriter:
@@ -424,8 +435,8 @@ def write_importer_export(
         by_feature.setdefault(r.feature_index, []).append(r)
     writer = _BatchWriter(out, batch_size)
     n = 0
-    for d, max_act, activations in _features(batches, info, naming):
-        writer.add("features", d.feature_index, [neuron_row(d, info, naming, max_act)])
+    for d, neuron, activations in _features(batches, info, naming):
+        writer.add("features", d.feature_index, [neuron])
         writer.add_lines("activations", d.feature_index, activations)
         records = sorted(by_feature.pop(d.feature_index, []), key=_expl_key)
         for stream, kept in (

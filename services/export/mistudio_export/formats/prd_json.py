@@ -142,6 +142,10 @@ def head_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> 
     )
 
 
+HISTOGRAMS = ("histogram", "logit_histogram")
+"""The feature document's histograms, whose bin edges are rendered a batch at a time."""
+
+
 def _histogram(h: Histogram) -> dict[str, Any]:
     return {
         "bin_edges": list(h.bin_edges),
@@ -276,23 +280,43 @@ def write_feature_files(
     strings = StringTable()
     (out_dir / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
     for columns in batches:
-        rendered = example_rows(columns)
-        lists = section_lists(columns, rendered, np.arange(columns.n_rows))
-        heads = head_lists(columns.dashboards, strings)
-        for position, (d, examples) in enumerate(zip(columns.dashboards, lists, strict=True)):
+        before = len(seen)
+        for d in columns.dashboards:
             if d.feature_index in seen:
                 raise _duplicate(d.feature_index)
             seen.add(d.feature_index)
-            name = feature_file_name(d.feature_index, compressed=compress_features)
-            written = reuse(d.feature_index, name) if reuse is not None else None
-            if written is None:
-                document = feature_document(d, examples, heads, position)
-                data = jsonio.dumps(document, where=f"feature {d.feature_index}")
-                written = jsonio.file_bytes(out_dir / name, data)
-            jsonio.write_fresh(out_dir / name, written)
+        files = _feature_files(columns, strings, compress_features, reuse)
+        for n, (name, data) in enumerate(files, start=before + 1):
+            jsonio.write_fresh(out_dir / name, data)
             if progress is not None:
-                progress(len(seen))
+                progress(n)
     return len(seen)
+
+
+def _feature_files(
+    columns: ExampleColumns,
+    strings: StringTable,
+    compressed: bool,
+    reuse: Callable[[int, str], bytes | None] | None,
+) -> list[tuple[str, bytes]]:
+    """The batch's feature files, name and bytes: an earlier archive's where ``reuse`` has
+    them, else the feature's document with its batch's bin edges rendered at once."""
+    rendered = example_rows(columns)
+    lists = section_lists(columns, rendered, np.arange(columns.n_rows))
+    heads = head_lists(columns.dashboards, strings)
+    files: list[tuple[str, bytes | None]] = []
+    documents: dict[int, dict[str, Any]] = {}
+    for position, (d, examples) in enumerate(zip(columns.dashboards, lists, strict=True)):
+        name = feature_file_name(d.feature_index, compressed=compressed)
+        files.append((name, reuse(d.feature_index, name) if reuse is not None else None))
+        if files[-1][1] is None:
+            documents[position] = feature_document(d, examples, heads, position)
+    histograms = [document[key] for document in documents.values() for key in HISTOGRAMS]
+    bulk_json.float_lists(histograms, ["bin_edges"])
+    for position, document in documents.items():
+        data = jsonio.dumps(document, where=f"feature {document['feature_index']}")
+        files[position] = (files[position][0], jsonio.gzip_bytes(data) if compressed else data)
+    return [(name, data) for name, data in files if data is not None]
 
 
 def write_prd_documents(

@@ -54,8 +54,8 @@ ACTIVATION_KEYS = (
 BATCH_KEYS = ("model_id", "layer", "sae_set", "sae_id_suffix", "features")
 
 
-def _r(xs: Iterable[float]) -> np.ndarray[Any, Any]:
-    return np.round(np.fromiter(xs, np.float64), DECIMALS)
+def _r(xs: Iterable[float]) -> list[float]:
+    return np.round(np.fromiter(xs, np.float64), DECIMALS).tolist()  # type: ignore[no-any-return]
 
 
 def _r_apart(xs: list[float]) -> list[float]:
@@ -132,12 +132,22 @@ def batch_document(naming: NeuronpediaNaming, features: list[dict[str, Any]]) ->
     }
 
 
+FLOAT_LISTS = (
+    "neg_values", "pos_values", "freq_hist_data_bar_values", "logits_hist_data_bar_values",
+)  # fmt: skip
+"""``feature_entry``'s lists of floats, rendered a batch at a time."""
+
+
 def _entries(info: SaeInfo, batches: Iterable[ExampleColumns]) -> Iterator[dict[str, Any]]:
     for columns in batches:
         rendered, kept = activation_rows(columns)
         lists = section_lists(columns, rendered, kept)
-        for d, rows in zip(columns.dashboards, lists, strict=True):
-            yield feature_entry(d, info, rows.every())
+        entries = [
+            feature_entry(d, info, rows.every())
+            for d, rows in zip(columns.dashboards, lists, strict=True)
+        ]
+        bulk_json.float_lists(entries, FLOAT_LISTS)
+        yield from entries
 
 
 def write_saedashboard_batches(
