@@ -7,6 +7,7 @@ from mistudio_export.formats import jsonio
 from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.neuronpedia_importer import (
     NOT_NULL,
+    activation_ids,
     bin_centres,
     write_importer_export,
 )
@@ -311,3 +312,9 @@ def test_a_label_becomes_an_explanation_of_no_type_and_no_model(tmp_path):
         "dogs", None, None,
     )  # fmt: skip
     assert row["createdAt"] == "2025-02-01T00:00:00Z"
+
+
+def test_activation_ids_are_the_stable_ids_of_each_examples_parts():
+    parts = [[3, 4], ["top", "q0"], [0, 7], ["stories", ""], [12, 0], [5, 1], [20, 9]]
+    expected = [jsonio.stable_id(naming().neuronpedia_id, *key) for key in zip(*parts, strict=True)]
+    assert activation_ids(naming(), *parts) == expected

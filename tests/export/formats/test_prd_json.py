@@ -138,6 +138,15 @@ def test_nan_in_a_top_token_is_refused_naming_feature_and_field(tmp_path):
     assert "feature 4" in str(err.value)
 
 
+def test_nan_in_a_histogram_edge_is_refused_naming_feature_and_field(tmp_path):
+    bad = dashboard(4)
+    bad.logit_histogram.bin_edges[2] = math.nan
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        _write(tmp_path, [dashboard(3), bad])
+    assert err.value.field == "/logit_histogram/bin_edges/2"
+    assert "feature 4" in str(err.value)
+
+
 def test_duplicate_feature_is_refused(tmp_path):
     with pytest.raises(InvalidArgument):
         _write(tmp_path, [dashboard(1), dashboard(1)])

@@ -1,6 +1,8 @@
 import json
+import math
 
 import pytest
+from mistudio_export.formats import jsonio
 from mistudio_export.formats.columns import column_batches
 from mistudio_export.formats.upload_payloads import (
     truncate_around,
@@ -145,3 +147,12 @@ def test_body_keys_are_those_the_upload_route_reads(tmp_path):
         "tokens", "values", "quantileMax", "quantileMin", "quantileFraction"
     }  # fmt: skip
     assert set(feature["explanations"][0]) <= {"text", "methodName", "modelName"}
+
+
+def test_nan_in_a_logit_is_refused_naming_feature_and_field(tmp_path):
+    bad = dashboard(4)
+    bad.top_negative_logits[1].value = math.nan
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        _write(tmp_path, [dashboard(3), bad])
+    assert err.value.field == "/bottomLogits/1/value"
+    assert "feature 4" in str(err.value)

@@ -23,7 +23,7 @@ Neuronpedia's converter (utils/neuronpedia-utils/.../convert-saedashboard-to-neu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +162,14 @@ def neuron_row(
     return row
 
 
-def activation_ids(naming: NeuronpediaNaming, keys: Iterable[tuple[Any, ...]]) -> list[str]:
-    """Deterministic cuid-like ids, one per key: the example's feature index, section name and
-    place in it, then its origin (dataset, document row, offset, number of values). Re-exporting
-    the same feature gives the same ids, while a recomputed example gets a new one (the importer
-    skips rows whose id exists)."""
-    prefix = naming.neuronpedia_id + "\x1f"
-    return jsonio.stable_ids([prefix + "\x1f".join(map(str, key)) for key in keys])
+def activation_ids(naming: NeuronpediaNaming, *columns: Sequence[Any]) -> list[str]:
+    """Deterministic cuid-like ids, one per key, given as its parts' columns: the example's
+    feature index, section name and place in it, then its origin (dataset, document row,
+    offset, number of values). Re-exporting the same feature gives the same ids, while a
+    recomputed example gets a new one (the importer skips rows whose id exists)."""
+    # one format call per key, its parts written as str() writes them
+    key = naming.neuronpedia_id.replace("{", "{{").replace("}", "}}") + "\x1f{}" * len(columns)
+    return jsonio.stable_ids(list(map(key.format, *columns)))
 
 
 def _section_name(section: int) -> str:
@@ -225,7 +226,8 @@ def _row_ids(columns: ExampleColumns, kept: Ints, naming: NeuronpediaNaming) -> 
     position, section = columns.position[kept], columns.section[kept]
     n = np.arange(len(kept)) - first[position, section]
     names = [_section_name(s) for s in range(first.shape[1])]
-    keys = zip(
+    return activation_ids(
+        naming,
         columns.feature_index[kept].tolist(),
         [names[s] for s in section.tolist()],
         n.tolist(),
@@ -233,9 +235,7 @@ def _row_ids(columns: ExampleColumns, kept: Ints, naming: NeuronpediaNaming) -> 
         columns.source_row[kept].tolist(),
         columns.source_offset[kept].tolist(),
         columns.n_values[kept].tolist(),
-        strict=True,
     )
-    return activation_ids(naming, keys)
 
 
 def explanation_row(

@@ -30,7 +30,7 @@ from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import bulk_json, jsonio
-from mistudio_export.formats.bulk_json import ListOf, Rendered, each
+from mistudio_export.formats.bulk_json import ListOf, Rendered, StringTable, each
 from mistudio_export.formats.columns import (
     TOP_SECTION,
     ExampleColumns,
@@ -202,13 +202,11 @@ def feature_payload(
         notes.lines.append(f"feature {i}: no activation examples (dead feature?), skipped")
         notes.skipped.append(i)
         return None
-    pos = sorted(d.top_positive_logits, key=lambda e: e.rank)[:MAX_LOGITS]
-    neg = sorted(d.top_negative_logits, key=lambda e: e.rank)[:MAX_LOGITS]
     return {
         "index": i,
         "density": min(max(d.statistics.activation_frequency, 0.0), 1.0),
-        "topLogits": [{"token": e.token, "value": e.value} for e in pos],
-        "bottomLogits": [{"token": e.token, "value": e.value} for e in neg],
+        "topLogits": examples.top_logits,
+        "bottomLogits": examples.bottom_logits,
         "activations": examples.rows,
         "explanations": _explanations(records, i, notes),
     }
@@ -216,24 +214,45 @@ def feature_payload(
 
 @dataclass(frozen=True)
 class _Examples:
-    """One feature's rendered activations."""
+    """One feature's activations and logits, rendered with its batch's."""
 
     rows: orjson.Fragment
     count: int
     cut_notes: list[str]
+    top_logits: Any
+    bottom_logits: Any
+
+
+_LOGIT_FIELDS = {"token": str, "value": float}
+
+
+def _logit_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> list[Any]:
+    """Per dashboard, its first ``MAX_LOGITS`` top (then bottom) logits by rank as the API
+    takes them: rendered for the batch at once, or as dicts where a value needs the
+    per-record path (which names it)."""
+    lists = []
+    for kind in ("top_positive_logits", "top_negative_logits"):
+        groups = [sorted(getattr(d, kind), key=lambda e: e.rank)[:MAX_LOGITS] for d in dashboards]
+        rendered = bulk_json.record_lists(groups, _LOGIT_FIELDS, strings)
+        if rendered is None:
+            rendered = [[{"token": e.token, "value": e.value} for e in g] for g in groups]
+        lists.append(rendered)
+    return lists
 
 
 def _features(
     batches: Iterable[ExampleColumns],
 ) -> Iterator[tuple[FeatureDashboard, _Examples]]:
+    strings = StringTable()
     for columns in batches:
         rendered, kept, cut_at = activation_rows(columns)
         lists = section_lists(columns, rendered, kept)
-        for d, rows in zip(columns.dashboards, lists, strict=True):
+        tops, bottoms = _logit_lists(columns.dashboards, strings)
+        for d, rows, top, bottom in zip(columns.dashboards, lists, tops, bottoms, strict=True):
             first, stop = int(rows.first[0]), int(rows.stop[-1])
             notes = PayloadNotes()
             _cut_notes(columns, kept[first:stop], cut_at[first:stop], notes)
-            yield d, _Examples(rows.every(), stop - first, notes.lines)
+            yield d, _Examples(rows.every(), stop - first, notes.lines, top, bottom)
 
 
 def upload_body(naming: NeuronpediaNaming, features: Sequence[Any]) -> dict[str, Any]:
