@@ -47,8 +47,9 @@ F32_OVERFLOW = 2.0**128 - 2.0**103
 """Magnitudes from here on round to float32 infinity."""
 _FLOAT_TYPES = frozenset({float, int})
 _PASS_THROUGH = (frozenset({str}), frozenset({int}))
-_LEAVES = frozenset({str, int, bool, type(None)})
-"""Written as they are; checked inline, which spares a call per value."""
+_LEAVES = frozenset({str, int, bool, type(None), orjson.Fragment})
+"""Written as they are (a fragment: JSON rendered before, checked when it was); checked
+inline, which spares a call per value."""
 
 
 class _NotFinite(Exception):
@@ -93,7 +94,7 @@ def _array(arr: np.ndarray[Any, Any], decimals: int | None) -> Any:
 def _list(values: list[Any] | tuple[Any, ...], decimals: int | None) -> Any:
     """Lists of one scalar type go through numpy (floats) or pass as they are (str, int)."""
     kinds = frozenset(map(type, values))
-    if kinds in _PASS_THROUGH:
+    if kinds in _PASS_THROUGH or not values:
         return values
     if kinds <= _FLOAT_TYPES and values:
         return _float_array(np.array(values, dtype=np.float64), decimals)

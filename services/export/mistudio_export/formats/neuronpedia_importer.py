@@ -22,7 +22,6 @@ Neuronpedia's converter (utils/neuronpedia-utils/.../convert-saedashboard-to-neu
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,8 +114,11 @@ MODEL_LAYERS = range(1, 128)
 
 
 def bin_centres(edges: list[float]) -> list[float]:
-    """Neuronpedia plots histogram bars at bin centres: n values for n+1 edges."""
-    return [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+    """Neuronpedia plots histogram bars at bin centres: n values for n+1 edges (float64 sums
+    halved, as Python's floats would give them)."""
+    both = np.array(edges, np.float64)
+    with np.errstate(all="ignore"):  # inf and NaN as Python's floats make them, unwarned
+        return ((both[:-1] + both[1:]) / 2).tolist()  # type: ignore[no-any-return]
 
 
 def _hist_columns(h: Histogram) -> tuple[list[float], list[int]]:
