@@ -171,6 +171,7 @@ ACTIVATION_ROW_FAULTS = {
     "unknown column": (set_in_row(4, "extra", 1), "UNKNOWN_COLUMN", "/extra"),
     "no such feature": (no_such_feature, "ORPHAN_ROW", "/index"),
     "not strict JSON": (set_in_row(4, "binMax", "__nan__"), "NON_FINITE", "/binMax"),
+    "index not digits": (set_in_row(4, "index", "four"), "SCHEMA_VIOLATION", "/index"),
 }
 
 

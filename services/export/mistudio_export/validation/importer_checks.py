@@ -284,7 +284,11 @@ class _RowChecker:
         index = row.get("index")
         if isinstance(index, int) and not isinstance(index, bool):
             return str(index)
-        return index if isinstance(index, str) and index.isdigit() else None
+        if isinstance(index, str) and index.isdigit():
+            return index
+        if self.ctx.values_checked:  # the column checks vouch for values, not for the index
+            check_schema(self.ctx, row, _SCHEMAS[self.table])
+        return None
 
     def _not_null(self, row: dict[str, Any]) -> None:
         for key in NOT_NULL[self.table]:
