@@ -279,7 +279,7 @@ def _in_pool(
     try:
         with pool.lease() as lease:  # a stop request or an error raised here ends its processes
             futures: list[Future[RangeWritten]] = [
-                lease.executor.submit(_write_counted, n, t) for n, t in enumerate(tasks)
+                lease.submit(_write_counted, n, t) for n, t in enumerate(tasks)
             ]
             pending = set(futures)
             while pending:

@@ -5,7 +5,8 @@ A spawned worker imports the export's modules before its first task: 0.34 CPU-s 
 on the 2-core bench machine), paid by every process of every stage while the pools were made per
 stage. The pool here starts its processes at the first use and keeps them for the next stage and
 the next export; they are let go after ``IDLE_SECONDS`` without work, so a service at rest does not
-hold their memory. Spawn, not fork: the service runs gRPC threads, which fork would copy mid-call.
+hold their memory, and each gives back what its task freed when the task ends (``_run``). Spawn,
+not fork: the service runs gRPC threads, which fork would copy mid-call.
 
 A stage takes the pool with :meth:`WorkerPool.lease`; two jobs leasing at once get a pool each
 (the second one made for it), so neither waits for the other and stopping one (its lease ending
@@ -15,15 +16,19 @@ count of features written) with :func:`send`.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.queues import SimpleQueue
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 IDLE_SECONDS = 120.0
 """How long the processes wait for the next stage: past an export's stages between the file
@@ -38,6 +43,10 @@ class Lease:
     messages: SimpleQueue[Any]
     workers: int
     _timer: threading.Timer | None = field(default=None, repr=False)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Runs ``fn(*args)`` in one of the processes (``fn`` importable by name there)."""
+        return self.executor.submit(_run, fn, *args)
 
     def terminate(self) -> None:
         """Ends the processes at once, the running tasks with them (the executor itself would
@@ -142,3 +151,19 @@ def send(message: Any) -> None:
     the pipe when this returns, so before the result of the task that sent it."""
     assert _messages is not None, "called in a worker of a WorkerPool"
     _messages.put(message)
+
+
+def _run(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, then the memory its objects held goes back to the system before the
+    process waits for its next task: measured on the 4,096-feature bench, a writer's process
+    held 200 MB after its range, 90 MB after this (0.03 CPU-s); without it the processes kept
+    for validation raised the stage's memory, all processes counted, from 851 to 1172 MB."""
+    try:
+        return fn(*args)
+    finally:
+        gc.collect()  # the writers leave cycles (they run with the collector paused)
+        _malloc_trim(0)
+
+
+_malloc_trim: Callable[[int], int] = getattr(ctypes.CDLL(None), "malloc_trim", lambda _pad: 0)
+"""glibc's: returns the heap's free pages to the system; elsewhere (no such call) a no-op."""

@@ -17,8 +17,23 @@ class Stopped(Exception):
 
 def _pids(pool: WorkerPool) -> set[int]:
     with pool.lease() as lease:
-        futures = [lease.executor.submit(os.getpid) for _ in range(pool.workers)]
+        futures = [lease.submit(os.getpid) for _ in range(pool.workers)]
         return {f.result() for f in futures}
+
+
+_kept: list[bytes] = []
+"""In a worker: what a task left behind, scattered through the heap."""
+
+
+def _fragment_the_heap() -> None:
+    """Takes 200 MB in 1 KB blocks and frees all but every 64th: the heap cannot shrink from its
+    top, only the free pages between what is kept can go back."""
+    blocks = [bytes(1024) for _ in range(200_000)]
+    _kept.extend(blocks[::64])
+
+
+def _rss() -> int:
+    return int(psutil.Process().memory_info().rss)
 
 
 def _gone(pids: set[int], within_seconds: float = 10.0) -> bool:
@@ -42,8 +57,8 @@ def test_a_stage_that_stops_ends_its_running_work_and_the_next_starts_new_proces
     pool = WorkerPool(1)
     try:
         with pytest.raises(Stopped), pool.lease() as lease:
-            pid = lease.executor.submit(os.getpid).result()
-            lease.executor.submit(time.sleep, 600)
+            pid = lease.submit(os.getpid).result()
+            lease.submit(time.sleep, 600)
             raise Stopped
         assert _gone({pid}, within_seconds=0)  # ended before the stage's error left the lease
         assert _pids(pool).isdisjoint({pid})
@@ -61,8 +76,8 @@ def test_two_stages_at_once_get_processes_of_their_own_and_one_set_is_kept() -> 
     pool = WorkerPool(1)
     try:
         with pool.lease() as first, pool.lease() as second:
-            one = first.executor.submit(os.getpid).result()
-            two = second.executor.submit(os.getpid).result()
+            one = first.submit(os.getpid).result()
+            two = second.submit(os.getpid).result()
         assert one != two
         assert _gone({one})  # given back last: the second stage's were kept already
         assert _pids(pool) == {two}
@@ -75,3 +90,17 @@ def test_shutting_the_service_down_ends_the_idle_processes() -> None:
     pids = _pids(pool)
     pool.shutdown()
     assert _gone(pids, within_seconds=0)
+
+
+def test_a_kept_process_gives_back_what_its_task_freed() -> None:
+    """Measured on the 4,096-feature bench: a writer's process held 200 MB after its range, and
+    the processes kept for validation raised its memory (all processes counted) by 320 MB."""
+    pool = WorkerPool(1)
+    try:
+        with pool.lease() as lease:
+            before = lease.submit(_rss).result()
+            lease.submit(_fragment_the_heap).result()
+            after = lease.submit(_rss).result()
+        assert after - before < 50 * 2**20
+    finally:
+        pool.shutdown()

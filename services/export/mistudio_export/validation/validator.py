@@ -107,8 +107,7 @@ def _check_all(
     away, here = order[: n - 1], order[n - 1 :]
     with pool.lease() as lease:
         futures = {
-            i: lease.executor.submit(_check_component, root, fix, components[i], checked)
-            for i in away
+            i: lease.submit(_check_component, root, fix, components[i], checked) for i in away
         }
         sessions = {i: _check_component(root, fix, components[i], checked) for i in here}
         sessions.update({i: future.result() for i, future in futures.items()})
