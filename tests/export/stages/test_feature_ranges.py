@@ -40,11 +40,11 @@ def _export(
     monkeypatch: pytest.MonkeyPatch,
     *,
     pooled: bool,
-    counts: list[int] | None = None,
+    on_count: Callable[[int], None] = lambda _: None,
     workers: WorkerPool | None = None,
 ) -> bytes:
-    """The archive of an export in two ranges written in a pool, or in one range here; the
-    features written, as the writing reports them, are added to ``counts``."""
+    """The archive of an export in two ranges written in a pool, or in one range here;
+    ``on_count`` hears the features written as the writing reports them."""
     peers = Peers(tmp_path)
     sae = replace(peers.store.sae, d_sae=N_FEATURES)
     peers.store = MemoryStore(sae, [_dashboard(i) for i in range(N_FEATURES)])
@@ -55,8 +55,7 @@ def _export(
         seen.append((len(tasks), pool is not None))
 
         def heard(n: int) -> None:
-            if counts is not None:
-                counts.append(n)
+            on_count(n)
             progress(n)
 
         return run(tasks, pool=pool, progress=heard, **kwargs)
@@ -66,6 +65,19 @@ def _export(
     outcome = peers.export("job", neuronpedia(), workers=workers)
     assert seen == ([(2, True)] if pooled else [(1, False)])
     return peers.objects.objects[outcome.result.output_uri]
+
+
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[SpawnProcess]:
+    """The processes spawned from here on, as they start."""
+    started: list[SpawnProcess] = []
+    start = SpawnProcess.start
+
+    def counted(process: SpawnProcess) -> None:
+        started.append(process)
+        start(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", counted)
+    return started
 
 
 def test_ranges_written_in_a_pool_give_the_archive_one_process_writes(
@@ -90,7 +102,7 @@ def test_the_pool_reports_features_written_as_its_ranges_go_not_only_as_they_end
     file stage's rate from one range's end to the next made its ETA a fraction of its time
     (x0.55 at 75% of the 4,096-feature bench export's wall)."""
     counts: list[int] = []
-    _export(tmp_path, monkeypatch, pooled=True, counts=counts)
+    _export(tmp_path, monkeypatch, pooled=True, on_count=counts.append)
 
     range_ends = {1024, N_FEATURES - 1024, N_FEATURES}
     within = [n for n in counts if n not in range_ends]
@@ -104,14 +116,7 @@ def test_the_files_are_checked_in_the_processes_that_wrote_them(
     """A spawned process imports the export's modules before its first task (0.34 CPU-s each on
     the bench machine): the validating stage takes the processes the file stage started, where
     it started one of its own."""
-    started: list[SpawnProcess] = []
-    start = SpawnProcess.start
-
-    def counted(process: SpawnProcess) -> None:
-        started.append(process)
-        start(process)
-
-    monkeypatch.setattr(SpawnProcess, "start", counted)
+    started = _spawned(monkeypatch)
     monkeypatch.setattr(validator, "PARALLEL_MIN_BYTES", 0)
     workers = WorkerPool(2)
     try:
@@ -120,3 +125,22 @@ def test_the_files_are_checked_in_the_processes_that_wrote_them(
         workers.shutdown()
 
     assert len(started) == 2  # the two ranges' writers
+
+
+def test_a_stop_while_the_pool_writes_ends_its_processes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel or pause raises in the stage while the ranges are written; the pool's
+    processes would otherwise write every range queued first."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop(_n: int) -> None:
+        raise Stopped
+
+    started = _spawned(monkeypatch)
+    with pytest.raises(Stopped):
+        _export(tmp_path, monkeypatch, pooled=True, on_count=stop)
+
+    assert started and not any(process.is_alive() for process in started)
