@@ -98,6 +98,9 @@ class WorkerPool:
             idle, self._idle = self._idle, None
         if idle is None:
             return _start(self.workers)
+        if idle.executor._broken:  # a process died while idle (killed, out of memory)
+            _close(idle)
+            return _start(self.workers)
         if idle._timer is not None:
             idle._timer.cancel()
         return idle

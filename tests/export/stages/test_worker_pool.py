@@ -4,6 +4,7 @@ next one, let go when idle, and ended with a stage that stops."""
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import psutil
@@ -102,5 +103,17 @@ def test_a_kept_process_gives_back_what_its_task_freed() -> None:
             lease.submit(_fragment_the_heap).result()
             after = lease.submit(_rss).result()
         assert after - before < 50 * 2**20
+    finally:
+        pool.shutdown()
+
+
+def test_processes_that_died_while_idle_are_replaced_at_the_next_stage() -> None:
+    pool = WorkerPool(1)
+    try:
+        pids = _pids(pool)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        assert _gone(pids)
+        assert _pids(pool).isdisjoint(pids)
     finally:
         pool.shutdown()
