@@ -41,7 +41,6 @@ class Lease:
 
     executor: ProcessPoolExecutor
     messages: SimpleQueue[Any]
-    workers: int
     _timer: threading.Timer | None = field(default=None, repr=False)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -131,7 +130,7 @@ def _start(workers: int) -> Lease:
     executor = ProcessPoolExecutor(
         workers, mp_context=context, initializer=_serve, initargs=(messages,)
     )
-    return Lease(executor, messages, workers)
+    return Lease(executor, messages)
 
 
 def _close(lease: Lease) -> None:
