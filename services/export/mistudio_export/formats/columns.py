@@ -159,11 +159,12 @@ class ExampleColumns:
         top_max = self.top_section_max(kept, peaks)
         table = self.section_table()
         for position, d in enumerate(self.dashboards):
-            bins = [(TOP_GROUP_BIN, top_max[position], TOP_GROUP_BIN)]
-            bins += [(g.bin_min, g.bin_max, g.bin_contains) for g in d.quantile_groups]
+            bins = [TOP_GROUP_BIN, top_max[position], TOP_GROUP_BIN]
+            for g in d.quantile_groups:
+                bins += (g.bin_min, g.bin_max, g.bin_contains)
             if decimals is not None:
-                bins = [tuple(round(x, decimals) for x in triple) for triple in bins]
-            table[position, : len(bins)] = bins
+                bins = [round(x, decimals) for x in bins]
+            table[position, : len(bins) // 3] = np.reshape(bins, (-1, 3))
         return table[self.position[kept], self.section[kept]]
 
     def section_table(self) -> Floats:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from mistudio_common.dashboard import FeatureDashboard
+from mistudio_common.dashboard import FeatureDashboard, LogitEntry
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export.formats import bulk_json, jsonio
@@ -224,18 +224,23 @@ class _Examples:
 
 
 _LOGIT_FIELDS = {"token": str, "value": float}
+"""``_logit``'s keys and types, for rendering a batch's lists in bulk."""
 
 
-def _logit_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> list[Any]:
+def _logit(e: LogitEntry) -> dict[str, Any]:
+    return {"token": e.token, "value": e.value}
+
+
+def _logit_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> list[list[Any]]:
     """Per dashboard, its first ``MAX_LOGITS`` top (then bottom) logits by rank as the API
     takes them: rendered for the batch at once, or as dicts where a value needs the
     per-record path (which names it)."""
-    lists = []
+    lists: list[list[Any]] = []
     for kind in ("top_positive_logits", "top_negative_logits"):
         groups = [sorted(getattr(d, kind), key=lambda e: e.rank)[:MAX_LOGITS] for d in dashboards]
-        rendered = bulk_json.record_lists(groups, _LOGIT_FIELDS, strings)
+        rendered: list[Any] | None = bulk_json.record_lists(groups, _LOGIT_FIELDS, strings)
         if rendered is None:
-            rendered = [[{"token": e.token, "value": e.value} for e in g] for g in groups]
+            rendered = [[_logit(e) for e in g] for g in groups]
         lists.append(rendered)
     return lists
 
