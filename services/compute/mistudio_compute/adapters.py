@@ -71,8 +71,10 @@ class SaeFeatures:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._sae.encode(x)  # [N, d_sae]
 
-    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self._sae.encode_features(x, features)  # [N, F]
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._sae.encode_features(x, features, out)  # [N, F]
 
 
 class DecoderLogitLens:

@@ -87,8 +87,10 @@ class ReluSAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pre(x) + self.b_enc)
 
-    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.encode(x).index_select(1, features)
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.index_select(self.encode(x), 1, features, out=out)
 
 
 class TopKSAE(ReluSAE):
