@@ -8,8 +8,9 @@ only fills messages, each repeated field from a list cut out of one ``tolist`` p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
-from itertools import chain, pairwise
+from itertools import chain, islice, pairwise
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
+from mistudio_compute.dashboards.threads import default_threads, in_order
 from mistudio_compute.dashboards.token_aggregation import TokenRows, per_token, rank_tokens
 
 WIRE_FEATURES = 64
@@ -48,11 +50,14 @@ def finalize_dashboards(
     params: DashboardParams,
     *,
     chunk_size: int = 256,
+    threads: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Iterator[list[dpb.FeatureDashboard]]:
     """Choose the examples (their windows come with the state), then dashboards ``chunk_size``
-    features at a time."""
+    features at a time. Each chunk is built in ``threads`` parts at once (default: every core
+    torch uses on a CPU); a feature's message does not depend on its neighbours, so the chunks
+    equal those one thread builds."""
     plan = plan_examples(state, quantile_groups(params), params.examples_per_quantile_group)
     if state.config.n_top or state.config.n_sample:
         rows = example_rows(plan, state.seq_len)
@@ -62,9 +67,34 @@ def finalize_dashboards(
     positions, windows = plan.positions.cpu().numpy(), plan.windows.cpu().numpy()
     builder = _Builder(state, inputs, params, plan, positions, windows)
     n = len(state.features)
-    for lo in range(0, n, chunk_size):
-        check_cancelled(cancel)
-        yield builder.chunk(lo, min(n, lo + chunk_size), progress)
+    threads = default_threads(state.features.device) if threads is None else threads
+    chunks = [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
+    parts = [_split(lo, hi, threads) for lo, hi in chunks]
+    # at most one chunk's parts under way beside the chunk handed on: the memory plan's two
+    with closing(in_order(builder.part, chain.from_iterable(parts), threads)) as built:
+        for (_, hi), chunk_parts in zip(chunks, parts, strict=True):
+            check_cancelled(cancel)
+            _report_building(progress, params, hi, n)
+            out = list(chain.from_iterable(islice(built, len(chunk_parts))))
+            if params.includes(Component.TOKEN_AGGREGATION):
+                _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
+            yield out
+
+
+def _split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) in at most ``parts`` contiguous, non-empty, near-equal ranges."""
+    bounds = sorted({lo + (hi - lo) * k // max(parts, 1) for k in range(max(parts, 1) + 1)})
+    return list(pairwise(bounds))
+
+
+def _report_building(
+    progress: ProgressCallback | None, params: DashboardParams, hi: int, n: int
+) -> None:
+    """A chunk's stages as it begins: its end is reported, so the chunks before it count."""
+    if params.includes(Component.ACTIVATION_HISTOGRAM):
+        _report(progress, Stage.HISTOGRAMS, hi, n)
+    if params.includes(Component.LOGIT_LENS):
+        _report(progress, Stage.LOGIT_LENS, hi, n)
 
 
 @dataclass(slots=True)
@@ -76,10 +106,9 @@ class _Builder:
     positions: np.ndarray  # [F, E] int64 global positions of the chosen examples, -1 empty
     windows: np.ndarray  # [F, E, W] float32 activations around them
 
-    def chunk(
-        self, lo: int, hi: int, progress: ProgressCallback | None
-    ) -> list[dpb.FeatureDashboard]:
-        s, p, n = self.state, self.params, len(self.state.features)
+    def part(self, span: tuple[int, int]) -> list[dpb.FeatureDashboard]:
+        """Dashboards of features [lo, hi) (on a worker thread: reports nothing)."""
+        (lo, hi), s, p = span, self.state, self.params
         grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
         q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
         stats = self._statistics(lo, hi, q.cpu(), q_err.cpu())
@@ -88,12 +117,10 @@ class _Builder:
             inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
                                                        p.histogram_scale), vmin, vmax)  # fmt: skip
             hists = G.binned(grid, hist, vmin, vmax, inner)
-            _report(progress, Stage.HISTOGRAMS, hi, n)
         lens = None
         if p.includes(Component.LOGIT_LENS):
             lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
                               p.logit_histogram_bins)  # fmt: skip
-            _report(progress, Stage.LOGIT_LENS, hi, n)
         tokens = p.includes(Component.TOKEN_AGGREGATION)
         top_tokens = self._top_tokens(lo, hi) if tokens else [[] for _ in range(lo, hi)]
         scale, metric = SCALE_TO_PB[p.histogram_scale], METRIC_TO_PB[p.token_rank_metric]
@@ -121,8 +148,6 @@ class _Builder:
         for a in range(lo, hi, WIRE_FEATURES):
             b = min(hi, a + WIRE_FEATURES)
             self._add_examples(a, b, out[a - lo : b - lo])
-        if tokens:
-            _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
         return out
 
     def _statistics(
