@@ -271,18 +271,18 @@ class _Builder:
         ]
 
     def _top_tokens(self, lo: int, hi: int) -> list[list[dpb.TokenAggregate]]:
-        p, text, tracked = self.params, self.inputs.token_text, self.state.tokens
+        p, tracked = self.params, self.state.tokens
         rows = (
             self._example_tokens(lo, hi)
             if tracked is None
-            else [_numpy(*tracked.rows(f)) for f in range(lo, hi)]
+            else TokenRows.concatenate([_numpy(*tracked.rows(f)) for f in range(lo, hi)])
         )
-        metric, n = p.token_rank_metric, p.n_top_tokens
-        return [rank_tokens(*row, text.token, metric, n) for row in rows]
+        token = self.inputs.token_text.token
+        return rank_tokens(rows, hi - lo, token, p.token_rank_metric, p.n_top_tokens)
 
-    def _example_tokens(self, lo: int, hi: int) -> list[TokenRows]:
-        """Per feature of lo..hi: ``per_token`` over the distinct active positions inside its
-        example windows, for the whole chunk at once."""
+    def _example_tokens(self, lo: int, hi: int) -> TokenRows:
+        """``per_token`` over the distinct active positions inside each example window of
+        features lo..hi, for the whole chunk at once."""
         p, t_len = self.params, self.state.seq_len
         c, e = np.nonzero(self.positions[lo:hi] >= 0)  # by feature, then slot
         centres, values = self.positions[lo + c, e], self.windows[lo + c, e]  # [N], [N, W]
@@ -294,12 +294,11 @@ class _Builder:
         uniq, first = np.unique(feature * K.MAX_POSITIONS + where[keep], return_index=True)
         at = uniq % K.MAX_POSITIONS
         tokens = self.inputs.source.tokens[at // t_len, at % t_len].astype(np.int64)
-        return per_token(uniq // K.MAX_POSITIONS, tokens, values[keep][first], hi - lo)
+        return per_token(uniq // K.MAX_POSITIONS, tokens, values[keep][first])
 
 
-def _numpy(*x: torch.Tensor) -> TokenRows:
-    ids, totals, counts, maxima = (t.cpu().numpy() for t in x)
-    return ids, totals, counts, maxima
+def _numpy(*x: torch.Tensor) -> tuple[np.ndarray, ...]:
+    return tuple(t.cpu().numpy() for t in x)
 
 
 def _logit_histogram(lens: LogitLens | None, i: int) -> dpb.Histogram:
