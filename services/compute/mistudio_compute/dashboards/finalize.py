@@ -7,7 +7,7 @@ only fills messages, each repeated field from a list cut out of one ``tolist`` p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import chain, islice, pairwise
@@ -117,10 +117,11 @@ class _Builder:
             inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
                                                        p.histogram_scale), vmin, vmax)  # fmt: skip
             hists = G.binned(grid, hist, vmin, vmax, inner)
-        lens = None
+        logits = _LogitFields.left_out(hi - lo)
         if p.includes(Component.LOGIT_LENS):
             lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
                               p.logit_histogram_bins)  # fmt: skip
+            logits = _LogitFields.of(lens, self.inputs.token_text.token)
         tokens = p.includes(Component.TOKEN_AGGREGATION)
         top_tokens = self._top_tokens(lo, hi) if tokens else [[] for _ in range(lo, hi)]
         scale, metric = SCALE_TO_PB[p.histogram_scale], METRIC_TO_PB[p.token_rank_metric]
@@ -130,8 +131,8 @@ class _Builder:
             out.append(
                 dpb.FeatureDashboard(
                     feature_index=index,
-                    top_positive_logits=self._logits(lens, i, positive=True),
-                    top_negative_logits=self._logits(lens, i, positive=False),
+                    top_positive_logits=logits.positive[i],
+                    top_negative_logits=logits.negative[i],
                     activation_histogram=dpb.Histogram(
                         bin_edges=edges,
                         counts=counts,
@@ -139,7 +140,7 @@ class _Builder:
                         total_count=s.token_count,
                         nonzero_count=stats[i].nonzero_count,
                     ),
-                    logit_histogram=_logit_histogram(lens, i),
+                    logit_histogram=logits.histograms[i],
                     statistics=stats[i],
                     top_tokens=top_tokens[i],
                     top_tokens_metric=metric,
@@ -257,19 +258,6 @@ class _Builder:
         for d, (a, b) in zip(out, pairwise(bounds), strict=True):
             d.MergeFromString(data[a:b])
 
-    def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[dpb.LogitEntry]:
-        """Feature i's top (or bottom) logits; none when the logit lens is left out."""
-        if lens is None:
-            return []
-        ids, values = (
-            (lens.pos_ids, lens.pos_values) if positive else (lens.neg_ids, lens.neg_values)
-        )
-        text = self.inputs.token_text
-        return [
-            dpb.LogitEntry(token=text.token(t), token_id=t, value=v, rank=r + 1)
-            for r, (t, v) in enumerate(zip(ids[i].tolist(), values[i].tolist(), strict=True))
-        ]
-
     def _top_tokens(self, lo: int, hi: int) -> list[list[dpb.TokenAggregate]]:
         p, tracked = self.params, self.state.tokens
         rows = (
@@ -301,17 +289,47 @@ def _numpy(*x: torch.Tensor) -> tuple[np.ndarray, ...]:
     return tuple(t.cpu().numpy() for t in x)
 
 
-def _logit_histogram(lens: LogitLens | None, i: int) -> dpb.Histogram:
-    if lens is None:  # left out: no bins, nothing counted
-        return dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)
-    counts = lens.hist_counts[i].tolist()
-    return dpb.Histogram(
-        bin_edges=lens.hist_edges[i].tolist(),
-        counts=counts,
-        scale=dpb.BIN_SCALE_LINEAR,
-        total_count=sum(counts),
-        nonzero_count=int(lens.nonzero[i]),
-    )
+@dataclass(slots=True)
+class _LogitFields:
+    """The logit lens fields of a part's features, each list cut out of one ``tolist``."""
+
+    positive: list[list[dpb.LogitEntry]]  # highest logits first
+    negative: list[list[dpb.LogitEntry]]  # lowest logits first
+    histograms: list[dpb.Histogram]
+
+    @classmethod
+    def left_out(cls, n: int) -> _LogitFields:
+        """No entries, no bins, nothing counted."""
+        return cls([[]] * n, [[]] * n, [dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)] * n)
+
+    @classmethod
+    def of(cls, lens: LogitLens, token: Callable[[int], str]) -> _LogitFields:
+        ids = torch.cat([lens.pos_ids, lens.neg_ids]).unique().tolist()
+        text = dict(zip(ids, map(token, ids), strict=True))  # one call per distinct token
+
+        def entries(ids: torch.Tensor, values: torch.Tensor) -> list[list[dpb.LogitEntry]]:
+            return [
+                [
+                    dpb.LogitEntry(token=text[t], token_id=t, value=v, rank=r)
+                    for r, (t, v) in enumerate(zip(row_ids, row_values, strict=True), 1)
+                ]
+                for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
+            ]
+
+        rows = zip(lens.hist_edges.tolist(), lens.hist_counts.tolist(), lens.nonzero.tolist(),
+                   strict=True)  # fmt: skip
+        histograms = [
+            dpb.Histogram(
+                bin_edges=edges,
+                counts=counts,
+                scale=dpb.BIN_SCALE_LINEAR,
+                total_count=sum(counts),
+                nonzero_count=nonzero,
+            )
+            for edges, counts, nonzero in rows
+        ]
+        return cls(entries(lens.pos_ids, lens.pos_values), entries(lens.neg_ids, lens.neg_values),
+                   histograms)  # fmt: skip
 
 
 def _report(progress: ProgressCallback | None, stage: Stage, done: int, total: int) -> None:
