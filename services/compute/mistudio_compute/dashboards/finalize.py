@@ -230,9 +230,7 @@ class _Builder:
         ids, values = ids[order], values[order]
         shown = np.arange(ids.shape[1]) - first[:, None]  # [N, W] index among the shown tokens
         shown = (shown >= 0) & (shown < m[:, None])
-        flat, bounds = ids[shown].tolist(), [0, *np.cumsum(m).tolist()]
-        slices = (flat[a:b] for a, b in pairwise(bounds))
-        texts = list(chain.from_iterable(map(self.inputs.token_text.window, slices)))
+        texts = self.inputs.token_text.windows(ids[shown].tolist(), m.tolist())
         examples = _Examples(
             section, m, ids[shown], values[shown], texts, peak_value[order],
             peak_at[order] - first, document[order], offset[order], centre[order],
