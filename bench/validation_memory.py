@@ -11,6 +11,7 @@ tracemalloc instead, with the lines whose allocations grew most.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import threading
@@ -19,6 +20,7 @@ import tracemalloc
 from pathlib import Path
 
 from mistudio_export.validation import layout, validate_export, validator
+from mistudio_export.worker_pool import WorkerPool
 
 
 def _private_mb(pid: str) -> tuple[float, float]:
@@ -89,8 +91,12 @@ def main() -> None:
     validator.PARALLEL_MIN_BYTES = 0  # a tiny folder too is checked by the pool
     start_mb = _private_mb(str(os.getpid()))[0]
     sampler, started = Sampler(), time.perf_counter()
-    report = validate_export(args.folder, processes=args.processes, columns_checked=True)
+    pool = WorkerPool(args.processes)
+    report = validate_export(args.folder, pool=pool, columns_checked=True)
     sampler.stop()
+    pool.shutdown()
+    while multiprocessing.active_children():  # reaped: their CPU is in RUSAGE_CHILDREN
+        time.sleep(0.05)
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     features = args.folder / "features"
     n = sum(1 for _ in os.scandir(features)) if features.is_dir() else 0

@@ -28,7 +28,7 @@ from mistudio_common.s3_address import parse_s3_url
 from mistudio_common.server import insecure_channel
 from mistudio_compute.input_files import InputKind
 from mistudio_compute.object_inputs import ObjectInputs
-from mistudio_export.object_store import S3ObjectStore
+from mistudio_export.object_store.s3 import S3ObjectStore
 from mistudio_export.server import build_export_server
 from mistudio_export.uploads import UploadLimits, Uploads
 from mistudio_store import convert

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mistudio_common.auth import SecuritySettings
 from mistudio_common.retry import DEFAULT_PATIENCE_SECONDS
@@ -13,7 +14,9 @@ from pydantic_settings import SettingsConfigDict
 
 from mistudio_compute.input_files import SIZE_SETTINGS, InputPolicy
 from mistudio_compute.object_inputs import ObjectInputs
-from mistudio_compute.shard_objects import StateBucket
+
+if TYPE_CHECKING:
+    from mistudio_compute.shard_objects import StateBucket
 
 _GIB = 1 << 30
 DEFAULT_MEMORY_BUDGET = _GIB
@@ -113,6 +116,8 @@ class ComputeSettings(SecuritySettings):
         """Where Ray shard states are kept for every replica; None: on this replica's disk."""
         if not (self.ray_address and self.ray_state_url):
             return None
+        from mistudio_compute.shard_objects import StateBucket  # minio: only with Ray
+
         return StateBucket(
             parse_s3_url(self.ray_state_url, "ray_state_url"),
             self.ray_state_prefix,

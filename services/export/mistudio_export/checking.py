@@ -8,7 +8,6 @@ packed into a new archive that replaces the old one under the same key.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import zipfile
 from collections import Counter
@@ -107,7 +106,7 @@ def validate_output(
         report = validate_export(
             root,
             fix=auto_fix,
-            processes=os.cpu_count() or 1,
+            pool=job.workers,
             columns_checked=walk is not None,
             walk_features=walk or frozenset(),
         )

@@ -13,22 +13,20 @@ writer reading every feature in order would write, whatever the number of proces
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 
 from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_common.errors import Unavailable
 from mistudio_common.gc_pause import collector_paused
 
+from mistudio_export import worker_pool
 from mistudio_export.formats.bulk_json import StringTable
 from mistudio_export.formats.columns import ExampleColumns, batch_sized, fan_out, view_columns
 from mistudio_export.formats.neuronpedia_importer import (
@@ -42,6 +40,7 @@ from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
 from mistudio_export.staged import chunk_indices, head, read_views, staged_chunks
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
+from mistudio_export.worker_pool import WorkerPool
 
 RANGE_FEATURES = 1024
 """A range ends at the first cut after this many features (one importer batch): enough ranges
@@ -225,14 +224,14 @@ def payload_parts(tasks: Sequence[RangeTask]) -> Iterator[bytes]:
 def run_ranges(
     tasks: Sequence[RangeTask],
     *,
-    parallel: bool,
+    pool: WorkerPool | None,
     check: Callable[[], None],
     progress: Callable[[int], None],
 ) -> list[RangeWritten]:
-    """Writes every task's range, in a pool of processes when ``parallel``; ``progress`` hears
+    """Writes every task's range, in ``pool``'s processes when one is given; ``progress`` hears
     the features written (per feature here, every ``REPORT_EVERY`` from each of the pool's
     processes), ``check`` raises to stop (cancel, pause), which ends the pool's processes too."""
-    if not parallel:
+    if pool is None:
         results = []
         before = 0
         for task in tasks:
@@ -245,74 +244,57 @@ def run_ranges(
             progress(before)
             check()
         return results
-    return _in_pool(tasks, check, progress)
+    return _in_pool(pool, tasks, check, progress)
 
 
 REPORT_EVERY = 32
 """Features a pool's process writes between reports of its count."""
-_counts: SimpleQueue[tuple[int, int]] | None = None
-"""In a pool's process: where it reports (task number, features of its range written)."""
-
-
-def _report_to(counts: SimpleQueue[tuple[int, int]]) -> None:
-    global _counts
-    _counts = counts
 
 
 def _write_counted(number: int, task: RangeTask) -> RangeWritten:
-    """``write_range`` in a pool's process, reporting its count as it goes: the ranges run side
-    by side and end close together, so their ends alone would make the stage's early rate
-    (from the first range's end to the next one's) far faster than its time."""
-    counts = _counts
-    assert counts is not None, "the pool's initializer sets it"
+    """``write_range`` in a pool's process, reporting its count (task number, features of its
+    range written) as it goes: the ranges run side by side and end close together, so their
+    ends alone would make the stage's early rate (from the first range's end to the next
+    one's) far faster than its time."""
     sent = 0
 
     def report(n: int) -> None:
         nonlocal sent
         if n - sent >= REPORT_EVERY:
-            counts.put((number, n))  # written to the pipe before this call returns
+            worker_pool.send((number, n))
             sent = n
 
     written = write_range(task, report)
-    counts.put((number, len(task.range.indices)))
+    worker_pool.send((number, len(task.range.indices)))
     return written
 
 
 def _in_pool(
-    tasks: Sequence[RangeTask], check: Callable[[], None], progress: Callable[[int], None]
+    pool: WorkerPool,
+    tasks: Sequence[RangeTask],
+    check: Callable[[], None],
+    progress: Callable[[int], None],
 ) -> list[RangeWritten]:
-    # spawn, not fork: this process runs gRPC threads, which fork would copy mid-call
-    context = multiprocessing.get_context("spawn")
-    workers = min(len(tasks), os.cpu_count() or 1)
-    counts: SimpleQueue[tuple[int, int]] = context.SimpleQueue()
     by_task = [0] * len(tasks)
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_report_to, initargs=(counts,)
-    ) as pool:
-        futures: list[Future[RangeWritten]] = [
-            pool.submit(_write_counted, n, t) for n, t in enumerate(tasks)
-        ]
-        try:
+    try:
+        with pool.lease() as lease:  # a stop request or an error raised here ends its processes
+            futures: list[Future[RangeWritten]] = [
+                lease.submit(_write_counted, n, t) for n, t in enumerate(tasks)
+            ]
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in finished:
                     future.result()  # a worker's error, raised here
                 # a finished range's counts were in the pipe before its result: all read here
-                while not counts.empty():
-                    number, n = counts.get()
+                while not lease.messages.empty():
+                    number, n = lease.messages.get()
                     by_task[number] = max(by_task[number], n)
                     progress(sum(by_task))
                 check()
-        except BrokenProcessPool:
-            raise Unavailable(
-                "a process writing the Neuronpedia formats exited without finishing",
-                fix="resume the export; if it happens again, check the memory available",
-            ) from None
-        except BaseException:
-            # the pool would finish every queued range first; a stopped job wants none
-            for process in list(pool._processes.values()):
-                process.terminate()
-            pool.shutdown(cancel_futures=True)
-            raise
-        return [f.result() for f in futures]
+    except BrokenProcessPool:
+        raise Unavailable(
+            "a process writing the Neuronpedia formats exited without finishing",
+            fix="resume the export; if it happens again, check the memory available",
+        ) from None
+    return [f.result() for f in futures]

@@ -203,7 +203,8 @@ def _write_neuronpedia(
         and len(inputs.hashes) >= PARALLEL_MIN_FEATURES
         and (os.cpu_count() or 1) >= 2
     )
-    written = run_ranges(tasks, parallel=parallel, check=job.check, progress=progress)
+    pool = job.workers if parallel else None
+    written = run_ranges(tasks, pool=pool, check=job.check, progress=progress)
     _record_findings(job.staging, [f for w in written for f in w.findings])
     if FormatKind.PRD_JSON in folders:
         n = sum(len(r.indices) for r in ranges)

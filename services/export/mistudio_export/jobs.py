@@ -36,6 +36,7 @@ from mistudio_export.messages import export_options_from_pb
 from mistudio_export.options import ExportOptions
 from mistudio_export.plan import ExportPlan
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.worker_pool import WorkerPool
 
 ExportSnapshot = Snapshot[jpb.ExportOutcome]
 
@@ -61,13 +62,14 @@ class _ExportWork:
     plan: ExportPlan
     staging: Path
     pipeline: Pipeline
+    workers: WorkerPool
 
     @property
     def stages(self) -> Sequence[StageId]:
         return self.plan.stages
 
     def run(self, job: RunningJob[jpb.ExportCheckpoint]) -> jpb.ExportOutcome:
-        return self.pipeline.run(JobRuntime.of(job, self.plan, self.staging))
+        return self.pipeline.run(JobRuntime.of(job, self.plan, self.staging, self.workers))
 
 
 class _ExportKind:
@@ -75,14 +77,22 @@ class _ExportKind:
 
     failure_note = " (the job keeps its checkpoint: ResumeExport retries from there)"
 
-    def __init__(self, store: StoreClient, planner: Planner, pipeline: Pipeline, root: Path):
-        self._store, self._planner, self._pipeline, self._root = store, planner, pipeline, root
+    def __init__(
+        self,
+        store: StoreClient,
+        planner: Planner,
+        pipeline: Pipeline,
+        workers: WorkerPool,
+        root: Path,
+    ):
+        self._store, self._planner, self._pipeline = store, planner, pipeline
+        self._workers, self._root = workers, root
 
     def staging(self, job_id: str) -> Path:
         return self._root / job_id
 
     def work(self, plan: ExportPlan, job_id: str) -> _ExportWork:
-        return _ExportWork(plan, self.staging(job_id), self._pipeline)
+        return _ExportWork(plan, self.staging(job_id), self._pipeline, self._workers)
 
     def prepare(self, record: ExportRecord) -> _ExportWork:
         stored = self._store.get_job(record.job_id)
@@ -144,6 +154,7 @@ class ExportJobManager:
         store: StoreClient,
         planner: Planner,
         pipeline: Pipeline,
+        workers: WorkerPool,
         instance_id: str | None = None,
     ) -> None:
         self._settings = settings
@@ -151,7 +162,7 @@ class ExportJobManager:
         self._planner = planner
         self._pipeline = pipeline
         root = settings.data_dir / "export"
-        self._kind = _ExportKind(store, planner, pipeline, root)
+        self._kind = _ExportKind(store, planner, pipeline, workers, root)
         jobs = StoreJobStore(store)
         self._leasing = Leasing(instance_id or uuid.uuid4().hex, jobs, settings.lease_seconds)
         self._engine: JobEngine[jpb.ExportCheckpoint, jpb.ExportOutcome] = JobEngine(

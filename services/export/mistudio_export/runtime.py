@@ -9,6 +9,7 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio_common.jobs.running import RunningJob
 
 from mistudio_export.plan import ExportPlan
+from mistudio_export.worker_pool import WorkerPool
 
 
 @dataclass
@@ -18,10 +19,16 @@ class JobRuntime(RunningJob[jpb.ExportCheckpoint]):
     plan: ExportPlan
     staging: Path
     """Private folder under data_dir/export/<job_id>; nobody else reads it."""
+    workers: WorkerPool
+    """The service's processes for the CPU-bound stages (writing and validating the files)."""
 
     @classmethod
     def of(
-        cls, job: RunningJob[jpb.ExportCheckpoint], plan: ExportPlan, staging: Path
+        cls,
+        job: RunningJob[jpb.ExportCheckpoint],
+        plan: ExportPlan,
+        staging: Path,
+        workers: WorkerPool,
     ) -> JobRuntime:
         return cls(
             job_id=job.job_id,
@@ -32,4 +39,5 @@ class JobRuntime(RunningJob[jpb.ExportCheckpoint]):
             persist=job.persist,
             plan=plan,
             staging=staging,
+            workers=workers,
         )

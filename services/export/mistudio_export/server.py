@@ -28,6 +28,7 @@ from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.preflight import Planner
 from mistudio_export.servicer import ExportServicer
 from mistudio_export.uploads import Uploads
+from mistudio_export.worker_pool import WorkerPool
 
 SERVICE_NAME = "mistudio.export.v1.ExportService"
 
@@ -81,7 +82,10 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
     planner = Planner(store, compute)
     uploads = Uploads(objects, settings.upload_limits(), settings.data_dir / "uploads")
     pipeline = ExportPipeline(settings, store, compute, planner, objects)
-    manager = ExportJobManager(settings, store, planner, pipeline, instance_id(settings.data_dir))
+    workers = WorkerPool()
+    manager = ExportJobManager(
+        settings, store, planner, pipeline, workers, instance_id(settings.data_dir)
+    )
     servicer = ExportServicer(
         manager,
         ExportEstimator(store, compute, planner),
@@ -131,5 +135,5 @@ def build_export_server(settings: ExportSettings) -> ExportServer:
         compute=compute,
         objects=objects,
         monitor=monitor,
-        on_stop=[staging_sweeper.stop, store.close, compute.close],
+        on_stop=[staging_sweeper.stop, workers.shutdown, store.close, compute.close],
     )

@@ -36,7 +36,7 @@ from mistudio_common.uploaded_inputs import (
     upload_not_found,
 )
 
-from mistudio_export.object_store import ObjectStore, S3ObjectStore
+from mistudio_export.object_store import ObjectStore
 
 HEADER_FIELD = "file"
 CHUNK_FIELD = "chunk"
@@ -98,7 +98,7 @@ class Uploads:
 
     def __init__(self, objects: ObjectStore, limits: UploadLimits, staging_root: Path) -> None:
         self._objects = objects
-        self._bucket = objects.bucket if isinstance(objects, S3ObjectStore) else None
+        self._bucket = objects.bucket
         """None: a folder store, which cannot hand compute an s3:// URI."""
         self.limits = limits
         self.staging_root = staging_root

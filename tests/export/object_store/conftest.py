@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mistudio_export.object_store import LocalObjectStore, ObjectStore, S3ObjectStore
+from mistudio_export.object_store import LocalObjectStore, ObjectStore
+from mistudio_export.object_store.s3 import S3ObjectStore
 
 from tests.moto_s3 import ACCESS_KEY, SECRET_KEY, moto_server
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from mistudio_common.errors import InvalidArgument
-from mistudio_export.object_store import LocalObjectStore, S3ObjectStore, object_store_from_url
+from mistudio_export.object_store import LocalObjectStore, object_store_from_url
+from mistudio_export.object_store.s3 import S3ObjectStore
 
 
 def test_file_url_gives_a_folder_store(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from minio import Minio
 from mistudio_common.errors import Cancelled, InvalidArgument, NotFound, Unavailable
-from mistudio_export.object_store import S3ObjectStore
+from mistudio_export.object_store.s3 import S3ObjectStore
 
 from .conftest import ACCESS_KEY, PART_SIZE, SECRET_KEY, new_s3_store, write
 

@@ -15,10 +15,12 @@ from mistudio_export.plan import ExportPlan
 from mistudio_export.records import NeuronpediaNaming
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import FeatureSelection
+from mistudio_export.worker_pool import WorkerPool
 
 
 def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
-    """A job that reports and persists nowhere, and is never asked to stop."""
+    """A job that reports and persists nowhere, and is never asked to stop; the processes it
+    writes and validates in end with each stage."""
     return JobRuntime(
         job_id=job_id,
         plan=plan,
@@ -28,6 +30,7 @@ def runtime(job_id: str, plan: ExportPlan, staging: Path) -> JobRuntime:
         control=JobControl(),
         publish=lambda _: None,
         persist=lambda: None,
+        workers=WorkerPool(idle_seconds=0),
     )
 
 

@@ -9,6 +9,7 @@ import io
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_to_pb
 from mistudio_export import feature_ranges, generate
+from mistudio_export.validation import validator
+from mistudio_export.worker_pool import WorkerPool
 
 from tests.export.formats.builders import dashboard
 from tests.export.stages.doubles import MemoryStore
@@ -37,31 +40,44 @@ def _export(
     monkeypatch: pytest.MonkeyPatch,
     *,
     pooled: bool,
-    counts: list[int] | None = None,
+    on_count: Callable[[int], None] = lambda _: None,
+    workers: WorkerPool | None = None,
 ) -> bytes:
-    """The archive of an export in two ranges written in a pool, or in one range here; the
-    features written, as the writing reports them, are added to ``counts``."""
+    """The archive of an export in two ranges written in a pool, or in one range here;
+    ``on_count`` hears the features written as the writing reports them."""
     peers = Peers(tmp_path)
     sae = replace(peers.store.sae, d_sae=N_FEATURES)
     peers.store = MemoryStore(sae, [_dashboard(i) for i in range(N_FEATURES)])
     seen: list[tuple[int, bool]] = []
     run = feature_ranges.run_ranges
 
-    def spied(tasks: Any, *, parallel: bool, progress: Callable[[int], None], **kwargs: Any) -> Any:
-        seen.append((len(tasks), parallel))
+    def spied(tasks: Any, *, pool: Any, progress: Callable[[int], None], **kwargs: Any) -> Any:
+        seen.append((len(tasks), pool is not None))
 
         def heard(n: int) -> None:
-            if counts is not None:
-                counts.append(n)
+            on_count(n)
             progress(n)
 
-        return run(tasks, parallel=parallel, progress=heard, **kwargs)
+        return run(tasks, pool=pool, progress=heard, **kwargs)
 
     monkeypatch.setattr(generate, "run_ranges", spied)
     monkeypatch.setattr(feature_ranges, "RANGE_FEATURES", 1024 if pooled else N_FEATURES + 1)
-    outcome = peers.export("job", neuronpedia())
+    outcome = peers.export("job", neuronpedia(), workers=workers)
     assert seen == ([(2, True)] if pooled else [(1, False)])
     return peers.objects.objects[outcome.result.output_uri]
+
+
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[SpawnProcess]:
+    """The processes spawned from here on, as they start."""
+    started: list[SpawnProcess] = []
+    start = SpawnProcess.start
+
+    def counted(process: SpawnProcess) -> None:
+        started.append(process)
+        start(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", counted)
+    return started
 
 
 def test_ranges_written_in_a_pool_give_the_archive_one_process_writes(
@@ -86,9 +102,45 @@ def test_the_pool_reports_features_written_as_its_ranges_go_not_only_as_they_end
     file stage's rate from one range's end to the next made its ETA a fraction of its time
     (x0.55 at 75% of the 4,096-feature bench export's wall)."""
     counts: list[int] = []
-    _export(tmp_path, monkeypatch, pooled=True, counts=counts)
+    _export(tmp_path, monkeypatch, pooled=True, on_count=counts.append)
 
     range_ends = {1024, N_FEATURES - 1024, N_FEATURES}
     within = [n for n in counts if n not in range_ends]
     assert len(within) >= 1024 // feature_ranges.REPORT_EVERY, counts
     assert counts == sorted(counts) and counts[-1] == N_FEATURES
+
+
+def test_the_files_are_checked_in_the_processes_that_wrote_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawned process imports the export's modules before its first task (0.34 CPU-s each on
+    the bench machine): the validating stage takes the processes the file stage started, where
+    it started one of its own."""
+    started = _spawned(monkeypatch)
+    monkeypatch.setattr(validator, "PARALLEL_MIN_BYTES", 0)
+    workers = WorkerPool(2)
+    try:
+        _export(tmp_path, monkeypatch, pooled=True, workers=workers)
+    finally:
+        workers.shutdown()
+
+    assert len(started) == 2  # the two ranges' writers
+
+
+def test_a_stop_while_the_pool_writes_ends_its_processes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel or pause raises in the stage while the ranges are written; the pool's
+    processes would otherwise write every range queued first."""
+
+    class Stopped(Exception):
+        pass
+
+    def stop(_n: int) -> None:
+        raise Stopped
+
+    started = _spawned(monkeypatch)
+    with pytest.raises(Stopped):
+        _export(tmp_path, monkeypatch, pooled=True, on_count=stop)
+
+    assert started and not any(process.is_alive() for process in started)

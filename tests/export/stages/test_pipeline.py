@@ -21,6 +21,7 @@ from mistudio_export.peers import SaeRecord, TokenSource
 from mistudio_export.pipeline import ExportPipeline
 from mistudio_export.plan import ExportPlan
 from mistudio_export.preflight import Planner
+from mistudio_export.worker_pool import WorkerPool
 
 from tests.export.stages.conftest import runtime
 from tests.export.stages.doubles import MemoryCompute, MemoryObjects, MemoryStore, job_record
@@ -52,9 +53,10 @@ class Peers:
         job_id: str,
         options: ExportOptions,
         watch: Callable[[ppb.Progress], None] = lambda _: None,
+        workers: WorkerPool | None = None,
     ) -> jpb.ExportOutcome:
-        """Runs one export to the end (``watch`` gets its progress) and records it as the
-        store would."""
+        """Runs one export to the end (``watch`` gets its progress; its stages use ``workers``
+        when given) and records it as the store would."""
         planner = Planner(self.store, self.compute)
         plan = planner.plan("tiny", options, "alice")
         settings = ExportSettings(data_dir=self.tmp_path)
@@ -62,6 +64,7 @@ class Peers:
         self.store.jobs[job_id] = job_record(job_id, plan.formats)
         job = runtime(job_id, plan, self.tmp_path / job_id)
         job.publish = watch
+        job.workers = workers or job.workers
         outcome = pipeline.run(job)
         self.store.jobs[job_id] = replace(
             self.store.jobs[job_id],

@@ -149,3 +149,56 @@ def test_a_file_with_suspect_text_gets_the_full_check(dashboards, tmp_path):
     path.write_bytes(gzip.compress(orjson.dumps(doc)))
     codes = {p.code for p in validate_export(tmp_path, columns_checked=True).problems}
     assert "TOKEN_ENCODING" in codes
+
+
+def set_in_row(line: int, key: str, value):
+    return lambda rows: rows[line].__setitem__(key, value)
+
+
+def same_id_as_row_before(rows):
+    rows[4]["id"] = rows[3]["id"]
+
+
+def no_such_feature(rows):
+    rows[4]["index"] = "4095"
+
+
+ACTIVATION_ROW_FAULTS = {
+    "hidden creator": (set_in_row(4, "creatorId", "someone"), "HIDDEN_ACTIVATIONS", "/creatorId"),
+    "id used twice": (same_id_as_row_before, "DUPLICATE_ID", "/id"),
+    "other model": (set_in_row(4, "modelId", "gpt2"), "IDENTITY_MISMATCH", "/modelId"),
+    "null maximum": (set_in_row(4, "maxValue", None), "NOT_NULL_MISSING", "/maxValue"),
+    "unknown column": (set_in_row(4, "extra", 1), "UNKNOWN_COLUMN", "/extra"),
+    "no such feature": (no_such_feature, "ORPHAN_ROW", "/index"),
+    "not strict JSON": (set_in_row(4, "binMax", "__nan__"), "NON_FINITE", "/binMax"),
+    "index not digits": (set_in_row(4, "index", "four"), "SCHEMA_VIOLATION", "/index"),
+}
+
+
+def edit_activation_rows(path: Path, mutate) -> None:
+    """As the writer writes them (orjson, gzip), so that the bytes stay clean; "__nan__"
+    becomes a NaN literal."""
+    rows = [orjson.loads(line) for line in jsonio.read_bytes(path).splitlines()]
+    mutate(rows)
+    data = b"".join(orjson.dumps(row) + b"\n" for row in rows)
+    path.write_bytes(gzip.compress(data.replace(b'"__nan__"', b"NaN")))
+
+
+@pytest.mark.parametrize("fault", list(ACTIVATION_ROW_FAULTS))
+def test_the_structural_check_of_activation_rows_finds_what_crosses_rows_and_files(
+    dashboards, tmp_path, fault
+):
+    """The rows of an activation file are checked as they are parsed; a row that is not plainly
+    the writer's still gets every check, reported where the full check reports it."""
+    mutate, code, where = ACTIVATION_ROW_FAULTS[fault]
+    write_all(tmp_path, dashboards)
+    (path,) = tmp_path.glob("neuronpedia-importer/*/*/activations/batch-0.jsonl.gz")
+    edit_activation_rows(path, mutate)
+    quick = validate_export(tmp_path, columns_checked=True)
+    full = validate_export(tmp_path)
+    file = path.relative_to(tmp_path).as_posix()
+    assert code in {p.code for p in quick.problems if p.file.startswith("neuronpedia-importer")}
+    assert {(p.code, p.file, p.pointer, p.line) for p in quick.problems if p.code == code} == {
+        (p.code, p.file, p.pointer, p.line) for p in full.problems if p.code == code
+    }
+    assert any(p.file == file and p.pointer == where for p in quick.problems if p.code == code)

@@ -1,6 +1,7 @@
 import math
 
 from mistudio_export.validation import validate_export, validator
+from mistudio_export.worker_pool import WorkerPool
 
 from tests.export.validation.files import (
     edit_json,
@@ -26,7 +27,8 @@ def _broken_export(root):
 def test_formats_checked_side_by_side_give_the_same_report(tmp_path, monkeypatch):
     one = validate_export(_broken_export(tmp_path / "one"), fix=True)
     monkeypatch.setattr(validator, "PARALLEL_MIN_BYTES", 0)
-    two = validate_export(_broken_export(tmp_path / "two"), fix=True, processes=2)
+    pool = WorkerPool(2, idle_seconds=0)
+    two = validate_export(_broken_export(tmp_path / "two"), fix=True, pool=pool)
 
     assert one.problems and one.changes
     assert (two.problems, two.changes, two.files_checked) == (

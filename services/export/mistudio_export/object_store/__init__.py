@@ -1,4 +1,8 @@
-"""Where finished archives are kept: a folder or an S3 bucket behind one small interface."""
+"""Where finished archives are kept: a folder or an S3 bucket behind one small interface.
+
+``S3ObjectStore`` is imported from ``object_store.s3``: the minio SDK costs 0.15 CPU-s to import
+(its admin client parses C declarations for its ciphers), which a service on a folder skips.
+"""
 
 from mistudio_export.object_store.base import (
     ChunkStream,
@@ -10,7 +14,6 @@ from mistudio_export.object_store.base import (
 )
 from mistudio_export.object_store.factory import object_store_from_url
 from mistudio_export.object_store.local import LocalObjectStore
-from mistudio_export.object_store.s3 import S3ObjectStore
 
 __all__ = [
     "ChunkStream",
@@ -19,7 +22,6 @@ __all__ = [
     "ObjectStore",
     "PresignedUrl",
     "ProgressCallback",
-    "S3ObjectStore",
     "check_writable",
     "object_store_from_url",
 ]

@@ -98,6 +98,11 @@ class ChunkStream:
 class ObjectStore(Protocol):
     """Where finished export archives live; keys are '/'-separated relative paths."""
 
+    @property
+    def bucket(self) -> str | None:
+        """The S3 bucket, where compute can read uploads; None for a folder."""
+        ...
+
     def put_file(
         self, key: str, path: Path, *, progress: ProgressCallback | None = None
     ) -> ObjectInfo:

@@ -9,7 +9,6 @@ from mistudio_common.s3_address import bad_url, parse_s3_url
 
 from mistudio_export.object_store.base import ObjectStore
 from mistudio_export.object_store.local import LocalObjectStore
-from mistudio_export.object_store.s3 import S3ObjectStore
 
 
 def object_store_from_url(
@@ -37,7 +36,9 @@ def object_store_from_url(
     raise bad_url(url, f"has scheme {parts.scheme!r}; only file and s3 are supported")
 
 
-def _s3_store(url: str, access_key: str, secret_key: str) -> S3ObjectStore:
+def _s3_store(url: str, access_key: str, secret_key: str) -> ObjectStore:
+    from mistudio_export.object_store.s3 import S3ObjectStore  # minio: only for a bucket
+
     address = parse_s3_url(url)
     return S3ObjectStore(
         address.endpoint,

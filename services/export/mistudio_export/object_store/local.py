@@ -42,6 +42,9 @@ class LocalObjectStore:
     and the reported expiry is informational, since nothing can revoke a file URL.
     """
 
+    bucket = None
+    """A folder: compute cannot read uploads from it by an ``s3://`` URI."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
         self.root.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,13 @@ rewriting; otherwise the problem is recorded, flagged as fixable when a repair e
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import re
 import stat
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,16 @@ class Session:
         folder, name = os.path.split(path)
         if name in ("", ".", ".."):
             return os.path.realpath(path)
-        real = self._real_folders.get(folder)
-        if real is None:
-            real = self._real_folders[folder] = os.path.realpath(folder)
-        joined = os.path.join(real, name)
+        joined = os.path.join(self.real_folder(folder), name)
         return os.path.realpath(joined) if os.path.islink(joined) else joined
+
+    def real_folder(self, folder: str | Path) -> str:
+        """``os.path.realpath(folder)``, resolved once per session."""
+        key = os.fspath(folder)
+        real = self._real_folders.get(key)
+        if real is None:
+            real = self._real_folders[key] = os.path.realpath(key)
+        return real
 
     def context(self, path: Path, *, reading: bool = True) -> FileContext:
         """A context for problems of ``path``; ``reading`` counts it as a checked file."""
@@ -102,6 +108,12 @@ class Session:
 
 
 def relative(root: Path, path: Path) -> str:
+    """``path`` below ``root`` as a POSIX path, else all of it; a file under the root is cut
+    from its text (pathlib's ``relative_to`` and ``is_relative_to``, parsing both paths again,
+    were a tenth of reading a PRD feature file)."""
+    text, prefix = str(path), f"{root}{os.sep}"
+    if text.startswith(prefix) and len(text) > len(prefix):
+        return text[len(prefix) :]
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
@@ -163,9 +175,11 @@ class FileContext:
 
 
 def inside_root(session: Session, path: Path) -> bool:
-    """Whether ``path``, links resolved, lies under the session's root (links may point out)."""
-    real = Path(session.real_path(path))
-    return real.is_relative_to(session.real_path(session.root))
+    """Whether ``path``, links resolved, lies under the session's root (links may point out).
+    Both are real paths, absolute and normalised, so a prefix of the text up to a separator
+    decides (as ``PurePath.is_relative_to``, without parsing both into parts for every file)."""
+    real, root = session.real_path(path), session.real_folder(session.root)
+    return real == root or real.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
 def read_text(ctx: FileContext, path: Path) -> str | None:
@@ -320,13 +334,38 @@ def _mark_clean(ctx: FileContext, text: str) -> None:
 
 def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int, Any]]]:
     """(context, [(line number, row)]) of a JSON Lines file; unparseable lines are reported."""
+    ctx, data = read_file(session, path)
+    return ctx, [] if data is None else rows_of(ctx, data)
+
+
+def read_file(session: Session, path: Path) -> tuple[FileContext, bytes | None]:
+    """(context, bytes) of the file, gunzipped; None when it could not be read."""
     ctx = session.context(path)
-    data = _read_bounded(ctx, path)
-    if data is None:
-        return ctx, []
+    return ctx, _read_bounded(ctx, path)
+
+
+def values_checked_rows(ctx: FileContext, data: bytes) -> Iterator[tuple[int, Any] | None] | None:
+    """(line number, row) of each line of ``data``, parsed as it is reached, when the bytes
+    vouch for the values (``values_checked``; else None): a caller that checks each row as it
+    comes and keeps none touches it while it is in the cache, and never holds the objects of
+    the whole file. None in place of a line that is not strict JSON: the caller then needs
+    ``rows_of``, which reports what is wrong."""
+    _vouch(ctx, data)
+    return _strict_lines(data) if ctx.values_checked else None
+
+
+def _strict_lines(data: bytes) -> Iterator[tuple[int, Any] | None]:
+    for n, line in enumerate(io.BytesIO(data), start=1):  # one line's copy at a time
+        if line.strip():
+            row = _parse_strict(line, bounded=False)
+            yield None if row is _INVALID else (n, row)
+
+
+def rows_of(ctx: FileContext, data: bytes) -> list[tuple[int, Any]]:
+    """[(line number, row)] of the JSON Lines ``data``; unparseable lines are reported."""
     rows = _strict_rows(ctx, data)
     if rows is not None:
-        return ctx, rows
+        return rows
     text = _decode(ctx, data)
     rows = []
     for n, line in enumerate(text.split("\n"), start=1):
@@ -339,7 +378,7 @@ def load_rows(session: Session, path: Path) -> tuple[FileContext, list[tuple[int
                 rows.append((n, row))
     ctx.line = None
     _mark_clean(ctx, text)
-    return ctx, rows
+    return rows
 
 
 def _strict_rows(ctx: FileContext, data: bytes) -> list[tuple[int, Any]] | None:

@@ -9,7 +9,7 @@ rejects unknown fields.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, KeysView
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
@@ -38,7 +38,10 @@ from mistudio_export.validation.context import (
     Repair,
     Session,
     load_rows,
+    read_file,
+    rows_of,
     save_rows,
+    values_checked_rows,
 )
 from mistudio_export.validation.naming_checks import check_names
 from mistudio_export.validation.report import Severity
@@ -281,7 +284,11 @@ class _RowChecker:
         index = row.get("index")
         if isinstance(index, int) and not isinstance(index, bool):
             return str(index)
-        return index if isinstance(index, str) and index.isdigit() else None
+        if isinstance(index, str) and index.isdigit():
+            return index
+        if self.ctx.values_checked:  # the column checks vouch for values, not for the index
+            check_schema(self.ctx, row, _SCHEMAS[self.table])
+        return None
 
     def _not_null(self, row: dict[str, Any]) -> None:
         for key in NOT_NULL[self.table]:
@@ -354,8 +361,24 @@ def _computed(table: str, row: dict[str, Any], key: str) -> Any:
 
 
 def _rows_file(session: Session, path: Path, table: str, src: _Source) -> None:
-    ctx, rows = load_rows(session, path)
+    ctx, data = read_file(session, path)
     checker = _RowChecker(ctx, table, src)
+    plain = None if data is None or table != "Activation" else _plain_activations(checker, data)
+    rows: list[tuple[int, Any]] = []
+    if plain is not None:  # checked as parsed: what the checks across rows and files need
+        for n, index, row_id in plain:
+            checker.refer(index, n)
+            src.ids.add(row_id, n)
+    elif data is not None:
+        rows = rows_of(ctx, data)
+        _check_rows(checker, rows, path)
+    src.ids.check_file(ctx)
+    src.end_file()
+    save_rows(ctx, path, rows)
+
+
+def _check_rows(checker: _RowChecker, rows: list[tuple[int, Any]], path: Path) -> None:
+    ctx, table, src = checker.ctx, checker.table, checker.src
     for n, row in rows:
         ctx.line = n
         index = checker.check(row)
@@ -370,9 +393,51 @@ def _rows_file(session: Session, path: Path, table: str, src: _Source) -> None:
             if path.parent.name == "explanations":
                 _explanation_keys(checker, row)
     ctx.line = None
-    src.ids.check_file(ctx)
-    src.end_file()
-    save_rows(ctx, path, rows)
+
+
+_ACTIVATION_FACTS_KEYS = ("index", "id", "creatorId", "modelId", "layer")
+_ACTIVATION_FACTS = itemgetter(*_ACTIVATION_FACTS_KEYS)
+
+
+def _plain_activations(checker: _RowChecker, data: bytes) -> list[tuple[int, str, str]] | None:
+    """(line, index, id) of each row of an Activation file whose rows are all plainly what the
+    writer makes from checked columns (``values_checked_rows``): dicts with the first row's
+    keys, among them every NOT NULL column and no unknown one, no NOT NULL value null, a
+    digit-string index, a string id, this folder's modelId and layer, a public creatorId. In
+    such rows ``_RowChecker.check`` and ``_activation`` find nothing, and only record what the
+    checks across rows and files need (``refer``, ``ids``), which the caller does from these.
+    None for any other file, whose rows then get every check."""
+    ctx, src = checker.ctx, checker.src
+    lines = values_checked_rows(ctx, data)
+    if lines is None:
+        return None
+    needed = {*_ACTIVATION_FACTS_KEYS, *NOT_NULL[checker.table]}
+    keys: KeysView[str] | None = None
+    plain: list[tuple[int, str, str]] = []
+    for line in lines:
+        if line is None or type(line[1]) is not dict:
+            return None
+        n, row = line
+        if keys is None:
+            keys = row.keys()
+            if not (keys >= needed and keys <= checker.columns):
+                return None
+        elif row.keys() != keys:
+            return None
+        index, row_id, creator, model, layer = _ACTIVATION_FACTS(row)
+        if (
+            None in checker.not_null(row)
+            or type(index) is not str
+            or not index.isdigit()
+            or type(row_id) is not str
+            or type(creator) is not str
+            or creator not in PUBLIC_ACTIVATION_USER_IDS
+            or model != src.model_id
+            or layer != src.source_id
+        ):
+            return None
+        plain.append((n, index, row_id))
+    return plain
 
 
 def _explanation_keys(checker: _RowChecker, row: dict[str, Any]) -> None:
