@@ -137,9 +137,9 @@ def binned(
     """
     n_feat, m = inner.shape
     cum = hist.cumsum(1)  # cum[:, j] = number of values below E[j]
-    j = inner.sort(dim=1).values
-    below = cum.gather(1, j.clamp(min=0)).cpu().numpy()  # [C, m]
-    j = j.cpu().numpy()
+    ordered = inner.sort(dim=1).values
+    below = cum.gather(1, ordered.clamp(min=0)).cpu().numpy()  # [C, m]
+    j = ordered.cpu().numpy()
     kept = np.ones((n_feat, m + 2), dtype=bool)  # vmin, each distinct inner edge, vmax
     kept[:, 1:-1] = j >= 0
     kept[:, 2:-1] &= j[:, 1:] != j[:, :-1]

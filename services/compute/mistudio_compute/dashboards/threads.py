@@ -8,7 +8,7 @@ ops cost more CPU on two intra-op threads than on one, and two workers would sha
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import TypeVar
@@ -30,7 +30,9 @@ def default_threads(device: torch.device) -> int:
     return torch.get_num_threads() if device.type == "cpu" else 1
 
 
-def in_order(fn: Callable[[_T], _R], items: Iterable[_T], threads: int) -> Iterator[_R]:
+def in_order(
+    fn: Callable[[_T], _R], items: Iterable[_T], threads: int
+) -> Generator[_R, None, None]:
     """``fn`` of each item, yielded in the items' order, with at most ``threads`` calls under way
     or done and not yet taken (here, one at a time, without threads). Closing the iterator waits
     for the calls under way and drops those not started."""
