@@ -107,8 +107,8 @@ class TokenizerText:
     def special_ids(self) -> frozenset[int]:
         return self._special
 
-    def window(self, ids: Sequence[int]) -> list[str]:
-        return self._display.window(ids)
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        return self._display.windows(ids, lengths)
 
     def token(self, token_id: int) -> str:
         cached = self._vocab.get(token_id)

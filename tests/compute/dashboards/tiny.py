@@ -122,7 +122,7 @@ class TinyText:
     def token(self, token_id: int) -> str:
         return "tz" if token_id >= 60 else f"t{token_id}"
 
-    def window(self, ids: Sequence[int]) -> list[str]:
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
         return [self.token(i) for i in ids]
 
 

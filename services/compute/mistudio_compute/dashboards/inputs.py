@@ -73,8 +73,9 @@ class TokenText(Protocol):
         """BOS/EOS/PAD ids: never an example's max token, excluded from statistics."""
         ...
 
-    def window(self, ids: Sequence[int]) -> list[str]:
-        """Display strings for one context window (decoding may depend on neighbours)."""
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        """Display strings for context windows laid one after another in ``ids``, ``lengths``
+        tokens each (decoding may depend on neighbours inside a window, never across)."""
         ...
 
     def token(self, token_id: int) -> str:
