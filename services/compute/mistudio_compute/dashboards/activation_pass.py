@@ -29,6 +29,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
 from mistudio_compute.dashboards.state import Fold, PassState, StateConfig
+from mistudio_compute.dashboards.threads import default_threads, one_torch_thread
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -186,7 +187,7 @@ def run_activation_pass(
         next_row, batch_size = cursor.next_row, cursor.batch_size
 
     if threads is None:
-        threads = torch.get_num_threads() if device.type == "cpu" else 1
+        threads = default_threads(device)
     shard = None if every_feature else features
     folder = BatchFolder(inputs, state, shard, kept, threads, rows.stop)
 
@@ -255,7 +256,7 @@ class BatchFolder:
         self._pool: ThreadPoolExecutor | None = None
         self._threads_before = torch.get_num_threads()
         if threads > 1:
-            self._pool = ThreadPoolExecutor(threads, "pass", initializer=_one_torch_thread)
+            self._pool = ThreadPoolExecutor(threads, "pass", initializer=one_torch_thread)
         self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
         self._spent: list[torch.Tensor | None] = [None] * len(self._parts)
         """Each part's last activations, folded: the next batch's are written into them."""
@@ -330,12 +331,6 @@ class BatchFolder:
         """The results, once every call has ended (the first error raised after that)."""
         wait(futures)
         return [future.result() for future in futures]
-
-
-def _one_torch_thread() -> None:
-    """A pass worker's torch ops run on its own thread only (its OpenMP and MKL thread counts
-    are per thread)."""
-    torch.set_num_threads(1)
 
 
 def _check_resumable(
