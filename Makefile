@@ -4,11 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 BUF_STAMP := tools/buf/node_modules/.installed
+FOLD_KERNELS := services/compute/mistudio_compute/dashboards/fold_kernels.py
+KERNELS_STAMP := $(VENV)/.kernels-compiled
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup buf protos protos-check protos-lint lint typecheck test test-fast demo serve bench bench-smoke check clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(KERNELS_STAMP)
 
 # torch first, pinned, so pip takes the local CPU build instead of a multi-GB CUDA one.
 $(STAMP): pyproject.toml
@@ -16,6 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check "torch==2.13.0"
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Compiles the pass's fold kernels into the cache beside their module: no export compiles them.
+$(KERNELS_STAMP): $(STAMP) $(FOLD_KERNELS)
+	PYTHONPATH=services/common:services/compute $(PY) -c "import mistudio_compute.dashboards.fold_kernels"
+	touch $@
 
 protos: setup
 	$(PY) scripts/gen_protos.py

@@ -146,3 +146,15 @@ def test_cached_display_equals_decoding_the_whole_window(name: str, request) -> 
     for _ in range(300):
         ids = rng.integers(-1, tok.vocab_size + 2, size=int(rng.integers(1, 12))).tolist()
         assert display.window(ids) == display_tokens(tok, ids), ids
+
+
+@pytest.mark.parametrize("name", ["sp", "gpt2_style"])
+def test_windows_laid_end_to_end_display_as_each_window_alone(name: str, request) -> None:
+    tok = request.getfixturevalue(name)
+    rng = np.random.default_rng(1)
+    text = tok.encode("the café ☃ 😀 €\n")
+    windows = [text[a : a + int(rng.integers(1, 6))] for a in range(len(text))]
+    windows += [rng.integers(-1, tok.vocab_size + 2, size=5).tolist() for _ in range(100)]
+    expected = [s for w in windows for s in display_tokens(tok, w)]
+    flat = [i for w in windows for i in w]
+    assert TokenDisplay(tok).windows(flat, [len(w) for w in windows]) == expected

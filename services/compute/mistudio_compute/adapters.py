@@ -71,8 +71,10 @@ class SaeFeatures:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._sae.encode(x)  # [N, d_sae]
 
-    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self._sae.encode_features(x, features)  # [N, F]
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._sae.encode_features(x, features, out)  # [N, F]
 
 
 class DecoderLogitLens:
@@ -105,8 +107,8 @@ class TokenizerText:
     def special_ids(self) -> frozenset[int]:
         return self._special
 
-    def window(self, ids: Sequence[int]) -> list[str]:
-        return self._display.window(ids)
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        return self._display.windows(ids, lengths)
 
     def token(self, token_id: int) -> str:
         cached = self._vocab.get(token_id)

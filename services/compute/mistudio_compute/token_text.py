@@ -206,6 +206,21 @@ class TokenDisplay:
             self._fill(ids, texts)
         return cast(list[str], texts)
 
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        """``window`` of each window laid one after another in ``ids`` (``lengths`` tokens
+        each), as one list: one lookup for all, a window decoded alone only when it holds an
+        id not cached."""
+        texts = list(map(self._alone.get, ids))
+        if None in texts:
+            at = 0
+            for n in lengths:
+                part = texts[at : at + n]
+                if None in part:
+                    self._fill(ids[at : at + n], part)
+                    texts[at : at + n] = part
+                at += n
+        return cast(list[str], texts)
+
     def _fill(self, ids: Sequence[int], texts: list[str | None]) -> None:
         """Fills the None entries: ids not seen yet, and runs of partial characters."""
         decoded = cast(list[str], texts)  # run positions are set to "" before decoding

@@ -45,7 +45,7 @@ def check_example(got: ActivationExample, want: ref.RefExample, t_len: int) -> N
     assert (got.source.row, got.source.offset) == (want.row, want.start)
     assert got.source.dataset == "tiny"
     assert got.token_ids == want.token_ids
-    assert got.tokens == tiny.TinyText().window(want.token_ids)
+    assert got.tokens == [tiny.TinyText().token(i) for i in want.token_ids]
     assert got.max_token_index == want.max_token_index
     assert got.max_value == max(got.values) == got.values[got.max_token_index]
     assert got.max_value == pytest.approx(want.max_value, abs=VALUE_TOL)

@@ -87,8 +87,10 @@ class ReluSAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pre(x) + self.b_enc)
 
-    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.encode(x).index_select(1, features)
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return torch.index_select(self.encode(x), 1, features, out=out)
 
 
 class TopKSAE(ReluSAE):
@@ -120,7 +122,7 @@ class TinyText:
     def token(self, token_id: int) -> str:
         return "tz" if token_id >= 60 else f"t{token_id}"
 
-    def window(self, ids: Sequence[int]) -> list[str]:
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
         return [self.token(i) for i in ids]
 
 

@@ -29,6 +29,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
 from mistudio_compute.dashboards.state import Fold, PassState, StateConfig
+from mistudio_compute.dashboards.threads import default_threads, one_torch_thread
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -125,15 +126,19 @@ def hook_rows(
 
 
 def encode_rows(
-    inputs: DashboardInputs, flat: torch.Tensor, features: torch.Tensor | None = None
+    inputs: DashboardInputs,
+    flat: torch.Tensor,
+    features: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hook activations [B*T, d_in] -> SAE activations [B*T, F] of ``features`` [F] (all d_sae
-    when None) on the encoder's device."""
+    when None) on the encoder's device, written into ``out`` [B*T, F] where the encoder can
+    (with ``features`` only)."""
     with torch.no_grad():
         if features is None:
             z = inputs.encoder.encode(flat)  # [B*T, d_sae]
         else:
-            z = inputs.encoder.encode_features(flat, features)  # [B*T, F]
+            z = inputs.encoder.encode_features(flat, features, out)  # [B*T, F]
     width = inputs.encoder.d_sae if features is None else len(features)
     if z.shape != (flat.shape[0], width):
         raise InvalidArgument(
@@ -182,7 +187,7 @@ def run_activation_pass(
         next_row, batch_size = cursor.next_row, cursor.batch_size
 
     if threads is None:
-        threads = torch.get_num_threads() if device.type == "cpu" else 1
+        threads = default_threads(device)
     shard = None if every_feature else features
     folder = BatchFolder(inputs, state, shard, kept, threads, rows.stop)
 
@@ -251,8 +256,10 @@ class BatchFolder:
         self._pool: ThreadPoolExecutor | None = None
         self._threads_before = torch.get_num_threads()
         if threads > 1:
-            self._pool = ThreadPoolExecutor(threads, "pass", initializer=_one_torch_thread)
+            self._pool = ThreadPoolExecutor(threads, "pass", initializer=one_torch_thread)
         self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
+        self._spent: list[torch.Tensor | None] = [None] * len(self._parts)
+        """Each part's last activations, folded: the next batch's are written into them."""
 
     def step(self, i: int, j: int) -> None:
         """Folds rows [i, j) of the source into the state (``for_each_batch``'s step)."""
@@ -264,8 +271,11 @@ class BatchFolder:
         facts = self._state.batch_tokens(batch)  # once, not per part
 
         def fold(k: int) -> Fold:
-            acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
-            return self._parts[k].fold(acts, batch, i, facts)
+            features = self._features[k]
+            out = None if features is None else self._reuse(k, len(x), len(features))
+            acts = encode_rows(self._inputs, x, features, out)  # [B*T, F_k]
+            self._spent[k] = acts
+            return self._parts[k].fold(acts, batch, i, facts)  # keeps nothing of acts
 
         folds = self._start(fold, range(len(self._parts)))
         if self._pool is not None and j < self._stop:  # the next batch's forward, meanwhile
@@ -281,6 +291,17 @@ class BatchFolder:
             self._pool.shutdown(wait=True)
             self._pool, self._ahead = None, None
             torch.set_num_threads(self._threads_before)
+        self._spent = [None] * len(self._parts)
+
+    def _reuse(self, k: int, rows: int, width: int) -> torch.Tensor | None:
+        """Part ``k``'s last activations as the buffer [rows, width] of its next ones, when they
+        are large enough: a part's batch is folded before its next one is encoded, and a fresh
+        buffer of tens of MB is new pages from the kernel every batch (on the 4096-feature
+        bench, as much system time as the encode's matmul takes)."""
+        spent = self._spent[k]
+        if spent is None or not spent.is_contiguous() or spent.numel() < rows * width:
+            return None
+        return spent.view(-1)[: rows * width].view(rows, width)
 
     def _forward(self, source: np.ndarray, i: int, j: int) -> torch.Tensor:
         batch = read_rows(source, slice(i, j), self._state.features.device)
@@ -310,12 +331,6 @@ class BatchFolder:
         """The results, once every call has ended (the first error raised after that)."""
         wait(futures)
         return [future.result() for future in futures]
-
-
-def _one_torch_thread() -> None:
-    """A pass worker's torch ops run on its own thread only (its OpenMP and MKL thread counts
-    are per thread)."""
-    torch.set_num_threads(1)
 
 
 def _check_resumable(

@@ -1,15 +1,18 @@
 """From a finished pass state to FeatureDashboard messages, yielded in feature chunks.
 
-Everything numeric runs per chunk over all its features at once (statistics, quantiles,
-histograms, logit lens, example windows, their sources and their order); the per-feature loop
-only fills messages, each repeated field from a list cut out of one ``tolist`` per chunk.
+Everything numeric runs per part of a chunk over all its features at once (statistics,
+quantiles, histograms, logit lens, example windows, their sources and their order); the
+per-feature loop only fills messages, each repeated field from a list cut out of one ``tolist``
+per part, and the examples come as wire bytes (``example_wire``). A chunk's parts are built on
+as many threads as torch uses, one torch thread each (``threads``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from itertools import chain, pairwise
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from itertools import chain, islice, pairwise
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards import wire as W
 from mistudio_compute.dashboards.batching import check_cancelled
 from mistudio_compute.dashboards.exact_sum import value_of
+from mistudio_compute.dashboards.example_wire import ExampleBytes, GroupHeads
 from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
@@ -33,6 +37,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
+from mistudio_compute.dashboards.threads import default_threads, in_order
 from mistudio_compute.dashboards.token_aggregation import TokenRows, per_token, rank_tokens
 
 WIRE_FEATURES = 64
@@ -48,11 +53,14 @@ def finalize_dashboards(
     params: DashboardParams,
     *,
     chunk_size: int = 256,
+    threads: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
 ) -> Iterator[list[dpb.FeatureDashboard]]:
     """Choose the examples (their windows come with the state), then dashboards ``chunk_size``
-    features at a time."""
+    features at a time. Each chunk is built in ``threads`` parts at once (default: every core
+    torch uses on a CPU); a feature's message does not depend on its neighbours, so the chunks
+    equal those one thread builds."""
     plan = plan_examples(state, quantile_groups(params), params.examples_per_quantile_group)
     if state.config.n_top or state.config.n_sample:
         rows = example_rows(plan, state.seq_len)
@@ -62,9 +70,34 @@ def finalize_dashboards(
     positions, windows = plan.positions.cpu().numpy(), plan.windows.cpu().numpy()
     builder = _Builder(state, inputs, params, plan, positions, windows)
     n = len(state.features)
-    for lo in range(0, n, chunk_size):
-        check_cancelled(cancel)
-        yield builder.chunk(lo, min(n, lo + chunk_size), progress)
+    threads = default_threads(state.features.device) if threads is None else threads
+    chunks = [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
+    parts = [_split(lo, hi, threads) for lo, hi in chunks]
+    # at most one chunk's parts under way beside the chunk handed on: the memory plan's two
+    with closing(in_order(builder.part, chain.from_iterable(parts), threads)) as built:
+        for (_, hi), chunk_parts in zip(chunks, parts, strict=True):
+            check_cancelled(cancel)
+            _report_building(progress, params, hi, n)
+            out = list(chain.from_iterable(islice(built, len(chunk_parts))))
+            if params.includes(Component.TOKEN_AGGREGATION):
+                _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
+            yield out
+
+
+def _split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) in at most ``parts`` contiguous, non-empty, near-equal ranges."""
+    bounds = sorted({lo + (hi - lo) * k // max(parts, 1) for k in range(max(parts, 1) + 1)})
+    return list(pairwise(bounds))
+
+
+def _report_building(
+    progress: ProgressCallback | None, params: DashboardParams, hi: int, n: int
+) -> None:
+    """A chunk's stages as it begins: its end is reported, so the chunks before it count."""
+    if params.includes(Component.ACTIVATION_HISTOGRAM):
+        _report(progress, Stage.HISTOGRAMS, hi, n)
+    if params.includes(Component.LOGIT_LENS):
+        _report(progress, Stage.LOGIT_LENS, hi, n)
 
 
 @dataclass(slots=True)
@@ -76,10 +109,9 @@ class _Builder:
     positions: np.ndarray  # [F, E] int64 global positions of the chosen examples, -1 empty
     windows: np.ndarray  # [F, E, W] float32 activations around them
 
-    def chunk(
-        self, lo: int, hi: int, progress: ProgressCallback | None
-    ) -> list[dpb.FeatureDashboard]:
-        s, p, n = self.state, self.params, len(self.state.features)
+    def part(self, span: tuple[int, int]) -> list[dpb.FeatureDashboard]:
+        """Dashboards of features [lo, hi) (on a worker thread: reports nothing)."""
+        (lo, hi), s, p = span, self.state, self.params
         grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
         q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
         stats = self._statistics(lo, hi, q.cpu(), q_err.cpu())
@@ -88,12 +120,11 @@ class _Builder:
             inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
                                                        p.histogram_scale), vmin, vmax)  # fmt: skip
             hists = G.binned(grid, hist, vmin, vmax, inner)
-            _report(progress, Stage.HISTOGRAMS, hi, n)
-        lens = None
+        logits = _LogitFields.left_out(hi - lo)
         if p.includes(Component.LOGIT_LENS):
             lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,
                               p.logit_histogram_bins)  # fmt: skip
-            _report(progress, Stage.LOGIT_LENS, hi, n)
+            logits = _LogitFields.of(lens, self.inputs.token_text.token)
         tokens = p.includes(Component.TOKEN_AGGREGATION)
         top_tokens = self._top_tokens(lo, hi) if tokens else [[] for _ in range(lo, hi)]
         scale, metric = SCALE_TO_PB[p.histogram_scale], METRIC_TO_PB[p.token_rank_metric]
@@ -103,8 +134,8 @@ class _Builder:
             out.append(
                 dpb.FeatureDashboard(
                     feature_index=index,
-                    top_positive_logits=self._logits(lens, i, positive=True),
-                    top_negative_logits=self._logits(lens, i, positive=False),
+                    top_positive_logits=logits.positive[i],
+                    top_negative_logits=logits.negative[i],
                     activation_histogram=dpb.Histogram(
                         bin_edges=edges,
                         counts=counts,
@@ -112,7 +143,7 @@ class _Builder:
                         total_count=s.token_count,
                         nonzero_count=stats[i].nonzero_count,
                     ),
-                    logit_histogram=_logit_histogram(lens, i),
+                    logit_histogram=logits.histograms[i],
                     statistics=stats[i],
                     top_tokens=top_tokens[i],
                     top_tokens_metric=metric,
@@ -121,8 +152,6 @@ class _Builder:
         for a in range(lo, hi, WIRE_FEATURES):
             b = min(hi, a + WIRE_FEATURES)
             self._add_examples(a, b, out[a - lo : b - lo])
-        if tokens:
-            _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
         return out
 
     def _statistics(
@@ -204,15 +233,13 @@ class _Builder:
         ids, values = ids[order], values[order]
         shown = np.arange(ids.shape[1]) - first[:, None]  # [N, W] index among the shown tokens
         shown = (shown >= 0) & (shown < m[:, None])
-        flat, bounds = ids[shown].tolist(), [0, *np.cumsum(m).tolist()]
-        slices = (flat[a:b] for a, b in pairwise(bounds))
-        texts = list(chain.from_iterable(map(self.inputs.token_text.window, slices)))
-        examples = _Examples(
+        texts = self.inputs.token_text.windows(ids[shown].tolist(), m.tolist())
+        examples = ExampleBytes(
             section, m, ids[shown], values[shown], texts, peak_value[order],
             peak_at[order] - first, document[order], offset[order], centre[order],
             self.inputs.source.dataset.encode(),
         )  # fmt: skip
-        heads = _GroupHeads.of(groups)
+        heads = GroupHeads.of(groups)
         # every item of the chunk in its place: per feature its top examples, then per group
         # its head (key, length, bins) followed by its examples
         ex_size = examples.sizes()
@@ -232,32 +259,19 @@ class _Builder:
         for d, (a, b) in zip(out, pairwise(bounds), strict=True):
             d.MergeFromString(data[a:b])
 
-    def _logits(self, lens: LogitLens | None, i: int, *, positive: bool) -> list[dpb.LogitEntry]:
-        """Feature i's top (or bottom) logits; none when the logit lens is left out."""
-        if lens is None:
-            return []
-        ids, values = (
-            (lens.pos_ids, lens.pos_values) if positive else (lens.neg_ids, lens.neg_values)
-        )
-        text = self.inputs.token_text
-        return [
-            dpb.LogitEntry(token=text.token(t), token_id=t, value=v, rank=r + 1)
-            for r, (t, v) in enumerate(zip(ids[i].tolist(), values[i].tolist(), strict=True))
-        ]
-
     def _top_tokens(self, lo: int, hi: int) -> list[list[dpb.TokenAggregate]]:
-        p, text, tracked = self.params, self.inputs.token_text, self.state.tokens
+        p, tracked = self.params, self.state.tokens
         rows = (
             self._example_tokens(lo, hi)
             if tracked is None
-            else [_numpy(*tracked.rows(f)) for f in range(lo, hi)]
+            else TokenRows.concatenate([_numpy(*tracked.rows(f)) for f in range(lo, hi)])
         )
-        metric, n = p.token_rank_metric, p.n_top_tokens
-        return [rank_tokens(*row, text.token, metric, n) for row in rows]
+        token = self.inputs.token_text.token
+        return rank_tokens(rows, hi - lo, token, p.token_rank_metric, p.n_top_tokens)
 
-    def _example_tokens(self, lo: int, hi: int) -> list[TokenRows]:
-        """Per feature of lo..hi: ``per_token`` over the distinct active positions inside its
-        example windows, for the whole chunk at once."""
+    def _example_tokens(self, lo: int, hi: int) -> TokenRows:
+        """``per_token`` over the distinct active positions inside each example window of
+        features lo..hi, for the whole chunk at once."""
         p, t_len = self.params, self.state.seq_len
         c, e = np.nonzero(self.positions[lo:hi] >= 0)  # by feature, then slot
         centres, values = self.positions[lo + c, e], self.windows[lo + c, e]  # [N], [N, W]
@@ -269,154 +283,56 @@ class _Builder:
         uniq, first = np.unique(feature * K.MAX_POSITIONS + where[keep], return_index=True)
         at = uniq % K.MAX_POSITIONS
         tokens = self.inputs.source.tokens[at // t_len, at % t_len].astype(np.int64)
-        return per_token(uniq // K.MAX_POSITIONS, tokens, values[keep][first], hi - lo)
+        return per_token(uniq // K.MAX_POSITIONS, tokens, values[keep][first])
 
 
-def _numpy(*x: torch.Tensor) -> TokenRows:
-    ids, totals, counts, maxima = (t.cpu().numpy() for t in x)
-    return ids, totals, counts, maxima
+def _numpy(*x: torch.Tensor) -> tuple[np.ndarray, ...]:
+    return tuple(t.cpu().numpy() for t in x)
 
 
-def _logit_histogram(lens: LogitLens | None, i: int) -> dpb.Histogram:
-    if lens is None:  # left out: no bins, nothing counted
-        return dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)
-    counts = lens.hist_counts[i].tolist()
-    return dpb.Histogram(
-        bin_edges=lens.hist_edges[i].tolist(),
-        counts=counts,
-        scale=dpb.BIN_SCALE_LINEAR,
-        total_count=sum(counts),
-        nonzero_count=int(lens.nonzero[i]),
-    )
+@dataclass(slots=True)
+class _LogitFields:
+    """The logit lens fields of a part's features, each list cut out of one ``tolist``."""
+
+    positive: list[list[dpb.LogitEntry]]  # highest logits first
+    negative: list[list[dpb.LogitEntry]]  # lowest logits first
+    histograms: list[dpb.Histogram]
+
+    @classmethod
+    def left_out(cls, n: int) -> _LogitFields:
+        """No entries, no bins, nothing counted."""
+        return cls([[]] * n, [[]] * n, [dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)] * n)
+
+    @classmethod
+    def of(cls, lens: LogitLens, token: Callable[[int], str]) -> _LogitFields:
+        ids = torch.cat([lens.pos_ids, lens.neg_ids]).unique().tolist()
+        text = dict(zip(ids, map(token, ids), strict=True))  # one call per distinct token
+
+        def entries(ids: torch.Tensor, values: torch.Tensor) -> list[list[dpb.LogitEntry]]:
+            return [
+                [
+                    dpb.LogitEntry(token=text[t], token_id=t, value=v, rank=r)
+                    for r, (t, v) in enumerate(zip(row_ids, row_values, strict=True), 1)
+                ]
+                for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
+            ]
+
+        rows = zip(lens.hist_edges.tolist(), lens.hist_counts.tolist(), lens.nonzero.tolist(),
+                   strict=True)  # fmt: skip
+        histograms = [
+            dpb.Histogram(
+                bin_edges=edges,
+                counts=counts,
+                scale=dpb.BIN_SCALE_LINEAR,
+                total_count=sum(counts),
+                nonzero_count=nonzero,
+            )
+            for edges, counts, nonzero in rows
+        ]
+        return cls(entries(lens.pos_ids, lens.pos_values), entries(lens.neg_ids, lens.neg_values),
+                   histograms)  # fmt: skip
 
 
 def _report(progress: ProgressCallback | None, stage: Stage, done: int, total: int) -> None:
     if progress is not None:
         progress(stage, done, total, "")
-
-
-@dataclass(slots=True)
-class _Examples:
-    """A chunk's examples in shown order (per feature, per section) as wire bytes: each an
-    ``ActivationExample`` in ``FeatureDashboard.top_examples`` (field 2) or in its quantile
-    group's ``examples`` (field 4). ``sizes`` measures every field, ``write`` places them."""
-
-    section: np.ndarray  # [N] 0: top examples
-    n_tokens: np.ndarray  # [N] shown tokens (at least one)
-    token_ids: np.ndarray  # [T] of every example, one after another
-    values: np.ndarray  # [T] float32
-    texts: list[str]  # [T]
-    max_value: np.ndarray  # [N]
-    max_token_index: np.ndarray
-    row: np.ndarray
-    offset: np.ndarray
-    qualifying: np.ndarray
-    dataset: bytes
-    _sized: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def sizes(self) -> np.ndarray:
-        """Bytes of each example with its key and length."""
-        vs, n, p = W.varint_sizes, self.n_tokens, self._sized
-        p["text"], p["text_len"] = W.utf8(self.texts)
-        firsts = W.exclusive_cumsum(n)
-        p["token_size"] = 1 + vs(p["text_len"]) + p["text_len"]  # key, length, UTF-8
-        p["id_size"] = vs(self.token_ids)
-        p["tokens"] = np.add.reduceat(p["token_size"], firsts) if len(n) else n
-        p["ids"] = np.add.reduceat(p["id_size"], firsts) if len(n) else n
-        dataset = 1 + int(vs(np.array([len(self.dataset)]))[0]) + len(self.dataset)
-        p["source"] = dataset + 2 + vs(self.row) + vs(self.offset)
-        p["body"] = (
-            p["tokens"]
-            + 1 + vs(p["ids"]) + p["ids"]
-            + 1 + vs(4 * n) + 4 * n
-            + 5  # max_value
-            + 1 + vs(self.max_token_index)
-            + 1 + vs(p["source"]) + p["source"]
-            + 1 + vs(self.qualifying)
-        )  # fmt: skip
-        return 1 + vs(p["body"]) + p["body"]
-
-    def write(self, out: np.ndarray, at: np.ndarray) -> None:
-        """Writes example r at ``at[r]`` (after ``sizes``)."""
-        p, n = self._sized, self.n_tokens
-        firsts = W.exclusive_cumsum(n)
-
-        def within(sizes: np.ndarray) -> np.ndarray:  # [T] offset in its example's field
-            before = W.exclusive_cumsum(sizes)
-            return before - np.repeat(before[firsts], n) if len(n) else before
-
-        out[at] = W.key(np.where(self.section == 0, 2, 4), W.LEN)
-        at = W.put_varints(out, at + 1, p["body"])
-        token_at = np.repeat(at, n) + within(p["token_size"])  # tokens (1): one per token
-        out[token_at] = W.key(1, W.LEN)
-        after = W.put_varints(out, token_at + 1, p["text_len"])
-        W.put_bytes(out, after, p["text"], p["text_len"])
-        at = at + p["tokens"]
-        out[at] = W.key(2, W.LEN)  # token_ids, packed
-        at = W.put_varints(out, at + 1, p["ids"])
-        W.put_varints(out, np.repeat(at, n) + within(p["id_size"]), self.token_ids, p["id_size"])
-        at = at + p["ids"]
-        out[at] = W.key(3, W.LEN)  # values, packed
-        at = W.put_varints(out, at + 1, 4 * n)
-        W.put_bytes(out, at, np.ascontiguousarray(self.values, "<f4").view(np.uint8), 4 * n)
-        at = at + 4 * n
-        out[at] = W.key(4, W.I32)  # max_value
-        W.put_float32s(out, at + 1, self.max_value)
-        out[at + 5] = W.key(5, W.VARINT)  # max_token_index
-        at = W.put_varints(out, at + 6, self.max_token_index)
-        out[at] = W.key(6, W.LEN)  # source: dataset (1), row (2), offset (3)
-        at = W.put_varints(out, at + 1, p["source"])
-        out[at] = W.key(1, W.LEN)
-        k, r = len(self.dataset), len(at)
-        at = W.put_varints(out, at + 1, np.full(r, k))
-        text = np.tile(np.frombuffer(self.dataset, np.uint8), r)
-        W.put_bytes(out, at, text, np.full(r, k, np.int64))
-        out[at + k] = W.key(2, W.VARINT)
-        at = W.put_varints(out, at + k + 1, self.row)
-        out[at] = W.key(3, W.VARINT)
-        at = W.put_varints(out, at + 1, self.offset)
-        out[at] = W.key(7, W.VARINT)  # qualifying_token_index
-        W.put_varints(out, at + 1, self.qualifying)
-
-
-@dataclass(slots=True)
-class _GroupHeads:
-    """Each feature's quantile groups (``FeatureDashboard.quantile_groups``, field 3) up to
-    their examples: key, length and the three bin fields, highest group first."""
-
-    feature: np.ndarray  # [G] place in the chunk
-    section: np.ndarray  # [G] 1 + (groups - 1 - g)
-    bins: np.ndarray  # [G, 3] bin_min, bin_max, bin_contains
-    width: int  # sections per feature at most
-    body: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    @classmethod
-    def of(cls, groups: list[tuple[list[float], list[int]]]) -> _GroupHeads:
-        feature, section, bins = [], [], []
-        for i, (edges, counts) in enumerate(groups):
-            nnz = sum(counts)
-            for k in reversed(range(len(counts))):
-                feature.append(i)
-                section.append(len(counts) - k)
-                bins.append((edges[k], edges[k + 1], counts[k] / nnz))
-        return cls(
-            np.array(feature, np.int64),
-            np.array(section, np.int64),
-            np.array(bins, np.float64).reshape(-1, 3),
-            1 + max((len(counts) for _, counts in groups), default=0),
-        )
-
-    def sizes(self, c: np.ndarray, section: np.ndarray, example_sizes: np.ndarray) -> np.ndarray:
-        """Bytes of each head; a group's length counts its examples (feature ``c``, in the
-        chunk, and ``section`` of each)."""
-        n_keys = (max(int(c.max(initial=-1)), int(self.feature.max(initial=-1))) + 1) * self.width
-        inside = np.bincount(c * self.width + section, weights=example_sizes, minlength=n_keys)
-        self.body = 15 + inside[self.feature * self.width + self.section].astype(np.int64)
-        return 1 + W.varint_sizes(self.body) + 15
-
-    def write(self, out: np.ndarray, at: np.ndarray) -> None:
-        out[at] = W.key(3, W.LEN)
-        at = W.put_varints(out, at + 1, self.body)
-        for j in range(3):  # bin_min (1), bin_max (2), bin_contains (3)
-            out[at + 5 * j] = W.key(1 + j, W.I32)
-            W.put_float32s(out, at + 5 * j + 1, self.bins[:, j])

@@ -20,6 +20,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from mistudio_common.dashboard import BinScale
 
@@ -134,25 +135,25 @@ def binned(
     Edges are [vmin, distinct grid edges..., vmax]; bins are [a, b) except the last, [a, vmax].
     A feature with no counts gets empty lists.
     """
-    edges = grid.edges().tolist()
+    n_feat, m = inner.shape
     cum = hist.cumsum(1)  # cum[:, j] = number of values below E[j]
-    below = cum.gather(1, inner.clamp(min=0))  # [C, m]
-    out: list[tuple[list[float], list[int]]] = []
-    rows = zip(
-        inner.tolist(),
-        below.tolist(),
-        cum[:, -1].tolist(),
-        vmin.tolist(),
-        vmax.tolist(),
-        strict=True,
-    )
-    for idx, blw, n, lo, hi in rows:
-        if n == 0:
-            out.append(([], []))
-            continue
-        marks: dict[int, int] = {j: b for j, b in zip(idx, blw, strict=True) if j >= 0}
-        js = sorted(marks)
-        cuts = [0, *(marks[j] for j in js), n]
-        bin_edges = [lo, *(edges[j] for j in js), hi]
-        out.append((bin_edges, [b - a for a, b in itertools.pairwise(cuts)]))
-    return out
+    ordered = inner.sort(dim=1).values
+    below = cum.gather(1, ordered.clamp(min=0)).cpu().numpy()  # [C, m]
+    j = ordered.cpu().numpy()
+    kept = np.ones((n_feat, m + 2), dtype=bool)  # vmin, each distinct inner edge, vmax
+    kept[:, 1:-1] = j >= 0
+    kept[:, 2:-1] &= j[:, 1:] != j[:, :-1]
+    total = cum[:, -1].cpu().numpy()
+    kept[total == 0] = False  # no counts: empty lists
+    edges = np.empty((n_feat, m + 2), dtype=np.float64)
+    edges[:, 0], edges[:, -1] = vmin.cpu().numpy(), vmax.cpu().numpy()
+    edges[:, 1:-1] = grid.edges().numpy()[np.maximum(j, 0)]
+    cuts = np.concatenate([np.zeros((n_feat, 1), np.int64), below, total[:, None]], 1)
+    flat_cuts = cuts[kept]
+    ends = np.cumsum(kept.sum(1)).tolist()  # [C] end of each feature's edges
+    flat_edges, counts = edges[kept].tolist(), np.diff(flat_cuts).tolist()
+    # a feature's counts are the differences inside its own cuts: the last edge has none
+    return [
+        (flat_edges[a:b], counts[a : b - 1]) if b > a else ([], [])
+        for a, b in itertools.pairwise([0, *ends])
+    ]

@@ -43,9 +43,12 @@ class FeatureEncoder(Protocol):
         """x [N, d_in] -> feature activations [N, d_sae]."""
         ...
 
-    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def encode_features(
+        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x [N, d_in], features [F] int64 -> their activations [N, F], bit for bit the columns
-        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard)."""
+        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard). ``out``
+        [N, F]: a buffer the result may be written into (the returned tensor is the result)."""
         ...
 
 
@@ -70,8 +73,9 @@ class TokenText(Protocol):
         """BOS/EOS/PAD ids: never an example's max token, excluded from statistics."""
         ...
 
-    def window(self, ids: Sequence[int]) -> list[str]:
-        """Display strings for one context window (decoding may depend on neighbours)."""
+    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
+        """Display strings for context windows laid one after another in ``ids``, ``lengths``
+        tokens each (decoding may depend on neighbours inside a window, never across)."""
         ...
 
     def token(self, token_id: int) -> str:

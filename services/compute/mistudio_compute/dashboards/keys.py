@@ -20,8 +20,8 @@ EMPTY_TOP = -1
 """Fill for an unused top-example slot (every real key is > 0)."""
 EMPTY_SAMPLE = (1 << 63) - 1
 """Fill for an unused sample slot (every real key is smaller)."""
-_MIX = 0x45D9F3B
-_SEED_SAMPLE = 0x2545F491
+MIX = 0x45D9F3B
+SEED_SAMPLE = 0x2545F491
 _SEED_WINDOW_A = 0x1B873593
 _SEED_WINDOW_B = 0x6A09E667
 
@@ -34,11 +34,11 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
         h = x.numpy().astype(np.uint32)
         for _ in range(2):
             h ^= h >> 16
-            h *= np.uint32(_MIX)
+            h *= np.uint32(MIX)
         h ^= h >> 16
         return torch.from_numpy(h.astype(np.int64))
-    x = (((x >> 16) ^ x) * _MIX) & M32
-    x = (((x >> 16) ^ x) * _MIX) & M32
+    x = (((x >> 16) ^ x) * MIX) & M32
+    x = (((x >> 16) ^ x) * MIX) & M32
     return (x >> 16) ^ x
 
 
@@ -64,7 +64,7 @@ def sample_key(
 ) -> torch.Tensor:
     """Bottom-k key: a hash priority of (SAE feature index, global position), then position.
     With ``rows`` [A], the keys of features[rows] at positions [A] (each feature hashed once)."""
-    h = mix32(features ^ _SEED_SAMPLE)
+    h = mix32(features ^ SEED_SAMPLE)
     if rows is not None:
         h = h.index_select(0, rows)
     h = mix32(h ^ (positions & M32))

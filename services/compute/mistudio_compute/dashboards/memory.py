@@ -36,8 +36,14 @@ example's window (its string, id and value; 90-100 measured). A window never spa
 row, so it counts min(width, row length) tokens. Up to two chunks are alive at once: the one
 being handed on and the one being built."""
 BATCH_COPIES = 3
-"""Dense activations of one batch per feature of the shard: the encoder's output, the shard's
-column selection and the encoder's pre-activations."""
+"""Float32 values' worth of bytes one batch holds per position and feature of the shard: the
+encoder's output (4 bytes), its threshold mask (1) and the active entries with their windows,
+which grow with the features' density and the context width. Measured on the bench (8,192
+features, two pass threads): 7.6 bytes per value between batches of 16 and 32 rows (1%
+density); tiny's 2-8% took 11-23 in a first batch, where every active entry is a top
+candidate. Two copies fit the bench's 16,384 features in one shard on paper, but that
+shard's computation peaked 964 MB above its start for 857 planned, and took 92 CPU s to the
+two shards' 86."""
 PLANNED_SHARE = 0.8
 """Shards are planned to fill this share of the budget: the model is within 30% of measured
 peaks, not exact, and the budget is a limit the peak must stay under."""

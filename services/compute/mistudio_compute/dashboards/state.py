@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from mistudio_common.errors import InvalidArgument
 
-from mistudio_compute.dashboards import exact_sum
+from mistudio_compute.dashboards import exact_sum, fold_kernels
 from mistudio_compute.dashboards import keys as K
+from mistudio_compute.dashboards.fold_kernels import SampleWrites
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.token_totals import TokenTotals
 
@@ -173,13 +173,19 @@ class PassState:
         ``batch_tokens(tokens)`` when the caller has it already."""
         cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
         special, win, win_id = batch or self.batch_tokens(tokens)
-        f, n, val = _active_entries(acts, special)  # [A] by feature, position
+        compiled = fold_kernels.applies(acts)
+        if compiled:  # [A] by feature, position
+            f, n, val, bucket = fold_kernels.active_entries(acts, special, cfg.grid)
+        else:
+            f, n, val = _active_entries(acts, special)
+            bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
         pos = first_row * t + n  # [A] global positions
-        entry_key = f * (b * t) + n  # [A] ascending
 
         def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
             left, right = cfg.context_left, cfg.context_right
-            return _window_values(entry_key, val, b * t, t, left, right, i)
+            if compiled:
+                return fold_kernels.window_values(f, n, val, t, left, right, i)
+            return _window_values(f * (b * t) + n, val, b * t, t, left, right, i)
 
         top = sample = None  # a state without top or sample slots pays for no examples
         if cfg.n_top:
@@ -187,19 +193,25 @@ class PassState:
             # Below its feature's n_top-th best value an entry can neither enter nor stop a
             # larger one being a peak (ties included), so the peak search skips it: after the
             # first batches that is nearly every entry.
-            c = _where(val >= _at(K.top_value(self.top_keys[:, -1]), f))  # [C] candidates
-            peak = _is_peak(_at(f, c), _at(n, c), _at(val, c), t, b * t, cfg.window)
-            p = _at(c, _where(peak))  # [P] peaks
+            floor = K.top_value(self.top_keys[:, -1])  # [F]
+            if compiled:
+                p = fold_kernels.top_peaks(f, n, val, floor, t, cfg.window)  # [P] peaks
+            else:
+                c = _where(val >= _at(floor, f))  # [C] candidates
+                peak = _is_peak(_at(f, c), _at(n, c), _at(val, c), t, b * t, cfg.window)
+                p = _at(c, _where(peak))
             n_p = _at(n, p)
             group = _at(f, p) * (b * t) + _at(win_id, n_p)  # distinct (feature, window) pairs
             key = K.top_key(_at(val, p), _at(pos, p))
             top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
         if cfg.n_sample:
             assert win is not None
-            key = K.sample_key(self.features, pos, f)
-            sample = self._fold_sample(key, val, win, n, f, windows)
-        bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
-        return Fold(self, n_feat, special, f, n, val, bucket, top, sample)
+            if compiled:
+                writes = fold_kernels.sample_writes(self.features, f, pos, self.sample_keys)
+            else:
+                writes = self._sample_writes(f, pos)
+            sample = self._fold_sample(writes, val, win, n, windows)
+        return Fold(self, n_feat, special, f, n, val, bucket, top, sample, compiled)
 
     def count_tokens(self, tokens: torch.Tensor, folds: list[Fold]) -> None:
         """The token count and token totals of a batch tokens [B, T] whose features' folds
@@ -244,25 +256,16 @@ class PassState:
         wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
         return rows, keys, _take(hashes, pick, empty), wins
 
-    def _fold_sample(
-        self,
-        key: torch.Tensor,
-        val: torch.Tensor,
-        win: torch.Tensor,
-        n: torch.Tensor,
-        f: torch.Tensor,
-        windows: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, ...]:
-        """The slot writes that fold this batch into the samples: slots [X] (row * n_sample +
-        column) and their keys, values, window hashes [X] and windows [X, width], for active
-        entries with keys, values, batch positions n and features f [A] (``win`` [N] holds each
-        batch position's window hash). A row and the batch's best entries of its feature are
-        both sorted, so an entry's new column is its column plus the number of smaller keys in
-        the other list: only the entries that enter or move are written, not whole rows."""
-        k = self.config.n_sample
-        a = _where(key < _at(self.sample_keys[:, -1], f))  # could enter the current sample
-        rows, seg = torch.unique_consecutive(_at(f, a), return_inverse=True)  # f is sorted
+    def _sample_writes(self, f: torch.Tensor, pos: torch.Tensor) -> SampleWrites:
+        """Which sample slots this batch's active entries (features f, global positions pos
+        [A]) enter and which kept entries move. A row and the batch's best entries of its
+        feature are both sorted, so an entry's new column is its column plus the number of
+        smaller keys in the other list: only the entries that enter or move are written."""
+        k, last = self.config.n_sample, self.sample_keys[:, -1]
+        key = K.sample_key(self.features, pos, f)
+        a = _where(key < _at(last, f))  # [C] could enter the current sample
         key = _at(key, a)
+        rows, seg = torch.unique_consecutive(_at(f, a), return_inverse=True)  # f is sorted
         new, idx = K.segment_top(seg, key, len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
         old = self.sample_keys.index_select(0, rows)  # [R, k] ascending, like new
         col = torch.arange(k, device=key.device)
@@ -272,12 +275,29 @@ class PassState:
         moves = ((old != K.EMPTY_SAMPLE) & (old_col != col) & (old_col < k)).view(-1)
         i_new, i_old = _where(enters), _where(moves)  # [X_new], [X_old] in the [R, k] lists
         row_slot = rows[:, None] * k  # [R, 1] first slot of each changed row
-        source = _at((row_slot + col).view(-1), i_old)  # [X_old] slots whose entries move
-        slots = torch.cat(
-            [_at((row_slot + old_col).view(-1), i_old), _at((row_slot + new_col).view(-1), i_new)]
+        return SampleWrites(
+            moved_from=_at((row_slot + col).view(-1), i_old),
+            moved_to=_at((row_slot + old_col).view(-1), i_old),
+            entered_at=_at((row_slot + new_col).view(-1), i_new),
+            entering=_at(a, _at(idx.view(-1), i_new)),
+            entering_keys=_at(new.view(-1), i_new),
         )
-        entry = _at(a, _at(idx.view(-1), i_new))  # [X_new] active entries that enter
-        keys = torch.cat([_at(self.sample_keys.view(-1), source), _at(new.view(-1), i_new)])
+
+    def _fold_sample(
+        self,
+        writes: SampleWrites,
+        val: torch.Tensor,
+        win: torch.Tensor,
+        n: torch.Tensor,
+        windows: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, ...]:
+        """The slot writes that fold this batch into the samples: slots [X] (row * n_sample +
+        column) and their keys, values, window hashes [X] and windows [X, width], read from the
+        state for the entries that move and from the batch (active entries' values val and
+        batch positions n [A]; window hashes ``win`` [N]) for those that enter."""
+        source, entry = writes.moved_from, writes.entering
+        slots = torch.cat([writes.moved_to, writes.entered_at])
+        keys = torch.cat([_at(self.sample_keys.view(-1), source), writes.entering_keys])
         values = torch.cat([_at(self.sample_values.view(-1), source), _at(val, entry)])
         hashes = torch.cat([_at(self.sample_hash.view(-1), source), _at(win, _at(n, entry))])
         wins = self.sample_windows.new_empty(len(slots), self.config.width)  # [X, width]
@@ -366,6 +386,7 @@ class Fold:
     bucket: torch.Tensor  # [A] their fine-grid cells (feature * n_buckets + bucket)
     top: tuple[torch.Tensor, ...] | None  # rows, keys, hashes, windows (_fold_top)
     sample: tuple[torch.Tensor, ...] | None  # slots, keys, values, hashes, windows
+    compiled: bool  # the statistics are added by fold_kernels (else by torch ops)
 
     def commit(self) -> None:
         """Writes the batch into the state's per-feature tensors (not its token count)."""
@@ -381,7 +402,15 @@ class Fold:
             s.sample_values.view(-1).index_copy_(0, slots, values)
             s.sample_hash.view(-1).index_copy_(0, slots, hashes)
             s.sample_windows.view(-1, s.config.width).index_copy_(0, slots, wins)
-        bucket = self.bucket
+        if self.compiled:
+            stats = s.hist, s.count, s.total, s.total_sq, s.vmin, s.vmax
+            fold_kernels.add_statistics(*stats, f, val, self.bucket)
+        else:
+            self._add_statistics()
+
+    def _add_statistics(self) -> None:
+        """The histogram, count, exact moments, min and max of the batch, with torch ops."""
+        s, f, val, bucket = self.state, self.f, self.val, self.bucket
         s.hist.view(-1).index_add_(0, bucket, torch.ones_like(bucket, dtype=s.hist.dtype))
         s.count += torch.bincount(f, minlength=self.n_feat)
         exact_sum.add_moments(s.total, s.total_sq, f, val)
@@ -401,15 +430,9 @@ def _active_entries(
     (feature, position): features and positions [A] int64, values [A] float32. One thresholded
     pass over acts; a stable sort of the features of the position-major list orders it."""
     n_feat = acts.shape[1]
-    if acts.device.type == "cpu" and acts.dtype == torch.float32:
-        # numpy's comparison and nonzero run several times faster than torch's on a CPU
-        above = acts.numpy() > 0  # [N, F]
-        above[special.numpy()] = False
-        flat = torch.from_numpy(np.flatnonzero(above))  # [A] position-major
-    else:
-        mask = acts > 0
-        mask[special] = False
-        flat = _where(mask.view(-1))
+    mask = acts > 0
+    mask[special] = False
+    flat = _where(mask.view(-1))
     val = _at(acts.reshape(-1), flat).float()
     f, order = (flat % n_feat).to(_index_dtype(n_feat)).sort(stable=True)
     return f.long(), _at(flat // n_feat, order), _at(val, order)

@@ -3,27 +3,49 @@
 Tokens are grouped by their display string (ids that display alike are one row, shown with the
 lowest such id). By default the rows cover the distinct positions of the feature's shown
 examples where it is active; with ``aggregate_all_tokens`` they cover every active position of
-the pass (``TokenTotals``). Ties in the ranking go to the lower token id.
+the pass (``TokenTotals``). Ties in the ranking go to the lower token id. A chunk of features is
+grouped and ranked at once, in numpy; messages are made only for the rows shown.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import TokenRankMetric
 
-TokenRows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-"""(ids, totals, counts, maxima) per distinct token id, ascending."""
+
+@dataclass(frozen=True, slots=True)
+class TokenRows:
+    """Per (feature, token id) of a chunk, ascending by feature, then id."""
+
+    feature: np.ndarray  # [R] int64 place in the chunk
+    ids: np.ndarray  # [R] int64
+    totals: np.ndarray  # [R] float64
+    counts: np.ndarray  # [R] int64
+    maxima: np.ndarray  # [R] float64
+
+    @classmethod
+    def concatenate(cls, per_feature: list[tuple[np.ndarray, ...]]) -> TokenRows:
+        """From (ids, totals, counts, maxima) of each feature of the chunk, in order."""
+        lengths = [len(ids) for ids, *_ in per_feature]
+        feature = np.repeat(np.arange(len(per_feature), dtype=np.int64), lengths)
+        if not per_feature:
+            return cls(feature, *(np.zeros(0, dt) for dt in _DTYPES))
+        columns = zip(*per_feature, strict=True)
+        return cls(
+            feature, *(np.concatenate(c).astype(t) for c, t in zip(columns, _DTYPES, strict=True))
+        )
 
 
-def per_token(
-    rows: np.ndarray, ids: np.ndarray, values: np.ndarray, n_rows: int
-) -> list[TokenRows]:
-    """Per row in [0, n_rows): (ids, totals, counts, maxima) per distinct id of its active
-    (row, id, value) triples. Totals add a row's values in their given order."""
+_DTYPES = (np.int64, np.float64, np.int64, np.float64)
+
+
+def per_token(rows: np.ndarray, ids: np.ndarray, values: np.ndarray) -> TokenRows:
+    """(ids, totals, counts, maxima) per distinct (row, id) of the active (row, id, value)
+    triples. Totals add a row's values in their given order."""
     span = int(ids.max()) + 1 if len(ids) else 1
     uniq, inv = np.unique(rows * span + ids, return_inverse=True)
     weights = values.astype(np.float64)
@@ -31,42 +53,55 @@ def per_token(
     counts = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
     maxima = np.zeros(len(uniq), dtype=np.float64)
     np.maximum.at(maxima, inv, weights)
-    row, token = uniq // span, uniq % span
-    cuts = np.searchsorted(row, np.arange(n_rows + 1)).tolist()
-    return [
-        (token[a:b], totals[a:b], counts[a:b], maxima[a:b]) for a, b in itertools.pairwise(cuts)
-    ]
+    return TokenRows(uniq // span, uniq % span, totals, counts, maxima)
 
 
 def rank_tokens(
-    ids: np.ndarray,
-    totals: np.ndarray,
-    counts: np.ndarray,
-    maxima: np.ndarray,
+    rows: TokenRows,
+    n_features: int,
     token_string: Callable[[int], str],
     metric: TokenRankMetric,
     n_top: int,
-) -> list[dpb.TokenAggregate]:
-    rows: dict[str, list[float]] = {}  # string -> [lowest id, total, count, max]
-    for i, tot, cnt, mx in zip(ids.tolist(), totals.tolist(), counts.tolist(), maxima.tolist(),
-                               strict=True):  # fmt: skip
-        row = rows.setdefault(token_string(i), [i, 0.0, 0, 0.0])
-        row[0], row[1], row[2], row[3] = min(row[0], i), row[1] + tot, row[2] + cnt, max(row[3], mx)
-    key: Callable[[list[float]], float] = {
-        TokenRankMetric.SUM: lambda r: float(r[1]),
-        TokenRankMetric.COUNT: lambda r: float(r[2]),
-        TokenRankMetric.MEAN: lambda r: float(r[1]) / int(r[2]),
-    }[metric]
-    ranked = sorted(((s, r) for s, r in rows.items() if r[2] > 0),
-                    key=lambda sr: (-key(sr[1]), sr[1][0]))  # fmt: skip
-    return [
-        dpb.TokenAggregate(
-            token=s,
-            token_id=int(r[0]),
-            total_activation=float(r[1]),
-            count=int(r[2]),
-            mean_activation=float(r[1]) / int(r[2]),
-            max_activation=float(r[3]),
+) -> list[list[dpb.TokenAggregate]]:
+    """The ``n_top`` token strings of each of the chunk's features. A string's total adds its
+    ids' totals in ascending id order, as a running sum from 0.0 would."""
+    out: list[list[dpb.TokenAggregate]] = [[] for _ in range(n_features)]
+    if len(rows.ids) == 0:
+        return out
+    distinct, id_at = np.unique(rows.ids, return_inverse=True)
+    strings = [token_string(i) for i in distinct.tolist()]
+    names, string_of = np.unique(np.array(strings, dtype=object), return_inverse=True)
+    group = rows.feature * len(names) + string_of.reshape(-1)[id_at.reshape(-1)]  # [R]
+    order = np.lexsort((rows.ids, group))  # each group's ids ascending, groups apart
+    keys, first, inverse = np.unique(group[order], return_index=True, return_inverse=True)
+    totals = np.bincount(inverse, weights=rows.totals[order], minlength=len(keys))
+    counts = np.bincount(inverse, weights=rows.counts[order], minlength=len(keys))
+    counts = counts.astype(np.int64)
+    maxima = np.zeros(len(keys), dtype=np.float64)
+    np.maximum.at(maxima, inverse, rows.maxima[order])
+    shown_id = rows.ids[order][first]  # the lowest id of each group
+    feature, name = keys // len(names), keys % len(names)
+    live = counts > 0
+    mean = np.divide(totals, counts, out=np.zeros_like(totals), where=live)
+    score = {TokenRankMetric.SUM: totals, TokenRankMetric.COUNT: counts.astype(np.float64),
+             TokenRankMetric.MEAN: mean}[metric]  # fmt: skip
+    ranked = np.lexsort((shown_id, -score, feature))
+    ranked = ranked[live[ranked]]
+    starts = np.searchsorted(feature[ranked], np.arange(n_features + 1))
+    place = np.arange(len(ranked)) - np.repeat(starts[:-1], np.diff(starts))
+    kept = ranked[place < n_top]
+    for f, s, i, tot, c, m, mx in zip(feature[kept].tolist(), name[kept].tolist(),
+                                      shown_id[kept].tolist(), totals[kept].tolist(),
+                                      counts[kept].tolist(), mean[kept].tolist(),
+                                      maxima[kept].tolist(), strict=True):  # fmt: skip
+        out[f].append(
+            dpb.TokenAggregate(
+                token=names[s],
+                token_id=i,
+                total_activation=tot,
+                count=c,
+                mean_activation=m,
+                max_activation=mx,
+            )
         )
-        for s, r in ranked[:n_top]  # objects only for the rows shown
-    ]
+    return out

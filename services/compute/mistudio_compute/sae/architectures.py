@@ -109,23 +109,36 @@ class Sae:
 
     @torch.inference_mode()
     def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        features: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Activations [N, F] of ``features`` [F] (all when None) for ``x`` [N, d_in], bit for
         bit the matching columns of the full encode: only the ENCODE_BLOCK column blocks the
-        features fall in are computed, each by the same call as in the full encode."""
+        features fall in are computed, each by the same call as in the full encode. ``out``
+        [N, F]: where the result may be written (a pass reuses one per batch: a fresh buffer
+        of tens of MB is new pages from the kernel each time, which cost as much system time
+        as the matmul's own)."""
         x_c = self._normalize_in(x.to(self.device, self.dtype))
         if self.cfg.apply_b_dec_to_input:
             x_c = x_c - self.b_dec
         every = torch.arange(self.d_sae, device=self.device)
-        return self._encode_columns(x_c, every if features is None else features.to(self.device))
+        wanted = every if features is None else features.to(self.device)
+        return self._encode_columns(x_c, wanted, out)
 
-    def _encode_columns(self, x_c: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Activations [N, F] of ``features`` [F]: each block they fall in is activated whole
-        and its columns copied straight to theirs (a run of features as one slice), so no
-        block-wide intermediate of all of them is built and copied again."""
+    def _encode_columns(
+        self, x_c: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Activations [N, F] of ``features`` [F] into ``out`` (new when None): each block they
+        fall in is activated whole and its columns copied straight to theirs (a run of
+        features as one slice), so no block-wide intermediate of all of them is built and
+        copied again."""
         block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
-        out = x_c.new_empty(x_c.shape[0], len(features))
+        shape = (x_c.shape[0], len(features))
+        if out is None:
+            out = x_c.new_empty(shape)
+        _check_out(out, shape, x_c)
         for block in torch.unique(block_of).tolist():  # ascending
             start = block * ENCODE_BLOCK
             z = self._activate(x_c, slice(start, min(start + ENCODE_BLOCK, self.d_sae)))
@@ -215,15 +228,23 @@ class TopKSae(Sae):
 
     @torch.inference_mode()
     def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        features: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The k largest of every feature are picked first: ``out`` only takes the columns."""
         pre = super().encode_features(x)  # [N, d_sae]
         if self.cfg.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
         assert self.cfg.k is not None  # guaranteed by parse_sae_config
         values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
         z = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
-        return z if features is None else z.index_select(1, features.to(self.device))
+        wanted = torch.arange(self.d_sae, device=self.device) if features is None else features
+        if out is None:
+            return z if features is None else z.index_select(1, wanted.to(self.device))
+        _check_out(out, (len(x), len(wanted)), z)
+        return torch.index_select(z, 1, wanted.to(self.device), out=out)
 
     def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
         return self._encode_affine(x_c, "b_enc", columns)  # pre-activations: k is picked above
@@ -243,6 +264,15 @@ class GatedSae(Sae):
         gate = pre + self.weights["b_gate"][columns] > 0
         r_mag, b_mag = self.weights["r_mag"][columns], self.weights["b_mag"][columns]
         return gate * torch.relu(pre * r_mag.exp() + b_mag)
+
+
+def _check_out(out: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> None:
+    """A caller's ``out`` buffer must be the result's shape, dtype and device."""
+    if out.shape != shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"out is {tuple(out.shape)} {out.dtype} on {out.device}, expected {shape} "
+            f"{like.dtype} on {like.device}"
+        )
 
 
 _REGISTRY: dict[str, type[Sae]] = {}

@@ -1,0 +1,316 @@
+"""The per-entry work of a CPU float32 fold as compiled loops (numba), one pass each.
+
+Torch spends the fold's CPU on whole-array temporaries: a sort to group the active entries by
+feature, a hash of every active entry only to compare it with its feature's sample threshold, one
+scatter per statistic. Here each is one loop over the entries that allocates only its output, and
+releases the GIL so the pass's threads fold their feature parts at once. Every kernel computes
+the same bits as the torch path in ``state`` (which CUDA and other dtypes keep), so the states of
+both are equal bit for bit. The kernels are compiled for their declared types when this module
+is imported, or loaded from the cache on disk (beside this module, else numba's user cache or
+``NUMBA_CACHE_DIR``) that ``make setup`` fills: a pass never waits for a compile.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from numba import njit
+from numba import types as nt
+
+from mistudio_compute.dashboards import keys as K
+from mistudio_compute.dashboards.grid import FineGrid
+
+_MANTISSA_MASK = (1 << 23) - 1
+_LIMB_BITS = 8
+f4, i4, i8 = nt.float32, nt.int32, nt.int64  # a kernel's argument types: [::1] = C-contiguous
+
+
+def applies(acts: torch.Tensor) -> bool:
+    """Whether a batch's activations [N, F] fold with these kernels (else with torch ops)."""
+    return acts.device.type == "cpu" and acts.dtype == torch.float32
+
+
+def active_entries(
+    acts: torch.Tensor, special: torch.Tensor, grid: FineGrid
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Active entries of acts [N, F] (> 0 at positions not ``special`` [N]) ordered by (feature,
+    position): features, positions [A] int64, values [A] float32 and fine-grid cells [A]
+    (feature * n_buckets + ``grid.bucket``)."""
+    edges = grid.edges()
+    dense = _host(acts)
+    spans = _bucket_spans(grid)
+    out = _active_entries(dense, dense.view(np.int32), _host(special), _host(edges), *spans)
+    return tuple(torch.from_numpy(x) for x in out)  # type: ignore[return-value]
+
+
+class SampleWrites(NamedTuple):
+    """How a batch changes the samples (flat slots: feature row * n_sample + column): kept
+    entries that move to another column, and active entries that enter, with their keys."""
+
+    moved_from: torch.Tensor  # [X_old] slots whose entries move
+    moved_to: torch.Tensor  # [X_old] their new slots
+    entered_at: torch.Tensor  # [X_new] slots that active entries enter
+    entering: torch.Tensor  # [X_new] those active entries
+    entering_keys: torch.Tensor  # [X_new] their keys.sample_key
+
+
+def sample_writes(
+    features: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, sample_keys: torch.Tensor
+) -> SampleWrites:
+    """The sample writes of active entries (SAE features[f], global positions pos [A]) into
+    rows sample_keys [F, n_sample] (ascending): each entry's ``keys.sample_key`` is compared
+    with its row's last key, and each changed row is merged with its sorted candidates."""
+    out = _sample_writes(_host(features), _host(f), _host(pos), _host(sample_keys))
+    return SampleWrites(*(torch.from_numpy(x) for x in out))
+
+
+def top_peaks(
+    f: torch.Tensor, n: torch.Tensor, val: torch.Tensor, floor: torch.Tensor, t: int, w: int
+) -> torch.Tensor:
+    """Active entries [P] (sorted by feature, position) whose value is at least their feature's
+    ``floor`` [F] and the largest of their row within ±w positions (earliest wins ties)."""
+    peaks = _top_peaks(_host(f), _host(n), _host(val), _host(floor), t, w)
+    return torch.from_numpy(peaks)
+
+
+def window_values(
+    f: torch.Tensor,
+    n: torch.Tensor,
+    val: torch.Tensor,
+    t: int,
+    left: int,
+    right: int,
+    i: torch.Tensor,
+) -> torch.Tensor:
+    """Windows [X, left + 1 + right] of active entries i [X] (of features f, batch positions n,
+    values val [A], sorted by feature and position): their feature's values at positions -left
+    ... +right of their row of length t, 0 where it is not active or outside the row."""
+    out = _window_values(_host(f), _host(n), _host(val), t, left, right, _host(i))
+    return torch.from_numpy(out)
+
+
+def add_statistics(
+    hist: torch.Tensor,
+    count: torch.Tensor,
+    total: torch.Tensor,
+    total_sq: torch.Tensor,
+    vmin: torch.Tensor,
+    vmax: torch.Tensor,
+    f: torch.Tensor,
+    val: torch.Tensor,
+    cell: torch.Tensor,
+) -> None:
+    """Adds active entries (features f, values val, fine-grid cells [A]) to a state's histogram,
+    count, exact moments (``exact_sum``) and min / max, in place."""
+    # .numpy(), not _host: the kernel writes into the state's own memory (a part's rows are
+    # contiguous views of the whole state's)
+    _add_statistics(
+        hist.view(-1).numpy(), count.numpy(), total.numpy(), total_sq.numpy(), vmin.numpy(),
+        vmax.numpy(), _host(f), _host(val), _host(cell),
+    )  # fmt: skip
+
+
+def _host(x: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a C-contiguous numpy array (the layout the kernels are compiled for)."""
+    return np.ascontiguousarray(x.detach().numpy())
+
+
+@functools.cache
+def _bucket_spans(grid: FineGrid) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last bucket [2**15] of the positive float32 values sharing each value of
+    their top 16 bits (a relative span of 2**-7, narrower than the default grid's buckets): a
+    value's bucket is then found in a step or two from its bits, not by binary search."""
+    top = np.arange(1 << 15, dtype=np.int64) << 16
+    lowest, highest = (
+        torch.from_numpy(x.astype(np.int32)).view(torch.float32) for x in (top, top | 0xFFFF)
+    )
+    first, last = (grid.bucket(x, grid.edges()).numpy() for x in (lowest, highest))
+    return first, last
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _bucket(v, span, edges, first, last):  # type: ignore[no-untyped-def]
+    """``FineGrid.bucket`` of one positive value (top 16 bits ``span``): edges <= v."""
+    b = first[span]
+    while b < last[span] and edges[b] <= v:
+        b += 1
+    return b
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _mix32(x):  # type: ignore[no-untyped-def]
+    """``keys.mix32`` of one value in [0, 2**32)."""
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * K.MIX) & K.M32
+    return (x >> 16) ^ x
+
+
+@njit(nogil=True, cache=True)
+def _sample_candidates(features, f, pos, last_keys):  # type: ignore[no-untyped-def]
+    seeds = np.empty(len(features), np.int64)
+    for j in range(len(features)):
+        seeds[j] = _mix32((features[j] ^ K.SEED_SAMPLE) & K.M32)
+    a = np.empty(len(f), np.int64)
+    key = np.empty(len(f), np.int64)
+    c = 0
+    for i in range(len(f)):
+        p = pos[i]
+        h = _mix32(_mix32(seeds[f[i]] ^ (p & K.M32)) ^ (p >> 32))
+        k = ((h >> 1) << 32) | p
+        if k < last_keys[f[i]]:
+            a[c], key[c] = i, k
+            c += 1
+    return a[:c], key[:c]
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _add_term(acc, row, term, bit):  # type: ignore[no-untyped-def]
+    """``exact_sum._add`` of one term."""
+    acc[row, bit >> 3] += term << (bit & (_LIMB_BITS - 1))
+
+
+@njit((f4[:, ::1], i4[:, ::1], nt.boolean[::1], f4[::1], i8[::1], i8[::1]), nogil=True, cache=True)
+def _active_entries(acts, bits, special, edges, first, last):  # type: ignore[no-untyped-def]
+    """A counting sort by feature: one pass counts each feature's entries, the next writes
+    them at their feature's offset (positions ascend within a feature by construction)."""
+    n_pos, n_feat = acts.shape
+    counts = np.zeros(n_feat, np.int64)
+    for i in range(n_pos):
+        if not special[i]:
+            row = acts[i]
+            for j in range(n_feat):
+                counts[j] += row[j] > 0  # no branch: the compiler vectorises it
+    start = np.zeros(n_feat + 1, np.int64)
+    start[1:] = np.cumsum(counts)
+    total = start[n_feat]
+    f = np.empty(total, np.int64)
+    n = np.empty(total, np.int64)
+    val = np.empty(total, np.float32)
+    cell = np.empty(total, np.int64)
+    n_buckets = len(edges) + 1
+    at = start[:n_feat].copy()
+    for i in range(n_pos):
+        if not special[i]:
+            row = acts[i]
+            for j in range(n_feat):
+                v = row[j]
+                if v > 0:
+                    k = at[j]
+                    at[j] = k + 1
+                    f[k], n[k], val[k] = j, i, v
+                    cell[k] = j * n_buckets + _bucket(v, bits[i, j] >> 16, edges, first, last)
+    return f, n, val, cell
+
+
+@njit((i8[::1], i8[::1], i8[::1], i8[:, ::1]), nogil=True, cache=True)
+def _sample_writes(features, f, pos, sample_keys):  # type: ignore[no-untyped-def]
+    a, key = _sample_candidates(features, f, pos, sample_keys[:, -1])
+    n_feat, k = sample_keys.shape
+    moved_from = np.empty(min(len(a), n_feat) * k, np.int64)
+    moved_to = np.empty_like(moved_from)
+    entered_at = np.empty(len(a), np.int64)
+    entering = np.empty(len(a), np.int64)
+    entering_keys = np.empty(len(a), np.int64)
+    moves = enters = 0
+    i = 0
+    while i < len(a):  # one changed row [i, j) of the candidates (sorted by feature)
+        r, j = f[a[i]], i + 1
+        while j < len(a) and f[a[j]] == r:
+            j += 1
+        order = i + np.argsort(key[i:j])
+        old = new = 0  # next kept and next candidate, merged into columns 0 ... k - 1
+        for col in range(k):
+            old_key = sample_keys[r, old]
+            new_key = key[order[new]] if i + new < j else K.EMPTY_SAMPLE
+            if new_key < old_key:
+                entered_at[enters], entering[enters] = r * k + col, a[order[new]]
+                entering_keys[enters] = new_key
+                enters += 1
+                new += 1
+            elif old_key == K.EMPTY_SAMPLE:
+                break
+            else:
+                if old != col:
+                    moved_from[moves], moved_to[moves] = r * k + old, r * k + col
+                    moves += 1
+                old += 1
+        i = j
+    return (
+        moved_from[:moves].copy(), moved_to[:moves].copy(), entered_at[:enters].copy(),
+        entering[:enters].copy(), entering_keys[:enters].copy(),
+    )  # fmt: skip
+
+
+@njit((i8[::1], i8[::1], f4[::1], f4[::1], i8, i8), nogil=True, cache=True)
+def _top_peaks(f, n, val, floor, t, w):  # type: ignore[no-untyped-def]
+    """Each candidate looks at its neighbours in the sorted list: the active entries of its
+    feature and row within ±w positions (entries below the floor cannot beat it)."""
+    out = np.empty(len(f), np.int64)
+    c = 0
+    for i in range(len(f)):
+        v = val[i]
+        if v < floor[f[i]]:
+            continue
+        row_start = n[i] - n[i] % t
+        lo, hi = max(row_start, n[i] - w), min(row_start + t - 1, n[i] + w)
+        peak = True
+        j = i - 1
+        while peak and j >= 0 and f[j] == f[i] and n[j] >= lo:
+            peak = val[j] < v
+            j -= 1
+        j = i + 1
+        while peak and j < len(f) and f[j] == f[i] and n[j] <= hi:
+            peak = val[j] <= v
+            j += 1
+        if peak:
+            out[c] = i
+            c += 1
+    return out[:c].copy()
+
+
+@njit((i8[::1], i8[::1], f4[::1], i8, i8, i8, i8[::1]), nogil=True, cache=True)
+def _window_values(f, n, val, t, left, right, entries):  # type: ignore[no-untyped-def]
+    """A window's active positions are the entry's neighbours in the sorted list."""
+    out = np.zeros((len(entries), left + 1 + right), np.float32)
+    for x in range(len(entries)):
+        e = entries[x]
+        row_start = n[e] - n[e] % t
+        lo, hi = max(row_start, n[e] - left), min(row_start + t - 1, n[e] + right)
+        j = e
+        while j >= 0 and f[j] == f[e] and n[j] >= lo:
+            out[x, n[j] - n[e] + left] = val[j]
+            j -= 1
+        j = e + 1
+        while j < len(f) and f[j] == f[e] and n[j] <= hi:
+            out[x, n[j] - n[e] + left] = val[j]
+            j += 1
+    return out
+
+
+_STATISTICS_TYPES = [
+    (c[::1], c[::1], i8[:, ::1], i8[:, ::1], f4[::1], f4[::1], i8[::1], f4[::1], i8[::1])
+    for c in (i4, i8)  # state.count_dtype
+]
+
+
+@njit(_STATISTICS_TYPES, nogil=True, cache=True)
+def _add_statistics(hist, count, total, total_sq, vmin, vmax, f, val, cell):  # type: ignore[no-untyped-def]
+    bits = val.view(np.int32)
+    for i in range(len(f)):
+        j, v = f[i], val[i]
+        hist[cell[i]] += 1
+        count[j] += 1
+        vmin[j] = min(vmin[j], v)
+        vmax[j] = max(vmax[j], v)
+        biased = np.int64(bits[i]) >> 23  # as exact_sum._split
+        normal = 1 if biased > 0 else 0
+        m = (np.int64(bits[i]) & _MANTISSA_MASK) | (normal << 23)
+        e = biased - normal
+        _add_term(total, j, m, e)
+        high, low = m >> 12, m & 0xFFF
+        _add_term(total_sq, j, high * high, 2 * e + 24)
+        _add_term(total_sq, j, high * low, 2 * e + 13)
+        _add_term(total_sq, j, low * low, 2 * e)

@@ -1,0 +1,100 @@
+"""The compiled CPU fold (fold_kernels) gives the torch fold's state bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from mistudio_compute.dashboards import fold_kernels
+from mistudio_compute.dashboards.keys import EMPTY_SAMPLE
+from mistudio_compute.dashboards.state import PassState, StateConfig
+
+SPECIAL = (0, 1)
+ROWS, T, F = 6, 7, 9  # short rows: most windows cross a row's edge
+
+
+def batch(seed: int, rows: int = ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """acts [rows * T, F] and tokens [rows, T] with ties, special tokens, values off the grid
+    (subnormal, below and above it), a feature that never fires and ~25% active entries."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.tensor([0.5, 1.0, 1.0, 2.0, 3.0, 1e-45, 1e-7, 2e5, 0.0, 0.0])
+    acts = levels[torch.randint(0, len(levels), (rows * T, F), generator=g)]
+    acts = acts * (torch.rand(rows * T, F, generator=g) < 0.3)  # most entries inactive
+    acts[torch.rand(rows * T, F, generator=g) < 0.05] = -1.0  # negative: not firing
+    acts[:, 2] = 0  # a feature with no active entries
+    tokens = torch.randint(0, 6, (rows, T), generator=g)  # few ids: repeated windows
+    return acts, tokens
+
+
+def states(config: StateConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], features):
+    """The state of folding the batches (rows one after another), compiled and with torch."""
+    out = []
+    for compiled in (True, False):
+        state = PassState.empty(config, features, T, torch.device("cpu"))
+        first_row = 0
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fold_kernels, "applies", lambda acts, compiled=compiled: compiled)
+            for acts, tokens in batches:
+                fold = state.fold(acts, tokens, first_row)
+                assert fold.compiled is compiled
+                fold.commit()
+                first_row += tokens.shape[0]
+        out.append(state)
+    return out
+
+
+def assert_bitwise_equal(a: PassState, b: PassState) -> None:
+    for name, x in a.tensors_by_feature().items():
+        y = getattr(b, name)
+        if x.is_floating_point():  # bits, so that -0.0 / 0.0 or NaN differences show
+            x, y = x.view(torch.int32), y.view(torch.int32)
+        assert torch.equal(x, y), name
+
+
+CONFIGS = {
+    "top and sample": StateConfig(n_top=3, n_sample=4, context_left=2, context_right=1,
+                                  special_ids=SPECIAL),
+    "wide context": StateConfig(n_top=2, n_sample=2, context_left=9, context_right=8,
+                                special_ids=SPECIAL),
+    "no context": StateConfig(n_top=4, n_sample=3, context_left=0, context_right=0,
+                              special_ids=SPECIAL),
+    "no top": StateConfig(n_top=0, n_sample=5, context_left=1, context_right=1,
+                          special_ids=SPECIAL),
+    "no sample": StateConfig(n_top=5, n_sample=0, context_left=1, context_right=2,
+                             special_ids=SPECIAL),
+    "statistics only": StateConfig(n_top=0, n_sample=0, context_left=1, context_right=1,
+                                   special_ids=SPECIAL),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_compiled_fold_equals_torch_fold_bit_for_bit(config: StateConfig) -> None:
+    batches = [batch(seed) for seed in range(8)]
+    compiled, torch_ops = states(config, batches, torch.arange(100, 100 + F))
+    assert int(compiled.count.sum()) > 0
+    assert_bitwise_equal(compiled, torch_ops)
+
+
+def test_empty_and_all_special_batches_fold_alike() -> None:
+    config = CONFIGS["top and sample"]
+    silent = (torch.zeros(ROWS * T, F), torch.randint(0, 6, (ROWS, T)))
+    acts, _ = batch(1)
+    all_special = (acts, torch.zeros(ROWS, T, dtype=torch.int64))
+    batches = [silent, batch(0), all_special, batch(2, rows=1), silent]
+    compiled, torch_ops = states(config, batches, torch.arange(F))
+    assert_bitwise_equal(compiled, torch_ops)
+
+
+def test_full_samples_take_only_smaller_keys_alike() -> None:
+    """Once the samples are full, entries enter a row in the middle and push others out."""
+    config = StateConfig(n_top=2, n_sample=2, context_left=1, context_right=1, special_ids=SPECIAL)
+    batches = [batch(seed, rows=20) for seed in range(6)]
+    compiled, torch_ops = states(config, batches, torch.tensor([5, 3, 2**31, 0, 7, 1, 8, 9, 4]))
+    alive = torch.arange(F) != 2
+    assert bool((compiled.sample_keys[alive] != EMPTY_SAMPLE).all())
+    assert_bitwise_equal(compiled, torch_ops)
+
+
+def test_float32_cpu_activations_fold_compiled() -> None:
+    acts = torch.zeros(2, 3)
+    assert fold_kernels.applies(acts)
+    assert not fold_kernels.applies(acts.double())
