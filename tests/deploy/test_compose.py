@@ -182,3 +182,18 @@ def test_generated_secrets_let_services_and_users_talk_as_compose_wires_them(
             assert sgrpc.StoreServiceStub(channel).ListSaes(spb.ListSaesRequest()).saes == []
     finally:
         store.stop(0)
+
+
+def test_the_image_compiles_the_fold_kernels_into_a_cache_its_user_owns() -> None:
+    """numba reads a cache only from a folder it may write: the kernels are compiled at build,
+    after the project is installed, into NUMBA_CACHE_DIR, which the service user then owns."""
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    installed = first('RUN pip install ".[ray]"')
+    cache = first("ENV NUMBA_CACHE_DIR=")
+    compiled = first('import mistudio_compute.dashboards.fold_kernels"')
+    owned = first('chown -R mistudio "$NUMBA_CACHE_DIR"')
+    assert installed < cache < compiled < owned < first("USER mistudio")
