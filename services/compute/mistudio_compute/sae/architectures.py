@@ -123,9 +123,13 @@ class Sae:
         x_c = self._normalize_in(x.to(self.device, self.dtype))
         if self.cfg.apply_b_dec_to_input:
             x_c = x_c - self.b_dec
-        every = torch.arange(self.d_sae, device=self.device)
-        wanted = every if features is None else features.to(self.device)
-        return self._encode_columns(x_c, wanted, out)
+        return self._encode_columns(x_c, self._columns(features), out)
+
+    def _columns(self, features: torch.Tensor | None) -> torch.Tensor:
+        """``features`` [F] on the SAE's device; every feature when None."""
+        if features is None:
+            return torch.arange(self.d_sae, device=self.device)
+        return features.to(self.device)
 
     def _encode_columns(
         self, x_c: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None
@@ -240,11 +244,11 @@ class TopKSae(Sae):
         assert self.cfg.k is not None  # guaranteed by parse_sae_config
         values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
         z = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
-        wanted = torch.arange(self.d_sae, device=self.device) if features is None else features
         if out is None:
-            return z if features is None else z.index_select(1, wanted.to(self.device))
+            return z if features is None else z.index_select(1, self._columns(features))
+        wanted = self._columns(features)
         _check_out(out, (len(x), len(wanted)), z)
-        return torch.index_select(z, 1, wanted.to(self.device), out=out)
+        return torch.index_select(z, 1, wanted, out=out)
 
     def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
         return self._encode_affine(x_c, "b_enc", columns)  # pre-activations: k is picked above
