@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
 from mistudio_compute.dashboards.state import Fold, PassState, StateConfig
-from mistudio_compute.dashboards.threads import default_threads, one_torch_thread
+from mistudio_compute.dashboards.threads import default_threads, even_ranges, one_torch_thread
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -245,14 +244,11 @@ class BatchFolder:
     ) -> None:
         """For a pass over rows before ``stop``."""
         self._inputs, self._state, self._kept, self._stop = inputs, state, kept, stop
-        n = len(state.features)
-        parts = max(1, min(threads, n))
-        bounds = [n * k // parts for k in range(parts + 1)]
-        self._parts = state.parts(bounds) if parts > 1 else [state]
+        ranges = even_ranges(0, len(state.features), threads)
         every = state.features if features is None else features
-        self._features = (
-            [features] if parts == 1 else [every[lo:hi] for lo, hi in itertools.pairwise(bounds)]
-        )
+        several = len(ranges) > 1
+        self._parts = state.parts(ranges) if several else [state]
+        self._features = [every[lo:hi] for lo, hi in ranges] if several else [features]
         self._pool: ThreadPoolExecutor | None = None
         self._threads_before = torch.get_num_threads()
         if threads > 1:

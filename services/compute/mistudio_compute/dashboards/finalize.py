@@ -37,7 +37,7 @@ from mistudio_compute.dashboards.inputs import (
 from mistudio_compute.dashboards.logit_lens import LogitLens, logit_lens
 from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.state import PassState
-from mistudio_compute.dashboards.threads import default_threads, in_order
+from mistudio_compute.dashboards.threads import default_threads, even_ranges, in_order
 from mistudio_compute.dashboards.token_aggregation import TokenRows, per_token, rank_tokens
 
 WIRE_FEATURES = 64
@@ -72,7 +72,7 @@ def finalize_dashboards(
     n = len(state.features)
     threads = default_threads(state.features.device) if threads is None else threads
     chunks = [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
-    parts = [_split(lo, hi, threads) for lo, hi in chunks]
+    parts = [even_ranges(lo, hi, threads) for lo, hi in chunks]
     # at most one chunk's parts under way beside the chunk handed on: the memory plan's two
     with closing(in_order(builder.part, chain.from_iterable(parts), threads)) as built:
         for (_, hi), chunk_parts in zip(chunks, parts, strict=True):
@@ -82,12 +82,6 @@ def finalize_dashboards(
             if params.includes(Component.TOKEN_AGGREGATION):
                 _report(progress, Stage.TOKEN_AGGREGATION, hi, n)
             yield out
-
-
-def _split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
-    """[lo, hi) in at most ``parts`` contiguous, non-empty, near-equal ranges."""
-    bounds = sorted({lo + (hi - lo) * k // max(parts, 1) for k in range(max(parts, 1) + 1)})
-    return list(pairwise(bounds))
 
 
 def _report_building(

@@ -20,7 +20,6 @@ where not positive), captured from the batch it came from, so examples need no s
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
@@ -129,8 +128,8 @@ class PassState:
         fold.commit()
         self.count_tokens(tokens, [fold])
 
-    def parts(self, bounds: list[int]) -> list[PassState]:
-        """States of the feature ranges [bounds[i], bounds[i + 1]) whose tensors are views of
+    def parts(self, ranges: list[tuple[int, int]]) -> list[PassState]:
+        """States of the feature ranges [lo, hi) of ``ranges`` whose tensors are views of
         this state's rows: folding and committing a batch's columns into each of them (in any
         order, or at once on several threads) and then ``count_tokens`` here is ``update``.
         The parts keep no token count or token totals of their own."""
@@ -138,7 +137,7 @@ class PassState:
         rows = self.tensors_by_feature()
         return [
             PassState.from_tensors(config, self.seq_len, 0, {k: x[lo:hi] for k, x in rows.items()})
-            for lo, hi in itertools.pairwise(bounds)
+            for lo, hi in ranges
         ]
 
     def tensors_by_feature(self) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import islice
+from itertools import islice, pairwise
 from typing import TypeVar
 
 import torch
@@ -28,6 +28,14 @@ def one_torch_thread() -> None:
 def default_threads(device: torch.device) -> int:
     """Every core torch uses on a CPU; one on an accelerator, whose kernels do the work."""
     return torch.get_num_threads() if device.type == "cpu" else 1
+
+
+def even_ranges(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) in at most ``parts`` contiguous, non-empty, near-equal ranges (none if empty)."""
+    if hi <= lo:
+        return []
+    parts = max(1, min(parts, hi - lo))
+    return list(pairwise(lo + (hi - lo) * k // parts for k in range(parts + 1)))
 
 
 def in_order(
