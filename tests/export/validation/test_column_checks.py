@@ -202,3 +202,83 @@ def test_the_structural_check_of_activation_rows_finds_what_crosses_rows_and_fil
         (p.code, p.file, p.pointer, p.line) for p in full.problems if p.code == code
     }
     assert any(p.file == file and p.pointer == where for p in quick.problems if p.code == code)
+
+
+def rewrite_document(path: Path, mutate) -> None:
+    """As the writer writes it (orjson, gzip for .gz), so that the bytes stay clean."""
+    doc = orjson.loads(jsonio.read_bytes(path))
+    mutate(doc)
+    data = orjson.dumps(doc)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def long_logits(doc):
+    feature = doc["features"][0]
+    feature["topLogits"] = feature["topLogits"] * 30
+
+
+def long_explanation(doc):
+    doc["features"][0]["explanations"] = [{"text": "é" * 600, "explanationModelName": "x"}]
+
+
+DOCUMENT_FAULTS = {
+    "index of another feature": (
+        "features/1.json.gz", lambda d: d.__setitem__("feature_index", 0), "INDEX_FILE_MISMATCH",
+        "/feature_index",
+    ),
+    "batch feature twice": (
+        "saedashboard/batch-1.json", lambda d: d["features"][0].__setitem__("feature_index", 0),
+        "DUPLICATE_FEATURE", "/features/0",
+    ),
+    "batch of a badly named model": (
+        "saedashboard/batch-0.json", lambda d: d.__setitem__("model_id", "GPT 2!"), "NAMING",
+        "/model_id",
+    ),
+    "payload of another model": (
+        "upload-payloads/upload-batch-0.json", lambda d: d.__setitem__("modelId", "gpt2"),
+        "IDENTITY_MISMATCH", "/modelId",
+    ),
+    "payload feature twice": (
+        "upload-payloads/upload-batch-0.json",
+        lambda d: d["features"][1].__setitem__("index", d["features"][0]["index"]),
+        "DUPLICATE_FEATURE", "/features/1",
+    ),
+    "payload logits over the limit": (
+        "upload-payloads/upload-batch-0.json", long_logits, "LIMIT_EXCEEDED",
+        "/features/0/topLogits",
+    ),
+    "payload explanation over the limit": (
+        "upload-payloads/upload-batch-0.json", long_explanation, "LIMIT_EXCEEDED",
+        "/features/0/explanations/0/text",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", list(DOCUMENT_FAULTS))
+def test_the_structural_check_of_documents_finds_what_crosses_features_and_files(
+    dashboards, tmp_path, fault
+):
+    """Clean documents are read from their outline, no objects built: what the checks left for
+    them report (indices, names, identities, duplicates, the API's limits) is still reported
+    where the full check reports it."""
+    file, mutate, code, where = DOCUMENT_FAULTS[fault]
+    write_all(tmp_path, dashboards)
+    rewrite_document(tmp_path / file, mutate)
+    quick = validate_export(tmp_path, columns_checked=True)
+    full = validate_export(tmp_path)
+    assert (code, file, where) in places(quick)
+    assert {p for p in quick.problems if p.code == code} == {
+        p for p in full.problems if p.code == code
+    }
+
+
+def test_a_limit_exceeded_in_an_outlined_payload_is_repaired(dashboards, tmp_path):
+    write_all(tmp_path, dashboards)
+    path = tmp_path / "upload-payloads" / "upload-batch-0.json"
+    rewrite_document(path, long_logits)
+    fixed = validate_export(tmp_path, fix=True, columns_checked=True)
+    assert [(c.code, c.pointer) for c in fixed.changes] == [
+        ("LIMIT_EXCEEDED", "/features/0/topLogits")
+    ]
+    assert len(orjson.loads(path.read_bytes())["features"][0]["topLogits"]) == 20
+    assert validate_export(tmp_path, columns_checked=True).ok

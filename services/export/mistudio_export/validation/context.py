@@ -23,6 +23,7 @@ import orjson
 
 from mistudio_export.formats import jsonio
 from mistudio_export.limits import ARCHIVE_LIMITS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS
+from mistudio_export.validation.outline import Outline, outline
 from mistudio_export.validation.report import PROBLEM_CLASSES, Change, Problem, Severity
 
 Repair = Callable[[], str]
@@ -313,17 +314,46 @@ def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
     """(context, document); the document is None when the file could not be read or parsed."""
     ctx = session.context(path)
     data = _read_bounded(ctx, path)
+    return ctx, None if data is None else _document(ctx, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A file read by ``load_outline``: its document, or in its place the outline of bytes that
+    vouch for the values (``values_checked``); both None when it could not be read or parsed."""
+
+    ctx: FileContext
+    doc: Any
+    outline: Outline | None
+
+
+def load_outline(session: Session, path: Path, depth: int, capacity: int) -> Loaded:
+    """The file as ``load_document`` gives it, except that bytes plainly strict JSON that vouch
+    for the values come as their ``outline`` to ``depth`` levels, no object built: the checks
+    left for such files need only a few values."""
+    ctx = session.context(path)
+    data = _read_bounded(ctx, path)
     if data is None:
-        return ctx, None
+        return Loaded(ctx, None, None)
+    shape = outline(data, depth, capacity) if session.columns_checked else None
+    if shape is None:
+        return Loaded(ctx, _document(ctx, data), None)
+    _vouch(ctx, data)
+    if ctx.values_checked:
+        return Loaded(ctx, None, shape)
+    return Loaded(ctx, orjson.loads(data), None)  # what the outline accepts, orjson parses
+
+
+def _document(ctx: FileContext, data: bytes) -> Any:
     # the writers' documents have a fixed, shallow shape: no need to walk them for their depth
-    doc = _parse_strict(data, bounded=not session.columns_checked)
+    doc = _parse_strict(data, bounded=not ctx.session.columns_checked)
     if doc is not _INVALID:
         _vouch(ctx, data)
-        return ctx, doc
+        return doc
     text = _decode(ctx, data)
     doc = parse(ctx, text)
     _mark_clean(ctx, text)
-    return ctx, None if doc is _INVALID else doc
+    return None if doc is _INVALID else doc
 
 
 def _mark_clean(ctx: FileContext, text: str) -> None:

@@ -29,6 +29,7 @@ from mistudio_export.validation.context import (
     FileContext,
     Session,
     load_document,
+    load_outline,
     save_document,
 )
 from mistudio_export.validation.naming_checks import check_names
@@ -149,11 +150,18 @@ def _features(session: Session, directory: Path, meta: dict[str, Any] | None) ->
                 "DUPLICATE_FEATURE", "", f"feature {index} also in {names[0]}"
             )
         path = folder / names[0]
-        ctx, doc = load_document(session, path)
+        if index in session.walk_features:
+            ctx, doc = load_document(session, path)
+            shape = None
+        else:
+            loaded = load_outline(session, path, depth=1, capacity=64)
+            ctx, doc, shape = loaded.ctx, loaded.doc, loaded.outline
         if suffix and not path.name.endswith(str(suffix)):
             ctx.report("INCONSISTENT", "", f"metadata says feature files end in {suffix}")
-        if doc is not None and ctx.values_checked and index not in session.walk_features:
-            _check_index(ctx, doc, index)
+        if shape is not None:
+            _check_index(ctx, shape.get(0, b"feature_index"), index)
+        elif doc is not None and ctx.values_checked and index not in session.walk_features:
+            _check_index(ctx, _index_of(doc), index)
         elif doc is not None:
             check_feature(ctx, doc, index, _omitted(meta))
             save_document(ctx, path, doc)
@@ -184,7 +192,7 @@ def check_feature(
     check_schema(ctx, doc, "prd_feature")
     if not isinstance(doc, dict):
         return
-    _check_index(ctx, doc, expected_index)
+    _check_index(ctx, _index_of(doc), expected_index)
     acts = get_list(doc, "activations")
     top = [
         check_example(ctx, ex, ["activations", k], max_key="max_value", index_key="max_token_index")
@@ -214,8 +222,12 @@ def check_feature(
     _logit_order(ctx, doc.get("logits"))
 
 
-def _check_index(ctx: FileContext, doc: Any, expected_index: int) -> None:
-    index = doc.get("feature_index") if isinstance(doc, dict) else None
+def _index_of(doc: Any) -> Any:
+    return doc.get("feature_index") if isinstance(doc, dict) else None
+
+
+def _check_index(ctx: FileContext, index: Any, expected_index: int) -> None:
+    """``index``: the document's feature_index (None when it has none)."""
     if isinstance(index, int) and index != expected_index:
         ctx.report(
             "INDEX_FILE_MISMATCH",

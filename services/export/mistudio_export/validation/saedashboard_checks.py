@@ -13,13 +13,16 @@ from mistudio_export.validation.checks import (
     qualifying_outside_bin,
     same_length,
 )
-from mistudio_export.validation.context import FileContext, Session, load_document, save_document
+from mistudio_export.validation.context import FileContext, Session, load_outline, save_document
 from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.outline import ARRAY, OBJECT, Outline
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
 from mistudio_export.validation.seen import FirstSeen
 
 BATCH_FILE = re.compile(r"^batch-(\d+)\.json$")
+OUTLINE_CAPACITY = 1 << 16
+"""Nodes of a batch's outline (its keys, its features' keys: about 20 a feature)."""
 
 
 def is_saedashboard_dir(directory: Path) -> bool:
@@ -35,7 +38,12 @@ def validate_saedashboard(session: Session, directory: Path) -> None:
     }
     for n in sorted(batches):
         path = batches[n]
-        ctx, doc = load_document(session, path)
+        loaded = load_outline(session, path, depth=3, capacity=OUTLINE_CAPACITY)
+        ctx, doc = loaded.ctx, loaded.doc
+        if loaded.outline is not None:
+            _outlined(ctx, loaded.outline, seen)
+            seen.end_file()
+            continue
         if doc is None:
             continue
         scan(ctx, doc)
@@ -50,6 +58,20 @@ def validate_saedashboard(session: Session, directory: Path) -> None:
         save_document(ctx, path, doc)
 
 
+def _outlined(ctx: FileContext, shape: Outline, seen: FirstSeen) -> None:
+    """The checks left for a batch whose bytes vouch for its values (the names, duplicates
+    across files), from the values they need."""
+    if shape.kind(0) != OBJECT:
+        return
+    _names(ctx, {key: shape.get(0, key.encode()) for key in ("model_id", "layer", "sae_set")})
+    features = shape.member(0, b"features")
+    if features is None or shape.kind(features) != ARRAY:
+        return
+    for k, feature in enumerate(shape.children(features).tolist()):
+        if shape.kind(feature) == OBJECT:
+            _first_place(ctx, shape.get(feature, b"feature_index"), k, seen)
+
+
 def _names(ctx: FileContext, doc: dict[str, Any]) -> None:
     model, layer, sae_set = doc.get("model_id"), doc.get("layer"), doc.get("sae_set")
     if isinstance(model, str) and isinstance(layer, int) and isinstance(sae_set, str):
@@ -58,14 +80,18 @@ def _names(ctx: FileContext, doc: dict[str, Any]) -> None:
         )
 
 
-def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: FirstSeen) -> None:
-    base: list[Any] = ["features", k]
-    index = f.get("feature_index")
+def _first_place(ctx: FileContext, index: Any, k: int, seen: FirstSeen) -> None:
+    """Feature k's index (``index``) reported when an earlier feature had it, else kept."""
     if isinstance(index, int):
         first = seen.where(index)
         if first is not None:
             ctx.report("DUPLICATE_FEATURE", f"/features/{k}", f"feature {index} also in {first[0]}")
         seen.add(index, ctx.file)
+
+
+def _feature(ctx: FileContext, f: dict[str, Any], k: int, seen: FirstSeen) -> None:
+    base: list[Any] = ["features", k]
+    _first_place(ctx, f.get("feature_index"), k, seen)
     if ctx.values_checked:  # the rest checks values; duplicates span files
         return
     for prefix in ("pos", "neg"):
