@@ -21,8 +21,9 @@ Ints = np.ndarray[Any, np.dtype[np.int64]]
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 """Wire types."""
-_SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)  # a varint has at most 10 bytes
-_LIMITS = np.uint64(1) << _SHIFTS[1:]  # the smallest value of each size past one byte
+_SEVEN, _LOW7 = np.uint64(7), np.uint64(0x7F)  # a varint byte: 7 bits, then "more follow"
+_LIMITS = np.uint64(1) << (np.arange(1, 10, dtype=np.uint64) * _SEVEN)
+"""The least value that takes 2, 3, ..., 10 bytes."""
 
 
 def key(field: int | Ints, wire_type: int) -> Any:
@@ -31,24 +32,32 @@ def key(field: int | Ints, wire_type: int) -> Any:
 
 
 def varint_sizes(values: np.ndarray) -> Ints:
-    """Bytes of each value's varint; a negative value takes its 64-bit two's complement."""
+    """Bytes of each value's varint; a negative value takes its 64-bit two's complement. One
+    comparison per size up to the largest value's (most values here are small)."""
     v = np.asarray(values, np.int64).view(np.uint64)
-    return 1 + np.searchsorted(_LIMITS, v, side="right").astype(np.int64)
+    sizes = np.ones(v.shape, np.int64)
+    top = v.max(initial=np.uint64(0))
+    for limit in _LIMITS:
+        if limit > top:
+            break
+        sizes += v >= limit
+    return sizes
 
 
 def put_varints(out: Bytes, at: Ints, values: np.ndarray, sizes: Ints | None = None) -> Ints:
-    """Writes each value's varint at ``at``; returns the offsets after them."""
+    """Writes each value's varint at ``at``; returns the offsets after them. Byte j is written
+    for the values longer than j only, so the many short values cost one pass."""
     v = np.asarray(values, np.int64).view(np.uint64)
     n = varint_sizes(v.view(np.int64)) if sizes is None else sizes
-    if int(n.max(initial=1)) == 1:  # every value below 128: one byte each
-        out[at] = v.astype(np.uint8)
-        return at + 1
-    k = int(n.max())  # columns: the longest varint's bytes
-    groups = ((v[:, None] >> _SHIFTS[:k]) & np.uint64(0x7F)).astype(np.uint8)  # [R, k]
-    more = (np.arange(k) < (n - 1)[:, None]).astype(np.uint8) << 7  # all bytes but the last
-    keep = np.arange(k) < n[:, None]
-    out[(at[:, None] + np.arange(k))[keep]] = (groups | more)[keep]
-    return at + n
+    after = at + n
+    more = n > 1  # a byte follows
+    out[at] = ((v & _LOW7) | (more.astype(np.uint64) << _SEVEN)).astype(np.uint8)
+    for j in range(1, int(n.max(initial=1))):
+        longer = np.flatnonzero(more)
+        v, n, at = v[longer] >> _SEVEN, n[longer], at[longer]
+        more = n > j + 1
+        out[at + j] = ((v & _LOW7) | (more.astype(np.uint64) << _SEVEN)).astype(np.uint8)
+    return after
 
 
 def put_bytes(out: Bytes, at: Ints, data: Bytes, lengths: Ints) -> None:
