@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 BUF_STAMP := tools/buf/node_modules/.installed
-KERNEL_SOURCES := services/compute/mistudio_compute/dashboards/fold_kernels.py services/export/mistudio_export/validation/outline_kernel.py
+FOLD_KERNELS := services/compute/mistudio_compute/dashboards/fold_kernels.py
 KERNELS_STAMP := $(VENV)/.kernels-compiled
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -19,11 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Compiles the pass's fold kernels and the validator's outline pass into the caches beside their
-# modules: no export compiles them.
-$(KERNELS_STAMP): $(STAMP) $(KERNEL_SOURCES)
+# Compiles the pass's fold kernels into the cache beside their module: no export compiles them.
+$(KERNELS_STAMP): $(STAMP) $(FOLD_KERNELS)
 	PYTHONPATH=services/common:services/compute $(PY) -c "import mistudio_compute.dashboards.fold_kernels"
-	PYTHONPATH=services/common:services/export $(PY) -c "from mistudio_export.validation.outline import outline; outline(b'[]', 0)"
 	touch $@
 
 protos: setup

@@ -17,13 +17,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
+import msgspec
 import orjson
 
 from mistudio_export.formats import jsonio
 from mistudio_export.limits import ARCHIVE_LIMITS, MAX_JSON_DEPTH, MAX_NUMBER_CHARS
-from mistudio_export.validation.outline import Outline, outline
+from mistudio_export.validation.outline import T, outline
 from mistudio_export.validation.report import PROBLEM_CLASSES, Change, Problem, Severity
 
 Repair = Callable[[], str]
@@ -318,30 +319,29 @@ def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Loaded:
+class Loaded(Generic[T]):
     """A file read by ``load_outline``: its document, or in its place the outline of bytes that
     vouch for the values (``values_checked``); both None when it could not be read or parsed."""
 
     ctx: FileContext
     doc: Any
-    outline: Outline | None
+    outline: T | None
 
 
-def load_outline(session: Session, path: Path, depth: int, capacity: int) -> Loaded:
-    """The file as ``load_document`` gives it, except that bytes plainly strict JSON that vouch
-    for the values come as their ``outline`` to ``depth`` levels, no object built: the checks
+def load_outline(session: Session, path: Path, decoder: msgspec.json.Decoder[T]) -> Loaded[T]:
+    """The file as ``load_document`` gives it, except that bytes that vouch for the values come
+    as their outline (the fields ``decoder``'s Struct declares), no document built: the checks
     left for such files need only a few values."""
     ctx = session.context(path)
     data = _read_bounded(ctx, path)
     if data is None:
         return Loaded(ctx, None, None)
-    shape = outline(data, depth, capacity) if session.columns_checked else None
-    if shape is None:
-        return Loaded(ctx, _document(ctx, data), None)
-    _vouch(ctx, data)
-    if ctx.values_checked:
-        return Loaded(ctx, None, shape)
-    return Loaded(ctx, orjson.loads(data), None)  # what the outline accepts, orjson parses
+    shape = outline(data, decoder) if session.columns_checked else None
+    if shape is not None:
+        _vouch(ctx, data)
+        if ctx.values_checked:
+            return Loaded(ctx, None, shape)
+    return Loaded(ctx, _document(ctx, data), None)
 
 
 def _document(ctx: FileContext, data: bytes) -> Any:

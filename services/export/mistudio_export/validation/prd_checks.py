@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 from mistudio_common.dashboard_options import Component
 
@@ -33,12 +34,14 @@ from mistudio_export.validation.context import (
     save_document,
 )
 from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.outline import PrdFeature, value
 from mistudio_export.validation.report import Severity
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
 
 FEATURE_FILE = re.compile(r"^(\d+)\.json(\.gz)?$")
 PRD_MIN_EXAMPLES = 10
+_FEATURE_DECODER = msgspec.json.Decoder(PrdFeature)
 
 
 def validate_prd(session: Session, directory: Path) -> None:
@@ -154,12 +157,12 @@ def _features(session: Session, directory: Path, meta: dict[str, Any] | None) ->
             ctx, doc = load_document(session, path)
             shape = None
         else:
-            loaded = load_outline(session, path, depth=1, capacity=64)
+            loaded = load_outline(session, path, _FEATURE_DECODER)
             ctx, doc, shape = loaded.ctx, loaded.doc, loaded.outline
         if suffix and not path.name.endswith(str(suffix)):
             ctx.report("INCONSISTENT", "", f"metadata says feature files end in {suffix}")
         if shape is not None:
-            _check_index(ctx, shape.get(0, b"feature_index"), index)
+            _check_index(ctx, value(shape.feature_index), index)
         elif doc is not None and ctx.values_checked and index not in session.walk_features:
             _check_index(ctx, _index_of(doc), index)
         elif doc is not None:

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from mistudio_export.validation.checks import (
     check_edges,
     check_example,
@@ -15,14 +17,13 @@ from mistudio_export.validation.checks import (
 )
 from mistudio_export.validation.context import FileContext, Session, load_outline, save_document
 from mistudio_export.validation.naming_checks import check_names
-from mistudio_export.validation.outline import ARRAY, OBJECT, Outline
+from mistudio_export.validation.outline import Batch, value
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
 from mistudio_export.validation.seen import FirstSeen
 
 BATCH_FILE = re.compile(r"^batch-(\d+)\.json$")
-OUTLINE_CAPACITY = 1 << 16
-"""Nodes of a batch's outline (its keys, its features' keys: about 20 a feature)."""
+_BATCH_DECODER = msgspec.json.Decoder(Batch)
 
 
 def is_saedashboard_dir(directory: Path) -> bool:
@@ -38,7 +39,7 @@ def validate_saedashboard(session: Session, directory: Path) -> None:
     }
     for n in sorted(batches):
         path = batches[n]
-        loaded = load_outline(session, path, depth=3, capacity=OUTLINE_CAPACITY)
+        loaded = load_outline(session, path, _BATCH_DECODER)
         ctx, doc = loaded.ctx, loaded.doc
         if loaded.outline is not None:
             _outlined(ctx, loaded.outline, seen)
@@ -58,18 +59,13 @@ def validate_saedashboard(session: Session, directory: Path) -> None:
         save_document(ctx, path, doc)
 
 
-def _outlined(ctx: FileContext, shape: Outline, seen: FirstSeen) -> None:
+def _outlined(ctx: FileContext, batch: Batch, seen: FirstSeen) -> None:
     """The checks left for a batch whose bytes vouch for its values (the names, duplicates
     across files), from the values they need."""
-    if shape.kind(0) != OBJECT:
-        return
-    _names(ctx, {key: shape.get(0, key.encode()) for key in ("model_id", "layer", "sae_set")})
-    features = shape.member(0, b"features")
-    if features is None or shape.kind(features) != ARRAY:
-        return
-    for k, feature in enumerate(shape.children(features).tolist()):
-        if shape.kind(feature) == OBJECT:
-            _first_place(ctx, shape.get(feature, b"feature_index"), k, seen)
+    names = {"model_id": batch.model_id, "layer": batch.layer, "sae_set": batch.sae_set}
+    _names(ctx, {key: value(raw) for key, raw in names.items()})
+    for k, feature in enumerate(batch.features):
+        _first_place(ctx, value(feature.feature_index), k, seen)
 
 
 def _names(ctx: FileContext, doc: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import msgspec
 
 from mistudio_export.formats.upload_payloads import (
     MANIFEST_FILE,
@@ -28,31 +28,14 @@ from mistudio_export.validation.context import (
     save_document,
 )
 from mistudio_export.validation.naming_checks import check_names
-from mistudio_export.validation.outline import (
-    ARRAY,
-    CHILDREN,
-    END,
-    KEY_END,
-    KEY_START,
-    KIND,
-    OBJECT,
-    START,
-    STRING,
-    Outline,
-)
+from mistudio_export.validation.outline import Payload, value
 from mistudio_export.validation.packaging_checks import is_packaging_manifest
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
 from mistudio_export.validation.seen import FirstSeen
 
 PAYLOAD_FILE = re.compile(r"^upload-batch-(\d+)\.json$")
-OUTLINE_DEPTH = 5
-"""features/{k}/activations/{j}/values: the deepest value the checks of a vouched-for payload
-look at (its length)."""
-OUTLINE_CAPACITY = 1 << 18
-"""Nodes of a payload's outline down to OUTLINE_DEPTH (about 300 a feature)."""
-_LOGITS_KEYS = (b"topLogits", b"bottomLogits")
-_LOGITS_KEY_CHARS = [len(key) for key in _LOGITS_KEYS]
+_PAYLOAD_DECODER = msgspec.json.Decoder(Payload)
 
 
 def is_upload_dir(directory: Path) -> bool:
@@ -83,14 +66,12 @@ def validate_upload(session: Session, directory: Path) -> None:
             session.context(path, reading=False).report(
                 "UNEXPECTED_FILE", "", "not listed in manifest.json, so it would not be sent"
             )
-        loaded = load_outline(session, path, depth=OUTLINE_DEPTH, capacity=OUTLINE_CAPACITY)
-        ctx, doc, shape = loaded.ctx, loaded.doc, loaded.outline
-        if shape is not None and not _may_exceed_limits(shape):
-            _outlined(ctx, shape, manifest, seen)
+        loaded = load_outline(session, path, _PAYLOAD_DECODER)
+        ctx, doc = loaded.ctx, loaded.doc
+        if loaded.outline is not None:
+            _outlined(ctx, loaded.outline, manifest, seen)
             seen.end_file()
             continue
-        if shape is not None:  # a limit's repair needs the document
-            doc = shape.value(0)
         if doc is not None:
             _payload(ctx, doc, manifest, seen)
             seen.end_file()
@@ -132,39 +113,16 @@ def _payload(ctx: FileContext, doc: Any, manifest: dict[str, Any], seen: FirstSe
         check_schema(ctx, doc, "upload_batch", limits=True)
 
 
-def _may_exceed_limits(shape: Outline) -> bool:
-    """Whether a payload's outline holds an array or a string that may exceed an API limit
-    (found by key wherever it lies; a string's bytes are at least its characters)."""
-    nodes = shape.nodes
-    key_chars = nodes[:, KEY_END] - nodes[:, KEY_START]
-    long_lists = (nodes[:, KIND] == ARRAY) & (nodes[:, CHILDREN] > MAX_LOGITS)
-    logits = np.flatnonzero(long_lists & np.isin(key_chars, _LOGITS_KEY_CHARS))
-    examples = np.flatnonzero(long_lists & (nodes[:, CHILDREN] > MAX_TOKENS_PER_EXAMPLE))
-    texts = np.flatnonzero(
-        (nodes[:, KIND] == STRING) & (nodes[:, END] - nodes[:, START] - 2 > MAX_EXPLANATION_CHARS)
-    )
-    return (
-        any(shape.key(n) in _LOGITS_KEYS for n in logits.tolist())
-        or any(shape.key(n) == b"values" for n in examples.tolist())
-        or any(shape.key(n) == b"text" for n in texts.tolist())
-    )
-
-
-def _outlined(ctx: FileContext, shape: Outline, manifest: dict[str, Any], seen: FirstSeen) -> None:
-    """``_payload`` of a payload whose bytes vouch for its values and whose outline shows no
-    limit exceeded: the identities and duplicates, from the values they need."""
-    if shape.kind(0) != OBJECT:
-        return
-    for key in ("modelId", "source"):
-        member = shape.member(0, key.encode())
-        if key in manifest and member is not None:
-            _identity(ctx, key, shape.value(member), manifest[key])
-    features = shape.member(0, b"features")
-    if features is None or shape.kind(features) != ARRAY:
-        return
-    for k, feature in enumerate(shape.children(features).tolist()):
-        if shape.kind(feature) == OBJECT:
-            _first_place(ctx, shape.get(feature, b"index"), k, seen)
+def _outlined(
+    ctx: FileContext, payload: Payload, manifest: dict[str, Any], seen: FirstSeen
+) -> None:
+    """``_payload`` of a payload whose bytes vouch for its values and which msgspec found within
+    the API's limits: the identities and duplicates, from the values they need."""
+    for key, raw in (("modelId", payload.modelId), ("source", payload.source)):
+        if key in manifest and raw:
+            _identity(ctx, key, value(raw), manifest[key])
+    for k, feature in enumerate(payload.features):
+        _first_place(ctx, value(feature.index), k, seen)
 
 
 def _identity(ctx: FileContext, key: str, value: Any, manifest_value: Any) -> None:
