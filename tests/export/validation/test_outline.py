@@ -38,7 +38,10 @@ def test_each_kept_value_is_what_orjson_reads_there():
     assert payload is not None
     assert value(payload.modelId) == doc["modelId"] and value(payload.source) is None
     assert [value(f.index) for f in payload.features] == [1, 2]
-    assert [len(a.values) for a in payload.features[0].activations] == [4]
+    activations = doc["features"][0]["activations"]
+    assert [value(a.values) for a in payload.features[0].activations] == [
+        a["values"] for a in activations
+    ]
 
 
 def test_a_missing_key_reads_as_none_as_with_dict_get():
@@ -91,6 +94,12 @@ OVER_LIMITS = {
 def test_a_payload_over_an_api_limit_is_left_to_the_full_checks(over):
     """Their repairs need the document."""
     assert outline(orjson.dumps({"features": [OVER_LIMITS[over]]}), PAYLOAD) is None
+
+
+def test_a_long_example_within_the_limit_is_kept():
+    """Its values counted, not only its bytes."""
+    values = [0.123456789] * MAX_TOKENS_PER_EXAMPLE
+    assert outline(orjson.dumps({"features": [{"activations": [{"values": values}]}]}), PAYLOAD)
 
 
 def test_a_document_of_another_shape_is_left_to_the_full_checks():
