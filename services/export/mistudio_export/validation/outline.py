@@ -31,7 +31,7 @@ from mistudio_export.formats.upload_payloads import (
 ABSENT = msgspec.Raw()
 """A Raw field's value when its key is missing (a present value has at least one byte)."""
 _NUMBER_TEXT = bytes(
-    ord("0") if chr(b).isdigit() else ord("e") if b in b"eE" else ord("+") if b in b"+-" else 32
+    ord("0") if b in b"0123456789" else ord("e") if b in b"eE" else ord("+") if b in b"+-" else 32
     for b in range(256)
 )
 """Bytes mapped to their part in a number's text: digits to 0, exponent marks to e, signs to +,
@@ -105,8 +105,8 @@ class Payload(msgspec.Struct):
     features: list[PayloadFeature] = []
 
 
-Outline = PrdFeature | Batch | Payload
 T = TypeVar("T", PrdFeature, Batch, Payload)
+"""The outline of a document kind."""
 
 
 def outline(data: bytes, decoder: msgspec.json.Decoder[T]) -> T | None:
