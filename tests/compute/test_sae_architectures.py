@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from mistudio_common.errors import AlreadyExists, InvalidArgument
-from mistudio_compute.sae import architectures
 from mistudio_compute.sae import (
     Sae,
     StandardSae,
+    architectures,
     build_sae,
     known_architectures,
     register_architecture,

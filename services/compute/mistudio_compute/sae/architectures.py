@@ -165,10 +165,12 @@ class Sae:
                     z = self._activate(x_c[rows], columns, tile)
                     if z is not tile:  # an architecture that cannot write in place
                         tile.copy_(z)
-                elif run:
-                    out[rows, first : first + n] = self._activate(x_c[rows], columns)[:, c0 : c0 + n]
+                    continue
+                z = self._activate(x_c[rows], columns)  # [R, block]
+                if run:
+                    out[rows, first : first + n] = z[:, c0 : c0 + n]
                 else:
-                    out[rows, at] = self._activate(x_c[rows], columns).index_select(1, column)
+                    out[rows, at] = z.index_select(1, column)
         return out
 
     @torch.inference_mode()
