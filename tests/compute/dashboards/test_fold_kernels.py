@@ -98,3 +98,18 @@ def test_float32_cpu_activations_fold_compiled() -> None:
     acts = torch.zeros(2, 3)
     assert fold_kernels.applies(acts)
     assert not fold_kernels.applies(acts.double())
+
+
+def test_a_better_peak_in_a_kept_window_replaces_it_alike() -> None:
+    """A later batch with the same tokens has the same windows: its larger peak takes the place
+    of the kept one in that window, whose smaller one is dropped (not kept beside it)."""
+    config = StateConfig(n_top=3, n_sample=0, context_left=1, context_right=1, special_ids=())
+    tokens = torch.tensor([[3, 4, 5, 3, 4, 5, 2]])
+    acts = torch.zeros(T, F)
+    acts[1, 0], acts[5, 0] = 1.0, 2.0  # two peaks of feature 0 in different windows
+    later = acts.clone()
+    later[1, 0] = 4.0  # the window at position 1 again, with a larger peak
+    compiled, torch_ops = states(config, [(acts, tokens), (later, tokens)], torch.arange(F))
+    assert_bitwise_equal(compiled, torch_ops)
+    values = compiled.top_windows[0, :, 1].tolist()  # each example's own value
+    assert values == [4.0, 2.0, 0.0]  # the first 2.0 (earlier) and no third example

@@ -76,6 +76,40 @@ def top_peaks(
     return torch.from_numpy(peaks)
 
 
+class TopRows(NamedTuple):
+    """The top rows a batch changes (``PassState._fold_top``'s result)."""
+
+    rows: torch.Tensor  # [R] feature rows of the state
+    keys: torch.Tensor  # [R, n_top] keys.top_key, best first, EMPTY_TOP padded
+    hashes: torch.Tensor  # [R, n_top] window hashes (0 in empty slots)
+    windows: torch.Tensor  # [R, n_top, width] window values (0 in empty slots)
+
+
+def fold_top(
+    f: torch.Tensor,
+    n: torch.Tensor,
+    val: torch.Tensor,
+    peaks: torch.Tensor,
+    first_position: int,
+    win: torch.Tensor,
+    top: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    t: int,
+    left: int,
+    right: int,
+) -> TopRows:
+    """The top rows that peaks [P] (active entries of features f, batch positions n, values val
+    [A], sorted by feature and position; global positions first_position + n) change in a
+    state's ``top`` = (keys, hashes [F, n_top], windows [F, n_top, width]); window hashes
+    ``win`` [N] by batch position. Each changed row is merged with its candidates best first,
+    a key dropped when a better one has its window hash; only the windows kept are read."""
+    keys, hashes, windows = (_host(x) for x in top)
+    out = _fold_top(
+        _host(f), _host(n), _host(val), _host(peaks), first_position, _host(win), keys, hashes,
+        windows, t, left, right,
+    )  # fmt: skip
+    return TopRows(*(torch.from_numpy(x) for x in out))
+
+
 def window_values(
     f: torch.Tensor,
     n: torch.Tensor,
@@ -271,22 +305,85 @@ def _top_peaks(f, n, val, floor, t, w):  # type: ignore[no-untyped-def]
     return out[:c].copy()
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _fill_window(out, f, n, val, t, left, right, e):  # type: ignore[no-untyped-def]
+    """Writes entry e's window into the zeros ``out`` [width]: a window's active positions are
+    the entry's neighbours in the sorted list."""
+    row_start = n[e] - n[e] % t
+    lo, hi = max(row_start, n[e] - left), min(row_start + t - 1, n[e] + right)
+    j = e
+    while j >= 0 and f[j] == f[e] and n[j] >= lo:
+        out[n[j] - n[e] + left] = val[j]
+        j -= 1
+    j = e + 1
+    while j < len(f) and f[j] == f[e] and n[j] <= hi:
+        out[n[j] - n[e] + left] = val[j]
+        j += 1
+
+
+@njit(
+    (i8[::1], i8[::1], f4[::1], i8[::1], i8, i8[::1], i8[:, ::1], i8[:, ::1], f4[:, :, ::1], i8, i8,
+     i8),
+    nogil=True, cache=True,
+)  # fmt: skip
+def _fold_top(f, n, val, peaks, first, win, top_keys, top_hash, top_windows, t, left, right):  # type: ignore[no-untyped-def]
+    """Only peaks that beat their row's last kept key can change it: they are found first, then
+    each changed row is merged with them (sorted best first) into new rows."""
+    k = top_keys.shape[1]
+    bits = val.view(np.int32)
+    cand = np.empty(len(peaks), np.int64)  # [C] active entries, by feature
+    cand_key = np.empty(len(peaks), np.int64)
+    c = n_rows = 0
+    for x in range(len(peaks)):
+        e = peaks[x]
+        key = (np.int64(bits[e]) << 32) | (K.M32 - (first + n[e]))  # keys.top_key
+        if key > top_keys[f[e], k - 1]:
+            if c == 0 or f[cand[c - 1]] != f[e]:
+                n_rows += 1
+            cand[c], cand_key[c] = e, key
+            c += 1
+    rows = np.empty(n_rows, np.int64)
+    keys = np.full((n_rows, k), K.EMPTY_TOP, np.int64)
+    hashes = np.zeros((n_rows, k), np.int64)
+    windows = np.zeros((n_rows, k, left + 1 + right), np.float32)
+    i = r = 0
+    while i < c:  # one changed row: candidates [i, j)
+        row, j = f[cand[i]], i + 1
+        while j < c and f[cand[j]] == row:
+            j += 1
+        order = i + np.argsort(-cand_key[i:j])  # best first (keys are unique)
+        rows[r] = row
+        old = new = out = 0
+        while out < k:
+            old_key = top_keys[row, old] if old < k else K.EMPTY_TOP
+            new_key = cand_key[order[new]] if i + new < j else K.EMPTY_TOP
+            if old_key == K.EMPTY_TOP and new_key == K.EMPTY_TOP:
+                break
+            from_old = old_key > new_key
+            e = -1 if from_old else cand[order[new]]
+            h = top_hash[row, old] if from_old else win[n[e]]
+            seen = False
+            for s in range(out):
+                seen = seen or hashes[r, s] == h
+            if not seen:  # the best key of its window
+                keys[r, out], hashes[r, out] = max(old_key, new_key), h
+                if from_old:
+                    windows[r, out] = top_windows[row, old]
+                else:
+                    _fill_window(windows[r, out], f, n, val, t, left, right, e)
+                out += 1
+            old += from_old
+            new += not from_old
+        r += 1
+        i = j
+    return rows, keys, hashes, windows
+
+
 @njit((i8[::1], i8[::1], f4[::1], i8, i8, i8, i8[::1]), nogil=True, cache=True)
 def _window_values(f, n, val, t, left, right, entries):  # type: ignore[no-untyped-def]
-    """A window's active positions are the entry's neighbours in the sorted list."""
     out = np.zeros((len(entries), left + 1 + right), np.float32)
     for x in range(len(entries)):
-        e = entries[x]
-        row_start = n[e] - n[e] % t
-        lo, hi = max(row_start, n[e] - left), min(row_start + t - 1, n[e] + right)
-        j = e
-        while j >= 0 and f[j] == f[e] and n[j] >= lo:
-            out[x, n[j] - n[e] + left] = val[j]
-            j -= 1
-        j = e + 1
-        while j < len(f) and f[j] == f[e] and n[j] <= hi:
-            out[x, n[j] - n[e] + left] = val[j]
-            j += 1
+        _fill_window(out[x], f, n, val, t, left, right, entries[x])
     return out
 
 

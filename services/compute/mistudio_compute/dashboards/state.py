@@ -29,7 +29,7 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.dashboards import exact_sum, fold_kernels
 from mistudio_compute.dashboards import keys as K
-from mistudio_compute.dashboards.fold_kernels import SampleWrites
+from mistudio_compute.dashboards.fold_kernels import SampleWrites, TopRows
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.token_totals import TokenTotals
 
@@ -195,14 +195,18 @@ class PassState:
             floor = K.top_value(self.top_keys[:, -1])  # [F]
             if compiled:
                 p = fold_kernels.top_peaks(f, n, val, floor, t, cfg.window)  # [P] peaks
+                kept = self.top_keys, self.top_hash, self.top_windows
+                top = fold_kernels.fold_top(
+                    f, n, val, p, first_row * t, win, kept, t, cfg.context_left, cfg.context_right
+                )
             else:
                 c = _where(val >= _at(floor, f))  # [C] candidates
                 peak = _is_peak(_at(f, c), _at(n, c), _at(val, c), t, b * t, cfg.window)
                 p = _at(c, _where(peak))
-            n_p = _at(n, p)
-            group = _at(f, p) * (b * t) + _at(win_id, n_p)  # distinct (feature, window) pairs
-            key = K.top_key(_at(val, p), _at(pos, p))
-            top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
+                n_p = _at(n, p)
+                group = _at(f, p) * (b * t) + _at(win_id, n_p)  # distinct (feature, window)
+                key = K.top_key(_at(val, p), _at(pos, p))
+                top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
         if cfg.n_sample:
             assert win is not None
             if compiled:
@@ -233,11 +237,10 @@ class PassState:
         group: torch.Tensor,
         f: torch.Tensor,
         windows: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, ...]:
-        """New top rows for the features this batch's peaks change: (rows [R], keys and window
-        hashes [R, n_top], windows [R, n_top, width]). ``a`` [P] indexes the peaks among the
-        active entries (features ``f[a]``); keeps the best peak of each ``group`` (= feature
-        and window)."""
+    ) -> TopRows:
+        """New top rows for the features this batch's peaks change (as ``fold_kernels.fold_top``
+        on a CPU). ``a`` [P] indexes the peaks among the active entries (features ``f[a]``);
+        keeps the best peak of each ``group`` (= feature and window)."""
         k = self.config.n_top
         i = _where(key > _at(self.top_keys[:, -1], _at(f, a)))  # could beat the n_top-th best
         a, key, win, group = _at(a, i), _at(key, i), _at(win, i), _at(group, i)
@@ -253,7 +256,7 @@ class PassState:
         empty = keys == K.EMPTY_TOP
         old = self.top_windows.index_select(0, rows)  # [R, k, width]
         wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
-        return rows, keys, _take(hashes, pick, empty), wins
+        return TopRows(rows, keys, _take(hashes, pick, empty), wins)
 
     def _sample_writes(self, f: torch.Tensor, pos: torch.Tensor) -> SampleWrites:
         """Which sample slots this batch's active entries (features f, global positions pos
@@ -383,7 +386,7 @@ class Fold:
     n: torch.Tensor  # [A] their batch positions
     val: torch.Tensor  # [A] their values
     bucket: torch.Tensor  # [A] their fine-grid cells (feature * n_buckets + bucket)
-    top: tuple[torch.Tensor, ...] | None  # rows, keys, hashes, windows (_fold_top)
+    top: TopRows | None
     sample: tuple[torch.Tensor, ...] | None  # slots, keys, values, hashes, windows
     compiled: bool  # the statistics are added by fold_kernels (else by torch ops)
 
