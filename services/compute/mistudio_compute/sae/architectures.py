@@ -27,10 +27,11 @@ ENCODE_BLOCK = 512
 matmul over another column count may round differently (MKL's narrow kernels do, in the last
 bit), so the full encode runs the same blocks and both give the same bits."""
 ENCODE_ROWS = 512
-"""Rows per encode tile. A tile [ENCODE_ROWS, ENCODE_BLOCK] (1 MiB) stays in the core's cache
-from the matmul to the activation, so each activation goes out to memory once; a whole
+"""Rows per encode tile on a CPU. A tile [ENCODE_ROWS, ENCODE_BLOCK] (1 MiB) stays in the core's
+cache from the matmul to the activation, so each activation goes out to memory once; a whole
 block's did three times (bias, matmul, activation), or twice more when copied from a fresh
-block. A matmul's rows do not depend on each other: tiles give the untiled bits."""
+block. MKL computes a matmul's rows alike however they are tiled (tested), so tiles give the
+untiled bits."""
 
 
 class Sae:
@@ -140,14 +141,15 @@ class Sae:
         self, x_c: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None
     ) -> torch.Tensor:
         """Activations [N, F] of ``features`` [F] into ``out`` (new when None), tile by tile:
-        ENCODE_ROWS rows of one block at a time. A block whose features are all wanted, in
-        order, is activated straight into its columns of ``out``; any other block is activated
-        whole and the wanted columns copied (a run of them as one slice)."""
+        ENCODE_ROWS rows of one block at a time (on a CPU). A block whose features are all
+        wanted, in order, is activated straight into its columns of ``out``; any other block
+        is activated whole and the wanted columns copied (a run of them as one slice)."""
         block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
         shape = (x_c.shape[0], len(features))
         if out is None:
             out = x_c.new_empty(shape)
         _check_out(out, shape, x_c)
+        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, shape[0])
         for block in torch.unique(block_of).tolist():  # ascending
             start = block * ENCODE_BLOCK
             columns = slice(start, min(start + ENCODE_BLOCK, self.d_sae))
@@ -158,8 +160,8 @@ class Sae:
                 column, torch.arange(c0, c0 + n, device=column.device)
             )
             whole = run and c0 == 0 and n == columns.stop - columns.start
-            for r in range(0, shape[0], ENCODE_ROWS):
-                rows = slice(r, r + ENCODE_ROWS)
+            for r in range(0, shape[0], tile_rows):
+                rows = slice(r, r + tile_rows)
                 if whole:
                     tile = out[rows, first : first + n]  # [R, n] strided, as BLAS takes it
                     z = self._activate(x_c[rows], columns, tile)
