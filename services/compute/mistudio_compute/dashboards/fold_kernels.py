@@ -228,14 +228,21 @@ def _sample_writes(features, f, pos, sample_keys, threshold):  # type: ignore[no
         while j < len(a) and f[a[j]] == r:
             j += 1
         row[:] = sample_keys[r]
+        col = np.argmax(row)  # the largest key; the first empty slot while there is room
         for c in i + np.argsort(key[i:j]):
-            col = np.argmax(row)  # the largest key; the first empty slot while there is room
             if key[c] > row[col]:
                 break
+            room = row[col] == K.EMPTY_SAMPLE
             row[col] = key[c]
             entered_at[enters], entering[enters], entering_keys[enters] = r * k + col, a[c], key[c]
             enters += 1
-        rows[changed], thresholds[changed] = r, row.max()
+            if room:  # the next empty slot, if any, lies after the first one
+                col += 1
+                while col < k and row[col] != K.EMPTY_SAMPLE:
+                    col += 1
+            if not room or col == k:
+                col = np.argmax(row)
+        rows[changed], thresholds[changed] = r, row[col]
         changed += 1
         i = j
     return (
