@@ -65,9 +65,9 @@ def _choose_quantile_examples(
     state: PassState, inner: torch.Tensor, n_groups: int, per_group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy, vectorised over features: positions and sample columns [F, n_groups * per_group]
-    (-1 for empty slots). Each sample column is checked only for the features whose sample in
-    it falls in a group with room left. In numpy: a hundred steps of small ops, which torch's
-    intra-op threads make many times dearer on a busy CPU."""
+    (-1 for empty slots). Samples are read in priority order, each feature's i-th checked
+    only where it falls in a group with room left. In numpy: a hundred steps of small ops,
+    which torch's intra-op threads make many times dearer on a busy CPU."""
     n_feat, dev = len(state.features), state.hist.device
     slots = max(n_groups, 1) * per_group
     out_pos = np.full((n_feat, slots), -1, dtype=np.int64)
