@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,12 +41,14 @@ def matmul_gflops(
     return 2 * n**3 * runs / (clock() - started) / 1e9
 
 
-def byte_rates(samples: Sequence[bytes], level: int, seconds: float = 0.3) -> dict[str, float]:
+def byte_rates(samples: Sequence[bytes], seconds: float = 0.3) -> dict[str, float]:
     """Bytes per second one core of this machine turns into output for the work every export
     must do at least once per byte: ``dumps`` (orjson serialising the parsed ``samples``, per
-    byte produced), ``loads`` (orjson parsing them) and ``deflate`` (zlib at ``level``, raw
-    deflate as in a ZIP). ``samples`` are real output files, so the mix of numbers and strings
-    is the export's own."""
+    byte produced), ``loads`` (orjson parsing them) and ``deflate`` (the export's deflater,
+    ``mistudio_export.deflate``, raw deflate as in a ZIP). ``samples`` are real output files,
+    so the mix of numbers and strings is the export's own."""
+    from mistudio_export import deflate as export_deflate
+
     parsed = [orjson.loads(s) for s in samples]
     dumped = sum(len(orjson.dumps(d)) for d in parsed)
     size = sum(map(len, samples))
@@ -56,7 +57,7 @@ def byte_rates(samples: Sequence[bytes], level: int, seconds: float = 0.3) -> di
 
     def deflate() -> None:
         """One stream, as a file is deflated (a compressor per JSONL row cost ~3x per byte)."""
-        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        compressor = export_deflate.raw_deflater()
         compressor.compress(stream)
         compressor.flush()
 

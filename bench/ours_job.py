@@ -342,10 +342,8 @@ def _status_mb(field: str) -> float:
 
 def byte_facts(archive: Path) -> dict[str, Any]:
     """The output's size (every file, and its JSON alone; gzip files counted unpacked, as both
-    are serialised and deflated once) and this machine's orjson and zlib rates on samples of it
+    are serialised and deflated once) and this machine's orjson and deflate rates on samples of it
     from every format folder, for the bench's floors."""
-    from mistudio_export.packaging.archive import DEFLATE_LEVEL
-
     from bench.measure import byte_rates
 
     samples: dict[str, list[bytes]] = {}
@@ -370,7 +368,7 @@ def byte_facts(archive: Path) -> dict[str, Any]:
         "json_bytes": json_bytes,
         "gzip_bytes": gzip_bytes,
         "output_bytes": output_bytes,
-        "byte_rates": byte_rates(chosen, DEFLATE_LEVEL),
+        "byte_rates": byte_rates(chosen),
     }
 
 

@@ -45,7 +45,7 @@ from mistudio_export.staged import head, read_views
 from mistudio_export.validation.column_checks import column_findings
 
 FEATURES_PER_BATCH = 128
-STEPS = {"orjson": "orjson.dumps", "zlib": "zlib.compress", "open/replace": "posix."}
+STEPS = {"orjson": "orjson.dumps", "gzip": "igzip_lib.compress", "open/replace": "posix."}
 """Built-in functions (by a part of their name) whose CPU time is a step of its own."""
 
 

@@ -225,7 +225,7 @@ def throughput(ours: list[dict[str, Any]], inputs: BenchInputs, gflops: float) -
     FLOPs per token as a share of the measured matmul rate (what a stage would reach if it were
     as efficient as the hardware's dense matmul; only the activation pass does model work); and
     the stage's byte floor (``measure.floors``: the output's bytes over this machine's orjson and
-    zlib rates) with the stage's distance to it ("whole_export": the floor after the pass)."""
+    deflate rates) with the stage's distance to it ("whole_export": the floor after the pass)."""
     model = inputs.model
     flops = flops_per_token(model.dims(), model.hook_layer, inputs.d_sae, inputs.context)
     stages = {

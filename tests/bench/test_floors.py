@@ -1,4 +1,4 @@
-"""The bench's byte floors: this machine's orjson and zlib rates on real output, and each
+"""The bench's byte floors: this machine's orjson and deflate rates on real output, and each
 stage's floor as the output's bytes over the rates that bound it."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ DOC = orjson.dumps({"values": [0.125 * i for i in range(2000)], "tokens": ["▁t
 
 
 def test_byte_rates_are_measured_for_serialising_parsing_and_deflating() -> None:
-    rates = byte_rates([DOC] * 4, level=1, seconds=0.05)
+    rates = byte_rates([DOC] * 4, seconds=0.05)
     assert set(rates) == {"dumps", "loads", "deflate"}
     assert all(r > 1e6 for r in rates.values())  # any machine moves more than 1 MB/s
 
 
 def test_byte_rates_refuse_samples_that_are_not_json() -> None:
     with pytest.raises(orjson.JSONDecodeError):
-        byte_rates([b"{not json"], level=1, seconds=0.01)
+        byte_rates([b"{not json"], seconds=0.01)
 
 
 def test_floors_divide_each_stage_s_bytes_by_its_rates() -> None:

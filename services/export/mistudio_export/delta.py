@@ -21,6 +21,7 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard_options import Component
 
+from mistudio_export import deflate
 from mistudio_export.packaging.archive import verify_archive
 from mistudio_export.packaging.safe_extract import check_limits
 from mistudio_export.peers import ExportJobRecord, FeatureHashRecords, FeatureRecord
@@ -58,6 +59,8 @@ def render_key(plan: ExportPlan) -> str:
     ]
     if Component.EXPLANATIONS in plan.omitted:  # only then, so earlier exports' keys still match
         parts.append("explanations=omitted")
+    if plan.gzip_json:  # gzipped feature files are the deflater's bytes; plain ones are not
+        parts.append(f"deflater={deflate.IDENTITY}")
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 

@@ -43,3 +43,53 @@ def test_utf8_cuts_texts_apart_even_when_one_holds_a_nul() -> None:
         data, lengths = W.utf8(texts)
         assert data.tobytes() == "".join(texts).encode()
         assert lengths.tolist() == [len(t.encode()) for t in texts]
+
+
+def test_records_equal_the_messages_built_field_by_field() -> None:
+    # feature 0: two logit entries (one positive, one negative); feature 1: none; feature 2: one
+    entries = [
+        (0, 4, dpb.LogitEntry(token="é✓", token_id=300, value=-0.0, rank=1)),
+        (0, 5, dpb.LogitEntry(token="", token_id=0, value=0.0, rank=1)),
+        (2, 4, dpb.LogitEntry(token="a\0b", token_id=7, value=np.float32(1.1).item(), rank=2)),
+    ]
+    written = W.records(
+        np.array([field for _, field, _ in entries]),
+        [
+            W.Column.text(1, [e.token for *_, e in entries]),
+            W.Column(2, W.VARINT, np.array([e.token_id for *_, e in entries])),
+            W.Column(3, W.I32, np.array([e.value for *_, e in entries], np.float32)),
+            W.Column(4, W.VARINT, np.array([e.rank for *_, e in entries])),
+        ],
+        np.array([feature for feature, _, _ in entries]),
+        3,
+    )
+    expected = [dpb.FeatureDashboard() for _ in range(3)]
+    for feature, field, entry in entries:
+        logits = (
+            expected[feature].top_positive_logits
+            if field == 4
+            else expected[feature].top_negative_logits
+        )
+        logits.append(entry)
+    for i, message in enumerate(expected):
+        parsed = dpb.FeatureDashboard.FromString(written.of(i))
+        assert parsed.SerializeToString(deterministic=True) == message.SerializeToString(
+            deterministic=True
+        )
+
+
+def test_float64_records_keep_every_bit() -> None:
+    values = np.array([0.0, -0.0, 0.1, 1e300, -5e-324])
+    written = W.records(
+        np.full(len(values), 9),
+        [W.Column(3, W.I64, values), W.Column(4, W.VARINT, np.arange(len(values)))],
+        np.zeros(len(values), np.int64),
+        1,
+    )
+    tokens = dpb.FeatureDashboard.FromString(written.of(0)).top_tokens
+    assert [t.total_activation for t in tokens] == values.tolist()
+    assert [np.float64(t.total_activation).tobytes() for t in tokens] == [
+        v.tobytes() for v in values
+    ]
+    assert [t.count for t in tokens] == list(range(len(values)))
+    assert W.records(np.zeros(0, np.int64), [], np.zeros(0, np.int64), 2).bounds == [0, 0, 0]

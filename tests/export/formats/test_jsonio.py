@@ -1,5 +1,4 @@
 import base64
-import gzip
 import hashlib
 import math
 
@@ -46,15 +45,6 @@ def test_non_finite_scalar_raises():
 def test_float32_overflow_is_rejected_not_written_as_infinity():
     with pytest.raises(jsonio.NonFiniteValue):
         jsonio.dumps({"x": 1e39})
-
-
-def test_gzip_is_byte_identical_for_equal_data():
-    assert jsonio.gzip_bytes(b"abc" * 100) == jsonio.gzip_bytes(b"abc" * 100)
-    assert gzip.decompress(jsonio.gzip_bytes(b"abc")) == b"abc"
-
-
-def test_gzip_header_has_zero_mtime():
-    assert jsonio.gzip_bytes(b"x")[4:8] == b"\x00\x00\x00\x00"
 
 
 def test_read_bytes_gunzips_gz_files(tmp_path):

@@ -6,11 +6,15 @@ import gzip
 import hashlib
 import json
 import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
+from isal import isal_zlib
 from mistudio_common.errors import Cancelled, InvalidArgument
+from mistudio_export import deflate
 from mistudio_export.packaging import (
     ARCHIVE_FORMAT_VERSION,
     MANIFEST_NAME,
@@ -19,7 +23,7 @@ from mistudio_export.packaging import (
     verify_archive,
 )
 from mistudio_export.packaging.archive import PROGRESS_STEPS
-from mistudio_export.packaging.manifest import Manifest, ManifestEntry
+from mistudio_export.packaging.manifest import CHUNK_SIZE, Manifest, ManifestEntry
 
 from .conftest import FILES, make_staging
 
@@ -179,26 +183,35 @@ def test_gzip_files_are_stored_and_json_is_deflated(staging: Path, tmp_path: Pat
     assert verify_archive(archive.path).ok
 
 
-def _zipfile_writes(staging: Path, zip_path: Path, names: list[str]) -> bytes:
+def _zipfile_writes(
+    staging: Path, zip_path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch
+) -> bytes:
     """The archive ZipFile writes itself from the same folder: each member through
-    ``ZipFile.open(info, "w")`` at the same level and metadata."""
+    ``ZipFile.open(info, "w")`` with the export's deflater, fed the same chunks (ISA-L's output
+    depends on them), and the same metadata."""
+    monkeypatch.setattr(
+        zipfile,
+        "_get_compressor",
+        lambda kind, level=None: deflate.raw_deflater() if kind == zipfile.ZIP_DEFLATED else None,
+    )
     with zipfile.ZipFile(zip_path, "w", allowZip64=True) as zf:
         for name in names:
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = (
                 zipfile.ZIP_STORED if name.endswith(".gz") else zipfile.ZIP_DEFLATED
             )
-            info._compresslevel = 1  # type: ignore[attr-defined]
             info.create_system = 3
             info.external_attr = 0o100644 << 16
             info.file_size = (staging / name).stat().st_size
+            data = (staging / name).read_bytes()
             with zf.open(info, "w") as dst:
-                dst.write((staging / name).read_bytes())
+                for at in range(0, len(data), CHUNK_SIZE):
+                    dst.write(data[at : at + CHUNK_SIZE])
     return zip_path.read_bytes()
 
 
 def test_members_packed_on_every_core_give_the_bytes_zipfile_writes(
-    staging: Path, tmp_path: Path
+    staging: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = staging / "neuronpedia-importer" / "batch-0.jsonl.gz"
     rows.parent.mkdir(parents=True)
@@ -207,4 +220,37 @@ def test_members_packed_on_every_core_give_the_bytes_zipfile_writes(
     archive = build_archive(staging, tmp_path / "ours.zip")
     names = [MANIFEST_NAME, *(entry.path for entry in archive.manifest.files)]
 
-    assert archive.path.read_bytes() == _zipfile_writes(staging, tmp_path / "theirs.zip", names)
+    theirs = _zipfile_writes(staging, tmp_path / "theirs.zip", names, monkeypatch)
+    assert archive.path.read_bytes() == theirs
+
+
+def _member_bytes(zip_path: Path, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes as the archive holds them (deflated or stored), past its local header."""
+    with open(zip_path, "rb") as f:
+        f.seek(info.header_offset)
+        name_length, extra_length = struct.unpack("<HH", f.read(30)[26:30])
+        f.seek(name_length + extra_length, os.SEEK_CUR)
+        return f.read(info.compress_size)
+
+
+def _raw_deflate(compressor: isal_zlib.Compress | zlib._Compress, data: bytes) -> bytes:
+    """``data`` deflated in the chunks the archive reads it in."""
+    chunks = [data[at : at + CHUNK_SIZE] for at in range(0, len(data), CHUNK_SIZE)]
+    return b"".join(map(compressor.compress, chunks)) + compressor.flush()
+
+
+def test_deflated_members_are_isa_l_s_deflate_not_zlib_s(staging: Path, tmp_path: Path) -> None:
+    document = staging / "neuronpedia-json" / "features" / "1.json"
+    document.write_bytes(json.dumps({"values": [i / 7 for i in range(2000)]}).encode())
+    archive = build_archive(staging, tmp_path / "a.zip")
+    with zipfile.ZipFile(archive.path) as zf:
+        members = {i.filename: i for i in zf.infolist() if i.compress_type == zipfile.ZIP_DEFLATED}
+
+    assert set(members) == {MANIFEST_NAME, *FILES, "neuronpedia-json/features/1.json"}
+    for name, info in members.items():
+        isa_l = isal_zlib.compressobj(deflate.LEVEL, isal_zlib.DEFLATED, -15)
+        expected = _raw_deflate(isa_l, (staging / name).read_bytes())
+        assert _member_bytes(archive.path, info) == expected, name
+    zlib_level_1 = zlib.compressobj(1, zlib.DEFLATED, -15)
+    deflated_document = _member_bytes(archive.path, members["neuronpedia-json/features/1.json"])
+    assert deflated_document != _raw_deflate(zlib_level_1, document.read_bytes())

@@ -9,7 +9,8 @@ import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import InvalidArgument
-from mistudio_export.delta import feature_hash
+from mistudio_export import deflate
+from mistudio_export.delta import feature_hash, render_key
 from mistudio_export.options import ExportOptions, NamingRequest
 from mistudio_export.packaging import Compression, ExportFormat
 from mistudio_export.peers import FeatureFilter, FeatureRecord, SaeRecord
@@ -140,6 +141,20 @@ def test_feature_hash_changes_with_label_and_explanations_only() -> None:
         feature_index=3, statistics=dpb.FeatureStatistics(l0_contribution=1)
     )
     assert feature_hash(other, record, [explanation]) != base
+
+
+def test_render_key_of_gzipped_feature_files_names_the_deflater(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another deflater writes other gzip bytes, so an earlier archive's are not reused; plain
+    JSON files do not depend on it."""
+    plain = build_plan(sae(), ExportOptions(), "ana")
+    gzipped = build_plan(sae(), ExportOptions(gzip_json=True), "ana")
+    before = render_key(plain), render_key(gzipped)
+    monkeypatch.setattr(deflate, "IDENTITY", "zlib 1.3 level 1")
+
+    assert render_key(plain) == before[0]
+    assert render_key(gzipped) != before[1]
 
 
 def test_feature_hash_is_the_one_earlier_exports_recorded() -> None:

@@ -120,29 +120,26 @@ class _Builder:
                               p.logit_histogram_bins)  # fmt: skip
             logits = _LogitFields.of(lens, self.inputs.token_text.token)
         tokens = p.includes(Component.TOKEN_AGGREGATION)
-        top_tokens = self._top_tokens(lo, hi) if tokens else [[] for _ in range(lo, hi)]
+        top_tokens = self._top_tokens(lo, hi) if tokens else W.PerFeature.empty(hi - lo)
         scale, metric = SCALE_TO_PB[p.histogram_scale], METRIC_TO_PB[p.token_rank_metric]
         out = []
         for i, index in enumerate(s.features[lo:hi].tolist()):
             edges, counts = hists[i]
-            out.append(
-                dpb.FeatureDashboard(
-                    feature_index=index,
-                    top_positive_logits=logits.positive[i],
-                    top_negative_logits=logits.negative[i],
-                    activation_histogram=dpb.Histogram(
-                        bin_edges=edges,
-                        counts=counts,
-                        scale=scale,
-                        total_count=s.token_count,
-                        nonzero_count=stats[i].nonzero_count,
-                    ),
-                    logit_histogram=logits.histograms[i],
-                    statistics=stats[i],
-                    top_tokens=top_tokens[i],
-                    top_tokens_metric=metric,
-                )
+            d = dpb.FeatureDashboard(
+                feature_index=index,
+                activation_histogram=dpb.Histogram(
+                    bin_edges=edges,
+                    counts=counts,
+                    scale=scale,
+                    total_count=s.token_count,
+                    nonzero_count=stats[i].nonzero_count,
+                ),
+                logit_histogram=logits.histograms[i],
+                statistics=stats[i],
+                top_tokens_metric=metric,
             )
+            d.MergeFromString(logits.entries.of(i) + top_tokens.of(i))
+            out.append(d)
         for a in range(lo, hi, WIRE_FEATURES):
             b = min(hi, a + WIRE_FEATURES)
             self._add_examples(a, b, out[a - lo : b - lo])
@@ -253,7 +250,7 @@ class _Builder:
         for d, (a, b) in zip(out, pairwise(bounds), strict=True):
             d.MergeFromString(data[a:b])
 
-    def _top_tokens(self, lo: int, hi: int) -> list[list[dpb.TokenAggregate]]:
+    def _top_tokens(self, lo: int, hi: int) -> W.PerFeature:
         p, tracked = self.params, self.state.tokens
         rows = (
             self._example_tokens(lo, hi)
@@ -286,31 +283,32 @@ def _numpy(*x: torch.Tensor) -> tuple[np.ndarray, ...]:
 
 @dataclass(slots=True)
 class _LogitFields:
-    """The logit lens fields of a part's features, each list cut out of one ``tolist``."""
+    """The logit lens fields of a part's features: the entries as wire bytes, the histograms
+    cut out of one ``tolist``."""
 
-    positive: list[list[dpb.LogitEntry]]  # highest logits first
-    negative: list[list[dpb.LogitEntry]]  # lowest logits first
+    entries: W.PerFeature  # top_positive_logits (highest first), top_negative_logits (lowest)
     histograms: list[dpb.Histogram]
 
     @classmethod
     def left_out(cls, n: int) -> _LogitFields:
         """No entries, no bins, nothing counted."""
-        return cls([[]] * n, [[]] * n, [dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)] * n)
+        return cls(W.PerFeature.empty(n), [dpb.Histogram(scale=dpb.BIN_SCALE_LINEAR)] * n)
 
     @classmethod
     def of(cls, lens: LogitLens, token: Callable[[int], str]) -> _LogitFields:
-        ids = torch.cat([lens.pos_ids, lens.neg_ids]).unique().tolist()
-        text = dict(zip(ids, map(token, ids), strict=True))  # one call per distinct token
-
-        def entries(ids: torch.Tensor, values: torch.Tensor) -> list[list[dpb.LogitEntry]]:
-            return [
-                [
-                    dpb.LogitEntry(token=text[t], token_id=t, value=v, rank=r)
-                    for r, (t, v) in enumerate(zip(row_ids, row_values, strict=True), 1)
-                ]
-                for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
-            ]
-
+        n, k = lens.pos_ids.shape
+        ids = torch.cat([lens.pos_ids, lens.neg_ids], 1).numpy()  # [C, 2k] per feature in order
+        distinct = np.unique(ids)
+        text = dict(zip(distinct.tolist(), map(token, distinct.tolist()), strict=True))
+        values = torch.cat([lens.pos_values, lens.neg_values], 1).numpy()
+        rank = np.tile(np.arange(1, k + 1), 2 * n)
+        entries = W.records(
+            np.tile(np.repeat([4, 5], k), n),  # top_positive_logits, top_negative_logits
+            [W.Column.text(1, [text[t] for t in ids.ravel().tolist()]),
+             W.Column(2, W.VARINT, ids.ravel()), W.Column(3, W.I32, values.ravel()),
+             W.Column(4, W.VARINT, rank)],
+            np.repeat(np.arange(n), 2 * k), n,
+        )  # fmt: skip
         rows = zip(lens.hist_edges.tolist(), lens.hist_counts.tolist(), lens.nonzero.tolist(),
                    strict=True)  # fmt: skip
         histograms = [
@@ -323,8 +321,7 @@ class _LogitFields:
             )
             for edges, counts, nonzero in rows
         ]
-        return cls(entries(lens.pos_ids, lens.pos_values), entries(lens.neg_ids, lens.neg_values),
-                   histograms)  # fmt: skip
+        return cls(entries, histograms)
 
 
 def _report(progress: ProgressCallback | None, stage: Stage, done: int, total: int) -> None:

@@ -4,7 +4,7 @@ Tokens are grouped by their display string (ids that display alike are one row, 
 lowest such id). By default the rows cover the distinct positions of the feature's shown
 examples where it is active; with ``aggregate_all_tokens`` they cover every active position of
 the pass (``TokenTotals``). Ties in the ranking go to the lower token id. A chunk of features is
-grouped and ranked at once, in numpy; messages are made only for the rows shown.
+grouped and ranked at once, in numpy, and the rows shown are written as wire bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import TokenRankMetric
+
+from mistudio_compute.dashboards import wire as W
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +63,12 @@ def rank_tokens(
     token_string: Callable[[int], str],
     metric: TokenRankMetric,
     n_top: int,
-) -> list[list[dpb.TokenAggregate]]:
-    """The ``n_top`` token strings of each of the chunk's features. A string's total adds its
-    ids' totals in ascending id order, as a running sum from 0.0 would."""
-    out: list[list[dpb.TokenAggregate]] = [[] for _ in range(n_features)]
+) -> W.PerFeature:
+    """The ``n_top`` token strings of each of the chunk's features, as ``top_tokens`` wire
+    bytes. A string's total adds its ids' totals in ascending id order, as a running sum from
+    0.0 would."""
     if len(rows.ids) == 0:
-        return out
+        return W.PerFeature.empty(n_features)
     distinct, id_at = np.unique(rows.ids, return_inverse=True)
     strings = [token_string(i) for i in distinct.tolist()]
     names, string_of = np.unique(np.array(strings, dtype=object), return_inverse=True)
@@ -89,19 +90,11 @@ def rank_tokens(
     ranked = ranked[live[ranked]]
     starts = np.searchsorted(feature[ranked], np.arange(n_features + 1))
     place = np.arange(len(ranked)) - np.repeat(starts[:-1], np.diff(starts))
-    kept = ranked[place < n_top]
-    for f, s, i, tot, c, m, mx in zip(feature[kept].tolist(), name[kept].tolist(),
-                                      shown_id[kept].tolist(), totals[kept].tolist(),
-                                      counts[kept].tolist(), mean[kept].tolist(),
-                                      maxima[kept].tolist(), strict=True):  # fmt: skip
-        out[f].append(
-            dpb.TokenAggregate(
-                token=names[s],
-                token_id=i,
-                total_activation=tot,
-                count=c,
-                mean_activation=m,
-                max_activation=mx,
-            )
-        )
-    return out
+    kept = ranked[place < n_top]  # by feature, then rank
+    return W.records(
+        np.full(len(kept), 9),  # FeatureDashboard.top_tokens
+        [W.Column.text(1, names[name[kept]].tolist()), W.Column(2, W.VARINT, shown_id[kept]),
+         W.Column(3, W.I64, totals[kept]), W.Column(4, W.VARINT, counts[kept]),
+         W.Column(5, W.I64, mean[kept]), W.Column(6, W.I64, maxima[kept])],
+        feature[kept], n_features,
+    )  # fmt: skip

@@ -1,4 +1,5 @@
-"""Deterministic JSON, JSON Lines and gzip: equal input, byte-identical files.
+"""Deterministic JSON and JSON Lines, gzipped where a file name ends in .gz: equal input,
+byte-identical files.
 
 Keys are sorted. Floats are written as the shortest decimal that round-trips their float32 value
 (the precision the dashboards are computed in), or rounded to a fixed number of decimals where a
@@ -21,8 +22,9 @@ import numpy as np
 import orjson
 from mistudio_common.errors import InvalidArgument
 
+from mistudio_export import deflate
+
 _OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
-GZIP_LEVEL = 6
 
 
 class NonFiniteValue(InvalidArgument):
@@ -183,11 +185,6 @@ def dumps_plain(obj: Any) -> bytes:
     return orjson.dumps(obj, option=_OPTIONS)
 
 
-def gzip_bytes(data: bytes, level: int = GZIP_LEVEL) -> bytes:
-    """gzip with mtime 0 and no file name, so equal data gives equal bytes."""
-    return gzip.compress(data, compresslevel=level, mtime=0)
-
-
 def read_bytes(path: Path) -> bytes:
     """File contents, gunzipped when the name ends in .gz."""
     raw = path.read_bytes()
@@ -214,9 +211,9 @@ def write_atomic_chunks(path: Path, chunks: Iterable[bytes]) -> None:
         raise
 
 
-def write_document(path: Path, data: bytes, *, gzip_level: int = GZIP_LEVEL) -> None:
+def write_document(path: Path, data: bytes) -> None:
     """Write serialised JSON, gzipped when the file name ends in .gz."""
-    write_atomic(path, gzip_bytes(data, gzip_level) if path.name.endswith(".gz") else data)
+    write_atomic(path, deflate.gzip_bytes(data) if path.name.endswith(".gz") else data)
 
 
 def write_fresh(path: Path, data: bytes) -> None:

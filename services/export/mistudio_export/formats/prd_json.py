@@ -24,6 +24,7 @@ from mistudio_common.dashboard import (
 )
 from mistudio_common.errors import InvalidArgument
 
+from mistudio_export import deflate
 from mistudio_export.formats import bulk_json, jsonio
 from mistudio_export.formats.bulk_json import ListOf, Rendered, StringTable, each
 from mistudio_export.formats.columns import (
@@ -315,7 +316,7 @@ def _feature_files(
     bulk_json.float_lists(histograms, ["bin_edges"])
     for position, document in documents.items():
         data = jsonio.dumps(document, where=f"feature {document['feature_index']}")
-        files[position] = (files[position][0], jsonio.gzip_bytes(data) if compressed else data)
+        files[position] = (files[position][0], deflate.gzip_bytes(data) if compressed else data)
     return [(name, data) for name, data in files if data is not None]
 
 

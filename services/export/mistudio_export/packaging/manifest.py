@@ -144,7 +144,7 @@ def in_order(
 
 
 def workers() -> int:
-    """Threads that hash and deflate: zlib and hashlib release the GIL on large buffers."""
+    """Threads that hash and deflate: the deflater and hashlib release the GIL on large buffers."""
     return os.cpu_count() or 1
 
 

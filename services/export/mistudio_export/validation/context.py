@@ -406,4 +406,4 @@ def save_rows(ctx: FileContext, path: Path, rows: list[tuple[int, Any]]) -> None
         lines = {n: jsonio.dumps_plain(row) for n, row in rows}
         lines.update({n: text.encode("utf-8", "replace") for n, text in ctx.unparsed.items()})
         data = b"".join(lines[n] + b"\n" for n in sorted(lines))
-        jsonio.write_document(path, data, gzip_level=5)
+        jsonio.write_document(path, data)
