@@ -94,6 +94,27 @@ def test_full_samples_take_only_smaller_keys_alike() -> None:
     assert_bitwise_equal(compiled, torch_ops)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_entering_samples_take_evicted_slots_and_kept_ones_stay(compiled: bool) -> None:
+    """A fold writes only the entries that enter a sample, each into an empty slot or the slot
+    of an entry it evicts: kept entries stay where they are, and a row's threshold is its
+    largest key."""
+    config = StateConfig(n_top=0, n_sample=3, context_left=1, context_right=1, special_ids=SPECIAL)
+    state = PassState.empty(config, torch.arange(F), T, torch.device("cpu"))
+    evicted = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fold_kernels, "applies", lambda acts: compiled)
+        for seed in range(6):
+            before = state.sample_keys.clone()
+            state.fold(*batch(seed, rows=4), first_row=4 * seed).commit()
+            after = state.sample_keys
+            kept = (before[:, :, None] == after[:, None, :]).any(2) & (before != EMPTY_SAMPLE)
+            assert torch.equal(after[kept], before[kept])
+            assert torch.equal(state.sample_threshold, after.amax(1))
+            evicted += int(((before != EMPTY_SAMPLE) & ~kept).sum())
+    assert evicted > 0
+
+
 def test_float32_cpu_activations_fold_compiled() -> None:
     acts = torch.zeros(2, 3)
     assert fold_kernels.applies(acts)

@@ -47,23 +47,29 @@ def active_entries(
 
 
 class SampleWrites(NamedTuple):
-    """How a batch changes the samples (flat slots: feature row * n_sample + column): kept
-    entries that move to another column, and active entries that enter, with their keys."""
+    """How a batch changes the samples: the slots (flat: feature row * n_sample + column)
+    active entries enter, evicting what was kept there, and the new thresholds of those rows."""
 
-    moved_from: torch.Tensor  # [X_old] slots whose entries move
-    moved_to: torch.Tensor  # [X_old] their new slots
-    entered_at: torch.Tensor  # [X_new] slots that active entries enter
-    entering: torch.Tensor  # [X_new] those active entries
-    entering_keys: torch.Tensor  # [X_new] their keys.sample_key
+    entered_at: torch.Tensor  # [X] slots that active entries enter
+    entering: torch.Tensor  # [X] those active entries
+    entering_keys: torch.Tensor  # [X] their keys.sample_key
+    rows: torch.Tensor  # [R] rows they enter
+    thresholds: torch.Tensor  # [R] largest key of each of those rows after the batch
 
 
 def sample_writes(
-    features: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, sample_keys: torch.Tensor
+    features: torch.Tensor,
+    f: torch.Tensor,
+    pos: torch.Tensor,
+    sample_keys: torch.Tensor,
+    threshold: torch.Tensor,
 ) -> SampleWrites:
     """The sample writes of active entries (SAE features[f], global positions pos [A]) into
-    rows sample_keys [F, n_sample] (ascending): each entry's ``keys.sample_key`` is compared
-    with its row's last key, and each changed row is merged with its sorted candidates."""
-    out = _sample_writes(_host(features), _host(f), _host(pos), _host(sample_keys))
+    rows sample_keys [F, n_sample] (in no order) of largest keys threshold [F]: each entry's
+    ``keys.sample_key`` is compared with its row's threshold, and a changed row's candidates,
+    smallest first, take the slot of its largest key (its first empty slot while it has room)
+    while they are smaller."""
+    out = _sample_writes(*(_host(x) for x in (features, f, pos, sample_keys, threshold)))
     return SampleWrites(*(torch.from_numpy(x) for x in out))
 
 
@@ -183,7 +189,7 @@ def _mix32(x):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def _sample_candidates(features, f, pos, last_keys):  # type: ignore[no-untyped-def]
+def _sample_candidates(features, f, pos, threshold):  # type: ignore[no-untyped-def]
     seeds = np.empty(len(features), np.int64)
     for j in range(len(features)):
         seeds[j] = _mix32((features[j] ^ K.SEED_SAMPLE) & K.M32)
@@ -194,7 +200,7 @@ def _sample_candidates(features, f, pos, last_keys):  # type: ignore[no-untyped-
         p = pos[i]
         h = _mix32(_mix32(seeds[f[i]] ^ (p & K.M32)) ^ (p >> 32))
         k = ((h >> 1) << 32) | p
-        if k < last_keys[f[i]]:
+        if k < threshold[f[i]]:
             a[c], key[c] = i, k
             c += 1
     return a[:c], key[:c]
@@ -239,42 +245,43 @@ def _active_entries(acts, bits, special, edges, first, last):  # type: ignore[no
     return f, n, val, cell
 
 
-@njit((i8[::1], i8[::1], i8[::1], i8[:, ::1]), nogil=True, cache=True)
-def _sample_writes(features, f, pos, sample_keys):  # type: ignore[no-untyped-def]
-    a, key = _sample_candidates(features, f, pos, sample_keys[:, -1])
+@njit((i8[::1], i8[::1], i8[::1], i8[:, ::1], i8[::1]), nogil=True, cache=True)
+def _sample_writes(features, f, pos, sample_keys, threshold):  # type: ignore[no-untyped-def]
+    a, key = _sample_candidates(features, f, pos, threshold)
     n_feat, k = sample_keys.shape
-    moved_from = np.empty(min(len(a), n_feat) * k, np.int64)
-    moved_to = np.empty_like(moved_from)
     entered_at = np.empty(len(a), np.int64)
     entering = np.empty(len(a), np.int64)
     entering_keys = np.empty(len(a), np.int64)
-    moves = enters = 0
+    rows = np.empty(min(len(a), n_feat), np.int64)
+    thresholds = np.empty_like(rows)
+    row = np.empty(k, np.int64)  # a changed row's keys as the batch's entries enter it
+    enters = changed = 0
     i = 0
     while i < len(a):  # one changed row [i, j) of the candidates (sorted by feature)
         r, j = f[a[i]], i + 1
         while j < len(a) and f[a[j]] == r:
             j += 1
-        order = i + np.argsort(key[i:j])
-        old = new = 0  # next kept and next candidate, merged into columns 0 ... k - 1
-        for col in range(k):
-            old_key = sample_keys[r, old]
-            new_key = key[order[new]] if i + new < j else K.EMPTY_SAMPLE
-            if new_key < old_key:
-                entered_at[enters], entering[enters] = r * k + col, a[order[new]]
-                entering_keys[enters] = new_key
-                enters += 1
-                new += 1
-            elif old_key == K.EMPTY_SAMPLE:
+        row[:] = sample_keys[r]
+        col = np.argmax(row)  # the largest key; the first empty slot while there is room
+        for c in i + np.argsort(key[i:j]):
+            if key[c] > row[col]:
                 break
-            else:
-                if old != col:
-                    moved_from[moves], moved_to[moves] = r * k + old, r * k + col
-                    moves += 1
-                old += 1
+            room = row[col] == K.EMPTY_SAMPLE
+            row[col] = key[c]
+            entered_at[enters], entering[enters], entering_keys[enters] = r * k + col, a[c], key[c]
+            enters += 1
+            if room:  # the next empty slot, if any, lies after the first one
+                col += 1
+                while col < k and row[col] != K.EMPTY_SAMPLE:
+                    col += 1
+            if not room or col == k:
+                col = np.argmax(row)
+        rows[changed], thresholds[changed] = r, row[col]
+        changed += 1
         i = j
     return (
-        moved_from[:moves].copy(), moved_to[:moves].copy(), entered_at[:enters].copy(),
-        entering[:enters].copy(), entering_keys[:enters].copy(),
+        entered_at[:enters].copy(), entering[:enters].copy(), entering_keys[:enters].copy(),
+        rows[:changed].copy(), thresholds[:changed].copy(),
     )  # fmt: skip
 
 
