@@ -11,6 +11,7 @@ from mistudio_common.errors import AlreadyExists, InvalidArgument
 from mistudio_compute.sae import (
     Sae,
     StandardSae,
+    architectures,
     build_sae,
     known_architectures,
     register_architecture,
@@ -183,8 +184,10 @@ def test_new_architecture_plugs_in_through_the_registry() -> None:
     class Relu6Sae(StandardSae):
         architecture = "test_relu6"
 
-        def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
-            return super()._activate(x_c, columns).clamp(max=6.0)
+        def _activate(
+            self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            return super()._activate(x_c, columns, out).clamp(max=6.0)  # a new tensor
 
     register_architecture("test_relu6", Relu6Sae)
     assert "test_relu6" in known_architectures()
@@ -249,3 +252,17 @@ def test_encoding_a_subset_of_features_gives_the_bits_of_the_full_encode(
             assert torch.equal(sae.encode_features(x, features), full[:, features]), shard
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_encoding_in_row_tiles_gives_the_bits_of_one_matmul_over_every_row(
+    arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d_sae, rows = 1100, 2 * architectures.ENCODE_ROWS + 300  # two full tiles and a partial one
+    sae = build_sae(sae_config(arch, D_IN, d_sae, k=K), sae_weights(arch, D_IN, d_sae, seed=5))
+    x = torch.randn(rows, D_IN, generator=torch.Generator().manual_seed(3))
+    tiled = sae.encode(x)
+    shard = sae.encode_features(x, torch.arange(100, 1000))
+    monkeypatch.setattr(architectures, "ENCODE_ROWS", rows)
+    assert torch.equal(tiled, sae.encode(x))
+    assert torch.equal(shard, sae.encode_features(x, torch.arange(100, 1000)))

@@ -94,7 +94,43 @@ def test_full_samples_take_only_smaller_keys_alike() -> None:
     assert_bitwise_equal(compiled, torch_ops)
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_entering_samples_take_evicted_slots_and_kept_ones_stay(compiled: bool) -> None:
+    """A fold writes only the entries that enter a sample, each into an empty slot or the slot
+    of an entry it evicts: kept entries stay where they are, and a row's threshold is its
+    largest key."""
+    config = StateConfig(n_top=0, n_sample=3, context_left=1, context_right=1, special_ids=SPECIAL)
+    state = PassState.empty(config, torch.arange(F), T, torch.device("cpu"))
+    evicted = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fold_kernels, "applies", lambda acts: compiled)
+        for seed in range(6):
+            before = state.sample_keys.clone()
+            state.fold(*batch(seed, rows=4), first_row=4 * seed).commit()
+            after = state.sample_keys
+            kept = (before[:, :, None] == after[:, None, :]).any(2) & (before != EMPTY_SAMPLE)
+            assert torch.equal(after[kept], before[kept])
+            assert torch.equal(state.sample_threshold, after.amax(1))
+            evicted += int(((before != EMPTY_SAMPLE) & ~kept).sum())
+    assert evicted > 0
+
+
 def test_float32_cpu_activations_fold_compiled() -> None:
     acts = torch.zeros(2, 3)
     assert fold_kernels.applies(acts)
     assert not fold_kernels.applies(acts.double())
+
+
+def test_a_better_peak_in_a_kept_window_replaces_it_alike() -> None:
+    """A later batch with the same tokens has the same windows: its larger peak takes the place
+    of the kept one in that window, whose smaller one is dropped (not kept beside it)."""
+    config = StateConfig(n_top=3, n_sample=0, context_left=1, context_right=1, special_ids=())
+    tokens = torch.tensor([[3, 4, 5, 3, 4, 5, 2]])
+    acts = torch.zeros(T, F)
+    acts[1, 0], acts[5, 0] = 1.0, 2.0  # two peaks of feature 0 in different windows
+    later = acts.clone()
+    later[1, 0] = 4.0  # the window at position 1 again, with a larger peak
+    compiled, torch_ops = states(config, [(acts, tokens), (later, tokens)], torch.arange(F))
+    assert_bitwise_equal(compiled, torch_ops)
+    values = compiled.top_windows[0, :, 1].tolist()  # each example's own value
+    assert values == [4.0, 2.0, 0.0]  # the first 2.0 (earlier) and no third example

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.state import PassState, StateConfig
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _META_KEY = "mistudio.dashboard_pass"
 
 

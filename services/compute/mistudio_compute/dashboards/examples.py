@@ -65,9 +65,9 @@ def _choose_quantile_examples(
     state: PassState, inner: torch.Tensor, n_groups: int, per_group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy, vectorised over features: positions and sample columns [F, n_groups * per_group]
-    (-1 for empty slots). Each sample column is checked only for the features whose sample in
-    it falls in a group with room left. In numpy: a hundred steps of small ops, which torch's
-    intra-op threads make many times dearer on a busy CPU."""
+    (-1 for empty slots). Samples are read in priority order, each feature's i-th checked
+    only where it falls in a group with room left. In numpy: a hundred steps of small ops,
+    which torch's intra-op threads make many times dearer on a busy CPU."""
     n_feat, dev = len(state.features), state.hist.device
     slots = max(n_groups, 1) * per_group
     out_pos = np.full((n_feat, slots), -1, dtype=np.int64)
@@ -79,10 +79,12 @@ def _choose_quantile_examples(
     edges = state.config.grid.edges(dev)
     cut = torch.where(inner >= 0, edges[inner.clamp(min=0)], torch.inf)
     cut = _distinct(cut)  # [F, n_groups - 1] distinct inner edges, inf padded
-    values = state.sample_values.contiguous()
+    order = state.sample_order()  # [F, S] the sample's columns in priority order
+    values = state.sample_values.gather(1, order)
     group = torch.searchsorted(cut, values, right=True).cpu().numpy()  # [F, S]
-    pos = K.sample_position(state.sample_keys).cpu().numpy()  # [F, S] priority order
-    hashes = state.sample_hash.cpu().numpy()
+    pos = K.sample_position(state.sample_keys.gather(1, order)).cpu().numpy()
+    hashes = state.sample_hash.gather(1, order).cpu().numpy()
+    columns = order.cpu().numpy()
     filled = np.zeros((n_feat, n_groups), dtype=np.int64)
     t, w = state.seq_len, state.config.window
     for s in range(pos.shape[1]):
@@ -93,7 +95,7 @@ def _choose_quantile_examples(
         ok = ~(near | (out_hash[room] == h[:, None])).any(1)
         f, p, g, h = room[ok], p[ok], g[ok], h[ok]
         slot = g * per_group + filled[f, g]
-        out_pos[f, slot], out_src[f, slot] = p, s
+        out_pos[f, slot], out_src[f, slot] = p, columns[f, s]
         out_row[f, slot], out_hash[f, slot] = p // t, h
         filled[f, g] += 1
     return _on(out_pos, dev), _on(out_src, dev)

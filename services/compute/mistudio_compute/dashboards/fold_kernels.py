@@ -47,23 +47,29 @@ def active_entries(
 
 
 class SampleWrites(NamedTuple):
-    """How a batch changes the samples (flat slots: feature row * n_sample + column): kept
-    entries that move to another column, and active entries that enter, with their keys."""
+    """How a batch changes the samples: the slots (flat: feature row * n_sample + column)
+    active entries enter, evicting what was kept there, and the new thresholds of those rows."""
 
-    moved_from: torch.Tensor  # [X_old] slots whose entries move
-    moved_to: torch.Tensor  # [X_old] their new slots
-    entered_at: torch.Tensor  # [X_new] slots that active entries enter
-    entering: torch.Tensor  # [X_new] those active entries
-    entering_keys: torch.Tensor  # [X_new] their keys.sample_key
+    entered_at: torch.Tensor  # [X] slots that active entries enter
+    entering: torch.Tensor  # [X] those active entries
+    entering_keys: torch.Tensor  # [X] their keys.sample_key
+    rows: torch.Tensor  # [R] rows they enter
+    thresholds: torch.Tensor  # [R] largest key of each of those rows after the batch
 
 
 def sample_writes(
-    features: torch.Tensor, f: torch.Tensor, pos: torch.Tensor, sample_keys: torch.Tensor
+    features: torch.Tensor,
+    f: torch.Tensor,
+    pos: torch.Tensor,
+    sample_keys: torch.Tensor,
+    threshold: torch.Tensor,
 ) -> SampleWrites:
     """The sample writes of active entries (SAE features[f], global positions pos [A]) into
-    rows sample_keys [F, n_sample] (ascending): each entry's ``keys.sample_key`` is compared
-    with its row's last key, and each changed row is merged with its sorted candidates."""
-    out = _sample_writes(_host(features), _host(f), _host(pos), _host(sample_keys))
+    rows sample_keys [F, n_sample] (in no order) of largest keys threshold [F]: each entry's
+    ``keys.sample_key`` is compared with its row's threshold, and a changed row's candidates,
+    smallest first, take the slot of its largest key (its first empty slot while it has room)
+    while they are smaller."""
+    out = _sample_writes(*(_host(x) for x in (features, f, pos, sample_keys, threshold)))
     return SampleWrites(*(torch.from_numpy(x) for x in out))
 
 
@@ -74,6 +80,40 @@ def top_peaks(
     ``floor`` [F] and the largest of their row within ±w positions (earliest wins ties)."""
     peaks = _top_peaks(_host(f), _host(n), _host(val), _host(floor), t, w)
     return torch.from_numpy(peaks)
+
+
+class TopRows(NamedTuple):
+    """The top rows a batch changes (``PassState._fold_top``'s result)."""
+
+    rows: torch.Tensor  # [R] feature rows of the state
+    keys: torch.Tensor  # [R, n_top] keys.top_key, best first, EMPTY_TOP padded
+    hashes: torch.Tensor  # [R, n_top] window hashes (0 in empty slots)
+    windows: torch.Tensor  # [R, n_top, width] window values (0 in empty slots)
+
+
+def fold_top(
+    f: torch.Tensor,
+    n: torch.Tensor,
+    val: torch.Tensor,
+    peaks: torch.Tensor,
+    first_position: int,
+    win: torch.Tensor,
+    top: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    t: int,
+    left: int,
+    right: int,
+) -> TopRows:
+    """The top rows that peaks [P] (active entries of features f, batch positions n, values val
+    [A], sorted by feature and position; global positions first_position + n) change in a
+    state's ``top`` = (keys, hashes [F, n_top], windows [F, n_top, width]); window hashes
+    ``win`` [N] by batch position. Each changed row is merged with its candidates best first,
+    a key dropped when a better one has its window hash; only the windows kept are read."""
+    keys, hashes, windows = (_host(x) for x in top)
+    out = _fold_top(
+        _host(f), _host(n), _host(val), _host(peaks), first_position, _host(win), keys, hashes,
+        windows, t, left, right,
+    )  # fmt: skip
+    return TopRows(*(torch.from_numpy(x) for x in out))
 
 
 def window_values(
@@ -149,7 +189,7 @@ def _mix32(x):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def _sample_candidates(features, f, pos, last_keys):  # type: ignore[no-untyped-def]
+def _sample_candidates(features, f, pos, threshold):  # type: ignore[no-untyped-def]
     seeds = np.empty(len(features), np.int64)
     for j in range(len(features)):
         seeds[j] = _mix32((features[j] ^ K.SEED_SAMPLE) & K.M32)
@@ -160,7 +200,7 @@ def _sample_candidates(features, f, pos, last_keys):  # type: ignore[no-untyped-
         p = pos[i]
         h = _mix32(_mix32(seeds[f[i]] ^ (p & K.M32)) ^ (p >> 32))
         k = ((h >> 1) << 32) | p
-        if k < last_keys[f[i]]:
+        if k < threshold[f[i]]:
             a[c], key[c] = i, k
             c += 1
     return a[:c], key[:c]
@@ -205,42 +245,43 @@ def _active_entries(acts, bits, special, edges, first, last):  # type: ignore[no
     return f, n, val, cell
 
 
-@njit((i8[::1], i8[::1], i8[::1], i8[:, ::1]), nogil=True, cache=True)
-def _sample_writes(features, f, pos, sample_keys):  # type: ignore[no-untyped-def]
-    a, key = _sample_candidates(features, f, pos, sample_keys[:, -1])
+@njit((i8[::1], i8[::1], i8[::1], i8[:, ::1], i8[::1]), nogil=True, cache=True)
+def _sample_writes(features, f, pos, sample_keys, threshold):  # type: ignore[no-untyped-def]
+    a, key = _sample_candidates(features, f, pos, threshold)
     n_feat, k = sample_keys.shape
-    moved_from = np.empty(min(len(a), n_feat) * k, np.int64)
-    moved_to = np.empty_like(moved_from)
     entered_at = np.empty(len(a), np.int64)
     entering = np.empty(len(a), np.int64)
     entering_keys = np.empty(len(a), np.int64)
-    moves = enters = 0
+    rows = np.empty(min(len(a), n_feat), np.int64)
+    thresholds = np.empty_like(rows)
+    row = np.empty(k, np.int64)  # a changed row's keys as the batch's entries enter it
+    enters = changed = 0
     i = 0
     while i < len(a):  # one changed row [i, j) of the candidates (sorted by feature)
         r, j = f[a[i]], i + 1
         while j < len(a) and f[a[j]] == r:
             j += 1
-        order = i + np.argsort(key[i:j])
-        old = new = 0  # next kept and next candidate, merged into columns 0 ... k - 1
-        for col in range(k):
-            old_key = sample_keys[r, old]
-            new_key = key[order[new]] if i + new < j else K.EMPTY_SAMPLE
-            if new_key < old_key:
-                entered_at[enters], entering[enters] = r * k + col, a[order[new]]
-                entering_keys[enters] = new_key
-                enters += 1
-                new += 1
-            elif old_key == K.EMPTY_SAMPLE:
+        row[:] = sample_keys[r]
+        col = np.argmax(row)  # the largest key; the first empty slot while there is room
+        for c in i + np.argsort(key[i:j]):
+            if key[c] > row[col]:
                 break
-            else:
-                if old != col:
-                    moved_from[moves], moved_to[moves] = r * k + old, r * k + col
-                    moves += 1
-                old += 1
+            room = row[col] == K.EMPTY_SAMPLE
+            row[col] = key[c]
+            entered_at[enters], entering[enters], entering_keys[enters] = r * k + col, a[c], key[c]
+            enters += 1
+            if room:  # the next empty slot, if any, lies after the first one
+                col += 1
+                while col < k and row[col] != K.EMPTY_SAMPLE:
+                    col += 1
+            if not room or col == k:
+                col = np.argmax(row)
+        rows[changed], thresholds[changed] = r, row[col]
+        changed += 1
         i = j
     return (
-        moved_from[:moves].copy(), moved_to[:moves].copy(), entered_at[:enters].copy(),
-        entering[:enters].copy(), entering_keys[:enters].copy(),
+        entered_at[:enters].copy(), entering[:enters].copy(), entering_keys[:enters].copy(),
+        rows[:changed].copy(), thresholds[:changed].copy(),
     )  # fmt: skip
 
 
@@ -271,22 +312,85 @@ def _top_peaks(f, n, val, floor, t, w):  # type: ignore[no-untyped-def]
     return out[:c].copy()
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _fill_window(out, f, n, val, t, left, right, e):  # type: ignore[no-untyped-def]
+    """Writes entry e's window into the zeros ``out`` [width]: a window's active positions are
+    the entry's neighbours in the sorted list."""
+    row_start = n[e] - n[e] % t
+    lo, hi = max(row_start, n[e] - left), min(row_start + t - 1, n[e] + right)
+    j = e
+    while j >= 0 and f[j] == f[e] and n[j] >= lo:
+        out[n[j] - n[e] + left] = val[j]
+        j -= 1
+    j = e + 1
+    while j < len(f) and f[j] == f[e] and n[j] <= hi:
+        out[n[j] - n[e] + left] = val[j]
+        j += 1
+
+
+@njit(
+    (i8[::1], i8[::1], f4[::1], i8[::1], i8, i8[::1], i8[:, ::1], i8[:, ::1], f4[:, :, ::1], i8, i8,
+     i8),
+    nogil=True, cache=True,
+)  # fmt: skip
+def _fold_top(f, n, val, peaks, first, win, top_keys, top_hash, top_windows, t, left, right):  # type: ignore[no-untyped-def]
+    """Only peaks that beat their row's last kept key can change it: they are found first, then
+    each changed row is merged with them (sorted best first) into new rows."""
+    k = top_keys.shape[1]
+    bits = val.view(np.int32)
+    cand = np.empty(len(peaks), np.int64)  # [C] active entries, by feature
+    cand_key = np.empty(len(peaks), np.int64)
+    c = n_rows = 0
+    for x in range(len(peaks)):
+        e = peaks[x]
+        key = (np.int64(bits[e]) << 32) | (K.M32 - (first + n[e]))  # keys.top_key
+        if key > top_keys[f[e], k - 1]:
+            if c == 0 or f[cand[c - 1]] != f[e]:
+                n_rows += 1
+            cand[c], cand_key[c] = e, key
+            c += 1
+    rows = np.empty(n_rows, np.int64)
+    keys = np.full((n_rows, k), K.EMPTY_TOP, np.int64)
+    hashes = np.zeros((n_rows, k), np.int64)
+    windows = np.zeros((n_rows, k, left + 1 + right), np.float32)
+    i = r = 0
+    while i < c:  # one changed row: candidates [i, j)
+        row, j = f[cand[i]], i + 1
+        while j < c and f[cand[j]] == row:
+            j += 1
+        order = i + np.argsort(-cand_key[i:j])  # best first (keys are unique)
+        rows[r] = row
+        old = new = out = 0
+        while out < k:
+            old_key = top_keys[row, old] if old < k else K.EMPTY_TOP
+            new_key = cand_key[order[new]] if i + new < j else K.EMPTY_TOP
+            if old_key == K.EMPTY_TOP and new_key == K.EMPTY_TOP:
+                break
+            from_old = old_key > new_key
+            e = -1 if from_old else cand[order[new]]
+            h = top_hash[row, old] if from_old else win[n[e]]
+            seen = False
+            for s in range(out):
+                seen = seen or hashes[r, s] == h
+            if not seen:  # the best key of its window
+                keys[r, out], hashes[r, out] = max(old_key, new_key), h
+                if from_old:
+                    windows[r, out] = top_windows[row, old]
+                else:
+                    _fill_window(windows[r, out], f, n, val, t, left, right, e)
+                out += 1
+            old += from_old
+            new += not from_old
+        r += 1
+        i = j
+    return rows, keys, hashes, windows
+
+
 @njit((i8[::1], i8[::1], f4[::1], i8, i8, i8, i8[::1]), nogil=True, cache=True)
 def _window_values(f, n, val, t, left, right, entries):  # type: ignore[no-untyped-def]
-    """A window's active positions are the entry's neighbours in the sorted list."""
     out = np.zeros((len(entries), left + 1 + right), np.float32)
     for x in range(len(entries)):
-        e = entries[x]
-        row_start = n[e] - n[e] % t
-        lo, hi = max(row_start, n[e] - left), min(row_start + t - 1, n[e] + right)
-        j = e
-        while j >= 0 and f[j] == f[e] and n[j] >= lo:
-            out[x, n[j] - n[e] + left] = val[j]
-            j -= 1
-        j = e + 1
-        while j < len(f) and f[j] == f[e] and n[j] <= hi:
-            out[x, n[j] - n[e] + left] = val[j]
-            j += 1
+        _fill_window(out[x], f, n, val, t, left, right, entries[x])
     return out
 
 

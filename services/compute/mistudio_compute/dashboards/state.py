@@ -29,7 +29,7 @@ from mistudio_common.errors import InvalidArgument
 
 from mistudio_compute.dashboards import exact_sum, fold_kernels
 from mistudio_compute.dashboards import keys as K
-from mistudio_compute.dashboards.fold_kernels import SampleWrites
+from mistudio_compute.dashboards.fold_kernels import SampleWrites, TopRows
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.token_totals import TokenTotals
 
@@ -70,7 +70,8 @@ class PassState:
     top_keys: torch.Tensor  # [F, n_top] int64 best first (keys.top_key), EMPTY_TOP padded
     top_hash: torch.Tensor  # [F, n_top] int64 window hashes
     top_windows: torch.Tensor  # [F, n_top, width] float32 window values
-    sample_keys: torch.Tensor  # [F, n_sample] int64 smallest first (keys.sample_key)
+    sample_keys: torch.Tensor  # [F, n_sample] int64 keys.sample_key, any order, EMPTY_SAMPLE unused
+    sample_threshold: torch.Tensor  # [F] int64 largest of each row (EMPTY_SAMPLE while it has room)
     sample_values: torch.Tensor  # [F, n_sample] float32
     sample_hash: torch.Tensor  # [F, n_sample] int64
     sample_windows: torch.Tensor  # [F, n_sample, width] float32
@@ -106,6 +107,7 @@ class PassState:
             top_hash=full((n, config.n_top), 0, torch.int64),
             top_windows=full((n, config.n_top, config.width), 0, torch.float32),
             sample_keys=full((n, config.n_sample), K.EMPTY_SAMPLE, torch.int64),
+            sample_threshold=full((n,), K.EMPTY_SAMPLE, torch.int64),
             sample_values=full((n, config.n_sample), 0, torch.float32),
             sample_hash=full((n, config.n_sample), 0, torch.int64),
             sample_windows=full((n, config.n_sample, config.width), 0, torch.float32),
@@ -195,18 +197,24 @@ class PassState:
             floor = K.top_value(self.top_keys[:, -1])  # [F]
             if compiled:
                 p = fold_kernels.top_peaks(f, n, val, floor, t, cfg.window)  # [P] peaks
+                kept = self.top_keys, self.top_hash, self.top_windows
+                top = fold_kernels.fold_top(
+                    f, n, val, p, first_row * t, win, kept, t, cfg.context_left, cfg.context_right
+                )
             else:
                 c = _where(val >= _at(floor, f))  # [C] candidates
                 peak = _is_peak(_at(f, c), _at(n, c), _at(val, c), t, b * t, cfg.window)
                 p = _at(c, _where(peak))
-            n_p = _at(n, p)
-            group = _at(f, p) * (b * t) + _at(win_id, n_p)  # distinct (feature, window) pairs
-            key = K.top_key(_at(val, p), _at(pos, p))
-            top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
+                n_p = _at(n, p)
+                group = _at(f, p) * (b * t) + _at(win_id, n_p)  # distinct (feature, window)
+                key = K.top_key(_at(val, p), _at(pos, p))
+                top = self._fold_top(p, key, _at(win, n_p), group, f, windows)
         if cfg.n_sample:
             assert win is not None
             if compiled:
-                writes = fold_kernels.sample_writes(self.features, f, pos, self.sample_keys)
+                writes = fold_kernels.sample_writes(
+                    self.features, f, pos, self.sample_keys, self.sample_threshold
+                )
             else:
                 writes = self._sample_writes(f, pos)
             sample = self._fold_sample(writes, val, win, n, windows)
@@ -233,11 +241,10 @@ class PassState:
         group: torch.Tensor,
         f: torch.Tensor,
         windows: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, ...]:
-        """New top rows for the features this batch's peaks change: (rows [R], keys and window
-        hashes [R, n_top], windows [R, n_top, width]). ``a`` [P] indexes the peaks among the
-        active entries (features ``f[a]``); keeps the best peak of each ``group`` (= feature
-        and window)."""
+    ) -> TopRows:
+        """New top rows for the features this batch's peaks change (as ``fold_kernels.fold_top``
+        on a CPU). ``a`` [P] indexes the peaks among the active entries (features ``f[a]``);
+        keeps the best peak of each ``group`` (= feature and window)."""
         k = self.config.n_top
         i = _where(key > _at(self.top_keys[:, -1], _at(f, a)))  # could beat the n_top-th best
         a, key, win, group = _at(a, i), _at(key, i), _at(win, i), _at(group, i)
@@ -253,33 +260,29 @@ class PassState:
         empty = keys == K.EMPTY_TOP
         old = self.top_windows.index_select(0, rows)  # [R, k, width]
         wins = _fold_windows(old, pick, _gather(a, idx, -1), empty, windows)
-        return rows, keys, _take(hashes, pick, empty), wins
+        return TopRows(rows, keys, _take(hashes, pick, empty), wins)
 
     def _sample_writes(self, f: torch.Tensor, pos: torch.Tensor) -> SampleWrites:
         """Which sample slots this batch's active entries (features f, global positions pos
-        [A]) enter and which kept entries move. A row and the batch's best entries of its
-        feature are both sorted, so an entry's new column is its column plus the number of
-        smaller keys in the other list: only the entries that enter or move are written."""
-        k, last = self.config.n_sample, self.sample_keys[:, -1]
+        [A]) enter, evicting the kept entries there: a row's i-th smallest candidate takes the
+        slot of its i-th largest kept key (empty slots first, by column) when it is smaller,
+        the order in which ``fold_kernels`` evicts. Kept entries never move."""
+        k = self.config.n_sample
         key = K.sample_key(self.features, pos, f)
-        a = _where(key < _at(last, f))  # [C] could enter the current sample
+        a = _where(key < _at(self.sample_threshold, f))  # [C] could enter the current sample
         key = _at(key, a)
         rows, seg = torch.unique_consecutive(_at(f, a), return_inverse=True)  # f is sorted
         new, idx = K.segment_top(seg, key, len(rows), k, largest=False, fill=K.EMPTY_SAMPLE)
-        old = self.sample_keys.index_select(0, rows)  # [R, k] ascending, like new
-        col = torch.arange(k, device=key.device)
-        new_col = col + torch.searchsorted(old, new)  # [R, k] (keys are unique)
-        old_col = col + torch.searchsorted(new, old)
-        enters = ((idx >= 0) & (new_col < k)).view(-1)
-        moves = ((old != K.EMPTY_SAMPLE) & (old_col != col) & (old_col < k)).view(-1)
-        i_new, i_old = _where(enters), _where(moves)  # [X_new], [X_old] in the [R, k] lists
-        row_slot = rows[:, None] * k  # [R, 1] first slot of each changed row
+        old = self.sample_keys.index_select(0, rows)  # [R, k]
+        old, col = old.sort(dim=1, descending=True, stable=True)  # largest (or empty) first
+        enters = new < old  # [R, k] a prefix of each row: new ascends, old descends
+        i = _where(enters.view(-1))  # [X] in the [R, k] lists
         return SampleWrites(
-            moved_from=_at((row_slot + col).view(-1), i_old),
-            moved_to=_at((row_slot + old_col).view(-1), i_old),
-            entered_at=_at((row_slot + new_col).view(-1), i_new),
-            entering=_at(a, _at(idx.view(-1), i_new)),
-            entering_keys=_at(new.view(-1), i_new),
+            entered_at=_at((rows[:, None] * k + col).view(-1), i),
+            entering=_at(a, _at(idx.view(-1), i)),
+            entering_keys=_at(new.view(-1), i),
+            rows=rows,
+            thresholds=torch.where(enters, new, old).amax(1),
         )
 
     def _fold_sample(
@@ -289,22 +292,12 @@ class PassState:
         win: torch.Tensor,
         n: torch.Tensor,
         windows: Callable[[torch.Tensor], torch.Tensor],
-    ) -> tuple[torch.Tensor, ...]:
-        """The slot writes that fold this batch into the samples: slots [X] (row * n_sample +
-        column) and their keys, values, window hashes [X] and windows [X, width], read from the
-        state for the entries that move and from the batch (active entries' values val and
-        batch positions n [A]; window hashes ``win`` [N]) for those that enter."""
-        source, entry = writes.moved_from, writes.entering
-        slots = torch.cat([writes.moved_to, writes.entered_at])
-        keys = torch.cat([_at(self.sample_keys.view(-1), source), writes.entering_keys])
-        values = torch.cat([_at(self.sample_values.view(-1), source), _at(val, entry)])
-        hashes = torch.cat([_at(self.sample_hash.view(-1), source), _at(win, _at(n, entry))])
-        wins = self.sample_windows.new_empty(len(slots), self.config.width)  # [X, width]
-        torch.index_select(
-            self.sample_windows.view(-1, self.config.width), 0, source, out=wins[: len(source)]
-        )
-        wins[len(source) :] = windows(entry)
-        return slots, keys, values, hashes, wins
+    ) -> SampleFold:
+        """The sample writes of this batch with the entering entries' values, window hashes and
+        windows, read from the batch (active entries' values val and batch positions n [A];
+        window hashes ``win`` [N]): only entering entries are written."""
+        entry = writes.entering
+        return SampleFold(writes, _at(val, entry), _at(win, _at(n, entry)), windows(entry))
 
     def merge(self, other: PassState) -> PassState:
         """The state of a pass over both parts' rows (rows must not overlap)."""
@@ -318,6 +311,7 @@ class PassState:
         top_empty = top_keys == K.EMPTY_TOP
         sample_keys, s_pick = both("sample_keys").topk(cfg.n_sample, dim=1, largest=False)
         s_empty = sample_keys == K.EMPTY_SAMPLE
+        threshold = sample_keys.amax(1) if cfg.n_sample else self.sample_threshold
         counts = count_dtype(self.token_count + other.token_count)
         if counts != self.count.dtype or counts != other.count.dtype:  # widen when they may not fit
             counts = torch.int64
@@ -337,11 +331,17 @@ class PassState:
             top_hash=_take(both("top_hash"), pick, top_empty),
             top_windows=_take(both("top_windows"), pick, top_empty),
             sample_keys=sample_keys,
+            sample_threshold=threshold,
             sample_values=_take(both("sample_values"), s_pick, s_empty),
             sample_hash=_take(both("sample_hash"), s_pick, s_empty),
             sample_windows=_take(both("sample_windows"), s_pick, s_empty),
             tokens=tokens,
         )
+
+    def sample_order(self) -> torch.Tensor:
+        """Columns [F, n_sample] of each feature's sample in key (priority) order, empty slots
+        last: a fold writes entering entries into evicted ones' slots and keeps no order."""
+        return self.sample_keys.argsort(dim=1, stable=True)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of the state, by field name (token totals compacted and flattened)."""
@@ -371,6 +371,16 @@ class BatchTokens(NamedTuple):
     win_id: torch.Tensor | None  # [N] equal ids = equal windows (when top examples are kept)
 
 
+class SampleFold(NamedTuple):
+    """A batch's changes to the samples (``PassState._fold_sample``): the slots its entering
+    entries take, with what is written there, and the new thresholds of the rows they enter."""
+
+    writes: SampleWrites
+    values: torch.Tensor  # [X] entering entries' values
+    hashes: torch.Tensor  # [X] their window hashes
+    windows: torch.Tensor  # [X, width] their windows
+
+
 @dataclass(slots=True)
 class Fold:
     """One batch's changes to a state (``PassState.fold``), applied by ``commit`` with in-place
@@ -383,8 +393,8 @@ class Fold:
     n: torch.Tensor  # [A] their batch positions
     val: torch.Tensor  # [A] their values
     bucket: torch.Tensor  # [A] their fine-grid cells (feature * n_buckets + bucket)
-    top: tuple[torch.Tensor, ...] | None  # rows, keys, hashes, windows (_fold_top)
-    sample: tuple[torch.Tensor, ...] | None  # slots, keys, values, hashes, windows
+    top: TopRows | None
+    sample: SampleFold | None
     compiled: bool  # the statistics are added by fold_kernels (else by torch ops)
 
     def commit(self) -> None:
@@ -396,11 +406,12 @@ class Fold:
             s.top_hash.index_copy_(0, rows, hashes)
             s.top_windows.index_copy_(0, rows, wins)
         if self.sample is not None:
-            slots, keys, values, hashes, wins = self.sample
-            s.sample_keys.view(-1).index_copy_(0, slots, keys)
-            s.sample_values.view(-1).index_copy_(0, slots, values)
-            s.sample_hash.view(-1).index_copy_(0, slots, hashes)
-            s.sample_windows.view(-1, s.config.width).index_copy_(0, slots, wins)
+            writes, slots = self.sample.writes, self.sample.writes.entered_at
+            s.sample_keys.view(-1).index_copy_(0, slots, writes.entering_keys)
+            s.sample_threshold.index_copy_(0, writes.rows, writes.thresholds)
+            s.sample_values.view(-1).index_copy_(0, slots, self.sample.values)
+            s.sample_hash.view(-1).index_copy_(0, slots, self.sample.hashes)
+            s.sample_windows.view(-1, s.config.width).index_copy_(0, slots, self.sample.windows)
         if self.compiled:
             stats = s.hist, s.count, s.total, s.total_sq, s.vmin, s.vmax
             fold_kernels.add_statistics(*stats, f, val, self.bucket)

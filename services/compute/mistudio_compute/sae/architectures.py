@@ -26,6 +26,12 @@ ENCODE_BLOCK = 512
 """Encoder columns per matmul. A feature shard encodes only the blocks its features fall in; a
 matmul over another column count may round differently (MKL's narrow kernels do, in the last
 bit), so the full encode runs the same blocks and both give the same bits."""
+ENCODE_ROWS = 512
+"""Rows per encode tile on a CPU. A tile [ENCODE_ROWS, ENCODE_BLOCK] (1 MiB) stays in the core's
+cache from the matmul to the activation, so each activation goes out to memory once; a whole
+block's did three times (bias, matmul, activation), or twice more when copied from a fresh
+block. MKL computes a matmul's rows alike however they are tiled (tested), so tiles give the
+untiled bits."""
 
 
 class Sae:
@@ -134,30 +140,39 @@ class Sae:
     def _encode_columns(
         self, x_c: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None
     ) -> torch.Tensor:
-        """Activations [N, F] of ``features`` [F] into ``out`` (new when None): each block they
-        fall in is activated whole and its columns copied straight to theirs (a run of
-        features as one slice), so no block-wide intermediate of all of them is built and
-        copied again."""
+        """Activations [N, F] of ``features`` [F] into ``out`` (new when None), tile by tile:
+        ENCODE_ROWS rows of one block at a time (on a CPU). A block whose features are all
+        wanted, in order, is activated straight into its columns of ``out``; any other block
+        is activated whole and the wanted columns copied (a run of them as one slice)."""
         block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
         shape = (x_c.shape[0], len(features))
         if out is None:
             out = x_c.new_empty(shape)
         _check_out(out, shape, x_c)
+        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, shape[0])
         for block in torch.unique(block_of).tolist():  # ascending
             start = block * ENCODE_BLOCK
-            z = self._activate(x_c, slice(start, min(start + ENCODE_BLOCK, self.d_sae)))
+            columns = slice(start, min(start + ENCODE_BLOCK, self.d_sae))
             at = (block_of == block).nonzero().squeeze(1)  # [C] ascending output columns
-            column = features.index_select(0, at) - start  # [C] columns of z
+            column = features.index_select(0, at) - start  # [C] columns of the block
             first, c0, n = int(at[0]), int(column[0]), len(at)
             run = int(at[-1]) - first + 1 == n and torch.equal(
                 column, torch.arange(c0, c0 + n, device=column.device)
             )
-            if run and n == len(features) == z.shape[1]:
-                return z  # the whole of one block, as it is
-            if run:
-                out[:, first : first + n] = z[:, c0 : c0 + n]
-            else:
-                out[:, at] = z.index_select(1, column)
+            whole = run and c0 == 0 and n == columns.stop - columns.start
+            for r in range(0, shape[0], tile_rows):
+                rows = slice(r, r + tile_rows)
+                if whole:
+                    tile = out[rows, first : first + n]  # [R, n] strided, as BLAS takes it
+                    z = self._activate(x_c[rows], columns, tile)
+                    if z is not tile:  # an architecture that cannot write in place
+                        tile.copy_(z)
+                    continue
+                z = self._activate(x_c[rows], columns)  # [R, block]
+                if run:
+                    out[rows, first : first + n] = z[:, c0 : c0 + n]
+                else:
+                    out[rows, at] = z.index_select(1, column)
         return out
 
     @torch.inference_mode()
@@ -173,14 +188,23 @@ class Sae:
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x), x)
 
-    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
-        """Activations [N, columns] of the features ``columns`` for centred inputs [N, d_in]."""
+    def _activate(
+        self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Activations [N, columns] of the features ``columns`` for centred inputs [N, d_in],
+        written into ``out`` [N, columns] when given (it may be a strided view)."""
         raise NotImplementedError
 
-    def _encode_affine(self, x_c: torch.Tensor, bias: str, columns: slice) -> torch.Tensor:
-        """``x_c @ W_enc + weights[bias]`` over ``columns`` as one fused matmul (addmm): half
-        the time of a matmul followed by a separate broadcast add over the result."""
-        return torch.addmm(self.weights[bias][columns], x_c, self.W_enc[:, columns])
+    def _encode_affine(
+        self, x_c: torch.Tensor, bias: str, columns: slice, out: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``x_c @ W_enc + weights[bias]`` over ``columns`` as one fused matmul (addmm) into
+        ``out`` (new when None): half the time of a matmul followed by a separate broadcast
+        add over the result."""
+        bias_of, weights = self.weights[bias][columns], self.W_enc[:, columns]
+        if out is None:
+            return torch.addmm(bias_of, x_c, weights)
+        return torch.addmm(bias_of, x_c, weights, out=out)
 
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.W_dec
@@ -210,16 +234,20 @@ class Sae:
 class StandardSae(Sae):
     architecture = "standard"
 
-    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
-        return self._encode_affine(x_c, "b_enc", columns).relu_()
+    def _activate(
+        self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._encode_affine(x_c, "b_enc", columns, out).relu_()
 
 
 class JumpReluSae(Sae):
     architecture = "jumprelu"
     tensor_names = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
-    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
-        pre = self._encode_affine(x_c, "b_enc", columns)  # [N, columns]
+    def _activate(
+        self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pre = self._encode_affine(x_c, "b_enc", columns, out)  # [N, columns]
         above = pre > self.weights["threshold"][columns]
         return pre.relu_().mul_(above)
 
@@ -250,8 +278,10 @@ class TopKSae(Sae):
         _check_out(out, (len(x), len(wanted)), z)
         return torch.index_select(z, 1, wanted, out=out)
 
-    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
-        return self._encode_affine(x_c, "b_enc", columns)  # pre-activations: k is picked above
+    def _activate(
+        self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._encode_affine(x_c, "b_enc", columns, out)  # pre-activations: k is picked above
 
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         if self.cfg.rescale_acts_by_decoder_norm:
@@ -263,11 +293,14 @@ class GatedSae(Sae):
     architecture = "gated"
     tensor_names = ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec")
 
-    def _activate(self, x_c: torch.Tensor, columns: slice) -> torch.Tensor:
+    def _activate(
+        self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         pre = x_c @ self.W_enc[:, columns]  # [N, columns], shared by the gate and the magnitude
         gate = pre + self.weights["b_gate"][columns] > 0
         r_mag, b_mag = self.weights["r_mag"][columns], self.weights["b_mag"][columns]
-        return gate * torch.relu(pre * r_mag.exp() + b_mag)
+        magnitude = torch.relu(pre * r_mag.exp() + b_mag)
+        return gate * magnitude if out is None else torch.mul(gate, magnitude, out=out)
 
 
 def _check_out(out: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> None:
