@@ -27,9 +27,15 @@ LATENCY_LIMIT_SECONDS = 1.0
 pytestmark = pytest.mark.slow
 
 
+SLOW_ROWS = 8192
+"""Enough rows that an export is still computing while the load is measured (the jobs are
+cancelled afterwards, so the rows cost only their file): 384 rows once sufficed, until a faster
+pass finished both exports before the watchers were all open."""
+
+
 @pytest.fixture(scope="module")
 def slow_tokens(workdir: Path) -> tpb.TokenSource:
-    return token_source(write_tokens(workdir / "slow-tokens.npy", rows=384, seed=7))
+    return token_source(write_tokens(workdir / "slow-tokens.npy", rows=SLOW_ROWS, seed=7))
 
 
 def start_running(stack: Stack, sae_id: str, tokens: tpb.TokenSource, top: int) -> str:
