@@ -6,8 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from mistudio.common.v1 import dashboard_pb2 as dpb
 
 from mistudio_compute.dashboards import wire as W
+
+_DASHBOARD, _GROUP = dpb.FeatureDashboard, dpb.QuantileGroup
+_EXAMPLE, _SOURCE = dpb.ActivationExample, dpb.SourceRef
 
 
 @dataclass(slots=True)
@@ -60,37 +64,40 @@ class ExampleBytes:
             before = W.exclusive_cumsum(sizes)
             return before - np.repeat(before[firsts], n) if len(n) else before
 
-        out[at] = W.key(np.where(self.section == 0, 2, 4), W.LEN)
+        field = np.where(
+            self.section == 0, _DASHBOARD.TOP_EXAMPLES_FIELD_NUMBER, _GROUP.EXAMPLES_FIELD_NUMBER
+        )
+        out[at] = W.key(field, W.LEN)
         at = W.put_varints(out, at + 1, p["body"])
-        token_at = np.repeat(at, n) + within(p["token_size"])  # tokens (1): one per token
-        out[token_at] = W.key(1, W.LEN)
+        token_at = np.repeat(at, n) + within(p["token_size"])  # tokens: one per token
+        out[token_at] = W.key(_EXAMPLE.TOKENS_FIELD_NUMBER, W.LEN)
         after = W.put_varints(out, token_at + 1, p["text_len"])
         W.put_bytes(out, after, p["text"], p["text_len"])
         at = at + p["tokens"]
-        out[at] = W.key(2, W.LEN)  # token_ids, packed
+        out[at] = W.key(_EXAMPLE.TOKEN_IDS_FIELD_NUMBER, W.LEN)  # packed
         at = W.put_varints(out, at + 1, p["ids"])
         W.put_varints(out, np.repeat(at, n) + within(p["id_size"]), self.token_ids, p["id_size"])
         at = at + p["ids"]
-        out[at] = W.key(3, W.LEN)  # values, packed
+        out[at] = W.key(_EXAMPLE.VALUES_FIELD_NUMBER, W.LEN)  # packed
         at = W.put_varints(out, at + 1, 4 * n)
         W.put_bytes(out, at, np.ascontiguousarray(self.values, "<f4").view(np.uint8), 4 * n)
         at = at + 4 * n
-        out[at] = W.key(4, W.I32)  # max_value
+        out[at] = W.key(_EXAMPLE.MAX_VALUE_FIELD_NUMBER, W.I32)
         W.put_float32s(out, at + 1, self.max_value)
-        out[at + 5] = W.key(5, W.VARINT)  # max_token_index
+        out[at + 5] = W.key(_EXAMPLE.MAX_TOKEN_INDEX_FIELD_NUMBER, W.VARINT)
         at = W.put_varints(out, at + 6, self.max_token_index)
-        out[at] = W.key(6, W.LEN)  # source: dataset (1), row (2), offset (3)
+        out[at] = W.key(_EXAMPLE.SOURCE_FIELD_NUMBER, W.LEN)  # dataset, row, offset
         at = W.put_varints(out, at + 1, p["source"])
-        out[at] = W.key(1, W.LEN)
+        out[at] = W.key(_SOURCE.DATASET_FIELD_NUMBER, W.LEN)
         k, r = len(self.dataset), len(at)
         at = W.put_varints(out, at + 1, np.full(r, k))
         text = np.tile(np.frombuffer(self.dataset, np.uint8), r)
         W.put_bytes(out, at, text, np.full(r, k, np.int64))
-        out[at + k] = W.key(2, W.VARINT)
+        out[at + k] = W.key(_SOURCE.ROW_FIELD_NUMBER, W.VARINT)
         at = W.put_varints(out, at + k + 1, self.row)
-        out[at] = W.key(3, W.VARINT)
+        out[at] = W.key(_SOURCE.OFFSET_FIELD_NUMBER, W.VARINT)
         at = W.put_varints(out, at + 1, self.offset)
-        out[at] = W.key(7, W.VARINT)  # qualifying_token_index
+        out[at] = W.key(_EXAMPLE.QUALIFYING_TOKEN_INDEX_FIELD_NUMBER, W.VARINT)
         W.put_varints(out, at + 1, self.qualifying)
 
 
@@ -130,8 +137,13 @@ class GroupHeads:
         return 1 + W.varint_sizes(self.body) + 15
 
     def write(self, out: np.ndarray, at: np.ndarray) -> None:
-        out[at] = W.key(3, W.LEN)
+        out[at] = W.key(_DASHBOARD.QUANTILE_GROUPS_FIELD_NUMBER, W.LEN)
         at = W.put_varints(out, at + 1, self.body)
-        for j in range(3):  # bin_min (1), bin_max (2), bin_contains (3)
-            out[at + 5 * j] = W.key(1 + j, W.I32)
+        bins = (
+            _GROUP.BIN_MIN_FIELD_NUMBER,
+            _GROUP.BIN_MAX_FIELD_NUMBER,
+            _GROUP.BIN_CONTAINS_FIELD_NUMBER,
+        )
+        for j, bin_field in enumerate(bins):
+            out[at + 5 * j] = W.key(bin_field, W.I32)
             W.put_float32s(out, at + 5 * j + 1, self.bins[:, j])

@@ -302,11 +302,14 @@ class _LogitFields:
         text = dict(zip(distinct.tolist(), map(token, distinct.tolist()), strict=True))
         values = torch.cat([lens.pos_values, lens.neg_values], 1).numpy()
         rank = np.tile(np.arange(1, k + 1), 2 * n)
+        fd, e = dpb.FeatureDashboard, dpb.LogitEntry
+        sides = [fd.TOP_POSITIVE_LOGITS_FIELD_NUMBER, fd.TOP_NEGATIVE_LOGITS_FIELD_NUMBER]
         entries = W.records(
-            np.tile(np.repeat([4, 5], k), n),  # top_positive_logits, top_negative_logits
-            [W.Column.text(1, [text[t] for t in ids.ravel().tolist()]),
-             W.Column(2, W.VARINT, ids.ravel()), W.Column(3, W.I32, values.ravel()),
-             W.Column(4, W.VARINT, rank)],
+            np.tile(np.repeat(sides, k), n),
+            [W.Column.text(e.TOKEN_FIELD_NUMBER, [text[t] for t in ids.ravel().tolist()]),
+             W.Column(e.TOKEN_ID_FIELD_NUMBER, W.VARINT, ids.ravel()),
+             W.Column(e.VALUE_FIELD_NUMBER, W.I32, values.ravel()),
+             W.Column(e.RANK_FIELD_NUMBER, W.VARINT, rank)],
             np.repeat(np.arange(n), 2 * k), n,
         )  # fmt: skip
         rows = zip(lens.hist_edges.tolist(), lens.hist_counts.tolist(), lens.nonzero.tolist(),

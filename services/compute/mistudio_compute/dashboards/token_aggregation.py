@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import TokenRankMetric
 
 from mistudio_compute.dashboards import wire as W
@@ -91,10 +92,14 @@ def rank_tokens(
     starts = np.searchsorted(feature[ranked], np.arange(n_features + 1))
     place = np.arange(len(ranked)) - np.repeat(starts[:-1], np.diff(starts))
     kept = ranked[place < n_top]  # by feature, then rank
+    t = dpb.TokenAggregate
     return W.records(
-        np.full(len(kept), 9),  # FeatureDashboard.top_tokens
-        [W.Column.text(1, names[name[kept]].tolist()), W.Column(2, W.VARINT, shown_id[kept]),
-         W.Column(3, W.I64, totals[kept]), W.Column(4, W.VARINT, counts[kept]),
-         W.Column(5, W.I64, mean[kept]), W.Column(6, W.I64, maxima[kept])],
+        np.full(len(kept), dpb.FeatureDashboard.TOP_TOKENS_FIELD_NUMBER),
+        [W.Column.text(t.TOKEN_FIELD_NUMBER, names[name[kept]].tolist()),
+         W.Column(t.TOKEN_ID_FIELD_NUMBER, W.VARINT, shown_id[kept]),
+         W.Column(t.TOTAL_ACTIVATION_FIELD_NUMBER, W.I64, totals[kept]),
+         W.Column(t.COUNT_FIELD_NUMBER, W.VARINT, counts[kept]),
+         W.Column(t.MEAN_ACTIVATION_FIELD_NUMBER, W.I64, mean[kept]),
+         W.Column(t.MAX_ACTIVATION_FIELD_NUMBER, W.I64, maxima[kept])],
         feature[kept], n_features,
     )  # fmt: skip

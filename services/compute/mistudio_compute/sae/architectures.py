@@ -201,10 +201,7 @@ class Sae:
         """``x_c @ W_enc + weights[bias]`` over ``columns`` as one fused matmul (addmm) into
         ``out`` (new when None): half the time of a matmul followed by a separate broadcast
         add over the result."""
-        bias_of, weights = self.weights[bias][columns], self.W_enc[:, columns]
-        if out is None:
-            return torch.addmm(bias_of, x_c, weights)
-        return torch.addmm(bias_of, x_c, weights, out=out)
+        return torch.addmm(self.weights[bias][columns], x_c, self.W_enc[:, columns], out=out)
 
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.W_dec
@@ -300,7 +297,7 @@ class GatedSae(Sae):
         gate = pre + self.weights["b_gate"][columns] > 0
         r_mag, b_mag = self.weights["r_mag"][columns], self.weights["b_mag"][columns]
         magnitude = torch.relu(pre * r_mag.exp() + b_mag)
-        return gate * magnitude if out is None else torch.mul(gate, magnitude, out=out)
+        return torch.mul(gate, magnitude, out=out)
 
 
 def _check_out(out: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> None:
