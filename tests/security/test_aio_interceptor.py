@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from mistudio_common.auth import Credentials, Identity, PeerCredentials, Role, current_caller
-from mistudio_common.auth_interceptor import AioAuthInterceptor
+from mistudio_common.auth_interceptor import AioAuthInterceptor, _aio_stream
 
 ALICE = Identity("alice", Role.USER)
 CREDENTIALS = Credentials(
@@ -77,3 +77,17 @@ def test_aio_refuses_like_the_sync_interceptor(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         asyncio.run(call(method, token))
     assert caught.value.code() == code
+
+
+def test_a_stream_closed_outside_its_task_unbinds_its_caller_quietly() -> None:
+    """At shutdown (Ctrl-C) the event loop closes a suspended stream's generator from another
+    task: the caller was bound in the stream's own task's context, so nothing is left to reset
+    and closing must not fail (it was logged with a traceback)."""
+
+    async def scenario() -> bytes:
+        stream = _aio_stream(who_twice, lambda context: ALICE)(b"", None)
+        first = await asyncio.create_task(anext(stream))  # in that task's context
+        await stream.aclose()  # in this one
+        return first
+
+    assert asyncio.run(scenario()) == b"alice"

@@ -7,6 +7,7 @@ servicer runs, streaming responses included, and servicers read it with ``curren
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -157,6 +158,9 @@ def _aio_stream(behavior: Callable[..., Any], check: _Check) -> Callable[..., As
             async for response in behavior(request, context):
                 yield response
         finally:
-            unbind_caller(token)
+            # Closed from another task (the event loop's shutdown, on Ctrl-C), the generator
+            # runs this in a context the caller was never bound in: nothing to reset there.
+            with contextlib.suppress(ValueError):
+                unbind_caller(token)
 
     return wrapped
