@@ -7,8 +7,9 @@ SAEDashboard batch (``features_per_batch`` features in order) and an importer ba
 from its first position and its indices alone. Upload request bodies are numbered by the
 features the API takes (dead ones are skipped), which no range knows before it is read: a
 range's task leaves its features serialised in a file, and ``payload_parts`` reads them back
-in order for the bodies to be packed once every range is written. The bytes are those one
-writer reading every feature in order would write, whatever the number of processes.
+in order, each range's once it and every range before it are written, for the bodies to be
+packed while the later ranges are still being written. The bytes are those one writer reading
+every feature in order would write, whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
+from typing import TypeAlias
 
 from mistudio_common.dashboard_codec import dashboard_from_pb
-from mistudio_common.errors import Unavailable
+from mistudio_common.errors import Cancelled, Unavailable
 from mistudio_common.gc_pause import collector_paused
 
 from mistudio_export import worker_pool
@@ -209,9 +212,28 @@ def _write_parts(path: Path, features: Iterator[bytes]) -> None:
             f.write(_LENGTH.pack(len(feature)) + feature)
 
 
-def payload_parts(tasks: Sequence[RangeTask]) -> Iterator[bytes]:
-    """The serialised upload features the tasks wrote, in feature order."""
-    for task in tasks:
+Finished: TypeAlias = SimpleQueue[tuple[int, RangeWritten] | None]
+"""Each range's number and result as it is written, in any order; then None, once the writing
+has ended or stopped."""
+
+
+def payload_parts(
+    tasks: Sequence[RangeTask], finished: Finished, notes: PayloadNotes
+) -> Iterator[bytes]:
+    """The serialised upload features the tasks wrote, in feature order, each range's as soon as
+    ``finished`` has handed over it and the ranges before it; their notes go to ``notes``, all
+    of them by the end."""
+    arrived: dict[int, RangeWritten] = {}
+    for number, task in enumerate(tasks):
+        while number not in arrived:
+            item = finished.get()
+            if item is None:
+                raise Cancelled(
+                    f"the ranges stopped before range {number}'s upload features were written",
+                    fix="resume the export",
+                )
+            arrived[item[0]] = item[1]
+        notes.extend(arrived.pop(number).payload_notes)
         data = task.payloads.read_bytes()
         offset = 0
         while offset < len(data):
@@ -227,24 +249,30 @@ def run_ranges(
     pool: WorkerPool | None,
     check: Callable[[], None],
     progress: Callable[[int], None],
+    finished: Finished,
 ) -> list[RangeWritten]:
     """Writes every task's range, in ``pool``'s processes when one is given; ``progress`` hears
     the features written (per feature here, every ``REPORT_EVERY`` from each of the pool's
-    processes), ``check`` raises to stop (cancel, pause), which ends the pool's processes too."""
-    if pool is None:
+    processes), ``finished`` gets each range's result as it ends, ``check`` raises to stop
+    (cancel, pause), which ends the pool's processes too."""
+    try:
+        if pool is not None:
+            return _in_pool(pool, tasks, check, progress, finished)
         results = []
         before = 0
-        for task in tasks:
+        for number, task in enumerate(tasks):
 
             def within(n: int, at: int = before) -> None:
                 progress(at + n)
 
             results.append(write_range(task, within))
+            finished.put((number, results[-1]))
             before += len(task.range.indices)
             progress(before)
             check()
         return results
-    return _in_pool(pool, tasks, check, progress)
+    finally:
+        finished.put(None)
 
 
 REPORT_EVERY = 32
@@ -274,6 +302,7 @@ def _in_pool(
     tasks: Sequence[RangeTask],
     check: Callable[[], None],
     progress: Callable[[int], None],
+    finished: Finished,
 ) -> list[RangeWritten]:
     by_task = [0] * len(tasks)
     try:
@@ -281,11 +310,12 @@ def _in_pool(
             futures: list[Future[RangeWritten]] = [
                 lease.submit(_write_counted, n, t) for n, t in enumerate(tasks)
             ]
+            numbers = {future: n for n, future in enumerate(futures)}
             pending = set(futures)
             while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    future.result()  # a worker's error, raised here
+                ended, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in ended:
+                    finished.put((numbers[future], future.result()))  # a worker's error: raised
                 # a finished range's counts were in the pipe before its result: all read here
                 while not lease.messages.empty():
                     number, n = lease.messages.get()

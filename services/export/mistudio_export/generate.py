@@ -16,8 +16,10 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import SimpleQueue
 
 import orjson
 from mistudio.common.v1 import progress_pb2 as ppb
@@ -27,6 +29,7 @@ from mistudio_common.gc_pause import collector_paused
 from mistudio_export.feature_ranges import (
     REPORT_EVERY,
     FeatureRange,
+    Finished,
     RangeTask,
     Reuse,
     feature_ranges,
@@ -204,7 +207,22 @@ def _write_neuronpedia(
         and (os.cpu_count() or 1) >= 2
     )
     pool = job.workers if parallel else None
-    written = run_ranges(tasks, pool=pool, check=job.check, progress=progress)
+    finished: Finished = SimpleQueue()
+    with ThreadPoolExecutor(1, thread_name_prefix=f"bodies-{job.job_id[:8]}") as aside:
+        # packed beside the ranges, each range's features once it and those before it are
+        # written: after the last range, only its own are left to pack
+        bodies = (
+            aside.submit(
+                _write_bodies, folders[FormatKind.NEURONPEDIA_UPLOAD], naming, tasks, finished
+            )
+            if FormatKind.NEURONPEDIA_UPLOAD in folders
+            else None
+        )
+        written = run_ranges(
+            tasks, pool=pool, check=job.check, progress=progress, finished=finished
+        )
+        if bodies is not None:
+            bodies.result()
     _record_findings(job.staging, [f for w in written for f in w.findings])
     if FormatKind.PRD_JSON in folders:
         n = sum(len(r.indices) for r in ranges)
@@ -212,14 +230,15 @@ def _write_neuronpedia(
         prd_json.write_prd_documents(
             out, info, naming, inputs.explanations, inputs.labels, n, compress
         )
-    if FormatKind.NEURONPEDIA_UPLOAD in folders:
-        notes = PayloadNotes()
-        for w in written:
-            notes.extend(w.payload_notes)
-        features = payload_parts(tasks)
-        write_payload_bodies(folders[FormatKind.NEURONPEDIA_UPLOAD], naming, features, notes)
     shutil.rmtree(parts, ignore_errors=True)
     return sum(w.copied for w in written)
+
+
+def _write_bodies(
+    folder: Path, naming: NeuronpediaNaming, tasks: Sequence[RangeTask], finished: Finished
+) -> None:
+    notes = PayloadNotes()
+    write_payload_bodies(folder, naming, payload_parts(tasks, finished, notes), notes)
 
 
 def _tasks(

@@ -11,16 +11,20 @@ from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_to_pb
+from mistudio_common.errors import Cancelled
 from mistudio_export import feature_ranges, generate
+from mistudio_export.feature_ranges import FeatureRange, Finished, RangeTask, RangeWritten
+from mistudio_export.formats.upload_payloads import PayloadNotes
 from mistudio_export.validation import validator
 from mistudio_export.worker_pool import WorkerPool
 
-from tests.export.formats.builders import dashboard
+from tests.export.formats.builders import dashboard, naming, sae_info
 from tests.export.stages.doubles import MemoryStore
 from tests.export.stages.test_pipeline import Peers, neuronpedia
 
@@ -144,3 +148,54 @@ def test_a_stop_while_the_pool_writes_ends_its_processes_at_once(
         _export(tmp_path, monkeypatch, pooled=True, on_count=stop)
 
     assert started and not any(process.is_alive() for process in started)
+
+
+def _range_of_parts(folder: Path, number: int, features: list[bytes]) -> RangeTask:
+    """A range whose task has written ``features`` as its upload parts."""
+    task = RangeTask(
+        range=FeatureRange((), 0, ()),
+        folders={},
+        info=sae_info(),
+        naming=naming(),
+        explanations=(),
+        features_per_batch=128,
+        compress_features=False,
+        hashes={},
+        reuse=None,
+        payloads=folder / f"range-{number}.bin",
+    )
+    feature_ranges._write_parts(task.payloads, iter(features))
+    return task
+
+
+def _ended(skipped: int) -> RangeWritten:
+    return RangeWritten(payload_notes=PayloadNotes(skipped=[skipped]))
+
+
+def test_upload_features_are_packed_in_range_order_as_soon_as_the_ranges_before_are_written(
+    tmp_path: Path,
+) -> None:
+    """The bodies are packed while the later ranges are written; ranges end in any order."""
+    tasks = [_range_of_parts(tmp_path, n, [b"%da" % n, b"%db" % n]) for n in range(3)]
+    finished: Finished = SimpleQueue()
+    notes = PayloadNotes()
+    parts = feature_ranges.payload_parts(tasks, finished, notes)
+
+    finished.put((0, _ended(0)))
+    assert [next(parts), next(parts)] == [b"0a", b"0b"]  # ranges 1 and 2 still being written
+    finished.put((2, _ended(2)))
+    finished.put((1, _ended(1)))
+    assert list(parts) == [b"1a", b"1b", b"2a", b"2b"]
+    assert notes.skipped == [0, 1, 2]
+
+
+def test_the_upload_bodies_stop_with_the_ranges_they_wait_for(tmp_path: Path) -> None:
+    tasks = [_range_of_parts(tmp_path, n, [b"%d" % n]) for n in range(2)]
+    finished: Finished = SimpleQueue()
+    parts = feature_ranges.payload_parts(tasks, finished, PayloadNotes())
+
+    finished.put((0, _ended(0)))
+    finished.put(None)  # what run_ranges hands over when a stop ends it
+    assert next(parts) == b"0"
+    with pytest.raises(Cancelled):
+        next(parts)
