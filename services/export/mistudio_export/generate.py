@@ -178,6 +178,11 @@ def write_formats(
     return unchanged
 
 
+def in_pool(n_features: int) -> bool:
+    """Whether the ranges of ``n_features`` are written in a pool of processes."""
+    return n_features >= PARALLEL_MIN_FEATURES and (os.cpu_count() or 1) >= 2
+
+
 def _write_neuronpedia(
     job: JobRuntime,
     kinds: Sequence[FormatKind],
@@ -201,12 +206,7 @@ def _write_neuronpedia(
     shutil.rmtree(parts, ignore_errors=True)
     ranges = feature_ranges(job.staging, features_per_batch)
     tasks = _tasks(ranges, folders, inputs, naming, features_per_batch, job, parts)
-    parallel = (
-        len(tasks) > 1
-        and len(inputs.hashes) >= PARALLEL_MIN_FEATURES
-        and (os.cpu_count() or 1) >= 2
-    )
-    pool = job.workers if parallel else None
+    pool = job.workers if len(tasks) > 1 and in_pool(len(inputs.hashes)) else None
     finished: Finished = SimpleQueue()
     with ThreadPoolExecutor(1, thread_name_prefix=f"bodies-{job.job_id[:8]}") as aside:
         # packed beside the ranges, each range's features once it and those before it are

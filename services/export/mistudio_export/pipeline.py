@@ -34,6 +34,7 @@ from mistudio_export.generate import (
     Reuse,
     explanation_records,
     feature_labels,
+    in_pool,
     output_dir,
     saelens_frequencies,
     write_formats,
@@ -130,6 +131,8 @@ class ExportPipeline:
                 else self._facts(plan, plan.tokens).params
             )
             only_changed = base if base and not plan.merge_with_base else None
+            if in_pool(read):
+                job.workers.warm()  # spawned and importing while the dashboards are staged
             collected = collect(
                 job,
                 self._store,

@@ -83,6 +83,18 @@ class WorkerPool:
             raise
         self._give_back(lease)
 
+    def warm(self) -> None:
+        """Starts the processes now when none are idle, so that their spawn and imports run
+        beside the caller's serial work (the staging of the dashboards) rather than after it,
+        at the first task of the stage that leases them."""
+        with self._lock:
+            if self._idle is not None or self._closed:
+                return
+        lease = _start(self.workers)
+        for _ in range(self.workers):
+            lease.executor.submit(int)  # the executor spawns a process per task none is idle for
+        self._give_back(lease)
+
     def shutdown(self) -> None:
         """Ends the idle processes (they exit on their own time); a lease still held ends its
         processes when its stage ends."""

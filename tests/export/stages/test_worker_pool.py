@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from multiprocessing.context import SpawnProcess
 
 import psutil
 import pytest
@@ -115,5 +116,27 @@ def test_processes_that_died_while_idle_are_replaced_at_the_next_stage() -> None
             os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
         assert _gone(pids)
         assert _pids(pool).isdisjoint(pids)
+    finally:
+        pool.shutdown()
+
+
+def test_a_warmed_pool_runs_the_next_stage_in_the_processes_it_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Warmed while the dashboards are staged, the file stage finds its processes started."""
+    started: list[SpawnProcess] = []
+    start = SpawnProcess.start
+
+    def counted(process: SpawnProcess) -> None:
+        started.append(process)
+        start(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", counted)
+    pool = WorkerPool(2)
+    try:
+        pool.warm()
+        assert len(started) == 2
+        pool.warm()  # already warm: nothing more started
+        assert _pids(pool) == {p.pid for p in started}
     finally:
         pool.shutdown()
