@@ -7,19 +7,21 @@ top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.sch
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
 from mistudio_common.dashboard import (
     FeatureDashboard,
+    FeatureStatistics,
     Histogram,
     LogitEntry,
-    QuantileGroup,
     TokenAggregate,
 )
 from mistudio_common.errors import InvalidArgument
@@ -100,51 +102,12 @@ def example_rows(columns: ExampleColumns) -> Rendered:
     )
 
 
-def _group(g: QuantileGroup, examples: orjson.Fragment) -> dict[str, Any]:
-    return {
-        "bin_min": g.bin_min,
-        "bin_max": g.bin_max,
-        "bin_contains": g.bin_contains,
-        "examples": examples,
-    }
+def _group(bins: tuple[Any, Any, Any], examples: orjson.Fragment) -> dict[str, Any]:
+    return {"bin_min": bins[0], "bin_max": bins[1], "bin_contains": bins[2], "examples": examples}
 
 
 def _logit(e: LogitEntry) -> dict[str, Any]:
     return {"token": e.token, "token_id": e.token_id, "value": e.value, "rank": e.rank}
-
-
-_LOGIT_FIELDS = {"token": str, "token_id": int, "value": float, "rank": int}
-_TOKEN_FIELDS = {
-    "token": str, "token_id": int, "total_activation": float, "count": int,
-    "mean_activation": float, "max_activation": float,
-}  # fmt: skip
-"""``_logit`` and ``_token``'s keys and types, for rendering a batch's lists in bulk."""
-
-
-@dataclass(frozen=True, slots=True)
-class HeadLists:
-    """Per dashboard of a batch, its logit and top-token lists: rendered in bulk, or (where a
-    value needs the per-record path) as lists of dicts."""
-
-    top_positive: list[Any]
-    top_negative: list[Any]
-    top_tokens: list[Any]
-
-
-def head_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> HeadLists:
-    def lists(groups: list[Any], fields: dict[str, type], one: Callable[[Any], Any]) -> list[Any]:
-        rendered = bulk_json.record_lists(groups, fields, strings)
-        return rendered if rendered is not None else [[one(r) for r in g] for g in groups]
-
-    return HeadLists(
-        lists([d.top_positive_logits for d in dashboards], _LOGIT_FIELDS, _logit),
-        lists([d.top_negative_logits for d in dashboards], _LOGIT_FIELDS, _logit),
-        lists([d.top_tokens for d in dashboards], _TOKEN_FIELDS, _token),
-    )
-
-
-HISTOGRAMS = ("histogram", "logit_histogram")
-"""The feature document's histograms, whose bin edges are rendered a batch at a time."""
 
 
 def _histogram(h: Histogram) -> dict[str, Any]:
@@ -154,6 +117,21 @@ def _histogram(h: Histogram) -> dict[str, Any]:
         "scale": h.scale.value,
         "total_count": h.total_count,
         "nonzero_count": h.nonzero_count,
+    }
+
+
+def _statistics(s: FeatureStatistics) -> dict[str, Any]:
+    return {
+        "activation_frequency": s.activation_frequency,
+        "max_activation": s.max_activation,
+        "mean_activation": s.mean_activation,
+        "std_activation": s.std_activation,
+        "l0_contribution": s.l0_contribution,
+        "dead_feature": s.dead_feature,
+        "quantiles": [{"level": k, "value": v} for k, v in sorted(s.quantiles.items())],
+        "quantile_relative_error": s.quantile_relative_error,
+        "token_count": s.token_count,
+        "nonzero_count": s.nonzero_count,
     }
 
 
@@ -168,37 +146,144 @@ def _token(t: TokenAggregate) -> dict[str, Any]:
     }
 
 
+_BINS = operator.attrgetter("bin_min", "bin_max", "bin_contains")
+_LOGIT_FIELDS = {"token": str, "token_id": int, "value": float, "rank": int}
+_TOKEN_FIELDS = {
+    "token": str, "token_id": int, "total_activation": float, "count": int,
+    "mean_activation": float, "max_activation": float,
+}  # fmt: skip
+_HISTOGRAM_FIELDS = {"total_count": int, "nonzero_count": int}
+_STATISTICS_FIELDS = {
+    "activation_frequency": float, "max_activation": float, "mean_activation": float,
+    "std_activation": float, "l0_contribution": float, "dead_feature": bool,
+    "quantile_relative_error": float, "token_count": int, "nonzero_count": int,
+}  # fmt: skip
+_QUANTILE_FIELDS = {"level": float, "value": float}
+"""The per-record dicts' keys and types (those not rendered otherwise), for rendering a
+batch's records in bulk."""
+
+
+class _Quantile(NamedTuple):
+    level: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeadParts:
+    """Per dashboard of a batch, the parts of its document that are not examples: rendered in
+    bulk (JSON fragments, float32 scalars), or (where a value needs the per-record path) as
+    the plain values ``jsonio.dumps`` converts, and names where one cannot be written."""
+
+    top_positive: list[Any]
+    top_negative: list[Any]
+    top_tokens: list[Any]
+    histogram: list[Any]
+    logit_histogram: list[Any]
+    statistics: list[Any]
+    group_bins: list[list[tuple[Any, Any, Any]]]
+    """Per quantile group, its (bin_min, bin_max, bin_contains)."""
+    rendered: bool
+    """Every part was rendered in bulk: the documents hold nothing to convert."""
+
+
+def head_parts(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> HeadParts:
+    """Each part checked and rendered for the whole batch at once where it can be."""
+
+    def part(rendered: list[Any] | None, one: Callable[[FeatureDashboard], Any]) -> list[Any]:
+        bulk.append(rendered is not None)
+        return rendered if rendered is not None else list(map(one, dashboards))
+
+    def lists(name: str, fields: dict[str, type], one: Callable[[Any], Any]) -> list[Any]:
+        groups = list(map(operator.attrgetter(name), dashboards))
+        return part(
+            bulk_json.record_lists(groups, fields, strings),
+            lambda d: list(map(one, getattr(d, name))),
+        )
+
+    bulk: list[bool] = []
+    return HeadParts(
+        top_positive=lists("top_positive_logits", _LOGIT_FIELDS, _logit),
+        top_negative=lists("top_negative_logits", _LOGIT_FIELDS, _logit),
+        top_tokens=lists("top_tokens", _TOKEN_FIELDS, _token),
+        histogram=part(
+            _histograms([d.activation_histogram for d in dashboards], strings),
+            lambda d: _histogram(d.activation_histogram),
+        ),
+        logit_histogram=part(
+            _histograms([d.logit_histogram for d in dashboards], strings),
+            lambda d: _histogram(d.logit_histogram),
+        ),
+        statistics=part(
+            _statistics_rows([d.statistics for d in dashboards], strings),
+            lambda d: _statistics(d.statistics),
+        ),
+        group_bins=part(_group_bins(dashboards), lambda d: [_BINS(g) for g in d.quantile_groups]),
+        rendered=all(bulk),
+    )
+
+
+def _objects(template: bulk_json.Template, n: int) -> list[orjson.Fragment]:
+    rendered = bulk_json.rows(template, n)
+    return [orjson.Fragment(rendered.span(k, k + 1)) for k in range(n)]
+
+
+def _histograms(hs: Sequence[Histogram], strings: StringTable) -> list[orjson.Fragment] | None:
+    fields = bulk_json.record_fields(hs, _HISTOGRAM_FIELDS, strings)
+    edges = bulk_json.number_lists([h.bin_edges for h in hs], float)
+    counts = bulk_json.number_lists([h.counts for h in hs], int)
+    if fields is None or edges is None or counts is None:
+        return None
+    scales = strings.codes([h.scale.value for h in hs])
+    scale = each(strings.render(np.array(scales, np.int64)))
+    template = {**fields, "bin_edges": ListOf(edges), "counts": ListOf(counts), "scale": scale}
+    return _objects(template, len(hs))
+
+
+def _statistics_rows(
+    stats: Sequence[FeatureStatistics], strings: StringTable
+) -> list[orjson.Fragment] | None:
+    fields = bulk_json.record_fields(stats, _STATISTICS_FIELDS, strings)
+    quantiles = [list(map(_Quantile._make, sorted(s.quantiles.items()))) for s in stats]
+    rows = bulk_json.record_items(quantiles, _QUANTILE_FIELDS, strings)
+    if fields is None or rows is None:
+        return None
+    return _objects({**fields, "quantiles": ListOf(rows)}, len(stats))
+
+
+def _group_bins(ds: Sequence[FeatureDashboard]) -> list[Any] | None:
+    """Per dashboard, its groups' bins as float32 scalars (orjson writes them as they are)."""
+    bins = [_BINS(g) for d in ds for g in d.quantile_groups]
+    values = np.array(bins, np.float64).reshape(-1, 3)
+    if (
+        not set(map(type, itertools.chain.from_iterable(bins))) <= {float}
+        or not (np.abs(values) < jsonio.F32_OVERFLOW).all()
+    ):
+        return None
+    scalars = list(map(tuple, bulk_json.float32_column(values)))
+    ends = itertools.accumulate(len(d.quantile_groups) for d in ds)
+    return [scalars[end - len(d.quantile_groups) : end] for d, end in zip(ds, ends, strict=True)]
+
+
 def feature_document(
-    d: FeatureDashboard, examples: SectionLists, heads: HeadLists, position: int
+    d: FeatureDashboard, examples: SectionLists, heads: HeadParts, position: int
 ) -> dict[str, Any]:
     """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2.
     ``examples`` holds the feature's rendered example rows (``example_rows``), ``heads`` its
-    batch's lists, the feature at ``position``."""
-    s = d.statistics
+    batch's other parts, the feature at ``position``."""
     return {
         "feature_index": d.feature_index,
         "activations": examples.section(TOP_SECTION),
         "quantile_groups": [
-            _group(g, examples.section(n + 1)) for n, g in enumerate(d.quantile_groups)
+            _group(bins, examples.section(n + 1))
+            for n, bins in enumerate(heads.group_bins[position])
         ],
         "logits": {
             "top_positive": heads.top_positive[position],
             "top_negative": heads.top_negative[position],
         },
-        "histogram": _histogram(d.activation_histogram),
-        "logit_histogram": _histogram(d.logit_histogram),
-        "statistics": {
-            "activation_frequency": s.activation_frequency,
-            "max_activation": s.max_activation,
-            "mean_activation": s.mean_activation,
-            "std_activation": s.std_activation,
-            "l0_contribution": s.l0_contribution,
-            "dead_feature": s.dead_feature,
-            "quantiles": [{"level": k, "value": v} for k, v in sorted(s.quantiles.items())],
-            "quantile_relative_error": s.quantile_relative_error,
-            "token_count": s.token_count,
-            "nonzero_count": s.nonzero_count,
-        },
+        "histogram": heads.histogram[position],
+        "logit_histogram": heads.logit_histogram[position],
+        "statistics": heads.statistics[position],
         "top_tokens": heads.top_tokens[position],
         "top_tokens_metric": d.top_tokens_metric.value,
     }
@@ -301,23 +386,24 @@ def _feature_files(
     reuse: Callable[[int, str], bytes | None] | None,
 ) -> list[tuple[str, bytes]]:
     """The batch's feature files, name and bytes: an earlier archive's where ``reuse`` has
-    them, else the feature's document with its batch's bin edges rendered at once."""
+    them, else the feature's document, its parts rendered for the batch at once."""
     rendered = example_rows(columns)
     lists = section_lists(columns, rendered, np.arange(columns.n_rows))
-    heads = head_lists(columns.dashboards, strings)
-    files: list[tuple[str, bytes | None]] = []
-    documents: dict[int, dict[str, Any]] = {}
+    heads = head_parts(columns.dashboards, strings)
+    files: list[tuple[str, bytes]] = []
     for position, (d, examples) in enumerate(zip(columns.dashboards, lists, strict=True)):
         name = feature_file_name(d.feature_index, compressed=compressed)
-        files.append((name, reuse(d.feature_index, name) if reuse is not None else None))
-        if files[-1][1] is None:
-            documents[position] = feature_document(d, examples, heads, position)
-    histograms = [document[key] for document in documents.values() for key in HISTOGRAMS]
-    bulk_json.float_lists(histograms, ["bin_edges"])
-    for position, document in documents.items():
-        data = jsonio.dumps(document, where=f"feature {document['feature_index']}")
-        files[position] = (files[position][0], deflate.gzip_bytes(data) if compressed else data)
-    return [(name, data) for name, data in files if data is not None]
+        data = reuse(d.feature_index, name) if reuse is not None else None
+        if data is None:
+            document = feature_document(d, examples, heads, position)
+            data = (
+                jsonio.dumps_plain(document)  # nothing to convert: every value checked in bulk
+                if heads.rendered
+                else jsonio.dumps(document, where=f"feature {d.feature_index}")
+            )
+            data = deflate.gzip_bytes(data) if compressed else data
+        files.append((name, data))
+    return files
 
 
 def write_prd_documents(
