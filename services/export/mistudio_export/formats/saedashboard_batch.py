@@ -127,6 +127,10 @@ def activation_rows(columns: ExampleColumns) -> tuple[Rendered, Ints]:
     ), kept
 
 
+Written = np.ndarray[Any, Any]
+"""Floats as the entries hold them: float32 once checked, else float64."""
+
+
 @dataclass(frozen=True, slots=True)
 class HeadLists:
     """Per dashboard of a batch, its entry's lists besides the activations: float lists
@@ -136,12 +140,12 @@ class HeadLists:
 
     neg: list[list[LogitEntry]]
     pos: list[list[LogitEntry]]
-    neg_values: list[Floats]
-    pos_values: list[Floats]
+    neg_values: list[Written]
+    pos_values: list[Written]
     frac_nonzero: list[Any]
-    freq_values: list[Floats | None]
+    freq_values: list[Written | None]
     """None where the histogram's edges and counts do not pair up (written as [])."""
-    logits_values: list[Floats | None]
+    logits_values: list[Written | None]
     checked: bool
 
 
@@ -156,7 +160,7 @@ def head_lists(dashboards: Sequence[FeatureDashboard], info: SaeInfo) -> HeadLis
     (freq, freq_values), (logits, logits_values) = _centres(act), _centres(logit)
     frac = [d.statistics.activation_frequency for d in dashboards]
     frac_values = np.array(frac, np.float64)
-    texts = [info.prompts_dataset, *(e.token for es in (*neg, *pos) for e in es)]
+    texts = [info.prompts_dataset, *map(_TOKEN, itertools.chain(*neg, *pos))]
     counts = itertools.chain.from_iterable(h.counts for h in (*act, *logit))
     checked = (
         all(map(_writable, (neg_values, pos_values, freq_values, logits_values, frac_values)))
@@ -178,6 +182,7 @@ def head_lists(dashboards: Sequence[FeatureDashboard], info: SaeInfo) -> HeadLis
 
 
 _RANK = operator.attrgetter("rank")
+_TOKEN = operator.attrgetter("token")
 
 
 def _floats(groups: list[list[Any]], name: str) -> Floats:
@@ -197,10 +202,11 @@ def _unicode(texts: list[str]) -> bool:
     return True
 
 
-def _split(values: Floats, lengths: list[int], checked: bool) -> list[Floats]:
+def _split(values: Floats, lengths: list[int], checked: bool) -> list[Written]:
     """``values`` cut into runs of ``lengths``: float32 (as written) where ``checked``."""
-    ready = bulk_json.float32_column(values) if checked else values
-    return np.split(ready, np.cumsum(lengths)[:-1]) if lengths else []
+    ready: Written = bulk_json.float32_column(values) if checked else values
+    bounds = itertools.pairwise([0, *itertools.accumulate(lengths)])
+    return [ready[first:stop] for first, stop in bounds]
 
 
 def _centres(hs: Sequence[Histogram]) -> tuple[list[bool], Floats]:
@@ -218,7 +224,7 @@ def _n_centres(hs: Sequence[Histogram], paired: list[bool]) -> list[int]:
     return [len(h.counts) for h, ok in zip(hs, paired, strict=True) if ok]
 
 
-def _placed(paired: list[bool], runs: list[Floats]) -> list[Floats | None]:
+def _placed(paired: list[bool], runs: list[Written]) -> list[Written | None]:
     placed = iter(runs)
     return [next(placed) if ok else None for ok in paired]
 
