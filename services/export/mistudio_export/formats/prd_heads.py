@@ -26,16 +26,17 @@ from mistudio_common.dashboard import (
 )
 
 from mistudio_export.formats import bulk_json, jsonio
-from mistudio_export.formats.bulk_json import ListOf, StringTable, each
+from mistudio_export.formats.bulk_json import ListOf, StringTable
 
 
 def _logit(e: LogitEntry) -> dict[str, Any]:
     return {"token": e.token, "token_id": e.token_id, "value": e.value, "rank": e.rank}
 
 
-def _histogram(h: Histogram) -> dict[str, Any]:
+def _histogram(h: Histogram, edges: Any = None) -> dict[str, Any]:
+    """``edges``: the bin edges as written (float32, checked), else they are converted."""
     return {
-        "bin_edges": list(h.bin_edges),
+        "bin_edges": list(h.bin_edges) if edges is None else edges,
         "counts": list(h.counts),
         "scale": h.scale.value,
         "total_count": h.total_count,
@@ -75,7 +76,6 @@ _TOKEN_FIELDS = {
     "token": str, "token_id": int, "total_activation": float, "count": int,
     "mean_activation": float, "max_activation": float,
 }  # fmt: skip
-_HISTOGRAM_FIELDS = {"total_count": int, "nonzero_count": int}
 _STATISTICS_FIELDS = {
     "activation_frequency": float, "max_activation": float, "mean_activation": float,
     "std_activation": float, "l0_contribution": float, "dead_feature": bool,
@@ -129,11 +129,11 @@ def head_parts(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> 
         top_negative=lists("top_negative_logits", _LOGIT_FIELDS, _logit),
         top_tokens=lists("top_tokens", _TOKEN_FIELDS, _token),
         histogram=part(
-            _histograms([d.activation_histogram for d in dashboards], strings),
+            _histograms([d.activation_histogram for d in dashboards]),
             lambda d: _histogram(d.activation_histogram),
         ),
         logit_histogram=part(
-            _histograms([d.logit_histogram for d in dashboards], strings),
+            _histograms([d.logit_histogram for d in dashboards]),
             lambda d: _histogram(d.logit_histogram),
         ),
         statistics=part(
@@ -150,16 +150,20 @@ def _objects(template: bulk_json.Template, n: int) -> list[orjson.Fragment]:
     return [orjson.Fragment(rendered.span(k, k + 1)) for k in range(n)]
 
 
-def _histograms(hs: Sequence[Histogram], strings: StringTable) -> list[orjson.Fragment] | None:
-    fields = bulk_json.record_fields(hs, _HISTOGRAM_FIELDS, strings)
-    edges = bulk_json.number_lists([h.bin_edges for h in hs], float)
-    counts = bulk_json.number_lists([h.counts for h in hs], int)
-    if fields is None or edges is None or counts is None:
+def _histograms(hs: Sequence[Histogram]) -> list[dict[str, Any]] | None:
+    """The histograms with their edges as float32 arrays, which orjson writes as they are."""
+    edges = [h.bin_edges for h in hs]
+    numbers = [h.counts for h in hs] + [[h.total_count, h.nonzero_count] for h in hs]
+    if not set(map(type, itertools.chain(*edges))) <= {float} or not set(
+        map(type, itertools.chain(*numbers))
+    ) <= {int}:
         return None
-    scales = strings.codes([h.scale.value for h in hs])
-    scale = each(strings.render(np.array(scales, np.int64)))
-    template = {**fields, "bin_edges": ListOf(edges), "counts": ListOf(counts), "scale": scale}
-    return _objects(template, len(hs))
+    values = np.array(list(itertools.chain(*edges)), np.float64)
+    if not (np.abs(values) < jsonio.F32_OVERFLOW).all():
+        return None
+    written = bulk_json.float32_column(values)
+    bounds = itertools.pairwise([0, *itertools.accumulate(map(len, edges))])
+    return [_histogram(h, written[a:b]) for h, (a, b) in zip(hs, bounds, strict=True)]
 
 
 def _statistics_rows(
