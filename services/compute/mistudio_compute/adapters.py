@@ -71,10 +71,8 @@ class SaeFeatures:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._sae.encode(x)  # [N, d_sae]
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self._sae.encode_features(x, features, out)  # [N, F]
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self._sae.encode_features(x, features)  # [N, F]
 
     def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
         return self._sae.encode_tiles(x, features)

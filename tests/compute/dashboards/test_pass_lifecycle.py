@@ -253,12 +253,10 @@ class FlakyEncoder:
     def __getattr__(self, name: str):
         return getattr(self.encoder, name)
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows * tiny.N_CTX and int(features[-1]) >= self.first_failing:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.encoder.encode_features(x, features, out)
+        return self.encoder.encode_features(x, features)
 
 
 def assert_same_state(got, expected) -> None:

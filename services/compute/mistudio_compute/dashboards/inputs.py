@@ -43,12 +43,9 @@ class FeatureEncoder(Protocol):
         """x [N, d_in] -> feature activations [N, d_sae]."""
         ...
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x [N, d_in], features [F] int64 -> their activations [N, F], bit for bit the columns
-        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard). ``out``
-        [N, F]: a buffer the result may be written into (the returned tensor is the result)."""
+        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard)."""
         ...
 
 

@@ -143,16 +143,12 @@ class Sae:
 
     @torch.inference_mode()
     def encode_features(
-        self,
-        x: torch.Tensor,
-        features: torch.Tensor | None = None,
-        out: torch.Tensor | None = None,
+        self, x: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Activations [N, F] of ``features`` [F] (all when None) for ``x`` [N, d_in], bit for
         bit the matching columns of the full encode: only the ENCODE_BLOCK column blocks the
-        features fall in are computed, each by the same call as in the full encode. ``out``
-        [N, F]: where the result may be written."""
-        return self._encode_columns(self._centred(x), self._columns(features), out)
+        features fall in are computed, each by the same call as in the full encode."""
+        return self._encode_columns(self._centred(x), self._columns(features))
 
     @torch.inference_mode()
     def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
@@ -183,17 +179,13 @@ class Sae:
             return torch.arange(self.d_sae, device=self.device)
         return features.to(self.device)
 
-    def _encode_columns(
-        self, x_c: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Activations [N, F] of ``features`` [F] into ``out`` (new when None), tile by tile:
+    def _encode_columns(self, x_c: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Activations [N, F] of ``features`` [F], tile by tile:
         ENCODE_ROWS rows of one block at a time (on a CPU). A block whose features are all
         wanted, in order, is activated straight into its columns of ``out``; any other block
         is activated whole and the wanted columns copied (a run of them as one slice)."""
         shape = (x_c.shape[0], len(features))
-        if out is None:
-            out = x_c.new_empty(shape)
-        _check_out(out, shape, x_c)
+        out = x_c.new_empty(shape)
         tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, shape[0])
         for columns, column, at in _blocks(features, self.d_sae):
             first, c0, n = int(at[0]), int(column[0]), len(at)
@@ -298,23 +290,16 @@ class TopKSae(Sae):
 
     @torch.inference_mode()
     def encode_features(
-        self,
-        x: torch.Tensor,
-        features: torch.Tensor | None = None,
-        out: torch.Tensor | None = None,
+        self, x: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The k largest of every feature are picked first: ``out`` only takes the columns."""
+        """The k largest of every feature are picked first, then the columns."""
         pre = super().encode_features(x)  # [N, d_sae]
         if self.cfg.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
         assert self.cfg.k is not None  # guaranteed by parse_sae_config
         values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
         z = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
-        if out is None:
-            return z if features is None else z.index_select(1, self._columns(features))
-        wanted = self._columns(features)
-        _check_out(out, (len(x), len(wanted)), z)
-        return torch.index_select(z, 1, wanted, out=out)
+        return z if features is None else z.index_select(1, self._columns(features))
 
     @torch.inference_mode()
     def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
@@ -348,15 +333,6 @@ class GatedSae(Sae):
         r_mag, b_mag = self.weights["r_mag"][columns], self.weights["b_mag"][columns]
         magnitude = torch.relu(pre * r_mag.exp() + b_mag)
         return torch.mul(gate, magnitude, out=out)
-
-
-def _check_out(out: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> None:
-    """A caller's ``out`` buffer must be the result's shape, dtype and device."""
-    if out.shape != shape or out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(
-            f"out is {tuple(out.shape)} {out.dtype} on {out.device}, expected {shape} "
-            f"{like.dtype} on {like.device}"
-        )
 
 
 _REGISTRY: dict[str, type[Sae]] = {}
