@@ -27,6 +27,7 @@ from mistudio_compute.dashboards.inputs import EncodeTile
 
 _MANTISSA_MASK = (1 << 23) - 1
 _LIMB_BITS = 8
+_SCAN_SPAN = 32  # columns of a tile row tested at once (16 and 64 scanned slower)
 f4, i4, i8 = nt.float32, nt.int32, nt.int64  # a kernel's argument types: [::1] = C-contiguous
 
 
@@ -267,18 +268,31 @@ def _scan_tile(
 ):  # type: ignore[no-untyped-def]
     """Appends the active entries of a tile's rows from ``row`` on, row by row, at ``end`` of
     the entry arrays while a whole row's fit; returns the next row and the new end. Entries are
-    by position, then feature: ``_by_feature`` orders them."""
+    by position, then feature: ``_by_feature`` orders them. A row is read in spans of
+    _SCAN_SPAN columns, each tested for a positive value in one vectorised loop (on the bits:
+    a positive float32 is a positive int32) before its columns are looked at one by one."""
     n_buckets = len(edges) + 1
+    feature = np.full(acts.shape[1], -1, np.int64)  # [W] the feature a column is, -1: none
+    lo, hi = acts.shape[1], 0  # the columns spanned
+    for k in range(len(columns)):
+        feature[columns[k]] = at[k]
+        lo, hi = min(lo, columns[k]), max(hi, columns[k] + 1)
     while row < acts.shape[0] and end + len(columns) <= len(f):
         if not special[row]:
             values, top = acts[row], bits[row]
-            for k in range(len(columns)):
-                v = values[columns[k]]
-                if v > 0:
-                    b = _bucket(v, top[columns[k]] >> 16, edges, first, last)
-                    f[end], n[end], val[end] = at[k], first_row + row, v
-                    cell[end] = at[k] * n_buckets + b
-                    end += 1
+            for c0 in range(lo, hi, _SCAN_SPAN):
+                span = top[c0 : min(c0 + _SCAN_SPAN, hi)]
+                hits = 0
+                for k in range(len(span)):  # from 0: no negative-index check stops vectorising
+                    hits += span[k] > 0
+                if hits == 0:
+                    continue
+                for c in range(c0, c0 + len(span)):
+                    v, j = values[c], feature[c]
+                    if v > 0 and j >= 0:
+                        f[end], n[end], val[end] = j, first_row + row, v
+                        cell[end] = j * n_buckets + _bucket(v, top[c] >> 16, edges, first, last)
+                        end += 1
         row += 1
     return row, end
 
