@@ -34,7 +34,8 @@ from mistudio_export.object_store.base import (
 
 _TMP_DIR = ".tmp"
 COPY_CHUNK = 8 * CHUNK_SIZE
-"""Bytes copied between progress reports (each may cancel the write)."""
+"""Bytes copied between progress reports (each may cancel the write): a job renders and
+streams each one, and one a MiB was 329 for a 344 MB archive."""
 
 
 class LocalObjectStore:
@@ -160,7 +161,7 @@ class LocalObjectStore:
 
 def _copy(src: IO[bytes], dst: IO[bytes], total: int, progress: ProgressCallback | None) -> None:
     """Copies in the kernel (``sendfile``, as ``shutil.copyfile`` does): the bytes never pass
-    through Python, which cost a 344 MB archive 0.4 CPU-s in reads and writes."""
+    through Python (a 344 MB archive: 0.136 CPU-s, 0.149 read and written in MiB chunks)."""
     done = 0
     while sent := os.sendfile(dst.fileno(), src.fileno(), done, COPY_CHUNK):
         done += sent
