@@ -19,6 +19,7 @@ from mistudio_export.packaging import (
     ARCHIVE_FORMAT_VERSION,
     MANIFEST_NAME,
     Compression,
+    archive,
     build_archive,
     verify_archive,
 )
@@ -222,6 +223,17 @@ def test_members_packed_on_every_core_give_the_bytes_zipfile_writes(
 
     theirs = _zipfile_writes(staging, tmp_path / "theirs.zip", names, monkeypatch)
     assert archive.path.read_bytes() == theirs
+
+
+def test_how_files_are_shared_among_the_threads_does_not_change_the_bytes(
+    staging: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    together = build_archive(staging, tmp_path / "together.zip")
+    monkeypatch.setattr(archive, "BATCH_BYTES", 1)  # one task a file
+    apart = build_archive(staging, tmp_path / "apart.zip")
+
+    assert apart.path.read_bytes() == together.path.read_bytes()
+    assert apart.manifest == together.manifest
 
 
 def _member_bytes(zip_path: Path, info: zipfile.ZipInfo) -> bytes:

@@ -50,10 +50,9 @@ PROGRESS_STEPS = 200
 """Progress is reported about this many times per archive, not per chunk: each report is a
 job progress message rendered, streamed to watchers and now and then stored, which per
 megabyte cost a third of the packing time of a 400 MB export."""
-
-
 BATCH_BYTES = 4 * CHUNK_SIZE
-"""Files are handed to the packing threads in runs of about this many bytes."""
+"""Files are handed to the packing threads in runs of about this many bytes: one task a file
+cost the hand-offs of 16,685 tasks, 0.4 of 5.4 CPU-s for a 16,384-feature export."""
 
 
 class Compression(StrEnum):
@@ -152,8 +151,7 @@ def _pack_members(
 
 
 def _batches(files: list[tuple[str, int]]) -> Iterator[list[str]]:
-    """Consecutive files of about BATCH_BYTES together: one pool task per file cost more
-    in hand-offs between threads than hashing the small ones."""
+    """The files' names in runs of consecutive files of about BATCH_BYTES."""
     batch: list[str] = []
     size = 0
     for name, n in files:
