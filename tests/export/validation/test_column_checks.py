@@ -89,6 +89,72 @@ def test_a_fault_in_a_batch_is_found_where_the_validator_reports_it(dashboards, 
     assert problem in places(validate_export(tmp_path))
 
 
+def _replaced(d, part: str, **changes):
+    return dataclasses.replace(d, **{part: dataclasses.replace(getattr(d, part), **changes)})
+
+
+def dashboard_faults(d):
+    """Faults of a dashboard's own values (not its examples), one per check of them."""
+    edges = list(d.activation_histogram.bin_edges)
+    shared_centre = [0.0, 1.0, 0.0, *d.logit_histogram.bin_edges[3:]]
+    logits = list(d.top_positive_logits)
+    group = dataclasses.replace(d.quantile_groups[1], bin_min=9.0, bin_max=1.0)
+    groups = [d.quantile_groups[0], group, *d.quantile_groups[2:]]
+    token = dataclasses.replace(d.top_tokens[0], mean_activation=float("inf"))
+    return {
+        "statistic not finite": (
+            _replaced(d, "statistics", std_activation=float("nan")),
+            "NON_FINITE", "/statistics/std_activation",
+        ),
+        "edges decrease": (
+            _replaced(d, "activation_histogram", bin_edges=[edges[1], edges[0], *edges[2:]]),
+            "HISTOGRAM_EDGES", "/histogram/bin_edges",
+        ),
+        "bins share a centre": (
+            _replaced(d, "logit_histogram", bin_edges=shared_centre),
+            "HISTOGRAM_EDGES", "/logit_histogram/bin_edges",
+        ),
+        "counts off": (
+            _replaced(d, "logit_histogram", total_count=d.logit_histogram.total_count + 1),
+            "HISTOGRAM_TOTAL_MISMATCH", "/logit_histogram/counts",
+        ),
+        "logits unsorted": (
+            dataclasses.replace(d, top_positive_logits=[logits[1], logits[0], *logits[2:]]),
+            "INCONSISTENT", "/logits/top_positive",
+        ),
+        "bin malformed": (
+            dataclasses.replace(d, quantile_groups=groups),
+            "INCONSISTENT", "/quantile_groups/1",
+        ),
+        "token aggregate not finite": (
+            dataclasses.replace(d, top_tokens=[token, *d.top_tokens[1:]]),
+            "NON_FINITE", "/top_tokens",
+        ),
+        "dead yet active": (
+            _replaced(d, "statistics", dead_feature=True),
+            "INCONSISTENT", "/statistics/dead_feature",
+        ),
+        "maximum below the examples": (
+            _replaced(d, "statistics", max_activation=d.statistics.max_activation / 2),
+            "STATS_MAX_MISMATCH", "/statistics/max_activation",
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", [
+    "statistic not finite", "edges decrease", "bins share a centre", "counts off",
+    "logits unsorted", "bin malformed", "token aggregate not finite", "dead yet active",
+    "maximum below the examples",
+])  # fmt: skip
+def test_a_fault_in_a_dashboards_own_values_is_found_in_its_batch(dashboards, fault):
+    faulty, code, where = dashboard_faults(dashboards[1])[fault]
+    (batch,) = column_batches([dashboards[0], faulty, dashboards[2]])
+    assert {(f.code, f.feature_index, f.pointer) for f in column_findings(batch)} >= {
+        (code, 1, where)
+    }
+    assert all(f.feature_index == 1 for f in column_findings(batch))
+
+
 def test_a_finding_other_formats_also_report_sends_every_file_to_the_full_check(
     dashboards, tmp_path
 ):
