@@ -42,26 +42,27 @@ def test_every_format_together_validates_clean(tmp_path):
 
 
 def test_archive_root_packaging_files_are_recognised_not_taken_for_upload_payloads(tmp_path):
-    from mistudio_export.packaging import PREFILL_NAME, README_NAME
-    from mistudio_export.packaging.manifest import write_manifest
+    from mistudio_export.packaging import PREFILL_NAME, README_NAME, build_archive
 
-    prd_export(tmp_path / "prd")
-    upload_export(tmp_path / "upload-payloads")
-    (tmp_path / README_NAME).write_text("# export\n")
-    (tmp_path / PREFILL_NAME).write_text("{}\n")
-    write_manifest(tmp_path)
-    report = validate_export(tmp_path)
+    folder = tmp_path / "export"
+    prd_export(folder / "prd")
+    upload_export(folder / "upload-payloads")
+    (folder / README_NAME).write_text("# export\n")
+    (folder / PREFILL_NAME).write_text("{}\n")
+    build_archive(folder, tmp_path / "export.zip")  # writes the manifest into the folder
+    report = validate_export(folder)
     assert report.ok and report.problems == []
     assert report.components == ["packaging: .", "prd: prd", "upload-payloads: upload-payloads"]
 
 
 def test_packaging_manifest_listing_a_missing_file_is_reported(tmp_path):
-    from mistudio_export.packaging.manifest import write_manifest
+    from mistudio_export.packaging import build_archive
 
-    prd_export(tmp_path / "prd")
-    write_manifest(tmp_path)
-    (tmp_path / "prd" / "features" / "1.json").unlink()
-    problems = [(p.code, p.file) for p in validate_export(tmp_path).problems]
+    folder = tmp_path / "export"
+    prd_export(folder / "prd")
+    build_archive(folder, tmp_path / "export.zip")  # writes the manifest into the folder
+    (folder / "prd" / "features" / "1.json").unlink()
+    problems = [(p.code, p.file) for p in validate_export(folder).problems]
     assert ("MISSING_FILE", "manifest.json") in problems
 
 

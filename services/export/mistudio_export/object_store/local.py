@@ -33,6 +33,9 @@ from mistudio_export.object_store.base import (
 )
 
 _TMP_DIR = ".tmp"
+COPY_CHUNK = 8 * CHUNK_SIZE
+"""Bytes copied between progress reports (each may cancel the write): a job renders and
+streams each one, and one a MiB was 329 for a 344 MB archive."""
 
 
 class LocalObjectStore:
@@ -157,9 +160,10 @@ class LocalObjectStore:
 
 
 def _copy(src: IO[bytes], dst: IO[bytes], total: int, progress: ProgressCallback | None) -> None:
+    """Copies in the kernel (``sendfile``, as ``shutil.copyfile`` does): the bytes never pass
+    through Python (a 344 MB archive: 0.136 CPU-s, 0.149 read and written in MiB chunks)."""
     done = 0
-    while data := src.read(CHUNK_SIZE):
-        dst.write(data)
-        done += len(data)
+    while sent := os.sendfile(dst.fileno(), src.fileno(), done, COPY_CHUNK):
+        done += sent
         if progress is not None:
             progress(done, total)

@@ -14,7 +14,6 @@ from mistudio_export.packaging.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestEntry,
-    write_manifest,
 )
 from mistudio_export.packaging.readme import (
     PREFILL_NAME,
@@ -49,5 +48,4 @@ __all__ = [
     "render_readme",
     "verify_archive",
     "write_archive_docs",
-    "write_manifest",
 ]

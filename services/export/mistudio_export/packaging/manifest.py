@@ -1,18 +1,16 @@
 """manifest.json: the path, size and SHA-256 of every file an archive carries.
 
-It is written into the staging folder before zipping, so the archive carries its own checklist:
-anyone can tell a complete, untouched download from a truncated or edited one, with or without
-miStudio.
+It is written into the staging folder and zipped as the archive's first entry, so the archive
+carries its own checklist: anyone can tell a complete, untouched download from a truncated or
+edited one, with or without miStudio.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,6 @@ ARCHIVE_FORMAT_VERSION = 1
 """Bumped when the archive layout or the manifest's shape changes incompatibly."""
 MANIFEST_NAME = "manifest.json"
 CHUNK_SIZE = 1024 * 1024
-
-BytesCallback = Callable[[int], None]
-"""Called with the byte count of each chunk processed."""
 
 
 @dataclass(frozen=True)
@@ -84,17 +79,6 @@ def _entry(item: dict[str, Any]) -> ManifestEntry:
     return ManifestEntry(path=path, size=size, sha256=digest)
 
 
-def sha256_file(path: Path, on_bytes: BytesCallback | None = None) -> str:
-    """Hashes in chunks, so a multi-gigabyte weight file never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-    return digest.hexdigest()
-
-
 def staged_files(staging_dir: Path) -> list[tuple[str, int]]:
     """(path, size) of every regular file under the folder, sorted, except the root manifest.
 
@@ -129,52 +113,7 @@ def staged_files(staging_dir: Path) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def in_order(
-    pool: ThreadPoolExecutor, work: Callable[[str], Any], items: Iterable[str], window: int
-) -> Iterator[Any]:
-    """``work`` of each item, in the items' order, at most ``window`` running or waiting to be
-    taken: what each returns stays bounded however many files a folder holds."""
-    pending = []
-    for item in items:
-        pending.append(pool.submit(work, item))
-        if len(pending) >= window:
-            yield pending.pop(0).result()
-    for future in pending:
-        yield future.result()
-
-
-def workers() -> int:
-    """Threads that hash and deflate: the deflater and hashlib release the GIL on large buffers."""
-    return os.cpu_count() or 1
-
-
-def build_manifest(
-    staging_dir: Path,
-    on_bytes: BytesCallback | None = None,
-    files: list[tuple[str, int]] | None = None,
-) -> Manifest:
-    """Hashes ``files`` (from :func:`staged_files`; listed afresh when None) on every core;
-    ``on_bytes`` hears of each file once it is hashed."""
-    root = Path(staging_dir)
-    listed = staged_files(root) if files is None else files
-    n = workers()
-    with ThreadPoolExecutor(n) as pool:
-        digests = in_order(pool, lambda rel: sha256_file(root / rel), (r for r, _ in listed), 2 * n)
-        entries = []
-        for (rel, size), digest in zip(listed, digests, strict=True):
-            entries.append(ManifestEntry(path=rel, size=size, sha256=digest))
-            if on_bytes is not None:
-                on_bytes(size)
-    return Manifest(files=tuple(entries))
-
-
-def write_manifest(
-    staging_dir: Path,
-    on_bytes: BytesCallback | None = None,
-    files: list[tuple[str, int]] | None = None,
-) -> Manifest:
-    """Hashes the folder and writes ``manifest.json`` at its root (replacing an old one)."""
-    manifest = build_manifest(staging_dir, on_bytes, files)
+def write_manifest(staging_dir: Path, manifest: Manifest) -> None:
+    """Writes ``manifest.json`` at the folder's root (replacing an old one)."""
     with open(Path(staging_dir) / MANIFEST_NAME, "wb") as f:
         f.writelines(manifest.json_parts())
-    return manifest

@@ -17,6 +17,7 @@ over an API limit) is refused too, and gets the full checks.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -36,10 +37,13 @@ _NUMBER_TEXT = bytes(
 )
 """Bytes mapped to their part in a number's text: digits to 0, exponent marks to e, signs to +,
 the rest to a space (a translation runs at memory speed; a regex took 20 times as long)."""
-_OVERFLOWS = (b"e000", b"e+000", b"0" * 200)
+_LONG_EXPONENT = re.compile(rb"e\+?000")
+_LONG_MANTISSA = b"0" * 200
 """What the text of a number that may exceed a float holds, once mapped: an exponent of three
 digits or, with a shorter one, over 200 digits. In a string too, which only sends such a
-document the full way."""
+document the full way. The exponent is a regex that finds each "e" at memchr speed: as two
+substrings ending in a digit (found everywhere) it cost twice the mapping, 1.2 CPU-s of a
+16,384-feature export's validation."""
 
 
 def value(raw: msgspec.Raw) -> Any:
@@ -122,4 +126,5 @@ def outline(data: bytes, decoder: msgspec.json.Decoder[T]) -> T | None:
         except UnicodeDecodeError:
             return None
     number_text = data.translate(_NUMBER_TEXT)
-    return None if any(part in number_text for part in _OVERFLOWS) else shape
+    overflows = _LONG_MANTISSA in number_text or _LONG_EXPONENT.search(number_text) is not None
+    return None if overflows else shape
