@@ -59,7 +59,6 @@ def _count(inputs: BenchInputs, theirs: np.ndarray[Any, Any]) -> FloatAmbiguity:
     special = torch.tensor([i for i in ids if i is not None])
     tokens = torch.from_numpy(np.load(inputs.token_file).astype(np.int64))  # [rows, context]
     every = torch.arange(sae.d_sae)
-    ours_z = torch.empty(THEIR_ROWS * tokens.shape[1], sae.d_sae)  # reused: fresh pages cost
     their_w = [(sae.W_enc[:, f].contiguous(), sae.weights["b_enc"][f]) for f in _chunks(sae.d_sae)]
     flips = torch.zeros(sae.d_sae, dtype=torch.int64)
     max_act = max_dx = 0.0
@@ -68,7 +67,7 @@ def _count(inputs: BenchInputs, theirs: np.ndarray[Any, Any]) -> FloatAmbiguity:
         special_at = torch.isin(batch, special).flatten()  # [B*T]
         ours_x = capture_hook(loaded, batch, inputs.model.hook).flatten(0, 1)  # as the export
         theirs_x = torch.from_numpy(theirs[lo : lo + THEIR_ROWS]).flatten(0, 1)  # [B*T, d_in]
-        z = sae.encode_features(ours_x, every, ours_z[: len(ours_x)])  # [B*T, d_sae]
+        z = sae.encode_features(ours_x, every)  # [B*T, d_sae], the export's bits
         for f, (w, b) in zip(_chunks(sae.d_sae), their_w, strict=True):
             pre = theirs_x @ w + b  # [B*T, F]: SAELens's standard encode, before its ReLU
             flipped = (z[:, f] > 0) != (pre > 0)
