@@ -25,9 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.float_ambiguity import float_ambiguous_tokens
 from bench.inputs import MODELS, REPO, BenchInputs, BenchModel, bench_model, prepare
 from bench.measure import agreement, floors, flops_per_token, matmul_gflops
 from bench.ours_job import archive_facts
@@ -36,6 +39,8 @@ BENCH = REPO / "bench"
 THEIR_VENV = BENCH / ".venv-saedashboard"
 THEIR_PY = THEIR_VENV / "bin" / "python"
 THEIR_PINS = ["sae-dashboard==0.8.0", "pyarrow<19", "numpy<2"]
+THEIR_HOOK_ACTIVATIONS = "hook_activations.npy"
+"""Where ``saedashboard_job facts`` leaves, in a run's work folder, the activations it encoded."""
 
 
 def ensure_their_venv() -> str:
@@ -130,7 +135,8 @@ def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dic
     cmd += ["--work", str(work), "--n-examples", str(args.n_examples), "--out", str(out)]
     measured = timed(cmd, work, args.threads)
     facts = work / "theirs-facts.json"  # read afterwards, outside the measured process, as ours
-    subprocess.run([*job, "facts", "--work", str(work), "--out", str(facts)], check=True)
+    acts = ["--hook-activations", str(work / THEIR_HOOK_ACTIVATIONS)]
+    subprocess.run([*job, "facts", "--work", str(work), "--out", str(facts), *acts], check=True)
     return json.loads(out.read_text()) | json.loads(facts.read_text()) | measured
 
 
@@ -146,7 +152,8 @@ def summary(run: dict[str, Any]) -> dict[str, Any]:
 def compare(
     args: argparse.Namespace, scratch: Path, model: BenchModel, d_sae: int, their_problem: str
 ) -> dict[str, Any]:
-    """``--pairs`` ours/theirs pairs on one size, the two sides alternating within a pair."""
+    """``--pairs`` ours/theirs pairs on one size, the two sides alternating within a pair; then,
+    outside the timed runs, the tokens whose firing float rounding decides (``ambiguity``)."""
     inputs = prepare(inputs_dir(args, scratch), model, args.rows, args.context, d_sae,
                      args.fire_rate)  # fmt: skip
     ours: list[dict[str, Any]] = []
@@ -161,9 +168,15 @@ def compare(
                 runs.append(run_ours(inputs, args, work, features=with_theirs))
             else:
                 runs.append(run_theirs(inputs, args, work))
+                their_work = work
             wall, rss = runs[-1]["wall_s"], runs[-1]["peak_rss_mb"]
             print(f"d_sae {d_sae} pair {pair} {side}: {wall:.1f}s {rss:.0f}MB")
-    return {"inputs": inputs, "ours": ours, "theirs": theirs}
+    ambiguity = (
+        float_ambiguous_tokens(inputs, np.load(their_work / THEIR_HOOK_ACTIVATIONS))
+        if theirs
+        else None
+    )
+    return {"inputs": inputs, "ours": ours, "theirs": theirs, "ambiguity": ambiguity}
 
 
 OURS_ONLY_D_SAE = 131072
@@ -391,7 +404,11 @@ def size_report(result: dict[str, Any], args: argparse.Namespace, gflops: float)
         "estimates": [estimate_report(r) for r in ours],
         "outside_stages": outside_stages(ours[-1]),
         "agreement": agreement(
-            ours[-1]["features"], theirs[-1]["features"], args.logit_k, inputs.n_tokens
+            ours[-1]["features"],
+            theirs[-1]["features"],
+            args.logit_k,
+            inputs.n_tokens,
+            result["ambiguity"],
         )
         if theirs
         else None,

@@ -6,7 +6,8 @@ file, stories260K or the GPU profile's random one, read with numpy into a Hooked
 the activation store (none) and token sampling (our token file). Everything else is
 ``NeuronpediaRunner.run()`` as published.
 ``run`` writes ``--out`` (JSON): its run seconds; ``facts``, run afterwards outside the measured
-process, writes per feature what the agreement check needs.
+process, writes per feature what the agreement check needs, and the hook activations the run
+encoded (``float_ambiguity`` compares them with ours).
 """
 
 from __future__ import annotations
@@ -168,6 +169,15 @@ def feature_facts(outputs: Path, vocab: dict[int, str]) -> dict[str, dict[str, A
     return facts
 
 
+def cached_hook_activations(outputs: Path) -> np.ndarray[Any, Any]:
+    """The hook activations its run encoded, [rows, context, d_in]: the runner keeps each
+    forward minibatch's in ``cached_activations`` (``model_activations_{i}.pt``, a dict by hook
+    name) and encodes every feature batch from there."""
+    files = (outputs / "cached_activations").glob("model_activations_*.pt")
+    ordered = sorted(files, key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+    return torch.cat([next(iter(torch.load(f).values())) for f in ordered]).numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,12 +194,14 @@ def main() -> None:
     facts = sub.add_parser("facts", help="afterwards, untimed: per feature facts of the outputs")
     facts.add_argument("--work", required=True)
     facts.add_argument("--out", required=True)
+    facts.add_argument("--hook-activations", required=True, help="where its run's go (.npy)")
     args = parser.parse_args()
     if args.command == "facts":  # read outside the measured process, as ours' archive is
         work = Path(args.work)
         vocab = {int(i): piece for i, piece in json.loads((work / VOCAB).read_text()).items()}
         found = {"features": feature_facts(work / "outputs", vocab)}
         Path(args.out).write_text(json.dumps(found), encoding="utf-8")
+        np.save(args.hook_activations, cached_hook_activations(work / "outputs"))
         return
     started = time.perf_counter()
     n_rows, context = np.load(args.tokens, mmap_mode="r").shape
