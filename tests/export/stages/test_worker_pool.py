@@ -137,6 +137,8 @@ def test_a_warmed_pool_runs_the_next_stage_in_the_processes_it_started(
         pool.warm()
         assert len(started) == 2
         pool.warm()  # already warm: nothing more started
-        assert _pids(pool) == {p.pid for p in started}
+        ran_in = _pids(pool)  # one process may take both tasks: a subset, none new
+        assert ran_in <= {p.pid for p in started}
+        assert len(started) == 2
     finally:
         pool.shutdown()
