@@ -32,7 +32,7 @@ from bench.profile_pass import pass_inputs
 
 PARTS = {
     "model forward": "activations",
-    "encode": "encode_features",
+    "encode": "encode_tiles",
     "PassState.update": "update",
     "checkpoint saves": "save_checkpoint",
     "finalisation": "finalize_dashboards",

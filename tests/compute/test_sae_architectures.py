@@ -221,19 +221,6 @@ SHARDS = [[0], [3, 4, 5], list(range(500, 530)), list(range(1000, 1100)), [2, 70
 across a block boundary, in the partial last block, and scattered."""
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_encoding_into_a_buffer_gives_the_bits_of_a_fresh_encode(arch: str) -> None:
-    d_sae = 1100
-    sae = build_sae(sae_config(arch, D_IN, d_sae, k=K), sae_weights(arch, D_IN, d_sae, seed=5))
-    x = torch.randn(300, D_IN, generator=torch.Generator().manual_seed(2))
-    features = torch.arange(100, 1000)
-    buffer = torch.full((300, len(features)), float("nan"))
-    got = sae.encode_features(x, features, buffer)
-    assert torch.equal(got, sae.encode_features(x, features))
-    with pytest.raises(ValueError, match="out is"):
-        sae.encode_features(x, features, torch.empty(299, len(features)))
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_encoding_a_subset_of_features_gives_the_bits_of_the_full_encode(

@@ -8,14 +8,14 @@ it with a loaded ``HookedTransformer`` (``model_access``), an SAE (``sae``) and 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import torch
 
-from mistudio_compute.dashboards.inputs import DashboardInputs, TokenSource
+from mistudio_compute.dashboards.inputs import DashboardInputs, EncodeTile, TokenSource
 from mistudio_compute.hooks import HookPoint, validate_hook
 from mistudio_compute.model_access import (
     LoadedModel,
@@ -51,7 +51,7 @@ class HookActivations:
 
 
 class SaeFeatures:
-    """FeatureEncoder: any SAE architecture, on the model's device."""
+    """TileEncoder: any SAE architecture, on the model's device."""
 
     def __init__(self, sae: Sae) -> None:
         self._sae = sae
@@ -71,10 +71,11 @@ class SaeFeatures:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._sae.encode(x)  # [N, d_sae]
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return self._sae.encode_features(x, features, out)  # [N, F]
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self._sae.encode_features(x, features)  # [N, F]
+
+    def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
+        return self._sae.encode_tiles(x, features)
 
 
 class DecoderLogitLens:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from mistudio_common.dashboard import DashboardParams
+from mistudio_compute.adapters import SaeFeatures
 from mistudio_compute.dashboards import compute_dashboards, state_config
 from mistudio_compute.dashboards.memory import plan_within_budget
+from mistudio_compute.sae import build_sae
 
+from tests.compute.builders import sae_config
 from tests.compute.dashboards import tiny
 
 PARAMS = DashboardParams(n_top_examples=50, context_left=32, context_right=32)
@@ -37,7 +41,12 @@ def main() -> None:
     budget = int(sys.argv[2]) if len(sys.argv) > 2 else None
     torch.set_num_threads(1)
     model, tokens = tiny.tiny_model(), tiny.tiny_tokens(ROWS)
-    inputs = tiny.make_inputs(model, tiny.make_sae(model, tokens, "relu", d_sae=d_sae), tokens)
+    relu = tiny.make_sae(model, tokens, "relu", d_sae=d_sae)
+    weights = {"W_enc": relu.w_enc, "b_enc": relu.b_enc, "W_dec": relu.w_dec,
+               "b_dec": torch.zeros(tiny.D_MODEL)}  # fmt: skip
+    sae = build_sae(sae_config("standard", tiny.D_MODEL, d_sae, hook_name=tiny.HOOK), weights)
+    # the service's encoder: a CPU pass takes each encode tile's entries, no dense activations
+    inputs = replace(tiny.make_inputs(model, relu, tokens), encoder=SaeFeatures(sae))
     config = state_config(PARAMS, tiny.SPECIAL)
     plan = plan_within_budget(PARAMS, config, d_sae, batch_rows=BATCH, seq_len=tiny.N_CTX,
                               n_rows=ROWS, chunk_size=CHUNK, budget=budget,

@@ -150,8 +150,8 @@ class WrongWidth:
     def encode(self, x):
         return self.sae.encode(x)
 
-    def encode_features(self, x, features, out=None):
-        return self.sae.encode_features(x, features, out)
+    def encode_features(self, x, features):
+        return self.sae.encode_features(x, features)
 
 
 def test_an_encoder_of_the_wrong_width_is_refused(inputs) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from mistudio_compute.dashboards import fold_kernels
 from mistudio_compute.dashboards.keys import EMPTY_SAMPLE
-from mistudio_compute.dashboards.state import PassState, StateConfig
+from mistudio_compute.dashboards.state import Fold, PassState, StateConfig, dense_entries
 
 SPECIAL = (0, 1)
 ROWS, T, F = 6, 7, 9  # short rows: most windows cross a row's edge
@@ -25,6 +25,13 @@ def batch(seed: int, rows: int = ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     return acts, tokens
 
 
+def fold(state: PassState, acts: torch.Tensor, tokens: torch.Tensor, first_row: int) -> Fold:
+    """The fold of a batch's dense activations acts [rows * T, F] (as ``PassState.update``)."""
+    batch = state.batch_tokens(tokens)
+    entries = dense_entries(acts, batch.special, state.config.grid)
+    return state.fold(entries, tokens, first_row, batch)
+
+
 def states(config: StateConfig, batches: list[tuple[torch.Tensor, torch.Tensor]], features):
     """The state of folding the batches (rows one after another), compiled and with torch."""
     out = []
@@ -34,9 +41,9 @@ def states(config: StateConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(fold_kernels, "applies", lambda acts, compiled=compiled: compiled)
             for acts, tokens in batches:
-                fold = state.fold(acts, tokens, first_row)
-                assert fold.compiled is compiled
-                fold.commit()
+                folded = fold(state, acts, tokens, first_row)
+                assert folded.compiled is compiled
+                folded.commit()
                 first_row += tokens.shape[0]
         out.append(state)
     return out
@@ -106,7 +113,7 @@ def test_entering_samples_take_evicted_slots_and_kept_ones_stay(compiled: bool) 
         mp.setattr(fold_kernels, "applies", lambda acts: compiled)
         for seed in range(6):
             before = state.sample_keys.clone()
-            state.fold(*batch(seed, rows=4), first_row=4 * seed).commit()
+            fold(state, *batch(seed, rows=4), first_row=4 * seed).commit()
             after = state.sample_keys
             kept = (before[:, :, None] == after[:, None, :]).any(2) & (before != EMPTY_SAMPLE)
             assert torch.equal(after[kept], before[kept])

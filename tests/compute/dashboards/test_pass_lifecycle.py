@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -254,12 +253,10 @@ class FlakyEncoder:
     def __getattr__(self, name: str):
         return getattr(self.encoder, name)
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         if x.shape[0] > self.max_rows * tiny.N_CTX and int(features[-1]) >= self.first_failing:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return self.encoder.encode_features(x, features, out)
+        return self.encoder.encode_features(x, features)
 
 
 def assert_same_state(got, expected) -> None:
@@ -283,44 +280,6 @@ def test_the_pass_on_several_threads_equals_one_thread(inputs, threads, features
     one = run(1)
     assert_same_state(run(threads).state, one.state)
     assert torch.get_num_threads() == 1  # this thread's torch threads are as they were
-
-
-class BufferRecording:
-    """An encoder that notes, per feature part, the buffer it is handed and what it returns."""
-
-    def __init__(self, encoder) -> None:
-        self.encoder = encoder
-        self.calls: dict[int, list[tuple[int | None, int]]] = {}
-
-    def __getattr__(self, name: str):
-        return getattr(self.encoder, name)
-
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        acts = self.encoder.encode_features(x, features, out)
-        given = None if out is None else out.data_ptr()
-        self.calls.setdefault(int(features[0]), []).append((given, acts.data_ptr()))
-        return acts
-
-
-def test_each_feature_part_encodes_a_batch_into_the_memory_of_its_last_one(inputs) -> None:
-    """A pass on several threads reuses a part's last activations for its next ones, once
-    folded, rather than a fresh buffer (new pages from the kernel) every batch."""
-    config = state_config(PARAMS, tiny.SPECIAL)
-    features = torch.arange(inputs.encoder.d_sae)
-    recording = BufferRecording(inputs.encoder)
-    got = run_activation_pass(
-        replace(inputs, encoder=recording), config, features, batch_size=BATCH, threads=2
-    )
-    expected = run_activation_pass(inputs, config, features, batch_size=BATCH, threads=1)
-    assert_same_state(got.state, expected.state)
-    assert len(recording.calls) == 2  # one list of calls per part
-    for calls in recording.calls.values():
-        assert len(calls) > 2
-        assert calls[0][0] is None  # the first batch's activations are new
-        for (_, before), (given, _) in itertools.pairwise(calls):
-            assert given == before  # the memory of the part's last activations, handed back
 
 
 def test_an_out_of_memory_part_on_several_threads_leaves_the_state_as_it_was(inputs) -> None:

@@ -169,11 +169,9 @@ def test_a_real_sae_encodes_only_each_shards_blocks_to_the_unsharded_bytes(
     class Recording:
         d_sae, d_in, device, encode = encoder.d_sae, encoder.d_in, encoder.device, encoder.encode
 
-        def encode_features(
-            self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-        ) -> torch.Tensor:
+        def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
             widths.append(len(features))
-            return encoder.encode_features(x, features, out)
+            return encoder.encode_features(x, features)
 
     inputs = replace(tiny.make_inputs(model, relu_sae, tokens), encoder=Recording())
     full = flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, chunk_size=CHUNK))

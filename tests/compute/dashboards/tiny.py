@@ -87,10 +87,8 @@ class ReluSAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.pre(x) + self.b_enc)
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return torch.index_select(self.encode(x), 1, features, out=out)
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        return self.encode(x).index_select(1, features)
 
 
 class TopKSAE(ReluSAE):

@@ -182,3 +182,34 @@ def test_labels_are_exported_with_their_category_and_as_explanations(tmp_path):
     assert (expl["description"], expl["method"], expl["score"]) == ("dogs", "mistudio_label", None)
     assert expl["created_at"] == "2025-02-01T00:00:00Z"
     assert validate_export(tmp_path).problems == []
+
+
+@pytest.mark.parametrize(
+    ("spoil", "field"),
+    [
+        (lambda d: setattr(d.statistics, "max_activation", math.inf), "/statistics/max_activation"),
+        (lambda d: d.statistics.quantiles.update({0.5: math.nan}), "/statistics/quantiles/1/value"),
+        (lambda d: setattr(d.quantile_groups[1], "bin_max", math.nan),
+         "/quantile_groups/1/bin_max"),
+        (lambda d: setattr(d.top_negative_logits[1], "value", -math.inf),
+         "/logits/top_negative/1/value"),
+        (lambda d: d.activation_histogram.bin_edges.__setitem__(0, 1e39), "/histogram/bin_edges/0"),
+    ],
+)  # fmt: skip
+def test_an_unwritable_head_value_is_refused_naming_its_pointer(tmp_path, spoil, field):
+    """Head values are checked a batch at a time; a failing check names the value's place."""
+    bad = dashboard(4)
+    spoil(bad)
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        _write(tmp_path, [dashboard(3), bad])
+    assert err.value.field == field
+    assert "feature 4" in str(err.value)
+
+
+def test_a_head_value_of_another_type_than_its_fields_is_written_as_it_is(tmp_path):
+    odd = dashboard(4)
+    odd.activation_histogram.total_count = 1.5  # type: ignore[assignment]
+    odd.statistics.max_activation = 4  # an int where a float belongs
+    _write(tmp_path, [dashboard(3), odd])
+    text = (tmp_path / "features/4.json").read_text()
+    assert '"total_count":1.5' in text and '"max_activation":4,' in text

@@ -1,7 +1,15 @@
 import json
+import math
 
+import numpy as np
+import pytest
+from mistudio_export.formats import jsonio
 from mistudio_export.formats.columns import column_batches
-from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
+from mistudio_export.formats.saedashboard_batch import (
+    python_round,
+    rounded_apart,
+    write_saedashboard_batches,
+)
 from mistudio_export.validation import validate_export
 
 from tests.export.formats.builders import dashboard, naming, sae_info
@@ -117,3 +125,82 @@ def test_small_log_scale_bin_centres_stay_distinct_and_validate(tmp_path):
     ]
     assert len(set(centres)) == 10 and centres == sorted(centres)
     assert [p.code for p in validate_export(tmp_path).problems] == []
+
+
+def _round_apart_reference(xs):
+    """The per-histogram rounding the batch rounding must equal: ``round`` at 5 decimals or
+    the fewest more that keep distinct centres distinct."""
+    for decimals in range(5, 18):
+        out = [round(x, decimals) for x in xs]
+        if len(set(out)) == len(set(xs)):
+            return out
+    return list(xs)
+
+
+def _bits(values):
+    return np.array(values, np.float64).view(np.int64).tolist()
+
+
+@pytest.mark.parametrize("decimals", range(5, 18))
+def test_python_round_gives_rounds_result_to_the_bit(decimals):
+    rng = np.random.default_rng(decimals)
+    ties = (np.arange(-500, 500) + 0.5) / 10.0**decimals  # the halves numpy may round apart
+    values = np.concatenate(
+        [
+            rng.normal(0, 1, 2000) * 10.0 ** rng.integers(-12, 12, 2000),
+            ties,
+            np.nextafter(ties, np.inf),
+            np.nextafter(ties, -np.inf),
+            [2.675, 0.125, -0.0, 1e300, 2.0**52 + 0.5, 5e-324],
+        ]
+    )
+    expected = [round(v, decimals) for v in values.tolist()]
+    assert _bits(python_round(values, decimals)) == _bits(expected)
+
+
+def test_bin_centres_are_rounded_apart_per_histogram_as_round_does():
+    rng = np.random.default_rng(0)
+    runs = [
+        [1e-7 * 10 ** (i / 2) for i in range(10)],  # log-scale: needs more decimals
+        [0.5, 0.5, 0.25],  # equal centres stay equal
+        [],
+        rng.uniform(-3, 3, 40).tolist(),
+        [1.000001, 1.000002, 1.0000015],
+        [1e-20, 2e-20],  # no decimals up to 17 keep these apart
+    ]
+    got = rounded_apart(
+        np.array([x for r in runs for x in r], np.float64), np.array([len(r) for r in runs])
+    )
+    expected = [x for r in runs for x in _round_apart_reference(r)]
+    assert _bits(got) == _bits(expected)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "field"),
+    [
+        (lambda d: setattr(d.top_negative_logits[1], "value", math.nan),
+         "/features/1/neg_values/1"),
+        (lambda d: setattr(d.statistics, "activation_frequency", math.inf),
+         "/features/1/frac_nonzero"),
+        (lambda d: d.activation_histogram.bin_edges.__setitem__(2, math.nan),
+         "/features/1/freq_hist_data_bar_values/1"),
+        (lambda d: d.logit_histogram.bin_edges.__setitem__(0, 1e39),
+         "/features/1/logits_hist_data_bar_values/0"),
+    ],
+)  # fmt: skip
+def test_an_unwritable_value_is_refused_naming_its_pointer(tmp_path, spoil, field):
+    """Entry values are checked a batch at a time; a failing check names the value's place."""
+    bad = dashboard(4)
+    spoil(bad)
+    with pytest.raises(jsonio.NonFiniteValue) as err:
+        _write(tmp_path, [dashboard(3), bad])
+    assert err.value.field == field
+    assert "batch-0.json" in str(err.value)
+
+
+def test_heights_of_another_type_than_int_are_written_as_jsonio_writes_them(tmp_path):
+    d = dashboard(0)
+    d.activation_histogram.counts = [5.0, 3, 2, 1]  # type: ignore[list-item]
+    _write(tmp_path, [d])
+    text = (tmp_path / "batch-0.json").read_text()
+    assert '"freq_hist_data_bar_heights":[5.0,3.0,2.0,1.0]' in text  # a list of numbers: floats

@@ -24,10 +24,18 @@ from mistudio_compute.dashboards.inputs import (
     DashboardInputs,
     ProgressCallback,
     Stage,
+    TileEncoder,
 )
 from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
-from mistudio_compute.dashboards.state import Fold, PassState, StateConfig
+from mistudio_compute.dashboards.state import (
+    ActiveEntries,
+    Fold,
+    PassState,
+    StateConfig,
+    dense_entries,
+    tiled_entries,
+)
 from mistudio_compute.dashboards.threads import default_threads, even_ranges, one_torch_thread
 
 _T = TypeVar("_T")
@@ -125,19 +133,15 @@ def hook_rows(
 
 
 def encode_rows(
-    inputs: DashboardInputs,
-    flat: torch.Tensor,
-    features: torch.Tensor | None = None,
-    out: torch.Tensor | None = None,
+    inputs: DashboardInputs, flat: torch.Tensor, features: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Hook activations [B*T, d_in] -> SAE activations [B*T, F] of ``features`` [F] (all d_sae
-    when None) on the encoder's device, written into ``out`` [B*T, F] where the encoder can
-    (with ``features`` only)."""
+    when None) on the encoder's device."""
     with torch.no_grad():
         if features is None:
             z = inputs.encoder.encode(flat)  # [B*T, d_sae]
         else:
-            z = inputs.encoder.encode_features(flat, features, out)  # [B*T, F]
+            z = inputs.encoder.encode_features(flat, features)  # [B*T, F]
     width = inputs.encoder.d_sae if features is None else len(features)
     if z.shape != (flat.shape[0], width):
         raise InvalidArgument(
@@ -254,8 +258,9 @@ class BatchFolder:
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, "pass", initializer=one_torch_thread)
         self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
-        self._spent: list[torch.Tensor | None] = [None] * len(self._parts)
-        """Each part's last activations, folded: the next batch's are written into them."""
+        encoder = inputs.encoder
+        on_cpu = state.features.device.type == "cpu"
+        self._tiled = encoder if isinstance(encoder, TileEncoder) and on_cpu else None
 
     def step(self, i: int, j: int) -> None:
         """Folds rows [i, j) of the source into the state (``for_each_batch``'s step)."""
@@ -267,11 +272,7 @@ class BatchFolder:
         facts = self._state.batch_tokens(batch)  # once, not per part
 
         def fold(k: int) -> Fold:
-            features = self._features[k]
-            out = None if features is None else self._reuse(k, len(x), len(features))
-            acts = encode_rows(self._inputs, x, features, out)  # [B*T, F_k]
-            self._spent[k] = acts
-            return self._parts[k].fold(acts, batch, i, facts)  # keeps nothing of acts
+            return self._parts[k].fold(self._entries(k, x, facts.special), batch, i, facts)
 
         folds = self._start(fold, range(len(self._parts)))
         if self._pool is not None and j < self._stop:  # the next batch's forward, meanwhile
@@ -287,17 +288,17 @@ class BatchFolder:
             self._pool.shutdown(wait=True)
             self._pool, self._ahead = None, None
             torch.set_num_threads(self._threads_before)
-        self._spent = [None] * len(self._parts)
 
-    def _reuse(self, k: int, rows: int, width: int) -> torch.Tensor | None:
-        """Part ``k``'s last activations as the buffer [rows, width] of its next ones, when they
-        are large enough: a part's batch is folded before its next one is encoded, and a fresh
-        buffer of tens of MB is new pages from the kernel every batch (on the 4096-feature
-        bench, as much system time as the encode's matmul takes)."""
-        spent = self._spent[k]
-        if spent is None or not spent.is_contiguous() or spent.numel() < rows * width:
-            return None
-        return spent.view(-1)[: rows * width].view(rows, width)
+    def _entries(self, k: int, x: torch.Tensor, special: torch.Tensor) -> ActiveEntries:
+        """Part ``k``'s active entries of hook activations x [B*T, d_in]: on a CPU, taken from
+        each encode tile while it is in cache (the dense [B*T, F_k] activations would be tens
+        of MB, written out once and read twice); else from the dense activations."""
+        part = self._parts[k]
+        if self._tiled is not None:
+            tiles = self._tiled.encode_tiles(x, part.features)
+            return tiled_entries(tiles, len(part.features), special, part.config.grid)
+        acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
+        return dense_entries(acts, special, part.config.grid)
 
     def _forward(self, source: np.ndarray, i: int, j: int) -> torch.Tensor:
         batch = read_rows(source, slice(i, j), self._state.features.device)

@@ -13,6 +13,7 @@ is imported, or loaded from the cache on disk (beside this module, else numba's 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -22,9 +23,11 @@ from numba import types as nt
 
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.grid import FineGrid
+from mistudio_compute.dashboards.inputs import EncodeTile
 
 _MANTISSA_MASK = (1 << 23) - 1
 _LIMB_BITS = 8
+_SCAN_SPAN = 32  # columns of a tile row tested at once (16 and 64 scanned slower)
 f4, i4, i8 = nt.float32, nt.int32, nt.int64  # a kernel's argument types: [::1] = C-contiguous
 
 
@@ -34,16 +37,59 @@ def applies(acts: torch.Tensor) -> bool:
 
 
 def active_entries(
-    acts: torch.Tensor, special: torch.Tensor, grid: FineGrid
+    tiles: Iterable[EncodeTile],
+    n_feat: int,
+    special: torch.Tensor,
+    grid: FineGrid,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Active entries of acts [N, F] (> 0 at positions not ``special`` [N]) ordered by (feature,
-    position): features, positions [A] int64, values [A] float32 and fine-grid cells [A]
-    (feature * n_buckets + ``grid.bucket``)."""
-    edges = grid.edges()
-    dense = _host(acts)
-    spans = _bucket_spans(grid)
-    out = _active_entries(dense, dense.view(np.int32), _host(special), _host(edges), *spans)
+    """Active entries of a batch's activations [N, n_feat] (> 0 at positions not ``special``
+    [N]) ordered by (feature, position): features, positions [A] int64, values [A] float32 and
+    fine-grid cells [A] (feature * n_buckets + ``grid.bucket``). The activations come as tiles
+    (rows, acts [R, W], columns [C] of acts, at [C] ascending: the features they are), each
+    scanned once as it comes (while an encoder's tile is in cache); dense activations are one
+    tile. A feature's tiles must come in row order."""
+    edges, (first, last) = _host(grid.edges()), _bucket_spans(grid)
+    flags = _host(special)
+    entries = _EntryBuffer()
+    for rows, acts, columns, at in tiles:
+        dense = _host(acts.float())
+        cols, feats = _host(columns), _host(at)
+        if len(cols) and (
+            cols.min() < 0
+            or cols.max() >= dense.shape[1]
+            or feats.min() < 0
+            or feats.max() >= n_feat
+        ):
+            raise ValueError(f"a tile's columns {cols} or features {feats} are out of range")
+        row = 0
+        while row < dense.shape[0]:
+            row, entries.end = _scan_tile(
+                dense, dense.view(np.int32), flags[rows], rows.start, cols, feats, edges, first,
+                last, row, *entries.arrays, entries.end,
+            )  # fmt: skip
+            if row < dense.shape[0]:  # a row's entries might not fit
+                entries.grow()
+    out = _by_feature(*entries.arrays, entries.end, n_feat)
     return tuple(torch.from_numpy(x) for x in out)  # type: ignore[return-value]
+
+
+class _EntryBuffer:
+    """Growing arrays of features, positions, values and cells of the entries scanned so far."""
+
+    def __init__(self) -> None:
+        self.arrays = _entry_arrays(1 << 16)
+        self.end = 0
+
+    def grow(self) -> None:
+        bigger = _entry_arrays(2 * len(self.arrays[0]))
+        for old, new in zip(self.arrays, bigger, strict=True):
+            new[: self.end] = old[: self.end]
+        self.arrays = bigger
+
+
+def _entry_arrays(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.empty(size, np.int64), np.empty(size, np.int64), np.empty(size, np.float32),
+            np.empty(size, np.int64))  # fmt: skip
 
 
 class SampleWrites(NamedTuple):
@@ -212,37 +258,60 @@ def _add_term(acc, row, term, bit):  # type: ignore[no-untyped-def]
     acc[row, bit >> 3] += term << (bit & (_LIMB_BITS - 1))
 
 
-@njit((f4[:, ::1], i4[:, ::1], nt.boolean[::1], f4[::1], i8[::1], i8[::1]), nogil=True, cache=True)
-def _active_entries(acts, bits, special, edges, first, last):  # type: ignore[no-untyped-def]
-    """A counting sort by feature: one pass counts each feature's entries, the next writes
-    them at their feature's offset (positions ascend within a feature by construction)."""
-    n_pos, n_feat = acts.shape
-    counts = np.zeros(n_feat, np.int64)
-    for i in range(n_pos):
-        if not special[i]:
-            row = acts[i]
-            for j in range(n_feat):
-                counts[j] += row[j] > 0  # no branch: the compiler vectorises it
-    start = np.zeros(n_feat + 1, np.int64)
-    start[1:] = np.cumsum(counts)
-    total = start[n_feat]
-    f = np.empty(total, np.int64)
-    n = np.empty(total, np.int64)
-    val = np.empty(total, np.float32)
-    cell = np.empty(total, np.int64)
+@njit(
+    (f4[:, ::1], i4[:, ::1], nt.boolean[::1], i8, i8[::1], i8[::1], f4[::1], i8[::1], i8[::1], i8,
+     i8[::1], i8[::1], f4[::1], i8[::1], i8),
+    nogil=True, cache=True,
+)  # fmt: skip
+def _scan_tile(
+    acts, bits, special, first_row, columns, at, edges, first, last, row, f, n, val, cell, end
+):  # type: ignore[no-untyped-def]
+    """Appends the active entries of a tile's rows from ``row`` on, row by row, at ``end`` of
+    the entry arrays while a whole row's fit; returns the next row and the new end. Entries are
+    by position, then feature: ``_by_feature`` orders them. A row is read in spans of
+    _SCAN_SPAN columns, each tested for a positive value in one vectorised loop (on the bits:
+    a positive float32 is a positive int32) before its columns are looked at one by one."""
     n_buckets = len(edges) + 1
-    at = start[:n_feat].copy()
-    for i in range(n_pos):
-        if not special[i]:
-            row = acts[i]
-            for j in range(n_feat):
-                v = row[j]
-                if v > 0:
-                    k = at[j]
-                    at[j] = k + 1
-                    f[k], n[k], val[k] = j, i, v
-                    cell[k] = j * n_buckets + _bucket(v, bits[i, j] >> 16, edges, first, last)
-    return f, n, val, cell
+    feature = np.full(acts.shape[1], -1, np.int64)  # [W] the feature a column is, -1: none
+    lo, hi = acts.shape[1], 0  # the columns spanned
+    for k in range(len(columns)):
+        feature[columns[k]] = at[k]
+        lo, hi = min(lo, columns[k]), max(hi, columns[k] + 1)
+    while row < acts.shape[0] and end + len(columns) <= len(f):
+        if not special[row]:
+            values, top = acts[row], bits[row]
+            for c0 in range(lo, hi, _SCAN_SPAN):
+                span = top[c0 : min(c0 + _SCAN_SPAN, hi)]
+                hits = 0
+                for k in range(len(span)):  # from 0: no negative-index check stops vectorising
+                    hits += span[k] > 0
+                if hits == 0:
+                    continue
+                for c in range(c0, c0 + len(span)):
+                    v, j = values[c], feature[c]
+                    if v > 0 and j >= 0:
+                        f[end], n[end], val[end] = j, first_row + row, v
+                        cell[end] = j * n_buckets + _bucket(v, top[c] >> 16, edges, first, last)
+                        end += 1
+        row += 1
+    return row, end
+
+
+@njit((i8[::1], i8[::1], f4[::1], i8[::1], i8, i8), nogil=True, cache=True)
+def _by_feature(f, n, val, cell, end, n_feat):  # type: ignore[no-untyped-def]
+    """The first ``end`` entries in feature order, stably (a counting sort): a feature's entries
+    were appended in position order."""
+    start = np.zeros(n_feat + 1, np.int64)
+    for i in range(end):
+        start[f[i] + 1] += 1
+    start = np.cumsum(start)
+    out_f, out_n = np.empty(end, np.int64), np.empty(end, np.int64)
+    out_val, out_cell = np.empty(end, np.float32), np.empty(end, np.int64)
+    for i in range(end):
+        k = start[f[i]]
+        start[f[i]] = k + 1
+        out_f[k], out_n[k], out_val[k], out_cell[k] = f[i], n[i], val[i], cell[i]
+    return out_f, out_n, out_val, out_cell
 
 
 @njit((i8[::1], i8[::1], i8[::1], i8[:, ::1], i8[::1]), nogil=True, cache=True)

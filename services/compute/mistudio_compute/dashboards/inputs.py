@@ -7,9 +7,9 @@ a tiny HookedTransformer and hand-written encoders. Nothing here knows about gRP
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -43,12 +43,26 @@ class FeatureEncoder(Protocol):
         """x [N, d_in] -> feature activations [N, d_sae]."""
         ...
 
-    def encode_features(
-        self, x: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def encode_features(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """x [N, d_in], features [F] int64 -> their activations [N, F], bit for bit the columns
-        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard). ``out``
-        [N, F]: a buffer the result may be written into (the returned tensor is the result)."""
+        of ``encode`` (a feature shard's pass calls this, so its cost follows the shard)."""
+        ...
+
+
+EncodeTile = tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]
+"""(rows, acts [R, W], columns [C] int64, at [C] int64): columns ``columns`` of ``acts``, the
+activations of input rows ``rows``, are the output features ``at`` (ascending)."""
+
+
+@runtime_checkable
+class TileEncoder(FeatureEncoder, Protocol):
+    """An encoder that also hands its encode over tile by tile: a pass on the CPU takes each
+    tile's active entries while it is in cache, never writing the dense activations out."""
+
+    def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
+        """x [N, d_in], features [F] int64 -> ``encode_features(x, features)``, bit for bit, as
+        tiles; a tile is valid until the next is asked for. A feature's tiles come in row
+        order."""
         ...
 
 

@@ -4,7 +4,7 @@ EstimateComputation its peak.
 
 A shard's peak is its pass state (``PassState.bytes_per_feature``, read from what the state
 allocates, times the copies a batch makes), two chunks of finalised dashboards (Python objects,
-sized by the tokens of their shown examples) and one batch of its features' dense activations
+sized by the tokens of their shown examples) and one batch of its features' active entries
 (a shard encodes only its own features). Every term grows with the shard, none with d_sae: more
 features than fit run in more shards. A computation in several shards also keeps every token's
 hook activations from the first shard's pass when they take at most ``KEPT_SHARE`` of the
@@ -35,15 +35,15 @@ BYTES_PER_SHOWN_TOKEN = 100
 example's window (its string, id and value; 90-100 measured). A window never spans more than its
 row, so it counts min(width, row length) tokens. Up to two chunks are alive at once: the one
 being handed on and the one being built."""
-BATCH_COPIES = 3
+BATCH_COPIES = 2
 """Float32 values' worth of bytes one batch holds per position and feature of the shard: the
-encoder's output (4 bytes), its threshold mask (1) and the active entries with their windows,
-which grow with the features' density and the context width. Measured on the bench (8,192
-features, two pass threads): 7.6 bytes per value between batches of 16 and 32 rows (1%
-density); tiny's 2-8% took 11-23 in a first batch, where every active entry is a top
-candidate. Two copies fit the bench's 16,384 features in one shard on paper, but that
-shard's computation peaked 964 MB above its start for 857 planned, and took 92 CPU s to the
-two shards' 86."""
+active entries with their windows, which grow with the features' density and the context width
+(a CPU pass takes them from each encode tile in cache: no dense activations are held). Measured
+on the bench (16,384 features, two pass threads, 1% density): a pass peaked 1.8 bytes per value
+above its state, 5.8 while it held the dense activations (4 bytes), when 3 copies fitted a
+whole export's 7.6; the 4 bytes are taken off those 3 copies, which keep their margin (2
+copies had let a 16,384-feature shard peak 964 MB above its start for 857 planned). Tiny's
+2-8% took 11-23 in a first batch, where every active entry is a top candidate."""
 PLANNED_SHARE = 0.8
 """Shards are planned to fill this share of the budget: the model is within 30% of measured
 peaks, not exact, and the budget is a limit the peak must stay under."""

@@ -20,7 +20,7 @@ where not positive), captured from the batch it came from, so examples need no s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
@@ -31,6 +31,7 @@ from mistudio_compute.dashboards import exact_sum, fold_kernels
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.fold_kernels import SampleWrites, TopRows
 from mistudio_compute.dashboards.grid import FineGrid
+from mistudio_compute.dashboards.inputs import EncodeTile
 from mistudio_compute.dashboards.token_totals import TokenTotals
 
 
@@ -126,7 +127,10 @@ class PassState:
         """Fold one batch in: acts [B*T, F] of this state's features, tokens [B, T] = rows
         ``first_row ...``. All allocation happens before the state changes, so an
         out-of-memory error leaves it as it was."""
-        fold = self.fold(acts, tokens, first_row)
+        batch = self.batch_tokens(tokens)
+        fold = self.fold(
+            dense_entries(acts, batch.special, self.config.grid), tokens, first_row, batch
+        )
         fold.commit()
         self.count_tokens(tokens, [fold])
 
@@ -163,23 +167,14 @@ class PassState:
         return BatchTokens(special.view(-1), win, win_id)
 
     def fold(
-        self,
-        acts: torch.Tensor,
-        tokens: torch.Tensor,
-        first_row: int,
-        batch: BatchTokens | None = None,
+        self, entries: ActiveEntries, tokens: torch.Tensor, first_row: int, batch: BatchTokens
     ) -> Fold:
-        """What folding one batch (as ``update`` takes it) changes, computed without changing
-        the state: everything that allocates per entry happens here. ``batch`` is
-        ``batch_tokens(tokens)`` when the caller has it already."""
-        cfg, n_feat, (b, t) = self.config, acts.shape[1], tokens.shape
-        special, win, win_id = batch or self.batch_tokens(tokens)
-        compiled = fold_kernels.applies(acts)
-        if compiled:  # [A] by feature, position
-            f, n, val, bucket = fold_kernels.active_entries(acts, special, cfg.grid)
-        else:
-            f, n, val = _active_entries(acts, special)
-            bucket = f * cfg.grid.n_buckets + cfg.grid.bucket(val, cfg.grid.edges(val.device))
+        """What folding one batch (as ``update`` takes it, its activations' ``entries``)
+        changes, computed without changing the state: everything that allocates per entry
+        happens here. ``batch`` is ``batch_tokens(tokens)``."""
+        cfg, (b, t) = self.config, tokens.shape
+        special, win, win_id = batch
+        f, n, val, bucket, n_feat, compiled = entries
         pos = first_row * t + n  # [A] global positions
 
         def windows(i: torch.Tensor) -> torch.Tensor:  # [X] active entries -> [X, width]
@@ -361,6 +356,43 @@ class PassState:
             tok = TokenTotals(*(tensors[f"tokens.{n}"] for n in ("keys", "total", "count", "vmax")))
         plain = {k: v for k, v in tensors.items() if not k.startswith("tokens.")}
         return cls(config=config, seq_len=seq_len, token_count=token_count, tokens=tok, **plain)
+
+
+class ActiveEntries(NamedTuple):
+    """A batch's active entries (positive, at positions not special) over ``n_feat`` features,
+    ordered by (feature, position)."""
+
+    f: torch.Tensor  # [A] features
+    n: torch.Tensor  # [A] batch positions
+    val: torch.Tensor  # [A] float32 values
+    bucket: torch.Tensor  # [A] fine-grid cells (feature * n_buckets + bucket)
+    n_feat: int
+    compiled: bool  # on the CPU: folded by fold_kernels (else by torch ops)
+
+
+def dense_entries(acts: torch.Tensor, special: torch.Tensor, grid: FineGrid) -> ActiveEntries:
+    """The active entries of a batch's activations acts [N, F] (positions ``special`` [N])."""
+    n_feat = acts.shape[1]
+    if fold_kernels.applies(acts):
+        every = torch.arange(n_feat)
+        tile = (slice(0, acts.shape[0]), acts, every, every)
+        return ActiveEntries(
+            *fold_kernels.active_entries([tile], n_feat, special, grid), n_feat, True
+        )
+    f, n, val = _active_entries(acts, special)
+    bucket = f * grid.n_buckets + grid.bucket(val, grid.edges(val.device))
+    return ActiveEntries(f, n, val, bucket, n_feat, False)
+
+
+def tiled_entries(
+    tiles: Iterable[EncodeTile],
+    n_feat: int,
+    special: torch.Tensor,
+    grid: FineGrid,
+) -> ActiveEntries:
+    """The active entries of a batch's activations [N, n_feat] on the CPU given tile by tile
+    (``fold_kernels.active_entries``): the dense activations are never needed."""
+    return ActiveEntries(*fold_kernels.active_entries(tiles, n_feat, special, grid), n_feat, True)
 
 
 class BatchTokens(NamedTuple):

@@ -13,8 +13,8 @@ and decode is ``norm_out(f @ W_dec + b_dec)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar, Self
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, NamedTuple, Self
 
 import torch
 from mistudio_common.errors import AlreadyExists, InvalidArgument
@@ -32,6 +32,34 @@ cache from the matmul to the activation, so each activation goes out to memory o
 block's did three times (bias, matmul, activation), or twice more when copied from a fresh
 block. MKL computes a matmul's rows alike however they are tiled (tested), so tiles give the
 untiled bits."""
+
+
+class EncodeTile(NamedTuple):
+    """One tile of an encode (``Sae.encode_tiles``): columns ``columns`` [C] of ``acts`` [R, W],
+    the activations of input rows ``rows``, are the output columns ``at`` [C] (ascending)."""
+
+    rows: slice
+    acts: torch.Tensor  # [R, W]
+    columns: torch.Tensor  # [C] int64
+    at: torch.Tensor  # [C] int64
+
+
+class _Block(NamedTuple):
+    """The wanted features of one ENCODE_BLOCK column block of the encoder."""
+
+    columns: slice  # the block's encoder columns
+    column: torch.Tensor  # [C] the wanted ones, from the block's first
+    at: torch.Tensor  # [C] ascending: where they are in the features asked for
+
+
+def _blocks(features: torch.Tensor, d_sae: int) -> Iterator[_Block]:
+    """The blocks ``features`` [F] fall in, ascending."""
+    block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
+    for block in torch.unique(block_of).tolist():
+        start = block * ENCODE_BLOCK
+        at = (block_of == block).nonzero().squeeze(1)  # [C]
+        columns = slice(start, min(start + ENCODE_BLOCK, d_sae))
+        yield _Block(columns, features.index_select(0, at) - start, at)
 
 
 class Sae:
@@ -115,21 +143,35 @@ class Sae:
 
     @torch.inference_mode()
     def encode_features(
-        self,
-        x: torch.Tensor,
-        features: torch.Tensor | None = None,
-        out: torch.Tensor | None = None,
+        self, x: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Activations [N, F] of ``features`` [F] (all when None) for ``x`` [N, d_in], bit for
         bit the matching columns of the full encode: only the ENCODE_BLOCK column blocks the
-        features fall in are computed, each by the same call as in the full encode. ``out``
-        [N, F]: where the result may be written (a pass reuses one per batch: a fresh buffer
-        of tens of MB is new pages from the kernel each time, which cost as much system time
-        as the matmul's own)."""
+        features fall in are computed, each by the same call as in the full encode."""
+        return self._encode_columns(self._centred(x), self._columns(features))
+
+    @torch.inference_mode()
+    def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
+        """``encode_features(x, features)`` tile by tile, with the same bits: each tile is
+        activated into one small buffer that the next tile overwrites, so a caller that reads
+        each while it is in cache never has the dense [N, F] activations written to memory."""
+        x_c, features = self._centred(x), self._columns(features)
+        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, x_c.shape[0])
+        buffer = x_c.new_empty(tile_rows * ENCODE_BLOCK)  # [tile_rows * ENCODE_BLOCK]
+        for block in _blocks(features, self.d_sae):
+            width = block.columns.stop - block.columns.start
+            for r in range(0, x_c.shape[0], tile_rows):
+                rows = slice(r, min(r + tile_rows, x_c.shape[0]))
+                tile = buffer[: (rows.stop - r) * width].view(-1, width)  # [R, width]
+                z = self._activate(x_c[rows], block.columns, tile)
+                yield EncodeTile(rows, z, block.column, block.at)
+
+    def _centred(self, x: torch.Tensor) -> torch.Tensor:
+        """Hook activations [N, d_in] as the encoder's matmul takes them."""
         x_c = self._normalize_in(x.to(self.device, self.dtype))
         if self.cfg.apply_b_dec_to_input:
             x_c = x_c - self.b_dec
-        return self._encode_columns(x_c, self._columns(features), out)
+        return x_c
 
     def _columns(self, features: torch.Tensor | None) -> torch.Tensor:
         """``features`` [F] on the SAE's device; every feature when None."""
@@ -137,24 +179,15 @@ class Sae:
             return torch.arange(self.d_sae, device=self.device)
         return features.to(self.device)
 
-    def _encode_columns(
-        self, x_c: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Activations [N, F] of ``features`` [F] into ``out`` (new when None), tile by tile:
+    def _encode_columns(self, x_c: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Activations [N, F] of ``features`` [F], tile by tile:
         ENCODE_ROWS rows of one block at a time (on a CPU). A block whose features are all
         wanted, in order, is activated straight into its columns of ``out``; any other block
         is activated whole and the wanted columns copied (a run of them as one slice)."""
-        block_of = torch.div(features, ENCODE_BLOCK, rounding_mode="floor")  # [F]
         shape = (x_c.shape[0], len(features))
-        if out is None:
-            out = x_c.new_empty(shape)
-        _check_out(out, shape, x_c)
+        out = x_c.new_empty(shape)
         tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, shape[0])
-        for block in torch.unique(block_of).tolist():  # ascending
-            start = block * ENCODE_BLOCK
-            columns = slice(start, min(start + ENCODE_BLOCK, self.d_sae))
-            at = (block_of == block).nonzero().squeeze(1)  # [C] ascending output columns
-            column = features.index_select(0, at) - start  # [C] columns of the block
+        for columns, column, at in _blocks(features, self.d_sae):
             first, c0, n = int(at[0]), int(column[0]), len(at)
             run = int(at[-1]) - first + 1 == n and torch.equal(
                 column, torch.arange(c0, c0 + n, device=column.device)
@@ -257,23 +290,25 @@ class TopKSae(Sae):
 
     @torch.inference_mode()
     def encode_features(
-        self,
-        x: torch.Tensor,
-        features: torch.Tensor | None = None,
-        out: torch.Tensor | None = None,
+        self, x: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The k largest of every feature are picked first: ``out`` only takes the columns."""
+        """The k largest of every feature are picked first, then the columns."""
         pre = super().encode_features(x)  # [N, d_sae]
         if self.cfg.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
         assert self.cfg.k is not None  # guaranteed by parse_sae_config
         values, indices = torch.topk(pre, k=self.cfg.k, dim=-1, sorted=False)
         z = torch.zeros_like(pre).scatter_(-1, indices, torch.relu(values))
-        if out is None:
-            return z if features is None else z.index_select(1, self._columns(features))
+        return z if features is None else z.index_select(1, self._columns(features))
+
+    @torch.inference_mode()
+    def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
+        """One tile: every feature's activations (the k largest are picked among all)."""
         wanted = self._columns(features)
-        _check_out(out, (len(x), len(wanted)), z)
-        return torch.index_select(z, 1, wanted, out=out)
+        every = self.encode_features(x)  # [N, d_sae]
+        yield EncodeTile(
+            slice(0, every.shape[0]), every, wanted, torch.arange(len(wanted), device=wanted.device)
+        )
 
     def _activate(
         self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
@@ -298,15 +333,6 @@ class GatedSae(Sae):
         r_mag, b_mag = self.weights["r_mag"][columns], self.weights["b_mag"][columns]
         magnitude = torch.relu(pre * r_mag.exp() + b_mag)
         return torch.mul(gate, magnitude, out=out)
-
-
-def _check_out(out: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> None:
-    """A caller's ``out`` buffer must be the result's shape, dtype and device."""
-    if out.shape != shape or out.dtype != like.dtype or out.device != like.device:
-        raise ValueError(
-            f"out is {tuple(out.shape)} {out.dtype} on {out.device}, expected {shape} "
-            f"{like.dtype} on {like.device}"
-        )
 
 
 _REGISTRY: dict[str, type[Sae]] = {}

@@ -192,38 +192,84 @@ def items(rendered: Rendered, first: np.ndarray[Any, Any], stop: np.ndarray[Any,
     return Slot(rendered, begin, end)
 
 
-def record_lists(
-    groups: Sequence[Sequence[Any]], fields: Mapping[str, type], strings: StringTable
-) -> list[orjson.Fragment] | None:
-    """Per group, its records as a JSON list of objects keyed by ``fields`` (attribute name ->
-    str, int or float), rendered in bulk, strings coded in ``strings``; the bytes ``jsonio.dumps``
-    writes for the equal dicts. None where a value is not of its field's type or not writable
-    (non-finite, beyond float32, not Unicode): the caller's per-record path handles (and
-    names) it."""
-    records = list(itertools.chain.from_iterable(groups))
+def column(values: Sequence[Any], kind: type) -> Rendered | None:
+    """``values`` rendered one item each, as ``jsonio.dumps`` writes them; None where a value
+    is not of type ``kind`` (int, bool or float) or, for floats, not writable (non-finite,
+    beyond float32)."""
+    if not set(map(type, values)) <= {kind}:
+        return None
+    if kind is not float:
+        return numbers(np.array(values, np.int64 if kind is int else np.bool_))
+    floats = np.array(values, np.float64)
+    if not (np.abs(floats) < jsonio.F32_OVERFLOW).all():
+        return None
+    return numbers(float32_column(floats))
+
+
+def record_fields(
+    records: Sequence[Any], fields: Mapping[str, type], strings: StringTable
+) -> dict[str, Slot] | None:
+    """Per field of ``records`` (attribute name -> str, int, bool or float), one item per
+    record, for a ``rows`` template; strings coded in ``strings``. None where a value is not
+    of its field's type or not writable (non-finite, beyond float32, not Unicode): the
+    caller's per-record path handles (and names) it."""
     template: dict[str, Slot] = {}
     for name, kind in fields.items():
         # C loops (no Python step per value): these lists hold most of a dashboard's values
         # that are not examples
-        column = list(map(operator.attrgetter(name), records))
-        if not set(map(type, column)) <= {kind}:
-            return None
+        values = list(map(operator.attrgetter(name), records))
         if kind is str:
+            if not set(map(type, values)) <= {str}:
+                return None
             try:
-                codes = strings.codes(column)
+                codes = strings.codes(values)
             except InvalidArgument:
                 return None
             template[name] = each(strings.render(np.array(codes, np.int64)))
-        elif kind is int:
-            template[name] = each(numbers(np.array(column, np.int64)))
-        else:
-            values = np.array(column, np.float64)
-            if not (np.abs(values) < jsonio.F32_OVERFLOW).all():
-                return None
-            template[name] = each(numbers(float32_column(values)))
-    rendered = rows(template, len(records))
-    ends = np.cumsum([0, *map(len, groups)]).tolist()
-    return [rendered.list_fragment(first, stop) for first, stop in itertools.pairwise(ends)]
+            continue
+        rendered = column(values, kind)
+        if rendered is None:
+            return None
+        template[name] = each(rendered)
+    return template
+
+
+def group_items(rendered: Rendered, lengths: Sequence[int]) -> Slot:
+    """Row r's list holds the next ``lengths[r]`` items of ``rendered``."""
+    ends = np.cumsum([0, *lengths])
+    return items(rendered, ends[:-1], ends[1:])
+
+
+def record_items(
+    groups: Sequence[Sequence[Any]], fields: Mapping[str, type], strings: StringTable
+) -> Slot | None:
+    """Per group, its records as JSON objects keyed by ``fields`` (``record_fields``), the
+    bytes ``jsonio.dumps`` writes for the equal dicts; None as ``record_fields``."""
+    records = list(itertools.chain.from_iterable(groups))
+    template = record_fields(records, fields, strings)
+    if template is None:
+        return None
+    return group_items(rows(template, len(records)), list(map(len, groups)))
+
+
+def record_lists(
+    groups: Sequence[Sequence[Any]], fields: Mapping[str, type], strings: StringTable
+) -> list[orjson.Fragment] | None:
+    """``record_items`` as one JSON list fragment per group."""
+    slot = record_items(groups, fields, strings)
+    if slot is None:
+        return None
+    data = slot.rendered.data
+    return [
+        orjson.Fragment(b"[" + data[b:e].tobytes() + b"]")
+        for b, e in zip(slot.begin.tolist(), slot.end.tolist(), strict=True)
+    ]
+
+
+def number_lists(lists: Sequence[Sequence[Any]], kind: type) -> Slot | None:
+    """Per list, its numbers (all of type ``kind``) as a ``rows`` slot; None as ``column``."""
+    rendered = column(list(itertools.chain.from_iterable(lists)), kind)
+    return None if rendered is None else group_items(rendered, list(map(len, lists)))
 
 
 def float_lists(documents: Sequence[dict[str, Any]], keys: Sequence[str]) -> None:
@@ -233,13 +279,10 @@ def float_lists(documents: Sequence[dict[str, Any]], keys: Sequence[str]) -> Non
     holds a value that is not a float or not writable, so that serialising it names it."""
     for key in keys:
         lists = [document[key] for document in documents]
-        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
-        column = list(itertools.chain.from_iterable(lists))
-        values = np.array(column, np.float64)
-        if not set(map(type, column)) <= {float} or not (abs(values) < jsonio.F32_OVERFLOW).all():
+        rendered = column(list(itertools.chain.from_iterable(lists)), float)
+        if rendered is None:
             continue
-        rendered = numbers(float32_column(values))
-        bounds = itertools.pairwise([0, *np.cumsum(lengths).tolist()])
+        bounds = itertools.pairwise([0, *np.cumsum(list(map(len, lists))).tolist()])
         for document, (first, stop) in zip(documents, bounds, strict=True):
             document[key] = rendered.list_fragment(first, stop)
 

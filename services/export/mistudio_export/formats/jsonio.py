@@ -181,7 +181,9 @@ def dumps_lines(
 
 
 def dumps_plain(obj: Any) -> bytes:
-    """Canonical JSON of an already-parsed document, floats as they are (used by repairs)."""
+    """Canonical JSON of a document written as it is, unconverted: one already parsed (repairs)
+    or one whose values were checked and put in their written form in bulk (float32 scalars,
+    rendered fragments)."""
     return orjson.dumps(obj, option=_OPTIONS)
 
 

@@ -8,20 +8,13 @@ top-token aggregates. Schemas: ``schemas/prd_{metadata,feature,explanations}.sch
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
-from mistudio_common.dashboard import (
-    FeatureDashboard,
-    Histogram,
-    LogitEntry,
-    QuantileGroup,
-    TokenAggregate,
-)
+from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.errors import InvalidArgument
 
 from mistudio_export import deflate
@@ -34,6 +27,7 @@ from mistudio_export.formats.columns import (
     section_lists,
 )
 from mistudio_export.formats.output import FormatOutput
+from mistudio_export.formats.prd_heads import HeadParts, head_parts
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 
 FORMAT_NAME = "mistudio-prd-json"
@@ -100,105 +94,30 @@ def example_rows(columns: ExampleColumns) -> Rendered:
     )
 
 
-def _group(g: QuantileGroup, examples: orjson.Fragment) -> dict[str, Any]:
-    return {
-        "bin_min": g.bin_min,
-        "bin_max": g.bin_max,
-        "bin_contains": g.bin_contains,
-        "examples": examples,
-    }
-
-
-def _logit(e: LogitEntry) -> dict[str, Any]:
-    return {"token": e.token, "token_id": e.token_id, "value": e.value, "rank": e.rank}
-
-
-_LOGIT_FIELDS = {"token": str, "token_id": int, "value": float, "rank": int}
-_TOKEN_FIELDS = {
-    "token": str, "token_id": int, "total_activation": float, "count": int,
-    "mean_activation": float, "max_activation": float,
-}  # fmt: skip
-"""``_logit`` and ``_token``'s keys and types, for rendering a batch's lists in bulk."""
-
-
-@dataclass(frozen=True, slots=True)
-class HeadLists:
-    """Per dashboard of a batch, its logit and top-token lists: rendered in bulk, or (where a
-    value needs the per-record path) as lists of dicts."""
-
-    top_positive: list[Any]
-    top_negative: list[Any]
-    top_tokens: list[Any]
-
-
-def head_lists(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> HeadLists:
-    def lists(groups: list[Any], fields: dict[str, type], one: Callable[[Any], Any]) -> list[Any]:
-        rendered = bulk_json.record_lists(groups, fields, strings)
-        return rendered if rendered is not None else [[one(r) for r in g] for g in groups]
-
-    return HeadLists(
-        lists([d.top_positive_logits for d in dashboards], _LOGIT_FIELDS, _logit),
-        lists([d.top_negative_logits for d in dashboards], _LOGIT_FIELDS, _logit),
-        lists([d.top_tokens for d in dashboards], _TOKEN_FIELDS, _token),
-    )
-
-
-HISTOGRAMS = ("histogram", "logit_histogram")
-"""The feature document's histograms, whose bin edges are rendered a batch at a time."""
-
-
-def _histogram(h: Histogram) -> dict[str, Any]:
-    return {
-        "bin_edges": list(h.bin_edges),
-        "counts": list(h.counts),
-        "scale": h.scale.value,
-        "total_count": h.total_count,
-        "nonzero_count": h.nonzero_count,
-    }
-
-
-def _token(t: TokenAggregate) -> dict[str, Any]:
-    return {
-        "token": t.token,
-        "token_id": t.token_id,
-        "total_activation": t.total_activation,
-        "count": t.count,
-        "mean_activation": t.mean_activation,
-        "max_activation": t.max_activation,
-    }
+def _group(bins: tuple[Any, Any, Any], examples: orjson.Fragment) -> dict[str, Any]:
+    return {"bin_min": bins[0], "bin_max": bins[1], "bin_contains": bins[2], "examples": examples}
 
 
 def feature_document(
-    d: FeatureDashboard, examples: SectionLists, heads: HeadLists, position: int
+    d: FeatureDashboard, examples: SectionLists, heads: HeadParts, position: int
 ) -> dict[str, Any]:
     """One feature in the PRD layout; ``activations`` are the top examples, as in FR-2.2.
     ``examples`` holds the feature's rendered example rows (``example_rows``), ``heads`` its
-    batch's lists, the feature at ``position``."""
-    s = d.statistics
+    batch's other parts, the feature at ``position``."""
     return {
         "feature_index": d.feature_index,
         "activations": examples.section(TOP_SECTION),
         "quantile_groups": [
-            _group(g, examples.section(n + 1)) for n, g in enumerate(d.quantile_groups)
+            _group(bins, examples.section(n + 1))
+            for n, bins in enumerate(heads.group_bins[position])
         ],
         "logits": {
             "top_positive": heads.top_positive[position],
             "top_negative": heads.top_negative[position],
         },
-        "histogram": _histogram(d.activation_histogram),
-        "logit_histogram": _histogram(d.logit_histogram),
-        "statistics": {
-            "activation_frequency": s.activation_frequency,
-            "max_activation": s.max_activation,
-            "mean_activation": s.mean_activation,
-            "std_activation": s.std_activation,
-            "l0_contribution": s.l0_contribution,
-            "dead_feature": s.dead_feature,
-            "quantiles": [{"level": k, "value": v} for k, v in sorted(s.quantiles.items())],
-            "quantile_relative_error": s.quantile_relative_error,
-            "token_count": s.token_count,
-            "nonzero_count": s.nonzero_count,
-        },
+        "histogram": heads.histogram[position],
+        "logit_histogram": heads.logit_histogram[position],
+        "statistics": heads.statistics[position],
         "top_tokens": heads.top_tokens[position],
         "top_tokens_metric": d.top_tokens_metric.value,
     }
@@ -301,23 +220,24 @@ def _feature_files(
     reuse: Callable[[int, str], bytes | None] | None,
 ) -> list[tuple[str, bytes]]:
     """The batch's feature files, name and bytes: an earlier archive's where ``reuse`` has
-    them, else the feature's document with its batch's bin edges rendered at once."""
+    them, else the feature's document, its parts rendered for the batch at once."""
     rendered = example_rows(columns)
     lists = section_lists(columns, rendered, np.arange(columns.n_rows))
-    heads = head_lists(columns.dashboards, strings)
-    files: list[tuple[str, bytes | None]] = []
-    documents: dict[int, dict[str, Any]] = {}
+    heads = head_parts(columns.dashboards, strings)
+    files: list[tuple[str, bytes]] = []
     for position, (d, examples) in enumerate(zip(columns.dashboards, lists, strict=True)):
         name = feature_file_name(d.feature_index, compressed=compressed)
-        files.append((name, reuse(d.feature_index, name) if reuse is not None else None))
-        if files[-1][1] is None:
-            documents[position] = feature_document(d, examples, heads, position)
-    histograms = [document[key] for document in documents.values() for key in HISTOGRAMS]
-    bulk_json.float_lists(histograms, ["bin_edges"])
-    for position, document in documents.items():
-        data = jsonio.dumps(document, where=f"feature {document['feature_index']}")
-        files[position] = (files[position][0], deflate.gzip_bytes(data) if compressed else data)
-    return [(name, data) for name, data in files if data is not None]
+        data = reuse(d.feature_index, name) if reuse is not None else None
+        if data is None:
+            document = feature_document(d, examples, heads, position)
+            data = (
+                jsonio.dumps_plain(document)  # nothing to convert: every value checked in bulk
+                if heads.rendered
+                else jsonio.dumps(document, where=f"feature {d.feature_index}")
+            )
+            data = deflate.gzip_bytes(data) if compressed else data
+        files.append((name, data))
+    return files
 
 
 def write_prd_documents(
