@@ -8,13 +8,12 @@ rewriting; otherwise the problem is recorded, flagged as fixable when a repair e
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import re
 import stat
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic
@@ -306,9 +305,12 @@ def _parse_strict(data: bytes, *, bounded: bool = True) -> Any:
     return doc
 
 
-def _vouch(ctx: FileContext, data: bytes) -> None:
+def vouch(ctx: FileContext, data: bytes) -> bool:
+    """Sets ``text_clean`` and ``values_checked`` for the strict JSON ``data``; returns the
+    latter: whether the bytes vouch for the values."""
     ctx.text_clean = not suspect_bytes(data)
     ctx.values_checked = ctx.text_clean and ctx.session.columns_checked
+    return ctx.values_checked
 
 
 def load_document(session: Session, path: Path) -> tuple[FileContext, Any]:
@@ -338,7 +340,7 @@ def load_outline(session: Session, path: Path, decoder: msgspec.json.Decoder[T])
         return Loaded(ctx, None, None)
     shape = outline(data, decoder) if session.columns_checked else None
     if shape is not None:
-        _vouch(ctx, data)
+        vouch(ctx, data)
         if ctx.values_checked:
             return Loaded(ctx, None, shape)
     return Loaded(ctx, _document(ctx, data), None)
@@ -348,7 +350,7 @@ def _document(ctx: FileContext, data: bytes) -> Any:
     # the writers' documents have a fixed, shallow shape: no need to walk them for their depth
     doc = _parse_strict(data, bounded=not ctx.session.columns_checked)
     if doc is not _INVALID:
-        _vouch(ctx, data)
+        vouch(ctx, data)
         return doc
     text = _decode(ctx, data)
     doc = parse(ctx, text)
@@ -372,23 +374,6 @@ def read_file(session: Session, path: Path) -> tuple[FileContext, bytes | None]:
     """(context, bytes) of the file, gunzipped; None when it could not be read."""
     ctx = session.context(path)
     return ctx, _read_bounded(ctx, path)
-
-
-def values_checked_rows(ctx: FileContext, data: bytes) -> Iterator[tuple[int, Any] | None] | None:
-    """(line number, row) of each line of ``data``, parsed as it is reached, when the bytes
-    vouch for the values (``values_checked``; else None): a caller that checks each row as it
-    comes and keeps none touches it while it is in the cache, and never holds the objects of
-    the whole file. None in place of a line that is not strict JSON: the caller then needs
-    ``rows_of``, which reports what is wrong."""
-    _vouch(ctx, data)
-    return _strict_lines(data) if ctx.values_checked else None
-
-
-def _strict_lines(data: bytes) -> Iterator[tuple[int, Any] | None]:
-    for n, line in enumerate(io.BytesIO(data), start=1):  # one line's copy at a time
-        if line.strip():
-            row = _parse_strict(line, bounded=False)
-            yield None if row is _INVALID else (n, row)
 
 
 def rows_of(ctx: FileContext, data: bytes) -> list[tuple[int, Any]]:
@@ -422,7 +407,7 @@ def _strict_rows(ctx: FileContext, data: bytes) -> list[tuple[int, Any]] | None:
             if row is _INVALID:
                 return None
             rows.append((n, row))
-    _vouch(ctx, data)
+    vouch(ctx, data)
     return rows
 
 

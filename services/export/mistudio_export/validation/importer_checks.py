@@ -9,12 +9,14 @@ rejects unknown fields.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, KeysView
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from mistudio_export.formats.neuronpedia_explanations import (
@@ -41,9 +43,10 @@ from mistudio_export.validation.context import (
     read_file,
     rows_of,
     save_rows,
-    values_checked_rows,
+    vouch,
 )
 from mistudio_export.validation.naming_checks import check_names
+from mistudio_export.validation.outline import ActivationRow, outline_lines
 from mistudio_export.validation.report import Severity
 from mistudio_export.validation.scan import scan
 from mistudio_export.validation.schema_check import check_schema
@@ -82,14 +85,21 @@ class RowIds:
 
     def __init__(self) -> None:
         self._seen = np.empty(0, dtype=np.int64)
-        self._file: list[tuple[str, int]] = []
+        self._ids: list[str] = []
+        self._lines: list[int] = []
 
     def add(self, row_id: str, line: int) -> None:
-        self._file.append((row_id, line))
+        self._ids.append(row_id)
+        self._lines.append(line)
+
+    def extend(self, row_ids: list[str], first_line: int) -> None:
+        """Adds the ids of consecutive lines from ``first_line`` on."""
+        self._ids += row_ids
+        self._lines += range(first_line, first_line + len(row_ids))
 
     def check_file(self, ctx: FileContext) -> None:
         """Reports every id of the file just read that an earlier row already used."""
-        hashes = np.array([hash(row_id) for row_id, _ in self._file], dtype=np.int64)  # [rows]
+        hashes = np.fromiter(map(hash, self._ids), dtype=np.int64, count=len(self._ids))  # [rows]
         order = np.argsort(hashes, kind="stable")
         ranked = hashes[order]
         again = np.zeros(len(hashes), dtype=bool)
@@ -98,12 +108,12 @@ class RowIds:
             at = np.minimum(np.searchsorted(self._seen, hashes), len(self._seen) - 1)
             again |= self._seen[at] == hashes
         for i in np.flatnonzero(again).tolist():
-            row_id, ctx.line = self._file[i]
+            row_id, ctx.line = self._ids[i], self._lines[i]
             ctx.report("DUPLICATE_ID", "/id", f"id {row_id!r} already used")
         ctx.line = None
         new = np.sort(hashes[~again])  # not yet seen, each once
         self._seen = np.insert(self._seen, np.searchsorted(self._seen, new), new)  # one copy
-        self._file = []
+        self._ids, self._lines = [], []
 
 
 @dataclass
@@ -365,10 +375,10 @@ def _rows_file(session: Session, path: Path, table: str, src: _Source) -> None:
     checker = _RowChecker(ctx, table, src)
     plain = None if data is None or table != "Activation" else _plain_activations(checker, data)
     rows: list[tuple[int, Any]] = []
-    if plain is not None:  # checked as parsed: what the checks across rows and files need
-        for n, index, row_id in plain:
+    if plain is not None:  # checked as outlined: what the checks across rows and files need
+        for n, index in plain.features:
             checker.refer(index, n)
-            src.ids.add(row_id, n)
+        src.ids.extend(plain.ids, 1)
     elif data is not None:
         rows = rows_of(ctx, data)
         _check_rows(checker, rows, path)
@@ -395,48 +405,50 @@ def _check_rows(checker: _RowChecker, rows: list[tuple[int, Any]], path: Path) -
     ctx.line = None
 
 
-_ACTIVATION_FACTS_KEYS = ("index", "id", "creatorId", "modelId", "layer")
-_ACTIVATION_FACTS = itemgetter(*_ACTIVATION_FACTS_KEYS)
+_ACTIVATION_DECODER = msgspec.json.Decoder(ActivationRow)
+_INDEX, _ID, _CREATOR = attrgetter("index"), attrgetter("id"), attrgetter("creatorId")
+_MODEL, _LAYER = attrgetter("modelId"), attrgetter("layer")
 
 
-def _plain_activations(checker: _RowChecker, data: bytes) -> list[tuple[int, str, str]] | None:
-    """(line, index, id) of each row of an Activation file whose rows are all plainly what the
-    writer makes from checked columns (``values_checked_rows``): dicts with the first row's
-    keys, among them every NOT NULL column and no unknown one, no NOT NULL value null, a
-    digit-string index, a string id, this folder's modelId and layer, a public creatorId. In
-    such rows ``_RowChecker.check`` and ``_activation`` find nothing, and only record what the
-    checks across rows and files need (``refer``, ``ids``), which the caller does from these.
-    None for any other file, whose rows then get every check."""
-    ctx, src = checker.ctx, checker.src
-    lines = values_checked_rows(ctx, data)
-    if lines is None:
+@dataclass(frozen=True, slots=True)
+class _PlainActivations:
+    """What the checks across rows and files need of a plain Activation file."""
+
+    features: list[tuple[int, str]]
+    """(line, index) where each run of rows of one feature starts."""
+    ids: list[str]
+    """The row ids, line by line from line 1."""
+
+
+def _plain_activations(checker: _RowChecker, data: bytes) -> _PlainActivations | None:
+    """The facts of an Activation file whose rows are all plainly what the writer makes from
+    checked columns (``vouch``): rows that ``ActivationRow`` outlines (the writer's columns, no
+    NOT NULL value null), one a line, with a digit-string index, this folder's modelId and
+    layer, a public creatorId. In such rows ``_RowChecker.check`` and ``_activation`` find
+    nothing, and only record what the checks across rows and files need (``refer``, ``ids``),
+    which the caller does from these. None for any other file, whose rows then get every
+    check. Each chunk's rows are read by C loops (``map``) and freed before the next."""
+    src = checker.src
+    if not vouch(checker.ctx, data):
         return None
-    needed = {*_ACTIVATION_FACTS_KEYS, *NOT_NULL[checker.table]}
-    keys: KeysView[str] | None = None
-    plain: list[tuple[int, str, str]] = []
-    for line in lines:
-        if line is None or type(line[1]) is not dict:
+    plain = _PlainActivations([], [])
+    line = 1
+    for rows in outline_lines(data, _ACTIVATION_DECODER):
+        if rows is None:
             return None
-        n, row = line
-        if keys is None:
-            keys = row.keys()
-            if not (keys >= needed and keys <= checker.columns):
-                return None
-        elif row.keys() != keys:
-            return None
-        index, row_id, creator, model, layer = _ACTIVATION_FACTS(row)
+        indices = list(map(_INDEX, rows))
         if (
-            None in checker.not_null(row)
-            or type(index) is not str
-            or not index.isdigit()
-            or type(row_id) is not str
-            or type(creator) is not str
-            or creator not in PUBLIC_ACTIVATION_USER_IDS
-            or model != src.model_id
-            or layer != src.source_id
+            not all(map(str.isdigit, indices))
+            or not set(map(_CREATOR, rows)) <= PUBLIC_ACTIVATION_USER_IDS
+            or set(map(_MODEL, rows)) != {src.model_id}
+            or set(map(_LAYER, rows)) != {src.source_id}
         ):
             return None
-        plain.append((n, index, row_id))
+        # rows come by feature: one step a feature, the rows of each skipped in C
+        for index, run in groupby(enumerate(indices, start=line), key=itemgetter(1)):
+            plain.features.append((next(run)[0], index))
+        plain.ids.extend(map(_ID, rows))
+        line += len(rows)
     return plain
 
 
