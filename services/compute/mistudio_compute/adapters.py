@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mistudio_compute.dashboards.inputs import DashboardInputs, EncodeTile, TokenSource
+from mistudio_compute.dashboards.inputs import DashboardInputs, TokenSource
+from mistudio_compute.encode_tile import EncodeTile
 from mistudio_compute.hooks import HookPoint, validate_hook
 from mistudio_compute.model_access import (
     LoadedModel,

@@ -23,7 +23,7 @@ from numba import types as nt
 
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.grid import FineGrid
-from mistudio_compute.dashboards.inputs import EncodeTile
+from mistudio_compute.encode_tile import EncodeTile
 
 _MANTISSA_MASK = (1 << 23) - 1
 _LIMB_BITS = 8

@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from mistudio_compute.encode_tile import EncodeTile
+
 
 class ActivationReader(Protocol):
     """The model forward, stopped at the hook the SAE reads."""
@@ -47,11 +49,6 @@ class FeatureEncoder(Protocol):
         """x [N, d_in], features [F] int64 -> their activations [N, F], bit for bit the columns
         of ``encode`` (a feature shard's pass calls this, so its cost follows the shard)."""
         ...
-
-
-EncodeTile = tuple[slice, torch.Tensor, torch.Tensor, torch.Tensor]
-"""(rows, acts [R, W], columns [C] int64, at [C] int64): columns ``columns`` of ``acts``, the
-activations of input rows ``rows``, are the output features ``at`` (ascending)."""
 
 
 @runtime_checkable

@@ -31,8 +31,8 @@ from mistudio_compute.dashboards import exact_sum, fold_kernels
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.fold_kernels import SampleWrites, TopRows
 from mistudio_compute.dashboards.grid import FineGrid
-from mistudio_compute.dashboards.inputs import EncodeTile
 from mistudio_compute.dashboards.token_totals import TokenTotals
+from mistudio_compute.encode_tile import EncodeTile
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,7 +375,7 @@ def dense_entries(acts: torch.Tensor, special: torch.Tensor, grid: FineGrid) -> 
     n_feat = acts.shape[1]
     if fold_kernels.applies(acts):
         every = torch.arange(n_feat)
-        tile = (slice(0, acts.shape[0]), acts, every, every)
+        tile = EncodeTile(slice(0, acts.shape[0]), acts, every, every)
         return ActiveEntries(
             *fold_kernels.active_entries([tile], n_feat, special, grid), n_feat, True
         )

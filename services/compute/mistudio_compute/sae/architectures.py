@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 import torch
 from mistudio_common.errors import AlreadyExists, InvalidArgument
 
+from mistudio_compute.encode_tile import EncodeTile
 from mistudio_compute.sae.config import SaeConfig
 
 _LN_EPS = 1e-5  # SAELens's run-time layer norm epsilon
@@ -32,16 +33,6 @@ cache from the matmul to the activation, so each activation goes out to memory o
 block's did three times (bias, matmul, activation), or twice more when copied from a fresh
 block. MKL computes a matmul's rows alike however they are tiled (tested), so tiles give the
 untiled bits."""
-
-
-class EncodeTile(NamedTuple):
-    """One tile of an encode (``Sae.encode_tiles``): columns ``columns`` [C] of ``acts`` [R, W],
-    the activations of input rows ``rows``, are the output columns ``at`` [C] (ascending)."""
-
-    rows: slice
-    acts: torch.Tensor  # [R, W]
-    columns: torch.Tensor  # [C] int64
-    at: torch.Tensor  # [C] int64
 
 
 class _Block(NamedTuple):
