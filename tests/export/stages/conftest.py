@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,17 @@ def job(tmp_path: Path) -> JobRuntime:
         batch_size=4,
     )
     return runtime("job", plan, tmp_path)
+
+
+@pytest.fixture
+def spawned(monkeypatch: pytest.MonkeyPatch) -> list[SpawnProcess]:
+    """The processes spawned during the test, as they start."""
+    started: list[SpawnProcess] = []
+    start = SpawnProcess.start
+
+    def counted(process: SpawnProcess) -> None:
+        started.append(process)
+        start(process)
+
+    monkeypatch.setattr(SpawnProcess, "start", counted)
+    return started

@@ -71,19 +71,6 @@ def _export(
     return peers.objects.objects[outcome.result.output_uri]
 
 
-def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[SpawnProcess]:
-    """The processes spawned from here on, as they start."""
-    started: list[SpawnProcess] = []
-    start = SpawnProcess.start
-
-    def counted(process: SpawnProcess) -> None:
-        started.append(process)
-        start(process)
-
-    monkeypatch.setattr(SpawnProcess, "start", counted)
-    return started
-
-
 def test_ranges_written_in_a_pool_give_the_archive_one_process_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,12 +102,12 @@ def test_the_pool_reports_features_written_as_its_ranges_go_not_only_as_they_end
 
 
 def test_the_files_are_checked_in_the_processes_that_wrote_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawned: list[SpawnProcess]
 ) -> None:
     """A spawned process imports the export's modules before its first task (0.34 CPU-s each on
     the bench machine): the validating stage takes the processes the file stage started, where
     it started one of its own."""
-    started = _spawned(monkeypatch)
+    started = spawned
     monkeypatch.setattr(validator, "PARALLEL_MIN_BYTES", 0)
     workers = WorkerPool(2)
     try:
@@ -132,7 +119,7 @@ def test_the_files_are_checked_in_the_processes_that_wrote_them(
 
 
 def test_a_stop_while_the_pool_writes_ends_its_processes_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spawned: list[SpawnProcess]
 ) -> None:
     """A cancel or pause raises in the stage while the ranges are written; the pool's
     processes would otherwise write every range queued first."""
@@ -143,7 +130,7 @@ def test_a_stop_while_the_pool_writes_ends_its_processes_at_once(
     def stop(_n: int) -> None:
         raise Stopped
 
-    started = _spawned(monkeypatch)
+    started = spawned
     with pytest.raises(Stopped):
         _export(tmp_path, monkeypatch, pooled=True, on_count=stop)
 

@@ -121,17 +121,10 @@ def test_processes_that_died_while_idle_are_replaced_at_the_next_stage() -> None
 
 
 def test_a_warmed_pool_runs_the_next_stage_in_the_processes_it_started(
-    monkeypatch: pytest.MonkeyPatch,
+    spawned: list[SpawnProcess],
 ) -> None:
     """Warmed while the dashboards are staged, the file stage finds its processes started."""
-    started: list[SpawnProcess] = []
-    start = SpawnProcess.start
-
-    def counted(process: SpawnProcess) -> None:
-        started.append(process)
-        start(process)
-
-    monkeypatch.setattr(SpawnProcess, "start", counted)
+    started = spawned
     pool = WorkerPool(2)
     try:
         pool.warm()
