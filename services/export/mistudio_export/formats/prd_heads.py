@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,16 +21,16 @@ from mistudio_common.dashboard import (
     FeatureDashboard,
     FeatureStatistics,
     Histogram,
-    LogitEntry,
-    TokenAggregate,
 )
 
 from mistudio_export.formats import bulk_json, jsonio
 from mistudio_export.formats.bulk_json import ListOf, StringTable
 
 
-def _logit(e: LogitEntry) -> dict[str, Any]:
-    return {"token": e.token, "token_id": e.token_id, "value": e.value, "rank": e.rank}
+def _record(obj: Any, fields: Mapping[str, type]) -> dict[str, Any]:
+    """One record's ``fields`` as plain values: what a part holds when it is not rendered in
+    bulk (its keys and types are the bulk path's, ``_*_FIELDS``)."""
+    return {name: getattr(obj, name) for name in fields}
 
 
 def _histogram(h: Histogram, edges: Any = None) -> dict[str, Any]:
@@ -45,29 +45,8 @@ def _histogram(h: Histogram, edges: Any = None) -> dict[str, Any]:
 
 
 def _statistics(s: FeatureStatistics) -> dict[str, Any]:
-    return {
-        "activation_frequency": s.activation_frequency,
-        "max_activation": s.max_activation,
-        "mean_activation": s.mean_activation,
-        "std_activation": s.std_activation,
-        "l0_contribution": s.l0_contribution,
-        "dead_feature": s.dead_feature,
-        "quantiles": [{"level": k, "value": v} for k, v in sorted(s.quantiles.items())],
-        "quantile_relative_error": s.quantile_relative_error,
-        "token_count": s.token_count,
-        "nonzero_count": s.nonzero_count,
-    }
-
-
-def _token(t: TokenAggregate) -> dict[str, Any]:
-    return {
-        "token": t.token,
-        "token_id": t.token_id,
-        "total_activation": t.total_activation,
-        "count": t.count,
-        "mean_activation": t.mean_activation,
-        "max_activation": t.max_activation,
-    }
+    quantiles = [{"level": k, "value": v} for k, v in sorted(s.quantiles.items())]
+    return {**_record(s, _STATISTICS_FIELDS), "quantiles": quantiles}
 
 
 _BINS = operator.attrgetter("bin_min", "bin_max", "bin_contains")
@@ -116,18 +95,18 @@ def head_parts(dashboards: Sequence[FeatureDashboard], strings: StringTable) -> 
         bulk.append(rendered is not None)
         return rendered if rendered is not None else list(map(one, dashboards))
 
-    def lists(name: str, fields: dict[str, type], one: Callable[[Any], Any]) -> list[Any]:
+    def lists(name: str, fields: dict[str, type]) -> list[Any]:
         groups = list(map(operator.attrgetter(name), dashboards))
         return part(
             bulk_json.record_lists(groups, fields, strings),
-            lambda d: list(map(one, getattr(d, name))),
+            lambda d: [_record(x, fields) for x in getattr(d, name)],
         )
 
     bulk: list[bool] = []
     return HeadParts(
-        top_positive=lists("top_positive_logits", _LOGIT_FIELDS, _logit),
-        top_negative=lists("top_negative_logits", _LOGIT_FIELDS, _logit),
-        top_tokens=lists("top_tokens", _TOKEN_FIELDS, _token),
+        top_positive=lists("top_positive_logits", _LOGIT_FIELDS),
+        top_negative=lists("top_negative_logits", _LOGIT_FIELDS),
+        top_tokens=lists("top_tokens", _TOKEN_FIELDS),
         histogram=part(
             _histograms([d.activation_histogram for d in dashboards]),
             lambda d: _histogram(d.activation_histogram),
