@@ -12,7 +12,6 @@ read by ``run.py`` in its own process, so that reading never counts as the expor
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import hashlib
 import itertools
@@ -435,5 +434,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from mistudio_common.gc_pause import skip_final_collection
+
+    skip_final_collection()  # as the mistudio-export command (mistudio_cli.main.run)
     main()
-    gc.freeze()  # as the mistudio-export command ends (mistudio_cli.main.run)

@@ -7,7 +7,6 @@ running export cleanly and exits with 130.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import re
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import grpc
 from mistudio_common.errors import MistudioError
+from mistudio_common.gc_pause import skip_final_collection
 from mistudio_common.grpc_errors import error_from_rpc
 
 from mistudio_cli import commands, upload_command, upload_input_command
@@ -275,12 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The ``mistudio-export`` command: :func:`main`, then exit without Python's last garbage
-    collection, which after a local export walks every object torch and transformer_lens made
-    (about a CPU second) for memory the process gives back anyway. Atexit handlers still run."""
-    code = main()
-    gc.freeze()
-    sys.exit(code)
+    """The ``mistudio-export`` command: :func:`main`, and an exit without Python's last garbage
+    collection (after a local export it walks every object torch and transformer_lens made)."""
+    skip_final_collection()
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mistudio_common.errors import Unavailable
+from mistudio_common.gc_pause import skip_final_collection
 from mistudio_common.server import PortInUse, RunningServer
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def child_main(name: str) -> int:
     """Runs service ``name`` as the parent asks on stdin and answers on stdout."""
     from mistudio_common.logging_setup import configure_logging
 
+    skip_final_collection()  # the parent's stop waits for this process's exit
     stop = _StopWait()  # before the port is answered: a SIGTERM may follow at once
     settings_type, build = SERVICES[name]()
     try:

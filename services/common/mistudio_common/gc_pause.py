@@ -1,4 +1,5 @@
-"""Pausing Python's cyclic garbage collector around allocation-heavy work.
+"""Pausing Python's cyclic garbage collector around allocation-heavy work, and skipping it at
+a process's exit.
 
 Generating and validating files allocate millions of short-lived, acyclic objects (token and
 value lists, row dicts) that reference counting frees on its own; importing TransformerLens
@@ -11,6 +12,7 @@ the pause ends.
 
 from __future__ import annotations
 
+import atexit
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,3 +28,12 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def skip_final_collection() -> None:
+    """Makes this process's exit skip the interpreter's last collections, which walk every
+    object it made for memory the process gives back anyway: after a local export about a CPU
+    second in the CLI's process, and most of the wall of stopping the store's process and the
+    export's workers (measured 0.25 and 0.1 CPU-s each). Registered once at the start, so that
+    the atexit handlers registered later still run before it with the collector on."""
+    atexit.register(gc.freeze)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from multiprocessing.queues import SimpleQueue
 from typing import Any, TypeVar
 
+from mistudio_common.gc_pause import skip_final_collection
+
 T = TypeVar("T")
 
 IDLE_SECONDS = 120.0
@@ -161,6 +163,7 @@ _messages: SimpleQueue[Any] | None = None
 def _serve(messages: SimpleQueue[Any]) -> None:
     global _messages
     _messages = messages
+    skip_final_collection()  # the service's own exit waits for its workers' exits
 
 
 def send(message: Any) -> None:
