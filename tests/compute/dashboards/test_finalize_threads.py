@@ -16,6 +16,8 @@ from mistudio_compute.dashboards import (
     run_activation_pass,
     state_config,
 )
+from mistudio_compute.dashboards.examples import ExamplePlan, example_rows, plan_examples
+from mistudio_compute.dashboards.params import quantile_groups
 from mistudio_compute.dashboards.threads import in_order
 
 from tests.compute.dashboards import tiny
@@ -64,6 +66,23 @@ def test_finalisation_on_several_threads_equals_one_thread(
     one = run(1)
     assert run(threads) == one  # the same chunks, in order, byte for byte
     assert torch.get_num_threads() == 1  # this thread's torch threads are as they were
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_example_plan_in_feature_ranges_equals_the_whole_plan(params, state, threads) -> None:
+    groups, per = quantile_groups(params), params.examples_per_quantile_group
+    whole = plan_examples(state, groups, per)
+    ranged = plan_examples(state, groups, per, threads)
+    assert torch.equal(ranged.positions, whole.positions)
+    assert torch.equal(ranged.windows, whole.windows)
+    assert ranged.groups == whole.groups
+    assert torch.get_num_threads() == 1
+
+
+def test_example_rows_counts_each_row_of_the_chosen_positions_once() -> None:
+    positions = torch.tensor([[0, 5, -1], [130, 7, 260]])  # rows 0, 0, 1, 0, 2 of 128 tokens
+    plan = ExamplePlan(positions, torch.zeros(2, 3, 1), n_top=3, per_group=0, groups=[])
+    assert example_rows(plan, seq_len=128) == 3
 
 
 def test_finalisation_on_several_threads_reports_the_same_progress(inputs, params, state) -> None:

@@ -20,6 +20,7 @@ import torch
 from mistudio_compute.dashboards import grid as G
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.state import PassState
+from mistudio_compute.dashboards.threads import even_ranges, in_order
 
 
 @dataclass(slots=True)
@@ -34,11 +35,33 @@ class ExamplePlan:
     groups: list[tuple[list[float], list[int]]]
     """Per feature: distinct group edges and counts (from ``grid.binned``)."""
 
+    @classmethod
+    def concatenate(cls, parts: list[ExamplePlan]) -> ExamplePlan:
+        """The plans of consecutive feature ranges as one (at least one part)."""
+        return cls(
+            positions=torch.cat([p.positions for p in parts]),
+            windows=torch.cat([p.windows for p in parts]),
+            n_top=parts[0].n_top,
+            per_group=parts[0].per_group,
+            groups=[g for p in parts for g in p.groups],
+        )
 
-def plan_examples(state: PassState, n_groups: int, per_group: int) -> ExamplePlan:
+
+def plan_examples(state: PassState, n_groups: int, per_group: int, threads: int = 1) -> ExamplePlan:
+    """Every feature's plan depends on its own rows only, so it is made in ``threads``
+    contiguous feature ranges at once (``threads.in_order``) and joined."""
+    ranges = even_ranges(0, len(state.features), threads)
+    if len(ranges) <= 1:
+        return _plan(state, n_groups, per_group)
+    parts = in_order(lambda part: _plan(part, n_groups, per_group), state.parts(ranges), threads)
+    return ExamplePlan.concatenate(list(parts))
+
+
+def _plan(state: PassState, n_groups: int, per_group: int) -> ExamplePlan:
     top_pos = K.top_position(state.top_keys)  # [F, n_top]
-    inner = _group_edges(state, n_groups)  # [F, n_groups - 1] grid indices or -1
-    groups = G.binned(state.config.grid, state.hist, state.vmin, state.vmax, inner)
+    cum = state.hist.cumsum(1)  # [F, n_buckets]
+    inner = _group_edges(state, cum, n_groups)  # [F, n_groups - 1] grid indices or -1
+    groups = G.binned(state.config.grid, cum, state.vmin, state.vmax, inner)
     if n_groups == 0:
         groups = [([], [])] * len(groups)
     q_pos, q_src = _choose_quantile_examples(state, inner, n_groups, per_group)
@@ -53,11 +76,11 @@ def plan_examples(state: PassState, n_groups: int, per_group: int) -> ExamplePla
     )
 
 
-def _group_edges(state: PassState, n_groups: int) -> torch.Tensor:
+def _group_edges(state: PassState, cum: torch.Tensor, n_groups: int) -> torch.Tensor:
     levels = tuple(k / n_groups for k in range(1, n_groups))
     if not levels:
         return torch.zeros((len(state.features), 0), dtype=torch.int64, device=state.hist.device)
-    q, _ = G.quantiles(state.config.grid, state.hist, state.vmin, state.vmax, levels)
+    q, _ = G.quantiles(state.config.grid, cum, state.vmin, state.vmax, levels)
     return G.snap_to_grid(state.config.grid, q, state.vmin, state.vmax)
 
 
@@ -114,6 +137,7 @@ def _distinct(x: torch.Tensor) -> torch.Tensor:
 
 
 def example_rows(plan: ExamplePlan, seq_len: int) -> int:
-    """How many token rows the chosen examples come from."""
-    positions = plan.positions[plan.positions >= 0]
-    return len(torch.unique(positions // seq_len))
+    """How many token rows the chosen examples come from (counted, not sorted: ``unique``
+    sorts every position)."""
+    rows = plan.positions[plan.positions >= 0] // seq_len
+    return int(torch.count_nonzero(torch.bincount(rows)))

@@ -61,7 +61,9 @@ def finalize_dashboards(
     features at a time. Each chunk is built in ``threads`` parts at once (default: every core
     torch uses on a CPU); a feature's message does not depend on its neighbours, so the chunks
     equal those one thread builds."""
-    plan = plan_examples(state, quantile_groups(params), params.examples_per_quantile_group)
+    threads = default_threads(state.features.device) if threads is None else threads
+    groups, per_group = quantile_groups(params), params.examples_per_quantile_group
+    plan = plan_examples(state, groups, per_group, threads)
     if state.config.n_top or state.config.n_sample:
         rows = example_rows(plan, state.seq_len)
         _report(progress, Stage.LOADING_EXAMPLES, rows, rows)
@@ -70,7 +72,6 @@ def finalize_dashboards(
     positions, windows = plan.positions.cpu().numpy(), plan.windows.cpu().numpy()
     builder = _Builder(state, inputs, params, plan, positions, windows)
     n = len(state.features)
-    threads = default_threads(state.features.device) if threads is None else threads
     chunks = [(lo, min(n, lo + chunk_size)) for lo in range(0, n, chunk_size)]
     parts = [even_ranges(lo, hi, threads) for lo, hi in chunks]
     # at most one chunk's parts under way beside the chunk handed on: the memory plan's two
@@ -106,14 +107,15 @@ class _Builder:
     def part(self, span: tuple[int, int]) -> list[dpb.FeatureDashboard]:
         """Dashboards of features [lo, hi) (on a worker thread: reports nothing)."""
         (lo, hi), s, p = span, self.state, self.params
-        grid, vmin, vmax, hist = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi], s.hist[lo:hi]
-        q, q_err = G.quantiles(grid, hist, vmin, vmax, QUANTILE_LEVELS)
+        grid, vmin, vmax = s.config.grid, s.vmin[lo:hi], s.vmax[lo:hi]
+        cum = s.hist[lo:hi].cumsum(1)  # [C, n_buckets]
+        q, q_err = G.quantiles(grid, cum, vmin, vmax, QUANTILE_LEVELS)
         stats = self._statistics(lo, hi, q.cpu(), q_err.cpu())
         hists: list[tuple[list[float], list[int]]] = [([], []) for _ in range(lo, hi)]
         if p.includes(Component.ACTIVATION_HISTOGRAM):
             inner = G.snap_to_grid(grid, G.ideal_edges(vmin, vmax, p.histogram_bins,
                                                        p.histogram_scale), vmin, vmax)  # fmt: skip
-            hists = G.binned(grid, hist, vmin, vmax, inner)
+            hists = G.binned(grid, cum, vmin, vmax, inner)
         logits = _LogitFields.left_out(hi - lo)
         if p.includes(Component.LOGIT_LENS):
             lens = logit_lens(self.inputs.logit_lens, s.features[lo:hi], p.logit_k,

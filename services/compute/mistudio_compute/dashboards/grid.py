@@ -72,18 +72,18 @@ def _bucket_bounds(
 
 def quantiles(
     grid: FineGrid,
-    hist: torch.Tensor,
+    cum: torch.Tensor,
     vmin: torch.Tensor,
     vmax: torch.Tensor,
     levels: tuple[float, ...],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantile estimates [C, Q] (numpy 'linear' definition) and relative error bounds [C].
 
-    hist [C, n_buckets] int64 counts; vmin/vmax [C] exact positive min and max. Rows without
-    any count give zeros.
+    cum [C, n_buckets] the histogram's cumulative counts (``hist.cumsum(1)``, taken once for
+    this and ``binned``); vmin/vmax [C] exact positive min and max. Rows without any count give
+    zeros.
     """
-    edges = grid.edges(hist.device)
-    cum = hist.cumsum(1)  # [C, NB]
+    edges = grid.edges(cum.device)
     n = cum[:, -1:]  # [C, 1]
     h = (n - 1).clamp(min=0).double() * torch.tensor(levels, dtype=torch.float64, device=n.device)
     lo, hi = h.floor(), h.ceil()
@@ -125,18 +125,18 @@ def ideal_edges(vmin: torch.Tensor, vmax: torch.Tensor, bins: int, scale: BinSca
 
 def binned(
     grid: FineGrid,
-    hist: torch.Tensor,
+    cum: torch.Tensor,
     vmin: torch.Tensor,
     vmax: torch.Tensor,
     inner: torch.Tensor,
 ) -> list[tuple[list[float], list[int]]]:
-    """(edges, counts) per feature for snapped inner edge indices [C, m] from ``snap_to_grid``.
+    """(edges, counts) per feature for snapped inner edge indices [C, m] from ``snap_to_grid``,
+    from the cumulative counts (``quantiles``): cum[:, j] values lie below E[j].
 
     Edges are [vmin, distinct grid edges..., vmax]; bins are [a, b) except the last, [a, vmax].
     A feature with no counts gets empty lists.
     """
     n_feat, m = inner.shape
-    cum = hist.cumsum(1)  # cum[:, j] = number of values below E[j]
     ordered = inner.sort(dim=1).values
     below = cum.gather(1, ordered.clamp(min=0)).cpu().numpy()  # [C, m]
     j = ordered.cpu().numpy()
