@@ -30,6 +30,7 @@ from mistudio_common.dashboard_codec import dashboard_from_pb
 from mistudio_export.feature_ranges import (
     RangeTask,
     feature_ranges,
+    payloads_path,
     write_range,
 )
 from mistudio_export.formats.bulk_json import StringTable
@@ -41,7 +42,7 @@ from mistudio_export.formats.upload_payloads import PayloadNotes, payload_featur
 from mistudio_export.generate import FOLDERS, ROOT
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import head, read_views
+from mistudio_export.staged import head, read_views, staged_chunks
 from mistudio_export.validation.column_checks import column_findings
 
 FEATURES_PER_BATCH = 128
@@ -72,7 +73,7 @@ def tasks(staging: Path, out: Path, compress: bool) -> list[RangeTask]:
         FormatKind.NEURONPEDIA_UPLOAD,
     )  # fmt: skip
     folders = {k: out if FOLDERS[k] == ROOT else out / FOLDERS[k] for k in kinds}
-    ranges = feature_ranges(staging, FEATURES_PER_BATCH)
+    ranges = list(feature_ranges(staged_chunks(staging), FEATURES_PER_BATCH))
     d_sae = max(i for r in ranges for i in r.indices) + 1
     return [
         RangeTask(
@@ -83,9 +84,8 @@ def tasks(staging: Path, out: Path, compress: bool) -> list[RangeTask]:
             explanations=(),
             features_per_batch=FEATURES_PER_BATCH,
             compress_features=compress,
-            hashes={},
             reuse=None,
-            payloads=out / "upload-parts" / f"range-{n:06d}.bin",
+            payloads=payloads_path(out / "upload-parts", n),
         )
         for n, r in enumerate(ranges)
     ]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common import dashboard_codec
 from mistudio_common.dashboard_options import Component
 
@@ -30,12 +29,13 @@ from mistudio_export.records import EXPORT_FORMAT_VERSION, ExplanationRecord
 
 
 def feature_hash(
-    dashboard: dpb.FeatureDashboard,
+    content_hash: str,
     record: FeatureRecord | None,
     explanations: Iterable[ExplanationRecord],
 ) -> str:
-    """SHA-256 over the dashboard's content hash, the label, category and explanations."""
-    digest = hashlib.sha256(dashboard_codec.content_hash(dashboard).encode())
+    """SHA-256 over the dashboard's content hash (``dashboard_codec.content_hash``), the label,
+    category and explanations."""
+    digest = hashlib.sha256(content_hash.encode())
     if record is not None:
         digest.update(f"\x1flabel={record.label}\x1fcategory={record.category}".encode())
     lines = sorted(

@@ -14,9 +14,10 @@ every feature in order would write, whatever the number of processes.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
@@ -41,7 +42,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import PayloadNotes, payload_features
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import chunk_indices, head, read_views, staged_chunks
+from mistudio_export.staged import StagedChunk, head, read_views
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
 from mistudio_export.worker_pool import WorkerPool
 
@@ -56,32 +57,41 @@ class FeatureRange:
     chunks: tuple[Path, ...]
     first_position: int
     """Of its first feature among every staged feature."""
-    indices: tuple[int, ...]
-    """The features its chunks hold, ascending."""
+    hashes: dict[int, str]
+    """Content hashes of the features its chunks hold, by index: a PRD file is copied where the
+    earlier archive's feature had the same."""
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        """The features its chunks hold, ascending."""
+        return tuple(sorted(self.hashes))
 
 
-def feature_ranges(staging: Path, features_per_batch: int) -> list[FeatureRange]:
-    """The staged chunks in ranges of about ``RANGE_FEATURES``; always at least one."""
-    ranges: list[FeatureRange] = []
-    chunks: list[Path] = []
-    indices: list[int] = []
+def feature_ranges(
+    chunks: Iterable[StagedChunk], features_per_batch: int
+) -> Iterator[FeatureRange]:
+    """The chunks in ranges of about ``RANGE_FEATURES``, each as soon as the chunk after its
+    cut is staged (the last once every chunk is); always at least one."""
+    paths: list[Path] = []
+    hashes: dict[int, str] = {}
+    last = -1  # the range's last feature so far
     position = 0
-    for chunk in staged_chunks(staging):
-        held = chunk_indices(chunk)
+    for chunk in chunks:
+        held = sorted(chunk.hashes)
         cut = (
-            len(indices) >= RANGE_FEATURES
+            len(hashes) >= RANGE_FEATURES
             and held
             and position % features_per_batch == 0
-            and held[0] // IMPORTER_BATCH != indices[-1] // IMPORTER_BATCH
+            and held[0] // IMPORTER_BATCH != last // IMPORTER_BATCH
         )
         if cut:
-            ranges.append(FeatureRange(tuple(chunks), position - len(indices), tuple(indices)))
-            chunks, indices = [], []
-        chunks.append(chunk)
-        indices += held
+            yield FeatureRange(tuple(paths), position - len(hashes), hashes)
+            paths, hashes = [], {}
+        paths.append(chunk.path)
+        hashes.update((i, chunk.hashes[i]) for i in held)
+        last = held[-1] if held else last
         position += len(held)
-    ranges.append(FeatureRange(tuple(chunks), position - len(indices), tuple(indices)))
-    return ranges
+    yield FeatureRange(tuple(paths), position - len(hashes), hashes)
 
 
 @dataclass(frozen=True)
@@ -105,8 +115,6 @@ class RangeTask:
     """Neuronpedia's explanations (labels included) of the range's features."""
     features_per_batch: int
     compress_features: bool
-    hashes: dict[int, str]
-    """Of the range's features now: a PRD file is copied where the earlier one's is equal."""
     reuse: Reuse | None
     payloads: Path
     """Where the range's serialised upload features go."""
@@ -184,7 +192,7 @@ def _reuse(
     earlier_hashes = task.reuse.hashes
 
     def reuse(index: int, name: str) -> bytes | None:
-        if earlier_hashes.get(index) != task.hashes.get(index) or name not in names:
+        if earlier_hashes.get(index) != task.range.hashes.get(index) or name not in names:
             return None
         written.copied += 1
         return earlier.read(name)
@@ -212,19 +220,22 @@ def _write_parts(path: Path, features: Iterator[bytes]) -> None:
             f.write(_LENGTH.pack(len(feature)) + feature)
 
 
-Finished: TypeAlias = SimpleQueue[tuple[int, RangeWritten] | None]
-"""Each range's number and result as it is written, in any order; then None, once the writing
-has ended or stopped."""
+def payloads_path(parts: Path, number: int) -> Path:
+    """Where range ``number`` leaves its serialised upload features."""
+    return parts / f"range-{number:06d}.bin"
 
 
-def payload_parts(
-    tasks: Sequence[RangeTask], finished: Finished, notes: PayloadNotes
-) -> Iterator[bytes]:
-    """The serialised upload features the tasks wrote, in feature order, each range's as soon as
-    ``finished`` has handed over it and the ranges before it; their notes go to ``notes``, all
-    of them by the end."""
+Finished: TypeAlias = SimpleQueue[tuple[int, RangeWritten] | int | None]
+"""Each range's number and result as it is written, in any order; then the number of ranges
+once every one is written, or None once the writing stopped."""
+
+
+def payload_parts(parts: Path, finished: Finished, notes: PayloadNotes) -> Iterator[bytes]:
+    """The serialised upload features the ranges wrote under ``parts``, in feature order, each
+    range's as soon as ``finished`` has handed over it and the ranges before it; their notes go
+    to ``notes``, all of them by the end."""
     arrived: dict[int, RangeWritten] = {}
-    for number, task in enumerate(tasks):
+    for number in itertools.count():
         while number not in arrived:
             item = finished.get()
             if item is None:
@@ -232,9 +243,11 @@ def payload_parts(
                     f"the ranges stopped before range {number}'s upload features were written",
                     fix="resume the export",
                 )
+            if isinstance(item, int):  # every range's result came before it
+                return
             arrived[item[0]] = item[1]
         notes.extend(arrived.pop(number).payload_notes)
-        data = task.payloads.read_bytes()
+        data = payloads_path(parts, number).read_bytes()
         offset = 0
         while offset < len(data):
             (length,) = _LENGTH.unpack_from(data, offset)
@@ -244,35 +257,39 @@ def payload_parts(
 
 
 def run_ranges(
-    tasks: Sequence[RangeTask],
+    tasks: Iterable[RangeTask],
     *,
     pool: WorkerPool | None,
     check: Callable[[], None],
     progress: Callable[[int], None],
     finished: Finished,
 ) -> list[RangeWritten]:
-    """Writes every task's range, in ``pool``'s processes when one is given; ``progress`` hears
-    the features written (per feature here, every ``REPORT_EVERY`` from each of the pool's
-    processes), ``finished`` gets each range's result as it ends, ``check`` raises to stop
-    (cancel, pause), which ends the pool's processes too."""
+    """Writes every task's range, in ``pool``'s processes when one is given, each as soon as
+    ``tasks`` hands it over (the dashboards of later ranges may still be staged meanwhile);
+    ``progress`` hears the features written (per feature here, every ``REPORT_EVERY`` from each
+    of the pool's processes), ``finished`` gets each range's result as it ends, ``check``
+    raises to stop (cancel, pause), which ends the pool's processes too."""
     try:
         if pool is not None:
-            return _in_pool(pool, tasks, check, progress, finished)
-        results = []
-        before = 0
-        for number, task in enumerate(tasks):
+            results = _in_pool(pool, tasks, check, progress, finished)
+        else:
+            results = []
+            before = 0
+            for number, task in enumerate(tasks):
 
-            def within(n: int, at: int = before) -> None:
-                progress(at + n)
+                def within(n: int, at: int = before) -> None:
+                    progress(at + n)
 
-            results.append(write_range(task, within))
-            finished.put((number, results[-1]))
-            before += len(task.range.indices)
-            progress(before)
-            check()
-        return results
-    finally:
+                results.append(write_range(task, within))
+                finished.put((number, results[-1]))
+                before += len(task.range.hashes)
+                progress(before)
+                check()
+    except BaseException:
         finished.put(None)
+        raise
+    finished.put(len(results))
+    return results
 
 
 REPORT_EVERY = 32
@@ -299,28 +316,38 @@ def _write_counted(number: int, task: RangeTask) -> RangeWritten:
 
 def _in_pool(
     pool: WorkerPool,
-    tasks: Sequence[RangeTask],
+    tasks: Iterable[RangeTask],
     check: Callable[[], None],
     progress: Callable[[int], None],
     finished: Finished,
 ) -> list[RangeWritten]:
-    by_task = [0] * len(tasks)
+    by_task: list[int] = []
+    futures: list[Future[RangeWritten]] = []
+    numbers: dict[Future[RangeWritten], int] = {}
+
+    def heard(pending: set[Future[RangeWritten]], timeout: float) -> set[Future[RangeWritten]]:
+        ended, pending = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in ended:
+            finished.put((numbers[future], future.result()))  # a worker's error: raised
+        # a finished range's counts were in the pipe before its result: all read here
+        while not lease.messages.empty():
+            number, n = lease.messages.get()
+            by_task[number] = max(by_task[number], n)
+            progress(sum(by_task))
+        return pending
+
     try:
         with pool.lease() as lease:  # a stop request or an error raised here ends its processes
-            futures: list[Future[RangeWritten]] = [
-                lease.submit(_write_counted, n, t) for n, t in enumerate(tasks)
-            ]
-            numbers = {future: n for n, future in enumerate(futures)}
-            pending = set(futures)
+            pending: set[Future[RangeWritten]] = set()
+            for task in tasks:  # staging the next ranges' dashboards while these are written
+                future = lease.submit(_write_counted, len(futures), task)
+                numbers[future] = len(futures)
+                futures.append(future)
+                by_task.append(0)
+                pending = heard({*pending, future}, timeout=0)
+                check()
             while pending:
-                ended, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in ended:
-                    finished.put((numbers[future], future.result()))  # a worker's error: raised
-                # a finished range's counts were in the pipe before its result: all read here
-                while not lease.messages.empty():
-                    number, n = lease.messages.get()
-                    by_task[number] = max(by_task[number], n)
-                    progress(sum(by_task))
+                pending = heard(pending, timeout=0.5)
                 check()
     except BrokenProcessPool:
         raise Unavailable(

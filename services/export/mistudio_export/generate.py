@@ -7,7 +7,9 @@ PRD layout written before it). Each format is one checkpoint; the PRD
 feature files of features unchanged since an earlier archive with the same rendering options
 are copied from it rather than regenerated. The Neuronpedia formats are written together, from
 one read of the staged dashboards as column batches (``formats.columns``), over ranges of
-features that a large export spreads over a pool of processes (``feature_ranges``).
+features that a large export spreads over a pool of processes (``feature_ranges``), each range
+as soon as its dashboards are staged (``collect``): the processes write while the export's own
+process still reads the later ones from the store.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
+from typing import NamedTuple
 
 import orjson
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio_common.errors import Unavailable
 from mistudio_common.gc_pause import collector_paused
 
+from mistudio_export import feature_ranges as ranges_module
+from mistudio_export.collect import Collected, Staging
 from mistudio_export.feature_ranges import (
     REPORT_EVERY,
     FeatureRange,
@@ -34,6 +39,7 @@ from mistudio_export.feature_ranges import (
     Reuse,
     feature_ranges,
     payload_parts,
+    payloads_path,
     run_ranges,
 )
 from mistudio_export.formats import jsonio, prd_json
@@ -43,6 +49,7 @@ from mistudio_export.peers import FeatureFacts, FeatureFilter, FileChunk, SaeLen
 from mistudio_export.preview import PREVIEW_DIR, write_preview
 from mistudio_export.records import ExplanationRecord, FeatureLabel, NeuronpediaNaming, SaeInfo
 from mistudio_export.runtime import JobRuntime
+from mistudio_export.staged import StagedChunk
 from mistudio_export.validation.column_checks import ColumnFinding
 from mistudio_export.validation.column_checks import features_to_walk as walk_of
 
@@ -92,12 +99,46 @@ class FileCount:
     def total(self) -> int:
         return max(1, self.read * READ_STEPS + self.passes * self.written * WRITE_STEPS)
 
-    def reading(self, n: int) -> int:
-        return n * READ_STEPS
+    def steps(self, read: int, position: int = 0, n: int = 0) -> int:
+        """Steps done once ``read`` features are read and pass ``position`` has written ``n``
+        (the first pass writes while the reading goes on)."""
+        return read * READ_STEPS + (position * self.written + n) * WRITE_STEPS
 
-    def writing(self, position: int, n: int) -> int:
-        """Steps done once pass ``position`` has written ``n`` features."""
-        return self.read * READ_STEPS + (position * self.written + n) * WRITE_STEPS
+
+@dataclass
+class FileSteps:
+    """The file stage's count as reported: the reading and the first pass go on together, so
+    each one's report holds the other's steps too."""
+
+    job: JobRuntime
+    count: FileCount
+    read: int = 0
+    position: int = 0
+    written: int = 0
+    """Features pass ``position`` has written."""
+
+    def reading(self, n: int, message: str) -> None:
+        self.read = n
+        self._report(message)
+
+    def writer(self, position: int, kind: FormatKind) -> Callable[[int], None]:
+        """Reports pass ``position``'s features written (``kind``'s), every ``REPORT_EVERY``."""
+        reported = -REPORT_EVERY
+
+        def report(n: int) -> None:
+            nonlocal reported
+            if n - reported >= REPORT_EVERY or n == self.count.written:
+                reported = n
+                self.position, self.written = position, n
+                self._report(f"writing {kind.value}")
+                self.job.check()
+
+        return report
+
+    def _report(self, message: str) -> None:
+        count = self.count
+        done = count.steps(self.read, self.position, self.written)
+        self.job.report(ppb.STAGE_GENERATING_FILES, done, count.total, FileCount.UNIT, message)
 
 
 @dataclass
@@ -105,7 +146,6 @@ class Inputs:
     """What every format writer reads."""
 
     info: SaeInfo
-    hashes: Mapping[int, str]
     explanations: list[ExplanationRecord]
     labels: list[FeatureLabel]
     reuse: Reuse | None
@@ -116,6 +156,14 @@ class Inputs:
     def neuronpedia_explanations(self) -> list[ExplanationRecord]:
         """Explanations and labels: Neuronpedia keeps a label as an explanation of no type."""
         return [*self.explanations, *(label.as_explanation() for label in self.labels)]
+
+    def of(self, features: Container[int]) -> Inputs:
+        """These inputs with the explanations and labels of ``features`` alone."""
+        return dataclasses.replace(
+            self,
+            explanations=[e for e in self.explanations if e.feature_index in features],
+            labels=[label for label in self.labels if label.feature_index in features],
+        )
 
 
 def output_dir(staging: Path) -> Path:
@@ -136,46 +184,65 @@ def writing_passes(kinds: Sequence[FormatKind], done: Sequence[str]) -> list[For
     return [*first_neuronpedia, *others]
 
 
+class FilesWritten(NamedTuple):
+    collected: Collected
+    """What the staged dashboards hold."""
+    copied: int
+    """PRD files copied from an earlier archive."""
+
+
 def write_formats(
     job: JobRuntime,
     kinds: Sequence[FormatKind],
     inputs: Inputs,
     compute: SaeLensFiles,
     features_per_batch: int,
-    read: int,
-) -> int:
-    """Writes each format not yet checkpointed, counted on from the ``read`` features whose
-    dashboards were read before; returns how many PRD files were copied."""
+    staging: Staging | None,
+) -> FilesWritten:
+    """Writes each format not yet checkpointed, the Neuronpedia ones from the dashboards that
+    ``staging`` reads while it reads them (when the plan has them)."""
     state = job.checkpoint.formats
     done = list(state.done)
     out = output_dir(job.staging)
     unchanged = state.features_unchanged
     passes = writing_passes(kinds, done)
-    count = FileCount(read=read, written=len(inputs.hashes), passes=len(passes))
+    read = staging.candidates if staging is not None else 0
+    steps = FileSteps(job, FileCount(read=read, written=read, passes=len(passes)))
+    together = [k for k in NEURONPEDIA_KINDS if k in kinds and k.value not in done]
+    collected = Collected({}, 0)
+    if staging is not None and not together:  # written before a restart
+        collected = staging.result(steps.reading)
     with collector_paused():
         for kind in kinds:
             if kind.value in done:
                 continue
             folder = out / FOLDERS[kind].strip("/") if FOLDERS[kind] != ROOT else out
             position = passes.index(kind) if kind in passes else len(passes)
-            progress = _progress(job, count, position, kind)
-            progress(0)
-            if kind in NEURONPEDIA_KINDS:
-                together = [k for k in NEURONPEDIA_KINDS if k in kinds and k.value not in done]
-                copied = _write_neuronpedia(job, together, inputs, features_per_batch, progress)
+            progress = steps.writer(position, kind)
+            if kind in NEURONPEDIA_KINDS:  # reported as it goes, beside the reading
+                assert staging is not None  # the plan has the Neuronpedia formats
+                chunks = staging.chunks(steps.reading)
+                pooled = in_pool(read) and read > ranges_module.RANGE_FEATURES  # > one range
+                copied = _write_neuronpedia(
+                    job, together, inputs, features_per_batch, progress, chunks, pooled
+                )
+                collected = staging.result(steps.reading)
+                steps.count = dataclasses.replace(steps.count, written=len(collected.hashes))
                 unchanged = copied if FormatKind.PRD_JSON in together else unchanged
                 done += [k.value for k in together if k is not kind]
             elif kind is FormatKind.SAELENS:
+                progress(0)
                 _clear(folder)
                 _write_saelens(job, folder, inputs, compute)
             elif kind is FormatKind.PREVIEW:
+                progress(0)
                 _clear(folder)
                 write_preview(out, folder, progress=progress)
             done.append(kind.value)
             state.done[:] = done
             state.features_unchanged = unchanged
             job.save()
-    return unchanged
+    return FilesWritten(collected, unchanged)
 
 
 def in_pool(n_features: int) -> bool:
@@ -189,9 +256,12 @@ def _write_neuronpedia(
     inputs: Inputs,
     features_per_batch: int,
     progress: Callable[[int], None],
+    chunks: Iterator[StagedChunk],
+    pooled: bool,
 ) -> int:
     """Writes the Neuronpedia ``kinds`` from one read of the staged dashboards, range by
-    range; returns how many PRD files were copied from an earlier archive."""
+    range, each range as soon as its chunks are staged (in the pool's processes when
+    ``pooled``); returns how many PRD files were copied from an earlier archive."""
     info, naming = inputs.info, job.plan.naming
     info.validate()
     naming.validate()
@@ -204,99 +274,77 @@ def _write_neuronpedia(
             _clear(folder)
     parts = job.staging / "work" / "upload-parts"
     shutil.rmtree(parts, ignore_errors=True)
-    ranges = feature_ranges(job.staging, features_per_batch)
-    tasks = _tasks(ranges, folders, inputs, naming, features_per_batch, job, parts)
-    pool = job.workers if len(tasks) > 1 and in_pool(len(inputs.hashes)) else None
+    ranges: list[FeatureRange] = []
+    cut = feature_ranges(chunks, features_per_batch)
+    tasks = _tasks(cut, ranges, folders, inputs, features_per_batch, job, parts)
     finished: Finished = SimpleQueue()
     with ThreadPoolExecutor(1, thread_name_prefix=f"bodies-{job.job_id[:8]}") as aside:
         # packed beside the ranges, each range's features once it and those before it are
         # written: after the last range, only its own are left to pack
         bodies = (
             aside.submit(
-                _write_bodies, folders[FormatKind.NEURONPEDIA_UPLOAD], naming, tasks, finished
+                _write_bodies, folders[FormatKind.NEURONPEDIA_UPLOAD], naming, parts, finished
             )
             if FormatKind.NEURONPEDIA_UPLOAD in folders
             else None
         )
         written = run_ranges(
-            tasks, pool=pool, check=job.check, progress=progress, finished=finished
+            tasks,
+            pool=job.workers if pooled else None,
+            check=job.check,
+            progress=progress,
+            finished=finished,
         )
         if bodies is not None:
             bodies.result()
     _record_findings(job.staging, [f for w in written for f in w.findings])
     if FormatKind.PRD_JSON in folders:
-        n = sum(len(r.indices) for r in ranges)
+        kept = inputs.of({i for r in ranges for i in r.hashes})
+        n = sum(len(r.hashes) for r in ranges)
         compress = job.plan.gzip_json
-        prd_json.write_prd_documents(
-            out, info, naming, inputs.explanations, inputs.labels, n, compress
-        )
+        prd_json.write_prd_documents(out, info, naming, kept.explanations, kept.labels, n, compress)
     shutil.rmtree(parts, ignore_errors=True)
     return sum(w.copied for w in written)
 
 
-def _write_bodies(
-    folder: Path, naming: NeuronpediaNaming, tasks: Sequence[RangeTask], finished: Finished
-) -> None:
+def _write_bodies(folder: Path, naming: NeuronpediaNaming, parts: Path, finished: Finished) -> None:
     notes = PayloadNotes()
-    write_payload_bodies(folder, naming, payload_parts(tasks, finished, notes), notes)
+    write_payload_bodies(folder, naming, payload_parts(parts, finished, notes), notes)
 
 
 def _tasks(
-    ranges: Sequence[FeatureRange],
+    ranges: Iterable[FeatureRange],
+    seen: list[FeatureRange],
     folders: dict[FormatKind, Path],
     inputs: Inputs,
-    naming: NeuronpediaNaming,
     features_per_batch: int,
     job: JobRuntime,
     parts: Path,
-) -> list[RangeTask]:
+) -> Iterator[RangeTask]:
+    """A task per range as ``ranges`` cuts it, each range added to ``seen``."""
     by_feature: dict[int, list[ExplanationRecord]] = {}
     for record in inputs.neuronpedia_explanations:
         by_feature.setdefault(record.feature_index, []).append(record)
     earlier = inputs.reuse
-    return [
-        RangeTask(
+    for n, r in enumerate(ranges):
+        seen.append(r)
+        yield RangeTask(
             range=r,
             folders=folders,
             info=inputs.info,
-            naming=naming,
+            naming=job.plan.naming,
             explanations=tuple(e for i in r.indices for e in by_feature.get(i, ())),
             features_per_batch=features_per_batch,
             compress_features=job.plan.gzip_json,
-            hashes=_of(inputs.hashes, r.indices),
             reuse=None
             if earlier is None
             else Reuse(earlier.archive, _of(earlier.hashes, r.indices)),
-            payloads=parts / f"range-{n:06d}.bin",
+            payloads=payloads_path(parts, n),
         )
-        for n, r in enumerate(ranges)
-    ]
 
 
 def _of(hashes: Mapping[int, str], indices: Sequence[int]) -> dict[int, str]:
     return {i: hashes[i] for i in indices if i in hashes}
-
-
-def _progress(
-    job: JobRuntime, count: FileCount, position: int, kind: FormatKind
-) -> Callable[[int], None]:
-    """Reports pass ``position``'s features written (``kind``'s) on the file stage's count."""
-    reported = -REPORT_EVERY
-
-    def report(n: int) -> None:
-        nonlocal reported
-        if n - reported >= REPORT_EVERY or n == count.written:
-            reported = n
-            job.report(
-                ppb.STAGE_GENERATING_FILES,
-                count.writing(position, n),
-                count.total,
-                FileCount.UNIT,
-                f"writing {kind.value}",
-            )
-            job.check()
-
-    return report
 
 
 COLUMN_FINDINGS = "column-findings.json"

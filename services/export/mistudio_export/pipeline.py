@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
@@ -21,16 +21,15 @@ from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard_codec import params_from_pb
 from mistudio_common.dashboard_options import Component
-from mistudio_common.errors import FailedPrecondition, MistudioError
+from mistudio_common.errors import MistudioError
 
 from mistudio_export import checking, computing, delta
-from mistudio_export.collect import Collected, collect
+from mistudio_export.collect import Staging
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
 from mistudio_export.estimate import measurement, predict, saelens_bytes
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
-    FileCount,
     Inputs,
     Reuse,
     explanation_records,
@@ -39,7 +38,6 @@ from mistudio_export.generate import (
     output_dir,
     saelens_frequencies,
     write_formats,
-    writing_passes,
 )
 from mistudio_export.messages import validation_summary_to_pb
 from mistudio_export.object_store import ObjectStore, check_writable
@@ -117,11 +115,9 @@ class ExportPipeline:
             *((FormatKind.PREVIEW,) if plan.with_preview else ()),
             *self._saelens(plan),
         ]
-        collected, computed = Collected({}, 0), cpb.ComputeResult()
-        read = 0  # features whose dashboards the file stage reads before writing
+        computed, staging, candidates = cpb.ComputeResult(), None, []
         if plan.neuronpedia:
             candidates = self._candidates(plan)
-            read = len(candidates)
             predicted = predict(plan, candidates, self._store, self._compute)
             job.tracker.weigh([s.seconds for s in predicted.stages])  # ETA from measured rates
             everything = len(candidates) == plan.sae.d_sae
@@ -134,10 +130,10 @@ class ExportPipeline:
                 if computed.HasField("params")
                 else self._facts(plan, plan.tokens).params
             )
+            if in_pool(len(candidates)):
+                job.workers.warm()  # spawned and importing while the inputs are read
             only_changed = base if base and not plan.merge_with_base else None
-            if in_pool(read):
-                job.workers.warm()  # spawned and importing while the dashboards are staged
-            collected = collect(
+            staging = Staging(
                 job,
                 self._store,
                 params,
@@ -145,25 +141,12 @@ class ExportPipeline:
                 plan.selection.statistics,
                 only_changed,
                 self._settings.features_per_batch,
-                FileCount(
-                    read=read,
-                    written=read,  # until the filters have kept some
-                    passes=len(writing_passes(kinds, job.checkpoint.formats.done)),
-                ),
             )
-            if not collected.hashes and only_changed is None:
-                raise FailedPrecondition(
-                    "no selected feature passes the activation-frequency and max-activation "
-                    "filters",
-                    violations=[
-                        ("config.selection", "widen min/max_frequency or lower min_max_activation")
-                    ],
-                    field="config.selection",
-                )
-        inputs = self._inputs(job, collected, base)
-        copied = write_formats(
-            job, kinds, inputs, self._compute, self._settings.features_per_batch, read
+        inputs = self._inputs(job, candidates, base)
+        collected, copied = write_formats(
+            job, kinds, inputs, self._compute, self._settings.features_per_batch, staging
         )
+        inputs = inputs.of(collected.hashes)
         job.finish_stage(ppb.STAGE_GENERATING_FILES)
         summary = checking.validate_output(job, output_dir(job.staging), kinds, plan.auto_fix)
         n_features = len(collected.hashes) if plan.neuronpedia else plan.sae.d_sae
@@ -212,14 +195,14 @@ class ExportPipeline:
         )
 
     def _inputs(
-        self, job: JobRuntime, collected: Collected, base: delta.EarlierExport | None
+        self, job: JobRuntime, indices: Sequence[int], base: delta.EarlierExport | None
     ) -> Inputs:
+        """What the formats read besides the dashboards, for the features of ``indices`` (the
+        explanations and labels of those the filters keep are picked once they are read)."""
         plan = job.plan
-        indices = sorted(collected.hashes)
         info = self._sae_info(job)
         return Inputs(
             info=info,
-            hashes=collected.hashes,
             explanations=(
                 explanation_records(self._store, plan.sae, indices)
                 if Component.EXPLANATIONS not in plan.omitted

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -17,6 +17,13 @@ from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_export.formats import jsonio
 
 _LENGTH = struct.Struct(">I")
+
+
+class StagedChunk(NamedTuple):
+    """A chunk once staged, and the content hashes of the features it holds."""
+
+    path: Path
+    hashes: Mapping[int, str]
 
 
 def dashboards_dir(staging: Path) -> Path:
@@ -45,24 +52,17 @@ def read_hashes(chunk: Path) -> dict[int, str]:
     return hashes_from_json(orjson.loads(hashes_path(chunk).read_bytes()))
 
 
-def write_chunk(path: Path, dashboards: list[dpb.FeatureDashboard], hashes: dict[int, str]) -> None:
-    """The hashes first: a chunk counts as staged once both files exist."""
+def write_chunk(path: Path, wires: list[bytes], hashes: dict[int, str]) -> None:
+    """Writes dashboards in their deterministic wire form (``dashboard_bytes``, as hashed), the
+    hashes first: a chunk counts as staged once both files exist."""
     jsonio.write_atomic(hashes_path(path), jsonio.dumps_plain(hashes_to_json(hashes)))
-    data = bytearray()
-    for dashboard in dashboards:
-        raw = dashboard.SerializeToString(deterministic=True)
-        data += _LENGTH.pack(len(raw)) + raw
-    jsonio.write_atomic(path, bytes(data))
+    jsonio.write_atomic(path, b"".join(_LENGTH.pack(len(w)) + w for w in wires))
 
 
-def staged_chunks(staging: Path) -> list[Path]:
-    """The staged chunk files, in index order."""
-    return sorted(dashboards_dir(staging).glob("chunk-*.bin"))
-
-
-def chunk_indices(chunk: Path) -> list[int]:
-    """The features a staged chunk holds, ascending (read from its hashes, not its dashboards)."""
-    return sorted(read_hashes(chunk))
+def staged_chunks(staging: Path) -> list[StagedChunk]:
+    """The staged chunks, in index order."""
+    paths = sorted(dashboards_dir(staging).glob("chunk-*.bin"))
+    return [StagedChunk(p, read_hashes(p)) for p in paths]
 
 
 def read_views(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboardView]:

@@ -222,8 +222,12 @@ def replayed(run: ShardedExport, rates: StageRates, shards_known: bool = True) -
     replay.counted(pb.STAGE_CACHING, 0.0, 0.1, run.features)
     reading, writing, validating, packing = run.files
     count = FileCount(read=run.features, written=run.features, passes=1)  # one count, two parts
-    replay.counted(pb.STAGE_GENERATING_FILES, 0.0, reading, count.total, until=count.writing(0, 0))
-    replay.counted(pb.STAGE_GENERATING_FILES, 0.3, writing, count.total, since=count.writing(0, 0))
+    replay.counted(
+        pb.STAGE_GENERATING_FILES, 0.0, reading, count.total, until=count.steps(count.read)
+    )
+    replay.counted(
+        pb.STAGE_GENERATING_FILES, 0.3, writing, count.total, since=count.steps(count.read)
+    )
     replay.counted(pb.STAGE_VALIDATING_OUTPUT, 0.2, validating, run.features)
     replay.counted(pb.STAGE_CREATING_ARCHIVE, 0.1, packing, ARCHIVE_BYTES)
     return replay

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common.dashboard_codec import content_hash
 from mistudio_common.errors import InvalidArgument
 from mistudio_export import deflate
 from mistudio_export.delta import feature_hash, render_key
@@ -131,16 +132,19 @@ def test_feature_hash_changes_with_label_and_explanations_only() -> None:
     dashboard = dpb.FeatureDashboard(feature_index=3)
     record = FeatureRecord(feature_index=3, label="dogs")
     explanation = ExplanationRecord(3, "dog names", "", "", None, "", explanation_id="e1")
-    base = feature_hash(dashboard, record, [explanation])
-    assert feature_hash(dashboard, record, [explanation]) == base
+    base = feature_hash(content_hash(dashboard), record, [explanation])
+    assert feature_hash(content_hash(dashboard), record, [explanation]) == base
     assert (
-        feature_hash(dashboard, FeatureRecord(feature_index=3, label="cats"), [explanation]) != base
+        feature_hash(
+            content_hash(dashboard), FeatureRecord(feature_index=3, label="cats"), [explanation]
+        )
+        != base
     )
-    assert feature_hash(dashboard, record, []) != base
+    assert feature_hash(content_hash(dashboard), record, []) != base
     other = dpb.FeatureDashboard(
         feature_index=3, statistics=dpb.FeatureStatistics(l0_contribution=1)
     )
-    assert feature_hash(other, record, [explanation]) != base
+    assert feature_hash(content_hash(other), record, [explanation]) != base
 
 
 def test_render_key_of_gzipped_feature_files_names_the_deflater(
@@ -167,6 +171,6 @@ def test_feature_hash_is_the_one_earlier_exports_recorded() -> None:
         3, "dog names", "np_max-act-logits", "gpt-4o-mini", 0.75, "", explanation_id="e1"
     )
     human = ExplanationRecord(3, "pets", "human", "", None, "", explanation_id="e2")
-    assert feature_hash(dashboard, record, [scored, human]) == (
+    assert feature_hash(content_hash(dashboard), record, [scored, human]) == (
         "b68fa05ff1727635c6568f27c28390136eb5452f9d6421f8657ad983a8f0c1bd"
     )

@@ -56,13 +56,20 @@ def _export(
     run = feature_ranges.run_ranges
 
     def spied(tasks: Any, *, pool: Any, progress: Callable[[int], None], **kwargs: Any) -> Any:
-        seen.append((len(tasks), pool is not None))
+        handed: list[RangeTask] = []
+        seen.append((0, pool is not None))
 
         def heard(n: int) -> None:
             on_count(n)
             progress(n)
 
-        return run(tasks, pool=pool, progress=heard, **kwargs)
+        def counted() -> Any:
+            for task in tasks:
+                handed.append(task)
+                seen[-1] = (len(handed), pool is not None)
+                yield task
+
+        return run(counted(), pool=pool, progress=heard, **kwargs)
 
     monkeypatch.setattr(generate, "run_ranges", spied)
     monkeypatch.setattr(feature_ranges, "RANGE_FEATURES", 1024 if pooled else N_FEATURES + 1)
@@ -140,16 +147,15 @@ def test_a_stop_while_the_pool_writes_ends_its_processes_at_once(
 def _range_of_parts(folder: Path, number: int, features: list[bytes]) -> RangeTask:
     """A range whose task has written ``features`` as its upload parts."""
     task = RangeTask(
-        range=FeatureRange((), 0, ()),
+        range=FeatureRange((), 0, {}),
         folders={},
         info=sae_info(),
         naming=naming(),
         explanations=(),
         features_per_batch=128,
         compress_features=False,
-        hashes={},
         reuse=None,
-        payloads=folder / f"range-{number}.bin",
+        payloads=feature_ranges.payloads_path(folder, number),
     )
     feature_ranges._write_parts(task.payloads, iter(features))
     return task
@@ -163,23 +169,26 @@ def test_upload_features_are_packed_in_range_order_as_soon_as_the_ranges_before_
     tmp_path: Path,
 ) -> None:
     """The bodies are packed while the later ranges are written; ranges end in any order."""
-    tasks = [_range_of_parts(tmp_path, n, [b"%da" % n, b"%db" % n]) for n in range(3)]
+    for n in range(3):
+        _range_of_parts(tmp_path, n, [b"%da" % n, b"%db" % n])
     finished: Finished = SimpleQueue()
     notes = PayloadNotes()
-    parts = feature_ranges.payload_parts(tasks, finished, notes)
+    parts = feature_ranges.payload_parts(tmp_path, finished, notes)
 
     finished.put((0, _ended(0)))
     assert [next(parts), next(parts)] == [b"0a", b"0b"]  # ranges 1 and 2 still being written
     finished.put((2, _ended(2)))
     finished.put((1, _ended(1)))
+    finished.put(3)  # what run_ranges hands over once every range is written
     assert list(parts) == [b"1a", b"1b", b"2a", b"2b"]
     assert notes.skipped == [0, 1, 2]
 
 
 def test_the_upload_bodies_stop_with_the_ranges_they_wait_for(tmp_path: Path) -> None:
-    tasks = [_range_of_parts(tmp_path, n, [b"%d" % n]) for n in range(2)]
+    for n in range(2):
+        _range_of_parts(tmp_path, n, [b"%d" % n])
     finished: Finished = SimpleQueue()
-    parts = feature_ranges.payload_parts(tasks, finished, PayloadNotes())
+    parts = feature_ranges.payload_parts(tmp_path, finished, PayloadNotes())
 
     finished.put((0, _ended(0)))
     finished.put(None)  # what run_ranges hands over when a stop ends it
