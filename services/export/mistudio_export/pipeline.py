@@ -28,6 +28,7 @@ from mistudio_export.collect import Staging
 from mistudio_export.config import ExportSettings
 from mistudio_export.downloads import fetch_to_file
 from mistudio_export.estimate import measurement, predict, saelens_bytes
+from mistudio_export.formats import jsonio
 from mistudio_export.generate import (
     NEURONPEDIA_KINDS,
     Inputs,
@@ -106,6 +107,8 @@ class ExportPipeline:
     def run(self, job: JobRuntime) -> jpb.ExportOutcome:
         """Runs the remaining stages; returns the result and what later exports read."""
         plan = job.plan
+        for left in jsonio.remove_partial_writes(output_dir(job.staging)):
+            log.warning("job %s: removed %s, left half written by a stopped run", job.job_id, left)
         job.report(ppb.STAGE_VALIDATING, 0, 1, "checks", "checking the selection")
         check_writable(self._objects)  # before hours of computing, not at publishing
         base_job = self._planner.base_job(plan) if plan.delta_base_job_id else None

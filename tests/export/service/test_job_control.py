@@ -18,6 +18,7 @@ from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio_common.server import insecure_channel
+from mistudio_export.formats.jsonio import PARTIAL_SUFFIX
 from mistudio_export.server import build_export_server
 
 from tests.export.service.errors import details
@@ -149,6 +150,10 @@ def test_restarted_service_resumes_a_running_job(
     assert stored_state(stack, job_id) == ppb.JOB_STATE_RUNNING
     with pytest.raises(grpc.RpcError):
         run_to_end(stream)
+    out = stack.data_dir / "export" / job_id / "out"
+    half_written = out / f".metadata.json.k1ll3d{PARTIAL_SUFFIX}"  # as a killed writer leaves
+    out.mkdir(parents=True, exist_ok=True)
+    half_written.write_bytes(b'{"half": ')
     stack.export = build_export_server(stack.settings())
     messages = run_to_end(stack.exports.WatchExport(epb.WatchExportRequest(job_id=job_id)))
     assert messages[0].progress.sequence > before.progress.sequence
@@ -157,7 +162,10 @@ def test_restarted_service_resumes_a_running_job(
     archive = b"".join(
         m.chunk for m in stack.exports.DownloadExport(epb.DownloadExportRequest(job_id=job_id))
     )
-    assert zipfile.ZipFile(io.BytesIO(archive)).testzip() is None
+    packed = zipfile.ZipFile(io.BytesIO(archive))
+    assert packed.testzip() is None
+    assert not half_written.exists()
+    assert not [n for n in packed.namelist() if n.endswith(PARTIAL_SUFFIX)]
 
 
 def test_deleting_a_running_export_cancels_it_and_removes_its_record_and_staging(

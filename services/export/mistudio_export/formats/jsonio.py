@@ -198,11 +198,16 @@ def write_atomic(path: Path, data: bytes) -> None:
     write_atomic_chunks(path, (data,))
 
 
+PARTIAL_SUFFIX = ".partial"
+"""Ends the name of a file ``write_atomic`` is still writing; one that outlives its writer was
+left by a killed process."""
+
+
 def write_atomic_chunks(path: Path, chunks: Iterable[bytes]) -> None:
     """``write_atomic`` of data that arrives in parts, none of which is held after it is
     written (a weight file grows with d_sae)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
@@ -211,6 +216,20 @@ def write_atomic_chunks(path: Path, chunks: Iterable[bytes]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Deletes the files under ``folder`` that a killed process left half written (a resumed
+    job must not validate or pack them); returns them."""
+    left = [
+        Path(at, name)
+        for at, _, names in os.walk(folder)
+        for name in names
+        if name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+    ]
+    for path in left:
+        path.unlink(missing_ok=True)
+    return left
 
 
 def write_document(path: Path, data: bytes) -> None:
