@@ -119,6 +119,13 @@ def sample_writes(
     return SampleWrites(*(torch.from_numpy(x) for x in out))
 
 
+def window_hash(tokens: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """``keys.window_hash`` of CPU tokens [B, T], bit for bit: one loop that hashes each window's
+    ids as it sums them, where torch made and hashed a [B, T, width] copy of the windows."""
+    salt_a, salt_b = (_host(x) for x in K.window_salts(left + 1 + right, tokens.device))
+    return torch.from_numpy(_window_hash(_host(tokens.long()), left, right, salt_a, salt_b))
+
+
 def top_peaks(
     f: torch.Tensor, n: torch.Tensor, val: torch.Tensor, floor: torch.Tensor, t: int, w: int
 ) -> torch.Tensor:
@@ -352,6 +359,22 @@ def _sample_writes(features, f, pos, sample_keys, threshold):  # type: ignore[no
         entered_at[:enters].copy(), entering[:enters].copy(), entering_keys[:enters].copy(),
         rows[:changed].copy(), thresholds[:changed].copy(),
     )  # fmt: skip
+
+
+@njit((i8[:, ::1], i8, i8, i8[::1], i8[::1]), nogil=True, cache=True)
+def _window_hash(tokens, left, right, salt_a, salt_b):  # type: ignore[no-untyped-def]
+    b, t = tokens.shape
+    out = np.empty((b, t), np.int64)
+    for r in range(b):
+        for p in range(t):
+            lane_a = lane_b = 0
+            for o in range(left + 1 + right):  # ids outside the row hash as 0 (-1 + 1)
+                q = p + o - left
+                v = tokens[r, q] + 1 if 0 <= q < t else 0
+                lane_a += _mix32((v ^ salt_a[o]) & K.M32)
+                lane_b += _mix32((v ^ salt_b[o]) & K.M32)
+            out[r, p] = ((_mix32(lane_a & K.M32) >> 1) << 32) | _mix32(lane_b & K.M32)
+    return out
 
 
 @njit((i8[::1], i8[::1], f4[::1], f4[::1], i8, i8), nogil=True, cache=True)

@@ -159,9 +159,11 @@ class PassState:
         number of ``parts`` fold it."""
         cfg = self.config
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
+        on_cpu = tokens.device.type == "cpu"
         win = win_id = None
         if cfg.n_top or cfg.n_sample:
-            win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
+            hash_windows = fold_kernels.window_hash if on_cpu else K.window_hash
+            win = hash_windows(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
         if cfg.n_top:
             _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
         return BatchTokens(special.view(-1), win, win_id)
