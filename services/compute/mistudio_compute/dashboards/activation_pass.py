@@ -20,6 +20,7 @@ from mistudio_compute.dashboards.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from mistudio_compute.dashboards.fold_kernels import EntryBuffer
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
     DashboardInputs,
@@ -270,6 +271,7 @@ class BatchFolder:
         encoder = inputs.encoder
         on_cpu = state.features.device.type == "cpu"
         self._tiled = encoder if isinstance(encoder, TileEncoder) and on_cpu else None
+        self._scratch = [EntryBuffer() for _ in self._parts] if self._tiled is not None else []
 
     def step(self, i: int, j: int) -> None:
         """Folds rows [i, j) of the source into the state (``for_each_batch``'s step)."""
@@ -300,7 +302,8 @@ class BatchFolder:
         part = self._parts[k]
         if self._tiled is not None:
             tiles = self._tiled.encode_tiles(x, part.features)
-            return tiled_entries(tiles, len(part.features), special, part.config.grid)
+            grid, scratch = part.config.grid, self._scratch[k]
+            return tiled_entries(tiles, len(part.features), special, grid, scratch)
         acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
         return dense_entries(acts, special, part.config.grid)
 

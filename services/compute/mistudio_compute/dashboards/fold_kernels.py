@@ -41,16 +41,19 @@ def active_entries(
     n_feat: int,
     special: torch.Tensor,
     grid: FineGrid,
+    scratch: EntryBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Active entries of a batch's activations [N, n_feat] (> 0 at positions not ``special``
     [N]) ordered by (feature, position): features, positions [A] int64, values [A] float32 and
     fine-grid cells [A] (feature * n_buckets + ``grid.bucket``). The activations come as tiles
     (rows, acts [R, W], columns [C] of acts, at [C] ascending: the features they are), each
     scanned once as it comes (while an encoder's tile is in cache); dense activations are one
-    tile. A feature's tiles must come in row order."""
+    tile. A feature's tiles must come in row order. ``scratch``: the buffer to scan into (a
+    new one when None)."""
     edges, (first, last) = _host(grid.edges()), _bucket_spans(grid)
     flags = _host(special)
-    entries = _EntryBuffer()
+    entries = EntryBuffer() if scratch is None else scratch
+    entries.end = 0
     for rows, acts, columns, at in tiles:
         dense = _host(acts.float())
         cols, feats = _host(columns), _host(at)
@@ -73,8 +76,11 @@ def active_entries(
     return tuple(torch.from_numpy(x) for x in out)  # type: ignore[return-value]
 
 
-class _EntryBuffer:
-    """Growing arrays of features, positions, values and cells of the entries scanned so far."""
+class EntryBuffer:
+    """Growing arrays of features, positions, values and cells of the entries scanned so far,
+    which ``active_entries`` copies out in feature order. A pass keeps one per feature part for
+    all its batches: a fresh one grew several times per batch, each time a copy into new pages
+    (~8% of a 16,384-feature part's encode and scan)."""
 
     def __init__(self) -> None:
         self.arrays = _entry_arrays(1 << 16)

@@ -391,10 +391,13 @@ def tiled_entries(
     n_feat: int,
     special: torch.Tensor,
     grid: FineGrid,
+    scratch: fold_kernels.EntryBuffer | None = None,
 ) -> ActiveEntries:
     """The active entries of a batch's activations [N, n_feat] on the CPU given tile by tile
-    (``fold_kernels.active_entries``): the dense activations are never needed."""
-    return ActiveEntries(*fold_kernels.active_entries(tiles, n_feat, special, grid), n_feat, True)
+    (``fold_kernels.active_entries``, scanned into ``scratch``): the dense activations are
+    never needed."""
+    entries = fold_kernels.active_entries(tiles, n_feat, special, grid, scratch)
+    return ActiveEntries(*entries, n_feat, True)
 
 
 class BatchTokens(NamedTuple):
