@@ -10,8 +10,8 @@ import torch
 
 class EncodeTile(NamedTuple):
     """Columns ``columns`` [C] of ``acts`` [R, W], the activations of input rows ``rows``, are
-    the output features ``at`` [C] (ascending). Valid until the encoder's next tile is asked
-    for: it reuses the buffer."""
+    the output features ``at`` [C] (ascending); an entry <= 0 is one that does not fire, not
+    necessarily 0. Valid until the encoder's next tile is asked for: it reuses the buffer."""
 
     rows: slice
     acts: torch.Tensor  # [R, W]

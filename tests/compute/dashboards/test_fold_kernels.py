@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mistudio_compute.dashboards import fold_kernels
+from mistudio_compute.dashboards import fold_kernels, keys
 from mistudio_compute.dashboards.keys import EMPTY_SAMPLE
 from mistudio_compute.dashboards.state import Fold, PassState, StateConfig, dense_entries
 
@@ -120,6 +120,15 @@ def test_entering_samples_take_evicted_slots_and_kept_ones_stay(compiled: bool) 
             assert torch.equal(state.sample_threshold, after.amax(1))
             evicted += int(((before != EMPTY_SAMPLE) & ~kept).sum())
     assert evicted > 0
+
+
+@pytest.mark.parametrize(("left", "right"), [(16, 8), (0, 0), (3, 0), (0, 20)])
+def test_compiled_window_hash_equals_the_torch_hash_bit_for_bit(left: int, right: int) -> None:
+    g = torch.Generator().manual_seed(left * 31 + right)
+    tokens = torch.randint(0, 2**31, (5, 12), generator=g)  # large ids; windows beyond the row
+    tokens[1] = torch.randint(0, 3, (12,), generator=g)  # a small vocabulary: equal windows
+    expected = keys.window_hash(tokens, left, right)
+    assert torch.equal(fold_kernels.window_hash(tokens, left, right), expected)
 
 
 def test_float32_cpu_activations_fold_compiled() -> None:

@@ -63,6 +63,24 @@ def test_entries_taken_tile_by_tile_equal_those_of_the_dense_activations(
     assert_same_entries(dense_entries(acts, special, FineGrid()), expected)
 
 
+def test_a_scratch_buffer_reused_by_batches_gives_each_its_own_entries() -> None:
+    sae = build_sae(
+        sae_config("standard", D_IN, D_SAE), sae_weights("standard", D_IN, D_SAE, seed=5)
+    )
+    g, features, scratch = (
+        torch.Generator().manual_seed(6),
+        FEATURES["all"],
+        fold_kernels.EntryBuffer(),
+    )
+    for rows in (ROWS, 7, ROWS):  # it grows in the first, is longer than the second needs
+        x = torch.randn(rows, D_IN, generator=g)
+        special = torch.rand(rows, generator=g) < 0.1
+        expected = tiled_entries(sae.encode_tiles(x, features), D_SAE, special, FineGrid())
+        got = tiled_entries(sae.encode_tiles(x, features), D_SAE, special, FineGrid(), scratch)
+        assert_same_entries(got, expected)
+    assert len(scratch.arrays[0]) > 1 << 16  # it grew once, and kept its size
+
+
 def test_a_tile_naming_features_beyond_the_batch_is_refused() -> None:
     acts, every = torch.ones(4, 3), torch.arange(3)
     with pytest.raises(ValueError, match="out of range"):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from mistudio_compute.dashboards.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from mistudio_compute.dashboards.fold_kernels import EntryBuffer
 from mistudio_compute.dashboards.inputs import (
     CancelCheck,
     DashboardInputs,
@@ -30,6 +32,7 @@ from mistudio_compute.dashboards.kept_activations import KeptActivations
 from mistudio_compute.dashboards.params import validate_batch_size, validate_tokens
 from mistudio_compute.dashboards.state import (
     ActiveEntries,
+    BatchTokens,
     Fold,
     PassState,
     StateConfig,
@@ -232,10 +235,15 @@ def run_activation_pass(
 class BatchFolder:
     """Folds batches of rows into a pass state using ``threads`` cores: each thread encodes and
     folds one contiguous part of the features (``PassState.parts``, one torch thread each: the
-    update's many small ops cost about 1.3x the CPU time on two intra-op threads), and the next
-    batch's model forward runs beside them. A batch's parts are all folded before any is
-    committed, so a failed batch (out of memory) leaves the state as it was; the next batch's
-    forward is only used when that batch comes with the same rows."""
+    update's many small ops cost about 1.3x the CPU time on two intra-op threads), and a thread
+    of its own runs the model forwards (and reads the tokens) of the next ``AHEAD`` batches
+    meanwhile, so that a core a finished part leaves is taken by a forward rather than idle
+    until the batch's last part is done. A batch's parts are all folded before any is
+    committed, so a failed batch (out of memory) leaves the state as it was; a batch read ahead
+    is only used when it comes with the same rows."""
+
+    AHEAD = 2
+    """Batches read ahead: one more than the next, so the forwards never wait for a fold."""
 
     def __init__(
         self,
@@ -254,39 +262,37 @@ class BatchFolder:
         self._parts = state.parts(ranges) if several else [state]
         self._features = [every[lo:hi] for lo, hi in ranges] if several else [features]
         self._pool: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
         self._threads_before = torch.get_num_threads()
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, "pass", initializer=one_torch_thread)
-        self._ahead: tuple[tuple[int, int], Future[torch.Tensor]] | None = None
+            self._reader = ThreadPoolExecutor(1, "pass-read", initializer=one_torch_thread)
+        self._ahead: deque[tuple[tuple[int, int], Future[_Batch]]] = deque()
         encoder = inputs.encoder
         on_cpu = state.features.device.type == "cpu"
         self._tiled = encoder if isinstance(encoder, TileEncoder) and on_cpu else None
+        self._scratch = [EntryBuffer() for _ in self._parts] if self._tiled is not None else []
 
     def step(self, i: int, j: int) -> None:
         """Folds rows [i, j) of the source into the state (``for_each_batch``'s step)."""
-        source = self._inputs.source.tokens
-        device = self._state.features.device
-        batch = read_rows(source, slice(i, j), device)  # [B, T]
-        x = self._hook(batch, i, j)  # [B*T, d_in]
-
-        facts = self._state.batch_tokens(batch)  # once, not per part
+        batch, x, facts = self._batch(i, j)  # [B, T], [B*T, d_in], facts of every feature alike
 
         def fold(k: int) -> Fold:
             return self._parts[k].fold(self._entries(k, x, facts.special), batch, i, facts)
 
         folds = self._start(fold, range(len(self._parts)))
-        if self._pool is not None and j < self._stop:  # the next batch's forward, meanwhile
-            following = (j, min(self._stop, j + (j - i)))
-            self._ahead = (following, self._pool.submit(self._forward, source, *following))
+        self._read_ahead(j, j - i)
         done = self._finish(folds)
         self._finish(self._start(Fold.commit, done))
         self._state.count_tokens(batch, done)
 
     def close(self) -> None:
         """Waits for the threads' work and ends them (the pass is over or failed)."""
-        if self._pool is not None:
+        if self._pool is not None and self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True)
-            self._pool, self._ahead = None, None
+            self._pool = self._reader = None
+            self._ahead.clear()
             torch.set_num_threads(self._threads_before)
 
     def _entries(self, k: int, x: torch.Tensor, special: torch.Tensor) -> ActiveEntries:
@@ -296,21 +302,35 @@ class BatchFolder:
         part = self._parts[k]
         if self._tiled is not None:
             tiles = self._tiled.encode_tiles(x, part.features)
-            return tiled_entries(tiles, len(part.features), special, part.config.grid)
+            grid, scratch = part.config.grid, self._scratch[k]
+            return tiled_entries(tiles, len(part.features), special, grid, scratch)
         acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
         return dense_entries(acts, special, part.config.grid)
 
-    def _forward(self, source: np.ndarray, i: int, j: int) -> torch.Tensor:
-        batch = read_rows(source, slice(i, j), self._state.features.device)
-        return hook_rows(self._inputs, batch, rows=range(i, j), kept=self._kept)
+    def _read(self, i: int, j: int) -> _Batch:
+        """Rows [i, j): their tokens, hook activations and what the tokens tell the state."""
+        batch = read_rows(self._inputs.source.tokens, slice(i, j), self._state.features.device)
+        x = hook_rows(self._inputs, batch, rows=range(i, j), kept=self._kept)
+        return _Batch(batch, x, self._state.batch_tokens(batch))
 
-    def _hook(self, batch: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == (i, j):
-            return ahead[1].result()
-        if ahead is not None:  # rows under other boundaries (the batch size was halved)
-            wait([ahead[1]])
-        return hook_rows(self._inputs, batch, rows=range(i, j), kept=self._kept)
+    def _batch(self, i: int, j: int) -> _Batch:
+        """Rows [i, j), as read ahead when they were, else read now (after waiting for the reads
+        under way: their rows have other boundaries, the batch size was halved)."""
+        if self._ahead and self._ahead[0][0] == (i, j):
+            return self._ahead.popleft()[1].result()
+        wait([future for _, future in self._ahead])
+        self._ahead.clear()
+        return self._read(i, j)
+
+    def _read_ahead(self, j: int, size: int) -> None:
+        """Starts reading the batches of ``size`` rows after row ``j`` up to ``AHEAD`` ahead."""
+        if self._reader is None:
+            return
+        start = self._ahead[-1][0][1] if self._ahead else j
+        while len(self._ahead) < self.AHEAD and start < self._stop:
+            rows = (start, min(self._stop, start + size))
+            self._ahead.append((rows, self._reader.submit(self._read, *rows)))
+            start = rows[1]
 
     def _start(self, fn: Callable[[_T], _R], items: Iterable[_T]) -> list[Future[_R]]:
         """fn of every item, on the threads (here, at once, without them)."""
@@ -328,6 +348,14 @@ class BatchFolder:
         """The results, once every call has ended (the first error raised after that)."""
         wait(futures)
         return [future.result() for future in futures]
+
+
+class _Batch(NamedTuple):
+    """A batch as its parts fold it (``BatchFolder._read``)."""
+
+    tokens: torch.Tensor  # [B, T]
+    x: torch.Tensor  # [B*T, d_in] hook activations
+    facts: BatchTokens  # PassState.batch_tokens(tokens)
 
 
 def _check_resumable(

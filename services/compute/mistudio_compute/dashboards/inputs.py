@@ -57,9 +57,9 @@ class TileEncoder(FeatureEncoder, Protocol):
     tile's active entries while it is in cache, never writing the dense activations out."""
 
     def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
-        """x [N, d_in], features [F] int64 -> ``encode_features(x, features)``, bit for bit, as
-        tiles; a tile is valid until the next is asked for. A feature's tiles come in row
-        order."""
+        """x [N, d_in], features [F] int64 -> ``encode_features(x, features)`` as tiles, bit
+        for bit where positive (entries <= 0 do not fire); a tile is valid until the next is
+        asked for. A feature's tiles come in row order."""
         ...
 
 

@@ -86,12 +86,14 @@ def window_hash(tokens: torch.Tensor, left: int, right: int) -> torch.Tensor:
     w = left + right + 1
     padded = torch.nn.functional.pad(tokens + 1, (left, right), value=0)  # [B, T + L + R]
     ids = padded.unfold(1, w, 1)  # [B, T, W]
-    offsets = torch.arange(w, device=tokens.device)
-    lanes = []
-    for seed in (_SEED_WINDOW_A, _SEED_WINDOW_B):
-        salt = mix32(offsets ^ seed)  # [W]
-        lanes.append(mix32(mix32(ids ^ salt).sum(-1) & M32))  # [B, T]
-    return ((lanes[0] >> 1) << 32) | lanes[1]
+    lanes = [mix32(mix32(ids ^ salt).sum(-1) & M32) for salt in window_salts(w, tokens.device)]
+    return ((lanes[0] >> 1) << 32) | lanes[1]  # [B, T]
+
+
+def window_salts(width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two lanes' salts [width] of a window's offsets (``window_hash``)."""
+    offsets = torch.arange(width, device=device)
+    return mix32(offsets ^ _SEED_WINDOW_A), mix32(offsets ^ _SEED_WINDOW_B)
 
 
 def segment_top(

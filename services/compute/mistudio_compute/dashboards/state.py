@@ -159,9 +159,11 @@ class PassState:
         number of ``parts`` fold it."""
         cfg = self.config
         special = torch.isin(tokens, torch.tensor(cfg.special_ids, device=tokens.device))
+        on_cpu = tokens.device.type == "cpu"
         win = win_id = None
         if cfg.n_top or cfg.n_sample:
-            win = K.window_hash(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
+            hash_windows = fold_kernels.window_hash if on_cpu else K.window_hash
+            win = hash_windows(tokens, cfg.context_left, cfg.context_right).view(-1)  # [N]
         if cfg.n_top:
             _, win_id = torch.unique(win, return_inverse=True)  # [N] equal ids = equal windows
         return BatchTokens(special.view(-1), win, win_id)
@@ -389,10 +391,13 @@ def tiled_entries(
     n_feat: int,
     special: torch.Tensor,
     grid: FineGrid,
+    scratch: fold_kernels.EntryBuffer | None = None,
 ) -> ActiveEntries:
     """The active entries of a batch's activations [N, n_feat] on the CPU given tile by tile
-    (``fold_kernels.active_entries``): the dense activations are never needed."""
-    return ActiveEntries(*fold_kernels.active_entries(tiles, n_feat, special, grid), n_feat, True)
+    (``fold_kernels.active_entries``, scanned into ``scratch``): the dense activations are
+    never needed."""
+    entries = fold_kernels.active_entries(tiles, n_feat, special, grid, scratch)
+    return ActiveEntries(*entries, n_feat, True)
 
 
 class BatchTokens(NamedTuple):

@@ -143,9 +143,10 @@ class Sae:
 
     @torch.inference_mode()
     def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
-        """``encode_features(x, features)`` tile by tile, with the same bits: each tile is
-        activated into one small buffer that the next tile overwrites, so a caller that reads
-        each while it is in cache never has the dense [N, F] activations written to memory."""
+        """``encode_features(x, features)`` tile by tile, with the same bits where positive
+        (entries <= 0 do not fire: ``_activate_tile``): each tile is activated into one small
+        buffer that the next tile overwrites, so a caller that reads each while it is in cache
+        never has the dense [N, F] activations written to memory."""
         x_c, features = self._centred(x), self._columns(features)
         tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, x_c.shape[0])
         buffer = x_c.new_empty(tile_rows * ENCODE_BLOCK)  # [tile_rows * ENCODE_BLOCK]
@@ -154,7 +155,7 @@ class Sae:
             for r in range(0, x_c.shape[0], tile_rows):
                 rows = slice(r, min(r + tile_rows, x_c.shape[0]))
                 tile = buffer[: (rows.stop - r) * width].view(-1, width)  # [R, width]
-                z = self._activate(x_c[rows], block.columns, tile)
+                z = self._activate_tile(x_c[rows], block.columns, tile)
                 yield EncodeTile(rows, z, block.column, block.at)
 
     def _centred(self, x: torch.Tensor) -> torch.Tensor:
@@ -219,6 +220,12 @@ class Sae:
         written into ``out`` [N, columns] when given (it may be a strided view)."""
         raise NotImplementedError
 
+    def _activate_tile(self, x_c: torch.Tensor, columns: slice, out: torch.Tensor) -> torch.Tensor:
+        """An ``encode_tiles`` tile: ``_activate``'s values where they are positive, any value
+        <= 0 elsewhere (a tile's reader takes only its positive entries), so an architecture
+        can skip the pass over the tile that only zeroes the others."""
+        return self._activate(x_c, columns, out)
+
     def _encode_affine(
         self, x_c: torch.Tensor, bias: str, columns: slice, out: torch.Tensor | None
     ) -> torch.Tensor:
@@ -259,6 +266,11 @@ class StandardSae(Sae):
         self, x_c: torch.Tensor, columns: slice, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         return self._encode_affine(x_c, "b_enc", columns, out).relu_()
+
+    def _activate_tile(self, x_c: torch.Tensor, columns: slice, out: torch.Tensor) -> torch.Tensor:
+        """The pre-activations: their positive entries are the ReLU's (about 2% of a pass's
+        CPU time was the ReLU over every tile)."""
+        return self._encode_affine(x_c, "b_enc", columns, out)
 
 
 class JumpReluSae(Sae):
