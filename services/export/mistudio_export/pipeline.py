@@ -9,6 +9,7 @@ Everything before the publish happens in the job's private staging folder.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +65,10 @@ def archive_prefix(job_id: str) -> str:
     return f"exports/{job_id}/"
 
 
+@functools.cache
 def mistudio_version() -> str:
+    """The installed package's version, read once per process: an export's files name it, so a
+    reinstall while the service runs must not change what a later export of the same job says."""
     try:
         return metadata.version("mistudio-export")
     except metadata.PackageNotFoundError:

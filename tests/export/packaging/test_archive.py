@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from isal import isal_zlib
-from mistudio_common.errors import Cancelled, InvalidArgument
+from mistudio_common.errors import Cancelled, FailedPrecondition, InvalidArgument
 from mistudio_export import deflate
 from mistudio_export.packaging import (
     ARCHIVE_FORMAT_VERSION,
@@ -155,6 +155,24 @@ def test_progress_comes_in_steps_of_the_archive_not_per_file(tmp_path: Path) -> 
     build_archive(staging, tmp_path / "a.zip", progress=lambda d, t: seen.append((d, t)))
     assert len(seen) <= PROGRESS_STEPS + 1
     assert seen[-1][0] == seen[-1][1]
+
+
+@pytest.mark.parametrize("change", [b" more", b""], ids=["grows", "is-rewritten-shorter"])
+def test_a_file_still_being_written_when_listed_fails_the_archive_naming_it(
+    staging: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: bytes
+) -> None:
+    listed = archive.staged_files
+    path = staging / "saelens" / "cfg.json"
+
+    def listed_then_written(folder: Path) -> list[tuple[str, int]]:
+        files = listed(folder)
+        path.write_bytes(path.read_bytes() + change if change else b"{}")
+        return files
+
+    monkeypatch.setattr(archive, "staged_files", listed_then_written)
+    with pytest.raises(FailedPrecondition, match=r"saelens/cfg\.json changed while"):
+        build_archive(staging, tmp_path / "a.zip")
+    assert list(tmp_path.glob("a.zip*")) == []
 
 
 def test_an_archive_inside_the_staging_folder_is_refused(staging: Path) -> None:

@@ -7,12 +7,15 @@ creation date in the README is the same in every archive."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import signal
 import sqlite3
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -127,12 +130,73 @@ def float_bits(dashboards: list[dpb.FeatureDashboard]) -> list[dict[str, str]]:
     return out
 
 
-def assert_identical(got: Outcome, expected: Outcome) -> None:
+def assert_identical(got: Outcome, expected: Outcome, keep: Path) -> None:
+    """Archives that differ are kept in ``keep`` and the failure says how they differ."""
     assert len(got.dashboards) == len(expected.dashboards) == D_SAE
     assert float_bits(got.dashboards) == float_bits(expected.dashboards)
     wire = [d.SerializeToString(deterministic=True) for d in got.dashboards]
     assert wire == [d.SerializeToString(deterministic=True) for d in expected.dashboards]
-    assert got.archive == expected.archive
+    if got.archive != expected.archive:
+        (keep / "got.zip").write_bytes(got.archive)
+        (keep / "expected.zip").write_bytes(expected.archive)
+        differences = archive_differences(got.archive, expected.archive)
+        pytest.fail(f"the archives differ (both kept in {keep}):\n" + "\n".join(differences))
+
+
+HEADER_FIELDS = ("compress_type", "CRC", "file_size", "compress_size", "date_time", "flag_bits",
+                 "external_attr", "internal_attr", "create_system", "create_version",
+                 "extract_version", "extra", "comment")  # fmt: skip
+"""The ZipInfo facts (central directory) that ``archive_differences`` compares per member; not
+the offset, which every member after one of another size has different."""
+
+
+def archive_differences(got: bytes, expected: bytes) -> list[str]:
+    """What differs between two ZIPs, so a mismatch says where it comes from: the members'
+    names and order, each shared member's header facts and content (where it first differs),
+    and, when all of those agree, the first differing byte of the ZIPs themselves."""
+    with zipfile.ZipFile(io.BytesIO(got)) as a, zipfile.ZipFile(io.BytesIO(expected)) as b:
+        names_a, names_b = a.namelist(), b.namelist()
+        out = [f"only in got: {n}" for n in names_a if n not in names_b]
+        out += [f"only in expected: {n}" for n in names_b if n not in names_a]
+        shared = [n for n in names_a if n in names_b]
+        if shared != [n for n in names_b if n in names_a]:
+            out.append(f"member order differs: got {names_a}, expected {names_b}")
+        for name in shared:
+            x, y = a.getinfo(name), b.getinfo(name)
+            out += [f"{name}: {f} {getattr(x, f)!r} != {getattr(y, f)!r}"
+                    for f in HEADER_FIELDS if getattr(x, f) != getattr(y, f)]  # fmt: skip
+            out += content_difference(name, a.read(name), b.read(name))
+        if not out:
+            at = first_difference(got, expected)
+            out.append(f"members agree; the ZIPs differ at byte {at} ({where(a, at)})")
+    return out
+
+
+def where(zf: zipfile.ZipFile, at: int) -> str:
+    """The part of the ZIP that byte ``at`` lies in: a member's header or data, or the end."""
+    if at >= zf.start_dir:
+        return "the central directory"
+    return max((i.header_offset, i.filename) for i in zf.infolist() if i.header_offset <= at)[1]
+
+
+def content_difference(name: str, got: bytes, expected: bytes) -> list[str]:
+    """Where a member's bytes (a .gz member's data) first differ, with the text around it."""
+    if got == expected:
+        return []
+    if name.endswith(".gz"):
+        got, expected = gzip.decompress(got), gzip.decompress(expected)
+        if got == expected:
+            return [f"{name}: the same data, gzipped differently"]
+    at = first_difference(got, expected)
+    around = slice(max(0, at - 80), at + 80)
+    return [f"{name}: {len(got)}/{len(expected)} bytes, first differ at {at}: "
+            f"got {got[around]!r}, expected {expected[around]!r}"]  # fmt: skip
+
+
+def first_difference(a: bytes, b: bytes) -> int:
+    return next(
+        (i for i, (p, q) in enumerate(zip(a, b, strict=False)) if p != q), min(len(a), len(b))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +209,7 @@ def test_the_archive_and_dashboards_are_identical_at_any_shard_count(
     shards: int, tmp_path: Path, inputs, unsharded: Outcome
 ) -> None:
     got = outcome_of(tmp_path / "data", inputs, ray_address="auto", ray_shards=shards)
-    assert_identical(got, unsharded)
+    assert_identical(got, unsharded, tmp_path)
 
 
 def test_a_shard_worker_killed_mid_shard_still_gives_the_identical_archive(
@@ -157,7 +221,7 @@ def test_a_shard_worker_killed_mid_shard_still_gives_the_identical_archive(
     got = outcome_of(tmp_path / "data", inputs, ray_address="auto", ray_shards=2)
     killer.join()
     assert killed, "no shard worker was seen running"
-    assert_identical(got, unsharded)
+    assert_identical(got, unsharded, tmp_path)
 
 
 def test_cancelling_an_export_cancels_its_ray_tasks(tmp_path: Path, inputs) -> None:

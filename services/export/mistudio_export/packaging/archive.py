@@ -137,13 +137,19 @@ def _pack_members(
     root: Path, files: list[tuple[str, int]], method: int, body: _Appender, counter: _Counter
 ) -> list[tuple[ManifestEntry, zipfile.ZipInfo]]:
     """Packs the files on every core, in their order, into ``body`` (offsets relative to its
-    start); returns each file's manifest entry and its ZIP header facts."""
+    start); returns each file's manifest entry and its ZIP header facts. A file read at another
+    size than it was listed with is still being written: refused, not packed as it happens to be
+    (which gives other bytes on another run)."""
     n = workers()
     done = []
+    listed = iter(files)
     with ThreadPoolExecutor(n) as pool:
         pack = lambda names: [_pack(root, name, method) for name in names]  # noqa: E731
         for batch in in_order(pool, pack, _batches(files), 2 * n):
             for member in batch:
+                name, size = next(listed)
+                if member.info.file_size != size:
+                    raise _changed(name)
                 info = _append(body, member)
                 done.append((ManifestEntry(info.filename, info.file_size, member.sha256), info))
                 counter.add(info.file_size)
@@ -299,12 +305,16 @@ def _append(raw: _Appender, member: _Packed) -> zipfile.ZipInfo:
                 raw.write(chunk)
                 left -= len(chunk)
     if raw.position - start != info.compress_size:
-        raise FailedPrecondition(
-            f"{info.filename} shrank while it was being archived",
-            field=info.filename,
-            fix="leave the staging folder alone while the archive is built, then build it again",
-        )
+        raise _changed(info.filename)
     return info
+
+
+def _changed(name: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"{name} changed while it was being archived",
+        field=name,
+        fix="leave the staging folder alone while the archive is built, then build it again",
+    )
 
 
 def _register(zf: zipfile.ZipFile, raw: _Appender, info: zipfile.ZipInfo) -> None:
