@@ -30,7 +30,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.float_ambiguity import float_ambiguous_tokens
+from bench.float_ambiguity import TheirEncode, float_ambiguous_tokens
 from bench.inputs import MODELS, REPO, BenchInputs, BenchModel, bench_model, prepare
 from bench.measure import agreement, floors, flops_per_token, matmul_gflops
 from bench.ours_job import archive_facts
@@ -41,6 +41,8 @@ THEIR_PY = THEIR_VENV / "bin" / "python"
 THEIR_PINS = ["sae-dashboard==0.8.0", "pyarrow<19", "numpy<2"]
 THEIR_HOOK_ACTIVATIONS = "hook_activations.npy"
 """Where ``saedashboard_job facts`` leaves, in a run's work folder, the activations it encoded."""
+THEIR_ENCODER = "encoder.npz"
+"""Where ``saedashboard_job run`` leaves, in its work folder, the encoder columns it used."""
 
 
 def ensure_their_venv() -> str:
@@ -133,11 +135,18 @@ def run_theirs(inputs: BenchInputs, args: argparse.Namespace, work: Path) -> dic
     cmd += ["--check-reference"] if model.has_reference else []
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
     cmd += ["--work", str(work), "--n-examples", str(args.n_examples), "--out", str(out)]
+    cmd += ["--encoder", str(work / THEIR_ENCODER)]
     measured = timed(cmd, work, args.threads)
     facts = work / "theirs-facts.json"  # read afterwards, outside the measured process, as ours
     acts = ["--hook-activations", str(work / THEIR_HOOK_ACTIVATIONS)]
     subprocess.run([*job, "facts", "--work", str(work), "--out", str(facts), *acts], check=True)
     return json.loads(out.read_text()) | json.loads(facts.read_text()) | measured
+
+
+def their_encode(work: Path) -> TheirEncode:
+    """What the SAEDashboard run in ``work`` encoded (``float_ambiguity`` re-encodes it)."""
+    encoder = np.load(work / THEIR_ENCODER)
+    return TheirEncode(np.load(work / THEIR_HOOK_ACTIVATIONS), encoder["W_enc"], encoder["b_enc"])
 
 
 def inputs_dir(args: argparse.Namespace, scratch: Path) -> Path:
@@ -171,11 +180,7 @@ def compare(
                 their_work = work
             wall, rss = runs[-1]["wall_s"], runs[-1]["peak_rss_mb"]
             print(f"d_sae {d_sae} pair {pair} {side}: {wall:.1f}s {rss:.0f}MB")
-    ambiguity = (
-        float_ambiguous_tokens(inputs, np.load(their_work / THEIR_HOOK_ACTIVATIONS))
-        if theirs
-        else None
-    )
+    ambiguity = float_ambiguous_tokens(inputs, their_encode(their_work)) if theirs else None
     return {"inputs": inputs, "ours": ours, "theirs": theirs, "ambiguity": ambiguity}
 
 

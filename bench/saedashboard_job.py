@@ -4,10 +4,11 @@ Runs in bench/.venv-saedashboard (sae-dashboard from PyPI), self-contained: it i
 this repository. Three hub-touching steps are replaced by local objects: the model (a llama2.c
 file, stories260K or the GPU profile's random one, read with numpy into a HookedSAETransformer),
 the activation store (none) and token sampling (our token file). Everything else is
-``NeuronpediaRunner.run()`` as published.
-``run`` writes ``--out`` (JSON): its run seconds; ``facts``, run afterwards outside the measured
-process, writes per feature what the agreement check needs, and the hook activations the run
-encoded (``float_ambiguity`` compares them with ours).
+``NeuronpediaRunner.run()`` as published, watched by one recorder (``EncoderColumns``).
+``run`` writes ``--out`` (JSON): its run seconds, and ``--encoder``: the encoder weights it encoded
+each feature with; ``facts``, run afterwards outside the measured process, writes per feature what
+the agreement check needs, and the hook activations the run encoded (``float_ambiguity``
+re-encodes them with those weights beside ours).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sae_dashboard import feature_data_generator
 from sae_dashboard.neuronpedia.neuronpedia_runner import NeuronpediaRunner
 from sae_dashboard.neuronpedia.neuronpedia_runner_config import NeuronpediaRunnerConfig
 from sae_lens import HookedSAETransformer
@@ -114,6 +116,45 @@ class PieceVocab:
             at += 8 + length
 
 
+class EncoderColumns:
+    """The ``W_enc`` column and ``b_enc`` entry the run encoded each feature with. They are not
+    the SAE folder's bit for bit: the runner folds the decoder's row norms into them
+    (``fold_W_dec_norm``) when it loads the SAE and again at every feature batch (each
+    ``SaeVisRunner.run``), and a float32 norm of a unit row is 1 only to within an ulp, so each
+    batch's columns differ in the last bit from the folder's and from the other batches'."""
+
+    def __init__(self) -> None:
+        self.W_enc: np.ndarray[Any, Any] | None = None  # [d_in, d_sae]
+        self.b_enc: np.ndarray[Any, Any] | None = None  # [d_sae]
+        self.seen: set[int] = set()
+
+    def watch(self) -> None:
+        """Records the columns as ``FeatureMaskingContext`` hands them to the encode, once per
+        feature batch (the weights stay put between its token minibatches)."""
+        columns, plain = self, feature_data_generator.FeatureMaskingContext
+
+        class Recorded(plain):  # type: ignore[misc, valid-type]
+            def __enter__(self) -> Any:
+                entered = super().__enter__()
+                columns.record(self.sae, self.feature_idxs)
+                return entered
+
+        feature_data_generator.FeatureMaskingContext = Recorded
+
+    def record(self, sae: Any, features: list[int]) -> None:
+        if features[0] in self.seen:
+            return
+        if self.W_enc is None or self.b_enc is None:
+            self.W_enc = np.zeros((sae.cfg.d_in, sae.cfg.d_sae), np.float32)
+            self.b_enc = np.zeros(sae.cfg.d_sae, np.float32)
+        self.W_enc[:, features] = sae.W_enc.detach().cpu().numpy()  # [d_in, len(features)]
+        self.b_enc[features] = sae.b_enc.detach().cpu().numpy()
+        self.seen.update(features)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, W_enc=self.W_enc, b_enc=self.b_enc)
+
+
 class OfflineRunner(NeuronpediaRunner):
     """NeuronpediaRunner with its model, activation store and token sampling made local."""
 
@@ -191,6 +232,7 @@ def main() -> None:
     run.add_argument("--work", required=True)
     run.add_argument("--n-examples", type=int, default=20)
     run.add_argument("--out", required=True)
+    run.add_argument("--encoder", required=True, help="where its encoder weights go (.npz)")
     facts = sub.add_parser("facts", help="afterwards, untimed: per feature facts of the outputs")
     facts.add_argument("--work", required=True)
     facts.add_argument("--out", required=True)
@@ -216,6 +258,8 @@ def main() -> None:
         model_device=args.device, sae_device=args.device, activation_store_device=args.device,
         shuffle_tokens=False,
     )  # fmt: skip
+    columns = EncoderColumns()
+    columns.watch()
     runner = OfflineRunner(cfg)
     run_started = time.perf_counter()
     runner.run()
@@ -223,6 +267,7 @@ def main() -> None:
     (Path(args.work) / VOCAB).write_text(json.dumps(runner.vocab_dict), encoding="utf-8")
     result = {"run_s": run_s, "job_wall_s": time.perf_counter() - started}
     Path(args.out).write_text(json.dumps(result), encoding="utf-8")
+    columns.save(Path(args.encoder))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The frequency check's allowance is measured: a token counts when exactly one side's hook
-activations make a feature fire, and only then (special tokens never count)."""
+"""The frequency check's allowance is measured: a token counts when exactly one side makes a
+feature fire, each side with its own hook activations and encoder weights, and only then (special
+tokens never count)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mistudio_compute.model_access import capture_hook, load_model
 from mistudio_compute.sae.loading import load_sae
 from safetensors.numpy import load_file, save_file
 
-from bench.float_ambiguity import float_ambiguous_tokens
+from bench.float_ambiguity import TheirEncode, float_ambiguous_tokens
 from bench.inputs import (
     BenchInputs,
     BenchModel,
@@ -51,8 +52,14 @@ def our_activations(inputs: BenchInputs) -> np.ndarray[Any, Any]:
     return capture_hook(loaded, tokens, inputs.model.hook).numpy().copy()  # [rows, context, d]
 
 
+def encoded(inputs: BenchInputs, acts: np.ndarray[Any, Any]) -> TheirEncode:
+    """Their side: ``acts`` encoded with the SAE folder's own weights."""
+    weights = load_file(str(inputs.sae_folder / "sae_weights.safetensors"))
+    return TheirEncode(acts, weights["W_enc"], weights["b_enc"])
+
+
 def test_the_same_activations_leave_no_token_ambiguous(inputs: BenchInputs) -> None:
-    found = float_ambiguous_tokens(inputs, our_activations(inputs))
+    found = float_ambiguous_tokens(inputs, encoded(inputs, our_activations(inputs)))
     assert found.tokens.shape == (D_SAE,)
     assert found.tokens.sum() == 0
     assert found.max_abs_resid_diff == 0.0 and found.max_flipped_activation == 0.0
@@ -70,8 +77,25 @@ def test_a_token_pushed_across_zero_on_their_side_counts_once_for_its_feature(
     theirs = ours.copy()
     theirs[row, pos] -= (float(z[feature]) + 1e-3) * w / (w @ w)  # its pre-activation: -1e-3
     theirs[:, 0] += 100.0  # BOS: special, never counted
-    found = float_ambiguous_tokens(inputs, theirs)
+    found = float_ambiguous_tokens(inputs, encoded(inputs, theirs))
     assert found.tokens[feature] == 1
     assert found.tokens.max() == 1  # every flip is at that one token
     assert found.max_flipped_activation >= float(z[feature])
     assert found.max_abs_resid_diff == pytest.approx(np.abs(theirs - ours)[row, pos].max())
+
+
+def test_their_side_is_encoded_with_the_weights_their_run_held(inputs: BenchInputs) -> None:
+    """SAEDashboard folds W_dec's row norms into W_enc and b_enc; a rescaled row moves a
+    pre-activation near 0 across it on their side alone."""
+    ours = our_activations(inputs)
+    sae = load_sae(inputs.sae_folder)
+    row, pos = 3, 5
+    z = sae.encode(torch.from_numpy(ours[row, pos]))  # [d_sae]
+    feature = int(z.argmax())
+    theirs = encoded(inputs, ours)
+    b_enc = theirs.b_enc.copy()
+    b_enc[feature] -= float(z[feature]) + 1e-3  # its pre-activation there: -1e-3
+    found = float_ambiguous_tokens(inputs, theirs._replace(b_enc=b_enc))
+    assert found.tokens[feature] >= 1
+    assert found.tokens.sum() == found.tokens[feature]  # no other feature's weights moved
+    assert found.max_abs_resid_diff == 0.0
