@@ -80,31 +80,30 @@ def cost_units(stage: StageId, size: JobSize) -> float:
 
 FINALISATION_STAGES = computation_stages(frozenset())[1:]
 """The stages after the pass that each feature shard runs for its own features."""
-PASS_TOKEN_WORK_IN_FEATURES = 310
+PASS_TOKEN_WORK_IN_FEATURES = 610
 """The pass's work per token that does not grow with the features (the model's forward to the
-hook, the batch's bookkeeping), in features' worth: on the bench (05f77da, idle, the pass folding
-on both cores while the next batch's forward runs beside it) the pass's wall grows from 8.50 s
-at 4,096 features to 32.2 s at 16,384 (its 39.4 s less the 7.2 s of the earlier shard's
-finalisation it holds), a + 4,096 b to a + 16,384 b with a ≈ 310 b."""
+hook, the batch's bookkeeping), in features' worth: on the bench (232efc0, idle, one shard at
+both sizes, the forwards read ahead on a thread of their own) the pass's wall grows from 4.65 s
+at 4,096 features to 16.8 s at 16,384, a + 4,096 b to a + 16,384 b with a ≈ 610 b."""
 BENCH_SIZE = JobSize(tokens=262_144, features=4_096, example_tokens=45 * 25)
 """The bench's default export the priors come from: stories260K, 2,048 rows of 128 tokens, a
 4,096-feature SAE, 20 top and 5 × 5 quantile examples of 16 + 1 + 8 tokens."""
 BENCH_SECONDS: dict[StageId, float] = {
     ppb.STAGE_VALIDATING: 0.06,
-    ppb.STAGE_ACTIVATION_PASS: 8.5,
+    ppb.STAGE_ACTIVATION_PASS: 4.65,
     ppb.STAGE_LOADING_EXAMPLES: 0.01,
-    ppb.STAGE_LOGIT_LENS: 3.34,
+    ppb.STAGE_LOGIT_LENS: 2.38,
     ppb.STAGE_HISTOGRAMS: 0.01,
-    ppb.STAGE_TOKEN_AGGREGATION: 0.02,
-    ppb.STAGE_CACHING: 0.07,
-    ppb.STAGE_GENERATING_FILES: 7.43,
-    ppb.STAGE_VALIDATING_OUTPUT: 2.5,
-    ppb.STAGE_CREATING_ARCHIVE: 1.79,
+    ppb.STAGE_TOKEN_AGGREGATION: 0.03,
+    ppb.STAGE_CACHING: 0.06,
+    ppb.STAGE_GENERATING_FILES: 5.33,
+    ppb.STAGE_VALIDATING_OUTPUT: 1.4,
+    ppb.STAGE_CREATING_ARCHIVE: 0.96,
 }
 """Each stage's seconds in that export on the 2-core bench machine, idle (bench/results/
-latest.md, commit 05f77da; the export's wall from StartExport was 23.8 s, which the priors
-before it estimated at 31.6 s, x1.33). At 16,384 features the rates this run measured
-estimated the export at x0.99."""
+latest.md, commit 232efc0; the export's wall from StartExport was 15.1 s, which the priors
+before it estimated at 23.7 s, x1.57). At 16,384 features the rates this run measured
+estimated the export at x1.00."""
 PRIOR_SECONDS_PER_UNIT: dict[StageId, float] = {
     stage: seconds / cost_units(stage, BENCH_SIZE) for stage, seconds in BENCH_SECONDS.items()
 }

@@ -94,7 +94,7 @@ BENCH_16384 = ShardedExport(
 )
 """The 16,384-feature bench export of bench/results/latest.md (05f77da, 2 shards, idle): its
 pass stage of 39.4 s held the first shard's finalisation, as long as the last one's 7.2 s; the
-passes split as the first alone runs the model forward (~310 features' worth a token)."""
+passes split as the first alone runs the model forward (PASS_TOKEN_WORK_IN_FEATURES a token)."""
 BENCH_131072 = ShardedExport(
     features=131_072,
     tokens=8_192,
