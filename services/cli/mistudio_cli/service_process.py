@@ -31,6 +31,7 @@ from typing import IO, Any
 from mistudio_common.errors import Unavailable
 from mistudio_common.gc_pause import skip_final_collection
 from mistudio_common.server import PortInUse, RunningServer
+from mistudio_common.stop_signal import StopWait
 
 log = logging.getLogger(__name__)
 
@@ -209,29 +210,23 @@ def child_main(name: str) -> int:
 
 class _StopWait:
     """Waits for the child's stop: the parent's stop request, the end of stdin (the parent is
-    gone) or a SIGTERM. Each writes a byte to a pipe the main thread reads: the signal handler
-    does nothing else, so no exception is raised into whatever the main thread is doing when
-    the signal comes, and stdin is read in a thread of its own."""
+    gone) or a SIGTERM. Stdin is read in a thread of its own, which wakes the main thread."""
 
     def __init__(self) -> None:
-        self._woken, self._wake = os.pipe()
+        self._wait = StopWait([signal.SIGTERM])
         self._asked: list[float] = []
-        signal.signal(signal.SIGTERM, self._on_terminate)
-
-    def _on_terminate(self, signum: int, frame: object) -> None:
-        os.write(self._wake, b"t")
 
     def _read_stop(self) -> None:
         line = _stdin_line()  # a stop request, or empty once the parent is gone
         self._asked.append(
             float(json.loads(line)["stop_grace_seconds"]) if line else DEFAULT_GRACE_SECONDS
         )
-        os.write(self._wake, b"s")
+        self._wait.wake()
 
     def grace_seconds(self) -> float:
         """Blocks until the child is to stop; the grace its in-flight calls get."""
         threading.Thread(target=self._read_stop, name="stop-request", daemon=True).start()
-        if os.read(self._woken, 1) == b"t":
+        if self._wait.wait() is not None:
             log.info("stopping on SIGTERM", extra={"grace_seconds": DEFAULT_GRACE_SECONDS})
             return DEFAULT_GRACE_SECONDS
         return self._asked[0]

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from mistudio_common.auth import Credentials, PeerCredentials, ServerTls, check_bind
 from mistudio_common.auth_interceptor import AioAuthInterceptor, AuthInterceptor
 from mistudio_common.errors import Unavailable
+from mistudio_common.stop_signal import StopWait
 
 log = logging.getLogger(__name__)
 
@@ -262,15 +263,8 @@ def create_aio_server(
 
 def serve_until_signal(running: RunningServer, on_stop: Callable[[], None] | None = None) -> None:
     """Blocks until SIGINT/SIGTERM, then stops gracefully (in-flight calls get a grace period)."""
-    stopped = threading.Event()
-
-    def _handle(signum: int, _frame: object) -> None:
-        log.info("stopping", extra={"signal": signum})
-        stopped.set()
-
-    signal.signal(signal.SIGINT, _handle)
-    signal.signal(signal.SIGTERM, _handle)
-    stopped.wait()
+    heard = StopWait([signal.SIGINT, signal.SIGTERM]).wait()
+    log.info("stopping", extra={"signal": heard and heard.name})
     if on_stop is not None:
         on_stop()
     running.stop()
