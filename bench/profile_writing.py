@@ -26,7 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mistudio_common.dashboard_codec import dashboard_from_pb
+from mistudio_common.dashboard_codec import dashboard_head_from_pb
 from mistudio_export.feature_ranges import (
     RangeTask,
     feature_ranges,
@@ -42,7 +42,7 @@ from mistudio_export.formats.upload_payloads import PayloadNotes, payload_featur
 from mistudio_export.generate import FOLDERS, ROOT
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import head, read_views, staged_chunks
+from mistudio_export.staged import read_views, staged_chunks
 from mistudio_export.validation.column_checks import column_findings
 
 FEATURES_PER_BATCH = 128
@@ -128,9 +128,7 @@ def steps(task_list: list[RangeTask], out: Path, top: int) -> None:
     chunks = [c for t in task_list for c in t.range.chunks]
     read, messages = _cpu(lambda: list(read_views(chunks)))
     sized = list(batch_sized(messages))
-    heads, head_lists = _cpu(
-        lambda: [[dashboard_from_pb(head(m)) for m in chunk] for chunk in sized]
-    )
+    heads, head_lists = _cpu(lambda: [list(map(dashboard_head_from_pb, chunk)) for chunk in sized])
     table = StringTable()
     built, batches = _cpu(
         lambda: [view_columns(h, table, c) for h, c in zip(head_lists, sized, strict=True)]

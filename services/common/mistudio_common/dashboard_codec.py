@@ -7,7 +7,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -177,17 +177,39 @@ def dashboard_to_pb(x: d.FeatureDashboard) -> pb.FeatureDashboard:
 
 
 def dashboard_from_pb(m: pb.FeatureDashboard) -> d.FeatureDashboard:
+    return _dashboard_from_pb(
+        m,
+        [_example_from_pb(e) for e in m.top_examples],
+        [[_example_from_pb(e) for e in g.examples] for g in m.quantile_groups],
+    )
+
+
+def dashboard_head_from_pb(
+    m: pb.FeatureDashboard | pb.FeatureDashboardView,
+) -> d.FeatureDashboard:
+    """``dashboard_from_pb`` with every example list left empty, no example converted: for a
+    reader that takes the examples from the message itself (the export's column batches read
+    them packed, from a ``FeatureDashboardView``)."""
+    return _dashboard_from_pb(m, [], [[] for _ in m.quantile_groups])
+
+
+def _dashboard_from_pb(
+    m: pb.FeatureDashboard | pb.FeatureDashboardView,
+    top_examples: list[d.ActivationExample],
+    group_examples: list[list[d.ActivationExample]],
+) -> d.FeatureDashboard:
+    groups: Sequence[pb.QuantileGroup | pb.QuantileGroupView] = m.quantile_groups
     return d.FeatureDashboard(
         feature_index=m.feature_index,
-        top_examples=[_example_from_pb(e) for e in m.top_examples],
+        top_examples=top_examples,
         quantile_groups=[
             d.QuantileGroup(
                 bin_min=g.bin_min,
                 bin_max=g.bin_max,
                 bin_contains=g.bin_contains,
-                examples=[_example_from_pb(e) for e in g.examples],
+                examples=examples,
             )
-            for g in m.quantile_groups
+            for g, examples in zip(groups, group_examples, strict=True)
         ],
         top_positive_logits=[_logit_from_pb(e) for e in m.top_positive_logits],
         top_negative_logits=[_logit_from_pb(e) for e in m.top_negative_logits],

@@ -26,7 +26,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import TypeAlias
 
-from mistudio_common.dashboard_codec import dashboard_from_pb
+from mistudio_common.dashboard_codec import dashboard_head_from_pb
 from mistudio_common.errors import Cancelled, Unavailable
 from mistudio_common.gc_pause import collector_paused
 
@@ -42,7 +42,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import PayloadNotes, payload_features
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import StagedChunk, head, read_views
+from mistudio_export.staged import StagedChunk, read_views
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
 from mistudio_export.worker_pool import WorkerPool
 
@@ -207,7 +207,7 @@ def _batches(chunks: Sequence[Path], found: list[ColumnFinding]) -> Iterator[Exa
     ``found``."""
     tokens = StringTable()
     for chunk in batch_sized(read_views(chunks)):
-        heads = [dashboard_from_pb(head(v)) for v in chunk]
+        heads = list(map(dashboard_head_from_pb, chunk))
         batch = view_columns(heads, tokens, chunk)
         found += column_findings(batch)
         yield batch

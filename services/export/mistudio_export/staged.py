@@ -76,13 +76,3 @@ def read_views(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboardView]:
             offset += _LENGTH.size
             yield dpb.FeatureDashboardView.FromString(data[offset : offset + length])
             offset += length
-
-
-def head(view: dpb.FeatureDashboardView) -> dpb.FeatureDashboard:
-    """The dashboard ``view`` reads, its example lists left empty (the columns hold them)."""
-    copy = dpb.FeatureDashboardView()
-    copy.CopyFrom(view)  # in C, as are the clearing and the round trip: no example converted
-    copy.ClearField("top_examples")
-    for group in copy.quantile_groups:
-        group.ClearField("examples")
-    return dpb.FeatureDashboard.FromString(copy.SerializeToString())

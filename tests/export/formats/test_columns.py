@@ -5,11 +5,14 @@ import orjson
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import LogitEntry
-from mistudio_common.dashboard_codec import dashboard_to_pb
+from mistudio_common.dashboard_codec import (
+    dashboard_from_pb,
+    dashboard_head_from_pb,
+    dashboard_to_pb,
+)
 from mistudio_export.formats import bulk_json, columns, jsonio
 from mistudio_export.formats.bulk_json import ListOf, Quoted, StringTable, each
 from mistudio_export.formats.columns import column_batches
-from mistudio_export.staged import head
 
 from tests.export.formats.builders import TOKENS, dashboard, example
 
@@ -173,11 +176,11 @@ def test_view_columns_equal_the_columns_read_from_the_messages():
     views = [dpb.FeatureDashboardView.FromString(m.SerializeToString()) for m in messages]
     expected = columns.example_columns(dashboards, StringTable(), examples=messages)
     got = columns.view_columns(dashboards, StringTable(), views)
-    for m, h in zip(messages, map(head, views), strict=True):
+    for m, h in zip(messages, map(dashboard_head_from_pb, views), strict=True):
         m.ClearField("top_examples")
         for group in m.quantile_groups:
             group.ClearField("examples")
-        assert h == m
+        assert h == dashboard_from_pb(m)
     for field in expected.__dataclass_fields__:
         a, b = getattr(expected, field), getattr(got, field)
         if isinstance(a, np.ndarray):
