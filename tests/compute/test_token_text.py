@@ -155,6 +155,10 @@ def test_windows_laid_end_to_end_display_as_each_window_alone(name: str, request
     text = tok.encode("the café ☃ 😀 €\n")
     windows = [text[a : a + int(rng.integers(1, 6))] for a in range(len(text))]
     windows += [rng.integers(-1, tok.vocab_size + 2, size=5).tolist() for _ in range(100)]
-    expected = [s for w in windows for s in display_tokens(tok, w)]
-    flat = [i for w in windows for i in w]
-    assert TokenDisplay(tok).windows(flat, [len(w) for w in windows]) == expected
+    expected = [s.encode() for w in windows for s in display_tokens(tok, w)]
+    flat = np.array([i for w in windows for i in w], np.int64)
+    display = TokenDisplay(tok)
+    for _ in range(2):  # the ids' bytes learnt, then read from the table
+        text, lengths = display.windows_utf8(flat, np.array([len(w) for w in windows]))
+        assert text.tobytes() == b"".join(expected)
+        assert lengths.tolist() == [len(s) for s in expected]

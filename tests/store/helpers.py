@@ -3,12 +3,15 @@ details."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.store.v1 import store_service_pb2 as pb
+from mistudio_common.dashboard_codec import dashboard_bytes
 from mistudio_store import records
 
 
@@ -86,6 +89,26 @@ def small_dashboard(feature_index: int, scale: float = 1.0) -> dpb.FeatureDashbo
     """The cheapest dashboard whose content depends on ``scale`` (for bulk tests)."""
     statistics = dpb.FeatureStatistics(max_activation=scale, token_count=40)
     return dpb.FeatureDashboard(feature_index=feature_index, statistics=statistics)
+
+
+def serialized(*dashboards: dpb.FeatureDashboard) -> list[pb.SerializedDashboard]:
+    """The dashboards as PutDashboards carries them: the bytes the store keeps."""
+    return [
+        pb.SerializedDashboard(feature_index=d.feature_index, data=dashboard_bytes(d))
+        for d in dashboards
+    ]
+
+
+def stored(*dashboards: dpb.FeatureDashboard) -> list[records.SerializedDashboard]:
+    """The dashboards as the repository takes them."""
+    return [records.SerializedDashboard(d.feature_index, dashboard_bytes(d)) for d in dashboards]
+
+
+def parsed(responses: Iterable[pb.GetDashboardsResponse]) -> list[dpb.FeatureDashboard]:
+    """Every dashboard a GetDashboards stream carries, parsed, in order."""
+    return [
+        dpb.FeatureDashboard.FromString(d.data) for r in responses for d in r.serialized_dashboards
+    ]
 
 
 def status_of(error: grpc.RpcError) -> status_pb2.Status:

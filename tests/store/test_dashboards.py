@@ -20,7 +20,9 @@ from tests.store.helpers import (
     bad_request_fields,
     make_dashboard,
     make_sae,
+    parsed,
     resource_info,
+    serialized,
     small_dashboard,
 )
 
@@ -45,7 +47,9 @@ def put(
     """Streams the dashboards in batches; only the first message names SAE and params."""
     dashboards = [make(i, scale) for i in indices]
     messages = [
-        pb.PutDashboardsRequest(dashboards=dashboards[start : start + batch])
+        pb.PutDashboardsRequest(
+            serialized_dashboards=serialized(*dashboards[start : start + batch])
+        )
         for start in range(0, len(dashboards), batch)
     ]
     messages[0].sae_id = sae_id
@@ -72,7 +76,7 @@ def test_put_then_get_round_trips_in_request_order(stub: StoreServiceStub, sae_i
     assert response.params_key == params_key(params_from_pb(PARAMS))
     request = pb.GetDashboardsRequest(sae_id=sae_id, params=PARAMS, feature_indices=[9, 4, 1])
     messages = list(stub.GetDashboards(request))
-    assert [d for m in messages for d in m.dashboards] == [make_dashboard(i) for i in (9, 4, 1)]
+    assert parsed(messages) == [make_dashboard(i) for i in (9, 4, 1)]
     assert list(messages[-1].missing) == []
 
 
@@ -104,8 +108,9 @@ def test_a_cached_dashboard_reads_back_bit_identical_with_its_content_hash(
 ) -> None:
     put(stub, sae_id, [dashboard.feature_index], make=lambda i, _: dashboard)
     request = pb.GetDashboardsRequest(sae_id=sae_id, params=PARAMS)
-    (again,) = [d for m in stub.GetDashboards(request) for d in m.dashboards]
-    assert dashboard_bytes(again) == dashboard_bytes(dashboard)  # -0.0 and empty parts kept
+    (again,) = [d for m in stub.GetDashboards(request) for d in m.serialized_dashboards]
+    assert again.feature_index == dashboard.feature_index
+    assert again.data == dashboard_bytes(dashboard)  # -0.0 and empty parts kept
     assert cached(stub, sae_id) == {dashboard.feature_index: content_hash(dashboard)}
 
 
@@ -116,8 +121,8 @@ def test_get_streams_batches_and_lists_missing_features_last(
     wanted = [*range(150), 150]  # 100 cached, 51 missing
     request = pb.GetDashboardsRequest(sae_id=sae_id, params=PARAMS, feature_indices=wanted)
     messages = list(stub.GetDashboards(request))
-    assert [len(m.dashboards) for m in messages] == [64, 36]
-    assert [d.feature_index for m in messages for d in m.dashboards] == list(range(100))
+    assert [len(m.serialized_dashboards) for m in messages] == [64, 36]
+    assert [d.feature_index for d in parsed(messages)] == list(range(100))
     assert list(messages[-1].missing) == list(range(100, 151))
     assert all(not m.missing for m in messages[:-1])
 
@@ -127,7 +132,7 @@ def test_get_without_indices_streams_every_cached_dashboard(
 ) -> None:
     put(stub, sae_id, range(70))
     messages = list(stub.GetDashboards(pb.GetDashboardsRequest(sae_id=sae_id, params=PARAMS)))
-    assert [d.feature_index for m in messages for d in m.dashboards] == list(range(70))
+    assert [d.feature_index for d in parsed(messages)] == list(range(70))
 
 
 def test_different_params_are_a_cache_miss(stub: StoreServiceStub, sae_id: str) -> None:
@@ -137,7 +142,7 @@ def test_different_params_are_a_cache_miss(stub: StoreServiceStub, sae_id: str) 
     other.logit_k = 20
     request = pb.GetDashboardsRequest(sae_id=sae_id, params=other, feature_indices=[1, 2])
     messages = list(stub.GetDashboards(request))
-    assert len(messages) == 1 and not messages[0].dashboards
+    assert len(messages) == 1 and not messages[0].serialized_dashboards
     assert list(messages[0].missing) == [1, 2]
     assert cached(stub, sae_id, other) == {}
     assert set(cached(stub, sae_id)) == {1, 2}
@@ -171,7 +176,7 @@ def test_feature_index_outside_the_sae_is_invalid_argument(
     with pytest.raises(grpc.RpcError) as caught:
         put(stub, sae_id, [0, 8192])
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert bad_request_fields(caught.value) == ["dashboards[1].feature_index"]
+    assert bad_request_fields(caught.value) == ["serialized_dashboards[1].feature_index"]
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.GetDashboards(pb.GetDashboardsRequest(sae_id=sae_id, feature_indices=[-1])))
     assert bad_request_fields(caught.value) == ["feature_indices[0]"]
@@ -181,8 +186,12 @@ def test_a_stream_naming_a_second_sae_is_invalid_argument(
     stub: StoreServiceStub, sae_id: str
 ) -> None:
     messages = [
-        pb.PutDashboardsRequest(sae_id=sae_id, params=PARAMS, dashboards=[make_dashboard(1)]),
-        pb.PutDashboardsRequest(sae_id="other", dashboards=[make_dashboard(2)]),
+        pb.PutDashboardsRequest(
+            sae_id=sae_id, params=PARAMS, serialized_dashboards=serialized(make_dashboard(1))
+        ),
+        pb.PutDashboardsRequest(
+            sae_id="other", serialized_dashboards=serialized(make_dashboard(2))
+        ),
     ]
     with pytest.raises(grpc.RpcError) as caught:
         stub.PutDashboards(iter(messages))

@@ -18,7 +18,7 @@ from mistudio_store.server import build_repository
 from sqlalchemy import select
 
 from tests.store.conftest import settings_for
-from tests.store.helpers import sae_record, small_dashboard
+from tests.store.helpers import sae_record, small_dashboard, stored
 
 
 @pytest.fixture
@@ -160,12 +160,13 @@ def test_a_listing_of_every_owner_pages_through_shared_ids(repo: StoreRepository
 def test_rewriting_a_range_leaves_other_rows_untouched(repo: StoreRepository) -> None:
     repo.create_sae(sae_record("inc", d_sae=8192))
     params = dpb.DashboardParams()
-    repo.put_dashboards("inc", params, [small_dashboard(i) for i in range(4990, 6010)])
+    repo.put_dashboards("inc", params, stored(*map(small_dashboard, range(4990, 6010))))
     before = _updated_at(repo)
 
-    repo.put_dashboards("inc", params, [small_dashboard(i, 2.0) for i in range(5000, 6000)])
+    rewritten = [small_dashboard(i, 2.0) for i in range(5000, 6000)]
+    repo.put_dashboards("inc", params, stored(*rewritten))
     # Rewriting with identical content is skipped too (the content hash did not change).
-    repo.put_dashboards("inc", params, [small_dashboard(4990)])
+    repo.put_dashboards("inc", params, stored(small_dashboard(4990)))
 
     after = _updated_at(repo)
     changed = {i for i in after if after[i] != before[i]}

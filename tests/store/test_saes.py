@@ -7,7 +7,13 @@ import pytest
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1.store_service_pb2_grpc import StoreServiceStub
 
-from tests.store.helpers import bad_request_fields, make_dashboard, make_sae, resource_info
+from tests.store.helpers import (
+    bad_request_fields,
+    make_dashboard,
+    make_sae,
+    resource_info,
+    serialized,
+)
 
 
 def test_created_sae_reads_back_with_every_field(stub: StoreServiceStub) -> None:
@@ -116,7 +122,13 @@ def test_delete_removes_the_sae_and_everything_stored_for_it(stub: StoreServiceS
         )
     )
     stub.PutDashboards(
-        iter([pb.PutDashboardsRequest(sae_id="doomed", dashboards=[make_dashboard(1)])])
+        iter(
+            [
+                pb.PutDashboardsRequest(
+                    sae_id="doomed", serialized_dashboards=serialized(make_dashboard(1))
+                )
+            ]
+        )
     )
     job = stub.CreateExportJob(pb.CreateExportJobRequest(job=pb.ExportJob(sae_id="doomed"))).job
 

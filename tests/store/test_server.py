@@ -19,7 +19,7 @@ from mistudio_common.server import insecure_channel
 from mistudio_store.server import SERVICE_NAME, build_store_server
 
 from tests.store.conftest import settings_for
-from tests.store.helpers import make_dashboard, make_sae
+from tests.store.helpers import make_dashboard, make_sae, parsed, serialized
 
 
 def test_health_reports_serving_for_the_store_service(channel: grpc.Channel) -> None:
@@ -48,7 +48,9 @@ def test_data_survives_a_server_restart(database_url: str) -> None:
                 sae_id="kept", features=[pb.Feature(feature_index=3, label="x")]
             )
         )
-        put = pb.PutDashboardsRequest(sae_id="kept", params=params, dashboards=[make_dashboard(3)])
+        put = pb.PutDashboardsRequest(
+            sae_id="kept", params=params, serialized_dashboards=serialized(make_dashboard(3))
+        )
         stub.PutDashboards(iter([put]))
         job = stub.CreateExportJob(
             pb.CreateExportJobRequest(job=pb.ExportJob(sae_id="kept", request_id="r1"))
@@ -65,7 +67,7 @@ def test_data_survives_a_server_restart(database_url: str) -> None:
             got = list(
                 stub.GetDashboards(pb.GetDashboardsRequest(sae_id="kept", feature_indices=[3]))
             )
-            assert got[-1].dashboards == [make_dashboard(3)]
+            assert parsed(got) == [make_dashboard(3)]
             assert stub.GetExportJob(pb.GetExportJobRequest(job_id=job.job_id)).job == job
     finally:
         second.stop(grace_seconds=0)

@@ -8,7 +8,7 @@ it with a loaded ``HookedTransformer`` (``model_access``), an SAE (``sae``) and 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mistudio_compute.dashboards.inputs import DashboardInputs, TokenSource
+from mistudio_compute.dashboards.wire import Bytes, Ints
 from mistudio_compute.encode_tile import EncodeTile
 from mistudio_compute.hooks import HookPoint, validate_hook
 from mistudio_compute.model_access import (
@@ -109,8 +110,8 @@ class TokenizerText:
     def special_ids(self) -> frozenset[int]:
         return self._special
 
-    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
-        return self._display.windows(ids, lengths)
+    def windows_utf8(self, ids: Ints, lengths: Ints) -> tuple[Bytes, Ints]:
+        return self._display.windows_utf8(ids, lengths)
 
     def token(self, token_id: int) -> str:
         cached = self._vocab.get(token_id)

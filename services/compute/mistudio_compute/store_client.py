@@ -17,7 +17,7 @@ from mistudio.store.v1 import store_service_pb2 as spb
 from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import LOOPBACK_PEER, PeerCredentials
 from mistudio_common.dashboard import DashboardParams
-from mistudio_common.dashboard_codec import params_to_pb
+from mistudio_common.dashboard_codec import dashboard_bytes, params_to_pb
 from mistudio_common.grpc_errors import call_peer, pages
 from mistudio_common.retry import DEFAULT_PEER_WAIT, PeerWait
 from mistudio_common.server import open_channel
@@ -91,11 +91,18 @@ class StoreClient:
         owner: str = "",
         batch_size: int = 32,
     ) -> int:
-        """Streams the dashboards to the store in batches; returns how many were written."""
+        """Streams the dashboards to the store in batches, as the bytes it keeps (it neither
+        parses nor serialises them); returns how many were written."""
         key = params_to_pb(params)
+        serialized = (
+            spb.SerializedDashboard(feature_index=d.feature_index, data=dashboard_bytes(d))
+            for d in dashboards
+        )
         requests = (
-            spb.PutDashboardsRequest(sae_id=sae_id, owner=owner, params=key, dashboards=batch)
-            for batch in _batched(dashboards, batch_size)
+            spb.PutDashboardsRequest(
+                sae_id=sae_id, owner=owner, params=key, serialized_dashboards=batch
+            )
+            for batch in _batched(serialized, batch_size)
         )
         return call_peer(lambda: self._stub.PutDashboards(requests, **self._unary)).written_count
 

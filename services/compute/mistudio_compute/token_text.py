@@ -22,10 +22,15 @@ import enum
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol, cast
 
+import numpy as np
 from mistudio_common.token_display import CONTROL_CHARACTERS, byte_escape
+
+_Bytes = np.ndarray[Any, np.dtype[np.uint8]]
+_Ints = np.ndarray[Any, np.dtype[np.int64]]
 
 
 class PieceStyle(enum.Enum):
@@ -186,6 +191,20 @@ def vocab_display_strings(tokenizer: TokenizerAdapter) -> list[str]:
     return [display_token(tokenizer, i) for i in range(tokenizer.vocab_size)]
 
 
+_UNSEEN, _MIXED = -2, -1
+"""``_Utf8Table.length`` of an id not seen yet, and of one shown by its neighbours."""
+
+
+@dataclass(slots=True)
+class _Utf8Table:
+    """The UTF-8 bytes of each id seen so far that shows alike whatever its neighbours: id i's
+    are ``data[start[i] : start[i] + length[i]]``."""
+
+    data: _Bytes = field(default_factory=lambda: np.zeros(0, np.uint8))
+    start: _Ints = field(default_factory=lambda: np.zeros(0, np.int64))
+    length: _Ints = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
 class TokenDisplay:
     """``display_tokens`` for one tokenizer, fast enough for hundreds of thousands of windows.
 
@@ -199,6 +218,7 @@ class TokenDisplay:
         self._tokenizer = tokenizer
         self._alone: dict[int, str] = {}  # id -> its string, whatever the neighbours
         self._partial: dict[int, bytes] = {}  # id -> its bytes, decoded with its neighbours
+        self._utf8 = _Utf8Table()
 
     def window(self, ids: Sequence[int]) -> list[str]:
         texts = list(map(self._alone.get, ids))
@@ -206,20 +226,47 @@ class TokenDisplay:
             self._fill(ids, texts)
         return cast(list[str], texts)
 
-    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
+    def windows_utf8(self, ids: _Ints, lengths: _Ints) -> tuple[_Bytes, _Ints]:
         """``window`` of each window laid one after another in ``ids`` (``lengths`` tokens
-        each), as one list: one lookup for all, a window decoded alone only when it holds an
-        id not cached."""
-        texts = list(map(self._alone.get, ids))
-        if None in texts:
-            at = 0
-            for n in lengths:
-                part = texts[at : at + n]
-                if None in part:
-                    self._fill(ids[at : at + n], part)
-                    texts[at : at + n] = part
-                at += n
-        return cast(list[str], texts)
+        each) as UTF-8: every string's bytes one after another, and each one's length. Ids
+        that show alike whatever their neighbours are copied from a table of their bytes;
+        a window holding any other id is decoded on its own."""
+        table = self._utf8_table(ids)
+        inside = (ids >= 0) & (ids < len(table.length))
+        size = np.where(inside, table.length[np.where(inside, ids, 0)], -1)  # [T] -1: mixed
+        start = table.start[np.where(size >= 0, ids, 0)]
+        data = table.data
+        window = np.repeat(np.arange(len(lengths)), lengths)  # [T]
+        mixed = np.unique(window[size < 0])
+        if len(mixed):
+            firsts = np.cumsum(lengths) - lengths
+            at = np.concatenate([np.arange(firsts[w], firsts[w] + lengths[w]) for w in mixed])
+            texts = [t.encode() for w in mixed.tolist() for t in self.window(
+                ids[firsts[w] : firsts[w] + lengths[w]].tolist())]  # fmt: skip
+            size[at] = [len(t) for t in texts]
+            start[at] = len(data) + np.cumsum(size[at]) - size[at]
+            data = np.concatenate([data, np.frombuffer(b"".join(texts), np.uint8)])
+        before = np.cumsum(size) - size  # [T] where each string begins in the result
+        return data[np.repeat(start - before, size) + np.arange(int(size.sum()))], size
+
+    def _utf8_table(self, ids: _Ints) -> _Utf8Table:
+        """The table, with every id of ``ids`` not seen before learnt."""
+        table = self._utf8
+        top = max(int(ids.max(initial=-1)) + 1, 1)  # id 0's row stands in for ids outside
+        if top > len(table.length):
+            grown = np.full(top, _UNSEEN, np.int64)
+            grown[: len(table.length)] = table.length
+            table.length, table.start = grown, np.resize(table.start, top)
+        seen = ids[ids >= 0]
+        new = np.unique(seen[table.length[seen] == _UNSEEN]).tolist()
+        if new:
+            shown = [None if self._learn(i) is not None else self._alone[i].encode() for i in new]
+            table.length[new] = [_MIXED if b is None else len(b) for b in shown]
+            table.start[new] = len(table.data) + np.cumsum(table.length[new].clip(0)) - (
+                table.length[new].clip(0))  # fmt: skip
+            tail = b"".join(b for b in shown if b is not None)
+            table.data = np.concatenate([table.data, np.frombuffer(tail, np.uint8)])
+        return table
 
     def _fill(self, ids: Sequence[int], texts: list[str | None]) -> None:
         """Fills the None entries: ids not seen yet, and runs of partial characters."""

@@ -135,7 +135,9 @@ class StoreClient:
         found: list[dpb.FeatureDashboard] = []
         missing: list[int] = []
         for message in stream_peer(lambda: self._stub.GetDashboards(request, **self._unary)):
-            found.extend(message.dashboards)
+            found.extend(
+                dpb.FeatureDashboard.FromString(d.data) for d in message.serialized_dashboards
+            )
             missing.extend(message.missing)
         return found, missing
 

@@ -3,8 +3,8 @@
 The params key is the hash of the resolved computation parameters, so a lookup with different
 parameters (or a new computation_version) is a miss. Writes are bulk upserts of only the listed
 features; a row whose content hash is unchanged is left as it was. A dashboard is kept as its
-deterministic protobuf wire form (nothing queries inside it), so caching one is a single C
-serialisation and reading it back a single parse.
+deterministic protobuf wire form (nothing queries inside it), the bytes the writer sends and a
+reader gets: the store never parses or serialises one.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from google.protobuf import json_format
 from mistudio.common.v1 import dashboard_pb2
 from mistudio_common.dashboard_codec import (
     content_hash_of,
-    dashboard_bytes,
     params_from_pb,
     params_key,
     params_to_pb,
@@ -28,17 +27,14 @@ from mistudio_store.base import RepositoryBase
 from mistudio_store.db.models import DashboardRow
 from mistudio_store.db.statements import upsert
 from mistudio_store.pagination import Page, scope_of
-from mistudio_store.records import FeatureHash
-
-_from_wire = dashboard_pb2.FeatureDashboard.FromString
-"""Reads a stored dashboard (``dashboard_bytes``) back."""
+from mistudio_store.records import FeatureHash, SerializedDashboard
 
 
 @dataclass(frozen=True)
 class DashboardBatch:
     """One GetDashboards stream message; only the last carries ``missing``."""
 
-    dashboards: list[dashboard_pb2.FeatureDashboard]
+    dashboards: list[SerializedDashboard]
     missing: list[int] = field(default_factory=list)
 
 
@@ -66,7 +62,7 @@ class DashboardCache(RepositoryBase):
         self,
         sae_id: str,
         params: dashboard_pb2.DashboardParams,
-        dashboards: Sequence[dashboard_pb2.FeatureDashboard],
+        dashboards: Sequence[SerializedDashboard],
         owner: str | None = None,
     ) -> tuple[int, str]:
         """Writes one batch; returns (dashboards written, params key)."""
@@ -77,7 +73,7 @@ class DashboardCache(RepositoryBase):
             sae = self._sae(session, sae_id, owner)
             indices = [d.feature_index for d in dashboards]
             validation.feature_indices(
-                indices, sae.d_sae, "dashboards[{i}].feature_index", unique=True
+                indices, sae.d_sae, "serialized_dashboards[{i}].feature_index", unique=True
             )
             rows = [
                 {
@@ -86,11 +82,11 @@ class DashboardCache(RepositoryBase):
                     "feature_index": d.feature_index,
                     "params": resolved.document,
                     "computation_version": resolved.computation_version,
-                    "content_hash": content_hash_of(wire),
-                    "data": wire,
+                    "content_hash": content_hash_of(d.data),
+                    "data": d.data,
                     "updated_at": at,
                 }
-                for d, wire in zip(dashboards, map(dashboard_bytes, dashboards), strict=True)
+                for d in dashboards
             ]
             upsert(
                 session,
@@ -124,7 +120,7 @@ class DashboardCache(RepositoryBase):
         else:
             chunks = self._all_chunks(sae.id, key)
         missing: list[int] = []
-        pending: list[dashboard_pb2.FeatureDashboard] | None = None
+        pending: list[SerializedDashboard] | None = None
         for found, absent in chunks:
             missing.extend(absent)
             if found:
@@ -159,7 +155,7 @@ class DashboardCache(RepositoryBase):
 
     def _requested_chunks(
         self, sae_pk: int, key: str, wanted: list[int]
-    ) -> Iterator[tuple[list[dashboard_pb2.FeatureDashboard], list[int]]]:
+    ) -> Iterator[tuple[list[SerializedDashboard], list[int]]]:
         size = self._dashboard_batch
         for chunk in (wanted[i : i + size] for i in range(0, len(wanted), size)):
             with self._sessions.read() as session:
@@ -169,12 +165,12 @@ class DashboardCache(RepositoryBase):
                     DashboardRow.feature_index.in_(chunk),
                 )
                 data: dict[int, bytes] = dict(session.execute(query).all())
-            found = [_from_wire(data[i]) for i in chunk if i in data]
+            found = [SerializedDashboard(i, data[i]) for i in chunk if i in data]
             yield found, [i for i in chunk if i not in data]
 
     def _all_chunks(
         self, sae_pk: int, key: str
-    ) -> Iterator[tuple[list[dashboard_pb2.FeatureDashboard], list[int]]]:
+    ) -> Iterator[tuple[list[SerializedDashboard], list[int]]]:
         last = -1
         while True:
             with self._sessions.read() as session:
@@ -192,4 +188,4 @@ class DashboardCache(RepositoryBase):
             if not rows:
                 return
             last = rows[-1][0]
-            yield [_from_wire(data) for _, data in rows], []
+            yield [SerializedDashboard(i, data) for i, data in rows], []

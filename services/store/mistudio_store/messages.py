@@ -7,7 +7,14 @@ from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio_common.architectures import enum_name, saelens_name
 
 from mistudio_store.convert import from_timestamp, struct, timestamp, to_json
-from mistudio_store.records import Explanation, Feature, FeatureFilter, FeatureHash, Sae
+from mistudio_store.records import (
+    Explanation,
+    Feature,
+    FeatureFilter,
+    FeatureHash,
+    Sae,
+    SerializedDashboard,
+)
 
 
 def sae_from_pb(m: pb.Sae) -> Sae:
@@ -122,3 +129,11 @@ def feature_hash_to_pb(h: FeatureHash) -> pb.FeatureHash:
 
 def cached_dashboard_to_pb(h: FeatureHash) -> pb.CachedDashboard:
     return pb.CachedDashboard(feature_index=h.feature_index, content_hash=h.content_hash)
+
+
+def serialized_dashboard_from_pb(m: pb.SerializedDashboard) -> SerializedDashboard:
+    return SerializedDashboard(feature_index=m.feature_index, data=m.data)
+
+
+def serialized_dashboard_to_pb(d: SerializedDashboard) -> pb.SerializedDashboard:
+    return pb.SerializedDashboard(feature_index=d.feature_index, data=d.data)

@@ -1,8 +1,8 @@
 """What the repository takes and returns: SAEs, features, explanations and hashes as plain values.
 
 The servicer translates the store's messages into these and back (``messages``); the repository,
-its checks and the rows never see a request. Export jobs and dashboards stay the export's and
-compute's typed messages: the store keeps them as documents and wire bytes it does not read.
+its checks and the rows never see a request. Export jobs stay the export's typed messages and
+dashboards compute's wire bytes: the store keeps them as documents and bytes it does not read.
 """
 
 from __future__ import annotations
@@ -78,3 +78,12 @@ class FeatureHash:
 
     feature_index: int
     content_hash: str
+
+
+@dataclass(frozen=True)
+class SerializedDashboard:
+    """A cached dashboard as the bytes the store keeps, hashes and returns without parsing: a
+    ``FeatureDashboard``'s deterministic serialisation (``dashboard_codec.dashboard_bytes``)."""
+
+    feature_index: int
+    data: bytes

@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import TypeAlias
 
 import grpc
-from mistudio.common.v1 import dashboard_pb2
 from mistudio.store.v1 import store_service_pb2 as pb
 from mistudio.store.v1 import store_service_pb2_grpc
 from mistudio_common.auth import current_caller, owner_for, sae_owner
@@ -23,6 +22,7 @@ from mistudio_common.grpc_errors import handle_errors, register_translation
 
 from mistudio_store import convert, messages, validation
 from mistudio_store.db.faults import database_fault
+from mistudio_store.records import SerializedDashboard
 from mistudio_store.repository import StoreRepository
 
 Context: TypeAlias = grpc.ServicerContext
@@ -133,7 +133,8 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
             request.sae_id, request.params, request.feature_indices, owner
         )
         for batch in batches:
-            yield pb.GetDashboardsResponse(dashboards=batch.dashboards, missing=batch.missing)
+            found = [messages.serialized_dashboard_to_pb(d) for d in batch.dashboards]
+            yield pb.GetDashboardsResponse(serialized_dashboards=found, missing=batch.missing)
 
     @handle_errors
     def ListCachedDashboards(
@@ -225,7 +226,7 @@ class StoreServicer(store_service_pb2_grpc.StoreServiceServicer):
 
 def _dashboard_batches(
     requests: Iterable[pb.PutDashboardsRequest],
-) -> Iterator[tuple[pb.PutDashboardsRequest, list[dashboard_pb2.FeatureDashboard]]]:
+) -> Iterator[tuple[pb.PutDashboardsRequest, list[SerializedDashboard]]]:
     """(the stream's first message, dashboards) per message: later messages may leave sae_id,
     owner and params unset to inherit the first message's; naming different ones is an error."""
     first: pb.PutDashboardsRequest | None = None
@@ -250,4 +251,7 @@ def _dashboard_batches(
                 field="params",
                 fix="send one PutDashboards stream per SAE and parameter set",
             )
-        yield first, list(request.dashboards)
+        yield (
+            first,
+            [messages.serialized_dashboard_from_pb(d) for d in request.serialized_dashboards],
+        )

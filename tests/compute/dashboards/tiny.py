@@ -7,7 +7,6 @@ tokens); feature 0 never fires and feature 1 fires on exactly one non-special to
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -120,8 +119,9 @@ class TinyText:
     def token(self, token_id: int) -> str:
         return "tz" if token_id >= 60 else f"t{token_id}"
 
-    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
-        return [self.token(i) for i in ids]
+    def windows_utf8(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        texts = [self.token(i).encode() for i in ids.tolist()]
+        return np.frombuffer(b"".join(texts), np.uint8), np.array([len(t) for t in texts], np.int64)
 
 
 def make_sae(model, tokens: np.ndarray, kind: str, d_sae: int = 96, seed: int = 1) -> ReluSAE:

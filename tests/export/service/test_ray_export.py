@@ -114,7 +114,11 @@ def cached_dashboards(stack: Stack) -> list[dpb.FeatureDashboard]:
         ).fetchall()
     params = json_format.ParseDict(json.loads(document), dpb.DashboardParams())
     request = spb.GetDashboardsRequest(sae_id=sae_id, params=params)
-    return [d for m in stack.records.GetDashboards(request) for d in m.dashboards]
+    return [
+        dpb.FeatureDashboard.FromString(d.data)
+        for m in stack.records.GetDashboards(request)
+        for d in m.serialized_dashboards
+    ]
 
 
 def float_bits(dashboards: list[dpb.FeatureDashboard]) -> list[dict[str, str]]:

@@ -24,7 +24,8 @@ class ExampleBytes:
     n_tokens: np.ndarray  # [N] shown tokens (at least one)
     token_ids: np.ndarray  # [T] of every example, one after another
     values: np.ndarray  # [T] float32
-    texts: list[str]  # [T]
+    text: np.ndarray  # UTF-8 of every token's display string, one after another
+    text_len: np.ndarray  # [T] bytes of each
     max_value: np.ndarray  # [N]
     max_token_index: np.ndarray
     row: np.ndarray
@@ -36,9 +37,8 @@ class ExampleBytes:
     def sizes(self) -> np.ndarray:
         """Bytes of each example with its key and length."""
         vs, n, p = W.varint_sizes, self.n_tokens, self._sized
-        p["text"], p["text_len"] = W.utf8(self.texts)
         firsts = W.exclusive_cumsum(n)
-        p["token_size"] = 1 + vs(p["text_len"]) + p["text_len"]  # key, length, UTF-8
+        p["token_size"] = 1 + vs(self.text_len) + self.text_len  # key, length, UTF-8
         p["id_size"] = vs(self.token_ids)
         p["tokens"] = np.add.reduceat(p["token_size"], firsts) if len(n) else n
         p["ids"] = np.add.reduceat(p["id_size"], firsts) if len(n) else n
@@ -71,8 +71,8 @@ class ExampleBytes:
         at = W.put_varints(out, at + 1, p["body"])
         token_at = np.repeat(at, n) + within(p["token_size"])  # tokens: one per token
         out[token_at] = W.key(_EXAMPLE.TOKENS_FIELD_NUMBER, W.LEN)
-        after = W.put_varints(out, token_at + 1, p["text_len"])
-        W.put_bytes(out, after, p["text"], p["text_len"])
+        after = W.put_varints(out, token_at + 1, self.text_len)
+        W.put_bytes(out, after, self.text, self.text_len)
         at = at + p["tokens"]
         out[at] = W.key(_EXAMPLE.TOKEN_IDS_FIELD_NUMBER, W.LEN)  # packed
         at = W.put_varints(out, at + 1, p["ids"])

@@ -226,9 +226,9 @@ class _Builder:
         ids, values = ids[order], values[order]
         shown = np.arange(ids.shape[1]) - first[:, None]  # [N, W] index among the shown tokens
         shown = (shown >= 0) & (shown < m[:, None])
-        texts = self.inputs.token_text.windows(ids[shown].tolist(), m.tolist())
+        text, text_len = self.inputs.token_text.windows_utf8(ids[shown], m)
         examples = ExampleBytes(
-            section, m, ids[shown], values[shown], texts, peak_value[order],
+            section, m, ids[shown], values[shown], text, text_len, peak_value[order],
             peak_at[order] - first, document[order], offset[order], centre[order],
             self.inputs.source.dataset.encode(),
         )  # fmt: skip

@@ -7,13 +7,14 @@ a tiny HookedTransformer and hand-written encoders. Nothing here knows about gRP
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from mistudio_compute.dashboards.wire import Bytes, Ints
 from mistudio_compute.encode_tile import EncodeTile
 
 
@@ -84,9 +85,10 @@ class TokenText(Protocol):
         """BOS/EOS/PAD ids: never an example's max token, excluded from statistics."""
         ...
 
-    def windows(self, ids: Sequence[int], lengths: Sequence[int]) -> list[str]:
-        """Display strings for context windows laid one after another in ``ids``, ``lengths``
-        tokens each (decoding may depend on neighbours inside a window, never across)."""
+    def windows_utf8(self, ids: Ints, lengths: Ints) -> tuple[Bytes, Ints]:
+        """The display strings of context windows laid one after another in ``ids``,
+        ``lengths`` tokens each (decoding may depend on neighbours inside a window, never
+        across), as UTF-8: their bytes one after another, and each string's length."""
         ...
 
     def token(self, token_id: int) -> str:

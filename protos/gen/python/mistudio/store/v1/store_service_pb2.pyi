@@ -771,8 +771,8 @@ class PutDashboardsRequest(_message.Message):
 
     SAE_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
-    DASHBOARDS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    SERIALIZED_DASHBOARDS_FIELD_NUMBER: _builtins.int
     sae_id: _builtins.str
     """The SAE the dashboards belong to."""
     owner: _builtins.str
@@ -785,7 +785,7 @@ class PutDashboardsRequest(_message.Message):
         """The parameters they were computed with, defaults and fingerprint filled in: the cache key."""
 
     @_builtins.property
-    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[_dashboard_pb2.FeatureDashboard]:
+    def serialized_dashboards(self) -> _containers.RepeatedCompositeFieldContainer[Global___SerializedDashboard]:
         """The dashboards; a feature already cached under the same key is replaced."""
 
     def __init__(
@@ -793,12 +793,12 @@ class PutDashboardsRequest(_message.Message):
         *,
         sae_id: _builtins.str = ...,
         params: _dashboard_pb2.DashboardParams | None = ...,
-        dashboards: _abc.Iterable[_dashboard_pb2.FeatureDashboard] | None = ...,
         owner: _builtins.str = ...,
+        serialized_dashboards: _abc.Iterable[Global___SerializedDashboard] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dashboards", b"dashboards", "owner", b"owner", "params", b"params", "sae_id", b"sae_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "params", b"params", "sae_id", b"sae_id", "serialized_dashboards", b"serialized_dashboards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -877,29 +877,59 @@ class GetDashboardsResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    DASHBOARDS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def dashboards(self) -> _containers.RepeatedCompositeFieldContainer[_dashboard_pb2.FeatureDashboard]:
-        """Dashboards found, in feature_index order."""
-
+    SERIALIZED_DASHBOARDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Requested features with no cached dashboard (sent in the last message)."""
 
+    @_builtins.property
+    def serialized_dashboards(self) -> _containers.RepeatedCompositeFieldContainer[Global___SerializedDashboard]:
+        """Dashboards found, in request order (feature_index order when none were named)."""
+
     def __init__(
         self,
         *,
-        dashboards: _abc.Iterable[_dashboard_pb2.FeatureDashboard] | None = ...,
         missing: _abc.Iterable[_builtins.int] | None = ...,
+        serialized_dashboards: _abc.Iterable[Global___SerializedDashboard] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dashboards", b"dashboards", "missing", b"missing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing", "serialized_dashboards", b"serialized_dashboards"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDashboardsResponse: _TypeAlias = GetDashboardsResponse  # noqa: Y015
+
+@_typing.final
+class SerializedDashboard(_message.Message):
+    """One cached dashboard as the bytes the store keeps: it files, hashes and returns them
+    without parsing them, so they must be what the writer's FeatureDashboard serialises to.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    feature_index: _builtins.int
+    """The dashboard's FeatureDashboard.feature_index."""
+    data: _builtins.bytes
+    """The FeatureDashboard's deterministic serialisation
+    (mistudio_common.dashboard_codec.dashboard_bytes); content_hash is its SHA-256.
+    """
+    def __init__(
+        self,
+        *,
+        feature_index: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "feature_index", b"feature_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SerializedDashboard: _TypeAlias = SerializedDashboard  # noqa: Y015
 
 @_typing.final
 class ListCachedDashboardsRequest(_message.Message):
