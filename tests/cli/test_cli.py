@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ needs_stories = pytest.mark.skipif(
     reason=f"stories260K is not available at {STORIES_MODEL.parent}",
 )
 HOOK = "blocks.2.hook_resid_post"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def cli(*args: str, data_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -78,6 +80,19 @@ def test_every_command_has_help_with_examples(tmp_path: Path) -> None:
         assert "usage:" in result.stdout
     run_help = cli("run", "--help", data_dir=tmp_path).stdout
     assert "examples:" in run_help and "--logit-k" in run_help and "--delta-from" in run_help
+
+
+def test_the_command_script_imports_nothing_of_the_command_line_until_it_runs() -> None:
+    # The export's spawned workers re-run the script that started their parent before their
+    # first task: what its import costs, each of them pays.
+    script = tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]["mistudio-export"]
+    module, function = script.split(":")
+    probe = f"import sys, {module}; print(callable({module}.{function}), sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    runs, modules = done.stdout.split(" ", 1)
+    assert runs == "True"
+    assert "mistudio_cli.main" not in modules
+    assert "'grpc'" not in modules
 
 
 def test_validate_a_missing_path_is_one_clear_line(tmp_path: Path) -> None:

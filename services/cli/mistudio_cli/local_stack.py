@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mistudio_common.gc_pause import start_up_kept
 from mistudio_common.server import RunningServer
 
 from mistudio_cli.service_process import ServiceProcess, start_service_process
@@ -67,12 +68,12 @@ def start_local_stack(
     if database_url:
         store_settings["database_url"] = database_url
     store = start_service_process("store", store_settings, data_dir)
-    try:  # imported while the store starts
-        from mistudio_compute.config import ComputeSettings
-        from mistudio_compute.server import build_compute_server
-        from mistudio_export.config import ExportSettings
-        from mistudio_export.server import build_export_server
-
+    try:
+        with start_up_kept():  # imported while the store starts
+            from mistudio_compute.config import ComputeSettings
+            from mistudio_compute.server import build_compute_server
+            from mistudio_export.config import ExportSettings
+            from mistudio_export.server import build_export_server
         store.wait_ready()
         compute = build_compute_server(
             ComputeSettings(

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mistudio_common.errors import Unavailable
-from mistudio_common.gc_pause import skip_final_collection
+from mistudio_common.gc_pause import skip_final_collection, start_up_kept
 from mistudio_common.server import PortInUse, RunningServer
 from mistudio_common.stop_signal import StopWait
 
@@ -192,7 +192,8 @@ def child_main(name: str) -> int:
 
     skip_final_collection()  # the parent's stop waits for this process's exit
     stop = _StopWait()  # before the port is answered: a SIGTERM may follow at once
-    settings_type, build = SERVICES[name]()
+    with start_up_kept():
+        settings_type, build = SERVICES[name]()
     try:
         settings = settings_type(**json.loads(_stdin_line()))
         configure_logging(name, settings.log_level)
