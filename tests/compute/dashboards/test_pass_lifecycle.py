@@ -215,6 +215,19 @@ def test_examples_need_no_second_model_pass(inputs, reference) -> None:
     assert counting.calls == -(-tiny.ROWS // BATCH)  # one forward per pass batch, no more
 
 
+def test_the_examples_stage_begins_before_the_examples_are_chosen(inputs) -> None:
+    """Choosing them is finalisation's work: the pass's stage ends when it starts."""
+    events: list[tuple[int, int]] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is Stage.LOADING_EXAMPLES:
+            events.append((done, total))
+
+    flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, progress=record))
+    assert events[0] == (0, 0)
+    assert events[-1][0] == events[-1][1] > 0
+
+
 def test_progress_covers_every_stage_and_ends_complete(inputs) -> None:
     events: list[tuple[Stage, int, int]] = []
     flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, chunk_size=40,
