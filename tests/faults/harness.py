@@ -233,7 +233,7 @@ def start_fault_stack(
         "MISTUDIO_COMPUTE_STORE_ADDRESS": f"127.0.0.1:{ports['store']}",
         "MISTUDIO_COMPUTE_DATA_DIR": str(folder / "compute"),
         "MISTUDIO_COMPUTE_DEVICE": "cpu",
-        "MISTUDIO_COMPUTE_CHECKPOINT_EVERY_BATCHES": "4",
+        "MISTUDIO_COMPUTE_CHECKPOINT_EVERY_SECONDS": "0",
         "MISTUDIO_COMPUTE_INPUT_ROOTS": json.dumps([str(p) for p in input_roots]),
         **(compute_settings or {}),
     }

@@ -46,8 +46,9 @@ class ComputeSettings(SecuritySettings):
     moves a feature's firing count by a few tokens where its pre-activation sits at 0."""
     default_batch_rows: int = 32
     """Token rows per forward pass when a request gives none; halved on out-of-memory."""
-    checkpoint_every_batches: int = 50
-    """How often a running computation saves its resumable state."""
+    checkpoint_every_seconds: float = 60.0
+    """How often a running activation pass saves its resumable state: the most of a pass a
+    compute crash can cost (a pause or shutdown saves where it stops, a finished pass always)."""
     fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
     """How long a computation waits out an unreachable store (or database) before it fails."""
     max_workers: int = 32

@@ -199,7 +199,8 @@ class FastLlama:
             return x
         batch, n_pos, _ = x.shape
         H, KV, dh = self.n_heads, self.kv_heads, self.d_head
-        qkv = self._rms(x, block.ln1) @ block.w_qkv + block.b_qkv  # [b, pos, (H + 2 KV) dh]
+        qkv = self._rms(x, block.ln1) @ block.w_qkv  # [b, pos, (H + 2 KV) dh]
+        qkv += block.b_qkv
         qk = qkv[..., : (H + KV) * dh].view(batch, n_pos, H + KV, dh)  # before rotary
         v = qkv[..., (H + KV) * dh :].view(batch, n_pos, KV, dh)
         if stop is HookKind.ATTN_Q:
@@ -212,20 +213,22 @@ class FastLlama:
         z = self._attend(q, k, v.transpose(1, 2), cache, layer, pos0).transpose(1, 2)
         if stop is HookKind.ATTN_Z:
             return z  # [b, pos, H, dh]
-        attn_out = z.flatten(2) @ block.w_o + block.b_o
+        attn_out = z.flatten(2) @ block.w_o
+        attn_out += block.b_o
         if stop is HookKind.ATTN_OUT:
             return attn_out
-        x = x + attn_out
+        x = attn_out.add_(x)  # x + attn_out, into the buffer it no longer needs
         if stop is HookKind.RESID_MID:
             return x
         gate, up = (self._rms(x, block.ln2) @ block.w_gate_in).chunk(2, dim=-1)  # [b, pos, d_mlp]
-        post = F.silu(gate) * up + block.b_in
+        post = F.silu(gate).mul_(up).add_(block.b_in)
         if stop is HookKind.MLP_POST:
             return post
-        mlp_out = post @ block.w_out + block.b_out
+        mlp_out = post @ block.w_out
+        mlp_out += block.b_out
         if stop is HookKind.MLP_OUT:
             return mlp_out
-        return x + mlp_out
+        return mlp_out.add_(x)
 
     def _attend(
         self,

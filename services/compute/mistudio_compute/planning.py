@@ -184,7 +184,7 @@ class Planner:
             model_lock=lock,
             dataset=dataset,
             batch_rows=request.batch_size or self._settings.default_batch_rows,
-            checkpoint_every_batches=self._settings.checkpoint_every_batches,
+            checkpoint_every_seconds=self._settings.checkpoint_every_seconds,
             memory_budget=self._settings.memory_budget(),
             shard_plan=shard_plan,
             sharding=_sharding(self._settings),

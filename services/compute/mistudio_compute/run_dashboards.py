@@ -60,7 +60,7 @@ class PreparedDashboards:
     model_lock: threading.Lock
     dataset: TokenDataset
     batch_rows: int
-    checkpoint_every_batches: int
+    checkpoint_every_seconds: float
     memory_budget: int
     """Bytes the computation may take beyond the model and the SAE (it shards features to fit)."""
     shard_plan: Callable[[int], ShardPlan]
@@ -132,7 +132,7 @@ def run_dashboards(
         batch_size=prepared.batch_rows,
         chunk_size=CHUNK_FEATURES,
         checkpoint=Checkpointing(
-            hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_batches
+            hooks.checkpoint_dir / CHECKPOINT_FILE, prepared.checkpoint_every_seconds
         ),
         progress=reporter,
         cancel=hooks.interrupt,

@@ -19,6 +19,7 @@ from mistudio_compute.dashboards import (
     run_activation_pass,
     state_config,
 )
+from mistudio_compute.dashboards.checkpoint import load_checkpoint
 from mistudio_compute.dashboards.keys import sample_position, top_position
 from mistudio_compute.dashboards.state import PassState
 
@@ -114,7 +115,7 @@ def stop_after_three_batches_then_resume(
 
 
 def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: Path) -> None:
-    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=0.0)
     again, resumed = stop_after_three_batches_then_resume(inputs, checkpoint)
     assert again == reference
     t = tiny.N_CTX
@@ -123,15 +124,45 @@ def test_checkpoint_resume_gives_identical_result(inputs, reference, tmp_path: P
 
 
 def test_an_interrupted_pass_checkpoints_where_it_stopped(inputs, reference, tmp_path) -> None:
-    """Periodic checkpoints are rare (every 50 batches by default); a pause loses no batch."""
-    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1000)
+    """Periodic checkpoints are rare (a minute of the pass by default); a pause loses no batch."""
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=3600.0)
     again, resumed = stop_after_three_batches_then_resume(inputs, checkpoint)
     assert resumed[:2] == [3 * BATCH * tiny.N_CTX, 4 * BATCH * tiny.N_CTX]  # no batch run twice
     assert again == reference
 
 
+def saved_row_after_each_batch(inputs, checkpoint: Checkpointing) -> list[int | None]:
+    """The next row the checkpoint names as each batch of a pass reports (None: none saved)."""
+    config = state_config(PARAMS, tiny.SPECIAL)
+    saved: list[int | None] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        if done and checkpoint.path.exists():
+            saved.append(load_checkpoint(checkpoint.path, torch.device("cpu"))[1].next_row)
+        elif done:
+            saved.append(None)
+
+    run_activation_pass(inputs, config, torch.arange(inputs.encoder.d_sae), batch_size=BATCH,
+                        checkpoint=checkpoint, progress=record)  # fmt: skip
+    return saved
+
+
+def test_a_pass_shorter_than_the_checkpoint_interval_saves_once_at_its_end(
+    inputs, tmp_path: Path
+) -> None:
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=3600.0)
+    saved = saved_row_after_each_batch(inputs, checkpoint)
+    assert saved == [None] * (tiny.ROWS // BATCH - 1) + [tiny.ROWS]
+
+
+def test_a_zero_checkpoint_interval_saves_after_every_batch(inputs, tmp_path: Path) -> None:
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=0.0)
+    saved = saved_row_after_each_batch(inputs, checkpoint)
+    assert saved == list(range(BATCH, tiny.ROWS + 1, BATCH))
+
+
 def test_checkpoint_of_another_job_is_refused(inputs, tmp_path: Path) -> None:
-    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=0.0)
     config = state_config(PARAMS, tiny.SPECIAL)
     run_activation_pass(inputs, config, torch.arange(10), rows=range(0, 8), checkpoint=checkpoint)
     with pytest.raises(FailedPrecondition) as err:
@@ -182,6 +213,19 @@ def test_examples_need_no_second_model_pass(inputs, reference) -> None:
     got = flatten(compute_dashboards(replace(inputs, reader=counting), PARAMS, batch_size=BATCH))
     assert got == reference
     assert counting.calls == -(-tiny.ROWS // BATCH)  # one forward per pass batch, no more
+
+
+def test_the_examples_stage_begins_before_the_examples_are_chosen(inputs) -> None:
+    """Choosing them is finalisation's work: the pass's stage ends when it starts."""
+    events: list[tuple[int, int]] = []
+
+    def record(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is Stage.LOADING_EXAMPLES:
+            events.append((done, total))
+
+    flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, progress=record))
+    assert events[0] == (0, 0)
+    assert events[-1][0] == events[-1][1] > 0
 
 
 def test_progress_covers_every_stage_and_ends_complete(inputs) -> None:
@@ -295,7 +339,7 @@ def test_an_out_of_memory_part_on_several_threads_leaves_the_state_as_it_was(inp
 def test_a_pass_on_several_threads_resumes_where_it_was_cancelled(inputs, tmp_path) -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
     features = torch.arange(inputs.encoder.d_sae)
-    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=100)
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=3600.0)
     cancel = threading.Event()
 
     def stop(stage: Stage, done: int, total: int, message: str) -> None:

@@ -199,7 +199,7 @@ def test_progress_never_goes_back_across_shards(inputs, budget) -> None:
 def test_a_sharded_run_resumes_at_the_shard_and_batch_where_it_stopped(
     inputs, budget, reference, tmp_path: Path
 ) -> None:
-    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_batches=1)
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=0.0)
     cancel = threading.Event()
     tokens = tiny.ROWS * tiny.N_CTX
     stop_at = tokens + 3 * BATCH * tiny.N_CTX  # shard 2, after its third batch

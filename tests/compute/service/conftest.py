@@ -100,7 +100,7 @@ def harness(
         data_dir=tmp_path / "compute",
         input_roots=(tmp_path,),
         device="cpu",
-        checkpoint_every_batches=2,
+        checkpoint_every_seconds=0.0,
     )
     harness = ComputeHarness(settings, model_loader)
     yield harness

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -47,10 +48,13 @@ _R = TypeVar("_R")
 
 @dataclass(frozen=True, slots=True)
 class Checkpointing:
-    """Write the state to ``path`` every ``every_batches`` batches; resume from it if present."""
+    """Write the state to ``path`` after the first batch that ends ``every_seconds`` or more
+    after the last write, and after the last batch; resume from it if present. A bound in time
+    rather than in batches: a write costs the whole state (317 MB, 0.2-0.5 s at 16,384
+    features), so it is paid only where the work it saves is worth more."""
 
     path: Path
-    every_batches: int = 50
+    every_seconds: float = 60.0
 
 
 @dataclass(slots=True)
@@ -197,16 +201,17 @@ def run_activation_pass(
     shard = None if every_feature else features
     folder = BatchFolder(inputs, state, shard, kept, threads, rows.stop)
 
-    batches = 0
     unsaved: Cursor | None = None  # the last folded batch, while no checkpoint holds it
+    saved_at = time.monotonic()  # the pass's start counts as a save: its work is not lost yet
 
     def after(j: int, size: int) -> None:
-        nonlocal batches, unsaved
-        batches += 1
+        nonlocal unsaved, saved_at
         unsaved = Cursor(j, rows.start, rows.stop, size)
-        if checkpoint is not None and (batches % checkpoint.every_batches == 0 or j == rows.stop):
+        if checkpoint is None:
+            return
+        if j == rows.stop or time.monotonic() - saved_at >= checkpoint.every_seconds:
             save_checkpoint(checkpoint.path, state, unsaved)
-            unsaved = None
+            unsaved, saved_at = None, time.monotonic()
 
     try:
         final = for_each_batch(
