@@ -121,3 +121,14 @@ def test_a_pass_over_encode_tiles_equals_one_over_dense_activations(
             for encoder in (tiled, DenseOnly(tiled))
         )  # fmt: skip
         assert_same_state(got.state, expected.state)
+
+
+def test_every_column_of_a_span_may_fire_and_zeros_of_either_sign_do_not() -> None:
+    acts = torch.rand(3, 70) + 0.5  # row 0: every column fires, the 32nd included
+    acts[1, ::2] = -0.0
+    acts[1, 1::4] = 0.0
+    acts[2, 31] = torch.finfo(torch.float32).tiny / 2  # subnormal: positive, so it fires
+    special = torch.zeros(3, dtype=torch.bool)
+    got = dense_entries(acts, special, FineGrid())
+    assert got.compiled and len(got.f) == 70 + (70 - 35 - 18) + 70
+    assert_same_entries(got, dense_reference(acts, special))
