@@ -13,7 +13,6 @@ from dataclasses import asdict
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.compute.v1 import compute_service_pb2_grpc as cgrpc
@@ -127,17 +126,16 @@ class StoreClient:
 
     def dashboards(
         self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
-    ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
-        """Cached dashboards of ``indices`` (at most a few hundred), and the missing indices."""
+    ) -> tuple[list[bytes], list[int]]:
+        """Cached dashboards of ``indices`` (at most a few hundred) as the store keeps them,
+        and the missing indices."""
         request = spb.GetDashboardsRequest(
             sae_id=sae_id, owner=owner, params=params_to_pb(params), feature_indices=indices
         )
-        found: list[dpb.FeatureDashboard] = []
+        found: list[bytes] = []
         missing: list[int] = []
         for message in stream_peer(lambda: self._stub.GetDashboards(request, **self._unary)):
-            found.extend(
-                dpb.FeatureDashboard.FromString(d.data) for d in message.serialized_dashboards
-            )
+            found.extend(d.data for d in message.serialized_dashboards)
             missing.extend(message.missing)
         return found, missing
 

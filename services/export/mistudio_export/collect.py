@@ -15,8 +15,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
-from mistudio_common.dashboard_codec import content_hash_of, dashboard_bytes
+from mistudio_common.dashboard_codec import content_hash_of
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.delta import EarlierExport, FeatureHashes, feature_hash
@@ -111,8 +112,8 @@ class Staging:
             )
 
     def _read_batch(self, batch: list[int]) -> tuple[list[bytes], dict[int, str], int]:
-        """The kept dashboards of ``batch`` in their wire form (serialised once, for both the
-        hash and the chunk), their hashes, and how many a delta export left out."""
+        """The kept dashboards of ``batch`` in their wire form (the bytes the store keeps, for
+        both the hash and the chunk), their hashes, and how many a delta export left out."""
         store, plan = self._store, self._job.plan
         sae_id, owner = plan.sae.sae_id, plan.sae.owner
         found, missing = store.dashboards(sae_id, self._params, batch, owner)
@@ -135,11 +136,14 @@ class Staging:
         wires: list[bytes] = []
         hashes: dict[int, str] = {}
         unchanged = 0
-        for dashboard in sorted(found, key=lambda d: d.feature_index):
+        parsed = sorted(
+            zip(map(dpb.FeatureDashboard.FromString, found), found, strict=True),
+            key=lambda pair: pair[0].feature_index,
+        )
+        for dashboard, wire in parsed:  # parsed for the filters; staged as the store keeps it
             index = dashboard.feature_index
             if not self._keep.keeps(dashboard):
                 continue
-            wire = dashboard_bytes(dashboard)
             content = feature_hash(content_hash_of(wire), records.get(index), explanations[index])
             if self._delta_base is not None and self._delta_base.unchanged(index, content):
                 unchanged += 1

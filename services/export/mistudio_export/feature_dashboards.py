@@ -68,7 +68,7 @@ class FeatureDashboards:
         cached_under = token_facts(self._compute, sae, tokens, params, "tokens").params
         found, _ = self._store.dashboards(sae.sae_id, cached_under, [index], sae.owner)
         if found:
-            return found[0], True
+            return dpb.FeatureDashboard.FromString(found[0]), True
         if not query.compute_if_missing:
             raise NotFound(
                 f"feature {index} of {sae.sae_id} has no cached dashboard for these parameters",
@@ -83,7 +83,7 @@ class FeatureDashboards:
                 f"the computed dashboard of feature {index} did not reach the cache",
                 fix="retry; if it persists, check the compute service's logs",
             )
-        return found[0], False
+        return dpb.FeatureDashboard.FromString(found[0]), False
 
     def _compute_one(
         self,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio.common.v1 import progress_pb2 as ppb
 from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
@@ -266,7 +265,10 @@ class DashboardCache(Protocol):
 
     def dashboards(
         self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
-    ) -> tuple[list[dpb.FeatureDashboard], list[int]]: ...
+    ) -> tuple[list[bytes], list[int]]:
+        """The cached dashboards of ``indices`` as the bytes the store keeps (a
+        ``FeatureDashboard``'s deterministic serialisation), and the missing indices."""
+        ...
 
 
 class FeatureRecords(FeatureFacts, DashboardCache, Protocol):

@@ -15,7 +15,7 @@ from mistudio.compute.v1 import compute_service_pb2 as cpb
 from mistudio.export.v1 import export_job_pb2 as jpb
 from mistudio.export.v1 import export_service_pb2 as epb
 from mistudio_common.dashboard import DashboardParams
-from mistudio_common.dashboard_codec import params_to_pb
+from mistudio_common.dashboard_codec import dashboard_bytes, params_to_pb
 from mistudio_common.errors import NotFound
 from mistudio_export.messages import FORMAT_TO_PB
 from mistudio_export.object_store import ChunkStream, ObjectInfo, PresignedUrl, ProgressCallback
@@ -66,8 +66,8 @@ class MemoryStore:
 
     def dashboards(
         self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
-    ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
-        found = [self.cached[i] for i in indices if i in self.cached]
+    ) -> tuple[list[bytes], list[int]]:
+        found = [dashboard_bytes(self.cached[i]) for i in indices if i in self.cached]
         return found, [i for i in indices if i not in self.cached]
 
     def get_job(self, job_id: str) -> ExportJobRecord:

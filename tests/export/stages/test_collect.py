@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.dashboard_codec import dashboard_bytes
 from mistudio_common.errors import Unavailable
 from mistudio_export.collect import Collected, Staging
 from mistudio_export.delta import FeatureHashes
@@ -34,12 +35,12 @@ class Records:
 
     def dashboards(
         self, sae_id: str, params: DashboardParams, indices: Sequence[int], owner: str = ""
-    ) -> tuple[list[dpb.FeatureDashboard], list[int]]:
+    ) -> tuple[list[bytes], list[int]]:
         self.asked.append(list(indices))
         if self.down_at == len(self.asked) - 1:
             self.down_at = None
             raise Unavailable("peer unavailable: the store is restarting")
-        return [dpb.FeatureDashboard(feature_index=i) for i in indices], []
+        return [dashboard_bytes(dpb.FeatureDashboard(feature_index=i)) for i in indices], []
 
     def features(
         self, sae_id: str, feature_filter: FeatureFilter, owner: str = ""
