@@ -42,7 +42,9 @@ def test_progress_page_shows_an_export_running_to_completion(
     chromium: webdriver.Chrome, screenshot, stack: Stack, gateway: str, tmp_path: Path
 ) -> None:
     sae_id = register_sae(stack, "page-sae", str(write_sae_folder(tmp_path / "sae"))).sae_id
-    tokens = token_source(write_tokens(tmp_path / "tokens.npy", rows=256, seed=3))
+    # Enough tokens that the export runs for seconds after the page has connected: on 256 rows
+    # it ended within about a second, and the page sometimes first saw it SUCCEEDED (1 in 6).
+    tokens = token_source(write_tokens(tmp_path / "tokens.npy", rows=16384, seed=3))
     started = httpx.post(
         f"{gateway}/api/v1/saes/{sae_id}/export/neuronpedia",
         json={"config": {"tokens": json_format.MessageToDict(tokens), "device": "cpu"}},
