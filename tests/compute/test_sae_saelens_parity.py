@@ -94,3 +94,16 @@ def test_hook_z_sae_is_written_for_sae_lens_reshaping(tmp_path: Path, x: torch.T
     torch.testing.assert_close(sae.encode(x), their_features, atol=2e-5, rtol=1e-5)
     recon = sae.decode(sae.encode(x)).reshape(24, 4, 8)
     torch.testing.assert_close(recon, their_recon, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("d_in", [32, 300, 1000])
+@pytest.mark.parametrize("arch", ["standard", "jumprelu"])
+def test_activations_are_sae_lens_s_bit_for_bit(tmp_path: Path, arch: str, d_in: int) -> None:
+    """The matmul, then the bias, as sae_lens computes ``x @ W_enc + b_enc``: a fused addmm
+    rounds otherwise once d_in > 256 (MKL adds the bias to its first partial sum over d_in)."""
+    folder = write_sae_folder(tmp_path / "sae", arch, d_in, 1100, seed=3)
+    theirs = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
+    x = torch.randn(700, d_in, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs.encode(x)
+    assert torch.equal(load_sae(folder).encode(x), expected)

@@ -17,7 +17,7 @@ import torch
 
 from mistudio_compute.dashboards.inputs import DashboardInputs, TokenSource
 from mistudio_compute.dashboards.wire import Bytes, Ints
-from mistudio_compute.encode_tile import EncodeTile
+from mistudio_compute.encode_tile import AffineEncode, EncodeTile
 from mistudio_compute.hooks import HookPoint, validate_hook
 from mistudio_compute.model_access import (
     LoadedModel,
@@ -53,7 +53,7 @@ class HookActivations:
 
 
 class SaeFeatures:
-    """TileEncoder: any SAE architecture, on the model's device."""
+    """AffineEncoder: any SAE architecture, on the model's device."""
 
     def __init__(self, sae: Sae) -> None:
         self._sae = sae
@@ -78,6 +78,9 @@ class SaeFeatures:
 
     def encode_tiles(self, x: torch.Tensor, features: torch.Tensor) -> Iterator[EncodeTile]:
         return self._sae.encode_tiles(x, features)
+
+    def affine_encode(self, x: torch.Tensor) -> AffineEncode | None:
+        return self._sae.affine_encode(x)
 
 
 class DecoderLogitLens:

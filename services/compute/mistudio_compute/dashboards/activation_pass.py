@@ -21,8 +21,9 @@ from mistudio_compute.dashboards.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from mistudio_compute.dashboards.fold_kernels import EntryBuffer
+from mistudio_compute.dashboards.fold_kernels import EntryBuffer, runs_affine
 from mistudio_compute.dashboards.inputs import (
+    AffineEncoder,
     CancelCheck,
     DashboardInputs,
     ProgressCallback,
@@ -37,6 +38,7 @@ from mistudio_compute.dashboards.state import (
     Fold,
     PassState,
     StateConfig,
+    affine_entries,
     dense_entries,
     tiled_entries,
 )
@@ -276,6 +278,7 @@ class BatchFolder:
         encoder = inputs.encoder
         on_cpu = state.features.device.type == "cpu"
         self._tiled = encoder if isinstance(encoder, TileEncoder) and on_cpu else None
+        self._affine = encoder if isinstance(encoder, AffineEncoder) and on_cpu else None
         self._scratch = [EntryBuffer() for _ in self._parts] if self._tiled is not None else []
 
     def step(self, i: int, j: int) -> None:
@@ -306,8 +309,12 @@ class BatchFolder:
         of MB, written out once and read twice); else from the dense activations."""
         part = self._parts[k]
         if self._tiled is not None:
-            tiles = self._tiled.encode_tiles(x, part.features)
             grid, scratch = part.config.grid, self._scratch[k]
+            encode = None if self._affine is None else self._affine.affine_encode(x)
+            if runs_affine(encode):
+                assert encode is not None  # (runs_affine says so)
+                return affine_entries(encode, part.features, special, grid, scratch)
+            tiles = self._tiled.encode_tiles(x, part.features)
             return tiled_entries(tiles, len(part.features), special, grid, scratch)
         acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
         return dense_entries(acts, special, part.config.grid)

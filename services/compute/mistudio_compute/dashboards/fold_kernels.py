@@ -23,9 +23,10 @@ from numba import njit
 from numba import types as nt
 from numba.extending import intrinsic
 
+from mistudio_compute.dashboards import blas
 from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.grid import FineGrid
-from mistudio_compute.encode_tile import EncodeTile
+from mistudio_compute.encode_tile import AffineEncode, EncodeTile
 
 _MANTISSA_MASK = (1 << 23) - 1
 _LIMB_BITS = 8
@@ -76,6 +77,66 @@ def active_entries(
     return tuple(torch.from_numpy(x) for x in out)  # type: ignore[return-value]
 
 
+def runs_affine(encode: AffineEncode | None) -> bool:
+    """Whether ``affine_entries`` can scan ``encode`` (float32 on a CPU whose torch BLAS it
+    can call); else the pass takes its tiles from the encoder."""
+    return (
+        encode is not None
+        and encode.x_c.device.type == "cpu"
+        and encode.x_c.dtype == encode.weight.dtype == torch.float32
+        and blas.sgemm_address() is not None
+    )
+
+
+def affine_entries(
+    encode: AffineEncode,
+    features: torch.Tensor,
+    special: torch.Tensor,
+    grid: FineGrid,
+    scratch: EntryBuffer | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``active_entries`` of ``features`` [F] (ascending within each encoder block) encoded by
+    ``encode`` (``runs_affine``), computed and scanned tile by tile in one compiled call that
+    holds no GIL: each tile's matmul by torch's BLAS, its bias and floor applied as the scan
+    reads it (the same bits as ``Sae.encode_features``: the matmul, then the bias)."""
+    address = blas.sgemm_address()
+    assert address is not None, "runs_affine(encode) first"
+    edges, (first, last) = _host(grid.edges()), _bucket_spans(grid)
+    starts, ptr, cols, feats = _block_plan(_host(features), encode.block)
+    entries = EntryBuffer() if scratch is None else scratch
+    entries.end = 0
+    tile = entries.tile(encode.rows * encode.block)
+    x, weight = _host(encode.x_c), _host(encode.weight)
+    bias, floor, flags = _host(encode.bias), _host(encode.floor), _host(special)
+    block = r0 = row = 0
+    while True:
+        block, r0, row, entries.end = _affine_scan(
+            address, x, weight, bias, floor, starts, ptr, cols, feats, encode.block,
+            encode.rows, tile, flags, edges, first, last, block, r0, row, *entries.arrays,
+            entries.end,
+        )  # fmt: skip
+        if block == len(starts):
+            break
+        entries.grow()  # a row's entries might not fit
+    out = _by_feature(*entries.arrays, entries.end, len(features))
+    return tuple(torch.from_numpy(x) for x in out)  # type: ignore[return-value]
+
+
+def _block_plan(
+    features: np.ndarray, block: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The encoder blocks ``features`` [F] fall in: their first columns [B], and for block b
+    the wanted columns (from its first) ``cols[ptr[b]:ptr[b + 1]]`` and where they are in
+    ``features``, ``feats[...]`` (ascending)."""
+    of = features // block
+    order = np.argsort(of, kind="stable")
+    starts, counts = np.unique(of[order], return_counts=True)
+    ptr = np.zeros(len(starts) + 1, np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    cols = (features[order] - of[order] * block).astype(np.int64)
+    return (starts * block).astype(np.int64), ptr, cols, order.astype(np.int64)
+
+
 def _tile_columns(
     columns: torch.Tensor, at: torch.Tensor, width: int, n_feat: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -97,6 +158,13 @@ class EntryBuffer:
     def __init__(self) -> None:
         self.arrays = _entry_arrays(1 << 16)
         self.end = 0
+        self._tile = np.empty(0, np.float32)
+
+    def tile(self, size: int) -> np.ndarray:
+        """A float32 buffer [size] for ``affine_entries``'s encode tiles, kept between batches."""
+        if len(self._tile) < size:
+            self._tile = np.empty(size, np.float32)
+        return self._tile[:size]
 
     def grow(self) -> None:
         bigger = _entry_arrays(2 * len(self.arrays[0]))
@@ -333,6 +401,124 @@ def _scan_tile(
                         end += 1
         row += 1
     return row, end
+
+
+@intrinsic
+def _float_bits(typingctx, x):  # type: ignore[no-untyped-def]
+    """The bits of a float32 as an int32."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return nt.int32(nt.float32), codegen
+
+
+@intrinsic
+def _fortran_call(typingctx, fn, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13):  # type: ignore[no-untyped-def]
+    """Calls the function at address ``fn`` with 13 pointer arguments given as addresses (a
+    Fortran BLAS routine: every argument by reference). The address is an argument, not a
+    constant, so the kernel calling it can be cached on disk."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        pointer = ir.IntType(8).as_pointer()
+        signature_13 = ir.FunctionType(ir.VoidType(), [pointer] * 13)
+        callee = builder.inttoptr(args[0], signature_13.as_pointer())
+        builder.call(callee, [builder.inttoptr(a, pointer) for a in args[1:]])
+        return context.get_dummy_value()
+
+    return nt.void(*([nt.int64] * 14)), codegen
+
+
+@njit(
+    (i8, f4[:, ::1], f4[:, ::1], f4[::1], f4[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8,
+     f4[::1], nt.boolean[::1], f4[::1], i8[::1], i8[::1], i8, i8, i8, i8[::1], i8[::1], f4[::1],
+     i8[::1], i8),
+    nogil=True, cache=True,
+)  # fmt: skip
+def _affine_scan(
+    sgemm,
+    x,
+    weight,
+    bias,
+    floor,
+    starts,
+    ptr,
+    cols,
+    feats,
+    block_width,
+    tile_rows,
+    tile,
+    special,
+    edges,
+    first,
+    last,
+    block,
+    r0,
+    row,
+    f,
+    n,
+    val,
+    cell,
+    end,
+):  # type: ignore[no-untyped-def]
+    """``_scan_tile`` over the tiles of an ``AffineEncode`` that it computes itself, from tile
+    (``block``, ``r0``) row ``row`` on: each tile [rows, width] is ``x[r0:] @ weight[:, start:]``
+    by ``sgemm`` (C's row-major tile is BLAS's column-major transpose), and column c fires where
+    ``tile + bias > floor``. Returns where to resume when a row's entries might not fit (the
+    tile is computed again) and the new end; the block is ``len(starts)`` when done."""
+    n_rows, (d_in, d_sae) = x.shape[0], weight.shape
+    n_buckets = len(edges) + 1
+    dims = np.empty(6, np.int32)  # Fortran's by-reference integer arguments
+    scale = np.empty(2, np.float32)  # alpha 1, beta 0: the tile is overwritten
+    scale[0], scale[1] = 1.0, 0.0
+    trans = np.full(1, 78, np.uint8)  # "N": neither operand transposed
+    feature = np.full(block_width, -1, np.int64)  # [W] the feature a column is, -1: none
+    while block < len(starts):
+        start = starts[block]
+        width = min(block_width, d_sae - start)
+        lo, hi = width, 0  # the columns spanned
+        for k in range(ptr[block], ptr[block + 1]):
+            feature[cols[k]] = feats[k]
+            lo, hi = min(lo, cols[k]), max(hi, cols[k] + 1)
+        wanted = ptr[block + 1] - ptr[block]
+        b, fl = bias[start : start + width], floor[start : start + width]
+        while r0 < n_rows:
+            m = min(tile_rows, n_rows - r0)
+            dims[0], dims[1], dims[2] = width, m, d_in  # the column-major product's m, n, k
+            dims[3], dims[4], dims[5] = d_sae, d_in, width  # lda, ldb, ldc
+            d, s, t = dims.ctypes.data, scale.ctypes.data, trans.ctypes.data
+            _fortran_call(sgemm, t, t, d, d + 4, d + 8, s, weight.ctypes.data + 4 * start,
+                          d + 12, x.ctypes.data + 4 * d_in * r0, d + 16, s + 4, tile.ctypes.data,
+                          d + 20)  # type: ignore[call-arg]  # fmt: skip
+            acts = tile[: m * width].reshape((m, width))
+            while row < m:
+                if end + wanted > len(f):
+                    return block, r0, row, end
+                if not special[r0 + row]:
+                    values = acts[row]
+                    for c0 in range(lo, hi, _SCAN_SPAN):
+                        c1 = min(c0 + _SCAN_SPAN, hi)
+                        span, over, above = values[c0:c1], b[c0:c1], fl[c0:c1]
+                        mask = np.int32(0)
+                        for k in range(len(span)):  # from 0: no negative-index check
+                            mask |= np.int32(span[k] + over[k] > above[k]) << np.int32(k)
+                        hits = np.int64(mask) & 0xFFFFFFFF
+                        while hits != 0:
+                            c = c0 + _lowest_bit(hits)  # type: ignore[call-arg]
+                            hits &= hits - 1
+                            j = feature[c]
+                            if j >= 0:
+                                v = values[c] + b[c]
+                                f[end], n[end], val[end] = j, r0 + row, v
+                                span_of = _float_bits(v) >> 16  # type: ignore[call-arg]
+                                cell[end] = j * n_buckets + _bucket(v, span_of, edges, first, last)
+                                end += 1
+                row += 1
+            row, r0 = 0, r0 + tile_rows
+        for k in range(ptr[block], ptr[block + 1]):
+            feature[cols[k]] = -1
+        r0, block = 0, block + 1
+    return block, r0, row, end
 
 
 @njit((i8[::1], i8[::1], f4[::1], i8[::1], i8, i8), nogil=True, cache=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mistudio_compute.dashboards.wire import Bytes, Ints
-from mistudio_compute.encode_tile import EncodeTile
+from mistudio_compute.encode_tile import AffineEncode, EncodeTile
 
 
 class ActivationReader(Protocol):
@@ -61,6 +61,17 @@ class TileEncoder(FeatureEncoder, Protocol):
         """x [N, d_in], features [F] int64 -> ``encode_features(x, features)`` as tiles, bit
         for bit where positive (entries <= 0 do not fire); a tile is valid until the next is
         asked for. A feature's tiles come in row order."""
+        ...
+
+
+@runtime_checkable
+class AffineEncoder(TileEncoder, Protocol):
+    """A tile encoder that can also describe its encode as an ``AffineEncode``, which a pass on
+    the CPU computes and scans tile by tile in compiled code without the GIL."""
+
+    def affine_encode(self, x: torch.Tensor) -> AffineEncode | None:
+        """x [N, d_in] -> its encode as an affine map and a floor, bit for bit
+        ``encode_features``'s where positive; None when the architecture's is not one."""
         ...
 
 

@@ -32,7 +32,7 @@ from mistudio_compute.dashboards import keys as K
 from mistudio_compute.dashboards.fold_kernels import SampleWrites, TopRows
 from mistudio_compute.dashboards.grid import FineGrid
 from mistudio_compute.dashboards.token_totals import TokenTotals
-from mistudio_compute.encode_tile import EncodeTile
+from mistudio_compute.encode_tile import AffineEncode, EncodeTile
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +398,19 @@ def tiled_entries(
     never needed."""
     entries = fold_kernels.active_entries(tiles, n_feat, special, grid, scratch)
     return ActiveEntries(*entries, n_feat, True)
+
+
+def affine_entries(
+    encode: AffineEncode,
+    features: torch.Tensor,
+    special: torch.Tensor,
+    grid: FineGrid,
+    scratch: fold_kernels.EntryBuffer | None = None,
+) -> ActiveEntries:
+    """The active entries of ``features`` [F] of a batch encoded by ``encode``, which the
+    compiled scan computes tile by tile itself (``fold_kernels.affine_entries``)."""
+    entries = fold_kernels.affine_entries(encode, features, special, grid, scratch)
+    return ActiveEntries(*entries, len(features), True)
 
 
 class BatchTokens(NamedTuple):

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NamedTuple, Self
 import torch
 from mistudio_common.errors import AlreadyExists, InvalidArgument
 
-from mistudio_compute.encode_tile import EncodeTile
+from mistudio_compute.encode_tile import AffineEncode, EncodeTile
 from mistudio_compute.sae.config import SaeConfig
 
 _LN_EPS = 1e-5  # SAELens's run-time layer norm epsilon
@@ -158,6 +158,23 @@ class Sae:
                 z = self._activate_tile(x_c[rows], block.columns, tile)
                 yield EncodeTile(rows, z, block.column, block.at)
 
+    @torch.inference_mode()
+    def affine_encode(self, x: torch.Tensor) -> AffineEncode | None:
+        """``x`` [N, d_in]'s encode as an ``AffineEncode`` where this architecture's is one (its
+        activations are its pre-activations above a floor), else None."""
+        floor = self._affine_floor()
+        if floor is None:
+            return None
+        x_c = self._centred(x).contiguous()
+        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, x_c.shape[0])
+        W_enc = self.W_enc.contiguous()
+        return AffineEncode(x_c, W_enc, self.weights["b_enc"], floor, ENCODE_BLOCK, tile_rows)
+
+    def _affine_floor(self) -> torch.Tensor | None:
+        """[d_sae] the pre-activation each feature fires strictly above, where its activation is
+        then its pre-activation; None where the architecture is not that."""
+        return None
+
     def _centred(self, x: torch.Tensor) -> torch.Tensor:
         """Hook activations [N, d_in] as the encoder's matmul takes them."""
         x_c = self._normalize_in(x.to(self.device, self.dtype))
@@ -229,10 +246,12 @@ class Sae:
     def _encode_affine(
         self, x_c: torch.Tensor, bias: str, columns: slice, out: torch.Tensor | None
     ) -> torch.Tensor:
-        """``x_c @ W_enc + weights[bias]`` over ``columns`` as one fused matmul (addmm) into
-        ``out`` (new when None): half the time of a matmul followed by a separate broadcast
-        add over the result."""
-        return torch.addmm(self.weights[bias][columns], x_c, self.W_enc[:, columns], out=out)
+        """``x_c @ W_enc + weights[bias]`` over ``columns`` into ``out`` (new when None): the
+        matmul, then the bias added to its result, as SAELens computes it (a fused addmm adds
+        the bias to the first of MKL's partial sums over d_in > 256, other bits) and as
+        ``fold_kernels.affine_entries`` does in the pass."""
+        out = torch.mm(x_c, self.W_enc[:, columns], out=out)
+        return out.add_(self.weights[bias][columns])
 
     def _decode_linear(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.W_dec
@@ -272,6 +291,9 @@ class StandardSae(Sae):
         CPU time was the ReLU over every tile)."""
         return self._encode_affine(x_c, "b_enc", columns, out)
 
+    def _affine_floor(self) -> torch.Tensor:
+        return torch.zeros_like(self.weights["b_enc"])
+
 
 class JumpReluSae(Sae):
     architecture = "jumprelu"
@@ -283,6 +305,10 @@ class JumpReluSae(Sae):
         pre = self._encode_affine(x_c, "b_enc", columns, out)  # [N, columns]
         above = pre > self.weights["threshold"][columns]
         return pre.relu_().mul_(above)
+
+    def _affine_floor(self) -> torch.Tensor:
+        """Fires where pre > threshold and pre > 0 (ReLU), and is then pre * 1."""
+        return self.weights["threshold"].clamp(min=0)
 
 
 class TopKSae(Sae):
