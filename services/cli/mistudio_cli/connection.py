@@ -22,6 +22,7 @@ from mistudio.store.v1 import store_service_pb2_grpc as sgrpc
 from mistudio_common.auth import PeerCredentials
 from mistudio_common.errors import InvalidArgument
 from mistudio_common.server import insecure_channel, open_channel
+from mistudio_common.settings_env import CLIENT_ADDRESS_VARIABLES
 from mistudio_common.uploaded_inputs import is_object_uri
 from mistudio_export import views
 
@@ -50,16 +51,18 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("services (default: start them in-process)")
     group.add_argument(
         "--export-address",
-        default=os.environ.get("MISTUDIO_EXPORT_ADDRESS", ""),
+        default=os.environ.get(CLIENT_ADDRESS_VARIABLES["export"], ""),
         metavar="HOST:PORT",
         help="a running export service (env MISTUDIO_EXPORT_ADDRESS)",
     )
     group.add_argument(
-        "--store-address", default=os.environ.get("MISTUDIO_STORE_ADDRESS", ""), metavar="HOST:PORT"
+        "--store-address",
+        default=os.environ.get(CLIENT_ADDRESS_VARIABLES["store"], ""),
+        metavar="HOST:PORT",
     )
     group.add_argument(
         "--compute-address",
-        default=os.environ.get("MISTUDIO_COMPUTE_ADDRESS", ""),
+        default=os.environ.get(CLIENT_ADDRESS_VARIABLES["compute"], ""),
         metavar="HOST:PORT",
     )
     group.add_argument(

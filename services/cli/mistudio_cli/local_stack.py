@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mistudio_common.gc_pause import start_up_kept
 from mistudio_common.server import RunningServer
+from mistudio_common.settings_env import check_environment
 
 from mistudio_cli.service_process import ServiceProcess, start_service_process
 
@@ -62,6 +63,9 @@ def start_local_stack(
 ) -> LocalStack:
     """Starts store, compute and export on 127.0.0.1, wired to each other; compute reads
     inputs under ``data_dir`` and ``input_paths`` (the files a CLI user named) only."""
+    from mistudio_store.config import StoreSettings
+
+    check_environment(StoreSettings)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     store_settings: dict[str, object] = {"data_dir": str(data_dir), "port": store_port}
@@ -74,6 +78,8 @@ def start_local_stack(
             from mistudio_compute.server import build_compute_server
             from mistudio_export.config import ExportSettings
             from mistudio_export.server import build_export_server
+        check_environment(ComputeSettings)
+        check_environment(ExportSettings)
         store.wait_ready()
         compute = build_compute_server(
             ComputeSettings(

@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 
 from pydantic_settings import BaseSettings
 
-from mistudio_common.errors import MistudioError
+from mistudio_common.errors import InvalidArgument, MistudioError
 from mistudio_common.logging_setup import configure_logging
 from mistudio_common.server import PortInUse, RunningServer, serve_until_signal
+from mistudio_common.settings_env import check_environment
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -65,6 +66,10 @@ def parse_settings(
             help=f"{flag.help} (env {prefix}{flag.setting.upper()}; default {shown})",
         )
     overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        check_environment(settings_type)
+    except InvalidArgument as error:
+        parser.error(str(error))
     return settings_type(**overrides)
 
 
