@@ -95,7 +95,7 @@ def affine_entries(
     grid: FineGrid,
     scratch: EntryBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``active_entries`` of ``features`` [F] (ascending within each encoder block) encoded by
+    """``active_entries`` of ``features`` [F] (in any order) encoded by
     ``encode`` (``runs_affine``), computed and scanned tile by tile in one compiled call that
     holds no GIL: each tile's matmul by torch's BLAS, its bias and floor applied as the scan
     reads it (the same bits as ``Sae.encode_features``: the matmul, then the bias)."""
