@@ -43,6 +43,7 @@ from mistudio_compute.dashboards.state import (
     tiled_entries,
 )
 from mistudio_compute.dashboards.threads import default_threads, even_ranges, one_torch_thread
+from mistudio_compute.encode_tile import AffineEncode
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -283,10 +284,11 @@ class BatchFolder:
 
     def step(self, i: int, j: int) -> None:
         """Folds rows [i, j) of the source into the state (``for_each_batch``'s step)."""
-        batch, x, facts = self._batch(i, j)  # [B, T], [B*T, d_in], facts of every feature alike
+        read = self._batch(i, j)
+        batch, facts = read.tokens, read.facts
 
         def fold(k: int) -> Fold:
-            return self._parts[k].fold(self._entries(k, x, facts.special), batch, i, facts)
+            return self._parts[k].fold(self._entries(k, read), batch, i, facts)
 
         folds = self._start(fold, range(len(self._parts)))
         self._read_ahead(j, j - i)
@@ -303,17 +305,16 @@ class BatchFolder:
             self._ahead.clear()
             torch.set_num_threads(self._threads_before)
 
-    def _entries(self, k: int, x: torch.Tensor, special: torch.Tensor) -> ActiveEntries:
-        """Part ``k``'s active entries of hook activations x [B*T, d_in]: on a CPU, taken from
+    def _entries(self, k: int, read: _Batch) -> ActiveEntries:
+        """Part ``k``'s active entries of the batch's hook activations: on a CPU, taken from
         each encode tile while it is in cache (the dense [B*T, F_k] activations would be tens
-        of MB, written out once and read twice); else from the dense activations."""
-        part = self._parts[k]
+        of MB, written out once and read twice), computed by the scan itself where the batch
+        comes with its ``AffineEncode``; else from the dense activations."""
+        part, x, special = self._parts[k], read.x, read.facts.special
         if self._tiled is not None:
             grid, scratch = part.config.grid, self._scratch[k]
-            encode = None if self._affine is None else self._affine.affine_encode(x)
-            if runs_affine(encode):
-                assert encode is not None  # (runs_affine says so)
-                return affine_entries(encode, part.features, special, grid, scratch)
+            if read.encode is not None:
+                return affine_entries(read.encode, part.features, special, grid, scratch)
             tiles = self._tiled.encode_tiles(x, part.features)
             return tiled_entries(tiles, len(part.features), special, grid, scratch)
         acts = encode_rows(self._inputs, x, self._features[k])  # [B*T, F_k]
@@ -323,7 +324,9 @@ class BatchFolder:
         """Rows [i, j): their tokens, hook activations and what the tokens tell the state."""
         batch = read_rows(self._inputs.source.tokens, slice(i, j), self._state.features.device)
         x = hook_rows(self._inputs, batch, rows=range(i, j), kept=self._kept)
-        return _Batch(batch, x, self._state.batch_tokens(batch))
+        encode = None if self._affine is None else self._affine.affine_encode(x)
+        return _Batch(batch, x, self._state.batch_tokens(batch),
+                      encode if runs_affine(encode) else None)  # fmt: skip
 
     def _batch(self, i: int, j: int) -> _Batch:
         """Rows [i, j), as read ahead when they were, else read now (after waiting for the reads
@@ -368,6 +371,8 @@ class _Batch(NamedTuple):
     tokens: torch.Tensor  # [B, T]
     x: torch.Tensor  # [B*T, d_in] hook activations
     facts: BatchTokens  # PassState.batch_tokens(tokens)
+    encode: AffineEncode | None
+    """x's encode for the compiled scan, centred once for every part (None: the encoder's tiles)."""
 
 
 def _check_resumable(

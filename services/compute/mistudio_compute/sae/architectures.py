@@ -53,6 +53,11 @@ def _blocks(features: torch.Tensor, d_sae: int) -> Iterator[_Block]:
         yield _Block(columns, features.index_select(0, at) - start, at)
 
 
+def _tile_rows(x_c: torch.Tensor) -> int:
+    """Rows per encode tile of inputs x_c [N, d_in]: ENCODE_ROWS on a CPU, all on an accelerator."""
+    return ENCODE_ROWS if x_c.device.type == "cpu" else max(1, x_c.shape[0])
+
+
 class Sae:
     """An SAE ready to encode: config plus weights under SAELens's tensor names.
 
@@ -148,7 +153,7 @@ class Sae:
         buffer that the next tile overwrites, so a caller that reads each while it is in cache
         never has the dense [N, F] activations written to memory."""
         x_c, features = self._centred(x), self._columns(features)
-        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, x_c.shape[0])
+        tile_rows = _tile_rows(x_c)
         buffer = x_c.new_empty(tile_rows * ENCODE_BLOCK)  # [tile_rows * ENCODE_BLOCK]
         for block in _blocks(features, self.d_sae):
             width = block.columns.stop - block.columns.start
@@ -166,7 +171,7 @@ class Sae:
         if floor is None:
             return None
         x_c = self._centred(x).contiguous()
-        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, x_c.shape[0])
+        tile_rows = _tile_rows(x_c)
         W_enc = self.W_enc.contiguous()
         return AffineEncode(x_c, W_enc, self.weights["b_enc"], floor, ENCODE_BLOCK, tile_rows)
 
@@ -195,7 +200,7 @@ class Sae:
         is activated whole and the wanted columns copied (a run of them as one slice)."""
         shape = (x_c.shape[0], len(features))
         out = x_c.new_empty(shape)
-        tile_rows = ENCODE_ROWS if x_c.device.type == "cpu" else max(1, shape[0])
+        tile_rows = _tile_rows(x_c)
         for columns, column, at in _blocks(features, self.d_sae):
             first, c0, n = int(at[0]), int(column[0]), len(at)
             run = int(at[-1]) - first + 1 == n and torch.equal(
