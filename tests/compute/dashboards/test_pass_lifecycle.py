@@ -147,12 +147,39 @@ def saved_row_after_each_batch(inputs, checkpoint: Checkpointing) -> list[int | 
     return saved
 
 
-def test_a_pass_shorter_than_the_checkpoint_interval_saves_once_at_its_end(
+def test_a_pass_shorter_than_the_checkpoint_interval_saves_nothing(
     inputs, tmp_path: Path
 ) -> None:
+    """Its work is worth less than a write of the whole state; a pause keeps it (below)."""
     checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=3600.0)
     saved = saved_row_after_each_batch(inputs, checkpoint)
-    assert saved == [None] * (tiny.ROWS // BATCH - 1) + [tiny.ROWS]
+    assert saved == [None] * (tiny.ROWS // BATCH)
+    assert not checkpoint.path.exists()
+
+
+def test_a_pause_during_finalisation_keeps_the_finished_pass_and_the_resume_skips_it(
+    inputs, reference, tmp_path: Path
+) -> None:
+    checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=3600.0)
+    cancel = threading.Event()
+    saved_when_paused: list[bool] = []
+
+    def pause_in_finalisation(stage: Stage, done: int, total: int, message: str) -> None:
+        if stage is not Stage.ACTIVATION_PASS and not cancel.is_set():
+            saved_when_paused.append(checkpoint.path.exists())
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        flatten(compute_dashboards(inputs, PARAMS, batch_size=BATCH, checkpoint=checkpoint,
+                                   progress=pause_in_finalisation, cancel=cancel))  # fmt: skip
+    assert saved_when_paused == [False]
+    assert load_checkpoint(checkpoint.path, torch.device("cpu"))[1].next_row == tiny.ROWS
+
+    forwards = FlakyReader(inputs.reader, max_rows=tiny.ROWS)
+    again = flatten(compute_dashboards(replace(inputs, reader=forwards), PARAMS,
+                                       batch_size=BATCH, checkpoint=checkpoint))  # fmt: skip
+    assert forwards.calls == 0  # no batch of the pass ran again
+    assert again == reference
 
 
 def test_a_zero_checkpoint_interval_saves_after_every_batch(inputs, tmp_path: Path) -> None:

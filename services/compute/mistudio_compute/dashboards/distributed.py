@@ -123,6 +123,10 @@ class RayPass:
     def saved_features(self) -> torch.Tensor | None:
         return None if self.states is None else self.states.features()
 
+    def keep(self, finished: PassResult) -> None:
+        """Nothing to add: every token shard was kept as it finished, and a resumed pass merges
+        them again without running one."""
+
     def discard(self) -> None:
         if self.states is not None:
             self.states.clear()

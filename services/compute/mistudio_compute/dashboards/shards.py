@@ -6,7 +6,8 @@ dashboards on before the next shard starts; the model forward is repeated once p
 the runner keeps the hook activations between shards (``kept_activations``). Every
 per-feature statistic depends only on that feature's activations, so the dashboards equal those
 of one unsharded run. The checkpoint holds the running shard's state: a resumed computation
-starts again at that shard and batch (earlier shards are finished and were handed on). The
+starts again at that shard and batch, or at its finalisation when it was interrupted there
+(earlier shards are finished and were handed on). The
 shard size comes from ``memory.plan_within_budget``.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
+from mistudio_common.errors import Cancelled
 from mistudio_common.stage_rates import NO_SHARD_COSTS, ShardCosts
 
 from mistudio_compute.dashboards.activation_pass import PassResult, PassRunner
@@ -68,10 +70,14 @@ class ShardedComputation:
                 self.kept.clear()
             if self.on_pass is not None:
                 self.on_pass(passed)
-            yield from finalize_dashboards(
-                passed.state, self.inputs, self.params,
-                chunk_size=self.chunk_size, progress=report, cancel=self.cancel,
-            )  # fmt: skip
+            try:
+                yield from finalize_dashboards(
+                    passed.state, self.inputs, self.params,
+                    chunk_size=self.chunk_size, progress=report, cancel=self.cancel,
+                )  # fmt: skip
+            except Cancelled:  # a pause resumes at this shard's finalisation, not its pass
+                self.runner.keep(passed)
+                raise
             del passed  # the next shard's state replaces this one, not joins it
             _return_freed_memory()
 
