@@ -244,6 +244,21 @@ def test_a_batch_over_the_state_per_feature_is_halved_until_it_is_not(inputs, bu
     assert (unbounded.batch_rows, unbounded.shard_size) == (64, d_sae)  # no budget: as asked
 
 
+def test_a_batch_over_the_state_per_feature_stays_as_asked_when_every_feature_fits_one_shard(
+    inputs,
+) -> None:
+    """Halving it would let no more features share a model pass, only fold in more batches."""
+    config = state_config(PARAMS, tiny.SPECIAL)
+    memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)
+    d_sae, rows = inputs.encoder.d_sae, 64
+    assert memory.per_batch_value * rows * tiny.N_CTX > memory.per_feature
+    one_shard = memory.peak(d_sae, rows * tiny.N_CTX, CHUNK)
+    plan = plan_within_budget(PARAMS, config, d_sae, batch_rows=rows, seq_len=tiny.N_CTX,
+                              n_rows=tiny.ROWS, chunk_size=CHUNK,
+                              budget=2 * one_shard)  # fmt: skip
+    assert (plan.batch_rows, plan.shards) == (rows, 1)
+
+
 def test_shards_are_evened_out_so_the_largest_is_no_larger_than_needed() -> None:
     config = state_config(PARAMS, tiny.SPECIAL)
     memory = MemoryModel.of(PARAMS, config, tiny.ROWS, tiny.N_CTX)

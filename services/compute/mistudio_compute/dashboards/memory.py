@@ -94,8 +94,8 @@ class ShardPlan:
     shard_size: int
     """Features per shard."""
     batch_rows: int
-    """Token rows per batch: as asked, or halved until a batch takes no more per feature than
-    the pass state does."""
+    """Token rows per batch: as asked, or, while the features need more than one shard, halved
+    until a batch takes no more per feature than the pass state does."""
     peak_bytes: int
     """The predicted peak of running this plan (``MemoryModel.peak`` and the kept
     activations)."""
@@ -125,8 +125,10 @@ def plan_within_budget(
 ) -> ShardPlan:
     """Shard size and batch rows whose peak fills ``PLANNED_SHARE`` of ``budget`` bytes at most,
     in shards of equal size (no budget: one shard, rows as asked); RESOURCE_EXHAUSTED, naming
-    what to lower, when not even one feature fits. Halving the rows of a batch that would take
-    more per feature than the state lets more features share one model pass. Several shards
+    what to lower, when not even one feature fits. When the features take more than one shard,
+    halving the rows of a batch that would take more per feature than the state lets more of
+    them share one model pass; when they all fit one, the rows stay as asked (a larger batch
+    folds faster). Several shards
     keep the hook activations (``hook_width`` values per token; 0: never) when they take at
     most ``KEPT_SHARE`` of the planned bytes and leave room for a feature."""
     model = MemoryModel.of(params, config, n_rows, seq_len)
@@ -138,11 +140,16 @@ def plan_within_budget(
     if budget is None:
         return ShardPlan(n_features, batch_rows,
                          model.peak(n_features, positions(batch_rows), chunk_size))  # fmt: skip
-    while batch_rows > 1 and model.per_batch_value * positions(batch_rows) > model.per_feature:
-        batch_rows //= 2
-    batch = positions(batch_rows)
     usable = int(budget * PLANNED_SHARE)
-    fitting = _features_per_shard(model, batch, chunk_size, usable)
+    fitting = _features_per_shard(model, positions(batch_rows), chunk_size, usable)
+    while (
+        fitting < n_features
+        and batch_rows > 1
+        and model.per_batch_value * positions(batch_rows) > model.per_feature
+    ):
+        batch_rows //= 2
+        fitting = _features_per_shard(model, positions(batch_rows), chunk_size, usable)
+    batch = positions(batch_rows)
     if fitting < 1:
         raise _no_room(model, batch, usable)
     held = n_rows * seq_len * hook_width * BYTES_PER_VALUE  # every token's hook activations
