@@ -128,9 +128,9 @@ def plan_within_budget(
     what to lower, when not even one feature fits. When the features take more than one shard,
     halving the rows of a batch that would take more per feature than the state lets more of
     them share one model pass; when they all fit one, the rows stay as asked (a larger batch
-    folds faster). Several shards
-    keep the hook activations (``hook_width`` values per token; 0: never) when they take at
-    most ``KEPT_SHARE`` of the planned bytes and leave room for a feature."""
+    folds faster). Several shards keep the hook activations (``hook_width`` values per token;
+    0: never) when they take at most ``KEPT_SHARE`` of the planned bytes and leave room for a
+    feature."""
     model = MemoryModel.of(params, config, n_rows, seq_len)
     n_features = max(1, n_features)
 

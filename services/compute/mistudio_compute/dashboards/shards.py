@@ -7,8 +7,8 @@ the runner keeps the hook activations between shards (``kept_activations``). Eve
 per-feature statistic depends only on that feature's activations, so the dashboards equal those
 of one unsharded run. The checkpoint holds the running shard's state: a resumed computation
 starts again at that shard and batch, or at its finalisation when it was interrupted there
-(earlier shards are finished and were handed on). The
-shard size comes from ``memory.plan_within_budget``.
+(earlier shards are finished and were handed on). The shard size comes from
+``memory.plan_within_budget``.
 """
 
 from __future__ import annotations
