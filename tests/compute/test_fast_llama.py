@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import mistudio_compute
 import pytest
 import torch
 from mistudio_common.errors import InvalidArgument
+from mistudio_compute.adapters import HookActivations
 from mistudio_compute.config import ComputeSettings
 from mistudio_compute.fast_llama import CAPTURE_TOLERANCE, FastLlama, supports
-from mistudio_compute.hooks import HookKind, HookPoint
+from mistudio_compute.hooks import HookKind, HookPoint, parse_hook_name
 from mistudio_compute.model_access import (
     LoadedModel,
     build_model,
@@ -186,3 +189,20 @@ def test_the_lean_models_logit_lens_reads_transformer_lens_exact_weights(
         unembed_directions(stories, point, rows), unembed_directions(reference, point, rows)
     )
     assert torch.equal(unembedding_matrix(stories), unembedding_matrix(reference))
+
+
+@needs_stories
+@pytest.mark.parametrize("lean", [True, False], ids=["lean forward", "TransformerLens"])
+def test_captures_run_at_once_on_the_lean_forward_and_take_turns_on_transformer_lens(
+    stories: LoadedModel, reference: LoadedModel, tokens: torch.Tensor, lean: bool
+) -> None:
+    """A pass reads ahead on several threads, and jobs share a cached model: TransformerLens's
+    hooks are attached to the model for a call, the lean forward keeps nothing between calls."""
+    model, point = (stories if lean else reference), parse_hook_name("blocks.2.hook_resid_post")
+    lock = threading.Lock()
+    reader = HookActivations(model, point, None, lock)
+    with ThreadPoolExecutor(1) as other, lock:  # another capture holds the model
+        capture = other.submit(reader.activations, tokens)
+        done, _ = wait([capture], timeout=30 if lean else 1)  # lean: done at once
+        assert bool(done) == lean
+    assert torch.equal(capture.result(timeout=60), capture_hook(model, tokens, point))

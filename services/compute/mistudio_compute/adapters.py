@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -33,8 +33,9 @@ from mistudio_compute.tokens import TokenDataset
 class HookActivations:
     """ActivationReader: the model's forward pass, stopped at the SAE's hook.
 
-    ``capture_hook`` attaches hooks to the shared model for one call, so two jobs on one cached
-    model take turns through ``lock``.
+    Where ``capture_hook`` attaches hooks to the shared model for one call (TransformerLens),
+    two calls on one cached model, of one job or two, take turns through ``lock``; the lean
+    forward's run at once.
     """
 
     def __init__(
@@ -45,7 +46,8 @@ class HookActivations:
         lock: AbstractContextManager[object] | None = None,
     ) -> None:
         self._model, self._hook, self._head = model, hook, head_index
-        self._lock = lock if lock is not None else threading.Lock()
+        shared = lock if lock is not None else threading.Lock()
+        self._lock = nullcontext() if model.concurrent_captures else shared
 
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
         with self._lock:

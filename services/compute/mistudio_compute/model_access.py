@@ -77,6 +77,12 @@ class LoadedModel:
     def hook_width(self, hook: str | HookPoint, head_index: int | None = None) -> int:
         return hook_width(self.cfg, hook, head_index)
 
+    @property
+    def concurrent_captures(self) -> bool:
+        """Whether ``capture_hook`` may run on several threads at once: the lean forward keeps
+        nothing between calls, where TransformerLens's hooks are attached to the model."""
+        return self.fast is not None
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """ "auto" (or "") picks CUDA when present; "cpu", "cuda", "cuda:N" and "mps" are checked."""

@@ -256,8 +256,8 @@ def run_activation_pass(
 class BatchFolder:
     """Folds batches of rows into a pass state using ``threads`` cores: each thread encodes and
     folds one contiguous part of the features (``PassState.parts``, one torch thread each: the
-    update's many small ops cost about 1.3x the CPU time on two intra-op threads), and a thread
-    of its own runs the model forwards (and reads the tokens) of the next ``AHEAD`` batches
+    update's many small ops cost about 1.3x the CPU time on two intra-op threads), and threads
+    of their own run the model forwards (and read the tokens) of the next ``AHEAD`` batches
     meanwhile, so that a core a finished part leaves is taken by a forward rather than idle
     until the batch's last part is done. A batch's parts are all folded before any is
     committed, so a failed batch (out of memory) leaves the state as it was; a batch read ahead
@@ -265,6 +265,10 @@ class BatchFolder:
 
     AHEAD = 2
     """Batches read ahead: one more than the next, so the forwards never wait for a fold."""
+    READERS = 2
+    """Threads running the forwards of the batches read ahead, so that they run at once (where
+    the reader allows it): at 4,096 features one thread's forwards took as long as the folds on
+    both cores, and the pass waited on them."""
 
     def __init__(
         self,
@@ -287,7 +291,9 @@ class BatchFolder:
         self._threads_before = torch.get_num_threads()
         if threads > 1:
             self._pool = ThreadPoolExecutor(threads, "pass", initializer=one_torch_thread)
-            self._reader = ThreadPoolExecutor(1, "pass-read", initializer=one_torch_thread)
+            self._reader = ThreadPoolExecutor(
+                self.READERS, "pass-read", initializer=one_torch_thread
+            )
         self._ahead: deque[tuple[tuple[int, int], Future[_Batch]]] = deque()
         encoder = inputs.encoder
         on_cpu = state.features.device.type == "cpu"

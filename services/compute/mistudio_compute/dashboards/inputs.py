@@ -19,7 +19,8 @@ from mistudio_compute.encode_tile import AffineEncode, EncodeTile
 
 
 class ActivationReader(Protocol):
-    """The model forward, stopped at the hook the SAE reads."""
+    """The model forward, stopped at the hook the SAE reads; called from several threads at once
+    (a reader whose forwards cannot overlap takes turns itself)."""
 
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, T] int64 -> hook activations [B, T, d_in]."""
