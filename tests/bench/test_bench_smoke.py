@@ -23,6 +23,9 @@ def test_smoke_ours_only_writes_every_key_with_sane_values(tmp_path: Path) -> No
     assert set(out) >= KEYS
     assert out["ours_wall_s"] > 0 and out["ours_peak_rss_mb"] > 50
     assert out["matmul_gflops"] > 0.1
+    runs = sum(len(s["runs"]["ours"]) for s in out["sizes"])
+    measured = out["matmul_gflops_measured"]  # one before each of our runs, one at the end
+    assert len(measured) == runs + 1 and out["matmul_gflops"] == max(measured)
     assert 0 < out["activation_pass_fraction_of_matmul_rate"] < 1
     stages = out["throughput"]["stages_s"]
     assert set(stages) == {

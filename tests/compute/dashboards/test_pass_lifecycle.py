@@ -147,9 +147,7 @@ def saved_row_after_each_batch(inputs, checkpoint: Checkpointing) -> list[int | 
     return saved
 
 
-def test_a_pass_shorter_than_the_checkpoint_interval_saves_nothing(
-    inputs, tmp_path: Path
-) -> None:
+def test_a_pass_shorter_than_the_checkpoint_interval_saves_nothing(inputs, tmp_path: Path) -> None:
     """Its work is worth less than a write of the whole state; a pause keeps it (below)."""
     checkpoint = Checkpointing(tmp_path / "pass.safetensors", every_seconds=3600.0)
     saved = saved_row_after_each_batch(inputs, checkpoint)
