@@ -48,7 +48,8 @@ class ComputeSettings(SecuritySettings):
     """Token rows per forward pass when a request gives none; halved on out-of-memory."""
     checkpoint_every_seconds: float = 60.0
     """How often a running activation pass saves its resumable state: the most of a pass a
-    compute crash can cost (a pause or shutdown saves where it stops, a finished pass always)."""
+    compute crash can cost (a pause or shutdown saves where it stops, in the pass or in its
+    finalisation)."""
     fault_patience_seconds: float = DEFAULT_PATIENCE_SECONDS
     """How long a computation waits out an unreachable store (or database) before it fails."""
     max_workers: int = 32

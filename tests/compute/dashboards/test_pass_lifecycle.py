@@ -52,13 +52,16 @@ def reference(inputs) -> list[FeatureDashboard]:
 
 
 class FlakyReader:
-    """Raises a real CUDA out-of-memory error for batches above ``max_rows``."""
+    """Raises a real CUDA out-of-memory error for batches above ``max_rows``; counts its calls
+    (made on several threads at once)."""
 
     def __init__(self, reader, max_rows: int) -> None:
         self.reader, self.max_rows, self.calls = reader, max_rows, 0
+        self._counting = threading.Lock()
 
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
+        with self._counting:
+            self.calls += 1
         if tokens.shape[0] > self.max_rows:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.reader.activations(tokens)

@@ -310,11 +310,10 @@ class RecordsStarts:
         gave_up = starts.parent / f"{name}-gave-up"
 
         class Reader:
-            first = True
+            first = threading.Lock()  # taken for good by the shard's first read (of several)
 
             def activations(self, tokens: torch.Tensor) -> torch.Tensor:
-                if self.first:
-                    self.first = False
+                if self.first.acquire(blocking=False):
                     (starts / f"{time.monotonic_ns():020d}-{name}").touch()
                     deadline = time.monotonic() + 30
                     while hold_for and not (started(starts, hold_for) or gave_up.exists()):

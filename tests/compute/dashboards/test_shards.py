@@ -76,13 +76,15 @@ def budget(inputs) -> int:
 
 
 def counting_forwards(inputs):
-    """``inputs`` whose model forward counts its calls, and the count so far."""
-    calls = [0]
+    """``inputs`` whose model forward counts its calls (made on several threads at once), and
+    the count so far."""
+    calls, counting = [0], threading.Lock()
     reader = inputs.reader
 
     class Counting:
         def activations(self, tokens: torch.Tensor) -> torch.Tensor:
-            calls[0] += 1
+            with counting:
+                calls[0] += 1
             return reader.activations(tokens)
 
     return replace(inputs, reader=Counting()), lambda: calls[0]

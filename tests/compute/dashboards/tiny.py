@@ -6,6 +6,8 @@ tokens); feature 0 never fires and feature 1 fires on exactly one non-special to
 
 from __future__ import annotations
 
+import threading
+
 import warnings
 
 import numpy as np
@@ -46,11 +48,13 @@ def tiny_tokens(rows: int = ROWS, seed: int = 0) -> np.ndarray:
 
 
 class HookReader:
-    """Model forward stopped after the hook's block; returns the hook's activations."""
+    """Model forward stopped after the hook's block; returns the hook's activations. Its calls
+    take turns, as the service's do on TransformerLens: the hooks are attached to the model."""
 
     def __init__(self, model, hook: str = HOOK) -> None:
         self.model, self.hook = model, hook
         self.layer = int(hook.split(".")[1])
+        self._turns = threading.Lock()
 
     def activations(self, tokens: torch.Tensor) -> torch.Tensor:
         out: dict[str, torch.Tensor] = {}
@@ -58,9 +62,10 @@ class HookReader:
         def save(x: torch.Tensor, hook: object) -> None:
             out["x"] = x
 
-        self.model.run_with_hooks(
-            tokens, fwd_hooks=[(self.hook, save)], stop_at_layer=self.layer + 1
-        )
+        with self._turns:
+            self.model.run_with_hooks(
+                tokens, fwd_hooks=[(self.hook, save)], stop_at_layer=self.layer + 1
+            )
         return out["x"]
 
 
