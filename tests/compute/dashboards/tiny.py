@@ -7,7 +7,6 @@ tokens); feature 0 never fires and feature 1 fires on exactly one non-special to
 from __future__ import annotations
 
 import threading
-
 import warnings
 
 import numpy as np
