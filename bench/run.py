@@ -462,8 +462,8 @@ def budget_text(budget: int | None) -> str:
 
 def matmul_text(rates: list[float]) -> str:
     return (
-        f"the best of {len(rates)} measurements, one before each of our runs and one at the "
-        f"end: {fmt(min(rates))}-{fmt(max(rates))}; the stages' % of it"
+        f"the best of {len(rates)} measurements, one before each of our runs at the compared "
+        f"sizes and one at the end: {fmt(min(rates))}-{fmt(max(rates))}; the stages' % of it"
     )
 
 
