@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from mistudio_compute.llama2c import SentencePieceTokenizer, sentencepiece_bpe_model
@@ -162,3 +165,26 @@ def test_windows_laid_end_to_end_display_as_each_window_alone(name: str, request
         text, lengths = display.windows_utf8(flat, np.array([len(w) for w in windows]))
         assert text.tobytes() == b"".join(expected)
         assert lengths.tolist() == [len(s) for s in expected]
+
+
+def test_windows_shown_on_several_threads_at_once_match_one_thread(
+    sp: SentencePieceTokenizer,
+) -> None:
+    """Finalisation shows windows on several threads with one display: a thread learning new
+    ids must never hand another a table whose lengths point past its bytes."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        rng = np.random.default_rng(2)
+        batches = [rng.integers(0, sp.vocab_size, size=(200, 4)) for _ in range(8)]
+        expected = [b"".join(s.encode() for w in b.tolist() for s in display_tokens(sp, w))
+                    for b in batches]  # fmt: skip
+        for _ in range(20):
+            display = TokenDisplay(sp)
+            with ThreadPoolExecutor(len(batches)) as pool:
+                shown = list(pool.map(
+                    lambda b: display.windows_utf8(b.ravel(), np.full(len(b), 4))[0].tobytes(),
+                    batches))  # fmt: skip
+            assert shown == expected
+    finally:
+        sys.setswitchinterval(interval)

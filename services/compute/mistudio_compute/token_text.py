@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -195,10 +196,11 @@ _UNSEEN, _MIXED = -2, -1
 """``_Utf8Table.length`` of an id not seen yet, and of one shown by its neighbours."""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Utf8Table:
     """The UTF-8 bytes of each id seen so far that shows alike whatever its neighbours: id i's
-    are ``data[start[i] : start[i] + length[i]]``."""
+    are ``data[start[i] : start[i] + length[i]]``. Never changed once made: a reader on one
+    thread keeps a consistent table while another thread learns new ids into a new one."""
 
     data: _Bytes = field(default_factory=lambda: np.zeros(0, np.uint8))
     start: _Ints = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -219,6 +221,7 @@ class TokenDisplay:
         self._alone: dict[int, str] = {}  # id -> its string, whatever the neighbours
         self._partial: dict[int, bytes] = {}  # id -> its bytes, decoded with its neighbours
         self._utf8 = _Utf8Table()
+        self._learning = threading.Lock()  # finalisation shows windows on several threads
 
     def window(self, ids: Sequence[int]) -> list[str]:
         texts = list(map(self._alone.get, ids))
@@ -251,22 +254,25 @@ class TokenDisplay:
 
     def _utf8_table(self, ids: _Ints) -> _Utf8Table:
         """The table, with every id of ``ids`` not seen before learnt."""
-        table = self._utf8
-        top = max(int(ids.max(initial=-1)) + 1, 1)  # id 0's row stands in for ids outside
-        if top > len(table.length):
-            grown = np.full(top, _UNSEEN, np.int64)
-            grown[: len(table.length)] = table.length
-            table.length, table.start = grown, np.resize(table.start, top)
-        seen = ids[ids >= 0]
-        new = np.unique(seen[table.length[seen] == _UNSEEN]).tolist()
-        if new:
+        with self._learning:
+            table = self._utf8
+            top = max(int(ids.max(initial=-1)) + 1, 1)  # id 0's row stands in for ids outside
+            length, start = table.length, table.start
+            if top > len(length):
+                length = np.concatenate([length, np.full(top - len(length), _UNSEEN, np.int64)])
+                start = np.resize(start, top)
+            seen = ids[ids >= 0]
+            new = np.unique(seen[length[seen] == _UNSEEN]).tolist()
+            if not new and length is table.length:
+                return table
+            length, start = length.copy(), start.copy()
             shown = [None if self._learn(i) is not None else self._alone[i].encode() for i in new]
-            table.length[new] = [_MIXED if b is None else len(b) for b in shown]
-            table.start[new] = len(table.data) + np.cumsum(table.length[new].clip(0)) - (
-                table.length[new].clip(0))  # fmt: skip
-            tail = b"".join(b for b in shown if b is not None)
-            table.data = np.concatenate([table.data, np.frombuffer(tail, np.uint8)])
-        return table
+            length[new] = [_MIXED if b is None else len(b) for b in shown]
+            sizes = length[new].clip(0)
+            start[new] = len(table.data) + np.cumsum(sizes) - sizes
+            tail = np.frombuffer(b"".join(b for b in shown if b is not None), np.uint8)
+            self._utf8 = _Utf8Table(np.concatenate([table.data, tail]), start, length)
+            return self._utf8
 
     def _fill(self, ids: Sequence[int], texts: list[str | None]) -> None:
         """Fills the None entries: ids not seen yet, and runs of partial characters."""
