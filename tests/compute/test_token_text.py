@@ -181,10 +181,9 @@ def test_windows_shown_on_several_threads_at_once_match_one_thread(
                     for b in batches]  # fmt: skip
         for _ in range(20):
             display = TokenDisplay(sp)
+            windows = [(b.ravel(), np.full(len(b), 4)) for b in batches]
             with ThreadPoolExecutor(len(batches)) as pool:
-                shown = list(pool.map(
-                    lambda b: display.windows_utf8(b.ravel(), np.full(len(b), 4))[0].tobytes(),
-                    batches))  # fmt: skip
-            assert shown == expected
+                shown = list(pool.map(display.windows_utf8, *zip(*windows, strict=True)))
+            assert [text.tobytes() for text, _ in shown] == expected
     finally:
         sys.setswitchinterval(interval)
