@@ -102,9 +102,12 @@ def run_ours(
     work: Path,
     extra_env: dict[str, str] | None = None,
     features: bool = False,
+    read_rate: bool = True,
 ) -> dict[str, Any]:
     """One export in its own process (its peak RSS is the export's); then, here, what the
-    report reads from its archive (``features``: what the agreement with theirs compares)."""
+    report reads from its archive (``features``: what the agreement with theirs compares).
+    ``read_rate``: the machine's matmul rate is read just before, for the compared sizes'
+    stage shares (the scaling and Ray runs report none: a reading is 1-2 s of both cores)."""
     out = work / "ours.json"
     cmd = [sys.executable, str(BENCH / "ours_job.py"), "--model-ref", inputs.model.model_ref]
     cmd += ["--sae", str(inputs.sae_folder), "--tokens", str(inputs.token_file)]
@@ -118,7 +121,7 @@ def run_ours(
     cmd += ["--keep-data", str(work.parent / "ours-data")]  # rates measured by earlier runs
     archive = work / "ours.zip"
     cmd += ["--out", str(out), "--archive", str(archive)]
-    rate = matmul_gflops(threads=args.threads, device=args.device)  # the machine now
+    rate = matmul_gflops(threads=args.threads, device=args.device) if read_rate else None
     load = os.getloadavg()[0]
     measured = timed(cmd, work, args.threads, budget | (extra_env or {}))
     facts = archive_facts(archive, features)  # here: not the export's memory
@@ -212,7 +215,7 @@ def ray_overhead(args: argparse.Namespace, inputs: BenchInputs, scratch: Path) -
     runs = {}
     for side, env in (("local", None), ("ray", ray_env)):
         work = Path(tempfile.mkdtemp(prefix=f"ray-overhead-{side}-", dir=scratch))
-        runs[side] = run_ours(inputs, args, work, env)
+        runs[side] = run_ours(inputs, args, work, env, read_rate=False)
         print(f"ray overhead {side}: {runs[side]['wall_s']:.1f}s")
     local, ray = runs["local"], runs["ray"]
     return {
@@ -291,7 +294,8 @@ def scaling(
             inputs = prepare(
                 inputs_dir(args, scratch), model, size[0], args.context, size[1], args.fire_rate
             )
-            run = run_ours(inputs, args, Path(tempfile.mkdtemp(prefix="scale-", dir=scratch)))
+            work = Path(tempfile.mkdtemp(prefix="scale-", dir=scratch))
+            run = run_ours(inputs, args, work, read_rate=False)
             print(f"scaling {size[0]} rows x {size[1]}: {run['wall_s']:.1f}s")
         point = {"n_tokens": size[0] * args.context, "d_sae": size[1]}
         rows.append(point | {"tokens_x": mult_rows, "d_sae_x": mult_sae} | summary(run))
