@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from mistudio.common.v1 import progress_pb2 as ppb
+from mistudio_common import stage_rates
 from mistudio_common.progress import ProgressTracker
 from mistudio_common.stage_rates import (
+    PACE_BOUNDS,
     PASS_TOKEN_WORK_IN_FEATURES,
     PRIOR_SECONDS_PER_UNIT,
     RECENT_PER_STAGE,
@@ -18,6 +20,7 @@ from mistudio_common.stage_rates import (
     StageRates,
     StageTime,
     cost_units,
+    machine_pace,
     stage_times,
 )
 
@@ -99,7 +102,28 @@ def test_the_rate_file_keeps_recent_measurements_and_survives_a_reload(tmp_path:
 def test_an_unreadable_rate_file_falls_back_to_the_priors(tmp_path: Path) -> None:
     path = tmp_path / "stage_rates.json"
     path.write_text('[{"stage": 2, "size": {"tokens": 1}}]')
-    assert RateFile(path).rates().seconds_per_unit == PRIOR_SECONDS_PER_UNIT
+    priors = {stage: rate * machine_pace() for stage, rate in PRIOR_SECONDS_PER_UNIT.items()}
+    assert RateFile(path).rates().seconds_per_unit == priors
+
+
+def test_priors_follow_the_machines_pace_and_measured_rates_do_not() -> None:
+    measured = synthetic_job(tokens=4_096, d_sae=512)
+    at_bench_pace, twice_as_slow = StageRates.fit(measured), StageRates.fit(measured, pace=2.0)
+    assert twice_as_slow.seconds_per_unit[PASS] == at_bench_pace.seconds_per_unit[PASS]
+    archive = ppb.STAGE_CREATING_ARCHIVE  # never measured
+    assert twice_as_slow.seconds_per_unit[archive] == 2 * PRIOR_SECONDS_PER_UNIT[archive]
+
+
+def test_the_machine_pace_is_the_probe_against_the_bench_machines_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probed = stage_rates.probe_seconds()
+    assert 0 < probed < 1  # a dozen milliseconds of CPU on the bench machine
+    for probe, pace in ((0.005, 2.0), (1e-9, PACE_BOUNDS[0]), (10.0, PACE_BOUNDS[1])):
+        monkeypatch.setattr(stage_rates, "probe_seconds", lambda probe=probe: probe)
+        machine_pace.cache_clear()
+        assert machine_pace() == pytest.approx(pace)
+    machine_pace.cache_clear()
 
 
 def test_a_finished_jobs_progress_gives_its_measured_stages() -> None:

@@ -20,7 +20,9 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cache
 from pathlib import Path
+from time import thread_time
 
 import orjson
 from mistudio.common.v1 import dashboard_pb2 as dpb
@@ -90,24 +92,59 @@ BENCH_SIZE = JobSize(tokens=262_144, features=4_096, example_tokens=45 * 25)
 4,096-feature SAE, 20 top and 5 × 5 quantile examples of 16 + 1 + 8 tokens."""
 BENCH_SECONDS: dict[StageId, float] = {
     ppb.STAGE_VALIDATING: 0.06,
-    ppb.STAGE_ACTIVATION_PASS: 4.65,
-    ppb.STAGE_LOADING_EXAMPLES: 0.01,
-    ppb.STAGE_LOGIT_LENS: 2.38,
+    ppb.STAGE_ACTIVATION_PASS: 2.98,
+    ppb.STAGE_LOADING_EXAMPLES: 0.09,
+    ppb.STAGE_LOGIT_LENS: 1.35,
     ppb.STAGE_HISTOGRAMS: 0.01,
-    ppb.STAGE_TOKEN_AGGREGATION: 0.03,
-    ppb.STAGE_CACHING: 0.06,
-    ppb.STAGE_GENERATING_FILES: 5.33,
-    ppb.STAGE_VALIDATING_OUTPUT: 1.4,
-    ppb.STAGE_CREATING_ARCHIVE: 0.96,
+    ppb.STAGE_TOKEN_AGGREGATION: 0.02,
+    ppb.STAGE_CACHING: 0.03,
+    ppb.STAGE_GENERATING_FILES: 3.77,
+    ppb.STAGE_VALIDATING_OUTPUT: 1.04,
+    ppb.STAGE_CREATING_ARCHIVE: 0.65,
 }
-"""Each stage's seconds in that export on the 2-core bench machine, idle (bench/results/
-latest.md, commit 232efc0; the export's wall from StartExport was 15.1 s, which the priors
-before it estimated at 23.7 s, x1.57). At 16,384 features the rates this run measured
-estimated the export at x1.00."""
+"""Each stage's seconds in that export on the 2-core bench machine, idle: the mean of the two
+runs of bench/results/latest.md at a0adccf (an AMD Zen 5; the export's wall from StartExport
+9.9 and 10.5 s). The priors before them, fitted on a Zen 4 host at 232efc0, estimated the
+first of those runs at x1.50: a prior holds for the machine it was measured on, so it is
+scaled by ``machine_pace``."""
 PRIOR_SECONDS_PER_UNIT: dict[StageId, float] = {
     stage: seconds / cost_units(stage, BENCH_SIZE) for stage, seconds in BENCH_SECONDS.items()
 }
-"""Seconds per cost unit before any job of this service has measured the stage."""
+"""Seconds per cost unit, on the bench machine, before any job of this service has measured
+the stage."""
+PROBE_SECONDS_ON_BENCH_MACHINE = 0.0025
+"""``probe_seconds()`` on the machine ``BENCH_SECONDS`` were measured on (2.45-2.6 ms)."""
+PACE_BOUNDS = (0.25, 4.0)
+"""A probe off by more than this is taken as a fluke, not as the machine."""
+
+
+def probe_seconds() -> float:
+    """CPU seconds of a small piece of the work after the pass on this machine: a
+    dashboard-shaped document (12,288 floats and short strings) built, serialised and parsed,
+    the fastest of five (about 12 ms in all). It tracks the stages that dominate an export on
+    a small machine, which are Python, orjson and small numpy calls, not the matmul rate."""
+    best = float("inf")
+    for _ in range(5):
+        start = thread_time()
+        document = [
+            {
+                "index": i,
+                "values": [(i * 7919 + k) % 1000 / 997 for k in range(96)],
+                "tokens": [f" tok{(i * 31 + k) % 512}" for k in range(96)],
+            }
+            for i in range(128)
+        ]
+        orjson.loads(orjson.dumps(document))
+        best = min(best, thread_time() - start)
+    return best
+
+
+@cache
+def machine_pace() -> float:
+    """How much longer this machine takes than the bench machine of the priors (2.0: twice as
+    long), probed once per process."""
+    low, high = PACE_BOUNDS
+    return min(high, max(low, probe_seconds() / PROBE_SECONDS_ON_BENCH_MACHINE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +188,12 @@ class StageRates:
     measured: frozenset[StageId]
 
     @classmethod
-    def fit(cls, times: Iterable[StageTime]) -> StageRates:
+    def fit(cls, times: Iterable[StageTime], pace: float = 1.0) -> StageRates:
         """Per stage, total seconds over total cost units: the least-squares rate of a cost
         proportional to its driver when a stage's time varies in proportion to its size, so a
-        large job weighs as much as its size and small jobs' fixed overheads do not dominate."""
+        large job weighs as much as its size and small jobs' fixed overheads do not dominate.
+        A stage never measured takes its prior times ``pace`` (``machine_pace()`` for this
+        machine's estimates)."""
         seconds: dict[StageId, float] = {}
         units: dict[StageId, float] = {}
         for time in times:
@@ -164,7 +203,8 @@ class StageRates:
             seconds[time.stage] = seconds.get(time.stage, 0.0) + time.seconds
             units[time.stage] = units.get(time.stage, 0.0) + u
         fitted = {stage: seconds[stage] / units[stage] for stage in units}
-        return cls({**PRIOR_SECONDS_PER_UNIT, **fitted}, frozenset(fitted))
+        priors = {stage: pace * rate for stage, rate in PRIOR_SECONDS_PER_UNIT.items()}
+        return cls({**priors, **fitted}, frozenset(fitted))
 
     def seconds(self, stage: StageId, size: JobSize) -> float:
         return self.seconds_per_unit.get(stage, 0.0) * cost_units(stage, size)
@@ -223,7 +263,7 @@ class RateFile:
             return []
 
     def rates(self) -> StageRates:
-        return StageRates.fit(self.times())
+        return StageRates.fit(self.times(), machine_pace())
 
     def record(self, measured: Iterable[StageTime]) -> None:
         """Adds a finished job's stage times, keeping the most recent RECENT_PER_STAGE each."""

@@ -25,6 +25,7 @@ from mistudio_common.stage_rates import (
     StageRates,
     StageTime,
     example_tokens,
+    machine_pace,
     stage_times,
 )
 from mistudio_common.stages import FILE_STAGES
@@ -92,7 +93,7 @@ def rates_from(jobs: Iterable[ExportJobRecord]) -> Rates:
         per_byte.append(measured.neuronpedia_bytes / measured.features)
         size = JobSize(0, measured.features, measured.example_tokens)
         times += [t for t in stage_times(job.progress, size) if t.stage in OWN_STAGES]
-    own = StageRates.fit(times)
+    own = StageRates.fit(times, machine_pace())
     if not per_byte:
         return Rates(DEFAULT_BYTES_PER_FEATURE, own, measured=False)
     return Rates(statistics.median(per_byte), own, measured=own.all_measured(FILE_STAGES))

@@ -121,6 +121,26 @@ SECONDS_AT_32BC75B = {
 """The bench's 4,096-feature stage seconds the priors came from when BENCH_131072 ran."""
 
 
+SECONDS_AT_232EFC0 = {
+    pb.STAGE_VALIDATING: 0.06,
+    pb.STAGE_ACTIVATION_PASS: 4.65,
+    pb.STAGE_LOADING_EXAMPLES: 0.01,
+    pb.STAGE_LOGIT_LENS: 2.38,
+    pb.STAGE_HISTOGRAMS: 0.01,
+    pb.STAGE_TOKEN_AGGREGATION: 0.03,
+    pb.STAGE_CACHING: 0.06,
+    pb.STAGE_GENERATING_FILES: 5.33,
+    pb.STAGE_VALIDATING_OUTPUT: 1.4,
+    pb.STAGE_CREATING_ARCHIVE: 0.96,
+}
+"""The bench's 4,096-feature stage seconds at 232efc0 (a Zen 4 host), the priors until they
+were refitted on a Zen 5 host: BENCH_16384 ran on such a Zen 4 host, in their proportions."""
+PRIORS_AT_232EFC0 = StageRates(
+    {s: t / stage_rates.cost_units(s, BENCH_SIZE) for s, t in SECONDS_AT_232EFC0.items()},
+    frozenset(),
+)
+
+
 def priors_at_32bc75b(monkeypatch: pytest.MonkeyPatch) -> StageRates:
     """The priors as they were at 32bc75b: its stage seconds, and the model forward then
     worth 2,200 features a token."""
@@ -258,9 +278,9 @@ def test_the_eta_of_a_sharded_export_at_its_rates_stays_within_30_percent(run) -
 
 
 def test_the_eta_of_the_sharded_bench_export_stays_within_30_percent() -> None:
-    """On the priors, as that run was estimated (the priors are the bench's 4,096-feature
-    stage rates)."""
-    ratios = replay_export(BENCH_16384, PRIORS)
+    """On the priors of its machine, as that run was estimated (the priors are the bench's
+    4,096-feature stage rates)."""
+    ratios = replay_export(BENCH_16384, PRIORS_AT_232EFC0)
     assert all(0.7 <= r <= 1.3 for r in ratios), [f"x{r:.2f}" for r in ratios]
 
 
@@ -281,7 +301,7 @@ def test_while_the_dashboards_are_read_the_eta_counts_the_writing_to_come() -> N
     """The file stage reads the dashboards, then writes them, on one count (``FileCount``):
     counted apart, the reading's own rate predicted the reading alone, and the writing (three
     quarters of the stage) was missing from the ETA until it began."""
-    replay = replayed(BENCH_16384, PRIORS)
+    replay = replayed(BENCH_16384, PRIORS_AT_232EFC0)
     wall = replay.clock.now
     reading_ends = BENCH_16384.files[0]
     files = [(at, eta) for at, eta, stage in replay.shown if stage == pb.STAGE_GENERATING_FILES]
