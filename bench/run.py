@@ -62,6 +62,20 @@ def ensure_their_venv() -> str:
     return "" if subprocess.run(probe).returncode == 0 else "sae_dashboard does not import"
 
 
+GNU_TIME = Path("/usr/bin/time")
+RUSAGE_OF_CHILDREN = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+used = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{used.ru_maxrss} {used.ru_utime} {used.ru_stime}")
+sys.exit(code)
+"""
+"""What /usr/bin/time -f "%M %U %S" writes, where it is missing (the lent device's image): the
+command's largest process's peak RSS in KB, and the user and system CPU s of it and all it
+started, from a process that starts nothing else."""
+
+
 def timed(
     cmd: list[str], cwd: Path, threads: int, extra_env: dict[str, str] | None = None
 ) -> dict[str, float]:
@@ -71,11 +85,13 @@ def timed(
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env |= extra_env or {}
     rss_file = cwd / "rss.txt"
+    measured = (
+        [str(GNU_TIME), "-o", str(rss_file), "-f", "%M %U %S", *cmd]
+        if GNU_TIME.exists()
+        else [sys.executable, "-c", RUSAGE_OF_CHILDREN, str(rss_file), *cmd]
+    )
     started = time.perf_counter()
-    done = subprocess.run(
-        ["/usr/bin/time", "-o", str(rss_file), "-f", "%M %U %S", *cmd],
-        cwd=cwd, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+    done = subprocess.run(measured, cwd=cwd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[1]} failed:\n{done.stderr[-3000:]}")
@@ -314,7 +330,10 @@ def source_commit() -> str:
     """The measured code's commit, marked ``+changes`` when the tree differs from it."""
 
     def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True)
+        except FileNotFoundError:  # no git where the tree was carried to
+            return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD") or "unknown"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
+from bench import run
 from bench.run import main, pair_ratio, parse
 
 KEYS = {
@@ -77,3 +79,19 @@ def test_ratios_are_the_median_of_per_pair_ratios() -> None:
     assert pair_ratio(ours, theirs, "wall_s") == 3.0  # of 3, 1 and 5; medians' ratio is 3 too
     assert pair_ratio(ours[:2], theirs[:2], "wall_s") == 2.0  # of 3 and 1, not 25 / 15
     assert pair_ratio(ours, [], "wall_s") is None
+
+
+def test_without_gnu_time_a_run_is_measured_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lent device's image has no /usr/bin/time: the rusage of the command's processes,
+    read by a Python wrapper, gives the same peak RSS and CPU seconds."""
+    grow = [sys.executable, "-c", "x = bytearray(200 << 20); x[::4096] = b'1' * len(x[::4096])"]
+    with_time = run.timed(grow, tmp_path, threads=1)
+    monkeypatch.setattr(run, "GNU_TIME", tmp_path / "no-such-time")
+    without = run.timed(grow, tmp_path, threads=1)
+    assert 200 < without["peak_rss_mb"] == pytest.approx(with_time["peak_rss_mb"], rel=0.1)
+    assert without["cpu_s"] > 0 and without["wall_s"] > 0
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    with pytest.raises(RuntimeError, match="failed"):
+        run.timed(failing, tmp_path, threads=1)
