@@ -26,13 +26,21 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import TypeAlias
 
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_head_from_pb
 from mistudio_common.errors import Cancelled, Unavailable
 from mistudio_common.gc_pause import collector_paused
 
 from mistudio_export import worker_pool
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, batch_sized, fan_out, view_columns
+from mistudio_export.formats.columns import (
+    ExampleColumns,
+    batch_sized,
+    fan_out,
+    view_columns,
+    wire_columns,
+)
+from mistudio_export.formats.example_wire import TokenCodes
 from mistudio_export.formats.neuronpedia_importer import (
     DEFAULT_BATCH_SIZE as IMPORTER_BATCH,
 )
@@ -42,7 +50,7 @@ from mistudio_export.formats.saedashboard_batch import write_saedashboard_batche
 from mistudio_export.formats.upload_payloads import PayloadNotes, payload_features
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import ExplanationRecord, NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import StagedChunk, read_views
+from mistudio_export.staged import StagedChunk, read_wires
 from mistudio_export.validation.column_checks import ColumnFinding, column_findings
 from mistudio_export.worker_pool import WorkerPool
 
@@ -201,14 +209,25 @@ def _reuse(
 
 
 def _batches(chunks: Sequence[Path], found: list[ColumnFinding]) -> Iterator[ExampleColumns]:
-    """The dashboards of ``chunks`` as column batches: the examples read straight from the
-    messages' read views into the columns, the rest converted for the formats' per-feature
-    fields. Each batch is checked as it is made, and what ``column_checks`` finds is added to
-    ``found``."""
+    """The dashboards of ``chunks`` as column batches: the examples decoded from their bytes
+    at once (or, laid out otherwise, read from the messages' read views), the rest converted
+    for the formats' per-feature fields. Each batch is checked as it is made, and what
+    ``column_checks`` finds is added to ``found``."""
     tokens = StringTable()
-    for chunk in batch_sized(read_views(chunks)):
+    codes = TokenCodes(tokens)
+    wires: list[bytes] = []  # of the views read so far and not yet batched
+
+    def views() -> Iterator[dpb.FeatureDashboardView]:
+        for wire in read_wires(chunks):
+            wires.append(wire)
+            yield dpb.FeatureDashboardView.FromString(wire)
+
+    for chunk in batch_sized(views()):
         heads = list(map(dashboard_head_from_pb, chunk))
-        batch = view_columns(heads, tokens, chunk)
+        batch = wire_columns(heads, codes, wires[: len(chunk)])
+        if batch is None:
+            batch = view_columns(heads, tokens, chunk)
+        del wires[: len(chunk)]
         found += column_findings(batch)
         yield batch
 

@@ -68,11 +68,16 @@ def staged_chunks(staging: Path) -> list[StagedChunk]:
 def read_views(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboardView]:
     """Every dashboard of ``chunks``, in order, as its read view (``write_chunk``'s protobuf
     serialisation packs each repeated number field into one record, as the view needs)."""
+    return map(dpb.FeatureDashboardView.FromString, read_wires(chunks))
+
+
+def read_wires(chunks: Iterable[Path]) -> Iterator[bytes]:
+    """Every dashboard of ``chunks``, in order, serialised."""
     for path in chunks:
         data = path.read_bytes()
         offset = 0
         while offset < len(data):
             (length,) = _LENGTH.unpack_from(data, offset)
             offset += _LENGTH.size
-            yield dpb.FeatureDashboardView.FromString(data[offset : offset + length])
+            yield data[offset : offset + length]
             offset += length

@@ -25,6 +25,7 @@ from mistudio_common.dashboard import FeatureDashboard
 
 from mistudio_export.formats import bulk_json, jsonio
 from mistudio_export.formats.bulk_json import Rendered, Slot, StringTable
+from mistudio_export.formats.example_wire import ExampleFields, TokenCodes, decode_examples
 
 CHUNK_FEATURES = 64
 """Most dashboards read into one column batch: enough that numpy's per-call cost vanishes."""
@@ -309,13 +310,79 @@ def view_columns(
         rows.add(p, s, n, e, len(packed_ids), len(packed_values))
     place = rows.place()
     ids, place[4] = packed_varints(b"".join(id_bytes), place[4])
-    value_lengths = place[5]
-    if np.any(value_lengths % 4):
-        raise ValueError("a packed float field's length is not a multiple of 4")
-    place[5] = value_lengths // 4
-    values = np.frombuffer(b"".join(value_bytes), "<f4").astype(np.float64)
+    values, place[5] = _float32s(b"".join(value_bytes), place[5])
     as_int32 = ids.astype(np.int32).astype(np.int64)  # as protobuf reads int32: the low 32 bits
     return rows.columns(dashboards, tokens, as_int32, values, place)
+
+
+def wire_columns(
+    dashboards: Sequence[FeatureDashboard], codes: TokenCodes, wires: Sequence[bytes]
+) -> ExampleColumns | None:
+    """``view_columns`` of the dashboards serialised as ``wires``, every example decoded from
+    its bytes at once (``example_wire``): no Python object per example or token. None when an
+    example is laid out otherwise than protobuf serialises it; ``view_columns`` reads those."""
+    examples: list[bytes] = []
+    sections: list[tuple[int, int, int]] = []  # (dashboard's place, section, its examples)
+    for place, wire in enumerate(wires):
+        split = dpb.FeatureDashboardExamples.FromString(wire)
+        lists = [split.top_examples, *(g.examples for g in split.quantile_groups)]
+        for section, listed in enumerate(lists):
+            examples += listed
+            sections.append((place, section, len(listed)))
+    fields = decode_examples(examples)
+    if fields is None:
+        return None
+    p, s, n = np.array(sections, np.int64).reshape(-1, 3).T
+    ids, id_count = packed_varints(fields.bytes_of(fields.ids_at, fields.ids_len), fields.ids_len)
+    values, value_count = _float32s(fields.bytes_of(fields.values_at, fields.values_len),
+                                    fields.values_len)  # fmt: skip
+    token_ids = ids.astype(np.int32).astype(np.int64)  # as protobuf reads int32
+    paired = np.array_equal(id_count, fields.token_count)  # else no token has a known id
+    try:
+        token_codes = codes.codes(
+            fields.data,
+            fields.token_at,
+            fields.token_len,
+            token_ids if paired else np.full(len(fields.token_at), -1),
+        )
+        names, dataset_code = _datasets(fields)
+    except UnicodeDecodeError:
+        return None  # the message classes refuse it, saying where
+    rank = np.arange(len(fields.token_count)) - np.repeat(np.cumsum(n) - n, n)
+    rows = np.stack([
+        np.repeat(p, n), np.repeat(s, n), rank, fields.token_count, id_count, value_count,
+        fields.max_token_index, fields.qualifying_token_index, fields.source_row,
+        fields.source_offset,
+    ])  # fmt: skip  # as _Rows.place lays them out
+    return _assembled(dashboards, codes.table, rows, token_codes, token_ids, values,
+                      fields.max_value.astype(np.float64), names, dataset_code)  # fmt: skip
+
+
+def _float32s(data: bytes, lengths: Ints) -> tuple[Floats, Ints]:
+    """Packed float32 records as float64s, and how many each record holds."""
+    if np.any(lengths % 4):
+        raise ValueError("a packed float field's length is not a multiple of 4")
+    return np.frombuffer(data, "<f4").astype(np.float64), lengths // 4
+
+
+def _datasets(fields: ExampleFields) -> tuple[StringTable, Ints]:
+    """The examples' dataset names coded in order of appearance: the examples naming the first
+    one's are found by comparing bytes; only the others are decoded."""
+    names = StringTable()
+    codes = np.full(len(fields.dataset_at), -1, np.int64)
+    if not len(codes):
+        return names, codes
+    at, length = fields.dataset_at, fields.dataset_len
+    first = fields.data[at[0] : at[0] + length[0]]
+    alike = np.flatnonzero(length == length[0])
+    window = fields.data[at[alike][:, None] + np.arange(length[0])] if length[0] else None
+    same = alike if window is None else alike[(window == first).all(axis=1)]
+    codes[same] = names.codes([first.tobytes().decode()])[0]
+    others = np.flatnonzero(codes < 0)
+    text = [fields.data[a : a + n].tobytes().decode() for a, n in zip(
+        at[others].tolist(), length[others].tolist(), strict=True)]  # fmt: skip
+    codes[others] = names.codes(text)
+    return names, codes
 
 
 def packed_varints(data: bytes, lengths: Ints) -> tuple[Ints, Ints]:
@@ -383,34 +450,51 @@ class _Rows:
     ) -> ExampleColumns:
         place = self.place() if place is None else place
         names = StringTable()
-        dataset_code = names.codes(self.datasets)
+        dataset_code = np.array(names.codes(self.datasets), np.int64)
         token_codes = np.array(tokens.codes(self.token_text), np.int64)
-        with np.errstate(over="ignore"):  # a value beyond float32 fails ``check`` below
-            value_items = bulk_json.numbers(bulk_json.float32_column(values))
-        columns = ExampleColumns(
-            dashboards=dashboards,
-            tokens=tokens,
-            position=place[0],
-            section=place[1],
-            rank=place[2],
-            token_start=_starts(place[3]),
-            token_codes=token_codes,
-            id_start=_starts(place[4]),
-            token_ids=ids,
-            value_start=_starts(place[5]),
-            values=values,
-            max_value=np.array(self.max_value, np.float64),
-            max_token_index=place[6],
-            qualifying_token_index=place[7],
-            datasets=names.strings(),
-            dataset_code=np.array(dataset_code, np.int64),
-            source_row=place[8],
-            source_offset=place[9],
-            token_items=tokens.render(token_codes),
-            value_items=value_items,
-        )
-        columns.check()
-        return columns
+        max_value = np.array(self.max_value, np.float64)
+        return _assembled(dashboards, tokens, place, token_codes, ids, values, max_value, names,
+                          dataset_code)  # fmt: skip
+
+
+def _assembled(
+    dashboards: Sequence[FeatureDashboard],
+    tokens: StringTable,
+    place: Ints,
+    token_codes: Ints,
+    ids: Ints,
+    values: Floats,
+    max_value: Floats,
+    names: StringTable,
+    dataset_code: Ints,
+) -> ExampleColumns:
+    """The checked batch: ``place`` is ``_Rows.place``'s [10, n_rows]."""
+    with np.errstate(over="ignore"):  # a value beyond float32 fails ``check`` below
+        value_items = bulk_json.numbers(bulk_json.float32_column(values))
+    columns = ExampleColumns(
+        dashboards=dashboards,
+        tokens=tokens,
+        position=place[0],
+        section=place[1],
+        rank=place[2],
+        token_start=_starts(place[3]),
+        token_codes=token_codes,
+        id_start=_starts(place[4]),
+        token_ids=ids,
+        value_start=_starts(place[5]),
+        values=values,
+        max_value=max_value,
+        max_token_index=place[6],
+        qualifying_token_index=place[7],
+        datasets=names.strings(),
+        dataset_code=dataset_code,
+        source_row=place[8],
+        source_offset=place[9],
+        token_items=tokens.render(token_codes),
+        value_items=value_items,
+    )
+    columns.check()
+    return columns
 
 
 @dataclass(frozen=True, slots=True)

@@ -749,6 +749,63 @@ class QuantileGroupView(_message.Message):
 Global___QuantileGroupView: _TypeAlias = QuantileGroupView  # noqa: Y015
 
 @_typing.final
+class FeatureDashboardExamples(_message.Message):
+    """The examples of a serialised FeatureDashboard as their own bytes, one item each (internal: the
+    export decodes a batch's examples from them at once; never sent). Its fields have
+    FeatureDashboard's and QuantileGroup's numbers; the others are left unread.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_EXAMPLES_FIELD_NUMBER: _builtins.int
+    QUANTILE_GROUPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def top_examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """FeatureDashboard.top_examples, each a serialised ActivationExample."""
+
+    @_builtins.property
+    def quantile_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileGroupExamples]:
+        """FeatureDashboard.quantile_groups, their examples alone."""
+
+    def __init__(
+        self,
+        *,
+        top_examples: _abc.Iterable[_builtins.bytes] | None = ...,
+        quantile_groups: _abc.Iterable[Global___QuantileGroupExamples] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantile_groups", b"quantile_groups", "top_examples", b"top_examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureDashboardExamples: _TypeAlias = FeatureDashboardExamples  # noqa: Y015
+
+@_typing.final
+class QuantileGroupExamples(_message.Message):
+    """The examples of a QuantileGroup as their own bytes (see FeatureDashboardExamples)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """QuantileGroup.examples, each a serialised ActivationExample."""
+
+    def __init__(
+        self,
+        *,
+        examples: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuantileGroupExamples: _TypeAlias = QuantileGroupExamples  # noqa: Y015
+
+@_typing.final
 class ActivationExampleView(_message.Message):
     """A read view of ActivationExample (see FeatureDashboardView)."""
 
