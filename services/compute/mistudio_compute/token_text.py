@@ -263,9 +263,10 @@ class TokenDisplay:
                 start = np.resize(start, top)
             seen = ids[ids >= 0]
             new = np.unique(seen[length[seen] == _UNSEEN]).tolist()
-            if not new and length is table.length:
-                return table
-            length, start = length.copy(), start.copy()
+            if length is table.length:  # not grown: the table others may be reading
+                if not new:
+                    return table
+                length, start = length.copy(), start.copy()
             shown = [None if self._learn(i) is not None else self._alone[i].encode() for i in new]
             length[new] = [_MIXED if b is None else len(b) for b in shown]
             sizes = length[new].clip(0)

@@ -135,20 +135,23 @@ SECONDS_AT_232EFC0 = {
 }
 """The bench's 4,096-feature stage seconds at 232efc0 (a Zen 4 host), the priors until they
 were refitted on a Zen 5 host: BENCH_16384 ran on such a Zen 4 host, in their proportions."""
-PRIORS_AT_232EFC0 = StageRates(
-    {s: t / stage_rates.cost_units(s, BENCH_SIZE) for s, t in SECONDS_AT_232EFC0.items()},
-    frozenset(),
-)
+
+
+def priors_of(seconds: dict[StageId, float]) -> StageRates:
+    """The priors fitted on the bench export's stage ``seconds``."""
+    return StageRates(
+        {s: t / stage_rates.cost_units(s, BENCH_SIZE) for s, t in seconds.items()}, frozenset()
+    )
+
+
+PRIORS_AT_232EFC0 = priors_of(SECONDS_AT_232EFC0)
 
 
 def priors_at_32bc75b(monkeypatch: pytest.MonkeyPatch) -> StageRates:
     """The priors as they were at 32bc75b: its stage seconds, and the model forward then
     worth 2,200 features a token."""
     monkeypatch.setattr(stage_rates, "PASS_TOKEN_WORK_IN_FEATURES", 2_200)
-    return StageRates(
-        {s: t / stage_rates.cost_units(s, BENCH_SIZE) for s, t in SECONDS_AT_32BC75B.items()},
-        frozenset(),
-    )
+    return priors_of(SECONDS_AT_32BC75B)
 
 
 class FakeClock:

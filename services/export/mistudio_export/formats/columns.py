@@ -25,7 +25,13 @@ from mistudio_common.dashboard import FeatureDashboard
 
 from mistudio_export.formats import bulk_json, jsonio
 from mistudio_export.formats.bulk_json import Rendered, Slot, StringTable
-from mistudio_export.formats.example_wire import ExampleFields, TokenCodes, decode_examples
+from mistudio_export.formats.example_wire import (
+    ExampleFields,
+    TokenCodes,
+    as_int32,
+    decode_examples,
+    decoded,
+)
 
 CHUNK_FEATURES = 64
 """Most dashboards read into one column batch: enough that numpy's per-call cost vanishes."""
@@ -311,8 +317,7 @@ def view_columns(
     place = rows.place()
     ids, place[4] = packed_varints(b"".join(id_bytes), place[4])
     values, place[5] = _float32s(b"".join(value_bytes), place[5])
-    as_int32 = ids.astype(np.int32).astype(np.int64)  # as protobuf reads int32: the low 32 bits
-    return rows.columns(dashboards, tokens, as_int32, values, place)
+    return rows.columns(dashboards, tokens, as_int32(ids), values, place)
 
 
 def wire_columns(
@@ -336,7 +341,7 @@ def wire_columns(
     ids, id_count = packed_varints(fields.bytes_of(fields.ids_at, fields.ids_len), fields.ids_len)
     values, value_count = _float32s(fields.bytes_of(fields.values_at, fields.values_len),
                                     fields.values_len)  # fmt: skip
-    token_ids = ids.astype(np.int32).astype(np.int64)  # as protobuf reads int32
+    token_ids = as_int32(ids)
     paired = np.array_equal(id_count, fields.token_count)  # else no token has a known id
     try:
         token_codes = codes.codes(
@@ -379,9 +384,7 @@ def _datasets(fields: ExampleFields) -> tuple[StringTable, Ints]:
     same = alike if window is None else alike[(window == first).all(axis=1)]
     codes[same] = names.codes([first.tobytes().decode()])[0]
     others = np.flatnonzero(codes < 0)
-    text = [fields.data[a : a + n].tobytes().decode() for a, n in zip(
-        at[others].tolist(), length[others].tolist(), strict=True)]  # fmt: skip
-    codes[others] = names.codes(text)
+    codes[others] = names.codes(decoded(fields.data, at[others], length[others]))
     return names, codes
 
 

@@ -86,15 +86,15 @@ def decode_examples(examples: list[bytes]) -> ExampleFields | None:
         ids = _span(data, pos, end, _IDS)
         values = _span(data, pos, end, _VALUES)
         max_value = _fixed32(data, pos, end, _MAX_VALUE)
-        max_token_index = _int32(_varint(data, pos, end, _MAX_TOKEN_INDEX))
+        max_token_index = as_int32(_varint(data, pos, end, _MAX_TOKEN_INDEX))
         source_at, source_len = _span(data, pos, end, _SOURCE)
-        qualifying = _int32(_varint(data, pos, end, _QUALIFYING))
+        qualifying = as_int32(_varint(data, pos, end, _QUALIFYING))
         if np.any(pos != end):
             return None
         pos, end = source_at.copy(), source_at + source_len
         dataset = _span(data, pos, end, _DATASET)
         row = _varint(data, pos, end, _ROW)
-        offset = _int32(_varint(data, pos, end, _OFFSET))
+        offset = as_int32(_varint(data, pos, end, _OFFSET))
         if np.any(pos != end):
             return None
     except _Malformed:
@@ -179,9 +179,15 @@ def _varint(data: Bytes, pos: Ints, end: Ints, tag: int) -> Ints:
     return out
 
 
-def _int32(value: Ints) -> Ints:
-    """As protobuf reads an int32: the low 32 bits, signed."""
+def as_int32(value: Ints) -> Ints:
+    """As protobuf reads an int32 from a varint: the low 32 bits, signed."""
     return value.astype(np.int32).astype(np.int64)
+
+
+def decoded(data: Bytes, at: Ints, length: Ints) -> list[str]:
+    """The spans' bytes as strings; UnicodeDecodeError for one that is not UTF-8."""
+    spans = zip(at.tolist(), length.tolist(), strict=True)
+    return [data[a : a + n].tobytes().decode() for a, n in spans]
 
 
 def _fixed32(data: Bytes, pos: Ints, end: Ints, tag: int) -> np.ndarray:
@@ -220,9 +226,7 @@ class TokenCodes:
         out = np.where(same, self._code[row], -1)
         others = np.flatnonzero(~same)
         if len(others):
-            spans = zip(at[others].tolist(), length[others].tolist(), strict=True)
-            text = [data[a : a + n].tobytes().decode() for a, n in spans]
-            out[others] = self.table.codes(text)
+            out[others] = self.table.codes(decoded(data, at[others], length[others]))
             learn = others[known[others] & (length[others] <= KEY_BYTES)]
             learn = learn[self._length[ids[learn]] < 0]
             new, first = np.unique(ids[learn], return_index=True)
