@@ -1,4 +1,5 @@
 import math
+import sys
 
 import numpy as np
 import orjson
@@ -129,6 +130,33 @@ def test_fan_out_gives_every_writer_every_batch_of_one_read(monkeypatch):
     columns.fan_out(column_batches(read()), [writer("a"), writer("b"), writer("c")])
     assert reads == [0, 1, 2, 3, 4]
     assert seen == {name: [0, 1, 2, 3, 4] for name in "abc"}
+
+
+def test_fan_out_writers_take_turns_one_running_at_a_time(monkeypatch):
+    monkeypatch.setattr(columns, "CHUNK_FEATURES", 2)
+    running, most, order = [], [], []
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads running at once would interleave within a batch
+
+    def writer(name):
+        def write(batches):
+            for batch in batches:
+                running.append(name)
+                most.append(len(running))
+                for d in batch.dashboards:
+                    order.append((name, d.feature_index))
+                    sum(range(20_000))  # work long enough to be interrupted
+                running.remove(name)
+
+        return write
+
+    try:
+        columns.fan_out(column_batches(dashboard(i) for i in range(6)), [writer(n) for n in "abc"])
+    finally:
+        sys.setswitchinterval(switch)
+    assert max(most) == 1
+    # batch by batch: every writer has its turn at a batch before the next batch is read
+    assert order == [(n, i) for lo in (0, 2, 4) for n in "bca" for i in (lo, lo + 1)]
 
 
 def test_fan_out_reraises_a_writers_error_after_the_others_finish():
