@@ -26,6 +26,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard_codec import dashboard_head_from_pb
 from mistudio_export.feature_ranges import (
     RangeTask,
@@ -34,7 +35,13 @@ from mistudio_export.feature_ranges import (
     write_range,
 )
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, batch_sized, view_columns
+from mistudio_export.formats.columns import (
+    ExampleColumns,
+    batch_sized,
+    wire_columns,
+    wire_tokens,
+)
+from mistudio_export.formats.example_wire import TokenCodes
 from mistudio_export.formats.neuronpedia_importer import write_importer_export
 from mistudio_export.formats.prd_json import write_feature_files
 from mistudio_export.formats.saedashboard_batch import write_saedashboard_batches
@@ -42,7 +49,7 @@ from mistudio_export.formats.upload_payloads import PayloadNotes, payload_featur
 from mistudio_export.generate import FOLDERS, ROOT
 from mistudio_export.packaging import FormatKind
 from mistudio_export.records import NeuronpediaNaming, SaeInfo
-from mistudio_export.staged import read_views, staged_chunks
+from mistudio_export.staged import read_wires, staged_chunks
 from mistudio_export.validation.column_checks import column_findings
 
 FEATURES_PER_BATCH = 128
@@ -126,15 +133,21 @@ def steps(task_list: list[RangeTask], out: Path, top: int) -> None:
     again under cProfile for its split (a profile sees one thread, and ``write_range`` runs
     each format in a thread of its own; profiling inflates the Python part)."""
     chunks = [c for t in task_list for c in t.range.chunks]
-    read, messages = _cpu(lambda: list(read_views(chunks)))
-    sized = list(batch_sized(messages))
-    heads, head_lists = _cpu(lambda: [list(map(dashboard_head_from_pb, chunk)) for chunk in sized])
-    table = StringTable()
-    built, batches = _cpu(
-        lambda: [view_columns(h, table, c) for h, c in zip(head_lists, sized, strict=True)]
+    read, sized = _cpu(
+        lambda: [
+            list(map(dpb.FeatureDashboardSplit.FromString, wires))
+            for wires in batch_sized(read_wires(chunks), wire_tokens)
+        ]
     )
+    heads, head_lists = _cpu(lambda: [list(map(dashboard_head_from_pb, chunk)) for chunk in sized])
+    codes = TokenCodes(StringTable())
+    built, batches = _cpu(
+        lambda: [wire_columns(h, codes, c) for h, c in zip(head_lists, sized, strict=True)]
+    )
+    if any(b is None for b in batches):
+        raise SystemExit("a batch's examples are laid out otherwise: view_columns would read them")
     checked, _ = _cpu(lambda: [column_findings(b) for b in batches])
-    print(f"read + parse staged dashboards {read:6.2f} s CPU")
+    print(f"read + split staged dashboards {read:6.2f} s CPU")
     print(f"dashboard heads (no examples)  {heads:6.2f} s CPU")
     print(f"example columns                {built:6.2f} s CPU ({len(batches)} batches)")
     print(f"column checks                  {checked:6.2f} s CPU")

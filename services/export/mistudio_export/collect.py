@@ -137,10 +137,10 @@ class Staging:
         hashes: dict[int, str] = {}
         unchanged = 0
         parsed = sorted(
-            zip(map(dpb.FeatureDashboard.FromString, found), found, strict=True),
+            zip(map(dpb.FeatureDashboardStatistics.FromString, found), found, strict=True),
             key=lambda pair: pair[0].feature_index,
         )
-        for dashboard, wire in parsed:  # parsed for the filters; staged as the store keeps it
+        for dashboard, wire in parsed:  # read for the filters; staged as the store keeps it
             index = dashboard.feature_index
             if not self._keep.keeps(dashboard):
                 continue

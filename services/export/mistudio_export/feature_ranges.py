@@ -39,6 +39,7 @@ from mistudio_export.formats.columns import (
     fan_out,
     view_columns,
     wire_columns,
+    wire_tokens,
 )
 from mistudio_export.formats.example_wire import TokenCodes
 from mistudio_export.formats.neuronpedia_importer import (
@@ -215,19 +216,13 @@ def _batches(chunks: Sequence[Path], found: list[ColumnFinding]) -> Iterator[Exa
     ``column_checks`` finds is added to ``found``."""
     tokens = StringTable()
     codes = TokenCodes(tokens)
-    wires: list[bytes] = []  # of the views read so far and not yet batched
-
-    def views() -> Iterator[dpb.FeatureDashboardView]:
-        for wire in read_wires(chunks):
-            wires.append(wire)
-            yield dpb.FeatureDashboardView.FromString(wire)
-
-    for chunk in batch_sized(views()):
-        heads = list(map(dashboard_head_from_pb, chunk))
-        batch = wire_columns(heads, codes, wires[: len(chunk)])
+    for wires in batch_sized(read_wires(chunks), wire_tokens):
+        splits = list(map(dpb.FeatureDashboardSplit.FromString, wires))
+        heads = list(map(dashboard_head_from_pb, splits))
+        batch = wire_columns(heads, codes, splits)
         if batch is None:
-            batch = view_columns(heads, tokens, chunk)
-        del wires[: len(chunk)]
+            views = list(map(dpb.FeatureDashboardView.FromString, wires))
+            batch = view_columns(heads, tokens, views)
         found += column_findings(batch)
         yield batch
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
-from mistudio.common.v1 import dashboard_pb2 as dpb
 
 from mistudio_export.formats import jsonio
 
@@ -63,12 +62,6 @@ def staged_chunks(staging: Path) -> list[StagedChunk]:
     """The staged chunks, in index order."""
     paths = sorted(dashboards_dir(staging).glob("chunk-*.bin"))
     return [StagedChunk(p, read_hashes(p)) for p in paths]
-
-
-def read_views(chunks: Iterable[Path]) -> Iterator[dpb.FeatureDashboardView]:
-    """Every dashboard of ``chunks``, in order, as its read view (``write_chunk``'s protobuf
-    serialisation packs each repeated number field into one record, as the view needs)."""
-    return map(dpb.FeatureDashboardView.FromString, read_wires(chunks))
 
 
 def read_wires(chunks: Iterable[Path]) -> Iterator[bytes]:

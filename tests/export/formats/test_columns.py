@@ -98,6 +98,25 @@ def test_batches_end_at_the_token_budget(monkeypatch):
     assert [[d.feature_index for d in b.dashboards] for b in batches] == [[0, 1], [2]]
 
 
+def test_read_from_their_bytes_batches_end_before_they_could_hold_the_token_budget(monkeypatch):
+    wires = [dashboard_to_pb(dashboard(i)).SerializeToString() for i in range(5)]
+    for wire in wires:  # an upper bound on the tokens its examples hold
+        assert columns.wire_tokens(wire) >= columns.example_tokens(dashboard(0)) == 13 * 6
+    monkeypatch.setattr(columns, "TOKENS_PER_BATCH", 2 * columns.wire_tokens(wires[0]))
+    batches = list(columns.batch_sized(wires, columns.wire_tokens))
+    assert batches == [wires[0:2], wires[2:4], wires[4:]]
+
+
+def test_a_split_dashboard_reads_as_its_head_and_its_examples_bytes():
+    d = dashboard(3)
+    message = dashboard_to_pb(d)
+    split = dpb.FeatureDashboardSplit.FromString(message.SerializeToString())
+    assert dashboard_head_from_pb(split) == dashboard_head_from_pb(message)
+    assert list(split.top_examples) == [e.SerializeToString() for e in message.top_examples]
+    for group, expected in zip(split.quantile_groups, message.quantile_groups, strict=True):
+        assert list(group.examples) == [e.SerializeToString() for e in expected.examples]
+
+
 def test_every_example_is_a_row_in_write_order():
     d = dashboard(0, n_top=2)
     d.quantile_groups[0].examples.append(example(0.75, row=42))

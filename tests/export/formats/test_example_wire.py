@@ -47,8 +47,9 @@ def columns_both_ways(
     for batch in batches:
         wires = [dashboard_to_pb(d).SerializeToString() for d in batch]
         views = [dpb.FeatureDashboardView.FromString(w) for w in wires]
+        splits = [dpb.FeatureDashboardSplit.FromString(w) for w in wires]
         heads = [dashboard_head_from_pb(v) for v in views]
-        out.append((view_columns(heads, table, views), wire_columns(heads, codes, wires)))
+        out.append((view_columns(heads, table, views), wire_columns(heads, codes, splits)))
     return out
 
 
@@ -118,9 +119,10 @@ def test_another_layout_or_malformed_bytes_are_left_to_the_message_classes(
 
 def test_a_token_string_that_is_not_utf8_is_left_to_the_message_classes() -> None:
     good = dashboard_to_pb(dashboard(0)).SerializeToString()
-    bad = good.replace(b" quick", b" qu\xffck")
+    bad = good.replace(b" quick", b" qu\xffck", 1)  # in the first example, not the head
     heads = [dashboard_head_from_pb(dpb.FeatureDashboardView.FromString(good))]
-    assert wire_columns(heads, TokenCodes(StringTable()), [good]) is not None
-    assert wire_columns(heads, TokenCodes(StringTable()), [bad]) is None
+    split = dpb.FeatureDashboardSplit.FromString
+    assert wire_columns(heads, TokenCodes(StringTable()), [split(good)]) is not None
+    assert wire_columns(heads, TokenCodes(StringTable()), [split(bad)]) is None
     with pytest.raises(DecodeError, match="bad UTF-8"):
         dpb.FeatureDashboardView.FromString(bad)

@@ -35,10 +35,12 @@ from mistudio_export.formats.example_wire import (
 
 CHUNK_FEATURES = 64
 """Most dashboards read into one column batch: enough that numpy's per-call cost vanishes."""
-TOKENS_PER_BATCH = 1 << 18
-"""A batch ends once its examples hold this many tokens, so its arrays and rendered bytes stay
-a few tens of MB whatever the dashboard parameters (one feature at the largest in-bounds ones
-holds about 560k)."""
+TOKENS_PER_BATCH = 1 << 19
+"""A batch ends once its examples hold this many tokens (or, read from their bytes, may hold:
+``wire_tokens``), so its arrays and rendered bytes stay a few tens of MB whatever the dashboard
+parameters (one feature at the largest in-bounds ones holds about 560k)."""
+TOKEN_WIRE_BYTES = 2
+"""The fewest bytes a token takes in a serialised example: its string's tag and length."""
 TOP_SECTION = 0
 TOP_GROUP_BIN = -1.0
 """bin_min and bin_contains of the 'top activations' section, as SAEDashboard writes them."""
@@ -260,19 +262,29 @@ def _starts(lengths: Ints) -> Ints:
 def column_batches(dashboards: Iterable[FeatureDashboard]) -> Iterator[ExampleColumns]:
     """``dashboards`` as column batches, in order."""
     tokens = StringTable()
-    for chunk in batch_sized(dashboards):
+    for chunk in batch_sized(dashboards, example_tokens):
         yield example_columns(chunk, tokens)
 
 
-def batch_sized(dashboards: Iterable[E]) -> Iterator[list[E]]:
-    """Consecutive runs of ``dashboards`` of at most ``CHUNK_FEATURES``, ending once their
-    examples reach ``TOKENS_PER_BATCH`` tokens."""
-    batch: list[E] = []
+def example_tokens(d: DashboardExamples) -> int:
+    """The tokens of ``d``'s examples."""
+    top = sum(len(e.tokens) for e in d.top_examples)
+    return top + sum(len(e.tokens) for g in d.quantile_groups for e in g.examples)
+
+
+def wire_tokens(wire: bytes) -> int:
+    """The most tokens the examples of the dashboard serialised as ``wire`` can hold."""
+    return len(wire) // TOKEN_WIRE_BYTES
+
+
+def batch_sized(items: Iterable[T], tokens: Callable[[T], int]) -> Iterator[list[T]]:
+    """Consecutive runs of ``items`` (dashboards) of at most ``CHUNK_FEATURES``, ending once
+    their ``tokens`` reach ``TOKENS_PER_BATCH``."""
+    batch: list[T] = []
     n_tokens = 0
-    for d in dashboards:
-        batch.append(d)
-        n_tokens += sum(len(e.tokens) for e in d.top_examples)
-        n_tokens += sum(len(e.tokens) for g in d.quantile_groups for e in g.examples)
+    for item in items:
+        batch.append(item)
+        n_tokens += tokens(item)
         if len(batch) == CHUNK_FEATURES or n_tokens >= TOKENS_PER_BATCH:
             yield batch
             batch, n_tokens = [], 0
@@ -321,15 +333,16 @@ def view_columns(
 
 
 def wire_columns(
-    dashboards: Sequence[FeatureDashboard], codes: TokenCodes, wires: Sequence[bytes]
+    dashboards: Sequence[FeatureDashboard],
+    codes: TokenCodes,
+    splits: Sequence[dpb.FeatureDashboardSplit],
 ) -> ExampleColumns | None:
-    """``view_columns`` of the dashboards serialised as ``wires``, every example decoded from
-    its bytes at once (``example_wire``): no Python object per example or token. None when an
+    """``view_columns`` of the dashboards ``splits`` read, every example decoded from its
+    bytes at once (``example_wire``): no Python object per example or token. None when an
     example is laid out otherwise than protobuf serialises it; ``view_columns`` reads those."""
     examples: list[bytes] = []
     sections: list[tuple[int, int, int]] = []  # (dashboard's place, section, its examples)
-    for place, wire in enumerate(wires):
-        split = dpb.FeatureDashboardExamples.FromString(wire)
+    for place, split in enumerate(splits):
         lists = [split.top_examples, *(g.examples for g in split.quantile_groups)]
         for section, listed in enumerate(lists):
             examples += listed

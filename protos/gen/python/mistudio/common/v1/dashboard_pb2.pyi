@@ -749,45 +749,98 @@ class QuantileGroupView(_message.Message):
 Global___QuantileGroupView: _TypeAlias = QuantileGroupView  # noqa: Y015
 
 @_typing.final
-class FeatureDashboardExamples(_message.Message):
-    """The examples of a serialised FeatureDashboard as their own bytes, one item each (internal: the
-    export decodes a batch's examples from them at once; never sent). Its fields have
-    FeatureDashboard's and QuantileGroup's numbers; the others are left unread.
+class FeatureDashboardSplit(_message.Message):
+    """A serialised FeatureDashboard read with each example left as its own bytes (internal: the
+    export reads its staged dashboards with it, the fields besides the examples as they are, the
+    examples decoded a batch at once; never sent). Every field has FeatureDashboard's number.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    FEATURE_INDEX_FIELD_NUMBER: _builtins.int
     TOP_EXAMPLES_FIELD_NUMBER: _builtins.int
     QUANTILE_GROUPS_FIELD_NUMBER: _builtins.int
+    TOP_POSITIVE_LOGITS_FIELD_NUMBER: _builtins.int
+    TOP_NEGATIVE_LOGITS_FIELD_NUMBER: _builtins.int
+    ACTIVATION_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    LOGIT_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    TOP_TOKENS_FIELD_NUMBER: _builtins.int
+    TOP_TOKENS_METRIC_FIELD_NUMBER: _builtins.int
+    feature_index: _builtins.int
+    """FeatureDashboard.feature_index."""
+    top_tokens_metric: Global___TokenRankMetric.ValueType
+    """FeatureDashboard.top_tokens_metric."""
     @_builtins.property
     def top_examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """FeatureDashboard.top_examples, each a serialised ActivationExample."""
 
     @_builtins.property
-    def quantile_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileGroupExamples]:
-        """FeatureDashboard.quantile_groups, their examples alone."""
+    def quantile_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuantileGroupSplit]:
+        """FeatureDashboard.quantile_groups, their examples as bytes."""
+
+    @_builtins.property
+    def top_positive_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]:
+        """FeatureDashboard.top_positive_logits."""
+
+    @_builtins.property
+    def top_negative_logits(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogitEntry]:
+        """FeatureDashboard.top_negative_logits."""
+
+    @_builtins.property
+    def activation_histogram(self) -> Global___Histogram:
+        """FeatureDashboard.activation_histogram."""
+
+    @_builtins.property
+    def logit_histogram(self) -> Global___Histogram:
+        """FeatureDashboard.logit_histogram."""
+
+    @_builtins.property
+    def statistics(self) -> Global___FeatureStatistics:
+        """FeatureDashboard.statistics."""
+
+    @_builtins.property
+    def top_tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenAggregate]:
+        """FeatureDashboard.top_tokens."""
 
     def __init__(
         self,
         *,
+        feature_index: _builtins.int = ...,
         top_examples: _abc.Iterable[_builtins.bytes] | None = ...,
-        quantile_groups: _abc.Iterable[Global___QuantileGroupExamples] | None = ...,
+        quantile_groups: _abc.Iterable[Global___QuantileGroupSplit] | None = ...,
+        top_positive_logits: _abc.Iterable[Global___LogitEntry] | None = ...,
+        top_negative_logits: _abc.Iterable[Global___LogitEntry] | None = ...,
+        activation_histogram: Global___Histogram | None = ...,
+        logit_histogram: Global___Histogram | None = ...,
+        statistics: Global___FeatureStatistics | None = ...,
+        top_tokens: _abc.Iterable[Global___TokenAggregate] | None = ...,
+        top_tokens_metric: Global___TokenRankMetric.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activation_histogram", b"activation_histogram", "logit_histogram", b"logit_histogram", "statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["quantile_groups", b"quantile_groups", "top_examples", b"top_examples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_histogram", b"activation_histogram", "feature_index", b"feature_index", "logit_histogram", b"logit_histogram", "quantile_groups", b"quantile_groups", "statistics", b"statistics", "top_examples", b"top_examples", "top_negative_logits", b"top_negative_logits", "top_positive_logits", b"top_positive_logits", "top_tokens", b"top_tokens", "top_tokens_metric", b"top_tokens_metric"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___FeatureDashboardExamples: _TypeAlias = FeatureDashboardExamples  # noqa: Y015
+Global___FeatureDashboardSplit: _TypeAlias = FeatureDashboardSplit  # noqa: Y015
 
 @_typing.final
-class QuantileGroupExamples(_message.Message):
-    """The examples of a QuantileGroup as their own bytes (see FeatureDashboardExamples)."""
+class QuantileGroupSplit(_message.Message):
+    """A QuantileGroup with each example left as its own bytes (see FeatureDashboardSplit)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    BIN_MIN_FIELD_NUMBER: _builtins.int
+    BIN_MAX_FIELD_NUMBER: _builtins.int
+    BIN_CONTAINS_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
+    bin_min: _builtins.float
+    """QuantileGroup.bin_min."""
+    bin_max: _builtins.float
+    """QuantileGroup.bin_max."""
+    bin_contains: _builtins.float
+    """QuantileGroup.bin_contains."""
     @_builtins.property
     def examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """QuantileGroup.examples, each a serialised ActivationExample."""
@@ -795,15 +848,49 @@ class QuantileGroupExamples(_message.Message):
     def __init__(
         self,
         *,
+        bin_min: _builtins.float = ...,
+        bin_max: _builtins.float = ...,
+        bin_contains: _builtins.float = ...,
         examples: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["examples", b"examples"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bin_contains", b"bin_contains", "bin_max", b"bin_max", "bin_min", b"bin_min", "examples", b"examples"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___QuantileGroupExamples: _TypeAlias = QuantileGroupExamples  # noqa: Y015
+Global___QuantileGroupSplit: _TypeAlias = QuantileGroupSplit  # noqa: Y015
+
+@_typing.final
+class FeatureDashboardStatistics(_message.Message):
+    """The statistics of a serialised FeatureDashboard alone (internal: the export's statistic
+    filters read them while staging; never sent). Its fields have FeatureDashboard's numbers; the
+    others are left unread.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_INDEX_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    feature_index: _builtins.int
+    """FeatureDashboard.feature_index."""
+    @_builtins.property
+    def statistics(self) -> Global___FeatureStatistics:
+        """FeatureDashboard.statistics."""
+
+    def __init__(
+        self,
+        *,
+        feature_index: _builtins.int = ...,
+        statistics: Global___FeatureStatistics | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["statistics", b"statistics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_index", b"feature_index", "statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureDashboardStatistics: _TypeAlias = FeatureDashboardStatistics  # noqa: Y015
 
 @_typing.final
 class ActivationExampleView(_message.Message):
