@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import DashboardParams
@@ -21,7 +23,7 @@ from mistudio_common.dashboard_codec import content_hash_of
 from mistudio_common.errors import FailedPrecondition
 
 from mistudio_export.delta import EarlierExport, FeatureHashes, feature_hash
-from mistudio_export.peers import FeatureFilter, FeatureRecords
+from mistudio_export.peers import FeatureFilter, FeatureRecord, FeatureRecords
 from mistudio_export.records import ExplanationRecord
 from mistudio_export.runtime import JobRuntime
 from mistudio_export.selection import StatisticFilter
@@ -36,6 +38,15 @@ class Collected:
     """Content hash of every exported feature, by index (a ``FeatureHashes``)."""
     skipped_unchanged: int
     """Features a delta export left out because they did not change."""
+
+
+class _Fetched(NamedTuple):
+    """What the store holds of a batch of features."""
+
+    wires: list[bytes]
+    """Their dashboards as the store keeps them, in any order."""
+    records: dict[int, FeatureRecord]
+    explanations: dict[int, list[ExplanationRecord]]
 
 
 def chunks(indices: Sequence[int], size: int) -> list[list[int]]:
@@ -90,8 +101,8 @@ class Staging:
             hashes = read_hashes(path)
             self._hashes.append(FeatureHashes.of(hashes))
             yield StagedChunk(path, hashes)
-        for n in range(done, len(batches)):
-            wires, hashes, unchanged = self._read_batch(batches[n])
+        for n, fetched in enumerate(self._fetched(batches[done:]), done):
+            wires, hashes, unchanged = self._kept(fetched)
             path = chunk_path(job.staging, n)
             write_chunk(path, wires, hashes)
             self._hashes.append(FeatureHashes.of(hashes))
@@ -111,9 +122,21 @@ class Staging:
                 field="config.selection",
             )
 
-    def _read_batch(self, batch: list[int]) -> tuple[list[bytes], dict[int, str], int]:
-        """The kept dashboards of ``batch`` in their wire form (the bytes the store keeps, for
-        both the hash and the chunk), their hashes, and how many a delta export left out."""
+    def _fetched(self, batches: Sequence[list[int]]) -> Iterator[_Fetched]:
+        """What the store holds of each batch, in order, the next batch's read asked for while
+        the caller stages this one (the store answers from its own process meanwhile: staging
+        took half as long, and the first range reaches the writers sooner)."""
+        with ThreadPoolExecutor(1, thread_name_prefix="staging-read") as ahead:
+            reading: Future[_Fetched] | None = None
+            for batch in batches:
+                upcoming = ahead.submit(self._fetch, batch)
+                if reading is not None:
+                    yield reading.result()
+                reading = upcoming
+            if reading is not None:
+                yield reading.result()
+
+    def _fetch(self, batch: list[int]) -> _Fetched:
         store, plan = self._store, self._job.plan
         sae_id, owner = plan.sae.sae_id, plan.sae.owner
         found, missing = store.dashboards(sae_id, self._params, batch, owner)
@@ -133,6 +156,12 @@ class Staging:
         explanations: dict[int, list[ExplanationRecord]] = defaultdict(list)
         for e in store.explanations(sae_id, batch, owner):
             explanations[e.feature_index].append(e)
+        return _Fetched(found, records, explanations)
+
+    def _kept(self, fetched: _Fetched) -> tuple[list[bytes], dict[int, str], int]:
+        """The kept dashboards of a batch in their wire form (the bytes the store keeps, for
+        both the hash and the chunk), their hashes, and how many a delta export left out."""
+        found, records, explanations = fetched
         wires: list[bytes] = []
         hashes: dict[int, str] = {}
         unchanged = 0
