@@ -313,22 +313,26 @@ def _cpu_s(pids: set[int]) -> dict[int, float]:
 
 
 def _rss_mb() -> float:
-    return _status_mb("VmRSS")
+    """This process's resident set, read where it costs least (smaps_rollup walks every
+    mapping: 6 ms a read with torch loaded, where the sampler reads it twice a second)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * _PAGE_BYTES / 2**20
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def _tree_mb(pids: set[int] | None = None) -> float:
     """This process's resident set plus the private memory of the processes it started
     (``pids``, found afresh when not given; their shared libraries are this process's too, and
     already counted here)."""
-    total_kb = 0.0
-    for pid in _descendants() if pids is None else pids:
+    total_kb = _rss_mb() * 1024
+    for pid in (_descendants() if pids is None else pids) - {os.getpid()}:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
         except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
             continue
         fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
-        own = pid == os.getpid()
-        total_kb += fields["Rss"] if own else fields["Private_Clean"] + fields["Private_Dirty"]
+        total_kb += fields["Private_Clean"] + fields["Private_Dirty"]
     return total_kb / 1024
 
 
