@@ -145,7 +145,7 @@ def steps(task_list: list[RangeTask], out: Path, top: int) -> None:
         lambda: [wire_columns(h, codes, c) for h, c in zip(head_lists, sized, strict=True)]
     )
     if any(b is None for b in batches):
-        raise SystemExit("a batch's examples are laid out otherwise: view_columns would read them")
+        raise SystemExit("a batch's examples are laid out otherwise: not measured here")
     checked, _ = _cpu(lambda: [column_findings(b) for b in batches])
     print(f"read + split staged dashboards {read:6.2f} s CPU")
     print(f"dashboard heads (no examples)  {heads:6.2f} s CPU")

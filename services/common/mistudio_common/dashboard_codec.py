@@ -185,7 +185,7 @@ def dashboard_from_pb(m: pb.FeatureDashboard) -> d.FeatureDashboard:
 
 
 def dashboard_head_from_pb(
-    m: pb.FeatureDashboard | pb.FeatureDashboardView | pb.FeatureDashboardSplit,
+    m: pb.FeatureDashboard | pb.FeatureDashboardSplit,
 ) -> d.FeatureDashboard:
     """``dashboard_from_pb`` with every example list left empty, no example converted: for a
     reader that takes the examples from the message itself (the export's column batches decode
@@ -194,13 +194,11 @@ def dashboard_head_from_pb(
 
 
 def _dashboard_from_pb(
-    m: pb.FeatureDashboard | pb.FeatureDashboardView | pb.FeatureDashboardSplit,
+    m: pb.FeatureDashboard | pb.FeatureDashboardSplit,
     top_examples: list[d.ActivationExample],
     group_examples: list[list[d.ActivationExample]],
 ) -> d.FeatureDashboard:
-    groups: Sequence[pb.QuantileGroup | pb.QuantileGroupView | pb.QuantileGroupSplit] = (
-        m.quantile_groups
-    )
+    groups: Sequence[pb.QuantileGroup | pb.QuantileGroupSplit] = m.quantile_groups
     return d.FeatureDashboard(
         feature_index=m.feature_index,
         top_examples=top_examples,

@@ -36,8 +36,8 @@ from mistudio_export.formats.bulk_json import StringTable
 from mistudio_export.formats.columns import (
     ExampleColumns,
     batch_sized,
+    example_columns,
     fan_out,
-    view_columns,
     wire_columns,
     wire_tokens,
 )
@@ -211,18 +211,17 @@ def _reuse(
 
 def _batches(chunks: Sequence[Path], found: list[ColumnFinding]) -> Iterator[ExampleColumns]:
     """The dashboards of ``chunks`` as column batches: the examples decoded from their bytes
-    at once (or, laid out otherwise, read from the messages' read views), the rest converted
+    at once (or, laid out otherwise, read through the message classes), the rest converted
     for the formats' per-feature fields. Each batch is checked as it is made, and what
     ``column_checks`` finds is added to ``found``."""
-    tokens = StringTable()
-    codes = TokenCodes(tokens)
+    codes = TokenCodes(StringTable())
     for wires in batch_sized(read_wires(chunks), wire_tokens):
         splits = list(map(dpb.FeatureDashboardSplit.FromString, wires))
         heads = list(map(dashboard_head_from_pb, splits))
         batch = wire_columns(heads, codes, splits)
-        if batch is None:
-            views = list(map(dpb.FeatureDashboardView.FromString, wires))
-            batch = view_columns(heads, tokens, views)
+        if batch is None:  # laid out otherwise: read through the message classes
+            messages = list(map(dpb.FeatureDashboard.FromString, wires))
+            batch = example_columns(heads, codes.table, examples=messages)
         found += column_findings(batch)
         yield batch
 

@@ -11,7 +11,7 @@ from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_head_from_pb, dashboard_to_pb
 from mistudio_export.formats import bulk_json
 from mistudio_export.formats.bulk_json import StringTable
-from mistudio_export.formats.columns import ExampleColumns, view_columns, wire_columns
+from mistudio_export.formats.columns import ExampleColumns, example_columns, wire_columns
 from mistudio_export.formats.example_wire import TokenCodes, decode_examples
 
 from tests.export.formats.builders import dashboard, example
@@ -45,11 +45,11 @@ def columns_both_ways(
     table, codes = StringTable(), TokenCodes(StringTable())
     out = []
     for batch in batches:
-        wires = [dashboard_to_pb(d).SerializeToString() for d in batch]
-        views = [dpb.FeatureDashboardView.FromString(w) for w in wires]
-        splits = [dpb.FeatureDashboardSplit.FromString(w) for w in wires]
-        heads = [dashboard_head_from_pb(v) for v in views]
-        out.append((view_columns(heads, table, views), wire_columns(heads, codes, splits)))
+        messages = [dashboard_to_pb(d) for d in batch]
+        splits = [dpb.FeatureDashboardSplit.FromString(m.SerializeToString()) for m in messages]
+        heads = [dashboard_head_from_pb(s) for s in splits]
+        expected = example_columns(heads, table, examples=messages)
+        out.append((expected, wire_columns(heads, codes, splits)))
     return out
 
 
@@ -120,9 +120,9 @@ def test_another_layout_or_malformed_bytes_are_left_to_the_message_classes(
 def test_a_token_string_that_is_not_utf8_is_left_to_the_message_classes() -> None:
     good = dashboard_to_pb(dashboard(0)).SerializeToString()
     bad = good.replace(b" quick", b" qu\xffck", 1)  # in the first example, not the head
-    heads = [dashboard_head_from_pb(dpb.FeatureDashboardView.FromString(good))]
+    heads = [dashboard_head_from_pb(dpb.FeatureDashboard.FromString(good))]
     split = dpb.FeatureDashboardSplit.FromString
     assert wire_columns(heads, TokenCodes(StringTable()), [split(good)]) is not None
     assert wire_columns(heads, TokenCodes(StringTable()), [split(bad)]) is None
     with pytest.raises(DecodeError, match="bad UTF-8"):
-        dpb.FeatureDashboardView.FromString(bad)
+        dpb.FeatureDashboard.FromString(bad)

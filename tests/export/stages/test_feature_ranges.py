@@ -20,7 +20,9 @@ from mistudio_common.dashboard_codec import dashboard_to_pb
 from mistudio_common.errors import Cancelled
 from mistudio_export import feature_ranges, generate
 from mistudio_export.feature_ranges import FeatureRange, Finished, RangeTask, RangeWritten
+from mistudio_export.formats.example_wire import decode_examples
 from mistudio_export.formats.upload_payloads import PayloadNotes
+from mistudio_export.staged import write_chunk
 from mistudio_export.validation import validator
 from mistudio_export.worker_pool import WorkerPool
 
@@ -195,3 +197,40 @@ def test_the_upload_bodies_stop_with_the_ranges_they_wait_for(tmp_path: Path) ->
     assert next(parts) == b"0"
     with pytest.raises(Cancelled):
         next(parts)
+
+
+def _unpacked_ids(example: dpb.ActivationExample) -> bytes:
+    """``example`` serialised with its token ids one record each (a layout every protobuf
+    parser reads as the packed one, but not the one protobuf writes)."""
+    ids = list(example.token_ids)
+    rest = dpb.ActivationExample()
+    rest.CopyFrom(example)
+    rest.ClearField("token_ids")
+    return rest.SerializeToString() + b"".join(
+        b"\x10" + dpb.Histogram(counts=[i]).SerializeToString()[2:] for i in ids
+    )
+
+
+def test_dashboards_laid_out_otherwise_are_read_through_the_message_classes(
+    tmp_path: Path,
+) -> None:
+    messages = [_dashboard(i) for i in range(3)]
+    canonical = [m.SerializeToString() for m in messages]
+    split = dpb.FeatureDashboardSplit.FromString(canonical[1])
+    split.top_examples[0] = _unpacked_ids(messages[1].top_examples[0])
+    other = [canonical[0], split.SerializeToString(), canonical[2]]
+    assert dpb.FeatureDashboard.FromString(other[1]) == messages[1] and other != canonical
+    assert decode_examples(list(split.top_examples)) is None  # not decoded from its bytes
+
+    def batches(wires: list[bytes]) -> list[Any]:
+        path = tmp_path / f"chunk-{len(list(tmp_path.iterdir())):06d}.bin"
+        write_chunk(path, wires, {i: "0" * 64 for i in range(3)})
+        found: list[Any] = []
+        return list(feature_ranges._batches([path], found))
+
+    (expected,) = batches(canonical)
+    (got,) = batches(other)
+    for field in ("token_start", "token_ids", "values", "max_value", "source_row"):
+        assert getattr(got, field).tolist() == getattr(expected, field).tolist(), field
+    shown = [[c.tokens.strings()[code] for code in c.token_codes] for c in (got, expected)]
+    assert shown[0] == shown[1]

@@ -311,35 +311,15 @@ def example_columns(
     return rows.columns(dashboards, tokens, np.array(ids, np.int64), np.array(values, np.float64))
 
 
-def view_columns(
-    dashboards: Sequence[FeatureDashboard],
-    tokens: StringTable,
-    views: Sequence[dpb.FeatureDashboardView],
-) -> ExampleColumns:
-    """``example_columns`` of the dashboards ``views`` read: each example's packed token ids
-    and values go into the arrays whole, not one Python number each."""
-    rows = _Rows()
-    id_bytes: list[bytes] = []
-    value_bytes: list[bytes] = []
-    for p, s, n, e in _each_example(views):
-        packed_ids, packed_values = e.token_ids, e.values
-        id_bytes.append(packed_ids)
-        value_bytes.append(packed_values)
-        rows.add(p, s, n, e, len(packed_ids), len(packed_values))
-    place = rows.place()
-    ids, place[4] = packed_varints(b"".join(id_bytes), place[4])
-    values, place[5] = _float32s(b"".join(value_bytes), place[5])
-    return rows.columns(dashboards, tokens, as_int32(ids), values, place)
-
-
 def wire_columns(
     dashboards: Sequence[FeatureDashboard],
     codes: TokenCodes,
     splits: Sequence[dpb.FeatureDashboardSplit],
 ) -> ExampleColumns | None:
-    """``view_columns`` of the dashboards ``splits`` read, every example decoded from its
+    """``example_columns`` of the dashboards ``splits`` read, every example decoded from its
     bytes at once (``example_wire``): no Python object per example or token. None when an
-    example is laid out otherwise than protobuf serialises it; ``view_columns`` reads those."""
+    example is laid out otherwise than protobuf serialises it (or its bytes are malformed): the
+    message classes read those."""
     examples: list[bytes] = []
     sections: list[tuple[int, int, int]] = []  # (dashboard's place, section, its examples)
     for place, split in enumerate(splits):
@@ -462,9 +442,8 @@ class _Rows:
         tokens: StringTable,
         ids: Ints,
         values: Floats,
-        place: Ints | None = None,
     ) -> ExampleColumns:
-        place = self.place() if place is None else place
+        place = self.place()
         names = StringTable()
         dataset_code = np.array(names.codes(self.datasets), np.int64)
         token_codes = np.array(tokens.codes(self.token_text), np.int64)
