@@ -101,7 +101,7 @@ def test_batches_end_at_the_token_budget(monkeypatch):
 def test_read_from_their_bytes_batches_end_before_they_could_hold_the_token_budget(monkeypatch):
     wires = [dashboard_to_pb(dashboard(i)).SerializeToString() for i in range(5)]
     for wire in wires:  # an upper bound on the tokens its examples hold
-        assert columns.wire_tokens(wire) >= columns.example_tokens(dashboard(0)) == 13 * 6
+        assert columns.wire_tokens(wire) >= columns.held_tokens(dashboard(0)) == 13 * 6
     monkeypatch.setattr(columns, "TOKENS_PER_BATCH", 2 * columns.wire_tokens(wires[0]))
     batches = list(columns.batch_sized(wires, columns.wire_tokens))
     assert batches == [wires[0:2], wires[2:4], wires[4:]]
@@ -191,26 +191,6 @@ def test_fan_out_reraises_a_writers_error_after_the_others_finish():
     with pytest.raises(ValueError, match="disk full"):
         columns.fan_out(column_batches(dashboard(i) for i in range(200)), [whole, failing])
     assert finished == [4]  # 200 dashboards in batches of 64
-
-
-VARINTS = [0, 1, 127, 128, 300, 16383, 16384, 2**31 - 1, 2**35, 2**62, -1, -5, -(2**31)]
-
-
-def test_packed_varints_read_protobufs_own_packing_in_records():
-    records = [VARINTS[:3], [], VARINTS[3:], [-1]]
-    packed = [dpb.Histogram(counts=r).SerializeToString()[2:] for r in records]  # key, length
-    values, counts = columns.packed_varints(b"".join(packed), np.array([len(p) for p in packed]))
-    assert values.tolist() == [*VARINTS, -1]
-    assert counts.tolist() == [len(r) for r in records]
-    ones, one_counts = columns.packed_varints(bytes([5, 0, 127]), np.array([1, 2]))
-    assert ones.tolist() == [5, 0, 127] and one_counts.tolist() == [1, 2]
-
-
-def test_packed_varints_refuse_a_cut_or_overlong_varint():
-    with pytest.raises(ValueError, match="ends inside"):
-        columns.packed_varints(bytes([0x80, 1]), np.array([1, 1]))
-    with pytest.raises(ValueError, match="ten bytes"):
-        columns.packed_varints(bytes([0xFF] * 10 + [1]), np.array([11]))
 
 
 def test_decoded_columns_equal_the_columns_read_from_the_messages():

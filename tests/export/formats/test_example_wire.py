@@ -9,7 +9,7 @@ from google.protobuf.message import DecodeError
 from mistudio.common.v1 import dashboard_pb2 as dpb
 from mistudio_common.dashboard import FeatureDashboard
 from mistudio_common.dashboard_codec import dashboard_head_from_pb, dashboard_to_pb
-from mistudio_export.formats import bulk_json
+from mistudio_export.formats import bulk_json, example_wire
 from mistudio_export.formats.bulk_json import StringTable
 from mistudio_export.formats.columns import ExampleColumns, example_columns, wire_columns
 from mistudio_export.formats.example_wire import TokenCodes, decode_examples
@@ -126,3 +126,25 @@ def test_a_token_string_that_is_not_utf8_is_left_to_the_message_classes() -> Non
     assert wire_columns(heads, TokenCodes(StringTable()), [split(bad)]) is None
     with pytest.raises(DecodeError, match="bad UTF-8"):
         dpb.FeatureDashboard.FromString(bad)
+
+
+VARINTS = [0, 1, 127, 128, 300, 16383, 16384, 2**31 - 1, 2**35, 2**62, -1, -5, -(2**31)]
+
+
+def test_packed_varints_read_protobufs_own_packing_in_records():
+    records = [VARINTS[:3], [], VARINTS[3:], [-1]]
+    packed = [dpb.Histogram(counts=r).SerializeToString()[2:] for r in records]  # key, length
+    values, counts = example_wire.packed_varints(
+        b"".join(packed), np.array([len(p) for p in packed])
+    )
+    assert values.tolist() == [*VARINTS, -1]
+    assert counts.tolist() == [len(r) for r in records]
+    ones, one_counts = example_wire.packed_varints(bytes([5, 0, 127]), np.array([1, 2]))
+    assert ones.tolist() == [5, 0, 127] and one_counts.tolist() == [1, 2]
+
+
+def test_packed_varints_refuse_a_cut_or_overlong_varint():
+    with pytest.raises(ValueError, match="ends inside"):
+        example_wire.packed_varints(bytes([0x80, 1]), np.array([1, 1]))
+    with pytest.raises(ValueError, match="ten bytes"):
+        example_wire.packed_varints(bytes([0xFF] * 10 + [1]), np.array([11]))

@@ -25,13 +25,7 @@ from mistudio_common.dashboard import FeatureDashboard
 
 from mistudio_export.formats import bulk_json, jsonio
 from mistudio_export.formats.bulk_json import Rendered, Slot, StringTable
-from mistudio_export.formats.example_wire import (
-    ExampleFields,
-    TokenCodes,
-    as_int32,
-    decode_examples,
-    decoded,
-)
+from mistudio_export.formats.example_wire import TokenCodes, decode_examples
 
 CHUNK_FEATURES = 64
 """Most dashboards read into one column batch: enough that numpy's per-call cost vanishes."""
@@ -262,11 +256,11 @@ def _starts(lengths: Ints) -> Ints:
 def column_batches(dashboards: Iterable[FeatureDashboard]) -> Iterator[ExampleColumns]:
     """``dashboards`` as column batches, in order."""
     tokens = StringTable()
-    for chunk in batch_sized(dashboards, example_tokens):
+    for chunk in batch_sized(dashboards, held_tokens):
         yield example_columns(chunk, tokens)
 
 
-def example_tokens(d: DashboardExamples) -> int:
+def held_tokens(d: DashboardExamples) -> int:
     """The tokens of ``d``'s examples."""
     top = sum(len(e.tokens) for e in d.top_examples)
     return top + sum(len(e.tokens) for g in d.quantile_groups for e in g.examples)
@@ -331,10 +325,8 @@ def wire_columns(
     if fields is None:
         return None
     p, s, n = np.array(sections, np.int64).reshape(-1, 3).T
-    ids, id_count = packed_varints(fields.bytes_of(fields.ids_at, fields.ids_len), fields.ids_len)
-    values, value_count = _float32s(fields.bytes_of(fields.values_at, fields.values_len),
-                                    fields.values_len)  # fmt: skip
-    token_ids = as_int32(ids)
+    token_ids, id_count = fields.token_ids()
+    values, value_count = fields.values()
     paired = np.array_equal(id_count, fields.token_count)  # else no token has a known id
     try:
         token_codes = codes.codes(
@@ -343,7 +335,7 @@ def wire_columns(
             fields.token_len,
             token_ids if paired else np.full(len(fields.token_at), -1),
         )
-        names, dataset_code = _datasets(fields)
+        names, dataset_code = fields.datasets()
     except UnicodeDecodeError:
         return None  # the message classes refuse it, saying where
     rank = np.arange(len(fields.token_count)) - np.repeat(np.cumsum(n) - n, n)
@@ -354,53 +346,6 @@ def wire_columns(
     ])  # fmt: skip  # as _Rows.place lays them out
     return _assembled(dashboards, codes.table, rows, token_codes, token_ids, values,
                       fields.max_value.astype(np.float64), names, dataset_code)  # fmt: skip
-
-
-def _float32s(data: bytes, lengths: Ints) -> tuple[Floats, Ints]:
-    """Packed float32 records as float64s, and how many each record holds."""
-    if np.any(lengths % 4):
-        raise ValueError("a packed float field's length is not a multiple of 4")
-    return np.frombuffer(data, "<f4").astype(np.float64), lengths // 4
-
-
-def _datasets(fields: ExampleFields) -> tuple[StringTable, Ints]:
-    """The examples' dataset names coded in order of appearance: the examples naming the first
-    one's are found by comparing bytes; only the others are decoded."""
-    names = StringTable()
-    codes = np.full(len(fields.dataset_at), -1, np.int64)
-    if not len(codes):
-        return names, codes
-    at, length = fields.dataset_at, fields.dataset_len
-    first = fields.data[at[0] : at[0] + length[0]]
-    alike = np.flatnonzero(length == length[0])
-    window = fields.data[at[alike][:, None] + np.arange(length[0])] if length[0] else None
-    same = alike if window is None else alike[(window == first).all(axis=1)]
-    codes[same] = names.codes([first.tobytes().decode()])[0]
-    others = np.flatnonzero(codes < 0)
-    codes[others] = names.codes(decoded(fields.data, at[others], length[others]))
-    return names, codes
-
-
-def packed_varints(data: bytes, lengths: Ints) -> tuple[Ints, Ints]:
-    """The varints of ``data`` as 64-bit two's complement, and how many lie in each of the
-    records ``data`` is cut into (``lengths`` bytes each, in order). Raises ValueError for a
-    varint cut off by its record's end or longer than ten bytes."""
-    raw = np.frombuffer(data, np.uint8)
-    last = raw < 0x80  # the last byte of each varint
-    ends = np.cumsum(lengths)
-    ended = np.concatenate(([0], np.cumsum(last)))
-    counts = ended[ends] - ended[ends - lengths]
-    if np.any(~last[ends[lengths > 0] - 1]):
-        raise ValueError("a packed varint field ends inside a varint")
-    if last.all():  # every varint one byte: the common case of small ids
-        return raw.astype(np.int64), counts
-    stops = np.flatnonzero(last) + 1
-    starts = np.concatenate(([0], stops[:-1]))
-    shifts = (np.arange(len(raw)) - np.repeat(starts, stops - starts)) * 7
-    if shifts.max() > 63:
-        raise ValueError("a varint is longer than ten bytes")
-    parts = (raw & 0x7F).astype(np.uint64) << shifts.astype(np.uint64)
-    return np.bitwise_or.reduceat(parts, starts).view(np.int64), counts
 
 
 def _each_example(sources: Sequence[E]) -> Iterator[tuple[int, int, int, Any]]:

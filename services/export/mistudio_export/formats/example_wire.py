@@ -27,6 +27,7 @@ from mistudio_export.formats.bulk_json import StringTable
 
 Bytes = np.ndarray[Any, np.dtype[np.uint8]]
 Ints = np.ndarray[Any, np.dtype[np.int64]]
+Floats = np.ndarray[Any, np.dtype[np.float64]]
 
 _VARINT, _I32, _LEN = 0, 5, 2
 _TOKENS, _IDS, _VALUES = 1 << 3 | _LEN, 2 << 3 | _LEN, 3 << 3 | _LEN
@@ -68,7 +69,38 @@ class ExampleFields:
     source_row: Ints
     source_offset: Ints
 
-    def bytes_of(self, at: Ints, length: Ints) -> bytes:
+    def token_ids(self) -> tuple[Ints, Ints]:
+        """Every example's token ids, as protobuf reads int32s, and how many each holds. Raises
+        ValueError for a varint cut off by its record's end or longer than ten bytes."""
+        ids, counts = packed_varints(self._bytes_of(self.ids_at, self.ids_len), self.ids_len)
+        return _as_int32(ids), counts
+
+    def values(self) -> tuple[Floats, Ints]:
+        """Every example's float32 values as float64s, and how many each holds."""
+        if np.any(self.values_len % 4):
+            raise ValueError("a packed float field's length is not a multiple of 4")
+        data = self._bytes_of(self.values_at, self.values_len)
+        return np.frombuffer(data, "<f4").astype(np.float64), self.values_len // 4
+
+    def datasets(self) -> tuple[StringTable, Ints]:
+        """The examples' dataset names coded in order of appearance: the examples naming the
+        first one's are found by comparing bytes; only the others are decoded. Raises
+        UnicodeDecodeError for a name that is not UTF-8."""
+        names = StringTable()
+        codes = np.full(len(self.dataset_at), -1, np.int64)
+        if not len(codes):
+            return names, codes
+        at, length = self.dataset_at, self.dataset_len
+        first = self.data[at[0] : at[0] + length[0]]
+        alike = np.flatnonzero(length == length[0])
+        window = self.data[at[alike][:, None] + np.arange(length[0])] if length[0] else None
+        same = alike if window is None else alike[(window == first).all(axis=1)]
+        codes[same] = names.codes([first.tobytes().decode()])[0]
+        others = np.flatnonzero(codes < 0)
+        codes[others] = names.codes(_decoded(self.data, at[others], length[others]))
+        return names, codes
+
+    def _bytes_of(self, at: Ints, length: Ints) -> bytes:
         """The spans' bytes, one after another."""
         before = np.cumsum(length) - length
         return self.data[np.repeat(at - before, length) + np.arange(int(length.sum()))].tobytes()
@@ -86,15 +118,15 @@ def decode_examples(examples: list[bytes]) -> ExampleFields | None:
         ids = _span(data, pos, end, _IDS)
         values = _span(data, pos, end, _VALUES)
         max_value = _fixed32(data, pos, end, _MAX_VALUE)
-        max_token_index = as_int32(_varint(data, pos, end, _MAX_TOKEN_INDEX))
+        max_token_index = _as_int32(_varint(data, pos, end, _MAX_TOKEN_INDEX))
         source_at, source_len = _span(data, pos, end, _SOURCE)
-        qualifying = as_int32(_varint(data, pos, end, _QUALIFYING))
+        qualifying = _as_int32(_varint(data, pos, end, _QUALIFYING))
         if np.any(pos != end):
             return None
         pos, end = source_at.copy(), source_at + source_len
         dataset = _span(data, pos, end, _DATASET)
         row = _varint(data, pos, end, _ROW)
-        offset = as_int32(_varint(data, pos, end, _OFFSET))
+        offset = _as_int32(_varint(data, pos, end, _OFFSET))
         if np.any(pos != end):
             return None
     except _Malformed:
@@ -179,12 +211,34 @@ def _varint(data: Bytes, pos: Ints, end: Ints, tag: int) -> Ints:
     return out
 
 
-def as_int32(value: Ints) -> Ints:
+def packed_varints(data: bytes, lengths: Ints) -> tuple[Ints, Ints]:
+    """The varints of ``data`` as 64-bit two's complement, and how many lie in each of the
+    records ``data`` is cut into (``lengths`` bytes each, in order). Raises ValueError for a
+    varint cut off by its record's end or longer than ten bytes."""
+    raw = np.frombuffer(data, np.uint8)
+    last = raw < 0x80  # the last byte of each varint
+    ends = np.cumsum(lengths)
+    ended = np.concatenate(([0], np.cumsum(last)))
+    counts = ended[ends] - ended[ends - lengths]
+    if np.any(~last[ends[lengths > 0] - 1]):
+        raise ValueError("a packed varint field ends inside a varint")
+    if last.all():  # every varint one byte: the common case of small ids
+        return raw.astype(np.int64), counts
+    stops = np.flatnonzero(last) + 1
+    starts = np.concatenate(([0], stops[:-1]))
+    shifts = (np.arange(len(raw)) - np.repeat(starts, stops - starts)) * 7
+    if shifts.max() > 63:
+        raise ValueError("a varint is longer than ten bytes")
+    parts = (raw & 0x7F).astype(np.uint64) << shifts.astype(np.uint64)
+    return np.bitwise_or.reduceat(parts, starts).view(np.int64), counts
+
+
+def _as_int32(value: Ints) -> Ints:
     """As protobuf reads an int32 from a varint: the low 32 bits, signed."""
     return value.astype(np.int32).astype(np.int64)
 
 
-def decoded(data: Bytes, at: Ints, length: Ints) -> list[str]:
+def _decoded(data: Bytes, at: Ints, length: Ints) -> list[str]:
     """The spans' bytes as strings; UnicodeDecodeError for one that is not UTF-8."""
     spans = zip(at.tolist(), length.tolist(), strict=True)
     return [data[a : a + n].tobytes().decode() for a, n in spans]
@@ -226,7 +280,7 @@ class TokenCodes:
         out = np.where(same, self._code[row], -1)
         others = np.flatnonzero(~same)
         if len(others):
-            out[others] = self.table.codes(decoded(data, at[others], length[others]))
+            out[others] = self.table.codes(_decoded(data, at[others], length[others]))
             learn = others[known[others] & (length[others] <= KEY_BYTES)]
             learn = learn[self._length[ids[learn]] < 0]
             new, first = np.unique(ids[learn], return_index=True)
